@@ -1,0 +1,113 @@
+"""Vaktrom's wire contracts: the payloads and topic names every stage shares.
+
+A stage imports `contracts` and nothing of another stage. Payload types are msgspec structs (fast,
+strict decoding); their JSON Schemas are generated into `contracts/schemas/` for other clients.
+
+    kit  --MQTT-->  KitReadingMessage, KitStatusMessage          (contracts._kit)
+    kit  <--MQTT--  DeliveryReceipt
+    bridge -Kafka-> Measurement, Rejection, KitStatusEvent       (contracts._records)
+    monitor -Kafka-> AlertEvent                                  (contracts._alert)
+    registry -Kafka-> CarePlan                                   (contracts._careplan)
+"""
+
+from contracts import topics
+from contracts._alert import ALERT_SCHEMA, AlertEvent, Baseline, EpisodeChange, Evidence, Severity, Threshold
+from contracts._careplan import (
+    CAREPLAN_SCHEMA,
+    BaselineSettings,
+    CarePlan,
+    Condition,
+    ExpectedMeasurement,
+    ScheduleWindow,
+    Spo2Scale,
+)
+from contracts._ids import episode_id, format_instant, measurement_id, rejection_id
+from contracts._kit import (
+    KIT_READING_SCHEMA,
+    KIT_STATUS_SCHEMA,
+    MAX_KIT_PAYLOAD_BYTES,
+    MAX_READINGS_PER_MESSAGE,
+    RECEIPT_SCHEMA,
+    DeliveryReceipt,
+    KitReading,
+    KitReadingMessage,
+    KitState,
+    KitStatusMessage,
+    ReadingOutcome,
+    ReceiptEntry,
+)
+from contracts._metrics import (
+    GLUCOSE_MG_DL_PER_MMOL_L,
+    METRICS,
+    UNIT_ALIASES,
+    Metric,
+    MetricSpec,
+    PlausibleRange,
+    canonical_unit_code,
+    to_canonical,
+)
+from contracts._records import (
+    KIT_STATUS_EVENT_SCHEMA,
+    MAX_RAW_EXCERPT_BYTES,
+    MEASUREMENT_SCHEMA,
+    REJECTION_SCHEMA,
+    KitStatusEvent,
+    Measurement,
+    RejectReason,
+    Rejection,
+    Trace,
+)
+from contracts._schema import SCHEMA_DIR, SCHEMA_TYPES
+
+__all__ = [
+    "ALERT_SCHEMA",
+    "CAREPLAN_SCHEMA",
+    "GLUCOSE_MG_DL_PER_MMOL_L",
+    "KIT_READING_SCHEMA",
+    "KIT_STATUS_EVENT_SCHEMA",
+    "KIT_STATUS_SCHEMA",
+    "MAX_KIT_PAYLOAD_BYTES",
+    "MAX_RAW_EXCERPT_BYTES",
+    "MAX_READINGS_PER_MESSAGE",
+    "MEASUREMENT_SCHEMA",
+    "METRICS",
+    "RECEIPT_SCHEMA",
+    "REJECTION_SCHEMA",
+    "SCHEMA_DIR",
+    "SCHEMA_TYPES",
+    "UNIT_ALIASES",
+    "AlertEvent",
+    "Baseline",
+    "BaselineSettings",
+    "CarePlan",
+    "Condition",
+    "DeliveryReceipt",
+    "EpisodeChange",
+    "Evidence",
+    "ExpectedMeasurement",
+    "KitReading",
+    "KitReadingMessage",
+    "KitState",
+    "KitStatusEvent",
+    "KitStatusMessage",
+    "Measurement",
+    "Metric",
+    "MetricSpec",
+    "PlausibleRange",
+    "ReadingOutcome",
+    "ReceiptEntry",
+    "RejectReason",
+    "Rejection",
+    "ScheduleWindow",
+    "Severity",
+    "Spo2Scale",
+    "Threshold",
+    "Trace",
+    "canonical_unit_code",
+    "episode_id",
+    "format_instant",
+    "measurement_id",
+    "rejection_id",
+    "to_canonical",
+    "topics",
+]

@@ -1,0 +1,136 @@
+"""What a home kit publishes over MQTT, and what the pipeline sends back to it.
+
+These three shapes are the only part of the pipeline a kit (and the simulator) knows; their JSON
+Schemas are exported to `contracts/schemas/` for firmware and gateway authors.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+__all__ = [
+    "KIT_READING_SCHEMA",
+    "KIT_STATUS_SCHEMA",
+    "MAX_KIT_PAYLOAD_BYTES",
+    "MAX_READINGS_PER_MESSAGE",
+    "RECEIPT_SCHEMA",
+    "DeliveryReceipt",
+    "KitReading",
+    "KitReadingMessage",
+    "KitState",
+    "KitStatusMessage",
+    "ReadingOutcome",
+    "ReceiptEntry",
+]
+
+KIT_READING_SCHEMA = "vaktrom.kit-reading.v1"
+KIT_STATUS_SCHEMA = "vaktrom.kit-status.v1"
+RECEIPT_SCHEMA = "vaktrom.receipt.v1"
+
+MAX_KIT_PAYLOAD_BYTES = 64 * 1024  # larger payloads are rejected as too large before parsing
+MAX_READINGS_PER_MESSAGE = 500  # enough for a day of store-and-forward catch-up from one device
+
+Identifier = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+        description="Serial or identifier: letters, digits and . _ : - (no MQTT wildcards or slashes).",
+    ),
+]
+AwareTime = Annotated[
+    datetime, Meta(tz=True, description="RFC 3339 time with an offset, e.g. 2026-11-22T07:31:00+01:00.")
+]
+
+
+class KitReading(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One reading by one device of the kit.
+
+    `value` is absent only when the meter showed a flag instead of a number ("HI" or "LO" on a
+    glucose meter), which is a real clinical value, not an error.
+    """
+
+    device: Identifier
+    metric: Annotated[str, Meta(min_length=1, max_length=32, description="Metric code, e.g. body_weight.")]
+    value: float | None = None
+    unit: Annotated[str, Meta(min_length=1, max_length=16, description="UCUM unit as reported, e.g. kg.")]
+    measured_at: AwareTime
+    flag: Annotated[str, Meta(pattern=r"^(HI|LO)$")] | None = None
+
+
+class KitReadingMessage(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="schema",
+    tag=KIT_READING_SCHEMA,
+):
+    """Published by a kit to `vaktrom/v1/kits/{kit}/readings` (QoS 1).
+
+    `seq` increases by one with every new message the kit composes (a resend keeps its number), so
+    gaps and resends can be told apart. `sent_at` is the kit's clock when it published: the first
+    timestamp of the latency trace.
+    """
+
+    kit: Identifier
+    seq: Annotated[int, Meta(ge=0)]
+    sent_at: AwareTime
+    readings: Annotated[list[KitReading], Meta(min_length=1, max_length=MAX_READINGS_PER_MESSAGE)]
+
+
+class KitState(enum.StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"  # the broker publishes this as the kit's last will
+    HEARTBEAT = "heartbeat"
+
+
+class KitStatusMessage(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="schema",
+    tag=KIT_STATUS_SCHEMA,
+):
+    """Published by a kit to `vaktrom/v1/kits/{kit}/status`: alive, gone, and what it still holds.
+
+    "Kit silent" alerts are raised from the absence of these and of readings.
+    """
+
+    kit: Identifier
+    state: KitState
+    at: AwareTime
+    queued: Annotated[int, Meta(ge=0, description="Readings waiting for a delivery receipt.")] = 0
+    battery: Annotated[float, Meta(ge=0, le=100, description="Battery level in percent.")] | None = None
+    firmware: Annotated[str, Meta(max_length=64)] | None = None
+
+
+class ReadingOutcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What became of one reading of a message: stored under `id`, or rejected with a reason code."""
+
+    id: str | None = None
+    rejected: str | None = None
+
+
+class ReceiptEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The outcome of one message, named by the kit's `seq`, with one outcome per reading in order."""
+
+    seq: Annotated[int, Meta(ge=0)]
+    readings: list[ReadingOutcome]
+
+
+class DeliveryReceipt(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="schema",
+    tag=RECEIPT_SCHEMA,
+):
+    """Sent by the bridge to `vaktrom/v1/kits/{kit}/receipts` once Kafka holds what it lists.
+
+    A kit keeps each message until its `seq` appears in a receipt, and resends it after a timeout
+    (the measurement id makes a resend harmless). Rejected readings are settled too: resending them
+    would not help, and the reason lets the kit tell the patient that a measurement failed. The kit
+    cannot compute measurement ids itself (they include the patient's pseudonym), so the receipt
+    names them: a load tester's ledger compares them with storage.
+    """
+
+    kit: Identifier
+    at: AwareTime
+    messages: list[ReceiptEntry]

@@ -1,0 +1,191 @@
+"""Configuration from the environment, read once at start-up into typed, frozen settings objects.
+
+Each stage's `main()` calls `SomeSettings.from_env()` and passes the result on; nothing else reads
+the environment. A bad value fails at once with a `ConfigError` that names the variable and says
+what is expected. The connection settings every stage shares live here; a stage adds its own class.
+
+    @dataclass(frozen=True, kw_only=True)
+    class BridgeSettings(Settings):
+        batch: int = setting(500, env="VAKTROM_BRIDGE_BATCH", help="readings per Kafka batch")
+
+Defaults point at the local stack started by `make up` (`infra/stack`); the production compose
+file sets every variable explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Self
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = [
+    "SETTINGS_CLASSES",
+    "ConfigError",
+    "DatabaseSettings",
+    "KafkaSettings",
+    "MqttSettings",
+    "Settings",
+    "setting",
+]
+
+# Every settings class, so tests can check that what docker-compose.yml sets is something we read.
+SETTINGS_CLASSES: list[type[Settings]] = []
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed. The message names the variable; fix it and start again."""
+
+
+def setting(default: Any, *, env: str, help: str, secret: bool = False) -> Any:  # noqa: A002
+    """Declare a field read from the environment variable `env` (which must start with VAKTROM_)."""
+    if not env.startswith("VAKTROM_"):
+        raise ValueError(f"setting variables carry the VAKTROM_ prefix: {env}")
+    return dataclasses.field(default=default, metadata={"env": env, "help": help, "secret": secret})
+
+
+def _convert(raw: str, kind: Any, env: str) -> Any:
+    optional = typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", None))
+    if optional:
+        inner = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        if raw.strip() == "":
+            return None
+        kind = inner[0]
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is Path:
+            return Path(raw).expanduser()
+        if kind is str:
+            return raw
+    except ValueError:
+        name = getattr(kind, "__name__", str(kind))
+        raise ConfigError(f"{env}={raw!r} is not a valid {name}; set it to a {name} or unset it") from None
+    raise TypeError(f"settings field type {kind!r} is not supported")
+
+
+class Settings:
+    """Mixin for frozen keyword-only dataclasses whose fields are declared with `setting()`."""
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        SETTINGS_CLASSES.append(cls)
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Environment variable -> help text, for documentation and checks."""
+        return {f.metadata["env"]: f.metadata["help"] for f in dataclasses.fields(cls) if "env" in f.metadata}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        environ = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            env = f.metadata.get("env")
+            if env is not None and env in environ:
+                values[f.name] = _convert(environ[env], hints[f.name], env)
+        instance = cls(**values)
+        instance.validate()
+        return instance
+
+    def validate(self) -> None:
+        """Cross-field checks; raise ConfigError naming the variable."""
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(variable, value) pairs for a start-up log line, with secrets masked."""
+        rows = []
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            env = f.metadata.get("env")
+            if env is None:
+                continue
+            value = getattr(self, f.name)
+            shown = "***" if f.metadata.get("secret") and value else _mask_url(str(value))
+            rows.append((env, shown))
+        return rows
+
+
+def _mask_url(value: str) -> str:
+    """Hide a password inside a URL such as postgresql://user:secret@host/db."""
+    if "://" not in value or "@" not in value:
+        return value
+    parts = urlsplit(value)
+    if parts.password is None:
+        return value
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _host_port(value: str, env: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{env}={value!r} must be host:port, e.g. 127.0.0.1:19092")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MqttSettings(Settings):
+    """How a stage reaches the MQTT broker."""
+
+    host: str = setting("127.0.0.1", env="VAKTROM_MQTT_HOST", help="MQTT broker host")
+    port: int = setting(11883, env="VAKTROM_MQTT_PORT", help="MQTT broker port")
+    username: str | None = setting(None, env="VAKTROM_MQTT_USERNAME", help="MQTT user, if the broker wants one")
+    password: str | None = setting(None, env="VAKTROM_MQTT_PASSWORD", help="MQTT password", secret=True)
+    tls_ca: Path | None = setting(None, env="VAKTROM_MQTT_TLS_CA", help="CA file: connect with TLS and verify")
+
+    def validate(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"VAKTROM_MQTT_PORT={self.port} is not a TCP port (1-65535)")
+        if self.tls_ca is not None and not self.tls_ca.is_file():
+            raise ConfigError(f"VAKTROM_MQTT_TLS_CA={self.tls_ca} does not exist; point it at the broker's CA")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KafkaSettings(Settings):
+    """How a stage reaches Kafka, and which topic prefix it uses (tests isolate themselves with it)."""
+
+    bootstrap: str = setting("127.0.0.1:19092", env="VAKTROM_KAFKA_BOOTSTRAP", help="Kafka host:port list")
+    topic_prefix: str = setting("", env="VAKTROM_TOPIC_PREFIX", help="prefix for every Kafka topic name")
+
+    def validate(self) -> None:
+        for server in self.bootstrap.split(","):
+            _host_port(server.strip(), "VAKTROM_KAFKA_BOOTSTRAP")
+
+    @property
+    def servers(self) -> list[str]:
+        return [server.strip() for server in self.bootstrap.split(",")]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DatabaseSettings(Settings):
+    """How a stage reaches PostgreSQL / TimescaleDB."""
+
+    url: str = setting(
+        "postgresql://vaktrom@127.0.0.1:15432/vaktrom",
+        env="VAKTROM_DATABASE_URL",
+        help="libpq URL, e.g. postgresql://user:password@host:5432/vaktrom",
+        secret=False,  # masked by describe(): only the password part is secret
+    )
+
+    def validate(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+            raise ConfigError(
+                f"VAKTROM_DATABASE_URL={_mask_url(self.url)!r} must look like postgresql://user:pw@host:port/db"
+            )

@@ -1,0 +1,134 @@
+"""Apply the SQL migrations in infra/postgres/migrations/ once each, in order.
+
+    python infra/migrate.py [--database-url URL] [--status]
+
+Each file `NNNN_name.sql` runs in its own transaction and is recorded in `schema_migrations` with
+its checksum; an applied file that was edited afterwards stops the run (write a new migration
+instead). An advisory lock makes concurrent runners (several services starting at once) safe.
+Run by `make up`, the test setup and the production image's `migrate` service.
+
+The SQL asks `vaktrom_timescaledb()` whether TimescaleDB is usable and takes the hypertable path
+when it is; on plain PostgreSQL the same tables and views exist without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+__all__ = ["Migration", "applied", "migrate", "pending"]
+
+log = logging.getLogger("vaktrom.migrate")
+
+MIGRATIONS = Path(__file__).resolve().parent / "postgres" / "migrations"
+_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_LOCK_KEY = 0x7661_6B74  # "vakt": one advisory lock for every migration runner
+
+_BOOKKEEPING = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    checksum    text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load(directory: Path = MIGRATIONS) -> list[Migration]:
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _NAME.match(path.name)
+        if not match:
+            raise SystemExit(f"migration file {path.name} must be named NNNN_lower_snake.sql")
+        found.append(Migration(int(match.group(1)), path.name, path.read_text(encoding="utf-8")))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise SystemExit(f"two migration files share a version number in {directory}")
+    return found
+
+
+def applied(conn: psycopg.Connection) -> dict[int, str]:
+    conn.execute(_BOOKKEEPING)
+    return dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+
+
+def pending(conn: psycopg.Connection, migrations: list[Migration]) -> list[Migration]:
+    done = applied(conn)
+    for m in migrations:
+        if m.version in done and done[m.version] != m.checksum:
+            raise SystemExit(
+                f"migration {m.name} was changed after it was applied to this database. "
+                "Restore the original file and add a new migration for the change."
+            )
+    return [m for m in migrations if m.version not in done]
+
+
+def migrate(url: str, directory: Path = MIGRATIONS) -> list[str]:
+    """Apply what is pending; returns the names applied. Safe to run concurrently and repeatedly."""
+    migrations = load(directory)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            todo = pending(conn, migrations)
+            for m in todo:
+                with conn.transaction():
+                    conn.execute(m.sql.encode())  # type: ignore[call-overload]  # a file of statements
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                        (m.version, m.name, m.checksum),
+                    )
+                log.info("applied migration %s", m.name)
+            row = conn.execute(
+                "SELECT to_regproc('vaktrom_timescaledb') IS NOT NULL AND vaktrom_timescaledb()"
+            ).fetchone()
+            mode = "TimescaleDB" if row and row[0] else "plain PostgreSQL (no TimescaleDB extension)"
+            log.info("database schema is current (%d migrations); storage mode: %s", len(migrations), mode)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    return [m.name for m in todo]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", default=os.environ.get("VAKTROM_DATABASE_URL"),
+                        help="libpq URL (default: $VAKTROM_DATABASE_URL)")
+    parser.add_argument("--status", action="store_true", help="list pending migrations and exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not args.database_url:
+        print("migrate: set VAKTROM_DATABASE_URL or pass --database-url", file=sys.stderr)
+        return 2
+    try:
+        if args.status:
+            with psycopg.connect(args.database_url) as conn:
+                todo = pending(conn, load())
+            print("\n".join(m.name for m in todo) or "no pending migrations")
+            return 0
+        migrate(args.database_url)
+    except psycopg.OperationalError as exc:
+        print(f"migrate: cannot reach the database: {exc}".strip(), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""Start, stop and inspect the local stack: real Mosquitto, Apache Kafka (KRaft) and PostgreSQL.
+
+    infra/stack up [SERVICE ...]     start (or reuse) and wait until really ready; topics and schema
+    infra/stack down [SERVICE ...]   stop only what `up` started
+    infra/stack status               port, pid, memory and a live health check per service
+    infra/stack env                  the VAKTROM_* variables that point the stages at this stack
+    infra/stack logs SERVICE         the last lines of a service's log
+
+SERVICE is mosquitto, kafka or postgres (default: all). Everything lives under $VAKTROM_STATE_DIR
+(default .local/). Ports and sizes are VAKTROM_* variables, listed by `infra/stack --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from migrate import migrate  # noqa: E402 - infra/ is not a package; see the path line above
+from services import REPO, Kafka, Mosquitto, Postgres, Service, StackError, log_tail, tree_memory_kib  # noqa: E402
+
+from contracts.settings import ConfigError, Settings, setting  # noqa: E402
+from contracts.topics import kafka_topics  # noqa: E402
+
+# The stages `make up` runs once they exist: (package, issue that builds it).
+STAGES = [("ingest", 4), ("streams", 5), ("alerts", 7), ("gateway_sim", 3)]
+SERVICES = ("mosquitto", "kafka", "postgres")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StackSettings(Settings):
+    """Where the local stack lives and listens. Loopback only: this is a developer's machine."""
+
+    state_dir: Path = setting(REPO / ".local", env="VAKTROM_STATE_DIR", help="local state: data, logs, venv, jars")
+    host: str = setting("127.0.0.1", env="VAKTROM_STACK_HOST", help="address the local services listen on")
+    mqtt_port: int = setting(11883, env="VAKTROM_STACK_MQTT_PORT", help="local Mosquitto port")
+    kafka_port: int = setting(19092, env="VAKTROM_STACK_KAFKA_PORT", help="local Kafka broker port")
+    kafka_controller_port: int = setting(
+        19093, env="VAKTROM_STACK_KAFKA_CONTROLLER_PORT", help="local Kafka KRaft controller port"
+    )
+    kafka_heap: str = setting("512m", env="VAKTROM_STACK_KAFKA_HEAP", help="Kafka JVM heap (-Xmx), at most 1g")
+    kafka_partitions: int = setting(6, env="VAKTROM_STACK_KAFKA_PARTITIONS", help="partitions per pipeline topic")
+    postgres_port: int = setting(15432, env="VAKTROM_STACK_POSTGRES_PORT", help="local PostgreSQL port")
+    start_timeout: float = setting(120.0, env="VAKTROM_STACK_START_TIMEOUT", help="seconds to wait per service")
+
+    def validate(self) -> None:
+        ports = {
+            "VAKTROM_STACK_MQTT_PORT": self.mqtt_port,
+            "VAKTROM_STACK_KAFKA_PORT": self.kafka_port,
+            "VAKTROM_STACK_KAFKA_CONTROLLER_PORT": self.kafka_controller_port,
+            "VAKTROM_STACK_POSTGRES_PORT": self.postgres_port,
+        }
+        for env, port in ports.items():
+            if not 1024 <= port < 65536:
+                raise ConfigError(f"{env}={port} must be an unprivileged TCP port (1024-65535)")
+        if len(set(ports.values())) != len(ports):
+            raise ConfigError(f"the stack's ports must differ: {ports}")
+        heap = self.kafka_heap.lower()
+        mib = int(heap[:-1]) * (1024 if heap.endswith("g") else 1) if heap[:-1].isdigit() and heap[-1] in "mg" else 0
+        if not 128 <= mib <= 1024:
+            raise ConfigError(f"VAKTROM_STACK_KAFKA_HEAP={self.kafka_heap!r} must be 128m..1g, e.g. 512m")
+
+
+def build(settings: StackSettings) -> dict[str, Service]:
+    state = settings.state_dir.resolve()
+    topics = [
+        (t.name, t.partitions, dict(t.config)) for t in kafka_topics(partitions=settings.kafka_partitions)
+    ]
+    return {
+        "mosquitto": Mosquitto(state=state, host=settings.host, port=settings.mqtt_port),
+        "kafka": Kafka(state=state, host=settings.host, port=settings.kafka_port,
+                       controller_port=settings.kafka_controller_port, heap=settings.kafka_heap,
+                       partitions=settings.kafka_partitions, topics=topics),
+        "postgres": Postgres(state=state, host=settings.host, port=settings.postgres_port,
+                             database="vaktrom", role="vaktrom"),
+    }
+
+
+def stack_env(settings: StackSettings, services: dict[str, Service]) -> dict[str, str]:
+    postgres = services["postgres"]
+    assert isinstance(postgres, Postgres)
+    return {
+        "VAKTROM_MQTT_HOST": settings.host,
+        "VAKTROM_MQTT_PORT": str(settings.mqtt_port),
+        "VAKTROM_KAFKA_BOOTSTRAP": f"{settings.host}:{settings.kafka_port}",
+        "VAKTROM_DATABASE_URL": postgres.url,
+    }
+
+
+def write_env_file(settings: StackSettings, services: dict[str, Service]) -> Path:
+    path = settings.state_dir.resolve() / "stack.env"
+    path.touch(mode=0o600)
+    path.write_text("".join(f"{k}={v}\n" for k, v in stack_env(settings, services).items()))
+    return path
+
+
+def cmd_up(settings: StackSettings, names: list[str]) -> int:
+    services = build(settings)
+    began = time.monotonic()
+    for name in names:
+        service = services[name]
+        print(f"==> {name}: starting on {settings.host}:{service.port}", flush=True)
+        took = service.start(timeout=settings.start_timeout)
+        print(f"    {name}: ready in {took:.1f} s ({service.check(timeout=5).detail})", flush=True)
+        if name == "postgres":
+            assert isinstance(service, Postgres)
+            applied = migrate(service.url)
+            print(f"    postgres: schema current ({len(applied)} migrations applied now)", flush=True)
+    env_file = write_env_file(settings, services)
+    print(f"==> stack up in {time.monotonic() - began:.1f} s; addresses in {env_file}")
+    return 0
+
+
+def cmd_down(settings: StackSettings, names: list[str]) -> int:
+    services = build(settings)
+    for name in reversed(names):
+        stopped = services[name].stop()
+        print(f"==> {name}: {'stopped' if stopped else 'was not running (nothing of ours to stop)'}")
+    return 0
+
+
+def cmd_status(settings: StackSettings) -> int:
+    services = build(settings)
+    print(f"{'service':<10} {'port':>6} {'pid':>8} {'rss MiB':>8} {'peak MiB':>9}  health")
+    all_ok = True
+    total_rss = total_peak = 0
+    for name, service in services.items():
+        pid = service.pid()
+        if pid is None:
+            print(f"{name:<10} {service.port:>6} {'-':>8} {'-':>8} {'-':>9}  stopped")
+            all_ok = False
+            continue
+        rss, peak = tree_memory_kib(pid)
+        total_rss += rss
+        total_peak += peak
+        health = service.check(timeout=5)
+        all_ok &= health.ok
+        state = "healthy" if health.ok else "UNHEALTHY"
+        print(f"{name:<10} {service.port:>6} {pid:>8} {rss / 1024:>8.0f} {peak / 1024:>9.0f}  {state} ({health.detail})")
+    print(f"{'total':<10} {'':>6} {'':>8} {total_rss / 1024:>8.0f} {total_peak / 1024:>9.0f}")
+    return 0 if all_ok else 1
+
+
+def stage_report() -> list[str]:
+    """One line per pipeline stage: runnable, or not built yet."""
+    lines = []
+    for package, issue in STAGES:
+        if importlib.util.find_spec(f"{package}.__main__") is None:
+            lines.append(f"    {package:<12} not built yet (issue #{issue})")
+        else:
+            lines.append(f"    {package:<12} available: python -m {package}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    variables = "\n".join(f"  {env:<38} {text}" for env, text in StackSettings.variables().items())
+    parser = argparse.ArgumentParser(
+        prog="infra/stack", description=__doc__, epilog=f"settings:\n{variables}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=["up", "down", "status", "env", "logs", "stages"])
+    parser.add_argument("services", nargs="*", metavar="SERVICE", help=f"any of {', '.join(SERVICES)}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # readiness polling expects refusals
+    unknown = [s for s in args.services if s not in SERVICES]
+    if unknown:
+        parser.error(f"unknown service {', '.join(unknown)}; choose from {', '.join(SERVICES)}")
+    names = [s for s in SERVICES if s in args.services] or list(SERVICES)
+    try:
+        settings = StackSettings.from_env()
+        if args.command == "up":
+            return cmd_up(settings, names)
+        if args.command == "down":
+            return cmd_down(settings, names)
+        if args.command == "status":
+            return cmd_status(settings)
+        if args.command == "env":
+            for key, value in stack_env(settings, build(settings)).items():
+                print(f"export {key}='{value}'")
+            return 0
+        if args.command == "stages":
+            print("\n".join(stage_report()))
+            return 0
+        for name in names:
+            service = build(settings)[name]
+            print(f"==> {service.log}\n{log_tail(service.log, 50)}")
+        return 0
+    except (StackError, ConfigError) as exc:
+        print(f"infra/stack {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"infra/stack {args.command}: interrupted; `infra/stack down` stops what was started", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
