@@ -53,8 +53,8 @@ from contracts._records import (
     REJECTION_SCHEMA,
     KitStatusEvent,
     Measurement,
-    RejectReason,
     Rejection,
+    RejectReason,
     Trace,
 )
 from contracts._schema import SCHEMA_DIR, SCHEMA_TYPES

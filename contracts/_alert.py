@@ -78,7 +78,11 @@ class Threshold(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
 
 class AlertEvent(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="schema",
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag_field="schema",
     tag=ALERT_SCHEMA,
 ):
     """One version of one alert episode, explaining itself: value, baseline, rule and source."""

@@ -70,7 +70,11 @@ class BaselineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
 
 class CarePlan(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="schema",
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag_field="schema",
     tag=CAREPLAN_SCHEMA,
 ):
     """One accepted version of a patient's plan.

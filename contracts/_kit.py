@@ -65,7 +65,11 @@ class KitReading(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 
 class KitReadingMessage(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="schema",
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag_field="schema",
     tag=KIT_READING_SCHEMA,
 ):
     """Published by a kit to `vaktrom/v1/kits/{kit}/readings` (QoS 1).
@@ -88,7 +92,11 @@ class KitState(enum.StrEnum):
 
 
 class KitStatusMessage(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="schema",
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag_field="schema",
     tag=KIT_STATUS_SCHEMA,
 ):
     """Published by a kit to `vaktrom/v1/kits/{kit}/status`: alive, gone, and what it still holds.
@@ -119,7 +127,11 @@ class ReceiptEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class DeliveryReceipt(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="schema",
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag_field="schema",
     tag=RECEIPT_SCHEMA,
 ):
     """Sent by the bridge to `vaktrom/v1/kits/{kit}/receipts` once Kafka holds what it lists.

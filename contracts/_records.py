@@ -58,7 +58,11 @@ class Trace(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbi
 
 
 class Measurement(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="schema",
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag_field="schema",
     tag=MEASUREMENT_SCHEMA,
 ):
     """One valid reading, normalised: topic `vaktrom.measurements.v1`, keyed by `patient_id`.
@@ -104,7 +108,11 @@ class RejectReason(enum.StrEnum):
 
 
 class Rejection(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="schema",
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag_field="schema",
     tag=REJECTION_SCHEMA,
 ):
     """A refused payload or reading, for operators: topic `vaktrom.rejections.v1`, keyed by kit.
@@ -132,7 +140,11 @@ class Rejection(
 
 
 class KitStatusEvent(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="schema",
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag_field="schema",
     tag=KIT_STATUS_EVENT_SCHEMA,
 ):
     """A kit's status message, attributed: topic `vaktrom.kit-status.v1`, keyed by `patient_id`."""

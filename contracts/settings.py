@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,40 +44,44 @@ class ConfigError(Exception):
     """A setting is missing or malformed. The message names the variable; fix it and start again."""
 
 
-def setting(default: Any, *, env: str, help: str, secret: bool = False) -> Any:  # noqa: A002
+def setting(default: Any, *, env: str, help: str, secret: bool = False) -> Any:
     """Declare a field read from the environment variable `env` (which must start with VAKTROM_)."""
     if not env.startswith("VAKTROM_"):
         raise ValueError(f"setting variables carry the VAKTROM_ prefix: {env}")
     return dataclasses.field(default=default, metadata={"env": env, "help": help, "secret": secret})
 
 
+def _to_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(raw)
+
+
+_CONVERTERS: dict[Any, Any] = {
+    bool: _to_bool,
+    int: int,
+    float: float,
+    str: str,
+    Path: lambda raw: Path(raw).expanduser(),
+}
+
+
 def _convert(raw: str, kind: Any, env: str) -> Any:
-    optional = typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", None))
-    if optional:
-        inner = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # Optional[X]: empty means None
         if raw.strip() == "":
             return None
-        kind = inner[0]
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    converter = _CONVERTERS.get(kind)
+    if converter is None:
+        raise TypeError(f"settings field type {kind!r} is not supported")
     try:
-        if kind is bool:
-            lowered = raw.strip().lower()
-            if lowered in _TRUE:
-                return True
-            if lowered in _FALSE:
-                return False
-            raise ValueError(raw)
-        if kind is int:
-            return int(raw)
-        if kind is float:
-            return float(raw)
-        if kind is Path:
-            return Path(raw).expanduser()
-        if kind is str:
-            return raw
+        return converter(raw)
     except ValueError:
         name = getattr(kind, "__name__", str(kind))
         raise ConfigError(f"{env}={raw!r} is not a valid {name}; set it to a {name} or unset it") from None
-    raise TypeError(f"settings field type {kind!r} is not supported")
 
 
 class Settings:
@@ -91,14 +96,14 @@ class Settings:
     @classmethod
     def variables(cls) -> dict[str, str]:
         """Environment variable -> help text, for documentation and checks."""
-        return {f.metadata["env"]: f.metadata["help"] for f in dataclasses.fields(cls) if "env" in f.metadata}  # type: ignore[arg-type]
+        return {f.metadata["env"]: f.metadata["help"] for f in dataclasses.fields(cls) if "env" in f.metadata}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
         environ = os.environ if environ is None else environ
         hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        for f in dataclasses.fields(cls):
             env = f.metadata.get("env")
             if env is not None and env in environ:
                 values[f.name] = _convert(environ[env], hints[f.name], env)
@@ -112,7 +117,7 @@ class Settings:
     def describe(self) -> list[tuple[str, str]]:
         """(variable, value) pairs for a start-up log line, with secrets masked."""
         rows = []
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):
             env = f.metadata.get("env")
             if env is None:
                 continue
@@ -145,15 +150,21 @@ class MqttSettings(Settings):
 
     host: str = setting("127.0.0.1", env="VAKTROM_MQTT_HOST", help="MQTT broker host")
     port: int = setting(11883, env="VAKTROM_MQTT_PORT", help="MQTT broker port")
-    username: str | None = setting(None, env="VAKTROM_MQTT_USERNAME", help="MQTT user, if the broker wants one")
+    username: str | None = setting(
+        None, env="VAKTROM_MQTT_USERNAME", help="MQTT user, if the broker wants one"
+    )
     password: str | None = setting(None, env="VAKTROM_MQTT_PASSWORD", help="MQTT password", secret=True)
-    tls_ca: Path | None = setting(None, env="VAKTROM_MQTT_TLS_CA", help="CA file: connect with TLS and verify")
+    tls_ca: Path | None = setting(
+        None, env="VAKTROM_MQTT_TLS_CA", help="CA file: connect with TLS and verify"
+    )
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"VAKTROM_MQTT_PORT={self.port} is not a TCP port (1-65535)")
         if self.tls_ca is not None and not self.tls_ca.is_file():
-            raise ConfigError(f"VAKTROM_MQTT_TLS_CA={self.tls_ca} does not exist; point it at the broker's CA")
+            raise ConfigError(
+                f"VAKTROM_MQTT_TLS_CA={self.tls_ca} does not exist; point it at the broker's CA"
+            )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

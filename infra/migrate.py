@@ -91,7 +91,7 @@ def migrate(url: str, directory: Path = MIGRATIONS) -> list[str]:
             todo = pending(conn, migrations)
             for m in todo:
                 with conn.transaction():
-                    conn.execute(m.sql.encode())  # type: ignore[call-overload]  # a file of statements
+                    conn.execute(m.sql.encode())  # bytes: a file of statements, not one parametrised query
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                         (m.version, m.name, m.checksum),
@@ -108,9 +108,14 @@ def migrate(url: str, directory: Path = MIGRATIONS) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--database-url", default=os.environ.get("VAKTROM_DATABASE_URL"),
-                        help="libpq URL (default: $VAKTROM_DATABASE_URL)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("VAKTROM_DATABASE_URL"),
+        help="libpq URL (default: $VAKTROM_DATABASE_URL)",
+    )
     parser.add_argument("--status", action="store_true", help="list pending migrations and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

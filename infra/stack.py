@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from migrate import migrate  # noqa: E402 - infra/ is not a package; see the path line above
-from services import REPO, Kafka, Mosquitto, Postgres, Service, StackError, log_tail, tree_memory_kib  # noqa: E402
+from migrate import migrate
+from processes import REPO, Service, StackError, log_tail, tree_memory_kib
+from services import Kafka, Mosquitto, Postgres
 
-from contracts.settings import ConfigError, Settings, setting  # noqa: E402
-from contracts.topics import kafka_topics  # noqa: E402
+from contracts.settings import ConfigError, Settings, setting
 
 # The stages `make up` runs once they exist: (package, issue that builds it).
 STAGES = [("ingest", 4), ("streams", 5), ("alerts", 7), ("gateway_sim", 3)]
@@ -37,17 +37,25 @@ SERVICES = ("mosquitto", "kafka", "postgres")
 class StackSettings(Settings):
     """Where the local stack lives and listens. Loopback only: this is a developer's machine."""
 
-    state_dir: Path = setting(REPO / ".local", env="VAKTROM_STATE_DIR", help="local state: data, logs, venv, jars")
+    state_dir: Path = setting(
+        REPO / ".local", env="VAKTROM_STATE_DIR", help="local state: data, logs, venv, jars"
+    )
     host: str = setting("127.0.0.1", env="VAKTROM_STACK_HOST", help="address the local services listen on")
     mqtt_port: int = setting(11883, env="VAKTROM_STACK_MQTT_PORT", help="local Mosquitto port")
     kafka_port: int = setting(19092, env="VAKTROM_STACK_KAFKA_PORT", help="local Kafka broker port")
     kafka_controller_port: int = setting(
         19093, env="VAKTROM_STACK_KAFKA_CONTROLLER_PORT", help="local Kafka KRaft controller port"
     )
-    kafka_heap: str = setting("512m", env="VAKTROM_STACK_KAFKA_HEAP", help="Kafka JVM heap (-Xmx), at most 1g")
-    kafka_partitions: int = setting(6, env="VAKTROM_STACK_KAFKA_PARTITIONS", help="partitions per pipeline topic")
+    kafka_heap: str = setting(
+        "512m", env="VAKTROM_STACK_KAFKA_HEAP", help="Kafka JVM heap (-Xmx), at most 1g"
+    )
+    kafka_partitions: int = setting(
+        6, env="VAKTROM_STACK_KAFKA_PARTITIONS", help="partitions per pipeline topic"
+    )
     postgres_port: int = setting(15432, env="VAKTROM_STACK_POSTGRES_PORT", help="local PostgreSQL port")
-    start_timeout: float = setting(120.0, env="VAKTROM_STACK_START_TIMEOUT", help="seconds to wait per service")
+    start_timeout: float = setting(
+        120.0, env="VAKTROM_STACK_START_TIMEOUT", help="seconds to wait per service"
+    )
 
     def validate(self) -> None:
         ports = {
@@ -62,23 +70,30 @@ class StackSettings(Settings):
         if len(set(ports.values())) != len(ports):
             raise ConfigError(f"the stack's ports must differ: {ports}")
         heap = self.kafka_heap.lower()
-        mib = int(heap[:-1]) * (1024 if heap.endswith("g") else 1) if heap[:-1].isdigit() and heap[-1] in "mg" else 0
+        mib = (
+            int(heap[:-1]) * (1024 if heap.endswith("g") else 1)
+            if heap[:-1].isdigit() and heap[-1] in "mg"
+            else 0
+        )
         if not 128 <= mib <= 1024:
             raise ConfigError(f"VAKTROM_STACK_KAFKA_HEAP={self.kafka_heap!r} must be 128m..1g, e.g. 512m")
 
 
 def build(settings: StackSettings) -> dict[str, Service]:
     state = settings.state_dir.resolve()
-    topics = [
-        (t.name, t.partitions, dict(t.config)) for t in kafka_topics(partitions=settings.kafka_partitions)
-    ]
     return {
         "mosquitto": Mosquitto(state=state, host=settings.host, port=settings.mqtt_port),
-        "kafka": Kafka(state=state, host=settings.host, port=settings.kafka_port,
-                       controller_port=settings.kafka_controller_port, heap=settings.kafka_heap,
-                       partitions=settings.kafka_partitions, topics=topics),
-        "postgres": Postgres(state=state, host=settings.host, port=settings.postgres_port,
-                             database="vaktrom", role="vaktrom"),
+        "kafka": Kafka(
+            state=state,
+            host=settings.host,
+            port=settings.kafka_port,
+            controller_port=settings.kafka_controller_port,
+            heap=settings.kafka_heap,
+            partitions=settings.kafka_partitions,
+        ),
+        "postgres": Postgres(
+            state=state, host=settings.host, port=settings.postgres_port, database="vaktrom", role="vaktrom"
+        ),
     }
 
 
@@ -142,7 +157,8 @@ def cmd_status(settings: StackSettings) -> int:
         health = service.check(timeout=5)
         all_ok &= health.ok
         state = "healthy" if health.ok else "UNHEALTHY"
-        print(f"{name:<10} {service.port:>6} {pid:>8} {rss / 1024:>8.0f} {peak / 1024:>9.0f}  {state} ({health.detail})")
+        memory = f"{rss / 1024:>8.0f} {peak / 1024:>9.0f}"
+        print(f"{name:<10} {service.port:>6} {pid:>8} {memory}  {state} ({health.detail})")
     print(f"{'total':<10} {'':>6} {'':>8} {total_rss / 1024:>8.0f} {total_peak / 1024:>9.0f}")
     return 0 if all_ok else 1
 
@@ -158,10 +174,32 @@ def stage_report() -> list[str]:
     return lines
 
 
+def _run(command: str, settings: StackSettings, names: list[str]) -> int:
+    if command == "up":
+        return cmd_up(settings, names)
+    if command == "down":
+        return cmd_down(settings, names)
+    if command == "status":
+        return cmd_status(settings)
+    if command == "stages":
+        print("\n".join(stage_report()))
+        return 0
+    services = build(settings)
+    if command == "env":
+        for key, value in stack_env(settings, services).items():
+            print(f"export {key}='{value}'")
+        return 0
+    for name in names:  # logs
+        print(f"==> {services[name].log}\n{log_tail(services[name].log, 50)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     variables = "\n".join(f"  {env:<38} {text}" for env, text in StackSettings.variables().items())
     parser = argparse.ArgumentParser(
-        prog="infra/stack", description=__doc__, epilog=f"settings:\n{variables}",
+        prog="infra/stack",
+        description=__doc__,
+        epilog=f"settings:\n{variables}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("command", choices=["up", "down", "status", "env", "logs", "stages"])
@@ -175,28 +213,15 @@ def main(argv: list[str] | None = None) -> int:
     names = [s for s in SERVICES if s in args.services] or list(SERVICES)
     try:
         settings = StackSettings.from_env()
-        if args.command == "up":
-            return cmd_up(settings, names)
-        if args.command == "down":
-            return cmd_down(settings, names)
-        if args.command == "status":
-            return cmd_status(settings)
-        if args.command == "env":
-            for key, value in stack_env(settings, build(settings)).items():
-                print(f"export {key}='{value}'")
-            return 0
-        if args.command == "stages":
-            print("\n".join(stage_report()))
-            return 0
-        for name in names:
-            service = build(settings)[name]
-            print(f"==> {service.log}\n{log_tail(service.log, 50)}")
-        return 0
+        return _run(args.command, settings, names)
     except (StackError, ConfigError) as exc:
         print(f"infra/stack {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"infra/stack {args.command}: interrupted; `infra/stack down` stops what was started", file=sys.stderr)
+        print(
+            f"infra/stack {args.command}: interrupted; `infra/stack down` stops what was started",
+            file=sys.stderr,
+        )
         return 130
 
 

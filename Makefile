@@ -1,0 +1,62 @@
+# Vaktrom task runner. `make help` lists the targets; the README's quick start is `make up` and `make test`.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+STATE  ?= $(or $(VAKTROM_STATE_DIR),.local)
+VENV   := $(STATE)/venv
+PY     := $(VENV)/bin/python
+STACK  := infra/stack
+PYTEST_ARGS ?=
+
+.PHONY: help bootstrap up stack-up down status logs test test-unit check fmt schemas bench clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+bootstrap: ## install what is missing: Debian packages, Kafka jars, the virtualenv
+	@infra/bootstrap
+
+up: bootstrap ## set up and run the whole pipeline locally (stack + every stage that exists)
+	@$(STACK) up
+	@echo "==> pipeline stages:"
+	@$(STACK) stages
+	@echo "==> the stack runs in the background: 'make status' to look, 'make down' to stop it"
+
+stack-up: bootstrap ## start only Mosquitto, Kafka and PostgreSQL
+	@$(STACK) up
+
+down: ## stop everything `make up` started
+	@if [ -x $(PY) ]; then $(STACK) down; else echo "nothing to stop: no virtualenv yet"; fi
+
+status: ## each service with its port, pid, memory and health
+	@$(STACK) status
+
+logs: ## the last lines of each service's log
+	@$(STACK) logs
+
+test: check ## set up, check, start the real services and run the whole test suite
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: bootstrap ## only the tests that need no services
+	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+check: bootstrap ## format check, lint, types, schema files up to date
+	@echo "==> checks: ruff format, ruff, mypy, contract schemas"
+	@$(VENV)/bin/ruff format --check --quiet .
+	@$(VENV)/bin/ruff check --quiet .
+	@$(VENV)/bin/mypy
+	@$(PY) -m contracts check
+
+fmt: bootstrap ## format the code and apply safe lint fixes
+	@$(VENV)/bin/ruff format .
+	@$(VENV)/bin/ruff check --fix .
+
+schemas: bootstrap ## regenerate contracts/schemas/*.json from the contract types
+	@$(PY) -m contracts write
+
+bench: bootstrap ## run the benchmarks (none yet: they arrive with the stages)
+	@echo "no benchmarks yet; see bench/README.md"
+
+clean: down ## stop the stack and delete all local state (.local/: data, logs, venv, jars)
+	rm -rf $(STATE)

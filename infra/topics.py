@@ -1,0 +1,69 @@
+"""Create the Kafka topics the stages need (names and settings from `contracts.topics`).
+
+    python infra/topics.py [--bootstrap HOST:PORT] [--prefix P] [--partitions N]
+
+Idempotent: existing topics are left as they are. Run by `infra/stack up` and by the production
+compose file's `init` service, so both stacks get the same topics with the same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from contracts.topics import kafka_topics
+
+__all__ = ["ensure_topics"]
+
+
+def ensure_topics(
+    bootstrap: str, *, prefix: str = "", partitions: int = 6, timeout: float = 15.0
+) -> list[str]:
+    """Create whatever is missing; returns the names created now."""
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="vaktrom-topics",
+        request_timeout_ms=int(timeout * 1000),
+        bootstrap_timeout_ms=int(timeout * 1000),
+    )
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in kafka_topics(prefix, partitions=partitions) if t.name not in existing]
+        if missing:
+            # another runner may create them between our look and our create: that is fine
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(
+                    [NewTopic(t.name, t.partitions, 1, topic_configs=dict(t.config)) for t in missing],
+                    timeout_ms=int(timeout * 1000),
+                )
+        return [t.name for t in missing]
+    finally:
+        admin.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bootstrap", default=os.environ.get("VAKTROM_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
+    parser.add_argument("--prefix", default=os.environ.get("VAKTROM_TOPIC_PREFIX", ""))
+    parser.add_argument(
+        "--partitions", type=int, default=int(os.environ.get("VAKTROM_KAFKA_PARTITIONS", "6"))
+    )
+    args = parser.parse_args(argv)
+    try:
+        created = ensure_topics(args.bootstrap, prefix=args.prefix, partitions=args.partitions)
+    except KafkaError as exc:
+        print(f"topics: cannot reach Kafka at {args.bootstrap}: {exc}", file=sys.stderr)
+        return 1
+    print(f"topics: created {', '.join(created)}" if created else "topics: all present")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

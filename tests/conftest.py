@@ -1,0 +1,140 @@
+"""Test harness: the real local stack, started once per session through the project's own scripts.
+
+Tests under tests/integration and tests/e2e use the `stack` fixture (directly or through `mqtt`,
+`kafka_bootstrap`, `database_url`). It runs `infra/stack up`, exactly what a person runs, which
+reuses services that are already up. With VAKTROM_TEST_STACK=reuse it starts nothing and uses
+what runs. When a service cannot be started or reached the test *fails* with the reason and the
+service's log tail; it never skips.
+
+Every test gets its own names (`unique`): MQTT topics, Kafka topics and patient ids never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+STATE = Path(os.environ.get("VAKTROM_STATE_DIR", REPO / ".local"))
+SERVICE_DIRS = ("integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(f"/tests/{d}/" in str(item.path) for d in SERVICE_DIRS):
+            item.add_marker(pytest.mark.services)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Where the running local stack listens (from .local/stack.env, written by `infra/stack up`)."""
+
+    mqtt_host: str
+    mqtt_port: int
+    kafka_bootstrap: str
+    database_url: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "VAKTROM_MQTT_HOST": self.mqtt_host,
+            "VAKTROM_MQTT_PORT": str(self.mqtt_port),
+            "VAKTROM_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "VAKTROM_DATABASE_URL": self.database_url,
+        }
+
+
+def _stack_command(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(REPO / "infra" / "stack"), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _read_env_file() -> dict[str, str]:
+    path = STATE / "stack.env"
+    if not path.exists():
+        pytest.fail(
+            f"{path} does not exist: the local stack was never started. Run `make stack-up`.", pytrace=False
+        )
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Stack:
+    """The real Mosquitto, Kafka and PostgreSQL, started (or reused) through infra/stack."""
+    if os.environ.get("VAKTROM_TEST_STACK", "start") != "reuse":
+        result = _stack_command("up")
+        if result.returncode != 0:
+            pytest.fail(
+                "the local stack did not start, so tests that need real services cannot run.\n"
+                f"`infra/stack up` said:\n{result.stdout}\n{result.stderr}\n"
+                "Fix the cause above (or see `make logs`), then run the tests again.",
+                pytrace=False,
+            )
+    env = _read_env_file()
+    return Stack(
+        mqtt_host=env["VAKTROM_MQTT_HOST"],
+        mqtt_port=int(env["VAKTROM_MQTT_PORT"]),
+        kafka_bootstrap=env["VAKTROM_KAFKA_BOOTSTRAP"],
+        database_url=env["VAKTROM_DATABASE_URL"],
+    )
+
+
+def _require_healthy(service: str, stack: Stack) -> None:
+    """Fail with a message a person can act on when one service of the stack does not answer."""
+    result = _stack_command("status", timeout=60)
+    line = next((ln for ln in result.stdout.splitlines() if ln.startswith(service)), "")
+    if "healthy" in line and "UNHEALTHY" not in line:
+        return
+    logs = _stack_command("logs", service, timeout=30).stdout[-3000:]
+    addresses = {
+        "mosquitto": f"{stack.mqtt_host}:{stack.mqtt_port}",
+        "kafka": stack.kafka_bootstrap,
+        "postgres": re.sub(r":[^:@/]*@", ":***@", stack.database_url),
+    }
+    pytest.fail(
+        f"{service} at {addresses[service]} is not available: {line.strip() or 'no status'}.\n"
+        f"Start it with `infra/stack up {service}` (or `make stack-up`) and run the tests again.\n"
+        f"Recent log:\n{logs}",
+        pytrace=False,
+    )
+
+
+@pytest.fixture
+def mqtt(stack: Stack) -> tuple[str, int]:
+    _require_healthy("mosquitto", stack)
+    return stack.mqtt_host, stack.mqtt_port
+
+
+@pytest.fixture
+def kafka_bootstrap(stack: Stack) -> str:
+    _require_healthy("kafka", stack)
+    return stack.kafka_bootstrap
+
+
+@pytest.fixture
+def database_url(stack: Stack) -> str:
+    _require_healthy("postgres", stack)
+    return stack.database_url
+
+
+@pytest.fixture
+def unique(request: pytest.FixtureRequest) -> str:
+    """A short name no other test (or earlier run) uses: for topics, patient ids, tables."""
+    test = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:24]
+    return f"t{uuid.uuid4().hex[:8]}-{test}"
+
+
+@pytest.fixture
+def artefacts(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A folder under tests/artefacts/ for screenshots and reports a test leaves behind."""
+    path = REPO / "tests" / "artefacts" / re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

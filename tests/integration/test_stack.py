@@ -1,0 +1,153 @@
+"""The local stack is real: each service is exercised with its own client, as the stages will."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+
+import paho.mqtt.client as mqtt_client
+import psycopg
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+
+from contracts.topics import kafka_topics, measurement_topic
+from tests.conftest import REPO, STATE, Stack
+
+
+def test_mosquitto_pub_reaches_a_paho_subscriber(mqtt: tuple[str, int], unique: str) -> None:
+    """A message published with the real mosquitto_pub client arrives at a paho-mqtt 2 subscriber."""
+    host, port = mqtt
+    topic = f"test/{unique}/readings"
+    received: list[bytes] = []
+    arrived, subscribed = threading.Event(), threading.Event()
+
+    def on_message(_c: object, _u: object, message: mqtt_client.MQTTMessage) -> None:
+        received.append(message.payload)
+        arrived.set()
+
+    client = mqtt_client.Client(mqtt_client.CallbackAPIVersion.VERSION2, client_id=unique)
+    client.on_message = on_message
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        client.subscribe(topic, qos=1)
+        assert subscribed.wait(5), "the broker did not acknowledge the subscription"
+        mosquitto_pub = shutil.which("mosquitto_pub")
+        assert mosquitto_pub, "mosquitto_pub is missing: infra/bootstrap installs mosquitto-clients"
+        subprocess.run(
+            [mosquitto_pub, "-h", host, "-p", str(port), "-q", "1", "-t", topic, "-m", '{"hello": "kit"}'],
+            check=True,
+            timeout=10,
+        )
+        assert arrived.wait(5), "the message published with mosquitto_pub never arrived"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert received == [b'{"hello": "kit"}']
+
+
+def test_kafka_record_round_trips_with_key_and_headers(kafka_bootstrap: str, unique: str) -> None:
+    """A record produced with kafka-python (acks=all, idempotent) comes back with its key and headers."""
+    topic = f"{unique}.roundtrip"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, 3, 1)])
+    finally:
+        admin.close()
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
+    headers = [("trace-kit-sent", b"2026-11-22T07:31:00.000Z"), ("schema", b"vaktrom.measurement.v1")]
+    metadata = producer.send(topic, key=b"patient-42", value=b'{"value": 82.3}', headers=headers).get(
+        timeout=15
+    )
+    producer.close()
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=unique,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=15000,
+    )
+    try:
+        record = next(iter(consumer))
+    finally:
+        consumer.close()
+    assert (record.partition, record.offset) == (metadata.partition, metadata.offset)
+    assert record.key == b"patient-42"
+    assert record.value == b'{"value": 82.3}'
+    assert list(record.headers) == headers
+
+
+def test_postgres_row_round_trips(database_url: str, unique: str) -> None:
+    """A row written with psycopg 3 is read back from the stack's own PostgreSQL."""
+    table = unique.replace("-", "_")
+    with psycopg.connect(database_url) as conn:
+        conn.execute(f"CREATE TEMP TABLE {table} (id int PRIMARY KEY, note text)")
+        conn.execute(f"INSERT INTO {table} VALUES (%s, %s)", (7, "weight 82.3 kg"))  # noqa: S608
+        row = conn.execute(f"SELECT id, note FROM {table}").fetchone()  # noqa: S608
+    assert row == (7, "weight 82.3 kg")
+
+
+def test_schema_is_migrated(database_url: str) -> None:
+    """`infra/stack up` applies the migrations: the archive's tables exist and are recorded."""
+    migrations = sorted(p.name for p in (REPO / "infra" / "postgres" / "migrations").glob("*.sql"))
+    with psycopg.connect(database_url) as conn:
+        applied = [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY version")]
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert applied == migrations
+    assert {"measurements", "rejections"} <= tables
+
+
+def test_pipeline_topics_exist_with_their_settings(kafka_bootstrap: str) -> None:
+    """Every topic the contracts name exists; measurement records carry the broker's append time."""
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        present = set(admin.list_topics())
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, measurement_topic())])
+    finally:
+        admin.close()
+    assert {t.name for t in kafka_topics()} <= present
+    entries = configs["topic"][measurement_topic()]
+    assert entries["message.timestamp.type"]["value"] == "LogAppendTime"
+
+
+def test_status_reports_three_healthy_services(stack: Stack) -> None:
+    """`infra/stack status` shows each service with port, pid and a live health check."""
+    result = subprocess.run(
+        [str(REPO / "infra" / "stack"), "status"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:4]}
+    assert set(rows) == {"mosquitto", "kafka", "postgres"}
+    for name, row in rows.items():
+        assert " healthy (" in row, f"{name}: {row}"
+        assert row.split()[2].isdigit(), f"{name} shows no pid: {row}"
+
+
+def test_up_is_idempotent_and_fast_when_running(stack: Stack) -> None:
+    """A second `infra/stack up` reuses the running services instead of starting new ones."""
+    before = (STATE / "run" / "mosquitto.pid").read_text()
+    began = time.monotonic()
+    result = subprocess.run(
+        [str(REPO / "infra" / "stack"), "up"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert time.monotonic() - began < 30
+    assert (STATE / "run" / "mosquitto.pid").read_text() == before
+
+
+@pytest.mark.parametrize("service", ["mosquitto", "kafka", "postgres"])
+def test_logs_name_each_service(stack: Stack, service: str) -> None:
+    """`infra/stack logs SERVICE` shows that service's log file."""
+    result = subprocess.run(
+        [str(REPO / "infra" / "stack"), "logs", service],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[0].endswith(f"{service}.log")

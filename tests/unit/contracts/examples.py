@@ -1,0 +1,190 @@
+"""One good example payload of each contract kind, as JSON-ready dicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MID = "0123456789abcdef0123456789abcdef"
+
+GOOD: dict[str, dict[str, Any]] = {
+    "kit-reading.v1": {
+        "schema": "vaktrom.kit-reading.v1",
+        "kit": "KIT-000123",
+        "seq": 41,
+        "sent_at": "2026-11-22T07:31:02+01:00",
+        "readings": [
+            {
+                "device": "SC-445",
+                "metric": "body_weight",
+                "value": 82.3,
+                "unit": "kg",
+                "measured_at": "2026-11-22T07:31:00+01:00",
+            },
+            {
+                "device": "GM-12",
+                "metric": "glucose",
+                "unit": "mmol/L",
+                "flag": "HI",
+                "measured_at": "2026-11-22T07:40:00+01:00",
+            },
+        ],
+    },
+    "kit-status.v1": {
+        "schema": "vaktrom.kit-status.v1",
+        "kit": "KIT-000123",
+        "state": "offline",
+        "at": "2026-11-22T07:31:00Z",
+        "queued": 3,
+        "battery": 71.5,
+    },
+    "receipt.v1": {
+        "schema": "vaktrom.receipt.v1",
+        "kit": "KIT-000123",
+        "at": "2026-11-22T07:31:01Z",
+        "messages": [{"seq": 41, "readings": [{"id": MID}, {"rejected": "implausible"}]}],
+    },
+    "measurement.v1": {
+        "schema": "vaktrom.measurement.v1",
+        "measurement_id": MID,
+        "patient_id": "P-7f3a",
+        "kit_id": "KIT-000123",
+        "device_id": "GM-12",
+        "metric": "glucose",
+        "loinc": "15074-8",
+        "value": 3.885,
+        "unit": "mmol/L",
+        "reported_value": 70.0,
+        "reported_unit": "mg/dL",
+        "measured_at": "2026-11-22T06:31:00Z",
+        "received_at": "2026-11-22T06:31:01.250Z",
+        "kit_seq": 41,
+        "trace": {"kit_sent": "2026-11-22T06:31:01Z", "bridge_received": "2026-11-22T06:31:01.250Z"},
+    },
+    "rejection.v1": {
+        "schema": "vaktrom.rejection.v1",
+        "rejection_id": MID,
+        "reason": "unit_not_accepted",
+        "detail": "temperature 98.6 reported as Cel is outside 32-42 Cel; probably Fahrenheit (37.0 Cel)",
+        "source_topic": "vaktrom/v1/kits/KIT-000123/readings",
+        "received_at": "2026-11-22T06:31:01Z",
+        "kit_id": "KIT-000123",
+        "reading_index": 0,
+        "raw_excerpt": "{...}",
+        "raw_size": 180,
+    },
+    "kit-status-event.v1": {
+        "schema": "vaktrom.kit-status-event.v1",
+        "kit_id": "KIT-000123",
+        "patient_id": "P-7f3a",
+        "state": "online",
+        "at": "2026-11-22T06:31:00Z",
+        "received_at": "2026-11-22T06:31:01Z",
+    },
+    "alert.v1": {
+        "schema": "vaktrom.alert.v1",
+        "episode_id": MID,
+        "version": 2,
+        "change": "updated",
+        "patient_id": "P-7f3a",
+        "rule_id": "HF-1",
+        "rule_source": "ESC HFA patient guidance",
+        "metric": "body_weight",
+        "severity": "yellow",
+        "explanation": "Weight 82.3 kg, +2.3 kg since 19 Nov (3 days); rule HF-1: > 2 kg in 3 days",
+        "opened_at": "2026-11-21T06:30:00Z",
+        "last_seen_at": "2026-11-22T06:31:00Z",
+        "count": 2,
+        "latest": {
+            "measurement_id": MID,
+            "metric": "body_weight",
+            "value": 82.3,
+            "unit": "kg",
+            "measured_at": "2026-11-22T06:31:00Z",
+        },
+        "baseline": {"method": "earliest_in_72h", "value": 80.0, "unit": "kg", "readings": 3},
+        "threshold": {"op": ">", "value": 2.0, "unit": "kg", "window": "72h"},
+        "emitted_at": "2026-11-22T06:31:01.300Z",
+    },
+    "careplan.v1": {
+        "schema": "vaktrom.careplan.v1",
+        "patient_id": "P-7f3a",
+        "version": 3,
+        "condition": "copd",
+        "team_id": "oslo-nord",
+        "spo2_scale": 2,
+        "expected": [{"metric": "spo2", "windows": [{"start": "07:00", "end": "10:00"}]}],
+        "thresholds": {"RS-2": {"points": 4.0}},
+        "rules_off": ["RS-6"],
+        "changed_at": "2026-11-20T12:00:00Z",
+        "changed_by": "dr.hansen",
+        "reason": "prescribed 88-92 % target",
+    },
+}
+
+# (schema stem, description, mutation of the good example) -> must be rejected by schema and type
+BAD: list[tuple[str, str, dict[str, Any]]] = [
+    ("kit-reading.v1", "missing readings", {"readings": None}),
+    ("kit-reading.v1", "empty readings", {"readings": []}),
+    ("kit-reading.v1", "negative seq", {"seq": -1}),
+    ("kit-reading.v1", "kit id with an MQTT wildcard", {"kit": "KIT/+"}),
+    ("kit-reading.v1", "unknown field", {"firmware_hack": True}),
+    ("kit-reading.v1", "wrong schema tag", {"schema": "vaktrom.kit-reading.v0"}),
+    (
+        "kit-reading.v1",
+        "value as a string",
+        {
+            "readings": [
+                {
+                    "device": "SC-445",
+                    "metric": "body_weight",
+                    "value": "82.3",
+                    "unit": "kg",
+                    "measured_at": "2026-11-22T07:31:00+01:00",
+                }
+            ]
+        },
+    ),
+    (
+        "kit-reading.v1",
+        "flag that is not HI/LO",
+        {
+            "readings": [
+                {
+                    "device": "GM-12",
+                    "metric": "glucose",
+                    "unit": "mmol/L",
+                    "flag": "ERR",
+                    "measured_at": "2026-11-22T07:31:00+01:00",
+                }
+            ]
+        },
+    ),
+    ("kit-status.v1", "unknown state", {"state": "sleeping"}),
+    ("kit-status.v1", "battery over 100", {"battery": 101}),
+    ("receipt.v1", "messages missing", {"messages": None}),
+    ("measurement.v1", "id not 32 hex digits", {"measurement_id": "xyz"}),
+    ("measurement.v1", "unknown metric", {"metric": "blood_pressure"}),
+    ("rejection.v1", "unknown reason", {"reason": "because"}),
+    ("kit-status-event.v1", "missing kit", {"kit_id": None}),
+    ("alert.v1", "unknown severity", {"severity": "green"}),
+    ("alert.v1", "version zero", {"version": 0}),
+    ("alert.v1", "threshold operator", {"threshold": {"op": "=", "value": 2.0, "unit": "kg"}}),
+    ("careplan.v1", "unknown condition", {"condition": "asthma"}),
+    (
+        "careplan.v1",
+        "window time 24:00",
+        {"expected": [{"metric": "spo2", "windows": [{"start": "07:00", "end": "24:00"}]}]},
+    ),
+    ("careplan.v1", "spo2 scale 3", {"spo2_scale": 3}),
+]
+
+
+def mutate(stem: str, change: dict[str, Any]) -> dict[str, Any]:
+    """The good example of `stem` with `change` applied; a None value removes the field."""
+    payload = dict(GOOD[stem])
+    for key, value in change.items():
+        if value is None:
+            payload.pop(key, None)
+        else:
+            payload[key] = value
+    return payload

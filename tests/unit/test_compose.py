@@ -1,0 +1,127 @@
+"""docker-compose.yml cannot run here (no Docker engine), so its consistency is checked by reading it."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from contracts.settings import SETTINGS_CLASSES
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+STAGE_SERVICES = {"init", "ingest", "monitor", "archive", "alerts"}
+INFRA_SERVICES = {"mosquitto", "kafka", "timescaledb"}
+
+
+def _known_variables() -> set[str]:
+    """Every VAKTROM_* variable some settings class reads (importing each stage's modules to find them)."""
+    for package in ("contracts", "ingest", "streams", "alerts"):
+        module = importlib.import_module(package)
+        for info in pkgutil.walk_packages(module.__path__, f"{package}."):
+            if info.name.rsplit(".", 1)[-1] in {"settings", "config", "_settings"}:
+                importlib.import_module(info.name)
+    return {env for cls in SETTINGS_CLASSES for env in cls.variables()}
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host, int(port)
+
+
+def test_expected_services_exist() -> None:
+    assert set(SERVICES) >= STAGE_SERVICES | INFRA_SERVICES
+
+
+def test_stage_services_share_one_image_with_their_own_command() -> None:
+    images = {SERVICES[s]["image"] for s in STAGE_SERVICES}
+    assert len(images) == 1
+    assert all(SERVICES[s]["build"]["dockerfile"] == "infra/Dockerfile" for s in STAGE_SERVICES)
+    commands = [tuple(SERVICES[s]["command"]) for s in STAGE_SERVICES]
+    assert len(set(commands)) == len(commands)
+    assert (REPO / "infra" / "Dockerfile").exists()
+
+
+def test_every_vaktrom_variable_is_a_setting_a_stage_reads() -> None:
+    """A misspelt variable in compose would be silently ignored by the stage; catch it here."""
+    known = _known_variables()
+    for name, service in SERVICES.items():
+        for variable in service.get("environment", {}):
+            if variable.startswith("VAKTROM_"):
+                assert variable in known, f"{name} sets {variable}, which no settings class reads"
+
+
+def test_addresses_point_at_compose_services_and_their_ports() -> None:
+    env = SERVICES["ingest"]["environment"]
+    kafka_host, kafka_port = _host_port(env["VAKTROM_KAFKA_BOOTSTRAP"])
+    assert kafka_host == "kafka"
+    assert f":{kafka_port}" in SERVICES["kafka"]["environment"]["KAFKA_LISTENERS"]
+    assert f"PLAINTEXT://kafka:{kafka_port}" == SERVICES["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+
+    assert env["VAKTROM_MQTT_HOST"] == "mosquitto"
+    mosquitto_conf = (REPO / "infra" / "mosquitto" / "mosquitto.prod.conf").read_text()
+    assert re.search(rf"^listener {env['VAKTROM_MQTT_PORT']}$", mosquitto_conf, re.MULTILINE)
+
+    db = urlsplit(re.sub(r"\$\{[^}]*\}", "from-env", env["VAKTROM_DATABASE_URL"]))
+    tsdb = SERVICES["timescaledb"]["environment"]
+    assert (db.hostname, db.port) == ("timescaledb", 5432)
+    assert db.username == tsdb["POSTGRES_USER"]
+    assert db.path.lstrip("/") == tsdb["POSTGRES_DB"]
+
+
+def test_no_secret_is_written_in_the_file() -> None:
+    """Passwords and ids come from .env; the file only references them."""
+    for name, service in SERVICES.items():
+        for variable, value in (service.get("environment") or {}).items():
+            if re.search(r"PASSWORD|SECRET|CLUSTER_ID", variable):
+                assert str(value).startswith("${"), f"{name}.{variable} holds a literal"
+                assert ":?" in str(value), f"{name}.{variable} must fail when .env lacks it"
+
+
+def test_every_interpolated_variable_is_documented_in_env_example() -> None:
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", (REPO / "docker-compose.yml").read_text()))
+    documented = {
+        line.split("=", 1)[0]
+        for line in (REPO / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert used <= documented, f"undocumented in .env.example: {sorted(used - documented)}"
+
+
+@pytest.mark.parametrize("service", sorted(INFRA_SERVICES))
+def test_infrastructure_has_health_checks_and_pinned_images(service: str) -> None:
+    assert "healthcheck" in SERVICES[service]
+    assert not SERVICES[service]["image"].endswith(":latest")
+    assert ":" in SERVICES[service]["image"]
+
+
+def test_kafka_image_matches_the_jars_of_the_local_stack() -> None:
+    """The local stack and production run the same Kafka version."""
+    pom = (REPO / "infra" / "kafka" / "pom.xml").read_text()
+    version = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom)
+    assert version
+    assert SERVICES["kafka"]["image"] == f"apache/kafka:{version.group(1)}"
+
+
+def test_dependencies_and_volumes_are_declared() -> None:
+    for name, service in SERVICES.items():
+        for dependency in service.get("depends_on", {}):
+            assert dependency in SERVICES, f"{name} depends on unknown service {dependency}"
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if not source.startswith("."):
+                assert source in COMPOSE["volumes"], f"{name} uses undeclared volume {source}"
+            else:
+                assert (REPO / source).exists(), f"{name} mounts missing file {source}"
+
+
+def test_stages_wait_for_the_schema_and_topics() -> None:
+    for name in STAGE_SERVICES - {"init"}:
+        assert SERVICES[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"

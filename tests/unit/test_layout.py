@@ -1,0 +1,68 @@
+"""Stages talk through Kafka and the contracts only: no stage imports another stage's internals."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STAGES = {
+    "ingest": REPO / "ingest",
+    "streams": REPO / "streams",
+    "alerts": REPO / "alerts",
+    "gateway_sim": REPO / "gateway-sim" / "gateway_sim",
+}
+PIPELINE = {*STAGES, "contracts"}
+
+
+def _roots_of(path: Path) -> set[str]:
+    """Top-level package names a file imports (absolute imports, anywhere in the file)."""
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def _imported_roots(package_dir: Path) -> dict[str, set[str]]:
+    """file -> top-level package names it imports."""
+    return {str(path.relative_to(REPO)): _roots_of(path) for path in package_dir.rglob("*.py")}
+
+
+@pytest.mark.parametrize("stage", sorted(set(STAGES) - {"gateway_sim"}))
+def test_stage_imports_only_contracts_of_the_pipeline(stage: str) -> None:
+    for path, roots in _imported_roots(STAGES[stage]).items():
+        foreign = (roots & PIPELINE) - {stage, "contracts"}
+        assert not foreign, (
+            f"{path} imports {sorted(foreign)}; stages share only `contracts` and Kafka topics"
+        )
+
+
+def test_simulator_imports_nothing_of_the_pipeline() -> None:
+    """The simulator stands in for a real kit: it knows the published JSON Schemas, not our code."""
+    for path, roots in _imported_roots(STAGES["gateway_sim"]).items():
+        foreign = roots & PIPELINE - {"gateway_sim"}
+        assert not foreign, (
+            f"{path} imports {sorted(foreign)}; the simulator may only use contracts/schemas/*.json"
+        )
+
+
+def test_contracts_import_no_stage_and_no_io_library() -> None:
+    """The contracts are pure: no stage, no Kafka, MQTT or database client."""
+    for path, roots in _imported_roots(REPO / "contracts").items():
+        assert not roots & (set(STAGES) | {"kafka", "paho", "psycopg", "faust"}), (
+            f"{path} imports {sorted(roots)}"
+        )
+
+
+def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
+    """Guard against a checker that can never fail: a planted cross-stage import is found."""
+    planted = tmp_path / "bad.py"
+    planted.write_text(
+        "import json\nfrom streams.rules import evaluate\n\ndef f():\n    import alerts.queue\n"
+    )
+    assert _roots_of(planted) & PIPELINE == {"streams", "alerts"}
