@@ -93,16 +93,17 @@ def _require_healthy(service: str, stack: Stack) -> None:
     line = next((ln for ln in result.stdout.splitlines() if ln.startswith(service)), "")
     if "healthy" in line and "UNHEALTHY" not in line:
         return
-    logs = _stack_command("logs", service, timeout=30).stdout[-3000:]
+    state = line.split(None, 5)[-1] if line.count(" ") else "no status"
+    logs = "\n".join(_stack_command("logs", service, timeout=30).stdout.splitlines()[-12:])
     addresses = {
         "mosquitto": f"{stack.mqtt_host}:{stack.mqtt_port}",
         "kafka": stack.kafka_bootstrap,
         "postgres": re.sub(r":[^:@/]*@", ":***@", stack.database_url),
     }
     pytest.fail(
-        f"{service} at {addresses[service]} is not available: {line.strip() or 'no status'}.\n"
+        f"{service} at {addresses[service]} is not available (infra/stack status: {state.strip()}).\n"
         f"Start it with `infra/stack up {service}` (or `make stack-up`) and run the tests again.\n"
-        f"Recent log:\n{logs}",
+        f"Last lines of its log:\n{logs}",
         pytrace=False,
     )
 
