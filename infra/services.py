@@ -235,26 +235,20 @@ class Postgres(Service):
         self.sock.chmod(0o700)  # the superuser connects over this socket without a password
         chown_tree(self.home, self.user)
         if not (self.data / "PG_VERSION").exists():
-            result = subprocess.run(
-                as_user(
-                    [
-                        str(self.bin / "initdb"),
-                        "-D",
-                        str(self.data),
-                        "-U",
-                        "postgres",
-                        "-E",
-                        "UTF8",
-                        "--locale=C.UTF-8",
-                        "--auth-local=trust",
-                        "--auth-host=scram-sha-256",
-                        "--no-instructions",
-                    ],
-                    self.user,
-                ),
-                capture_output=True,
-                text=True,
-                check=False,
+            result = self._run(
+                [
+                    str(self.bin / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--no-instructions",
+                ],
             )
             if result.returncode != 0:
                 raise StackError(f"initdb failed for {self.data}:\n{result.stdout}{result.stderr}")
@@ -269,24 +263,18 @@ class Postgres(Service):
         chown_tree(self.home, self.user)
 
     def spawn(self) -> int:
-        result = subprocess.run(
-            as_user(
-                [
-                    str(self.bin / "pg_ctl"),
-                    "-D",
-                    str(self.data),
-                    "-l",
-                    str(self.home / "postgres.log"),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-                self.user,
-            ),
-            capture_output=True,
-            text=True,
-            check=False,
+        result = self._run(
+            [
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.home / "postgres.log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
         )
         if result.returncode != 0:
             detail = f"{result.stdout}{result.stderr}\n{log_tail(self.log)}"
@@ -299,6 +287,10 @@ class Postgres(Service):
         except (OSError, ValueError, IndexError):
             return None
         return pid if pid_alive(pid) and str(self.data) in cmdline(pid) else None
+
+    def _run(self, cmd: list[str]) -> subprocess.CompletedProcess[str]:
+        """Run a PostgreSQL tool as the cluster's owner (the postgres user when we are root)."""
+        return subprocess.run(as_user(cmd, self.user), capture_output=True, text=True, check=False)
 
     def check(self, timeout: float) -> Health:
         result = subprocess.run(
@@ -318,29 +310,23 @@ class Postgres(Service):
         return Health(result.returncode == 0, result.stdout.strip().split(" - ")[-1] or "no answer")
 
     def psql(self, sql: str, *, database: str = "postgres") -> str:
-        result = subprocess.run(
-            as_user(
-                [
-                    str(self.bin / "psql"),
-                    "-h",
-                    str(self.sock),
-                    "-p",
-                    str(self.port),
-                    "-U",
-                    "postgres",
-                    "-d",
-                    database,
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-qAt",
-                    "-c",
-                    sql,
-                ],
-                self.user,
-            ),
-            capture_output=True,
-            text=True,
-            check=False,
+        result = self._run(
+            [
+                str(self.bin / "psql"),
+                "-h",
+                str(self.sock),
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-qAt",
+                "-c",
+                sql,
+            ],
         )
         if result.returncode != 0:
             raise StackError(f"psql failed: {result.stderr.strip()}")
@@ -360,23 +346,18 @@ class Postgres(Service):
     def stop(self, *, timeout: float = 30.0) -> bool:
         if self.pid() is None:
             return False
-        subprocess.run(
-            as_user(
-                [
-                    str(self.bin / "pg_ctl"),
-                    "-D",
-                    str(self.data),
-                    "-m",
-                    "fast",
-                    "-w",
-                    "-t",
-                    str(int(timeout)),
-                    "stop",
-                ],
-                self.user,
-            ),
-            capture_output=True,
-            check=False,
+        self._run(
+            [
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "stop",
+            ],
         )
         if self.pid() is not None:
             return super().stop(timeout=timeout)
