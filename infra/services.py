@@ -22,9 +22,7 @@ from processes import (
     StackError,
     as_user,
     chown_tree,
-    cmdline,
     log_tail,
-    pid_alive,
     service_user,
 )
 
@@ -166,22 +164,13 @@ class Kafka(Service):
         ]
         return self._popen(self._java("kafka.Kafka", str(self.home / "server.properties"), jvm=jvm))
 
-    def _admin(self, timeout: float):  # type: ignore[no-untyped-def]  # kafka-python is untyped
-        from kafka.admin import KafkaAdminClient  # noqa: PLC0415
-
-        return KafkaAdminClient(
-            bootstrap_servers=self.bootstrap,
-            client_id="vaktrom-stack",
-            request_timeout_ms=int(timeout * 1000),
-            bootstrap_timeout_ms=int(timeout * 1000),
-        )
-
     def check(self, timeout: float) -> Health:
         """A metadata request answered by the broker."""
         from kafka.errors import KafkaError  # noqa: PLC0415
+        from topics import admin_client  # noqa: PLC0415 - needs the venv's kafka-python
 
         try:
-            admin = self._admin(timeout)
+            admin = admin_client(self.bootstrap, timeout=timeout, client_id="vaktrom-stack")
         except (KafkaError, OSError, ValueError) as exc:
             return Health(False, f"no answer from {self.bootstrap}: {type(exc).__name__}")
         try:
@@ -214,8 +203,8 @@ class Postgres(Service):
         self.password_file = state / "secrets" / "postgres-password"
         self.user = service_user("postgres")
         self.bin = _postgres_bin()
-        # pg_ctl daemonises; the postmaster writes its own pid file, which we follow
-        self.pid_file = self.data / "postmaster.pid"
+        # pg_ctl daemonises; spawn() reads the postmaster's pid from its own lock file
+        self.postmaster_pid = self.data / "postmaster.pid"
         self.log = self.home / "postgres.log"
 
     @property
@@ -279,14 +268,7 @@ class Postgres(Service):
         if result.returncode != 0:
             detail = f"{result.stdout}{result.stderr}\n{log_tail(self.log)}"
             raise StackError(f"PostgreSQL did not start:\n{detail}")
-        return int(self.pid_file.read_text().split()[0])
-
-    def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        return pid if pid_alive(pid) and str(self.data) in cmdline(pid) else None
+        return int(self.postmaster_pid.read_text().split()[0])
 
     def _run(self, cmd: list[str]) -> subprocess.CompletedProcess[str]:
         """Run a PostgreSQL tool as the cluster's owner (the postgres user when we are root)."""
@@ -344,7 +326,9 @@ class Postgres(Service):
             self.psql(f"CREATE DATABASE {self.database} OWNER {self.role}")
 
     def stop(self, *, timeout: float = 30.0) -> bool:
+        """pg_ctl's fast shutdown first; the base class's signals only if the postmaster is still up."""
         if self.pid() is None:
+            self.pid_file.unlink(missing_ok=True)
             return False
         self._run(
             [
@@ -359,9 +343,7 @@ class Postgres(Service):
                 "stop",
             ],
         )
-        if self.pid() is not None:
-            return super().stop(timeout=timeout)
-        return True
+        return super().stop(timeout=timeout) or True
 
 
 def _postgres_bin() -> Path:

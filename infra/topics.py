@@ -18,19 +18,24 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from contracts.topics import kafka_topics
 
-__all__ = ["ensure_topics"]
+__all__ = ["admin_client", "ensure_topics"]
+
+
+def admin_client(bootstrap: str, *, timeout: float, client_id: str = "vaktrom-topics") -> KafkaAdminClient:
+    """An admin client that gives up after `timeout` seconds instead of kafka-python's minute."""
+    return KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        request_timeout_ms=int(timeout * 1000),
+        bootstrap_timeout_ms=int(timeout * 1000),
+    )
 
 
 def ensure_topics(
     bootstrap: str, *, prefix: str = "", partitions: int = 6, timeout: float = 15.0
 ) -> list[str]:
     """Create whatever is missing; returns the names created now."""
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="vaktrom-topics",
-        request_timeout_ms=int(timeout * 1000),
-        bootstrap_timeout_ms=int(timeout * 1000),
-    )
+    admin = admin_client(bootstrap, timeout=timeout)
     try:
         existing = set(admin.list_topics())
         missing = [t for t in kafka_topics(prefix, partitions=partitions) if t.name not in existing]
