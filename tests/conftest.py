@@ -51,7 +51,7 @@ class Stack:
         }
 
 
-def _stack_command(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def stack_command(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(REPO / "infra" / "stack"), *args], capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -70,7 +70,7 @@ def _read_env_file() -> dict[str, str]:
 def stack() -> Stack:
     """The real Mosquitto, Kafka and PostgreSQL, started (or reused) through infra/stack."""
     if os.environ.get("VAKTROM_TEST_STACK", "start") != "reuse":
-        result = _stack_command("up")
+        result = stack_command("up")
         if result.returncode != 0:
             pytest.fail(
                 "the local stack did not start, so tests that need real services cannot run.\n"
@@ -89,12 +89,12 @@ def stack() -> Stack:
 
 def _require_healthy(service: str, stack: Stack) -> None:
     """Fail with a message a person can act on when one service of the stack does not answer."""
-    result = _stack_command("status", timeout=60)
+    result = stack_command("status", timeout=60)
     line = next((ln for ln in result.stdout.splitlines() if ln.startswith(service)), "")
     if "healthy" in line and "UNHEALTHY" not in line:
         return
     state = line.split(None, 5)[-1] if line.count(" ") else "no status"
-    logs = "\n".join(_stack_command("logs", service, timeout=30).stdout.splitlines()[-12:])
+    logs = "\n".join(stack_command("logs", service, timeout=30).stdout.splitlines()[-12:])
     addresses = {
         "mosquitto": f"{stack.mqtt_host}:{stack.mqtt_port}",
         "kafka": stack.kafka_bootstrap,

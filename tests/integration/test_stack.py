@@ -14,7 +14,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
 from contracts.topics import kafka_topics, measurement_topic
-from tests.conftest import REPO, STATE, Stack
+from tests.conftest import REPO, STATE, Stack, stack_command
 
 
 def test_mosquitto_pub_reaches_a_paho_subscriber(mqtt: tuple[str, int], unique: str) -> None:
@@ -116,9 +116,7 @@ def test_pipeline_topics_exist_with_their_settings(kafka_bootstrap: str) -> None
 
 def test_status_reports_three_healthy_services(stack: Stack) -> None:
     """`infra/stack status` shows each service with port, pid and a live health check."""
-    result = subprocess.run(
-        [str(REPO / "infra" / "stack"), "status"], capture_output=True, text=True, timeout=60, check=False
-    )
+    result = stack_command("status", timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:4]}
     assert set(rows) == {"mosquitto", "kafka", "postgres"}
@@ -129,25 +127,18 @@ def test_status_reports_three_healthy_services(stack: Stack) -> None:
 
 def test_up_is_idempotent_and_fast_when_running(stack: Stack) -> None:
     """A second `infra/stack up` reuses the running services instead of starting new ones."""
-    before = (STATE / "run" / "mosquitto.pid").read_text()
+    pid_files = [STATE / "run" / f"{name}.pid" for name in ("mosquitto", "kafka", "postgres")]
+    before = [path.read_text() for path in pid_files]
     began = time.monotonic()
-    result = subprocess.run(
-        [str(REPO / "infra" / "stack"), "up"], capture_output=True, text=True, timeout=120, check=False
-    )
+    result = stack_command("up", timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert time.monotonic() - began < 30
-    assert (STATE / "run" / "mosquitto.pid").read_text() == before
+    assert [path.read_text() for path in pid_files] == before
 
 
 @pytest.mark.parametrize("service", ["mosquitto", "kafka", "postgres"])
 def test_logs_name_each_service(stack: Stack, service: str) -> None:
     """`infra/stack logs SERVICE` shows that service's log file."""
-    result = subprocess.run(
-        [str(REPO / "infra" / "stack"), "logs", service],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = stack_command("logs", service, timeout=30)
     assert result.returncode == 0
     assert result.stdout.splitlines()[0].endswith(f"{service}.log")
