@@ -55,8 +55,8 @@ fmt: bootstrap ## format the code and apply safe lint fixes
 schemas: bootstrap ## regenerate contracts/schemas/*.json from the contract types
 	@$(PY) -m contracts write
 
-bench: bootstrap ## run the benchmarks (none yet: they arrive with the stages)
-	@echo "no benchmarks yet; see bench/README.md"
+bench: stack-up ## run the benchmarks against the local stack; figures go to bench/results/
+	@$(PY) bench/sim_publish.py
 
 clean: down ## stop the stack and delete all local state (.local/: data, logs, venv, jars)
 	rm -rf $(STATE)

@@ -119,6 +119,12 @@ def _mqtt_options(parser: argparse.ArgumentParser) -> None:
         help="unacknowledged publishes per connection (default %(default)s; MQTT allows < 65,535)",
     )
     g.add_argument("--client-prefix", help="MQTT client id prefix (default: sim-<kit prefix>)")
+    g.add_argument(
+        "--connect-timeout",
+        type=_duration,
+        default=10.0,
+        help="give up when the broker cannot be reached within this long (default 10s)",
+    )
     g.add_argument("--topic-root", default="vaktrom/v1", help="MQTT topic root (default %(default)s)")
     d = parser.add_argument_group("delivery and output")
     d.add_argument(
@@ -331,7 +337,7 @@ def _execute(args: argparse.Namespace, kits: list[str], source: Source, run_info
         f"confirm by {args.confirm}",
         file=sys.stderr,
     )
-    pool.connect(timeout=10.0)
+    pool.connect(timeout=args.connect_timeout)
     runner = Runner(pool=pool, source=source, ledger=ledger, options=options, progress=progress)
     started = datetime.now(UTC)
     t0 = time.monotonic()

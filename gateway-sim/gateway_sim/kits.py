@@ -418,4 +418,5 @@ class _KitTimeline:
             old = self.recent[int(rng.integers(len(self.recent)))]
             copy = Message(old.kit, old.seq, "readings", old.payload, old.readings, label="duplicate")
             self._push(release + timedelta(minutes=float(rng.uniform(1, 120))), copy)
-        self.recent = [*self.recent[-19:], message]
+        if message.label is None:  # a kit resends what it sent, not what it garbled
+            self.recent = [*self.recent[-19:], message]

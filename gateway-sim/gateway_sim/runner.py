@@ -260,6 +260,7 @@ class Runner:
 
     def _settle(self, message: Message, receipt_latency: float | None) -> None:
         message.settled = True
+        message.payload = b""  # never sent again; the ledger keeps only the readings
         self.backlog -= 1
         self.kit_backlog[message.kit] -= 1
         self.ledger.settled(message, receipt_latency)
