@@ -153,6 +153,13 @@ def _mqtt_options(parser: argparse.ArgumentParser) -> None:
         help="messages released but not yet confirmed, across all kits (default %(default)s)",
     )
     d.add_argument(
+        "--kit-queue",
+        type=_positive(int),
+        default=5000,
+        help="messages one kit holds unconfirmed before it drops its oldest unsent one "
+        "(default %(default)s; dropped readings are listed in the ledger)",
+    )
+    d.add_argument(
         "--out",
         type=Path,
         default=Path("sim-out"),
@@ -326,6 +333,7 @@ def _execute(args: argparse.Namespace, kits: list[str], source: Source, run_info
         confirm=args.confirm,
         resend_after=args.resend_after,
         max_backlog=args.max_backlog,
+        kit_queue=args.kit_queue,
         drain=args.drain,
         root=root,
     )

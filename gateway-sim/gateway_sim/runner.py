@@ -178,7 +178,8 @@ class Progress:
             f"[{now - self._t0:7.1f}s] sent {sent:,} · confirmed {runner.ledger.messages['settled']:,} · "
             f"in flight {runner.pool.in_flight():,} · waiting {len(runner.waiting):,} · {rate:,.0f}/s · "
             f"resent {runner.ledger.messages['resent']:,} · connections {runner.pool.up()}/"
-            f"{len(runner.pool.connections)} · dropped {runner.ledger.messages['dropped']:,}"
+            f"{len(runner.pool.connections)} · reconnects {runner.pool.reconnects:,} · "
+            f"dropped {runner.ledger.messages['dropped']:,}"
             + (f" · sim {sim.astimezone(UTC):%Y-%m-%d %H:%M}" if sim else "")
         )
         if self.live:
