@@ -306,7 +306,7 @@ class Runner:
             queue = self.ready[conn.index]
             if conn.state != "up":
                 continue
-            while queue and conn.outstanding < limit:
+            while queue and conn.outstanding < limit and conn.state == "up":  # a publish may lose it
                 message = queue.popleft()
                 if message.settled:
                     continue

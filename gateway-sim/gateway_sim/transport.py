@@ -40,6 +40,11 @@ __all__ = ["BrokerAddress", "Connection", "MqttPool"]
 
 log = logging.getLogger(__name__)
 
+_KEPT_BY_PAHO = (
+    MQTTErrorCode.MQTT_ERR_SUCCESS,
+    MQTTErrorCode.MQTT_ERR_NO_CONN,
+    MQTTErrorCode.MQTT_ERR_CONN_LOST,
+)
 _REFUSED_FOR_GOOD = {"Not authorized", "Bad user name or password", "Client identifier not valid"}
 
 
@@ -293,7 +298,9 @@ class MqttPool:
     def publish(self, conn: Connection, topic: str, payload: bytes, ref: object) -> None:
         """Publish at QoS 1; `on_ack(ref, when)` fires on PUBACK (paho resends across reconnects)."""
         info = conn.client.publish(topic, payload, qos=1)
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+        # NO_CONN and CONN_LOST: paho keeps the message and resends it when the session resumes
+        # (the disconnect callback has already put the connection into back-off).
+        if info.rc not in _KEPT_BY_PAHO:
             raise BrokerError(f"paho refused a publish: {mqtt.error_string(info.rc)}", retriable=False)
         conn.mids[info.mid] = ref
         conn.outstanding += 1
