@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import datetime
 from typing import Any
 
 from gateway_sim.ledger import Ledger
@@ -119,3 +121,11 @@ def test_a_full_kit_queue_drops_its_oldest_unsent_message_into_the_ledger() -> N
     assert runner.ledger.messages["dropped"] == 3
     assert [m.seq for m in runner.ledger.dropped] == [1, 2, 3]
     assert not broker.published
+
+
+def test_load_payloads_are_the_bytes_the_generic_encoder_builds() -> None:
+    """The load generator's hand-formatted fast path produces exactly messages.readings_payload's bytes."""
+    source = LoadSource(kits=["L-1", "L-2"], rate=1e6, duration=1.0, seed=3)
+    for message in source.take(50):
+        sent_at = datetime.fromisoformat(json.loads(message.payload)["sent_at"])
+        assert message.payload == readings_payload(message.kit, message.seq, sent_at, message.readings)
