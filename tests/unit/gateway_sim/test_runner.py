@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from gateway_sim.ledger import Ledger
-from gateway_sim.messages import Message, Reading
-from gateway_sim.runner import Runner, RunOptions
+from gateway_sim.messages import Message, Reading, readings_payload
+from gateway_sim.runner import LoadSource, Runner, RunOptions
 from gateway_sim.transport import Connection
 
 
