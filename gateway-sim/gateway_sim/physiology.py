@@ -82,6 +82,7 @@ class Episode:
     magnitude: float  # size of the change in `unit`, signed
     unit: str
     effects: tuple[tuple[str, str, float], ...]  # (metric, mode, amount)
+    fall: timedelta = timedelta(0)  # the return to normal before `end`; 0 = it stops at once
 
     def shape(self, at: datetime) -> float:
         """0 before the start, rising linearly to 1 at the peak, held, falling back to 0 at the end."""
@@ -89,10 +90,9 @@ class Episode:
             return 0.0
         if at < self.peak:
             return (at - self.start) / (self.peak - self.start)
-        hold_end = self.end - (self.peak - self.start) / 2 if self.kind != "slow_drift" else self.end
-        if at <= hold_end:
+        if at <= self.end - self.fall:
             return 1.0
-        return max(0.0, (self.end - at) / (self.end - hold_end))
+        return (self.end - at) / self.fall
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +109,7 @@ class _Plan:
     length: timedelta  # start -> end
     fit: timedelta  # how much of it must lie inside the run for the rule to be able to see it
     earliest_day: float = 6.0  # baseline rules need >= 5 days of history first
+    fall: timedelta | None = None  # recovery time; by default half the rise
 
 
 def _heart_failure(rng: np.random.Generator, run_days: float) -> _Plan:
@@ -127,6 +128,7 @@ def _heart_failure(rng: np.random.Generator, run_days: float) -> _Plan:
             rise + timedelta(days=3),
             rise + timedelta(days=1),
             earliest_day=5.0,
+            fall=timedelta(0),  # the drift is treated (diuretics) at the end, not waited out
         )
     gain = float(rng.uniform(2.5, 3.2))  # +2.5 kg or more within 3 days: HF-1 (> 2 kg in 3 days)
     effects = (("body_weight", "add", gain),)
@@ -224,6 +226,7 @@ def plan_episode(
         plan.magnitude,
         plan.unit,
         plan.effects,
+        plan.rise / 2 if plan.fall is None else plan.fall,
     )
 
 

@@ -90,10 +90,12 @@ def test_episode_shape_rises_holds_and_falls() -> None:
         2.5,
         "kg",
         (("body_weight", "add", 2.5),),
+        fall=timedelta(days=1.5),
     )
     assert ep.shape(START) == 0.0
     assert ep.shape(START + timedelta(days=1, hours=12)) == pytest.approx(0.5)
     assert ep.shape(START + timedelta(days=4)) == 1.0
+    assert ep.shape(START + timedelta(days=6.25)) == pytest.approx(0.5)
     assert ep.shape(START + timedelta(days=7)) == 0.0
 
 
