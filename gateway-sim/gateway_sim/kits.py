@@ -244,14 +244,12 @@ class _PatientDay:
             if roll < faults.wrong_unit:
                 reading = _wrong_unit(reading, self.fault_rng)
             elif roll < faults.wrong_unit + faults.implausible:
-                reading = Reading(
-                    serial, metric, _IMPLAUSIBLE[metric], UNITS[metric], kit_time, label="implausible"
-                )
+                reading = Reading(serial, metric, _IMPLAUSIBLE, UNITS[metric], kit_time, label="implausible")
             out.append(reading)
         return tuple(out)
 
 
-_IMPLAUSIBLE = {"body_weight": 0.0, "spo2": 0.0, "pulse": 0.0, "body_temperature": 0.0, "glucose": 0.0}
+_IMPLAUSIBLE = 0.0  # what a sensor that failed to read reports: SpO2 0 %, weight 0 kg
 
 
 def _device_reading(serial: str, metric: str, value: float, measured_at: str) -> Reading:
