@@ -61,7 +61,7 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 15m, 2h or 14d") from None
 
 
-def _positive(kind: type[int] | type[float]) -> Any:
+def _positive(kind: type[int] | type[float], *, high: float | None = None) -> Any:
     def parse(text: str) -> int | float:
         try:
             value = kind(text)
@@ -69,6 +69,8 @@ def _positive(kind: type[int] | type[float]) -> Any:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         if value <= 0:
             raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at most {high:g}")
         return value
 
     return parse
@@ -114,7 +116,7 @@ def _mqtt_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--max-inflight",
-        type=_positive(int),
+        type=_positive(int, high=20000),  # the pool's bound; MQTT has 65,535 message ids
         default=1000,
         help="unacknowledged publishes per connection (default %(default)s; MQTT allows < 65,535)",
     )
