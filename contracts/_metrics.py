@@ -81,6 +81,10 @@ def _lb_to_kg(value: float) -> float:
     return value * _KG_PER_LB
 
 
+def _g_to_kg(value: float) -> float:  # FHIR's vital-signs profile allows grams
+    return value / 1000.0
+
+
 def _fahrenheit_to_celsius(value: float) -> float:
     return (value - 32.0) * 5.0 / 9.0
 
@@ -100,7 +104,7 @@ METRICS: dict[Metric, MetricSpec] = {
             unit="kg",
             unit_display="kg",
             plausible=PlausibleRange(1.0, 500.0),  # ricu; a device profile may narrow it
-            conversions={"kg": _identity, "[lb_av]": _lb_to_kg},
+            conversions={"kg": _identity, "[lb_av]": _lb_to_kg, "g": _g_to_kg},
         ),
         MetricSpec(
             metric=Metric.SPO2,
@@ -150,6 +154,7 @@ METRICS: dict[Metric, MetricSpec] = {
 # in a metric's `conversions` is rejected as "unit not accepted", never guessed.
 UNIT_ALIASES: dict[str, str] = {
     "kg": "kg",
+    "g": "g",
     "lb": "[lb_av]",
     "lbs": "[lb_av]",
     "[lb_av]": "[lb_av]",

@@ -99,12 +99,15 @@ class RejectReason(enum.StrEnum):
     UNKNOWN_KIT = "unknown_kit"
     KIT_NOT_ASSIGNED = "kit_not_assigned"  # known kit, no patient at the measured time
     KIT_RETIRED = "kit_retired"
+    UNKNOWN_DEVICE = "unknown_device"  # the device is not registered to this kit
     UNKNOWN_METRIC = "unknown_metric"
     UNIT_NOT_ACCEPTED = "unit_not_accepted"
     MISSING_VALUE = "missing_value"  # neither a value nor a meter flag
+    FLAG_NOT_ACCEPTED = "flag_not_accepted"  # a HI/LO flag on a metric whose meters have none
     IMPLAUSIBLE = "implausible"  # outside the plausibility range (a data-quality issue, not an alert)
     CLOCK_FUTURE = "clock_future"  # measured too far in the future of the bridge's clock
     CLOCK_PAST = "clock_past"  # older than the retention the pipeline accepts
+    INTERNAL_ERROR = "internal_error"  # the bridge failed on it (a bug); kept here for operators
 
 
 class Rejection(

@@ -26,9 +26,10 @@ __all__ = [
 
 # ------------------------------------------------------------------ MQTT
 MQTT_ROOT = "vaktrom/v1"
-# A kit publishes to .../kits/{kit}/readings and .../status, and subscribes to .../receipts and
-# .../commands; the broker's access rules (per-kit credentials) keep it to its own {kit}.
-KIT_CHANNELS = ("readings", "status", "receipts", "commands")
+# A kit publishes to .../kits/{kit}/readings and .../status (or FHIR R4 Observations to .../fhir,
+# for gateways that already speak FHIR), and subscribes to .../receipts and .../commands; the
+# broker's access rules (per-kit credentials) keep it to its own {kit}.
+KIT_CHANNELS = ("readings", "status", "fhir", "receipts", "commands")
 
 
 def kit_topic(kit_id: str, channel: str, *, root: str = MQTT_ROOT) -> str:

@@ -447,8 +447,30 @@ def _write_truth(out: Path, patients: list[Any]) -> None:
             f.write(json.dumps(row, separators=(",", ":")) + "\n")
 
 
+def load_enrolment(kit_prefix: str, count: int) -> list[dict[str, object]]:
+    """The synthetic load kits as enrolment records: kit PREFIX-000001 with oximeter PREFIX-000001-OX,
+    for patient PREFIXP000001 (the registry imports it like a cohort's)."""
+    rows: list[dict[str, object]] = []
+    for i in range(1, count + 1):
+        kit = f"{kit_prefix}-{i:06d}"
+        rows.append(
+            {
+                "patient_id": f"{kit_prefix}P{i:06d}",
+                "kit": kit,
+                "condition": "load",
+                "devices": [{"serial": f"{kit}-OX", "kind": "oximeter", "model": "VS-Oxi-10"}],
+                "expected": [],
+            }
+        )
+    return rows
+
+
 def cmd_load(args: argparse.Namespace) -> int:
     kits = [f"{args.kit_prefix}-{i:06d}" for i in range(1, args.kits + 1)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "enrolment.json").write_text(
+        json.dumps(load_enrolment(args.kit_prefix, args.kits), indent=1) + "\n", encoding="utf-8"
+    )
     source = LoadSource(
         kits=kits, rate=args.rate, duration=args.duration, seed=args.seed, readings=args.readings_per_message
     )

@@ -1,0 +1,18 @@
+"""The bridge's exceptions.
+
+    BridgeError        the bridge cannot do its job (a service unreachable at start-up); `retriable`
+                       says whether starting again later may help
+    ConfigError        (contracts.settings) a setting is wrong; fix it and start again
+
+A bad kit payload is never an exception: it becomes a rejection record with a reason code.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BridgeError"]
+
+
+class BridgeError(Exception):
+    def __init__(self, message: str, *, retriable: bool) -> None:
+        super().__init__(message)
+        self.retriable = retriable

@@ -1,0 +1,379 @@
+"""The bridge: MQTT in, canonical records to Kafka, PUBACK and delivery receipt once Kafka has them.
+
+Three threads, none of which waits on another's I/O:
+
+    network  (Subscriber.poll)  paho's socket: queue each message for the worker; PUBACK in order
+                                 what Kafka holds; publish delivery receipts
+    worker   (Bridge._work)      normalise (the pure core), encode, hand records to the producer;
+                                 waits when `max_pending` records are unacknowledged (backpressure)
+    producer (kafka-python)      sends batches; its callbacks count down each message's records
+
+The delivery guarantee (README, "Delivery guarantee"): a kit's QoS-1 message is acknowledged to the
+broker only after Kafka (acks=all, idempotent producer) holds every record made from it, valid or
+rejected. While Kafka is away nothing is acknowledged; the broker keeps the messages for the
+bridge's persistent session and stops sending once its in-flight window is full. A crash of the
+bridge loses nothing: the broker sends the unacknowledged messages again, and the measurement id
+makes the resulting repeats recognisable downstream.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+
+from contracts import Rejection, RejectReason, rejection_id, topics
+from contracts.settings import DatabaseSettings, KafkaSettings, MqttSettings
+from ingest._errors import BridgeError
+from ingest.metrics import BridgeMetrics, OpsServer
+from ingest.normaliser import Normaliser, Outcome
+from ingest.producer import RecordSink
+from ingest.registry import Registry, RegistryCache
+from ingest.settings import BridgeSettings
+from ingest.subscriber import Inbound, Subscriber
+
+__all__ = ["Bridge"]
+
+log = logging.getLogger(__name__)
+
+_RESEND_BACKOFF = 2.0  # seconds before a record Kafka refused is sent again
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    kind: str  # measurement | rejection | status
+
+
+class Bridge:
+    def __init__(
+        self,
+        *,
+        mqtt: MqttSettings,
+        kafka: KafkaSettings,
+        database: DatabaseSettings,
+        settings: BridgeSettings,
+    ) -> None:
+        self.settings = settings
+        self.metrics = BridgeMetrics()
+        self._mqtt, self._kafka, self._database = mqtt, kafka, database
+        self._topics = {
+            "measurement": topics.measurement_topic(kafka.topic_prefix),
+            "rejection": topics.rejection_topic(kafka.topic_prefix),
+            "status": topics.kit_status_topic(kafka.topic_prefix),
+        }
+        self.registry = RegistryCache(
+            database_url=database.url, refresh_interval=settings.registry_refresh_s, on_load=self._loaded
+        )
+        self.normaliser = Normaliser(
+            registry=self._snapshot,
+            max_clock_ahead=timedelta(seconds=settings.max_clock_ahead_s),
+            max_age=timedelta(days=settings.max_age_days),
+        )
+        self.subscriber = Subscriber(
+            mqtt_settings=mqtt,
+            client_id=settings.client_id,
+            share_group=settings.share_group,
+            receipts=settings.receipts,
+            receipt_interval=settings.receipt_interval_ms / 1000,
+            deliver=self._enqueue,
+            metrics=self.metrics,
+        )
+        self.sink: RecordSink | None = None
+        self.stop_requested = threading.Event()
+        self._inbox: collections.deque[Inbound] = collections.deque()
+        self._inbox_ready = threading.Condition()
+        self._resend: collections.deque[tuple[float, Inbound, _Record]] = collections.deque()
+        self._pending = 0  # records handed to Kafka, not yet settled
+        self._pending_lock = threading.Lock()
+        self._room = threading.Condition(self._pending_lock)
+        self._worker = threading.Thread(target=self._work, name="bridge-worker", daemon=True)
+        self._ops: OpsServer | None = None
+        self._encoder = msgspec.json.Encoder()
+        self._worker_error: BaseException | None = None
+
+    # ------------------------------------------------------------ start and stop
+    def start(self) -> None:
+        """Connect to PostgreSQL, Kafka and MQTT (waiting up to the start-up timeout), then take messages."""
+        timeout = self.settings.startup_timeout_s
+        if self.settings.metrics_port:
+            try:
+                self._ops = OpsServer(
+                    host=self.settings.metrics_host,
+                    port=self.settings.metrics_port,
+                    metrics=self.metrics,
+                    health=self.health,
+                )
+            except OSError as exc:
+                raise BridgeError(
+                    f"cannot serve /metrics on {self.settings.metrics_host}:{self.settings.metrics_port} "
+                    f"({exc.strerror}); set VAKTROM_BRIDGE_METRICS_PORT to a free port (0 turns it off)",
+                    retriable=False,
+                ) from None
+            self._ops.start()
+        self.registry.start()
+        if not self.registry.wait_loaded(timeout):
+            raise BridgeError(
+                f"cannot read the kit registry from PostgreSQL within {timeout:.0f} s "
+                f"({self.registry.last_error or 'no answer'}). Is it running and migrated "
+                "(`make stack-up`)? VAKTROM_DATABASE_URL says where it is.",
+                retriable=True,
+            )
+        self.sink = RecordSink(kafka=self._kafka, bridge=self.settings, topics=list(self._topics.values()))
+        self._worker.start()
+        self.subscriber.connected_event(self.stop_requested, timeout)
+        log.info(
+            "bridge %s: taking kit messages from %s (group %s), producing to %s",
+            self.settings.client_id,
+            f"{self._mqtt.host}:{self._mqtt.port}",
+            self.settings.share_group,
+            self._kafka.bootstrap,
+        )
+
+    def run(self) -> None:
+        """The network loop, until `stop()`; then drain what Kafka accepts and disconnect cleanly."""
+        last_report = time.monotonic()
+        while not self.stop_requested.is_set():
+            if self.subscriber.fatal is not None:
+                raise self.subscriber.fatal
+            if self._worker_error is not None:
+                raise BridgeError(f"the worker failed: {self._worker_error!r}", retriable=True)
+            self.subscriber.poll(0.05)
+            now = time.monotonic()
+            if now - last_report >= 1.0:
+                last_report = now
+                self._gauges()
+        self._shutdown()
+
+    def stop(self) -> None:
+        self.stop_requested.set()
+        with self._inbox_ready:
+            self._inbox_ready.notify_all()
+        with self._room:
+            self._room.notify_all()
+
+    def _shutdown(self) -> None:
+        log.info("bridge: stopping; letting Kafka acknowledge what it has")
+        self._worker.join(timeout=10)
+        if self.sink is not None:
+            self.sink.flush(timeout=10)
+        deadline = time.monotonic() + 2
+        while self.subscriber.completed and time.monotonic() < deadline:
+            self.subscriber.poll(0.01)
+        self.subscriber.close(timeout=2)
+        if self.sink is not None:
+            self.sink.close()
+        self.registry.stop()
+        if self._ops is not None:
+            self._ops.stop()
+        log.info("bridge: stopped")
+
+    # ------------------------------------------------------------ registry
+    def _snapshot(self) -> Registry:
+        current = self.registry.current
+        assert current is not None  # the worker starts only once the registry has loaded
+        return current
+
+    def _loaded(self, registry: Registry) -> None:
+        self.metrics.registry_kits.set(len(registry.kits))
+        log.info("registry: %d kits loaded", len(registry.kits))
+
+    # ------------------------------------------------------------ network thread -> worker
+    def _enqueue(self, inbound: Inbound) -> None:
+        self.metrics.received.labels(inbound.channel or "other").inc()
+        if inbound.dup:
+            self.metrics.redelivered.inc()
+        with self._inbox_ready:
+            self._inbox.append(inbound)
+            self._inbox_ready.notify()
+
+    # ------------------------------------------------------------ worker
+    def _work(self) -> None:
+        try:
+            while not self.stop_requested.is_set():
+                self._resend_due()
+                with self._inbox_ready:
+                    if not self._inbox:
+                        self._inbox_ready.wait(0.1)
+                        continue
+                    batch = list(self._inbox)
+                    self._inbox.clear()
+                for inbound in batch:
+                    if self.stop_requested.is_set():
+                        return  # not acknowledged: the broker sends it again to the next session
+                    self._process(inbound)
+        except BaseException as exc:  # a bug: stop the bridge loudly rather than stall silently
+            log.exception("bridge worker failed")
+            self._worker_error = exc
+
+    def _process(self, inbound: Inbound) -> None:
+        try:
+            outcome = self._normalise(inbound)
+        except Exception:  # a bug in the core: keep the payload for operators, answer the kit, go on
+            log.exception(
+                "bridge: failed on a payload from topic channel %r; sent to rejections", inbound.channel
+            )
+            outcome = self._internal_error(inbound)
+        records = self._records(outcome, inbound)
+        inbound.receipt = outcome.receipt
+        inbound.records = records
+        inbound.remaining = len(records)
+        for record in records:
+            self._send(inbound, record)
+
+    def _normalise(self, inbound: Inbound) -> Outcome:
+        args = (inbound.topic, inbound.kit_id, inbound.payload, inbound.received_at)
+        if inbound.channel == "readings":
+            return self.normaliser.readings(*args)
+        if inbound.channel == "status":
+            return self.normaliser.status(*args)
+        if inbound.channel == "fhir":
+            return self.normaliser.fhir(*args)
+        raise ValueError(f"no handler for channel {inbound.channel!r}")
+
+    def _internal_error(self, inbound: Inbound) -> Outcome:
+        rejection = Rejection(
+            rejection_id=rejection_id(source_topic=inbound.topic, payload=inbound.payload, index=None),
+            reason=RejectReason.INTERNAL_ERROR,
+            detail="the bridge failed on this payload (a bug, logged for operators); it is kept here",
+            source_topic=inbound.topic,
+            received_at=inbound.received_at,
+            kit_id=inbound.kit_id or None,
+            raw_excerpt=inbound.payload[:4096].decode("utf-8", errors="replace"),
+            raw_size=len(inbound.payload),
+        )
+        return Outcome(inbound.kit_id or None, rejections=[rejection])
+
+    def _records(self, outcome: Outcome, inbound: Inbound) -> list[_Record]:
+        # W3C trace context: the trace id is the record's own id, the span this bridge's handling
+        span = secrets.token_hex(8)
+        encode = self._encoder.encode
+        records = []
+        for m in outcome.measurements:
+            headers = [
+                ("schema", b"vaktrom.measurement.v1"),
+                ("traceparent", f"00-{m.measurement_id}-{span}-01".encode()),
+            ]
+            records.append(
+                _Record(self._topics["measurement"], m.patient_id.encode(), encode(m), headers, "measurement")
+            )
+        if outcome.measurements:
+            kit_sent = outcome.measurements[0].trace.kit_sent
+            if kit_sent is not None:
+                self.metrics.delivery_lag.observe(max(0.0, (inbound.received_at - kit_sent).total_seconds()))
+        for r in outcome.rejections:
+            self.metrics.rejected.labels(r.reason.value).inc()
+            headers = [
+                ("schema", b"vaktrom.rejection.v1"),
+                ("traceparent", f"00-{r.rejection_id}-{span}-01".encode()),
+            ]
+            key = (r.kit_id or "unknown").encode()
+            records.append(_Record(self._topics["rejection"], key, encode(r), headers, "rejection"))
+        if outcome.status is not None:
+            s = outcome.status
+            key = (s.patient_id or s.kit_id).encode()
+            headers = [("schema", b"vaktrom.kit-status-event.v1")]
+            records.append(_Record(self._topics["status"], key, encode(s), headers, "status"))
+        return records
+
+    def _send(self, inbound: Inbound, record: _Record) -> None:
+        """Hand one record to the producer, waiting for room (backpressure) and for Kafka's metadata."""
+        assert self.sink is not None
+        with self._room:
+            while self._pending >= self.settings.max_pending and not self.stop_requested.is_set():
+                self._room.wait(0.1)
+            self._pending += 1
+        started = time.monotonic()
+
+        def done(error: BaseException | None) -> None:
+            self._record_done(inbound, record, error, started)
+
+        while True:
+            try:
+                self.sink.send(record.topic, record.key, record.value, record.headers, done)
+                return
+            except Exception as exc:  # KafkaTimeoutError while Kafka is away: keep trying, do not drop
+                if self.stop_requested.is_set():
+                    with self._room:
+                        self._pending -= 1
+                    return
+                log.warning("kafka: cannot queue a record (%s); retrying", type(exc).__name__)
+                time.sleep(0.5)
+
+    def _record_done(
+        self, inbound: Inbound, record: _Record, error: BaseException | None, started: float
+    ) -> None:
+        """On the producer's thread: count down; the last record of a message makes it acknowledgeable."""
+        with self._room:
+            self._pending -= 1
+            self._room.notify()
+            if error is None:
+                inbound.remaining -= 1
+                last = inbound.remaining == 0
+        if error is not None:
+            self.metrics.produce_errors.inc()
+            log.warning(
+                "kafka: a %s record was not accepted (%s); sending it again",
+                record.kind,
+                type(error).__name__,
+            )
+            self._resend.append((time.monotonic() + _RESEND_BACKOFF, inbound, record))
+            return
+        self.metrics.produced.labels(record.kind).inc()
+        self.metrics.kafka_latency.observe(time.monotonic() - started)
+        if last:
+            inbound.done = True
+            inbound.records = []
+            self.subscriber.completed.append(inbound)
+            self.subscriber.wake()
+
+    def _resend_due(self) -> None:
+        now = time.monotonic()
+        while self._resend and self._resend[0][0] <= now:
+            _, inbound, record = self._resend.popleft()
+            self._send(inbound, record)
+
+    # ------------------------------------------------------------ operations
+    def _gauges(self) -> None:
+        count, age = self.subscriber.unacknowledged()
+        self.metrics.in_flight.set(count)
+        self.metrics.oldest_unacked.set(age)
+        self.metrics.pending.set(self._pending)
+        current = self.registry.current
+        if current is not None:
+            self.metrics.registry_age.set(time.monotonic() - current.loaded_at)
+
+    def health(self) -> dict[str, Any]:
+        count, age = self.subscriber.unacknowledged()
+        current = self.registry.current
+        registry_age = None if current is None else time.monotonic() - current.loaded_at
+        problems = []
+        if not self.subscriber.connected:
+            problems.append(f"not connected to MQTT ({self.subscriber.last_error or 'connecting'})")
+        if current is None:
+            problems.append("kit registry not loaded")
+        elif registry_age is not None and registry_age > 10 * self.settings.registry_refresh_s:
+            problems.append(f"kit registry is {registry_age:.0f} s old ({self.registry.last_error})")
+        if age > 60:
+            problems.append(f"oldest unacknowledged message is {age:.0f} s old (is Kafka reachable?)")
+        return {
+            "ok": not problems,
+            "problems": problems,
+            "client_id": self.settings.client_id,
+            "mqtt_connected": self.subscriber.connected,
+            "unacknowledged_messages": count,
+            "oldest_unacknowledged_s": round(age, 3),
+            "pending_records": self._pending,
+            "registry_kits": None if current is None else len(current.kits),
+            "registry_age_s": None if registry_age is None else round(registry_age, 1),
+        }

@@ -1,0 +1,185 @@
+"""HL7 FHIR R4 `Observation` input, for gateways that already speak FHIR (`.../kits/{kit}/fhir`).
+
+Accepted: one Observation, or a Bundle whose entries are Observations, following the vital-signs
+profile (body weight 29463-7, SpO2 59408-5 or 2708-6, heart rate 8867-4, body temperature 8310-5)
+and the laboratory glucose observations (15074-8 in mmol/L, 2339-0 in mg/dL). Each becomes the same
+`KitReading` a kit would send, so the rest of the bridge treats both alike:
+
+    code.coding[system=http://loinc.org].code   -> metric
+    valueQuantity.code (UCUM) or .unit            -> unit; .value -> value
+    valueQuantity.comparator ">" / "<" (glucose)  -> meter flag HI / LO
+    effectiveDateTime | effectiveInstant          -> measured_at (with an offset)
+    device.identifier.value (or device.display)   -> device serial, checked against the registry
+
+The patient is *not* taken from `subject`: the kit registry says whose kit it is, as for any kit.
+Only the fields above are read; everything else a resource carries is allowed and ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+import msgspec
+
+from contracts import KitReading, Metric, RejectReason
+
+__all__ = ["LOINC_METRICS", "Refusal", "parse_fhir"]
+
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+
+# LOINC code -> (metric, the only unit family the code allows, or None for any accepted unit)
+LOINC_METRICS: dict[str, tuple[Metric, frozenset[str] | None]] = {
+    "29463-7": (Metric.BODY_WEIGHT, None),
+    "59408-5": (Metric.SPO2, None),
+    "2708-6": (Metric.SPO2, None),
+    "8867-4": (Metric.PULSE, None),
+    "8310-5": (Metric.BODY_TEMPERATURE, None),
+    "15074-8": (Metric.GLUCOSE, frozenset({"mmol/L", "mmol/l"})),  # moles per volume
+    "2339-0": (Metric.GLUCOSE, frozenset({"mg/dL", "mg/dl"})),  # mass per volume
+}
+_ACCEPTED_STATUS = frozenset({"final", "amended", "corrected"})
+_SERIAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_MAX_OBSERVATIONS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: str  # a RejectReason value
+    detail: str
+
+
+class _Coding(msgspec.Struct):
+    system: str | None = None
+    code: str | None = None
+
+
+class _Concept(msgspec.Struct):
+    coding: list[_Coding] = []
+
+
+class _Quantity(msgspec.Struct):
+    value: float | None = None
+    comparator: str | None = None
+    unit: str | None = None
+    system: str | None = None
+    code: str | None = None
+
+
+class _Identifier(msgspec.Struct):
+    value: str | None = None
+
+
+class _Reference(msgspec.Struct):
+    identifier: _Identifier | None = None
+    display: str | None = None
+
+
+class Observation(msgspec.Struct, tag_field="resourceType", tag="Observation"):
+    status: str
+    code: _Concept
+    effectiveDateTime: str | None = None  # noqa: N815 (FHIR's spelling)
+    effectiveInstant: str | None = None  # noqa: N815
+    valueQuantity: _Quantity | None = None  # noqa: N815
+    device: _Reference | None = None
+
+
+class _Entry(msgspec.Struct):
+    resource: msgspec.Raw | None = None
+
+
+class Bundle(msgspec.Struct, tag_field="resourceType", tag="Bundle"):
+    entry: list[_Entry] = []
+
+
+_decoder = msgspec.json.Decoder(Observation | Bundle)
+_observation = msgspec.json.Decoder(Observation)
+
+
+def parse_fhir(payload: bytes) -> list[KitReading | Refusal] | Refusal:
+    """The readings in a FHIR payload (one per Observation, or why each one was refused)."""
+    try:
+        resource = _decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        return Refusal(RejectReason.SCHEMA, f"not a FHIR R4 Observation or Bundle of them: {exc}")
+    except msgspec.DecodeError as exc:
+        return Refusal(RejectReason.MALFORMED, f"not valid UTF-8 JSON: {exc}")
+    if isinstance(resource, Observation):
+        return [_reading(resource)]
+    if not resource.entry:
+        return Refusal(RejectReason.SCHEMA, "the Bundle has no entries")
+    if len(resource.entry) > _MAX_OBSERVATIONS:
+        return Refusal(RejectReason.TOO_LARGE, f"more than {_MAX_OBSERVATIONS} entries in one Bundle")
+    readings: list[KitReading | Refusal] = []
+    for index, entry in enumerate(resource.entry):
+        if entry.resource is None:
+            readings.append(Refusal(RejectReason.SCHEMA, f"Bundle.entry[{index}] has no resource"))
+            continue
+        try:
+            readings.append(_reading(_observation.decode(entry.resource)))
+        except msgspec.ValidationError as exc:
+            readings.append(Refusal(RejectReason.SCHEMA, f"Bundle.entry[{index}] is no Observation: {exc}"))
+    return readings
+
+
+def _reading(obs: Observation) -> KitReading | Refusal:  # noqa: PLR0911, PLR0912 (one check each)
+    if obs.status not in _ACCEPTED_STATUS:
+        return Refusal(
+            RejectReason.SCHEMA,
+            f"Observation.status is {obs.status!r}; only final, amended or corrected results are taken",
+        )
+    codes = [c.code for c in obs.code.coding if c.system == LOINC and c.code]
+    known = [code for code in codes if code in LOINC_METRICS]
+    if not known:
+        shown = ", ".join(codes) or "none"
+        return Refusal(
+            RejectReason.UNKNOWN_METRIC,
+            f"no LOINC code this pipeline monitors (found: {shown}; accepted: {', '.join(LOINC_METRICS)})",
+        )
+    metric, unit_family = LOINC_METRICS[known[0]]
+    quantity = obs.valueQuantity
+    if quantity is None:
+        return Refusal(RejectReason.MISSING_VALUE, "Observation.valueQuantity is missing")
+    unit = quantity.code if quantity.system == UCUM and quantity.code else quantity.unit
+    if not unit:
+        return Refusal(RejectReason.UNIT_NOT_ACCEPTED, "valueQuantity names no unit")
+    if unit_family is not None and unit not in unit_family:
+        return Refusal(
+            RejectReason.UNIT_NOT_ACCEPTED,
+            f"LOINC {known[0]} is measured in {sorted(unit_family)[0]}, but the value is in {unit!r}",
+        )
+    flag = None
+    if quantity.comparator is not None:
+        if metric is not Metric.GLUCOSE or quantity.comparator not in (">", ">=", "<", "<="):
+            return Refusal(
+                RejectReason.FLAG_NOT_ACCEPTED,
+                f"comparator {quantity.comparator!r} is accepted only on glucose (the meter's HI/LO)",
+            )
+        flag = "HI" if quantity.comparator.startswith(">") else "LO"
+    if quantity.value is None and flag is None:
+        return Refusal(RejectReason.MISSING_VALUE, "valueQuantity has no value")
+    effective = obs.effectiveDateTime or obs.effectiveInstant
+    try:
+        measured = datetime.fromisoformat(effective) if effective else None
+    except ValueError:
+        measured = None
+    if measured is None or measured.tzinfo is None:
+        return Refusal(
+            RejectReason.SCHEMA,
+            "effectiveDateTime must be a full date and time with an offset, e.g. 2026-11-22T07:31:00+01:00",
+        )
+    device = None
+    if obs.device is not None:
+        device = (obs.device.identifier.value if obs.device.identifier else None) or obs.device.display
+    if not device or not _SERIAL.match(device):
+        return Refusal(
+            RejectReason.UNKNOWN_DEVICE,
+            "Observation.device.identifier.value must carry the measuring device's registered serial",
+        )
+    if len(unit) > 16:
+        return Refusal(RejectReason.UNIT_NOT_ACCEPTED, "the unit is longer than any accepted unit")
+    return KitReading(
+        device=device, metric=metric.value, value=quantity.value, unit=unit, measured_at=measured, flag=flag
+    )

@@ -1,0 +1,415 @@
+"""The bridge's pure core: raw MQTT payload in, canonical measurements and rejections out.
+
+No MQTT, Kafka or database here; `Normaliser` takes bytes, a topic, the bridge's clock and a
+registry snapshot, and returns what to produce and what to tell the kit. Any input, however broken,
+yields records; an exception escaping it is a bug (a property-based test feeds it arbitrary bytes).
+
+Checks, in order, each with its reason code (contracts.RejectReason):
+
+    message:  too_large -> malformed (not JSON) -> schema -> topic_mismatch -> unknown_kit
+    reading:  unknown_metric -> unit_not_accepted -> flag_not_accepted / missing_value
+              -> implausible -> unknown_device -> clock_future / clock_past
+              -> kit_retired / kit_not_assigned
+
+A valid reading is normalised to the metric's canonical UCUM unit, keeps the value and unit the
+device reported (as a UCUM code: "lb" arrives as "[lb_av]"), its meter flag (HI/LO), the LOINC
+code, the bridge's receive time and the deterministic measurement id.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from contracts import (
+    MAX_KIT_PAYLOAD_BYTES,
+    MAX_RAW_EXCERPT_BYTES,
+    METRICS,
+    KitReading,
+    KitReadingMessage,
+    KitStatusEvent,
+    KitStatusMessage,
+    Measurement,
+    Metric,
+    MetricSpec,
+    ReadingOutcome,
+    ReceiptEntry,
+    Rejection,
+    RejectReason,
+    Trace,
+    canonical_unit_code,
+    measurement_id,
+    rejection_id,
+)
+from ingest.fhir import Refusal, parse_fhir
+from ingest.registry import KitEntry, Registry
+
+__all__ = ["Normaliser", "Outcome"]
+
+_readings_decoder = msgspec.json.Decoder(KitReadingMessage)
+_status_decoder = msgspec.json.Decoder(KitStatusMessage)
+
+
+class _Envelope(msgspec.Struct):
+    """Enough of a payload that failed the contract to address a receipt to its message."""
+
+    kit: str | None = None
+    seq: int | None = None
+    readings: list[msgspec.Raw] | None = None
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one MQTT message becomes. Every record is produced before the message is acknowledged."""
+
+    kit_id: str | None
+    measurements: list[Measurement] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    status: KitStatusEvent | None = None
+    receipt: ReceiptEntry | None = None  # for the kit's receipt topic, when the message had a seq
+
+    @property
+    def record_count(self) -> int:
+        return len(self.measurements) + len(self.rejections) + (self.status is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """One message being processed: where from, when, and its raw bytes (for rejections)."""
+
+    topic: str
+    payload: bytes
+    received_at: datetime
+    kit_sent: datetime | None = None
+
+    @property
+    def trace(self) -> Trace:
+        return Trace(kit_sent=self.kit_sent, bridge_received=self.received_at)
+
+
+def _excerpt(payload: bytes) -> str:
+    return payload[:MAX_RAW_EXCERPT_BYTES].decode("utf-8", errors="replace")
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}"
+
+
+def _likely_meant(spec: MetricSpec, value: float, unit: str) -> str:
+    """Where a wrong unit is the one plausible explanation, say what was probably meant (not converted)."""
+    if spec.metric is Metric.BODY_TEMPERATURE and unit == "Cel" and 89.6 <= value <= 107.6:
+        return f"; {_fmt(value)} looks like degrees Fahrenheit ({(value - 32) * 5 / 9:.1f} Cel)"
+    if spec.metric is Metric.GLUCOSE and unit == "mmol/L" and 33.3 < value <= 600:
+        return f"; {_fmt(value)} looks like mg/dL ({value / 18.016:.1f} mmol/L)"
+    if spec.metric is Metric.SPO2 and 0.5 <= value <= 1.0:
+        return f"; {_fmt(value)} looks like a fraction ({value * 100:.0f} %)"
+    if spec.metric is Metric.BODY_WEIGHT and unit == "kg" and 500 < value <= 1100:
+        return f"; {_fmt(value)} may be pounds ({value * 0.45359237:.1f} kg)"
+    return ""
+
+
+class Normaliser:
+    """Turns raw kit payloads into records. `registry` returns the current snapshot on each call."""
+
+    def __init__(
+        self,
+        *,
+        registry: Callable[[], Registry],
+        max_clock_ahead: timedelta = timedelta(minutes=5),
+        max_age: timedelta = timedelta(days=30),
+    ) -> None:
+        self._registry = registry
+        self._max_ahead = max_clock_ahead
+        self._max_age = max_age
+
+    # ------------------------------------------------------------ entry points
+    def readings(self, topic: str, kit_id: str, payload: bytes, received_at: datetime) -> Outcome:
+        """A kit's readings message (`.../kits/{kit_id}/readings`)."""
+        source = _Source(topic, payload, received_at)
+        if len(payload) > MAX_KIT_PAYLOAD_BYTES:
+            return self._whole(
+                source,
+                kit_id,
+                RejectReason.TOO_LARGE,
+                f"payload is {len(payload):,} bytes; the limit is {MAX_KIT_PAYLOAD_BYTES:,}. "
+                "Send fewer readings per message.",
+            )
+        try:
+            message = _readings_decoder.decode(payload)
+        except msgspec.ValidationError as exc:
+            return self._whole(source, kit_id, RejectReason.SCHEMA, f"not a kit-reading message: {exc}")
+        except msgspec.DecodeError as exc:
+            return self._whole(source, kit_id, RejectReason.MALFORMED, f"not valid UTF-8 JSON: {exc}")
+        source = _Source(topic, payload, received_at, message.sent_at.astimezone(UTC))
+        if message.kit != kit_id:
+            return self._whole(
+                source,
+                kit_id,
+                RejectReason.TOPIC_MISMATCH,
+                f"the payload names kit {message.kit} but came on the topic of kit {kit_id}; "
+                "a kit may publish only on its own topics",
+                seq=message.seq,
+                count=len(message.readings),
+            )
+        kit = self._registry().kit(kit_id)
+        if kit is None:
+            return self._whole(
+                source,
+                kit_id,
+                RejectReason.UNKNOWN_KIT,
+                f"kit {kit_id} is not in the kit registry; enrol it before it sends readings",
+                seq=message.seq,
+                count=len(message.readings),
+            )
+        outcome = Outcome(kit_id)
+        outcomes = []
+        for index, reading in enumerate(message.readings):
+            record = self._reading(source, kit, index, reading, message.seq)
+            if isinstance(record, Measurement):
+                outcome.measurements.append(record)
+                outcomes.append(ReadingOutcome(id=record.measurement_id))
+            else:
+                outcome.rejections.append(record)
+                outcomes.append(ReadingOutcome(rejected=record.reason.value))
+        outcome.receipt = ReceiptEntry(seq=message.seq, readings=outcomes)
+        return outcome
+
+    def status(self, topic: str, kit_id: str, payload: bytes, received_at: datetime) -> Outcome:
+        """A kit's status message (online, offline as its last will, heartbeat)."""
+        source = _Source(topic, payload, received_at)
+        if len(payload) > MAX_KIT_PAYLOAD_BYTES:
+            return self._whole(source, kit_id, RejectReason.TOO_LARGE, "status payload over the size limit")
+        try:
+            message = _status_decoder.decode(payload)
+        except msgspec.ValidationError as exc:
+            return self._whole(source, kit_id, RejectReason.SCHEMA, f"not a kit-status message: {exc}")
+        except msgspec.DecodeError as exc:
+            return self._whole(source, kit_id, RejectReason.MALFORMED, f"not valid UTF-8 JSON: {exc}")
+        if message.kit != kit_id:
+            return self._whole(
+                source,
+                kit_id,
+                RejectReason.TOPIC_MISMATCH,
+                f"the payload names kit {message.kit} but came on the topic of kit {kit_id}",
+            )
+        kit = self._registry().kit(kit_id)
+        if kit is None:
+            return self._whole(
+                source, kit_id, RejectReason.UNKNOWN_KIT, f"kit {kit_id} is not in the kit registry"
+            )
+        outcome = Outcome(kit_id)
+        outcome.status = KitStatusEvent(
+            kit_id=kit_id,
+            patient_id=kit.current_patient(),
+            state=message.state.value,
+            at=message.at.astimezone(UTC),
+            received_at=received_at,
+            queued=message.queued,
+            battery=message.battery,
+        )
+        return outcome
+
+    def fhir(self, topic: str, kit_id: str, payload: bytes, received_at: datetime) -> Outcome:
+        """FHIR R4 Observations (one, or a Bundle of them) from a gateway that speaks FHIR."""
+        source = _Source(topic, payload, received_at)
+        if len(payload) > MAX_KIT_PAYLOAD_BYTES:
+            return self._whole(
+                source, kit_id, RejectReason.TOO_LARGE, f"payload over {MAX_KIT_PAYLOAD_BYTES:,} bytes"
+            )
+        parsed = parse_fhir(payload)
+        if isinstance(parsed, Refusal):
+            return self._whole(source, kit_id, RejectReason(parsed.reason), parsed.detail)
+        kit = self._registry().kit(kit_id)
+        if kit is None:
+            return self._whole(
+                source, kit_id, RejectReason.UNKNOWN_KIT, f"kit {kit_id} is not in the kit registry"
+            )
+        outcome = Outcome(kit_id)
+        for index, item in enumerate(parsed):
+            record = (
+                self._whole_reading(source, kit, index, item)
+                if isinstance(item, Refusal)
+                else self._reading(source, kit, index, item, None)
+            )
+            if isinstance(record, Measurement):
+                outcome.measurements.append(record)
+            else:
+                outcome.rejections.append(record)
+        return outcome
+
+    # ------------------------------------------------------------ one reading
+    def _reading(  # noqa: PLR0911 (one return per check, in the documented order, reads best)
+        self, source: _Source, kit: KitEntry, index: int, reading: KitReading, seq: int | None
+    ) -> Measurement | Rejection:
+        measured = reading.measured_at.astimezone(UTC)
+        attributed = kit.patient_at(measured)
+        patient = None if isinstance(attributed, RejectReason) else attributed
+
+        def reject(reason: RejectReason, detail: str) -> Rejection:
+            return Rejection(
+                rejection_id=rejection_id(source_topic=source.topic, payload=source.payload, index=index),
+                reason=reason,
+                detail=detail,
+                source_topic=source.topic,
+                received_at=source.received_at,
+                kit_id=kit.kit_id,
+                patient_id=patient,
+                reading_index=index,
+                metric=reading.metric,
+                reported_value=reading.value,
+                reported_unit=reading.unit,
+                measured_at=measured,
+                raw_excerpt=_excerpt(msgspec.json.encode(reading)),
+                raw_size=len(source.payload),
+                trace=source.trace,
+            )
+
+        try:
+            metric = Metric(reading.metric)
+        except ValueError:
+            known = ", ".join(m.value for m in Metric)
+            return reject(RejectReason.UNKNOWN_METRIC, f"metric {reading.metric!r} is not one of {known}")
+        spec = METRICS[metric]
+        unit = canonical_unit_code(reading.unit)
+        if unit is None or unit not in spec.conversions:
+            accepted = ", ".join(spec.accepted_units)
+            return reject(
+                RejectReason.UNIT_NOT_ACCEPTED,
+                f"unit {reading.unit!r} is not accepted for {metric.value}; send one of {accepted}",
+            )
+        flag = reading.flag
+        if flag is not None and flag not in spec.flags:
+            return reject(
+                RejectReason.FLAG_NOT_ACCEPTED,
+                f"a {flag} flag is meaningful only for glucose meters, not for {metric.value}",
+            )
+        value = reading.value
+        canonical: float | None = None
+        if value is None:
+            if flag is None:
+                return reject(RejectReason.MISSING_VALUE, "the reading has neither a value nor a HI/LO flag")
+        else:
+            ranges = kit.devices.get(reading.device)
+            allowed = spec.plausible if ranges is None else ranges[metric]
+            canonical = spec.conversions[unit](value)
+            if unit != spec.unit:
+                canonical = round(canonical, 4)
+            # a flagged reading's value is the meter's display limit, beyond its range by definition
+            if flag is None and (not math.isfinite(canonical) or canonical not in allowed):
+                return reject(
+                    RejectReason.IMPLAUSIBLE,
+                    f"{_fmt(value)} {unit} is outside the plausible range for {metric.value} "
+                    f"({_fmt(allowed.low)}-{_fmt(allowed.high)} {spec.unit}); a data-quality problem, "
+                    f"not a clinical value{_likely_meant(spec, value, unit)}",
+                )
+        if reading.device not in kit.devices:
+            return reject(
+                RejectReason.UNKNOWN_DEVICE,
+                f"device {reading.device} is not registered to kit {kit.kit_id}; register it first",
+            )
+        if measured - source.received_at > self._max_ahead:
+            return reject(
+                RejectReason.CLOCK_FUTURE,
+                f"measured {measured - source.received_at} after the bridge received it; the kit's clock "
+                f"is ahead by more than {self._max_ahead} (check its time synchronisation)",
+            )
+        if source.received_at - measured > self._max_age:
+            return reject(
+                RejectReason.CLOCK_PAST,
+                f"measured more than {self._max_age.days} days before it arrived; too old to monitor "
+                "(or the kit's clock was reset)",
+            )
+        if isinstance(attributed, RejectReason):
+            detail = (
+                f"kit {kit.kit_id} was retired at {kit.retired_at:%Y-%m-%d %H:%M} UTC"
+                if attributed is RejectReason.KIT_RETIRED and kit.retired_at is not None
+                else f"kit {kit.kit_id} was assigned to nobody when this was measured"
+            )
+            return reject(attributed, detail)
+        return Measurement(
+            measurement_id=measurement_id(
+                device_id=reading.device,
+                patient_id=attributed,
+                metric=metric.value,
+                reported_value=value,
+                reported_unit=unit,
+                flag=flag,
+                measured_at=measured,
+            ),
+            patient_id=attributed,
+            kit_id=kit.kit_id,
+            device_id=reading.device,
+            metric=metric,
+            loinc=spec.loinc,
+            value=canonical,
+            unit=spec.unit,
+            reported_value=value,
+            reported_unit=unit,
+            flag=flag,
+            measured_at=measured,
+            received_at=source.received_at,
+            kit_seq=seq,
+            trace=source.trace,
+        )
+
+    # ------------------------------------------------------------ rejections of a whole message
+    def _whole_reading(self, source: _Source, kit: KitEntry, index: int, refusal: Refusal) -> Rejection:
+        return Rejection(
+            rejection_id=rejection_id(source_topic=source.topic, payload=source.payload, index=index),
+            reason=RejectReason(refusal.reason),
+            detail=refusal.detail,
+            source_topic=source.topic,
+            received_at=source.received_at,
+            kit_id=kit.kit_id,
+            reading_index=index,
+            raw_excerpt=_excerpt(source.payload),
+            raw_size=len(source.payload),
+            trace=source.trace,
+        )
+
+    def _whole(
+        self,
+        source: _Source,
+        kit_id: str,
+        reason: RejectReason,
+        detail: str,
+        *,
+        seq: int | None = None,
+        count: int | None = None,
+    ) -> Outcome:
+        rejection = Rejection(
+            rejection_id=rejection_id(source_topic=source.topic, payload=source.payload, index=None),
+            reason=reason,
+            detail=detail,
+            source_topic=source.topic,
+            received_at=source.received_at,
+            kit_id=kit_id,
+            raw_excerpt=_excerpt(source.payload),
+            raw_size=len(source.payload),
+            trace=source.trace,
+        )
+        outcome = Outcome(kit_id, rejections=[rejection])
+        if seq is None and reason in (RejectReason.SCHEMA, RejectReason.TOO_LARGE):
+            seq, count = _envelope(source.payload)
+        if seq is not None:  # the kit can stop resending: the answer will not change
+            outcomes = [ReadingOutcome(rejected=reason.value)] * max(1, count or 1)
+            outcome.receipt = ReceiptEntry(seq=seq, readings=outcomes)
+        return outcome
+
+
+def _envelope(payload: bytes) -> tuple[int | None, int | None]:
+    """(seq, number of readings) of a payload that failed the contract, when they can be read."""
+    try:
+        envelope = _envelope_decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None, None
+    if envelope.seq is None or envelope.seq < 0:
+        return None, None
+    return envelope.seq, len(envelope.readings) if envelope.readings is not None else None

@@ -1,0 +1,195 @@
+"""The kit registry as the bridge sees it: an immutable snapshot, loaded from PostgreSQL and refreshed.
+
+A reading is attributed to the patient whose assignment covers its *measured* time, so a kit handed
+on to the next patient never mixes two records, and a reading stored on the kit while it was with
+the previous patient still goes to that patient. Nothing is guessed: a kit or device the registry
+does not know, a time no assignment covers and a retired kit are reasons to reject.
+
+`RegistryCache` keeps the current snapshot: it loads at start, reloads when PostgreSQL sends
+`NOTIFY vaktrom_registry` (a trigger on every registry table) and on a timer as a safety net, and
+keeps serving the last good snapshot while the database is away.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import psycopg
+
+from contracts import METRICS, Metric, PlausibleRange, RejectReason
+
+__all__ = ["Assignment", "KitEntry", "Registry", "RegistryCache", "load_registry"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    patient_id: str
+    start: datetime
+    end: datetime | None  # None: the patient still has the kit
+
+
+@dataclass(frozen=True, slots=True)
+class KitEntry:
+    kit_id: str
+    state: str  # in_stock | assigned | retired
+    retired_at: datetime | None
+    assignments: tuple[Assignment, ...]  # sorted by start, never overlapping (a database constraint)
+    devices: Mapping[str, Mapping[Metric, PlausibleRange]]  # device id -> its plausibility ranges
+    _starts: tuple[datetime, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_starts", tuple(a.start for a in self.assignments))
+
+    def patient_at(self, moment: datetime) -> str | RejectReason:
+        """The patient who had the kit at `moment`, or why nobody can be named."""
+        if self.retired_at is not None and moment >= self.retired_at:
+            return RejectReason.KIT_RETIRED
+        i = bisect.bisect_right(self._starts, moment) - 1
+        if i >= 0:
+            assignment = self.assignments[i]
+            if assignment.end is None or moment < assignment.end:
+                return assignment.patient_id
+        return RejectReason.KIT_NOT_ASSIGNED
+
+    def current_patient(self) -> str | None:
+        """The patient the kit is with now, for the status messages it sends."""
+        found = self.patient_at(datetime.now(UTC))
+        return None if isinstance(found, RejectReason) else found
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    kits: Mapping[str, KitEntry]
+    loaded_at: float  # time.monotonic() of the load
+
+    def kit(self, kit_id: str) -> KitEntry | None:
+        return self.kits.get(kit_id)
+
+
+_DEFAULT_RANGES: Mapping[Metric, PlausibleRange] = {m: spec.plausible for m, spec in METRICS.items()}
+
+
+def _narrowed(profile: Mapping[str, tuple[float, float]]) -> Mapping[Metric, PlausibleRange]:
+    """The default plausibility ranges, each narrowed (never widened) by the device profile."""
+    if not profile:
+        return _DEFAULT_RANGES
+    ranges = dict(_DEFAULT_RANGES)
+    for metric_code, (low, high) in profile.items():
+        try:
+            metric = Metric(metric_code)
+        except ValueError:
+            continue
+        default = ranges[metric]
+        ranges[metric] = PlausibleRange(max(default.low, low), min(default.high, high))
+    return ranges
+
+
+def load_registry(conn: psycopg.Connection) -> Registry:
+    """Read the whole registry in one repeatable-read snapshot (thousands of kits take milliseconds)."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cur.execute("SELECT profile, metric, low, high FROM device_profiles")
+        profiles: dict[str, dict[str, tuple[float, float]]] = {}
+        for profile, metric, low, high in cur.fetchall():
+            profiles.setdefault(profile, {})[metric] = (low, high)
+        cur.execute("SELECT kit_id, device_id, profile FROM kit_devices")
+        devices: dict[str, dict[str, Mapping[Metric, PlausibleRange]]] = {}
+        for kit_id, device_id, profile in cur.fetchall():
+            devices.setdefault(kit_id, {})[device_id] = _narrowed(profiles.get(profile or "", {}))
+        cur.execute(
+            "SELECT kit_id, patient_id, assigned_from, assigned_until FROM kit_assignments "
+            "ORDER BY kit_id, assigned_from"
+        )
+        assignments: dict[str, list[Assignment]] = {}
+        for kit_id, patient_id, start, end in cur.fetchall():
+            assignments.setdefault(kit_id, []).append(Assignment(patient_id, start, end))
+        cur.execute("SELECT kit_id, state, retired_at FROM kits")
+        kits = {
+            kit_id: KitEntry(
+                kit_id=kit_id,
+                state=state,
+                retired_at=retired_at,
+                assignments=tuple(assignments.get(kit_id, ())),
+                devices=devices.get(kit_id, {}),
+            )
+            for kit_id, state, retired_at in cur.fetchall()
+        }
+    return Registry(kits, time.monotonic())
+
+
+class RegistryCache:
+    """The current registry snapshot, kept fresh by a background thread (LISTEN plus a timer)."""
+
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        refresh_interval: float,
+        on_load: Callable[[Registry], None] = lambda _r: None,
+    ) -> None:
+        self._url = database_url
+        self._interval = refresh_interval
+        self._on_load = on_load
+        self._current: Registry | None = None
+        self._stop = threading.Event()
+        self._loaded = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="registry", daemon=True)
+        self.last_error = ""
+
+    @property
+    def current(self) -> Registry | None:
+        return self._current
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_loaded(self, timeout: float) -> bool:
+        return self._loaded.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute("LISTEN vaktrom_registry")
+                    self._serve(conn)
+            except psycopg.Error as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}".strip()
+                log.warning(
+                    "registry: cannot read the kit registry (%s); keeping the last snapshot, retry in %.0f s",
+                    self.last_error,
+                    backoff,
+                )
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+            else:
+                backoff = 0.5
+
+    def _serve(self, conn: psycopg.Connection) -> None:
+        """Load now, then again on every notification (debounced) or when the timer runs out."""
+        while not self._stop.is_set():
+            registry = load_registry(conn)
+            self._current = registry
+            self.last_error = ""
+            self._loaded.set()
+            self._on_load(registry)
+            deadline = time.monotonic() + self._interval
+            notified = False
+            while not self._stop.is_set() and time.monotonic() < deadline and not notified:
+                for _ in conn.notifies(timeout=min(1.0, max(0.0, deadline - time.monotonic())), stop_after=1):
+                    notified = True
+            if notified:  # a bulk enrolment sends many; let them finish before reloading
+                for _ in conn.notifies(timeout=0.2):
+                    pass

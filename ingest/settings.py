@@ -1,0 +1,105 @@
+"""The bridge's own settings (connection settings are the shared ones in `contracts.settings`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from contracts.settings import ConfigError, Settings, setting
+
+__all__ = ["COMPRESSIONS", "BridgeSettings"]
+
+COMPRESSIONS = ("none", "gzip", "lz4", "zstd")
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BridgeSettings(Settings):
+    client_id: str = setting(
+        "vaktrom-bridge-1",
+        env="VAKTROM_BRIDGE_CLIENT_ID",
+        help="MQTT client id of this bridge process; keep it fixed per instance, since the broker "
+        "keeps the instance's persistent session (and the readings queued for it) under this id",
+    )
+    share_group: str = setting(
+        "vaktrom-bridge",
+        env="VAKTROM_BRIDGE_SHARE_GROUP",
+        help="MQTT shared-subscription group; bridges in one group share the kits' messages",
+    )
+    receipts: bool = setting(
+        True, env="VAKTROM_BRIDGE_RECEIPTS", help="send delivery receipts to the kits (true/false)"
+    )
+    receipt_interval_ms: int = setting(
+        100, env="VAKTROM_BRIDGE_RECEIPT_INTERVAL_MS", help="how long receipts for one kit are batched"
+    )
+    max_pending: int = setting(
+        20000,
+        env="VAKTROM_BRIDGE_MAX_PENDING",
+        help="records handed to Kafka and not yet acknowledged; above it the bridge stops taking "
+        "messages and the broker holds them",
+    )
+    linger_ms: int = setting(5, env="VAKTROM_BRIDGE_LINGER_MS", help="Kafka producer linger (batching)")
+    batch_bytes: int = setting(
+        262144, env="VAKTROM_BRIDGE_BATCH_BYTES", help="Kafka producer batch size per partition"
+    )
+    compression: str = setting(
+        "lz4", env="VAKTROM_BRIDGE_COMPRESSION", help=f"Kafka compression: {', '.join(COMPRESSIONS)}"
+    )
+    delivery_timeout_s: int = setting(
+        600,
+        env="VAKTROM_BRIDGE_DELIVERY_TIMEOUT_S",
+        help="how long the producer retries a record while Kafka is away before the bridge sends it anew",
+    )
+    registry_refresh_s: float = setting(
+        60.0,
+        env="VAKTROM_BRIDGE_REGISTRY_REFRESH_S",
+        help="registry reload interval (also reloads on NOTIFY)",
+    )
+    max_clock_ahead_s: int = setting(
+        300, env="VAKTROM_BRIDGE_MAX_CLOCK_AHEAD_S", help="reject readings measured further in the future"
+    )
+    max_age_days: int = setting(
+        30, env="VAKTROM_BRIDGE_MAX_AGE_DAYS", help="reject readings measured longer ago than this"
+    )
+    metrics_host: str = setting(
+        "127.0.0.1", env="VAKTROM_BRIDGE_METRICS_HOST", help="address of the /metrics and /health endpoint"
+    )
+    metrics_port: int = setting(
+        9464, env="VAKTROM_BRIDGE_METRICS_PORT", help="port of the /metrics and /health endpoint (0: off)"
+    )
+    startup_timeout_s: float = setting(
+        60.0,
+        env="VAKTROM_BRIDGE_STARTUP_TIMEOUT_S",
+        help="how long to wait for Kafka, PostgreSQL and the broker at start-up before giving up",
+    )
+
+    def validate(self) -> None:
+        if not _CLIENT_ID.match(self.client_id):
+            raise ConfigError(
+                f"VAKTROM_BRIDGE_CLIENT_ID={self.client_id!r} must be 1-64 letters, digits, '.', '_' or '-'"
+            )
+        if not _CLIENT_ID.match(self.share_group):
+            raise ConfigError(
+                f"VAKTROM_BRIDGE_SHARE_GROUP={self.share_group!r}: use 1-64 letters, digits, '.', '_' or '-'"
+            )
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(
+                f"VAKTROM_BRIDGE_COMPRESSION={self.compression!r}; use one of {', '.join(COMPRESSIONS)}"
+            )
+        checks = {
+            "VAKTROM_BRIDGE_RECEIPT_INTERVAL_MS": (self.receipt_interval_ms, 1, 60000),
+            "VAKTROM_BRIDGE_MAX_PENDING": (self.max_pending, 100, 1_000_000),
+            "VAKTROM_BRIDGE_LINGER_MS": (self.linger_ms, 0, 1000),
+            "VAKTROM_BRIDGE_BATCH_BYTES": (self.batch_bytes, 1024, 16 * 1024 * 1024),
+            "VAKTROM_BRIDGE_DELIVERY_TIMEOUT_S": (self.delivery_timeout_s, 10, 86400),
+            "VAKTROM_BRIDGE_MAX_CLOCK_AHEAD_S": (self.max_clock_ahead_s, 0, 86400),
+            "VAKTROM_BRIDGE_MAX_AGE_DAYS": (self.max_age_days, 1, 3650),
+            "VAKTROM_BRIDGE_METRICS_PORT": (self.metrics_port, 0, 65535),
+        }
+        for env, (value, low, high) in checks.items():
+            if not low <= value <= high:
+                raise ConfigError(f"{env}={value} is out of range; use {low}-{high}")
+        if self.registry_refresh_s < 1:
+            raise ConfigError("VAKTROM_BRIDGE_REGISTRY_REFRESH_S must be at least 1 second")
+        if self.startup_timeout_s <= 0:
+            raise ConfigError("VAKTROM_BRIDGE_STARTUP_TIMEOUT_S must be positive")

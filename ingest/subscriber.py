@@ -1,0 +1,388 @@
+"""The MQTT side of the bridge: one persistent session, shared subscriptions, acknowledgements in order.
+
+The broker hands this bridge process a share of the kits' messages (`$share/{group}/...`, QoS 1,
+clean session off under a fixed client id, so what arrives while the bridge is down waits for it).
+paho runs with manual acknowledgement: a message is PUBACKed only when the bridge says Kafka holds
+every record made from it. Acknowledgements go out in the order the messages arrived, as MQTT
+3.1.1 asks (section 4.6), so one slow record holds back the ones behind it, never the reverse.
+
+Everything here runs on one thread, the network thread: paho's callbacks only queue the message for
+the worker and return; the worker and the Kafka producer's thread report completions through
+`completed` and `wake()`, and this thread turns them into PUBACKs and delivery receipts.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import random
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from contracts import DeliveryReceipt, ReceiptEntry, topics
+from contracts.settings import MqttSettings
+from ingest._errors import BridgeError
+from ingest.metrics import BridgeMetrics
+
+__all__ = ["CHANNELS", "Inbound", "Subscriber"]
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("readings", "status", "fhir")
+_RECEIPTS_PER_MESSAGE = 200
+_REFUSED_FOR_GOOD = {"Not authorized", "Bad user name or password", "Client identifier not valid"}
+
+
+@dataclass(slots=True, eq=False)
+class Inbound:
+    """One MQTT message on its way through the bridge."""
+
+    mid: int
+    topic: str
+    kit_id: str
+    channel: str
+    payload: bytes
+    received_at: datetime
+    received_mono: float
+    dup: bool
+    session: int  # which connection it came on: a PUBACK is only valid on that one
+    remaining: int = 0  # records handed to Kafka and not yet acknowledged
+    done: bool = False
+    receipt: ReceiptEntry | None = None
+    records: list[Any] = field(default_factory=list)  # kept for a resend after a produce failure
+
+
+class _BufferedReads:
+    """A TCP socket whose reads are buffered: paho reads each packet with three `recv` calls.
+
+    (The simulator carries the same small class; stages share no code but `contracts`.)
+    """
+
+    __slots__ = ("_buffer", "_sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+
+    def recv(self, size: int) -> bytes:
+        if not self._buffer:
+            data = self._sock.recv(65536)
+            if not data:
+                return data
+            self._buffer += data
+        chunk = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return chunk
+
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class Subscriber:
+    def __init__(
+        self,
+        *,
+        mqtt_settings: MqttSettings,
+        client_id: str,
+        share_group: str,
+        receipts: bool,
+        receipt_interval: float,
+        deliver: Callable[[Inbound], None],
+        metrics: BridgeMetrics,
+        root: str = topics.MQTT_ROOT,
+    ) -> None:
+        self._settings = mqtt_settings
+        self._deliver = deliver
+        self._metrics = metrics
+        self._root = root
+        self._receipts_on = receipts
+        self._receipt_interval = receipt_interval
+        self._filters = [
+            (topics.mqtt_shared(share_group, topics.mqtt_kit_filter(c, root=root)), 1) for c in CHANNELS
+        ]
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+            manual_ack=True,
+        )
+        self.client.max_inflight_messages_set(0)  # receipts only; their number is bounded by the kits
+        self.client.max_queued_messages_set(0)
+        if mqtt_settings.username is not None:
+            self.client.username_pw_set(mqtt_settings.username, mqtt_settings.password)
+        if mqtt_settings.tls_ca is not None:
+            self.client.tls_set(ca_certs=str(mqtt_settings.tls_ca), cert_reqs=ssl.CERT_REQUIRED)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.connected = False
+        self.subscribed = False
+        self.fatal: BridgeError | None = None
+        self.last_error = ""
+        self.session = 0
+        self.order: collections.deque[Inbound] = collections.deque()  # received, not yet PUBACKed
+        self.completed: collections.deque[Inbound] = collections.deque()  # Kafka has all their records
+        self._receipts: dict[str, list[ReceiptEntry]] = {}
+        self._receipt_due: dict[str, float] = {}
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._woken = False
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._registered: Any = None
+        self._events = 0
+        self._backoff = 0.5
+        self._next_attempt = 0.0
+        self._connecting_since = 0.0
+        self._attempted = False
+        self._encoder = msgspec.json.Encoder()
+
+    # ------------------------------------------------------------ called from other threads
+    def wake(self) -> None:
+        """Make the network thread look at `completed` now (cheap when it is already awake)."""
+        if not self._woken:
+            self._woken = True
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"x")
+
+    # ------------------------------------------------------------ paho callbacks (network thread)
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            self.last_error = str(reason)
+            if self.last_error in _REFUSED_FOR_GOOD:
+                self.fatal = BridgeError(
+                    f"the MQTT broker at {self._address} refused the bridge: {reason}. Check "
+                    "VAKTROM_MQTT_USERNAME / VAKTROM_MQTT_PASSWORD and the broker's access rules.",
+                    retriable=False,
+                )
+            return
+        self.connected, self._backoff, self.last_error = True, 0.5, ""
+        self.session += 1
+        self._metrics.mqtt_connected.set(1)
+        log.info(
+            "mqtt: connected to %s (session %s)", self._address, "resumed" if flags.session_present else "new"
+        )
+        client.subscribe(self._filters)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
+        failed = [r for r in reasons if r.is_failure]
+        if failed:
+            self.fatal = BridgeError(
+                f"the broker refused the bridge's shared subscriptions ({failed[0]}); it must allow "
+                f"this client to subscribe to {self._filters[0][0]} and its siblings",
+                retriable=False,
+            )
+            return
+        self.subscribed = True
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if self.connected:
+            log.warning(
+                "mqtt: connection lost (%s); %d unacknowledged messages will come again",
+                reason,
+                len(self.order),
+            )
+        self.connected = self.subscribed = False
+        self._metrics.mqtt_connected.set(0)
+        # Acknowledgements belong to a connection; the broker resends what was not acknowledged.
+        self.order.clear()
+        self._schedule_retry()
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        now = time.monotonic()
+        parsed = topics.kit_id_from_topic(message.topic, root=self._root)
+        kit_id, channel = parsed if parsed is not None else ("", "")
+        inbound = Inbound(
+            mid=message.mid,
+            topic=message.topic,
+            kit_id=kit_id,
+            channel=channel,
+            payload=bytes(message.payload),
+            received_at=datetime.now(UTC),
+            received_mono=now,
+            dup=bool(message.dup),
+            session=self.session,
+        )
+        if message.qos > 0:
+            self.order.append(inbound)
+        self._deliver(inbound)
+
+    # ------------------------------------------------------------ connection management
+    @property
+    def _address(self) -> str:
+        s = self._settings
+        return f"{'mqtts' if s.tls_ca else 'mqtt'}://{s.host}:{s.port}"
+
+    def _schedule_retry(self) -> None:
+        self._next_attempt = time.monotonic() + self._backoff * (0.5 + random.random())  # noqa: S311 (jitter)
+        self._backoff = min(self._backoff * 2.0, 15.0)
+
+    def _attempt(self, now: float) -> None:
+        try:
+            if self._attempted:
+                self.client.reconnect()
+            else:
+                self._attempted = True
+                self.client.connect(self._settings.host, self._settings.port, keepalive=30)
+        except (OSError, ssl.SSLError) as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._schedule_retry()
+            return
+        self._connecting_since = now
+        sock = getattr(self.client, "_sock", None)  # paho 2.x keeps its socket here
+        if type(sock) is socket.socket:
+            self.client._sock = _BufferedReads(sock)
+
+    def _register(self) -> None:
+        sock = self.client.socket()
+        if sock is not self._registered:
+            if self._registered is not None:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self._selector.unregister(self._registered)
+                self._registered = None
+            if sock is not None:
+                try:
+                    self._selector.register(sock, selectors.EVENT_READ, "mqtt")
+                    self._registered, self._events = sock, selectors.EVENT_READ
+                except (ValueError, OSError):
+                    return
+        if self._registered is not None:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.client.want_write() else 0)
+            if events != self._events:
+                try:
+                    self._selector.modify(self._registered, events, "mqtt")
+                    self._events = events
+                except (KeyError, ValueError, OSError):
+                    self._registered = None
+
+    # ------------------------------------------------------------ the loop
+    def poll(self, timeout: float) -> None:
+        """Move bytes, fire callbacks, acknowledge what is done, send due receipts."""
+        now = time.monotonic()
+        socket_now = self.client.socket()
+        if socket_now is None and not self.connected and now >= self._next_attempt:
+            self._attempt(now)
+        elif not self.connected and socket_now is not None and now - self._connecting_since > 10:
+            self.last_error = "no CONNACK within 10 s"
+            self.client.disconnect()
+            self._schedule_retry()
+        self._register()
+        sock = self.client.socket()
+        buffered = isinstance(sock, _BufferedReads) and sock.pending() > 0
+        for key, events in self._selector.select(0.0 if buffered or self.completed else timeout):
+            if key.data is None:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+                continue
+            if events & selectors.EVENT_READ and not buffered:
+                self.client.loop_read(200)
+            if events & selectors.EVENT_WRITE and self.client.socket() is not None:
+                self.client.loop_write()
+        if buffered:
+            self.client.loop_read(200)
+        self._woken = False
+        self._settle()
+        self._send_receipts(time.monotonic(), force=False)
+        if self.client.socket() is not None:
+            self.client.loop_misc()
+
+    def _settle(self) -> None:
+        completed = self.completed
+        while completed:
+            inbound = completed.popleft()
+            if inbound.receipt is not None and self._receipts_on:
+                entries = self._receipts.setdefault(inbound.kit_id, [])
+                if not entries:
+                    self._receipt_due[inbound.kit_id] = time.monotonic() + self._receipt_interval
+                entries.append(inbound.receipt)
+        order = self.order
+        acked = 0
+        while order and order[0].done:
+            inbound = order.popleft()
+            if inbound.session == self.session and self.connected:
+                self.client.ack(inbound.mid, 1)
+                acked += 1
+        if acked:
+            self._metrics.acknowledged.inc(acked)
+
+    def _send_receipts(self, now: float, *, force: bool) -> None:
+        if not self._receipts or not self.connected:
+            return
+        due = [kit for kit, when in self._receipt_due.items() if force or when <= now]
+        stamp = datetime.now(UTC)
+        for kit in due:
+            entries = self._receipts.pop(kit)
+            del self._receipt_due[kit]
+            topic = topics.kit_topic(kit, "receipts", root=self._root)
+            for i in range(0, len(entries), _RECEIPTS_PER_MESSAGE):
+                receipt = DeliveryReceipt(kit=kit, at=stamp, messages=entries[i : i + _RECEIPTS_PER_MESSAGE])
+                self.client.publish(topic, self._encoder.encode(receipt), qos=1)
+                self._metrics.receipts.inc()
+
+    def unacknowledged(self) -> tuple[int, float]:
+        """(messages received and not PUBACKed, age in seconds of the oldest of them)."""
+        order = self.order
+        if not order:
+            return 0, 0.0
+        try:
+            oldest = order[0].received_mono
+        except IndexError:
+            return 0, 0.0
+        return len(order), time.monotonic() - oldest
+
+    def close(self, *, timeout: float) -> None:
+        """Send what is due, wait briefly for the receipts' PUBACKs, then disconnect cleanly."""
+        self._settle()
+        self._send_receipts(time.monotonic(), force=True)
+        deadline = time.monotonic() + timeout
+        while (
+            self.connected
+            and time.monotonic() < deadline
+            and (
+                self.client.want_write() or self.client._out_messages  # receipts not yet PUBACKed
+            )
+        ):
+            self.poll(0.05)
+        if self.connected:
+            self.client.disconnect()
+            with contextlib.suppress(OSError):
+                self.client.loop_write()
+        self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def connected_event(self, stop: threading.Event, timeout: float) -> None:
+        """Poll until connected and subscribed, or raise BridgeError saying why."""
+        deadline = time.monotonic() + timeout
+        while not (self.connected and self.subscribed):
+            if self.fatal is not None:
+                raise self.fatal
+            if stop.is_set():
+                return
+            if time.monotonic() > deadline:
+                raise BridgeError(
+                    f"cannot reach the MQTT broker at {self._address} within {timeout:.0f} s "
+                    f"(last error: {self.last_error or 'no answer'}). Is it running? `make stack-up` "
+                    "starts the local one; VAKTROM_MQTT_HOST/PORT say where it is.",
+                    retriable=True,
+                )
+            self.poll(0.05)
