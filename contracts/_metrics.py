@@ -67,6 +67,9 @@ class MetricSpec:
     conversions: dict[str, Callable[[float], float]] = field(default_factory=dict)
     # meter flags that stand for a real clinical value beyond the display range (GL-4)
     flags: frozenset[str] = frozenset()
+    # ranges published in another unit, checked on the reported value (trap 1: 600 mg/dL is a
+    # meter's top, though 600 / 18.016 = 33.30 is a hair above 33.3 mmol/L)
+    plausible_reported: dict[str, PlausibleRange] = field(default_factory=dict)
 
     @property
     def accepted_units(self) -> tuple[str, ...]:
@@ -146,6 +149,7 @@ METRICS: dict[Metric, MetricSpec] = {
             plausible=PlausibleRange(0.6, 33.3),  # typical meter range; beyond it the meter says HI/LO
             conversions={"mmol/L": _identity, "mg/dL": _mg_dl_to_mmol_l},
             flags=frozenset({"HI", "LO"}),
+            plausible_reported={"mg/dL": PlausibleRange(10.0, 600.0)},
         ),
     )
 }

@@ -86,8 +86,11 @@ class Observation(msgspec.Struct, tag_field="resourceType", tag="Observation"):
     device: _Reference | None = None
 
 
+_ABSENT = msgspec.Raw(b"null")
+
+
 class _Entry(msgspec.Struct):
-    resource: msgspec.Raw | None = None
+    resource: msgspec.Raw = _ABSENT  # decoded on its own, so one bad entry spoils only itself
 
 
 class Bundle(msgspec.Struct, tag_field="resourceType", tag="Bundle"):
@@ -114,7 +117,7 @@ def parse_fhir(payload: bytes) -> list[KitReading | Refusal] | Refusal:
         return Refusal(RejectReason.TOO_LARGE, f"more than {_MAX_OBSERVATIONS} entries in one Bundle")
     readings: list[KitReading | Refusal] = []
     for index, entry in enumerate(resource.entry):
-        if entry.resource is None:
+        if bytes(entry.resource) == b"null":
             readings.append(Refusal(RejectReason.SCHEMA, f"Bundle.entry[{index}] has no resource"))
             continue
         try:

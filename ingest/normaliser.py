@@ -245,7 +245,7 @@ class Normaliser:
         return outcome
 
     # ------------------------------------------------------------ one reading
-    def _reading(  # noqa: PLR0911 (one return per check, in the documented order, reads best)
+    def _reading(  # noqa: PLR0911, PLR0912 (one return per check, in the documented order, reads best)
         self, source: _Source, kit: KitEntry, index: int, reading: KitReading, seq: int | None
     ) -> Measurement | Rejection:
         measured = reading.measured_at.astimezone(UTC)
@@ -301,12 +301,15 @@ class Normaliser:
             canonical = spec.conversions[unit](value)
             if unit != spec.unit:
                 canonical = round(canonical, 4)
+            checked, shown_unit = canonical, spec.unit
+            if allowed is spec.plausible and unit in spec.plausible_reported:
+                allowed, checked, shown_unit = spec.plausible_reported[unit], value, unit
             # a flagged reading's value is the meter's display limit, beyond its range by definition
-            if flag is None and (not math.isfinite(canonical) or canonical not in allowed):
+            if flag is None and (not math.isfinite(checked) or checked not in allowed):
                 return reject(
                     RejectReason.IMPLAUSIBLE,
                     f"{_fmt(value)} {unit} is outside the plausible range for {metric.value} "
-                    f"({_fmt(allowed.low)}-{_fmt(allowed.high)} {spec.unit}); a data-quality problem, "
+                    f"({_fmt(allowed.low)}-{_fmt(allowed.high)} {shown_unit}); a data-quality problem, "
                     f"not a clinical value{_likely_meant(spec, value, unit)}",
                 )
         if reading.device not in kit.devices:

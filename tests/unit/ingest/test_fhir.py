@@ -1,0 +1,167 @@
+"""FHIR R4 Observation input: mapped to the same canonical measurement a kit's own payload gives."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from contracts import Measurement, Metric, RejectReason
+from ingest.fhir import Refusal, parse_fhir
+from ingest.normaliser import Normaliser
+from ingest.registry import Registry
+from tests.unit.ingest.test_normaliser import KIT, NOW, _kit, _payload
+
+TOPIC = f"vaktrom/v1/kits/{KIT}/fhir"
+WHEN = (NOW - timedelta(minutes=2)).isoformat()
+
+
+def _observation(
+    loinc: str = "59408-5", value: float | None = 96.0, code: str = "%", **extra: Any
+) -> dict[str, Any]:
+    quantity: dict[str, Any] = {"unit": code, "system": "http://unitsofmeasure.org", "code": code}
+    if value is not None:
+        quantity["value"] = value
+    obs: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": "obs-1",
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs",
+                    }
+                ]
+            }
+        ],
+        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+        "subject": {"reference": "Patient/ignored"},
+        "effectiveDateTime": WHEN,
+        "valueQuantity": quantity,
+        "device": {"identifier": {"value": "KIT-1-OX" if loinc in ("59408-5", "8867-4") else "KIT-1-GM"}},
+    }
+    obs.update(extra)
+    return obs
+
+
+def _normalise(resource: dict[str, Any]) -> list[Measurement | RejectReason]:
+    normaliser = Normaliser(registry=lambda: Registry({KIT: _kit()}, 0.0))
+    outcome = normaliser.fhir(TOPIC, KIT, json.dumps(resource).encode(), NOW)
+    assert outcome.receipt is None  # FHIR carries no seq: settled by PUBACK
+    return [*outcome.measurements, *(r.reason for r in outcome.rejections)]
+
+
+def test_an_observation_gives_the_same_measurement_as_the_kit_payload() -> None:
+    """SpO2 96 % as FHIR and as a kit reading: same id, value, LOINC, patient (registry, not subject)."""
+    (fhir,) = _normalise(_observation())
+    normaliser = Normaliser(registry=lambda: Registry({KIT: _kit()}, 0.0))
+    kit = normaliser.readings(
+        f"vaktrom/v1/kits/{KIT}/readings",
+        KIT,
+        _payload({"device": "KIT-1-OX", "metric": "spo2", "value": 96.0, "unit": "%", "measured_at": WHEN}),
+        NOW,
+    ).measurements[0]
+    assert isinstance(fhir, Measurement)
+    assert (fhir.measurement_id, fhir.patient_id, fhir.loinc, fhir.value) == (
+        kit.measurement_id,
+        "PAT-1",
+        "59408-5",
+        96.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("loinc", "value", "code", "metric", "canonical"),
+    [
+        ("15074-8", 5.4, "mmol/L", Metric.GLUCOSE, 5.4),
+        ("2339-0", 97.0, "mg/dL", Metric.GLUCOSE, 5.3841),
+        ("8867-4", 64.0, "/min", Metric.PULSE, 64.0),
+        ("2708-6", 95.0, "%", Metric.SPO2, 95.0),
+    ],
+)
+def test_vital_signs_and_glucose_codes_map_to_metrics(
+    loinc: str, value: float, code: str, metric: Metric, canonical: float
+) -> None:
+    """Both glucose LOINC codes are accepted in their own unit; the reported unit is kept."""
+    (m,) = _normalise(_observation(loinc, value, code))
+    assert isinstance(m, Measurement)
+    assert m.metric is metric
+    assert m.value == pytest.approx(canonical, abs=1e-4)
+    assert m.reported_unit == code
+
+
+def test_a_bundle_is_taken_entry_by_entry() -> None:
+    """Two good Observations and one cancelled: two measurements and one schema rejection."""
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"resource": _observation()},
+            {"resource": _observation("8867-4", 70.0, "/min")},
+            {"resource": _observation(status="cancelled")},
+        ],
+    }
+    results = _normalise(bundle)
+    assert sum(isinstance(r, Measurement) for r in results) == 2
+    assert RejectReason.SCHEMA in results
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]}},
+            RejectReason.UNKNOWN_METRIC,
+        ),
+        ({"valueQuantity": None}, RejectReason.MISSING_VALUE),
+        ({"effectiveDateTime": "2026-11"}, RejectReason.SCHEMA),
+        ({"effectiveDateTime": "2026-11-22T10:00:00"}, RejectReason.SCHEMA),  # no offset
+        ({"device": None}, RejectReason.UNKNOWN_DEVICE),
+        ({"status": "entered-in-error"}, RejectReason.SCHEMA),
+    ],
+)
+def test_unusable_observations_are_rejected_with_a_reason(
+    change: dict[str, Any], reason: RejectReason
+) -> None:
+    """Each missing or wrong part has its own reason code."""
+    obs = {k: v for k, v in {**_observation(), **change}.items() if v is not None}
+    assert _normalise(obs) == [reason]
+
+
+def test_glucose_unit_must_match_its_loinc_code() -> None:
+    """15074-8 is moles per volume: a value in mg/dL contradicts it and is not converted."""
+    assert _normalise(_observation("15074-8", 97.0, "mg/dL")) == [RejectReason.UNIT_NOT_ACCEPTED]
+
+
+@pytest.mark.parametrize(("comparator", "flag"), [(">", "HI"), ("<", "LO")])
+def test_a_glucose_comparator_is_the_meter_flag(comparator: str, flag: str) -> None:
+    """valueQuantity.comparator ">" 33.3 mmol/L is the meter's HI: a clinical value (GL-4)."""
+    obs = _observation("15074-8", 33.3 if flag == "HI" else 0.6, "mmol/L")
+    obs["valueQuantity"]["comparator"] = comparator
+    (m,) = _normalise(obs)
+    assert isinstance(m, Measurement)
+    assert m.flag == flag
+
+
+def test_not_fhir_at_all() -> None:
+    """Broken JSON is malformed; JSON of another resource type is a schema rejection."""
+    assert isinstance(parse_fhir(b"{"), Refusal)
+    assert parse_fhir(b"{").reason == RejectReason.MALFORMED
+    patient = parse_fhir(json.dumps({"resourceType": "Patient"}).encode())
+    assert isinstance(patient, Refusal)
+    assert patient.reason == RejectReason.SCHEMA
+
+
+def test_effective_instant_in_utc_is_accepted() -> None:
+    """effectiveInstant with Z works like effectiveDateTime."""
+    obs = _observation()
+    del obs["effectiveDateTime"]
+    obs["effectiveInstant"] = (NOW - timedelta(minutes=1)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    (m,) = _normalise(obs)
+    assert isinstance(m, Measurement)
+    assert m.measured_at == NOW - timedelta(minutes=1)
+    assert datetime.fromisoformat(obs["effectiveInstant"]).tzinfo is not None
