@@ -88,6 +88,7 @@ class Bridge:
             receipt_interval=settings.receipt_interval_ms / 1000,
             deliver=self._enqueue,
             metrics=self.metrics,
+            root=settings.topic_root,
         )
         self.sink: RecordSink | None = None
         self.stop_requested = threading.Event()

@@ -26,6 +26,11 @@ class BridgeSettings(Settings):
         env="VAKTROM_BRIDGE_SHARE_GROUP",
         help="MQTT shared-subscription group; bridges in one group share the kits' messages",
     )
+    topic_root: str = setting(
+        "vaktrom/v1",
+        env="VAKTROM_MQTT_TOPIC_ROOT",
+        help="MQTT topic root the kits publish under ({root}/kits/{kit}/readings)",
+    )
     receipts: bool = setting(
         True, env="VAKTROM_BRIDGE_RECEIPTS", help="send delivery receipts to the kits (true/false)"
     )
@@ -81,6 +86,11 @@ class BridgeSettings(Settings):
         if not _CLIENT_ID.match(self.share_group):
             raise ConfigError(
                 f"VAKTROM_BRIDGE_SHARE_GROUP={self.share_group!r}: use 1-64 letters, digits, '.', '_' or '-'"
+            )
+        if not self.topic_root or any(c in self.topic_root for c in "+#") or self.topic_root.endswith("/"):
+            raise ConfigError(
+                f"VAKTROM_MQTT_TOPIC_ROOT={self.topic_root!r} must be a topic prefix such as vaktrom/v1 "
+                "(no wildcards, no trailing slash)"
             )
         if self.compression not in COMPRESSIONS:
             raise ConfigError(

@@ -87,6 +87,9 @@ class CohortSource:
         return self._last
 
 
+_ONE_MS = timedelta(milliseconds=1)
+
+
 class LoadSource:
     """A fixed aggregate rate of reading messages from `kits` synthetic kits, for `duration` seconds.
 
@@ -108,6 +111,7 @@ class LoadSource:
         self._spo2 = rng.integers(93, 99, 4096).astype(float).tolist()
         self._pulse = rng.integers(55, 95, 4096).astype(float).tolist()
         self._per_message = max(1, min(readings, 2))
+        self._last_measured: dict[str, datetime] = {}
 
     def take(self, room: int) -> list[Message]:
         now = time.monotonic()
@@ -116,9 +120,17 @@ class LoadSource:
         due = min(self._total, int((now - self._start) * self.rate) + 1) - self._sent
         out = []
         stamp = datetime.now(UTC)
-        measured, sent_at = wire.iso(stamp), wire.iso(stamp, millis=True)
+        stamp = stamp.replace(microsecond=stamp.microsecond // 1000 * 1000)
+        sent_at = wire.iso(stamp, millis=True)
+        last_measured = self._last_measured
         for _ in range(max(0, min(due, room))):
             kit = next(self._cycle)
+            # A device measures once per instant: two readings of one kit never share a measured time,
+            # so equal values do not make equal measurement ids (which would read as resends).
+            previous = last_measured.get(kit)
+            at = stamp if previous is None or stamp > previous else previous + _ONE_MS
+            last_measured[kit] = at
+            measured = wire.iso(at, millis=True)
             self._seq[kit] += 1
             seq = self._seq[kit]
             i = self._sent & 4095

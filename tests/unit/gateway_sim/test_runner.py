@@ -129,3 +129,16 @@ def test_load_payloads_are_the_bytes_the_generic_encoder_builds() -> None:
     for message in source.take(50):
         sent_at = datetime.fromisoformat(json.loads(message.payload)["sent_at"])
         assert message.payload == readings_payload(message.kit, message.seq, sent_at, message.readings)
+
+
+def test_load_readings_of_one_kit_never_share_a_measured_time() -> None:
+    """Two kits at a million messages/s: each kit's messages carry distinct measured times (distinct ids)."""
+    source = LoadSource(kits=["L-1", "L-2"], rate=1e6, duration=1.0, seed=3)
+    messages: list[Any] = []
+    while len(messages) < 400:
+        messages += source.take(400 - len(messages))
+    for kit in ("L-1", "L-2"):
+        times = [json.loads(m.payload)["readings"][0]["measured_at"] for m in messages if m.kit == kit]
+        assert len(times) == 200
+        assert len(set(times)) == 200
+        assert times == sorted(times)

@@ -1,0 +1,291 @@
+"""The bridge against real Mosquitto, Kafka and PostgreSQL: what goes in by MQTT comes out on Kafka.
+
+Each test runs `python -m ingest` as its own process under its own MQTT topic root, Kafka topic
+prefix and kits, publishes with the real `mosquitto_pub` (or the simulator) and reads the topics back.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contracts import RejectReason, measurement_id, topics
+from tests.conftest import Stack
+from tests.integration.bridge_support import (
+    BridgeProcess,
+    consume,
+    kit_rows,
+    prepare,
+    reading_topic,
+    register,
+    sql,
+)
+
+
+@pytest.fixture
+def bridge(  # noqa: PLR0917 (pytest passes fixtures by position)
+    stack: Stack, mqtt: Any, kafka_bootstrap: str, database_url: str, unique: str, artefacts: Path
+) -> Iterator[BridgeProcess]:
+    prepare(stack, unique)
+    process = BridgeProcess(stack, unique, artefacts)
+    yield process
+    process.stop()
+
+
+def _pub(stack: Stack, topic: str, payload: bytes) -> None:
+    """Publish once at QoS 1 with the real mosquitto_pub client."""
+    result = subprocess.run(
+        ["mosquitto_pub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port), "-q", "1", "-t", topic, "-s"],
+        input=payload,
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+
+
+def _message(kit: str, seq: int, *readings: dict[str, Any]) -> bytes:
+    return json.dumps(
+        {
+            "schema": "vaktrom.kit-reading.v1",
+            "kit": kit,
+            "seq": seq,
+            "sent_at": datetime.now(UTC).isoformat(),
+            "readings": list(readings),
+        }
+    ).encode()
+
+
+def _reading(
+    device: str,
+    metric: str,
+    value: float | None,
+    unit: str,
+    *,
+    ago: timedelta = timedelta(minutes=1),
+    **extra: Any,
+) -> dict[str, Any]:
+    reading: dict[str, Any] = {
+        "device": device,
+        "metric": metric,
+        "unit": unit,
+        "measured_at": (datetime.now(UTC) - ago).isoformat(),
+    }
+    if value is not None:
+        reading["value"] = value
+    return reading | extra
+
+
+def _enrol_kit(stack: Stack, name: str, n: int = 1) -> tuple[str, str, str]:
+    """(kit, patient, oximeter) for a kit with an oximeter and a glucose meter, registered to a patient."""
+    row = kit_rows(f"{name[:20]}K{n}", 1)[0]
+    kit = str(row["kit"])
+    row["devices"] = [*row["devices"], {"serial": f"{kit}-GM", "kind": "glucose_meter", "model": "GM"}]
+    register(stack, [row])
+    return kit, str(row["patient_id"]), f"{kit}-OX"
+
+
+def test_a_reading_published_with_mosquitto_pub_becomes_a_canonical_measurement(
+    bridge: BridgeProcess, stack: Stack
+) -> None:
+    """SpO2 and a glucose HI from mosquitto_pub: keyed by patient; canonical value, LOINC, ids, trace."""
+    kit, patient, oximeter = _enrol_kit(stack, bridge.name)
+    bridge.start()
+    spo2 = _reading(oximeter, "spo2", 94.0, "%")
+    high = _reading(f"{kit}-GM", "glucose", None, "mg/dL", flag="HI")
+    _pub(stack, reading_topic(bridge, kit), _message(kit, 1, spo2, high))
+    records = consume(stack, topics.measurement_topic(bridge.prefix), until=2)
+    assert len(records) == 2, bridge.tail()
+    by_metric = {value["metric"]: (key, value, dict(headers)) for key, value, headers in records}
+    key, m, headers = by_metric["spo2"]
+    assert key == patient.encode()
+    assert (m["patient_id"], m["kit_id"], m["device_id"], m["kit_seq"]) == (patient, kit, oximeter, 1)
+    assert (m["value"], m["unit"], m["loinc"], m["reported_value"], m["reported_unit"]) == (
+        94.0,
+        "%",
+        "59408-5",
+        94.0,
+        "%",
+    )
+    expected_id = measurement_id(
+        device_id=oximeter,
+        patient_id=patient,
+        metric="spo2",
+        reported_value=94.0,
+        reported_unit="%",
+        flag=None,
+        measured_at=datetime.fromisoformat(spo2["measured_at"]),
+    )
+    assert m["measurement_id"] == expected_id
+    assert headers["traceparent"].decode().startswith(f"00-{expected_id}-")
+    assert m["trace"]["bridge_received"]
+    assert m["trace"]["kit_sent"]
+    _, g, _ = by_metric["glucose"]
+    assert (g["flag"], g["value"], g["reported_unit"], g["loinc"]) == ("HI", None, "mg/dL", "15074-8")
+
+
+def test_every_rejection_reason_lands_on_the_dead_letter_topic(bridge: BridgeProcess, stack: Stack) -> None:
+    """One real publish per reason code; each lands with that reason, kit and detail; no measurement."""
+    kit, _patient, ox = _enrol_kit(stack, bridge.name)
+    unassigned, _, unassigned_ox = _enrol_kit(stack, bridge.name, 2)
+    sql(
+        stack,
+        "UPDATE kit_assignments SET assigned_from = now() - interval '1 hour' WHERE kit_id = %s",
+        [unassigned],
+    )
+    retired, _, retired_ox = _enrol_kit(stack, bridge.name, 3)
+    sql(
+        stack,
+        "UPDATE kit_assignments SET assigned_until = now() - interval '1 hour' WHERE kit_id = %s",
+        [retired],
+    )
+    sql(
+        stack,
+        "UPDATE kits SET state = 'retired', retired_at = now() - interval '1 hour' WHERE kit_id = %s",
+        [retired],
+    )
+    bridge.start()
+    good = _message(kit, 1, _reading(ox, "spo2", 95.0, "%"))
+    cases: list[tuple[RejectReason, str, bytes]] = [
+        (RejectReason.MALFORMED, kit, good[:30]),
+        (RejectReason.SCHEMA, kit, good.replace(b'"seq": 1', b'"seq": "one"')),
+        (RejectReason.TOO_LARGE, kit, good + b" " * 70_000),
+        (
+            RejectReason.TOPIC_MISMATCH,
+            kit,
+            _message(unassigned, 2, _reading(unassigned_ox, "spo2", 95.0, "%")),
+        ),
+        (
+            RejectReason.UNKNOWN_KIT,
+            f"{bridge.name[:20]}NOKIT",
+            _message(f"{bridge.name[:20]}NOKIT", 1, _reading(ox, "spo2", 95.0, "%")),
+        ),
+        (
+            RejectReason.KIT_NOT_ASSIGNED,
+            unassigned,
+            _message(unassigned, 1, _reading(unassigned_ox, "spo2", 95.0, "%", ago=timedelta(hours=2))),
+        ),
+        (
+            RejectReason.KIT_RETIRED,
+            retired,
+            _message(retired, 1, _reading(retired_ox, "spo2", 95.0, "%", ago=timedelta(minutes=5))),
+        ),
+        (RejectReason.UNKNOWN_DEVICE, kit, _message(kit, 3, _reading("SOMEONE-ELSES-OX", "spo2", 95.0, "%"))),
+        (RejectReason.UNKNOWN_METRIC, kit, _message(kit, 4, _reading(ox, "blood_pressure", 120.0, "mm[Hg]"))),
+        (RejectReason.UNIT_NOT_ACCEPTED, kit, _message(kit, 5, _reading(ox, "pulse", 1.2, "Hz"))),
+        (RejectReason.MISSING_VALUE, kit, _message(kit, 6, _reading(ox, "spo2", None, "%"))),
+        (RejectReason.FLAG_NOT_ACCEPTED, kit, _message(kit, 7, _reading(ox, "spo2", None, "%", flag="LO"))),
+        (RejectReason.IMPLAUSIBLE, kit, _message(kit, 8, _reading(ox, "spo2", 0.0, "%"))),
+        (
+            RejectReason.CLOCK_FUTURE,
+            kit,
+            _message(kit, 9, _reading(ox, "spo2", 95.0, "%", ago=-timedelta(hours=1))),
+        ),
+        (
+            RejectReason.CLOCK_PAST,
+            kit,
+            _message(kit, 10, _reading(ox, "spo2", 95.0, "%", ago=timedelta(days=400))),
+        ),
+    ]
+    for _reason, topic_kit, payload in cases:
+        _pub(stack, reading_topic(bridge, topic_kit), payload)
+    records = consume(stack, topics.rejection_topic(bridge.prefix), until=len(cases))
+    found = {value["reason"]: (key, value) for key, value, _ in records}
+    assert sorted(found) == sorted(r.value for r, _, _ in cases), bridge.tail()
+    for reason, topic_kit, payload in cases:
+        key, value = found[reason.value]
+        assert key == topic_kit.encode()
+        assert value["kit_id"] == topic_kit
+        assert len(value["detail"]) > 20
+        assert value["raw_size"] == len(payload)
+        assert len(value["raw_excerpt"].encode()) <= 4096
+    assert not consume(stack, topics.measurement_topic(bridge.prefix), timeout=3)
+    metrics = bridge.metrics()
+    assert metrics['vaktrom_bridge_rejections_total{reason="implausible"}'] == 1
+
+
+def test_a_kit_publishing_as_another_kit_is_rejected_and_the_victim_gets_nothing(
+    bridge: BridgeProcess, stack: Stack
+) -> None:
+    """Kit A's payload on kit B's topic : topic_mismatch, and no measurement for anyone."""
+    a, _, a_ox = _enrol_kit(stack, bridge.name, 1)
+    b, _, _b_ox = _enrol_kit(stack, bridge.name, 2)
+    bridge.start()
+    _pub(stack, reading_topic(bridge, b), _message(a, 1, _reading(a_ox, "spo2", 90.0, "%")))
+    (record,) = [v for _, v, _ in consume(stack, topics.rejection_topic(bridge.prefix), until=1)]
+    assert record["reason"] == "topic_mismatch"
+    assert record["kit_id"] == b
+    assert not consume(stack, topics.measurement_topic(bridge.prefix), timeout=3)
+
+
+def test_fhir_observations_and_status_messages(bridge: BridgeProcess, stack: Stack) -> None:
+    """A FHIR Observation on .../fhir becomes a measurement; status, a kit-status event."""
+    kit, patient, ox = _enrol_kit(stack, bridge.name)
+    bridge.start()
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "effectiveDateTime": (datetime.now(UTC) - timedelta(minutes=3)).isoformat(),
+        "valueQuantity": {
+            "value": 61,
+            "unit": "beats/minute",
+            "system": "http://unitsofmeasure.org",
+            "code": "/min",
+        },
+        "device": {"identifier": {"value": ox}},
+    }
+    _pub(stack, reading_topic(bridge, kit, "fhir"), json.dumps(observation).encode())
+    status = {
+        "schema": "vaktrom.kit-status.v1",
+        "kit": kit,
+        "state": "heartbeat",
+        "at": datetime.now(UTC).isoformat(),
+        "battery": 80,
+    }
+    _pub(stack, reading_topic(bridge, kit, "status"), json.dumps(status).encode())
+    (m,) = [v for _, v, _ in consume(stack, topics.measurement_topic(bridge.prefix), until=1)]
+    assert (m["metric"], m["value"], m["patient_id"], m["kit_seq"]) == ("pulse", 61.0, patient, None)
+    (event,) = [v for _, v, _ in consume(stack, topics.kit_status_topic(bridge.prefix), until=1)]
+    assert (event["state"], event["patient_id"], event["battery"]) == ("heartbeat", patient, 80.0)
+
+
+def test_a_newly_enrolled_kit_is_known_without_a_restart(bridge: BridgeProcess, stack: Stack) -> None:
+    """The registry cache reloads on NOTIFY: a kit enrolled after the bridge started is attributed at once."""
+    bridge.extra_env["VAKTROM_BRIDGE_REGISTRY_REFRESH_S"] = "3600"  # only the notification can explain it
+    bridge.start()
+    before = (bridge.health() or {})["registry_kits"]
+    kit, patient, ox = _enrol_kit(stack, bridge.name, 7)
+    deadline = time.monotonic() + 10
+    while (bridge.health() or {}).get("registry_kits") == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (bridge.health() or {})["registry_kits"] == before + 1, bridge.tail()
+    _pub(stack, reading_topic(bridge, kit), _message(kit, 1, _reading(ox, "pulse", 66.0, "/min")))
+    (m,) = [v for _, v, _ in consume(stack, topics.measurement_topic(bridge.prefix), until=1)]
+    assert m["patient_id"] == patient
+
+
+def test_the_bridge_stops_cleanly_on_sigterm(bridge: BridgeProcess, stack: Stack) -> None:
+    """SIGTERM: exit code 0 within the grace period, and the log says it stopped."""
+    bridge.start()
+    assert bridge.stop() == 0
+    assert "bridge: stopped" in bridge.tail()
+
+
+def test_bad_configuration_fails_at_start_with_the_variable_named(bridge: BridgeProcess) -> None:
+    """VAKTROM_BRIDGE_COMPRESSION=brotli: exit 2 and a message naming the variable and the choices."""
+    env = bridge.env() | {"VAKTROM_BRIDGE_COMPRESSION": "brotli"}
+    result = subprocess.run(
+        [sys.executable, "-m", "ingest"], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 2
+    assert "VAKTROM_BRIDGE_COMPRESSION" in result.stderr
+    assert "lz4" in result.stderr

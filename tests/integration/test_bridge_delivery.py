@@ -1,0 +1,148 @@
+"""Nothing lost: every reading the simulator's ledger shows as confirmed is on the measurement topic.
+
+The simulator runs with delivery receipts (`--confirm receipt`): a kit keeps each reading until the
+bridge's receipt names its measurement id, and resends it otherwise. Each test checks the ledger
+against the measurement topic by count and by id, through a normal run, a 30 s Kafka outage and a
+SIGKILL of the bridge.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contracts import topics
+from tests.conftest import REPO, Stack, stack_command
+from tests.integration.bridge_support import BridgeProcess, consume, kit_rows, prepare, register
+
+RATE = 500  # messages/s, two readings each
+
+
+@pytest.fixture
+def bridge(  # noqa: PLR0917 (pytest passes fixtures by position)
+    stack: Stack, mqtt: Any, kafka_bootstrap: str, database_url: str, unique: str, artefacts: Path
+) -> Iterator[BridgeProcess]:
+    prepare(stack, unique)
+    process = BridgeProcess(stack, unique, artefacts)
+    yield process
+    process.stop()
+
+
+def _simulate(
+    bridge: BridgeProcess,
+    stack: Stack,
+    out: Path,
+    *,
+    kits: int,
+    seconds: float,
+    during: Callable[[], None] | None,
+) -> subprocess.CompletedProcess[str]:
+    """Enrol the load kits, run `gateway-sim load` with receipts, and call `during` 5 s into the run."""
+    prefix = f"{bridge.name[:16]}L"
+    register(stack, kit_rows(prefix, kits))
+    cmd = [
+        sys.executable, "-m", "gateway_sim", "load",
+        "--kits", str(kits), "--rate", str(RATE), "--duration", f"{seconds}s", "--readings-per-message", "2",
+        "--kit-prefix", prefix, "--topic-root", bridge.root, "--confirm", "receipt", "--resend-after", "20",
+        "--drain", "150", "--host", stack.mqtt_host, "--port", str(stack.mqtt_port),
+        "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    env = {"PYTHONPATH": f"{REPO}:{REPO / 'gateway-sim'}", "PATH": "/usr/bin:/bin"}
+    sim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    if during is not None:
+        time.sleep(5)
+        during()
+    stdout, stderr = sim.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, sim.returncode, stdout, stderr)
+
+
+def _check_nothing_lost(
+    bridge: BridgeProcess, stack: Stack, out: Path, result: Any, expected: int
+) -> Counter[str]:
+    """The ledger's confirmed readings, by id, all on the measurement topic; returns copies per id."""
+    assert result.returncode == 0, f"simulator: {result.stderr[-2000:]}\nbridge:\n{bridge.tail()}"
+    rows = [json.loads(line) for line in (out / "ledger.readings.jsonl").read_text().splitlines()]
+    confirmed = [row for row in rows if row[10] == "confirmed"]
+    assert len(confirmed) == expected == len(rows)
+    ledger_ids = {row[11] for row in confirmed}
+    assert len(ledger_ids) == expected, "every reading has its own measurement id in its receipt"
+    records = consume(stack, topics.measurement_topic(bridge.prefix), until=None, timeout=120, idle=5)
+    copies = Counter(value["measurement_id"] for _key, value, _h in records)
+    missing = ledger_ids - set(copies)
+    assert not missing, f"{len(missing)} confirmed readings are not on the measurement topic"
+    assert set(copies) == ledger_ids, "the topic holds nothing the kits did not send"
+    return copies
+
+
+def test_a_normal_run_confirms_every_reading_once_and_invents_no_duplicates(
+    bridge: BridgeProcess, stack: Stack, tmp_path: Path
+) -> None:
+    """4,000 readings with receipts, no faults: each on the topic exactly once, each receipt names its id."""
+    bridge.start()
+    result = _simulate(bridge, stack, tmp_path, kits=200, seconds=4, during=None)
+    copies = _check_nothing_lost(bridge, stack, tmp_path, result, expected=4000)
+    assert max(copies.values()) == 1
+    metrics = bridge.metrics()
+    assert metrics["vaktrom_bridge_messages_acknowledged_total"] >= 2000
+
+
+def test_nothing_is_lost_when_kafka_stops_for_30_seconds(
+    bridge: BridgeProcess, stack: Stack, tmp_path: Path
+) -> None:
+    """Kafka down for 30 s in a 20,000-reading run: all confirmed readings arrive; same bridge."""
+    bridge.start()
+    pid = bridge.process.pid if bridge.process else None
+    unacked_during: list[int] = []
+
+    def outage() -> None:
+        down = stack_command("down", "kafka", timeout=120)
+        assert down.returncode == 0, down.stderr
+        try:
+            time.sleep(25)
+            health = bridge.health() or {}
+            unacked_during.append(int(health.get("unacknowledged_messages", 0)))
+            time.sleep(5)
+        finally:
+            up = stack_command("up", "kafka", timeout=300)
+            assert up.returncode == 0, up.stdout + up.stderr
+
+    result = _simulate(bridge, stack, tmp_path, kits=500, seconds=20, during=outage)
+    copies = _check_nothing_lost(bridge, stack, tmp_path, result, expected=20_000)
+    assert bridge.process is not None
+    assert bridge.process.pid == pid
+    assert bridge.process.poll() is None
+    assert bridge.starts == 1, "recovered without a restart"
+    assert unacked_during, "the outage thread did not run"
+    assert unacked_during[0] > 0, "while Kafka was away the bridge held messages unacknowledged"
+    print(
+        f"kafka outage: {sum(copies.values()) - len(copies)} repeats of {len(copies)} readings (kit resends)"
+    )
+
+
+def test_nothing_is_lost_when_the_bridge_is_killed(
+    bridge: BridgeProcess, stack: Stack, tmp_path: Path
+) -> None:
+    """SIGKILL mid-run and a restart: the broker redelivers the unacknowledged; all arrive."""
+    bridge.start()
+    killed = threading.Event()
+
+    def crash() -> None:
+        bridge.kill()
+        killed.set()
+        time.sleep(2)
+        bridge.start()
+
+    result = _simulate(bridge, stack, tmp_path, kits=500, seconds=20, during=crash)
+    assert killed.is_set()
+    copies = _check_nothing_lost(bridge, stack, tmp_path, result, expected=20_000)
+    assert bridge.metrics()['vaktrom_bridge_messages_received_total{channel="readings"}'] > 0
+    print(f"bridge SIGKILL: {sum(copies.values()) - len(copies)} repeats of {len(copies)} readings")
