@@ -19,6 +19,7 @@ makes the resulting repeats recognisable downstream.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import secrets
 import threading
@@ -44,6 +45,9 @@ __all__ = ["Bridge"]
 log = logging.getLogger(__name__)
 
 _RESEND_BACKOFF = 2.0  # seconds before a record Kafka refused is sent again
+_MEASUREMENT_SCHEMA = ("schema", b"vaktrom.measurement.v1")
+_REJECTION_SCHEMA = ("schema", b"vaktrom.rejection.v1")
+_STATUS_SCHEMA = ("schema", b"vaktrom.kit-status-event.v1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,7 @@ class Bridge:
             share_group=settings.share_group,
             receipts=settings.receipts,
             receipt_interval=settings.receipt_interval_ms / 1000,
+            receive_maximum=settings.receive_maximum,
             deliver=self._enqueue,
             metrics=self.metrics,
             root=settings.topic_root,
@@ -93,11 +98,21 @@ class Bridge:
         self.sink: RecordSink | None = None
         self.stop_requested = threading.Event()
         self._inbox: collections.deque[Inbound] = collections.deque()
-        self._inbox_ready = threading.Condition()
+        self._inbox_ready = threading.Event()
+        self._worker_idle = False
         self._resend: collections.deque[tuple[float, Inbound, _Record]] = collections.deque()
-        self._pending = 0  # records handed to Kafka, not yet settled
-        self._pending_lock = threading.Lock()
-        self._room = threading.Condition(self._pending_lock)
+        # Counted on the hot path as plain integers (one writer each) and handed to the Prometheus
+        # metrics once a second: a labelled metric takes a lock per call.
+        self._handed = 0  # worker: records handed to the producer
+        self._settled = 0  # producer thread: records Kafka acknowledged
+        self._produce_errors = 0
+        self._received: collections.Counter[str] = collections.Counter()
+        self._redelivered = 0
+        self._produced: collections.Counter[str] = collections.Counter()
+        self._latencies: collections.deque[float] = collections.deque()
+        self._exported: dict[str, int] = {}
+        self._span_prefix = secrets.token_hex(4)
+        self._span_counter = itertools.count()
         self._worker = threading.Thread(target=self._work, name="bridge-worker", daemon=True)
         self._ops: OpsServer | None = None
         self._encoder = msgspec.json.Encoder()
@@ -158,10 +173,7 @@ class Bridge:
 
     def stop(self) -> None:
         self.stop_requested.set()
-        with self._inbox_ready:
-            self._inbox_ready.notify_all()
-        with self._room:
-            self._room.notify_all()
+        self._inbox_ready.set()
 
     def _shutdown(self) -> None:
         log.info("bridge: stopping; letting Kafka acknowledge what it has")
@@ -191,28 +203,31 @@ class Bridge:
 
     # ------------------------------------------------------------ network thread -> worker
     def _enqueue(self, inbound: Inbound) -> None:
-        self.metrics.received.labels(inbound.channel or "other").inc()
+        """On the network thread: hand the message over; no lock, no syscall unless the worker sleeps."""
+        self._received[inbound.channel or "other"] += 1
         if inbound.dup:
-            self.metrics.redelivered.inc()
-        with self._inbox_ready:
-            self._inbox.append(inbound)
-            self._inbox_ready.notify()
+            self._redelivered += 1
+        self._inbox.append(inbound)
+        if self._worker_idle:
+            self._inbox_ready.set()
 
     # ------------------------------------------------------------ worker
     def _work(self) -> None:
+        inbox = self._inbox
         try:
             while not self.stop_requested.is_set():
-                self._resend_due()
-                with self._inbox_ready:
-                    if not self._inbox:
-                        self._inbox_ready.wait(0.1)
-                        continue
-                    batch = list(self._inbox)
-                    self._inbox.clear()
-                for inbound in batch:
+                if self._resend:
+                    self._resend_due()
+                if not inbox:
+                    self._worker_idle = True
+                    self._inbox_ready.wait(0.05)
+                    self._inbox_ready.clear()
+                    self._worker_idle = False
+                    continue
+                while inbox:
                     if self.stop_requested.is_set():
                         return  # not acknowledged: the broker sends it again to the next session
-                    self._process(inbound)
+                    self._process(inbox.popleft())
         except BaseException as exc:  # a bug: stop the bridge loudly rather than stall silently
             log.exception("bridge worker failed")
             self._worker_error = exc
@@ -227,8 +242,9 @@ class Bridge:
             outcome = self._internal_error(inbound)
         records = self._records(outcome, inbound)
         inbound.receipt = outcome.receipt
-        inbound.records = records
         inbound.remaining = len(records)
+        inbound.started = time.monotonic()
+        self._wait_for_room(len(records))
         for record in records:
             self._send(inbound, record)
 
@@ -256,48 +272,51 @@ class Bridge:
         return Outcome(inbound.kit_id or None, rejections=[rejection])
 
     def _records(self, outcome: Outcome, inbound: Inbound) -> list[_Record]:
-        # W3C trace context: the trace id is the record's own id, the span this bridge's handling
-        span = secrets.token_hex(8)
+        # W3C trace context: the trace id is the record's own id, the span this bridge's handling of
+        # the message (a process prefix and a counter: unique, and no random bytes on the hot path)
+        span = f"{self._span_prefix}{next(self._span_counter) & 0xFFFFFFFF:08x}"
         encode = self._encoder.encode
         records = []
         for m in outcome.measurements:
-            headers = [
-                ("schema", b"vaktrom.measurement.v1"),
-                ("traceparent", f"00-{m.measurement_id}-{span}-01".encode()),
-            ]
+            headers = [_MEASUREMENT_SCHEMA, ("traceparent", f"00-{m.measurement_id}-{span}-01".encode())]
             records.append(
                 _Record(self._topics["measurement"], m.patient_id.encode(), encode(m), headers, "measurement")
             )
         if outcome.measurements:
             kit_sent = outcome.measurements[0].trace.kit_sent
             if kit_sent is not None:
-                self.metrics.delivery_lag.observe(max(0.0, (inbound.received_at - kit_sent).total_seconds()))
+                lag = max(0.0, (inbound.received_at - kit_sent).total_seconds())
+                self.metrics.delivery_lag.observe(lag)
         for r in outcome.rejections:
             self.metrics.rejected.labels(r.reason.value).inc()
-            headers = [
-                ("schema", b"vaktrom.rejection.v1"),
-                ("traceparent", f"00-{r.rejection_id}-{span}-01".encode()),
-            ]
+            headers = [_REJECTION_SCHEMA, ("traceparent", f"00-{r.rejection_id}-{span}-01".encode())]
             key = (r.kit_id or "unknown").encode()
             records.append(_Record(self._topics["rejection"], key, encode(r), headers, "rejection"))
         if outcome.status is not None:
             s = outcome.status
             key = (s.patient_id or s.kit_id).encode()
-            headers = [("schema", b"vaktrom.kit-status-event.v1")]
-            records.append(_Record(self._topics["status"], key, encode(s), headers, "status"))
+            records.append(_Record(self._topics["status"], key, encode(s), [_STATUS_SCHEMA], "status"))
         return records
 
+    @property
+    def pending(self) -> int:
+        """Records handed to the producer and not yet settled (each counter has a single writer)."""
+        return self._handed - self._settled
+
+    def _wait_for_room(self, count: int) -> None:
+        """Backpressure: while too many records wait for Kafka, take no more messages."""
+        while self.pending + count > self.settings.max_pending and not self.stop_requested.is_set():
+            if self.pending == 0:
+                return  # one message bigger than the whole allowance still goes
+            time.sleep(0.005)
+
     def _send(self, inbound: Inbound, record: _Record) -> None:
-        """Hand one record to the producer, waiting for room (backpressure) and for Kafka's metadata."""
+        """Hand one record to the producer, retrying while Kafka cannot even take it (metadata away)."""
         assert self.sink is not None
-        with self._room:
-            while self._pending >= self.settings.max_pending and not self.stop_requested.is_set():
-                self._room.wait(0.1)
-            self._pending += 1
-        started = time.monotonic()
+        self._handed += 1
 
         def done(error: BaseException | None) -> None:
-            self._record_done(inbound, record, error, started)
+            self._record_done(inbound, record, error)
 
         while True:
             try:
@@ -305,24 +324,19 @@ class Bridge:
                 return
             except Exception as exc:  # KafkaTimeoutError while Kafka is away: keep trying, do not drop
                 if self.stop_requested.is_set():
-                    with self._room:
-                        self._pending -= 1
+                    self._handed -= 1
                     return
                 log.warning("kafka: cannot queue a record (%s); retrying", type(exc).__name__)
                 time.sleep(0.5)
 
-    def _record_done(
-        self, inbound: Inbound, record: _Record, error: BaseException | None, started: float
-    ) -> None:
-        """On the producer's thread: count down; the last record of a message makes it acknowledgeable."""
-        with self._room:
-            self._pending -= 1
-            self._room.notify()
-            if error is None:
-                inbound.remaining -= 1
-                last = inbound.remaining == 0
-        if error is not None:
-            self.metrics.produce_errors.inc()
+    def _record_done(self, inbound: Inbound, record: _Record, error: BaseException | None) -> None:
+        """On the producer's thread: count down; the last record of a message makes it acknowledgeable.
+
+        Success callbacks run only on the producer's I/O thread, so `remaining` and `_settled` have
+        one writer each and need no lock.
+        """
+        if error is not None:  # may also run on the worker, when the producer fails a send at once
+            self._produce_errors += 1
             log.warning(
                 "kafka: a %s record was not accepted (%s); sending it again",
                 record.kind,
@@ -330,11 +344,12 @@ class Bridge:
             )
             self._resend.append((time.monotonic() + _RESEND_BACKOFF, inbound, record))
             return
-        self.metrics.produced.labels(record.kind).inc()
-        self.metrics.kafka_latency.observe(time.monotonic() - started)
-        if last:
+        self._settled += 1
+        self._produced[record.kind] += 1
+        inbound.remaining -= 1
+        if inbound.remaining == 0:
+            self._latencies.append(time.monotonic() - inbound.started)
             inbound.done = True
-            inbound.records = []
             self.subscriber.completed.append(inbound)
             self.subscriber.wake()
 
@@ -342,17 +357,34 @@ class Bridge:
         now = time.monotonic()
         while self._resend and self._resend[0][0] <= now:
             _, inbound, record = self._resend.popleft()
+            self._handed -= 1  # it was counted when first handed over
             self._send(inbound, record)
 
     # ------------------------------------------------------------ operations
     def _gauges(self) -> None:
+        """Once a second: move the hot-path counts into the Prometheus metrics."""
+        m = self.metrics
+        self._export("redelivered", self._redelivered, m.redelivered)
+        self._export("produce_errors", self._produce_errors, m.produce_errors)
+        for channel, count in list(self._received.items()):
+            self._export(f"received:{channel}", count, m.received.labels(channel))
+        for kind, count in list(self._produced.items()):
+            self._export(f"produced:{kind}", count, m.produced.labels(kind))
+        while self._latencies:
+            m.kafka_latency.observe(self._latencies.popleft())
         count, age = self.subscriber.unacknowledged()
-        self.metrics.in_flight.set(count)
-        self.metrics.oldest_unacked.set(age)
-        self.metrics.pending.set(self._pending)
+        m.in_flight.set(count)
+        m.oldest_unacked.set(age)
+        m.pending.set(self.pending)
         current = self.registry.current
         if current is not None:
-            self.metrics.registry_age.set(time.monotonic() - current.loaded_at)
+            m.registry_age.set(time.monotonic() - current.loaded_at)
+
+    def _export(self, name: str, total: int, counter: Any) -> None:
+        delta = total - self._exported.get(name, 0)
+        if delta > 0:
+            counter.inc(delta)
+            self._exported[name] = total
 
     def health(self) -> dict[str, Any]:
         count, age = self.subscriber.unacknowledged()
@@ -374,7 +406,7 @@ class Bridge:
             "mqtt_connected": self.subscriber.connected,
             "unacknowledged_messages": count,
             "oldest_unacknowledged_s": round(age, 3),
-            "pending_records": self._pending,
+            "pending_records": self.pending,
             "registry_kits": None if current is None else len(current.kits),
             "registry_age_s": None if registry_age is None else round(registry_age, 1),
         }

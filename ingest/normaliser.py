@@ -399,6 +399,10 @@ class Normaliser:
             trace=source.trace,
         )
         outcome = Outcome(kit_id, rejections=[rejection])
+        if reason is RejectReason.UNKNOWN_KIT:
+            # No receipt: a kit enrolled a moment ago may be newer than the registry snapshot; it
+            # keeps the readings and resends them, by when the bridge knows it (a NOTIFY away).
+            return outcome
         if seq is None and reason in (RejectReason.SCHEMA, RejectReason.TOO_LARGE):
             seq, count = _envelope(source.payload)
         if seq is not None:  # the kit can stop resending: the answer will not change

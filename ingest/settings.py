@@ -37,6 +37,11 @@ class BridgeSettings(Settings):
     receipt_interval_ms: int = setting(
         100, env="VAKTROM_BRIDGE_RECEIPT_INTERVAL_MS", help="how long receipts for one kit are batched"
     )
+    receive_maximum: int = setting(
+        1000,
+        env="VAKTROM_BRIDGE_RECEIVE_MAXIMUM",
+        help="MQTT 5 Receive Maximum: messages the broker may hand this bridge before it acknowledges",
+    )
     max_pending: int = setting(
         20000,
         env="VAKTROM_BRIDGE_MAX_PENDING",
@@ -99,6 +104,7 @@ class BridgeSettings(Settings):
         checks = {
             "VAKTROM_BRIDGE_RECEIPT_INTERVAL_MS": (self.receipt_interval_ms, 1, 60000),
             "VAKTROM_BRIDGE_MAX_PENDING": (self.max_pending, 100, 1_000_000),
+            "VAKTROM_BRIDGE_RECEIVE_MAXIMUM": (self.receive_maximum, 1, 65535),
             "VAKTROM_BRIDGE_LINGER_MS": (self.linger_ms, 0, 1000),
             "VAKTROM_BRIDGE_BATCH_BYTES": (self.batch_bytes, 1024, 16 * 1024 * 1024),
             "VAKTROM_BRIDGE_DELIVERY_TIMEOUT_S": (self.delivery_timeout_s, 10, 86400),

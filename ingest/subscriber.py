@@ -24,13 +24,15 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from contracts import DeliveryReceipt, ReceiptEntry, topics
 from contracts.settings import MqttSettings
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 
 CHANNELS = ("readings", "status", "fhir")
 _RECEIPTS_PER_MESSAGE = 200
+_SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps a stopped bridge's session and queue this long
 _REFUSED_FOR_GOOD = {"Not authorized", "Bad user name or password", "Client identifier not valid"}
 
 
@@ -62,7 +65,7 @@ class Inbound:
     remaining: int = 0  # records handed to Kafka and not yet acknowledged
     done: bool = False
     receipt: ReceiptEntry | None = None
-    records: list[Any] = field(default_factory=list)  # kept for a resend after a produce failure
+    started: float = 0.0  # when its records were handed to the producer
 
 
 class _BufferedReads:
@@ -103,11 +106,13 @@ class Subscriber:
         share_group: str,
         receipts: bool,
         receipt_interval: float,
+        receive_maximum: int,
         deliver: Callable[[Inbound], None],
         metrics: BridgeMetrics,
         root: str = topics.MQTT_ROOT,
     ) -> None:
         self._settings = mqtt_settings
+        self._max_unacked = receive_maximum
         self._deliver = deliver
         self._metrics = metrics
         self._root = root
@@ -116,13 +121,15 @@ class Subscriber:
         self._filters = [
             (topics.mqtt_shared(share_group, topics.mqtt_kit_filter(c, root=root)), 1) for c in CHANNELS
         ]
+        # MQTT 5, for Receive Maximum: the broker may have at most `receive_maximum` messages
+        # unacknowledged with this bridge, so a stalled Kafka stops the flow at the broker (which
+        # keeps the rest for the session) instead of in the bridge's memory.
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
-            manual_ack=True,
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
         )
+        self._connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        self._connect_properties.SessionExpiryInterval = _SESSION_EXPIRY_S
+        self._connect_properties.ReceiveMaximum = receive_maximum
         self.client.max_inflight_messages_set(0)  # receipts only; their number is bounded by the kits
         self.client.max_queued_messages_set(0)
         if mqtt_settings.username is not None:
@@ -242,7 +249,13 @@ class Subscriber:
                 self.client.reconnect()
             else:
                 self._attempted = True
-                self.client.connect(self._settings.host, self._settings.port, keepalive=30)
+                self.client.connect(
+                    self._settings.host,
+                    self._settings.port,
+                    keepalive=30,
+                    clean_start=False,
+                    properties=self._connect_properties,
+                )
         except (OSError, ssl.SSLError) as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             self._schedule_retry()
@@ -253,26 +266,56 @@ class Subscriber:
             self.client._sock = _BufferedReads(sock)
 
     def _register(self) -> None:
+        """Watch the socket for what is wanted now: reading (unless paused) and writing (if queued)."""
         sock = self.client.socket()
-        if sock is not self._registered:
-            if self._registered is not None:
-                with contextlib.suppress(KeyError, ValueError, OSError):
-                    self._selector.unregister(self._registered)
+        events = (0 if self.paused else selectors.EVENT_READ) | (
+            selectors.EVENT_WRITE if sock is not None and self.client.want_write() else 0
+        )
+        if (sock is not self._registered or events == 0) and self._registered is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(self._registered)
+            self._registered = None
+        if sock is None or events == 0:
+            return
+        if self._registered is None:
+            try:
+                self._selector.register(sock, events, "mqtt")
+                self._registered, self._events = sock, events
+            except (ValueError, OSError):
+                pass
+        elif events != self._events:
+            try:
+                self._selector.modify(self._registered, events, "mqtt")
+                self._events = events
+            except (KeyError, ValueError, OSError):
                 self._registered = None
-            if sock is not None:
-                try:
-                    self._selector.register(sock, selectors.EVENT_READ, "mqtt")
-                    self._registered, self._events = sock, selectors.EVENT_READ
-                except (ValueError, OSError):
-                    return
-        if self._registered is not None:
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.client.want_write() else 0)
-            if events != self._events:
-                try:
-                    self._selector.modify(self._registered, events, "mqtt")
-                    self._events = events
-                except (KeyError, ValueError, OSError):
-                    self._registered = None
+
+    def _read(self) -> None:
+        """paho's `loop_read`, but reading no more messages than the unacknowledged allowance has room for.
+
+        paho ignores loop_read's `max_packets` and reads as many packets as it has messages of its
+        own in flight (here: every receipt awaiting its PUBACK), which can be thousands.
+        """
+        client = self.client
+        for _ in range(max(1, min(200, self._max_unacked - len(self.order)))):
+            if client._sock is None:
+                return
+            rc = client._packet_read()
+            if rc > 0:
+                client._loop_rc_handle(rc)
+                return
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                return
+
+    @property
+    def paused(self) -> bool:
+        """Stop reading while `receive_maximum` messages are unacknowledged.
+
+        The broker should stop there by itself (MQTT 5 Receive Maximum), but Mosquitto 2.0.11 was
+        seen to overshoot it by thousands while acknowledgements flowed; not reading makes TCP hold
+        the broker back, and the broker keeps the rest for the session.
+        """
+        return len(self.order) >= self._max_unacked
 
     # ------------------------------------------------------------ the loop
     def poll(self, timeout: float) -> None:
@@ -287,18 +330,19 @@ class Subscriber:
             self._schedule_retry()
         self._register()
         sock = self.client.socket()
-        buffered = isinstance(sock, _BufferedReads) and sock.pending() > 0
+        paused = self.paused
+        buffered = not paused and isinstance(sock, _BufferedReads) and sock.pending() > 0
         for key, events in self._selector.select(0.0 if buffered or self.completed else timeout):
             if key.data is None:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
                 continue
-            if events & selectors.EVENT_READ and not buffered:
-                self.client.loop_read(200)
+            if events & selectors.EVENT_READ and not buffered and not paused:
+                self._read()
             if events & selectors.EVENT_WRITE and self.client.socket() is not None:
                 self.client.loop_write()
         if buffered:
-            self.client.loop_read(200)
+            self._read()
         self._woken = False
         self._settle()
         self._send_receipts(time.monotonic(), force=False)
@@ -315,13 +359,20 @@ class Subscriber:
                     self._receipt_due[inbound.kit_id] = time.monotonic() + self._receipt_interval
                 entries.append(inbound.receipt)
         order = self.order
+        if not (order and order[0].done):
+            return
         acked = 0
-        while order and order[0].done:
-            inbound = order.popleft()
-            if inbound.session == self.session and self.connected:
-                self.client.ack(inbound.mid, 1)
-                acked += 1
+        # paho writes each PUBACK to the socket at once (a syscall each) unless it thinks it is
+        # inside a callback; holding that lock queues them, and one loop_write sends them together.
+        mutex = getattr(self.client, "_in_callback_mutex", None) or contextlib.nullcontext()
+        with mutex:
+            while order and order[0].done:
+                inbound = order.popleft()
+                if inbound.session == self.session and self.connected:
+                    self.client.ack(inbound.mid, 1)
+                    acked += 1
         if acked:
+            self.client.loop_write()
             self._metrics.acknowledged.inc(acked)
 
     def _send_receipts(self, now: float, *, force: bool) -> None:

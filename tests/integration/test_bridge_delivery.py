@@ -49,6 +49,9 @@ def _simulate(
     """Enrol the load kits, run `gateway-sim load` with receipts, and call `during` 5 s into the run."""
     prefix = f"{bridge.name[:16]}L"
     register(stack, kit_rows(prefix, kits))
+    deadline = time.monotonic() + 15
+    while (bridge.health() or {}).get("registry_kits", 0) < kits and time.monotonic() < deadline:
+        time.sleep(0.1)  # the bridge reloads on NOTIFY; the simulator starts once it knows the kits
     cmd = [
         sys.executable, "-m", "gateway_sim", "load",
         "--kits", str(kits), "--rate", str(RATE), "--duration", f"{seconds}s", "--readings-per-message", "2",

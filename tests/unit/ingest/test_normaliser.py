@@ -274,12 +274,13 @@ def test_a_reading_goes_to_the_patient_who_had_the_kit_when_it_was_measured() ->
 
 
 def test_message_level_rejections_answer_the_kit_when_they_can() -> None:
-    """Unknown kit, another kit's name, schema errors with a readable seq: every reading settled."""
+    """Another kit's name, schema errors with a readable seq: settled; an unknown kit: not."""
     normaliser = _normaliser()
     unknown = normaliser.readings(
         "vaktrom/v1/kits/NOPE/readings", "NOPE", _payload(_reading(), kit="NOPE"), NOW
     )
     assert [r.reason for r in unknown.rejections] == [RejectReason.UNKNOWN_KIT]
+    assert unknown.receipt is None, "an unknown kit keeps its readings and resends them once enrolled"
     mismatch = normaliser.readings(TOPIC, KIT, _payload(_reading(), _reading(), kit="KIT-2"), NOW)
     assert [r.reason for r in mismatch.rejections] == [RejectReason.TOPIC_MISMATCH]
     assert mismatch.receipt is not None
