@@ -75,7 +75,7 @@ def run(processes: int, *, duration: float, target: float, port: str, kits: int)
                 "--out",
                 f"{tmp}/p{i}",
             ]
-            procs.append(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True))  # noqa: S603 (our own CLI)
+            procs.append(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True))
         for proc in procs:
             _out, err = proc.communicate()
             if proc.returncode != 0:
