@@ -10,12 +10,8 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from contracts import RejectReason, measurement_id, topics
 from tests.conftest import Stack
@@ -23,21 +19,10 @@ from tests.integration.bridge_support import (
     BridgeProcess,
     consume,
     kit_rows,
-    prepare,
     reading_topic,
     register,
     sql,
 )
-
-
-@pytest.fixture
-def bridge(  # noqa: PLR0917 (pytest passes fixtures by position)
-    stack: Stack, mqtt: Any, kafka_bootstrap: str, database_url: str, unique: str, artefacts: Path
-) -> Iterator[BridgeProcess]:
-    prepare(stack, unique)
-    process = BridgeProcess(stack, unique, artefacts)
-    yield process
-    process.stop()
 
 
 def _pub(stack: Stack, topic: str, payload: bytes) -> None:

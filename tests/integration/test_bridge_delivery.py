@@ -14,27 +14,15 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from contracts import topics
 from tests.conftest import REPO, Stack, stack_command
-from tests.integration.bridge_support import BridgeProcess, consume, kit_rows, prepare, register
+from tests.integration.bridge_support import BridgeProcess, consume, kit_rows, register
 
 RATE = 500  # messages/s, two readings each
-
-
-@pytest.fixture
-def bridge(  # noqa: PLR0917 (pytest passes fixtures by position)
-    stack: Stack, mqtt: Any, kafka_bootstrap: str, database_url: str, unique: str, artefacts: Path
-) -> Iterator[BridgeProcess]:
-    prepare(stack, unique)
-    process = BridgeProcess(stack, unique, artefacts)
-    yield process
-    process.stop()
 
 
 def _simulate(

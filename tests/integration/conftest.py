@@ -1,0 +1,22 @@
+"""Fixtures for the integration tests: the real bridge as a process of its own (see bridge_support)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Stack
+from tests.integration.bridge_support import BridgeProcess, prepare
+
+
+@pytest.fixture
+def bridge(  # noqa: PLR0917 (pytest passes fixtures by position)
+    stack: Stack, mqtt: Any, kafka_bootstrap: str, database_url: str, unique: str, artefacts: Path
+) -> Iterator[BridgeProcess]:
+    prepare(stack, unique)
+    process = BridgeProcess(stack, unique, artefacts)
+    yield process
+    process.stop()
