@@ -30,11 +30,11 @@ from typing import Any
 
 import msgspec
 
-from contracts import Rejection, RejectReason, rejection_id, topics
+from contracts import RejectReason, topics
 from contracts.settings import DatabaseSettings, KafkaSettings, MqttSettings
 from ingest._errors import BridgeError
 from ingest.metrics import BridgeMetrics, OpsServer
-from ingest.normaliser import Normaliser, Outcome
+from ingest.normaliser import Normaliser, Outcome, payload_rejection
 from ingest.producer import RecordSink
 from ingest.registry import Registry, RegistryCache
 from ingest.settings import BridgeSettings
@@ -259,15 +259,13 @@ class Bridge:
         raise ValueError(f"no handler for channel {inbound.channel!r}")
 
     def _internal_error(self, inbound: Inbound) -> Outcome:
-        rejection = Rejection(
-            rejection_id=rejection_id(source_topic=inbound.topic, payload=inbound.payload, index=None),
-            reason=RejectReason.INTERNAL_ERROR,
-            detail="the bridge failed on this payload (a bug, logged for operators); it is kept here",
-            source_topic=inbound.topic,
+        rejection = payload_rejection(
+            topic=inbound.topic,
+            payload=inbound.payload,
             received_at=inbound.received_at,
             kit_id=inbound.kit_id or None,
-            raw_excerpt=inbound.payload[:4096].decode("utf-8", errors="replace"),
-            raw_size=len(inbound.payload),
+            reason=RejectReason.INTERNAL_ERROR,
+            detail="the bridge failed on this payload (a bug, logged for operators); it is kept here",
         )
         return Outcome(inbound.kit_id or None, rejections=[rejection])
 

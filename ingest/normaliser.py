@@ -48,7 +48,7 @@ from contracts import (
 from ingest.fhir import Refusal, parse_fhir
 from ingest.registry import KitEntry, Registry
 
-__all__ = ["Normaliser", "Outcome"]
+__all__ = ["Normaliser", "Outcome", "payload_rejection"]
 
 _readings_decoder = msgspec.json.Decoder(KitReadingMessage)
 _status_decoder = msgspec.json.Decoder(KitStatusMessage)
@@ -93,9 +93,50 @@ class _Source:
     def trace(self) -> Trace:
         return Trace(kit_sent=self.kit_sent, bridge_received=self.received_at)
 
+    def rejection(
+        self, kit_id: str, reason: RejectReason, detail: str, index: int | None = None
+    ) -> Rejection:
+        return payload_rejection(
+            topic=self.topic,
+            payload=self.payload,
+            received_at=self.received_at,
+            kit_id=kit_id,
+            reason=reason,
+            detail=detail,
+            index=index,
+            trace=self.trace,
+        )
+
 
 def _excerpt(payload: bytes) -> str:
     return payload[:MAX_RAW_EXCERPT_BYTES].decode("utf-8", errors="replace")
+
+
+def payload_rejection(
+    *,
+    topic: str,
+    payload: bytes,
+    received_at: datetime,
+    kit_id: str | None,
+    reason: RejectReason,
+    detail: str,
+    index: int | None = None,
+    trace: Trace | None = None,
+) -> Rejection:
+    """A rejection that carries the raw payload itself (cut to MAX_RAW_EXCERPT_BYTES): the whole
+    message, or an entry of it that could not even be read as a reading (`index`)."""
+    return Rejection(
+        rejection_id=rejection_id(source_topic=topic, payload=payload, index=index),
+        reason=reason,
+        detail=detail,
+        source_topic=topic,
+        received_at=received_at,
+        kit_id=kit_id,
+        reading_index=index,
+        raw_excerpt=_excerpt(payload),
+        raw_size=len(payload),
+        trace=trace or Trace(),
+    )
 
 
 def _fmt(value: float) -> str:
@@ -234,7 +275,7 @@ class Normaliser:
         outcome = Outcome(kit_id)
         for index, item in enumerate(parsed):
             record = (
-                self._whole_reading(source, kit, index, item)
+                source.rejection(kit.kit_id, RejectReason(item.reason), item.detail, index)
                 if isinstance(item, Refusal)
                 else self._reading(source, kit, index, item, None)
             )
@@ -363,20 +404,6 @@ class Normaliser:
         )
 
     # ------------------------------------------------------------ rejections of a whole message
-    def _whole_reading(self, source: _Source, kit: KitEntry, index: int, refusal: Refusal) -> Rejection:
-        return Rejection(
-            rejection_id=rejection_id(source_topic=source.topic, payload=source.payload, index=index),
-            reason=RejectReason(refusal.reason),
-            detail=refusal.detail,
-            source_topic=source.topic,
-            received_at=source.received_at,
-            kit_id=kit.kit_id,
-            reading_index=index,
-            raw_excerpt=_excerpt(source.payload),
-            raw_size=len(source.payload),
-            trace=source.trace,
-        )
-
     def _whole(
         self,
         source: _Source,
@@ -387,18 +414,7 @@ class Normaliser:
         seq: int | None = None,
         count: int | None = None,
     ) -> Outcome:
-        rejection = Rejection(
-            rejection_id=rejection_id(source_topic=source.topic, payload=source.payload, index=None),
-            reason=reason,
-            detail=detail,
-            source_topic=source.topic,
-            received_at=source.received_at,
-            kit_id=kit_id,
-            raw_excerpt=_excerpt(source.payload),
-            raw_size=len(source.payload),
-            trace=source.trace,
-        )
-        outcome = Outcome(kit_id, rejections=[rejection])
+        outcome = Outcome(kit_id, rejections=[source.rejection(kit_id, reason, detail)])
         if reason is RejectReason.UNKNOWN_KIT:
             # No receipt: a kit enrolled a moment ago may be newer than the registry snapshot; it
             # keeps the readings and resends them, by when the bridge knows it (a NOTIFY away).
