@@ -30,6 +30,7 @@ __all__ = [
     "KafkaSettings",
     "MqttSettings",
     "Settings",
+    "check_ranges",
     "setting",
 ]
 
@@ -125,6 +126,13 @@ class Settings:
             shown = "***" if f.metadata.get("secret") and value else _mask_url(str(value))
             rows.append((env, shown))
         return rows
+
+
+def check_ranges(checks: Mapping[str, tuple[float, float, float]]) -> None:
+    """Raise ConfigError for the first `{variable: (value, low, high)}` outside low..high."""
+    for env, (value, low, high) in checks.items():
+        if not low <= value <= high:
+            raise ConfigError(f"{env}={value} is out of range; use {low}-{high}")
 
 
 def _mask_url(value: str) -> str:

@@ -31,9 +31,10 @@ from typing import Any
 import msgspec
 
 from contracts import RejectReason, topics
+from contracts.ops import OpsServer
 from contracts.settings import DatabaseSettings, KafkaSettings, MqttSettings
 from ingest._errors import BridgeError
-from ingest.metrics import BridgeMetrics, OpsServer
+from ingest.metrics import BridgeMetrics
 from ingest.normaliser import Normaliser, Outcome, payload_rejection
 from ingest.producer import RecordSink
 from ingest.registry import Registry, RegistryCache
@@ -127,7 +128,7 @@ class Bridge:
                 self._ops = OpsServer(
                     host=self.settings.metrics_host,
                     port=self.settings.metrics_port,
-                    metrics=self.metrics,
+                    exposition=self.metrics.exposition,
                     health=self.health,
                 )
             except OSError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from contracts.settings import ConfigError, Settings, setting
+from contracts.settings import ConfigError, Settings, check_ranges, setting
 
 __all__ = ["COMPRESSIONS", "BridgeSettings"]
 
@@ -112,9 +112,7 @@ class BridgeSettings(Settings):
             "VAKTROM_BRIDGE_MAX_AGE_DAYS": (self.max_age_days, 1, 3650),
             "VAKTROM_BRIDGE_METRICS_PORT": (self.metrics_port, 0, 65535),
         }
-        for env, (value, low, high) in checks.items():
-            if not low <= value <= high:
-                raise ConfigError(f"{env}={value} is out of range; use {low}-{high}")
+        check_ranges(checks)
         if self.registry_refresh_s < 1:
             raise ConfigError("VAKTROM_BRIDGE_REGISTRY_REFRESH_S must be at least 1 second")
         if self.startup_timeout_s <= 0:

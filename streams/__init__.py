@@ -1,4 +1,1 @@
-"""Faust stream apps: `monitor` (baselines and rules -> alert episodes) and `archive` (-> TimescaleDB).
-
-Not built yet (issues #5 and #6).
-"""
+"""Vaktrom's stream processors: `streams.archive` (Kafka -> database) and the monitoring app."""

@@ -2,184 +2,42 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import psycopg
 from gateway_sim.cli import load_enrolment
-from kafka.consumer.group import KafkaConsumer
-from kafka.structs import TopicPartition
 
 from contracts import topics
-from tests.conftest import REPO, Stack
+from tests.conftest import Stack
+from tests.integration.stage_support import StageProcess, consume, enrol, free_port, prepare, sql
 
-sys.path.insert(0, str(REPO / "infra"))
-from enrol import enrol
-from topics import ensure_topics
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["BridgeProcess", "consume", "free_port", "kit_rows", "prepare", "reading_topic", "register", "sql"]
 
 
 @dataclass
-class BridgeProcess:
+class BridgeProcess(StageProcess):
     """`python -m ingest` with the test's topic prefix, topic root and client id; stopped at the end."""
 
-    stack: Stack
-    name: str  # the test's unique name: topic prefix, MQTT root, client id
-    log_dir: Path
-    extra_env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen[bytes] | None = None
-    metrics_port: int = 0
-    starts: int = 0
+    module: ClassVar[str] = "ingest"
+    label: ClassVar[str] = "bridge"
+    metrics_env: ClassVar[str] = "VAKTROM_BRIDGE_METRICS_PORT"
 
     @property
     def root(self) -> str:
         return f"{self.name}/v1"
 
-    @property
-    def prefix(self) -> str:
-        return f"{self.name}."
-
-    @property
-    def log_path(self) -> Path:
-        return self.log_dir / f"bridge-{self.name}.log"
-
-    def env(self) -> dict[str, str]:
+    def stage_env(self) -> dict[str, str]:
         return {
-            **os.environ,
-            **self.stack.env,
-            "PYTHONPATH": str(REPO),
-            "VAKTROM_TOPIC_PREFIX": self.prefix,
             "VAKTROM_MQTT_TOPIC_ROOT": self.root,
             "VAKTROM_BRIDGE_CLIENT_ID": f"{self.name}-bridge-1"[:64],
             "VAKTROM_BRIDGE_SHARE_GROUP": f"{self.name}-bridge"[:64],
-            "VAKTROM_BRIDGE_METRICS_PORT": str(self.metrics_port),
             "VAKTROM_BRIDGE_STARTUP_TIMEOUT_S": "30",
-            **self.extra_env,
         }
-
-    def start(self, *, wait: bool = True) -> None:
-        if not self.metrics_port:
-            self.metrics_port = free_port()
-        self.starts += 1
-        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "ingest"], env=self.env(), stdout=log, stderr=subprocess.STDOUT
-            )
-        if wait:
-            self.wait_healthy()
-
-    def health(self) -> dict[str, Any] | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/health", timeout=2) as r:
-                return json.loads(r.read())
-        except OSError:
-            return None
-        except json.JSONDecodeError:
-            return None
-
-    def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        values: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                values[name] = float(value)
-        return values
-
-    def wait_healthy(self, timeout: float = 40) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"the bridge exited with {self.process.returncode}:\n{self.tail()}")
-            report = self.health()
-            if report is not None and report.get("ok"):
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"the bridge did not become healthy within {timeout} s:\n{self.tail()}")
-
-    def tail(self, lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-            raise AssertionError(f"the bridge did not stop within 30 s of SIGTERM:\n{self.tail()}") from None
-
-
-def prepare(stack: Stack, name: str) -> None:
-    """The test's own Kafka topics (one partition each keeps consumption simple)."""
-    ensure_topics(stack.kafka_bootstrap, prefix=f"{name}.", partitions=3)
 
 
 def register(stack: Stack, rows: list[dict[str, Any]], *, since: datetime | None = None) -> None:
     enrol(stack.database_url, rows, since=since or datetime.now(UTC) - timedelta(days=20))
-
-
-def sql(stack: Stack, statement: str, params: Iterable[Any] = ()) -> None:
-    with psycopg.connect(stack.database_url, autocommit=True) as conn:
-        conn.execute(statement, tuple(params))  # type: ignore[arg-type]
-
-
-def consume(
-    stack: Stack, topic: str, *, until: int | None = None, timeout: float = 30, idle: float = 3.0
-) -> list[tuple[bytes | None, dict[str, Any], list[tuple[str, bytes]]]]:
-    """Every record of `topic` from the start: (key, decoded value, headers); stops at `until` records
-    or after `idle` seconds without new ones (or `timeout`)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False, consumer_timeout_ms=500
-    )
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        assignment = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(assignment)
-        consumer.seek_to_beginning(*assignment)
-        records: list[tuple[bytes | None, dict[str, Any], list[tuple[str, bytes]]]] = []
-        deadline = time.monotonic() + timeout
-        last_new = time.monotonic()
-        while time.monotonic() < deadline:
-            batch = consumer.poll(timeout_ms=500)
-            for items in batch.values():
-                for r in items:
-                    records.append((r.key, json.loads(r.value), list(r.headers)))
-                    last_new = time.monotonic()
-            if until is not None and len(records) >= until:
-                break
-            if until is None and time.monotonic() - last_new > idle:
-                break
-        return records
-    finally:
-        consumer.close()
 
 
 def kit_rows(prefix: str, count: int) -> list[dict[str, Any]]:

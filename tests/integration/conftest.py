@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Stack
+from tests.integration.archive_support import ArchiveProcess
 from tests.integration.bridge_support import BridgeProcess, prepare
 
 
@@ -18,5 +19,15 @@ def bridge(  # noqa: PLR0917 (pytest passes fixtures by position)
 ) -> Iterator[BridgeProcess]:
     prepare(stack, unique)
     process = BridgeProcess(stack, unique, artefacts)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def archive(
+    stack: Stack, kafka_bootstrap: str, database_url: str, unique: str, artefacts: Path
+) -> Iterator[ArchiveProcess]:
+    prepare(stack, unique)
+    process = ArchiveProcess(stack, unique, artefacts)
     yield process
     process.stop()

@@ -1,0 +1,59 @@
+"""The archive's Prometheus metrics, served on `/metrics` by `contracts.ops.OpsServer`.
+
+One registry per archive, so tests can run several in one process. No patient id in any label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from contracts.ops import LATENCY_BUCKETS
+
+__all__ = ["ArchiveMetrics"]
+
+
+class ArchiveMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.consumed = Counter(
+            "vaktrom_archive_records_consumed", "Kafka records read, by kind", ["kind"], registry=r
+        )
+        self.stored = Counter(
+            "vaktrom_archive_rows_stored", "rows newly stored, by table", ["table"], registry=r
+        )
+        self.duplicates = Counter(
+            "vaktrom_archive_duplicates_skipped",
+            "measurements already stored (Kafka redelivery or a kit's resend), skipped by id",
+            registry=r,
+        )
+        self.poison = Counter(
+            "vaktrom_archive_records_broken",
+            "records that broke their contract or that the database refused (kept as rejections)",
+            registry=r,
+        )
+        self.batches = Counter("vaktrom_archive_batches", "batches written", registry=r)
+        self.commit_errors = Counter(
+            "vaktrom_archive_commit_errors",
+            "offset commits that failed (the records are read again)",
+            registry=r,
+        )
+        self.write_seconds = Histogram(
+            "vaktrom_archive_batch_write_seconds",
+            "COPY, merge and commit of one batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.buffered = Gauge("vaktrom_archive_buffered_rows", "rows read and not yet stored", registry=r)
+        self.lag = Gauge(
+            "vaktrom_archive_lag_records", "records on the assigned partitions not yet read", registry=r
+        )
+        self.partitions = Gauge(
+            "vaktrom_archive_partitions", "partitions assigned to this process", registry=r
+        )
+        self.database_up = Gauge(
+            "vaktrom_archive_database_up", "1 while the database takes writes", registry=r
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

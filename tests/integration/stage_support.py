@@ -1,0 +1,198 @@
+"""Running the real stages in tests: each as its own process with the test's own topics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import psycopg
+from kafka.consumer.group import KafkaConsumer
+from kafka.producer.kafka import KafkaProducer
+from kafka.structs import TopicPartition
+
+from tests.conftest import REPO, Stack
+
+sys.path.insert(0, str(REPO / "infra"))
+from enrol import enrol
+from topics import ensure_topics
+
+__all__ = ["StageProcess", "consume", "enrol", "free_port", "prepare", "produce", "sql"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class StageProcess:
+    """A stage (`python -m <module>`) as its own process with the test's topic prefix; stopped at the end.
+
+    Subclasses name the module and add their own environment in `stage_env()`.
+    """
+
+    module: ClassVar[str] = ""
+    label: ClassVar[str] = "stage"
+    metrics_env: ClassVar[str] = ""
+
+    stack: Stack
+    name: str  # the test's unique name: topic prefix, MQTT root, client id
+    log_dir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    metrics_port: int = 0
+    starts: int = 0
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.name}."
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.label}-{self.name}.log"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            **self.stack.env,
+            "PYTHONPATH": str(REPO),
+            "VAKTROM_TOPIC_PREFIX": self.prefix,
+            self.metrics_env: str(self.metrics_port),
+            **self.stage_env(),
+            **self.extra_env,
+        }
+
+    def stage_env(self) -> dict[str, str]:
+        return {}
+
+    def start(self, *, wait: bool = True) -> None:
+        if not self.metrics_port:
+            self.metrics_port = free_port()
+        self.starts += 1
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", self.module], env=self.env(), stdout=log, stderr=subprocess.STDOUT
+            )
+        if wait:
+            self.wait_healthy()
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/health", timeout=2) as r:
+                return json.loads(r.read())
+        except OSError:
+            return None
+        except json.JSONDecodeError:
+            return None
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    def wait_healthy(self, timeout: float = 40) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"the {self.label} exited with {self.process.returncode}:\n{self.tail()}"
+                )
+            report = self.health()
+            if report is not None and report.get("ok"):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"the {self.label} did not become healthy within {timeout} s:\n{self.tail()}")
+
+    def tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(
+                f"the {self.label} did not stop within 30 s of SIGTERM:\n{self.tail()}"
+            ) from None
+
+
+def prepare(stack: Stack, name: str) -> None:
+    """The test's own Kafka topics (one partition each keeps consumption simple)."""
+    ensure_topics(stack.kafka_bootstrap, prefix=f"{name}.", partitions=3)
+
+
+def sql(stack: Stack, statement: str, params: Iterable[Any] = ()) -> None:
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        conn.execute(statement, tuple(params))  # type: ignore[arg-type]
+
+
+def consume(
+    stack: Stack, topic: str, *, until: int | None = None, timeout: float = 30, idle: float = 3.0
+) -> list[tuple[bytes | None, dict[str, Any], list[tuple[str, bytes]]]]:
+    """Every record of `topic` from the start: (key, decoded value, headers); stops at `until` records
+    or after `idle` seconds without new ones (or `timeout`)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False, consumer_timeout_ms=500
+    )
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        assignment = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(assignment)
+        consumer.seek_to_beginning(*assignment)
+        records: list[tuple[bytes | None, dict[str, Any], list[tuple[str, bytes]]]] = []
+        deadline = time.monotonic() + timeout
+        last_new = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=500)
+            for items in batch.values():
+                for r in items:
+                    records.append((r.key, json.loads(r.value), list(r.headers)))
+                    last_new = time.monotonic()
+            if until is not None and len(records) >= until:
+                break
+            if until is None and time.monotonic() - last_new > idle:
+                break
+        return records
+    finally:
+        consumer.close()
+
+
+def produce(stack: Stack, topic: str, records: Iterable[tuple[str, bytes]]) -> int:
+    """Send (key, value) records to `topic` and wait until Kafka has every one; returns how many."""
+    producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all", linger_ms=5)
+    try:
+        futures = [producer.send(topic, key=key.encode(), value=value) for key, value in records]
+        producer.flush(timeout=60)
+        for future in futures:
+            future.get(timeout=10)
+        return len(futures)
+    finally:
+        producer.close()
