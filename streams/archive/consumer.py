@@ -178,6 +178,9 @@ class Archive:
                     fetch_max_bytes=64 * 1024 * 1024,
                     max_partition_fetch_bytes=8 * 1024 * 1024,
                     max_poll_interval_ms=300_000,
+                    session_timeout_ms=int(self.settings.session_timeout_s * 1000),
+                    heartbeat_interval_ms=min(3000, int(self.settings.session_timeout_s * 1000) // 3),
+                    group_instance_id=self.settings.instance_id,
                 )
             except KafkaError as exc:
                 if time.monotonic() > deadline:

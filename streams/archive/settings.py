@@ -19,6 +19,17 @@ class ArchiveSettings(Settings):
         env="VAKTROM_ARCHIVE_GROUP",
         help="Kafka consumer group; archive processes in one group share the partitions",
     )
+    instance_id: str | None = setting(
+        None,
+        env="VAKTROM_ARCHIVE_INSTANCE_ID",
+        help="static group membership (e.g. archive-1, unique per process): a restarted process "
+        "gets its partitions back at once instead of after a rebalance; unset: dynamic member",
+    )
+    session_timeout_s: float = setting(
+        10.0,
+        env="VAKTROM_ARCHIVE_SESSION_TIMEOUT_S",
+        help="how long Kafka waits for a silent (crashed) member before moving its partitions",
+    )
     batch_rows: int = setting(
         20000, env="VAKTROM_ARCHIVE_BATCH_ROWS", help="write to the database once this many rows are buffered"
     )
@@ -59,6 +70,10 @@ class ArchiveSettings(Settings):
             raise ConfigError(
                 f"VAKTROM_ARCHIVE_GROUP={self.group_id!r} must be 1-128 letters, digits, '.', '_' or '-'"
             )
+        if self.instance_id is not None and not _GROUP.match(self.instance_id):
+            raise ConfigError(
+                f"VAKTROM_ARCHIVE_INSTANCE_ID={self.instance_id!r}: use 1-128 letters, digits, '.', '_', '-'"
+            )
         check_ranges(
             {
                 "VAKTROM_ARCHIVE_BATCH_ROWS": (self.batch_rows, 1, 1_000_000),
@@ -68,6 +83,7 @@ class ArchiveSettings(Settings):
                 "VAKTROM_ARCHIVE_RETRY_MAX_S": (self.retry_max_s, 0.1, 3600),
                 "VAKTROM_ARCHIVE_METRICS_PORT": (self.metrics_port, 0, 65535),
                 "VAKTROM_ARCHIVE_STARTUP_TIMEOUT_S": (self.startup_timeout_s, 0.1, 3600),
+                "VAKTROM_ARCHIVE_SESSION_TIMEOUT_S": (self.session_timeout_s, 6, 300),
             }
         )
         if self.retain_days <= self.compress_after_days:

@@ -32,6 +32,7 @@ class ArchiveProcess(StageProcess):
             "VAKTROM_ARCHIVE_GROUP": f"{self.name}-archive",
             "VAKTROM_ARCHIVE_STARTUP_TIMEOUT_S": "30",
             "VAKTROM_ARCHIVE_RETRY_MAX_S": "2",
+            "VAKTROM_ARCHIVE_INSTANCE_ID": f"{self.name}-archive-1"[:128],
         }
 
     def wait_stored(self, stack: Stack, kit_prefix: str, count: int, timeout: float = 60) -> int:

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, ClassVar
 
 from gateway_sim.cli import load_enrolment
 
 from contracts import topics
-from tests.conftest import Stack
+from tests.conftest import REPO, Stack
 from tests.integration.stage_support import StageProcess, consume, enrol, free_port, prepare, sql
 
-__all__ = ["BridgeProcess", "consume", "free_port", "kit_rows", "prepare", "reading_topic", "register", "sql"]
+__all__ = [
+    "BridgeProcess",
+    "consume",
+    "free_port",
+    "kit_rows",
+    "prepare",
+    "reading_topic",
+    "register",
+    "simulate",
+    "sql",
+]
 
 
 @dataclass
@@ -43,6 +58,42 @@ def register(stack: Stack, rows: list[dict[str, Any]], *, since: datetime | None
 def kit_rows(prefix: str, count: int) -> list[dict[str, Any]]:
     """Enrolment rows like gateway-sim load writes: kit PREFIX-00000n with oximeter PREFIX-00000n-OX."""
     return load_enrolment(prefix, count)
+
+
+def simulate(
+    bridge: BridgeProcess,
+    stack: Stack,
+    out: Path,
+    *,
+    kits: int,
+    seconds: float,
+    rate: int,
+    during: Callable[[], None] | None,
+    readings_per_message: int = 2,
+    during_after: float = 5.0,
+) -> subprocess.CompletedProcess[str]:
+    """Enrol the load kits, run `gateway-sim load` with receipts at `rate` messages/s, and call
+    `during` `during_after` seconds into the run. The ledger lands in `out`."""
+    prefix = f"{bridge.name[:16]}L"
+    register(stack, kit_rows(prefix, kits))
+    deadline = time.monotonic() + 15
+    while (bridge.health() or {}).get("registry_kits", 0) < kits and time.monotonic() < deadline:
+        time.sleep(0.1)  # the bridge reloads on NOTIFY; the simulator starts once it knows the kits
+    cmd = [
+        sys.executable, "-m", "gateway_sim", "load",
+        "--kits", str(kits), "--rate", str(rate), "--duration", f"{seconds}s",
+        "--readings-per-message", str(readings_per_message),
+        "--kit-prefix", prefix, "--topic-root", bridge.root, "--confirm", "receipt", "--resend-after", "20",
+        "--drain", "150", "--host", stack.mqtt_host, "--port", str(stack.mqtt_port),
+        "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    env = {"PYTHONPATH": f"{REPO}:{REPO / 'gateway-sim'}", "PATH": "/usr/bin:/bin"}
+    sim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    if during is not None:
+        time.sleep(during_after)
+        during()
+    stdout, stderr = sim.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, sim.returncode, stdout, stderr)
 
 
 def reading_topic(bridge: BridgeProcess, kit: str, channel: str = "readings") -> str:

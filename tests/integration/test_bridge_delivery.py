@@ -9,51 +9,17 @@ SIGKILL of the bridge.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from contracts import topics
-from tests.conftest import REPO, Stack, stack_command
-from tests.integration.bridge_support import BridgeProcess, consume, kit_rows, register
+from tests.conftest import Stack, stack_command
+from tests.integration.bridge_support import BridgeProcess, consume, simulate
 
 RATE = 500  # messages/s, two readings each
-
-
-def _simulate(
-    bridge: BridgeProcess,
-    stack: Stack,
-    out: Path,
-    *,
-    kits: int,
-    seconds: float,
-    during: Callable[[], None] | None,
-) -> subprocess.CompletedProcess[str]:
-    """Enrol the load kits, run `gateway-sim load` with receipts, and call `during` 5 s into the run."""
-    prefix = f"{bridge.name[:16]}L"
-    register(stack, kit_rows(prefix, kits))
-    deadline = time.monotonic() + 15
-    while (bridge.health() or {}).get("registry_kits", 0) < kits and time.monotonic() < deadline:
-        time.sleep(0.1)  # the bridge reloads on NOTIFY; the simulator starts once it knows the kits
-    cmd = [
-        sys.executable, "-m", "gateway_sim", "load",
-        "--kits", str(kits), "--rate", str(RATE), "--duration", f"{seconds}s", "--readings-per-message", "2",
-        "--kit-prefix", prefix, "--topic-root", bridge.root, "--confirm", "receipt", "--resend-after", "20",
-        "--drain", "150", "--host", stack.mqtt_host, "--port", str(stack.mqtt_port),
-        "--out", str(out), "--quiet",
-    ]  # fmt: skip
-    env = {"PYTHONPATH": f"{REPO}:{REPO / 'gateway-sim'}", "PATH": "/usr/bin:/bin"}
-    sim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    if during is not None:
-        time.sleep(5)
-        during()
-    stdout, stderr = sim.communicate(timeout=300)
-    return subprocess.CompletedProcess(cmd, sim.returncode, stdout, stderr)
 
 
 def _check_nothing_lost(
@@ -79,7 +45,7 @@ def test_a_normal_run_confirms_every_reading_once_and_invents_no_duplicates(
 ) -> None:
     """4,000 readings with receipts, no faults: each on the topic exactly once, each receipt names its id."""
     bridge.start()
-    result = _simulate(bridge, stack, tmp_path, kits=200, seconds=4, during=None)
+    result = simulate(bridge, stack, tmp_path, kits=200, seconds=4, rate=RATE, during=None)
     copies = _check_nothing_lost(bridge, stack, tmp_path, result, expected=4000)
     assert max(copies.values()) == 1
     metrics = bridge.metrics()
@@ -106,7 +72,7 @@ def test_nothing_is_lost_when_kafka_stops_for_30_seconds(
             up = stack_command("up", "kafka", timeout=300)
             assert up.returncode == 0, up.stdout + up.stderr
 
-    result = _simulate(bridge, stack, tmp_path, kits=500, seconds=20, during=outage)
+    result = simulate(bridge, stack, tmp_path, kits=500, seconds=20, rate=RATE, during=outage)
     copies = _check_nothing_lost(bridge, stack, tmp_path, result, expected=20_000)
     assert bridge.process is not None
     assert bridge.process.pid == pid
@@ -132,7 +98,7 @@ def test_nothing_is_lost_when_the_bridge_is_killed(
         time.sleep(2)
         bridge.start()
 
-    result = _simulate(bridge, stack, tmp_path, kits=500, seconds=20, during=crash)
+    result = simulate(bridge, stack, tmp_path, kits=500, seconds=20, rate=RATE, during=crash)
     assert killed.is_set()
     copies = _check_nothing_lost(bridge, stack, tmp_path, result, expected=20_000)
     assert bridge.metrics()['vaktrom_bridge_messages_received_total{channel="readings"}'] > 0
