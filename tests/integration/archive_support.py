@@ -10,11 +10,21 @@ from typing import Any, ClassVar
 import msgspec
 import psycopg
 
-from contracts import METRICS, Measurement, Metric, Trace, measurement_id, to_canonical
+from contracts import (
+    METRICS,
+    Measurement,
+    Metric,
+    Rejection,
+    RejectReason,
+    Trace,
+    measurement_id,
+    rejection_id,
+    to_canonical,
+)
 from tests.conftest import Stack
 from tests.integration.stage_support import StageProcess
 
-__all__ = ["ArchiveProcess", "make_measurement", "stored"]
+__all__ = ["ArchiveProcess", "make_measurement", "make_rejection", "stored"]
 
 _encode = msgspec.json.Encoder().encode
 
@@ -77,6 +87,28 @@ def make_measurement(
         received_at=at + timedelta(seconds=2), kit_seq=seq, trace=Trace(kit_sent=at),
     )  # fmt: skip
     return patient, _encode(m), m
+
+
+def make_rejection(kit: str, index: int, *, patient: str | None = None) -> tuple[str, bytes, Rejection]:
+    """An implausible-SpO2 rejection as the bridge writes it: (key, value, the struct)."""
+    payload = b'{"readings": [{"metric": "spo2", "value": 0, "unit": "%"}]}'
+    r = Rejection(
+        rejection_id=rejection_id(source_topic=f"t/{kit}/readings", payload=payload, index=index),
+        reason=RejectReason.IMPLAUSIBLE,
+        detail="SpO2 0 % is outside the plausible range 50-100 %",
+        source_topic=f"t/{kit}/readings",
+        received_at=datetime(2026, 11, 20, 8, 0, tzinfo=UTC) + timedelta(seconds=index),
+        kit_id=kit,
+        patient_id=patient or f"{kit}-P",
+        reading_index=0,
+        metric="spo2",
+        reported_value=0.0,
+        reported_unit="%",
+        measured_at=datetime(2026, 11, 20, 7, 59, tzinfo=UTC),
+        raw_excerpt=payload.decode() + "\x00",  # NUL: PostgreSQL text cannot hold it
+        raw_size=len(payload) + 1,
+    )
+    return kit, _encode(r), r
 
 
 def stored(stack: Stack, kit_prefix: str) -> list[dict[str, Any]]:

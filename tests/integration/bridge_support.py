@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -94,6 +95,59 @@ def simulate(
         during()
     stdout, stderr = sim.communicate(timeout=300)
     return subprocess.CompletedProcess(cmd, sim.returncode, stdout, stderr)
+
+
+def publish(stack: Stack, topic: str, payload: bytes) -> None:
+    """Publish once at QoS 1 with the real mosquitto_pub client."""
+    result = subprocess.run(
+        ["mosquitto_pub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port), "-q", "1", "-t", topic, "-s"],
+        input=payload,
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+
+
+def kit_message(kit: str, seq: int, *readings: dict[str, Any]) -> bytes:
+    return json.dumps(
+        {
+            "schema": "vaktrom.kit-reading.v1",
+            "kit": kit,
+            "seq": seq,
+            "sent_at": datetime.now(UTC).isoformat(),
+            "readings": list(readings),
+        }
+    ).encode()
+
+
+def kit_reading(
+    device: str,
+    metric: str,
+    value: float | None,
+    unit: str,
+    *,
+    ago: timedelta = timedelta(minutes=1),
+    **extra: Any,
+) -> dict[str, Any]:
+    reading: dict[str, Any] = {
+        "device": device,
+        "metric": metric,
+        "unit": unit,
+        "measured_at": (datetime.now(UTC) - ago).isoformat(),
+    }
+    if value is not None:
+        reading["value"] = value
+    return reading | extra
+
+
+def enrol_kit(stack: Stack, name: str, n: int = 1) -> tuple[str, str, str]:
+    """(kit, patient, oximeter) for a kit with an oximeter and a glucose meter, registered to a patient."""
+    row = kit_rows(f"{name[:20]}K{n}", 1)[0]
+    kit = str(row["kit"])
+    row["devices"] = [*row["devices"], {"serial": f"{kit}-GM", "kind": "glucose_meter", "model": "GM"}]
+    register(stack, [row])
+    return kit, str(row["patient_id"]), f"{kit}-OX"
 
 
 def reading_topic(bridge: BridgeProcess, kit: str, channel: str = "readings") -> str:

@@ -14,33 +14,12 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import psycopg
 
-from contracts import Metric, Rejection, RejectReason, rejection_id, topics
+from contracts import Metric, topics
 from tests.conftest import REPO, Stack
-from tests.integration.archive_support import ArchiveProcess, make_measurement, stored
+from tests.integration.archive_support import ArchiveProcess, make_measurement, make_rejection, stored
 from tests.integration.stage_support import produce
 
 _encode = msgspec.json.Encoder().encode
-
-
-def _rejection(kit: str, index: int) -> tuple[str, bytes, Rejection]:
-    payload = b'{"readings": [{"metric": "spo2", "value": 0, "unit": "%"}]}'
-    r = Rejection(
-        rejection_id=rejection_id(source_topic=f"t/{kit}/readings", payload=payload, index=index),
-        reason=RejectReason.IMPLAUSIBLE,
-        detail="SpO2 0 % is outside the plausible range 50-100 %",
-        source_topic=f"t/{kit}/readings",
-        received_at=datetime(2026, 11, 20, 8, 0, tzinfo=UTC) + timedelta(seconds=index),
-        kit_id=kit,
-        patient_id=f"{kit}-P",
-        reading_index=0,
-        metric="spo2",
-        reported_value=0.0,
-        reported_unit="%",
-        measured_at=datetime(2026, 11, 20, 7, 59, tzinfo=UTC),
-        raw_excerpt=payload.decode() + "\x00",  # NUL: PostgreSQL text cannot hold it
-        raw_size=len(payload) + 1,
-    )
-    return kit, _encode(r), r
 
 
 def test_measurements_are_stored_with_every_field(archive: ArchiveProcess, stack: Stack) -> None:
@@ -112,7 +91,7 @@ def test_rejections_are_stored_with_their_reason_and_a_broken_record_does_not_st
     archive: ArchiveProcess, stack: Stack
 ) -> None:
     kit = f"{archive.name[:20]}R"
-    rejections = [_rejection(kit, i) for i in range(3)]
+    rejections = [make_rejection(kit, i) for i in range(3)]
     produce(stack, topics.rejection_topic(archive.prefix), [(k, v) for k, v, _r in rejections])
     broken = b'{"schema": "vaktrom.measurement.v1", "patient_id": "P1"}'
     good = make_measurement(patient="P9", kit=kit)

@@ -11,82 +11,30 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from contracts import RejectReason, measurement_id, topics
 from tests.conftest import Stack
 from tests.integration.bridge_support import (
     BridgeProcess,
     consume,
-    kit_rows,
+    enrol_kit,
+    kit_message,
+    kit_reading,
+    publish,
     reading_topic,
-    register,
     sql,
 )
-
-
-def _pub(stack: Stack, topic: str, payload: bytes) -> None:
-    """Publish once at QoS 1 with the real mosquitto_pub client."""
-    result = subprocess.run(
-        ["mosquitto_pub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port), "-q", "1", "-t", topic, "-s"],
-        input=payload,
-        capture_output=True,
-        timeout=20,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr.decode()
-
-
-def _message(kit: str, seq: int, *readings: dict[str, Any]) -> bytes:
-    return json.dumps(
-        {
-            "schema": "vaktrom.kit-reading.v1",
-            "kit": kit,
-            "seq": seq,
-            "sent_at": datetime.now(UTC).isoformat(),
-            "readings": list(readings),
-        }
-    ).encode()
-
-
-def _reading(
-    device: str,
-    metric: str,
-    value: float | None,
-    unit: str,
-    *,
-    ago: timedelta = timedelta(minutes=1),
-    **extra: Any,
-) -> dict[str, Any]:
-    reading: dict[str, Any] = {
-        "device": device,
-        "metric": metric,
-        "unit": unit,
-        "measured_at": (datetime.now(UTC) - ago).isoformat(),
-    }
-    if value is not None:
-        reading["value"] = value
-    return reading | extra
-
-
-def _enrol_kit(stack: Stack, name: str, n: int = 1) -> tuple[str, str, str]:
-    """(kit, patient, oximeter) for a kit with an oximeter and a glucose meter, registered to a patient."""
-    row = kit_rows(f"{name[:20]}K{n}", 1)[0]
-    kit = str(row["kit"])
-    row["devices"] = [*row["devices"], {"serial": f"{kit}-GM", "kind": "glucose_meter", "model": "GM"}]
-    register(stack, [row])
-    return kit, str(row["patient_id"]), f"{kit}-OX"
 
 
 def test_a_reading_published_with_mosquitto_pub_becomes_a_canonical_measurement(
     bridge: BridgeProcess, stack: Stack
 ) -> None:
     """SpO2 and a glucose HI from mosquitto_pub: keyed by patient; canonical value, LOINC, ids, trace."""
-    kit, patient, oximeter = _enrol_kit(stack, bridge.name)
+    kit, patient, oximeter = enrol_kit(stack, bridge.name)
     bridge.start()
-    spo2 = _reading(oximeter, "spo2", 94.0, "%")
-    high = _reading(f"{kit}-GM", "glucose", None, "mg/dL", flag="HI")
-    _pub(stack, reading_topic(bridge, kit), _message(kit, 1, spo2, high))
+    spo2 = kit_reading(oximeter, "spo2", 94.0, "%")
+    high = kit_reading(f"{kit}-GM", "glucose", None, "mg/dL", flag="HI")
+    publish(stack, reading_topic(bridge, kit), kit_message(kit, 1, spo2, high))
     records = consume(stack, topics.measurement_topic(bridge.prefix), until=2)
     assert len(records) == 2, bridge.tail()
     by_metric = {value["metric"]: (key, value, dict(headers)) for key, value, headers in records}
@@ -119,14 +67,14 @@ def test_a_reading_published_with_mosquitto_pub_becomes_a_canonical_measurement(
 
 def test_every_rejection_reason_lands_on_the_dead_letter_topic(bridge: BridgeProcess, stack: Stack) -> None:
     """One real publish per reason code; each lands with that reason, kit and detail; no measurement."""
-    kit, _patient, ox = _enrol_kit(stack, bridge.name)
-    unassigned, _, unassigned_ox = _enrol_kit(stack, bridge.name, 2)
+    kit, _patient, ox = enrol_kit(stack, bridge.name)
+    unassigned, _, unassigned_ox = enrol_kit(stack, bridge.name, 2)
     sql(
         stack,
         "UPDATE kit_assignments SET assigned_from = now() - interval '1 hour' WHERE kit_id = %s",
         [unassigned],
     )
-    retired, _, retired_ox = _enrol_kit(stack, bridge.name, 3)
+    retired, _, retired_ox = enrol_kit(stack, bridge.name, 3)
     sql(
         stack,
         "UPDATE kit_assignments SET assigned_until = now() - interval '1 hour' WHERE kit_id = %s",
@@ -138,7 +86,7 @@ def test_every_rejection_reason_lands_on_the_dead_letter_topic(bridge: BridgePro
         [retired],
     )
     bridge.start()
-    good = _message(kit, 1, _reading(ox, "spo2", 95.0, "%"))
+    good = kit_message(kit, 1, kit_reading(ox, "spo2", 95.0, "%"))
     cases: list[tuple[RejectReason, str, bytes]] = [
         (RejectReason.MALFORMED, kit, good[:30]),
         (RejectReason.SCHEMA, kit, good.replace(b'"seq": 1', b'"seq": "one"')),
@@ -146,42 +94,54 @@ def test_every_rejection_reason_lands_on_the_dead_letter_topic(bridge: BridgePro
         (
             RejectReason.TOPIC_MISMATCH,
             kit,
-            _message(unassigned, 2, _reading(unassigned_ox, "spo2", 95.0, "%")),
+            kit_message(unassigned, 2, kit_reading(unassigned_ox, "spo2", 95.0, "%")),
         ),
         (
             RejectReason.UNKNOWN_KIT,
             f"{bridge.name[:20]}NOKIT",
-            _message(f"{bridge.name[:20]}NOKIT", 1, _reading(ox, "spo2", 95.0, "%")),
+            kit_message(f"{bridge.name[:20]}NOKIT", 1, kit_reading(ox, "spo2", 95.0, "%")),
         ),
         (
             RejectReason.KIT_NOT_ASSIGNED,
             unassigned,
-            _message(unassigned, 1, _reading(unassigned_ox, "spo2", 95.0, "%", ago=timedelta(hours=2))),
+            kit_message(unassigned, 1, kit_reading(unassigned_ox, "spo2", 95.0, "%", ago=timedelta(hours=2))),
         ),
         (
             RejectReason.KIT_RETIRED,
             retired,
-            _message(retired, 1, _reading(retired_ox, "spo2", 95.0, "%", ago=timedelta(minutes=5))),
+            kit_message(retired, 1, kit_reading(retired_ox, "spo2", 95.0, "%", ago=timedelta(minutes=5))),
         ),
-        (RejectReason.UNKNOWN_DEVICE, kit, _message(kit, 3, _reading("SOMEONE-ELSES-OX", "spo2", 95.0, "%"))),
-        (RejectReason.UNKNOWN_METRIC, kit, _message(kit, 4, _reading(ox, "blood_pressure", 120.0, "mm[Hg]"))),
-        (RejectReason.UNIT_NOT_ACCEPTED, kit, _message(kit, 5, _reading(ox, "pulse", 1.2, "Hz"))),
-        (RejectReason.MISSING_VALUE, kit, _message(kit, 6, _reading(ox, "spo2", None, "%"))),
-        (RejectReason.FLAG_NOT_ACCEPTED, kit, _message(kit, 7, _reading(ox, "spo2", None, "%", flag="LO"))),
-        (RejectReason.IMPLAUSIBLE, kit, _message(kit, 8, _reading(ox, "spo2", 0.0, "%"))),
+        (
+            RejectReason.UNKNOWN_DEVICE,
+            kit,
+            kit_message(kit, 3, kit_reading("SOMEONE-ELSES-OX", "spo2", 95.0, "%")),
+        ),
+        (
+            RejectReason.UNKNOWN_METRIC,
+            kit,
+            kit_message(kit, 4, kit_reading(ox, "blood_pressure", 120.0, "mm[Hg]")),
+        ),
+        (RejectReason.UNIT_NOT_ACCEPTED, kit, kit_message(kit, 5, kit_reading(ox, "pulse", 1.2, "Hz"))),
+        (RejectReason.MISSING_VALUE, kit, kit_message(kit, 6, kit_reading(ox, "spo2", None, "%"))),
+        (
+            RejectReason.FLAG_NOT_ACCEPTED,
+            kit,
+            kit_message(kit, 7, kit_reading(ox, "spo2", None, "%", flag="LO")),
+        ),
+        (RejectReason.IMPLAUSIBLE, kit, kit_message(kit, 8, kit_reading(ox, "spo2", 0.0, "%"))),
         (
             RejectReason.CLOCK_FUTURE,
             kit,
-            _message(kit, 9, _reading(ox, "spo2", 95.0, "%", ago=-timedelta(hours=1))),
+            kit_message(kit, 9, kit_reading(ox, "spo2", 95.0, "%", ago=-timedelta(hours=1))),
         ),
         (
             RejectReason.CLOCK_PAST,
             kit,
-            _message(kit, 10, _reading(ox, "spo2", 95.0, "%", ago=timedelta(days=400))),
+            kit_message(kit, 10, kit_reading(ox, "spo2", 95.0, "%", ago=timedelta(days=400))),
         ),
     ]
     for _reason, topic_kit, payload in cases:
-        _pub(stack, reading_topic(bridge, topic_kit), payload)
+        publish(stack, reading_topic(bridge, topic_kit), payload)
     records = consume(stack, topics.rejection_topic(bridge.prefix), until=len(cases))
     found = {value["reason"]: (key, value) for key, value, _ in records}
     assert sorted(found) == sorted(r.value for r, _, _ in cases), bridge.tail()
@@ -201,10 +161,10 @@ def test_a_kit_publishing_as_another_kit_is_rejected_and_the_victim_gets_nothing
     bridge: BridgeProcess, stack: Stack
 ) -> None:
     """Kit A's payload on kit B's topic : topic_mismatch, and no measurement for anyone."""
-    a, _, a_ox = _enrol_kit(stack, bridge.name, 1)
-    b, _, _b_ox = _enrol_kit(stack, bridge.name, 2)
+    a, _, a_ox = enrol_kit(stack, bridge.name, 1)
+    b, _, _b_ox = enrol_kit(stack, bridge.name, 2)
     bridge.start()
-    _pub(stack, reading_topic(bridge, b), _message(a, 1, _reading(a_ox, "spo2", 90.0, "%")))
+    publish(stack, reading_topic(bridge, b), kit_message(a, 1, kit_reading(a_ox, "spo2", 90.0, "%")))
     (record,) = [v for _, v, _ in consume(stack, topics.rejection_topic(bridge.prefix), until=1)]
     assert record["reason"] == "topic_mismatch"
     assert record["kit_id"] == b
@@ -213,7 +173,7 @@ def test_a_kit_publishing_as_another_kit_is_rejected_and_the_victim_gets_nothing
 
 def test_fhir_observations_and_status_messages(bridge: BridgeProcess, stack: Stack) -> None:
     """A FHIR Observation on .../fhir becomes a measurement; status, a kit-status event."""
-    kit, patient, ox = _enrol_kit(stack, bridge.name)
+    kit, patient, ox = enrol_kit(stack, bridge.name)
     bridge.start()
     observation = {
         "resourceType": "Observation",
@@ -228,7 +188,7 @@ def test_fhir_observations_and_status_messages(bridge: BridgeProcess, stack: Sta
         },
         "device": {"identifier": {"value": ox}},
     }
-    _pub(stack, reading_topic(bridge, kit, "fhir"), json.dumps(observation).encode())
+    publish(stack, reading_topic(bridge, kit, "fhir"), json.dumps(observation).encode())
     status = {
         "schema": "vaktrom.kit-status.v1",
         "kit": kit,
@@ -236,7 +196,7 @@ def test_fhir_observations_and_status_messages(bridge: BridgeProcess, stack: Sta
         "at": datetime.now(UTC).isoformat(),
         "battery": 80,
     }
-    _pub(stack, reading_topic(bridge, kit, "status"), json.dumps(status).encode())
+    publish(stack, reading_topic(bridge, kit, "status"), json.dumps(status).encode())
     (m,) = [v for _, v, _ in consume(stack, topics.measurement_topic(bridge.prefix), until=1)]
     assert (m["metric"], m["value"], m["patient_id"], m["kit_seq"]) == ("pulse", 61.0, patient, None)
     (event,) = [v for _, v, _ in consume(stack, topics.kit_status_topic(bridge.prefix), until=1)]
@@ -248,12 +208,12 @@ def test_a_newly_enrolled_kit_is_known_without_a_restart(bridge: BridgeProcess, 
     bridge.extra_env["VAKTROM_BRIDGE_REGISTRY_REFRESH_S"] = "3600"  # only the notification can explain it
     bridge.start()
     before = (bridge.health() or {})["registry_kits"]
-    kit, patient, ox = _enrol_kit(stack, bridge.name, 7)
+    kit, patient, ox = enrol_kit(stack, bridge.name, 7)
     deadline = time.monotonic() + 10
     while (bridge.health() or {}).get("registry_kits") == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert (bridge.health() or {})["registry_kits"] == before + 1, bridge.tail()
-    _pub(stack, reading_topic(bridge, kit), _message(kit, 1, _reading(ox, "pulse", 66.0, "/min")))
+    publish(stack, reading_topic(bridge, kit), kit_message(kit, 1, kit_reading(ox, "pulse", 66.0, "/min")))
     (m,) = [v for _, v, _ in consume(stack, topics.measurement_topic(bridge.prefix), until=1)]
     assert m["patient_id"] == patient
 

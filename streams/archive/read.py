@@ -1,0 +1,199 @@
+"""The archive's read API: what the response centre shows of a patient's measurements.
+
+Public interface of the archive for other stages (the response-centre service imports this module
+and nothing else of the archive). Every function takes an open psycopg connection and one patient,
+and is served by the index (patient_id, metric, measured_at DESC) or the per-patient rejection index,
+so its cost depends on that patient's rows in the window, not on the size of the table
+(bench/archive_read.py shows the plans and the latencies on 10 million rows).
+
+    latest(conn, patient)                          newest reading per metric
+    series(conn, patient, start, end, metric=...)  raw readings in a window, oldest first
+    buckets(conn, patient, metric, start, end, width="hour" | "day")
+                                                   min, max, mean, count and last per bucket
+                                                   (TimescaleDB: continuous aggregates;
+                                                   PostgreSQL: date_bin on the raw rows)
+    rejections(conn, patient, start, end)          what the bridge refused for this patient
+
+Times are aware datetimes; windows are half-open [start, end).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import class_row
+
+from contracts import Metric
+
+__all__ = ["Bucket", "Reading", "StoredRejection", "buckets", "latest", "rejections", "series"]
+
+Width = Literal["hour", "day"]
+_WIDTHS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
+_MAX_ROWS = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    measurement_id: str
+    metric: str
+    measured_at: datetime
+    value: float | None  # canonical unit
+    unit: str
+    reported_value: float | None  # as the device reported it
+    reported_unit: str
+    flag: str | None
+    loinc: str
+    device_id: str
+    kit_id: str
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    start: datetime
+    readings: int  # includes meter flags (HI/LO), which have no value
+    min: float | None
+    max: float | None
+    mean: float | None
+    last: float | None
+    last_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRejection:
+    rejection_id: str
+    received_at: datetime
+    reason: str
+    detail: str
+    kit_id: str | None
+    metric: str | None
+    reported_value: float | None
+    reported_unit: str | None
+    measured_at: datetime | None
+
+
+_READING_COLUMNS = (
+    "measurement_id, metric, measured_at, value, unit, reported_value, reported_unit, flag, loinc, "
+    "device_id, kit_id, received_at"
+)
+
+_LATEST = f"""
+SELECT r.* FROM unnest(%(metrics)s::text[]) AS wanted(metric)
+CROSS JOIN LATERAL (
+    SELECT {_READING_COLUMNS} FROM measurements m
+    WHERE m.patient_id = %(patient)s AND m.metric = wanted.metric
+    ORDER BY m.measured_at DESC
+    LIMIT 1
+) r
+"""  # one index probe per metric, however long the patient's history  # noqa: S608 (constant columns)
+
+_SERIES_ONE = f"""
+SELECT {_READING_COLUMNS} FROM measurements
+WHERE patient_id = %(patient)s AND metric = %(metric)s AND measured_at >= %(start)s AND measured_at < %(end)s
+ORDER BY measured_at
+LIMIT %(limit)s
+"""  # noqa: S608 (constant columns)
+
+_SERIES_ALL = f"""
+SELECT {_READING_COLUMNS} FROM measurements
+WHERE patient_id = %(patient)s AND metric = ANY(%(metrics)s::text[])
+  AND measured_at >= %(start)s AND measured_at < %(end)s
+ORDER BY measured_at, metric
+LIMIT %(limit)s
+"""  # noqa: S608 (constant columns)
+
+_BUCKETS = """
+SELECT bucket AS start, readings, min_value AS min, max_value AS max, mean_value AS mean,
+       last_value AS last, last_at
+FROM measurement_buckets(%(patient)s, %(metric)s, %(width)s, %(start)s, %(end)s)
+"""
+
+_REJECTIONS = """
+SELECT rejection_id, received_at, reason, detail, kit_id, metric, reported_value, reported_unit, measured_at
+FROM rejections
+WHERE patient_id = %(patient)s AND received_at >= %(start)s AND received_at < %(end)s
+ORDER BY received_at DESC
+LIMIT %(limit)s
+"""
+
+Connection = psycopg.Connection[Any]
+
+
+def _check_window(start: datetime, end: datetime) -> None:
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("start and end need a time zone; naive datetimes are ambiguous")
+    if end <= start:
+        raise ValueError(f"the window is empty: end {end.isoformat()} is not after start {start.isoformat()}")
+
+
+def _all_metrics(metrics: Iterable[str] | None) -> list[str]:
+    return [m.value for m in Metric] if metrics is None else [str(Metric(m)) for m in metrics]
+
+
+def latest(conn: Connection, patient_id: str, metrics: Iterable[str] | None = None) -> dict[str, Reading]:
+    """The newest reading of each metric the patient has (by measured time)."""
+    with conn.cursor(row_factory=class_row(Reading)) as cur:
+        cur.execute(_LATEST, {"patient": patient_id, "metrics": _all_metrics(metrics)})
+        return {row.metric: row for row in cur.fetchall()}
+
+
+def series(
+    conn: Connection,
+    patient_id: str,
+    start: datetime,
+    end: datetime,
+    *,
+    metric: str | None = None,
+    limit: int = _MAX_ROWS,
+) -> list[Reading]:
+    """Raw readings in [start, end), oldest first; one metric, or every metric when `metric` is None."""
+    _check_window(start, end)
+    params = {"patient": patient_id, "start": start, "end": end, "limit": min(limit, _MAX_ROWS)}
+    with conn.cursor(row_factory=class_row(Reading)) as cur:
+        if metric is None:
+            cur.execute(_SERIES_ALL, {**params, "metrics": _all_metrics(None)})
+        else:
+            cur.execute(_SERIES_ONE, {**params, "metric": str(Metric(metric))})
+        return cur.fetchall()
+
+
+def floor_to(moment: datetime, width: Width) -> datetime:
+    """The start of the UTC bucket `moment` falls in (buckets are aligned the same in both modes)."""
+    step = _WIDTHS[width]
+    epoch = datetime(2000, 1, 1, tzinfo=UTC)
+    return epoch + ((moment - epoch) // step) * step
+
+
+def buckets(
+    conn: Connection, patient_id: str, metric: str, start: datetime, end: datetime, *, width: Width = "hour"
+) -> list[Bucket]:
+    """Aggregates per `width` bucket for [start, end); `start` is floored to a bucket boundary."""
+    _check_window(start, end)
+    if width not in _WIDTHS:
+        raise ValueError(f"bucket width must be 'hour' or 'day', not {width!r}")
+    params = {
+        "patient": patient_id,
+        "metric": str(Metric(metric)),
+        "width": width,
+        "start": floor_to(start, width),
+        "end": end,
+    }
+    with conn.cursor(row_factory=class_row(Bucket)) as cur:
+        cur.execute(_BUCKETS, params)
+        return cur.fetchall()
+
+
+def rejections(
+    conn: Connection, patient_id: str, start: datetime, end: datetime, *, limit: int = 200
+) -> list[StoredRejection]:
+    """What the bridge refused for this patient in [start, end), newest first."""
+    _check_window(start, end)
+    with conn.cursor(row_factory=class_row(StoredRejection)) as cur:
+        cur.execute(
+            _REJECTIONS, {"patient": patient_id, "start": start, "end": end, "limit": min(limit, _MAX_ROWS)}
+        )
+        return cur.fetchall()
