@@ -58,6 +58,8 @@ schemas: bootstrap ## regenerate contracts/schemas/*.json from the contract type
 bench: stack-up ## run the benchmarks against the local stack; figures go to bench/results/
 	@$(PY) bench/sim_publish.py
 	@$(PY) bench/bridge_throughput.py
+	@$(PY) bench/archive_throughput.py
+	@$(PY) bench/archive_read.py
 
 clean: down ## stop the stack and delete all local state (.local/: data, logs, venv, jars)
 	rm -rf $(STATE)
