@@ -72,12 +72,14 @@ def fill(url: str, rows: int) -> int:
                 f"""
                 INSERT INTO measurements (measured_at, measurement_id, patient_id, kit_id, device_id, metric,
                     loinc, value, unit, reported_value, reported_unit, received_at, kit_seq)
-                SELECT t, substr(md5(p || '|' || mm.metric || '|' || i), 1, 32), 'BP' || lpad(p::text, 5, '0'),
-                       'BK' || p, 'BD' || p, mm.metric, mm.loinc, v, mm.unit, v, mm.unit, t, i
+                SELECT t, substr(md5(p || '|' || mm.metric || '|' || i), 1, 32),
+                       'BP' || lpad(p::text, 5, '0'), 'BK' || p, 'BD' || p, mm.metric, mm.loinc,
+                       v, mm.unit, v, mm.unit, t, i
                 FROM generate_series(%(first)s::int, %(last)s::int) AS i
                 CROSS JOIN LATERAL generate_series(1, {PATIENTS}) AS p
                 CROSS JOIN (VALUES {values}) AS mm(metric, loinc, unit, base)
-                CROSS JOIN LATERAL (SELECT %(end)s::timestamptz - make_interval(hours => ({steps} - i) * {STEP_HOURS})
+                CROSS JOIN LATERAL (SELECT %(end)s::timestamptz
+                                           - make_interval(hours => ({steps} - i) * {STEP_HOURS})
                                            + make_interval(secs => mod(p, 3600)) AS t,
                                            mm.base + mod(p + i, 20) / 10.0 AS v) AS x
                 """,  # noqa: S608 (constants of this script)
@@ -143,9 +145,8 @@ def main() -> int:
         results["fhir_30d"] = _time(
             max(10, args.samples // 10), lambda p: export_patient(conn, p, start, end)
         )
-        print(
-            f"  {'fhir_30d':12} p50 {results['fhir_30d']['p50_ms']:7.2f} ms  p95 {results['fhir_30d']['p95_ms']:7.2f} ms"
-        )
+        took = results["fhir_30d"]
+        print(f"  {'fhir_30d':12} p50 {took['p50_ms']:7.2f} ms  p95 {took['p95_ms']:7.2f} ms")
         sample = {"patient": "BP02500", "metric": "body_weight", "start": start, "end": end, "limit": 50000}
         results["plans"] = {
             "latest": _plan(conn, read._LATEST, {**sample, "metrics": ["spo2", "pulse", "body_weight"]}),
@@ -153,8 +154,9 @@ def main() -> int:
             "buckets_inner_query": _plan(
                 conn,
                 "SELECT date_bin(interval '1 hour', measured_at, timestamptz '2000-01-01 00:00:00+00') AS b, "
-                "count(*), min(value), max(value), avg(value) FROM measurements WHERE patient_id = %(patient)s "
-                "AND metric = %(metric)s AND measured_at >= %(start)s AND measured_at < %(end)s GROUP BY b",
+                "count(*), min(value), max(value), avg(value) FROM measurements "
+                "WHERE patient_id = %(patient)s AND metric = %(metric)s "
+                "AND measured_at >= %(start)s AND measured_at < %(end)s GROUP BY b",
                 sample,
             ),
         }
