@@ -19,7 +19,9 @@ from typing import Any
 from prometheus_client import disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["LATENCY_BUCKETS", "OpsServer"]
+from contracts.settings import ConfigError
+
+__all__ = ["LATENCY_BUCKETS", "OpsServer", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +75,25 @@ class OpsServer:
         request.send_header("Content-Length", str(len(body)))
         request.end_headers()
         request.wfile.write(body)
+
+
+def serve(
+    *,
+    host: str,
+    port: int,
+    port_env: str,
+    exposition: Callable[[], bytes],
+    health: Callable[[], dict[str, Any]],
+) -> OpsServer | None:
+    """Start the endpoint (None when `port` is 0). Raises ConfigError naming `port_env` when it is taken."""
+    if not port:
+        return None
+    try:
+        server = OpsServer(host=host, port=port, exposition=exposition, health=health)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve /metrics on {host}:{port} ({exc.strerror}); set {port_env} to a free port "
+            "(0 turns it off)"
+        ) from None
+    server.start()
+    return server

@@ -61,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         bridge.start()
         bridge.run()
+    except ConfigError as exc:  # found only when starting, e.g. the metrics port is taken
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return 2
     except BridgeError as exc:
         print(f"vaktrom-bridge: {exc}", file=sys.stderr)
         bridge.stop()

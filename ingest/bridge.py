@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 
 from contracts import RejectReason, topics
-from contracts.ops import OpsServer
+from contracts.ops import OpsServer, serve
 from contracts.settings import DatabaseSettings, KafkaSettings, MqttSettings
 from ingest._errors import BridgeError
 from ingest.metrics import BridgeMetrics
@@ -123,21 +123,13 @@ class Bridge:
     def start(self) -> None:
         """Connect to PostgreSQL, Kafka and MQTT (waiting up to the start-up timeout), then take messages."""
         timeout = self.settings.startup_timeout_s
-        if self.settings.metrics_port:
-            try:
-                self._ops = OpsServer(
-                    host=self.settings.metrics_host,
-                    port=self.settings.metrics_port,
-                    exposition=self.metrics.exposition,
-                    health=self.health,
-                )
-            except OSError as exc:
-                raise BridgeError(
-                    f"cannot serve /metrics on {self.settings.metrics_host}:{self.settings.metrics_port} "
-                    f"({exc.strerror}); set VAKTROM_BRIDGE_METRICS_PORT to a free port (0 turns it off)",
-                    retriable=False,
-                ) from None
-            self._ops.start()
+        self._ops = serve(
+            host=self.settings.metrics_host,
+            port=self.settings.metrics_port,
+            port_env="VAKTROM_BRIDGE_METRICS_PORT",
+            exposition=self.metrics.exposition,
+            health=self.health,
+        )
         self.registry.start()
         if not self.registry.wait_loaded(timeout):
             raise BridgeError(

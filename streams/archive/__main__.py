@@ -60,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         archive.start()
         archive.run()
+    except ConfigError as exc:  # found only when starting, e.g. the metrics port is taken
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return 2
     except ArchiveError as exc:
         print(f"vaktrom-archive: {exc}", file=sys.stderr)
         return 3 if exc.retriable else 1

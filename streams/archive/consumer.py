@@ -38,7 +38,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from contracts import topics
-from contracts.ops import OpsServer
+from contracts.ops import OpsServer, serve
 from contracts.settings import DatabaseSettings, KafkaSettings
 from streams.archive.metrics import ArchiveMetrics
 from streams.archive.rows import Rows
@@ -119,21 +119,13 @@ class Archive:
     def start(self) -> None:
         """Reach the database and Kafka (waiting up to the start-up timeout) and join the group."""
         deadline = time.monotonic() + self.settings.startup_timeout_s
-        if self.settings.metrics_port:
-            try:
-                self._ops = OpsServer(
-                    host=self.settings.metrics_host,
-                    port=self.settings.metrics_port,
-                    exposition=self.metrics.exposition,
-                    health=self.health,
-                )
-            except OSError as exc:
-                raise ArchiveError(
-                    f"cannot serve /metrics on {self.settings.metrics_host}:{self.settings.metrics_port} "
-                    f"({exc.strerror}); set VAKTROM_ARCHIVE_METRICS_PORT to a free port (0 turns it off)",
-                    retriable=False,
-                ) from None
-            self._ops.start()
+        self._ops = serve(
+            host=self.settings.metrics_host,
+            port=self.settings.metrics_port,
+            port_env="VAKTROM_ARCHIVE_METRICS_PORT",
+            exposition=self.metrics.exposition,
+            health=self.health,
+        )
         self._start_database(deadline)
         self._consumer = self._start_consumer(deadline)
         log.info(

@@ -16,8 +16,10 @@ a rejection with reason `internal_error` instead.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -158,24 +160,14 @@ class Store:
 
     def _write_fast(self, conn: psycopg.Connection, rows: Rows) -> Written:
         with conn.cursor() as cur:
-            stored = duplicates = rejections = 0
-            if rows.measurements:
-                with cur.copy(_COPY_MEASUREMENTS) as copy:
-                    copy.set_types(MEASUREMENT_TYPES)
-                    for row in rows.measurements:
-                        copy.write_row(row)
-                cur.execute(_MERGE_MEASUREMENTS)
-                stored = cur.rowcount
-                duplicates = len(rows.measurements) - stored
-            if rows.rejections:
-                with cur.copy(_COPY_REJECTIONS) as copy:
-                    copy.set_types(REJECTION_TYPES)
-                    for rejection in rows.rejections:
-                        copy.write_row(rejection)
-                cur.execute(_MERGE_REJECTIONS)
-                rejections = cur.rowcount
+            stored = _copy_merge(
+                cur, _COPY_MEASUREMENTS, MEASUREMENT_TYPES, rows.measurements, _MERGE_MEASUREMENTS
+            )
+            rejections = _copy_merge(
+                cur, _COPY_REJECTIONS, REJECTION_TYPES, rows.rejections, _MERGE_REJECTIONS
+            )
         conn.commit()
-        return Written(stored, duplicates, rejections)
+        return Written(stored, len(rows.measurements) - stored, rejections)
 
     def _write_slowly(self, conn: psycopg.Connection, rows: Rows) -> Written:
         """The rare path: each measurement on its own savepoint; refused ones become rejections."""
@@ -194,6 +186,24 @@ class Store:
         conn.commit()
         written = self._write_fast(conn, kept)  # the rejections (cannot be refused: no constraints)
         return Written(stored, len(rows.measurements) - stored - refused, written.rejections, refused)
+
+
+def _copy_merge(
+    cur: psycopg.Cursor[Any],
+    copy_sql: sql.Composed,
+    types: Sequence[str],
+    rows: Sequence[Any],
+    merge: sql.Composed,
+) -> int:
+    """COPY `rows` into their staging table and merge them; returns how many rows were new."""
+    if not rows:
+        return 0
+    with cur.copy(copy_sql) as copy:
+        copy.set_types(types)
+        for row in rows:
+            copy.write_row(row)
+    cur.execute(merge)
+    return cur.rowcount
 
 
 def _refused(row: MeasurementRow, why: str) -> tuple[object, ...]:
