@@ -9,10 +9,10 @@ A bad kit payload is never an exception: it becomes a rejection record with a re
 
 from __future__ import annotations
 
+from contracts.stage import StageError
+
 __all__ = ["BridgeError"]
 
 
-class BridgeError(Exception):
-    def __init__(self, message: str, *, retriable: bool) -> None:
-        super().__init__(message)
-        self.retriable = retriable
+class BridgeError(StageError):
+    """The bridge cannot do its job; `retriable` says whether starting again later may help."""

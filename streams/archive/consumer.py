@@ -40,6 +40,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from contracts import topics
 from contracts.ops import OpsServer, serve
 from contracts.settings import DatabaseSettings, KafkaSettings
+from contracts.stage import StageError
 from streams.archive.metrics import ArchiveMetrics
 from streams.archive.rows import Rows
 from streams.archive.settings import ArchiveSettings
@@ -55,12 +56,8 @@ _RETENTION_EVERY_S = 3600.0
 _SUMMARY_EVERY_S = 30.0
 
 
-class ArchiveError(Exception):
+class ArchiveError(StageError):
     """The archive cannot start; `retriable` says whether starting again later may help."""
-
-    def __init__(self, message: str, *, retriable: bool) -> None:
-        super().__init__(message)
-        self.retriable = retriable
 
 
 class _Batch:

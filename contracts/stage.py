@@ -1,0 +1,95 @@
+"""Running a stage as a process: one command line, log format, settings load, signal handling and
+set of exit codes for every long-running stage.
+
+    def main(argv=None) -> int:
+        return run_stage(
+            prog="vaktrom-archive", description="...", settings=(KafkaSettings, ..., ArchiveSettings),
+            build=lambda kafka, database, settings: Archive(...), logger="streams.archive", argv=argv,
+        )
+
+Exit codes: 0 stopped cleanly (SIGTERM or Ctrl-C), 2 bad configuration (a `ConfigError`, at
+loading or at start, e.g. a taken metrics port), 3 a service could not be reached (a retriable
+`StageError`: starting again later may help), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Protocol
+
+from contracts.settings import ConfigError, Settings
+
+__all__ = ["Stage", "StageError", "run_stage"]
+
+
+class StageError(Exception):
+    """The stage cannot do its job; `retriable` says whether starting again later may help."""
+
+    def __init__(self, message: str, *, retriable: bool) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+class Stage(Protocol):
+    def start(self) -> None: ...
+    def run(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def run_stage(
+    *,
+    prog: str,
+    description: str,
+    settings: Sequence[type[Settings]],
+    build: Callable[..., Stage],
+    logger: str,
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Parse the command line, load `settings` (in order) into `build`, run the stage until a signal."""
+    lines = [f"  {env:38} {text}" for cls in settings for env, text in cls.variables().items()]
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="environment:\n" + "\n".join(lines),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # its debug lines carry record values
+    try:
+        loaded = [cls.from_env() for cls in settings]
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    log = logging.getLogger(logger)
+    for one in loaded:
+        for env, value in one.describe():
+            log.debug("setting %s=%s", env, value)
+    stage = build(*loaded)
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s: %s received; finishing what is in hand and stopping", prog, signal.Signals(signum).name)
+        stage.stop()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        stage.start()
+        stage.run()
+    except ConfigError as exc:  # found only when starting, e.g. the metrics port is taken
+        print(f"{prog}: {exc}", file=sys.stderr)
+        stage.stop()
+        return 2
+    except StageError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        stage.stop()
+        return 3 if exc.retriable else 1
+    return 0
