@@ -20,9 +20,6 @@ Needs the local stack (`make stack-up`); writes bench/results/archive_read.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
 import sys
 import time
@@ -35,10 +32,9 @@ import numpy as np
 import psycopg
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from archive_throughput import prepare_schema, stack_env  # noqa: E402
+from archive_throughput import prepare_schema, stack_env, write_results  # noqa: E402
 
 from streams.archive import read  # noqa: E402
 from streams.archive.fhir import export_patient  # noqa: E402
@@ -163,14 +159,7 @@ def main() -> int:
     for name, plan in results["plans"].items():
         print(f"  plan of {name}:\n    " + "\n    ".join(plan))
     results["goal_p95_ms_30d_trend"] = 50
-    results["machine"] = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-    results["when"] = datetime.now(UTC).isoformat(timespec="seconds")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "archive_read.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_results("archive_read.json", results)
     print("bench: written to bench/results/archive_read.json")
     return 0
 

@@ -196,6 +196,18 @@ def archive_phase(
     }
 
 
+def write_results(name: str, results: dict[str, Any]) -> None:
+    """Stamp the machine and time on `results` and write them to bench/results/`name`."""
+    results["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    results["when"] = datetime.now(UTC).isoformat(timespec="seconds")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -249,14 +261,7 @@ def main() -> int:
     for key in ("archive_x1", "archive_x2"):
         results[key]["ratio_to_copy_binary"] = round(results[key]["rows_per_s"] / reference, 3)
     results["goal_rows_per_s"] = 50_000
-    results["machine"] = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-    results["when"] = datetime.now(UTC).isoformat(timespec="seconds")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "archive_throughput.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_results("archive_throughput.json", results)
     best = max(results["archive_x1"]["rows_per_s"], results["archive_x2"]["rows_per_s"])
     print(
         f"bench: archive {best:,} rows/s at best = {best / reference:.0%} of raw binary COPY "
