@@ -1,0 +1,387 @@
+"""The monitor's pure core: readings, kit status and clock deadlines in; new state and alert events out.
+
+No Kafka here. The faust shell (`app.py`) keeps two kinds of record per patient in its table, both
+encoded with `encode`/`decode`:
+
+- a `MetricRecord` per patient and metric: the metric's history and the episodes of its problems;
+- a `PatientRecord` per patient: when the kit was last heard from, the kit-level episodes ("kit
+  silent", "measurement missed"), and the next event-time deadline the shell must wake it at.
+
+Every method mutates the records it is given and returns the alert events to emit. Time is event
+time: `clock` is the stream's clock for the patient's partition (the latest measured time seen there,
+moved on by wall time while nothing arrives), so a 14-day accelerated run behaves like 14 days.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import msgspec
+
+from contracts import (
+    METRICS,
+    AlertEvent,
+    CarePlan,
+    EpisodeChange,
+    Evidence,
+    KitStatusEvent,
+    Measurement,
+    Metric,
+    Trace,
+    episode_id,
+    format_instant,
+)
+from streams.monitor.catalogue import PROBLEMS, RULES
+from streams.monitor.episodes import (
+    EpisodeState,
+    Timing,
+    clear,
+    lateness,
+    qualify,
+    resolve,
+    resolve_if_due,
+    to_event,
+)
+from streams.monitor.history import History, Point
+from streams.monitor.plan import RulePlan, due_windows, rule_plan
+from streams.monitor.rules import evaluate
+
+__all__ = ["Engine", "MetricRecord", "Outcome", "PatientRecord", "decode_metric", "decode_patient", "encode"]
+
+_PROBLEMS_OF: dict[Metric, tuple[str, ...]] = {
+    metric: tuple(code for code, p in PROBLEMS.items() if p.metric == metric) for metric in Metric
+}
+_MISSED_TOLERANCE_S = 30 * 60.0  # a reading just outside its window still counts for it
+_KEEP_RESOLVED_S = 2 * 86_400.0  # resolved episodes are kept a while, to be re-announced after a restart
+
+
+class MetricRecord(msgspec.Struct, array_like=True):
+    history: History = msgspec.field(default_factory=History)
+    episodes: dict[str, EpisodeState] = {}
+
+
+class PatientRecord(msgspec.Struct, array_like=True):
+    partition: int = 0
+    last_seen: float = 0.0  # event time of the latest message from the kit (reading or status)
+    missed_checked: float = 0.0  # windows ending up to this instant have been checked
+    episodes: dict[str, EpisodeState] = {}
+    missed: list[str] = []  # metrics of the open "measurement missed" episode
+    resolve_at: dict[str, float] = {}  # problem -> when its all-clear period ends
+    wake_at: float | None = None  # the next deadline (kept so the shell can rebuild its timer heap)
+
+
+_encoder = msgspec.msgpack.Encoder()
+_metric_decoder = msgspec.msgpack.Decoder(MetricRecord)
+_patient_decoder = msgspec.msgpack.Decoder(PatientRecord)
+
+
+def encode(record: MetricRecord | PatientRecord) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode_metric(raw: bytes | None) -> MetricRecord:
+    return MetricRecord() if raw is None else _metric_decoder.decode(raw)
+
+
+def decode_patient(raw: bytes | None) -> PatientRecord:
+    return PatientRecord() if raw is None else _patient_decoder.decode(raw)
+
+
+@dataclass(slots=True)
+class Outcome:
+    events: list[AlertEvent] = field(default_factory=list)
+    duplicate: bool = False
+    patient_changed: bool = False  # the PatientRecord must be written back
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    timing: Timing = Timing()
+    silent_after_s: float = 13 * 3600.0  # kits send a heartbeat every 6 h; two missed and a margin
+    missed_grace_s: float = 30 * 60.0  # a window is judged this long after it ends
+
+    # ------------------------------------------------------------------ readings
+    def measurement(
+        self,
+        m: Measurement,
+        record: MetricRecord,
+        patient: PatientRecord,
+        plan: CarePlan | None,
+        *,
+        clock: float,
+        now: datetime,
+        trace: Trace | None = None,
+    ) -> Outcome:
+        out = Outcome()
+        history = record.history
+        if history.has_seen(m.measurement_id):
+            out.duplicate = True
+            return out
+        t = m.measured_at.timestamp()
+        canonical = METRICS[m.metric].unit
+        point = Point(
+            t,
+            m.value,
+            m.reported_value if m.reported_unit != canonical else None,
+            m.reported_unit if m.reported_unit != canonical else "",
+            m.flag,
+        )
+        history.add(m.metric, point, m.measurement_id)
+        out.patient_changed |= self._heard(patient, t, m.patient_id, now, out)
+        rules = rule_plan(plan)
+        findings = evaluate(m.metric, point, history, rules)
+        late = lateness(t, clock, self.timing)
+        evidence = Evidence(
+            measurement_id=m.measurement_id,
+            metric=m.metric.value,
+            value=m.reported_value,
+            unit=m.reported_unit,
+            flag=m.flag,
+            measured_at=m.measured_at,
+        )
+        for problem in _PROBLEMS_OF[m.metric]:
+            mine = [f for f in findings if RULES[f.rule_id].problem == problem]
+            episode = record.episodes.get(problem)
+            change: EpisodeChange | None
+            if mine:
+                episode, change = qualify(
+                    episode,
+                    patient_id=m.patient_id,
+                    problem=problem,
+                    findings=mine,
+                    evidence=evidence,
+                    measured_at=t,
+                    late=late,
+                )
+                record.episodes[problem] = episode
+                out.patient_changed |= patient.resolve_at.pop(problem, None) is not None
+            elif episode is not None:
+                change = clear(episode, measured_at=t, timing=self.timing)
+                if episode.open and episode.cleared_since is not None:
+                    due = episode.cleared_since + self.timing.resolve_after_s
+                    if patient.resolve_at.get(problem) != due:
+                        patient.resolve_at[problem] = due
+                        out.patient_changed = True
+                elif not episode.open:
+                    out.patient_changed |= patient.resolve_at.pop(problem, None) is not None
+            else:
+                change = None
+            if change is not None and episode is not None:
+                out.events.append(
+                    to_event(episode, change, patient_id=m.patient_id, emitted_at=now, trace=trace or Trace())
+                )
+        self._returned(patient, m.metric, m.patient_id, now, out)
+        _prune(record.episodes, clock)
+        out.patient_changed |= self._rewake(patient, plan)
+        return out
+
+    # ------------------------------------------------------------------ kit status
+    def status(
+        self, event: KitStatusEvent, patient: PatientRecord, plan: CarePlan | None, *, now: datetime
+    ) -> Outcome:
+        out = Outcome()
+        assert event.patient_id is not None
+        out.patient_changed = self._heard(patient, event.at.timestamp(), event.patient_id, now, out)
+        out.patient_changed |= self._rewake(patient, plan)
+        return out
+
+    def _heard(self, patient: PatientRecord, t: float, patient_id: str, now: datetime, out: Outcome) -> bool:
+        """The kit is alive: note when, and end a "kit silent" episode (data returned)."""
+        changed = False
+        if not patient.last_seen:
+            patient.missed_checked = t  # windows before the kit was first heard from are not missed
+            changed = True
+        if t > patient.last_seen:
+            # Written back at most every 5 minutes of event time: after a crash the silent deadline
+            # is at worst 5 minutes early, against a limit of hours.
+            changed = t - patient.last_seen > 300.0
+            patient.last_seen = t
+        silent = patient.episodes.get("kit_silent")
+        if silent is not None and silent.open and t > silent.opened_at:
+            silent.cleared_since = t
+            out.events.append(to_event(silent, resolve(silent, at=t), patient_id=patient_id, emitted_at=now))
+            changed = True
+        return changed
+
+    def _returned(
+        self, patient: PatientRecord, metric: Metric, patient_id: str, now: datetime, out: Outcome
+    ) -> None:
+        """A reading of a metric that was missed: the data is back."""
+        episode = patient.episodes.get("measurement_missed")
+        if episode is None or not episode.open or metric.value not in patient.missed:
+            return
+        patient.missed.remove(metric.value)
+        out.patient_changed = True
+        if not patient.missed:
+            episode.cleared_since = now.timestamp()
+            out.events.append(
+                to_event(
+                    episode, resolve(episode, at=episode.last_seen_at), patient_id=patient_id, emitted_at=now
+                )
+            )
+
+    # ------------------------------------------------------------------ deadlines
+    def deadline(
+        self,
+        patient_id: str,
+        patient: PatientRecord,
+        records: dict[Metric, MetricRecord],
+        plan: CarePlan | None,
+        *,
+        clock: float,
+        now: datetime,
+    ) -> tuple[Outcome, set[Metric]]:
+        """Whatever is due by `clock`: silent kits, missed windows, all-clear periods that ended.
+
+        Returns the outcome and the metrics whose records changed.
+        """
+        out = Outcome(patient_changed=True)
+        changed: set[Metric] = set()
+        # kit silent
+        silent = patient.episodes.get("kit_silent")
+        if (
+            patient.last_seen
+            and clock >= patient.last_seen + self.silent_after_s
+            and (silent is None or not silent.open)
+        ):
+            at = patient.last_seen + self.silent_after_s
+            episode = self._kit_episode(
+                patient_id,
+                "kit-silent",
+                at,
+                f"No message from the kit since {_fmt(patient.last_seen)} ({(clock - patient.last_seen) / 3600:.0f} h)",
+            )
+            patient.episodes["kit_silent"] = episode
+            out.events.append(to_event(episode, EpisodeChange.OPENED, patient_id=patient_id, emitted_at=now))
+        # measurement missed
+        if plan is not None and plan.expected and patient.last_seen:
+            start = max(patient.missed_checked, patient.last_seen - 2 * 86_400.0)
+            until = clock - self.missed_grace_s
+            if until > start:
+                for window in due_windows(plan, after=_dt(start), until=_dt(until)):
+                    self._check_window(
+                        patient_id,
+                        patient,
+                        records.get(window.metric),
+                        window.metric,
+                        window.start.timestamp(),
+                        window.end.timestamp(),
+                        now,
+                        out,
+                    )
+                patient.missed_checked = until
+        # all-clear periods
+        for problem, due in list(patient.resolve_at.items()):
+            if clock < due:
+                continue
+            del patient.resolve_at[problem]
+            metric = PROBLEMS[problem].metric
+            record = records.get(metric) if metric is not None else None
+            episode = record.episodes.get(problem) if record is not None else None
+            if (
+                episode is not None
+                and (change := resolve_if_due(episode, now=clock, timing=self.timing)) is not None
+            ):
+                out.events.append(to_event(episode, change, patient_id=patient_id, emitted_at=now))
+                assert metric is not None
+                changed.add(metric)
+        _prune(patient.episodes, clock)
+        self._rewake(patient, plan)
+        return out, changed
+
+    def _check_window(
+        self,
+        patient_id: str,
+        patient: PatientRecord,
+        record: MetricRecord | None,
+        metric: Metric,
+        lo: float,
+        hi: float,
+        now: datetime,
+        out: Outcome,
+    ) -> None:
+        alive = patient.last_seen >= hi - self.silent_after_s
+        silent = patient.episodes.get("kit_silent")
+        if not alive or (silent is not None and silent.open):
+            return  # a silent kit is its own episode, not a missed measurement
+        if record is not None and record.history.before(hi + _MISSED_TOLERANCE_S, lo - _MISSED_TOLERANCE_S):
+            return
+        episode = patient.episodes.get("measurement_missed")
+        text = f"No {METRICS[metric].display.lower()} reading between {_fmt(lo)} and {_fmt(hi)} UTC while the kit was active"
+        if episode is None or not episode.open:
+            episode = self._kit_episode(patient_id, "measurement-missed", hi, text)
+            patient.episodes["measurement_missed"] = episode
+            patient.missed = [metric.value]
+            out.events.append(to_event(episode, EpisodeChange.OPENED, patient_id=patient_id, emitted_at=now))
+            return
+        episode.version += 1
+        episode.count += 1
+        episode.last_seen_at = max(episode.last_seen_at, hi)
+        episode.explanation = text
+        if metric.value not in patient.missed:
+            patient.missed.append(metric.value)
+        out.events.append(to_event(episode, EpisodeChange.UPDATED, patient_id=patient_id, emitted_at=now))
+
+    def _kit_episode(self, patient_id: str, rule_id: str, at: float, text: str) -> EpisodeState:
+        problem = RULES[rule_id].problem
+        return EpisodeState(
+            episode_id=episode_id(patient_id=patient_id, rule_id=problem, opened_by=format_instant(_dt(at))),
+            problem=problem,
+            rule_id=rule_id,
+            severity=RULES[rule_id].severity,
+            version=1,
+            opened_at=at,
+            last_seen_at=at,
+            explanation=f"{text}; rule {rule_id}: {RULES[rule_id].summary}",
+            rules=[rule_id],
+        )
+
+    def _rewake(self, patient: PatientRecord, plan: CarePlan | None) -> bool:
+        """Recompute the next deadline; True when it moved."""
+        candidates = list(patient.resolve_at.values())
+        silent = patient.episodes.get("kit_silent")
+        if patient.last_seen and (silent is None or not silent.open):
+            candidates.append(patient.last_seen + self.silent_after_s)
+        if plan is not None and plan.expected and patient.last_seen:
+            after = max(patient.missed_checked, patient.last_seen - 2 * 86_400.0)
+            upcoming = due_windows(plan, after=_dt(after), until=_dt(after + 2 * 86_400.0))
+            if upcoming:
+                candidates.append(upcoming[0].end.timestamp() + self.missed_grace_s)
+        wake = min(candidates) if candidates else None
+        if wake == patient.wake_at:
+            return False
+        patient.wake_at = wake
+        return True
+
+    def announce(
+        self, patient_id: str, episodes: dict[str, EpisodeState], *, now: datetime
+    ) -> list[AlertEvent]:
+        """The current version of every episode held, to send again after a restart or rebalance.
+
+        Consumers apply events by (episode id, version), so a repeat changes nothing; an event that
+        was lost in a crash (state written, event not) is delivered this way.
+        """
+        out = []
+        for episode in episodes.values():
+            change = (
+                EpisodeChange.RESOLVED
+                if not episode.open
+                else (EpisodeChange.OPENED if episode.version == 1 else EpisodeChange.UPDATED)
+            )
+            out.append(to_event(episode, change, patient_id=patient_id, emitted_at=now))
+        return out
+
+
+def _prune(episodes: dict[str, EpisodeState], clock: float) -> None:
+    for problem, episode in list(episodes.items()):
+        if episode.resolved_at is not None and clock - episode.resolved_at > _KEEP_RESOLVED_S:
+            del episodes[problem]
+
+
+def _dt(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+def _fmt(t: float) -> str:
+    return f"{_dt(t):%-d %b %H:%M}"

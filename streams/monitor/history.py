@@ -1,0 +1,156 @@
+"""A patient's recent history of one metric, compact enough to keep per patient in a table.
+
+Two views of the past: the last readings themselves (for rules over hours or a few days: HF-1's
+72 h, GL-5's 15 minutes) and one summary per day (for baselines over weeks: RS-2, RS-8, HF-3). Both
+are kept in event time: a late or out-of-order reading is placed where it was measured, and a
+reading seen before (same measurement id) is recognised and ignored. Rejected readings never get
+here: the bridge sends them to the dead-letter topic (CLINICAL_RULES.md, trap 4).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+
+from contracts import Metric
+
+__all__ = ["DAY_S", "Day", "History", "Point", "RobustBaseline", "robust_baseline"]
+
+DAY_S = 86_400.0
+_ID_CHARS = 12  # 48 bits of the measurement id: plenty to tell one patient's readings apart
+_SEEN_IDS = 32  # ids remembered for duplicate detection: a kit resends within minutes, not days
+_KEEP_DAYS = 35  # HF-3 looks at up to four weeks before the last few days
+# How long raw readings are kept, per metric, and at most how many (a CGM sends every 5 minutes).
+_RECENT_S = {
+    Metric.BODY_WEIGHT: 8 * DAY_S,
+    Metric.SPO2: 2 * DAY_S,
+    Metric.PULSE: 2 * DAY_S,
+    Metric.BODY_TEMPERATURE: 2 * DAY_S,
+    Metric.GLUCOSE: 2 * 3600.0,
+}
+_RECENT_MAX = 48
+
+
+class Point(msgspec.Struct, array_like=True, frozen=True):
+    """One reading: measured time (epoch s), canonical value, reported value and unit ("" when it is
+    the canonical unit, to keep the state small) and meter flag."""
+
+    t: float
+    value: float | None
+    reported: float | None = None
+    unit: str = ""
+    flag: str | None = None
+
+
+class Day(msgspec.Struct, array_like=True):
+    """One UTC day of valid numeric readings."""
+
+    day: int
+    n: int
+    total: float
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n
+
+
+class History(msgspec.Struct, array_like=True):
+    recent: list[Point] = []
+    days: list[Day] = []
+    seen: list[str] = []  # newest last
+    ewma: float | None = None  # exponentially weighted mean of the values, for trend displays
+    ewma_t: float = 0.0
+    count: int = 0
+
+    def has_seen(self, measurement_id: str) -> bool:
+        return measurement_id[:_ID_CHARS] in self.seen
+
+    def add(self, metric: Metric, point: Point, measurement_id: str) -> None:
+        """Place a new reading in event time (the caller has checked it is not a duplicate)."""
+        self.seen.append(measurement_id[:_ID_CHARS])
+        if len(self.seen) > _SEEN_IDS:
+            del self.seen[: len(self.seen) - _SEEN_IDS]
+        self.count += 1
+        bisect.insort(self.recent, point, key=_time)
+        newest = self.recent[-1].t
+        horizon = newest - _RECENT_S[metric]
+        drop = bisect.bisect_left(self.recent, horizon, key=_time)
+        drop = max(drop, len(self.recent) - _RECENT_MAX)
+        if drop > 0:
+            del self.recent[:drop]
+        if point.value is not None:
+            self._add_to_day(point.t, point.value)
+            self._update_ewma(point.t, point.value)
+
+    def _add_to_day(self, t: float, value: float) -> None:
+        day = int(t // DAY_S)
+        days = self.days
+        i = bisect.bisect_left(days, day, key=_day)
+        if i < len(days) and days[i].day == day:
+            d = days[i]
+            d.n += 1
+            d.total += value
+        else:
+            days.insert(i, Day(day, 1, value))
+        cutoff = days[-1].day - _KEEP_DAYS
+        if days[0].day <= cutoff:
+            del days[: bisect.bisect_right(days, cutoff, key=_day)]
+
+    def _update_ewma(self, t: float, value: float, half_life_s: float = 3 * DAY_S) -> None:
+        if self.ewma is None or t < self.ewma_t:  # a late reading does not move the trend backwards
+            if self.ewma is None:
+                self.ewma, self.ewma_t = value, t
+            return
+        weight = 1.0 - math.exp(-math.log(2.0) * (t - self.ewma_t) / half_life_s)
+        self.ewma += weight * (value - self.ewma)
+        self.ewma_t = t
+
+    def before(self, t: float, since: float) -> list[Point]:
+        """Readings measured in [since, t), oldest first."""
+        lo = bisect.bisect_left(self.recent, since, key=_time)
+        hi = bisect.bisect_left(self.recent, t, key=_time)
+        return self.recent[lo:hi]
+
+    def days_between(self, first_day: int, last_day: int) -> list[Day]:
+        """Day summaries with first_day <= day <= last_day."""
+        lo = bisect.bisect_left(self.days, first_day, key=_day)
+        hi = bisect.bisect_right(self.days, last_day, key=_day)
+        return self.days[lo:hi]
+
+
+def _time(p: Point) -> float:
+    return p.t
+
+
+def _day(d: Day) -> int:
+    return d.day
+
+
+@dataclass(frozen=True, slots=True)
+class RobustBaseline:
+    """Median and MAD of daily means: the patient's own normal (CLINICAL_RULES.md, baselines)."""
+
+    median: float
+    mad: float
+    readings: int
+    days: int
+    since_day: int
+
+    def modified_z(self, value: float, mad_floor: float) -> float:
+        """Iglewicz & Hoaglin's 0.6745 (x - median) / MAD, with a floor so MAD = 0 cannot divide by zero."""
+        return 0.6745 * (value - self.median) / max(self.mad, mad_floor)
+
+
+def robust_baseline(days: list[Day], *, min_readings: int, min_days: int) -> RobustBaseline | None:
+    """The baseline from these days, or None when there is not yet enough history to trust one."""
+    readings = sum(d.n for d in days)
+    if len(days) < min_days or readings < min_readings:
+        return None
+    means = np.fromiter((d.mean for d in days), dtype=np.float64, count=len(days))
+    median = float(np.median(means))
+    mad = float(np.median(np.abs(means - median)))
+    return RobustBaseline(median, mad, readings, len(days), days[0].day)

@@ -1,0 +1,338 @@
+"""The monitoring rules at their published boundaries (CLINICAL_RULES.md), through the pure engine."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from contracts import (
+    METRICS,
+    CarePlan,
+    Condition,
+    EpisodeChange,
+    ExpectedMeasurement,
+    Measurement,
+    Metric,
+    ScheduleWindow,
+    Severity,
+    Spo2Scale,
+    measurement_id,
+    to_canonical,
+)
+from streams.monitor.engine import Engine, MetricRecord, PatientRecord, decode_metric, encode
+from streams.monitor.plan import rule_plan
+
+T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
+PATIENT = "P-RULES-1"
+
+
+def plan(condition: Condition, **kw: object) -> CarePlan:
+    return CarePlan(
+        patient_id=PATIENT, version=1, condition=condition, team_id="team-a",
+        changed_at=T0, changed_by="test", **kw,  # type: ignore[arg-type]
+    )
+
+
+def reading(metric: Metric, value: float | None, at: datetime, unit: str | None = None, flag: str | None = None) -> Measurement:
+    unit = unit or METRICS[metric].unit
+    canonical = None if value is None else to_canonical(metric, value, unit)
+    mid = measurement_id(device_id="D1", patient_id=PATIENT, metric=metric, reported_value=value,
+                         reported_unit=unit, flag=flag, measured_at=at)
+    return Measurement(
+        measurement_id=mid, patient_id=PATIENT, kit_id="K1", device_id="D1", metric=metric,
+        loinc=METRICS[metric].loinc, value=canonical, unit=METRICS[metric].unit, reported_value=value,
+        reported_unit=unit, flag=flag, measured_at=at, received_at=at,
+    )
+
+
+class Patient:
+    """One patient's records fed through the engine, as the faust shell does."""
+
+    def __init__(self, care_plan: CarePlan | None) -> None:
+        self.plan = care_plan
+        self.engine = Engine()
+        self.records: dict[Metric, MetricRecord] = {}
+        self.patient = PatientRecord()
+        self.events: list = []
+
+    def feed(self, metric: Metric, value: float | None, at: datetime, unit: str | None = None,
+             flag: str | None = None, clock: datetime | None = None) -> list:
+        record = self.records.setdefault(metric, MetricRecord())
+        m = reading(metric, value, at, unit, flag)
+        out = self.engine.measurement(m, record, self.patient, self.plan, clock=(clock or at).timestamp(), now=at)
+        self.records[metric] = decode_metric(encode(record))  # state survives its own encoding
+        self.events += out.events
+        return out.events
+
+    def rules(self) -> set[str]:
+        return {e.rule_id for e in self.events}
+
+
+def daily(p: Patient, metric: Metric, values: list[float], start: datetime = T0) -> datetime:
+    for i, v in enumerate(values):
+        p.feed(metric, v, start + timedelta(days=i))
+    return start + timedelta(days=len(values))
+
+
+# ------------------------------------------------------------------ HF-1
+@pytest.mark.parametrize(("gain", "fires"), [(2.0, False), (2.1, True)])
+def test_hf1_fires_only_above_2_kg_in_3_days(gain: float, fires: bool) -> None:
+    """HF-1 is "> 2 kg within 3 days": exactly 2.0 kg does not fire, 2.1 kg does (trap 2)."""
+    p = Patient(plan(Condition.HEART_FAILURE))
+    p.feed(Metric.BODY_WEIGHT, 80.3, T0)
+    events = p.feed(Metric.BODY_WEIGHT, round(80.3 + gain, 1), T0 + timedelta(days=3))
+    assert ("HF-1" in {e.rule_id for e in events}) is fires
+
+
+def test_hf1_explains_itself_with_value_gain_and_reference_day() -> None:
+    """The event carries the reading as reported, the reference reading and the rule."""
+    p = Patient(plan(Condition.HEART_FAILURE))
+    p.feed(Metric.BODY_WEIGHT, 80.0, datetime(2026, 11, 19, 7, tzinfo=UTC))
+    (event,) = p.feed(Metric.BODY_WEIGHT, 82.3, datetime(2026, 11, 22, 7, tzinfo=UTC))
+    assert event.explanation == "Weight 82.3 kg, +2.3 kg since 19 Nov (3 days); rule HF-1: > 2 kg in 3 days"
+    assert event.severity is Severity.YELLOW and event.change is EpisodeChange.OPENED
+    assert event.baseline is not None and event.baseline.value == 80.0
+    assert event.threshold is not None and (event.threshold.op, event.threshold.value) == (">", 2.0)
+
+
+def test_hf1_uses_the_earliest_reading_of_the_72_hours() -> None:
+    """A gain counted from a reading older than 72 h does not fire HF-1."""
+    p = Patient(plan(Condition.HEART_FAILURE))
+    p.feed(Metric.BODY_WEIGHT, 80.0, T0)
+    events = p.feed(Metric.BODY_WEIGHT, 82.5, T0 + timedelta(hours=72, minutes=1))
+    assert "HF-1" not in {e.rule_id for e in events}
+
+
+def test_weight_in_pounds_is_compared_in_kilograms() -> None:
+    """A gain reported in lb is judged on kg: 176.4 -> 181.5 lb is +2.31 kg."""
+    p = Patient(plan(Condition.HEART_FAILURE))
+    p.feed(Metric.BODY_WEIGHT, 176.4, T0, unit="[lb_av]")
+    events = p.feed(Metric.BODY_WEIGHT, 181.5, T0 + timedelta(days=2), unit="[lb_av]")
+    assert [e.rule_id for e in events] == ["HF-1"]
+    assert events[0].latest is not None and events[0].latest.unit == "[lb_av]"
+
+
+# ------------------------------------------------------------------ glucose, trap 1
+@pytest.mark.parametrize(
+    ("value", "unit", "rule"),
+    [
+        (3.89, "mmol/L", "GL-1"),
+        (3.9, "mmol/L", None),
+        (70.0, "mg/dL", None),
+        (69.0, "mg/dL", "GL-1"),
+        (3.0, "mmol/L", "GL-1"),
+        (2.99, "mmol/L", "GL-2"),
+        (54.0, "mg/dL", "GL-1"),
+        (53.0, "mg/dL", "GL-2"),
+        (10.0, "mmol/L", None),
+        (10.1, "mmol/L", "GL-3"),
+        (180.0, "mg/dL", None),
+        (181.0, "mg/dL", "GL-3"),
+        (13.9, "mmol/L", "GL-3"),
+        (14.0, "mmol/L", "GL-4"),
+        (250.0, "mg/dL", "GL-3"),
+        (251.0, "mg/dL", "GL-4"),
+    ],
+)
+def test_glucose_is_compared_in_the_reported_unit(value: float, unit: str, rule: str | None) -> None:
+    """3.89 mmol/L is a level-1 low and 70 mg/dL is not: each unit has its published pair."""
+    p = Patient(plan(Condition.DIABETES))
+    events = p.feed(Metric.GLUCOSE, value, T0, unit=unit)
+    assert [e.rule_id for e in events] == ([rule] if rule else [])
+
+
+@pytest.mark.parametrize(("flag", "rule"), [("HI", "GL-4"), ("LO", "GL-2")])
+def test_meter_flags_are_level_2(flag: str, rule: str) -> None:
+    """A meter's HI is a level-2 high and LO a level-2 low: red, not a data error."""
+    p = Patient(plan(Condition.DIABETES))
+    (event,) = p.feed(Metric.GLUCOSE, None, T0, flag=flag)
+    assert (event.rule_id, event.severity) == (rule, Severity.RED)
+
+
+def test_hypo_that_deepens_escalates_one_episode() -> None:
+    """GL-1 then GL-2: one episode, escalated to red, never a second alert."""
+    p = Patient(plan(Condition.DIABETES))
+    first = p.feed(Metric.GLUCOSE, 3.5, T0)
+    second = p.feed(Metric.GLUCOSE, 2.8, T0 + timedelta(minutes=30))
+    third = p.feed(Metric.GLUCOSE, 3.4, T0 + timedelta(minutes=60))
+    assert [e.change for e in first + second + third] == [EpisodeChange.OPENED, EpisodeChange.ESCALATED, EpisodeChange.UPDATED]
+    assert len({e.episode_id for e in p.events}) == 1
+    assert [e.version for e in p.events] == [1, 2, 3]
+    assert third[0].severity is Severity.RED and third[0].count == 3
+    assert third[0].worst is not None and third[0].worst.value == 2.8
+
+
+def cgm_plan() -> CarePlan:
+    return plan(Condition.DIABETES, expected=[ExpectedMeasurement(metric=Metric.GLUCOSE, every_minutes=5)])
+
+
+@pytest.mark.parametrize(("minutes", "fires"), [(10, False), (15, True)])
+def test_gl5_needs_15_minutes_below_3_on_a_continuous_monitor(minutes: int, fires: bool) -> None:
+    """GL-5: a CGM level-2 low event needs >= 15 consecutive minutes below 3.0 mmol/L."""
+    p = Patient(cgm_plan())
+    for i in range(0, minutes + 1, 5):
+        p.feed(Metric.GLUCOSE, 2.7, T0 + timedelta(minutes=i))
+    assert ("GL-5" in p.rules()) is fires
+
+
+# ------------------------------------------------------------------ temperature
+@pytest.mark.parametrize(
+    ("value", "unit", "rules"),
+    [
+        (38.0, "Cel", {"T-1"}),
+        (37.9, "Cel", set()),
+        (100.4, "[degF]", {"T-1"}),
+        (35.0, "Cel", {"NEWS2-T"}),
+        (34.9, "Cel", {"T-2", "NEWS2-T"}),
+        (35.1, "Cel", set()),
+    ],
+)
+def test_temperature_boundaries(value: float, unit: str, rules: set[str]) -> None:
+    """Fever is >= 38.0 °C (100.4 °F too); 35.0 °C is not hypothermia (< 35.0) but is NEWS2 3."""
+    p = Patient(plan(Condition.INFECTION_WATCH))
+    p.feed(Metric.BODY_TEMPERATURE, value, T0, unit=unit)
+    assert p.rules() <= rules | {"T-2", "NEWS2-T"}
+    fired = {r for e in p.events for r in [e.rule_id]}
+    # the hypothermia episode names its most severe rule; every rule that fired is in the state
+    seen = set().union(*(rec.episodes[k].rules for rec in p.records.values() for k in rec.episodes))
+    assert seen == rules
+    assert fired <= rules
+
+
+def test_t1_threshold_can_be_lowered_by_the_care_plan() -> None:
+    """NHS Inform uses 37.8 °C: a plan override applies and is marked as coming from the plan."""
+    p = Patient(plan(Condition.INFECTION_WATCH, thresholds={"T-1": {"cel": 37.8}}))
+    (event,) = p.feed(Metric.BODY_TEMPERATURE, 37.8, T0)
+    assert event.threshold is not None and event.threshold.from_care_plan and event.threshold.value == 37.8
+
+
+# ------------------------------------------------------------------ SpO2 and pulse
+@pytest.mark.parametrize(("scale", "alerts"), [(Spo2Scale.HYPERCAPNIC, False), (Spo2Scale.DEFAULT, True)])
+def test_spo2_89_depends_on_the_prescribed_target(scale: Spo2Scale, alerts: bool) -> None:
+    """89 % is inside a prescribed 88-92 % target, and an alert (RS-4, NEWS2 3) on the default scale."""
+    p = Patient(plan(Condition.COPD, spo2_scale=scale))
+    events = p.feed(Metric.SPO2, 89.0, T0)
+    assert bool(events) is alerts
+
+
+def test_spo2_scale_2_alerts_below_88() -> None:
+    """On scale 2, RS-1 fires below the 88 % target and NEWS2-S2 at 83 %."""
+    p = Patient(plan(Condition.COPD, spo2_scale=Spo2Scale.HYPERCAPNIC))
+    assert not p.feed(Metric.SPO2, 88.0, T0)
+    assert [e.rule_id for e in p.feed(Metric.SPO2, 87.0, T0 + timedelta(hours=1))] == ["RS-1"]
+    (event,) = p.feed(Metric.SPO2, 83.0, T0 + timedelta(hours=2))
+    assert (event.rule_id, event.severity, event.change) == ("NEWS2-S2", Severity.RED, EpisodeChange.ESCALATED)
+
+
+def test_news2_on_scale_1_is_a_sub_score_never_a_sum() -> None:
+    """91 % scores 3 (red); 92 % scores 2, which alone is no trigger."""
+    p = Patient(plan(Condition.HEART_FAILURE))
+    assert not p.feed(Metric.SPO2, 92.0, T0)
+    (event,) = p.feed(Metric.SPO2, 91.0, T0 + timedelta(hours=1))
+    assert (event.rule_id, event.severity) == ("NEWS2-S1", Severity.RED)
+    assert "NEWS2" in event.explanation and "sub-score 3" in event.explanation
+
+
+def stable_spo2(p: Patient, base: float = 95.0) -> datetime:
+    return daily(p, Metric.SPO2, [base, base + 1, base, base - 1, base, base + 1, base])
+
+
+@pytest.mark.parametrize(("value", "fires"), [(93.0, False), (92.0, True)])
+def test_rs2_is_a_fall_of_3_points_from_the_personal_baseline(value: float, fires: bool) -> None:
+    """RS-2 needs >= 3 points below the median of the patient's own stable days."""
+    p = Patient(plan(Condition.COPD))
+    after = stable_spo2(p)
+    p.feed(Metric.SPO2, value, after)
+    assert ("RS-2" in p.rules() or any("RS-2" in r.episodes.get("spo2_low", _NO).rules for r in p.records.values())) is fires
+
+
+class _No:
+    rules: list[str] = []
+
+
+_NO = _No()
+
+
+def test_baseline_rules_wait_for_enough_history() -> None:
+    """With fewer than 5 readings over 5 days, only absolute thresholds may fire (RS-2 does not)."""
+    p = Patient(plan(Condition.COPD))
+    daily(p, Metric.SPO2, [96.0, 96.0, 96.0])
+    p.feed(Metric.SPO2, 92.0, T0 + timedelta(days=3))
+    assert "RS-2" not in p.rules()
+
+
+@pytest.mark.parametrize(("value", "rule"), [(40.0, "NEWS2-P"), (41.0, None), (131.0, "NEWS2-P"), (130.0, None)])
+def test_news2_pulse_sub_score_3(value: float, rule: str | None) -> None:
+    """Pulse scores 3 at <= 40 and >= 131 /min."""
+    p = Patient(plan(Condition.INFECTION_WATCH, rules_off=["RS-8P"]))
+    events = p.feed(Metric.PULSE, value, T0)
+    assert [e.rule_id for e in events] == ([rule] if rule else [])
+
+
+@pytest.mark.parametrize(("value", "fires"), [(110.0, False), (111.0, True), (40.0, False), (39.0, True)])
+def test_hf4_pulse_limits_are_strict(value: float, fires: bool) -> None:
+    """HF-4 is < 40 or > 110 /min."""
+    p = Patient(plan(Condition.HEART_FAILURE, rules_off=["NEWS2-P"]))
+    events = p.feed(Metric.PULSE, value, T0)
+    assert ("HF-4" in {e.rule_id for e in events}) is fires
+
+
+# ------------------------------------------------------------------ episodes, duplicates, late data
+def test_duplicate_reading_is_ignored() -> None:
+    """The same measurement id twice: counted once, no second event."""
+    p = Patient(plan(Condition.DIABETES))
+    assert p.feed(Metric.GLUCOSE, 3.5, T0)
+    assert p.feed(Metric.GLUCOSE, 3.5, T0) == []
+    assert p.records[Metric.GLUCOSE].history.count == 1
+
+
+def test_episode_resolves_after_a_clear_period() -> None:
+    """Normal readings resolve the episode once it has been clear for 24 h, with a version bump."""
+    p = Patient(plan(Condition.DIABETES))
+    p.feed(Metric.GLUCOSE, 3.5, T0)
+    assert p.feed(Metric.GLUCOSE, 6.0, T0 + timedelta(hours=1)) == []
+    assert p.feed(Metric.GLUCOSE, 6.0, T0 + timedelta(hours=24)) == []
+    (event,) = p.feed(Metric.GLUCOSE, 6.0, T0 + timedelta(hours=25))
+    assert (event.change, event.version) == (EpisodeChange.RESOLVED, 2)
+    again = p.feed(Metric.GLUCOSE, 3.5, T0 + timedelta(hours=26))
+    assert again[0].change is EpisodeChange.OPENED and again[0].episode_id != event.episode_id
+
+
+def test_reading_days_late_is_marked_and_not_urgent() -> None:
+    """A hypo measured three days before the stream's clock is late and info, not red."""
+    p = Patient(plan(Condition.DIABETES))
+    (event,) = p.feed(Metric.GLUCOSE, 2.5, T0, clock=T0 + timedelta(days=3))
+    assert event.late and event.severity is Severity.INFO
+
+
+def test_kit_silent_and_missed_are_separate_and_clear_when_data_returns() -> None:
+    """A skipped window while the kit is alive is "missed"; no message for 13 h is "silent"."""
+    care = plan(Condition.HEART_FAILURE, timezone="UTC",
+                expected=[ExpectedMeasurement(metric=Metric.BODY_WEIGHT, windows=[ScheduleWindow(start="07:00", end="09:00")])])
+    p = Patient(care)
+    p.feed(Metric.BODY_WEIGHT, 80.0, T0)  # 08:00, inside the window
+    engine = p.engine
+    # next day: a pulse reading at 06:00 shows the kit alive, but no weight in 07:00-09:00
+    p.feed(Metric.PULSE, 70.0, T0 + timedelta(hours=22))
+    out, _ = engine.deadline(PATIENT, p.patient, p.records, care, clock=(T0 + timedelta(days=1, hours=1, minutes=31)).timestamp(), now=T0)
+    assert [(e.rule_id, e.change) for e in out.events] == [("measurement-missed", EpisodeChange.OPENED)]
+    assert [e.change for e in p.feed(Metric.BODY_WEIGHT, 80.1, T0 + timedelta(days=1, hours=2))] == [EpisodeChange.RESOLVED]
+    out, _ = engine.deadline(PATIENT, p.patient, p.records, care, clock=(T0 + timedelta(days=1, hours=15, minutes=1)).timestamp(), now=T0)
+    assert [(e.rule_id, e.change) for e in out.events] == [("kit-silent", EpisodeChange.OPENED)]
+    assert p.patient.episodes["kit_silent"].opened_at == (T0 + timedelta(days=1, hours=15)).timestamp()
+    assert [e.rule_id for e in p.feed(Metric.PULSE, 70.0, T0 + timedelta(days=2))] == ["kit-silent"]
+
+
+def test_rule_plan_defaults_without_a_care_plan() -> None:
+    """An unplanned patient gets the absolute rules, never optional ones like HF-2 or T-3."""
+    rules = rule_plan(None)
+    assert rules.on("GL-2") and rules.on("T-1") and not rules.on("HF-2") and not rules.on("T-3")
+
+
+def test_state_per_patient_metric_stays_under_2_kb() -> None:
+    """A CGM patient's glucose state after 35 days of 5-minute readings stays below 2 KB."""
+    p = Patient(cgm_plan())
+    for i in range(35 * 288):
+        p.feed(Metric.GLUCOSE, 6.0 + (i % 7) * 0.1, T0 + timedelta(minutes=5 * i))
+    assert len(encode(p.records[Metric.GLUCOSE])) < 2048
