@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import Stack
 from tests.integration.archive_support import ArchiveProcess
+from tests.integration.monitor_support import MonitorProcess
 from tests.integration.bridge_support import BridgeProcess, prepare
 
 
@@ -29,5 +30,13 @@ def archive(
 ) -> Iterator[ArchiveProcess]:
     prepare(stack, unique)
     process = ArchiveProcess(stack, unique, artefacts)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def monitor(stack: Stack, kafka_bootstrap: str, unique: str, artefacts: Path) -> Iterator[MonitorProcess]:
+    prepare(stack, unique)
+    process = MonitorProcess(stack, unique, artefacts)
     yield process
     process.stop()

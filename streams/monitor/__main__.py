@@ -1,0 +1,78 @@
+"""`vaktrom-monitor` (`python -m streams.monitor`): evaluate readings and raise alert episodes until SIGTERM or Ctrl-C.
+
+Configuration comes from the environment (VAKTROM_KAFKA_*, VAKTROM_TOPIC_PREFIX, VAKTROM_MONITOR_*;
+`vaktrom-monitor --help` lists them). Exit codes: 0 stopped cleanly, 2 bad configuration, 3 Kafka
+could not be reached or the topics are missing, 1 anything else. Run several processes with the same
+VAKTROM_MONITOR_APP_ID to share the partitions; state moves with them through the changelog topics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import faust
+
+from contracts.ops import OpsServer, serve
+from contracts.settings import KafkaSettings
+from contracts.stage import run_stage
+from streams.monitor.app import Monitor, build_monitor
+from streams.monitor.settings import MonitorSettings
+
+log = logging.getLogger("streams.monitor")
+
+
+class MonitorStage:
+    """The monitor as a stage: build at start, run the faust worker, stop it on a signal."""
+
+    def __init__(self, *, kafka: KafkaSettings, settings: MonitorSettings) -> None:
+        self._kafka, self._settings = kafka, settings
+        self._monitor: Monitor | None = None
+        self._worker: faust.Worker | None = None
+        self._ops: OpsServer | None = None
+
+    def start(self) -> None:
+        self._monitor = build_monitor(kafka=self._kafka, settings=self._settings)
+        monitor = self._monitor
+        self._ops = serve(
+            host=self._settings.metrics_host,
+            port=self._settings.metrics_port,
+            port_env="VAKTROM_MONITOR_METRICS_PORT",
+            exposition=monitor.metrics.exposition,
+            health=lambda: {"ok": self._worker is not None, "partitions": sorted(monitor.loaded)},
+        )
+        log.info("monitor %s: store %s, reading %s", self._settings.app_id, self._settings.store, monitor.names["measurements"])
+
+    def run(self) -> None:
+        assert self._monitor is not None
+        # The worker installs its own SIGTERM/SIGINT handlers: it stops the agent, flushes the
+        # producer, commits and leaves the group.
+        self._worker = faust.Worker(self._monitor.app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+        try:
+            self._worker.execute_from_commandline()
+        except SystemExit as exc:
+            if exc.code not in (0, None):
+                raise
+        finally:
+            if self._ops is not None:
+                self._ops.stop()
+
+    def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.stop_and_shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_stage(
+        prog="vaktrom-monitor",
+        description="Monitor: keeps per-patient baselines, evaluates the clinical rules on every "
+        "reading and emits explainable alert episodes to Kafka.",
+        settings=(KafkaSettings, MonitorSettings),
+        build=lambda kafka, settings: MonitorStage(kafka=kafka, settings=settings),
+        logger="streams.monitor",
+        argv=argv,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,341 @@
+"""The monitor as a faust app: one agent, one state table, one timer.
+
+    measurements, kit status, care plans, ticks  --(keyed by patient, co-partitioned)-->  agent
+    agent  --reads/writes-->  table "state"  (MetricRecord per patient+metric, PatientRecord per patient)
+    agent  --alert events-->  vaktrom.alerts.v1
+
+Faust gives every patient a single writer: all four inputs are keyed by patient and have the same
+number of partitions, so a patient's readings, status, plan and deadlines meet in one partition and
+one process. The tick topic is the monitor's own: every `tick_s` the timer puts one tick on each
+partition this worker owns, and the agent, handling it like any record of that partition, fires the
+event-time deadlines due there (kit silent, measurement missed, all-clear). That keeps table writes
+inside stream processing, where faust can attach them to the right changelog partition.
+
+Delivery: at least once, with idempotent effects. Faust commits offsets only after the producer has
+flushed the changelog and alert records. After a crash the state may be ahead of the offsets:
+replayed readings are then duplicates (ignored by id) and each partition's episodes are announced
+again on its first tick, so an event lost between the state write and the crash is still delivered;
+consumers apply events by (episode id, version), which makes repeats harmless. Faust's exactly-once
+mode is not used (it has open bugs around rebalances).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import msgspec
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from contracts import AlertEvent, CarePlan, KitStatusEvent, Measurement, Metric, Trace, topics
+from contracts.settings import KafkaSettings
+from contracts.stage import StageError
+from streams.monitor.engine import Engine, MetricRecord, Outcome, decode_metric, decode_patient, encode
+from streams.monitor.episodes import Timing
+from streams.monitor.metrics import MonitorMetrics
+from streams.monitor.settings import MonitorSettings
+
+__all__ = ["Monitor", "MonitorError", "build_monitor"]
+
+log = logging.getLogger(__name__)
+
+_KIT = b"|kit"
+_METRIC_KEYS = {metric: f"|{metric.value}".encode() for metric in Metric}
+_measurement = msgspec.json.Decoder(Measurement)
+_status = msgspec.json.Decoder(KitStatusEvent)
+_careplan = msgspec.json.Decoder(CarePlan)
+_json = msgspec.json.Encoder()
+
+
+class MonitorError(StageError):
+    """The monitor cannot start: Kafka unreachable or the input topics missing."""
+
+
+@dataclass(slots=True)
+class _Clock:
+    """A partition's event-time clock: the latest measured time seen, moved on by wall time since."""
+
+    event: float = 0.0
+    wall: float = 0.0
+
+    def see(self, t: float) -> None:
+        now = time.time()
+        if t > self.now(now):
+            self.event, self.wall = t, now
+
+    def now(self, wall: float | None = None) -> float:
+        if not self.event:
+            return 0.0
+        return self.event + ((wall or time.time()) - self.wall)
+
+
+@dataclass(slots=True)
+class Monitor:
+    """The faust app and what its agent keeps in memory (clocks, deadline heaps, decoded plans)."""
+
+    app: faust.App
+    engine: Engine
+    metrics: MonitorMetrics
+    names: dict[str, str]
+    clocks: dict[int, _Clock] = field(default_factory=dict)
+    heaps: dict[int, list[tuple[float, bytes]]] = field(default_factory=dict)
+    loaded: set[int] = field(default_factory=set)
+    plans: dict[bytes, tuple[bytes, CarePlan]] = field(default_factory=dict)  # decoded once per version
+
+
+def _partitions(kafka: KafkaSettings, names: list[str]) -> int:
+    """The partition count of the input topics (they must agree, or patients would not meet)."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=kafka.servers, client_id="vaktrom-monitor-setup")
+    except KafkaError as exc:
+        raise MonitorError(
+            f"cannot reach Kafka at {kafka.bootstrap} ({exc}); is it running?", retriable=True
+        ) from None
+    try:
+        described = {
+            d["name"]: len(d["partitions"]) for d in admin.describe_topics(names) if d.get("partitions")
+        }
+    finally:
+        admin.close()
+    missing = [n for n in names if n not in described]
+    if missing:
+        raise MonitorError(
+            f"Kafka topics {', '.join(missing)} do not exist; run `infra/topics.py` (make up does)",
+            retriable=True,
+        )
+    counts = set(described.values())
+    if len(counts) != 1:
+        raise MonitorError(
+            f"input topics must have equal partition counts to meet per patient: {described}", retriable=False
+        )
+    return counts.pop()
+
+
+def _ensure_tick_topic(kafka: KafkaSettings, name: str, partitions: int, replication: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=kafka.servers, client_id="vaktrom-monitor-setup")
+    try:
+        admin.create_topics(
+            [NewTopic(name, partitions, replication, topic_configs={"retention.ms": "3600000"})]
+        )
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
+
+
+def build_monitor(*, kafka: KafkaSettings, settings: MonitorSettings) -> Monitor:
+    prefix = kafka.topic_prefix
+    names = {
+        "measurements": topics.measurement_topic(prefix),
+        "status": topics.kit_status_topic(prefix),
+        "careplans": topics.careplan_topic(prefix),
+        "alerts": topics.alert_topic(prefix),
+        "ticks": f"{prefix}{settings.app_id}-ticks",
+    }
+    partitions = _partitions(
+        kafka, [names["measurements"], names["status"], names["careplans"], names["alerts"]]
+    )
+    _ensure_tick_topic(kafka, names["ticks"], partitions, settings.replication)
+    app = faust.App(
+        settings.app_id if not prefix else f"{prefix}{settings.app_id}",
+        broker=[f"kafka://{server}" for server in kafka.servers],
+        store=settings.store,
+        datadir=settings.data_dir,
+        topic_partitions=partitions,
+        topic_replication_factor=settings.replication,
+        web_enabled=False,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+    )
+    engine = Engine(
+        timing=Timing(
+            resolve_after_s=settings.resolve_after_h * 3600.0,
+            late_after_s=settings.late_after_h * 3600.0,
+            stale_after_s=settings.stale_after_h * 3600.0,
+        ),
+        silent_after_s=settings.silent_after_h * 3600.0,
+        missed_grace_s=settings.missed_grace_min * 60.0,
+    )
+    monitor = Monitor(app, engine, MonitorMetrics(), names)
+    _wire(monitor, partitions=partitions, tick_s=settings.tick_s)
+    return monitor
+
+
+def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:
+    app, names, metrics, engine = monitor.app, monitor.names, monitor.metrics, monitor.engine
+    raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+    source = app.topic(names["measurements"], names["status"], names["careplans"], names["ticks"], **raw)
+    ticks = app.topic(names["ticks"], **raw)
+    alerts = app.topic(names["alerts"], **raw)
+    state = app.Table("state", partitions=partitions, key_type=bytes, value_type=bytes)
+    plans = app.Table("careplans", partitions=partitions, key_type=bytes, value_type=bytes)
+
+    def plan_of(patient: bytes) -> CarePlan | None:
+        stored = plans.get(patient)
+        if stored is None:
+            return None
+        cached = monitor.plans.get(patient)
+        if cached is None or cached[0] != stored:
+            cached = monitor.plans[patient] = (stored, _careplan.decode(stored))
+        return cached[1]
+
+    def clock(partition: int) -> _Clock:
+        return monitor.clocks.setdefault(partition, _Clock())
+
+    def schedule(partition: int, patient: bytes, wake: float | None) -> None:
+        if wake is not None:
+            heapq.heappush(monitor.heaps.setdefault(partition, []), (wake, patient))
+
+    async def emit(patient: bytes, events: list[AlertEvent]) -> None:
+        for event in events:
+            metrics.alerts.labels(event.rule_id, event.severity.value, event.change.value).inc()
+            await alerts.send(key=patient, value=_json.encode(event))
+
+    def write(key: bytes, record: Any) -> None:
+        data = encode(record)
+        metrics.state_bytes.observe(len(data))
+        state[key] = data
+
+    async def on_measurement(partition: int, value: bytes, appended: float | None) -> None:
+        m = _measurement.decode(value)
+        patient = m.patient_id.encode()
+        pkey, mkey = patient + _KIT, patient + _METRIC_KEYS[m.metric]
+        precord = decode_patient(state.get(pkey))
+        record = decode_metric(state.get(mkey))
+        clk = clock(partition)
+        clk.see(m.measured_at.timestamp())
+        now = datetime.now(UTC)
+        trace = msgspec.structs.replace(m.trace, monitor_processed=now)
+        out = engine.measurement(m, record, precord, plan_of(patient), clock=clk.now(), now=now, trace=trace)
+        if out.duplicate:
+            metrics.duplicates.inc()
+            return
+        write(mkey, record)
+        _after(partition, patient, pkey, precord, out)
+        await emit(patient, out.events)
+        if appended:
+            metrics.latency.observe(max(0.0, time.time() - appended))
+
+    def _after(partition: int, patient: bytes, pkey: bytes, precord: Any, out: Outcome) -> None:
+        if out.patient_changed or precord.partition != partition:
+            precord.partition = partition
+            write(pkey, precord)
+            schedule(partition, patient, precord.wake_at)
+
+    async def on_status(partition: int, value: bytes) -> None:
+        event = _status.decode(value)
+        if event.patient_id is None:
+            return  # a kit nobody has: the registry's concern, not a patient's
+        patient = event.patient_id.encode()
+        pkey = patient + _KIT
+        precord = decode_patient(state.get(pkey))
+        clock(partition).see(event.at.timestamp())
+        out = engine.status(event, precord, plan_of(patient), now=datetime.now(UTC))
+        _after(partition, patient, pkey, precord, out)
+        await emit(patient, out.events)
+
+    async def on_careplan(patient: bytes, value: bytes) -> None:
+        plan = _careplan.decode(value)
+        current = plan_of(patient)
+        if current is not None and current.version > plan.version:
+            return  # an older version replayed: the newer one stays in force
+        plans[patient] = value
+        monitor.plans[patient] = (value, plan)
+
+    async def load(partition: int) -> None:
+        """First tick of a partition after (re)assignment: rebuild its deadlines, announce its episodes."""
+        monitor.heaps[partition] = []
+        now = datetime.now(UTC)
+        for key, value in list(state.items()):
+            if not key.endswith(_KIT):
+                continue
+            precord = decode_patient(value)
+            if precord.partition != partition:
+                continue
+            patient = key[: -len(_KIT)]
+            schedule(partition, patient, precord.wake_at)
+            episodes = dict(precord.episodes)
+            for metric, suffix in _METRIC_KEYS.items():
+                stored = state.get(patient + suffix)
+                if stored is not None:
+                    episodes.update({f"{metric}:{k}": v for k, v in decode_metric(stored).episodes.items()})
+            await emit(patient, engine.announce(patient.decode(), episodes, now=now))
+        monitor.loaded.add(partition)
+
+    async def on_tick(partition: int) -> None:
+        if partition not in monitor.loaded:
+            await load(partition)
+        clk = clock(partition)
+        now_event = clk.now()
+        if not now_event:
+            return
+        heap = monitor.heaps.setdefault(partition, [])
+        now = datetime.now(UTC)
+        while heap and heap[0][0] <= now_event:
+            wake, patient = heapq.heappop(heap)
+            pkey = patient + _KIT
+            precord = decode_patient(state.get(pkey))
+            if precord.wake_at is None or precord.wake_at > now_event:
+                if precord.wake_at is not None and precord.wake_at != wake:
+                    schedule(partition, patient, precord.wake_at)
+                continue
+            records = {m: decode_metric(state.get(patient + s)) for m, s in _METRIC_KEYS.items()}
+            out, changed = engine.deadline(
+                patient.decode(), precord, records, plan_of(patient), clock=now_event, now=now
+            )
+            for metric in changed:
+                write(patient + _METRIC_KEYS[metric], records[metric])
+            write(pkey, precord)
+            schedule(partition, patient, precord.wake_at)
+            await emit(patient, out.events)
+        metrics.deadlines.set(sum(len(h) for h in monitor.heaps.values()))
+
+    @app.agent(source)
+    async def monitor_agent(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            message = event.message
+            topic, partition = message.topic, message.partition
+            try:
+                if topic == names["measurements"]:
+                    metrics.events.labels("measurement").inc()
+                    appended = message.timestamp if message.timestamp_type == 1 else None
+                    await on_measurement(partition, event.value, appended)
+                elif topic == names["ticks"]:
+                    await on_tick(partition)
+                elif topic == names["status"]:
+                    metrics.events.labels("kit_status").inc()
+                    await on_status(partition, event.value)
+                elif topic == names["careplans"] and event.value is not None:
+                    metrics.events.labels("careplan").inc()
+                    await on_careplan(event.key, event.value)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                metrics.broken.inc()
+                log.warning(
+                    "skipped a record on %s[%d]@%d that breaks its contract: %s",
+                    topic,
+                    partition,
+                    message.offset,
+                    exc,
+                )
+
+    @app.timer(tick_s)
+    async def tick() -> None:
+        for tp in app.consumer.assignment():
+            if tp.topic == names["ticks"]:
+                await ticks.send(value=b"", partition=tp.partition)
+
+    @app.on_partitions_revoked.connect
+    async def forget(_app: Any, revoked: set[Any], **_: Any) -> None:
+        for tp in revoked:
+            if tp.topic == names["ticks"]:
+                monitor.loaded.discard(tp.partition)
+                monitor.heaps.pop(tp.partition, None)

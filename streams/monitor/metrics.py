@@ -1,0 +1,43 @@
+"""The monitor's Prometheus metrics, served on `/metrics` by `contracts.ops`. No patient id in any label."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from contracts.ops import LATENCY_BUCKETS
+
+__all__ = ["MonitorMetrics"]
+
+
+class MonitorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events = Counter("vaktrom_monitor_events", "records processed, by kind", ["kind"], registry=r)
+        self.duplicates = Counter(
+            "vaktrom_monitor_duplicates", "readings seen before (same id), ignored", registry=r
+        )
+        self.broken = Counter(
+            "vaktrom_monitor_records_broken", "records that broke their contract, skipped", registry=r
+        )
+        self.alerts = Counter(
+            "vaktrom_monitor_alert_events", "alert events emitted", ["rule", "severity", "change"], registry=r
+        )
+        self.latency = Histogram(
+            "vaktrom_monitor_processing_seconds",
+            "Kafka append of a measurement to its evaluation done",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.state_bytes = Histogram(
+            "vaktrom_monitor_state_record_bytes",
+            "size of a state record as written",
+            buckets=(128, 256, 512, 1024, 1536, 2048, 4096, 8192),
+            registry=r,
+        )
+        self.deadlines = Gauge(
+            "vaktrom_monitor_deadlines_pending", "patients waiting for a deadline", registry=r
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

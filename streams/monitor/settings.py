@@ -1,0 +1,87 @@
+"""The monitor's own settings (the Kafka connection is the shared `contracts.settings.KafkaSettings`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from contracts.settings import ConfigError, Settings, check_ranges, setting
+
+__all__ = ["MonitorSettings"]
+
+_APP_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MonitorSettings(Settings):
+    app_id: str = setting(
+        "vaktrom-monitor",
+        env="VAKTROM_MONITOR_APP_ID",
+        help="faust app id: the consumer group, and the prefix of the state changelog topics",
+    )
+    store: str = setting(
+        "rocksdb://",
+        env="VAKTROM_MONITOR_STORE",
+        help="table store: rocksdb:// keeps state on disk (restarts recover only the changelog tail); "
+        "memory:// rebuilds it from the changelog at every start",
+    )
+    data_dir: str = setting(
+        ".local/monitor", env="VAKTROM_MONITOR_DATA_DIR", help="where rocksdb keeps the state"
+    )
+    replication: int = setting(
+        1, env="VAKTROM_MONITOR_REPLICATION", help="replication factor of the changelog and tick topics"
+    )
+    resolve_after_h: float = setting(
+        24.0, env="VAKTROM_MONITOR_RESOLVE_AFTER_H", help="an episode resolves once clear for this long"
+    )
+    late_after_h: float = setting(
+        2.0,
+        env="VAKTROM_MONITOR_LATE_AFTER_H",
+        help="a reading measured this long before the stream clock is late",
+    )
+    stale_after_h: float = setting(
+        24.0,
+        env="VAKTROM_MONITOR_STALE_AFTER_H",
+        help="a reading this late can raise at most an info episode (it is history, not news)",
+    )
+    silent_after_h: float = setting(
+        13.0, env="VAKTROM_MONITOR_SILENT_AFTER_H", help="no message from a kit for this long: kit silent"
+    )
+    missed_grace_min: float = setting(
+        30.0,
+        env="VAKTROM_MONITOR_MISSED_GRACE_MIN",
+        help="a schedule window is judged this long after it ends",
+    )
+    tick_s: float = setting(
+        1.0, env="VAKTROM_MONITOR_TICK_S", help="how often deadlines (silent, missed, all-clear) are checked"
+    )
+    metrics_host: str = setting(
+        "127.0.0.1", env="VAKTROM_MONITOR_METRICS_HOST", help="address of the /metrics and /health endpoint"
+    )
+    metrics_port: int = setting(
+        9466, env="VAKTROM_MONITOR_METRICS_PORT", help="port of the /metrics and /health endpoint (0: off)"
+    )
+
+    def validate(self) -> None:
+        if not _APP_ID.match(self.app_id):
+            raise ConfigError(
+                f"VAKTROM_MONITOR_APP_ID={self.app_id!r}: use 1-100 letters, digits, '.', '_', '-'"
+            )
+        if not self.store.startswith(("memory://", "rocksdb://")):
+            raise ConfigError(f"VAKTROM_MONITOR_STORE={self.store!r}: use memory:// or rocksdb://")
+        check_ranges(
+            {
+                "VAKTROM_MONITOR_REPLICATION": (self.replication, 1, 5),
+                "VAKTROM_MONITOR_RESOLVE_AFTER_H": (self.resolve_after_h, 0, 24 * 30),
+                "VAKTROM_MONITOR_LATE_AFTER_H": (self.late_after_h, 0.01, 24 * 30),
+                "VAKTROM_MONITOR_STALE_AFTER_H": (self.stale_after_h, 0.01, 24 * 30),
+                "VAKTROM_MONITOR_SILENT_AFTER_H": (self.silent_after_h, 0.1, 24 * 30),
+                "VAKTROM_MONITOR_MISSED_GRACE_MIN": (self.missed_grace_min, 0, 24 * 60),
+                "VAKTROM_MONITOR_TICK_S": (self.tick_s, 0.05, 60),
+                "VAKTROM_MONITOR_METRICS_PORT": (self.metrics_port, 0, 65535),
+            }
+        )
+        if self.stale_after_h < self.late_after_h:
+            raise ConfigError(
+                "VAKTROM_MONITOR_STALE_AFTER_H must not be shorter than VAKTROM_MONITOR_LATE_AFTER_H"
+            )

@@ -1,0 +1,57 @@
+"""Running the real monitor (faust worker) in tests, and reading what it emits."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from contracts import topics
+from tests.conftest import Stack
+from tests.integration.stage_support import StageProcess, consume
+
+__all__ = ["MonitorProcess", "alert_events", "episodes_of"]
+
+
+@dataclass
+class MonitorProcess(StageProcess):
+    """`python -m streams.monitor` with the test's topic prefix, memory store and a fast tick."""
+
+    module: ClassVar[str] = "streams.monitor"
+    label: ClassVar[str] = "monitor"
+    metrics_env: ClassVar[str] = "VAKTROM_MONITOR_METRICS_PORT"
+
+    def stage_env(self) -> dict[str, str]:
+        return {
+            "VAKTROM_MONITOR_APP_ID": "monitor",
+            "VAKTROM_MONITOR_STORE": "memory://",
+            "VAKTROM_MONITOR_DATA_DIR": str(self.log_dir / f"monitor-{self.name}"),
+            "VAKTROM_MONITOR_TICK_S": "0.2",
+        }
+
+    def wait_events(self, stack: Stack, count: int, timeout: float = 60) -> list[dict[str, Any]]:
+        """Wait until at least `count` alert events are on the alert topic; return them all."""
+        deadline = time.monotonic() + timeout
+        events: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            events = alert_events(stack, self.prefix)
+            if len(events) >= count:
+                return events
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"the monitor exited with {self.process.returncode}:\n{self.tail()}")
+            time.sleep(0.5)
+        raise AssertionError(f"{len(events)} of {count} alert events after {timeout} s:\n{self.tail()}")
+
+
+def alert_events(stack: Stack, prefix: str) -> list[dict[str, Any]]:
+    return [value for _key, value, _headers in consume(stack, topics.alert_topic(prefix), idle=1.5)]
+
+
+def episodes_of(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Events grouped by episode id, in version order, one per version (as a consumer applies them)."""
+    by_id: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for event in events:
+        by_id[event["episode_id"]][event["version"]] = event
+    return {eid: [versions[v] for v in sorted(versions)] for eid, versions in by_id.items()}
