@@ -8,7 +8,11 @@ VAKTROM_MONITOR_APP_ID to share the partitions; state moves with them through th
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
+import threading
 from collections.abc import Sequence
 
 import faust
@@ -20,6 +24,18 @@ from streams.monitor.app import Monitor, build_monitor
 from streams.monitor.settings import MonitorSettings
 
 log = logging.getLogger("streams.monitor")
+
+_STOP_GRACE_S = 10.0
+
+
+def _give_up() -> None:
+    logging.getLogger("streams.monitor").warning(
+        "vaktrom-monitor: the faust worker did not finish stopping within %.0f s; exiting now "
+        "(uncommitted records will be replayed and recognised as duplicates)",
+        _STOP_GRACE_S,
+    )
+    logging.shutdown()
+    os._exit(0)
 
 
 class MonitorStage:
@@ -47,7 +63,16 @@ class MonitorStage:
         assert self._monitor is not None
         # The worker installs its own SIGTERM/SIGINT handlers: it stops the agent, flushes the
         # producer, commits and leaves the group.
-        self._worker = faust.Worker(self._monitor.app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+        stage = self
+
+        class _Worker(faust.Worker):  # type: ignore[misc]  # faust is untyped
+            def install_signal_handlers(self) -> None:
+                # Ours instead of the worker's, so that every stop comes with the watchdog below.
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    self.loop.add_signal_handler(signum, stage._on_signal, signum)
+
+        self._worker = _Worker(self._monitor.app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+
         try:
             self._worker.execute_from_commandline()
         except SystemExit as exc:
@@ -57,9 +82,24 @@ class MonitorStage:
             if self._ops is not None:
                 self._ops.stop()
 
+    def _on_signal(self, signum: int) -> None:
+        log.info("vaktrom-monitor: %s received; finishing what is in hand and stopping", signal.Signals(signum).name)
+        self.stop()
+
     def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.stop_and_shutdown()
+        worker = self._worker
+        if worker is not None:
+            # Called from a signal handler while the worker's loop runs: hand it the stop. The worker
+            # stops the agent, flushes the producer, commits and leaves the group, then returns.
+            asyncio.run_coroutine_threadsafe(worker.stop(), worker.loop)
+            # faust's consumer thread can hang while stopping (robinhood/faust#484, seen here with
+            # aiokafka 0.14: the agent, tables and producer have stopped, the consumer thread never
+            # returns). Processing is at least once with idempotent effects, so ending the process
+            # after a grace period is safe: Kafka replays the uncommitted tail, which the monitor
+            # recognises as duplicates.
+            watchdog = threading.Timer(_STOP_GRACE_S, _give_up)
+            watchdog.daemon = True
+            watchdog.start()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -155,6 +155,9 @@ def build_monitor(*, kafka: KafkaSettings, settings: MonitorSettings) -> Monitor
         processing_guarantee="at_least_once",
         broker_commit_every=1000,
         broker_commit_interval=1.0,
+        # A crashed worker's partitions move after this long (faust's default is a minute).
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 3.0),
     )
     engine = Engine(
         timing=Timing(

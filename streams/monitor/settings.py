@@ -31,6 +31,11 @@ class MonitorSettings(Settings):
     replication: int = setting(
         1, env="VAKTROM_MONITOR_REPLICATION", help="replication factor of the changelog and tick topics"
     )
+    session_timeout_s: float = setting(
+        10.0,
+        env="VAKTROM_MONITOR_SESSION_TIMEOUT_S",
+        help="how long Kafka waits for a silent (crashed) worker before moving its partitions",
+    )
     resolve_after_h: float = setting(
         24.0, env="VAKTROM_MONITOR_RESOLVE_AFTER_H", help="an episode resolves once clear for this long"
     )
@@ -72,6 +77,7 @@ class MonitorSettings(Settings):
         check_ranges(
             {
                 "VAKTROM_MONITOR_REPLICATION": (self.replication, 1, 5),
+                "VAKTROM_MONITOR_SESSION_TIMEOUT_S": (self.session_timeout_s, 6, 300),
                 "VAKTROM_MONITOR_RESOLVE_AFTER_H": (self.resolve_after_h, 0, 24 * 30),
                 "VAKTROM_MONITOR_LATE_AFTER_H": (self.late_after_h, 0.01, 24 * 30),
                 "VAKTROM_MONITOR_STALE_AFTER_H": (self.stale_after_h, 0.01, 24 * 30),

@@ -1,0 +1,169 @@
+"""A 14-day simulated cohort through the real bridge and monitor, scored against the simulator's ground truth.
+
+Kits publish over MQTT, the bridge puts readings on Kafka and the monitor raises episodes; half-way
+through, the monitor is killed with SIGKILL and started again. The test reports (and writes to
+`bench/results/monitor_cohort.json`) episode sensitivity, nurse-facing alerts per stable patient per
+30 days and duplicate episodes, and holds them to the issue's goals.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from kafka import KafkaConsumer, TopicPartition
+
+from contracts import CarePlan, Condition, ExpectedMeasurement, ScheduleWindow, Spo2Scale, topics
+from streams.monitor.catalogue import RULES
+from tests.conftest import REPO, Stack
+from tests.integration.bridge_support import BridgeProcess, register
+from tests.integration.monitor_support import MonitorProcess, alert_events, episodes_of
+from tests.integration.stage_support import produce
+
+PATIENTS = "heart_failure=30,copd=30,diabetes=25,infection=25"
+CONDITIONS = {"heart_failure": Condition.HEART_FAILURE, "copd": Condition.COPD, "diabetes": Condition.DIABETES,
+              "infection": Condition.INFECTION_WATCH}
+FAULTS = "silent=0.04,skip=0.02,duplicate=0.01"
+GRACE = timedelta(hours=24)  # an episode counts as found if an alert episode overlaps it, or opens within a day after
+
+
+def _plan(row: dict[str, Any], at: datetime) -> tuple[str, bytes]:
+    expected = [
+        ExpectedMeasurement(metric=e["metric"], windows=[ScheduleWindow(**w) for w in e.get("windows", [])],
+                            every_minutes=e.get("every_minutes"))
+        for e in row["expected"]
+    ]
+    plan = CarePlan(patient_id=row["patient_id"], version=1, condition=CONDITIONS[row["condition"]], team_id="sim",
+                    timezone=row["timezone"], spo2_scale=Spo2Scale(row["spo2_scale"]), expected=expected,
+                    changed_at=at, changed_by="test")
+    return row["patient_id"], msgspec.json.encode(plan)
+
+
+def _sim(bridge: BridgeProcess, stack: Stack, out: Path, *, dry: bool) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "gateway_sim", "run", "--patients", PATIENTS, "--days", "14", "--seed", "5",
+           "--faults", FAULTS, "--kit-prefix", f"{bridge.name[:12]}C", "--topic-root", bridge.root,
+           "--confirm", "receipt", "--resend-after", "20", "--host", stack.mqtt_host, "--port",
+           str(stack.mqtt_port), "--out", str(out), "--quiet"]  # fmt: skip
+    if dry:
+        cmd.append("--dry-run")
+    env = {"PYTHONPATH": f"{REPO}:{REPO / 'gateway-sim'}", "PATH": "/usr/bin:/bin"}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _records(stack: Stack, topic: str) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=stack.kafka_bootstrap)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return sum(consumer.end_offsets(parts).values())
+    finally:
+        consumer.close()
+
+
+def score(truth: list[dict[str, Any]], events: list[dict[str, Any]], patients: int) -> dict[str, Any]:
+    episodes = episodes_of(events)
+    finals = [versions[-1] for versions in episodes.values()]
+    problems_of = {e: {RULES[v["rule_id"]].problem for v in vs} for e, vs in episodes.items()}
+    # duplicates: two episodes of one patient and problem open at the same time
+    spans: dict[tuple[str, str], list[tuple[datetime, datetime]]] = defaultdict(list)
+    for eid, final in zip(episodes, finals, strict=True):
+        start = datetime.fromisoformat(final["opened_at"])
+        end = datetime.fromisoformat(final["resolved_at"]) if final["resolved_at"] else datetime.max.replace(tzinfo=start.tzinfo)
+        for problem in problems_of[eid]:
+            spans[(final["patient_id"], problem)].append((start, end))
+    duplicates = sum(
+        1 for s in spans.values() for i, a in enumerate(sorted(s)) for b in sorted(s)[i + 1 :] if b[0] < a[1]
+    )
+    found: dict[str, list[bool]] = defaultdict(list)
+    unstable = set()
+    for t in truth:
+        rules = t["expected_rules"]
+        wanted = {RULES[r].problem for r in rules if r in RULES}
+        start, end = datetime.fromisoformat(t["start"]), datetime.fromisoformat(t["end"])
+        if t["kind"] not in ("kit_silent", "measurement_missed"):
+            unstable.add(t["patient_id"])
+        hit = any(
+            final["patient_id"] == t["patient_id"] and problems_of[eid] & wanted
+            and datetime.fromisoformat(final["opened_at"]) <= end + GRACE
+            and datetime.fromisoformat(final["last_seen_at"]) >= start
+            for eid, final in zip(episodes, finals, strict=True)
+        )
+        found[t["kind"]].append(hit)
+    clinical = [h for kind, hits in found.items() if kind not in ("kit_silent", "measurement_missed") for h in hits]
+    stable = patients - len(unstable)
+    nurse = [f for f in finals if f["patient_id"] not in unstable and f["severity"] in ("red", "yellow")]
+    return {
+        "patients": patients,
+        "injected_episodes": len(clinical),
+        "detected": sum(clinical),
+        "sensitivity": round(sum(clinical) / len(clinical), 3) if clinical else None,
+        "by_kind": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(found.items())},
+        "stable_patients": stable,
+        "nurse_facing_on_stable": len(nurse),
+        "nurse_facing_per_stable_patient_per_30d": round(len(nurse) / stable * 30 / 14, 3) if stable else None,
+        "nurse_facing_rules_on_stable": sorted({f["rule_id"] for f in nurse}),
+        "alert_episodes": len(episodes),
+        "alert_events": len(events),
+        "duplicate_episodes": duplicates,
+    }
+
+
+def test_cohort_of_110_patients_over_14_days_with_a_monitor_crash(
+    stack: Stack, bridge: BridgeProcess, monitor: MonitorProcess, artefacts: Path
+) -> None:
+    """>= 90 % of injected episodes found, <= 2 nurse-facing alerts per stable patient per 30 days, no duplicates,
+    with the monitor killed (SIGKILL) and restarted in the middle of the run."""
+    out = artefacts / f"cohort-{bridge.name}"
+    dry = _sim(bridge, stack, out, dry=True)
+    assert dry.wait(120) == 0, dry.stderr.read() if dry.stderr else ""
+    enrolment = json.loads((out / "enrolment.json").read_text())
+    register(stack, enrolment)
+    now = datetime.now().astimezone()
+    produce(stack, topics.careplan_topic(monitor.prefix), [_plan(row, now) for row in enrolment])
+    bridge.start()
+    monitor.start()
+    started = time.monotonic()
+    sim = _sim(bridge, stack, out, dry=False)
+    before = 0.0
+    deadline = time.monotonic() + 120
+    while before < 2500 and time.monotonic() < deadline:  # of about 7,000: the kill lands mid-run
+        time.sleep(0.2)
+        before = monitor.metrics().get('vaktrom_monitor_events_total{kind="measurement"}', 0.0)
+    monitor.kill()
+    time.sleep(2)
+    monitor.start()
+    _stdout, stderr = sim.communicate(timeout=900)
+    assert sim.returncode == 0, stderr[-2000:]
+    sim_seconds = time.monotonic() - started
+    # let the restarted monitor catch up with every measurement on the topic, and its clock pass
+    # the last deadlines
+    total = _records(stack, topics.measurement_topic(monitor.prefix))
+    deadline = time.monotonic() + 180
+    after = 0.0
+    while time.monotonic() < deadline:
+        after = monitor.metrics().get('vaktrom_monitor_events_total{kind="measurement"}', 0.0)
+        if after + before >= total:
+            break
+        time.sleep(0.5)
+    caught_up = time.monotonic() - started - sim_seconds
+    time.sleep(5)
+    ledger = {"measurements_on_topic": total, "processed_after_restart": after, "catch_up_s": round(caught_up, 1)}
+    events = alert_events(stack, monitor.prefix)
+    truth = [json.loads(line) for line in (out / "ground-truth.jsonl").open()]
+    result = score(truth, events, len(enrolment))
+    result |= {"measurements_before_kill": before, "sim_seconds": round(sim_seconds, 1), "recovery": ledger,
+               "restarts": monitor.starts - 1}
+    print(json.dumps(result, indent=1))
+    results = REPO / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "monitor_cohort.json").write_text(json.dumps(result, indent=1) + "\n")
+    assert 0 < before < 5000, "the kill must land in the middle of the run"
+    assert result["duplicate_episodes"] == 0, result
+    assert result["sensitivity"] >= 0.9, result
+    assert result["nurse_facing_per_stable_patient_per_30d"] <= 2.0, result
