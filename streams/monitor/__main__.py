@@ -4,7 +4,7 @@ Configuration comes from the environment (VAKTROM_KAFKA_*, VAKTROM_TOPIC_PREFIX,
 `vaktrom-monitor --help` lists them). Exit codes: 0 stopped cleanly, 2 bad configuration, 3 Kafka
 could not be reached or the topics are missing, 1 anything else. Run several processes with the same
 VAKTROM_MONITOR_APP_ID to share the partitions; state moves with them through the changelog topics.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -57,7 +57,12 @@ class MonitorStage:
             exposition=monitor.metrics.exposition,
             health=lambda: {"ok": self._worker is not None, "partitions": sorted(monitor.loaded)},
         )
-        log.info("monitor %s: store %s, reading %s", self._settings.app_id, self._settings.store, monitor.names["measurements"])
+        log.info(
+            "monitor %s: store %s, reading %s",
+            self._settings.app_id,
+            self._settings.store,
+            monitor.names["measurements"],
+        )
 
     def run(self) -> None:
         assert self._monitor is not None
@@ -65,7 +70,7 @@ class MonitorStage:
         # producer, commits and leaves the group.
         stage = self
 
-        class _Worker(faust.Worker):  # type: ignore[misc]  # faust is untyped
+        class _Worker(faust.Worker):
             def install_signal_handlers(self) -> None:
                 # Ours instead of the worker's, so that every stop comes with the watchdog below.
                 for signum in (signal.SIGTERM, signal.SIGINT):
@@ -83,7 +88,10 @@ class MonitorStage:
                 self._ops.stop()
 
     def _on_signal(self, signum: int) -> None:
-        log.info("vaktrom-monitor: %s received; finishing what is in hand and stopping", signal.Signals(signum).name)
+        log.info(
+            "vaktrom-monitor: %s received; finishing what is in hand and stopping",
+            signal.Signals(signum).name,
+        )
         self.stop()
 
     def stop(self) -> None:

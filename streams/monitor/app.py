@@ -33,10 +33,10 @@ import msgspec
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from contracts import AlertEvent, CarePlan, KitStatusEvent, Measurement, Metric, Trace, topics
+from contracts import AlertEvent, CarePlan, KitStatusEvent, Measurement, Metric, topics
 from contracts.settings import KafkaSettings
 from contracts.stage import StageError
-from streams.monitor.engine import Engine, MetricRecord, Outcome, decode_metric, decode_patient, encode
+from streams.monitor.engine import Engine, Outcome, decode_metric, decode_patient, encode
 from streams.monitor.episodes import Timing
 from streams.monitor.metrics import MonitorMetrics
 from streams.monitor.settings import MonitorSettings
@@ -173,7 +173,7 @@ def build_monitor(*, kafka: KafkaSettings, settings: MonitorSettings) -> Monitor
     return monitor
 
 
-def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:
+def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa: PLR0915
     app, names, metrics, engine = monitor.app, monitor.names, monitor.metrics, monitor.engine
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     source = app.topic(names["measurements"], names["status"], names["careplans"], names["ticks"], **raw)
@@ -330,13 +330,13 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:
                     exc,
                 )
 
-    @app.timer(tick_s)
+    @app.timer(tick_s)  # type: ignore[untyped-decorator]  # faust is untyped
     async def tick() -> None:
         for tp in app.consumer.assignment():
             if tp.topic == names["ticks"]:
                 await ticks.send(value=b"", partition=tp.partition)
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's signal typing
     async def forget(_app: Any, revoked: set[Any], **_: Any) -> None:
         for tp in revoked:
             if tp.topic == names["ticks"]:

@@ -44,7 +44,7 @@ from streams.monitor.episodes import (
     to_event,
 )
 from streams.monitor.history import History, Point
-from streams.monitor.plan import RulePlan, due_windows, rule_plan
+from streams.monitor.plan import due_windows, rule_plan
 from streams.monitor.rules import evaluate
 
 __all__ = ["Engine", "MetricRecord", "Outcome", "PatientRecord", "decode_metric", "decode_patient", "encode"]
@@ -97,7 +97,7 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Engine:
-    timing: Timing = Timing()
+    timing: Timing = Timing()  # noqa: RUF009
     silent_after_s: float = 13 * 3600.0  # kits send a heartbeat every 6 h; two missed and a margin
     missed_grace_s: float = 30 * 60.0  # a window is judged this long after it ends
 
@@ -250,7 +250,7 @@ class Engine:
                 patient_id,
                 "kit-silent",
                 at,
-                f"No message from the kit since {_fmt(patient.last_seen)} ({(clock - patient.last_seen) / 3600:.0f} h)",
+                f"No message from the kit since {_fmt(patient.last_seen)} ({(clock - patient.last_seen) / 3600:.0f} h)",  # noqa: E501
             )
             patient.episodes["kit_silent"] = episode
             out.events.append(to_event(episode, EpisodeChange.OPENED, patient_id=patient_id, emitted_at=now))
@@ -278,19 +278,19 @@ class Engine:
             del patient.resolve_at[problem]
             metric = PROBLEMS[problem].metric
             record = records.get(metric) if metric is not None else None
-            episode = record.episodes.get(problem) if record is not None else None
+            held = record.episodes.get(problem) if record is not None else None
             if (
-                episode is not None
-                and (change := resolve_if_due(episode, now=clock, timing=self.timing)) is not None
+                held is not None
+                and (change := resolve_if_due(held, now=clock, timing=self.timing)) is not None
             ):
-                out.events.append(to_event(episode, change, patient_id=patient_id, emitted_at=now))
+                out.events.append(to_event(held, change, patient_id=patient_id, emitted_at=now))
                 assert metric is not None
                 changed.add(metric)
         _prune(patient.episodes, clock)
         self._rewake(patient, plan)
         return out, changed
 
-    def _check_window(
+    def _check_window(  # noqa: PLR0917
         self,
         patient_id: str,
         patient: PatientRecord,
@@ -308,7 +308,7 @@ class Engine:
         if record is not None and record.history.before(hi + _MISSED_TOLERANCE_S, lo - _MISSED_TOLERANCE_S):
             return
         episode = patient.episodes.get("measurement_missed")
-        text = f"No {METRICS[metric].display.lower()} reading between {_fmt(lo)} and {_fmt(hi)} UTC while the kit was active"
+        text = f"No {METRICS[metric].display.lower()} reading between {_fmt(lo)} and {_fmt(hi)} UTC while the kit was active"  # noqa: E501
         if episode is None or not episode.open:
             episode = self._kit_episode(patient_id, "measurement-missed", hi, text)
             patient.episodes["measurement_missed"] = episode

@@ -171,13 +171,13 @@ def to_event(
     *,
     patient_id: str,
     emitted_at: datetime,
-    trace: Trace = Trace(),
+    trace: Trace = Trace(),  # noqa: B008
 ) -> AlertEvent:
     problem = PROBLEMS[episode.problem]
     rule = RULES[episode.rule_id]
     explanation = episode.explanation
     if change is EpisodeChange.RESOLVED:
-        explanation = f"{problem.title}: resolved, clear since {_instant(episode.cleared_since or episode.resolved_at or 0.0):%-d %b %H:%M} UTC; was: {explanation}"
+        explanation = f"{problem.title}: resolved, clear since {_instant(episode.cleared_since or episode.resolved_at or 0.0):%-d %b %H:%M} UTC; was: {explanation}"  # noqa: E501
     return AlertEvent(
         episode_id=episode.episode_id,
         version=episode.version,

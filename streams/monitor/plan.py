@@ -29,7 +29,7 @@ class RulePlan:
     params: dict[str, dict[str, float]]  # rule id -> parameters (defaults merged with overrides)
     overridden: frozenset[str]  # rules whose parameters come from the care plan
     spo2_scale: Spo2Scale = Spo2Scale.DEFAULT
-    baseline: BaselineSettings = BaselineSettings()
+    baseline: BaselineSettings = BaselineSettings()  # noqa: RUF009
     continuous: frozenset[Metric] = field(default_factory=frozenset)  # measured every <= 15 min
     version: int = 0
 

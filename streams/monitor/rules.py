@@ -55,7 +55,8 @@ class _Context:
         self.plan = plan
         self.value = _r(point.value) if point.value is not None else None
         self.day = int(point.t // DAY_S)
-        self._baseline: RobustBaseline | None | bool = False
+        self._baseline: RobustBaseline | None = None
+        self._baseline_done = False
 
     def finding(
         self,
@@ -82,13 +83,13 @@ class _Context:
 
     def baseline(self) -> RobustBaseline | None:
         """Median/MAD of the daily means over the plan's window, before today (RS-8)."""
-        if self._baseline is False:
+        if not self._baseline_done:
             settings = self.plan.baseline
             days = self.history.days_between(self.day - settings.window_days, self.day - 1)
             self._baseline = robust_baseline(
                 days, min_readings=settings.min_readings, min_days=settings.min_days
             )
-        assert self._baseline is not False
+            self._baseline_done = True
         return self._baseline
 
     def baseline_evidence(self, base: RobustBaseline, unit: str) -> Baseline:
@@ -184,7 +185,7 @@ def _weight(c: _Context) -> list[Finding]:
             mean = _r(sum(d.mean for d in recent) / len(recent))
             drift = _r(mean - base.median)
             if drift > kg:
-                text = f"{shown}; {fmt(short)}-day mean {fmt(mean)} kg is {fmt(drift)} kg above the baseline {fmt(base.median)} kg"
+                text = f"{shown}; {fmt(short)}-day mean {fmt(mean)} kg is {fmt(drift)} kg above the baseline {fmt(base.median)} kg"  # noqa: E501
                 out.append(
                     c.finding(
                         "HF-3",
@@ -200,7 +201,7 @@ def _weight(c: _Context) -> list[Finding]:
 
 
 # ------------------------------------------------------------------ SpO2 (RS-*, NEWS2-S1/S2)
-def _spo2(c: _Context) -> list[Finding]:
+def _spo2(c: _Context) -> list[Finding]:  # noqa: PLR0912
     v = c.value
     if v is None:
         return []
@@ -353,7 +354,7 @@ def _temperature(c: _Context) -> list[Finding]:
 
 
 # ------------------------------------------------------------------ glucose (GL-1..GL-5)
-def _glucose(c: _Context) -> list[Finding]:
+def _glucose(c: _Context) -> list[Finding]:  # noqa: PLR0911
     p, plan = c.point, c.plan
     unit = p.unit or "mmol/L"
     key = "mgdl" if unit == "mg/dL" else "mmol"

@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import Stack
 from tests.integration.archive_support import ArchiveProcess
-from tests.integration.monitor_support import MonitorProcess
 from tests.integration.bridge_support import BridgeProcess, prepare
+from tests.integration.monitor_support import MonitorProcess
 
 
 @pytest.fixture

@@ -16,8 +16,15 @@ T0 = datetime(2026, 11, 10, 8, 0, tzinfo=UTC)
 
 
 def careplan(patient: str, condition: Condition, version: int = 1, **kw: object) -> tuple[str, bytes]:
-    plan = CarePlan(patient_id=patient, version=version, condition=condition, team_id="t", changed_at=T0,
-                    changed_by="test", **kw)  # type: ignore[arg-type]
+    plan = CarePlan(
+        patient_id=patient,
+        version=version,
+        condition=condition,
+        team_id="t",
+        changed_at=T0,
+        changed_by="test",
+        **kw,
+    )  # type: ignore[arg-type]
     return patient, msgspec.json.encode(plan)
 
 
@@ -27,14 +34,21 @@ def test_fluid_gain_opens_one_episode_and_updates_it(stack: Stack, monitor: Moni
     produce(stack, topics.careplan_topic(prefix), [careplan("HF-1-P", Condition.HEART_FAILURE)])
     monitor.start()
     weights = [80.0, 80.4, 81.5, 82.6, 83.0]
-    records = [make_measurement(patient="HF-1-P", kit="K1", metric=Metric.BODY_WEIGHT, reported=w,
-                                at=T0 + timedelta(days=i))[:2] for i, w in enumerate(weights)]
+    records = [
+        make_measurement(
+            patient="HF-1-P", kit="K1", metric=Metric.BODY_WEIGHT, reported=w, at=T0 + timedelta(days=i)
+        )[:2]
+        for i, w in enumerate(weights)
+    ]
     produce(stack, topics.measurement_topic(prefix), records + records[-1:])  # the last one twice
     events = monitor.wait_events(stack, 2)
     episodes = episodes_of(events)
     assert len(episodes) == 1
     (versions,) = episodes.values()
-    assert [(e["change"], e["rule_id"], e["count"]) for e in versions] == [("opened", "HF-1", 1), ("updated", "HF-1", 2)]
+    assert [(e["change"], e["rule_id"], e["count"]) for e in versions] == [
+        ("opened", "HF-1", 1),
+        ("updated", "HF-1", 2),
+    ]
     assert versions[0]["explanation"].startswith("Weight 82.6 kg, +2.6 kg since 10 Nov (3 days); rule HF-1")
     assert versions[1]["worst"]["value"] == 83.0
     assert monitor.metrics()["vaktrom_monitor_duplicates_total"] == 1
@@ -44,16 +58,32 @@ def test_care_plan_change_applies_to_the_next_reading(stack: Stack, monitor: Mon
     """SpO2 89 % alerts on the default scale; after a plan prescribing 88-92 % the same value does not."""
     prefix = monitor.prefix
     monitor.start()
-    produce(stack, topics.careplan_topic(prefix), [careplan("COPD-P", Condition.COPD, spo2_scale=Spo2Scale.HYPERCAPNIC)])
+    produce(
+        stack,
+        topics.careplan_topic(prefix),
+        [careplan("COPD-P", Condition.COPD, spo2_scale=Spo2Scale.HYPERCAPNIC)],
+    )
     time.sleep(2)
-    produce(stack, topics.measurement_topic(prefix), [make_measurement(patient="COPD-P", kit="K2", metric=Metric.SPO2, reported=89.0, at=T0)[:2]])
+    produce(
+        stack,
+        topics.measurement_topic(prefix),
+        [make_measurement(patient="COPD-P", kit="K2", metric=Metric.SPO2, reported=89.0, at=T0)[:2]],
+    )
     time.sleep(3)
     assert alert_events(stack, prefix) == []
     produce(stack, topics.careplan_topic(prefix), [careplan("COPD-P", Condition.COPD, version=2)])
     time.sleep(2)
-    produce(stack, topics.measurement_topic(prefix), [make_measurement(patient="COPD-P", kit="K2", metric=Metric.SPO2, reported=89.0, at=T0 + timedelta(hours=1))[:2]])
+    produce(
+        stack,
+        topics.measurement_topic(prefix),
+        [
+            make_measurement(
+                patient="COPD-P", kit="K2", metric=Metric.SPO2, reported=89.0, at=T0 + timedelta(hours=1)
+            )[:2]
+        ],
+    )
     events = monitor.wait_events(stack, 1)
-    assert {e["rule_id"] for e in events} <= {"RS-4", "NEWS2-S1"} and events[0]["severity"] == "red"
+    assert {e["rule_id"] for e in events} <= {"RS-4", "NEWS2-S1"} and events[0]["severity"] == "red"  # noqa: PT018
     assert monitor.stop() == 0
 
 

@@ -28,21 +28,38 @@ from tests.integration.monitor_support import MonitorProcess, alert_events, epis
 from tests.integration.stage_support import produce
 
 PATIENTS = "heart_failure=30,copd=30,diabetes=25,infection=25"
-CONDITIONS = {"heart_failure": Condition.HEART_FAILURE, "copd": Condition.COPD, "diabetes": Condition.DIABETES,
-              "infection": Condition.INFECTION_WATCH}
+CONDITIONS = {
+    "heart_failure": Condition.HEART_FAILURE,
+    "copd": Condition.COPD,
+    "diabetes": Condition.DIABETES,
+    "infection": Condition.INFECTION_WATCH,
+}
 FAULTS = "silent=0.04,skip=0.02,duplicate=0.01"
-GRACE = timedelta(hours=24)  # an episode counts as found if an alert episode overlaps it, or opens within a day after
+GRACE = timedelta(
+    hours=24
+)  # an episode counts as found if an alert episode overlaps it, or opens within a day after
 
 
 def _plan(row: dict[str, Any], at: datetime) -> tuple[str, bytes]:
     expected = [
-        ExpectedMeasurement(metric=e["metric"], windows=[ScheduleWindow(**w) for w in e.get("windows", [])],
-                            every_minutes=e.get("every_minutes"))
+        ExpectedMeasurement(
+            metric=e["metric"],
+            windows=[ScheduleWindow(**w) for w in e.get("windows", [])],
+            every_minutes=e.get("every_minutes"),
+        )
         for e in row["expected"]
     ]
-    plan = CarePlan(patient_id=row["patient_id"], version=1, condition=CONDITIONS[row["condition"]], team_id="sim",
-                    timezone=row["timezone"], spo2_scale=Spo2Scale(row["spo2_scale"]), expected=expected,
-                    changed_at=at, changed_by="test")
+    plan = CarePlan(
+        patient_id=row["patient_id"],
+        version=1,
+        condition=CONDITIONS[row["condition"]],
+        team_id="sim",
+        timezone=row["timezone"],
+        spo2_scale=Spo2Scale(row["spo2_scale"]),
+        expected=expected,
+        changed_at=at,
+        changed_by="test",
+    )
     return row["patient_id"], msgspec.json.encode(plan)
 
 
@@ -74,7 +91,11 @@ def score(truth: list[dict[str, Any]], events: list[dict[str, Any]], patients: i
     spans: dict[tuple[str, str], list[tuple[datetime, datetime]]] = defaultdict(list)
     for eid, final in zip(episodes, finals, strict=True):
         start = datetime.fromisoformat(final["opened_at"])
-        end = datetime.fromisoformat(final["resolved_at"]) if final["resolved_at"] else datetime.max.replace(tzinfo=start.tzinfo)
+        end = (
+            datetime.fromisoformat(final["resolved_at"])
+            if final["resolved_at"]
+            else datetime.max.replace(tzinfo=start.tzinfo)
+        )
         for problem in problems_of[eid]:
             spans[(final["patient_id"], problem)].append((start, end))
     duplicates = sum(
@@ -89,13 +110,16 @@ def score(truth: list[dict[str, Any]], events: list[dict[str, Any]], patients: i
         if t["kind"] not in ("kit_silent", "measurement_missed"):
             unstable.add(t["patient_id"])
         hit = any(
-            final["patient_id"] == t["patient_id"] and problems_of[eid] & wanted
+            final["patient_id"] == t["patient_id"]
+            and problems_of[eid] & wanted
             and datetime.fromisoformat(final["opened_at"]) <= end + GRACE
             and datetime.fromisoformat(final["last_seen_at"]) >= start
             for eid, final in zip(episodes, finals, strict=True)
         )
         found[t["kind"]].append(hit)
-    clinical = [h for kind, hits in found.items() if kind not in ("kit_silent", "measurement_missed") for h in hits]
+    clinical = [
+        h for kind, hits in found.items() if kind not in ("kit_silent", "measurement_missed") for h in hits
+    ]
     stable = patients - len(unstable)
     nurse = [f for f in finals if f["patient_id"] not in unstable and f["severity"] in ("red", "yellow")]
     return {
@@ -106,7 +130,9 @@ def score(truth: list[dict[str, Any]], events: list[dict[str, Any]], patients: i
         "by_kind": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(found.items())},
         "stable_patients": stable,
         "nurse_facing_on_stable": len(nurse),
-        "nurse_facing_per_stable_patient_per_30d": round(len(nurse) / stable * 30 / 14, 3) if stable else None,
+        "nurse_facing_per_stable_patient_per_30d": round(len(nurse) / stable * 30 / 14, 3)
+        if stable
+        else None,
         "nurse_facing_rules_on_stable": sorted({f["rule_id"] for f in nurse}),
         "alert_episodes": len(episodes),
         "alert_events": len(events),
@@ -118,7 +144,7 @@ def test_cohort_of_110_patients_over_14_days_with_a_monitor_crash(
     stack: Stack, bridge: BridgeProcess, monitor: MonitorProcess, artefacts: Path
 ) -> None:
     """>= 90 % of injected episodes found, <= 2 nurse-facing alerts per stable patient per 30 days, no duplicates,
-    with the monitor killed (SIGKILL) and restarted in the middle of the run."""
+    with the monitor killed (SIGKILL) and restarted in the middle of the run."""  # noqa: E501
     out = artefacts / f"cohort-{bridge.name}"
     dry = _sim(bridge, stack, out, dry=True)
     assert dry.wait(120) == 0, dry.stderr.read() if dry.stderr else ""
@@ -153,12 +179,20 @@ def test_cohort_of_110_patients_over_14_days_with_a_monitor_crash(
         time.sleep(0.5)
     caught_up = time.monotonic() - started - sim_seconds
     time.sleep(5)
-    ledger = {"measurements_on_topic": total, "processed_after_restart": after, "catch_up_s": round(caught_up, 1)}
+    ledger = {
+        "measurements_on_topic": total,
+        "processed_after_restart": after,
+        "catch_up_s": round(caught_up, 1),
+    }
     events = alert_events(stack, monitor.prefix)
     truth = [json.loads(line) for line in (out / "ground-truth.jsonl").open()]
     result = score(truth, events, len(enrolment))
-    result |= {"measurements_before_kill": before, "sim_seconds": round(sim_seconds, 1), "recovery": ledger,
-               "restarts": monitor.starts - 1}
+    result |= {
+        "measurements_before_kill": before,
+        "sim_seconds": round(sim_seconds, 1),
+        "recovery": ledger,
+        "restarts": monitor.starts - 1,
+    }
     print(json.dumps(result, indent=1))
     results = REPO / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)

@@ -29,20 +29,44 @@ PATIENT = "P-RULES-1"
 
 def plan(condition: Condition, **kw: object) -> CarePlan:
     return CarePlan(
-        patient_id=PATIENT, version=1, condition=condition, team_id="team-a",
-        changed_at=T0, changed_by="test", **kw,  # type: ignore[arg-type]
+        patient_id=PATIENT,
+        version=1,
+        condition=condition,
+        team_id="team-a",
+        changed_at=T0,
+        changed_by="test",
+        **kw,  # type: ignore[arg-type]
     )
 
 
-def reading(metric: Metric, value: float | None, at: datetime, unit: str | None = None, flag: str | None = None) -> Measurement:
+def reading(
+    metric: Metric, value: float | None, at: datetime, unit: str | None = None, flag: str | None = None
+) -> Measurement:
     unit = unit or METRICS[metric].unit
     canonical = None if value is None else to_canonical(metric, value, unit)
-    mid = measurement_id(device_id="D1", patient_id=PATIENT, metric=metric, reported_value=value,
-                         reported_unit=unit, flag=flag, measured_at=at)
+    mid = measurement_id(
+        device_id="D1",
+        patient_id=PATIENT,
+        metric=metric,
+        reported_value=value,
+        reported_unit=unit,
+        flag=flag,
+        measured_at=at,
+    )
     return Measurement(
-        measurement_id=mid, patient_id=PATIENT, kit_id="K1", device_id="D1", metric=metric,
-        loinc=METRICS[metric].loinc, value=canonical, unit=METRICS[metric].unit, reported_value=value,
-        reported_unit=unit, flag=flag, measured_at=at, received_at=at,
+        measurement_id=mid,
+        patient_id=PATIENT,
+        kit_id="K1",
+        device_id="D1",
+        metric=metric,
+        loinc=METRICS[metric].loinc,
+        value=canonical,
+        unit=METRICS[metric].unit,
+        reported_value=value,
+        reported_unit=unit,
+        flag=flag,
+        measured_at=at,
+        received_at=at,
     )
 
 
@@ -56,11 +80,20 @@ class Patient:
         self.patient = PatientRecord()
         self.events: list = []
 
-    def feed(self, metric: Metric, value: float | None, at: datetime, unit: str | None = None,
-             flag: str | None = None, clock: datetime | None = None) -> list:
+    def feed(  # noqa: PLR0917
+        self,
+        metric: Metric,
+        value: float | None,
+        at: datetime,
+        unit: str | None = None,
+        flag: str | None = None,
+        clock: datetime | None = None,
+    ) -> list:
         record = self.records.setdefault(metric, MetricRecord())
         m = reading(metric, value, at, unit, flag)
-        out = self.engine.measurement(m, record, self.patient, self.plan, clock=(clock or at).timestamp(), now=at)
+        out = self.engine.measurement(
+            m, record, self.patient, self.plan, clock=(clock or at).timestamp(), now=at
+        )
         self.records[metric] = decode_metric(encode(record))  # state survives its own encoding
         self.events += out.events
         return out.events
@@ -91,9 +124,9 @@ def test_hf1_explains_itself_with_value_gain_and_reference_day() -> None:
     p.feed(Metric.BODY_WEIGHT, 80.0, datetime(2026, 11, 19, 7, tzinfo=UTC))
     (event,) = p.feed(Metric.BODY_WEIGHT, 82.3, datetime(2026, 11, 22, 7, tzinfo=UTC))
     assert event.explanation == "Weight 82.3 kg, +2.3 kg since 19 Nov (3 days); rule HF-1: > 2 kg in 3 days"
-    assert event.severity is Severity.YELLOW and event.change is EpisodeChange.OPENED
-    assert event.baseline is not None and event.baseline.value == 80.0
-    assert event.threshold is not None and (event.threshold.op, event.threshold.value) == (">", 2.0)
+    assert event.severity is Severity.YELLOW and event.change is EpisodeChange.OPENED  # noqa: PT018
+    assert event.baseline is not None and event.baseline.value == 80.0  # noqa: PT018
+    assert event.threshold is not None and (event.threshold.op, event.threshold.value) == (">", 2.0)  # noqa: PT018
 
 
 def test_hf1_uses_the_earliest_reading_of_the_72_hours() -> None:
@@ -110,7 +143,7 @@ def test_weight_in_pounds_is_compared_in_kilograms() -> None:
     p.feed(Metric.BODY_WEIGHT, 176.4, T0, unit="[lb_av]")
     events = p.feed(Metric.BODY_WEIGHT, 181.5, T0 + timedelta(days=2), unit="[lb_av]")
     assert [e.rule_id for e in events] == ["HF-1"]
-    assert events[0].latest is not None and events[0].latest.unit == "[lb_av]"
+    assert events[0].latest is not None and events[0].latest.unit == "[lb_av]"  # noqa: PT018
 
 
 # ------------------------------------------------------------------ glucose, trap 1
@@ -156,11 +189,15 @@ def test_hypo_that_deepens_escalates_one_episode() -> None:
     first = p.feed(Metric.GLUCOSE, 3.5, T0)
     second = p.feed(Metric.GLUCOSE, 2.8, T0 + timedelta(minutes=30))
     third = p.feed(Metric.GLUCOSE, 3.4, T0 + timedelta(minutes=60))
-    assert [e.change for e in first + second + third] == [EpisodeChange.OPENED, EpisodeChange.ESCALATED, EpisodeChange.UPDATED]
+    assert [e.change for e in first + second + third] == [
+        EpisodeChange.OPENED,
+        EpisodeChange.ESCALATED,
+        EpisodeChange.UPDATED,
+    ]
     assert len({e.episode_id for e in p.events}) == 1
     assert [e.version for e in p.events] == [1, 2, 3]
-    assert third[0].severity is Severity.RED and third[0].count == 3
-    assert third[0].worst is not None and third[0].worst.value == 2.8
+    assert third[0].severity is Severity.RED and third[0].count == 3  # noqa: PT018
+    assert third[0].worst is not None and third[0].worst.value == 2.8  # noqa: PT018
 
 
 def cgm_plan() -> CarePlan:
@@ -204,7 +241,7 @@ def test_t1_threshold_can_be_lowered_by_the_care_plan() -> None:
     """NHS Inform uses 37.8 °C: a plan override applies and is marked as coming from the plan."""
     p = Patient(plan(Condition.INFECTION_WATCH, thresholds={"T-1": {"cel": 37.8}}))
     (event,) = p.feed(Metric.BODY_TEMPERATURE, 37.8, T0)
-    assert event.threshold is not None and event.threshold.from_care_plan and event.threshold.value == 37.8
+    assert event.threshold is not None and event.threshold.from_care_plan and event.threshold.value == 37.8  # noqa: PT018
 
 
 # ------------------------------------------------------------------ SpO2 and pulse
@@ -222,7 +259,11 @@ def test_spo2_scale_2_alerts_below_88() -> None:
     assert not p.feed(Metric.SPO2, 88.0, T0)
     assert [e.rule_id for e in p.feed(Metric.SPO2, 87.0, T0 + timedelta(hours=1))] == ["RS-1"]
     (event,) = p.feed(Metric.SPO2, 83.0, T0 + timedelta(hours=2))
-    assert (event.rule_id, event.severity, event.change) == ("NEWS2-S2", Severity.RED, EpisodeChange.ESCALATED)
+    assert (event.rule_id, event.severity, event.change) == (
+        "NEWS2-S2",
+        Severity.RED,
+        EpisodeChange.ESCALATED,
+    )
 
 
 def test_news2_on_scale_1_is_a_sub_score_never_a_sum() -> None:
@@ -231,7 +272,7 @@ def test_news2_on_scale_1_is_a_sub_score_never_a_sum() -> None:
     assert not p.feed(Metric.SPO2, 92.0, T0)
     (event,) = p.feed(Metric.SPO2, 91.0, T0 + timedelta(hours=1))
     assert (event.rule_id, event.severity) == ("NEWS2-S1", Severity.RED)
-    assert "NEWS2" in event.explanation and "sub-score 3" in event.explanation
+    assert "NEWS2" in event.explanation and "sub-score 3" in event.explanation  # noqa: PT018
 
 
 def stable_spo2(p: Patient, base: float = 95.0) -> datetime:
@@ -244,11 +285,14 @@ def test_rs2_is_a_fall_of_3_points_from_the_personal_baseline(value: float, fire
     p = Patient(plan(Condition.COPD))
     after = stable_spo2(p)
     p.feed(Metric.SPO2, value, after)
-    assert ("RS-2" in p.rules() or any("RS-2" in r.episodes.get("spo2_low", _NO).rules for r in p.records.values())) is fires
+    assert (
+        "RS-2" in p.rules()
+        or any("RS-2" in r.episodes.get("spo2_low", _NO).rules for r in p.records.values())
+    ) is fires
 
 
 class _No:
-    rules: list[str] = []
+    rules: list[str] = []  # noqa: RUF012
 
 
 _NO = _No()
@@ -262,7 +306,9 @@ def test_baseline_rules_wait_for_enough_history() -> None:
     assert "RS-2" not in p.rules()
 
 
-@pytest.mark.parametrize(("value", "rule"), [(40.0, "NEWS2-P"), (41.0, None), (131.0, "NEWS2-P"), (130.0, None)])
+@pytest.mark.parametrize(
+    ("value", "rule"), [(40.0, "NEWS2-P"), (41.0, None), (131.0, "NEWS2-P"), (130.0, None)]
+)
 def test_news2_pulse_sub_score_3(value: float, rule: str | None) -> None:
     """Pulse scores 3 at <= 40 and >= 131 /min."""
     p = Patient(plan(Condition.INFECTION_WATCH, rules_off=["RS-8P"]))
@@ -296,29 +342,52 @@ def test_episode_resolves_after_a_clear_period() -> None:
     (event,) = p.feed(Metric.GLUCOSE, 6.0, T0 + timedelta(hours=25))
     assert (event.change, event.version) == (EpisodeChange.RESOLVED, 2)
     again = p.feed(Metric.GLUCOSE, 3.5, T0 + timedelta(hours=26))
-    assert again[0].change is EpisodeChange.OPENED and again[0].episode_id != event.episode_id
+    assert again[0].change is EpisodeChange.OPENED and again[0].episode_id != event.episode_id  # noqa: PT018
 
 
 def test_reading_days_late_is_marked_and_not_urgent() -> None:
     """A hypo measured three days before the stream's clock is late and info, not red."""
     p = Patient(plan(Condition.DIABETES))
     (event,) = p.feed(Metric.GLUCOSE, 2.5, T0, clock=T0 + timedelta(days=3))
-    assert event.late and event.severity is Severity.INFO
+    assert event.late and event.severity is Severity.INFO  # noqa: PT018
 
 
 def test_kit_silent_and_missed_are_separate_and_clear_when_data_returns() -> None:
     """A skipped window while the kit is alive is "missed"; no message for 13 h is "silent"."""
-    care = plan(Condition.HEART_FAILURE, timezone="UTC",
-                expected=[ExpectedMeasurement(metric=Metric.BODY_WEIGHT, windows=[ScheduleWindow(start="07:00", end="09:00")])])
+    care = plan(
+        Condition.HEART_FAILURE,
+        timezone="UTC",
+        expected=[
+            ExpectedMeasurement(
+                metric=Metric.BODY_WEIGHT, windows=[ScheduleWindow(start="07:00", end="09:00")]
+            )
+        ],
+    )
     p = Patient(care)
     p.feed(Metric.BODY_WEIGHT, 80.0, T0)  # 08:00, inside the window
     engine = p.engine
     # next day: a pulse reading at 06:00 shows the kit alive, but no weight in 07:00-09:00
     p.feed(Metric.PULSE, 70.0, T0 + timedelta(hours=22))
-    out, _ = engine.deadline(PATIENT, p.patient, p.records, care, clock=(T0 + timedelta(days=1, hours=1, minutes=31)).timestamp(), now=T0)
+    out, _ = engine.deadline(
+        PATIENT,
+        p.patient,
+        p.records,
+        care,
+        clock=(T0 + timedelta(days=1, hours=1, minutes=31)).timestamp(),
+        now=T0,
+    )
     assert [(e.rule_id, e.change) for e in out.events] == [("measurement-missed", EpisodeChange.OPENED)]
-    assert [e.change for e in p.feed(Metric.BODY_WEIGHT, 80.1, T0 + timedelta(days=1, hours=2))] == [EpisodeChange.RESOLVED]
-    out, _ = engine.deadline(PATIENT, p.patient, p.records, care, clock=(T0 + timedelta(days=1, hours=15, minutes=1)).timestamp(), now=T0)
+    assert [e.change for e in p.feed(Metric.BODY_WEIGHT, 80.1, T0 + timedelta(days=1, hours=2))] == [
+        EpisodeChange.RESOLVED
+    ]
+    out, _ = engine.deadline(
+        PATIENT,
+        p.patient,
+        p.records,
+        care,
+        clock=(T0 + timedelta(days=1, hours=15, minutes=1)).timestamp(),
+        now=T0,
+    )
     assert [(e.rule_id, e.change) for e in out.events] == [("kit-silent", EpisodeChange.OPENED)]
     assert p.patient.episodes["kit_silent"].opened_at == (T0 + timedelta(days=1, hours=15)).timestamp()
     assert [e.rule_id for e in p.feed(Metric.PULSE, 70.0, T0 + timedelta(days=2))] == ["kit-silent"]
@@ -327,7 +396,7 @@ def test_kit_silent_and_missed_are_separate_and_clear_when_data_returns() -> Non
 def test_rule_plan_defaults_without_a_care_plan() -> None:
     """An unplanned patient gets the absolute rules, never optional ones like HF-2 or T-3."""
     rules = rule_plan(None)
-    assert rules.on("GL-2") and rules.on("T-1") and not rules.on("HF-2") and not rules.on("T-3")
+    assert rules.on("GL-2") and rules.on("T-1") and not rules.on("HF-2") and not rules.on("T-3")  # noqa: PT018
 
 
 def test_state_per_patient_metric_stays_under_2_kb() -> None:
