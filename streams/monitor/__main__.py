@@ -66,8 +66,6 @@ class MonitorStage:
 
     def run(self) -> None:
         assert self._monitor is not None
-        # The worker installs its own SIGTERM/SIGINT handlers: it stops the agent, flushes the
-        # producer, commits and leaves the group.
         stage = self
 
         class _Worker(faust.Worker):

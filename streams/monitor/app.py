@@ -21,6 +21,7 @@ mode is not used (it has open bugs around rebalances).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import time
@@ -36,7 +37,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from contracts import AlertEvent, CarePlan, KitStatusEvent, Measurement, Metric, topics
 from contracts.settings import KafkaSettings
 from contracts.stage import StageError
-from streams.monitor.engine import Engine, Outcome, decode_metric, decode_patient, encode
+from streams.monitor.engine import Engine, Outcome, PatientRecord, decode_metric, decode_patient, encode
 from streams.monitor.episodes import Timing
 from streams.monitor.metrics import MonitorMetrics
 from streams.monitor.settings import MonitorSettings
@@ -89,8 +90,12 @@ class Monitor:
     plans: dict[bytes, tuple[bytes, CarePlan]] = field(default_factory=dict)  # decoded once per version
 
 
-def _partitions(kafka: KafkaSettings, names: list[str]) -> int:
-    """The partition count of the input topics (they must agree, or patients would not meet)."""
+def _prepare_topics(kafka: KafkaSettings, names: list[str], ticks: str, replication: int) -> int:
+    """Check the input topics and create the tick topic, with one admin connection.
+
+    Returns the input topics' partition count: they must agree, or a patient's records would not
+    meet in one partition; the tick topic gets the same count.
+    """
     try:
         admin = KafkaAdminClient(bootstrap_servers=kafka.servers, client_id="vaktrom-monitor-setup")
     except KafkaError as exc:
@@ -101,30 +106,24 @@ def _partitions(kafka: KafkaSettings, names: list[str]) -> int:
         described = {
             d["name"]: len(d["partitions"]) for d in admin.describe_topics(names) if d.get("partitions")
         }
-    finally:
-        admin.close()
-    missing = [n for n in names if n not in described]
-    if missing:
-        raise MonitorError(
-            f"Kafka topics {', '.join(missing)} do not exist; run `infra/topics.py` (make up does)",
-            retriable=True,
-        )
-    counts = set(described.values())
-    if len(counts) != 1:
-        raise MonitorError(
-            f"input topics must have equal partition counts to meet per patient: {described}", retriable=False
-        )
-    return counts.pop()
-
-
-def _ensure_tick_topic(kafka: KafkaSettings, name: str, partitions: int, replication: int) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=kafka.servers, client_id="vaktrom-monitor-setup")
-    try:
-        admin.create_topics(
-            [NewTopic(name, partitions, replication, topic_configs={"retention.ms": "3600000"})]
-        )
-    except TopicAlreadyExistsError:
-        pass
+        missing = [n for n in names if n not in described]
+        if missing:
+            raise MonitorError(
+                f"Kafka topics {', '.join(missing)} do not exist; run `infra/topics.py` (make up does)",
+                retriable=True,
+            )
+        counts = set(described.values())
+        if len(counts) != 1:
+            raise MonitorError(
+                f"input topics must have equal partition counts to meet per patient: {described}",
+                retriable=False,
+            )
+        partitions = counts.pop()
+        with contextlib.suppress(TopicAlreadyExistsError):  # another worker created it first
+            admin.create_topics(
+                [NewTopic(ticks, partitions, replication, topic_configs={"retention.ms": "3600000"})]
+            )
+        return partitions
     finally:
         admin.close()
 
@@ -138,10 +137,12 @@ def build_monitor(*, kafka: KafkaSettings, settings: MonitorSettings) -> Monitor
         "alerts": topics.alert_topic(prefix),
         "ticks": f"{prefix}{settings.app_id}-ticks",
     }
-    partitions = _partitions(
-        kafka, [names["measurements"], names["status"], names["careplans"], names["alerts"]]
+    partitions = _prepare_topics(
+        kafka,
+        [names["measurements"], names["status"], names["careplans"], names["alerts"]],
+        names["ticks"],
+        settings.replication,
     )
-    _ensure_tick_topic(kafka, names["ticks"], partitions, settings.replication)
     app = faust.App(
         settings.app_id if not prefix else f"{prefix}{settings.app_id}",
         broker=[f"kafka://{server}" for server in kafka.servers],
@@ -228,7 +229,7 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
         if appended:
             metrics.latency.observe(max(0.0, time.time() - appended))
 
-    def _after(partition: int, patient: bytes, pkey: bytes, precord: Any, out: Outcome) -> None:
+    def _after(partition: int, patient: bytes, pkey: bytes, precord: PatientRecord, out: Outcome) -> None:
         if out.patient_changed or precord.partition != partition:
             precord.partition = partition
             write(pkey, precord)
@@ -254,29 +255,32 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
         plans[patient] = value
         monitor.plans[patient] = (value, plan)
 
-    async def load(partition: int) -> None:
-        """First tick of a partition after (re)assignment: rebuild its deadlines, announce its episodes."""
-        monitor.heaps[partition] = []
+    async def load(partitions: set[int]) -> None:
+        """First tick after (re)assignment: rebuild the deadlines of these partitions and announce
+        their episodes, in one pass over the table."""
+        for partition in partitions:
+            monitor.heaps[partition] = []
         now = datetime.now(UTC)
         for key, value in list(state.items()):
             if not key.endswith(_KIT):
                 continue
             precord = decode_patient(value)
-            if precord.partition != partition:
+            if precord.partition not in partitions:
                 continue
             patient = key[: -len(_KIT)]
-            schedule(partition, patient, precord.wake_at)
+            schedule(precord.partition, patient, precord.wake_at)
             episodes = dict(precord.episodes)
             for metric, suffix in _METRIC_KEYS.items():
                 stored = state.get(patient + suffix)
                 if stored is not None:
                     episodes.update({f"{metric}:{k}": v for k, v in decode_metric(stored).episodes.items()})
             await emit(patient, engine.announce(patient.decode(), episodes, now=now))
-        monitor.loaded.add(partition)
+        monitor.loaded |= partitions
 
     async def on_tick(partition: int) -> None:
         if partition not in monitor.loaded:
-            await load(partition)
+            assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == names["ticks"]}
+            await load((assigned | {partition}) - monitor.loaded)
         clk = clock(partition)
         now_event = clk.now()
         if not now_event:
