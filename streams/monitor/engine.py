@@ -338,7 +338,13 @@ class Engine:
         )
 
     def _rewake(self, patient: PatientRecord, plan: CarePlan | None) -> bool:
-        """Recompute the next deadline; True when it moved."""
+        """Recompute the next deadline; True when it moved earlier, so the record must be written.
+
+        A deadline that moved later need not be: the stored, earlier one only wakes the patient
+        early, and the deadline check then finds nothing due and stores the new one. Writing it on
+        every reading would undo the throttle on `last_seen` in `_heard` (the silent deadline moves
+        with every message).
+        """
         candidates = list(patient.resolve_at.values())
         silent = patient.episodes.get("kit_silent")
         if patient.last_seen and (silent is None or not silent.open):
@@ -349,10 +355,9 @@ class Engine:
             if upcoming:
                 candidates.append(upcoming[0].end.timestamp() + self.missed_grace_s)
         wake = min(candidates) if candidates else None
-        if wake == patient.wake_at:
-            return False
+        earlier = wake is not None and (patient.wake_at is None or wake < patient.wake_at)
         patient.wake_at = wake
-        return True
+        return earlier
 
     def announce(
         self, patient_id: str, episodes: dict[str, EpisodeState], *, now: datetime
