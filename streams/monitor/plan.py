@@ -31,7 +31,6 @@ class RulePlan:
     spo2_scale: Spo2Scale = Spo2Scale.DEFAULT
     baseline: BaselineSettings = BaselineSettings()  # noqa: RUF009
     continuous: frozenset[Metric] = field(default_factory=frozenset)  # measured every <= 15 min
-    version: int = 0
 
     def on(self, rule_id: str) -> bool:
         return rule_id in self.enabled
@@ -72,7 +71,6 @@ def rule_plan(plan: CarePlan | None) -> RulePlan:
         spo2_scale=plan.spo2_scale,
         baseline=plan.baseline,
         continuous=continuous,
-        version=plan.version,
     )
 
 
