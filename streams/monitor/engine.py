@@ -44,7 +44,7 @@ from streams.monitor.episodes import (
     to_event,
 )
 from streams.monitor.history import History, Point
-from streams.monitor.plan import due_windows, rule_plan
+from streams.monitor.plan import due_windows, next_window_end, rule_plan
 from streams.monitor.rules import evaluate
 
 __all__ = ["Engine", "MetricRecord", "Outcome", "PatientRecord", "decode_metric", "decode_patient", "encode"]
@@ -97,7 +97,7 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Engine:
-    timing: Timing = Timing()  # noqa: RUF009
+    timing: Timing = Timing()  # noqa: RUF009  (frozen: one shared default is safe)
     silent_after_s: float = 13 * 3600.0  # kits send a heartbeat every 6 h; two missed and a margin
     missed_grace_s: float = 30 * 60.0  # a window is judged this long after it ends
 
@@ -182,8 +182,9 @@ class Engine:
     ) -> Outcome:
         out = Outcome()
         assert event.patient_id is not None
-        out.patient_changed = self._heard(patient, event.at.timestamp(), event.patient_id, now, out)
-        out.patient_changed |= self._rewake(patient, plan)
+        self._heard(patient, event.at.timestamp(), event.patient_id, now, out)
+        self._rewake(patient, plan)
+        out.patient_changed = True  # a heartbeat's time is kept nowhere else
         return out
 
     def _heard(self, patient: PatientRecord, t: float, patient_id: str, now: datetime, out: Outcome) -> bool:
@@ -192,11 +193,10 @@ class Engine:
         if not patient.last_seen:
             patient.missed_checked = t  # windows before the kit was first heard from are not missed
             changed = True
-        if t > patient.last_seen:
-            # Written back at most every 5 minutes of event time: after a crash the silent deadline
-            # is at worst 5 minutes early, against a limit of hours.
-            changed = t - patient.last_seen > 300.0
-            patient.last_seen = t
+        # A later `last_seen` alone does not make the record worth writing: a reading's own metric
+        # record, written anyway, holds its time, and `deadline` takes the latest of those before
+        # it judges silence. That saves a table write (a changelog record) on most readings.
+        patient.last_seen = max(patient.last_seen, t)
         silent = patient.episodes.get("kit_silent")
         if silent is not None and silent.open and t > silent.opened_at:
             silent.cleared_since = t
@@ -238,6 +238,9 @@ class Engine:
         """
         out = Outcome(patient_changed=True)
         changed: set[Metric] = set()
+        # Readings since the record was last written moved `last_seen` only in their metric records.
+        latest = [r.history.recent[-1].t for r in records.values() if r.history.recent]
+        patient.last_seen = max([patient.last_seen, *latest])
         # kit silent
         silent = patient.episodes.get("kit_silent")
         if (
@@ -250,7 +253,8 @@ class Engine:
                 patient_id,
                 "kit-silent",
                 at,
-                f"No message from the kit since {_fmt(patient.last_seen)} ({(clock - patient.last_seen) / 3600:.0f} h)",  # noqa: E501
+                f"No message from the kit since {_fmt(patient.last_seen)} "
+                f"({(clock - patient.last_seen) / 3600:.0f} h)",
             )
             patient.episodes["kit_silent"] = episode
             out.events.append(to_event(episode, EpisodeChange.OPENED, patient_id=patient_id, emitted_at=now))
@@ -259,14 +263,14 @@ class Engine:
             start = max(patient.missed_checked, patient.last_seen - 2 * 86_400.0)
             until = clock - self.missed_grace_s
             if until > start:
-                for window in due_windows(plan, after=_dt(start), until=_dt(until)):
+                for window in due_windows(plan, after=start, until=until):
                     self._check_window(
                         patient_id,
                         patient,
                         records.get(window.metric),
                         window.metric,
-                        window.start.timestamp(),
-                        window.end.timestamp(),
+                        window.start,
+                        window.end,
                         now,
                         out,
                     )
@@ -290,7 +294,7 @@ class Engine:
         self._rewake(patient, plan)
         return out, changed
 
-    def _check_window(  # noqa: PLR0917
+    def _check_window(  # noqa: PLR0917  (private; one call site, arguments named there)
         self,
         patient_id: str,
         patient: PatientRecord,
@@ -308,7 +312,10 @@ class Engine:
         if record is not None and record.history.before(hi + _MISSED_TOLERANCE_S, lo - _MISSED_TOLERANCE_S):
             return
         episode = patient.episodes.get("measurement_missed")
-        text = f"No {METRICS[metric].display.lower()} reading between {_fmt(lo)} and {_fmt(hi)} UTC while the kit was active"  # noqa: E501
+        text = (
+            f"No {METRICS[metric].display.lower()} reading between {_fmt(lo)} and {_fmt(hi)} UTC "
+            "while the kit was active"
+        )
         if episode is None or not episode.open:
             episode = self._kit_episode(patient_id, "measurement-missed", hi, text)
             patient.episodes["measurement_missed"] = episode
@@ -351,9 +358,9 @@ class Engine:
             candidates.append(patient.last_seen + self.silent_after_s)
         if plan is not None and plan.expected and patient.last_seen:
             after = max(patient.missed_checked, patient.last_seen - 2 * 86_400.0)
-            upcoming = due_windows(plan, after=_dt(after), until=_dt(after + 2 * 86_400.0))
-            if upcoming:
-                candidates.append(upcoming[0].end.timestamp() + self.missed_grace_s)
+            end = next_window_end(plan, after)
+            if end is not None:
+                candidates.append(end + self.missed_grace_s)
         wake = min(candidates) if candidates else None
         earlier = wake is not None and (patient.wake_at is None or wake < patient.wake_at)
         patient.wake_at = wake

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import bisect
 import math
+import statistics
 from dataclasses import dataclass
 
 import msgspec
-import numpy as np
 
 from contracts import Metric
 
@@ -150,7 +150,9 @@ def robust_baseline(days: list[Day], *, min_readings: int, min_days: int) -> Rob
     readings = sum(d.n for d in days)
     if len(days) < min_days or readings < min_readings:
         return None
-    means = np.fromiter((d.mean for d in days), dtype=np.float64, count=len(days))
-    median = float(np.median(means))
-    mad = float(np.median(np.abs(means - median)))
+    # At most 35 values: the standard library's median takes ~2 µs here, numpy's ~40 µs (its call
+    # overhead dominates arrays this small), on a path every reading may take.
+    means = [d.mean for d in days]
+    median = statistics.median(means)
+    mad = statistics.median([abs(x - median) for x in means])
     return RobustBaseline(median, mad, readings, len(days), days[0].day)

@@ -20,7 +20,7 @@ from contracts import (
     measurement_id,
     to_canonical,
 )
-from streams.monitor.engine import Engine, MetricRecord, PatientRecord, decode_metric, encode
+from streams.monitor.engine import Engine, MetricRecord, PatientRecord, decode_metric, decode_patient, encode
 from streams.monitor.plan import rule_plan
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
@@ -71,16 +71,32 @@ def reading(
 
 
 class Patient:
-    """One patient's records fed through the engine, as the faust shell does."""
+    """One patient's records fed through the engine, as the faust shell does: records are read from
+    their stored bytes for every message, and the patient record is written back only when the
+    engine says it changed."""
 
     def __init__(self, care_plan: CarePlan | None) -> None:
         self.plan = care_plan
         self.engine = Engine()
         self.records: dict[Metric, MetricRecord] = {}
-        self.patient = PatientRecord()
+        self.stored = encode(PatientRecord())  # the patient record as the table holds it
         self.events: list = []
 
-    def feed(  # noqa: PLR0917
+    @property
+    def patient(self) -> PatientRecord:
+        return decode_patient(self.stored)
+
+    def deadline(self, clock: datetime) -> list:
+        """What the shell's tick does when the patient's deadline is due."""
+        patient = self.patient
+        out, _changed = self.engine.deadline(
+            PATIENT, patient, self.records, self.plan, clock=clock.timestamp(), now=clock
+        )
+        self.stored = encode(patient)
+        self.events += out.events
+        return out.events
+
+    def feed(  # noqa: PLR0917  (mirrors a reading's fields, in their order)
         self,
         metric: Metric,
         value: float | None,
@@ -90,11 +106,12 @@ class Patient:
         clock: datetime | None = None,
     ) -> list:
         record = self.records.setdefault(metric, MetricRecord())
+        patient = self.patient
         m = reading(metric, value, at, unit, flag)
-        out = self.engine.measurement(
-            m, record, self.patient, self.plan, clock=(clock or at).timestamp(), now=at
-        )
+        out = self.engine.measurement(m, record, patient, self.plan, clock=(clock or at).timestamp(), now=at)
         self.records[metric] = decode_metric(encode(record))  # state survives its own encoding
+        if out.patient_changed:
+            self.stored = encode(patient)
         self.events += out.events
         return out.events
 
@@ -129,9 +146,12 @@ def test_hf1_explains_itself_with_value_gain_and_reference_day() -> None:
     p.feed(Metric.BODY_WEIGHT, 80.0, datetime(2026, 11, 19, 7, tzinfo=UTC))
     (event,) = p.feed(Metric.BODY_WEIGHT, 82.3, datetime(2026, 11, 22, 7, tzinfo=UTC))
     assert event.explanation == "Weight 82.3 kg, +2.3 kg since 19 Nov (3 days); rule HF-1: > 2 kg in 3 days"
-    assert event.severity is Severity.YELLOW and event.change is EpisodeChange.OPENED  # noqa: PT018
-    assert event.baseline is not None and event.baseline.value == 80.0  # noqa: PT018
-    assert event.threshold is not None and (event.threshold.op, event.threshold.value) == (">", 2.0)  # noqa: PT018
+    assert event.severity is Severity.YELLOW
+    assert event.change is EpisodeChange.OPENED
+    assert event.baseline is not None
+    assert event.baseline.value == 80.0
+    assert event.threshold is not None
+    assert (event.threshold.op, event.threshold.value) == (">", 2.0)
 
 
 def test_hf1_uses_the_earliest_reading_of_the_72_hours() -> None:
@@ -148,7 +168,8 @@ def test_weight_in_pounds_is_compared_in_kilograms() -> None:
     p.feed(Metric.BODY_WEIGHT, 176.4, T0, unit="[lb_av]")
     events = p.feed(Metric.BODY_WEIGHT, 181.5, T0 + timedelta(days=2), unit="[lb_av]")
     assert [e.rule_id for e in events] == ["HF-1"]
-    assert events[0].latest is not None and events[0].latest.unit == "[lb_av]"  # noqa: PT018
+    assert events[0].latest is not None
+    assert events[0].latest.unit == "[lb_av]"
 
 
 # ------------------------------------------------------------------ glucose, trap 1
@@ -201,8 +222,10 @@ def test_hypo_that_deepens_escalates_one_episode() -> None:
     ]
     assert len({e.episode_id for e in p.events}) == 1
     assert [e.version for e in p.events] == [1, 2, 3]
-    assert third[0].severity is Severity.RED and third[0].count == 3  # noqa: PT018
-    assert third[0].worst is not None and third[0].worst.value == 2.8  # noqa: PT018
+    assert third[0].severity is Severity.RED
+    assert third[0].count == 3
+    assert third[0].worst is not None
+    assert third[0].worst.value == 2.8
 
 
 def cgm_plan() -> CarePlan:
@@ -242,7 +265,9 @@ def test_t1_threshold_can_be_lowered_by_the_care_plan() -> None:
     """NHS Inform uses 37.8 °C: a plan override applies and is marked as coming from the plan."""
     p = Patient(plan(Condition.INFECTION_WATCH, thresholds={"T-1": {"cel": 37.8}}))
     (event,) = p.feed(Metric.BODY_TEMPERATURE, 37.8, T0)
-    assert event.threshold is not None and event.threshold.from_care_plan and event.threshold.value == 37.8  # noqa: PT018
+    assert event.threshold is not None
+    assert event.threshold.from_care_plan
+    assert event.threshold.value == 37.8
 
 
 # ------------------------------------------------------------------ SpO2 and pulse
@@ -273,7 +298,8 @@ def test_news2_on_scale_1_is_a_sub_score_never_a_sum() -> None:
     assert not p.feed(Metric.SPO2, 92.0, T0)
     (event,) = p.feed(Metric.SPO2, 91.0, T0 + timedelta(hours=1))
     assert (event.rule_id, event.severity) == ("NEWS2-S1", Severity.RED)
-    assert "NEWS2" in event.explanation and "sub-score 3" in event.explanation  # noqa: PT018
+    assert "NEWS2" in event.explanation
+    assert "sub-score 3" in event.explanation
 
 
 def stable_spo2(p: Patient, base: float = 95.0) -> datetime:
@@ -333,14 +359,16 @@ def test_episode_resolves_after_a_clear_period() -> None:
     (event,) = p.feed(Metric.GLUCOSE, 6.0, T0 + timedelta(hours=25))
     assert (event.change, event.version) == (EpisodeChange.RESOLVED, 2)
     again = p.feed(Metric.GLUCOSE, 3.5, T0 + timedelta(hours=26))
-    assert again[0].change is EpisodeChange.OPENED and again[0].episode_id != event.episode_id  # noqa: PT018
+    assert again[0].change is EpisodeChange.OPENED
+    assert again[0].episode_id != event.episode_id
 
 
 def test_reading_days_late_is_marked_and_not_urgent() -> None:
     """A hypo measured three days before the stream's clock is late and info, not red."""
     p = Patient(plan(Condition.DIABETES))
     (event,) = p.feed(Metric.GLUCOSE, 2.5, T0, clock=T0 + timedelta(days=3))
-    assert event.late and event.severity is Severity.INFO  # noqa: PT018
+    assert event.late
+    assert event.severity is Severity.INFO
 
 
 def test_kit_silent_and_missed_are_separate_and_clear_when_data_returns() -> None:
@@ -356,38 +384,45 @@ def test_kit_silent_and_missed_are_separate_and_clear_when_data_returns() -> Non
     )
     p = Patient(care)
     p.feed(Metric.BODY_WEIGHT, 80.0, T0)  # 08:00, inside the window
-    engine = p.engine
     # next day: a pulse reading at 06:00 shows the kit alive, but no weight in 07:00-09:00
     p.feed(Metric.PULSE, 70.0, T0 + timedelta(hours=22))
-    out, _ = engine.deadline(
-        PATIENT,
-        p.patient,
-        p.records,
-        care,
-        clock=(T0 + timedelta(days=1, hours=1, minutes=31)).timestamp(),
-        now=T0,
-    )
-    assert [(e.rule_id, e.change) for e in out.events] == [("measurement-missed", EpisodeChange.OPENED)]
+    events = p.deadline(T0 + timedelta(days=1, hours=1, minutes=31))
+    assert [(e.rule_id, e.change) for e in events] == [("measurement-missed", EpisodeChange.OPENED)]
     assert [e.change for e in p.feed(Metric.BODY_WEIGHT, 80.1, T0 + timedelta(days=1, hours=2))] == [
         EpisodeChange.RESOLVED
     ]
-    out, _ = engine.deadline(
-        PATIENT,
-        p.patient,
-        p.records,
-        care,
-        clock=(T0 + timedelta(days=1, hours=15, minutes=1)).timestamp(),
-        now=T0,
-    )
-    assert [(e.rule_id, e.change) for e in out.events] == [("kit-silent", EpisodeChange.OPENED)]
+    events = p.deadline(T0 + timedelta(days=1, hours=15, minutes=1))
+    assert [(e.rule_id, e.change) for e in events] == [("kit-silent", EpisodeChange.OPENED)]
     assert p.patient.episodes["kit_silent"].opened_at == (T0 + timedelta(days=1, hours=15)).timestamp()
     assert [e.rule_id for e in p.feed(Metric.PULSE, 70.0, T0 + timedelta(days=2))] == ["kit-silent"]
+
+
+def test_readings_keep_the_kit_alive_without_rewriting_the_patient_record() -> None:
+    """Readings every 4 h for two days: the patient record is written at the first only, yet the
+    silent deadline (13 h after the record's `last_seen`) finds the kit alive and moves on; 13 h
+    after the last reading it is silent."""
+    p = Patient(None)
+    first = p.stored
+    for i in range(13):
+        p.feed(Metric.PULSE, 70.0, T0 + timedelta(hours=4 * i))
+    written = p.patient
+    assert written.last_seen == T0.timestamp()  # only the first reading wrote it
+    assert p.deadline(T0 + timedelta(hours=13, minutes=1)) == []
+    assert p.stored != first
+    assert p.patient.last_seen == (T0 + timedelta(hours=48)).timestamp()
+    assert p.patient.wake_at == (T0 + timedelta(hours=48 + 13)).timestamp()
+    assert [(e.rule_id, e.change) for e in p.deadline(T0 + timedelta(hours=48 + 13))] == [
+        ("kit-silent", EpisodeChange.OPENED)
+    ]
 
 
 def test_rule_plan_defaults_without_a_care_plan() -> None:
     """An unplanned patient gets the absolute rules, never optional ones like HF-2 or T-3."""
     rules = rule_plan(None)
-    assert rules.on("GL-2") and rules.on("T-1") and not rules.on("HF-2") and not rules.on("T-3")  # noqa: PT018
+    assert rules.on("GL-2")
+    assert rules.on("T-1")
+    assert not rules.on("HF-2")
+    assert not rules.on("T-3")
 
 
 def test_state_per_patient_metric_stays_under_2_kb() -> None:
