@@ -174,7 +174,7 @@ def build_monitor(*, kafka: KafkaSettings, settings: MonitorSettings) -> Monitor
     return monitor
 
 
-def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa: PLR0915
+def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa: PLR0915  (the handlers share its closure)
     app, names, metrics, engine = monitor.app, monitor.names, monitor.metrics, monitor.engine
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     source = app.topic(names["measurements"], names["status"], names["careplans"], names["ticks"], **raw)

@@ -171,13 +171,14 @@ def to_event(
     *,
     patient_id: str,
     emitted_at: datetime,
-    trace: Trace = Trace(),  # noqa: B008
+    trace: Trace = Trace(),  # noqa: B008  (frozen, so one shared default is safe)
 ) -> AlertEvent:
     problem = PROBLEMS[episode.problem]
     rule = RULES[episode.rule_id]
     explanation = episode.explanation
     if change is EpisodeChange.RESOLVED:
-        explanation = f"{problem.title}: resolved, clear since {_instant(episode.cleared_since or episode.resolved_at or 0.0):%-d %b %H:%M} UTC; was: {explanation}"  # noqa: E501
+        since = _instant(episode.cleared_since or episode.resolved_at or 0.0)
+        explanation = f"{problem.title}: resolved, clear since {since:%-d %b %H:%M} UTC; was: {explanation}"
     return AlertEvent(
         episode_id=episode.episode_id,
         version=episode.version,

@@ -185,7 +185,10 @@ def _weight(c: _Context) -> list[Finding]:
             mean = _r(sum(d.mean for d in recent) / len(recent))
             drift = _r(mean - base.median)
             if drift > kg:
-                text = f"{shown}; {fmt(short)}-day mean {fmt(mean)} kg is {fmt(drift)} kg above the baseline {fmt(base.median)} kg"  # noqa: E501
+                text = (
+                    f"{shown}; {fmt(short)}-day mean {fmt(mean)} kg is {fmt(drift)} kg above "
+                    f"the baseline {fmt(base.median)} kg"
+                )
                 out.append(
                     c.finding(
                         "HF-3",
@@ -201,7 +204,7 @@ def _weight(c: _Context) -> list[Finding]:
 
 
 # ------------------------------------------------------------------ SpO2 (RS-*, NEWS2-S1/S2)
-def _spo2(c: _Context) -> list[Finding]:  # noqa: PLR0912
+def _spo2(c: _Context) -> list[Finding]:  # noqa: PLR0912  (one branch per rule of the metric)
     v = c.value
     if v is None:
         return []
@@ -354,7 +357,7 @@ def _temperature(c: _Context) -> list[Finding]:
 
 
 # ------------------------------------------------------------------ glucose (GL-1..GL-5)
-def _glucose(c: _Context) -> list[Finding]:  # noqa: PLR0911
+def _glucose(c: _Context) -> list[Finding]:  # noqa: PLR0911  (one return per glucose level)
     p, plan = c.point, c.plan
     unit = p.unit or "mmol/L"
     key = "mgdl" if unit == "mg/dL" else "mmol"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -83,8 +84,6 @@ def test_care_plan_change_applies_to_the_next_reading(stack: Stack, monitor: Mon
         ],
     )
     events = monitor.wait_events(stack, 1)
-    assert {e["rule_id"] for e in events} <= {"RS-4", "NEWS2-S1"} and events[0]["severity"] == "red"  # noqa: PT018
+    assert {e["rule_id"] for e in events} <= {"RS-4", "NEWS2-S1"}
+    assert events[0]["severity"] == "red"
     assert monitor.stop() == 0
-
-
-import time  # noqa: E402

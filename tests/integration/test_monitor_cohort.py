@@ -143,8 +143,8 @@ def score(truth: list[dict[str, Any]], events: list[dict[str, Any]], patients: i
 def test_cohort_of_110_patients_over_14_days_with_a_monitor_crash(
     stack: Stack, bridge: BridgeProcess, monitor: MonitorProcess, artefacts: Path
 ) -> None:
-    """>= 90 % of injected episodes found, <= 2 nurse-facing alerts per stable patient per 30 days, no duplicates,
-    with the monitor killed (SIGKILL) and restarted in the middle of the run."""  # noqa: E501
+    """>= 90 % of injected episodes found, <= 2 nurse-facing alerts per stable patient per 30 days,
+    no duplicates, with the monitor killed (SIGKILL) and restarted in the middle of the run."""
     out = artefacts / f"cohort-{bridge.name}"
     dry = _sim(bridge, stack, out, dry=True)
     _out, dry_err = dry.communicate(timeout=120)

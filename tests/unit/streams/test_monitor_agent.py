@@ -1,0 +1,200 @@
+"""The monitor's faust agent in faust's test context: records in, table state and alert events out.
+
+No Kafka: `agent.test_context()` feeds records straight into the agent, the tables live in memory,
+and alert sends are captured. The integration tests run the same agent against real Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+from faust.types import TP
+
+from contracts import (
+    AlertEvent,
+    CarePlan,
+    Condition,
+    KitStatusEvent,
+    Metric,
+    Spo2Scale,
+)
+from contracts.settings import KafkaSettings
+from streams.monitor import app as monitor_app
+from streams.monitor.engine import decode_metric, decode_patient
+from streams.monitor.settings import MonitorSettings
+from tests.integration.archive_support import make_measurement
+
+T0 = datetime(2026, 11, 20, 7, 30, tzinfo=UTC)
+_alert = msgspec.json.Decoder(AlertEvent)
+
+
+@dataclass
+class Harness:
+    """The built monitor, its agent under test and the alert events it sent."""
+
+    monitor: monitor_app.Monitor
+    sent: list[AlertEvent] = field(default_factory=list)
+
+    @property
+    def names(self) -> dict[str, str]:
+        return self.monitor.names
+
+    def state(self, key: bytes) -> bytes | None:
+        table = self.monitor.app.tables["state"]
+        return table.get(key)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
+    monkeypatch.setattr(monitor_app, "_prepare_topics", lambda *_a, **_k: 6)  # no Kafka to ask
+    monitor = monitor_app.build_monitor(
+        kafka=KafkaSettings(bootstrap="127.0.0.1:1", topic_prefix="agent-test."),
+        settings=MonitorSettings(store="memory://"),
+    )
+    monitor.app.finalize()
+    h = Harness(monitor)
+    # This worker holds every partition (the shell asks its consumer when a tick comes first).
+    owned = {TP(h.names["ticks"], p) for p in range(6)}
+    monkeypatch.setattr(monitor.app.consumer, "assignment", lambda: owned)
+
+    async def send(topic: Any, *_args: Any, key: bytes | None = None, value: bytes, **_kw: Any) -> None:
+        assert topic.get_topic_name() == h.names["alerts"]
+        assert key is not None
+        event = _alert.decode(value)
+        assert key == event.patient_id.encode()  # keyed by patient, like every input
+        h.sent.append(event)
+
+    monkeypatch.setattr("faust.topics.Topic.send", send)
+    return h
+
+
+Feed = Callable[[str, bytes | None, bytes, int], Awaitable[None]]
+
+
+def run(h: Harness, scenario: Callable[[Feed], Awaitable[None]]) -> None:
+    """Run `scenario` with a `feed(topic, key, value, partition)` that puts one record through the agent."""
+    agent = next(iter(h.monitor.app.agents.values()))
+
+    async def main() -> None:
+        async with agent.test_context() as ctx:
+            make = ctx.to_message
+
+            async def feed(topic: str, key: bytes | None, value: bytes, partition: int = 0) -> None:
+                def to_message(k: Any, v: Any, **kw: Any) -> Any:
+                    message = make(k, v, **kw)
+                    message.topic = topic  # the agent tells its four inputs apart by topic
+                    return message
+
+                ctx.to_message = to_message
+                await ctx.put(value, key=key, partition=partition)
+
+            await scenario(feed)
+
+    asyncio.run(main())
+
+
+def reading(patient: str, metric: Metric, value: float, at: datetime) -> tuple[bytes, bytes]:
+    key, raw, _m = make_measurement(patient=patient, kit=f"{patient}-K", metric=metric, reported=value, at=at)
+    return key.encode(), raw
+
+
+def careplan(patient: str, version: int, **kw: Any) -> tuple[bytes, bytes]:
+    plan = CarePlan(
+        patient_id=patient, version=version, condition=Condition.COPD, team_id="t", changed_at=T0,
+        changed_by="test", **kw,
+    )  # fmt: skip
+    return patient.encode(), msgspec.json.encode(plan)
+
+
+def test_reading_raises_one_episode_and_its_duplicate_nothing(harness: Harness) -> None:
+    """SpO2 85 % opens a red NEWS2-S1 episode; the same record again is a duplicate; state is kept."""
+    h = harness
+    key, raw = reading("A-1", Metric.SPO2, 85.0, T0)
+
+    async def scenario(feed: Feed) -> None:
+        await feed(h.names["measurements"], key, raw, 0)
+        await feed(h.names["measurements"], key, raw, 0)
+
+    run(h, scenario)
+    assert [(e.rule_id, e.change.value, e.severity.value, e.version) for e in h.sent] == [
+        ("NEWS2-S1", "opened", "red", 1)
+    ]
+    assert h.sent[0].latest is not None
+    assert h.sent[0].latest.value == 85.0
+    record = decode_metric(h.state(b"A-1|spo2"))
+    assert record.history.count == 1  # the duplicate did not enter the history
+    assert set(record.episodes) == {"spo2_low"}
+    assert decode_patient(h.state(b"A-1|kit")).partition == 0
+    assert "vaktrom_monitor_duplicates_total 1.0" in h.monitor.metrics.exposition().decode()
+
+
+def test_care_plan_version_applies_to_the_next_reading_and_older_versions_are_ignored(
+    harness: Harness,
+) -> None:
+    """A prescribed 88-92 % target (v2) silences SpO2 89 %; a replayed v1 does not undo it; v3 back on
+    the default scale makes the next 89 % a NEWS2-S1 alert."""
+    h = harness
+
+    async def scenario(feed: Feed) -> None:
+        await feed(h.names["careplans"], *careplan("B-1", 2, spo2_scale=Spo2Scale.HYPERCAPNIC), 0)
+        await feed(h.names["careplans"], *careplan("B-1", 1), 0)  # older, replayed: ignored
+        await feed(h.names["measurements"], *reading("B-1", Metric.SPO2, 89.0, T0), 0)
+        await feed(h.names["careplans"], *careplan("B-1", 3), 0)
+        await feed(h.names["measurements"], *reading("B-1", Metric.SPO2, 89.0, T0 + timedelta(hours=1)), 0)
+
+    run(h, scenario)
+    assert [(e.rule_id, e.change.value) for e in h.sent] == [("NEWS2-S1", "opened")]
+    assert h.sent[0].last_seen_at == T0 + timedelta(hours=1)
+
+
+def test_tick_fires_the_kit_silent_deadline_on_event_time(harness: Harness) -> None:
+    """Patient C's kit last spoke at T0; a reading of another patient on the same partition moves the
+    partition's clock 14 h on, and the next tick opens "kit silent" for C, not for the other."""
+    h = harness
+
+    async def scenario(feed: Feed) -> None:
+        await feed(h.names["measurements"], *reading("C-1", Metric.PULSE, 70.0, T0), 3)
+        await feed(h.names["measurements"], *reading("D-1", Metric.PULSE, 71.0, T0 + timedelta(hours=14)), 3)
+        await feed(h.names["ticks"], None, b"", 2)  # another partition's tick: nothing of C there
+        assert h.sent == []
+        await feed(h.names["ticks"], None, b"", 3)
+
+    run(h, scenario)
+    assert [(e.patient_id, e.rule_id, e.change.value) for e in h.sent] == [("C-1", "kit-silent", "opened")]
+    assert h.sent[0].opened_at == T0 + timedelta(hours=13)
+
+
+def test_status_heartbeat_keeps_the_kit_alive(harness: Harness) -> None:
+    """A heartbeat 10 h after the last reading moves the silent deadline: no alert 14 h after the reading."""
+    h = harness
+    status = KitStatusEvent(
+        kit_id="E-1-K", patient_id="E-1", state="online", at=T0 + timedelta(hours=10), received_at=T0
+    )
+
+    async def scenario(feed: Feed) -> None:
+        await feed(h.names["measurements"], *reading("E-1", Metric.PULSE, 70.0, T0), 1)
+        await feed(h.names["status"], b"E-1", msgspec.json.encode(status), 1)
+        await feed(h.names["measurements"], *reading("F-1", Metric.PULSE, 71.0, T0 + timedelta(hours=14)), 1)
+        await feed(h.names["ticks"], None, b"", 1)
+
+    run(h, scenario)
+    assert h.sent == []
+    assert decode_patient(h.state(b"E-1|kit")).last_seen == (T0 + timedelta(hours=10)).timestamp()
+
+
+def test_a_record_that_breaks_its_contract_is_skipped_and_the_agent_goes_on(harness: Harness) -> None:
+    h = harness
+
+    async def scenario(feed: Feed) -> None:
+        await feed(h.names["measurements"], b"G-1", b'{"schema": "vaktrom.measurement.v1", "value": "x"}', 0)
+        await feed(h.names["measurements"], *reading("G-1", Metric.SPO2, 80.0, T0), 0)
+
+    run(h, scenario)
+    assert [e.rule_id for e in h.sent] == ["NEWS2-S1"]
+    assert "vaktrom_monitor_records_broken_total 1.0" in h.monitor.metrics.exposition().decode()
