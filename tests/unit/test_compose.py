@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 import re
 from pathlib import Path
@@ -47,6 +48,17 @@ def test_stage_services_share_one_image_with_their_own_command() -> None:
     commands = [tuple(SERVICES[s]["command"]) for s in STAGE_SERVICES]
     assert len(set(commands)) == len(commands)
     assert (REPO / "infra" / "Dockerfile").exists()
+
+
+@pytest.mark.parametrize("service", sorted(STAGE_SERVICES - {"init", "alerts"}))  # alerts: issue #7
+def test_stage_commands_run_a_module_that_exists(service: str) -> None:
+    """`python -m X` in compose names a module with a `__main__` (a typo would only show at deploy)."""
+    command = SERVICES[service]["command"]
+    assert command[:2] == ["python", "-m"], command
+    spec = importlib.util.find_spec(command[2])
+    assert spec is not None, f"{service}: no module {command[2]}"
+    if spec.submodule_search_locations is not None:  # a package runs its __main__
+        assert importlib.util.find_spec(f"{command[2]}.__main__") is not None, command
 
 
 def test_every_vaktrom_variable_is_a_setting_a_stage_reads() -> None:
