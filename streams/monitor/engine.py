@@ -262,19 +262,22 @@ class Engine:
         if plan is not None and plan.expected and patient.last_seen:
             start = max(patient.missed_checked, patient.last_seen - 2 * 86_400.0)
             until = clock - self.missed_grace_s
-            if until > start:
-                for window in due_windows(plan, after=start, until=until):
-                    self._check_window(
-                        patient_id,
-                        patient,
-                        records.get(window.metric),
-                        window.metric,
-                        window.start,
-                        window.end,
-                        now,
-                        out,
-                    )
-                patient.missed_checked = until
+            # Windows ending more than the silent limit after the kit's last message were not missed
+            # while it was alive (`_check_window` would skip each): no need to list them. This keeps
+            # a clock jump (days of silence, or a restart into new data) from listing months.
+            horizon = min(until, patient.last_seen + self.silent_after_s)
+            for window in due_windows(plan, after=start, until=horizon) if horizon > start else ():
+                self._check_window(
+                    patient_id,
+                    patient,
+                    records.get(window.metric),
+                    window.metric,
+                    window.start,
+                    window.end,
+                    now,
+                    out,
+                )
+            patient.missed_checked = max(patient.missed_checked, until)
         # all-clear periods
         for problem, due in list(patient.resolve_at.items()):
             if clock < due:
