@@ -60,6 +60,7 @@ bench: stack-up ## run the benchmarks against the local stack; figures go to ben
 	@$(PY) bench/bridge_throughput.py
 	@$(PY) bench/archive_throughput.py
 	@$(PY) bench/archive_read.py
+	@$(PY) bench/monitor_throughput.py
 
 clean: down ## stop the stack and delete all local state (.local/: data, logs, venv, jars)
 	rm -rf $(STATE)

@@ -142,7 +142,7 @@ def copy_phase(url: str, records: list[Measurement], fmt: str) -> dict[str, Any]
     return {"rows": len(rows), "seconds": round(seconds, 2), "rows_per_s": round(rate)}
 
 
-def _metric(port: int, name: str) -> float:
+def scrape(port: int, name: str) -> float:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
             text = response.read().decode()
@@ -172,7 +172,7 @@ def archive_phase(
     done = 0.0
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        done = sum(_metric(port, stat) for port in ports)
+        done = sum(scrape(port, stat) for port in ports)
         now = time.perf_counter()
         if done > 0 and first is None:
             first = now

@@ -1,0 +1,595 @@
+"""Benchmark: the monitor (faust worker), measurements/s, measurement -> alert latency, state bytes.
+
+Phases:
+
+    core         the pure core alone, in this process: decode the record, read the patient's two
+                 state records, evaluate every rule, write the records back, encode the alert events.
+                 No Kafka, no faust: the ceiling of the rule engine on one core
+    worker       one `vaktrom-monitor` process (rocksdb store, as in production; then the memory store
+                 the tests use) reading a backlog of records produced beforehand: care plans for a
+                 mixed cohort and ~20 days of their readings in event time, so baselines form and the
+                 state grows as it does in service. Rate = readings over the time from the first
+                 processed to the last; CPU seconds of the worker per 1,000 readings
+    latency      a fresh worker fed in real time at a fixed rate (5,000/s, the goal, and half the
+                 measured worker rate), 2 % of readings a SpO2 of 85 % that raises or updates an
+                 episode. Latency = the broker's append time of the alert event minus the moment the
+                 reading was handed to the producer (stamped as `trace.bridge_produced`), so it
+                 includes producer batching and both Kafka round trips
+    state        bytes per patient-metric record after 40 days (history keeps 35), for every metric,
+                 glucose both as 4 finger-pricks a day and as a CGM every 5 minutes
+
+    python bench/monitor_throughput.py [--readings 200000] [--patients 2000] [--seconds 30]
+
+Needs the local stack (`make stack-up`); writes bench/results/monitor_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+from kafka.consumer.group import KafkaConsumer
+from kafka.producer.kafka import KafkaProducer
+from kafka.structs import TopicPartition
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "infra")]
+
+from archive_throughput import scrape, stack_env, write_results  # noqa: E402
+from topics import ensure_topics  # noqa: E402  (infra/ holds scripts, not a package)
+
+from contracts import (  # noqa: E402
+    METRICS,
+    AlertEvent,
+    CarePlan,
+    Condition,
+    ExpectedMeasurement,
+    Measurement,
+    Metric,
+    ScheduleWindow,
+    Trace,
+    measurement_id,
+    topics,
+)
+from streams.monitor.engine import (  # noqa: E402
+    Engine,
+    MetricRecord,
+    PatientRecord,
+    decode_metric,
+    decode_patient,
+    encode,
+)
+
+PROCESSED = 'vaktrom_monitor_events_total{kind="measurement"}'
+STATE_SUM, STATE_COUNT = "vaktrom_monitor_state_record_bytes_sum", "vaktrom_monitor_state_record_bytes_count"
+T0 = datetime(2026, 9, 1, tzinfo=UTC)
+
+# What each condition measures per day: (metric, hour of day, normal value, day-to-day noise).
+_DAY: dict[Condition, tuple[tuple[Metric, float, float, float], ...]] = {
+    Condition.HEART_FAILURE: (
+        (Metric.BODY_WEIGHT, 7.0, 82.0, 0.4),
+        (Metric.SPO2, 7.1, 95.0, 1.0),
+        (Metric.PULSE, 7.1, 72.0, 5.0),
+        (Metric.BODY_TEMPERATURE, 7.2, 36.8, 0.2),
+    ),
+    Condition.COPD: (
+        (Metric.SPO2, 8.0, 93.0, 1.0),
+        (Metric.PULSE, 8.0, 80.0, 5.0),
+        (Metric.SPO2, 19.0, 93.0, 1.0),
+        (Metric.PULSE, 19.0, 80.0, 5.0),
+        (Metric.BODY_TEMPERATURE, 8.1, 36.7, 0.2),
+    ),
+    Condition.DIABETES: (
+        (Metric.GLUCOSE, 7.0, 7.0, 1.2),
+        (Metric.GLUCOSE, 12.0, 8.5, 1.5),
+        (Metric.GLUCOSE, 17.0, 8.0, 1.5),
+        (Metric.GLUCOSE, 22.0, 7.5, 1.2),
+        (Metric.BODY_WEIGHT, 7.1, 95.0, 0.4),
+    ),
+    Condition.INFECTION_WATCH: (
+        (Metric.BODY_TEMPERATURE, 8.0, 37.0, 0.3),
+        (Metric.SPO2, 8.1, 96.0, 1.0),
+        (Metric.PULSE, 8.1, 76.0, 6.0),
+        (Metric.BODY_TEMPERATURE, 20.0, 37.0, 0.3),
+        (Metric.SPO2, 20.1, 96.0, 1.0),
+        (Metric.PULSE, 20.1, 76.0, 6.0),
+    ),
+}
+_CONDITIONS = tuple(_DAY)
+_encode = msgspec.json.Encoder().encode
+_decode_measurement = msgspec.json.Decoder(Measurement).decode
+_decode_alert = msgspec.json.Decoder(AlertEvent).decode
+
+
+def _reading(
+    patient: str, metric: Metric, value: float, at: datetime, trace: Trace | None = None
+) -> Measurement:
+    spec = METRICS[metric]
+    device = f"{patient}-{metric.value[:2]}"
+    value = round(value, 1)
+    mid = measurement_id(
+        device_id=device, patient_id=patient, metric=metric.value, reported_value=value,
+        reported_unit=spec.unit, flag=None, measured_at=at,
+    )  # fmt: skip
+    return Measurement(
+        measurement_id=mid, patient_id=patient, kit_id=f"{patient}-K", device_id=device, metric=metric,
+        loinc=spec.loinc, value=value, unit=spec.unit, reported_value=value, reported_unit=spec.unit,
+        measured_at=at, received_at=at + timedelta(seconds=2), trace=trace or Trace(),
+    )  # fmt: skip
+
+
+def careplan(patient: str, condition: Condition) -> CarePlan:
+    """A plan expecting the condition's readings in windows around their hours (missed-data rules on)."""
+    expected: dict[Metric, list[ScheduleWindow]] = {}
+    for metric, hour, _normal, _noise in _DAY[condition]:
+        start, end = int(hour) - 1, min(int(hour) + 2, 23)
+        window = ScheduleWindow(start=f"{start:02d}:00", end=f"{end:02d}:00" if end < 23 else "23:59")
+        expected.setdefault(metric, []).append(window)
+    return CarePlan(
+        patient_id=patient, version=1, condition=condition, team_id="bench", timezone="UTC",
+        expected=[ExpectedMeasurement(metric=m, windows=w) for m, w in expected.items()],
+        changed_at=T0, changed_by="bench",
+    )  # fmt: skip
+
+
+def cohort(tag: str, patients: int) -> list[tuple[str, Condition]]:
+    return [(f"{tag}P{i:05d}", _CONDITIONS[i % len(_CONDITIONS)]) for i in range(patients)]
+
+
+def backlog(people: list[tuple[str, Condition]], readings: int, seed: int = 7) -> list[Measurement]:
+    """About `readings` readings of `people`, day by day in event time, with per-patient noise."""
+    rng = np.random.default_rng(seed)
+    out: list[Measurement] = []
+    day = 0
+    while len(out) < readings:
+        for patient, condition in people:
+            for metric, hour, normal, noise in _DAY[condition]:
+                at = T0 + timedelta(days=day, hours=hour, seconds=float(rng.integers(0, 900)))
+                value = min(normal + float(rng.normal(0.0, noise)), 100.0 if metric is Metric.SPO2 else 1e9)
+                out.append(_reading(patient, metric, value, at))
+        day += 1
+    out.sort(key=lambda m: m.measured_at)
+    return out[:readings]
+
+
+# ---------------------------------------------------------------------------------------------- core
+
+
+def core_phase(records: list[bytes], plans: dict[str, CarePlan]) -> dict[str, Any]:
+    """The engine as the faust agent drives it (readings and their deadlines), minus faust and Kafka."""
+    engine = Engine()
+    state: dict[bytes, bytes] = {}
+    suffixes = {metric: f"|{metric.value}".encode() for metric in Metric}
+    heap: list[tuple[float, bytes]] = []
+    events = deadlines = 0
+    clock = 0.0
+    started = time.perf_counter()
+    for raw in records:
+        m = _decode_measurement(raw)
+        patient = m.patient_id.encode()
+        pkey, mkey = patient + b"|kit", patient + suffixes[m.metric]
+        precord = decode_patient(state.get(pkey))
+        record = decode_metric(state.get(mkey))
+        clock = max(clock, m.measured_at.timestamp())
+        now = datetime.now(UTC)
+        out = engine.measurement(m, record, precord, plans.get(m.patient_id), clock=clock, now=now)
+        state[mkey] = encode(record)
+        if out.patient_changed and precord.wake_at is not None:
+            state[pkey] = encode(precord)
+            heapq.heappush(heap, (precord.wake_at, patient))
+        found = list(out.events)
+        while heap and heap[0][0] <= clock:  # what the tick does: fire the deadlines that are due
+            _wake, who = heapq.heappop(heap)
+            due = decode_patient(state[who + b"|kit"])
+            if due.wake_at is None or due.wake_at > clock:
+                continue
+            metric_records = {metric: decode_metric(state.get(who + s)) for metric, s in suffixes.items()}
+            plan = plans.get(who.decode())
+            done, changed = engine.deadline(who.decode(), due, metric_records, plan, clock=clock, now=now)
+            for metric in changed:
+                state[who + suffixes[metric]] = encode(metric_records[metric])
+            state[who + b"|kit"] = encode(due)
+            if due.wake_at is not None:
+                heapq.heappush(heap, (due.wake_at, who))
+            found += done.events
+            deadlines += 1
+        for event in found:
+            _encode(event)
+            events += 1
+    seconds = time.perf_counter() - started
+    rate = len(records) / seconds
+    print(
+        f"  core          {len(records):,} readings in {seconds:5.1f} s = {rate:9,.0f}/s "
+        f"({deadlines:,} deadlines, {events:,} events)"
+    )
+    return {
+        "readings": len(records), "seconds": round(seconds, 2), "per_s": round(rate),
+        "deadlines": deadlines, "events": events,
+    }  # fmt: skip
+
+
+# -------------------------------------------------------------------------------------------- worker
+
+
+@dataclass
+class Worker:
+    """One `vaktrom-monitor` process on its own topic prefix and data directory."""
+
+    env: dict[str, str]
+    prefix: str
+    store: str
+    port: int
+    data_dir: str
+    process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        child_env = {
+            **os.environ, **self.env, "PYTHONPATH": str(REPO), "VAKTROM_TOPIC_PREFIX": self.prefix,
+            "VAKTROM_MONITOR_APP_ID": "monitor-bench", "VAKTROM_MONITOR_STORE": self.store,
+            "VAKTROM_MONITOR_DATA_DIR": self.data_dir, "VAKTROM_MONITOR_METRICS_PORT": str(self.port),
+        }  # fmt: skip
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streams.monitor", "--log-level", "WARNING"], env=child_env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def stat(self, name: str) -> float:
+        return scrape(self.port, name)
+
+    def cpu_seconds(self) -> float:
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def wait_processed(self, count: int, timeout: float) -> tuple[float, float]:
+        """Poll until `count` readings are processed; (first seen processing, all done) perf times."""
+        assert self.process is not None
+        first = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                sys.exit(f"bench: the monitor exited with {self.process.returncode}:\n{self.stop()}")
+            done = self.stat(PROCESSED)
+            now = time.perf_counter()
+            if done > 0 and first is None:
+                first = now
+            if done >= count:
+                assert first is not None
+                return first, now
+            time.sleep(0.05)
+        done = self.stat(PROCESSED)
+        sys.exit(f"bench: the monitor processed {done:,.0f} of {count:,} in {timeout:.0f} s:\n{self.stop()}")
+
+    def stop(self) -> str:
+        assert self.process is not None
+        self.process.terminate()
+        return self.process.communicate(timeout=60)[1][-3000:]
+
+
+def producer(bootstrap: str) -> KafkaProducer:
+    """Settings as the bridge produces with: acks=all, lz4, 5 ms linger."""
+    return KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", compression_type="lz4", linger_ms=5, batch_size=256 * 1024
+    )
+
+
+def produce_all(
+    bootstrap: str, prefix: str, plans: dict[str, CarePlan], records: list[bytes], keys: list[bytes]
+) -> None:
+    p = producer(bootstrap)
+    for patient, plan in plans.items():
+        p.send(topics.careplan_topic(prefix), key=patient.encode(), value=_encode(plan))
+    for key, raw in zip(keys, records, strict=True):
+        p.send(topics.measurement_topic(prefix), key=key, value=raw)
+    p.flush(timeout=300)
+    p.close()
+
+
+def worker_phase(
+    env: dict[str, str],
+    tag: str,
+    store: str,
+    plans: dict[str, CarePlan],
+    records: list[bytes],
+    keys: list[bytes],
+) -> dict[str, Any]:
+    prefix = f"{tag}{store.split(':', maxsplit=1)[0]}."
+    ensure_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix=prefix, partitions=6)
+    produce_all(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix, plans, records, keys)
+    with tempfile.TemporaryDirectory(prefix="vaktrom-bench-monitor-") as data_dir:
+        worker = Worker(env, prefix, store, 19560, data_dir)
+        worker.start()
+        first, last = worker.wait_processed(len(records), timeout=900)
+        cpu = worker.cpu_seconds()
+        state_mean = worker.stat(STATE_SUM) / max(1.0, worker.stat(STATE_COUNT))
+        worker.stop()
+        after = _decode_measurement(records[-1]).measured_at + timedelta(hours=1)
+        recovery = restart_phase(env, worker, plans, measurements=len(records), at=after)
+    seconds = last - first
+    rate = len(records) / seconds
+    print(
+        f"  worker {store:11} {len(records):,} readings in {seconds:5.1f} s = {rate:9,.0f}/s; "
+        f"worker CPU {cpu / len(records) * 1000:.2f} s per 1,000 (start-up included)",
+        flush=True,
+    )
+    return {
+        "store": store,
+        "readings": len(records),
+        "seconds": round(seconds, 2),
+        "per_s": round(rate),
+        "worker_cpu_s_per_1000": round(cpu / len(records) * 1000, 3),
+        "state_record_bytes_mean_as_written": round(state_mean),
+        "restart_to_first_reading_s": recovery,
+    }
+
+
+def restart_phase(
+    env: dict[str, str], stopped: Worker, plans: dict[str, CarePlan], *, measurements: int, at: datetime
+) -> float:
+    """Restart a stopped worker on its data directory; seconds from the start to new readings evaluated.
+
+    rocksdb keeps the tables on disk and reads only the changelog tail; memory rebuilds them from
+    the whole changelog. 100 new readings (an hour after the backlog) are produced right after the
+    start; the time includes Python start-up, joining the group and table recovery.
+    """
+    worker = Worker(env, stopped.prefix, stopped.store, stopped.port + 10, stopped.data_dir)
+    started = time.perf_counter()
+    worker.start()
+    p = producer(env["VAKTROM_KAFKA_BOOTSTRAP"])
+    for i, patient in enumerate(list(plans)[:100]):
+        m = _reading(patient, Metric.PULSE, 70.0, at + timedelta(seconds=i))
+        p.send(topics.measurement_topic(stopped.prefix), key=patient.encode(), value=_encode(m))
+    p.flush()
+    p.close()
+    _first, done = worker.wait_processed(100, timeout=600)
+    worker.stop()
+    seconds = done - started
+    print(f"  restart {stopped.store:11} {measurements:,} readings: evaluating again in {seconds:.1f} s")
+    return round(seconds, 1)
+
+
+# --------------------------------------------------------------------------------------------- floor
+
+
+def floor_child(prefix: str, mode: str, count: int) -> None:
+    """A faust app doing (almost) nothing per record: its rate is faust's own ceiling here."""
+    import faust  # noqa: PLC0415  (only the child needs it)
+
+    app = faust.App(
+        f"{prefix}floor-{mode}", broker=f"kafka://{os.environ['VAKTROM_KAFKA_BOOTSTRAP']}", store="memory://",
+        web_enabled=False, topic_partitions=6, consumer_auto_offset_reset="earliest", producer_acks=-1,
+        broker_commit_every=1000,
+    )  # fmt: skip
+    source = app.topic(topics.measurement_topic(prefix), key_serializer="raw", value_serializer="raw")
+    table = app.Table("floor", partitions=6, key_type=bytes, value_type=bytes)
+    seen = [0, 0.0]
+
+    @app.agent(source)
+    async def agent(stream: Any) -> None:
+        async for event in stream.events():
+            if not seen[0]:
+                seen[1] = time.perf_counter()
+            if mode == "write":
+                table[event.key] = event.value
+            seen[0] += 1
+            if seen[0] == count:
+                print(f"{count / (time.perf_counter() - seen[1]):.0f}", flush=True)
+                os._exit(0)
+
+    class Quiet(faust.Worker):  # type: ignore[misc]
+        def _setup_logging(self) -> None:
+            pass
+
+    Quiet(app, loglevel="WARNING", quiet=True, redirect_stdouts=False).execute_from_commandline()
+
+
+def floor_phase(env: dict[str, str], prefix: str, mode: str, count: int) -> dict[str, Any]:
+    """faust's own rate on the worker phase's topic: an agent that does nothing, or one table write."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--floor-child", prefix, mode, str(count)],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    found = re.findall(r"(\d+)\s*$", out.stdout)  # faust's terminal codes may precede it
+    try:
+        rate = int(found[-1])
+    except IndexError:
+        sys.exit(f"bench: the faust floor run ({mode}) failed:\n{out.stderr[-3000:]}")
+    label = {"noop": "no work", "write": "1 table write"}[mode]
+    print(f"  faust floor, {label:13} {count:,} records at {rate:9,}/s", flush=True)
+    return {"agent": label, "records": count, "per_s": rate}
+
+
+# ------------------------------------------------------------------------------------------- latency
+
+
+def _paced(rate: float, seconds: float) -> Iterator[int]:
+    """Yield how many to send now, every millisecond or so, to hold `rate` per second."""
+    started = time.perf_counter()
+    sent = 0
+    while (elapsed := time.perf_counter() - started) < seconds:
+        due = int(rate * elapsed) - sent
+        if due > 0:
+            sent += due
+            yield due
+        else:
+            time.sleep(0.001)
+
+
+def _alert_events(bootstrap: str, topic: str) -> list[tuple[int, AlertEvent]]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=3000)
+    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    out = [(message.timestamp, _decode_alert(message.value)) for message in consumer]
+    consumer.close()
+    return out
+
+
+def latency_phase(
+    env: dict[str, str], tag: str, rate: float, seconds: float, patients: int
+) -> dict[str, Any]:
+    bootstrap = env["VAKTROM_KAFKA_BOOTSTRAP"]
+    prefix = f"{tag}lat{int(rate)}."
+    ensure_topics(bootstrap, prefix=prefix, partitions=6)
+    topic = topics.measurement_topic(prefix)
+    rng = np.random.default_rng(11)
+    people = [f"{tag}L{i:05d}" for i in range(patients)]
+    with tempfile.TemporaryDirectory(prefix="vaktrom-bench-monitor-") as data_dir:
+        worker = Worker(env, prefix, "rocksdb://", 19561, data_dir)
+        worker.start()
+        p = producer(bootstrap)
+        for patient in people[:50]:  # warm-up: the worker has joined and holds its partitions
+            p.send(
+                topic,
+                key=patient.encode(),
+                value=_encode(_reading(patient, Metric.PULSE, 70.0, datetime.now(UTC))),
+            )
+        p.flush()
+        worker.wait_processed(50, timeout=120)
+        sent, cpu0 = 50, worker.cpu_seconds()
+        started = time.perf_counter()
+        for due in _paced(rate, seconds):
+            for _ in range(due):
+                patient = people[int(rng.integers(0, patients))]
+                now = datetime.now(UTC)
+                if rng.random() < 0.02:
+                    m = _reading(patient, Metric.SPO2, 85.0, now, Trace(bridge_produced=now))
+                else:
+                    m = _reading(
+                        patient, Metric.PULSE, float(rng.normal(72.0, 6.0)), now, Trace(bridge_produced=now)
+                    )
+                p.send(topic, key=patient.encode(), value=_encode(m))
+                sent += 1
+        p.flush()
+        achieved = (sent - 50) / (time.perf_counter() - started)
+        worker.wait_processed(sent, timeout=600)
+        cpu, wall = worker.cpu_seconds() - cpu0, time.perf_counter() - started
+        worker.stop()
+        p.close()
+    events = _alert_events(bootstrap, topics.alert_topic(prefix))
+    total: list[float] = []
+    inside: list[float] = []
+    for appended_ms, event in events:
+        produced, processed = event.trace.bridge_produced, event.trace.monitor_processed
+        if produced is None or processed is None:
+            continue  # a re-announcement, not a reading's answer
+        total.append(appended_ms - produced.timestamp() * 1000.0)
+        inside.append((processed - produced).total_seconds() * 1000.0)
+    if not total:
+        sys.exit("bench: no alert event came back in the latency phase")
+    pct = np.percentile(np.array(total), [50, 95, 99])
+    print(
+        f"  latency @{rate:6,.0f}/s (sent {achieved:,.0f}/s): {len(total):,} events; "
+        f"p50 {pct[0]:.1f} ms, p95 {pct[1]:.1f} ms, p99 {pct[2]:.1f} ms, max {max(total):.1f} ms; "
+        f"worker CPU {cpu / wall:.0%} of a core over {wall:.0f} s",
+        flush=True,
+    )
+    inner = np.percentile(np.array(inside), [50, 99])
+    return {
+        "target_per_s": round(rate),
+        "sent_per_s": round(achieved),
+        "seconds": seconds,
+        "events": len(total),
+        "ms": {
+            "p50": round(pct[0], 1),
+            "p95": round(pct[1], 1),
+            "p99": round(pct[2], 1),
+            "max": round(max(total), 1),
+        },
+        "produced_to_evaluated_ms": {"p50": round(inner[0], 1), "p99": round(inner[1], 1)},
+        "worker_cpu_share": round(cpu / wall, 3),
+        "seconds_until_all_processed": round(wall, 1),
+    }
+
+
+# --------------------------------------------------------------------------------------------- state
+
+
+def state_phase(days: int = 40) -> dict[str, Any]:
+    """Record sizes per patient-metric after `days` of readings (history keeps 35 daily means)."""
+    engine = Engine()
+    schedules: dict[str, tuple[Metric, float, float, int]] = {
+        "body_weight (1/day)": (Metric.BODY_WEIGHT, 82.0, 0.4, 1),
+        "spo2 (2/day)": (Metric.SPO2, 95.0, 1.0, 2),
+        "pulse (2/day)": (Metric.PULSE, 72.0, 5.0, 2),
+        "body_temperature (2/day)": (Metric.BODY_TEMPERATURE, 36.8, 0.2, 2),
+        "glucose (4/day)": (Metric.GLUCOSE, 7.5, 1.3, 4),
+        "glucose (CGM, every 5 min)": (Metric.GLUCOSE, 7.5, 1.3, 288),
+    }
+    rng = np.random.default_rng(3)
+    sizes: dict[str, int] = {}
+    patient_record = PatientRecord()
+    for label, (metric, normal, noise, per_day) in schedules.items():
+        record = MetricRecord()
+        patient = PatientRecord()
+        for i in range(days * per_day):
+            at = T0 + timedelta(seconds=i * 86_400 / per_day)
+            m = _reading("STATE-P", metric, normal + float(rng.normal(0, noise)), at)
+            engine.measurement(m, record, patient, None, clock=at.timestamp(), now=at)
+        sizes[label] = len(encode(record))
+        patient_record = patient
+    sizes["patient record (kit, episodes, deadlines)"] = len(encode(patient_record))
+    for label, size in sizes.items():
+        print(f"  state {label:42} {size:6,} bytes")
+    return {"days": days, "bytes": sizes, "goal_bytes_per_patient_metric": 2048}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--readings", type=int, default=200_000)
+    parser.add_argument("--patients", type=int, default=2_000)
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each latency run")
+    parser.add_argument("--floor-child", nargs=3, metavar=("PREFIX", "MODE", "COUNT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.floor_child:
+        prefix, mode, count = args.floor_child
+        floor_child(prefix, mode, int(count))
+        return 0
+    env = stack_env()
+    tag = f"m{int(time.time()) % 100000}"
+    print(f"bench: monitor, {args.readings:,} readings of {args.patients:,} patients", flush=True)
+    people = cohort(tag, args.patients)
+    plans = {patient: careplan(patient, condition) for patient, condition in people}
+    measurements = backlog(people, args.readings)
+    records = [_encode(m) for m in measurements]
+    keys = [m.patient_id.encode() for m in measurements]
+    days = (measurements[-1].measured_at - measurements[0].measured_at).days + 1
+    results: dict[str, Any] = {"readings": args.readings, "patients": args.patients, "event_days": days}
+    results["core"] = core_phase(records, plans)
+    results["worker"] = [
+        worker_phase(env, tag, store, plans, records, keys) for store in ("rocksdb://", "memory://")
+    ]
+    results["faust_floor"] = [
+        floor_phase(env, f"{tag}rocksdb.", mode, args.readings) for mode in ("noop", "write")
+    ]
+    best = results["worker"][0]["per_s"]
+    rates = sorted({5000.0, round(best / 2)})
+    results["latency"] = [latency_phase(env, tag, rate, args.seconds, 1000) for rate in rates]
+    results["state"] = state_phase()
+    results["goals"] = {"per_s": 10_000, "p99_ms_at_5000": 100, "bytes_per_patient_metric": 2048}
+    write_results("monitor_throughput.json", results)
+    print(
+        f"bench: one monitor worker {best:,} readings/s (rocksdb); "
+        f"the core alone {results['core']['per_s']:,}/s. "
+        "Written to bench/results/monitor_throughput.json"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
