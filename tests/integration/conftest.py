@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Stack
+from tests.integration.alerts_support import AlertsProcess
 from tests.integration.archive_support import ArchiveProcess
 from tests.integration.bridge_support import BridgeProcess, prepare
 from tests.integration.monitor_support import MonitorProcess
@@ -38,5 +39,15 @@ def archive(
 def monitor(stack: Stack, kafka_bootstrap: str, unique: str, artefacts: Path) -> Iterator[MonitorProcess]:
     prepare(stack, unique)
     process = MonitorProcess(stack, unique, artefacts)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def alerts(
+    stack: Stack, kafka_bootstrap: str, database_url: str, unique: str, artefacts: Path
+) -> Iterator[AlertsProcess]:
+    prepare(stack, unique)
+    process = AlertsProcess(stack, unique, artefacts)
     yield process
     process.stop()

@@ -1,0 +1,181 @@
+"""The alert-store feed: alert events from Kafka into PostgreSQL, each version applied once.
+
+A kafka-python consumer group reads `vaktrom.alerts.v1`; every poll's events are applied in one
+database transaction (`alerts.store.apply_events`) and the Kafka offsets are committed after the
+database commit. A crash between the two replays the batch, which the store recognises by
+(episode id, version), so the effect is exactly once. If the database is away, the feed rewinds
+to the last committed offsets and tries again with back-off; it never skips an event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import msgspec
+import psycopg
+from kafka.consumer.group import KafkaConsumer
+from kafka.errors import KafkaError
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from alerts.settings import AlertsSettings
+from alerts.store import apply_events
+from contracts import AlertEvent, topics
+from contracts.ops import LATENCY_BUCKETS, OpsServer, serve
+from contracts.settings import DatabaseSettings, KafkaSettings
+from contracts.stage import StageError
+
+__all__ = ["AlertFeed", "AlertFeedError"]
+
+log = logging.getLogger("alerts.feed")
+_decode = msgspec.json.Decoder(AlertEvent).decode
+
+
+class AlertFeedError(StageError):
+    """The feed cannot start: Kafka or the database unreachable, or the alert tables missing."""
+
+
+class FeedMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.applied = Counter(
+            "vaktrom_alerts_events", "alert events applied to the store, by outcome", ["outcome"], registry=r
+        )
+        self.broken = Counter(
+            "vaktrom_alerts_records_broken", "records that broke their contract", registry=r
+        )
+        self.db_errors = Counter("vaktrom_alerts_database_errors", "batches the database refused", registry=r)
+        self.latency = Histogram(
+            "vaktrom_alerts_apply_seconds",
+            "Kafka append of an alert event to its commit in the store",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class AlertFeed:
+    """The feed as a stage (`start`, `run` until `stop`)."""
+
+    def __init__(self, *, kafka: KafkaSettings, database: DatabaseSettings, settings: AlertsSettings) -> None:
+        self._kafka, self._database, self._settings = kafka, database, settings
+        self._stopping = threading.Event()
+        self._consumer: KafkaConsumer | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+        self._ops: OpsServer | None = None
+        self.metrics = FeedMetrics()
+
+    def start(self) -> None:
+        try:
+            self._conn = psycopg.connect(self._database.url, connect_timeout=10)
+            self._conn.execute("SELECT 1 FROM alerts LIMIT 0")
+            self._conn.rollback()
+        except psycopg.errors.UndefinedTable:
+            raise AlertFeedError(
+                "the alert tables are missing: run the migrations (`infra/migrate.py`; make up does)",
+                retriable=False,
+            ) from None
+        except psycopg.OperationalError as exc:
+            raise AlertFeedError(f"cannot reach the database: {exc}".strip(), retriable=True) from None
+        try:
+            self._consumer = KafkaConsumer(
+                topics.alert_topic(self._kafka.topic_prefix),
+                bootstrap_servers=self._kafka.servers,
+                group_id=self._settings.group_id,
+                client_id="vaktrom-alerts-feed",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=int(self._settings.session_timeout_s * 1000),
+                heartbeat_interval_ms=int(self._settings.session_timeout_s * 1000 / 3),
+            )
+        except KafkaError as exc:
+            raise AlertFeedError(
+                f"cannot reach Kafka at {self._kafka.bootstrap}: {exc}", retriable=True
+            ) from None
+        self._ops = serve(
+            host=self._settings.metrics_host,
+            port=self._settings.metrics_port,
+            port_env="VAKTROM_ALERTS_METRICS_PORT",
+            exposition=self.metrics.exposition,
+            health=lambda: {"ok": self._consumer is not None and not self._stopping.is_set()},
+        )
+        log.info(
+            "alert feed: group %s, reading %s",
+            self._settings.group_id,
+            topics.alert_topic(self._kafka.topic_prefix),
+        )
+
+    def run(self) -> None:
+        consumer, backoff = self._consumer, 0.5
+        assert consumer is not None
+        try:
+            while not self._stopping.is_set():
+                batch = consumer.poll(timeout_ms=self._settings.batch_ms, max_records=2000)
+                records = [r for rs in batch.values() for r in rs]
+                if not records:
+                    continue
+                try:
+                    self._apply(records)
+                    consumer.commit()
+                    backoff = 0.5
+                except psycopg.OperationalError as exc:
+                    self.metrics.db_errors.inc()
+                    log.warning(
+                        "database refused a batch (%s); retrying in %.1f s from the last commit", exc, backoff
+                    )
+                    self._rewind(consumer)
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    self._reconnect()
+        finally:
+            consumer.close()
+            if self._conn is not None:
+                self._conn.close()
+            if self._ops is not None:
+                self._ops.stop()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _apply(self, records: list[Any]) -> None:
+        events = []
+        for record in records:
+            try:
+                events.append(_decode(record.value))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.metrics.broken.inc()
+                log.warning(
+                    "skipped a record on %s[%d]@%d that breaks its contract: %s",
+                    record.topic, record.partition, record.offset, exc,
+                )  # fmt: skip
+        conn = self._conn
+        assert conn is not None
+        applied = apply_events(conn, events)
+        conn.commit()
+        now = time.time()
+        for record in records:
+            if record.timestamp_type == 1:  # LogAppendTime: the broker's clock
+                self.metrics.latency.observe(max(0.0, now - record.timestamp / 1000.0))
+        for outcome in ("inserted", "updated", "ignored", "closed"):
+            self.metrics.applied.labels(outcome).inc(getattr(applied, outcome))
+
+    def _rewind(self, consumer: KafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            committed = consumer.committed(tp)
+            if committed is None:
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
+
+    def _reconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        try:
+            self._conn = psycopg.connect(self._database.url, connect_timeout=10)
+        except psycopg.OperationalError:
+            self._conn = None
