@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -20,6 +21,7 @@ from kafka.consumer.group import KafkaConsumer
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from alerts.escalation import escalate_due
 from alerts.settings import AlertsSettings
 from alerts.store import apply_events
 from contracts import AlertEvent, topics
@@ -48,6 +50,9 @@ class FeedMetrics:
             "vaktrom_alerts_records_broken", "records that broke their contract", registry=r
         )
         self.db_errors = Counter("vaktrom_alerts_database_errors", "batches the database refused", registry=r)
+        self.escalations = Counter(
+            "vaktrom_alerts_escalations", "escalation steps taken, by step", ["step"], registry=r
+        )
         self.latency = Histogram(
             "vaktrom_alerts_apply_seconds",
             "Kafka append of an alert event to its commit in the store",
@@ -113,6 +118,8 @@ class AlertFeed:
     def run(self) -> None:
         consumer, backoff = self._consumer, 0.5
         assert consumer is not None
+        escalator = threading.Thread(target=self._escalate, name="escalation", daemon=True)
+        escalator.start()
         try:
             while not self._stopping.is_set():
                 batch = consumer.poll(timeout_ms=self._settings.batch_ms, max_records=2000)
@@ -133,6 +140,7 @@ class AlertFeed:
                     backoff = min(backoff * 2, 30.0)
                     self._reconnect()
         finally:
+            escalator.join(timeout=10)
             consumer.close()
             if self._conn is not None:
                 self._conn.close()
@@ -141,6 +149,25 @@ class AlertFeed:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _escalate(self) -> None:
+        """Take due escalation steps on the service's own schedule, with its own connection."""
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stopping.wait(self._settings.escalation_every_s):
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self._database.url, connect_timeout=10)
+                taken = escalate_due(conn, now=datetime.now(UTC), targets=self._settings.targets)
+            except psycopg.OperationalError as exc:
+                log.warning("escalation: the database is away (%s); trying again", exc)
+                conn = None
+                continue
+            for step in taken:
+                self.metrics.escalations.labels(step.step.name.lower()).inc()
+            if taken:
+                log.info("escalation: %d alert(s) past their response-time target escalated", len(taken))
+        if conn is not None:
+            conn.close()
 
     def _apply(self, records: list[Any]) -> None:
         events = []

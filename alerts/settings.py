@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from datetime import timedelta
 
+from alerts.escalation import Targets
 from contracts.settings import ConfigError, Settings, check_ranges, setting
 
 __all__ = ["AlertsSettings"]
@@ -29,6 +31,17 @@ class AlertsSettings(Settings):
         env="VAKTROM_ALERTS_BATCH_MS",
         help="longest wait for more alert events before applying what was fetched (bounds the delay)",
     )
+    red_target_min: float = setting(
+        5.0, env="VAKTROM_ALERTS_RED_TARGET_MIN", help="a red alert must be claimed within this many minutes"
+    )
+    yellow_target_min: float = setting(
+        120.0,
+        env="VAKTROM_ALERTS_YELLOW_TARGET_MIN",
+        help="a yellow alert must be claimed within this many minutes",
+    )
+    escalation_every_s: float = setting(
+        5.0, env="VAKTROM_ALERTS_ESCALATION_EVERY_S", help="how often due escalation steps are looked for"
+    )
     metrics_host: str = setting(
         "127.0.0.1", env="VAKTROM_ALERTS_METRICS_HOST", help="address of the /metrics and /health endpoint"
     )
@@ -46,5 +59,14 @@ class AlertsSettings(Settings):
                 "VAKTROM_ALERTS_SESSION_TIMEOUT_S": (self.session_timeout_s, 6, 300),
                 "VAKTROM_ALERTS_BATCH_MS": (self.batch_ms, 1, 10_000),
                 "VAKTROM_ALERTS_METRICS_PORT": (self.metrics_port, 0, 65535),
+                "VAKTROM_ALERTS_RED_TARGET_MIN": (self.red_target_min, 0.1, 24 * 60),
+                "VAKTROM_ALERTS_YELLOW_TARGET_MIN": (self.yellow_target_min, 0.1, 7 * 24 * 60),
+                "VAKTROM_ALERTS_ESCALATION_EVERY_S": (self.escalation_every_s, 0.1, 600),
             }
+        )
+
+    @property
+    def targets(self) -> Targets:
+        return Targets(
+            red=timedelta(minutes=self.red_target_min), yellow=timedelta(minutes=self.yellow_target_min)
         )

@@ -27,6 +27,7 @@ __all__ = [
     "apply_events",
     "claim",
     "complete",
+    "require_idle",
     "start",
 ]
 
@@ -145,6 +146,7 @@ def _transition(
 ) -> datetime:
     """One conditional UPDATE and its timeline entry, committed together; WorkflowError if the
     alert is not in a state the action applies to (someone else was first, or it is closed)."""
+    require_idle(conn)
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(sql, params)
         row = cur.fetchone()
@@ -161,6 +163,13 @@ def _transition(
             (episode_id, kind, user, Jsonb(detail)),
         )
         return row[0]  # type: ignore[no-any-return]
+
+
+def require_idle(conn: psycopg.Connection[Any]) -> None:
+    """Actions commit their own transaction; inside a caller's open one they would only make a
+    savepoint, holding row locks and committing nothing until the caller does."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise RuntimeError("alert actions commit their own transaction: call them outside an open one")
 
 
 def claim(conn: psycopg.Connection[Any], episode_id: str, user: str) -> datetime:

@@ -47,14 +47,17 @@ def row(conn: psycopg.Connection[Any], episode: str) -> tuple[Any, ...]:
         "SELECT version, severity, count, state, assignee, resolution FROM alerts WHERE episode_id = %s",
         (episode,),
     ).fetchone()
+    conn.rollback()  # read-only: end the transaction, so actions that follow commit their own
     assert found is not None
     return found
 
 
 def timeline(conn: psycopg.Connection[Any], episode: str) -> list[tuple[str, int | None, str | None]]:
-    return conn.execute(
+    rows = conn.execute(
         "SELECT kind, version, actor FROM alert_timeline WHERE episode_id = %s ORDER BY entry_id", (episode,)
     ).fetchall()
+    conn.rollback()
+    return rows
 
 
 def test_versions_apply_once_and_an_older_one_changes_nothing(conn: psycopg.Connection[Any]) -> None:
@@ -71,6 +74,7 @@ def test_versions_apply_once_and_an_older_one_changes_nothing(conn: psycopg.Conn
     assert row(conn, eid) == (3, "red", 3, "new", None, None)
     assert sorted(timeline(conn, eid)) == [("escalated", 3, None), ("opened", 1, None), ("updated", 2, None)]
     stored = conn.execute("SELECT event FROM alerts WHERE episode_id = %s", (eid,)).fetchone()
+    conn.rollback()
     assert stored is not None
     assert stored[0]["explanation"] == v3.explanation
 
@@ -104,6 +108,15 @@ def test_concurrent_claims_have_exactly_one_winner(database_url: str, conn: psyc
     assert all(o == f"cannot claim: the alert is claimed by {winners[0]}" for o in losers)
     assert row(conn, eid)[3:5] == ("claimed", winners[0])
     assert [k for k, _v, _a in timeline(conn, eid)].count("claimed") == 1
+
+
+def test_actions_refuse_to_run_inside_an_open_transaction(conn: psycopg.Connection[Any]) -> None:
+    """An action inside the caller's transaction would hold the row lock and commit nothing."""
+    eid = new_id()
+    apply_events(conn, [event(eid, 1, EpisodeChange.OPENED, Severity.RED)])  # not committed yet
+    with pytest.raises(RuntimeError, match="outside an open one"):
+        claim(conn, eid, "anna")
+    conn.rollback()
 
 
 def test_workflow_claim_start_resolve_only_by_the_claiming_nurse(conn: psycopg.Connection[Any]) -> None:
@@ -188,3 +201,27 @@ def wait_for(check: Any, what: str, timeout: float = 30.0) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"not within {timeout:.0f} s: {what}")
+
+
+def test_the_service_escalates_on_its_own_schedule_until_claimed(
+    stack: Stack, alerts: AlertsProcess, conn: psycopg.Connection[Any]
+) -> None:
+    """Red target 6 s: the running service takes step 1 after 6 s; once claimed, step 2 never comes."""
+    alerts.extra_env.update(
+        {"VAKTROM_ALERTS_RED_TARGET_MIN": "0.1", "VAKTROM_ALERTS_ESCALATION_EVERY_S": "0.2"}
+    )
+    eid = new_id()
+    alerts.start()
+    produce(
+        stack,
+        topics.alert_topic(alerts.prefix),
+        [(f"P-{eid[:8]}", msgspec.json.encode(event(eid, 1, EpisodeChange.OPENED, Severity.RED)))],
+    )
+    wait_for(lambda: _version(conn, eid) == 1, "the alert in the store")
+    wait_for(lambda: ("escalation", None, None) in timeline(conn, eid), "step 1", 20)
+    claim(conn, eid, "anna")
+    time.sleep(8)  # step 2 would be due 12 s after arrival
+    kinds = [k for k, _v, _a in timeline(conn, eid)]
+    assert kinds == ["opened", "escalation", "claimed"]
+    assert alerts.metrics()['vaktrom_alerts_escalations_total{step="team"}'] >= 1
+    assert alerts.stop() == 0

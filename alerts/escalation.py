@@ -1,0 +1,155 @@
+"""Response-time targets, the urgency order of the queue, and escalation of unanswered alerts.
+
+Step k of an alert that is still new fires k targets after the alert reached the centre:
+
+    1  re-notify the team         2  the coordinator on duty         3  the on-call physician
+
+Escalation stops once the alert is claimed or closed (only `new` rows are looked at). Time is
+passed in (`now`), so tests and the benchmark drive it with their own clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from alerts.store import require_idle
+from contracts import Severity
+
+__all__ = ["Escalation", "Step", "Targets", "escalate_due", "queue"]
+
+
+class Step(enum.IntEnum):
+    TEAM = 1
+    COORDINATOR = 2
+    PHYSICIAN = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """How soon each severity must be claimed (None: no target; info items wait for batch review)."""
+
+    red: timedelta = timedelta(minutes=5)
+    yellow: timedelta = timedelta(hours=2)
+    info: timedelta | None = None
+
+    def of(self, severity: Severity) -> timedelta | None:
+        return {Severity.RED: self.red, Severity.YELLOW: self.yellow, Severity.INFO: self.info}[severity]
+
+    def sql_params(self) -> dict[str, Any]:
+        # An absent target is a very long one: the alert never comes due and sorts by age only.
+        never = timedelta(days=36_500)
+        return {"t_red": self.red, "t_yellow": self.yellow, "t_info": self.info or never}
+
+
+_TARGET = "(CASE severity WHEN 'red' THEN %(t_red)s WHEN 'yellow' THEN %(t_yellow)s ELSE %(t_info)s END)"
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    """One step taken: who is to be told about which alert."""
+
+    episode_id: str
+    patient_id: str
+    severity: Severity
+    step: Step
+    waiting: timedelta
+
+
+def escalate_due(
+    conn: psycopg.Connection[Any], *, now: datetime, targets: Targets, limit: int = 200
+) -> list[Escalation]:
+    """Take every step that is due by `now`, one step per alert per call, and commit.
+
+    Several instances may call this at once: rows another instance holds are skipped, and the
+    update is conditional on the step read, so each step is taken once.
+    """
+    require_idle(conn)
+    params = {**targets.sql_params(), "now": now, "limit": limit}
+    taken: list[Escalation] = []
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(
+            f"""
+            SELECT episode_id, patient_id, severity, escalation_step, received_at
+            FROM alerts
+            WHERE state = 'new' AND escalation_step < 3
+              AND (severity <> 'info' OR %(t_info)s < interval '36500 days')
+              AND received_at + (escalation_step + 1) * {_TARGET} <= %(now)s
+            ORDER BY received_at
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+            """,  # noqa: S608  (only the fixed CASE expression is formatted in; values are parameters)
+            params,
+        )
+        for episode_id, patient_id, severity, step, received_at in cur.fetchall():
+            nxt = Step(step + 1)
+            cur.execute(
+                "UPDATE alerts SET escalation_step = %s, updated_at = now() "
+                "WHERE episode_id = %s AND escalation_step = %s AND state = 'new'",
+                (int(nxt), episode_id, step),
+            )
+            if cur.rowcount != 1:
+                continue
+            waiting = now - received_at
+            cur.execute(
+                "INSERT INTO alert_timeline (episode_id, kind, at, detail) VALUES (%s, 'escalation', %s, %s)",
+                (
+                    episode_id,
+                    now,
+                    Jsonb({"step": int(nxt), "to": nxt.name.lower(), "waiting_s": waiting.total_seconds()}),
+                ),
+            )
+            taken.append(Escalation(episode_id, patient_id, Severity(severity), nxt, waiting))
+    return taken
+
+
+def queue(
+    conn: psycopg.Connection[Any],
+    *,
+    now: datetime,
+    targets: Targets,
+    user: str | None = None,
+    mine: bool = False,
+    unassigned: bool = False,
+    severity: Severity | None = None,
+    patient_id: str | None = None,
+    limit: int = 200,
+) -> list[dict[str, Any]]:
+    """Open alerts in urgency order: red, yellow, info; within a severity, the largest share of
+    the response-time target already used first (that is, the longest waiting)."""
+    where = ["state IN ('new', 'claimed', 'in_progress')"]
+    params: dict[str, Any] = {**targets.sql_params(), "now": now, "limit": limit}
+    if mine:
+        where.append("assignee = %(user)s")
+        params["user"] = user
+    if unassigned:
+        where.append("assignee IS NULL")
+    if severity is not None:
+        where.append("severity = %(severity)s")
+        params["severity"] = severity.value
+    if patient_id is not None:
+        where.append("patient_id = %(patient)s")
+        params["patient"] = patient_id
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            f"""
+            SELECT episode_id, patient_id, rule_id, severity, explanation, state, assignee, count,
+                   opened_at, last_seen_at, received_at, escalation_step,
+                   (extract(epoch FROM (%(now)s - received_at)) / extract(epoch FROM {_TARGET}))::float8
+                       AS target_used
+            FROM alerts
+            WHERE {" AND ".join(where)}
+            ORDER BY CASE severity WHEN 'red' THEN 0 WHEN 'yellow' THEN 1 ELSE 2 END, target_used DESC
+            LIMIT %(limit)s
+            """,  # noqa: S608  (fixed fragments only; values are parameters)
+            params,
+        )
+        rows = cur.fetchall()
+    conn.rollback()  # read-only: end the snapshot
+    return rows

@@ -1,0 +1,130 @@
+"""Escalation and the queue order against the real PostgreSQL, on an injected clock."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from alerts.escalation import Step, Targets, escalate_due, queue
+from alerts.store import apply_events, claim
+from contracts import EpisodeChange, Severity
+from tests.integration.test_alert_store import event, new_id
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+TARGETS = Targets(red=timedelta(minutes=5), yellow=timedelta(hours=2))
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(database_url) as connection:
+        # Alerts left open by earlier runs would join this test's queue and escalations: close them.
+        connection.execute(
+            "UPDATE alerts SET state = 'closed', closed_at = now(), assignee = NULL "
+            "WHERE state IN ('new', 'claimed', 'in_progress')"
+        )
+        connection.commit()
+        yield connection
+
+
+def received(conn: psycopg.Connection[Any], severity: Severity, at: datetime, patient: str = "") -> str:
+    """A new alert that reached the centre at `at`."""
+    eid = new_id()
+    kw = {"patient_id": patient} if patient else {}
+    apply_events(conn, [event(eid, 1, EpisodeChange.OPENED, severity, **kw)])
+    conn.execute("UPDATE alerts SET received_at = %s WHERE episode_id = %s", (at, eid))
+    conn.commit()
+    return eid
+
+
+def steps(conn: psycopg.Connection[Any], eid: str) -> list[int]:
+    rows = conn.execute(
+        "SELECT detail->>'step' FROM alert_timeline WHERE episode_id = %s AND kind = 'escalation' "
+        "ORDER BY entry_id",
+        (eid,),
+    ).fetchall()
+    conn.rollback()
+    return [int(r[0]) for r in rows]
+
+
+def test_steps_fire_at_their_times_and_stop_on_claim(conn: psycopg.Connection[Any]) -> None:
+    """A red alert: nothing at 4:59, team at 5:00, coordinator at 10:00; claimed at 12:00, so no
+    physician at 15:00. A yellow one waits for its 2-hour target."""
+    red = received(conn, Severity.RED, NOW)
+    yellow = received(conn, Severity.YELLOW, NOW)
+
+    def at(**kw: float) -> datetime:
+        return NOW + timedelta(**kw)
+
+    assert escalate_due(conn, now=at(minutes=4, seconds=59), targets=TARGETS) == []
+    (first,) = escalate_due(conn, now=at(minutes=5), targets=TARGETS)
+    assert (first.episode_id, first.step, first.waiting) == (red, Step.TEAM, timedelta(minutes=5))
+    assert escalate_due(conn, now=at(minutes=9), targets=TARGETS) == []
+    assert [e.step for e in escalate_due(conn, now=at(minutes=10), targets=TARGETS)] == [Step.COORDINATOR]
+    claim(conn, red, "anna")
+    assert escalate_due(conn, now=at(minutes=15), targets=TARGETS) == []
+    assert steps(conn, red) == [1, 2]
+    # the yellow one: its first step at 2 h (a call that is late catches up one step at a time)
+    assert [(e.episode_id, e.step) for e in escalate_due(conn, now=at(hours=4), targets=TARGETS)] == [
+        (yellow, Step.TEAM)
+    ]
+    assert [e.step for e in escalate_due(conn, now=at(hours=4), targets=TARGETS)] == [Step.COORDINATOR]
+    assert [e.step for e in escalate_due(conn, now=at(hours=6), targets=TARGETS)] == [Step.PHYSICIAN]
+    assert escalate_due(conn, now=at(hours=100), targets=TARGETS) == []  # three steps, no more
+    assert steps(conn, yellow) == [1, 2, 3]
+
+
+def test_two_instances_escalating_at_once_take_each_step_once(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    ids = [received(conn, Severity.RED, NOW) for _ in range(20)]
+    barrier = threading.Barrier(2)
+    taken: list[str] = []
+
+    def instance() -> None:
+        with psycopg.connect(database_url) as own:
+            barrier.wait()
+            taken.extend(
+                e.episode_id for e in escalate_due(own, now=NOW + timedelta(minutes=6), targets=TARGETS)
+            )
+
+    threads = [threading.Thread(target=instance) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(taken) == sorted(ids)  # every alert once, none twice
+    assert all(steps(conn, eid) == [1] for eid in ids)
+
+
+def test_queue_orders_by_severity_then_share_of_target_used_and_filters(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Red before yellow before info; within red, the one waiting longer first. Filters narrow it."""
+    red_new = received(conn, Severity.RED, NOW - timedelta(minutes=1))
+    red_old = received(conn, Severity.RED, NOW - timedelta(minutes=4))
+    yellow = received(conn, Severity.YELLOW, NOW - timedelta(hours=1))
+    info = received(conn, Severity.INFO, NOW - timedelta(days=2), patient="P-QUEUE-INFO")
+    claim(conn, yellow, "anna")
+    rows = queue(conn, now=NOW, targets=TARGETS)
+    assert [r["episode_id"] for r in rows] == [red_old, red_new, yellow, info]
+    assert rows[0]["target_used"] == pytest.approx(0.8)  # 4 of 5 minutes
+    assert [r["episode_id"] for r in queue(conn, now=NOW, targets=TARGETS, mine=True, user="anna")] == [
+        yellow
+    ]
+    assert [r["episode_id"] for r in queue(conn, now=NOW, targets=TARGETS, unassigned=True)] == [
+        red_old,
+        red_new,
+        info,
+    ]
+    assert [r["episode_id"] for r in queue(conn, now=NOW, targets=TARGETS, severity=Severity.RED)] == [
+        red_old,
+        red_new,
+    ]
+    assert [r["episode_id"] for r in queue(conn, now=NOW, targets=TARGETS, patient_id="P-QUEUE-INFO")] == [
+        info
+    ]
