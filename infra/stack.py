@@ -29,7 +29,7 @@ from services import Kafka, Mosquitto, Postgres
 from contracts.settings import ConfigError, Settings, setting
 
 # The stages `make up` runs once they exist: (package, issue that builds it).
-STAGES = [("ingest", 4), ("streams", 5), ("alerts", 7), ("gateway_sim", 3)]
+STAGES = [("ingest", 4), ("streams.monitor", 5), ("streams.archive", 6), ("alerts", 7), ("gateway_sim", 3)]
 SERVICES = ("mosquitto", "kafka", "postgres")
 
 
@@ -168,9 +168,9 @@ def stage_report() -> list[str]:
     lines = []
     for package, issue in STAGES:
         if importlib.util.find_spec(f"{package}.__main__") is None:
-            lines.append(f"    {package:<12} not built yet (issue #{issue})")
+            lines.append(f"    {package:<16} not built yet (issue #{issue})")
         else:
-            lines.append(f"    {package:<12} available: python -m {package}")
+            lines.append(f"    {package:<16} available: python -m {package}")
     return lines
 
 
