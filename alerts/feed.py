@@ -135,10 +135,11 @@ class AlertFeed:
                     log.warning(
                         "database refused a batch (%s); retrying in %.1f s from the last commit", exc, backoff
                     )
+                    _discard(self._conn)
+                    self._conn = None
                     self._rewind(consumer)
                     self._stopping.wait(backoff)
                     backoff = min(backoff * 2, 30.0)
-                    self._reconnect()
         finally:
             escalator.join(timeout=10)
             consumer.close()
@@ -155,11 +156,11 @@ class AlertFeed:
         conn: psycopg.Connection[Any] | None = None
         while not self._stopping.wait(self._settings.escalation_every_s):
             try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(self._database.url, connect_timeout=10)
+                conn = _open(conn, self._database.url)
                 taken = escalate_due(conn, now=datetime.now(UTC), targets=self._settings.targets)
             except psycopg.OperationalError as exc:
                 log.warning("escalation: the database is away (%s); trying again", exc)
+                _discard(conn)
                 conn = None
                 continue
             for step in taken:
@@ -180,8 +181,7 @@ class AlertFeed:
                     "skipped a record on %s[%d]@%d that breaks its contract: %s",
                     record.topic, record.partition, record.offset, exc,
                 )  # fmt: skip
-        conn = self._conn
-        assert conn is not None
+        conn = self._conn = _open(self._conn, self._database.url)
         applied = apply_events(conn, events)
         conn.commit()
         now = time.time()
@@ -199,10 +199,13 @@ class AlertFeed:
             else:
                 consumer.seek(tp, committed)
 
-    def _reconnect(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        try:
-            self._conn = psycopg.connect(self._database.url, connect_timeout=10)
-        except psycopg.OperationalError:
-            self._conn = None
+
+def _open(conn: psycopg.Connection[Any] | None, url: str) -> psycopg.Connection[Any]:
+    """`conn`, or a new connection when there is none (raises OperationalError while the database is away)."""
+    return conn if conn is not None and not conn.closed else psycopg.connect(url, connect_timeout=10)
+
+
+def _discard(conn: psycopg.Connection[Any] | None) -> None:
+    """Close a connection that failed; the next `_open` makes a new one."""
+    if conn is not None:
+        conn.close()

@@ -13,7 +13,7 @@ import pytest
 from alerts.escalation import Step, Targets, escalate_due, queue
 from alerts.store import apply_events, claim
 from contracts import EpisodeChange, Severity
-from tests.integration.test_alert_store import event, new_id
+from tests.integration.alerts_support import event, new_id
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 TARGETS = Targets(red=timedelta(minutes=5), yellow=timedelta(hours=2))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -14,32 +13,15 @@ import pytest
 
 from alerts.store import Applied, Resolution, WorkflowError, apply_events, claim, complete, start
 from contracts import AlertEvent, EpisodeChange, Severity, topics
-from tests.conftest import Stack
-from tests.integration.alerts_support import AlertsProcess
+from tests.conftest import Stack, stack_command
+from tests.integration.alerts_support import T0, AlertsProcess, event, new_id, wait_for
 from tests.integration.stage_support import produce
-
-T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
-
-
-def event(episode: str, version: int, change: EpisodeChange, severity: Severity, **kw: Any) -> AlertEvent:
-    fields: dict[str, Any] = {
-        "episode_id": episode, "version": version, "change": change, "patient_id": f"P-{episode[:8]}",
-        "rule_id": "NEWS2-S1", "rule_source": "RCP NEWS2 2017", "metric": "spo2", "severity": severity,
-        "explanation": f"SpO2 {90 - version} %: NEWS2 SpO2 sub-score 3 (scale 1)", "opened_at": T0,
-        "last_seen_at": T0 + timedelta(hours=version), "count": version, "emitted_at": T0,
-    }  # fmt: skip
-    fields.update(kw)
-    return AlertEvent(**fields)
 
 
 @pytest.fixture
 def conn(database_url: str) -> Any:
     with psycopg.connect(database_url) as connection:
         yield connection
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
 
 
 def row(conn: psycopg.Connection[Any], episode: str) -> tuple[Any, ...]:
@@ -194,15 +176,6 @@ def _version(conn: psycopg.Connection[Any], episode: str) -> int | None:
     return None if found is None else int(found[0])
 
 
-def wait_for(check: Any, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}")
-
-
 def test_the_service_escalates_on_its_own_schedule_until_claimed(
     stack: Stack, alerts: AlertsProcess, conn: psycopg.Connection[Any]
 ) -> None:
@@ -224,4 +197,40 @@ def test_the_service_escalates_on_its_own_schedule_until_claimed(
     kinds = [k for k, _v, _a in timeline(conn, eid)]
     assert kinds == ["opened", "escalation", "claimed"]
     assert alerts.metrics()['vaktrom_alerts_escalations_total{step="team"}'] >= 1
+    assert alerts.stop() == 0
+
+
+def test_the_feed_waits_out_a_database_outage_and_loses_nothing(
+    stack: Stack, alerts: AlertsProcess, conn: psycopg.Connection[Any]
+) -> None:
+    """PostgreSQL stopped while an event arrives: the feed keeps the service up, retries from the last
+    commit, and applies the event once the database is back."""
+    eid = new_id()
+    topic = topics.alert_topic(alerts.prefix)
+    alerts.start()
+    produce(
+        stack,
+        topic,
+        [(f"P-{eid[:8]}", msgspec.json.encode(event(eid, 1, EpisodeChange.OPENED, Severity.RED)))],
+    )
+    wait_for(lambda: _version(conn, eid) == 1, "v1 in the store")
+    conn.close()
+    down = stack_command("down", "postgres", timeout=120)
+    assert down.returncode == 0, down.stderr
+    try:
+        produce(
+            stack,
+            topic,
+            [(f"P-{eid[:8]}", msgspec.json.encode(event(eid, 2, EpisodeChange.UPDATED, Severity.RED)))],
+        )
+        wait_for(
+            lambda: alerts.metrics().get("vaktrom_alerts_database_errors_total", 0) >= 2, "two failed tries"
+        )
+        assert alerts.process is not None
+        assert alerts.process.poll() is None, alerts.tail()
+    finally:
+        up = stack_command("up", "postgres", timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+    with psycopg.connect(stack.database_url) as fresh:
+        wait_for(lambda: _version(fresh, eid) == 2, "v2 in the store after the outage", 60)
     assert alerts.stop() == 0
