@@ -39,9 +39,6 @@ class Targets:
     yellow: timedelta = timedelta(hours=2)
     info: timedelta | None = None
 
-    def of(self, severity: Severity) -> timedelta | None:
-        return {Severity.RED: self.red, Severity.YELLOW: self.yellow, Severity.INFO: self.info}[severity]
-
     def sql_params(self) -> dict[str, Any]:
         # An absent target is a very long one: the alert never comes due and sorts by age only.
         never = timedelta(days=36_500)
