@@ -11,6 +11,7 @@ passed in (`now`), so tests and the benchmark drive it with their own clock.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from alerts.notify import Route, enqueue
 from alerts.store import require_idle
 from contracts import Severity
 
@@ -60,9 +62,15 @@ class Escalation:
 
 
 def escalate_due(
-    conn: psycopg.Connection[Any], *, now: datetime, targets: Targets, limit: int = 200
+    conn: psycopg.Connection[Any],
+    *,
+    now: datetime,
+    targets: Targets,
+    routes: Mapping[Step, Sequence[Route]] | None = None,
+    limit: int = 200,
 ) -> list[Escalation]:
-    """Take every step that is due by `now`, one step per alert per call, and commit.
+    """Take every step that is due by `now`, one step per alert per call, and commit; each step's
+    notifications (`routes`) go to the outbox in the same transaction.
 
     Several instances may call this at once: rows another instance holds are skipped, and the
     update is conditional on the step read, so each step is taken once.
@@ -102,6 +110,7 @@ def escalate_due(
                     Jsonb({"step": int(nxt), "to": nxt.name.lower(), "waiting_s": waiting.total_seconds()}),
                 ),
             )
+            enqueue(cur, episode_id, int(nxt), (routes or {}).get(nxt, ()), at=now)
             taken.append(Escalation(episode_id, patient_id, Severity(severity), nxt, waiting))
     return taken
 
@@ -116,33 +125,41 @@ def queue(
     unassigned: bool = False,
     severity: Severity | None = None,
     patient_id: str | None = None,
+    team_id: str | None = None,
     limit: int = 200,
 ) -> list[dict[str, Any]]:
     """Open alerts in urgency order: red, yellow, info; within a severity, the largest share of
-    the response-time target already used first (that is, the longest waiting)."""
-    where = ["state IN ('new', 'claimed', 'in_progress')"]
+    the response-time target already used first (that is, the longest waiting). `team_id` keeps
+    the patients that team follows (a patient not enrolled in a team is seen centre-wide only)."""
+    where = ["a.state IN ('new', 'claimed', 'in_progress')"]
     params: dict[str, Any] = {**targets.sql_params(), "now": now, "limit": limit}
     if mine:
-        where.append("assignee = %(user)s")
+        where.append("a.assignee = %(user)s")
         params["user"] = user
     if unassigned:
-        where.append("assignee IS NULL")
+        where.append("a.assignee IS NULL")
     if severity is not None:
-        where.append("severity = %(severity)s")
+        where.append("a.severity = %(severity)s")
         params["severity"] = severity.value
     if patient_id is not None:
-        where.append("patient_id = %(patient)s")
+        where.append("a.patient_id = %(patient)s")
         params["patient"] = patient_id
+    if team_id is not None:
+        where.append("p.team_id = %(team)s")
+        params["team"] = team_id
+    target = _TARGET.replace("severity", "a.severity")
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             f"""
-            SELECT episode_id, patient_id, rule_id, severity, explanation, state, assignee, count,
-                   opened_at, last_seen_at, received_at, escalation_step,
-                   (extract(epoch FROM (%(now)s - received_at)) / extract(epoch FROM {_TARGET}))::float8
+            SELECT a.episode_id, a.patient_id, p.display_name, p.team_id, a.rule_id, a.metric, a.severity,
+                   a.explanation, a.state, a.assignee, a.count, a.opened_at, a.last_seen_at,
+                   a.received_at, a.escalation_step,
+                   {target} AS target,
+                   (extract(epoch FROM (%(now)s - a.received_at)) / extract(epoch FROM {target}))::float8
                        AS target_used
-            FROM alerts
+            FROM alerts a LEFT JOIN patients p USING (patient_id)
             WHERE {" AND ".join(where)}
-            ORDER BY CASE severity WHEN 'red' THEN 0 WHEN 'yellow' THEN 1 ELSE 2 END, target_used DESC
+            ORDER BY CASE a.severity WHEN 'red' THEN 0 WHEN 'yellow' THEN 1 ELSE 2 END, target_used DESC
             LIMIT %(limit)s
             """,  # noqa: S608  (fixed fragments only; values are parameters)
             params,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +54,9 @@ class FeedMetrics:
         self.escalations = Counter(
             "vaktrom_alerts_escalations", "escalation steps taken, by step", ["step"], registry=r
         )
+        self.notifications = Counter(
+            "vaktrom_alerts_notifications", "escalation notifications, by outcome", ["outcome"], registry=r
+        )
         self.latency = Histogram(
             "vaktrom_alerts_apply_seconds",
             "Kafka append of an alert event to its commit in the store",
@@ -67,8 +71,16 @@ class FeedMetrics:
 class AlertFeed:
     """The feed as a stage (`start`, `run` until `stop`)."""
 
-    def __init__(self, *, kafka: KafkaSettings, database: DatabaseSettings, settings: AlertsSettings) -> None:
+    def __init__(
+        self,
+        *,
+        kafka: KafkaSettings,
+        database: DatabaseSettings,
+        settings: AlertsSettings,
+        health: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self._kafka, self._database, self._settings = kafka, database, settings
+        self._health = health
         self._stopping = threading.Event()
         self._consumer: KafkaConsumer | None = None
         self._conn: psycopg.Connection[Any] | None = None
@@ -107,7 +119,7 @@ class AlertFeed:
             port=self._settings.metrics_port,
             port_env="VAKTROM_ALERTS_METRICS_PORT",
             exposition=self.metrics.exposition,
-            health=lambda: {"ok": self._consumer is not None and not self._stopping.is_set()},
+            health=self.health,
         )
         log.info(
             "alert feed: group %s, reading %s",
@@ -151,13 +163,23 @@ class AlertFeed:
     def stop(self) -> None:
         self._stopping.set()
 
+    def health(self) -> dict[str, Any]:
+        """The feed's state, and the rest of the service's (`health` given at construction)."""
+        report = {"ok": self._consumer is not None and not self._stopping.is_set()}
+        if self._health is not None:
+            other = self._health()
+            report = {**other, "ok": report["ok"] and bool(other.get("ok"))}
+        return report
+
     def _escalate(self) -> None:
         """Take due escalation steps on the service's own schedule, with its own connection."""
         conn: psycopg.Connection[Any] | None = None
         while not self._stopping.wait(self._settings.escalation_every_s):
             try:
                 conn = _open(conn, self._database.url)
-                taken = escalate_due(conn, now=datetime.now(UTC), targets=self._settings.targets)
+                taken = escalate_due(
+                    conn, now=datetime.now(UTC), targets=self._settings.targets, routes=self._settings.routes
+                )
             except psycopg.OperationalError as exc:
                 log.warning("escalation: the database is away (%s); trying again", exc)
                 _discard(conn)

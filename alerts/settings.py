@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import zoneinfo
 from datetime import timedelta
 
-from alerts.escalation import Targets
+from alerts.escalation import Step, Targets
+from alerts.notify import Route, parse_routes
 from contracts.settings import ConfigError, Settings, check_ranges, setting
 
 __all__ = ["AlertsSettings"]
@@ -48,6 +50,65 @@ class AlertsSettings(Settings):
     metrics_port: int = setting(
         9467, env="VAKTROM_ALERTS_METRICS_PORT", help="port of the /metrics and /health endpoint (0: off)"
     )
+    http_host: str = setting(
+        "127.0.0.1", env="VAKTROM_ALERTS_HTTP_HOST", help="address the console and the HTTP API listen on"
+    )
+    http_port: int = setting(
+        8470, env="VAKTROM_ALERTS_HTTP_PORT", help="port of the console and the HTTP API"
+    )
+    public_url: str = setting(
+        "",
+        env="VAKTROM_ALERTS_PUBLIC_URL",
+        help="the console's address as staff reach it, for links in notifications (default: http://HOST:PORT)",
+    )
+    time_zone: str = setting(
+        "Europe/Oslo",
+        env="VAKTROM_ALERTS_TIME_ZONE",
+        help="the response centre's time zone for every time shown",
+    )
+    session_hours: float = setting(
+        12.0, env="VAKTROM_ALERTS_SESSION_HOURS", help="a console login lasts at most this long (one shift)"
+    )
+    idle_minutes: float = setting(
+        60.0, env="VAKTROM_ALERTS_IDLE_MINUTES", help="a console session unused this long ends"
+    )
+    cookie_secure: bool = setting(
+        True,
+        env="VAKTROM_ALERTS_COOKIE_SECURE",
+        help="send the session cookie over HTTPS only (browsers also accept it on http://localhost)",
+    )
+    notify_team: str = setting(
+        "",
+        env="VAKTROM_ALERTS_NOTIFY_TEAM",
+        help="escalation step 1 goes to these: https:// webhooks and mailto: addresses, comma-separated",
+    )
+    notify_coordinator: str = setting(
+        "",
+        env="VAKTROM_ALERTS_NOTIFY_COORDINATOR",
+        help="escalation step 2 (the coordinator on duty), as above",
+    )
+    notify_physician: str = setting(
+        "", env="VAKTROM_ALERTS_NOTIFY_PHYSICIAN", help="escalation step 3 (the on-call physician), as above"
+    )
+    webhook_secret: str = setting(
+        "",
+        env="VAKTROM_ALERTS_WEBHOOK_SECRET",
+        help="shared secret of the webhooks' HMAC-SHA256 signature (at least 16 characters)",
+        secret=True,
+    )
+    smtp_host: str = setting("", env="VAKTROM_ALERTS_SMTP_HOST", help="SMTP server for e-mail notifications")
+    smtp_port: int = setting(25, env="VAKTROM_ALERTS_SMTP_PORT", help="its port")
+    smtp_starttls: bool = setting(
+        False, env="VAKTROM_ALERTS_SMTP_STARTTLS", help="upgrade to TLS with STARTTLS"
+    )
+    smtp_user: str = setting("", env="VAKTROM_ALERTS_SMTP_USER", help="SMTP login (empty: none)")
+    smtp_password: str = setting("", env="VAKTROM_ALERTS_SMTP_PASSWORD", help="SMTP password", secret=True)
+    smtp_from: str = setting(
+        "vaktrom@localhost", env="VAKTROM_ALERTS_SMTP_FROM", help="sender address of e-mail notifications"
+    )
+    notify_every_s: float = setting(
+        2.0, env="VAKTROM_ALERTS_NOTIFY_EVERY_S", help="how often the notification outbox is looked at"
+    )
 
     def validate(self) -> None:
         if not _GROUP.match(self.group_id):
@@ -62,8 +123,52 @@ class AlertsSettings(Settings):
                 "VAKTROM_ALERTS_RED_TARGET_MIN": (self.red_target_min, 0.1, 24 * 60),
                 "VAKTROM_ALERTS_YELLOW_TARGET_MIN": (self.yellow_target_min, 0.1, 7 * 24 * 60),
                 "VAKTROM_ALERTS_ESCALATION_EVERY_S": (self.escalation_every_s, 0.1, 600),
+                "VAKTROM_ALERTS_HTTP_PORT": (self.http_port, 0, 65535),
+                "VAKTROM_ALERTS_SESSION_HOURS": (self.session_hours, 0.1, 24 * 7),
+                "VAKTROM_ALERTS_IDLE_MINUTES": (self.idle_minutes, 1, 24 * 60),
+                "VAKTROM_ALERTS_SMTP_PORT": (self.smtp_port, 1, 65535),
+                "VAKTROM_ALERTS_NOTIFY_EVERY_S": (self.notify_every_s, 0.1, 600),
             }
         )
+        try:
+            zoneinfo.ZoneInfo(self.time_zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"VAKTROM_ALERTS_TIME_ZONE={self.time_zone!r} is not a known time zone; use an IANA name "
+                "such as Europe/Oslo"
+            ) from None
+        routes = [r for rs in self.routes.values() for r in rs]  # parses, so a typo fails here
+        if any(r.channel == "webhook" for r in routes) and len(self.webhook_secret) < 16:
+            raise ConfigError(
+                "webhook notifications are configured but VAKTROM_ALERTS_WEBHOOK_SECRET is missing or "
+                "shorter than 16 characters; set one and give it to the receivers"
+            )
+        if any(r.channel == "email" for r in routes) and not self.smtp_host:
+            raise ConfigError(
+                "e-mail notifications are configured but VAKTROM_ALERTS_SMTP_HOST is empty; "
+                "name the SMTP server"
+            )
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"VAKTROM_ALERTS_PUBLIC_URL={self.public_url!r} must start with http:// or https://"
+            )
+
+    @property
+    def routes(self) -> dict[Step, list[Route]]:
+        try:
+            return {
+                Step.TEAM: parse_routes(self.notify_team, env="VAKTROM_ALERTS_NOTIFY_TEAM"),
+                Step.COORDINATOR: parse_routes(
+                    self.notify_coordinator, env="VAKTROM_ALERTS_NOTIFY_COORDINATOR"
+                ),
+                Step.PHYSICIAN: parse_routes(self.notify_physician, env="VAKTROM_ALERTS_NOTIFY_PHYSICIAN"),
+            }
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @property
+    def link_base(self) -> str:
+        return self.public_url or f"http://{self.http_host}:{self.http_port}"
 
     @property
     def targets(self) -> Targets:

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from contracts import AlertEvent, EpisodeChange, Severity
@@ -27,6 +28,7 @@ __all__ = [
     "apply_events",
     "claim",
     "complete",
+    "detail",
     "require_idle",
     "start",
 ]
@@ -218,3 +220,23 @@ def complete(
         detail={"resolution": resolution.value, "note": note},
         refusal="only the nurse who claimed it can resolve it",
     )
+
+
+def detail(conn: psycopg.Connection[Any], episode_id: str) -> dict[str, Any] | None:
+    """One alert with what the console shows of its patient, and its timeline (oldest first)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT a.*, p.display_name, p.team_id FROM alerts a LEFT JOIN patients p USING (patient_id) "
+            "WHERE a.episode_id = %s",
+            (episode_id,),
+        )
+        found = cur.fetchone()
+        if found is not None:
+            cur.execute(
+                "SELECT at, kind, version, actor, detail FROM alert_timeline WHERE episode_id = %s "
+                "ORDER BY at, entry_id",
+                (episode_id,),
+            )
+            found["timeline"] = cur.fetchall()
+    conn.rollback()  # read-only: end the snapshot
+    return found

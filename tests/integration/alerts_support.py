@@ -1,18 +1,48 @@
-"""Running the real response-centre service (`python -m alerts`) in tests."""
+"""Running the real response-centre service (`python -m alerts`) in tests, and the peers it talks
+to: staff accounts, an HTTP client holding a console session, a webhook receiver, a mailbox."""
 
 from __future__ import annotations
 
+import http.server
+import re
+import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from email.message import Message
 from typing import Any, ClassVar
 
-from contracts import AlertEvent, EpisodeChange, Severity
-from tests.integration.stage_support import StageProcess
+import httpx
+import msgspec
+import psycopg
+from aiosmtpd.controller import Controller
 
-__all__ = ["T0", "AlertsProcess", "event", "new_id", "wait_for"]
+from alerts.accounts import Role, add_user
+from contracts import AlertEvent, EpisodeChange, Severity, topics
+from tests.conftest import Stack
+from tests.integration.stage_support import StageProcess, free_port, produce
+
+__all__ = [
+    "PASSWORD",
+    "T0",
+    "AlertsProcess",
+    "ConsoleClient",
+    "Mailbox",
+    "Receiver",
+    "event",
+    "mailbox",
+    "new_id",
+    "publish",
+    "receiver",
+    "staff",
+    "wait_for",
+]
+
+PASSWORD = "correct horse battery staple"  # noqa: S105  (a test account's password, on the test database only)
 
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
 
@@ -24,9 +54,19 @@ class AlertsProcess(StageProcess):
     module: ClassVar[str] = "alerts"
     label: ClassVar[str] = "alerts"
     metrics_env: ClassVar[str] = "VAKTROM_ALERTS_METRICS_PORT"
+    http_port: int = 0
 
     def stage_env(self) -> dict[str, str]:
-        return {"VAKTROM_ALERTS_GROUP": f"{self.name}-alerts"}
+        if not self.http_port:
+            self.http_port = free_port()
+        return {
+            "VAKTROM_ALERTS_GROUP": f"{self.name}-alerts",
+            "VAKTROM_ALERTS_HTTP_PORT": str(self.http_port),
+        }
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
 
 def event(episode: str, version: int, change: EpisodeChange, severity: Severity, **kw: Any) -> AlertEvent:
@@ -41,6 +81,11 @@ def event(episode: str, version: int, change: EpisodeChange, severity: Severity,
     return AlertEvent(**fields)
 
 
+def publish(stack: Stack, prefix: str, *events: AlertEvent) -> None:
+    """Put alert events on the test's alert topic, as the monitor does (keyed by patient)."""
+    produce(stack, topics.alert_topic(prefix), [(e.patient_id, msgspec.json.encode(e)) for e in events])
+
+
 def new_id() -> str:
     """A fresh episode id (32 hex digits), so tests share the database without meeting."""
     return uuid.uuid4().hex
@@ -53,3 +98,102 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> None
             return
         time.sleep(0.2)
     raise AssertionError(f"not within {timeout:.0f} s: {what}")
+
+
+def staff(conn: psycopg.Connection[Any], role: Role, team: str | None = None) -> str:
+    """A fresh account with PASSWORD; returns its username."""
+    username = f"{role.value}-{uuid.uuid4().hex[:10]}"
+    add_user(conn, username=username, display_name=f"Test {role.value.title()}", role=role,
+             password=PASSWORD, team_id=team)  # fmt: skip
+    conn.commit()
+    return username
+
+
+@dataclass
+class ConsoleClient:
+    """A browser-like session on the console: the session cookie sent by hand (httpx, like Python's
+    cookie jar, keeps Secure cookies off plain http) and the page's CSRF token."""
+
+    base: str
+    cookie: str = ""
+    csrf: str = ""
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10, follow_redirects=False))
+
+    def login(self, username: str, password: str = PASSWORD) -> httpx.Response:
+        response = self.http.post(f"{self.base}/login", data={"username": username, "password": password})
+        found = re.search(r"vaktrom_session=([^;]+)", response.headers.get("set-cookie", ""))
+        if found:
+            self.cookie = found.group(1)
+            page = self.get("/")
+            token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+            self.csrf = token.group(1) if token else ""
+        return response
+
+    def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
+        headers = {"Cookie": f"vaktrom_session={self.cookie}"} if self.cookie else {}
+        return {**headers, **(extra or {})}
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        return self.http.get(f"{self.base}{path}", headers=self._headers(headers))
+
+    def post(self, path: str, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
+        return self.http.post(f"{self.base}{path}", headers=self._headers(headers), **kw)
+
+
+@dataclass
+class Receiver:
+    """A local HTTP server recording every webhook POST (headers and body)."""
+
+    url: str
+    received: list[tuple[dict[str, str], bytes]]
+    status: list[int]  # the answer to give; a test may change it
+
+
+@contextmanager
+def receiver() -> Iterator[Receiver]:
+    got: list[tuple[dict[str, str], bytes]] = []
+    status = [204]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            got.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(status[0])
+            self.end_headers()
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Receiver(f"http://127.0.0.1:{server.server_address[1]}/hook", got, status)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass
+class Mailbox:
+    port: int
+    messages: list[Message]
+
+
+@contextmanager
+def mailbox() -> Iterator[Mailbox]:
+    """A real SMTP server (aiosmtpd) on a free local port, keeping what it is sent."""
+    messages: list[Message] = []
+
+    class Handler:
+        async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:  # noqa: N802  (aiosmtpd's hook name)
+            messages.append(message_from_bytes(envelope.content))
+            return "250 OK"
+
+    port = free_port()
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield Mailbox(port, messages)
+    finally:
+        controller.stop()

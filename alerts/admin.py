@@ -1,0 +1,145 @@
+"""`python -m alerts.admin`: accounts and teams of the response centre, for operators.
+
+    python -m alerts.admin team add oslo-east "Oslo east home follow-up"
+    python -m alerts.admin user add kari --name "Kari Nordmann" --role nurse [--team oslo-east]
+    python -m alerts.admin user list
+    python -m alerts.admin token ehr-integration          # prints a bearer token for the HTTP API
+
+The password of `user add` is read from the terminal (or from stdin when it is not a terminal,
+or from VAKTROM_NEW_PASSWORD for scripts). Every change is written to the audit log with the
+operator's login name. Reads VAKTROM_DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from alerts import accounts
+from alerts.accounts import AccountError, Role
+from contracts.settings import ConfigError, DatabaseSettings
+
+__all__ = ["main"]
+
+
+def _password() -> str:
+    if os.environ.get("VAKTROM_NEW_PASSWORD"):
+        return os.environ["VAKTROM_NEW_PASSWORD"]
+    if sys.stdin.isatty():
+        first = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != first:
+            raise AccountError("the two passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m alerts.admin", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    team = sub.add_parser("team", help="teams (a response centre may serve several municipalities)")
+    team_add = team.add_subparsers(dest="action", required=True).add_parser("add")
+    team_add.add_argument("team_id")
+    team_add.add_argument("name")
+    user = sub.add_parser("user", help="staff accounts")
+    user_sub = user.add_subparsers(dest="action", required=True)
+    user_add = user_sub.add_parser("add")
+    user_add.add_argument("username")
+    user_add.add_argument("--name", required=True, help="full name shown in the console")
+    user_add.add_argument("--role", required=True, choices=[r.value for r in Role])
+    user_add.add_argument("--team", help="the team they work in (default: every team)")
+    user_add.add_argument("--email")
+    user_sub.add_parser("list")
+    token = sub.add_parser("token", help="a bearer token for the HTTP API (shown once)")
+    token.add_argument("username")
+    token.add_argument("--days", type=int, default=365)
+    return parser
+
+
+def _audit(conn: psycopg.Connection[Any], action: str, target: str, **detail: Any) -> None:
+    accounts.audit(
+        conn, action, actor=f"cli:{getpass.getuser()}", ip=None, user_agent="alerts.admin", target=target,
+        detail=detail,
+    )  # fmt: skip
+
+
+def _team_add(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:
+    with conn.transaction():
+        conn.execute("INSERT INTO teams (team_id, name) VALUES (%s, %s)", (args.team_id, args.name))
+    _audit(conn, "add_team", args.team_id)
+    print(f"team {args.team_id} added")
+
+
+def _user_add(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:
+    with conn.transaction():
+        accounts.add_user(
+            conn, username=args.username, display_name=args.name, role=Role(args.role),
+            password=_password(), team_id=args.team, email=args.email,
+        )  # fmt: skip
+    _audit(conn, "add_user", args.username, role=args.role, team=args.team)
+    print(f"user {args.username} ({args.role}) added")
+
+
+def _user_list(conn: psycopg.Connection[Any], _args: argparse.Namespace) -> None:
+    for row in conn.execute(
+        "SELECT username, role, coalesce(team_id, 'all teams'), active FROM users ORDER BY username"
+    ):
+        print(f"{row[0]:24} {row[1]:12} {row[2]:20} {'active' if row[3] else 'disabled'}")
+
+
+def _token(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:
+    if (
+        conn.execute("SELECT 1 FROM users WHERE username = %s AND active", (args.username,)).fetchone()
+        is None
+    ):
+        raise AccountError(f"no active user {args.username!r}; add one with `user add` first")
+    conn.rollback()
+    secret = accounts.new_session(
+        conn, args.username, kind="api", lifetime=timedelta(days=args.days), ip=None
+    )
+    _audit(conn, "add_token", args.username, days=args.days)
+    print(secret)
+
+
+_COMMANDS = {
+    ("team", "add"): _team_add,
+    ("user", "add"): _user_add,
+    ("user", "list"): _user_list,
+    ("token", None): _token,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        url = DatabaseSettings.from_env().url
+    except ConfigError as exc:
+        print(f"alerts.admin: {exc}", file=sys.stderr)
+        return 2
+    command = _COMMANDS[(args.what, getattr(args, "action", None))]
+    try:
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            command(conn, args)
+    except AccountError as exc:
+        print(f"alerts.admin: {exc}", file=sys.stderr)
+        return 1
+    except psycopg.errors.UniqueViolation:
+        print(f"alerts.admin: that {args.what} exists already", file=sys.stderr)
+        return 1
+    except (psycopg.errors.CheckViolation, psycopg.errors.ForeignKeyViolation) as exc:
+        print(f"alerts.admin: not accepted: {exc.diag.message_primary}", file=sys.stderr)
+        return 1
+    except psycopg.OperationalError as exc:
+        print(f"alerts.admin: cannot reach the database: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+// Vaktrom console: the live queue (server-sent events), row navigation and keyboard shortcuts.
+// No framework: the server renders every fragment; this file only swaps them in.
+(function () {
+  "use strict";
+  const live = document.getElementById("live");
+  const rowsBody = document.getElementById("rows");
+  const table = rowsBody && rowsBody.closest("table");
+  const panel = document.getElementById("panel");
+  let selected = null;
+
+  // ------------------------------------------------------------ fetch a fragment, at most one at a time
+  function refresher(url, apply) {
+    let running = false, again = false;
+    return async function refresh() {
+      if (running) { again = true; return; }
+      running = true;
+      try {
+        do {
+          again = false;
+          const response = await fetch(url(), {headers: {"Accept": "text/html"}, cache: "no-store"});
+          if (response.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname); return; }
+          if (response.ok) apply(await response.text());
+        } while (again);
+      } finally { running = false; }
+    };
+  }
+
+  const refreshRows = rowsBody && refresher(() => table.dataset.rows, (html) => {
+    const before = new Set([...rowsBody.querySelectorAll("tr[data-id]")].map((r) => r.dataset.id));
+    const keep = selected && selected.dataset.id;
+    rowsBody.innerHTML = html;
+    for (const row of rowsBody.querySelectorAll("tr[data-id]")) {
+      if (!before.has(row.dataset.id)) row.classList.add("fresh");
+      if (row.dataset.id === keep) select(row);
+    }
+  });
+  const refreshPanel = panel && refresher(() => panel.dataset.src, (html) => {
+    if (panel.contains(document.activeElement) && document.activeElement.matches("select, textarea")) return;
+    panel.innerHTML = html;
+  });
+
+  // ------------------------------------------------------------ live updates
+  if (window.VAKTROM && (rowsBody || panel)) {
+    const source = new EventSource("/events");
+    source.addEventListener("open", () => { live.classList.replace("off", "on"); });
+    source.addEventListener("error", () => { live.classList.replace("on", "off"); });
+    const update = () => { if (refreshRows) refreshRows(); if (refreshPanel) refreshPanel(); };
+    source.addEventListener("hello", update);  // also after a reconnect: changes may have been missed
+    source.addEventListener("changed", update);
+    // The queue's waiting times move even when nothing changes.
+    if (refreshRows) setInterval(refreshRows, 30000);
+  } else if (live) {
+    live.hidden = true;
+  }
+
+  // ------------------------------------------------------------ queue navigation
+  function rows() { return rowsBody ? [...rowsBody.querySelectorAll("tr[data-href]")] : []; }
+  function select(row) {
+    if (selected) selected.classList.remove("selected");
+    selected = row;
+    if (row) { row.classList.add("selected"); row.scrollIntoView({block: "nearest"}); }
+  }
+  function move(step) {
+    const all = rows();
+    if (!all.length) return;
+    const at = all.indexOf(selected);
+    select(all[Math.max(0, Math.min(all.length - 1, at < 0 ? 0 : at + step))]);
+  }
+  if (rowsBody) {
+    rowsBody.addEventListener("click", (event) => {
+      const row = event.target.closest("tr[data-href]");
+      if (row && !event.target.closest("a")) location.href = row.dataset.href;
+    });
+  }
+
+  async function claimSelected() {
+    if (!selected) return;
+    const response = await fetch("/api/v1" + selected.dataset.href + "/claim", {
+      method: "POST", headers: {"X-CSRF-Token": window.VAKTROM.csrf},
+    });
+    if (response.ok) { location.href = selected.dataset.href; return; }
+    const body = await response.json().catch(() => ({detail: response.statusText}));
+    alert("Could not claim: " + body.detail);
+    refreshRows();
+  }
+
+  function submit(id) {
+    const form = document.getElementById(id);
+    if (form) form.requestSubmit();
+  }
+
+  // ------------------------------------------------------------ keyboard
+  const help = document.getElementById("help");
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    const typing = event.target.matches("input, textarea, select");
+    if (event.key === "Escape") {
+      if (!help.hidden) { help.hidden = true; return; }
+      if (typing) { event.target.blur(); return; }
+      if (!rowsBody && window.VAKTROM) location.href = "/";
+      return;
+    }
+    if (typing) {
+      if (event.key === "Enter" && event.target.matches("#resolve select")) { event.preventDefault(); submit("resolve"); }
+      return;
+    }
+    switch (event.key) {
+      case "?": help.hidden = !help.hidden; break;
+      case "j": move(1); break;
+      case "k": move(-1); break;
+      case "o": case "Enter": if (selected) location.href = selected.dataset.href; break;
+      case "c": if (rowsBody) claimSelected(); else submit("claim"); break;
+      case "s": submit("start"); break;
+      case "r": {
+        const code = document.querySelector("#resolve select");
+        if (code) { event.preventDefault(); code.focus(); }
+        break;
+      }
+      case "q": if (!rowsBody && window.VAKTROM) location.href = "/"; break;
+      default: return;
+    }
+  });
+})();

@@ -1,0 +1,78 @@
+// Trend charts of an alert's patient with uPlot: readings, the baseline band and the threshold line.
+(function () {
+  "use strict";
+  const box = document.getElementById("charts");
+  if (!box) return;
+  const tz = box.dataset.tz;
+  const fmt = new Intl.DateTimeFormat("en-GB", {timeZone: tz, day: "2-digit", month: "short", hour: "2-digit", minute: "2-digit"});
+  const names = {weight: "Weight", spo2: "SpO₂", pulse: "Pulse", glucose: "Glucose", temperature: "Temperature"};
+
+  function draw(chart) {
+    const wrap = document.createElement("div");
+    wrap.className = "chart";
+    wrap.dataset.metric = chart.metric;
+    const title = document.createElement("h3");
+    title.textContent = (names[chart.metric] || chart.metric) + " (" + chart.unit + ")";
+    wrap.append(title);
+    box.append(wrap);
+    if (!chart.points.length) {
+      const none = document.createElement("p");
+      none.className = "muted";
+      none.textContent = "No readings in the archive for this period.";
+      wrap.append(none);
+      return;
+    }
+    const xs = chart.points.map((p) => p[0]);
+    const ys = chart.points.map((p) => p[1]);
+    const marked = chart.points.map((p) => (p[2] ? p[1] : null));
+    const data = [xs, ys, marked];
+    const series = [
+      {value: (u, t) => t == null ? "" : fmt.format(new Date(t * 1000))},
+      {label: names[chart.metric] || chart.metric, stroke: "#1f5fa8", width: 1.5, points: {show: xs.length < 300, size: 4}},
+      {label: "in this alert", stroke: "#c62828", width: 0, points: {show: true, size: 9, fill: "#c62828"}},
+    ];
+    const bands = [];
+    const legend = [];
+    if (chart.baseline) {
+      const b = chart.baseline, s = b.spread || 0;
+      data.push(xs.map(() => b.value + s), xs.map(() => b.value), xs.map(() => b.value - s));
+      series.push({label: "baseline +", stroke: "rgba(46,125,50,.3)", width: 1},
+                  {label: "baseline", stroke: "#2e7d32", width: 1.5, dash: [6, 4]},
+                  {label: "baseline −", stroke: "rgba(46,125,50,.3)", width: 1});
+      bands.push({series: [3, 5], fill: "rgba(46,125,50,.10)"});
+      legend.push(b.label + (s ? " ± " + s : ""));
+    }
+    if (chart.threshold) {
+      const t = chart.threshold;
+      data.push(xs.map(() => t.value));
+      series.push({label: "threshold", stroke: "#c62828", width: 1.5, dash: [3, 3]});
+      legend.push(t.label);
+    }
+    const width = Math.max(320, box.clientWidth - 10);
+    // eslint-disable-next-line no-undef
+    new uPlot({
+      width, height: 220, series, bands,
+      scales: {x: {time: true}},
+      axes: [
+        {values: (u, ticks) => ticks.map((t) => fmt.format(new Date(t * 1000)).replace(",", "")), space: 90},
+        {label: chart.unit},
+      ],
+      legend: {show: false},
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), tz),
+    }, data, wrap);
+    const caption = document.createElement("p");
+    caption.className = "legend";
+    caption.textContent = ["● readings", "● red: readings in this alert"].concat(legend).join(" · ");
+    wrap.append(caption);
+  }
+
+  fetch(box.dataset.src, {cache: "no-store"})
+    .then((r) => { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
+    .then((body) => {
+      box.innerHTML = "";
+      if (!body.charts.length) box.innerHTML = '<p class="muted">This alert is about the kit, not a measurement; no trend to show.</p>';
+      body.charts.forEach(draw);
+      box.dataset.ready = "1";
+    })
+    .catch((error) => { box.innerHTML = '<p class="error">Could not load the readings (' + error.message + "). Reload the page to try again.</p>"; });
+})();
