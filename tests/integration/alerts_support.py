@@ -139,6 +139,9 @@ class ConsoleClient:
     def post(self, path: str, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
         return self.http.post(f"{self.base}{path}", headers=self._headers(headers), **kw)
 
+    def close(self) -> None:
+        self.http.close()
+
 
 @dataclass
 class Receiver:
