@@ -233,8 +233,9 @@ def detail(conn: psycopg.Connection[Any], episode_id: str) -> dict[str, Any] | N
         found = cur.fetchone()
         if found is not None:
             cur.execute(
-                "SELECT at, kind, version, actor, detail FROM alert_timeline WHERE episode_id = %s "
-                "ORDER BY at, entry_id",
+                "SELECT t.at, t.kind, t.version, t.actor, coalesce(u.display_name, t.actor) AS actor_name, "
+                "t.detail FROM alert_timeline t LEFT JOIN users u ON u.username = t.actor "
+                "WHERE t.episode_id = %s ORDER BY t.at, t.entry_id",
                 (episode_id,),
             )
             found["timeline"] = cur.fetchall()

@@ -15,11 +15,10 @@ from typing import Any
 
 import psycopg
 
+from contracts import METRICS, Metric
 from streams.archive.read import Reading, series
 
 __all__ = ["trend"]
-
-_CANONICAL = {"weight": "kg", "spo2": "%", "pulse": "/min", "glucose": "mmol/L", "temperature": "Cel"}
 
 
 def trend(conn: psycopg.Connection[Any], alert: dict[str, Any], *, days: int = 14) -> list[dict[str, Any]]:
@@ -52,7 +51,7 @@ def _chart(
     end: datetime,
 ) -> dict[str, Any]:
     threshold, baseline = event.get("threshold"), event.get("baseline")
-    unit = _CANONICAL.get(metric, rows[0].unit if rows else "")
+    unit = METRICS[Metric(metric)].unit
     if threshold and threshold["unit"] != unit and any(r.reported_unit == threshold["unit"] for r in rows):
         unit = threshold["unit"]  # the rule compared reported values (glucose in mg/dL)
     points = []

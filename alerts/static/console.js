@@ -30,7 +30,10 @@
     const keep = selected && selected.dataset.id;
     rowsBody.innerHTML = html;
     for (const row of rowsBody.querySelectorAll("tr[data-id]")) {
-      if (!before.has(row.dataset.id)) row.classList.add("fresh");
+      if (!before.has(row.dataset.id)) {
+        row.classList.add("fresh");
+        setTimeout(() => row.classList.remove("fresh"), 3000);
+      }
       if (row.dataset.id === keep) select(row);
     }
   });

@@ -5,14 +5,15 @@
   if (!box) return;
   const tz = box.dataset.tz;
   const fmt = new Intl.DateTimeFormat("en-GB", {timeZone: tz, day: "2-digit", month: "short", hour: "2-digit", minute: "2-digit"});
-  const names = {weight: "Weight", spo2: "SpO₂", pulse: "Pulse", glucose: "Glucose", temperature: "Temperature"};
+  const names = {body_weight: "Weight", spo2: "SpO₂", pulse: "Pulse", glucose: "Glucose", body_temperature: "Temperature"};
+  const units = {"Cel": "°C", "/min": "beats/min"};
 
   function draw(chart) {
     const wrap = document.createElement("div");
     wrap.className = "chart";
     wrap.dataset.metric = chart.metric;
     const title = document.createElement("h3");
-    title.textContent = (names[chart.metric] || chart.metric) + " (" + chart.unit + ")";
+    title.textContent = (names[chart.metric] || chart.metric) + " (" + (units[chart.unit] || chart.unit) + ")";
     wrap.append(title);
     box.append(wrap);
     if (!chart.points.length) {
@@ -36,16 +37,16 @@
     if (chart.baseline) {
       const b = chart.baseline, s = b.spread || 0;
       data.push(xs.map(() => b.value + s), xs.map(() => b.value), xs.map(() => b.value - s));
-      series.push({label: "baseline +", stroke: "rgba(46,125,50,.3)", width: 1},
-                  {label: "baseline", stroke: "#2e7d32", width: 1.5, dash: [6, 4]},
-                  {label: "baseline −", stroke: "rgba(46,125,50,.3)", width: 1});
+      series.push({label: "baseline +", stroke: "rgba(46,125,50,.3)", width: 1, points: {show: false}},
+                  {label: "baseline", stroke: "#2e7d32", width: 1.5, dash: [6, 4], points: {show: false}},
+                  {label: "baseline −", stroke: "rgba(46,125,50,.3)", width: 1, points: {show: false}});
       bands.push({series: [3, 5], fill: "rgba(46,125,50,.10)"});
       legend.push(b.label + (s ? " ± " + s : ""));
     }
     if (chart.threshold) {
       const t = chart.threshold;
       data.push(xs.map(() => t.value));
-      series.push({label: "threshold", stroke: "#c62828", width: 1.5, dash: [3, 3]});
+      series.push({label: "threshold", stroke: "#c62828", width: 1.5, dash: [3, 3], points: {show: false}});
       legend.push(t.label);
     }
     const width = Math.max(320, box.clientWidth - 10);
