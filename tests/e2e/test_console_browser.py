@@ -21,11 +21,9 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from alerts.accounts import Role
 from contracts import EpisodeChange, Evidence, Metric, Severity, Threshold
-from streams.archive.rows import Rows, measurement_row
-from streams.archive.store import Store
 from tests.conftest import Stack
 from tests.integration.alerts_support import PASSWORD, AlertsProcess, event, new_id, publish, staff
-from tests.integration.archive_support import make_measurement
+from tests.integration.archive_support import make_measurement, store_rows
 from tests.integration.stage_support import prepare
 
 CHROMIUM = "/usr/bin/chromium"
@@ -57,8 +55,8 @@ def service(stack: Stack, unique: str, artefacts: Path) -> Iterator[AlertsProces
     process.stop()
 
 
-def readings(stack: Stack, patient: str, kit: str, now: datetime) -> tuple[str, str]:
-    """Two weeks of SpO2 around 95 %, then a fall to 86 % this morning; (latest id, worst id)."""
+def readings(stack: Stack, patient: str, kit: str, now: datetime) -> str:
+    """Two weeks of SpO2 around 95 %, then a fall to 86 % this morning; the id of the last one."""
     made = [
         make_measurement(patient=patient, kit=kit, metric=Metric.SPO2, reported=95.0 + (d % 3) - 1,
                          at=now - timedelta(days=d, hours=2))[2]
@@ -70,14 +68,8 @@ def readings(stack: Stack, patient: str, kit: str, now: datetime) -> tuple[str, 
         )[2]
         for v, m in ((88.0, 90), (86.0, 30))
     ]
-    rows = Rows()
-    rows.measurements.extend(measurement_row(m) for m in made)
-    store = Store(stack.database_url)
-    try:
-        store.write(rows)
-    finally:
-        store.close()
-    return made[-1].measurement_id, made[-1].measurement_id
+    store_rows(stack, made)
+    return made[-1].measurement_id
 
 
 def audit_for(stack: Stack, actor: str) -> list[str]:
@@ -101,7 +93,7 @@ def test_a_nurse_sees_a_red_alert_arrive_live_opens_claims_and_resolves_it(
         )
         conn.commit()
         nurse = staff(conn, Role.NURSE, team=team)
-    latest_id, _ = readings(stack, patient, kit, now)
+    latest_id = readings(stack, patient, kit, now)
 
     page: Page = browser.new_page(viewport={"width": 1440, "height": 900})
     page.on("dialog", lambda d: d.dismiss())

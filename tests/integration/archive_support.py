@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -21,10 +22,12 @@ from contracts import (
     rejection_id,
     to_canonical,
 )
+from streams.archive.rows import Rows, measurement_row, rejection_row
+from streams.archive.store import Store
 from tests.conftest import Stack
 from tests.integration.stage_support import StageProcess
 
-__all__ = ["ArchiveProcess", "make_measurement", "make_rejection", "stored"]
+__all__ = ["ArchiveProcess", "make_measurement", "make_rejection", "store_rows", "stored"]
 
 _encode = msgspec.json.Encoder().encode
 
@@ -118,3 +121,17 @@ def stored(stack: Stack, kit_prefix: str) -> list[dict[str, Any]]:
             "SELECT * FROM measurements WHERE kit_id LIKE %s ORDER BY measured_at", (f"{kit_prefix}%",)
         )
         return list(cur.fetchall())
+
+
+def store_rows(
+    stack: Stack, measurements: Iterable[Measurement], rejections: Iterable[Rejection] = ()
+) -> None:
+    """Write measurements and rejections straight into the archive's tables, as the archive does."""
+    rows = Rows()
+    rows.measurements.extend(measurement_row(m) for m in measurements)
+    rows.rejections.extend(rejection_row(r) for r in rejections)
+    store = Store(stack.database_url)
+    try:
+        store.write(rows)
+    finally:
+        store.close()

@@ -8,13 +8,11 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from contracts import Measurement, Metric, Rejection, topics
+from contracts import Metric, topics
 from streams.archive import read
 from streams.archive.fhir import bundle_json, export_patient
-from streams.archive.rows import Rows, measurement_row, rejection_row
-from streams.archive.store import Store
 from tests.conftest import Stack
-from tests.integration.archive_support import ArchiveProcess, make_measurement, make_rejection
+from tests.integration.archive_support import ArchiveProcess, make_measurement, make_rejection, store_rows
 from tests.integration.bridge_support import (
     BridgeProcess,
     consume,
@@ -26,17 +24,6 @@ from tests.integration.bridge_support import (
 )
 
 T0 = datetime(2026, 10, 1, 6, 0, tzinfo=UTC)
-
-
-def _store(stack: Stack, measurements: list[Measurement], rejections: list[Rejection]) -> None:
-    rows = Rows()
-    rows.measurements.extend(measurement_row(m) for m in measurements)
-    rows.rejections.extend(rejection_row(r) for r in rejections)
-    store = Store(stack.database_url)
-    try:
-        store.write(rows)
-    finally:
-        store.close()
 
 
 def test_latest_series_buckets_and_rejections(stack: Stack, unique: str) -> None:
@@ -51,7 +38,7 @@ def test_latest_series_buckets_and_rejections(stack: Stack, unique: str) -> None
     sent.append(flag)
     other = make_measurement(patient=f"{patient}X", kit=kit, metric=Metric.BODY_WEIGHT, reported=99.0)[2]
     rejection = make_rejection(kit, 0, patient=patient)[2]
-    _store(stack, [*sent, other], [rejection])
+    store_rows(stack, [*sent, other], [rejection])
     with psycopg.connect(stack.database_url) as conn:
         latest = read.latest(conn, patient)
         assert set(latest) == {"body_weight", "spo2", "glucose"}

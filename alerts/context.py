@@ -1,0 +1,267 @@
+"""What every request of the console and the API needs: the service's shared parts (`Console`,
+on `app.state.console`), who is asking (sessions, roles, CSRF) and the queue's filters.
+
+Pages (`alerts.web`) and the JSON API (`alerts.api`) are built from these dependencies.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+import psycopg
+from fastapi import Depends, HTTPException, Request
+from fastapi.responses import Response
+from fastapi.templating import Jinja2Templates
+from psycopg_pool import ConnectionPool
+from pydantic import BaseModel
+
+from alerts import accounts, store
+from alerts.accounts import Principal, Role
+from alerts.escalation import queue
+from alerts.live import Live
+from alerts.notify import STEP_NAMES
+from alerts.settings import AlertsSettings
+from alerts.store import Resolution, WorkflowError
+from contracts import Severity
+
+__all__ = [
+    "COOKIE",
+    "HERE",
+    "Action",
+    "ActionResult",
+    "Clinician",
+    "Console",
+    "Ctx",
+    "LoginRequiredError",
+    "PageAdmin",
+    "PageClinician",
+    "QueueFilters",
+    "api_user",
+    "client_ip",
+    "csrf_checked",
+    "page_user",
+    "safe_next",
+]
+
+HERE = Path(__file__).resolve().parent
+COOKIE = "vaktrom_session"
+RESOLUTION_LABELS = {
+    Resolution.CONTACTED_NO_ACTION: "Contacted patient, no action",
+    Resolution.MEDICATION_ADJUSTED: "Medication adjusted",
+    Resolution.REFERRED_TO_GP: "Referred to GP",
+    Resolution.REFERRED_TO_EMERGENCY: "Referred to emergency care",
+    Resolution.FALSE_READING: "False reading (device or handling)",
+    Resolution.OTHER: "Other (say what in the note)",
+}
+VIEWS = ("all", "unassigned", "mine")
+Action = Callable[[psycopg.Connection[Any], str], datetime]  # (connection, username) -> when it happened
+REACHED = {"claim": "claimed", "start": "in_progress", "resolve": "resolved"}  # the state an action leads to
+
+
+class ActionResult(BaseModel):
+    episode_id: str
+    state: str
+    at: datetime
+
+
+class Console:
+    """The service's shared parts, kept on `app.state.console`."""
+
+    def __init__(self, *, pool: ConnectionPool, settings: AlertsSettings, live: Live) -> None:
+        self.pool, self.settings, self.live = pool, settings, live
+        self.tz = zoneinfo.ZoneInfo(settings.time_zone)
+        self.session_life = timedelta(hours=settings.session_hours)
+        self.idle = timedelta(minutes=settings.idle_minutes)
+        self.templates = Jinja2Templates(directory=HERE / "templates")
+        env = self.templates.env
+        env.filters["local"] = self.local
+        env.filters["duration"] = duration
+        env.filters["fromiso"] = datetime.fromisoformat
+        env.globals.update(time_zone=settings.time_zone, resolutions=RESOLUTION_LABELS, step_names=STEP_NAMES)
+
+    def local(self, moment: datetime | None, fmt: str = "%d %b %H:%M") -> str:
+        return moment.astimezone(self.tz).strftime(fmt) if moment else ""
+
+    def db(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        """A pooled connection for the length of a `with` block."""
+        return self.pool.connection()
+
+    def render(self, request: Request, name: str, context: dict[str, Any], **kw: Any) -> Response:
+        return self.templates.TemplateResponse(request, name, context, **kw)
+
+    def audit(self, request: Request, actor: str | None, action: str, **kw: Any) -> None:
+        """Append to the audit log: `actor` (None when nobody is logged in) did `action`."""
+        with self.db() as conn:
+            accounts.audit(
+                conn, action, actor=actor, ip=client_ip(request),
+                user_agent=request.headers.get("user-agent"), **kw,
+            )  # fmt: skip
+
+    def current(self, request: Request) -> Principal | None:
+        """The session's user: a bearer token (API) or the session cookie (browser)."""
+        auth = request.headers.get("authorization", "")
+        with self.db() as conn:
+            if auth.lower().startswith("bearer "):
+                return accounts.session_for(conn, auth[7:].strip(), kind="api", idle=timedelta(days=3650))
+            token = request.cookies.get(COOKIE)
+            if token:
+                return accounts.session_for(conn, token, kind="browser", idle=self.idle)
+        return None
+
+    def load(self, conn: psycopg.Connection[Any], who: Principal, episode_id: str) -> dict[str, Any]:
+        """An alert the user may see (their team's patients), or 404."""
+        found = store.detail(conn, episode_id)
+        if found is None or (who.team_id is not None and found["team_id"] != who.team_id):
+            raise HTTPException(404, "no such alert (or not one your team follows)")
+        return found
+
+    def queue(self, who: Principal, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        # A team-bound user sees their team; a centre-wide user may pick one.
+        team = who.team_id if who.team_id is not None else filters["team"]
+        with self.db() as conn:
+            return queue(
+                conn,
+                now=datetime.now(UTC),
+                targets=self.settings.targets,
+                user=who.username,
+                mine=filters["view"] == "mine",
+                unassigned=filters["view"] == "unassigned",
+                severity=Severity(filters["severity"]) if filters["severity"] else None,
+                patient_id=filters["patient"],
+                team_id=team,
+            )
+
+    def act(
+        self, request: Request, who: Principal, episode_id: str, action: str, run: Action
+    ) -> ActionResult:
+        """A workflow action with its audit entry; 409 when it does not apply (someone was first)."""
+        refused: WorkflowError | None = None
+        with self.db() as conn:
+            patient_id = self.load(conn, who, episode_id)["patient_id"]
+            try:
+                at = run(conn, who.username)
+            except WorkflowError as exc:
+                refused = exc
+        if refused is not None:
+            self.audit(
+                request, who.username, f"{action}_refused", target=episode_id, patient_id=patient_id,
+                detail={"reason": str(refused)},
+            )  # fmt: skip
+            raise HTTPException(409, str(refused))
+        self.audit(request, who.username, action, target=episode_id, patient_id=patient_id)
+        return ActionResult(episode_id=episode_id, state=REACHED[action], at=at)
+
+
+def console(request: Request) -> Console:
+    return request.app.state.console  # type: ignore[no-any-return]
+
+
+Ctx = Annotated[Console, Depends(console)]
+
+
+def api_user(request: Request, ctx: Ctx) -> Principal:
+    who = ctx.current(request)
+    if who is None:
+        raise HTTPException(401, "log in first, or send Authorization: Bearer <token>")
+    return who
+
+
+def clinical(who: Annotated[Principal, Depends(api_user)]) -> Principal:
+    if not who.role.clinical:
+        raise HTTPException(403, f"the {who.role} role does not see patients; use a clinical account")
+    return who
+
+
+Clinician = Annotated[Principal, Depends(clinical)]
+
+
+def csrf_checked(request: Request, who: Principal, form_token: str | None) -> None:
+    """A browser session must prove the request came from our own page (bearer tokens need not:
+    a browser never sends them by itself)."""
+    if who.kind != "browser":
+        return
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        raise HTTPException(403, "cross-site request refused (Origin does not match)")
+    if (form_token or request.headers.get("x-csrf-token")) != who.csrf_token:
+        raise HTTPException(403, "the form is stale or forged (CSRF token missing or wrong): reload the page")
+
+
+class LoginRequiredError(Exception):
+    """A page asked for by someone not logged in: send them to the login page."""
+
+
+def page_user(request: Request, ctx: Ctx) -> Principal:
+    who = ctx.current(request)
+    if who is None:
+        raise LoginRequiredError
+    return who
+
+
+def page_clinician(who: Annotated[Principal, Depends(page_user)]) -> Principal:
+    if not who.role.clinical:
+        raise HTTPException(403, "the admin role does not see patients or act on alerts")
+    return who
+
+
+def page_admin(request: Request, ctx: Ctx, who: Annotated[Principal, Depends(page_user)]) -> Principal:
+    if who.role is not Role.ADMIN:
+        ctx.audit(request, who.username, "admin_refused", target=str(request.url.path))
+        raise HTTPException(403, "only an administrator may open this page")
+    return who
+
+
+PageClinician = Annotated[Principal, Depends(page_clinician)]
+PageAdmin = Annotated[Principal, Depends(page_admin)]
+
+
+class Filters:
+    """The queue's filters from the query string, checked."""
+
+    def __init__(
+        self,
+        view: str = "all",
+        severity: str | None = None,
+        team: str | None = None,
+        patient: str | None = None,
+    ) -> None:
+        if view not in VIEWS:
+            raise HTTPException(400, f"view must be one of {', '.join(VIEWS)}")
+        if severity and severity not in {s.value for s in Severity}:
+            raise HTTPException(400, "severity must be red, yellow or info")
+        self.value: dict[str, Any] = {
+            "view": view,
+            "severity": severity or None,
+            "team": team or None,
+            "patient": (patient or "").strip() or None,
+        }
+
+    def query(self) -> str:
+        return urlencode({k: v for k, v in self.value.items() if v})
+
+
+QueueFilters = Annotated[Filters, Depends(Filters)]
+
+
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def safe_next(target: str) -> str:
+    """Only paths of this site: an open redirect would help phishing."""
+    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
