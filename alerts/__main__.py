@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 from alerts.service import AlertService
 from alerts.settings import AlertsSettings
-from contracts.settings import DatabaseSettings, KafkaSettings
+from contracts.settings import DatabaseSettings, KafkaSettings, MqttSettings
 from contracts.stage import run_stage
+from registry import RegistrySettings, create
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,9 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="vaktrom-alerts",
         description="Response centre: applies the monitor's alert episodes to the alert store (each "
         "version once), escalates unanswered alerts, and serves the nurse console and the HTTP API.",
-        settings=(KafkaSettings, DatabaseSettings, AlertsSettings),
-        build=lambda kafka, database, settings: AlertService(
-            kafka=kafka, database=database, settings=settings
+        settings=(KafkaSettings, DatabaseSettings, AlertsSettings, MqttSettings, RegistrySettings),
+        build=lambda kafka, database, settings, mqtt, registry: AlertService(
+            kafka=kafka, database=database, settings=settings, registry=create(kafka, mqtt, registry)
         ),
         logger="alerts",
         argv=argv,

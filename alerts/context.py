@@ -6,6 +6,7 @@ Pages (`alerts.web`) and the JSON API (`alerts.api`) are built from these depend
 
 from __future__ import annotations
 
+import logging
 import zoneinfo
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -29,6 +30,7 @@ from alerts.notify import STEP_NAMES
 from alerts.settings import AlertsSettings
 from alerts.store import Resolution, WorkflowError
 from contracts import Severity
+from registry import IdentityError, Registry
 
 __all__ = [
     "COOKIE",
@@ -48,6 +50,8 @@ __all__ = [
     "page_user",
     "safe_next",
 ]
+
+log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "vaktrom_session"
@@ -73,8 +77,11 @@ class ActionResult(BaseModel):
 class Console:
     """The service's shared parts, kept on `app.state.console`."""
 
-    def __init__(self, *, pool: ConnectionPool, settings: AlertsSettings, live: Live) -> None:
+    def __init__(
+        self, *, pool: ConnectionPool, settings: AlertsSettings, live: Live, registry: Registry | None = None
+    ) -> None:
         self.pool, self.settings, self.live = pool, settings, live
+        self.registry = registry
         self.tz = zoneinfo.ZoneInfo(settings.time_zone)
         self.session_life = timedelta(hours=settings.session_hours)
         self.idle = timedelta(minutes=settings.idle_minutes)
@@ -114,18 +121,34 @@ class Console:
                 return accounts.session_for(conn, token, kind="browser", idle=self.idle)
         return None
 
+    def named(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Open each row's sealed identity into `display_name` (None without a key or an identity).
+
+        The sealed bytes never leave this method: pages show the name, the API never carries it.
+        """
+        sealer = self.registry.sealer if self.registry is not None else None
+        for row in rows:
+            sealed, key_id = row.pop("sealed", None), row.pop("key_id", None)
+            row["display_name"] = None
+            if sealed is not None and sealer is not None:
+                try:
+                    row["display_name"] = sealer.open(row["patient_id"], bytes(sealed), key_id).name
+                except IdentityError as exc:
+                    log.warning("console: a patient's identity did not open (%s); showing the pseudonym", exc)
+        return rows
+
     def load(self, conn: psycopg.Connection[Any], who: Principal, episode_id: str) -> dict[str, Any]:
         """An alert the user may see (their team's patients), or 404."""
         found = store.detail(conn, episode_id)
         if found is None or (who.team_id is not None and found["team_id"] != who.team_id):
             raise HTTPException(404, "no such alert (or not one your team follows)")
-        return found
+        return self.named([found])[0]
 
     def queue(self, who: Principal, filters: dict[str, Any]) -> list[dict[str, Any]]:
         # A team-bound user sees their team; a centre-wide user may pick one.
         team = who.team_id if who.team_id is not None else filters["team"]
         with self.db() as conn:
-            return queue(
+            rows = queue(
                 conn,
                 now=datetime.now(UTC),
                 targets=self.settings.targets,
@@ -136,6 +159,7 @@ class Console:
                 patient_id=filters["patient"],
                 team_id=team,
             )
+        return self.named(rows)
 
     def act(
         self, request: Request, who: Principal, episode_id: str, action: str, run: Action

@@ -151,13 +151,14 @@ def queue(
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             f"""
-            SELECT a.episode_id, a.patient_id, p.display_name, p.team_id, a.rule_id, a.metric, a.severity,
+            SELECT a.episode_id, a.patient_id, pi.sealed, pi.key_id, p.team_id, a.rule_id, a.metric, a.severity,
                    a.explanation, a.state, a.assignee, a.count, a.opened_at, a.last_seen_at,
                    a.received_at, a.escalation_step,
                    {target} AS target,
                    (extract(epoch FROM (%(now)s - a.received_at)) / extract(epoch FROM {target}))::float8
                        AS target_used
             FROM alerts a LEFT JOIN patients p USING (patient_id)
+                 LEFT JOIN patient_identities pi USING (patient_id)
             WHERE {" AND ".join(where)}
             ORDER BY CASE a.severity WHEN 'red' THEN 0 WHEN 'yellow' THEN 1 ELSE 2 END, target_used DESC
             LIMIT %(limit)s

@@ -27,6 +27,7 @@ from alerts.settings import AlertsSettings
 from alerts.web import create_app
 from contracts.settings import ConfigError, DatabaseSettings, KafkaSettings
 from contracts.stage import StageError
+from registry import Registry
 
 __all__ = ["AlertService"]
 
@@ -34,8 +35,12 @@ log = logging.getLogger("alerts.service")
 
 
 class AlertService:
-    def __init__(self, *, kafka: KafkaSettings, database: DatabaseSettings, settings: AlertsSettings) -> None:
+    def __init__(
+        self, *, kafka: KafkaSettings, database: DatabaseSettings, settings: AlertsSettings,
+        registry: Registry | None = None,
+    ) -> None:  # fmt: skip
         self._database, self._settings = database, settings
+        self.registry = registry
         self._stopping = threading.Event()
         self.live = Live(database.url)
         self.feed = AlertFeed(kafka=kafka, database=database, settings=settings, health=self._web_health)
@@ -65,7 +70,7 @@ class AlertService:
             self._pool.open(wait=True, timeout=15)
         except PoolTimeout as exc:
             raise StageError(f"cannot reach the database for the console: {exc}", retriable=True) from None
-        app = create_app(pool=self._pool, settings=self._settings, live=self.live)
+        app = create_app(pool=self._pool, settings=self._settings, live=self.live, registry=self.registry)
         config = uvicorn.Config(
             app,
             log_level="warning",

@@ -49,6 +49,7 @@ from alerts.context import (
 from alerts.live import Live
 from alerts.settings import AlertsSettings
 from alerts.store import Resolution
+from registry import Registry
 
 __all__ = ["create_app"]
 
@@ -282,8 +283,10 @@ def healthz(ctx: Ctx) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ the application
-def create_app(*, pool: ConnectionPool, settings: AlertsSettings, live: Live) -> FastAPI:
-    ctx = Console(pool=pool, settings=settings, live=live)
+def create_app(
+    *, pool: ConnectionPool, settings: AlertsSettings, live: Live, registry: Registry | None = None
+) -> FastAPI:
+    ctx = Console(pool=pool, settings=settings, live=live, registry=registry)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

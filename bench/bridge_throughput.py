@@ -66,7 +66,9 @@ def _simulate(
         "--topic-root", root, "--host", env["VAKTROM_MQTT_HOST"], "--port", env["VAKTROM_MQTT_PORT"],
         "--quiet", "--out", str(out), "--ledger-detail", "summary",
     ]  # fmt: skip
-    run = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
+    run = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, timeout=900, env={**os.environ, **env}
+    )
     if run.returncode != 0:
         sys.exit(f"bench: the simulator failed:\n{run.stderr}")
     return json.loads((out / "ledger.json").read_text())["run"]
@@ -76,6 +78,7 @@ def raw_phase(env: dict[str, str], messages: int, kits: int, tag: str, tmp: Path
     root = f"benchraw{tag}/v1"
     sub = subprocess.Popen(
         ["mosquitto_sub", "-h", env["VAKTROM_MQTT_HOST"], "-p", env["VAKTROM_MQTT_PORT"], "-q", "1",
+         "-u", env["VAKTROM_MQTT_USERNAME"], "-P", env["VAKTROM_MQTT_PASSWORD"],
          "-t", f"{root}/kits/+/readings", "-F", "%U", "-C", str(messages)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -44,7 +44,9 @@ def _mosquitto_pid() -> int:
     return int((REPO / ".local" / "run" / "mosquitto.pid").read_text().strip())
 
 
-def run(processes: int, *, duration: float, target: float, port: str, kits: int) -> dict[str, Any]:
+def run(
+    processes: int, *, duration: float, target: float, port: str, kits: int, env: dict[str, str]
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         broker = _mosquitto_pid()
         broker_cpu0 = _cpu_seconds(broker)
@@ -75,7 +77,7 @@ def run(processes: int, *, duration: float, target: float, port: str, kits: int)
                 "--out",
                 f"{tmp}/p{i}",
             ]
-            procs.append(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True))
+            procs.append(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, **env}))
         for proc in procs:
             _out, err = proc.communicate()
             if proc.returncode != 0:
@@ -119,7 +121,7 @@ def main() -> int:
     print(f"bench: simulator publish rate against Mosquitto on port {port}, {args.duration:.0f} s per run")
     rows = []
     for processes in (1, 2):
-        row = run(processes, duration=args.duration, target=args.target, port=port, kits=args.kits)
+        row = run(processes, duration=args.duration, target=args.target, port=port, kits=args.kits, env=env)
         rows.append(row)
         print(
             f"  {processes} process(es): {row['rate_per_s']:>9,.0f} publishes/s  "

@@ -14,12 +14,16 @@ from contracts import topics
 from contracts._alert import ALERT_SCHEMA, AlertEvent, Baseline, EpisodeChange, Evidence, Severity, Threshold
 from contracts._careplan import (
     CAREPLAN_SCHEMA,
+    RULE_IDS,
+    THRESHOLD_LIMITS,
     BaselineSettings,
     CarePlan,
     Condition,
     ExpectedMeasurement,
     ScheduleWindow,
     Spo2Scale,
+    ThresholdLimit,
+    threshold_problems,
 )
 from contracts._ids import episode_id, format_instant, measurement_id, rejection_id
 from contracts._kit import (
@@ -73,8 +77,10 @@ __all__ = [
     "METRICS",
     "RECEIPT_SCHEMA",
     "REJECTION_SCHEMA",
+    "RULE_IDS",
     "SCHEMA_DIR",
     "SCHEMA_TYPES",
+    "THRESHOLD_LIMITS",
     "UNIT_ALIASES",
     "AlertEvent",
     "Baseline",
@@ -102,12 +108,14 @@ __all__ = [
     "Severity",
     "Spo2Scale",
     "Threshold",
+    "ThresholdLimit",
     "Trace",
     "canonical_unit_code",
     "episode_id",
     "format_instant",
     "measurement_id",
     "rejection_id",
+    "threshold_problems",
     "to_canonical",
     "topics",
 ]

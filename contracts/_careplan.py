@@ -8,23 +8,31 @@ defaults of their condition.
 from __future__ import annotations
 
 import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from types import MappingProxyType
+from typing import Annotated, Final
 
 import msgspec
 from msgspec import Meta
 
-from contracts._metrics import Metric
+from contracts._metrics import METRICS, Metric
 from contracts._records import Pseudonym
 
 __all__ = [
     "CAREPLAN_SCHEMA",
+    "RULE_IDS",
+    "THRESHOLD_LIMITS",
     "BaselineSettings",
     "CarePlan",
     "Condition",
     "ExpectedMeasurement",
     "ScheduleWindow",
     "Spo2Scale",
+    "ThresholdLimit",
+    "threshold_problems",
 ]
 
 CAREPLAN_SCHEMA = "vaktrom.careplan.v1"
@@ -96,3 +104,115 @@ class CarePlan(
     changed_at: datetime
     changed_by: str
     reason: str = ""
+
+
+# ------------------------------------------------------------------ what a care plan may override
+@dataclass(frozen=True, slots=True)
+class ThresholdLimit:
+    """The range a clinician may set one rule parameter to.
+
+    A level on a measured scale (SpO2 %, pulse, temperature, glucose) may not leave the metric's
+    plausibility range: a threshold no valid reading can cross would switch the rule off silently.
+    """
+
+    low: float
+    high: float
+    unit: str
+    meaning: str
+
+
+def _level(metric: Metric, meaning: str, *, unit: str | None = None) -> ThresholdLimit:
+    spec = METRICS[metric]
+    bounds = spec.plausible_reported[unit] if unit is not None else spec.plausible
+    return ThresholdLimit(bounds.low, bounds.high, unit or spec.unit, meaning)
+
+
+_SPO2, _PULSE, _TEMP, _GLU = Metric.SPO2, Metric.PULSE, Metric.BODY_TEMPERATURE, Metric.GLUCOSE
+_KG = ThresholdLimit(0.1, 20.0, "kg", "weight change")
+_POINTS = ThresholdLimit(1.0, 20.0, "%", "SpO2 percentage points")
+_Z = ThresholdLimit(1.0, 10.0, "1", "modified z-score")
+
+# rule id -> parameter -> its limit. The monitor's rule catalogue has exactly these parameters
+# (a unit test holds the two together).
+THRESHOLD_LIMITS: Final[Mapping[str, Mapping[str, ThresholdLimit]]] = MappingProxyType(
+    {
+        "HF-1": {"kg": _KG, "hours": ThresholdLimit(12, 336, "h", "window")},
+        "HF-2": {"kg_1d": _KG, "kg_3d": _KG},
+        "HF-3": {
+            "kg": _KG,
+            "short_days": ThresholdLimit(1, 14, "d", "recent mean over"),
+            "gap_days": ThresholdLimit(1, 28, "d", "baseline ends this long before"),
+        },
+        "HF-4": {"low": _level(_PULSE, "pulse below"), "high": _level(_PULSE, "pulse above")},
+        "RS-1": {
+            "scale1_low": _level(_SPO2, "below the 94-98 % target"),
+            "scale2_low": _level(_SPO2, "below the prescribed 88-92 % target"),
+        },
+        "RS-2": {"points": _POINTS},
+        "RS-3": {"points": _POINTS},
+        "RS-4": {"below": _level(_SPO2, "SpO2 below")},
+        "RS-6": {
+            "urgent": _level(_SPO2, "urgent at or below"),
+            "review": _level(_SPO2, "review at or below"),
+        },
+        "RS-8": {"z": _Z},
+        "RS-8P": {"z": _Z},
+        "GL-1": {
+            "mmol": _level(_GLU, "level 1 low below"),
+            "mgdl": _level(_GLU, "level 1 low below", unit="mg/dL"),
+        },
+        "GL-2": {
+            "mmol": _level(_GLU, "level 2 low below"),
+            "mgdl": _level(_GLU, "level 2 low below", unit="mg/dL"),
+        },
+        "GL-3": {
+            "mmol": _level(_GLU, "level 1 high above"),
+            "mgdl": _level(_GLU, "level 1 high above", unit="mg/dL"),
+        },
+        "GL-4": {
+            "mmol": _level(_GLU, "level 2 high above"),
+            "mgdl": _level(_GLU, "level 2 high above", unit="mg/dL"),
+        },
+        "GL-5": {"minutes": ThresholdLimit(5, 120, "min", "continuous low for")},
+        "T-1": {"cel": _level(_TEMP, "fever at or above")},
+        "T-2": {"cel": _level(_TEMP, "hypothermia below")},
+        "T-3": {
+            "once": _level(_TEMP, "once at or above"),
+            "sustained": _level(_TEMP, "sustained at or above"),
+            "minutes": ThresholdLimit(15, 240, "min", "sustained for"),
+        },
+    }
+)
+
+# Every rule id a care plan may switch on or off (the monitor's catalogue; a unit test holds them together).
+RULE_IDS: Final = frozenset(
+    {*THRESHOLD_LIMITS, "NEWS2-S1", "NEWS2-S2", "NEWS2-P", "NEWS2-T", "kit-silent", "measurement-missed"}
+)
+
+# Pairs that must stay ordered: (rule, lower parameter, higher parameter).
+_ORDERED: Final = (("HF-4", "low", "high"), ("RS-6", "urgent", "review"), ("T-3", "sustained", "once"))
+
+
+def threshold_problems(thresholds: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """Why these overrides cannot be accepted, one sentence each (empty: they can)."""
+    problems: list[str] = []
+    for rule_id, params in thresholds.items():
+        limits = THRESHOLD_LIMITS.get(rule_id)
+        if limits is None:
+            known = ", ".join(THRESHOLD_LIMITS)
+            problems.append(f"{rule_id} has no parameters to set (rules with parameters: {known})")
+            continue
+        for name, value in params.items():
+            limit = limits.get(name)
+            if limit is None:
+                problems.append(f"{rule_id} has no parameter {name!r}; it has {', '.join(limits)}")
+            elif not math.isfinite(value) or not limit.low <= value <= limit.high:
+                problems.append(
+                    f"{rule_id} {name} = {value:g} {limit.unit} is outside {limit.low:g}-{limit.high:g} "
+                    f"{limit.unit} ({limit.meaning})"
+                )
+    for rule_id, lower, higher in _ORDERED:
+        params = thresholds.get(rule_id, {})
+        if lower in params and higher in params and not params[lower] < params[higher]:
+            problems.append(f"{rule_id} {lower} must be below {higher}")
+    return problems

@@ -7,6 +7,10 @@ Each knows how to configure, start, wait for, check and stop itself under one st
 from __future__ import annotations
 
 import base64
+import glob
+import hashlib
+import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -30,13 +34,117 @@ __all__ = ["Kafka", "Mosquitto", "Postgres"]
 
 
 # ------------------------------------------------------------------ Mosquitto
+DYNSEC_PLUGIN_GLOBS = ("/usr/lib/*/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so")
+MQTT_ADMIN = "vaktrom-admin"  # may change identities and access rules ($CONTROL), nothing else
+MQTT_SERVICE = "vaktrom-service"  # the pipeline's own clients on the local stack: bridge, tests, load tests
+
+
+def dynsec_password(password: str) -> dict[str, str | int]:
+    """A client password as the dynamic security plugin stores it (PBKDF2-SHA512 over the raw salt)."""
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
+    return {
+        "password": base64.b64encode(digest).decode(),
+        "salt": base64.b64encode(salt).decode(),
+        "iterations": 101,
+    }
+
+
+def _acl(kind: str, topic: str) -> dict[str, str | bool]:
+    return {"acltype": kind, "topic": topic, "allow": True}
+
+
+def dynsec_config(passwords: dict[str, str]) -> dict[str, object]:
+    """The plugin's first configuration: an administrator for $CONTROL and the local service account.
+
+    The service account may publish and subscribe anywhere: on the local stack it stands for the
+    bridge, the tests (which use their own topic roots) and pooled load-test connections. Kits get
+    their own narrow identities from the registry, never this one.
+    """
+    control = "$CONTROL/dynamic-security/#"
+    return {
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": True,
+            "subscribe": False,
+            "unsubscribe": True,
+        },
+        "clients": [
+            {
+                "username": MQTT_ADMIN,
+                "textName": "registry: kit provisioning",
+                **dynsec_password(passwords[MQTT_ADMIN]),
+                "roles": [{"rolename": "dynsec-admin"}],
+            },
+            {
+                "username": MQTT_SERVICE,
+                "textName": "local pipeline services",
+                **dynsec_password(passwords[MQTT_SERVICE]),
+                "roles": [{"rolename": "pipeline"}],
+            },
+        ],
+        "groups": [],
+        "roles": [
+            {
+                "rolename": "dynsec-admin",
+                "acls": [
+                    _acl("publishClientSend", control),
+                    _acl("publishClientReceive", control),
+                    _acl("subscribePattern", control),
+                ],
+            },
+            {
+                "rolename": "pipeline",
+                "acls": [
+                    _acl("publishClientSend", "#"),
+                    _acl("subscribePattern", "#"),
+                    _acl("unsubscribePattern", "#"),
+                ],
+            },
+        ],
+    }
+
+
+def dynsec_plugin() -> str:
+    for pattern in DYNSEC_PLUGIN_GLOBS:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    raise StackError(
+        "Mosquitto's dynamic security plugin (mosquitto_dynamic_security.so) is not installed; "
+        "run infra/bootstrap (the Debian mosquitto package ships it)"
+    )
+
+
 class Mosquitto(Service):
     name = "mosquitto"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.home / "credentials.json"
+
+    def credentials(self) -> dict[str, str]:
+        """username -> password of the accounts infra/stack created (made once, kept across restarts)."""
+        try:
+            found = json.loads(self.credentials_file.read_text())
+        except (OSError, ValueError):
+            found = {}
+        return found if isinstance(found, dict) and set(found) >= {MQTT_ADMIN, MQTT_SERVICE} else {}
 
     def prepare(self) -> None:
         data = self.home / "data"
         data.mkdir(parents=True, exist_ok=True)
         user = service_user("mosquitto")
+        dynsec = data / "dynamic-security.json"
+        passwords = self.credentials()
+        if not passwords or not dynsec.exists():
+            passwords = {name: secrets.token_urlsafe(24) for name in (MQTT_ADMIN, MQTT_SERVICE)}
+            fd = os.open(self.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(passwords, out)
+            # Replaces any earlier plugin state: kits provisioned against old passwords are gone too,
+            # which is what a fresh local broker means.
+            dynsec.write_text(json.dumps(dynsec_config(passwords), indent=1))
         conf = self.home / "mosquitto.conf"
         template = (REPO / "infra" / "mosquitto" / "mosquitto.conf").read_text()
         conf.write_text(
@@ -44,6 +152,8 @@ class Mosquitto(Service):
             .replace("@HOST@", self.host)
             .replace("@DATA@", f"{data}/")
             .replace("@USER@", user.pw_name if user else "root")
+            .replace("@DYNSEC_PLUGIN@", dynsec_plugin())
+            .replace("@DYNSEC_CONFIG@", str(dynsec))
         )
         chown_tree(data, user)
 
@@ -62,6 +172,16 @@ class Mosquitto(Service):
         got = threading.Event()
         subscribed = threading.Event()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"vaktrom-health-{uuid.uuid4().hex[:8]}")
+        password = self.credentials().get(MQTT_SERVICE)
+        if password is None:
+            return Health(
+                False, f"no service credentials in {self.credentials_file}; run `infra/stack up mosquitto`"
+            )
+        client.username_pw_set(MQTT_SERVICE, password)
+        refused: list[str] = []
+        client.on_connect = lambda _c, _u, _f, reason, _p: (
+            refused.append(str(reason)) if reason.is_failure else None
+        )
         client.on_message = lambda _c, _u, _m: got.set()
         client.on_subscribe = lambda *_args: subscribed.set()
         began = time.monotonic()
@@ -73,6 +193,8 @@ class Mosquitto(Service):
         try:
             client.subscribe(topic, qos=1)
             if not subscribed.wait(timeout):
+                if refused:
+                    return Health(False, f"the broker refused the service account: {refused[0]}")
                 return Health(False, "connected, but the subscription was not acknowledged")
             client.publish(topic, b"ping", qos=1)
             if not got.wait(timeout):

@@ -13,9 +13,12 @@ SERVICE is mosquitto, kafka or postgres (default: all). Everything lives under $
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import importlib.util
 import logging
+import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -24,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from migrate import migrate
 from processes import REPO, Service, StackError, log_tail, tree_memory_kib
-from services import Kafka, Mosquitto, Postgres
+from services import MQTT_ADMIN, MQTT_SERVICE, Kafka, Mosquitto, Postgres
 
 from contracts.settings import ConfigError, Settings, setting
 
@@ -97,14 +100,35 @@ def build(settings: StackSettings) -> dict[str, Service]:
     }
 
 
+def identity_key(state: Path) -> str:
+    """The local stack's key for patients' identities at rest (made once, 0600, never in git)."""
+    path = state / "identity.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+    return path.read_text().strip()
+
+
 def stack_env(settings: StackSettings, services: dict[str, Service]) -> dict[str, str]:
-    postgres = services["postgres"]
+    postgres, mosquitto = services["postgres"], services["mosquitto"]
     assert isinstance(postgres, Postgres)
+    assert isinstance(mosquitto, Mosquitto)
+    mqtt = mosquitto.credentials()
     return {
         "VAKTROM_MQTT_HOST": settings.host,
         "VAKTROM_MQTT_PORT": str(settings.mqtt_port),
+        # the pipeline's service account, also for pooled load-test connections of gateway-sim
+        "VAKTROM_MQTT_USERNAME": MQTT_SERVICE,
+        "VAKTROM_MQTT_PASSWORD": mqtt.get(MQTT_SERVICE, ""),
+        "VAKTROM_SIM_MQTT_USERNAME": MQTT_SERVICE,
+        "VAKTROM_SIM_MQTT_PASSWORD": mqtt.get(MQTT_SERVICE, ""),
+        # the registry's account for the dynamic security plugin (kit identities and access rules)
+        "VAKTROM_MQTT_ADMIN_USERNAME": MQTT_ADMIN,
+        "VAKTROM_MQTT_ADMIN_PASSWORD": mqtt.get(MQTT_ADMIN, ""),
         "VAKTROM_KAFKA_BOOTSTRAP": f"{settings.host}:{settings.kafka_port}",
         "VAKTROM_DATABASE_URL": postgres.url,
+        "VAKTROM_IDENTITY_KEY": identity_key(settings.state_dir.resolve()),
     }
 
 

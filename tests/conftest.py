@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,15 +41,16 @@ class Stack:
     mqtt_port: int
     kafka_bootstrap: str
     database_url: str
+    values: dict[str, str]  # everything stack.env holds: service credentials, the identity key
 
     @property
     def env(self) -> dict[str, str]:
-        return {
-            "VAKTROM_MQTT_HOST": self.mqtt_host,
-            "VAKTROM_MQTT_PORT": str(self.mqtt_port),
-            "VAKTROM_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
-            "VAKTROM_DATABASE_URL": self.database_url,
-        }
+        return dict(self.values)
+
+    @property
+    def mqtt_auth(self) -> tuple[str, str]:
+        """The local service account: may publish and subscribe anywhere (kits get narrow ones)."""
+        return self.values["VAKTROM_MQTT_USERNAME"], self.values["VAKTROM_MQTT_PASSWORD"]
 
 
 def stack_command(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -84,6 +86,7 @@ def stack() -> Stack:
         mqtt_port=int(env["VAKTROM_MQTT_PORT"]),
         kafka_bootstrap=env["VAKTROM_KAFKA_BOOTSTRAP"],
         database_url=env["VAKTROM_DATABASE_URL"],
+        values=env,
     )
 
 
@@ -108,10 +111,30 @@ def _require_healthy(service: str, stack: Stack) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Broker:
+    """The local Mosquitto and its service account (anonymous clients are refused)."""
+
+    host: str
+    port: int
+    username: str
+    password: str
+
+    def login(self, client: Any) -> Any:
+        """Set the service account's credentials on a paho client; returns the client."""
+        client.username_pw_set(self.username, self.password)
+        return client
+
+    @property
+    def sim_env(self) -> dict[str, str]:
+        """What gateway-sim reads for its pooled connections."""
+        return {"VAKTROM_SIM_MQTT_USERNAME": self.username, "VAKTROM_SIM_MQTT_PASSWORD": self.password}
+
+
 @pytest.fixture
-def mqtt(stack: Stack) -> tuple[str, int]:
+def mqtt(stack: Stack) -> Broker:
     _require_healthy("mosquitto", stack)
-    return stack.mqtt_host, stack.mqtt_port
+    return Broker(stack.mqtt_host, stack.mqtt_port, *stack.mqtt_auth)
 
 
 @pytest.fixture

@@ -88,7 +88,7 @@ def simulate(
         "--drain", "150", "--host", stack.mqtt_host, "--port", str(stack.mqtt_port),
         "--out", str(out), "--quiet",
     ]  # fmt: skip
-    env = {"PYTHONPATH": f"{REPO}:{REPO / 'gateway-sim'}", "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": f"{REPO}:{REPO / 'gateway-sim'}", "PATH": "/usr/bin:/bin", **sim_credentials(stack)}
     sim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     if during is not None:
         time.sleep(during_after)
@@ -97,10 +97,33 @@ def simulate(
     return subprocess.CompletedProcess(cmd, sim.returncode, stdout, stderr)
 
 
+def sim_credentials(stack: Stack) -> dict[str, str]:
+    """gateway-sim's pooled connections log in with the local service account."""
+    user, password = stack.mqtt_auth
+    return {"VAKTROM_SIM_MQTT_USERNAME": user, "VAKTROM_SIM_MQTT_PASSWORD": password}
+
+
+def mosquitto_login(stack: Stack) -> list[str]:
+    user, password = stack.mqtt_auth
+    return ["-u", user, "-P", password]
+
+
 def publish(stack: Stack, topic: str, payload: bytes) -> None:
     """Publish once at QoS 1 with the real mosquitto_pub client."""
     result = subprocess.run(
-        ["mosquitto_pub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port), "-q", "1", "-t", topic, "-s"],
+        [
+            "mosquitto_pub",
+            "-h",
+            stack.mqtt_host,
+            "-p",
+            str(stack.mqtt_port),
+            *mosquitto_login(stack),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-s",
+        ],
         input=payload,
         capture_output=True,
         timeout=20,

@@ -23,7 +23,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import REPO, stack_command
+from tests.conftest import REPO, Broker, stack_command
 
 SCHEMAS = REPO / "contracts" / "schemas"
 
@@ -38,17 +38,19 @@ def _validator(name: str) -> jsonschema.Draft202012Validator:
 class Watcher:
     """A persistent-session QoS-1 subscriber that keeps every message it gets, across broker restarts."""
 
-    def __init__(self, host: str, port: int, root: str, channels: tuple[str, ...] = ("readings",)) -> None:
+    def __init__(self, broker: Broker, root: str, channels: tuple[str, ...] = ("readings",)) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
         self.subscribed = threading.Event()
         client_id = f"watch-{root.split('/', maxsplit=1)[0]}"
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self.client = broker.login(
+            paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        )
         self.client.reconnect_delay_set(0.2, 2)
         self.client.on_connect = lambda c, *_: c.subscribe([(f"{root}/kits/+/{ch}", 1) for ch in channels])
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = self._message
-        self.client.connect(host, port, keepalive=10)
+        self.client.connect(broker.host, broker.port, keepalive=10)
         self.client.loop_start()
         assert self.subscribed.wait(10), "the watcher could not subscribe"
 
@@ -83,11 +85,11 @@ class Watcher:
 
 
 @pytest.fixture
-def watcher_factory(mqtt: tuple[str, int]) -> Iterator[Any]:
+def watcher_factory(mqtt: Broker) -> Iterator[Any]:
     made: list[Watcher] = []
 
     def make(root: str, channels: tuple[str, ...] = ("readings",)) -> Watcher:
-        w = Watcher(*mqtt, root, channels)
+        w = Watcher(mqtt, root, channels)
         made.append(w)
         return w
 
@@ -96,9 +98,22 @@ def watcher_factory(mqtt: tuple[str, int]) -> Iterator[Any]:
         w.close()
 
 
-def _sim(args: list[str], mqtt: tuple[str, int], *, wait: bool = True, timeout: float = 120) -> Any:
-    cmd = [sys.executable, "-m", "gateway_sim", *args, "--host", mqtt[0], "--port", str(mqtt[1]), "--quiet"]
-    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'gateway-sim'}"}
+NOWHERE = Broker("127.0.0.1", 9, "nobody", "-")  # nothing listens on the discard port
+
+
+def _sim(args: list[str], mqtt: Broker, *, wait: bool = True, timeout: float = 120) -> Any:
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway_sim",
+        *args,
+        "--host",
+        mqtt.host,
+        "--port",
+        str(mqtt.port),
+        "--quiet",
+    ]
+    env = {**os.environ, **mqtt.sim_env, "PYTHONPATH": f"{REPO}:{REPO / 'gateway-sim'}"}
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
@@ -109,7 +124,7 @@ def _rows(out: Path) -> list[list[Any]]:
 
 
 def test_cohort_run_reaches_the_broker_as_the_ledger_says(
-    mqtt: tuple[str, int], unique: str, tmp_path: Path, watcher_factory: Any
+    mqtt: Broker, unique: str, tmp_path: Path, watcher_factory: Any
 ) -> None:
     """Every confirmed reading arrived; payloads validate except the labelled broken ones; faults at rate."""
     root = f"{unique}/v1"
@@ -177,7 +192,7 @@ def test_cohort_run_reaches_the_broker_as_the_ledger_says(
 
 
 def test_a_broker_restart_mid_run_loses_no_acknowledged_reading(
-    mqtt: tuple[str, int], unique: str, tmp_path: Path, watcher_factory: Any
+    mqtt: Broker, unique: str, tmp_path: Path, watcher_factory: Any
 ) -> None:
     """Mosquitto stops and starts during a load run: the kits reconnect, and every reading the ledger
     confirms is delivered to a persistent subscriber; the ledger accounts for every reading."""
@@ -229,13 +244,11 @@ def test_a_broker_restart_mid_run_loses_no_acknowledged_reading(
     )
 
 
-def test_receipts_settle_readings_and_a_lost_one_is_resent(
-    mqtt: tuple[str, int], unique: str, tmp_path: Path
-) -> None:
+def test_receipts_settle_readings_and_a_lost_one_is_resent(mqtt: Broker, unique: str, tmp_path: Path) -> None:
     """With --confirm receipt a reading is kept until a receipt names it; one never receipted is resent."""
     root = f"{unique}/v1"
     first_seen: set[tuple[str, int]] = set()
-    bridge = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bridge-{unique[:20]}")
+    bridge = mqtt.login(paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bridge-{unique[:20]}"))
     ready = threading.Event()
 
     def on_message(client: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
@@ -259,7 +272,7 @@ def test_receipts_settle_readings_and_a_lost_one_is_resent(
     bridge.on_connect = lambda c, *_: c.subscribe(f"{root}/kits/+/readings", qos=1)
     bridge.on_subscribe = lambda *_: ready.set()
     bridge.on_message = on_message
-    bridge.connect(*mqtt)
+    bridge.connect(mqtt.host, mqtt.port)
     bridge.loop_start()
     try:
         assert ready.wait(10)
@@ -301,7 +314,7 @@ def test_receipts_settle_readings_and_a_lost_one_is_resent(
 
 
 def test_a_killed_kit_leaves_its_last_will(
-    mqtt: tuple[str, int], unique: str, tmp_path: Path, watcher_factory: Any
+    mqtt: Broker, unique: str, tmp_path: Path, watcher_factory: Any
 ) -> None:
     """With a connection per kit, each kit's will ("offline") is published when the process dies."""
     root = f"{unique}/v1"
@@ -359,7 +372,7 @@ def test_an_unreachable_broker_is_reported_with_what_to_do(tmp_path: Path) -> No
             "--out",
             str(tmp_path),
         ],
-        ("127.0.0.1", 9),
+        NOWHERE,
     )
     assert result.returncode == 3
     assert "could not reach the MQTT broker at mqtt://127.0.0.1:9" in result.stderr
@@ -370,14 +383,12 @@ def test_a_bad_cohort_file_is_reported_before_connecting(tmp_path: Path) -> None
     """A cohort mistake exits with code 2 and names the key, without touching the broker."""
     cohort = tmp_path / "c.toml"
     cohort.write_text("[patients]\nheart_failure = 2\n[faults]\nduplicate = 3\n")
-    result = _sim(["run", "--cohort", str(cohort), "--out", str(tmp_path)], ("127.0.0.1", 9))
+    result = _sim(["run", "--cohort", str(cohort), "--out", str(tmp_path)], NOWHERE)
     assert result.returncode == 2
     assert "duplicate must be a probability" in result.stderr
 
 
-def test_a_14_day_run_of_100_patients_lists_its_episodes(
-    mqtt: tuple[str, int], unique: str, tmp_path: Path
-) -> None:
+def test_a_14_day_run_of_100_patients_lists_its_episodes(mqtt: Broker, unique: str, tmp_path: Path) -> None:
     """The acceptance run: 14 accelerated days, 100 patients, all confirmed, episodes in the truth."""
     out = tmp_path / "fortnight"
     cohort = tmp_path / "cohort.toml"

@@ -23,7 +23,7 @@ from kafka import KafkaConsumer, TopicPartition
 from contracts import CarePlan, Condition, ExpectedMeasurement, ScheduleWindow, Spo2Scale, topics
 from streams.monitor.catalogue import RULES
 from tests.conftest import REPO, Stack
-from tests.integration.bridge_support import BridgeProcess, register
+from tests.integration.bridge_support import BridgeProcess, register, sim_credentials
 from tests.integration.monitor_support import MonitorProcess, alert_events, episodes_of
 from tests.integration.stage_support import produce
 
@@ -70,7 +70,7 @@ def _sim(bridge: BridgeProcess, stack: Stack, out: Path, *, dry: bool) -> subpro
            str(stack.mqtt_port), "--out", str(out), "--quiet"]  # fmt: skip
     if dry:
         cmd.append("--dry-run")
-    env = {"PYTHONPATH": f"{REPO}:{REPO / 'gateway-sim'}", "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": f"{REPO}:{REPO / 'gateway-sim'}", "PATH": "/usr/bin:/bin", **sim_credentials(stack)}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

@@ -14,12 +14,12 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
 from contracts.topics import kafka_topics, measurement_topic
-from tests.conftest import REPO, STATE, Stack, stack_command
+from tests.conftest import REPO, STATE, Broker, Stack, stack_command
 
 
-def test_mosquitto_pub_reaches_a_paho_subscriber(mqtt: tuple[str, int], unique: str) -> None:
+def test_mosquitto_pub_reaches_a_paho_subscriber(mqtt: Broker, unique: str) -> None:
     """A message published with the real mosquitto_pub client arrives at a paho-mqtt 2 subscriber."""
-    host, port = mqtt
+    host, port = mqtt.host, mqtt.port
     topic = f"test/{unique}/readings"
     received: list[bytes] = []
     arrived, subscribed = threading.Event(), threading.Event()
@@ -28,7 +28,7 @@ def test_mosquitto_pub_reaches_a_paho_subscriber(mqtt: tuple[str, int], unique: 
         received.append(message.payload)
         arrived.set()
 
-    client = mqtt_client.Client(mqtt_client.CallbackAPIVersion.VERSION2, client_id=unique)
+    client = mqtt.login(mqtt_client.Client(mqtt_client.CallbackAPIVersion.VERSION2, client_id=unique))
     client.on_message = on_message
     client.on_subscribe = lambda *_a: subscribed.set()
     client.connect(host, port)
@@ -39,7 +39,23 @@ def test_mosquitto_pub_reaches_a_paho_subscriber(mqtt: tuple[str, int], unique: 
         mosquitto_pub = shutil.which("mosquitto_pub")
         assert mosquitto_pub, "mosquitto_pub is missing: infra/bootstrap installs mosquitto-clients"
         subprocess.run(
-            [mosquitto_pub, "-h", host, "-p", str(port), "-q", "1", "-t", topic, "-m", '{"hello": "kit"}'],
+            [
+                mosquitto_pub,
+                "-h",
+                host,
+                "-p",
+                str(port),
+                "-u",
+                mqtt.username,
+                "-P",
+                mqtt.password,
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-m",
+                '{"hello": "kit"}',
+            ],
             check=True,
             timeout=10,
         )

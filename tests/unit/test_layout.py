@@ -12,11 +12,12 @@ STAGES = {
     "ingest": REPO / "ingest",
     "streams": REPO / "streams",
     "alerts": REPO / "alerts",
+    "registry": REPO / "registry",
     "gateway_sim": REPO / "gateway-sim" / "gateway_sim",
 }
 PIPELINE = {*STAGES, "contracts"}
 # A stage's published read interface, which other stages may import (nothing else of it).
-PUBLIC = {"streams.archive.read", "streams.archive.fhir"}
+PUBLIC = {"streams.archive.read", "streams.archive.fhir", "registry"}
 
 
 def _roots_of(path: Path) -> set[str]:

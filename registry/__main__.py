@@ -1,0 +1,291 @@
+"""`python -m registry`: patients, kits and care plans, for operators.
+
+    python -m registry enrol --name "Ola Nordmann" --birth-date 1948-03-01 --national-id 01034812345 \\
+        --team oslo-east --condition heart_failure
+    python -m registry patient show P-7K2M9QX4TZ3B
+    python -m registry kit add KIT-0042 --model "Vaktrom HF kit" --device SC-1:scale --device OX-1:oximeter
+    python -m registry kit assign KIT-0042 P-7K2M9QX4TZ3B [--at 2026-11-23T08:00:00+01:00]
+    python -m registry kit pair KIT-0042 [--qr pairing.svg]     # one-time code (shown once)
+    python -m registry kit return KIT-0042 | kit retire KIT-0042
+    python -m registry kit cohort enrolment.json --credentials-out credentials.json [--broker-config FILE]
+    python -m registry careplan show P-7K2M9QX4TZ3B [--history]
+    python -m registry careplan set P-7K2M9QX4TZ3B --threshold HF-1.kg=1.5 --rule-off HF-3 \\
+        --spo2-target 88-92 --reason "COPD with hypercapnia, target prescribed by Dr Berg"
+    python -m registry careplan propose P-7K2M9QX4TZ3B [--accept --reason "..."]
+    python -m registry careplan publish                          # versions Kafka has not taken yet
+
+Reads VAKTROM_DATABASE_URL, VAKTROM_KAFKA_BOOTSTRAP, VAKTROM_IDENTITY_KEY (to enrol and show who a
+patient is), VAKTROM_MQTT_HOST/PORT and VAKTROM_MQTT_ADMIN_USERNAME/PASSWORD (kit identities).
+Every change is written to the audit log under the operator's login name. Exit 0: done;
+1: refused (nothing changed); 2: configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import getpass
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psycopg
+import segno
+
+from contracts import Condition
+from contracts.settings import ConfigError, DatabaseSettings, KafkaSettings, MqttSettings
+from registry import create
+from registry.broker import BrokerAdminError, write_offline
+from registry.bulk import enrol_cohort, write_credentials
+from registry.careplans import PlanChange
+from registry.identity import Identity
+from registry.settings import RegistrySettings
+from registry.store import Actor, KitDevice, Registry, RegistryError
+
+__all__ = ["build", "main"]
+
+
+def _time(raw: str | None) -> datetime | None:
+    if raw is None:
+        return None
+    value = datetime.fromisoformat(raw)
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{raw!r} needs an offset, e.g. 2026-11-23T08:00:00+01:00")
+    return value
+
+
+def _device(raw: str) -> KitDevice:
+    parts = raw.split(":")
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"--device {raw!r}: write SERIAL:KIND or SERIAL:KIND:PROFILE")
+    return KitDevice(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+
+def _threshold(raw: str) -> tuple[str, str, float | None]:
+    """RULE.param=value, or RULE.param=default to remove the override."""
+    name, sep, value = raw.partition("=")
+    rule, dot, param = name.rpartition(".")
+    if not sep or not dot or not rule or not param:
+        raise argparse.ArgumentTypeError(f"--threshold {raw!r}: write RULE.param=VALUE, e.g. HF-1.kg=1.5")
+    if value == "default":
+        return rule, param, None
+    try:
+        return rule, param, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threshold {raw!r}: {value!r} is not a number") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m registry", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="what", required=True)
+    enrol = sub.add_parser("enrol", help="enrol a patient (identity sealed; care plan from the condition)")
+    enrol.add_argument("--name", required=True)
+    enrol.add_argument("--birth-date", type=date.fromisoformat)
+    enrol.add_argument("--national-id", help="11 digits; checked, sealed, never shown in full in lists")
+    enrol.add_argument("--team", required=True)
+    enrol.add_argument("--condition", required=True, choices=[c.value for c in Condition])
+    enrol.add_argument("--municipality")
+    enrol.add_argument("--patient-id", help="pseudonym to use (default: a new random one)")
+    patient = sub.add_parser("patient").add_subparsers(dest="action", required=True)
+    patient.add_parser("show").add_argument("patient_id")
+
+    kit = sub.add_parser("kit", help="kits: add, assign, return, retire, pair, cohort").add_subparsers(
+        dest="action", required=True
+    )
+    add = kit.add_parser("add")
+    add.add_argument("kit_id")
+    add.add_argument("--model")
+    add.add_argument("--device", type=_device, action="append", default=[], help="SERIAL:KIND[:PROFILE]")
+    assign = kit.add_parser("assign")
+    assign.add_argument("kit_id")
+    assign.add_argument("patient_id")
+    assign.add_argument("--at", type=_time, help="from when (RFC 3339 with offset; default now)")
+    for name in ("return", "retire"):
+        p = kit.add_parser(name)
+        p.add_argument("kit_id")
+        p.add_argument("--at", type=_time, help="from when (default now)")
+    pair = kit.add_parser("pair")
+    pair.add_argument("kit_id")
+    pair.add_argument("--qr", type=Path, help="also write the code as a QR code (.svg or .png)")
+    claim = kit.add_parser("claim", help="exchange a pairing code for credentials (what a kit does)")
+    claim.add_argument("code")
+    cohort = kit.add_parser("cohort", help="a load-test or demo cohort from gateway-sim's enrolment file")
+    cohort.add_argument("enrolment", type=Path)
+    cohort.add_argument("--credentials-out", type=Path, required=True)
+    cohort.add_argument("--team", default="cohort")
+    cohort.add_argument("--since", type=_time, help="assignment start (default: 60 days ago)")
+    cohort.add_argument(
+        "--broker-config", type=Path,
+        help="write kit identities into this stopped broker's dynamic-security file instead of over $CONTROL",
+    )  # fmt: skip
+
+    plan = sub.add_parser("careplan", help="care plans: show, set, propose, publish").add_subparsers(
+        dest="action", required=True
+    )
+    show = plan.add_parser("show")
+    show.add_argument("patient_id")
+    show.add_argument("--history", action="store_true")
+    set_ = plan.add_parser("set")
+    set_.add_argument("patient_id")
+    set_.add_argument("--reason", required=True)
+    set_.add_argument(
+        "--threshold", type=_threshold, action="append", default=[], help="RULE.param=VALUE|default"
+    )
+    set_.add_argument("--rule-off", action="append", default=[])
+    set_.add_argument("--rule-on", action="append", default=[])
+    set_.add_argument("--spo2-target", choices=["88-92", "94-98"])
+    set_.add_argument("--condition", choices=[c.value for c in Condition])
+    set_.add_argument("--team")
+    propose = plan.add_parser("propose")
+    propose.add_argument("patient_id")
+    propose.add_argument("--accept", action="store_true", help="store the proposal as the next version")
+    propose.add_argument("--reason", default="")
+    plan.add_parser("publish")
+    return parser
+
+
+def build(environ: dict[str, str] | None = None) -> tuple[Registry, DatabaseSettings, MqttSettings]:
+    env = dict(os.environ if environ is None else environ)
+    database = DatabaseSettings.from_env(env)
+    mqtt = MqttSettings.from_env(env)
+    registry = create(KafkaSettings.from_env(env), mqtt, RegistrySettings.from_env(env))
+    return registry, database, mqtt
+
+
+def _print_plan(document: Any) -> None:
+    print(json.dumps(msgspec.to_builtins(document), indent=2, ensure_ascii=False))
+
+
+def _run(
+    args: argparse.Namespace,
+    registry: Registry,
+    conn: psycopg.Connection[Any],
+    actor: Actor,
+    mqtt: MqttSettings,
+) -> int:
+    match args.what, getattr(args, "action", None):
+        case "enrol", _:
+            plan = registry.enrol(
+                conn, actor, identity=Identity(name=args.name, birth_date=args.birth_date, national_id=args.national_id),
+                team_id=args.team, condition=Condition(args.condition), patient_id=args.patient_id,
+                municipality=args.municipality,
+            )  # fmt: skip
+            print(f"enrolled {plan.patient_id} (team {plan.team_id}); care plan version 1 published")
+        case "patient", "show":
+            who = registry.identity(conn, actor, args.patient_id)
+            plans = registry.careplan(conn, actor, args.patient_id)
+            print(json.dumps({
+                "patient_id": args.patient_id,
+                "identity": msgspec.to_builtins(who) if who else None,
+                "care_plan_version": plans[0][0].version if plans else None,
+            }, indent=2, ensure_ascii=False))  # fmt: skip
+        case "kit", "add":
+            registry.kit_add(conn, actor, args.kit_id, model=args.model, devices=args.device)
+            print(
+                f"kit {args.kit_id} in stock with {len(args.device)} devices; broker identity made (pair it to log in)"
+            )
+        case "kit", "assign":
+            at = registry.kit_assign(conn, actor, args.kit_id, args.patient_id, at=args.at)
+            print(f"kit {args.kit_id} assigned to {args.patient_id} from {at.isoformat()}")
+        case "kit", "return":
+            registry.kit_return(conn, actor, args.kit_id, at=args.at)
+            print(f"kit {args.kit_id} back in stock")
+        case "kit", "retire":
+            registry.kit_retire(conn, actor, args.kit_id, at=args.at)
+            print(f"kit {args.kit_id} retired; its broker identity is gone and it was disconnected")
+        case "kit", "pair":
+            code, expires = registry.pair(conn, actor, args.kit_id)
+            if args.qr is not None:
+                segno.make(f"VAKTROM-PAIR:{code}", error="m").save(str(args.qr), scale=8)
+            print(f"pairing code for {args.kit_id}: {code} (one use, until {expires:%Y-%m-%d %H:%M %Z})")
+        case "kit", "claim":
+            creds = registry.claim(conn, args.code)
+            print(json.dumps(dataclasses.asdict(creds)))
+        case "kit", "cohort":
+            rows = json.loads(args.enrolment.read_text(encoding="utf-8"))
+            offline = None
+            if args.broker_config is not None:
+                offline = partial(
+                    write_offline, args.broker_config, root=registry.topic_root, broker=(mqtt.host, mqtt.port)
+                )
+            since = args.since or datetime.now(UTC) - timedelta(days=60)
+            result = enrol_cohort(registry, conn, actor, rows, team_id=args.team, since=since, offline=offline,
+                                  clock=time.monotonic)  # fmt: skip
+            write_credentials(args.credentials_out, result.credentials)
+            took = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+            print(
+                f"cohort: {result.patients} patients, {result.kits} kits; credentials in {args.credentials_out} ({took})"
+            )
+        case "careplan", "show":
+            plans = registry.careplan(conn, actor, args.patient_id)
+            if not plans:
+                raise RegistryError(f"{args.patient_id} has no care plan yet")
+            for plan, published in plans if args.history else plans[:1]:
+                print(f"# version {plan.version} by {plan.changed_by} at {plan.changed_at:%Y-%m-%d %H:%M %Z}: "
+                      f"{plan.reason} ({'published' if published else 'NOT YET PUBLISHED'})")  # fmt: skip
+                _print_plan(plan)
+        case "careplan", "set":
+            thresholds: dict[str, dict[str, float | None]] = {}
+            for rule, param, value in args.threshold:
+                thresholds.setdefault(rule, {})[param] = value
+            change = PlanChange(
+                reason=args.reason, thresholds=thresholds, rules_off=args.rule_off, rules_on=args.rule_on,
+                spo2_target=args.spo2_target, condition=Condition(args.condition) if args.condition else None,
+                team_id=args.team,
+            )  # fmt: skip
+            plan = registry.careplan_set(conn, actor, args.patient_id, change)
+            print(f"care plan of {args.patient_id}: version {plan.version} stored and published")
+        case "careplan", "propose":
+            proposal = registry.careplan_propose(conn, actor, args.patient_id)
+            print(json.dumps({"thresholds": proposal.thresholds, "basis": proposal.basis,
+                              "skipped": proposal.skipped}, indent=2))  # fmt: skip
+            if args.accept:
+                if not proposal.thresholds:
+                    raise RegistryError("nothing to accept: too few readings for a proposal")
+                reason = args.reason or "accepted personal thresholds proposed from 14 days of readings"
+                plan = registry.careplan_set(conn, actor, args.patient_id, proposal.as_change(reason))
+                print(f"accepted: version {plan.version}")
+        case "careplan", "publish":
+            print(f"published {registry.publish_pending(conn)} pending care-plan versions")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        registry, database, mqtt = build()
+    except ConfigError as exc:
+        print(f"registry: configuration: {exc}", file=sys.stderr)
+        return 2
+    actor = Actor(f"cli:{getpass.getuser()}")
+    try:
+        with psycopg.connect(database.url, autocommit=True, connect_timeout=10) as conn:
+            return _run(args, registry, conn, actor, mqtt)
+    except RegistryError as exc:
+        print(f"registry: {exc}", file=sys.stderr)
+        return 1
+    except BrokerAdminError as exc:
+        print(f"registry: {exc}; nothing was changed", file=sys.stderr)
+        return 1
+    except psycopg.OperationalError as exc:
+        print(
+            f"registry: cannot reach the database ({str(exc).strip()}); is it running (`infra/stack up`)?",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        if registry.publisher is not None:
+            registry.publisher.close()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""A whole cohort at once: patients (pseudonyms only), kits, devices, assignments and credentials.
+
+For load tests and demo cohorts, from the enrolment file `gateway-sim` writes (a list of
+{patient_id, kit, devices: [{serial, kind, model}], condition?}). Idempotent for what already
+matches; a kit already with another patient is refused. Credentials are new on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg.types.json import Jsonb
+
+from contracts import Condition
+from registry.careplans import default_plan
+from registry.store import Actor, Credentials, Registry, RegistryError
+
+__all__ = ["BulkResult", "enrol_cohort", "write_credentials"]
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    patients: int
+    kits: int
+    credentials: list[Credentials]
+    seconds: dict[str, float]
+
+
+def _condition(row: Mapping[str, Any]) -> Condition:
+    try:
+        return Condition(row.get("condition") or Condition.HEART_FAILURE)
+    except ValueError:
+        return Condition.HEART_FAILURE
+
+
+def enrol_cohort(
+    registry: Registry,
+    conn: psycopg.Connection[Any],
+    actor: Actor,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    team_id: str,
+    since: datetime,
+    offline: Callable[[list[tuple[str, str]]], int] | None = None,
+    clock: Callable[[], float],
+) -> BulkResult:
+    """Register the cohort, then issue every kit's credentials (see `Registry.issue_credentials`)."""
+    seconds: dict[str, float] = {}
+    began = clock()
+    now = datetime.now(UTC)
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO teams (team_id, name) VALUES (%s, %s) ON CONFLICT (team_id) DO NOTHING",
+            (team_id, f"Cohort {team_id}"),
+        )
+        cur.execute("SELECT kit_id, patient_id FROM kit_assignments WHERE assigned_until IS NULL AND kit_id = ANY(%s)",
+                    ([r["kit"] for r in rows],))  # fmt: skip
+        held = dict(cur.fetchall())
+        clash = [r["kit"] for r in rows if held.get(r["kit"], r["patient_id"]) != r["patient_id"]]
+        if clash:
+            raise RegistryError(
+                f"{len(clash)} kits are with other patients (e.g. {clash[:3]}); return them first", 409
+            )
+        cur.executemany(
+            "INSERT INTO patients (patient_id, team_id, condition, enrolled_by) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (patient_id) DO NOTHING",
+            [(r["patient_id"], team_id, _condition(r).value, actor.username) for r in rows],
+        )
+        cur.executemany(
+            "INSERT INTO kits (kit_id, state) VALUES (%s, 'assigned') ON CONFLICT (kit_id) DO NOTHING",
+            [(r["kit"],) for r in rows],
+        )
+        cur.executemany(
+            "INSERT INTO kit_devices (device_id, kit_id, kind, profile) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (device_id) DO NOTHING",
+            [(d["serial"], r["kit"], d["kind"], d.get("model")) for r in rows for d in r.get("devices", [])],
+        )
+        cur.executemany(
+            "INSERT INTO kit_assignments (kit_id, patient_id, assigned_from) VALUES (%s, %s, %s)",
+            [(r["kit"], r["patient_id"], since) for r in rows if r["kit"] not in held],
+        )
+        plans = [
+            default_plan(r["patient_id"], team_id, _condition(r), by=actor.username, at=now) for r in rows
+        ]
+        cur.executemany(
+            "INSERT INTO care_plans (patient_id, version, document, changed_at, changed_by, reason) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [
+                (p.patient_id, p.version, Jsonb(msgspec.to_builtins(p)), p.changed_at, p.changed_by, p.reason)
+                for p in plans
+            ],
+        )
+        registry._audit(cur, actor, "registry.cohort.enrol", detail={"patients": len(rows), "team": team_id})
+    seconds["database"] = clock() - began
+    mark = clock()
+    credentials = registry.issue_credentials(conn, actor, [r["kit"] for r in rows], offline=offline)
+    seconds["credentials"] = clock() - mark
+    mark = clock()
+    registry.publish_pending(conn)
+    seconds["care_plans"] = clock() - mark
+    return BulkResult(len({r["patient_id"] for r in rows}), len(rows), credentials, seconds)
+
+
+def write_credentials(path: Path, credentials: Sequence[Credentials]) -> None:
+    """The file gateway-sim reads with --credentials: {kit: {username, password}}, mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({c.kit_id: {"username": c.username, "password": c.password} for c in credentials}, out)

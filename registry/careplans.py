@@ -1,0 +1,252 @@
+"""Care plans: condition defaults, validated changes, and personal thresholds proposed from history.
+
+Pure logic, no I/O: `registry.store` reads and writes the versions, `registry.publish` sends them.
+
+A change never edits a version: it makes the next one from the last (or from the condition's
+defaults), with who, when and why. Thresholds are checked against `contracts.THRESHOLD_LIMITS`
+(a level no valid reading can cross would switch a rule off without anyone noticing).
+
+`propose` suggests personal thresholds from the patient's own recent readings for a clinician to
+accept or edit; it never applies them. The method (Vaktrom's, stated with every proposal): from
+at least 5 readings on 5 days within 14 days, the median and the scaled MAD (MAD x 1.4826, at
+least a floor per metric) give a personal band of median -/+ 3 sigma, and the proposal moves a
+rule's level to the band's edge only within a safe corridor, so a proposal can personalise a
+yellow review level but never loosen it past the corridor (the red rules are not proposed).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import msgspec
+
+from contracts import (
+    BaselineSettings,
+    CarePlan,
+    Condition,
+    ExpectedMeasurement,
+    Metric,
+    ScheduleWindow,
+    Spo2Scale,
+    threshold_problems,
+)
+
+__all__ = [
+    "DEFAULT_EXPECTED",
+    "PlanChange",
+    "PlanError",
+    "Proposal",
+    "apply_change",
+    "default_plan",
+    "propose",
+]
+
+
+class PlanError(ValueError):
+    """A care-plan change that cannot be accepted; the message lists every reason."""
+
+
+def _daily(metric: Metric, *windows: tuple[str, str]) -> ExpectedMeasurement:
+    return ExpectedMeasurement(metric=metric, windows=[ScheduleWindow(start=s, end=e) for s, e in windows])
+
+
+_MORNING = ("07:00", "10:00")
+# What each condition asks the patient to measure, and when (local time), until a clinician says otherwise.
+DEFAULT_EXPECTED: Mapping[Condition, tuple[ExpectedMeasurement, ...]] = {
+    Condition.HEART_FAILURE: (
+        _daily(Metric.BODY_WEIGHT, _MORNING),
+        _daily(Metric.SPO2, _MORNING),
+        _daily(Metric.PULSE, _MORNING),
+    ),
+    Condition.COPD: (_daily(Metric.SPO2, _MORNING), _daily(Metric.PULSE, _MORNING)),
+    Condition.DIABETES: (
+        _daily(
+            Metric.GLUCOSE, ("07:00", "09:00"), ("11:00", "13:00"), ("17:00", "19:00"), ("21:00", "23:00")
+        ),
+    ),
+    Condition.INFECTION_WATCH: (
+        _daily(Metric.BODY_TEMPERATURE, ("07:00", "10:00"), ("17:00", "20:00")),
+        _daily(Metric.SPO2, ("07:00", "10:00"), ("17:00", "20:00")),
+        _daily(Metric.PULSE, ("07:00", "10:00"), ("17:00", "20:00")),
+    ),
+}
+
+
+def default_plan(
+    patient_id: str,
+    team_id: str,
+    condition: Condition,
+    *,
+    by: str,
+    at: datetime,
+    timezone: str = "Europe/Oslo",
+) -> CarePlan:
+    """Version 1: the condition's defaults."""
+    return CarePlan(
+        patient_id=patient_id,
+        version=1,
+        condition=condition,
+        team_id=team_id,
+        timezone=timezone,
+        expected=list(DEFAULT_EXPECTED[condition]),
+        changed_at=at,
+        changed_by=by,
+        reason=f"enrolled: {condition.value.replace('_', ' ')} defaults",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PlanChange:
+    """What a clinician changes; everything left None (or empty) stays as it was.
+
+    `thresholds` maps rule -> parameter -> value, where None removes the override (back to the
+    default). `spo2_target` "88-92" prescribes the hypercapnic target (SpO2 scale 2); "94-98"
+    goes back to scale 1.
+    """
+
+    reason: str
+    condition: Condition | None = None
+    team_id: str | None = None
+    timezone: str | None = None
+    spo2_target: str | None = None
+    thresholds: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
+    rules_off: Sequence[str] = ()
+    rules_on: Sequence[str] = ()
+    expected: Sequence[ExpectedMeasurement] | None = None
+    baseline: BaselineSettings | None = None
+
+
+_TARGETS = {"88-92": Spo2Scale.HYPERCAPNIC, "94-98": Spo2Scale.DEFAULT}
+
+
+def _merged_thresholds(
+    current: Mapping[str, Mapping[str, float]], change: Mapping[str, Mapping[str, float | None]]
+) -> dict[str, dict[str, float]]:
+    merged = {rule: dict(params) for rule, params in current.items()}
+    for rule, params in change.items():
+        target = merged.setdefault(rule, {})
+        for name, value in params.items():
+            if value is None:
+                target.pop(name, None)
+            else:
+                target[name] = float(value)
+        if not target:
+            merged.pop(rule)
+    return merged
+
+
+def apply_change(
+    current: CarePlan, change: PlanChange, *, by: str, at: datetime, known_rules: frozenset[str]
+) -> CarePlan:
+    """The next version of `current` with `change` applied, or PlanError with every reason."""
+    problems: list[str] = []
+    if not change.reason.strip():
+        problems.append("say why the plan changes (--reason): it is kept with the version")
+    scale = current.spo2_scale
+    if change.spo2_target is not None:
+        if change.spo2_target not in _TARGETS:
+            problems.append(
+                f"SpO2 target {change.spo2_target!r} must be 88-92 (prescribed) or 94-98 (default)"
+            )
+        else:
+            scale = _TARGETS[change.spo2_target]
+    thresholds = _merged_thresholds(current.thresholds, change.thresholds)
+    problems.extend(threshold_problems(thresholds))
+    unknown = sorted({*change.rules_off, *change.rules_on} - known_rules)
+    if unknown:
+        problems.append(f"unknown rule ids {', '.join(unknown)}; known: {', '.join(sorted(known_rules))}")
+    both = sorted(set(change.rules_off) & set(change.rules_on))
+    if both:
+        problems.append(f"rules both switched on and off: {', '.join(both)}")
+    if problems:
+        raise PlanError("; ".join(problems))
+    rules_off = sorted((set(current.rules_off) | set(change.rules_off)) - set(change.rules_on))
+    fields: dict[str, Any] = {
+        "version": current.version + 1,
+        "spo2_scale": scale,
+        "thresholds": thresholds,
+        "rules_off": rules_off,
+        "changed_at": at,
+        "changed_by": by,
+        "reason": change.reason.strip(),
+    }
+    for name in ("condition", "team_id", "timezone", "baseline"):
+        value = getattr(change, name)
+        if value is not None:
+            fields[name] = value
+    if change.expected is not None:
+        fields["expected"] = list(change.expected)
+    try:
+        # the contract's own checks (time zone, windows, ranges) run on the decoded result
+        return msgspec.convert(msgspec.to_builtins({**msgspec.structs.asdict(current), **fields}), CarePlan)
+    except msgspec.ValidationError as exc:
+        raise PlanError(f"the resulting plan is not valid: {exc}") from exc
+
+
+# ------------------------------------------------------------------ proposals from history
+@dataclass(frozen=True, slots=True)
+class _Corridor:
+    rule: str
+    param: str
+    metric: Metric
+    side: int  # -1: the level sits below the band (a low alarm); +1: above it
+    safe_low: float  # the proposal stays within [safe_low, safe_high]
+    safe_high: float
+    sigma_floor: float  # the least spread assumed, so three stable readings do not give a hair trigger
+    decimals: int
+
+
+_CORRIDORS = (
+    _Corridor("RS-4", "below", Metric.SPO2, -1, 85, 92, 1.0, 0),
+    _Corridor("HF-4", "low", Metric.PULSE, -1, 35, 50, 3.0, 0),
+    _Corridor("HF-4", "high", Metric.PULSE, +1, 100, 130, 3.0, 0),
+    _Corridor("T-1", "cel", Metric.BODY_TEMPERATURE, +1, 37.8, 38.5, 0.2, 1),
+)
+MIN_READINGS, MIN_DAYS, WINDOW_DAYS, K_SIGMA = 5, 5, 14, 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    thresholds: dict[str, dict[str, float]]
+    basis: dict[str, str]  # metric -> how its numbers were found, for the clinician
+    skipped: dict[str, str]  # metric -> why nothing was proposed
+
+    def as_change(self, reason: str) -> PlanChange:
+        return PlanChange(reason=reason, thresholds=self.thresholds)
+
+
+def propose(readings: Mapping[Metric, Sequence[tuple[datetime, float]]]) -> Proposal:
+    """Personal thresholds from the last 14 days of canonical readings per metric (see the module doc)."""
+    thresholds: dict[str, dict[str, float]] = {}
+    basis: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    for corridor in _CORRIDORS:
+        series = readings.get(corridor.metric, ())
+        values = [v for _, v in series if math.isfinite(v)]
+        days = {t.date() for t, _ in series}
+        if len(values) < MIN_READINGS or len(days) < MIN_DAYS:
+            skipped[corridor.metric.value] = (
+                f"{len(values)} readings on {len(days)} days; a proposal needs {MIN_READINGS} on {MIN_DAYS}"
+            )
+            continue
+        median = statistics.median(values)
+        mad = statistics.median(abs(v - median) for v in values)
+        sigma = max(mad * 1.4826, corridor.sigma_floor)
+        edge = median + corridor.side * K_SIGMA * sigma
+        value = round(min(max(edge, corridor.safe_low), corridor.safe_high), corridor.decimals)
+        thresholds.setdefault(corridor.rule, {})[corridor.param] = float(value)
+        basis[corridor.metric.value] = (
+            f"{len(values)} readings on {len(days)} days: median {median:.{corridor.decimals + 1}f}, "
+            f"sigma {sigma:.2f} (scaled MAD); band edge {edge:.1f} kept within "
+            f"{corridor.safe_low:g}-{corridor.safe_high:g}"
+        )
+    return Proposal(thresholds, basis, skipped)
+
+
+def window_start(today: date) -> date:
+    return date.fromordinal(today.toordinal() - WINDOW_DAYS)
