@@ -151,7 +151,8 @@ def queue(
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             f"""
-            SELECT a.episode_id, a.patient_id, pi.sealed, pi.key_id, p.team_id, a.rule_id, a.metric, a.severity,
+            SELECT a.episode_id, a.patient_id, pi.sealed, pi.key_id, p.team_id, a.rule_id, a.metric,
+                   a.severity,
                    a.explanation, a.state, a.assignee, a.count, a.opened_at, a.last_seen_at,
                    a.received_at, a.escalation_step,
                    {target} AS target,

@@ -98,9 +98,13 @@ def _parser() -> argparse.ArgumentParser:
     patient = sub.add_parser("patient").add_subparsers(dest="action", required=True)
     patient.add_parser("show").add_argument("patient_id")
 
-    kit = sub.add_parser("kit", help="kits: add, assign, return, retire, pair, cohort").add_subparsers(
-        dest="action", required=True
-    )
+    _kit_parser(sub.add_parser("kit", help="kits: add, assign, return, retire, pair, cohort"))
+    _plan_parser(sub.add_parser("careplan", help="care plans: show, set, propose, publish"))
+    return parser
+
+
+def _kit_parser(parent: argparse.ArgumentParser) -> None:
+    kit = parent.add_subparsers(dest="action", required=True)
     add = kit.add_parser("add")
     add.add_argument("kit_id")
     add.add_argument("--model")
@@ -128,9 +132,9 @@ def _parser() -> argparse.ArgumentParser:
         help="write kit identities into this stopped broker's dynamic-security file instead of over $CONTROL",
     )  # fmt: skip
 
-    plan = sub.add_parser("careplan", help="care plans: show, set, propose, publish").add_subparsers(
-        dest="action", required=True
-    )
+
+def _plan_parser(parent: argparse.ArgumentParser) -> None:
+    plan = parent.add_subparsers(dest="action", required=True)
     show = plan.add_parser("show")
     show.add_argument("patient_id")
     show.add_argument("--history", action="store_true")
@@ -150,7 +154,6 @@ def _parser() -> argparse.ArgumentParser:
     propose.add_argument("--accept", action="store_true", help="store the proposal as the next version")
     propose.add_argument("--reason", default="")
     plan.add_parser("publish")
-    return parser
 
 
 def build(environ: dict[str, str] | None = None) -> tuple[Registry, DatabaseSettings, MqttSettings]:
@@ -161,102 +164,149 @@ def build(environ: dict[str, str] | None = None) -> tuple[Registry, DatabaseSett
     return registry, database, mqtt
 
 
-def _print_plan(document: Any) -> None:
-    print(json.dumps(msgspec.to_builtins(document), indent=2, ensure_ascii=False))
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Context:
+    registry: Registry
+    conn: psycopg.Connection[Any]
+    actor: Actor
+    mqtt: MqttSettings
 
 
-def _run(
-    args: argparse.Namespace,
-    registry: Registry,
-    conn: psycopg.Connection[Any],
-    actor: Actor,
-    mqtt: MqttSettings,
-) -> int:
-    match args.what, getattr(args, "action", None):
-        case "enrol", _:
-            plan = registry.enrol(
-                conn, actor, identity=Identity(name=args.name, birth_date=args.birth_date, national_id=args.national_id),
-                team_id=args.team, condition=Condition(args.condition), patient_id=args.patient_id,
-                municipality=args.municipality,
-            )  # fmt: skip
-            print(f"enrolled {plan.patient_id} (team {plan.team_id}); care plan version 1 published")
-        case "patient", "show":
-            who = registry.identity(conn, actor, args.patient_id)
-            plans = registry.careplan(conn, actor, args.patient_id)
-            print(json.dumps({
-                "patient_id": args.patient_id,
-                "identity": msgspec.to_builtins(who) if who else None,
-                "care_plan_version": plans[0][0].version if plans else None,
-            }, indent=2, ensure_ascii=False))  # fmt: skip
-        case "kit", "add":
-            registry.kit_add(conn, actor, args.kit_id, model=args.model, devices=args.device)
-            print(
-                f"kit {args.kit_id} in stock with {len(args.device)} devices; broker identity made (pair it to log in)"
-            )
-        case "kit", "assign":
-            at = registry.kit_assign(conn, actor, args.kit_id, args.patient_id, at=args.at)
-            print(f"kit {args.kit_id} assigned to {args.patient_id} from {at.isoformat()}")
-        case "kit", "return":
-            registry.kit_return(conn, actor, args.kit_id, at=args.at)
-            print(f"kit {args.kit_id} back in stock")
-        case "kit", "retire":
-            registry.kit_retire(conn, actor, args.kit_id, at=args.at)
-            print(f"kit {args.kit_id} retired; its broker identity is gone and it was disconnected")
-        case "kit", "pair":
-            code, expires = registry.pair(conn, actor, args.kit_id)
-            if args.qr is not None:
-                segno.make(f"VAKTROM-PAIR:{code}", error="m").save(str(args.qr), scale=8)
-            print(f"pairing code for {args.kit_id}: {code} (one use, until {expires:%Y-%m-%d %H:%M %Z})")
-        case "kit", "claim":
-            creds = registry.claim(conn, args.code)
-            print(json.dumps(dataclasses.asdict(creds)))
-        case "kit", "cohort":
-            rows = json.loads(args.enrolment.read_text(encoding="utf-8"))
-            offline = None
-            if args.broker_config is not None:
-                offline = partial(
-                    write_offline, args.broker_config, root=registry.topic_root, broker=(mqtt.host, mqtt.port)
-                )
-            since = args.since or datetime.now(UTC) - timedelta(days=60)
-            result = enrol_cohort(registry, conn, actor, rows, team_id=args.team, since=since, offline=offline,
-                                  clock=time.monotonic)  # fmt: skip
-            write_credentials(args.credentials_out, result.credentials)
-            took = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
-            print(
-                f"cohort: {result.patients} patients, {result.kits} kits; credentials in {args.credentials_out} ({took})"
-            )
-        case "careplan", "show":
-            plans = registry.careplan(conn, actor, args.patient_id)
-            if not plans:
-                raise RegistryError(f"{args.patient_id} has no care plan yet")
-            for plan, published in plans if args.history else plans[:1]:
-                print(f"# version {plan.version} by {plan.changed_by} at {plan.changed_at:%Y-%m-%d %H:%M %Z}: "
-                      f"{plan.reason} ({'published' if published else 'NOT YET PUBLISHED'})")  # fmt: skip
-                _print_plan(plan)
-        case "careplan", "set":
-            thresholds: dict[str, dict[str, float | None]] = {}
-            for rule, param, value in args.threshold:
-                thresholds.setdefault(rule, {})[param] = value
-            change = PlanChange(
-                reason=args.reason, thresholds=thresholds, rules_off=args.rule_off, rules_on=args.rule_on,
-                spo2_target=args.spo2_target, condition=Condition(args.condition) if args.condition else None,
-                team_id=args.team,
-            )  # fmt: skip
-            plan = registry.careplan_set(conn, actor, args.patient_id, change)
-            print(f"care plan of {args.patient_id}: version {plan.version} stored and published")
-        case "careplan", "propose":
-            proposal = registry.careplan_propose(conn, actor, args.patient_id)
-            print(json.dumps({"thresholds": proposal.thresholds, "basis": proposal.basis,
-                              "skipped": proposal.skipped}, indent=2))  # fmt: skip
-            if args.accept:
-                if not proposal.thresholds:
-                    raise RegistryError("nothing to accept: too few readings for a proposal")
-                reason = args.reason or "accepted personal thresholds proposed from 14 days of readings"
-                plan = registry.careplan_set(conn, actor, args.patient_id, proposal.as_change(reason))
-                print(f"accepted: version {plan.version}")
-        case "careplan", "publish":
-            print(f"published {registry.publish_pending(conn)} pending care-plan versions")
-    return 0
+def _enrol(args: argparse.Namespace, c: _Context) -> None:
+    identity = Identity(name=args.name, birth_date=args.birth_date, national_id=args.national_id)
+    plan = c.registry.enrol(
+        c.conn, c.actor, identity=identity, team_id=args.team, condition=Condition(args.condition),
+        patient_id=args.patient_id, municipality=args.municipality,
+    )  # fmt: skip
+    print(f"enrolled {plan.patient_id} (team {plan.team_id}); care plan version 1 published")
+
+
+def _patient_show(args: argparse.Namespace, c: _Context) -> None:
+    who = c.registry.identity(c.conn, c.actor, args.patient_id)
+    plans = c.registry.careplan(c.conn, c.actor, args.patient_id)
+    shown = {
+        "patient_id": args.patient_id,
+        "identity": msgspec.to_builtins(who) if who else None,
+        "care_plan_version": plans[0][0].version if plans else None,
+    }
+    print(json.dumps(shown, indent=2, ensure_ascii=False))
+
+
+def _kit_add(args: argparse.Namespace, c: _Context) -> None:
+    c.registry.kit_add(c.conn, c.actor, args.kit_id, model=args.model, devices=args.device)
+    print(
+        f"kit {args.kit_id} in stock with {len(args.device)} devices; broker identity made (pair it to log "
+        "in)"
+    )
+
+
+def _kit_assign(args: argparse.Namespace, c: _Context) -> None:
+    at = c.registry.kit_assign(c.conn, c.actor, args.kit_id, args.patient_id, at=args.at)
+    print(f"kit {args.kit_id} assigned to {args.patient_id} from {at.isoformat()}")
+
+
+def _kit_return(args: argparse.Namespace, c: _Context) -> None:
+    c.registry.kit_return(c.conn, c.actor, args.kit_id, at=args.at)
+    print(f"kit {args.kit_id} back in stock")
+
+
+def _kit_retire(args: argparse.Namespace, c: _Context) -> None:
+    c.registry.kit_retire(c.conn, c.actor, args.kit_id, at=args.at)
+    print(f"kit {args.kit_id} retired; its broker identity is gone and it was disconnected")
+
+
+def _kit_pair(args: argparse.Namespace, c: _Context) -> None:
+    code, expires = c.registry.pair(c.conn, c.actor, args.kit_id)
+    if args.qr is not None:
+        segno.make(f"VAKTROM-PAIR:{code}", error="m").save(str(args.qr), scale=8)
+    print(f"pairing code for {args.kit_id}: {code} (one use, until {expires:%Y-%m-%d %H:%M %Z})")
+
+
+def _kit_claim(args: argparse.Namespace, c: _Context) -> None:
+    print(json.dumps(dataclasses.asdict(c.registry.claim(c.conn, args.code))))
+
+
+def _kit_cohort(args: argparse.Namespace, c: _Context) -> None:
+    rows = json.loads(args.enrolment.read_text(encoding="utf-8"))
+    offline = None
+    if args.broker_config is not None:
+        offline = partial(
+            write_offline, args.broker_config, root=c.registry.topic_root, broker=(c.mqtt.host, c.mqtt.port)
+        )
+    since = args.since or datetime.now(UTC) - timedelta(days=60)
+    result = enrol_cohort(
+        c.registry,
+        c.conn,
+        c.actor,
+        rows,
+        team_id=args.team,
+        since=since,
+        offline=offline,
+        clock=time.monotonic,
+    )
+    write_credentials(args.credentials_out, result.credentials)
+    took = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+    print(
+        f"cohort: {result.patients} patients, {result.kits} kits; credentials in {args.credentials_out} "
+        f"({took})"
+    )
+
+
+def _plan_show(args: argparse.Namespace, c: _Context) -> None:
+    plans = c.registry.careplan(c.conn, c.actor, args.patient_id)
+    if not plans:
+        raise RegistryError(f"{args.patient_id} has no care plan yet")
+    for plan, published in plans if args.history else plans[:1]:
+        state = "published" if published else "NOT YET PUBLISHED"
+        when = f"{plan.changed_at:%Y-%m-%d %H:%M %Z}"
+        print(f"# version {plan.version} by {plan.changed_by} at {when}: {plan.reason} ({state})")
+        print(json.dumps(msgspec.to_builtins(plan), indent=2, ensure_ascii=False))
+
+
+def _plan_set(args: argparse.Namespace, c: _Context) -> None:
+    thresholds: dict[str, dict[str, float | None]] = {}
+    for rule, param, value in args.threshold:
+        thresholds.setdefault(rule, {})[param] = value
+    change = PlanChange(
+        reason=args.reason, thresholds=thresholds, rules_off=args.rule_off, rules_on=args.rule_on,
+        spo2_target=args.spo2_target, condition=Condition(args.condition) if args.condition else None,
+        team_id=args.team,
+    )  # fmt: skip
+    plan = c.registry.careplan_set(c.conn, c.actor, args.patient_id, change)
+    print(f"care plan of {args.patient_id}: version {plan.version} stored and published")
+
+
+def _plan_propose(args: argparse.Namespace, c: _Context) -> None:
+    proposal = c.registry.careplan_propose(c.conn, c.actor, args.patient_id)
+    shown = {"thresholds": proposal.thresholds, "basis": proposal.basis, "skipped": proposal.skipped}
+    print(json.dumps(shown, indent=2))
+    if args.accept:
+        if not proposal.thresholds:
+            raise RegistryError("nothing to accept: too few readings for a proposal")
+        reason = args.reason or "accepted personal thresholds proposed from 14 days of readings"
+        plan = c.registry.careplan_set(c.conn, c.actor, args.patient_id, proposal.as_change(reason))
+        print(f"accepted: version {plan.version}")
+
+
+def _plan_publish(_args: argparse.Namespace, c: _Context) -> None:
+    print(f"published {c.registry.publish_pending(c.conn)} pending care-plan versions")
+
+
+_COMMANDS = {
+    ("enrol", None): _enrol,
+    ("patient", "show"): _patient_show,
+    ("kit", "add"): _kit_add,
+    ("kit", "assign"): _kit_assign,
+    ("kit", "return"): _kit_return,
+    ("kit", "retire"): _kit_retire,
+    ("kit", "pair"): _kit_pair,
+    ("kit", "claim"): _kit_claim,
+    ("kit", "cohort"): _kit_cohort,
+    ("careplan", "show"): _plan_show,
+    ("careplan", "set"): _plan_set,
+    ("careplan", "propose"): _plan_propose,
+    ("careplan", "publish"): _plan_publish,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -269,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     actor = Actor(f"cli:{getpass.getuser()}")
     try:
         with psycopg.connect(database.url, autocommit=True, connect_timeout=10) as conn:
-            return _run(args, registry, conn, actor, mqtt)
+            _COMMANDS[args.what, getattr(args, "action", None)](args, _Context(registry, conn, actor, mqtt))
+            return 0
     except RegistryError as exc:
         print(f"registry: {exc}", file=sys.stderr)
         return 1

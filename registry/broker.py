@@ -117,8 +117,9 @@ class BrokerAdmin:
         if not self._connected.wait(self.timeout) or self._refused:
             self._client.loop_stop()
             raise BrokerAdminError(
-                f"the broker at {self.address} refused the registry's admin account ({self._refused or 'no answer'}); "
-                "check VAKTROM_MQTT_ADMIN_USERNAME / VAKTROM_MQTT_ADMIN_PASSWORD"
+                f"the broker at {self.address} refused the registry's admin account "
+                f"({self._refused or 'no answer'}); check VAKTROM_MQTT_ADMIN_USERNAME / "
+                "VAKTROM_MQTT_ADMIN_PASSWORD"
             )
         return self
 
@@ -166,7 +167,8 @@ class BrokerAdmin:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise BrokerAdminError(
-                            f"the broker at {self.address} did not answer {len(keys)} control commands within "
+                            f"the broker at {self.address} did not answer {len(keys)} control commands "
+                            "within "
                             f"{self.timeout:.0f} s; is the dynamic security plugin loaded?"
                         )
                     self._cond.wait(left)
@@ -196,7 +198,11 @@ class BrokerAdmin:
                 client["password"] = password
             commands.append(client)
         answers = self.run(commands, tolerate=("already exists",))
-        existed = {c.get("username") or c.get("rolename")[4:] for c, a in zip(commands, answers, strict=True) if a.get("error")}
+        existed = {
+            str(c.get("username") or str(c.get("rolename", ""))[len("kit:") :])
+            for c, a in zip(commands, answers, strict=True)
+            if a.get("error")
+        }
         updates: list[dict[str, Any]] = []
         for kit_id, password in kits:
             if kit_id not in existed:
@@ -241,7 +247,8 @@ def write_offline(
     """
     if broker is not None and _reachable(broker):
         raise BrokerAdminError(
-            f"the broker at {broker[0]}:{broker[1]} is running; stop it first (`infra/stack down mosquitto`), "
+            f"the broker at {broker[0]}:{broker[1]} is running; stop it first (`infra/stack down "
+            "mosquitto`), "
             "or provision the kits one by one at run time"
         )
     try:

@@ -61,8 +61,11 @@ def enrol_cohort(
             "INSERT INTO teams (team_id, name) VALUES (%s, %s) ON CONFLICT (team_id) DO NOTHING",
             (team_id, f"Cohort {team_id}"),
         )
-        cur.execute("SELECT kit_id, patient_id FROM kit_assignments WHERE assigned_until IS NULL AND kit_id = ANY(%s)",
-                    ([r["kit"] for r in rows],))  # fmt: skip
+        cur.execute(
+            "SELECT kit_id, patient_id FROM kit_assignments WHERE assigned_until IS NULL AND kit_id = "
+            "ANY(%s)",
+            ([r["kit"] for r in rows],),
+        )
         held = dict(cur.fetchall())
         clash = [r["kit"] for r in rows if held.get(r["kit"], r["patient_id"]) != r["patient_id"]]
         if clash:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import msgspec
-from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from kafka.producer.kafka import KafkaProducer
 
 from contracts import CarePlan
 from contracts.settings import KafkaSettings

@@ -17,7 +17,7 @@ class RegistrySettings(Settings):
     identity_key: str = setting(
         "",
         env="VAKTROM_IDENTITY_KEY",
-        help="32 random bytes, URL-safe base64: seals patients' names and numbers at rest (required to enrol)",
+        help="32 random bytes, URL-safe base64: seals patients' names and numbers at rest (needed to enrol)",
         secret=True,
     )
     identity_old_keys: str = setting(
@@ -37,7 +37,7 @@ class RegistrySettings(Settings):
     mqtt_public_host: str = setting(
         "",
         env="VAKTROM_MQTT_PUBLIC_HOST",
-        help="the broker's address as kits reach it, handed out with credentials (default: VAKTROM_MQTT_HOST)",
+        help="the broker's address as kits reach it, given out with credentials (default: VAKTROM_MQTT_HOST)",
     )
     topic_root: str = setting(MQTT_ROOT, env="VAKTROM_MQTT_TOPIC_ROOT", help="MQTT topic root of the kits")
     pairing_hours: float = setting(

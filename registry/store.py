@@ -15,7 +15,7 @@ import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import msgspec
@@ -33,6 +33,10 @@ __all__ = ["Actor", "Credentials", "KitDevice", "Registry", "RegistryError"]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _CODE_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"  # no 0/O, 1/I/L, U: read aloud and typed by people
+
+
+_KIT = "SELECT * FROM kits WHERE kit_id = %s"
+_KIT_FOR_UPDATE = _KIT + " FOR UPDATE"
 
 
 class RegistryError(Exception):
@@ -114,11 +118,17 @@ class Registry:
     # ------------------------------------------------------------ helpers
     @staticmethod
     def _audit(
-        cur: psycopg.Cursor[Any], actor: Actor, action: str, *, target: str | None = None,
-        patient_id: str | None = None, detail: dict[str, Any] | None = None,
-    ) -> None:  # fmt: skip
+        cur: psycopg.Cursor[Any],
+        actor: Actor,
+        action: str,
+        *,
+        target: str | None = None,
+        patient_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         cur.execute(
-            "INSERT INTO audit_log (actor, action, target, patient_id, ip, detail) VALUES (%s, %s, %s, %s, %s, %s)",
+            "INSERT INTO audit_log (actor, action, target, patient_id, ip, detail) VALUES (%s, %s, %s, %s, "
+            "%s, %s)",
             (actor.username, action, target, patient_id, actor.ip, Jsonb(detail or {})),
         )
 
@@ -132,7 +142,7 @@ class Registry:
 
     @staticmethod
     def _kit(cur: psycopg.Cursor[Any], kit_id: str, *, lock: bool = True) -> dict[str, Any]:
-        cur.execute(f"SELECT * FROM kits WHERE kit_id = %s{' FOR UPDATE' if lock else ''}", (kit_id,))
+        cur.execute(_KIT_FOR_UPDATE if lock else _KIT, (kit_id,))
         row = cur.fetchone()
         if row is None:
             raise RegistryError(f"no kit {kit_id!r} (add it with `kit add` first)", 404)
@@ -142,8 +152,9 @@ class Registry:
         if self.broker is None:
             raise RegistryError(
                 "kit identities need the broker's admin account: set VAKTROM_MQTT_ADMIN_USERNAME and "
-                "VAKTROM_MQTT_ADMIN_PASSWORD", 503,
-            )  # fmt: skip
+                "VAKTROM_MQTT_ADMIN_PASSWORD",
+                503,
+            )
         return self.broker
 
     def _require_sealer(self) -> Sealer:
@@ -164,7 +175,7 @@ class Registry:
         municipality: str | None = None,
         timezone: str = "Europe/Oslo",
     ) -> CarePlan:
-        """A new patient with a pseudonym, a sealed identity and care plan version 1 (the condition's defaults)."""
+        """A new patient: a pseudonym, a sealed identity, care plan version 1 (the condition's defaults)."""
         sealer = self._require_sealer()
         if not identity.name.strip():
             raise RegistryError("the patient's name is required")
@@ -198,17 +209,25 @@ class Registry:
                 raise RegistryError(f"patient {patient_id} is already enrolled", 409) from None
             try:
                 cur.execute(
-                    "INSERT INTO patient_identities (patient_id, sealed, key_id, nin_digest) VALUES (%s, %s, %s, %s)",
+                    "INSERT INTO patient_identities (patient_id, sealed, key_id, nin_digest) VALUES (%s, "
+                    "%s, %s, %s)",
                     (patient_id, sealed, key_id, sealer.digest(national_id) if national_id else None),
                 )
             except errors.UniqueViolation:
                 raise RegistryError(
-                    "a patient with this national identity number is already enrolled; find them in the console",
+                    "a patient with this national identity number is already enrolled; find them in the "
+                    "console",
                     409,
                 ) from None
             self._insert_plan(cur, plan)
-            self._audit(cur, actor, "registry.enrol", target=patient_id, patient_id=patient_id,
-                        detail={"team": team_id, "condition": condition.value})  # fmt: skip
+            self._audit(
+                cur,
+                actor,
+                "registry.enrol",
+                target=patient_id,
+                patient_id=patient_id,
+                detail={"team": team_id, "condition": condition.value},
+            )
         self._publish(conn, [plan])
         return plan
 
@@ -229,9 +248,14 @@ class Registry:
 
     # ------------------------------------------------------------ kits
     def kit_add(
-        self, conn: psycopg.Connection[Any], actor: Actor, kit_id: str, *, model: str | None = None,
+        self,
+        conn: psycopg.Connection[Any],
+        actor: Actor,
+        kit_id: str,
+        *,
+        model: str | None = None,
         devices: Sequence[KitDevice] = (),
-    ) -> None:  # fmt: skip
+    ) -> None:
         """A kit in stock with its devices, and its broker identity (no password until paired)."""
         _check_id(kit_id, "kit id")
         for device in devices:
@@ -285,11 +309,14 @@ class Registry:
                     raise RegistryError(f"kit {kit_id} is already assigned to this patient", 409)
                 if at <= last["assigned_from"]:
                     raise RegistryError(
-                        f"kit {kit_id} was assigned to another patient from {last['assigned_from']:%Y-%m-%d %H:%M %Z}; "
-                        "a new assignment must start after that", 409,
-                    )  # fmt: skip
+                        f"kit {kit_id} was assigned to another patient from "
+                        f"{last['assigned_from']:%Y-%m-%d %H:%M %Z}; "
+                        "a new assignment must start after that",
+                        409,
+                    )
                 cur.execute(
-                    "UPDATE kit_assignments SET assigned_until = %s WHERE kit_id = %s AND assigned_until IS NULL",
+                    "UPDATE kit_assignments SET assigned_until = %s WHERE kit_id = %s AND assigned_until "
+                    "IS NULL",
                     (at, kit_id),
                 )
             try:
@@ -299,12 +326,19 @@ class Registry:
                 )
             except (errors.ExclusionViolation, errors.UniqueViolation):
                 raise RegistryError(
-                    f"kit {kit_id} was with another patient at {at:%Y-%m-%d %H:%M %Z}: assignments may not overlap",
+                    f"kit {kit_id} was with another patient at {at:%Y-%m-%d %H:%M %Z}: assignments may not "
+                    "overlap",
                     409,
                 ) from None
             cur.execute("UPDATE kits SET state = 'assigned', updated_at = now() WHERE kit_id = %s", (kit_id,))
-            self._audit(cur, actor, "registry.kit.assign", target=kit_id, patient_id=patient_id,
-                        detail={"from": at.isoformat()})  # fmt: skip
+            self._audit(
+                cur,
+                actor,
+                "registry.kit.assign",
+                target=kit_id,
+                patient_id=patient_id,
+                detail={"from": at.isoformat()},
+            )
         return at
 
     def kit_return(
@@ -355,7 +389,8 @@ class Registry:
                 (at, kit_id),
             )
             cur.execute(
-                "UPDATE kit_pairings SET expires_at = now() WHERE kit_id = %s AND claimed_at IS NULL AND expires_at > now()",
+                "UPDATE kit_pairings SET expires_at = now() WHERE kit_id = %s AND claimed_at IS NULL AND "
+                "expires_at > now()",
                 (kit_id,),
             )
             with broker() as admin:
@@ -372,11 +407,13 @@ class Registry:
             if kit["state"] == "retired":
                 raise RegistryError(f"kit {kit_id} is retired", 409)
             cur.execute(
-                "UPDATE kit_pairings SET expires_at = now() WHERE kit_id = %s AND claimed_at IS NULL AND expires_at > now()",
+                "UPDATE kit_pairings SET expires_at = now() WHERE kit_id = %s AND claimed_at IS NULL AND "
+                "expires_at > now()",
                 (kit_id,),
             )  # one live code per kit
             cur.execute(
-                "INSERT INTO kit_pairings (code_hash, kit_id, created_by, expires_at) VALUES (%s, %s, %s, %s)",
+                "INSERT INTO kit_pairings (code_hash, kit_id, created_by, expires_at) VALUES (%s, %s, %s, "
+                "%s)",
                 (_code_hash(code), kit_id, actor.username, expires),
             )
             self._audit(
@@ -407,7 +444,8 @@ class Registry:
             with broker() as admin:
                 admin.provision([(kit_id, password)])
             cur.execute(
-                "UPDATE kits SET credentials_issued_at = now(), broker_provisioned_at = coalesce(broker_provisioned_at, now()) "
+                "UPDATE kits SET credentials_issued_at = now(), broker_provisioned_at = "
+                "coalesce(broker_provisioned_at, now()) "
                 "WHERE kit_id = %s",
                 (kit_id,),
             )
@@ -416,9 +454,13 @@ class Registry:
         return Credentials(kit_id, kit_id, password, host, port, self.topic_root)
 
     def issue_credentials(
-        self, conn: psycopg.Connection[Any], actor: Actor, kit_ids: Sequence[str],
-        *, offline: Callable[[list[tuple[str, str]]], int] | None = None,
-    ) -> list[Credentials]:  # fmt: skip
+        self,
+        conn: psycopg.Connection[Any],
+        actor: Actor,
+        kit_ids: Sequence[str],
+        *,
+        offline: Callable[[list[tuple[str, str]]], int] | None = None,
+    ) -> list[Credentials]:
         """New credentials for many kits at once (factory provisioning, load tests), without pairing.
 
         `offline` writes them into a stopped broker's plugin file (see `broker.write_offline`);
@@ -432,7 +474,8 @@ class Registry:
             retired = [k for k, s in states.items() if s == "retired"]
             if missing or retired:
                 raise RegistryError(
-                    f"{len(missing)} kits unknown (e.g. {missing[:3]}), {len(retired)} retired (e.g. {retired[:3]})",
+                    f"{len(missing)} kits unknown (e.g. {missing[:3]}), {len(retired)} retired (e.g. "
+                    f"{retired[:3]})",
                     409,
                 )
             if offline is not None:
@@ -441,7 +484,8 @@ class Registry:
                 with self._require_broker()() as admin:
                     admin.provision(issued)
             cur.execute(
-                "UPDATE kits SET credentials_issued_at = now(), broker_provisioned_at = now() WHERE kit_id = ANY(%s)",
+                "UPDATE kits SET credentials_issued_at = now(), broker_provisioned_at = now() WHERE kit_id "
+                "= ANY(%s)",
                 (list(kit_ids),),
             )
             self._audit(
@@ -499,8 +543,9 @@ class Registry:
                 current = plans[0][0]
             else:
                 condition = Condition(patient["condition"] or change.condition or Condition.HEART_FAILURE)
-                current = default_plan(patient_id, patient["team_id"], condition, by=actor.username,
-                                       at=datetime.now(UTC))  # fmt: skip
+                current = default_plan(
+                    patient_id, patient["team_id"], condition, by=actor.username, at=datetime.now(UTC)
+                )
                 current = msgspec.structs.replace(current, version=0)
             if change.team_id is not None and actor.team_id is not None and change.team_id != actor.team_id:
                 raise RegistryError(f"you may move patients within team {actor.team_id} only", 403)
@@ -516,8 +561,14 @@ class Registry:
                     "UPDATE patients SET condition = %s, team_id = %s WHERE patient_id = %s",
                     (plan.condition.value, plan.team_id, patient_id),
                 )
-            self._audit(cur, actor, "registry.careplan.set", target=f"{patient_id}@{plan.version}",
-                        patient_id=patient_id, detail={"version": plan.version, "reason": plan.reason})  # fmt: skip
+            self._audit(
+                cur,
+                actor,
+                "registry.careplan.set",
+                target=f"{patient_id}@{plan.version}",
+                patient_id=patient_id,
+                detail={"version": plan.version, "reason": plan.reason},
+            )
         self._publish(conn, [plan])
         return plan
 
@@ -549,9 +600,11 @@ class Registry:
             self.publisher.publish(plans)
         except Exception as exc:
             raise RegistryError(
-                f"care plan version {plans[-1].version} is saved but not yet published ({exc}); it goes out with "
-                "the next change, or run `python -m registry careplan publish`", 503,
-            ) from None  # fmt: skip
+                f"care plan version {plans[-1].version} is saved but not yet published ({exc}); it goes "
+                "out with "
+                "the next change, or run `python -m registry careplan publish`",
+                503,
+            ) from None
         with conn.transaction(), conn.cursor() as cur:
             for plan in plans:
                 cur.execute(
@@ -563,16 +616,10 @@ class Registry:
         """Publish every stored version Kafka has not acknowledged yet, oldest first."""
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
-                "SELECT document FROM care_plans WHERE published_at IS NULL ORDER BY changed_at, version LIMIT %s",
+                "SELECT document FROM care_plans WHERE published_at IS NULL ORDER BY changed_at, version "
+                "LIMIT %s",
                 (limit,),
             )
             plans = [msgspec.convert(r["document"], CarePlan) for r in cur.fetchall()]
         self._publish(conn, plans)
         return len(plans)
-
-
-def age(birth: date | None, today: date | None = None) -> int | None:
-    if birth is None:
-        return None
-    today = today or date.today()
-    return today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))

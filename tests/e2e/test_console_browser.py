@@ -22,7 +22,15 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from alerts.accounts import Role
 from contracts import EpisodeChange, Evidence, Metric, Severity, Threshold
 from tests.conftest import Stack
-from tests.integration.alerts_support import PASSWORD, AlertsProcess, event, new_id, publish, staff
+from tests.integration.alerts_support import (
+    PASSWORD,
+    AlertsProcess,
+    add_patient,
+    event,
+    new_id,
+    publish,
+    staff,
+)
 from tests.integration.archive_support import make_measurement, store_rows
 from tests.integration.stage_support import prepare
 
@@ -87,10 +95,7 @@ def test_a_nurse_sees_a_red_alert_arrive_live_opens_claims_and_resolves_it(
     team, patient, kit = f"{unique[:24]}-team", f"{unique[:30]}-pt", f"{unique[:20]}K"
     with psycopg.connect(stack.database_url) as conn:
         conn.execute("INSERT INTO teams (team_id, name) VALUES (%s, 'Demo east')", (team,))
-        conn.execute(
-            "INSERT INTO patients (patient_id, team_id, display_name) VALUES (%s, %s, 'Ingrid Åsheim')",
-            (patient, team),
-        )
+        add_patient(conn, stack, patient, team, "Ingrid Åsheim")
         conn.commit()
         nurse = staff(conn, Role.NURSE, team=team)
     latest_id = readings(stack, patient, kit, now)

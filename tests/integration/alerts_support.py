@@ -23,6 +23,7 @@ from aiosmtpd.controller import Controller
 
 from alerts.accounts import Role, add_user
 from contracts import AlertEvent, EpisodeChange, Severity, topics
+from registry import Identity, Sealer
 from tests.conftest import Stack
 from tests.integration.stage_support import StageProcess, free_port, produce
 
@@ -98,6 +99,21 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> None
             return
         time.sleep(0.2)
     raise AssertionError(f"not within {timeout:.0f} s: {what}")
+
+
+def add_patient(
+    conn: psycopg.Connection[Any], stack: Stack, patient_id: str, team: str, name: str | None = None
+) -> None:
+    """A patient of `team`, with their name sealed as the registry seals it (not committed)."""
+    conn.execute("INSERT INTO patients (patient_id, team_id) VALUES (%s, %s)", (patient_id, team))
+    if name is not None:
+        sealed, key_id = Sealer.from_key(stack.values["VAKTROM_IDENTITY_KEY"]).seal(
+            patient_id, Identity(name=name)
+        )
+        conn.execute(
+            "INSERT INTO patient_identities (patient_id, sealed, key_id) VALUES (%s, %s, %s)",
+            (patient_id, sealed, key_id),
+        )
 
 
 def staff(conn: psycopg.Connection[Any], role: Role, team: str | None = None) -> str:

@@ -45,13 +45,20 @@ def make_registry(stack: Stack, *, root: str, prefix: str = "") -> Registry:
 
 
 def new_team(conn: psycopg.Connection[Any], team_id: str) -> str:
-    conn.execute("INSERT INTO teams (team_id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING", (team_id, team_id))
+    conn.execute(
+        "INSERT INTO teams (team_id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING", (team_id, team_id)
+    )
     return team_id
 
 
 def enrol(registry: Registry, conn: psycopg.Connection[Any], team: str, name: str, **kw: Any) -> str:
     plan = registry.enrol(
-        conn, OPERATOR, identity=Identity(name=name), team_id=team, condition=kw.pop("condition", Condition.COPD), **kw
+        conn,
+        OPERATOR,
+        identity=Identity(name=name),
+        team_id=team,
+        condition=kw.pop("condition", Condition.COPD),
+        **kw,
     )
     return plan.patient_id
 
@@ -81,7 +88,9 @@ class KitClient:
         self.client.on_connect = lambda _c, _u, _f, rc, _p: self._note(self.connected, str(rc))
         self.client.on_disconnect = lambda _c, _u, _f, rc, _p: self._note(self.disconnected, str(rc))
         self.client.on_publish = lambda _c, _u, mid, rc, _p: self._note_pub(mid, str(rc))
-        self.client.on_subscribe = lambda _c, _u, _mid, rcs, _p: self._note(self.granted, [str(r) for r in rcs])
+        self.client.on_subscribe = lambda _c, _u, _mid, rcs, _p: self._note(
+            self.granted, [str(r) for r in rcs]
+        )
         self.client.on_message = lambda _c, _u, m: self._note(self.received, (m.topic, bytes(m.payload)))
 
     def _note(self, target: list[Any], item: Any) -> None:

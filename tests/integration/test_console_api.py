@@ -19,6 +19,7 @@ from tests.conftest import Stack
 from tests.integration.alerts_support import (
     AlertsProcess,
     ConsoleClient,
+    add_patient,
     event,
     new_id,
     publish,
@@ -202,10 +203,7 @@ def test_a_team_nurse_sees_only_her_teams_patients(
     ours, theirs = f"{unique[:30]}-p1", f"{unique[:30]}-p2"
     for team, patient in zip(teams, (ours, theirs), strict=True):
         conn.execute("INSERT INTO teams (team_id, name) VALUES (%s, %s)", (team, team))
-        conn.execute(
-            "INSERT INTO patients (patient_id, team_id, display_name) VALUES (%s, %s, 'Test')",
-            (patient, team),
-        )
+        add_patient(conn, stack, patient, team, "Test")
     conn.commit()
     mine, other = new_id(), new_id()
     publish(stack, service.prefix, event(mine, 1, EpisodeChange.OPENED, Severity.RED, patient_id=ours),

@@ -21,7 +21,9 @@ REFUSED = "Not authorized"
 
 
 @pytest.fixture
-def kits(stack: Stack, mqtt: Broker, database_url: str, unique: str) -> Iterator[tuple[Registry, str, psycopg.Connection]]:
+def kits(
+    stack: Stack, mqtt: Broker, database_url: str, unique: str
+) -> Iterator[tuple[Registry, str, psycopg.Connection]]:
     root = f"{unique}/v1"
     registry = make_registry(stack, root=root)
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -105,14 +107,18 @@ def test_a_retired_kit_is_disconnected_at_once_and_refused_after(
         assert kit.wait(lambda: kit.disconnected, timeout=5), "the retired kit stayed connected"
         assert time.monotonic() - began < 5
         kit.client.loop_stop()
-        again = KitClient(stack.mqtt_host, stack.mqtt_port, kit.username, kit.password, client_id=f"{kit_id}-2")
+        again = KitClient(
+            stack.mqtt_host, stack.mqtt_port, kit.username, kit.password, client_id=f"{kit_id}-2"
+        )
         assert again.connect() == REFUSED
         again.close()
     finally:
         kit.close()
     with pytest.raises(RegistryError, match="retired"):
         registry.pair(conn, OPERATOR, kit_id)
-    state = conn.execute("SELECT state, retired_at IS NOT NULL FROM kits WHERE kit_id = %s", (kit_id,)).fetchone()
+    state = conn.execute(
+        "SELECT state, retired_at IS NOT NULL FROM kits WHERE kit_id = %s", (kit_id,)
+    ).fetchone()
     assert state == ("retired", True)
     del root
 
@@ -146,5 +152,7 @@ def test_a_pairing_code_gives_credentials_once(
     kit = KitClient(stack.mqtt_host, stack.mqtt_port, creds.username, creds.password)
     assert kit.connect() == "Success"
     kit.close()
-    stored = conn.execute("SELECT count(*) FROM kit_pairings WHERE kit_id = %s AND claimed_at IS NOT NULL", (kit_id,))
+    stored = conn.execute(
+        "SELECT count(*) FROM kit_pairings WHERE kit_id = %s AND claimed_at IS NOT NULL", (kit_id,)
+    )
     assert stored.fetchone() == (1,)
