@@ -47,6 +47,7 @@ from alerts.context import (
     safe_next,
 )
 from alerts.live import Live
+from alerts.registry_api import registry_api
 from alerts.settings import AlertsSettings
 from alerts.store import Resolution
 from registry import Registry
@@ -312,6 +313,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(pages)
     app.include_router(api)
+    app.include_router(registry_api)
 
     @app.exception_handler(LoginRequiredError)
     async def to_login(request: Request, _exc: LoginRequiredError) -> Response:

@@ -41,7 +41,9 @@ DYNSEC = REPO / ".local" / "mosquitto" / "data" / "dynamic-security.json"
 
 def _stack(*args: str) -> float:
     began = time.monotonic()
-    result = subprocess.run([str(REPO / "infra" / "stack"), *args], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [str(REPO / "infra" / "stack"), *args], capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
         sys.exit(f"bench: infra/stack {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return time.monotonic() - began
@@ -79,8 +81,9 @@ def cohort_phase(env: dict[str, str], kits: int, tag: str, tmp: Path) -> dict[st
     stop_s = _stack("down", "mosquitto")
     run_env = {**env, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
     cmd = [
-        sys.executable, "-m", "registry", "kit", "cohort", str(enrolment), "--credentials-out", str(credentials),
-        "--team", f"bench-{tag.lower()}", "--broker-config", str(DYNSEC),
+        sys.executable, "-m", "registry", "kit", "cohort", str(enrolment),
+        "--credentials-out", str(credentials), "--team", f"bench-{tag.lower()}",
+        "--broker-config", str(DYNSEC),
     ]  # fmt: skip
     cohort_began = time.monotonic()
     result = subprocess.run(cmd, capture_output=True, text=True, env=run_env, check=False, timeout=900)
@@ -105,7 +108,7 @@ def cohort_phase(env: dict[str, str], kits: int, tag: str, tmp: Path) -> dict[st
 def verify_phase(env: dict[str, str], credentials: Path, root: str, sample: int) -> dict[str, Any]:
     issued: dict[str, dict[str, str]] = json.loads(credentials.read_text())
     host, port = env["VAKTROM_MQTT_HOST"], int(env["VAKTROM_MQTT_PORT"])
-    kits = random.Random(7).sample(sorted(issued), min(sample, len(issued)))
+    kits = random.Random(7).sample(sorted(issued), min(sample, len(issued)))  # noqa: S311 - a repeatable sample
     logged_in = refused = 0
     for i, kit in enumerate(kits):
         client = KitClient(host, port, issued[kit]["username"], issued[kit]["password"])
@@ -118,11 +121,18 @@ def verify_phase(env: dict[str, str], credentials: Path, root: str, sample: int)
                 refused += 1
         finally:
             client.close()
-    return {"sampled": len(kits), "logged_in": logged_in, "forged_publishes": len(kits[::10]), "refused": refused}
+    return {
+        "sampled": len(kits),
+        "logged_in": logged_in,
+        "forged_publishes": len(kits[::10]),
+        "refused": refused,
+    }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--kits", type=int, default=10_000)
     parser.add_argument("--runtime", type=int, default=300, help="kits provisioned one by one at run time")
     parser.add_argument("--sample", type=int, default=200)
@@ -140,7 +150,9 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             results["cohort"] = cohort_phase(env, args.kits, tag, Path(tmp))
-            results["verify"] = verify_phase(env, Path(results["cohort"]["credentials"]), "vaktrom/v1", args.sample)
+            results["verify"] = verify_phase(
+                env, Path(results["cohort"]["credentials"]), "vaktrom/v1", args.sample
+            )
     finally:
         _stack("down", "mosquitto")
         shutil.copy2(backup, DYNSEC)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,14 +16,34 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from contracts import Condition
 from contracts.settings import KafkaSettings
-from registry import Actor, Identity, Registry, Sealer
+from registry import Actor, Identity, IdentityError, Registry, Sealer
 from registry.broker import BrokerAdmin
+from registry.identity import check_national_id
 from registry.publish import KafkaPlanPublisher
 from tests.conftest import Stack
 
-__all__ = ["OPERATOR", "KitClient", "make_registry", "new_team"]
+__all__ = ["OPERATOR", "KitClient", "make_registry", "new_national_id", "new_team"]
 
 OPERATOR = Actor("test-operator")
+
+
+def new_national_id() -> str:
+    """A valid synthetic national identity number no earlier run used (month + 80 marks synthetic)."""
+    rng = random.SystemRandom()
+    while True:
+        day, month, year, person = (
+            rng.randint(1, 28),
+            rng.randint(81, 92),
+            rng.randint(0, 99),
+            rng.randint(0, 999),
+        )
+        base = f"{day:02d}{month:02d}{year:02d}{person:03d}"
+        for k1 in range(10):
+            for k2 in range(10):
+                try:
+                    return check_national_id(f"{base}{k1}{k2}")
+                except IdentityError:
+                    continue
 
 
 def make_registry(stack: Stack, *, root: str, prefix: str = "") -> Registry:
