@@ -62,6 +62,7 @@ bench: stack-up ## run the benchmarks against the local stack; figures go to ben
 	@$(PY) bench/archive_read.py
 	@$(PY) bench/monitor_throughput.py
 	@$(PY) bench/alerts_latency.py
+	@$(PY) bench/registry_provision.py
 
 clean: down ## stop the stack and delete all local state (.local/: data, logs, venv, jars)
 	rm -rf $(STATE)

@@ -26,8 +26,7 @@ from pydantic import BaseModel, Field
 from alerts.accounts import Principal, Role
 from alerts.context import Ctx, api_user, client_ip, csrf_checked
 from contracts import Condition, ExpectedMeasurement
-from registry import Actor, Identity, KitDevice, PlanChange, Registry, RegistryError
-from registry.broker import BrokerAdminError
+from registry import Actor, BrokerAdminError, Identity, KitDevice, PlanChange, Registry, RegistryError
 
 __all__ = ["registry_api"]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import glob
-import hashlib
 import json
 import os
 import secrets
@@ -19,6 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
+from mosquitto_init import MQTT_ADMIN, MQTT_SERVICE, dynsec_config
 from processes import (
     REPO,
     Health,
@@ -30,79 +30,11 @@ from processes import (
     service_user,
 )
 
-__all__ = ["Kafka", "Mosquitto", "Postgres"]
+__all__ = ["MQTT_ADMIN", "MQTT_SERVICE", "Kafka", "Mosquitto", "Postgres"]
 
 
 # ------------------------------------------------------------------ Mosquitto
 DYNSEC_PLUGIN_GLOBS = ("/usr/lib/*/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so")
-MQTT_ADMIN = "vaktrom-admin"  # may change identities and access rules ($CONTROL), nothing else
-MQTT_SERVICE = "vaktrom-service"  # the pipeline's own clients on the local stack: bridge, tests, load tests
-
-
-def dynsec_password(password: str) -> dict[str, str | int]:
-    """A client password as the dynamic security plugin stores it (PBKDF2-SHA512 over the raw salt)."""
-    salt = secrets.token_bytes(12)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
-    return {
-        "password": base64.b64encode(digest).decode(),
-        "salt": base64.b64encode(salt).decode(),
-        "iterations": 101,
-    }
-
-
-def _acl(kind: str, topic: str) -> dict[str, str | bool]:
-    return {"acltype": kind, "topic": topic, "allow": True}
-
-
-def dynsec_config(passwords: dict[str, str]) -> dict[str, object]:
-    """The plugin's first configuration: an administrator for $CONTROL and the local service account.
-
-    The service account may publish and subscribe anywhere: on the local stack it stands for the
-    bridge, the tests (which use their own topic roots) and pooled load-test connections. Kits get
-    their own narrow identities from the registry, never this one.
-    """
-    control = "$CONTROL/dynamic-security/#"
-    return {
-        "defaultACLAccess": {
-            "publishClientSend": False,
-            "publishClientReceive": True,
-            "subscribe": False,
-            "unsubscribe": True,
-        },
-        "clients": [
-            {
-                "username": MQTT_ADMIN,
-                "textName": "registry: kit provisioning",
-                **dynsec_password(passwords[MQTT_ADMIN]),
-                "roles": [{"rolename": "dynsec-admin"}],
-            },
-            {
-                "username": MQTT_SERVICE,
-                "textName": "local pipeline services",
-                **dynsec_password(passwords[MQTT_SERVICE]),
-                "roles": [{"rolename": "pipeline"}],
-            },
-        ],
-        "groups": [],
-        "roles": [
-            {
-                "rolename": "dynsec-admin",
-                "acls": [
-                    _acl("publishClientSend", control),
-                    _acl("publishClientReceive", control),
-                    _acl("subscribePattern", control),
-                ],
-            },
-            {
-                "rolename": "pipeline",
-                "acls": [
-                    _acl("publishClientSend", "#"),
-                    _acl("subscribePattern", "#"),
-                    _acl("unsubscribePattern", "#"),
-                ],
-            },
-        ],
-    }
 
 
 def dynsec_plugin() -> str:

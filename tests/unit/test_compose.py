@@ -24,7 +24,7 @@ INFRA_SERVICES = {"mosquitto", "kafka", "timescaledb"}
 
 def _known_variables() -> set[str]:
     """Every VAKTROM_* variable some settings class reads (importing each stage's modules to find them)."""
-    for package in ("contracts", "ingest", "streams", "alerts"):
+    for package in ("contracts", "ingest", "streams", "alerts", "registry"):
         module = importlib.import_module(package)
         for info in pkgutil.walk_packages(module.__path__, f"{package}."):
             if info.name.rsplit(".", 1)[-1] in {"settings", "config", "_settings"}:
