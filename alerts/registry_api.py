@@ -26,7 +26,16 @@ from pydantic import BaseModel, Field
 from alerts.accounts import Principal, Role
 from alerts.context import Ctx, api_user, client_ip, csrf_checked
 from contracts import Condition, ExpectedMeasurement
-from registry import Actor, BrokerAdminError, Identity, KitDevice, PlanChange, Registry, RegistryError
+from registry import (
+    Actor,
+    BrokerAdminError,
+    Credentials,
+    Identity,
+    KitDevice,
+    PlanChange,
+    Registry,
+    RegistryError,
+)
 
 __all__ = ["registry_api"]
 
@@ -220,17 +229,8 @@ class ClaimBody(BaseModel):
     code: str = Field(min_length=12, max_length=20)
 
 
-class KitCredentials(BaseModel):
-    kit_id: str
-    username: str
-    password: str
-    host: str
-    port: int
-    topic_root: str
-
-
-@registry_api.post("/pairing/claim", response_model=KitCredentials)
-def claim(request: Request, ctx: Ctx, body: ClaimBody) -> KitCredentials:
-    """A kit (or the patient's phone) exchanges its one-time code for its broker credentials."""
-    creds = _run(request, ctx, None, lambda r, c, _a: r.claim(c, body.code, ip=client_ip(request)))
-    return KitCredentials(**{name: getattr(creds, name) for name in KitCredentials.model_fields})
+@registry_api.post("/pairing/claim", response_model=Credentials)
+def claim(request: Request, ctx: Ctx, body: ClaimBody) -> Credentials:
+    """A kit (or the patient's phone) exchanges its one-time code for its broker credentials
+    (shown once: Vaktrom keeps no copy of the password)."""
+    return _run(request, ctx, None, lambda r, c, _a: r.claim(c, body.code, ip=client_ip(request)))

@@ -84,7 +84,10 @@ class AlertService:
     def run(self) -> None:
         assert self._server is not None
         assert self._socket is not None
-        for name, target in (("feed", self.feed.run), ("notifier", self._notify)):
+        loops = [("feed", self.feed.run), ("notifier", self._notify)]
+        if self.registry is not None and self.registry.publisher is not None:
+            loops.append(("careplans", self._publish_careplans))
+        for name, target in loops:
             thread = threading.Thread(target=self._guard(target), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -118,6 +121,20 @@ class AlertService:
                 self.stop()
 
         return run
+
+    def _publish_careplans(self) -> None:
+        """Care-plan versions stored while Kafka was away go out once it is back (every 30 s)."""
+        assert self.registry is not None
+        while not self._stopping.wait(30.0):
+            if self._pool is None:
+                continue
+            try:
+                with self._pool.connection() as conn:
+                    sent = self.registry.publish_pending(conn)
+                if sent:
+                    log.info("care plans: %d pending version(s) published", sent)
+            except Exception as exc:  # retried on the next round: the versions are stored
+                log.warning("care plans: pending versions not published yet (%s); retrying in 30 s", exc)
 
     def _channels(self) -> dict[str, Channel]:
         s = self._settings

@@ -48,6 +48,7 @@ from alerts.context import (
 )
 from alerts.live import Live
 from alerts.registry_api import registry_api
+from alerts.registry_pages import registry_pages
 from alerts.settings import AlertsSettings
 from alerts.store import Resolution
 from registry import Registry
@@ -314,6 +315,7 @@ def create_app(
     app.include_router(pages)
     app.include_router(api)
     app.include_router(registry_api)
+    app.include_router(registry_pages)
 
     @app.exception_handler(LoginRequiredError)
     async def to_login(request: Request, _exc: LoginRequiredError) -> Response:

@@ -39,7 +39,7 @@ import msgspec
 import psycopg
 import segno
 
-from contracts import Condition
+from contracts import Condition, Metric
 from contracts.settings import ConfigError, DatabaseSettings, KafkaSettings, MqttSettings
 from registry import create
 from registry.broker import BrokerAdminError, write_offline
@@ -95,6 +95,13 @@ def _parser() -> argparse.ArgumentParser:
     enrol.add_argument("--condition", required=True, choices=[c.value for c in Condition])
     enrol.add_argument("--municipality")
     enrol.add_argument("--patient-id", help="pseudonym to use (default: a new random one)")
+    team = sub.add_parser("team", help="teams and the municipalities they serve").add_subparsers(
+        dest="action", required=True
+    )
+    team_add = team.add_parser("add")
+    team_add.add_argument("team_id")
+    team_add.add_argument("name")
+    team_add.add_argument("--municipality", action="append", default=[])
     patient = sub.add_parser("patient").add_subparsers(dest="action", required=True)
     patient.add_parser("show").add_argument("patient_id")
 
@@ -117,6 +124,11 @@ def _kit_parser(parent: argparse.ArgumentParser) -> None:
         p = kit.add_parser(name)
         p.add_argument("kit_id")
         p.add_argument("--at", type=_time, help="from when (default now)")
+    profile = kit.add_parser("profile", help="a device model's measuring range for one metric")
+    profile.add_argument("profile")
+    profile.add_argument("metric", choices=[m.value for m in Metric])
+    profile.add_argument("low", type=float)
+    profile.add_argument("high", type=float)
     pair = kit.add_parser("pair")
     pair.add_argument("kit_id")
     pair.add_argument("--qr", type=Path, help="also write the code as a QR code (.svg or .png)")
@@ -179,6 +191,18 @@ def _enrol(args: argparse.Namespace, c: _Context) -> None:
         patient_id=args.patient_id, municipality=args.municipality,
     )  # fmt: skip
     print(f"enrolled {plan.patient_id} (team {plan.team_id}); care plan version 1 published")
+
+
+def _team_add(args: argparse.Namespace, c: _Context) -> None:
+    c.registry.team_add(c.conn, c.actor, args.team_id, args.name, args.municipality)
+    print(f"team {args.team_id} ({args.name}) serves {', '.join(args.municipality) or 'no municipality yet'}")
+
+
+def _kit_profile(args: argparse.Namespace, c: _Context) -> None:
+    c.registry.profile_set(
+        c.conn, c.actor, args.profile, metric=Metric(args.metric), low=args.low, high=args.high
+    )
+    print(f"profile {args.profile}: {args.metric} {args.low:g}-{args.high:g}")
 
 
 def _patient_show(args: argparse.Namespace, c: _Context) -> None:
@@ -294,7 +318,9 @@ def _plan_publish(_args: argparse.Namespace, c: _Context) -> None:
 
 _COMMANDS = {
     ("enrol", None): _enrol,
+    ("team", "add"): _team_add,
     ("patient", "show"): _patient_show,
+    ("kit", "profile"): _kit_profile,
     ("kit", "add"): _kit_add,
     ("kit", "assign"): _kit_assign,
     ("kit", "return"): _kit_return,

@@ -1,22 +1,16 @@
-"""The registry's operations: enrol, kits (add, assign, return, retire, pair, claim), care plans.
+"""The registry's operations: patients (enrol, identity, list) and care plans, with the kit
+operations of `registry.kits`.
 
-Each operation runs in one database transaction, checks its input first and changes nothing when
-it refuses (`RegistryError`, with `status` for the HTTP API and a message that says what to do).
-Every change is written to the audit log with who did it. Changes outside the database (the
-broker's kit identities, the care-plan topic) happen after the checks and are safe to repeat:
-a kit's broker identity is provisioned idempotently, and an unpublished care-plan version is
-published again by `publish_pending`.
+Changes outside the database (the broker's kit identities, the care-plan topic) happen after the
+checks and are safe to repeat: an unpublished care-plan version is published again by
+`publish_pending` (and with the next change).
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-import secrets
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 import psycopg
@@ -25,142 +19,44 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from contracts import RULE_IDS, CarePlan, Condition, Metric
-from registry.broker import BrokerAdmin, new_password
+from registry.base import Actor, Credentials, KitDevice, RegistryError, _check_id, new_pseudonym
 from registry.careplans import PlanChange, Proposal, apply_change, default_plan, propose
-from registry.identity import Identity, IdentityError, Sealer, check_national_id
+from registry.identity import Identity, IdentityError, check_national_id
+from registry.kits import KitOperations
 
 __all__ = ["Actor", "Credentials", "KitDevice", "Registry", "RegistryError"]
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-_CODE_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"  # no 0/O, 1/I/L, U: read aloud and typed by people
 
-
-_KIT = "SELECT * FROM kits WHERE kit_id = %s"
-_KIT_FOR_UPDATE = _KIT + " FOR UPDATE"
-
-
-class RegistryError(Exception):
-    """Refused; nothing was changed. `status` is what the HTTP API answers (404, 409, 422, 503)."""
-
-    def __init__(self, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who does it, for the audit log and the care-plan history."""
-
-    username: str
-    ip: str | None = None
-    team_id: str | None = None  # a user bound to one team manages only its patients
-
-
-@dataclass(frozen=True, slots=True)
-class KitDevice:
-    serial: str
-    kind: str
-    profile: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """What a kit needs to log in; the password is shown once and kept nowhere by Vaktrom."""
-
-    kit_id: str
-    username: str
-    password: str
-    host: str
-    port: int
-    topic_root: str
-
-
-class PlanPublisher(Protocol):
-    def publish(self, plans: Sequence[CarePlan]) -> None: ...
-
-
-def _check_id(value: str, what: str) -> str:
-    if not _ID.match(value):
-        raise RegistryError(
-            f"{what} {value!r} must be 1-64 letters, digits or . _ : - (starting with a letter or digit)"
-        )
-    return value
-
-
-def _code_hash(code: str) -> bytes:
-    return hashlib.sha256(code.replace("-", "").replace(" ", "").upper().encode()).digest()
-
-
-def new_pseudonym() -> str:
-    return "P-" + "".join(secrets.choice(_CODE_ALPHABET) for _ in range(12))
-
-
-class Registry:
+class Registry(KitOperations):
     """Operations over one connection at a time (callers pass it; autocommit or idle)."""
 
-    def __init__(
+    def team_add(
         self,
-        *,
-        sealer: Sealer | None,
-        broker: Callable[[], BrokerAdmin] | None,
-        publisher: PlanPublisher | None,
-        broker_address: tuple[str, int] = ("127.0.0.1", 1883),
-        topic_root: str = "vaktrom/v1",
-        pairing_ttl: timedelta = timedelta(hours=72),
-    ) -> None:
-        self.sealer = sealer
-        self.broker = broker
-        self.publisher = publisher
-        self.broker_address = broker_address
-        self.topic_root = topic_root
-        self.pairing_ttl = pairing_ttl
-
-    # ------------------------------------------------------------ helpers
-    @staticmethod
-    def _audit(
-        cur: psycopg.Cursor[Any],
+        conn: psycopg.Connection[Any],
         actor: Actor,
-        action: str,
-        *,
-        target: str | None = None,
-        patient_id: str | None = None,
-        detail: dict[str, Any] | None = None,
+        team_id: str,
+        name: str,
+        municipalities: Sequence[str] = (),
     ) -> None:
-        cur.execute(
-            "INSERT INTO audit_log (actor, action, target, patient_id, ip, detail) VALUES (%s, %s, %s, %s, "
-            "%s, %s)",
-            (actor.username, action, target, patient_id, actor.ip, Jsonb(detail or {})),
-        )
-
-    @staticmethod
-    def _patient(cur: psycopg.Cursor[Any], patient_id: str, actor: Actor) -> dict[str, Any]:
-        cur.execute("SELECT * FROM patients WHERE patient_id = %s", (patient_id,))
-        row = cur.fetchone()
-        if row is None or (actor.team_id is not None and row["team_id"] != actor.team_id):
-            raise RegistryError(f"no patient {patient_id!r} (enrol the patient first)", 404)
-        return dict(row)
-
-    @staticmethod
-    def _kit(cur: psycopg.Cursor[Any], kit_id: str, *, lock: bool = True) -> dict[str, Any]:
-        cur.execute(_KIT_FOR_UPDATE if lock else _KIT, (kit_id,))
-        row = cur.fetchone()
-        if row is None:
-            raise RegistryError(f"no kit {kit_id!r} (add it with `kit add` first)", 404)
-        return dict(row)
-
-    def _require_broker(self) -> Callable[[], BrokerAdmin]:
-        if self.broker is None:
-            raise RegistryError(
-                "kit identities need the broker's admin account: set VAKTROM_MQTT_ADMIN_USERNAME and "
-                "VAKTROM_MQTT_ADMIN_PASSWORD",
-                503,
+        """A team of the response centre and the municipalities it serves (added to, never removed here)."""
+        with conn.transaction(), conn.cursor() as cur:
+            try:
+                cur.execute(
+                    "INSERT INTO teams (team_id, name, municipalities) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (team_id) DO UPDATE SET name = excluded.name, municipalities = "
+                    "(SELECT array_agg(DISTINCT m) "
+                    "FROM unnest(teams.municipalities || excluded.municipalities) m)",
+                    (team_id, name, list(municipalities)),
+                )
+            except errors.CheckViolation:
+                raise RegistryError(f"team id {team_id!r} must be lowercase letters, digits and -") from None
+            self._audit(
+                cur,
+                actor,
+                "registry.team.add",
+                target=team_id,
+                detail={"municipalities": list(municipalities)},
             )
-        return self.broker
-
-    def _require_sealer(self) -> Sealer:
-        if self.sealer is None:
-            raise RegistryError("patients' identities are sealed at rest: set VAKTROM_IDENTITY_KEY", 503)
-        return self.sealer
 
     # ------------------------------------------------------------ patients
     def enrol(
@@ -246,256 +142,40 @@ class Registry:
         except IdentityError as exc:
             raise RegistryError(str(exc), 500) from None
 
-    # ------------------------------------------------------------ kits
-    def kit_add(
-        self,
-        conn: psycopg.Connection[Any],
-        actor: Actor,
-        kit_id: str,
-        *,
-        model: str | None = None,
-        devices: Sequence[KitDevice] = (),
-    ) -> None:
-        """A kit in stock with its devices, and its broker identity (no password until paired)."""
-        _check_id(kit_id, "kit id")
-        for device in devices:
-            _check_id(device.serial, "device serial")
-        broker = self._require_broker()
-        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            try:
-                cur.execute("INSERT INTO kits (kit_id, model) VALUES (%s, %s)", (kit_id, model))
-            except errors.UniqueViolation:
-                raise RegistryError(f"kit {kit_id} already exists", 409) from None
-            for device in devices:
+    def _named(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Open each row's sealed identity into `name` (None without a key or identity, or if it fails)."""
+        for row in rows:
+            sealed, key_id = row.pop("sealed", None), row.pop("key_id", None)
+            row["name"] = None
+            if sealed is not None and self.sealer is not None:
                 try:
-                    cur.execute(
-                        "INSERT INTO kit_devices (device_id, kit_id, kind, profile) VALUES (%s, %s, %s, %s)",
-                        (device.serial, kit_id, device.kind, device.profile),
-                    )
-                except errors.UniqueViolation:
-                    raise RegistryError(f"device {device.serial} already belongs to a kit", 409) from None
-            with broker() as admin:
-                admin.provision([(kit_id, None)])
-            cur.execute("UPDATE kits SET broker_provisioned_at = now() WHERE kit_id = %s", (kit_id,))
-            self._audit(cur, actor, "registry.kit.add", target=kit_id, detail={"devices": len(devices)})
+                    row["name"] = self.sealer.open(row["patient_id"], bytes(sealed), key_id).name
+                except IdentityError:
+                    row["name"] = None
+        return rows
 
-    def kit_assign(
-        self,
-        conn: psycopg.Connection[Any],
-        actor: Actor,
-        kit_id: str,
-        patient_id: str,
-        *,
-        at: datetime | None = None,
-    ) -> datetime:
-        """Hand the kit to the patient from `at` (default now). A kit still with another patient is
-        taken back at that moment: readings measured before it stay with the previous patient."""
-        at = at or datetime.now(UTC)
-        if at.tzinfo is None:
-            raise RegistryError("the assignment time needs a time zone offset")
-        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            kit = self._kit(cur, kit_id)
-            if kit["state"] == "retired":
-                raise RegistryError(f"kit {kit_id} is retired and cannot be assigned", 409)
-            self._patient(cur, patient_id, actor)
-            cur.execute(
-                "SELECT patient_id, assigned_from, assigned_until FROM kit_assignments WHERE kit_id = %s "
-                "ORDER BY assigned_from DESC LIMIT 1",
-                (kit_id,),
-            )
-            last = cur.fetchone()
-            if last is not None and last["assigned_until"] is None:
-                if last["patient_id"] == patient_id:
-                    raise RegistryError(f"kit {kit_id} is already assigned to this patient", 409)
-                if at <= last["assigned_from"]:
-                    raise RegistryError(
-                        f"kit {kit_id} was assigned to another patient from "
-                        f"{last['assigned_from']:%Y-%m-%d %H:%M %Z}; "
-                        "a new assignment must start after that",
-                        409,
-                    )
-                cur.execute(
-                    "UPDATE kit_assignments SET assigned_until = %s WHERE kit_id = %s AND assigned_until "
-                    "IS NULL",
-                    (at, kit_id),
-                )
-            try:
-                cur.execute(
-                    "INSERT INTO kit_assignments (kit_id, patient_id, assigned_from) VALUES (%s, %s, %s)",
-                    (kit_id, patient_id, at),
-                )
-            except (errors.ExclusionViolation, errors.UniqueViolation):
-                raise RegistryError(
-                    f"kit {kit_id} was with another patient at {at:%Y-%m-%d %H:%M %Z}: assignments may not "
-                    "overlap",
-                    409,
-                ) from None
-            cur.execute("UPDATE kits SET state = 'assigned', updated_at = now() WHERE kit_id = %s", (kit_id,))
-            self._audit(
-                cur,
-                actor,
-                "registry.kit.assign",
-                target=kit_id,
-                patient_id=patient_id,
-                detail={"from": at.isoformat()},
-            )
-        return at
-
-    def kit_return(
-        self, conn: psycopg.Connection[Any], actor: Actor, kit_id: str, *, at: datetime | None = None
-    ) -> None:
-        """The kit comes back to stock at `at`; later readings are rejected as unassigned."""
-        at = at or datetime.now(UTC)
-        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            kit = self._kit(cur, kit_id)
-            if kit["state"] != "assigned":
-                raise RegistryError(f"kit {kit_id} is {kit['state'].replace('_', ' ')}, not assigned", 409)
-            self._close_assignment(cur, kit_id, at)
-            cur.execute("UPDATE kits SET state = 'in_stock', updated_at = now() WHERE kit_id = %s", (kit_id,))
-            self._audit(cur, actor, "registry.kit.return", target=kit_id, detail={"at": at.isoformat()})
-
-    @staticmethod
-    def _close_assignment(cur: psycopg.Cursor[Any], kit_id: str, at: datetime) -> None:
-        cur.execute(
-            "SELECT assigned_from FROM kit_assignments WHERE kit_id = %s AND assigned_until IS NULL",
-            (kit_id,),
-        )
-        row = cur.fetchone()
-        if row is None:
-            return
-        if at <= row["assigned_from"]:
-            raise RegistryError(
-                f"kit {kit_id} was assigned only from {row['assigned_from']:%Y-%m-%d %H:%M %Z}", 409
-            )
-        cur.execute(
-            "UPDATE kit_assignments SET assigned_until = %s WHERE kit_id = %s AND assigned_until IS NULL",
-            (at, kit_id),
-        )
-
-    def kit_retire(
-        self, conn: psycopg.Connection[Any], actor: Actor, kit_id: str, *, at: datetime | None = None
-    ) -> None:
-        """Retire the kit for good: its broker identity is deleted (it is disconnected at once), its
-        assignment ends, unclaimed pairing codes die, and readings measured from `at` on are rejected."""
-        at = at or datetime.now(UTC)
-        broker = self._require_broker()
-        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            kit = self._kit(cur, kit_id)
-            if kit["state"] == "retired":
-                raise RegistryError(f"kit {kit_id} is already retired", 409)
-            self._close_assignment(cur, kit_id, at)
-            cur.execute(
-                "UPDATE kits SET state = 'retired', retired_at = %s, updated_at = now() WHERE kit_id = %s",
-                (at, kit_id),
-            )
-            cur.execute(
-                "UPDATE kit_pairings SET expires_at = now() WHERE kit_id = %s AND claimed_at IS NULL AND "
-                "expires_at > now()",
-                (kit_id,),
-            )
-            with broker() as admin:
-                admin.revoke([kit_id])
-            self._audit(cur, actor, "registry.kit.retire", target=kit_id, detail={"at": at.isoformat()})
-
-    def pair(self, conn: psycopg.Connection[Any], actor: Actor, kit_id: str) -> tuple[str, datetime]:
-        """A one-time pairing code for the kit (shown once; only its hash is kept)."""
-        raw = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(12))
-        code = "-".join(raw[i : i + 4] for i in range(0, 12, 4))
-        expires = datetime.now(UTC) + self.pairing_ttl
-        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            kit = self._kit(cur, kit_id)
-            if kit["state"] == "retired":
-                raise RegistryError(f"kit {kit_id} is retired", 409)
-            cur.execute(
-                "UPDATE kit_pairings SET expires_at = now() WHERE kit_id = %s AND claimed_at IS NULL AND "
-                "expires_at > now()",
-                (kit_id,),
-            )  # one live code per kit
-            cur.execute(
-                "INSERT INTO kit_pairings (code_hash, kit_id, created_by, expires_at) VALUES (%s, %s, %s, "
-                "%s)",
-                (_code_hash(code), kit_id, actor.username, expires),
-            )
-            self._audit(
-                cur, actor, "registry.kit.pair", target=kit_id, detail={"expires": expires.isoformat()}
-            )
-        return code, expires
-
-    def claim(self, conn: psycopg.Connection[Any], code: str, *, ip: str | None = None) -> Credentials:
-        """Exchange a pairing code for the kit's credentials, once. The password is new on every claim."""
-        broker = self._require_broker()
-        password = new_password()
+    def patients(
+        self, conn: psycopg.Connection[Any], actor: Actor, *, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        """The patients the actor may see, newest first, with name, current plan version and kits."""
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
-                "UPDATE kit_pairings SET claimed_at = now(), claimed_ip = %s WHERE code_hash = %s "
-                "AND claimed_at IS NULL AND expires_at > now() RETURNING kit_id",
-                (ip, _code_hash(code)),
+                """
+                SELECT p.patient_id, p.team_id, p.condition, p.municipality, p.created_at,
+                       pi.sealed, pi.key_id,
+                       (SELECT max(version) FROM care_plans c WHERE c.patient_id = p.patient_id)
+                           AS plan_version,
+                       (SELECT string_agg(a.kit_id, ', ' ORDER BY a.kit_id) FROM kit_assignments a
+                         WHERE a.patient_id = p.patient_id AND a.assigned_until IS NULL) AS kits
+                FROM patients p LEFT JOIN patient_identities pi USING (patient_id)
+                WHERE p.discharged_at IS NULL AND (%(team)s::text IS NULL OR p.team_id = %(team)s)
+                ORDER BY p.created_at DESC LIMIT %(limit)s
+                """,
+                {"team": actor.team_id, "limit": limit},
             )
-            row = cur.fetchone()
-            if row is None:
-                raise RegistryError(
-                    "this pairing code is unknown, used or expired: ask the response centre for a new one",
-                    404,
-                )
-            kit_id = row["kit_id"]
-            kit = self._kit(cur, kit_id)
-            if kit["state"] == "retired":
-                raise RegistryError("this kit is retired", 409)
-            with broker() as admin:
-                admin.provision([(kit_id, password)])
-            cur.execute(
-                "UPDATE kits SET credentials_issued_at = now(), broker_provisioned_at = "
-                "coalesce(broker_provisioned_at, now()) "
-                "WHERE kit_id = %s",
-                (kit_id,),
-            )
-            self._audit(cur, Actor(f"kit:{kit_id}", ip), "registry.kit.claim", target=kit_id)
-        host, port = self.broker_address
-        return Credentials(kit_id, kit_id, password, host, port, self.topic_root)
-
-    def issue_credentials(
-        self,
-        conn: psycopg.Connection[Any],
-        actor: Actor,
-        kit_ids: Sequence[str],
-        *,
-        offline: Callable[[list[tuple[str, str]]], int] | None = None,
-    ) -> list[Credentials]:
-        """New credentials for many kits at once (factory provisioning, load tests), without pairing.
-
-        `offline` writes them into a stopped broker's plugin file (see `broker.write_offline`);
-        otherwise they go over $CONTROL to the running broker.
-        """
-        issued = [(kit_id, new_password()) for kit_id in kit_ids]
-        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            cur.execute("SELECT kit_id, state FROM kits WHERE kit_id = ANY(%s)", (list(kit_ids),))
-            states = {r["kit_id"]: r["state"] for r in cur.fetchall()}
-            missing = [k for k in kit_ids if k not in states]
-            retired = [k for k, s in states.items() if s == "retired"]
-            if missing or retired:
-                raise RegistryError(
-                    f"{len(missing)} kits unknown (e.g. {missing[:3]}), {len(retired)} retired (e.g. "
-                    f"{retired[:3]})",
-                    409,
-                )
-            if offline is not None:
-                offline(issued)
-            else:
-                with self._require_broker()() as admin:
-                    admin.provision(issued)
-            cur.execute(
-                "UPDATE kits SET credentials_issued_at = now(), broker_provisioned_at = now() WHERE kit_id "
-                "= ANY(%s)",
-                (list(kit_ids),),
-            )
-            self._audit(
-                cur,
-                actor,
-                "registry.kit.credentials",
-                detail={"kits": len(kit_ids), "offline": offline is not None},
-            )
-        host, port = self.broker_address
-        return [Credentials(k, k, p, host, port, self.topic_root) for k, p in issued]
+            rows = cur.fetchall()
+            self._audit(cur, actor, "registry.patients.view", detail={"rows": len(rows)})
+        return self._named(rows)
 
     # ------------------------------------------------------------ care plans
     @staticmethod

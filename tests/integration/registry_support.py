@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -22,7 +24,7 @@ from registry.identity import check_national_id
 from registry.publish import KafkaPlanPublisher
 from tests.conftest import Stack
 
-__all__ = ["OPERATOR", "KitClient", "make_registry", "new_national_id", "new_team"]
+__all__ = ["OPERATOR", "KitClient", "make_registry", "new_national_id", "new_team", "registry_for"]
 
 OPERATOR = Actor("test-operator")
 
@@ -63,6 +65,17 @@ def make_registry(stack: Stack, *, root: str, prefix: str = "") -> Registry:
         topic_root=root,
         pairing_ttl=timedelta(hours=1),
     )
+
+
+@contextmanager
+def registry_for(stack: Stack, *, root: str, prefix: str = "") -> Iterator[Registry]:
+    """`make_registry`, closing its Kafka producer at the end."""
+    registry = make_registry(stack, root=root, prefix=prefix)
+    try:
+        yield registry
+    finally:
+        if isinstance(registry.publisher, KafkaPlanPublisher):
+            registry.publisher.close()
 
 
 def new_team(conn: psycopg.Connection[Any], team_id: str) -> str:

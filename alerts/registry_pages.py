@@ -1,0 +1,270 @@
+"""The registry in the console: patients (enrol, care plan), kits (add, assign, pair, return, retire).
+
+Pages for coordinators (everything), physicians (care plans), nurses (read) and administrators
+(kits only: they see no patient data). Every form carries the session's CSRF token, every
+operation is audited by the registry, and a refusal comes back to the page as its reason.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from datetime import date
+from typing import Annotated, Any, TypeVar
+from urllib.parse import quote, urlencode
+
+import segno
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.responses import RedirectResponse, Response
+
+from alerts.accounts import Principal, Role
+from alerts.context import Ctx, client_ip, csrf_checked, page_user
+from contracts import THRESHOLD_LIMITS, Condition
+from registry import Actor, BrokerAdminError, Identity, KitDevice, PlanChange, Registry, RegistryError
+
+__all__ = ["registry_pages"]
+
+registry_pages = APIRouter(include_in_schema=False)
+T = TypeVar("T")
+Csrf = Annotated[str | None, Form()]
+
+
+def _page_roles(*allowed: Role) -> Callable[..., Principal]:
+    def check(who: Annotated[Principal, Depends(page_user)]) -> Principal:
+        if who.role not in allowed:
+            raise HTTPException(403, f"this page is for {', '.join(r.value for r in allowed)}")
+        return who
+
+    return check
+
+
+Reader = Annotated[Principal, Depends(_page_roles(Role.NURSE, Role.COORDINATOR, Role.PHYSICIAN))]
+Editor = Annotated[Principal, Depends(_page_roles(Role.COORDINATOR, Role.PHYSICIAN))]
+Coordinator = Annotated[Principal, Depends(_page_roles(Role.COORDINATOR))]
+KitManager = Annotated[Principal, Depends(_page_roles(Role.COORDINATOR, Role.ADMIN))]
+
+
+def _actor(request: Request, who: Principal) -> Actor:
+    return Actor(who.username, client_ip(request), who.team_id)
+
+
+def _registry(ctx: Any) -> Registry:
+    if ctx.registry is None:
+        raise HTTPException(503, "the registry is not configured in this service")
+    return ctx.registry  # type: ignore[no-any-return]
+
+
+def _do(
+    request: Request, ctx: Any, who: Principal, csrf: str | None, back: str,
+    *, run: Callable[[Registry, Any, Actor], T],
+) -> tuple[T | None, Response | None]:  # fmt: skip
+    """Run a form's operation; a refusal returns to `back` with its reason."""
+    csrf_checked(request, who, csrf)
+    try:
+        with ctx.db() as conn:
+            return run(_registry(ctx), conn, _actor(request, who)), None
+    except (RegistryError, BrokerAdminError) as exc:
+        return None, RedirectResponse(f"{back}?{urlencode({'error': str(exc)})}", status_code=303)
+
+
+# ------------------------------------------------------------------ patients
+@registry_pages.get("/patients")
+def patients_page(request: Request, ctx: Ctx, who: Reader, error: str | None = None) -> Response:
+    registry = _registry(ctx)
+    with ctx.db() as conn:
+        rows = registry.patients(conn, _actor(request, who))
+        teams = conn.execute("SELECT team_id, name FROM teams ORDER BY name").fetchall()
+    if who.team_id is not None:
+        teams = [t for t in teams if t[0] == who.team_id]
+    return ctx.render(
+        request, "patients.html",
+        {"user": who, "rows": rows, "teams": teams, "conditions": list(Condition), "error": error},
+    )  # fmt: skip
+
+
+@registry_pages.post("/patients")
+def enrol_form(
+    *,
+    request: Request,
+    ctx: Ctx,
+    who: Coordinator,
+    name: Annotated[str, Form(max_length=200)],
+    team_id: Annotated[str, Form()],
+    condition: Annotated[Condition, Form()],
+    birth_date: Annotated[str, Form()] = "",
+    national_id: Annotated[str, Form(max_length=20)] = "",
+    municipality: Annotated[str, Form(max_length=100)] = "",
+    csrf: Csrf = None,
+) -> Response:
+    try:
+        born = date.fromisoformat(birth_date) if birth_date else None
+    except ValueError:
+        return RedirectResponse("/patients?" + urlencode({"error": "birth date: write YYYY-MM-DD"}), 303)
+    identity = Identity(name=name, birth_date=born, national_id=national_id.strip() or None)
+    plan, refused = _do(request, ctx, who, csrf, "/patients", run=lambda r, c, a: r.enrol(
+        c, a, identity=identity, team_id=team_id, condition=condition, municipality=municipality or None
+    ))  # fmt: skip
+    return refused or RedirectResponse(f"/patients/{quote(plan.patient_id)}", status_code=303)  # type: ignore[union-attr]
+
+
+@registry_pages.get("/patients/{patient_id}")
+def patient_page(
+    *,
+    request: Request,
+    ctx: Ctx,
+    patient_id: str,
+    who: Reader,
+    error: str | None = None,
+    propose: bool = False,
+) -> Response:
+    registry, actor = _registry(ctx), _actor(request, who)
+    try:
+        with ctx.db() as conn:
+            person = registry.identity(conn, actor, patient_id)
+            plans = registry.careplan(conn, actor, patient_id)
+            proposal = registry.careplan_propose(conn, actor, patient_id) if propose else None
+            kits = conn.execute(
+                "SELECT kit_id, assigned_from, assigned_until FROM kit_assignments WHERE patient_id = %s "
+                "ORDER BY assigned_from DESC",
+                (patient_id,),
+            ).fetchall()
+    except RegistryError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    return ctx.render(
+        request, "patient.html",
+        {"user": who, "patient_id": patient_id, "person": person, "plans": plans, "kits": kits,
+         "proposal": proposal, "limits": THRESHOLD_LIMITS, "error": error,
+         "can_edit": who.role in (Role.COORDINATOR, Role.PHYSICIAN)},
+    )  # fmt: skip
+
+
+def _thresholds(text: str) -> dict[str, dict[str, float | None]]:
+    """Lines of RULE.param=value (or =default), as the command line takes them."""
+    found: dict[str, dict[str, float | None]] = {}
+    for line in filter(None, (raw.strip() for raw in text.replace(",", "\n").splitlines())):
+        name, sep, value = line.partition("=")
+        rule, dot, param = name.strip().rpartition(".")
+        if not sep or not dot:
+            raise RegistryError(f"threshold {line!r}: write RULE.param=value, e.g. HF-1.kg=1.5")
+        try:
+            found.setdefault(rule, {})[param] = None if value.strip() == "default" else float(value)
+        except ValueError:
+            raise RegistryError(f"threshold {line!r}: {value.strip()!r} is not a number") from None
+    return found
+
+
+def _ids(text: str) -> list[str]:
+    return [part.strip() for part in text.replace(",", " ").split() if part.strip()]
+
+
+@registry_pages.post("/patients/{patient_id}/careplan")
+def careplan_form(
+    *,
+    request: Request,
+    ctx: Ctx,
+    patient_id: str,
+    who: Editor,
+    reason: Annotated[str, Form(max_length=500)],
+    thresholds: Annotated[str, Form(max_length=2000)] = "",
+    rules_off: Annotated[str, Form(max_length=500)] = "",
+    rules_on: Annotated[str, Form(max_length=500)] = "",
+    spo2_target: Annotated[str, Form()] = "",
+    accept_proposal: Annotated[bool, Form()] = False,
+    csrf: Csrf = None,
+) -> Response:
+    back = f"/patients/{quote(patient_id)}"
+
+    def change(r: Registry, c: Any, a: Actor) -> Any:
+        if accept_proposal:
+            proposal = r.careplan_propose(c, a, patient_id)
+            if not proposal.thresholds:
+                raise RegistryError("nothing to accept: too few readings for a proposal")
+            return r.careplan_set(c, a, patient_id, proposal.as_change(reason))
+        wanted = PlanChange(
+            reason=reason, thresholds=_thresholds(thresholds), rules_off=_ids(rules_off),
+            rules_on=_ids(rules_on), spo2_target=spo2_target or None,
+        )  # fmt: skip
+        return r.careplan_set(c, a, patient_id, wanted)
+
+    _plan, refused = _do(request, ctx, who, csrf, back, run=change)
+    return refused or RedirectResponse(back, status_code=303)
+
+
+# ------------------------------------------------------------------ kits
+@registry_pages.get("/kits")
+def kits_page(
+    request: Request, ctx: Ctx, who: KitManager, error: str | None = None, paired: str | None = None
+) -> Response:
+    registry = _registry(ctx)
+    with ctx.db() as conn:
+        rows = registry.kits(conn, _actor(request, who))
+    return ctx.render(
+        request, "kits.html", {"user": who, "rows": rows, "error": error, "paired": paired, "qr": None}
+    )
+
+
+@registry_pages.post("/kits")
+def add_kit_form(
+    *,
+    request: Request,
+    ctx: Ctx,
+    who: KitManager,
+    kit_id: Annotated[str, Form(max_length=64)],
+    model: Annotated[str, Form(max_length=100)] = "",
+    devices: Annotated[str, Form(max_length=1000)] = "",
+    csrf: Csrf = None,
+) -> Response:
+    try:
+        parsed = [KitDevice(*part.split(":")[:3]) for part in _ids(devices)]
+    except TypeError:
+        return RedirectResponse(
+            "/kits?" + urlencode({"error": "devices: write SERIAL:KIND, e.g. OX-1:oximeter"}), 303
+        )
+    _none, refused = _do(request, ctx, who, csrf, "/kits", run=lambda r, c, a: r.kit_add(
+        c, a, kit_id.strip(), model=model or None, devices=parsed
+    ))  # fmt: skip
+    return refused or RedirectResponse("/kits", status_code=303)
+
+
+@registry_pages.post("/kits/{kit_id}/assign")
+def assign_form(
+    *, request: Request, ctx: Ctx, kit_id: str, who: Coordinator,
+    patient_id: Annotated[str, Form(max_length=64)], csrf: Csrf = None,
+) -> Response:  # fmt: skip
+    _at, refused = _do(
+        request, ctx, who, csrf, "/kits", run=lambda r, c, a: r.kit_assign(c, a, kit_id, patient_id.strip())
+    )
+    return refused or RedirectResponse("/kits", status_code=303)
+
+
+@registry_pages.post("/kits/{kit_id}/pair")
+def pair_form(request: Request, ctx: Ctx, kit_id: str, who: KitManager, csrf: Csrf = None) -> Response:
+    """The code is shown once, on this response, with its QR code; it is not in any URL or log."""
+    made, refused = _do(request, ctx, who, csrf, "/kits", run=lambda r, c, a: r.pair(c, a, kit_id))
+    if refused is not None or made is None:
+        return refused or RedirectResponse("/kits", status_code=303)
+    code, expires = made
+    svg = io.BytesIO()
+    segno.make(f"VAKTROM-PAIR:{code}", error="m").save(svg, kind="svg", scale=6, xmldecl=False, svgns=True)
+    with ctx.db() as conn:
+        rows = _registry(ctx).kits(conn, _actor(request, who))
+    return ctx.render(
+        request, "kits.html",
+        {"user": who, "rows": rows, "error": None, "qr": svg.getvalue().decode(),
+         "paired": {"kit_id": kit_id, "code": code, "expires": expires}},
+        headers={"Cache-Control": "no-store"},
+    )  # fmt: skip
+
+
+@registry_pages.post("/kits/{kit_id}/{action}")
+def kit_state_form(
+    *, request: Request, ctx: Ctx, kit_id: str, action: str, who: KitManager, csrf: Csrf = None
+) -> Response:
+    if action not in ("return", "retire"):
+        raise HTTPException(404, "no such kit action")
+
+    def operation(r: Registry, c: Any, a: Actor) -> None:
+        (r.kit_return if action == "return" else r.kit_retire)(c, a, kit_id)
+
+    _none, refused = _do(request, ctx, who, csrf, "/kits", run=operation)
+    return refused or RedirectResponse("/kits", status_code=303)

@@ -1,0 +1,158 @@
+"""What every registry operation shares: errors, the actor, value types and the database helpers.
+
+Each operation runs in one database transaction, checks its input first and changes nothing when
+it refuses (`RegistryError`, with `status` for the HTTP API and a message that says what to do).
+Every change is written to the audit log with who did it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from contracts import CarePlan
+from registry.broker import BrokerAdmin
+from registry.identity import Sealer
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_CODE_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"  # no 0/O, 1/I/L, U: read aloud and typed by people
+
+
+_KIT = "SELECT * FROM kits WHERE kit_id = %s"
+_KIT_FOR_UPDATE = _KIT + " FOR UPDATE"
+_EXPIRE_CODES = (  # the kit's unclaimed pairing codes die
+    "UPDATE kit_pairings SET expires_at = now() "
+    "WHERE kit_id = %s AND claimed_at IS NULL AND expires_at > now()"
+)
+
+
+class RegistryError(Exception):
+    """Refused; nothing was changed. `status` is what the HTTP API answers (404, 409, 422, 503)."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who does it, for the audit log and the care-plan history."""
+
+    username: str
+    ip: str | None = None
+    team_id: str | None = None  # a user bound to one team manages only its patients
+
+
+@dataclass(frozen=True, slots=True)
+class KitDevice:
+    serial: str
+    kind: str
+    profile: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a kit needs to log in; the password is shown once and kept nowhere by Vaktrom."""
+
+    kit_id: str
+    username: str
+    password: str
+    host: str
+    port: int
+    topic_root: str
+
+
+class PlanPublisher(Protocol):
+    def publish(self, plans: Sequence[CarePlan]) -> None: ...
+
+
+def _check_id(value: str, what: str) -> str:
+    if not _ID.match(value):
+        raise RegistryError(
+            f"{what} {value!r} must be 1-64 letters, digits or . _ : - (starting with a letter or digit)"
+        )
+    return value
+
+
+def _code_hash(code: str) -> bytes:
+    return hashlib.sha256(code.replace("-", "").replace(" ", "").upper().encode()).digest()
+
+
+def new_pseudonym() -> str:
+    return "P-" + "".join(secrets.choice(_CODE_ALPHABET) for _ in range(12))
+
+
+class RegistryCore:
+    """Operations over one connection at a time (callers pass it; autocommit or idle)."""
+
+    def __init__(
+        self,
+        *,
+        sealer: Sealer | None,
+        broker: Callable[[], BrokerAdmin] | None,
+        publisher: PlanPublisher | None,
+        broker_address: tuple[str, int] = ("127.0.0.1", 1883),
+        topic_root: str = "vaktrom/v1",
+        pairing_ttl: timedelta = timedelta(hours=72),
+    ) -> None:
+        self.sealer = sealer
+        self.broker = broker
+        self.publisher = publisher
+        self.broker_address = broker_address
+        self.topic_root = topic_root
+        self.pairing_ttl = pairing_ttl
+
+    # ------------------------------------------------------------ helpers
+    @staticmethod
+    def _audit(
+        cur: psycopg.Cursor[Any],
+        actor: Actor,
+        action: str,
+        *,
+        target: str | None = None,
+        patient_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        cur.execute(
+            "INSERT INTO audit_log (actor, action, target, patient_id, ip, detail) VALUES (%s, %s, %s, %s, "
+            "%s, %s)",
+            (actor.username, action, target, patient_id, actor.ip, Jsonb(detail or {})),
+        )
+
+    @staticmethod
+    def _patient(cur: psycopg.Cursor[Any], patient_id: str, actor: Actor) -> dict[str, Any]:
+        cur.execute("SELECT * FROM patients WHERE patient_id = %s", (patient_id,))
+        row = cur.fetchone()
+        if row is None or (actor.team_id is not None and row["team_id"] != actor.team_id):
+            raise RegistryError(f"no patient {patient_id!r} (enrol the patient first)", 404)
+        return dict(row)
+
+    @staticmethod
+    def _kit(cur: psycopg.Cursor[Any], kit_id: str, *, lock: bool = True) -> dict[str, Any]:
+        cur.execute(_KIT_FOR_UPDATE if lock else _KIT, (kit_id,))
+        row = cur.fetchone()
+        if row is None:
+            raise RegistryError(f"no kit {kit_id!r} (add it with `kit add` first)", 404)
+        return dict(row)
+
+    def _require_broker(self) -> Callable[[], BrokerAdmin]:
+        if self.broker is None:
+            raise RegistryError(
+                "kit identities need the broker's admin account: set VAKTROM_MQTT_ADMIN_USERNAME and "
+                "VAKTROM_MQTT_ADMIN_PASSWORD",
+                503,
+            )
+        return self.broker
+
+    def _require_sealer(self) -> Sealer:
+        if self.sealer is None:
+            raise RegistryError("patients' identities are sealed at rest: set VAKTROM_IDENTITY_KEY", 503)
+        return self.sealer
