@@ -6,7 +6,6 @@ Pages (`alerts.web`) and the JSON API (`alerts.api`) are built from these depend
 
 from __future__ import annotations
 
-import logging
 import zoneinfo
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -30,7 +29,7 @@ from alerts.notify import STEP_NAMES
 from alerts.settings import AlertsSettings
 from alerts.store import Resolution, WorkflowError
 from contracts import Severity
-from registry import IdentityError, Registry
+from registry import Registry
 
 __all__ = [
     "COOKIE",
@@ -51,7 +50,6 @@ __all__ = [
     "safe_next",
 ]
 
-log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "vaktrom_session"
@@ -122,19 +120,13 @@ class Console:
         return None
 
     def named(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Open each row's sealed identity into `display_name` (None without a key or an identity).
-
-        The sealed bytes never leave this method: pages show the name, the API never carries it.
-        """
-        sealer = self.registry.sealer if self.registry is not None else None
+        """Rows with the patient's name in `display_name` for the pages (the API never carries it)."""
+        if self.registry is not None:
+            return self.registry.open_names(rows, into="display_name")
         for row in rows:
-            sealed, key_id = row.pop("sealed", None), row.pop("key_id", None)
+            row.pop("sealed", None)
+            row.pop("key_id", None)
             row["display_name"] = None
-            if sealed is not None and sealer is not None:
-                try:
-                    row["display_name"] = sealer.open(row["patient_id"], bytes(sealed), key_id).name
-                except IdentityError as exc:
-                    log.warning("console: a patient's identity did not open (%s); showing the pseudonym", exc)
         return rows
 
     def load(self, conn: psycopg.Connection[Any], who: Principal, episode_id: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ checks and are safe to repeat: an unpublished care-plan version is published aga
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +26,8 @@ from registry.identity import Identity, IdentityError, check_national_id
 from registry.kits import KitOperations
 
 __all__ = ["Actor", "Credentials", "KitDevice", "Registry", "RegistryError"]
+
+log = logging.getLogger(__name__)
 
 
 class Registry(KitOperations):
@@ -142,16 +145,17 @@ class Registry(KitOperations):
         except IdentityError as exc:
             raise RegistryError(str(exc), 500) from None
 
-    def _named(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Open each row's sealed identity into `name` (None without a key or identity, or if it fails)."""
+    def open_names(self, rows: list[dict[str, Any]], *, into: str = "name") -> list[dict[str, Any]]:
+        """Replace each row's `sealed` and `key_id` by the patient's name in `into` (None without a
+        key or an identity, or when it does not open). The sealed bytes never leave this method."""
         for row in rows:
             sealed, key_id = row.pop("sealed", None), row.pop("key_id", None)
-            row["name"] = None
+            row[into] = None
             if sealed is not None and self.sealer is not None:
                 try:
-                    row["name"] = self.sealer.open(row["patient_id"], bytes(sealed), key_id).name
-                except IdentityError:
-                    row["name"] = None
+                    row[into] = self.sealer.open(row["patient_id"], bytes(sealed), key_id).name
+                except IdentityError as exc:
+                    log.warning("registry: an identity did not open (%s); showing the pseudonym", exc)
         return rows
 
     def patients(
@@ -175,7 +179,7 @@ class Registry(KitOperations):
             )
             rows = cur.fetchall()
             self._audit(cur, actor, "registry.patients.view", detail={"rows": len(rows)})
-        return self._named(rows)
+        return self.open_names(rows)
 
     # ------------------------------------------------------------ care plans
     @staticmethod
