@@ -17,11 +17,9 @@ help: ## list the targets
 bootstrap: ## install what is missing: Debian packages, Kafka jars, the virtualenv
 	@infra/bootstrap
 
-up: bootstrap ## set up and run the whole pipeline locally (stack + every stage that exists)
+up: bootstrap ## set up and run the whole pipeline locally with a demo cohort (Ctrl-C stops the stages)
 	@$(STACK) up
-	@echo "==> pipeline stages:"
-	@$(STACK) stages
-	@echo "==> the stack runs in the background: 'make status' to look, 'make down' to stop it"
+	@$(PY) infra/pipeline.py
 
 stack-up: bootstrap ## start only Mosquitto, Kafka and PostgreSQL
 	@$(STACK) up

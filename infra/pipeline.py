@@ -1,0 +1,225 @@
+"""`make up`: the whole pipeline on the local stack, with a demo cohort streaming in real time.
+
+    .local/venv/bin/python infra/pipeline.py [--patients heart_failure=8,copd=8,diabetes=8,infection=6]
+
+Steps, each timed: enrol the demo cohort (patients, kits with their own broker identities, care
+plans) through the registry; make the demo login; start the bridge, the monitor, the archive and
+the response centre, each until its /health answers; then the kit simulator: the last days of
+history as fast as the pipeline confirms, then real time. It prints the console's address and the
+demo login and runs until Ctrl-C or SIGTERM, which stops every stage (simulator first) cleanly.
+Logs are in .local/logs/<stage>.log. The stack itself (Mosquitto, Kafka, PostgreSQL) is started
+before by `infra/stack up` and keeps running; `make down` stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+STATE = Path(os.environ.get("VAKTROM_STATE_DIR", REPO / ".local")).resolve()
+DEMO = STATE / "demo"
+LOGS = STATE / "logs"
+PY = sys.executable
+KIT_PREFIX = "DEMO"
+DEMO_USER = "demo"
+
+
+@dataclass
+class Stage:
+    name: str
+    module: str
+    health_port: int
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, base: dict[str, str]) -> None:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        log = (LOGS / f"{self.name}.log").open("ab")
+        self.process = subprocess.Popen(
+            [PY, "-m", self.module], env={**base, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us; we stop the stages in order
+        )  # fmt: skip
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/health", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise SystemExit(
+                    f"up: {self.name} exited with {self.process.returncode}; see {LOGS / self.name}.log"
+                )
+            if self.healthy():
+                return
+            time.sleep(0.5)
+        raise SystemExit(f"up: {self.name} not healthy after {timeout:.0f} s; see {LOGS / self.name}.log")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _env() -> dict[str, str]:
+    path = STATE / "stack.env"
+    if not path.exists():
+        raise SystemExit("up: the stack has not been started (infra/stack up)")
+    values = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {**os.environ, **values, "PYTHONPATH": f"{REPO}:{REPO / 'gateway-sim'}"}
+
+
+def _run(step: str, cmd: list[str], env: dict[str, str]) -> str:
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=600)
+    if result.returncode != 0:
+        raise SystemExit(f"up: {step} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout.strip()
+
+
+def _timed(label: str, began: float) -> None:
+    print(f"    {label} ({time.monotonic() - began:.1f} s)", flush=True)
+
+
+def enrol(env: dict[str, str], patients: str, seed: int) -> Path:
+    """The demo cohort in the registry (patients, kits, broker identities, care plans); idempotent."""
+    DEMO.mkdir(parents=True, exist_ok=True)
+    dry = DEMO / "plan"
+    plan = [PY, "-m", "gateway_sim", "run", "--patients", patients, "--seed", str(seed),
+            "--kit-prefix", KIT_PREFIX, "--days", "2", "--dry-run", "--quiet", "--out", str(dry)]  # fmt: skip
+    _run("the cohort plan", plan, env)
+    credentials = DEMO / "credentials.json"
+    out = _run("the registry", [PY, "-m", "registry", "kit", "cohort", str(dry / "enrolment.json"),
+                                "--credentials-out", str(credentials), "--team", "demo"], env)  # fmt: skip
+    print(f"    {out}", flush=True)
+    return credentials
+
+
+def demo_login(env: dict[str, str]) -> str:
+    """The demo coordinator's password (made once, kept in .local/demo/login)."""
+    saved = DEMO / "login"
+    if saved.exists():
+        return saved.read_text().strip()
+    password = secrets.token_urlsafe(12)
+    add = [
+        PY,
+        "-m",
+        "alerts.admin",
+        "user",
+        "add",
+        DEMO_USER,
+        "--name",
+        "Demo Coordinator",
+        "--role",
+        "coordinator",
+    ]
+    _run("the demo login", add, {**env, "VAKTROM_NEW_PASSWORD": password})
+    fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(password)
+    return password
+
+
+def stages() -> list[Stage]:
+    return [
+        Stage("bridge", "ingest", 9464, {"VAKTROM_BRIDGE_CLIENT_ID": "demo-bridge-1"}),
+        Stage("monitor", "streams.monitor", 9466, {"VAKTROM_MONITOR_DATA_DIR": str(STATE / "monitor")}),
+        Stage("archive", "streams.archive", 9465, {}),
+        Stage("alerts", "alerts", 9467, {}),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--patients", default="heart_failure=8,copd=8,diabetes=8,infection=6")
+    parser.add_argument("--seed", type=int, default=11)
+    args = parser.parse_args(argv)
+    env = _env()
+    running: list[Stage] = []
+    stop_requested = False
+
+    def on_signal(_sig: int, _frame: Any) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    began = time.monotonic()
+    try:
+        print("==> demo cohort: patients, kits with their own broker identities, care plans", flush=True)
+        mark = time.monotonic()
+        credentials = enrol(env, args.patients, args.seed)
+        password = demo_login(env)
+        _timed("enrolled", mark)
+        for stage in stages():
+            print(f"==> {stage.name}: starting", flush=True)
+            mark = time.monotonic()
+            stage.start(env)
+            running.append(stage)
+            stage.wait(120)
+            _timed(f"{stage.name} healthy", mark)
+        sim = Stage("simulator", "gateway_sim", 0, {})
+        print("==> simulator: 2 days of history as fast as confirmed, then real time", flush=True)
+        LOGS.mkdir(parents=True, exist_ok=True)
+        sim.process = subprocess.Popen(
+            [PY, "-m", "gateway_sim", "run", "--patients", args.patients, "--seed", str(args.seed),
+             "--kit-prefix", KIT_PREFIX, "--days", "2", "--follow", "--follow-days", "1",
+             "--connection-per-kit", "--credentials", str(credentials), "--confirm", "receipt",
+             "--out", str(DEMO / "run")],
+            env=env, stdout=(LOGS / "simulator.log").open("ab"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        running.append(sim)
+        host, port = (
+            env.get("VAKTROM_ALERTS_HTTP_HOST", "127.0.0.1"),
+            env.get("VAKTROM_ALERTS_HTTP_PORT", "8470"),
+        )
+        url = f"http://{host}:{port}"
+        print(f"==> pipeline up in {time.monotonic() - began:.1f} s", flush=True)
+        print(f"    console: {url}   login: {DEMO_USER} / {password}", flush=True)
+        print(
+            "    logs: .local/logs/<stage>.log · Ctrl-C stops every stage (the stack keeps running)",
+            flush=True,
+        )
+        sim_done = False
+        while not stop_requested:
+            for stage in running:
+                if stage.process is not None and stage.process.poll() is not None and stage is not sim:
+                    print(f"up: {stage.name} exited with {stage.process.returncode}; stopping", flush=True)
+                    stop_requested = True
+            if sim.process is not None and sim.process.poll() is not None and not sim_done:
+                sim_done = True
+                code = sim.process.returncode
+                print(f"    simulator finished ({code}); the pipeline keeps running", flush=True)
+            time.sleep(0.5)
+    finally:
+        print("==> stopping: " + ", ".join(s.name for s in reversed(running)), flush=True)
+        for stage in reversed(running):
+            stage.stop()
+        print("==> stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
