@@ -19,7 +19,7 @@ import msgspec
 import psycopg
 from psycopg.types.json import Jsonb
 
-from contracts import Condition
+from contracts import CarePlan, Condition
 from registry.careplans import default_plan
 from registry.store import Actor, Credentials, Registry, RegistryError
 
@@ -34,11 +34,37 @@ class BulkResult:
     seconds: dict[str, float]
 
 
-def _condition(row: Mapping[str, Any]) -> Condition:
+# gateway-sim's names: `infection` is infection watch; `load` kits (load tests) follow no condition,
+# so they get no care plan and the monitor applies its rules for patients without one.
+_CONDITIONS: dict[str, Condition | None] = {"infection": Condition.INFECTION_WATCH, "load": None}
+
+
+def _condition(row: Mapping[str, Any]) -> Condition | None:
+    raw = str(row.get("condition") or Condition.HEART_FAILURE)
     try:
-        return Condition(row.get("condition") or Condition.HEART_FAILURE)
+        return _CONDITIONS[raw] if raw in _CONDITIONS else Condition(raw)
     except ValueError:
-        return Condition.HEART_FAILURE
+        raise RegistryError(
+            f"patient {row.get('patient_id')}: unknown condition {raw!r}; "
+            f"use one of {', '.join(c.value for c in Condition)}"
+        ) from None
+
+
+def _plan(row: Mapping[str, Any], team_id: str, actor: Actor, at: datetime) -> CarePlan | None:
+    """Version 1: the condition's defaults, with the kit's own schedule, time zone and SpO2 scale
+    when the enrolment file gives them (gateway-sim writes what its kits will do)."""
+    condition = _condition(row)
+    if condition is None:
+        return None
+    plan = default_plan(row["patient_id"], team_id, condition, by=actor.username, at=at,
+                        timezone=row.get("timezone") or "Europe/Oslo")  # fmt: skip
+    extra = {k: row[k] for k in ("expected", "spo2_scale") if row.get(k) is not None}
+    if not extra:
+        return plan
+    try:
+        return msgspec.convert({**msgspec.to_builtins(plan), **extra}, CarePlan)
+    except msgspec.ValidationError as exc:
+        raise RegistryError(f"patient {row['patient_id']}: {exc}") from None
 
 
 def enrol_cohort(
@@ -75,7 +101,7 @@ def enrol_cohort(
         cur.executemany(
             "INSERT INTO patients (patient_id, team_id, condition, enrolled_by) VALUES (%s, %s, %s, %s) "
             "ON CONFLICT (patient_id) DO NOTHING",
-            [(r["patient_id"], team_id, _condition(r).value, actor.username) for r in rows],
+            [(r["patient_id"], team_id, getattr(_condition(r), "value", None), actor.username) for r in rows],
         )
         cur.executemany(
             "INSERT INTO kits (kit_id, state) VALUES (%s, 'assigned') ON CONFLICT (kit_id) DO NOTHING",
@@ -90,9 +116,7 @@ def enrol_cohort(
             "INSERT INTO kit_assignments (kit_id, patient_id, assigned_from) VALUES (%s, %s, %s)",
             [(r["kit"], r["patient_id"], since) for r in rows if r["kit"] not in held],
         )
-        plans = [
-            default_plan(r["patient_id"], team_id, _condition(r), by=actor.username, at=now) for r in rows
-        ]
+        plans = [p for p in (_plan(r, team_id, actor, now) for r in rows) if p is not None]
         cur.executemany(
             "INSERT INTO care_plans (patient_id, version, document, changed_at, changed_by, reason) "
             "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",

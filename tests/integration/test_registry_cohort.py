@@ -37,8 +37,8 @@ def test_the_simulator_streams_with_credentials_the_registry_issued(
     issued = json.loads(credentials.read_text())
     assert sorted(issued) == sorted(row["kit"] for row in kit_rows(prefix, KITS))
     assert credentials.stat().st_mode & 0o077 == 0, "credentials are readable by the owner only"
-    plans = consume(stack, topics.careplan_topic(bridge.prefix), until=KITS, timeout=30)
-    assert len(plans) == KITS
+    # load-test kits follow no condition: no care plan, the monitor's rules for unplanned patients
+    assert consume(stack, topics.careplan_topic(bridge.prefix), idle=2, timeout=10) == []
 
     bridge.start()
     deadline = time.monotonic() + 15

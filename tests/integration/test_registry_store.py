@@ -3,6 +3,7 @@ is kept and published later."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from contracts import Metric, topics
 from contracts.settings import KafkaSettings
 from registry import PlanChange, Registry, RegistryError
+from registry.bulk import enrol_cohort
 from registry.publish import KafkaPlanPublisher
 from tests.conftest import Stack
 from tests.integration.registry_support import OPERATOR, enrol, make_registry, new_team, registry_for
@@ -128,3 +130,32 @@ def _profiles_and_teams(registry: Registry, conn: psycopg.Connection[Any], uniqu
     assert sorted(found[0]) == ["Nordre Follo", "Oslo"]
     with pytest.raises(RegistryError, match="lowercase"):
         registry.team_add(conn, OPERATOR, "Not A Team", "x")
+
+
+def test_a_cohort_takes_each_kits_own_plan_and_refuses_an_unknown_condition(
+    stack: Stack, conn: psycopg.Connection[Any], unique: str
+) -> None:
+    """gateway-sim's enrolment names `infection` and carries the kit's schedule and SpO2 scale."""
+    rows = [
+        {"patient_id": f"{unique[:40]}-p1", "kit": f"{unique[:40]}-k1", "condition": "infection",
+         "timezone": "Europe/Oslo", "spo2_scale": 2,
+         "expected": [{"metric": "body_temperature", "windows": [{"start": "07:00", "end": "09:00"}]}],
+         "devices": [{"serial": f"{unique[:40]}-t1", "kind": "thermometer"}]},
+    ]  # fmt: skip
+    since = datetime.now(UTC) - timedelta(days=1)
+    with registry_for(stack, root=f"{unique}/v1") as registry:
+        bad = [{**rows[0], "patient_id": f"{unique[:40]}-p2", "kit": f"{unique[:40]}-k2", "condition": "flu"}]
+        with pytest.raises(RegistryError, match="unknown condition 'flu'"):
+            enrol_cohort(
+                registry, conn, OPERATOR, bad, team_id=unique[:40], since=since, clock=time.monotonic
+            )
+        assert conn.execute(
+            "SELECT count(*) FROM patients WHERE patient_id = %s", (bad[0]["patient_id"],)
+        ).fetchone() == (0,)
+        enrol_cohort(registry, conn, OPERATOR, rows, team_id=unique[:40], since=since, clock=time.monotonic)
+        ((plan, _published),) = registry.careplan(conn, OPERATOR, rows[0]["patient_id"])
+    assert plan.condition.value == "infection_watch"
+    assert plan.spo2_scale == 2
+    assert [(e.metric.value, [(w.start, w.end) for w in e.windows]) for e in plan.expected] == [
+        ("body_temperature", [("07:00", "09:00")])
+    ]
