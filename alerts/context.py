@@ -29,7 +29,7 @@ from alerts.notify import STEP_NAMES
 from alerts.settings import AlertsSettings
 from alerts.store import Resolution, WorkflowError
 from contracts import Severity
-from registry import Registry
+from registry import Actor, Registry
 
 __all__ = [
     "COOKIE",
@@ -47,6 +47,7 @@ __all__ = [
     "client_ip",
     "csrf_checked",
     "page_user",
+    "role_in",
     "safe_next",
 ]
 
@@ -118,6 +119,14 @@ class Console:
             if token:
                 return accounts.session_for(conn, token, kind="browser", idle=self.idle)
         return None
+
+    def registry_as(self, request: Request, who: Principal | None) -> tuple[Registry, Actor]:
+        """The registry and who acts in it (None: a kit, which has no account); 503 without one."""
+        if self.registry is None:
+            raise HTTPException(503, "the registry is not configured in this service")
+        if who is None:
+            return self.registry, Actor("anonymous", client_ip(request))
+        return self.registry, Actor(who.username, client_ip(request), who.team_id)
 
     def named(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Rows with the patient's name in `display_name` for the pages (the API never carries it)."""
@@ -207,6 +216,19 @@ def csrf_checked(request: Request, who: Principal, form_token: str | None) -> No
         raise HTTPException(403, "cross-site request refused (Origin does not match)")
     if (form_token or request.headers.get("x-csrf-token")) != who.csrf_token:
         raise HTTPException(403, "the form is stale or forged (CSRF token missing or wrong): reload the page")
+
+
+def role_in(*allowed: Role, page: bool = False) -> Callable[..., Principal]:
+    """A dependency: the user, when their role is one of `allowed` (403 otherwise). API routes take a
+    bearer token or the session; pages take the session and send others to the login page."""
+    names = ", ".join(r.value for r in allowed)
+
+    def check(who: Principal = Depends(page_user if page else api_user)) -> Principal:  # noqa: B008 - FastAPI's form
+        if who.role not in allowed:
+            raise HTTPException(403, f"this needs one of the roles {names}; you are {who.role.value}")
+        return who
+
+    return check
 
 
 class LoginRequiredError(Exception):

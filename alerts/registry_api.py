@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from alerts.accounts import Principal, Role
-from alerts.context import Ctx, api_user, client_ip, csrf_checked
+from alerts.context import Ctx, client_ip, csrf_checked, role_in
 from contracts import Condition, ExpectedMeasurement
 from registry import (
     Actor,
@@ -43,20 +43,10 @@ registry_api = APIRouter(prefix="/api/v1", tags=["registry"])
 T = TypeVar("T")
 
 
-def _roles(*allowed: Role) -> Callable[[Principal], Principal]:
-    def check(who: Annotated[Principal, Depends(api_user)]) -> Principal:
-        if who.role not in allowed:
-            names = ", ".join(r.value for r in allowed)
-            raise HTTPException(403, f"this needs one of the roles {names}; you are {who.role.value}")
-        return who
-
-    return check
-
-
-Coordinator = Annotated[Principal, Depends(_roles(Role.COORDINATOR))]
-KitManager = Annotated[Principal, Depends(_roles(Role.COORDINATOR, Role.ADMIN))]
-PlanEditor = Annotated[Principal, Depends(_roles(Role.COORDINATOR, Role.PHYSICIAN))]
-PlanReader = Annotated[Principal, Depends(_roles(Role.NURSE, Role.COORDINATOR, Role.PHYSICIAN))]
+Coordinator = Annotated[Principal, Depends(role_in(Role.COORDINATOR))]
+KitManager = Annotated[Principal, Depends(role_in(Role.COORDINATOR, Role.ADMIN))]
+PlanEditor = Annotated[Principal, Depends(role_in(Role.COORDINATOR, Role.PHYSICIAN))]
+PlanReader = Annotated[Principal, Depends(role_in(Role.NURSE, Role.COORDINATOR, Role.PHYSICIAN))]
 
 
 def _run(
@@ -64,12 +54,9 @@ def _run(
     *, write: bool = True,
 ) -> T:  # fmt: skip
     """Run a registry operation as `who` (None: a kit, which has no account), mapping refusals to HTTP."""
-    registry = ctx.registry
-    if registry is None:
-        raise HTTPException(503, "the registry is not configured in this service")
+    registry, actor = ctx.registry_as(request, who)
     if who is not None and write:
         csrf_checked(request, who, None)
-    actor = Actor(who.username if who else "anonymous", client_ip(request), who.team_id if who else None)
     try:
         with ctx.db() as conn:
             return operation(registry, conn, actor)

@@ -18,9 +18,19 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
 from alerts.accounts import Principal, Role
-from alerts.context import Ctx, client_ip, csrf_checked, page_user
+from alerts.context import Ctx, csrf_checked, role_in
 from contracts import THRESHOLD_LIMITS, Condition
-from registry import Actor, BrokerAdminError, Identity, KitDevice, PlanChange, Registry, RegistryError
+from registry import (
+    Actor,
+    BrokerAdminError,
+    Identity,
+    KitDevice,
+    PlanChange,
+    PlanError,
+    Registry,
+    RegistryError,
+    parse_threshold,
+)
 
 __all__ = ["registry_pages"]
 
@@ -29,29 +39,10 @@ T = TypeVar("T")
 Csrf = Annotated[str | None, Form()]
 
 
-def _page_roles(*allowed: Role) -> Callable[..., Principal]:
-    def check(who: Annotated[Principal, Depends(page_user)]) -> Principal:
-        if who.role not in allowed:
-            raise HTTPException(403, f"this page is for {', '.join(r.value for r in allowed)}")
-        return who
-
-    return check
-
-
-Reader = Annotated[Principal, Depends(_page_roles(Role.NURSE, Role.COORDINATOR, Role.PHYSICIAN))]
-Editor = Annotated[Principal, Depends(_page_roles(Role.COORDINATOR, Role.PHYSICIAN))]
-Coordinator = Annotated[Principal, Depends(_page_roles(Role.COORDINATOR))]
-KitManager = Annotated[Principal, Depends(_page_roles(Role.COORDINATOR, Role.ADMIN))]
-
-
-def _actor(request: Request, who: Principal) -> Actor:
-    return Actor(who.username, client_ip(request), who.team_id)
-
-
-def _registry(ctx: Any) -> Registry:
-    if ctx.registry is None:
-        raise HTTPException(503, "the registry is not configured in this service")
-    return ctx.registry  # type: ignore[no-any-return]
+Reader = Annotated[Principal, Depends(role_in(Role.NURSE, Role.COORDINATOR, Role.PHYSICIAN, page=True))]
+Editor = Annotated[Principal, Depends(role_in(Role.COORDINATOR, Role.PHYSICIAN, page=True))]
+Coordinator = Annotated[Principal, Depends(role_in(Role.COORDINATOR, page=True))]
+KitManager = Annotated[Principal, Depends(role_in(Role.COORDINATOR, Role.ADMIN, page=True))]
 
 
 def _do(
@@ -60,9 +51,10 @@ def _do(
 ) -> tuple[T | None, Response | None]:  # fmt: skip
     """Run a form's operation; a refusal returns to `back` with its reason."""
     csrf_checked(request, who, csrf)
+    registry, actor = ctx.registry_as(request, who)
     try:
         with ctx.db() as conn:
-            return run(_registry(ctx), conn, _actor(request, who)), None
+            return run(registry, conn, actor), None
     except (RegistryError, BrokerAdminError) as exc:
         return None, RedirectResponse(f"{back}?{urlencode({'error': str(exc)})}", status_code=303)
 
@@ -70,9 +62,9 @@ def _do(
 # ------------------------------------------------------------------ patients
 @registry_pages.get("/patients")
 def patients_page(request: Request, ctx: Ctx, who: Reader, error: str | None = None) -> Response:
-    registry = _registry(ctx)
+    registry, actor = ctx.registry_as(request, who)
     with ctx.db() as conn:
-        rows = registry.patients(conn, _actor(request, who))
+        rows = registry.patients(conn, actor)
         teams = conn.execute("SELECT team_id, name FROM teams ORDER BY name").fetchall()
     if who.team_id is not None:
         teams = [t for t in teams if t[0] == who.team_id]
@@ -117,7 +109,7 @@ def patient_page(
     error: str | None = None,
     propose: bool = False,
 ) -> Response:
-    registry, actor = _registry(ctx), _actor(request, who)
+    registry, actor = ctx.registry_as(request, who)
     try:
         with ctx.db() as conn:
             person = registry.identity(conn, actor, patient_id)
@@ -139,17 +131,14 @@ def patient_page(
 
 
 def _thresholds(text: str) -> dict[str, dict[str, float | None]]:
-    """Lines of RULE.param=value (or =default), as the command line takes them."""
+    """Lines (or commas) of RULE.param=value or =default, as the command line takes them."""
     found: dict[str, dict[str, float | None]] = {}
     for line in filter(None, (raw.strip() for raw in text.replace(",", "\n").splitlines())):
-        name, sep, value = line.partition("=")
-        rule, dot, param = name.strip().rpartition(".")
-        if not sep or not dot:
-            raise RegistryError(f"threshold {line!r}: write RULE.param=value, e.g. HF-1.kg=1.5")
         try:
-            found.setdefault(rule, {})[param] = None if value.strip() == "default" else float(value)
-        except ValueError:
-            raise RegistryError(f"threshold {line!r}: {value.strip()!r} is not a number") from None
+            rule, param, value = parse_threshold(line)
+        except PlanError as exc:
+            raise RegistryError(str(exc)) from None
+        found.setdefault(rule, {})[param] = value
     return found
 
 
@@ -195,9 +184,9 @@ def careplan_form(
 def kits_page(
     request: Request, ctx: Ctx, who: KitManager, error: str | None = None, paired: str | None = None
 ) -> Response:
-    registry = _registry(ctx)
+    registry, actor = ctx.registry_as(request, who)
     with ctx.db() as conn:
-        rows = registry.kits(conn, _actor(request, who))
+        rows = registry.kits(conn, actor)
     return ctx.render(
         request, "kits.html", {"user": who, "rows": rows, "error": error, "paired": paired, "qr": None}
     )
@@ -215,11 +204,9 @@ def add_kit_form(
     csrf: Csrf = None,
 ) -> Response:
     try:
-        parsed = [KitDevice(*part.split(":")[:3]) for part in _ids(devices)]
-    except TypeError:
-        return RedirectResponse(
-            "/kits?" + urlencode({"error": "devices: write SERIAL:KIND, e.g. OX-1:oximeter"}), 303
-        )
+        parsed = [KitDevice.parse(part) for part in _ids(devices)]
+    except RegistryError as exc:
+        return RedirectResponse("/kits?" + urlencode({"error": str(exc)}), 303)
     _none, refused = _do(request, ctx, who, csrf, "/kits", run=lambda r, c, a: r.kit_add(
         c, a, kit_id.strip(), model=model or None, devices=parsed
     ))  # fmt: skip
@@ -246,8 +233,9 @@ def pair_form(request: Request, ctx: Ctx, kit_id: str, who: KitManager, csrf: Cs
     code, expires = made
     svg = io.BytesIO()
     segno.make(f"VAKTROM-PAIR:{code}", error="m").save(svg, kind="svg", scale=6, xmldecl=False, svgns=True)
+    registry, actor = ctx.registry_as(request, who)
     with ctx.db() as conn:
-        rows = _registry(ctx).kits(conn, _actor(request, who))
+        rows = registry.kits(conn, actor)
     return ctx.render(
         request, "kits.html",
         {"user": who, "rows": rows, "error": None, "qr": svg.getvalue().decode(),

@@ -11,7 +11,7 @@ from functools import partial
 
 from contracts.settings import KafkaSettings, MqttSettings
 from registry.broker import BrokerAdmin, BrokerAdminError
-from registry.careplans import PlanChange, PlanError, Proposal
+from registry.careplans import PlanChange, PlanError, Proposal, parse_threshold
 from registry.identity import Identity, IdentityError, Sealer
 from registry.publish import KafkaPlanPublisher
 from registry.settings import RegistrySettings
@@ -32,6 +32,7 @@ __all__ = [
     "RegistrySettings",
     "Sealer",
     "create",
+    "parse_threshold",
 ]
 
 

@@ -44,7 +44,7 @@ from contracts.settings import ConfigError, DatabaseSettings, KafkaSettings, Mqt
 from registry import create
 from registry.broker import BrokerAdminError, write_offline
 from registry.bulk import enrol_cohort, write_credentials
-from registry.careplans import PlanChange
+from registry.careplans import PlanChange, PlanError, parse_threshold
 from registry.identity import Identity
 from registry.settings import RegistrySettings
 from registry.store import Actor, KitDevice, Registry, RegistryError
@@ -62,24 +62,17 @@ def _time(raw: str | None) -> datetime | None:
 
 
 def _device(raw: str) -> KitDevice:
-    parts = raw.split(":")
-    if len(parts) not in (2, 3):
-        raise argparse.ArgumentTypeError(f"--device {raw!r}: write SERIAL:KIND or SERIAL:KIND:PROFILE")
-    return KitDevice(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+    try:
+        return KitDevice.parse(raw)
+    except RegistryError as exc:
+        raise argparse.ArgumentTypeError(f"--device: {exc}") from None
 
 
 def _threshold(raw: str) -> tuple[str, str, float | None]:
-    """RULE.param=value, or RULE.param=default to remove the override."""
-    name, sep, value = raw.partition("=")
-    rule, dot, param = name.rpartition(".")
-    if not sep or not dot or not rule or not param:
-        raise argparse.ArgumentTypeError(f"--threshold {raw!r}: write RULE.param=VALUE, e.g. HF-1.kg=1.5")
-    if value == "default":
-        return rule, param, None
     try:
-        return rule, param, float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--threshold {raw!r}: {value!r} is not a number") from None
+        return parse_threshold(raw)
+    except PlanError as exc:
+        raise argparse.ArgumentTypeError(f"--threshold: {exc}") from None
 
 
 def _parser() -> argparse.ArgumentParser:

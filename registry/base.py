@@ -57,6 +57,16 @@ class KitDevice:
     kind: str
     profile: str | None = None
 
+    @classmethod
+    def parse(cls, raw: str) -> KitDevice:
+        """SERIAL:KIND or SERIAL:KIND:PROFILE, as the command line and the console take it."""
+        parts = raw.strip().split(":")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise RegistryError(
+                f"device {raw!r}: write SERIAL:KIND or SERIAL:KIND:PROFILE, e.g. OX-1:oximeter"
+            )
+        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
 
 @dataclass(frozen=True, slots=True)
 class Credentials:

@@ -43,6 +43,7 @@ __all__ = [
     "Proposal",
     "apply_change",
     "default_plan",
+    "parse_threshold",
     "propose",
 ]
 
@@ -119,6 +120,21 @@ class PlanChange:
     rules_on: Sequence[str] = ()
     expected: Sequence[ExpectedMeasurement] | None = None
     baseline: BaselineSettings | None = None
+
+
+def parse_threshold(raw: str) -> tuple[str, str, float | None]:
+    """RULE.param=value, or RULE.param=default (None: back to the default), as the command line and
+    the console take it."""
+    name, sep, value = raw.strip().partition("=")
+    rule, dot, param = name.strip().rpartition(".")
+    if not sep or not dot or not rule or not param:
+        raise PlanError(f"threshold {raw!r}: write RULE.param=VALUE, e.g. HF-1.kg=1.5")
+    if value.strip() == "default":
+        return rule, param, None
+    try:
+        return rule, param, float(value)
+    except ValueError:
+        raise PlanError(f"threshold {raw!r}: {value.strip()!r} is not a number") from None
 
 
 _TARGETS = {"88-92": Spo2Scale.HYPERCAPNIC, "94-98": Spo2Scale.DEFAULT}

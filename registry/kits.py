@@ -133,27 +133,7 @@ class KitOperations(RegistryCore):
             if kit["state"] == "retired":
                 raise RegistryError(f"kit {kit_id} is retired and cannot be assigned", 409)
             self._patient(cur, patient_id, actor)
-            cur.execute(
-                "SELECT patient_id, assigned_from, assigned_until FROM kit_assignments WHERE kit_id = %s "
-                "ORDER BY assigned_from DESC LIMIT 1",
-                (kit_id,),
-            )
-            last = cur.fetchone()
-            if last is not None and last["assigned_until"] is None:
-                if last["patient_id"] == patient_id:
-                    raise RegistryError(f"kit {kit_id} is already assigned to this patient", 409)
-                if at <= last["assigned_from"]:
-                    raise RegistryError(
-                        f"kit {kit_id} was assigned to another patient from "
-                        f"{last['assigned_from']:%Y-%m-%d %H:%M %Z}; "
-                        "a new assignment must start after that",
-                        409,
-                    )
-                cur.execute(
-                    "UPDATE kit_assignments SET assigned_until = %s WHERE kit_id = %s AND assigned_until "
-                    "IS NULL",
-                    (at, kit_id),
-                )
+            self._close_assignment(cur, kit_id, at, handing_to=patient_id)
             try:
                 cur.execute(
                     "INSERT INTO kit_assignments (kit_id, patient_id, assigned_from) VALUES (%s, %s, %s)",
@@ -190,17 +170,26 @@ class KitOperations(RegistryCore):
             self._audit(cur, actor, "registry.kit.return", target=kit_id, detail={"at": at.isoformat()})
 
     @staticmethod
-    def _close_assignment(cur: psycopg.Cursor[Any], kit_id: str, at: datetime) -> None:
+    def _close_assignment(
+        cur: psycopg.Cursor[Any], kit_id: str, at: datetime, *, handing_to: str | None = None
+    ) -> None:
+        """End the kit's open assignment at `at` (nothing when it has none), before it is returned,
+        retired, or handed to `handing_to`."""
         cur.execute(
-            "SELECT assigned_from FROM kit_assignments WHERE kit_id = %s AND assigned_until IS NULL",
+            "SELECT patient_id, assigned_from FROM kit_assignments "
+            "WHERE kit_id = %s AND assigned_until IS NULL",
             (kit_id,),
         )
         row = cur.fetchone()
         if row is None:
             return
+        if row["patient_id"] == handing_to:
+            raise RegistryError(f"kit {kit_id} is already assigned to this patient", 409)
         if at <= row["assigned_from"]:
             raise RegistryError(
-                f"kit {kit_id} was assigned only from {row['assigned_from']:%Y-%m-%d %H:%M %Z}", 409
+                f"kit {kit_id} has been with a patient since {row['assigned_from']:%Y-%m-%d %H:%M %Z}; "
+                "a change must come after that",
+                409,
             )
         cur.execute(
             "UPDATE kit_assignments SET assigned_until = %s WHERE kit_id = %s AND assigned_until IS NULL",
