@@ -4,8 +4,10 @@
 
 Steps, each timed: enrol the demo cohort (patients, kits with their own broker identities, care
 plans) through the registry; make the demo login; start the bridge, the monitor, the archive and
-the response centre, each until its /health answers; then the kit simulator: the last days of
-history as fast as the pipeline confirms, then real time. It prints the console's address and the
+the response centre, each until its /health answers; then the kit simulator: nine days of
+history as fast as the pipeline confirms, then real time with every kit measuring every two
+minutes and the injected episodes at their peak, so that red and yellow alerts arrive within
+minutes. It prints the console's address and the
 demo login and runs until Ctrl-C or SIGTERM, which stops every stage (simulator first) cleanly.
 Logs are in .local/logs/<stage>.log. The stack itself (Mosquitto, Kafka, PostgreSQL) is started
 before by `infra/stack up` and keeps running; `make down` stops it.
@@ -32,6 +34,8 @@ LOGS = STATE / "logs"
 PY = sys.executable
 KIT_PREFIX = "DEMO"
 DEMO_USER = "demo"
+HISTORY_DAYS = 9  # weight and SpO2 rules compare with >= 5 days of the patient's own baseline
+LIVE_EVERY = "2m"
 
 
 @dataclass
@@ -180,12 +184,17 @@ def main(argv: list[str] | None = None) -> int:
             stage.wait(120)
             _timed(f"{stage.name} healthy", mark)
         sim = Stage("simulator", "gateway_sim", 0, {})
-        print("==> simulator: 2 days of history as fast as confirmed, then real time", flush=True)
+        print(
+            f"==> simulator: {HISTORY_DAYS} days of history as fast as the pipeline confirms, then real time "
+            f"(every kit measures every {LIVE_EVERY}; the injected episodes peak now)",
+            flush=True,
+        )
         LOGS.mkdir(parents=True, exist_ok=True)
         sim.process = subprocess.Popen(
             [PY, "-m", "gateway_sim", "run", "--patients", args.patients, "--seed", str(args.seed),
-             "--kit-prefix", KIT_PREFIX, "--days", "2", "--follow", "--follow-days", "1",
-             "--connection-per-kit", "--credentials", str(credentials), "--confirm", "receipt",
+             "--kit-prefix", KIT_PREFIX, "--days", str(HISTORY_DAYS), "--follow", "--follow-days", "1",
+             "--episodes-now", "--live-every", LIVE_EVERY, "--connection-per-kit",
+             "--credentials", str(credentials), "--confirm", "receipt",
              "--out", str(DEMO / "run")],
             env=env, stdout=(LOGS / "simulator.log").open("ab"), stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -219,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --follow: how far ahead episodes may be placed (default 1 day)",
     )
     run.add_argument(
+        "--episodes-now",
+        action="store_true",
+        help="demo: every injected episode peaks when real time begins (or as soon after as the "
+        "history it needs allows), instead of at a random time in the run",
+    )
+    run.add_argument(
+        "--live-every",
+        type=_duration,
+        help="demo, with --follow: in real time every kit measures at this interval (e.g. 2m) instead "
+        "of in its daily windows",
+    )
+    run.add_argument(
         "--speed",
         type=_positive(float),
         help="simulated seconds per real second for the history (default: as fast as confirmed)",
@@ -405,8 +417,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         start, end = now - timedelta(days=args.days), now
     if args.follow:
         end = max(end, now) + timedelta(days=args.follow_days)
+    elif args.live_every is not None:
+        raise CohortError("--live-every applies to the real-time part: add --follow")
+    if args.live_every is not None and args.live_every < 10:
+        raise CohortError(f"--live-every {args.live_every:g} s is too often for a kit; give 10s or more")
     run_days = (end - start) / timedelta(days=1)
-    patients = build_patients(cohort, run_start=start, run_days=run_days)
+    live = None if args.live_every is None else (now, timedelta(seconds=args.live_every))
+    patients = build_patients(
+        cohort, run_start=start, run_days=run_days, episodes_at=now if args.episodes_now else None, live=live
+    )
     stream = CohortStream(cohort, patients, start=start, end=end)  # a future part runs in real time
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "enrolment.json").write_text(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -50,6 +51,7 @@ class SimPatient:
     episode: Episode | None
     skew: timedelta  # the kit's clock minus true time
     silent_from: datetime | None
+    live: tuple[datetime, timedelta] | None = None  # from then on, windowed devices measure this often
     seq: int = 0
     truth: list[dict[str, object]] = field(default_factory=list)
 
@@ -81,8 +83,20 @@ class SimPatient:
         }
 
 
-def build_patients(cohort: Cohort, *, run_start: datetime, run_days: float) -> list[SimPatient]:
-    """Every patient of the cohort with kit, baseline, episode, clock skew and silence drawn from the seed."""
+def build_patients(
+    cohort: Cohort,
+    *,
+    run_start: datetime,
+    run_days: float,
+    episodes_at: datetime | None = None,
+    live: tuple[datetime, timedelta] | None = None,
+) -> list[SimPatient]:
+    """Every patient of the cohort with kit, baseline, episode, clock skew and silence drawn from the seed.
+
+    `episodes_at` puts every episode at its peak at that moment (see `plan_episode`); `live` =
+    (from, every) replaces the daily windows by a fixed interval from then on. Both are for demos:
+    something to see within minutes instead of days.
+    """
     patients = []
     counter = itertools.count(1)
     faults = cohort.faults
@@ -99,7 +113,9 @@ def build_patients(cohort: Cohort, *, run_start: datetime, run_days: float) -> l
             baseline = draw_baseline(condition, rng)
             episode = None
             if rng.random() < plan.episode_share:
-                episode = plan_episode(condition, rng, run_start=run_start, run_days=run_days)
+                episode = plan_episode(
+                    condition, rng, run_start=run_start, run_days=run_days, peak_at=episodes_at
+                )
             skew = timedelta(0)
             if rng.random() < faults.clock_skew:
                 skew = timedelta(minutes=float(rng.uniform(-1, 1)) * faults.clock_skew_minutes)
@@ -116,6 +132,7 @@ def build_patients(cohort: Cohort, *, run_start: datetime, run_days: float) -> l
                 episode=episode,
                 skew=skew,
                 silent_from=silent_from,
+                live=live,
             )
             if episode is not None:
                 patient.truth.append(
@@ -190,21 +207,26 @@ class _PatientDay:
         and the kit is not silent by then (a silent kit is its own episode).
         """
         midnight = datetime.combine(self.day, time(0), self.zone)
+        tomorrow = midnight + timedelta(days=1)
+        live_from, live_every = self.patient.live or (tomorrow, None)
         found: list[tuple[datetime, str]] = []
         for kind, (_serial, schedule) in sorted(self.patient.devices.items()):
             if schedule.every is not None:
-                t = midnight
-                while t < midnight + timedelta(days=1):
-                    found.append((t.astimezone(UTC), kind))
-                    t += schedule.every
+                found.extend((t.astimezone(UTC), kind) for t in _ticks(midnight, tomorrow, schedule.every))
                 continue
+            if live_every is not None:
+                found.extend(
+                    (t.astimezone(UTC), kind) for t in _ticks(live_from, tomorrow, live_every, midnight)
+                )
             for a, b in schedule.windows:
                 lo = datetime.combine(self.day, a, self.zone)
                 hi = datetime.combine(self.day, b, self.zone)
                 at = lo + (hi - lo) * float(self.sched_rng.random())
                 skipped = self.sched_rng.random() < self.cohort.faults.skip
+                if at >= live_from:
+                    continue  # the live interval has taken over
                 silent = self.patient.silent_from is not None and hi >= self.patient.silent_from
-                if skipped and start <= lo and hi <= end and not silent:
+                if skipped and start <= lo and hi <= min(end, live_from) and not silent:
                     self.patient.truth.append(
                         _truth(
                             self.patient,
@@ -247,6 +269,18 @@ class _PatientDay:
                 reading = Reading(serial, metric, _IMPLAUSIBLE, UNITS[metric], kit_time, label="implausible")
             out.append(reading)
         return tuple(out)
+
+
+def _ticks(
+    begin: datetime, end: datetime, every: timedelta, floor: datetime | None = None
+) -> Iterator[datetime]:
+    """begin, begin + every, ... before end; none before `floor` (for a live interval begun days ago)."""
+    t = begin
+    if floor is not None and t < floor:
+        t += every * math.ceil((floor - t) / every)
+    while t < end:
+        yield t
+        t += every
 
 
 _IMPLAUSIBLE = 0.0  # what a sensor that failed to read reports: SpO2 0 %, weight 0 kg

@@ -204,18 +204,31 @@ _PLANS = {"heart_failure": _heart_failure, "copd": _copd, "diabetes": _diabetes,
 
 
 def plan_episode(
-    condition: str, rng: np.random.Generator, *, run_start: datetime, run_days: float
+    condition: str,
+    rng: np.random.Generator,
+    *,
+    run_start: datetime,
+    run_days: float,
+    peak_at: datetime | None = None,
 ) -> Episode | None:
     """Choose one episode for a patient of `condition` inside the run, or None when it does not fit.
 
     Episodes that compare with a personal baseline start after at least 5-6 days of history, as a
     baseline needs >= 5 valid readings over >= 5 days before it may fire (CLINICAL_RULES.md).
+    With `peak_at` (a demo: episodes to see now) the episode reaches its full change at that moment,
+    or as soon after it as the history it needs allows.
     """
     plan = _PLANS[condition](rng, run_days)
-    latest = run_days - plan.fit / timedelta(days=1)
-    if latest < plan.earliest_day:
-        return None
-    start = run_start + timedelta(days=float(rng.uniform(plan.earliest_day, latest)))
+    earliest = run_start + timedelta(days=plan.earliest_day)
+    if peak_at is not None:
+        start = max(peak_at - plan.rise, earliest)
+        if start >= run_start + timedelta(days=run_days):
+            return None
+    else:
+        latest = run_days - plan.fit / timedelta(days=1)
+        if latest < plan.earliest_day:
+            return None
+        start = run_start + timedelta(days=float(rng.uniform(plan.earliest_day, latest)))
     return Episode(
         plan.kind,
         plan.metric,

@@ -166,3 +166,46 @@ def test_a_silent_kit_stops_sending_and_readings_after_it_are_not_skips() -> Non
         last[message.kit] = at
     for kit, since in silent.items():
         assert last.get(kit, START) < since
+
+
+def test_live_interval_replaces_the_windows_from_its_start_and_not_before() -> None:
+    """--live-every: history keeps the daily windows; from `live` on, each windowed device measures at
+    the interval (CGMs keep their own); no missed measurement is invented for the live part."""
+    live_from = START + timedelta(days=3, hours=14, minutes=7)
+    plans = {name: replace(plan, episode_share=0.0) for name, plan in default_plans().items()}
+    cohort = Cohort(patients={"heart_failure": 2}, seed=5, plans=plans, faults=Faults(skip=0.3))
+    patients = build_patients(cohort, run_start=START, run_days=4, live=(live_from, timedelta(minutes=2)))
+    stream = list(CohortStream(cohort, patients, start=START, end=START + timedelta(days=4)))
+    readings = [(t, m) for t, m in stream if m.readings]
+    live = [t for t, _ in readings if t >= live_from]
+    before = [t for t, _ in readings if t < live_from]
+    devices = set(default_plans()["heart_failure"].devices)
+    hours_left = (START + timedelta(days=4) - live_from) / timedelta(minutes=2)
+    assert len(live) == pytest.approx(len(devices) * len(patients) * hours_left, abs=len(devices) * 2)
+    assert min(live) == live_from
+    assert len(before) < 4 * 2 * 4  # windows: a few per device and day, not one every 2 minutes
+    truth_ends = [row["end"] for p in patients for row in p.truth if row["kind"] == "measurement_missed"]
+    assert truth_ends
+    assert all(str(end) < live_from.isoformat() for end in truth_ends)
+
+
+def test_episodes_now_peak_at_the_given_moment_when_the_history_allows() -> None:
+    """--episodes-now: a glucose episode peaks at `now`; a weight episode needs 6 days of history
+    first, so in a 2-day run it starts as soon as it may and peaks later."""
+    now = START + timedelta(days=9)
+    cohort = Cohort(patients={"diabetes": 6, "heart_failure": 6}, seed=2)
+    plans = {name: replace(plan, episode_share=1.0) for name, plan in cohort.plans.items()}
+    cohort = replace(cohort, plans=plans)
+    long_run = build_patients(cohort, run_start=START, run_days=10, episodes_at=now)
+    for p in long_run:
+        assert p.episode is not None
+        if p.episode.kind in {"hypoglycaemia", "hyperglycaemia", "fluid_gain"}:
+            assert p.episode.peak == now
+    short_start = now - timedelta(days=2)
+    short = build_patients(cohort, run_start=short_start, run_days=3, episodes_at=now)
+    for p in short:
+        if p.condition == "diabetes":
+            assert p.episode is not None
+            assert p.episode.peak == now
+        else:  # needs >= 6 days of history: there is none to place it after within a 3-day run
+            assert p.episode is None
