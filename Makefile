@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STACK  := infra/stack
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up stack-up down status logs test test-unit check fmt schemas bench clean
+.PHONY: help bootstrap up demo-check stack-up down status logs test test-unit check fmt schemas bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -20,6 +20,9 @@ bootstrap: ## install what is missing: Debian packages, Kafka jars, the virtuale
 up: bootstrap ## set up and run the whole pipeline locally with a demo cohort (Ctrl-C stops the stages)
 	@$(STACK) up
 	@$(PY) infra/pipeline.py
+
+demo-check: ## beside a running `make up`: log in as the demo user, wait for a red and a yellow alert, keep screenshots
+	@$(PY) infra/demo_check.py
 
 stack-up: bootstrap ## start only Mosquitto, Kafka and PostgreSQL
 	@$(STACK) up

@@ -32,9 +32,11 @@ class Finding:
     baseline: Baseline | None = None
 
 
-def fmt(value: float) -> str:
-    """A value as people write it: 82.3, 3.89, 38 -> '38.0' for temperatures is the caller's job."""
-    return f"{round(value, 2):g}"
+def fmt(value: float, decimals: int = 0) -> str:
+    """A value as people write it: 82.3, 3.89; at least `decimals` places (glucose 13.0 mmol/L, not 13)."""
+    text = f"{round(value, 2):g}"
+    places = len(text.partition(".")[2])
+    return f"{value:.{decimals}f}" if places < decimals and "e" not in text else text
 
 
 def _day_label(t: float) -> str:
@@ -118,7 +120,7 @@ def _weight(c: _Context) -> list[Finding]:
     v, p = c.value, c.point
     if v is None:
         return out
-    shown = f"Weight {fmt(p.reported if p.reported is not None else v)} {p.unit or 'kg'}"
+    shown = f"Weight {fmt(p.reported if p.reported is not None else v, 1)} {p.unit or 'kg'}"
 
     def gain_since(hours: float) -> tuple[float, Point] | None:
         earlier = [q for q in c.history.before(p.t, p.t - hours * 3600.0) if q.value is not None]
@@ -388,7 +390,7 @@ def _glucose(c: _Context) -> list[Finding]:  # noqa: PLR0911  (one return per gl
     found = level(rv)
     if found is None:
         return []
-    shown = f"Glucose {fmt(rv)} {unit}"
+    shown = f"Glucose {fmt(rv, 0 if unit == 'mg/dL' else 1)} {unit}"
     limits = {"GL-1": ("<", t1), "GL-2": ("<", t2), "GL-3": (">", t3), "GL-4": (">", t4)}
     if Metric.GLUCOSE in plan.continuous:
         # A continuous monitor's event needs >= 15 consecutive minutes (GL-5 for level 2 lows; the

@@ -201,6 +201,21 @@ def test_glucose_is_compared_in_the_reported_unit(value: float, unit: str, rule:
     assert [e.rule_id for e in events] == ([rule] if rule else [])
 
 
+@pytest.mark.parametrize(
+    ("value", "unit", "shown"),
+    [
+        (13.0, "mmol/L", "Glucose 13.0 mmol/L"),
+        (3.89, "mmol/L", "Glucose 3.89 mmol/L"),
+        (69.0, "mg/dL", "Glucose 69 mg/dL"),
+    ],
+)
+def test_glucose_is_shown_as_the_meter_shows_it(value: float, unit: str, shown: str) -> None:
+    """13.0 mmol/L reads "13.0", not "13" (a nurse reads a missing decimal as a different meter)."""
+    p = Patient(plan(Condition.DIABETES))
+    (event,) = p.feed(Metric.GLUCOSE, value, T0, unit=unit)
+    assert event.explanation.startswith(shown + ";")
+
+
 @pytest.mark.parametrize(("flag", "rule"), [("HI", "GL-4"), ("LO", "GL-2")])
 def test_meter_flags_are_level_2(flag: str, rule: str) -> None:
     """A meter's HI is a level-2 high and LO a level-2 low: red, not a data error."""
