@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STACK  := infra/stack
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up demo-check stack-up down status logs test test-unit check fmt schemas bench clean
+.PHONY: help bootstrap up bench-pipeline demo-check stack-up down status logs test test-unit check fmt schemas bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -20,6 +20,9 @@ bootstrap: ## install what is missing: Debian packages, Kafka jars, the virtuale
 up: bootstrap ## set up and run the whole pipeline locally with a demo cohort (Ctrl-C stops the stages)
 	@$(STACK) up
 	@$(PY) infra/pipeline.py
+
+bench-pipeline: stack-up ## only the whole-pipeline ladder and floors (bench/pipeline.py --help for one scenario)
+	@$(PY) bench/pipeline.py $(BENCH_ARGS)
 
 demo-check: ## beside a running `make up`: log in as the demo user, wait for a red and a yellow alert, keep screenshots
 	@$(PY) infra/demo_check.py
@@ -57,6 +60,7 @@ schemas: bootstrap ## regenerate contracts/schemas/*.json from the contract type
 	@$(PY) -m contracts write
 
 bench: stack-up ## run the benchmarks against the local stack; figures go to bench/results/
+	@$(PY) bench/pipeline.py
 	@$(PY) bench/sim_publish.py
 	@$(PY) bench/bridge_throughput.py
 	@$(PY) bench/archive_throughput.py

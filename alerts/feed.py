@@ -64,6 +64,13 @@ class FeedMetrics:
             registry=r,
         )
 
+        self.end_to_end = Histogram(
+            "vaktrom_alerts_end_to_end_seconds",
+            "the kit's publish of the reading behind an alert event to the event's commit in the store",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -210,6 +217,9 @@ class AlertFeed:
         for record in records:
             if record.timestamp_type == 1:  # LogAppendTime: the broker's clock
                 self.metrics.latency.observe(max(0.0, now - record.timestamp / 1000.0))
+        for event in events:
+            if event.trace.kit_sent is not None:  # the kit's clock: skewed kits give odd values, kept as such
+                self.metrics.end_to_end.observe(max(0.0, now - event.trace.kit_sent.timestamp()))
         for outcome in ("inserted", "updated", "ignored", "closed"):
             self.metrics.applied.labels(outcome).inc(getattr(applied, outcome))
 

@@ -119,6 +119,7 @@ def apply_events(conn: psycopg.Connection[Any], events: Iterable[AlertEvent]) ->
                 "severity": event.severity.value,
                 "count": event.count,
                 "explanation": event.explanation,
+                "trace": payload.get("trace", {}),  # each version's own latency trace (the row keeps the last)
             }
             cur.execute(_TIMELINE_EVENT, (event.episode_id, event.change.value, event.version, Jsonb(detail)))
             if event.change is EpisodeChange.RESOLVED and event.severity is Severity.INFO:

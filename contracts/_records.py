@@ -54,6 +54,7 @@ class Trace(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbi
     kit_sent: datetime | None = None  # the kit's clock when it published (may be skewed)
     bridge_received: datetime | None = None  # the bridge's clock when the MQTT message arrived
     bridge_produced: datetime | None = None  # the bridge handed the record to the Kafka producer
+    kafka_appended: datetime | None = None  # the broker appended it (LogAppendTime), as the monitor read it
     monitor_processed: datetime | None = None  # the monitor finished evaluating rules on it
 
 

@@ -25,7 +25,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -233,11 +233,15 @@ class Bridge:
                 "bridge: failed on a payload from topic channel %r; sent to rejections", inbound.channel
             )
             outcome = self._internal_error(inbound)
-        records = self._records(outcome, inbound)
         inbound.receipt = outcome.receipt
-        inbound.remaining = len(records)
         inbound.started = time.monotonic()
-        self._wait_for_room(len(records))
+        self._wait_for_room(
+            len(outcome.measurements) + len(outcome.rejections) + (outcome.status is not None)
+        )
+        records = self._records(
+            outcome, inbound
+        )  # after the wait: the trace's bridge_produced is the hand-over
+        inbound.remaining = len(records)
         for record in records:
             self._send(inbound, record)
 
@@ -268,7 +272,9 @@ class Bridge:
         span = f"{self._span_prefix}{next(self._span_counter) & 0xFFFFFFFF:08x}"
         encode = self._encoder.encode
         records = []
+        produced = datetime.now(UTC)
         for m in outcome.measurements:
+            m = msgspec.structs.replace(m, trace=msgspec.structs.replace(m.trace, bridge_produced=produced))  # noqa: PLW2901  (the record as sent)
             headers = [_MEASUREMENT_SCHEMA, ("traceparent", f"00-{m.measurement_id}-{span}-01".encode())]
             records.append(
                 _Record(self._topics["measurement"], m.patient_id.encode(), encode(m), headers, "measurement")

@@ -264,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="1 = SpO2 only, 2 = SpO2 and pulse (default 2)",
     )
+    load.add_argument(
+        "--abnormal-share",
+        type=float,
+        default=0.0,
+        help="share of messages with an SpO2 of 85-90 %% (a red NEWS2 alert), to measure the alert path "
+        "(default 0)",
+    )
     load.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     load.add_argument("--kit-prefix", default="LOAD", help="kit serial prefix (default LOAD)")
     _mqtt_options(load)
@@ -485,13 +492,20 @@ def load_enrolment(kit_prefix: str, count: int) -> list[dict[str, object]]:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.abnormal_share <= 1.0:
+        raise CohortError(f"--abnormal-share {args.abnormal_share:g} must lie between 0 and 1")
     kits = [f"{args.kit_prefix}-{i:06d}" for i in range(1, args.kits + 1)]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "enrolment.json").write_text(
         json.dumps(load_enrolment(args.kit_prefix, args.kits), indent=1) + "\n", encoding="utf-8"
     )
     source = LoadSource(
-        kits=kits, rate=args.rate, duration=args.duration, seed=args.seed, readings=args.readings_per_message
+        kits=kits,
+        rate=args.rate,
+        duration=args.duration,
+        seed=args.seed,
+        readings=args.readings_per_message,
+        abnormal_share=args.abnormal_share,
     )
     run_info = {
         "command": "load",
@@ -500,6 +514,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         "duration_s": args.duration,
         "readings_per_message": args.readings_per_message,
         "seed": args.seed,
+        "abnormal_share": args.abnormal_share,
     }
     return _execute(args, kits, source, run_info)
 

@@ -94,11 +94,19 @@ class LoadSource:
     """A fixed aggregate rate of reading messages from `kits` synthetic kits, for `duration` seconds.
 
     Each message is one pulse-oximeter session (SpO2 and pulse) with plausible values drawn from the
-    seed; kits take turns. Built for speed: one small dict and one msgspec encode per message.
+    seed (`abnormal_share` of them with an SpO2 low enough to alert, to measure the alert path); kits
+    take turns. Built for speed: one small dict and one msgspec encode per message.
     """
 
     def __init__(
-        self, *, kits: list[str], rate: float, duration: float, seed: int, readings: int = 2
+        self,
+        *,
+        kits: list[str],
+        rate: float,
+        duration: float,
+        seed: int,
+        readings: int = 2,
+        abnormal_share: float = 0.0,
     ) -> None:
         self.kits, self.rate, self.duration = kits, rate, duration
         self.exhausted = False
@@ -108,7 +116,10 @@ class LoadSource:
         self._seq = dict.fromkeys(kits, 0)
         self._cycle = itertools.cycle(kits)
         rng = np.random.default_rng(seed)
-        self._spo2 = rng.integers(93, 99, 4096).astype(float).tolist()
+        spo2 = rng.integers(93, 99, 4096).astype(float)
+        low = rng.random(4096) < abnormal_share  # SpO2 85-90 %: NEWS2 sub-score 3 on scale 1, a red alert
+        spo2[low] = rng.integers(85, 91, int(low.sum())).astype(float)
+        self._spo2 = spo2.tolist()
         self._pulse = rng.integers(55, 95, 4096).astype(float).tolist()
         self._per_message = max(1, min(readings, 2))
         self._last_measured: dict[str, datetime] = {}

@@ -218,7 +218,8 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
         clk = clock(partition)
         clk.see(m.measured_at.timestamp())
         now = datetime.now(UTC)
-        trace = msgspec.structs.replace(m.trace, monitor_processed=now)
+        appended_at = None if appended is None else datetime.fromtimestamp(appended, UTC)
+        trace = msgspec.structs.replace(m.trace, kafka_appended=appended_at, monitor_processed=now)
         out = engine.measurement(m, record, precord, plan_of(patient), clock=clk.now(), now=now, trace=trace)
         if out.duplicate:
             metrics.duplicates.inc()

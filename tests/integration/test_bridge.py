@@ -59,8 +59,9 @@ def test_a_reading_published_with_mosquitto_pub_becomes_a_canonical_measurement(
     )
     assert m["measurement_id"] == expected_id
     assert headers["traceparent"].decode().startswith(f"00-{expected_id}-")
-    assert m["trace"]["bridge_received"]
     assert m["trace"]["kit_sent"]
+    trace = {k: datetime.fromisoformat(v) for k, v in m["trace"].items()}
+    assert trace["bridge_received"] <= trace["bridge_produced"]
     _, g, _ = by_metric["glucose"]
     assert (g["flag"], g["value"], g["reported_unit"], g["loinc"]) == ("HI", None, "mg/dL", "15074-8")
 

@@ -53,6 +53,11 @@ def test_fluid_gain_opens_one_episode_and_updates_it(stack: Stack, monitor: Moni
     assert versions[0]["explanation"].startswith("Weight 82.6 kg, +2.6 kg since 10 Nov (3 days); rule HF-1")
     assert versions[1]["worst"]["value"] == 83.0
     assert monitor.metrics()["vaktrom_monitor_duplicates_total"] == 1
+    # the latency trace: the reading's own stamps, Kafka's append time and the monitor's (the copy of
+    # each episode the monitor announces after its partitions are assigned carries none)
+    first = next(e for e in events if e["version"] == 2 and e.get("trace"))
+    trace = {k: datetime.fromisoformat(v) for k, v in first["trace"].items()}
+    assert trace["kit_sent"] <= trace["kafka_appended"] <= trace["monitor_processed"]
 
 
 def test_care_plan_change_applies_to_the_next_reading(stack: Stack, monitor: MonitorProcess) -> None:

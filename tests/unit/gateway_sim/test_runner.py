@@ -7,6 +7,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+import pytest
 from gateway_sim.ledger import Ledger
 from gateway_sim.messages import Message, Reading, readings_payload
 from gateway_sim.runner import LoadSource, Runner, RunOptions
@@ -142,3 +143,16 @@ def test_load_readings_of_one_kit_never_share_a_measured_time() -> None:
         assert len(times) == 200
         assert len(set(times)) == 200
         assert times == sorted(times)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.05])
+def test_load_abnormal_share_gives_that_share_of_alerting_spo2(share: float) -> None:
+    """--abnormal-share: about that share of messages carry SpO2 85-90 % (NEWS2 red), the rest 93-98 %."""
+    source = LoadSource(kits=["L-1"], rate=1e6, duration=1.0, seed=5, abnormal_share=share)
+    messages: list[Any] = []
+    while len(messages) < 4096:
+        messages += source.take(4096 - len(messages))
+    spo2 = [m.readings[0].value for m in messages]
+    low = [v for v in spo2 if v is not None and v <= 90]
+    assert all(v is not None and (85 <= v <= 90 or 93 <= v <= 98) for v in spo2)
+    assert len(low) / len(spo2) == pytest.approx(share, abs=0.01)

@@ -1,0 +1,116 @@
+"""The floors of this machine, for bench/pipeline.py: raw MQTT, raw Kafka (kafka-python and Kafka's own
+producer performance tool) and raw COPY into PostgreSQL, measured in the same run as the pipeline."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from archive_throughput import copy_phase, make_records, prepare_schema
+from bridge_throughput import raw_phase
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.consumer.group import KafkaConsumer
+from kafka.producer.kafka import KafkaProducer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _topic(bootstrap: str, name: str) -> str:
+    """A 6-partition topic like the measurement topic (the broker does not create topics on use)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, num_partitions=6, replication_factor=1)])
+    finally:
+        admin.close()
+    return name
+
+
+def kafka_python_floor(bootstrap: str, tag: str, count: int) -> dict[str, Any]:
+    """kafka-python produce (the bridge's settings) then consume of `count` measurement records."""
+    topic = _topic(bootstrap, f"benchpl{tag}.floor")
+    records = [r.encode() for r in _measurement_json(count, tag)]
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+        batch_size=256 * 1024, compression_type="lz4",
+    )  # fmt: skip
+    started = time.perf_counter()
+    for i, value in enumerate(records):
+        producer.send(topic, key=str(i % 1000).encode(), value=value)
+    producer.flush()
+    produced = time.perf_counter() - started
+    producer.close()
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+        consumer_timeout_ms=10_000, max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024,
+    )  # fmt: skip
+    seen, started = 0, time.perf_counter()
+    for _ in consumer:
+        seen += 1
+        if seen >= count:
+            break
+    consumed = time.perf_counter() - started
+    consumer.close()
+    return {
+        "records": count, "produce_per_s": round(count / produced), "consume_per_s": round(seen / consumed),
+        "pub_sub_per_s": round(count / (produced + consumed)), "consumed": seen,
+    }  # fmt: skip
+
+
+def _measurement_json(count: int, tag: str) -> list[str]:
+    return [msgspec.json.encode(m).decode() for m in make_records(count, tag)]
+
+
+def kafka_tool_floor(bootstrap: str, tag: str, count: int) -> dict[str, Any]:
+    """Kafka's own ProducerPerformance (Java, from the jars), acks=all, 400-byte records."""
+    libs = REPO / ".local" / "kafka" / "libs"
+    java = shutil.which("java")
+    if java is None or not libs.exists():
+        return {"error": "java or the Kafka jars missing: run infra/bootstrap"}
+    topic = _topic(bootstrap, f"benchpl{tag}.perf")
+    run = subprocess.run(
+        [java, "-Xmx512m", "-cp", f"{libs}/*", "org.apache.kafka.tools.ProducerPerformance",
+         "--topic", topic, "--num-records", str(count), "--record-size", "400", "--throughput", "-1",
+         "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "linger.ms=5",
+         "batch.size=262144", "compression.type=lz4"],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    match = re.search(
+        r"(\d+) records sent, ([\d.]+) records/sec.*?([\d.]+) ms avg latency.*?([\d.]+) ms max", run.stdout
+    )
+    if run.returncode != 0 or match is None:
+        return {"error": (run.stderr or run.stdout)[-400:]}
+    return {
+        "records": int(match[1]),
+        "produce_per_s": round(float(match[2])),
+        "avg_latency_ms": float(match[3]),
+    }
+
+
+def floors(
+    env: dict[str, str], tag: str, work: Path, mqtt_messages: int, kafka_records: int
+) -> dict[str, Any]:
+    bootstrap = env["VAKTROM_KAFKA_BOOTSTRAP"]
+    print("==> floors of this machine", flush=True)
+    raw = raw_phase(env, mqtt_messages, 1000, tag, work)
+    print(f"    raw MQTT QoS-1 pub -> sub   {2 * raw['rate_per_s']:>10,.0f} measurements/s", flush=True)
+    kp = kafka_python_floor(bootstrap, tag, kafka_records)
+    print(
+        f"    kafka-python produce         {kp['produce_per_s']:>10,} records/s, "
+        f"consume {kp['consume_per_s']:,}/s",
+        flush=True,
+    )
+    tool = kafka_tool_floor(bootstrap, tag, 5 * kafka_records)
+    print(f"    Kafka ProducerPerformance    {tool.get('produce_per_s', 0):>10,} records/s", flush=True)
+    copy_url = prepare_schema(env["VAKTROM_DATABASE_URL"], f"benchplcopy{tag}")
+    copy = copy_phase(copy_url, make_records(kafka_records, f"c{tag}"), "binary")
+    return {
+        "raw_mqtt_qos1": {**raw, "measurements_per_s": round(2 * raw["rate_per_s"])},
+        "kafka_python": kp,
+        "kafka_producer_perf": tool,
+        "copy_binary": copy,
+    }
