@@ -115,11 +115,12 @@ def apply_events(conn: psycopg.Connection[Any], events: Iterable[AlertEvent]) ->
                 inserted += 1
             else:
                 updated += 1
+            # each version keeps its own latency trace here (the alert row keeps only the latest)
             detail = {
                 "severity": event.severity.value,
                 "count": event.count,
                 "explanation": event.explanation,
-                "trace": payload.get("trace", {}),  # each version's own latency trace (the row keeps the last)
+                "trace": payload.get("trace", {}),
             }
             cur.execute(_TIMELINE_EVENT, (event.episode_id, event.change.value, event.version, Jsonb(detail)))
             if event.change is EpisodeChange.RESOLVED and event.severity is Severity.INFO:
