@@ -486,6 +486,11 @@ def main() -> int:
     parser.add_argument("--kits", type=int, default=2000, help="kits per step (default 2000)")
     parser.add_argument("--no-floors", action="store_true", help="skip the floors")
     parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the run's database schemas (dropped by default: millions of rows)",
+    )
+    parser.add_argument(
         "--drain-timeout",
         type=float,
         default=600.0,
@@ -555,6 +560,10 @@ def main() -> int:
             },
         },
     }
+    if not args.keep:
+        with psycopg.connect(env["VAKTROM_DATABASE_URL"], autocommit=True) as conn:
+            for schema in (f"benchpl{tag}", f"benchplcopy{tag}"):
+                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     (RESULTS / "pipeline.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     (RESULTS / "pipeline.md").write_text(markdown(result))
     written = plots(result, cdfs) if ladder else []
