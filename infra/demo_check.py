@@ -57,14 +57,18 @@ def main(argv: list[str] | None = None) -> int:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 900})
-            try:
-                page.goto(f"{args.url}/login")
-            except PlaywrightError:
-                print(
-                    f"demo-check: the console at {args.url} does not answer: is `make up` running?",
-                    file=sys.stderr,
-                )
-                return 2
+            while True:  # `make up` may still be starting the console
+                try:
+                    page.goto(f"{args.url}/login")
+                    break
+                except PlaywrightError:
+                    if time.monotonic() - began > args.timeout:
+                        print(
+                            f"demo-check: the console at {args.url} does not answer: is `make up` running?",
+                            file=sys.stderr,
+                        )
+                        return 2
+                    time.sleep(1.0)
             page.fill("input[name=username]", "demo")
             page.fill("input[name=password]", login.read_text().strip())
             page.click("button[type=submit]")
