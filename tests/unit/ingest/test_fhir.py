@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contracts import Measurement, Metric, RejectReason
 from ingest.fhir import Refusal, parse_fhir
@@ -165,3 +167,39 @@ def test_effective_instant_in_utc_is_accepted() -> None:
     assert isinstance(m, Measurement)
     assert m.measured_at == NOW - timedelta(minutes=1)
     assert datetime.fromisoformat(obs["effectiveInstant"]).tzinfo is not None
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=15),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=15,
+)
+_FIELDS = [
+    "resourceType",
+    "status",
+    "category",
+    "code",
+    "effectiveDateTime",
+    "valueQuantity",
+    "device",
+    "component",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(_FIELDS), _json, max_size=3),
+    st.sampled_from(["59408-5", "8867-4", "29463-7", "8310-5", "15074-8", "2339-0", "0000-0"]),
+)
+def test_a_nearly_valid_observation_gives_a_measurement_or_a_reason(
+    broken: dict[str, Any], loinc: str
+) -> None:
+    """Property (#10): an Observation with random fields replaced is a measurement or a rejection with
+    a reason and a detail for people; no exception escapes and nothing is silently dropped."""
+    normaliser = Normaliser(registry=lambda: Registry({KIT: _kit()}, 0.0))
+    payload = json.dumps({**_observation(loinc=loinc), **broken}, allow_nan=True).encode()
+    outcome = normaliser.fhir(TOPIC, KIT, payload, NOW)
+    assert outcome.record_count >= 1
+    for rejection in outcome.rejections:
+        assert rejection.reason in RejectReason
+        assert rejection.detail
