@@ -46,7 +46,7 @@ def _stack_env() -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
-def _sustained(times: list[float], counts: list[float]) -> float:
+def sustained(times: list[float], counts: list[float]) -> float:
     """Messages/s from the first message to the last (counts sampled at `times`)."""
     total = counts[-1]
     first = next((t for t, c in zip(times, counts, strict=True) if c > 0), None)
@@ -90,7 +90,7 @@ def raw_phase(env: dict[str, str], messages: int, kits: int, tag: str, tmp: Path
     return {
         "phase": "raw mosquitto_sub",
         "messages": len(stamps),
-        "rate_per_s": round(_sustained(times, counts), 1),
+        "rate_per_s": round(sustained(times, counts), 1),
         "simulator_publish_rate_per_s": sim["publish_rate_per_s"],
     }
 
@@ -162,7 +162,7 @@ def bridge_phase(
     return {
         "phase": f"bridge x{processes}",
         "messages": int(counts[-1]),
-        "rate_per_s": round(_sustained(times, counts), 1),
+        "rate_per_s": round(sustained(times, counts), 1),
         "simulator_publish_rate_per_s": sim_box.get("publish_rate_per_s"),
     }
 

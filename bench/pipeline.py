@@ -46,7 +46,8 @@ import psycopg
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "infra"), str(REPO / "gateway-sim")]
 
-from archive_throughput import prepare_schema, stack_env  # noqa: E402
+from archive_throughput import prepare_schema, scrape, stack_env  # noqa: E402
+from bridge_throughput import sustained  # noqa: E402
 from enrol import enrol  # noqa: E402  (infra/ holds scripts, not a package)
 from floors import floors  # noqa: E402
 from gateway_sim.cli import load_enrolment  # noqa: E402
@@ -112,30 +113,6 @@ def stack_pids() -> dict[str, int]:
         if len(parts) >= 3 and parts[0] in {"mosquitto", "kafka", "postgres"} and parts[2].isdigit():
             pids[parts[0]] = int(parts[2])
     return pids
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Every unlabelled-or-labelled sample of a /metrics page, summed by metric name."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name, _, value = line.rpartition(" ")
-        base = name.split("{", 1)[0]
-        try:
-            out[base] = out.get(base, 0.0) + float(value)
-        except ValueError:
-            continue
-    return out
-
-
-def metric(port: int, name: str) -> float:
-    try:
-        return scrape(port).get(name, 0.0)
-    except OSError:
-        return 0.0
 
 
 @dataclass
@@ -377,7 +354,7 @@ def run_step(
     pids = {s.name: s.process.pid for s in ns.stages if s.process is not None} | stack_pids()
     before = {name: sample(name, pid) for name, pid in pids.items()}
     rss: dict[str, list[tuple[float, float]]] = {name: [] for name in pids}
-    base_stored = metric(STAGE_PORTS["archive"], "vaktrom_archive_rows_stored_total")
+    base_stored = scrape(STAGE_PORTS["archive"], "vaktrom_archive_rows_stored_total")
     box: dict[str, Any] = {}
     sim = threading.Thread(
         target=lambda: box.update(simulate(ns, prefix, kits, rate, seconds, ns.tmp / label))
@@ -391,7 +368,7 @@ def run_step(
     expected = rate * seconds
     while True:
         now = time.monotonic()
-        stored = metric(STAGE_PORTS["archive"], "vaktrom_archive_rows_stored_total") - base_stored
+        stored = scrape(STAGE_PORTS["archive"], "vaktrom_archive_rows_stored_total") - base_stored
         if counts and stored > counts[-1]:
             last_change = now
         times.append(now)
@@ -421,7 +398,7 @@ def run_step(
     confirmed = int(ledger.get("confirmed", {}).get("count", 0))
     db = db_figures(ns.url, prefix)
     processes = process_figures(before, after, rss, wall, minute_rss=minute_rss)
-    achieved = _sustained(times, counts)
+    achieved = sustained(times, counts)
     lag_max = {k: max((lag.get(k, 0) for lag in lags), default=0) for k in ns.groups()}
     step = {
         "label": label,
@@ -451,16 +428,6 @@ def run_step(
         flush=True,
     )
     return step
-
-
-def _sustained(times: list[float], counts: list[float]) -> float:
-    """Rows/s from the first stored row to the last."""
-    total = counts[-1] if counts else 0.0
-    first = next((t for t, c in zip(times, counts, strict=True) if c > 0), None)
-    last = next((t for t, c in zip(times, counts, strict=True) if c >= total), None)
-    if total <= 0 or first is None or last is None or last <= first:
-        return 0.0
-    return total / (last - first)
 
 
 def _sustain_rate(ladder: list[dict[str, Any]], rates: list[float]) -> float:
