@@ -12,9 +12,10 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from contracts.topics import kafka_topics
 
@@ -46,6 +47,15 @@ def ensure_topics(
                     [NewTopic(t.name, t.partitions, 1, topic_configs=dict(t.config)) for t in missing],
                     timeout_ms=int(timeout * 1000),
                 )
+            # a new topic reaches the metadata a moment after it is created; a stage started at once
+            # would otherwise find it missing and refuse to start
+            wanted, deadline = {t.name for t in missing}, time.monotonic() + timeout
+            while not wanted <= set(admin.list_topics()):
+                if time.monotonic() > deadline:
+                    raise KafkaTimeoutError(
+                        f"topics {sorted(wanted)} created but not visible after {timeout:g} s"
+                    )
+                time.sleep(0.1)
         return [t.name for t in missing]
     finally:
         admin.close()
