@@ -26,6 +26,7 @@ from alerts.escalation import escalate_due
 from alerts.settings import AlertsSettings
 from alerts.store import apply_events
 from contracts import AlertEvent, topics
+from contracts.consumer_watch import StallWatch
 from contracts.ops import LATENCY_BUCKETS, OpsServer, serve
 from contracts.settings import DatabaseSettings, KafkaSettings
 from contracts.stage import StageError
@@ -51,6 +52,16 @@ class FeedMetrics:
             "vaktrom_alerts_records_broken", "records that broke their contract", registry=r
         )
         self.db_errors = Counter("vaktrom_alerts_database_errors", "batches the database refused", registry=r)
+        self.commit_errors = Counter(
+            "vaktrom_alerts_commit_errors",
+            "offset commits that failed (the events are read again)",
+            registry=r,
+        )
+        self.consumer_restarts = Counter(
+            "vaktrom_alerts_consumer_restarts",
+            "Kafka consumers replaced because they stopped fetching with events waiting",
+            registry=r,
+        )
         self.escalations = Counter(
             "vaktrom_alerts_escalations", "escalation steps taken, by step", ["step"], registry=r
         )
@@ -106,21 +117,7 @@ class AlertFeed:
             ) from None
         except psycopg.OperationalError as exc:
             raise AlertFeedError(f"cannot reach the database: {exc}".strip(), retriable=True) from None
-        try:
-            self._consumer = KafkaConsumer(
-                topics.alert_topic(self._kafka.topic_prefix),
-                bootstrap_servers=self._kafka.servers,
-                group_id=self._settings.group_id,
-                client_id="vaktrom-alerts-feed",
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                session_timeout_ms=int(self._settings.session_timeout_s * 1000),
-                heartbeat_interval_ms=int(self._settings.session_timeout_s * 1000 / 3),
-            )
-        except KafkaError as exc:
-            raise AlertFeedError(
-                f"cannot reach Kafka at {self._kafka.bootstrap}: {exc}", retriable=True
-            ) from None
+        self._consumer = self._new_consumer()
         self._ops = serve(
             host=self._settings.metrics_host,
             port=self._settings.metrics_port,
@@ -134,20 +131,62 @@ class AlertFeed:
             topics.alert_topic(self._kafka.topic_prefix),
         )
 
+    def _new_consumer(self) -> KafkaConsumer:
+        try:
+            return KafkaConsumer(
+                topics.alert_topic(self._kafka.topic_prefix),
+                bootstrap_servers=self._kafka.servers,
+                group_id=self._settings.group_id,
+                client_id="vaktrom-alerts-feed",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=int(self._settings.session_timeout_s * 1000),
+                heartbeat_interval_ms=int(self._settings.session_timeout_s * 1000 / 3),
+            )
+        except KafkaError as exc:
+            raise AlertFeedError(
+                f"cannot reach Kafka at {self._kafka.bootstrap}: {exc}", retriable=True
+            ) from None
+
+    def _reconnect(self, consumer: KafkaConsumer) -> KafkaConsumer:
+        """Replace a consumer that stopped fetching with events waiting (see StallWatch)."""
+        self.metrics.consumer_restarts.inc()
+        log.warning(
+            "alert feed: events are waiting in Kafka but none came for 20 s (seen after a broker crash); "
+            "opening a new consumer, which goes on from the committed offsets"
+        )
+        try:
+            consumer.close(autocommit=False)
+        except KafkaError as exc:
+            log.warning("alert feed: closing the stalled consumer failed (%s)", exc)
+        while not self._stopping.is_set():
+            try:
+                self._consumer = self._new_consumer()
+                return self._consumer
+            except AlertFeedError as exc:
+                log.warning("%s; trying again", exc)
+                self._stopping.wait(2.0)
+        return consumer
+
     def run(self) -> None:
         consumer, backoff = self._consumer, 0.5
         assert consumer is not None
         escalator = threading.Thread(target=self._escalate, name="escalation", daemon=True)
         escalator.start()
+        watch = StallWatch()
         try:
             while not self._stopping.is_set():
                 batch = consumer.poll(timeout_ms=self._settings.batch_ms, max_records=2000)
                 records = [r for rs in batch.values() for r in rs]
                 if not records:
+                    if watch.stalled(consumer):
+                        consumer = self._reconnect(consumer)
+                        watch.progressed()
                     continue
+                watch.progressed()
                 try:
                     self._apply(records)
-                    consumer.commit()
+                    self._commit(consumer)
                     backoff = 0.5
                 except psycopg.OperationalError as exc:
                     self.metrics.db_errors.inc()
@@ -166,6 +205,15 @@ class AlertFeed:
                 self._conn.close()
             if self._ops is not None:
                 self._ops.stop()
+
+    def _commit(self, consumer: KafkaConsumer) -> None:
+        try:
+            consumer.commit()
+        except KafkaError as exc:
+            # Applied already; after a rebalance or a broker restart these events are read again and
+            # change nothing (they are applied by episode and version).
+            self.metrics.commit_errors.inc()
+            log.warning("alert feed: committing offsets failed (%s); the events will be read again", exc)
 
     def stop(self) -> None:
         self._stopping.set()

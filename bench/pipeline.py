@@ -51,10 +51,8 @@ from bridge_throughput import sustained  # noqa: E402
 from enrol import enrol  # noqa: E402  (infra/ holds scripts, not a package)
 from floors import floors  # noqa: E402
 from gateway_sim.cli import load_enrolment  # noqa: E402
-from kafka.admin import KafkaAdminClient  # noqa: E402
-from kafka.consumer.group import KafkaConsumer  # noqa: E402
 from pipeline_report import RESULTS, machine, markdown, plots  # noqa: E402
-from topics import ensure_topics  # noqa: E402
+from topics import consumer_lag, ensure_topics  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STAGE_PORTS = {"bridge": 19601, "monitor": 19602, "archive": 19603, "alerts": 19604}
@@ -218,27 +216,6 @@ def pipeline(ns: Namespace) -> Iterator[list[Stage]]:
     finally:
         for stage in reversed(ns.stages):
             stage.stop()
-
-
-def consumer_lag(bootstrap: str, groups: dict[str, str]) -> dict[str, int]:
-    """Records each stage's consumer group has not yet committed, over all its topics' partitions."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_group_offsets(dict.fromkeys(groups.values()))
-        out = {}
-        for stage, group in groups.items():
-            committed = {
-                tp: o.offset
-                for tp, o in offsets.get(group, {}).items()
-                if not tp.topic.endswith("-changelog")
-            }
-            ends = consumer.end_offsets(list(committed)) if committed else {}
-            out[stage] = int(sum(max(0, ends[tp] - offset) for tp, offset in committed.items()))
-        return out
-    finally:
-        consumer.close()
-        admin.close()
 
 
 # ---------------------------------------------------------------- one step of the ladder

@@ -165,14 +165,36 @@ class MqttSettings(Settings):
     tls_ca: Path | None = setting(
         None, env="VAKTROM_MQTT_TLS_CA", help="CA file: connect with TLS and verify"
     )
+    tls_cert: Path | None = setting(
+        None, env="VAKTROM_MQTT_TLS_CERT", help="client certificate, for brokers that require one"
+    )
+    tls_key: Path | None = setting(None, env="VAKTROM_MQTT_TLS_KEY", help="the client certificate's key")
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"VAKTROM_MQTT_PORT={self.port} is not a TCP port (1-65535)")
-        if self.tls_ca is not None and not self.tls_ca.is_file():
+        files = {"VAKTROM_MQTT_TLS_CA": self.tls_ca, "VAKTROM_MQTT_TLS_CERT": self.tls_cert,
+                 "VAKTROM_MQTT_TLS_KEY": self.tls_key}  # fmt: skip
+        for env, path in files.items():
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{env}={path} does not exist; point it at the file infra/tls.py made")
+        if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError(
-                f"VAKTROM_MQTT_TLS_CA={self.tls_ca} does not exist; point it at the broker's CA"
+                "VAKTROM_MQTT_TLS_CERT and VAKTROM_MQTT_TLS_KEY go together: set both or neither"
             )
+        if self.tls_cert is not None and self.tls_ca is None:
+            raise ConfigError(
+                "a client certificate needs TLS: set VAKTROM_MQTT_TLS_CA to the broker's CA too"
+            )
+
+    def tls_files(self) -> tuple[str, str | None, str | None] | None:
+        """(CA, client certificate, its key) for paho's `tls_set`, or None for plain MQTT."""
+        if self.tls_ca is None:
+            return None
+        cert, key = (
+            (str(self.tls_cert), str(self.tls_key)) if self.tls_cert and self.tls_key else (None, None)
+        )
+        return str(self.tls_ca), cert, key
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -7,6 +7,7 @@ database that happens to run on the same machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import signal
@@ -219,6 +220,22 @@ class Service:
             while pid_alive(pid):
                 time.sleep(0.05)
         self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def kill(self) -> bool:
+        """SIGKILL our process and its children at once, as a power cut or the OOM killer would; no
+        clean shutdown, no flush. For crash tests: `up` afterwards recovers from what is on disk.
+        False if it was not running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        tree = [pid, *_children(pid)]
+        for p in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while any(pid_alive(p) for p in tree) and time.monotonic() < deadline:
+            time.sleep(0.05)
         return True
 
     def _popen(self, cmd: list[str], *, env: dict[str, str] | None = None) -> int:

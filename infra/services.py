@@ -12,6 +12,8 @@ import json
 import os
 import secrets
 import shutil
+import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -29,6 +31,7 @@ from processes import (
     log_tail,
     service_user,
 )
+from tls import client_certificate, ensure_server_certificates
 
 __all__ = ["MQTT_ADMIN", "MQTT_SERVICE", "Kafka", "Mosquitto", "Postgres"]
 
@@ -49,7 +52,18 @@ def dynsec_plugin() -> str:
 
 
 class Mosquitto(Service):
+    """Plain MQTT on `port` (loopback, development), MQTT over TLS on `tls_port` (kits verify the
+    broker against tls/ca.crt) and on `mtls_port` the same with a client certificate required."""
+
     name = "mosquitto"
+
+    def __init__(self, *, state: Path, host: str, port: int, tls_port: int, mtls_port: int) -> None:
+        super().__init__(state=state, host=host, port=port)
+        self.tls_port, self.mtls_port = tls_port, mtls_port
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.home / "tls"
 
     @property
     def credentials_file(self) -> Path:
@@ -77,10 +91,15 @@ class Mosquitto(Service):
             # Replaces any earlier plugin state: kits provisioned against old passwords are gone too,
             # which is what a fresh local broker means.
             dynsec.write_text(json.dumps(dynsec_config(passwords), indent=1))
+        if ensure_server_certificates(self.tls_dir, sorted({self.host, "localhost", "127.0.0.1"})):
+            client_certificate(self.tls_dir, "vaktrom-health")
         conf = self.home / "mosquitto.conf"
         template = (REPO / "infra" / "mosquitto" / "mosquitto.conf").read_text()
         conf.write_text(
             template.replace("@PORT@", str(self.port))
+            .replace("@TLS_PORT@", str(self.tls_port))
+            .replace("@MTLS_PORT@", str(self.mtls_port))
+            .replace("@TLS_DIR@", str(self.tls_dir))
             .replace("@HOST@", self.host)
             .replace("@DATA@", f"{data}/")
             .replace("@USER@", user.pw_name if user else "root")
@@ -88,6 +107,7 @@ class Mosquitto(Service):
             .replace("@DYNSEC_CONFIG@", str(dynsec))
         )
         chown_tree(data, user)
+        chown_tree(self.tls_dir, user)
 
     def spawn(self) -> int:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -131,10 +151,28 @@ class Mosquitto(Service):
             client.publish(topic, b"ping", qos=1)
             if not got.wait(timeout):
                 return Health(False, "connected, but a published message did not come back")
-            return Health(True, f"pub/sub round trip {1000 * (time.monotonic() - began):.0f} ms")
+            took = 1000 * (time.monotonic() - began)
         finally:
             client.disconnect()
             client.loop_stop()
+        tls = self._tls_handshake(timeout)
+        return Health(tls is None, f"pub/sub round trip {took:.0f} ms; {tls or 'TLS listeners verified'}")
+
+    def _tls_handshake(self, timeout: float) -> str | None:
+        """None when both TLS listeners present a certificate our CA verifies for this host (and the
+        client-certificate listener accepts the stack's own one)."""
+        context = ssl.create_default_context(cafile=str(self.tls_dir / "ca.crt"))
+        context.load_cert_chain(self.tls_dir / "vaktrom-health.crt", self.tls_dir / "vaktrom-health.key")
+        for port in (self.tls_port, self.mtls_port):
+            try:
+                with (
+                    socket.create_connection((self.host, port), timeout=timeout) as raw,
+                    context.wrap_socket(raw, server_hostname=self.host),
+                ):
+                    pass
+            except (OSError, ssl.SSLError) as exc:
+                return f"TLS listener {self.host}:{port} failed: {exc}"
+        return None
 
 
 # ------------------------------------------------------------------ Kafka

@@ -2,6 +2,7 @@
 
     infra/stack up [SERVICE ...]     start (or reuse) and wait until really ready; topics and schema
     infra/stack down [SERVICE ...]   stop only what `up` started
+    infra/stack kill SERVICE ...     SIGKILL it, no clean shutdown (crash tests); `up` recovers it
     infra/stack status               port, pid, memory and a live health check per service
     infra/stack env                  the VAKTROM_* variables that point the stages at this stack
     infra/stack logs SERVICE         the last lines of a service's log
@@ -45,6 +46,14 @@ class StackSettings(Settings):
     )
     host: str = setting("127.0.0.1", env="VAKTROM_STACK_HOST", help="address the local services listen on")
     mqtt_port: int = setting(11883, env="VAKTROM_STACK_MQTT_PORT", help="local Mosquitto port")
+    mqtt_tls_port: int = setting(
+        18883, env="VAKTROM_STACK_MQTT_TLS_PORT", help="local Mosquitto MQTT-over-TLS port"
+    )
+    mqtt_mtls_port: int = setting(
+        18884,
+        env="VAKTROM_STACK_MQTT_MTLS_PORT",
+        help="local Mosquitto TLS port that requires client certificates",
+    )
     kafka_port: int = setting(19092, env="VAKTROM_STACK_KAFKA_PORT", help="local Kafka broker port")
     kafka_controller_port: int = setting(
         19093, env="VAKTROM_STACK_KAFKA_CONTROLLER_PORT", help="local Kafka KRaft controller port"
@@ -63,6 +72,8 @@ class StackSettings(Settings):
     def validate(self) -> None:
         ports = {
             "VAKTROM_STACK_MQTT_PORT": self.mqtt_port,
+            "VAKTROM_STACK_MQTT_TLS_PORT": self.mqtt_tls_port,
+            "VAKTROM_STACK_MQTT_MTLS_PORT": self.mqtt_mtls_port,
             "VAKTROM_STACK_KAFKA_PORT": self.kafka_port,
             "VAKTROM_STACK_KAFKA_CONTROLLER_PORT": self.kafka_controller_port,
             "VAKTROM_STACK_POSTGRES_PORT": self.postgres_port,
@@ -85,7 +96,13 @@ class StackSettings(Settings):
 def build(settings: StackSettings) -> dict[str, Service]:
     state = settings.state_dir.resolve()
     return {
-        "mosquitto": Mosquitto(state=state, host=settings.host, port=settings.mqtt_port),
+        "mosquitto": Mosquitto(
+            state=state,
+            host=settings.host,
+            port=settings.mqtt_port,
+            tls_port=settings.mqtt_tls_port,
+            mtls_port=settings.mqtt_mtls_port,
+        ),
         "kafka": Kafka(
             state=state,
             host=settings.host,
@@ -118,6 +135,10 @@ def stack_env(settings: StackSettings, services: dict[str, Service]) -> dict[str
     return {
         "VAKTROM_MQTT_HOST": settings.host,
         "VAKTROM_MQTT_PORT": str(settings.mqtt_port),
+        # the same broker over TLS (kits verify it with the CA file), and with client certificates
+        "VAKTROM_STACK_MQTT_TLS_PORT": str(settings.mqtt_tls_port),
+        "VAKTROM_STACK_MQTT_MTLS_PORT": str(settings.mqtt_mtls_port),
+        "VAKTROM_STACK_MQTT_TLS_DIR": str(mosquitto.tls_dir),
         # the pipeline's service account, also for pooled load-test connections of gateway-sim
         "VAKTROM_MQTT_USERNAME": MQTT_SERVICE,
         "VAKTROM_MQTT_PASSWORD": mqtt.get(MQTT_SERVICE, ""),
@@ -164,6 +185,14 @@ def cmd_down(settings: StackSettings, names: list[str]) -> int:
     return 0
 
 
+def cmd_kill(settings: StackSettings, names: list[str]) -> int:
+    services = build(settings)
+    for name in names:
+        killed = services[name].kill()
+        print(f"==> {name}: {'killed (SIGKILL)' if killed else 'was not running'}")
+    return 0
+
+
 def cmd_status(settings: StackSettings) -> int:
     services = build(settings)
     print(f"{'service':<10} {'port':>6} {'pid':>8} {'rss MiB':>8} {'peak MiB':>9}  health")
@@ -199,10 +228,9 @@ def stage_report() -> list[str]:
 
 
 def _run(command: str, settings: StackSettings, names: list[str]) -> int:
-    if command == "up":
-        return cmd_up(settings, names)
-    if command == "down":
-        return cmd_down(settings, names)
+    by_name = {"up": cmd_up, "down": cmd_down, "kill": cmd_kill}
+    if command in by_name:
+        return by_name[command](settings, names)
     if command == "status":
         return cmd_status(settings)
     if command == "stages":
@@ -226,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog=f"settings:\n{variables}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=["up", "down", "status", "env", "logs", "stages"])
+    parser.add_argument("command", choices=["up", "down", "kill", "status", "env", "logs", "stages"])
     parser.add_argument("services", nargs="*", metavar="SERVICE", help=f"any of {', '.join(SERVICES)}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -234,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in args.services if s not in SERVICES]
     if unknown:
         parser.error(f"unknown service {', '.join(unknown)}; choose from {', '.join(SERVICES)}")
+    if args.command == "kill" and not args.services:
+        parser.error("kill needs the services to kill by name (it never kills the whole stack by default)")
     names = [s for s in SERVICES if s in args.services] or list(SERVICES)
     try:
         settings = StackSettings.from_env()

@@ -19,7 +19,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from contracts.topics import kafka_topics
 
-__all__ = ["admin_client", "ensure_topics"]
+__all__ = ["admin_client", "consumer_lag", "ensure_topics"]
 
 
 def admin_client(bootstrap: str, *, timeout: float, client_id: str = "vaktrom-topics") -> KafkaAdminClient:
@@ -30,6 +30,31 @@ def admin_client(bootstrap: str, *, timeout: float, client_id: str = "vaktrom-to
         request_timeout_ms=int(timeout * 1000),
         bootstrap_timeout_ms=int(timeout * 1000),
     )
+
+
+def consumer_lag(bootstrap: str, groups: dict[str, str], *, timeout: float = 10.0) -> dict[str, int]:
+    """Records each consumer group has not yet committed, summed over its topics' partitions: {label:
+    lag} for `groups` = {label: group id}. Left out: faust's changelogs (written, not consumed) and
+    the monitor's own clock ticks (it feeds itself a few every second, so they are never all read)."""
+    from kafka.consumer.group import KafkaConsumer  # noqa: PLC0415 - only the callers that ask need it
+
+    admin = admin_client(bootstrap, timeout=timeout, client_id="vaktrom-lag")
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000) + 1000)
+    try:
+        offsets = admin.list_group_offsets(dict.fromkeys(groups.values()))
+        out = {}
+        for label, group in groups.items():
+            committed = {
+                tp: o.offset
+                for tp, o in offsets.get(group, {}).items()
+                if not tp.topic.endswith(("-changelog", "-ticks"))
+            }
+            ends = consumer.end_offsets(list(committed)) if committed else {}
+            out[label] = int(sum(max(0, ends[tp] - offset) for tp, offset in committed.items()))
+        return out
+    finally:
+        consumer.close()
+        admin.close()
 
 
 def ensure_topics(

@@ -134,8 +134,9 @@ class Subscriber:
         self.client.max_queued_messages_set(0)
         if mqtt_settings.username is not None:
             self.client.username_pw_set(mqtt_settings.username, mqtt_settings.password)
-        if mqtt_settings.tls_ca is not None:
-            self.client.tls_set(ca_certs=str(mqtt_settings.tls_ca), cert_reqs=ssl.CERT_REQUIRED)
+        tls = mqtt_settings.tls_files()
+        if tls is not None:  # verify the broker (and show our client certificate, when we have one)
+            self.client.tls_set(ca_certs=tls[0], certfile=tls[1], keyfile=tls[2], cert_reqs=ssl.CERT_REQUIRED)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message

@@ -43,7 +43,7 @@ def create(kafka: KafkaSettings, mqtt: MqttSettings, settings: RegistrySettings)
     if admin is not None:
         broker = partial(
             BrokerAdmin, host=mqtt.host, port=mqtt.port, username=admin[0], password=admin[1],
-            root=settings.topic_root, tls_ca=mqtt.tls_ca,
+            root=settings.topic_root, tls=mqtt.tls_files(),
         )  # fmt: skip
     return Registry(
         sealer=settings.sealer(),

@@ -83,7 +83,7 @@ class BrokerAdmin:
         username: str,
         password: str,
         root: str = MQTT_ROOT,
-        tls_ca: Path | None = None,
+        tls: tuple[str, str | None, str | None] | None = None,
         timeout: float = 30.0,
     ) -> None:
         self.address = f"{host}:{port}"
@@ -100,8 +100,10 @@ class BrokerAdmin:
             protocol=mqtt.MQTTv5,
         )
         self._client.username_pw_set(username, password)
-        if tls_ca is not None:
-            self._client.tls_set(ca_certs=str(tls_ca), cert_reqs=ssl.CERT_REQUIRED)
+        if tls is not None:  # MqttSettings.tls_files(): the CA, and a client certificate if any
+            self._client.tls_set(
+                ca_certs=tls[0], certfile=tls[1], keyfile=tls[2], cert_reqs=ssl.CERT_REQUIRED
+            )
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
 

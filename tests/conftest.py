@@ -31,6 +31,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if any(f"/tests/{d}/" in str(item.path) for d in SERVICE_DIRS):
             item.add_marker(pytest.mark.services)
+    # tests marked `last` look at what the whole run left behind (the privacy scan)
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
 
 
 @dataclass(frozen=True)

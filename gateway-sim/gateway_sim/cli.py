@@ -100,6 +100,8 @@ def _mqtt_options(parser: argparse.ArgumentParser) -> None:
         help="its password (env VAKTROM_SIM_MQTT_PASSWORD; never printed)",
     )
     g.add_argument("--cafile", help="CA certificate to verify the broker's TLS certificate (switches TLS on)")
+    g.add_argument("--certfile", help="client certificate, for a broker that requires one (needs --cafile)")
+    g.add_argument("--keyfile", help="the client certificate's private key")
     g.add_argument(
         "--connections",
         type=_positive(int),
@@ -332,7 +334,18 @@ def _credentials(path: Path | None) -> dict[str, tuple[str, str]] | None:
 def _execute(args: argparse.Namespace, kits: list[str], source: Source, run_info: dict[str, Any]) -> int:
     prefix = args.client_prefix or f"sim-{kits[0].rsplit('-', 1)[0]}"
     root = args.topic_root
-    broker = BrokerAddress(args.host, args.port, args.username, args.password, args.cafile)
+    if (args.certfile is None) != (args.keyfile is None) or (args.certfile and not args.cafile):
+        raise CohortError(
+            "--certfile and --keyfile go together, and need --cafile (client certificates are TLS)"
+        )
+    for option in ("cafile", "certfile", "keyfile"):
+        path = getattr(args, option)
+        if path is not None and not Path(path).is_file():
+            raise CohortError(f"--{option} {path} does not exist")
+    broker = BrokerAddress(
+        args.host, args.port, args.username, args.password, args.cafile,
+        certfile=args.certfile, keyfile=args.keyfile,
+    )  # fmt: skip
     if args.connection_per_kit and args.credentials is None and args.username is None:
         log.info("--connection-per-kit without --credentials: kits connect anonymously")
 

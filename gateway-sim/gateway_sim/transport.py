@@ -97,6 +97,8 @@ class BrokerAddress:
     password: str | None = None
     cafile: str | None = None  # verify the broker's TLS certificate against this CA
     keepalive: int = 30
+    certfile: str | None = None  # a client certificate, for brokers that require one (with keyfile)
+    keyfile: str | None = None
 
     def __str__(self) -> str:
         return f"{'mqtts' if self.cafile else 'mqtt'}://{self.host}:{self.port}"
@@ -185,7 +187,12 @@ class MqttPool:
         if user is not None:
             client.username_pw_set(user, password)
         if self.broker.cafile:
-            client.tls_set(ca_certs=self.broker.cafile, cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_set(
+                ca_certs=self.broker.cafile,
+                certfile=self.broker.certfile,
+                keyfile=self.broker.keyfile,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
         if will is not None and self.per_kit:
             topic, payload = will(kits[0])
             client.will_set(topic, payload, qos=1)

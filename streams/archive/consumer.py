@@ -38,6 +38,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from contracts import topics
+from contracts.consumer_watch import StallWatch
 from contracts.ops import OpsServer, serve
 from contracts.settings import DatabaseSettings, KafkaSettings
 from contracts.stage import StageError
@@ -200,6 +201,7 @@ class Archive:
         if consumer is None:
             raise RuntimeError("start() the archive before run()")
         last_summary = time.monotonic()
+        watch = StallWatch()
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
@@ -208,6 +210,10 @@ class Archive:
                 records = consumer.poll(timeout_ms=_POLL_MS)
                 if records:
                     self._take(records)
+                    watch.progressed()
+                elif self._db_down_since is None and watch.stalled(consumer):
+                    consumer = self._reconnect(consumer)
+                    watch.progressed()
                 now = time.monotonic()
                 if self._db_down_since is None and self._due(now):
                     self._flush(consumer)
@@ -218,6 +224,22 @@ class Archive:
                     self._retention()
         finally:
             self._shutdown(consumer)
+
+    def _reconnect(self, consumer: KafkaConsumer) -> KafkaConsumer:
+        """Store what is in hand, then replace a consumer that stopped fetching (see StallWatch)."""
+        self.metrics.consumer_restarts.inc()
+        log.warning(
+            "archive: records are waiting in Kafka but none came for 20 s (seen after a broker crash); "
+            "opening a new consumer, which goes on from the committed offsets"
+        )
+        self._flush(consumer)
+        self._batch = _Batch()  # if the flush failed these rows are read again by the new consumer
+        try:
+            consumer.close(autocommit=False)
+        except KafkaError as exc:
+            log.warning("archive: closing the stalled consumer failed (%s)", exc)
+        self._consumer = self._start_consumer(time.monotonic() + 120)
+        return self._consumer
 
     def _shutdown(self, consumer: KafkaConsumer) -> None:
         if not self._batch.empty() and self._db_down_since is None:

@@ -38,6 +38,11 @@ class ArchiveMetrics:
             "offset commits that failed (the records are read again)",
             registry=r,
         )
+        self.consumer_restarts = Counter(
+            "vaktrom_archive_consumer_restarts",
+            "Kafka consumers replaced because they stopped fetching with records waiting",
+            registry=r,
+        )
         self.write_seconds = Histogram(
             "vaktrom_archive_batch_write_seconds",
             "COPY, merge and commit of one batch",

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -72,13 +72,22 @@ def simulate(
     during: Callable[[], None] | None,
     readings_per_message: int = 2,
     during_after: float = 5.0,
+    kit_prefix: str | None = None,
+    extra_args: Sequence[str] = (),
+    timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
     """Enrol the load kits, run `gateway-sim load` with receipts at `rate` messages/s, and call
-    `during` `during_after` seconds into the run. The ledger lands in `out`."""
-    prefix = f"{bridge.name[:16]}L"
+    `during` `during_after` seconds into the run. The ledger lands in `out`. `extra_args` go last
+    (a repeated option overrides the one here)."""
+    prefix = kit_prefix or f"{bridge.name[:16]}L"
+
+    def registry_kits() -> int:
+        return int((bridge.health() or {}).get("registry_kits") or 0)
+
+    known = registry_kits()
     register(stack, kit_rows(prefix, kits))
     deadline = time.monotonic() + 15
-    while (bridge.health() or {}).get("registry_kits", 0) < kits and time.monotonic() < deadline:
+    while registry_kits() < known + kits and time.monotonic() < deadline:
         time.sleep(0.1)  # the bridge reloads on NOTIFY; the simulator starts once it knows the kits
     cmd = [
         sys.executable, "-m", "gateway_sim", "load",
@@ -86,14 +95,14 @@ def simulate(
         "--readings-per-message", str(readings_per_message),
         "--kit-prefix", prefix, "--topic-root", bridge.root, "--confirm", "receipt", "--resend-after", "20",
         "--drain", "150", "--host", stack.mqtt_host, "--port", str(stack.mqtt_port),
-        "--out", str(out), "--quiet",
+        "--out", str(out), "--quiet", *extra_args,
     ]  # fmt: skip
     env = {"PYTHONPATH": f"{REPO}:{REPO / 'gateway-sim'}", "PATH": "/usr/bin:/bin", **sim_credentials(stack)}
     sim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     if during is not None:
         time.sleep(during_after)
         during()
-    stdout, stderr = sim.communicate(timeout=300)
+    stdout, stderr = sim.communicate(timeout=timeout)
     return subprocess.CompletedProcess(cmd, sim.returncode, stdout, stderr)
 
 

@@ -88,6 +88,31 @@ def test_addresses_point_at_compose_services_and_their_ports() -> None:
     assert db.path.lstrip("/") == tsdb["POSTGRES_DB"]
 
 
+def test_kits_reach_mosquitto_only_over_tls() -> None:
+    """Every listener the compose network or the host can reach has a certificate; the stages
+    verify the broker with the CA; only the TLS port is published."""
+    conf = (REPO / "infra" / "mosquitto" / "mosquitto.prod.conf").read_text()
+    blocks = re.split(r"^(?=listener )", conf, flags=re.MULTILINE)[1:]
+    reachable = [b for b in blocks if not re.match(r"listener \d+ 127\.0\.0\.1\b", b)]
+    assert reachable, "a listener for kits"
+    for block in reachable:
+        assert re.search(r"^certfile /mosquitto/tls/server\.crt$", block, re.MULTILINE), block
+        assert re.search(r"^tls_version tlsv1\.[23]$", block, re.MULTILINE), block
+        assert re.search(r"^allow_anonymous false$", block, re.MULTILINE), block
+    env = SERVICES["ingest"]["environment"]
+    assert env["VAKTROM_MQTT_TLS_CA"] == "/mosquitto/tls/ca.crt"
+    assert SERVICES["mosquitto"]["ports"] == [f"{env['VAKTROM_MQTT_PORT']}:{env['VAKTROM_MQTT_PORT']}"]
+    assert any(v.startswith("mqtt-tls:/mosquitto/tls") for v in SERVICES["ingest"]["volumes"])
+    loopback = [b for b in blocks if b not in reachable]
+    for block in loopback:  # the health listener: anonymous, but it may only read the uptime
+        acl = re.search(r"^acl_file /mosquitto/config/(\S+)$", block, re.MULTILINE)
+        assert acl, block
+        rules = (REPO / "infra" / "mosquitto" / acl.group(1)).read_text()
+        assert [ln for ln in rules.splitlines() if ln and not ln.startswith("#")] == [
+            "topic read $SYS/broker/uptime"
+        ]
+
+
 def test_no_secret_is_written_in_the_file() -> None:
     """Passwords and ids come from .env; the file only references them."""
     for name, service in SERVICES.items():
