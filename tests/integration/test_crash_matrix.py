@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Stack
 from tests.crash_matrix import CI_SCENARIOS, markdown, run
 
 
+@pytest.mark.timeout(1200)  # four scenarios, each a load run, a fault, a drain and the checks
 def test_the_reduced_crash_matrix_loses_and_duplicates_nothing(
     stack: Stack, kafka_bootstrap: str, database_url: str, mqtt: object, artefacts: Path
 ) -> None:
