@@ -107,7 +107,8 @@ def service(alerts: AlertsProcess, database_url: str, unique: str) -> Iterator[d
     client.close()
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(
-            "DELETE FROM patient_identities WHERE patient_id IN (SELECT patient_id FROM patients WHERE team_id = %s)",
+            "DELETE FROM patient_identities WHERE patient_id IN "
+            "(SELECT patient_id FROM patients WHERE team_id = %s)",
             (team,),
         )
 
@@ -130,9 +131,10 @@ def test_enrolment_bodies(service: dict[str, Any]) -> None:
 
 
 def test_care_plan_change_bodies(service: dict[str, Any]) -> None:
+    window = {"start": "08:00", "end": "10:00"}
     template = {"reason": "fuzz", "thresholds": {"HF-1": {"kg": 2.5}}, "rules_off": ["T-3"], "rules_on": [],
                 "spo2_target": "88-92", "condition": "copd",
-                "expected": [{"metric": "spo2", "windows": [{"start": "08:00", "end": "10:00"}]}]}  # fmt: skip
+                "expected": [{"metric": "spo2", "windows": [window]}]}  # fmt: skip
     path = f"/patients/{service['patient']}/careplan"
 
     @SETTINGS
