@@ -29,6 +29,7 @@ __all__ = [
     "authenticate",
     "end_session",
     "new_session",
+    "purge",
     "session_for",
 ]
 
@@ -176,6 +177,16 @@ def session_for(conn: psycopg.Connection[Any], token: str, *, kind: str, idle: t
     if row is None:
         return None
     return Principal(row[0], row[1], Role(row[2]), row[3], row[4], kind)
+
+
+def purge(conn: psycopg.Connection[Any], *, keep: timedelta = timedelta(days=1)) -> tuple[int, int]:
+    """Forget sessions that ended more than `keep` ago and failed logins older than that (both hold
+    a user's address); the audit log keeps the record of who did what. Returns (sessions, failures)
+    removed. Commits."""
+    with conn.transaction():
+        sessions = conn.execute("DELETE FROM sessions WHERE expires_at < now() - %s", (keep,)).rowcount
+        failures = conn.execute("DELETE FROM login_failures WHERE at < now() - %s", (keep,)).rowcount
+    return sessions, failures
 
 
 def end_session(conn: psycopg.Connection[Any], token: str) -> None:

@@ -22,6 +22,7 @@ from kafka.consumer.group import KafkaConsumer
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from alerts.accounts import purge
 from alerts.escalation import escalate_due
 from alerts.settings import AlertsSettings
 from alerts.store import apply_events
@@ -34,6 +35,7 @@ from contracts.stage import StageError
 __all__ = ["AlertFeed", "AlertFeedError"]
 
 log = logging.getLogger("alerts.feed")
+_PURGE_EVERY_S = 3600.0  # ended sessions and old failed logins are forgotten hourly
 _decode = msgspec.json.Decoder(AlertEvent).decode
 
 
@@ -173,7 +175,7 @@ class AlertFeed:
         assert consumer is not None
         escalator = threading.Thread(target=self._escalate, name="escalation", daemon=True)
         escalator.start()
-        watch = StallWatch()
+        watch = StallWatch(away=(KafkaError,))
         try:
             while not self._stopping.is_set():
                 batch = consumer.poll(timeout_ms=self._settings.batch_ms, max_records=2000)
@@ -229,9 +231,19 @@ class AlertFeed:
     def _escalate(self) -> None:
         """Take due escalation steps on the service's own schedule, with its own connection."""
         conn: psycopg.Connection[Any] | None = None
+        purged_at = 0.0
         while not self._stopping.wait(self._settings.escalation_every_s):
             try:
                 conn = _open(conn, self._database.url)
+                if time.monotonic() - purged_at > _PURGE_EVERY_S:
+                    purged_at = time.monotonic()
+                    sessions, failures = purge(conn)
+                    if sessions or failures:
+                        log.info(
+                            "housekeeping: %d ended sessions and %d old failed logins forgotten",
+                            sessions,
+                            failures,
+                        )
                 taken = escalate_due(
                     conn, now=datetime.now(UTC), targets=self._settings.targets, routes=self._settings.routes
                 )

@@ -201,7 +201,7 @@ class Archive:
         if consumer is None:
             raise RuntimeError("start() the archive before run()")
         last_summary = time.monotonic()
-        watch = StallWatch()
+        watch = StallWatch(away=(KafkaError,))
         try:
             while not self._stop.is_set():
                 now = time.monotonic()

@@ -41,6 +41,7 @@ from streams.monitor.engine import Engine, Outcome, PatientRecord, decode_metric
 from streams.monitor.episodes import Timing
 from streams.monitor.metrics import MonitorMetrics
 from streams.monitor.settings import MonitorSettings
+from streams.monitor.unstick import stuck_partitions
 
 __all__ = ["Monitor", "MonitorError", "build_monitor"]
 
@@ -340,6 +341,26 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
         for tp in app.consumer.assignment():
             if tp.topic == names["ticks"]:
                 await ticks.send(value=b"", partition=tp.partition)
+
+    holes: dict[Any, tuple[int, float]] = {}
+
+    @app.timer(10.0)  # type: ignore[untyped-decorator]  # faust is untyped
+    async def unstick() -> None:
+        consumer = app.consumer
+        committed = getattr(consumer, "_committed_offset", None)  # faust 0.15's bookkeeping
+        acked = getattr(consumer, "_acked", None)
+        if not isinstance(committed, dict) or not isinstance(acked, dict):
+            return
+        sources = {names["measurements"], names["status"], names["careplans"]}
+        mine = {tp: o for tp, o in committed.items() if tp.topic in sources and o is not None}
+        for tp, offset in stuck_partitions(mine, acked, holes, now=time.monotonic()):
+            metrics.reread.inc()
+            log.warning(
+                "%s[%d]: the commit is stuck at %d behind a message faust dropped during recovery; "
+                "reading again from there (repeats are ignored by measurement id)",
+                tp.topic, tp.partition, offset,
+            )  # fmt: skip
+            await consumer.seek(tp, offset)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's signal typing
     async def forget(_app: Any, revoked: set[Any], **_: Any) -> None:

@@ -35,6 +35,11 @@ class MonitorMetrics:
             buckets=(128, 256, 512, 1024, 1536, 2048, 4096, 8192),
             registry=r,
         )
+        self.reread = Counter(
+            "vaktrom_monitor_partitions_reread",
+            "partitions read again from their commit because faust dropped a message (see unstick.py)",
+            registry=r,
+        )
         self.deadlines = Gauge(
             "vaktrom_monitor_deadlines_pending", "patients waiting for a deadline", registry=r
         )

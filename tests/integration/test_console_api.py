@@ -3,6 +3,7 @@ authentication, roles, CSRF, team scope, login rate limit and the append-only au
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,7 +14,7 @@ import httpx
 import psycopg
 import pytest
 
-from alerts.accounts import Role, new_session
+from alerts.accounts import Role, new_session, purge
 from contracts import EpisodeChange, Severity
 from tests.conftest import Stack
 from tests.integration.alerts_support import (
@@ -254,3 +255,53 @@ def test_the_audit_log_cannot_be_altered(conn: psycopg.Connection[Any], statemen
         conn.execute(statement)
     conn.rollback()
     assert conn.execute("SELECT count(*) FROM audit_log").fetchone() == before
+
+
+def test_the_session_cookie_is_secure_http_only_and_same_site(
+    alerts: AlertsProcess, conn: psycopg.Connection[Any]
+) -> None:
+    """With the default settings (production: the console behind TLS) the cookie is never sent over
+    plain http, never readable by scripts, never sent by another site's request; logout ends it."""
+    alerts.start()  # VAKTROM_ALERTS_COOKIE_SECURE left at its default
+    user = staff(conn, Role.NURSE)
+    client = ConsoleClient(alerts.url)
+    try:
+        response = client.login(user)
+        assert response.status_code == 303
+        cookie = response.headers["set-cookie"]
+        attributes = {part.strip().split("=")[0].lower(): part.strip() for part in cookie.split(";")[1:]}
+        assert {"secure", "httponly", "samesite", "path", "max-age"} <= set(attributes), cookie
+        assert attributes["samesite"].lower() == "samesite=strict"
+        assert attributes["path"] == "Path=/"
+        assert 0 < int(attributes["max-age"].split("=")[1]) <= 12 * 3600, "sessions end within a shift"
+        secret = cookie.split(";")[0].split("=", 1)[1]
+        stored = conn.execute("SELECT count(*) FROM sessions WHERE username = %s", (user,)).fetchone()
+        assert stored == (1,)
+        assert conn.execute(
+            "SELECT count(*) FROM sessions WHERE token_hash = %s", (secret.encode(),)
+        ).fetchone() == (0,), "the table keeps a hash of the secret, never the secret"
+    finally:
+        client.close()
+
+
+def test_ended_sessions_and_old_failed_logins_are_forgotten(conn: psycopg.Connection[Any]) -> None:
+    """They hold users' addresses; the service purges them hourly (the audit log keeps the record)."""
+    user = staff(conn, Role.NURSE)
+    live = new_session(conn, user, kind="browser", lifetime=timedelta(hours=1), ip="192.0.2.7")
+    ended = new_session(conn, user, kind="browser", lifetime=timedelta(hours=1), ip="192.0.2.7")
+    with conn.transaction():
+        conn.execute(
+            "UPDATE sessions SET expires_at = now() - interval '2 days' WHERE token_hash = %s",
+            (hashlib.sha256(ended.encode()).digest(),),
+        )
+        conn.execute(
+            "INSERT INTO login_failures (username, ip, at) VALUES "
+            "(%s, '192.0.2.7', now() - interval '2 days'), (%s, '192.0.2.7', now())",
+            (user, user),
+        )
+    purge(conn)
+    hashes = {
+        bytes(r[0]) for r in conn.execute("SELECT token_hash FROM sessions WHERE username = %s", (user,))
+    }
+    assert hashes == {hashlib.sha256(live.encode()).digest()}
+    assert conn.execute("SELECT count(*) FROM login_failures WHERE username = %s", (user,)).fetchone() == (1,)
