@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STACK  := infra/stack
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up bench-pipeline demo-check stack-up down status logs test test-unit check fmt schemas bench clean
+.PHONY: help bootstrap up bench-pipeline crash-matrix fuzz soak demo-check stack-up down status logs test test-unit check fmt schemas bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -23,6 +23,15 @@ up: bootstrap ## set up and run the whole pipeline locally with a demo cohort (C
 
 bench-pipeline: stack-up ## only the whole-pipeline ladder and floors (bench/pipeline.py --help for one scenario)
 	@$(PY) bench/pipeline.py $(BENCH_ARGS)
+
+crash-matrix: stack-up ## every crash and outage scenario under load; table in bench/results/crash_matrix.md (~20 min)
+	@$(PY) -m tests.crash_matrix --scenarios all --seconds 30
+
+fuzz: stack-up ## 1,000,000 generated payloads through the real bridge; bench/results/fuzz_bridge.json (~10 min)
+	@$(PY) bench/fuzz_bridge.py
+
+soak: stack-up ## the whole pipeline for 30 minutes at a steady rate; memory and latency drift in bench/results/soak.md
+	@$(PY) bench/soak.py
 
 demo-check: ## beside a running `make up`: log in as the demo user, wait for a red and a yellow alert, keep screenshots
 	@$(PY) infra/demo_check.py

@@ -29,6 +29,7 @@ from processes import (
     as_user,
     chown_tree,
     log_tail,
+    pid_alive,
     service_user,
 )
 from tls import client_certificate, ensure_server_certificates
@@ -343,7 +344,24 @@ class Postgres(Service):
         )
         chown_tree(self.home, self.user)
 
+    def _clear_stale_lock(self) -> None:
+        """After a crash the lock file names a postmaster that is gone, or lingers as a zombie until
+        its parent reaps it; PostgreSQL takes a zombie for a live postmaster and refuses to start.
+        Wait a little for it to go, then remove a lock whose process holds nothing any more."""
+        try:
+            pid = int(self.postmaster_pid.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        deadline = time.monotonic() + 10.0
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            if pid_alive(pid):
+                return  # a running postmaster: pg_ctl says so, with its own message
+            time.sleep(0.1)
+        if not pid_alive(pid):
+            self.postmaster_pid.unlink(missing_ok=True)
+
     def spawn(self) -> int:
+        self._clear_stale_lock()
         result = self._run(
             [
                 str(self.bin / "pg_ctl"),

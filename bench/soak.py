@@ -1,0 +1,178 @@
+"""Soak: the whole pipeline at a steady rate for 30 minutes, memory and latency recorded over time.
+
+    python bench/soak.py [--rate 500] [--minutes 30] [--kits 2000]     (`make soak`)
+
+The same pipeline as bench/pipeline.py (bridge, monitor, archive, response centre, each its own
+process, on a namespace of its own), fed by `gateway-sim load` with receipts. Recorded:
+
+- resident memory of every process, first and last minute (goal: growth within 10 %);
+- latency per 5-minute window: bridge -> stored (archive path) and kit -> alert stored (alert
+  path), p50 and p99 (goal: no drift, the last window's p99 within 1.5x of the first's or 250 ms);
+- loss and duplicates against the simulator's ledger, and consumer lag at the end.
+
+Writes bench/results/soak.json and soak.md. Outside CI (it takes the minutes it says).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from pipeline import (  # noqa: E402  (bench/ holds scripts, not a package)
+    REPO,
+    Namespace,
+    consumer_lag,
+    ensure_topics,
+    pipeline,
+    prepare_schema,
+    run_step,
+    stack_env,
+    wait_drained,
+)
+from pipeline_report import RESULTS, machine  # noqa: E402
+
+WINDOW_S = 300
+
+
+def windows(url: str, prefix: str) -> list[dict[str, Any]]:
+    """p50/p99 per 5-minute window (by when the kit sent) of both paths, in ms."""
+    with psycopg.connect(url) as conn:
+        stored = conn.execute(
+            "SELECT extract(epoch FROM received_at), extract(epoch FROM stored_at - received_at) * 1000 "
+            "FROM measurements WHERE kit_id LIKE %s",
+            (f"{prefix}-%",),
+        ).fetchall()
+        alerts = conn.execute(
+            "SELECT extract(epoch FROM (t.detail #>> '{trace,kit_sent}')::timestamptz), "
+            "extract(epoch FROM t.at - (t.detail #>> '{trace,kit_sent}')::timestamptz) * 1000 "
+            "FROM alert_timeline t JOIN alerts a USING (episode_id) "
+            "WHERE a.patient_id LIKE %s AND t.version IS NOT NULL AND t.detail ? 'trace'",
+            (f"{prefix}P%",),
+        ).fetchall()
+    if not stored:
+        return []
+    start = min(float(r[0]) for r in stored)
+    out: list[dict[str, Any]] = []
+    for label, rows in (("bridge -> stored", stored), ("kit -> alert stored", alerts)):
+        by: dict[int, list[float]] = {}
+        for at, ms in rows:
+            by.setdefault(int((float(at) - start) // WINDOW_S), []).append(float(ms))
+        for w in sorted(by):
+            values = np.array(by[w])
+            out.append(
+                {
+                    "path": label,
+                    "window": f"{w * WINDOW_S // 60}-{(w + 1) * WINDOW_S // 60} min",
+                    "n": int(values.size),
+                    "p50_ms": round(float(np.percentile(values, 50)), 1),
+                    "p99_ms": round(float(np.percentile(values, 99)), 1),
+                }
+            )
+    return out
+
+
+def drift(rows: list[dict[str, Any]], path: str) -> dict[str, Any]:
+    mine = [r for r in rows if r["path"] == path and r["n"] >= 20]
+    if len(mine) < 2:
+        return {"path": path, "ok": None, "why": "fewer than two windows with data"}
+    first, last = mine[0], mine[-2] if len(mine) > 2 else mine[-1]  # the last full window
+    ok = last["p99_ms"] <= max(1.5 * first["p99_ms"], first["p99_ms"] + 250.0)
+    return {"path": path, "first": first, "last": last, "ok": ok}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    step = result["step"]
+    lines = [
+        "# Soak",
+        "",
+        f"{result['rate']:,.0f} measurements/s for {result['minutes']} min, {result['started']}. "
+        f"Stored {step['stored']:,} of {step['confirmed']:,} confirmed; lost {step['lost']}, "
+        f"duplicates {step['duplicates']}; lag at the end {result['lag_at_end']}.",
+        "",
+        "| process | CPU % | RSS first minute MiB | RSS last minute MiB | growth % |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, p in step["processes"].items():
+        lines.append(
+            f"| {name} | {p['cpu_percent']} | {p.get('rss_mib_first_minute', '-')} | "
+            f"{p.get('rss_mib_last_minute', '-')} | {p.get('rss_growth_percent', '-')} |"
+        )
+    lines += ["", "| path | window | n | p50 ms | p99 ms |", "|---|---|---:|---:|---:|"]
+    lines += [
+        f"| {w['path']} | {w['window']} | {w['n']:,} | {w['p50_ms']} | {w['p99_ms']} |"
+        for w in result["windows"]
+    ]
+    lines += ["", "Goals:", *(f"- {k}: {'met' if v else 'NOT met'}" for k, v in result["goals"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rate", type=float, default=500.0, help="measurements/s (default 500)")
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--kits", type=int, default=2000)
+    args = parser.parse_args()
+    env = stack_env()
+    tag = "soak" + time.strftime("%H%M%S")
+    started = datetime.now(UTC)
+    work = REPO / ".local" / "bench" / f"soak-{tag}"
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"==> soak: {args.rate:,.0f}/s for {args.minutes:g} min; logs in {work}", flush=True)
+    url = prepare_schema(env["VAKTROM_DATABASE_URL"], f"benchpl{tag}")
+    ns = Namespace(tag, env, url, work)
+    ensure_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix=ns.prefix, partitions=6)
+    with pipeline(ns):
+        step = run_step(ns, "SOAK", args.rate, args.minutes * 60.0, args.kits, minute_rss=True)
+        drained = wait_drained(ns, 600)
+        lag = consumer_lag(env["VAKTROM_KAFKA_BOOTSTRAP"], ns.groups())
+    step.pop("_cdf", None)
+    rows = windows(url, f"PL{tag}SOAK")
+    drifts = [drift(rows, "bridge -> stored"), drift(rows, "kit -> alert stored")]
+    growth = {
+        n: step["processes"][n].get("rss_growth_percent") for n in ("bridge", "monitor", "archive", "alerts")
+    }
+    result = {
+        "benchmark": "soak",
+        "started": started.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "rate": args.rate,
+        "minutes": args.minutes,
+        "step": step,
+        "drain_s": round(drained, 1),
+        "lag_at_end": lag,
+        "windows": rows,
+        "drift": drifts,
+        "goals": {
+            "memory of every pipeline process within 10 %": all(
+                g is not None and abs(g) <= 10 for g in growth.values()
+            ),
+            "no latency drift (last 5-min window p99 within 1.5x or +250 ms of the first)": all(
+                d["ok"] for d in drifts
+            ),
+            "nothing lost, nothing duplicated": step["lost"] == 0 and step["duplicates"] == 0,
+        },
+    }
+    with psycopg.connect(env["VAKTROM_DATABASE_URL"], autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS benchpl{tag} CASCADE")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "soak.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    (RESULTS / "soak.md").write_text(markdown(result))
+    print("\n" + markdown(result))
+    return 0 if all(result["goals"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
