@@ -400,7 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default="all", help="all, ci, or names separated by commas")
     parser.add_argument("--rate", type=int, default=100, help="messages/s (two readings each)")
     parser.add_argument("--seconds", type=float, default=30.0, help="load per scenario (outages add 60 s)")
-    parser.add_argument("--kits", type=int, default=200)
+    parser.add_argument(
+        "--kits", type=int, default=2000, help="load kits per scenario (each sends every 20 s)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     names = {"all": list(SCENARIOS), "ci": list(CI_SCENARIOS)}.get(args.scenarios) or args.scenarios.split(

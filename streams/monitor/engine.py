@@ -115,10 +115,10 @@ class Engine:
     ) -> Outcome:
         out = Outcome()
         history = record.history
-        if history.has_seen(m.measurement_id):
+        t = m.measured_at.timestamp()
+        if history.has_seen(m.measurement_id, t, m.value):
             out.duplicate = True
             return out
-        t = m.measured_at.timestamp()
         canonical = METRICS[m.metric].unit
         point = Point(
             t,

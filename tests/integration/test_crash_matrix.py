@@ -19,7 +19,7 @@ from tests.crash_matrix import CI_SCENARIOS, markdown, run
 def test_the_reduced_crash_matrix_loses_and_duplicates_nothing(
     stack: Stack, kafka_bootstrap: str, database_url: str, mqtt: object, artefacts: Path
 ) -> None:
-    rate, seconds, kits = 100, 20.0, 200
+    rate, seconds, kits = 100, 20.0, 2000  # each kit sends every 20 s
     results = run(stack, list(CI_SCENARIOS), rate=rate, seconds=seconds, kits=kits, work=artefacts)
     table = markdown(results, rate=rate, seconds=seconds, kits=kits)
     (artefacts / "crash_matrix.md").write_text(table)

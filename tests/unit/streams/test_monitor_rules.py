@@ -365,6 +365,20 @@ def test_duplicate_reading_is_ignored() -> None:
     assert p.records[Metric.GLUCOSE].history.count == 1
 
 
+def test_a_reading_resent_after_many_newer_ones_is_still_a_duplicate() -> None:
+    """After a long outage a kit resends a reading that 40 newer ones of the same metric have
+    followed since (the id memory holds 32): its measured time and value are still known."""
+    p = Patient(plan(Condition.COPD))
+    assert p.feed(Metric.SPO2, 89, T0)  # opens NEWS2-S1
+    for i in range(1, 41):
+        p.feed(Metric.SPO2, 89, T0 + timedelta(minutes=i))
+    episode_count = p.records[Metric.SPO2].history.count
+    assert p.feed(Metric.SPO2, 89, T0) == [], "the resend changes nothing"
+    assert p.records[Metric.SPO2].history.count == episode_count == 41
+    # a different reading at the same instant (another value) is not taken for the resend
+    assert p.records[Metric.SPO2].history.has_seen("f" * 32, T0.timestamp(), 90.0) is False
+
+
 def test_episode_resolves_after_a_clear_period() -> None:
     """Normal readings resolve the episode once it has been clear for 24 h, with a version bump."""
     p = Patient(plan(Condition.DIABETES))
