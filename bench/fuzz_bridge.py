@@ -18,6 +18,7 @@ code) and tracebacks in its log. Goal: 0 crashes, every received message acknowl
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import random
@@ -43,9 +44,10 @@ from topics import ensure_topics  # noqa: E402
 
 PORT = 19620
 KITS = 50
+MAX_PAYLOAD = 900_000  # under Mosquitto's max_packet_size (1 MiB); the bridge's own limit is far lower
 ODD = [
     None, True, False, 0, -1, 1e308, -1e308, 1e-320, float("nan"), float("inf"), 2**64, -(2**63), "",
-    "0", "NaN", "Infinity", "1e400", "\u0000", "\ud800"[:0] + "\u202e", "x" * 70_000, [], {}, [[[[[]]]]],
+    "0", "NaN", "Infinity", "1e400", "\u0000", "\u202e", "x" * 300, [], {}, [[[[[]]]]],
     "2026-02-30T25:61:00Z", "1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "HI", "LO", "hi", "mg/dL",
     "mmol/l", "%", "/min", "kg", "lb", "Cel", "[degF]", "°C", "../../etc", "#", "+", "kit/../other",
 ]  # fmt: skip
@@ -87,6 +89,10 @@ class Generator:
             "readings": readings,
         }
 
+    def _odd(self) -> Any:
+        value = self.rng.choice(ODD)
+        return copy.deepcopy(value) if isinstance(value, (list, dict)) else value  # never shared
+
     def _mutate(self, doc: Any, depth: int = 0) -> Any:
         rng = self.rng
         if isinstance(doc, dict) and doc:
@@ -95,19 +101,19 @@ class Generator:
             if choice < 0.25:
                 del doc[key]
             elif choice < 0.6:
-                doc[key] = rng.choice(ODD) if rng.random() < 0.7 else self._mutate(doc[key], depth + 1)
+                doc[key] = self._odd() if rng.random() < 0.7 else self._mutate(doc[key], depth + 1)
             elif choice < 0.7:
-                doc[rng.choice(["extra", "value", "flag", "kit", "\u00e6\u00f8\u00e5", ""])] = rng.choice(ODD)
+                doc[rng.choice(["extra", "value", "flag", "kit", "\u00e6\u00f8\u00e5", ""])] = self._odd()
             else:
                 doc[key] = self._mutate(doc[key], depth + 1)
             return doc
         if isinstance(doc, list) and doc:
             i = rng.randrange(len(doc))
-            doc[i] = self._mutate(doc[i], depth + 1) if rng.random() < 0.7 else rng.choice(ODD)
-            if rng.random() < 0.1:
+            doc[i] = self._mutate(doc[i], depth + 1) if rng.random() < 0.7 else self._odd()
+            if rng.random() < 0.1 and len(doc) < 100:
                 doc.extend(doc * rng.randint(1, 50))
             return doc
-        return rng.choice(ODD)
+        return self._odd()
 
     def payload(self) -> tuple[str, str, bytes]:
         """(kit, channel, payload)."""
@@ -116,10 +122,16 @@ class Generator:
         kind = rng.random()
         if kind < 0.05:
             return kit, "readings", rng.randbytes(rng.randint(0, 300))
+        if kind < 0.055:  # over the bridge's size limit
+            return (
+                kit,
+                rng.choice(["readings", "status", "fhir"]),
+                b'{"readings": ["' + b"x" * 70_000 + b'"]}',
+            )
         now = _iso(datetime.now(UTC))
         if kind < 0.08:
             status = {"schema": "vaktrom.kit-status.v1", "kit": kit, "state": "online", "at": now}
-            return kit, "status", json.dumps(self._mutate(status), allow_nan=True).encode()
+            return kit, "status", json.dumps(self._mutate(status), allow_nan=True).encode()[:MAX_PAYLOAD]
         if kind < 0.14:
             quantity = {"value": 95, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}
             doc = {"resourceType": "Observation", "status": "final",
@@ -127,7 +139,7 @@ class Generator:
                    "subject": {"identifier": {"value": kit}},
                    "device": {"identifier": {"value": f"{kit}-OX"}},
                    "effectiveDateTime": now, "valueQuantity": quantity}  # fmt: skip
-            return kit, "fhir", json.dumps(self._mutate(doc), allow_nan=True).encode()
+            return kit, "fhir", json.dumps(self._mutate(doc), allow_nan=True).encode()[:MAX_PAYLOAD]
         doc = self.valid(kit)
         for _ in range(rng.choice([0, 1, 1, 2, 3, 5])):
             doc = self._mutate(doc)
@@ -141,7 +153,7 @@ class Generator:
             b = bytearray(raw)
             b[rng.randrange(len(b))] = rng.randrange(256)
             raw = bytes(b)
-        return kit, "readings", raw
+        return kit, "readings", raw[:MAX_PAYLOAD]
 
 
 def metrics(port: int) -> dict[str, float]:
@@ -277,7 +289,11 @@ def main() -> int:
         "broker_acknowledged": acked,
         "bridge_received": int(received(final)),
         "bridge_acknowledged": int(final.get("vaktrom_bridge_messages_acknowledged_total", 0)),
-        "records_produced": int(final.get("vaktrom_bridge_records_produced_total", 0)),
+        "records_produced_by_kind": {
+            k.split('kind="')[1].rstrip('"}'): int(v)
+            for k, v in final.items()
+            if k.startswith("vaktrom_bridge_records_produced_total")
+        },
         "rejections_by_reason": dict(sorted(rejections.items(), key=lambda kv: -kv[1])),
         "crashes": {
             "bridge_alive_at_end": alive,

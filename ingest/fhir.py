@@ -107,7 +107,7 @@ def parse_fhir(payload: bytes) -> list[KitReading | Refusal] | Refusal:
         resource = _decoder.decode(payload)
     except msgspec.ValidationError as exc:
         return Refusal(RejectReason.SCHEMA, f"not a FHIR R4 Observation or Bundle of them: {exc}")
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter in strings
         return Refusal(RejectReason.MALFORMED, f"not valid UTF-8 JSON: {exc}")
     if isinstance(resource, Observation):
         return [_reading(resource)]

@@ -186,7 +186,7 @@ class Normaliser:
             message = _readings_decoder.decode(payload)
         except msgspec.ValidationError as exc:
             return self._whole(source, kit_id, RejectReason.SCHEMA, f"not a kit-reading message: {exc}")
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter in strings
             return self._whole(source, kit_id, RejectReason.MALFORMED, f"not valid UTF-8 JSON: {exc}")
         source = _Source(topic, payload, received_at, message.sent_at.astimezone(UTC))
         if message.kit != kit_id:
@@ -231,7 +231,7 @@ class Normaliser:
             message = _status_decoder.decode(payload)
         except msgspec.ValidationError as exc:
             return self._whole(source, kit_id, RejectReason.SCHEMA, f"not a kit-status message: {exc}")
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter in strings
             return self._whole(source, kit_id, RejectReason.MALFORMED, f"not valid UTF-8 JSON: {exc}")
         if message.kit != kit_id:
             return self._whole(
@@ -431,7 +431,7 @@ def _envelope(payload: bytes) -> tuple[int | None, int | None]:
     """(seq, number of readings) of a payload that failed the contract, when they can be read."""
     try:
         envelope = _envelope_decoder.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         return None, None
     if envelope.seq is None or envelope.seq < 0:
         return None, None

@@ -332,6 +332,23 @@ def test_status_messages_are_attributed_to_the_current_patient() -> None:
     assert [r.reason for r in bad.rejections] == [RejectReason.SCHEMA]
 
 
+@pytest.mark.parametrize(
+    ("channel", "payload"),
+    [
+        ("readings", b'{"schema": "vaktrom.kit-reading.v1", "kit": "K\xb8", "seq": 1, "readings": []}'),
+        ("status", b'{"schema": "vaktrom.kit-status.v1", "kit": "K\xb8", "state": "online"}'),
+        ("fhir", b'{"resourceType": "Observation", "status": "fin\xb8al"}'),
+    ],
+)
+def test_invalid_utf8_inside_a_json_string_is_malformed_not_a_crash(channel: str, payload: bytes) -> None:
+    """Found by the long fuzz run: msgspec raises UnicodeDecodeError (not DecodeError) for a byte
+    that is not UTF-8 inside a string; that is a malformed payload like any other."""
+    normaliser = _normaliser()
+    outcome = getattr(normaliser, channel)(TOPIC, KIT, payload, NOW)
+    assert [r.reason for r in outcome.rejections] == [RejectReason.MALFORMED]
+    assert "UTF-8" in outcome.rejections[0].detail
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=2048))
 def test_any_bytes_give_records_and_never_an_exception(payload: bytes) -> None:
