@@ -45,6 +45,17 @@ class Stack:
     database_url: str
     values: dict[str, str]  # everything stack.env holds: service credentials, the identity key
 
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> Stack:
+        """From the variables in .local/stack.env."""
+        return cls(
+            mqtt_host=env["VAKTROM_MQTT_HOST"],
+            mqtt_port=int(env["VAKTROM_MQTT_PORT"]),
+            kafka_bootstrap=env["VAKTROM_KAFKA_BOOTSTRAP"],
+            database_url=env["VAKTROM_DATABASE_URL"],
+            values=env,
+        )
+
     @property
     def env(self) -> dict[str, str]:
         return dict(self.values)
@@ -82,14 +93,7 @@ def stack() -> Stack:
                 "Fix the cause above (or see `make logs`), then run the tests again.",
                 pytrace=False,
             )
-    env = _read_env_file()
-    return Stack(
-        mqtt_host=env["VAKTROM_MQTT_HOST"],
-        mqtt_port=int(env["VAKTROM_MQTT_PORT"]),
-        kafka_bootstrap=env["VAKTROM_KAFKA_BOOTSTRAP"],
-        database_url=env["VAKTROM_DATABASE_URL"],
-        values=env,
-    )
+    return Stack.from_env(_read_env_file())
 
 
 def _require_healthy(service: str, stack: Stack) -> None:

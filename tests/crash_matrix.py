@@ -381,14 +381,7 @@ def load_stack() -> Stack:
     path = STATE / "stack.env"
     if not path.exists():
         sys.exit(f"{path} does not exist: start the local stack first (`make stack-up`).")
-    env = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return Stack(
-        mqtt_host=env["VAKTROM_MQTT_HOST"],
-        mqtt_port=int(env["VAKTROM_MQTT_PORT"]),
-        kafka_bootstrap=env["VAKTROM_KAFKA_BOOTSTRAP"],
-        database_url=env["VAKTROM_DATABASE_URL"],
-        values=env,
-    )
+    return Stack.from_env(dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line))
 
 
 def main(argv: list[str] | None = None) -> int:
