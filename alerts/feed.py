@@ -150,12 +150,13 @@ class AlertFeed:
                 f"cannot reach Kafka at {self._kafka.bootstrap}: {exc}", retriable=True
             ) from None
 
-    def _reconnect(self, consumer: KafkaConsumer) -> KafkaConsumer:
+    def _reconnect(self, consumer: KafkaConsumer, stalled_s: float) -> KafkaConsumer:
         """Replace a consumer that stopped fetching with events waiting (see StallWatch)."""
         self.metrics.consumer_restarts.inc()
         log.warning(
-            "alert feed: events are waiting in Kafka but none came for 20 s (seen after a broker crash); "
-            "opening a new consumer, which goes on from the committed offsets"
+            "alert feed: events are waiting in Kafka but none came for %.0f s (seen after a broker crash); "
+            "opening a new consumer, which goes on from the committed offsets",
+            stalled_s,
         )
         try:
             consumer.close(autocommit=False)
@@ -182,7 +183,7 @@ class AlertFeed:
                 records = [r for rs in batch.values() for r in rs]
                 if not records:
                     if watch.stalled(consumer):
-                        consumer = self._reconnect(consumer)
+                        consumer = self._reconnect(consumer, watch.stall_s)
                         watch.progressed()
                     continue
                 watch.progressed()

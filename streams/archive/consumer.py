@@ -212,7 +212,7 @@ class Archive:
                     self._take(records)
                     watch.progressed()
                 elif self._db_down_since is None and watch.stalled(consumer):
-                    consumer = self._reconnect(consumer)
+                    consumer = self._reconnect(consumer, watch.stall_s)
                     watch.progressed()
                 now = time.monotonic()
                 if self._db_down_since is None and self._due(now):
@@ -225,12 +225,13 @@ class Archive:
         finally:
             self._shutdown(consumer)
 
-    def _reconnect(self, consumer: KafkaConsumer) -> KafkaConsumer:
+    def _reconnect(self, consumer: KafkaConsumer, stalled_s: float) -> KafkaConsumer:
         """Store what is in hand, then replace a consumer that stopped fetching (see StallWatch)."""
         self.metrics.consumer_restarts.inc()
         log.warning(
-            "archive: records are waiting in Kafka but none came for 20 s (seen after a broker crash); "
-            "opening a new consumer, which goes on from the committed offsets"
+            "archive: records are waiting in Kafka but none came for %.0f s (seen after a broker crash); "
+            "opening a new consumer, which goes on from the committed offsets",
+            stalled_s,
         )
         self._flush(consumer)
         self._batch = _Batch()  # if the flush failed these rows are read again by the new consumer

@@ -66,14 +66,12 @@ class History(msgspec.Struct, array_like=True):
     ewma_t: float = 0.0
     count: int = 0
 
-    def has_seen(self, measurement_id: str, t: float | None = None, value: float | None = None) -> bool:
+    def has_seen(self, measurement_id: str, t: float, value: float | None) -> bool:
         """A reading seen before: its id is among the last ids, or (when the kit resent it after
         more than that many newer readings, e.g. after a long outage) a kept reading has its very
         measured time and value. A device measures once per instant, so that is the same reading."""
         if measurement_id[:_ID_CHARS] in self.seen:
             return True
-        if t is None:
-            return False
         i = bisect.bisect_left(self.recent, t, key=_time)
         while i < len(self.recent) and self.recent[i].t == t:
             if self.recent[i].value == value:

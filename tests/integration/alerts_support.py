@@ -21,7 +21,7 @@ import msgspec
 import psycopg
 from aiosmtpd.controller import Controller
 
-from alerts.accounts import Role, add_user
+from alerts.accounts import Role, add_user, new_session
 from contracts import AlertEvent, EpisodeChange, Severity, topics
 from registry import Identity, Sealer
 from tests.conftest import Stack
@@ -34,6 +34,7 @@ __all__ = [
     "ConsoleClient",
     "Mailbox",
     "Receiver",
+    "bearer",
     "event",
     "mailbox",
     "new_id",
@@ -114,6 +115,12 @@ def add_patient(
             "INSERT INTO patient_identities (patient_id, sealed, key_id) VALUES (%s, %s, %s)",
             (patient_id, sealed, key_id),
         )
+
+
+def bearer(conn: psycopg.Connection[Any], username: str) -> dict[str, str]:
+    """API headers for `username`: a fresh hour-long API session's bearer token."""
+    token = new_session(conn, username, kind="api", lifetime=timedelta(hours=1), ip=None)
+    return {"Authorization": f"Bearer {token}"}
 
 
 def staff(conn: psycopg.Connection[Any], role: Role, team: str | None = None) -> str:

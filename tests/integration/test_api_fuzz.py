@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -24,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alerts.accounts import Role, new_session
-from tests.integration.alerts_support import AlertsProcess, staff
+from alerts.accounts import Role
+from tests.integration.alerts_support import AlertsProcess, bearer, staff
 
 ALLOWED = {200, 201, 400, 401, 403, 404, 409, 413, 415, 422, 429}
 SETTINGS = settings(
@@ -87,8 +86,7 @@ def service(alerts: AlertsProcess, database_url: str, unique: str) -> Iterator[d
 
         def token(role: Role) -> dict[str, str]:
             user = staff(conn, role, team=None if role is Role.ADMIN else team)
-            secret = new_session(conn, user, kind="api", lifetime=timedelta(hours=1), ip=None)
-            return {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+            return {**bearer(conn, user), "Content-Type": "application/json"}
 
         roles = {role: token(role) for role in (Role.COORDINATOR, Role.PHYSICIAN, Role.ADMIN, Role.NURSE)}
     client = httpx.Client(base_url=f"{alerts.url}/api/v1", timeout=30)

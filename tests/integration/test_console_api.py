@@ -21,6 +21,7 @@ from tests.integration.alerts_support import (
     AlertsProcess,
     ConsoleClient,
     add_patient,
+    bearer,
     event,
     new_id,
     publish,
@@ -54,11 +55,6 @@ def browser_session(service: AlertsProcess) -> Iterator[Callable[[], ConsoleClie
     yield make
     for client in made:
         client.close()
-
-
-def bearer(conn: psycopg.Connection[Any], username: str) -> dict[str, str]:
-    token = new_session(conn, username, kind="api", lifetime=timedelta(hours=1), ip=None)
-    return {"Authorization": f"Bearer {token}"}
 
 
 def audit_actions(conn: psycopg.Connection[Any], actor: str) -> list[str]:

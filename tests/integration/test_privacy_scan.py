@@ -30,7 +30,7 @@ from kafka.structs import TopicPartition
 from alerts.accounts import Role
 from registry import Identity, Sealer
 from tests.conftest import REPO, STATE, Stack
-from tests.integration.alerts_support import AlertsProcess, ConsoleClient, staff, wait_for
+from tests.integration.alerts_support import AlertsProcess, ConsoleClient, bearer, staff, wait_for
 from tests.integration.archive_support import ArchiveProcess
 from tests.integration.bridge_support import (
     BridgeProcess,
@@ -70,6 +70,11 @@ def _needles(identities: dict[str, Identity]) -> dict[bytes, str]:
     return out
 
 
+def _record_bytes(record: Any) -> bytes:
+    """A record's key, value and header values, as one searchable run of bytes."""
+    return b"\0".join([record.key or b"", record.value or b"", *(v or b"" for _k, v in record.headers)])
+
+
 def _scan_kafka(bootstrap: str, pattern: re.Pattern[bytes]) -> tuple[int, list[str]]:
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=4 * 1024 * 1024,
@@ -91,13 +96,9 @@ def _scan_kafka(bootstrap: str, pattern: re.Pattern[bytes]) -> tuple[int, list[s
         while left and time.monotonic() < deadline:
             for tp, records in consumer.poll(timeout_ms=1000, max_records=50_000).items():
                 scanned += len(records)
-                blob = b"\0".join(
-                    b"\0".join([r.key or b"", r.value or b"", *(v or b"" for _k, v in r.headers)])
-                    for r in records
-                )
-                if pattern.search(blob):  # one search per batch; find the records only when it hits
-                    for r in records:
-                        one = b"\0".join([r.key or b"", r.value or b"", *(v or b"" for _k, v in r.headers)])
+                blobs = [_record_bytes(r) for r in records]
+                if pattern.search(b"\0".join(blobs)):  # one search per batch; the records only on a hit
+                    for r, one in zip(records, blobs, strict=True):
                         found = pattern.search(one)
                         if found:
                             hits.append(f"Kafka {tp.topic}[{tp.partition}]@{r.offset}: {found.group(0)!r}")
@@ -144,9 +145,9 @@ def test_no_name_or_national_id_in_topics_logs_or_metrics(
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("INSERT INTO teams (team_id, name) VALUES (%s, %s)", (team, team))
         coordinator, nurse = staff(conn, Role.COORDINATOR, team), staff(conn, Role.NURSE, team)
-        token = _api_token(conn, coordinator)
+        headers = bearer(conn, coordinator)
     made = httpx.post(
-        f"{alerts.url}/api/v1/patients", timeout=30, headers={"Authorization": f"Bearer {token}"},
+        f"{alerts.url}/api/v1/patients", timeout=30, headers=headers,
         json={"name": name, "national_id": national_id, "team_id": team, "condition": "copd"},
     )  # fmt: skip
     assert made.status_code == 201, made.text
@@ -214,11 +215,3 @@ def _redact(hit: str, needles: dict[bytes, str]) -> str:
 def _metrics(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         return str(r.read().decode())
-
-
-def _api_token(conn: psycopg.Connection[Any], username: str) -> str:
-    from datetime import timedelta  # noqa: PLC0415 - only this helper needs it
-
-    from alerts.accounts import new_session  # noqa: PLC0415
-
-    return str(new_session(conn, username, kind="api", lifetime=timedelta(hours=1), ip=None))

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from alerts.accounts import Role, new_session
+from alerts.accounts import Role
 from contracts import topics
 from tests.conftest import Stack
-from tests.integration.alerts_support import AlertsProcess, staff
+from tests.integration.alerts_support import AlertsProcess, bearer, staff
 from tests.integration.registry_support import new_national_id
 from tests.integration.stage_support import consume
 
@@ -32,10 +31,7 @@ def api(alerts: AlertsProcess) -> Iterator[httpx.Client]:
 
 
 def _as(conn: psycopg.Connection[Any], role: Role, team: str | None = None) -> dict[str, str]:
-    user = staff(conn, role, team=team)
-    return {
-        "Authorization": f"Bearer {new_session(conn, user, kind='api', lifetime=timedelta(hours=1), ip=None)}"
-    }
+    return bearer(conn, staff(conn, role, team=team))
 
 
 def _versions(conn: psycopg.Connection[Any], patient: str) -> int:
