@@ -12,7 +12,9 @@ event-time deadlines due there (kit silent, measurement missed, all-clear). That
 inside stream processing, where faust can attach them to the right changelog partition.
 
 Delivery: at least once, with idempotent effects. Faust commits offsets only after the producer has
-flushed the changelog and alert records. After a crash the state may be ahead of the offsets:
+flushed the changelog and alert records, and the agent sends a record's alert events only once Kafka
+has its state changes (`emit`), so no event describes state a crash could lose. After a crash the
+state may be ahead of the offsets:
 replayed readings are then duplicates (ignored by id) and each partition's episodes are announced
 again on its first tick, so an event lost between the state write and the crash is still delivered;
 consumers apply events by (episode id, version), which makes repeats harmless. Faust's exactly-once
@@ -21,6 +23,7 @@ mode is not used (it has open bugs around rebalances).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import logging
@@ -41,7 +44,7 @@ from streams.monitor.engine import Engine, Outcome, PatientRecord, decode_metric
 from streams.monitor.episodes import Timing
 from streams.monitor.metrics import MonitorMetrics
 from streams.monitor.settings import MonitorSettings
-from streams.monitor.unstick import stuck_partitions
+from streams.monitor.unstick import STUCK_AFTER_S, stuck_partitions
 
 __all__ = ["Monitor", "MonitorError", "build_monitor"]
 
@@ -68,6 +71,29 @@ _json = msgspec.json.Encoder()
 
 class MonitorError(StageError):
     """The monitor cannot start: Kafka unreachable or the input topics missing."""
+
+
+class _StateTable(faust.Table):  # type: ignore[type-arg]  # faust's generics are untyped
+    """The state table, keeping the changelog records sent since the agent last emitted, so `emit`
+    can wait for them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.unconfirmed: list[asyncio.Future[Any]] = []
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        fut = super().send_changelog(*args, **kwargs)
+        self.unconfirmed.append(fut)
+        return fut
+
+
+def _end(consumer: Any, tp: Any) -> int | None:
+    """The partition's end offset as the consumer last heard it from a fetch (None before one)."""
+    try:
+        end = consumer.highwater(tp)
+    except (AssertionError, KafkaError, KeyError, AttributeError):  # not assigned here (any more)
+        return None
+    return end if isinstance(end, int) else None
 
 
 @dataclass(slots=True)
@@ -192,9 +218,16 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
     source = app.topic(names["measurements"], names["status"], names["careplans"], names["ticks"], **raw)
     ticks = app.topic(names["ticks"], **raw)
     alerts = app.topic(names["alerts"], **raw)
-    state = app.Table(
-        "state", partitions=partitions, key_type=bytes, value_type=bytes, options=ROCKSDB_OPTIONS
+    state = _StateTable(
+        app,
+        name="state",
+        beacon=app.tables.beacon,
+        partitions=partitions,
+        key_type=bytes,
+        value_type=bytes,
+        options=ROCKSDB_OPTIONS,
     )
+    app.tables.add(state)
     plans = app.Table(
         "careplans", partitions=partitions, key_type=bytes, value_type=bytes, options=ROCKSDB_OPTIONS
     )
@@ -216,6 +249,23 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
             heapq.heappush(monitor.heaps.setdefault(partition, []), (wake, patient))
 
     async def emit(patient: bytes, events: list[AlertEvent]) -> None:
+        """Send the events of the record just handled, once the state they describe is in the changelog.
+
+        An event out before its state would, after a crash, describe an episode the recovered state
+        does not hold: nothing would ever update or resolve it, and replay could open another one
+        for the same problem (a duplicate for the nurse).
+        """
+        unconfirmed, state.unconfirmed = state.unconfirmed, []
+        if events and unconfirmed:
+            results = await asyncio.gather(*unconfirmed, return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                # The alert matters more than the duplicate it might cause after a crash.
+                metrics.changelog_errors.inc(len(failed))
+                log.warning(
+                    "%d state change(s) did not reach the changelog (%s); sending the alert anyway",
+                    len(failed), type(failed[0]).__name__,
+                )  # fmt: skip
         for event in events:
             metrics.alerts.labels(event.rule_id, event.severity.value, event.change.value).inc()
             await alerts.send(key=patient, value=_json.encode(event))
@@ -225,7 +275,7 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
         metrics.state_bytes.observe(len(data))
         state[key] = data
 
-    async def on_measurement(partition: int, value: bytes, appended: float | None) -> None:
+    async def on_measurement(partition: int, offset: int, value: bytes, appended: float | None) -> None:
         m = _measurement.decode(value)
         patient = m.patient_id.encode()
         pkey, mkey = patient + _KIT, patient + _METRIC_KEYS[m.metric]
@@ -236,7 +286,9 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
         now = datetime.now(UTC)
         appended_at = None if appended is None else datetime.fromtimestamp(appended, UTC)
         trace = msgspec.structs.replace(m.trace, kafka_appended=appended_at, monitor_processed=now)
-        out = engine.measurement(m, record, precord, plan_of(patient), clock=clk.now(), now=now, trace=trace)
+        out = engine.measurement(
+            m, record, precord, plan_of(patient), clock=clk.now(), now=now, trace=trace, offset=offset
+        )
         if out.duplicate:
             metrics.duplicates.inc()
             return
@@ -272,9 +324,17 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
         plans[patient] = value
         monitor.plans[patient] = (value, plan)
 
+    async def ready(partition: int) -> None:
+        """Before a partition's first record after (re)assignment is handled, whatever its topic."""
+        if partition not in monitor.loaded:
+            assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == names["ticks"]}
+            await load((assigned | {partition}) - monitor.loaded)
+
     async def load(partitions: set[int]) -> None:
-        """First tick after (re)assignment: rebuild the deadlines of these partitions and announce
-        their episodes, in one pass over the table."""
+        """Rebuild the deadlines of these partitions and announce their episodes, in one pass over
+        the table. It must come before any record is handled: a replayed reading can move the clock
+        days on and prune a resolved episode whose "resolved" event the crash lost, and then nothing
+        would ever tell the nurse it was resolved."""
         for partition in partitions:
             monitor.heaps[partition] = []
         now = datetime.now(UTC)
@@ -295,9 +355,6 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
         monitor.loaded |= partitions
 
     async def on_tick(partition: int) -> None:
-        if partition not in monitor.loaded:
-            assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == names["ticks"]}
-            await load((assigned | {partition}) - monitor.loaded)
         clk = clock(partition)
         now_event = clk.now()
         if not now_event:
@@ -329,10 +386,11 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
             message = event.message
             topic, partition = message.topic, message.partition
             try:
+                await ready(partition)
                 if topic == names["measurements"]:
                     metrics.events.labels("measurement").inc()
                     appended = message.timestamp if message.timestamp_type == 1 else None
-                    await on_measurement(partition, event.value, appended)
+                    await on_measurement(partition, message.offset, event.value, appended)
                 elif topic == names["ticks"]:
                     await on_tick(partition)
                 elif topic == names["status"]:
@@ -359,21 +417,25 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
 
     holes: dict[Any, tuple[int, float]] = {}
 
-    @app.timer(10.0)  # type: ignore[untyped-decorator]  # faust is untyped
+    @app.timer(5.0)  # type: ignore[untyped-decorator]  # faust is untyped
     async def unstick() -> None:
         consumer = app.consumer
         committed = getattr(consumer, "_committed_offset", None)  # faust 0.15's bookkeeping
         acked = getattr(consumer, "_acked", None)
         if not isinstance(committed, dict) or not isinstance(acked, dict):
             return
-        sources = {names["measurements"], names["status"], names["careplans"]}
+        if app.rebalancing or app.in_recovery:
+            holes.clear()  # the commit may rightly stand still while state is restored
+            return
+        sources = {names["measurements"], names["status"], names["careplans"], names["ticks"]}
         mine = {tp: o for tp, o in committed.items() if tp.topic in sources and o is not None}
-        for tp, offset in stuck_partitions(mine, acked, holes, now=time.monotonic()):
+        ends = {tp: _end(consumer, tp) for tp in mine}
+        for tp, offset in stuck_partitions(mine, acked, ends, holes, now=time.monotonic()):
             metrics.reread.inc()
             log.warning(
-                "%s[%d]: the commit is stuck at %d behind a message faust dropped during recovery; "
-                "reading again from there (repeats are ignored by measurement id)",
-                tp.topic, tp.partition, offset,
+                "%s[%d]: the commit has stood at %d for %.0f s with records beyond it (faust dropped a "
+                "message during recovery); reading again from there (repeats are recognised and ignored)",
+                tp.topic, tp.partition, offset, STUCK_AFTER_S,
             )  # fmt: skip
             await consumer.seek(tp, offset)
 

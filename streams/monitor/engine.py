@@ -59,6 +59,10 @@ _KEEP_RESOLVED_S = 2 * 86_400.0  # resolved episodes are kept a while, to be re-
 class MetricRecord(msgspec.Struct, array_like=True):
     history: History = msgspec.field(default_factory=History)
     episodes: dict[str, EpisodeState] = {}
+    # Position in the measurement stream of the latest reading applied. A patient's readings share
+    # one partition, so a reading at or before it was applied already: a replay after a crash, or a
+    # partition read again from its commit, however long ago the reading was measured.
+    offset: int = -1
 
 
 class PatientRecord(msgspec.Struct, array_like=True):
@@ -112,13 +116,17 @@ class Engine:
         clock: float,
         now: datetime,
         trace: Trace | None = None,
+        offset: int | None = None,
     ) -> Outcome:
+        """`offset`: the reading's position in its (per-patient ordered) stream, when it has one."""
         out = Outcome()
         history = record.history
         t = m.measured_at.timestamp()
-        if history.has_seen(m.measurement_id, t, m.value):
+        if _replayed(record, offset, t) or history.has_seen(m.measurement_id, t, m.value):
             out.duplicate = True
             return out
+        if offset is not None:
+            record.offset = offset
         canonical = METRICS[m.metric].unit
         point = Point(
             t,
@@ -386,6 +394,16 @@ class Engine:
             )
             out.append(to_event(episode, change, patient_id=patient_id, emitted_at=now))
         return out
+
+
+def _replayed(record: MetricRecord, offset: int | None, t: float) -> bool:
+    """At or before the latest position applied, and measured no later than the newest reading held.
+
+    The second half keeps a recreated topic (positions from 0 again) from having its new readings
+    taken for replays; a replayed reading was applied, so it is never newer than the newest held.
+    """
+    recent = record.history.recent
+    return offset is not None and offset <= record.offset and bool(recent) and t <= recent[-1].t
 
 
 def _prune(episodes: dict[str, EpisodeState], clock: float) -> None:

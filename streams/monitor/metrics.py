@@ -15,7 +15,9 @@ class MonitorMetrics:
         r = self.registry
         self.events = Counter("vaktrom_monitor_events", "records processed, by kind", ["kind"], registry=r)
         self.duplicates = Counter(
-            "vaktrom_monitor_duplicates", "readings seen before (same id), ignored", registry=r
+            "vaktrom_monitor_duplicates",
+            "readings seen before (same id, or a stream position already applied), ignored",
+            registry=r,
         )
         self.broken = Counter(
             "vaktrom_monitor_records_broken", "records that broke their contract, skipped", registry=r
@@ -38,6 +40,11 @@ class MonitorMetrics:
         self.reread = Counter(
             "vaktrom_monitor_partitions_reread",
             "partitions read again from their commit because faust dropped a message (see unstick.py)",
+            registry=r,
+        )
+        self.changelog_errors = Counter(
+            "vaktrom_monitor_changelog_errors",
+            "state changes Kafka did not take; their alert events were sent anyway",
             registry=r,
         )
         self.deadlines = Gauge(

@@ -6,11 +6,16 @@ suspend_flow.wait())` and marks it read either way. A message fetched while flow
 The offsets after it are acknowledged, but the commit cannot pass the hole, so the lag stays and
 the reading was not evaluated. The crash matrix met it after a monitor SIGKILL.
 
-`stuck_partitions` finds that state from faust's own bookkeeping: a partition whose committed
-offset has not moved for `after_s` while later offsets are acknowledged (the lowest acknowledged
-offset is above the committed one). The monitor then seeks the partition back to the committed
-offset: the lost message is read and evaluated, and the ones after it are read again, which the
-engine ignores as duplicates (same measurement id).
+The same happens to the last messages of a partition: with nothing acknowledged after them, there
+is no hole to see, only a commit that stays below the partition's end while nothing new arrives (a
+cohort run whose kits had finished left 12 readings unevaluated for good that way).
+
+`stuck_partitions` finds both from faust's own bookkeeping: a partition whose committed offset has
+not moved for `after_s` although there are records beyond it (later offsets acknowledged, or the
+partition's end above the commit). The monitor then seeks the partition back to the committed
+offset: the lost messages are read and evaluated, and the ones after them are read again, which the
+engine ignores as replays (same position, same measurement id). A partition merely slow to drain
+is not reported: its commit moves every second.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from __future__ import annotations
 from collections.abc import Collection, Hashable, Mapping
 from typing import TypeVar
 
-__all__ = ["stuck_partitions"]
+__all__ = ["STUCK_AFTER_S", "stuck_partitions"]
+
+# A commit moves every second while records are processed; 15 s standing still means a drop.
+STUCK_AFTER_S = 15.0
 
 P = TypeVar("P", bound=Hashable)
 
@@ -26,18 +34,22 @@ P = TypeVar("P", bound=Hashable)
 def stuck_partitions(
     committed: Mapping[P, int],
     acked: Mapping[P, Collection[int]],
+    ends: Mapping[P, int | None],
     seen: dict[P, tuple[int, float]],
     *,
     now: float,
-    after_s: float = 30.0,
+    after_s: float = STUCK_AFTER_S,
 ) -> list[tuple[P, int]]:
-    """(partition, committed offset) for every partition stuck for `after_s`; `seen` is the caller's
-    memory between calls (partition -> (committed offset, since when it is behind a hole))."""
+    """(partition, committed offset) for every partition stuck for `after_s`; `ends` are the
+    partitions' end offsets as the consumer last heard them (None: not known yet); `seen` is the
+    caller's memory between calls (partition -> (committed offset, since when it is behind))."""
     out = []
     for tp, offset in committed.items():
         done = acked.get(tp) or ()
-        if not done or min(done) <= offset:
-            seen.pop(tp, None)  # nothing acknowledged beyond a hole: the commit can move
+        end = ends.get(tp)
+        behind = (done and min(done) > offset) or (end is not None and end > offset)
+        if not behind:
+            seen.pop(tp, None)  # caught up, or the next commit moves past the lowest acknowledged
             continue
         first = seen.get(tp)
         if first is None or first[0] != offset:

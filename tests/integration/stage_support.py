@@ -24,9 +24,9 @@ from tests.conftest import REPO, Stack
 
 sys.path.insert(0, str(REPO / "infra"))
 from enrol import enrol
-from topics import ensure_topics
+from topics import consumer_lag, ensure_topics
 
-__all__ = ["StageProcess", "consume", "enrol", "free_port", "prepare", "produce", "sql"]
+__all__ = ["StageProcess", "consume", "consumer_lag", "enrol", "free_port", "prepare", "produce", "sql"]
 
 
 def free_port() -> int:

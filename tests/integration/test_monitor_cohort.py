@@ -25,7 +25,7 @@ from streams.monitor.catalogue import RULES
 from tests.conftest import REPO, Stack
 from tests.integration.bridge_support import BridgeProcess, register, sim_credentials
 from tests.integration.monitor_support import MonitorProcess, alert_events, episodes_of
-from tests.integration.stage_support import produce
+from tests.integration.stage_support import consumer_lag, produce
 
 PATIENTS = "heart_failure=30,copd=30,diabetes=25,infection=25"
 CONDITIONS = {
@@ -35,6 +35,7 @@ CONDITIONS = {
     "infection": Condition.INFECTION_WATCH,
 }
 FAULTS = "silent=0.04,skip=0.02,duplicate=0.01"
+MEASUREMENTS_DONE = 'vaktrom_monitor_events_total{kind="measurement"}'
 GRACE = timedelta(
     hours=24
 )  # an episode counts as found if an alert episode overlaps it, or opens within a day after
@@ -88,7 +89,7 @@ def score(truth: list[dict[str, Any]], events: list[dict[str, Any]], patients: i
     finals = [versions[-1] for versions in episodes.values()]
     problems_of = {e: {RULES[v["rule_id"]].problem for v in vs} for e, vs in episodes.items()}
     # duplicates: two episodes of one patient and problem open at the same time
-    spans: dict[tuple[str, str], list[tuple[datetime, datetime]]] = defaultdict(list)
+    spans: dict[tuple[str, str], list[tuple[datetime, datetime, str]]] = defaultdict(list)
     for eid, final in zip(episodes, finals, strict=True):
         start = datetime.fromisoformat(final["opened_at"])
         end = (
@@ -97,10 +98,14 @@ def score(truth: list[dict[str, Any]], events: list[dict[str, Any]], patients: i
             else datetime.max.replace(tzinfo=start.tzinfo)
         )
         for problem in problems_of[eid]:
-            spans[(final["patient_id"], problem)].append((start, end))
-    duplicates = sum(
-        1 for s in spans.values() for i, a in enumerate(sorted(s)) for b in sorted(s)[i + 1 :] if b[0] < a[1]
-    )
+            spans[(final["patient_id"], problem)].append((start, end, eid))
+    overlapping = [
+        (problem, a, b)
+        for (_patient, problem), s in spans.items()
+        for i, a in enumerate(sorted(s))
+        for b in sorted(s)[i + 1 :]
+        if b[0] < a[1]
+    ]
     found: dict[str, list[bool]] = defaultdict(list)
     unstable = set()
     for t in truth:
@@ -136,8 +141,21 @@ def score(truth: list[dict[str, Any]], events: list[dict[str, Any]], patients: i
         "nurse_facing_rules_on_stable": sorted({f["rule_id"] for f in nurse}),
         "alert_episodes": len(episodes),
         "alert_events": len(events),
-        "duplicate_episodes": duplicates,
+        "duplicate_episodes": len(overlapping),
+        # what a failure needs to be understood: each pair's problem, and every version of both
+        "duplicates": [
+            {"problem": problem, "episodes": [_versions(episodes[a[2]]), _versions(episodes[b[2]])]}
+            for problem, a, b in overlapping[:3]
+        ],
     }
+
+
+def _versions(versions: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"v{v['version']} {v['change']} {v['rule_id']} {v['severity']} opened {v['opened_at']} "
+        f"last {v['last_seen_at']} resolved {v['resolved_at']}"
+        for v in versions
+    ]
 
 
 def test_cohort_of_110_patients_over_14_days_with_a_monitor_crash(
@@ -168,22 +186,24 @@ def test_cohort_of_110_patients_over_14_days_with_a_monitor_crash(
     _stdout, stderr = sim.communicate(timeout=900)
     assert sim.returncode == 0, stderr[-2000:]
     sim_seconds = time.monotonic() - started
-    # let the restarted monitor catch up with every measurement on the topic, and its clock pass
-    # the last deadlines
+    # let the restarted monitor commit every record of its inputs (each one evaluated), and its
+    # clock pass the last deadlines
     total = _records(stack, topics.measurement_topic(monitor.prefix))
+    group = {"monitor": f"{monitor.prefix}monitor"}
     deadline = time.monotonic() + 180
-    after = 0.0
-    while time.monotonic() < deadline:
-        after = monitor.metrics().get('vaktrom_monitor_events_total{kind="measurement"}', 0.0)
-        if after + before >= total:
-            break
+    lag = consumer_lag(stack.kafka_bootstrap, group)["monitor"]
+    while lag and time.monotonic() < deadline:
         time.sleep(0.5)
+        lag = consumer_lag(stack.kafka_bootstrap, group)["monitor"]
     caught_up = time.monotonic() - started - sim_seconds
     time.sleep(5)
     ledger = {
         "measurements_on_topic": total,
-        "processed_after_restart": after,
+        "processed_after_restart": monitor.metrics().get(
+            'vaktrom_monitor_events_total{kind="measurement"}', 0.0
+        ),
         "catch_up_s": round(caught_up, 1),
+        "not_evaluated": lag,
     }
     events = alert_events(stack, monitor.prefix)
     truth = [json.loads(line) for line in (out / "ground-truth.jsonl").read_text().splitlines()]
@@ -199,6 +219,7 @@ def test_cohort_of_110_patients_over_14_days_with_a_monitor_crash(
     results.mkdir(parents=True, exist_ok=True)
     (results / "monitor_cohort.json").write_text(json.dumps(result, indent=1) + "\n")
     assert 0 < before < 5000, "the kill must land in the middle of the run"
+    assert lag == 0, f"the restarted monitor left {lag} records of its inputs unevaluated after 180 s"
     assert result["duplicate_episodes"] == 0, result
     assert result["sensitivity"] >= 0.9, result
     assert result["nurse_facing_per_stable_patient_per_30d"] <= 2.0, result

@@ -14,7 +14,9 @@ from typing import Any
 
 import msgspec
 import pytest
+from faust.topics import Topic
 from faust.types import TP
+from kafka.errors import KafkaTimeoutError
 
 from contracts import (
     AlertEvent,
@@ -40,6 +42,8 @@ class Harness:
 
     monitor: monitor_app.Monitor
     sent: list[AlertEvent] = field(default_factory=list)
+    hold: bool = False  # keep changelog records unacknowledged (in `held`) instead of Kafka taking them
+    held: list[asyncio.Future[Any]] = field(default_factory=list)
 
     @property
     def names(self) -> dict[str, str]:
@@ -71,6 +75,18 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
         h.sent.append(event)
 
     monkeypatch.setattr("faust.topics.Topic.send", send)
+    send_soon = Topic.send_soon
+
+    def changelog(topic: Any, *args: Any, **kwargs: Any) -> Any:
+        """Table writes: Kafka takes each at once, unless the test holds them."""
+        fut = send_soon(topic, *args, **kwargs)
+        if h.hold:
+            h.held.append(fut)
+        else:
+            fut.set_result(None)
+        return fut
+
+    monkeypatch.setattr("faust.topics.Topic.send_soon", changelog)
     return h
 
 
@@ -132,6 +148,80 @@ def test_reading_raises_one_episode_and_its_duplicate_nothing(harness: Harness) 
     assert set(record.episodes) == {"spo2_low"}
     assert decode_patient(h.state(b"A-1|kit")).partition == 0
     assert "vaktrom_monitor_duplicates_total 1.0" in h.monitor.metrics.exposition().decode()
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"waited 2 s for {what}")
+
+
+def test_an_alert_waits_until_kafka_has_the_state_it_describes(harness: Harness) -> None:
+    """The episode's state change goes to the changelog first; the alert event follows only once
+    Kafka has taken it, so a crash cannot leave an alert whose episode the recovered state lacks."""
+    h = harness
+    h.hold = True
+
+    async def scenario(feed: Feed) -> None:
+        handled = asyncio.ensure_future(
+            feed(h.names["measurements"], *reading("W-1", Metric.SPO2, 85.0, T0), 0)
+        )
+        await _until(lambda: bool(h.held), "the state change")
+        await asyncio.sleep(0.2)
+        assert h.sent == [], "no alert before its state is in the changelog"
+        for fut in h.held:
+            fut.set_result(None)
+        await _until(lambda: bool(h.sent), "the alert")
+        await handled
+
+    run(h, scenario)
+    assert [(e.rule_id, e.change.value) for e in h.sent] == [("NEWS2-S1", "opened")]
+
+
+def test_an_alert_still_goes_out_when_kafka_refuses_its_state(harness: Harness) -> None:
+    """A failed changelog write is counted and logged; the nurse still gets the alert."""
+    h = harness
+    h.hold = True
+
+    async def scenario(feed: Feed) -> None:
+        handled = asyncio.ensure_future(
+            feed(h.names["measurements"], *reading("X-1", Metric.SPO2, 85.0, T0), 0)
+        )
+        await _until(lambda: bool(h.held), "the state change")
+        for fut in h.held:
+            fut.set_exception(KafkaTimeoutError())
+        await _until(lambda: bool(h.sent), "the alert")
+        await handled
+
+    run(h, scenario)
+    assert [e.rule_id for e in h.sent] == ["NEWS2-S1"]
+    # both records it wrote (the SpO2 history and the patient's) were refused
+    assert "vaktrom_monitor_changelog_errors_total 2.0" in h.monitor.metrics.exposition().decode()
+
+
+def test_after_a_restart_held_episodes_are_announced_before_any_reading_is_handled(harness: Harness) -> None:
+    """An episode resolved just before a crash whose "resolved" event was lost: the restarted worker's
+    first record is a reading days later, which prunes the resolved episode from the state. The
+    episode is announced (resolved) before that, so the nurse's copy does not stay open for good."""
+    h = harness
+    key = b"R-1"
+
+    async def scenario(feed: Feed) -> None:
+        await feed(h.names["measurements"], *reading("R-1", Metric.SPO2, 85.0, T0), 0)
+        await feed(h.names["measurements"], *reading("R-1", Metric.SPO2, 97.0, T0 + timedelta(hours=1)), 0)
+        await feed(h.names["measurements"], *reading("R-1", Metric.SPO2, 97.0, T0 + timedelta(hours=26)), 0)
+        await feed(h.names["ticks"], None, b"", 0)
+        assert [e.change.value for e in h.sent] == ["opened", "resolved"]
+        h.sent.clear()  # the crash: the "resolved" event never reached Kafka
+        h.monitor.loaded.clear()  # the partition is assigned again
+        later = T0 + timedelta(days=5)
+        await feed(h.names["measurements"], *reading("R-1", Metric.SPO2, 97.0, later), 0)
+
+    run(h, scenario)
+    assert [(e.rule_id, e.change.value, e.version) for e in h.sent] == [("NEWS2-S1", "resolved", 2)]
+    assert decode_metric(h.state(key + b"|spo2")).episodes == {}, "pruned after the announcement"
 
 
 def test_care_plan_version_applies_to_the_next_reading_and_older_versions_are_ignored(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from contracts import (
@@ -104,11 +105,14 @@ class Patient:
         unit: str | None = None,
         flag: str | None = None,
         clock: datetime | None = None,
+        offset: int | None = None,
     ) -> list:
         record = self.records.setdefault(metric, MetricRecord())
         patient = self.patient
         m = reading(metric, value, at, unit, flag)
-        out = self.engine.measurement(m, record, patient, self.plan, clock=(clock or at).timestamp(), now=at)
+        out = self.engine.measurement(
+            m, record, patient, self.plan, clock=(clock or at).timestamp(), now=at, offset=offset
+        )
         self.records[metric] = decode_metric(encode(record))  # state survives its own encoding
         if out.patient_changed:
             self.stored = encode(patient)
@@ -377,6 +381,50 @@ def test_a_reading_resent_after_many_newer_ones_is_still_a_duplicate() -> None:
     assert p.records[Metric.SPO2].history.count == episode_count == 41
     # a different reading at the same instant (another value) is not taken for the resend
     assert p.records[Metric.SPO2].history.has_seen("f" * 32, T0.timestamp(), 90.0) is False
+
+
+def test_a_partition_read_again_from_an_old_commit_changes_nothing() -> None:
+    """Glucose readings over 12 h (the history keeps 2 h of them), then the partition is read again
+    from its first offset: every replayed reading is recognised by its position, none by its id or
+    time, and the hypo's episode is not counted twice."""
+    p = Patient(plan(Condition.DIABETES))
+    stream = [(0, 3.5)] + [(i, 6.0) for i in range(1, 48)]  # a hypo, then 47 normal readings
+    for offset, (quarter, value) in enumerate(stream):
+        p.feed(Metric.GLUCOSE, value, T0 + timedelta(minutes=15 * quarter), offset=offset)
+    assert [e.change for e in p.events] == [EpisodeChange.OPENED]
+    record = p.records[Metric.GLUCOSE]
+    count = record.history.count
+    assert not record.history.has_seen(reading(Metric.GLUCOSE, 3.5, T0).measurement_id, T0.timestamp(), 3.5)
+    for offset, (quarter, value) in enumerate(stream):
+        assert p.feed(Metric.GLUCOSE, value, T0 + timedelta(minutes=15 * quarter), offset=offset) == []
+    assert p.records[Metric.GLUCOSE].history.count == count
+    # without positions the old hypo would have opened a second episode: the test can fail
+    q = Patient(plan(Condition.DIABETES))
+    for quarter, value in stream:
+        q.feed(Metric.GLUCOSE, value, T0 + timedelta(minutes=15 * quarter))
+    (again,) = q.feed(Metric.GLUCOSE, 3.5, T0)
+    assert (again.change, again.count) == (EpisodeChange.UPDATED, 2), "an unrecognised replay counts again"
+
+
+def test_positions_do_not_hide_new_or_late_readings() -> None:
+    """A late reading comes at a new position and counts; after the topic was recreated (positions
+    from 0 again), a reading newer than any held is not taken for a replay."""
+    p = Patient(plan(Condition.DIABETES))
+    p.feed(Metric.GLUCOSE, 6.0, T0, offset=100)
+    p.feed(Metric.GLUCOSE, 6.0, T0 + timedelta(minutes=30), offset=101)
+    assert p.feed(Metric.GLUCOSE, 3.5, T0 + timedelta(minutes=10), offset=102), "late, at a new position"
+    assert p.feed(Metric.GLUCOSE, 3.6, T0 + timedelta(hours=1), offset=0), "newer than anything held"
+    assert p.records[Metric.GLUCOSE].offset == 0
+    assert p.records[Metric.GLUCOSE].history.count == 4
+    # a reading at an applied position but measured earlier than the newest held is a replay
+    assert p.feed(Metric.GLUCOSE, 3.9, T0 + timedelta(minutes=5), offset=0) == []
+
+
+def test_state_written_before_positions_were_kept_still_decodes() -> None:
+    """Records in a changelog from before the position field decode with no position."""
+    old = msgspec.msgpack.encode([[[], [], [], None, 0.0, 0], {}])
+    record = decode_metric(old)
+    assert record.offset == -1
 
 
 def test_episode_resolves_after_a_clear_period() -> None:
