@@ -158,23 +158,30 @@ async def _until(condition: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"waited 2 s for {what}")
 
 
+async def _red_reading_with_held_state(h: Harness, feed: Feed, then: Callable[[], Awaitable[None]]) -> None:
+    """Feed SpO2 85 % with its changelog records held; once they are, `then` settles them; returns
+    when the alert is out."""
+    h.hold = True
+    handled = asyncio.ensure_future(feed(h.names["measurements"], *reading("W-1", Metric.SPO2, 85.0, T0), 0))
+    await _until(lambda: bool(h.held), "the state change")
+    await then()
+    await _until(lambda: bool(h.sent), "the alert")
+    await handled
+
+
 def test_an_alert_waits_until_kafka_has_the_state_it_describes(harness: Harness) -> None:
     """The episode's state change goes to the changelog first; the alert event follows only once
     Kafka has taken it, so a crash cannot leave an alert whose episode the recovered state lacks."""
     h = harness
-    h.hold = True
 
     async def scenario(feed: Feed) -> None:
-        handled = asyncio.ensure_future(
-            feed(h.names["measurements"], *reading("W-1", Metric.SPO2, 85.0, T0), 0)
-        )
-        await _until(lambda: bool(h.held), "the state change")
-        await asyncio.sleep(0.2)
-        assert h.sent == [], "no alert before its state is in the changelog"
-        for fut in h.held:
-            fut.set_result(None)
-        await _until(lambda: bool(h.sent), "the alert")
-        await handled
+        async def kafka_takes_it() -> None:
+            await asyncio.sleep(0.2)
+            assert h.sent == [], "no alert before its state is in the changelog"
+            for fut in h.held:
+                fut.set_result(None)
+
+        await _red_reading_with_held_state(h, feed, kafka_takes_it)
 
     run(h, scenario)
     assert [(e.rule_id, e.change.value) for e in h.sent] == [("NEWS2-S1", "opened")]
@@ -183,17 +190,13 @@ def test_an_alert_waits_until_kafka_has_the_state_it_describes(harness: Harness)
 def test_an_alert_still_goes_out_when_kafka_refuses_its_state(harness: Harness) -> None:
     """A failed changelog write is counted and logged; the nurse still gets the alert."""
     h = harness
-    h.hold = True
 
     async def scenario(feed: Feed) -> None:
-        handled = asyncio.ensure_future(
-            feed(h.names["measurements"], *reading("X-1", Metric.SPO2, 85.0, T0), 0)
-        )
-        await _until(lambda: bool(h.held), "the state change")
-        for fut in h.held:
-            fut.set_exception(KafkaTimeoutError())
-        await _until(lambda: bool(h.sent), "the alert")
-        await handled
+        async def kafka_refuses_it() -> None:
+            for fut in h.held:
+                fut.set_exception(KafkaTimeoutError())
+
+        await _red_reading_with_held_state(h, feed, kafka_refuses_it)
 
     run(h, scenario)
     assert [e.rule_id for e in h.sent] == ["NEWS2-S1"]
