@@ -86,7 +86,9 @@ def drift(rows: list[dict[str, Any]], path: str) -> dict[str, Any]:
     mine = [r for r in rows if r["path"] == path and r["n"] >= 20]
     if len(mine) < 2:
         return {"path": path, "ok": None, "why": "fewer than two windows with data"}
-    first, last = mine[0], mine[-2] if len(mine) > 2 else mine[-1]  # the last full window
+    first = mine[0]
+    full = [r for r in mine[1:] if r["n"] >= first["n"] / 2]  # a window the run ended inside is not full
+    last = full[-1] if full else mine[-1]
     ok = last["p99_ms"] <= max(1.5 * first["p99_ms"], first["p99_ms"] + 250.0)
     return {"path": path, "first": first, "last": last, "ok": ok}
 
