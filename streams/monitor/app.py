@@ -15,8 +15,9 @@ Delivery: at least once, with idempotent effects. Faust commits offsets only aft
 flushed the changelog and alert records, and the agent sends a record's alert events only once Kafka
 has its state changes (`emit`), so no event describes state a crash could lose. After a crash the
 state may be ahead of the offsets:
-replayed readings are then duplicates (ignored by id) and each partition's episodes are announced
-again on its first tick, so an event lost between the state write and the crash is still delivered;
+replayed readings are then recognised by their offset (each record keeps the latest it applied) and
+ignored, and each partition's episodes are announced again before its first record is handled, so
+an event lost between the state write and the crash is still delivered;
 consumers apply events by (episode id, version), which makes repeats harmless. Faust's exactly-once
 mode is not used (it has open bugs around rebalances).
 """

@@ -6,9 +6,9 @@ suspend_flow.wait())` and marks it read either way. A message fetched while flow
 The offsets after it are acknowledged, but the commit cannot pass the hole, so the lag stays and
 the reading was not evaluated. The crash matrix met it after a monitor SIGKILL.
 
-The same happens to the last messages of a partition: with nothing acknowledged after them, there
-is no hole to see, only a commit that stays below the partition's end while nothing new arrives (a
-cohort run whose kits had finished left 12 readings unevaluated for good that way).
+The same can happen to the last messages of a partition: with nothing acknowledged after them,
+there is no hole to see, only a commit that stays below the partition's end while nothing new
+arrives.
 
 `stuck_partitions` finds both from faust's own bookkeeping: a partition whose committed offset has
 not moved for `after_s` although there are records beyond it (later offsets acknowledged, or the
