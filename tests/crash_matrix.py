@@ -97,8 +97,10 @@ class Pipeline:
         return stage
 
     def groups(self) -> dict[str, str]:
+        monitor = self.stages["monitor"]
+        assert isinstance(monitor, MonitorProcess)
         return {
-            "monitor": f"{self.name}.monitor",  # faust's group: the app id under the topic prefix
+            "monitor": monitor.group,
             "archive": f"{self.name}-archive",
             "alerts": f"{self.name}-alerts",
         }

@@ -22,9 +22,16 @@ class MonitorProcess(StageProcess):
     label: ClassVar[str] = "monitor"
     metrics_env: ClassVar[str] = "VAKTROM_MONITOR_METRICS_PORT"
 
+    app_id: ClassVar[str] = "monitor"
+
+    @property
+    def group(self) -> str:
+        """faust's consumer group: the app id under the topic prefix."""
+        return f"{self.prefix}{self.app_id}"
+
     def stage_env(self) -> dict[str, str]:
         return {
-            "VAKTROM_MONITOR_APP_ID": "monitor",
+            "VAKTROM_MONITOR_APP_ID": self.app_id,
             "VAKTROM_MONITOR_STORE": "memory://",
             "VAKTROM_MONITOR_DATA_DIR": str(self.log_dir / f"monitor-{self.name}"),
             "VAKTROM_MONITOR_TICK_S": "0.2",

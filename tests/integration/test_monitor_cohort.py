@@ -189,7 +189,7 @@ def test_cohort_of_110_patients_over_14_days_with_a_monitor_crash(
     # let the restarted monitor commit every record of its inputs (each one evaluated), and its
     # clock pass the last deadlines
     total = _records(stack, topics.measurement_topic(monitor.prefix))
-    group = {"monitor": f"{monitor.prefix}monitor"}
+    group = {"monitor": monitor.group}
     deadline = time.monotonic() + 180
     lag = consumer_lag(stack.kafka_bootstrap, group)["monitor"]
     while lag and time.monotonic() < deadline:
@@ -199,9 +199,7 @@ def test_cohort_of_110_patients_over_14_days_with_a_monitor_crash(
     time.sleep(5)
     ledger = {
         "measurements_on_topic": total,
-        "processed_after_restart": monitor.metrics().get(
-            'vaktrom_monitor_events_total{kind="measurement"}', 0.0
-        ),
+        "processed_after_restart": monitor.metrics().get(MEASUREMENTS_DONE, 0.0),
         "catch_up_s": round(caught_up, 1),
         "not_evaluated": lag,
     }
