@@ -47,6 +47,11 @@ class MonitorMetrics:
             "state changes Kafka did not take; their alert events were sent anyway",
             registry=r,
         )
+        self.waiting = Gauge(
+            "vaktrom_monitor_alerts_waiting",
+            "records whose alert events wait for Kafka to take the state they describe",
+            registry=r,
+        )
         self.deadlines = Gauge(
             "vaktrom_monitor_deadlines_pending", "patients waiting for a deadline", registry=r
         )

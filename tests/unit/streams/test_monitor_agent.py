@@ -44,6 +44,7 @@ class Harness:
     sent: list[AlertEvent] = field(default_factory=list)
     hold: bool = False  # keep changelog records unacknowledged (in `held`) instead of Kafka taking them
     held: list[asyncio.Future[Any]] = field(default_factory=list)
+    flush: bool = True  # `feed` returns once the record's alert events are out (else once it is handled)
 
     @property
     def names(self) -> dict[str, str]:
@@ -109,6 +110,9 @@ def run(h: Harness, scenario: Callable[[Feed], Awaitable[None]]) -> None:
 
                 ctx.to_message = to_message
                 await ctx.put(value, key=key, partition=partition)
+                assert h.monitor.outbox is not None
+                if h.flush:
+                    await h.monitor.outbox.flush()
 
             await scenario(feed)
 
@@ -202,6 +206,38 @@ def test_an_alert_still_goes_out_when_kafka_refuses_its_state(harness: Harness) 
     assert [e.rule_id for e in h.sent] == ["NEWS2-S1"]
     # both records it wrote (the SpO2 history and the patient's) were refused
     assert "vaktrom_monitor_changelog_errors_total 2.0" in h.monitor.metrics.exposition().decode()
+
+
+def test_the_agent_is_not_held_up_by_alerts_waiting_for_their_state(harness: Harness) -> None:
+    """Waiting for Kafka to take a record's state happens beside the agent, not in it: the next
+    record is handled meanwhile. A patient's events still go out in the order they were raised."""
+    h = harness
+    h.hold, h.flush = True, False
+    outbox = h.monitor.outbox
+    assert outbox is not None
+
+    async def scenario(feed: Feed) -> None:
+        first = reading("O-1", Metric.SPO2, 85.0, T0)
+        second = reading("O-1", Metric.SPO2, 84.0, T0 + timedelta(minutes=5))
+        await asyncio.wait_for(feed(h.names["measurements"], *first, 0), 2.0)
+        held_first, h.held = h.held, []
+        await asyncio.wait_for(feed(h.names["measurements"], *second, 0), 2.0)  # not held up
+        assert decode_metric(h.state(b"O-1|spo2")).history.count == 2
+        for fut in h.held:  # Kafka takes the second record's state first
+            fut.set_result(None)
+        await asyncio.sleep(0.1)
+        assert h.sent == [], "the second event waits behind the first"
+        assert "vaktrom_monitor_alerts_waiting 2.0" in h.monitor.metrics.exposition().decode()
+        for fut in held_first:
+            fut.set_result(None)
+        await outbox.flush()
+
+    run(h, scenario)
+    assert [(e.change.value, e.version, e.latest.value if e.latest else None) for e in h.sent] == [
+        ("opened", 1, 85.0),
+        ("updated", 2, 84.0),
+    ]
+    assert "vaktrom_monitor_alerts_waiting 0.0" in h.monitor.metrics.exposition().decode()
 
 
 def test_after_a_restart_held_episodes_are_announced_before_any_reading_is_handled(harness: Harness) -> None:
