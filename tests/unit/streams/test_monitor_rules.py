@@ -503,8 +503,30 @@ def test_rule_plan_defaults_without_a_care_plan() -> None:
 
 
 def test_state_per_patient_metric_stays_under_2_kb() -> None:
-    """A CGM patient's glucose state after 35 days of 5-minute readings stays below 2 KB."""
+    """A CGM patient's glucose state after 35 days of 5-minute readings, with a high and a low
+    episode held, stays below 2 KB as stored, and reads back as it was."""
     p = Patient(cgm_plan())
     for i in range(35 * 288):
-        p.feed(Metric.GLUCOSE, 6.0 + (i % 7) * 0.1, T0 + timedelta(minutes=5 * i))
-    assert len(encode(p.records[Metric.GLUCOSE])) < 2048
+        value = 6.0 + (i % 7) * 0.1
+        if 100 <= i % 288 < 105:
+            value = 3.2  # a low each day (a CGM event needs 15 minutes)
+        elif 200 <= i % 288 < 205:
+            value = 16.0  # and a high
+        p.feed(Metric.GLUCOSE, value, T0 + timedelta(minutes=5 * i))
+    record = p.records[Metric.GLUCOSE]
+    assert {"glucose_low", "glucose_high"} <= set(record.episodes)
+    assert len(msgspec.msgpack.encode(record)) > 2048, "the case compression is there for"
+    stored = encode(record)
+    assert len(stored) < 2048
+    assert decode_metric(stored) == record
+
+
+def test_small_records_are_stored_plain_as_before() -> None:
+    """Only large records are compressed: a few readings stay plain msgpack, as records written
+    before compression existed are, and both decode."""
+    p = Patient(plan(Condition.HEART_FAILURE))
+    p.feed(Metric.BODY_WEIGHT, 82.0, T0)
+    record = p.records[Metric.BODY_WEIGHT]
+    stored = encode(record)
+    assert stored == msgspec.msgpack.encode(record)
+    assert decode_metric(stored) == record
