@@ -327,3 +327,47 @@ def test_a_record_that_breaks_its_contract_is_skipped_and_the_agent_goes_on(harn
     run(h, scenario)
     assert [e.rule_id for e in h.sent] == ["NEWS2-S1"]
     assert "vaktrom_monitor_records_broken_total 1.0" in h.monitor.metrics.exposition().decode()
+
+
+def test_records_are_read_from_memory_until_partitions_move(harness: Harness) -> None:
+    """The agent keeps the values it last read or wrote. When partitions move, faust restores the
+    tables from their changelogs behind its back, so what it kept is dropped and read afresh."""
+    h = harness
+    table = h.monitor.app.tables["state"]
+    key = b"C-1|pulse"
+
+    async def scenario(feed: Feed) -> None:
+        await feed(h.names["measurements"], *reading("C-1", Metric.PULSE, 70.0, T0), 2)
+        restored = table.data[key]  # the record as a changelog restore would bring it back
+        await feed(h.names["measurements"], *reading("C-1", Metric.PULSE, 71.0, T0 + timedelta(hours=1)), 2)
+        assert decode_metric(h.state(key)).history.count == 2  # written through
+        table.data[key] = restored  # a restore, not seen by the agent
+        await feed(h.names["measurements"], *reading("C-1", Metric.PULSE, 72.0, T0 + timedelta(hours=2)), 2)
+        assert decode_metric(h.state(key)).history.count == 3, "kept in memory: the restore not read"
+        await h.monitor.app.on_partitions_assigned.send(assigned=set())
+        table.data[key] = restored
+        await feed(h.names["measurements"], *reading("C-1", Metric.PULSE, 73.0, T0 + timedelta(hours=3)), 2)
+        assert decode_metric(h.state(key)).history.count == 2, "read afresh after the assignment"
+
+    run(h, scenario)
+
+
+def test_kept_values_are_bounded_and_the_least_recently_used_go_first() -> None:
+    reads: list[bytes] = []
+
+    class Table(dict[bytes, bytes]):
+        def get(self, key: bytes, default: Any = None) -> Any:
+            reads.append(key)
+            return super().get(key, default)
+
+    table = Table({b"a": b"1", b"b": b"2", b"c": b"3"})
+    kept = monitor_app._Cached(table, limit=2)
+    assert (kept.get(b"a"), kept.get(b"b"), kept.get(b"a")) == (b"1", b"2", b"1")
+    assert reads == [b"a", b"b"]  # the second read of a came from memory
+    kept[b"c"] = b"33"  # written through; b, the least recently used, goes
+    assert table[b"c"] == b"33"
+    assert (kept.get(b"c"), kept.get(b"a"), kept.get(b"b")) == (b"33", b"1", b"2")
+    assert reads == [b"a", b"b", b"b"]
+    assert kept.get(b"missing") is None
+    kept[b"missing"] = b"4"
+    assert kept.get(b"missing") == b"4"
