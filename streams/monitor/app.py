@@ -505,8 +505,11 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
             await emit(patient, out.events)
         metrics.deadlines.set(sum(len(h) for h in monitor.heaps.values()))
 
+    streams: list[Any] = []  # the agent's (one per actor), to see whether records wait for it
+
     @app.agent(source)
     async def monitor_agent(stream: faust.StreamT[bytes]) -> None:
+        streams.append(stream)
         async for event in stream.events():
             message = event.message
             topic, partition = message.topic, message.partition
@@ -555,14 +558,17 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
         sources = {names["measurements"], names["status"], names["careplans"], names["ticks"]}
         mine = {tp: o for tp, o in committed.items() if tp.topic in sources and o is not None}
         ends = {tp: _end(consumer, tp) for tp in mine}
-        for tp, offset in stuck_partitions(mine, acked, ends, holes, now=time.monotonic()):
+        idle = not any(s.channel.queue.qsize() for s in streams)
+        for tp, offset in stuck_partitions(mine, acked, ends, holes, now=time.monotonic(), idle=idle):
             metrics.reread.inc()
             log.warning(
                 "%s[%d]: the commit has stood at %d for %.0f s with records beyond it (faust dropped a "
                 "message during recovery); reading again from there (repeats are recognised and ignored)",
                 tp.topic, tp.partition, offset, STUCK_AFTER_S,
             )  # fmt: skip
-            await consumer.seek(tp, offset)
+            # seek_wait runs in faust's consumer thread; `seek` would change aiokafka's fetcher
+            # from this one, which crashed the worker once (KeyError in `fetched_records`).
+            await consumer.seek_wait({tp: offset})
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust's signal typing
     async def send_what_is_queued(_app: Any, **_: Any) -> None:

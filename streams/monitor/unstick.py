@@ -8,14 +8,16 @@ the reading was not evaluated. The crash matrix met it after a monitor SIGKILL.
 
 The same can happen to the last messages of a partition: with nothing acknowledged after them,
 there is no hole to see, only a commit that stays below the partition's end while nothing new
-arrives.
+arrives. A worker that is merely behind looks the same (its commit on a partition can stand still
+for a long while when it has a backlog: faust stops fetching while its buffer is full), so this
+case counts only while the agent has no records waiting: a drop leaves the agent idle, a backlog
+does not. Reading a backlog again would only make it longer.
 
 `stuck_partitions` finds both from faust's own bookkeeping: a partition whose committed offset has
-not moved for `after_s` although there are records beyond it (later offsets acknowledged, or the
-partition's end above the commit). The monitor then seeks the partition back to the committed
-offset: the lost messages are read and evaluated, and the ones after them are read again, which the
-engine ignores as replays (same position, same measurement id). A partition merely slow to drain
-is not reported: its commit moves every second.
+not moved for `after_s` although there are records beyond it (later offsets acknowledged, or, with
+the agent idle, the partition's end above the commit). The monitor then seeks the partition back to
+the committed offset: the lost messages are read and evaluated, and the ones after them are read
+again, which the engine ignores as replays (same position, same measurement id).
 """
 
 from __future__ import annotations
@@ -38,16 +40,18 @@ def stuck_partitions(
     seen: dict[P, tuple[int, float]],
     *,
     now: float,
+    idle: bool,
     after_s: float = STUCK_AFTER_S,
 ) -> list[tuple[P, int]]:
     """(partition, committed offset) for every partition stuck for `after_s`; `ends` are the
-    partitions' end offsets as the consumer last heard them (None: not known yet); `seen` is the
-    caller's memory between calls (partition -> (committed offset, since when it is behind))."""
+    partitions' end offsets as the consumer last heard them (None: not known yet); `idle`: no
+    records wait for the agent; `seen` is the caller's memory between calls (partition ->
+    (committed offset, since when it is behind))."""
     out = []
     for tp, offset in committed.items():
         done = acked.get(tp) or ()
         end = ends.get(tp)
-        behind = (done and min(done) > offset) or (end is not None and end > offset)
+        behind = (done and min(done) > offset) or (idle and end is not None and end > offset)
         if not behind:
             seen.pop(tp, None)  # caught up, or the next commit moves past the lowest acknowledged
             continue
