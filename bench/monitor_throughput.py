@@ -269,7 +269,7 @@ class Worker:
             if done >= count:
                 assert first is not None
                 return first, now
-            time.sleep(0.25)  # a scrape costs the worker CPU: 20 a second took ~10 % of it
+            time.sleep(0.25)  # a scrape costs the worker CPU: 20 a second took ~5 % of its rate
         done = self.stat(PROCESSED)
         sys.exit(f"bench: the monitor processed {done:,.0f} of {count:,} in {timeout:.0f} s:\n{self.stop()}")
 
