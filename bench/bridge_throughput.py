@@ -7,7 +7,11 @@ same cores, as in production on a small node):
     bridge x1 one bridge process: messages PUBACKed after Kafka acknowledged every record
     bridge x2 two bridge processes sharing the load through one MQTT shared subscription
 
-Rates are messages over the time from the first message to the last, in each phase.
+Rates are messages over the time from the first message to the last, in each phase. What limits
+the bridge is its CPU per message, so the run also measures that, and two of its parts on their own:
+
+    paho only          the same messages received by paho-mqtt doing nothing else (PUBACK at once)
+    kafka-python only  bridge x1's own records sent again, by the bridge's producer with its settings
 
     python bench/bridge_throughput.py [--messages 120000] [--kits 1000]
 
@@ -20,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -36,7 +41,13 @@ sys.path[:0] = [str(REPO), str(REPO / "infra"), str(REPO / "gateway-sim")]
 
 from enrol import enrol  # noqa: E402  (infra/ holds scripts, not a package)
 from gateway_sim.cli import load_enrolment  # noqa: E402
+from kafka import KafkaConsumer  # noqa: E402
 from topics import ensure_topics  # noqa: E402
+
+from contracts import topics  # noqa: E402
+from contracts.settings import KafkaSettings  # noqa: E402
+from ingest.producer import RecordSink  # noqa: E402
+from ingest.settings import BridgeSettings  # noqa: E402
 
 
 def _stack_env() -> dict[str, str]:
@@ -95,6 +106,80 @@ def raw_phase(env: dict[str, str], messages: int, kits: int, tag: str, tmp: Path
     }
 
 
+def paho_phase(env: dict[str, str], messages: int, kits: int, tag: str, tmp: Path) -> dict[str, Any]:
+    root = f"benchpaho{tag}/v1"
+    sink = subprocess.Popen(
+        [sys.executable, str(REPO / "bench" / "_paho_sink.py"), env["VAKTROM_MQTT_HOST"],
+         env["VAKTROM_MQTT_PORT"], env["VAKTROM_MQTT_USERNAME"], env["VAKTROM_MQTT_PASSWORD"],
+         f"{root}/kits/+/readings", str(messages)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert sink.stdout is not None
+    if sink.stdout.readline().strip() != "ready":
+        sys.exit("bench: the paho subscriber did not start")
+    sim = _simulate(env, root, f"PAHO{tag}", messages, kits, tmp / "paho")
+    seen = json.loads(sink.communicate(timeout=120)[0])
+    return {
+        "phase": "paho only",
+        "messages": seen["messages"],
+        "rate_per_s": round(seen["messages"] / max(1e-9, seen["last"] - seen["first"]), 1),
+        "simulator_publish_rate_per_s": sim["publish_rate_per_s"],
+        "cpu_us_per_message": round(seen["cpu"] / seen["messages"] * 1e6, 1),
+    }
+
+
+def producer_phase(env: dict[str, str], messages: int, tag: str) -> dict[str, Any]:
+    """Send bridge x1's measurement records again (same keys, values, headers) with its producer."""
+    source = topics.measurement_topic(f"benchbr1{tag}.")
+    consumer = KafkaConsumer(
+        source, bootstrap_servers=env["VAKTROM_KAFKA_BOOTSTRAP"], auto_offset_reset="earliest",
+        enable_auto_commit=False, consumer_timeout_ms=5000,
+    )  # fmt: skip
+    records = [(r.key, r.value, list(r.headers)) for r in consumer]
+    consumer.close()
+    prefix = f"benchprod{tag}."
+    ensure_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix=prefix, partitions=6)
+    target = topics.measurement_topic(prefix)
+    sink = RecordSink(
+        kafka=KafkaSettings(bootstrap=env["VAKTROM_KAFKA_BOOTSTRAP"]),
+        bridge=BridgeSettings(client_id=f"bench-producer-{tag}"),
+        topics=[target],
+    )
+    settled = [0]
+
+    def done(error: BaseException | None) -> None:
+        settled[0] += error is None
+
+    start, cpu = time.monotonic(), _own_cpu()
+    for key, value, headers in records:
+        sink.send(target, key, value, headers, done)
+    sink.flush(timeout=120)
+    wall, cpu = time.monotonic() - start, _own_cpu() - cpu
+    sink.close()
+    if settled[0] != len(records) or not records:
+        sys.exit(f"bench: the producer phase settled {settled[0]} of {len(records)} records")
+    per_record = cpu / len(records) * 1e6
+    return {
+        "phase": "kafka-python only",
+        "records": len(records),
+        "records_per_message": round(len(records) / messages, 2),
+        "rate_records_per_s": round(len(records) / wall, 1),
+        "cpu_us_per_record": round(per_record, 1),
+        "cpu_us_per_message": round(per_record * len(records) / messages, 1),
+    }
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _acked(port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         for line in response.read().decode().splitlines():
@@ -135,6 +220,7 @@ def bridge_phase(
                 time.sleep(0.3)
         time.sleep(1.0)
         base = sum(_acked(p) for p in ports)
+        cpu_base = sum(_cpu_seconds(b.pid) for b in bridges)
         times: list[float] = []
         counts: list[float] = []
         sim_box: dict[str, Any] = {}
@@ -153,6 +239,7 @@ def bridge_phase(
             if total >= messages or (not sim_thread.is_alive() and now - last_change > 10):
                 break
             time.sleep(0.25)
+        cpu = sum(_cpu_seconds(b.pid) for b in bridges) - cpu_base
         sim_thread.join()
     finally:
         for bridge in bridges:
@@ -164,6 +251,8 @@ def bridge_phase(
         "messages": int(counts[-1]),
         "rate_per_s": round(sustained(times, counts), 1),
         "simulator_publish_rate_per_s": sim_box.get("publish_rate_per_s"),
+        # what one message costs the bridge: the CPU the goal rate would need follows from it
+        "bridge_cpu_us_per_message": round(cpu / max(1.0, counts[-1]) * 1e6, 1),
     }
 
 
@@ -186,9 +275,15 @@ def main() -> int:
         for processes in (1, 2):
             rows.append(bridge_phase(env, processes, args.messages, args.kits, tag, Path(tmp)))
             print(f"  {rows[-1]['phase']:18} {rows[-1]['rate_per_s']:>10,.0f} msg/s", flush=True)
+        parts = [paho_phase(env, args.messages, args.kits, tag, Path(tmp))]
+        print(f"  {'paho only':18} {parts[-1]['cpu_us_per_message']:>10,.0f} us CPU/msg", flush=True)
+    parts.append(producer_phase(env, args.messages, tag))
+    print(f"  {'kafka-python only':18} {parts[-1]['cpu_us_per_message']:>10,.0f} us CPU/msg", flush=True)
     raw = rows[0]["rate_per_s"] or 1.0
     for row in rows:
         row["ratio_to_raw"] = round(row["rate_per_s"] / raw, 3)
+    goal = 0.8 * raw
+    bridge_cost = rows[1]["bridge_cpu_us_per_message"]
     result = {
         "benchmark": "bridge_throughput",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -197,15 +292,29 @@ def main() -> int:
         "kits": args.kits,
         "phases": rows,
         "goal": "bridge >= 0.8 x raw",
+        "goal_msg_per_s": round(goal, 1),
+        "cores_the_goal_needs_at_bridge_x1_cost": round(goal * bridge_cost / 1e6, 2),
+        "cpu_parts": parts,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bridge_throughput.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"\n{'phase':18} {'msg/s':>10} {'readings/s':>11} {'vs raw':>7}")
+    print(f"\n{'phase':18} {'msg/s':>10} {'readings/s':>11} {'vs raw':>7} {'bridge CPU/msg':>15}")
     for row in rows:
+        cost = row.get("bridge_cpu_us_per_message")
         print(
             f"{row['phase']:18} {row['rate_per_s']:>10,.0f} {2 * row['rate_per_s']:>11,.0f} "
-            f"{row['ratio_to_raw']:>7.0%}"
+            f"{row['ratio_to_raw']:>7.0%} {'' if cost is None else f'{cost:,.0f} us':>15}"
         )
+    mqtt_cost, kafka_cost = (part["cpu_us_per_message"] for part in parts)
+    print(
+        f"\none message costs bridge x1 {bridge_cost:,.0f} us of CPU: paho alone {mqtt_cost:,.0f} us, "
+        f"kafka-python alone {kafka_cost:,.0f} us ({parts[1]['records_per_message']} records), the "
+        f"rest {bridge_cost - mqtt_cost - kafka_cost:,.0f} us (validation, encoding, hand-overs, receipts)"
+    )
+    print(
+        f"the goal, {goal:,.0f} msg/s, at that cost needs {goal * bridge_cost / 1e6:.1f} cores for the "
+        f"bridge alone; the machine has {os.cpu_count()}, shared with the simulator, Mosquitto and Kafka"
+    )
     print(f"\nwritten to {RESULTS / 'bridge_throughput.json'}")
     return 0
 

@@ -68,17 +68,23 @@ class Inbound:
     started: float = 0.0  # when its records were handed to the producer
 
 
-class _BufferedReads:
-    """A TCP socket whose reads are buffered: paho reads each packet with three `recv` calls.
+class _BufferedSocket:
+    """A TCP socket whose reads are buffered and whose writes can be gathered.
 
-    (The simulator carries the same small class; stages share no code but `contracts`.)
+    paho reads each packet with three `recv` calls and writes each packet (every PUBACK, every
+    receipt) with a `send` of its own. While `gathering`, writes go to a buffer that `flush()` sends
+    in one call; once part of it waits for the socket, every later write queues behind it, so the
+    byte stream keeps its order. (The simulator carries the read half; stages share no code but
+    `contracts`.)
     """
 
-    __slots__ = ("_buffer", "_sock")
+    __slots__ = ("_buffer", "_out", "_sock", "gathering")
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buffer = bytearray()
+        self._out = bytearray()
+        self.gathering = False
 
     def recv(self, size: int) -> bytes:
         if not self._buffer:
@@ -92,6 +98,32 @@ class _BufferedReads:
 
     def pending(self) -> int:
         return len(self._buffer)
+
+    def send(self, data: bytes | bytearray) -> int:
+        if self.gathering or self._out:
+            self._out += data
+            return len(data)
+        return self._sock.send(data)
+
+    def unsent(self) -> int:
+        return len(self._out)
+
+    def flush(self) -> None:
+        """Send what was gathered, as far as the socket takes it; the rest waits for EVENT_WRITE.
+
+        A broken connection drops the rest: paho finds the break on its next read, and the broker
+        sends again whatever those lost acknowledgements were for.
+        """
+        if not self._out:
+            return
+        try:
+            sent = self._sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._out.clear()
+            return
+        del self._out[:sent]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
@@ -264,14 +296,13 @@ class Subscriber:
         self._connecting_since = now
         sock = getattr(self.client, "_sock", None)  # paho 2.x keeps its socket here
         if type(sock) is socket.socket:
-            self.client._sock = _BufferedReads(sock)
+            self.client._sock = _BufferedSocket(sock)
 
     def _register(self) -> None:
         """Watch the socket for what is wanted now: reading (unless paused) and writing (if queued)."""
         sock = self.client.socket()
-        events = (0 if self.paused else selectors.EVENT_READ) | (
-            selectors.EVENT_WRITE if sock is not None and self.client.want_write() else 0
-        )
+        writing = sock is not None and (self.client.want_write() or self._unsent() > 0)
+        events = (0 if self.paused else selectors.EVENT_READ) | (selectors.EVENT_WRITE if writing else 0)
         if (sock is not self._registered or events == 0) and self._registered is not None:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(self._registered)
@@ -320,7 +351,10 @@ class Subscriber:
 
     # ------------------------------------------------------------ the loop
     def poll(self, timeout: float) -> None:
-        """Move bytes, fire callbacks, acknowledge what is done, send due receipts."""
+        """Move bytes, fire callbacks, acknowledge what is done, send due receipts.
+
+        What this round writes (PUBACKs, receipts, paho's own packets) leaves in one `send`.
+        """
         now = time.monotonic()
         socket_now = self.client.socket()
         if socket_now is None and not self.connected and now >= self._next_attempt:
@@ -331,8 +365,19 @@ class Subscriber:
             self._schedule_retry()
         self._register()
         sock = self.client.socket()
+        gathered = sock if isinstance(sock, _BufferedSocket) else None
+        if gathered is not None:
+            gathered.gathering = True
+        try:
+            self._round(gathered, timeout)
+        finally:
+            if gathered is not None:
+                gathered.gathering = False
+                gathered.flush()
+
+    def _round(self, sock: _BufferedSocket | None, timeout: float) -> None:
         paused = self.paused
-        buffered = not paused and isinstance(sock, _BufferedReads) and sock.pending() > 0
+        buffered = not paused and sock is not None and sock.pending() > 0
         for key, events in self._selector.select(0.0 if buffered or self.completed else timeout):
             if key.data is None:
                 with contextlib.suppress(BlockingIOError):
@@ -363,10 +408,7 @@ class Subscriber:
         if not (order and order[0].done):
             return
         acked = 0
-        # paho writes each PUBACK to the socket at once (a syscall each) unless it thinks it is
-        # inside a callback; holding that lock queues them, and one loop_write sends them together.
-        mutex = getattr(self.client, "_in_callback_mutex", None) or contextlib.nullcontext()
-        with mutex:
+        with self._queueing():
             while order and order[0].done:
                 inbound = order.popleft()
                 if inbound.session == self.session and self.connected:
@@ -376,19 +418,33 @@ class Subscriber:
             self.client.loop_write()
             self._metrics.acknowledged.inc(acked)
 
+    def _queueing(self) -> Any:
+        """paho writes each packet at once (a `loop_write` each) unless it thinks it is inside a
+        callback; holding that lock queues them, and one `loop_write` afterwards writes them all."""
+        return getattr(self.client, "_in_callback_mutex", None) or contextlib.nullcontext()
+
     def _send_receipts(self, now: float, *, force: bool) -> None:
         if not self._receipts or not self.connected:
             return
         due = [kit for kit, when in self._receipt_due.items() if force or when <= now]
+        if not due:
+            return
         stamp = datetime.now(UTC)
-        for kit in due:
-            entries = self._receipts.pop(kit)
-            del self._receipt_due[kit]
-            topic = topics.kit_topic(kit, "receipts", root=self._root)
-            for i in range(0, len(entries), _RECEIPTS_PER_MESSAGE):
-                receipt = DeliveryReceipt(kit=kit, at=stamp, messages=entries[i : i + _RECEIPTS_PER_MESSAGE])
-                self.client.publish(topic, self._encoder.encode(receipt), qos=1)
-                self._metrics.receipts.inc()
+        with self._queueing():
+            for kit in due:
+                entries = self._receipts.pop(kit)
+                del self._receipt_due[kit]
+                topic = topics.kit_topic(kit, "receipts", root=self._root)
+                for i in range(0, len(entries), _RECEIPTS_PER_MESSAGE):
+                    chunk = entries[i : i + _RECEIPTS_PER_MESSAGE]
+                    receipt = DeliveryReceipt(kit=kit, at=stamp, messages=chunk)
+                    self.client.publish(topic, self._encoder.encode(receipt), qos=1)
+                    self._metrics.receipts.inc()
+        self.client.loop_write()
+
+    def _unsent(self) -> int:
+        sock = self.client.socket()
+        return sock.unsent() if isinstance(sock, _BufferedSocket) else 0
 
     def unacknowledged(self) -> tuple[int, float]:
         """(messages received and not PUBACKed, age in seconds of the oldest of them)."""
@@ -410,11 +466,14 @@ class Subscriber:
             self.connected
             and time.monotonic() < deadline
             and (
-                self.client.want_write() or self.client._out_messages  # receipts not yet PUBACKed
+                self.client.want_write()
+                or self._unsent()
+                or self.client._out_messages  # receipts not yet PUBACKed
             )
         ):
             self.poll(0.05)
         if self.connected:
+            # paho closes the socket once it has written DISCONNECT, so nothing may wait behind it
             self.client.disconnect()
             with contextlib.suppress(OSError):
                 self.client.loop_write()
