@@ -42,6 +42,7 @@ sys.path[:0] = [str(REPO), str(REPO / "infra"), str(REPO / "gateway-sim")]
 from enrol import enrol  # noqa: E402  (infra/ holds scripts, not a package)
 from gateway_sim.cli import load_enrolment  # noqa: E402
 from kafka import KafkaConsumer  # noqa: E402
+from sim_publish import cpu_seconds  # noqa: E402
 from topics import ensure_topics  # noqa: E402
 
 from contracts import topics  # noqa: E402
@@ -174,12 +175,6 @@ def _own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a running process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _acked(port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         for line in response.read().decode().splitlines():
@@ -220,7 +215,7 @@ def bridge_phase(
                 time.sleep(0.3)
         time.sleep(1.0)
         base = sum(_acked(p) for p in ports)
-        cpu_base = sum(_cpu_seconds(b.pid) for b in bridges)
+        cpu_base = sum(cpu_seconds(b.pid) for b in bridges)
         times: list[float] = []
         counts: list[float] = []
         sim_box: dict[str, Any] = {}
@@ -239,7 +234,7 @@ def bridge_phase(
             if total >= messages or (not sim_thread.is_alive() and now - last_change > 10):
                 break
             time.sleep(0.25)
-        cpu = sum(_cpu_seconds(b.pid) for b in bridges) - cpu_base
+        cpu = sum(cpu_seconds(b.pid) for b in bridges) - cpu_base
         sim_thread.join()
     finally:
         for bridge in bridges:

@@ -35,7 +35,8 @@ def _stack_env() -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
@@ -49,7 +50,7 @@ def run(
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         broker = _mosquitto_pid()
-        broker_cpu0 = _cpu_seconds(broker)
+        broker_cpu0 = cpu_seconds(broker)
         children0 = os.times()
         t0 = time.monotonic()
         procs = []
@@ -83,7 +84,7 @@ def run(
             if proc.returncode != 0:
                 sys.exit(f"bench: gateway-sim failed:\n{err}")
         wall = time.monotonic() - t0
-        broker_cpu = _cpu_seconds(broker) - broker_cpu0
+        broker_cpu = cpu_seconds(broker) - broker_cpu0
         ledgers = [json.loads(Path(f"{tmp}/p{i}/ledger.json").read_text()) for i in range(processes)]
         children1 = os.times()
         sim_cpu = (children1.children_user + children1.children_system) - (
