@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 REPO = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("VAKTROM_STATE_DIR", REPO / ".local")).resolve()
 DEMO = STATE / "demo"
@@ -34,6 +36,9 @@ LOGS = STATE / "logs"
 PY = sys.executable
 KIT_PREFIX = "DEMO"
 DEMO_USER = "demo"
+# The cohort's team. The demo login works in it, so its queue holds the demo's patients and not the
+# load kits that tests and benchmarks leave in the same database (those follow no team).
+DEMO_TEAM = "demo"
 HISTORY_DAYS = 9  # weight and SpO2 rules compare with >= 5 days of the patient's own baseline
 LIVE_EVERY = "2m"
 
@@ -113,7 +118,7 @@ def enrol(env: dict[str, str], patients: str, seed: int) -> Path:
     _run("the cohort plan", plan, env)
     credentials = DEMO / "credentials.json"
     out = _run("the registry", [PY, "-m", "registry", "kit", "cohort", str(dry / "enrolment.json"),
-                                "--credentials-out", str(credentials), "--team", "demo"], env)  # fmt: skip
+                                "--credentials-out", str(credentials), "--team", DEMO_TEAM], env)  # fmt: skip
     print(f"    {out}", flush=True)
     return credentials
 
@@ -122,6 +127,12 @@ def demo_login(env: dict[str, str]) -> str:
     """The demo coordinator's password (made once, kept in .local/demo/login)."""
     saved = DEMO / "login"
     if saved.exists():
+        # a login made before it was bound to the demo team saw every team's alerts
+        with psycopg.connect(env["VAKTROM_DATABASE_URL"], autocommit=True) as conn:
+            conn.execute(
+                "UPDATE users SET team_id = %s WHERE username = %s AND team_id IS NULL",
+                (DEMO_TEAM, DEMO_USER),
+            )
         return saved.read_text().strip()
     password = secrets.token_urlsafe(12)
     add = [
@@ -135,6 +146,8 @@ def demo_login(env: dict[str, str]) -> str:
         "Demo Coordinator",
         "--role",
         "coordinator",
+        "--team",
+        DEMO_TEAM,
     ]
     _run("the demo login", add, {**env, "VAKTROM_NEW_PASSWORD": password})
     fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
