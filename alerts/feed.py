@@ -20,6 +20,7 @@ import msgspec
 import psycopg
 from kafka.consumer.group import KafkaConsumer
 from kafka.errors import KafkaError
+from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from alerts.accounts import purge
@@ -154,7 +155,8 @@ class AlertFeed:
         """Replace a consumer that stopped fetching with events waiting (see StallWatch)."""
         self.metrics.consumer_restarts.inc()
         log.warning(
-            "alert feed: events are waiting in Kafka but none came for %.0f s (seen after a broker crash); "
+            "alert feed: events are waiting in Kafka but none came for %.0f s (seen after a broker crash, "
+            "or when the consumer fell out of its group); "
             "opening a new consumer, which goes on from the committed offsets",
             stalled_s,
         )
@@ -176,7 +178,7 @@ class AlertFeed:
         assert consumer is not None
         escalator = threading.Thread(target=self._escalate, name="escalation", daemon=True)
         escalator.start()
-        watch = StallWatch(away=(KafkaError,))
+        watch = StallWatch(away=(KafkaError,), partition=TopicPartition)
         try:
             while not self._stopping.is_set():
                 batch = consumer.poll(timeout_ms=self._settings.batch_ms, max_records=2000)

@@ -201,7 +201,7 @@ class Archive:
         if consumer is None:
             raise RuntimeError("start() the archive before run()")
         last_summary = time.monotonic()
-        watch = StallWatch(away=(KafkaError,))
+        watch = StallWatch(away=(KafkaError,), partition=TopicPartition)
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
@@ -229,7 +229,8 @@ class Archive:
         """Store what is in hand, then replace a consumer that stopped fetching (see StallWatch)."""
         self.metrics.consumer_restarts.inc()
         log.warning(
-            "archive: records are waiting in Kafka but none came for %.0f s (seen after a broker crash); "
+            "archive: records are waiting in Kafka but none came for %.0f s (seen after a broker crash, "
+            "or when the consumer fell out of its group); "
             "opening a new consumer, which goes on from the committed offsets",
             stalled_s,
         )
