@@ -10,18 +10,14 @@ seconds), and the CPU this process spent from the first message to the last.
 from __future__ import annotations
 
 import json
-import resource
+import os
 import sys
 import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from sim_publish import cpu_seconds  # bench/ is this script's directory
 
 
 def main() -> int:
@@ -36,9 +32,9 @@ def main() -> int:
     def on_message(c: mqtt.Client, _u: Any, _m: mqtt.MQTTMessage) -> None:
         seen["messages"] += 1
         if seen["messages"] == 1:
-            seen["first"], seen["cpu_first"] = time.time(), _cpu()
+            seen["first"], seen["cpu_first"] = time.time(), cpu_seconds(os.getpid())
         if seen["messages"] >= n:
-            seen["last"], seen["cpu"] = time.time(), _cpu() - seen["cpu_first"]
+            seen["last"], seen["cpu"] = time.time(), cpu_seconds(os.getpid()) - seen["cpu_first"]
             c.disconnect()
 
     client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -151,11 +150,11 @@ def producer_phase(env: dict[str, str], messages: int, tag: str) -> dict[str, An
     def done(error: BaseException | None) -> None:
         settled[0] += error is None
 
-    start, cpu = time.monotonic(), _own_cpu()
+    start, cpu = time.monotonic(), cpu_seconds(os.getpid())
     for key, value, headers in records:
         sink.send(target, key, value, headers, done)
     sink.flush(timeout=120)
-    wall, cpu = time.monotonic() - start, _own_cpu() - cpu
+    wall, cpu = time.monotonic() - start, cpu_seconds(os.getpid()) - cpu
     sink.close()
     if settled[0] != len(records) or not records:
         sys.exit(f"bench: the producer phase settled {settled[0]} of {len(records)} records")
@@ -168,11 +167,6 @@ def producer_phase(env: dict[str, str], messages: int, tag: str) -> dict[str, An
         "cpu_us_per_record": round(per_record, 1),
         "cpu_us_per_message": round(per_record * len(records) / messages, 1),
     }
-
-
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _acked(port: int) -> float:
