@@ -19,6 +19,8 @@ from tests.integration.monitor_support import MonitorProcess, alert_events
 from tests.integration.registry_support import OPERATOR, KitClient, enrol, make_registry, new_team
 from tests.integration.stage_support import consume, produce
 
+MIDDAY_OSLO = datetime(2026, 11, 10, 11, 0, tzinfo=UTC)  # 12:00 Europe/Oslo (CET)
+
 
 def _reading(device: str, value: float, at: datetime) -> dict[str, object]:
     return {"device": device, "metric": "spo2", "value": value, "unit": "%", "measured_at": at.isoformat()}
@@ -90,7 +92,10 @@ def test_a_care_plan_change_reaches_the_monitor_and_changes_the_next_reading(
         team = new_team(conn, unique[:40])
         patient = enrol(registry, conn, team, "Patient T", condition=Condition.INFECTION_WATCH)
     monitor.start()
-    began = datetime.now(UTC) - timedelta(hours=3)
+    # Midday in Oslo, between the plan's morning and evening windows: the stream clock passes no
+    # window's end, so no "measurement missed" joins the events (with readings at "now - 3 h" it
+    # did whenever 10:00 or 20:00 Oslo fell in that half hour, as a CI run found).
+    began = MIDDAY_OSLO
 
     def temperature(value: float, at: datetime) -> list[tuple[str, bytes]]:
         key, payload, *_ = make_measurement(
