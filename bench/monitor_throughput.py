@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "infra")]
 
 from archive_throughput import scrape, stack_env, write_results  # noqa: E402
+from sim_publish import cpu_seconds  # noqa: E402
 from topics import ensure_topics  # noqa: E402  (infra/ holds scripts, not a package)
 
 from contracts import (  # noqa: E402
@@ -251,8 +252,7 @@ class Worker:
 
     def cpu_seconds(self) -> float:
         assert self.process is not None
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.process.pid)
 
     def wait_processed(self, count: int, timeout: float) -> tuple[float, float]:
         """Poll until `count` readings are processed; (first seen processing, all done) perf times."""

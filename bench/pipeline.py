@@ -52,9 +52,9 @@ from enrol import enrol  # noqa: E402  (infra/ holds scripts, not a package)
 from floors import floors  # noqa: E402
 from gateway_sim.cli import load_enrolment  # noqa: E402
 from pipeline_report import RESULTS, machine, markdown, plots  # noqa: E402
+from sim_publish import cpu_seconds  # noqa: E402
 from topics import consumer_lag, ensure_topics  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 STAGE_PORTS = {"bridge": 19601, "monitor": 19602, "archive": 19603, "alerts": 19604}
 ALERTS_HTTP = 19605
 TRACE_STAGES = (  # (label, from, to) along an alert's trace
@@ -71,8 +71,7 @@ TRACE_STAGES = (  # (label, from, to) along an alert's trace
 def proc_sample(pid: int) -> tuple[float, float]:
     """(CPU seconds used so far, resident MiB) of one process, from /proc."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        cpu = cpu_seconds(pid)
         rss = next(
             int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
             if line.startswith("VmRSS:")
