@@ -42,7 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 sys.path[:0] = [str(REPO), str(REPO / "infra")]
 
-from migrate import migrate  # noqa: E402  (infra/ holds scripts, not a package)
+import stackenv  # noqa: E402  (infra/ holds scripts, not a package)
+from migrate import migrate  # noqa: E402
 from topics import ensure_topics  # noqa: E402
 
 from contracts import METRICS, Measurement, Metric, measurement_id, topics  # noqa: E402
@@ -59,10 +60,11 @@ _METRICS = (
 
 
 def stack_env() -> dict[str, str]:
-    path = REPO / ".local" / "stack.env"
-    if not path.exists():
-        sys.exit("bench: no .local/stack.env: start the local stack first (`make stack-up`)")
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    """The local stack's addresses, with the test database: benchmarks never write to the demo's."""
+    try:
+        return stackenv.for_tests()
+    except stackenv.StackEnvError as exc:
+        sys.exit(f"bench: {exc}")
 
 
 def schema_url(url: str, schema: str) -> str:

@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 sys.path[:0] = [str(REPO), str(REPO / "infra"), str(REPO / "gateway-sim")]
 
+from archive_throughput import stack_env  # noqa: E402  (bench/ holds scripts)
 from enrol import enrol  # noqa: E402  (infra/ holds scripts, not a package)
 from gateway_sim.cli import load_enrolment  # noqa: E402
 from kafka import KafkaConsumer  # noqa: E402
@@ -48,13 +49,6 @@ from contracts import topics  # noqa: E402
 from contracts.settings import KafkaSettings  # noqa: E402
 from ingest.producer import RecordSink  # noqa: E402
 from ingest.settings import BridgeSettings  # noqa: E402
-
-
-def _stack_env() -> dict[str, str]:
-    path = REPO / ".local" / "stack.env"
-    if not path.exists():
-        sys.exit("bench: no .local/stack.env: start the local stack first (`make stack-up`)")
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
 def sustained(times: list[float], counts: list[float]) -> float:
@@ -256,7 +250,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=120_000, help="messages per phase (2 readings each)")
     parser.add_argument("--kits", type=int, default=1000)
     args = parser.parse_args()
-    env = _stack_env()
+    env = stack_env()
     tag = time.strftime("%H%M%S")
     with tempfile.TemporaryDirectory() as tmp:
         rows = [raw_phase(env, args.messages, args.kits, tag, Path(tmp))]

@@ -26,13 +26,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 TICKS = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(REPO / "bench"))
 
-
-def _stack_env() -> dict[str, str]:
-    path = REPO / ".local" / "stack.env"
-    if not path.exists():
-        sys.exit("bench: no .local/stack.env: start the local stack first (`make stack-up`)")
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+from archive_throughput import stack_env  # noqa: E402  (bench/ holds scripts, not a package)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -117,7 +113,7 @@ def main() -> int:
     )
     parser.add_argument("--kits", type=int, default=1000, help="kits per process (default 1000)")
     args = parser.parse_args()
-    env = _stack_env()
+    env = stack_env()
     port = env["VAKTROM_MQTT_PORT"]
     print(f"bench: simulator publish rate against Mosquitto on port {port}, {args.duration:.0f} s per run")
     rows = []

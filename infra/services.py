@@ -287,11 +287,14 @@ class Postgres(Service):
 
     name = "postgres"
 
-    def __init__(self, *, state: Path, host: str, port: int, database: str, role: str) -> None:
+    def __init__(
+        self, *, state: Path, host: str, port: int, database: str, role: str, test_database: str
+    ) -> None:
         super().__init__(state=state, host=host, port=port)
         self.data = self.home / "data"
         self.sock = self.home / "sock"
         self.database = database
+        self.test_database = test_database  # the tests' and benchmarks' own, beside the demo's
         self.role = role
         self.password_file = state / "secrets" / "postgres-password"
         self.user = service_user("postgres")
@@ -310,7 +313,14 @@ class Postgres(Service):
 
     @property
     def url(self) -> str:
-        return f"postgresql://{self.role}:{self.password}@{self.host}:{self.port}/{self.database}"
+        return self.url_of(self.database)
+
+    @property
+    def test_url(self) -> str:
+        return self.url_of(self.test_database)
+
+    def url_of(self, database: str) -> str:
+        return f"postgresql://{self.role}:{self.password}@{self.host}:{self.port}/{database}"
 
     def prepare(self) -> None:
         self.sock.mkdir(parents=True, exist_ok=True)
@@ -432,8 +442,9 @@ class Postgres(Service):
             self.psql(f"CREATE ROLE {self.role} LOGIN PASSWORD '{password}'")
         else:
             self.psql(f"ALTER ROLE {self.role} PASSWORD '{password}'")
-        if not self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"):  # noqa: S608
-            self.psql(f"CREATE DATABASE {self.database} OWNER {self.role}")
+        for database in (self.database, self.test_database):
+            if not self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'"):  # noqa: S608
+                self.psql(f"CREATE DATABASE {database} OWNER {self.role}")
 
     def stop(self, *, timeout: float = 30.0) -> bool:
         """pg_ctl's fast shutdown first; the base class's signals only if the postmaster is still up."""

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from migrate import migrate
 from processes import REPO, Service, StackError, log_tail, tree_memory_kib
 from services import MQTT_ADMIN, MQTT_SERVICE, Kafka, Mosquitto, Postgres
+from stackenv import TEST_DATABASE_KEY
 
 from contracts.settings import ConfigError, Settings, setting
 
@@ -112,7 +113,12 @@ def build(settings: StackSettings) -> dict[str, Service]:
             partitions=settings.kafka_partitions,
         ),
         "postgres": Postgres(
-            state=state, host=settings.host, port=settings.postgres_port, database="vaktrom", role="vaktrom"
+            state=state,
+            host=settings.host,
+            port=settings.postgres_port,
+            database="vaktrom",
+            role="vaktrom",
+            test_database="vaktrom_test",
         ),
     }
 
@@ -149,6 +155,7 @@ def stack_env(settings: StackSettings, services: dict[str, Service]) -> dict[str
         "VAKTROM_MQTT_ADMIN_PASSWORD": mqtt.get(MQTT_ADMIN, ""),
         "VAKTROM_KAFKA_BOOTSTRAP": f"{settings.host}:{settings.kafka_port}",
         "VAKTROM_DATABASE_URL": postgres.url,
+        TEST_DATABASE_KEY: postgres.test_url,  # tests and benchmarks: see infra/stackenv.py
         "VAKTROM_IDENTITY_KEY": identity_key(settings.state_dir.resolve()),
     }
 
@@ -170,8 +177,12 @@ def cmd_up(settings: StackSettings, names: list[str]) -> int:
         print(f"    {name}: ready in {took:.1f} s ({service.check(timeout=5).detail})", flush=True)
         if name == "postgres":
             assert isinstance(service, Postgres)
-            applied = migrate(service.url)
-            print(f"    postgres: schema current ({len(applied)} migrations applied now)", flush=True)
+            for label, url in (("demo", service.url), ("test", service.test_url)):
+                applied = migrate(url)
+                print(
+                    f"    postgres: {label} database schema current ({len(applied)} migrations applied now)",
+                    flush=True,
+                )
     env_file = write_env_file(settings, services)
     print(f"==> stack up in {time.monotonic() - began:.1f} s; addresses in {env_file}")
     return 0

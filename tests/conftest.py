@@ -3,8 +3,9 @@
 Tests under tests/integration and tests/e2e use the `stack` fixture (directly or through `mqtt`,
 `kafka_bootstrap`, `database_url`). It runs `infra/stack up`, exactly what a person runs, which
 reuses services that are already up. With VAKTROM_TEST_STACK=reuse it starts nothing and uses
-what runs. When a service cannot be started or reached the test *fails* with the reason and the
-service's log tail; it never skips.
+what runs. Tests use the stack's test database (`vaktrom_test`), never the demo's
+(infra/stackenv.py). When a service cannot be started or reached the test *fails* with the reason
+and the service's log tail; it never skips.
 
 Every test gets its own names (`unique`): MQTT topics, Kafka topics and patient ids never collide.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +25,9 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "infra"))
+import stackenv  # noqa: E402  (infra/ holds scripts, not a package)
+
 STATE = Path(os.environ.get("VAKTROM_STATE_DIR", REPO / ".local"))
 SERVICE_DIRS = ("integration", "e2e")
 
@@ -73,12 +78,11 @@ def stack_command(*args: str, timeout: float = 600) -> subprocess.CompletedProce
 
 
 def _read_env_file() -> dict[str, str]:
-    path = STATE / "stack.env"
-    if not path.exists():
-        pytest.fail(
-            f"{path} does not exist: the local stack was never started. Run `make stack-up`.", pytrace=False
-        )
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    """stack.env with the test database in VAKTROM_DATABASE_URL: tests never write to the demo's."""
+    try:
+        return stackenv.for_tests(STATE)
+    except stackenv.StackEnvError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,7 @@ from tests.integration.monitor_support import MonitorProcess
 from tests.integration.stage_support import StageProcess, prepare
 
 sys.path.insert(0, str(REPO / "infra"))
+import stackenv
 from topics import consumer_lag
 
 CI_SCENARIOS = ("bridge-kill", "monitor-kill", "archive-kill", "kafka-kill")
@@ -380,10 +381,11 @@ def markdown(results: list[Result], *, rate: int, seconds: float, kits: int) -> 
 
 
 def load_stack() -> Stack:
-    path = STATE / "stack.env"
-    if not path.exists():
-        sys.exit(f"{path} does not exist: start the local stack first (`make stack-up`).")
-    return Stack.from_env(dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line))
+    """The local stack, with the test database (the matrix never writes to the demo's)."""
+    try:
+        return Stack.from_env(stackenv.for_tests(STATE))
+    except stackenv.StackEnvError as exc:
+        sys.exit(str(exc))
 
 
 def main(argv: list[str] | None = None) -> int:

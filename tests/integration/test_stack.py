@@ -14,7 +14,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
 from contracts.topics import kafka_topics, measurement_topic
-from tests.conftest import REPO, STATE, Broker, Stack, stack_command
+from tests.conftest import REPO, STATE, Broker, Stack, stack_command, stackenv
 
 
 def test_mosquitto_pub_reaches_a_paho_subscriber(mqtt: Broker, unique: str) -> None:
@@ -107,14 +107,34 @@ def test_postgres_row_round_trips(database_url: str, unique: str) -> None:
     assert row == (7, "weight 82.3 kg")
 
 
-def test_schema_is_migrated(database_url: str) -> None:
-    """`infra/stack up` applies the migrations: the archive's tables exist and are recorded."""
+@pytest.mark.parametrize("which", ["demo", "test"])
+def test_schema_is_migrated(stack: Stack, database_url: str, which: str) -> None:
+    """`infra/stack up` applies the migrations to both databases: the archive's tables exist."""
+    url = stackenv.read(STATE)["VAKTROM_DATABASE_URL"] if which == "demo" else database_url
     migrations = sorted(p.name for p in (REPO / "infra" / "postgres" / "migrations").glob("*.sql"))
-    with psycopg.connect(database_url) as conn:
+    with psycopg.connect(url) as conn:
         applied = [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY version")]
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert applied == migrations
     assert {"measurements", "rejections"} <= tables
+
+
+def test_tests_write_to_the_test_database_not_the_demos(database_url: str, unique: str) -> None:
+    """A table the tests make is in `vaktrom_test` and absent from `vaktrom`, which `make up` uses."""
+    demo_url = stackenv.read(STATE)["VAKTROM_DATABASE_URL"]
+    table = f"marker_{unique.replace('-', '_')}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == ("vaktrom_test",)
+        conn.execute(f"CREATE TABLE {table} (id int)")
+        try:
+            with psycopg.connect(demo_url) as demo:
+                assert demo.execute("SELECT current_database()").fetchone() == ("vaktrom",)
+                found = demo.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+            here = conn.execute("SELECT to_regclass(%s)::text", (table,)).fetchone()
+        finally:
+            conn.execute(f"DROP TABLE {table}")
+    assert here == (table,)
+    assert found == (None,)
 
 
 def test_pipeline_topics_exist_with_their_settings(kafka_bootstrap: str) -> None:

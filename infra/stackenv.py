@@ -1,0 +1,48 @@
+"""Where the local stack listens: `.local/stack.env`, written by `infra/stack up`.
+
+The local PostgreSQL holds two databases: `vaktrom`, which `make up` and its demo cohort use, and
+`vaktrom_test`, where the tests, the crash matrix and the benchmarks write. Both get the same
+migrations. Keeping them apart means a test run beside a running demo never puts test patients,
+staff accounts or alert episodes on the demo's console, and a benchmark's load never fills the
+demo's archive.
+
+    read()       the variables as `infra/stack up` wrote them (the demo's database)
+    for_tests()  the same, with VAKTROM_DATABASE_URL pointing at the test database
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["TEST_DATABASE_KEY", "StackEnvError", "for_tests", "read", "state_dir"]
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_DATABASE_KEY = "VAKTROM_TEST_DATABASE_URL"
+
+
+class StackEnvError(Exception):
+    """stack.env is missing or was written by an older `infra/stack`; the message says what to run."""
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("VAKTROM_STATE_DIR", REPO / ".local"))
+
+
+def read(state: Path | None = None) -> dict[str, str]:
+    path = (state or state_dir()) / "stack.env"
+    if not path.exists():
+        raise StackEnvError(f"{path} does not exist: the local stack was never started. Run `make stack-up`.")
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+def for_tests(state: Path | None = None) -> dict[str, str]:
+    env = read(state)
+    url = env.get(TEST_DATABASE_KEY)
+    if not url:
+        raise StackEnvError(
+            f"{(state or state_dir()) / 'stack.env'} has no {TEST_DATABASE_KEY}: it was written by an "
+            "older `infra/stack`. Run `infra/stack up` (or `make stack-up`) once more; it creates and "
+            "migrates the test database beside the demo's."
+        )
+    return {**env, "VAKTROM_DATABASE_URL": url}
