@@ -41,8 +41,7 @@ from kafka.producer.kafka import KafkaProducer
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "infra")]
 
-from archive_throughput import prepare_schema, stack_env, write_results  # noqa: E402
-from topics import ensure_topics  # noqa: E402  (infra/ holds scripts, not a package)
+from archive_throughput import prepare_schema, scratch_topics, stack_env, write_results  # noqa: E402
 
 from alerts.accounts import Role, add_user, new_session  # noqa: E402
 from alerts.store import apply_events  # noqa: E402
@@ -254,7 +253,7 @@ def main() -> int:
     schema = f"bench_alerts_{stamp}"
     print(f"==> schema {schema}, topics {prefix}*")
     url = prepare_schema(env["VAKTROM_DATABASE_URL"], schema)
-    ensure_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix=prefix, partitions=3)
+    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix, partitions=3)
     with psycopg.connect(url) as conn:
         username = "bench-nurse"
         add_user(conn, username=username, display_name="Bench Nurse", role=Role.NURSE, password=PASSWORD)

@@ -22,6 +22,7 @@ Needs the local stack (`make stack-up`); writes bench/results/archive_throughput
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
@@ -44,7 +45,7 @@ sys.path[:0] = [str(REPO), str(REPO / "infra")]
 
 import stackenv  # noqa: E402  (infra/ holds scripts, not a package)
 from migrate import migrate  # noqa: E402
-from topics import ensure_topics  # noqa: E402
+from topics import delete_namespaces, ensure_topics  # noqa: E402
 
 from contracts import METRICS, Measurement, Metric, measurement_id, topics  # noqa: E402
 from streams.archive.rows import MEASUREMENT_COLUMNS, MEASUREMENT_TYPES, measurement_row  # noqa: E402
@@ -65,6 +66,18 @@ def stack_env() -> dict[str, str]:
         return stackenv.for_tests()
     except stackenv.StackEnvError as exc:
         sys.exit(f"bench: {exc}")
+
+
+_SCRATCH: set[str] = set()
+
+
+def scratch_topics(bootstrap: str, prefix: str, *, partitions: int) -> None:
+    """A benchmark's own topics under `prefix`: created now, deleted (faust's changelogs with them)
+    when the benchmark exits, also after an error or Ctrl-C, so runs do not pile topics up in Kafka."""
+    ensure_topics(bootstrap, prefix=prefix, partitions=partitions)
+    if not _SCRATCH:
+        atexit.register(lambda: print(f"==> {delete_namespaces(bootstrap, _SCRATCH)}", flush=True))
+    _SCRATCH.add(prefix)
 
 
 def schema_url(url: str, schema: str) -> str:
@@ -227,7 +240,7 @@ def main() -> int:
 
     prefixes = [f"{tag}a.", f"{tag}b."]
     for prefix, records in zip(prefixes, (first, second), strict=True):
-        ensure_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix=prefix, partitions=6)
+        scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix, partitions=6)
         rate = produce(env["VAKTROM_KAFKA_BOOTSTRAP"], topics.measurement_topic(prefix), records)
         print(
             f"  produced {len(records):,} records to {prefix}* at {rate:,.0f}/s (setup, not measured)",

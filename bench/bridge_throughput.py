@@ -38,12 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 sys.path[:0] = [str(REPO), str(REPO / "infra"), str(REPO / "gateway-sim")]
 
-from archive_throughput import stack_env  # noqa: E402  (bench/ holds scripts)
+from archive_throughput import scratch_topics, stack_env  # noqa: E402  (bench/ holds scripts)
 from enrol import enrol  # noqa: E402  (infra/ holds scripts, not a package)
 from gateway_sim.cli import load_enrolment  # noqa: E402
 from kafka import KafkaConsumer  # noqa: E402
 from sim_publish import cpu_seconds  # noqa: E402
-from topics import ensure_topics  # noqa: E402
 
 from contracts import topics  # noqa: E402
 from contracts.settings import KafkaSettings  # noqa: E402
@@ -132,7 +131,7 @@ def producer_phase(env: dict[str, str], messages: int, tag: str) -> dict[str, An
     records = [(r.key, r.value, list(r.headers)) for r in consumer]
     consumer.close()
     prefix = f"benchprod{tag}."
-    ensure_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix=prefix, partitions=6)
+    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix, partitions=6)
     target = topics.measurement_topic(prefix)
     sink = RecordSink(
         kafka=KafkaSettings(bootstrap=env["VAKTROM_KAFKA_BOOTSTRAP"]),
@@ -176,7 +175,7 @@ def bridge_phase(
 ) -> dict[str, Any]:
     name = f"benchbr{processes}{tag}"
     root, prefix = f"{name}/v1", f"BR{processes}{tag}"
-    ensure_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix=f"{name}.", partitions=6)
+    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], f"{name}.", partitions=6)
     enrol(env["VAKTROM_DATABASE_URL"], load_enrolment(prefix, kits), since=_since())
     bridges, ports = [], []
     for i in range(processes):

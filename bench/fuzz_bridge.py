@@ -37,10 +37,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "infra"), str(REPO / "gateway-sim")]
 
-from archive_throughput import stack_env, write_results  # noqa: E402
+from archive_throughput import scratch_topics, stack_env, write_results  # noqa: E402
 from enrol import enrol  # noqa: E402  (infra/ holds scripts, not a package)
 from gateway_sim.cli import load_enrolment  # noqa: E402
-from topics import ensure_topics  # noqa: E402
 
 PORT = 19620
 KITS = 50
@@ -262,7 +261,7 @@ def main() -> int:
     root = f"{name}/v1"
     tmp = REPO / ".local" / "bench" / f"fuzz-{tag}"
     tmp.mkdir(parents=True, exist_ok=True)
-    ensure_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix=f"{name}.", partitions=6)
+    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], f"{name}.", partitions=6)
     rows = load_enrolment(prefix, KITS)
     enrol(env["VAKTROM_DATABASE_URL"], rows, since=datetime.now(UTC) - timedelta(days=3))
     kits = [str(r["kit"]) for r in rows] + [f"{prefix}-UNKNOWN-{i}" for i in range(3)]

@@ -48,9 +48,8 @@ from kafka.structs import TopicPartition
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "infra")]
 
-from archive_throughput import scrape, stack_env, write_results  # noqa: E402
+from archive_throughput import scrape, scratch_topics, stack_env, write_results  # noqa: E402
 from sim_publish import cpu_seconds  # noqa: E402
-from topics import ensure_topics  # noqa: E402  (infra/ holds scripts, not a package)
 
 from contracts import (  # noqa: E402
     METRICS,
@@ -307,7 +306,7 @@ def worker_phase(
     keys: list[bytes],
 ) -> dict[str, Any]:
     prefix = f"{tag}{store.split(':', maxsplit=1)[0]}."
-    ensure_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix=prefix, partitions=6)
+    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix, partitions=6)
     produce_all(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix, plans, records, keys)
     with tempfile.TemporaryDirectory(prefix="vaktrom-bench-monitor-") as data_dir:
         worker = Worker(env, prefix, store, 19560, data_dir)
@@ -443,7 +442,7 @@ def latency_phase(
 ) -> dict[str, Any]:
     bootstrap = env["VAKTROM_KAFKA_BOOTSTRAP"]
     prefix = f"{tag}lat{int(rate)}."
-    ensure_topics(bootstrap, prefix=prefix, partitions=6)
+    scratch_topics(bootstrap, prefix, partitions=6)
     topic = topics.measurement_topic(prefix)
     rng = np.random.default_rng(11)
     people = [f"{tag}L{i:05d}" for i in range(patients)]

@@ -46,14 +46,14 @@ import psycopg
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "infra"), str(REPO / "gateway-sim")]
 
-from archive_throughput import prepare_schema, scrape, stack_env  # noqa: E402
+from archive_throughput import prepare_schema, scrape, scratch_topics, stack_env  # noqa: E402
 from bridge_throughput import sustained  # noqa: E402
 from enrol import enrol  # noqa: E402  (infra/ holds scripts, not a package)
 from floors import floors  # noqa: E402
 from gateway_sim.cli import load_enrolment  # noqa: E402
 from pipeline_report import RESULTS, machine, markdown, plots  # noqa: E402
 from sim_publish import cpu_seconds  # noqa: E402
-from topics import consumer_lag, ensure_topics  # noqa: E402
+from topics import consumer_lag  # noqa: E402
 
 STAGE_PORTS = {"bridge": 19601, "monitor": 19602, "archive": 19603, "alerts": 19604}
 ALERTS_HTTP = 19605
@@ -450,7 +450,7 @@ def main() -> int:
     print(f"==> logs and ledgers in {work}", flush=True)
     url = prepare_schema(env["VAKTROM_DATABASE_URL"], f"benchpl{tag}")
     ns = Namespace(tag, env, url, work)
-    ensure_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix=ns.prefix, partitions=6)
+    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], ns.prefix, partitions=6)
     floor = {} if args.no_floors else floors(env, tag, work, 60_000, 100_000)
     ladder: list[dict[str, Any]] = []
     sustain = None

@@ -33,10 +33,10 @@ from pipeline import (  # noqa: E402  (bench/ holds scripts, not a package)
     REPO,
     Namespace,
     consumer_lag,
-    ensure_topics,
     pipeline,
     prepare_schema,
     run_step,
+    scratch_topics,
     stack_env,
     wait_drained,
 )
@@ -135,7 +135,7 @@ def main() -> int:
     print(f"==> soak: {args.rate:,.0f}/s for {args.minutes:g} min; logs in {work}", flush=True)
     url = prepare_schema(env["VAKTROM_DATABASE_URL"], f"benchpl{tag}")
     ns = Namespace(tag, env, url, work)
-    ensure_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix=ns.prefix, partitions=6)
+    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], ns.prefix, partitions=6)
     with pipeline(ns):
         step = run_step(ns, "SOAK", args.rate, args.minutes * 60.0, args.kits, minute_rss=True)
         drained = wait_drained(ns, 600)

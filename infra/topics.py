@@ -1,9 +1,13 @@
 """Create the Kafka topics the stages need (names and settings from `contracts.topics`).
 
     python infra/topics.py [--bootstrap HOST:PORT] [--prefix P] [--partitions N]
+    python infra/topics.py --delete PREFIX [--delete PREFIX ...]
 
 Idempotent: existing topics are left as they are. Run by `infra/stack up` and by the production
 compose file's `init` service, so both stacks get the same topics with the same settings.
+
+`--delete` removes every topic whose name starts with PREFIX: a test's or a benchmark's namespace
+that its run did not remove (tests keep the topics of failed tests for inspection).
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterable
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from contracts.topics import kafka_topics
 
-__all__ = ["admin_client", "consumer_lag", "ensure_topics"]
+__all__ = ["admin_client", "consumer_lag", "delete_namespaces", "delete_topics", "ensure_topics"]
+
+_DELETE_BATCH = 100  # topics per DeleteTopics request
 
 
 def admin_client(bootstrap: str, *, timeout: float, client_id: str = "vaktrom-topics") -> KafkaAdminClient:
@@ -86,6 +93,40 @@ def ensure_topics(
         admin.close()
 
 
+def delete_topics(bootstrap: str, prefixes: Iterable[str], *, timeout: float = 30.0) -> list[str]:
+    """Delete every topic whose name starts with one of `prefixes` (a test's or a benchmark's own
+    namespace, faust's changelogs included); returns the names deleted.
+
+    Each prefix must be a namespace of its own: an empty one would take the demo's topics too.
+    """
+    wanted = tuple(prefixes)
+    if any(not p or not p.strip(".") for p in wanted):
+        raise ValueError(f"refusing to delete topics by an empty prefix (got {wanted!r})")
+    if not wanted:
+        return []
+    admin = admin_client(bootstrap, timeout=timeout, client_id="vaktrom-topics-cleanup")
+    try:
+        doomed = sorted(t for t in admin.list_topics() if t.startswith(wanted))
+        for i in range(0, len(doomed), _DELETE_BATCH):
+            admin.delete_topics(doomed[i : i + _DELETE_BATCH], timeout_ms=int(timeout * 1000))
+        return doomed
+    finally:
+        admin.close()
+
+
+def delete_namespaces(bootstrap: str, prefixes: Iterable[str]) -> str:
+    """`delete_topics` for a run that is finishing anyway: returns a line to print, never raises."""
+    wanted = sorted(set(prefixes))
+    try:
+        gone = delete_topics(bootstrap, wanted)
+    except KafkaError as exc:
+        return (
+            f"could not delete the Kafka topics of {len(wanted)} namespaces ({type(exc).__name__}: {exc}); "
+            "`python infra/topics.py --delete PREFIX` removes them later"
+        )
+    return f"deleted {len(gone)} Kafka topics of {len(wanted)} namespaces"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -95,7 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--partitions", type=int, default=int(os.environ.get("VAKTROM_KAFKA_PARTITIONS", "6"))
     )
+    parser.add_argument(
+        "--delete", action="append", default=[], metavar="PREFIX", help="delete the topics under PREFIX"
+    )
     args = parser.parse_args(argv)
+    if args.delete:
+        try:
+            gone = delete_topics(args.bootstrap, args.delete)
+        except (KafkaError, ValueError) as exc:
+            print(f"topics: cannot delete at {args.bootstrap}: {exc}", file=sys.stderr)
+            return 1
+        print(f"topics: deleted {len(gone)}")
+        return 0
     try:
         created = ensure_topics(args.bootstrap, prefix=args.prefix, partitions=args.partitions)
     except KafkaError as exc:

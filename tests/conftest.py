@@ -18,7 +18,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "infra"))
 import stackenv  # noqa: E402  (infra/ holds scripts, not a package)
+from topics import delete_namespaces  # noqa: E402
 
 STATE = Path(os.environ.get("VAKTROM_STATE_DIR", REPO / ".local"))
 SERVICE_DIRS = ("integration", "e2e")
@@ -40,15 +41,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("last") is not None)
 
 
+def _masked(url: str) -> str:
+    """A database URL with its password hidden, for messages and reprs."""
+    return re.sub(r":[^:@/]*@", ":***@", url)
+
+
 @dataclass(frozen=True)
 class Stack:
-    """Where the running local stack listens (from .local/stack.env, written by `infra/stack up`)."""
+    """Where the running local stack listens (from .local/stack.env, written by `infra/stack up`).
+
+    Its repr, which pytest prints with a failing test's arguments, shows no password or key.
+    """
 
     mqtt_host: str
     mqtt_port: int
     kafka_bootstrap: str
-    database_url: str
-    values: dict[str, str]  # everything stack.env holds: service credentials, the identity key
+    database_url: str = field(repr=False)
+    values: dict[str, str] = field(repr=False)  # all of stack.env: service credentials, the identity key
+
+    def __repr__(self) -> str:
+        return (
+            f"Stack(mqtt={self.mqtt_host}:{self.mqtt_port}, kafka={self.kafka_bootstrap}, "
+            f"database={_masked(self.database_url)})"
+        )
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> Stack:
@@ -111,7 +126,7 @@ def _require_healthy(service: str, stack: Stack) -> None:
     addresses = {
         "mosquitto": f"{stack.mqtt_host}:{stack.mqtt_port}",
         "kafka": stack.kafka_bootstrap,
-        "postgres": re.sub(r":[^:@/]*@", ":***@", stack.database_url),
+        "postgres": _masked(stack.database_url),
     }
     pytest.fail(
         f"{service} at {addresses[service]} is not available (infra/stack status: {state.strip()}).\n"
@@ -128,7 +143,7 @@ class Broker:
     host: str
     port: int
     username: str
-    password: str
+    password: str = field(repr=False)
 
     def login(self, client: Any) -> Any:
         """Set the service account's credentials on a paho client; returns the client."""
@@ -163,7 +178,49 @@ def database_url(stack: Stack) -> str:
 def unique(request: pytest.FixtureRequest) -> str:
     """A short name no other test (or earlier run) uses: for topics, patient ids, tables."""
     test = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:24]
-    return f"t{uuid.uuid4().hex[:8]}-{test}"
+    name = f"t{uuid.uuid4().hex[:8]}-{test}"
+    if "stack" in request.fixturenames:
+        request.node.stash.setdefault(_NAMESPACES, []).append(name)
+    return name
+
+
+# ------------------------------------------------------------------ the topics tests leave behind
+# Each test's Kafka topics (its namespace, faust's changelogs included) are deleted when the session
+# ends, if the test passed: a run makes about 300, and a local Kafka that keeps them all grows slower
+# to start and to answer. A failed test's topics stay for inspection (`python infra/topics.py
+# --delete NAME` removes them); VAKTROM_TEST_KEEP_TOPICS=1 keeps every test's.
+_NAMESPACES = pytest.StashKey[list[str]]()
+_FAILED = pytest.StashKey[bool]()
+_finished: list[pytest.Item] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    report = yield
+    if report.failed:
+        item.stash[_FAILED] = True
+    if report.when == "teardown" and _NAMESPACES in item.stash:
+        _finished.append(item)
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not _finished or os.environ.get("VAKTROM_TEST_KEEP_TOPICS") == "1":
+        return
+    passed = [n for item in _finished if not item.stash.get(_FAILED, False) for n in item.stash[_NAMESPACES]]
+    kept = sum(len(item.stash[_NAMESPACES]) for item in _finished) - len(passed)
+    try:
+        bootstrap = stackenv.read(STATE)["VAKTROM_KAFKA_BOOTSTRAP"]
+    except (stackenv.StackEnvError, KeyError):
+        return
+    line = delete_namespaces(bootstrap, passed) if passed else "no passed test's topics to delete"
+    if kept:
+        line += (
+            f"; kept {kept} namespaces of failed tests (`python infra/topics.py --delete NAME` removes one)"
+        )
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"vaktrom: {line}")
 
 
 @pytest.fixture

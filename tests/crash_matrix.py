@@ -55,7 +55,7 @@ from tests.integration.stage_support import StageProcess, prepare
 
 sys.path.insert(0, str(REPO / "infra"))
 import stackenv
-from topics import consumer_lag
+from topics import consumer_lag, delete_namespaces
 
 CI_SCENARIOS = ("bridge-kill", "monitor-kill", "archive-kill", "kafka-kill")
 LATE_S = 5.0  # a reading stored (or its alert stored) later than this after it was measured was delayed
@@ -355,6 +355,8 @@ def run(
                 flush=True,
             )
             results.append(res)
+    if all(r.passed for r in results):  # a failed run's topics stay for inspection
+        print(f"==> {delete_namespaces(stack.kafka_bootstrap, [f'{pipe.name}.'])}", flush=True)
     return results
 
 

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+from topics import delete_topics, ensure_topics
 
 from contracts.topics import kafka_topics, measurement_topic
 from tests.conftest import REPO, STATE, Broker, Stack, stack_command, stackenv
@@ -135,6 +136,25 @@ def test_tests_write_to_the_test_database_not_the_demos(database_url: str, uniqu
             conn.execute(f"DROP TABLE {table}")
     assert here == (table,)
     assert found == (None,)
+
+
+def test_topics_are_deleted_by_namespace_and_only_those(kafka_bootstrap: str, unique: str) -> None:
+    """What tests and benchmarks use to remove their topics: one namespace goes, its neighbour stays."""
+    ensure_topics(kafka_bootstrap, prefix=f"{unique}.", partitions=1)
+    ensure_topics(kafka_bootstrap, prefix=f"{unique}x.", partitions=1)
+    gone = delete_topics(kafka_bootstrap, [f"{unique}."])
+    assert sorted(gone) == sorted(t.name for t in kafka_topics(f"{unique}."))
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        deadline = time.monotonic() + 15
+        while {t for t in admin.list_topics() if t.startswith(f"{unique}.")} and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = {t for t in admin.list_topics() if t.startswith(unique)}
+    finally:
+        admin.close()
+    assert left == {t.name for t in kafka_topics(f"{unique}x.")}
+    with pytest.raises(ValueError, match="empty prefix"):
+        delete_topics(kafka_bootstrap, [""])
 
 
 def test_pipeline_topics_exist_with_their_settings(kafka_bootstrap: str) -> None:
