@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "infra"))
 import stackenv  # noqa: E402  (infra/ holds scripts, not a package)
 from topics import delete_namespaces  # noqa: E402
 
-STATE = Path(os.environ.get("VAKTROM_STATE_DIR", REPO / ".local"))
+STATE = stackenv.state_dir()
 SERVICE_DIRS = ("integration", "e2e")
 
 
