@@ -26,9 +26,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 TICKS = os.sysconf("SC_CLK_TCK")
-sys.path.insert(0, str(REPO / "bench"))
-
-from archive_throughput import stack_env  # noqa: E402  (bench/ holds scripts, not a package)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -113,6 +110,9 @@ def main() -> int:
     )
     parser.add_argument("--kits", type=int, default=1000, help="kits per process (default 1000)")
     args = parser.parse_args()
+    # here, not at the top: bench/_paho_sink.py imports this module for cpu_seconds alone
+    from archive_throughput import stack_env  # noqa: PLC0415  (bench/ is this script's directory)
+
     env = stack_env()
     port = env["VAKTROM_MQTT_PORT"]
     print(f"bench: simulator publish rate against Mosquitto on port {port}, {args.duration:.0f} s per run")
