@@ -72,6 +72,7 @@ from streams.monitor.engine import (  # noqa: E402
     decode_patient,
     encode,
 )
+from streams.monitor.settings import MonitorSettings  # noqa: E402
 
 PROCESSED = 'vaktrom_monitor_events_total{kind="measurement"}'
 STATE_SUM, STATE_COUNT = "vaktrom_monitor_state_record_bytes_sum", "vaktrom_monitor_state_record_bytes_count"
@@ -364,13 +365,14 @@ def restart_phase(
 
 
 def floor_child(prefix: str, mode: str, count: int) -> None:
-    """A faust app doing (almost) nothing per record: its rate is faust's own ceiling here."""
+    """A faust app doing (almost) nothing per record: its rate is faust's own ceiling here. It
+    produces with the worker's linger, so that the table-write floor compares with the worker."""
     import faust  # noqa: PLC0415  (only the child needs it)
 
     app = faust.App(
         f"{prefix}floor-{mode}", broker=f"kafka://{os.environ['VAKTROM_KAFKA_BOOTSTRAP']}", store="memory://",
         web_enabled=False, topic_partitions=6, consumer_auto_offset_reset="earliest", producer_acks=-1,
-        broker_commit_every=1000,
+        broker_commit_every=1000, producer_linger=MonitorSettings.from_env().linger_ms / 1000.0,
     )  # fmt: skip
     source = app.topic(topics.measurement_topic(prefix), key_serializer="raw", value_serializer="raw")
     table = app.Table("floor", partitions=6, key_type=bytes, value_type=bytes)

@@ -36,6 +36,12 @@ class MonitorSettings(Settings):
         env="VAKTROM_MONITOR_SESSION_TIMEOUT_S",
         help="how long Kafka waits for a silent (crashed) worker before moving its partitions",
     )
+    linger_ms: int = setting(
+        5,
+        env="VAKTROM_MONITOR_LINGER_MS",
+        help="Kafka producer linger for state changes and alert events: longer batches more records "
+        "per request (more readings/s) but delays each alert by up to twice this",
+    )
     resolve_after_h: float = setting(
         24.0, env="VAKTROM_MONITOR_RESOLVE_AFTER_H", help="an episode resolves once clear for this long"
     )
@@ -78,6 +84,7 @@ class MonitorSettings(Settings):
             {
                 "VAKTROM_MONITOR_REPLICATION": (self.replication, 1, 5),
                 "VAKTROM_MONITOR_SESSION_TIMEOUT_S": (self.session_timeout_s, 6, 300),
+                "VAKTROM_MONITOR_LINGER_MS": (self.linger_ms, 0, 1000),
                 "VAKTROM_MONITOR_RESOLVE_AFTER_H": (self.resolve_after_h, 0, 24 * 30),
                 "VAKTROM_MONITOR_LATE_AFTER_H": (self.late_after_h, 0.01, 24 * 30),
                 "VAKTROM_MONITOR_STALE_AFTER_H": (self.stale_after_h, 0.01, 24 * 30),

@@ -7,6 +7,7 @@ and alert sends are captured. The integration tests run the same agent against r
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,7 @@ from contracts import (
     Metric,
     Spo2Scale,
 )
-from contracts.settings import KafkaSettings
+from contracts.settings import ConfigError, KafkaSettings
 from streams.monitor import app as monitor_app
 from streams.monitor.engine import decode_metric, decode_patient
 from streams.monitor.settings import MonitorSettings
@@ -371,3 +372,30 @@ def test_kept_values_are_bounded_and_the_least_recently_used_go_first() -> None:
     assert kept.get(b"missing") is None
     kept[b"missing"] = b"4"
     assert kept.get(b"missing") == b"4"
+
+
+def test_the_producer_lingers_as_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(monitor_app, "_prepare_topics", lambda *_a, **_k: 6)  # no Kafka to ask
+    kafka = KafkaSettings(bootstrap="127.0.0.1:1", topic_prefix="linger-test.")
+    for configured, linger_ms in ((None, 5), ("0", 0), ("40", 40)):
+        env = {"VAKTROM_MONITOR_STORE": "memory://"}
+        if configured is not None:
+            env["VAKTROM_MONITOR_LINGER_MS"] = configured
+        settings = MonitorSettings.from_env(env)
+        app = monitor_app.build_monitor(kafka=kafka, settings=settings).app
+        assert app.producer.linger_ms == linger_ms  # what faust hands aiokafka as linger_ms
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"VAKTROM_MONITOR_LINGER_MS": "-1"}, "VAKTROM_MONITOR_LINGER_MS=-1 is out of range"),
+        ({"VAKTROM_MONITOR_LINGER_MS": "1001"}, "VAKTROM_MONITOR_LINGER_MS=1001 is out of range"),
+        ({"VAKTROM_MONITOR_LINGER_MS": "5ms"}, "VAKTROM_MONITOR_LINGER_MS='5ms' is not a valid int"),
+        ({"VAKTROM_MONITOR_STORE": "redis://"}, "VAKTROM_MONITOR_STORE='redis://'"),
+        ({"VAKTROM_MONITOR_LATE_AFTER_H": "30"}, "must not be shorter than VAKTROM_MONITOR_LATE_AFTER_H"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        MonitorSettings.from_env(env)
