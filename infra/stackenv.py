@@ -29,8 +29,12 @@ def state_dir() -> Path:
     return Path(os.environ.get("VAKTROM_STATE_DIR", REPO / ".local"))
 
 
+def _path(state: Path | None) -> Path:
+    return (state or state_dir()) / "stack.env"
+
+
 def read(state: Path | None = None) -> dict[str, str]:
-    path = (state or state_dir()) / "stack.env"
+    path = _path(state)
     if not path.exists():
         raise StackEnvError(f"{path} does not exist: the local stack was never started. Run `make stack-up`.")
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
@@ -41,7 +45,7 @@ def for_tests(state: Path | None = None) -> dict[str, str]:
     url = env.get(TEST_DATABASE_KEY)
     if not url:
         raise StackEnvError(
-            f"{(state or state_dir()) / 'stack.env'} has no {TEST_DATABASE_KEY}: it was written by an "
+            f"{_path(state)} has no {TEST_DATABASE_KEY}: it was written by an "
             "older `infra/stack`. Run `infra/stack up` (or `make stack-up`) once more; it creates and "
             "migrates the test database beside the demo's."
         )
