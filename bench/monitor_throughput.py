@@ -376,18 +376,20 @@ def floor_child(prefix: str, mode: str, count: int) -> None:
     )  # fmt: skip
     source = app.topic(topics.measurement_topic(prefix), key_serializer="raw", value_serializer="raw")
     table = app.Table("floor", partitions=6, key_type=bytes, value_type=bytes)
-    seen = [0, 0.0]
+    seen = [0, 0.0, 0.0]
 
     @app.agent(source)
     async def agent(stream: Any) -> None:
         async for event in stream.events():
             if not seen[0]:
-                seen[1] = time.perf_counter()
+                seen[1:] = [time.perf_counter(), time.process_time()]
             if mode == "write":
                 table[event.key] = event.value
             seen[0] += 1
             if seen[0] == count:
-                print(f"{count / (time.perf_counter() - seen[1]):.0f}", flush=True)
+                wall, cpu = time.perf_counter() - seen[1], time.process_time() - seen[2]
+                # the rate, and the cores this process kept busy meanwhile (all its threads)
+                print(f"{count / wall:.0f} {cpu / wall:.2f}", flush=True)
                 os._exit(0)
 
     class Quiet(faust.Worker):  # type: ignore[misc]
@@ -403,14 +405,24 @@ def floor_phase(env: dict[str, str], prefix: str, mode: str, count: int) -> dict
         [sys.executable, __file__, "--floor-child", prefix, mode, str(count)],
         env={**os.environ, **env}, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
-    found = re.findall(r"(\d+)\s*$", out.stdout)  # faust's terminal codes may precede it
+    found = re.findall(r"(\d+) (\d+\.\d+)\s*$", out.stdout)  # faust's terminal codes may precede it
     try:
-        rate = int(found[-1])
+        rate, cores = int(found[-1][0]), float(found[-1][1])
     except IndexError:
         sys.exit(f"bench: the faust floor run ({mode}) failed:\n{out.stderr[-3000:]}")
     label = {"noop": "no work", "write": "1 table write"}[mode]
-    print(f"  faust floor, {label:13} {count:,} records at {rate:9,}/s", flush=True)
-    return {"agent": label, "records": count, "per_s": rate}
+    print(
+        f"  faust floor, {label:13} {count:,} records at {rate:9,}/s; "
+        f"{cores:.2f} cores busy, {cores / rate * 1e6:.0f} us CPU per record",
+        flush=True,
+    )
+    return {
+        "agent": label,
+        "records": count,
+        "per_s": rate,
+        "process_busy_cores": cores,
+        "cpu_us_per_record": round(cores / rate * 1e6, 1),
+    }
 
 
 # ------------------------------------------------------------------------------------------- latency
