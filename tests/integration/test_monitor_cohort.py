@@ -158,6 +158,28 @@ def _versions(versions: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _catch_up(
+    stack: Stack, monitor: MonitorProcess, *, since: float, limit: float
+) -> tuple[int, list[tuple[float, int, int]]]:
+    """Wait up to `limit` seconds for the monitor to commit every input record; the lag left, and
+    (seconds since `since`, lag, readings evaluated) every 2 s or so on the way."""
+    group = {"monitor": monitor.group}
+    deadline = time.monotonic() + limit
+    timeline: list[tuple[float, int, int]] = []
+    while True:
+        lag = consumer_lag(stack.kafka_bootstrap, group)["monitor"]
+        now = time.monotonic()
+        if not timeline or now - since - timeline[-1][0] >= 2.0 or not lag:
+            try:
+                done = int(monitor.metrics().get(MEASUREMENTS_DONE, 0.0))
+            except OSError:  # still starting: not serving its metrics yet
+                done = -1
+            timeline.append((round(now - since, 1), lag, done))
+        if not lag or now >= deadline:
+            return lag, timeline
+        time.sleep(0.5)
+
+
 def test_cohort_of_110_patients_over_14_days_with_a_monitor_crash(
     stack: Stack, bridge: BridgeProcess, monitor: MonitorProcess, artefacts: Path
 ) -> None:
@@ -189,12 +211,7 @@ def test_cohort_of_110_patients_over_14_days_with_a_monitor_crash(
     # let the restarted monitor commit every record of its inputs (each one evaluated), and its
     # clock pass the last deadlines
     total = _records(stack, topics.measurement_topic(monitor.prefix))
-    group = {"monitor": monitor.group}
-    deadline = time.monotonic() + 180
-    lag = consumer_lag(stack.kafka_bootstrap, group)["monitor"]
-    while lag and time.monotonic() < deadline:
-        time.sleep(0.5)
-        lag = consumer_lag(stack.kafka_bootstrap, group)["monitor"]
+    lag, timeline = _catch_up(stack, monitor, since=started + sim_seconds, limit=180.0)
     caught_up = time.monotonic() - started - sim_seconds
     time.sleep(5)
     ledger = {
@@ -202,6 +219,9 @@ def test_cohort_of_110_patients_over_14_days_with_a_monitor_crash(
         "processed_after_restart": monitor.metrics().get(MEASUREMENTS_DONE, 0.0),
         "catch_up_s": round(caught_up, 1),
         "not_evaluated": lag,
+        # seconds after the simulator ended, records not yet committed, readings the restarted
+        # worker has evaluated: a slow catch-up shows whether evaluating or committing held it up
+        "timeline": [f"{t:5.1f} s: lag {lag:5d}, evaluated {done:5d}" for t, lag, done in timeline],
     }
     events = alert_events(stack, monitor.prefix)
     truth = [json.loads(line) for line in (out / "ground-truth.jsonl").read_text().splitlines()]
