@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import faust
 
@@ -23,6 +24,7 @@ from contracts.ops import OpsServer, serve
 from contracts.settings import KafkaSettings
 from contracts.stage import run_stage
 from streams.monitor.app import Monitor, build_monitor
+from streams.monitor.membership import InstanceId, claim_instance_id
 from streams.monitor.settings import MonitorSettings
 
 log = logging.getLogger("streams.monitor")
@@ -48,9 +50,14 @@ class MonitorStage:
         self._monitor: Monitor | None = None
         self._worker: faust.Worker | None = None
         self._ops: OpsServer | None = None
+        self._instance: InstanceId | None = None
 
     def start(self) -> None:
-        self._monitor = build_monitor(kafka=self._kafka, settings=self._settings)
+        settings = self._settings
+        if settings.static_membership:
+            self._instance = claim_instance_id(Path(settings.data_dir))
+        instance_id = None if self._instance is None else self._instance.value
+        self._monitor = build_monitor(kafka=self._kafka, settings=settings, instance_id=instance_id)
         monitor = self._monitor
         self._ops = serve(
             host=self._settings.metrics_host,
@@ -60,10 +67,11 @@ class MonitorStage:
             health=lambda: {"ok": self._worker is not None, "partitions": sorted(monitor.loaded)},
         )
         log.info(
-            "monitor %s: store %s, reading %s",
-            self._settings.app_id,
-            self._settings.store,
+            "monitor %s: store %s, reading %s, %s",
+            settings.app_id,
+            settings.store,
             monitor.names["measurements"],
+            "dynamic group membership" if instance_id is None else f"group member {instance_id}",
         )
 
     def run(self) -> None:
@@ -92,6 +100,8 @@ class MonitorStage:
         finally:
             if self._ops is not None:
                 self._ops.stop()
+            if self._instance is not None:
+                self._instance.release()
 
     def _on_signal(self, signum: int) -> None:
         log.info(
@@ -104,7 +114,8 @@ class MonitorStage:
         worker = self._worker
         if worker is not None:
             # Called from a signal handler while the worker's loop runs: hand it the stop. The worker
-            # stops the agent, flushes the producer, commits and leaves the group, then returns.
+            # stops the agent, flushes the producer and commits, then returns. A static member does
+            # not leave the group: its partitions wait for it for the session timeout.
             asyncio.run_coroutine_threadsafe(worker.stop(), worker.loop)
             # faust's consumer thread can hang while stopping (robinhood/faust#484, seen here with
             # aiokafka 0.14: the agent, tables and producer have stopped, the consumer thread never

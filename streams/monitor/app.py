@@ -293,7 +293,11 @@ def _prepare_topics(kafka: KafkaSettings, names: list[str], ticks: str, replicat
         admin.close()
 
 
-def build_monitor(*, kafka: KafkaSettings, settings: MonitorSettings) -> Monitor:
+def build_monitor(
+    *, kafka: KafkaSettings, settings: MonitorSettings, instance_id: str | None = None
+) -> Monitor:
+    """The faust app with its agent, table and timers. `instance_id`: the static group member id
+    (`membership.claim_instance_id`), or None to join the group as a new member each time."""
     prefix = kafka.topic_prefix
     names = {
         "measurements": topics.measurement_topic(prefix),
@@ -328,6 +332,9 @@ def build_monitor(*, kafka: KafkaSettings, settings: MonitorSettings) -> Monitor
         # A crashed worker's partitions move after this long (faust's default is a minute).
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 3.0),
+        # A restarted worker with the same id takes its partitions back without waiting for the
+        # session timeout (streams/monitor/membership.py).
+        consumer_group_instance_id=instance_id,
     )
     engine = Engine(
         timing=Timing(

@@ -36,6 +36,13 @@ class MonitorSettings(Settings):
         env="VAKTROM_MONITOR_SESSION_TIMEOUT_S",
         help="how long Kafka waits for a silent (crashed) worker before moving its partitions",
     )
+    static_membership: bool = setting(
+        True,
+        env="VAKTROM_MONITOR_STATIC_MEMBERSHIP",
+        help="join the consumer group with a fixed id kept in the data directory, so a restarted "
+        "worker takes its partitions back at once instead of after the session timeout; a stopped "
+        "worker's partitions then move only after the session timeout",
+    )
     linger_ms: int = setting(
         5,
         env="VAKTROM_MONITOR_LINGER_MS",

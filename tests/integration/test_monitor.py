@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -91,4 +93,29 @@ def test_care_plan_change_applies_to_the_next_reading(stack: Stack, monitor: Mon
     events = monitor.wait_events(stack, 1)
     assert {e["rule_id"] for e in events} <= {"RS-4", "NEWS2-S1"}
     assert events[0]["severity"] == "red"
+    assert monitor.stop() == 0
+
+
+def test_a_second_worker_on_the_same_data_directory_stops_at_start_up(
+    stack: Stack, monitor: MonitorProcess
+) -> None:
+    """Two workers with one static group id would take the partitions from each other without end;
+    the second one to start is refused, with the variable to change, and the first runs on."""
+    monitor.start()
+    instance_id = (monitor.log_dir / f"monitor-{monitor.name}" / "instance-id").read_text().strip()
+    assert instance_id  # the first worker made and holds it
+    second = subprocess.run(
+        [sys.executable, "-m", "streams.monitor"],
+        env={**monitor.env(), "VAKTROM_MONITOR_METRICS_PORT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert "another monitor worker is running with VAKTROM_MONITOR_DATA_DIR=" in second.stderr
+    assert monitor.process is not None
+    assert monitor.process.poll() is None
+    assert monitor.health() is not None
+    assert f"group member {instance_id}" in monitor.log_path.read_text()
     assert monitor.stop() == 0
