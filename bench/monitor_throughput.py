@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "infra")]
 
 from archive_throughput import scrape, scratch_topics, stack_env, write_results  # noqa: E402
+from faust_floors import floor_phase  # noqa: E402
 from sim_publish import cpu_seconds  # noqa: E402
 
 from contracts import (  # noqa: E402
@@ -72,7 +72,6 @@ from streams.monitor.engine import (  # noqa: E402
     decode_patient,
     encode,
 )
-from streams.monitor.settings import MonitorSettings  # noqa: E402
 
 PROCESSED = 'vaktrom_monitor_events_total{kind="measurement"}'
 STATE_SUM, STATE_COUNT = "vaktrom_monitor_state_record_bytes_sum", "vaktrom_monitor_state_record_bytes_count"
@@ -361,70 +360,6 @@ def restart_phase(
     return round(seconds, 1)
 
 
-# --------------------------------------------------------------------------------------------- floor
-
-
-def floor_child(prefix: str, mode: str, count: int) -> None:
-    """A faust app doing (almost) nothing per record: its rate is faust's own ceiling here. It
-    produces with the worker's linger, so that the table-write floor compares with the worker."""
-    import faust  # noqa: PLC0415  (only the child needs it)
-
-    app = faust.App(
-        f"{prefix}floor-{mode}", broker=f"kafka://{os.environ['VAKTROM_KAFKA_BOOTSTRAP']}", store="memory://",
-        web_enabled=False, topic_partitions=6, consumer_auto_offset_reset="earliest", producer_acks=-1,
-        broker_commit_every=1000, producer_linger=MonitorSettings.from_env().linger_ms / 1000.0,
-    )  # fmt: skip
-    source = app.topic(topics.measurement_topic(prefix), key_serializer="raw", value_serializer="raw")
-    table = app.Table("floor", partitions=6, key_type=bytes, value_type=bytes)
-    seen = [0, 0.0, 0.0]
-
-    @app.agent(source)
-    async def agent(stream: Any) -> None:
-        async for event in stream.events():
-            if not seen[0]:
-                seen[1:] = [time.perf_counter(), time.process_time()]
-            if mode == "write":
-                table[event.key] = event.value
-            seen[0] += 1
-            if seen[0] == count:
-                wall, cpu = time.perf_counter() - seen[1], time.process_time() - seen[2]
-                # the rate, and the cores this process kept busy meanwhile (all its threads)
-                print(f"{count / wall:.0f} {cpu / wall:.2f}", flush=True)
-                os._exit(0)
-
-    class Quiet(faust.Worker):  # type: ignore[misc]
-        def _setup_logging(self) -> None:
-            pass
-
-    Quiet(app, loglevel="WARNING", quiet=True, redirect_stdouts=False).execute_from_commandline()
-
-
-def floor_phase(env: dict[str, str], prefix: str, mode: str, count: int) -> dict[str, Any]:
-    """faust's own rate on the worker phase's topic: an agent that does nothing, or one table write."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--floor-child", prefix, mode, str(count)],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    found = re.findall(r"(\d+) (\d+\.\d+)\s*$", out.stdout)  # faust's terminal codes may precede it
-    try:
-        rate, cores = int(found[-1][0]), float(found[-1][1])
-    except IndexError:
-        sys.exit(f"bench: the faust floor run ({mode}) failed:\n{out.stderr[-3000:]}")
-    label = {"noop": "no work", "write": "1 table write"}[mode]
-    print(
-        f"  faust floor, {label:13} {count:,} records at {rate:9,}/s; "
-        f"{cores:.2f} cores busy, {cores / rate * 1e6:.0f} us CPU per record",
-        flush=True,
-    )
-    return {
-        "agent": label,
-        "records": count,
-        "per_s": rate,
-        "process_busy_cores": cores,
-        "cpu_us_per_record": round(cores / rate * 1e6, 1),
-    }
-
-
 # ------------------------------------------------------------------------------------------- latency
 
 
@@ -567,12 +502,7 @@ def main() -> int:
     parser.add_argument("--readings", type=int, default=200_000)
     parser.add_argument("--patients", type=int, default=2_000)
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each latency run")
-    parser.add_argument("--floor-child", nargs=3, metavar=("PREFIX", "MODE", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.floor_child:
-        prefix, mode, count = args.floor_child
-        floor_child(prefix, mode, int(count))
-        return 0
     env = stack_env()
     tag = f"m{int(time.time()) % 100000}"
     print(f"bench: monitor, {args.readings:,} readings of {args.patients:,} patients", flush=True)
