@@ -28,7 +28,7 @@ from alerts.escalation import escalate_due
 from alerts.settings import AlertsSettings
 from alerts.store import apply_events
 from contracts import AlertEvent, topics
-from contracts.consumer_watch import StallWatch
+from contracts.consumer_watch import StallWatch, poll_timeout_ms
 from contracts.ops import LATENCY_BUCKETS, OpsServer, serve
 from contracts.settings import DatabaseSettings, KafkaSettings
 from contracts.stage import StageError
@@ -181,7 +181,8 @@ class AlertFeed:
         watch = StallWatch(away=(KafkaError,), partition=TopicPartition)
         try:
             while not self._stopping.is_set():
-                batch = consumer.poll(timeout_ms=self._settings.batch_ms, max_records=2000)
+                wait_ms = poll_timeout_ms(consumer, self._settings.batch_ms)
+                batch = consumer.poll(timeout_ms=wait_ms, max_records=2000)
                 records = [r for rs in batch.values() for r in rs]
                 if not records:
                     if watch.stalled(consumer):

@@ -8,6 +8,15 @@ not paused, records beyond the position, nothing fetched for `stall_s`), and a c
 fell out of its group and holds nothing while the group's records wait, so the stage can close
 the consumer and open a new one, which starts from the committed offsets with fresh metadata.
 Both stages that use it apply records idempotently, so reading some again is harmless.
+
+`poll_timeout_ms` keeps a consumer from getting there through a race in kafka-python 3.0.12's
+group join (`BaseCoordinator.join_group_async`): when a poll stops waiting before the JoinGroup
+and SyncGroup answers are in, and they arrive before the next poll, that next poll finds the join
+done and starts a new one, dropping the answer. The broker then sees its leader join again
+("re-joining group during Stable"). In the CI run that showed it, the member sent no heartbeat
+after the second join and the broker removed it 10 s later; the watch above would have replaced
+it only after about 40 s. Polling long enough for the join to finish while the consumer holds no
+partitions avoids the race.
 """
 
 from __future__ import annotations
@@ -16,7 +25,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["StallWatch"]
+__all__ = ["JOIN_WAIT_MS", "StallWatch", "poll_timeout_ms"]
+
+JOIN_WAIT_MS = 3_000  # a poll's wait while the consumer holds no partitions (joining its group)
+
+
+def poll_timeout_ms(consumer: Any, batch_ms: int) -> int:
+    """How long the next `consumer.poll` may wait: `batch_ms` while it holds partitions (a poll
+    returns as soon as records come, so this bounds only the batching delay), and at least
+    JOIN_WAIT_MS while it is joining its group, so that the join's answers arrive inside one poll."""
+    return batch_ms if consumer.assignment() else max(batch_ms, JOIN_WAIT_MS)
 
 
 class StallWatch:

@@ -38,7 +38,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from contracts import topics
-from contracts.consumer_watch import StallWatch
+from contracts.consumer_watch import StallWatch, poll_timeout_ms
 from contracts.ops import OpsServer, serve
 from contracts.settings import DatabaseSettings, KafkaSettings
 from contracts.stage import StageError
@@ -207,7 +207,7 @@ class Archive:
                 now = time.monotonic()
                 if self._db_down_since is not None and now >= self._next_attempt:
                     self._flush(consumer)  # try again
-                records = consumer.poll(timeout_ms=_POLL_MS)
+                records = consumer.poll(timeout_ms=poll_timeout_ms(consumer, _POLL_MS))
                 if records:
                     self._take(records)
                     watch.progressed()

@@ -14,7 +14,7 @@ from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from contracts import topics
-from contracts.consumer_watch import StallWatch
+from contracts.consumer_watch import JOIN_WAIT_MS, StallWatch, poll_timeout_ms
 from tests.conftest import Stack
 from tests.integration.stage_support import prepare
 
@@ -52,3 +52,35 @@ def test_a_consumer_outside_its_group_is_stalled_and_a_working_one_is_not(stack:
         assert not watch.stalled(working), "assigned and caught up: nothing waits"
     finally:
         working.close()
+
+
+def test_short_polls_do_not_keep_a_consumer_from_joining_its_group(stack: Stack, unique: str) -> None:
+    """kafka-python 3.0.12 wedges a consumer whose polls stop waiting before its group join is
+    answered (on this machine, polls of 1 ms: nothing read in 30 s, in 5 of 5 fresh groups).
+    `poll_timeout_ms` waits out the join and keeps the short wait for batching afterwards."""
+    prepare(stack, unique)
+    topic = topics.alert_topic(f"{unique}.")
+    producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+    for number in range(30):
+        producer.send(topic, value=b"{}", partition=number % 3)
+    producer.flush(timeout=30)
+    producer.close()
+    for attempt in range(5):
+        consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=stack.kafka_bootstrap,
+            group_id=f"{unique}-join{attempt}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        try:
+            waits, got, deadline = set(), 0, time.monotonic() + 15
+            while got < 30 and time.monotonic() < deadline:
+                wait_ms = poll_timeout_ms(consumer, 1)
+                waits.add(wait_ms)
+                got += sum(len(batch) for batch in consumer.poll(timeout_ms=wait_ms).values())
+            assert got == 30, f"fresh group {attempt}: read {got} of 30 records in 15 s"
+            assert JOIN_WAIT_MS in waits, "it waited long while joining"
+            assert poll_timeout_ms(consumer, 1) == 1, "joined: back to the batching wait"
+        finally:
+            consumer.close()

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from contracts.consumer_watch import StallWatch
+from contracts.consumer_watch import JOIN_WAIT_MS, StallWatch, poll_timeout_ms
 
 
 class AwayError(Exception):
@@ -151,3 +151,11 @@ def test_records_coming_in_between_start_the_group_check_over(clock: list[float]
     assert not watch.stalled(consumer), "the earlier look is forgotten once records came"
     clock[0] += 20
     assert watch.stalled(consumer)
+
+
+def test_a_poll_waits_long_only_while_the_consumer_joins_its_group() -> None:
+    joined = FakeConsumer({"t-0": 5}, {"t-0": 5})
+    joining = FakeConsumer({}, {})
+    assert poll_timeout_ms(joined, 50) == 50
+    assert poll_timeout_ms(joining, 50) == JOIN_WAIT_MS
+    assert poll_timeout_ms(joining, 10_000) == 10_000  # never shorter than the batching wait
