@@ -68,10 +68,10 @@ def floor_phase(env: dict[str, str], prefix: str, mode: str, count: int) -> dict
         rate, cores = int(found[-1][0]), float(found[-1][1])
     except IndexError:
         sys.exit(f"bench: the faust floor run ({mode}) failed:\n{out.stderr[-3000:]}")
-    label = {"noop": "no work", "write": "1 table write"}[mode]
+    label, cpu_us = {"noop": "no work", "write": "1 table write"}[mode], cores / rate * 1e6
     print(
         f"  faust floor, {label:13} {count:,} records at {rate:9,}/s; "
-        f"{cores:.2f} cores busy, {cores / rate * 1e6:.0f} us CPU per record",
+        f"{cores:.2f} cores busy, {cpu_us:.0f} us CPU per record",
         flush=True,
     )
     return {
@@ -79,7 +79,7 @@ def floor_phase(env: dict[str, str], prefix: str, mode: str, count: int) -> dict
         "records": count,
         "per_s": rate,
         "process_busy_cores": cores,
-        "cpu_us_per_record": round(cores / rate * 1e6, 1),
+        "cpu_us_per_record": round(cpu_us, 1),
     }
 
 

@@ -9,14 +9,14 @@ fell out of its group and holds nothing while the group's records wait, so the s
 the consumer and open a new one, which starts from the committed offsets with fresh metadata.
 Both stages that use it apply records idempotently, so reading some again is harmless.
 
-`poll_timeout_ms` keeps a consumer from getting there through a race in kafka-python 3.0.12's
-group join (`BaseCoordinator.join_group_async`): when a poll stops waiting before the JoinGroup
-and SyncGroup answers are in, and they arrive before the next poll, that next poll finds the join
-done and starts a new one, dropping the answer. The broker then sees its leader join again
-("re-joining group during Stable"). In the CI run that showed it, the member sent no heartbeat
-after the second join and the broker removed it 10 s later; the watch above would have replaced
-it only after about 40 s. Polling long enough for the join to finish while the consumer holds no
-partitions avoids the race.
+`poll_timeout_ms` keeps a consumer from getting there while it joins its group. kafka-python
+3.0.12 wedges a consumer whose polls stop waiting before the join is answered: with 1 ms polls,
+5 fresh groups out of 5 read nothing in 30 s, where polls that wait out the join read everything
+in 0.13 s. A likely mechanism is in `BaseCoordinator.join_group_async`: a join left in flight by
+a poll that stopped waiting is replaced by a new one if it finished before the next poll, and its
+answer is dropped. In the CI run that showed it, the alert feed's member (polling every 50 ms)
+sent no heartbeat after joining and the broker removed it 10 s later; the watch above would have
+replaced it only after about 40 s.
 """
 
 from __future__ import annotations

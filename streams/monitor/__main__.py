@@ -60,8 +60,8 @@ class MonitorStage:
         self._monitor = build_monitor(kafka=self._kafka, settings=settings, instance_id=instance_id)
         monitor = self._monitor
         self._ops = serve(
-            host=self._settings.metrics_host,
-            port=self._settings.metrics_port,
+            host=settings.metrics_host,
+            port=settings.metrics_port,
             port_env="VAKTROM_MONITOR_METRICS_PORT",
             exposition=monitor.metrics.exposition,
             health=lambda: {"ok": self._worker is not None, "partitions": sorted(monitor.loaded)},
