@@ -9,6 +9,8 @@ history as fast as the pipeline confirms, then real time with every kit measurin
 minutes and the injected episodes at their peak, so that red and yellow alerts arrive within
 minutes. It prints the console's address and the
 demo login and runs until Ctrl-C or SIGTERM, which stops every stage (simulator first) cleanly.
+A stage that exits on its own is started again with back-off, and the others keep running
+(infra/supervisor.py); `make status` shows each stage's state and restarts.
 Logs are in .local/logs/<stage>.log. The stack itself (Mosquitto, Kafka, PostgreSQL) is started
 before by `infra/stack up` and keeps running; `make down` stops it.
 """
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("VAKTROM_STATE_DIR", REPO / ".local")).resolve()
@@ -165,6 +168,27 @@ def stages() -> list[Stage]:
     ]
 
 
+def start_simulator(env: dict[str, str], patients: str, seed: int, credentials: Path) -> Stage:
+    """The demo's kits: history as fast as the pipeline confirms, then real time."""
+    sim = Stage("simulator", "gateway_sim", 0, {})
+    print(
+        f"==> simulator: {HISTORY_DAYS} days of history as fast as the pipeline confirms, then real time "
+        f"(every kit measures every {LIVE_EVERY}; the injected episodes peak now)",
+        flush=True,
+    )
+    LOGS.mkdir(parents=True, exist_ok=True)
+    sim.process = subprocess.Popen(
+        [PY, "-m", "gateway_sim", "run", "--patients", patients, "--seed", str(seed),
+         "--kit-prefix", KIT_PREFIX, "--days", str(HISTORY_DAYS), "--follow", "--follow-days", "1",
+         "--episodes-now", "--live-every", LIVE_EVERY, "--connection-per-kit",
+         "--credentials", str(credentials), "--confirm", "receipt",
+         "--out", str(DEMO / "run")],
+        env=env, stdout=(LOGS / "simulator.log").open("ab"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    return sim
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -174,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env = _env()
     running: list[Stage] = []
+    supervisor = Supervisor(env=env, status_file=STATE / "run" / "pipeline.json")
     stop_requested = False
 
     def on_signal(_sig: int, _frame: Any) -> None:
@@ -195,23 +220,9 @@ def main(argv: list[str] | None = None) -> int:
             stage.start(env)
             running.append(stage)
             stage.wait(120)
+            supervisor.add(stage)
             _timed(f"{stage.name} healthy", mark)
-        sim = Stage("simulator", "gateway_sim", 0, {})
-        print(
-            f"==> simulator: {HISTORY_DAYS} days of history as fast as the pipeline confirms, then real time "
-            f"(every kit measures every {LIVE_EVERY}; the injected episodes peak now)",
-            flush=True,
-        )
-        LOGS.mkdir(parents=True, exist_ok=True)
-        sim.process = subprocess.Popen(
-            [PY, "-m", "gateway_sim", "run", "--patients", args.patients, "--seed", str(args.seed),
-             "--kit-prefix", KIT_PREFIX, "--days", str(HISTORY_DAYS), "--follow", "--follow-days", "1",
-             "--episodes-now", "--live-every", LIVE_EVERY, "--connection-per-kit",
-             "--credentials", str(credentials), "--confirm", "receipt",
-             "--out", str(DEMO / "run")],
-            env=env, stdout=(LOGS / "simulator.log").open("ab"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+        sim = start_simulator(env, args.patients, args.seed, credentials)
         running.append(sim)
         host, port = (
             env.get("VAKTROM_ALERTS_HTTP_HOST", "127.0.0.1"),
@@ -226,10 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         sim_done = False
         while not stop_requested:
-            for stage in running:
-                if stage.process is not None and stage.process.poll() is not None and stage is not sim:
-                    print(f"up: {stage.name} exited with {stage.process.returncode}; stopping", flush=True)
-                    stop_requested = True
+            supervisor.tick()  # a stage that exits is started again; the others keep running
             if sim.process is not None and sim.process.poll() is not None and not sim_done:
                 sim_done = True
                 code = sim.process.returncode
@@ -237,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5)
     finally:
         print("==> stopping: " + ", ".join(s.name for s in reversed(running)), flush=True)
+        supervisor.stopping(s.name for s in running)
         for stage in reversed(running):
             stage.stop()
         print("==> stopped", flush=True)

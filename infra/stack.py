@@ -17,11 +17,14 @@ import argparse
 import base64
 import dataclasses
 import importlib.util
+import json
 import logging
 import os
 import secrets
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,6 +33,7 @@ from migrate import migrate
 from processes import REPO, Service, StackError, log_tail, tree_memory_kib
 from services import MQTT_ADMIN, MQTT_SERVICE, Kafka, Mosquitto, Postgres
 from stackenv import TEST_DATABASE_KEY
+from supervisor import read_status
 
 from contracts.settings import ConfigError, Settings, setting
 
@@ -224,7 +228,43 @@ def cmd_status(settings: StackSettings) -> int:
         memory = f"{rss / 1024:>8.0f} {peak / 1024:>9.0f}"
         print(f"{name:<10} {service.port:>6} {pid:>8} {memory}  {state} ({health.detail})")
     print(f"{'total':<10} {'':>6} {'':>8} {total_rss / 1024:>8.0f} {total_peak / 1024:>9.0f}")
+    all_ok &= _stages_status(settings)
     return 0 if all_ok else 1
+
+
+def _stages_status(settings: StackSettings) -> bool:
+    """The pipeline stages that `make up` supervises: state, restarts and a live /health."""
+    stages = read_status(settings.state_dir / "run" / "pipeline.json")
+    if stages is None:
+        print("pipeline stages: not running (`make up` starts them)")
+        return True
+    print(f"\n{'stage':<10} {'port':>6} {'pid':>8} {'rss MiB':>8} {'restarts':>9}  state, health")
+    all_ok = True
+    for name, stage in stages.items():
+        pid, port = stage.get("pid"), stage.get("health_port")
+        rss = f"{tree_memory_kib(pid)[0] / 1024:>8.0f}" if isinstance(pid, int) else f"{'-':>8}"
+        health = _stage_health(port) if isinstance(pid, int) and isinstance(port, int) else "-"
+        ok = stage.get("state") == "running" and health.startswith("healthy")
+        all_ok &= ok
+        exit_code = stage.get("last_exit")
+        last = f", last exit {exit_code}" if exit_code is not None else ""
+        print(
+            f"{name:<10} {port or '-':>6} {pid or '-':>8} {rss} {stage.get('restarts', 0):>9}  "
+            f"{stage.get('state')}{last}, {health}"
+        )
+    return all_ok
+
+
+def _stage_health(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3) as response:
+            body = json.loads(response.read() or b"{}")
+            degraded = body.get("degraded") if isinstance(body, dict) else None
+            return f"healthy, but degraded: {degraded}" if degraded else "healthy"
+    except urllib.error.HTTPError as exc:
+        return f"UNHEALTHY (HTTP {exc.code})"
+    except (OSError, ValueError) as exc:
+        return f"UNHEALTHY ({exc})"
 
 
 def stage_report() -> list[str]:
