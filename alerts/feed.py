@@ -4,7 +4,9 @@ A kafka-python consumer group reads `vaktrom.alerts.v1`; every poll's events are
 database transaction (`alerts.store.apply_events`) and the Kafka offsets are committed after the
 database commit. A crash between the two replays the batch, which the store recognises by
 (episode id, version), so the effect is exactly once. If the database is away, the feed rewinds
-to the last committed offsets and tries again with back-off; it never skips an event.
+to the last committed offsets and tries again with back-off; it never skips an event for that.
+An event that does not decode, or that the store refuses as data, is quarantined
+(`alerts.quarantine`) and skipped: one bad event never stops the feed.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 
 from alerts.accounts import purge
 from alerts.escalation import escalate_due
+from alerts.quarantine import STAGE, Quarantine, QuarantineUnavailableError, apply_each, fault, set_aside
 from alerts.settings import AlertsSettings
-from alerts.store import apply_events
-from contracts import AlertEvent, topics
+from alerts.store import Applied, apply_events
+from contracts import AlertEvent, DatabaseFault, Quarantined, QuarantineReason, topics
 from contracts.consumer_watch import StallWatch, poll_timeout_ms
-from contracts.ops import LATENCY_BUCKETS, OpsServer, serve
+from contracts.ops import LATENCY_BUCKETS, AlertPathAge, OpsServer, health_status, serve
 from contracts.settings import DatabaseSettings, KafkaSettings
 from contracts.stage import StageError
 
@@ -53,6 +56,12 @@ class FeedMetrics:
         )
         self.broken = Counter(
             "vaktrom_alerts_records_broken", "records that broke their contract", registry=r
+        )
+        self.quarantined = Counter(
+            "vaktrom_alerts_records_quarantined",
+            "records set aside to the quarantine topic and skipped, by reason",
+            ["reason"],
+            registry=r,
         )
         self.db_errors = Counter("vaktrom_alerts_database_errors", "batches the database refused", registry=r)
         self.commit_errors = Counter(
@@ -107,6 +116,10 @@ class AlertFeed:
         self._conn: psycopg.Connection[Any] | None = None
         self._ops: OpsServer | None = None
         self.metrics = FeedMetrics()
+        self._quarantine = Quarantine(
+            servers=kafka.servers, topic=topics.quarantine_topic(kafka.topic_prefix)
+        )
+        self.alert_path = AlertPathAge(max_age_s=settings.alert_path_max_age_s, what="alert event")
 
     def start(self) -> None:
         try:
@@ -194,7 +207,7 @@ class AlertFeed:
                     self._apply(records)
                     self._commit(consumer)
                     backoff = 0.5
-                except psycopg.OperationalError as exc:
+                except (psycopg.OperationalError, QuarantineUnavailableError) as exc:
                     self.metrics.db_errors.inc()
                     log.warning(
                         "database refused a batch (%s); retrying in %.1f s from the last commit", exc, backoff
@@ -206,6 +219,7 @@ class AlertFeed:
                     backoff = min(backoff * 2, 30.0)
         finally:
             escalator.join(timeout=10)
+            self._quarantine.close()
             consumer.close()
             if self._conn is not None:
                 self._conn.close()
@@ -226,11 +240,32 @@ class AlertFeed:
 
     def health(self) -> dict[str, Any]:
         """The feed's state, and the rest of the service's (`health` given at construction)."""
-        report = {"ok": self._consumer is not None and not self._stopping.is_set()}
+        report: dict[str, Any] = {"ok": self._consumer is not None and not self._stopping.is_set()}
+        problems = [] if report["ok"] else ["the alert feed is not consuming (starting or stopping)"]
         if self._health is not None:
             other = self._health()
             report = {**other, "ok": report["ok"] and bool(other.get("ok"))}
+            if other.get("console") is False:
+                problems.append("the console's web server has not started")
+            if other.get("live") is False:
+                problems.append("the live queue has lost the database (is PostgreSQL up?)")
+        report["problems"] = problems if problems or report["ok"] else ["not ready"]
+        report.update(self._alert_path_report())
+        report["status"] = health_status(report)
         return report
+
+    def _alert_path_report(self) -> dict[str, Any]:
+        """How old the oldest alert event not yet in the store is (events beyond the last applied)."""
+        consumer, now = self._consumer, time.time()
+        if consumer is not None:
+            try:  # kafka-python keeps the end offsets its fetches saw; reading them is a dict lookup
+                mine = {tp.partition: consumer.highwater(tp) for tp in consumer.assignment()}
+            except (KafkaError, AssertionError, KeyError):
+                mine = {}
+            self.alert_path.retain(set(mine))
+            for partition, end in mine.items():
+                self.alert_path.ends(partition, end, now)
+        return self.alert_path.report(now)
 
     def _escalate(self) -> None:
         """Take due escalation steps on the service's own schedule, with its own connection."""
@@ -264,28 +299,49 @@ class AlertFeed:
             conn.close()
 
     def _apply(self, records: list[Any]) -> None:
-        events = []
+        events, sources, poison = [], [], []
         for record in records:
             try:
                 events.append(_decode(record.value))
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                sources.append(record)
+            except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:  # TypeError: no value
                 self.metrics.broken.inc()
-                log.warning(
-                    "skipped a record on %s[%d]@%d that breaks its contract: %s",
-                    record.topic, record.partition, record.offset, exc,
-                )  # fmt: skip
+                why = f"does not match the alert contract ({str(exc)[:300]})"
+                poison.append(set_aside(record, QuarantineReason.UNDECODABLE, why))
         conn = self._conn = _open(self._conn, self._database.url)
-        applied = apply_events(conn, events)
-        conn.commit()
+        applied, refused = self._store(conn, events, sources)
+        self._quarantine.publish(poison + refused)  # before the offsets are committed: nothing is lost
+        for q in poison + refused:
+            self.metrics.quarantined.labels(q.reason.value).inc()
         now = time.time()
         for record in records:
             if record.timestamp_type == 1:  # LogAppendTime: the broker's clock
                 self.metrics.latency.observe(max(0.0, now - record.timestamp / 1000.0))
+            self.alert_path.done(record.partition, record.offset, record.timestamp / 1000.0)
         for event in events:
             if event.trace.kit_sent is not None:  # the kit's clock: skewed kits give odd values, kept as such
                 self.metrics.end_to_end.observe(max(0.0, now - event.trace.kit_sent.timestamp()))
         for outcome in ("inserted", "updated", "ignored", "closed"):
             self.metrics.applied.labels(outcome).inc(getattr(applied, outcome))
+
+    def _store(
+        self, conn: psycopg.Connection[Any], events: list[AlertEvent], sources: list[Any]
+    ) -> tuple[Applied, list[Quarantined]]:
+        """Apply the batch in one transaction; if the store refuses an event as data, apply them one by
+        one and return the refused ones set aside. Other database errors are raised (rewind, retry)."""
+        try:
+            applied = apply_events(conn, events)
+            conn.commit()
+            return applied, []
+        except psycopg.Error as exc:
+            conn.rollback()
+            kind = fault(exc)
+            if kind is DatabaseFault.TRANSIENT and not isinstance(exc, psycopg.OperationalError):
+                raise psycopg.OperationalError(f"{STAGE}: {exc}") from exc  # a race: rewind and retry
+            if kind is not DatabaseFault.DATA:
+                raise
+            log.error("alert feed: the store refused an event of a batch as data; applying them one by one")
+        return apply_each(conn, events, sources)
 
     def _rewind(self, consumer: KafkaConsumer) -> None:
         for tp in consumer.assignment():

@@ -8,6 +8,7 @@ strict decoding); their JSON Schemas are generated into `contracts/schemas/` for
     bridge -Kafka-> Measurement, Rejection, KitStatusEvent       (contracts._records)
     monitor -Kafka-> AlertEvent                                  (contracts._alert)
     registry -Kafka-> CarePlan                                   (contracts._careplan)
+    any stage -Kafka-> Quarantined (a record it set aside)      (contracts._quarantine)
 """
 
 from contracts import topics
@@ -50,6 +51,17 @@ from contracts._metrics import (
     canonical_unit_code,
     to_canonical,
 )
+from contracts._quarantine import (
+    MAX_QUARANTINE_DETAIL_CHARS,
+    MAX_QUARANTINE_RAW_BYTES,
+    QUARANTINE_SCHEMA,
+    DatabaseFault,
+    Quarantined,
+    QuarantineReason,
+    database_fault,
+    quarantined,
+    unusable_field,
+)
 from contracts._records import (
     KIT_STATUS_EVENT_SCHEMA,
     MAX_RAW_EXCERPT_BYTES,
@@ -71,10 +83,13 @@ __all__ = [
     "KIT_STATUS_EVENT_SCHEMA",
     "KIT_STATUS_SCHEMA",
     "MAX_KIT_PAYLOAD_BYTES",
+    "MAX_QUARANTINE_DETAIL_CHARS",
+    "MAX_QUARANTINE_RAW_BYTES",
     "MAX_RAW_EXCERPT_BYTES",
     "MAX_READINGS_PER_MESSAGE",
     "MEASUREMENT_SCHEMA",
     "METRICS",
+    "QUARANTINE_SCHEMA",
     "RECEIPT_SCHEMA",
     "REJECTION_SCHEMA",
     "RULE_IDS",
@@ -87,6 +102,7 @@ __all__ = [
     "BaselineSettings",
     "CarePlan",
     "Condition",
+    "DatabaseFault",
     "DeliveryReceipt",
     "EpisodeChange",
     "Evidence",
@@ -100,6 +116,8 @@ __all__ = [
     "Metric",
     "MetricSpec",
     "PlausibleRange",
+    "QuarantineReason",
+    "Quarantined",
     "ReadingOutcome",
     "ReceiptEntry",
     "RejectReason",
@@ -111,11 +129,14 @@ __all__ = [
     "ThresholdLimit",
     "Trace",
     "canonical_unit_code",
+    "database_fault",
     "episode_id",
     "format_instant",
     "measurement_id",
+    "quarantined",
     "rejection_id",
     "threshold_problems",
     "to_canonical",
     "topics",
+    "unusable_field",
 ]

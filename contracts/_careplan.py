@@ -88,7 +88,9 @@ class CarePlan(
     """One accepted version of a patient's plan.
 
     `thresholds` overrides rule parameters by rule id, e.g. {"HF-1": {"kg": 1.5}}; `rules_off` names
-    rules switched off for this patient. Who changed what and why travels with every version.
+    rules switched off for this patient, `rules_on` opt-in rules switched on (HF-2, T-3, RS-6, ...),
+    which then run with their default parameters unless `thresholds` sets them. Who changed what and
+    why travels with every version.
     """
 
     patient_id: Pseudonym
@@ -100,6 +102,7 @@ class CarePlan(
     expected: list[ExpectedMeasurement] = []
     thresholds: dict[str, dict[str, float]] = {}
     rules_off: list[str] = []
+    rules_on: list[str] = []
     baseline: BaselineSettings = BaselineSettings()
     changed_at: datetime
     changed_by: str

@@ -138,7 +138,10 @@ class DeliveryReceipt(
 
     A kit keeps each message until its `seq` appears in a receipt, and resends it after a timeout
     (the measurement id makes a resend harmless). Rejected readings are settled too: resending them
-    would not help, and the reason lets the kit tell the patient that a measurement failed. The kit
+    would not help, and the reason lets the kit tell the patient that a measurement failed. The one
+    exception is `rate_limited` (every reading of the message has it): the kit sent more than its
+    fair share, nothing of the message was kept, and the kit keeps it and resends it later (after a
+    pause of some seconds), as it would a message without a receipt. The kit
     cannot compute measurement ids itself (they include the patient's pseudonym), so the receipt
     names them: a load tester's ledger compares them with storage.
     """

@@ -109,6 +109,13 @@ class RejectReason(enum.StrEnum):
     CLOCK_FUTURE = "clock_future"  # measured too far in the future of the bridge's clock
     CLOCK_PAST = "clock_past"  # older than the retention the pipeline accepts
     INTERNAL_ERROR = "internal_error"  # the bridge failed on it (a bug); kept here for operators
+    # A text field holds a control character (NUL, C0, DEL, C1) or is longer than the field allows
+    INVALID_TEXT = "invalid_text"
+    # Not a verdict on the reading: the kit sent more than its fair share (readings or bytes per
+    # minute). For a readings message nothing is stored or recorded; the kit keeps the message and
+    # resends it later. A FHIR message (no receipt) is recorded as one such rejection of the whole
+    # message, at most one per kit per minute (docs/fair-share.md).
+    RATE_LIMITED = "rate_limited"
 
 
 class Rejection(
@@ -123,7 +130,9 @@ class Rejection(
 
     `detail` says in words what was wrong and, where it is unambiguous, what was probably meant
     (98.6 "Cel" is probably 37.0 Cel reported in Fahrenheit); the value is never silently converted.
-    `raw_excerpt` is the payload as text, cut to MAX_RAW_EXCERPT_BYTES.
+    `raw_excerpt` is the payload as text, cut to MAX_RAW_EXCERPT_BYTES. The bridge writes every text
+    field printable: control characters escaped (NUL as `\\x00`), bytes that are not UTF-8 as
+    `\\xNN`, each field bounded; a consumer still checks what did not come from the bridge.
     """
 
     rejection_id: Id32

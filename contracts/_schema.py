@@ -16,6 +16,7 @@ import msgspec
 from contracts._alert import AlertEvent
 from contracts._careplan import CarePlan
 from contracts._kit import DeliveryReceipt, KitReadingMessage, KitStatusMessage
+from contracts._quarantine import Quarantined
 from contracts._records import KitStatusEvent, Measurement, Rejection
 
 __all__ = ["SCHEMA_DIR", "SCHEMA_TYPES", "render_schema", "stale_schemas", "write_schemas"]
@@ -32,6 +33,7 @@ SCHEMA_TYPES: dict[str, type[msgspec.Struct]] = {
     "kit-status-event.v1": KitStatusEvent,
     "alert.v1": AlertEvent,
     "careplan.v1": CarePlan,
+    "quarantined.v1": Quarantined,
 }
 
 

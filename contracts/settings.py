@@ -18,6 +18,7 @@ import dataclasses
 import os
 import types
 import typing
+import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -31,6 +32,7 @@ __all__ = [
     "MqttSettings",
     "Settings",
     "check_ranges",
+    "check_time_zone",
     "setting",
 ]
 
@@ -133,6 +135,16 @@ def check_ranges(checks: Mapping[str, tuple[float, float, float]]) -> None:
     for env, (value, low, high) in checks.items():
         if not low <= value <= high:
             raise ConfigError(f"{env}={value} is out of range; use {low}-{high}")
+
+
+def check_time_zone(env: str, name: str) -> None:
+    """Raise ConfigError unless `name` is an IANA time zone this machine knows."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{env}={name!r} is not a known time zone; use an IANA name such as Europe/Oslo"
+        ) from None
 
 
 def _mask_url(value: str) -> str:

@@ -21,6 +21,7 @@ __all__ = [
     "measurement_topic",
     "mqtt_kit_filter",
     "mqtt_shared",
+    "quarantine_topic",
     "rejection_topic",
 ]
 
@@ -93,6 +94,15 @@ def careplan_topic(prefix: str = "") -> str:
     return f"{prefix}vaktrom.careplans.v1"
 
 
+def quarantine_topic(prefix: str = "") -> str:
+    """Records any stage set aside (`contracts.Quarantined`), keyed by stage.
+
+    One topic for every stage, not one per stage: each record names its stage, the archive stores
+    them all with one subscription into one table, and a new stage needs no new topic.
+    """
+    return f"{prefix}vaktrom.quarantine.v1"
+
+
 _APPEND_TIME = ("message.timestamp.type", "LogAppendTime")  # the broker stamps the append: a trace point
 _COMPACTED = ("cleanup.policy", "compact")
 
@@ -109,4 +119,5 @@ def kafka_topics(prefix: str = "", *, partitions: int = 6) -> tuple[KafkaTopic, 
         KafkaTopic(kit_status_topic(prefix), "patient_id", partitions, (_APPEND_TIME,)),
         KafkaTopic(alert_topic(prefix), "patient_id", partitions, (_APPEND_TIME,)),
         KafkaTopic(careplan_topic(prefix), "patient_id", partitions, (_COMPACTED,)),
+        KafkaTopic(quarantine_topic(prefix), "stage", partitions, (_APPEND_TIME,)),
     )

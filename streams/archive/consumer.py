@@ -18,6 +18,10 @@ Guarantees and how they hold:
 - **Database away**: the loop keeps the batch, pauses every partition (so nothing more is fetched
   and the group membership stays alive through `poll`), and tries again with growing waits up to
   `VAKTROM_ARCHIVE_RETRY_MAX_S`. No crash loop, no loss; it resumes by itself.
+- **Poison**: a record that does not decode, or that the database refuses as data (a NUL in a
+  text field), is quarantined (`quarantine` table, with its raw bytes) and the loop commits past
+  it; it cannot stop the archive nor crash it again after a restart. The archive also stores what
+  other stages quarantine (topic `vaktrom.quarantine.v1`): it owns the table.
 - **Rebalance**: when partitions are about to move, the unwritten buffer is dropped and each
   partition rewound to its first record not yet stored, so the next owner (or this process) reads
   them again (kafka-python 3 runs the rebalance callback where it must not block on a write).
@@ -101,6 +105,7 @@ class Archive:
         self._kinds = {
             topics.measurement_topic(kafka.topic_prefix): "measurement",
             topics.rejection_topic(kafka.topic_prefix): "rejection",
+            topics.quarantine_topic(kafka.topic_prefix): "quarantine",
         }
         self._consumer: KafkaConsumer | None = None
         self._ops: OpsServer | None = None
@@ -110,7 +115,7 @@ class Archive:
         self._next_attempt = 0.0
         self._backoff = 0.5
         self._assigned: set[TopicPartition] = set()
-        self._totals = {"measurements": 0, "duplicates": 0, "rejections": 0}
+        self._totals = {"measurements": 0, "duplicates": 0, "rejections": 0, "quarantined": 0}
         self._last_retention = 0.0
 
     # ------------------------------------------------------------ start and stop
@@ -321,17 +326,22 @@ class Archive:
     def _count(self, written: Written, poison: int) -> None:
         self.metrics.stored.labels("measurements").inc(written.measurements)
         self.metrics.stored.labels("rejections").inc(written.rejections)
+        self.metrics.stored.labels("quarantine").inc(written.quarantined)
         self.metrics.duplicates.inc(written.duplicates)
         self.metrics.poison.inc(poison + written.refused)
+        self.metrics.quarantined.labels("undecodable").inc(poison)
+        self.metrics.quarantined.labels("database_refused").inc(written.refused)
         self.metrics.batches.inc()
         self._totals["measurements"] += written.measurements
         self._totals["duplicates"] += written.duplicates
         self._totals["rejections"] += written.rejections
+        self._totals["quarantined"] += poison + written.refused
         if poison or written.refused:
             log.error(
-                "archive: %d records broke their contract or were refused by the database; they are in "
-                "the rejections table with reason internal_error",
-                poison + written.refused,
+                "archive: %d records broke their contract and %d were refused by the database as data; "
+                "they are in the quarantine table (the console's Quarantine page) and were skipped",
+                poison,
+                written.refused,
             )
 
     def _commit(self, consumer: KafkaConsumer, offsets: dict[TopicPartition, int]) -> None:

@@ -29,7 +29,13 @@ class ArchiveMetrics:
         )
         self.poison = Counter(
             "vaktrom_archive_records_broken",
-            "records that broke their contract or that the database refused (kept as rejections)",
+            "records that broke their contract or that the database refused (quarantined)",
+            registry=r,
+        )
+        self.quarantined = Counter(
+            "vaktrom_archive_records_quarantined",
+            "records the archive set aside and skipped, by reason (undecodable, database_refused)",
+            ["reason"],
             registry=r,
         )
         self.batches = Counter("vaktrom_archive_batches", "batches written", registry=r)

@@ -1,9 +1,10 @@
 """Kafka records -> database rows, with no I/O: the pure part of the archive.
 
-A record that does not decode against its contract (a producer bug, not a kit's bad reading: the
-bridge has already rejected those) is not dropped and does not stop the archive: it becomes a
-rejection row with reason `internal_error`, naming the topic, partition and offset, so an operator
-finds it next to the kits' rejections.
+A record that does not decode against its contract (a producer bug, or something that did not come
+through the bridge) is not dropped and does not stop the archive: it becomes a quarantine row
+(`contracts.Quarantined`) naming the topic, partition and offset, with its raw bytes, and the
+archive moves on. Every measurement and rejection row remembers the record it came from
+(`Origin`), so that a row the database later refuses as data is quarantined the same way.
 """
 
 from __future__ import annotations
@@ -13,18 +14,29 @@ from typing import Any
 
 import msgspec
 
-from contracts import MAX_RAW_EXCERPT_BYTES, Measurement, Rejection, RejectReason, rejection_id
+from contracts import (
+    Measurement,
+    Quarantined,
+    QuarantineReason,
+    Rejection,
+    quarantined,
+)
 
 __all__ = [
     "MEASUREMENT_COLUMNS",
     "MEASUREMENT_TYPES",
+    "QUARANTINE_COLUMNS",
     "REJECTION_COLUMNS",
     "REJECTION_TYPES",
+    "STAGE",
+    "Origin",
     "Rows",
     "measurement_row",
-    "poison_row",
+    "quarantine_row",
     "rejection_row",
 ]
+
+STAGE = "archive"  # the stage name in the quarantine records the archive sets aside
 
 # Column order of the COPY into the staging tables; `stored_at` is filled by the merge.
 MEASUREMENT_COLUMNS = (
@@ -44,11 +56,37 @@ REJECTION_TYPES = (
     "int4", "text", "float8", "text", "timestamptz", "text", "int4",
 )  # fmt: skip
 
+QUARANTINE_COLUMNS = (
+    "stage", "reason", "detail", "source_topic", "source_partition", "source_offset", "raw", "raw_size",
+    "quarantined_at",
+)  # fmt: skip
+
 MeasurementRow = tuple[Any, ...]
 RejectionRow = tuple[Any, ...]
+QuarantineRow = tuple[Any, ...]
+
+
+class Origin(msgspec.Struct, frozen=True):
+    """The Kafka record a row came from: where it was and its bytes as they came."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+    def quarantine(self, reason: QuarantineReason, detail: str, at: datetime) -> QuarantineRow:
+        """This record, set aside by the archive."""
+        return quarantine_row(
+            quarantined(
+                stage=STAGE, reason=reason, detail=detail, topic=self.topic, partition=self.partition,
+                offset=self.offset, raw=self.value, at=at,
+            )
+        )  # fmt: skip
+
 
 _measurement = msgspec.json.Decoder(Measurement)
 _rejection = msgspec.json.Decoder(Rejection)
+_quarantined = msgspec.json.Decoder(Quarantined)
 
 
 def measurement_row(m: Measurement) -> MeasurementRow:
@@ -66,20 +104,11 @@ def rejection_row(r: Rejection) -> RejectionRow:
     )  # fmt: skip
 
 
-def poison_row(
-    *, source: str, where: str, value: bytes | None, error: str, seen_at: datetime
-) -> RejectionRow:
-    """Something on our own topics that could not be stored as what it claims to be, kept for operators.
-
-    `source` names where it came from (the topic); `where` pins it down (partition and offset).
-    """
-    payload = value or b""
-    excerpt = payload[:MAX_RAW_EXCERPT_BYTES].decode("utf-8", errors="replace")
-    detail = f"{where}: {error}; a producer has a bug: the record was kept here and skipped"
+def quarantine_row(q: Quarantined) -> QuarantineRow:
+    """The row of a quarantine record; its text is cleaned again, as another producer may have sent it."""
     return (
-        rejection_id(source_topic=f"{source}|{where}", payload=payload, index=None),
-        seen_at, RejectReason.INTERNAL_ERROR.value, detail[:2000], source, None, None,
-        None, None, None, None, None, _clean(excerpt), len(payload),
+        q.stage, q.reason.value, _clean(q.detail), _clean(q.source_topic), q.partition, q.offset, q.raw,
+        q.raw_size, q.quarantined_at,
     )  # fmt: skip
 
 
@@ -89,34 +118,45 @@ def _clean(text: str) -> str:
 
 
 class Rows:
-    """The rows of one batch, in the order they came, split by table."""
+    """The rows of one batch, in the order they came, split by table, each with its `Origin`."""
 
-    __slots__ = ("measurements", "poison", "rejections")
+    __slots__ = (
+        "measurement_origins",
+        "measurements",
+        "poison",
+        "quarantine",
+        "rejection_origins",
+        "rejections",
+    )
 
     def __init__(self) -> None:
         self.measurements: list[MeasurementRow] = []
+        self.measurement_origins: list[Origin | None] = []
         self.rejections: list[RejectionRow] = []
-        self.poison = 0  # records that broke their contract (stored as rejections)
+        self.rejection_origins: list[Origin | None] = []
+        self.quarantine: list[QuarantineRow] = []  # set aside here, or by another stage (its topic)
+        self.poison = 0  # records of this batch that broke their contract (quarantined)
 
     def __len__(self) -> int:
-        return len(self.measurements) + len(self.rejections)
+        return len(self.measurements) + len(self.rejections) + len(self.quarantine)
 
     def add(
         self, *, kind: str, topic: str, partition: int, offset: int, value: bytes | None, seen_at: datetime
     ) -> None:
-        """Decode one record of `kind` ("measurement" or "rejection") and keep its row."""
+        """Decode one record of `kind` ("measurement", "rejection" or "quarantine") and keep its row."""
+        origin = Origin(topic, partition, offset, value)
         try:
             if value is None:
                 raise msgspec.DecodeError("the record has no value (a tombstone)")
             if kind == "measurement":
                 self.measurements.append(measurement_row(_measurement.decode(value)))
-            else:
+                self.measurement_origins.append(origin)
+            elif kind == "rejection":
                 self.rejections.append(rejection_row(_rejection.decode(value)))
+                self.rejection_origins.append(origin)
+            else:
+                self.quarantine.append(quarantine_row(_quarantined.decode(value)))
         except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
             self.poison += 1
-            self.rejections.append(
-                poison_row(
-                    source=topic, where=f"record {topic}[{partition}]@{offset}", value=value,
-                    error=f"does not match its contract ({str(exc)[:300]})", seen_at=seen_at,
-                )
-            )  # fmt: skip
+            detail = f"record {topic}[{partition}]@{offset} does not match its contract ({str(exc)[:300]})"
+            self.quarantine.append(origin.quarantine(QuarantineReason.UNDECODABLE, detail, seen_at))

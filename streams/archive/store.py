@@ -8,9 +8,15 @@ key (measurement_id, measured_at) drop what is already stored, whether it came t
 The common path, a batch without duplicates, costs one extra INSERT ... SELECT over rows already in
 memory on the server (bench/archive_throughput.py measures it against a plain COPY).
 
-A row the database refuses (a constraint the contract does not express, e.g. an unknown meter flag)
-must not block the stream: the batch is then written row by row, and each refused row is kept as
-a rejection with reason `internal_error` instead.
+A row the database refuses as data (`contracts.database_fault`: a NUL in a text field, a
+constraint the contract does not express, a time out of range) must not block the stream: the batch
+is then written row by row, each on its own savepoint, and each refused row is quarantined (its
+raw Kafka record, in the `quarantine` table) instead; the others are stored. Errors that are not
+about the record (the database away, a serialisation failure, a lost race) leave the batch intact
+for the loop to retry (DatabaseAwayError); an error of our own SQL is raised as it is.
+
+Quarantine rows (the archive's own and those other stages publish) are written in the same
+transaction; their raw bytes are bytea and their text is cleaned, so they cannot be refused.
 """
 
 from __future__ import annotations
@@ -24,14 +30,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from contracts import DatabaseFault, QuarantineReason, database_fault
 from streams.archive.rows import (
     MEASUREMENT_COLUMNS,
     MEASUREMENT_TYPES,
+    QUARANTINE_COLUMNS,
     REJECTION_COLUMNS,
     REJECTION_TYPES,
-    MeasurementRow,
+    Origin,
     Rows,
-    poison_row,
 )
 
 __all__ = ["DatabaseAwayError", "Store", "Written"]
@@ -59,6 +66,15 @@ _MERGE_REJECTIONS = sql.SQL(
 _INSERT_MEASUREMENT = sql.SQL("INSERT INTO measurements ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
     _MEASUREMENT_COLS, sql.SQL(", ").join(sql.Placeholder() * len(MEASUREMENT_COLUMNS))
 )
+_INSERT_REJECTION = sql.SQL("INSERT INTO rejections ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
+    _REJECTION_COLS, sql.SQL(", ").join(sql.Placeholder() * len(REJECTION_COLUMNS))
+)
+_INSERT_QUARANTINE = sql.SQL("INSERT INTO quarantine ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
+    sql.SQL(", ").join(map(sql.Identifier, QUARANTINE_COLUMNS)),
+    sql.SQL(", ").join(sql.Placeholder() * len(QUARANTINE_COLUMNS)),
+)
+# Raised while a row is turned into COPY data (a number out of its column's range): about the row.
+_DUMP_ERRORS = (OverflowError, ValueError, TypeError)
 
 
 class DatabaseAwayError(Exception):
@@ -70,7 +86,8 @@ class Written:
     measurements: int  # newly stored
     duplicates: int  # already stored (or twice in the batch), skipped
     rejections: int  # newly stored rejection rows
-    refused: int = 0  # rows the database refused, kept as internal_error rejections
+    refused: int = 0  # rows the database refused as data, quarantined
+    quarantined: int = 0  # quarantine rows newly stored (this batch's and other stages')
 
 
 class Store:
@@ -142,19 +159,27 @@ class Store:
 
     # ------------------------------------------------------------ writing
     def write(self, rows: Rows) -> Written:
-        """Store one batch in one transaction; DatabaseAwayError (nothing stored) if the database is away."""
+        """Store one batch in one transaction; DatabaseAwayError (nothing stored) if the database is away.
+
+        A row refused as data is quarantined and the rest stored (see the module docstring).
+        """
         conn = self._connection()
         try:
             try:
                 return self._write_fast(conn, rows)
-            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            except (psycopg.Error, *_DUMP_ERRORS) as exc:
                 conn.rollback()
+                if fault(exc) is not DatabaseFault.DATA:
+                    raise
                 log.error(
-                    "archive: the database refused a row of a batch (%s); writing that batch row by row",
+                    "archive: the database refused a row of a batch as data (%s); writing that batch "
+                    "row by row, refused rows go to the quarantine",
                     _first_line(exc),
                 )
                 return self._write_slowly(conn, rows)
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
+            if fault(exc) is DatabaseFault.BUG:
+                raise
             self.close()
             raise DatabaseAwayError(_first_line(exc)) from None
 
@@ -166,26 +191,92 @@ class Store:
             rejections = _copy_merge(
                 cur, _COPY_REJECTIONS, REJECTION_TYPES, rows.rejections, _MERGE_REJECTIONS
             )
+            quarantined = _insert_quarantine(cur, rows.quarantine)
         conn.commit()
-        return Written(stored, len(rows.measurements) - stored, rejections)
+        return Written(stored, len(rows.measurements) - stored, rejections, 0, quarantined)
 
     def _write_slowly(self, conn: psycopg.Connection, rows: Rows) -> Written:
-        """The rare path: each measurement on its own savepoint; refused ones become rejections."""
-        stored = refused = 0
-        kept = Rows()
-        kept.rejections.extend(rows.rejections)
+        """The rare path: each row on its own savepoint; a row refused as data is quarantined instead."""
+        seen_at = datetime.now(UTC)
+        quarantine = list(rows.quarantine)
         with conn.cursor() as cur:
-            for row in rows.measurements:
-                try:
-                    with conn.transaction():
-                        cur.execute(_INSERT_MEASUREMENT, row)
-                        stored += cur.rowcount
-                except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                    refused += 1
-                    kept.rejections.append(_refused(row, _first_line(exc)))
+            stored, refused_m = _insert_each(
+                conn,
+                cur,
+                _INSERT_MEASUREMENT,
+                rows.measurements,
+                rows.measurement_origins,
+                seen_at,
+                quarantine,
+            )
+            rejections, refused_r = _insert_each(
+                conn, cur, _INSERT_REJECTION, rows.rejections, rows.rejection_origins, seen_at, quarantine
+            )
+            quarantined = _insert_quarantine(cur, quarantine, each=conn)
         conn.commit()
-        written = self._write_fast(conn, kept)  # the rejections (cannot be refused: no constraints)
-        return Written(stored, len(rows.measurements) - stored - refused, written.rejections, refused)
+        refused = refused_m + refused_r
+        return Written(stored, len(rows.measurements) - stored - refused_m, rejections, refused, quarantined)
+
+
+def fault(exc: BaseException) -> DatabaseFault:
+    """What a failed write means: the record's fault (DATA), the database's (TRANSIENT) or ours (BUG)."""
+    if isinstance(exc, _DUMP_ERRORS):
+        return DatabaseFault.DATA
+    if isinstance(exc, psycopg.OperationalError):  # includes SerializationFailure, DeadlockDetected
+        return DatabaseFault.TRANSIENT
+    if isinstance(exc, psycopg.Error):
+        return database_fault(exc.sqlstate, refused_as_data=isinstance(exc, psycopg.DataError))
+    return DatabaseFault.BUG
+
+
+def _insert_each(  # noqa: PLR0917  (one call site; the pieces of one slow write)
+    conn: psycopg.Connection,
+    cur: psycopg.Cursor[Any],
+    statement: sql.Composed,
+    rows: Sequence[tuple[Any, ...]],
+    origins: Sequence[Origin | None],
+    seen_at: datetime,
+    quarantine: list[tuple[Any, ...]],
+) -> tuple[int, int]:
+    """Insert `rows` one by one; quarantine those refused as data. Returns (stored, refused)."""
+    stored = refused = 0
+    for i, row in enumerate(rows):
+        origin = origins[i] if i < len(origins) else None  # rows added without one (tests, tools)
+        try:
+            with conn.transaction():
+                cur.execute(statement, row)
+                stored += cur.rowcount
+        except (psycopg.Error, *_DUMP_ERRORS) as exc:
+            if fault(exc) is not DatabaseFault.DATA:
+                raise
+            refused += 1
+            detail = f"the database refused it: {_first_line(exc)}"
+            where = origin or Origin("unknown", 0, 0, repr(row).encode())
+            quarantine.append(where.quarantine(QuarantineReason.DATABASE_REFUSED, detail, seen_at))
+    return stored, refused
+
+
+def _insert_quarantine(
+    cur: psycopg.Cursor[Any], rows: Sequence[tuple[Any, ...]], *, each: psycopg.Connection | None = None
+) -> int:
+    """Store quarantine rows (a record set aside twice is stored once). With `each`, one savepoint per
+    row, and a row refused even so is logged and dropped: the quarantine must never block the stream."""
+    if not rows:
+        return 0
+    if each is None:
+        cur.executemany(_INSERT_QUARANTINE, rows, returning=False)
+        return max(0, cur.rowcount)
+    stored = 0
+    for row in rows:
+        try:
+            with each.transaction():
+                cur.execute(_INSERT_QUARANTINE, row)
+                stored += cur.rowcount
+        except (psycopg.Error, *_DUMP_ERRORS) as exc:
+            if fault(exc) is not DatabaseFault.DATA:
+                raise
+            log.error("archive: a quarantine row was refused too (%s); it is dropped", _first_line(exc))
+    return stored
 
 
 def _copy_merge(
@@ -204,14 +295,6 @@ def _copy_merge(
             copy.write_row(row)
     cur.execute(merge)
     return cur.rowcount
-
-
-def _refused(row: MeasurementRow, why: str) -> tuple[object, ...]:
-    payload = repr(dict(zip(MEASUREMENT_COLUMNS, row, strict=True))).encode()
-    return poison_row(
-        source="measurements", where=f"measurement {row[1]}", value=payload,
-        error=f"the database refused it ({why})", seen_at=datetime.now(UTC),
-    )  # fmt: skip
 
 
 def _first_line(exc: BaseException) -> str:

@@ -105,7 +105,7 @@ def test_rejections_are_stored_with_their_reason_and_a_broken_record_does_not_st
             (kit,),
         ).fetchall()
         poison = conn.execute(
-            "SELECT reason, detail, raw_excerpt FROM rejections WHERE source_topic = %s",
+            "SELECT reason, detail, raw FROM quarantine WHERE stage = 'archive' AND source_topic = %s",
             (topics.measurement_topic(archive.prefix),),
         ).fetchall()
     assert [r[0] for r in rows] == [r.rejection_id for _k, _v, r in rejections]
@@ -114,11 +114,11 @@ def test_rejections_are_stored_with_their_reason_and_a_broken_record_does_not_st
     assert rows[0][4].endswith("\ufffd"), "the NUL byte is replaced, not a reason to refuse the row"
     assert rows[0][5] == 0.0
     assert len(poison) == 1
-    reason, detail, excerpt = poison[0]
-    assert reason == "internal_error"
+    reason, detail, raw = poison[0]
+    assert reason == "undecodable", "a broken record is quarantined (issue #27), not kept as a rejection"
     assert "does not match its contract" in detail
     assert "]@0" in detail, "the partition and offset of the broken record are named"
-    assert excerpt == broken.decode()
+    assert bytes(raw) == broken
     assert archive.metrics()["vaktrom_archive_records_broken_total"] == 1
 
 

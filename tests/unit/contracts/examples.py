@@ -119,6 +119,18 @@ GOOD: dict[str, dict[str, Any]] = {
         "changed_by": "dr.hansen",
         "reason": "prescribed 88-92 % target",
     },
+    "quarantined.v1": {
+        "schema": "vaktrom.quarantined.v1",
+        "stage": "archive",
+        "reason": "database_refused",
+        "detail": "the database refused it: invalid byte sequence for encoding UTF8: 0x00",
+        "source_topic": "vaktrom.rejections.v1",
+        "partition": 2,
+        "offset": 4711,
+        "raw": "eyJtZXRyaWMiOiAic3BvMlx1MDAwMCJ9",
+        "raw_size": 24,
+        "quarantined_at": "2026-11-22T06:31:02Z",
+    },
 }
 
 # (schema stem, description, mutation of the good example) -> must be rejected by schema and type
@@ -176,6 +188,8 @@ BAD: list[tuple[str, str, dict[str, Any]]] = [
         {"expected": [{"metric": "spo2", "windows": [{"start": "07:00", "end": "24:00"}]}]},
     ),
     ("careplan.v1", "spo2 scale 3", {"spo2_scale": 3}),
+    ("quarantined.v1", "unknown reason", {"reason": "because"}),
+    ("quarantined.v1", "negative offset", {"offset": -1}),
 ]
 
 

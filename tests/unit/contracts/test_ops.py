@@ -14,6 +14,7 @@ from contracts.settings import ConfigError
 
 
 def test_metrics_and_health_are_served_and_an_unhealthy_stage_answers_503() -> None:
+    """/health is 200 with status ok, 200 with status degraded while late, 503 when not ok."""
     state = {"ok": True}
     server = serve(
         host="127.0.0.1", port=_free_port(), port_env="VAKTROM_X_PORT",
@@ -25,7 +26,10 @@ def test_metrics_and_health_are_served_and_an_unhealthy_stage_answers_503() -> N
         with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:  # noqa: S310 (local http)
             assert response.read() == b"vaktrom_x_total 3\\n"
         with urllib.request.urlopen(f"{base}/health", timeout=5) as response:  # noqa: S310 (local http)
-            assert json.loads(response.read()) == {"ok": True}
+            assert json.loads(response.read()) == {"ok": True, "status": "ok"}
+        state["delays"] = ["the oldest reading waiting here is 45 s old"]  # type: ignore[assignment]
+        with urllib.request.urlopen(f"{base}/health", timeout=5) as response:  # noqa: S310 (local http)
+            assert json.loads(response.read())["status"] == "degraded"  # still working: 200
         state["ok"] = False
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{base}/health", timeout=5)  # noqa: S310 (local http)

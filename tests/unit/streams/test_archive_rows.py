@@ -1,4 +1,4 @@
-"""Records -> rows: every field in COPY order, and a broken record kept as a rejection, never raised."""
+"""Records -> rows: every field in COPY order, and a broken record quarantined, never raised."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts import Measurement, Metric, RejectReason, measurement_id
+from contracts import Measurement, Metric, QuarantineReason, measurement_id, quarantined
 from contracts.settings import ConfigError
 from streams.archive.read import floor_to
 from streams.archive.rows import (
     MEASUREMENT_COLUMNS,
     MEASUREMENT_TYPES,
+    QUARANTINE_COLUMNS,
     REJECTION_COLUMNS,
     REJECTION_TYPES,
     Rows,
@@ -67,35 +68,53 @@ def test_a_measurement_becomes_one_row_in_column_order() -> None:
         (b'{"schema": "vaktrom.rejection.v1", "rejection_id": "x"}', "contract"),
     ],
 )
-def test_a_record_that_breaks_its_contract_becomes_an_internal_error_rejection(
+def test_a_record_that_breaks_its_contract_is_quarantined_with_its_raw_bytes(
     value: bytes | None, why: str
 ) -> None:
+    """A broken record becomes one quarantine row naming where it was, with its bytes as they came."""
     rows = Rows()
     rows.add(kind="measurement", topic="m.v1", partition=2, offset=41, value=value, seen_at=SEEN)
     assert rows.poison == 1
     assert rows.measurements == []
-    (row,) = rows.rejections
-    named = dict(zip(REJECTION_COLUMNS, row, strict=True))
-    assert named["reason"] == RejectReason.INTERNAL_ERROR.value
+    assert rows.rejections == []
+    (row,) = rows.quarantine
+    named = dict(zip(QUARANTINE_COLUMNS, row, strict=True))
+    assert named["stage"] == "archive"
+    assert named["reason"] == "undecodable"
     assert "record m.v1[2]@41" in named["detail"]
-    assert named["source_topic"] == "m.v1"
-    assert "\x00" not in named["raw_excerpt"]
-    assert len(named["rejection_id"]) == 32
+    assert (named["source_topic"], named["source_partition"], named["source_offset"]) == ("m.v1", 2, 41)
+    assert named["raw"] == (value or b"")
+    assert named["raw_size"] == len(value or b"")
+    assert named["quarantined_at"] == SEEN
 
 
-def test_the_same_broken_record_gets_the_same_rejection_id_and_another_offset_another() -> None:
-    def rid(offset: int) -> str:
-        rows = Rows()
-        rows.add(kind="measurement", topic="m", partition=0, offset=offset, value=b"{}", seen_at=SEEN)
-        return str(rows.rejections[0][0])
+def test_a_huge_broken_record_is_bounded_and_keeps_its_length() -> None:
+    """Raw bytes are cut to 64 KiB; the original length is kept beside them."""
+    value = b"\x00" * (200 * 1024)
+    rows = Rows()
+    rows.add(kind="rejection", topic="r", partition=0, offset=1, value=value, seen_at=SEEN)
+    named = dict(zip(QUARANTINE_COLUMNS, rows.quarantine[0], strict=True))
+    assert len(named["raw"]) == 64 * 1024
+    assert named["raw_size"] == 200 * 1024
 
-    assert rid(5) == rid(5)
-    assert rid(5) != rid(6)
+
+def test_another_stages_quarantine_record_is_kept_as_it_came() -> None:
+    """A record from the quarantine topic becomes a row with that stage, not the archive's."""
+    q = quarantined(
+        stage="monitor", reason=QuarantineReason.INVALID, detail="inf", topic="t", partition=1, offset=7,
+        raw=b"x", at=SEEN,
+    )  # fmt: skip
+    rows = Rows()
+    rows.add(kind="quarantine", topic="q", partition=0, offset=0, value=msgspec.json.encode(q), seen_at=SEEN)
+    assert rows.poison == 0
+    (row,) = rows.quarantine
+    assert row == ("monitor", "invalid", "inf", "t", 1, 7, b"x", 1, SEEN)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=300), st.sampled_from(["measurement", "rejection"]))
+@given(st.binary(max_size=300), st.sampled_from(["measurement", "rejection", "quarantine"]))
 def test_no_bytes_make_the_decoder_raise(value: bytes, kind: str) -> None:
+    """Any bytes on any input topic become exactly one row, never an exception."""
     rows = Rows()
     rows.add(kind=kind, topic="t", partition=0, offset=0, value=value, seen_at=SEEN)
     assert len(rows) == 1

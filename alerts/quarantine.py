@@ -1,0 +1,181 @@
+"""The service's side of the quarantine: what the alert feed sets aside, and the console's read of it.
+
+The alert feed never stops on one event (issue #27). An event that does not decode, or that the
+store refuses as data (`contracts.database_fault`), is published to the quarantine topic as a
+`contracts.Quarantined` record and the feed commits past it. The archive owns the `quarantine`
+table (migration 0008) and stores it there; the console reads the table here (`recent`).
+
+    batch -> apply_events, one transaction -> refused as data? -> roll back, apply each event on
+    its own savepoint -> the refused ones -> Quarantine.publish -> (the feed commits the offsets)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import psycopg
+from kafka.errors import KafkaError
+from kafka.producer.kafka import KafkaProducer
+
+from alerts.store import Applied, apply_events
+from contracts import AlertEvent, DatabaseFault, Quarantined, QuarantineReason, database_fault, quarantined
+
+__all__ = [
+    "STAGE",
+    "Quarantine",
+    "QuarantineUnavailableError",
+    "QuarantinedRecord",
+    "apply_each",
+    "fault",
+    "recent",
+]
+
+log = logging.getLogger(__name__)
+
+STAGE = "alert-feed"
+_SEND_TIMEOUT_S = 15.0
+_encode = msgspec.json.Encoder().encode
+
+
+class QuarantineUnavailableError(Exception):
+    """The quarantine topic did not take a record (Kafka away): the batch is rewound and tried again."""
+
+
+def fault(exc: BaseException) -> DatabaseFault:
+    """What a failed apply means: the event's fault (DATA), the database's (TRANSIENT) or ours (BUG)."""
+    if isinstance(exc, psycopg.OperationalError):  # includes SerializationFailure, DeadlockDetected
+        return DatabaseFault.TRANSIENT
+    if isinstance(exc, psycopg.Error):
+        return database_fault(exc.sqlstate, refused_as_data=isinstance(exc, psycopg.DataError))
+    return DatabaseFault.BUG
+
+
+def set_aside(record: Any, reason: QuarantineReason, detail: str) -> Quarantined:
+    """A Kafka record of the alert topic as a quarantine record (no event values in `detail`)."""
+    return quarantined(
+        stage=STAGE, reason=reason, detail=detail, topic=record.topic, partition=record.partition,
+        offset=record.offset, raw=record.value,
+    )  # fmt: skip
+
+
+def apply_each(
+    conn: psycopg.Connection[Any], events: Sequence[AlertEvent], records: Sequence[Any]
+) -> tuple[Applied, list[Quarantined]]:
+    """Apply each event on its own savepoint and commit; the ones refused as data are returned set aside.
+
+    Any other database error is raised as it is (the caller rewinds or stops).
+    """
+    totals = {"inserted": 0, "updated": 0, "ignored": 0, "closed": 0}
+    refused: list[Quarantined] = []
+    for event, record in zip(events, records, strict=True):
+        try:
+            with conn.transaction():
+                applied = apply_events(conn, [event])
+        except psycopg.Error as exc:
+            if fault(exc) is not DatabaseFault.DATA:
+                raise
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            refused.append(
+                set_aside(record, QuarantineReason.DATABASE_REFUSED, f"the store refused it: {why}")
+            )
+            continue
+        for outcome in totals:
+            totals[outcome] += getattr(applied, outcome)
+    conn.commit()
+    return Applied(**totals), refused
+
+
+class Quarantine:
+    """Publishes set-aside records to the quarantine topic; its producer is made on first use."""
+
+    def __init__(self, *, servers: Sequence[str], topic: str) -> None:
+        self._servers, self.topic = list(servers), topic
+        self._producer: KafkaProducer | None = None
+
+    def publish(self, records: Sequence[Quarantined]) -> None:
+        """Send and wait until Kafka has every one; QuarantineUnavailableError if it does not."""
+        if not records:
+            return
+        try:
+            if self._producer is None:
+                self._producer = KafkaProducer(
+                    bootstrap_servers=self._servers,
+                    acks="all",
+                    client_id="vaktrom-alerts-quarantine",
+                    max_block_ms=int(_SEND_TIMEOUT_S * 1000),  # a missing topic: fail in 15 s, not 60
+                )
+            futures = [self._producer.send(self.topic, key=STAGE.encode(), value=_encode(r)) for r in records]
+            self._producer.flush(timeout=_SEND_TIMEOUT_S)
+            for future in futures:
+                future.get(timeout=_SEND_TIMEOUT_S)
+        except KafkaError as exc:
+            raise QuarantineUnavailableError(
+                f"the quarantine topic {self.topic} did not take {len(records)} record(s) ({exc})"
+            ) from None
+        for r in records:
+            log.error(
+                "alert feed: a record on %s[%d]@%d was quarantined (%s) and skipped; see the console's "
+                "Quarantine page",
+                r.source_topic, r.partition, r.offset, r.reason.value,
+            )  # fmt: skip
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+            self._producer = None
+
+
+# ------------------------------------------------------------------ the console's read
+@dataclass(frozen=True, slots=True)
+class QuarantinedRecord:
+    """One row of the quarantine table as the console shows it: the excerpt is text, escaped later."""
+
+    quarantine_id: int
+    stage: str
+    reason: str
+    detail: str
+    source_topic: str
+    partition: int
+    offset: int
+    raw_size: int
+    quarantined_at: datetime
+    excerpt: str  # the first bytes, non-printable ones as \\xNN: safe to show, never executed
+
+
+_EXCERPT_BYTES = 200
+
+
+def excerpt(raw: bytes, limit: int = _EXCERPT_BYTES) -> str:
+    """Printable ASCII as it is, every other byte as \\xNN, cut to `limit` bytes (an ellipsis if cut)."""
+    shown = "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}" for b in raw[:limit])
+    return shown + ("…" if len(raw) > limit else "")
+
+
+def recent(conn: psycopg.Connection[Any], *, limit: int = 200) -> list[QuarantinedRecord]:
+    """The most recently quarantined records, newest first."""
+    rows = conn.execute(
+        "SELECT quarantine_id, stage, reason, detail, source_topic, source_partition, source_offset, "
+        "raw_size, quarantined_at, substring(raw FROM 1 FOR %s) FROM quarantine "
+        "ORDER BY quarantined_at DESC, quarantine_id DESC LIMIT %s",
+        (_EXCERPT_BYTES + 1, limit),
+    ).fetchall()
+    return [
+        QuarantinedRecord(
+            quarantine_id=row[0],
+            stage=row[1],
+            reason=row[2],
+            detail=row[3],
+            source_topic=row[4],
+            partition=row[5],
+            offset=row[6],
+            raw_size=row[7],
+            quarantined_at=row[8],
+            excerpt=excerpt(bytes(row[9])),
+        )
+        for row in rows
+    ]
