@@ -27,8 +27,9 @@ bench-pipeline: stack-up ## only the whole-pipeline ladder and floors (bench/pip
 crash-matrix: stack-up ## every crash and outage scenario under load; table in bench/results/crash_matrix.md (~20 min)
 	@$(PY) -m tests.crash_matrix --scenarios all --seconds 30
 
-fuzz: stack-up ## 1,000,000 generated payloads through the real bridge; bench/results/fuzz_bridge.json (~10 min)
+fuzz: stack-up ## 1,000,000 payloads through the bridge's core, then 300 hostile bursts through the real pipeline (~15 min)
 	@$(PY) bench/fuzz_bridge.py
+	@VAKTROM_HOSTILE_EXAMPLES=300 $(PY) -m pytest tests/integration/test_hostile_input.py -q
 
 soak: stack-up ## the whole pipeline for 30 minutes at a steady rate; memory and latency drift in bench/results/soak.md
 	@$(PY) bench/soak.py

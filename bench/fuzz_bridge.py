@@ -5,9 +5,11 @@
 One bridge process on a namespace of its own; 50 enrolled kits. Payloads are made from valid kit
 messages (and FHIR Observations, and status messages) by mutation: fields dropped, replaced by
 other JSON types, boundary and non-finite numbers, odd units and flags, times far in the past or
-future, another kit's id, deep nesting, huge strings, truncation, byte flips, invalid UTF-8,
-random bytes and empty payloads. They are published at QoS 1 on the kits' readings, FHIR and
-status topics.
+future, another kit's id, deep nesting (to 30,000 levels), huge strings, truncation, byte flips,
+invalid UTF-8, random bytes and empty payloads, and text attacks: NUL, other C0 and C1 control
+characters, DEL and lone surrogates put into or appended to a text field of an otherwise valid
+message, so they reach the bridge's text checks (`invalid_text`) rather than stop at the schema.
+They are published at QoS 1 on the kits' readings, FHIR and status topics.
 
 Reported (and written to bench/results/fuzz_bridge.json): payloads sent and acknowledged by the
 broker, messages the bridge received and acknowledged, records produced, rejections by reason,
@@ -50,6 +52,20 @@ ODD = [
     "2026-02-30T25:61:00Z", "1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "HI", "LO", "hi", "mg/dL",
     "mmol/l", "%", "/min", "kg", "lb", "Cel", "[degF]", "°C", "../../etc", "#", "+", "kit/../other",
 ]  # fmt: skip
+# control characters (C0 with NUL, DEL, C1), a lone surrogate, terminal escapes, bidi overrides
+HOSTILE_TEXT = [
+    "\x00",
+    "\x01",
+    "\t",
+    "\n",
+    "\x1b[2J",
+    "\x7f",
+    "\x85",
+    "\x9f",
+    "\ud800",
+    "\u202e",
+    "\x00" * 40,
+]
 
 
 def _iso(at: datetime) -> str:
@@ -88,6 +104,29 @@ class Generator:
             "readings": readings,
         }
 
+    def _text_attack(self, doc: Any) -> Any:
+        """A control character put into (or appended to) one string of the document, the rest intact."""
+        rng = self.rng
+        strings: list[tuple[Any, Any]] = []
+
+        def walk(node: Any) -> None:
+            items = (
+                node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+            )
+            for key, value in items:
+                if isinstance(value, str):
+                    strings.append((node, key))
+                else:
+                    walk(value)
+
+        walk(doc)
+        if strings:
+            node, key = rng.choice(strings)
+            hostile = rng.choice(HOSTILE_TEXT)
+            at = rng.randint(0, len(node[key]))
+            node[key] = node[key][:at] + hostile + node[key][at:]
+        return doc
+
     def _odd(self) -> Any:
         value = self.rng.choice(ODD)
         return copy.deepcopy(value) if isinstance(value, (list, dict)) else value  # never shared
@@ -114,6 +153,11 @@ class Generator:
             return doc
         return self._odd()
 
+    def _encode(self, doc: Any) -> bytes:
+        """JSON with escapes ("\\u0000") or raw UTF-8 (a lone surrogate then is invalid UTF-8)."""
+        text = json.dumps(doc, allow_nan=True, ensure_ascii=self.rng.random() < 0.5)
+        return text.encode("utf-8", "surrogatepass")[:MAX_PAYLOAD]
+
     def payload(self) -> tuple[str, str, bytes]:
         """(kit, channel, payload)."""
         rng = self.rng
@@ -121,6 +165,10 @@ class Generator:
         kind = rng.random()
         if kind < 0.05:
             return kit, "readings", rng.randbytes(rng.randint(0, 300))
+        if kind < 0.052:  # nested deeper than any decoder recurses, under the size limit
+            channel = rng.choice(["readings", "status", "fhir"])
+            depth = rng.randint(1_000, 30_000)
+            return kit, channel, b'{"x": ' + b"[" * depth + b"]" * depth + b"}"
         if kind < 0.055:  # over the bridge's size limit
             return (
                 kit,
@@ -130,7 +178,8 @@ class Generator:
         now = _iso(datetime.now(UTC))
         if kind < 0.08:
             status = {"schema": "vaktrom.kit-status.v1", "kit": kit, "state": "online", "at": now}
-            return kit, "status", json.dumps(self._mutate(status), allow_nan=True).encode()[:MAX_PAYLOAD]
+            status = self._text_attack(status) if rng.random() < 0.3 else self._mutate(status)
+            return kit, "status", self._encode(status)
         if kind < 0.14:
             quantity = {"value": 95, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}
             doc = {"resourceType": "Observation", "status": "final",
@@ -138,13 +187,16 @@ class Generator:
                    "subject": {"identifier": {"value": kit}},
                    "device": {"identifier": {"value": f"{kit}-OX"}},
                    "effectiveDateTime": now, "valueQuantity": quantity}  # fmt: skip
-            return kit, "fhir", json.dumps(self._mutate(doc), allow_nan=True).encode()[:MAX_PAYLOAD]
+            doc = self._text_attack(doc) if rng.random() < 0.3 else self._mutate(doc)
+            return kit, "fhir", self._encode(doc)
         doc = self.valid(kit)
+        if rng.random() < 0.15:
+            doc = self._text_attack(doc)
         for _ in range(rng.choice([0, 1, 1, 2, 3, 5])):
             doc = self._mutate(doc)
         if rng.random() < 0.05:
             doc["kit"] = rng.choice(self.kits)  # another kit's id on this kit's topic
-        raw = json.dumps(doc, allow_nan=True).encode("utf-8", "surrogatepass")
+        raw = self._encode(doc)
         cut = rng.random()
         if cut < 0.03:
             raw = raw[: rng.randrange(len(raw) + 1)]

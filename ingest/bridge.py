@@ -30,10 +30,11 @@ from typing import Any
 
 import msgspec
 
-from contracts import RejectReason, topics
-from contracts.ops import OpsServer, serve
+from contracts import MAX_KIT_PAYLOAD_BYTES, ReadingOutcome, ReceiptEntry, RejectReason, topics
+from contracts.ops import OpsServer, health_status, serve
 from contracts.settings import DatabaseSettings, KafkaSettings, MqttSettings
 from ingest._errors import BridgeError
+from ingest.fair_share import KitLimiter, OncePer, fhir_cost, message_cost
 from ingest.metrics import BridgeMetrics
 from ingest.normaliser import Normaliser, Outcome, payload_rejection
 from ingest.producer import RecordSink
@@ -49,6 +50,8 @@ _RESEND_BACKOFF = 2.0  # seconds before a record Kafka refused is sent again
 _MEASUREMENT_SCHEMA = ("schema", b"vaktrom.measurement.v1")
 _REJECTION_SCHEMA = ("schema", b"vaktrom.rejection.v1")
 _STATUS_SCHEMA = ("schema", b"vaktrom.kit-status-event.v1")
+_RATE_LIMITED = ReadingOutcome(rejected=RejectReason.RATE_LIMITED.value)
+_FHIR_REFUSAL_EVERY = 60.0  # seconds: at most one rate_limited rejection record per kit in this time
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,23 @@ class Bridge:
             metrics=self.metrics,
             root=settings.topic_root,
         )
+        # Fair share. A refused readings message is answered rate_limited and the kit resends it; that
+        # needs receipts, so without them readings are not limited. Status and FHIR messages have no
+        # receipt either way and are limited always: a refused status message is dropped (the next
+        # heartbeat replaces it), a refused FHIR one recorded as a rate_limited rejection (at most one
+        # per kit per minute, so that a flood of refusals is no flood of records).
+        self.limiter = KitLimiter(
+            readings_per_minute=settings.kit_readings_per_minute,
+            readings_burst=settings.kit_readings_burst,
+            bytes_per_minute=settings.kit_bytes_per_minute,
+            bytes_burst=settings.kit_bytes_burst,
+        )
+        self._limited_channels = frozenset(
+            ("readings", "status", "fhir") if settings.receipts else ("status", "fhir")
+        )
+        self._fhir_refusals = OncePer(_FHIR_REFUSAL_EVERY)
+        self._refused: collections.Counter[str] = collections.Counter()  # by channel, and fhir_unrecorded
+        self._limited_readings = 0
         self.sink: RecordSink | None = None
         self.stop_requested = threading.Event()
         self._inbox: collections.deque[Inbound] = collections.deque()
@@ -226,6 +246,12 @@ class Bridge:
             self._worker_error = exc
 
     def _process(self, inbound: Inbound) -> None:
+        roomy = False
+        if inbound.channel in self._limited_channels:
+            share = self._within_share(inbound)
+            if share is None:
+                return
+            roomy = share
         try:
             outcome = self._normalise(inbound)
         except Exception:  # a bug in the core: keep the payload for operators, answer the kit, go on
@@ -233,6 +259,13 @@ class Bridge:
                 "bridge: failed on a payload from topic channel %r; sent to rejections", inbound.channel
             )
             outcome = self._internal_error(inbound)
+        if roomy:  # let through on a full enough bucket; its cost is known now
+            count = len(outcome.measurements) + len(outcome.rejections)
+            self.limiter.charge(inbound.kit_id, count, len(inbound.payload))
+        self._emit(inbound, outcome)
+
+    def _emit(self, inbound: Inbound, outcome: Outcome) -> None:
+        """Hand the message's records to the producer; the last one Kafka acknowledges settles it."""
         inbound.receipt = outcome.receipt
         inbound.started = time.monotonic()
         self._wait_for_room(
@@ -244,6 +277,75 @@ class Bridge:
         inbound.remaining = len(records)
         for record in records:
             self._send(inbound, record)
+
+    def _within_share(self, inbound: Inbound) -> bool | None:
+        """Whether the message is within its kit's fair share: True when the kit's buckets hold
+        enough for any message (charge it after normalising: no second parse on the common path),
+        False when its cost was read and taken here, None when it was refused (and dealt with).
+
+        A refused readings message makes no record at all (it is neither stored nor a rejection): its
+        PUBACK goes out in order and its receipt tells the kit to keep it and send it again later.
+        A status message costs one reading, known without reading it; refused, it is dropped.
+        """
+        limiter, kit, now = self.limiter, inbound.kit_id, time.monotonic()
+        if inbound.channel == "status":
+            if limiter.allow(kit, 1, min(len(inbound.payload), MAX_KIT_PAYLOAD_BYTES), now):
+                return False
+            self._refused["status"] += 1
+            self._settle_unrecorded(inbound)
+            return None
+        if limiter.roomy(kit, now):
+            return True
+        if inbound.channel == "fhir":
+            return self._fhir_within_share(inbound, now)
+        seq, readings, size = message_cost(inbound.payload)
+        if limiter.allow(kit, readings, size, now):
+            return False
+        self._refused["readings"] += 1
+        self._limited_readings += readings
+        if seq is not None:
+            inbound.receipt = ReceiptEntry(seq=seq, readings=[_RATE_LIMITED] * readings)
+        self._settle_unrecorded(inbound)
+        return None
+
+    def _fhir_within_share(self, inbound: Inbound, now: float) -> bool | None:
+        """A FHIR message from a kit near its limit: its entries counted cheaply; refused, it becomes
+        one rate_limited rejection of the whole message (the first in a minute) or only a count."""
+        readings, size = fhir_cost(inbound.payload)
+        if self.limiter.allow(inbound.kit_id, readings, size, now):
+            return False
+        self._refused["fhir"] += 1
+        if self._fhir_refusals.due(inbound.kit_id, now):
+            self._emit(inbound, self._fhir_refusal(inbound))
+        else:
+            self._refused["fhir_unrecorded"] += 1
+            self._settle_unrecorded(inbound)
+        return None
+
+    def _fhir_refusal(self, inbound: Inbound) -> Outcome:
+        s = self.settings
+        rejection = payload_rejection(
+            topic=inbound.topic,
+            payload=inbound.payload,
+            received_at=inbound.received_at,
+            kit_id=inbound.kit_id or None,
+            reason=RejectReason.RATE_LIMITED,
+            detail=(
+                f"the kit sent more than its fair share ({s.kit_readings_per_minute:,} readings and "
+                f"{s.kit_bytes_per_minute:,} bytes a minute); this FHIR message was not taken, nor are "
+                f"the kit's further ones over its share in the next {_FHIR_REFUSAL_EVERY:.0f} s (only "
+                "counted: vaktrom_bridge_rate_limited_fhir_messages). Have the gateway send less often "
+                "and resend what was refused, or raise VAKTROM_BRIDGE_KIT_READINGS_PER_MINUTE"
+            ),
+        )
+        return Outcome(inbound.kit_id or None, rejections=[rejection])
+
+    def _settle_unrecorded(self, inbound: Inbound) -> None:
+        """A message that makes no record: acknowledge it at once, in order (with its receipt, if any)."""
+        inbound.remaining = 0
+        inbound.done = True
+        self.subscriber.completed.append(inbound)
+        self.subscriber.wake()
 
     def _normalise(self, inbound: Inbound) -> Outcome:
         args = (inbound.topic, inbound.kit_id, inbound.payload, inbound.received_at)
@@ -363,6 +465,15 @@ class Bridge:
         m = self.metrics
         self._export("redelivered", self._redelivered, m.redelivered)
         self._export("produce_errors", self._produce_errors, m.produce_errors)
+        refused = self._refused
+        self._export("rate_limited", refused["readings"], m.rate_limited)
+        self._export("rate_limited_readings", self._limited_readings, m.rate_limited_readings)
+        self._export("rate_limited_status", refused["status"], m.rate_limited_status)
+        self._export("rate_limited_fhir", refused["fhir"], m.rate_limited_fhir)
+        self._export(
+            "rate_limited_fhir_unrecorded", refused["fhir_unrecorded"], m.rate_limited_fhir_unrecorded
+        )
+        m.limited_kits.set(len(self.limiter))
         for channel, count in list(self._received.items()):
             self._export(f"received:{channel}", count, m.received.labels(channel))
         for kind, count in list(self._produced.items()):
@@ -396,9 +507,20 @@ class Bridge:
             problems.append(f"kit registry is {registry_age:.0f} s old ({self.registry.last_error})")
         if age > 60:
             problems.append(f"oldest unacknowledged message is {age:.0f} s old (is Kafka reachable?)")
-        return {
+        # The alert path through the bridge: every reading waits here until Kafka holds it.
+        delays = []
+        limit = self.settings.alert_path_max_age_s
+        if age > limit:
+            delays.append(
+                f"a kit message has waited {age:.0f} s for Kafka (threshold {limit:.0f} s): "
+                "alerts may be delayed"
+            )
+        report: dict[str, Any] = {
             "ok": not problems,
             "problems": problems,
+            "delays": delays,
+            "alert_path_age_s": round(age, 3),
+            "alert_path_max_age_s": limit,
             "client_id": self.settings.client_id,
             "mqtt_connected": self.subscriber.connected,
             "unacknowledged_messages": count,
@@ -406,4 +528,9 @@ class Bridge:
             "pending_records": self.pending,
             "registry_kits": None if current is None else len(current.kits),
             "registry_age_s": None if registry_age is None else round(registry_age, 1),
+            "rate_limited_messages": self._refused["readings"],
+            "rate_limited_status_messages": self._refused["status"],
+            "rate_limited_fhir_messages": self._refused["fhir"],
         }
+        report["status"] = health_status(report)
+        return report

@@ -12,18 +12,22 @@ and the laboratory glucose observations (15074-8 in mmol/L, 2339-0 in mg/dL). Ea
     device.identifier.value (or device.display)   -> device serial, checked against the registry
 
 The patient is *not* taken from `subject`: the kit registry says whose kit it is, as for any kit.
-Only the fields above are read; everything else a resource carries is allowed and ignored.
+Only the fields above are read; everything else a resource carries is allowed and ignored. A field
+that is read and holds a control character, or is longer than any sensible value (`_TEXT_LIMITS`),
+refuses its Observation as `invalid_text`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
 import msgspec
 
 from contracts import KitReading, Metric, RejectReason
+from ingest.text import UNREADABLE, text_problem, unreadable
 
 __all__ = ["LOINC_METRICS", "Refusal", "parse_fhir"]
 
@@ -43,12 +47,16 @@ LOINC_METRICS: dict[str, tuple[Metric, frozenset[str] | None]] = {
 _ACCEPTED_STATUS = frozenset({"final", "amended", "corrected"})
 _SERIAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _MAX_OBSERVATIONS = 500
+_TEXT_LIMITS = {"code": 64, "system": 256}  # characters; a URI may be long, a code or a time is not
 
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
     reason: str  # a RejectReason value
     detail: str
+    # A Bundle entry's own bytes (its resource as sent), for the rejection's excerpt; None: the whole
+    # payload. With the whole payload, 500 broken entries made 500 copies of the Bundle's first 4 KiB.
+    raw: bytes | None = None
 
 
 class _Coding(msgspec.Struct):
@@ -107,8 +115,8 @@ def parse_fhir(payload: bytes) -> list[KitReading | Refusal] | Refusal:
         resource = _decoder.decode(payload)
     except msgspec.ValidationError as exc:
         return Refusal(RejectReason.SCHEMA, f"not a FHIR R4 Observation or Bundle of them: {exc}")
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter in strings
-        return Refusal(RejectReason.MALFORMED, f"not valid UTF-8 JSON: {exc}")
+    except UNREADABLE as exc:
+        return Refusal(RejectReason.MALFORMED, unreadable(exc))
     if isinstance(resource, Observation):
         return [_reading(resource)]
     if not resource.entry:
@@ -117,17 +125,50 @@ def parse_fhir(payload: bytes) -> list[KitReading | Refusal] | Refusal:
         return Refusal(RejectReason.TOO_LARGE, f"more than {_MAX_OBSERVATIONS} entries in one Bundle")
     readings: list[KitReading | Refusal] = []
     for index, entry in enumerate(resource.entry):
-        if bytes(entry.resource) == b"null":
-            readings.append(Refusal(RejectReason.SCHEMA, f"Bundle.entry[{index}] has no resource"))
+        raw = bytes(entry.resource)
+        if raw == b"null":
+            readings.append(Refusal(RejectReason.SCHEMA, f"Bundle.entry[{index}] has no resource", b""))
             continue
         try:
-            readings.append(_reading(_observation.decode(entry.resource)))
+            item = _reading(_observation.decode(raw))
         except msgspec.ValidationError as exc:
-            readings.append(Refusal(RejectReason.SCHEMA, f"Bundle.entry[{index}] is no Observation: {exc}"))
+            item = Refusal(RejectReason.SCHEMA, f"Bundle.entry[{index}] is no Observation: {exc}")
+        except UNREADABLE as exc:  # the Bundle's decoder left the entry raw, unchecked
+            item = Refusal(RejectReason.MALFORMED, f"Bundle.entry[{index}]: {unreadable(exc)}")
+        readings.append(Refusal(item.reason, item.detail, raw) if isinstance(item, Refusal) else item)
     return readings
 
 
+def _texts(obs: Observation) -> Iterator[tuple[str, str | None, int]]:
+    """(path, value, max characters) of every text field this module reads."""
+    code, system = _TEXT_LIMITS["code"], _TEXT_LIMITS["system"]
+    yield "Observation.status", obs.status, code
+    for i, coding in enumerate(obs.code.coding):
+        yield f"code.coding[{i}].system", coding.system, system
+        yield f"code.coding[{i}].code", coding.code, code
+    yield "effectiveDateTime", obs.effectiveDateTime, code
+    yield "effectiveInstant", obs.effectiveInstant, code
+    if obs.valueQuantity is not None:
+        q = obs.valueQuantity
+        yield from (("valueQuantity.comparator", q.comparator, code), ("valueQuantity.unit", q.unit, code))
+        yield from (("valueQuantity.system", q.system, system), ("valueQuantity.code", q.code, code))
+    if obs.device is not None:
+        yield "device.display", obs.device.display, code
+        if obs.device.identifier is not None:
+            yield "device.identifier.value", obs.device.identifier.value, code
+
+
+def _text_refusal(obs: Observation) -> Refusal | None:
+    for path, value, max_chars in _texts(obs):
+        problem = None if value is None else text_problem(value, max_chars=max_chars)
+        if problem is not None:
+            return Refusal(RejectReason.INVALID_TEXT, f"{path} {problem}; send printable text only")
+    return None
+
+
 def _reading(obs: Observation) -> KitReading | Refusal:  # noqa: PLR0911, PLR0912 (one check each)
+    if (refusal := _text_refusal(obs)) is not None:
+        return refusal
     if obs.status not in _ACCEPTED_STATUS:
         return Refusal(
             RejectReason.SCHEMA,
@@ -176,7 +217,7 @@ def _reading(obs: Observation) -> KitReading | Refusal:  # noqa: PLR0911, PLR091
     device = None
     if obs.device is not None:
         device = (obs.device.identifier.value if obs.device.identifier else None) or obs.device.display
-    if not device or not _SERIAL.match(device):
+    if not device or not _SERIAL.fullmatch(device):  # match() would let a trailing newline through
         return Refusal(
             RejectReason.UNKNOWN_DEVICE,
             "Observation.device.identifier.value must carry the measuring device's registered serial",

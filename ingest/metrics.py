@@ -41,6 +41,37 @@ class BridgeMetrics:
         self.produce_errors = Counter(
             "vaktrom_bridge_produce_errors", "records Kafka failed to take (they are sent again)", registry=r
         )
+        self.rate_limited = Counter(
+            "vaktrom_bridge_rate_limited_messages",
+            "readings messages refused as over their kit's fair share (answered rate_limited; the kit "
+            "resends them)",
+            registry=r,
+        )
+        self.rate_limited_readings = Counter(
+            "vaktrom_bridge_rate_limited_readings",
+            "readings in the messages refused as over fair share",
+            registry=r,
+        )
+        self.rate_limited_status = Counter(
+            "vaktrom_bridge_rate_limited_status_messages",
+            "status messages dropped as over their kit's fair share (the next heartbeat replaces them)",
+            registry=r,
+        )
+        self.rate_limited_fhir = Counter(
+            "vaktrom_bridge_rate_limited_fhir_messages",
+            "FHIR messages refused as over their kit's fair share (not taken; a rate_limited rejection "
+            "records at most one per kit per minute)",
+            registry=r,
+        )
+        self.rate_limited_fhir_unrecorded = Counter(
+            "vaktrom_bridge_rate_limited_fhir_unrecorded_messages",
+            "FHIR messages refused as over fair share without a rejection record of their own (beyond "
+            "the one per kit per minute)",
+            registry=r,
+        )
+        self.limited_kits = Gauge(
+            "vaktrom_bridge_fair_share_kits", "kits with a fair-share bucket (sent lately)", registry=r
+        )
         self.receipts = Counter("vaktrom_bridge_receipts_sent", "delivery receipts published", registry=r)
         self.in_flight = Gauge(
             "vaktrom_bridge_in_flight_messages", "MQTT messages received and not yet acknowledged", registry=r

@@ -6,10 +6,15 @@ yields records; an exception escaping it is a bug (a property-based test feeds i
 
 Checks, in order, each with its reason code (contracts.RejectReason):
 
-    message:  too_large -> malformed (not JSON) -> schema -> topic_mismatch -> unknown_kit
-    reading:  unknown_metric -> unit_not_accepted -> flag_not_accepted / missing_value
-              -> implausible -> unknown_device -> clock_future / clock_past
-              -> kit_retired / kit_not_assigned
+    message:  invalid_text (the topic's kit id) -> too_large -> malformed (not JSON, not UTF-8)
+              -> schema -> invalid_text (kit, firmware) -> topic_mismatch -> unknown_kit
+              -> clock_future (a status message's `at`)
+    reading:  invalid_text (device, metric, unit, flag) -> unknown_metric -> unit_not_accepted
+              -> flag_not_accepted / missing_value -> implausible -> unknown_device
+              -> clock_future / clock_past -> kit_retired / kit_not_assigned
+
+Every rejection leaves through `ingest.text.safe_rejection`: whatever the kit sent, its text
+fields are printable and bounded, so every later stage can store it.
 
 A valid reading is normalised to the metric's canonical UCUM unit, keeps the value and unit the
 device reported (as a UCUM code: "lb" arrives as "[lb_av]"), its meter flag (HI/LO), the LOINC
@@ -28,6 +33,7 @@ import msgspec
 from contracts import (
     MAX_KIT_PAYLOAD_BYTES,
     MAX_RAW_EXCERPT_BYTES,
+    MAX_READINGS_PER_MESSAGE,
     METRICS,
     KitReading,
     KitReadingMessage,
@@ -47,6 +53,15 @@ from contracts import (
 )
 from ingest.fhir import Refusal, parse_fhir
 from ingest.registry import KitEntry, Registry
+from ingest.text import (
+    MAX_FIELD_BYTES,
+    UNREADABLE,
+    printable,
+    printable_bytes,
+    safe_rejection,
+    text_problem,
+    unreadable,
+)
 
 __all__ = ["Normaliser", "Outcome", "payload_rejection"]
 
@@ -94,7 +109,12 @@ class _Source:
         return Trace(kit_sent=self.kit_sent, bridge_received=self.received_at)
 
     def rejection(
-        self, kit_id: str, reason: RejectReason, detail: str, index: int | None = None
+        self,
+        kit_id: str,
+        reason: RejectReason,
+        detail: str,
+        index: int | None = None,
+        excerpt: bytes | None = None,
     ) -> Rejection:
         return payload_rejection(
             topic=self.topic,
@@ -105,11 +125,34 @@ class _Source:
             detail=detail,
             index=index,
             trace=self.trace,
+            excerpt=excerpt,
         )
 
 
+def _utc(at: datetime) -> datetime:
+    """`at` in UTC. A time within a day of the calendar's ends (0001-01-01T00:00+01:00) has no UTC
+    equivalent in range and becomes that end: as far in the past or future as a time can be, refused
+    by the clock checks like any kit clock gone wrong (OverflowError was an `internal_error`)."""
+    try:
+        return at.astimezone(UTC)
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC) if at.year == 1 else datetime.max.replace(tzinfo=UTC)
+
+
 def _excerpt(payload: bytes) -> str:
-    return payload[:MAX_RAW_EXCERPT_BYTES].decode("utf-8", errors="replace")
+    return printable_bytes(payload, max_bytes=MAX_RAW_EXCERPT_BYTES)
+
+
+_ID_CHARS = 64  # contracts' Identifier: kit and device serials
+
+
+def _text_problems(*fields: tuple[str, str | None, int]) -> str | None:
+    """What is wrong with the first bad one of (name, value, max characters), for people, or None."""
+    for name, value, max_chars in fields:
+        problem = None if value is None else text_problem(value, max_chars=max_chars)
+        if problem is not None:
+            return f"{name} {problem}; send printable text only, within the field's length"
+    return None
 
 
 def payload_rejection(
@@ -122,10 +165,13 @@ def payload_rejection(
     detail: str,
     index: int | None = None,
     trace: Trace | None = None,
+    excerpt: bytes | None = None,
 ) -> Rejection:
     """A rejection that carries the raw payload itself (cut to MAX_RAW_EXCERPT_BYTES): the whole
-    message, or an entry of it that could not even be read as a reading (`index`)."""
-    return Rejection(
+    message, or an entry of it that could not even be read as a reading (`index`; `excerpt` its own
+    bytes, when known)."""
+    topic = printable(topic, max_bytes=MAX_FIELD_BYTES)  # the id hashes it as UTF-8: no surrogates
+    rejection = Rejection(
         rejection_id=rejection_id(source_topic=topic, payload=payload, index=index),
         reason=reason,
         detail=detail,
@@ -133,10 +179,11 @@ def payload_rejection(
         received_at=received_at,
         kit_id=kit_id,
         reading_index=index,
-        raw_excerpt=_excerpt(payload),
+        raw_excerpt=_excerpt(payload if excerpt is None else excerpt),
         raw_size=len(payload),
         trace=trace or Trace(),
     )
+    return safe_rejection(rejection)
 
 
 def _fmt(value: float) -> str:
@@ -171,9 +218,13 @@ class Normaliser:
         self._max_age = max_age
 
     # ------------------------------------------------------------ entry points
-    def readings(self, topic: str, kit_id: str, payload: bytes, received_at: datetime) -> Outcome:
+    def readings(  # noqa: PLR0911 (one return per check, in the documented order)
+        self, topic: str, kit_id: str, payload: bytes, received_at: datetime
+    ) -> Outcome:
         """A kit's readings message (`.../kits/{kit_id}/readings`)."""
         source = _Source(topic, payload, received_at)
+        if (bad_topic := self._topic_kit(source, kit_id)) is not None:
+            return bad_topic
         if len(payload) > MAX_KIT_PAYLOAD_BYTES:
             return self._whole(
                 source,
@@ -186,9 +237,19 @@ class Normaliser:
             message = _readings_decoder.decode(payload)
         except msgspec.ValidationError as exc:
             return self._whole(source, kit_id, RejectReason.SCHEMA, f"not a kit-reading message: {exc}")
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter in strings
-            return self._whole(source, kit_id, RejectReason.MALFORMED, f"not valid UTF-8 JSON: {exc}")
-        source = _Source(topic, payload, received_at, message.sent_at.astimezone(UTC))
+        except UNREADABLE as exc:
+            return self._whole(source, kit_id, RejectReason.MALFORMED, unreadable(exc))
+        source = _Source(topic, payload, received_at, _utc(message.sent_at))
+        problem = _text_problems(("kit", message.kit, _ID_CHARS))
+        if problem is not None:
+            return self._whole(
+                source,
+                kit_id,
+                RejectReason.INVALID_TEXT,
+                problem,
+                seq=message.seq,
+                count=len(message.readings),
+            )
         if message.kit != kit_id:
             return self._whole(
                 source,
@@ -222,17 +283,24 @@ class Normaliser:
         outcome.receipt = ReceiptEntry(seq=message.seq, readings=outcomes)
         return outcome
 
-    def status(self, topic: str, kit_id: str, payload: bytes, received_at: datetime) -> Outcome:
+    def status(  # noqa: PLR0911 (one return per check, in the documented order)
+        self, topic: str, kit_id: str, payload: bytes, received_at: datetime
+    ) -> Outcome:
         """A kit's status message (online, offline as its last will, heartbeat)."""
         source = _Source(topic, payload, received_at)
+        if (bad_topic := self._topic_kit(source, kit_id)) is not None:
+            return bad_topic
         if len(payload) > MAX_KIT_PAYLOAD_BYTES:
             return self._whole(source, kit_id, RejectReason.TOO_LARGE, "status payload over the size limit")
         try:
             message = _status_decoder.decode(payload)
         except msgspec.ValidationError as exc:
             return self._whole(source, kit_id, RejectReason.SCHEMA, f"not a kit-status message: {exc}")
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter in strings
-            return self._whole(source, kit_id, RejectReason.MALFORMED, f"not valid UTF-8 JSON: {exc}")
+        except UNREADABLE as exc:
+            return self._whole(source, kit_id, RejectReason.MALFORMED, unreadable(exc))
+        problem = _text_problems(("kit", message.kit, _ID_CHARS), ("firmware", message.firmware, 64))
+        if problem is not None:
+            return self._whole(source, kit_id, RejectReason.INVALID_TEXT, problem)
         if message.kit != kit_id:
             return self._whole(
                 source,
@@ -245,12 +313,22 @@ class Normaliser:
             return self._whole(
                 source, kit_id, RejectReason.UNKNOWN_KIT, f"kit {kit_id} is not in the kit registry"
             )
+        if message.at - received_at > self._max_ahead:  # aware datetimes: no conversion to overflow
+            # the monitor's partition clock follows status times: one kit's clock ahead would make
+            # every patient on that partition silent and end their episodes' all-clear periods
+            return self._whole(
+                source,
+                kit_id,
+                RejectReason.CLOCK_FUTURE,
+                f"stamped {message.at - received_at} after the bridge received it; the kit's clock is "
+                f"ahead by more than {self._max_ahead} (check its time synchronisation)",
+            )
         outcome = Outcome(kit_id)
         outcome.status = KitStatusEvent(
             kit_id=kit_id,
             patient_id=kit.current_patient(),
             state=message.state.value,
-            at=message.at.astimezone(UTC),
+            at=_utc(message.at),
             received_at=received_at,
             queued=message.queued,
             battery=message.battery,
@@ -260,6 +338,8 @@ class Normaliser:
     def fhir(self, topic: str, kit_id: str, payload: bytes, received_at: datetime) -> Outcome:
         """FHIR R4 Observations (one, or a Bundle of them) from a gateway that speaks FHIR."""
         source = _Source(topic, payload, received_at)
+        if (bad_topic := self._topic_kit(source, kit_id)) is not None:
+            return bad_topic
         if len(payload) > MAX_KIT_PAYLOAD_BYTES:
             return self._whole(
                 source, kit_id, RejectReason.TOO_LARGE, f"payload over {MAX_KIT_PAYLOAD_BYTES:,} bytes"
@@ -275,7 +355,7 @@ class Normaliser:
         outcome = Outcome(kit_id)
         for index, item in enumerate(parsed):
             record = (
-                source.rejection(kit.kit_id, RejectReason(item.reason), item.detail, index)
+                source.rejection(kit.kit_id, RejectReason(item.reason), item.detail, index, item.raw)
                 if isinstance(item, Refusal)
                 else self._reading(source, kit, index, item, None)
             )
@@ -289,16 +369,17 @@ class Normaliser:
     def _reading(  # noqa: PLR0911, PLR0912 (one return per check, in the documented order, reads best)
         self, source: _Source, kit: KitEntry, index: int, reading: KitReading, seq: int | None
     ) -> Measurement | Rejection:
-        measured = reading.measured_at.astimezone(UTC)
+        measured = _utc(reading.measured_at)
         attributed = kit.patient_at(measured)
         patient = None if isinstance(attributed, RejectReason) else attributed
 
         def reject(reason: RejectReason, detail: str) -> Rejection:
-            return Rejection(
-                rejection_id=rejection_id(source_topic=source.topic, payload=source.payload, index=index),
+            topic = printable(source.topic, max_bytes=MAX_FIELD_BYTES)
+            rejection = Rejection(
+                rejection_id=rejection_id(source_topic=topic, payload=source.payload, index=index),
                 reason=reason,
                 detail=detail,
-                source_topic=source.topic,
+                source_topic=topic,
                 received_at=source.received_at,
                 kit_id=kit.kit_id,
                 patient_id=patient,
@@ -311,7 +392,16 @@ class Normaliser:
                 raw_size=len(source.payload),
                 trace=source.trace,
             )
+            return safe_rejection(rejection)
 
+        problem = _text_problems(
+            ("device", reading.device, _ID_CHARS),
+            ("metric", reading.metric, 32),
+            ("unit", reading.unit, 16),
+            ("flag", reading.flag, 2),  # "HI\n" passes the contract's `$`-anchored pattern
+        )
+        if problem is not None:
+            return reject(RejectReason.INVALID_TEXT, problem)
         try:
             metric = Metric(reading.metric)
         except ValueError:
@@ -404,6 +494,14 @@ class Normaliser:
         )
 
     # ------------------------------------------------------------ rejections of a whole message
+    def _topic_kit(self, source: _Source, kit_id: str) -> Outcome | None:
+        """A refusal when the kit id in the topic is no usable text (the broker refuses control
+        characters in topics, but not a 10,000-character id); no receipt is addressed to it."""
+        problem = _text_problems(("the kit id in the topic", kit_id, _ID_CHARS))
+        if problem is None:
+            return None
+        return self._whole(source, kit_id, RejectReason.INVALID_TEXT, problem)
+
     def _whole(
         self,
         source: _Source,
@@ -422,7 +520,10 @@ class Normaliser:
         if seq is None and reason in (RejectReason.SCHEMA, RejectReason.TOO_LARGE):
             seq, count = _envelope(source.payload)
         if seq is not None:  # the kit can stop resending: the answer will not change
-            outcomes = [ReadingOutcome(rejected=reason.value)] * max(1, count or 1)
+            # at most one valid message's worth: `readings` of a refused payload may list 500,000
+            # entries, and a receipt over the broker's packet limit disconnects the bridge
+            count = min(max(1, count or 1), MAX_READINGS_PER_MESSAGE)
+            outcomes = [ReadingOutcome(rejected=reason.value)] * count
             outcome.receipt = ReceiptEntry(seq=seq, readings=outcomes)
         return outcome
 
@@ -431,7 +532,7 @@ def _envelope(payload: bytes) -> tuple[int | None, int | None]:
     """(seq, number of readings) of a payload that failed the contract, when they can be read."""
     try:
         envelope = _envelope_decoder.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+    except (*UNREADABLE, msgspec.ValidationError):
         return None, None
     if envelope.seq is None or envelope.seq < 0:
         return None, None

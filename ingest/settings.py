@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from contracts import MAX_KIT_PAYLOAD_BYTES, MAX_READINGS_PER_MESSAGE
 from contracts.settings import ConfigError, Settings, check_ranges, setting
 
 __all__ = ["COMPRESSIONS", "BridgeSettings"]
@@ -71,6 +72,35 @@ class BridgeSettings(Settings):
     max_age_days: int = setting(
         30, env="VAKTROM_BRIDGE_MAX_AGE_DAYS", help="reject readings measured longer ago than this"
     )
+    kit_readings_per_minute: int = setting(
+        600,
+        env="VAKTROM_BRIDGE_KIT_READINGS_PER_MINUTE",
+        help="fair share: readings one kit may send per minute, sustained (a status message counts one, "
+        "a FHIR Bundle one per entry); more get a rate_limited receipt and the kit resends them later "
+        "(status over it is dropped, FHIR refused: docs/fair-share.md)",
+    )
+    kit_readings_burst: int = setting(
+        2000,
+        env="VAKTROM_BRIDGE_KIT_READINGS_BURST",
+        help="fair share: readings a kit may send at once after a quiet spell (store-and-forward "
+        f"catch-up); at least {MAX_READINGS_PER_MESSAGE}, the most one message holds",
+    )
+    kit_bytes_per_minute: int = setting(
+        1_048_576,
+        env="VAKTROM_BRIDGE_KIT_BYTES_PER_MINUTE",
+        help="fair share: payload bytes one kit may send per minute, sustained",
+    )
+    kit_bytes_burst: int = setting(
+        4_194_304,
+        env="VAKTROM_BRIDGE_KIT_BYTES_BURST",
+        help=f"fair share: payload bytes a kit may send at once; at least {MAX_KIT_PAYLOAD_BYTES}, "
+        "the largest message",
+    )
+    alert_path_max_age_s: float = setting(
+        30.0,
+        env="VAKTROM_BRIDGE_ALERT_PATH_MAX_AGE_S",
+        help="/health says degraded (alerts may be delayed) while a message has waited longer for Kafka",
+    )
     metrics_host: str = setting(
         "127.0.0.1", env="VAKTROM_BRIDGE_METRICS_HOST", help="address of the /metrics and /health endpoint"
     )
@@ -113,6 +143,32 @@ class BridgeSettings(Settings):
             "VAKTROM_BRIDGE_METRICS_PORT": (self.metrics_port, 0, 65535),
         }
         check_ranges(checks)
+        fair = {
+            "VAKTROM_BRIDGE_KIT_READINGS_PER_MINUTE": (self.kit_readings_per_minute, 1, 10_000_000),
+            "VAKTROM_BRIDGE_KIT_READINGS_BURST": (
+                self.kit_readings_burst,
+                MAX_READINGS_PER_MESSAGE,
+                10_000_000,
+            ),
+            "VAKTROM_BRIDGE_KIT_BYTES_PER_MINUTE": (self.kit_bytes_per_minute, 1024, 1 << 40),
+            "VAKTROM_BRIDGE_KIT_BYTES_BURST": (self.kit_bytes_burst, MAX_KIT_PAYLOAD_BYTES, 1 << 40),
+        }
+        if self.kit_readings_burst < MAX_READINGS_PER_MESSAGE:
+            raise ConfigError(
+                f"VAKTROM_BRIDGE_KIT_READINGS_BURST={self.kit_readings_burst} is below "
+                f"{MAX_READINGS_PER_MESSAGE}, the readings one message may hold: such a message could "
+                "never pass. Raise it."
+            )
+        if self.kit_bytes_burst < MAX_KIT_PAYLOAD_BYTES:
+            raise ConfigError(
+                f"VAKTROM_BRIDGE_KIT_BYTES_BURST={self.kit_bytes_burst} is below {MAX_KIT_PAYLOAD_BYTES}, "
+                "the largest message a kit may send: such a message could never pass. Raise it."
+            )
+        check_ranges(fair)
+        if not 1 <= self.alert_path_max_age_s <= 86400:
+            raise ConfigError(
+                f"VAKTROM_BRIDGE_ALERT_PATH_MAX_AGE_S={self.alert_path_max_age_s} must be 1 to 86400 seconds"
+            )
         if self.registry_refresh_s < 1:
             raise ConfigError("VAKTROM_BRIDGE_REGISTRY_REFRESH_S must be at least 1 second")
         if self.startup_timeout_s <= 0:

@@ -34,7 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from contracts import DeliveryReceipt, ReceiptEntry, topics
+from contracts import MAX_KIT_PAYLOAD_BYTES, DeliveryReceipt, ReceiptEntry, topics
 from contracts.settings import MqttSettings
 from ingest._errors import BridgeError
 from ingest.metrics import BridgeMetrics
@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 
 CHANNELS = ("readings", "status", "fhir")
 _RECEIPTS_PER_MESSAGE = 200
+# A receipt is never larger than the largest message a kit may send: a 100 ms batch of 500-reading
+# messages once made 3 MB receipts, over the broker's packet limit, and the broker dropped the
+# bridge's connection for each (and again for each resend of it after reconnecting).
+_RECEIPT_MAX_BYTES = MAX_KIT_PAYLOAD_BYTES
 _SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps a stopped bridge's session and queue this long
 _REFUSED_FOR_GOOD = {"Not authorized", "Bad user name or password", "Client identifier not valid"}
 
@@ -436,11 +440,20 @@ class Subscriber:
                 del self._receipt_due[kit]
                 topic = topics.kit_topic(kit, "receipts", root=self._root)
                 for i in range(0, len(entries), _RECEIPTS_PER_MESSAGE):
-                    chunk = entries[i : i + _RECEIPTS_PER_MESSAGE]
-                    receipt = DeliveryReceipt(kit=kit, at=stamp, messages=chunk)
-                    self.client.publish(topic, self._encoder.encode(receipt), qos=1)
-                    self._metrics.receipts.inc()
+                    self._publish_receipt(topic, kit, stamp, entries[i : i + _RECEIPTS_PER_MESSAGE])
         self.client.loop_write()
+
+    def _publish_receipt(self, topic: str, kit: str, stamp: datetime, entries: list[ReceiptEntry]) -> None:
+        """One receipt, or halves of it while it is larger than `_RECEIPT_MAX_BYTES` (encoded once
+        in the usual case: a receipt of small messages)."""
+        payload = self._encoder.encode(DeliveryReceipt(kit=kit, at=stamp, messages=entries))
+        if len(payload) > _RECEIPT_MAX_BYTES and len(entries) > 1:
+            half = len(entries) // 2
+            self._publish_receipt(topic, kit, stamp, entries[:half])
+            self._publish_receipt(topic, kit, stamp, entries[half:])
+            return
+        self.client.publish(topic, payload, qos=1)
+        self._metrics.receipts.inc()
 
     def _unsent(self) -> int:
         sock = self.client.socket()

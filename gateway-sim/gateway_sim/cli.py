@@ -34,7 +34,7 @@ from gateway_sim.ledger import Ledger
 from gateway_sim.runner import CohortSource, LoadSource, Progress, Runner, RunOptions, Source
 from gateway_sim.transport import BrokerAddress, MqttPool
 
-__all__ = ["main"]
+__all__ = ["main", "status_time"]
 
 log = logging.getLogger("gateway_sim")
 
@@ -143,6 +143,13 @@ def _mqtt_options(parser: argparse.ArgumentParser) -> None:
         type=_duration,
         default=30.0,
         help="resend a reading whose receipt has not come after this long (default 30s)",
+    )
+    d.add_argument(
+        "--limited-retry",
+        type=_duration,
+        default=2.0,
+        help="after a rate_limited receipt, resend after this long, doubling with each further one up "
+        "to 60s (default 2s)",
     )
     d.add_argument(
         "--drain",
@@ -331,7 +338,24 @@ def _credentials(path: Path | None) -> dict[str, tuple[str, str]] | None:
         ) from None
 
 
-def _execute(args: argparse.Namespace, kits: list[str], source: Source, run_info: dict[str, Any]) -> int:
+def status_time(sim_end: datetime | None) -> datetime:
+    """When a kit's own status message (online, offline) is stamped: now, or the end of simulated time
+    when that is earlier. A kit's clock is simulated time, so a run of a past period (--start) says
+    goodbye at its end; today's date would put the monitor's stream clock months on from the
+    readings (every kit "silent", every all-clear period ended)."""
+    now = datetime.now(UTC)
+    return now if sim_end is None else min(now, sim_end)
+
+
+def _execute(
+    args: argparse.Namespace,
+    kits: list[str],
+    source: Source,
+    run_info: dict[str, Any],
+    *,
+    sim_end: datetime | None = None,
+) -> int:
+    """Publish what `source` releases. `sim_end`: the end of simulated time, when the run has one."""
     prefix = args.client_prefix or f"sim-{kits[0].rsplit('-', 1)[0]}"
     root = args.topic_root
     if (args.certfile is None) != (args.keyfile is None) or (args.certfile and not args.cafile):
@@ -350,7 +374,7 @@ def _execute(args: argparse.Namespace, kits: list[str], source: Source, run_info
         log.info("--connection-per-kit without --credentials: kits connect anonymously")
 
     def status(kit: str, state: str) -> tuple[str, bytes]:
-        return f"{root}/kits/{kit}/status", wire.status_payload(kit, state, datetime.now(UTC))
+        return f"{root}/kits/{kit}/status", wire.status_payload(kit, state, status_time(sim_end))
 
     pool = MqttPool(
         broker=broker,
@@ -366,6 +390,7 @@ def _execute(args: argparse.Namespace, kits: list[str], source: Source, run_info
     options = RunOptions(
         confirm=args.confirm,
         resend_after=args.resend_after,
+        limited_retry=args.limited_retry,
         max_backlog=args.max_backlog,
         kit_queue=args.kit_queue,
         drain=args.drain,
@@ -473,7 +498,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     try:
         return _execute(
-            args, [p.kit for p in patients], CohortSource(iter(stream), speed=args.speed), run_info
+            args,
+            [p.kit for p in patients],
+            CohortSource(iter(stream), speed=args.speed),
+            run_info,
+            sim_end=stream.end,
         )
     finally:
         _write_truth(args.out, patients)  # skipped measurements are known only once their day was drawn

@@ -75,6 +75,7 @@ class Message:
     pubacked: bool = False
     settled: bool = False
     outcomes: list[tuple[str, str]] | None = None  # from the receipt: ("id", …) or ("rejected", reason)
+    limited: int = 0  # receipts that said rate_limited: the bridge took none of it; sent again later
 
     @property
     def key(self) -> tuple[str, int]:

@@ -3,7 +3,9 @@
 A message is *settled* when the pipeline has confirmed it: by its delivery receipt (`confirm =
 "receipt"`, what a real kit does once the bridge sends receipts) or by the broker's PUBACK
 (`confirm = "puback"`). Until then the kit keeps it; with receipts it is resent when no receipt
-came within `resend_after` seconds (the measurement id makes the resend harmless). PUBACK-level
+came within `resend_after` seconds (the measurement id makes the resend harmless). A receipt that
+says `rate_limited` (the kit is over its fair share; the bridge kept nothing of the message) does
+not settle it: the kit sends it again after a pause that doubles with each such answer. PUBACK-level
 redelivery across reconnects is paho's job: it resends unacknowledged publishes when the session
 resumes. Deliberately broken payloads, duplicate resends and status messages are settled by their
 PUBACK in both modes: no receipt will ever name them.
@@ -12,7 +14,9 @@ PUBACK in both modes: no receipt will ever name them.
 from __future__ import annotations
 
 import gc
+import heapq
 import itertools
+import random
 import sys
 import time
 from collections import deque
@@ -173,6 +177,7 @@ class LoadSource:
 class RunOptions:
     confirm: str = "puback"  # or "receipt"
     resend_after: float = 30.0  # seconds without a receipt before a kit resends
+    limited_retry: float = 2.0  # first pause after a rate_limited receipt; doubles, up to LIMITED_MAX_S
     max_backlog: int = 20000  # messages released but not settled, across all kits
     kit_queue: int = 5000  # messages one kit holds before it drops its oldest unsent one
     drain: float = 30.0  # seconds to wait for outstanding confirmations at the end
@@ -216,6 +221,10 @@ class Progress:
             self.stream.write("\n")
 
 
+LIMITED_MAX_S = 60.0
+RATE_LIMITED = "rate_limited"
+
+
 class Runner:
     def __init__(
         self,
@@ -230,6 +239,8 @@ class Runner:
         self.progress = progress
         self.ready: dict[int, deque[Message]] = {c.index: deque() for c in pool.connections}
         self.waiting: dict[tuple[str, int], Message] = {}  # PUBACKed, awaiting a receipt
+        self.deferred: list[tuple[float, int, Message]] = []  # rate_limited: (resend at, tiebreak, message)
+        self._deferrals = 0
         self.backlog = 0
         self.kit_backlog: dict[str, int] = {}
         self._topics: dict[tuple[str, str], str] = {}
@@ -265,8 +276,32 @@ class Runner:
             if message is None:
                 self.ledger.unmatched_receipts += 1  # a receipt for a resend already settled
                 continue
+            if any(outcome == ("rejected", RATE_LIMITED) for outcome in outcomes):
+                self._defer(message, now)
+                continue
             message.outcomes = outcomes
             self._settle(message, now - message.first_sent)
+
+    def _defer(self, message: Message, now: float) -> None:
+        """The bridge said rate_limited: it kept nothing of the message, so keep it and send it again
+        after a pause that doubles with each refusal (a kit over its fair share slows down)."""
+        message.limited += 1
+        message.pubacked = False
+        self.ledger.messages["rate_limited"] += 1
+        pause = min(LIMITED_MAX_S, self.options.limited_retry * 2.0 ** (message.limited - 1))
+        pause *= random.uniform(0.8, 1.2)  # noqa: S311  (jitter, so a kit's backlog does not come back at once)
+        self._deferrals += 1
+        heapq.heappush(self.deferred, (now + pause, self._deferrals, message))
+
+    def _resend_limited(self) -> None:
+        now = time.monotonic()
+        due: dict[int, list[Message]] = {}
+        while self.deferred and self.deferred[0][0] <= now:
+            message = heapq.heappop(self.deferred)[2]
+            if not message.settled:
+                due.setdefault(self.pool.by_kit[message.kit].index, []).append(message)
+        for index, messages in due.items():
+            self.ready[index].extendleft(reversed(messages))  # before newer readings, in their order
 
     def _find_unsettled(self, kit: str, seq: int) -> Message | None:
         """A receipt can overtake the PUBACK of a resend; find the message wherever it waits."""
@@ -362,6 +397,8 @@ class Runner:
         if self.pool.fatal is not None:
             raise self.pool.fatal
         self._resend_overdue()
+        if self.deferred:
+            self._resend_limited()
         if self.progress is not None:
             self.progress.tick(self)
 

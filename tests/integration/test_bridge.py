@@ -140,6 +140,7 @@ def test_every_rejection_reason_lands_on_the_dead_letter_topic(bridge: BridgePro
             kit,
             kit_message(kit, 10, kit_reading(ox, "spo2", 95.0, "%", ago=timedelta(days=400))),
         ),
+        (RejectReason.INVALID_TEXT, kit, kit_message(kit, 11, kit_reading(ox, "sp\x00o2", 95.0, "%"))),
     ]
     for _reason, topic_kit, payload in cases:
         publish(stack, reading_topic(bridge, topic_kit), payload)
@@ -153,6 +154,9 @@ def test_every_rejection_reason_lands_on_the_dead_letter_topic(bridge: BridgePro
         assert len(value["detail"]) > 20
         assert value["raw_size"] == len(payload)
         assert len(value["raw_excerpt"].encode()) <= 4096
+        texts = "".join(v for v in value.values() if isinstance(v, str))
+        assert "\x00" not in texts, "a NUL is written \\x00 in every field of a rejection"
+    assert found[RejectReason.INVALID_TEXT.value][1]["metric"] == "sp\\x00o2"
     assert not consume(stack, topics.measurement_topic(bridge.prefix), timeout=3)
     metrics = bridge.metrics()
     assert metrics['vaktrom_bridge_rejections_total{reason="implausible"}'] == 1

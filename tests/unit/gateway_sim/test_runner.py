@@ -156,3 +156,55 @@ def test_load_abnormal_share_gives_that_share_of_alerting_spo2(share: float) -> 
     low = [v for v in spo2 if v is not None and v <= 90]
     assert all(v is not None and (85 <= v <= 90 or 93 <= v <= 98) for v in spo2)
     assert len(low) / len(spo2) == pytest.approx(share, abs=0.01)
+
+
+def _receipt(kit: str, seq: int, outcome: str) -> bytes:
+    return (
+        f'{{"schema":"vaktrom.receipt.v1","kit":"{kit}","at":"2026-11-01T08:00:00Z",'
+        f'"messages":[{{"seq":{seq},"readings":[{outcome}]}}]}}'
+    ).encode()
+
+
+def test_a_rate_limited_receipt_does_not_settle_and_the_reading_is_sent_again_later() -> None:
+    """rate_limited means the bridge kept nothing: the kit holds the reading and resends it after a pause."""
+    runner, broker = _runner(_messages("K1", 1), RunOptions(confirm="receipt", limited_retry=0.05))
+    runner.step(0)
+    broker.ack_all()
+    broker.on_receipt(_receipt("K1", 1, '{"rejected":"rate_limited"}'))
+    assert runner.backlog == 1
+    assert runner.ledger.messages["rate_limited"] == 1
+    runner.step(0)
+    assert [m.seq for m in broker.published] == [1]  # not at once: a kit over its share slows down
+    time.sleep(0.07)
+    runner.step(0)
+    runner.step(0)
+    assert [m.seq for m in broker.published] == [1, 1]
+    broker.ack_all()
+    broker.on_receipt(_receipt("K1", 1, '{"id":"' + "c" * 32 + '"}'))
+    assert runner.backlog == 0
+    assert runner.ledger.rejections == {}  # never counted as a rejection
+
+
+def test_another_rejection_still_settles_the_reading() -> None:
+    """A permanent rejection (implausible) settles: resending would not change the answer."""
+    runner, broker = _runner(_messages("K1", 1), RunOptions(confirm="receipt"))
+    runner.step(0)
+    broker.ack_all()
+    broker.on_receipt(_receipt("K1", 1, '{"rejected":"implausible"}'))
+    assert runner.backlog == 0
+    assert runner.ledger.rejections == {"implausible": 1}
+
+
+def test_each_further_rate_limited_answer_doubles_the_pause() -> None:
+    """A kit refused again waits about twice as long as before, so a backlog does not hammer the bridge."""
+    runner, broker = _runner(_messages("K1", 1), RunOptions(confirm="receipt", limited_retry=1.0))
+    runner.step(0)
+    broker.ack_all()
+    start = time.monotonic()
+    broker.on_receipt(_receipt("K1", 1, '{"rejected":"rate_limited"}'))
+    first = runner.deferred[0][0] - start
+    message = runner.deferred.pop()[2]
+    runner._defer(message, start)
+    second = runner.deferred[0][0] - start
+    assert 0.8 <= first <= 1.2
+    assert 1.6 <= second <= 2.4

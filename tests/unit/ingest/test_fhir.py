@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts import Measurement, Metric, RejectReason
+from contracts import MAX_RAW_EXCERPT_BYTES, Measurement, Metric, RejectReason
 from ingest.fhir import Refusal, parse_fhir
 from ingest.normaliser import Normaliser
 from ingest.registry import Registry
@@ -110,6 +110,24 @@ def test_a_bundle_is_taken_entry_by_entry() -> None:
     results = _normalise(bundle)
     assert sum(isinstance(r, Measurement) for r in results) == 2
     assert RejectReason.SCHEMA in results
+
+
+def test_each_bundle_entrys_rejection_carries_that_entrys_bytes_not_the_bundles_start() -> None:
+    """500 broken entries behind a large first one: each rejection's excerpt is its own entry's
+    resource (a missing one nothing), not the Bundle's first 4 KiB (500 copies were 2.5 MB)."""
+    cancelled = _observation(status="cancelled", note=[{"text": "x" * 5000}])
+    entries = [{"resource": cancelled}, {"fullUrl": "urn:uuid:no-resource"}]
+    entries += [{"resource": {"resourceType": "Patient", "id": f"p{i}"}} for i in range(498)]
+    payload = json.dumps({"resourceType": "Bundle", "entry": entries}).encode()
+    normaliser = Normaliser(registry=lambda: Registry({KIT: _kit()}, 0.0))
+    rejections = normaliser.fhir(TOPIC, KIT, payload, NOW).rejections
+    assert [r.reading_index for r in rejections] == list(range(500))
+    assert rejections[0].raw_excerpt.startswith(json.dumps(cancelled)[:4000])
+    assert len(rejections[0].raw_excerpt.encode()) <= MAX_RAW_EXCERPT_BYTES
+    assert rejections[1].raw_excerpt == ""
+    assert rejections[7].raw_excerpt == '{"resourceType": "Patient", "id": "p5"}'
+    assert sum(len(r.raw_excerpt) for r in rejections) < 40_000
+    assert all(r.raw_size == len(payload) for r in rejections), "the size is still the message's"
 
 
 @pytest.mark.parametrize(
