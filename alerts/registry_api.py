@@ -111,8 +111,12 @@ class ChangeBody(BaseModel):
     thresholds: dict[str, dict[str, float | None]] = Field(
         default_factory=dict, description="rule -> parameter -> value; null returns it to the default"
     )
-    rules_off: list[str] = []
-    rules_on: list[str] = []
+    rules_off: list[str] = Field(default_factory=list, description="rule ids to switch off")
+    rules_on: list[str] = Field(
+        default_factory=list,
+        description="opt-in rule ids to switch on (e.g. HF-2, T-3); they run with their default "
+        "parameters unless `thresholds` sets them",
+    )
     spo2_target: str | None = Field(default=None, pattern=r"^(88-92|94-98)$")
     condition: Condition | None = None
     expected: list[dict[str, Any]] | None = None

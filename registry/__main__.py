@@ -150,7 +150,9 @@ def _plan_parser(parent: argparse.ArgumentParser) -> None:
         "--threshold", type=_threshold, action="append", default=[], help="RULE.param=VALUE|default"
     )
     set_.add_argument("--rule-off", action="append", default=[])
-    set_.add_argument("--rule-on", action="append", default=[])
+    set_.add_argument(
+        "--rule-on", action="append", default=[], help="switch an opt-in rule on, with its default parameters"
+    )
     set_.add_argument("--spo2-target", choices=["88-92", "94-98"])
     set_.add_argument("--condition", choices=[c.value for c in Condition])
     set_.add_argument("--team")

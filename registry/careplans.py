@@ -156,6 +156,25 @@ def _merged_thresholds(
     return merged
 
 
+# Rules that apply on one SpO2 scale only (the monitor's `plan._SCALE_ONLY`; a unit test holds the
+# two together): switching one on for a patient on the other scale would change nothing.
+_SCALE_ONLY: Mapping[str, Spo2Scale] = {
+    "NEWS2-S1": Spo2Scale.DEFAULT,
+    "RS-4": Spo2Scale.DEFAULT,
+    "NEWS2-S2": Spo2Scale.HYPERCAPNIC,
+}
+_TARGET_OF = {Spo2Scale.HYPERCAPNIC: "88-92", Spo2Scale.DEFAULT: "94-98"}
+
+
+def _scale_problems(rules_on: Sequence[str], scale: Spo2Scale) -> list[str]:
+    return [
+        f"{rule} applies only with the {_TARGET_OF[only]} % SpO2 target (scale {only.value}); "
+        f"set --spo2-target {_TARGET_OF[only]} as well, or leave {rule} off"
+        for rule in rules_on
+        if (only := _SCALE_ONLY.get(rule)) is not None and only != scale
+    ]
+
+
 def apply_change(
     current: CarePlan, change: PlanChange, *, by: str, at: datetime, known_rules: frozenset[str]
 ) -> CarePlan:
@@ -179,6 +198,8 @@ def apply_change(
     both = sorted(set(change.rules_off) & set(change.rules_on))
     if both:
         problems.append(f"rules both switched on and off: {', '.join(both)}")
+    rules_on = sorted((set(current.rules_on) | set(change.rules_on)) - set(change.rules_off))
+    problems.extend(_scale_problems(rules_on, scale))
     if problems:
         raise PlanError("; ".join(problems))
     rules_off = sorted((set(current.rules_off) | set(change.rules_off)) - set(change.rules_on))
@@ -187,6 +208,9 @@ def apply_change(
         "spo2_scale": scale,
         "thresholds": thresholds,
         "rules_off": rules_off,
+        # An opt-in rule switched on is named here and runs with its default parameters (issue #27:
+        # taking it off `rules_off` alone left an opt-in rule, never on by default, still off).
+        "rules_on": rules_on,
         "changed_at": at,
         "changed_by": by,
         "reason": change.reason.strip(),

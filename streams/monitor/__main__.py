@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,7 +65,11 @@ class MonitorStage:
             port=settings.metrics_port,
             port_env="VAKTROM_MONITOR_METRICS_PORT",
             exposition=monitor.metrics.exposition,
-            health=lambda: {"ok": self._worker is not None, "partitions": sorted(monitor.loaded)},
+            health=lambda: {
+                "ok": self._worker is not None,
+                "partitions": sorted(monitor.loaded),
+                **monitor.alert_path.report(time.time()),
+            },
         )
         log.info(
             "monitor %s: store %s, reading %s, %s",

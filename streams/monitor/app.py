@@ -36,19 +36,35 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import faust
 import msgspec
 from aiokafka.errors import KafkaError as AIOKafkaError  # what faust's producer raises
+from faust.exceptions import ConsumerNotStarted
+from faust.types import TP
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from contracts import AlertEvent, CarePlan, KitStatusEvent, Measurement, Metric, topics
+from contracts import (
+    AlertEvent,
+    CarePlan,
+    KitStatusEvent,
+    Measurement,
+    Metric,
+    QuarantineReason,
+    quarantined,
+    topics,
+    unusable_field,
+)
+from contracts.ops import AlertPathAge
 from contracts.settings import KafkaSettings
 from contracts.stage import StageError
+from streams.monitor.clock import Clock
 from streams.monitor.engine import Engine, Outcome, PatientRecord, decode_metric, decode_patient, encode
 from streams.monitor.episodes import Timing
 from streams.monitor.metrics import MonitorMetrics
+from streams.monitor.retry import Retries
 from streams.monitor.settings import MonitorSettings
 from streams.monitor.unstick import STUCK_AFTER_S, stuck_partitions
 
@@ -75,6 +91,12 @@ _measurement = msgspec.json.Decoder(Measurement)
 _status = msgspec.json.Decoder(KitStatusEvent)
 _careplan = msgspec.json.Decoder(CarePlan)
 _json = msgspec.json.Encoder()
+_STAGE = "monitor"  # in the quarantine records it publishes
+_MAX_AHEAD_S = 3600.0  # an event time further ahead of the wall clock is not believed
+
+
+class _UnusableError(ValueError):
+    """A record that decodes but holds what no later stage may carry (contracts.unusable_field)."""
 
 
 class MonitorError(StageError):
@@ -217,27 +239,9 @@ def _end(consumer: Any, tp: Any) -> int | None:
     """The partition's end offset as the consumer last heard it from a fetch (None before one)."""
     try:
         end = consumer.highwater(tp)
-    except (AssertionError, KafkaError, KeyError, AttributeError):  # not assigned here (any more)
+    except (AssertionError, KafkaError, KeyError, AttributeError, ConsumerNotStarted):  # not assigned here
         return None
     return end if isinstance(end, int) else None
-
-
-@dataclass(slots=True)
-class _Clock:
-    """A partition's event-time clock: the latest measured time seen, moved on by wall time since."""
-
-    event: float = 0.0
-    wall: float = 0.0
-
-    def see(self, t: float) -> None:
-        now = time.time()
-        if t > self.now(now):
-            self.event, self.wall = t, now
-
-    def now(self, wall: float | None = None) -> float:
-        if not self.event:
-            return 0.0
-        return self.event + ((wall or time.time()) - self.wall)
 
 
 @dataclass(slots=True)
@@ -248,11 +252,13 @@ class Monitor:
     engine: Engine
     metrics: MonitorMetrics
     names: dict[str, str]
-    clocks: dict[int, _Clock] = field(default_factory=dict)
+    clocks: dict[int, Clock] = field(default_factory=dict)
     heaps: dict[int, list[tuple[float, bytes]]] = field(default_factory=dict)
     loaded: set[int] = field(default_factory=set)
     plans: dict[bytes, tuple[bytes, CarePlan]] = field(default_factory=dict)  # decoded once per version
     outbox: _Outbox | None = None
+    # the age of the oldest reading not yet evaluated, for /health (the alert path's delay here)
+    alert_path: AlertPathAge = field(default_factory=lambda: AlertPathAge(max_age_s=30.0, what="reading"))
 
 
 def _prepare_topics(kafka: KafkaSettings, names: list[str], ticks: str, replication: int) -> int:
@@ -288,9 +294,53 @@ def _prepare_topics(kafka: KafkaSettings, names: list[str], ticks: str, replicat
             admin.create_topics(
                 [NewTopic(ticks, partitions, replication, topic_configs={"retention.ms": "3600000"})]
             )
+        _ensure_quarantine_topic(admin, kafka.topic_prefix, partitions, replication)
         return partitions
     finally:
         admin.close()
+
+
+def _usable(checked: str | None) -> None:
+    """Raise _UnusableError for a record `contracts.unusable_field` found a problem in."""
+    if checked is not None:
+        raise _UnusableError(checked)
+
+
+def _not_ahead(name: str, at: datetime) -> None:
+    """An event time far ahead of this worker's clock is a kit clock gone wrong (the bridge checks a
+    reading's, not a status message's): on the partition's clock it would move every patient's
+    deadlines there on by as much (kit silent for all, "measurement missed" checks skipped)."""
+    ahead = at.timestamp() - time.time()
+    if ahead > _MAX_AHEAD_S:
+        raise _UnusableError(f"{name} is {ahead / 3600:.0f} h ahead of the monitor's clock")
+
+
+def _check_measurement(m: Measurement) -> Measurement:
+    texts = {"loinc": m.loinc, "unit": m.unit, "reported_unit": m.reported_unit, "flag": m.flag}
+    _usable(unusable_field(texts=texts, numbers={"value": m.value, "reported_value": m.reported_value}))
+    _not_ahead("measured_at", m.measured_at)
+    return m
+
+
+def _check_status(e: KitStatusEvent) -> KitStatusEvent:
+    _usable(unusable_field(texts={"state": e.state}, numbers={"battery": e.battery}))
+    _not_ahead("at", e.at)
+    return e
+
+
+def _ensure_quarantine_topic(admin: KafkaAdminClient, prefix: str, partitions: int, replication: int) -> None:
+    """Where this worker sets poison records aside; `infra/topics.py` creates it too, with these settings."""
+    (spec,) = [
+        t
+        for t in topics.kafka_topics(prefix, partitions=partitions)
+        if t.name == topics.quarantine_topic(prefix)
+    ]
+    if spec.name in set(admin.list_topics()):
+        return
+    with contextlib.suppress(TopicAlreadyExistsError):
+        admin.create_topics(
+            [NewTopic(spec.name, spec.partitions, replication, topic_configs=dict(spec.config))]
+        )
 
 
 def build_monitor(
@@ -305,6 +355,7 @@ def build_monitor(
         "careplans": topics.careplan_topic(prefix),
         "alerts": topics.alert_topic(prefix),
         "ticks": f"{prefix}{settings.app_id}-ticks",
+        "quarantine": topics.quarantine_topic(prefix),
     }
     partitions = _prepare_topics(
         kafka,
@@ -344,8 +395,10 @@ def build_monitor(
         ),
         silent_after_s=settings.silent_after_h * 3600.0,
         missed_grace_s=settings.missed_grace_min * 60.0,
+        shown_in=ZoneInfo(settings.time_zone),
     )
     monitor = Monitor(app, engine, MonitorMetrics(), names)
+    monitor.alert_path = AlertPathAge(max_age_s=settings.alert_path_max_age_s, what="reading")
     _wire(monitor, partitions=partitions, tick_s=settings.tick_s)
     return monitor
 
@@ -356,6 +409,7 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
     source = app.topic(names["measurements"], names["status"], names["careplans"], names["ticks"], **raw)
     ticks = app.topic(names["ticks"], **raw)
     alerts = app.topic(names["alerts"], **raw)
+    quarantine = app.topic(names["quarantine"], **raw)
     state = _StateTable(
         app,
         name="state",
@@ -380,8 +434,24 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
             cached = monitor.plans[patient] = (stored, _careplan.decode(stored))
         return cached[1]
 
-    def clock(partition: int) -> _Clock:
-        return monitor.clocks.setdefault(partition, _Clock())
+    def clock(partition: int) -> Clock:
+        return monitor.clocks.setdefault(partition, Clock())
+
+    def seen(partition: int, source: str, t: float, offset: int) -> Clock:
+        """Note the event time of a record of input `source` on its partition's clock."""
+        end = _end(app.consumer, TP(names[source], partition))
+        clk = clock(partition)
+        clk.see(source, t, behind=end is not None and offset + 1 < end)
+        return clk
+
+    def passed(partition: int, topic: str, offset: int) -> None:
+        """A record of a clock input handled without an event time (set aside): note whether others
+        still wait, or the input stays held at the last one with a time, however long nothing comes."""
+        source = next((s for s in ("measurements", "status") if names[s] == topic), None)
+        held = clock(partition).inputs.get(source) if source is not None else None
+        if held is not None:
+            end = _end(app.consumer, TP(topic, partition))
+            held.behind = end is not None and offset + 1 < end
 
     def schedule(partition: int, patient: bytes, wake: float | None) -> None:
         if wake is not None:
@@ -410,18 +480,24 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
         records[key] = data
 
     async def on_measurement(partition: int, offset: int, value: bytes, appended: float | None) -> None:
-        m = _measurement.decode(value)
+        m = _check_measurement(_measurement.decode(value))
         patient = m.patient_id.encode()
         pkey, mkey = patient + _KIT, patient + _METRIC_KEYS[m.metric]
         precord = decode_patient(records.get(pkey))
         record = decode_metric(records.get(mkey))
-        clk = clock(partition)
-        clk.see(m.measured_at.timestamp())
+        clk = seen(partition, "measurements", m.measured_at.timestamp(), offset)
         now = datetime.now(UTC)
         appended_at = None if appended is None else datetime.fromtimestamp(appended, UTC)
         trace = msgspec.structs.replace(m.trace, kafka_appended=appended_at, monitor_processed=now)
         out = engine.measurement(
-            m, record, precord, plan_of(patient), clock=clk.now(), now=now, trace=trace, offset=offset
+            m,
+            record,
+            precord,
+            plan_of(patient),
+            clock=clk.now(holding="measurements"),
+            now=now,
+            trace=trace,
+            offset=offset,
         )
         if out.duplicate:
             metrics.duplicates.inc()
@@ -438,14 +514,14 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
             write(pkey, precord)
             schedule(partition, patient, precord.wake_at)
 
-    async def on_status(partition: int, value: bytes) -> None:
-        event = _status.decode(value)
+    async def on_status(partition: int, offset: int, value: bytes) -> None:
+        event = _check_status(_status.decode(value))
+        seen(partition, "status", event.at.timestamp(), offset)
         if event.patient_id is None:
             return  # a kit nobody has: the registry's concern, not a patient's
         patient = event.patient_id.encode()
         pkey = patient + _KIT
         precord = decode_patient(records.get(pkey))
-        clock(partition).see(event.at.timestamp())
         out = engine.status(event, precord, plan_of(patient), now=datetime.now(UTC))
         _after(partition, patient, pkey, precord, out)
         await emit(patient, out.events)
@@ -471,7 +547,7 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
         would ever tell the nurse it was resolved."""
         for partition in partitions:
             monitor.heaps[partition] = []
-        now = datetime.now(UTC)
+        now, latest = datetime.now(UTC), dict.fromkeys(partitions, 0.0)  # the latest event time held
         for key, value in list(state.items()):
             if not key.endswith(_KIT):
                 continue
@@ -480,13 +556,20 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
                 continue
             patient = key[: -len(_KIT)]
             schedule(precord.partition, patient, precord.wake_at)
-            episodes = dict(precord.episodes)
+            episodes, seen_at = dict(precord.episodes), [precord.last_seen, precord.missed_checked]
             for metric, suffix in _METRIC_KEYS.items():
                 stored = state.get(patient + suffix)
                 if stored is not None:
-                    episodes.update({f"{metric}:{k}": v for k, v in decode_metric(stored).episodes.items()})
+                    held = decode_metric(stored)
+                    episodes.update({f"{metric}:{k}": v for k, v in held.episodes.items()})
+                    seen_at.extend(q.t for q in held.history.recent[-1:])
+            latest[precord.partition] = max(latest[precord.partition], *seen_at)
             await emit(patient, engine.announce(patient.decode(), episodes, now=now))
+        for partition, t in latest.items():  # else a partition that gets no record has no clock
+            clock(partition).start(t)
         monitor.loaded |= partitions
+
+    retries = Retries(metrics.deadline_failures)
 
     async def on_tick(partition: int) -> None:
         clk = clock(partition)
@@ -504,9 +587,14 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
                     schedule(partition, patient, precord.wake_at)
                 continue
             held = {m: decode_metric(records.get(patient + s)) for m, s in _METRIC_KEYS.items()}
-            out, changed = engine.deadline(
-                patient.decode(), precord, held, plan_of(patient), clock=now_event, now=now
-            )
+            try:
+                out, changed = engine.deadline(
+                    patient.decode(), precord, held, plan_of(patient), clock=now_event, now=now
+                )
+            except Exception as exc:  # one patient's: not the others' deadlines, nor its own for good
+                schedule(partition, patient, retries.failed(patient, now_event, exc))
+                continue
+            retries.done(patient)
             for metric in changed:
                 write(patient + _METRIC_KEYS[metric], held[metric])
             write(pkey, precord)
@@ -522,35 +610,64 @@ def _wire(monitor: Monitor, *, partitions: int, tick_s: float) -> None:  # noqa:
         async for event in stream.events():
             message = event.message
             topic, partition = message.topic, message.partition
+            await ready(partition)  # the worker's own state, not the record's: its errors are not quarantined
             try:
-                await ready(partition)
                 if topic == names["measurements"]:
                     metrics.events.labels("measurement").inc()
                     appended = message.timestamp if message.timestamp_type == 1 else None
+                    monitor.alert_path.done(partition, message.offset, message.timestamp)
                     await on_measurement(partition, message.offset, event.value, appended)
                 elif topic == names["ticks"]:
                     await on_tick(partition)
                 elif topic == names["status"]:
                     metrics.events.labels("kit_status").inc()
-                    await on_status(partition, event.value)
+                    await on_status(partition, message.offset, event.value)
                 elif topic == names["careplans"] and event.value is not None:
                     metrics.events.labels("careplan").inc()
                     await on_careplan(event.key, event.value)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:  # TypeError: no value
                 metrics.broken.inc()
-                log.warning(
-                    "skipped a record on %s[%d]@%d that breaks its contract: %s",
-                    topic,
-                    partition,
-                    message.offset,
-                    exc,
-                )
+                set_aside(message, QuarantineReason.UNDECODABLE, f"does not match its contract ({exc})")
+            except _UnusableError as exc:
+                metrics.broken.inc()
+                set_aside(message, QuarantineReason.INVALID, str(exc))
+            except (AIOKafkaError, KafkaError):
+                raise  # Kafka's trouble, not the record's: faust handles it
+            except Exception as exc:  # a record that passed its contract and still broke the handler
+                # the error's text may quote the record's values: in the traceback at debug level only
+                log.error("the monitor's handler failed on a record (%s)", type(exc).__name__)
+                log.debug("the handler's failure", exc_info=True)
+                set_aside(message, QuarantineReason.HANDLER_FAILED, f"{type(exc).__name__}: {exc}")
+
+    def set_aside(message: Any, reason: QuarantineReason, detail: str) -> None:
+        """Quarantine a record and move on (issue #27): one record never stops the monitor."""
+        metrics.quarantined.labels(reason.value).inc()
+        passed(message.partition, message.topic, message.offset)
+        log.warning(
+            "quarantined a record on %s[%d]@%d (%s) and skipped it",
+            message.topic, message.partition, message.offset, reason.value,
+        )  # fmt: skip
+        q = quarantined(
+            stage=_STAGE, reason=reason, detail=detail, topic=message.topic, partition=message.partition,
+            offset=message.offset, raw=message.value,
+        )  # fmt: skip
+        # send_soon: into the producer's buffer, which faust flushes before it commits the offset
+        quarantine.send_soon(key=_STAGE.encode(), value=_json.encode(q))
 
     @app.timer(tick_s)  # type: ignore[untyped-decorator]  # faust is untyped
     async def tick() -> None:
         for tp in app.consumer.assignment():
             if tp.topic == names["ticks"]:
                 await ticks.send(value=b"", partition=tp.partition)
+
+    @app.timer(1.0)  # type: ignore[untyped-decorator]  # faust is untyped
+    async def alert_path_age() -> None:
+        """Note which partitions have readings waiting beyond the last one evaluated (for /health)."""
+        consumer, now = app.consumer, time.time()
+        mine = {tp.partition: tp for tp in consumer.assignment() if tp.topic == names["measurements"]}
+        monitor.alert_path.retain(set(mine))
+        for partition, tp in mine.items():
+            monitor.alert_path.ends(partition, _end(consumer, tp), now)
 
     holes: dict[Any, tuple[int, float]] = {}
 

@@ -20,9 +20,11 @@ __all__ = [
     "PROBLEMS",
     "RULES",
     "SEVERITY_RANK",
+    "SPECIFIC_FIRST",
     "UNPLANNED_RULES",
     "Problem",
     "Rule",
+    "specificity",
 ]
 
 SEVERITY_RANK: Final = MappingProxyType({Severity.INFO: 0, Severity.YELLOW: 1, Severity.RED: 2})
@@ -229,3 +231,34 @@ CONDITION_RULES: Final = MappingProxyType(
 UNPLANNED_RULES: Final = frozenset(
     {*_COMMON, "HF-1", "HF-4", "RS-2", "RS-8", "NEWS2-S1", "GL-1", "GL-2", "GL-3", "GL-4", "GL-5", "T-1"}
 )
+
+# Each problem's rules, the most specific first. When one reading fulfils several rules of the same
+# severity, the episode names the most specific (`episodes.py`). A rule is more specific than another
+# when it fires on fewer readings: (1) a threshold nested inside the other's range on the same
+# measure ranks first (T-2's "< 35.0" inside NEWS2-T's "<= 35.0"; NEWS2-S1's "<= 91" inside RS-6's
+# "<= 92"; HF-2's ">= 2.27 kg in 3 days" inside HF-1's "> 2 kg in 3 days"); (2) otherwise an
+# absolute limit ranks before a change from the patient's own history (it needs no history to be
+# read), and a change against a fixed reference before a statistical score. docs/clinical-rules.md
+# lists the order; a unit test keeps every rule of a problem in its list exactly once.
+SPECIFIC_FIRST: Final = MappingProxyType(
+    {
+        "weight_gain": ("HF-2", "HF-1"),
+        "weight_drift": ("HF-3",),
+        "spo2_low": ("NEWS2-S2", "NEWS2-S1", "RS-6", "RS-4", "RS-1", "RS-3", "RS-2", "RS-8"),
+        "pulse_abnormal": ("NEWS2-P", "HF-4", "RS-8P"),
+        "glucose_low": ("GL-5", "GL-2", "GL-1"),
+        "glucose_high": ("GL-4", "GL-3"),
+        "fever": ("T-3", "T-1"),
+        "hypothermia": ("T-2", "NEWS2-T"),
+        "kit_silent": ("kit-silent",),
+        "measurement_missed": ("measurement-missed",),
+    }
+)
+_SPECIFICITY: Final = MappingProxyType(
+    {rule_id: -i for rules in SPECIFIC_FIRST.values() for i, rule_id in enumerate(rules)}
+)
+
+
+def specificity(rule_id: str) -> int:
+    """Higher is more specific within the rule's problem (see `SPECIFIC_FIRST`)."""
+    return _SPECIFICITY[rule_id]

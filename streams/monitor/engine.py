@@ -14,9 +14,11 @@ moved on by wall time while nothing arrives), so a 14-day accelerated run behave
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import msgspec
 
@@ -117,6 +119,27 @@ class Engine:
     timing: Timing = Timing()  # noqa: RUF009  (frozen: one shared default is safe)
     silent_after_s: float = 13 * 3600.0  # kits send a heartbeat every 6 h; two missed and a margin
     missed_grace_s: float = 30 * 60.0  # a window is judged this long after it ends
+    # Every time in an explanation is shown in this zone: the console's (VAKTROM_ALERTS_TIME_ZONE),
+    # so a nurse reads the same clock in the queue and in the text.
+    shown_in: ZoneInfo = ZoneInfo("Europe/Oslo")  # noqa: RUF009  (immutable: one shared default is safe)
+
+    def _event(
+        self,
+        episode: EpisodeState,
+        change: EpisodeChange,
+        *,
+        patient_id: str,
+        emitted_at: datetime,
+        trace: Trace | None = None,
+    ) -> AlertEvent:
+        return to_event(
+            episode,
+            change,
+            patient_id=patient_id,
+            emitted_at=emitted_at,
+            trace=trace or Trace(),
+            shown_in=self.shown_in,
+        )
 
     # ------------------------------------------------------------------ readings
     def measurement(
@@ -151,7 +174,7 @@ class Engine:
         history.add(m.metric, point, m.measurement_id)
         out.patient_changed |= self._heard(patient, t, m.patient_id, now, out)
         rules = rule_plan(plan)
-        findings = evaluate(m.metric, point, history, rules)
+        findings = evaluate(m.metric, point, history, rules, shown_in=self.shown_in)
         late = lateness(t, clock, self.timing)
         evidence = Evidence(
             measurement_id=m.measurement_id,
@@ -176,7 +199,13 @@ class Engine:
                     late=late,
                 )
                 record.episodes[problem] = episode
-                out.patient_changed |= patient.resolve_at.pop(problem, None) is not None
+                cleared = _cleared_after(history, episode)
+                if cleared is not None:  # a late reading: the readings handled after it were clear
+                    episode.cleared_since = cleared
+                    patient.resolve_at[problem] = cleared + self.timing.resolve_after_s
+                    out.patient_changed = True
+                else:
+                    out.patient_changed |= patient.resolve_at.pop(problem, None) is not None
             elif episode is not None:
                 change = clear(episode, measured_at=t, timing=self.timing)
                 if episode.open and episode.cleared_since is not None:
@@ -190,7 +219,7 @@ class Engine:
                 change = None
             if change is not None and episode is not None:
                 out.events.append(
-                    to_event(episode, change, patient_id=m.patient_id, emitted_at=now, trace=trace or Trace())
+                    self._event(episode, change, patient_id=m.patient_id, emitted_at=now, trace=trace)
                 )
         self._returned(patient, m.metric, m.patient_id, now, out)
         _prune(record.episodes, clock)
@@ -221,7 +250,9 @@ class Engine:
         silent = patient.episodes.get("kit_silent")
         if silent is not None and silent.open and t > silent.opened_at:
             silent.cleared_since = t
-            out.events.append(to_event(silent, resolve(silent, at=t), patient_id=patient_id, emitted_at=now))
+            out.events.append(
+                self._event(silent, resolve(silent, at=t), patient_id=patient_id, emitted_at=now)
+            )
             changed = True
         return changed
 
@@ -237,7 +268,7 @@ class Engine:
         if not patient.missed:
             episode.cleared_since = now.timestamp()
             out.events.append(
-                to_event(
+                self._event(
                     episode, resolve(episode, at=episode.last_seen_at), patient_id=patient_id, emitted_at=now
                 )
             )
@@ -274,11 +305,13 @@ class Engine:
                 patient_id,
                 "kit-silent",
                 at,
-                f"No message from the kit since {_fmt(patient.last_seen)} "
+                f"No message from the kit since {self._fmt(patient.last_seen)} "
                 f"({(clock - patient.last_seen) / 3600:.0f} h)",
             )
             patient.episodes["kit_silent"] = episode
-            out.events.append(to_event(episode, EpisodeChange.OPENED, patient_id=patient_id, emitted_at=now))
+            out.events.append(
+                self._event(episode, EpisodeChange.OPENED, patient_id=patient_id, emitted_at=now)
+            )
         # measurement missed
         if plan is not None and plan.expected and patient.last_seen:
             start = max(patient.missed_checked, patient.last_seen - 2 * 86_400.0)
@@ -311,7 +344,7 @@ class Engine:
                 held is not None
                 and (change := resolve_if_due(held, now=clock, timing=self.timing)) is not None
             ):
-                out.events.append(to_event(held, change, patient_id=patient_id, emitted_at=now))
+                out.events.append(self._event(held, change, patient_id=patient_id, emitted_at=now))
                 assert metric is not None
                 changed.add(metric)
         _prune(patient.episodes, clock)
@@ -337,14 +370,16 @@ class Engine:
             return
         episode = patient.episodes.get("measurement_missed")
         text = (
-            f"No {METRICS[metric].display.lower()} reading between {_fmt(lo)} and {_fmt(hi)} UTC "
+            f"No {METRICS[metric].display.lower()} reading between {self._fmt(lo)} and {self._fmt(hi)} "
             "while the kit was active"
         )
         if episode is None or not episode.open:
             episode = self._kit_episode(patient_id, "measurement-missed", hi, text)
             patient.episodes["measurement_missed"] = episode
             patient.missed = [metric.value]
-            out.events.append(to_event(episode, EpisodeChange.OPENED, patient_id=patient_id, emitted_at=now))
+            out.events.append(
+                self._event(episode, EpisodeChange.OPENED, patient_id=patient_id, emitted_at=now)
+            )
             return
         episode.version += 1
         episode.count += 1
@@ -352,7 +387,10 @@ class Engine:
         episode.explanation = text
         if metric.value not in patient.missed:
             patient.missed.append(metric.value)
-        out.events.append(to_event(episode, EpisodeChange.UPDATED, patient_id=patient_id, emitted_at=now))
+        out.events.append(self._event(episode, EpisodeChange.UPDATED, patient_id=patient_id, emitted_at=now))
+
+    def _fmt(self, t: float) -> str:
+        return f"{datetime.fromtimestamp(t, self.shown_in):%-d %b %H:%M %Z}"
 
     def _kit_episode(self, patient_id: str, rule_id: str, at: float, text: str) -> EpisodeState:
         problem = RULES[rule_id].problem
@@ -405,18 +443,33 @@ class Engine:
                 if not episode.open
                 else (EpisodeChange.OPENED if episode.version == 1 else EpisodeChange.UPDATED)
             )
-            out.append(to_event(episode, change, patient_id=patient_id, emitted_at=now))
+            out.append(self._event(episode, change, patient_id=patient_id, emitted_at=now))
         return out
 
 
 def _replayed(record: MetricRecord, offset: int | None, t: float) -> bool:
-    """At or before the latest position applied, and measured no later than the newest reading held.
+    """At or before the latest position applied, and measured before the oldest reading held.
 
-    The second half keeps a recreated topic (positions from 0 again) from having its new readings
-    taken for replays; a replayed reading was applied, so it is never newer than the newest held.
+    The caller has already looked for the reading among those held (`History.has_seen`), and every
+    reading applied since the oldest one held is held. So a reading at an old position measured
+    within that span was never applied: a message faust dropped during recovery, read again by
+    `unstick` after later ones of the patient (it must count, or it is lost). Only one older than
+    anything held may be a replay the record can no longer recognise. The time test also keeps a
+    recreated topic (positions from 0 again) from having its new readings taken for replays.
     """
     recent = record.history.recent
-    return offset is not None and offset <= record.offset and bool(recent) and t <= recent[-1].t
+    return offset is not None and offset <= record.offset and bool(recent) and t < recent[0].t
+
+
+def _cleared_after(history: History, episode: EpisodeState) -> float | None:
+    """When the all-clear of an open episode began, by the readings held measured after its latest
+    qualifying one (None: there are none). Each was handled and did not qualify, or it would be the
+    latest, so each cleared it (`clear`); a late qualifying reading must not undo that, or the
+    episode stays open until the kit sends again, which a kit gone quiet never does."""
+    if not episode.open:
+        return None
+    later = history.before(math.inf, episode.last_seen_at)
+    return next((q.t for q in later if q.t > episode.last_seen_at), None)
 
 
 def _prune(episodes: dict[str, EpisodeState], clock: float) -> None:
@@ -427,7 +480,3 @@ def _prune(episodes: dict[str, EpisodeState], clock: float) -> None:
 
 def _dt(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
-
-
-def _fmt(t: float) -> str:
-    return f"{_dt(t):%-d %b %H:%M}"

@@ -3,21 +3,23 @@
 An episode opens with the first qualifying reading and gets a deterministic id from the patient,
 the problem and that reading's measurement id, so reprocessing the same input after a crash opens
 the same episode. Each change is a new version (opened, updated, escalated, resolved). Severity only
-rises within an episode. It resolves when the condition has been clear for `resolve_after` seconds
-(a normal reading started the clock). A reading measured long before the stream's clock is marked
-late, and one older than `stale_after` cannot make an episode more than info: it is history, not news.
+rises within an episode, but each version names the rule its own reading fulfils (the most severe;
+at equal severity the most specific) and quotes that reading. It resolves when the condition has
+been clear for `resolve_after` seconds (a normal reading started the clock). A reading measured
+long before the stream's clock is marked late, and one older than `stale_after` cannot make an
+episode more than info: it is history, not news.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 import msgspec
 
 from contracts import AlertEvent, Baseline, EpisodeChange, Evidence, Severity, Threshold, Trace, episode_id
-from streams.monitor.catalogue import PROBLEMS, RULES, SEVERITY_RANK
+from streams.monitor.catalogue import PROBLEMS, RULES, SEVERITY_RANK, specificity
 from streams.monitor.rules import Finding
 
 __all__ = ["EpisodeState", "Lateness", "Timing", "clear", "qualify", "resolve_if_due", "to_event"]
@@ -50,6 +52,9 @@ class EpisodeState(msgspec.Struct, kw_only=True):
     cleared_since: float | None = None
     resolved_at: float | None = None
     rules: list[str] = []  # every rule that fired in this episode
+    # When the episode of this problem before it resolved: a late reading cannot move this one's
+    # opening back over it (two episodes of one problem at once).
+    follows: float | None = None
 
     @property
     def open(self) -> bool:
@@ -80,7 +85,9 @@ def _badness(problem: str, evidence: Evidence | None) -> float:
 
 
 def _strongest(findings: list[Finding]) -> Finding:
-    return max(findings, key=lambda f: SEVERITY_RANK[f.severity])
+    """The rule an event names: the most severe finding; at equal severity the most specific one
+    (`catalogue.SPECIFIC_FIRST`: the rule that fires on fewer readings, e.g. T-2 before NEWS2-T)."""
+    return max(findings, key=lambda f: (SEVERITY_RANK[f.severity], specificity(f.rule_id)))
 
 
 def qualify(
@@ -96,7 +103,7 @@ def qualify(
     """A reading fulfils rules of `problem`: open the episode or update it. Returns the new state."""
     best = _strongest(findings)
     severity = Severity.INFO if late.capped else best.severity
-    if episode is None or not episode.open:
+    if episode is None or not (episode.open or _resolved_after(episode, measured_at)):
         opened = EpisodeState(
             episode_id=episode_id(patient_id=patient_id, rule_id=problem, opened_by=evidence.measurement_id),
             problem=problem,
@@ -112,8 +119,14 @@ def qualify(
             threshold=best.threshold,
             late=late.late,
             rules=sorted({f.rule_id for f in findings}),
+            follows=episode.resolved_at if episode is not None else None,
         )
         return opened, EpisodeChange.OPENED
+    # A reading measured before the episode's resolution that qualifies shows it was not clear then:
+    # the resolution came too early (decided on a stream clock ahead of this patient's readings, or
+    # before a reading faust dropped was read again). It reopens that episode; a new one would
+    # overlap it, two episodes of one problem at once (a duplicate for the nurse).
+    episode.resolved_at = None
     episode.version += 1
     episode.count += 1
     episode.cleared_since = None
@@ -121,19 +134,26 @@ def qualify(
         episode.last_seen_at = measured_at
         episode.latest = evidence
         episode.late = late.late
-    episode.opened_at = min(episode.opened_at, measured_at)
+    if episode.follows is None or measured_at >= episode.follows:
+        episode.opened_at = min(episode.opened_at, measured_at)
     if _badness(problem, evidence) > _badness(problem, episode.worst):
         episode.worst = evidence
     episode.rules = sorted({*episode.rules, *(f.rule_id for f in findings)})
     change = EpisodeChange.UPDATED
     if SEVERITY_RANK[severity] > SEVERITY_RANK[episode.severity]:
         episode.severity = severity
-        episode.rule_id = best.rule_id
-        episode.baseline, episode.threshold = best.baseline, best.threshold
         change = EpisodeChange.ESCALATED
-    if change is EpisodeChange.ESCALATED or best.rule_id == episode.rule_id:
-        episode.explanation = best.explanation
+    # Each version names the rule that fires now and quotes this version's reading (issue #27: a
+    # 34.8 °C reading in an episode opened by NEWS2-T at 35.0 °C is hypothermia, T-2). The severity
+    # stays the worst so far; the worst reading stays in `worst`.
+    episode.rule_id = best.rule_id
+    episode.baseline, episode.threshold = best.baseline, best.threshold
+    episode.explanation = best.explanation
     return episode, change
+
+
+def _resolved_after(episode: EpisodeState, measured_at: float) -> bool:
+    return episode.resolved_at is not None and measured_at < episode.resolved_at
 
 
 def clear(episode: EpisodeState, *, measured_at: float, timing: Timing) -> EpisodeChange | None:
@@ -172,13 +192,15 @@ def to_event(
     patient_id: str,
     emitted_at: datetime,
     trace: Trace = Trace(),  # noqa: B008  (frozen, so one shared default is safe)
+    shown_in: tzinfo = UTC,
 ) -> AlertEvent:
+    """The event of one version; `shown_in` is the time zone of the times in its explanation."""
     problem = PROBLEMS[episode.problem]
     rule = RULES[episode.rule_id]
     explanation = episode.explanation
     if change is EpisodeChange.RESOLVED:
-        since = _instant(episode.cleared_since or episode.resolved_at or 0.0)
-        explanation = f"{problem.title}: resolved, clear since {since:%-d %b %H:%M} UTC; was: {explanation}"
+        since = _instant(episode.cleared_since or episode.resolved_at or 0.0).astimezone(shown_in)
+        explanation = f"{problem.title}: resolved, clear since {since:%-d %b %H:%M %Z}; was: {explanation}"
     return AlertEvent(
         episode_id=episode.episode_id,
         version=episode.version,

@@ -1,10 +1,10 @@
 """A patient's recent history of one metric, compact enough to keep per patient in a table.
 
 Two views of the past: the last readings themselves (for rules over hours or a few days: HF-1's
-72 h, GL-5's 15 minutes) and one summary per day (for baselines over weeks: RS-2, RS-8, HF-3). Both
-are kept in event time: a late or out-of-order reading is placed where it was measured, and a
-reading seen before (same measurement id) is recognised and ignored. Rejected readings never get
-here: the bridge sends them to the dead-letter topic (CLINICAL_RULES.md, trap 4).
+three measurement days, GL-5's 15 minutes) and one summary per day (for baselines over weeks: RS-2,
+RS-8, HF-3). Both are kept in event time: a late or out-of-order reading is placed where it was
+measured, and a reading seen before (same measurement id) is recognised and ignored. Rejected
+readings never get here: the bridge sends them to the dead-letter topic (CLINICAL_RULES.md, trap 4).
 """
 
 from __future__ import annotations

@@ -22,6 +22,12 @@ class MonitorMetrics:
         self.broken = Counter(
             "vaktrom_monitor_records_broken", "records that broke their contract, skipped", registry=r
         )
+        self.quarantined = Counter(
+            "vaktrom_monitor_records_quarantined",
+            "records set aside to the quarantine topic and skipped, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.alerts = Counter(
             "vaktrom_monitor_alert_events", "alert events emitted", ["rule", "severity", "change"], registry=r
         )
@@ -50,6 +56,11 @@ class MonitorMetrics:
         self.waiting = Gauge(
             "vaktrom_monitor_alerts_waiting",
             "records whose alert events wait for Kafka to take the state they describe",
+            registry=r,
+        )
+        self.deadline_failures = Counter(
+            "vaktrom_monitor_deadline_failures",
+            "patients' deadlines the engine raised on, put back on the timer to be tried again later",
             registry=r,
         )
         self.deadlines = Gauge(

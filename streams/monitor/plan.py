@@ -1,23 +1,28 @@
 """What a care plan means for the rules: which are on, with which parameters, and when readings are due.
 
 A patient without a plan is followed with `UNPLANNED_RULES`; a plan brings its condition's defaults
-(`CONDITION_RULES`), switches rules off (`rules_off`) or on and overrides parameters (`thresholds`,
-by rule id), and chooses the SpO2 scale (RS-1: a prescribed 88-92 % target moves NEWS2 to scale 2
-and the "below target" limit to 88 %).
+(`CONDITION_RULES`), switches rules off (`rules_off`) or on (`rules_on`, with their default
+parameters; setting a rule's parameters in `thresholds` switches it on too), overrides parameters
+(`thresholds`, by rule id), and chooses the SpO2 scale (RS-1: a prescribed 88-92 % target moves
+NEWS2 to scale 2 and the "below target" limit to 88 %).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import NamedTuple
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from contracts import BaselineSettings, CarePlan, Metric, Spo2Scale
 from streams.monitor.catalogue import CONDITION_RULES, RULES, UNPLANNED_RULES
 
 __all__ = ["DueWindow", "RulePlan", "due_windows", "next_window_end", "rule_plan"]
+
+log = logging.getLogger(__name__)
+_DEFAULT_ZONE = "Europe/Oslo"  # a CarePlan's default
 
 _SCALE_ONLY = {"NEWS2-S1": Spo2Scale.DEFAULT, "RS-4": Spo2Scale.DEFAULT, "NEWS2-S2": Spo2Scale.HYPERCAPNIC}
 
@@ -32,6 +37,7 @@ class RulePlan:
     spo2_scale: Spo2Scale = Spo2Scale.DEFAULT
     baseline: BaselineSettings = BaselineSettings()  # noqa: RUF009  (frozen: one shared default is safe)
     continuous: frozenset[Metric] = field(default_factory=frozenset)  # measured every <= 15 min
+    zone: ZoneInfo | None = None  # the patient's time zone (None: no plan; the monitor's display zone)
 
     def on(self, rule_id: str) -> bool:
         return rule_id in self.enabled
@@ -88,14 +94,23 @@ def rule_plan(plan: CarePlan | None) -> RulePlan:
 
 
 def _rule_plan(plan: CarePlan) -> RulePlan:
-    wanted = set(CONDITION_RULES[plan.condition]) | {r for r in plan.thresholds if r in RULES}
+    wanted = (
+        set(CONDITION_RULES[plan.condition])
+        | {r for r in plan.thresholds if r in RULES}
+        | {r for r in plan.rules_on if r in RULES}
+    )
     if plan.spo2_scale == Spo2Scale.HYPERCAPNIC:
         wanted.add("RS-1")  # the prescribed 88-92 % target is the patient's target range
     enabled = {
         r
         for r in wanted - set(plan.rules_off)
         if _SCALE_ONLY.get(r, plan.spo2_scale) == plan.spo2_scale
-        and not (r == "RS-1" and plan.spo2_scale == Spo2Scale.DEFAULT and r not in plan.thresholds)
+        and not (
+            r == "RS-1"
+            and plan.spo2_scale == Spo2Scale.DEFAULT
+            and r not in plan.thresholds
+            and r not in plan.rules_on
+        )
     }
     params = {r: {**p, **plan.thresholds.get(r, {})} for r, p in _DEFAULT_PARAMS.items()}
     continuous = frozenset(
@@ -108,6 +123,7 @@ def _rule_plan(plan: CarePlan) -> RulePlan:
         spo2_scale=plan.spo2_scale,
         baseline=plan.baseline,
         continuous=continuous,
+        zone=_zone(plan.timezone),
     )
 
 
@@ -170,4 +186,10 @@ def _day_windows(
 
 @lru_cache(maxsize=64)
 def _zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)
+    """The plan's time zone; one Python does not know (a typo the registry let through) is the
+    default one, logged: else every reading and deadline of the patient fails, and no alert comes."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        log.warning("a care plan names the unknown time zone %r; using %s", name, _DEFAULT_ZONE)
+        return ZoneInfo(_DEFAULT_ZONE)

@@ -9,9 +9,10 @@ never get here (trap 4). Differences are rounded to 6 decimals before comparison
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from contracts import Baseline, Metric, Severity, Spo2Scale, Threshold
 from streams.monitor.catalogue import RULES
@@ -39,10 +40,6 @@ def fmt(value: float, decimals: int = 0) -> str:
     return f"{value:.{decimals}f}" if places < decimals and "e" not in text else text
 
 
-def _day_label(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%-d %b")
-
-
 def _r(value: float) -> float:
     return round(value, 6)
 
@@ -50,15 +47,22 @@ def _r(value: float) -> float:
 class _Context:
     """What every rule of one reading needs, computed once."""
 
-    def __init__(self, metric: Metric, point: Point, history: History, plan: RulePlan) -> None:
+    def __init__(
+        self, metric: Metric, point: Point, history: History, plan: RulePlan, shown_in: tzinfo
+    ) -> None:
         self.metric = metric
         self.point = point
         self.history = history
         self.plan = plan
         self.value = _r(point.value) if point.value is not None else None
         self.day = int(point.t // DAY_S)
+        self.shown_in = shown_in  # the console's time zone: every time in an explanation
+        self.day_zone = plan.zone or shown_in  # the patient's, for measurement days
         self._baseline: RobustBaseline | None = None
         self._baseline_done = False
+
+    def day_label(self, t: float) -> str:
+        return datetime.fromtimestamp(t, self.shown_in).strftime("%-d %b")
 
     def finding(
         self,
@@ -115,64 +119,82 @@ class _Context:
 
 
 # ------------------------------------------------------------------ weight (HF-1, HF-2, HF-3)
+@dataclass(frozen=True, slots=True)
+class _DayGain:
+    """A weight gain by measurement day: this reading against the reference day's lowest reading."""
+
+    gain: float
+    reference: Point  # the lowest reading of the reference day
+    readings: int  # readings on the reference day
+    days: int  # how many local days before this reading's day the reference day is
+
+
+def _day_gain(c: _Context, days: int) -> _DayGain | None:
+    """The gain of this reading over the earliest local day from `days` days before up to yesterday.
+
+    By measurement day in the patient's time zone, not by the hour (issue #27: a weighing 10 minutes
+    earlier must not move a morning out of "3 days"): every reading of the reference day counts,
+    and the day's lowest is its weight (the morning weight, before food and drink, that the HF
+    guidance asks for; a later weighing the same day only adds the day's intake). When the patient
+    did not weigh on the day `days` before, the earliest later day stands in, as the earliest reading
+    in the window did before: a gain over fewer days is no less a gain "within" them.
+    """
+    zone = c.day_zone
+    today = datetime.fromtimestamp(c.point.t, zone).date()
+    first = today - timedelta(days=days)
+    earlier = [
+        q for q in c.history.before(_midnight(today, zone), _midnight(first, zone)) if q.value is not None
+    ]
+    if not earlier or c.value is None:
+        return None
+    day = datetime.fromtimestamp(earlier[0].t, zone).date()
+    same_day = [q for q in earlier if datetime.fromtimestamp(q.t, zone).date() == day]
+    ref = min(same_day, key=lambda q: (q.value or 0.0, q.t))  # values are not None: filtered above
+    return _DayGain(_r(c.value - (ref.value or 0.0)), ref, len(same_day), (today - day).days)
+
+
+def _midnight(day: date, zone: tzinfo) -> float:
+    return datetime.combine(day, time(0), tzinfo=zone).timestamp()
+
+
+def _window_days(hours: float) -> int:
+    """HF-1's window is set in hours (older plans say 72); it counts whole measurement days, rounded up."""
+    return max(1, math.ceil(_r(hours / 24.0)))
+
+
+def _gain_finding(  # noqa: PLR0917  (private; the finding's parts, named at each call)
+    c: _Context, shown: str, rule_id: str, found: _DayGain, op: str, kg: float, days: int
+) -> Finding:
+    ref = found.reference
+    days_text = "1 day" if found.days == 1 else f"{found.days} days"
+    text = f"{shown}, +{fmt(found.gain)} kg since {c.day_label(ref.t)} ({days_text})"
+    reference = Baseline(
+        method=f"lowest_on_day_{found.days}d_before",
+        value=_r(ref.value or 0.0),
+        unit="kg",
+        readings=found.readings,
+        since=datetime.fromtimestamp(ref.t, UTC),
+    )
+    return c.finding(rule_id, text, op, kg, "kg", window=f"{days}d", baseline=reference)
+
+
 def _weight(c: _Context) -> list[Finding]:
     out: list[Finding] = []
     v, p = c.value, c.point
     if v is None:
         return out
     shown = f"Weight {fmt(p.reported if p.reported is not None else v, 1)} {p.unit or 'kg'}"
-
-    def gain_since(hours: float) -> tuple[float, Point] | None:
-        earlier = [q for q in c.history.before(p.t, p.t - hours * 3600.0) if q.value is not None]
-        if not earlier:
-            return None
-        return _r(v - earlier[0].value), earlier[0]  # type: ignore[operator]  # filtered above
-
-    def reference(ref: Point, method: str) -> Baseline:
-        return Baseline(
-            method=method,
-            value=_r(ref.value or 0.0),
-            unit="kg",
-            readings=1,
-            since=datetime.fromtimestamp(ref.t, UTC),
-        )
-
     if c.plan.on("HF-1"):
-        hours, kg = c.plan.param("HF-1", "hours"), c.plan.param("HF-1", "kg")
-        found = gain_since(hours)
-        if found and found[0] > kg:  # strict: exactly 2.0 kg does not fire (trap 2)
-            gain, ref = found
-            days = (p.t - ref.t) / DAY_S
-            text = f"{shown}, +{fmt(gain)} kg since {_day_label(ref.t)} ({fmt(days)} days)"
-            out.append(
-                c.finding(
-                    "HF-1",
-                    text,
-                    ">",
-                    kg,
-                    "kg",
-                    window=f"{fmt(hours)}h",
-                    baseline=reference(ref, f"earliest_in_{fmt(hours)}h"),
-                )
-            )
+        days, kg = _window_days(c.plan.param("HF-1", "hours")), c.plan.param("HF-1", "kg")
+        found = _day_gain(c, days)
+        if found and found.gain > kg:  # strict: exactly 2.0 kg does not fire (trap 2)
+            out.append(_gain_finding(c, shown, "HF-1", found, ">", kg, days))
     if c.plan.on("HF-2"):
-        for hours, name in ((24.0, "kg_1d"), (72.0, "kg_3d")):
+        for days, name in ((1, "kg_1d"), (3, "kg_3d")):
             kg = c.plan.param("HF-2", name)
-            found = gain_since(hours)
-            if found and found[0] >= kg:
-                gain, ref = found
-                text = f"{shown}, +{fmt(gain)} kg since {_day_label(ref.t)}"
-                out.append(
-                    c.finding(
-                        "HF-2",
-                        text,
-                        ">=",
-                        kg,
-                        "kg",
-                        window=f"{fmt(hours)}h",
-                        baseline=reference(ref, f"earliest_in_{fmt(hours)}h"),
-                    )
-                )
+            found = _day_gain(c, days)
+            if found and found.gain >= kg:
+                out.append(_gain_finding(c, shown, "HF-2", found, ">=", kg, days))
                 break
     if c.plan.on("HF-3"):
         short, gap, kg = (c.plan.param("HF-3", k) for k in ("short_days", "gap_days", "kg"))
@@ -440,6 +462,12 @@ _BY_METRIC: dict[Metric, Callable[[_Context], list[Finding]]] = {
 }
 
 
-def evaluate(metric: Metric, point: Point, history: History, plan: RulePlan) -> list[Finding]:
-    """Every enabled rule `point` fulfils. `history` must already contain `point` (in event time)."""
-    return _BY_METRIC[metric](_Context(metric, point, history, plan))
+def evaluate(
+    metric: Metric, point: Point, history: History, plan: RulePlan, *, shown_in: tzinfo = UTC
+) -> list[Finding]:
+    """Every enabled rule `point` fulfils. `history` must already contain `point` (in event time).
+
+    `shown_in`: the time zone of every time in an explanation (the console's); measurement days are
+    counted in the patient's care-plan time zone, or in this one for a patient without a plan.
+    """
+    return _BY_METRIC[metric](_Context(metric, point, history, plan, shown_in))

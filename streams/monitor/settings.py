@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from contracts.settings import ConfigError, Settings, check_ranges, setting
+from contracts.settings import ConfigError, Settings, check_ranges, check_time_zone, setting
 
 __all__ = ["MonitorSettings"]
 
@@ -73,6 +73,19 @@ class MonitorSettings(Settings):
     tick_s: float = setting(
         1.0, env="VAKTROM_MONITOR_TICK_S", help="how often deadlines (silent, missed, all-clear) are checked"
     )
+    time_zone: str = setting(
+        "Europe/Oslo",
+        env="VAKTROM_ALERTS_TIME_ZONE",
+        help="the time zone of every time in an alert's explanation: the console's, so the same "
+        "variable as the alert service's (an IANA name); also the measurement days of a patient "
+        "without a care plan",
+    )
+    alert_path_max_age_s: float = setting(
+        30.0,
+        env="VAKTROM_MONITOR_ALERT_PATH_MAX_AGE_S",
+        help="/health says degraded (alerts may be delayed) while the oldest reading not yet evaluated "
+        "is older than this",
+    )
     metrics_host: str = setting(
         "127.0.0.1", env="VAKTROM_MONITOR_METRICS_HOST", help="address of the /metrics and /health endpoint"
     )
@@ -98,9 +111,11 @@ class MonitorSettings(Settings):
                 "VAKTROM_MONITOR_SILENT_AFTER_H": (self.silent_after_h, 0.1, 24 * 30),
                 "VAKTROM_MONITOR_MISSED_GRACE_MIN": (self.missed_grace_min, 0, 24 * 60),
                 "VAKTROM_MONITOR_TICK_S": (self.tick_s, 0.05, 60),
+                "VAKTROM_MONITOR_ALERT_PATH_MAX_AGE_S": (self.alert_path_max_age_s, 1, 86400),
                 "VAKTROM_MONITOR_METRICS_PORT": (self.metrics_port, 0, 65535),
             }
         )
+        check_time_zone("VAKTROM_ALERTS_TIME_ZONE", self.time_zone)
         if self.stale_after_h < self.late_after_h:
             raise ConfigError(
                 "VAKTROM_MONITOR_STALE_AFTER_H must not be shorter than VAKTROM_MONITOR_LATE_AFTER_H"

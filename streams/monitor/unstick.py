@@ -17,7 +17,9 @@ does not. Reading a backlog again would only make it longer.
 not moved for `after_s` although there are records beyond it (later offsets acknowledged, or, with
 the agent idle, the partition's end above the commit). The monitor then seeks the partition back to
 the committed offset: the lost messages are read and evaluated, and the ones after them are read
-again, which the engine ignores as replays (same position, same measurement id).
+again, which the engine ignores as replays (same measurement id). A lost reading comes after later
+readings of its patient, at a lower position: the engine evaluates it because its record does not
+hold it (`engine._replayed`; before issue #27 its position made it look replayed, and it was lost).
 """
 
 from __future__ import annotations

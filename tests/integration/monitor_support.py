@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -11,7 +13,7 @@ from contracts import topics
 from tests.conftest import Stack
 from tests.integration.stage_support import StageProcess, consume
 
-__all__ = ["MonitorProcess", "alert_events", "episodes_of"]
+__all__ = ["MonitorProcess", "SelfKillingMonitor", "alert_events", "episodes_of"]
 
 
 @dataclass
@@ -50,6 +52,30 @@ class MonitorProcess(StageProcess):
                 raise AssertionError(f"the monitor exited with {self.process.returncode}:\n{self.tail()}")
             time.sleep(0.5)
         raise AssertionError(f"{len(events)} of {count} alert events after {timeout} s:\n{self.tail()}")
+
+
+@dataclass
+class SelfKillingMonitor(MonitorProcess):
+    """The same monitor (same topics, data directory and group identity as a `MonitorProcess` of the
+    same name), which kills itself with SIGKILL as it takes its `kill_after`-th reading
+    (`tests/integration/monitor_kill.py`)."""
+
+    module: ClassVar[str] = "tests.integration.monitor_kill"
+    kill_after: int = 0
+
+    def stage_env(self) -> dict[str, str]:
+        return {**super().stage_env(), "VAKTROM_TEST_KILL_AFTER_READINGS": str(self.kill_after)}
+
+    def wait_killed(self, timeout: float) -> None:
+        """Wait for the kill; fail if the worker ended otherwise or is still running."""
+        assert self.process is not None
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"the monitor did not reach reading {self.kill_after} within {timeout} s:\n{self.tail()}"
+            ) from None
+        assert code == -signal.SIGKILL, f"the monitor exited with {code}, not by SIGKILL:\n{self.tail()}"
 
 
 def alert_events(stack: Stack, prefix: str) -> list[dict[str, Any]]:

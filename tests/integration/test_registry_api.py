@@ -116,3 +116,34 @@ def test_kits_through_the_api_admin_manages_kits_but_sees_no_patients(
     assert api.post(f"/kits/{kit}/retire", json={}, headers=admin).status_code == 200
     assert api.post(f"/kits/{kit}/retire", json={}, headers=admin).status_code == 409
     assert api.post("/kits", json={"kit_id": "bad/kit"}).status_code == 401
+
+
+def test_switching_an_opt_in_rule_on_through_the_api_stores_it_and_a_useless_one_is_refused(
+    stack: Stack, alerts: AlertsProcess, api: httpx.Client, conn: psycopg.Connection[Any], unique: str
+) -> None:
+    """PUT with `rules_on: ["HF-2"]` makes a version that names HF-2 as switched on (issue #27,
+    finding 4); a rule of the other SpO2 scale is refused with what to do, and nothing is stored."""
+    team = unique[:40]
+    conn.execute("INSERT INTO teams (team_id, name) VALUES (%s, %s)", (team, team))
+    coordinator, physician = (_as(conn, r, team) for r in (Role.COORDINATOR, Role.PHYSICIAN))
+    body = {
+        "name": "Kari Nordmann",
+        "national_id": new_national_id(),
+        "team_id": team,
+        "condition": "heart_failure",
+    }
+    made = api.post("/patients", json=body, headers=coordinator)
+    assert made.status_code == 201, made.text
+    patient = made.json()["patient_id"]
+    useless = {"reason": "scale 2 rule", "rules_on": ["NEWS2-S2"]}
+    refused = api.put(f"/patients/{patient}/careplan", json=useless, headers=physician)
+    assert refused.status_code == 422
+    assert "NEWS2-S2 applies only with the 88-92 % SpO2 target" in refused.json()["detail"]
+    assert _versions(conn, patient) == 1
+    on = {"reason": "fast fluid gain last admission", "rules_on": ["HF-2"]}
+    changed = api.put(f"/patients/{patient}/careplan", json=on, headers=physician)
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["plan"]["rules_on"] == ["HF-2"]
+    assert changed.json()["plan"]["thresholds"] == {}  # the documented defaults, not an override
+    published = consume(stack, topics.careplan_topic(alerts.prefix), until=2, timeout=30)
+    assert [v["rules_on"] for _k, v, _h in published] == [[], ["HF-2"]]

@@ -83,6 +83,12 @@ def test_a_coordinator_enrols_a_patient_changes_the_plan_and_hands_out_a_kit(
     assert "88-92 % (prescribed" in page
     assert "neutropenia: low fever line" in page
     assert _versions(conn, patient) == 2
+    # the opt-in rule is switched on in the stored plan, not only taken off `rules_off` (issue #27)
+    assert "<dt>Opt-in rules on</dt><dd>T-3</dd>" in page
+    (document,) = conn.execute(
+        "SELECT document FROM care_plans WHERE patient_id = %s AND version = 2", (patient,)
+    ).fetchone()
+    assert document["rules_on"] == ["T-3"]
 
     kit = f"{unique[:40]}-K"
     added = coordinator.post(

@@ -4,8 +4,11 @@ through the real bridge, and a care-plan change reaches the real monitor before 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 
@@ -19,6 +22,7 @@ from tests.integration.monitor_support import MonitorProcess, alert_events
 from tests.integration.registry_support import OPERATOR, KitClient, enrol, make_registry, new_team
 from tests.integration.stage_support import consume, produce
 
+REPO = Path(__file__).resolve().parents[2]
 MIDDAY_OSLO = datetime(2026, 11, 10, 11, 0, tzinfo=UTC)  # 12:00 Europe/Oslo (CET)
 
 
@@ -128,4 +132,59 @@ def test_a_care_plan_change_reaches_the_monitor_and_changes_the_next_reading(
     assert event["patient_id"] == patient
     assert event["threshold"]["value"] == 37.5
     assert event["threshold"]["from_care_plan"] is True
+    assert monitor.stop() == 0
+
+
+def test_an_opt_in_rule_switched_on_from_the_command_line_raises_its_alert(
+    stack: Stack, monitor: MonitorProcess, unique: str
+) -> None:
+    """`careplan set --rule-on HF-2` (issue #27, finding 4) stores a plan that runs HF-2 with its
+    default 1.36 kg: a 1.5 kg gain from late evening to the next morning (two measurement days in
+    Oslo, 8.5 h apart) opens an HF-2 episode; before, the new version changed nothing."""
+    registry = make_registry(stack, root=f"{unique}/v1", prefix=monitor.prefix)
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        team = new_team(conn, unique[:40])
+        patient = enrol(registry, conn, team, "Patient W", condition=Condition.HEART_FAILURE)
+    registry.publisher.close()  # type: ignore[union-attr]
+    env = {
+        **stack.env,
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        "VAKTROM_TOPIC_PREFIX": monitor.prefix,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "registry", "careplan", "set", patient, "--rule-on", "HF-2",
+         "--reason", "fast fluid gain last admission"],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "version 2 stored and published" in done.stdout
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        (document,) = conn.execute(
+            "SELECT document FROM care_plans WHERE patient_id = %s AND version = 2", (patient,)
+        ).fetchone()
+    assert document["rules_on"] == ["HF-2"]
+    monitor.start()
+    time.sleep(2)
+
+    def weight(value: float, at: datetime) -> list[tuple[str, bytes]]:
+        key, payload, *_ = make_measurement(
+            patient=patient, kit=f"{unique}-K", metric=Metric.BODY_WEIGHT, reported=value, at=at
+        )
+        return [(key, payload)]
+
+    evening = datetime(2026, 11, 10, 22, 0, tzinfo=UTC)  # 23:00 in Oslo
+    produce(stack, topics.measurement_topic(monitor.prefix), weight(80.0, evening))
+    time.sleep(2)
+    produce(
+        stack,
+        topics.measurement_topic(monitor.prefix),
+        weight(81.5, evening + timedelta(hours=8, minutes=30)),
+    )
+    (event,) = monitor.wait_events(stack, 1)
+    assert event["rule_id"] == "HF-2"
+    assert event["patient_id"] == patient
+    assert (event["threshold"]["value"], event["threshold"]["window"]) == (1.36, "1d")
+    assert event["threshold"]["from_care_plan"] is False  # the documented default, not an override
+    assert event["explanation"].startswith("Weight 81.5 kg, +1.5 kg since 10 Nov (1 day)")
     assert monitor.stop() == 0

@@ -8,6 +8,8 @@ import pytest
 
 from contracts import RULE_IDS, THRESHOLD_LIMITS, Condition, Metric, Spo2Scale, threshold_problems
 from registry.careplans import DEFAULT_EXPECTED, PlanChange, PlanError, apply_change, default_plan, propose
+from streams.monitor.catalogue import RULES
+from streams.monitor.plan import rule_plan
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 
@@ -127,3 +129,58 @@ def test_a_proposal_is_a_change_a_clinician_can_accept() -> None:
     proposal = propose(_series(Metric.PULSE, [60, 62, 58, 61, 59, 60], 6))
     plan = apply_change(_plan(), proposal.as_change("accepted"), by="dr", at=T0, known_rules=RULE_IDS)
     assert plan.thresholds["HF-4"] == proposal.thresholds["HF-4"]
+
+
+# ------------------------------------------------------------------ opt-in rules (issue #27, finding 4)
+def _on(plan, rule: str) -> bool:  # type: ignore[no-untyped-def]
+    return rule_plan(plan).on(rule)
+
+
+@pytest.mark.parametrize(
+    ("condition", "rule"),
+    [
+        (Condition.HEART_FAILURE, "HF-2"),
+        (Condition.INFECTION_WATCH, "T-3"),
+        (Condition.HEART_FAILURE, "RS-6"),
+        (Condition.COPD, "RS-1"),  # on scale 1 RS-1 is opt-in
+    ],
+)
+def test_switching_an_opt_in_rule_on_turns_it_on_with_its_default_parameters(
+    condition: Condition, rule: str
+) -> None:
+    """`--rule-on` of a rule that is off by default makes the monitor run it, with the catalogue's
+    defaults: the version is not the previous one with nothing changed."""
+    before = _plan(condition)
+    assert not _on(before, rule)
+    after = apply_change(
+        before, PlanChange(reason="on", rules_on=[rule]), by="dr", at=T0, known_rules=RULE_IDS
+    )
+    assert after.rules_on == [rule]
+    assert after.thresholds == {}
+    assert _on(after, rule)
+    assert rule_plan(after).params[rule] == dict(RULES[rule].params)
+
+
+def test_an_opt_in_rule_stays_on_until_switched_off_again() -> None:
+    """Later changes keep an opt-in rule on; switching it off removes it from `rules_on`."""
+    on = apply_change(_plan(Condition.HEART_FAILURE), PlanChange(reason="on", rules_on=["HF-2"]),
+                      by="dr", at=T0, known_rules=RULE_IDS)  # fmt: skip
+    later = apply_change(on, PlanChange(reason="t", thresholds={"T-1": {"cel": 37.8}}), by="dr", at=T0,
+                         known_rules=RULE_IDS)  # fmt: skip
+    assert _on(later, "HF-2")
+    off = apply_change(
+        later, PlanChange(reason="off", rules_off=["HF-2"]), by="dr", at=T0, known_rules=RULE_IDS
+    )
+    assert (off.rules_on, off.rules_off) == ([], ["HF-2"])
+    assert not _on(off, "HF-2")
+
+
+def test_a_rule_of_the_other_spo2_scale_cannot_be_switched_on() -> None:
+    """NEWS2-S2 applies only on scale 2: switching it on for a scale-1 patient is refused with what
+    to do, instead of a version that changes nothing; with the prescribed target it is accepted."""
+    with pytest.raises(
+        PlanError, match=r"NEWS2-S2 applies only with the 88-92 % SpO2 target.*--spo2-target 88-92"
+    ):
+        _change(rules_on=["NEWS2-S2"])
+    plan = _change(rules_on=["NEWS2-S2"], spo2_target="88-92")
+    assert _on(plan, "NEWS2-S2")

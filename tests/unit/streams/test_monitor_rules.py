@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import msgspec
 import pytest
@@ -26,6 +27,12 @@ from streams.monitor.plan import rule_plan
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 PATIENT = "P-RULES-1"
+OSLO = ZoneInfo("Europe/Oslo")
+
+
+def _oslo(*parts: int) -> datetime:
+    """A wall-clock time in Oslo (the default care-plan and console time zone)."""
+    return datetime(*parts, tzinfo=OSLO)  # type: ignore[misc]
 
 
 def plan(condition: Condition, **kw: object) -> CarePlan:
@@ -158,11 +165,12 @@ def test_hf1_explains_itself_with_value_gain_and_reference_day() -> None:
     assert (event.threshold.op, event.threshold.value) == (">", 2.0)
 
 
-def test_hf1_uses_the_earliest_reading_of_the_72_hours() -> None:
-    """A gain counted from a reading older than 72 h does not fire HF-1."""
+def test_hf1_does_not_count_a_reading_four_measurement_days_before() -> None:
+    """A reading on the fourth local day before is outside "3 days", however few minutes past
+    72 h it is: 23:59 on 28 Oct to 00:01 on 1 Nov (Oslo) is 72 h 2 min and does not fire."""
     p = Patient(plan(Condition.HEART_FAILURE))
-    p.feed(Metric.BODY_WEIGHT, 80.0, T0)
-    events = p.feed(Metric.BODY_WEIGHT, 82.5, T0 + timedelta(hours=72, minutes=1))
+    p.feed(Metric.BODY_WEIGHT, 80.0, _oslo(2026, 10, 28, 23, 59))
+    events = p.feed(Metric.BODY_WEIGHT, 82.5, _oslo(2026, 11, 1, 0, 1))
     assert "HF-1" not in {e.rule_id for e in events}
 
 
@@ -416,8 +424,10 @@ def test_positions_do_not_hide_new_or_late_readings() -> None:
     assert p.feed(Metric.GLUCOSE, 3.6, T0 + timedelta(hours=1), offset=0), "newer than anything held"
     assert p.records[Metric.GLUCOSE].offset == 0
     assert p.records[Metric.GLUCOSE].history.count == 4
-    # a reading at an applied position but measured earlier than the newest held is a replay
-    assert p.feed(Metric.GLUCOSE, 3.9, T0 + timedelta(minutes=5), offset=0) == []
+    # a reading at an applied position measured before anything held is a replay the record can no
+    # longer recognise (one within what it holds but not among it was never applied: it counts)
+    assert p.feed(Metric.GLUCOSE, 3.0, T0 - timedelta(minutes=5), offset=0) == []
+    assert p.records[Metric.GLUCOSE].history.count == 4
 
 
 def test_state_written_before_positions_were_kept_still_decodes() -> None:
