@@ -1,7 +1,8 @@
 """The JSON API of the response centre, for electronic patient records and other systems.
 
     GET  /api/v1/me, /api/v1/queue, /api/v1/alerts/{id}, /api/v1/alerts/{id}/trend
-    POST /api/v1/alerts/{id}/claim | start | resolve
+    POST /api/v1/alerts/{id}/claim | start | resolve | unclaim | reassign | acknowledge
+    POST /api/v1/handover                 all the caller's open alerts, to a colleague or the queue
 
 Clients authenticate with `Authorization: Bearer <token>` (`python -m alerts.admin token USER`);
 a browser session may call it too, with its CSRF token. Patients appear by pseudonym only. The
@@ -13,17 +14,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from alerts import store
+from alerts import handoff, store
 from alerts.accounts import Principal, Role
-from alerts.context import ActionResult, Clinician, Ctx, QueueFilters, api_user, csrf_checked
+from alerts.context import ActionResult, Clinician, Console, Ctx, QueueFilters, api_user, csrf_checked
 from alerts.store import Resolution
 from alerts.trend import trend
 from contracts import Severity
 
-__all__ = ["api"]
+__all__ = ["api", "handover"]
 
 
 class AlertBase(BaseModel):
@@ -37,14 +38,20 @@ class AlertBase(BaseModel):
     state: str
     assignee: str | None
     count: int
-    opened_at: datetime
+    opened_at: datetime = Field(description="clinical time: the episode's first qualifying reading")
     last_seen_at: datetime
+    episode_resolved_at: datetime | None = Field(description="clinical time: the monitor saw it clear")
     received_at: datetime
     escalation_step: int
+    alarm_round: int = Field(description="1, plus one each time the alert came back as needing action")
 
 
 class QueueItem(AlertBase):
-    target_used: float = Field(description="share of the severity's response-time target used so far")
+    clock_from: datetime = Field(description="when the response-time clock of this alarm round started")
+    target_used: float | None = Field(
+        description="share of the severity's response-time target used so far; null for an episode "
+        "resolved before review (state to_acknowledge), which has no target"
+    )
 
 
 class TimelineEntry(BaseModel):
@@ -68,6 +75,33 @@ class AlertDetail(AlertBase):
 class ResolveBody(BaseModel):
     resolution: Resolution
     note: str = Field("", max_length=2000)
+    alarm_round: int | None = Field(
+        None, description="the alarm round the caller saw: refused (409) if the alert has come back since"
+    )
+
+
+class ReassignBody(BaseModel):
+    to: str = Field(
+        max_length=64, description="the colleague's username (active, clinical, of the patient's team)"
+    )
+
+
+class AcknowledgeBody(BaseModel):
+    note: str = Field("", max_length=2000)
+    alarm_round: int | None = Field(
+        None, description="the alarm round the caller saw: refused (409) if the alert has come back since"
+    )
+
+
+class HandoverBody(BaseModel):
+    to: str | None = Field(
+        None, max_length=64, description="the colleague's username; null: back to the queue"
+    )
+
+
+class HandoverResult(BaseModel):
+    handed_over: list[str] = Field(description="the episode ids handed over")
+    to: str | None
 
 
 class Me(BaseModel):
@@ -140,5 +174,76 @@ def api_resolve(
     csrf_checked(request, who, None)
     return ctx.act(
         request, who, episode_id, "resolve",
-        lambda c, u: store.complete(c, episode_id, u, body.resolution, body.note.strip()),
+        lambda c, u: store.complete(
+            c, episode_id, u, body.resolution, body.note.strip(), alarm_round=body.alarm_round
+        ),
     )  # fmt: skip
+
+
+@api.post("/alerts/{episode_id}/unclaim", response_model=ActionResult, tags=["alerts"], responses=_CONFLICT)
+def api_unclaim(request: Request, ctx: Ctx, episode_id: str, who: Clinician) -> ActionResult:
+    """Give an alert back to the queue: the nurse who holds it, or a coordinator."""
+    csrf_checked(request, who, None)
+    manager = who.role is Role.COORDINATOR
+    return ctx.act(
+        request, who, episode_id, "unclaim", lambda c, u: handoff.unclaim(c, episode_id, u, manager=manager)
+    )
+
+
+@api.post("/alerts/{episode_id}/reassign", response_model=ActionResult, tags=["alerts"], responses=_CONFLICT)
+def api_reassign(
+    request: Request, ctx: Ctx, episode_id: str, body: ReassignBody, who: Clinician
+) -> ActionResult:
+    """Pass an alert to a colleague of the patient's team (the nurse who holds it, or a coordinator);
+    it reaches them as claimed, and escalates if they do not start it within the target."""
+    csrf_checked(request, who, None)
+    manager, to = who.role is Role.COORDINATOR, body.to.strip().lower()
+    return ctx.act(
+        request, who, episode_id, "reassign",
+        lambda c, u: handoff.reassign(c, episode_id, u, to, manager=manager),
+    )  # fmt: skip
+
+
+@api.post(
+    "/alerts/{episode_id}/acknowledge", response_model=ActionResult, tags=["alerts"], responses=_CONFLICT
+)
+def api_acknowledge(
+    request: Request, ctx: Ctx, episode_id: str, who: Clinician, body: AcknowledgeBody | None = None
+) -> ActionResult:
+    """Close an episode the monitor resolved before anyone reviewed it (state to_acknowledge)."""
+    csrf_checked(request, who, None)
+    note, seen = (body.note.strip(), body.alarm_round) if body is not None else ("", None)
+    return ctx.act(
+        request, who, episode_id, "acknowledge",
+        lambda c, u: store.acknowledge(c, episode_id, u, note, alarm_round=seen),
+    )  # fmt: skip
+
+
+@api.post("/handover", response_model=HandoverResult, tags=["alerts"], responses=_CONFLICT)
+def api_handover(request: Request, ctx: Ctx, body: HandoverBody, who: Clinician) -> HandoverResult:
+    """End of shift: every alert the caller holds goes to a colleague (`to`) or back to the queue
+    (`to` null); all or none (409 when the colleague cannot take one of them)."""
+    csrf_checked(request, who, None)
+    to = body.to.strip().lower() if body.to else None
+    return HandoverResult(handed_over=handover(ctx, request, who, to), to=to)
+
+
+def handover(ctx: Console, request: Request, who: Principal, to: str | None) -> list[str]:
+    """Hand over and audit: one entry for the handover, one per alert (for the patient's record)."""
+    try:
+        with ctx.db() as conn:
+            moved = handoff.handover(conn, who.username, to)
+            patients = dict(
+                conn.execute(
+                    "SELECT episode_id, patient_id FROM alerts WHERE episode_id = ANY(%s)", (moved,)
+                ).fetchall()
+            )
+            conn.rollback()
+    except store.WorkflowError as exc:
+        ctx.audit(request, who.username, "handover_refused", target=to, detail={"reason": str(exc)})
+        raise HTTPException(409, str(exc)) from None
+    ctx.audit(request, who.username, "handover", target=to, detail={"alerts": len(moved), "to": to})
+    for eid in moved:
+        ctx.audit(request, who.username, "handed_over", target=eid, patient_id=patients.get(eid),
+                  detail={"to": to})  # fmt: skip
+    return moved

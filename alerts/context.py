@@ -64,7 +64,14 @@ RESOLUTION_LABELS = {
 }
 VIEWS = ("all", "unassigned", "mine")
 Action = Callable[[psycopg.Connection[Any], str], datetime]  # (connection, username) -> when it happened
-REACHED = {"claim": "claimed", "start": "in_progress", "resolve": "resolved"}  # the state an action leads to
+REACHED = {  # the state an action leads to
+    "claim": "claimed",
+    "start": "in_progress",
+    "resolve": "resolved",
+    "unclaim": "new",
+    "reassign": "claimed",
+    "acknowledge": "acknowledged",
+}
 
 
 class ActionResult(BaseModel):

@@ -1,11 +1,15 @@
 """Response-time targets, the urgency order of the queue, and escalation of unanswered alerts.
 
-Step k of an alert that is still new fires k targets after the alert reached the centre:
+Step k of an alert nobody has acted on fires k targets after its clock started:
 
     1  re-notify the team         2  the coordinator on duty         3  the on-call physician
 
-Escalation stops once the alert is claimed or closed (only `new` rows are looked at). Time is
-passed in (`now`), so tests and the benchmark drive it with their own clock.
+The clock starts when the alert reaches the centre and restarts when it comes back as needing
+action (a new alarm round, `rearmed_at`; see docs/alert-lifecycle.md). Escalation goes on while the
+alert is new or only claimed (a claim is a promise, not an action) and the monitor still sees the
+condition; it stops once a nurse starts work on it or it is closed, and an episode resolved before
+review does not escalate. Each step fires once per round. Time is passed in (`now`), so tests and
+the benchmark drive it with their own clock.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class Targets:
 
 
 _TARGET = "(CASE severity WHEN 'red' THEN %(t_red)s WHEN 'yellow' THEN %(t_yellow)s ELSE %(t_info)s END)"
+# When the alert's escalation clock started: its arrival, or the start of its latest alarm round.
+_CLOCK = "coalesce(rearmed_at, received_at)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,36 +87,35 @@ def escalate_due(
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(
             f"""
-            SELECT episode_id, patient_id, severity, escalation_step, received_at
+            SELECT episode_id, patient_id, severity, escalation_step, {_CLOCK}, alarm_round, state, assignee
             FROM alerts
-            WHERE state = 'new' AND escalation_step < 3
+            WHERE state IN ('new', 'claimed') AND escalation_step < 3 AND episode_resolved_at IS NULL
               AND (severity <> 'info' OR %(t_info)s < interval '36500 days')
-              AND received_at + (escalation_step + 1) * {_TARGET} <= %(now)s
-            ORDER BY received_at
+              AND {_CLOCK} + (escalation_step + 1) * {_TARGET} <= %(now)s
+            ORDER BY {_CLOCK}
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
             """,  # noqa: S608  (only the fixed CASE expression is formatted in; values are parameters)
             params,
         )
-        for episode_id, patient_id, severity, step, received_at in cur.fetchall():
+        for episode_id, patient_id, severity, step, clock, round_, state, assignee in cur.fetchall():
             nxt = Step(step + 1)
             cur.execute(
                 "UPDATE alerts SET escalation_step = %s, updated_at = now() "
-                "WHERE episode_id = %s AND escalation_step = %s AND state = 'new'",
-                (int(nxt), episode_id, step),
+                "WHERE episode_id = %s AND escalation_step = %s AND alarm_round = %s "
+                "AND state IN ('new', 'claimed')",
+                (int(nxt), episode_id, step, round_),
             )
             if cur.rowcount != 1:
                 continue
-            waiting = now - received_at
+            waiting = now - clock
+            detail = {"step": int(nxt), "to": nxt.name.lower(), "waiting_s": waiting.total_seconds(),
+                      "round": round_, "state": state, "assignee": assignee}  # fmt: skip
             cur.execute(
                 "INSERT INTO alert_timeline (episode_id, kind, at, detail) VALUES (%s, 'escalation', %s, %s)",
-                (
-                    episode_id,
-                    now,
-                    Jsonb({"step": int(nxt), "to": nxt.name.lower(), "waiting_s": waiting.total_seconds()}),
-                ),
+                (episode_id, now, Jsonb(detail)),
             )
-            enqueue(cur, episode_id, int(nxt), (routes or {}).get(nxt, ()), at=now)
+            enqueue(cur, episode_id, int(nxt), (routes or {}).get(nxt, ()), at=now, alarm_round=round_)
             taken.append(Escalation(episode_id, patient_id, Severity(severity), nxt, waiting))
     return taken
 
@@ -129,9 +134,10 @@ def queue(
     limit: int = 200,
 ) -> list[dict[str, Any]]:
     """Open alerts in urgency order: red, yellow, info; within a severity, the largest share of
-    the response-time target already used first (that is, the longest waiting). `team_id` keeps
+    the response-time target already used first (that is, the longest waiting). Episodes resolved
+    before review come after them (no target: by severity, then oldest first). `team_id` keeps
     the patients that team follows (a patient not enrolled in a team is seen centre-wide only)."""
-    where = ["a.state IN ('new', 'claimed', 'in_progress')"]
+    where = ["a.state IN ('new', 'claimed', 'in_progress', 'to_acknowledge')"]
     params: dict[str, Any] = {**targets.sql_params(), "now": now, "limit": limit}
     if mine:
         where.append("a.assignee = %(user)s")
@@ -148,20 +154,24 @@ def queue(
         where.append("p.team_id = %(team)s")
         params["team"] = team_id
     target = _TARGET.replace("severity", "a.severity")
+    clock = _CLOCK.replace("rearmed_at", "a.rearmed_at").replace("received_at", "a.received_at")
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             f"""
             SELECT a.episode_id, a.patient_id, pi.sealed, pi.key_id, p.team_id, a.rule_id, a.metric,
                    a.severity,
                    a.explanation, a.state, a.assignee, a.count, a.opened_at, a.last_seen_at,
-                   a.received_at, a.escalation_step,
-                   {target} AS target,
-                   (extract(epoch FROM (%(now)s - a.received_at)) / extract(epoch FROM {target}))::float8
-                       AS target_used
+                   a.episode_resolved_at, a.received_at, {clock} AS clock_from, a.alarm_round,
+                   a.escalation_step, {target} AS target,
+                   CASE WHEN a.state <> 'to_acknowledge' THEN
+                   (extract(epoch FROM (%(now)s - {clock})) / extract(epoch FROM {target}))::float8
+                   END AS target_used
             FROM alerts a LEFT JOIN patients p USING (patient_id)
                  LEFT JOIN patient_identities pi USING (patient_id)
             WHERE {" AND ".join(where)}
-            ORDER BY CASE a.severity WHEN 'red' THEN 0 WHEN 'yellow' THEN 1 ELSE 2 END, target_used DESC
+            ORDER BY a.state = 'to_acknowledge',
+                     CASE a.severity WHEN 'red' THEN 0 WHEN 'yellow' THEN 1 ELSE 2 END,
+                     target_used DESC NULLS LAST, a.opened_at
             LIMIT %(limit)s
             """,  # noqa: S608  (fixed fragments only; values are parameters)
             params,

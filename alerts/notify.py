@@ -208,20 +208,27 @@ class Email:
 
 
 def enqueue(
-    cur: psycopg.Cursor[Any], episode_id: str, step: int, routes: Sequence[Route], *, at: datetime
+    cur: psycopg.Cursor[Any],
+    episode_id: str,
+    step: int,
+    routes: Sequence[Route],
+    *,
+    at: datetime,
+    alarm_round: int = 1,
 ) -> None:
-    """Outbox rows for one step taken `at` (in the caller's transaction); a repeated step adds nothing."""
+    """Outbox rows for one step taken `at` (in the caller's transaction); a repeated step of the same
+    alarm round adds nothing (an alert that needs action again notifies again: migration 0009)."""
     for route in routes:
         cur.execute(
-            "INSERT INTO notifications (episode_id, step, channel, target, created_at, next_attempt_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (episode_id, step, route.channel, route.target, at, at),
+            "INSERT INTO notifications (episode_id, alarm_round, step, channel, target, created_at, "
+            "next_attempt_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (episode_id, alarm_round, step, route.channel, route.target, at, at),
         )
 
 
 _NEXT = """
 SELECT n.notification_id, n.episode_id, n.step, n.channel, n.target, n.attempts,
-       a.patient_id, a.severity, a.rule_id, a.received_at
+       a.patient_id, a.severity, a.rule_id, coalesce(a.rearmed_at, a.received_at)
 FROM notifications n JOIN alerts a USING (episode_id)
 WHERE n.sent_at IS NULL AND n.failed_at IS NULL AND n.next_attempt_at <= %(now)s
 ORDER BY n.next_attempt_at

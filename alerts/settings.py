@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import zoneinfo
 from datetime import timedelta
 
 from alerts.escalation import Step, Targets
 from alerts.notify import Route, parse_routes
-from contracts.settings import ConfigError, Settings, check_ranges, setting
+from contracts.settings import ConfigError, Settings, check_ranges, check_time_zone, setting
 
 __all__ = ["AlertsSettings"]
 
@@ -49,6 +48,22 @@ class AlertsSettings(Settings):
     )
     metrics_port: int = setting(
         9467, env="VAKTROM_ALERTS_METRICS_PORT", help="port of the /metrics and /health endpoint (0: off)"
+    )
+    alert_path_max_age_s: float = setting(
+        30.0,
+        env="VAKTROM_ALERTS_ALERT_PATH_MAX_AGE_S",
+        help="/health says degraded (alerts may be delayed) while the oldest alert event not yet in the "
+        "store is older than this",
+    )
+    watch_stages: str = setting(
+        "bridge=http://127.0.0.1:9464/health,monitor=http://127.0.0.1:9466/health,"
+        "archive=http://127.0.0.1:9465/health",
+        env="VAKTROM_ALERTS_WATCH_STAGES",
+        help="the other stages' /health URLs as name=url,...; the console shows nurses a banner while "
+        "one is degraded or does not answer (this service's own feed is always watched; empty: no others)",
+    )
+    watch_every_s: float = setting(
+        5.0, env="VAKTROM_ALERTS_WATCH_EVERY_S", help="how often the stages' /health are asked"
     )
     http_host: str = setting(
         "127.0.0.1", env="VAKTROM_ALERTS_HTTP_HOST", help="address the console and the HTTP API listen on"
@@ -128,15 +143,12 @@ class AlertsSettings(Settings):
                 "VAKTROM_ALERTS_IDLE_MINUTES": (self.idle_minutes, 1, 24 * 60),
                 "VAKTROM_ALERTS_SMTP_PORT": (self.smtp_port, 1, 65535),
                 "VAKTROM_ALERTS_NOTIFY_EVERY_S": (self.notify_every_s, 0.1, 600),
+                "VAKTROM_ALERTS_ALERT_PATH_MAX_AGE_S": (self.alert_path_max_age_s, 1, 86400),
+                "VAKTROM_ALERTS_WATCH_EVERY_S": (self.watch_every_s, 0.5, 600),
             }
         )
-        try:
-            zoneinfo.ZoneInfo(self.time_zone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(
-                f"VAKTROM_ALERTS_TIME_ZONE={self.time_zone!r} is not a known time zone; use an IANA name "
-                "such as Europe/Oslo"
-            ) from None
+        _ = self.watched  # parses, so a typo fails here
+        check_time_zone("VAKTROM_ALERTS_TIME_ZONE", self.time_zone)
         routes = [r for rs in self.routes.values() for r in rs]  # parses, so a typo fails here
         if any(r.channel == "webhook" for r in routes) and len(self.webhook_secret) < 16:
             raise ConfigError(
@@ -175,3 +187,26 @@ class AlertsSettings(Settings):
         return Targets(
             red=timedelta(minutes=self.red_target_min), yellow=timedelta(minutes=self.yellow_target_min)
         )
+
+    @property
+    def watched(self) -> dict[str, str]:
+        """The stages whose /health the console watches, by name (VAKTROM_ALERTS_WATCH_STAGES)."""
+        stages: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in self.watch_stages.split(","))):
+            name, _, url = item.partition("=")
+            name, url = name.strip(), url.strip()
+            if not name or not url.startswith(("http://", "https://")) or name in stages:
+                raise ConfigError(
+                    f"VAKTROM_ALERTS_WATCH_STAGES: {item!r} is not name=http://host:port/health (each name "
+                    "once), e.g. bridge=http://127.0.0.1:9464/health,monitor=http://127.0.0.1:9466/health"
+                )
+            stages[name] = url
+        return stages
+
+    @property
+    def own_health_url(self) -> str | None:
+        """This service's own /health (its feed's alert-path age), or None when it is not served."""
+        if not self.metrics_port:
+            return None
+        host = "127.0.0.1" if self.metrics_host in ("0.0.0.0", "::", "") else self.metrics_host  # noqa: S104  (a wildcard is reached on loopback)
+        return f"http://{host}:{self.metrics_port}/health"

@@ -1,9 +1,11 @@
 """The alert store in PostgreSQL: episodes applied idempotently, and the nurses' workflow on them.
 
-Tables from migration 0004. Every function takes an open connection and runs in its caller's
-transaction, except where it says it commits. Concurrency is settled by the database, not by the
-caller: a claim is one conditional UPDATE, so two nurses claiming at once get one winner however
-many service instances they reach.
+Tables from migrations 0004 and 0009. Every function takes an open connection and runs in its
+caller's transaction, except where it says it commits. Concurrency is settled by the database, not
+by the caller: a claim is one conditional UPDATE, and the other actions and each applied event lock
+the alert's row, so two nurses acting at once, or a nurse and the monitor, are serialised however
+many service instances they reach. The lifecycle (which event or action leads where, and why) is
+drawn and argued in docs/alert-lifecycle.md.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "Applied",
     "Resolution",
     "WorkflowError",
+    "acknowledge",
     "apply_events",
     "claim",
     "complete",
@@ -64,11 +67,11 @@ class Applied:
 _UPSERT = """
 INSERT INTO alerts (
     episode_id, version, patient_id, rule_id, rule_source, metric, severity, explanation,
-    opened_at, last_seen_at, episode_resolved_at, count, late, event
+    opened_at, last_seen_at, episode_resolved_at, count, late, event, received_at
 ) VALUES (
     %(episode_id)s, %(version)s, %(patient_id)s, %(rule_id)s, %(rule_source)s, %(metric)s,
     %(severity)s, %(explanation)s, %(opened_at)s, %(last_seen_at)s, %(resolved_at)s, %(count)s,
-    %(late)s, %(event)s
+    %(late)s, %(event)s, coalesce(%(now)s::timestamptz, now())
 )
 ON CONFLICT (episode_id) DO UPDATE SET
     version = EXCLUDED.version, rule_id = EXCLUDED.rule_id, rule_source = EXCLUDED.rule_source,
@@ -85,20 +88,42 @@ VALUES (%s, %s, %s, %s)
 ON CONFLICT (episode_id, version) WHERE version IS NOT NULL DO NOTHING
 """
 
-# An info episode the monitor resolved while nobody had claimed it leaves the queue by itself.
-_AUTO_CLOSE = """
-UPDATE alerts SET state = 'closed', closed_at = now(), updated_at = now()
-WHERE episode_id = %s AND state = 'new' AND severity = 'info' AND episode_resolved_at IS NOT NULL
-RETURNING episode_id
-"""
+_RANK = {Severity.INFO: 0, Severity.YELLOW: 1, Severity.RED: 2}
+_CLOSED = frozenset({"resolved", "closed", "acknowledged", "to_acknowledge"})
+
+# The row before an event is applied, locked, so a nurse's action and the event are serialised.
+_HELD = "SELECT state, severity, episode_resolved_at IS NOT NULL FROM alerts WHERE episode_id = %s FOR UPDATE"
+
+# A new alarm round: the escalation clock restarts now and its steps are taken again.
+_REARM = (
+    "rearmed_at = coalesce(%(now)s::timestamptz, now()), escalation_step = 0, alarm_round = alarm_round + 1, "
+    "updated_at = now()"
+)
 
 
-def apply_events(conn: psycopg.Connection[Any], events: Iterable[AlertEvent]) -> Applied:
+@dataclass(frozen=True, slots=True)
+class _Held:
+    state: str
+    severity: Severity
+    monitor_resolved: bool
+
+
+def apply_events(
+    conn: psycopg.Connection[Any], events: Iterable[AlertEvent], *, now: datetime | None = None
+) -> Applied:
     """Apply alert events by (episode id, version); the caller commits. Order within the batch does
-    not matter: the newest version wins, and each version is written to the timeline once."""
+    not matter: the newest version wins, and each version is written to the timeline once. A newer
+    version also moves the alert through its lifecycle (docs/alert-lifecycle.md): back to a nurse
+    when it needs action again, or to acknowledgement when it resolved before anyone reviewed it.
+    `now` is the centre's clock for arrival and alarm rounds (tests drive it); None: the database's."""
     inserted = updated = ignored = closed = 0
     with conn.cursor() as cur:
-        for event in events:
+        # Rows are locked in episode order, as a handover locks them, so the two cannot deadlock;
+        # the sort is stable, so each episode's versions keep their order of arrival.
+        for event in sorted(events, key=lambda e: e.episode_id):
+            cur.execute(_HELD, (event.episode_id,))
+            found = cur.fetchone()
+            held = None if found is None else _Held(found[0], Severity(found[1]), bool(found[2]))
             payload = _to_builtins(event)
             row = {
                 **payload,
@@ -106,6 +131,7 @@ def apply_events(conn: psycopg.Connection[Any], events: Iterable[AlertEvent]) ->
                 "opened_at": event.opened_at,
                 "last_seen_at": event.last_seen_at,
                 "resolved_at": event.resolved_at,
+                "now": now,
             }
             cur.execute(_UPSERT, row)
             result = cur.fetchone()
@@ -123,18 +149,89 @@ def apply_events(conn: psycopg.Connection[Any], events: Iterable[AlertEvent]) ->
                 "trace": payload.get("trace", {}),
             }
             cur.execute(_TIMELINE_EVENT, (event.episode_id, event.change.value, event.version, Jsonb(detail)))
-            if event.change is EpisodeChange.RESOLVED and event.severity is Severity.INFO:
-                cur.execute(_AUTO_CLOSE, (event.episode_id,))
-                if cur.fetchone() is not None:
-                    closed += 1
-                    cur.execute(
-                        "INSERT INTO alert_timeline (episode_id, kind, detail) VALUES (%s, 'closed', %s)",
-                        (
-                            event.episode_id,
-                            Jsonb({"reason": "resolved by the monitor before anyone claimed it"}),
-                        ),
-                    )
+            if result is not None and _lifecycle(cur, event, held, now):
+                closed += 1
     return Applied(inserted, updated, ignored, closed)
+
+
+def _monitor_resolved(event: AlertEvent) -> bool:
+    return event.change is EpisodeChange.RESOLVED or event.resolved_at is not None
+
+
+def _lifecycle(cur: psycopg.Cursor[Any], event: AlertEvent, held: _Held | None, now: datetime | None) -> bool:
+    """What a newer version does to the workflow state; True when it closed an info alert."""
+    if _monitor_resolved(event):
+        if held is None or held.state == "new":
+            return _resolved_before_review(cur, event)
+        return False  # a nurse has it, or it is closed: the monitor's resolution is in the timeline
+    if held is None:
+        return False
+    worsened = _RANK[event.severity] > _RANK[held.severity]
+    recurred = held.monitor_resolved
+    if held.state in _CLOSED:
+        to, reason = "new", _reason(worsened, recurred, f"a new qualifying reading after it was {held.state}")
+    elif held.state == "in_progress":
+        to, reason = "claimed", _reason(worsened, recurred, "a new qualifying reading while in progress")
+    elif worsened or recurred:  # new or claimed: a plain update must not postpone the clock
+        to, reason = held.state, _reason(worsened, recurred, "")
+    else:
+        return False
+    assignee = "NULL" if to == "new" else "assignee"
+    clear = (
+        ", resolution = NULL, resolution_note = NULL, closed_at = NULL, claimed_at = NULL"
+        if to == "new"
+        else ""
+    )
+    cur.execute(
+        f"UPDATE alerts SET state = %(to)s, assignee = {assignee}, {_REARM}{clear} "  # noqa: S608  (fixed fragments)
+        "WHERE episode_id = %(eid)s RETURNING alarm_round",
+        {"to": to, "eid": event.episode_id, "now": now},
+    )
+    found = cur.fetchone()
+    detail = {"reason": reason, "from": held.state, "to": to, "version": event.version,
+              "severity": event.severity.value, "round": found[0] if found else None}  # fmt: skip
+    cur.execute(
+        "INSERT INTO alert_timeline (episode_id, kind, detail) VALUES (%s, 'needs_action', %s)",
+        (event.episode_id, Jsonb(detail)),
+    )
+    return False
+
+
+def _reason(worsened: bool, recurred: bool, otherwise: str) -> str:
+    if worsened:
+        return "worsened"
+    if recurred:
+        return "recurred after the monitor had resolved it"
+    return otherwise
+
+
+def _resolved_before_review(cur: psycopg.Cursor[Any], event: AlertEvent) -> bool:
+    """Nobody reviewed the episode before the monitor resolved it (a kit's catch-up, a replay, or
+    a short one): info closes itself; red and yellow wait for a nurse to acknowledge them, without
+    a response-time clock. True when it closed an info alert."""
+    if event.severity is Severity.INFO:
+        cur.execute(
+            "UPDATE alerts SET state = 'closed', closed_at = now(), updated_at = now() "
+            "WHERE episode_id = %s AND state = 'new' RETURNING episode_id",
+            (event.episode_id,),
+        )
+        if cur.fetchone() is None:
+            return False
+        kind, reason = "closed", "resolved by the monitor before anyone claimed it"
+    else:
+        cur.execute(
+            "UPDATE alerts SET state = 'to_acknowledge', updated_at = now() "
+            "WHERE episode_id = %s AND state = 'new' RETURNING episode_id",
+            (event.episode_id,),
+        )
+        if cur.fetchone() is None:
+            return False
+        kind, reason = "resolved_before_review", "resolved by the monitor before anyone reviewed it"
+    cur.execute(
+        "INSERT INTO alert_timeline (episode_id, kind, detail) VALUES (%s, %s, %s)",
+        (event.episode_id, kind, Jsonb({"reason": reason, "version": event.version})),
+    )
+    return kind == "closed"
 
 
 def _transition(
@@ -177,11 +274,12 @@ def require_idle(conn: psycopg.Connection[Any]) -> None:
 
 
 def claim(conn: psycopg.Connection[Any], episode_id: str, user: str) -> datetime:
-    """Take a new alert; exactly one of several concurrent claims succeeds. Commits."""
+    """Take a new alert, or one resolved before review to follow it up; exactly one of several
+    concurrent claims succeeds. Commits."""
     return _transition(
         conn,
         "UPDATE alerts SET state = 'claimed', assignee = %s, claimed_at = now(), updated_at = now() "
-        "WHERE episode_id = %s AND state = 'new' RETURNING claimed_at",
+        "WHERE episode_id = %s AND state IN ('new', 'to_acknowledge') RETURNING claimed_at",
         (user, episode_id),
         episode_id=episode_id,
         user=user,
@@ -207,20 +305,51 @@ def start(conn: psycopg.Connection[Any], episode_id: str, user: str) -> datetime
 
 
 def complete(
-    conn: psycopg.Connection[Any], episode_id: str, user: str, resolution: Resolution, note: str = ""
+    conn: psycopg.Connection[Any],
+    episode_id: str,
+    user: str,
+    resolution: Resolution,
+    note: str = "",
+    *,
+    alarm_round: int | None = None,
 ) -> datetime:
-    """The claiming nurse resolves the alert with a code and a note. Commits."""
+    """The claiming nurse resolves the alert with a code and a note; with `alarm_round`, only if the
+    alert is still in the round she saw. Commits."""
     return _transition(
         conn,
         "UPDATE alerts SET state = 'resolved', resolution = %s, resolution_note = %s, closed_at = now(), "
         "updated_at = now() WHERE episode_id = %s AND state IN ('claimed', 'in_progress') AND assignee = %s "
-        "RETURNING closed_at",
-        (resolution.value, note, episode_id, user),
+        "AND (%s::int IS NULL OR alarm_round = %s) RETURNING closed_at",  # the round she saw, if given
+        (resolution.value, note, episode_id, user, alarm_round, alarm_round),
         episode_id=episode_id,
         user=user,
         kind="completed",
         detail={"resolution": resolution.value, "note": note},
-        refusal="only the nurse who claimed it can resolve it",
+        refusal="only the nurse who claimed it can resolve it, in the alarm round she saw (reload)",
+    )
+
+
+def acknowledge(
+    conn: psycopg.Connection[Any],
+    episode_id: str,
+    user: str,
+    note: str = "",
+    *,
+    alarm_round: int | None = None,
+) -> datetime:
+    """A nurse has seen an episode that resolved before review and closes it (with `alarm_round`,
+    only if it has not come back since she saw it). Commits."""
+    return _transition(
+        conn,
+        "UPDATE alerts SET state = 'acknowledged', assignee = %s, resolution_note = %s, closed_at = now(), "
+        "updated_at = now() WHERE episode_id = %s AND state = 'to_acknowledge' "
+        "AND (%s::int IS NULL OR alarm_round = %s) RETURNING closed_at",  # the round she saw, if given
+        (user, note, episode_id, alarm_round, alarm_round),
+        episode_id=episode_id,
+        user=user,
+        kind="acknowledged",
+        detail={"note": note},
+        refusal="only an episode resolved before review can be acknowledged, in the round seen (reload)",
     )
 
 

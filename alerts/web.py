@@ -3,7 +3,9 @@
     /login, /logout                     session cookie: HttpOnly, SameSite=Strict, Secure
     /                                   the queue, updated live over /events (server-sent events)
     /alerts/{id}                        one alert: explanation, trend chart, timeline, actions
+    /handover                           end of shift: all my open alerts to a colleague or the queue
     /admin/users, /admin/audit          accounts and the audit log (admin only)
+    /admin/quarantine                   records the stages set aside (admin only; issue #27)
     /api/v1/...                         JSON for other systems; OpenAPI at /api/openapi.json
 
 Every state-changing request from a browser session carries the session's CSRF token (form field
@@ -16,11 +18,13 @@ below it speak pseudonyms.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
+import psycopg
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -28,9 +32,9 @@ from fastapi.staticfiles import StaticFiles
 from psycopg_pool import ConnectionPool
 from sse_starlette import EventSourceResponse
 
-from alerts import accounts, store
+from alerts import accounts, handoff, quarantine, store
 from alerts.accounts import LoginError, Principal, Role
-from alerts.api import api
+from alerts.api import api, handover
 from alerts.context import (
     COOKIE,
     HERE,
@@ -51,6 +55,7 @@ from alerts.live import Live
 from alerts.registry_api import registry_api
 from alerts.registry_pages import registry_pages
 from alerts.settings import AlertsSettings
+from alerts.stage_watch import OWN, StageWatch
 from alerts.store import Resolution
 from registry import Registry
 
@@ -124,10 +129,12 @@ def queue_page(
     with ctx.db() as conn:
         teams = conn.execute("SELECT team_id, name FROM teams ORDER BY name").fetchall()
         conn.rollback()
+        colleagues = [c for c in handoff.colleagues(conn, who.team_id) if c[0] != who.username]
     ctx.audit(request, who.username, "view_queue", detail={k: v for k, v in filters.value.items() if v})
     return ctx.render(
         request, "queue.html",
-        {"user": who, "rows": rows, "filters": filters.value, "teams": teams, "query": filters.query()},
+        {"user": who, "rows": rows, "filters": filters.value, "teams": teams, "query": filters.query(),
+         "colleagues": colleagues, "error": request.query_params.get("error")},
     )  # fmt: skip
 
 
@@ -141,15 +148,17 @@ def queue_rows(request: Request, ctx: Ctx, filters: QueueFilters, who: Clinician
 def alert_page(request: Request, ctx: Ctx, episode_id: str, who: PageClinician) -> Response:
     with ctx.db() as conn:
         alert = ctx.load(conn, who, episode_id)
+        colleagues = handoff.colleagues(conn, alert["team_id"])
     ctx.audit(request, who.username, "view_alert", target=episode_id, patient_id=alert["patient_id"])
-    return ctx.render(request, "alert.html", {"user": who, "a": alert})
+    return ctx.render(request, "alert.html", {"user": who, "a": alert, "colleagues": colleagues})
 
 
 @pages.get("/alerts/{episode_id}/panel")
 def alert_panel(request: Request, ctx: Ctx, episode_id: str, who: Clinician) -> Response:
     with ctx.db() as conn:
         alert = ctx.load(conn, who, episode_id)
-    return ctx.render(request, "_panel.html", {"user": who, "a": alert})
+        colleagues = handoff.colleagues(conn, alert["team_id"])
+    return ctx.render(request, "_panel.html", {"user": who, "a": alert, "colleagues": colleagues})
 
 
 def _page_action(
@@ -177,16 +186,72 @@ def resolve_form(
     who: PageClinician,
     resolution: Annotated[Resolution, Form()],
     note: Annotated[str, Form(max_length=2000)] = "",
+    alarm_round: Annotated[int | None, Form()] = None,
     csrf: Csrf = None,
 ) -> Response:
     return _page_action(
         request, ctx, who, episode_id, csrf=csrf, action="resolve",
-        run=lambda c, u: store.complete(c, episode_id, u, resolution, note.strip()),
+        run=lambda c, u: store.complete(c, episode_id, u, resolution, note.strip(), alarm_round=alarm_round),
     )  # fmt: skip
 
 
-# Declared after /resolve, which has a form of its own: this one matches any last segment.
-_STEPS = {"claim": store.claim, "start": store.start}
+@pages.post("/alerts/{episode_id}/reassign")
+def reassign_form(
+    *,
+    request: Request,
+    ctx: Ctx,
+    episode_id: str,
+    who: PageClinician,
+    to: Annotated[str, Form(max_length=64)],
+    csrf: Csrf = None,
+) -> Response:
+    manager, colleague = who.role is Role.COORDINATOR, to.strip().lower()
+    return _page_action(
+        request, ctx, who, episode_id, csrf=csrf, action="reassign",
+        run=lambda c, u: handoff.reassign(c, episode_id, u, colleague, manager=manager),
+    )  # fmt: skip
+
+
+@pages.post("/alerts/{episode_id}/acknowledge")
+def acknowledge_form(
+    *,
+    request: Request,
+    ctx: Ctx,
+    episode_id: str,
+    who: PageClinician,
+    note: Annotated[str, Form(max_length=2000)] = "",
+    alarm_round: Annotated[int | None, Form()] = None,
+    csrf: Csrf = None,
+) -> Response:
+    return _page_action(
+        request, ctx, who, episode_id, csrf=csrf, action="acknowledge",
+        run=lambda c, u: store.acknowledge(c, episode_id, u, note.strip(), alarm_round=alarm_round),
+    )  # fmt: skip
+
+
+@pages.post("/handover")
+def handover_form(
+    *, request: Request, ctx: Ctx, who: PageClinician, to: Annotated[str, Form(max_length=64)] = "",
+    csrf: Csrf = None,
+) -> Response:  # fmt: skip
+    """End of shift: the nurse's open alerts to a colleague, or back to the queue (`to` empty)."""
+    csrf_checked(request, who, csrf)
+    try:
+        handover(ctx, request, who, to.strip().lower() or None)
+    except HTTPException as exc:
+        if exc.status_code != 409:
+            raise
+        return RedirectResponse("/?" + urlencode({"view": "mine", "error": exc.detail}), status_code=303)
+    return RedirectResponse("/?view=mine", status_code=303)
+
+
+# Declared after the actions with forms of their own: this one matches any last segment.
+_Step = Callable[[psycopg.Connection[Any], str, str, bool], datetime]  # (conn, episode, user, manager)
+_STEPS: dict[str, _Step] = {
+    "claim": lambda c, eid, u, _manager: store.claim(c, eid, u),
+    "start": lambda c, eid, u, _manager: store.start(c, eid, u),
+    "unclaim": lambda c, eid, u, manager: handoff.unclaim(c, eid, u, manager=manager),
+}
 
 
 @pages.post("/alerts/{episode_id}/{action}")
@@ -195,14 +260,15 @@ def step_form(
     request: Request,
     ctx: Ctx,
     episode_id: str,
-    action: Literal["claim", "start"],
+    action: Literal["claim", "start", "unclaim"],
     who: PageClinician,
     csrf: Csrf = None,
 ) -> Response:
-    step = _STEPS[action]
+    step, manager = _STEPS[action], who.role is Role.COORDINATOR
     return _page_action(
-        request, ctx, who, episode_id, csrf=csrf, action=action, run=lambda c, u: step(c, episode_id, u)
-    )
+        request, ctx, who, episode_id, csrf=csrf, action=action,
+        run=lambda c, u: step(c, episode_id, u, manager),
+    )  # fmt: skip
 
 
 @pages.get("/events")
@@ -280,6 +346,24 @@ def audit_page(request: Request, ctx: Ctx, who: PageAdmin) -> Response:
     return ctx.render(request, "audit.html", {"user": who, "entries": entries})
 
 
+@pages.get("/admin/quarantine")
+def quarantine_page(request: Request, ctx: Ctx, who: PageAdmin) -> Response:
+    """Records a stage could not handle and set aside, newest first (their raw bytes escaped)."""
+    with ctx.db() as conn:
+        records = quarantine.recent(conn)
+        conn.rollback()
+    ctx.audit(request, who.username, "view_quarantine", detail={"records": len(records)})
+    return ctx.render(request, "quarantine.html", {"user": who, "records": records})
+
+
+@pages.get("/status/banner")
+def status_banner(request: Request, ctx: Ctx) -> Response:
+    """The technical-alarm banner alone (empty while every stage is ok), for pages to refresh."""
+    response = ctx.render(request, "_banner.html", {"user": ctx.current(request)})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @pages.get("/healthz")
 def healthz(ctx: Ctx) -> dict[str, Any]:
     return {"ok": ctx.live.listening, "subscribers": ctx.live.subscribers}
@@ -290,15 +374,22 @@ def create_app(
     *, pool: ConnectionPool, settings: AlertsSettings, live: Live, registry: Registry | None = None
 ) -> FastAPI:
     ctx = Console(pool=pool, settings=settings, live=live, registry=registry)
+    own = settings.own_health_url
+    watch = StageWatch(
+        stages={**settings.watched, **({OWN: own} if own else {})}, every_s=settings.watch_every_s
+    )
+    ctx.templates.env.globals["pipeline_banner"] = watch.banner  # every page shows the technical alarm
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(live.run(), name="live-queue")
+        watching = asyncio.create_task(watch.run(live.closing), name="stage-watch")
         try:
             yield
         finally:
             live.closing.set()
-            await asyncio.wait([task], timeout=3)
+            watching.cancel()
+            await asyncio.wait([task, watching], timeout=3)
 
     app = FastAPI(
         title="Vaktrom response centre API",
@@ -312,6 +403,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.console = ctx
+    app.state.stage_watch = watch
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(pages)
     app.include_router(api)
@@ -342,5 +434,14 @@ def create_app(
             for e in exc.errors()
         ]
         return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(psycopg.errors.DataError)
+    async def unstorable_text(request: Request, _exc: psycopg.errors.DataError) -> Response:
+        # A NUL in a note or a colleague's name reaches PostgreSQL, which refuses it: the sender's
+        # mistake, not the service's (a 500 before, found by the nurse-of-another-team review).
+        message = (
+            "the text holds a character that cannot be stored (a control character such as NUL): remove it"
+        )
+        return await http_error(request, HTTPException(status_code=422, detail=message))
 
     return app

@@ -56,6 +56,30 @@
     live.hidden = true;
   }
 
+  // ------------------------------------------------------------ technical alarm (every page)
+  // The server's banner says which stage is late or down; when the server itself stops answering,
+  // the page says so: a broken alarm channel raises its own alarm.
+  const alarm = document.getElementById("pipeline-banner");
+  if (alarm) {
+    let lostSince = null;
+    const lost = () => {
+      lostSince = lostSince || new Date();
+      const at = lostSince.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+      alarm.innerHTML = '<div class="pipeline-alarm" role="alert" data-client="1"><strong>Alerts may be delayed</strong> since ' +
+        at + ": this console has lost the response centre, so new alerts may not be shown. Reload, check patients at risk by other means and tell the technical on-call.</div>";
+    };
+    const check = async () => {
+      try {
+        const response = await fetch("/status/banner", {headers: {"Accept": "text/html"}, cache: "no-store"});
+        if (!response.ok) { lost(); return; }
+        lostSince = null;
+        const html = await response.text();
+        if (alarm.innerHTML.trim() !== html.trim()) alarm.innerHTML = html;
+      } catch (error) { lost(); }
+    };
+    setInterval(check, 10000);
+  }
+
   // ------------------------------------------------------------ queue navigation
   function rows() { return rowsBody ? [...rowsBody.querySelectorAll("tr[data-href]")] : []; }
   function select(row) {

@@ -11,7 +11,8 @@ import psycopg
 import pytest
 
 from alerts.escalation import Step, Targets, escalate_due, queue
-from alerts.store import apply_events, claim
+from alerts.notify import Route
+from alerts.store import Resolution, apply_events, claim, complete, start
 from contracts import EpisodeChange, Severity
 from tests.integration.alerts_support import event, new_id
 
@@ -25,7 +26,7 @@ def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
         # Alerts left open by earlier runs would join this test's queue and escalations: close them.
         connection.execute(
             "UPDATE alerts SET state = 'closed', closed_at = now(), assignee = NULL "
-            "WHERE state IN ('new', 'claimed', 'in_progress')"
+            "WHERE state IN ('new', 'claimed', 'in_progress', 'to_acknowledge')"
         )
         connection.commit()
         yield connection
@@ -51,11 +52,17 @@ def steps(conn: psycopg.Connection[Any], eid: str) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-def test_steps_fire_at_their_times_and_stop_on_claim(conn: psycopg.Connection[Any]) -> None:
-    """A red alert: nothing at 4:59, team at 5:00, coordinator at 10:00; claimed at 12:00, so no
-    physician at 15:00. A yellow one waits for its 2-hour target."""
+def test_steps_fire_at_their_times_go_on_while_claimed_and_stop_when_started(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """A red alert: nothing at 4:59, team at 5:00, coordinator at 10:00; claimed at 12:00 but not
+    started, so the physician at 15:00 all the same (a claim is not an action). A red one started
+    in time never escalates. A yellow one waits for its 2-hour target."""
     red = received(conn, Severity.RED, NOW)
     yellow = received(conn, Severity.YELLOW, NOW)
+    started = received(conn, Severity.RED, NOW)
+    claim(conn, started, "bjorn")
+    start(conn, started, "bjorn")
 
     def at(**kw: float) -> datetime:
         return NOW + timedelta(**kw)
@@ -66,8 +73,20 @@ def test_steps_fire_at_their_times_and_stop_on_claim(conn: psycopg.Connection[An
     assert escalate_due(conn, now=at(minutes=9), targets=TARGETS) == []
     assert [e.step for e in escalate_due(conn, now=at(minutes=10), targets=TARGETS)] == [Step.COORDINATOR]
     claim(conn, red, "anna")
-    assert escalate_due(conn, now=at(minutes=15), targets=TARGETS) == []
-    assert steps(conn, red) == [1, 2]
+    assert escalate_due(conn, now=at(minutes=14), targets=TARGETS) == []
+    assert [(e.episode_id, e.step) for e in escalate_due(conn, now=at(minutes=15), targets=TARGETS)] == [
+        (red, Step.PHYSICIAN)
+    ]
+    assert steps(conn, red) == [1, 2, 3]
+    assert steps(conn, started) == []
+    last = conn.execute(
+        "SELECT detail FROM alert_timeline WHERE episode_id = %s AND kind = 'escalation' "
+        "ORDER BY entry_id DESC",
+        (red,),
+    ).fetchone()
+    conn.rollback()
+    assert last is not None
+    assert (last[0]["state"], last[0]["assignee"], last[0]["round"]) == ("claimed", "anna", 1)
     # the yellow one: its first step at 2 h (a call that is late catches up one step at a time)
     assert [(e.episode_id, e.step) for e in escalate_due(conn, now=at(hours=4), targets=TARGETS)] == [
         (yellow, Step.TEAM)
@@ -128,3 +147,50 @@ def test_queue_orders_by_severity_then_share_of_target_used_and_filters(
     assert [r["episode_id"] for r in queue(conn, now=NOW, targets=TARGETS, patient_id="P-QUEUE-INFO")] == [
         info
     ]
+
+
+def test_an_alert_that_needs_action_again_escalates_again_once_per_round(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Round 1 escalates to the team and is resolved; a worsening reopens it as round 2, which
+    escalates to the team again 5 minutes after that reading (a second notification, for the new
+    round), and each step of each round is taken and notified once however often escalation runs."""
+    routes = {Step.TEAM: [Route("email", "team@centre.example.org")]}
+    eid = received(conn, Severity.YELLOW, NOW)
+    assert [
+        e.step for e in escalate_due(conn, now=NOW + timedelta(hours=2), targets=TARGETS, routes=routes)
+    ] == [Step.TEAM]
+    claim(conn, eid, "anna")
+    start(conn, eid, "anna")
+    complete(conn, eid, "anna", Resolution.CONTACTED_NO_ACTION)
+    apply_events(conn, [event(eid, 2, EpisodeChange.ESCALATED, Severity.RED)])
+    conn.commit()
+    found = conn.execute("SELECT rearmed_at FROM alerts WHERE episode_id = %s", (eid,)).fetchone()
+    conn.rollback()
+    assert found is not None
+    clock = found[0]
+    for _ in range(3):
+        escalate_due(conn, now=clock + timedelta(minutes=5), targets=TARGETS, routes=routes)
+    assert steps(conn, eid) == [1, 1]
+    sent = conn.execute(
+        "SELECT alarm_round, step FROM notifications WHERE episode_id = %s ORDER BY alarm_round", (eid,)
+    ).fetchall()
+    conn.rollback()
+    assert sent == [(1, 1), (2, 1)]
+
+
+def test_an_episode_resolved_before_review_never_escalates_and_queues_last(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Finding 8: a red episode the monitor opened and resolved while still new is shown after the
+    live alerts, with no target, and is not escalated however long it waits."""
+    review = received(conn, Severity.RED, NOW - timedelta(hours=1))
+    apply_events(conn, [event(review, 2, EpisodeChange.RESOLVED, Severity.RED, resolved_at=NOW)])
+    conn.commit()
+    info = received(conn, Severity.INFO, NOW - timedelta(minutes=1))
+    assert escalate_due(conn, now=NOW + timedelta(days=10), targets=TARGETS) == []
+    rows = queue(conn, now=NOW, targets=TARGETS)
+    assert [(r["episode_id"], r["state"], r["target_used"]) for r in rows][-1] == (
+        review, "to_acknowledge", None,
+    )  # fmt: skip
+    assert [r["episode_id"] for r in rows] == [info, review]

@@ -7,7 +7,7 @@ import hashlib
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from alerts.accounts import Role, new_session, purge
+from alerts.store import apply_events
 from contracts import EpisodeChange, Severity
 from tests.conftest import Stack
 from tests.integration.alerts_support import (
@@ -84,7 +85,10 @@ def test_an_event_from_kafka_is_in_the_api_and_replays_change_nothing(
     body = httpx.get(url, headers=auth).json()
     assert body["severity"] == "red"
     assert body["event"]["version"] == 2
-    assert [(t["kind"], t["version"]) for t in body["timeline"]] == [("opened", 1), ("escalated", 2)]
+    # v2 worsened it: the monitor's version, and a new alarm round with the red target from then
+    assert [(t["kind"], t["version"]) for t in body["timeline"]] == [
+        ("opened", 1), ("escalated", 2), ("needs_action", None),
+    ]  # fmt: skip
     assert "display_name" not in body  # the API speaks pseudonyms
     queue = httpx.get(f"{service.url}/api/v1/queue", headers=auth, params={"patient": v1.patient_id}).json()
     assert [q["episode_id"] for q in queue] == [eid]
@@ -301,3 +305,220 @@ def test_ended_sessions_and_old_failed_logins_are_forgotten(conn: psycopg.Connec
     }
     assert hashes == {hashlib.sha256(live.encode()).digest()}
     assert conn.execute("SELECT count(*) FROM login_failures WHERE username = %s", (user,)).fetchone() == (1,)
+
+
+# ------------------------------------------------------------------ unclaim, reassign, handover, acknowledge
+
+
+@pytest.fixture
+def ward(stack: Stack, conn: psycopg.Connection[Any], unique: str) -> dict[str, Any]:
+    """A team with a patient, two of its nurses and its coordinator, a nurse of another team and an
+    administrator, each with an API token."""
+    team, other = f"{unique[:20]}-a", f"{unique[:20]}-b"
+    for t in (team, other):
+        conn.execute("INSERT INTO teams (team_id, name) VALUES (%s, %s)", (t, t))
+    patient = f"{unique[:30]}-p"
+    add_patient(conn, stack, patient, team, "Test Patient")
+    conn.commit()
+    people = {
+        "anna": staff(conn, Role.NURSE, team),
+        "bjorn": staff(conn, Role.NURSE, team),
+        "coordinator": staff(conn, Role.COORDINATOR, team),
+        "stranger": staff(conn, Role.NURSE, other),
+        "admin": staff(conn, Role.ADMIN),
+    }
+    auth = {role: bearer(conn, name) for role, name in people.items()}
+    conn.commit()
+    return {"patient": patient, "team": team, "people": people, "auth": auth}
+
+
+def _alert(conn: psycopg.Connection[Any], patient: str, *versions: tuple[EpisodeChange, Severity]) -> str:
+    """An episode of `patient` put straight into the store (the service reads it from there)."""
+    eid = new_id()
+    cleared = datetime(2026, 11, 21, tzinfo=UTC)
+    events = [
+        event(eid, v, change, sev, patient_id=patient,
+              resolved_at=cleared if change is EpisodeChange.RESOLVED else None)
+        for v, (change, sev) in enumerate(versions, start=1)
+    ]  # fmt: skip
+    apply_events(conn, events)
+    conn.commit()
+    return eid
+
+
+def test_unclaim_and_reassign_over_the_api_keep_role_and_team_checks(
+    service: AlertsProcess, conn: psycopg.Connection[Any], ward: dict[str, Any]
+) -> None:
+    """Unclaim and reassign: a nurse of another team gets 404, an administrator 403, a colleague who
+    does not hold the alert 409; the holder and the coordinator succeed, and each step is audited."""
+    people, auth, api = ward["people"], ward["auth"], f"{service.url}/api/v1/alerts"
+    eid = _alert(conn, ward["patient"], (EpisodeChange.OPENED, Severity.RED))
+    assert httpx.post(f"{api}/{eid}/claim", headers=auth["anna"]).status_code == 200
+    for action, body in (("unclaim", None), ("reassign", {"to": people["bjorn"]})):
+        assert httpx.post(f"{api}/{eid}/{action}", headers=auth["stranger"], json=body).status_code == 404
+        assert httpx.post(f"{api}/{eid}/{action}", headers=auth["admin"], json=body).status_code == 403
+        refused = httpx.post(f"{api}/{eid}/{action}", headers=auth["bjorn"], json=body)
+        assert refused.status_code == 409
+        assert "only the nurse who holds it or a coordinator" in refused.json()["detail"]
+    outsider = httpx.post(f"{api}/{eid}/reassign", headers=auth["anna"], json={"to": people["stranger"]})
+    assert outsider.status_code == 409
+    assert "not an active clinical colleague" in outsider.json()["detail"]
+    moved = httpx.post(f"{api}/{eid}/reassign", headers=auth["anna"], json={"to": people["bjorn"]})
+    assert (moved.status_code, moved.json()["state"]) == (200, "claimed")
+    assert httpx.get(f"{api}/{eid}", headers=auth["bjorn"]).json()["assignee"] == people["bjorn"]
+    released = httpx.post(f"{api}/{eid}/unclaim", headers=auth["coordinator"])
+    assert (released.status_code, released.json()["state"]) == (200, "new")
+    kinds = [t["kind"] for t in httpx.get(f"{api}/{eid}", headers=auth["anna"]).json()["timeline"]]
+    assert kinds[-3:] == ["claimed", "reassigned", "unclaimed"]
+    assert {"claim", "reassign", "reassign_refused"} <= set(audit_actions(conn, people["anna"]))
+    assert {"unclaim_refused", "reassign_refused"} <= set(audit_actions(conn, people["bjorn"]))
+    assert "unclaim" in audit_actions(conn, people["coordinator"])
+
+
+def test_acknowledge_and_handover_over_the_api(
+    service: AlertsProcess, conn: psycopg.Connection[Any], ward: dict[str, Any]
+) -> None:
+    """An episode resolved before review is acknowledged (404 for another team, 403 for an
+    administrator, 409 on an alert that is not waiting for acknowledgement); a handover moves all the
+    nurse's alerts to a colleague or the queue, refuses a colleague of another team, and is audited."""
+    people, auth, base = ward["people"], ward["auth"], f"{service.url}/api/v1"
+    review = _alert(
+        conn, ward["patient"], (EpisodeChange.OPENED, Severity.RED), (EpisodeChange.RESOLVED, Severity.RED)
+    )
+    live = _alert(conn, ward["patient"], (EpisodeChange.OPENED, Severity.YELLOW))
+    queue = httpx.get(f"{base}/queue", headers=auth["anna"], params={"patient": ward["patient"]}).json()
+    assert [(q["episode_id"], q["state"], q["target_used"]) for q in queue][-1] == (
+        review,
+        "to_acknowledge",
+        None,
+    )
+    assert httpx.post(f"{base}/alerts/{review}/acknowledge", headers=auth["stranger"]).status_code == 404
+    assert httpx.post(f"{base}/alerts/{review}/acknowledge", headers=auth["admin"]).status_code == 403
+    assert httpx.post(f"{base}/alerts/{live}/acknowledge", headers=auth["anna"]).status_code == 409
+    done = httpx.post(f"{base}/alerts/{review}/acknowledge", headers=auth["anna"], json={"note": "seen"})
+    assert (done.status_code, done.json()["state"]) == (200, "acknowledged")
+    assert "acknowledge" in audit_actions(conn, people["anna"])
+
+    assert httpx.post(f"{base}/alerts/{live}/claim", headers=auth["anna"]).status_code == 200
+    assert httpx.post(f"{base}/handover", headers=auth["admin"], json={"to": None}).status_code == 403
+    refused = httpx.post(f"{base}/handover", headers=auth["anna"], json={"to": people["stranger"]})
+    assert refused.status_code == 409
+    handed = httpx.post(f"{base}/handover", headers=auth["anna"], json={"to": people["bjorn"]})
+    assert handed.json() == {"handed_over": [live], "to": people["bjorn"]}
+    back = httpx.post(f"{base}/handover", headers=auth["bjorn"], json={"to": None})
+    assert back.json() == {"handed_over": [live], "to": None}
+    assert httpx.get(f"{base}/alerts/{live}", headers=auth["anna"]).json()["state"] == "new"
+    assert {"handover", "handed_over", "handover_refused"} <= set(audit_actions(conn, people["anna"]))
+
+
+def test_the_console_shows_review_items_and_offers_the_hand_off_buttons(
+    service: AlertsProcess,
+    browser_session: Callable[[], ConsoleClient],
+    conn: psycopg.Connection[Any],
+    ward: dict[str, Any],
+) -> None:
+    """The queue page labels an episode resolved before review as such with its clinical times and
+    no clock; the holder's alert page offers unclaim and reassign, whose forms work."""
+    people = ward["people"]
+    review = _alert(
+        conn, ward["patient"], (EpisodeChange.OPENED, Severity.RED), (EpisodeChange.RESOLVED, Severity.RED)
+    )
+    held = _alert(conn, ward["patient"], (EpisodeChange.OPENED, Severity.RED))
+    nurse = browser_session()
+    nurse.login(people["anna"])
+    page = nurse.get("/", headers={}).text
+    assert "resolved before review, to acknowledge" in page
+    assert "Hand over" in page
+    assert nurse.post(f"/alerts/{held}/claim", data={"csrf": nurse.csrf}).status_code == 303
+    alert_page = nurse.get(f"/alerts/{held}").text
+    assert f'action="/alerts/{held}/unclaim"' in alert_page
+    assert f'<option value="{people["bjorn"]}">' in alert_page
+    assert f'action="/alerts/{review}/acknowledge"' in nurse.get(f"/alerts/{review}").text
+    assert (
+        nurse.post(f"/alerts/{held}/reassign", data={"to": people["bjorn"], "csrf": nurse.csrf}).status_code
+        == 303
+    )
+    assert nurse.get(f"/api/v1/alerts/{held}").json()["assignee"] == people["bjorn"]
+    refused = nurse.post(f"/alerts/{held}/unclaim", data={"csrf": nurse.csrf})
+    assert refused.status_code == 303
+    assert "error=" in refused.headers["location"]
+    assert nurse.post("/handover", data={"to": "", "csrf": nurse.csrf}).headers["location"] == "/?view=mine"
+
+
+def test_a_resolution_written_before_the_alert_came_back_is_refused(
+    service: AlertsProcess,
+    browser_session: Callable[[], ConsoleClient],
+    conn: psycopg.Connection[Any],
+    ward: dict[str, Any],
+) -> None:
+    """The console does not refresh the panel while the nurse types her note: a worsening that
+    arrives meanwhile must not be closed by the resolution she wrote for the readings she saw, nor a
+    review item acknowledged after it came back and cleared again."""
+    people, eid = ward["people"], _alert(conn, ward["patient"], (EpisodeChange.OPENED, Severity.YELLOW))
+    nurse = browser_session()
+    nurse.login(people["anna"])
+    assert nurse.post(f"/alerts/{eid}/claim", data={"csrf": nurse.csrf}).status_code == 303
+    assert nurse.post(f"/alerts/{eid}/start", data={"csrf": nurse.csrf}).status_code == 303
+    seen = nurse.get(f"/alerts/{eid}").text
+    assert 'name="alarm_round" value="1"' in seen  # the round she saw goes back with her form
+    apply_events(conn, [event(eid, 2, EpisodeChange.ESCALATED, Severity.RED, patient_id=ward["patient"])])
+    conn.commit()
+    form = {"resolution": "contacted_no_action", "note": "fine", "alarm_round": "1", "csrf": nurse.csrf}
+    stale = nurse.post(f"/alerts/{eid}/resolve", data=form)
+    assert "error=" in stale.headers["location"]
+    assert nurse.get(f"/api/v1/alerts/{eid}").json()["state"] == "claimed"  # still hers, needing action
+    assert nurse.post(f"/alerts/{eid}/resolve", data={**form, "alarm_round": "2"}).status_code == 303
+    assert nurse.get(f"/api/v1/alerts/{eid}").json()["state"] == "resolved"
+
+    review = _alert(
+        conn, ward["patient"], (EpisodeChange.OPENED, Severity.RED), (EpisodeChange.RESOLVED, Severity.RED)
+    )
+    assert 'name="alarm_round" value="1"' in nurse.get(f"/alerts/{review}").text
+    cleared = datetime(2026, 11, 22, tzinfo=UTC)
+    apply_events(conn, [event(review, 3, EpisodeChange.UPDATED, Severity.RED, patient_id=ward["patient"]),
+                        event(review, 4, EpisodeChange.RESOLVED, Severity.RED, patient_id=ward["patient"],
+                              resolved_at=cleared)])  # fmt: skip
+    conn.commit()
+    late = nurse.post(f"/alerts/{review}/acknowledge", data={"alarm_round": "1", "csrf": nurse.csrf})
+    assert "error=" in late.headers["location"]
+    assert nurse.get(f"/api/v1/alerts/{review}").json()["state"] == "to_acknowledge"
+    api = f"{service.url}/api/v1/alerts/{review}/acknowledge"
+    assert httpx.post(api, headers=ward["auth"]["anna"], json={"alarm_round": 1}).status_code == 409
+    assert httpx.post(api, headers=ward["auth"]["anna"], json={"alarm_round": 2}).status_code == 200
+
+
+def test_a_colleagues_name_over_the_api_is_bounded_like_the_forms(
+    service: AlertsProcess, conn: psycopg.Connection[Any], ward: dict[str, Any]
+) -> None:
+    """A refused reassign or handover writes `to` into the append-only audit log: not megabytes."""
+    auth, base = ward["auth"], f"{service.url}/api/v1"
+    eid = _alert(conn, ward["patient"], (EpisodeChange.OPENED, Severity.RED))
+    assert httpx.post(f"{base}/alerts/{eid}/claim", headers=auth["anna"]).status_code == 200
+    huge = "x" * 100_000
+    assert (
+        httpx.post(f"{base}/alerts/{eid}/reassign", headers=auth["anna"], json={"to": huge}).status_code
+        == 422
+    )
+    assert httpx.post(f"{base}/handover", headers=auth["anna"], json={"to": huge}).status_code == 422
+
+
+def test_a_control_character_in_a_note_or_a_name_is_refused_not_a_server_error(
+    service: AlertsProcess, conn: psycopg.Connection[Any], ward: dict[str, Any]
+) -> None:
+    """PostgreSQL cannot store NUL: a note or colleague holding one is the sender's mistake (422
+    naming it), not a 500, and the alert stays as it was."""
+    auth, base = ward["auth"], f"{service.url}/api/v1"
+    eid = _alert(conn, ward["patient"], (EpisodeChange.OPENED, Severity.RED))
+    assert httpx.post(f"{base}/alerts/{eid}/claim", headers=auth["anna"]).status_code == 200
+    refused = httpx.post(
+        f"{base}/alerts/{eid}/resolve",
+        headers=auth["anna"],
+        json={"resolution": "other", "note": "called\x00patient"},
+    )
+    assert refused.status_code == 422, refused.text
+    assert "control character" in refused.json()["detail"]
+    reassign = httpx.post(f"{base}/alerts/{eid}/reassign", headers=auth["anna"], json={"to": "bo\x00b"})
+    assert reassign.status_code in (409, 422), reassign.text
+    state = conn.execute("SELECT state FROM alerts WHERE episode_id = %s", (eid,)).fetchone()
+    conn.rollback()
+    assert state == ("claimed",)

@@ -1,0 +1,115 @@
+"""The technical alarm: watch every stage's `/health` and tell the nurses when alerts may be late.
+
+Each stage reports `status` "ok", "degraded" (it works, but the oldest reading or alert event
+waiting in it is older than its threshold) or "down" (`contracts.ops`). A stage that does not
+answer is down too: a broken alarm channel must raise its own alarm rather than look quiet. The
+console shows a banner on every page while any stage is not ok, with the earliest time since
+when, and the browser shows one of its own when this service stops answering (`console.js`).
+
+`classify` and `StageWatch.update` are pure; `run` is the asyncio loop that asks the stages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+__all__ = ["Banner", "StageState", "StageWatch", "classify"]
+
+log = logging.getLogger(__name__)
+
+OWN = "alert feed"  # this service's own feed, watched like the others
+
+
+@dataclass(frozen=True, slots=True)
+class StageState:
+    name: str
+    status: str  # ok | degraded | down
+    detail: str  # why, in words, when not ok
+    since: datetime | None  # when it stopped being ok (None while ok)
+
+
+@dataclass(frozen=True, slots=True)
+class Banner:
+    since: datetime  # the earliest time a stage stopped being ok
+    lines: tuple[str, ...]  # one per stage that is not ok, with its reason (signed-in staff only)
+    names: tuple[str, ...] = ()  # the stages that are not ok (all anyone else sees)
+
+
+def classify(code: int | None, body: Any) -> tuple[str, str]:
+    """(status, detail) from a /health answer; `code` None: no answer at all."""
+    if code is None:
+        return "down", "does not answer"
+    if not isinstance(body, dict):
+        return "down", f"answers HTTP {code} without a health report"
+    status = body.get("status")
+    if status not in ("ok", "degraded", "down"):
+        status = "ok" if body.get("ok") and code == 200 else "down"
+    reasons = body.get("problems") if status == "down" else body.get("delays")
+    detail = "; ".join(str(r) for r in reasons) if isinstance(reasons, list) else ""
+    return status, detail or ("not ready" if status == "down" else "late")
+
+
+class StageWatch:
+    def __init__(self, *, stages: dict[str, str], every_s: float, timeout_s: float = 2.0) -> None:
+        self.stages, self.every_s, self.timeout_s = stages, every_s, timeout_s
+        self._states: dict[str, StageState] = {}
+        self._lock = threading.Lock()
+
+    def update(self, name: str, status: str, detail: str, now: datetime) -> None:
+        with self._lock:
+            before = self._states.get(name)
+            if status == "ok":
+                since = None
+            elif before is not None and before.since is not None:
+                since = before.since
+            else:
+                since = now
+                log.warning("stage watch: %s is %s (%s)", name, status, detail)
+            if status == "ok" and before is not None and before.since is not None:
+                log.info("stage watch: %s is ok again", name)
+            self._states[name] = StageState(name, status, detail, since)
+
+    def states(self) -> list[StageState]:
+        with self._lock:
+            return [self._states[n] for n in self.stages if n in self._states]
+
+    def banner(self) -> Banner | None:
+        """What the console shows nurses, or None while every stage answered ok."""
+        bad = [s for s in self.states() if s.status != "ok" and s.since is not None]
+        if not bad:
+            return None
+        lines = tuple(
+            f"{s.name} is not answering" if s.detail == "does not answer"
+            else f"{s.name} is down: {s.detail}" if s.status == "down"
+            else f"{s.name}: {s.detail}"
+            for s in bad
+        )  # fmt: skip
+        since = min(s.since for s in bad if s.since is not None)
+        return Banner(since=since, lines=lines, names=tuple(s.name for s in bad))
+
+    async def ask(self, client: httpx.AsyncClient, name: str, url: str) -> None:
+        try:
+            response = await client.get(url, timeout=self.timeout_s)
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            status, detail = classify(response.status_code, body)
+        except httpx.HTTPError:
+            status, detail = classify(None, None)
+        self.update(name, status, detail, datetime.now(UTC))
+
+    async def run(self, closing: threading.Event) -> None:
+        """Ask every stage every `every_s` seconds until `closing`."""
+        async with httpx.AsyncClient() as client:
+            while not closing.is_set():
+                # first wait: this service's own /health says "down" until its web server has started
+                await asyncio.sleep(self.every_s)
+                await asyncio.gather(*(self.ask(client, n, u) for n, u in self.stages.items()))
