@@ -51,3 +51,16 @@ def alerts(
     process = AlertsProcess(stack, unique, artefacts)
     yield process
     process.stop()
+
+
+@pytest.fixture
+def pipeline(
+    bridge: BridgeProcess, monitor: MonitorProcess, archive: ArchiveProcess, alerts: AlertsProcess
+) -> list[Any]:
+    """The four stages started (each fixture stops its own)."""
+    stages: list[Any] = [bridge, monitor, archive, alerts]
+    for stage in stages:
+        stage.start(wait=False)
+    for stage in stages:
+        stage.wait_healthy(90)
+    return stages

@@ -30,17 +30,14 @@ from kafka.structs import TopicPartition
 from alerts.accounts import Role
 from registry import Identity, Sealer
 from tests.conftest import REPO, STATE, Stack
-from tests.integration.alerts_support import AlertsProcess, ConsoleClient, bearer, staff, wait_for
-from tests.integration.archive_support import ArchiveProcess
+from tests.integration.alerts_support import ConsoleClient, bearer, staff, wait_for
 from tests.integration.bridge_support import (
-    BridgeProcess,
     kit_message,
     kit_reading,
     publish,
     reading_topic,
     register,
 )
-from tests.integration.monitor_support import MonitorProcess
 from tests.integration.registry_support import new_national_id
 
 pytestmark = pytest.mark.last
@@ -120,19 +117,6 @@ def _scan_files(paths: list[Path], pattern: re.Pattern[bytes]) -> list[str]:
                     hits.append(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}:{number}: "
                                 f"{found.group(0)!r}")  # fmt: skip
     return hits
-
-
-@pytest.fixture
-def pipeline(
-    bridge: BridgeProcess, monitor: MonitorProcess, archive: ArchiveProcess, alerts: AlertsProcess
-) -> list[Any]:
-    """The four stages started (each fixture stops its own)."""
-    stages: list[Any] = [bridge, monitor, archive, alerts]
-    for stage in stages:
-        stage.start(wait=False)
-    for stage in stages:
-        stage.wait_healthy(90)
-    return stages
 
 
 @pytest.mark.timeout(900)
