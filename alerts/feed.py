@@ -40,6 +40,8 @@ __all__ = ["AlertFeed", "AlertFeedError"]
 
 log = logging.getLogger("alerts.feed")
 _PURGE_EVERY_S = 3600.0  # ended sessions and old failed logins are forgotten hourly
+# An alert event set aside is an alert no nurse will see in the queue: the banner says so this long.
+_QUARANTINE_ALARM_S = 3600.0
 _decode = msgspec.json.Decoder(AlertEvent).decode
 
 
@@ -120,6 +122,7 @@ class AlertFeed:
             servers=kafka.servers, topic=topics.quarantine_topic(kafka.topic_prefix)
         )
         self.alert_path = AlertPathAge(max_age_s=settings.alert_path_max_age_s, what="alert event")
+        self._set_aside: list[float] = []  # when alert events were quarantined (the last hour's)
 
     def start(self) -> None:
         try:
@@ -251,6 +254,14 @@ class AlertFeed:
                 problems.append("the live queue has lost the database (is PostgreSQL up?)")
         report["problems"] = problems if problems or report["ok"] else ["not ready"]
         report.update(self._alert_path_report())
+        recent = [t for t in self._set_aside if time.time() - t < _QUARANTINE_ALARM_S]
+        self._set_aside = recent
+        if recent:
+            report["delays"] = [
+                *report["delays"],
+                f"{len(recent)} alert event(s) could not be stored and were set aside in the last hour: "
+                "an alert may be missing from the queue (an administrator sees them under Quarantine)",
+            ]
         report["status"] = health_status(report)
         return report
 
@@ -311,9 +322,10 @@ class AlertFeed:
         conn = self._conn = _open(self._conn, self._database.url)
         applied, refused = self._store(conn, events, sources)
         self._quarantine.publish(poison + refused)  # before the offsets are committed: nothing is lost
+        now = time.time()
         for q in poison + refused:
             self.metrics.quarantined.labels(q.reason.value).inc()
-        now = time.time()
+            self._set_aside.append(now)
         for record in records:
             if record.timestamp_type == 1:  # LogAppendTime: the broker's clock
                 self.metrics.latency.observe(max(0.0, now - record.timestamp / 1000.0))

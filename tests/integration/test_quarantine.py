@@ -169,8 +169,9 @@ def test_the_alert_feed_quarantines_undecodable_and_refused_events_and_goes_on(
     alerts: AlertsProcess, archive: ArchiveProcess, stack: Stack
 ) -> None:
     """Garbage and an event the store refuses (NUL in its explanation) are quarantined by the alert
-    feed; the good event after them reaches the store, the service stays up, and an administrator
-    (only) sees them in the console, their bytes escaped."""
+    feed; the good event after them reaches the store, the service stays up, its /health turns
+    degraded (the nurses' banner: an alert may be missing), and an administrator (only) sees them in
+    the console, their bytes escaped."""
     topic = topics.alert_topic(alerts.prefix)
     nul = event(new_id(), 1, EpisodeChange.OPENED, Severity.RED, explanation="SpO2 84 %\x00")
     good = event(new_id(), 1, EpisodeChange.OPENED, Severity.RED)
@@ -190,6 +191,10 @@ def test_the_alert_feed_quarantines_undecodable_and_refused_events_and_goes_on(
     assert alerts.process is not None
     assert alerts.process.poll() is None
     alerts.wait_healthy(timeout=5)
+    report = alerts.health()
+    assert report is not None
+    assert report["status"] == "degraded", "a set-aside alert must raise the nurses' banner"
+    assert any("2 alert event(s) could not be stored" in d for d in report["delays"]), report
     metrics = alerts.metrics()
     assert metrics['vaktrom_alerts_records_quarantined_total{reason="undecodable"}'] == 1
     assert metrics['vaktrom_alerts_records_quarantined_total{reason="database_refused"}'] == 1
