@@ -37,7 +37,11 @@ def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(database_url) as connection:
         connection.execute(  # alerts left open elsewhere would escalate here too
             "UPDATE alerts SET state = 'closed', closed_at = now(), assignee = NULL "
-            "WHERE state IN ('new', 'claimed', 'in_progress')"
+            "WHERE state IN ('new', 'claimed', 'in_progress', 'to_acknowledge')"
+        )
+        connection.execute(  # and notifications left due elsewhere would be sent here and counted
+            "UPDATE notifications SET failed_at = now(), last_error = 'set aside by a test' "
+            "WHERE sent_at IS NULL AND failed_at IS NULL"
         )
         connection.commit()
         yield connection
