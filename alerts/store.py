@@ -205,28 +205,29 @@ def _reason(worsened: bool, recurred: bool, otherwise: str) -> str:
     return otherwise
 
 
+_CLOSE_UNREVIEWED = (
+    "UPDATE alerts SET state = 'closed', closed_at = now(), updated_at = now() "
+    "WHERE episode_id = %s AND state = 'new' RETURNING episode_id"
+)
+_TO_ACKNOWLEDGE = (
+    "UPDATE alerts SET state = 'to_acknowledge', updated_at = now() "
+    "WHERE episode_id = %s AND state = 'new' RETURNING episode_id"
+)
+
+
 def _resolved_before_review(cur: psycopg.Cursor[Any], event: AlertEvent) -> bool:
     """Nobody reviewed the episode before the monitor resolved it (a kit's catch-up, a replay, or
     a short one): info closes itself; red and yellow wait for a nurse to acknowledge them, without
     a response-time clock. True when it closed an info alert."""
     if event.severity is Severity.INFO:
-        cur.execute(
-            "UPDATE alerts SET state = 'closed', closed_at = now(), updated_at = now() "
-            "WHERE episode_id = %s AND state = 'new' RETURNING episode_id",
-            (event.episode_id,),
-        )
-        if cur.fetchone() is None:
-            return False
+        leave = _CLOSE_UNREVIEWED
         kind, reason = "closed", "resolved by the monitor before anyone claimed it"
     else:
-        cur.execute(
-            "UPDATE alerts SET state = 'to_acknowledge', updated_at = now() "
-            "WHERE episode_id = %s AND state = 'new' RETURNING episode_id",
-            (event.episode_id,),
-        )
-        if cur.fetchone() is None:
-            return False
+        leave = _TO_ACKNOWLEDGE
         kind, reason = "resolved_before_review", "resolved by the monitor before anyone reviewed it"
+    cur.execute(leave, (event.episode_id,))
+    if cur.fetchone() is None:
+        return False
     cur.execute(
         "INSERT INTO alert_timeline (episode_id, kind, detail) VALUES (%s, %s, %s)",
         (event.episode_id, kind, Jsonb({"reason": reason, "version": event.version})),

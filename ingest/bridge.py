@@ -324,21 +324,15 @@ class Bridge:
 
     def _fhir_refusal(self, inbound: Inbound) -> Outcome:
         s = self.settings
-        rejection = payload_rejection(
-            topic=inbound.topic,
-            payload=inbound.payload,
-            received_at=inbound.received_at,
-            kit_id=inbound.kit_id or None,
-            reason=RejectReason.RATE_LIMITED,
-            detail=(
-                f"the kit sent more than its fair share ({s.kit_readings_per_minute:,} readings and "
-                f"{s.kit_bytes_per_minute:,} bytes a minute); this FHIR message was not taken, nor are "
-                f"the kit's further ones over its share in the next {_FHIR_REFUSAL_EVERY:.0f} s (only "
-                "counted: vaktrom_bridge_rate_limited_fhir_messages). Have the gateway send less often "
-                "and resend what was refused, or raise VAKTROM_BRIDGE_KIT_READINGS_PER_MINUTE"
-            ),
+        return _whole_rejection(
+            inbound,
+            RejectReason.RATE_LIMITED,
+            f"the kit sent more than its fair share ({s.kit_readings_per_minute:,} readings and "
+            f"{s.kit_bytes_per_minute:,} bytes a minute); this FHIR message was not taken, nor are "
+            f"the kit's further ones over its share in the next {_FHIR_REFUSAL_EVERY:.0f} s (only "
+            "counted: vaktrom_bridge_rate_limited_fhir_messages). Have the gateway send less often "
+            "and resend what was refused, or raise VAKTROM_BRIDGE_KIT_READINGS_PER_MINUTE",
         )
-        return Outcome(inbound.kit_id or None, rejections=[rejection])
 
     def _settle_unrecorded(self, inbound: Inbound) -> None:
         """A message that makes no record: acknowledge it at once, in order (with its receipt, if any)."""
@@ -358,15 +352,11 @@ class Bridge:
         raise ValueError(f"no handler for channel {inbound.channel!r}")
 
     def _internal_error(self, inbound: Inbound) -> Outcome:
-        rejection = payload_rejection(
-            topic=inbound.topic,
-            payload=inbound.payload,
-            received_at=inbound.received_at,
-            kit_id=inbound.kit_id or None,
-            reason=RejectReason.INTERNAL_ERROR,
-            detail="the bridge failed on this payload (a bug, logged for operators); it is kept here",
+        return _whole_rejection(
+            inbound,
+            RejectReason.INTERNAL_ERROR,
+            "the bridge failed on this payload (a bug, logged for operators); it is kept here",
         )
-        return Outcome(inbound.kit_id or None, rejections=[rejection])
 
     def _records(self, outcome: Outcome, inbound: Inbound) -> list[_Record]:
         # W3C trace context: the trace id is the record's own id, the span this bridge's handling of
@@ -534,3 +524,16 @@ class Bridge:
         }
         report["status"] = health_status(report)
         return report
+
+
+def _whole_rejection(inbound: Inbound, reason: RejectReason, detail: str) -> Outcome:
+    """One rejection for the whole message, carrying its payload (cut, escaped)."""
+    rejection = payload_rejection(
+        topic=inbound.topic,
+        payload=inbound.payload,
+        received_at=inbound.received_at,
+        kit_id=inbound.kit_id or None,
+        reason=reason,
+        detail=detail,
+    )
+    return Outcome(inbound.kit_id or None, rejections=[rejection])
