@@ -256,7 +256,7 @@ def test_the_audit_log_cannot_be_altered(conn: psycopg.Connection[Any], statemen
     before = conn.execute("SELECT count(*) FROM audit.audit_log").fetchone()
     conn.rollback()
     # the application role lacks the privilege; the owner would meet the append-only triggers
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only|permission denied"):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match=r"append-only|permission denied"):
         conn.execute(statement)
     conn.rollback()
     assert conn.execute("SELECT count(*) FROM audit.audit_log").fetchone() == before

@@ -87,7 +87,9 @@ def test_addresses_point_at_compose_services_and_their_ports() -> None:
     assert db.path.lstrip("/") == tsdb["POSTGRES_DB"]
     # the stages are not the superuser and not the schema's owner; the migrations run as the owner
     assert (db.username, tsdb["POSTGRES_USER"]) == ("vaktrom_app", "postgres")
-    owner = urlsplit(re.sub(r"\$\{[^}]*\}", "from-env", SERVICES["init"]["environment"]["VAKTROM_DATABASE_URL"]))
+    owner = urlsplit(
+        re.sub(r"\$\{[^}]*\}", "from-env", SERVICES["init"]["environment"]["VAKTROM_DATABASE_URL"])
+    )
     assert (owner.username, owner.hostname, owner.path) == ("vaktrom", "timescaledb", db.path)
 
 
