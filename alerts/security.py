@@ -32,7 +32,9 @@ HSTS = "max-age=31536000; includeSubDomains"
 _ALWAYS = [
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"x-frame-options", b"DENY"),  # frame-ancestors for browsers that predate it
-    (b"referrer-policy", b"no-referrer"),  # alert and patient ids stay out of other sites' logs
+    # Same-origin only: alert and patient ids in URLs stay out of other sites' logs. Not
+    # no-referrer: with it Chromium sends `Origin: null` on form posts, which the CSRF check refuses.
+    (b"referrer-policy", b"same-origin"),
     (b"x-content-type-options", b"nosniff"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]

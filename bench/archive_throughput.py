@@ -63,9 +63,11 @@ _METRICS = (
 def stack_env() -> dict[str, str]:
     """The local stack's addresses, with the test database: benchmarks never write to the demo's."""
     try:
-        return stackenv.for_tests()
+        env = stackenv.for_tests()
     except stackenv.StackEnvError as exc:
         sys.exit(f"bench: {exc}")
+    # benchmarks make, migrate and drop schemas of their own: that takes the owner's role
+    return {**env, "VAKTROM_DATABASE_URL": env.get(stackenv.OWNER_DATABASE_KEY, env["VAKTROM_DATABASE_URL"])}
 
 
 _SCRATCH: set[str] = set()

@@ -160,7 +160,7 @@ def test_every_page_and_api_response_carries_the_security_headers(
                 script = next(d for d in csp.split(";") if d.strip().startswith("script-src"))
                 assert script.split()[1:] == ["'self'"], (path, csp)
                 assert response.headers.get("x-content-type-options") == "nosniff", path
-                assert response.headers.get("referrer-policy") == "no-referrer", path
+                assert response.headers.get("referrer-policy") == "same-origin", path
                 assert "strict-transport-security" not in response.headers, "not on plain http"
                 if response.headers.get("content-type", "").startswith("text/html"):
                     assert not re.search(r"<script(?![^>]*\bsrc=)", response.text), path
