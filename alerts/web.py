@@ -337,6 +337,33 @@ def add_user_form(
     return RedirectResponse("/admin/users", status_code=303)
 
 
+@pages.post("/admin/users/{username}/{action}", openapi_extra={"x-vaktrom-scope": "centre"})
+def account_form(
+    *,
+    request: Request,
+    ctx: Ctx,
+    who: PageAdmin,
+    username: str,
+    action: Literal["deactivate", "activate"],
+    csrf: Csrf = None,
+) -> Response:
+    """Deactivate an account (its sessions and tokens end at once) or activate it again."""
+    csrf_checked(request, who, csrf)
+    if username == who.username:
+        return RedirectResponse("/admin/users?" + urlencode({"error": "ask another administrator"}), 303)
+    detail: dict[str, Any] | None = None
+    try:
+        with ctx.db() as conn:
+            if action == "deactivate":
+                detail = {"sessions_ended": accounts.deactivate(conn, username)}
+            else:
+                accounts.activate(conn, username)
+    except accounts.AccountError as exc:
+        return RedirectResponse("/admin/users?" + urlencode({"error": str(exc)}), status_code=303)
+    ctx.audit(request, who.username, f"{action}_user", target=username, detail=detail)
+    return RedirectResponse("/admin/users", status_code=303)
+
+
 @pages.get("/admin/audit")
 def audit_page(request: Request, ctx: Ctx, who: PageAdmin) -> Response:
     with ctx.db() as conn:

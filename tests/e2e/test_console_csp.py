@@ -48,14 +48,14 @@ def service(stack: Stack, unique: str, artefacts: Path) -> Iterator[AlertsProces
 class Watched:
     """A page whose CSP reports and console errors are collected, checked after each visit."""
 
-    def __init__(self, chromium: Browser, base: str) -> None:
+    def __init__(self, chromium: Browser, base: str, *, confirm: bool = False) -> None:
         self.base = base
         self.page: Page = chromium.new_page(viewport={"width": 1280, "height": 900})
         self.page.add_init_script(_WATCH)
         self.errors: list[str] = []
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda exc: self.errors.append(f"page error: {exc}"))
-        self.page.on("dialog", lambda d: d.dismiss())
+        self.page.on("dialog", lambda d: d.accept() if confirm else d.dismiss())
         self.visited: list[str] = []
 
     def _console(self, message: ConsoleMessage) -> None:
@@ -119,7 +119,8 @@ def test_every_console_page_runs_under_the_csp_without_a_violation(
 ) -> None:
     """Finding 4, injected script: the queue (live updates, meters, filters that submit themselves),
     an alert with its uPlot trend chart, the patients and kits pages and every admin page load and
-    work with no CSP report and no console error."""
+    work with no CSP report and no console error; an administrator's Deactivate button (a form that
+    asks first) ends the coordinator's open session."""
     ward = _ward(stack, unique)
 
     nurse_view = Watched(browser, service.url)
@@ -140,11 +141,19 @@ def test_every_console_page_runs_under_the_csp_without_a_violation(
     nurse_view.check("/alerts/{id} (trend chart)")
     for path in ("/?view=mine", "/patients", "/kits", "/nowhere"):
         nurse_view.visit(path)
-    nurse_view.page.close()
 
-    admin_view = Watched(browser, service.url)
+    admin_view = Watched(browser, service.url, confirm=True)
     admin_view.login(ward["admin"])
-    for path in ("/admin/users", "/admin/audit", "/admin/quarantine", "/kits"):
+    for path in ("/admin/audit", "/admin/quarantine", "/kits", "/admin/users"):
         admin_view.visit(path)
+    # the administrator deactivates the coordinator (a data-confirm form): her open page is logged out
+    admin_view.page.locator(f'form[action="/admin/users/{ward["coordinator"]}/deactivate"] button').click()
+    expect(
+        admin_view.page.locator(f'form[action="/admin/users/{ward["coordinator"]}/activate"]')
+    ).to_be_visible()
+    admin_view.check("/admin/users (deactivate)")
+    nurse_view.page.goto(f"{service.url}/")
+    expect(nurse_view.page).to_have_url(f"{service.url}/login?next=%2F")
+    nurse_view.page.close()
     admin_view.page.close()
-    assert len(nurse_view.visited) + len(admin_view.visited) == 13
+    assert len(nurse_view.visited) + len(admin_view.visited) == 14
