@@ -402,3 +402,47 @@ def test_the_application_role_is_neither_superuser_nor_owner(database_url: str, 
         _psql(database_url, "SELECT current_user").stdout
         != _psql(stack.values["VAKTROM_DATABASE_OWNER_URL"], "SELECT current_user").stdout
     )
+
+
+FORGING = [
+    "INSERT INTO audit.audit_log (at, actor, action) VALUES ('2020-01-01', 'forged', 'login')",
+    "INSERT INTO audit.audit_log (entry_id, actor, action) OVERRIDING SYSTEM VALUE "
+    "VALUES (-1, 'forged', 'login')",
+]
+
+
+@pytest.mark.parametrize("statement", FORGING)
+def test_the_application_role_cannot_backdate_an_audit_entry(database_url: str, statement: str) -> None:
+    """Finding 4, a compromised application: it may add to the audit log, but not an entry dated in
+    the past or numbered into a gap, which would pass for one that had always been there."""
+    tried = _psql(database_url, statement)
+    assert tried.returncode != 0
+    assert "permission denied" in tried.stderr, tried.stderr
+
+
+HIJACK = """
+BEGIN;
+CREATE TEMP TABLE archive_policy (compress_after interval, retain_for interval, updated_at timestamptz);
+INSERT INTO archive_policy VALUES ('1 day', '2 days', now());
+GRANT ALL ON archive_policy TO PUBLIC;
+CREATE FUNCTION pg_temp.as_owner() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+    RAISE WARNING 'hijacked as %', current_user;
+    RETURN NEW;
+END $f$;
+CREATE TRIGGER hijack BEFORE UPDATE ON archive_policy FOR EACH ROW EXECUTE FUNCTION pg_temp.as_owner();
+SELECT vaktrom_configure_archive('7 days', '400 days');
+ROLLBACK;
+"""
+
+
+def test_the_archive_function_runs_none_of_the_applications_code_as_owner(database_url: str) -> None:
+    """Finding 4, a compromised application: vaktrom_configure_archive() runs as the schema's owner;
+    a temporary `archive_policy` with a trigger, put in front of the real table, must not be what it
+    updates, or the trigger would run as the owner (who may switch the audit log's triggers off)."""
+    tried = subprocess.run(
+        ["psql", database_url, "-v", "ON_ERROR_STOP=1", "-qAt"],
+        input=HIJACK, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert tried.returncode == 0, tried.stderr
+    assert "hijacked" not in tried.stderr, tried.stderr
