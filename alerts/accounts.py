@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import ipaddress
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,6 +35,7 @@ __all__ = [
     "Token",
     "activate",
     "add_user",
+    "address_block",
     "audit",
     "authenticate",
     "change_role",
@@ -142,26 +144,46 @@ def add_user(
         raise AccountError(f"there is no team {team_id!r}") from None
 
 
+def address_block(ip: str | None) -> tuple[str | None, str | None]:
+    """A client's address as recorded, and the block its failed logins are counted by: the IPv4
+    address itself, or the IPv6 /64 around it, since one host usually holds a whole /64 and could
+    otherwise take a fresh address for every guess. An IPv4 client seen through an IPv6 socket
+    (::ffff:a.b.c.d) is its IPv4 address. Something that is no address is counted by account only."""
+    if ip is None:
+        return None, None
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None, None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        address = ipaddress.IPv6Address(int(address))  # without a zone (%eth0), which inet refuses
+        return str(address), str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address), f"{address}/32"
+
+
 def authenticate(conn: psycopg.Connection[Any], username: str, password: str, ip: str | None) -> str:
     """The username when the password is right; LoginError otherwise. Records failures and commits."""
     with conn.transaction():
         # Count and record this attempt in one step, one attempt at a time per account and per
         # address (the account's lock first, always): a burst of concurrent guesses is admitted only
         # up to the limit. The attempt's row is removed again when the password is right.
+        ip, block = address_block(ip)
         conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_USER, username))
-        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_IP, ip or ""))
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_IP, block or ""))
         admitted = conn.execute(
             """
             INSERT INTO login_failures (username, ip)
             SELECT %(u)s, %(ip)s
             WHERE (SELECT count(*) FROM login_failures
                    WHERE username = %(u)s AND at > now() - %(window)s) < %(per_user)s
-              AND (%(ip)s::inet IS NULL OR (SELECT count(*) FROM login_failures
-                   WHERE ip = %(ip)s::inet AND at > now() - %(window)s) < %(per_ip)s)
+              AND (%(block)s::cidr IS NULL OR (SELECT count(*) FROM login_failures
+                   WHERE ip <<= %(block)s::cidr AND at > now() - %(window)s) < %(per_ip)s)
             RETURNING 1
             """,
-            {"u": username, "ip": ip, "window": FAILURE_WINDOW, "per_user": MAX_FAILURES_PER_USER,
-             "per_ip": MAX_FAILURES_PER_IP},
+            {"u": username, "ip": ip, "block": block, "window": FAILURE_WINDOW,
+             "per_user": MAX_FAILURES_PER_USER, "per_ip": MAX_FAILURES_PER_IP},
         ).fetchone()  # fmt: skip
         if admitted is None:
             raise LoginError(

@@ -337,6 +337,35 @@ def test_concurrent_failed_logins_cannot_exceed_the_limit(
         )
 
 
+def test_the_limit_per_address_counts_an_ipv6_clients_whole_64(
+    service: AlertsProcess, conn: psycopg.Connection[Any]
+) -> None:
+    """Finding 4, password spraying from IPv6: a client that takes a fresh address of its /64 for
+    each guess (one guess each at many accounts) is still stopped after 30 failures, as one address
+    would be; a neighbouring /64 is not."""
+    site, subnet = secrets.randbelow(0xFFFF), secrets.randbelow(0xFFFF)
+    prefix = f"2001:db8:{site:x}:{subnet:x}"
+    sprayed = f"spray-{secrets.token_hex(4)}"
+    codes = []
+    for n in range(31):
+        with _client(via_proxy=True, headers={"X-Forwarded-For": f"{prefix}::{n + 1:x}"}) as client:
+            codes.append(
+                client.post(
+                    f"{service.url}/login", data={"username": f"{sprayed}-{n}", "password": "Password123!"}
+                ).status_code
+            )
+    assert codes == [401] * 30 + [429]
+    with _client(
+        via_proxy=True, headers={"X-Forwarded-For": f"2001:db8:{site:x}:{subnet + 1:x}::1"}
+    ) as neighbour:
+        assert (
+            neighbour.post(
+                f"{service.url}/login", data={"username": f"{sprayed}-0", "password": "Password123!"}
+            ).status_code
+            == 401
+        )
+
+
 # ------------------------------------------------------------------ the database roles
 TAMPERING = [
     "UPDATE audit.audit_log SET actor = 'nobody'",
