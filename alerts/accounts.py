@@ -45,6 +45,7 @@ __all__ = [
     "purge",
     "revoke_token",
     "session_for",
+    "session_live",
     "token_of",
     "tokens",
     "users",
@@ -242,6 +243,21 @@ def session_for(conn: psycopg.Connection[Any], token: str, *, kind: str, idle: t
     if row is None:
         return None
     return Principal(row[0], row[1], Role(row[2]), row[3], row[4], kind)
+
+
+def session_live(conn: psycopg.Connection[Any], token: str, *, kind: str, idle: timedelta) -> bool:
+    """Whether the session is still live, as `session_for` would judge it, without counting this as a
+    use (an open event stream must not keep an idle session alive)."""
+    row = conn.execute(
+        """
+        SELECT 1 FROM sessions s JOIN users u ON u.username = s.username AND u.active
+        WHERE s.token_hash = %(h)s AND s.kind = %(kind)s
+          AND s.expires_at > now() AND s.last_seen_at > now() - %(idle)s
+        """,
+        {"h": _digest(token), "kind": kind, "idle": idle},
+    ).fetchone()
+    conn.rollback()
+    return row is not None
 
 
 def purge(conn: psycopg.Connection[Any], *, keep: timedelta = timedelta(days=1)) -> tuple[int, int]:

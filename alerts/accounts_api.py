@@ -5,12 +5,15 @@ everyone may see and revoke their own tokens (docs/console-security.md, "Account
     POST   /api/v1/users/{username}/deactivate | activate  sessions and tokens end at once (admin)
     POST   /api/v1/users/{username}/role                   new role and team; sessions end (admin)
     GET    /api/v1/users/{username}/tokens                 the account's API tokens (admin)
-    POST   /api/v1/users/{username}/tokens                 a new token, shown once (admin)
+    POST   /api/v1/users/{username}/tokens                 a new token, shown once (admin; not for a
+                                                           clinical account)
     DELETE /api/v1/users/{username}/tokens/{token_id}      revoke one (admin)
-    GET    /api/v1/me/tokens, DELETE /api/v1/me/tokens/{token_id}    the caller's own
+    GET | POST /api/v1/me/tokens, DELETE /api/v1/me/tokens/{token_id}    the caller's own
 
-Accounts are centre-wide objects: an administrator manages them all and still sees no patients.
-Every change is in the audit log.
+Accounts are centre-wide objects: an administrator manages them all and still sees no patients. So
+an administrator cannot be handed a clinical account's token: with it they would read patients and
+act under a nurse's name. A clinical account makes its own (`POST /api/v1/me/tokens`), or an
+operator makes one on the command line. Every change is in the audit log.
 """
 
 from __future__ import annotations
@@ -157,14 +160,37 @@ def user_tokens(ctx: Ctx, username: str, who: Admin) -> list[accounts.Token]:
 def add_token(
     request: Request, ctx: Ctx, username: str, who: Admin, body: TokenRequest | None = None
 ) -> NewToken:
-    """A bearer token for the account (an integration's, usually); it is shown in this answer only."""
+    """A bearer token for an administrator's account (another console, a script); it is shown in this
+    answer only. A clinical account's token is refused (403): it would let the administrator see
+    patients as that user; the account makes its own at /api/v1/me/tokens."""
     csrf_checked(request, who, None)
+    with ctx.db() as conn:
+        found = conn.execute("SELECT active, role FROM users WHERE username = %s", (username,)).fetchone()
+        conn.rollback()
+    if found is None or not found[0]:
+        raise HTTPException(404, f"there is no active user {username!r}")
+    if Role(found[1]).clinical:
+        raise HTTPException(
+            403,
+            f"{username!r} is a {found[1]} account, which sees patients: an administrator may not hold its "
+            "token. The account makes its own (POST /api/v1/me/tokens), or an operator runs "
+            f"`python -m alerts.admin token {username}`",
+        )
+    return _new_token(request, ctx, who, username, body)
+
+
+@accounts_api.post("/me/tokens", response_model=NewToken, openapi_extra=SELF)
+def add_my_token(request: Request, ctx: Ctx, who: Caller, body: TokenRequest | None = None) -> NewToken:
+    """A bearer token for your own account (an integration rotating its token, say); shown this once."""
+    csrf_checked(request, who, None)
+    return _new_token(request, ctx, who, who.username, body)
+
+
+def _new_token(
+    request: Request, ctx: Ctx, who: Principal, username: str, body: TokenRequest | None
+) -> NewToken:
     days = body.days if body is not None and body.days is not None else ctx.settings.token_days
     with ctx.db() as conn:
-        found = conn.execute("SELECT active FROM users WHERE username = %s", (username,)).fetchone()
-        conn.rollback()
-        if found is None or not found[0]:
-            raise HTTPException(404, f"there is no active user {username!r}")
         secret = accounts.new_session(conn, username, kind="api", lifetime=timedelta(days=days), ip=None)
         token = accounts.token_of(conn, secret)
     ctx.audit(

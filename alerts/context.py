@@ -127,6 +127,16 @@ class Console:
                 return accounts.session_for(conn, token, kind="browser", idle=self.idle)
         return None
 
+    def still_current(self, request: Request) -> bool:
+        """Whether the request's session or token is still live (not ended, deactivated, re-roled or
+        idle), without counting as a use: for a long-lived response such as the event stream."""
+        auth = request.headers.get("authorization", "")
+        with self.db() as conn:
+            if auth.lower().startswith("bearer "):
+                return accounts.session_live(conn, auth[7:].strip(), kind="api", idle=timedelta(days=3650))
+            token = request.cookies.get(COOKIE)
+            return bool(token) and accounts.session_live(conn, token or "", kind="browser", idle=self.idle)
+
     def registry_as(self, request: Request, who: Principal | None) -> tuple[Registry, Actor]:
         """The registry and who acts in it (None: a kit, which has no account); 503 without one."""
         if self.registry is None:

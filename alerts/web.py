@@ -18,6 +18,7 @@ below it speak pseudonyms.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -62,6 +63,8 @@ from alerts.store import Resolution
 from registry import Registry
 
 __all__ = ["create_app"]
+
+STREAM_RECHECK_S = 5.0  # how often an open event stream checks that its session still lives
 
 
 # ------------------------------------------------------------------ pages
@@ -282,9 +285,16 @@ async def events(request: Request, ctx: Ctx) -> Response:
     subscription = live.subscribe()
 
     async def stream() -> AsyncIterator[dict[str, str]]:
+        checked = time.monotonic()
         try:
             yield {"event": "hello", "data": str(live.changes)}
             while not live.closing.is_set():
+                # The session may end while the stream is open (logout, deactivation, a new role, the
+                # idle limit): then the stream ends too, and the browser's reconnect meets a 401.
+                if time.monotonic() - checked >= STREAM_RECHECK_S:
+                    if not await asyncio.to_thread(ctx.still_current, request):
+                        return
+                    checked = time.monotonic()
                 try:
                     seq = await asyncio.wait_for(subscription.get(), timeout=1.0)
                 except TimeoutError:
@@ -425,8 +435,8 @@ def create_app(
         version="1",
         description="The alert queue and the nurses' actions on it, for electronic patient records and "
         "other systems. Authenticate with `Authorization: Bearer <token>` (an administrator makes one "
-        "with `python -m alerts.admin token USER`, or over `/api/v1/users/{username}/tokens`). Tokens last "
-        "at most 90 days. Patients appear by pseudonym only.",
+        "with `python -m alerts.admin token USER`, or you make your own over `/api/v1/me/tokens`). "
+        "Tokens last at most 90 days. Patients appear by pseudonym only.",
         openapi_url="/api/openapi.json",
         docs_url=None,  # its page loads script from a CDN and runs inline script: not under our CSP
         redoc_url=None,

@@ -266,6 +266,55 @@ def test_a_revoked_token_is_refused_and_nobody_revokes_anothers_by_id(
     assert revoked == [(str(ids[0]),), (str(ids[1]),)]
 
 
+def test_an_administrator_cannot_take_a_clinical_accounts_token(
+    service: AlertsProcess, conn: psycopg.Connection[Any]
+) -> None:
+    """Finding 4, an administrator escaping "sees no patients": asking the API for a token of a
+    nurse's account (to read patients and act under her name) is refused; the nurse makes her own
+    over /me/tokens, and an administrator's own kind of account may still be given one."""
+    nurse, admin, other_admin = staff(conn, Role.NURSE), staff(conn, Role.ADMIN), staff(conn, Role.ADMIN)
+    by_admin = bearer(conn, admin)
+    taken = httpx.post(f"{service.url}/api/v1/users/{nurse}/tokens", headers=by_admin)
+    assert taken.status_code == 403, taken.text
+    assert "token" not in taken.json()
+    assert conn.execute(
+        "SELECT count(*) FROM sessions WHERE username = %s AND kind = 'api'", (nurse,)
+    ).fetchone() == (0,)
+    conn.rollback()
+    own = httpx.post(f"{service.url}/api/v1/me/tokens", headers=bearer(conn, nurse), json={"days": 7})
+    assert own.status_code == 200, own.text
+    me = httpx.get(f"{service.url}/api/v1/me", headers={"Authorization": f"Bearer {own.json()['token']}"})
+    assert me.json()["username"] == nurse
+    given = httpx.post(f"{service.url}/api/v1/users/{other_admin}/tokens", headers=by_admin)
+    assert given.status_code == 200, given.text
+
+
+def test_an_open_event_stream_ends_with_its_session(
+    service: AlertsProcess, conn: psycopg.Connection[Any]
+) -> None:
+    """Finding 4, insider whose account ends: the live event stream a nurse had open before an
+    administrator deactivated her stops within seconds, instead of telling her for ever when the
+    centre's queue changes."""
+    nurse, admin = staff(conn, Role.NURSE), staff(conn, Role.ADMIN)
+    token = bearer(conn, nurse)
+    ended = threading.Event()
+
+    def listen() -> None:
+        with httpx.stream("GET", f"{service.url}/events", headers=token, timeout=60) as stream:
+            assert stream.status_code == 200
+            for _ in stream.iter_lines():
+                pass
+        ended.set()
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    assert not ended.wait(3), "the stream should stay open while the session lives"
+    done = httpx.post(f"{service.url}/api/v1/users/{nurse}/deactivate", headers=bearer(conn, admin))
+    assert done.status_code == 200, done.text
+    assert ended.wait(20), "the event stream is still open after the account was deactivated"
+    assert httpx.get(f"{service.url}/events", headers=token).status_code == 401
+
+
 def test_bearer_tokens_last_at_most_90_days(
     service: AlertsProcess, conn: psycopg.Connection[Any], stack: Stack
 ) -> None:
@@ -289,12 +338,15 @@ def test_bearer_tokens_last_at_most_90_days(
         ).status_code
         == 200
     )
-    admin = bearer(conn, staff(conn, Role.ADMIN))
+    admin, integration = bearer(conn, staff(conn, Role.ADMIN)), staff(conn, Role.ADMIN)
     assert (
-        httpx.post(f"{service.url}/api/v1/users/{user}/tokens", headers=admin, json={"days": 91}).status_code
+        httpx.post(
+            f"{service.url}/api/v1/users/{integration}/tokens", headers=admin, json={"days": 91}
+        ).status_code
         == 422
     )
-    given = httpx.post(f"{service.url}/api/v1/users/{user}/tokens", headers=admin)
+    assert httpx.post(f"{service.url}/api/v1/me/tokens", headers=admin, json={"days": 91}).status_code == 422
+    given = httpx.post(f"{service.url}/api/v1/users/{integration}/tokens", headers=admin)
     assert given.status_code == 200
     assert datetime.fromisoformat(given.json()["expires_at"]) <= datetime.now(UTC) + timedelta(days=90)
     with pytest.raises(AccountError, match="90 days"):
