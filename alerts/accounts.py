@@ -302,10 +302,18 @@ def _exists(conn: psycopg.Connection[Any], username: str) -> None:
 
 
 def deactivate(conn: psycopg.Connection[Any], username: str) -> int:
-    """Disable an account: its sessions and tokens end now. Returns how many ended. Commits."""
+    """Disable an account: its sessions and tokens end now, and so do the unclaimed kit pairing codes
+    it made (the person who leaves has seen them, and a code claimed hands over a kit's broker
+    credentials; the centre makes new ones). Returns how many sessions ended. Commits."""
     with conn.transaction():
         _exists(conn, username)
         conn.execute("UPDATE users SET active = false WHERE username = %s", (username,))
+        # kit_pairings is the registry's table; its codes end early as when a kit retires
+        conn.execute(
+            "UPDATE kit_pairings SET expires_at = now() "
+            "WHERE created_by = %s AND claimed_at IS NULL AND expires_at > now()",
+            (username,),
+        )
         return conn.execute("DELETE FROM sessions WHERE username = %s", (username,)).rowcount
 
 

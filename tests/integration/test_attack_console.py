@@ -202,6 +202,30 @@ def test_a_deactivated_users_session_and_token_are_refused_at_once(
     )
 
 
+def test_a_deactivated_users_kit_pairing_codes_end_with_the_account(
+    service: AlertsProcess, conn: psycopg.Connection[Any]
+) -> None:
+    """Finding 4, insider whose account ends: a pairing code a coordinator made (and saw) the day
+    before she left cannot be claimed afterwards, which would hand her a kit's broker credentials
+    (and lock the real kit out); a colleague's code still works."""
+    team = f"t-{secrets.token_hex(6)}"
+    conn.execute("INSERT INTO teams (team_id, name) VALUES (%s, 'Attack test team')", (team,))
+    conn.commit()
+    leaver, colleague = staff(conn, Role.COORDINATOR, team), staff(conn, Role.COORDINATOR, team)
+    admin = bearer(conn, staff(conn, Role.ADMIN))
+    api = f"{service.url}/api/v1"
+    kit, other_kit = f"attack-kit-{secrets.token_hex(6)}", f"attack-kit-{secrets.token_hex(6)}"
+    for made in (kit, other_kit):
+        assert httpx.post(f"{api}/kits", json={"kit_id": made}, headers=admin).status_code == 201
+    hers = httpx.post(f"{api}/kits/{kit}/pairing", headers=bearer(conn, leaver))
+    theirs = httpx.post(f"{api}/kits/{other_kit}/pairing", headers=bearer(conn, colleague))
+    assert (hers.status_code, theirs.status_code) == (201, 201), hers.text
+    assert httpx.post(f"{api}/users/{leaver}/deactivate", headers=admin).status_code == 200
+    claimed = httpx.post(f"{api}/pairing/claim", json={"code": hers.json()["code"]})
+    assert claimed.status_code == 404, claimed.text
+    assert httpx.post(f"{api}/pairing/claim", json={"code": theirs.json()["code"]}).status_code == 200
+
+
 def test_a_role_or_team_change_ends_the_accounts_sessions(
     service: AlertsProcess, conn: psycopg.Connection[Any], stack: Stack
 ) -> None:
