@@ -318,10 +318,15 @@ def deactivate(conn: psycopg.Connection[Any], username: str) -> int:
 
 
 def activate(conn: psycopg.Connection[Any], username: str) -> None:
-    """Enable a disabled account again (it logs in afresh; old sessions are gone). Commits."""
+    """Enable a disabled account again: it logs in afresh. Any session or token still on record is
+    removed, not revived: one made by a request that checked the account just before it was
+    deactivated would otherwise come back to life. Commits."""
     with conn.transaction():
         _exists(conn, username)
-        conn.execute("UPDATE users SET active = true WHERE username = %s", (username,))
+        if conn.execute(
+            "UPDATE users SET active = true WHERE username = %s AND NOT active", (username,)
+        ).rowcount:
+            conn.execute("DELETE FROM sessions WHERE username = %s", (username,))
 
 
 def change_role(conn: psycopg.Connection[Any], username: str, *, role: Role, team_id: str | None) -> int:

@@ -49,6 +49,7 @@ __all__ = [
     "page_user",
     "role_in",
     "safe_next",
+    "same_origin",
 ]
 
 
@@ -228,11 +229,16 @@ def csrf_checked(request: Request, who: Principal, form_token: str | None) -> No
     a browser never sends them by itself)."""
     if who.kind != "browser":
         return
+    same_origin(request)
+    if (form_token or request.headers.get("x-csrf-token")) != who.csrf_token:
+        raise HTTPException(403, "the form is stale or forged (CSRF token missing or wrong): reload the page")
+
+
+def same_origin(request: Request) -> None:
+    """403 when the browser says the request comes from another site's page (its Origin header)."""
     origin = request.headers.get("origin")
     if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
         raise HTTPException(403, "cross-site request refused (Origin does not match)")
-    if (form_token or request.headers.get("x-csrf-token")) != who.csrf_token:
-        raise HTTPException(403, "the form is stale or forged (CSRF token missing or wrong): reload the page")
 
 
 def role_in(*allowed: Role, page: bool = False) -> Callable[..., Principal]:

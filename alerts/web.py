@@ -52,6 +52,7 @@ from alerts.context import (
     csrf_checked,
     page_user,
     safe_next,
+    same_origin,
 )
 from alerts.live import Live
 from alerts.registry_api import registry_api
@@ -85,6 +86,9 @@ def login(
     password: Annotated[str, Form(max_length=256)],
     next: Annotated[str, Form()] = "/",
 ) -> Response:
+    # Not another site's form: it would log the nurse's browser in as the attacker's account, and
+    # what she then writes would go under that name.
+    same_origin(request)
     username = username.strip().lower()
     try:
         with ctx.db() as conn:

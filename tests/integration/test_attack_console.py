@@ -134,6 +134,28 @@ def test_behind_a_trusted_https_proxy_the_origin_check_and_secure_cookie_work(
 
 
 # ------------------------------------------------------------------ security headers
+def test_another_sites_form_cannot_log_the_browser_in(
+    service: AlertsProcess, conn: psycopg.Connection[Any]
+) -> None:
+    """Finding 4, network attacker (login CSRF): a form on another site posting the attacker's own
+    username and password to /login gets no session cookie, so the nurse's browser is not quietly
+    working under the attacker's account; the console's own login page still works."""
+    attacker = staff(conn, Role.NURSE)
+    with _client(via_proxy=False) as client:
+        forged = client.post(
+            f"{service.url}/login",
+            data={"username": attacker, "password": PASSWORD},
+            headers={"Origin": "https://evil.example"},
+        )
+        assert forged.status_code == 403
+        assert "set-cookie" not in forged.headers
+        own = client.post(
+            f"{service.url}/login", data={"username": attacker, "password": PASSWORD},
+            headers={"Origin": service.url},
+        )  # fmt: skip
+        assert own.status_code == 303, own.text
+
+
 def test_every_page_and_api_response_carries_the_security_headers(
     service: AlertsProcess, conn: psycopg.Connection[Any]
 ) -> None:
@@ -224,6 +246,25 @@ def test_a_deactivated_users_kit_pairing_codes_end_with_the_account(
     claimed = httpx.post(f"{api}/pairing/claim", json={"code": hers.json()["code"]})
     assert claimed.status_code == 404, claimed.text
     assert httpx.post(f"{api}/pairing/claim", json={"code": theirs.json()["code"]}).status_code == 200
+
+
+def test_a_token_made_while_deactivation_ran_does_not_come_back_with_the_account(
+    service: AlertsProcess, conn: psycopg.Connection[Any]
+) -> None:
+    """Finding 4, insider whose account ends: a token whose request checked the account just before
+    an administrator deactivated it (here made straight after, as that request would) is refused,
+    and stays refused when the account is activated again; it logs in afresh."""
+    nurse, admin = staff(conn, Role.NURSE), bearer(conn, staff(conn, Role.ADMIN))
+    assert httpx.post(f"{service.url}/api/v1/users/{nurse}/deactivate", headers=admin).status_code == 200
+    raced = bearer(conn, nurse)
+    assert httpx.get(f"{service.url}/api/v1/me", headers=raced).status_code == 401
+    assert httpx.post(f"{service.url}/api/v1/users/{nurse}/activate", headers=admin).status_code == 200
+    assert httpx.get(f"{service.url}/api/v1/me", headers=raced).status_code == 401
+    browser = ConsoleClient(service.url)
+    try:
+        assert browser.login(nurse).status_code == 303
+    finally:
+        browser.close()
 
 
 def test_a_role_or_team_change_ends_the_accounts_sessions(
