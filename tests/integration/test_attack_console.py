@@ -566,6 +566,23 @@ def test_the_application_role_cannot_backdate_an_audit_entry(database_url: str, 
     assert "permission denied" in tried.stderr, tried.stderr
 
 
+BOOKKEEPING = [
+    "INSERT INTO schema_migrations (version, name, checksum) VALUES (9999, '9999_future.sql', 'x')",
+    "UPDATE schema_migrations SET checksum = 'x'",
+    "DELETE FROM schema_migrations",
+]
+
+
+@pytest.mark.parametrize("statement", BOOKKEEPING)
+def test_the_application_role_cannot_mark_a_migration_applied(database_url: str, statement: str) -> None:
+    """Finding 4, a compromised application: it cannot write the migrations' bookkeeping, where a
+    row for a migration not yet shipped would make the owner skip it (a later security fix never
+    applied), or a removed row would stop the next deployment. (Rolled back should it succeed.)"""
+    tried = _psql(database_url, f"BEGIN; {statement}; ROLLBACK")
+    assert tried.returncode != 0
+    assert "permission denied" in tried.stderr, tried.stderr
+
+
 HIJACK = """
 BEGIN;
 CREATE TEMP TABLE archive_policy (compress_after interval, retain_for interval, updated_at timestamptz);

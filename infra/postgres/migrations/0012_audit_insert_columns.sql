@@ -1,5 +1,5 @@
--- The application's audit entries take their time and number from the database (issue #28,
--- finding 4). Owner: alerts.
+-- The application's audit entries take their time and number from the database, and it no longer
+-- writes the migrations' bookkeeping (issue #28, finding 4). Owner: alerts.
 --
 -- 0011 let vaktrom_app insert whole rows, so a compromised stage could still write an entry dated
 -- last year, or slot one into a gap of `entry_id` (OVERRIDING SYSTEM VALUE), and make it look as if
@@ -19,3 +19,8 @@ BEGIN
     );
 END
 $$;
+
+-- 0011's grant on every table of the schema took in the migrations' own bookkeeping: the application
+-- could record a migration not yet shipped as applied (a later fix would then never run) or remove
+-- one's row. Only the migrating owner writes it.
+REVOKE INSERT, UPDATE, DELETE ON schema_migrations FROM vaktrom_app;
