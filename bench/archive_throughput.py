@@ -61,11 +61,19 @@ _METRICS = (
 
 
 def stack_env() -> dict[str, str]:
-    """The local stack's addresses, with the test database: benchmarks never write to the demo's."""
+    """The local stack's addresses, with the test database: benchmarks never write to the demo's.
+
+    Benchmarks run bridges with client ids of their own and stand in for kits and sinks, so their
+    MQTT clients log in with the local-only test account (docs/broker-accounts.md), not the real
+    bridge's, which is bound to the client id vaktrom-bridge-1."""
     try:
-        return stackenv.for_tests()
+        env = stackenv.for_tests()
     except stackenv.StackEnvError as exc:
         sys.exit(f"bench: {exc}")
+    if "VAKTROM_STACK_MQTT_TEST_USERNAME" in env:
+        env["VAKTROM_MQTT_USERNAME"] = env["VAKTROM_STACK_MQTT_TEST_USERNAME"]
+        env["VAKTROM_MQTT_PASSWORD"] = env["VAKTROM_STACK_MQTT_TEST_PASSWORD"]
+    return env
 
 
 _SCRATCH: set[str] = set()

@@ -20,7 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
-from mosquitto_init import MQTT_ADMIN, MQTT_SERVICE, dynsec_config
+from mosquitto_init import MQTT_ADMIN, MQTT_BRIDGE, dynsec_config, upgrade_config
 from processes import (
     REPO,
     Health,
@@ -34,7 +34,9 @@ from processes import (
 )
 from tls import client_certificate, ensure_server_certificates
 
-__all__ = ["MQTT_ADMIN", "MQTT_SERVICE", "Kafka", "Mosquitto", "Postgres"]
+from contracts.mqtt_accounts import HEALTH, LOAD, LOCAL_TEST, SERVICE_ACCOUNTS
+
+__all__ = ["LOAD", "LOCAL_TEST", "MQTT_ADMIN", "MQTT_BRIDGE", "Kafka", "Mosquitto", "Postgres"]
 
 
 # ------------------------------------------------------------------ Mosquitto
@@ -76,22 +78,33 @@ class Mosquitto(Service):
             found = json.loads(self.credentials_file.read_text())
         except (OSError, ValueError):
             found = {}
-        return found if isinstance(found, dict) and set(found) >= {MQTT_ADMIN, MQTT_SERVICE} else {}
+        wanted = {a.username for a in SERVICE_ACCOUNTS}
+        return found if isinstance(found, dict) and set(found) >= wanted else {}
 
     def prepare(self) -> None:
         data = self.home / "data"
         data.mkdir(parents=True, exist_ok=True)
         user = service_user("mosquitto")
         dynsec = data / "dynamic-security.json"
-        passwords = self.credentials()
-        if not passwords or not dynsec.exists():
-            passwords = {name: secrets.token_urlsafe(24) for name in (MQTT_ADMIN, MQTT_SERVICE)}
+        # One account per stage (contracts.mqtt_accounts), with the local-only ones; their rules
+        # cover every topic root NAME/v1 and share group, since each test uses its own.
+        scope = {"root": "+/v1", "group": "+"}
+        try:
+            kept = json.loads(self.credentials_file.read_text()) if dynsec.exists() else {}
+        except (OSError, ValueError):
+            kept = {}
+        passwords = {a.username: kept.get(a.username) or secrets.token_urlsafe(24) for a in SERVICE_ACCOUNTS}
+        if kept != passwords:
             fd = os.open(self.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as out:
                 json.dump(passwords, out)
-            # Replaces any earlier plugin state: kits provisioned against old passwords are gone too,
-            # which is what a fresh local broker means.
-            dynsec.write_text(json.dumps(dynsec_config(passwords), indent=1))
+        if kept and dynsec.exists():
+            # An earlier broker's identities (its kits) stay; new accounts join, kits get bound.
+            doc = json.loads(dynsec.read_text())
+            upgrade_config(doc, passwords, **scope)
+            dynsec.write_text(json.dumps(doc, indent=1))
+        else:
+            dynsec.write_text(json.dumps(dynsec_config(passwords, **scope), indent=1))
         if ensure_server_certificates(self.tls_dir, sorted({self.host, "localhost", "127.0.0.1"})):
             client_certificate(self.tls_dir, "vaktrom-health")
         conf = self.home / "mosquitto.conf"
@@ -124,13 +137,15 @@ class Mosquitto(Service):
         topic = f"vaktrom/health/{uuid.uuid4().hex}"
         got = threading.Event()
         subscribed = threading.Event()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"vaktrom-health-{uuid.uuid4().hex[:8]}")
-        password = self.credentials().get(MQTT_SERVICE)
+        assert HEALTH.client_id is not None
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=HEALTH.client_id)
+        password = self.credentials().get(HEALTH.username)
         if password is None:
             return Health(
-                False, f"no service credentials in {self.credentials_file}; run `infra/stack up mosquitto`"
+                False,
+                f"no health-check credentials in {self.credentials_file}; run `infra/stack up mosquitto`",
             )
-        client.username_pw_set(MQTT_SERVICE, password)
+        client.username_pw_set(HEALTH.username, password)
         refused: list[str] = []
         client.on_connect = lambda _c, _u, _f, reason, _p: (
             refused.append(str(reason)) if reason.is_failure else None
@@ -147,7 +162,7 @@ class Mosquitto(Service):
             client.subscribe(topic, qos=1)
             if not subscribed.wait(timeout):
                 if refused:
-                    return Health(False, f"the broker refused the service account: {refused[0]}")
+                    return Health(False, f"the broker refused the health-check account: {refused[0]}")
                 return Health(False, "connected, but the subscription was not acknowledged")
             client.publish(topic, b"ping", qos=1)
             if not got.wait(timeout):

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from migrate import migrate
 from processes import REPO, Service, StackError, log_tail, tree_memory_kib
-from services import MQTT_ADMIN, MQTT_SERVICE, Kafka, Mosquitto, Postgres
+from services import LOAD, LOCAL_TEST, MQTT_ADMIN, MQTT_BRIDGE, Kafka, Mosquitto, Postgres
 from stackenv import TEST_DATABASE_KEY
 from supervisor import read_status
 
@@ -149,11 +149,15 @@ def stack_env(settings: StackSettings, services: dict[str, Service]) -> dict[str
         "VAKTROM_STACK_MQTT_TLS_PORT": str(settings.mqtt_tls_port),
         "VAKTROM_STACK_MQTT_MTLS_PORT": str(settings.mqtt_mtls_port),
         "VAKTROM_STACK_MQTT_TLS_DIR": str(mosquitto.tls_dir),
-        # the pipeline's service account, also for pooled load-test connections of gateway-sim
-        "VAKTROM_MQTT_USERNAME": MQTT_SERVICE,
-        "VAKTROM_MQTT_PASSWORD": mqtt.get(MQTT_SERVICE, ""),
-        "VAKTROM_SIM_MQTT_USERNAME": MQTT_SERVICE,
-        "VAKTROM_SIM_MQTT_PASSWORD": mqtt.get(MQTT_SERVICE, ""),
+        # one broker account per stage (docs/broker-accounts.md): the bridge's (bound to its client
+        # id vaktrom-bridge-1), gateway-sim's pooled load-test connections', and the local-only
+        # account the integration tests stand in for kits and outsiders with
+        "VAKTROM_MQTT_USERNAME": MQTT_BRIDGE,
+        "VAKTROM_MQTT_PASSWORD": mqtt.get(MQTT_BRIDGE, ""),
+        "VAKTROM_SIM_MQTT_USERNAME": LOAD.username,
+        "VAKTROM_SIM_MQTT_PASSWORD": mqtt.get(LOAD.username, ""),
+        "VAKTROM_STACK_MQTT_TEST_USERNAME": LOCAL_TEST.username,
+        "VAKTROM_STACK_MQTT_TEST_PASSWORD": mqtt.get(LOCAL_TEST.username, ""),
         # the registry's account for the dynamic security plugin (kit identities and access rules)
         "VAKTROM_MQTT_ADMIN_USERNAME": MQTT_ADMIN,
         "VAKTROM_MQTT_ADMIN_PASSWORD": mqtt.get(MQTT_ADMIN, ""),

@@ -82,8 +82,10 @@ class Stack:
 
     @property
     def mqtt_auth(self) -> tuple[str, str]:
-        """The local service account: may publish and subscribe anywhere (kits get narrow ones)."""
-        return self.values["VAKTROM_MQTT_USERNAME"], self.values["VAKTROM_MQTT_PASSWORD"]
+        """The local-test account: may publish and subscribe anywhere, exists on the local stack only
+        (tests stand in for kits under their own topic roots; kits and stages get narrow accounts)."""
+        values = self.values
+        return values["VAKTROM_STACK_MQTT_TEST_USERNAME"], values["VAKTROM_STACK_MQTT_TEST_PASSWORD"]
 
 
 def stack_command(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -138,7 +140,7 @@ def _require_healthy(service: str, stack: Stack) -> None:
 
 @dataclass(frozen=True)
 class Broker:
-    """The local Mosquitto and its service account (anonymous clients are refused)."""
+    """The local Mosquitto and its local-test account (anonymous clients are refused)."""
 
     host: str
     port: int

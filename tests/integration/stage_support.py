@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +27,48 @@ sys.path.insert(0, str(REPO / "infra"))
 from enrol import enrol
 from topics import consumer_lag, ensure_topics
 
-__all__ = ["StageProcess", "consume", "consumer_lag", "enrol", "free_port", "prepare", "produce", "sql"]
+__all__ = [
+    "StageProcess",
+    "broker_login",
+    "consume",
+    "consumer_lag",
+    "enrol",
+    "free_port",
+    "prepare",
+    "produce",
+    "sql",
+]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def dynsec(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """One `mosquitto_ctrl dynsec` command with the broker's admin account (an outsider's tool)."""
+    values = stack.values
+    return subprocess.run(
+        ["mosquitto_ctrl", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port),
+         "-u", values["VAKTROM_MQTT_ADMIN_USERNAME"], "-P", values["VAKTROM_MQTT_ADMIN_PASSWORD"],
+         "dynsec", *args],
+        capture_output=True, text=True, timeout=20, check=False,
+    )  # fmt: skip
+
+
+def broker_login(stack: Stack, username: str, *, role: str, client_id: str | None) -> str:
+    """A service account of the test's own with one role of contracts.mqtt_accounts (bound to
+    `client_id` when given), made with the admin account; returns its password. Repeating it keeps
+    the account and sets a new password."""
+    password = f"pw-{uuid.uuid4().hex}"
+    made = dynsec(stack, "createClient", username, "-p", password, *(["-c", client_id] if client_id else []))
+    if "already exists" in made.stdout + made.stderr:
+        made = dynsec(stack, "setClientPassword", username, password)
+    assert made.returncode == 0, f"mosquitto_ctrl could not make {username}: {made.stdout}{made.stderr}"
+    added = dynsec(stack, "addClientRole", username, role)
+    assert added.returncode == 0, f"mosquitto_ctrl could not give {username} role {role}: {added.stderr}"
+    return password
 
 
 @dataclass
