@@ -19,6 +19,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from contracts import CarePlan
+from contracts.mqtt_accounts import kit_id_problem
 from registry.broker import BrokerAdmin
 from registry.identity import Sealer
 
@@ -92,6 +93,16 @@ def _check_id(value: str, what: str) -> str:
     return value
 
 
+def _check_kit_id(kit_id: str) -> str:
+    """A kit id is also the kit's broker login and client id: it may not be a service account's name
+    or in the broker's own namespaces (contracts.mqtt_accounts)."""
+    _check_id(kit_id, "kit id")
+    problem = kit_id_problem(kit_id)
+    if problem is not None:
+        raise RegistryError(problem)
+    return kit_id
+
+
 def _code_hash(code: str) -> bytes:
     return hashlib.sha256(code.replace("-", "").replace(" ", "").upper().encode()).digest()
 
@@ -147,6 +158,7 @@ class RegistryCore:
 
     @staticmethod
     def _kit(cur: psycopg.Cursor[Any], kit_id: str, *, lock: bool = True) -> dict[str, Any]:
+        _check_kit_id(kit_id)  # a row from before the rule must not reach the broker either
         cur.execute(_KIT_FOR_UPDATE if lock else _KIT, (kit_id,))
         row = cur.fetchone()
         if row is None:

@@ -25,6 +25,7 @@ from registry.base import (
     RegistryCore,
     RegistryError,
     _check_id,
+    _check_kit_id,
     _code_hash,
 )
 from registry.broker import new_password
@@ -92,7 +93,7 @@ class KitOperations(RegistryCore):
         devices: Sequence[KitDevice] = (),
     ) -> None:
         """A kit in stock with its devices, and its broker identity (no password until paired)."""
-        _check_id(kit_id, "kit id")
+        _check_kit_id(kit_id)
         for device in devices:
             _check_id(device.serial, "device serial")
         broker = self._require_broker()
@@ -282,7 +283,7 @@ class KitOperations(RegistryCore):
         `offline` writes them into a stopped broker's plugin file (see `broker.write_offline`);
         otherwise they go over $CONTROL to the running broker.
         """
-        issued = [(kit_id, new_password()) for kit_id in kit_ids]
+        issued = [(_check_kit_id(kit_id), new_password()) for kit_id in kit_ids]
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             cur.execute("SELECT kit_id, state FROM kits WHERE kit_id = ANY(%s)", (list(kit_ids),))
             states = {r["kit_id"]: r["state"] for r in cur.fetchall()}
