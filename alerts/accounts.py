@@ -3,7 +3,13 @@
 Passwords are hashed with Argon2id (argon2-cffi's defaults, the RFC 9106 second recommendation).
 A session is a random 256-bit secret in a cookie (browser) or a bearer token (API); the database
 keeps only its SHA-256, so the table alone does not let anyone in. Failed logins are counted per
-account and per address; past the limit the login is refused without checking the password.
+account and per address; past the limit the login is refused without checking the password. Each
+attempt is counted before its password is checked, under a lock per account and per address, so
+concurrent attempts cannot slip past the limit together.
+
+An account's lifecycle: `deactivate` (every session and token ends at once), `activate`,
+`change_role` (the account's sessions and tokens end: they carried the old rights), and API tokens
+listed and revoked one by one by their `token_id`. Tokens last at most `MAX_TOKEN_DAYS`.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import enum
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import argon2
@@ -20,17 +26,26 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 __all__ = [
+    "MAX_TOKEN_DAYS",
     "AccountError",
     "LoginError",
     "Principal",
     "Role",
+    "Token",
+    "activate",
     "add_user",
     "audit",
     "authenticate",
+    "change_role",
+    "deactivate",
     "end_session",
     "new_session",
     "purge",
+    "revoke_token",
     "session_for",
+    "token_of",
+    "tokens",
+    "users",
 ]
 
 _hasher = argon2.PasswordHasher()
@@ -42,6 +57,9 @@ MAX_FAILURES_PER_USER = 5
 MAX_FAILURES_PER_IP = 30
 FAILURE_WINDOW = timedelta(minutes=15)
 MIN_PASSWORD = 12
+MAX_TOKEN_DAYS = 90
+# Advisory-lock namespaces of the login limiter (pg_advisory_xact_lock(namespace, hashtext(key))).
+_LOCK_USER, _LOCK_IP = 0x766B_0001, 0x766B_0002
 
 
 class Role(enum.StrEnum):
@@ -80,6 +98,17 @@ class Principal:
     kind: str  # 'browser' or 'api'
 
 
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An API bearer token as it may be shown: its id and times, never its secret."""
+
+    token_id: int
+    username: str
+    created_at: datetime
+    expires_at: datetime
+    last_seen_at: datetime
+
+
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
@@ -116,12 +145,25 @@ def add_user(
 def authenticate(conn: psycopg.Connection[Any], username: str, password: str, ip: str | None) -> str:
     """The username when the password is right; LoginError otherwise. Records failures and commits."""
     with conn.transaction():
-        per_user, per_ip = conn.execute(
-            "SELECT count(*) FILTER (WHERE username = %(u)s), count(*) FILTER (WHERE ip = %(ip)s) "
-            "FROM login_failures WHERE at > now() - %(window)s AND (username = %(u)s OR ip = %(ip)s)",
-            {"u": username, "ip": ip, "window": FAILURE_WINDOW},
-        ).fetchone() or (0, 0)
-        if per_user >= MAX_FAILURES_PER_USER or per_ip >= MAX_FAILURES_PER_IP:
+        # Count and record this attempt in one step, one attempt at a time per account and per
+        # address (the account's lock first, always): a burst of concurrent guesses is admitted only
+        # up to the limit. The attempt's row is removed again when the password is right.
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_USER, username))
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_IP, ip or ""))
+        admitted = conn.execute(
+            """
+            INSERT INTO login_failures (username, ip)
+            SELECT %(u)s, %(ip)s
+            WHERE (SELECT count(*) FROM login_failures
+                   WHERE username = %(u)s AND at > now() - %(window)s) < %(per_user)s
+              AND (%(ip)s::inet IS NULL OR (SELECT count(*) FROM login_failures
+                   WHERE ip = %(ip)s::inet AND at > now() - %(window)s) < %(per_ip)s)
+            RETURNING 1
+            """,
+            {"u": username, "ip": ip, "window": FAILURE_WINDOW, "per_user": MAX_FAILURES_PER_USER,
+             "per_ip": MAX_FAILURES_PER_IP},
+        ).fetchone()  # fmt: skip
+        if admitted is None:
             raise LoginError(
                 "too many failed logins: wait 15 minutes or ask an administrator",
                 retry_after_s=int(FAILURE_WINDOW.total_seconds()),
@@ -134,9 +176,7 @@ def authenticate(conn: psycopg.Connection[Any], username: str, password: str, ip
         if row is None:
             raise argon2.exceptions.VerifyMismatchError
     except (argon2.exceptions.VerifyMismatchError, argon2.exceptions.InvalidHashError):
-        with conn.transaction():
-            conn.execute("INSERT INTO login_failures (username, ip) VALUES (%s, %s)", (username, ip))
-        raise LoginError("wrong username or password") from None
+        raise LoginError("wrong username or password") from None  # its attempt stays counted
     with conn.transaction():
         conn.execute("DELETE FROM login_failures WHERE username = %s", (username,))
         if _hasher.check_needs_rehash(row[0]):
@@ -149,7 +189,10 @@ def authenticate(conn: psycopg.Connection[Any], username: str, password: str, ip
 def new_session(
     conn: psycopg.Connection[Any], username: str, *, kind: str, lifetime: timedelta, ip: str | None
 ) -> str:
-    """Start a session and return its secret (the cookie value or bearer token). Commits."""
+    """Start a session and return its secret (the cookie value or bearer token). Commits.
+    An API token lasts at most MAX_TOKEN_DAYS (AccountError beyond)."""
+    if kind == "api" and not timedelta(0) < lifetime <= timedelta(days=MAX_TOKEN_DAYS):
+        raise AccountError(f"a token lasts between 1 and {MAX_TOKEN_DAYS} days; ask for fewer days")
     token = secrets.token_urlsafe(32)
     with conn.transaction():
         conn.execute(
@@ -208,7 +251,88 @@ def audit(
     """Append one entry to the audit log. Commits (an action's entry must not wait for a later one)."""
     with conn.transaction():
         conn.execute(
-            "INSERT INTO audit_log (actor, action, target, patient_id, ip, user_agent, detail) "
+            "INSERT INTO audit.audit_log (actor, action, target, patient_id, ip, user_agent, detail) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s)",
             (actor, action, target, patient_id, ip, (user_agent or "")[:300], Jsonb(detail or {})),
+        )
+
+
+# ------------------------------------------------------------------ an account's lifecycle
+def _exists(conn: psycopg.Connection[Any], username: str) -> None:
+    if conn.execute("SELECT 1 FROM users WHERE username = %s", (username,)).fetchone() is None:
+        raise AccountError(f"there is no user {username!r}")
+
+
+def deactivate(conn: psycopg.Connection[Any], username: str) -> int:
+    """Disable an account: its sessions and tokens end now. Returns how many ended. Commits."""
+    with conn.transaction():
+        _exists(conn, username)
+        conn.execute("UPDATE users SET active = false WHERE username = %s", (username,))
+        return conn.execute("DELETE FROM sessions WHERE username = %s", (username,)).rowcount
+
+
+def activate(conn: psycopg.Connection[Any], username: str) -> None:
+    """Enable a disabled account again (it logs in afresh; old sessions are gone). Commits."""
+    with conn.transaction():
+        _exists(conn, username)
+        conn.execute("UPDATE users SET active = true WHERE username = %s", (username,))
+
+
+def change_role(conn: psycopg.Connection[Any], username: str, *, role: Role, team_id: str | None) -> int:
+    """Give an account another role and team (None: every team). Its sessions and tokens end, since
+    they carried the old rights. Returns how many ended. Commits."""
+    try:
+        with conn.transaction():
+            _exists(conn, username)
+            conn.execute(
+                "UPDATE users SET role = %s, team_id = %s WHERE username = %s",
+                (role.value, team_id, username),
+            )
+            return conn.execute("DELETE FROM sessions WHERE username = %s", (username,)).rowcount
+    except psycopg.errors.ForeignKeyViolation:
+        raise AccountError(f"there is no team {team_id!r}") from None
+
+
+def users(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Every account (no password hashes), by username."""
+    rows = conn.execute(
+        "SELECT username, display_name, role, team_id, active, created_at FROM users ORDER BY username"
+    ).fetchall()
+    conn.rollback()
+    keys = ("username", "display_name", "role", "team_id", "active", "created_at")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def tokens(conn: psycopg.Connection[Any], username: str) -> list[Token]:
+    """The account's API tokens that have not expired, newest first."""
+    rows = conn.execute(
+        "SELECT token_id, username, created_at, expires_at, last_seen_at FROM sessions "
+        "WHERE username = %s AND kind = 'api' AND expires_at > now() ORDER BY token_id DESC",
+        (username,),
+    ).fetchall()
+    conn.rollback()
+    return [Token(*row) for row in rows]
+
+
+def token_of(conn: psycopg.Connection[Any], secret: str) -> Token:
+    """The token a secret from `new_session(kind="api")` is (to show its id)."""
+    row = conn.execute(
+        "SELECT token_id, username, created_at, expires_at, last_seen_at FROM sessions "
+        "WHERE token_hash = %s AND kind = 'api'",
+        (_digest(secret),),
+    ).fetchone()
+    conn.rollback()
+    if row is None:
+        raise AccountError("no such token")
+    return Token(*row)
+
+
+def revoke_token(conn: psycopg.Connection[Any], username: str, token_id: int) -> bool:
+    """End one API token of `username` now; False when it has no such token. Commits."""
+    with conn.transaction():
+        return bool(
+            conn.execute(
+                "DELETE FROM sessions WHERE token_id = %s AND username = %s AND kind = 'api'",
+                (token_id, username),
+            ).rowcount
         )

@@ -3,7 +3,12 @@
     python -m alerts.admin team add oslo-east "Oslo east home follow-up"
     python -m alerts.admin user add kari --name "Kari Nordmann" --role nurse [--team oslo-east]
     python -m alerts.admin user list
-    python -m alerts.admin token ehr-integration          # prints a bearer token for the HTTP API
+    python -m alerts.admin user deactivate kari           # her sessions and tokens end at once
+    python -m alerts.admin user activate kari
+    python -m alerts.admin user role kari --role coordinator [--team oslo-east]   # sessions end
+    python -m alerts.admin token ehr-integration [--days 30]   # prints a bearer token (<= 90 days)
+    python -m alerts.admin token ehr-integration --list   # its tokens: id, created, expires, last use
+    python -m alerts.admin token ehr-integration --revoke 17
 
 The password of `user add` is read from the terminal (or from stdin when it is not a terminal,
 or from VAKTROM_NEW_PASSWORD for scripts). Every change is written to the audit log with the
@@ -56,9 +61,24 @@ def _parser() -> argparse.ArgumentParser:
     user_add.add_argument("--team", help="the team they work in (default: every team)")
     user_add.add_argument("--email")
     user_sub.add_parser("list")
-    token = sub.add_parser("token", help="a bearer token for the HTTP API (shown once)")
+    for action, text in (
+        ("deactivate", "disable the account; its sessions and tokens stop working at once"),
+        ("activate", "enable a disabled account again"),
+    ):
+        user_sub.add_parser(action, help=text).add_argument("username")
+    user_role = user_sub.add_parser("role", help="another role or team; the account's sessions end")
+    user_role.add_argument("username")
+    user_role.add_argument("--role", required=True, choices=[r.value for r in Role])
+    user_role.add_argument("--team", help="the team they work in (default: every team)")
+    token = sub.add_parser("token", help="a bearer token for the HTTP API (shown once); list; revoke")
     token.add_argument("username")
-    token.add_argument("--days", type=int, default=365)
+    token.add_argument(
+        "--days", type=int, default=accounts.MAX_TOKEN_DAYS,
+        help=f"lifetime, 1-{accounts.MAX_TOKEN_DAYS} days (default {accounts.MAX_TOKEN_DAYS})",
+    )  # fmt: skip
+    what = token.add_mutually_exclusive_group()
+    what.add_argument("--list", action="store_true", help="list the account's tokens instead")
+    what.add_argument("--revoke", type=int, metavar="TOKEN_ID", help="revoke this token instead")
     return parser
 
 
@@ -93,7 +113,40 @@ def _user_list(conn: psycopg.Connection[Any], _args: argparse.Namespace) -> None
         print(f"{row[0]:24} {row[1]:12} {row[2]:20} {'active' if row[3] else 'disabled'}")
 
 
+def _user_deactivate(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:
+    ended = accounts.deactivate(conn, args.username)
+    _audit(conn, "deactivate_user", args.username, sessions_ended=ended)
+    print(f"user {args.username} deactivated ({ended} session(s) and token(s) ended)")
+
+
+def _user_activate(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:
+    accounts.activate(conn, args.username)
+    _audit(conn, "activate_user", args.username)
+    print(f"user {args.username} activated")
+
+
+def _user_role(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:
+    ended = accounts.change_role(conn, args.username, role=Role(args.role), team_id=args.team)
+    _audit(conn, "change_role", args.username, role=args.role, team=args.team, sessions_ended=ended)
+    print(
+        f"user {args.username} is now {args.role} of {args.team or 'every team'} ({ended} session(s) ended)"
+    )
+
+
 def _token(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:
+    if args.list:
+        for t in accounts.tokens(conn, args.username):
+            print(f"{t.token_id:>8}  created {t.created_at:%Y-%m-%d %H:%M}  expires {t.expires_at:%Y-%m-%d}  "
+                  f"last used {t.last_seen_at:%Y-%m-%d %H:%M}")  # fmt: skip
+        return
+    if args.revoke is not None:
+        if not accounts.revoke_token(conn, args.username, args.revoke):
+            raise AccountError(
+                f"{args.username!r} has no API token {args.revoke}; see `token {args.username} --list`"
+            )
+        _audit(conn, "revoke_token", args.username, token_id=args.revoke)
+        print(f"token {args.revoke} of {args.username} revoked")
+        return
     if (
         conn.execute("SELECT 1 FROM users WHERE username = %s AND active", (args.username,)).fetchone()
         is None
@@ -103,7 +156,9 @@ def _token(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:
     secret = accounts.new_session(
         conn, args.username, kind="api", lifetime=timedelta(days=args.days), ip=None
     )
-    _audit(conn, "add_token", args.username, days=args.days)
+    token = accounts.token_of(conn, secret)
+    _audit(conn, "add_token", args.username, days=args.days, token_id=token.token_id)
+    print(f"token {token.token_id} of {args.username}, until {token.expires_at:%Y-%m-%d}:", file=sys.stderr)
     print(secret)
 
 
@@ -111,6 +166,9 @@ _COMMANDS = {
     ("team", "add"): _team_add,
     ("user", "add"): _user_add,
     ("user", "list"): _user_list,
+    ("user", "deactivate"): _user_deactivate,
+    ("user", "activate"): _user_activate,
+    ("user", "role"): _user_role,
     ("token", None): _token,
 }
 

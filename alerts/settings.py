@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 from datetime import timedelta
 
+from alerts.accounts import MAX_TOKEN_DAYS
 from alerts.escalation import Step, Targets
 from alerts.notify import Route, parse_routes
 from contracts.settings import ConfigError, Settings, check_ranges, check_time_zone, setting
@@ -92,6 +94,18 @@ class AlertsSettings(Settings):
         env="VAKTROM_ALERTS_COOKIE_SECURE",
         help="send the session cookie over HTTPS only (browsers also accept it on http://localhost)",
     )
+    trusted_proxies: str = setting(
+        "",
+        env="VAKTROM_ALERTS_TRUSTED_PROXIES",
+        help="addresses or networks of the reverse proxies in front of the console, comma-separated "
+        "(e.g. 10.0.0.5,172.16.0.0/12); only from these are X-Forwarded-For and X-Forwarded-Proto "
+        "believed (empty: from nobody)",
+    )
+    token_days: int = setting(
+        90,
+        env="VAKTROM_ALERTS_TOKEN_DAYS",
+        help="how long a new API bearer token lasts unless a shorter life is asked for (at most 90 days)",
+    )
     notify_team: str = setting(
         "",
         env="VAKTROM_ALERTS_NOTIFY_TEAM",
@@ -145,6 +159,7 @@ class AlertsSettings(Settings):
                 "VAKTROM_ALERTS_NOTIFY_EVERY_S": (self.notify_every_s, 0.1, 600),
                 "VAKTROM_ALERTS_ALERT_PATH_MAX_AGE_S": (self.alert_path_max_age_s, 1, 86400),
                 "VAKTROM_ALERTS_WATCH_EVERY_S": (self.watch_every_s, 0.5, 600),
+                "VAKTROM_ALERTS_TOKEN_DAYS": (self.token_days, 1, MAX_TOKEN_DAYS),
             }
         )
         _ = self.watched  # parses, so a typo fails here
@@ -160,6 +175,7 @@ class AlertsSettings(Settings):
                 "e-mail notifications are configured but VAKTROM_ALERTS_SMTP_HOST is empty; "
                 "name the SMTP server"
             )
+        _ = self.proxies  # parses, so a typo fails here
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError(
                 f"VAKTROM_ALERTS_PUBLIC_URL={self.public_url!r} must start with http:// or https://"
@@ -177,6 +193,21 @@ class AlertsSettings(Settings):
             }
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+    @property
+    def proxies(self) -> list[str]:
+        """The trusted proxies (VAKTROM_ALERTS_TRUSTED_PROXIES) as addresses and networks."""
+        found: list[str] = []
+        for item in filter(None, (part.strip() for part in self.trusted_proxies.split(","))):
+            try:
+                network = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"VAKTROM_ALERTS_TRUSTED_PROXIES: {item!r} is not an IP address or network; list the "
+                    "proxies' addresses, e.g. 10.0.0.5,172.16.0.0/12 (names and '*' are not accepted)"
+                ) from None
+            found.append(str(network.network_address) if network.num_addresses == 1 else str(network))
+        return found
 
     @property
     def link_base(self) -> str:

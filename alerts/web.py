@@ -34,6 +34,7 @@ from sse_starlette import EventSourceResponse
 
 from alerts import accounts, handoff, quarantine, store
 from alerts.accounts import LoginError, Principal, Role
+from alerts.accounts_api import accounts_api
 from alerts.api import api, handover
 from alerts.context import (
     COOKIE,
@@ -54,6 +55,7 @@ from alerts.context import (
 from alerts.live import Live
 from alerts.registry_api import registry_api
 from alerts.registry_pages import registry_pages
+from alerts.security import SecurityHeaders, trust_proxies
 from alerts.settings import AlertsSettings
 from alerts.stage_watch import OWN, StageWatch
 from alerts.store import Resolution
@@ -98,7 +100,7 @@ def login(
     response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(
         COOKIE, token, max_age=int(ctx.session_life.total_seconds()), httponly=True,
-        secure=ctx.settings.cookie_secure, samesite="strict", path="/",
+        secure=ctx.settings.cookie_secure or request.url.scheme == "https", samesite="strict", path="/",
     )  # fmt: skip
     return response
 
@@ -335,11 +337,38 @@ def add_user_form(
     return RedirectResponse("/admin/users", status_code=303)
 
 
+@pages.post("/admin/users/{username}/{action}", openapi_extra={"x-vaktrom-scope": "centre"})
+def account_form(
+    *,
+    request: Request,
+    ctx: Ctx,
+    who: PageAdmin,
+    username: str,
+    action: Literal["deactivate", "activate"],
+    csrf: Csrf = None,
+) -> Response:
+    """Deactivate an account (its sessions and tokens end at once) or activate it again."""
+    csrf_checked(request, who, csrf)
+    if username == who.username:
+        return RedirectResponse("/admin/users?" + urlencode({"error": "ask another administrator"}), 303)
+    detail: dict[str, Any] | None = None
+    try:
+        with ctx.db() as conn:
+            if action == "deactivate":
+                detail = {"sessions_ended": accounts.deactivate(conn, username)}
+            else:
+                accounts.activate(conn, username)
+    except accounts.AccountError as exc:
+        return RedirectResponse("/admin/users?" + urlencode({"error": str(exc)}), status_code=303)
+    ctx.audit(request, who.username, f"{action}_user", target=username, detail=detail)
+    return RedirectResponse("/admin/users", status_code=303)
+
+
 @pages.get("/admin/audit")
 def audit_page(request: Request, ctx: Ctx, who: PageAdmin) -> Response:
     with ctx.db() as conn:
         entries = conn.execute(
-            "SELECT at, actor, action, target, patient_id, host(ip), detail FROM audit_log "
+            "SELECT at, actor, action, target, patient_id, host(ip), detail FROM audit.audit_log "
             "ORDER BY entry_id DESC LIMIT 300"
         ).fetchall()
         conn.rollback()
@@ -396,9 +425,10 @@ def create_app(
         version="1",
         description="The alert queue and the nurses' actions on it, for electronic patient records and "
         "other systems. Authenticate with `Authorization: Bearer <token>` (an administrator makes one "
-        "with `python -m alerts.admin token USER`). Patients appear by pseudonym only.",
+        "with `python -m alerts.admin token USER`, or over `/api/v1/users/{username}/tokens`). Tokens last "
+        "at most 90 days. Patients appear by pseudonym only.",
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,  # its page loads script from a CDN and runs inline script: not under our CSP
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -407,8 +437,12 @@ def create_app(
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(pages)
     app.include_router(api)
+    app.include_router(accounts_api)
     app.include_router(registry_api)
     app.include_router(registry_pages)
+
+    app.add_middleware(SecurityHeaders)
+    trust_proxies(app, settings.proxies)  # added last: runs first, so all the rest sees the client
 
     @app.exception_handler(LoginRequiredError)
     async def to_login(request: Request, _exc: LoginRequiredError) -> Response:

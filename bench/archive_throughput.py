@@ -73,7 +73,8 @@ def stack_env() -> dict[str, str]:
     if "VAKTROM_STACK_MQTT_TEST_USERNAME" in env:
         env["VAKTROM_MQTT_USERNAME"] = env["VAKTROM_STACK_MQTT_TEST_USERNAME"]
         env["VAKTROM_MQTT_PASSWORD"] = env["VAKTROM_STACK_MQTT_TEST_PASSWORD"]
-    return env
+    # benchmarks make, migrate and drop schemas of their own: that takes the owner's role
+    return {**env, "VAKTROM_DATABASE_URL": env.get(stackenv.OWNER_DATABASE_KEY, env["VAKTROM_DATABASE_URL"])}
 
 
 _SCRATCH: set[str] = set()

@@ -2,6 +2,9 @@
 
     python infra/migrate.py [--database-url URL] [--status]
 
+It connects as the schema's owner (VAKTROM_DATABASE_OWNER_URL), not as the application role the
+stages use, which may not change the schema (docs/console-security.md, "Database roles").
+
 Each file `NNNN_name.sql` runs in its own transaction and is recorded in `schema_migrations` with
 its checksum; an applied file that was edited afterwards stops the run (write a new migration
 instead). An advisory lock makes concurrent runners (several services starting at once) safe.
@@ -113,14 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--database-url",
-        default=os.environ.get("VAKTROM_DATABASE_URL"),
-        help="libpq URL (default: $VAKTROM_DATABASE_URL)",
+        default=os.environ.get("VAKTROM_DATABASE_OWNER_URL") or os.environ.get("VAKTROM_DATABASE_URL"),
+        help="libpq URL of the schema's owner (default: $VAKTROM_DATABASE_OWNER_URL, else "
+        "$VAKTROM_DATABASE_URL)",
     )
     parser.add_argument("--status", action="store_true", help="list pending migrations and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.database_url:
-        print("migrate: set VAKTROM_DATABASE_URL or pass --database-url", file=sys.stderr)
+        print("migrate: set VAKTROM_DATABASE_OWNER_URL or pass --database-url", file=sys.stderr)
         return 2
     try:
         if args.status:

@@ -310,8 +310,11 @@ class Postgres(Service):
         self.sock = self.home / "sock"
         self.database = database
         self.test_database = test_database  # the tests' and benchmarks' own, beside the demo's
-        self.role = role
+        self.role = role  # owns the databases and their tables; runs the migrations
+        self.app_role = f"{role}_app"  # what the stages connect as: data only, no DDL, no superuser
+        self.audit_role = f"{role}_audit"  # owns the audit schema; nobody logs in as it
         self.password_file = state / "secrets" / "postgres-password"
+        self.app_password_file = state / "secrets" / "postgres-app-password"
         self.user = service_user("postgres")
         self.bin = _postgres_bin()
         # pg_ctl daemonises; spawn() reads the postmaster's pid from its own lock file
@@ -320,22 +323,33 @@ class Postgres(Service):
 
     @property
     def password(self) -> str:
-        if not self.password_file.exists():
-            self.password_file.parent.mkdir(parents=True, exist_ok=True)
-            self.password_file.touch(mode=0o600)
-            self.password_file.write_text(secrets.token_urlsafe(24))
-        return self.password_file.read_text().strip()
+        return _secret(self.password_file)
+
+    @property
+    def app_password(self) -> str:
+        return _secret(self.app_password_file)
 
     @property
     def url(self) -> str:
-        return self.url_of(self.database)
+        """The demo database as the application role (what the stages use)."""
+        return self.url_of(self.database, owner=False)
 
     @property
     def test_url(self) -> str:
+        return self.url_of(self.test_database, owner=False)
+
+    @property
+    def owner_url(self) -> str:
+        """The demo database as its owner: migrations, and tests that need DDL."""
+        return self.url_of(self.database)
+
+    @property
+    def test_owner_url(self) -> str:
         return self.url_of(self.test_database)
 
-    def url_of(self, database: str) -> str:
-        return f"postgresql://{self.role}:{self.password}@{self.host}:{self.port}/{database}"
+    def url_of(self, database: str, *, owner: bool = True) -> str:
+        role, password = (self.role, self.password) if owner else (self.app_role, self.app_password)
+        return f"postgresql://{role}:{password}@{self.host}:{self.port}/{database}"
 
     def prepare(self) -> None:
         self.sock.mkdir(parents=True, exist_ok=True)
@@ -450,13 +464,23 @@ class Postgres(Service):
         return result.stdout.strip()
 
     def after_ready(self) -> None:
-        """The application role and database; the schema comes from the migrations."""
-        password = self.password.replace("'", "''")
+        """The roles and databases; the schema and its grants come from the migrations.
+
+        Three roles, none a superuser (docs/console-security.md): the owner runs the migrations,
+        the application role reads and writes data, and the audit role owns the audit log, of which
+        the application may only insert and read. The owner is a member of the audit role so that
+        migrations can create the audit schema; the application role is a member of neither."""
         # role and database names are constants of ours, never user input
-        if not self.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{self.role}'"):  # noqa: S608
-            self.psql(f"CREATE ROLE {self.role} LOGIN PASSWORD '{password}'")
-        else:
-            self.psql(f"ALTER ROLE {self.role} PASSWORD '{password}'")
+        for role, password, options in (
+            (self.role, self.password, "LOGIN"),
+            (self.app_role, self.app_password, "LOGIN"),
+            (self.audit_role, None, "NOLOGIN"),
+        ):
+            if not self.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{role}'"):  # noqa: S608
+                self.psql(f"CREATE ROLE {role} {options}")
+            given = f"PASSWORD '{password.replace(chr(39), chr(39) * 2)}'" if password else ""
+            self.psql(f"ALTER ROLE {role} {options} NOSUPERUSER NOCREATEDB NOCREATEROLE {given}")
+        self.psql(f"GRANT {self.audit_role} TO {self.role}")
         for database in (self.database, self.test_database):
             if not self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'"):  # noqa: S608
                 self.psql(f"CREATE DATABASE {database} OWNER {self.role}")
@@ -480,6 +504,15 @@ class Postgres(Service):
             ],
         )
         return super().stop(timeout=timeout) or True
+
+
+def _secret(path: Path) -> str:
+    """A password made once under the state folder (0600) and kept across restarts."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24))
+    return path.read_text().strip()
 
 
 def _postgres_bin() -> Path:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from migrate import migrate
 from processes import REPO, Service, StackError, log_tail, tree_memory_kib
 from services import LOAD, LOCAL_TEST, MQTT_ADMIN, MQTT_BRIDGE, Kafka, Mosquitto, Postgres
-from stackenv import TEST_DATABASE_KEY
+from stackenv import OWNER_DATABASE_KEY, TEST_DATABASE_KEY, TEST_OWNER_DATABASE_KEY
 from supervisor import read_status
 
 from contracts.settings import ConfigError, Settings, setting
@@ -164,6 +164,9 @@ def stack_env(settings: StackSettings, services: dict[str, Service]) -> dict[str
         "VAKTROM_KAFKA_BOOTSTRAP": f"{settings.host}:{settings.kafka_port}",
         "VAKTROM_DATABASE_URL": postgres.url,
         TEST_DATABASE_KEY: postgres.test_url,  # tests and benchmarks: see infra/stackenv.py
+        # the owner of the schema (migrations, DDL); the stages use the application role above
+        OWNER_DATABASE_KEY: postgres.owner_url,
+        TEST_OWNER_DATABASE_KEY: postgres.test_owner_url,
         "VAKTROM_IDENTITY_KEY": identity_key(settings.state_dir.resolve()),
     }
 
@@ -185,7 +188,7 @@ def cmd_up(settings: StackSettings, names: list[str]) -> int:
         print(f"    {name}: ready in {took:.1f} s ({service.check(timeout=5).detail})", flush=True)
         if name == "postgres":
             assert isinstance(service, Postgres)
-            for label, url in (("demo", service.url), ("test", service.test_url)):
+            for label, url in (("demo", service.owner_url), ("test", service.test_owner_url)):
                 applied = migrate(url)
                 print(
                     f"    postgres: {label} database schema current ({len(applied)} migrations applied now)",

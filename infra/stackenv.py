@@ -8,6 +8,10 @@ demo's archive.
 
     read()       the variables as `infra/stack up` wrote them (the demo's database)
     for_tests()  the same, with VAKTROM_DATABASE_URL pointing at the test database
+
+Each database has two URLs: VAKTROM_DATABASE_URL connects as the application role (what the stages
+and most tests use: data, no DDL) and VAKTROM_DATABASE_OWNER_URL as the schema's owner (migrations
+and the few tests that create tables).
 """
 
 from __future__ import annotations
@@ -15,10 +19,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["TEST_DATABASE_KEY", "StackEnvError", "for_tests", "read", "state_dir"]
+__all__ = [
+    "OWNER_DATABASE_KEY",
+    "TEST_DATABASE_KEY",
+    "TEST_OWNER_DATABASE_KEY",
+    "StackEnvError",
+    "for_tests",
+    "read",
+    "state_dir",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATABASE_KEY = "VAKTROM_TEST_DATABASE_URL"
+OWNER_DATABASE_KEY = "VAKTROM_DATABASE_OWNER_URL"
+TEST_OWNER_DATABASE_KEY = "VAKTROM_TEST_DATABASE_OWNER_URL"
 
 
 class StackEnvError(Exception):
@@ -49,4 +63,5 @@ def for_tests(state: Path | None = None) -> dict[str, str]:
             "older `infra/stack`. Run `infra/stack up` (or `make stack-up`) once more; it creates and "
             "migrates the test database beside the demo's."
         )
-    return {**env, "VAKTROM_DATABASE_URL": url}
+    owner = {OWNER_DATABASE_KEY: env[TEST_OWNER_DATABASE_KEY]} if TEST_OWNER_DATABASE_KEY in env else {}
+    return {**env, "VAKTROM_DATABASE_URL": url, **owner}

@@ -143,8 +143,8 @@ class RegistryCore:
         detail: dict[str, Any] | None = None,
     ) -> None:
         cur.execute(
-            "INSERT INTO audit_log (actor, action, target, patient_id, ip, detail) VALUES (%s, %s, %s, %s, "
-            "%s, %s)",
+            "INSERT INTO audit.audit_log (actor, action, target, patient_id, ip, detail) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
             (actor.username, action, target, patient_id, actor.ip, Jsonb(detail or {})),
         )
 

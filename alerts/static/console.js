@@ -2,6 +2,25 @@
 // No framework: the server renders every fragment; this file only swaps them in.
 (function () {
   "use strict";
+  // The page's CSRF token comes in a meta tag: the Content-Security-Policy allows no inline script.
+  const csrfMeta = document.querySelector('meta[name="vaktrom-csrf"]');
+  if (csrfMeta) window.VAKTROM = {csrf: csrfMeta.content};
+
+  // ------------------------------------------------------------ behaviour that was inline (CSP)
+  // <select data-autosubmit> sends its form when changed; <form data-confirm="..."> asks first;
+  // <span data-width="42"> is a meter bar of that width in per cent.
+  document.addEventListener("change", (event) => {
+    if (event.target.matches("[data-autosubmit]") && event.target.form) event.target.form.submit();
+  });
+  document.addEventListener("submit", (event) => {
+    const form = event.target;
+    if (form.matches("form[data-confirm]") && !confirm(form.dataset.confirm)) event.preventDefault();
+  });
+  function paintMeters(root) {
+    for (const bar of root.querySelectorAll("[data-width]")) bar.style.width = bar.dataset.width + "%";
+  }
+  paintMeters(document);
+
   const live = document.getElementById("live");
   const rowsBody = document.getElementById("rows");
   const table = rowsBody && rowsBody.closest("table");
@@ -29,6 +48,7 @@
     const before = new Set([...rowsBody.querySelectorAll("tr[data-id]")].map((r) => r.dataset.id));
     const keep = selected && selected.dataset.id;
     rowsBody.innerHTML = html;
+    paintMeters(rowsBody);
     for (const row of rowsBody.querySelectorAll("tr[data-id]")) {
       if (!before.has(row.dataset.id)) {
         row.classList.add("fresh");

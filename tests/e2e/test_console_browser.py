@@ -83,7 +83,7 @@ def readings(stack: Stack, patient: str, kit: str, now: datetime) -> str:
 def audit_for(stack: Stack, actor: str) -> list[str]:
     with psycopg.connect(stack.database_url) as conn:
         rows = conn.execute(
-            "SELECT action FROM audit_log WHERE actor = %s ORDER BY entry_id", (actor,)
+            "SELECT action FROM audit.audit_log WHERE actor = %s ORDER BY entry_id", (actor,)
         ).fetchall()
     return [r[0] for r in rows]
 

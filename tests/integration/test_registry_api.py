@@ -77,7 +77,9 @@ def test_a_coordinator_enrols_and_a_physician_changes_the_care_plan(
     assert history[0]["plan"]["reason"] == "HF with renal failure: weigh closely"
     published = consume(stack, topics.careplan_topic(alerts.prefix), until=2, timeout=30)
     assert [(k, v["version"]) for k, v, _h in published] == [(patient.encode(), 1), (patient.encode(), 2)]
-    actions = {r[0] for r in conn.execute("SELECT action FROM audit_log WHERE patient_id = %s", (patient,))}
+    actions = {
+        r[0] for r in conn.execute("SELECT action FROM audit.audit_log WHERE patient_id = %s", (patient,))
+    }
     assert {"registry.enrol", "registry.careplan.set", "registry.careplan.view"} <= actions
     stored = conn.execute(
         "SELECT sealed FROM patient_identities WHERE patient_id = %s", (patient,)

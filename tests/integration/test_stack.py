@@ -120,11 +120,12 @@ def test_schema_is_migrated(stack: Stack, database_url: str, which: str) -> None
     assert {"measurements", "rejections"} <= tables
 
 
-def test_tests_write_to_the_test_database_not_the_demos(database_url: str, unique: str) -> None:
+def test_tests_write_to_the_test_database_not_the_demos(stack: Stack, database_url: str, unique: str) -> None:
     """A table the tests make is in `vaktrom_test` and absent from `vaktrom`, which `make up` uses."""
     demo_url = stackenv.read(STATE)["VAKTROM_DATABASE_URL"]
     table = f"marker_{unique.replace('-', '_')}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    # making a table takes the schema's owner: the application role may not (0011_database_roles)
+    with psycopg.connect(stack.values["VAKTROM_DATABASE_OWNER_URL"], autocommit=True) as conn:
         assert conn.execute("SELECT current_database()").fetchone() == ("vaktrom_test",)
         conn.execute(f"CREATE TABLE {table} (id int)")
         try:

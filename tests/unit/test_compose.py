@@ -84,8 +84,13 @@ def test_addresses_point_at_compose_services_and_their_ports() -> None:
     db = urlsplit(re.sub(r"\$\{[^}]*\}", "from-env", env["VAKTROM_DATABASE_URL"]))
     tsdb = SERVICES["timescaledb"]["environment"]
     assert (db.hostname, db.port) == ("timescaledb", 5432)
-    assert db.username == tsdb["POSTGRES_USER"]
     assert db.path.lstrip("/") == tsdb["POSTGRES_DB"]
+    # the stages are not the superuser and not the schema's owner; the migrations run as the owner
+    assert (db.username, tsdb["POSTGRES_USER"]) == ("vaktrom_app", "postgres")
+    owner = urlsplit(
+        re.sub(r"\$\{[^}]*\}", "from-env", SERVICES["init"]["environment"]["VAKTROM_DATABASE_URL"])
+    )
+    assert (owner.username, owner.hostname, owner.path) == ("vaktrom", "timescaledb", db.path)
 
 
 def test_kits_reach_mosquitto_only_over_tls() -> None:
