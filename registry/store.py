@@ -41,7 +41,10 @@ class Registry(KitOperations):
         name: str,
         municipalities: Sequence[str] = (),
     ) -> None:
-        """A team of the response centre and the municipalities it serves (added to, never removed here)."""
+        """A team of the response centre and the municipalities it serves (added to, never removed here).
+        Teams are centre-wide: a team-bound actor may not add or rename one."""
+        if actor.team_id is not None:
+            raise RegistryError("teams are centre-wide: add or rename them without a team scope", 403)
         with conn.transaction(), conn.cursor() as cur:
             try:
                 cur.execute(
@@ -78,8 +81,9 @@ class Registry(KitOperations):
         sealer = self._require_sealer()
         if not identity.name.strip():
             raise RegistryError("the patient's name is required")
-        if actor.team_id is not None and team_id != actor.team_id:
-            raise RegistryError(f"you may enrol patients of team {actor.team_id} only", 403)
+        if not actor.reaches(team_id):
+            mine = f"team {actor.team_id}" if actor.team_id else "a team you act for (--as-team TEAM)"
+            raise RegistryError(f"you may enrol patients of {mine} only", 403)
         try:
             national_id = check_national_id(identity.national_id) if identity.national_id else None
         except IdentityError as exc:
