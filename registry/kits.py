@@ -131,8 +131,10 @@ class KitOperations(RegistryCore):
             kit = self._kit(cur, kit_id, actor)
             if kit["state"] == "retired":
                 raise RegistryError(f"kit {kit_id} is retired and cannot be assigned", 409)
-            self._patient(cur, patient_id, actor)
+            patient = self._patient(cur, patient_id, actor)
             self._close_assignment(cur, kit_id, at, handing_to=patient_id)
+            # Another team's unclaimed codes die: they must not yield this patient's kit's credentials.
+            cur.execute(_EXPIRE_CODES + " AND team_id <> %s", (kit_id, patient["team_id"]))
             try:
                 cur.execute(
                     "INSERT INTO kit_assignments (kit_id, patient_id, assigned_from) VALUES (%s, %s, %s)",
@@ -227,9 +229,9 @@ class KitOperations(RegistryCore):
                 raise RegistryError(f"kit {kit_id} is retired", 409)
             cur.execute(_EXPIRE_CODES, (kit_id,))  # one live code per kit
             cur.execute(
-                "INSERT INTO kit_pairings (code_hash, kit_id, created_by, expires_at) VALUES (%s, %s, %s, "
-                "%s)",
-                (_code_hash(code), kit_id, actor.username, expires),
+                "INSERT INTO kit_pairings (code_hash, kit_id, created_by, expires_at, team_id) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (_code_hash(code), kit_id, actor.username, expires, actor.team_id),
             )
             self._audit(
                 cur, actor, "registry.kit.pair", target=kit_id, detail={"expires": expires.isoformat()}

@@ -415,6 +415,26 @@ def test_a_coordinator_cannot_retire_another_teams_kit(
     assert _kit_state(conn, teams.kit_b) == before
 
 
+def test_a_code_one_team_made_dies_when_the_kit_goes_to_another_team(
+    api: httpx.Client, conn: psycopg.Connection[Any], registry: Registry, teams: Teams
+) -> None:
+    """Cross-tenant class, by the side door of finding 2's claim: team A pairs a kit from the
+    centre-wide stock and keeps the code; once team B hands the kit to its patient, A's code no
+    longer yields that kit's broker credentials (B's own code does)."""
+    kit = f"TK-{uuid.uuid4().hex[:12]}"
+    registry.kit_add(conn, OPERATOR, kit)
+    made = api.post(f"/kits/{kit}/pairing", headers=teams.coordinator_a)
+    assert made.status_code == 201, made.text
+    coordinator_b = bearer(conn, staff(conn, Role.COORDINATOR, team=teams.team_b))
+    given = api.post(f"/kits/{kit}/assignment", json={"patient_id": teams.patient_b}, headers=coordinator_b)
+    assert given.status_code == 200, given.text
+    assert api.post("/pairing/claim", json={"code": made.json()["code"]}).status_code == 404
+    theirs = api.post(f"/kits/{kit}/pairing", headers=coordinator_b)
+    claimed = api.post("/pairing/claim", json={"code": theirs.json()["code"]})
+    assert claimed.status_code == 200, claimed.text
+    assert claimed.json()["username"] == kit
+
+
 def test_the_refusal_is_the_same_as_for_a_kit_that_does_not_exist(api: httpx.Client, teams: Teams) -> None:
     """Cross-tenant class: another team's kit answers exactly as a kit that does not exist, so a
     coordinator cannot learn which kit ids other teams hold."""

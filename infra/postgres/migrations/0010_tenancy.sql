@@ -2,7 +2,10 @@
 -- team or is explicitly centre-wide, and every operation checks it (docs/access-control.md):
 --
 -- * patient: its team (patients.team_id, NOT NULL since 0006).
--- * care plan, kit assignment, pairing code: through their patient or kit.
+-- * care plan, kit assignment: through their patient or kit.
+-- * pairing code: its kit; it also keeps the team of whoever made it, and dies unclaimed when the
+--   kit goes to another team's patient (a code team A made for a stock kit must not give team A
+--   the credentials of a kit team B's patient now holds).
 -- * kit: the team of the patient it is with; unassigned (in stock, retired) it is centre-wide stock,
 --   which every kit manager may take from. `kits.team_id` says which, and the database keeps it
 --   true: the registry, the cohort loader and a hand-written INSERT all go through the triggers
@@ -12,6 +15,7 @@
 
 ALTER TABLE kits ADD COLUMN team_id text REFERENCES teams (team_id);  -- NULL: centre-wide stock
 CREATE INDEX kits_team ON kits (team_id) WHERE team_id IS NOT NULL;
+ALTER TABLE kit_pairings ADD COLUMN team_id text REFERENCES teams (team_id);  -- NULL: made centre-wide
 
 UPDATE kits k SET team_id = p.team_id
 FROM kit_assignments a JOIN patients p USING (patient_id)
