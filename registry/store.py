@@ -176,10 +176,11 @@ class Registry(KitOperations):
                        (SELECT string_agg(a.kit_id, ', ' ORDER BY a.kit_id) FROM kit_assignments a
                          WHERE a.patient_id = p.patient_id AND a.assigned_until IS NULL) AS kits
                 FROM patients p LEFT JOIN patient_identities pi USING (patient_id)
-                WHERE p.discharged_at IS NULL AND (%(team)s::text IS NULL OR p.team_id = %(team)s)
+                WHERE p.discharged_at IS NULL
+                  AND ((%(team)s::text IS NULL AND %(every)s) OR p.team_id = %(team)s)
                 ORDER BY p.created_at DESC LIMIT %(limit)s
                 """,
-                {"team": actor.team_id, "limit": limit},
+                {"team": actor.team_id, "every": actor.every_team, "limit": limit},
             )
             rows = cur.fetchall()
             self._audit(cur, actor, "registry.patients.view", detail={"rows": len(rows)})
