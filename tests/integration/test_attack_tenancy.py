@@ -262,7 +262,8 @@ def run_case(client: httpx.Client, world: World, spec: RouteSpec, role: str, var
         if response.status_code != 200 or "text/event-stream" not in response.headers.get("content-type", ""):
             response.read()
     if not judge(outcome, response):
-        return f"{spec.method} {spec.path} as {role}, {variant} object: want {outcome}, got " + (
+        hint = " (add a valid body for this route to BODIES)" if response.status_code == 422 else ""
+        return f"{spec.method} {spec.path} as {role}, {variant} object: want {outcome}{hint}, got " + (
             f"{response.status_code} {response.headers.get('location', '')} {response.text[:160]!r}"
         )
     if before is not None and world.snapshot(objects) != before:
@@ -392,7 +393,7 @@ def test_a_coordinator_cannot_return_another_teams_kit(
 
 
 def test_a_coordinator_cannot_reassign_another_teams_kit_to_her_patient(
-    api: httpx.Client, conn: psycopg.Connection[Any], teams: Teams
+    api: httpx.Client, conn: psycopg.Connection[Any], registry: Registry, teams: Teams
 ) -> None:
     """Finding 2 (re-assign): B's kit cannot be handed to A's patient, so B's readings are never
     attributed to A's patient."""
@@ -403,6 +404,12 @@ def test_a_coordinator_cannot_reassign_another_teams_kit_to_her_patient(
     assert _kit_state(conn, teams.kit_b) == before
     assert before[1] == teams.team_b
     assert before[4] == teams.patient_b
+    # nor the other way round: a kit of the centre's stock to team B's patient
+    stock = f"TK-{uuid.uuid4().hex[:12]}"
+    registry.kit_add(conn, OPERATOR, stock)
+    body = {"patient_id": teams.patient_b}
+    assert api.post(f"/kits/{stock}/assignment", json=body, headers=teams.coordinator_a).status_code == 404
+    assert _kit_state(conn, stock)[0] == "in_stock"
 
 
 def test_a_coordinator_cannot_retire_another_teams_kit(
