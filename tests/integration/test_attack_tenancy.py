@@ -78,7 +78,7 @@ SNAPSHOTS: dict[str, tuple[str, ...]] = {
         "SELECT role, team_id, active, password_hash FROM users WHERE username = %s",
         "SELECT count(*) FROM sessions WHERE username = %s",
     ),
-    "token_id": ("SELECT username, expires_at FROM sessions WHERE encode(token_hash, 'hex') = %s",),
+    "token_id": ("SELECT username, expires_at FROM sessions WHERE token_id = %s::bigint",),
 }
 
 
@@ -154,16 +154,21 @@ class World:
             return staff(self.conn, Role.ADMIN)
         return staff(self.conn, Role.NURSE, team=self.team(variant))
 
-    def token_id(self, variant: str, caller: str) -> str:
-        """A token of the caller ("own") or of a nurse of the other team, by the hex of its hash."""
-        owner = self.users.get(caller) if variant == "own" else None
+    def token_id(self, variant: str, caller: str, user: str | None = None) -> str:
+        """A token of the path's user, else of the caller ("own") or of a nurse of the other team, by
+        its token id."""
+        owner = user or (self.users.get(caller) if variant == "own" else None)
         owner = owner or staff(self.conn, Role.NURSE, team=self.team(variant))
         token = new_session(self.conn, owner, kind="api", lifetime=timedelta(hours=1), ip=None)
-        return hashlib.sha256(token.encode()).hexdigest()
+        row = self.conn.execute(
+            "SELECT token_id FROM sessions WHERE token_hash = %s", (hashlib.sha256(token.encode()).digest(),)
+        ).fetchone()
+        assert row is not None, "the token just made is not in sessions"
+        return str(row[0])
 
-    def make(self, kind: str, variant: str, caller: str) -> str:
+    def make(self, kind: str, variant: str, caller: str, made: dict[str, str]) -> str:
         if kind == "token_id":
-            return self.token_id(variant, caller)
+            return self.token_id(variant, caller, made.get("username"))
         maker: Callable[[str], str] = getattr(self, kind.removesuffix("_id"))
         return maker(variant)
 
@@ -251,9 +256,9 @@ def _cases(spec: RouteSpec) -> tuple[str, ...]:
 
 def run_case(client: httpx.Client, world: World, spec: RouteSpec, role: str, variant: str) -> str | None:
     """One request; None when it answered as expected, else what went wrong."""
-    objects = {
-        name: world.make(name, variant if variant in VARIANTS[name] else "own", role) for name in spec.params
-    }
+    objects: dict[str, str] = {}
+    for name in spec.params:  # in path order: a token in /users/{username}/tokens/{token_id} is that user's
+        objects[name] = world.make(name, variant if variant in VARIANTS[name] else "own", role, objects)
     path = spec.path.replace("{file}", STATIC_FILE).format(**objects)
     body = BODIES.get((spec.method, spec.path), lambda _w, _o: {})(world, objects)
     outcome = expected(spec, role, variant)
