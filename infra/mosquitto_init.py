@@ -13,7 +13,9 @@ uses the same functions for the local broker, with the local-only accounts too.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -51,6 +53,16 @@ def dynsec_password(password: str) -> dict[str, str | int]:
         "salt": base64.b64encode(salt).decode(),
         "iterations": 101,
     }
+
+
+def _has_password(client: dict[str, Any], password: str) -> bool:
+    """Whether a stored client's hash is `password` (as the plugin checks it at login)."""
+    try:
+        salt = base64.b64decode(client["salt"], validate=True)
+        digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, int(client["iterations"]))
+        return hmac.compare_digest(base64.b64encode(digest).decode(), str(client["password"]))
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        return False
 
 
 def _accounts(passwords: dict[str, str], root: str, group: str) -> list[BrokerAccount]:
@@ -100,8 +112,10 @@ def upgrade_config(
 ) -> list[str]:
     """Bring an existing configuration (with its kits) to the table; returns what changed.
 
-    Service accounts missing from it are added with `passwords`; existing ones keep their password
-    but get the table's role, rules and client id. Kits (a client whose only role is `kit:<name>`)
+    Service accounts missing from it are added with `passwords`; existing ones get the table's role
+    (and no group), rules and client id, and the configured password when theirs is another: before
+    kit ids were checked, a coordinator could have claimed a "kit" of that name and so hold its
+    password (issue #28, finding 1). Kits (a client whose only role is `kit:<name>`)
     are bound to the client id equal to their name, which is what gateway-sim and the kit protocol
     use; a kit that logged in with another client id must change to its kit id.
     """
@@ -110,6 +124,8 @@ def upgrade_config(
     roles: list[dict[str, Any]] = [r for r in doc.get("roles", []) if r.get("rolename") not in _RETIRED]
     if len(clients) != len(doc.get("clients", [])):
         changes.append("removed the publish-anything account vaktrom-service")
+    for holder in (*clients, *doc.get("groups", [])):  # nobody keeps a reference to the old role
+        holder["roles"] = [r for r in holder.get("roles", []) if r.get("rolename") not in _RETIRED]
     by_name = {c.get("username"): c for c in clients}
     role_names = {r.get("rolename"): r for r in roles}
     for account in _accounts(passwords, root, group):
@@ -123,7 +139,10 @@ def upgrade_config(
             clients.append(_client(account, passwords[account.username]))
             changes.append(f"added {account.username}")
             continue
-        client["roles"] = [{"rolename": account.role}]
+        client["roles"], client["groups"] = [{"rolename": account.role}], []
+        if not _has_password(client, passwords[account.username]):
+            client.update(dynsec_password(passwords[account.username]))
+            changes.append(f"set the configured password of {account.username} (it had another)")
         client.pop("clientid", None)
         if account.client_id is not None:
             client["clientid"] = account.client_id

@@ -9,10 +9,17 @@ configuration is made from, so an account added there is probed here too.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import getpass
+import hashlib
 import json
+import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,9 +33,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from services import dynsec_plugin
 
 from alerts.accounts import Role
 from contracts.mqtt_accounts import (
+    ADMIN,
     BRIDGE,
     KIT_ACCOUNT,
     RESERVED_PREFIXES,
@@ -43,7 +52,7 @@ from registry.bulk import enrol_cohort
 from tests.conftest import REPO, STATE, Broker, Stack
 from tests.integration.alerts_support import AlertsProcess, bearer, staff
 from tests.integration.registry_support import OPERATOR, KitClient, make_registry
-from tests.integration.stage_support import broker_login, dynsec, enrol
+from tests.integration.stage_support import broker_login, dynsec, enrol, free_port
 
 REFUSED = "Not authorized"
 # Every service account's name, each reserved prefix, the plugin's role names, other spellings.
@@ -384,3 +393,104 @@ def test_each_broker_account_may_do_only_what_the_table_allows(
         assert not may(rights, "publish", kit_topic(kit, "receipts", root=root)), (
             "only the bridge sends receipts"
         )
+
+
+# ------------------------------------------------------------------ (d) upgrading an old broker
+def _old_client(username: str, password: str, *roles: str) -> dict[str, Any]:
+    """A client as the plugin stored it before these accounts (PBKDF2-SHA512, 101 rounds)."""
+    salt = b"old-salt-12b"
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
+    return {
+        "username": username,
+        "password": base64.b64encode(digest).decode(),
+        "salt": base64.b64encode(salt).decode(),
+        "iterations": 101,
+        "roles": [{"rolename": r} for r in roles],
+    }
+
+
+@pytest.fixture
+def old_broker(tmp_path: Path) -> Iterator[Any]:
+    """Runs `infra/mosquitto_init.py` (as compose's mosquitto-init does) on a plugin file, then a
+    broker of its own on that file; yields a function that does both and returns the port."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(doc: dict[str, Any], passwords: dict[str, str]) -> int:
+        config = tmp_path / "dynamic-security.json"
+        config.write_text(json.dumps(doc))
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(REPO),
+            "MQTT_ADMIN_PASSWORD": passwords[ADMIN.username],
+            "MQTT_BRIDGE_PASSWORD": passwords[BRIDGE.username],
+            "MOSQUITTO_UID": str(os.getuid()),
+        }
+        init = subprocess.run(
+            [sys.executable, str(REPO / "infra" / "mosquitto_init.py"), str(config)],
+            capture_output=True, text=True, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        assert init.returncode == 0, init.stderr
+        port = free_port()
+        conf = tmp_path / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous false\nuser {getpass.getuser()}\n"
+            f"plugin {dynsec_plugin()}\nplugin_opt_config_file {config}\n"
+        )
+        processes.append(subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                return port
+            assert time.monotonic() < deadline, "the upgraded broker did not start"
+            time.sleep(0.1)
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(10)
+
+
+def test_an_upgrade_gives_service_accounts_the_configured_password_only(old_broker: Any) -> None:
+    """Operator upgrading, identity collision left over from before (finding 1): on the old broker a
+    coordinator had claimed "kits" named vaktrom-admin (which reset its password) and
+    vaktrom-bridge-1 (then a kit). After mosquitto-init's upgrade neither password the coordinator
+    holds logs in any more, the configured ones do, and the bridge's account is bound again."""
+    stolen = "claimed-by-a-coordinator"  # the password a coordinator claimed for the "kit"
+    passwords = {ADMIN.username: "a" * 24, BRIDGE.username: "b" * 24}
+    old = {
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": True,
+            "subscribe": False,
+            "unsubscribe": True,
+        },
+        "clients": [
+            _old_client(ADMIN.username, stolen, "dynsec-admin", f"kit:{ADMIN.username}"),
+            _old_client("vaktrom-service", "s" * 24, "pipeline"),
+            _old_client(BRIDGE.username, stolen, f"kit:{BRIDGE.username}"),
+            _old_client("K-1", "k" * 24, "kit:K-1"),
+        ],
+        "groups": [],
+        "roles": [
+            {"rolename": "dynsec-admin", "acls": []},
+            {"rolename": "pipeline", "acls": [{"acltype": "publishClientSend", "topic": "#", "allow": True}]},
+            *({"rolename": f"kit:{k}", "acls": []} for k in (ADMIN.username, BRIDGE.username, "K-1")),
+        ],
+    }
+    port = old_broker(old, passwords)
+
+    def login(username: str, password: str, client_id: str) -> str:
+        client = KitClient("127.0.0.1", port, username, password, client_id=client_id)
+        try:
+            return client.connect()
+        finally:
+            client.close()
+
+    assert login(ADMIN.username, stolen, "registry-x") == REFUSED
+    assert login(BRIDGE.username, stolen, BRIDGE.username) == REFUSED
+    assert login("vaktrom-service", "s" * 24, "svc-x") == REFUSED
+    assert login(ADMIN.username, passwords[ADMIN.username], "registry-x") == "Success"
+    assert login(BRIDGE.username, passwords[BRIDGE.username], BRIDGE.username) == "Success"
+    assert login(BRIDGE.username, passwords[BRIDGE.username], "K-1") == REFUSED
+    assert login("K-1", "k" * 24, "K-1") == "Success"
+    assert login("K-1", "k" * 24, BRIDGE.username) == REFUSED
