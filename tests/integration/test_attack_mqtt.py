@@ -141,6 +141,30 @@ def test_a_kit_id_that_names_a_broker_account_is_refused_by_the_registry(
     assert conn.execute("SELECT count(*) FROM kits WHERE kit_id = %s", (name,)).fetchone()[0] == 0
 
 
+# Kit ids that are no broker login at all: a trailing newline (which `$` in a pattern lets through),
+# NUL, blanks, look-alike letters, wildcards and separators, one character too long.
+MALFORMED = ["K-1\n", "K-1\x00", " K-1", "K-1 ", "K\t1", "v\u0430ktrom-admin",
+             "\uff36AKTROM-ADMIN", "K+1", "K#1", "K/1", "$share", "K" * 65]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", MALFORMED, ids=repr)
+def test_a_kit_id_that_is_no_broker_login_is_refused_before_the_broker_is_asked(
+    kits: tuple[Registry, str, Any], name: str
+) -> None:
+    """Finding 1, identity collision by spelling: the registry refuses a kit id with a control
+    character, blank, look-alike letter, wildcard or separator, or one that is too long, with a
+    message saying what a kit id is, and writes nothing (before, "K-1\\n" reached the broker)."""
+    registry, _root, conn = kits
+    with pytest.raises(RegistryError, match="must be"):
+        registry.kit_add(conn, OPERATOR, name)
+    with pytest.raises(RegistryError, match="must be"):
+        registry.issue_credentials(conn, OPERATOR, [name])
+    assert (
+        conn.execute("SELECT count(*) FROM kits WHERE kit_id = %s", (name.replace("\x00", ""),)).fetchone()[0]
+        == 0
+    )
+
+
 def test_the_command_line_refuses_a_service_accounts_name_and_the_accounts_still_log_in(
     stack: Stack, mqtt: Broker, unique: str
 ) -> None:
