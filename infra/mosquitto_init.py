@@ -6,7 +6,9 @@ Reads MQTT_ADMIN_PASSWORD (the registry's account) and MQTT_BRIDGE_PASSWORD (the
 first start it writes the file; afterwards the broker owns it (every kit the registry provisions is
 in it), and a new start only upgrades it (`upgrade_config`): missing service accounts are added,
 the service roles get the table's rules, the old publish-anything `vaktrom-service` account is
-removed and every kit is bound to its client id. Run it with the broker stopped. `infra/stack`
+removed and every kit is bound to its client id. Run it with the broker stopped: a running broker
+keeps its old accounts and writes them back at its next change, so when MQTT_BROKER (host:port)
+answers and there is something to upgrade, it refuses and changes nothing. `infra/stack`
 uses the same functions for the local broker, with the local-only accounts too.
 """
 
@@ -19,6 +21,7 @@ import hmac
 import json
 import os
 import secrets
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -159,6 +162,18 @@ def upgrade_config(
     return changes
 
 
+def _running(address: str) -> bool:
+    """Whether a broker answers at host:port (empty: not asked)."""
+    host, _, port = address.rpartition(":")
+    if not host:
+        return False
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: mosquitto_init.py PATH/dynamic-security.json", file=sys.stderr)
@@ -177,6 +192,15 @@ def main(argv: list[str]) -> int:
             return 1
         changes = upgrade_config(doc, passwords)
         what = "; ".join(changes) or "nothing to change"
+        broker = os.environ.get("MQTT_BROKER", "")
+        if changes and _running(broker):
+            print(
+                f"mosquitto-init: {target} needs an upgrade ({what}), but the broker at {broker} is "
+                "running: it would keep its old accounts and write them back. Stop it first "
+                "(`docker compose stop mosquitto`), then `docker compose up -d` again.",
+                file=sys.stderr,
+            )
+            return 1
     else:
         doc = dynsec_config(passwords)
         what = f"wrote it with {', '.join(passwords)}"
