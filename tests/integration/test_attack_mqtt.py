@@ -241,6 +241,44 @@ def test_the_broker_admin_never_changes_a_client_that_is_not_a_kit(
     assert _login(stack, BRIDGE, passwords[BRIDGE.username]) == "Success"
 
 
+def test_the_broker_admin_never_hands_out_an_unbound_client_without_roles(
+    kits: tuple[Registry, str, Any], stack: Stack, unique: str, tmp_path: Path
+) -> None:
+    """Finding 1 and 3, identity collision leading to session takeover: a client an operator made
+    without roles (yet) and without a bound client id grants no topic, but may log in with the
+    bridge's client id, take over its session and receive what is queued there (the plugin lets
+    every client receive by default). The registry must not set its password, replace or delete it
+    as if it were a kit; a claimed kit's identity is bound to its kit id again."""
+    registry, root, conn = kits
+    other = f"ops{unique}"[:60]
+    made = dynsec(stack, "createClient", other, "-p", "operator-only-pw")
+    assert made.returncode == 0, made.stderr
+    with _admin(stack, root) as admin:
+        with pytest.raises(BrokerAdminError, match="refused"):
+            admin.set_password(other, "x" * 24)
+        with pytest.raises(BrokerAdminError, match="refused"):
+            admin.provision([(other, "x" * 24)])
+        with pytest.raises(BrokerAdminError, match="refused"):
+            admin.revoke([other])
+    config = tmp_path / "dynamic-security.json"
+    config.write_text(json.dumps({"clients": [{"username": other, "roles": []}], "roles": []}))
+    with pytest.raises(BrokerAdminError, match="refused"):
+        write_offline(config, [(other, "x" * 24)], root=root)
+    assert json.loads(config.read_text())["clients"] == [{"username": other, "roles": []}]
+    kit = _kit(registry, conn, stack, f"{unique}-K")
+    assert dynsec(stack, "setClientId", kit.username).returncode == 0  # unbound, e.g. from before
+    code, _ = registry.pair(conn, OPERATOR, kit.username)
+    password = registry.claim(conn, code).password
+    thief = KitClient(
+        stack.mqtt_host, stack.mqtt_port, kit.username, password, client_id=f"{unique}-bridge-1"
+    )
+    try:
+        assert thief.connect() == REFUSED
+    finally:
+        thief.close()
+        kit.close()
+
+
 # ------------------------------------------------------------------ (b) session takeover
 class _Bridge:
     """A stand-in for the bridge: an account of role `bridge` bound to its client id, a persistent
