@@ -44,6 +44,13 @@ MQTT_BRIDGE = BRIDGE.username  # subscribes to the kits' messages, publishes the
 PRODUCTION_ROOT = "vaktrom/v1"
 PRODUCTION_GROUP = "vaktrom-bridge"
 _RETIRED = ("vaktrom-service", "pipeline")  # the old publish-anything account and its role
+# What a client may do that no role of its own allows: publish and subscribe nothing.
+_DEFAULT_ACCESS = {
+    "publishClientSend": False,
+    "publishClientReceive": True,
+    "subscribe": False,
+    "unsubscribe": True,
+}
 _ENV = {ADMIN.username: "MQTT_ADMIN_PASSWORD", BRIDGE.username: "MQTT_BRIDGE_PASSWORD"}
 
 
@@ -94,12 +101,7 @@ def dynsec_config(
     """
     accounts = _accounts(passwords, root, group)
     return {
-        "defaultACLAccess": {
-            "publishClientSend": False,
-            "publishClientReceive": True,
-            "subscribe": False,
-            "unsubscribe": True,
-        },
+        "defaultACLAccess": dict(_DEFAULT_ACCESS),
         "clients": [_client(a, passwords[a.username]) for a in accounts],
         "groups": [],
         "roles": [{"rolename": a.role, "acls": role_acls(a)} for a in accounts],
@@ -129,6 +131,9 @@ def upgrade_config(
         changes.append("removed the publish-anything account vaktrom-service")
     for holder in (*clients, *doc.get("groups", [])):  # nobody keeps a reference to the old role
         holder["roles"] = [r for r in holder.get("roles", []) if r.get("rolename") not in _RETIRED]
+    if doc.get("defaultACLAccess") != _DEFAULT_ACCESS:  # e.g. widened by hand: the table's default
+        doc["defaultACLAccess"] = dict(_DEFAULT_ACCESS)
+        changes.append("set the default access to the table's (publish and subscribe nothing)")
     by_name = {c.get("username"): c for c in clients}
     role_names = {r.get("rolename"): r for r in roles}
     for account in _accounts(passwords, root, group):

@@ -33,6 +33,7 @@ def test_production_has_the_admin_and_the_bridge_and_nothing_that_publishes_anyw
 def test_an_upgrade_keeps_kits_binds_them_and_removes_the_old_service_account() -> None:
     admin_hash = dynsec_password(PASSWORDS[ADMIN.username])
     old = {
+        "defaultACLAccess": dynsec_config(PASSWORDS)["defaultACLAccess"],
         "clients": [
             {"username": ADMIN.username, **admin_hash, "roles": [{"rolename": "dynsec-admin"}]},
             {"username": "vaktrom-service", "roles": [{"rolename": "pipeline"}]},
@@ -65,6 +66,7 @@ def test_an_upgrade_takes_a_service_name_back_from_whoever_held_it() -> None:
         ],
         "groups": [{"groupname": "g", "roles": [{"rolename": "pipeline"}]}],
         "roles": [{"rolename": "pipeline", "acls": []}],
+        "defaultACLAccess": {"publishClientSend": True, "subscribe": True},  # widened by hand
     }  # fmt: skip
     changes = upgrade_config(old, PASSWORDS)
     clients = _clients(old)
@@ -73,4 +75,6 @@ def test_an_upgrade_takes_a_service_name_back_from_whoever_held_it() -> None:
     assert any(f"password of {BRIDGE.username}" in c for c in changes)
     assert clients["K-1"] == {"username": "K-1", "roles": [{"rolename": "kit:K-1"}], "clientid": "K-1"}
     assert old["groups"][0]["roles"] == []
+    assert old["defaultACLAccess"] == dynsec_config(PASSWORDS)["defaultACLAccess"]
+    assert not old["defaultACLAccess"]["publishClientSend"]
     assert upgrade_config(old, PASSWORDS) == []
