@@ -36,6 +36,7 @@ __all__ = [
     "dynsec_config",
     "dynsec_password",
     "main",
+    "unbound_clients",
     "upgrade_config",
 ]
 
@@ -167,6 +168,20 @@ def upgrade_config(
     return changes
 
 
+def unbound_clients(doc: dict[str, Any]) -> list[str]:
+    """Clients with no bound client id that the table does not leave unbound on purpose.
+
+    Such a client, whatever its roles, may log in with the bridge's client id, take over its
+    session and receive what is queued there (the plugin lets every client receive by default).
+    """
+    on_purpose = {a.username for a in SERVICE_ACCOUNTS if a.client_id is None}
+    return sorted(
+        str(c.get("username"))
+        for c in doc.get("clients", [])
+        if not c.get("clientid") and c.get("username") not in on_purpose
+    )
+
+
 def _running(address: str) -> bool:
     """Whether a broker answers at host:port (empty: not asked)."""
     host, _, port = address.rpartition(":")
@@ -217,6 +232,13 @@ def main(argv: list[str]) -> int:
     os.chmod(fresh, 0o600)
     fresh.replace(target)
     print(f"mosquitto-init: {target}: {what}")
+    if unbound := unbound_clients(doc):
+        print(
+            f"mosquitto-init: warning: {len(unbound)} clients have no bound client id and may log in "
+            f"with the bridge's: {', '.join(unbound[:10])}; bind each with `mosquitto_ctrl dynsec "
+            "setClientId NAME NAME` or delete it (docs/broker-accounts.md)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -242,7 +242,7 @@ def test_the_broker_admin_never_changes_a_client_that_is_not_a_kit(
 
 
 def test_the_broker_admin_never_hands_out_an_unbound_client_without_roles(
-    kits: tuple[Registry, str, Any], stack: Stack, unique: str, tmp_path: Path
+    kits: tuple[Registry, str, Any], stack: Stack, unique: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """Finding 1 and 3, identity collision leading to session takeover: a client an operator made
     without roles (yet) and without a bound client id grants no topic, but may log in with the
@@ -253,6 +253,7 @@ def test_the_broker_admin_never_hands_out_an_unbound_client_without_roles(
     other = f"ops{unique}"[:60]
     made = dynsec(stack, "createClient", other, "-p", "operator-only-pw")
     assert made.returncode == 0, made.stderr
+    request.addfinalizer(lambda: dynsec(stack, "deleteClient", other))
     with _admin(stack, root) as admin:
         with pytest.raises(BrokerAdminError, match="refused"):
             admin.set_password(other, "x" * 24)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "infra"))
-from mosquitto_init import dynsec_config, dynsec_password, upgrade_config
+from mosquitto_init import dynsec_config, dynsec_password, unbound_clients, upgrade_config
 
 from contracts.mqtt_accounts import ADMIN, BRIDGE, LOCAL_TEST
 
@@ -51,6 +51,7 @@ def test_an_upgrade_keeps_kits_binds_them_and_removes_the_old_service_account() 
     assert clients[BRIDGE.username]["clientid"] == BRIDGE.client_id
     assert {r["rolename"] for r in old["roles"]} == {"kit:K-1", "dynsec-admin", "bridge"}
     assert any("bound 1 kits" in c for c in changes)
+    assert unbound_clients(old) == ["odd"]  # the operator is warned: it may use the bridge's client id
     assert upgrade_config(old, PASSWORDS) == []  # a second run changes nothing
 
 
