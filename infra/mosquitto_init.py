@@ -6,17 +6,22 @@ Reads MQTT_ADMIN_PASSWORD (the registry's account) and MQTT_BRIDGE_PASSWORD (the
 first start it writes the file; afterwards the broker owns it (every kit the registry provisions is
 in it), and a new start only upgrades it (`upgrade_config`): missing service accounts are added,
 the service roles get the table's rules, the old publish-anything `vaktrom-service` account is
-removed and every kit is bound to its client id. Run it with the broker stopped. `infra/stack`
+removed and every kit is bound to its client id. Run it with the broker stopped: a running broker
+keeps its old accounts and writes them back at its next change, so when MQTT_BROKER (host:port)
+answers and there is something to upgrade, it refuses and changes nothing. `infra/stack`
 uses the same functions for the local broker, with the local-only accounts too.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import hmac
 import json
 import os
 import secrets
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ __all__ = [
     "dynsec_config",
     "dynsec_password",
     "main",
+    "unbound_clients",
     "upgrade_config",
 ]
 
@@ -39,6 +45,13 @@ MQTT_BRIDGE = BRIDGE.username  # subscribes to the kits' messages, publishes the
 PRODUCTION_ROOT = "vaktrom/v1"
 PRODUCTION_GROUP = "vaktrom-bridge"
 _RETIRED = ("vaktrom-service", "pipeline")  # the old publish-anything account and its role
+# What a client may do that no role of its own allows: publish and subscribe nothing.
+_DEFAULT_ACCESS = {
+    "publishClientSend": False,
+    "publishClientReceive": True,
+    "subscribe": False,
+    "unsubscribe": True,
+}
 _ENV = {ADMIN.username: "MQTT_ADMIN_PASSWORD", BRIDGE.username: "MQTT_BRIDGE_PASSWORD"}
 
 
@@ -51,6 +64,16 @@ def dynsec_password(password: str) -> dict[str, str | int]:
         "salt": base64.b64encode(salt).decode(),
         "iterations": 101,
     }
+
+
+def _has_password(client: dict[str, Any], password: str) -> bool:
+    """Whether a stored client's hash is `password` (as the plugin checks it at login)."""
+    try:
+        salt = base64.b64decode(client["salt"], validate=True)
+        digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, int(client["iterations"]))
+        return hmac.compare_digest(base64.b64encode(digest).decode(), str(client["password"]))
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        return False
 
 
 def _accounts(passwords: dict[str, str], root: str, group: str) -> list[BrokerAccount]:
@@ -79,12 +102,7 @@ def dynsec_config(
     """
     accounts = _accounts(passwords, root, group)
     return {
-        "defaultACLAccess": {
-            "publishClientSend": False,
-            "publishClientReceive": True,
-            "subscribe": False,
-            "unsubscribe": True,
-        },
+        "defaultACLAccess": dict(_DEFAULT_ACCESS),
         "clients": [_client(a, passwords[a.username]) for a in accounts],
         "groups": [],
         "roles": [{"rolename": a.role, "acls": role_acls(a)} for a in accounts],
@@ -100,8 +118,10 @@ def upgrade_config(
 ) -> list[str]:
     """Bring an existing configuration (with its kits) to the table; returns what changed.
 
-    Service accounts missing from it are added with `passwords`; existing ones keep their password
-    but get the table's role, rules and client id. Kits (a client whose only role is `kit:<name>`)
+    Service accounts missing from it are added with `passwords`; existing ones get the table's role
+    (and no group), rules and client id, and the configured password when theirs is another: before
+    kit ids were checked, a coordinator could have claimed a "kit" of that name and so hold its
+    password (issue #28, finding 1). Kits (a client whose only role is `kit:<name>`)
     are bound to the client id equal to their name, which is what gateway-sim and the kit protocol
     use; a kit that logged in with another client id must change to its kit id.
     """
@@ -110,6 +130,11 @@ def upgrade_config(
     roles: list[dict[str, Any]] = [r for r in doc.get("roles", []) if r.get("rolename") not in _RETIRED]
     if len(clients) != len(doc.get("clients", [])):
         changes.append("removed the publish-anything account vaktrom-service")
+    for holder in (*clients, *doc.get("groups", [])):  # nobody keeps a reference to the old role
+        holder["roles"] = [r for r in holder.get("roles", []) if r.get("rolename") not in _RETIRED]
+    if doc.get("defaultACLAccess") != _DEFAULT_ACCESS:  # e.g. widened by hand: the table's default
+        doc["defaultACLAccess"] = dict(_DEFAULT_ACCESS)
+        changes.append("set the default access to the table's (publish and subscribe nothing)")
     by_name = {c.get("username"): c for c in clients}
     role_names = {r.get("rolename"): r for r in roles}
     for account in _accounts(passwords, root, group):
@@ -123,7 +148,10 @@ def upgrade_config(
             clients.append(_client(account, passwords[account.username]))
             changes.append(f"added {account.username}")
             continue
-        client["roles"] = [{"rolename": account.role}]
+        client["roles"], client["groups"] = [{"rolename": account.role}], []
+        if not _has_password(client, passwords[account.username]):
+            client.update(dynsec_password(passwords[account.username]))
+            changes.append(f"set the configured password of {account.username} (it had another)")
         client.pop("clientid", None)
         if account.client_id is not None:
             client["clientid"] = account.client_id
@@ -138,6 +166,32 @@ def upgrade_config(
         changes.append(f"bound {bound} kits to their client ids")
     doc["clients"], doc["roles"] = clients, roles
     return changes
+
+
+def unbound_clients(doc: dict[str, Any]) -> list[str]:
+    """Clients with no bound client id that the table does not leave unbound on purpose.
+
+    Such a client, whatever its roles, may log in with the bridge's client id, take over its
+    session and receive what is queued there (the plugin lets every client receive by default).
+    """
+    on_purpose = {a.username for a in SERVICE_ACCOUNTS if a.client_id is None}
+    return sorted(
+        str(c.get("username"))
+        for c in doc.get("clients", [])
+        if not c.get("clientid") and c.get("username") not in on_purpose
+    )
+
+
+def _running(address: str) -> bool:
+    """Whether a broker answers at host:port (empty: not asked)."""
+    host, _, port = address.rpartition(":")
+    if not host:
+        return False
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def main(argv: list[str]) -> int:
@@ -158,6 +212,15 @@ def main(argv: list[str]) -> int:
             return 1
         changes = upgrade_config(doc, passwords)
         what = "; ".join(changes) or "nothing to change"
+        broker = os.environ.get("MQTT_BROKER", "")
+        if changes and _running(broker):
+            print(
+                f"mosquitto-init: {target} needs an upgrade ({what}), but the broker at {broker} is "
+                "running: it would keep its old accounts and write them back. Stop it first "
+                "(`docker compose stop mosquitto`), then `docker compose up -d` again.",
+                file=sys.stderr,
+            )
+            return 1
     else:
         doc = dynsec_config(passwords)
         what = f"wrote it with {', '.join(passwords)}"
@@ -169,6 +232,13 @@ def main(argv: list[str]) -> int:
     os.chmod(fresh, 0o600)
     fresh.replace(target)
     print(f"mosquitto-init: {target}: {what}")
+    if unbound := unbound_clients(doc):
+        print(
+            f"mosquitto-init: warning: {len(unbound)} clients have no bound client id and may log in "
+            f"with the bridge's: {', '.join(unbound[:10])}; bind each with `mosquitto_ctrl dynsec "
+            "setClientId NAME NAME` or delete it (docs/broker-accounts.md)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -23,7 +23,7 @@ from contracts.mqtt_accounts import kit_id_problem
 from registry.broker import BrokerAdmin
 from registry.identity import Sealer
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")  # fullmatch: `$` would let a final newline by
 _CODE_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"  # no 0/O, 1/I/L, U: read aloud and typed by people
 
 
@@ -101,7 +101,7 @@ class PlanPublisher(Protocol):
 
 
 def _check_id(value: str, what: str) -> str:
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):
         raise RegistryError(
             f"{what} {value!r} must be 1-64 letters, digits or . _ : - (starting with a letter or digit)"
         )

@@ -78,10 +78,14 @@ def _check_kit_client(kit_id: str, client: dict[str, Any] | None) -> None:
         return
     roles = [r.get("rolename") for r in client.get("roles", [])]
     groups = [g.get("groupname") for g in client.get("groups", [])]
-    if roles not in ([kit_role_name(kit_id)], []) or groups:  # no role at all grants nothing to keep
+    # A client without a role is a kit's only while bound to its kit id: an unbound one, roles or
+    # not, may log in with the bridge's client id, take over its session and get what is queued.
+    lost_role = roles == [] and client.get("clientid") == kit_id
+    if (roles != [kit_role_name(kit_id)] and not lost_role) or groups:
         raise BrokerAdminError(
             f"refused to change broker client {kit_id!r}: it is not a kit's identity (roles {roles}, "
-            f"groups {groups}, where a kit has only {kit_role_name(kit_id)!r}); the registry changes "
+            f"groups {groups}, client id {client.get('clientid')!r}, where a kit has only "
+            f"{kit_role_name(kit_id)!r} and is bound to its kit id); the registry changes "
             "kits only. Look at it with `mosquitto_ctrl dynsec getClient`."
         )
 
@@ -256,7 +260,12 @@ class BrokerAdmin:
     def set_password(self, kit_id: str, password: str) -> None:
         if kit_id not in self._existing([kit_id]):
             raise BrokerAdminError(f"the broker has no kit {kit_id!r}; provision it first")
-        self.run([{"command": "setClientPassword", "username": kit_id, "password": password}])
+        self.run(  # bound again: a password never opens an account that could use another's client id
+            [
+                {"command": "setClientId", "username": kit_id, "clientid": kit_id},
+                {"command": "setClientPassword", "username": kit_id, "password": password},
+            ]
+        )
 
     def revoke(self, kit_ids: Sequence[str]) -> None:
         """Delete the kits' clients (which disconnects them at once) and their roles."""
