@@ -25,12 +25,13 @@ from tests.conftest import REPO, Stack
 sys.path.insert(0, str(REPO / "infra"))
 from enrol import enrol
 from kafka_acl import grant
-from topics import consumer_lag, ensure_topics
+from topics import consumer_lag, delete_topics, ensure_topics
 
 __all__ = [
     "StageProcess",
     "consume",
     "consumer_lag",
+    "delete_namespace",
     "enrol",
     "free_port",
     "prepare",
@@ -166,6 +167,11 @@ def prepare(stack: Stack, name: str) -> None:
     the same rules as the stack's own topics get (contracts.kafka_acl)."""
     ensure_topics(stack.kafka(), prefix=f"{name}.", partitions=3)
     grant(stack.kafka(), f"{name}.", groups=stage_groups(name))
+
+
+def delete_namespace(stack: Stack, name: str) -> None:
+    """Remove what `prepare` made for a module-wide namespace (its topics; the rules are harmless)."""
+    delete_topics(stack.kafka(), [f"{name}."])
 
 
 def sql(stack: Stack, statement: str, params: Iterable[Any] = ()) -> None:
