@@ -118,9 +118,7 @@ class AlertFeed:
         self._conn: psycopg.Connection[Any] | None = None
         self._ops: OpsServer | None = None
         self.metrics = FeedMetrics()
-        self._quarantine = Quarantine(
-            kafka=kafka, topic=topics.quarantine_topic(kafka.topic_prefix)
-        )
+        self._quarantine = Quarantine(kafka=kafka, topic=topics.quarantine_topic(kafka.topic_prefix))
         self.alert_path = AlertPathAge(max_age_s=settings.alert_path_max_age_s, what="alert event")
         self._set_aside: list[float] = []  # when alert events were quarantined (the last hour's)
 

@@ -232,7 +232,9 @@ class KafkaSettings(Settings):
     )
     password: str | None = setting(None, env="VAKTROM_KAFKA_PASSWORD", help="its SCRAM password", secret=True)
     ca: Path | None = setting(
-        None, env="VAKTROM_KAFKA_CA", help="CA file the broker's certificate is verified with (default: system)"
+        None,
+        env="VAKTROM_KAFKA_CA",
+        help="CA file the broker's certificate is verified with (default: system)",
     )
 
     def validate(self) -> None:
@@ -249,7 +251,10 @@ class KafkaSettings(Settings):
                 f"use one of {', '.join(_KAFKA_MECHANISMS)}"
             )
         if self.security_protocol == "SASL_SSL":
-            for env, value in (("VAKTROM_KAFKA_USERNAME", self.username), ("VAKTROM_KAFKA_PASSWORD", self.password)):
+            for env, value in (
+                ("VAKTROM_KAFKA_USERNAME", self.username),
+                ("VAKTROM_KAFKA_PASSWORD", self.password),
+            ):
                 if not value:
                     raise ConfigError(
                         f"{env} is not set: every stage signs in to Kafka with its own principal "

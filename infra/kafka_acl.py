@@ -1,6 +1,7 @@
 """Apply Kafka's principals to a broker: SCRAM credentials and the access rules of contracts/kafka_acl.py.
 
-    python infra/kafka_acl.py [--prefix P]      the rules for the topics under P (as the admin)
+    python infra/kafka_acl.py [grant] [--prefix P]   the rules for the topics under P (as VAKTROM_KAFKA_*)
+    python infra/kafka_acl.py setup                  compose: passwords from .env, then the rules
 
 Idempotent: Kafka keeps one copy of an access rule however often it is created, and a credential
 set again replaces the old one (that is how a password is rotated: docs/kafka-security.md).
@@ -11,6 +12,7 @@ topic prefixes and consumer groups.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Mapping
@@ -28,7 +30,7 @@ from kafka.admin import (
 )
 from kafka.errors import KafkaError
 
-from contracts.kafka_acl import KafkaAcl, kafka_acls
+from contracts.kafka_acl import ADMIN, BROKER, PRINCIPALS, KafkaAcl, kafka_acls
 from contracts.settings import ConfigError, KafkaSettings
 
 __all__ = ["AclError", "grant", "set_credentials", "to_kafka"]
@@ -89,7 +91,10 @@ def set_credentials(kafka: KafkaSettings, passwords: Mapping[str, str], *, timeo
     admin = _admin(kafka, timeout)
     try:
         errors = admin.alter_user_scram_credentials(
-            [UserScramCredentialUpsertion(user, ScramMechanism.SCRAM_SHA_512, pw) for user, pw in passwords.items()]
+            [
+                UserScramCredentialUpsertion(user, ScramMechanism.SCRAM_SHA_512, pw)
+                for user, pw in passwords.items()
+            ]
         )
     finally:
         admin.close()
@@ -98,16 +103,40 @@ def set_credentials(kafka: KafkaSettings, passwords: Mapping[str, str], *, timeo
         raise AclError(f"the broker refused SCRAM credentials: {refused}")
 
 
+def _setup(kafka: KafkaSettings, environ: Mapping[str, str]) -> str:
+    """Compose's first start: sign in as the broker (PLAIN), set every principal's SCRAM password
+    from KAFKA_<STAGE>_PASSWORD and create the access rules for the real topics."""
+    broker = dataclasses.replace(
+        kafka, sasl_mechanism="PLAIN", username=BROKER, password=environ.get("KAFKA_BROKER_PASSWORD", "")
+    )
+    names = [ADMIN, *(p.name for p in PRINCIPALS)]
+    variables = {name: f"KAFKA_{name.removeprefix('vaktrom-').upper()}_PASSWORD" for name in names}
+    missing = [
+        variable for variable in ["KAFKA_BROKER_PASSWORD", *variables.values()] if not environ.get(variable)
+    ]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} not set; they come from .env (see .env.example)")
+    set_credentials(broker, {name: environ[variable] for name, variable in variables.items()})
+    return f"SCRAM credentials for {len(names)} principals, {grant(broker)} access rules"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", nargs="?", choices=["grant", "setup"], default="grant")
     parser.add_argument("--prefix", default=os.environ.get("VAKTROM_TOPIC_PREFIX", ""))
     args = parser.parse_args(argv)
     try:
-        count = grant(KafkaSettings.from_env(), args.prefix)
+        kafka = KafkaSettings.from_env()
+        if args.command == "setup":
+            done = _setup(kafka, os.environ)
+        else:
+            done = f"{grant(kafka, args.prefix)} access rules in place for prefix {args.prefix!r}"
     except (ConfigError, KafkaError, AclError) as exc:
         print(f"kafka_acl: {exc}", file=sys.stderr)
         return 1
-    print(f"kafka_acl: {count} access rules in place for prefix {args.prefix!r}")
+    print(f"kafka_acl: {done}")
     return 0
 
 

@@ -164,7 +164,8 @@ def demo_login(env: dict[str, str]) -> str:
 def stages(env: dict[str, str]) -> list[Stage]:
     """The four stages, each signed in to Kafka as its own principal (docs/kafka-security.md)."""
     return [
-        Stage("bridge", "ingest", 9464, {"VAKTROM_BRIDGE_CLIENT_ID": "demo-bridge-1", **kafka_principal(env, "bridge")}),
+        Stage("bridge", "ingest", 9464,
+              {"VAKTROM_BRIDGE_CLIENT_ID": "demo-bridge-1", **kafka_principal(env, "bridge")}),
         Stage("monitor", "streams.monitor", 9466,
               {"VAKTROM_MONITOR_DATA_DIR": str(STATE / "monitor"), **kafka_principal(env, "monitor")}),
         Stage("archive", "streams.archive", 9465, kafka_principal(env, "archive")),

@@ -20,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+from kafka_init import render_server_properties, write_private, write_tls
 from mosquitto_init import MQTT_ADMIN, MQTT_SERVICE, dynsec_config
 from processes import (
     REPO,
@@ -245,17 +246,6 @@ class Kafka(Service):
             ca=self.ca_file,
         )
 
-    def _ensure_tls(self) -> None:
-        """The broker's key and certificate in one PEM file (Kafka's PEM keystore), and the CA."""
-        ensure_server_certificates(self.ca_dir, sorted({self.host, "localhost", "127.0.0.1"}), name="kafka")
-        self.tls_dir.mkdir(parents=True, exist_ok=True)
-        pem = self.tls_dir / "kafka.pem"
-        pem.unlink(missing_ok=True)
-        fd = os.open(pem, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write((self.ca_dir / "kafka.key").read_bytes() + (self.ca_dir / "kafka.crt").read_bytes())
-        shutil.copyfile(self.ca_file, self.tls_dir / "ca.crt")
-
     def _java(self, main: str, *args: str, jvm: list[str] | None = None) -> list[str]:
         if not (self.libs / ".stamp").exists():
             raise StackError(f"the Kafka jars are missing from {self.libs}; run infra/bootstrap first")
@@ -275,22 +265,12 @@ class Kafka(Service):
         data = self.home / "data"
         conf = self.home / "server.properties"
         passwords = self._ensure_credentials()
-        self._ensure_tls()
-        template = (REPO / "infra" / "kafka" / "server.properties").read_text()
-        conf.unlink(missing_ok=True)
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # holds the broker's password
-        with os.fdopen(fd, "w") as out:
-            out.write(
-                template.replace("@HOST@", self.host)
-                .replace("@PORT@", str(self.port))
-                .replace("@CONTROLLER_PORT@", str(self.controller_port))
-                .replace("@DATA@", str(data))
-                .replace("@PARTITIONS@", str(self.partitions))
-                .replace("@TLS_DIR@", str(self.tls_dir))
-                .replace("@BROKER_USER@", BROKER)
-                .replace("@BROKER_PASSWORD@", passwords[BROKER])
-                .replace("@ADMIN_USER@", ADMIN)
-            )
+        write_tls(self.ca_dir, self.tls_dir, sorted({self.host, "localhost", "127.0.0.1"}))
+        properties = render_server_properties(
+            host=self.host, port=self.port, controller_port=self.controller_port, data=str(data),
+            partitions=self.partitions, tls_dir=self.tls_dir, broker_password=passwords[BROKER],
+        )  # fmt: skip
+        write_private(conf, properties.encode())  # it holds the broker's password
         if (data / "meta.properties").exists():
             return  # an existing cluster: after_ready adds what is missing through the admin API
         cluster_file = self.home / "cluster-id"

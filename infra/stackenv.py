@@ -32,7 +32,7 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATABASE_KEY = "VAKTROM_TEST_DATABASE_URL"
-_KAFKA_PASSWORD_KEY = "VAKTROM_STACK_KAFKA_PASSWORD_"  # + the principal's stage, upper case
+_KAFKA_PASSWORD_KEY = "VAKTROM_STACK_KAFKA_PASSWORD_"  # noqa: S105 - a variable's name (+ the stage, upper case)
 _KAFKA_PRINCIPAL_PREFIX = "vaktrom-"
 
 

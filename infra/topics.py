@@ -30,7 +30,9 @@ __all__ = ["admin_client", "consumer_lag", "delete_namespaces", "delete_topics",
 _DELETE_BATCH = 100  # topics per DeleteTopics request
 
 
-def admin_client(kafka: KafkaSettings, *, timeout: float, client_id: str = "vaktrom-topics") -> KafkaAdminClient:
+def admin_client(
+    kafka: KafkaSettings, *, timeout: float, client_id: str = "vaktrom-topics"
+) -> KafkaAdminClient:
     """An admin client that gives up after `timeout` seconds instead of kafka-python's minute."""
     return KafkaAdminClient(
         **kafka.client_config(),

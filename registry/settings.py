@@ -57,7 +57,8 @@ class RegistrySettings(Settings):
         check_ranges({"VAKTROM_PAIRING_HOURS": (self.pairing_hours, 0.1, 24 * 30)})
         if bool(self.kafka_username) != bool(self.kafka_password):
             raise ConfigError(
-                "VAKTROM_REGISTRY_KAFKA_USERNAME and VAKTROM_REGISTRY_KAFKA_PASSWORD go together: set both or neither"
+                "VAKTROM_REGISTRY_KAFKA_USERNAME and VAKTROM_REGISTRY_KAFKA_PASSWORD go together: "
+                "set both or neither"
             )
         if self.identity_key:
             try:

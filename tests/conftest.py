@@ -85,7 +85,9 @@ class Stack:
     def kafka(self, stage: str = "admin", *, prefix: str = "") -> KafkaSettings:
         """How a client signs in to the local Kafka as `stage`'s principal; "admin" is the local
         stack's super user, which tests use to feed and read topics (docs/kafka-security.md)."""
-        return KafkaSettings.from_env({**self.values, **self.kafka_env(stage), "VAKTROM_TOPIC_PREFIX": prefix})
+        return KafkaSettings.from_env(
+            {**self.values, **self.kafka_env(stage), "VAKTROM_TOPIC_PREFIX": prefix}
+        )
 
     def kafka_env(self, stage: str) -> dict[str, str]:
         """VAKTROM_KAFKA_USERNAME/PASSWORD of `stage`'s principal, for a stage's process."""

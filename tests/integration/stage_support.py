@@ -184,7 +184,9 @@ def consume(
 ) -> list[tuple[bytes | None, dict[str, Any], list[tuple[str, bytes]]]]:
     """Every record of `topic` from the start: (key, decoded value, headers); stops at `until` records
     or after `idle` seconds without new ones (or `timeout`)."""
-    consumer = KafkaConsumer(**stack.kafka().client_config(), enable_auto_commit=False, consumer_timeout_ms=500)
+    consumer = KafkaConsumer(
+        **stack.kafka().client_config(), enable_auto_commit=False, consumer_timeout_ms=500
+    )
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         assignment = [TopicPartition(topic, p) for p in partitions]

@@ -22,7 +22,6 @@ import dataclasses
 import gc
 import json
 import logging
-import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -120,9 +119,17 @@ def _on_topic(stack: Stack, topic: str, marker: str) -> bool:
     return any(key == marker.encode() for key, _value, _headers in consume(stack, topic, idle=1.0))
 
 
+def _poll(consumer: KafkaConsumer) -> None:
+    """Poll for five seconds: an access rule's refusal comes back with the first fetch or join."""
+    for _ in range(10):
+        consumer.poll(timeout_ms=500)
+
+
 def _send(kafka: KafkaSettings, topic: str, key: str, value: bytes) -> None:
     # not idempotent: a principal without any write would be refused one step earlier, for the cluster
-    producer = KafkaProducer(**kafka.client_config(), acks="all", enable_idempotence=False, max_block_ms=10_000)
+    producer = KafkaProducer(
+        **kafka.client_config(), acks="all", enable_idempotence=False, max_block_ms=10_000
+    )
     try:
         producer.send(topic, key=key.encode(), value=value).get(timeout=10)
     finally:
@@ -177,8 +184,7 @@ def test_a_stage_cannot_read_a_topic_that_is_not_its_input(
         consumer.assign([partition])
         consumer.seek(partition, 0)
         with pytest.raises(TopicAuthorizationFailedError):
-            for _ in range(10):
-                consumer.poll(timeout_ms=500)
+            _poll(consumer)
     finally:
         consumer.close()
 
@@ -197,8 +203,7 @@ def test_a_stage_cannot_join_another_stages_consumer_group(
     )
     try:
         with pytest.raises((GroupAuthorizationFailedError, TopicAuthorizationFailedError)):
-            for _ in range(10):
-                consumer.poll(timeout_ms=500)
+            _poll(consumer)
     finally:
         consumer.close()
 
@@ -238,14 +243,18 @@ def _outsider(stack: Stack, **config: object) -> dict[str, object]:
     return {"bootstrap_servers": stack.kafka_bootstrap, "bootstrap_timeout_ms": 5000, **config}
 
 
+def _send_as_outsider(stack: Stack, topic: str, marker: str) -> None:
+    producer = KafkaProducer(**_outsider(stack), max_block_ms=5000)
+    producer.send(topic, key=marker.encode(), value=_forged("careplans", marker)).get(timeout=5)
+
+
 @_LEAKS_REFUSED_CLIENTS
 def test_a_client_without_credentials_is_refused(stack: Stack, namespace: str, refused_clients: None) -> None:
     """Finding 5, class "forged records on Kafka": a plaintext client without credentials (anything
     that reaches the port) cannot even bootstrap, so its newer care plan never lands."""
     topic, marker = topics.careplan_topic(f"{namespace}."), _marker()
-    with pytest.raises(KafkaTimeoutError):
-        producer = KafkaProducer(**_outsider(stack), max_block_ms=5000)
-        producer.send(topic, key=marker.encode(), value=_forged("careplans", marker)).get(timeout=5)
+    with pytest.raises(KafkaTimeoutError):  # refused while it bootstraps
+        _send_as_outsider(stack, topic, marker)
     assert not _on_topic(stack, topic, marker)
 
 
@@ -259,27 +268,29 @@ def test_tls_without_sasl_is_refused(stack: Stack, refused_clients: None) -> Non
 
 
 @_LEAKS_REFUSED_CLIENTS
-def test_a_wrong_password_is_refused(stack: Stack, caplog: pytest.LogCaptureFixture, refused_clients: None) -> None:
+def test_a_wrong_password_is_refused(
+    stack: Stack, caplog: pytest.LogCaptureFixture, refused_clients: None
+) -> None:
     """Finding 5, class "privilege of each broker account": the registry's name with a wrong
     password is refused by SCRAM (and the broker says so), as are the admin's and the broker's."""
     for name in ("registry", "admin"):
-        wrong = dataclasses.replace(stack.kafka(name), password="not-the-password")
+        wrong = dataclasses.replace(stack.kafka(name), password="not-the-password")  # noqa: S106
         with caplog.at_level(logging.ERROR, logger="kafka"), pytest.raises(KafkaTimeoutError):
             KafkaConsumer(**wrong.client_config(), bootstrap_timeout_ms=5000).topics()
     assert "invalid credentials" in caplog.text
-    broker = dataclasses.replace(stack.kafka("admin"), username="vaktrom-broker", password="guess")
+    broker = dataclasses.replace(stack.kafka("admin"), username="vaktrom-broker", password="guess")  # noqa: S106
     with pytest.raises(KafkaTimeoutError):
         KafkaConsumer(**broker.client_config(), bootstrap_timeout_ms=5000).topics()
 
 
 # ------------------------------------------------------------------ outside clients
 def _kcat(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["kcat", *args], input=stdin, capture_output=True, timeout=60, check=False)  # noqa: S607
+    return subprocess.run(["kcat", *args], input=stdin, capture_output=True, timeout=60, check=False)
 
 
 @pytest.fixture(scope="module")
 def kcat_present() -> None:
-    if subprocess.run(["which", "kcat"], capture_output=True, check=False).returncode != 0:  # noqa: S607
+    if subprocess.run(["which", "kcat"], capture_output=True, check=False).returncode != 0:
         pytest.fail("kcat is not installed; run infra/bootstrap (it installs the Debian kcat package)")
 
 
@@ -316,13 +327,14 @@ def test_kafkas_console_producer_as_a_stage_cannot_forge_a_care_plan(
         f'username="{monitor.username}" password="{monitor.password}";\n'
         f"ssl.truststore.type=PEM\nssl.truststore.location={monitor.ca}\n"
     )
-    libs = STATE / "kafka" / "libs"
+    java = ["java", "-Xmx128m", "-cp", f"{STATE / 'kafka' / 'libs'}/*",
+            f"-Dlog4j2.configurationFile={REPO / 'infra' / 'kafka' / 'log4j2.properties'}"]  # fmt: skip
     done = subprocess.run(
-        ["java", "-cp", f"{libs}/*", f"-Dlog4j2.configurationFile={REPO / 'infra/kafka/log4j2.properties'}",  # noqa: S607
-         "org.apache.kafka.tools.ConsoleProducer", "--bootstrap-server", stack.kafka_bootstrap, "--topic", topic,
-         "--producer.config", str(config), "--property", "parse.key=true", "--property", "key.separator=|"],
+        [*java, "org.apache.kafka.tools.ConsoleProducer", "--bootstrap-server", stack.kafka_bootstrap,
+         "--topic", topic, "--producer.config", str(config),
+         "--property", "parse.key=true", "--property", "key.separator=|"],
         input=f"{marker}|".encode() + _forged("careplans", marker) + b"\n",
-        capture_output=True, timeout=120, check=False, env={**os.environ, "KAFKA_HEAP_OPTS": "-Xmx128m"},
+        capture_output=True, timeout=120, check=False,
     )  # fmt: skip
     assert b"TopicAuthorizationException" in done.stdout + done.stderr, done.stderr[-2000:]
     assert not _on_topic(stack, topic, marker)

@@ -28,8 +28,8 @@ from kafka.consumer.group import KafkaConsumer
 from kafka.structs import TopicPartition
 
 from alerts.accounts import Role
-from registry import Identity, Sealer
 from contracts.settings import KafkaSettings
+from registry import Identity, Sealer
 from tests.conftest import REPO, STATE, Stack
 from tests.integration.alerts_support import ConsoleClient, bearer, staff, wait_for
 from tests.integration.bridge_support import (

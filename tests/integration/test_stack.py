@@ -67,7 +67,9 @@ def test_mosquitto_pub_reaches_a_paho_subscriber(mqtt: Broker, unique: str) -> N
     assert received == [b'{"hello": "kit"}']
 
 
-def test_kafka_record_round_trips_with_key_and_headers(stack: Stack, kafka_bootstrap: str, unique: str) -> None:
+def test_kafka_record_round_trips_with_key_and_headers(
+    stack: Stack, kafka_bootstrap: str, unique: str
+) -> None:
     """A record produced with kafka-python (acks=all, idempotent) comes back with its key and headers."""
     topic = f"{unique}.roundtrip"
     admin = KafkaAdminClient(**stack.kafka().client_config())
@@ -138,7 +140,9 @@ def test_tests_write_to_the_test_database_not_the_demos(database_url: str, uniqu
     assert found == (None,)
 
 
-def test_topics_are_deleted_by_namespace_and_only_those(stack: Stack, kafka_bootstrap: str, unique: str) -> None:
+def test_topics_are_deleted_by_namespace_and_only_those(
+    stack: Stack, kafka_bootstrap: str, unique: str
+) -> None:
     """What tests and benchmarks use to remove their topics: one namespace goes, its neighbour stays."""
     ensure_topics(stack.kafka(), prefix=f"{unique}.", partitions=1)
     ensure_topics(stack.kafka(), prefix=f"{unique}x.", partitions=1)
