@@ -253,7 +253,7 @@ def main() -> int:
     schema = f"bench_alerts_{stamp}"
     print(f"==> schema {schema}, topics {prefix}*")
     url = prepare_schema(env["VAKTROM_DATABASE_URL"], schema)
-    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix, partitions=3)
+    scratch_topics(env, prefix, partitions=3)
     with psycopg.connect(url) as conn:
         username = "bench-nurse"
         add_user(conn, username=username, display_name="Bench Nurse", role=Role.NURSE, password=PASSWORD)

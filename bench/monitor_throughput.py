@@ -306,7 +306,7 @@ def worker_phase(
     keys: list[bytes],
 ) -> dict[str, Any]:
     prefix = f"{tag}{store.split(':', maxsplit=1)[0]}."
-    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix, partitions=6)
+    scratch_topics(env, prefix, partitions=6)
     produce_all(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix, plans, records, keys)
     with tempfile.TemporaryDirectory(prefix="vaktrom-bench-monitor-") as data_dir:
         worker = Worker(env, prefix, store, 19560, data_dir)

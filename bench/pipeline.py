@@ -450,7 +450,7 @@ def main() -> int:
     print(f"==> logs and ledgers in {work}", flush=True)
     url = prepare_schema(env["VAKTROM_DATABASE_URL"], f"benchpl{tag}")
     ns = Namespace(tag, env, url, work)
-    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], ns.prefix, partitions=6)
+    scratch_topics(env, ns.prefix, partitions=6)
     floor = {} if args.no_floors else floors(env, tag, work, 60_000, 100_000)
     ladder: list[dict[str, Any]] = []
     sustain = None

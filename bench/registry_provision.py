@@ -76,7 +76,7 @@ def runtime_phase(env: dict[str, str], count: int, tag: str) -> dict[str, Any]:
 def cohort_phase(env: dict[str, str], kits: int, tag: str, tmp: Path) -> dict[str, Any]:
     rows = load_enrolment(f"BPV{tag}", kits)
     prefix = f"benchpv{tag.lower()}."  # its care plans go to topics of its own, not the demo's
-    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix, partitions=6)
+    scratch_topics(env, prefix, partitions=6)
     enrolment, credentials = tmp / "enrolment.json", tmp / "credentials.json"
     enrolment.write_text(json.dumps(rows))
     began = time.monotonic()

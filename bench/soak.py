@@ -135,7 +135,7 @@ def main() -> int:
     print(f"==> soak: {args.rate:,.0f}/s for {args.minutes:g} min; logs in {work}", flush=True)
     url = prepare_schema(env["VAKTROM_DATABASE_URL"], f"benchpl{tag}")
     ns = Namespace(tag, env, url, work)
-    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], ns.prefix, partitions=6)
+    scratch_topics(env, ns.prefix, partitions=6)
     with pipeline(ns):
         step = run_step(ns, "SOAK", args.rate, args.minutes * 60.0, args.kits, minute_rss=True)
         drained = wait_drained(ns, 600)
