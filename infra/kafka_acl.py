@@ -15,10 +15,12 @@ import argparse
 import dataclasses
 import os
 import sys
+import time
 from collections.abc import Mapping
 
 from kafka.admin import (
     ACL,
+    ACLFilter,
     ACLOperation,
     ACLPermissionType,
     ACLResourcePatternType,
@@ -78,12 +80,32 @@ def grant(
     admin = _admin(kafka, timeout)
     try:
         result = admin.create_acls([to_kafka(rule) for rule in rules])
+        failed = result.get("failed", [])
+        if failed:
+            raise AclError(f"the broker refused {len(failed)} access rules, e.g. {failed[0]}")
+        _wait_applied(admin, rules[-1], timeout)
     finally:
         admin.close()
-    failed = result.get("failed", [])
-    if failed:
-        raise AclError(f"the broker refused {len(failed)} access rules, e.g. {failed[0]}")
     return len(rules)
+
+
+def _wait_applied(admin: KafkaAdminClient, rule: KafkaAcl, timeout: float) -> None:
+    """Wait until the broker's authorizer holds `rule` (the last of one request: they are applied
+    together). The controller has them at once, the authorizer a moment later; a stage started in
+    between would be refused."""
+    wanted = to_kafka(rule)
+    query = ACLFilter(
+        principal=wanted.principal,
+        host="*",
+        operation=wanted.operation,
+        permission_type=ACLPermissionType.ALLOW,
+        resource_pattern=wanted.resource_pattern,
+    )
+    deadline = time.monotonic() + timeout
+    while not admin.describe_acls(query)[0]:
+        if time.monotonic() > deadline:
+            raise AclError(f"the access rules for {rule.name} were not applied within {timeout:g} s")
+        time.sleep(0.05)
 
 
 def set_credentials(kafka: KafkaSettings, passwords: Mapping[str, str], *, timeout: float = 15.0) -> None:

@@ -276,11 +276,11 @@ def test_a_wrong_password_is_refused(
     for name in ("registry", "admin"):
         wrong = dataclasses.replace(stack.kafka(name), password="not-the-password")  # noqa: S106
         with caplog.at_level(logging.ERROR, logger="kafka"), pytest.raises(KafkaTimeoutError):
-            KafkaConsumer(**wrong.client_config(), bootstrap_timeout_ms=5000).topics()
+            KafkaConsumer(**wrong.client_config(), bootstrap_timeout_ms=15_000).topics()
     assert "invalid credentials" in caplog.text
     broker = dataclasses.replace(stack.kafka("admin"), username="vaktrom-broker", password="guess")  # noqa: S106
     with pytest.raises(KafkaTimeoutError):
-        KafkaConsumer(**broker.client_config(), bootstrap_timeout_ms=5000).topics()
+        KafkaConsumer(**broker.client_config(), bootstrap_timeout_ms=15_000).topics()
 
 
 # ------------------------------------------------------------------ outside clients
