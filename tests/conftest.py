@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "infra"))
 import stackenv  # noqa: E402  (infra/ holds scripts, not a package)
 from topics import delete_namespaces  # noqa: E402
 
-from contracts.settings import KafkaSettings  # noqa: E402
+from contracts.settings import ConfigError, KafkaSettings  # noqa: E402
 
 STATE = stackenv.state_dir()
 SERVICE_DIRS = ("integration", "e2e")
@@ -225,7 +225,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     try:
         env = stackenv.read(STATE)
         kafka = KafkaSettings.from_env({**env, **stackenv.kafka_principal(env, "admin")})
-    except (stackenv.StackEnvError, KeyError):
+    except (stackenv.StackEnvError, KeyError, ConfigError):
         return
     line = delete_namespaces(kafka, passed) if passed else "no passed test's topics to delete"
     if kept:
