@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from migrate import migrate
 from processes import REPO, Service, StackError, log_tail, tree_memory_kib
 from services import LOAD, LOCAL_TEST, MQTT_ADMIN, MQTT_BRIDGE, Kafka, Mosquitto, Postgres
-from stackenv import OWNER_DATABASE_KEY, TEST_DATABASE_KEY, TEST_OWNER_DATABASE_KEY
+from stackenv import OWNER_DATABASE_KEY, TEST_DATABASE_KEY, TEST_OWNER_DATABASE_KEY, kafka_password_env
 from supervisor import read_status
 
 from contracts.settings import ConfigError, Settings, setting
@@ -138,9 +138,10 @@ def identity_key(state: Path) -> str:
 
 
 def stack_env(settings: StackSettings, services: dict[str, Service]) -> dict[str, str]:
-    postgres, mosquitto = services["postgres"], services["mosquitto"]
+    postgres, mosquitto, kafka = services["postgres"], services["mosquitto"], services["kafka"]
     assert isinstance(postgres, Postgres)
     assert isinstance(mosquitto, Mosquitto)
+    assert isinstance(kafka, Kafka)
     mqtt = mosquitto.credentials()
     return {
         "VAKTROM_MQTT_HOST": settings.host,
@@ -162,6 +163,9 @@ def stack_env(settings: StackSettings, services: dict[str, Service]) -> dict[str
         "VAKTROM_MQTT_ADMIN_USERNAME": MQTT_ADMIN,
         "VAKTROM_MQTT_ADMIN_PASSWORD": mqtt.get(MQTT_ADMIN, ""),
         "VAKTROM_KAFKA_BOOTSTRAP": f"{settings.host}:{settings.kafka_port}",
+        # SCRAM over TLS; each launcher picks its stage's principal (stackenv.kafka_principal)
+        "VAKTROM_KAFKA_CA": str(kafka.ca_file),
+        **kafka_password_env(kafka.credentials()),
         "VAKTROM_DATABASE_URL": postgres.url,
         TEST_DATABASE_KEY: postgres.test_url,  # tests and benchmarks: see infra/stackenv.py
         # the owner of the schema (migrations, DDL); the stages use the application role above

@@ -25,18 +25,21 @@ from tests.conftest import REPO, Stack
 
 sys.path.insert(0, str(REPO / "infra"))
 from enrol import enrol
-from topics import consumer_lag, ensure_topics
+from kafka_acl import grant
+from topics import consumer_lag, delete_topics, ensure_topics
 
 __all__ = [
     "StageProcess",
     "broker_login",
     "consume",
     "consumer_lag",
+    "delete_namespace",
     "enrol",
     "free_port",
     "prepare",
     "produce",
     "sql",
+    "stage_groups",
 ]
 
 
@@ -104,6 +107,7 @@ class StageProcess:
             **self.stack.env,
             "PYTHONPATH": str(REPO),
             "VAKTROM_TOPIC_PREFIX": self.prefix,
+            **self.stack.kafka_env(self.label),  # the stage's own Kafka principal
             self.metrics_env: str(self.metrics_port),
             **self.stage_env(),
             **self.extra_env,
@@ -180,9 +184,21 @@ class StageProcess:
             ) from None
 
 
+def stage_groups(name: str) -> dict[str, str]:
+    """The consumer groups of a test's stages (the monitor's is its faust app id under the prefix)."""
+    return {"monitor": f"{name}.monitor", "archive": f"{name}-archive", "alerts": f"{name}-alerts"}
+
+
 def prepare(stack: Stack, name: str) -> None:
-    """The test's own Kafka topics (one partition each keeps consumption simple)."""
-    ensure_topics(stack.kafka_bootstrap, prefix=f"{name}.", partitions=3)
+    """The test's own Kafka topics (three partitions each), and the stages' access rules for them:
+    the same rules as the stack's own topics get (contracts.kafka_acl)."""
+    ensure_topics(stack.kafka(), prefix=f"{name}.", partitions=3)
+    grant(stack.kafka(), f"{name}.", groups=stage_groups(name))
+
+
+def delete_namespace(stack: Stack, name: str) -> None:
+    """Remove what `prepare` made for a module-wide namespace (its topics; the rules are harmless)."""
+    delete_topics(stack.kafka(), [f"{name}."])
 
 
 def sql(stack: Stack, statement: str, params: Iterable[Any] = ()) -> None:
@@ -196,7 +212,7 @@ def consume(
     """Every record of `topic` from the start: (key, decoded value, headers); stops at `until` records
     or after `idle` seconds without new ones (or `timeout`)."""
     consumer = KafkaConsumer(
-        bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False, consumer_timeout_ms=500
+        **stack.kafka().client_config(), enable_auto_commit=False, consumer_timeout_ms=500
     )
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -223,7 +239,7 @@ def consume(
 
 def produce(stack: Stack, topic: str, records: Iterable[tuple[str, bytes]]) -> int:
     """Send (key, value) records to `topic` and wait until Kafka has every one; returns how many."""
-    producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all", linger_ms=5)
+    producer = KafkaProducer(**stack.kafka().client_config(), acks="all", linger_ms=5)
     try:
         futures = [producer.send(topic, key=key.encode(), value=value) for key, value in records]
         producer.flush(timeout=60)

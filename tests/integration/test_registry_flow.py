@@ -148,6 +148,7 @@ def test_an_opt_in_rule_switched_on_from_the_command_line_raises_its_alert(
     registry.publisher.close()  # type: ignore[union-attr]
     env = {
         **stack.env,
+        **stack.kafka_env("registry"),
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": str(REPO),
         "VAKTROM_TOPIC_PREFIX": monitor.prefix,
