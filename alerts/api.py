@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from alerts import handoff, store
 from alerts.accounts import Principal, Role
-from alerts.context import ActionResult, Clinician, Console, Ctx, QueueFilters, api_user, csrf_checked
+from alerts.context import ActionResult, Clinician, Console, Ctx, QueueFilters, api_user, csrf_checked, scope
 from alerts.store import Resolution
 from alerts.trend import trend
 from contracts import Severity
@@ -114,12 +114,12 @@ class Me(BaseModel):
 api = APIRouter(prefix="/api/v1")
 
 
-@api.get("/me", response_model=Me, tags=["session"])
+@api.get("/me", response_model=Me, tags=["session"], openapi_extra=scope("self"))
 def me(who: Annotated[Principal, Depends(api_user)]) -> Me:
     return Me(username=who.username, display_name=who.display_name, role=who.role, team_id=who.team_id)
 
 
-@api.get("/queue", response_model=list[QueueItem], tags=["queue"])
+@api.get("/queue", response_model=list[QueueItem], tags=["queue"], openapi_extra=scope("team"))
 def api_queue(request: Request, ctx: Ctx, filters: QueueFilters, who: Clinician) -> list[dict[str, Any]]:
     """Open alerts, most urgent first: red, yellow, info; then by share of the response-time target used.
     Filters: `view` (all, unassigned, mine), `severity`, `team` (centre-wide users), `patient`."""
@@ -128,7 +128,7 @@ def api_queue(request: Request, ctx: Ctx, filters: QueueFilters, who: Clinician)
     return rows
 
 
-@api.get("/alerts/{episode_id}", response_model=AlertDetail, tags=["alerts"])
+@api.get("/alerts/{episode_id}", response_model=AlertDetail, tags=["alerts"], openapi_extra=scope("team"))
 def api_alert(request: Request, ctx: Ctx, episode_id: str, who: Clinician) -> dict[str, Any]:
     with ctx.db() as conn:
         alert = ctx.load(conn, who, episode_id)
@@ -136,7 +136,7 @@ def api_alert(request: Request, ctx: Ctx, episode_id: str, who: Clinician) -> di
     return alert
 
 
-@api.get("/alerts/{episode_id}/trend", tags=["alerts"])
+@api.get("/alerts/{episode_id}/trend", tags=["alerts"], openapi_extra=scope("team"))
 def api_trend(
     request: Request, ctx: Ctx, episode_id: str, who: Clinician, days: Annotated[int, Query(ge=1, le=90)] = 14
 ) -> dict[str, Any]:
@@ -154,20 +154,38 @@ _CONFLICT: dict[int | str, dict[str, Any]] = {
 }
 
 
-@api.post("/alerts/{episode_id}/claim", response_model=ActionResult, tags=["alerts"], responses=_CONFLICT)
+@api.post(
+    "/alerts/{episode_id}/claim",
+    response_model=ActionResult,
+    tags=["alerts"],
+    responses=_CONFLICT,
+    openapi_extra=scope("team"),
+)
 def api_claim(request: Request, ctx: Ctx, episode_id: str, who: Clinician) -> ActionResult:
     """Take a new alert; of several nurses claiming at once exactly one succeeds, the others get 409."""
     csrf_checked(request, who, None)
     return ctx.act(request, who, episode_id, "claim", lambda c, u: store.claim(c, episode_id, u))
 
 
-@api.post("/alerts/{episode_id}/start", response_model=ActionResult, tags=["alerts"], responses=_CONFLICT)
+@api.post(
+    "/alerts/{episode_id}/start",
+    response_model=ActionResult,
+    tags=["alerts"],
+    responses=_CONFLICT,
+    openapi_extra=scope("team"),
+)
 def api_start(request: Request, ctx: Ctx, episode_id: str, who: Clinician) -> ActionResult:
     csrf_checked(request, who, None)
     return ctx.act(request, who, episode_id, "start", lambda c, u: store.start(c, episode_id, u))
 
 
-@api.post("/alerts/{episode_id}/resolve", response_model=ActionResult, tags=["alerts"], responses=_CONFLICT)
+@api.post(
+    "/alerts/{episode_id}/resolve",
+    response_model=ActionResult,
+    tags=["alerts"],
+    responses=_CONFLICT,
+    openapi_extra=scope("team"),
+)
 def api_resolve(
     request: Request, ctx: Ctx, episode_id: str, body: ResolveBody, who: Clinician
 ) -> ActionResult:
@@ -180,7 +198,13 @@ def api_resolve(
     )  # fmt: skip
 
 
-@api.post("/alerts/{episode_id}/unclaim", response_model=ActionResult, tags=["alerts"], responses=_CONFLICT)
+@api.post(
+    "/alerts/{episode_id}/unclaim",
+    response_model=ActionResult,
+    tags=["alerts"],
+    responses=_CONFLICT,
+    openapi_extra=scope("team"),
+)
 def api_unclaim(request: Request, ctx: Ctx, episode_id: str, who: Clinician) -> ActionResult:
     """Give an alert back to the queue: the nurse who holds it, or a coordinator."""
     csrf_checked(request, who, None)
@@ -190,7 +214,13 @@ def api_unclaim(request: Request, ctx: Ctx, episode_id: str, who: Clinician) -> 
     )
 
 
-@api.post("/alerts/{episode_id}/reassign", response_model=ActionResult, tags=["alerts"], responses=_CONFLICT)
+@api.post(
+    "/alerts/{episode_id}/reassign",
+    response_model=ActionResult,
+    tags=["alerts"],
+    responses=_CONFLICT,
+    openapi_extra=scope("team"),
+)
 def api_reassign(
     request: Request, ctx: Ctx, episode_id: str, body: ReassignBody, who: Clinician
 ) -> ActionResult:
@@ -205,7 +235,11 @@ def api_reassign(
 
 
 @api.post(
-    "/alerts/{episode_id}/acknowledge", response_model=ActionResult, tags=["alerts"], responses=_CONFLICT
+    "/alerts/{episode_id}/acknowledge",
+    response_model=ActionResult,
+    tags=["alerts"],
+    responses=_CONFLICT,
+    openapi_extra=scope("team"),
 )
 def api_acknowledge(
     request: Request, ctx: Ctx, episode_id: str, who: Clinician, body: AcknowledgeBody | None = None
@@ -219,7 +253,13 @@ def api_acknowledge(
     )  # fmt: skip
 
 
-@api.post("/handover", response_model=HandoverResult, tags=["alerts"], responses=_CONFLICT)
+@api.post(
+    "/handover",
+    response_model=HandoverResult,
+    tags=["alerts"],
+    responses=_CONFLICT,
+    openapi_extra=scope("team"),
+)
 def api_handover(request: Request, ctx: Ctx, body: HandoverBody, who: Clinician) -> HandoverResult:
     """End of shift: every alert the caller holds goes to a colleague (`to`) or back to the queue
     (`to` null); all or none (409 when the colleague cannot take one of them)."""

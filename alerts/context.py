@@ -11,7 +11,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 import psycopg
@@ -43,13 +43,16 @@ __all__ = [
     "PageAdmin",
     "PageClinician",
     "QueueFilters",
+    "Scope",
     "api_user",
     "client_ip",
     "csrf_checked",
     "page_user",
     "role_in",
+    "roles_of",
     "safe_next",
     "same_origin",
+    "scope",
 ]
 
 
@@ -73,6 +76,27 @@ REACHED = {  # the state an action leads to
     "reassign": "claimed",
     "acknowledge": "acknowledged",
 }
+
+
+# Every route declares whose objects it reaches (docs/access-control.md); the tenancy test walks the
+# route table and fails on a route without one. "public": no login; "self": the caller's own things;
+# "team": objects of the caller's team (another team's object answers 404); "centre": centre-wide
+# objects, restricted by role.
+Scope = Literal["public", "self", "team", "centre"]
+SCOPES: tuple[Scope, ...] = ("public", "self", "team", "centre")
+_ROLE_GATES: dict[Callable[..., Any], frozenset[Role]] = {}  # dependency -> the roles it lets through
+
+
+def scope(s: Scope) -> dict[str, Any]:
+    """The route's `openapi_extra`: `@router.get(path, openapi_extra=scope("team"))`."""
+    if s not in SCOPES:
+        raise ValueError(f"scope {s!r}: use one of {', '.join(SCOPES)}")
+    return {"x-vaktrom-scope": s}
+
+
+def roles_of(dependency: Callable[..., Any]) -> frozenset[Role] | None:
+    """The roles a dependency lets through (None: it checks no role), for the docs and the tests."""
+    return _ROLE_GATES.get(dependency)
 
 
 class ActionResult(BaseModel):
@@ -222,6 +246,7 @@ def clinical(who: Annotated[Principal, Depends(api_user)]) -> Principal:
 
 
 Clinician = Annotated[Principal, Depends(clinical)]
+_ROLE_GATES[clinical] = frozenset(r for r in Role if r.clinical)
 
 
 def csrf_checked(request: Request, who: Principal, form_token: str | None) -> None:
@@ -251,6 +276,7 @@ def role_in(*allowed: Role, page: bool = False) -> Callable[..., Principal]:
             raise HTTPException(403, f"this needs one of the roles {names}; you are {who.role.value}")
         return who
 
+    _ROLE_GATES[check] = frozenset(allowed)
     return check
 
 
@@ -280,6 +306,8 @@ def page_admin(request: Request, ctx: Ctx, who: Annotated[Principal, Depends(pag
 
 PageClinician = Annotated[Principal, Depends(page_clinician)]
 PageAdmin = Annotated[Principal, Depends(page_admin)]
+_ROLE_GATES[page_clinician] = _ROLE_GATES[clinical]
+_ROLE_GATES[page_admin] = frozenset({Role.ADMIN})
 
 
 class Filters:

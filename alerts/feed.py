@@ -118,9 +118,7 @@ class AlertFeed:
         self._conn: psycopg.Connection[Any] | None = None
         self._ops: OpsServer | None = None
         self.metrics = FeedMetrics()
-        self._quarantine = Quarantine(
-            servers=kafka.servers, topic=topics.quarantine_topic(kafka.topic_prefix)
-        )
+        self._quarantine = Quarantine(kafka=kafka, topic=topics.quarantine_topic(kafka.topic_prefix))
         self.alert_path = AlertPathAge(max_age_s=settings.alert_path_max_age_s, what="alert event")
         self._set_aside: list[float] = []  # when alert events were quarantined (the last hour's)
 
@@ -154,7 +152,7 @@ class AlertFeed:
         try:
             return KafkaConsumer(
                 topics.alert_topic(self._kafka.topic_prefix),
-                bootstrap_servers=self._kafka.servers,
+                **self._kafka.client_config(),
                 group_id=self._settings.group_id,
                 client_id="vaktrom-alerts-feed",
                 enable_auto_commit=False,

@@ -24,6 +24,7 @@ from kafka.producer.kafka import KafkaProducer
 
 from alerts.store import Applied, apply_events
 from contracts import AlertEvent, DatabaseFault, Quarantined, QuarantineReason, database_fault, quarantined
+from contracts.settings import KafkaSettings
 
 __all__ = [
     "STAGE",
@@ -93,8 +94,8 @@ def apply_each(
 class Quarantine:
     """Publishes set-aside records to the quarantine topic; its producer is made on first use."""
 
-    def __init__(self, *, servers: Sequence[str], topic: str) -> None:
-        self._servers, self.topic = list(servers), topic
+    def __init__(self, *, kafka: KafkaSettings, topic: str) -> None:
+        self._kafka, self.topic = kafka, topic
         self._producer: KafkaProducer | None = None
 
     def publish(self, records: Sequence[Quarantined]) -> None:
@@ -104,7 +105,7 @@ class Quarantine:
         try:
             if self._producer is None:
                 self._producer = KafkaProducer(
-                    bootstrap_servers=self._servers,
+                    **self._kafka.client_config(),
                     acks="all",
                     client_id="vaktrom-alerts-quarantine",
                     max_block_ms=int(_SEND_TIMEOUT_S * 1000),  # a missing topic: fail in 15 s, not 60

@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from alerts.accounts import Principal, Role
-from alerts.context import Ctx, client_ip, csrf_checked, role_in
+from alerts.context import Ctx, client_ip, csrf_checked, role_in, scope
 from contracts import Condition, ExpectedMeasurement
 from registry import (
     Actor,
@@ -80,7 +80,7 @@ class Enrolled(BaseModel):
     care_plan_version: int
 
 
-@registry_api.post("/patients", response_model=Enrolled, status_code=201)
+@registry_api.post("/patients", response_model=Enrolled, status_code=201, openapi_extra=scope("team"))
 def enrol(request: Request, ctx: Ctx, body: EnrolBody, who: Coordinator) -> Enrolled:
     identity = Identity(name=body.name, birth_date=body.birth_date, national_id=body.national_id)
     team, condition, municipality = body.team_id, body.condition, body.municipality
@@ -96,7 +96,9 @@ class PlanVersion(BaseModel):
     plan: dict[str, Any] = Field(description="the care-plan contract as published (vaktrom.careplan.v1)")
 
 
-@registry_api.get("/patients/{patient_id}/careplan", response_model=list[PlanVersion])
+@registry_api.get(
+    "/patients/{patient_id}/careplan", response_model=list[PlanVersion], openapi_extra=scope("team")
+)
 def careplan(request: Request, ctx: Ctx, patient_id: str, who: PlanReader) -> list[PlanVersion]:
     """Every version, newest first."""
     plans = _run(request, ctx, who, lambda r, c, a: r.careplan(c, a, patient_id), write=False)
@@ -122,7 +124,7 @@ class ChangeBody(BaseModel):
     expected: list[dict[str, Any]] | None = None
 
 
-@registry_api.put("/patients/{patient_id}/careplan", response_model=PlanVersion)
+@registry_api.put("/patients/{patient_id}/careplan", response_model=PlanVersion, openapi_extra=scope("team"))
 def set_careplan(
     request: Request, ctx: Ctx, patient_id: str, body: ChangeBody, who: PlanEditor
 ) -> PlanVersion:
@@ -146,7 +148,9 @@ class ProposalOut(BaseModel):
     skipped: dict[str, str]
 
 
-@registry_api.get("/patients/{patient_id}/careplan/proposal", response_model=ProposalOut)
+@registry_api.get(
+    "/patients/{patient_id}/careplan/proposal", response_model=ProposalOut, openapi_extra=scope("team")
+)
 def proposal(request: Request, ctx: Ctx, patient_id: str, who: PlanEditor) -> ProposalOut:
     """Personal thresholds from the last 14 days of readings; nothing changes until a PUT accepts them."""
     found = _run(request, ctx, who, lambda r, c, a: r.careplan_propose(c, a, patient_id), write=False)
@@ -170,7 +174,7 @@ class Done(BaseModel):
     detail: str
 
 
-@registry_api.post("/kits", response_model=Done, status_code=201)
+@registry_api.post("/kits", response_model=Done, status_code=201, openapi_extra=scope("centre"))
 def add_kit(request: Request, ctx: Ctx, body: KitBody, who: KitManager) -> Done:
     devices = [KitDevice(d.serial, d.kind, d.profile) for d in body.devices]
     _run(request, ctx, who, lambda r, c, a: r.kit_add(c, a, body.kit_id, model=body.model, devices=devices))
@@ -182,7 +186,7 @@ class AssignBody(BaseModel):
     at: datetime | None = Field(default=None, description="from when (default now); needs an offset")
 
 
-@registry_api.post("/kits/{kit_id}/assignment", response_model=Done)
+@registry_api.post("/kits/{kit_id}/assignment", response_model=Done, openapi_extra=scope("team"))
 def assign_kit(request: Request, ctx: Ctx, kit_id: str, body: AssignBody, who: Coordinator) -> Done:
     at = _run(request, ctx, who, lambda r, c, a: r.kit_assign(c, a, kit_id, body.patient_id, at=body.at))
     return Done(detail=f"kit {kit_id} assigned from {at.isoformat()}")
@@ -192,13 +196,13 @@ class AtBody(BaseModel):
     at: datetime | None = None
 
 
-@registry_api.post("/kits/{kit_id}/return", response_model=Done)
+@registry_api.post("/kits/{kit_id}/return", response_model=Done, openapi_extra=scope("team"))
 def return_kit(request: Request, ctx: Ctx, kit_id: str, body: AtBody, who: KitManager) -> Done:
     _run(request, ctx, who, lambda r, c, a: r.kit_return(c, a, kit_id, at=body.at))
     return Done(detail=f"kit {kit_id} back in stock")
 
 
-@registry_api.post("/kits/{kit_id}/retire", response_model=Done)
+@registry_api.post("/kits/{kit_id}/retire", response_model=Done, openapi_extra=scope("team"))
 def retire_kit(request: Request, ctx: Ctx, kit_id: str, body: AtBody, who: KitManager) -> Done:
     _run(request, ctx, who, lambda r, c, a: r.kit_retire(c, a, kit_id, at=body.at))
     return Done(detail=f"kit {kit_id} retired and disconnected")
@@ -210,7 +214,9 @@ class Pairing(BaseModel):
     expires_at: datetime
 
 
-@registry_api.post("/kits/{kit_id}/pairing", response_model=Pairing, status_code=201)
+@registry_api.post(
+    "/kits/{kit_id}/pairing", response_model=Pairing, status_code=201, openapi_extra=scope("team")
+)
 def pair_kit(request: Request, ctx: Ctx, kit_id: str, who: KitManager) -> Pairing:
     code, expires = _run(request, ctx, who, lambda r, c, a: r.pair(c, a, kit_id))
     return Pairing(kit_id=kit_id, code=code, expires_at=expires)
@@ -220,7 +226,7 @@ class ClaimBody(BaseModel):
     code: str = Field(min_length=12, max_length=20)
 
 
-@registry_api.post("/pairing/claim", response_model=Credentials)
+@registry_api.post("/pairing/claim", response_model=Credentials, openapi_extra=scope("public"))
 def claim(request: Request, ctx: Ctx, body: ClaimBody) -> Credentials:
     """A kit (or the patient's phone) exchanges its one-time code for its broker credentials
     (shown once: Vaktrom keeps no copy of the password)."""

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
 from alerts.accounts import Principal, Role
-from alerts.context import Ctx, csrf_checked, role_in
+from alerts.context import Ctx, csrf_checked, role_in, scope
 from contracts import THRESHOLD_LIMITS, Condition
 from registry import (
     Actor,
@@ -49,18 +49,23 @@ def _do(
     request: Request, ctx: Any, who: Principal, csrf: str | None, back: str,
     *, run: Callable[[Registry, Any, Actor], T],
 ) -> tuple[T | None, Response | None]:  # fmt: skip
-    """Run a form's operation; a refusal returns to `back` with its reason."""
+    """Run a form's operation; a refusal returns to `back` with its reason, except "no such object"
+    (another team's, or none): that is the 404 page, as in the API, so a form cannot probe either."""
     csrf_checked(request, who, csrf)
     registry, actor = ctx.registry_as(request, who)
     try:
         with ctx.db() as conn:
             return run(registry, conn, actor), None
-    except (RegistryError, BrokerAdminError) as exc:
+    except RegistryError as exc:
+        if exc.status == 404:
+            raise HTTPException(404, str(exc)) from None
+        return None, RedirectResponse(f"{back}?{urlencode({'error': str(exc)})}", status_code=303)
+    except BrokerAdminError as exc:
         return None, RedirectResponse(f"{back}?{urlencode({'error': str(exc)})}", status_code=303)
 
 
 # ------------------------------------------------------------------ patients
-@registry_pages.get("/patients")
+@registry_pages.get("/patients", openapi_extra=scope("team"))
 def patients_page(request: Request, ctx: Ctx, who: Reader, error: str | None = None) -> Response:
     registry, actor = ctx.registry_as(request, who)
     with ctx.db() as conn:
@@ -74,7 +79,7 @@ def patients_page(request: Request, ctx: Ctx, who: Reader, error: str | None = N
     )  # fmt: skip
 
 
-@registry_pages.post("/patients")
+@registry_pages.post("/patients", openapi_extra=scope("team"))
 def enrol_form(
     *,
     request: Request,
@@ -99,7 +104,7 @@ def enrol_form(
     return refused or RedirectResponse(f"/patients/{quote(plan.patient_id)}", status_code=303)  # type: ignore[union-attr]
 
 
-@registry_pages.get("/patients/{patient_id}")
+@registry_pages.get("/patients/{patient_id}", openapi_extra=scope("team"))
 def patient_page(
     *,
     request: Request,
@@ -146,7 +151,7 @@ def _ids(text: str) -> list[str]:
     return [part.strip() for part in text.replace(",", " ").split() if part.strip()]
 
 
-@registry_pages.post("/patients/{patient_id}/careplan")
+@registry_pages.post("/patients/{patient_id}/careplan", openapi_extra=scope("team"))
 def careplan_form(
     *,
     request: Request,
@@ -180,7 +185,7 @@ def careplan_form(
 
 
 # ------------------------------------------------------------------ kits
-@registry_pages.get("/kits")
+@registry_pages.get("/kits", openapi_extra=scope("team"))
 def kits_page(
     request: Request, ctx: Ctx, who: KitManager, error: str | None = None, paired: str | None = None
 ) -> Response:
@@ -192,7 +197,7 @@ def kits_page(
     )
 
 
-@registry_pages.post("/kits")
+@registry_pages.post("/kits", openapi_extra=scope("centre"))
 def add_kit_form(
     *,
     request: Request,
@@ -213,7 +218,7 @@ def add_kit_form(
     return refused or RedirectResponse("/kits", status_code=303)
 
 
-@registry_pages.post("/kits/{kit_id}/assign")
+@registry_pages.post("/kits/{kit_id}/assign", openapi_extra=scope("team"))
 def assign_form(
     *, request: Request, ctx: Ctx, kit_id: str, who: Coordinator,
     patient_id: Annotated[str, Form(max_length=64)], csrf: Csrf = None,
@@ -224,7 +229,7 @@ def assign_form(
     return refused or RedirectResponse("/kits", status_code=303)
 
 
-@registry_pages.post("/kits/{kit_id}/pair")
+@registry_pages.post("/kits/{kit_id}/pair", openapi_extra=scope("team"))
 def pair_form(request: Request, ctx: Ctx, kit_id: str, who: KitManager, csrf: Csrf = None) -> Response:
     """The code is shown once, on this response, with its QR code; it is not in any URL or log."""
     made, refused = _do(request, ctx, who, csrf, "/kits", run=lambda r, c, a: r.pair(c, a, kit_id))
@@ -244,15 +249,19 @@ def pair_form(request: Request, ctx: Ctx, kit_id: str, who: KitManager, csrf: Cs
     )  # fmt: skip
 
 
-@registry_pages.post("/kits/{kit_id}/{action}")
-def kit_state_form(
-    *, request: Request, ctx: Ctx, kit_id: str, action: str, who: KitManager, csrf: Csrf = None
-) -> Response:
-    if action not in ("return", "retire"):
-        raise HTTPException(404, "no such kit action")
+def _kit_state_form(action: str) -> Callable[..., Response]:
+    """The form that returns or retires a kit (one route each, so the route table names them)."""
 
-    def operation(r: Registry, c: Any, a: Actor) -> None:
-        (r.kit_return if action == "return" else r.kit_retire)(c, a, kit_id)
+    def form(*, request: Request, ctx: Ctx, kit_id: str, who: KitManager, csrf: Csrf = None) -> Response:
+        def operation(r: Registry, c: Any, a: Actor) -> None:
+            (r.kit_return if action == "return" else r.kit_retire)(c, a, kit_id)
 
-    _none, refused = _do(request, ctx, who, csrf, "/kits", run=operation)
-    return refused or RedirectResponse("/kits", status_code=303)
+        _none, refused = _do(request, ctx, who, csrf, "/kits", run=operation)
+        return refused or RedirectResponse("/kits", status_code=303)
+
+    form.__name__ = f"kit_{action}_form"
+    return form
+
+
+for _action in ("return", "retire"):
+    registry_pages.post(f"/kits/{{kit_id}}/{_action}", openapi_extra=scope("team"))(_kit_state_form(_action))

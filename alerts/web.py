@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import psycopg
@@ -53,6 +53,7 @@ from alerts.context import (
     page_user,
     safe_next,
     same_origin,
+    scope,
 )
 from alerts.live import Live
 from alerts.registry_api import registry_api
@@ -72,12 +73,12 @@ STREAM_RECHECK_S = 5.0  # how often an open event stream checks that its session
 pages = APIRouter(include_in_schema=False)
 
 
-@pages.get("/login")
+@pages.get("/login", openapi_extra=scope("public"))
 def login_page(request: Request, ctx: Ctx, next: str = "/") -> Response:
     return ctx.render(request, "login.html", {"next": safe_next(next), "error": None})
 
 
-@pages.post("/login")
+@pages.post("/login", openapi_extra=scope("public"))
 def login(
     *,
     request: Request,
@@ -112,7 +113,7 @@ def login(
     return response
 
 
-@pages.post("/logout")
+@pages.post("/logout", openapi_extra=scope("self"))
 def logout(
     request: Request,
     ctx: Ctx,
@@ -128,7 +129,7 @@ def logout(
     return response
 
 
-@pages.get("/")
+@pages.get("/", openapi_extra=scope("team"))
 def queue_page(
     request: Request, ctx: Ctx, filters: QueueFilters, who: Annotated[Principal, Depends(page_user)]
 ) -> Response:
@@ -147,13 +148,13 @@ def queue_page(
     )  # fmt: skip
 
 
-@pages.get("/queue/rows")
+@pages.get("/queue/rows", openapi_extra=scope("team"))
 def queue_rows(request: Request, ctx: Ctx, filters: QueueFilters, who: Clinician) -> Response:
     """The queue's rows for the live refresh (not audited one by one: the page view is)."""
     return ctx.render(request, "_rows.html", {"user": who, "rows": ctx.queue(who, filters.value)})
 
 
-@pages.get("/alerts/{episode_id}")
+@pages.get("/alerts/{episode_id}", openapi_extra=scope("team"))
 def alert_page(request: Request, ctx: Ctx, episode_id: str, who: PageClinician) -> Response:
     with ctx.db() as conn:
         alert = ctx.load(conn, who, episode_id)
@@ -162,7 +163,7 @@ def alert_page(request: Request, ctx: Ctx, episode_id: str, who: PageClinician) 
     return ctx.render(request, "alert.html", {"user": who, "a": alert, "colleagues": colleagues})
 
 
-@pages.get("/alerts/{episode_id}/panel")
+@pages.get("/alerts/{episode_id}/panel", openapi_extra=scope("team"))
 def alert_panel(request: Request, ctx: Ctx, episode_id: str, who: Clinician) -> Response:
     with ctx.db() as conn:
         alert = ctx.load(conn, who, episode_id)
@@ -186,7 +187,7 @@ def _page_action(
 Csrf = Annotated[str | None, Form()]
 
 
-@pages.post("/alerts/{episode_id}/resolve")
+@pages.post("/alerts/{episode_id}/resolve", openapi_extra=scope("team"))
 def resolve_form(
     *,
     request: Request,
@@ -204,7 +205,7 @@ def resolve_form(
     )  # fmt: skip
 
 
-@pages.post("/alerts/{episode_id}/reassign")
+@pages.post("/alerts/{episode_id}/reassign", openapi_extra=scope("team"))
 def reassign_form(
     *,
     request: Request,
@@ -221,7 +222,7 @@ def reassign_form(
     )  # fmt: skip
 
 
-@pages.post("/alerts/{episode_id}/acknowledge")
+@pages.post("/alerts/{episode_id}/acknowledge", openapi_extra=scope("team"))
 def acknowledge_form(
     *,
     request: Request,
@@ -238,7 +239,7 @@ def acknowledge_form(
     )  # fmt: skip
 
 
-@pages.post("/handover")
+@pages.post("/handover", openapi_extra=scope("team"))
 def handover_form(
     *, request: Request, ctx: Ctx, who: PageClinician, to: Annotated[str, Form(max_length=64)] = "",
     csrf: Csrf = None,
@@ -254,7 +255,7 @@ def handover_form(
     return RedirectResponse("/?view=mine", status_code=303)
 
 
-# Declared after the actions with forms of their own: this one matches any last segment.
+# Claim, start and unclaim take no form fields but the CSRF token: one route each.
 _Step = Callable[[psycopg.Connection[Any], str, str, bool], datetime]  # (conn, episode, user, manager)
 _STEPS: dict[str, _Step] = {
     "claim": lambda c, eid, u, _manager: store.claim(c, eid, u),
@@ -263,24 +264,27 @@ _STEPS: dict[str, _Step] = {
 }
 
 
-@pages.post("/alerts/{episode_id}/{action}")
-def step_form(
-    *,
-    request: Request,
-    ctx: Ctx,
-    episode_id: str,
-    action: Literal["claim", "start", "unclaim"],
-    who: PageClinician,
-    csrf: Csrf = None,
-) -> Response:
-    step, manager = _STEPS[action], who.role is Role.COORDINATOR
-    return _page_action(
-        request, ctx, who, episode_id, csrf=csrf, action=action,
-        run=lambda c, u: step(c, episode_id, u, manager),
-    )  # fmt: skip
+def _step_form(action: str) -> Callable[..., Response]:
+    step = _STEPS[action]
+
+    def form(
+        *, request: Request, ctx: Ctx, episode_id: str, who: PageClinician, csrf: Csrf = None
+    ) -> Response:
+        manager = who.role is Role.COORDINATOR
+        return _page_action(
+            request, ctx, who, episode_id, csrf=csrf, action=action,
+            run=lambda c, u: step(c, episode_id, u, manager),
+        )  # fmt: skip
+
+    form.__name__ = f"{action}_form"
+    return form
 
 
-@pages.get("/events")
+for _action in _STEPS:
+    pages.post(f"/alerts/{{episode_id}}/{_action}", openapi_extra=scope("team"))(_step_form(_action))
+
+
+@pages.get("/events", openapi_extra=scope("self"))
 async def events(request: Request, ctx: Ctx) -> Response:
     """Server-sent events: `changed` whenever the queue may have changed; the page fetches what it shows."""
     if await asyncio.to_thread(ctx.current, request) is None:
@@ -310,7 +314,7 @@ async def events(request: Request, ctx: Ctx) -> Response:
     return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store"})
 
 
-@pages.get("/admin/users")
+@pages.get("/admin/users", openapi_extra=scope("centre"))
 def users_page(request: Request, ctx: Ctx, who: PageAdmin, error: str | None = None) -> Response:
     with ctx.db() as conn:
         users = conn.execute(
@@ -322,7 +326,7 @@ def users_page(request: Request, ctx: Ctx, who: PageAdmin, error: str | None = N
     return ctx.render(request, "users.html", context)
 
 
-@pages.post("/admin/users")
+@pages.post("/admin/users", openapi_extra=scope("centre"))
 def add_user_form(
     *,
     request: Request,
@@ -351,17 +355,25 @@ def add_user_form(
     return RedirectResponse("/admin/users", status_code=303)
 
 
-@pages.post("/admin/users/{username}/{action}", openapi_extra={"x-vaktrom-scope": "centre"})
-def account_form(
-    *,
-    request: Request,
-    ctx: Ctx,
-    who: PageAdmin,
-    username: str,
-    action: Literal["deactivate", "activate"],
-    csrf: Csrf = None,
+@pages.post("/admin/users/{username}/deactivate", openapi_extra=scope("centre"))
+def deactivate_form(
+    *, request: Request, ctx: Ctx, who: PageAdmin, username: str, csrf: Csrf = None
 ) -> Response:
-    """Deactivate an account (its sessions and tokens end at once) or activate it again."""
+    """Deactivate an account: its sessions and tokens end at once."""
+    return _account_form(request, ctx, who, username, "deactivate", csrf=csrf)
+
+
+@pages.post("/admin/users/{username}/activate", openapi_extra=scope("centre"))
+def activate_form(
+    *, request: Request, ctx: Ctx, who: PageAdmin, username: str, csrf: Csrf = None
+) -> Response:
+    """Activate a deactivated account again."""
+    return _account_form(request, ctx, who, username, "activate", csrf=csrf)
+
+
+def _account_form(
+    request: Request, ctx: Ctx, who: Principal, username: str, action: str, *, csrf: str | None
+) -> Response:
     csrf_checked(request, who, csrf)
     if username == who.username:
         return RedirectResponse("/admin/users?" + urlencode({"error": "ask another administrator"}), 303)
@@ -378,7 +390,7 @@ def account_form(
     return RedirectResponse("/admin/users", status_code=303)
 
 
-@pages.get("/admin/audit")
+@pages.get("/admin/audit", openapi_extra=scope("centre"))
 def audit_page(request: Request, ctx: Ctx, who: PageAdmin) -> Response:
     with ctx.db() as conn:
         entries = conn.execute(
@@ -389,7 +401,7 @@ def audit_page(request: Request, ctx: Ctx, who: PageAdmin) -> Response:
     return ctx.render(request, "audit.html", {"user": who, "entries": entries})
 
 
-@pages.get("/admin/quarantine")
+@pages.get("/admin/quarantine", openapi_extra=scope("centre"))
 def quarantine_page(request: Request, ctx: Ctx, who: PageAdmin) -> Response:
     """Records a stage could not handle and set aside, newest first (their raw bytes escaped)."""
     with ctx.db() as conn:
@@ -399,7 +411,7 @@ def quarantine_page(request: Request, ctx: Ctx, who: PageAdmin) -> Response:
     return ctx.render(request, "quarantine.html", {"user": who, "records": records})
 
 
-@pages.get("/status/banner")
+@pages.get("/status/banner", openapi_extra=scope("public"))
 def status_banner(request: Request, ctx: Ctx) -> Response:
     """The technical-alarm banner alone (empty while every stage is ok), for pages to refresh."""
     response = ctx.render(request, "_banner.html", {"user": ctx.current(request)})
@@ -407,7 +419,7 @@ def status_banner(request: Request, ctx: Ctx) -> Response:
     return response
 
 
-@pages.get("/healthz")
+@pages.get("/healthz", openapi_extra=scope("public"))
 def healthz(ctx: Ctx) -> dict[str, Any]:
     return {"ok": ctx.live.listening, "subscribers": ctx.live.subscribers}
 

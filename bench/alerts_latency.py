@@ -41,7 +41,7 @@ from kafka.producer.kafka import KafkaProducer
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "infra")]
 
-from archive_throughput import prepare_schema, scratch_topics, stack_env, write_results  # noqa: E402
+from archive_throughput import as_stage, kafka, prepare_schema, scratch_topics, stack_env, write_results  # noqa: E402
 
 from alerts.accounts import Role, add_user, new_session  # noqa: E402
 from alerts.store import apply_events  # noqa: E402
@@ -73,7 +73,7 @@ def alert(episode: str, version: int, patient: str, severity: Severity) -> Alert
 
 def start_service(env: dict[str, str], url: str, prefix: str) -> subprocess.Popen[str]:
     child_env = {
-        **os.environ, **env, "PYTHONPATH": str(REPO), "VAKTROM_DATABASE_URL": url,
+        **os.environ, **env, **as_stage(env, "alerts"), "PYTHONPATH": str(REPO), "VAKTROM_DATABASE_URL": url,
         "VAKTROM_TOPIC_PREFIX": prefix,
         "VAKTROM_ALERTS_GROUP": f"{prefix}alerts", "VAKTROM_ALERTS_HTTP_PORT": str(HTTP_PORT),
         "VAKTROM_ALERTS_METRICS_PORT": str(METRICS_PORT), "VAKTROM_ALERTS_COOKIE_SECURE": "false",
@@ -99,7 +99,7 @@ def start_service(env: dict[str, str], url: str, prefix: str) -> subprocess.Pope
 def latency_phase(  # noqa: PLR0915  (one phase; its two threads share the pending set, so they live here)
     env: dict[str, str], url: str, prefix: str, auth: dict[str, str], rate: int, seconds: int
 ) -> dict[str, Any]:
-    producer = KafkaProducer(bootstrap_servers=env["VAKTROM_KAFKA_BOOTSTRAP"], acks="all", linger_ms=2)
+    producer = KafkaProducer(**kafka(env).client_config(), acks="all", linger_ms=2)
     topic = topics.alert_topic(prefix)
     api = httpx.Client(base_url=f"http://127.0.0.1:{HTTP_PORT}", headers=auth, timeout=10)
     pending: dict[tuple[str, int], float] = {}
@@ -253,7 +253,7 @@ def main() -> int:
     schema = f"bench_alerts_{stamp}"
     print(f"==> schema {schema}, topics {prefix}*")
     url = prepare_schema(env["VAKTROM_DATABASE_URL"], schema)
-    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix, partitions=3)
+    scratch_topics(env, prefix, partitions=3, groups={"alerts": f"{prefix}alerts"})
     with psycopg.connect(url) as conn:
         username = "bench-nurse"
         add_user(conn, username=username, display_name="Bench Nurse", role=Role.NURSE, password=PASSWORD)

@@ -44,10 +44,12 @@ RESULTS = REPO / "bench" / "results"
 sys.path[:0] = [str(REPO), str(REPO / "infra")]
 
 import stackenv  # noqa: E402  (infra/ holds scripts, not a package)
+from kafka_acl import grant  # noqa: E402
 from migrate import migrate  # noqa: E402
 from topics import delete_namespaces, ensure_topics  # noqa: E402
 
 from contracts import METRICS, Measurement, Metric, measurement_id, topics  # noqa: E402
+from contracts.settings import KafkaSettings  # noqa: E402
 from streams.archive.rows import MEASUREMENT_COLUMNS, MEASUREMENT_TYPES, measurement_row  # noqa: E402
 
 SCHEMA = "bench_archive"
@@ -61,11 +63,18 @@ _METRICS = (
 
 
 def stack_env() -> dict[str, str]:
-    """The local stack's addresses, with the test database: benchmarks never write to the demo's."""
+    """The local stack's addresses, with the test database: benchmarks never write to the demo's.
+
+    Benchmarks run bridges with client ids of their own and stand in for kits and sinks, so their
+    MQTT clients log in with the local-only test account (docs/broker-accounts.md), not the real
+    bridge's, which is bound to the client id vaktrom-bridge-1."""
     try:
         env = stackenv.for_tests()
     except stackenv.StackEnvError as exc:
         sys.exit(f"bench: {exc}")
+    if "VAKTROM_STACK_MQTT_TEST_USERNAME" in env:
+        env["VAKTROM_MQTT_USERNAME"] = env["VAKTROM_STACK_MQTT_TEST_USERNAME"]
+        env["VAKTROM_MQTT_PASSWORD"] = env["VAKTROM_STACK_MQTT_TEST_PASSWORD"]
     # benchmarks make, migrate and drop schemas of their own: that takes the owner's role
     return {**env, "VAKTROM_DATABASE_URL": env.get(stackenv.OWNER_DATABASE_KEY, env["VAKTROM_DATABASE_URL"])}
 
@@ -73,12 +82,29 @@ def stack_env() -> dict[str, str]:
 _SCRATCH: set[str] = set()
 
 
-def scratch_topics(bootstrap: str, prefix: str, *, partitions: int) -> None:
-    """A benchmark's own topics under `prefix`: created now, deleted (faust's changelogs with them)
-    when the benchmark exits, also after an error or Ctrl-C, so runs do not pile topics up in Kafka."""
-    ensure_topics(bootstrap, prefix=prefix, partitions=partitions)
+def kafka(env: dict[str, str], stage: str = "admin") -> KafkaSettings:
+    """The local Kafka signed in as `stage`'s principal; "admin" (the stack's super user) feeds and
+    reads the benchmarks' topics, the stages run as their own (docs/kafka-security.md)."""
+    return KafkaSettings.from_env({**env, **stackenv.kafka_principal(env, stage)})
+
+
+def as_stage(env: dict[str, str], stage: str) -> dict[str, str]:
+    """The variables a stage's process signs in to Kafka with (the console's registry as its own)."""
+    extra = stackenv.hosted_registry(env) if stage == "alerts" else {}
+    return {**stackenv.kafka_principal(env, stage), **extra}
+
+
+def scratch_topics(
+    env: dict[str, str], prefix: str, *, partitions: int, groups: dict[str, str] | None = None
+) -> None:
+    """A benchmark's own topics under `prefix`, with the stages' access rules for them (`groups`:
+    their consumer groups): created now, deleted (faust's changelogs with them) when the benchmark
+    exits, also after an error or Ctrl-C, so runs do not pile topics up in Kafka."""
+    admin = kafka(env)
+    ensure_topics(admin, prefix=prefix, partitions=partitions)
+    grant(admin, prefix, groups=groups)
     if not _SCRATCH:
-        atexit.register(lambda: print(f"==> {delete_namespaces(bootstrap, _SCRATCH)}", flush=True))
+        atexit.register(lambda: print(f"==> {delete_namespaces(admin, _SCRATCH)}", flush=True))
     _SCRATCH.add(prefix)
 
 
@@ -121,10 +147,10 @@ def make_records(count: int, tag: str) -> list[Measurement]:
     return out
 
 
-def produce(bootstrap: str, topic: str, records: list[Measurement]) -> float:
+def produce(admin: KafkaSettings, topic: str, records: list[Measurement]) -> float:
     encode = msgspec.json.Encoder().encode
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", compression_type="lz4", linger_ms=5, batch_size=256 * 1024
+        **admin.client_config(), acks="all", compression_type="lz4", linger_ms=5, batch_size=256 * 1024
     )
     started = time.perf_counter()
     for m in records:
@@ -171,11 +197,13 @@ def scrape(port: int, name: str) -> float:
 def archive_phase(
     env: dict[str, str], url: str, prefix: str, expected: int, *, processes: int, group: str, stat: str
 ) -> dict[str, Any]:
+    grant(kafka(env), prefix, groups={"archive": group})  # each phase reads in a group of its own
     ports = [19500 + i for i in range(processes)]
     procs = []
     for i, port in enumerate(ports):
         child_env = {
-            **os.environ, **env, "PYTHONPATH": str(REPO), "VAKTROM_DATABASE_URL": url,
+            **os.environ, **env, **as_stage(env, "archive"), "PYTHONPATH": str(REPO),
+            "VAKTROM_DATABASE_URL": url,
             "VAKTROM_TOPIC_PREFIX": prefix, "VAKTROM_ARCHIVE_GROUP": group,
             "VAKTROM_ARCHIVE_INSTANCE_ID": f"{group}-{i}", "VAKTROM_ARCHIVE_METRICS_PORT": str(port),
         }  # fmt: skip
@@ -242,8 +270,8 @@ def main() -> int:
 
     prefixes = [f"{tag}a.", f"{tag}b."]
     for prefix, records in zip(prefixes, (first, second), strict=True):
-        scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix, partitions=6)
-        rate = produce(env["VAKTROM_KAFKA_BOOTSTRAP"], topics.measurement_topic(prefix), records)
+        scratch_topics(env, prefix, partitions=6)
+        rate = produce(kafka(env), topics.measurement_topic(prefix), records)
         print(
             f"  produced {len(records):,} records to {prefix}* at {rate:,.0f}/s (setup, not measured)",
             flush=True,

@@ -43,14 +43,13 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 sys.path[:0] = [str(REPO), str(REPO / "infra"), str(REPO / "gateway-sim")]
 
-from archive_throughput import scratch_topics, stack_env  # noqa: E402  (bench/ holds scripts)
+from archive_throughput import as_stage, kafka, scratch_topics, stack_env  # noqa: E402  (bench/ holds scripts)
 from enrol import enrol  # noqa: E402  (infra/ holds scripts, not a package)
 from gateway_sim.cli import load_enrolment  # noqa: E402
 from kafka import KafkaConsumer  # noqa: E402
 from sim_publish import TICKS, cpu_seconds  # noqa: E402
 
 from contracts import topics  # noqa: E402
-from contracts.settings import KafkaSettings  # noqa: E402
 from ingest.producer import RecordSink  # noqa: E402
 from ingest.settings import BridgeSettings  # noqa: E402
 
@@ -182,16 +181,16 @@ def producer_phase(env: dict[str, str], messages: int, tag: str) -> dict[str, An
     """Send bridge x1's measurement records again (same keys, values, headers) with its producer."""
     source = topics.measurement_topic(f"benchbr1{tag}.")
     consumer = KafkaConsumer(
-        source, bootstrap_servers=env["VAKTROM_KAFKA_BOOTSTRAP"], auto_offset_reset="earliest",
+        source, **kafka(env).client_config(), auto_offset_reset="earliest",
         enable_auto_commit=False, consumer_timeout_ms=5000,
     )  # fmt: skip
     records = [(r.key, r.value, list(r.headers)) for r in consumer]
     consumer.close()
     prefix = f"benchprod{tag}."
-    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix, partitions=6)
+    scratch_topics(env, prefix, partitions=6)
     target = topics.measurement_topic(prefix)
     sink = RecordSink(
-        kafka=KafkaSettings(bootstrap=env["VAKTROM_KAFKA_BOOTSTRAP"]),
+        kafka=kafka(env, "bridge"),
         bridge=BridgeSettings(client_id=f"bench-producer-{tag}"),
         topics=[target],
     )
@@ -232,13 +231,14 @@ def bridge_phase(
 ) -> dict[str, Any]:
     name = f"benchbr{processes}{tag}"
     root, prefix = f"{name}/v1", f"BR{processes}{tag}"
-    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], f"{name}.", partitions=6)
+    scratch_topics(env, f"{name}.", partitions=6)
     enrol(env["VAKTROM_DATABASE_URL"], load_enrolment(prefix, kits), since=_since())
     bridges, ports = [], []
     for i in range(processes):
         port = 19500 + processes * 10 + i
         bridge_env = {
-            **os.environ, **env, "PYTHONPATH": str(REPO), "VAKTROM_TOPIC_PREFIX": f"{name}.",
+            **os.environ, **env, **as_stage(env, "bridge"), "PYTHONPATH": str(REPO),
+            "VAKTROM_TOPIC_PREFIX": f"{name}.",
             "VAKTROM_MQTT_TOPIC_ROOT": root, "VAKTROM_BRIDGE_CLIENT_ID": f"{name}-{i + 1}",
             "VAKTROM_BRIDGE_SHARE_GROUP": name, "VAKTROM_BRIDGE_METRICS_PORT": str(port),
         }  # fmt: skip

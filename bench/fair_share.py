@@ -231,7 +231,7 @@ def main() -> int:
             "VAKTROM_BRIDGE_KIT_BYTES_BURST": str(1 << 40),
         }
     ns = Namespace(tag, {**env, **limits}, url, work)
-    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], ns.prefix, partitions=PARTITIONS)
+    scratch_topics(env, ns.prefix, partitions=PARTITIONS, groups=ns.groups())
     flooder, red = kits(tag)
     enrol(url, [flooder, red], since=datetime.now(UTC) - timedelta(days=1))
     print(f"==> stages on topics {ns.prefix}*; logs in {work}", flush=True)

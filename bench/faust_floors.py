@@ -16,19 +16,26 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.auth import SASLCredentials
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 
+from archive_throughput import as_stage  # noqa: E402  (bench/ holds scripts)
+
 from contracts import topics  # noqa: E402
+from contracts.settings import KafkaSettings  # noqa: E402
 from streams.monitor.settings import MonitorSettings  # noqa: E402
 
 
 def floor_child(prefix: str, mode: str, count: int) -> None:
     """A faust app doing (almost) nothing per record: its rate is faust's own ceiling here. It
-    produces with the worker's linger, so that the table-write floor compares with the worker."""
+    produces with the worker's linger, so that the table-write floor compares with the worker.
+    Signed in as the admin (VAKTROM_KAFKA_* from the parent): a floor has no stage's rules."""
+    admin = KafkaSettings.from_env()
     app = faust.App(
-        f"{prefix}floor-{mode}", broker=f"kafka://{os.environ['VAKTROM_KAFKA_BOOTSTRAP']}", store="memory://",
+        f"{prefix}floor-{mode}", broker=f"kafka://{admin.bootstrap}", store="memory://",
+        broker_credentials=SASLCredentials(**admin.sasl_credentials() or {}),
         web_enabled=False, topic_partitions=6, consumer_auto_offset_reset="earliest", producer_acks=-1,
         broker_commit_every=1000, producer_linger=MonitorSettings.from_env().linger_ms / 1000.0,
     )  # fmt: skip
@@ -61,7 +68,8 @@ def floor_phase(env: dict[str, str], prefix: str, mode: str, count: int) -> dict
     """faust's own rate on the worker phase's topic: an agent that does nothing, or one table write."""
     out = subprocess.run(
         [sys.executable, __file__, prefix, mode, str(count)],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, **env, **as_stage(env, "admin")},
+        capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     found = re.findall(r"(\d+) (\d+\.\d+)\s*$", out.stdout)  # faust's terminal codes may precede it
     try:

@@ -11,18 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from archive_throughput import copy_phase, make_records, prepare_schema
+from archive_throughput import copy_phase, kafka, make_records, prepare_schema
 from bridge_throughput import raw_phase
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.consumer.group import KafkaConsumer
 from kafka.producer.kafka import KafkaProducer
 
+from contracts.settings import KafkaSettings
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _topic(bootstrap: str, name: str) -> str:
+def _topic(bootstrap: KafkaSettings, name: str) -> str:
     """A 6-partition topic like the measurement topic (the broker does not create topics on use)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(**bootstrap.client_config())
     try:
         admin.create_topics([NewTopic(name, num_partitions=6, replication_factor=1)])
     finally:
@@ -30,12 +32,12 @@ def _topic(bootstrap: str, name: str) -> str:
     return name
 
 
-def kafka_python_floor(bootstrap: str, tag: str, count: int) -> dict[str, Any]:
+def kafka_python_floor(bootstrap: KafkaSettings, tag: str, count: int) -> dict[str, Any]:
     """kafka-python produce (the bridge's settings) then consume of `count` measurement records."""
     topic = _topic(bootstrap, f"benchpl{tag}.floor")
     records = [r.encode() for r in _measurement_json(count, tag)]
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+        **bootstrap.client_config(), acks="all", enable_idempotence=True, linger_ms=5,
         batch_size=256 * 1024, compression_type="lz4",
     )  # fmt: skip
     started = time.perf_counter()
@@ -45,7 +47,7 @@ def kafka_python_floor(bootstrap: str, tag: str, count: int) -> dict[str, Any]:
     produced = time.perf_counter() - started
     producer.close()
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+        topic, **bootstrap.client_config(), auto_offset_reset="earliest", enable_auto_commit=False,
         consumer_timeout_ms=10_000, max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024,
     )  # fmt: skip
     seen, started = 0, time.perf_counter()
@@ -65,7 +67,7 @@ def _measurement_json(count: int, tag: str) -> list[str]:
     return [msgspec.json.encode(m).decode() for m in make_records(count, tag)]
 
 
-def kafka_tool_floor(bootstrap: str, tag: str, count: int) -> dict[str, Any]:
+def kafka_tool_floor(bootstrap: KafkaSettings, tag: str, count: int) -> dict[str, Any]:
     """Kafka's own ProducerPerformance (Java, from the jars), acks=all, 400-byte records."""
     libs = REPO / ".local" / "kafka" / "libs"
     java = shutil.which("java")
@@ -75,7 +77,11 @@ def kafka_tool_floor(bootstrap: str, tag: str, count: int) -> dict[str, Any]:
     run = subprocess.run(
         [java, "-Xmx512m", "-cp", f"{libs}/*", "org.apache.kafka.tools.ProducerPerformance",
          "--topic", topic, "--num-records", str(count), "--record-size", "400", "--throughput", "-1",
-         "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "linger.ms=5",
+         "--producer-props", f"bootstrap.servers={bootstrap.bootstrap}", "acks=all", "linger.ms=5",
+         "security.protocol=SASL_SSL", "sasl.mechanism=SCRAM-SHA-512",
+         "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+         f'username="{bootstrap.username}" password="{bootstrap.password}";',
+         "ssl.truststore.type=PEM", f"ssl.truststore.location={bootstrap.ca}",
          "batch.size=262144", "compression.type=lz4"],
         capture_output=True, text=True, check=False, timeout=600,
     )  # fmt: skip
@@ -94,7 +100,7 @@ def kafka_tool_floor(bootstrap: str, tag: str, count: int) -> dict[str, Any]:
 def floors(
     env: dict[str, str], tag: str, work: Path, mqtt_messages: int, kafka_records: int
 ) -> dict[str, Any]:
-    bootstrap = env["VAKTROM_KAFKA_BOOTSTRAP"]
+    bootstrap = kafka(env)  # the admin: a floor has no stage's access rules to respect
     print("==> floors of this machine", flush=True)
     raw = raw_phase(env, mqtt_messages, 1000, tag, work)
     print(f"    raw MQTT QoS-1 pub -> sub   {2 * raw['rate_per_s']:>10,.0f} measurements/s", flush=True)

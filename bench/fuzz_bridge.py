@@ -39,7 +39,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "infra"), str(REPO / "gateway-sim")]
 
-from archive_throughput import scratch_topics, stack_env, write_results  # noqa: E402
+from archive_throughput import as_stage, scratch_topics, stack_env, write_results  # noqa: E402
 from enrol import enrol  # noqa: E402  (infra/ holds scripts, not a package)
 from gateway_sim.cli import load_enrolment  # noqa: E402
 
@@ -219,7 +219,8 @@ def metrics(port: int) -> dict[str, float]:
 
 def start_bridge(env: dict[str, str], name: str, root: str, log_path: Path) -> subprocess.Popen[bytes]:
     bridge_env = {
-        **os.environ, **env, "PYTHONPATH": str(REPO), "VAKTROM_TOPIC_PREFIX": f"{name}.",
+        **os.environ, **env, **as_stage(env, "bridge"), "PYTHONPATH": str(REPO),
+        "VAKTROM_TOPIC_PREFIX": f"{name}.",
         "VAKTROM_MQTT_TOPIC_ROOT": root, "VAKTROM_BRIDGE_CLIENT_ID": f"{name}-bridge",
         "VAKTROM_BRIDGE_SHARE_GROUP": name, "VAKTROM_BRIDGE_METRICS_PORT": str(PORT),
     }  # fmt: skip
@@ -313,7 +314,7 @@ def main() -> int:
     root = f"{name}/v1"
     tmp = REPO / ".local" / "bench" / f"fuzz-{tag}"
     tmp.mkdir(parents=True, exist_ok=True)
-    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], f"{name}.", partitions=6)
+    scratch_topics(env, f"{name}.", partitions=6)
     rows = load_enrolment(prefix, KITS)
     enrol(env["VAKTROM_DATABASE_URL"], rows, since=datetime.now(UTC) - timedelta(days=3))
     kits = [str(r["kit"]) for r in rows] + [f"{prefix}-UNKNOWN-{i}" for i in range(3)]

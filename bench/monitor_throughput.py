@@ -47,7 +47,7 @@ from kafka.structs import TopicPartition
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "infra")]
 
-from archive_throughput import scrape, scratch_topics, stack_env, write_results  # noqa: E402
+from archive_throughput import as_stage, kafka, scrape, scratch_topics, stack_env, write_results  # noqa: E402
 from faust_floors import floor_phase  # noqa: E402
 from sim_publish import cpu_seconds  # noqa: E402
 
@@ -64,6 +64,7 @@ from contracts import (  # noqa: E402
     measurement_id,
     topics,
 )
+from contracts.settings import KafkaSettings  # noqa: E402
 from streams.monitor.engine import (  # noqa: E402
     Engine,
     MetricRecord,
@@ -237,7 +238,8 @@ class Worker:
 
     def start(self) -> None:
         child_env = {
-            **os.environ, **self.env, "PYTHONPATH": str(REPO), "VAKTROM_TOPIC_PREFIX": self.prefix,
+            **os.environ, **self.env, **as_stage(self.env, "monitor"), "PYTHONPATH": str(REPO),
+            "VAKTROM_TOPIC_PREFIX": self.prefix,
             "VAKTROM_MONITOR_APP_ID": "monitor-bench", "VAKTROM_MONITOR_STORE": self.store,
             "VAKTROM_MONITOR_DATA_DIR": self.data_dir, "VAKTROM_MONITOR_METRICS_PORT": str(self.port),
         }  # fmt: skip
@@ -278,17 +280,17 @@ class Worker:
         return self.process.communicate(timeout=60)[1][-3000:]
 
 
-def producer(bootstrap: str) -> KafkaProducer:
+def producer(admin: KafkaSettings) -> KafkaProducer:
     """Settings as the bridge produces with: acks=all, lz4, 5 ms linger."""
     return KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", compression_type="lz4", linger_ms=5, batch_size=256 * 1024
+        **admin.client_config(), acks="all", compression_type="lz4", linger_ms=5, batch_size=256 * 1024
     )
 
 
 def produce_all(
-    bootstrap: str, prefix: str, plans: dict[str, CarePlan], records: list[bytes], keys: list[bytes]
+    admin: KafkaSettings, prefix: str, plans: dict[str, CarePlan], records: list[bytes], keys: list[bytes]
 ) -> None:
-    p = producer(bootstrap)
+    p = producer(admin)
     for patient, plan in plans.items():
         p.send(topics.careplan_topic(prefix), key=patient.encode(), value=_encode(plan))
     for key, raw in zip(keys, records, strict=True):
@@ -306,8 +308,8 @@ def worker_phase(
     keys: list[bytes],
 ) -> dict[str, Any]:
     prefix = f"{tag}{store.split(':', maxsplit=1)[0]}."
-    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix, partitions=6)
-    produce_all(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix, plans, records, keys)
+    scratch_topics(env, prefix, partitions=6, groups={"monitor": f"{prefix}monitor-bench"})
+    produce_all(kafka(env), prefix, plans, records, keys)
     with tempfile.TemporaryDirectory(prefix="vaktrom-bench-monitor-") as data_dir:
         worker = Worker(env, prefix, store, 19560, data_dir)
         worker.start()
@@ -347,7 +349,7 @@ def restart_phase(
     worker = Worker(env, stopped.prefix, stopped.store, stopped.port + 10, stopped.data_dir)
     started = time.perf_counter()
     worker.start()
-    p = producer(env["VAKTROM_KAFKA_BOOTSTRAP"])
+    p = producer(kafka(env))
     for i, patient in enumerate(list(plans)[:100]):
         m = _reading(patient, Metric.PULSE, 70.0, at + timedelta(seconds=i))
         p.send(topics.measurement_topic(stopped.prefix), key=patient.encode(), value=_encode(m))
@@ -376,8 +378,8 @@ def _paced(rate: float, seconds: float) -> Iterator[int]:
             time.sleep(0.001)
 
 
-def _alert_events(bootstrap: str, topic: str) -> list[tuple[int, AlertEvent]]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=3000)
+def _alert_events(admin: KafkaSettings, topic: str) -> list[tuple[int, AlertEvent]]:
+    consumer = KafkaConsumer(**admin.client_config(), enable_auto_commit=False, consumer_timeout_ms=3000)
     parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
     consumer.assign(parts)
     consumer.seek_to_beginning(*parts)
@@ -389,16 +391,16 @@ def _alert_events(bootstrap: str, topic: str) -> list[tuple[int, AlertEvent]]:
 def latency_phase(
     env: dict[str, str], tag: str, rate: float, seconds: float, patients: int
 ) -> dict[str, Any]:
-    bootstrap = env["VAKTROM_KAFKA_BOOTSTRAP"]
+    admin = kafka(env)
     prefix = f"{tag}lat{int(rate)}."
-    scratch_topics(bootstrap, prefix, partitions=6)
+    scratch_topics(env, prefix, partitions=6, groups={"monitor": f"{prefix}monitor-bench"})
     topic = topics.measurement_topic(prefix)
     rng = np.random.default_rng(11)
     people = [f"{tag}L{i:05d}" for i in range(patients)]
     with tempfile.TemporaryDirectory(prefix="vaktrom-bench-monitor-") as data_dir:
         worker = Worker(env, prefix, "rocksdb://", 19561, data_dir)
         worker.start()
-        p = producer(bootstrap)
+        p = producer(admin)
         for patient in people[:50]:  # warm-up: the worker has joined and holds its partitions
             p.send(
                 topic,
@@ -427,7 +429,7 @@ def latency_phase(
         cpu, wall = worker.cpu_seconds() - cpu0, time.perf_counter() - started
         worker.stop()
         p.close()
-    events = _alert_events(bootstrap, topics.alert_topic(prefix))
+    events = _alert_events(admin, topics.alert_topic(prefix))
     total: list[float] = []
     inside: list[float] = []
     for appended_ms, event in events:

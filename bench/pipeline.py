@@ -46,7 +46,7 @@ import psycopg
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "infra"), str(REPO / "gateway-sim")]
 
-from archive_throughput import prepare_schema, scrape, scratch_topics, stack_env  # noqa: E402
+from archive_throughput import as_stage, kafka, prepare_schema, scrape, scratch_topics, stack_env  # noqa: E402
 from bridge_throughput import sustained  # noqa: E402
 from enrol import enrol  # noqa: E402  (infra/ holds scripts, not a package)
 from floors import floors  # noqa: E402
@@ -205,7 +205,7 @@ def pipeline(ns: Namespace) -> Iterator[list[Stage]]:
         "alerts": "alerts",
     }
     for name, module in modules.items():
-        stage = Stage(name, module, env, ns.tmp / f"{name}.log")
+        stage = Stage(name, module, {**env, **as_stage(env, name)}, ns.tmp / f"{name}.log")
         stage.start()
         ns.stages.append(stage)
     try:
@@ -284,7 +284,7 @@ def wait_drained(ns: Namespace, timeout: float) -> float:
     began = time.monotonic()
     last = began
     while time.monotonic() - began < timeout:
-        lag = consumer_lag(ns.env["VAKTROM_KAFKA_BOOTSTRAP"], ns.groups())
+        lag = consumer_lag(kafka(ns.env), ns.groups())
         if not any(lag.values()):
             return time.monotonic() - began
         if time.monotonic() - last >= 10:
@@ -354,7 +354,7 @@ def run_step(
         if now - last_print >= 5:
             last_print = now
             try:
-                lags.append(consumer_lag(ns.env["VAKTROM_KAFKA_BOOTSTRAP"], ns.groups()))
+                lags.append(consumer_lag(kafka(ns.env), ns.groups()))
             except Exception as exc:  # lag is a figure: a failed probe must not end the run
                 lags.append({"error": 1})
                 print(f"    (lag probe failed: {exc})", flush=True)
@@ -450,7 +450,7 @@ def main() -> int:
     print(f"==> logs and ledgers in {work}", flush=True)
     url = prepare_schema(env["VAKTROM_DATABASE_URL"], f"benchpl{tag}")
     ns = Namespace(tag, env, url, work)
-    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], ns.prefix, partitions=6)
+    scratch_topics(env, ns.prefix, partitions=6, groups=ns.groups())
     floor = {} if args.no_floors else floors(env, tag, work, 60_000, 100_000)
     ladder: list[dict[str, Any]] = []
     sustain = None

@@ -30,7 +30,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "bench"), str(REPO / "gateway-sim"), str(REPO)]
 
-from archive_throughput import scratch_topics, stack_env, write_results  # noqa: E402  (bench/ holds scripts)
+from archive_throughput import as_stage, scratch_topics, stack_env, write_results  # noqa: E402  (bench/ holds scripts)
 from gateway_sim.cli import load_enrolment  # noqa: E402
 
 from registry.broker import BrokerAdmin  # noqa: E402
@@ -76,12 +76,15 @@ def runtime_phase(env: dict[str, str], count: int, tag: str) -> dict[str, Any]:
 def cohort_phase(env: dict[str, str], kits: int, tag: str, tmp: Path) -> dict[str, Any]:
     rows = load_enrolment(f"BPV{tag}", kits)
     prefix = f"benchpv{tag.lower()}."  # its care plans go to topics of its own, not the demo's
-    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], prefix, partitions=6)
+    scratch_topics(env, prefix, partitions=6)
     enrolment, credentials = tmp / "enrolment.json", tmp / "credentials.json"
     enrolment.write_text(json.dumps(rows))
     began = time.monotonic()
     stop_s = _stack("down", "mosquitto")
-    run_env = {**env, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "VAKTROM_TOPIC_PREFIX": prefix}
+    run_env = {
+        **env, **as_stage(env, "registry"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+        "VAKTROM_TOPIC_PREFIX": prefix,
+    }  # fmt: skip
     cmd = [
         sys.executable, "-m", "registry", "kit", "cohort", str(enrolment),
         "--credentials-out", str(credentials), "--team", f"bench-{tag.lower()}",

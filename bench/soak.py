@@ -33,6 +33,7 @@ from pipeline import (  # noqa: E402  (bench/ holds scripts, not a package)
     REPO,
     Namespace,
     consumer_lag,
+    kafka,
     pipeline,
     prepare_schema,
     run_step,
@@ -135,11 +136,11 @@ def main() -> int:
     print(f"==> soak: {args.rate:,.0f}/s for {args.minutes:g} min; logs in {work}", flush=True)
     url = prepare_schema(env["VAKTROM_DATABASE_URL"], f"benchpl{tag}")
     ns = Namespace(tag, env, url, work)
-    scratch_topics(env["VAKTROM_KAFKA_BOOTSTRAP"], ns.prefix, partitions=6)
+    scratch_topics(env, ns.prefix, partitions=6, groups=ns.groups())
     with pipeline(ns):
         step = run_step(ns, "SOAK", args.rate, args.minutes * 60.0, args.kits, minute_rss=True)
         drained = wait_drained(ns, 600)
-        lag = consumer_lag(env["VAKTROM_KAFKA_BOOTSTRAP"], ns.groups())
+        lag = consumer_lag(kafka(env), ns.groups())
     step.pop("_cdf", None)
     rows = windows(url, f"PL{tag}SOAK")
     drifts = [drift(rows, "bridge -> stored"), drift(rows, "kit -> alert stored")]

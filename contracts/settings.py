@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import ssl
 import types
 import typing
 import zoneinfo
@@ -41,6 +42,8 @@ SETTINGS_CLASSES: list[type[Settings]] = []
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+_KAFKA_PROTOCOLS = ("SASL_SSL", "PLAINTEXT")
+_KAFKA_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
 
 
 class ConfigError(Exception):
@@ -215,14 +218,92 @@ class KafkaSettings(Settings):
 
     bootstrap: str = setting("127.0.0.1:19092", env="VAKTROM_KAFKA_BOOTSTRAP", help="Kafka host:port list")
     topic_prefix: str = setting("", env="VAKTROM_TOPIC_PREFIX", help="prefix for every Kafka topic name")
+    security_protocol: str = setting(
+        "SASL_SSL",
+        env="VAKTROM_KAFKA_SECURITY_PROTOCOL",
+        help="SASL_SSL (SCRAM over TLS, the stack's and compose's brokers) or PLAINTEXT (an unsecured "
+        "broker of your own; never the pipeline's)",
+    )
+    sasl_mechanism: str = setting(
+        "SCRAM-SHA-512", env="VAKTROM_KAFKA_SASL_MECHANISM", help="SCRAM-SHA-512 or SCRAM-SHA-256"
+    )
+    username: str | None = setting(
+        None, env="VAKTROM_KAFKA_USERNAME", help="this stage's Kafka principal (docs/kafka-security.md)"
+    )
+    password: str | None = setting(None, env="VAKTROM_KAFKA_PASSWORD", help="its SCRAM password", secret=True)
+    ca: Path | None = setting(
+        None,
+        env="VAKTROM_KAFKA_CA",
+        help="CA file the broker's certificate is verified with (default: system)",
+    )
 
     def validate(self) -> None:
         for server in self.bootstrap.split(","):
             _host_port(server.strip(), "VAKTROM_KAFKA_BOOTSTRAP")
+        if self.security_protocol not in _KAFKA_PROTOCOLS:
+            raise ConfigError(
+                f"VAKTROM_KAFKA_SECURITY_PROTOCOL={self.security_protocol!r} is not supported; "
+                f"use one of {', '.join(_KAFKA_PROTOCOLS)}"
+            )
+        if self.sasl_mechanism not in _KAFKA_MECHANISMS:
+            raise ConfigError(
+                f"VAKTROM_KAFKA_SASL_MECHANISM={self.sasl_mechanism!r} is not supported; "
+                f"use one of {', '.join(_KAFKA_MECHANISMS)}"
+            )
+        if self.security_protocol == "SASL_SSL":
+            for env, value in (
+                ("VAKTROM_KAFKA_USERNAME", self.username),
+                ("VAKTROM_KAFKA_PASSWORD", self.password),
+            ):
+                if not value:
+                    raise ConfigError(
+                        f"{env} is not set: every stage signs in to Kafka with its own principal "
+                        "(infra/stack writes them to .local/stack.env; see docs/kafka-security.md)"
+                    )
+        if self.ca is not None and not self.ca.is_file():
+            raise ConfigError(f"VAKTROM_KAFKA_CA={self.ca} does not exist; point it at the stack's ca.crt")
 
     @property
     def servers(self) -> list[str]:
         return [server.strip() for server in self.bootstrap.split(",")]
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for SASL_SSL (verifies the broker's certificate and name), else None."""
+        if self.security_protocol != "SASL_SSL":
+            return None
+        return ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
+
+    def client_config(self) -> dict[str, Any]:
+        """kafka-python keyword arguments (any client: producer, consumer, admin) for this connection.
+
+        The one place that turns the settings into a client's security configuration; faust's is
+        `sasl_credentials()`.
+        """
+        config: dict[str, Any] = {"bootstrap_servers": self.servers}
+        if self.security_protocol == "SASL_SSL":
+            config |= {
+                "security_protocol": "SASL_SSL",
+                "ssl_context": self.ssl_context(),
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.username,
+                "sasl_plain_password": self.password,
+            }
+        return config
+
+    def sasl_credentials(self) -> dict[str, Any] | None:
+        """Keyword arguments for faust's `SASLCredentials` (its `broker_credentials`), or None."""
+        if self.security_protocol != "SASL_SSL":
+            return None
+        return {
+            "username": self.username,
+            "password": self.password,
+            "mechanism": self.sasl_mechanism,
+            "ssl_context": self.ssl_context(),
+        }
+
+    def as_principal(self, username: str, password: str) -> KafkaSettings:
+        """The same connection signed in as another principal."""
+        return dataclasses.replace(self, username=username, password=password)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

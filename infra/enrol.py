@@ -23,11 +23,18 @@ from typing import Any
 
 import psycopg
 
+from contracts.mqtt_accounts import kit_id_problem
+
 __all__ = ["enrol"]
 
 
 def enrol(url: str, rows: list[dict[str, Any]], *, since: datetime) -> int:
     """Register every kit, device and assignment in `rows`; returns how many kits were new."""
+    problems = [p for p in (kit_id_problem(str(row["kit"])) for row in rows) if p is not None]
+    if problems:  # a kit id is its broker login too: never a service account's name
+        raise SystemExit(
+            f"enrol: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+        )
     created = 0
     with psycopg.connect(url) as conn, conn.cursor() as cur:
         for row in rows:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from stackenv import hosted_registry, kafka_principal
 from supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,7 +122,8 @@ def enrol(env: dict[str, str], patients: str, seed: int) -> Path:
     _run("the cohort plan", plan, env)
     credentials = DEMO / "credentials.json"
     out = _run("the registry", [PY, "-m", "registry", "kit", "cohort", str(dry / "enrolment.json"),
-                                "--credentials-out", str(credentials), "--team", DEMO_TEAM], env)  # fmt: skip
+                                "--credentials-out", str(credentials), "--team", DEMO_TEAM],
+               {**env, **kafka_principal(env, "registry")})  # fmt: skip
     print(f"    {out}", flush=True)
     return credentials
 
@@ -159,13 +161,17 @@ def demo_login(env: dict[str, str]) -> str:
     return password
 
 
-def stages() -> list[Stage]:
+def stages(env: dict[str, str]) -> list[Stage]:
+    """The four stages, each signed in to Kafka as its own principal (docs/kafka-security.md)."""
     return [
-        Stage("bridge", "ingest", 9464, {"VAKTROM_BRIDGE_CLIENT_ID": "demo-bridge-1"}),
-        Stage("monitor", "streams.monitor", 9466, {"VAKTROM_MONITOR_DATA_DIR": str(STATE / "monitor")}),
-        Stage("archive", "streams.archive", 9465, {}),
-        Stage("alerts", "alerts", 9467, {}),
-    ]
+        Stage("bridge", "ingest", 9464,
+              {"VAKTROM_BRIDGE_CLIENT_ID": "demo-bridge-1", **kafka_principal(env, "bridge")}),
+        Stage("monitor", "streams.monitor", 9466,
+              {"VAKTROM_MONITOR_DATA_DIR": str(STATE / "monitor"), **kafka_principal(env, "monitor")}),
+        Stage("archive", "streams.archive", 9465, kafka_principal(env, "archive")),
+        # the response centre hosts the registry: care plans go out as the registry's principal
+        Stage("alerts", "alerts", 9467, {**kafka_principal(env, "alerts"), **hosted_registry(env)}),
+    ]  # fmt: skip
 
 
 def start_simulator(env: dict[str, str], patients: str, seed: int, credentials: Path) -> Stage:
@@ -214,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         credentials = enrol(env, args.patients, args.seed)
         password = demo_login(env)
         _timed("enrolled", mark)
-        for stage in stages():
+        for stage in stages(env):
             print(f"==> {stage.name}: starting", flush=True)
             mark = time.monotonic()
             stage.start(env)

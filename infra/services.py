@@ -20,7 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
-from mosquitto_init import MQTT_ADMIN, MQTT_SERVICE, dynsec_config
+from kafka_init import render_server_properties, write_private, write_tls
+from mosquitto_init import MQTT_ADMIN, MQTT_BRIDGE, dynsec_config, upgrade_config
 from processes import (
     REPO,
     Health,
@@ -34,7 +35,11 @@ from processes import (
 )
 from tls import client_certificate, ensure_server_certificates
 
-__all__ = ["MQTT_ADMIN", "MQTT_SERVICE", "Kafka", "Mosquitto", "Postgres"]
+from contracts.kafka_acl import ADMIN, BROKER, PRINCIPALS
+from contracts.mqtt_accounts import HEALTH, LOAD, LOCAL_TEST, SERVICE_ACCOUNTS
+from contracts.settings import KafkaSettings
+
+__all__ = ["LOAD", "LOCAL_TEST", "MQTT_ADMIN", "MQTT_BRIDGE", "Kafka", "Mosquitto", "Postgres"]
 
 
 # ------------------------------------------------------------------ Mosquitto
@@ -76,22 +81,33 @@ class Mosquitto(Service):
             found = json.loads(self.credentials_file.read_text())
         except (OSError, ValueError):
             found = {}
-        return found if isinstance(found, dict) and set(found) >= {MQTT_ADMIN, MQTT_SERVICE} else {}
+        wanted = {a.username for a in SERVICE_ACCOUNTS}
+        return found if isinstance(found, dict) and set(found) >= wanted else {}
 
     def prepare(self) -> None:
         data = self.home / "data"
         data.mkdir(parents=True, exist_ok=True)
         user = service_user("mosquitto")
         dynsec = data / "dynamic-security.json"
-        passwords = self.credentials()
-        if not passwords or not dynsec.exists():
-            passwords = {name: secrets.token_urlsafe(24) for name in (MQTT_ADMIN, MQTT_SERVICE)}
+        # One account per stage (contracts.mqtt_accounts), with the local-only ones; their rules
+        # cover every topic root NAME/v1 and share group, since each test uses its own.
+        scope = {"root": "+/v1", "group": "+"}
+        try:
+            kept = json.loads(self.credentials_file.read_text()) if dynsec.exists() else {}
+        except (OSError, ValueError):
+            kept = {}
+        passwords = {a.username: kept.get(a.username) or secrets.token_urlsafe(24) for a in SERVICE_ACCOUNTS}
+        if kept != passwords:
             fd = os.open(self.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as out:
                 json.dump(passwords, out)
-            # Replaces any earlier plugin state: kits provisioned against old passwords are gone too,
-            # which is what a fresh local broker means.
-            dynsec.write_text(json.dumps(dynsec_config(passwords), indent=1))
+        if kept and dynsec.exists():
+            # An earlier broker's identities (its kits) stay; new accounts join, kits get bound.
+            doc = json.loads(dynsec.read_text())
+            upgrade_config(doc, passwords, **scope)
+            dynsec.write_text(json.dumps(doc, indent=1))
+        else:
+            dynsec.write_text(json.dumps(dynsec_config(passwords, **scope), indent=1))
         if ensure_server_certificates(self.tls_dir, sorted({self.host, "localhost", "127.0.0.1"})):
             client_certificate(self.tls_dir, "vaktrom-health")
         conf = self.home / "mosquitto.conf"
@@ -124,13 +140,15 @@ class Mosquitto(Service):
         topic = f"vaktrom/health/{uuid.uuid4().hex}"
         got = threading.Event()
         subscribed = threading.Event()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"vaktrom-health-{uuid.uuid4().hex[:8]}")
-        password = self.credentials().get(MQTT_SERVICE)
+        assert HEALTH.client_id is not None
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=HEALTH.client_id)
+        password = self.credentials().get(HEALTH.username)
         if password is None:
             return Health(
-                False, f"no service credentials in {self.credentials_file}; run `infra/stack up mosquitto`"
+                False,
+                f"no health-check credentials in {self.credentials_file}; run `infra/stack up mosquitto`",
             )
-        client.username_pw_set(MQTT_SERVICE, password)
+        client.username_pw_set(HEALTH.username, password)
         refused: list[str] = []
         client.on_connect = lambda _c, _u, _f, reason, _p: (
             refused.append(str(reason)) if reason.is_failure else None
@@ -147,7 +165,7 @@ class Mosquitto(Service):
             client.subscribe(topic, qos=1)
             if not subscribed.wait(timeout):
                 if refused:
-                    return Health(False, f"the broker refused the service account: {refused[0]}")
+                    return Health(False, f"the broker refused the health-check account: {refused[0]}")
                 return Health(False, "connected, but the subscription was not acknowledged")
             client.publish(topic, b"ping", qos=1)
             if not got.wait(timeout):
@@ -178,7 +196,8 @@ class Mosquitto(Service):
 
 # ------------------------------------------------------------------ Kafka
 class Kafka(Service):
-    """A single-node Kafka 4 in KRaft combined mode (broker and controller in one JVM)."""
+    """A single-node Kafka 4 in KRaft combined mode (broker and controller in one JVM), SASL over TLS
+    on both listeners, with one SCRAM principal per stage and access rules (docs/kafka-security.md)."""
 
     name = "kafka"
 
@@ -190,10 +209,56 @@ class Kafka(Service):
         self.heap = heap
         self.partitions = partitions
         self.libs = state / "kafka" / "libs"
+        # one CA for the stack: the MQTT broker's (infra/tls.py) signs Kafka's certificate too
+        self.ca_dir = state / "mosquitto" / "tls"
 
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.home / "tls"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.ca_dir / "ca.crt"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.home / "credentials.json"
+
+    def credentials(self) -> dict[str, str]:
+        """principal -> password: the broker's own, the admin's and each stage's (made once, 0600;
+        a principal added later gets its password at the next `infra/stack up`)."""
+        try:
+            found = json.loads(self.credentials_file.read_text())
+        except (OSError, ValueError):
+            found = {}
+        return found if isinstance(found, dict) else {}
+
+    def _ensure_credentials(self) -> dict[str, str]:
+        passwords = self.credentials()
+        wanted = [BROKER, ADMIN, *(p.name for p in PRINCIPALS)]
+        missing = [name for name in wanted if not passwords.get(name)]
+        if missing:
+            passwords |= {name: secrets.token_urlsafe(24) for name in missing}
+            self.home.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(passwords, out)
+        return passwords
+
+    def settings(self, principal: str, *, prefix: str = "") -> KafkaSettings:
+        """How a client of this broker signs in as `principal` (the broker itself uses PLAIN)."""
+        return KafkaSettings(
+            bootstrap=self.bootstrap,
+            topic_prefix=prefix,
+            sasl_mechanism="PLAIN" if principal == BROKER else "SCRAM-SHA-512",
+            username=principal,
+            password=self.credentials().get(principal, ""),
+            ca=self.ca_file,
+        )
 
     def _java(self, main: str, *args: str, jvm: list[str] | None = None) -> list[str]:
         if not (self.libs / ".stamp").exists():
@@ -213,16 +278,15 @@ class Kafka(Service):
     def prepare(self) -> None:
         data = self.home / "data"
         conf = self.home / "server.properties"
-        template = (REPO / "infra" / "kafka" / "server.properties").read_text()
-        conf.write_text(
-            template.replace("@HOST@", self.host)
-            .replace("@PORT@", str(self.port))
-            .replace("@CONTROLLER_PORT@", str(self.controller_port))
-            .replace("@DATA@", str(data))
-            .replace("@PARTITIONS@", str(self.partitions))
-        )
+        passwords = self._ensure_credentials()
+        write_tls(self.ca_dir, self.tls_dir, sorted({self.host, "localhost", "127.0.0.1"}))
+        properties = render_server_properties(
+            host=self.host, port=self.port, controller_port=self.controller_port, data=str(data),
+            partitions=self.partitions, tls_dir=self.tls_dir, broker_password=passwords[BROKER],
+        )  # fmt: skip
+        write_private(conf, properties.encode())  # it holds the broker's password
         if (data / "meta.properties").exists():
-            return
+            return  # an existing cluster: after_ready adds what is missing through the admin API
         cluster_file = self.home / "cluster-id"
         if not cluster_file.exists():
             # A Kafka Uuid: 16 random bytes, URL-safe base64 without padding.
@@ -258,27 +322,42 @@ class Kafka(Service):
         return self._popen(self._java("kafka.Kafka", str(self.home / "server.properties"), jvm=jvm))
 
     def check(self, timeout: float) -> Health:
-        """A metadata request answered by the broker."""
+        """A metadata request answered by the broker, signed in as the broker itself: the stages'
+        SCRAM credentials may not exist yet (after_ready makes them)."""
         from kafka.errors import KafkaError  # noqa: PLC0415
         from topics import admin_client  # noqa: PLC0415 - needs the venv's kafka-python
 
         try:
-            admin = admin_client(self.bootstrap, timeout=timeout, client_id="vaktrom-stack")
+            admin = admin_client(self.settings(BROKER), timeout=timeout, client_id="vaktrom-stack")
         except (KafkaError, OSError, ValueError) as exc:
             return Health(False, f"no answer from {self.bootstrap}: {type(exc).__name__}")
         try:
             brokers = admin.describe_cluster().get("brokers", [])
             topics = [t for t in admin.list_topics() if not t.startswith("__")]
-            return Health(bool(brokers), f"metadata: {len(brokers)} broker, {len(topics)} topics")
+            return Health(bool(brokers), f"metadata: {len(brokers)} broker, {len(topics)} topics, SASL_SSL")
         except (KafkaError, OSError) as exc:
             return Health(False, f"metadata request failed: {type(exc).__name__}: {exc}")
         finally:
             admin.close()
 
     def after_ready(self) -> None:
+        """SCRAM credentials for every principal, the access rules and the topics."""
+        from kafka.errors import KafkaError  # noqa: PLC0415
+        from kafka_acl import grant, set_credentials  # noqa: PLC0415 - infra/, beside this file
         from topics import ensure_topics  # noqa: PLC0415 - infra/topics.py, beside this file
 
-        ensure_topics(self.bootstrap, partitions=self.partitions)
+        broker = self.settings(BROKER)
+        set_credentials(broker, {k: v for k, v in self.credentials().items() if k != BROKER})
+        grant(broker)
+        deadline = time.monotonic() + 15.0
+        while True:  # a new credential reaches the listener a moment after the controller took it
+            try:
+                ensure_topics(self.settings(ADMIN), partitions=self.partitions)
+                return
+            except KafkaError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
 
 # ------------------------------------------------------------------ PostgreSQL

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from migrate import migrate
 from processes import REPO, Service, StackError, log_tail, tree_memory_kib
-from services import MQTT_ADMIN, MQTT_SERVICE, Kafka, Mosquitto, Postgres
-from stackenv import OWNER_DATABASE_KEY, TEST_DATABASE_KEY, TEST_OWNER_DATABASE_KEY
+from services import LOAD, LOCAL_TEST, MQTT_ADMIN, MQTT_BRIDGE, Kafka, Mosquitto, Postgres
+from stackenv import OWNER_DATABASE_KEY, TEST_DATABASE_KEY, TEST_OWNER_DATABASE_KEY, kafka_password_env
 from supervisor import read_status
 
 from contracts.settings import ConfigError, Settings, setting
@@ -138,9 +138,10 @@ def identity_key(state: Path) -> str:
 
 
 def stack_env(settings: StackSettings, services: dict[str, Service]) -> dict[str, str]:
-    postgres, mosquitto = services["postgres"], services["mosquitto"]
+    postgres, mosquitto, kafka = services["postgres"], services["mosquitto"], services["kafka"]
     assert isinstance(postgres, Postgres)
     assert isinstance(mosquitto, Mosquitto)
+    assert isinstance(kafka, Kafka)
     mqtt = mosquitto.credentials()
     return {
         "VAKTROM_MQTT_HOST": settings.host,
@@ -149,15 +150,22 @@ def stack_env(settings: StackSettings, services: dict[str, Service]) -> dict[str
         "VAKTROM_STACK_MQTT_TLS_PORT": str(settings.mqtt_tls_port),
         "VAKTROM_STACK_MQTT_MTLS_PORT": str(settings.mqtt_mtls_port),
         "VAKTROM_STACK_MQTT_TLS_DIR": str(mosquitto.tls_dir),
-        # the pipeline's service account, also for pooled load-test connections of gateway-sim
-        "VAKTROM_MQTT_USERNAME": MQTT_SERVICE,
-        "VAKTROM_MQTT_PASSWORD": mqtt.get(MQTT_SERVICE, ""),
-        "VAKTROM_SIM_MQTT_USERNAME": MQTT_SERVICE,
-        "VAKTROM_SIM_MQTT_PASSWORD": mqtt.get(MQTT_SERVICE, ""),
+        # one broker account per stage (docs/broker-accounts.md): the bridge's (bound to its client
+        # id vaktrom-bridge-1), gateway-sim's pooled load-test connections', and the local-only
+        # account the integration tests stand in for kits and outsiders with
+        "VAKTROM_MQTT_USERNAME": MQTT_BRIDGE,
+        "VAKTROM_MQTT_PASSWORD": mqtt.get(MQTT_BRIDGE, ""),
+        "VAKTROM_SIM_MQTT_USERNAME": LOAD.username,
+        "VAKTROM_SIM_MQTT_PASSWORD": mqtt.get(LOAD.username, ""),
+        "VAKTROM_STACK_MQTT_TEST_USERNAME": LOCAL_TEST.username,
+        "VAKTROM_STACK_MQTT_TEST_PASSWORD": mqtt.get(LOCAL_TEST.username, ""),
         # the registry's account for the dynamic security plugin (kit identities and access rules)
         "VAKTROM_MQTT_ADMIN_USERNAME": MQTT_ADMIN,
         "VAKTROM_MQTT_ADMIN_PASSWORD": mqtt.get(MQTT_ADMIN, ""),
         "VAKTROM_KAFKA_BOOTSTRAP": f"{settings.host}:{settings.kafka_port}",
+        # SCRAM over TLS; each launcher picks its stage's principal (stackenv.kafka_principal)
+        "VAKTROM_KAFKA_CA": str(kafka.ca_file),
+        **kafka_password_env(kafka.credentials()),
         "VAKTROM_DATABASE_URL": postgres.url,
         TEST_DATABASE_KEY: postgres.test_url,  # tests and benchmarks: see infra/stackenv.py
         # the owner of the schema (migrations, DDL); the stages use the application role above

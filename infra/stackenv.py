@@ -8,10 +8,14 @@ demo's archive.
 
     read()       the variables as `infra/stack up` wrote them (the demo's database)
     for_tests()  the same, with VAKTROM_DATABASE_URL pointing at the test database
+    kafka_principal(env, stage)  VAKTROM_KAFKA_USERNAME/PASSWORD of a stage's Kafka principal
 
 Each database has two URLs: VAKTROM_DATABASE_URL connects as the application role (what the stages
 and most tests use: data, no DDL) and VAKTROM_DATABASE_OWNER_URL as the schema's owner (migrations
 and the few tests that create tables).
+
+stack.env names no Kafka principal of its own: a launcher that forgot to pick one gets a stage that
+refuses to start (VAKTROM_KAFKA_USERNAME is not set), not one signed in with too much power.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ __all__ = [
     "TEST_OWNER_DATABASE_KEY",
     "StackEnvError",
     "for_tests",
+    "hosted_registry",
+    "kafka_password_env",
+    "kafka_principal",
     "read",
     "state_dir",
 ]
@@ -33,6 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_DATABASE_KEY = "VAKTROM_TEST_DATABASE_URL"
 OWNER_DATABASE_KEY = "VAKTROM_DATABASE_OWNER_URL"
 TEST_OWNER_DATABASE_KEY = "VAKTROM_TEST_DATABASE_OWNER_URL"
+_KAFKA_PASSWORD_KEY = "VAKTROM_STACK_KAFKA_PASSWORD_"  # noqa: S105 - a variable's name (+ the stage, upper case)
+_KAFKA_PRINCIPAL_PREFIX = "vaktrom-"
 
 
 class StackEnvError(Exception):
@@ -65,3 +74,32 @@ def for_tests(state: Path | None = None) -> dict[str, str]:
         )
     owner = {OWNER_DATABASE_KEY: env[TEST_OWNER_DATABASE_KEY]} if TEST_OWNER_DATABASE_KEY in env else {}
     return {**env, "VAKTROM_DATABASE_URL": url, **owner}
+
+
+def kafka_password_env(passwords: dict[str, str]) -> dict[str, str]:
+    """stack.env's lines for the Kafka principals' passwords (the broker's own stays in its folder)."""
+    return {
+        f"{_KAFKA_PASSWORD_KEY}{name.removeprefix(_KAFKA_PRINCIPAL_PREFIX).upper()}": password
+        for name, password in sorted(passwords.items())
+        if name != "vaktrom-broker"
+    }
+
+
+def kafka_principal(env: dict[str, str], stage: str) -> dict[str, str]:
+    """The variables that make a stage (or, with "admin", a local tool) sign in as its principal."""
+    key = f"{_KAFKA_PASSWORD_KEY}{stage.upper()}"
+    if key not in env:
+        raise StackEnvError(
+            f"stack.env has no {key}: it was written by an older `infra/stack` or names no such "
+            "principal. Run `infra/stack up kafka` (or `make stack-up`) once more."
+        )
+    return {"VAKTROM_KAFKA_USERNAME": f"{_KAFKA_PRINCIPAL_PREFIX}{stage}", "VAKTROM_KAFKA_PASSWORD": env[key]}
+
+
+def hosted_registry(env: dict[str, str]) -> dict[str, str]:
+    """For the response centre, which hosts the registry: care plans go out as the registry's principal."""
+    own = kafka_principal(env, "registry")
+    return {
+        "VAKTROM_REGISTRY_KAFKA_USERNAME": own["VAKTROM_KAFKA_USERNAME"],
+        "VAKTROM_REGISTRY_KAFKA_PASSWORD": own["VAKTROM_KAFKA_PASSWORD"],
+    }

@@ -130,21 +130,22 @@ def _sans(hosts: list[str]) -> list[x509.GeneralName]:
     return out
 
 
-def ensure_server_certificates(folder: Path, hosts: list[str]) -> bool:
-    """The CA and a server certificate for `hosts` in `folder`; True when something was (re)made."""
+def ensure_server_certificates(folder: Path, hosts: list[str], *, name: str = "server") -> bool:
+    """The CA and a server certificate for `hosts` in `folder` (`name`.crt and `name`.key: one CA
+    signs the MQTT broker's and Kafka's); True when something was (re)made."""
     folder.mkdir(parents=True, exist_ok=True)
     made = not (folder / "ca.crt").exists()
     ca = _ca(folder)
-    crt = folder / "server.crt"
+    crt = folder / f"{name}.crt"
     wanted = set(_sans(hosts))
-    if crt.exists() and (folder / "server.key").exists():
+    if crt.exists() and (folder / f"{name}.key").exists():
         cert = x509.load_pem_x509_certificate(crt.read_bytes())
         names = set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
         fresh = cert.not_valid_after_utc - datetime.now(UTC) > timedelta(days=RENEW_DAYS)
         if names == wanted and fresh and cert.issuer == ca[0].subject:
             return made
     cert, key = _leaf(ca, hosts[0], _sans(hosts), ExtendedKeyUsageOID.SERVER_AUTH)
-    _write_key(folder / "server.key", key)
+    _write_key(folder / f"{name}.key", key)
     crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return True
 

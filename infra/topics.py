@@ -1,6 +1,6 @@
 """Create the Kafka topics the stages need (names and settings from `contracts.topics`).
 
-    python infra/topics.py [--bootstrap HOST:PORT] [--prefix P] [--partitions N]
+    python infra/topics.py [--prefix P] [--partitions N]
     python infra/topics.py --delete PREFIX [--delete PREFIX ...]
 
 Idempotent: existing topics are left as they are. Run by `infra/stack up` and by the production
@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
+from contracts.settings import ConfigError, KafkaSettings
 from contracts.topics import kafka_topics
 
 __all__ = ["admin_client", "consumer_lag", "delete_namespaces", "delete_topics", "ensure_topics"]
@@ -29,24 +30,26 @@ __all__ = ["admin_client", "consumer_lag", "delete_namespaces", "delete_topics",
 _DELETE_BATCH = 100  # topics per DeleteTopics request
 
 
-def admin_client(bootstrap: str, *, timeout: float, client_id: str = "vaktrom-topics") -> KafkaAdminClient:
+def admin_client(
+    kafka: KafkaSettings, *, timeout: float, client_id: str = "vaktrom-topics"
+) -> KafkaAdminClient:
     """An admin client that gives up after `timeout` seconds instead of kafka-python's minute."""
     return KafkaAdminClient(
-        bootstrap_servers=bootstrap,
+        **kafka.client_config(),
         client_id=client_id,
         request_timeout_ms=int(timeout * 1000),
         bootstrap_timeout_ms=int(timeout * 1000),
     )
 
 
-def consumer_lag(bootstrap: str, groups: dict[str, str], *, timeout: float = 10.0) -> dict[str, int]:
+def consumer_lag(kafka: KafkaSettings, groups: dict[str, str], *, timeout: float = 10.0) -> dict[str, int]:
     """Records each consumer group has not yet committed, summed over its topics' partitions: {label:
     lag} for `groups` = {label: group id}. Left out: faust's changelogs (written, not consumed) and
     the monitor's own clock ticks (it feeds itself a few every second, so they are never all read)."""
     from kafka.consumer.group import KafkaConsumer  # noqa: PLC0415 - only the callers that ask need it
 
-    admin = admin_client(bootstrap, timeout=timeout, client_id="vaktrom-lag")
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000) + 1000)
+    admin = admin_client(kafka, timeout=timeout, client_id="vaktrom-lag")
+    consumer = KafkaConsumer(**kafka.client_config(), request_timeout_ms=int(timeout * 1000) + 1000)
     try:
         offsets = admin.list_group_offsets(dict.fromkeys(groups.values()))
         out = {}
@@ -65,10 +68,10 @@ def consumer_lag(bootstrap: str, groups: dict[str, str], *, timeout: float = 10.
 
 
 def ensure_topics(
-    bootstrap: str, *, prefix: str = "", partitions: int = 6, timeout: float = 15.0
+    kafka: KafkaSettings, *, prefix: str = "", partitions: int = 6, timeout: float = 15.0
 ) -> list[str]:
     """Create whatever is missing; returns the names created now."""
-    admin = admin_client(bootstrap, timeout=timeout)
+    admin = admin_client(kafka, timeout=timeout)
     try:
         existing = set(admin.list_topics())
         missing = [t for t in kafka_topics(prefix, partitions=partitions) if t.name not in existing]
@@ -93,7 +96,7 @@ def ensure_topics(
         admin.close()
 
 
-def delete_topics(bootstrap: str, prefixes: Iterable[str], *, timeout: float = 30.0) -> list[str]:
+def delete_topics(kafka: KafkaSettings, prefixes: Iterable[str], *, timeout: float = 30.0) -> list[str]:
     """Delete every topic whose name starts with one of `prefixes` (a test's or a benchmark's own
     namespace, faust's changelogs included); returns the names deleted.
 
@@ -104,7 +107,7 @@ def delete_topics(bootstrap: str, prefixes: Iterable[str], *, timeout: float = 3
         raise ValueError(f"refusing to delete topics by an empty prefix (got {wanted!r})")
     if not wanted:
         return []
-    admin = admin_client(bootstrap, timeout=timeout, client_id="vaktrom-topics-cleanup")
+    admin = admin_client(kafka, timeout=timeout, client_id="vaktrom-topics-cleanup")
     try:
         doomed = sorted(t for t in admin.list_topics() if t.startswith(wanted))
         for i in range(0, len(doomed), _DELETE_BATCH):
@@ -114,11 +117,11 @@ def delete_topics(bootstrap: str, prefixes: Iterable[str], *, timeout: float = 3
         admin.close()
 
 
-def delete_namespaces(bootstrap: str, prefixes: Iterable[str]) -> str:
+def delete_namespaces(kafka: KafkaSettings, prefixes: Iterable[str]) -> str:
     """`delete_topics` for a run that is finishing anyway: returns a line to print, never raises."""
     wanted = sorted(set(prefixes))
     try:
-        gone = delete_topics(bootstrap, wanted)
+        gone = delete_topics(kafka, wanted)
     except KafkaError as exc:
         return (
             f"could not delete the Kafka topics of {len(wanted)} namespaces ({type(exc).__name__}: {exc}); "
@@ -131,7 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--bootstrap", default=os.environ.get("VAKTROM_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
     parser.add_argument("--prefix", default=os.environ.get("VAKTROM_TOPIC_PREFIX", ""))
     parser.add_argument(
         "--partitions", type=int, default=int(os.environ.get("VAKTROM_KAFKA_PARTITIONS", "6"))
@@ -140,18 +142,23 @@ def main(argv: list[str] | None = None) -> int:
         "--delete", action="append", default=[], metavar="PREFIX", help="delete the topics under PREFIX"
     )
     args = parser.parse_args(argv)
+    try:  # VAKTROM_KAFKA_* as a stage reads them; the admin principal (docs/kafka-security.md)
+        kafka = KafkaSettings.from_env()
+    except ConfigError as exc:
+        print(f"topics: {exc}", file=sys.stderr)
+        return 1
     if args.delete:
         try:
-            gone = delete_topics(args.bootstrap, args.delete)
+            gone = delete_topics(kafka, args.delete)
         except (KafkaError, ValueError) as exc:
-            print(f"topics: cannot delete at {args.bootstrap}: {exc}", file=sys.stderr)
+            print(f"topics: cannot delete at {kafka.bootstrap}: {exc}", file=sys.stderr)
             return 1
         print(f"topics: deleted {len(gone)}")
         return 0
     try:
-        created = ensure_topics(args.bootstrap, prefix=args.prefix, partitions=args.partitions)
+        created = ensure_topics(kafka, prefix=args.prefix, partitions=args.partitions)
     except KafkaError as exc:
-        print(f"topics: cannot reach Kafka at {args.bootstrap}: {exc}", file=sys.stderr)
+        print(f"topics: cannot reach Kafka at {kafka.bootstrap}: {exc}", file=sys.stderr)
         return 1
     print(f"topics: created {', '.join(created)}" if created else "topics: all present")
     return 0

@@ -42,7 +42,7 @@ class RecordSink:
             attempt += 1
             try:
                 self._producer = KafkaProducer(
-                    bootstrap_servers=kafka.servers,
+                    **kafka.client_config(),
                     client_id=bridge.client_id,
                     acks="all",
                     enable_idempotence=True,

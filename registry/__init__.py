@@ -48,7 +48,7 @@ def create(kafka: KafkaSettings, mqtt: MqttSettings, settings: RegistrySettings)
     return Registry(
         sealer=settings.sealer(),
         broker=broker,
-        publisher=KafkaPlanPublisher(kafka),
+        publisher=KafkaPlanPublisher(settings.publishing_as(kafka)),
         broker_address=(settings.mqtt_public_host or mqtt.host, mqtt.port),
         topic_root=settings.topic_root,
         pairing_ttl=timedelta(hours=settings.pairing_hours),

@@ -1,5 +1,6 @@
 """`python -m registry`: patients, kits and care plans, for operators.
 
+    python -m registry --as-team oslo-east kit pair KIT-0042     # scope: see below
     python -m registry enrol --name "Ola Nordmann" --birth-date 1948-03-01 --national-id 01034812345 \\
         --team oslo-east --condition heart_failure
     python -m registry patient show P-7K2M9QX4TZ3B
@@ -13,6 +14,12 @@
         --spo2-target 88-92 --reason "COPD with hypercapnia, target prescribed by Dr Berg"
     python -m registry careplan propose P-7K2M9QX4TZ3B [--accept --reason "..."]
     python -m registry careplan publish                          # versions Kafka has not taken yet
+
+Scope (docs/access-control.md): a command reaches the centre-wide objects (teams, device profiles,
+kits in stock) and, with `--as-team TEAM`, that team's patients, care plans and kits as a coordinator
+of the team would; another team's object answers "no such ..." (exit 1). `enrol` and `kit cohort`
+act for the team they name. `--every-team` reaches every team's objects (moving a patient between
+teams needs it); it is written to the audit log with each change.
 
 Reads VAKTROM_DATABASE_URL, VAKTROM_KAFKA_BOOTSTRAP, VAKTROM_IDENTITY_KEY (to enrol and show who a
 patient is), VAKTROM_MQTT_HOST/PORT and VAKTROM_MQTT_ADMIN_USERNAME/PASSWORD (kit identities).
@@ -78,6 +85,13 @@ def _threshold(raw: str) -> tuple[str, str, float | None]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m registry", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--as-team", metavar="TEAM", help="act for this team: reach its patients, care plans and kits"
+    )
+    scope.add_argument(
+        "--every-team", action="store_true", help="reach every team's objects (audited as such)"
     )
     sub = parser.add_subparsers(dest="what", required=True)
     enrol = sub.add_parser("enrol", help="enrol a patient (identity sealed; care plan from the condition)")
@@ -182,10 +196,28 @@ class _Context:
 def _enrol(args: argparse.Namespace, c: _Context) -> None:
     identity = Identity(name=args.name, birth_date=args.birth_date, national_id=args.national_id)
     plan = c.registry.enrol(
-        c.conn, c.actor, identity=identity, team_id=args.team, condition=Condition(args.condition),
-        patient_id=args.patient_id, municipality=args.municipality,
+        c.conn, _for_team(c.actor, args.team), identity=identity, team_id=args.team,
+        condition=Condition(args.condition), patient_id=args.patient_id, municipality=args.municipality,
     )  # fmt: skip
     print(f"enrolled {plan.patient_id} (team {plan.team_id}); care plan version 1 published")
+
+
+def _for_team(actor: Actor, team_id: str) -> Actor:
+    """The actor of a command that names its team (`enrol`, `kit cohort`): bound to it unless the
+    operator chose a scope."""
+    if actor.team_id is None and not actor.every_team:
+        return dataclasses.replace(actor, team_id=team_id)
+    return actor
+
+
+def _actor(args: argparse.Namespace) -> Actor:
+    """The operator, in the scope they chose (the `cli:` prefix marks the command line in the audit log)."""
+    name = f"cli:{getpass.getuser()}"
+    if args.as_team:
+        return Actor(name, team_id=args.as_team)
+    if args.every_team:
+        return Actor(f"{name}+every-team")
+    return Actor(name, every_team=False)
 
 
 def _team_add(args: argparse.Namespace, c: _Context) -> None:
@@ -256,7 +288,7 @@ def _kit_cohort(args: argparse.Namespace, c: _Context) -> None:
     result = enrol_cohort(
         c.registry,
         c.conn,
-        c.actor,
+        _for_team(c.actor, args.team),
         rows,
         team_id=args.team,
         since=since,
@@ -337,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"registry: configuration: {exc}", file=sys.stderr)
         return 2
-    actor = Actor(f"cli:{getpass.getuser()}")
+    actor = _actor(args)
     try:
         with psycopg.connect(database.url, autocommit=True, connect_timeout=10) as conn:
             _COMMANDS[args.what, getattr(args, "action", None)](args, _Context(registry, conn, actor, mqtt))

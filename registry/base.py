@@ -19,10 +19,11 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from contracts import CarePlan
+from contracts.mqtt_accounts import kit_id_problem
 from registry.broker import BrokerAdmin
 from registry.identity import Sealer
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")  # fullmatch: `$` would let a final newline by
 _CODE_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"  # no 0/O, 1/I/L, U: read aloud and typed by people
 
 
@@ -48,7 +49,22 @@ class Actor:
 
     username: str
     ip: str | None = None
-    team_id: str | None = None  # a user bound to one team manages only its patients
+    team_id: str | None = None  # a user bound to one team reaches only its patients and kits
+    # Without a team: True reaches every team's objects (a centre-wide account); False reaches
+    # centre-wide objects only (the command line without --as-team, see docs/access-control.md).
+    every_team: bool = True
+
+    def reaches(self, team_id: str | None) -> bool:
+        """Whether an object of `team_id` (None: centre-wide) is within the actor's scope."""
+        if team_id is None or team_id == self.team_id:
+            return True
+        return self.team_id is None and self.every_team
+
+    def unknown(self, what: str) -> str:
+        """The refusal for an object out of scope: the same words as for one that does not exist."""
+        if self.team_id is None and not self.every_team:
+            return f"no {what} among the centre-wide objects (a team's objects need --as-team TEAM)"
+        return f"no {what}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +101,21 @@ class PlanPublisher(Protocol):
 
 
 def _check_id(value: str, what: str) -> str:
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):
         raise RegistryError(
             f"{what} {value!r} must be 1-64 letters, digits or . _ : - (starting with a letter or digit)"
         )
     return value
+
+
+def _check_kit_id(kit_id: str) -> str:
+    """A kit id is also the kit's broker login and client id: it may not be a service account's name
+    or in the broker's own namespaces (contracts.mqtt_accounts)."""
+    _check_id(kit_id, "kit id")
+    problem = kit_id_problem(kit_id)
+    if problem is not None:
+        raise RegistryError(problem)
+    return kit_id
 
 
 def _code_hash(code: str) -> bytes:
@@ -139,18 +165,22 @@ class RegistryCore:
 
     @staticmethod
     def _patient(cur: psycopg.Cursor[Any], patient_id: str, actor: Actor) -> dict[str, Any]:
+        """The patient, when within the actor's scope; another team's answers as one that does not exist."""
         cur.execute("SELECT * FROM patients WHERE patient_id = %s", (patient_id,))
         row = cur.fetchone()
-        if row is None or (actor.team_id is not None and row["team_id"] != actor.team_id):
-            raise RegistryError(f"no patient {patient_id!r} (enrol the patient first)", 404)
+        if row is None or not actor.reaches(row["team_id"]):
+            raise RegistryError(actor.unknown(f"patient {patient_id!r} (enrol the patient first)"), 404)
         return dict(row)
 
     @staticmethod
-    def _kit(cur: psycopg.Cursor[Any], kit_id: str, *, lock: bool = True) -> dict[str, Any]:
+    def _kit(cur: psycopg.Cursor[Any], kit_id: str, actor: Actor, *, lock: bool = True) -> dict[str, Any]:
+        """The kit (locked), when centre-wide stock or of the actor's team; another team's kit answers
+        as one that does not exist."""
+        _check_kit_id(kit_id)  # a row from before the rule must not reach the broker either
         cur.execute(_KIT_FOR_UPDATE if lock else _KIT, (kit_id,))
         row = cur.fetchone()
-        if row is None:
-            raise RegistryError(f"no kit {kit_id!r} (add it with `kit add` first)", 404)
+        if row is None or not actor.reaches(row["team_id"]):
+            raise RegistryError(actor.unknown(f"kit {kit_id!r} (add it with `kit add` first)"), 404)
         return dict(row)
 
     def _require_broker(self) -> Callable[[], BrokerAdmin]:

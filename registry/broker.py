@@ -11,6 +11,11 @@ change costs time in proportion to the number of kits already provisioned (measu
 one by one took 164 s). For a cohort of thousands, `write_offline` adds the kits to the plugin's
 file while the broker is stopped, which takes a second for 10,000 kits; the broker loads them
 when it starts.
+
+A kit's client id is bound to its kit id: the broker refuses its credentials with any other client
+id, so they cannot take over the bridge's (or another kit's) session. And the registry only ever
+changes kits: a name that is not a kit id (`contracts.mqtt_accounts.kit_id_problem`) or a broker
+client with any role but its own `kit:<id>` is refused before a password is set or a client deleted.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from contracts.mqtt_accounts import KIT_ACCOUNT, kit_id_problem, kit_role_name, role_acls
 from contracts.topics import MQTT_ROOT, kit_topic
 
 __all__ = ["BrokerAdmin", "BrokerAdminError", "kit_role", "new_password", "write_offline"]
@@ -51,14 +57,37 @@ def new_password() -> str:
 
 def kit_role(kit_id: str, root: str = MQTT_ROOT) -> dict[str, Any]:
     """The kit's own role: publish to its readings/status/fhir, subscribe to its commands/receipts."""
-    acls = [
-        {"acltype": "publishClientSend", "topic": kit_topic(kit_id, channel, root=root), "allow": True}
-        for channel in ("readings", "status", "fhir")
-    ] + [
-        {"acltype": "subscribeLiteral", "topic": kit_topic(kit_id, channel, root=root), "allow": True}
-        for channel in ("commands", "receipts")
-    ]
-    return {"rolename": f"kit:{kit_id}", "textname": "Vaktrom kit", "acls": acls}
+    kit_topic(kit_id, "readings", root=root)  # ValueError for an id that would widen its topics
+    account = KIT_ACCOUNT.filled(root=root, group="", kit=kit_id)
+    return {"rolename": account.role, "textname": "Vaktrom kit", "acls": role_acls(account, literal=True)}
+
+
+def _check_kit_ids(kit_ids: Iterable[str]) -> None:
+    for kit_id in kit_ids:
+        problem = kit_id_problem(kit_id)
+        if problem is not None or not kit_id or any(c in kit_id for c in "/+#"):
+            raise BrokerAdminError(
+                f"refused to change broker client {kit_id!r}: the registry changes kits' identities "
+                f"only, and {problem or 'a kit id has no / + or #'}"
+            )
+
+
+def _check_kit_client(kit_id: str, client: dict[str, Any] | None) -> None:
+    """A broker client the registry may change: absent, or with its own kit role only and no group."""
+    if client is None:
+        return
+    roles = [r.get("rolename") for r in client.get("roles", [])]
+    groups = [g.get("groupname") for g in client.get("groups", [])]
+    # A client without a role is a kit's only while bound to its kit id: an unbound one, roles or
+    # not, may log in with the bridge's client id, take over its session and get what is queued.
+    lost_role = roles == [] and client.get("clientid") == kit_id
+    if (roles != [kit_role_name(kit_id)] and not lost_role) or groups:
+        raise BrokerAdminError(
+            f"refused to change broker client {kit_id!r}: it is not a kit's identity (roles {roles}, "
+            f"groups {groups}, client id {client.get('clientid')!r}, where a kit has only "
+            f"{kit_role_name(kit_id)!r} and is bound to its kit id); the registry changes "
+            "kits only. Look at it with `mosquitto_ctrl dynsec getClient`."
+        )
 
 
 def _hashed(password: str) -> dict[str, Any]:
@@ -182,48 +211,69 @@ class BrokerAdmin:
             answers.extend(got)
         return answers
 
-    def provision(self, kits: Sequence[tuple[str, str | None]]) -> None:
-        """Create each kit's role and client; a None password leaves it unable to log in until paired.
+    def _existing(self, kit_ids: Sequence[str]) -> set[str]:
+        """The kits among `kit_ids` the broker already has; refuses when one is not a kit's client."""
+        _check_kit_ids(kit_ids)
+        answers = self.run(
+            [{"command": "getClient", "username": k} for k in kit_ids], tolerate=("not found",)
+        )
+        found: set[str] = set()
+        for kit_id, answer in zip(kit_ids, answers, strict=True):
+            client = (answer.get("data") or {}).get("client")
+            _check_kit_client(kit_id, client)
+            if client is not None:
+                found.add(kit_id)
+        return found
 
-        A kit provisioned before keeps its identity: its role's rules are set again, and a given
-        password replaces the old one.
+    def provision(self, kits: Sequence[tuple[str, str | None]]) -> None:
+        """Create each kit's role and client, bound to the client id that is its kit id; a None
+        password leaves it unable to log in until paired.
+
+        A kit provisioned before keeps its identity: its role's rules and its client id are set
+        again, and a given password replaces the old one.
         """
+        existed = self._existing([kit_id for kit_id, _ in kits])
         commands: list[dict[str, Any]] = []
         for kit_id, password in kits:
-            commands.append({"command": "createRole", **kit_role(kit_id, self.root)})
+            role = kit_role(kit_id, self.root)
+            if kit_id in existed:
+                commands.append({"command": "modifyRole", "rolename": role["rolename"], "acls": role["acls"]})
+                commands.append({"command": "setClientId", "username": kit_id, "clientid": kit_id})
+                if password is not None:
+                    commands.append(
+                        {"command": "setClientPassword", "username": kit_id, "password": password}
+                    )
+                continue
+            commands.append({"command": "createRole", **role})
             client: dict[str, Any] = {
                 "command": "createClient",
                 "username": kit_id,
-                "roles": [{"rolename": f"kit:{kit_id}"}],
+                "clientid": kit_id,
+                "roles": [{"rolename": role["rolename"]}],
             }
             if password is not None:
                 client["password"] = password
             commands.append(client)
-        answers = self.run(commands, tolerate=("already exists",))
-        existed = {
-            str(c.get("username") or str(c.get("rolename", ""))[len("kit:") :])
-            for c, a in zip(commands, answers, strict=True)
-            if a.get("error")
-        }
-        updates: list[dict[str, Any]] = []
-        for kit_id, password in kits:
-            if kit_id not in existed:
-                continue
-            role = kit_role(kit_id, self.root)
-            updates.append({"command": "modifyRole", "rolename": role["rolename"], "acls": role["acls"]})
-            if password is not None:
-                updates.append({"command": "setClientPassword", "username": kit_id, "password": password})
-        self.run(updates)
+        # a role left behind by a half-done earlier attempt is fine: the client gets it
+        self.run(commands, tolerate=("Role already exists",))
 
     def set_password(self, kit_id: str, password: str) -> None:
-        self.run([{"command": "setClientPassword", "username": kit_id, "password": password}])
+        if kit_id not in self._existing([kit_id]):
+            raise BrokerAdminError(f"the broker has no kit {kit_id!r}; provision it first")
+        self.run(  # bound again: a password never opens an account that could use another's client id
+            [
+                {"command": "setClientId", "username": kit_id, "clientid": kit_id},
+                {"command": "setClientPassword", "username": kit_id, "password": password},
+            ]
+        )
 
     def revoke(self, kit_ids: Sequence[str]) -> None:
         """Delete the kits' clients (which disconnects them at once) and their roles."""
+        self._existing(kit_ids)
         commands: list[dict[str, Any]] = []
         for kit_id in kit_ids:
             commands.append({"command": "deleteClient", "username": kit_id})
-            commands.append({"command": "deleteRole", "rolename": f"kit:{kit_id}"})
+            commands.append({"command": "deleteRole", "rolename": kit_role_name(kit_id)})
         self.run(commands, tolerate=("not found",))
 
 
@@ -258,7 +308,11 @@ def write_offline(
     except (OSError, ValueError) as exc:
         raise BrokerAdminError(f"cannot read the dynamic security configuration {config}: {exc}") from exc
     names = {kit_id for kit_id, _ in kits}
-    roles = {f"kit:{k}" for k in names}
+    _check_kit_ids(names)
+    for client in doc.get("clients", []):
+        if client.get("username") in names:
+            _check_kit_client(str(client["username"]), client)
+    roles = {kit_role_name(k) for k in names}
     doc["clients"] = [c for c in doc.get("clients", []) if c.get("username") not in names]
     doc["roles"] = [r for r in doc.get("roles", []) if r.get("rolename") not in roles]
     for kit_id, password in kits:
@@ -269,6 +323,7 @@ def write_offline(
         doc["clients"].append(
             {
                 "username": kit_id,
+                "clientid": kit_id,
                 "textName": "Vaktrom kit",
                 **_hashed(password),
                 "roles": [{"rolename": role["rolename"]}],

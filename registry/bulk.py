@@ -20,6 +20,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from contracts import CarePlan, Condition
+from registry.base import _check_kit_id
 from registry.careplans import default_plan
 from registry.store import Actor, Credentials, Registry, RegistryError
 
@@ -79,6 +80,8 @@ def enrol_cohort(
     clock: Callable[[], float],
 ) -> BulkResult:
     """Register the cohort, then issue every kit's credentials (see `Registry.issue_credentials`)."""
+    for row in rows:
+        _check_kit_id(str(row["kit"]))
     seconds: dict[str, float] = {}
     began = clock()
     now = datetime.now(UTC)

@@ -25,6 +25,7 @@ from registry.base import (
     RegistryCore,
     RegistryError,
     _check_id,
+    _check_kit_id,
     _code_hash,
 )
 from registry.broker import new_password
@@ -62,7 +63,7 @@ class KitOperations(RegistryCore):
 
     def kits(self, conn: psycopg.Connection[Any], actor: Actor, *, limit: int = 500) -> list[dict[str, Any]]:
         """Kits with their state, devices and current patient (by pseudonym); a team-bound actor sees
-        kits in stock and those with the team's patients."""
+        the centre-wide stock and the team's kits."""
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
                 """
@@ -71,11 +72,10 @@ class KitOperations(RegistryCore):
                        (SELECT count(*) FROM kit_devices d WHERE d.kit_id = k.kit_id) AS devices
                 FROM kits k
                 LEFT JOIN kit_assignments a ON a.kit_id = k.kit_id AND a.assigned_until IS NULL
-                LEFT JOIN patients p ON p.patient_id = a.patient_id
-                WHERE %(team)s::text IS NULL OR k.state = 'in_stock' OR p.team_id = %(team)s
+                WHERE k.team_id IS NULL OR k.team_id = %(team)s OR (%(team)s::text IS NULL AND %(every)s)
                 ORDER BY k.updated_at DESC LIMIT %(limit)s
                 """,
-                {"team": actor.team_id, "limit": limit},
+                {"team": actor.team_id, "every": actor.every_team, "limit": limit},
             )
             rows = cur.fetchall()
             self._audit(cur, actor, "registry.kits.view", detail={"rows": len(rows)})
@@ -92,7 +92,7 @@ class KitOperations(RegistryCore):
         devices: Sequence[KitDevice] = (),
     ) -> None:
         """A kit in stock with its devices, and its broker identity (no password until paired)."""
-        _check_id(kit_id, "kit id")
+        _check_kit_id(kit_id)
         for device in devices:
             _check_id(device.serial, "device serial")
         broker = self._require_broker()
@@ -129,11 +129,13 @@ class KitOperations(RegistryCore):
         if at.tzinfo is None:
             raise RegistryError("the assignment time needs a time zone offset")
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            kit = self._kit(cur, kit_id)
+            kit = self._kit(cur, kit_id, actor)
             if kit["state"] == "retired":
                 raise RegistryError(f"kit {kit_id} is retired and cannot be assigned", 409)
-            self._patient(cur, patient_id, actor)
+            patient = self._patient(cur, patient_id, actor)
             self._close_assignment(cur, kit_id, at, handing_to=patient_id)
+            # Another team's unclaimed codes die: they must not yield this patient's kit's credentials.
+            cur.execute(_EXPIRE_CODES + " AND team_id <> %s", (kit_id, patient["team_id"]))
             try:
                 cur.execute(
                     "INSERT INTO kit_assignments (kit_id, patient_id, assigned_from) VALUES (%s, %s, %s)",
@@ -162,7 +164,7 @@ class KitOperations(RegistryCore):
         """The kit comes back to stock at `at`; later readings are rejected as unassigned."""
         at = at or datetime.now(UTC)
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            kit = self._kit(cur, kit_id)
+            kit = self._kit(cur, kit_id, actor)
             if kit["state"] != "assigned":
                 raise RegistryError(f"kit {kit_id} is {kit['state'].replace('_', ' ')}, not assigned", 409)
             self._close_assignment(cur, kit_id, at)
@@ -204,7 +206,7 @@ class KitOperations(RegistryCore):
         at = at or datetime.now(UTC)
         broker = self._require_broker()
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            kit = self._kit(cur, kit_id)
+            kit = self._kit(cur, kit_id, actor)
             if kit["state"] == "retired":
                 raise RegistryError(f"kit {kit_id} is already retired", 409)
             self._close_assignment(cur, kit_id, at)
@@ -223,14 +225,14 @@ class KitOperations(RegistryCore):
         code = "-".join(raw[i : i + 4] for i in range(0, 12, 4))
         expires = datetime.now(UTC) + self.pairing_ttl
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            kit = self._kit(cur, kit_id)
+            kit = self._kit(cur, kit_id, actor)
             if kit["state"] == "retired":
                 raise RegistryError(f"kit {kit_id} is retired", 409)
             cur.execute(_EXPIRE_CODES, (kit_id,))  # one live code per kit
             cur.execute(
-                "INSERT INTO kit_pairings (code_hash, kit_id, created_by, expires_at) VALUES (%s, %s, %s, "
-                "%s)",
-                (_code_hash(code), kit_id, actor.username, expires),
+                "INSERT INTO kit_pairings (code_hash, kit_id, created_by, expires_at, team_id) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (_code_hash(code), kit_id, actor.username, expires, actor.team_id),
             )
             self._audit(
                 cur, actor, "registry.kit.pair", target=kit_id, detail={"expires": expires.isoformat()}
@@ -254,7 +256,7 @@ class KitOperations(RegistryCore):
                     404,
                 )
             kit_id = row["kit_id"]
-            kit = self._kit(cur, kit_id)
+            kit = self._kit(cur, kit_id, Actor(f"kit:{kit_id}"))  # the code stands for the kit, of any team
             if kit["state"] == "retired":
                 raise RegistryError("this kit is retired", 409)
             with broker() as admin:
@@ -282,10 +284,10 @@ class KitOperations(RegistryCore):
         `offline` writes them into a stopped broker's plugin file (see `broker.write_offline`);
         otherwise they go over $CONTROL to the running broker.
         """
-        issued = [(kit_id, new_password()) for kit_id in kit_ids]
+        issued = [(_check_kit_id(kit_id), new_password()) for kit_id in kit_ids]
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            cur.execute("SELECT kit_id, state FROM kits WHERE kit_id = ANY(%s)", (list(kit_ids),))
-            states = {r["kit_id"]: r["state"] for r in cur.fetchall()}
+            cur.execute("SELECT kit_id, state, team_id FROM kits WHERE kit_id = ANY(%s)", (list(kit_ids),))
+            states = {r["kit_id"]: r["state"] for r in cur.fetchall() if actor.reaches(r["team_id"])}
             missing = [k for k in kit_ids if k not in states]
             retired = [k for k, s in states.items() if s == "retired"]
             if missing or retired:

@@ -20,14 +20,14 @@ class KafkaPlanPublisher:
 
     def __init__(self, kafka: KafkaSettings, *, timeout_s: float = 15.0) -> None:
         self.topic = careplan_topic(kafka.topic_prefix)
-        self._servers = kafka.servers
+        self._kafka = kafka
         self._timeout = timeout_s
         self._producer: KafkaProducer | None = None
 
     def _connect(self) -> KafkaProducer:
         if self._producer is None:
             self._producer = KafkaProducer(
-                bootstrap_servers=self._servers,
+                **self._kafka.client_config(),
                 client_id="vaktrom-registry",
                 acks="all",
                 enable_idempotence=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from contracts.settings import ConfigError, Settings, check_ranges, setting
+from contracts.settings import ConfigError, KafkaSettings, Settings, check_ranges, setting
 from contracts.topics import MQTT_ROOT
 from registry.identity import IdentityError, Sealer
 
@@ -43,9 +43,23 @@ class RegistrySettings(Settings):
     pairing_hours: float = setting(
         72.0, env="VAKTROM_PAIRING_HOURS", help="how long a one-time pairing code can be claimed"
     )
+    kafka_username: str | None = setting(
+        None,
+        env="VAKTROM_REGISTRY_KAFKA_USERNAME",
+        help="the registry's Kafka principal where another stage's process hosts it (the console): "
+        "care plans are published as this one, never as the host's (docs/kafka-security.md)",
+    )
+    kafka_password: str | None = setting(
+        None, env="VAKTROM_REGISTRY_KAFKA_PASSWORD", help="its SCRAM password", secret=True
+    )
 
     def validate(self) -> None:
         check_ranges({"VAKTROM_PAIRING_HOURS": (self.pairing_hours, 0.1, 24 * 30)})
+        if bool(self.kafka_username) != bool(self.kafka_password):
+            raise ConfigError(
+                "VAKTROM_REGISTRY_KAFKA_USERNAME and VAKTROM_REGISTRY_KAFKA_PASSWORD go together: "
+                "set both or neither"
+            )
         if self.identity_key:
             try:
                 Sealer.from_key(self.identity_key, old=self.identity_old_keys)
@@ -54,6 +68,12 @@ class RegistrySettings(Settings):
 
     def sealer(self) -> Sealer | None:
         return Sealer.from_key(self.identity_key, old=self.identity_old_keys) if self.identity_key else None
+
+    def publishing_as(self, kafka: KafkaSettings) -> KafkaSettings:
+        """The Kafka connection care plans are published with: the registry's own principal."""
+        if self.kafka_username and self.kafka_password:
+            return kafka.as_principal(self.kafka_username, self.kafka_password)
+        return kafka
 
     def broker_admin(self) -> tuple[str, str] | None:
         if not self.mqtt_admin_username or not self.mqtt_admin_password:

@@ -41,7 +41,10 @@ class Registry(KitOperations):
         name: str,
         municipalities: Sequence[str] = (),
     ) -> None:
-        """A team of the response centre and the municipalities it serves (added to, never removed here)."""
+        """A team of the response centre and the municipalities it serves (added to, never removed here).
+        Teams are centre-wide: a team-bound actor may not add or rename one."""
+        if actor.team_id is not None:
+            raise RegistryError("teams are centre-wide: add or rename them without a team scope", 403)
         with conn.transaction(), conn.cursor() as cur:
             try:
                 cur.execute(
@@ -78,8 +81,9 @@ class Registry(KitOperations):
         sealer = self._require_sealer()
         if not identity.name.strip():
             raise RegistryError("the patient's name is required")
-        if actor.team_id is not None and team_id != actor.team_id:
-            raise RegistryError(f"you may enrol patients of team {actor.team_id} only", 403)
+        if not actor.reaches(team_id):
+            mine = f"team {actor.team_id}" if actor.team_id else "a team you act for (--as-team TEAM)"
+            raise RegistryError(f"you may enrol patients of {mine} only", 403)
         try:
             national_id = check_national_id(identity.national_id) if identity.national_id else None
         except IdentityError as exc:
@@ -172,10 +176,11 @@ class Registry(KitOperations):
                        (SELECT string_agg(a.kit_id, ', ' ORDER BY a.kit_id) FROM kit_assignments a
                          WHERE a.patient_id = p.patient_id AND a.assigned_until IS NULL) AS kits
                 FROM patients p LEFT JOIN patient_identities pi USING (patient_id)
-                WHERE p.discharged_at IS NULL AND (%(team)s::text IS NULL OR p.team_id = %(team)s)
+                WHERE p.discharged_at IS NULL
+                  AND ((%(team)s::text IS NULL AND %(every)s) OR p.team_id = %(team)s)
                 ORDER BY p.created_at DESC LIMIT %(limit)s
                 """,
-                {"team": actor.team_id, "limit": limit},
+                {"team": actor.team_id, "every": actor.every_team, "limit": limit},
             )
             rows = cur.fetchall()
             self._audit(cur, actor, "registry.patients.view", detail={"rows": len(rows)})

@@ -29,6 +29,8 @@ sys.path.insert(0, str(REPO / "infra"))
 import stackenv  # noqa: E402  (infra/ holds scripts, not a package)
 from topics import delete_namespaces  # noqa: E402
 
+from contracts.settings import ConfigError, KafkaSettings  # noqa: E402
+
 STATE = stackenv.state_dir()
 SERVICE_DIRS = ("integration", "e2e")
 
@@ -80,10 +82,23 @@ class Stack:
     def env(self) -> dict[str, str]:
         return dict(self.values)
 
+    def kafka(self, stage: str = "admin", *, prefix: str = "") -> KafkaSettings:
+        """How a client signs in to the local Kafka as `stage`'s principal; "admin" is the local
+        stack's super user, which tests use to feed and read topics (docs/kafka-security.md)."""
+        return KafkaSettings.from_env(
+            {**self.values, **self.kafka_env(stage), "VAKTROM_TOPIC_PREFIX": prefix}
+        )
+
+    def kafka_env(self, stage: str) -> dict[str, str]:
+        """VAKTROM_KAFKA_USERNAME/PASSWORD of `stage`'s principal, for a stage's process."""
+        return stackenv.kafka_principal(self.values, stage)
+
     @property
     def mqtt_auth(self) -> tuple[str, str]:
-        """The local service account: may publish and subscribe anywhere (kits get narrow ones)."""
-        return self.values["VAKTROM_MQTT_USERNAME"], self.values["VAKTROM_MQTT_PASSWORD"]
+        """The local-test account: may publish and subscribe anywhere, exists on the local stack only
+        (tests stand in for kits under their own topic roots; kits and stages get narrow accounts)."""
+        values = self.values
+        return values["VAKTROM_STACK_MQTT_TEST_USERNAME"], values["VAKTROM_STACK_MQTT_TEST_PASSWORD"]
 
 
 def stack_command(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -138,7 +153,7 @@ def _require_healthy(service: str, stack: Stack) -> None:
 
 @dataclass(frozen=True)
 class Broker:
-    """The local Mosquitto and its service account (anonymous clients are refused)."""
+    """The local Mosquitto and its local-test account (anonymous clients are refused)."""
 
     host: str
     port: int
@@ -210,10 +225,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     passed = [n for item in _finished if not item.stash.get(_FAILED, False) for n in item.stash[_NAMESPACES]]
     kept = sum(len(item.stash[_NAMESPACES]) for item in _finished) - len(passed)
     try:
-        bootstrap = stackenv.read(STATE)["VAKTROM_KAFKA_BOOTSTRAP"]
-    except (stackenv.StackEnvError, KeyError):
+        env = stackenv.read(STATE)
+        kafka = KafkaSettings.from_env({**env, **stackenv.kafka_principal(env, "admin")})
+    except (stackenv.StackEnvError, KeyError, ConfigError):
         return
-    line = delete_namespaces(bootstrap, passed) if passed else "no passed test's topics to delete"
+    line = delete_namespaces(kafka, passed) if passed else "no passed test's topics to delete"
     if kept:
         line += (
             f"; kept {kept} namespaces of failed tests (`python infra/topics.py --delete NAME` removes one)"

@@ -209,7 +209,7 @@ def _wait_caught_up(pipe: Pipeline, kit_prefix: str, confirmed: set[str], timeou
     while time.monotonic() < deadline:
         stored = _stored_ids(pipe.stack, kit_prefix)
         try:
-            lag = consumer_lag(pipe.stack.kafka_bootstrap, pipe.groups())
+            lag = consumer_lag(pipe.stack.kafka(), pipe.groups())
         except Exception as exc:
             lag = {"error": str(exc)}  # type: ignore[dict-item]
         if confirmed <= set(stored) and lag and not any(lag.values()):
@@ -356,7 +356,7 @@ def run(
             )
             results.append(res)
     if all(r.passed for r in results):  # a failed run's topics stay for inspection
-        print(f"==> {delete_namespaces(stack.kafka_bootstrap, [f'{pipe.name}.'])}", flush=True)
+        print(f"==> {delete_namespaces(stack.kafka(), [f'{pipe.name}.'])}", flush=True)
     return results
 
 

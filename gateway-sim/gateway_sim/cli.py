@@ -111,7 +111,8 @@ def _mqtt_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--connection-per-kit",
         action="store_true",
-        help="one connection per kit with its own client id, credentials and last will",
+        help="one connection per kit with its own credentials and last will; its client id is its kit "
+        "id, the only one the broker accepts with the kit's credentials",
     )
     g.add_argument(
         "--credentials", type=Path, help="JSON file {kit: {username, password}} for --connection-per-kit"

@@ -149,7 +149,7 @@ class MqttPool:
         self.per_kit = connections is None
         if connections is None:
             groups = [[kit] for kit in kits]
-            ids = list(kits)
+            ids = list(kits)  # a kit's client id is its kit id: the broker binds its credentials to it
         else:
             n = max(1, min(connections, len(kits)))
             groups = [list(kits[i::n]) for i in range(n)]

@@ -164,7 +164,7 @@ class Archive:
         while True:
             try:
                 consumer = KafkaConsumer(
-                    bootstrap_servers=self.kafka.servers,
+                    **self.kafka.client_config(),
                     group_id=self.settings.group_id,
                     client_id=f"{self.settings.group_id}-archive",
                     enable_auto_commit=False,

@@ -41,6 +41,7 @@ from zoneinfo import ZoneInfo
 import faust
 import msgspec
 from aiokafka.errors import KafkaError as AIOKafkaError  # what faust's producer raises
+from faust.auth import SASLCredentials
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -261,6 +262,12 @@ class Monitor:
     alert_path: AlertPathAge = field(default_factory=lambda: AlertPathAge(max_age_s=30.0, what="reading"))
 
 
+def _broker_credentials(kafka: KafkaSettings) -> SASLCredentials | None:
+    """faust's (aiokafka's) sign-in from the shared settings (`KafkaSettings.sasl_credentials`)."""
+    credentials = kafka.sasl_credentials()
+    return None if credentials is None else SASLCredentials(**credentials)
+
+
 def _prepare_topics(kafka: KafkaSettings, names: list[str], ticks: str, replication: int) -> int:
     """Check the input topics and create the tick topic, with one admin connection.
 
@@ -268,7 +275,7 @@ def _prepare_topics(kafka: KafkaSettings, names: list[str], ticks: str, replicat
     meet in one partition; the tick topic gets the same count.
     """
     try:
-        admin = KafkaAdminClient(bootstrap_servers=kafka.servers, client_id="vaktrom-monitor-setup")
+        admin = KafkaAdminClient(**kafka.client_config(), client_id="vaktrom-monitor-setup")
     except KafkaError as exc:
         raise MonitorError(
             f"cannot reach Kafka at {kafka.bootstrap} ({exc}); is it running?", retriable=True
@@ -366,6 +373,7 @@ def build_monitor(
     app = faust.App(
         settings.app_id if not prefix else f"{prefix}{settings.app_id}",
         broker=[f"kafka://{server}" for server in kafka.servers],
+        broker_credentials=_broker_credentials(kafka),
         store=settings.store,
         datadir=settings.data_dir,
         topic_partitions=partitions,

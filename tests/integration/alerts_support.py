@@ -24,8 +24,8 @@ from aiosmtpd.controller import Controller
 from alerts.accounts import Role, add_user, new_session
 from contracts import AlertEvent, EpisodeChange, Severity, topics
 from registry import Identity, Sealer
-from tests.conftest import Stack
-from tests.integration.stage_support import StageProcess, free_port, produce
+from tests.conftest import Stack, stackenv
+from tests.integration.stage_support import StageProcess, free_port, produce, stage_groups
 
 __all__ = [
     "PASSWORD",
@@ -62,8 +62,9 @@ class AlertsProcess(StageProcess):
         if not self.http_port:
             self.http_port = free_port()
         return {
-            "VAKTROM_ALERTS_GROUP": f"{self.name}-alerts",
+            "VAKTROM_ALERTS_GROUP": stage_groups(self.name)["alerts"],
             "VAKTROM_ALERTS_HTTP_PORT": str(self.http_port),
+            **stackenv.hosted_registry(self.stack.values),  # the console publishes care plans
         }
 
     @property

@@ -25,7 +25,7 @@ from contracts import (
 from streams.archive.rows import Rows, measurement_row, rejection_row
 from streams.archive.store import Store
 from tests.conftest import Stack
-from tests.integration.stage_support import StageProcess
+from tests.integration.stage_support import StageProcess, stage_groups
 
 __all__ = ["ArchiveProcess", "make_measurement", "make_rejection", "store_rows", "stored"]
 
@@ -42,7 +42,7 @@ class ArchiveProcess(StageProcess):
 
     def stage_env(self) -> dict[str, str]:
         return {
-            "VAKTROM_ARCHIVE_GROUP": f"{self.name}-archive",
+            "VAKTROM_ARCHIVE_GROUP": stage_groups(self.name)["archive"],
             "VAKTROM_ARCHIVE_STARTUP_TIMEOUT_S": "30",
             "VAKTROM_ARCHIVE_RETRY_MAX_S": "2",
             "VAKTROM_ARCHIVE_INSTANCE_ID": f"{self.name}-archive-1"[:128],

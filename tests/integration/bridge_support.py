@@ -15,8 +15,17 @@ from typing import Any, ClassVar
 from gateway_sim.cli import load_enrolment
 
 from contracts import topics
+from contracts.mqtt_accounts import BRIDGE
 from tests.conftest import REPO, Stack
-from tests.integration.stage_support import StageProcess, consume, enrol, free_port, prepare, sql
+from tests.integration.stage_support import (
+    StageProcess,
+    broker_login,
+    consume,
+    enrol,
+    free_port,
+    prepare,
+    sql,
+)
 
 __all__ = [
     "BridgeProcess",
@@ -38,15 +47,28 @@ class BridgeProcess(StageProcess):
     module: ClassVar[str] = "ingest"
     label: ClassVar[str] = "bridge"
     metrics_env: ClassVar[str] = "VAKTROM_BRIDGE_METRICS_PORT"
+    mqtt_password: str = ""
 
     @property
     def root(self) -> str:
         return f"{self.name}/v1"
 
+    @property
+    def client_id(self) -> str:
+        return f"{self.name}-bridge-1"[:64]
+
     def stage_env(self) -> dict[str, str]:
+        # The test's own bridge account: role `bridge` (contracts.mqtt_accounts), bound to this
+        # bridge's client id, as vaktrom-bridge-1 is to the real one's.
+        if not self.mqtt_password:
+            self.mqtt_password = broker_login(
+                self.stack, self.client_id, role=BRIDGE.role, client_id=self.client_id
+            )
         return {
+            "VAKTROM_MQTT_USERNAME": self.client_id,
+            "VAKTROM_MQTT_PASSWORD": self.mqtt_password,
             "VAKTROM_MQTT_TOPIC_ROOT": self.root,
-            "VAKTROM_BRIDGE_CLIENT_ID": f"{self.name}-bridge-1"[:64],
+            "VAKTROM_BRIDGE_CLIENT_ID": self.client_id,
             "VAKTROM_BRIDGE_SHARE_GROUP": f"{self.name}-bridge"[:64],
             "VAKTROM_BRIDGE_STARTUP_TIMEOUT_S": "30",
         }
@@ -107,9 +129,8 @@ def simulate(
 
 
 def sim_credentials(stack: Stack) -> dict[str, str]:
-    """gateway-sim's pooled connections log in with the local service account."""
-    user, password = stack.mqtt_auth
-    return {"VAKTROM_SIM_MQTT_USERNAME": user, "VAKTROM_SIM_MQTT_PASSWORD": password}
+    """gateway-sim's pooled connections log in with the load generator's own account."""
+    return {k: stack.values[k] for k in ("VAKTROM_SIM_MQTT_USERNAME", "VAKTROM_SIM_MQTT_PASSWORD")}
 
 
 def mosquitto_login(stack: Stack) -> list[str]:

@@ -17,7 +17,6 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
 from contracts import Condition
-from contracts.settings import KafkaSettings
 from registry import Actor, Identity, IdentityError, Registry, Sealer
 from registry.broker import BrokerAdmin
 from registry.identity import check_national_id
@@ -60,7 +59,7 @@ def make_registry(stack: Stack, *, root: str, prefix: str = "") -> Registry:
             password=values["VAKTROM_MQTT_ADMIN_PASSWORD"],
             root=root,
         ),
-        publisher=KafkaPlanPublisher(KafkaSettings(bootstrap=stack.kafka_bootstrap, topic_prefix=prefix)),
+        publisher=KafkaPlanPublisher(stack.kafka("registry", prefix=prefix)),
         broker_address=(stack.mqtt_host, stack.mqtt_port),
         topic_root=root,
         pairing_ttl=timedelta(hours=1),

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +25,53 @@ from tests.conftest import REPO, Stack
 
 sys.path.insert(0, str(REPO / "infra"))
 from enrol import enrol
-from topics import consumer_lag, ensure_topics
+from kafka_acl import grant
+from topics import consumer_lag, delete_topics, ensure_topics
 
-__all__ = ["StageProcess", "consume", "consumer_lag", "enrol", "free_port", "prepare", "produce", "sql"]
+__all__ = [
+    "StageProcess",
+    "broker_login",
+    "consume",
+    "consumer_lag",
+    "delete_namespace",
+    "enrol",
+    "free_port",
+    "prepare",
+    "produce",
+    "sql",
+    "stage_groups",
+]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def dynsec(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """One `mosquitto_ctrl dynsec` command with the broker's admin account (an outsider's tool)."""
+    values = stack.values
+    return subprocess.run(
+        ["mosquitto_ctrl", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port),
+         "-u", values["VAKTROM_MQTT_ADMIN_USERNAME"], "-P", values["VAKTROM_MQTT_ADMIN_PASSWORD"],
+         "dynsec", *args],
+        capture_output=True, text=True, timeout=20, check=False,
+    )  # fmt: skip
+
+
+def broker_login(stack: Stack, username: str, *, role: str, client_id: str | None) -> str:
+    """A service account of the test's own with one role of contracts.mqtt_accounts (bound to
+    `client_id` when given), made with the admin account; returns its password. Repeating it keeps
+    the account and sets a new password."""
+    password = f"pw-{uuid.uuid4().hex}"
+    made = dynsec(stack, "createClient", username, "-p", password, *(["-c", client_id] if client_id else []))
+    if "already exists" in made.stdout + made.stderr:
+        made = dynsec(stack, "setClientPassword", username, password)
+    assert made.returncode == 0, f"mosquitto_ctrl could not make {username}: {made.stdout}{made.stderr}"
+    added = dynsec(stack, "addClientRole", username, role)
+    assert added.returncode == 0, f"mosquitto_ctrl could not give {username} role {role}: {added.stderr}"
+    return password
 
 
 @dataclass
@@ -68,6 +107,7 @@ class StageProcess:
             **self.stack.env,
             "PYTHONPATH": str(REPO),
             "VAKTROM_TOPIC_PREFIX": self.prefix,
+            **self.stack.kafka_env(self.label),  # the stage's own Kafka principal
             self.metrics_env: str(self.metrics_port),
             **self.stage_env(),
             **self.extra_env,
@@ -144,9 +184,21 @@ class StageProcess:
             ) from None
 
 
+def stage_groups(name: str) -> dict[str, str]:
+    """The consumer groups of a test's stages (the monitor's is its faust app id under the prefix)."""
+    return {"monitor": f"{name}.monitor", "archive": f"{name}-archive", "alerts": f"{name}-alerts"}
+
+
 def prepare(stack: Stack, name: str) -> None:
-    """The test's own Kafka topics (one partition each keeps consumption simple)."""
-    ensure_topics(stack.kafka_bootstrap, prefix=f"{name}.", partitions=3)
+    """The test's own Kafka topics (three partitions each), and the stages' access rules for them:
+    the same rules as the stack's own topics get (contracts.kafka_acl)."""
+    ensure_topics(stack.kafka(), prefix=f"{name}.", partitions=3)
+    grant(stack.kafka(), f"{name}.", groups=stage_groups(name))
+
+
+def delete_namespace(stack: Stack, name: str) -> None:
+    """Remove what `prepare` made for a module-wide namespace (its topics; the rules are harmless)."""
+    delete_topics(stack.kafka(), [f"{name}."])
 
 
 def sql(stack: Stack, statement: str, params: Iterable[Any] = ()) -> None:
@@ -160,7 +212,7 @@ def consume(
     """Every record of `topic` from the start: (key, decoded value, headers); stops at `until` records
     or after `idle` seconds without new ones (or `timeout`)."""
     consumer = KafkaConsumer(
-        bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False, consumer_timeout_ms=500
+        **stack.kafka().client_config(), enable_auto_commit=False, consumer_timeout_ms=500
     )
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -187,7 +239,7 @@ def consume(
 
 def produce(stack: Stack, topic: str, records: Iterable[tuple[str, bytes]]) -> int:
     """Send (key, value) records to `topic` and wait until Kafka has every one; returns how many."""
-    producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all", linger_ms=5)
+    producer = KafkaProducer(**stack.kafka().client_config(), acks="all", linger_ms=5)
     try:
         futures = [producer.send(topic, key=key.encode(), value=value) for key, value in records]
         producer.flush(timeout=60)

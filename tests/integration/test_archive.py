@@ -139,7 +139,8 @@ def test_sigterm_stores_what_is_buffered_and_exits_cleanly(archive: ArchiveProce
 
 
 def test_bad_configuration_fails_at_start_with_the_variable_named(stack: Stack) -> None:
-    env = {**stack.env, "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "VAKTROM_ARCHIVE_RETAIN_DAYS": "3"}
+    env = {**stack.env, **stack.kafka_env("archive"), "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
+           "VAKTROM_ARCHIVE_RETAIN_DAYS": "3"}  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-m", "streams.archive"],
         env=env,

@@ -541,7 +541,7 @@ def test_the_application_role_is_neither_superuser_nor_owner(database_url: str, 
     assert me.stdout.strip() == "f|f|f|f|0"
     owner = _psql(
         stack.values["VAKTROM_DATABASE_OWNER_URL"],
-        "SELECT tableowner FROM pg_tables WHERE tablename = 'audit_log'",
+        "SELECT tableowner FROM pg_tables WHERE schemaname = 'audit' AND tablename = 'audit_log'",
     )
     assert owner.stdout.strip() == "vaktrom_audit"
     assert (

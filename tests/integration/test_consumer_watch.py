@@ -22,11 +22,11 @@ from tests.integration.stage_support import prepare
 def test_a_consumer_outside_its_group_is_stalled_and_a_working_one_is_not(stack: Stack, unique: str) -> None:
     prepare(stack, unique)
     topic = topics.alert_topic(f"{unique}.")
-    producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+    producer = KafkaProducer(**stack.kafka().client_config())
     producer.send(topic, value=b"{}", partition=0).get(timeout=30)
     producer.close()
 
-    outside = KafkaConsumer(topic, bootstrap_servers=stack.kafka_bootstrap, group_id=f"{unique}-g")
+    outside = KafkaConsumer(topic, **stack.kafka().client_config(), group_id=f"{unique}-g")
     try:
         watch = StallWatch(away=(KafkaError,), partition=TopicPartition, stall_s=0.0)
         assert not watch.stalled(outside), "the first look only notes where the group stands"
@@ -36,7 +36,7 @@ def test_a_consumer_outside_its_group_is_stalled_and_a_working_one_is_not(stack:
 
     working = KafkaConsumer(
         topic,
-        bootstrap_servers=stack.kafka_bootstrap,
+        **stack.kafka().client_config(),
         group_id=f"{unique}-g",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -60,7 +60,7 @@ def test_short_polls_do_not_keep_a_consumer_from_joining_its_group(stack: Stack,
     `poll_timeout_ms` waits out the join and keeps the short wait for batching afterwards."""
     prepare(stack, unique)
     topic = topics.alert_topic(f"{unique}.")
-    producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+    producer = KafkaProducer(**stack.kafka().client_config())
     for number in range(30):
         producer.send(topic, value=b"{}", partition=number % 3)
     producer.flush(timeout=30)
@@ -68,7 +68,7 @@ def test_short_polls_do_not_keep_a_consumer_from_joining_its_group(stack: Stack,
     for attempt in range(5):
         consumer = KafkaConsumer(
             topic,
-            bootstrap_servers=stack.kafka_bootstrap,
+            **stack.kafka().client_config(),
             group_id=f"{unique}-join{attempt}",
             auto_offset_reset="earliest",
             enable_auto_commit=False,

@@ -28,7 +28,7 @@ FILLER = 400  # readings of other patients waiting before the red one
 def _backlog(stack: Stack, prefix: str) -> None:
     """On partition 0: a kit-status heartbeat three days on, and readings of the first seven hours,
     the last of them patient C's SpO2 85 %."""
-    producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all", linger_ms=5)
+    producer = KafkaProducer(**stack.kafka().client_config(), acks="all", linger_ms=5)
     try:
         status = KitStatusEvent(
             kit_id="D-1-K", patient_id="D-1", state="heartbeat", at=T0 + timedelta(days=3), received_at=T0

@@ -90,7 +90,7 @@ def _sim(bridge: BridgeProcess, stack: Stack, out: Path, *, dry: bool) -> subpro
 
 
 def _records(stack: Stack, topic: str) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=stack.kafka_bootstrap)
+    consumer = KafkaConsumer(**stack.kafka().client_config())
     try:
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         return sum(consumer.end_offsets(parts).values())
@@ -183,7 +183,7 @@ def _catch_up(
     deadline = time.monotonic() + limit
     timeline: list[tuple[float, int, int]] = []
     while True:
-        lag = consumer_lag(stack.kafka_bootstrap, group)["monitor"]
+        lag = consumer_lag(stack.kafka(), group)["monitor"]
         now = time.monotonic()
         if not timeline or now - since - timeline[-1][0] >= 2.0 or not lag:
             try:

@@ -28,6 +28,7 @@ from kafka.consumer.group import KafkaConsumer
 from kafka.structs import TopicPartition
 
 from alerts.accounts import Role
+from contracts.settings import KafkaSettings
 from registry import Identity, Sealer
 from tests.conftest import REPO, STATE, Stack
 from tests.integration.alerts_support import ConsoleClient, bearer, staff, wait_for
@@ -72,9 +73,9 @@ def _record_bytes(record: Any) -> bytes:
     return b"\0".join([record.key or b"", record.value or b"", *(v or b"" for _k, v in record.headers)])
 
 
-def _scan_kafka(bootstrap: str, pattern: re.Pattern[bytes]) -> tuple[int, list[str]]:
+def _scan_kafka(kafka: KafkaSettings, pattern: re.Pattern[bytes]) -> tuple[int, list[str]]:
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=4 * 1024 * 1024,
+        **kafka.client_config(), enable_auto_commit=False, max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024, consumer_timeout_ms=1000, check_crcs=False,
     )  # fmt: skip
     try:
@@ -172,7 +173,7 @@ def test_no_name_or_national_id_in_topics_logs_or_metrics(
             for n in sorted(needles, key=len, reverse=True)
         )
     )
-    scanned, hits = _scan_kafka(stack.kafka_bootstrap, pattern)
+    scanned, hits = _scan_kafka(stack.kafka(), pattern)
     logs = sorted(
         p for p in [*(REPO / "tests" / "artefacts").rglob("*.log"), *(STATE / "logs").glob("*.log"),
                     STATE / "postgres" / "postgres.log"] if p.is_file()

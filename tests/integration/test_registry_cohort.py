@@ -24,7 +24,7 @@ def test_the_simulator_streams_with_credentials_the_registry_issued(
     enrolment, credentials = tmp_path / "enrolment.json", tmp_path / "credentials.json"
     enrolment.write_text(json.dumps(kit_rows(prefix, KITS)))
     env = {
-        **stack.env, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+        **stack.env, **stack.kafka_env("registry"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
         "VAKTROM_MQTT_TOPIC_ROOT": bridge.root, "VAKTROM_TOPIC_PREFIX": bridge.prefix,
     }  # fmt: skip
     made = subprocess.run(

@@ -148,13 +148,14 @@ def test_an_opt_in_rule_switched_on_from_the_command_line_raises_its_alert(
     registry.publisher.close()  # type: ignore[union-attr]
     env = {
         **stack.env,
+        **stack.kafka_env("registry"),
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": str(REPO),
         "VAKTROM_TOPIC_PREFIX": monitor.prefix,
     }
     done = subprocess.run(
-        [sys.executable, "-m", "registry", "careplan", "set", patient, "--rule-on", "HF-2",
-         "--reason", "fast fluid gain last admission"],
+        [sys.executable, "-m", "registry", "--as-team", team, "careplan", "set", patient,
+         "--rule-on", "HF-2", "--reason", "fast fluid gain last admission"],
         capture_output=True, text=True, env=env, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -12,7 +12,6 @@ import psycopg
 import pytest
 
 from contracts import Metric, topics
-from contracts.settings import KafkaSettings
 from registry import PlanChange, Registry, RegistryError
 from registry.bulk import enrol_cohort
 from registry.publish import KafkaPlanPublisher
@@ -86,9 +85,7 @@ def test_a_version_kafka_did_not_take_is_kept_and_published_later(
     patient = enrol(registry, conn, new_team(conn, unique[:40]), "D")
     working = registry.publisher
     # Kafka refuses the next version: its topic (another prefix) does not exist and is not auto-created
-    registry.publisher = KafkaPlanPublisher(
-        KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=f"{unique}-missing."), timeout_s=3
-    )
+    registry.publisher = KafkaPlanPublisher(stack.kafka("registry", prefix=f"{unique}-missing."), timeout_s=3)
     change = PlanChange(reason="tighter", thresholds={"T-1": {"cel": 37.8}})
     with pytest.raises(RegistryError, match="saved but not yet published") as refused:
         registry.careplan_set(conn, OPERATOR, patient, change)

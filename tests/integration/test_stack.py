@@ -67,15 +67,17 @@ def test_mosquitto_pub_reaches_a_paho_subscriber(mqtt: Broker, unique: str) -> N
     assert received == [b'{"hello": "kit"}']
 
 
-def test_kafka_record_round_trips_with_key_and_headers(kafka_bootstrap: str, unique: str) -> None:
+def test_kafka_record_round_trips_with_key_and_headers(
+    stack: Stack, kafka_bootstrap: str, unique: str
+) -> None:
     """A record produced with kafka-python (acks=all, idempotent) comes back with its key and headers."""
     topic = f"{unique}.roundtrip"
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(**stack.kafka().client_config())
     try:
         admin.create_topics([NewTopic(topic, 3, 1)])
     finally:
         admin.close()
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
+    producer = KafkaProducer(**stack.kafka().client_config(), acks="all", enable_idempotence=True)
     headers = [("trace-kit-sent", b"2026-11-22T07:31:00.000Z"), ("schema", b"vaktrom.measurement.v1")]
     metadata = producer.send(topic, key=b"patient-42", value=b'{"value": 82.3}', headers=headers).get(
         timeout=15
@@ -83,7 +85,7 @@ def test_kafka_record_round_trips_with_key_and_headers(kafka_bootstrap: str, uni
     producer.close()
     consumer = KafkaConsumer(
         topic,
-        bootstrap_servers=kafka_bootstrap,
+        **stack.kafka().client_config(),
         group_id=unique,
         auto_offset_reset="earliest",
         consumer_timeout_ms=15000,
@@ -139,13 +141,15 @@ def test_tests_write_to_the_test_database_not_the_demos(stack: Stack, database_u
     assert found == (None,)
 
 
-def test_topics_are_deleted_by_namespace_and_only_those(kafka_bootstrap: str, unique: str) -> None:
+def test_topics_are_deleted_by_namespace_and_only_those(
+    stack: Stack, kafka_bootstrap: str, unique: str
+) -> None:
     """What tests and benchmarks use to remove their topics: one namespace goes, its neighbour stays."""
-    ensure_topics(kafka_bootstrap, prefix=f"{unique}.", partitions=1)
-    ensure_topics(kafka_bootstrap, prefix=f"{unique}x.", partitions=1)
-    gone = delete_topics(kafka_bootstrap, [f"{unique}."])
+    ensure_topics(stack.kafka(), prefix=f"{unique}.", partitions=1)
+    ensure_topics(stack.kafka(), prefix=f"{unique}x.", partitions=1)
+    gone = delete_topics(stack.kafka(), [f"{unique}."])
     assert sorted(gone) == sorted(t.name for t in kafka_topics(f"{unique}."))
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(**stack.kafka().client_config())
     try:
         deadline = time.monotonic() + 15
         while {t for t in admin.list_topics() if t.startswith(f"{unique}.")} and time.monotonic() < deadline:
@@ -155,12 +159,12 @@ def test_topics_are_deleted_by_namespace_and_only_those(kafka_bootstrap: str, un
         admin.close()
     assert left == {t.name for t in kafka_topics(f"{unique}x.")}
     with pytest.raises(ValueError, match="empty prefix"):
-        delete_topics(kafka_bootstrap, [""])
+        delete_topics(stack.kafka(), [""])
 
 
-def test_pipeline_topics_exist_with_their_settings(kafka_bootstrap: str) -> None:
+def test_pipeline_topics_exist_with_their_settings(stack: Stack, kafka_bootstrap: str) -> None:
     """Every topic the contracts name exists; measurement records carry the broker's append time."""
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(**stack.kafka().client_config())
     try:
         present = set(admin.list_topics())
         configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, measurement_topic())])

@@ -74,8 +74,8 @@ def test_addresses_point_at_compose_services_and_their_ports() -> None:
     env = SERVICES["ingest"]["environment"]
     kafka_host, kafka_port = _host_port(env["VAKTROM_KAFKA_BOOTSTRAP"])
     assert kafka_host == "kafka"
-    assert f":{kafka_port}" in SERVICES["kafka"]["environment"]["KAFKA_LISTENERS"]
-    assert f"PLAINTEXT://kafka:{kafka_port}" == SERVICES["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    properties = _kafka_properties()
+    assert properties["advertised.listeners"] == f"CLIENT://kafka:{kafka_port}"
 
     assert env["VAKTROM_MQTT_HOST"] == "mosquitto"
     mosquitto_conf = (REPO / "infra" / "mosquitto" / "mosquitto.prod.conf").read_text()
@@ -91,6 +91,52 @@ def test_addresses_point_at_compose_services_and_their_ports() -> None:
         re.sub(r"\$\{[^}]*\}", "from-env", SERVICES["init"]["environment"]["VAKTROM_DATABASE_URL"])
     )
     assert (owner.username, owner.hostname, owner.path) == ("vaktrom", "timescaledb", db.path)
+
+
+def _kafka_properties() -> dict[str, str]:
+    """server.properties as compose's kafka-init renders it (from its command line)."""
+    import sys  # noqa: PLC0415
+
+    sys.path.insert(0, str(REPO / "infra"))
+    from kafka_init import render_server_properties  # noqa: PLC0415 - infra/ holds scripts
+
+    command = SERVICES["kafka-init"]["command"]
+    option = {command[i]: command[i + 1] for i in range(2, len(command) - 1, 2)}
+    text = render_server_properties(
+        host=option["--host"], port=9092, controller_port=9093, data="/var/lib/kafka/data", partitions=6,
+        tls_dir=Path(option["--tls-dir"]), broker_password="from-env",  # noqa: S106 - a stand-in
+    )  # fmt: skip
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+
+
+def test_kafka_takes_only_sasl_over_tls_and_every_stage_signs_in_as_itself() -> None:
+    """Issue #28, finding 5: no plaintext listener, nothing allowed without a rule, only the broker
+    and the admin are super users; each stage has its own principal and password from .env."""
+    properties = _kafka_properties()
+    assert set(properties["listener.security.protocol.map"].split(",")) == {
+        "CONTROLLER:SASL_SSL",
+        "CLIENT:SASL_SSL",
+    }
+    assert "PLAINTEXT" not in properties["listeners"]
+    assert properties["allow.everyone.if.no.acl.found"] == "false"
+    assert properties["authorizer.class.name"].endswith("StandardAuthorizer")
+    assert properties["super.users"] == "User:vaktrom-broker;User:vaktrom-admin"
+    assert properties["listener.name.client.sasl.enabled.mechanisms"] == "SCRAM-SHA-512,PLAIN"
+    assert "/mnt/shared/config" in [v.split(":")[1] for v in SERVICES["kafka"]["volumes"]]
+    expected = {
+        "ingest": "bridge",
+        "monitor": "monitor",
+        "archive": "archive",
+        "alerts": "alerts",
+        "init": "admin",
+    }
+    for service, principal in expected.items():
+        env = SERVICES[service]["environment"]
+        assert env["VAKTROM_KAFKA_USERNAME"] == f"vaktrom-{principal}", service
+        assert env["VAKTROM_KAFKA_PASSWORD"].startswith(f"${{KAFKA_{principal.upper()}_PASSWORD:?"), service
+        assert env["VAKTROM_KAFKA_CA"] == "/mosquitto/tls/ca.crt"
+    alerts = SERVICES["alerts"]["environment"]
+    assert alerts["VAKTROM_REGISTRY_KAFKA_USERNAME"] == "vaktrom-registry"
 
 
 def test_kits_reach_mosquitto_only_over_tls() -> None:

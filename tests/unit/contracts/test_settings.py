@@ -9,10 +9,47 @@ import pytest
 
 from contracts.settings import ConfigError, DatabaseSettings, KafkaSettings, MqttSettings, Settings, setting
 
+_KAFKA_LOGIN = {"VAKTROM_KAFKA_USERNAME": "vaktrom-bridge", "VAKTROM_KAFKA_PASSWORD": "pw"}
+
 
 def test_defaults_point_at_the_local_stack() -> None:
     assert MqttSettings.from_env({}).port == 11883
-    assert KafkaSettings.from_env({}).servers == ["127.0.0.1:19092"]
+    kafka = KafkaSettings.from_env(_KAFKA_LOGIN)
+    assert kafka.servers == ["127.0.0.1:19092"]
+    assert (kafka.security_protocol, kafka.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+
+
+@pytest.mark.parametrize("missing", ["VAKTROM_KAFKA_USERNAME", "VAKTROM_KAFKA_PASSWORD"])
+def test_kafka_without_a_principal_fails_at_start(missing: str) -> None:
+    """Issue #28, finding 5: a stage started without its Kafka principal names what is missing."""
+    with pytest.raises(ConfigError, match=missing):
+        KafkaSettings.from_env({k: v for k, v in _KAFKA_LOGIN.items() if k != missing})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("VAKTROM_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"), ("VAKTROM_KAFKA_SASL_MECHANISM", "PLAIN"),
+     ("VAKTROM_KAFKA_CA", "/nonexistent/ca.crt")],
+)  # fmt: skip
+def test_bad_kafka_security_fails_at_start(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        KafkaSettings.from_env({**_KAFKA_LOGIN, variable: value})
+
+
+def test_kafka_client_settings_sign_in_over_tls_and_never_show_the_password() -> None:
+    """One place turns the settings into kafka-python's and faust's: SCRAM over verified TLS."""
+    kafka = KafkaSettings.from_env({**_KAFKA_LOGIN, "VAKTROM_KAFKA_PASSWORD": "s3cret"})
+    config = kafka.client_config()
+    assert config["security_protocol"] == "SASL_SSL"
+    assert config["ssl_context"].check_hostname
+    assert (config["sasl_plain_username"], config["sasl_plain_password"]) == ("vaktrom-bridge", "s3cret")
+    faust = kafka.sasl_credentials()
+    assert faust is not None
+    assert faust["mechanism"] == "SCRAM-SHA-512"
+    assert dict(kafka.describe())["VAKTROM_KAFKA_PASSWORD"] == "***"  # noqa: S105 - the mask
+    plain = KafkaSettings.from_env({"VAKTROM_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"})
+    assert plain.client_config() == {"bootstrap_servers": ["127.0.0.1:19092"]}
+    assert plain.sasl_credentials() is None
 
 
 def test_values_are_converted_to_their_types() -> None:
@@ -40,7 +77,7 @@ def test_missing_tls_ca_file_fails_at_start(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bootstrap", ["kafka", "kafka:port", ":9092", "a:9092,b"])
 def test_bad_bootstrap_fails_at_start(bootstrap: str) -> None:
     with pytest.raises(ConfigError, match="VAKTROM_KAFKA_BOOTSTRAP"):
-        KafkaSettings.from_env({"VAKTROM_KAFKA_BOOTSTRAP": bootstrap})
+        KafkaSettings.from_env({**_KAFKA_LOGIN, "VAKTROM_KAFKA_BOOTSTRAP": bootstrap})
 
 
 def test_database_url_must_be_postgres_and_password_is_never_shown() -> None:

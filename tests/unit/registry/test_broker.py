@@ -34,7 +34,8 @@ def test_a_kit_id_that_could_widen_its_topics_is_refused(kit: str) -> None:
 
 def test_offline_kits_are_added_with_the_plugins_password_format(tmp_path: Path) -> None:
     config = tmp_path / "dynsec.json"
-    config.write_text(json.dumps({"clients": [{"username": "admin"}, {"username": "K1"}], "roles": []}))
+    kit = {"username": "K1", "clientid": "K1", "roles": [{"rolename": "kit:K1"}]}  # a kit from before
+    config.write_text(json.dumps({"clients": [{"username": "admin"}, kit], "roles": []}))
     assert write_offline(config, [("K1", "pw-one"), ("K2", "pw-two")]) == 2
     doc = json.loads(config.read_text())
     users = [c["username"] for c in doc["clients"]]

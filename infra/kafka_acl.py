@@ -1,0 +1,166 @@
+"""Apply Kafka's principals to a broker: SCRAM credentials and the access rules of contracts/kafka_acl.py.
+
+    python infra/kafka_acl.py [grant] [--prefix P]   the rules for the topics under P (as VAKTROM_KAFKA_*)
+    python infra/kafka_acl.py setup                  compose: passwords from .env, then the rules
+
+Idempotent: Kafka keeps one copy of an access rule however often it is created, and a credential
+set again replaces the old one (that is how a password is rotated: docs/kafka-security.md).
+`infra/stack up` runs both for the stack's own topics; tests and benchmarks call `grant` for their
+topic prefixes and consumer groups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Mapping
+
+from kafka.admin import (
+    ACL,
+    ACLFilter,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    KafkaAdminClient,
+    ResourcePattern,
+    ResourceType,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
+)
+from kafka.errors import KafkaError
+
+from contracts.kafka_acl import ADMIN, BROKER, PRINCIPALS, KafkaAcl, kafka_acls
+from contracts.settings import ConfigError, KafkaSettings
+
+__all__ = ["AclError", "grant", "set_credentials", "to_kafka"]
+
+_RESOURCES = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}
+_OPERATIONS = {
+    "read": ACLOperation.READ,
+    "write": ACLOperation.WRITE,
+    "describe": ACLOperation.DESCRIBE,
+    "create": ACLOperation.CREATE,
+    "describe_configs": ACLOperation.DESCRIBE_CONFIGS,
+}
+
+
+class AclError(Exception):
+    """The broker refused to store a credential or an access rule; the message says which and why."""
+
+
+def to_kafka(rule: KafkaAcl) -> ACL:
+    pattern = ACLResourcePatternType.PREFIXED if rule.prefixed else ACLResourcePatternType.LITERAL
+    return ACL(
+        principal=f"User:{rule.principal}",
+        host="*",
+        operation=_OPERATIONS[rule.operation],
+        permission_type=ACLPermissionType.ALLOW,
+        resource_pattern=ResourcePattern(_RESOURCES[rule.resource], rule.name, pattern),
+    )
+
+
+def _admin(kafka: KafkaSettings, timeout: float) -> KafkaAdminClient:
+    return KafkaAdminClient(
+        **kafka.client_config(),
+        client_id="vaktrom-acl",
+        request_timeout_ms=int(timeout * 1000),
+        bootstrap_timeout_ms=int(timeout * 1000),
+    )
+
+
+def grant(
+    kafka: KafkaSettings, prefix: str = "", *, groups: Mapping[str, str] | None = None, timeout: float = 15.0
+) -> int:
+    """Create the access rules for the topics under `prefix` (`kafka` signs in as a super user);
+    returns how many rules there are."""
+    rules = kafka_acls(prefix, groups=groups)
+    admin = _admin(kafka, timeout)
+    try:
+        result = admin.create_acls([to_kafka(rule) for rule in rules])
+        failed = result.get("failed", [])
+        if failed:
+            raise AclError(f"the broker refused {len(failed)} access rules, e.g. {failed[0]}")
+        _wait_applied(admin, rules[-1], timeout)
+    finally:
+        admin.close()
+    return len(rules)
+
+
+def _wait_applied(admin: KafkaAdminClient, rule: KafkaAcl, timeout: float) -> None:
+    """Wait until the broker's authorizer holds `rule` (the last of one request: they are applied
+    together). The controller has them at once, the authorizer a moment later; a stage started in
+    between would be refused."""
+    wanted = to_kafka(rule)
+    query = ACLFilter(
+        principal=wanted.principal,
+        host="*",
+        operation=wanted.operation,
+        permission_type=ACLPermissionType.ALLOW,
+        resource_pattern=wanted.resource_pattern,
+    )
+    deadline = time.monotonic() + timeout
+    while not admin.describe_acls(query)[0]:
+        if time.monotonic() > deadline:
+            raise AclError(f"the access rules for {rule.name} were not applied within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def set_credentials(kafka: KafkaSettings, passwords: Mapping[str, str], *, timeout: float = 15.0) -> None:
+    """Set the SCRAM-SHA-512 password of each principal (a new one, or a rotation)."""
+    admin = _admin(kafka, timeout)
+    try:
+        errors = admin.alter_user_scram_credentials(
+            [
+                UserScramCredentialUpsertion(user, ScramMechanism.SCRAM_SHA_512, pw)
+                for user, pw in passwords.items()
+            ]
+        )
+    finally:
+        admin.close()
+    refused = {user: error for user, error in errors.items() if error}
+    if refused:
+        raise AclError(f"the broker refused SCRAM credentials: {refused}")
+
+
+def _setup(kafka: KafkaSettings, environ: Mapping[str, str]) -> str:
+    """Compose's first start: sign in as the broker (PLAIN), set every principal's SCRAM password
+    from KAFKA_<STAGE>_PASSWORD and create the access rules for the real topics."""
+    broker = dataclasses.replace(
+        kafka, sasl_mechanism="PLAIN", username=BROKER, password=environ.get("KAFKA_BROKER_PASSWORD", "")
+    )
+    names = [ADMIN, *(p.name for p in PRINCIPALS)]
+    variables = {name: f"KAFKA_{name.removeprefix('vaktrom-').upper()}_PASSWORD" for name in names}
+    missing = [
+        variable for variable in ["KAFKA_BROKER_PASSWORD", *variables.values()] if not environ.get(variable)
+    ]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} not set; they come from .env (see .env.example)")
+    set_credentials(broker, {name: environ[variable] for name, variable in variables.items()})
+    return f"SCRAM credentials for {len(names)} principals, {grant(broker)} access rules"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", nargs="?", choices=["grant", "setup"], default="grant")
+    parser.add_argument("--prefix", default=os.environ.get("VAKTROM_TOPIC_PREFIX", ""))
+    args = parser.parse_args(argv)
+    try:
+        kafka = KafkaSettings.from_env()
+        if args.command == "setup":
+            done = _setup(kafka, os.environ)
+        else:
+            done = f"{grant(kafka, args.prefix)} access rules in place for prefix {args.prefix!r}"
+    except (ConfigError, KafkaError, AclError) as exc:
+        print(f"kafka_acl: {exc}", file=sys.stderr)
+        return 1
+    print(f"kafka_acl: {done}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""Kafka's configuration and TLS files, for the local stack and for compose's `kafka-init` service.
+
+    python infra/kafka_init.py --ca-dir /mosquitto/tls --tls-dir /etc/kafka/vaktrom \\
+        --config-dir /mnt/shared/config --host kafka                                   # compose
+
+Reads KAFKA_BROKER_PASSWORD (the broker's own PLAIN password: controller and inter-broker). Writes
+the broker's key and certificate (signed by the stack's CA in --ca-dir, the MQTT broker's) as one
+PEM file with the CA beside it, a client configuration for the health check, and server.properties
+from infra/kafka/server.properties: SASL_SSL on both listeners, the StandardAuthorizer, and super
+users the broker and the admin only (docs/kafka-security.md). `infra/stack` uses the same functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tls import ensure_server_certificates
+
+__all__ = ["render_server_properties", "write_private", "write_tls"]
+
+TEMPLATE = Path(__file__).resolve().parent / "kafka" / "server.properties"
+BROKER = "vaktrom-broker"  # contracts.kafka_acl.BROKER (this script runs without the project)
+ADMIN = "vaktrom-admin"
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write `data` readable by its owner only (keys, passwords)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
+def write_tls(ca_dir: Path, tls_dir: Path, hosts: list[str]) -> None:
+    """kafka.pem (key, then certificate: Kafka's PEM keystore) and ca.crt in `tls_dir`."""
+    ensure_server_certificates(ca_dir, hosts, name="kafka")
+    write_private(
+        tls_dir / "kafka.pem", (ca_dir / "kafka.key").read_bytes() + (ca_dir / "kafka.crt").read_bytes()
+    )
+    (tls_dir / "ca.crt").write_bytes((ca_dir / "ca.crt").read_bytes())
+
+
+def render_server_properties(
+    *,
+    host: str,
+    port: int,
+    controller_port: int,
+    data: str,
+    partitions: int,
+    tls_dir: Path,
+    broker_password: str,
+) -> str:
+    if not broker_password or '"' in broker_password or "\\" in broker_password:
+        raise ValueError(
+            "the broker's password must be set and hold no quote or backslash (it goes into JAAS)"
+        )
+    return (
+        TEMPLATE.read_text()
+        .replace("@HOST@", host)
+        .replace("@PORT@", str(port))
+        .replace("@CONTROLLER_PORT@", str(controller_port))
+        .replace("@DATA@", data)
+        .replace("@PARTITIONS@", str(partitions))
+        .replace("@TLS_DIR@", str(tls_dir))
+        .replace("@BROKER_USER@", BROKER)
+        .replace("@BROKER_PASSWORD@", broker_password)
+        .replace("@ADMIN_USER@", ADMIN)
+    )
+
+
+def _client_config(tls_dir: Path, broker_password: str) -> str:
+    """Signs Kafka's own command-line tools in as the broker (the container's health check)."""
+    return (
+        "security.protocol=SASL_SSL\nsasl.mechanism=PLAIN\n"
+        "sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{BROKER}" password="{broker_password}";\n'
+        f"ssl.truststore.type=PEM\nssl.truststore.location={tls_dir / 'ca.crt'}\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--ca-dir", type=Path, required=True, help="the stack's CA (infra/tls.py)")
+    parser.add_argument("--tls-dir", type=Path, required=True, help="where the broker reads its TLS files")
+    parser.add_argument("--config-dir", type=Path, required=True, help="where server.properties goes")
+    parser.add_argument("--host", default="kafka", help="the name clients and the broker reach it by")
+    parser.add_argument("--port", type=int, default=9092)
+    parser.add_argument("--controller-port", type=int, default=9093)
+    parser.add_argument("--data", default="/var/lib/kafka/data")
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--owner", type=int, default=None, help="uid that runs the broker (files are 0600)")
+    args = parser.parse_args(argv)
+    password = os.environ.get("KAFKA_BROKER_PASSWORD", "")
+    try:
+        write_tls(args.ca_dir, args.tls_dir, [args.host])
+        properties = render_server_properties(
+            host=args.host, port=args.port, controller_port=args.controller_port, data=args.data,
+            partitions=args.partitions, tls_dir=args.tls_dir, broker_password=password,
+        )  # fmt: skip
+        write_private(args.config_dir / "server.properties", properties.encode())
+        write_private(args.tls_dir / "client.properties", _client_config(args.tls_dir, password).encode())
+        if args.owner is not None:
+            for path in (args.config_dir / "server.properties", *args.tls_dir.iterdir()):
+                os.chown(path, args.owner, args.owner)
+    except (OSError, ValueError) as exc:
+        print(f"kafka_init: {exc} (KAFKA_BROKER_PASSWORD comes from .env)", file=sys.stderr)
+        return 1
+    print(f"kafka_init: TLS files in {args.tls_dir}, server.properties in {args.config_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,351 @@
+"""Attacker tests on Kafka (issue #28, finding 5): forged records on Kafka, and the privilege of each
+broker account.
+
+Before, Kafka had one plaintext listener and no authorizer: anything that reached it could publish
+a care plan with a higher version that switches a patient's red rules off, or a "resolved" alert
+event, and every stage could write every topic. Here an outsider (no credentials, TLS without
+SASL, a wrong password) is refused at the door, and each stage's principal is refused, topic by
+topic, wherever the table in contracts/kafka_acl.py does not let it write or read; the cases are
+generated from that table, and the admin principal then reads the topic to show the forged record
+is not there. Outside clients drive some refusals too: kcat (librdkafka) for the doors, Kafka's own
+console producer (Java) for a stage's forged write (Debian's kcat links librdkafka 2.0.2, whose
+SCRAM client cannot sign in to Kafka 4: its nonce bug was fixed in librdkafka 2.6.1).
+
+That each stage still does its job with its principal is what the stages' own integration tests
+prove (they run every stage under its own principal); here a positive control per allowed write and
+read keeps the refusals from passing for a reason that has nothing to do with access rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kafka.consumer.group import KafkaConsumer
+from kafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaTimeoutError,
+    TopicAuthorizationFailedError,
+)
+from kafka.producer.kafka import KafkaProducer
+from kafka.structs import TopicPartition
+
+from contracts import topics
+from contracts.kafka_acl import PRINCIPALS, principal
+from contracts.settings import KafkaSettings
+from tests.conftest import REPO, STATE, Stack
+from tests.integration.stage_support import consume, delete_namespace, prepare, stage_groups
+
+Topic = Callable[[str], str]
+
+# Every pipeline topic; a topic added to contracts.topics without a place here fails
+# test_every_pipeline_topic_is_in_the_matrix, so no new topic escapes the matrix.
+TOPICS: dict[str, Topic] = {
+    "measurements": topics.measurement_topic,
+    "rejections": topics.rejection_topic,
+    "kit-status": topics.kit_status_topic,
+    "alerts": topics.alert_topic,
+    "careplans": topics.careplan_topic,
+    "quarantine": topics.quarantine_topic,
+}
+_NAME = {fn: label for label, fn in TOPICS.items()}
+
+
+def _forged(topic: str, marker: str) -> bytes:
+    """A forged record as an attacker would write it: the payloads of finding 5 where they apply."""
+    if topic == "careplans":  # a newer version that switches the patient's red rules off
+        body = {"patient_id": marker, "version": 1_000_000, "rules_off": ["HF-1", "HF-2", "NEWS2-S1"]}
+    elif topic == "alerts":  # an episode closed that nobody closed
+        body = {"episode_id": marker, "version": 1_000_000, "change": "resolved", "severity": "red"}
+    elif topic == "measurements":  # a reading the kit never took
+        body = {"measurement_id": marker, "patient_id": marker, "metric": "spo2", "value": 99.0}
+    else:
+        body = {"forged": marker}
+    return json.dumps(body).encode()
+
+
+WRITE_REFUSALS = [
+    pytest.param(p.stage, label, id=f"{p.stage}-writes-{label}")
+    for p in PRINCIPALS
+    for label, fn in TOPICS.items()
+    if fn not in p.writes
+]
+READ_REFUSALS = [
+    pytest.param(p.stage, label, id=f"{p.stage}-reads-{label}")
+    for p in PRINCIPALS
+    for label, fn in TOPICS.items()
+    if fn not in p.reads
+]
+GROUP_REFUSALS = [
+    pytest.param(p.stage, other.stage, id=f"{p.stage}-joins-{other.stage}")
+    for p in PRINCIPALS
+    for other in PRINCIPALS
+    if other.group and other is not p
+]
+ALLOWED = [
+    pytest.param(p.stage, _NAME[fn], kind, id=f"{p.stage}-{kind}s-{_NAME[fn]}")
+    for p in PRINCIPALS
+    for kind, fns in (("write", p.writes), ("read", p.reads))
+    for fn in fns
+]
+
+
+@pytest.fixture(scope="module")
+def namespace(stack: Stack) -> Iterator[str]:
+    """One topic namespace for the whole module, with the stages' rules as the stack's topics get them."""
+    name = f"atk{uuid.uuid4().hex[:8]}"
+    prepare(stack, name)
+    yield name
+    delete_namespace(stack, name)
+
+
+def _client(stack: Stack, stage: str) -> KafkaSettings:
+    return stack.kafka(stage)
+
+
+def _marker() -> str:
+    return f"forged-{uuid.uuid4().hex[:12]}"
+
+
+def _on_topic(stack: Stack, topic: str, marker: str) -> bool:
+    """Whether a record keyed `marker` is on `topic`, read by the admin principal."""
+    return any(key == marker.encode() for key, _value, _headers in consume(stack, topic, idle=1.0))
+
+
+def _poll(consumer: KafkaConsumer) -> None:
+    """Poll for five seconds: an access rule's refusal comes back with the first fetch or join."""
+    for _ in range(10):
+        consumer.poll(timeout_ms=500)
+
+
+def _send(kafka: KafkaSettings, topic: str, key: str, value: bytes) -> None:
+    # not idempotent: a principal without any write would be refused one step earlier, for the cluster
+    producer = KafkaProducer(
+        **kafka.client_config(), acks="all", enable_idempotence=False, max_block_ms=10_000
+    )
+    try:
+        producer.send(topic, key=key.encode(), value=value).get(timeout=10)
+    finally:
+        producer.close(timeout=5)
+
+
+def test_every_pipeline_topic_is_in_the_matrix() -> None:
+    """The matrix covers every topic the contracts create, so a new topic is checked from day one."""
+    assert {fn("") for fn in TOPICS.values()} == {t.name for t in topics.kafka_topics()}
+
+
+@pytest.mark.parametrize(("stage", "label"), WRITE_REFUSALS)
+def test_a_stage_cannot_forge_records_on_a_topic_it_does_not_own(
+    stack: Stack, namespace: str, stage: str, label: str
+) -> None:
+    """Finding 5, classes "forged records on Kafka" and "privilege of each broker account": a stage's
+    principal writing another stage's topic (a newer care plan, a "resolved" alert event, a
+    measurement...) is refused with TopicAuthorizationFailed, and the record is not on the topic."""
+    topic, marker = TOPICS[label](f"{namespace}."), _marker()
+    with pytest.raises(TopicAuthorizationFailedError):
+        _send(_client(stack, stage), topic, marker, _forged(label, marker))
+    assert not _on_topic(stack, topic, marker), f"{stage}'s forged record is on {topic}"
+
+
+def test_no_stage_but_the_monitor_can_forge_its_state(stack: Stack, namespace: str) -> None:
+    """Finding 5, class "privilege of each broker account": the monitor's own topics (its state's
+    changelog) are its alone; any other stage writing there is refused."""
+    topic = f"{stage_groups(namespace)['monitor']}-state-changelog"
+    for row in PRINCIPALS:
+        if row.stage != "monitor":
+            with pytest.raises(TopicAuthorizationFailedError):
+                _send(_client(stack, row.stage), topic, _marker(), b"{}")
+
+
+@pytest.mark.parametrize(("stage", "label"), READ_REFUSALS)
+def test_a_stage_cannot_read_a_topic_that_is_not_its_input(
+    stack: Stack, namespace: str, stage: str, label: str
+) -> None:
+    """Finding 5, class "privilege of each broker account": a stage's principal cannot read (or even
+    see) a topic that is not one of its inputs, e.g. the bridge reading care plans or the alert
+    service reading measurements."""
+    topic = TOPICS[label](f"{namespace}.")
+    consumer = KafkaConsumer(**_client(stack, stage).client_config(), enable_auto_commit=False)
+    partition = TopicPartition(topic, 0)
+    try:
+        if TOPICS[label] not in principal(stage).writes:
+            assert topic not in consumer.topics()  # its metadata is withheld: no leader to fetch from
+            with pytest.raises(TopicAuthorizationFailedError):
+                consumer.end_offsets([partition])
+            return
+        # a topic it writes, it may see (write implies describe), but a fetch is refused
+        consumer.assign([partition])
+        consumer.seek(partition, 0)
+        with pytest.raises(TopicAuthorizationFailedError):
+            _poll(consumer)
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize(("stage", "other"), GROUP_REFUSALS)
+def test_a_stage_cannot_join_another_stages_consumer_group(
+    stack: Stack, namespace: str, stage: str, other: str
+) -> None:
+    """Finding 5, class "privilege of each broker account": joining another stage's consumer group
+    (to steal its partitions or move its committed offsets) is refused with GroupAuthorizationFailed."""
+    group = stage_groups(namespace)[other]
+    row = principal(stage)
+    topic = (row.reads or (topics.measurement_topic,))[0](f"{namespace}.")
+    consumer = KafkaConsumer(
+        topic, **_client(stack, stage).client_config(), group_id=group, enable_auto_commit=False
+    )
+    try:
+        with pytest.raises((GroupAuthorizationFailedError, TopicAuthorizationFailedError)):
+            _poll(consumer)
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize(("stage", "label", "kind"), ALLOWED)
+def test_each_stage_may_do_what_the_table_allows(
+    stack: Stack, namespace: str, stage: str, label: str, kind: str
+) -> None:
+    """Control for the refusals above: the same principals, over the same connection, write their
+    outputs and read their inputs (the stages' integration tests show them doing their jobs)."""
+    topic, kafka = TOPICS[label](f"{namespace}."), _client(stack, stage)
+    if kind == "write":
+        marker = _marker()
+        _send(kafka, topic, marker, _forged(label, marker))
+        assert _on_topic(stack, topic, marker)
+        return
+    consumer = KafkaConsumer(**kafka.client_config(), enable_auto_commit=False)
+    try:
+        assert consumer.end_offsets([TopicPartition(topic, 0)])
+    finally:
+        consumer.close()
+
+
+# ------------------------------------------------------------------ the door: who may sign in at all
+# A kafka-python client refused while it bootstraps raises from its constructor and leaves its
+# wake-up socket pair to the garbage collector; collected here, the warning about it stays here.
+_LEAKS_REFUSED_CLIENTS = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture
+def refused_clients() -> Iterator[None]:
+    yield
+    gc.collect()
+
+
+def _outsider(stack: Stack, **config: object) -> dict[str, object]:
+    return {"bootstrap_servers": stack.kafka_bootstrap, "bootstrap_timeout_ms": 5000, **config}
+
+
+def _send_as_outsider(stack: Stack, topic: str, marker: str) -> None:
+    producer = KafkaProducer(**_outsider(stack), max_block_ms=5000)
+    producer.send(topic, key=marker.encode(), value=_forged("careplans", marker)).get(timeout=5)
+
+
+@_LEAKS_REFUSED_CLIENTS
+def test_a_client_without_credentials_is_refused(stack: Stack, namespace: str, refused_clients: None) -> None:
+    """Finding 5, class "forged records on Kafka": a plaintext client without credentials (anything
+    that reaches the port) cannot even bootstrap, so its newer care plan never lands."""
+    topic, marker = topics.careplan_topic(f"{namespace}."), _marker()
+    with pytest.raises(KafkaTimeoutError):  # refused while it bootstraps
+        _send_as_outsider(stack, topic, marker)
+    assert not _on_topic(stack, topic, marker)
+
+
+@_LEAKS_REFUSED_CLIENTS
+def test_tls_without_sasl_is_refused(stack: Stack, refused_clients: None) -> None:
+    """Finding 5, class "forged records on Kafka": a client that verifies the broker's certificate
+    but brings no credentials is refused too (TLS alone authenticates only the broker)."""
+    ca = stack.values["VAKTROM_KAFKA_CA"]
+    with pytest.raises(KafkaTimeoutError):
+        KafkaConsumer(**_outsider(stack, security_protocol="SSL", ssl_cafile=ca)).topics()
+
+
+@_LEAKS_REFUSED_CLIENTS
+def test_a_wrong_password_is_refused(
+    stack: Stack, caplog: pytest.LogCaptureFixture, refused_clients: None
+) -> None:
+    """Finding 5, class "privilege of each broker account": the registry's name with a wrong
+    password is refused by SCRAM (and the broker says so), as are the admin's and the broker's."""
+    for name in ("registry", "admin"):
+        wrong = dataclasses.replace(stack.kafka(name), password="not-the-password")  # noqa: S106
+        with caplog.at_level(logging.ERROR, logger="kafka"), pytest.raises(KafkaTimeoutError):
+            KafkaConsumer(**wrong.client_config(), bootstrap_timeout_ms=15_000).topics()
+    assert "invalid credentials" in caplog.text
+    broker = dataclasses.replace(stack.kafka("admin"), username="vaktrom-broker", password="guess")  # noqa: S106
+    with pytest.raises(KafkaTimeoutError):
+        KafkaConsumer(**broker.client_config(), bootstrap_timeout_ms=15_000).topics()
+
+
+# ------------------------------------------------------------------ outside clients
+def _kcat(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["kcat", *args], input=stdin, capture_output=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="module")
+def kcat_present() -> None:
+    if subprocess.run(["which", "kcat"], capture_output=True, check=False).returncode != 0:
+        pytest.fail("kcat is not installed; run infra/bootstrap (it installs the Debian kcat package)")
+
+
+def test_kcat_without_credentials_is_refused(stack: Stack, namespace: str, kcat_present: None) -> None:
+    """Finding 5, class "forged records on Kafka", with an outside client (kcat): plaintext and
+    TLS-only connections get no metadata, and a care plan produced through them never lands."""
+    topic, marker = topics.careplan_topic(f"{namespace}."), _marker()
+    ca = stack.values["VAKTROM_KAFKA_CA"]
+    for extra in ([], ["-X", "security.protocol=SSL", "-X", f"ssl.ca.location={ca}"]):
+        listed = _kcat("-b", stack.kafka_bootstrap, *extra, "-L", "-m", "5")
+        assert listed.returncode != 0
+        assert b"Failed to acquire metadata" in listed.stderr
+        produced = _kcat(
+            "-b", stack.kafka_bootstrap, *extra, "-P", "-t", topic, "-k", marker, "-m", "5",
+            stdin=_forged("careplans", marker),
+        )  # fmt: skip
+        assert produced.returncode != 0
+    assert not _on_topic(stack, topic, marker)
+
+
+def test_kafkas_console_producer_as_a_stage_cannot_forge_a_care_plan(
+    stack: Stack, namespace: str, tmp_path: Path
+) -> None:
+    """Finding 5, class "forged records on Kafka", with an outside client (Kafka's own Java console
+    producer): the monitor's principal publishing a newer care plan is refused
+    (TopicAuthorizationException) and the plan is not on the topic."""
+    topic, marker = topics.careplan_topic(f"{namespace}."), _marker()
+    monitor = stack.kafka("monitor")
+    config = tmp_path / "monitor.properties"
+    config.touch(mode=0o600)
+    config.write_text(
+        "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n"
+        "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{monitor.username}" password="{monitor.password}";\n'
+        f"ssl.truststore.type=PEM\nssl.truststore.location={monitor.ca}\n"
+    )
+    java = ["java", "-Xmx128m", "-cp", f"{STATE / 'kafka' / 'libs'}/*",
+            f"-Dlog4j2.configurationFile={REPO / 'infra' / 'kafka' / 'log4j2.properties'}"]  # fmt: skip
+    done = subprocess.run(
+        [*java, "org.apache.kafka.tools.ConsoleProducer", "--bootstrap-server", stack.kafka_bootstrap,
+         "--topic", topic, "--producer.config", str(config),
+         "--property", "parse.key=true", "--property", "key.separator=|"],
+        input=f"{marker}|".encode() + _forged("careplans", marker) + b"\n",
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert b"TopicAuthorizationException" in done.stdout + done.stderr, done.stderr[-2000:]
+    assert not _on_topic(stack, topic, marker)
+
+
+def test_the_table_names_one_principal_per_stage() -> None:
+    """Finding 5, class "privilege of each broker account": no stage shares a principal, and only
+    the bridge writes measurements, only the monitor alert events, only the registry care plans."""
+    names = [p.name for p in PRINCIPALS]
+    assert len(set(names)) == len(names)
+    writers = {label: [p.stage for p in PRINCIPALS if fn in p.writes] for label, fn in TOPICS.items()}
+    assert writers["measurements"] == ["bridge"]
+    assert writers["alerts"] == ["monitor"]
+    assert writers["careplans"] == ["registry"]

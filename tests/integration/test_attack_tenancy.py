@@ -1,0 +1,487 @@
+"""Attacker tests of tenancy (issue #28, finding 2; "What to build" 2 and the cross-tenant class of 5).
+
+A coordinator of team A tries team B's kits and patients through the HTTP API, the console and the
+registry's command line; and the whole route table of the running service is tried by every role
+against objects of the caller's team, another team and the centre (the matrix is generated from
+`app.routes`, so a route added without a scope declaration, or with a path parameter the matrix
+cannot fill, fails here with what to add).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from alerts.accounts import Role, new_session
+from alerts.store import apply_events
+from contracts import EpisodeChange, Severity
+from registry import Registry
+from tests.conftest import Stack
+from tests.integration.alerts_support import AlertsProcess, add_patient, bearer, event, new_id, staff
+from tests.integration.registry_support import OPERATOR, make_registry, new_team
+from tests.integration.tenancy_support import (
+    BEGIN,
+    END,
+    OBJECT_PARAMS,
+    ROLES,
+    RouteSpec,
+    access_table,
+    application,
+    route_table,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+DOC = REPO / "docs" / "access-control.md"
+STATIC_FILE = sorted(p.name for p in (REPO / "alerts" / "static").glob("*.css"))[0]
+
+# Which objects of a kind exist: every kind has the caller's team's and another team's; kits in
+# stock and centre-wide accounts are the centre's.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "patient_id": ("own", "other"),
+    "kit_id": ("own", "other", "centre"),
+    "episode_id": ("own", "other"),
+    "username": ("own", "other", "centre"),
+    "token_id": ("own", "other"),
+}
+# What each object looks like in the database: a refused request must leave all of it unchanged.
+SNAPSHOTS: dict[str, tuple[str, ...]] = {
+    "patient_id": (
+        "SELECT team_id, condition, discharged_at FROM patients WHERE patient_id = %s",
+        "SELECT array_agg(version ORDER BY version) FROM care_plans WHERE patient_id = %s",
+        "SELECT array_agg(kit_id || assigned_from::text || coalesce(assigned_until::text, '-')) "
+        "FROM kit_assignments WHERE patient_id = %s",
+    ),
+    "kit_id": (
+        "SELECT state, team_id, retired_at, credentials_issued_at FROM kits WHERE kit_id = %s",
+        "SELECT array_agg(patient_id || assigned_from::text || coalesce(assigned_until::text, '-') "
+        "ORDER BY assigned_from) FROM kit_assignments WHERE kit_id = %s",
+        "SELECT count(*) FROM kit_pairings WHERE kit_id = %s",
+    ),
+    "episode_id": (
+        "SELECT state, assignee, resolution, resolution_note, closed_at FROM alerts WHERE episode_id = %s",
+        "SELECT count(*) FROM alert_timeline WHERE episode_id = %s "
+        "AND kind NOT IN ('escalation', 'notified', 'notify_failed')",
+    ),
+    "username": (
+        "SELECT role, team_id, active, password_hash FROM users WHERE username = %s",
+        "SELECT count(*) FROM sessions WHERE username = %s",
+    ),
+    "token_id": ("SELECT username, expires_at FROM sessions WHERE token_id = %s::bigint",),
+}
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def service(alerts: AlertsProcess) -> AlertsProcess:
+    alerts.start()
+    return alerts
+
+
+@pytest.fixture
+def registry(stack: Stack, unique: str) -> Iterator[Registry]:
+    made = make_registry(stack, root=f"{unique[:40]}/v1")
+    yield made
+    made.publisher.close()  # type: ignore[union-attr]
+
+
+@dataclass
+class World:
+    """Teams A (the callers') and B (the other), their people and objects, made on demand."""
+
+    conn: psycopg.Connection[Any]
+    stack: Stack
+    registry: Registry
+    unique: str
+    team_a: str = ""
+    team_b: str = ""
+    users: dict[str, str] = field(default_factory=dict)  # role -> username (team A; admin centre-wide)
+    tokens: dict[str, dict[str, str]] = field(default_factory=dict)  # role -> bearer headers
+
+    def __post_init__(self) -> None:
+        self.team_a = new_team(self.conn, f"{self.unique[:36]}-a")
+        self.team_b = new_team(self.conn, f"{self.unique[:36]}-b")
+        for role in (Role.NURSE, Role.PHYSICIAN, Role.COORDINATOR, Role.ADMIN):
+            name = staff(self.conn, role, team=None if role is Role.ADMIN else self.team_a)
+            self.users[role.value] = name
+            self.tokens[role.value] = bearer(self.conn, name)
+        self.tokens["anonymous"] = {}
+
+    def team(self, variant: str) -> str:
+        return self.team_b if variant == "other" else self.team_a
+
+    def patient(self, variant: str) -> str:
+        patient_id = f"P-T{uuid.uuid4().hex[:12].upper()}"
+        add_patient(self.conn, self.stack, patient_id, self.team(variant))
+        return patient_id
+
+    def kit(self, variant: str) -> str:
+        kit_id = f"TK-{uuid.uuid4().hex[:12]}"
+        self.registry.kit_add(self.conn, OPERATOR, kit_id)
+        if variant != "centre":
+            at = datetime.now(UTC) - timedelta(hours=1)
+            self.registry.kit_assign(self.conn, OPERATOR, kit_id, self.patient(variant), at=at)
+        return kit_id
+
+    def episode(self, variant: str) -> str:
+        episode_id = new_id()
+        now = datetime.now(UTC)
+        alert = event(
+            episode_id, 1, EpisodeChange.OPENED, Severity.YELLOW, patient_id=self.patient(variant),
+            opened_at=now, last_seen_at=now, emitted_at=now,
+        )  # fmt: skip
+        apply_events(self.conn, [alert])
+        return episode_id
+
+    def username(self, variant: str) -> str:
+        if variant == "centre":
+            return staff(self.conn, Role.ADMIN)
+        return staff(self.conn, Role.NURSE, team=self.team(variant))
+
+    def token_id(self, variant: str, caller: str, user: str | None = None) -> str:
+        """A token of the path's user, else of the caller ("own") or of a nurse of the other team, by
+        its token id."""
+        owner = user or (self.users.get(caller) if variant == "own" else None)
+        owner = owner or staff(self.conn, Role.NURSE, team=self.team(variant))
+        token = new_session(self.conn, owner, kind="api", lifetime=timedelta(hours=1), ip=None)
+        row = self.conn.execute(
+            "SELECT token_id FROM sessions WHERE token_hash = %s", (hashlib.sha256(token.encode()).digest(),)
+        ).fetchone()
+        assert row is not None, "the token just made is not in sessions"
+        return str(row[0])
+
+    def make(self, kind: str, variant: str, caller: str, made: dict[str, str]) -> str:
+        if kind == "token_id":
+            return self.token_id(variant, caller, made.get("username"))
+        maker: Callable[[str], str] = getattr(self, kind.removesuffix("_id"))
+        return maker(variant)
+
+    def snapshot(self, objects: dict[str, str]) -> list[Any]:
+        return [
+            self.conn.execute(query, (value,)).fetchall()
+            for kind, value in sorted(objects.items())
+            for query in SNAPSHOTS.get(kind, ())
+        ]
+
+
+# A body that passes validation, so a refusal is the route's own answer and not a 422.
+Body = Callable[[World, dict[str, str]], dict[str, Any]]
+_RESOLVE = {"resolution": "other", "note": "tenancy test"}
+BODIES: dict[tuple[str, str], Body] = {
+    ("POST", "/api/v1/alerts/{episode_id}/resolve"): lambda w, o: {"json": _RESOLVE},
+    ("POST", "/alerts/{episode_id}/resolve"): lambda w, o: {"data": _RESOLVE},
+    ("POST", "/api/v1/alerts/{episode_id}/reassign"): lambda w, o: {"json": {"to": w.users["nurse"]}},
+    ("POST", "/alerts/{episode_id}/reassign"): lambda w, o: {"data": {"to": w.users["nurse"]}},
+    ("POST", "/api/v1/alerts/{episode_id}/acknowledge"): lambda w, o: {"json": {}},
+    ("POST", "/api/v1/handover"): lambda w, o: {"json": {"to": None}},
+    ("POST", "/api/v1/patients"): lambda w, o: {
+        "json": {"name": "Tenancy Test", "team_id": w.team_a, "condition": "copd"}
+    },
+    ("POST", "/patients"): lambda w, o: {
+        "data": {"name": "Tenancy Test", "team_id": w.team_a, "condition": "copd"}
+    },
+    ("PUT", "/api/v1/patients/{patient_id}/careplan"): lambda w, o: {"json": {"reason": "tenancy test"}},
+    ("POST", "/patients/{patient_id}/careplan"): lambda w, o: {"data": {"reason": "tenancy test"}},
+    ("POST", "/api/v1/kits"): lambda w, o: {"json": {"kit_id": f"TK-{uuid.uuid4().hex[:12]}"}},
+    ("POST", "/kits"): lambda w, o: {"data": {"kit_id": f"TK-{uuid.uuid4().hex[:12]}"}},
+    ("POST", "/api/v1/kits/{kit_id}/assignment"): lambda w, o: {"json": {"patient_id": w.patient("own")}},
+    ("POST", "/kits/{kit_id}/assign"): lambda w, o: {"data": {"patient_id": w.patient("own")}},
+    ("POST", "/api/v1/kits/{kit_id}/return"): lambda w, o: {"json": {}},
+    ("POST", "/api/v1/kits/{kit_id}/retire"): lambda w, o: {"json": {}},
+    ("POST", "/api/v1/pairing/claim"): lambda w, o: {"json": {"code": "AAAA-BBBB-CCCC"}},
+    ("POST", "/admin/users"): lambda w, o: {
+        "data": {
+            "username": f"t{uuid.uuid4().hex[:10]}",
+            "display_name": "T",
+            "role": "nurse",
+            "password": "a long enough test password",
+            "team": w.team_a,
+        }
+    },
+}
+
+
+def expected(spec: RouteSpec, role: str, variant: str) -> str:
+    """What the route must answer: open (public), login, forbidden (403), hidden (404), allowed."""
+    if spec.scope == "public":
+        return "open"
+    if role == "anonymous":
+        return "login"
+    if spec.roles is not None and Role(role) not in spec.roles:
+        return "forbidden"
+    centre_wide_caller = role == "admin"  # the matrix's admin has no team
+    if variant == "other" and (spec.scope == "self" or (spec.scope == "team" and not centre_wide_caller)):
+        return "hidden"
+    return "allowed"
+
+
+def _to_login(response: httpx.Response) -> bool:
+    return response.status_code == 303 and response.headers.get("location", "").startswith("/login?next=")
+
+
+def judge(outcome: str, response: httpx.Response) -> bool:
+    status = response.status_code
+    if outcome == "login":
+        return status == 401 or _to_login(response)
+    if outcome == "forbidden":
+        return status == 403
+    if outcome == "hidden":
+        return status == 404
+    if outcome == "open":
+        return status < 500 and status not in (401, 403) and not _to_login(response)
+    return status < 500 and status not in (401, 403, 404) and not _to_login(response)
+
+
+def _cases(spec: RouteSpec) -> tuple[str, ...]:
+    if not spec.params:
+        return ("none",)
+    return VARIANTS[spec.params[0]]
+
+
+def run_case(client: httpx.Client, world: World, spec: RouteSpec, role: str, variant: str) -> str | None:
+    """One request; None when it answered as expected, else what went wrong."""
+    objects: dict[str, str] = {}
+    for name in spec.params:  # in path order: a token in /users/{username}/tokens/{token_id} is that user's
+        objects[name] = world.make(name, variant if variant in VARIANTS[name] else "own", role, objects)
+    path = spec.path.replace("{file}", STATIC_FILE).format(**objects)
+    body = BODIES.get((spec.method, spec.path), lambda _w, _o: {})(world, objects)
+    outcome = expected(spec, role, variant)
+    before = world.snapshot(objects) if outcome == "hidden" else None
+    with client.stream(spec.method, path, headers=world.tokens[role], **body) as response:
+        if response.status_code != 200 or "text/event-stream" not in response.headers.get("content-type", ""):
+            response.read()
+    if not judge(outcome, response):
+        hint = " (add a valid body for this route to BODIES)" if response.status_code == 422 else ""
+        return f"{spec.method} {spec.path} as {role}, {variant} object: want {outcome}{hint}, got " + (
+            f"{response.status_code} {response.headers.get('location', '')} {response.text[:160]!r}"
+        )
+    if before is not None and world.snapshot(objects) != before:
+        return f"{spec.method} {spec.path} as {role}: answered 404 but changed the other team's {objects}"
+    return None
+
+
+def test_every_route_declares_its_scope() -> None:
+    """Every route of the service declares a scope and names its path objects so the matrix can fill
+    them ("What to build" 2): a route added later without one fails here, saying what to add."""
+    specs, problems = route_table(application())
+    assert not problems, "\n".join(problems)
+    assert sum(s.path.startswith("/api/v1/") for s in specs) >= 20, "the API routes were not found"
+    assert {p for s in specs for p in s.params} <= set(OBJECT_PARAMS)
+
+
+def test_the_access_control_doc_lists_every_route_as_declared() -> None:
+    """docs/access-control.md's role x operation x scope table is the route table's declarations."""
+    text = DOC.read_text(encoding="utf-8")
+    assert BEGIN in text, f"{DOC.name} needs the generated table between its markers"
+    assert END in text, f"{DOC.name} needs the generated table between its markers"
+    shown = text[text.index(BEGIN) : text.index(END) + len(END)]
+    want = access_table(route_table(application())[0])
+    assert shown == want, (
+        "docs/access-control.md is out of date: replace its table with the output of "
+        "`python -m tests.integration.tenancy_support`"
+    )
+
+
+def test_route_role_team_matrix(  # noqa: PLR0917 (pytest passes fixtures by position)
+    stack: Stack,
+    service: AlertsProcess,
+    conn: psycopg.Connection[Any],
+    registry: Registry,
+    unique: str,
+    artefacts: Path,
+) -> None:
+    """Every route x every role x an object of the caller's team, another team and the centre answers
+    as its declaration says: anonymous to the login, a wrong role 403, another team's object 404 with
+    nothing changed, the caller's own allowed (finding 2's class: cross-tenant access)."""
+    specs, problems = route_table(application())
+    assert not problems, "\n".join(problems)
+    world = World(conn, stack, registry, unique)
+    failures: list[str] = []
+    matrix: list[dict[str, str]] = []
+    with httpx.Client(base_url=service.url, timeout=30, follow_redirects=False) as client:
+        for spec in specs:
+            for role in ROLES:  # each case makes its own objects: no case sees another's changes
+                for variant in _cases(spec):
+                    problem = run_case(client, world, spec, role, variant)
+                    outcome = expected(spec, role, variant)
+                    matrix.append({"method": spec.method, "path": spec.path, "role": role, "object": variant,
+                                   "expected": outcome, "ok": str(problem is None)})  # fmt: skip
+                    if problem:
+                        failures.append(problem)
+    (artefacts / "tenancy-matrix.json").write_text(json.dumps(matrix, indent=1))
+    print(f"tenancy matrix: {len(specs)} routes, {len(matrix)} cases, {len(failures)} failures")
+    assert not failures, f"{len(failures)} of {len(matrix)} cases:\n" + "\n".join(failures)
+    assert len(matrix) >= 5 * len(specs)
+
+
+# ------------------------------------------------------------------ finding 2, one action at a time
+@dataclass
+class Teams:
+    """Team A's coordinator, team B's patient holding a kit, team A's patient."""
+
+    coordinator_a: dict[str, str]
+    kit_b: str
+    patient_b: str
+    patient_a: str
+    team_a: str
+    team_b: str
+
+
+@pytest.fixture
+def teams(conn: psycopg.Connection[Any], stack: Stack, registry: Registry, unique: str) -> Teams:
+    team_a, team_b = new_team(conn, f"{unique[:36]}-a"), new_team(conn, f"{unique[:36]}-b")
+    patient_a, patient_b = f"P-A{uuid.uuid4().hex[:10]}", f"P-B{uuid.uuid4().hex[:10]}"
+    add_patient(conn, stack, patient_a, team_a)
+    add_patient(conn, stack, patient_b, team_b)
+    kit_b = f"TK-{uuid.uuid4().hex[:12]}"
+    registry.kit_add(conn, OPERATOR, kit_b)
+    registry.kit_assign(conn, OPERATOR, kit_b, patient_b, at=datetime.now(UTC) - timedelta(hours=1))
+    coordinator = bearer(conn, staff(conn, Role.COORDINATOR, team=team_a))
+    return Teams(coordinator, kit_b, patient_b, patient_a, team_a, team_b)
+
+
+def _kit_state(conn: psycopg.Connection[Any], kit_id: str) -> tuple[Any, ...]:
+    row = conn.execute(
+        "SELECT k.state, k.team_id, k.credentials_issued_at, "
+        "(SELECT count(*) FROM kit_pairings p WHERE p.kit_id = k.kit_id), "
+        "(SELECT patient_id FROM kit_assignments a WHERE a.kit_id = k.kit_id AND a.assigned_until IS NULL) "
+        "FROM kits k WHERE k.kit_id = %s",
+        (kit_id,),
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+@pytest.fixture
+def api(service: AlertsProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"{service.url}/api/v1", timeout=30) as client:
+        yield client
+
+
+def test_a_coordinator_cannot_pair_or_claim_another_teams_kit(
+    api: httpx.Client, conn: psycopg.Connection[Any], teams: Teams
+) -> None:
+    """Finding 2 (pair, claim): team A's coordinator asking for a pairing code of team B's kit gets
+    404 and no code, so there is nothing to claim credentials with; the kit is unchanged."""
+    before = _kit_state(conn, teams.kit_b)
+    paired = api.post(f"/kits/{teams.kit_b}/pairing", headers=teams.coordinator_a)
+    assert paired.status_code == 404, paired.text
+    assert "code" not in paired.json()
+    assert _kit_state(conn, teams.kit_b) == before
+    assert api.post("/pairing/claim", json={"code": "ABCD-EFGH-JKMN"}).status_code == 404
+
+
+def test_a_coordinator_cannot_return_another_teams_kit(
+    api: httpx.Client, conn: psycopg.Connection[Any], teams: Teams
+) -> None:
+    """Finding 2 (return): team B's kit stays with team B's patient."""
+    before = _kit_state(conn, teams.kit_b)
+    answer = api.post(f"/kits/{teams.kit_b}/return", json={}, headers=teams.coordinator_a)
+    assert answer.status_code == 404, answer.text
+    assert _kit_state(conn, teams.kit_b) == before
+
+
+def test_a_coordinator_cannot_reassign_another_teams_kit_to_her_patient(
+    api: httpx.Client, conn: psycopg.Connection[Any], registry: Registry, teams: Teams
+) -> None:
+    """Finding 2 (re-assign): B's kit cannot be handed to A's patient, so B's readings are never
+    attributed to A's patient."""
+    before = _kit_state(conn, teams.kit_b)
+    body = {"patient_id": teams.patient_a}
+    answer = api.post(f"/kits/{teams.kit_b}/assignment", json=body, headers=teams.coordinator_a)
+    assert answer.status_code == 404, answer.text
+    assert _kit_state(conn, teams.kit_b) == before
+    assert before[1] == teams.team_b
+    assert before[4] == teams.patient_b
+    # nor the other way round: a kit of the centre's stock to team B's patient
+    stock = f"TK-{uuid.uuid4().hex[:12]}"
+    registry.kit_add(conn, OPERATOR, stock)
+    body = {"patient_id": teams.patient_b}
+    assert api.post(f"/kits/{stock}/assignment", json=body, headers=teams.coordinator_a).status_code == 404
+    assert _kit_state(conn, stock)[0] == "in_stock"
+
+
+def test_a_coordinator_cannot_retire_another_teams_kit(
+    api: httpx.Client, conn: psycopg.Connection[Any], teams: Teams
+) -> None:
+    """Finding 2 (retire): B's kit keeps its broker identity and its patient."""
+    before = _kit_state(conn, teams.kit_b)
+    answer = api.post(f"/kits/{teams.kit_b}/retire", json={}, headers=teams.coordinator_a)
+    assert answer.status_code == 404, answer.text
+    assert _kit_state(conn, teams.kit_b) == before
+
+
+def test_a_code_one_team_made_dies_when_the_kit_goes_to_another_team(
+    api: httpx.Client, conn: psycopg.Connection[Any], registry: Registry, teams: Teams
+) -> None:
+    """Cross-tenant class, by the side door of finding 2's claim: team A pairs a kit from the
+    centre-wide stock and keeps the code; once team B hands the kit to its patient, A's code no
+    longer yields that kit's broker credentials (B's own code does)."""
+    kit = f"TK-{uuid.uuid4().hex[:12]}"
+    registry.kit_add(conn, OPERATOR, kit)
+    made = api.post(f"/kits/{kit}/pairing", headers=teams.coordinator_a)
+    assert made.status_code == 201, made.text
+    coordinator_b = bearer(conn, staff(conn, Role.COORDINATOR, team=teams.team_b))
+    given = api.post(f"/kits/{kit}/assignment", json={"patient_id": teams.patient_b}, headers=coordinator_b)
+    assert given.status_code == 200, given.text
+    assert api.post("/pairing/claim", json={"code": made.json()["code"]}).status_code == 404
+    theirs = api.post(f"/kits/{kit}/pairing", headers=coordinator_b)
+    claimed = api.post("/pairing/claim", json={"code": theirs.json()["code"]})
+    assert claimed.status_code == 200, claimed.text
+    assert claimed.json()["username"] == kit
+
+
+def test_the_refusal_is_the_same_as_for_a_kit_that_does_not_exist(api: httpx.Client, teams: Teams) -> None:
+    """Cross-tenant class: another team's kit answers exactly as a kit that does not exist, so a
+    coordinator cannot learn which kit ids other teams hold."""
+    theirs = api.post(f"/kits/{teams.kit_b}/retire", json={}, headers=teams.coordinator_a)
+    missing = "TK-never-made"
+    none = api.post(f"/kits/{missing}/retire", json={}, headers=teams.coordinator_a)
+    assert (theirs.status_code, none.status_code) == (404, 404)
+    assert theirs.json()["detail"].replace(teams.kit_b, "K") == none.json()["detail"].replace(missing, "K")
+
+
+def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**stack.env, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "registry", *args], capture_output=True, text=True, env=env, timeout=120,
+        check=False,
+    )  # fmt: skip
+
+
+def test_the_command_line_keeps_to_the_operators_team(
+    stack: Stack, conn: psycopg.Connection[Any], teams: Teams
+) -> None:
+    """Finding 2 through `python -m registry`: acting for team A (`--as-team`), or with no team, an
+    operator cannot pair, return, re-assign or retire team B's kit; acting for team B they can."""
+    before = _kit_state(conn, teams.kit_b)
+    for scope in (("--as-team", teams.team_a), ()):
+        for command in (
+            ("kit", "pair", teams.kit_b),
+            ("kit", "return", teams.kit_b),
+            ("kit", "assign", teams.kit_b, teams.patient_a),
+            ("kit", "retire", teams.kit_b),
+        ):
+            done = _cli(stack, *scope, *command)
+            assert done.returncode == 1, (scope, command, done.stdout, done.stderr)
+            assert f"no kit '{teams.kit_b}'" in done.stderr, done.stderr
+    assert _kit_state(conn, teams.kit_b) == before
+    theirs = _cli(stack, "--as-team", teams.team_b, "kit", "pair", teams.kit_b)
+    assert theirs.returncode == 0, theirs.stderr
+    assert "pairing code for" in theirs.stdout
