@@ -173,6 +173,7 @@ def test_the_command_line_refuses_a_service_accounts_name_and_the_accounts_still
     service account still logs in afterwards with its own password."""
     env = {
         **stack.env,
+        **stack.kafka_env("registry"),
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": str(REPO),
         "VAKTROM_MQTT_TOPIC_ROOT": f"{unique}/v1",
