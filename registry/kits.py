@@ -243,20 +243,33 @@ class KitOperations(RegistryCore):
         """Exchange a pairing code for the kit's credentials, once. The password is new on every claim."""
         broker = self._require_broker()
         password = new_password()
+        unknown = RegistryError(
+            "this pairing code is unknown, used or expired: ask the response centre for a new one", 404
+        )
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
-                "UPDATE kit_pairings SET claimed_at = now(), claimed_ip = %s WHERE code_hash = %s "
-                "AND claimed_at IS NULL AND expires_at > now() RETURNING kit_id",
-                (ip, _code_hash(code)),
+                "SELECT kit_id FROM kit_pairings WHERE code_hash = %s AND claimed_at IS NULL "
+                "AND expires_at > now()",
+                (_code_hash(code),),
             )
             row = cur.fetchone()
             if row is None:
-                raise RegistryError(
-                    "this pairing code is unknown, used or expired: ask the response centre for a new one",
-                    404,
-                )
+                raise unknown
             kit_id = row["kit_id"]
+            # The kit first, then its code: the order of assign, retire and pair, which take the kit and
+            # then expire its codes (the other order deadlocks with them).
             kit = self._kit(cur, kit_id, Actor(f"kit:{kit_id}"))  # the code stands for the kit, of any team
+            cur.execute(
+                "UPDATE kit_pairings SET claimed_at = now(), claimed_ip = %s WHERE code_hash = %s "
+                "AND claimed_at IS NULL AND expires_at > now() RETURNING team_id",
+                (ip, _code_hash(code)),
+            )
+            made = cur.fetchone()
+            # A code made by one team yields nothing once the kit is another team's: its patient may
+            # have moved team since, which expires no code.
+            teams = {made["team_id"], kit["team_id"]} - {None} if made is not None else set()
+            if made is None or len(teams) > 1:
+                raise unknown
             if kit["state"] == "retired":
                 raise RegistryError("this kit is retired", 409)
             with broker() as admin:
