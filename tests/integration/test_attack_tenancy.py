@@ -13,6 +13,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ import pytest
 from alerts.accounts import Role, new_session
 from alerts.store import apply_events
 from contracts import EpisodeChange, Severity
-from registry import Registry
+from registry import Actor, PlanChange, Registry, RegistryError
+from registry.bulk import enrol_cohort
 from tests.conftest import Stack
 from tests.integration.alerts_support import AlertsProcess, add_patient, bearer, event, new_id, staff
 from tests.integration.registry_support import OPERATOR, make_registry, new_team
@@ -44,6 +46,7 @@ from tests.integration.tenancy_support import (
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "access-control.md"
+EVERY_TEAM = Actor("cli:tester+every-team")
 STATIC_FILE = sorted(p.name for p in (REPO / "alerts" / "static").glob("*.css"))[0]
 
 # Which objects of a kind exist: every kind has the caller's team's and another team's; kits in
@@ -485,3 +488,111 @@ def test_the_command_line_keeps_to_the_operators_team(
     theirs = _cli(stack, "--as-team", teams.team_b, "kit", "pair", teams.kit_b)
     assert theirs.returncode == 0, theirs.stderr
     assert "pairing code for" in theirs.stdout
+
+
+# ------------------------------------------------------------------ a patient moving team, the cohort loader
+def _move(registry: Registry, conn: psycopg.Connection[Any], patient_id: str, team: str) -> None:
+    """Move the patient to `team` as the command line's `--every-team` does."""
+    registry.careplan_set(conn, EVERY_TEAM, patient_id, PlanChange(reason="moved team", team_id=team))
+
+
+def test_a_code_made_before_the_patient_moved_team_yields_nothing(
+    api: httpx.Client, conn: psycopg.Connection[Any], registry: Registry, teams: Teams
+) -> None:
+    """Cross-tenant class (claim): team A pairs the kit of its own patient and keeps the code; the
+    patient then moves to team B, taking the kit along. A's code must not yield the broker
+    credentials of what is now team B's kit (the move expired no code: the claim must check)."""
+    kit = f"TK-{uuid.uuid4().hex[:12]}"
+    registry.kit_add(conn, OPERATOR, kit)
+    given = api.post(
+        f"/kits/{kit}/assignment", json={"patient_id": teams.patient_a}, headers=teams.coordinator_a
+    )
+    assert given.status_code == 200, given.text
+    made = api.post(f"/kits/{kit}/pairing", headers=teams.coordinator_a)
+    assert made.status_code == 201, made.text
+    _move(registry, conn, teams.patient_a, teams.team_b)
+    before = _kit_state(conn, kit)
+    assert before[1] == teams.team_b
+    claimed = api.post("/pairing/claim", json={"code": made.json()["code"]})
+    assert claimed.status_code == 404, claimed.text
+    assert "password" not in claimed.text
+    assert _kit_state(conn, kit) == before
+
+
+def test_an_alert_a_nurse_holds_goes_back_to_the_queue_when_the_patient_moves_team(
+    api: httpx.Client, conn: psycopg.Connection[Any], registry: Registry, teams: Teams
+) -> None:
+    """Cross-tenant class (alerts): a nurse of team A holds an alert of her patient; the patient
+    moves to team B. The alert must not stay held by someone who can no longer see it (team B
+    could neither take it nor see who works on it): it is back in the queue, for team B."""
+    nurse_a = staff(conn, Role.NURSE, team=teams.team_a)
+    episode_id = new_id()
+    now = datetime.now(UTC)
+    apply_events(conn, [event(
+        episode_id, 1, EpisodeChange.OPENED, Severity.YELLOW, patient_id=teams.patient_a,
+        opened_at=now, last_seen_at=now, emitted_at=now,
+    )])  # fmt: skip
+    assert api.post(f"/alerts/{episode_id}/claim", headers=bearer(conn, nurse_a)).status_code == 200
+    _move(registry, conn, teams.patient_a, teams.team_b)
+    assert conn.execute(
+        "SELECT state, assignee FROM alerts WHERE episode_id = %s", (episode_id,)
+    ).fetchone() == ("new", None)
+    nurse_b = bearer(conn, staff(conn, Role.NURSE, team=teams.team_b))
+    taken = api.post(f"/alerts/{episode_id}/claim", headers=nurse_b)
+    assert taken.status_code == 200, taken.text
+    assert api.get(f"/alerts/{episode_id}", headers=bearer(conn, nurse_a)).status_code == 404
+
+
+def test_the_cohort_loader_acting_for_a_team_cannot_touch_another_teams_patient(
+    stack: Stack, conn: psycopg.Connection[Any], registry: Registry, teams: Teams
+) -> None:
+    """Finding 2 through `kit cohort`: an enrolment file run for team B that names team A's patient
+    (with a new kit) is refused, and team A's patient gets no kit: B's readings would otherwise be
+    attributed to A's patient."""
+    kit = f"TK-{uuid.uuid4().hex[:12]}"
+    rows = [{"patient_id": teams.patient_a, "kit": kit, "condition": "copd"}]
+    as_b = Actor("cli:tester", team_id=teams.team_b)
+    with pytest.raises(RegistryError, match=f"no patient '{teams.patient_a}'"):
+        enrol_cohort(
+            registry, conn, as_b, rows, team_id=teams.team_b, since=datetime.now(UTC) - timedelta(days=1),
+            clock=time.monotonic,
+        )  # fmt: skip
+    assert conn.execute(
+        "SELECT count(*) FROM kit_assignments WHERE patient_id = %s", (teams.patient_a,)
+    ).fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM kits WHERE kit_id = %s", (kit,)).fetchone() == (0,)
+    # nor another team's kit, named with a new patient of team A (and no "kit is with another
+    # patient": that would tell team A the kit exists)
+    rows = [{"patient_id": f"P-N{uuid.uuid4().hex[:10]}", "kit": teams.kit_b, "condition": "copd"}]
+    with pytest.raises(RegistryError, match=f"no kit '{teams.kit_b}'"):
+        enrol_cohort(
+            registry, conn, Actor("cli:tester", team_id=teams.team_a), rows, team_id=teams.team_a,
+            since=datetime.now(UTC) - timedelta(days=1), clock=time.monotonic,
+        )  # fmt: skip
+
+
+def test_the_command_line_refuses_a_team_that_does_not_exist(
+    stack: Stack, registry: Registry, conn: psycopg.Connection[Any]
+) -> None:
+    """CLI scope: `--as-team` with a mistyped team is refused at once with what to do (before: a
+    database traceback after the kit's pairing was half made); nothing changes."""
+    kit = f"TK-{uuid.uuid4().hex[:12]}"
+    registry.kit_add(conn, OPERATOR, kit)
+    done = _cli(stack, "--as-team", "no-such-team-x", "kit", "pair", kit)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "no team 'no-such-team-x'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert conn.execute("SELECT count(*) FROM kit_pairings WHERE kit_id = %s", (kit,)).fetchone() == (0,)
+
+
+def test_every_team_is_in_the_audit_log(stack: Stack, conn: psycopg.Connection[Any], teams: Teams) -> None:
+    """CLI scope: a change made with `--every-team` names the scope in the audit log."""
+    done = _cli(stack, "--every-team", "kit", "pair", teams.kit_b)
+    assert done.returncode == 0, done.stderr
+    actor = conn.execute(
+        "SELECT actor FROM audit.audit_log WHERE action = 'registry.kit.pair' AND target = %s "
+        "ORDER BY entry_id DESC LIMIT 1",
+        (teams.kit_b,),
+    ).fetchone()
+    assert actor is not None
+    assert actor[0].endswith("+every-team"), actor
