@@ -252,6 +252,12 @@ class Registry(KitOperations):
                 )
             if plan.team_id != patient["team_id"]:
                 self._release_alerts(cur, actor, patient_id, plan.team_id)
+                cur.execute(
+                    "SELECT kit_id FROM kit_assignments WHERE patient_id = %s AND assigned_until IS NULL",
+                    (patient_id,),
+                )
+                for held in cur.fetchall():
+                    self._forget_foreign_credentials(cur, actor, held["kit_id"], plan.team_id)
             self._audit(
                 cur,
                 actor,

@@ -32,7 +32,7 @@ from registry import Actor, PlanChange, Registry, RegistryError
 from registry.bulk import enrol_cohort
 from tests.conftest import Stack
 from tests.integration.alerts_support import AlertsProcess, add_patient, bearer, event, new_id, staff
-from tests.integration.registry_support import OPERATOR, make_registry, new_team
+from tests.integration.registry_support import OPERATOR, KitClient, make_registry, new_team
 from tests.integration.tenancy_support import (
     BEGIN,
     END,
@@ -596,3 +596,40 @@ def test_every_team_is_in_the_audit_log(stack: Stack, conn: psycopg.Connection[A
     ).fetchone()
     assert actor is not None
     assert actor[0].endswith("+every-team"), actor
+
+
+def test_credentials_a_team_claimed_die_when_the_kit_goes_to_another_team(
+    api: httpx.Client, conn: psycopg.Connection[Any], registry: Registry, stack: Stack, teams: Teams
+) -> None:
+    """Cross-tenant class (claim, then assign): team A pairs a kit of the stock and claims the code
+    itself (the claim is public), so it holds the kit's broker password. Once the kit goes to team
+    B's patient that password must no longer log in, or team A could publish readings as B's
+    patient; team B pairs the kit anew. Also when the kit goes along with its patient moving team."""
+    for move_patient in (False, True):
+        kit = f"TK-{uuid.uuid4().hex[:12]}"
+        registry.kit_add(conn, OPERATOR, kit)
+        if move_patient:
+            body = {"patient_id": teams.patient_a}
+            assert (
+                api.post(f"/kits/{kit}/assignment", json=body, headers=teams.coordinator_a).status_code == 200
+            )
+        code = api.post(f"/kits/{kit}/pairing", headers=teams.coordinator_a).json()["code"]
+        creds = api.post("/pairing/claim", json={"code": code}).json()
+        held = KitClient(stack.mqtt_host, stack.mqtt_port, creds["username"], creds["password"])
+        try:
+            assert held.connect() == "Success"
+            if move_patient:
+                _move(registry, conn, teams.patient_a, teams.team_b)
+            else:
+                coordinator_b = bearer(conn, staff(conn, Role.COORDINATOR, team=teams.team_b))
+                body = {"patient_id": teams.patient_b}
+                given = api.post(f"/kits/{kit}/assignment", json=body, headers=coordinator_b)
+                assert given.status_code == 200, given.text
+            assert held.wait(lambda held=held: held.disconnected, timeout=5), "team A's session stayed"
+        finally:
+            held.close()
+        again = KitClient(stack.mqtt_host, stack.mqtt_port, creds["username"], creds["password"])
+        try:
+            assert again.connect() != "Success", move_patient
+        finally:
+            again.close()
