@@ -129,7 +129,7 @@ class Registry(KitOperations):
                 "registry.enrol",
                 target=patient_id,
                 patient_id=patient_id,
-                detail={"team": team_id, "condition": condition.value},
+                detail={"team": team_id},  # no condition: administrators read the log
             )
         self._publish(conn, [plan])
         return plan
@@ -264,7 +264,7 @@ class Registry(KitOperations):
                 "registry.careplan.set",
                 target=f"{patient_id}@{plan.version}",
                 patient_id=patient_id,
-                detail={"version": plan.version, "reason": plan.reason},
+                detail={"version": plan.version},  # the reason is clinical: kept with the version
             )
         self._publish(conn, [plan])
         return plan

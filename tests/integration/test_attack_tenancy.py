@@ -633,3 +633,30 @@ def test_credentials_a_team_claimed_die_when_the_kit_goes_to_another_team(
             assert again.connect() != "Success", move_patient
         finally:
             again.close()
+
+
+def test_the_audit_log_shows_an_administrator_no_clinical_text(
+    service: AlertsProcess, api: httpx.Client, conn: psycopg.Connection[Any], teams: Teams
+) -> None:
+    """Role class (admin sees no patient data): a physician's reason for a care-plan change and a
+    patient's condition are clinical; the audit log, which administrators read, names the change
+    (patient, version) but does not carry them (the care plan keeps its reason)."""
+    physician = bearer(conn, staff(conn, Role.PHYSICIAN, team=teams.team_a))
+    secret = f"hypercapnic after admission {uuid.uuid4().hex[:8]}"
+    changed = api.put(f"/patients/{teams.patient_a}/careplan", json={"reason": secret}, headers=physician)
+    assert changed.status_code == 200, changed.text
+    coordinator = teams.coordinator_a
+    body = {"name": "Kari Nordmann", "team_id": teams.team_a, "condition": "copd"}
+    enrolled = api.post("/patients", json=body, headers=coordinator)
+    assert enrolled.status_code == 201, enrolled.text
+    admin = bearer(conn, staff(conn, Role.ADMIN))
+    page = httpx.get(f"{service.url}/admin/audit", headers=admin, timeout=30)
+    assert page.status_code == 200
+    assert "registry.careplan.set" in page.text
+    assert secret not in page.text
+    enrol_detail = conn.execute(
+        "SELECT detail FROM audit.audit_log WHERE action = 'registry.enrol' AND target = %s",
+        (enrolled.json()["patient_id"],),
+    ).fetchone()
+    assert enrol_detail is not None
+    assert "copd" not in json.dumps(enrol_detail[0])
