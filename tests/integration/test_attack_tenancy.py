@@ -13,6 +13,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -660,3 +661,39 @@ def test_the_audit_log_shows_an_administrator_no_clinical_text(
     ).fetchone()
     assert enrol_detail is not None
     assert "copd" not in json.dumps(enrol_detail[0])
+
+
+def test_a_claim_racing_the_kit_going_to_another_team_yields_nothing(
+    conn: psycopg.Connection[Any], database_url: str, registry: Registry, teams: Teams
+) -> None:
+    """Race (claim in flight while the kit moves team): team A's code is being claimed while team B
+    hands the kit to its patient (which takes the kit, then expires other teams' codes). The claim
+    waits for the kit and then finds its code dead: 404, no credentials, and no deadlock (the claim
+    used to take the code before the kit, the opposite order)."""
+    kit = f"TK-{uuid.uuid4().hex[:12]}"
+    registry.kit_add(conn, OPERATOR, kit)
+    code, _ = registry.pair(conn, Actor("coordinator-a", team_id=teams.team_a), kit)
+    outcome: list[object] = []
+    with psycopg.connect(database_url) as assigning:
+        assigning.execute("SELECT 1 FROM kits WHERE kit_id = %s FOR UPDATE", (kit,))  # B's assignment begins
+
+        def claim() -> None:
+            with psycopg.connect(database_url, autocommit=True) as claiming:
+                try:
+                    outcome.append(registry.claim(claiming, code))
+                except (RegistryError, psycopg.Error) as exc:
+                    outcome.append(exc)
+
+        racer = threading.Thread(target=claim)
+        racer.start()
+        time.sleep(1.0)  # the claim is waiting now
+        assigning.execute(
+            "UPDATE kit_pairings SET expires_at = now() WHERE kit_id = %s AND claimed_at IS NULL "
+            "AND expires_at > now() AND team_id <> %s",
+            (kit, teams.team_b),
+        )
+        assigning.commit()
+        racer.join(timeout=30)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], RegistryError), outcome
+    assert outcome[0].status == 404
