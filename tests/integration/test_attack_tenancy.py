@@ -697,3 +697,29 @@ def test_a_claim_racing_the_kit_going_to_another_team_yields_nothing(
     assert len(outcome) == 1
     assert isinstance(outcome[0], RegistryError), outcome
     assert outcome[0].status == 404
+
+
+def test_a_nurse_moved_to_another_team_holds_none_of_her_old_teams_alerts(
+    api: httpx.Client, conn: psycopg.Connection[Any], teams: Teams
+) -> None:
+    """Cross-tenant class (a user moving team): an administrator moves a nurse of team A to team B
+    while she holds team A's alert. She can no longer open it, so it must not stay hers: it goes
+    back to the queue, where team A takes it."""
+    nurse = staff(conn, Role.NURSE, team=teams.team_a)
+    episode_id = new_id()
+    now = datetime.now(UTC)
+    apply_events(conn, [event(
+        episode_id, 1, EpisodeChange.OPENED, Severity.RED, patient_id=teams.patient_a,
+        opened_at=now, last_seen_at=now, emitted_at=now,
+    )])  # fmt: skip
+    assert api.post(f"/alerts/{episode_id}/claim", headers=bearer(conn, nurse)).status_code == 200
+    admin = bearer(conn, staff(conn, Role.ADMIN))
+    moved = api.post(f"/users/{nurse}/role", json={"role": "nurse", "team_id": teams.team_b}, headers=admin)
+    assert moved.status_code == 200, moved.text
+    assert conn.execute(
+        "SELECT state, assignee FROM alerts WHERE episode_id = %s", (episode_id,)
+    ).fetchone() == ("new", None)
+    taken = api.post(
+        f"/alerts/{episode_id}/claim", headers=bearer(conn, staff(conn, Role.NURSE, team=teams.team_a))
+    )
+    assert taken.status_code == 200, taken.text
