@@ -238,6 +238,12 @@ class Registry(KitOperations):
                 current = msgspec.structs.replace(current, version=0)
             if change.team_id is not None and actor.team_id is not None and change.team_id != actor.team_id:
                 raise RegistryError(f"you may move patients within team {actor.team_id} only", 403)
+            if change.team_id is not None:
+                cur.execute("SELECT 1 FROM teams WHERE team_id = %s", (change.team_id,))
+                if cur.fetchone() is None:
+                    raise RegistryError(
+                        f"no team {change.team_id!r}; check its spelling (ids are lowercase)", 404
+                    )
             try:
                 plan = apply_change(
                     current, change, by=actor.username, at=datetime.now(UTC), known_rules=RULE_IDS

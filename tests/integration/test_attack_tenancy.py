@@ -723,3 +723,26 @@ def test_a_nurse_moved_to_another_team_holds_none_of_her_old_teams_alerts(
         f"/alerts/{episode_id}/claim", headers=bearer(conn, staff(conn, Role.NURSE, team=teams.team_a))
     )
     assert taken.status_code == 200, taken.text
+
+
+def test_moving_a_patient_to_a_team_that_does_not_exist_is_refused(
+    stack: Stack, conn: psycopg.Connection[Any], teams: Teams
+) -> None:
+    """CLI scope (`--every-team careplan set --team`): a mistyped team is refused with what to do
+    (before: a database traceback); the patient stays where they are."""
+    done = _cli(
+        stack,
+        "--every-team",
+        "careplan",
+        "set",
+        teams.patient_a,
+        "--team",
+        "no-such-team-y",
+        "--reason",
+        "move",
+    )
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "no team 'no-such-team-y'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    row = conn.execute("SELECT team_id FROM patients WHERE patient_id = %s", (teams.patient_a,)).fetchone()
+    assert row == (teams.team_a,)
