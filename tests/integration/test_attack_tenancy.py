@@ -746,3 +746,30 @@ def test_moving_a_patient_to_a_team_that_does_not_exist_is_refused(
     assert "Traceback" not in done.stderr
     row = conn.execute("SELECT team_id FROM patients WHERE patient_id = %s", (teams.patient_a,)).fetchone()
     assert row == (teams.team_a,)
+
+
+def test_reassigning_to_another_teams_nurse_answers_as_for_nobody(
+    api: httpx.Client, conn: psycopg.Connection[Any], teams: Teams
+) -> None:
+    """Cross-tenant class (reassign, hand over): passing an alert to a nurse of another team is
+    refused with the same words as passing it to a username nobody has, so the answer does not tell
+    which usernames the other team has; nothing moves."""
+    nurse_b = bearer(conn, staff(conn, Role.NURSE, team=teams.team_b))
+    episode_id = new_id()
+    now = datetime.now(UTC)
+    apply_events(conn, [event(
+        episode_id, 1, EpisodeChange.OPENED, Severity.YELLOW, patient_id=teams.patient_b,
+        opened_at=now, last_seen_at=now, emitted_at=now,
+    )])  # fmt: skip
+    assert api.post(f"/alerts/{episode_id}/claim", headers=nurse_b).status_code == 200
+    theirs, nobody = staff(conn, Role.NURSE, team=teams.team_a), f"nurse-{uuid.uuid4().hex[:10]}"
+    for path, body in ((f"/alerts/{episode_id}/reassign", "to"), ("/handover", "to")):
+        answers = [api.post(path, json={body: name}, headers=nurse_b) for name in (theirs, nobody)]
+        assert [a.status_code for a in answers] == [409, 409], [a.text for a in answers]
+        details = [
+            a.json()["detail"].replace(name, "U") for a, name in zip(answers, (theirs, nobody), strict=True)
+        ]
+        assert details[0] == details[1]
+    assert conn.execute("SELECT state FROM alerts WHERE episode_id = %s", (episode_id,)).fetchone() == (
+        "claimed",
+    )
