@@ -26,6 +26,8 @@ import argon2
 import psycopg
 from psycopg.types.json import Jsonb
 
+from alerts import handoff
+
 __all__ = [
     "MAX_TOKEN_DAYS",
     "AccountError",
@@ -329,9 +331,12 @@ def activate(conn: psycopg.Connection[Any], username: str) -> None:
             conn.execute("DELETE FROM sessions WHERE username = %s", (username,))
 
 
-def change_role(conn: psycopg.Connection[Any], username: str, *, role: Role, team_id: str | None) -> int:
+def change_role(
+    conn: psycopg.Connection[Any], username: str, *, role: Role, team_id: str | None, by: str | None = None
+) -> int:
     """Give an account another role and team (None: every team). Its sessions and tokens end, since
-    they carried the old rights. Returns how many ended. Commits."""
+    they carried the old rights, and the alerts it holds of a team it no longer sees go back to the
+    queue (`by` is who did it, for their timeline). Returns how many sessions ended. Commits."""
     try:
         with conn.transaction():
             _exists(conn, username)
@@ -339,6 +344,8 @@ def change_role(conn: psycopg.Connection[Any], username: str, *, role: Role, tea
                 "UPDATE users SET role = %s, team_id = %s WHERE username = %s",
                 (role.value, team_id, username),
             )
+            with conn.cursor() as cur:
+                handoff.release_unseen(cur, username, by=by, why=f"{username} moved to another team or role")
             return conn.execute("DELETE FROM sessions WHERE username = %s", (username,)).rowcount
     except psycopg.errors.ForeignKeyViolation:
         raise AccountError(f"there is no team {team_id!r}") from None

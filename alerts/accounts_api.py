@@ -135,7 +135,9 @@ def change_role(request: Request, ctx: Ctx, username: str, body: RoleChange, who
     _known(ctx, username)
     try:
         with ctx.db() as conn:
-            ended = accounts.change_role(conn, username, role=body.role, team_id=body.team_id)
+            ended = accounts.change_role(
+                conn, username, role=body.role, team_id=body.team_id, by=who.username
+            )
     except AccountError as exc:
         raise HTTPException(422, str(exc)) from None
     ctx.audit(

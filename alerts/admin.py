@@ -126,7 +126,9 @@ def _user_activate(conn: psycopg.Connection[Any], args: argparse.Namespace) -> N
 
 
 def _user_role(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:
-    ended = accounts.change_role(conn, args.username, role=Role(args.role), team_id=args.team)
+    ended = accounts.change_role(
+        conn, args.username, role=Role(args.role), team_id=args.team, by=f"cli:{getpass.getuser()}"
+    )
     _audit(conn, "change_role", args.username, role=args.role, team=args.team, sessions_ended=ended)
     print(
         f"user {args.username} is now {args.role} of {args.team or 'every team'} ({ended} session(s) ended)"

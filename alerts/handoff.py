@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 
 from alerts.store import WorkflowError, require_idle
 
-__all__ = ["colleague", "colleagues", "handover", "reassign", "unclaim"]
+__all__ = ["colleague", "colleagues", "handover", "reassign", "release_unseen", "unclaim"]
 
 
 # Releasing an alert someone had started restarts its clock (the next nurse gets a full target);
@@ -174,13 +174,38 @@ def handover(
         return [eid for eid, _state, _team in held]
 
 
+def release_unseen(cur: psycopg.Cursor[Any], user: str, *, by: str | None, why: str) -> list[str]:
+    """Back to the queue: the alerts `user` holds of patients whose team they no longer see (their
+    team or role changed), in the caller's transaction. Returns the episode ids."""
+    cur.execute(
+        f"""
+        WITH held AS (
+            SELECT a.episode_id AS eid, a.state AS was FROM alerts a LEFT JOIN patients p USING (patient_id)
+            WHERE a.assignee = %(user)s AND a.state IN ('claimed', 'in_progress')
+              AND NOT EXISTS (SELECT 1 FROM users u WHERE u.username = a.assignee AND u.active
+                              AND u.role <> 'admin' AND (u.team_id IS NULL OR u.team_id = p.team_id))
+            FOR UPDATE OF a
+        )
+        UPDATE alerts SET {_RELEASE_CLOCK}, {_TO_QUEUE}, updated_at = now()
+        FROM held WHERE alerts.episode_id = held.eid RETURNING held.eid, held.was
+        """,  # noqa: S608  (fixed fragments only)
+        {"user": user, "now": None},
+    )
+    released = cur.fetchall()
+    for eid, was in released:
+        _entry(cur, eid, "unclaimed", by, {"from": user, "was": was, "why": why})
+    return [eid for eid, _was in released]
+
+
 def _one(cur: psycopg.Cursor[Any]) -> datetime:
     found = cur.fetchone()
     assert found is not None  # the row is locked by this transaction
     return found[0]  # type: ignore[no-any-return]
 
 
-def _entry(cur: psycopg.Cursor[Any], episode_id: str, kind: str, actor: str, detail: dict[str, Any]) -> None:
+def _entry(
+    cur: psycopg.Cursor[Any], episode_id: str, kind: str, actor: str | None, detail: dict[str, Any]
+) -> None:
     cur.execute(
         "INSERT INTO alert_timeline (episode_id, kind, actor, detail) VALUES (%s, %s, %s, %s)",
         (episode_id, kind, actor, Jsonb(detail)),

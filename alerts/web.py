@@ -360,7 +360,7 @@ def deactivate_form(
     *, request: Request, ctx: Ctx, who: PageAdmin, username: str, csrf: Csrf = None
 ) -> Response:
     """Deactivate an account: its sessions and tokens end at once."""
-    return _account_form(request, ctx, who, username, "deactivate", csrf=csrf)
+    return _account_form(request, ctx, who, username, action="deactivate", csrf=csrf)
 
 
 @pages.post("/admin/users/{username}/activate", openapi_extra=scope("centre"))
@@ -368,11 +368,11 @@ def activate_form(
     *, request: Request, ctx: Ctx, who: PageAdmin, username: str, csrf: Csrf = None
 ) -> Response:
     """Activate a deactivated account again."""
-    return _account_form(request, ctx, who, username, "activate", csrf=csrf)
+    return _account_form(request, ctx, who, username, action="activate", csrf=csrf)
 
 
 def _account_form(
-    request: Request, ctx: Ctx, who: Principal, username: str, action: str, *, csrf: str | None
+    request: Request, ctx: Ctx, who: Principal, username: str, *, action: str, csrf: str | None
 ) -> Response:
     csrf_checked(request, who, csrf)
     if username == who.username:

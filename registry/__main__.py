@@ -220,6 +220,16 @@ def _actor(args: argparse.Namespace) -> Actor:
     return Actor(name, every_team=False)
 
 
+def _known_team(conn: psycopg.Connection[Any], actor: Actor) -> None:
+    """`--as-team` names a team that exists: a mistyped scope is refused before anything is done."""
+    if actor.team_id is None:
+        return
+    if conn.execute("SELECT 1 FROM teams WHERE team_id = %s", (actor.team_id,)).fetchone() is None:
+        raise RegistryError(
+            f"--as-team: no team {actor.team_id!r}; check its spelling (team ids are lowercase)"
+        )
+
+
 def _team_add(args: argparse.Namespace, c: _Context) -> None:
     c.registry.team_add(c.conn, c.actor, args.team_id, args.name, args.municipality)
     print(f"team {args.team_id} ({args.name}) serves {', '.join(args.municipality) or 'no municipality yet'}")
@@ -372,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     actor = _actor(args)
     try:
         with psycopg.connect(database.url, autocommit=True, connect_timeout=10) as conn:
+            _known_team(conn, actor)
             _COMMANDS[args.what, getattr(args, "action", None)](args, _Context(registry, conn, actor, mqtt))
             return 0
     except RegistryError as exc:

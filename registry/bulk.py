@@ -68,6 +68,29 @@ def _plan(row: Mapping[str, Any], team_id: str, actor: Actor, at: datetime) -> C
         raise RegistryError(f"patient {row['patient_id']}: {exc}") from None
 
 
+def _refuse_strangers(
+    cur: psycopg.Cursor[Any], actor: Actor, rows: Sequence[Mapping[str, Any]], team_id: str
+) -> None:
+    """A cohort names its own team's patients and kits (or new ones, or kits from the stock): another
+    team's answers as one that does not exist, and a patient the actor reaches but of another team
+    is refused (it would stay there, and take the cohort's kit along)."""
+    cur.execute(
+        "SELECT patient_id, team_id FROM patients WHERE patient_id = ANY(%s)",
+        ([r["patient_id"] for r in rows],),
+    )
+    for patient_id, team in cur.fetchall():
+        if not actor.reaches(team):
+            raise RegistryError(actor.unknown(f"patient {patient_id!r}"), 404)
+        if team != team_id:
+            raise RegistryError(
+                f"patient {patient_id} is of team {team}, not {team_id}: move them first", 409
+            )
+    cur.execute("SELECT kit_id, team_id FROM kits WHERE kit_id = ANY(%s)", ([r["kit"] for r in rows],))
+    for kit_id, team in cur.fetchall():
+        if not actor.reaches(team):
+            raise RegistryError(actor.unknown(f"kit {kit_id!r}"), 404)
+
+
 def enrol_cohort(
     registry: Registry,
     conn: psycopg.Connection[Any],
@@ -82,6 +105,10 @@ def enrol_cohort(
     """Register the cohort, then issue every kit's credentials (see `Registry.issue_credentials`)."""
     for row in rows:
         _check_kit_id(str(row["kit"]))
+    if not actor.reaches(team_id):
+        raise RegistryError(
+            f"you act for team {actor.team_id}: a cohort of team {team_id} needs --as-team {team_id}", 403
+        )
     seconds: dict[str, float] = {}
     began = clock()
     now = datetime.now(UTC)
@@ -90,6 +117,7 @@ def enrol_cohort(
             "INSERT INTO teams (team_id, name) VALUES (%s, %s) ON CONFLICT (team_id) DO NOTHING",
             (team_id, f"Cohort {team_id}"),
         )
+        _refuse_strangers(cur, actor, rows, team_id)
         cur.execute(
             "SELECT kit_id, patient_id FROM kit_assignments WHERE assigned_until IS NULL AND kit_id = "
             "ANY(%s)",

@@ -148,6 +148,7 @@ class KitOperations(RegistryCore):
                     409,
                 ) from None
             cur.execute("UPDATE kits SET state = 'assigned', updated_at = now() WHERE kit_id = %s", (kit_id,))
+            self._forget_foreign_credentials(cur, actor, kit_id, patient["team_id"])
             self._audit(
                 cur,
                 actor,
@@ -157,6 +158,28 @@ class KitOperations(RegistryCore):
                 detail={"from": at.isoformat()},
             )
         return at
+
+    def _forget_foreign_credentials(
+        self, cur: psycopg.Cursor[Any], actor: Actor, kit_id: str, team_id: str
+    ) -> None:
+        """The kit now serves `team_id`: a password another team's pairing code gave out dies (the
+        kit is disconnected and logs in no more until this team pairs it), or whoever holds it at
+        that team could publish readings as this team's patient. Centre-wide codes and credentials
+        (administrators, the command line, factory provisioning) are kept."""
+        cur.execute(
+            "SELECT team_id FROM kit_pairings WHERE kit_id = %s AND claimed_at IS NOT NULL "
+            "ORDER BY claimed_at DESC LIMIT 1",
+            (kit_id,),
+        )
+        last = cur.fetchone()
+        if last is None or last["team_id"] in (None, team_id):
+            return
+        with self._require_broker()() as admin:
+            admin.revoke([kit_id])  # deleting the client disconnects it at once
+            admin.provision([(kit_id, None)])
+        cur.execute("UPDATE kits SET credentials_issued_at = NULL WHERE kit_id = %s", (kit_id,))
+        self._audit(cur, actor, "registry.kit.credentials_revoked", target=kit_id,
+                    detail={"why": f"issued through a code of another team than {team_id}"})  # fmt: skip
 
     def kit_return(
         self, conn: psycopg.Connection[Any], actor: Actor, kit_id: str, *, at: datetime | None = None
@@ -243,20 +266,33 @@ class KitOperations(RegistryCore):
         """Exchange a pairing code for the kit's credentials, once. The password is new on every claim."""
         broker = self._require_broker()
         password = new_password()
+        unknown = RegistryError(
+            "this pairing code is unknown, used or expired: ask the response centre for a new one", 404
+        )
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
-                "UPDATE kit_pairings SET claimed_at = now(), claimed_ip = %s WHERE code_hash = %s "
-                "AND claimed_at IS NULL AND expires_at > now() RETURNING kit_id",
-                (ip, _code_hash(code)),
+                "SELECT kit_id FROM kit_pairings WHERE code_hash = %s AND claimed_at IS NULL "
+                "AND expires_at > now()",
+                (_code_hash(code),),
             )
             row = cur.fetchone()
             if row is None:
-                raise RegistryError(
-                    "this pairing code is unknown, used or expired: ask the response centre for a new one",
-                    404,
-                )
+                raise unknown
             kit_id = row["kit_id"]
+            # The kit first, then its code: the order of assign, retire and pair, which take the kit and
+            # then expire its codes (the other order deadlocks with them).
             kit = self._kit(cur, kit_id, Actor(f"kit:{kit_id}"))  # the code stands for the kit, of any team
+            cur.execute(
+                "UPDATE kit_pairings SET claimed_at = now(), claimed_ip = %s WHERE code_hash = %s "
+                "AND claimed_at IS NULL AND expires_at > now() RETURNING team_id",
+                (ip, _code_hash(code)),
+            )
+            made = cur.fetchone()
+            # A code made by one team yields nothing once the kit is another team's: its patient may
+            # have moved team since, which expires no code.
+            teams = {made["team_id"], kit["team_id"]} - {None} if made is not None else set()
+            if made is None or len(teams) > 1:
+                raise unknown
             if kit["state"] == "retired":
                 raise RegistryError("this kit is retired", 409)
             with broker() as admin:

@@ -13,6 +13,8 @@ import hashlib
 import json
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,10 +29,11 @@ import pytest
 from alerts.accounts import Role, new_session
 from alerts.store import apply_events
 from contracts import EpisodeChange, Severity
-from registry import Registry
+from registry import Actor, PlanChange, Registry, RegistryError
+from registry.bulk import enrol_cohort
 from tests.conftest import Stack
 from tests.integration.alerts_support import AlertsProcess, add_patient, bearer, event, new_id, staff
-from tests.integration.registry_support import OPERATOR, make_registry, new_team
+from tests.integration.registry_support import OPERATOR, KitClient, make_registry, new_team
 from tests.integration.tenancy_support import (
     BEGIN,
     END,
@@ -44,6 +47,7 @@ from tests.integration.tenancy_support import (
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "access-control.md"
+EVERY_TEAM = Actor("cli:tester+every-team")
 STATIC_FILE = sorted(p.name for p in (REPO / "alerts" / "static").glob("*.css"))[0]
 
 # Which objects of a kind exist: every kind has the caller's team's and another team's; kits in
@@ -491,3 +495,287 @@ def test_the_command_line_keeps_to_the_operators_team(
     theirs = _cli(stack, "--as-team", teams.team_b, "kit", "pair", teams.kit_b)
     assert theirs.returncode == 0, theirs.stderr
     assert "pairing code for" in theirs.stdout
+
+
+# ------------------------------------------------------------------ a patient moving team, the cohort loader
+def _move(registry: Registry, conn: psycopg.Connection[Any], patient_id: str, team: str) -> None:
+    """Move the patient to `team` as the command line's `--every-team` does."""
+    registry.careplan_set(conn, EVERY_TEAM, patient_id, PlanChange(reason="moved team", team_id=team))
+
+
+def test_a_code_made_before_the_patient_moved_team_yields_nothing(
+    api: httpx.Client, conn: psycopg.Connection[Any], registry: Registry, teams: Teams
+) -> None:
+    """Cross-tenant class (claim): team A pairs the kit of its own patient and keeps the code; the
+    patient then moves to team B, taking the kit along. A's code must not yield the broker
+    credentials of what is now team B's kit (the move expired no code: the claim must check)."""
+    kit = f"TK-{uuid.uuid4().hex[:12]}"
+    registry.kit_add(conn, OPERATOR, kit)
+    given = api.post(
+        f"/kits/{kit}/assignment", json={"patient_id": teams.patient_a}, headers=teams.coordinator_a
+    )
+    assert given.status_code == 200, given.text
+    made = api.post(f"/kits/{kit}/pairing", headers=teams.coordinator_a)
+    assert made.status_code == 201, made.text
+    _move(registry, conn, teams.patient_a, teams.team_b)
+    before = _kit_state(conn, kit)
+    assert before[1] == teams.team_b
+    claimed = api.post("/pairing/claim", json={"code": made.json()["code"]})
+    assert claimed.status_code == 404, claimed.text
+    assert "password" not in claimed.text
+    assert _kit_state(conn, kit) == before
+
+
+def test_an_alert_a_nurse_holds_goes_back_to_the_queue_when_the_patient_moves_team(
+    api: httpx.Client, conn: psycopg.Connection[Any], registry: Registry, teams: Teams
+) -> None:
+    """Cross-tenant class (alerts): a nurse of team A holds an alert of her patient; the patient
+    moves to team B. The alert must not stay held by someone who can no longer see it (team B
+    could neither take it nor see who works on it): it is back in the queue, for team B."""
+    nurse_a = staff(conn, Role.NURSE, team=teams.team_a)
+    episode_id = new_id()
+    now = datetime.now(UTC)
+    apply_events(conn, [event(
+        episode_id, 1, EpisodeChange.OPENED, Severity.YELLOW, patient_id=teams.patient_a,
+        opened_at=now, last_seen_at=now, emitted_at=now,
+    )])  # fmt: skip
+    assert api.post(f"/alerts/{episode_id}/claim", headers=bearer(conn, nurse_a)).status_code == 200
+    _move(registry, conn, teams.patient_a, teams.team_b)
+    assert conn.execute(
+        "SELECT state, assignee FROM alerts WHERE episode_id = %s", (episode_id,)
+    ).fetchone() == ("new", None)
+    nurse_b = bearer(conn, staff(conn, Role.NURSE, team=teams.team_b))
+    taken = api.post(f"/alerts/{episode_id}/claim", headers=nurse_b)
+    assert taken.status_code == 200, taken.text
+    assert api.get(f"/alerts/{episode_id}", headers=bearer(conn, nurse_a)).status_code == 404
+
+
+def test_the_cohort_loader_acting_for_a_team_cannot_touch_another_teams_patient(
+    stack: Stack, conn: psycopg.Connection[Any], registry: Registry, teams: Teams
+) -> None:
+    """Finding 2 through `kit cohort`: an enrolment file run for team B that names team A's patient
+    (with a new kit) is refused, and team A's patient gets no kit: B's readings would otherwise be
+    attributed to A's patient."""
+    kit = f"TK-{uuid.uuid4().hex[:12]}"
+    rows = [{"patient_id": teams.patient_a, "kit": kit, "condition": "copd"}]
+    as_b = Actor("cli:tester", team_id=teams.team_b)
+    with pytest.raises(RegistryError, match=f"no patient '{teams.patient_a}'"):
+        enrol_cohort(
+            registry, conn, as_b, rows, team_id=teams.team_b, since=datetime.now(UTC) - timedelta(days=1),
+            clock=time.monotonic,
+        )  # fmt: skip
+    assert conn.execute(
+        "SELECT count(*) FROM kit_assignments WHERE patient_id = %s", (teams.patient_a,)
+    ).fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM kits WHERE kit_id = %s", (kit,)).fetchone() == (0,)
+    # nor another team's kit, named with a new patient of team A (and no "kit is with another
+    # patient": that would tell team A the kit exists)
+    rows = [{"patient_id": f"P-N{uuid.uuid4().hex[:10]}", "kit": teams.kit_b, "condition": "copd"}]
+    with pytest.raises(RegistryError, match=f"no kit '{teams.kit_b}'"):
+        enrol_cohort(
+            registry, conn, Actor("cli:tester", team_id=teams.team_a), rows, team_id=teams.team_a,
+            since=datetime.now(UTC) - timedelta(days=1), clock=time.monotonic,
+        )  # fmt: skip
+
+
+def test_the_command_line_refuses_a_team_that_does_not_exist(
+    stack: Stack, registry: Registry, conn: psycopg.Connection[Any]
+) -> None:
+    """CLI scope: `--as-team` with a mistyped team is refused at once with what to do (before: a
+    database traceback after the kit's pairing was half made); nothing changes."""
+    kit = f"TK-{uuid.uuid4().hex[:12]}"
+    registry.kit_add(conn, OPERATOR, kit)
+    done = _cli(stack, "--as-team", "no-such-team-x", "kit", "pair", kit)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "no team 'no-such-team-x'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert conn.execute("SELECT count(*) FROM kit_pairings WHERE kit_id = %s", (kit,)).fetchone() == (0,)
+
+
+def test_every_team_is_in_the_audit_log(stack: Stack, conn: psycopg.Connection[Any], teams: Teams) -> None:
+    """CLI scope: a change made with `--every-team` names the scope in the audit log."""
+    done = _cli(stack, "--every-team", "kit", "pair", teams.kit_b)
+    assert done.returncode == 0, done.stderr
+    actor = conn.execute(
+        "SELECT actor FROM audit.audit_log WHERE action = 'registry.kit.pair' AND target = %s "
+        "ORDER BY entry_id DESC LIMIT 1",
+        (teams.kit_b,),
+    ).fetchone()
+    assert actor is not None
+    assert actor[0].endswith("+every-team"), actor
+
+
+def test_credentials_a_team_claimed_die_when_the_kit_goes_to_another_team(
+    api: httpx.Client, conn: psycopg.Connection[Any], registry: Registry, stack: Stack, teams: Teams
+) -> None:
+    """Cross-tenant class (claim, then assign): team A pairs a kit of the stock and claims the code
+    itself (the claim is public), so it holds the kit's broker password. Once the kit goes to team
+    B's patient that password must no longer log in, or team A could publish readings as B's
+    patient; team B pairs the kit anew. Also when the kit goes along with its patient moving team."""
+    for move_patient in (False, True):
+        kit = f"TK-{uuid.uuid4().hex[:12]}"
+        registry.kit_add(conn, OPERATOR, kit)
+        if move_patient:
+            body = {"patient_id": teams.patient_a}
+            assert (
+                api.post(f"/kits/{kit}/assignment", json=body, headers=teams.coordinator_a).status_code == 200
+            )
+        code = api.post(f"/kits/{kit}/pairing", headers=teams.coordinator_a).json()["code"]
+        creds = api.post("/pairing/claim", json={"code": code}).json()
+        held = KitClient(stack.mqtt_host, stack.mqtt_port, creds["username"], creds["password"])
+        try:
+            assert held.connect() == "Success"
+            if move_patient:
+                _move(registry, conn, teams.patient_a, teams.team_b)
+            else:
+                coordinator_b = bearer(conn, staff(conn, Role.COORDINATOR, team=teams.team_b))
+                body = {"patient_id": teams.patient_b}
+                given = api.post(f"/kits/{kit}/assignment", json=body, headers=coordinator_b)
+                assert given.status_code == 200, given.text
+            assert held.wait(lambda held=held: held.disconnected, timeout=5), "team A's session stayed"
+        finally:
+            held.close()
+        again = KitClient(stack.mqtt_host, stack.mqtt_port, creds["username"], creds["password"])
+        try:
+            assert again.connect() != "Success", move_patient
+        finally:
+            again.close()
+
+
+def test_the_audit_log_shows_an_administrator_no_clinical_text(
+    service: AlertsProcess, api: httpx.Client, conn: psycopg.Connection[Any], teams: Teams
+) -> None:
+    """Role class (admin sees no patient data): a physician's reason for a care-plan change and a
+    patient's condition are clinical; the audit log, which administrators read, names the change
+    (patient, version) but does not carry them (the care plan keeps its reason)."""
+    physician = bearer(conn, staff(conn, Role.PHYSICIAN, team=teams.team_a))
+    secret = f"hypercapnic after admission {uuid.uuid4().hex[:8]}"
+    changed = api.put(f"/patients/{teams.patient_a}/careplan", json={"reason": secret}, headers=physician)
+    assert changed.status_code == 200, changed.text
+    coordinator = teams.coordinator_a
+    body = {"name": "Kari Nordmann", "team_id": teams.team_a, "condition": "copd"}
+    enrolled = api.post("/patients", json=body, headers=coordinator)
+    assert enrolled.status_code == 201, enrolled.text
+    admin = bearer(conn, staff(conn, Role.ADMIN))
+    page = httpx.get(f"{service.url}/admin/audit", headers=admin, timeout=30)
+    assert page.status_code == 200
+    assert "registry.careplan.set" in page.text
+    assert secret not in page.text
+    enrol_detail = conn.execute(
+        "SELECT detail FROM audit.audit_log WHERE action = 'registry.enrol' AND target = %s",
+        (enrolled.json()["patient_id"],),
+    ).fetchone()
+    assert enrol_detail is not None
+    assert "copd" not in json.dumps(enrol_detail[0])
+
+
+def test_a_claim_racing_the_kit_going_to_another_team_yields_nothing(
+    conn: psycopg.Connection[Any], database_url: str, registry: Registry, teams: Teams
+) -> None:
+    """Race (claim in flight while the kit moves team): team A's code is being claimed while team B
+    hands the kit to its patient (which takes the kit, then expires other teams' codes). The claim
+    waits for the kit and then finds its code dead: 404, no credentials, and no deadlock (the claim
+    used to take the code before the kit, the opposite order)."""
+    kit = f"TK-{uuid.uuid4().hex[:12]}"
+    registry.kit_add(conn, OPERATOR, kit)
+    code, _ = registry.pair(conn, Actor("coordinator-a", team_id=teams.team_a), kit)
+    outcome: list[object] = []
+    with psycopg.connect(database_url) as assigning:
+        assigning.execute("SELECT 1 FROM kits WHERE kit_id = %s FOR UPDATE", (kit,))  # B's assignment begins
+
+        def claim() -> None:
+            with psycopg.connect(database_url, autocommit=True) as claiming:
+                try:
+                    outcome.append(registry.claim(claiming, code))
+                except (RegistryError, psycopg.Error) as exc:
+                    outcome.append(exc)
+
+        racer = threading.Thread(target=claim)
+        racer.start()
+        time.sleep(1.0)  # the claim is waiting now
+        assigning.execute(
+            "UPDATE kit_pairings SET expires_at = now() WHERE kit_id = %s AND claimed_at IS NULL "
+            "AND expires_at > now() AND team_id <> %s",
+            (kit, teams.team_b),
+        )
+        assigning.commit()
+        racer.join(timeout=30)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], RegistryError), outcome
+    assert outcome[0].status == 404
+
+
+def test_a_nurse_moved_to_another_team_holds_none_of_her_old_teams_alerts(
+    api: httpx.Client, conn: psycopg.Connection[Any], teams: Teams
+) -> None:
+    """Cross-tenant class (a user moving team): an administrator moves a nurse of team A to team B
+    while she holds team A's alert. She can no longer open it, so it must not stay hers: it goes
+    back to the queue, where team A takes it."""
+    nurse = staff(conn, Role.NURSE, team=teams.team_a)
+    episode_id = new_id()
+    now = datetime.now(UTC)
+    apply_events(conn, [event(
+        episode_id, 1, EpisodeChange.OPENED, Severity.RED, patient_id=teams.patient_a,
+        opened_at=now, last_seen_at=now, emitted_at=now,
+    )])  # fmt: skip
+    assert api.post(f"/alerts/{episode_id}/claim", headers=bearer(conn, nurse)).status_code == 200
+    admin = bearer(conn, staff(conn, Role.ADMIN))
+    moved = api.post(f"/users/{nurse}/role", json={"role": "nurse", "team_id": teams.team_b}, headers=admin)
+    assert moved.status_code == 200, moved.text
+    assert conn.execute(
+        "SELECT state, assignee FROM alerts WHERE episode_id = %s", (episode_id,)
+    ).fetchone() == ("new", None)
+    taken = api.post(
+        f"/alerts/{episode_id}/claim", headers=bearer(conn, staff(conn, Role.NURSE, team=teams.team_a))
+    )
+    assert taken.status_code == 200, taken.text
+
+
+def test_moving_a_patient_to_a_team_that_does_not_exist_is_refused(
+    stack: Stack, conn: psycopg.Connection[Any], teams: Teams
+) -> None:
+    """CLI scope (`--every-team careplan set --team`): a mistyped team is refused with what to do
+    (before: a database traceback); the patient stays where they are."""
+    done = _cli(
+        stack,
+        "--every-team",
+        "careplan",
+        "set",
+        teams.patient_a,
+        "--team",
+        "no-such-team-y",
+        "--reason",
+        "move",
+    )
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "no team 'no-such-team-y'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    row = conn.execute("SELECT team_id FROM patients WHERE patient_id = %s", (teams.patient_a,)).fetchone()
+    assert row == (teams.team_a,)
+
+
+def test_reassigning_to_another_teams_nurse_answers_as_for_nobody(
+    api: httpx.Client, conn: psycopg.Connection[Any], teams: Teams
+) -> None:
+    """Cross-tenant class (reassign, hand over): passing an alert to a nurse of another team is
+    refused with the same words as passing it to a username nobody has, so the answer does not tell
+    which usernames the other team has; nothing moves."""
+    nurse_b = bearer(conn, staff(conn, Role.NURSE, team=teams.team_b))
+    episode_id = new_id()
+    now = datetime.now(UTC)
+    apply_events(conn, [event(
+        episode_id, 1, EpisodeChange.OPENED, Severity.YELLOW, patient_id=teams.patient_b,
+        opened_at=now, last_seen_at=now, emitted_at=now,
+    )])  # fmt: skip
+    assert api.post(f"/alerts/{episode_id}/claim", headers=nurse_b).status_code == 200
+    theirs, nobody = staff(conn, Role.NURSE, team=teams.team_a), f"nurse-{uuid.uuid4().hex[:10]}"
+    for path, body in ((f"/alerts/{episode_id}/reassign", "to"), ("/handover", "to")):
+        answers = [api.post(path, json={body: name}, headers=nurse_b) for name in (theirs, nobody)]
+        assert [a.status_code for a in answers] == [409, 409], [a.text for a in answers]
+        details = [
+            a.json()["detail"].replace(name, "U") for a, name in zip(answers, (theirs, nobody), strict=True)
+        ]
+        assert details[0] == details[1]
+    assert conn.execute("SELECT state FROM alerts WHERE episode_id = %s", (episode_id,)).fetchone() == (
+        "claimed",
+    )
