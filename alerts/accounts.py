@@ -303,10 +303,12 @@ def _exists(conn: psycopg.Connection[Any], username: str) -> None:
         raise AccountError(f"there is no user {username!r}")
 
 
-def deactivate(conn: psycopg.Connection[Any], username: str) -> int:
+def deactivate(conn: psycopg.Connection[Any], username: str, *, by: str | None = None) -> int:
     """Disable an account: its sessions and tokens end now, and so do the unclaimed kit pairing codes
     it made (the person who leaves has seen them, and a code claimed hands over a kit's broker
-    credentials; the centre makes new ones). Returns how many sessions ended. Commits."""
+    credentials; the centre makes new ones). The alerts it holds go back to the queue (`by` is who
+    did it, for their timeline): nobody can act on them under its name any more. Returns how many
+    sessions ended. Commits."""
     with conn.transaction():
         _exists(conn, username)
         conn.execute("UPDATE users SET active = false WHERE username = %s", (username,))
@@ -316,6 +318,8 @@ def deactivate(conn: psycopg.Connection[Any], username: str) -> int:
             "WHERE created_by = %s AND claimed_at IS NULL AND expires_at > now()",
             (username,),
         )
+        with conn.cursor() as cur:
+            handoff.release_unseen(cur, username, by=by, why=f"{username} was deactivated")
         return conn.execute("DELETE FROM sessions WHERE username = %s", (username,)).rowcount
 
 

@@ -106,7 +106,7 @@ def deactivate(request: Request, ctx: Ctx, username: str, who: Admin) -> Ended:
     _refuse_self(who, username, "deactivate")
     try:
         with ctx.db() as conn:
-            ended = accounts.deactivate(conn, username)
+            ended = accounts.deactivate(conn, username, by=who.username)
     except AccountError as exc:
         raise HTTPException(404, str(exc)) from None
     ctx.audit(request, who.username, "deactivate_user", target=username, detail={"sessions_ended": ended})

@@ -114,7 +114,7 @@ def _user_list(conn: psycopg.Connection[Any], _args: argparse.Namespace) -> None
 
 
 def _user_deactivate(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:
-    ended = accounts.deactivate(conn, args.username)
+    ended = accounts.deactivate(conn, args.username, by=f"cli:{getpass.getuser()}")
     _audit(conn, "deactivate_user", args.username, sessions_ended=ended)
     print(f"user {args.username} deactivated ({ended} session(s) and token(s) ended)")
 

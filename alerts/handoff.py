@@ -176,7 +176,8 @@ def handover(
 
 def release_unseen(cur: psycopg.Cursor[Any], user: str, *, by: str | None, why: str) -> list[str]:
     """Back to the queue: the alerts `user` holds of patients whose team they no longer see (their
-    team or role changed), in the caller's transaction. Returns the episode ids."""
+    team or role changed) or all of them once the account is deactivated, in the caller's
+    transaction. Returns the episode ids."""
     cur.execute(
         f"""
         WITH held AS (

@@ -381,7 +381,7 @@ def _account_form(
     try:
         with ctx.db() as conn:
             if action == "deactivate":
-                detail = {"sessions_ended": accounts.deactivate(conn, username)}
+                detail = {"sessions_ended": accounts.deactivate(conn, username, by=who.username)}
             else:
                 accounts.activate(conn, username)
     except accounts.AccountError as exc:

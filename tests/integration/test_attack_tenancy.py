@@ -731,6 +731,38 @@ def test_a_nurse_moved_to_another_team_holds_none_of_her_old_teams_alerts(
     assert taken.status_code == 200, taken.text
 
 
+def test_a_deactivated_nurses_alerts_go_back_to_the_queue(
+    api: httpx.Client, conn: psycopg.Connection[Any], teams: Teams
+) -> None:
+    """No patient falls through when a nurse leaves: an administrator deactivates her while she holds
+    a red alert she has started. Nobody could act on it under her name, so it goes back to the queue
+    with a timeline entry, and a colleague of the team takes it."""
+    nurse = staff(conn, Role.NURSE, team=teams.team_a)
+    episode_id = new_id()
+    now = datetime.now(UTC)
+    apply_events(conn, [event(
+        episode_id, 1, EpisodeChange.OPENED, Severity.RED, patient_id=teams.patient_a,
+        opened_at=now, last_seen_at=now, emitted_at=now,
+    )])  # fmt: skip
+    hers = bearer(conn, nurse)
+    assert api.post(f"/alerts/{episode_id}/claim", headers=hers).status_code == 200
+    assert api.post(f"/alerts/{episode_id}/start", headers=hers).status_code == 200
+    admin = staff(conn, Role.ADMIN)
+    gone = api.post(f"/users/{nurse}/deactivate", headers=bearer(conn, admin))
+    assert gone.status_code == 200, gone.text
+    assert conn.execute(
+        "SELECT state, assignee FROM alerts WHERE episode_id = %s", (episode_id,)
+    ).fetchone() == ("new", None)
+    assert conn.execute(
+        "SELECT actor, detail->>'from' FROM alert_timeline WHERE episode_id = %s AND kind = 'unclaimed'",
+        (episode_id,),
+    ).fetchall() == [(admin, nurse)]
+    taken = api.post(
+        f"/alerts/{episode_id}/claim", headers=bearer(conn, staff(conn, Role.NURSE, team=teams.team_a))
+    )
+    assert taken.status_code == 200, taken.text
+
+
 def test_moving_a_patient_to_a_team_that_does_not_exist_is_refused(
     stack: Stack, conn: psycopg.Connection[Any], teams: Teams
 ) -> None:
