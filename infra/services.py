@@ -341,14 +341,16 @@ class Kafka(Service):
             admin.close()
 
     def after_ready(self) -> None:
-        """SCRAM credentials for every principal, the access rules and the topics."""
+        """SCRAM credentials for every principal, the access rules (and no others on the stack's
+        topics) and the topics."""
         from kafka.errors import KafkaError  # noqa: PLC0415
-        from kafka_acl import grant, set_credentials  # noqa: PLC0415 - infra/, beside this file
+        from kafka_acl import grant, revoke_stale, set_credentials  # noqa: PLC0415 - infra/, beside this file
         from topics import ensure_topics  # noqa: PLC0415 - infra/topics.py, beside this file
 
         broker = self.settings(BROKER)
         set_credentials(broker, {k: v for k, v in self.credentials().items() if k != BROKER})
         grant(broker)
+        revoke_stale(broker)  # a right taken out of the table does not live on in the broker
         deadline = time.monotonic() + 15.0
         while True:  # a new credential reaches the listener a moment after the controller took it
             try:

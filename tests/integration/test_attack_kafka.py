@@ -22,12 +22,25 @@ import dataclasses
 import gc
 import json
 import logging
+import os
 import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from kafka.admin import (
+    ACL,
+    ACLFilter,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    KafkaAdminClient,
+    ResourcePattern,
+    ResourceType,
+)
 from kafka.consumer.group import KafkaConsumer
 from kafka.errors import (
     GroupAuthorizationFailedError,
@@ -349,3 +362,67 @@ def test_the_table_names_one_principal_per_stage() -> None:
     assert writers["measurements"] == ["bridge"]
     assert writers["alerts"] == ["monitor"]
     assert writers["careplans"] == ["registry"]
+
+
+# ------------------------------------------------------------------ the table is the whole truth
+def _rogue_rules() -> list[ACL]:
+    """Rules on the stack's own topics that the table does not give: what an older table granted,
+    or what someone added by hand (a stage reading measurements, every principal writing care plans,
+    a prefix that covers every pipeline topic)."""
+
+    def allow(who: str, operation: ACLOperation, name: str, pattern: ACLResourcePatternType) -> ACL:
+        return ACL(
+            who, "*", operation, ACLPermissionType.ALLOW, ResourcePattern(ResourceType.TOPIC, name, pattern)
+        )
+
+    return [
+        allow(
+            "User:vaktrom-alerts",
+            ACLOperation.READ,
+            topics.measurement_topic(),
+            ACLResourcePatternType.LITERAL,
+        ),
+        allow("User:*", ACLOperation.WRITE, topics.careplan_topic(), ACLResourcePatternType.LITERAL),
+        allow("User:vaktrom-bridge", ACLOperation.WRITE, "vaktrom.", ACLResourcePatternType.PREFIXED),
+    ]
+
+
+def _filter(rule: ACL) -> ACLFilter:
+    return ACLFilter(
+        principal=rule.principal, host="*", operation=rule.operation,
+        permission_type=ACLPermissionType.ALLOW, resource_pattern=rule.resource_pattern,
+    )  # fmt: skip
+
+
+def _matching(admin: KafkaAdminClient, rule: ACL) -> list[ACL]:
+    found, _error = admin.describe_acls(_filter(rule))
+    return list(found)
+
+
+def test_a_rule_the_table_does_not_give_is_revoked_when_the_stack_applies_it(stack: Stack) -> None:
+    """Finding 5, class "privilege of each broker account": applying the table (what `infra/stack up`
+    and compose's `init` run) also removes every rule on the stack's topics that the table does not
+    give, so a right taken out of the table, or added by hand, does not live on in the broker."""
+    rogue = _rogue_rules()
+    admin = KafkaAdminClient(**stack.kafka().client_config())
+    alerts = KafkaConsumer(**stack.kafka("alerts").client_config(), enable_auto_commit=False)
+    try:
+        admin.create_acls(rogue)
+        deadline = time.monotonic() + 15
+        while not all(_matching(admin, rule) for rule in rogue):
+            assert time.monotonic() < deadline, "the broker did not store the rogue rules"
+            time.sleep(0.1)
+        applied = subprocess.run(
+            [sys.executable, str(REPO / "infra" / "kafka_acl.py"), "grant"],
+            env={**os.environ, **stack.values, **stack.kafka_env("admin"), "VAKTROM_TOPIC_PREFIX": ""},
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert applied.returncode == 0, applied.stderr
+        assert "revoked 3" in applied.stdout, applied.stdout
+        assert not [rule for rule in rogue if _matching(admin, rule)]
+        with pytest.raises(TopicAuthorizationFailedError):  # the stale read is gone in the authorizer too
+            alerts.end_offsets([TopicPartition(topics.measurement_topic(), 0)])
+    finally:
+        alerts.close()
+        admin.delete_acls([_filter(rule) for rule in rogue])
+        admin.close()
