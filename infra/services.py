@@ -247,6 +247,7 @@ class Kafka(Service):
             fd = os.open(self.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as out:
                 json.dump(passwords, out)
+        self.credentials_file.chmod(0o600)  # O_CREAT's mode does not narrow a file that was wider
         return passwords
 
     def settings(self, principal: str, *, prefix: str = "") -> KafkaSettings:
@@ -348,7 +349,7 @@ class Kafka(Service):
         from topics import ensure_topics  # noqa: PLC0415 - infra/topics.py, beside this file
 
         broker = self.settings(BROKER)
-        set_credentials(broker, {k: v for k, v in self.credentials().items() if k != BROKER})
+        set_credentials(broker, {k: v for k, v in self._ensure_credentials().items() if k != BROKER})
         grant(broker)
         revoke_stale(broker)  # a right taken out of the table does not live on in the broker
         deadline = time.monotonic() + 15.0

@@ -53,7 +53,7 @@ from kafka.structs import TopicPartition
 from contracts import topics
 from contracts.kafka_acl import PRINCIPALS, principal
 from contracts.settings import KafkaSettings
-from tests.conftest import REPO, STATE, Stack
+from tests.conftest import REPO, STATE, Stack, stack_command
 from tests.integration.stage_support import consume, delete_namespace, prepare, stage_groups
 
 Topic = Callable[[str], str]
@@ -426,3 +426,18 @@ def test_a_rule_the_table_does_not_give_is_revoked_when_the_stack_applies_it(sta
         alerts.close()
         admin.delete_acls([_filter(rule) for rule in rogue])
         admin.close()
+
+
+# ------------------------------------------------------------------ the passwords at rest
+def test_the_files_holding_kafka_passwords_are_made_owner_only_again(stack: Stack) -> None:
+    """Class "privilege of each broker account" (the passwords behind each principal): the files
+    that hold Kafka passwords are readable by their owner only after `infra/stack up`, even when
+    they were left wider before (a copy, a restore, a chmod), so another local user cannot read
+    the admin's or a stage's password."""
+    holders = [STATE / "stack.env", STATE / "kafka" / "credentials.json"]
+    for path in holders:
+        path.chmod(0o644)
+    up = stack_command("up", "kafka", timeout=180)
+    assert up.returncode == 0, up.stdout + up.stderr
+    wide = {str(path): oct(path.stat().st_mode & 0o777) for path in holders if path.stat().st_mode & 0o077}
+    assert not wide, f"readable by others: {wide}"
