@@ -37,21 +37,29 @@ from kafka.admin import (
     ACLOperation,
     ACLPermissionType,
     ACLResourcePatternType,
+    ConfigResource,
+    ConfigResourceType,
     KafkaAdminClient,
+    NewPartitions,
+    NewTopic,
     ResourcePattern,
     ResourceType,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
 )
 from kafka.consumer.group import KafkaConsumer
 from kafka.errors import (
     GroupAuthorizationFailedError,
+    KafkaError,
     KafkaTimeoutError,
     TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailedError,
 )
 from kafka.producer.kafka import KafkaProducer
-from kafka.structs import TopicPartition
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from contracts import topics
-from contracts.kafka_acl import PRINCIPALS, principal
+from contracts.kafka_acl import ADMIN, PRINCIPALS, principal
 from contracts.settings import KafkaSettings
 from tests.conftest import REPO, STATE, Stack, stack_command
 from tests.integration.stage_support import consume, delete_namespace, prepare, stage_groups
@@ -324,6 +332,33 @@ def test_kcat_without_credentials_is_refused(stack: Stack, namespace: str, kcat_
     assert not _on_topic(stack, topic, marker)
 
 
+def _java_client(
+    kafka: KafkaSettings,
+    tmp_path: Path,
+    main: str,
+    *args: str,
+    flag: str = "--command-config",
+    stdin: bytes = b"",
+) -> str:
+    """Run one of Kafka's own Java tools (`main`) signed in as `kafka`'s principal, its client
+    configuration passed with `flag`; returns everything it printed."""
+    config = tmp_path / f"{kafka.username}.properties"
+    config.touch(mode=0o600)
+    config.write_text(
+        "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n"
+        "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{kafka.username}" password="{kafka.password}";\n'
+        f"ssl.truststore.type=PEM\nssl.truststore.location={kafka.ca}\n"
+    )
+    java = ["java", "-Xmx128m", "-cp", f"{STATE / 'kafka' / 'libs'}/*",
+            f"-Dlog4j2.configurationFile={REPO / 'infra' / 'kafka' / 'log4j2.properties'}"]  # fmt: skip
+    done = subprocess.run(
+        [*java, main, "--bootstrap-server", kafka.servers[0], flag, str(config), *args],
+        input=stdin, capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    return (done.stdout + done.stderr).decode(errors="replace")
+
+
 def test_kafkas_console_producer_as_a_stage_cannot_forge_a_care_plan(
     stack: Stack, namespace: str, tmp_path: Path
 ) -> None:
@@ -331,26 +366,104 @@ def test_kafkas_console_producer_as_a_stage_cannot_forge_a_care_plan(
     producer): the monitor's principal publishing a newer care plan is refused
     (TopicAuthorizationException) and the plan is not on the topic."""
     topic, marker = topics.careplan_topic(f"{namespace}."), _marker()
-    monitor = stack.kafka("monitor")
-    config = tmp_path / "monitor.properties"
-    config.touch(mode=0o600)
-    config.write_text(
-        "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n"
-        "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
-        f'username="{monitor.username}" password="{monitor.password}";\n'
-        f"ssl.truststore.type=PEM\nssl.truststore.location={monitor.ca}\n"
-    )
-    java = ["java", "-Xmx128m", "-cp", f"{STATE / 'kafka' / 'libs'}/*",
-            f"-Dlog4j2.configurationFile={REPO / 'infra' / 'kafka' / 'log4j2.properties'}"]  # fmt: skip
-    done = subprocess.run(
-        [*java, "org.apache.kafka.tools.ConsoleProducer", "--bootstrap-server", stack.kafka_bootstrap,
-         "--topic", topic, "--producer.config", str(config),
-         "--property", "parse.key=true", "--property", "key.separator=|"],
-        input=f"{marker}|".encode() + _forged("careplans", marker) + b"\n",
-        capture_output=True, timeout=120, check=False,
+    output = _java_client(
+        stack.kafka("monitor"), tmp_path, "org.apache.kafka.tools.ConsoleProducer",
+        "--topic", topic, "--property", "parse.key=true", "--property", "key.separator=|",
+        flag="--producer.config", stdin=f"{marker}|".encode() + _forged("careplans", marker) + b"\n",
     )  # fmt: skip
-    assert b"TopicAuthorizationException" in done.stdout + done.stderr, done.stderr[-2000:]
+    assert "TopicAuthorizationException" in output, output[-2000:]
     assert not _on_topic(stack, topic, marker)
+
+
+def _refused(call: Callable[[], object]) -> str:
+    """What refused `call`: the authorization error it raised, or the one in its per-item answer
+    (some admin calls answer per topic or per user instead of raising); empty if nothing did."""
+    try:
+        answer = call()
+    except KafkaError as exc:
+        return type(exc).__name__ if "Authorization" in type(exc).__name__ else ""
+    text = repr(answer)
+    return text if "AuthorizationFailed" in text or "needs ALTER permission" in text else ""
+
+
+@pytest.mark.parametrize("stage", [p.stage for p in PRINCIPALS])
+def test_a_stage_cannot_administer_kafka(stack: Stack, namespace: str, stage: str, tmp_path: Path) -> None:
+    """Class "privilege of each broker account" (a compromised stage must not administer the broker):
+    on its own topics and everyone's, a stage's principal cannot shorten retention to 1 ms, delete a
+    topic or its records, add partitions, create a topic outside its own, read or change the access
+    rules or a SCRAM password (its own or the admin's), move, delete or reset another stage's
+    committed offsets, delete its own group, use a transactional id, or touch the cluster."""
+    groups, kafka = stage_groups(namespace), _client(stack, stage)
+    row = principal(stage)
+    mine = (row.writes or row.reads)[0](f"{namespace}.")
+    changelog = f"{groups['monitor']}-state-changelog"
+    setup = KafkaAdminClient(**stack.kafka().client_config())
+    try:
+        if changelog not in setup.list_topics():
+            setup.create_topics([NewTopic(changelog, 1, 1)])
+    finally:
+        setup.close()
+    other = "archive" if stage != "archive" else "alerts"
+    inputs = TopicPartition(topics.measurement_topic(f"{namespace}."), 0)
+    admin = KafkaAdminClient(**kafka.client_config())
+    try:
+        retention = {"retention.ms": "1"}
+        attempts: dict[str, Callable[[], object]] = {
+            "retention 1 ms on its topic": lambda: admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, mine, configs=retention)], raise_on_unknown=False
+            ),
+            "retention 1 ms on the monitor's changelog": lambda: admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, changelog, configs=retention)],
+                raise_on_unknown=False,
+            ),
+            "delete its topic": lambda: admin.delete_topics([mine]),
+            "delete the changelog": lambda: admin.delete_topics([changelog]),
+            "delete records": lambda: admin.delete_records({TopicPartition(mine, 0): -1}),
+            "add partitions": lambda: admin.create_partitions({mine: NewPartitions(6)}),
+            "create a topic": lambda: admin.create_topics([NewTopic(f"{namespace}.vaktrom.evil", 1, 1)]),
+            "read the access rules": lambda: admin.describe_acls(_filter(_rogue_rules()[0])),
+            "grant itself care plans": lambda: admin.create_acls(
+                [
+                    _allow(
+                        f"User:{row.name}",
+                        ACLOperation.WRITE,
+                        topics.careplan_topic(),
+                        ACLResourcePatternType.LITERAL,
+                    )
+                ]
+            ),
+            "set its own password": lambda: admin.alter_user_scram_credentials(
+                [UserScramCredentialUpsertion(row.name, ScramMechanism.SCRAM_SHA_512, "x" * 32)]
+            ),
+            "set the admin's password": lambda: admin.alter_user_scram_credentials(
+                [UserScramCredentialUpsertion(ADMIN, ScramMechanism.SCRAM_SHA_512, "x" * 32)]
+            ),
+            "move another group's offsets": lambda: admin.alter_group_offsets(
+                groups[other], {inputs: OffsetAndMetadata(10**9, "", -1)}
+            ),
+            "delete another group's offsets": lambda: admin.delete_group_offsets(groups[other], [inputs]),
+            "delete another group": lambda: admin.delete_groups([groups[other]]),
+            "delete its own group": lambda: admin.delete_groups([groups.get(stage, groups["monitor"])]),
+            "elect leaders": lambda: admin.elect_leaders(1, [TopicPartition(mine, 0)]),  # unclean,
+        }
+        allowed = {what for what, call in attempts.items() if not _refused(call)}
+    finally:
+        admin.close()
+    assert not allowed, f"{stage} may {sorted(allowed)}"
+    producer = KafkaProducer(
+        **kafka.client_config(), transactional_id=f"{namespace}-{stage}", max_block_ms=10_000
+    )
+    try:
+        with pytest.raises(TransactionalIdAuthorizationFailedError):
+            producer.init_transactions()
+    finally:
+        producer.close(timeout=5)
+    with KafkaConsumer(**stack.kafka(stage).client_config(), enable_auto_commit=False):
+        pass  # its password still works: the attempts changed nothing
+    assert "TopicAuthorizationException" in _java_client(  # the same with Kafka's own tool, from outside
+        kafka, tmp_path, "kafka.admin.ConfigCommand", "--entity-type", "topics", "--entity-name", changelog,
+        "--alter", "--add-config", "retention.ms=1",
+    )  # fmt: skip
 
 
 def test_the_table_names_one_principal_per_stage() -> None:
@@ -365,25 +478,25 @@ def test_the_table_names_one_principal_per_stage() -> None:
 
 
 # ------------------------------------------------------------------ the table is the whole truth
+def _allow(who: str, operation: ACLOperation, name: str, pattern: ACLResourcePatternType) -> ACL:
+    return ACL(
+        who, "*", operation, ACLPermissionType.ALLOW, ResourcePattern(ResourceType.TOPIC, name, pattern)
+    )
+
+
 def _rogue_rules() -> list[ACL]:
     """Rules on the stack's own topics that the table does not give: what an older table granted,
     or what someone added by hand (a stage reading measurements, every principal writing care plans,
     a prefix that covers every pipeline topic)."""
-
-    def allow(who: str, operation: ACLOperation, name: str, pattern: ACLResourcePatternType) -> ACL:
-        return ACL(
-            who, "*", operation, ACLPermissionType.ALLOW, ResourcePattern(ResourceType.TOPIC, name, pattern)
-        )
-
     return [
-        allow(
+        _allow(
             "User:vaktrom-alerts",
             ACLOperation.READ,
             topics.measurement_topic(),
             ACLResourcePatternType.LITERAL,
         ),
-        allow("User:*", ACLOperation.WRITE, topics.careplan_topic(), ACLResourcePatternType.LITERAL),
-        allow("User:vaktrom-bridge", ACLOperation.WRITE, "vaktrom.", ACLResourcePatternType.PREFIXED),
+        _allow("User:*", ACLOperation.WRITE, topics.careplan_topic(), ACLResourcePatternType.LITERAL),
+        _allow("User:vaktrom-bridge", ACLOperation.WRITE, "vaktrom.", ACLResourcePatternType.PREFIXED),
     ]
 
 
