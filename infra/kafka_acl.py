@@ -50,6 +50,9 @@ _OPERATIONS = {
 }
 
 
+MIN_PASSWORD = 16  # as the MQTT broker's (infra/mosquitto_init.py): a random one, not a word
+
+
 class AclError(Exception):
     """The broker refused to store a credential or an access rule; the message says which and why."""
 
@@ -190,11 +193,16 @@ def _setup(kafka: KafkaSettings, environ: Mapping[str, str]) -> str:
     )
     names = [ADMIN, *(p.name for p in PRINCIPALS)]
     variables = {name: f"KAFKA_{name.removeprefix('vaktrom-').upper()}_PASSWORD" for name in names}
-    missing = [
-        variable for variable in ["KAFKA_BROKER_PASSWORD", *variables.values()] if not environ.get(variable)
+    short = [
+        variable
+        for variable in ["KAFKA_BROKER_PASSWORD", *variables.values()]
+        if len(environ.get(variable, "")) < MIN_PASSWORD
     ]
-    if missing:
-        raise ConfigError(f"{', '.join(missing)} not set; they come from .env (see .env.example)")
+    if short:
+        raise ConfigError(
+            f"{', '.join(short)} not set or shorter than {MIN_PASSWORD} characters; "
+            "they come from .env (see .env.example)"
+        )
     set_credentials(broker, {name: environ[variable] for name, variable in variables.items()})
     granted, revoked = grant(broker), revoke_stale(broker)
     return f"SCRAM credentials for {len(names)} principals, {granted} access rules, revoked {revoked} others"
