@@ -23,8 +23,11 @@ import gc
 import json
 import logging
 import os
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -57,6 +60,7 @@ from kafka.errors import (
 )
 from kafka.producer.kafka import KafkaProducer
 from kafka.structs import OffsetAndMetadata, TopicPartition
+from tls import ensure_server_certificates  # infra/tls.py: tests.conftest puts infra/ on the path
 
 from contracts import topics
 from contracts.kafka_acl import ADMIN, PRINCIPALS, principal
@@ -554,3 +558,90 @@ def test_the_files_holding_kafka_passwords_are_made_owner_only_again(stack: Stac
     assert up.returncode == 0, up.stdout + up.stderr
     wide = {str(path): oct(path.stat().st_mode & 0o777) for path in holders if path.stat().st_mode & 0o077}
     assert not wide, f"readable by others: {wide}"
+
+
+# ------------------------------------------------------------------ a broker that is not the stack's
+class _Impostor:
+    """A TLS server on a free local port that presents `certificate` and records every byte a
+    client sends it after the handshake (a client that goes on would send its SASL sign-in)."""
+
+    def __init__(self, certificate: Path, key: Path) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(certificate, key)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.received = bytearray()
+        self.handshakes = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _address = self.listener.accept()
+            except OSError:
+                return  # closed
+            with raw:
+                raw.settimeout(5)
+                try:
+                    with self.context.wrap_socket(raw, server_side=True) as conn:
+                        self.handshakes += 1
+                        while chunk := conn.recv(4096):
+                            self.received += chunk
+                except (OSError, ssl.SSLError):
+                    continue  # the client refused our certificate: what we hope for
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _impostor_certificate(
+    folder: Path, hosts: list[str], *, ca_from: Path | None = None
+) -> tuple[Path, Path]:
+    """A certificate for `hosts`, signed by a new CA, or by the stack's own when `ca_from` is its folder."""
+    folder.mkdir()
+    if ca_from is not None:
+        for name in ("ca.crt", "ca.key"):
+            (folder / name).write_bytes((ca_from / name).read_bytes())
+    ensure_server_certificates(folder, hosts, name="kafka")
+    return folder / "kafka.crt", folder / "kafka.key"
+
+
+_SIGN_IN = """
+import sys
+from kafka.consumer.group import KafkaConsumer
+from kafka.errors import KafkaTimeoutError
+from contracts.settings import KafkaSettings
+try:
+    KafkaConsumer(**KafkaSettings.from_env().client_config(), bootstrap_timeout_ms=5000).topics()
+except KafkaTimeoutError:
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("impostor", ["another CA", "the stack's CA, another name"])
+def test_a_stage_does_not_sign_in_to_a_broker_that_is_not_the_stacks(
+    stack: Stack, tmp_path: Path, impostor: str
+) -> None:
+    """Class "network attacker" (read or change traffic): a stage's client checks the broker's
+    certificate against VAKTROM_KAFKA_CA and the name it dialled, so an impostor with a certificate
+    of another CA, or of the stack's CA for another name, finishes no handshake and never sees the
+    stage's SASL sign-in (its user name) or a record."""
+    ca_dir = Path(stack.values["VAKTROM_KAFKA_CA"]).parent
+    certificate, key = (
+        _impostor_certificate(tmp_path / "other", ["127.0.0.1", "localhost"])
+        if impostor == "another CA"
+        else _impostor_certificate(tmp_path / "same", ["kafka-impostor.invalid"], ca_from=ca_dir)
+    )
+    server = _Impostor(certificate, key)
+    try:
+        signed_in = subprocess.run(  # a stage's client, from the stage's environment
+            [sys.executable, "-c", _SIGN_IN],
+            env={**os.environ, **stack.values, **stack.kafka_env("monitor"),
+                 "VAKTROM_KAFKA_BOOTSTRAP": f"127.0.0.1:{server.port}"},
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert signed_in.returncode == 3, signed_in.stdout + signed_in.stderr[-2000:]
+        assert server.handshakes == 0, f"a client finished a TLS handshake with {impostor}"
+        assert not server.received
+    finally:
+        server.close()
