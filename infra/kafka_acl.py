@@ -100,7 +100,7 @@ def _covers_the_stack(pattern: ResourcePattern) -> bool:
     or the whole cluster; the tests' and benchmarks' namespaces do not start with "vaktrom"."""
     if pattern.resource_type not in (ResourceType.TOPIC, ResourceType.GROUP):
         return True  # the cluster, transactional ids, delegation tokens, users: the table gives none
-    name = pattern.resource_name
+    name = str(pattern.resource_name)
     if pattern.pattern_type == ACLResourcePatternType.PREFIXED:
         return name.startswith("vaktrom") or "vaktrom".startswith(name)
     return name == "*" or name.startswith("vaktrom")
