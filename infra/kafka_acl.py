@@ -5,6 +5,8 @@
 
 Idempotent: Kafka keeps one copy of an access rule however often it is created, and a credential
 set again replaces the old one (that is how a password is rotated: docs/kafka-security.md).
+For the stack's own topics (no prefix) it also revokes every ALLOW rule on them that the table does
+not give, so a right taken out of the table (or added by hand) does not live on in the broker.
 `infra/stack up` runs both for the stack's own topics; tests and benchmarks call `grant` for their
 topic prefixes and consumer groups.
 """
@@ -26,16 +28,17 @@ from kafka.admin import (
     ACLResourcePatternType,
     KafkaAdminClient,
     ResourcePattern,
+    ResourcePatternFilter,
     ResourceType,
     ScramMechanism,
     UserScramCredentialUpsertion,
 )
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, NoError
 
 from contracts.kafka_acl import ADMIN, BROKER, PRINCIPALS, KafkaAcl, kafka_acls
 from contracts.settings import ConfigError, KafkaSettings
 
-__all__ = ["AclError", "grant", "set_credentials", "to_kafka"]
+__all__ = ["AclError", "grant", "revoke_stale", "set_credentials", "to_kafka"]
 
 _RESOURCES = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}
 _OPERATIONS = {
@@ -45,6 +48,9 @@ _OPERATIONS = {
     "create": ACLOperation.CREATE,
     "describe_configs": ACLOperation.DESCRIBE_CONFIGS,
 }
+
+
+MIN_PASSWORD = 16  # as the MQTT broker's (infra/mosquitto_init.py): a random one, not a word
 
 
 class AclError(Exception):
@@ -87,6 +93,60 @@ def grant(
     finally:
         admin.close()
     return len(rules)
+
+
+def _covers_the_stack(pattern: ResourcePattern) -> bool:
+    """Whether a rule on `pattern` reaches the stack's own topics or groups (all named "vaktrom...")
+    or the whole cluster; the tests' and benchmarks' namespaces do not start with "vaktrom"."""
+    if pattern.resource_type not in (ResourceType.TOPIC, ResourceType.GROUP):
+        return True  # the cluster, transactional ids, delegation tokens, users: the table gives none
+    name = str(pattern.resource_name)
+    if pattern.pattern_type == ACLResourcePatternType.PREFIXED:
+        return name.startswith("vaktrom") or "vaktrom".startswith(name)
+    return name == "*" or name.startswith("vaktrom")
+
+
+def revoke_stale(kafka: KafkaSettings, *, timeout: float = 15.0) -> int:
+    """Delete every ALLOW rule on the stack's topics and groups (and the cluster) that the table does
+    not give for them, whoever it names; returns how many went. DENY rules only take away, and the
+    namespaces of tests and benchmarks are theirs: both are left alone."""
+    wanted = {_key(to_kafka(rule)) for rule in kafka_acls()}
+    admin = _admin(kafka, timeout)
+    try:
+        every = ACLFilter(
+            principal=None, host=None, operation=ACLOperation.ANY, permission_type=ACLPermissionType.ALLOW,
+            resource_pattern=ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY),
+        )  # fmt: skip
+        found, _no_error = admin.describe_acls(every)  # a refusal raises
+        stale = [acl for acl in found if _covers_the_stack(acl.resource_pattern) and _key(acl) not in wanted]
+        if not stale:
+            return 0
+        filters = [
+            ACLFilter(
+                principal=acl.principal, host=acl.host, operation=acl.operation,
+                permission_type=ACLPermissionType.ALLOW, resource_pattern=acl.resource_pattern,
+            )
+            for acl in stale
+        ]  # fmt: skip
+        for query, _deleted, error in admin.delete_acls(filters):
+            if error is not NoError:
+                raise AclError(f"the broker refused to revoke {query}: {error.__name__}")
+        deadline = time.monotonic() + timeout
+        while any(
+            admin.describe_acls(query)[0] for query in filters
+        ):  # the authorizer follows a moment later
+            if time.monotonic() > deadline:
+                raise AclError(f"the revoked access rules were still in force after {timeout:g} s")
+            time.sleep(0.05)
+    finally:
+        admin.close()
+    return len(stale)
+
+
+def _key(acl: ACL) -> tuple[object, ...]:
+    pattern = acl.resource_pattern
+    return (acl.principal, acl.host, acl.operation, acl.permission_type,
+            pattern.resource_type, pattern.resource_name, pattern.pattern_type)  # fmt: skip
 
 
 def _wait_applied(admin: KafkaAdminClient, rule: KafkaAcl, timeout: float) -> None:
@@ -133,13 +193,19 @@ def _setup(kafka: KafkaSettings, environ: Mapping[str, str]) -> str:
     )
     names = [ADMIN, *(p.name for p in PRINCIPALS)]
     variables = {name: f"KAFKA_{name.removeprefix('vaktrom-').upper()}_PASSWORD" for name in names}
-    missing = [
-        variable for variable in ["KAFKA_BROKER_PASSWORD", *variables.values()] if not environ.get(variable)
+    short = [
+        variable
+        for variable in ["KAFKA_BROKER_PASSWORD", *variables.values()]
+        if len(environ.get(variable, "")) < MIN_PASSWORD
     ]
-    if missing:
-        raise ConfigError(f"{', '.join(missing)} not set; they come from .env (see .env.example)")
+    if short:
+        raise ConfigError(
+            f"{', '.join(short)} not set or shorter than {MIN_PASSWORD} characters; "
+            "they come from .env (see .env.example)"
+        )
     set_credentials(broker, {name: environ[variable] for name, variable in variables.items()})
-    return f"SCRAM credentials for {len(names)} principals, {grant(broker)} access rules"
+    granted, revoked = grant(broker), revoke_stale(broker)
+    return f"SCRAM credentials for {len(names)} principals, {granted} access rules, revoked {revoked} others"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             done = _setup(kafka, os.environ)
         else:
             done = f"{grant(kafka, args.prefix)} access rules in place for prefix {args.prefix!r}"
+            if not args.prefix:
+                done += f", revoked {revoke_stale(kafka)} the table does not give"
     except (ConfigError, KafkaError, AclError) as exc:
         print(f"kafka_acl: {exc}", file=sys.stderr)
         return 1

@@ -24,6 +24,7 @@ __all__ = ["render_server_properties", "write_private", "write_tls"]
 TEMPLATE = Path(__file__).resolve().parent / "kafka" / "server.properties"
 BROKER = "vaktrom-broker"  # contracts.kafka_acl.BROKER (this script runs without the project)
 ADMIN = "vaktrom-admin"
+MIN_PASSWORD = 16  # the broker's is a super user's; as kafka_acl.MIN_PASSWORD
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--owner", type=int, default=None, help="uid that runs the broker (files are 0600)")
     args = parser.parse_args(argv)
     password = os.environ.get("KAFKA_BROKER_PASSWORD", "")
+    if len(password) < MIN_PASSWORD:
+        print(f"kafka_init: set KAFKA_BROKER_PASSWORD in .env ({MIN_PASSWORD}+ characters)", file=sys.stderr)
+        return 1
     try:
         write_tls(args.ca_dir, args.tls_dir, [args.host])
         properties = render_server_properties(

@@ -247,6 +247,7 @@ class Kafka(Service):
             fd = os.open(self.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as out:
                 json.dump(passwords, out)
+        self.credentials_file.chmod(0o600)  # O_CREAT's mode does not narrow a file that was wider
         return passwords
 
     def settings(self, principal: str, *, prefix: str = "") -> KafkaSettings:
@@ -341,14 +342,16 @@ class Kafka(Service):
             admin.close()
 
     def after_ready(self) -> None:
-        """SCRAM credentials for every principal, the access rules and the topics."""
+        """SCRAM credentials for every principal, the access rules (and no others on the stack's
+        topics) and the topics."""
         from kafka.errors import KafkaError  # noqa: PLC0415
-        from kafka_acl import grant, set_credentials  # noqa: PLC0415 - infra/, beside this file
+        from kafka_acl import grant, revoke_stale, set_credentials  # noqa: PLC0415 - infra/, beside this file
         from topics import ensure_topics  # noqa: PLC0415 - infra/topics.py, beside this file
 
         broker = self.settings(BROKER)
-        set_credentials(broker, {k: v for k, v in self.credentials().items() if k != BROKER})
+        set_credentials(broker, {k: v for k, v in self._ensure_credentials().items() if k != BROKER})
         grant(broker)
+        revoke_stale(broker)  # a right taken out of the table does not live on in the broker
         deadline = time.monotonic() + 15.0
         while True:  # a new credential reaches the listener a moment after the controller took it
             try:

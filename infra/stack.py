@@ -178,6 +178,7 @@ def stack_env(settings: StackSettings, services: dict[str, Service]) -> dict[str
 def write_env_file(settings: StackSettings, services: dict[str, Service]) -> Path:
     path = settings.state_dir.resolve() / "stack.env"
     path.touch(mode=0o600)
+    path.chmod(0o600)  # it holds every password; touch's mode does not narrow a file that was wider
     path.write_text("".join(f"{k}={v}\n" for k, v in stack_env(settings, services).items()))
     return path
 

@@ -22,25 +22,50 @@ import dataclasses
 import gc
 import json
 import logging
+import os
+import socket
+import ssl
 import subprocess
+import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from kafka.admin import (
+    ACL,
+    ACLFilter,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    ConfigResource,
+    ConfigResourceType,
+    KafkaAdminClient,
+    NewPartitions,
+    NewTopic,
+    ResourcePattern,
+    ResourceType,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
+)
 from kafka.consumer.group import KafkaConsumer
 from kafka.errors import (
     GroupAuthorizationFailedError,
+    KafkaError,
     KafkaTimeoutError,
     TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailedError,
 )
 from kafka.producer.kafka import KafkaProducer
-from kafka.structs import TopicPartition
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from tls import ensure_server_certificates  # infra/tls.py: tests.conftest puts infra/ on the path
 
 from contracts import topics
-from contracts.kafka_acl import PRINCIPALS, principal
+from contracts.kafka_acl import ADMIN, PRINCIPALS, principal
 from contracts.settings import KafkaSettings
-from tests.conftest import REPO, STATE, Stack
+from tests.conftest import REPO, STATE, Stack, stack_command
 from tests.integration.stage_support import consume, delete_namespace, prepare, stage_groups
 
 Topic = Callable[[str], str]
@@ -311,6 +336,33 @@ def test_kcat_without_credentials_is_refused(stack: Stack, namespace: str, kcat_
     assert not _on_topic(stack, topic, marker)
 
 
+def _java_client(
+    kafka: KafkaSettings,
+    tmp_path: Path,
+    main: str,
+    *args: str,
+    flag: str = "--command-config",
+    stdin: bytes = b"",
+) -> str:
+    """Run one of Kafka's own Java tools (`main`) signed in as `kafka`'s principal, its client
+    configuration passed with `flag`; returns everything it printed."""
+    config = tmp_path / f"{kafka.username}.properties"
+    config.touch(mode=0o600)
+    config.write_text(
+        "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n"
+        "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{kafka.username}" password="{kafka.password}";\n'
+        f"ssl.truststore.type=PEM\nssl.truststore.location={kafka.ca}\n"
+    )
+    java = ["java", "-Xmx128m", "-cp", f"{STATE / 'kafka' / 'libs'}/*",
+            f"-Dlog4j2.configurationFile={REPO / 'infra' / 'kafka' / 'log4j2.properties'}"]  # fmt: skip
+    done = subprocess.run(
+        [*java, main, "--bootstrap-server", kafka.servers[0], flag, str(config), *args],
+        input=stdin, capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    return (done.stdout + done.stderr).decode(errors="replace")
+
+
 def test_kafkas_console_producer_as_a_stage_cannot_forge_a_care_plan(
     stack: Stack, namespace: str, tmp_path: Path
 ) -> None:
@@ -318,26 +370,104 @@ def test_kafkas_console_producer_as_a_stage_cannot_forge_a_care_plan(
     producer): the monitor's principal publishing a newer care plan is refused
     (TopicAuthorizationException) and the plan is not on the topic."""
     topic, marker = topics.careplan_topic(f"{namespace}."), _marker()
-    monitor = stack.kafka("monitor")
-    config = tmp_path / "monitor.properties"
-    config.touch(mode=0o600)
-    config.write_text(
-        "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n"
-        "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
-        f'username="{monitor.username}" password="{monitor.password}";\n'
-        f"ssl.truststore.type=PEM\nssl.truststore.location={monitor.ca}\n"
-    )
-    java = ["java", "-Xmx128m", "-cp", f"{STATE / 'kafka' / 'libs'}/*",
-            f"-Dlog4j2.configurationFile={REPO / 'infra' / 'kafka' / 'log4j2.properties'}"]  # fmt: skip
-    done = subprocess.run(
-        [*java, "org.apache.kafka.tools.ConsoleProducer", "--bootstrap-server", stack.kafka_bootstrap,
-         "--topic", topic, "--producer.config", str(config),
-         "--property", "parse.key=true", "--property", "key.separator=|"],
-        input=f"{marker}|".encode() + _forged("careplans", marker) + b"\n",
-        capture_output=True, timeout=120, check=False,
+    output = _java_client(
+        stack.kafka("monitor"), tmp_path, "org.apache.kafka.tools.ConsoleProducer",
+        "--topic", topic, "--property", "parse.key=true", "--property", "key.separator=|",
+        flag="--producer.config", stdin=f"{marker}|".encode() + _forged("careplans", marker) + b"\n",
     )  # fmt: skip
-    assert b"TopicAuthorizationException" in done.stdout + done.stderr, done.stderr[-2000:]
+    assert "TopicAuthorizationException" in output, output[-2000:]
     assert not _on_topic(stack, topic, marker)
+
+
+def _refused(call: Callable[[], object]) -> str:
+    """What refused `call`: the authorization error it raised, or the one in its per-item answer
+    (some admin calls answer per topic or per user instead of raising); empty if nothing did."""
+    try:
+        answer = call()
+    except KafkaError as exc:
+        return type(exc).__name__ if "Authorization" in type(exc).__name__ else ""
+    text = repr(answer)
+    return text if "AuthorizationFailed" in text or "needs ALTER permission" in text else ""
+
+
+@pytest.mark.parametrize("stage", [p.stage for p in PRINCIPALS])
+def test_a_stage_cannot_administer_kafka(stack: Stack, namespace: str, stage: str, tmp_path: Path) -> None:
+    """Class "privilege of each broker account" (a compromised stage must not administer the broker):
+    on its own topics and everyone's, a stage's principal cannot shorten retention to 1 ms, delete a
+    topic or its records, add partitions, create a topic outside its own, read or change the access
+    rules or a SCRAM password (its own or the admin's), move, delete or reset another stage's
+    committed offsets, delete its own group, use a transactional id, or touch the cluster."""
+    groups, kafka = stage_groups(namespace), _client(stack, stage)
+    row = principal(stage)
+    mine = (row.writes or row.reads)[0](f"{namespace}.")
+    changelog = f"{groups['monitor']}-state-changelog"
+    setup = KafkaAdminClient(**stack.kafka().client_config())
+    try:
+        if changelog not in setup.list_topics():
+            setup.create_topics([NewTopic(changelog, 1, 1)])
+    finally:
+        setup.close()
+    other = "archive" if stage != "archive" else "alerts"
+    inputs = TopicPartition(topics.measurement_topic(f"{namespace}."), 0)
+    admin = KafkaAdminClient(**kafka.client_config())
+    try:
+        retention = {"retention.ms": "1"}
+        attempts: dict[str, Callable[[], object]] = {
+            "retention 1 ms on its topic": lambda: admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, mine, configs=retention)], raise_on_unknown=False
+            ),
+            "retention 1 ms on the monitor's changelog": lambda: admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, changelog, configs=retention)],
+                raise_on_unknown=False,
+            ),
+            "delete its topic": lambda: admin.delete_topics([mine]),
+            "delete the changelog": lambda: admin.delete_topics([changelog]),
+            "delete records": lambda: admin.delete_records({TopicPartition(mine, 0): -1}),
+            "add partitions": lambda: admin.create_partitions({mine: NewPartitions(6)}),
+            "create a topic": lambda: admin.create_topics([NewTopic(f"{namespace}.vaktrom.evil", 1, 1)]),
+            "read the access rules": lambda: admin.describe_acls(_filter(_rogue_rules()[0])),
+            "grant itself care plans": lambda: admin.create_acls(
+                [
+                    _allow(
+                        f"User:{row.name}",
+                        ACLOperation.WRITE,
+                        topics.careplan_topic(),
+                        ACLResourcePatternType.LITERAL,
+                    )
+                ]
+            ),
+            "set its own password": lambda: admin.alter_user_scram_credentials(
+                [UserScramCredentialUpsertion(row.name, ScramMechanism.SCRAM_SHA_512, "x" * 32)]
+            ),
+            "set the admin's password": lambda: admin.alter_user_scram_credentials(
+                [UserScramCredentialUpsertion(ADMIN, ScramMechanism.SCRAM_SHA_512, "x" * 32)]
+            ),
+            "move another group's offsets": lambda: admin.alter_group_offsets(
+                groups[other], {inputs: OffsetAndMetadata(10**9, "", -1)}
+            ),
+            "delete another group's offsets": lambda: admin.delete_group_offsets(groups[other], [inputs]),
+            "delete another group": lambda: admin.delete_groups([groups[other]]),
+            "delete its own group": lambda: admin.delete_groups([groups.get(stage, groups["monitor"])]),
+            "elect leaders": lambda: admin.elect_leaders(1, [TopicPartition(mine, 0)]),  # unclean,
+        }
+        allowed = {what for what, call in attempts.items() if not _refused(call)}
+    finally:
+        admin.close()
+    assert not allowed, f"{stage} may {sorted(allowed)}"
+    producer = KafkaProducer(
+        **kafka.client_config(), transactional_id=f"{namespace}-{stage}", max_block_ms=10_000
+    )
+    try:
+        with pytest.raises(TransactionalIdAuthorizationFailedError):
+            producer.init_transactions()
+    finally:
+        producer.close(timeout=5)
+    with KafkaConsumer(**stack.kafka(stage).client_config(), enable_auto_commit=False):
+        pass  # its password still works: the attempts changed nothing
+    assert "TopicAuthorizationException" in _java_client(  # the same with Kafka's own tool, from outside
+        kafka, tmp_path, "kafka.admin.ConfigCommand", "--entity-type", "topics", "--entity-name", changelog,
+        "--alter", "--add-config", "retention.ms=1",
+    )  # fmt: skip
 
 
 def test_the_table_names_one_principal_per_stage() -> None:
@@ -349,3 +479,169 @@ def test_the_table_names_one_principal_per_stage() -> None:
     assert writers["measurements"] == ["bridge"]
     assert writers["alerts"] == ["monitor"]
     assert writers["careplans"] == ["registry"]
+
+
+# ------------------------------------------------------------------ the table is the whole truth
+def _allow(who: str, operation: ACLOperation, name: str, pattern: ACLResourcePatternType) -> ACL:
+    return ACL(
+        who, "*", operation, ACLPermissionType.ALLOW, ResourcePattern(ResourceType.TOPIC, name, pattern)
+    )
+
+
+def _rogue_rules() -> list[ACL]:
+    """Rules on the stack's own topics that the table does not give: what an older table granted,
+    or what someone added by hand (a stage reading measurements, every principal writing care plans,
+    a prefix that covers every pipeline topic)."""
+    return [
+        _allow(
+            "User:vaktrom-alerts",
+            ACLOperation.READ,
+            topics.measurement_topic(),
+            ACLResourcePatternType.LITERAL,
+        ),
+        _allow("User:*", ACLOperation.WRITE, topics.careplan_topic(), ACLResourcePatternType.LITERAL),
+        _allow("User:vaktrom-bridge", ACLOperation.WRITE, "vaktrom.", ACLResourcePatternType.PREFIXED),
+    ]
+
+
+def _filter(rule: ACL) -> ACLFilter:
+    return ACLFilter(
+        principal=rule.principal, host="*", operation=rule.operation,
+        permission_type=ACLPermissionType.ALLOW, resource_pattern=rule.resource_pattern,
+    )  # fmt: skip
+
+
+def _matching(admin: KafkaAdminClient, rule: ACL) -> list[ACL]:
+    found, _error = admin.describe_acls(_filter(rule))
+    return list(found)
+
+
+def test_a_rule_the_table_does_not_give_is_revoked_when_the_stack_applies_it(stack: Stack) -> None:
+    """Finding 5, class "privilege of each broker account": applying the table (what `infra/stack up`
+    and compose's `init` run) also removes every rule on the stack's topics that the table does not
+    give, so a right taken out of the table, or added by hand, does not live on in the broker."""
+    rogue = _rogue_rules()
+    admin = KafkaAdminClient(**stack.kafka().client_config())
+    alerts = KafkaConsumer(**stack.kafka("alerts").client_config(), enable_auto_commit=False)
+    try:
+        admin.create_acls(rogue)
+        deadline = time.monotonic() + 15
+        while not all(_matching(admin, rule) for rule in rogue):
+            assert time.monotonic() < deadline, "the broker did not store the rogue rules"
+            time.sleep(0.1)
+        applied = subprocess.run(
+            [sys.executable, str(REPO / "infra" / "kafka_acl.py"), "grant"],
+            env={**os.environ, **stack.values, **stack.kafka_env("admin"), "VAKTROM_TOPIC_PREFIX": ""},
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert applied.returncode == 0, applied.stderr
+        assert "revoked 3" in applied.stdout, applied.stdout
+        assert not [rule for rule in rogue if _matching(admin, rule)]
+        with pytest.raises(TopicAuthorizationFailedError):  # the stale read is gone in the authorizer too
+            alerts.end_offsets([TopicPartition(topics.measurement_topic(), 0)])
+    finally:
+        alerts.close()
+        admin.delete_acls([_filter(rule) for rule in rogue])
+        admin.close()
+
+
+# ------------------------------------------------------------------ the passwords at rest
+def test_the_files_holding_kafka_passwords_are_made_owner_only_again(stack: Stack) -> None:
+    """Class "privilege of each broker account" (the passwords behind each principal): the files
+    that hold Kafka passwords are readable by their owner only after `infra/stack up`, even when
+    they were left wider before (a copy, a restore, a chmod), so another local user cannot read
+    the admin's or a stage's password."""
+    holders = [STATE / "stack.env", STATE / "kafka" / "credentials.json"]
+    for path in holders:
+        path.chmod(0o644)
+    up = stack_command("up", "kafka", timeout=180)
+    assert up.returncode == 0, up.stdout + up.stderr
+    wide = {str(path): oct(path.stat().st_mode & 0o777) for path in holders if path.stat().st_mode & 0o077}
+    assert not wide, f"readable by others: {wide}"
+
+
+# ------------------------------------------------------------------ a broker that is not the stack's
+class _Impostor:
+    """A TLS server on a free local port that presents `certificate` and records every byte a
+    client sends it after the handshake (a client that goes on would send its SASL sign-in)."""
+
+    def __init__(self, certificate: Path, key: Path) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(certificate, key)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.received = bytearray()
+        self.handshakes = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _address = self.listener.accept()
+            except OSError:
+                return  # closed
+            with raw:
+                raw.settimeout(5)
+                try:
+                    with self.context.wrap_socket(raw, server_side=True) as conn:
+                        self.handshakes += 1
+                        while chunk := conn.recv(4096):
+                            self.received += chunk
+                except (OSError, ssl.SSLError):
+                    continue  # the client refused our certificate: what we hope for
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _impostor_certificate(
+    folder: Path, hosts: list[str], *, ca_from: Path | None = None
+) -> tuple[Path, Path]:
+    """A certificate for `hosts`, signed by a new CA, or by the stack's own when `ca_from` is its folder."""
+    folder.mkdir()
+    if ca_from is not None:
+        for name in ("ca.crt", "ca.key"):
+            (folder / name).write_bytes((ca_from / name).read_bytes())
+    ensure_server_certificates(folder, hosts, name="kafka")
+    return folder / "kafka.crt", folder / "kafka.key"
+
+
+_SIGN_IN = """
+import sys
+from kafka.consumer.group import KafkaConsumer
+from kafka.errors import KafkaTimeoutError
+from contracts.settings import KafkaSettings
+try:
+    KafkaConsumer(**KafkaSettings.from_env().client_config(), bootstrap_timeout_ms=5000).topics()
+except KafkaTimeoutError:
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("impostor", ["another CA", "the stack's CA, another name"])
+def test_a_stage_does_not_sign_in_to_a_broker_that_is_not_the_stacks(
+    stack: Stack, tmp_path: Path, impostor: str
+) -> None:
+    """Class "network attacker" (read or change traffic): a stage's client checks the broker's
+    certificate against VAKTROM_KAFKA_CA and the name it dialled, so an impostor with a certificate
+    of another CA, or of the stack's CA for another name, finishes no handshake and never sees the
+    stage's SASL sign-in (its user name) or a record."""
+    ca_dir = Path(stack.values["VAKTROM_KAFKA_CA"]).parent
+    certificate, key = (
+        _impostor_certificate(tmp_path / "other", ["127.0.0.1", "localhost"])
+        if impostor == "another CA"
+        else _impostor_certificate(tmp_path / "same", ["kafka-impostor.invalid"], ca_from=ca_dir)
+    )
+    server = _Impostor(certificate, key)
+    try:
+        signed_in = subprocess.run(  # a stage's client, from the stage's environment
+            [sys.executable, "-c", _SIGN_IN],
+            env={**os.environ, **stack.values, **stack.kafka_env("monitor"),
+                 "VAKTROM_KAFKA_BOOTSTRAP": f"127.0.0.1:{server.port}"},
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert signed_in.returncode == 3, signed_in.stdout + signed_in.stderr[-2000:]
+        assert server.handshakes == 0, f"a client finished a TLS handshake with {impostor}"
+        assert not server.received
+    finally:
+        server.close()

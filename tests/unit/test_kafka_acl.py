@@ -1,0 +1,86 @@
+"""infra/kafka_acl.py and kafka_init.py: which access rules revoke_stale may take away (the stack's,
+never a test's), and the passwords compose's broker and `init` accept."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from kafka.admin import ACLResourcePatternType, ResourcePattern, ResourceType
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "infra"))
+import kafka_init
+from kafka_acl import _covers_the_stack, _setup, to_kafka
+
+from contracts import topics
+from contracts.kafka_acl import ADMIN, kafka_acls
+from contracts.settings import ConfigError, KafkaSettings
+
+_LITERAL, _PREFIXED = ACLResourcePatternType.LITERAL, ACLResourcePatternType.PREFIXED
+
+
+def test_every_rule_of_the_stacks_own_topics_is_the_stacks() -> None:
+    """The table's rules for the stack's topics (no prefix) are in what revoke_stale looks at."""
+    assert all(_covers_the_stack(to_kafka(rule).resource_pattern) for rule in kafka_acls())
+
+
+def test_a_namespaces_rules_are_left_to_it() -> None:
+    """Tests and benchmarks grant rules for their own prefix and groups; the stack never revokes them."""
+    groups = {"monitor": "atk1.monitor", "archive": "atk1-archive", "alerts": "atk1-alerts"}
+    assert not any(
+        _covers_the_stack(to_kafka(rule).resource_pattern) for rule in kafka_acls("atk1.", groups=groups)
+    )
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        ResourcePattern(ResourceType.TOPIC, "*", _LITERAL),
+        ResourcePattern(ResourceType.TOPIC, topics.careplan_topic(), _LITERAL),
+        ResourcePattern(ResourceType.TOPIC, "", _PREFIXED),
+        ResourcePattern(ResourceType.TOPIC, "vak", _PREFIXED),
+        ResourcePattern(ResourceType.GROUP, "vaktrom-", _PREFIXED),
+        ResourcePattern(ResourceType.CLUSTER, "kafka-cluster", _LITERAL),
+        ResourcePattern(ResourceType.TRANSACTIONAL_ID, "x", _LITERAL),
+    ],
+    ids=str,
+)
+def test_a_rule_that_reaches_the_stacks_topics_or_the_cluster_is_the_stacks(pattern: ResourcePattern) -> None:
+    """A wildcard, a prefix of "vaktrom", or anything beyond topics and groups reaches the stack."""
+    assert _covers_the_stack(pattern)
+
+
+_VARIABLES = [
+    f"KAFKA_{name}_PASSWORD"
+    for name in ("BROKER", "ADMIN", "BRIDGE", "MONITOR", "ARCHIVE", "ALERTS", "REGISTRY")
+]
+
+
+@pytest.mark.parametrize("variable", _VARIABLES)
+def test_compose_refuses_a_short_kafka_password_before_it_reaches_the_broker(variable: str) -> None:
+    """A guessable password is refused at start-up (as the MQTT broker's are): `init` names the
+    variable and sets no credential, so a .env with "secret" in it never becomes a Kafka login."""
+    environ = dict.fromkeys(_VARIABLES, "x" * 32) | {variable: "secret"}
+    with pytest.raises(ConfigError, match=variable):
+        _setup(
+            KafkaSettings(bootstrap="127.0.0.1:9", username=ADMIN, password="y" * 32), environ
+        )  # no broker there
+
+
+def test_kafka_init_refuses_a_short_broker_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The broker's own password (a super user's) must be 16+ characters too; nothing is written."""
+    monkeypatch.setenv("KAFKA_BROKER_PASSWORD", "secret")
+    args = [
+        "--ca-dir",
+        str(tmp_path / "ca"),
+        "--tls-dir",
+        str(tmp_path / "tls"),
+        "--config-dir",
+        str(tmp_path / "c"),
+    ]
+    assert kafka_init.main(args) == 1
+    assert "KAFKA_BROKER_PASSWORD" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
