@@ -33,6 +33,8 @@ import psycopg
 from stackenv import hosted_registry, kafka_principal
 from supervisor import Supervisor
 
+from contracts.mqtt_accounts import BRIDGE
+
 REPO = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("VAKTROM_STATE_DIR", REPO / ".local")).resolve()
 DEMO = STATE / "demo"
@@ -162,10 +164,11 @@ def demo_login(env: dict[str, str]) -> str:
 
 
 def stages(env: dict[str, str]) -> list[Stage]:
-    """The four stages, each signed in to Kafka as its own principal (docs/kafka-security.md)."""
+    """The four stages, each signed in to Kafka as its own principal (docs/kafka-security.md); the
+    bridge logs in to the broker with the client id its account is bound to (docs/broker-accounts.md)."""
     return [
         Stage("bridge", "ingest", 9464,
-              {"VAKTROM_BRIDGE_CLIENT_ID": "demo-bridge-1", **kafka_principal(env, "bridge")}),
+              {"VAKTROM_BRIDGE_CLIENT_ID": BRIDGE.client_id, **kafka_principal(env, "bridge")}),
         Stage("monitor", "streams.monitor", 9466,
               {"VAKTROM_MONITOR_DATA_DIR": str(STATE / "monitor"), **kafka_principal(env, "monitor")}),
         Stage("archive", "streams.archive", 9465, kafka_principal(env, "archive")),
