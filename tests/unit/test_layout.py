@@ -73,9 +73,15 @@ def test_simulator_imports_nothing_of_the_pipeline() -> None:
 def test_contracts_import_no_stage_and_no_io_library() -> None:
     """The contracts are pure: no stage, no Kafka, MQTT or database client."""
     for path, roots in _imported_roots(REPO / "contracts").items():
-        assert not roots & (set(STAGES) | {"kafka", "paho", "psycopg", "faust"}), (
-            f"{path} imports {sorted(roots)}"
-        )
+        assert not roots & (
+            set(STAGES) | {"runtime", "kafka", "confluent_kafka", "paho", "psycopg", "faust"}
+        ), f"{path} imports {sorted(roots)}"
+
+
+def test_runtime_imports_no_stage() -> None:
+    """The runtime kernel sits under every stage: it may use `contracts`, never a stage."""
+    for path, roots in _imported_roots(REPO / "runtime").items():
+        assert not roots & set(STAGES), f"{path} imports {sorted(roots & set(STAGES))}"
 
 
 def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:

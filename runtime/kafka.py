@@ -1,0 +1,250 @@
+"""Kafka for every stage: confluent-kafka (librdkafka) clients configured from `KafkaSettings`.
+
+The one place that turns the shared settings into a client's configuration, so every producer
+partitions alike (Kafka's murmur2, as the Java client does: a patient's readings, status and care
+plans meet in one partition whoever wrote them), every client signs in alike (SCRAM over TLS with
+the stage's own principal), and every consumer commits by hand.
+
+    producer(kafka, client_id=...)            acks=all, idempotent, murmur2
+    consumer(kafka, group_id=..., client_id=...)   no auto-commit, earliest
+    admin(kafka, client_id=...)               AdminClient
+    topic_partitions(admin_client, names)     {topic: partition count} of those that exist
+    create_topics(admin_client, specs, ...)   idempotent
+    partition_of(key, count)                  where Kafka's default partitioner puts `key`
+
+librdkafka delivers a producer's reports (`on_delivery`) only inside `poll()` or `flush()`, on the
+caller's thread; a stage that sends from one thread and waits elsewhere polls in its own loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from contracts.settings import KafkaSettings
+
+__all__ = [
+    "OFFSET_BEGINNING",
+    "OFFSET_END",
+    "AdminClient",
+    "Consumer",
+    "KafkaError",
+    "KafkaException",
+    "Message",
+    "Producer",
+    "TopicPartition",
+    "TopicSpec",
+    "admin",
+    "client_config",
+    "consumer",
+    "create_topics",
+    "delete_topics",
+    "end_offsets",
+    "list_topics",
+    "murmur2",
+    "partition_of",
+    "producer",
+    "raise_for",
+    "topic_partitions",
+]
+
+log = logging.getLogger(__name__)
+
+# librdkafka logs through a Python logger when given one; its own lines otherwise go to stderr.
+_LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+
+
+def client_config(kafka: KafkaSettings, *, client_id: str) -> dict[str, Any]:
+    """librdkafka settings shared by every client: where Kafka is, who signs in, how it is verified."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": ",".join(kafka.servers),
+        "client.id": client_id,
+        "logger": _LIBRDKAFKA_LOG,
+        # Find Kafka again within ~2 s of its return, as the stages' old clients did.
+        "reconnect.backoff.ms": 100,
+        "reconnect.backoff.max.ms": 2000,
+    }
+    if kafka.security_protocol == "SASL_SSL":
+        config |= {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanisms": kafka.sasl_mechanism,
+            "sasl.username": kafka.username,
+            "sasl.password": kafka.password,
+            "ssl.endpoint.identification.algorithm": "https",
+        }
+        if kafka.ca is not None:
+            config["ssl.ca.location"] = str(kafka.ca)
+    else:
+        config["security.protocol"] = "PLAINTEXT"
+    return config
+
+
+def producer(kafka: KafkaSettings, *, client_id: str, **overrides: Any) -> Producer:
+    """An idempotent acks=all producer with Kafka's murmur2 partitioner. `overrides`: librdkafka
+    settings with dots (`linger.ms`, `compression.type`, ...) passed as a dict's keys."""
+    config = client_config(kafka, client_id=client_id) | {
+        "acks": "all",
+        "enable.idempotence": True,
+        # The Java client's partitioner, so every writer puts a patient in the same partition.
+        "partitioner": "murmur2_random",
+        "linger.ms": 5,
+    }
+    return Producer(config | overrides)
+
+
+def consumer(kafka: KafkaSettings, *, group_id: str, client_id: str, **overrides: Any) -> Consumer:
+    """A group consumer that commits only when told to, starting at the earliest record."""
+    config = client_config(kafka, client_id=client_id) | {
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+    }
+    return Consumer(config | overrides)
+
+
+def admin(kafka: KafkaSettings, *, client_id: str = "vaktrom-admin-client", **overrides: Any) -> AdminClient:
+    return AdminClient(client_config(kafka, client_id=client_id) | overrides)
+
+
+def raise_for(message: Message | None) -> Message | None:
+    """`message` unless it carries an error; a partition's end (a notice, not an error) is None."""
+    if message is None:
+        return None
+    error = message.error()
+    if error is None:
+        return message
+    if error.code() == KafkaError._PARTITION_EOF:
+        return None
+    raise KafkaException(error)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def list_topics(client: AdminClient | Producer | Consumer, *, timeout: float = 10.0) -> set[str]:
+    return set(client.list_topics(timeout=timeout).topics)
+
+
+def topic_partitions(
+    client: AdminClient | Producer | Consumer, names: Iterable[str], *, timeout: float = 10.0
+) -> dict[str, int]:
+    """{topic: partition count} of those of `names` that exist (a missing one is left out)."""
+    metadata = client.list_topics(timeout=timeout).topics
+    out = {}
+    for name in names:
+        topic = metadata.get(name)
+        if topic is not None and topic.error is None and topic.partitions:
+            out[name] = len(topic.partitions)
+    return out
+
+
+def create_topics(
+    client: AdminClient, specs: Sequence[TopicSpec], *, replication: int = 1, timeout: float = 15.0
+) -> list[str]:
+    """Create those of `specs` that do not exist; returns the names created now. Another client may
+    create one between our look and our create: that is fine. Waits until they show in metadata (a
+    stage started at once would otherwise find them missing)."""
+    existing = list_topics(client, timeout=timeout)
+    missing = [s for s in specs if s.name not in existing]
+    if not missing:
+        return []
+    futures = client.create_topics(
+        [NewTopic(s.name, s.partitions, replication, config=dict(s.config)) for s in missing],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
+    for name, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+            log.debug("topic %s was created by another client meanwhile", name)
+    wanted, deadline = {s.name for s in missing}, time.monotonic() + timeout
+    while not wanted <= list_topics(client, timeout=timeout):
+        if time.monotonic() > deadline:
+            raise KafkaException(
+                KafkaError(KafkaError._TIMED_OUT, f"topics {sorted(wanted)} created but not visible")
+            )
+        time.sleep(0.1)
+    return [s.name for s in missing]
+
+
+def delete_topics(client: AdminClient, names: Sequence[str], *, timeout: float = 30.0) -> None:
+    if not names:
+        return
+    for future in client.delete_topics(
+        list(names), operation_timeout=timeout, request_timeout=timeout
+    ).values():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
+
+
+def end_offsets(
+    client: Consumer, partitions: Iterable[tuple[str, int]], *, timeout: float = 10.0
+) -> dict[tuple[str, int], int]:
+    """The end (next offset to be written) of each (topic, partition)."""
+    out = {}
+    for topic, partition in partitions:
+        _low, high = client.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+        out[(topic, partition)] = high
+    return out
+
+
+# ------------------------------------------------------------------ Kafka's default partitioner
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash (the Java client's `Utils.murmur2`), as a signed 32-bit int."""
+    length = len(data)
+    seed, m, r = 0x9747B28C, 0x5BD1E995, 24
+    h = (seed ^ length) & 0xFFFFFFFF
+    length4 = length // 4
+    for i in range(length4):
+        i4 = i * 4
+        k = data[i4] | (data[i4 + 1] << 8) | (data[i4 + 2] << 16) | (data[i4 + 3] << 24)
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = (h * m) & 0xFFFFFFFF
+        h ^= k
+    extra = length % 4
+    tail = length4 * 4
+    if extra >= 3:
+        h ^= data[tail + 2] << 16
+    if extra >= 2:
+        h ^= data[tail + 1] << 8
+    if extra >= 1:
+        h ^= data[tail]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def partition_of(key: bytes, count: int) -> int:
+    """The partition Kafka's default partitioner (and librdkafka's `murmur2_random`) picks for `key`."""
+    return (murmur2(key) & 0x7FFFFFFF) % count
