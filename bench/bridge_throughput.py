@@ -11,7 +11,7 @@ Rates are messages over the time from the first message to the last, in each pha
 the bridge is its CPU per message, so the run also measures that, and two of its parts on their own:
 
     paho only          the same messages received by paho-mqtt doing nothing else (PUBACK at once)
-    kafka-python only  bridge x1's own records sent again, by the bridge's producer with its settings
+    confluent-kafka only  bridge x1's own records sent again, by the bridge's producer with its settings
 
 Each phase also accounts for the whole machine: the CPU that the simulator, Mosquitto, Kafka and the
 bridge took per message, and how busy both cores were. From those, the CPU left for the bridge at
@@ -46,12 +46,13 @@ sys.path[:0] = [str(REPO), str(REPO / "infra"), str(REPO / "gateway-sim")]
 from archive_throughput import as_stage, kafka, scratch_topics, stack_env  # noqa: E402  (bench/ holds scripts)
 from enrol import enrol  # noqa: E402  (infra/ holds scripts, not a package)
 from gateway_sim.cli import load_enrolment  # noqa: E402
-from kafka import KafkaConsumer  # noqa: E402
 from sim_publish import TICKS, cpu_seconds  # noqa: E402
 
 from contracts import topics  # noqa: E402
+from contracts.settings import KafkaSettings  # noqa: E402
 from ingest.producer import RecordSink  # noqa: E402
 from ingest.settings import BridgeSettings  # noqa: E402
+from runtime import kafka as rk  # noqa: E402
 
 _RUN = REPO / ".local" / "run"
 
@@ -180,12 +181,7 @@ def paho_phase(env: dict[str, str], messages: int, kits: int, tag: str, tmp: Pat
 def producer_phase(env: dict[str, str], messages: int, tag: str) -> dict[str, Any]:
     """Send bridge x1's measurement records again (same keys, values, headers) with its producer."""
     source = topics.measurement_topic(f"benchbr1{tag}.")
-    consumer = KafkaConsumer(
-        source, **kafka(env).client_config(), auto_offset_reset="earliest",
-        enable_auto_commit=False, consumer_timeout_ms=5000,
-    )  # fmt: skip
-    records = [(r.key, r.value, list(r.headers)) for r in consumer]
-    consumer.close()
+    records = [(r.key(), r.value(), r.headers() or []) for r in read_topic(kafka(env), source)]
     prefix = f"benchprod{tag}."
     scratch_topics(env, prefix, partitions=6)
     target = topics.measurement_topic(prefix)
@@ -209,13 +205,29 @@ def producer_phase(env: dict[str, str], messages: int, tag: str) -> dict[str, An
         sys.exit(f"bench: the producer phase settled {settled[0]} of {len(records)} records")
     per_record = cpu / len(records) * 1e6
     return {
-        "phase": "kafka-python only",
+        "phase": "confluent-kafka only",
         "records": len(records),
         "records_per_message": round(len(records) / messages, 2),
         "rate_records_per_s": round(len(records) / wall, 1),
         "cpu_us_per_record": round(per_record, 1),
         "cpu_us_per_message": round(per_record * len(records) / messages, 1),
     }
+
+
+def read_topic(settings: KafkaSettings, topic: str, *, idle: float = 5.0) -> list[rk.Message]:
+    """Every record of `topic` from its start, until `idle` seconds bring nothing new."""
+    consumer = rk.consumer(settings, group_id=f"bench-read-{topic}", client_id="bench-read")
+    count = rk.topic_partitions(consumer, [topic]).get(topic, 0)
+    consumer.assign([rk.TopicPartition(topic, p, rk.OFFSET_BEGINNING) for p in range(count)])
+    records: list[rk.Message] = []
+    last = time.monotonic()
+    while time.monotonic() - last < idle:
+        batch = [m for m in consumer.consume(10_000, timeout=0.5) if rk.raise_for(m) is not None]
+        if batch:
+            records.extend(batch)
+            last = time.monotonic()
+    consumer.close()
+    return records
 
 
 def _acked(port: int) -> float:
@@ -349,7 +361,7 @@ def main() -> int:
         parts = [paho_phase(env, args.messages, args.kits, tag, Path(tmp))]
         print(f"  {'paho only':18} {parts[-1]['cpu_us_per_message']:>10,.0f} us CPU/msg", flush=True)
     parts.append(producer_phase(env, args.messages, tag))
-    print(f"  {'kafka-python only':18} {parts[-1]['cpu_us_per_message']:>10,.0f} us CPU/msg", flush=True)
+    print(f"  {'confluent-kafka only':18} {parts[-1]['cpu_us_per_message']:>10,.0f} us CPU/msg", flush=True)
     raw = rows[0]["rate_per_s"] or 1.0
     for row in rows:
         row["ratio_to_raw"] = round(row["rate_per_s"] / raw, 3)
@@ -381,7 +393,7 @@ def main() -> int:
     mqtt_cost, kafka_cost = (part["cpu_us_per_message"] for part in parts)
     print(
         f"\none message costs bridge x1 {bridge_cost:,.0f} us of CPU: paho alone {mqtt_cost:,.0f} us, "
-        f"kafka-python alone {kafka_cost:,.0f} us ({parts[1]['records_per_message']} records), the "
+        f"confluent-kafka alone {kafka_cost:,.0f} us ({parts[1]['records_per_message']} records), the "
         f"rest {bridge_cost - mqtt_cost - kafka_cost:,.0f} us (validation, encoding, hand-overs, receipts)"
     )
     print(
@@ -399,7 +411,7 @@ def main() -> int:
         f"at the goal rate the machine has {budget['machine_us_per_message']:,.0f} us of CPU per message; "
         f"the simulator, Mosquitto and Kafka take {budget['others_us_per_message']:,.0f} us "
         f"({budget['others_from']}), which leaves the bridge {budget['bridge_us_per_message']:,.0f} us; "
-        f"paho and kafka-python alone take {budget['libraries_us_per_message']:,.0f} us"
+        f"paho and confluent-kafka alone take {budget['libraries_us_per_message']:,.0f} us"
     )
     print(
         f"one bridge process has at most one core (the GIL): with those two libraries alone it could "

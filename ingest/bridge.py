@@ -6,7 +6,8 @@ Three threads, none of which waits on another's I/O:
                                  what Kafka holds; publish delivery receipts
     worker   (Bridge._work)      normalise (the pure core), encode, hand records to the producer;
                                  waits when `max_pending` records are unacknowledged (backpressure)
-    producer (kafka-python)      sends batches; its callbacks count down each message's records
+    kafka    (RecordSink)        librdkafka's delivery reports, served by the sink's poll thread:
+                                 count down each message's records
 
 The delivery guarantee (README, "Delivery guarantee"): a kit's QoS-1 message is acknowledged to the
 broker only after Kafka (acks=all, idempotent producer) holds every record made from it, valid or
@@ -125,7 +126,7 @@ class Bridge:
         # Counted on the hot path as plain integers (one writer each) and handed to the Prometheus
         # metrics once a second: a labelled metric takes a lock per call.
         self._handed = 0  # worker: records handed to the producer
-        self._settled = 0  # producer thread: records Kafka acknowledged
+        self._settled = 0  # the sink's poll thread: records Kafka acknowledged
         self._produce_errors = 0
         self._received: collections.Counter[str] = collections.Counter()
         self._redelivered = 0
@@ -411,7 +412,7 @@ class Bridge:
             try:
                 self.sink.send(record.topic, record.key, record.value, record.headers, done)
                 return
-            except Exception as exc:  # KafkaTimeoutError while Kafka is away: keep trying, do not drop
+            except Exception as exc:  # BufferError, KafkaException: librdkafka cannot queue it; keep trying
                 if self.stop_requested.is_set():
                     self._handed -= 1
                     return
@@ -419,12 +420,12 @@ class Bridge:
                 time.sleep(0.5)
 
     def _record_done(self, inbound: Inbound, record: _Record, error: BaseException | None) -> None:
-        """On the producer's thread: count down; the last record of a message makes it acknowledgeable.
+        """On the sink's poll thread: count down; the last record of a message makes it acknowledgeable.
 
-        Success callbacks run only on the producer's I/O thread, so `remaining` and `_settled` have
-        one writer each and need no lock.
+        Delivery reports run only on that one thread, so `remaining` and `_settled` have one writer
+        each and need no lock.
         """
-        if error is not None:  # may also run on the worker, when the producer fails a send at once
+        if error is not None:
             self._produce_errors += 1
             log.warning(
                 "kafka: a %s record was not accepted (%s); sending it again",

@@ -1,9 +1,13 @@
 """The Kafka side of the bridge: an idempotent, acks=all producer that says when each record is safe.
 
-Records are keyed (by patient for measurements and status events, by kit for rejections), and the
-partition is computed here with Kafka's own murmur2 partitioner, once per key: kafka-python computes
-it in pure Python on every send, which costs more than the rest of the send. The result is the
-partition the Java client would choose, so every stage agrees on where a patient lives.
+Records are keyed (by patient for measurements and status events, by kit for rejections), and
+librdkafka's `murmur2_random` partitioner (runtime.kafka) puts each where the Java client would, so
+every stage agrees on where a patient lives.
+
+librdkafka reports a record's fate only inside `poll()` or `flush()`, on the calling thread. The
+bridge's worker hands records over and its network thread sends PUBACKs; neither may wait on
+Kafka, so the sink polls on a thread of its own ("bridge-kafka"). Every `on_done` runs there, one
+at a time, as kafka-python's I/O thread ran them: the bridge's counters keep a single writer.
 
 A record that Kafka cannot take within the delivery timeout (Kafka away for longer than that) is
 reported through `on_done(error)`; the bridge sends it again, so a long outage delays but never
@@ -13,80 +17,75 @@ drops a reading.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from kafka.errors import KafkaError
-from kafka.partitioner.default import murmur2
-from kafka.producer.kafka import KafkaProducer
-
 from contracts.settings import KafkaSettings
 from ingest._errors import BridgeError
 from ingest.settings import BridgeSettings
+from runtime import kafka as rk
 
 __all__ = ["RecordSink"]
 
 log = logging.getLogger(__name__)
 
-_PARTITION_CACHE_LIMIT = 200_000
+_POLL_S = 0.05  # the poll thread wakes at once for a report; this only bounds how soon it sees `close`
 
 
 class RecordSink:
     def __init__(self, *, kafka: KafkaSettings, bridge: BridgeSettings, topics: list[str]) -> None:
         """Connect, waiting up to the start-up timeout for Kafka and the topics (BridgeError if not)."""
-        compression = None if bridge.compression == "none" else bridge.compression
+        self._producer = rk.producer(
+            kafka,
+            client_id=bridge.client_id,
+            **{
+                "linger.ms": bridge.linger_ms,
+                "batch.size": bridge.batch_bytes,
+                "compression.type": bridge.compression,
+                "delivery.timeout.ms": bridge.delivery_timeout_s * 1000,
+                "request.timeout.ms": 10_000,
+                "retry.backoff.ms": 200,
+                # the bridge keeps at most `max_pending` records in flight: never refuse one below that
+                "queue.buffering.max.messages": max(100_000, 2 * bridge.max_pending),
+            },
+        )
+        self._wait_for_topics(kafka, bridge, topics)
+        self._closing = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="bridge-kafka", daemon=True)
+        self._poller.start()
+
+    def _wait_for_topics(self, kafka: KafkaSettings, bridge: BridgeSettings, topics: list[str]) -> None:
         deadline = time.monotonic() + bridge.startup_timeout_s
         attempt = 0
         while True:
             attempt += 1
             try:
-                self._producer = KafkaProducer(
-                    **kafka.client_config(),
-                    client_id=bridge.client_id,
-                    acks="all",
-                    enable_idempotence=True,
-                    linger_ms=bridge.linger_ms,
-                    batch_size=bridge.batch_bytes,
-                    compression_type=compression,
-                    delivery_timeout_ms=bridge.delivery_timeout_s * 1000,
-                    request_timeout_ms=10_000,
-                    max_block_ms=10_000,
-                    retry_backoff_ms=200,
-                    reconnect_backoff_ms=100,
-                    reconnect_backoff_max_ms=2_000,  # find Kafka again within ~2 s of its return
-                    bootstrap_timeout_ms=10_000,
+                found = rk.topic_partitions(self._producer, topics, timeout=5.0)
+                missing = sorted(set(topics) - set(found))
+                if not missing:
+                    return
+                problem = f"topics {', '.join(missing)} do not exist; run infra/topics.py"
+            except rk.KafkaException as exc:
+                problem = f"KafkaException: {exc}"
+            if time.monotonic() >= deadline:
+                raise BridgeError(
+                    f"cannot reach Kafka at {kafka.bootstrap} or find the bridge's topics ({problem}). "
+                    "Is Kafka running and are the topics created (`make stack-up` does both)? "
+                    "VAKTROM_KAFKA_BOOTSTRAP says where it is.",
+                    retriable=True,
                 )
-                self._counts = {topic: self._partition_count(topic) for topic in topics}
-                break
-            except (KafkaError, BridgeError) as exc:
-                if time.monotonic() >= deadline:
-                    raise BridgeError(
-                        f"cannot reach Kafka at {kafka.bootstrap} or find the bridge's topics "
-                        f"({type(exc).__name__}: {exc}). Is Kafka running and are the topics created "
-                        "(`make stack-up` does both)? VAKTROM_KAFKA_BOOTSTRAP says where it is.",
-                        retriable=True,
-                    ) from None
-                log.warning("kafka: not ready (%s); attempt %d, retrying", type(exc).__name__, attempt)
-                time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
-        self._partition_of: dict[tuple[str, bytes], int] = {}
+            log.warning("kafka: not ready (%s); attempt %d, retrying", problem.split(":")[0], attempt)
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
-    def _partition_count(self, topic: str) -> int:
-        partitions = self._producer.partitions_for(topic)
-        if not partitions:
-            self._producer.close(timeout=1)
-            raise BridgeError(f"topic {topic} does not exist; run infra/topics.py", retriable=True)
-        return len(partitions)
-
-    def partition(self, topic: str, key: bytes) -> int:
-        """The partition of `key` on `topic`, as Kafka's default (murmur2) partitioner picks it."""
-        found = self._partition_of.get((topic, key))
-        if found is None:
-            if len(self._partition_of) > _PARTITION_CACHE_LIMIT:
-                self._partition_of.clear()
-            found = (murmur2(key) & 0x7FFFFFFF) % self._counts[topic]
-            self._partition_of[(topic, key)] = found
-        return found
+    def _poll(self) -> None:
+        """The thread every delivery report runs on, until `close`."""
+        while not self._closing.is_set():
+            try:
+                self._producer.poll(_POLL_S)
+            except Exception:  # a bug in a callback: say so, and keep the other records' reports coming
+                log.exception("kafka: a delivery report's callback failed")
 
     def send(
         self,
@@ -96,22 +95,30 @@ class RecordSink:
         headers: list[tuple[str, bytes]],
         on_done: Callable[[BaseException | None], Any],
     ) -> None:
-        """Hand one record to the producer; `on_done` runs on the producer's thread when it is settled.
+        """Hand one record to the producer; `on_done` runs on the sink's poll thread once it is settled.
 
-        Raises KafkaError (KafkaTimeoutError) only when the producer cannot even queue the record,
-        e.g. metadata unavailable for longer than max_block_ms; the caller retries.
+        Raises BufferError when librdkafka's queue is full and KafkaException when it cannot take the
+        record at all; the caller retries.
         """
-        future = self._producer.send(
-            topic, value=value, key=key, headers=headers, partition=self.partition(topic, key)
-        )
-        future.add_callback(lambda _metadata: on_done(None))
-        future.add_errback(on_done)
+
+        def report(error: rk.KafkaError | None, _message: rk.Message) -> None:
+            on_done(None if error is None else rk.KafkaException(error))
+
+        # the stub's header list is invariant in its value type; a list of bytes values is what it takes
+        self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=report)  # type: ignore[arg-type]
 
     def flush(self, timeout: float) -> None:
-        try:
-            self._producer.flush(timeout=timeout)
-        except KafkaError as exc:
-            log.warning("kafka: flush did not finish within %.0f s (%s)", timeout, type(exc).__name__)
+        """Wait up to `timeout` for Kafka to settle every record handed over. The poll thread serves
+        the reports meanwhile: a `flush()` here would run callbacks on this thread as well."""
+        deadline = time.monotonic() + timeout
+        while len(self._producer) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        left = len(self._producer)
+        if left:
+            log.warning("kafka: flush left %d records unacknowledged after %.0f s", left, timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        self._producer.close(timeout=timeout)
+        """Let Kafka acknowledge what it can within `timeout`, then stop the poll thread."""
+        self.flush(timeout)
+        self._closing.set()
+        self._poller.join(timeout=1.0)

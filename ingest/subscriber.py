@@ -7,7 +7,7 @@ every record made from it. Acknowledgements go out in the order the messages arr
 3.1.1 asks (section 4.6), so one slow record holds back the ones behind it, never the reverse.
 
 Everything here runs on one thread, the network thread: paho's callbacks only queue the message for
-the worker and return; the worker and the Kafka producer's thread report completions through
+the worker and return; the worker and the Kafka sink's poll thread report completions through
 `completed` and `wake()`, and this thread turns them into PUBACKs and delivery receipts.
 """
 
