@@ -20,34 +20,35 @@ import sys
 import time
 from collections.abc import Mapping
 
-from kafka.admin import (
-    ACL,
-    ACLFilter,
-    ACLOperation,
-    ACLPermissionType,
-    ACLResourcePatternType,
-    KafkaAdminClient,
-    ResourcePattern,
-    ResourcePatternFilter,
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
     ResourceType,
+    ScramCredentialInfo,
     ScramMechanism,
+    UserScramCredentialAlteration,
     UserScramCredentialUpsertion,
 )
-from kafka.errors import KafkaError, NoError
 
 from contracts.kafka_acl import ADMIN, BROKER, PRINCIPALS, KafkaAcl, kafka_acls
 from contracts.settings import ConfigError, KafkaSettings
+from runtime import kafka as rk
 
 __all__ = ["AclError", "grant", "revoke_stale", "set_credentials", "to_kafka"]
 
 _RESOURCES = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}
 _OPERATIONS = {
-    "read": ACLOperation.READ,
-    "write": ACLOperation.WRITE,
-    "describe": ACLOperation.DESCRIBE,
-    "create": ACLOperation.CREATE,
-    "describe_configs": ACLOperation.DESCRIBE_CONFIGS,
+    "read": AclOperation.READ,
+    "write": AclOperation.WRITE,
+    "describe": AclOperation.DESCRIBE,
+    "create": AclOperation.CREATE,
+    "describe_configs": AclOperation.DESCRIBE_CONFIGS,
 }
+_SCRAM_ITERATIONS = 4096  # the least Kafka accepts for SCRAM-SHA-512, as the broker's own tools use
 
 
 MIN_PASSWORD = 16  # as the MQTT broker's (infra/mosquitto_init.py): a random one, not a word
@@ -57,24 +58,35 @@ class AclError(Exception):
     """The broker refused to store a credential or an access rule; the message says which and why."""
 
 
-def to_kafka(rule: KafkaAcl) -> ACL:
-    pattern = ACLResourcePatternType.PREFIXED if rule.prefixed else ACLResourcePatternType.LITERAL
-    return ACL(
-        principal=f"User:{rule.principal}",
-        host="*",
-        operation=_OPERATIONS[rule.operation],
-        permission_type=ACLPermissionType.ALLOW,
-        resource_pattern=ResourcePattern(_RESOURCES[rule.resource], rule.name, pattern),
+def to_kafka(rule: KafkaAcl) -> AclBinding:
+    pattern = ResourcePatternType.PREFIXED if rule.prefixed else ResourcePatternType.LITERAL
+    return AclBinding(
+        _RESOURCES[rule.resource],
+        rule.name,
+        pattern,
+        f"User:{rule.principal}",
+        "*",
+        _OPERATIONS[rule.operation],
+        AclPermissionType.ALLOW,
     )
 
 
-def _admin(kafka: KafkaSettings, timeout: float) -> KafkaAdminClient:
-    return KafkaAdminClient(
-        **kafka.client_config(),
-        client_id="vaktrom-acl",
-        request_timeout_ms=int(timeout * 1000),
-        bootstrap_timeout_ms=int(timeout * 1000),
-    )
+def _as_filter(acl: AclBinding) -> AclBindingFilter:
+    """The filter that matches exactly `acl`."""
+    return AclBindingFilter(
+        acl.restype, acl.name, acl.resource_pattern_type, acl.principal, acl.host, acl.operation,
+        acl.permission_type,
+    )  # fmt: skip
+
+
+def _describe(admin: AdminClient, query: AclBindingFilter, timeout: float) -> list[AclBinding]:
+    found: list[AclBinding] = admin.describe_acls(query, request_timeout=timeout).result()  # a refusal raises
+    return found
+
+
+def _refusal(exc: rk.KafkaException) -> str:
+    error = exc.args[0]
+    return error.name() if isinstance(error, rk.KafkaError) else str(error)
 
 
 def grant(
@@ -83,25 +95,28 @@ def grant(
     """Create the access rules for the topics under `prefix` (`kafka` signs in as a super user);
     returns how many rules there are."""
     rules = kafka_acls(prefix, groups=groups)
-    admin = _admin(kafka, timeout)
-    try:
-        result = admin.create_acls([to_kafka(rule) for rule in rules])
-        failed = result.get("failed", [])
-        if failed:
-            raise AclError(f"the broker refused {len(failed)} access rules, e.g. {failed[0]}")
-        _wait_applied(admin, rules[-1], timeout)
-    finally:
-        admin.close()
+    admin = rk.admin(kafka, client_id="vaktrom-acl")
+    failed = []
+    for binding, future in admin.create_acls(
+        [to_kafka(rule) for rule in rules], request_timeout=timeout
+    ).items():
+        try:
+            future.result()
+        except rk.KafkaException as exc:
+            failed.append(f"{binding}: {_refusal(exc)}")
+    if failed:
+        raise AclError(f"the broker refused {len(failed)} access rules, e.g. {failed[0]}")
+    _wait_applied(admin, rules[-1], timeout)
     return len(rules)
 
 
-def _covers_the_stack(pattern: ResourcePattern) -> bool:
-    """Whether a rule on `pattern` reaches the stack's own topics or groups (all named "vaktrom...")
-    or the whole cluster; the tests' and benchmarks' namespaces do not start with "vaktrom"."""
-    if pattern.resource_type not in (ResourceType.TOPIC, ResourceType.GROUP):
+def _covers_the_stack(acl: AclBinding) -> bool:
+    """Whether `acl` reaches the stack's own topics or groups (all named "vaktrom...") or the whole
+    cluster; the tests' and benchmarks' namespaces do not start with "vaktrom"."""
+    if acl.restype not in (ResourceType.TOPIC, ResourceType.GROUP):
         return True  # the cluster, transactional ids, delegation tokens, users: the table gives none
-    name = str(pattern.resource_name)
-    if pattern.pattern_type == ACLResourcePatternType.PREFIXED:
+    name = str(acl.name)
+    if acl.resource_pattern_type == ResourcePatternType.PREFIXED:
         return name.startswith("vaktrom") or "vaktrom".startswith(name)
     return name == "*" or name.startswith("vaktrom")
 
@@ -111,58 +126,42 @@ def revoke_stale(kafka: KafkaSettings, *, timeout: float = 15.0) -> int:
     not give for them, whoever it names; returns how many went. DENY rules only take away, and the
     namespaces of tests and benchmarks are theirs: both are left alone."""
     wanted = {_key(to_kafka(rule)) for rule in kafka_acls()}
-    admin = _admin(kafka, timeout)
-    try:
-        every = ACLFilter(
-            principal=None, host=None, operation=ACLOperation.ANY, permission_type=ACLPermissionType.ALLOW,
-            resource_pattern=ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY),
-        )  # fmt: skip
-        found, _no_error = admin.describe_acls(every)  # a refusal raises
-        stale = [acl for acl in found if _covers_the_stack(acl.resource_pattern) and _key(acl) not in wanted]
-        if not stale:
-            return 0
-        filters = [
-            ACLFilter(
-                principal=acl.principal, host=acl.host, operation=acl.operation,
-                permission_type=ACLPermissionType.ALLOW, resource_pattern=acl.resource_pattern,
-            )
-            for acl in stale
-        ]  # fmt: skip
-        for query, _deleted, error in admin.delete_acls(filters):
-            if error is not NoError:
-                raise AclError(f"the broker refused to revoke {query}: {error.__name__}")
-        deadline = time.monotonic() + timeout
-        while any(
-            admin.describe_acls(query)[0] for query in filters
-        ):  # the authorizer follows a moment later
-            if time.monotonic() > deadline:
-                raise AclError(f"the revoked access rules were still in force after {timeout:g} s")
-            time.sleep(0.05)
-    finally:
-        admin.close()
+    admin = rk.admin(kafka, client_id="vaktrom-acl")
+    # None matches any name, principal or host (the stub types them as str only)
+    every = AclBindingFilter(
+        ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY,  # type: ignore[arg-type]
+        AclPermissionType.ALLOW,
+    )  # fmt: skip
+    found = _describe(admin, every, timeout)
+    stale = [acl for acl in found if _covers_the_stack(acl) and _key(acl) not in wanted]
+    if not stale:
+        return 0
+    filters = [_as_filter(acl) for acl in stale]
+    for query, future in admin.delete_acls(filters, request_timeout=timeout).items():
+        try:
+            future.result()
+        except rk.KafkaException as exc:
+            raise AclError(f"the broker refused to revoke {query}: {_refusal(exc)}") from None
+    deadline = time.monotonic() + timeout
+    while any(_describe(admin, query, timeout) for query in filters):  # the authorizer follows a moment later
+        if time.monotonic() > deadline:
+            raise AclError(f"the revoked access rules were still in force after {timeout:g} s")
+        time.sleep(0.05)
     return len(stale)
 
 
-def _key(acl: ACL) -> tuple[object, ...]:
-    pattern = acl.resource_pattern
+def _key(acl: AclBinding) -> tuple[object, ...]:
     return (acl.principal, acl.host, acl.operation, acl.permission_type,
-            pattern.resource_type, pattern.resource_name, pattern.pattern_type)  # fmt: skip
+            acl.restype, acl.name, acl.resource_pattern_type)  # fmt: skip
 
 
-def _wait_applied(admin: KafkaAdminClient, rule: KafkaAcl, timeout: float) -> None:
+def _wait_applied(admin: AdminClient, rule: KafkaAcl, timeout: float) -> None:
     """Wait until the broker's authorizer holds `rule` (the last of one request: they are applied
     together). The controller has them at once, the authorizer a moment later; a stage started in
     between would be refused."""
-    wanted = to_kafka(rule)
-    query = ACLFilter(
-        principal=wanted.principal,
-        host="*",
-        operation=wanted.operation,
-        permission_type=ACLPermissionType.ALLOW,
-        resource_pattern=wanted.resource_pattern,
-    )
+    query = _as_filter(to_kafka(rule))
     deadline = time.monotonic() + timeout
-    while not admin.describe_acls(query)[0]:
+    while not _describe(admin, query, timeout):
         if time.monotonic() > deadline:
             raise AclError(f"the access rules for {rule.name} were not applied within {timeout:g} s")
         time.sleep(0.05)
@@ -170,17 +169,17 @@ def _wait_applied(admin: KafkaAdminClient, rule: KafkaAcl, timeout: float) -> No
 
 def set_credentials(kafka: KafkaSettings, passwords: Mapping[str, str], *, timeout: float = 15.0) -> None:
     """Set the SCRAM-SHA-512 password of each principal (a new one, or a rotation)."""
-    admin = _admin(kafka, timeout)
-    try:
-        errors = admin.alter_user_scram_credentials(
-            [
-                UserScramCredentialUpsertion(user, ScramMechanism.SCRAM_SHA_512, pw)
-                for user, pw in passwords.items()
-            ]
-        )
-    finally:
-        admin.close()
-    refused = {user: error for user, error in errors.items() if error}
+    admin = rk.admin(kafka, client_id="vaktrom-acl")
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, _SCRAM_ITERATIONS)
+    upserts: list[UserScramCredentialAlteration] = [
+        UserScramCredentialUpsertion(user, info, pw.encode()) for user, pw in passwords.items()
+    ]
+    refused = {}
+    for user, future in admin.alter_user_scram_credentials(upserts, request_timeout=timeout).items():
+        try:
+            future.result()
+        except rk.KafkaException as exc:
+            refused[user] = _refusal(exc)
     if refused:
         raise AclError(f"the broker refused SCRAM credentials: {refused}")
 
@@ -223,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             done = f"{grant(kafka, args.prefix)} access rules in place for prefix {args.prefix!r}"
             if not args.prefix:
                 done += f", revoked {revoke_stale(kafka)} the table does not give"
-    except (ConfigError, KafkaError, AclError) as exc:
+    except (ConfigError, rk.KafkaException, AclError) as exc:
         print(f"kafka_acl: {exc}", file=sys.stderr)
         return 1
     print(f"kafka_acl: {done}")

@@ -325,28 +325,28 @@ class Kafka(Service):
     def check(self, timeout: float) -> Health:
         """A metadata request answered by the broker, signed in as the broker itself: the stages'
         SCRAM credentials may not exist yet (after_ready makes them)."""
-        from kafka.errors import KafkaError  # noqa: PLC0415
-        from topics import admin_client  # noqa: PLC0415 - needs the venv's kafka-python
+        from topics import admin_client  # noqa: PLC0415 - needs the venv's confluent-kafka
+
+        from runtime.kafka import KafkaException  # noqa: PLC0415
 
         try:
-            admin = admin_client(self.settings(BROKER), timeout=timeout, client_id="vaktrom-stack")
-        except (KafkaError, OSError, ValueError) as exc:
+            admin = admin_client(self.settings(BROKER), client_id="vaktrom-stack")
+            metadata = admin.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            return Health(False, f"no answer from {self.bootstrap}: {exc.args[0].name()}")
+        except (OSError, ValueError) as exc:
             return Health(False, f"no answer from {self.bootstrap}: {type(exc).__name__}")
-        try:
-            brokers = admin.describe_cluster().get("brokers", [])
-            topics = [t for t in admin.list_topics() if not t.startswith("__")]
-            return Health(bool(brokers), f"metadata: {len(brokers)} broker, {len(topics)} topics, SASL_SSL")
-        except (KafkaError, OSError) as exc:
-            return Health(False, f"metadata request failed: {type(exc).__name__}: {exc}")
-        finally:
-            admin.close()
+        brokers = metadata.brokers
+        topics = [t for t in metadata.topics if not t.startswith("__")]
+        return Health(bool(brokers), f"metadata: {len(brokers)} broker, {len(topics)} topics, SASL_SSL")
 
     def after_ready(self) -> None:
         """SCRAM credentials for every principal, the access rules (and no others on the stack's
         topics) and the topics."""
-        from kafka.errors import KafkaError  # noqa: PLC0415
         from kafka_acl import grant, revoke_stale, set_credentials  # noqa: PLC0415 - infra/, beside this file
         from topics import ensure_topics  # noqa: PLC0415 - infra/topics.py, beside this file
+
+        from runtime.kafka import KafkaException  # noqa: PLC0415
 
         broker = self.settings(BROKER)
         set_credentials(broker, {k: v for k, v in self._ensure_credentials().items() if k != BROKER})
@@ -357,7 +357,7 @@ class Kafka(Service):
             try:
                 ensure_topics(self.settings(ADMIN), partitions=self.partitions)
                 return
-            except KafkaError:
+            except KafkaException:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)

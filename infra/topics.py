@@ -13,92 +13,63 @@ that its run did not remove (tests keep the topics of failed tests for inspectio
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-import time
 from collections.abc import Iterable
 
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from confluent_kafka import ConsumerGroupTopicPartitions
 
 from contracts.settings import ConfigError, KafkaSettings
 from contracts.topics import kafka_topics
+from runtime import kafka as rk
 
 __all__ = ["admin_client", "consumer_lag", "delete_namespaces", "delete_topics", "ensure_topics"]
 
 _DELETE_BATCH = 100  # topics per DeleteTopics request
 
 
-def admin_client(
-    kafka: KafkaSettings, *, timeout: float, client_id: str = "vaktrom-topics"
-) -> KafkaAdminClient:
-    """An admin client that gives up after `timeout` seconds instead of kafka-python's minute."""
-    return KafkaAdminClient(
-        **kafka.client_config(),
-        client_id=client_id,
-        request_timeout_ms=int(timeout * 1000),
-        bootstrap_timeout_ms=int(timeout * 1000),
-    )
+def admin_client(kafka: KafkaSettings, *, client_id: str = "vaktrom-topics") -> rk.AdminClient:
+    return rk.admin(kafka, client_id=client_id)
 
 
 def consumer_lag(kafka: KafkaSettings, groups: dict[str, str], *, timeout: float = 10.0) -> dict[str, int]:
     """Records each consumer group has not yet committed, summed over its topics' partitions: {label:
-    lag} for `groups` = {label: group id}. Left out: faust's changelogs (written, not consumed) and
-    the monitor's own clock ticks (it feeds itself a few every second, so they are never all read)."""
-    from kafka.consumer.group import KafkaConsumer  # noqa: PLC0415 - only the callers that ask need it
-
-    admin = admin_client(kafka, timeout=timeout, client_id="vaktrom-lag")
-    consumer = KafkaConsumer(**kafka.client_config(), request_timeout_ms=int(timeout * 1000) + 1000)
+    lag} for `groups` = {label: group id}. Left out: changelogs (written, not consumed) and the
+    monitor's own clock ticks (it feeds itself a few every second, so they are never all read)."""
+    admin = admin_client(kafka, client_id="vaktrom-lag")
+    # a consumer only to read the partitions' ends; it joins no group
+    reader = rk.consumer(kafka, group_id="vaktrom-lag", client_id="vaktrom-lag")
     try:
-        offsets = admin.list_group_offsets(dict.fromkeys(groups.values()))
         out = {}
         for label, group in groups.items():
+            request = [ConsumerGroupTopicPartitions(group)]
+            future = admin.list_consumer_group_offsets(request, request_timeout=timeout)[group]
             committed = {
-                tp: o.offset
-                for tp, o in offsets.get(group, {}).items()
-                if not tp.topic.endswith(("-changelog", "-ticks"))
+                (tp.topic, tp.partition): tp.offset
+                for tp in future.result().topic_partitions
+                if tp.offset >= 0 and not tp.topic.endswith(("-changelog", "-ticks"))
             }
-            ends = consumer.end_offsets(list(committed)) if committed else {}
+            ends = rk.end_offsets(reader, committed, timeout=timeout)
             out[label] = int(sum(max(0, ends[tp] - offset) for tp, offset in committed.items()))
         return out
     finally:
-        consumer.close()
-        admin.close()
+        reader.close()
 
 
 def ensure_topics(
     kafka: KafkaSettings, *, prefix: str = "", partitions: int = 6, timeout: float = 15.0
 ) -> list[str]:
     """Create whatever is missing; returns the names created now."""
-    admin = admin_client(kafka, timeout=timeout)
-    try:
-        existing = set(admin.list_topics())
-        missing = [t for t in kafka_topics(prefix, partitions=partitions) if t.name not in existing]
-        if missing:
-            # another runner may create them between our look and our create: that is fine
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics(
-                    [NewTopic(t.name, t.partitions, 1, topic_configs=dict(t.config)) for t in missing],
-                    timeout_ms=int(timeout * 1000),
-                )
-            # a new topic reaches the metadata a moment after it is created; a stage started at once
-            # would otherwise find it missing and refuse to start
-            wanted, deadline = {t.name for t in missing}, time.monotonic() + timeout
-            while not wanted <= set(admin.list_topics()):
-                if time.monotonic() > deadline:
-                    raise KafkaTimeoutError(
-                        f"topics {sorted(wanted)} created but not visible after {timeout:g} s"
-                    )
-                time.sleep(0.1)
-        return [t.name for t in missing]
-    finally:
-        admin.close()
+    specs = [
+        rk.TopicSpec(t.name, t.partitions, dict(t.config))
+        for t in kafka_topics(prefix, partitions=partitions)
+    ]
+    return rk.create_topics(admin_client(kafka), specs, timeout=timeout)
 
 
 def delete_topics(kafka: KafkaSettings, prefixes: Iterable[str], *, timeout: float = 30.0) -> list[str]:
     """Delete every topic whose name starts with one of `prefixes` (a test's or a benchmark's own
-    namespace, faust's changelogs included); returns the names deleted.
+    namespace, changelogs included); returns the names deleted.
 
     Each prefix must be a namespace of its own: an empty one would take the demo's topics too.
     """
@@ -107,14 +78,11 @@ def delete_topics(kafka: KafkaSettings, prefixes: Iterable[str], *, timeout: flo
         raise ValueError(f"refusing to delete topics by an empty prefix (got {wanted!r})")
     if not wanted:
         return []
-    admin = admin_client(kafka, timeout=timeout, client_id="vaktrom-topics-cleanup")
-    try:
-        doomed = sorted(t for t in admin.list_topics() if t.startswith(wanted))
-        for i in range(0, len(doomed), _DELETE_BATCH):
-            admin.delete_topics(doomed[i : i + _DELETE_BATCH], timeout_ms=int(timeout * 1000))
-        return doomed
-    finally:
-        admin.close()
+    admin = admin_client(kafka, client_id="vaktrom-topics-cleanup")
+    doomed = sorted(t for t in rk.list_topics(admin, timeout=timeout) if t.startswith(wanted))
+    for i in range(0, len(doomed), _DELETE_BATCH):
+        rk.delete_topics(admin, doomed[i : i + _DELETE_BATCH], timeout=timeout)
+    return doomed
 
 
 def delete_namespaces(kafka: KafkaSettings, prefixes: Iterable[str]) -> str:
@@ -122,7 +90,7 @@ def delete_namespaces(kafka: KafkaSettings, prefixes: Iterable[str]) -> str:
     wanted = sorted(set(prefixes))
     try:
         gone = delete_topics(kafka, wanted)
-    except KafkaError as exc:
+    except rk.KafkaException as exc:
         return (
             f"could not delete the Kafka topics of {len(wanted)} namespaces ({type(exc).__name__}: {exc}); "
             "`python infra/topics.py --delete PREFIX` removes them later"
@@ -150,14 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.delete:
         try:
             gone = delete_topics(kafka, args.delete)
-        except (KafkaError, ValueError) as exc:
+        except (rk.KafkaException, ValueError) as exc:
             print(f"topics: cannot delete at {kafka.bootstrap}: {exc}", file=sys.stderr)
             return 1
         print(f"topics: deleted {len(gone)}")
         return 0
     try:
         created = ensure_topics(kafka, prefix=args.prefix, partitions=args.partitions)
-    except KafkaError as exc:
+    except rk.KafkaException as exc:
         print(f"topics: cannot reach Kafka at {kafka.bootstrap}: {exc}", file=sys.stderr)
         return 1
     print(f"topics: created {', '.join(created)}" if created else "topics: all present")

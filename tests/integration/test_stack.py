@@ -10,11 +10,11 @@ import time
 import paho.mqtt.client as mqtt_client
 import psycopg
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]
 from topics import delete_topics, ensure_topics
 
 from contracts.topics import kafka_topics, measurement_topic
+from runtime import kafka as rk
 from tests.conftest import REPO, STATE, Broker, Stack, stack_command, stackenv
 
 
@@ -70,34 +70,35 @@ def test_mosquitto_pub_reaches_a_paho_subscriber(mqtt: Broker, unique: str) -> N
 def test_kafka_record_round_trips_with_key_and_headers(
     stack: Stack, kafka_bootstrap: str, unique: str
 ) -> None:
-    """A record produced with kafka-python (acks=all, idempotent) comes back with its key and headers."""
+    """A record produced with confluent-kafka (acks=all, idempotent) comes back with its key and headers."""
     topic = f"{unique}.roundtrip"
-    admin = KafkaAdminClient(**stack.kafka().client_config())
-    try:
-        admin.create_topics([NewTopic(topic, 3, 1)])
-    finally:
-        admin.close()
-    producer = KafkaProducer(**stack.kafka().client_config(), acks="all", enable_idempotence=True)
+    rk.create_topics(rk.admin(stack.kafka()), [rk.TopicSpec(topic, 3, {})])
+    producer = rk.producer(stack.kafka(), client_id=unique)
     headers = [("trace-kit-sent", b"2026-11-22T07:31:00.000Z"), ("schema", b"vaktrom.measurement.v1")]
-    metadata = producer.send(topic, key=b"patient-42", value=b'{"value": 82.3}', headers=headers).get(
-        timeout=15
-    )
-    producer.close()
-    consumer = KafkaConsumer(
+    delivered: list[rk.Message] = []
+    producer.produce(
         topic,
-        **stack.kafka().client_config(),
-        group_id=unique,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=15000,
+        key=b"patient-42",
+        value=b'{"value": 82.3}',
+        headers=headers,
+        on_delivery=lambda error, message: delivered.append(message) if error is None else None,
     )
+    assert producer.flush(15) == 0, "Kafka did not acknowledge the record within 15 s"
+    assert len(delivered) == 1, "Kafka refused the record"
+    consumer = rk.consumer(stack.kafka(), group_id=unique, client_id=unique)
+    consumer.subscribe([topic])
     try:
-        record = next(iter(consumer))
+        deadline, record = time.monotonic() + 15, None
+        while record is None and time.monotonic() < deadline:
+            record = rk.raise_for(consumer.poll(0.5))
     finally:
         consumer.close()
-    assert (record.partition, record.offset) == (metadata.partition, metadata.offset)
-    assert record.key == b"patient-42"
-    assert record.value == b'{"value": 82.3}'
-    assert list(record.headers) == headers
+    assert record is not None, "the record did not come back within 15 s"
+    sent = delivered[0]
+    assert (record.partition(), record.offset()) == (sent.partition(), sent.offset())
+    assert record.key() == b"patient-42"
+    assert record.value() == b'{"value": 82.3}'
+    assert record.headers() == headers
 
 
 def test_postgres_row_round_trips(database_url: str, unique: str) -> None:
@@ -149,14 +150,11 @@ def test_topics_are_deleted_by_namespace_and_only_those(
     ensure_topics(stack.kafka(), prefix=f"{unique}x.", partitions=1)
     gone = delete_topics(stack.kafka(), [f"{unique}."])
     assert sorted(gone) == sorted(t.name for t in kafka_topics(f"{unique}."))
-    admin = KafkaAdminClient(**stack.kafka().client_config())
-    try:
-        deadline = time.monotonic() + 15
-        while {t for t in admin.list_topics() if t.startswith(f"{unique}.")} and time.monotonic() < deadline:
-            time.sleep(0.2)
-        left = {t for t in admin.list_topics() if t.startswith(unique)}
-    finally:
-        admin.close()
+    admin = rk.admin(stack.kafka())
+    deadline = time.monotonic() + 15
+    while {t for t in rk.list_topics(admin) if t.startswith(f"{unique}.")} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = {t for t in rk.list_topics(admin) if t.startswith(unique)}
     assert left == {t.name for t in kafka_topics(f"{unique}x.")}
     with pytest.raises(ValueError, match="empty prefix"):
         delete_topics(stack.kafka(), [""])
@@ -164,15 +162,12 @@ def test_topics_are_deleted_by_namespace_and_only_those(
 
 def test_pipeline_topics_exist_with_their_settings(stack: Stack, kafka_bootstrap: str) -> None:
     """Every topic the contracts name exists; measurement records carry the broker's append time."""
-    admin = KafkaAdminClient(**stack.kafka().client_config())
-    try:
-        present = set(admin.list_topics())
-        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, measurement_topic())])
-    finally:
-        admin.close()
+    admin = rk.admin(stack.kafka())
+    present = rk.list_topics(admin)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, measurement_topic())
+    entries = admin.describe_configs([resource])[resource].result(timeout=15)
     assert {t.name for t in kafka_topics()} <= present
-    entries = configs["topic"][measurement_topic()]
-    assert entries["message.timestamp.type"]["value"] == "LogAppendTime"
+    assert entries["message.timestamp.type"].value == "LogAppendTime"
 
 
 def test_status_reports_three_healthy_services(stack: Stack) -> None:

@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from kafka.admin import ACLResourcePatternType, ResourcePattern, ResourceType
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    ResourcePatternType,
+    ResourceType,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "infra"))
 import kafka_init
@@ -17,36 +23,38 @@ from contracts import topics
 from contracts.kafka_acl import ADMIN, kafka_acls
 from contracts.settings import ConfigError, KafkaSettings
 
-_LITERAL, _PREFIXED = ACLResourcePatternType.LITERAL, ACLResourcePatternType.PREFIXED
+_LITERAL, _PREFIXED = ResourcePatternType.LITERAL, ResourcePatternType.PREFIXED
+
+
+def _rule(restype: ResourceType, name: str, pattern: ResourcePatternType) -> AclBinding:
+    return AclBinding(restype, name, pattern, "User:x", "*", AclOperation.READ, AclPermissionType.ALLOW)
 
 
 def test_every_rule_of_the_stacks_own_topics_is_the_stacks() -> None:
     """The table's rules for the stack's topics (no prefix) are in what revoke_stale looks at."""
-    assert all(_covers_the_stack(to_kafka(rule).resource_pattern) for rule in kafka_acls())
+    assert all(_covers_the_stack(to_kafka(rule)) for rule in kafka_acls())
 
 
 def test_a_namespaces_rules_are_left_to_it() -> None:
     """Tests and benchmarks grant rules for their own prefix and groups; the stack never revokes them."""
     groups = {"monitor": "atk1.monitor", "archive": "atk1-archive", "alerts": "atk1-alerts"}
-    assert not any(
-        _covers_the_stack(to_kafka(rule).resource_pattern) for rule in kafka_acls("atk1.", groups=groups)
-    )
+    assert not any(_covers_the_stack(to_kafka(rule)) for rule in kafka_acls("atk1.", groups=groups))
 
 
 @pytest.mark.parametrize(
     "pattern",
     [
-        ResourcePattern(ResourceType.TOPIC, "*", _LITERAL),
-        ResourcePattern(ResourceType.TOPIC, topics.careplan_topic(), _LITERAL),
-        ResourcePattern(ResourceType.TOPIC, "", _PREFIXED),
-        ResourcePattern(ResourceType.TOPIC, "vak", _PREFIXED),
-        ResourcePattern(ResourceType.GROUP, "vaktrom-", _PREFIXED),
-        ResourcePattern(ResourceType.CLUSTER, "kafka-cluster", _LITERAL),
-        ResourcePattern(ResourceType.TRANSACTIONAL_ID, "x", _LITERAL),
+        _rule(ResourceType.TOPIC, "*", _LITERAL),
+        _rule(ResourceType.TOPIC, topics.careplan_topic(), _LITERAL),
+        _rule(ResourceType.TOPIC, "", _PREFIXED),
+        _rule(ResourceType.TOPIC, "vak", _PREFIXED),
+        _rule(ResourceType.GROUP, "vaktrom-", _PREFIXED),
+        _rule(ResourceType.BROKER, "kafka-cluster", _LITERAL),  # librdkafka's name for the cluster
+        _rule(ResourceType.TRANSACTIONAL_ID, "x", _LITERAL),
     ],
     ids=str,
 )
-def test_a_rule_that_reaches_the_stacks_topics_or_the_cluster_is_the_stacks(pattern: ResourcePattern) -> None:
+def test_a_rule_that_reaches_the_stacks_topics_or_the_cluster_is_the_stacks(pattern: AclBinding) -> None:
     """A wildcard, a prefix of "vaktrom", or anything beyond topics and groups reaches the stack."""
     assert _covers_the_stack(pattern)
 
