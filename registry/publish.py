@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import msgspec
-from kafka.errors import KafkaError
-from kafka.producer.kafka import KafkaProducer
 
 from contracts import CarePlan
 from contracts.settings import KafkaSettings
 from contracts.topics import careplan_topic
+from runtime import kafka as rk
 
 __all__ = ["KafkaPlanPublisher"]
 
@@ -22,36 +21,52 @@ class KafkaPlanPublisher:
         self.topic = careplan_topic(kafka.topic_prefix)
         self._kafka = kafka
         self._timeout = timeout_s
-        self._producer: KafkaProducer | None = None
+        self._producer: rk.Producer | None = None
 
-    def _connect(self) -> KafkaProducer:
+    def _connect(self) -> rk.Producer:
         if self._producer is None:
-            self._producer = KafkaProducer(
-                **self._kafka.client_config(),
+            self._producer = rk.producer(
+                self._kafka,
                 client_id="vaktrom-registry",
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=0,
-                request_timeout_ms=10_000,
-                max_block_ms=int(self._timeout * 1000),
-                bootstrap_timeout_ms=int(self._timeout * 1000),
+                # a plan not acknowledged within the timeout is given up, not sent later behind the
+                # caller's back (its request failed)
+                **{
+                    "linger.ms": 0,
+                    "request.timeout.ms": 10_000,
+                    "delivery.timeout.ms": int(self._timeout * 1000),
+                },
             )
         return self._producer
 
     def publish(self, plans: Sequence[CarePlan]) -> None:
+        """Send `plans` and return once Kafka holds every one; ConnectionError if it does not within
+        the timeout (the caller's request fails and nothing says the plan was published)."""
+        producer = self._connect()
+        errors: list[rk.KafkaError] = []
+
+        def settled(error: rk.KafkaError | None, _message: rk.Message) -> None:
+            if error is not None:
+                errors.append(error)
+
         try:
-            producer = self._connect()
-            futures = [
-                producer.send(self.topic, key=plan.patient_id.encode(), value=msgspec.json.encode(plan))
-                for plan in plans
-            ]
-            producer.flush(timeout=self._timeout)
-            for future in futures:
-                future.get(timeout=self._timeout)
-        except KafkaError as exc:
+            for plan in plans:
+                producer.produce(
+                    self.topic,
+                    key=plan.patient_id.encode(),
+                    value=msgspec.json.encode(plan),
+                    on_delivery=settled,
+                )
+        except (BufferError, rk.KafkaException) as exc:
             raise ConnectionError(f"Kafka did not take the care plan: {type(exc).__name__}: {exc}") from None
+        # reports run inside flush, on this thread; one not reported yet is one not acknowledged
+        if producer.flush(self._timeout + 5.0):
+            raise ConnectionError(
+                f"Kafka did not take the care plan: not acknowledged within {self._timeout:g} s"
+            )
+        if errors:
+            raise ConnectionError(f"Kafka did not take the care plan: {errors[0].name()}: {errors[0].str()}")
 
     def close(self) -> None:
         if self._producer is not None:
-            self._producer.close(timeout=5)
+            self._producer.flush(5)
             self._producer = None
