@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import psycopg
-from kafka.consumer.group import KafkaConsumer
-from kafka.producer.kafka import KafkaProducer
-from kafka.structs import TopicPartition
 
+from runtime import kafka as rk
 from tests.conftest import REPO, Stack
 
 sys.path.insert(0, str(REPO / "infra"))
@@ -211,22 +209,18 @@ def consume(
 ) -> list[tuple[bytes | None, dict[str, Any], list[tuple[str, bytes]]]]:
     """Every record of `topic` from the start: (key, decoded value, headers); stops at `until` records
     or after `idle` seconds without new ones (or `timeout`)."""
-    consumer = KafkaConsumer(
-        **stack.kafka().client_config(), enable_auto_commit=False, consumer_timeout_ms=500
-    )
+    consumer = rk.consumer(stack.kafka(), group_id=f"test-read-{uuid.uuid4().hex}", client_id="test-read")
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        assignment = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(assignment)
-        consumer.seek_to_beginning(*assignment)
+        count = rk.topic_partitions(consumer, [topic]).get(topic, 0)
+        consumer.assign([rk.TopicPartition(topic, p, rk.OFFSET_BEGINNING) for p in range(count)])
         records: list[tuple[bytes | None, dict[str, Any], list[tuple[str, bytes]]]] = []
         deadline = time.monotonic() + timeout
         last_new = time.monotonic()
         while time.monotonic() < deadline:
-            batch = consumer.poll(timeout_ms=500)
-            for items in batch.values():
-                for r in items:
-                    records.append((r.key, json.loads(r.value), list(r.headers)))
+            for message in consumer.consume(500, timeout=0.5):
+                r = rk.raise_for(message)
+                if r is not None:
+                    records.append((r.key(), json.loads(r.value() or b"null"), list(r.headers() or [])))
                     last_new = time.monotonic()
             if until is not None and len(records) >= until:
                 break
@@ -239,12 +233,23 @@ def consume(
 
 def produce(stack: Stack, topic: str, records: Iterable[tuple[str, bytes]]) -> int:
     """Send (key, value) records to `topic` and wait until Kafka has every one; returns how many."""
-    producer = KafkaProducer(**stack.kafka().client_config(), acks="all", linger_ms=5)
-    try:
-        futures = [producer.send(topic, key=key.encode(), value=value) for key, value in records]
-        producer.flush(timeout=60)
-        for future in futures:
-            future.get(timeout=10)
-        return len(futures)
-    finally:
-        producer.close()
+    producer = rk.producer(stack.kafka(), client_id="test-feed")
+    errors: list[rk.KafkaError] = []
+
+    def settled(error: rk.KafkaError | None, _message: rk.Message) -> None:
+        if error is not None:
+            errors.append(error)
+
+    sent = 0
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, key=key.encode(), value=value, on_delivery=settled)
+                break
+            except BufferError:  # librdkafka's queue is full: let it drain
+                producer.poll(0.1)
+        sent += 1
+    left = producer.flush(60)
+    assert left == 0, f"Kafka did not acknowledge {left} of {sent} records to {topic} within 60 s"
+    assert not errors, f"Kafka refused {len(errors)} records to {topic}, e.g. {errors[0]}"
+    return sent

@@ -24,12 +24,11 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from kafka.consumer.group import KafkaConsumer
-from kafka.structs import TopicPartition
 
 from alerts.accounts import Role
 from contracts.settings import KafkaSettings
 from registry import Identity, Sealer
+from runtime import kafka as rk
 from tests.conftest import REPO, STATE, Stack
 from tests.integration.alerts_support import ConsoleClient, bearer, staff, wait_for
 from tests.integration.bridge_support import (
@@ -68,42 +67,47 @@ def _needles(identities: dict[str, Identity]) -> dict[bytes, str]:
     return out
 
 
-def _record_bytes(record: Any) -> bytes:
+def _record_bytes(record: rk.Message) -> bytes:
     """A record's key, value and header values, as one searchable run of bytes."""
-    return b"\0".join([record.key or b"", record.value or b"", *(v or b"" for _k, v in record.headers)])
+    headers = record.headers() or []
+    return b"\0".join([record.key() or b"", record.value() or b"", *(v or b"" for _k, v in headers)])
 
 
 def _scan_kafka(kafka: KafkaSettings, pattern: re.Pattern[bytes]) -> tuple[int, list[str]]:
-    consumer = KafkaConsumer(
-        **kafka.client_config(), enable_auto_commit=False, max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_bytes=64 * 1024 * 1024, consumer_timeout_ms=1000, check_crcs=False,
+    consumer = rk.consumer(
+        kafka, group_id="test-privacy-scan", client_id="test-privacy-scan",
+        **{"max.partition.fetch.bytes": 4 * 1024 * 1024, "fetch.max.bytes": 64 * 1024 * 1024},
     )  # fmt: skip
     try:
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in consumer.topics()
-            for p in consumer.partitions_for_topic(topic) or ()
-        ]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        begins = consumer.beginning_offsets(partitions)
-        ends = consumer.end_offsets(partitions)
-        left = {tp for tp, end in ends.items() if end > begins[tp]}  # retention may have emptied one
+        counts = rk.topic_partitions(consumer, rk.list_topics(consumer))
+        watermarks = {
+            (topic, p): consumer.get_watermark_offsets(rk.TopicPartition(topic, p), timeout=10)
+            for topic, count in counts.items()
+            for p in range(count)
+        }
+        # retention may have emptied one; a partition is read from its first record to its end
+        left = {tp for tp, (begin, end) in watermarks.items() if end > begin}
+        consumer.assign([rk.TopicPartition(t, p, watermarks[(t, p)][0]) for t, p in sorted(left)])
         hits: list[str] = []
         scanned = 0
         deadline = time.monotonic() + 600
         while left and time.monotonic() < deadline:
-            for tp, records in consumer.poll(timeout_ms=1000, max_records=50_000).items():
-                scanned += len(records)
-                blobs = [_record_bytes(r) for r in records]
-                if pattern.search(b"\0".join(blobs)):  # one search per batch; the records only on a hit
-                    for r, one in zip(records, blobs, strict=True):
-                        found = pattern.search(one)
-                        if found:
-                            hits.append(f"Kafka {tp.topic}[{tp.partition}]@{r.offset}: {found.group(0)!r}")
+            records = [r for r in consumer.consume(10_000, timeout=1.0) if rk.raise_for(r) is not None]
+            scanned += len(records)
+            blobs = [_record_bytes(r) for r in records]
+            if pattern.search(b"\0".join(blobs)):  # one search per batch; the records only on a hit
+                for r, one in zip(records, blobs, strict=True):
+                    found = pattern.search(one)
+                    if found:
+                        hits.append(f"Kafka {r.topic()}[{r.partition()}]@{r.offset()}: {found.group(0)!r}")
             # by position, not by the last record: a partition may end in records the client does not
             # hand out (transaction markers, compacted-away offsets)
-            left = {tp for tp in left if consumer.position(tp) < ends[tp]}
+            positions = consumer.position([rk.TopicPartition(t, p) for t, p in left])
+            left = {
+                (tp.topic, tp.partition)
+                for tp in positions
+                if tp.offset < 0 or tp.offset < watermarks[(tp.topic, tp.partition)][1]  # < 0: none read
+            }
         assert not left, f"{len(left)} partitions were not read to their end within 600 s"
         return scanned, hits
     finally:
