@@ -36,7 +36,6 @@ import httpx
 import msgspec
 import numpy as np
 import psycopg
-from kafka.producer.kafka import KafkaProducer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "infra")]
@@ -46,6 +45,7 @@ from archive_throughput import as_stage, kafka, prepare_schema, scratch_topics, 
 from alerts.accounts import Role, add_user, new_session  # noqa: E402
 from alerts.store import apply_events  # noqa: E402
 from contracts import AlertEvent, EpisodeChange, Severity, topics  # noqa: E402
+from runtime import kafka as rk  # noqa: E402
 
 PASSWORD = "bench password, long enough"  # noqa: S105  (an account on the benchmark's own schema)
 HTTP_PORT, METRICS_PORT = 19470, 19467
@@ -99,7 +99,7 @@ def start_service(env: dict[str, str], url: str, prefix: str) -> subprocess.Pope
 def latency_phase(  # noqa: PLR0915  (one phase; its two threads share the pending set, so they live here)
     env: dict[str, str], url: str, prefix: str, auth: dict[str, str], rate: int, seconds: int
 ) -> dict[str, Any]:
-    producer = KafkaProducer(**kafka(env).client_config(), acks="all", linger_ms=2)
+    producer = rk.producer(kafka(env), client_id="bench-alerts", **{"linger.ms": 2})
     topic = topics.alert_topic(prefix)
     api = httpx.Client(base_url=f"http://127.0.0.1:{HTTP_PORT}", headers=auth, timeout=10)
     pending: dict[tuple[str, int], float] = {}
@@ -141,9 +141,7 @@ def latency_phase(  # noqa: PLR0915  (one phase; its two threads share the pendi
             episode, version, sent = item
             try:
                 response = api.get(f"/api/v1/alerts/{episode}")
-            except httpx.TransportError:
-                # kafka-python's network thread in this process has been seen closing a descriptor
-                # the HTTP client held ("Bad file descriptor"); count it and use a fresh client.
+            except httpx.TransportError:  # count it and go on with a fresh client
                 transport_errors.append(episode)
                 api.close()
                 api = httpx.Client(base_url=f"http://127.0.0.1:{HTTP_PORT}", headers=auth, timeout=10)
@@ -173,21 +171,24 @@ def latency_phase(  # noqa: PLR0915  (one phase; its two threads share the pendi
             episodes.append((episode, patient, 1))
         severity = Severity.RED if rng.random() < 0.2 else Severity.YELLOW
         sent = time.monotonic()
-        producer.send(
-            topic, key=patient.encode(), value=msgspec.json.encode(alert(episode, version, patient, severity))
+        rk.produce_waiting(
+            producer,
+            topic,
+            key=patient.encode(),
+            value=msgspec.json.encode(alert(episode, version, patient, severity)),
         )
+        producer.poll(0)  # serve delivery reports as they come: the queue stays short
         if i % 5 == 0:
             with lock:
                 pending[(episode, version)] = sent
         if i and i % (rate * 10) == 0:
             print(f"    {i:,} events sent, {len(stored):,} followed into the store", flush=True)
-    producer.flush()
+    producer.flush(60)
     achieved = total / (time.monotonic() - start)
     done.set()
     watcher.join(120)
     if watcher.is_alive():
         sys.exit(f"bench: {len(pending)} followed events never became queryable")
-    producer.close()
     api.close()
     result = {
         "rate_target": rate,

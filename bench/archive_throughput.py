@@ -37,7 +37,6 @@ from urllib.parse import quote
 
 import msgspec
 import psycopg
-from kafka.producer.kafka import KafkaProducer
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -50,6 +49,7 @@ from topics import delete_namespaces, ensure_topics  # noqa: E402
 
 from contracts import METRICS, Measurement, Metric, measurement_id, topics  # noqa: E402
 from contracts.settings import KafkaSettings  # noqa: E402
+from runtime import kafka as rk  # noqa: E402
 from streams.archive.rows import MEASUREMENT_COLUMNS, MEASUREMENT_TYPES, measurement_row  # noqa: E402
 
 SCHEMA = "bench_archive"
@@ -149,14 +149,14 @@ def make_records(count: int, tag: str) -> list[Measurement]:
 
 def produce(admin: KafkaSettings, topic: str, records: list[Measurement]) -> float:
     encode = msgspec.json.Encoder().encode
-    producer = KafkaProducer(
-        **admin.client_config(), acks="all", compression_type="lz4", linger_ms=5, batch_size=256 * 1024
+    producer = rk.producer(
+        admin, client_id="bench-feed", **{"compression.type": "lz4", "batch.size": 256 * 1024}
     )
     started = time.perf_counter()
     for m in records:
-        producer.send(topic, key=m.patient_id.encode(), value=encode(m))
-    producer.flush(timeout=300)
-    producer.close()
+        rk.produce_waiting(producer, topic, key=m.patient_id.encode(), value=encode(m))
+    if producer.flush(300):
+        sys.exit(f"bench: Kafka did not acknowledge {len(producer)} records within 300 s")
     return len(records) / (time.perf_counter() - started)
 
 

@@ -47,7 +47,7 @@ from pipeline import ALERTS_HTTP, STAGE_PORTS, Namespace, pipeline  # noqa: E402
 from archive_throughput import prepare_schema, scrape, scratch_topics, stack_env, write_results  # noqa: E402
 from enrol import enrol  # noqa: E402  (infra/ holds scripts, not a package)
 from gateway_sim.cli import load_enrolment  # noqa: E402
-from kafka.partitioner.default import murmur2  # noqa: E402
+from runtime.kafka import partition_of as kafka_partition  # noqa: E402
 
 PARTITIONS = 6
 READINGS_PER_MESSAGE = 500
@@ -56,7 +56,7 @@ RED_EVERY_S = 5.0
 
 def partition_of(patient: str) -> int:
     """Kafka's default partitioner for a keyed record (the bridge keys measurements by patient)."""
-    return int(murmur2(patient.encode()) & 0x7FFFFFFF) % PARTITIONS
+    return kafka_partition(patient.encode(), PARTITIONS)
 
 
 def kits(tag: str) -> tuple[dict[str, Any], dict[str, Any]]:

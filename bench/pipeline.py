@@ -4,7 +4,7 @@ machine's own floors, everything sharing its cores.
 In one run:
 
     floors   raw MQTT QoS-1 pub -> sub (`gateway-sim load` -> `mosquitto_sub`, the same payloads and
-             client library as the ladder); raw Kafka produce -> consume with kafka-python and with
+             client library as the ladder); raw Kafka produce -> consume with confluent-kafka and with
              Kafka's own ProducerPerformance tool (from the jars); raw COPY into PostgreSQL
     ladder   `gateway-sim load` at each offered rate (measurements/s; two per message) for --step
              seconds through the bridge, the monitor, the archive and the response centre, each its

@@ -73,13 +73,14 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     if f:
-        kp, perf = f["kafka_python"], f["kafka_producer_perf"]
+        # runs before the move to confluent-kafka measured kafka-python there
+        client = "confluent-kafka" if "confluent_kafka" in f else "kafka-python"
+        kp, perf = f.get("confluent_kafka") or f["kafka_python"], f["kafka_producer_perf"]
         lines += [
             "| floor (same run) | rate |",
             "|---|---:|",
             f"| raw MQTT QoS-1 pub -> sub | {f['raw_mqtt_qos1']['measurements_per_s']:,} measurements/s |",
-            f"| kafka-python produce / consume | {kp['produce_per_s']:,} / {kp['consume_per_s']:,} "
-            "records/s |",
+            f"| {client} produce / consume | {kp['produce_per_s']:,} / {kp['consume_per_s']:,} records/s |",
             f"| Kafka ProducerPerformance, acks=all | {perf.get('produce_per_s', 0):,} records/s |",
             f"| COPY (binary) into PostgreSQL | {f['copy_binary']['rows_per_s']:,} rows/s |",
             "",

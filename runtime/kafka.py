@@ -58,6 +58,7 @@ __all__ = [
     "list_topics",
     "murmur2",
     "partition_of",
+    "produce_waiting",
     "producer",
     "raise_for",
     "topic_partitions",
@@ -248,3 +249,17 @@ def murmur2(data: bytes) -> int:
 def partition_of(key: bytes, count: int) -> int:
     """The partition Kafka's default partitioner (and librdkafka's `murmur2_random`) picks for `key`."""
     return (murmur2(key) & 0x7FFFFFFF) % count
+
+
+# ------------------------------------------------------------------ bulk sending (tests, benchmarks)
+def produce_waiting(
+    producer: Producer, topic: str, *, value: bytes, key: bytes | None = None, **kw: Any
+) -> None:
+    """`producer.produce(...)`, waiting (and serving delivery reports) while librdkafka's queue is full
+    instead of raising BufferError: for a loop that sends more records than the queue holds."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, **kw)
+            return
+        except BufferError:
+            producer.poll(0.05)
