@@ -410,9 +410,9 @@ def _refused(call: Callable[[], object]) -> str:
 
 
 def _read_rules(admin: rk.AdminClient, stack: Stack) -> None:
-    """Ask for the table's rules (all of them: the admin's answer) and raise if any came back. Kafka 4
-    answers a principal without DESCRIBE on the cluster with no rules rather than a refusal that
-    confluent-kafka passes on, so an empty answer where the admin gets the table is the refusal."""
+    """Ask for every rule and raise if any came back. A principal without DESCRIBE on the cluster is
+    refused by the broker, but confluent-kafka 2.16 hands that refusal on as an empty list (no
+    exception), so an empty answer where the admin, asking the same, gets the table is the refusal."""
     every = AclBindingFilter(
         ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY,  # type: ignore[arg-type]
         AclPermissionType.ANY,
