@@ -47,7 +47,7 @@ from streams.monitor.episodes import (
     to_event,
 )
 from streams.monitor.history import History, Point
-from streams.monitor.plan import due_windows, next_window_end, rule_plan
+from streams.monitor.plan import Schedule, compiled, rule_plan
 from streams.monitor.rules import evaluate
 
 __all__ = ["Engine", "MetricRecord", "Outcome", "PatientRecord", "decode_metric", "decode_patient", "encode"]
@@ -173,22 +173,17 @@ class Engine:
         )
         history.add(m.metric, point, m.measurement_id)
         out.patient_changed |= self._heard(patient, t, m.patient_id, now, out)
-        rules = rule_plan(plan)
+        # One look-up per reading: the plan's rules and window schedule, compiled once per version.
+        compiled_plan = compiled(plan) if plan is not None else None
+        rules = compiled_plan.rules if compiled_plan is not None else rule_plan(None)
         findings = evaluate(m.metric, point, history, rules, shown_in=self.shown_in)
-        late = lateness(t, clock, self.timing)
-        evidence = Evidence(
-            measurement_id=m.measurement_id,
-            metric=m.metric.value,
-            value=m.reported_value,
-            unit=m.reported_unit,
-            flag=m.flag,
-            measured_at=m.measured_at,
-        )
+        evidence: Evidence | None = None
         for problem in _PROBLEMS_OF[m.metric]:
             mine = [f for f in findings if RULES[f.rule_id].problem == problem]
             episode = record.episodes.get(problem)
             change: EpisodeChange | None
             if mine:
+                evidence = evidence or _evidence(m)  # most readings fulfil no rule: built for those that do
                 episode, change = qualify(
                     episode,
                     patient_id=m.patient_id,
@@ -196,7 +191,7 @@ class Engine:
                     findings=mine,
                     evidence=evidence,
                     measured_at=t,
-                    late=late,
+                    late=lateness(t, clock, self.timing),
                 )
                 record.episodes[problem] = episode
                 cleared = _cleared_after(history, episode)
@@ -223,7 +218,7 @@ class Engine:
                 )
         self._returned(patient, m.metric, m.patient_id, now, out)
         _prune(record.episodes, clock)
-        out.patient_changed |= self._rewake(patient, plan)
+        out.patient_changed |= self._rewake(patient, compiled_plan.schedule if compiled_plan else None)
         return out
 
     # ------------------------------------------------------------------ kit status
@@ -233,7 +228,7 @@ class Engine:
         out = Outcome()
         assert event.patient_id is not None
         self._heard(patient, event.at.timestamp(), event.patient_id, now, out)
-        self._rewake(patient, plan)
+        self._rewake(patient, _schedule_of(plan))
         out.patient_changed = True  # a heartbeat's time is kept nowhere else
         return out
 
@@ -320,7 +315,8 @@ class Engine:
             # while it was alive (`_check_window` would skip each): no need to list them. This keeps
             # a clock jump (days of silence, or a restart into new data) from listing months.
             horizon = min(until, patient.last_seen + self.silent_after_s)
-            for window in due_windows(plan, after=start, until=horizon) if horizon > start else ():
+            schedule = _schedule_of(plan)
+            for window in schedule.ending(start, horizon) if schedule is not None else ():
                 self._check_window(
                     patient_id,
                     patient,
@@ -348,7 +344,7 @@ class Engine:
                 assert metric is not None
                 changed.add(metric)
         _prune(patient.episodes, clock)
-        self._rewake(patient, plan)
+        self._rewake(patient, _schedule_of(plan))
         return out, changed
 
     def _check_window(  # noqa: PLR0917  (private; one call site, arguments named there)
@@ -406,7 +402,7 @@ class Engine:
             rules=[rule_id],
         )
 
-    def _rewake(self, patient: PatientRecord, plan: CarePlan | None) -> bool:
+    def _rewake(self, patient: PatientRecord, schedule: Schedule | None) -> bool:
         """Recompute the next deadline; True when it moved earlier, so the record must be written.
 
         A deadline that moved later need not be: the stored, earlier one only wakes the patient
@@ -418,9 +414,9 @@ class Engine:
         silent = patient.episodes.get("kit_silent")
         if patient.last_seen and (silent is None or not silent.open):
             candidates.append(patient.last_seen + self.silent_after_s)
-        if plan is not None and plan.expected and patient.last_seen:
+        if schedule is not None and patient.last_seen:
             after = max(patient.missed_checked, patient.last_seen - 2 * 86_400.0)
-            end = next_window_end(plan, after)
+            end = schedule.next_end(after)
             if end is not None:
                 candidates.append(end + self.missed_grace_s)
         wake = min(candidates) if candidates else None
@@ -472,7 +468,25 @@ def _cleared_after(history: History, episode: EpisodeState) -> float | None:
     return next((q.t for q in later if q.t > episode.last_seen_at), None)
 
 
+def _evidence(m: Measurement) -> Evidence:
+    return Evidence(
+        measurement_id=m.measurement_id,
+        metric=m.metric.value,
+        value=m.reported_value,
+        unit=m.reported_unit,
+        flag=m.flag,
+        measured_at=m.measured_at,
+    )
+
+
+def _schedule_of(plan: CarePlan | None) -> Schedule | None:
+    """The plan's window schedule (None: no plan, or no windows in it)."""
+    return compiled(plan).schedule if plan is not None else None
+
+
 def _prune(episodes: dict[str, EpisodeState], clock: float) -> None:
+    if not episodes:
+        return
     for problem, episode in list(episodes.items()):
         if episode.resolved_at is not None and clock - episode.resolved_at > _KEEP_RESOLVED_S:
             del episodes[problem]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import math
-import statistics
+import operator
 from dataclasses import dataclass
 
 import msgspec
@@ -85,7 +85,11 @@ class History(msgspec.Struct, array_like=True):
         if len(self.seen) > _SEEN_IDS:
             del self.seen[: len(self.seen) - _SEEN_IDS]
         self.count += 1
-        bisect.insort(self.recent, point, key=_time)
+        recent = self.recent
+        if not recent or point.t >= recent[-1].t:
+            recent.append(point)  # in order, as nearly every reading is: where `insort` would put it
+        else:
+            bisect.insort(recent, point, key=_time)
         newest = self.recent[-1].t
         horizon = newest - _RECENT_S[metric]
         drop = bisect.bisect_left(self.recent, horizon, key=_time)
@@ -132,12 +136,10 @@ class History(msgspec.Struct, array_like=True):
         return self.days[lo:hi]
 
 
-def _time(p: Point) -> float:
-    return p.t
-
-
-def _day(d: Day) -> int:
-    return d.day
+# The sort keys of `recent` and `days`, in C: a Python function per bisection step cost more than
+# the rest of the bisection.
+_time = operator.attrgetter("t")
+_day = operator.attrgetter("day")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,9 +162,16 @@ def robust_baseline(days: list[Day], *, min_readings: int, min_days: int) -> Rob
     readings = sum(d.n for d in days)
     if len(days) < min_days or readings < min_readings:
         return None
-    # At most 35 values: the standard library's median takes ~2 µs here, numpy's ~40 µs (its call
-    # overhead dominates arrays this small), on a path every reading may take.
-    means = [d.mean for d in days]
-    median = statistics.median(means)
-    mad = statistics.median([abs(x - median) for x in means])
+    # At most 35 values: a plain sort takes ~1 µs here, `statistics.median` ~2 µs, numpy's ~40 µs
+    # (its call overhead dominates arrays this small), on a path every reading may take.
+    means = [d.total / d.n for d in days]  # `Day.mean`, without a property call per day
+    median = _median(means)
+    mad = _median([abs(x - median) for x in means])
     return RobustBaseline(median, mad, readings, len(days), days[0].day)
+
+
+def _median(values: list[float]) -> float:
+    """`statistics.median`, the same arithmetic without its checks (a third of the baseline's cost)."""
+    ordered = sorted(values)
+    half = len(ordered) // 2
+    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
