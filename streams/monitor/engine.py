@@ -1,7 +1,7 @@
 """The monitor's pure core: readings, kit status and clock deadlines in; new state and alert events out.
 
-No Kafka here. The faust shell (`app.py`) keeps two kinds of record per patient in its table, both
-encoded with `encode`/`decode`:
+No Kafka here. A shell (the faust agent in `app.py`, or a micro-batch worker) keeps two kinds of
+record per patient, stored as bytes with `encode` and read back with `decode_metric`/`decode_patient`:
 
 - a `MetricRecord` per patient and metric: the metric's history and the episodes of its problems;
 - a `PatientRecord` per patient: when the kit was last heard from, the kit-level episodes ("kit
@@ -10,6 +10,39 @@ encoded with `encode`/`decode`:
 Every method mutates the records it is given and returns the alert events to emit. Time is event
 time: `clock` is the stream's clock for the patient's partition (the latest measured time seen there,
 moved on by wall time while nothing arrives), so a 14-day accelerated run behaves like 14 days.
+
+The contract with the shell (docs/monitor-core.md says the same with the reasons):
+
+What to persist after each call, before its events are sent (an event must never describe state a
+crash could lose):
+- `measurement`: the reading's own `MetricRecord`, unless `Outcome.duplicate` (then nothing changed);
+  the `PatientRecord` when `Outcome.patient_changed`.
+- `status`: the `PatientRecord` (`patient_changed` is always True).
+- `deadline`: the `PatientRecord` (always) and the `MetricRecord` of each metric it returns.
+- `announce`: nothing (it changes no record).
+A `PatientRecord` can change in memory without `patient_changed`: a later `last_seen` and a later
+`wake_at`. Losing those is safe, which is why they are not worth a write: `deadline` takes the kit's
+latest reading time from the metric records, and an earlier stored `wake_at` only wakes the patient
+early. A shell may keep such a record in memory (decoded) or drop it; both give the same events.
+
+Deadlines: after a call that changed the `PatientRecord`, schedule the patient at its `wake_at`.
+When a scheduled time comes and the record's `wake_at` is later (it moved without a write), schedule
+that instead; call `deadline` once `wake_at <= clock`. Pass `deadline` every `MetricRecord` the patient
+has (a metric without a record may be left out: it is the same as an empty record). It reads one
+attribute of each (its newest reading) and looks further only into the records a due window or an
+ended all-clear period names.
+
+What may be cached: decoded records, across calls and batches, by the one shell that owns the
+patient's partition (encode a record once per batch, not per call); decoded care plans. Each plan is
+compiled once (its rules and its schedule of windows) and kept here, found by the plan object, else
+by patient and version when the content is equal; a shell that hands the same object to every
+reading of a version pays least. What must not: records of a partition after it is revoked (another
+worker writes them; decode them again from the store after the next assignment), `Outcome`s and
+events (send them, once persisted).
+
+A plan change invalidates nothing the shell holds: the records carry nothing derived from the plan
+but `wake_at`, which the next reading, status or deadline of the patient recomputes under the new
+plan, and a compiled plan is found by the plan itself, so an old version's is never used for a new one.
 """
 
 from __future__ import annotations

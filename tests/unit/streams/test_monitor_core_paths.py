@@ -8,6 +8,7 @@ record from bytes on every call.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from contracts import (
     Spo2Scale,
 )
 from streams.monitor.engine import Engine, MetricRecord, PatientRecord, decode_metric, decode_patient, encode
+from streams.monitor.history import _RECENT_S, Day, History, Point
 from streams.monitor.plan import (
     DueWindow,
     _day_windows,
@@ -168,7 +170,8 @@ steps = st.lists(
 class Shell:
     """A shell driving the engine: `decoded` keeps records in memory and hands `deadline` the records
     it holds (the worker); otherwise every call decodes all records from bytes and encodes them back
-    (the faust agent). Deadlines fire when due, checked before each reading and at the end."""
+    (the faust agent). Both schedule as the faust agent does: a written deadline, and on waking
+    early, the later one the record holds. Deadlines fire when due, before each reading and at the end."""
 
     def __init__(self, plan: CarePlan | None, *, decoded: bool) -> None:
         self.engine, self.plan, self.decoded = Engine(), plan, decoded
@@ -190,41 +193,38 @@ class Shell:
     def _note(self, events: list[Any]) -> None:
         self.events += [(e.episode_id, e.version, e.change.value, e.explanation) for e in events]
 
-    def _schedule(self, patient: PatientRecord, before: float | None) -> None:
-        if patient.wake_at is not None and patient.wake_at != before:
-            heapq.heappush(self.heap, patient.wake_at)
-
     def fire(self, clock: float) -> None:
         now = datetime.fromtimestamp(clock, UTC)
         while self.heap and self.heap[0] <= clock:
-            heapq.heappop(self.heap)
+            wake = heapq.heappop(self.heap)
             patient = self._patient()
             if patient.wake_at is None or patient.wake_at > clock:
+                if patient.wake_at is not None and patient.wake_at != wake:  # moved later, unwritten
+                    heapq.heappush(self.heap, patient.wake_at)
                 continue
             if self.decoded:
                 records = {m: r for m, r in self.held.items() if isinstance(m, Metric)}
             else:
                 records = {m: decode_metric(self.store.get(m)) for m in Metric}
-            before = patient.wake_at
             out, changed = self.engine.deadline(PATIENT, patient, records, self.plan, clock=clock, now=now)
             for metric in changed:
                 self.store[metric] = encode(records[metric])
             self.store["kit"] = encode(patient)
-            self._schedule(patient, None if not self.decoded else before)
+            if patient.wake_at is not None:
+                heapq.heappush(self.heap, patient.wake_at)
             self._note(out.events)
 
     def read(self, metric: Metric, value: float, at: datetime) -> None:
         clock = at.timestamp()
         self.fire(clock)
         patient, record = self._patient(), self._metric(metric)
-        before = patient.wake_at
         m = reading(metric, value, at)
         out = self.engine.measurement(m, record, patient, self.plan, clock=clock, now=at)
         self.store[metric] = encode(record)
         if out.patient_changed:
             self.store["kit"] = encode(patient)
-        if self.decoded or out.patient_changed:  # the faust agent schedules what it wrote
-            self._schedule(patient, before)
+        if out.patient_changed and patient.wake_at is not None:
+            heapq.heappush(self.heap, patient.wake_at)
         self._note(out.events)
 
 
@@ -308,3 +308,57 @@ def test_records_written_by_the_old_engine_decode_and_encode_back_the_same() -> 
     assert bytes.fromhex(_OLD["metric"])[:1] != b"\x78"
     assert decode_metric(bytes.fromhex(_OLD["metric"])).episodes["pulse_abnormal"].rule_id == "NEWS2-P"
     assert decode_patient(bytes.fromhex(_OLD["patient"])).wake_at is not None
+
+
+# ------------------------------------------------------------------ history: in-order fast paths
+
+
+def _add_as_before(history: History, metric: Metric, point: Point, measurement_id: str) -> None:
+    """`History.add` before issue #29: an insort, a bisection for the horizon, a bisection per day."""
+    history.seen.append(measurement_id[:12])
+    if len(history.seen) > 32:
+        del history.seen[: len(history.seen) - 32]
+    history.count += 1
+    bisect.insort(history.recent, point, key=lambda p: p.t)
+    horizon = history.recent[-1].t - _RECENT_S[metric]
+    drop = max(bisect.bisect_left(history.recent, horizon, key=lambda p: p.t), len(history.recent) - 48)
+    if drop > 0:
+        del history.recent[:drop]
+    if point.value is None:
+        return
+    day, days = int(point.t // 86_400.0), history.days
+    i = bisect.bisect_left(days, day, key=lambda d: d.day)
+    if i < len(days) and days[i].day == day:
+        days[i].n += 1
+        days[i].total += point.value
+    else:
+        days.insert(i, Day(day, 1, point.value))
+    cutoff = days[-1].day - 35
+    if days[0].day <= cutoff:
+        del days[: bisect.bisect_right(days, cutoff, key=lambda d: d.day)]
+    history._update_ewma(point.t, point.value)
+
+
+@settings(max_examples=200)
+@given(
+    st.sampled_from(list(Metric)),
+    st.lists(
+        st.tuples(
+            st.floats(min_value=-5 * 86_400.0, max_value=2 * 86_400.0),  # mostly forward, some late
+            st.one_of(st.none(), st.floats(min_value=0.0, max_value=200.0)),
+        ),
+        max_size=120,
+    ),
+)
+def test_history_add_keeps_what_the_insort_kept(
+    metric: Metric, steps: list[tuple[float, float | None]]
+) -> None:
+    """In order, late, on one day or across 40: the same readings, days, ids and trend as before."""
+    fast, slow = History(), History()
+    t = T0.timestamp()
+    for i, (step, value) in enumerate(steps):
+        t = max(t + step, T0.timestamp() - 50 * 86_400.0) if step > 0 else T0.timestamp() + step * 3
+        point = Point(t, value)
+        fast.add(metric, point, f"id{i:010d}")
+        _add_as_before(slow, metric, point, f"id{i:010d}")
+        assert encode(MetricRecord(history=fast)) == encode(MetricRecord(history=slow))
