@@ -145,15 +145,12 @@ def new_loop(core: ModuleType, records: list[bytes], plans: dict[str, CarePlan])
         patient = state.patient(pkey)
         record = state.metric(mkey, who, m.metric)
         clock = max(clock, m.measured_at.timestamp())
-        scheduled = patient.wake_at
         out = engine.measurement(m, record, patient, plans.get(m.patient_id), clock=clock, now=now)
         state.touched.add(mkey)
         if out.patient_changed:
             state.touched.add(pkey)
-        # The decoded record holds every change, written or not: a deadline that moved later must
-        # be scheduled too, or the earlier heap entry finds nothing due and the deadline is lost.
-        if patient.wake_at is not None and patient.wake_at != scheduled:
-            heapq.heappush(heap, (patient.wake_at, who))
+            if patient.wake_at is not None:
+                heapq.heappush(heap, (patient.wake_at, who))
         _emit(out.events, counts)
         if heap and heap[0][0] <= clock:
             _fire_new(engine, state, heap, plans, clock, now, counts)
@@ -174,10 +171,13 @@ def _fire_new(
 ) -> None:
     """The deadlines due by `clock`, on the decoded records: only the metrics the patient has."""
     while heap and heap[0][0] <= clock:
-        _wake, who = heapq.heappop(heap)
+        wake, who = heapq.heappop(heap)
         pkey = who + b"|kit"
         due = state.patient(pkey)
         if due.wake_at is None or due.wake_at > clock:
+            # the deadline moved later without a write (a reading's `_rewake`): wake then instead
+            if due.wake_at is not None and due.wake_at != wake:
+                heapq.heappush(heap, (due.wake_at, who))
             continue
         metric_records = state.metrics_of.get(who, {})
         patient_id = who.decode()

@@ -47,6 +47,19 @@ def _r(value: float) -> float:
 class _Context:
     """What every rule of one reading needs, computed once."""
 
+    __slots__ = (
+        "_baseline",
+        "_baseline_done",
+        "day",
+        "day_zone",
+        "history",
+        "metric",
+        "plan",
+        "point",
+        "shown_in",
+        "value",
+    )
+
     def __init__(
         self, metric: Metric, point: Point, history: History, plan: RulePlan, shown_in: tzinfo
     ) -> None:

@@ -41,9 +41,17 @@ from streams.monitor.plan import (
 )
 from tests.unit.streams.test_monitor_rules import PATIENT, reading
 
-T0 = datetime(2026, 3, 20, tzinfo=UTC)  # spring: summer time starts within the fortnight after
-# Zones with summer time on both hemispheres, a half-hour shift (Lord Howe) and none (UTC).
-ZONES = ("UTC", "Europe/Oslo", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata")
+T0 = datetime(2026, 3, 20, tzinfo=UTC)  # summer time starts (north) or ends (south) in the weeks after
+# Zones with summer time on both hemispheres, changing at midnight (Santiago), a half-hour shift
+# (Lord Howe) and none (UTC, Kolkata).
+ZONES = (
+    "UTC",
+    "Europe/Oslo",
+    "America/New_York",
+    "America/Santiago",  # summer time changes at midnight: local midnight is skipped or repeated
+    "Australia/Lord_Howe",
+    "Asia/Kolkata",
+)
 
 clock_times = st.builds(lambda h, m: f"{h:02d}:{m:02d}", st.integers(0, 23), st.sampled_from([0, 15, 30, 59]))
 windows = st.lists(
