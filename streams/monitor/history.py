@@ -59,7 +59,8 @@ class Day(msgspec.Struct, array_like=True):
         return self.total / self.n
 
 
-class History(msgspec.Struct, array_like=True):
+# `dict=True`: room for what is kept in memory and never encoded, the baseline memo (`memo`).
+class History(msgspec.Struct, array_like=True, dict=True):
     recent: list[Point] = []
     days: list[Day] = []
     seen: list[str] = []  # newest last
@@ -114,11 +115,15 @@ class History(msgspec.Struct, array_like=True):
             d = days[i]
             d.n += 1
             d.total += value
+            self.forget()  # a day before the newest changed: a baseline may include it
         else:
+            if i < len(days):
+                self.forget()
             days.insert(i, Day(day, 1, value))
         cutoff = days[-1].day - _KEEP_DAYS
         if days[0].day <= cutoff:
             del days[: bisect.bisect_right(days, cutoff, key=_day)]
+            self.forget()
 
     def _update_ewma(self, t: float, value: float, half_life_s: float = 3 * DAY_S) -> None:
         if self.ewma is None or t < self.ewma_t:  # a late reading does not move the trend backwards
@@ -128,6 +133,20 @@ class History(msgspec.Struct, array_like=True):
         weight = 1.0 - math.exp(-_LN2 * (t - self.ewma_t) / half_life_s)
         self.ewma += weight * (value - self.ewma)
         self.ewma_t = t
+
+    # A personal baseline covers days before the reading's day, and the reading's day is at most the
+    # newest: only a change to an older day (a late reading, a day trimmed) can change one. So a
+    # baseline is kept in memory for the next readings of the day, and forgotten on such a change.
+    def memo(self, key: object) -> tuple[RobustBaseline | None] | None:
+        """The baseline kept for `key` (in a 1-tuple, as None is a result), or None."""
+        kept = self.__dict__.get("_baseline")
+        return kept[1] if kept is not None and kept[0] == key else None
+
+    def remember(self, key: object, baseline: RobustBaseline | None) -> None:
+        self.__dict__["_baseline"] = (key, (baseline,))
+
+    def forget(self) -> None:
+        self.__dict__.pop("_baseline", None)
 
     def before(self, t: float, since: float) -> list[Point]:
         """Readings measured in [since, t), oldest first."""

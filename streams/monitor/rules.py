@@ -104,10 +104,16 @@ class _Context:
         """Median/MAD of the daily means over the plan's window, before today (RS-8)."""
         if not self._baseline_done:
             settings = self.plan.baseline
-            days = self.history.days_between(self.day - settings.window_days, self.day - 1)
-            self._baseline = robust_baseline(
-                days, min_readings=settings.min_readings, min_days=settings.min_days
-            )
+            key = (self.day, settings)
+            kept = self.history.memo(key)
+            if kept is not None:
+                self._baseline = kept[0]
+            else:
+                days = self.history.days_between(self.day - settings.window_days, self.day - 1)
+                self._baseline = robust_baseline(
+                    days, min_readings=settings.min_readings, min_days=settings.min_days
+                )
+                self.history.remember(key, self._baseline)
             self._baseline_done = True
         return self._baseline
 

@@ -15,11 +15,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from contracts import (
     RULE_IDS,
+    BaselineSettings,
     CarePlan,
     Condition,
     ExpectedMeasurement,
@@ -28,9 +29,10 @@ from contracts import (
     Spo2Scale,
 )
 from streams.monitor.engine import Engine, MetricRecord, PatientRecord, decode_metric, decode_patient, encode
-from streams.monitor.history import _RECENT_S, Day, History, Point
+from streams.monitor.history import _RECENT_S, Day, History, Point, robust_baseline
 from streams.monitor.plan import (
     DueWindow,
+    RulePlan,
     _day_windows,
     _hm,
     _rule_plan,
@@ -39,6 +41,7 @@ from streams.monitor.plan import (
     next_window_end,
     rule_plan,
 )
+from streams.monitor.rules import _Context
 from tests.unit.streams.test_monitor_rules import PATIENT, reading
 
 T0 = datetime(2026, 3, 20, tzinfo=UTC)  # summer time starts (north) or ends (south) in the weeks after
@@ -370,3 +373,53 @@ def test_history_add_keeps_what_the_insort_kept(
         fast.add(metric, point, f"id{i:010d}")
         _add_as_before(slow, metric, point, f"id{i:010d}")
         assert encode(MetricRecord(history=fast)) == encode(MetricRecord(history=slow))
+
+
+_SHORT = BaselineSettings(window_days=3, min_readings=3, min_days=2)
+# days held, then a baseline looked at (remembered) on the newest: a late reading must make it forgotten
+_BUILT = [
+    (0, 90.0, _SHORT, False),
+    (2, 90.0, _SHORT, False),  # a day without readings before it
+    (0, 90.0, _SHORT, False),
+    (1, 90.0, _SHORT, True),
+]
+
+
+@settings(max_examples=300)
+@example([*_BUILT, (-2, 99.0, _SHORT, False), (0, 90.0, _SHORT, True)])  # a late reading's new day
+@example([*_BUILT, (-1, 99.0, _SHORT, False), (0, 90.0, _SHORT, True)])  # a late one on a day held
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 0, 0, 1, 1, 2, -1, -2, -4]),  # days after the newest reading; < 0: late
+            st.floats(min_value=80.0, max_value=100.0),
+            st.sampled_from(
+                [BaselineSettings(), BaselineSettings(window_days=3, min_readings=3, min_days=2)]
+            ),
+            st.booleans(),  # whether this reading's rules look at the baseline (pulse without RS-8P not)
+        ),
+        max_size=80,
+    )
+)
+def test_a_remembered_baseline_is_the_baseline_of_the_days_held(
+    steps: list[tuple[int, float, BaselineSettings, bool]],
+) -> None:
+    """Readings in order, late ones, days trimmed: the baseline kept in memory between readings is the
+    one computed afresh from the day summaries, for every reading and either plan's settings."""
+    history = History()
+    newest = int(T0.timestamp() // 86_400)
+    for i, (step, value, baseline, look) in enumerate(steps):
+        newest += max(step, 0)
+        day = newest + min(step, 0)
+        point = Point(day * 86_400.0 + i, value)  # seconds apart within a day: each reading its own
+        history.add(Metric.SPO2, point, f"b{i:011d}")
+        if not look:
+            continue
+        rules = RulePlan(enabled=frozenset({"RS-8"}), params={}, overridden=frozenset(), baseline=baseline)
+        remembered = _Context(Metric.SPO2, point, history, rules, UTC).baseline()
+        fresh = robust_baseline(
+            history.days_between(day - baseline.window_days, day - 1),
+            min_readings=baseline.min_readings,
+            min_days=baseline.min_days,
+        )
+        assert remembered == fresh
