@@ -191,7 +191,9 @@ class Engine:
         out = Outcome()
         history = record.history
         t = m.measured_at.timestamp()
-        if _replayed(record, offset, t) or history.has_seen(m.measurement_id, t, m.value):
+        if (offset is not None and _replayed(record, offset, t)) or history.has_seen(
+            m.measurement_id, t, m.value
+        ):
             out.duplicate = True
             return out
         if offset is not None:
@@ -212,7 +214,7 @@ class Engine:
         findings = evaluate(m.metric, point, history, rules, shown_in=self.shown_in)
         evidence: Evidence | None = None
         for problem in _PROBLEMS_OF[m.metric]:
-            mine = [f for f in findings if RULES[f.rule_id].problem == problem]
+            mine = [f for f in findings if RULES[f.rule_id].problem == problem] if findings else []
             episode = record.episodes.get(problem)
             change: EpisodeChange | None
             if mine:
@@ -318,6 +320,7 @@ class Engine:
         """
         out = Outcome(patient_changed=True)
         changed: set[Metric] = set()
+        schedule = _schedule_of(plan)
         # Readings since the record was last written moved `last_seen` only in their metric records.
         latest = [r.history.recent[-1].t for r in records.values() if r.history.recent]
         patient.last_seen = max([patient.last_seen, *latest])
@@ -348,7 +351,6 @@ class Engine:
             # while it was alive (`_check_window` would skip each): no need to list them. This keeps
             # a clock jump (days of silence, or a restart into new data) from listing months.
             horizon = min(until, patient.last_seen + self.silent_after_s)
-            schedule = _schedule_of(plan)
             for window in schedule.ending(start, horizon) if schedule is not None else ():
                 self._check_window(
                     patient_id,
@@ -377,7 +379,7 @@ class Engine:
                 assert metric is not None
                 changed.add(metric)
         _prune(patient.episodes, clock)
-        self._rewake(patient, _schedule_of(plan))
+        self._rewake(patient, schedule)
         return out, changed
 
     def _check_window(  # noqa: PLR0917  (private; one call site, arguments named there)
