@@ -71,7 +71,7 @@ class CompiledPlan:
     and the schedule of its windows. `compiled(plan)` keeps one per plan (by identity, else by
     patient and version), so a reading pays a dictionary look-up, not a rebuild."""
 
-    plan: CarePlan  # held, so the id stays this object's while the entry lives
+    plan: CarePlan  # the object compiled, held so that its id stays its own while the entry lives
     rules: RulePlan
     schedule: Schedule | None  # None: the plan expects no readings in windows
 
@@ -84,7 +84,8 @@ _COMPILED_MAX = 200_000  # about one plan per patient a worker holds; past that,
 def compiled(plan: CarePlan) -> CompiledPlan:
     """The compiled form of `plan`. The faust shell hands the same object to every reading (found by
     identity); a shell that decodes a plan again finds the entry of the patient's same version, if
-    the plan is equal to it (a plan re-sent with the same version and other content is compiled anew)."""
+    the plan is equal to it (a plan re-sent with the same version and other content is compiled anew).
+    An equal copy is not kept by its id: a shell decoding a plan per batch would fill the table."""
     entry = _COMPILED.get(id(plan))
     if entry is not None and entry.plan is plan:
         return entry
@@ -93,14 +94,12 @@ def compiled(plan: CarePlan) -> CompiledPlan:
         _BY_VERSION.clear()
     key = (plan.patient_id, plan.version)
     entry = _BY_VERSION.get(key)
-    if entry is None or entry.plan != plan:
-        windows = tuple((e.metric, *_hm(w.start), *_hm(w.end)) for e in plan.expected for w in e.windows)
-        zone = _zone(plan.timezone)
-        entry = CompiledPlan(plan, _rule_plan(plan), _schedule(windows, zone) if windows else None)
-        _BY_VERSION[key] = entry
-    elif entry.plan is not plan:
-        entry = CompiledPlan(plan, entry.rules, entry.schedule)  # the same content, this object
-    _COMPILED[id(plan)] = entry
+    if entry is not None and entry.plan == plan:
+        return entry
+    windows = tuple((e.metric, *_hm(w.start), *_hm(w.end)) for e in plan.expected for w in e.windows)
+    zone = _zone(plan.timezone)
+    entry = CompiledPlan(plan, _rule_plan(plan), _schedule(windows, zone) if windows else None)
+    _BY_VERSION[key] = _COMPILED[id(plan)] = entry
     return entry
 
 
