@@ -33,7 +33,8 @@ attribute of each (its newest reading) and looks further only into the records a
 ended all-clear period names.
 
 What may be cached: decoded records, across calls and batches, by the one shell that owns the
-patient's partition (encode a record once per batch, not per call); decoded care plans. Each plan is
+patient's partition (encode a record once per batch, not per call; a bounded cache may drop a
+record the current batch has not touched, never one it has); decoded care plans. Each plan is
 compiled once (its rules and its schedule of windows) and kept here, found by the plan object, else
 by patient and version when the content is equal; a shell that hands the same object to every
 reading of a version pays least. What must not: records of a partition after it is revoked (another
