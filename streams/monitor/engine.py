@@ -52,6 +52,7 @@ import math
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -398,7 +399,9 @@ class Engine:
         silent = patient.episodes.get("kit_silent")
         if not alive or (silent is not None and silent.open):
             return  # a silent kit is its own episode, not a missed measurement
-        if record is not None and record.history.before(hi + _MISSED_TOLERANCE_S, lo - _MISSED_TOLERANCE_S):
+        if record is not None and record.history.any_between(
+            lo - _MISSED_TOLERANCE_S, hi + _MISSED_TOLERANCE_S
+        ):
             return
         episode = patient.episodes.get("measurement_missed")
         text = (
@@ -422,7 +425,7 @@ class Engine:
         out.events.append(self._event(episode, EpisodeChange.UPDATED, patient_id=patient_id, emitted_at=now))
 
     def _fmt(self, t: float) -> str:
-        return f"{datetime.fromtimestamp(t, self.shown_in):%-d %b %H:%M %Z}"
+        return _shown(t, self.shown_in)
 
     def _kit_episode(self, patient_id: str, rule_id: str, at: float, text: str) -> EpisodeState:
         problem = RULES[rule_id].problem
@@ -526,6 +529,11 @@ def _prune(episodes: dict[str, EpisodeState], clock: float) -> None:
     for problem, episode in list(episodes.items()):
         if episode.resolved_at is not None and clock - episode.resolved_at > _KEEP_RESOLVED_S:
             del episodes[problem]
+
+
+@lru_cache(maxsize=4096)  # window bounds repeat across the patients of a schedule
+def _shown(t: float, zone: ZoneInfo) -> str:
+    return f"{datetime.fromtimestamp(t, zone):%-d %b %H:%M %Z}"
 
 
 def _dt(t: float) -> datetime:

@@ -148,6 +148,11 @@ class History(msgspec.Struct, array_like=True, dict=True):
     def forget(self) -> None:
         self.__dict__.pop("_baseline", None)
 
+    def any_between(self, since: float, t: float) -> bool:
+        """Whether a reading was measured in [since, t): `before(t, since)` without the list."""
+        i = bisect.bisect_left(self.recent, since, key=_time)
+        return i < len(self.recent) and self.recent[i].t < t
+
     def before(self, t: float, since: float) -> list[Point]:
         """Readings measured in [since, t), oldest first."""
         lo = bisect.bisect_left(self.recent, since, key=_time)

@@ -423,3 +423,14 @@ def test_a_remembered_baseline_is_the_baseline_of_the_days_held(
             min_days=baseline.min_days,
         )
         assert remembered == fresh
+
+
+@given(
+    st.lists(st.floats(min_value=0.0, max_value=100.0), max_size=20),
+    st.floats(min_value=-10.0, max_value=110.0),
+    st.floats(min_value=-10.0, max_value=110.0),
+)
+def test_any_between_is_whether_before_lists_a_reading(times: list[float], since: float, t: float) -> None:
+    """The missed-window check's test for a reading in [since, t) agrees with the list `before` gives."""
+    history = History(recent=[Point(x, 1.0) for x in sorted(times)])
+    assert history.any_between(since, t) == bool(history.before(t, since))
