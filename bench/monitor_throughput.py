@@ -49,19 +49,16 @@ sys.path[:0] = [str(REPO), str(REPO / "infra")]
 
 from archive_throughput import as_stage, kafka, scrape, scratch_topics, stack_env, write_results  # noqa: E402
 from faust_floors import floor_phase  # noqa: E402
+from monitor_data import T0, backlog, careplan, cohort  # noqa: E402
+from monitor_data import reading as _reading  # noqa: E402
 from sim_publish import cpu_seconds  # noqa: E402
 
 from contracts import (  # noqa: E402
-    METRICS,
     AlertEvent,
     CarePlan,
-    Condition,
-    ExpectedMeasurement,
     Measurement,
     Metric,
-    ScheduleWindow,
     Trace,
-    measurement_id,
     topics,
 )
 from contracts.settings import KafkaSettings  # noqa: E402
@@ -76,94 +73,9 @@ from streams.monitor.engine import (  # noqa: E402
 
 PROCESSED = 'vaktrom_monitor_events_total{kind="measurement"}'
 STATE_SUM, STATE_COUNT = "vaktrom_monitor_state_record_bytes_sum", "vaktrom_monitor_state_record_bytes_count"
-T0 = datetime(2026, 9, 1, tzinfo=UTC)
-
-# What each condition measures per day: (metric, hour of day, normal value, day-to-day noise).
-_DAY: dict[Condition, tuple[tuple[Metric, float, float, float], ...]] = {
-    Condition.HEART_FAILURE: (
-        (Metric.BODY_WEIGHT, 7.0, 82.0, 0.4),
-        (Metric.SPO2, 7.1, 95.0, 1.0),
-        (Metric.PULSE, 7.1, 72.0, 5.0),
-        (Metric.BODY_TEMPERATURE, 7.2, 36.8, 0.2),
-    ),
-    Condition.COPD: (
-        (Metric.SPO2, 8.0, 93.0, 1.0),
-        (Metric.PULSE, 8.0, 80.0, 5.0),
-        (Metric.SPO2, 19.0, 93.0, 1.0),
-        (Metric.PULSE, 19.0, 80.0, 5.0),
-        (Metric.BODY_TEMPERATURE, 8.1, 36.7, 0.2),
-    ),
-    Condition.DIABETES: (
-        (Metric.GLUCOSE, 7.0, 7.0, 1.2),
-        (Metric.GLUCOSE, 12.0, 8.5, 1.5),
-        (Metric.GLUCOSE, 17.0, 8.0, 1.5),
-        (Metric.GLUCOSE, 22.0, 7.5, 1.2),
-        (Metric.BODY_WEIGHT, 7.1, 95.0, 0.4),
-    ),
-    Condition.INFECTION_WATCH: (
-        (Metric.BODY_TEMPERATURE, 8.0, 37.0, 0.3),
-        (Metric.SPO2, 8.1, 96.0, 1.0),
-        (Metric.PULSE, 8.1, 76.0, 6.0),
-        (Metric.BODY_TEMPERATURE, 20.0, 37.0, 0.3),
-        (Metric.SPO2, 20.1, 96.0, 1.0),
-        (Metric.PULSE, 20.1, 76.0, 6.0),
-    ),
-}
-_CONDITIONS = tuple(_DAY)
 _encode = msgspec.json.Encoder().encode
 _decode_measurement = msgspec.json.Decoder(Measurement).decode
 _decode_alert = msgspec.json.Decoder(AlertEvent).decode
-
-
-def _reading(
-    patient: str, metric: Metric, value: float, at: datetime, trace: Trace | None = None
-) -> Measurement:
-    spec = METRICS[metric]
-    device = f"{patient}-{metric.value[:2]}"
-    value = round(value, 1)
-    mid = measurement_id(
-        device_id=device, patient_id=patient, metric=metric.value, reported_value=value,
-        reported_unit=spec.unit, flag=None, measured_at=at,
-    )  # fmt: skip
-    return Measurement(
-        measurement_id=mid, patient_id=patient, kit_id=f"{patient}-K", device_id=device, metric=metric,
-        loinc=spec.loinc, value=value, unit=spec.unit, reported_value=value, reported_unit=spec.unit,
-        measured_at=at, received_at=at + timedelta(seconds=2), trace=trace or Trace(),
-    )  # fmt: skip
-
-
-def careplan(patient: str, condition: Condition) -> CarePlan:
-    """A plan expecting the condition's readings in windows around their hours (missed-data rules on)."""
-    expected: dict[Metric, list[ScheduleWindow]] = {}
-    for metric, hour, _normal, _noise in _DAY[condition]:
-        start, end = int(hour) - 1, min(int(hour) + 2, 23)
-        window = ScheduleWindow(start=f"{start:02d}:00", end=f"{end:02d}:00" if end < 23 else "23:59")
-        expected.setdefault(metric, []).append(window)
-    return CarePlan(
-        patient_id=patient, version=1, condition=condition, team_id="bench", timezone="UTC",
-        expected=[ExpectedMeasurement(metric=m, windows=w) for m, w in expected.items()],
-        changed_at=T0, changed_by="bench",
-    )  # fmt: skip
-
-
-def cohort(tag: str, patients: int) -> list[tuple[str, Condition]]:
-    return [(f"{tag}P{i:05d}", _CONDITIONS[i % len(_CONDITIONS)]) for i in range(patients)]
-
-
-def backlog(people: list[tuple[str, Condition]], readings: int, seed: int = 7) -> list[Measurement]:
-    """About `readings` readings of `people`, day by day in event time, with per-patient noise."""
-    rng = np.random.default_rng(seed)
-    out: list[Measurement] = []
-    day = 0
-    while len(out) < readings:
-        for patient, condition in people:
-            for metric, hour, normal, noise in _DAY[condition]:
-                at = T0 + timedelta(days=day, hours=hour, seconds=float(rng.integers(0, 900)))
-                value = min(normal + float(rng.normal(0.0, noise)), 100.0 if metric is Metric.SPO2 else 1e9)
-                out.append(_reading(patient, metric, value, at))
-        day += 1
-    out.sort(key=lambda m: m.measured_at)
-    return out[:readings]
 
 
 # ---------------------------------------------------------------------------------------------- core

@@ -1,7 +1,7 @@
 """The monitor's pure core: readings, kit status and clock deadlines in; new state and alert events out.
 
-No Kafka here. The faust shell (`app.py`) keeps two kinds of record per patient in its table, both
-encoded with `encode`/`decode`:
+No Kafka here. A shell (the faust agent in `app.py`, or a micro-batch worker) keeps two kinds of
+record per patient, stored as bytes with `encode` and read back with `decode_metric`/`decode_patient`:
 
 - a `MetricRecord` per patient and metric: the metric's history and the episodes of its problems;
 - a `PatientRecord` per patient: when the kit was last heard from, the kit-level episodes ("kit
@@ -10,6 +10,40 @@ encoded with `encode`/`decode`:
 Every method mutates the records it is given and returns the alert events to emit. Time is event
 time: `clock` is the stream's clock for the patient's partition (the latest measured time seen there,
 moved on by wall time while nothing arrives), so a 14-day accelerated run behaves like 14 days.
+
+The contract with the shell (docs/monitor-core.md says the same with the reasons):
+
+What to persist after each call, before its events are sent (an event must never describe state a
+crash could lose):
+- `measurement`: the reading's own `MetricRecord`, unless `Outcome.duplicate` (then nothing changed);
+  the `PatientRecord` when `Outcome.patient_changed`.
+- `status`: the `PatientRecord` (`patient_changed` is always True).
+- `deadline`: the `PatientRecord` (always) and the `MetricRecord` of each metric it returns.
+- `announce`: nothing (it changes no record).
+A `PatientRecord` can change in memory without `patient_changed`: a later `last_seen` and a later
+`wake_at`. Losing those is safe, which is why they are not worth a write: `deadline` takes the kit's
+latest reading time from the metric records, and an earlier stored `wake_at` only wakes the patient
+early. A shell may keep such a record in memory (decoded) or drop it; both give the same events.
+
+Deadlines: after a call that changed the `PatientRecord`, schedule the patient at its `wake_at`.
+When a scheduled time comes and the record's `wake_at` is later (it moved without a write), schedule
+that instead; call `deadline` once `wake_at <= clock`. Pass `deadline` every `MetricRecord` the patient
+has (a metric without a record may be left out: it is the same as an empty record). It reads one
+attribute of each (its newest reading) and looks further only into the records a due window or an
+ended all-clear period names.
+
+What may be cached: decoded records, across calls and batches, by the one shell that owns the
+patient's partition (encode a record once per batch, not per call; a bounded cache may drop a
+record the current batch has not touched, never one it has); decoded care plans. Each plan is
+compiled once (its rules and its schedule of windows) and kept here, found by the plan object, else
+by patient and version when the content is equal; a shell that hands the same object to every
+reading of a version pays least. What must not: records of a partition after it is revoked (another
+worker writes them; decode them again from the store after the next assignment), `Outcome`s and
+events (send them, once persisted).
+
+A plan change invalidates nothing the shell holds: the records carry nothing derived from the plan
+but `wake_at`, which the next reading, status or deadline of the patient recomputes under the new
+plan, and a compiled plan is found by the plan itself, so an old version's is never used for a new one.
 """
 
 from __future__ import annotations
@@ -18,6 +52,7 @@ import math
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -47,7 +82,7 @@ from streams.monitor.episodes import (
     to_event,
 )
 from streams.monitor.history import History, Point
-from streams.monitor.plan import due_windows, next_window_end, rule_plan
+from streams.monitor.plan import Schedule, compiled, rule_plan
 from streams.monitor.rules import evaluate
 
 __all__ = ["Engine", "MetricRecord", "Outcome", "PatientRecord", "decode_metric", "decode_patient", "encode"]
@@ -158,7 +193,9 @@ class Engine:
         out = Outcome()
         history = record.history
         t = m.measured_at.timestamp()
-        if _replayed(record, offset, t) or history.has_seen(m.measurement_id, t, m.value):
+        if (offset is not None and _replayed(record, offset, t)) or history.has_seen(
+            m.measurement_id, t, m.value
+        ):
             out.duplicate = True
             return out
         if offset is not None:
@@ -173,22 +210,17 @@ class Engine:
         )
         history.add(m.metric, point, m.measurement_id)
         out.patient_changed |= self._heard(patient, t, m.patient_id, now, out)
-        rules = rule_plan(plan)
+        # One look-up per reading: the plan's rules and window schedule, compiled once per version.
+        compiled_plan = compiled(plan) if plan is not None else None
+        rules = compiled_plan.rules if compiled_plan is not None else rule_plan(None)
         findings = evaluate(m.metric, point, history, rules, shown_in=self.shown_in)
-        late = lateness(t, clock, self.timing)
-        evidence = Evidence(
-            measurement_id=m.measurement_id,
-            metric=m.metric.value,
-            value=m.reported_value,
-            unit=m.reported_unit,
-            flag=m.flag,
-            measured_at=m.measured_at,
-        )
+        evidence: Evidence | None = None
         for problem in _PROBLEMS_OF[m.metric]:
-            mine = [f for f in findings if RULES[f.rule_id].problem == problem]
+            mine = [f for f in findings if RULES[f.rule_id].problem == problem] if findings else []
             episode = record.episodes.get(problem)
             change: EpisodeChange | None
             if mine:
+                evidence = evidence or _evidence(m)  # most readings fulfil no rule: built for those that do
                 episode, change = qualify(
                     episode,
                     patient_id=m.patient_id,
@@ -196,7 +228,7 @@ class Engine:
                     findings=mine,
                     evidence=evidence,
                     measured_at=t,
-                    late=late,
+                    late=lateness(t, clock, self.timing),
                 )
                 record.episodes[problem] = episode
                 cleared = _cleared_after(history, episode)
@@ -223,7 +255,7 @@ class Engine:
                 )
         self._returned(patient, m.metric, m.patient_id, now, out)
         _prune(record.episodes, clock)
-        out.patient_changed |= self._rewake(patient, plan)
+        out.patient_changed |= self._rewake(patient, compiled_plan.schedule if compiled_plan else None)
         return out
 
     # ------------------------------------------------------------------ kit status
@@ -233,7 +265,7 @@ class Engine:
         out = Outcome()
         assert event.patient_id is not None
         self._heard(patient, event.at.timestamp(), event.patient_id, now, out)
-        self._rewake(patient, plan)
+        self._rewake(patient, _schedule_of(plan))
         out.patient_changed = True  # a heartbeat's time is kept nowhere else
         return out
 
@@ -290,6 +322,7 @@ class Engine:
         """
         out = Outcome(patient_changed=True)
         changed: set[Metric] = set()
+        schedule = _schedule_of(plan)
         # Readings since the record was last written moved `last_seen` only in their metric records.
         latest = [r.history.recent[-1].t for r in records.values() if r.history.recent]
         patient.last_seen = max([patient.last_seen, *latest])
@@ -320,7 +353,7 @@ class Engine:
             # while it was alive (`_check_window` would skip each): no need to list them. This keeps
             # a clock jump (days of silence, or a restart into new data) from listing months.
             horizon = min(until, patient.last_seen + self.silent_after_s)
-            for window in due_windows(plan, after=start, until=horizon) if horizon > start else ():
+            for window in schedule.ending(start, horizon) if schedule is not None else ():
                 self._check_window(
                     patient_id,
                     patient,
@@ -348,7 +381,7 @@ class Engine:
                 assert metric is not None
                 changed.add(metric)
         _prune(patient.episodes, clock)
-        self._rewake(patient, plan)
+        self._rewake(patient, schedule)
         return out, changed
 
     def _check_window(  # noqa: PLR0917  (private; one call site, arguments named there)
@@ -366,7 +399,9 @@ class Engine:
         silent = patient.episodes.get("kit_silent")
         if not alive or (silent is not None and silent.open):
             return  # a silent kit is its own episode, not a missed measurement
-        if record is not None and record.history.before(hi + _MISSED_TOLERANCE_S, lo - _MISSED_TOLERANCE_S):
+        if record is not None and record.history.any_between(
+            lo - _MISSED_TOLERANCE_S, hi + _MISSED_TOLERANCE_S
+        ):
             return
         episode = patient.episodes.get("measurement_missed")
         text = (
@@ -390,7 +425,7 @@ class Engine:
         out.events.append(self._event(episode, EpisodeChange.UPDATED, patient_id=patient_id, emitted_at=now))
 
     def _fmt(self, t: float) -> str:
-        return f"{datetime.fromtimestamp(t, self.shown_in):%-d %b %H:%M %Z}"
+        return _shown(t, self.shown_in)
 
     def _kit_episode(self, patient_id: str, rule_id: str, at: float, text: str) -> EpisodeState:
         problem = RULES[rule_id].problem
@@ -406,7 +441,7 @@ class Engine:
             rules=[rule_id],
         )
 
-    def _rewake(self, patient: PatientRecord, plan: CarePlan | None) -> bool:
+    def _rewake(self, patient: PatientRecord, schedule: Schedule | None) -> bool:
         """Recompute the next deadline; True when it moved earlier, so the record must be written.
 
         A deadline that moved later need not be: the stored, earlier one only wakes the patient
@@ -418,9 +453,9 @@ class Engine:
         silent = patient.episodes.get("kit_silent")
         if patient.last_seen and (silent is None or not silent.open):
             candidates.append(patient.last_seen + self.silent_after_s)
-        if plan is not None and plan.expected and patient.last_seen:
+        if schedule is not None and patient.last_seen:
             after = max(patient.missed_checked, patient.last_seen - 2 * 86_400.0)
-            end = next_window_end(plan, after)
+            end = schedule.next_end(after)
             if end is not None:
                 candidates.append(end + self.missed_grace_s)
         wake = min(candidates) if candidates else None
@@ -472,10 +507,33 @@ def _cleared_after(history: History, episode: EpisodeState) -> float | None:
     return next((q.t for q in later if q.t > episode.last_seen_at), None)
 
 
+def _evidence(m: Measurement) -> Evidence:
+    return Evidence(
+        measurement_id=m.measurement_id,
+        metric=m.metric.value,
+        value=m.reported_value,
+        unit=m.reported_unit,
+        flag=m.flag,
+        measured_at=m.measured_at,
+    )
+
+
+def _schedule_of(plan: CarePlan | None) -> Schedule | None:
+    """The plan's window schedule (None: no plan, or no windows in it)."""
+    return compiled(plan).schedule if plan is not None else None
+
+
 def _prune(episodes: dict[str, EpisodeState], clock: float) -> None:
+    if not episodes:
+        return
     for problem, episode in list(episodes.items()):
         if episode.resolved_at is not None and clock - episode.resolved_at > _KEEP_RESOLVED_S:
             del episodes[problem]
+
+
+@lru_cache(maxsize=4096)  # window bounds repeat across the patients of a schedule
+def _shown(t: float, zone: ZoneInfo) -> str:
+    return f"{datetime.fromtimestamp(t, zone):%-d %b %H:%M %Z}"
 
 
 def _dt(t: float) -> datetime:

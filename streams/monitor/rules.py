@@ -47,6 +47,19 @@ def _r(value: float) -> float:
 class _Context:
     """What every rule of one reading needs, computed once."""
 
+    __slots__ = (
+        "_baseline",
+        "_baseline_done",
+        "day",
+        "day_zone",
+        "history",
+        "metric",
+        "plan",
+        "point",
+        "shown_in",
+        "value",
+    )
+
     def __init__(
         self, metric: Metric, point: Point, history: History, plan: RulePlan, shown_in: tzinfo
     ) -> None:
@@ -91,10 +104,16 @@ class _Context:
         """Median/MAD of the daily means over the plan's window, before today (RS-8)."""
         if not self._baseline_done:
             settings = self.plan.baseline
-            days = self.history.days_between(self.day - settings.window_days, self.day - 1)
-            self._baseline = robust_baseline(
-                days, min_readings=settings.min_readings, min_days=settings.min_days
-            )
+            key = (self.day, settings)
+            kept = self.history.memo(key)
+            if kept is not None:
+                self._baseline = kept[0]
+            else:
+                days = self.history.days_between(self.day - settings.window_days, self.day - 1)
+                self._baseline = robust_baseline(
+                    days, min_readings=settings.min_readings, min_days=settings.min_days
+                )
+                self.history.remember(key, self._baseline)
             self._baseline_done = True
         return self._baseline
 
