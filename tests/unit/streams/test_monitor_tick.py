@@ -1,7 +1,7 @@
 """The monitor's ticks: deadlines fire after a restart without new input, and one patient the engine
 fails on neither stops the others' deadlines nor loses its own (issue #27 review).
 
-Uses the agent harness of `test_monitor_agent` (faust's test context, no Kafka). The partition's
+Uses the harness of `test_monitor_agent` (the batch step, no Kafka). The partition's
 clock moves on with wall time: `wall` shifts what `streams.monitor.clock` reads as the time.
 """
 
@@ -57,8 +57,7 @@ def test_after_a_restart_a_partition_without_input_still_fires_kit_silent(
     async def scenario(feed: Feed) -> None:
         await feed(m, *reading("X-1", Metric.PULSE, 70.0, T0), 0)
         await feed(m, *reading("Y-1", Metric.PULSE, 71.0, T0 + timedelta(hours=12)), 0)
-        h.monitor.loaded.clear()  # restarted: memory gone, the table restored
-        h.monitor.clocks.clear()
+        h.restart()  # restarted: memory gone, the state restored from the changelog
         h.sent.clear()
         await feed(h.names["ticks"], None, b"", 0)
         assert _silent(h) == []  # T0+12 h: nobody silent yet
@@ -67,7 +66,7 @@ def test_after_a_restart_a_partition_without_input_still_fires_kit_silent(
 
     run(h, scenario)
     assert _silent(h) == [("X-1", EpisodeChange.OPENED)]
-    assert h.monitor.clocks[0].now() == pytest.approx((T0 + timedelta(hours=14)).timestamp(), abs=60.0)
+    assert h.processor.clocks[0].now() == pytest.approx((T0 + timedelta(hours=14)).timestamp(), abs=60.0)
 
 
 def test_a_started_clock_moves_with_wall_time_and_is_held_by_an_input_behind() -> None:
@@ -90,7 +89,7 @@ def test_a_started_clock_moves_with_wall_time_and_is_held_by_an_input_behind() -
 def _failing_for(h: Harness, monkeypatch: pytest.MonkeyPatch, patient: str, failures: int) -> list[str]:
     """Make the engine's deadline raise for `patient` on its first `failures` calls; return the
     patients it is called for, in order."""
-    engine_type = type(h.monitor.engine)
+    engine_type = type(h.processor.engine)
     original = engine_type.deadline
     calls: list[str] = []
 
@@ -127,7 +126,7 @@ def test_a_patient_the_engine_fails_on_is_tried_again_and_the_others_fire(
     run(h, scenario)
     assert _silent(h) == [("Z-1", EpisodeChange.OPENED), ("X-1", EpisodeChange.OPENED)]
     assert calls == ["X-1", "Z-1", "X-1"]
-    assert h.monitor.metrics.deadline_failures._value.get() == 1.0
+    assert h.metrics.deadline_failures._value.get() == 1.0
     failed = [r for r in caplog.records if "deadline failed" in r.getMessage()]
     assert failed
     assert failed[0].levelno == logging.ERROR
@@ -154,5 +153,5 @@ def test_a_patient_the_engine_always_fails_on_is_tried_less_and_less_often(
 
     run(h, scenario)
     assert tried == [1, 1, 1, 2, 2, 2, 3]
-    assert h.monitor.metrics.deadline_failures._value.get() == 3.0
+    assert h.metrics.deadline_failures._value.get() == 3.0
     assert _silent(h) == []
