@@ -233,8 +233,12 @@ class Worker:
         messages = [first, *self.consumer.consume(batch_max - 1, _FILL_WAIT_S)]
         loaded, out = self.processor.loaded, []
         for message in messages:
-            if message.error() is not None:
-                rk.raise_for(message)  # a partition's end is None; anything else is Kafka's trouble
+            error = message.error()
+            if error is not None:
+                if error.fatal():  # e.g. this static member fenced by another with its id
+                    raise rk.KafkaException(error)
+                # librdkafka recovers from the others itself (a broker away, a leader moving)
+                log.warning("Kafka reported %s; going on", error)
                 continue
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             assert topic is not None
