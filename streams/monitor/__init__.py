@@ -1,1 +1,1 @@
-"""The monitoring stage: per-patient baselines, clinical rules and alert episodes (a micro-batch Kafka worker)."""
+"""The monitoring stage: per-patient baselines, clinical rules and alert episodes (micro-batches)."""
