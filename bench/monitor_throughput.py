@@ -522,11 +522,12 @@ def main() -> int:
     parser.add_argument("--readings", type=int, default=200_000)
     parser.add_argument("--patients", type=int, default=2_000)
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each latency run")
-    parser.add_argument("--latency-only", action="store_true", help="only the latency phase (at 5,000/s)")
+    parser.add_argument("--latency-only", action="store_true", help="only the latency phase, at --rate")
+    parser.add_argument("--rate", type=float, default=5000.0, help="readings/s of --latency-only")
     args = parser.parse_args()
     if args.latency_only:
         tag = f"m{int(time.time()) % 100000}"
-        for line in [latency_phase(stack_env(), tag, 5000.0, args.seconds, 1000)]:
+        for line in [latency_phase(stack_env(), tag, args.rate, args.seconds, 1000)]:
             print(line)
         return 0
     env = stack_env()

@@ -208,6 +208,7 @@ class Processor:
         self._out = Batch()
         self._touched: dict[bytes, int] = {}  # keys changed since the last `take`, with their partition
         self._ends: dict[tuple[str, int], int | None] = {}  # per batch
+        self._turn = 0
 
     # ------------------------------------------------------------------ partitions
     def load(self, partitions: Iterable[int]) -> None:
@@ -439,21 +440,33 @@ class Processor:
         )
 
     # ------------------------------------------------------------------ deadlines
-    def deadlines(self, partitions: Iterable[int] | None = None) -> None:
+    def deadlines(self, partitions: Iterable[int] | None = None, *, budget_s: float | None = None) -> bool:
         """Fire what is due on each loaded partition's event-time clock (kit silent, measurement
-        missed, all-clear); `partitions`: only those."""
-        for partition in sorted(self.loaded if partitions is None else set(partitions) & self.loaded):
-            self._deadlines(partition)
+        missed, all-clear); `partitions`: only those. With `budget_s`, stop once that much time is
+        spent and return True: the rest is due as much on the next call, and the readings waiting
+        meanwhile are not held up (a second's deadlines at once held alerts up by 0.7 s at 1,000
+        readings/s in the benchmark)."""
+        stop_at = None if budget_s is None else time.monotonic() + budget_s
+        chosen = sorted(self.loaded if partitions is None else set(partitions) & self.loaded)
+        self._turn += 1  # start at another partition each call, so none waits behind the others
+        left = False
+        for i in range(len(chosen)):
+            left = self._deadlines(chosen[(self._turn + i) % len(chosen)], stop_at)
+            if left:
+                break
         self.metrics.deadlines.set(sum(len(h) for h in self.heaps.values()))
+        return left
 
-    def _deadlines(self, partition: int) -> None:
+    def _deadlines(self, partition: int, stop_at: float | None) -> bool:
         clk = self.clocks.get(partition)
         now_event = clk.now() if clk is not None else 0.0
         if not now_event:
-            return
+            return False
         heap = self.heaps.setdefault(partition, [])
         now = datetime.now(UTC)
         while heap and heap[0][0] <= now_event:
+            if stop_at is not None and time.monotonic() > stop_at:
+                return True
             wake, patient = heapq.heappop(heap)
             precord = self._patient(partition, patient)
             if precord.wake_at is None or precord.wake_at > now_event:
@@ -476,3 +489,4 @@ class Processor:
             self._touch(partition, patient + KIT)
             self._schedule(partition, patient, precord.wake_at)
             self._out.events.extend((patient, e) for e in out.events)
+        return False

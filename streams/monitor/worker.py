@@ -60,6 +60,7 @@ _STAGE = b"monitor"  # the quarantine records' key
 _IDLE_WAIT_S = 0.1  # the longest a poll waits for a first record (the loop checks deadlines between)
 _FILL_WAIT_S = 0.005  # once a record came, how long to wait for more to fill the batch
 _RETRY_MAX_S = 10.0
+_DEADLINE_BUDGET_S = 0.02  # deadline work per turn of the loop; what is left goes on next turn
 
 
 class MonitorError(StageError):
@@ -204,17 +205,17 @@ class Worker:
             inputs, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         self.running = True
-        tick, next_tick, next_age = self.settings.tick_s, 0.0, 0.0
+        tick, next_tick, next_age, left = self.settings.tick_s, 0.0, 0.0, False
         batch_max = self.settings.batch_max
         try:
             while not self._stopping:
-                records = self._poll(batch_max)
+                records = self._poll(batch_max, 0.0 if left else _IDLE_WAIT_S)
                 if records:
                     self.processor.handle(records)
                 now = time.monotonic()
-                if now >= next_tick:
-                    self.processor.deadlines()
-                    next_tick = now + tick
+                if now >= next_tick or left:
+                    left = self.processor.deadlines(budget_s=_DEADLINE_BUDGET_S)
+                    next_tick = now + tick if now >= next_tick else next_tick
                 if now >= next_age:
                     self._note_ends()
                     next_age = now + 1.0
@@ -225,9 +226,9 @@ class Worker:
             self.running = False
             self._close()
 
-    def _poll(self, batch_max: int) -> list[Record]:
-        """Up to `batch_max` records: the first waited for (briefly), then whatever came meanwhile."""
-        first = self.consumer.poll(_IDLE_WAIT_S)
+    def _poll(self, batch_max: int, wait_s: float) -> list[Record]:
+        """Up to `batch_max` records: the first waited for (`wait_s`), then whatever came meanwhile."""
+        first = self.consumer.poll(wait_s)
         if first is None:
             return []
         messages = [first, *self.consumer.consume(batch_max - 1, _FILL_WAIT_S)]

@@ -155,3 +155,24 @@ def test_a_patient_the_engine_always_fails_on_is_tried_less_and_less_often(
     assert tried == [1, 1, 1, 2, 2, 2, 3]
     assert h.metrics.deadline_failures._value.get() == 3.0
     assert _silent(h) == []
+
+
+def test_deadline_work_stops_at_its_budget_and_the_rest_comes_next_turn(harness: Harness) -> None:
+    """The worker gives deadlines a slice of time per turn of its loop, so readings are not held up
+    behind a second's worth of them: out of budget, nothing more fires and the call says work is
+    left; the next call fires what was due."""
+    h = harness
+    m = h.names["measurements"]
+
+    async def scenario(feed: Feed) -> None:
+        await feed(m, *reading("X-1", Metric.PULSE, 70.0, T0), 0)
+        await feed(m, *reading("Z-1", Metric.PULSE, 70.0, T0), 0)
+        await feed(m, *reading("W-1", Metric.PULSE, 71.0, T0 + timedelta(hours=25)), 0)
+
+    run(h, scenario)
+    assert h.processor.deadlines(budget_s=-1.0) is True
+    h.deliver(h.processor.take())
+    assert _silent(h) == []
+    assert h.processor.deadlines(budget_s=10.0) is False
+    h.deliver(h.processor.take())
+    assert sorted(_silent(h)) == [("X-1", EpisodeChange.OPENED), ("Z-1", EpisodeChange.OPENED)]
