@@ -211,11 +211,18 @@ class Processor:
         self._turn = 0
 
     # ------------------------------------------------------------------ partitions
-    def load(self, partitions: Iterable[int]) -> None:
+    def load(self, partitions: Iterable[int], waiting: dict[int, set[str]] | None = None) -> None:
         """Rebuild the deadlines of these partitions (restored in the store) and announce their
         episodes. It must come before any of their records is handled: a replayed reading can move
         the clock days on and prune a resolved episode whose "resolved" event a crash lost, and then
-        nothing would ever tell the nurse it was resolved."""
+        nothing would ever tell the nurse it was resolved.
+
+        `waiting`: per partition, the clock inputs ("measurements", "status") with records waiting
+        beyond the committed offset. They hold the clock where the state ends until their first
+        record is read: else the first batch after a restart, holding the kit-status records and
+        none of the readings yet, moved the clock to the end of the backlog and fired every
+        deadline on the way ("measurement missed" for windows whose readings were still waiting).
+        """
         now = datetime.now(UTC)
         for partition in partitions:
             heap: list[tuple[float, bytes]] = []
@@ -242,6 +249,8 @@ class Processor:
             self.heaps[partition] = heap
             self.clocks[partition] = clock = Clock()
             clock.start(latest)  # else a partition that gets no record has no clock
+            for source in sorted((waiting or {}).get(partition, ())):
+                clock.see(source, latest, behind=True)
             self.loaded.add(partition)
         self.metrics.deadlines.set(sum(len(h) for h in self.heaps.values()))
 

@@ -356,7 +356,7 @@ class Worker:
             return
         started = time.monotonic()
         self._restore(new)
-        self.processor.load(sorted(new))
+        self.processor.load(sorted(new), self._waiting(new))
         out = self.processor.take()  # the announcements
         self._send_events(out.events)
         took = time.monotonic() - started
@@ -377,6 +377,22 @@ class Worker:
             for partition in partitions:
                 self.store.leave(partition)
             self.alert_path.retain(self.processor.loaded)
+
+    def _waiting(self, partitions: set[int]) -> dict[int, set[str]]:
+        """Per partition, the clock inputs with records beyond the group's committed offset (asked
+        through the restoring client, which shares the group id but never joins it)."""
+        sources = {self.names.measurements: "measurements", self.names.status: "status"}
+        tps = [rk.TopicPartition(topic, p) for topic in sources for p in partitions]
+        out: dict[int, set[str]] = {}
+        try:
+            committed = self.restorer.committed(tps, timeout=10.0)
+            for tp in committed:
+                low, high = self.restorer.get_watermark_offsets(tp, timeout=10.0)
+                if max(tp.offset, low) < high:
+                    out.setdefault(tp.partition, set()).add(sources[tp.topic])
+        except rk.KafkaException as exc:  # the clock then starts as if nothing waited
+            log.warning("could not learn which inputs have records waiting (%s)", exc)
+        return out
 
     def _restore(self, partitions: set[int]) -> None:
         """Bring the store level with the changelog, from each partition's checkpoint to its end."""

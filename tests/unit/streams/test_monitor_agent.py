@@ -62,6 +62,7 @@ class Harness:
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
     metrics: MonitorMetrics = field(default_factory=MonitorMetrics)
+    waiting: dict[int, set[str]] = field(default_factory=dict)  # inputs with records past the commit
 
     def __post_init__(self) -> None:
         self.processor = self._processor(self.store)
@@ -104,7 +105,7 @@ class Harness:
     def ready(self, partition: int) -> None:
         """The worker's assignment: load (and announce) before the partition's first record."""
         if partition not in self.processor.loaded:
-            self.processor.load({partition})
+            self.processor.load({partition}, self.waiting)
             self.deliver(self.processor.take())
 
     def put(self, topic: str, key: bytes | None, value: bytes, partition: int, offset: int | None) -> None:

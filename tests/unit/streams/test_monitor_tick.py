@@ -13,9 +13,10 @@ from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import pytest
 
-from contracts import EpisodeChange, Metric
+from contracts import EpisodeChange, KitStatusEvent, Metric
 from streams.monitor import clock as clock_module
 from streams.monitor.clock import Clock
 from tests.unit.streams.test_monitor_agent import T0, Feed, Harness, harness, reading, run
@@ -176,3 +177,31 @@ def test_deadline_work_stops_at_its_budget_and_the_rest_comes_next_turn(harness:
     assert h.processor.deadlines(budget_s=10.0) is False
     h.deliver(h.processor.take())
     assert sorted(_silent(h)) == [("X-1", EpisodeChange.OPENED), ("Z-1", EpisodeChange.OPENED)]
+
+
+def test_after_a_restart_an_input_with_records_waiting_holds_the_clock_until_it_is_read(
+    harness: Harness,
+) -> None:
+    """Restarted with readings and kit status waiting past the commit, the first batch holds only a
+    status record, 30 h on. The readings are not read yet: no deadline fires (before, the clock went
+    to the status time and Y-1's kit was "silent" with its readings still waiting). Once a reading
+    is read, the readings no longer hold the clock, and X-1's kit (quiet since T0) is silent."""
+    h = harness
+    m, s = h.names["measurements"], h.names["status"]
+    later = KitStatusEvent(
+        kit_id="Z-1-K", patient_id="Z-1", state="heartbeat", at=T0 + timedelta(hours=30), received_at=T0
+    )
+
+    async def scenario(feed: Feed) -> None:
+        await feed(m, *reading("X-1", Metric.PULSE, 70.0, T0), 0)
+        await feed(m, *reading("Y-1", Metric.PULSE, 70.0, T0 + timedelta(hours=1)), 0)
+        h.restart()
+        h.waiting = {0: {"measurements", "status"}}
+        await feed(s, b"Z-1", msgspec.json.encode(later), 0)
+        await feed(h.names["ticks"], None, b"", 0)
+        assert _silent(h) == []
+        await feed(m, *reading("Y-1", Metric.PULSE, 70.0, T0 + timedelta(hours=29)), 0)
+        await feed(h.names["ticks"], None, b"", 0)
+
+    run(h, scenario)
+    assert _silent(h) == [("X-1", EpisodeChange.OPENED)]
