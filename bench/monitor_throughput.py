@@ -1,15 +1,19 @@
-"""Benchmark: the monitor (faust worker), measurements/s, measurement -> alert latency, state bytes.
+"""Benchmark: the monitor's micro-batch worker, readings/s, measurement -> alert latency, state bytes.
 
 Phases:
 
     core         the pure core alone, in this process: decode the record, read the patient's two
                  state records, evaluate every rule, write the records back, encode the alert events.
-                 No Kafka, no faust: the ceiling of the rule engine on one core
+                 No Kafka: the ceiling of the rule engine on one core (`bench/monitor_core.py`, when
+                 there, is the core's own benchmark)
     worker       one `vaktrom-monitor` process (rocksdb store, as in production; then the memory store
                  the tests use) reading a backlog of records produced beforehand: care plans for a
                  mixed cohort and ~20 days of their readings in event time, so baselines form and the
                  state grows as it does in service. Rate = readings over the time from the first
-                 processed to the last; CPU seconds of the worker per 1,000 readings
+                 processed to the last; CPU ms of the worker per 1,000 readings
+    recovery     the worker SIGKILLed once it has read the backlog, and started again on its data
+                 directory: seconds to its partitions restored and announced (from its log), and to
+                 new readings evaluated (Python start-up and joining the group included)
     latency      a fresh worker fed in real time at a fixed rate (5,000/s, the goal, and half the
                  measured worker rate), 2 % of readings a SpO2 of 85 % that raises or updates an
                  episode. Latency = the broker's append time of the alert event minus the moment the
@@ -28,6 +32,8 @@ from __future__ import annotations
 import argparse
 import heapq
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +54,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "infra")]
 
 from archive_throughput import as_stage, kafka, scrape, scratch_topics, stack_env, write_results  # noqa: E402
-from faust_floors import floor_phase  # noqa: E402
 from monitor_data import T0, backlog, careplan, cohort  # noqa: E402
 from monitor_data import reading as _reading  # noqa: E402
 from sim_publish import cpu_seconds  # noqa: E402
@@ -82,7 +87,7 @@ _decode_alert = msgspec.json.Decoder(AlertEvent).decode
 
 
 def core_phase(records: list[bytes], plans: dict[str, CarePlan]) -> dict[str, Any]:
-    """The engine as the faust agent drives it (readings and their deadlines), minus faust and Kafka."""
+    """The engine as a shell drives it (readings and their deadlines, state encoded per reading), no Kafka."""
     engine = Engine()
     state: dict[bytes, bytes] = {}
     suffixes = {metric: f"|{metric.value}".encode() for metric in Metric}
@@ -156,7 +161,7 @@ class Worker:
             "VAKTROM_MONITOR_DATA_DIR": self.data_dir, "VAKTROM_MONITOR_METRICS_PORT": str(self.port),
         }  # fmt: skip
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams.monitor", "--log-level", "WARNING"], env=child_env,
+            [sys.executable, "-m", "streams.monitor", "--log-level", "INFO"], env=child_env,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
 
@@ -186,10 +191,10 @@ class Worker:
         done = self.stat(PROCESSED)
         sys.exit(f"bench: the monitor processed {done:,.0f} of {count:,} in {timeout:.0f} s:\n{self.stop()}")
 
-    def stop(self) -> str:
+    def stop(self, sig: int = signal.SIGTERM) -> str:
         assert self.process is not None
-        self.process.terminate()
-        return self.process.communicate(timeout=60)[1][-3000:]
+        self.process.send_signal(sig)
+        return self.process.communicate(timeout=60)[1]
 
 
 def producer(admin: KafkaSettings) -> KafkaProducer:
@@ -228,14 +233,14 @@ def worker_phase(
         first, last = worker.wait_processed(len(records), timeout=900)
         cpu = worker.cpu_seconds()
         state_mean = worker.stat(STATE_SUM) / max(1.0, worker.stat(STATE_COUNT))
-        worker.stop()
+        worker.stop(signal.SIGKILL)
         after = _decode_measurement(records[-1]).measured_at + timedelta(hours=1)
         recovery = restart_phase(env, worker, plans, measurements=len(records), at=after)
     seconds = last - first
     rate = len(records) / seconds
     print(
         f"  worker {store:11} {len(records):,} readings in {seconds:5.1f} s = {rate:9,.0f}/s; "
-        f"worker CPU {cpu / len(records) * 1000:.2f} s per 1,000 (start-up included)",
+        f"worker CPU {cpu / len(records) * 1e6:.0f} ms per 1,000 (start-up included)",
         flush=True,
     )
     return {
@@ -243,35 +248,40 @@ def worker_phase(
         "readings": len(records),
         "seconds": round(seconds, 2),
         "per_s": round(rate),
-        "worker_cpu_s_per_1000": round(cpu / len(records) * 1000, 3),
+        "worker_cpu_ms_per_1000": round(cpu / len(records) * 1e6, 1),
         "state_record_bytes_mean_as_written": round(state_mean),
-        "restart_to_first_reading_s": recovery,
+        "after_sigkill": recovery,
     }
 
 
 def restart_phase(
-    env: dict[str, str], stopped: Worker, plans: dict[str, CarePlan], *, measurements: int, at: datetime
-) -> float:
-    """Restart a stopped worker on its data directory; seconds from the start to new readings evaluated.
+    env: dict[str, str], killed: Worker, plans: dict[str, CarePlan], *, measurements: int, at: datetime
+) -> dict[str, float]:
+    """Restart a SIGKILLed worker on its data directory: seconds to its partitions restored and
+    announced (the worker logs it), and from the start to new readings evaluated.
 
-    rocksdb keeps the tables on disk and reads only the changelog tail; memory rebuilds them from
-    the whole changelog. 100 new readings (an hour after the backlog) are produced right after the
-    start; the time includes Python start-up, joining the group and table recovery.
+    rocksdb keeps the state on disk and reads only the changelog's tail past its checkpoint; memory
+    restores the whole changelog. 100 new readings (an hour after the backlog) are produced right
+    after the start; the time includes Python start-up and joining the group.
     """
-    worker = Worker(env, stopped.prefix, stopped.store, stopped.port + 10, stopped.data_dir)
+    worker = Worker(env, killed.prefix, killed.store, killed.port + 10, killed.data_dir)
     started = time.perf_counter()
     worker.start()
     p = producer(kafka(env))
     for i, patient in enumerate(list(plans)[:100]):
         m = _reading(patient, Metric.PULSE, 70.0, at + timedelta(seconds=i))
-        p.send(topics.measurement_topic(stopped.prefix), key=patient.encode(), value=_encode(m))
+        p.send(topics.measurement_topic(killed.prefix), key=patient.encode(), value=_encode(m))
     p.flush()
     p.close()
     _first, done = worker.wait_processed(100, timeout=600)
-    worker.stop()
+    log = worker.stop()
+    restored = sum(float(s) for s in re.findall(r"restored and announced in ([0-9.]+) s", log))
     seconds = done - started
-    print(f"  restart {stopped.store:11} {measurements:,} readings: evaluating again in {seconds:.1f} s")
-    return round(seconds, 1)
+    print(
+        f"  restart {killed.store:11} after SIGKILL, {measurements:,} readings held: partitions restored "
+        f"and announced in {restored:.2f} s, evaluating again {seconds:.1f} s after the start"
+    )
+    return {"restore_and_announce_s": round(restored, 2), "start_to_evaluating_s": round(seconds, 1)}
 
 
 # ------------------------------------------------------------------------------------------- latency
@@ -344,12 +354,15 @@ def latency_phase(
     events = _alert_events(admin, topics.alert_topic(prefix))
     total: list[float] = []
     inside: list[float] = []
+    monitor: list[float] = []  # the reading's Kafka append to its alert event's: the monitor alone
     for appended_ms, event in events:
         produced, processed = event.trace.bridge_produced, event.trace.monitor_processed
         if produced is None or processed is None:
             continue  # a re-announcement, not a reading's answer
         total.append(appended_ms - produced.timestamp() * 1000.0)
         inside.append((processed - produced).total_seconds() * 1000.0)
+        if event.trace.kafka_appended is not None:
+            monitor.append(appended_ms - event.trace.kafka_appended.timestamp() * 1000.0)
     if not total:
         sys.exit("bench: no alert event came back in the latency phase")
     pct = np.percentile(np.array(total), [50, 95, 99])
@@ -360,6 +373,8 @@ def latency_phase(
         flush=True,
     )
     inner = np.percentile(np.array(inside), [50, 99])
+    own = np.percentile(np.array(monitor or [0.0]), [50, 99])
+    print(f"    of which the reading's append to its alert's: p50 {own[0]:.1f} ms, p99 {own[1]:.1f} ms")
     return {
         "target_per_s": round(rate),
         "sent_per_s": round(achieved),
@@ -372,6 +387,9 @@ def latency_phase(
             "max": round(max(total), 1),
         },
         "produced_to_evaluated_ms": {"p50": round(inner[0], 1), "p99": round(inner[1], 1)},
+        # the reading's LogAppendTime to its alert event's: what the monitor adds (the producer's
+        # own queueing, in this process beside the load generator, is in the figures above)
+        "reading_appended_to_alert_appended_ms": {"p50": round(own[0], 1), "p99": round(own[1], 1)},
         "worker_cpu_share": round(cpu / wall, 3),
         "seconds_until_all_processed": round(wall, 1),
     }
@@ -416,7 +434,14 @@ def main() -> int:
     parser.add_argument("--readings", type=int, default=200_000)
     parser.add_argument("--patients", type=int, default=2_000)
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each latency run")
+    parser.add_argument("--latency-only", action="store_true", help="only the latency phase, at --rate")
+    parser.add_argument("--rate", type=float, default=5000.0, help="readings/s of --latency-only")
     args = parser.parse_args()
+    if args.latency_only:
+        tag = f"m{int(time.time()) % 100000}"
+        for line in [latency_phase(stack_env(), tag, args.rate, args.seconds, 1000)]:
+            print(line)
+        return 0
     env = stack_env()
     tag = f"m{int(time.time()) % 100000}"
     print(f"bench: monitor, {args.readings:,} readings of {args.patients:,} patients", flush=True)
@@ -431,9 +456,7 @@ def main() -> int:
     results["worker"] = [
         worker_phase(env, tag, store, plans, records, keys) for store in ("rocksdb://", "memory://")
     ]
-    results["faust_floor"] = [
-        floor_phase(env, f"{tag}rocksdb.", mode, args.readings) for mode in ("noop", "write")
-    ]
+    results["faust_figures"] = "bench/results/monitor_throughput_faust.json (the last faust worker's run)"
     best = results["worker"][0]["per_s"]
     rates = sorted({5000.0, round(best / 2)})
     results["latency"] = [latency_phase(env, tag, rate, args.seconds, 1000) for rate in rates]

@@ -45,9 +45,8 @@ class KafkaPrincipal:
     writes: tuple[_Topic, ...] = ()
     # the stage joins a consumer group (its id: `groups[stage]`, by default DEFAULT_GROUPS[stage])
     group: bool = False
-    # topics named "<group>-..." are the stage's own: faust's changelogs, leader and tick topics,
-    # which the monitor creates, reads and writes
-    owns_group_topics: bool = False
+    # topics whose settings the stage reads (the monitor checks that its changelog is compacted)
+    configs: tuple[_Topic, ...] = ()
 
     @property
     def name(self) -> str:
@@ -60,10 +59,16 @@ PRINCIPALS: tuple[KafkaPrincipal, ...] = (
     ),
     KafkaPrincipal(
         "monitor",
-        reads=(topics.measurement_topic, topics.kit_status_topic, topics.careplan_topic),
-        writes=(topics.alert_topic, topics.quarantine_topic),
+        # its state changelog is its own: it writes it, and reads it back when it gets a partition
+        reads=(
+            topics.measurement_topic,
+            topics.kit_status_topic,
+            topics.careplan_topic,
+            topics.monitor_state_topic,
+        ),
+        writes=(topics.alert_topic, topics.quarantine_topic, topics.monitor_state_topic),
         group=True,
-        owns_group_topics=True,
+        configs=(topics.monitor_state_topic,),
     ),
     KafkaPrincipal(
         "archive",
@@ -75,7 +80,7 @@ PRINCIPALS: tuple[KafkaPrincipal, ...] = (
 )
 
 # The stages' consumer groups on the stack's own topics (each stage's settings default to these;
-# the monitor's group is its faust app id).
+# the monitor's group is its app id, VAKTROM_MONITOR_APP_ID).
 DEFAULT_GROUPS: Mapping[str, str] = {
     "monitor": "vaktrom-monitor",
     "archive": "vaktrom-archive",
@@ -91,7 +96,7 @@ class KafkaAcl:
     principal: str
     resource: str  # "topic" or "group"
     name: str
-    operation: str  # "read", "write", "describe", "create", "describe_configs"
+    operation: str  # "read", "write", "describe_configs"
     prefixed: bool = False
 
 
@@ -106,8 +111,9 @@ def principal(stage: str) -> KafkaPrincipal:
 def kafka_acls(prefix: str = "", *, groups: Mapping[str, str] | None = None) -> tuple[KafkaAcl, ...]:
     """Every ALLOW rule for the topics under `prefix`; `groups` overrides DEFAULT_GROUPS per stage.
 
-    Read and write each imply describe on the broker; nothing here grants delete, alter or any
-    cluster operation: the admin principal creates the pipeline's topics.
+    Read and write each imply describe on the broker; nothing here grants create, delete, alter or
+    any cluster operation: the admin principal creates the pipeline's topics, the monitor's state
+    changelog among them.
     """
     wanted = {**DEFAULT_GROUPS, **(groups or {})}
     rules: list[KafkaAcl] = []
@@ -116,10 +122,5 @@ def kafka_acls(prefix: str = "", *, groups: Mapping[str, str] | None = None) -> 
         rules += [KafkaAcl(row.name, "topic", topic(prefix), "write") for topic in row.writes]
         if row.group:
             rules.append(KafkaAcl(row.name, "group", wanted[row.stage], "read"))
-        if row.owns_group_topics:
-            own = f"{wanted[row.stage]}-"
-            rules += [
-                KafkaAcl(row.name, "topic", own, operation, prefixed=True)
-                for operation in ("create", "read", "write", "describe", "describe_configs")
-            ]
+        rules += [KafkaAcl(row.name, "topic", topic(prefix), "describe_configs") for topic in row.configs]
     return tuple(rules)

@@ -19,6 +19,7 @@ __all__ = [
     "kit_status_topic",
     "kit_topic",
     "measurement_topic",
+    "monitor_state_topic",
     "mqtt_kit_filter",
     "mqtt_shared",
     "quarantine_topic",
@@ -103,6 +104,15 @@ def quarantine_topic(prefix: str = "") -> str:
     return f"{prefix}vaktrom.quarantine.v1"
 
 
+def monitor_state_topic(prefix: str = "") -> str:
+    """The monitor's state changelog (compacted; partition p holds the state of the inputs' p).
+
+    The monitor's alone: it restores its local store from here when it gets a partition. A fixed
+    name created with the other topics, so the monitor needs no right to create topics.
+    """
+    return f"{prefix}vaktrom.monitor-state.v1"
+
+
 _APPEND_TIME = ("message.timestamp.type", "LogAppendTime")  # the broker stamps the append: a trace point
 _COMPACTED = ("cleanup.policy", "compact")
 
@@ -120,4 +130,6 @@ def kafka_topics(prefix: str = "", *, partitions: int = 6) -> tuple[KafkaTopic, 
         KafkaTopic(alert_topic(prefix), "patient_id", partitions, (_APPEND_TIME,)),
         KafkaTopic(careplan_topic(prefix), "patient_id", partitions, (_COMPACTED,)),
         KafkaTopic(quarantine_topic(prefix), "stage", partitions, (_APPEND_TIME,)),
+        # the same partition count as the inputs: the monitor checks it at start
+        KafkaTopic(monitor_state_topic(prefix), "patient_id|record", partitions, (_COMPACTED,)),
     )

@@ -1,1 +1,1 @@
-"""The monitoring stage: per-patient baselines, clinical rules and alert episodes (faust app)."""
+"""The monitoring stage: per-patient baselines, clinical rules and alert episodes (micro-batches)."""

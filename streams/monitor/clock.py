@@ -1,4 +1,4 @@
-"""A partition's event-time clock, kept by the monitor's agent (`app.py`) over its inputs."""
+"""A partition's event-time clock, kept by the monitor's batch step (`batch.py`) over its inputs."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class Clock:
     """A partition's event-time clock: the latest event time seen on its inputs, moved on by wall time
     since, but held at the time of an input that still has records waiting.
 
-    Catching up (after a crash or an outage) faust reads the inputs side by side, record for record.
+    Catching up (after a crash or an outage) the worker reads the inputs side by side.
     The kit-status topic has fewer records per day than the readings, so it ran ahead of them: in
     the cohort test readings were handled over a day behind the clock, capped at info as history
     (215 of 1,204 versions in one run), and deadlines fired before the readings they depend on were

@@ -5,9 +5,9 @@ session timeout, 10 s) before it got the partitions back. With static membership
 KIP-345) a member that comes back with the same `group.instance.id` takes its place at once: in the
 14-day cohort test the monitor caught up 6.4 s after the simulator ended instead of 12.6 s.
 
-The id must never be used by two live workers: they would take the partitions from each other
-without end, and aiokafka would not stop either of them (it does not know Kafka's "fenced instance"
-error and joins again as if its member id were merely unknown). So the id lives in the worker's
+The id must never be used by two live workers: Kafka fences the older one ("fenced instance"), and
+the faust monitor's client (aiokafka) did not recognise that and joined again, so the two took the
+partitions from each other without end. So the id lives in the worker's
 data directory, which is already its own (RocksDB keeps the state there), and the worker holds an
 exclusive lock on it for as long as it runs. The lock goes with the process, however it ends, so a
 restart after SIGKILL gets the same id, and a second worker pointed at the same directory stops at

@@ -43,11 +43,6 @@ class MonitorMetrics:
             buckets=(128, 256, 512, 1024, 1536, 2048, 4096, 8192),
             registry=r,
         )
-        self.reread = Counter(
-            "vaktrom_monitor_partitions_reread",
-            "partitions read again from their commit because faust dropped a message (see unstick.py)",
-            registry=r,
-        )
         self.changelog_errors = Counter(
             "vaktrom_monitor_changelog_errors",
             "state changes Kafka did not take; their alert events were sent anyway",
@@ -55,7 +50,7 @@ class MonitorMetrics:
         )
         self.waiting = Gauge(
             "vaktrom_monitor_alerts_waiting",
-            "records whose alert events wait for Kafka to take the state they describe",
+            "alert events of the batch in hand, waiting for Kafka to take the state they describe",
             registry=r,
         )
         self.deadline_failures = Counter(

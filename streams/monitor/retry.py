@@ -1,4 +1,4 @@
-"""Deadlines that failed for one patient, tried again later (`app.py`'s `on_tick`)."""
+"""Deadlines that failed for one patient, tried again later (`batch.Processor.deadlines`)."""
 
 from __future__ import annotations
 

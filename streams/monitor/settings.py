@@ -17,19 +17,23 @@ class MonitorSettings(Settings):
     app_id: str = setting(
         "vaktrom-monitor",
         env="VAKTROM_MONITOR_APP_ID",
-        help="faust app id: the consumer group, and the prefix of the state changelog topics",
+        help="the workers' Kafka consumer group (under VAKTROM_TOPIC_PREFIX); workers with the same "
+        "id share the partitions",
     )
     store: str = setting(
         "rocksdb://",
         env="VAKTROM_MONITOR_STORE",
-        help="table store: rocksdb:// keeps state on disk (restarts recover only the changelog tail); "
-        "memory:// rebuilds it from the changelog at every start",
+        help="state store: rocksdb:// keeps state on disk (a restart restores only the changelog's tail); "
+        "memory:// restores it from the whole changelog whenever the worker gets a partition",
     )
     data_dir: str = setting(
         ".local/monitor", env="VAKTROM_MONITOR_DATA_DIR", help="where rocksdb keeps the state"
     )
-    replication: int = setting(
-        1, env="VAKTROM_MONITOR_REPLICATION", help="replication factor of the changelog and tick topics"
+    batch_max: int = setting(
+        1000,
+        env="VAKTROM_MONITOR_BATCH_MAX",
+        help="the most records handled in one batch (one changelog flush, one commit); larger batches "
+        "cost less per reading and delay a batch's alerts by the time the batch takes",
     )
     session_timeout_s: float = setting(
         10.0,
@@ -47,7 +51,7 @@ class MonitorSettings(Settings):
         5,
         env="VAKTROM_MONITOR_LINGER_MS",
         help="Kafka producer linger for state changes and alert events: longer batches more records "
-        "per request (more readings/s) but delays each alert by up to twice this",
+        "per request but delays each alert by up to twice this",
     )
     resolve_after_h: float = setting(
         24.0, env="VAKTROM_MONITOR_RESOLVE_AFTER_H", help="an episode resolves once clear for this long"
@@ -71,7 +75,9 @@ class MonitorSettings(Settings):
         help="a schedule window is judged this long after it ends",
     )
     tick_s: float = setting(
-        1.0, env="VAKTROM_MONITOR_TICK_S", help="how often deadlines (silent, missed, all-clear) are checked"
+        1.0,
+        env="VAKTROM_MONITOR_TICK_S",
+        help="how often the loop checks deadlines (kit silent, measurement missed, all-clear)",
     )
     time_zone: str = setting(
         "Europe/Oslo",
@@ -102,7 +108,7 @@ class MonitorSettings(Settings):
             raise ConfigError(f"VAKTROM_MONITOR_STORE={self.store!r}: use memory:// or rocksdb://")
         check_ranges(
             {
-                "VAKTROM_MONITOR_REPLICATION": (self.replication, 1, 5),
+                "VAKTROM_MONITOR_BATCH_MAX": (self.batch_max, 1, 100_000),
                 "VAKTROM_MONITOR_SESSION_TIMEOUT_S": (self.session_timeout_s, 6, 300),
                 "VAKTROM_MONITOR_LINGER_MS": (self.linger_ms, 0, 1000),
                 "VAKTROM_MONITOR_RESOLVE_AFTER_H": (self.resolve_after_h, 0, 24 * 30),

@@ -1,4 +1,4 @@
-"""Running the real monitor (faust worker) in tests, and reading what it emits."""
+"""Running the real monitor (`python -m streams.monitor`) in tests, and reading what it emits."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class MonitorProcess(StageProcess):
 
     @property
     def group(self) -> str:
-        """faust's consumer group: the app id under the topic prefix."""
+        """The consumer group: the app id under the topic prefix."""
         return f"{self.prefix}{self.app_id}"
 
     def stage_env(self) -> dict[str, str]:

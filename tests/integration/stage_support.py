@@ -183,7 +183,7 @@ class StageProcess:
 
 
 def stage_groups(name: str) -> dict[str, str]:
-    """The consumer groups of a test's stages (the monitor's is its faust app id under the prefix)."""
+    """The consumer groups of a test's stages (the monitor's is its app id under the prefix)."""
     return {"monitor": f"{name}.monitor", "archive": f"{name}-archive", "alerts": f"{name}-alerts"}
 
 

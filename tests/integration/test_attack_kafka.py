@@ -71,6 +71,7 @@ TOPICS: dict[str, Topic] = {
     "alerts": topics.alert_topic,
     "careplans": topics.careplan_topic,
     "quarantine": topics.quarantine_topic,
+    "monitor-state": topics.monitor_state_topic,
 }
 _NAME = {fn: label for label, fn in TOPICS.items()}
 
@@ -205,7 +206,7 @@ def test_a_stage_cannot_forge_records_on_a_topic_it_does_not_own(
 def test_no_stage_but_the_monitor_can_forge_its_state(stack: Stack, namespace: str) -> None:
     """Finding 5, class "privilege of each broker account": the monitor's own topics (its state's
     changelog) are its alone; any other stage writing there is refused."""
-    topic = f"{stage_groups(namespace)['monitor']}-state-changelog"
+    topic = topics.monitor_state_topic(f"{namespace}.")
     for row in PRINCIPALS:
         if row.stage != "monitor":
             with pytest.raises(rk.KafkaException) as refused:
@@ -434,14 +435,14 @@ def _set_retention(admin: rk.AdminClient, topic: str) -> object:
 def test_a_stage_cannot_administer_kafka(stack: Stack, namespace: str, stage: str, tmp_path: Path) -> None:
     """Class "privilege of each broker account" (a compromised stage must not administer the broker):
     on its own topics and everyone's, a stage's principal cannot shorten retention to 1 ms, delete a
-    topic or its records, add partitions, create a topic outside its own, read or change the access
-    rules or a SCRAM password (its own or the admin's), move, delete or reset another stage's
-    committed offsets, delete its own group, use a transactional id, or touch the cluster."""
+    topic or its records, add partitions, create any topic (the monitor neither, since issue #29),
+    read or change the access rules or a SCRAM password (its own or the admin's), move, delete or
+    reset another stage's committed offsets, delete its own group, use a transactional id, or touch
+    the cluster."""
     groups, kafka = stage_groups(namespace), _client(stack, stage)
     row = principal(stage)
     mine = (row.writes or row.reads)[0](f"{namespace}.")
-    changelog = f"{groups['monitor']}-state-changelog"
-    rk.create_topics(rk.admin(stack.kafka()), [rk.TopicSpec(changelog, 1, {})])
+    changelog = topics.monitor_state_topic(f"{namespace}.")  # created with the namespace's topics
     other = "archive" if stage != "archive" else "alerts"
     inputs = topics.measurement_topic(f"{namespace}.")
     admin = rk.admin(kafka, client_id="test-attack")
@@ -454,6 +455,9 @@ def test_a_stage_cannot_administer_kafka(stack: Stack, namespace: str, stage: st
         "delete records": lambda: admin.delete_records([rk.TopicPartition(mine, 0, rk.OFFSET_END)]),
         "add partitions": lambda: admin.create_partitions([NewPartitions(mine, 6)]),
         "create a topic": lambda: admin.create_topics([NewTopic(f"{namespace}.vaktrom.evil", 1, 1)]),
+        "create a topic under its group's name": lambda: admin.create_topics(
+            [NewTopic(f"{groups.get(stage, groups['monitor'])}-state-changelog", 1, 1)]
+        ),
         "read the access rules": lambda: _read_rules(admin, stack),
         "grant itself care plans": lambda: admin.create_acls(
             [

@@ -1,6 +1,6 @@
 """The monitor catching up on a backlog (after a crash or an outage), against real Kafka.
 
-faust reads its inputs side by side, record for record; the kit-status topic has fewer records per
+The monitor reads its inputs side by side; the kit-status topic has fewer records per
 simulated day than the readings, so in the cohort test it ran a day and more ahead of them, and the
 partition's clock with it: readings were judged over 24 h late and capped at info, a red SpO2
 among them (issue #27, finding 7). The clock is now held at an input that still has records waiting

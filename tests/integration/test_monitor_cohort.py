@@ -7,9 +7,10 @@ through, the monitor is killed with SIGKILL and started again. The test reports 
 
 For one seed the input is the same every run: a fixed simulated fortnight, and the kill at a fixed
 reading. What still varies is timing: how the simulator's four MQTT connections interleave kits on
-a partition, where faust's fetches cut the inputs and the ticks fall, and what the producer had sent
-when the kill came. The monitor is built so none of that makes a duplicate (`episodes.qualify`,
-`engine._replayed`, `clock.Clock`); the scores may still differ by an episode or two between runs.
+a partition, where the worker's batches cut the inputs and its deadline checks fall, and what the
+producer had sent when the kill came. The monitor is built so none of that makes a duplicate
+(`episodes.qualify`, `engine._replayed`, `clock.Clock`); the scores may still differ by an episode or
+two between runs.
 """
 
 from __future__ import annotations

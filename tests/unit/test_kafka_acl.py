@@ -92,3 +92,18 @@ def test_kafka_init_refuses_a_short_broker_password(
     assert kafka_init.main(args) == 1
     assert "KAFKA_BROKER_PASSWORD" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_no_stage_may_create_topics_and_the_monitor_reads_only_its_changelogs_settings() -> None:
+    """Issue #29 (a #28 leftover): the monitor's state changelog is created with the other topics, so
+    no principal gets a create right, nor any prefixed rule; the monitor may read the changelog's
+    settings (it checks the topic is compacted) and nothing else's."""
+    rules = kafka_acls("p.")
+    assert not [r for r in rules if r.operation == "create" or r.prefixed]
+    configs = [(r.principal, r.name) for r in rules if r.operation == "describe_configs"]
+    assert configs == [("vaktrom-monitor", topics.monitor_state_topic("p."))]
+    monitor = {(r.name, r.operation) for r in rules if r.principal == "vaktrom-monitor"}
+    assert {
+        (topics.monitor_state_topic("p."), "read"),
+        (topics.monitor_state_topic("p."), "write"),
+    } <= monitor

@@ -1,7 +1,10 @@
-"""The monitor's faust agent in faust's test context: records in, table state and alert events out.
+"""The monitor's batch step (`streams.monitor.batch.Processor`) and its delivery order, without Kafka.
 
-No Kafka: `agent.test_context()` feeds records straight into the agent, the tables live in memory,
-and alert sends are captured. The integration tests run the same agent against real Kafka.
+The harness plays the worker's part: it loads a partition before its first record (restore and
+announce), puts each record through the processor as a batch, and delivers the batch as the worker
+does (changelog, store, events), keeping the changelog so a "restart" can restore from it. The
+worker's own delivery order is checked against a recording producer (`Worker._deliver`). The
+integration tests run the same worker against real Kafka.
 """
 
 from __future__ import annotations
@@ -15,9 +18,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from faust.topics import Topic
-from faust.types import TP
-from kafka.errors import KafkaTimeoutError
 
 from contracts import (
     AlertEvent,
@@ -25,99 +25,118 @@ from contracts import (
     Condition,
     KitStatusEvent,
     Metric,
+    Quarantined,
     Spo2Scale,
+    topics,
 )
 from contracts.settings import ConfigError, KafkaSettings
-from streams.monitor import app as monitor_app
-from streams.monitor.engine import decode_metric, decode_patient
+from streams.monitor import worker as monitor_worker
+from streams.monitor.batch import Batch, Names, Processor, Record, _Cache
+from streams.monitor.engine import Engine, decode_metric, decode_patient
+from streams.monitor.metrics import MonitorMetrics
 from streams.monitor.settings import MonitorSettings
+from streams.monitor.store import MemoryStore
 from tests.integration.archive_support import make_measurement
 
 T0 = datetime(2026, 11, 20, 7, 30, tzinfo=UTC)
-_alert = msgspec.json.Decoder(AlertEvent)
+_PREFIX = "agent-test."
+NAMES = {
+    "measurements": topics.measurement_topic(_PREFIX),
+    "status": topics.kit_status_topic(_PREFIX),
+    "careplans": topics.careplan_topic(_PREFIX),
+    "quarantine": topics.quarantine_topic(_PREFIX),
+    "alerts": topics.alert_topic(_PREFIX),
+    "ticks": "(the loop's deadline check)",  # not a topic: `feed` runs the partition's deadlines
+}
 
 
 @dataclass
 class Harness:
-    """The built monitor, its agent under test and the alert events it sent."""
+    """A worker without Kafka: the processor, its store, and what it delivered."""
 
-    monitor: monitor_app.Monitor
+    processor: Processor = field(init=False)
+    store: MemoryStore = field(default_factory=MemoryStore)
     sent: list[AlertEvent] = field(default_factory=list)
-    hold: bool = False  # keep changelog records unacknowledged (in `held`) instead of Kafka taking them
-    held: list[asyncio.Future[Any]] = field(default_factory=list)
-    flush: bool = True  # `feed` returns once the record's alert events are out (else once it is handled)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    changelog: dict[int, list[tuple[bytes, bytes]]] = field(default_factory=dict)  # what Kafka holds
+    committed: dict[tuple[str, int], int] = field(default_factory=dict)
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    metrics: MonitorMetrics = field(default_factory=MonitorMetrics)
+    waiting: dict[int, set[str]] = field(default_factory=dict)  # inputs with records past the commit
+
+    def __post_init__(self) -> None:
+        self.processor = self._processor(self.store)
+
+    def _processor(self, store: MemoryStore) -> Processor:
+        names = Names(NAMES["measurements"], NAMES["status"], NAMES["careplans"])
+        return Processor(engine=Engine(), names=names, store=store, metrics=self.metrics)
 
     @property
     def names(self) -> dict[str, str]:
-        return self.monitor.names
+        return NAMES
 
     def state(self, key: bytes) -> bytes | None:
-        table = self.monitor.app.tables["state"]
-        return table.get(key)  # type: ignore[no-any-return]
+        """A key's state as the store holds it (the partition it is in does not matter here)."""
+        for partition in range(6):
+            value = self.store.get(partition, key)
+            if value is not None:
+                return value
+        return None
+
+    def restart(self) -> None:
+        """A memory:// worker restarted: memory gone, the state restored from the changelog."""
+        self.store = MemoryStore()
+        for partition, records in self.changelog.items():
+            self.store.write({partition: dict(records)}, {partition: len(records)})
+        self.processor = self._processor(self.store)
+
+    def deliver(self, out: Batch) -> None:
+        """As `Worker._deliver`: the changelog, then the store, then the events, then the offsets."""
+        for partition, values in out.changelog.items():
+            self.changelog.setdefault(partition, []).extend(values.items())
+        checkpoints = {p: len(self.changelog[p]) for p in out.changelog}
+        self.store.write(out.changelog, checkpoints)
+        self.quarantined.extend(out.quarantined)
+        for patient, event in out.events:
+            assert patient == event.patient_id.encode()  # keyed by patient, like every input
+            self.sent.append(event)
+        self.committed.update(out.offsets)
+
+    def ready(self, partition: int) -> None:
+        """The worker's assignment: load (and announce) before the partition's first record."""
+        if partition not in self.processor.loaded:
+            self.processor.load({partition}, self.waiting)
+            self.deliver(self.processor.take())
+
+    def put(self, topic: str, key: bytes | None, value: bytes, partition: int, offset: int | None) -> None:
+        self.ready(partition)
+        if topic == NAMES["ticks"]:
+            self.processor.deadlines({partition})
+        else:
+            at = self.positions.get((topic, partition), 0) if offset is None else offset
+            self.positions[(topic, partition)] = at + 1
+            self.processor.handle([Record(topic, partition, at, key, value)])
+        self.deliver(self.processor.take())
 
 
 @pytest.fixture
-def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
-    monkeypatch.setattr(monitor_app, "_prepare_topics", lambda *_a, **_k: 6)  # no Kafka to ask
-    monitor = monitor_app.build_monitor(
-        kafka=KafkaSettings(bootstrap="127.0.0.1:1", topic_prefix="agent-test."),
-        settings=MonitorSettings(store="memory://"),
-    )
-    monitor.app.finalize()
-    h = Harness(monitor)
-    # This worker holds every partition (the shell asks its consumer when a tick comes first).
-    owned = {TP(h.names["ticks"], p) for p in range(6)}
-    monkeypatch.setattr(monitor.app.consumer, "assignment", lambda: owned)
-
-    async def send(topic: Any, *_args: Any, key: bytes | None = None, value: bytes, **_kw: Any) -> None:
-        assert topic.get_topic_name() == h.names["alerts"]
-        assert key is not None
-        event = _alert.decode(value)
-        assert key == event.patient_id.encode()  # keyed by patient, like every input
-        h.sent.append(event)
-
-    monkeypatch.setattr("faust.topics.Topic.send", send)
-    send_soon = Topic.send_soon
-
-    def changelog(topic: Any, *args: Any, **kwargs: Any) -> Any:
-        """Table writes: Kafka takes each at once, unless the test holds them."""
-        fut = send_soon(topic, *args, **kwargs)
-        if h.hold:
-            h.held.append(fut)
-        else:
-            fut.set_result(None)
-        return fut
-
-    monkeypatch.setattr("faust.topics.Topic.send_soon", changelog)
-    return h
+def harness() -> Harness:
+    return Harness()
 
 
 Feed = Callable[[str, bytes | None, bytes, int], Awaitable[None]]
 
 
-def run(h: Harness, scenario: Callable[[Feed], Awaitable[None]]) -> None:
-    """Run `scenario` with a `feed(topic, key, value, partition)` that puts one record through the agent."""
-    agent = next(iter(h.monitor.app.agents.values()))
+def run(h: Harness, scenario: Callable[..., Awaitable[None]]) -> None:
+    """Run `scenario` with a `feed(topic, key, value, partition, *, offset=None)` that puts one
+    record (or, on NAMES["ticks"], the partition's deadline check) through as a batch of its own."""
 
-    async def main() -> None:
-        async with agent.test_context() as ctx:
-            make = ctx.to_message
+    async def feed(
+        topic: str, key: bytes | None, value: bytes, partition: int = 0, *, offset: int | None = None
+    ) -> None:
+        h.put(topic, key, value, partition, offset)
 
-            async def feed(topic: str, key: bytes | None, value: bytes, partition: int = 0) -> None:
-                def to_message(k: Any, v: Any, **kw: Any) -> Any:
-                    message = make(k, v, **kw)
-                    message.topic = topic  # the agent tells its four inputs apart by topic
-                    return message
-
-                ctx.to_message = to_message
-                await ctx.put(value, key=key, partition=partition)
-                assert h.monitor.outbox is not None
-                if h.flush:
-                    await h.monitor.outbox.flush()
-
-            await scenario(feed)
-
-    asyncio.run(main())
+    asyncio.run(scenario(feed))
 
 
 def reading(patient: str, metric: Metric, value: float, at: datetime) -> tuple[bytes, bytes]:
@@ -152,93 +171,145 @@ def test_reading_raises_one_episode_and_its_duplicate_nothing(harness: Harness) 
     assert record.history.count == 1  # the duplicate did not enter the history
     assert set(record.episodes) == {"spo2_low"}
     assert decode_patient(h.state(b"A-1|kit")).partition == 0
-    assert "vaktrom_monitor_duplicates_total 1.0" in h.monitor.metrics.exposition().decode()
+    assert "vaktrom_monitor_duplicates_total 1.0" in h.metrics.exposition().decode()
 
 
-async def _until(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(200):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"waited 2 s for {what}")
+class _Producer:
+    """A producer that records what the worker does, in order, and answers delivery reports as
+    Kafka would (`refuse`: topics whose records it refuses)."""
+
+    def __init__(self, log: list[str], refuse: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        self.log, self.refuse = log, refuse
+        self.waiting: list[tuple[Callable[..., None], Any]] = []
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.values: list[tuple[str, bytes, bytes]] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes, *, on_delivery: Any, partition: int = 0) -> None:
+        self.log.append(f"produce {topic}")
+        self.values.append((topic, key, value))
+        at = self.offsets.get((topic, partition), 0)
+        self.offsets[(topic, partition)] = at + 1
+        message = type("M", (), {"partition": lambda _s: partition, "offset": lambda _s: at})()
+        error = "refused" if topic in self.refuse else None
+        self.waiting.append((lambda e=error, m=message: on_delivery(e, m), None))
+
+    def flush(self, _timeout: float) -> int:
+        self.log.append("flush")
+        for report, _ in self.waiting:
+            report()
+        self.waiting.clear()
+        return 0
+
+    def __len__(self) -> int:
+        return len(self.waiting)
 
 
-async def _red_reading_with_held_state(h: Harness, feed: Feed, then: Callable[[], Awaitable[None]]) -> None:
-    """Feed SpO2 85 % with its changelog records held; once they are, `then` settles them; returns
-    when the alert is out."""
-    h.hold = True
-    handled = asyncio.ensure_future(feed(h.names["measurements"], *reading("W-1", Metric.SPO2, 85.0, T0), 0))
-    await _until(lambda: bool(h.held), "the state change")
-    await then()
-    await _until(lambda: bool(h.sent), "the alert")
-    await handled
+class _Store(MemoryStore):
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+
+    def write(self, puts: Any, checkpoints: Any) -> None:
+        self.log.append(f"store {sorted(checkpoints.items())}")
+        super().write(puts, checkpoints)
 
 
-def test_an_alert_waits_until_kafka_has_the_state_it_describes(harness: Harness) -> None:
-    """The episode's state change goes to the changelog first; the alert event follows only once
-    Kafka has taken it, so a crash cannot leave an alert whose episode the recovered state lacks."""
-    h = harness
+class _Consumer:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
 
-    async def scenario(feed: Feed) -> None:
-        async def kafka_takes_it() -> None:
-            await asyncio.sleep(0.2)
-            assert h.sent == [], "no alert before its state is in the changelog"
-            for fut in h.held:
-                fut.set_result(None)
-
-        await _red_reading_with_held_state(h, feed, kafka_takes_it)
-
-    run(h, scenario)
-    assert [(e.rule_id, e.change.value) for e in h.sent] == [("NEWS2-S1", "opened")]
+    def commit(self, *, offsets: list[Any], asynchronous: bool) -> None:
+        assert not asynchronous
+        self.log.append(f"commit {[(tp.topic, tp.partition, tp.offset) for tp in offsets]}")
 
 
-def test_an_alert_still_goes_out_when_kafka_refuses_its_state(harness: Harness) -> None:
-    """A failed changelog write is counted and logged; the nurse still gets the alert."""
-    h = harness
-
-    async def scenario(feed: Feed) -> None:
-        async def kafka_refuses_it() -> None:
-            for fut in h.held:
-                fut.set_exception(KafkaTimeoutError())
-
-        await _red_reading_with_held_state(h, feed, kafka_refuses_it)
-
-    run(h, scenario)
-    assert [e.rule_id for e in h.sent] == ["NEWS2-S1"]
-    # both records it wrote (the SpO2 history and the patient's) were refused
-    assert "vaktrom_monitor_changelog_errors_total 2.0" in h.monitor.metrics.exposition().decode()
+def _worker(log: list[str], refuse: set[str] = frozenset()) -> monitor_worker.Worker:  # type: ignore[assignment]
+    """The worker's delivery with a recording producer, store and consumer (no Kafka)."""
+    w = monitor_worker.Worker.__new__(monitor_worker.Worker)
+    w.changelog, w.alerts, w.quarantine = (
+        topics.monitor_state_topic(_PREFIX),
+        NAMES["alerts"],
+        NAMES["quarantine"],
+    )
+    w.metrics, w.producer = MonitorMetrics(), _Producer(log, refuse)  # type: ignore[assignment]
+    w.store, w.consumer = _Store(log), _Consumer(log)  # type: ignore[assignment]
+    return w
 
 
-def test_the_agent_is_not_held_up_by_alerts_waiting_for_their_state(harness: Harness) -> None:
-    """Waiting for Kafka to take a record's state happens beside the agent, not in it: the next
-    record is handled meanwhile. A patient's events still go out in the order they were raised."""
-    h = harness
-    h.hold, h.flush = True, False
-    outbox = h.monitor.outbox
-    assert outbox is not None
+def _red_batch() -> Batch:
+    h = Harness()
+    h.ready(0)
+    h.processor.handle([Record(NAMES["measurements"], 0, 41, *reading("W-1", Metric.SPO2, 85.0, T0))])
+    return h.processor.take()
 
-    async def scenario(feed: Feed) -> None:
-        first = reading("O-1", Metric.SPO2, 85.0, T0)
-        second = reading("O-1", Metric.SPO2, 84.0, T0 + timedelta(minutes=5))
-        await asyncio.wait_for(feed(h.names["measurements"], *first, 0), 2.0)
-        held_first, h.held = h.held, []
-        await asyncio.wait_for(feed(h.names["measurements"], *second, 0), 2.0)  # not held up
-        assert decode_metric(h.state(b"O-1|spo2")).history.count == 2
-        for fut in h.held:  # Kafka takes the second record's state first
-            fut.set_result(None)
-        await asyncio.sleep(0.1)
-        assert h.sent == [], "the second event waits behind the first"
-        assert "vaktrom_monitor_alerts_waiting 2.0" in h.monitor.metrics.exposition().decode()
-        for fut in held_first:
-            fut.set_result(None)
-        await outbox.flush()
 
-    run(h, scenario)
-    assert [(e.change.value, e.version, e.latest.value if e.latest else None) for e in h.sent] == [
-        ("opened", 1, 85.0),
-        ("updated", 2, 84.0),
+def test_an_alert_waits_until_kafka_has_the_state_it_describes() -> None:
+    """The batch's state goes to the changelog and Kafka acknowledges it; then the store takes it
+    with its checkpoint; only then is the alert event sent (and acknowledged), and only then is the
+    input offset committed. A crash at any point leaves no alert whose episode the recovered state
+    lacks, and no committed reading whose state or alert is not in Kafka."""
+    log: list[str] = []
+    w = _worker(log)
+    w._deliver(_red_batch())
+    state, alerts = topics.monitor_state_topic(_PREFIX), NAMES["alerts"]
+    assert log == [
+        f"produce {state}",  # the SpO2 record
+        f"produce {state}",  # the patient's record
+        "flush",
+        "store [(0, 2)]",  # up to changelog offset 2
+        f"produce {alerts}",
+        "flush",
+        f"commit [('{NAMES['measurements']}', 0, 42)]",
     ]
-    assert "vaktrom_monitor_alerts_waiting 0.0" in h.monitor.metrics.exposition().decode()
+
+
+def test_an_alert_still_goes_out_when_kafka_refuses_its_state() -> None:
+    """A failed changelog write is counted and logged; the nurse still gets the alert, and the store's
+    checkpoint does not move past what Kafka holds."""
+    log: list[str] = []
+    w = _worker(log, refuse={topics.monitor_state_topic(_PREFIX)})
+    w._deliver(_red_batch())
+    assert [line for line in log if line.startswith(("store", "produce " + NAMES["alerts"]))] == [
+        "store []",
+        f"produce {NAMES['alerts']}",
+    ]
+    # both records it wrote (the SpO2 history and the patient's) were refused
+    assert "vaktrom_monitor_changelog_errors_total 2.0" in w.metrics.exposition().decode()
+    assert "vaktrom_monitor_alerts_waiting 0.0" in w.metrics.exposition().decode()
+
+
+def test_a_refused_alert_event_is_sent_again_until_kafka_takes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An alert event Kafka did not take is sent again (consumers apply events by episode id and
+    version, so a repeat is harmless); the offsets are committed only once it is taken."""
+    log: list[str] = []
+    w = _worker(log, refuse={NAMES["alerts"]})
+    producer = w.producer
+    assert isinstance(producer, _Producer)
+    monkeypatch.setattr(monitor_worker.time, "sleep", lambda _s: producer.refuse.clear())
+    w._deliver(_red_batch())
+    assert [line.split(" ")[0] for line in log[-5:]] == ["produce", "flush", "produce", "flush", "commit"]
+    assert 'vaktrom_monitor_alert_events_total{change="opened",rule="NEWS2-S1",severity="red"} 1.0' in (
+        w.metrics.exposition().decode()
+    )
+
+
+def test_a_batch_writes_each_key_it_changed_once() -> None:
+    """Two readings of one patient and metric in one batch: the metric's record goes to the
+    changelog once, encoded after both (the decoded record is kept between them)."""
+    h = Harness()
+    h.ready(0)
+    m = NAMES["measurements"]
+    h.processor.handle(
+        [
+            Record(m, 0, 0, *reading("O-1", Metric.SPO2, 85.0, T0)),
+            Record(m, 0, 1, *reading("O-1", Metric.SPO2, 84.0, T0 + timedelta(minutes=5))),
+        ]
+    )
+    out = h.processor.take()
+    assert sorted(out.changelog[0]) == [b"O-1|kit", b"O-1|spo2"]
+    assert decode_metric(out.changelog[0][b"O-1|spo2"]).history.count == 2
+    assert [(e.change.value, e.version) for _p, e in out.events] == [("opened", 1), ("updated", 2)]
+    assert out.offsets == {(m, 0): 2}
 
 
 def test_after_a_restart_held_episodes_are_announced_before_any_reading_is_handled(harness: Harness) -> None:
@@ -255,7 +326,7 @@ def test_after_a_restart_held_episodes_are_announced_before_any_reading_is_handl
         await feed(h.names["ticks"], None, b"", 0)
         assert [e.change.value for e in h.sent] == ["opened", "resolved"]
         h.sent.clear()  # the crash: the "resolved" event never reached Kafka
-        h.monitor.loaded.clear()  # the partition is assigned again
+        h.restart()  # the partition is assigned again
         later = T0 + timedelta(days=5)
         await feed(h.names["measurements"], *reading("R-1", Metric.SPO2, 97.0, later), 0)
 
@@ -327,28 +398,28 @@ def test_a_record_that_breaks_its_contract_is_skipped_and_the_agent_goes_on(harn
 
     run(h, scenario)
     assert [e.rule_id for e in h.sent] == ["NEWS2-S1"]
-    assert "vaktrom_monitor_records_broken_total 1.0" in h.monitor.metrics.exposition().decode()
+    assert "vaktrom_monitor_records_broken_total 1.0" in h.metrics.exposition().decode()
 
 
-def test_records_are_read_from_memory_until_partitions_move(harness: Harness) -> None:
-    """The agent keeps the values it last read or wrote. When partitions move, faust restores the
-    tables from their changelogs behind its back, so what it kept is dropped and read afresh."""
+def test_records_are_kept_decoded_until_partitions_move(harness: Harness) -> None:
+    """The processor keeps the records it last read or changed, decoded: a change to the store
+    behind its back is not read. When the partition leaves, what it kept is dropped, and the next
+    time it is read from the store (as a restore from the changelog brings it back)."""
     h = harness
-    table = h.monitor.app.tables["state"]
     key = b"C-1|pulse"
 
     async def scenario(feed: Feed) -> None:
         await feed(h.names["measurements"], *reading("C-1", Metric.PULSE, 70.0, T0), 2)
-        restored = table.data[key]  # the record as a changelog restore would bring it back
+        restored = h.store.get(2, key)  # the record as a restore would bring it back
         await feed(h.names["measurements"], *reading("C-1", Metric.PULSE, 71.0, T0 + timedelta(hours=1)), 2)
-        assert decode_metric(h.state(key)).history.count == 2  # written through
-        table.data[key] = restored  # a restore, not seen by the agent
+        assert decode_metric(h.state(key)).history.count == 2  # written with its batch
+        h.store.write({2: {key: restored}}, {})  # a restore, not seen by the processor
         await feed(h.names["measurements"], *reading("C-1", Metric.PULSE, 72.0, T0 + timedelta(hours=2)), 2)
         assert decode_metric(h.state(key)).history.count == 3, "kept in memory: the restore not read"
-        await h.monitor.app.on_partitions_assigned.send(assigned=set())
-        table.data[key] = restored
+        h.processor.drop({2})
+        h.store.write({2: {key: restored}}, {})
         await feed(h.names["measurements"], *reading("C-1", Metric.PULSE, 73.0, T0 + timedelta(hours=3)), 2)
-        assert decode_metric(h.state(key)).history.count == 2, "read afresh after the assignment"
+        assert decode_metric(h.state(key)).history.count == 2, "read afresh after the partition moved"
 
     run(h, scenario)
 
@@ -356,34 +427,47 @@ def test_records_are_read_from_memory_until_partitions_move(harness: Harness) ->
 def test_kept_values_are_bounded_and_the_least_recently_used_go_first() -> None:
     reads: list[bytes] = []
 
-    class Table(dict[bytes, bytes]):
-        def get(self, key: bytes, default: Any = None) -> Any:
+    class Store(MemoryStore):
+        def get(self, partition: int, key: bytes) -> bytes | None:
             reads.append(key)
-            return super().get(key, default)
+            return super().get(partition, key)
 
-    table = Table({b"a": b"1", b"b": b"2", b"c": b"3"})
-    kept = monitor_app._Cached(table, limit=2)
-    assert (kept.get(b"a"), kept.get(b"b"), kept.get(b"a")) == (b"1", b"2", b"1")
+    store = Store()
+    store.write({0: {b"a": b"1", b"b": b"2", b"c": b"3"}}, {})
+    kept = _Cache(store, limit=2)
+
+    def get(key: bytes) -> Any:
+        return kept.get(0, key, lambda raw: raw)  # type: ignore[arg-type,return-value]
+
+    assert (get(b"a"), get(b"b"), get(b"a")) == (b"1", b"2", b"1")
     assert reads == [b"a", b"b"]  # the second read of a came from memory
-    kept[b"c"] = b"33"  # written through; b, the least recently used, goes
-    assert table[b"c"] == b"33"
-    assert (kept.get(b"c"), kept.get(b"a"), kept.get(b"b")) == (b"33", b"1", b"2")
+    kept.put(0, b"c", b"33")  # type: ignore[arg-type]
+    kept.trim()  # between batches: b, the least recently used, goes
+    assert (get(b"c"), get(b"a"), get(b"b")) == (b"33", b"1", b"2")
     assert reads == [b"a", b"b", b"b"]
-    assert kept.get(b"missing") is None
-    kept[b"missing"] = b"4"
-    assert kept.get(b"missing") == b"4"
+    assert get(b"missing") is None
 
 
 def test_the_producer_lingers_as_configured(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(monitor_app, "_prepare_topics", lambda *_a, **_k: 6)  # no Kafka to ask
+    """VAKTROM_MONITOR_LINGER_MS reaches the producer; the consumer co-partitions (range) and commits
+    by hand; the static member id is the group instance id."""
+    made: dict[str, dict[str, Any]] = {}
+    monkeypatch.setattr(monitor_worker, "check_topics", lambda *_a, **_k: 6)  # no Kafka to ask
+    monkeypatch.setattr(monitor_worker.rk, "admin", lambda *_a, **_k: None)
+    monkeypatch.setattr(monitor_worker.rk, "producer", lambda _k, **kw: made.setdefault("producer", kw))
+    monkeypatch.setattr(monitor_worker.rk, "consumer", lambda _k, **kw: made.setdefault(kw["client_id"], kw))
     kafka = KafkaSettings(bootstrap="127.0.0.1:1", topic_prefix="linger-test.")
     for configured, linger_ms in ((None, 5), ("0", 0), ("40", 40)):
+        made.clear()
         env = {"VAKTROM_MONITOR_STORE": "memory://"}
         if configured is not None:
             env["VAKTROM_MONITOR_LINGER_MS"] = configured
         settings = MonitorSettings.from_env(env)
-        app = monitor_app.build_monitor(kafka=kafka, settings=settings).app
-        assert app.producer.linger_ms == linger_ms  # what faust hands aiokafka as linger_ms
+        worker = monitor_worker.Worker(kafka=kafka, settings=settings, instance_id="host-1")
+        assert made["producer"]["linger.ms"] == linger_ms
+        assert made["vaktrom-monitor"]["partition.assignment.strategy"] == "range"
+        assert made["vaktrom-monitor"]["group.instance.id"] == "host-1"
+        assert made["vaktrom-monitor"]["group_id"] == worker.group == "linger-test.vaktrom-monitor"
 
 
 @pytest.mark.parametrize(
@@ -393,6 +477,7 @@ def test_the_producer_lingers_as_configured(monkeypatch: pytest.MonkeyPatch) -> 
         ({"VAKTROM_MONITOR_LINGER_MS": "1001"}, "VAKTROM_MONITOR_LINGER_MS=1001 is out of range"),
         ({"VAKTROM_MONITOR_LINGER_MS": "5ms"}, "VAKTROM_MONITOR_LINGER_MS='5ms' is not a valid int"),
         ({"VAKTROM_MONITOR_STORE": "redis://"}, "VAKTROM_MONITOR_STORE='redis://'"),
+        ({"VAKTROM_MONITOR_BATCH_MAX": "0"}, "VAKTROM_MONITOR_BATCH_MAX=0 is out of range"),
         ({"VAKTROM_MONITOR_LATE_AFTER_H": "30"}, "must not be shorter than VAKTROM_MONITOR_LATE_AFTER_H"),
     ],
 )

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from contracts.settings import ConfigError, KafkaSettings
-from streams.monitor import app as monitor_app
+from contracts.settings import ConfigError
 from streams.monitor.membership import ID_FILE, claim_instance_id
 from streams.monitor.settings import MonitorSettings
 from tests.conftest import REPO
@@ -82,17 +81,6 @@ def test_an_unusable_directory_names_the_variable(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(ConfigError, match=r"VAKTROM_MONITOR_DATA_DIR=.*a-file/monitor.* cannot be used"):
         claim_instance_id(blocker / "monitor")
-
-
-def test_the_id_reaches_the_kafka_consumer(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(monitor_app, "_prepare_topics", lambda *_a, **_k: 6)  # no Kafka to ask
-
-    kafka = KafkaSettings(bootstrap="127.0.0.1:1", topic_prefix="membership-test.")
-    settings = MonitorSettings(store="memory://")
-    static = monitor_app.build_monitor(kafka=kafka, settings=settings, instance_id="host-1-abc")
-    assert static.app.conf.consumer_group_instance_id == "host-1-abc"
-    dynamic = monitor_app.build_monitor(kafka=kafka, settings=settings)
-    assert dynamic.app.conf.consumer_group_instance_id is None
 
 
 def test_static_membership_is_on_unless_switched_off() -> None:

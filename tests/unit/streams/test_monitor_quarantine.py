@@ -1,6 +1,6 @@
 """The monitor's agent sets poison records aside on the quarantine topic and goes on (issue #27).
 
-Uses the agent harness of `test_monitor_agent` (faust's test context, no Kafka).
+Uses the harness of `test_monitor_agent` (the batch step, no Kafka).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from faust.topics import Topic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,20 +23,9 @@ _quarantined = msgspec.json.Decoder(Quarantined)
 
 
 @pytest.fixture
-def set_aside(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> list[Quarantined]:
-    """What the agent puts on the quarantine topic; everything else goes where the harness sends it."""
-    captured: list[Quarantined] = []
-    delegate = Topic.send_soon  # as the harness patched it
-
-    def send_soon(topic: Any, *args: Any, **kwargs: Any) -> Any:
-        if topic.get_topic_name() == harness.names["quarantine"]:
-            assert kwargs["key"] == b"monitor"
-            captured.append(_quarantined.decode(kwargs["value"]))
-            return None
-        return delegate(topic, *args, **kwargs)
-
-    monkeypatch.setattr("faust.topics.Topic.send_soon", send_soon)
-    return captured
+def set_aside(harness: Harness) -> list[Quarantined]:
+    """What the processor puts on the quarantine topic (as the worker sends it: JSON, keyed "monitor")."""
+    return harness.quarantined
 
 
 def test_garbage_nul_and_a_failing_handler_are_quarantined_and_the_next_reading_alerts(
@@ -51,7 +39,7 @@ def test_garbage_nul_and_a_failing_handler_are_quarantined_and_the_next_reading_
     status = msgspec.json.encode(
         KitStatusEvent(kit_id="Q-1-K", patient_id="Q-1", state="ok\x1b", at=T0, received_at=T0)
     )
-    engine_type = type(h.monitor.engine)
+    engine_type = type(h.processor.engine)
     original = engine_type.measurement
 
     def measurement(self: Any, m: Any, *args: Any, **kwargs: Any) -> Any:
@@ -80,7 +68,7 @@ def test_garbage_nul_and_a_failing_handler_are_quarantined_and_the_next_reading_
     assert "unit" in set_aside[1].detail
     assert "ArithmeticError" in set_aside[3].detail
     assert [(e.patient_id, e.rule_id) for e in h.sent] == [("Q-1", "NEWS2-S1")]
-    exposition = h.monitor.metrics.exposition().decode()
+    exposition = h.metrics.exposition().decode()
     assert 'vaktrom_monitor_records_quarantined_total{reason="invalid"} 2.0' in exposition
 
 

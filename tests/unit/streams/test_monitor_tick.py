@@ -1,7 +1,7 @@
 """The monitor's ticks: deadlines fire after a restart without new input, and one patient the engine
 fails on neither stops the others' deadlines nor loses its own (issue #27 review).
 
-Uses the agent harness of `test_monitor_agent` (faust's test context, no Kafka). The partition's
+Uses the harness of `test_monitor_agent` (the batch step, no Kafka). The partition's
 clock moves on with wall time: `wall` shifts what `streams.monitor.clock` reads as the time.
 """
 
@@ -13,9 +13,10 @@ from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import pytest
 
-from contracts import EpisodeChange, Metric
+from contracts import EpisodeChange, KitStatusEvent, Metric
 from streams.monitor import clock as clock_module
 from streams.monitor.clock import Clock
 from tests.unit.streams.test_monitor_agent import T0, Feed, Harness, harness, reading, run
@@ -57,8 +58,7 @@ def test_after_a_restart_a_partition_without_input_still_fires_kit_silent(
     async def scenario(feed: Feed) -> None:
         await feed(m, *reading("X-1", Metric.PULSE, 70.0, T0), 0)
         await feed(m, *reading("Y-1", Metric.PULSE, 71.0, T0 + timedelta(hours=12)), 0)
-        h.monitor.loaded.clear()  # restarted: memory gone, the table restored
-        h.monitor.clocks.clear()
+        h.restart()  # restarted: memory gone, the state restored from the changelog
         h.sent.clear()
         await feed(h.names["ticks"], None, b"", 0)
         assert _silent(h) == []  # T0+12 h: nobody silent yet
@@ -67,7 +67,7 @@ def test_after_a_restart_a_partition_without_input_still_fires_kit_silent(
 
     run(h, scenario)
     assert _silent(h) == [("X-1", EpisodeChange.OPENED)]
-    assert h.monitor.clocks[0].now() == pytest.approx((T0 + timedelta(hours=14)).timestamp(), abs=60.0)
+    assert h.processor.clocks[0].now() == pytest.approx((T0 + timedelta(hours=14)).timestamp(), abs=60.0)
 
 
 def test_a_started_clock_moves_with_wall_time_and_is_held_by_an_input_behind() -> None:
@@ -90,7 +90,7 @@ def test_a_started_clock_moves_with_wall_time_and_is_held_by_an_input_behind() -
 def _failing_for(h: Harness, monkeypatch: pytest.MonkeyPatch, patient: str, failures: int) -> list[str]:
     """Make the engine's deadline raise for `patient` on its first `failures` calls; return the
     patients it is called for, in order."""
-    engine_type = type(h.monitor.engine)
+    engine_type = type(h.processor.engine)
     original = engine_type.deadline
     calls: list[str] = []
 
@@ -127,7 +127,7 @@ def test_a_patient_the_engine_fails_on_is_tried_again_and_the_others_fire(
     run(h, scenario)
     assert _silent(h) == [("Z-1", EpisodeChange.OPENED), ("X-1", EpisodeChange.OPENED)]
     assert calls == ["X-1", "Z-1", "X-1"]
-    assert h.monitor.metrics.deadline_failures._value.get() == 1.0
+    assert h.metrics.deadline_failures._value.get() == 1.0
     failed = [r for r in caplog.records if "deadline failed" in r.getMessage()]
     assert failed
     assert failed[0].levelno == logging.ERROR
@@ -154,5 +154,54 @@ def test_a_patient_the_engine_always_fails_on_is_tried_less_and_less_often(
 
     run(h, scenario)
     assert tried == [1, 1, 1, 2, 2, 2, 3]
-    assert h.monitor.metrics.deadline_failures._value.get() == 3.0
+    assert h.metrics.deadline_failures._value.get() == 3.0
     assert _silent(h) == []
+
+
+def test_deadline_work_stops_at_its_budget_and_the_rest_comes_next_turn(harness: Harness) -> None:
+    """The worker gives deadlines a slice of time per turn of its loop, so readings are not held up
+    behind a second's worth of them: out of budget, nothing more fires and the call says work is
+    left; the next call fires what was due."""
+    h = harness
+    m = h.names["measurements"]
+
+    async def scenario(feed: Feed) -> None:
+        await feed(m, *reading("X-1", Metric.PULSE, 70.0, T0), 0)
+        await feed(m, *reading("Z-1", Metric.PULSE, 70.0, T0), 0)
+        await feed(m, *reading("W-1", Metric.PULSE, 71.0, T0 + timedelta(hours=25)), 0)
+
+    run(h, scenario)
+    assert h.processor.deadlines(budget_s=-1.0) is True
+    h.deliver(h.processor.take())
+    assert _silent(h) == []
+    assert h.processor.deadlines(budget_s=10.0) is False
+    h.deliver(h.processor.take())
+    assert sorted(_silent(h)) == [("X-1", EpisodeChange.OPENED), ("Z-1", EpisodeChange.OPENED)]
+
+
+def test_after_a_restart_an_input_with_records_waiting_holds_the_clock_until_it_is_read(
+    harness: Harness,
+) -> None:
+    """Restarted with readings and kit status waiting past the commit, the first batch holds only a
+    status record, 30 h on. The readings are not read yet: no deadline fires (before, the clock went
+    to the status time and Y-1's kit was "silent" with its readings still waiting). Once a reading
+    is read, the readings no longer hold the clock, and X-1's kit (quiet since T0) is silent."""
+    h = harness
+    m, s = h.names["measurements"], h.names["status"]
+    later = KitStatusEvent(
+        kit_id="Z-1-K", patient_id="Z-1", state="heartbeat", at=T0 + timedelta(hours=30), received_at=T0
+    )
+
+    async def scenario(feed: Feed) -> None:
+        await feed(m, *reading("X-1", Metric.PULSE, 70.0, T0), 0)
+        await feed(m, *reading("Y-1", Metric.PULSE, 70.0, T0 + timedelta(hours=1)), 0)
+        h.restart()
+        h.waiting = {0: {"measurements", "status"}}
+        await feed(s, b"Z-1", msgspec.json.encode(later), 0)
+        await feed(h.names["ticks"], None, b"", 0)
+        assert _silent(h) == []
+        await feed(m, *reading("Y-1", Metric.PULSE, 70.0, T0 + timedelta(hours=29)), 0)
+        await feed(h.names["ticks"], None, b"", 0)
+
+    run(h, scenario)
+    assert _silent(h) == [("X-1", EpisodeChange.OPENED)]

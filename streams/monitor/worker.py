@@ -1,0 +1,439 @@
+"""The monitor's Kafka loop: micro-batches from the co-partitioned inputs through the pure core.
+
+    measurements, kit status, care plans  --(keyed by patient, same partition count)-->  worker
+    worker  --touched state-->  vaktrom.monitor-state.v1 (compacted, a partition per input partition)
+            --then-->           the local store (RocksDB, one write batch with the checkpoint)
+            --then-->           vaktrom.alerts.v1 (alert events, keyed by patient)
+            --then-->           commit of the input offsets
+
+Every input is keyed by patient with the same number of partitions, and the consumer group uses the
+range assignor, which gives a worker the same partition numbers of every input (cooperative-sticky
+does not: it could hand a patient's readings to one worker and its kit status to another). So a
+patient's readings, status, plan and deadlines meet in one partition and one process.
+
+Delivery: at least once, with idempotent effects. Per batch (`_deliver`): the state the batch
+changed goes to the changelog and the worker waits until Kafka has acknowledged it; only then is it
+written to the store, and only then are the batch's alert events sent (and waited for), and only
+then are the input offsets committed. An event therefore never describes state a crash could lose:
+after a crash the state may be ahead of the committed offsets, never behind an event. Replayed
+readings are recognised by their offset (each metric record keeps the latest it applied), and each
+partition's episodes are announced again before its first record is handled (`Processor.load`), so
+an event lost between the changelog and the crash is still delivered; consumers apply events by
+(episode id, version), which makes repeats harmless.
+
+Deadlines (kit silent, measurement missed, all-clear) fire from the loop every `tick_s`, per
+partition on that partition's event-time clock (`clock.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME
+from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]
+
+from contracts import topics
+from contracts.ops import AlertPathAge
+from contracts.settings import KafkaSettings
+from contracts.stage import StageError
+from runtime import kafka as rk
+from streams.monitor.batch import Batch, Names, Processor, Record
+from streams.monitor.engine import Engine
+from streams.monitor.episodes import Timing
+from streams.monitor.metrics import MonitorMetrics
+from streams.monitor.settings import MonitorSettings
+from streams.monitor.store import Store, open_store
+
+__all__ = ["MonitorError", "Worker", "check_topics", "group_of"]
+
+log = logging.getLogger(__name__)
+
+_json = msgspec.json.Encoder()
+_STAGE = b"monitor"  # the quarantine records' key
+_IDLE_WAIT_S = 0.1  # the longest a poll waits for a first record (the loop checks deadlines between)
+_FILL_WAIT_S = 0.005  # once a record came, how long to wait for more to fill the batch
+_RETRY_MAX_S = 10.0
+_DEADLINE_BUDGET_S = 0.02  # deadline work per turn of the loop; what is left goes on next turn
+
+
+class MonitorError(StageError):
+    """The monitor cannot start: Kafka unreachable, or its topics missing or not alike."""
+
+
+def group_of(kafka: KafkaSettings, settings: MonitorSettings) -> str:
+    """The consumer group: the app id, under the topic prefix (tests and benchmarks isolate there)."""
+    return f"{kafka.topic_prefix}{settings.app_id}"
+
+
+def check_topics(client: rk.AdminClient, prefix: str) -> int:
+    """Check that the inputs, the state changelog and the quarantine topic exist with one partition
+    count and that the changelog is compacted; returns the partition count. The monitor creates no
+    topic (its Kafka account may not): `infra/topics.py` does."""
+    names = [
+        topics.measurement_topic(prefix),
+        topics.kit_status_topic(prefix),
+        topics.careplan_topic(prefix),
+        topics.monitor_state_topic(prefix),
+        topics.quarantine_topic(prefix),
+    ]
+    try:
+        counts = rk.topic_partitions(client, names)
+    except rk.KafkaException as exc:
+        raise MonitorError(f"cannot reach Kafka ({exc}); is it running?", retriable=True) from None
+    missing = [n for n in names if n not in counts]
+    if missing:
+        raise MonitorError(
+            f"Kafka topics {', '.join(missing)} do not exist; run `infra/topics.py` (make up does)",
+            retriable=True,
+        )
+    if len(set(counts.values())) != 1:
+        raise MonitorError(
+            f"the monitor's topics must have equal partition counts, or a patient's records and "
+            f"state would not meet in one partition: {counts}; recreate them with `infra/topics.py`",
+            retriable=False,
+        )
+    changelog = topics.monitor_state_topic(prefix)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, changelog)
+    try:
+        described = client.describe_configs([resource])[resource].result(timeout=10.0)
+    except rk.KafkaException as exc:
+        raise MonitorError(f"cannot read the settings of {changelog} ({exc})", retriable=True) from None
+    policy = described.get("cleanup.policy")
+    if policy is None or "compact" not in str(policy.value):
+        raise MonitorError(
+            f"{changelog} must be compacted (cleanup.policy=compact), or Kafka deletes state the "
+            "monitor restores from; recreate it with `infra/topics.py`",
+            retriable=False,
+        )
+    return next(iter(counts.values()))
+
+
+def build_engine(settings: MonitorSettings) -> Engine:
+    return Engine(
+        timing=Timing(
+            resolve_after_s=settings.resolve_after_h * 3600.0,
+            late_after_s=settings.late_after_h * 3600.0,
+            stale_after_s=settings.stale_after_h * 3600.0,
+        ),
+        silent_after_s=settings.silent_after_h * 3600.0,
+        missed_grace_s=settings.missed_grace_min * 60.0,
+        shown_in=ZoneInfo(settings.time_zone),
+    )
+
+
+@dataclass(slots=True)
+class _Reports:
+    """Delivery reports of one wave of sends: the highest offset per partition, and what failed."""
+
+    offsets: dict[int, int] = field(default_factory=dict)
+    failed: list[Any] = field(default_factory=list)
+
+    def report(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.failed.append((err, msg))
+        else:
+            partition, offset = msg.partition(), msg.offset()
+            if offset > self.offsets.get(partition, -1):
+                self.offsets[partition] = offset
+
+
+class Worker:
+    """The consumer, the producer, the store and the batch step of one monitor process."""
+
+    def __init__(self, *, kafka: KafkaSettings, settings: MonitorSettings, instance_id: str | None) -> None:
+        self.settings = settings
+        prefix = kafka.topic_prefix
+        self.names = Names(
+            measurements=topics.measurement_topic(prefix),
+            status=topics.kit_status_topic(prefix),
+            careplans=topics.careplan_topic(prefix),
+        )
+        self.changelog = topics.monitor_state_topic(prefix)
+        self.alerts = topics.alert_topic(prefix)
+        self.quarantine = topics.quarantine_topic(prefix)
+        self.group = group_of(kafka, settings)
+        self.metrics = MonitorMetrics()
+        self.alert_path = AlertPathAge(max_age_s=settings.alert_path_max_age_s, what="reading")
+        admin = rk.admin(kafka, client_id="vaktrom-monitor")
+        self.partitions = check_topics(admin, prefix)
+        self.store: Store = open_store(settings.store, Path(settings.data_dir))
+        group: dict[str, Any] = {
+            "session.timeout.ms": int(settings.session_timeout_s * 1000),
+            "heartbeat.interval.ms": int(max(1.0, settings.session_timeout_s / 3.0) * 1000),
+            # co-partitioning: see the module's docstring
+            "partition.assignment.strategy": "range",
+        }
+        if instance_id is not None:
+            # A restarted worker with the same id takes its partitions back without waiting for the
+            # session timeout (membership.py).
+            group["group.instance.id"] = instance_id
+        self.consumer = rk.consumer(kafka, group_id=self.group, client_id="vaktrom-monitor", **group)
+        # Reads the changelog by assignment (no group, no commit) when partitions come.
+        self.restorer = rk.consumer(
+            kafka, group_id=self.group, client_id="vaktrom-monitor-restore", **{"enable.partition.eof": True}
+        )
+        self.producer = rk.producer(
+            kafka, client_id="vaktrom-monitor", **{"linger.ms": settings.linger_ms, "compression.type": "lz4"}
+        )
+        self.processor = Processor(
+            engine=build_engine(settings),
+            names=self.names,
+            store=self.store,
+            metrics=self.metrics,
+            ends=self._end,
+        )
+        self._revoked: set[int] = set()
+        self._stopping = False
+        self.running = False
+        self.restore_seconds: list[float] = []  # per assignment, for benchmarks and logs
+
+    # ------------------------------------------------------------------ the loop
+    def stop(self) -> None:
+        """Ask the loop to finish its batch and stop (safe from a signal handler)."""
+        self._stopping = True
+
+    def run(self) -> None:
+        inputs = [self.names.measurements, self.names.status, self.names.careplans]
+        self.consumer.subscribe(
+            inputs, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        self.running = True
+        tick, next_tick, next_age, left = self.settings.tick_s, 0.0, 0.0, False
+        batch_max = self.settings.batch_max
+        try:
+            while not self._stopping:
+                records = self._poll(batch_max, 0.0 if left else _IDLE_WAIT_S)
+                if records:
+                    self.processor.handle(records)
+                now = time.monotonic()
+                if now >= next_tick or left:
+                    left = self.processor.deadlines(budget_s=_DEADLINE_BUDGET_S)
+                    next_tick = now + tick if now >= next_tick else next_tick
+                if now >= next_age:
+                    self._note_ends()
+                    next_age = now + 1.0
+                out = self.processor.take()
+                if out:
+                    self._deliver(out)
+        finally:
+            self.running = False
+            self._close()
+
+    def _poll(self, batch_max: int, wait_s: float) -> list[Record]:
+        """Up to `batch_max` records: the first waited for (`wait_s`), then whatever came meanwhile."""
+        first = self.consumer.poll(wait_s)
+        if first is None:
+            return []
+        messages = [first, *self.consumer.consume(batch_max - 1, _FILL_WAIT_S)]
+        loaded, out = self.processor.loaded, []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.fatal():  # e.g. this static member fenced by another with its id
+                    raise rk.KafkaException(error)
+                # librdkafka recovers from the others itself (a broker away, a leader moving)
+                log.warning("Kafka reported %s; going on", error)
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            assert topic is not None
+            assert partition is not None
+            assert offset is not None
+            if partition not in loaded or partition in self._revoked:  # its next owner reads it
+                continue
+            kind, ms = message.timestamp()
+            appended = ms / 1000.0 if kind == TIMESTAMP_LOG_APPEND_TIME else None
+            out.append(Record(topic, partition, offset, message.key(), message.value(), appended))
+            if appended is not None and topic == self.names.measurements:
+                self.alert_path.done(partition, offset, appended)
+        return out
+
+    def _end(self, topic: str, partition: int) -> int | None:
+        """The partition's end as the consumer last heard it from a fetch (None before one)."""
+        try:
+            _low, high = self.consumer.get_watermark_offsets(rk.TopicPartition(topic, partition), cached=True)
+        except rk.KafkaException:
+            return None
+        return high if high >= 0 else None
+
+    def _note_ends(self) -> None:
+        """Note which partitions have readings waiting beyond the last one evaluated (for /health)."""
+        now, mine = time.time(), set(self.processor.loaded)
+        self.alert_path.retain(mine)
+        for partition in mine:
+            self.alert_path.ends(partition, self._end(self.names.measurements, partition), now)
+
+    # ------------------------------------------------------------------ delivery
+    def _deliver(self, out: Batch) -> None:
+        """Changelog (acknowledged), store, alert events (acknowledged), offsets: in that order."""
+        reports = _Reports()
+        for partition, values in out.changelog.items():
+            for key, value in values.items():
+                self._produce(self.changelog, key, value, reports.report, partition=partition)
+        for q in out.quarantined:
+            self._produce(self.quarantine, _STAGE, _json.encode(q), reports.report)
+        self.metrics.waiting.set(len(out.events))
+        self._flush()
+        if reports.failed:
+            # The alert matters more than the duplicate it might cause after a crash.
+            self.metrics.changelog_errors.inc(len(reports.failed))
+            log.warning(
+                "%d state change(s) or set-aside record(s) did not reach Kafka (%s); going on",
+                len(reports.failed), reports.failed[0][0],
+            )  # fmt: skip
+        checkpoints = {p: o + 1 for p, o in reports.offsets.items() if p in out.changelog}
+        self.store.write(out.changelog, checkpoints)
+        self._send_events(out.events)
+        self.metrics.waiting.set(0)
+        if out.offsets:
+            self._commit(out.offsets)
+
+    def _produce(
+        self, topic: str, key: bytes, value: bytes, on_delivery: Callable[[Any, Any], None], **kw: Any
+    ) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, on_delivery=on_delivery, **kw)
+                return
+            except BufferError:  # the producer's queue is full: let it drain
+                self.producer.poll(0.05)
+
+    def _flush(self) -> None:
+        """Wait until Kafka has answered every send (librdkafka retries within message.timeout.ms)."""
+        while self.producer.flush(1.0) > 0:
+            log.warning("Kafka has not acknowledged %d record(s) yet; waiting", len(self.producer))
+
+    def _send_events(self, events: list[tuple[bytes, Any]]) -> None:
+        """Send the events and wait until Kafka has them all, sending again what it refused."""
+        delay = 0.5
+        while events:
+            failed: list[tuple[bytes, Any]] = []
+            for item in events:
+
+                def report(
+                    err: Any, _msg: Any, item: tuple[bytes, Any] = item, failed: list[Any] = failed
+                ) -> None:
+                    if err is not None:
+                        failed.append(item)
+
+                self._produce(self.alerts, item[0], _json.encode(item[1]), report)
+            self._flush()
+            refused = {id(item) for item in failed}
+            for item in events:
+                if id(item) not in refused:
+                    event = item[1]
+                    self.metrics.alerts.labels(event.rule_id, event.severity.value, event.change.value).inc()
+            if not failed:
+                return
+            # Sending again is safe: consumers apply events by (episode id, version).
+            log.warning("Kafka did not take %d alert event(s); trying again in %.1f s", len(failed), delay)
+            events = failed
+            time.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_S)
+
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        positions = [rk.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            self.consumer.commit(offsets=positions, asynchronous=False)
+        except rk.KafkaException as exc:
+            # The records are handled; the next owner replays them, recognised as duplicates.
+            log.warning("could not commit the input offsets (%s); they will be read again", exc)
+
+    # ------------------------------------------------------------------ partitions
+    def _on_assign(self, _consumer: Any, assigned: list[Any]) -> None:
+        partitions = {tp.partition for tp in assigned}
+        kept = partitions & self._revoked  # given straight back: nobody else wrote them meanwhile
+        self._forget(self._revoked - partitions)
+        self._revoked = set()
+        new = partitions - kept - self.processor.loaded
+        if not new:
+            return
+        started = time.monotonic()
+        self._restore(new)
+        self.processor.load(sorted(new), self._waiting(new))
+        out = self.processor.take()  # the announcements
+        self._send_events(out.events)
+        took = time.monotonic() - started
+        self.restore_seconds.append(took)
+        log.info("partitions %s restored and announced in %.2f s", sorted(new), took)
+
+    def _on_revoke(self, _consumer: Any, revoked: list[Any]) -> None:
+        # Between batches: everything handled is delivered and committed.
+        self._revoked |= {tp.partition for tp in revoked} & self.processor.loaded
+
+    def _on_lost(self, _consumer: Any, lost: list[Any]) -> None:
+        # Another worker may have them already: what is kept here may be behind.
+        self._forget({tp.partition for tp in lost} & self.processor.loaded)
+
+    def _forget(self, partitions: set[int]) -> None:
+        if partitions:
+            self.processor.drop(partitions)
+            for partition in partitions:
+                self.store.leave(partition)
+            self.alert_path.retain(self.processor.loaded)
+
+    def _waiting(self, partitions: set[int]) -> dict[int, set[str]]:
+        """Per partition, the clock inputs with records beyond the group's committed offset (asked
+        through the restoring client, which shares the group id but never joins it)."""
+        sources = {self.names.measurements: "measurements", self.names.status: "status"}
+        tps = [rk.TopicPartition(topic, p) for topic in sources for p in partitions]
+        out: dict[int, set[str]] = {}
+        try:
+            committed = self.restorer.committed(tps, timeout=10.0)
+            for tp in committed:
+                low, high = self.restorer.get_watermark_offsets(tp, timeout=10.0)
+                if max(tp.offset, low) < high:
+                    out.setdefault(tp.partition, set()).add(sources[tp.topic])
+        except rk.KafkaException as exc:  # the clock then starts as if nothing waited
+            log.warning("could not learn which inputs have records waiting (%s)", exc)
+        return out
+
+    def _restore(self, partitions: set[int]) -> None:
+        """Bring the store level with the changelog, from each partition's checkpoint to its end."""
+        starts: dict[int, int] = {}
+        for partition in partitions:
+            low, high = self.restorer.get_watermark_offsets(
+                rk.TopicPartition(self.changelog, partition), timeout=10.0
+            )
+            start = self.store.checkpoint(partition)
+            if start > high:  # the changelog was recreated: what the store holds is not its state
+                self.store.reset(partition)
+                start = 0
+            if max(start, low) < high:
+                starts[partition] = max(start, low)
+        if not starts:
+            return
+        self.restorer.assign([rk.TopicPartition(self.changelog, p, o) for p, o in starts.items()])
+        todo = set(starts)
+        try:
+            while todo:
+                puts: dict[int, dict[bytes, bytes | None]] = {}
+                checkpoints: dict[int, int] = {}
+                for message in self.restorer.consume(10_000, 0.5):
+                    p, offset = message.partition(), message.offset()
+                    assert p is not None
+                    assert offset is not None
+                    if rk.raise_for(message) is None:  # the partition's end: restored
+                        todo.discard(p)
+                        continue
+                    key = message.key()
+                    if key is not None:
+                        puts.setdefault(p, {})[key] = message.value()
+                    checkpoints[p] = offset + 1
+                self.store.write(puts, checkpoints)
+        finally:
+            self.restorer.unassign()
+
+    def _close(self) -> None:
+        try:
+            self._flush()
+            self.consumer.close()  # a static member stays in the group until its session times out
+            self.restorer.close()
+        finally:
+            self.store.close()
