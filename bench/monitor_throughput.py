@@ -46,9 +46,6 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from kafka.consumer.group import KafkaConsumer
-from kafka.producer.kafka import KafkaProducer
-from kafka.structs import TopicPartition
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "infra")]
@@ -67,6 +64,7 @@ from contracts import (  # noqa: E402
     topics,
 )
 from contracts.settings import KafkaSettings  # noqa: E402
+from runtime import kafka as rk  # noqa: E402
 from streams.monitor.engine import (  # noqa: E402
     Engine,
     MetricRecord,
@@ -197,11 +195,28 @@ class Worker:
         return self.process.communicate(timeout=60)[1]
 
 
-def producer(admin: KafkaSettings) -> KafkaProducer:
-    """Settings as the bridge produces with: acks=all, lz4, 5 ms linger."""
-    return KafkaProducer(
-        **admin.client_config(), acks="all", compression_type="lz4", linger_ms=5, batch_size=256 * 1024
-    )
+class _Feed:
+    """A producer with the settings the bridge produces with: acks=all, lz4, 5 ms linger."""
+
+    def __init__(self, admin: KafkaSettings) -> None:
+        self._producer = rk.producer(
+            admin, client_id="bench-monitor", **{"compression.type": "lz4", "batch.size": 256 * 1024}
+        )
+
+    def send(self, topic: str, *, key: bytes, value: bytes) -> None:
+        rk.produce_waiting(self._producer, topic, key=key, value=value)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        left = self._producer.flush(timeout)
+        if left:
+            raise RuntimeError(f"Kafka did not acknowledge {left} records within {timeout:.0f} s")
+
+    def close(self) -> None:
+        self.flush()
+
+
+def producer(admin: KafkaSettings) -> _Feed:
+    return _Feed(admin)
 
 
 def produce_all(
@@ -212,7 +227,7 @@ def produce_all(
         p.send(topics.careplan_topic(prefix), key=patient.encode(), value=_encode(plan))
     for key, raw in zip(keys, records, strict=True):
         p.send(topics.measurement_topic(prefix), key=key, value=raw)
-    p.flush(timeout=300)
+    p.flush(300.0)
     p.close()
 
 
@@ -301,11 +316,16 @@ def _paced(rate: float, seconds: float) -> Iterator[int]:
 
 
 def _alert_events(admin: KafkaSettings, topic: str) -> list[tuple[int, AlertEvent]]:
-    consumer = KafkaConsumer(**admin.client_config(), enable_auto_commit=False, consumer_timeout_ms=3000)
-    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    out = [(message.timestamp, _decode_alert(message.value)) for message in consumer]
+    consumer = rk.consumer(admin, group_id="bench-monitor-read", client_id="bench-monitor-read")
+    count = rk.topic_partitions(consumer, [topic]).get(topic, 0)
+    consumer.assign([rk.TopicPartition(topic, p, rk.OFFSET_BEGINNING) for p in range(count)])
+    out: list[tuple[int, AlertEvent]] = []
+    idle_since = time.monotonic()
+    while time.monotonic() - idle_since < 3.0:  # until nothing new for 3 s
+        for message in consumer.consume(1000, 0.5):
+            if rk.raise_for(message) is not None:
+                out.append((message.timestamp()[1], _decode_alert(message.value() or b"")))
+                idle_since = time.monotonic()
     consumer.close()
     return out
 

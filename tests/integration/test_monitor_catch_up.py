@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-from kafka import KafkaProducer
 
 from contracts import KitStatusEvent, Metric, topics
+from runtime import kafka as rk
 from tests.conftest import Stack
 from tests.integration.archive_support import make_measurement
 from tests.integration.monitor_support import MonitorProcess, alert_events
@@ -28,27 +28,26 @@ FILLER = 400  # readings of other patients waiting before the red one
 def _backlog(stack: Stack, prefix: str) -> None:
     """On partition 0: a kit-status heartbeat three days on, and readings of the first seven hours,
     the last of them patient C's SpO2 85 %."""
-    producer = KafkaProducer(**stack.kafka().client_config(), acks="all", linger_ms=5)
-    try:
-        status = KitStatusEvent(
-            kit_id="D-1-K", patient_id="D-1", state="heartbeat", at=T0 + timedelta(days=3), received_at=T0
-        )
-        producer.send(
-            topics.kit_status_topic(prefix), key=b"D-1", value=msgspec.json.encode(status), partition=0
-        )
-        for i in range(FILLER):
-            key, value, _m = make_measurement(
-                patient=f"F-{i % 40}", kit=f"FK-{i % 40}", metric=Metric.PULSE, reported=70.0,
-                at=T0 + timedelta(minutes=i),
-            )  # fmt: skip
-            producer.send(topics.measurement_topic(prefix), key=key.encode(), value=value, partition=0)
+    producer = rk.producer(stack.kafka(), client_id="test-backlog")
+    status = KitStatusEvent(
+        kit_id="D-1-K", patient_id="D-1", state="heartbeat", at=T0 + timedelta(days=3), received_at=T0
+    )
+    producer.produce(
+        topics.kit_status_topic(prefix), key=b"D-1", value=msgspec.json.encode(status), partition=0
+    )
+    for i in range(FILLER):
         key, value, _m = make_measurement(
-            patient="C-1", kit="CK-1", metric=Metric.SPO2, reported=85.0, at=T0 + timedelta(hours=7)
+            patient=f"F-{i % 40}", kit=f"FK-{i % 40}", metric=Metric.PULSE, reported=70.0,
+            at=T0 + timedelta(minutes=i),
+        )  # fmt: skip
+        rk.produce_waiting(
+            producer, topics.measurement_topic(prefix), key=key.encode(), value=value, partition=0
         )
-        producer.send(topics.measurement_topic(prefix), key=key.encode(), value=value, partition=0)
-        producer.flush(timeout=60)
-    finally:
-        producer.close()
+    key, value, _m = make_measurement(
+        patient="C-1", kit="CK-1", metric=Metric.SPO2, reported=85.0, at=T0 + timedelta(hours=7)
+    )
+    producer.produce(topics.measurement_topic(prefix), key=key.encode(), value=value, partition=0)
+    assert producer.flush(60) == 0, "Kafka did not take the backlog within 60 s"
 
 
 def test_a_red_reading_in_a_backlog_stays_red_while_kit_status_runs_ahead(

@@ -19,15 +19,16 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from kafka import KafkaConsumer, TopicPartition
 
 from contracts import CarePlan, Condition, ExpectedMeasurement, ScheduleWindow, Spo2Scale, topics
+from runtime import kafka as rk
 from streams.monitor.catalogue import RULES
 from tests.conftest import REPO, Stack
 from tests.integration.bridge_support import BridgeProcess, register, sim_credentials
@@ -91,10 +92,10 @@ def _sim(bridge: BridgeProcess, stack: Stack, out: Path, *, dry: bool) -> subpro
 
 
 def _records(stack: Stack, topic: str) -> int:
-    consumer = KafkaConsumer(**stack.kafka().client_config())
+    consumer = rk.consumer(stack.kafka(), group_id=f"test-count-{uuid.uuid4().hex}", client_id="test-count")
     try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        return sum(consumer.end_offsets(parts).values())
+        count = rk.topic_partitions(consumer, [topic]).get(topic, 0)
+        return sum(rk.end_offsets(consumer, [(topic, p) for p in range(count)]).values())
     finally:
         consumer.close()
 
