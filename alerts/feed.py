@@ -124,7 +124,11 @@ class AlertFeed:
             linger_s=0.0,  # apply what came at once: an alert's delay is the nurse's
             retry_max_s=30.0,
             metrics=LoopMetrics(commit_errors=self.metrics.commit_errors, retries=self.metrics.db_errors),
-            consumer_config={"session.timeout.ms": session_ms, "heartbeat.interval.ms": session_ms // 3},
+            # 1 s heartbeats: each of a cooperative rebalance's two rounds waits for one (see the archive)
+            consumer_config={
+                "session.timeout.ms": session_ms,
+                "heartbeat.interval.ms": min(1000, session_ms // 3),
+            },
         )
         self.alert_path = AlertPathAge(max_age_s=settings.alert_path_max_age_s, what="alert event")
         self._set_aside: list[float] = []  # when alert events were quarantined (the last hour's)
