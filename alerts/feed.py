@@ -200,6 +200,13 @@ class AlertFeed:
                 f"{len(recent)} alert event(s) could not be stored and were set aside in the last hour: "
                 "an alert may be missing from the queue (an administrator sees them under Quarantine)",
             ]
+        away = self.loop.away_since
+        if away is not None:
+            report["delays"] = [
+                *report["delays"],
+                f"the alert store's database has been away for {time.monotonic() - away:.0f} s: new alert "
+                "events wait in Kafka and reach the queue when it is back",
+            ]
         report["status"] = health_status(report)
         return report
 

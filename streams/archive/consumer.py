@@ -1,14 +1,15 @@
 """The archive loop: Kafka measurements and rejections -> PostgreSQL, offsets committed after the database.
 
-Why a plain kafka-python consumer group and not a faust agent: the archive's unit of work is a
-batch written in one database transaction, and its offsets must be committed exactly when that
-transaction has committed. Faust acknowledges events one by one and commits offsets on its own
-timer, which would have to be worked around; it adds nothing the archive needs (no table state, no
-windows). A consumer group gives the same scaling (one partition to one process) with the commit
-under our control.
+Why a plain consumer group (confluent-kafka, through `runtime.loop`) and not a faust agent: the
+archive's unit of work is a batch written in one database transaction, and its offsets must be
+committed exactly when that transaction has committed. Faust acknowledges events one by one and
+commits offsets on its own timer, which would have to be worked around; it adds nothing the
+archive needs (no table state, no windows). A consumer group gives the same scaling (one
+partition to one process) with the commit under our control.
 
-    poll -> decode into rows (buffer) -> batch full or old enough -> Store.write (COPY + merge,
-    one transaction) -> commit the offsets of exactly those records
+    poll a batch (VAKTROM_ARCHIVE_BATCH_ROWS, or what came within VAKTROM_ARCHIVE_BATCH_MS of its
+    first record) -> decode into rows -> Store.write (COPY + merge, one transaction) -> commit the
+    offsets of exactly those records
 
 The loop itself (poll, commit after the database, rewind while the database is away, rebalance)
 is `runtime.loop.ConsumerLoop`, shared with the alert feed; this module is the archive's part:
