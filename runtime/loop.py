@@ -228,6 +228,12 @@ class ConsumerLoop:
             self._close(consumer)
 
     def _close(self, consumer: rk.Consumer) -> None:
+        if self._away is not None:
+            log.warning(
+                "%s: stopping while the database is away; the records not stored stay in Kafka and are "
+                "stored after the next start",
+                self.name,
+            )
         try:
             consumer.close()  # leaves the group; the revoke callback commits what a failed commit left
         except (rk.KafkaException, RuntimeError) as exc:

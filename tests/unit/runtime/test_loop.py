@@ -7,6 +7,7 @@ tests/integration/test_consumer_loop.py.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -108,14 +109,17 @@ def make_loop(consumer: FakeConsumer, apply: Any, max_records: int) -> ConsumerL
     return loop
 
 
-def drive(loop: ConsumerLoop, consumer: FakeConsumer, steps: int = 10_000) -> None:
-    """Run the loop's iterations until every record is committed (or `steps` run out)."""
-    for _ in range(steps):
+def drive(loop: ConsumerLoop, consumer: FakeConsumer, *, timeout: float = 5.0) -> None:
+    """Run the loop's iterations until every record it holds is committed and the database is back
+    (or `timeout` passes: the back-off waits are real, if short)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         if loop.away_since is not None:
             loop._wait_while_away(consumer)  # type: ignore[arg-type]
         else:
             loop._step(consumer)  # type: ignore[arg-type]
-        if consumer.committed == dict(enumerate(consumer.sizes)) and loop.away_since is None:
+        mine = {p: n for p, n in enumerate(consumer.sizes) if (TOPIC, p) in loop.assigned}
+        if {p: consumer.committed.get(p, 0) for p in mine} == mine and loop.away_since is None:
             return
 
 
@@ -185,7 +189,7 @@ def test_a_revoked_partition_is_not_committed_nor_rewound_by_its_old_owner() -> 
     loop._step(consumer)  # type: ignore[arg-type]
     loop._on_revoke(consumer, [rk.TopicPartition(TOPIC, 1)])  # type: ignore[arg-type]
     fail[0] = False
-    drive(loop, consumer, steps=50)
+    drive(loop, consumer)
     assert consumer.committed == {0: 3}
     assert loop.assigned == frozenset({(TOPIC, 0)})
 
