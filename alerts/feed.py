@@ -69,6 +69,11 @@ class FeedMetrics:
             "offset commits that failed (the events are read again)",
             registry=r,
         )
+        self.consumer_restarts = Counter(
+            "vaktrom_alerts_consumer_restarts",
+            "Kafka consumers replaced after a fatal client error",
+            registry=r,
+        )
         self.escalations = Counter(
             "vaktrom_alerts_escalations", "escalation steps taken, by step", ["step"], registry=r
         )
@@ -123,7 +128,11 @@ class AlertFeed:
             max_records=2000,
             linger_s=0.0,  # apply what came at once: an alert's delay is the nurse's
             retry_max_s=30.0,
-            metrics=LoopMetrics(commit_errors=self.metrics.commit_errors, retries=self.metrics.db_errors),
+            metrics=LoopMetrics(
+                commit_errors=self.metrics.commit_errors,
+                retries=self.metrics.db_errors,
+                restarts=self.metrics.consumer_restarts,
+            ),
             # 1 s heartbeats: each of a cooperative rebalance's two rounds waits for one (see the archive)
             consumer_config={
                 "session.timeout.ms": session_ms,

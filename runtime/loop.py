@@ -28,8 +28,8 @@ kept getting FENCED_LEADER_EPOCH on stale metadata after a broker crash (KIP-320
 joins, heartbeats and fetches on its own threads whatever the poll timeout, and validates a
 position after a leader change by refreshing metadata itself; a member that exceeds the poll
 interval rejoins at its next poll. Its only unrecoverable state is a fatal error (a static member
-fenced by another process with the same instance id); the loop then stops with a StageError, and
-the supervisor starts the process again.
+fenced, by another process with the same instance id or, seen after a broker crash, by its own
+rejoin); the loop then replaces the consumer, and stops with a StageError if that keeps happening.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ _COMMIT_TIMEOUT_NOTE = "the records will be read again"
 _IDLE_POLL_S = 0.5  # longest a poll waits for a first record; bounds how late a stop is seen
 _LINGER_SLICE_S = 0.1  # a lingering poll looks at `stop` this often
 _LOOK_EVERY_S = 0.2  # how fresh the ends and lag that /health and the metrics show are
+_FATAL_WINDOW_S, _FATAL_LIMIT = 300.0, 3  # more fatal errors than this in the window: stop
 _PROBE_S = 5.0  # after a rewind, how long to wait for the records read again before calling it done
 _encode = msgspec.json.Encoder().encode
 
@@ -87,6 +88,7 @@ class LoopMetrics:
     retries: Counter | None = None  # batches not applied (database or quarantine away), read again
     database_up: Gauge | None = None
     partitions: Gauge | None = None
+    restarts: Counter | None = None  # consumers replaced after a fatal client error
 
 
 def batch_starts(records: Sequence[Record]) -> dict[tuple[str, int], int]:
@@ -165,6 +167,7 @@ class ConsumerLoop:
         self._ends: dict[tuple[str, int], int] = {}
         self._lag = 0
         self._looked = 0.0
+        self._fatal: list[float] = []  # when the client last failed fatally (monotonic)
 
     # ------------------------------------------------------------ start and stop
     @property
@@ -176,7 +179,7 @@ class ConsumerLoop:
         """When (monotonic) the database went away, or None while batches are applied."""
         return None if self._away is None else self._away.since
 
-    def open(self, *, timeout_s: float) -> None:
+    def open(self, *, timeout_s: float) -> rk.Consumer:
         """Reach Kafka (waiting up to `timeout_s`), check the topics exist and join the group."""
         consumer = rk.consumer(
             self._kafka, group_id=self._group_id, client_id=self._client_id, **self._config
@@ -205,6 +208,7 @@ class ConsumerLoop:
             )
         consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         self._consumer = consumer
+        return consumer
 
     def stop(self) -> None:
         """Ask `run` to finish the batch in hand, commit, and leave the group (safe from a signal handler)."""
@@ -217,15 +221,53 @@ class ConsumerLoop:
             raise RuntimeError("open() the loop before run()")
         try:
             while not self._stop.is_set():
-                if self._away is not None:
-                    self._wait_while_away(consumer)
-                else:
-                    self._step(consumer)
+                try:
+                    if self._away is not None:
+                        self._wait_while_away(consumer)
+                    else:
+                        self._step(consumer)
+                except _FatalClientError as exc:
+                    consumer = self._reconnect(consumer, str(exc))
                 self._look(consumer)
                 if every is not None:
                     every()
         finally:
             self._close(consumer)
+
+    def _reconnect(self, consumer: rk.Consumer, why: str) -> rk.Consumer:
+        """Replace a consumer librdkafka gave up on with a new one, which goes on from the committed
+        offsets (the records of the batch in hand are read again; applying is idempotent).
+
+        Seen after a broker SIGKILL (crash matrix, kafka-kill): the archive's static member was
+        fenced by its own rejoin ("Static consumer fenced by other consumer with same
+        group.instance.id"), a fatal error after which the client reads nothing. A member fenced
+        again and again within minutes has a twin with its instance id: that stops the process."""
+        now = time.monotonic()
+        self._fatal = [t for t in self._fatal if now - t < _FATAL_WINDOW_S] + [now]
+        if len(self._fatal) > _FATAL_LIMIT:
+            raise LoopError(
+                f"{self.name}: the Kafka client failed {len(self._fatal)} times in "
+                f"{_FATAL_WINDOW_S:.0f} s ({why}); if another process uses the same instance id, "
+                "give each its own",
+                retriable=True,
+            )
+        if self._metrics.restarts is not None:
+            self._metrics.restarts.inc()
+        log.warning(
+            "%s: the Kafka client cannot go on (%s); opening a new consumer, which goes on from the "
+            "committed offsets",
+            self.name, why,
+        )  # fmt: skip
+        try:
+            consumer.close()
+        except (rk.KafkaException, RuntimeError) as exc:
+            log.info("%s: closing the failed consumer said: %s", self.name, exc)
+        self.assigned, self._consumer = frozenset(), None
+        self._uncommitted.clear()  # the new member reads them again from the committed offsets
+        if self._away is not None:
+            self._away.rewind.clear()
+            self._away.probing = True
+        return self.open(timeout_s=120)
 
     def _close(self, consumer: rk.Consumer) -> None:
         if self._away is not None:
@@ -270,12 +312,8 @@ class ConsumerLoop:
     def _record(self, message: rk.Message) -> Record | None:
         error = message.error()
         if error is not None:
-            if error.fatal():
-                raise LoopError(
-                    f"{self.name}: the Kafka client cannot go on ({error.str()}); if another process "
-                    "uses the same instance id, give each its own",
-                    retriable=True,
-                )
+            if error.fatal() or error.code() == rk.KafkaError._FATAL:
+                raise _FatalClientError(error.str())
             if error.code() != rk.KafkaError._PARTITION_EOF:
                 log.warning("%s: Kafka reports %s; the client retries by itself", self.name, error.str())
             return None
@@ -489,6 +527,10 @@ class ConsumerLoop:
     def lag(self) -> int:
         """Records on the assigned partitions not yet read, as of the loop's last look."""
         return self._lag
+
+
+class _FatalClientError(Exception):
+    """librdkafka reported a fatal error: this consumer reads nothing more."""
 
 
 class _QuarantineAwayError(Exception):

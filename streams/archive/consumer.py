@@ -82,6 +82,7 @@ class Archive:
                 commit_errors=self.metrics.commit_errors,
                 database_up=self.metrics.database_up,
                 partitions=self.metrics.partitions,
+                restarts=self.metrics.consumer_restarts,
             ),
             consumer_config={
                 "session.timeout.ms": session_ms,

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from contracts import Quarantined
 from contracts.settings import KafkaSettings
 from runtime import kafka as rk
-from runtime.loop import ConsumerLoop, LoopError, Record, batch_ends, batch_starts
+from runtime.loop import ConsumerLoop, Record, _FatalClientError, batch_ends, batch_starts
 
 TOPIC = "t"
 
@@ -205,24 +205,23 @@ def test_a_batch_starts_at_its_first_record_and_commits_past_its_last(pairs: lis
         assert (start, ends[(TOPIC, p)]) == (min(offsets), max(offsets) + 1)
 
 
-def test_a_fatal_client_error_stops_the_loop_with_a_stage_error() -> None:
-    """A fatal error (a static member fenced by another with its instance id) is not skipped."""
+def test_a_fatal_client_error_is_not_skipped_as_a_notice() -> None:
+    """A fatal error (a fenced static member) is raised for `run` to replace the consumer."""
 
     class Fatal:
         def fatal(self) -> bool:
-            return True
+            return False  # librdkafka's _FATAL event carries the code, not always the flag
 
         def str(self) -> str:
-            return "fenced"
+            return "Fatal error: Broker: Static consumer fenced"
 
         def code(self) -> int:
-            return -150
+            return rk.KafkaError._FATAL
 
     class FatalMessage(FakeMessage):
         def error(self) -> Any:  # type: ignore[override]
             return Fatal()
 
     loop = make_loop(FakeConsumer([0]), lambda records: [], max_records=1)
-    with pytest.raises(LoopError) as info:
+    with pytest.raises(_FatalClientError):
         loop._record(FatalMessage(0, 0, b""))  # type: ignore[arg-type]
-    assert info.value.retriable
