@@ -1,12 +1,13 @@
 """The alert-store feed: alert events from Kafka into PostgreSQL, each version applied once.
 
-A kafka-python consumer group reads `vaktrom.alerts.v1`; every poll's events are applied in one
-database transaction (`alerts.store.apply_events`) and the Kafka offsets are committed after the
-database commit. A crash between the two replays the batch, which the store recognises by
-(episode id, version), so the effect is exactly once. If the database is away, the feed rewinds
-to the last committed offsets and tries again with back-off; it never skips an event for that.
-An event that does not decode, or that the store refuses as data, is quarantined
-(`alerts.quarantine`) and skipped: one bad event never stops the feed.
+The shared consumer loop (`runtime.loop.ConsumerLoop`) reads `vaktrom.alerts.v1`; every poll's
+events are applied in one database transaction (`alerts.store.apply_events`) and the Kafka offsets
+are committed after the database commit. A crash between the two replays the batch, which the
+store recognises by (episode id, version), so the effect is exactly once. If the database is away,
+the loop rewinds to the batch's first offsets and tries again with back-off; it never skips an
+event for that. An event that does not decode, or that the store refuses as data, is returned to
+the loop set aside (`alerts.quarantine`), published to the quarantine topic and skipped: one bad
+event never stops the feed.
 """
 
 from __future__ import annotations
@@ -20,21 +21,18 @@ from typing import Any
 
 import msgspec
 import psycopg
-from kafka.consumer.group import KafkaConsumer
-from kafka.errors import KafkaError
-from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from alerts.accounts import purge
 from alerts.escalation import escalate_due
-from alerts.quarantine import STAGE, Quarantine, QuarantineUnavailableError, apply_each, fault, set_aside
+from alerts.quarantine import STAGE, apply_each, fault, set_aside
 from alerts.settings import AlertsSettings
 from alerts.store import Applied, apply_events
 from contracts import AlertEvent, DatabaseFault, Quarantined, QuarantineReason, topics
-from contracts.consumer_watch import StallWatch, poll_timeout_ms
 from contracts.ops import LATENCY_BUCKETS, AlertPathAge, OpsServer, health_status, serve
 from contracts.settings import DatabaseSettings, KafkaSettings
 from contracts.stage import StageError
+from runtime.loop import ConsumerLoop, LoopError, LoopMetrics, Record
 
 __all__ = ["AlertFeed", "AlertFeedError"]
 
@@ -73,7 +71,7 @@ class FeedMetrics:
         )
         self.consumer_restarts = Counter(
             "vaktrom_alerts_consumer_restarts",
-            "Kafka consumers replaced because they stopped fetching with events waiting",
+            "Kafka consumers replaced after a fatal client error",
             registry=r,
         )
         self.escalations = Counter(
@@ -114,11 +112,33 @@ class AlertFeed:
         self._kafka, self._database, self._settings = kafka, database, settings
         self._health = health
         self._stopping = threading.Event()
-        self._consumer: KafkaConsumer | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self._ops: OpsServer | None = None
         self.metrics = FeedMetrics()
-        self._quarantine = Quarantine(kafka=kafka, topic=topics.quarantine_topic(kafka.topic_prefix))
+        session_ms = int(settings.session_timeout_s * 1000)
+        self.loop = ConsumerLoop(
+            name="alert feed",
+            kafka=kafka,
+            topics=[topics.alert_topic(kafka.topic_prefix)],
+            group_id=settings.group_id,
+            client_id="vaktrom-alerts-feed",
+            apply=self._apply,
+            retry_on=(psycopg.OperationalError,),
+            quarantine_topic=topics.quarantine_topic(kafka.topic_prefix),
+            max_records=2000,
+            linger_s=0.0,  # apply what came at once: an alert's delay is the nurse's
+            retry_max_s=30.0,
+            metrics=LoopMetrics(
+                commit_errors=self.metrics.commit_errors,
+                retries=self.metrics.db_errors,
+                restarts=self.metrics.consumer_restarts,
+            ),
+            # 1 s heartbeats: each of a cooperative rebalance's two rounds waits for one (see the archive)
+            consumer_config={
+                "session.timeout.ms": session_ms,
+                "heartbeat.interval.ms": min(1000, session_ms // 3),
+            },
+        )
         self.alert_path = AlertPathAge(max_age_s=settings.alert_path_max_age_s, what="alert event")
         self._set_aside: list[float] = []  # when alert events were quarantined (the last hour's)
 
@@ -134,7 +154,10 @@ class AlertFeed:
             ) from None
         except psycopg.OperationalError as exc:
             raise AlertFeedError(f"cannot reach the database: {exc}".strip(), retriable=True) from None
-        self._consumer = self._new_consumer()
+        try:
+            self.loop.open(timeout_s=30.0)
+        except LoopError as exc:
+            raise AlertFeedError(str(exc), retriable=exc.retriable) from None
         self._ops = serve(
             host=self._settings.metrics_host,
             port=self._settings.metrics_port,
@@ -148,100 +171,26 @@ class AlertFeed:
             topics.alert_topic(self._kafka.topic_prefix),
         )
 
-    def _new_consumer(self) -> KafkaConsumer:
-        try:
-            return KafkaConsumer(
-                topics.alert_topic(self._kafka.topic_prefix),
-                **self._kafka.client_config(),
-                group_id=self._settings.group_id,
-                client_id="vaktrom-alerts-feed",
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                session_timeout_ms=int(self._settings.session_timeout_s * 1000),
-                heartbeat_interval_ms=int(self._settings.session_timeout_s * 1000 / 3),
-            )
-        except KafkaError as exc:
-            raise AlertFeedError(
-                f"cannot reach Kafka at {self._kafka.bootstrap}: {exc}", retriable=True
-            ) from None
-
-    def _reconnect(self, consumer: KafkaConsumer, stalled_s: float) -> KafkaConsumer:
-        """Replace a consumer that stopped fetching with events waiting (see StallWatch)."""
-        self.metrics.consumer_restarts.inc()
-        log.warning(
-            "alert feed: events are waiting in Kafka but none came for %.0f s (seen after a broker crash, "
-            "or when the consumer fell out of its group); "
-            "opening a new consumer, which goes on from the committed offsets",
-            stalled_s,
-        )
-        try:
-            consumer.close(autocommit=False)
-        except KafkaError as exc:
-            log.warning("alert feed: closing the stalled consumer failed (%s)", exc)
-        while not self._stopping.is_set():
-            try:
-                self._consumer = self._new_consumer()
-                return self._consumer
-            except AlertFeedError as exc:
-                log.warning("%s; trying again", exc)
-                self._stopping.wait(2.0)
-        return consumer
-
     def run(self) -> None:
-        consumer, backoff = self._consumer, 0.5
-        assert consumer is not None
         escalator = threading.Thread(target=self._escalate, name="escalation", daemon=True)
         escalator.start()
-        watch = StallWatch(away=(KafkaError,), partition=TopicPartition)
         try:
-            while not self._stopping.is_set():
-                wait_ms = poll_timeout_ms(consumer, self._settings.batch_ms)
-                batch = consumer.poll(timeout_ms=wait_ms, max_records=2000)
-                records = [r for rs in batch.values() for r in rs]
-                if not records:
-                    if watch.stalled(consumer):
-                        consumer = self._reconnect(consumer, watch.stall_s)
-                        watch.progressed()
-                    continue
-                watch.progressed()
-                try:
-                    self._apply(records)
-                    self._commit(consumer)
-                    backoff = 0.5
-                except (psycopg.OperationalError, QuarantineUnavailableError) as exc:
-                    self.metrics.db_errors.inc()
-                    log.warning(
-                        "database refused a batch (%s); retrying in %.1f s from the last commit", exc, backoff
-                    )
-                    _discard(self._conn)
-                    self._conn = None
-                    self._rewind(consumer)
-                    self._stopping.wait(backoff)
-                    backoff = min(backoff * 2, 30.0)
+            self.loop.run()
         finally:
+            self._stopping.set()
             escalator.join(timeout=10)
-            self._quarantine.close()
-            consumer.close()
             if self._conn is not None:
                 self._conn.close()
             if self._ops is not None:
                 self._ops.stop()
 
-    def _commit(self, consumer: KafkaConsumer) -> None:
-        try:
-            consumer.commit()
-        except KafkaError as exc:
-            # Applied already; after a rebalance or a broker restart these events are read again and
-            # change nothing (they are applied by episode and version).
-            self.metrics.commit_errors.inc()
-            log.warning("alert feed: committing offsets failed (%s); the events will be read again", exc)
-
     def stop(self) -> None:
         self._stopping.set()
+        self.loop.stop()
 
     def health(self) -> dict[str, Any]:
         """The feed's state, and the rest of the service's (`health` given at construction)."""
-        report: dict[str, Any] = {"ok": self._consumer is not None and not self._stopping.is_set()}
+        report: dict[str, Any] = {"ok": self.loop.running and not self._stopping.is_set()}
         problems = [] if report["ok"] else ["the alert feed is not consuming (starting or stopping)"]
         if self._health is not None:
             other = self._health()
@@ -260,20 +209,23 @@ class AlertFeed:
                 f"{len(recent)} alert event(s) could not be stored and were set aside in the last hour: "
                 "an alert may be missing from the queue (an administrator sees them under Quarantine)",
             ]
+        away = self.loop.away_since
+        if away is not None:
+            report["delays"] = [
+                *report["delays"],
+                f"the alert store's database has been away for {time.monotonic() - away:.0f} s: new alert "
+                "events wait in Kafka and reach the queue when it is back",
+            ]
         report["status"] = health_status(report)
         return report
 
     def _alert_path_report(self) -> dict[str, Any]:
         """How old the oldest alert event not yet in the store is (events beyond the last applied)."""
-        consumer, now = self._consumer, time.time()
-        if consumer is not None:
-            try:  # kafka-python keeps the end offsets its fetches saw; reading them is a dict lookup
-                mine = {tp.partition: consumer.highwater(tp) for tp in consumer.assignment()}
-            except (KafkaError, AssertionError, KeyError):
-                mine = {}
-            self.alert_path.retain(set(mine))
-            for partition, end in mine.items():
-                self.alert_path.ends(partition, end, now)
+        now = time.time()
+        mine = {partition: end for (_topic, partition), end in self.loop.ends().items()}  # no round trip
+        self.alert_path.retain(set(mine))
+        for partition, end in mine.items():
+            self.alert_path.ends(partition, end, now)
         return self.alert_path.report(now)
 
     def _escalate(self) -> None:
@@ -307,35 +259,47 @@ class AlertFeed:
         if conn is not None:
             conn.close()
 
-    def _apply(self, records: list[Any]) -> None:
-        events, sources, poison = [], [], []
+    def _apply(self, records: list[Record]) -> list[Quarantined]:
+        """Apply `records` in one transaction; returns those set aside (the loop publishes them before
+        it commits). psycopg.OperationalError: the database is away, the loop reads them again."""
+        events: list[AlertEvent] = []
+        sources: list[Record] = []
+        poison: list[Quarantined] = []
         for record in records:
             try:
+                if record.value is None:
+                    raise msgspec.DecodeError("the record has no value (a tombstone)")
                 events.append(_decode(record.value))
                 sources.append(record)
-            except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:  # TypeError: no value
+            except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
                 self.metrics.broken.inc()
                 why = f"does not match the alert contract ({str(exc)[:300]})"
                 poison.append(set_aside(record, QuarantineReason.UNDECODABLE, why))
-        conn = self._conn = _open(self._conn, self._database.url)
-        applied, refused = self._store(conn, events, sources)
-        self._quarantine.publish(poison + refused)  # before the offsets are committed: nothing is lost
+        try:
+            conn = self._conn = _open(self._conn, self._database.url)
+            applied, refused = self._store(conn, events, sources)
+        except psycopg.OperationalError:
+            _discard(self._conn)
+            self._conn = None
+            raise
         now = time.time()
         for q in poison + refused:
             self.metrics.quarantined.labels(q.reason.value).inc()
             self._set_aside.append(now)
         for record in records:
-            if record.timestamp_type == 1:  # LogAppendTime: the broker's clock
-                self.metrics.latency.observe(max(0.0, now - record.timestamp / 1000.0))
-            self.alert_path.done(record.partition, record.offset, record.timestamp / 1000.0)
+            stamp = (record.timestamp_ms or 0) / 1000.0
+            if record.log_append_time:  # the broker's clock
+                self.metrics.latency.observe(max(0.0, now - stamp))
+            self.alert_path.done(record.partition, record.offset, stamp)
         for event in events:
             if event.trace.kit_sent is not None:  # the kit's clock: skewed kits give odd values, kept as such
                 self.metrics.end_to_end.observe(max(0.0, now - event.trace.kit_sent.timestamp()))
         for outcome in ("inserted", "updated", "ignored", "closed"):
             self.metrics.applied.labels(outcome).inc(getattr(applied, outcome))
+        return poison + refused
 
     def _store(
-        self, conn: psycopg.Connection[Any], events: list[AlertEvent], sources: list[Any]
+        self, conn: psycopg.Connection[Any], events: list[AlertEvent], sources: list[Record]
     ) -> tuple[Applied, list[Quarantined]]:
         """Apply the batch in one transaction; if the store refuses an event as data, apply them one by
         one and return the refused ones set aside. Other database errors are raised (rewind, retry)."""
@@ -352,14 +316,6 @@ class AlertFeed:
                 raise
             log.error("alert feed: the store refused an event of a batch as data; applying them one by one")
         return apply_each(conn, events, sources)
-
-    def _rewind(self, consumer: KafkaConsumer) -> None:
-        for tp in consumer.assignment():
-            committed = consumer.committed(tp)
-            if committed is None:
-                consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, committed)
 
 
 def _open(conn: psycopg.Connection[Any] | None, url: str) -> psycopg.Connection[Any]:

@@ -6,7 +6,7 @@ store refuses as data (`contracts.database_fault`), is published to the quaranti
 table (migration 0008) and stores it there; the console reads the table here (`recent`).
 
     batch -> apply_events, one transaction -> refused as data? -> roll back, apply each event on
-    its own savepoint -> the refused ones -> Quarantine.publish -> (the feed commits the offsets)
+    its own savepoint -> the refused ones -> (runtime.loop publishes them, then commits the offsets)
 """
 
 from __future__ import annotations
@@ -17,19 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import msgspec
 import psycopg
-from kafka.errors import KafkaError
-from kafka.producer.kafka import KafkaProducer
 
 from alerts.store import Applied, apply_events
 from contracts import AlertEvent, DatabaseFault, Quarantined, QuarantineReason, database_fault, quarantined
-from contracts.settings import KafkaSettings
 
 __all__ = [
     "STAGE",
-    "Quarantine",
-    "QuarantineUnavailableError",
     "QuarantinedRecord",
     "apply_each",
     "fault",
@@ -39,12 +33,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STAGE = "alert-feed"
-_SEND_TIMEOUT_S = 15.0
-_encode = msgspec.json.Encoder().encode
-
-
-class QuarantineUnavailableError(Exception):
-    """The quarantine topic did not take a record (Kafka away): the batch is rewound and tried again."""
 
 
 def fault(exc: BaseException) -> DatabaseFault:
@@ -89,46 +77,6 @@ def apply_each(
             totals[outcome] += getattr(applied, outcome)
     conn.commit()
     return Applied(**totals), refused
-
-
-class Quarantine:
-    """Publishes set-aside records to the quarantine topic; its producer is made on first use."""
-
-    def __init__(self, *, kafka: KafkaSettings, topic: str) -> None:
-        self._kafka, self.topic = kafka, topic
-        self._producer: KafkaProducer | None = None
-
-    def publish(self, records: Sequence[Quarantined]) -> None:
-        """Send and wait until Kafka has every one; QuarantineUnavailableError if it does not."""
-        if not records:
-            return
-        try:
-            if self._producer is None:
-                self._producer = KafkaProducer(
-                    **self._kafka.client_config(),
-                    acks="all",
-                    client_id="vaktrom-alerts-quarantine",
-                    max_block_ms=int(_SEND_TIMEOUT_S * 1000),  # a missing topic: fail in 15 s, not 60
-                )
-            futures = [self._producer.send(self.topic, key=STAGE.encode(), value=_encode(r)) for r in records]
-            self._producer.flush(timeout=_SEND_TIMEOUT_S)
-            for future in futures:
-                future.get(timeout=_SEND_TIMEOUT_S)
-        except KafkaError as exc:
-            raise QuarantineUnavailableError(
-                f"the quarantine topic {self.topic} did not take {len(records)} record(s) ({exc})"
-            ) from None
-        for r in records:
-            log.error(
-                "alert feed: a record on %s[%d]@%d was quarantined (%s) and skipped; see the console's "
-                "Quarantine page",
-                r.source_topic, r.partition, r.offset, r.reason.value,
-            )  # fmt: skip
-
-    def close(self) -> None:
-        if self._producer is not None:
-            self._producer.close(timeout=5)
-            self._producer = None
 
 
 # ------------------------------------------------------------------ the console's read

@@ -1,6 +1,6 @@
 """The archive: every measurement and rejection from Kafka stored exactly once in PostgreSQL/TimescaleDB.
 
-    consumer.py   the loop (kafka-python consumer group; offsets committed after the database)
+    consumer.py   the archive on runtime.loop (offsets committed after the database)
     store.py      COPY into staging + merge by measurement id, one transaction per batch
     rows.py       records -> rows (pure)
     read.py       the read API the response centre uses (latest values, series, buckets, rejections)

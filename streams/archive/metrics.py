@@ -46,7 +46,7 @@ class ArchiveMetrics:
         )
         self.consumer_restarts = Counter(
             "vaktrom_archive_consumer_restarts",
-            "Kafka consumers replaced because they stopped fetching with records waiting",
+            "Kafka consumers replaced after a fatal client error (e.g. a fenced static member)",
             registry=r,
         )
         self.write_seconds = Histogram(
