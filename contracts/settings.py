@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import ssl
 import types
 import typing
 import zoneinfo
@@ -266,40 +265,6 @@ class KafkaSettings(Settings):
     @property
     def servers(self) -> list[str]:
         return [server.strip() for server in self.bootstrap.split(",")]
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """The TLS context for SASL_SSL (verifies the broker's certificate and name), else None."""
-        if self.security_protocol != "SASL_SSL":
-            return None
-        return ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
-
-    def client_config(self) -> dict[str, Any]:
-        """kafka-python keyword arguments (any client: producer, consumer, admin) for this connection.
-
-        The one place that turns the settings into a client's security configuration; faust's is
-        `sasl_credentials()`.
-        """
-        config: dict[str, Any] = {"bootstrap_servers": self.servers}
-        if self.security_protocol == "SASL_SSL":
-            config |= {
-                "security_protocol": "SASL_SSL",
-                "ssl_context": self.ssl_context(),
-                "sasl_mechanism": self.sasl_mechanism,
-                "sasl_plain_username": self.username,
-                "sasl_plain_password": self.password,
-            }
-        return config
-
-    def sasl_credentials(self) -> dict[str, Any] | None:
-        """Keyword arguments for faust's `SASLCredentials` (its `broker_credentials`), or None."""
-        if self.security_protocol != "SASL_SSL":
-            return None
-        return {
-            "username": self.username,
-            "password": self.password,
-            "mechanism": self.sasl_mechanism,
-            "ssl_context": self.ssl_context(),
-        }
 
     def as_principal(self, username: str, password: str) -> KafkaSettings:
         """The same connection signed in as another principal."""

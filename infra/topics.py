@@ -34,8 +34,8 @@ def admin_client(kafka: KafkaSettings, *, client_id: str = "vaktrom-topics") -> 
 
 def consumer_lag(kafka: KafkaSettings, groups: dict[str, str], *, timeout: float = 10.0) -> dict[str, int]:
     """Records each consumer group has not yet committed, summed over its topics' partitions: {label:
-    lag} for `groups` = {label: group id}. Left out: changelogs (written, not consumed) and the
-    monitor's own clock ticks (it feeds itself a few every second, so they are never all read)."""
+    lag} for `groups` = {label: group id}. Left out: changelogs (written, not consumed; the monitor
+    reads its state topic by assignment and never commits it, so it does not show here anyway)."""
     admin = admin_client(kafka, client_id="vaktrom-lag")
     # a consumer only to read the partitions' ends; it joins no group
     reader = rk.consumer(kafka, group_id="vaktrom-lag", client_id="vaktrom-lag")
@@ -47,7 +47,7 @@ def consumer_lag(kafka: KafkaSettings, groups: dict[str, str], *, timeout: float
             committed = {
                 (tp.topic, tp.partition): tp.offset
                 for tp in future.result().topic_partitions
-                if tp.offset >= 0 and not tp.topic.endswith(("-changelog", "-ticks"))
+                if tp.offset >= 0 and not tp.topic.endswith("-changelog")
             }
             ends = rk.end_offsets(reader, committed, timeout=timeout)
             out[label] = int(sum(max(0, ends[tp] - offset) for tp, offset in committed.items()))

@@ -60,6 +60,7 @@ __all__ = [
     "partition_of",
     "produce_waiting",
     "producer",
+    "producer_config",
     "raise_for",
     "topic_partitions",
 ]
@@ -95,17 +96,25 @@ def client_config(kafka: KafkaSettings, *, client_id: str) -> dict[str, Any]:
     return config
 
 
+def producer_config(kafka: KafkaSettings, *, client_id: str, **overrides: Any) -> dict[str, Any]:
+    """An idempotent acks=all producer's settings, with Kafka's murmur2 partitioner. `overrides`:
+    librdkafka settings with dots (`linger.ms`, `compression.type`, ...) passed as a dict's keys."""
+    return (
+        client_config(kafka, client_id=client_id)
+        | {
+            "acks": "all",
+            "enable.idempotence": True,
+            # The Java client's partitioner, so every writer puts a patient in the same partition.
+            "partitioner": "murmur2_random",
+            "linger.ms": 5,
+        }
+        | overrides
+    )
+
+
 def producer(kafka: KafkaSettings, *, client_id: str, **overrides: Any) -> Producer:
-    """An idempotent acks=all producer with Kafka's murmur2 partitioner. `overrides`: librdkafka
-    settings with dots (`linger.ms`, `compression.type`, ...) passed as a dict's keys."""
-    config = client_config(kafka, client_id=client_id) | {
-        "acks": "all",
-        "enable.idempotence": True,
-        # The Java client's partitioner, so every writer puts a patient in the same partition.
-        "partitioner": "murmur2_random",
-        "linger.ms": 5,
-    }
-    return Producer(config | overrides)
+    """A producer with `producer_config`'s settings."""
+    return Producer(producer_config(kafka, client_id=client_id, **overrides))
 
 
 def consumer(kafka: KafkaSettings, *, group_id: str, client_id: str, **overrides: Any) -> Consumer:

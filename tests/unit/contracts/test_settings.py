@@ -36,22 +36,6 @@ def test_bad_kafka_security_fails_at_start(variable: str, value: str) -> None:
         KafkaSettings.from_env({**_KAFKA_LOGIN, variable: value})
 
 
-def test_kafka_client_settings_sign_in_over_tls_and_never_show_the_password() -> None:
-    """One place turns the settings into kafka-python's and faust's: SCRAM over verified TLS."""
-    kafka = KafkaSettings.from_env({**_KAFKA_LOGIN, "VAKTROM_KAFKA_PASSWORD": "s3cret"})
-    config = kafka.client_config()
-    assert config["security_protocol"] == "SASL_SSL"
-    assert config["ssl_context"].check_hostname
-    assert (config["sasl_plain_username"], config["sasl_plain_password"]) == ("vaktrom-bridge", "s3cret")
-    faust = kafka.sasl_credentials()
-    assert faust is not None
-    assert faust["mechanism"] == "SCRAM-SHA-512"
-    assert dict(kafka.describe())["VAKTROM_KAFKA_PASSWORD"] == "***"  # noqa: S105 - the mask
-    plain = KafkaSettings.from_env({"VAKTROM_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"})
-    assert plain.client_config() == {"bootstrap_servers": ["127.0.0.1:19092"]}
-    assert plain.sasl_credentials() is None
-
-
 def test_values_are_converted_to_their_types() -> None:
     mqtt = MqttSettings.from_env({"VAKTROM_MQTT_PORT": "1883", "VAKTROM_MQTT_USERNAME": "bridge"})
     assert mqtt.port == 1883
