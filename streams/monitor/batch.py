@@ -184,8 +184,10 @@ def _decode_plan(raw: bytes) -> _Plan:
 class Processor:
     """The partitions a worker holds: their decoded state, event-time clocks and deadline heaps.
 
-    `ends(topic, partition)`: the offset the next record appended there will get, as the consumer
-    last heard (None: unknown); it tells the clocks whether an input still has records waiting.
+    `behind(topic, partition)`: whether that input still has records waiting that are neither
+    handled nor held by the worker's merge (`merge.py`); it holds the partition's clock at that
+    input's time. None (no merge, as in the unit tests): nothing waits, except the inputs `load`
+    is told of, until their first record.
     """
 
     def __init__(
@@ -195,11 +197,13 @@ class Processor:
         names: Names,
         store: Store,
         metrics: MonitorMetrics,
-        ends: Callable[[str, int], int | None] = lambda _topic, _partition: None,
+        behind: Callable[[str, int], bool] | None = None,
         cached: int = CACHED_KEYS,
     ) -> None:
         self.engine, self.names, self.store, self.metrics = engine, names, store, metrics
-        self.ends = ends
+        self.behind = behind
+        self._sources = {names.measurements: "measurements", names.status: "status"}
+        self._topics = {source: topic for topic, source in self._sources.items()}
         self.cache = _Cache(store, cached)
         self.clocks: dict[int, Clock] = {}
         self.heaps: dict[int, list[tuple[float, bytes]]] = {}
@@ -207,7 +211,6 @@ class Processor:
         self.retries = Retries(metrics.deadline_failures)
         self._out = Batch()
         self._touched: dict[bytes, int] = {}  # keys changed since the last `take`, with their partition
-        self._ends: dict[tuple[str, int], int | None] = {}  # per batch
         self._turn = 0
 
     # ------------------------------------------------------------------ partitions
@@ -218,9 +221,9 @@ class Processor:
         nothing would ever tell the nurse it was resolved.
 
         `waiting`: per partition, the clock inputs ("measurements", "status") with records waiting
-        beyond the committed offset. They hold the clock where the state ends until their first
-        record is read: else the first batch after a restart, holding the kit-status records and
-        none of the readings yet, moved the clock to the end of the backlog and fired every
+        beyond the committed offset. They hold the clock (at no time: nothing fires) until their
+        first record is read: else the first batch after a restart, holding the kit-status records
+        and none of the readings yet, moved the clock to the end of the backlog and fired every
         deadline on the way ("measurement missed" for windows whose readings were still waiting).
         """
         now = datetime.now(UTC)
@@ -250,7 +253,10 @@ class Processor:
             self.clocks[partition] = clock = Clock()
             clock.start(latest)  # else a partition that gets no record has no clock
             for source in sorted((waiting or {}).get(partition, ())):
-                clock.see(source, latest, behind=True)
+                # Its time is not known until its first record: the state's latest time may be a
+                # fast kit's, ahead of readings of other kits still waiting (held there, the first
+                # tick after the cohort test's restart found 80 kits "silent" whose readings waited).
+                clock.see(source, 0.0, behind=True)
             self.loaded.add(partition)
         self.metrics.deadlines.set(sum(len(h) for h in self.heaps.values()))
 
@@ -268,7 +274,6 @@ class Processor:
         """Evaluate records of loaded partitions, in order; a record that breaks its contract or the
         handler is set aside (issue #27): one record never stops the monitor."""
         names, metrics, offsets = self.names, self.metrics, self._out.offsets
-        self._ends.clear()
         for r in records:
             offsets[(r.topic, r.partition)] = r.offset + 1
             try:
@@ -342,27 +347,36 @@ class Processor:
                 self.cache.values.pop(patient + suffix, None)
 
     # ------------------------------------------------------------------ clocks
-    def _end(self, topic: str, partition: int) -> int | None:
-        tp = (topic, partition)
-        if tp not in self._ends:
-            self._ends[tp] = self.ends(topic, partition)
-        return self._ends[tp]
-
     def _seen(self, r: Record, source: str, t: float) -> Clock:
-        end = self._end(r.topic, r.partition)
         clk = self.clocks.setdefault(r.partition, Clock())
-        clk.see(source, t, behind=end is not None and r.offset + 1 < end)
+        clk.see(source, t, behind=self.behind is not None and self.behind(r.topic, r.partition))
+        self._refresh(r.partition, clk)
         return clk
+
+    def _refresh(self, partition: int, clk: Clock) -> None:
+        """Note which of the partition's inputs still have records waiting. Their flags change
+        without a record of theirs being handled (a record fetched and held by the merge; the end of
+        a backlog reached), so a status lane held at its last record would otherwise hold the
+        clock days back while the readings catch up, and no deadline would fire on the way."""
+        if self.behind is None:
+            return
+        for source, held in clk.inputs.items():
+            topic = self._topics.get(source)
+            if topic is not None:
+                held.behind = self.behind(topic, partition)
 
     def _passed(self, r: Record) -> None:
         """A record of a clock input handled without an event time (set aside): note whether others
         still wait, or the input stays held at the last one with a time, however long nothing comes."""
-        source = {self.names.measurements: "measurements", self.names.status: "status"}.get(r.topic)
         clk = self.clocks.get(r.partition)
-        held = clk.inputs.get(source) if clk is not None and source is not None else None
-        if held is not None:
-            end = self._end(r.topic, r.partition)
-            held.behind = end is not None and r.offset + 1 < end
+        if clk is None:
+            return
+        if self.behind is not None:
+            self._refresh(r.partition, clk)
+            return
+        held = clk.inputs.get(self._sources.get(r.topic, ""))
+        if held is not None:  # no merge to ask: nothing waits
+            held.behind = False
 
     def _schedule(self, partition: int, patient: bytes, wake: float | None) -> None:
         if wake is not None:
@@ -407,13 +421,32 @@ class Processor:
 
     def _status(self, r: Record) -> None:
         event = _check_status(_status.decode(r.value))  # type: ignore[arg-type]  # None: TypeError
-        self._seen(r, "status", event.at.timestamp())
+        clk = self._seen(r, "status", event.at.timestamp())
         if event.patient_id is None:
             return  # a kit nobody has: the registry's concern, not a patient's
         patient = event.patient_id.encode()
         precord = self._patient(r.partition, patient)
+        self._silence_ends(r.partition, patient, precord, min(clk.now(), event.at.timestamp()))
         out = self.engine.status(event, precord, self._plan(r.partition, patient), now=datetime.now(UTC))
         self._after(r.partition, patient, precord, out)
+
+    def _silence_ends(self, partition: int, patient: bytes, precord: PatientRecord, clock: float) -> None:
+        """A kit heard from after a silence the clock has passed: run its deadline first, or the
+        status message hides the silence it ends. Catching up, the loop's tick comes only after a
+        batch of days: a kit's "offline" goodbye stamped at the end, handled before the tick, moved
+        `last_seen` on and the silent kit was never found (the cohort test). `clock`: no later than
+        the message's own time (the partition's clock follows the fastest of the kits' connections).
+        Only a silent kit's: a deadline run at every heartbeat judged measuring windows whose
+        readings were still on the way (3x the "measurement missed" episodes in the cohort test)."""
+        if precord.wake_at is None or precord.wake_at > clock:
+            return
+        seen = [precord.last_seen]  # as `Engine.deadline` takes it
+        for suffix in METRIC_KEYS.values():
+            recent = self._metric(partition, patient + suffix).history.recent
+            if recent:
+                seen.append(recent[-1].t)
+        if clock >= max(seen) + self.engine.silent_after_s:
+            self._fire(partition, patient, precord, clock, datetime.now(UTC))
 
     def _careplan(self, r: Record) -> None:
         assert r.value is not None
@@ -468,6 +501,8 @@ class Processor:
 
     def _deadlines(self, partition: int, stop_at: float | None) -> bool:
         clk = self.clocks.get(partition)
+        if clk is not None:
+            self._refresh(partition, clk)
         now_event = clk.now() if clk is not None else 0.0
         if not now_event:
             return False
@@ -482,20 +517,24 @@ class Processor:
                 if precord.wake_at is not None and precord.wake_at != wake:
                     self._schedule(partition, patient, precord.wake_at)
                 continue
-            held = {m: self._metric(partition, patient + s) for m, s in METRIC_KEYS.items()}
-            plan = self._plan(partition, patient)
-            try:
-                out, changed = self.engine.deadline(
-                    patient.decode(), precord, held, plan, clock=now_event, now=now
-                )
-            except Exception as exc:  # one patient's: not the others' deadlines, nor its own for good
-                self._forget_unwritten(patient)
-                self._schedule(partition, patient, self.retries.failed(patient, now_event, exc))
-                continue
-            self.retries.done(patient)
-            for metric in changed:
-                self._touch(partition, patient + METRIC_KEYS[metric])
-            self._touch(partition, patient + KIT)
-            self._schedule(partition, patient, precord.wake_at)
-            self._out.events.extend((patient, e) for e in out.events)
+            self._fire(partition, patient, precord, now_event, now)
         return False
+
+    def _fire(
+        self, partition: int, patient: bytes, precord: PatientRecord, clock: float, now: datetime
+    ) -> None:
+        """Run one patient's deadline on `clock` (the partition's event time)."""
+        held = {m: self._metric(partition, patient + s) for m, s in METRIC_KEYS.items()}
+        plan = self._plan(partition, patient)
+        try:
+            out, changed = self.engine.deadline(patient.decode(), precord, held, plan, clock=clock, now=now)
+        except Exception as exc:  # one patient's: not the others' deadlines, nor its own for good
+            self._forget_unwritten(patient)
+            self._schedule(partition, patient, self.retries.failed(patient, clock, exc))
+            return
+        self.retries.done(patient)
+        for metric in changed:
+            self._touch(partition, patient + METRIC_KEYS[metric])
+        self._touch(partition, patient + KIT)
+        self._schedule(partition, patient, precord.wake_at)
+        self._out.events.extend((patient, e) for e in out.events)

@@ -23,6 +23,10 @@ an event lost between the changelog and the crash is still delivered; consumers 
 
 Deadlines (kit silent, measurement missed, all-clear) fire from the loop every `tick_s`, per
 partition on that partition's event-time clock (`clock.py`).
+
+Fetched records pass through the event-time merge (`merge.py`) before the batch step: per partition,
+readings and kit status are handled in event-time order across the two inputs. What it holds is
+neither handled nor committed; a topic-partition holding too much is paused until it drains.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from runtime import kafka as rk
 from streams.monitor.batch import Batch, Names, Processor, Record
 from streams.monitor.engine import Engine
 from streams.monitor.episodes import Timing
+from streams.monitor.merge import Merge
 from streams.monitor.metrics import MonitorMetrics
 from streams.monitor.settings import MonitorSettings
 from streams.monitor.store import Store, open_store
@@ -182,12 +187,13 @@ class Worker:
         self.producer = rk.producer(
             kafka, client_id="vaktrom-monitor", **{"linger.ms": settings.linger_ms, "compression.type": "lz4"}
         )
+        self.merge = Merge(names=self.names, ends=self._end)
         self.processor = Processor(
             engine=build_engine(settings),
             names=self.names,
             store=self.store,
             metrics=self.metrics,
-            ends=self._end,
+            behind=self.merge.behind,
         )
         self._revoked: set[int] = set()
         self._stopping = False
@@ -209,10 +215,9 @@ class Worker:
         batch_max = self.settings.batch_max
         try:
             while not self._stopping:
-                records = self._poll(batch_max, 0.0 if left else _IDLE_WAIT_S)
-                if records:
-                    self.processor.handle(records)
+                self.merge.add(self._poll(batch_max, 0.0 if left else _IDLE_WAIT_S))
                 now = time.monotonic()
+                self._handle(self.merge.take(now))
                 if now >= next_tick or left:
                     left = self.processor.deadlines(budget_s=_DEADLINE_BUDGET_S)
                     next_tick = now + tick if now >= next_tick else next_tick
@@ -250,9 +255,23 @@ class Worker:
             kind, ms = message.timestamp()
             appended = ms / 1000.0 if kind == TIMESTAMP_LOG_APPEND_TIME else None
             out.append(Record(topic, partition, offset, message.key(), message.value(), appended))
-            if appended is not None and topic == self.names.measurements:
-                self.alert_path.done(partition, offset, appended)
         return out
+
+    def _handle(self, records: list[Record]) -> None:
+        """Hand the records the merge let out to the batch step; pause the inputs whose held records
+        passed the merge's limit, resume those drained."""
+        if records:
+            self.processor.handle(records)
+            measurements = self.names.measurements
+            for r in records:
+                if r.appended is not None and r.topic == measurements:
+                    self.alert_path.done(r.partition, r.offset, r.appended)
+        pause, resume = self.merge.flow()
+        if pause:
+            self.consumer.pause([rk.TopicPartition(t, p) for t, p in pause])
+            log.info("paused %d input partition(s) until the other input catches up", len(pause))
+        if resume:
+            self.consumer.resume([rk.TopicPartition(t, p) for t, p in resume])
 
     def _end(self, topic: str, partition: int) -> int | None:
         """The partition's end as the consumer last heard it from a fetch (None before one)."""
@@ -351,12 +370,18 @@ class Worker:
         kept = partitions & self._revoked  # given straight back: nobody else wrote them meanwhile
         self._forget(self._revoked - partitions)
         self._revoked = set()
+        positions = self._positions(partitions)
+        for partition in partitions:  # reading starts again at the commit: nothing held
+            self.merge.assign(partition, positions.get(partition, {}))
         new = partitions - kept - self.processor.loaded
         if not new:
             return
         started = time.monotonic()
         self._restore(new)
-        self.processor.load(sorted(new), self._waiting(new))
+        waiting = {
+            p: {source for topic, source in self._sources.items() if self.merge.behind(topic, p)} for p in new
+        }
+        self.processor.load(sorted(new), waiting)
         out = self.processor.take()  # the announcements
         self._send_events(out.events)
         took = time.monotonic() - started
@@ -364,33 +389,43 @@ class Worker:
         log.info("partitions %s restored and announced in %.2f s", sorted(new), took)
 
     def _on_revoke(self, _consumer: Any, revoked: list[Any]) -> None:
-        # Between batches: everything handled is delivered and committed.
-        self._revoked |= {tp.partition for tp in revoked} & self.processor.loaded
+        # Between batches: everything handled is delivered and committed; what the merge holds is
+        # not, and is read again from the commit by whoever gets the partition (this worker too).
+        gone = {tp.partition for tp in revoked}
+        self.merge.drop(gone)
+        self._revoked |= gone & self.processor.loaded
 
     def _on_lost(self, _consumer: Any, lost: list[Any]) -> None:
         # Another worker may have them already: what is kept here may be behind.
-        self._forget({tp.partition for tp in lost} & self.processor.loaded)
+        gone = {tp.partition for tp in lost}
+        self.merge.drop(gone)
+        self._forget(gone & self.processor.loaded)
 
     def _forget(self, partitions: set[int]) -> None:
         if partitions:
+            self.merge.drop(partitions)
             self.processor.drop(partitions)
             for partition in partitions:
                 self.store.leave(partition)
             self.alert_path.retain(self.processor.loaded)
 
-    def _waiting(self, partitions: set[int]) -> dict[int, set[str]]:
-        """Per partition, the clock inputs with records beyond the group's committed offset (asked
-        through the restoring client, which shares the group id but never joins it)."""
-        sources = {self.names.measurements: "measurements", self.names.status: "status"}
-        tps = [rk.TopicPartition(topic, p) for topic in sources for p in partitions]
-        out: dict[int, set[str]] = {}
+    @property
+    def _sources(self) -> dict[str, str]:
+        return {self.names.measurements: "measurements", self.names.status: "status"}
+
+    def _positions(self, partitions: set[int]) -> dict[int, dict[str, tuple[int | None, int | None]]]:
+        """Per partition and clock input, (where reading starts: the group's committed offset, else
+        the earliest record; the partition's end), asked through the restoring client, which shares
+        the group id but never joins it. They tell the merge and the clock which inputs have records
+        waiting before any of them is fetched."""
+        tps = [rk.TopicPartition(topic, p) for topic in self._sources for p in partitions]
+        out: dict[int, dict[str, tuple[int | None, int | None]]] = {}
         try:
             committed = self.restorer.committed(tps, timeout=10.0)
             for tp in committed:
                 low, high = self.restorer.get_watermark_offsets(tp, timeout=10.0)
-                if max(tp.offset, low) < high:
-                    out.setdefault(tp.partition, set()).add(sources[tp.topic])
-        except rk.KafkaException as exc:  # the clock then starts as if nothing waited
+                out.setdefault(tp.partition, {})[tp.topic] = (max(tp.offset, low), high)
+        except rk.KafkaException as exc:  # the merge and clock then start as if nothing waited
             log.warning("could not learn which inputs have records waiting (%s)", exc)
         return out
 

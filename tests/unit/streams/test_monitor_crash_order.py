@@ -240,7 +240,8 @@ def test_a_status_topic_ahead_of_waiting_readings_fires_no_deadline(
     reached). Once the readings are read up to 14 h on, C's kit is silent."""
     h = harness
     ends = {h.names["measurements"]: 1_000_000, h.names["status"]: 0}
-    monkeypatch.setattr(h.processor, "ends", lambda topic, _partition: ends[topic])
+    # what the merge answers: records waiting beyond the last one handled
+    monkeypatch.setattr(h.processor, "behind", lambda topic, p: h.positions.get((topic, p), 0) < ends[topic])
     status = KitStatusEvent(
         kit_id="D-1-K", patient_id="D-1", state="heartbeat", at=T0 + timedelta(hours=14), received_at=T0
     )
@@ -289,7 +290,8 @@ def test_the_last_status_record_waiting_releases_the_clock_whatever_it_holds(
     of a patient there (none may come)."""
     h = harness
     ends = {h.names["measurements"]: 0, h.names["status"]: 1_000_000}
-    monkeypatch.setattr(h.processor, "ends", lambda topic, _partition: ends[topic])
+    # what the merge answers: records waiting beyond the last one handled
+    monkeypatch.setattr(h.processor, "behind", lambda topic, p: h.positions.get((topic, p), 0) < ends[topic])
     held = KitStatusEvent(kit_id="D-1-K", patient_id="D-1", state="heartbeat", at=T0, received_at=T0)
     nobody = KitStatusEvent(kit_id="N-K", patient_id=None, state="heartbeat", at=T0, received_at=T0)
     value = msgspec.json.encode(nobody) if last == "nobody's kit" else b"\xffpoison"
