@@ -43,6 +43,7 @@ __all__ = [
     "OFFSET_END",
     "AdminClient",
     "Consumer",
+    "FatalErrors",
     "KafkaError",
     "KafkaException",
     "Message",
@@ -272,3 +273,26 @@ def produce_waiting(
             return
         except BufferError:
             producer.poll(0.05)
+
+
+class FatalErrors:
+    """Fatal client errors a stage cured by opening a new client, within a window.
+
+    librdkafka makes some errors fatal: the client reads nothing more. One is cured by a new client:
+    after a broker restart a static member can be fenced by its own rejoin (Kafka's coordinator takes
+    the rejoin for a twin with the member's `group.instance.id`; seen in the crash matrix's kafka-kill).
+    Many within minutes are not: then another process really holds the same id, and a new client would
+    only fence it in turn."""
+
+    def __init__(self, *, window_s: float = 300.0, limit: int = 3) -> None:
+        self.window_s, self.limit = window_s, limit
+        self._at: list[float] = []
+
+    def too_many(self, now: float | None = None) -> bool:
+        """Note one; True when more than `limit` came within `window_s` (stop, do not reopen)."""
+        at = time.monotonic() if now is None else now
+        self._at = [t for t in self._at if at - t < self.window_s] + [at]
+        return len(self._at) > self.limit
+
+    def __len__(self) -> int:
+        return len(self._at)

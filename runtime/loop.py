@@ -58,7 +58,6 @@ _COMMIT_TIMEOUT_NOTE = "the records will be read again"
 _IDLE_POLL_S = 0.5  # longest a poll waits for a first record; bounds how late a stop is seen
 _LINGER_SLICE_S = 0.1  # a lingering poll looks at `stop` this often
 _LOOK_EVERY_S = 0.2  # how fresh the ends and lag that /health and the metrics show are
-_FATAL_WINDOW_S, _FATAL_LIMIT = 300.0, 3  # more fatal errors than this in the window: stop
 _PROBE_S = 5.0  # after a rewind, how long to wait for the records read again before calling it done
 _encode = msgspec.json.Encoder().encode
 
@@ -167,7 +166,7 @@ class ConsumerLoop:
         self._ends: dict[tuple[str, int], int] = {}
         self._lag = 0
         self._looked = 0.0
-        self._fatal: list[float] = []  # when the client last failed fatally (monotonic)
+        self._fatal = rk.FatalErrors()
 
     # ------------------------------------------------------------ start and stop
     @property
@@ -242,12 +241,10 @@ class ConsumerLoop:
         fenced by its own rejoin ("Static consumer fenced by other consumer with same
         group.instance.id"), a fatal error after which the client reads nothing. A member fenced
         again and again within minutes has a twin with its instance id: that stops the process."""
-        now = time.monotonic()
-        self._fatal = [t for t in self._fatal if now - t < _FATAL_WINDOW_S] + [now]
-        if len(self._fatal) > _FATAL_LIMIT:
+        if self._fatal.too_many():
             raise LoopError(
                 f"{self.name}: the Kafka client failed {len(self._fatal)} times in "
-                f"{_FATAL_WINDOW_S:.0f} s ({why}); if another process uses the same instance id, "
+                f"{self._fatal.window_s:.0f} s ({why}); if another process uses the same instance id, "
                 "give each its own",
                 retriable=True,
             )

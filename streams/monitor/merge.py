@@ -15,7 +15,12 @@ is caught up (nothing waiting beyond what was fetched). A lane with records wait
 yet holds the other for at most `wait_s`; then the merge goes on without it (no deadlock, and a
 stalled fetch delays alerts by a bounded time). In real time no lane is behind, so nothing waits.
 
-Care plans carry no event time and go out at once. A clock record without a readable event time goes
+Care plans carry no event time and go out at once. But a partition's readings wait for the care
+plans that were already in Kafka when the partition was assigned (at most `plan_wait_s`): catching
+up, librdkafka may hand over a patient's readings before the plan published hours earlier, and they
+would be judged without it (on SpO2 scale 1 instead of the plan's scale 2: red alerts for stable
+COPD patients; seen once in the cohort test). In real time the plans are caught up and nothing
+waits. A clock record without a readable event time goes
 out as soon as it is its lane's head (the batch step sets it aside); it does not jump its lane, as
 the lane's offsets are committed in order. Held records are not handed out, so the batch step never
 commits them: a partition's committed offset stays at its first held record, and a partition that
@@ -34,7 +39,7 @@ import msgspec
 
 from streams.monitor.batch import Names, Record
 
-__all__ = ["HELD_MAX", "WAIT_S", "Merge"]
+__all__ = ["HELD_MAX", "PLAN_WAIT_S", "WAIT_S", "Merge"]
 
 # How long a lane with records waiting but none fetched may hold the other. librdkafka answers a
 # fetch within fetch.wait.max.ms (500 ms) even when it has nothing new, and fetches every assigned
@@ -44,6 +49,10 @@ WAIT_S = 1.0
 # Held records per topic-partition before it is paused (a reading is a few hundred bytes: a few MB
 # per partition at most); resumed when half of them are handed out.
 HELD_MAX = 5_000
+# How long a partition's readings may wait for the care plans that were in Kafka at its assignment.
+# A fetch brings up to a MB of plans per partition (a thousand or so): a few rounds for the largest
+# centre; a broker that cannot serve them within this is in trouble, and alerts must not wait longer.
+PLAN_WAIT_S = 10.0
 
 
 class _MeasuredAt(msgspec.Struct):
@@ -93,8 +102,13 @@ class Merge:
         ends: Callable[[str, int], int | None] = lambda _topic, _partition: None,
         wait_s: float = WAIT_S,
         held_max: int = HELD_MAX,
+        plan_wait_s: float = PLAN_WAIT_S,
     ) -> None:
         self.names, self.ends, self.wait_s, self.held_max = names, ends, wait_s, held_max
+        self.plan_wait_s = plan_wait_s
+        # partition -> (the next care-plan offset to fetch, where the care plans ended at assignment,
+        # since when the partition's readings wait for them); absent: nothing to wait for
+        self._plans: dict[int, tuple[int, int, float | None]] = {}
         self._inputs = ((names.measurements, _reading_time), (names.status, _status_time))
         self.lanes: dict[int, tuple[_Lane, ...]] = {}
         self._ready: list[Record] = []  # care plans: out at once
@@ -111,12 +125,18 @@ class Merge:
         lanes = self._lanes(partition, reset=True)
         for lane in lanes:
             lane.next, lane.end = positions.get(lane.topic, (None, None))
+        start, end = positions.get(self.names.careplans, (None, None))
+        if start is not None and end is not None and start < end:
+            self._plans[partition] = (start, end, None)
+        else:
+            self._plans.pop(partition, None)
 
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget these partitions and their held records (their next owner reads them again)."""
         for partition in partitions:
             self.lanes.pop(partition, None)
             self._stalled.pop(partition, None)
+            self._plans.pop(partition, None)
 
     def _lanes(self, partition: int, *, reset: bool = False) -> tuple[_Lane, ...]:
         lanes = self.lanes.get(partition)
@@ -133,6 +153,12 @@ class Merge:
         for r in records:
             if r.topic not in (measurements, status):
                 self._ready.append(r)
+                gate = self._plans.get(r.partition)
+                if r.topic == self.names.careplans and gate is not None:
+                    if r.offset + 1 >= gate[1]:
+                        del self._plans[r.partition]  # the plans known at assignment are all in
+                    else:
+                        self._plans[r.partition] = (r.offset + 1, gate[1], gate[2])
                 continue
             lane = self._lanes(r.partition)[0 if r.topic == measurements else 1]
             if lane.next is not None and r.offset < lane.next:
@@ -150,8 +176,22 @@ class Merge:
         out, self._ready = self._ready, []
         self._heard.clear()
         for partition, lanes in self.lanes.items():
-            self._merge(partition, lanes, now, out)
+            if not self._waits_for_plans(partition, now):
+                self._merge(partition, lanes, now, out)
         return out
+
+    def _waits_for_plans(self, partition: int, now: float) -> bool:
+        """Whether the partition's readings still wait for the care plans known at its assignment."""
+        gate = self._plans.get(partition)
+        if gate is None:
+            return False
+        start, end, since = gate
+        if since is None:
+            self._plans[partition] = (start, end, now)
+        elif now - since >= self.plan_wait_s:
+            del self._plans[partition]  # a fetch that does not come: go on without the plans
+            return False
+        return True
 
     def _merge(self, partition: int, lanes: tuple[_Lane, ...], now: float, out: list[Record]) -> None:
         while True:

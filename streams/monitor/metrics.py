@@ -58,6 +58,12 @@ class MonitorMetrics:
             "patients' deadlines the engine raised on, put back on the timer to be tried again later",
             registry=r,
         )
+        self.consumer_restarts = Counter(
+            "vaktrom_monitor_consumer_restarts",
+            "Kafka consumers replaced after a fatal client error (e.g. a static member fenced by its own "
+            "rejoin after a broker restart)",
+            registry=r,
+        )
         self.deadlines = Gauge(
             "vaktrom_monitor_deadlines_pending", "patients waiting for a deadline", registry=r
         )

@@ -179,7 +179,9 @@ class Worker:
             # A restarted worker with the same id takes its partitions back without waiting for the
             # session timeout (membership.py).
             group["group.instance.id"] = instance_id
-        self.consumer = rk.consumer(kafka, group_id=self.group, client_id="vaktrom-monitor", **group)
+        self._kafka, self._group_config = kafka, group
+        self.consumer = self._new_consumer()
+        self._fatal = rk.FatalErrors()
         # Reads the changelog by assignment (no group, no commit) when partitions come.
         self.restorer = rk.consumer(
             kafka, group_id=self.group, client_id="vaktrom-monitor-restore", **{"enable.partition.eof": True}
@@ -205,11 +207,51 @@ class Worker:
         """Ask the loop to finish its batch and stop (safe from a signal handler)."""
         self._stopping = True
 
-    def run(self) -> None:
+    def _new_consumer(self) -> rk.Consumer:
+        return rk.consumer(
+            self._kafka, group_id=self.group, client_id="vaktrom-monitor", **self._group_config
+        )
+
+    def _subscribe(self) -> None:
         inputs = [self.names.measurements, self.names.status, self.names.careplans]
         self.consumer.subscribe(
             inputs, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
+
+    def _reopen(self, error: rk.KafkaError) -> None:
+        """Replace a consumer librdkafka gave up on (a fatal error: it reads nothing more) with a new
+        one, which joins the group again and goes on from the committed offsets.
+
+        Everything held for the partitions is dropped first, as when they are lost: the new member
+        restores them from the changelog and announces their episodes again. Everything handled was
+        delivered and committed before this poll, so nothing is lost; a commit the fence refused is
+        read again and recognised as a replay. Many fatal errors within minutes mean another worker
+        has this one's instance id: then the worker stops (exit 3) and says so."""
+        if self._fatal.too_many():
+            raise MonitorError(
+                f"the Kafka consumer failed {len(self._fatal)} times in {self._fatal.window_s:.0f} s "
+                f"({error.str()}); if another worker uses this one's data directory or instance id, "
+                "give each its own (VAKTROM_MONITOR_DATA_DIR)",
+                retriable=True,
+            )
+        self.metrics.consumer_restarts.inc()
+        log.warning(
+            "the Kafka consumer cannot go on (%s); opening a new one, which restores the partitions "
+            "from the changelog and goes on from the committed offsets",
+            error.str(),
+        )
+        held = set(self.processor.loaded) | set(self.merge.lanes)
+        try:
+            self.consumer.close()
+        except (rk.KafkaException, RuntimeError) as exc:
+            log.info("closing the failed consumer said: %s", exc)
+        self._forget(held)
+        self._revoked = set()
+        self.consumer = self._new_consumer()
+        self._subscribe()
+
+    def run(self) -> None:
+        self._subscribe()
         self.running = True
         tick, next_tick, next_age, left = self.settings.tick_s, 0.0, 0.0, False
         batch_max = self.settings.batch_max
@@ -241,8 +283,9 @@ class Worker:
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.fatal():  # e.g. this static member fenced by another with its id
-                    raise rk.KafkaException(error)
+                if error.fatal() or error.code() == rk.KafkaError._FATAL:  # e.g. a fenced static member
+                    self._reopen(error)
+                    return []  # this poll's records: read again by the new consumer
                 # librdkafka recovers from the others itself (a broker away, a leader moving)
                 log.warning("Kafka reported %s; going on", error)
                 continue
@@ -414,11 +457,12 @@ class Worker:
         return {self.names.measurements: "measurements", self.names.status: "status"}
 
     def _positions(self, partitions: set[int]) -> dict[int, dict[str, tuple[int | None, int | None]]]:
-        """Per partition and clock input, (where reading starts: the group's committed offset, else
+        """Per partition and input, (where reading starts: the group's committed offset, else
         the earliest record; the partition's end), asked through the restoring client, which shares
         the group id but never joins it. They tell the merge and the clock which inputs have records
         waiting before any of them is fetched."""
-        tps = [rk.TopicPartition(topic, p) for topic in self._sources for p in partitions]
+        inputs = [*self._sources, self.names.careplans]  # the plans: readings wait for them (merge.py)
+        tps = [rk.TopicPartition(topic, p) for topic in inputs for p in partitions]
         out: dict[int, dict[str, tuple[int | None, int | None]]] = {}
         try:
             committed = self.restorer.committed(tps, timeout=10.0)

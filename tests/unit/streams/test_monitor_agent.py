@@ -29,10 +29,13 @@ from contracts import (
     Spo2Scale,
     topics,
 )
+from contracts.ops import AlertPathAge
 from contracts.settings import ConfigError, KafkaSettings
+from runtime import kafka as rk
 from streams.monitor import worker as monitor_worker
 from streams.monitor.batch import Batch, Names, Processor, Record, _Cache
 from streams.monitor.engine import Engine, decode_metric, decode_patient
+from streams.monitor.merge import Merge
 from streams.monitor.metrics import MonitorMetrics
 from streams.monitor.settings import MonitorSettings
 from streams.monitor.store import MemoryStore
@@ -484,3 +487,65 @@ def test_the_producer_lingers_as_configured(monkeypatch: pytest.MonkeyPatch) -> 
 def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         MonitorSettings.from_env(env)
+
+
+class _FencedMessage:
+    """What librdkafka hands over once a static member is fenced: a fatal error, no record."""
+
+    def error(self) -> Any:
+        return rk.KafkaError(rk.KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True)
+
+
+class _PollingConsumer:
+    def __init__(self, log: list[str], messages: list[Any]) -> None:
+        self.log, self.messages = log, messages
+
+    def poll(self, _timeout: float) -> Any:
+        return self.messages.pop(0) if self.messages else None
+
+    def consume(self, _n: int, _timeout: float) -> list[Any]:
+        out, self.messages = self.messages, []
+        return out
+
+    def close(self) -> None:
+        self.log.append("close")
+
+    def subscribe(self, topics_: list[str], **_callbacks: Any) -> None:
+        self.log.append(f"subscribe {len(topics_)}")
+
+
+def test_a_fenced_consumer_is_replaced_and_its_partitions_restored_by_the_new_member() -> None:
+    """After a broker restart a static member can be fenced by its own rejoin: librdkafka makes that
+    fatal and the consumer reads nothing more. The worker drops what it holds of its partitions
+    (the new member restores them from the changelog and announces them again), opens a new
+    consumer and goes on; a member fenced again and again within minutes has a twin: it stops."""
+    log: list[str] = []
+    h = Harness()
+    h.ready(0)
+    w = _worker(log)
+    names = Names(NAMES["measurements"], NAMES["status"], NAMES["careplans"])
+    w.processor, w.merge, w.alert_path = (
+        h.processor,
+        Merge(names=names),
+        AlertPathAge(max_age_s=30.0, what="reading"),
+    )
+    w._revoked, w._fatal = set(), rk.FatalErrors(window_s=300.0, limit=2)
+    w.names = names
+    consumers: list[_PollingConsumer] = []
+
+    def new_consumer() -> _PollingConsumer:
+        consumers.append(_PollingConsumer(log, []))
+        return consumers[-1]
+
+    w._new_consumer = new_consumer  # type: ignore[method-assign]
+    for attempt in range(2):
+        w.consumer = _PollingConsumer(log, [_FencedMessage()])  # type: ignore[assignment]
+        assert w._poll(100, 0.0) == []
+        assert w.processor.loaded == set(), "the partitions are the new member's to restore"
+        assert log[-2:] == ["close", "subscribe 3"]
+        assert w.consumer is consumers[-1]
+        assert w.metrics.consumer_restarts._value.get() == attempt + 1
+        h.ready(0)
+    w.consumer = _PollingConsumer(log, [_FencedMessage()])  # type: ignore[assignment]
+    with pytest.raises(monitor_worker.MonitorError, match="VAKTROM_MONITOR_DATA_DIR"):
+        w._poll(100, 0.0)

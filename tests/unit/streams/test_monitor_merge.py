@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts import EpisodeChange, KitStatusEvent, Metric
+from contracts import EpisodeChange, KitStatusEvent, Metric, Spo2Scale
 from streams.monitor.batch import Names, Record
-from streams.monitor.merge import Merge
+from streams.monitor.merge import PLAN_WAIT_S, Merge
 from tests.unit.streams.test_monitor_agent import NAMES, T0, Harness, careplan, reading
 
 M, S, C = NAMES["measurements"], NAMES["status"], NAMES["careplans"]
@@ -354,3 +354,54 @@ def test_after_a_restart_a_fast_kits_time_does_not_start_the_clock_past_waiting_
     h.processor.deadlines()
     h.deliver(h.processor.take())
     assert [e for e in h.sent if e.rule_id == "kit-silent"] == []
+
+
+def _plan(partition: int = 0, offset: int = 0) -> Record:
+    key, raw = careplan("B-1", 1, spo2_scale=Spo2Scale.HYPERCAPNIC)
+    return Record(C, partition, offset, key, raw)
+
+
+def test_readings_wait_for_the_care_plans_that_were_in_kafka_at_assignment() -> None:
+    """Catching up, the readings of a partition were fetched before its care plans once: a COPD
+    patient on SpO2 scale 2 was judged on scale 1 (red alerts for a stable patient). They now wait
+    until the plans known at assignment are in; the plans go first."""
+    merge = Merge(names=_NAMES)
+    merge.assign(0, {M: (0, 2), S: (0, 0), C: (0, 1)})
+    merge.add(_records(M, [0, 1]))
+    assert merge.take(0.0) == []
+    assert merge.take(PLAN_WAIT_S / 2) == []
+    merge.add([_plan()])
+    assert [(r.topic, r.offset) for r in merge.take(PLAN_WAIT_S / 2)] == [(C, 0), (M, 0), (M, 1)]
+
+
+def test_the_wait_for_care_plans_is_bounded() -> None:
+    merge = Merge(names=_NAMES)
+    merge.assign(0, {M: (0, 1), S: (0, 0), C: (3, 9)})
+    merge.add(_records(M, [0]))
+    assert merge.take(100.0) == []
+    assert [(r.topic, r.offset) for r in merge.take(100.0 + PLAN_WAIT_S)] == [(M, 0)]
+
+
+@pytest.mark.parametrize("plans", [(5, 5), (None, None), (0, None)])
+def test_in_real_time_readings_do_not_wait_for_care_plans(plans: tuple[int | None, int | None]) -> None:
+    """Plans caught up at assignment (or nothing known of them): nothing waits, and a plan published
+    later does not hold the readings either."""
+    merge = Merge(names=_NAMES)
+    merge.assign(0, {M: (0, 1), S: (0, 0), C: plans})
+    merge.add(_records(M, [0]))
+    assert [(r.topic, r.offset) for r in merge.take(0.0)] == [(M, 0)]
+
+
+def test_a_stable_copd_patients_readings_fetched_before_the_plan_raise_nothing() -> None:
+    """End to end through the batch step: the plan (scale 2) sits behind the readings in the fetch;
+    an SpO2 of 89 % is normal on scale 2 and red on scale 1."""
+    key, raw = reading("B-1", Metric.SPO2, 89.0, T0)
+    h, merge = Harness(), Merge(names=_NAMES)
+    h.ready(0)
+    merge.assign(0, {M: (0, 1), S: (0, 0), C: (0, 1)})
+    merge.add([Record(M, 0, 0, key, raw)])
+    h.processor.handle(merge.take(0.0))
+    merge.add([_plan()])
+    h.processor.handle(merge.take(0.5))
+    h.deliver(h.processor.take())
+    assert not [e for e in h.sent if e.severity.value == "red"], h.sent
