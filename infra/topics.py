@@ -13,6 +13,7 @@ that its run did not remove (tests keep the topics of failed tests for inspectio
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 from collections.abc import Iterable
@@ -32,28 +33,48 @@ def admin_client(kafka: KafkaSettings, *, client_id: str = "vaktrom-topics") -> 
     return rk.admin(kafka, client_id=client_id)
 
 
+# One admin client and one reader per connection for `consumer_lag`, kept for the process's life:
+# callers ask every second while they wait (tests, benchmarks), and a librdkafka client made and
+# destroyed each time, while Kafka is being killed and restarted, is where a test process crashed
+# once with a segmentation fault (crash matrix, kafka-kill). librdkafka reconnects a kept client.
+_LAG_CLIENTS: dict[tuple[object, ...], tuple[rk.AdminClient, rk.Consumer]] = {}
+
+
+def _lag_clients(kafka: KafkaSettings) -> tuple[rk.AdminClient, rk.Consumer]:
+    key = (kafka.bootstrap, kafka.security_protocol, kafka.username, kafka.password, kafka.ca)
+    clients = _LAG_CLIENTS.get(key)
+    if clients is None:
+        if not _LAG_CLIENTS:
+            atexit.register(_close_lag_clients)
+        # the reader only reads the partitions' ends; it joins no group
+        reader = rk.consumer(kafka, group_id="vaktrom-lag", client_id="vaktrom-lag")
+        clients = _LAG_CLIENTS[key] = (admin_client(kafka, client_id="vaktrom-lag"), reader)
+    return clients
+
+
+def _close_lag_clients() -> None:
+    for _admin, reader in _LAG_CLIENTS.values():
+        reader.close()
+    _LAG_CLIENTS.clear()
+
+
 def consumer_lag(kafka: KafkaSettings, groups: dict[str, str], *, timeout: float = 10.0) -> dict[str, int]:
     """Records each consumer group has not yet committed, summed over its topics' partitions: {label:
     lag} for `groups` = {label: group id}. Left out: changelogs (written, not consumed; the monitor
     reads its state topic by assignment and never commits it, so it does not show here anyway)."""
-    admin = admin_client(kafka, client_id="vaktrom-lag")
-    # a consumer only to read the partitions' ends; it joins no group
-    reader = rk.consumer(kafka, group_id="vaktrom-lag", client_id="vaktrom-lag")
-    try:
-        out = {}
-        for label, group in groups.items():
-            request = [ConsumerGroupTopicPartitions(group)]
-            future = admin.list_consumer_group_offsets(request, request_timeout=timeout)[group]
-            committed = {
-                (tp.topic, tp.partition): tp.offset
-                for tp in future.result().topic_partitions
-                if tp.offset >= 0 and not tp.topic.endswith("-changelog")
-            }
-            ends = rk.end_offsets(reader, committed, timeout=timeout)
-            out[label] = int(sum(max(0, ends[tp] - offset) for tp, offset in committed.items()))
-        return out
-    finally:
-        reader.close()
+    admin, reader = _lag_clients(kafka)
+    out = {}
+    for label, group in groups.items():
+        request = [ConsumerGroupTopicPartitions(group)]
+        future = admin.list_consumer_group_offsets(request, request_timeout=timeout)[group]
+        committed = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in future.result().topic_partitions
+            if tp.offset >= 0 and not tp.topic.endswith("-changelog")
+        }
+        ends = rk.end_offsets(reader, committed, timeout=timeout)
+        out[label] = int(sum(max(0, ends[tp] - offset) for tp, offset in committed.items()))
+    return out
 
 
 def ensure_topics(

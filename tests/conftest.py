@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 import sys
 import uuid
@@ -33,6 +34,14 @@ from contracts.settings import ConfigError, KafkaSettings  # noqa: E402
 
 STATE = stackenv.state_dir()
 SERVICE_DIRS = ("integration", "e2e")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A process of the run that crashes in native code (librdkafka, RocksDB) leaves a core file in its
+    working directory, for `gdb python core`: a segmentation fault shows no Python traceback of use."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
