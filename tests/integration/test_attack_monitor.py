@@ -1,0 +1,177 @@
+"""The micro-batch monitor attacked from outside: hostile keys, a shared quarantine partition, a twin.
+
+Each test drives the real `python -m streams.monitor` against the test stack's Kafka, producing as
+the admin principal (who may write any input), and checks a promise of docs/monitor-engine.md.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from contracts import Condition, Metric, Spo2Scale, topics
+from runtime import kafka as rk
+from streams.monitor.store import RocksStore
+from tests.conftest import Stack
+from tests.integration.archive_support import make_measurement
+from tests.integration.monitor_support import MonitorProcess, alert_events, episodes_of
+from tests.integration.stage_support import produce
+from tests.integration.test_monitor import T0, careplan
+
+PARTITIONS = 3  # stage_support.prepare
+
+
+def _patient_on(partition: int, stem: str, *, avoid: int | None = None) -> str:
+    """A patient id whose key Kafka's partitioner puts on `partition` (or anywhere but `avoid`)."""
+    for i in range(10_000):
+        patient = f"{stem}-{i}"
+        p = rk.partition_of(patient.encode(), PARTITIONS)
+        if (avoid is None and p == partition) or (avoid is not None and p != avoid):
+            return patient
+    raise AssertionError("no patient id found for the partition")
+
+
+def _low_spo2(patient: str, *, key: str, at_h: int, value: float = 85.0) -> tuple[str, bytes]:
+    _patient, raw, _m = make_measurement(
+        patient=patient, kit=f"K-{patient}", metric=Metric.SPO2, reported=value, at=T0 + timedelta(hours=at_h)
+    )
+    return key, raw
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding R3-1: a reading keyed by another patient is evaluated in that patient's "
+    "partition, so the real patient's problem gets a second episode",
+)
+def test_a_reading_keyed_by_another_patient_opens_no_second_episode(
+    stack: Stack, monitor: MonitorProcess
+) -> None:
+    """One episode per patient and problem holds when a record's key is not its payload's patient."""
+    prefix = monitor.prefix
+    real = _patient_on(0, "KEYED-REAL")
+    decoy = _patient_on(0, "KEYED-DECOY", avoid=rk.partition_of(real.encode(), PARTITIONS))
+    monitor.start()
+    produce(
+        stack,
+        topics.measurement_topic(prefix),
+        [
+            _low_spo2(real, key=decoy, at_h=0),  # lands in the decoy's partition
+            _low_spo2(real, key=real, at_h=1, value=84.0),
+        ],
+    )
+    monitor.wait_events(stack, 1)
+    time.sleep(3)  # both readings handled by now (tick 0.2 s)
+    episodes = [e for e in episodes_of(alert_events(stack, prefix)).values() if e[0]["patient_id"] == real]
+    assert len({(e[0]["rule_id"]) for e in episodes}) == len(episodes), (
+        f"{len(episodes)} episodes for one patient and problem: {[e[0]['rule_id'] for e in episodes]}"
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding R3-1: a care plan is filed under its record key, not its patient_id, so a plan "
+    "keyed by another patient replaces that patient's plan",
+)
+def test_a_care_plan_keyed_by_another_patient_does_not_replace_that_patients_plan(
+    stack: Stack, monitor: MonitorProcess
+) -> None:
+    """SpO2 89 % alerts for a patient on the default scale even after another patient's hypercapnic
+    plan was published under this patient's key."""
+    prefix = monitor.prefix
+    victim = _patient_on(1, "PLAN-VICTIM")
+    _key, plan = careplan("PLAN-OTHER", Condition.COPD, spo2_scale=Spo2Scale.HYPERCAPNIC)
+    produce(stack, topics.careplan_topic(prefix), [(victim, plan)])
+    monitor.start()
+    time.sleep(2)
+    produce(stack, topics.measurement_topic(prefix), [_low_spo2(victim, key=victim, at_h=0, value=89.0)])
+    events = monitor.wait_events(stack, 1, timeout=20)
+    assert any(e["patient_id"] == victim for e in events)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding R3-2: _deliver mixes the quarantine topic's delivery offsets into the changelog "
+    "checkpoints (one _Reports keyed by partition number), so the store's checkpoint runs ahead of "
+    "the changelog",
+)
+def test_the_store_checkpoint_never_runs_ahead_of_the_changelog(
+    stack: Stack, unique: str, artefacts: Path
+) -> None:
+    """A batch that quarantines a record and changes state leaves the RocksDB checkpoint of each
+    partition at most at the changelog's end (store.py: the store is never ahead of the changelog)."""
+    from tests.integration.stage_support import prepare  # noqa: PLC0415 - only this test prepares itself
+
+    prepare(stack, unique)
+    monitor = MonitorProcess(stack, unique, artefacts, extra_env={"VAKTROM_MONITOR_STORE": "rocksdb://"})
+    prefix = monitor.prefix
+    shared = rk.partition_of(b"monitor", PARTITIONS)  # where the monitor's quarantine records go
+    # Other stages' set-aside records already on that quarantine partition (as in production).
+    produce(stack, topics.quarantine_topic(prefix), [("monitor", b"{}")] * 40)
+    patient = _patient_on(shared, "CKPT")
+    produce(
+        stack,
+        topics.measurement_topic(prefix),
+        [(patient, b"\xff not a measurement"), _low_spo2(patient, key=patient, at_h=0)],
+    )
+    try:
+        monitor.start()
+        monitor.wait_events(stack, 1)
+        deadline = time.monotonic() + 20
+        while monitor.metrics().get('vaktrom_monitor_records_quarantined_total{reason="undecodable"}', 0) < 1:
+            assert time.monotonic() < deadline, monitor.tail()
+            time.sleep(0.2)
+        time.sleep(1)
+    finally:
+        assert monitor.stop() == 0, monitor.tail()
+    consumer = rk.consumer(stack.kafka(), group_id=f"{unique}-probe", client_id="probe")
+    try:
+        end = rk.end_offsets(consumer, [(topics.monitor_state_topic(prefix), shared)])
+    finally:
+        consumer.close()
+    store = RocksStore(monitor.log_dir / f"monitor-{unique}" / "state")
+    try:
+        checkpoint = store.checkpoint(shared)
+    finally:
+        store.close()
+    (high,) = end.values()
+    assert 0 < checkpoint <= high, f"checkpoint {checkpoint}, changelog end {high}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding R3-3: librdkafka reports a fenced static member as a _FATAL error whose "
+    "fatal() is False; _poll logs it and goes on, and the worker stays up reading nothing, "
+    "/health ok, its partitions still loaded",
+)
+def test_a_fenced_worker_stops_with_a_message_and_a_retriable_exit(
+    stack: Stack, monitor: MonitorProcess, artefacts: Path
+) -> None:
+    """A worker whose group instance id another process took (a copied data directory, or Kafka
+    fencing it after a restart) stops with exit code 3 and a sentence, not a traceback: it must not
+    stay up, reading nothing, with /health ok."""
+    monitor.start()
+    own = monitor.log_dir / f"monitor-{monitor.name}"
+    twin_logs = artefacts / f"twin-{monitor.name}"
+    twin_logs.mkdir(parents=True, exist_ok=True)
+    twin = MonitorProcess(stack, monitor.name, twin_logs)
+    (twin_logs / f"monitor-{monitor.name}").mkdir(parents=True, exist_ok=True)
+    shutil.copy(own / "instance-id", twin_logs / f"monitor-{monitor.name}" / "instance-id")
+    try:
+        twin.start()
+        assert monitor.process is not None
+        try:
+            code = monitor.process.wait(60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"the fenced worker is still running, /health {monitor.health()}:\n{monitor.tail()}"
+            ) from None
+    finally:
+        twin.stop()
+    log = monitor.log_path.read_text(errors="replace")
+    assert code == 3, f"exit {code}:\n{monitor.tail()}"
+    assert "Traceback" not in log, monitor.tail()
