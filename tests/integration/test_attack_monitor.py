@@ -9,15 +9,17 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from contracts import Condition, Metric, Spo2Scale, topics
 from runtime import kafka as rk
 from streams.monitor.store import RocksStore
-from tests.conftest import Stack
+from tests.conftest import REPO, Stack
 from tests.integration.archive_support import make_measurement
 from tests.integration.monitor_support import MonitorProcess, alert_events, episodes_of
 from tests.integration.stage_support import produce
@@ -175,3 +177,146 @@ def test_a_fenced_worker_stops_with_a_message_and_a_retriable_exit(
     log = monitor.log_path.read_text(errors="replace")
     assert code == 3, f"exit {code}:\n{monitor.tail()}"
     assert "Traceback" not in log, monitor.tail()
+
+
+def _stack(*args: str) -> None:
+    """`infra/stack` on this worktree's stack (its ports come from the environment, ports.env)."""
+    subprocess.run([str(REPO / "infra" / "stack"), *args], check=True, capture_output=True, timeout=180)
+
+
+def _event_for(stack: Stack, monitor: MonitorProcess, patient: str, timeout: float) -> bool:
+    """Wait for an alert event about `patient`, restarting the worker once if it stopped with exit 3
+    (what a supervisor does); False when none came."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(e["patient_id"] == patient for e in alert_events(stack, monitor.prefix)):
+            return True
+        assert monitor.process is not None
+        code = monitor.process.poll()
+        if code is not None:
+            assert code == 3, f"the monitor exited with {code}:\n{monitor.tail()}"
+            monitor.start()
+        time.sleep(1)
+    return False
+
+
+def test_the_monitor_evaluates_readings_after_kafka_was_killed(stack: Stack, monitor: MonitorProcess) -> None:
+    """After Kafka is SIGKILLed and started again, a new reading still raises its alert (the worker
+    recovers, or stops with exit 3 for its supervisor to restart; it does not stay up idle)."""
+    prefix = monitor.prefix
+    before, after = _patient_on(0, "KK-BEFORE"), _patient_on(0, "KK-AFTER")
+    monitor.start()
+    produce(stack, topics.measurement_topic(prefix), [_low_spo2(before, key=before, at_h=0)])
+    assert _event_for(stack, monitor, before, 30), monitor.tail()
+    _stack("kill", "kafka")
+    time.sleep(5)
+    _stack("up", "kafka")
+    produce(stack, topics.measurement_topic(prefix), [_low_spo2(after, key=after, at_h=1)])
+    assert _event_for(stack, monitor, after, 90), (
+        f"no alert 90 s after Kafka came back; /health {monitor.health()}:\n{monitor.tail()}"
+    )
+
+
+def _rocks_monitor(stack: Stack, unique: str, artefacts: Path) -> MonitorProcess:
+    from tests.integration.stage_support import prepare  # noqa: PLC0415 - as above
+
+    prepare(stack, unique)
+    return MonitorProcess(stack, unique, artefacts, extra_env={"VAKTROM_MONITOR_STORE": "rocksdb://"})
+
+
+def _open_then_restart(
+    stack: Stack, monitor: MonitorProcess, between: Callable[[Path], None]
+) -> list[list[dict[str, Any]]]:
+    """An SpO2 episode opened, the worker stopped, `between(state directory)`, the worker started
+    again and a worse reading sent: the patient's episodes as a consumer applies them."""
+    patient = _patient_on(2, "RESTART")
+    prefix = monitor.prefix
+    monitor.start()
+    produce(stack, topics.measurement_topic(prefix), [_low_spo2(patient, key=patient, at_h=0)])
+    assert _event_for(stack, monitor, patient, 30), monitor.tail()
+    assert monitor.stop() == 0, monitor.tail()
+    between(monitor.log_dir / f"monitor-{monitor.name}" / "state")
+    monitor.start(wait=False)
+    produce(stack, topics.measurement_topic(prefix), [_low_spo2(patient, key=patient, at_h=1, value=82.0)])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert monitor.process is not None
+        code = monitor.process.poll()
+        assert code is None, f"the monitor exited with {code}:\n{monitor.tail()}"
+        mine = [e for e in alert_events(stack, prefix) if e["patient_id"] == patient]
+        if any(e["version"] > 1 or e["worst"]["value"] == 82.0 for e in mine):
+            time.sleep(2)  # a second episode would come with the same batch
+            mine = [e for e in alert_events(stack, prefix) if e["patient_id"] == patient]
+            return list(episodes_of(mine).values())
+        time.sleep(0.5)
+    raise AssertionError(f"the worse reading raised nothing within 60 s:\n{monitor.tail()}")
+
+
+def _one_updated_episode(episodes: list[list[dict[str, Any]]]) -> None:
+    assert [[(e["change"], e["rule_id"]) for e in versions] for versions in episodes] == [
+        [("opened", "NEWS2-S1"), ("updated", "NEWS2-S1")]
+    ]
+
+
+def test_a_deleted_data_directory_is_restored_from_the_changelog(
+    stack: Stack, unique: str, artefacts: Path
+) -> None:
+    """With RocksDB's directory gone, the worker restores the state from the changelog: the open
+    episode is updated, not opened a second time."""
+    monitor = _rocks_monitor(stack, unique, artefacts)
+    try:
+        _one_updated_episode(_open_then_restart(stack, monitor, shutil.rmtree))
+    finally:
+        monitor.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding R3-4: a damaged RocksDB directory ends the worker at start with a traceback "
+    "(rocksdict's Corruption exception, exit 1), though the changelog could rebuild it",
+)
+def test_a_damaged_data_directory_does_not_stop_the_worker(
+    stack: Stack, unique: str, artefacts: Path
+) -> None:
+    """A RocksDB directory damaged on disk (its CURRENT file overwritten) is a cache the changelog
+    can rebuild: the worker comes up and the open episode goes on."""
+
+    def damage(state: Path) -> None:
+        (state / "CURRENT").write_bytes(b"\x00garbage")
+
+    monitor = _rocks_monitor(stack, unique, artefacts)
+    try:
+        _one_updated_episode(_open_then_restart(stack, monitor, damage))
+    finally:
+        monitor.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding R3-5: with the changelog recreated, _restore resets the store (checkpoint ahead "
+    "of the new end) and drops the only copy of the state: the next reading opens a second episode",
+)
+def test_a_recreated_changelog_keeps_the_open_episode(stack: Stack, unique: str, artefacts: Path) -> None:
+    """The state changelog deleted and created again (empty) while the worker was stopped: the state
+    its store still holds is not thrown away, so the open episode is updated, not opened twice (the
+    first would stay open on the console for ever)."""
+    from topics import ensure_topics  # noqa: PLC0415 - infra/ is on the tests' path
+
+    def recreate(_state: Path) -> None:
+        admin = rk.admin(stack.kafka(), client_id="test-recreate")
+        rk.delete_topics(admin, [topics.monitor_state_topic(f"{unique}.")])
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if ensure_topics(stack.kafka(), prefix=f"{unique}.", partitions=PARTITIONS):
+                    return
+            except rk.KafkaException:
+                pass  # still being deleted
+            assert time.monotonic() < deadline, "the changelog could not be created again"
+            time.sleep(1)
+
+    monitor = _rocks_monitor(stack, unique, artefacts)
+    try:
+        _one_updated_episode(_open_then_restart(stack, monitor, recreate))
+    finally:
+        monitor.stop()
