@@ -320,3 +320,64 @@ def test_a_recreated_changelog_keeps_the_open_episode(stack: Stack, unique: str,
         _one_updated_episode(_open_then_restart(stack, monitor, recreate))
     finally:
         monitor.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding R3-6: after an input gains partitions, the running worker's next assignment "
+    "hands it measurements[3..5]; _restore asks for changelog partitions that do not exist and the "
+    "worker dies with a traceback (KafkaError _UNKNOWN_PARTITION) instead of saying why",
+)
+def test_a_partition_added_to_one_input_does_not_give_one_partition_two_owners(
+    stack: Stack, monitor: MonitorProcess, artefacts: Path
+) -> None:
+    """The measurements topic grown to 6 partitions (the others keep 3) and a second worker joining:
+    the range assignor then gives measurements[2] to one worker and kit status[2] to the other, and
+    both would write changelog partition 2. No partition number may be held by two live workers; a
+    worker that cannot go on stops with a sentence (exit 1 or 3), not a traceback."""
+    from confluent_kafka.admin import NewPartitions  # noqa: PLC0415 - only this test grows a topic
+
+    prefix = monitor.prefix
+    monitor.start()
+    admin = rk.admin(stack.kafka(), client_id="test-grow")
+    for future in admin.create_partitions([NewPartitions(topics.measurement_topic(prefix), 6)]).values():
+        future.result()
+    second = MonitorProcess(stack, monitor.name, artefacts / "second")
+    second.log_dir.mkdir(parents=True, exist_ok=True)
+    workers = [monitor, second]
+    try:
+        second.start(wait=False)
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:
+            held: dict[int, int] = {}
+            for worker in workers:
+                report = worker.health() if worker.process and worker.process.poll() is None else None
+                for partition in (report or {}).get("partitions", []):
+                    held[partition] = held.get(partition, 0) + 1
+            shared = sorted(p for p, n in held.items() if n > 1)
+            assert not shared, f"partitions {shared} held by two workers:\n{monitor.tail()}\n{second.tail()}"
+            time.sleep(0.5)
+        # A rebalance with fresh metadata (librdkafka refreshes it every 5 minutes; another member
+        # joining is quicker): the running worker is handed measurements[3..5], which have no
+        # changelog partition, and a patient's new readings land away from the patient's state.
+        other = rk.consumer(
+            stack.kafka(),
+            group_id=monitor.group,
+            client_id="test-rebalance",
+            **{"partition.assignment.strategy": "range"},
+        )
+        try:
+            other.subscribe([topics.quarantine_topic(prefix)])
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                other.poll(0.5)
+                report = monitor.health() if monitor.process and monitor.process.poll() is None else None
+                held = (report or {}).get("partitions", [])
+                assert max(held, default=0) < 3, f"the worker holds {held}:\n{monitor.tail()}"
+        finally:
+            other.close()
+    finally:
+        codes = [worker.stop() for worker in workers]
+    for worker, code in zip(workers, codes, strict=True):
+        assert code in {0, 1, 3}, f"exit {code}:\n{worker.tail()}"
+        assert "Traceback" not in worker.log_path.read_text(errors="replace"), worker.tail()
