@@ -381,3 +381,35 @@ def test_a_partition_added_to_one_input_does_not_give_one_partition_two_owners(
     for worker, code in zip(workers, codes, strict=True):
         assert code in {0, 1, 3}, f"exit {code}:\n{worker.tail()}"
         assert "Traceback" not in worker.log_path.read_text(errors="replace"), worker.tail()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding R3-7: _poll marks a reading done on the alert path (AlertPathAge.done) when it "
+    "is polled, before its events are delivered: /health says ok, age 0, while the worker waits",
+)
+def test_health_is_not_ok_while_no_alert_can_be_delivered(stack: Stack, unique: str, artefacts: Path) -> None:
+    """With the alert topic gone (deleted by mistake; Kafka does not create topics here), a reading
+    that should alert cannot: /health must say so (degraded or failing) within its alert-path
+    threshold, not report "ok" while the worker waits for ever."""
+    from tests.integration.stage_support import prepare  # noqa: PLC0415 - as above
+
+    prepare(stack, unique)
+    monitor = MonitorProcess(
+        stack, unique, artefacts, extra_env={"VAKTROM_MONITOR_ALERT_PATH_MAX_AGE_S": "5"}
+    )
+    patient = _patient_on(0, "NOWHERE")
+    try:
+        monitor.start()
+        rk.delete_topics(
+            rk.admin(stack.kafka(), client_id="test-delete"), [topics.alert_topic(monitor.prefix)]
+        )
+        time.sleep(2)
+        produce(stack, topics.measurement_topic(monitor.prefix), [_low_spo2(patient, key=patient, at_h=0)])
+        time.sleep(20)  # four times the threshold
+        report = monitor.health()
+        assert report is not None, monitor.tail()
+        assert report["status"] != "ok", f"/health {report} while no alert can be sent:\n{monitor.tail()}"
+    finally:
+        if monitor.process is not None and monitor.process.poll() is None:
+            monitor.kill()  # stuck in its send: SIGTERM would wait for the same send
