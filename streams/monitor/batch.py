@@ -150,9 +150,21 @@ class _Cache:
         self.values = {k: v for k, v in self.values.items() if v[0] not in partitions}
 
 
+_MAX_TEXT = 64  # a unit, a LOINC code, a meter flag or a kit state is a few characters
+
+
 def _usable(checked: str | None) -> None:
     if checked is not None:
         raise _UnusableError(checked)
+
+
+def _short(texts: dict[str, str | None]) -> None:
+    """A text field far longer than any real one is not a reading: an alert event quotes it (twice,
+    as the worst and the latest reading), and one larger than Kafka takes stopped the worker at every
+    restart (its send raised)."""
+    for name, text in texts.items():
+        if text is not None and len(text) > _MAX_TEXT:
+            raise _UnusableError(f"{name} is {len(text)} characters long (at most {_MAX_TEXT})")
 
 
 def _not_ahead(name: str, at: datetime) -> None:
@@ -166,12 +178,22 @@ def _not_ahead(name: str, at: datetime) -> None:
 
 def _check_measurement(m: Measurement) -> Measurement:
     texts = {"loinc": m.loinc, "unit": m.unit, "reported_unit": m.reported_unit, "flag": m.flag}
+    _short(texts)
     _usable(unusable_field(texts=texts, numbers={"value": m.value, "reported_value": m.reported_value}))
     _not_ahead("measured_at", m.measured_at)
     return m
 
 
+def _check_key(key: bytes | None, patient: str, what: str) -> None:
+    """The record's key must be the patient it is about: Kafka put it in the key's partition, and a
+    patient's state lives in one partition only (another key would give the patient a second state
+    there, with its own episodes for the same problem, or file a plan under someone else)."""
+    if key != patient.encode():
+        raise _UnusableError(f"the {what}'s record key is not its patient_id (it must be keyed by patient)")
+
+
 def _check_status(e: KitStatusEvent) -> KitStatusEvent:
+    _short({"state": e.state})
     _usable(unusable_field(texts={"state": e.state}, numbers={"battery": e.battery}))
     _not_ahead("at", e.at)
     return e
@@ -385,6 +407,7 @@ class Processor:
     # ------------------------------------------------------------------ handlers
     def _measurement(self, r: Record) -> None:
         m = _check_measurement(_measurement.decode(r.value))  # type: ignore[arg-type]  # None: TypeError
+        _check_key(r.key, m.patient_id, "reading")
         partition = r.partition
         patient = m.patient_id.encode()
         mkey = patient + METRIC_KEYS[m.metric]
@@ -424,6 +447,7 @@ class Processor:
         clk = self._seen(r, "status", event.at.timestamp())
         if event.patient_id is None:
             return  # a kit nobody has: the registry's concern, not a patient's
+        _check_key(r.key, event.patient_id, "kit status")
         patient = event.patient_id.encode()
         precord = self._patient(r.partition, patient)
         self._silence_ends(r.partition, patient, precord, min(clk.now(), event.at.timestamp()))
@@ -453,6 +477,7 @@ class Processor:
         plan = _careplan.decode(r.value)
         if r.key is None:
             raise TypeError("a care plan without a key (the patient)")
+        _check_key(r.key, plan.patient_id, "care plan")
         current = self._plan(r.partition, r.key)
         if current is not None and current.version > plan.version:
             return  # an older version replayed: the newer one stays in force

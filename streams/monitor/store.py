@@ -13,11 +13,15 @@ restoring from the checkpoint onwards always brings it level.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
 __all__ = ["MemoryStore", "RocksStore", "Store", "open_store"]
+
+log = logging.getLogger(__name__)
 
 # RocksDB's defaults (64 MiB memtables, several of them) let a worker's memory grow by hundreds of
 # MiB under steady writes (the faust monitor's 30-minute soak went from 84 to 426 MiB). State
@@ -145,7 +149,24 @@ class RocksStore:
 
 
 def open_store(url: str, data_dir: Path) -> Store:
-    """The store `url` names (settings have checked it is memory:// or rocksdb://)."""
-    if url.startswith("rocksdb://"):
-        return RocksStore(data_dir / "state")
-    return MemoryStore()
+    """The store `url` names (settings have checked it is memory:// or rocksdb://).
+
+    A RocksDB database damaged on disk is moved aside and a new one opened: the store is a copy of
+    the changelog, which restores it (a worker that stopped on it helped nobody)."""
+    if not url.startswith("rocksdb://"):
+        return MemoryStore()
+    path = data_dir / "state"
+    try:
+        return RocksStore(path)
+    except Exception as exc:  # rocksdict raises a bare Exception; only "Corruption" is ours to mend
+        if "Corruption" not in str(exc):
+            raise
+        aside = path.with_name(f"state.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        path.rename(aside)
+        log.warning(
+            "the state store in %s is damaged (%s): moved to %s, restoring from the changelog",
+            path,
+            exc,
+            aside,
+        )
+        return RocksStore(path)

@@ -198,6 +198,7 @@ class Worker:
             behind=self.merge.behind,
         )
         self._revoked: set[int] = set()
+        self._taken: dict[int, tuple[int, float]] = {}  # per partition, the last reading polled
         self._stopping = False
         self.running = False
         self.restore_seconds: list[float] = []  # per assignment, for benchmarks and logs
@@ -269,6 +270,9 @@ class Worker:
                 out = self.processor.take()
                 if out:
                     self._deliver(out)
+                for partition, (offset, appended) in self._taken.items():
+                    self.alert_path.done(partition, offset, appended)
+                self._taken.clear()
         finally:
             self.running = False
             self._close()
@@ -308,7 +312,9 @@ class Worker:
             measurements = self.names.measurements
             for r in records:
                 if r.appended is not None and r.topic == measurements:
-                    self.alert_path.done(r.partition, r.offset, r.appended)
+                    # done only once its events are delivered (`run`): until then /health counts it
+                    self.alert_path.taken(r.partition, r.appended)
+                    self._taken[r.partition] = (r.offset, r.appended)
         pause, resume = self.merge.flow()
         if pause:
             self.consumer.pause([rk.TopicPartition(t, p) for t, p in pause])
@@ -334,20 +340,23 @@ class Worker:
     # ------------------------------------------------------------------ delivery
     def _deliver(self, out: Batch) -> None:
         """Changelog (acknowledged), store, alert events (acknowledged), offsets: in that order."""
-        reports = _Reports()
+        # Two reports: a quarantine partition's offsets are not the changelog partition's of the
+        # same number, and a checkpoint taken from them would run ahead of the changelog.
+        reports, set_aside = _Reports(), _Reports()
         for partition, values in out.changelog.items():
             for key, value in values.items():
                 self._produce(self.changelog, key, value, reports.report, partition=partition)
         for q in out.quarantined:
-            self._produce(self.quarantine, _STAGE, _json.encode(q), reports.report)
+            self._produce(self.quarantine, _STAGE, _json.encode(q), set_aside.report)
         self.metrics.waiting.set(len(out.events))
         self._flush()
-        if reports.failed:
+        failed = reports.failed + set_aside.failed
+        if failed:
             # The alert matters more than the duplicate it might cause after a crash.
-            self.metrics.changelog_errors.inc(len(reports.failed))
+            self.metrics.changelog_errors.inc(len(failed))
             log.warning(
                 "%d state change(s) or set-aside record(s) did not reach Kafka (%s); going on",
-                len(reports.failed), reports.failed[0][0],
+                len(failed), failed[0][0],
             )  # fmt: skip
         checkpoints = {p: o + 1 for p, o in reports.offsets.items() if p in out.changelog}
         self.store.write(out.changelog, checkpoints)
@@ -409,6 +418,7 @@ class Worker:
 
     # ------------------------------------------------------------------ partitions
     def _on_assign(self, _consumer: Any, assigned: list[Any]) -> None:
+        self._check_co_partitioned(assigned)
         partitions = {tp.partition for tp in assigned}
         kept = partitions & self._revoked  # given straight back: nobody else wrote them meanwhile
         self._forget(self._revoked - partitions)
@@ -430,6 +440,24 @@ class Worker:
         took = time.monotonic() - started
         self.restore_seconds.append(took)
         log.info("partitions %s restored and announced in %.2f s", sorted(new), took)
+
+    def _check_co_partitioned(self, assigned: list[Any]) -> None:
+        """Every input must come with the same partition numbers, all with a changelog partition:
+        an input given more partitions since the start (check_topics) breaks that, and a patient's
+        records and state would no longer meet in one partition (raised out of the consumer's poll)."""
+        by_topic: dict[str, set[int]] = {}
+        for tp in assigned:
+            by_topic.setdefault(tp.topic, set()).add(tp.partition)
+        numbers = {frozenset(held) for held in by_topic.values()}
+        if len(numbers) > 1 or any(tp.partition >= self.partitions for tp in assigned):
+            counts = {topic: max(held) + 1 for topic, held in by_topic.items()}
+            raise MonitorError(
+                f"the monitor's topics no longer have equal partition counts (one was given more "
+                f"partitions while it ran; the highest assigned per topic: {counts}): a patient's "
+                "records and state would not meet in one partition; recreate the topics with "
+                "`infra/topics.py`",
+                retriable=False,
+            )
 
     def _on_revoke(self, _consumer: Any, revoked: list[Any]) -> None:
         # Between batches: everything handled is delivered and committed; what the merge holds is
@@ -481,7 +509,10 @@ class Worker:
                 rk.TopicPartition(self.changelog, partition), timeout=10.0
             )
             start = self.store.checkpoint(partition)
-            if start > high:  # the changelog was recreated: what the store holds is not its state
+            if start > high and high == 0:  # the changelog was recreated, and nobody wrote it since
+                self._reseed(partition)
+                continue
+            if start > high:  # recreated and written by others: what the store holds is not its state
                 self.store.reset(partition)
                 start = 0
             if max(start, low) < high:
@@ -508,6 +539,26 @@ class Worker:
                 self.store.write(puts, checkpoints)
         finally:
             self.restorer.unassign()
+
+    def _reseed(self, partition: int) -> None:
+        """Write what the store holds of a partition to its recreated, empty changelog: the store
+        has the only copy of its state, and dropping it would open every open episode a second time
+        (the first staying open on the console) at the patient's next reading."""
+        reports, held = _Reports(), dict(self.store.items(partition))
+        for key, value in held.items():
+            self._produce(self.changelog, key, value, reports.report, partition=partition)
+        self._flush()
+        if reports.failed:
+            raise MonitorError(
+                f"could not write the state of partition {partition} back to the recreated changelog "
+                f"{self.changelog} ({reports.failed[0][0]}); restart the worker",
+                retriable=True,
+            )
+        self.store.write({}, {partition: reports.offsets.get(partition, -1) + 1})
+        log.warning(
+            "the changelog %s[%d] was recreated: wrote the %d state records held here back to it",
+            self.changelog, partition, len(held),
+        )  # fmt: skip
 
     def _close(self) -> None:
         try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,11 +31,6 @@ def _put(h: Harness, topic: str, key: bytes | None, value: bytes, *, partition: 
     h.put(NAMES[topic], key, value, partition, None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding R3-1: a reading keyed by another patient (or by none) is evaluated in the key's "
-    "partition, where the patient has a second state and opens a second episode",
-)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     keys=st.lists(st.sampled_from([None, b"U-1", b"U-2", b"U-3", b"U-4"]), min_size=1, max_size=6),
@@ -56,10 +50,6 @@ def test_mis_keyed_readings_never_give_a_patient_two_episodes_of_one_problem(
     assert len(opened) == len(set(opened)), opened
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding R3-1: a care plan is filed under its record key, not the patient_id it carries",
-)
 def test_a_care_plan_keyed_by_another_patient_is_set_aside(harness: Harness) -> None:
     """Another patient's hypercapnic plan published under V-1's key neither changes V-1's scale
     (SpO2 89 % still alerts) nor goes unnoticed (it is set aside as invalid)."""
