@@ -241,6 +241,8 @@ class Bridge:
                 while inbox:
                     if self.stop_requested.is_set():
                         return  # not acknowledged: the broker sends it again to the next session
+                    if self._resend:  # a steady flood keeps the inbox full: resends must not wait for a lull
+                        self._resend_due()
                     self._process(inbox.popleft())
         except BaseException as exc:  # a bug: stop the bridge loudly rather than stall silently
             log.exception("bridge worker failed")
@@ -398,6 +400,11 @@ class Bridge:
         while self.pending + count > self.settings.max_pending and not self.stop_requested.is_set():
             if self.pending == 0:
                 return  # one message bigger than the whole allowance still goes
+            # Records Kafka gave up on (an outage longer than the delivery timeout) count as pending
+            # until sent again and acknowledged; only this thread resends them, so it must here, or
+            # a full allowance of them would hold the bridge for good.
+            if self._resend:
+                self._resend_due()
             time.sleep(0.005)
 
     def _send(self, inbound: Inbound, record: _Record) -> None:

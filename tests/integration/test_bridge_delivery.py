@@ -103,3 +103,31 @@ def test_nothing_is_lost_when_the_bridge_is_killed(
     copies = _check_nothing_lost(bridge, stack, tmp_path, result, expected=20_000)
     assert bridge.metrics()['vaktrom_bridge_messages_received_total{channel="readings"}'] > 0
     print(f"bridge SIGKILL: {sum(copies.values()) - len(copies)} repeats of {len(copies)} readings")
+
+
+def test_nothing_is_lost_when_kafka_is_away_longer_than_the_delivery_timeout(
+    bridge: BridgeProcess, stack: Stack, tmp_path: Path
+) -> None:
+    """Kafka down for 30 s, three times the bridge's delivery timeout, with more records waiting
+    than `max_pending`: the records librdkafka gave up on are sent again once Kafka is back (the
+    worker, held back by the full allowance, must still resend them), and every reading arrives."""
+    bridge.extra_env |= {"VAKTROM_BRIDGE_DELIVERY_TIMEOUT_S": "10", "VAKTROM_BRIDGE_MAX_PENDING": "100"}
+    bridge.start()
+
+    def outage() -> None:
+        down = stack_command("down", "kafka", timeout=120)
+        assert down.returncode == 0, down.stderr
+        try:
+            time.sleep(30)
+        finally:
+            up = stack_command("up", "kafka", timeout=300)
+            assert up.returncode == 0, up.stdout + up.stderr
+
+    result = simulate(
+        bridge, stack, tmp_path, kits=50, seconds=10, rate=50, during=outage, during_after=2,
+        extra_args=["--drain", "90"],
+    )  # fmt: skip
+    copies = _check_nothing_lost(bridge, stack, tmp_path, result, expected=1000)
+    assert bridge.starts == 1, "recovered without a restart"
+    assert bridge.metrics()["vaktrom_bridge_produce_errors_total"] > 0, "records did time out"
+    print(f"long kafka outage: {sum(copies.values()) - len(copies)} repeats of {len(copies)} readings")
