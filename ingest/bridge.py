@@ -178,6 +178,8 @@ class Bridge:
                 raise self.subscriber.fatal
             if self._worker_error is not None:
                 raise BridgeError(f"the worker failed: {self._worker_error!r}", retriable=True)
+            if self.sink is not None and not self.sink.alive:
+                raise BridgeError("the Kafka delivery-report thread stopped (a bug)", retriable=True)
             self.subscriber.poll(0.05)
             now = time.monotonic()
             if now - last_report >= 1.0:

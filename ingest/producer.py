@@ -84,8 +84,16 @@ class RecordSink:
         while not self._closing.is_set():
             try:
                 self._producer.poll(_POLL_S)
-            except Exception:  # a bug in a callback: say so, and keep the other records' reports coming
+            # A bug in a callback, whatever it raises (SystemExit too): say so, and keep the other
+            # records' reports coming. Were this thread to end, no record would settle again and
+            # every kit would wait for its receipt while the bridge looked alive.
+            except BaseException:
                 log.exception("kafka: a delivery report's callback failed")
+
+    @property
+    def alive(self) -> bool:
+        """Whether delivery reports are still served (the bridge stops if not: nothing would settle)."""
+        return self._poller.is_alive() or self._closing.is_set()
 
     def send(
         self,
