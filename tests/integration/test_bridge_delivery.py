@@ -131,3 +131,31 @@ def test_nothing_is_lost_when_kafka_is_away_longer_than_the_delivery_timeout(
     assert bridge.starts == 1, "recovered without a restart"
     assert bridge.metrics()["vaktrom_bridge_produce_errors_total"] > 0, "records did time out"
     print(f"long kafka outage: {sum(copies.values()) - len(copies)} repeats of {len(copies)} readings")
+
+
+def test_the_mqtt_connection_outlives_a_kafka_outage_longer_than_its_keep_alive(
+    bridge: BridgeProcess, stack: Stack, tmp_path: Path
+) -> None:
+    """Kafka down for 80 s, with the bridge's whole allowance of unacknowledged messages taken (it
+    stops reading kit messages then): it still answers the broker's keep-alive, so its MQTT
+    connection lasts, and the broker does not hand it every held message a second time."""
+    bridge.extra_env |= {"VAKTROM_BRIDGE_RECEIVE_MAXIMUM": "20"}
+    bridge.start()
+
+    def outage() -> None:
+        down = stack_command("down", "kafka", timeout=120)
+        assert down.returncode == 0, down.stderr
+        try:
+            time.sleep(80)
+        finally:
+            up = stack_command("up", "kafka", timeout=300)
+            assert up.returncode == 0, up.stdout + up.stderr
+
+    result = simulate(
+        bridge, stack, tmp_path, kits=20, seconds=10, rate=20, during=outage, during_after=2,
+        extra_args=["--drain", "150", "--resend-after", "300"],
+    )  # fmt: skip
+    _check_nothing_lost(bridge, stack, tmp_path, result, expected=400)
+    log = bridge.log_path.read_text()
+    assert "mqtt: connection lost" not in log, "the bridge dropped its MQTT connection during the outage"
+    assert log.count("mqtt: connected") == 1
