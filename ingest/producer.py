@@ -66,13 +66,19 @@ class RecordSink:
                 missing = sorted(set(topics) - set(found))
                 if not missing:
                     return
-                problem = f"topics {', '.join(missing)} do not exist; run infra/topics.py"
+                # Kafka leaves a topic the principal may not describe out of the metadata, as if
+                # it did not exist: the two causes look alike from here, so name both.
+                problem = (
+                    f"topics {', '.join(missing)} are missing or {kafka.username or 'this client'} "
+                    "has no access rules for them; run infra/topics.py and infra/kafka_acl.py grant"
+                )
             except rk.KafkaException as exc:
                 problem = f"KafkaException: {exc}"
             if time.monotonic() >= deadline:
                 raise BridgeError(
                     f"cannot reach Kafka at {kafka.bootstrap} or find the bridge's topics ({problem}). "
-                    "Is Kafka running and are the topics created (`make stack-up` does both)? "
+                    "Is Kafka running, are the topics created and the bridge's rules granted "
+                    "(`make stack-up` does all three)? "
                     "VAKTROM_KAFKA_BOOTSTRAP says where it is.",
                     retriable=True,
                 )

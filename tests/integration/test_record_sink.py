@@ -9,11 +9,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from contracts import topics
+from ingest._errors import BridgeError
 from ingest.producer import RecordSink
 from ingest.settings import BridgeSettings
 from runtime import kafka as rk
 from tests.conftest import Stack
-from tests.integration.stage_support import prepare
+from tests.integration.stage_support import ensure_topics, prepare
 
 # ASCII ids, a one-to-three byte tail (murmur2's odd lengths), non-ASCII, and a long one
 _KEYS = [f"p-{i:05d}" for i in range(40)] + ["a", "ab", "abc", "pasient-ø-æ-å", "Ω" * 3, "x" * 300]
@@ -103,3 +104,19 @@ def test_a_callback_that_raises_does_not_stop_the_other_reports(sink: RecordSink
         assert raised.wait(30), "the first report never came"
         assert not any(_send_all(sink, topic, ["p-2", "p-3"]).values())
     assert sink.alive
+
+
+def test_a_bridge_kafka_refuses_names_the_access_rules_not_only_missing_topics(
+    stack: Stack, unique: str
+) -> None:
+    """The topics exist but the bridge's principal has no rights on them (its rules not granted):
+    the start-up error names the access rules too, not only a missing topic to create."""
+    ensure_topics(stack.kafka(), prefix=f"{unique}.", partitions=1)
+    with pytest.raises(BridgeError) as refused:
+        RecordSink(
+            kafka=stack.kafka("bridge", prefix=f"{unique}."),
+            bridge=BridgeSettings(client_id=f"{unique}-sink"[:64], startup_timeout_s=1),
+            topics=[topics.measurement_topic(f"{unique}.")],
+        )
+    assert "access rules" in str(refused.value)
+    assert "kafka_acl.py" in str(refused.value)
