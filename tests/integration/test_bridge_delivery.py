@@ -129,7 +129,10 @@ def test_nothing_is_lost_when_kafka_is_away_longer_than_the_delivery_timeout(
     )  # fmt: skip
     copies = _check_nothing_lost(bridge, stack, tmp_path, result, expected=1000)
     assert bridge.starts == 1, "recovered without a restart"
-    assert bridge.metrics()["vaktrom_bridge_produce_errors_total"] > 0, "records did time out"
+    errors = bridge.metrics()["vaktrom_bridge_produce_errors_total"]
+    assert errors > 0, "records did time out"
+    warned = bridge.log_path.read_text().count("not accepted")
+    assert warned < errors / 5, f"{warned} warnings for {errors:.0f} refused records: one a second will do"
     print(f"long kafka outage: {sum(copies.values()) - len(copies)} repeats of {len(copies)} readings")
 
 
