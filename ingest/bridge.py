@@ -48,6 +48,7 @@ __all__ = ["Bridge"]
 log = logging.getLogger(__name__)
 
 _RESEND_BACKOFF = 2.0  # seconds before a record Kafka refused is sent again
+_REFUSAL_LOG_EVERY = 1.0  # seconds: at most one warning about refused records in this time
 _MEASUREMENT_SCHEMA = ("schema", b"vaktrom.measurement.v1")
 _REJECTION_SCHEMA = ("schema", b"vaktrom.rejection.v1")
 _STATUS_SCHEMA = ("schema", b"vaktrom.kit-status-event.v1")
@@ -128,6 +129,10 @@ class Bridge:
         self._handed = 0  # worker: records handed to the producer
         self._settled = 0  # the sink's poll thread: records Kafka acknowledged
         self._produce_errors = 0
+        self._refusals_logged = (
+            0,
+            0.0,
+        )  # the sink's poll thread: (_produce_errors, when) at the last warning
         self._received: collections.Counter[str] = collections.Counter()
         self._redelivered = 0
         self._produced: collections.Counter[str] = collections.Counter()
@@ -178,6 +183,8 @@ class Bridge:
                 raise self.subscriber.fatal
             if self._worker_error is not None:
                 raise BridgeError(f"the worker failed: {self._worker_error!r}", retriable=True)
+            if self.sink is not None and not self.sink.alive:
+                raise BridgeError("the Kafka delivery-report thread stopped (a bug)", retriable=True)
             self.subscriber.poll(0.05)
             now = time.monotonic()
             if now - last_report >= 1.0:
@@ -241,6 +248,8 @@ class Bridge:
                 while inbox:
                     if self.stop_requested.is_set():
                         return  # not acknowledged: the broker sends it again to the next session
+                    if self._resend:  # a steady flood keeps the inbox full: resends must not wait for a lull
+                        self._resend_due()
                     self._process(inbox.popleft())
         except BaseException as exc:  # a bug: stop the bridge loudly rather than stall silently
             log.exception("bridge worker failed")
@@ -398,6 +407,11 @@ class Bridge:
         while self.pending + count > self.settings.max_pending and not self.stop_requested.is_set():
             if self.pending == 0:
                 return  # one message bigger than the whole allowance still goes
+            # Records Kafka gave up on (an outage longer than the delivery timeout) count as pending
+            # until sent again and acknowledged; only this thread resends them, so it must here, or
+            # a full allowance of them would hold the bridge for good.
+            if self._resend:
+                self._resend_due()
             time.sleep(0.005)
 
     def _send(self, inbound: Inbound, record: _Record) -> None:
@@ -427,12 +441,20 @@ class Bridge:
         """
         if error is not None:
             self._produce_errors += 1
-            log.warning(
-                "kafka: a %s record was not accepted (%s); sending it again",
-                record.kind,
-                type(error).__name__,
-            )
-            self._resend.append((time.monotonic() + _RESEND_BACKOFF, inbound, record))
+            now = time.monotonic()
+            logged, when = self._refusals_logged
+            # an outage longer than the delivery timeout fails every pending record at once: one
+            # line a second says so, not one per record (their count is vaktrom_bridge_produce_errors)
+            if now - when >= _REFUSAL_LOG_EVERY:
+                log.warning(
+                    "kafka: %d records not accepted since the last report (%s, e.g. a %s record); "
+                    "sending them again",
+                    self._produce_errors - logged,
+                    error,
+                    record.kind,
+                )
+                self._refusals_logged = (self._produce_errors, now)
+            self._resend.append((now + _RESEND_BACKOFF, inbound, record))
             return
         self._settled += 1
         self._produced[record.kind] += 1

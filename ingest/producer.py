@@ -66,13 +66,19 @@ class RecordSink:
                 missing = sorted(set(topics) - set(found))
                 if not missing:
                     return
-                problem = f"topics {', '.join(missing)} do not exist; run infra/topics.py"
+                # Kafka leaves a topic the principal may not describe out of the metadata, as if
+                # it did not exist: the two causes look alike from here, so name both.
+                problem = (
+                    f"topics {', '.join(missing)} are missing or {kafka.username or 'this client'} "
+                    "has no access rules for them; run infra/topics.py and infra/kafka_acl.py grant"
+                )
             except rk.KafkaException as exc:
                 problem = f"KafkaException: {exc}"
             if time.monotonic() >= deadline:
                 raise BridgeError(
                     f"cannot reach Kafka at {kafka.bootstrap} or find the bridge's topics ({problem}). "
-                    "Is Kafka running and are the topics created (`make stack-up` does both)? "
+                    "Is Kafka running, are the topics created and the bridge's rules granted "
+                    "(`make stack-up` does all three)? "
                     "VAKTROM_KAFKA_BOOTSTRAP says where it is.",
                     retriable=True,
                 )
@@ -84,8 +90,16 @@ class RecordSink:
         while not self._closing.is_set():
             try:
                 self._producer.poll(_POLL_S)
-            except Exception:  # a bug in a callback: say so, and keep the other records' reports coming
+            # A bug in a callback, whatever it raises (SystemExit too): say so, and keep the other
+            # records' reports coming. Were this thread to end, no record would settle again and
+            # every kit would wait for its receipt while the bridge looked alive.
+            except BaseException:
                 log.exception("kafka: a delivery report's callback failed")
+
+    @property
+    def alive(self) -> bool:
+        """Whether delivery reports are still served (the bridge stops if not: nothing would settle)."""
+        return self._poller.is_alive() or self._closing.is_set()
 
     def send(
         self,

@@ -303,10 +303,10 @@ class Subscriber:
             self.client._sock = _BufferedSocket(sock)
 
     def _register(self) -> None:
-        """Watch the socket for what is wanted now: reading (unless paused) and writing (if queued)."""
+        """Watch the socket for what is wanted now: reading (see `_reading`) and writing (if queued)."""
         sock = self.client.socket()
         writing = sock is not None and (self.client.want_write() or self._unsent() > 0)
-        events = (0 if self.paused else selectors.EVENT_READ) | (selectors.EVENT_WRITE if writing else 0)
+        events = (selectors.EVENT_READ if self._reading else 0) | (selectors.EVENT_WRITE if writing else 0)
         if (sock is not self._registered or events == 0) and self._registered is not None:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(self._registered)
@@ -353,6 +353,15 @@ class Subscriber:
         """
         return len(self.order) >= self._max_unacked
 
+    @property
+    def _reading(self) -> bool:
+        """Whether to read the socket: unless paused, and paused too while paho waits for the
+        broker's PINGRESP (`_ping_t`, paho 2's private field;
+        test_the_mqtt_connection_outlives_a_kafka_outage_longer_than_its_keep_alive fails without
+        it). Else paho drops the connection one keep-alive after the pause began, in any Kafka
+        outage longer than about a minute, and the broker sends every held message again."""
+        return not self.paused or getattr(self.client, "_ping_t", 0) > 0
+
     # ------------------------------------------------------------ the loop
     def poll(self, timeout: float) -> None:
         """Move bytes, fire callbacks, acknowledge what is done, send due receipts.
@@ -380,14 +389,14 @@ class Subscriber:
                 gathered.flush()
 
     def _round(self, sock: _BufferedSocket | None, timeout: float) -> None:
-        paused = self.paused
-        buffered = not paused and sock is not None and sock.pending() > 0
+        reading = self._reading
+        buffered = reading and sock is not None and sock.pending() > 0
         for key, events in self._selector.select(0.0 if buffered or self.completed else timeout):
             if key.data is None:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
                 continue
-            if events & selectors.EVENT_READ and not buffered and not paused:
+            if events & selectors.EVENT_READ and not buffered and reading:
                 self._read()
             if events & selectors.EVENT_WRITE and self.client.socket() is not None:
                 self.client.loop_write()

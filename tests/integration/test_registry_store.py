@@ -15,7 +15,7 @@ from contracts import Metric, topics
 from registry import PlanChange, Registry, RegistryError
 from registry.bulk import enrol_cohort
 from registry.publish import KafkaPlanPublisher
-from tests.conftest import Stack
+from tests.conftest import Stack, stack_command
 from tests.integration.registry_support import OPERATOR, enrol, make_registry, new_team, registry_for
 from tests.integration.stage_support import consume, prepare
 
@@ -103,6 +103,37 @@ def test_a_version_kafka_did_not_take_is_kept_and_published_later(
     assert conn.execute(
         "SELECT count(*) FROM care_plans WHERE patient_id = %s AND published_at IS NULL", (patient,)
     ).fetchone() == (0,)
+    working.close()  # type: ignore[union-attr]
+
+
+def test_a_version_published_while_kafka_is_away_fails_in_time_and_is_not_sent_behind_the_callers_back(
+    stack: Stack, conn: psycopg.Connection[Any], unique: str
+) -> None:
+    """Kafka stopped: the change is saved, the request fails within the publisher's timeout (not
+    hanging), and once Kafka is back the version is not on the topic until the registry publishes
+    it again itself; then a new version goes out on the same publisher."""
+    prepare(stack, unique)
+    registry = make_registry(stack, root=f"{unique}/v1", prefix=f"{unique}.")
+    patient = enrol(registry, conn, new_team(conn, unique[:40]), "D")
+    working = registry.publisher
+    registry.publisher = KafkaPlanPublisher(stack.kafka("registry", prefix=f"{unique}."), timeout_s=5)
+    down = stack_command("down", "kafka", timeout=120)
+    assert down.returncode == 0, down.stderr
+    try:
+        started = time.monotonic()
+        with pytest.raises(RegistryError, match="saved but not yet published"):
+            registry.careplan_set(conn, OPERATOR, patient, PlanChange(reason="while away"))
+        assert time.monotonic() - started < 5 + 10, "the request waited past the publisher's timeout"
+    finally:
+        up = stack_command("up", "kafka", timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+    time.sleep(5)  # time enough for a record kept in the client to be sent
+    published = consume(stack, topics.careplan_topic(f"{unique}."), timeout=30, idle=5)
+    assert [v["version"] for _k, v, _h in published] == [1], "version 2 went out behind the caller's back"
+    registry.careplan_set(conn, OPERATOR, patient, PlanChange(reason="kafka back"))
+    published = consume(stack, topics.careplan_topic(f"{unique}."), until=2, timeout=30)
+    assert [v["version"] for _k, v, _h in published] == [1, 3]
+    registry.publisher.close()  # type: ignore[union-attr]
     working.close()  # type: ignore[union-attr]
 
 
