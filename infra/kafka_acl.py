@@ -80,7 +80,9 @@ def _as_filter(acl: AclBinding) -> AclBindingFilter:
 
 
 def _describe(admin: AdminClient, query: AclBindingFilter, timeout: float) -> list[AclBinding]:
-    found: list[AclBinding] = admin.describe_acls(query, request_timeout=timeout).result()  # a refusal raises
+    found: list[AclBinding] = rk.wait(  # a refusal raises
+        admin.describe_acls(query, request_timeout=timeout), admin, timeout=timeout + 5
+    )
     return found
 
 
@@ -101,7 +103,7 @@ def grant(
         [to_kafka(rule) for rule in rules], request_timeout=timeout
     ).items():
         try:
-            future.result()
+            rk.wait(future, admin, timeout=timeout + 5)
         except rk.KafkaException as exc:
             failed.append(f"{binding}: {_refusal(exc)}")
     if failed:
@@ -139,7 +141,7 @@ def revoke_stale(kafka: KafkaSettings, *, timeout: float = 15.0) -> int:
     filters = [_as_filter(acl) for acl in stale]
     for query, future in admin.delete_acls(filters, request_timeout=timeout).items():
         try:
-            future.result()
+            rk.wait(future, admin, timeout=timeout + 5)
         except rk.KafkaException as exc:
             raise AclError(f"the broker refused to revoke {query}: {_refusal(exc)}") from None
     deadline = time.monotonic() + timeout
@@ -177,7 +179,7 @@ def set_credentials(kafka: KafkaSettings, passwords: Mapping[str, str], *, timeo
     refused = {}
     for user, future in admin.alter_user_scram_credentials(upserts, request_timeout=timeout).items():
         try:
-            future.result()
+            rk.wait(future, admin, timeout=timeout + 5)
         except rk.KafkaException as exc:
             refused[user] = _refusal(exc)
     if refused:

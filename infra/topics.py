@@ -67,9 +67,14 @@ def consumer_lag(kafka: KafkaSettings, groups: dict[str, str], *, timeout: float
     for label, group in groups.items():
         request = [ConsumerGroupTopicPartitions(group)]
         future = admin.list_consumer_group_offsets(request, request_timeout=timeout)[group]
+        try:
+            answer = rk.wait(future, admin, timeout=timeout + 5)
+        except rk.KafkaException:
+            _LAG_CLIENTS.clear()  # a new pair next time (a stuck client is kept alive by `rk.wait`)
+            raise
         committed = {
             (tp.topic, tp.partition): tp.offset
-            for tp in future.result().topic_partitions
+            for tp in answer.topic_partitions
             if tp.offset >= 0 and not tp.topic.endswith("-changelog")
         }
         ends = rk.end_offsets(reader, committed, timeout=timeout)

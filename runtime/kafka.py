@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,7 @@ __all__ = [
     "producer_config",
     "raise_for",
     "topic_partitions",
+    "wait",
 ]
 
 log = logging.getLogger(__name__)
@@ -187,7 +189,7 @@ def create_topics(
     )
     for name, future in futures.items():
         try:
-            future.result()
+            wait(future, client, timeout=timeout + 5)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
@@ -209,7 +211,7 @@ def delete_topics(client: AdminClient, names: Sequence[str], *, timeout: float =
         list(names), operation_timeout=timeout, request_timeout=timeout
     ).values():
         try:
-            future.result()
+            wait(future, client, timeout=timeout + 5)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
                 raise
@@ -296,3 +298,22 @@ class FatalErrors:
 
     def __len__(self) -> int:
         return len(self._at)
+
+
+# Admin clients whose request librdkafka never answered: kept for the process's life, never destroyed.
+_ABANDONED: list[object] = []
+
+
+def wait(future: Future[Any], client: object, *, timeout: float) -> Any:
+    """`future.result()` (an admin request's), bounded. librdkafka should answer within the request's
+    own timeout, but after a broker was killed and restarted one request never came back and its caller
+    waited for good (crash matrix, kafka-kill, the lag check of a test). Destroying a client with a
+    request outstanding may crash the process, so its client is kept alive instead (`_ABANDONED`)
+    and the caller gets a KafkaException (_TIMED_OUT) and a new client next time."""
+    try:
+        return future.result(timeout=timeout)
+    except TimeoutError:
+        _ABANDONED.append(client)
+        raise KafkaException(
+            KafkaError(KafkaError._TIMED_OUT, f"Kafka did not answer an admin request within {timeout:.0f} s")
+        ) from None

@@ -52,3 +52,18 @@ def test_murmur2_matches_the_java_client(key: bytes, expected: int) -> None:
 @given(st.binary(max_size=64), st.integers(min_value=1, max_value=1000))
 def test_a_key_always_lands_in_one_of_the_partitions(key: bytes, count: int) -> None:
     assert 0 <= rk.partition_of(key, count) < count
+
+
+def test_an_admin_request_kafka_never_answers_fails_in_time_and_keeps_its_client() -> None:
+    """After a broker restart one admin request never came back and a test waited for good; the wait
+    is bounded, and the client is kept alive rather than destroyed with the request outstanding."""
+    from concurrent.futures import Future  # noqa: PLC0415
+
+    client, never = object(), Future[int]()
+    with pytest.raises(rk.KafkaException) as raised:
+        rk.wait(never, client, timeout=0.05)
+    assert raised.value.args[0].code() == rk.KafkaError._TIMED_OUT
+    assert client in rk._ABANDONED
+    done: Future[int] = Future()
+    done.set_result(7)
+    assert rk.wait(done, object(), timeout=0.05) == 7
