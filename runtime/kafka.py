@@ -19,6 +19,8 @@ caller's thread; a stage that sends from one thread and waits elsewhere polls in
 from __future__ import annotations
 
 import logging
+import math
+import re
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
@@ -72,6 +74,36 @@ log = logging.getLogger(__name__)
 
 # librdkafka logs through a Python logger when given one; its own lines otherwise go to stderr.
 _LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+
+
+class _Repeats(logging.Filter):
+    """At most one line per kind of librdkafka message every `every_s` seconds. While Kafka is away,
+    every client logs a failed connection attempt to every broker several times a second (a monitor
+    wrote 1,317 ERROR lines in 38 s): the first says it, the next one after the interval says how
+    many were held back. A kind is the message with its numbers blanked."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._seen: dict[str, tuple[float, int]] = {}  # kind -> (when last let through, held back since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = _DIGITS.sub("#", record.getMessage())[:200]
+        now = time.monotonic()
+        last, held = self._seen.get(kind, (-math.inf, 0))
+        if now - last < self.every_s:
+            self._seen[kind] = (last, held + 1)
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[kind] = (now, 0)
+        if held:
+            record.msg, record.args = f"{record.getMessage()} ({held} more like it held back)", None
+        return True
+
+
+_DIGITS = re.compile(r"\d+")
+_LIBRDKAFKA_LOG.addFilter(_Repeats())
 
 
 def client_config(kafka: KafkaSettings, *, client_id: str) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -67,3 +69,15 @@ def test_an_admin_request_kafka_never_answers_fails_in_time_and_keeps_its_client
     done: Future[int] = Future()
     done.set_result(7)
     assert rk.wait(done, object(), timeout=0.05) == 7
+
+
+def test_librdkafka_says_a_repeated_complaint_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """While Kafka is away every client logs each failed connection several times a second."""
+    log = logging.getLogger("librdkafka")
+    with caplog.at_level(logging.ERROR, logger="librdkafka"):
+        for after in range(50):
+            log.error("FAIL [c#consumer-1]: Connect to 127.0.0.1:19092 failed (after %dms)", after)
+        log.error("FAIL [c#consumer-1]: SSL handshake failed")
+    lines = [r.getMessage() for r in caplog.records if r.name == "librdkafka"]
+    assert len(lines) == 2, lines  # the first of the 50, and the other kind
+    assert "SSL handshake" in lines[1]
