@@ -140,7 +140,9 @@ class AlertFeed:
             },
         )
         self.alert_path = AlertPathAge(max_age_s=settings.alert_path_max_age_s, what="alert event")
-        self._set_aside: list[float] = []  # when alert events were quarantined (the last hour's)
+        # When each alert event set aside in the last hour was, by (partition, offset): a batch read
+        # again (the quarantine topic away) sets the same events aside again, and they count once.
+        self._set_aside: dict[tuple[int, int], float] = {}
 
     def start(self) -> None:
         try:
@@ -201,7 +203,7 @@ class AlertFeed:
                 problems.append("the live queue has lost the database (is PostgreSQL up?)")
         report["problems"] = problems if problems or report["ok"] else ["not ready"]
         report.update(self._alert_path_report())
-        recent = [t for t in self._set_aside if time.time() - t < _QUARANTINE_ALARM_S]
+        recent = {k: t for k, t in self._set_aside.items() if time.time() - t < _QUARANTINE_ALARM_S}
         self._set_aside = recent
         if recent:
             report["delays"] = [
@@ -213,11 +215,22 @@ class AlertFeed:
         if away is not None:
             report["delays"] = [
                 *report["delays"],
-                f"the alert store's database has been away for {time.monotonic() - away:.0f} s: new alert "
+                f"{self._away_what()} has been away for {time.monotonic() - away:.0f} s: new alert "
                 "events wait in Kafka and reach the queue when it is back",
+            ]
+        kafka_away = self.loop.kafka_away_since
+        if kafka_away is not None:
+            report["delays"] = [
+                *report["delays"],
+                f"Kafka has been out of reach for {time.monotonic() - kafka_away:.0f} s: no new alert "
+                "event reaches the queue until it is back",
             ]
         report["status"] = health_status(report)
         return report
+
+    def _away_what(self) -> str:
+        what = self.loop.away_what
+        return "the alert store's database" if what in {None, "the database"} else str(what)
 
     def _alert_path_report(self) -> dict[str, Any]:
         """How old the oldest alert event not yet in the store is (events beyond the last applied)."""
@@ -285,7 +298,7 @@ class AlertFeed:
         now = time.time()
         for q in poison + refused:
             self.metrics.quarantined.labels(q.reason.value).inc()
-            self._set_aside.append(now)
+            self._set_aside.setdefault((q.partition, q.offset), now)
         for record in records:
             stamp = (record.timestamp_ms or 0) / 1000.0
             if record.log_append_time:  # the broker's clock

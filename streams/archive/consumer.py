@@ -255,15 +255,17 @@ class Archive:
             self._totals["duplicates"],
             self._totals["rejections"],
             lag,
-            "; DATABASE AWAY" if self.loop.away_since is not None else "",
+            ("; DATABASE AWAY" if self.loop.away_since is not None else "")
+            + ("; KAFKA AWAY" if self.loop.kafka_away_since is not None else ""),
         )
 
     def health(self) -> dict[str, Any]:
-        down = self.loop.away_since
+        down, kafka_down = self.loop.away_since, self.loop.kafka_away_since
         report: dict[str, Any] = {
-            "ok": down is None and self.loop.running,
+            "ok": down is None and kafka_down is None and self.loop.running,
             "storage_mode": self.store.mode,
             "database": "up" if down is None else f"away for {time.monotonic() - down:.0f} s",
+            "kafka": "up" if kafka_down is None else f"away for {time.monotonic() - kafka_down:.0f} s",
             "partitions": len(self.loop.assigned),
             "buffered_rows": self.loop.in_hand,
             **self._totals,
