@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 from alerts.accounts import Role
-from contracts import EpisodeChange, KitStatusEvent, Metric, QuarantineReason, Severity, topics
+from alerts.quarantine import fault as feed_fault
+from contracts import DatabaseFault, EpisodeChange, KitStatusEvent, Metric, QuarantineReason, Severity, topics
 from contracts import Quarantined as QuarantinedRecord
 from streams.archive.rows import Rows
 from streams.archive.store import DatabaseAwayError, Store
@@ -274,4 +275,34 @@ def test_a_lost_database_connection_is_retried_not_quarantined(stack: Stack, uni
     finally:
         store.close()
     assert (written.measurements, written.refused, written.quarantined) == (1, 0, 0)
+    assert good.measurement_id in _stored_ids(stack, kit)
+
+
+def test_a_read_only_database_is_waited_for_not_a_stop(stack: Stack, unique: str) -> None:
+    """A database that takes no writes for a while (a standby during a fail-over) is the database's
+    trouble: the archive's write raises DatabaseAwayError (the loop waits and retries) and the alert
+    feed's classification says transient; before, the archive stopped on it, and after each restart."""
+    kit = f"{unique[:20]}R"
+    topic = f"{unique}.m"
+    rows = Rows()
+    _k, value, good = make_measurement(patient=f"{kit}-P", kit=kit)
+    rows.add(kind="measurement", topic=topic, partition=0, offset=0, value=value, seen_at=T0)
+    sep = "&" if "?" in stack.database_url else "?"
+    read_only = Store(f"{stack.database_url}{sep}options=-c%20default_transaction_read_only%3Don")
+    try:
+        with pytest.raises(DatabaseAwayError, match="read-only"):
+            read_only.write(rows)
+    finally:
+        read_only.close()
+    with psycopg.connect(stack.database_url) as conn:
+        conn.execute("SET TRANSACTION READ ONLY")
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction) as refused:
+            conn.execute("CREATE TEMPORARY TABLE refused (a int)")
+    assert feed_fault(refused.value) is DatabaseFault.TRANSIENT
+    assert quarantined(stack, topic) == []
+    store = Store(stack.database_url)
+    try:
+        assert store.write(rows).measurements == 1
+    finally:
+        store.close()
     assert good.measurement_id in _stored_ids(stack, kit)

@@ -1,8 +1,9 @@
-"""The archive and the alert feed while Kafka is away: /health says so, and SIGTERM still stops them.
+"""The archive and the alert feed while Kafka or PostgreSQL is away: /health says so, SIGTERM stops them.
 
 librdkafka reconnects by itself and a poll while Kafka is away simply returns nothing, so a stage
 that only looked at its database said "ok" through a Kafka outage (seen: 20 s with Kafka stopped,
-the archive's /health `{"ok": true, "status": "ok"}`).
+the archive's /health `{"ok": true, "status": "ok"}`); and an idle archive, writing nothing, said
+"database: up" 12 s after PostgreSQL had stopped.
 """
 
 from __future__ import annotations
@@ -84,4 +85,35 @@ def test_the_alert_feed_health_says_kafka_is_away_and_sigterm_stops_it(
         assert time.monotonic() - started < 20, "SIGTERM during a Kafka outage took too long"
     finally:
         up = stack_command("up", "kafka", timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+
+
+def test_an_idle_archive_health_says_the_database_is_away_and_sigterm_stops_it(
+    archive: ArchiveProcess, stack: Stack
+) -> None:
+    """With nothing to write, the archive still notices PostgreSQL stopping (/health down, naming the
+    database) and its return; SIGTERM during the outage stops it at once."""
+    archive.start()
+    down = stack_command("down", "postgres", timeout=120)
+    assert down.returncode == 0, down.stderr
+    try:
+        _until(
+            archive,
+            lambda r: not r["ok"] and r["database"].startswith("away for"),
+            "/health did not say the database was away",
+            30,
+        )
+    finally:
+        up = stack_command("up", "postgres", timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+    _until(archive, lambda r: r["ok"] and r["database"] == "up", "/health did not recover", 60)
+    down = stack_command("down", "postgres", timeout=120)
+    assert down.returncode == 0, down.stderr
+    try:
+        _until(archive, lambda r: not r["ok"], "/health did not say the database was away", 30)
+        started = time.monotonic()
+        assert archive.stop() == 0, archive.tail()
+        assert time.monotonic() - started < 15, "SIGTERM during a database outage took too long"
+    finally:
+        up = stack_command("up", "postgres", timeout=300)
         assert up.returncode == 0, up.stdout + up.stderr
