@@ -8,7 +8,10 @@ the poison must be in the `quarantine` table with its stage and reason.
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -20,13 +23,14 @@ from alerts.accounts import Role
 from alerts.quarantine import fault as feed_fault
 from contracts import DatabaseFault, EpisodeChange, KitStatusEvent, Metric, QuarantineReason, Severity, topics
 from contracts import Quarantined as QuarantinedRecord
+from runtime import kafka as rk
 from streams.archive.rows import Rows
 from streams.archive.store import DatabaseAwayError, Store
 from tests.conftest import Stack
 from tests.integration.alerts_support import T0, AlertsProcess, ConsoleClient, event, new_id, staff
 from tests.integration.archive_support import ArchiveProcess, make_measurement, make_rejection
 from tests.integration.monitor_support import MonitorProcess
-from tests.integration.stage_support import produce, sql
+from tests.integration.stage_support import prepare, produce, sql, stage_groups
 
 _encode = msgspec.json.Encoder().encode
 
@@ -306,3 +310,52 @@ def test_a_read_only_database_is_waited_for_not_a_stop(stack: Stack, unique: str
     finally:
         store.close()
     assert good.measurement_id in _stored_ids(stack, kit)
+
+
+def test_the_alert_feed_holds_a_poison_batch_while_the_quarantine_topic_is_gone(
+    alerts: AlertsProcess, stack: Stack, unique: str
+) -> None:
+    """With the quarantine topic deleted, a poison alert event is not committed past (its offset
+    waits for the topic's acknowledgement) and /health blames the quarantine topic, not the
+    database; once the topic is back the event is published, the offset committed, the feed goes on."""
+    topic = topics.alert_topic(alerts.prefix)
+    quarantine_topic = topics.quarantine_topic(alerts.prefix)
+    good = event(new_id(), 1, EpisodeChange.OPENED, Severity.RED)
+    alerts.start()
+    rk.delete_topics(rk.admin(stack.kafka()), [quarantine_topic])
+    produce(stack, topic, [(good.patient_id, b"not an alert event"), (good.patient_id, _encode(good))])
+    deadline = time.monotonic() + 60
+    report: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        report = _health_body(alerts)
+        if any("quarantine topic" in d for d in report.get("delays", [])):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"/health did not name the quarantine topic: {report}\n{alerts.tail()}")
+    assert not any("database" in d for d in report["delays"]), report
+    group = stage_groups(unique)["alerts"]
+    assert _committed(stack, group, topic) == 0, "nothing committed past the unacknowledged poison"
+    prepare(stack, unique)  # the topic back (and its access rules)
+    wait_until(lambda: _committed(stack, group, topic) == 2, "offsets committed past the poison", alerts)
+    assert _alert_version(stack, good.episode_id) == 1
+
+
+def _health_body(process: AlertsProcess) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{process.metrics_port}/health", timeout=2) as r:
+            return json.loads(r.read())  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())  # type: ignore[no-any-return]
+    except OSError:
+        return {}
+
+
+def _committed(stack: Stack, group: str, topic: str) -> int:
+    """The group's committed offsets on `topic`, summed (0 where none)."""
+    consumer = rk.consumer(stack.kafka(), group_id=group, client_id="vaktrom-test")
+    try:
+        tps = consumer.committed([rk.TopicPartition(topic, p) for p in range(3)], timeout=10)
+        return sum(max(0, tp.offset) for tp in tps)
+    finally:
+        consumer.close()
