@@ -41,6 +41,10 @@ _PURGE_EVERY_S = 3600.0  # ended sessions and old failed logins are forgotten ho
 # An alert event set aside is an alert no nurse will see in the queue: the banner says so this long.
 _QUARANTINE_ALARM_S = 3600.0
 _decode = msgspec.json.Decoder(AlertEvent).decode
+# Times PostgreSQL stores but Python cannot read back ("timestamp too large (after year 10K)"):
+# 9999-12-31T23:59-23:59 is year 10000 in UTC. Stored, one such alert broke every read of it (the
+# queue, the alert page); a day inside each end keeps a session time zone's shift readable too.
+_EARLIEST, _LATEST = datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 30, tzinfo=UTC)
 
 
 class AlertFeedError(StageError):
@@ -282,7 +286,9 @@ class AlertFeed:
             try:
                 if record.value is None:
                     raise msgspec.DecodeError("the record has no value (a tombstone)")
-                events.append(_decode(record.value))
+                event = _decode(record.value)
+                _readable_times(event.opened_at, event.last_seen_at, event.resolved_at, event.emitted_at)
+                events.append(event)
                 sources.append(record)
             except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
                 self.metrics.broken.inc()
@@ -329,6 +335,13 @@ class AlertFeed:
                 raise
             log.error("alert feed: the store refused an event of a batch as data; applying them one by one")
         return apply_each(conn, events, sources)
+
+
+def _readable_times(*times: datetime | None) -> None:
+    """Raise msgspec.ValidationError for a time outside _EARLIEST.._LATEST (naive: taken as UTC)."""
+    for t in times:
+        if t is not None and not _EARLIEST <= (t if t.tzinfo else t.replace(tzinfo=UTC)) <= _LATEST:
+            raise msgspec.ValidationError(f"a time outside the years 1-9999 in UTC: {t.isoformat()[:40]}")
 
 
 def _open(conn: psycopg.Connection[Any] | None, url: str) -> psycopg.Connection[Any]:

@@ -359,3 +359,48 @@ def _committed(stack: Stack, group: str, topic: str) -> int:
         return sum(max(0, tp.offset) for tp in tps)
     finally:
         consumer.close()
+
+
+_YEAR_10000 = "9999-12-31T23:59:00-23:59"  # year 10000 in UTC: PostgreSQL stores it, Python cannot read it
+_YEAR_0 = "0001-01-01T00:00:00+23:59"  # 1 BC in UTC
+
+
+def test_times_python_cannot_read_back_are_quarantined_not_stored(
+    archive: ArchiveProcess, alerts: AlertsProcess, stack: Stack
+) -> None:
+    """A measurement, a rejection and an alert event whose times lie outside the years 1-9999 in UTC
+    are quarantined: stored, each broke every later read of its rows (psycopg: "timestamp too large
+    (after year 10K)"), the patient's history and the alert queue alike. The good ones after them are
+    stored and read back."""
+    kit = f"{archive.name[:20]}Y"
+    _k, good_value, good = make_measurement(patient=f"{kit}-P", kit=kit)
+    late = msgspec.json.decode(good_value)
+    early = {**late, "measured_at": _YEAR_0, "measurement_id": late["measurement_id"][:-1] + "0"}
+    late |= {"measured_at": _YEAR_10000, "measurement_id": late["measurement_id"][:-1] + "1"}
+    _r, rejection_value, _rej = make_rejection(kit, 0)
+    rejection = msgspec.json.decode(rejection_value) | {"received_at": _YEAR_10000}
+    produce(stack, topics.measurement_topic(archive.prefix), [
+        ("P", msgspec.json.encode(late)), ("P", msgspec.json.encode(early)), ("P", good_value),
+    ])  # fmt: skip
+    produce(stack, topics.rejection_topic(archive.prefix), [(kit, msgspec.json.encode(rejection))])
+    bad = msgspec.to_builtins(event(new_id(), 1, EpisodeChange.OPENED, Severity.RED))
+    bad["last_seen_at"] = _YEAR_10000
+    fine = event(new_id(), 1, EpisodeChange.OPENED, Severity.RED)
+    produce(stack, topics.alert_topic(alerts.prefix), [
+        (bad["patient_id"], msgspec.json.encode(bad)), (fine.patient_id, _encode(fine)),
+    ])  # fmt: skip
+    archive.start()
+    alerts.start()
+    wait_until(lambda: good.measurement_id in _stored_ids(stack, kit), "good reading stored", archive)
+    wait_until(lambda: _alert_version(stack, fine.episode_id) == 1, "good alert stored", alerts)
+    rows = wait_until(at_least(stack, archive.prefix, 4), "4 quarantine rows", archive)
+    assert sorted((r["stage"], r["reason"]) for r in rows) == [
+        ("alert-feed", "undecodable"),
+        *[("archive", "undecodable")] * 3,
+    ]
+    assert all("outside the years 1-9999" in r["detail"] for r in rows), [r["detail"] for r in rows]
+    with psycopg.connect(stack.database_url) as conn:  # every row of the kit and the alert reads back
+        assert len(conn.execute("SELECT * FROM measurements WHERE kit_id = %s", (kit,)).fetchall()) == 1
+        assert (
+            conn.execute("SELECT * FROM alerts WHERE episode_id = %s", (bad["episode_id"],)).fetchall() == []
+        )
