@@ -17,10 +17,12 @@ Guarantees and how they hold:
 - **Poison**: a record the stage cannot use is not an exception that travels: `apply` returns it as
   a `contracts.Quarantined` record and the loop commits past it once Kafka has it. (The archive
   owns the quarantine table and writes its own set-aside rows in its transaction instead.)
-- **Rebalance** (cooperative-sticky): partitions move only inside `poll`, between batches, so
-  there is never an applied batch whose partitions go uncommitted, except one whose commit failed:
-  those offsets are committed when the partitions are revoked. A partition revoked while the
-  database is away loses its rewind position: its next owner starts at the committed offset.
+- **Rebalance** (cooperative-sticky): partitions move only inside the client's poll and consume
+  calls, so an applied batch's partitions are still held when it commits, except one whose commit
+  failed (those offsets are committed when the partitions are revoked) and one revoked while the
+  batch lingered for more records: its records are applied but not committed by this member, and
+  its next owner reads them again from the committed offset (applying is idempotent). A partition
+  revoked while the database is away loses its rewind position the same way.
 
 What kafka-python needed and librdkafka does not (so there is no stall watch here any more): a
 consumer that wedged when a poll stopped waiting before its group join was answered, and one that
