@@ -41,6 +41,10 @@ _PURGE_EVERY_S = 3600.0  # ended sessions and old failed logins are forgotten ho
 # An alert event set aside is an alert no nurse will see in the queue: the banner says so this long.
 _QUARANTINE_ALARM_S = 3600.0
 _decode = msgspec.json.Decoder(AlertEvent).decode
+# Times PostgreSQL stores but Python cannot read back ("timestamp too large (after year 10K)"):
+# 9999-12-31T23:59-23:59 is year 10000 in UTC. Stored, one such alert broke every read of it (the
+# queue, the alert page); a day inside each end keeps a session time zone's shift readable too.
+_EARLIEST, _LATEST = datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 30, tzinfo=UTC)
 
 
 class AlertFeedError(StageError):
@@ -140,7 +144,9 @@ class AlertFeed:
             },
         )
         self.alert_path = AlertPathAge(max_age_s=settings.alert_path_max_age_s, what="alert event")
-        self._set_aside: list[float] = []  # when alert events were quarantined (the last hour's)
+        # When each alert event set aside in the last hour was, by (partition, offset): a batch read
+        # again (the quarantine topic away) sets the same events aside again, and they count once.
+        self._set_aside: dict[tuple[int, int], float] = {}
 
     def start(self) -> None:
         try:
@@ -201,7 +207,7 @@ class AlertFeed:
                 problems.append("the live queue has lost the database (is PostgreSQL up?)")
         report["problems"] = problems if problems or report["ok"] else ["not ready"]
         report.update(self._alert_path_report())
-        recent = [t for t in self._set_aside if time.time() - t < _QUARANTINE_ALARM_S]
+        recent = {k: t for k, t in self._set_aside.items() if time.time() - t < _QUARANTINE_ALARM_S}
         self._set_aside = recent
         if recent:
             report["delays"] = [
@@ -213,11 +219,22 @@ class AlertFeed:
         if away is not None:
             report["delays"] = [
                 *report["delays"],
-                f"the alert store's database has been away for {time.monotonic() - away:.0f} s: new alert "
+                f"{self._away_what()} has been away for {time.monotonic() - away:.0f} s: new alert "
                 "events wait in Kafka and reach the queue when it is back",
+            ]
+        kafka_away = self.loop.kafka_away_since
+        if kafka_away is not None:
+            report["delays"] = [
+                *report["delays"],
+                f"Kafka has been out of reach for {time.monotonic() - kafka_away:.0f} s: no new alert "
+                "event reaches the queue until it is back",
             ]
         report["status"] = health_status(report)
         return report
+
+    def _away_what(self) -> str:
+        what = self.loop.away_what
+        return "the alert store's database" if what in {None, "the database"} else str(what)
 
     def _alert_path_report(self) -> dict[str, Any]:
         """How old the oldest alert event not yet in the store is (events beyond the last applied)."""
@@ -269,7 +286,9 @@ class AlertFeed:
             try:
                 if record.value is None:
                     raise msgspec.DecodeError("the record has no value (a tombstone)")
-                events.append(_decode(record.value))
+                event = _decode(record.value)
+                _readable_times(event.opened_at, event.last_seen_at, event.resolved_at, event.emitted_at)
+                events.append(event)
                 sources.append(record)
             except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
                 self.metrics.broken.inc()
@@ -285,7 +304,7 @@ class AlertFeed:
         now = time.time()
         for q in poison + refused:
             self.metrics.quarantined.labels(q.reason.value).inc()
-            self._set_aside.append(now)
+            self._set_aside.setdefault((q.partition, q.offset), now)
         for record in records:
             stamp = (record.timestamp_ms or 0) / 1000.0
             if record.log_append_time:  # the broker's clock
@@ -316,6 +335,13 @@ class AlertFeed:
                 raise
             log.error("alert feed: the store refused an event of a batch as data; applying them one by one")
         return apply_each(conn, events, sources)
+
+
+def _readable_times(*times: datetime | None) -> None:
+    """Raise msgspec.ValidationError for a time outside _EARLIEST.._LATEST (naive: taken as UTC)."""
+    for t in times:
+        if t is not None and not _EARLIEST <= (t if t.tzinfo else t.replace(tzinfo=UTC)) <= _LATEST:
+            raise msgspec.ValidationError(f"a time outside the years 1-9999 in UTC: {t.isoformat()[:40]}")
 
 
 def _open(conn: psycopg.Connection[Any] | None, url: str) -> psycopg.Connection[Any]:

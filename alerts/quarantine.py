@@ -39,6 +39,10 @@ def fault(exc: BaseException) -> DatabaseFault:
     """What a failed apply means: the event's fault (DATA), the database's (TRANSIENT) or ours (BUG)."""
     if isinstance(exc, psycopg.OperationalError):  # includes SerializationFailure, DeadlockDetected
         return DatabaseFault.TRANSIENT
+    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+        # A standby during a fail-over (or a database made read-only): it takes writes again later,
+        # so wait and retry; as a "bug" it stopped the stage, and every restart stopped again.
+        return DatabaseFault.TRANSIENT
     if isinstance(exc, psycopg.Error):
         return database_fault(exc.sqlstate, refused_as_data=isinstance(exc, psycopg.DataError))
     return DatabaseFault.BUG

@@ -17,10 +17,12 @@ Guarantees and how they hold:
 - **Poison**: a record the stage cannot use is not an exception that travels: `apply` returns it as
   a `contracts.Quarantined` record and the loop commits past it once Kafka has it. (The archive
   owns the quarantine table and writes its own set-aside rows in its transaction instead.)
-- **Rebalance** (cooperative-sticky): partitions move only inside `poll`, between batches, so
-  there is never an applied batch whose partitions go uncommitted, except one whose commit failed:
-  those offsets are committed when the partitions are revoked. A partition revoked while the
-  database is away loses its rewind position: its next owner starts at the committed offset.
+- **Rebalance** (cooperative-sticky): partitions move only inside the client's poll and consume
+  calls, so an applied batch's partitions are still held when it commits, except one whose commit
+  failed (those offsets are committed when the partitions are revoked) and one revoked while the
+  batch lingered for more records: its records are applied but not committed by this member, and
+  its next owner reads them again from the committed offset (applying is idempotent). A partition
+  revoked while the database is away loses its rewind position the same way.
 
 What kafka-python needed and librdkafka does not (so there is no stall watch here any more): a
 consumer that wedged when a poll stopped waiting before its group join was answered, and one that
@@ -34,6 +36,7 @@ rejoin); the loop then replaces the consumer, and stops with a StageError if tha
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -59,6 +62,8 @@ _IDLE_POLL_S = 0.5  # longest a poll waits for a first record; bounds how late a
 _LINGER_SLICE_S = 0.1  # a lingering poll looks at `stop` this often
 _LOOK_EVERY_S = 0.2  # how fresh the ends and lag that /health and the metrics show are
 _PROBE_S = 5.0  # after a rewind, how long to wait for the records read again before calling it done
+_METADATA_REFRESH_MS = 10_000  # how soon a partition added to a topic is read
+_STATS_MS = 1000  # how often librdkafka reports its brokers' states (to the loop's thread, in poll)
 _encode = msgspec.json.Encoder().encode
 
 
@@ -116,6 +121,7 @@ class _Away:
     since: float
     next_try: float
     backoff: float
+    what: str = "the database"  # or "the quarantine topic": what /health and the logs blame
     probing: bool = False  # rewound and resumed: the next batch tells whether it is back
     rewind: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -167,6 +173,7 @@ class ConsumerLoop:
         self._lag = 0
         self._looked = 0.0
         self._fatal = rk.FatalErrors()
+        self._kafka_away: float | None = None  # since when no broker connection is up (monotonic)
 
     # ------------------------------------------------------------ start and stop
     @property
@@ -178,10 +185,31 @@ class ConsumerLoop:
         """When (monotonic) the database went away, or None while batches are applied."""
         return None if self._away is None else self._away.since
 
+    @property
+    def away_what(self) -> str | None:
+        """What keeps batches from being stored: "the database" or "the quarantine topic" (None: nothing)."""
+        return None if self._away is None else self._away.what
+
+    @property
+    def kafka_away_since(self) -> float | None:
+        """When (monotonic) the client lost its last broker connection, or None while it has one.
+
+        librdkafka reconnects on its own and polls keep returning nothing while Kafka is away, so
+        without this a stage's /health would say all is well; its statistics say which connections
+        are up."""
+        return self._kafka_away
+
     def open(self, *, timeout_s: float) -> rk.Consumer:
         """Reach Kafka (waiting up to `timeout_s`), check the topics exist and join the group."""
+        watch = {
+            "statistics.interval.ms": _STATS_MS,
+            "stats_cb": self._on_stats,
+            # A partition added to a topic is read once the client's metadata shows it: librdkafka's
+            # default refresh (5 min) left an added partition's records unread that long.
+            "topic.metadata.refresh.interval.ms": _METADATA_REFRESH_MS,
+        }
         consumer = rk.consumer(
-            self._kafka, group_id=self._group_id, client_id=self._client_id, **self._config
+            self._kafka, group_id=self._group_id, client_id=self._client_id, **(watch | self._config)
         )
         deadline = time.monotonic() + timeout_s
         while True:
@@ -330,7 +358,8 @@ class ConsumerLoop:
             set_aside = self._apply(records)
             self._publish(set_aside)
         except self._retry_on as exc:
-            self._went_away(consumer, records, str(exc))
+            what = "the quarantine topic" if isinstance(exc, _QuarantineAwayError) else "the database"
+            self._went_away(consumer, records, str(exc), what)
             return False
         finally:
             self.in_hand = 0
@@ -394,7 +423,9 @@ class ConsumerLoop:
             )  # fmt: skip
 
     # ------------------------------------------------------------ the database away
-    def _went_away(self, consumer: rk.Consumer, records: Sequence[Record], why: str) -> None:
+    def _went_away(
+        self, consumer: rk.Consumer, records: Sequence[Record], why: str, what: str = "the database"
+    ) -> None:
         now = time.monotonic()
         if self._metrics.retries is not None:
             self._metrics.retries.inc()
@@ -403,15 +434,14 @@ class ConsumerLoop:
             if self._metrics.database_up is not None:
                 self._metrics.database_up.set(0)
             log.warning(
-                "%s: the database is not available (%s); %d records will be read again, fetching paused, "
+                "%s: %s is not available (%s); %d records will be read again, fetching paused, "
                 "retrying with back-off up to %.0f s",
-                self.name, why, len(records), self._retry_max_s,
+                self.name, what, why, len(records), self._retry_max_s,
             )  # fmt: skip
         else:
-            log.info(
-                "%s: the database is still away after %.0f s (%s)", self.name, now - self._away.since, why
-            )
+            log.info("%s: %s is still away after %.0f s (%s)", self.name, what, now - self._away.since, why)
         away = self._away
+        away.what = what
         for key, offset in batch_starts(records).items():
             away.rewind[key] = min(offset, away.rewind.get(key, offset))
         away.next_try = now + away.backoff
@@ -453,7 +483,10 @@ class ConsumerLoop:
 
     def _back(self, away: _Away) -> None:
         log.warning(
-            "%s: the database is back after %.0f s; storing resumed", self.name, time.monotonic() - away.since
+            "%s: %s is back after %.0f s; storing resumed",
+            self.name,
+            away.what,
+            time.monotonic() - away.since,
         )
         self._away = None
         if self._metrics.database_up is not None:
@@ -492,6 +525,20 @@ class ConsumerLoop:
         log.info("%s: %d partitions revoked (%d left)", self.name, len(gone), len(self.assigned))
 
     # ------------------------------------------------------------ operations
+    def _on_stats(self, report: str) -> None:
+        """librdkafka's statistics (in poll, this thread): Kafka is away while no broker is "UP"."""
+        try:
+            brokers = json.loads(report).get("brokers", {})
+        except ValueError:
+            return
+        up = any(b.get("state") == "UP" for b in brokers.values())
+        if up and self._kafka_away is not None:
+            log.warning("%s: Kafka is back after %.0f s", self.name, time.monotonic() - self._kafka_away)
+            self._kafka_away = None
+        elif not up and self._kafka_away is None:
+            log.warning("%s: no connection to Kafka; the client keeps trying", self.name)
+            self._kafka_away = time.monotonic()
+
     def _look(self, consumer: rk.Consumer) -> None:
         """Note each assigned partition's end and position, on the loop's thread: other threads (the
         /health server) read the note, as a call into the consumer from another thread while this one

@@ -48,6 +48,9 @@ log = logging.getLogger("streams.archive")
 
 _RETENTION_EVERY_S = 3600.0
 _SUMMARY_EVERY_S = 30.0
+# An idle archive writes nothing, so it would not notice the database going away: it asks it this
+# often when no batch was written, for /health.
+_PING_EVERY_S = 5.0
 
 
 class ArchiveError(StageError):
@@ -100,6 +103,8 @@ class Archive:
         self._totals = {"measurements": 0, "duplicates": 0, "rejections": 0, "quarantined": 0}
         self._last_retention = 0.0
         self._last_summary = time.monotonic()
+        self._db_checked = time.monotonic()  # when the database last answered or was last asked
+        self._db_lost: float | None = None  # since when an idle check finds the database away
 
     # ------------------------------------------------------------ start and stop
     def start(self) -> None:
@@ -189,6 +194,7 @@ class Archive:
         started = time.perf_counter()
         written = self.store.write(rows)
         self.metrics.write_seconds.observe(time.perf_counter() - started)
+        self._db_checked, self._db_lost = time.monotonic(), None
         self._count(written, rows.poison)
         self.metrics.buffered.set(0)
         self.metrics.lag.set(self.loop.lag())
@@ -230,8 +236,30 @@ class Archive:
         if now - self._last_summary >= _SUMMARY_EVERY_S:
             self._summary()
             self._last_summary = now
-        if self.loop.away_since is None and now - self._last_retention >= _RETENTION_EVERY_S:
+        if self.loop.away_since is None and now - self._db_checked >= _PING_EVERY_S:
+            self._ping(now)
+        if self._database_away() is None and now - self._last_retention >= _RETENTION_EVERY_S:
             self._retention()
+
+    def _ping(self, now: float) -> None:
+        self._db_checked = now
+        try:
+            self.store.ping()
+        except DatabaseAwayError as exc:
+            if self._db_lost is None:
+                self._db_lost = now
+                self.metrics.database_up.set(0)
+                log.warning("archive: the database is not available (%s); checking again", exc)
+            return
+        if self._db_lost is not None:
+            log.warning("archive: the database answers again after %.0f s", now - self._db_lost)
+            self._db_lost = None
+            self.metrics.database_up.set(1)
+
+    def _database_away(self) -> float | None:
+        """Since when the database is away (seen by a batch or by an idle check), or None."""
+        away = self.loop.away_since
+        return away if away is not None else self._db_lost
 
     def _retention(self) -> None:
         self._last_retention = time.monotonic()
@@ -255,15 +283,17 @@ class Archive:
             self._totals["duplicates"],
             self._totals["rejections"],
             lag,
-            "; DATABASE AWAY" if self.loop.away_since is not None else "",
+            ("; DATABASE AWAY" if self._database_away() is not None else "")
+            + ("; KAFKA AWAY" if self.loop.kafka_away_since is not None else ""),
         )
 
     def health(self) -> dict[str, Any]:
-        down = self.loop.away_since
+        down, kafka_down = self._database_away(), self.loop.kafka_away_since
         report: dict[str, Any] = {
-            "ok": down is None and self.loop.running,
+            "ok": down is None and kafka_down is None and self.loop.running,
             "storage_mode": self.store.mode,
             "database": "up" if down is None else f"away for {time.monotonic() - down:.0f} s",
+            "kafka": "up" if kafka_down is None else f"away for {time.monotonic() - kafka_down:.0f} s",
             "partitions": len(self.loop.assigned),
             "buffered_rows": self.loop.in_hand,
             **self._totals,

@@ -9,7 +9,7 @@ archive moves on. Every measurement and rejection row remembers the record it ca
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -33,6 +33,7 @@ __all__ = [
     "Rows",
     "measurement_row",
     "quarantine_row",
+    "readable_times",
     "rejection_row",
 ]
 
@@ -89,7 +90,22 @@ _rejection = msgspec.json.Decoder(Rejection)
 _quarantined = msgspec.json.Decoder(Quarantined)
 
 
+# Times PostgreSQL stores but Python cannot read back (psycopg: "timestamp too large (after year
+# 10K)"): 9999-12-31T23:59-23:59 is year 10000 in UTC, 0001-01-01T00:00+23:59 is 1 BC. Stored, one
+# such row broke every read of the patient's history; a day inside each end also keeps a session
+# time zone's shift readable.
+_EARLIEST, _LATEST = datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 30, tzinfo=UTC)
+
+
+def readable_times(*times: datetime | None) -> None:
+    """Raise msgspec.ValidationError (the record breaks its contract) for a time out of _EARLIEST.._LATEST."""
+    for t in times:
+        if t is not None and not _EARLIEST <= (t if t.tzinfo else t.replace(tzinfo=UTC)) <= _LATEST:
+            raise msgspec.ValidationError(f"a time outside the years 1-9999 in UTC: {t.isoformat()[:40]}")
+
+
 def measurement_row(m: Measurement) -> MeasurementRow:
+    readable_times(m.measured_at, m.received_at)
     return (
         m.measured_at, m.measurement_id, m.patient_id, m.kit_id, m.device_id, m.metric.value, m.loinc,
         m.value, m.unit, m.reported_value, m.reported_unit, m.flag, m.received_at, m.kit_seq,
@@ -97,6 +113,7 @@ def measurement_row(m: Measurement) -> MeasurementRow:
 
 
 def rejection_row(r: Rejection) -> RejectionRow:
+    readable_times(r.received_at, r.measured_at)
     return (
         r.rejection_id, r.received_at, r.reason.value, r.detail, r.source_topic, r.kit_id, r.patient_id,
         r.reading_index, r.metric, r.reported_value, r.reported_unit, r.measured_at, _clean(r.raw_excerpt),
@@ -106,6 +123,7 @@ def rejection_row(r: Rejection) -> RejectionRow:
 
 def quarantine_row(q: Quarantined) -> QuarantineRow:
     """The row of a quarantine record; its text is cleaned again, as another producer may have sent it."""
+    readable_times(q.quarantined_at)
     return (
         q.stage, q.reason.value, _clean(q.detail), _clean(q.source_topic), q.partition, q.offset, q.raw,
         q.raw_size, q.quarantined_at,

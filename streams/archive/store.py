@@ -73,6 +73,8 @@ _INSERT_QUARANTINE = sql.SQL("INSERT INTO quarantine ({}) VALUES ({}) ON CONFLIC
     sql.SQL(", ").join(map(sql.Identifier, QUARANTINE_COLUMNS)),
     sql.SQL(", ").join(sql.Placeholder() * len(QUARANTINE_COLUMNS)),
 )
+# The database cannot take our statements now (away, or read-only during a fail-over): wait, retry.
+_AWAY = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 # Raised while a row is turned into COPY data (a number out of its column's range): about the row.
 _DUMP_ERRORS = (OverflowError, ValueError, TypeError)
 
@@ -108,13 +110,18 @@ class Store:
         self.close()
         try:
             conn = psycopg.connect(self._url, application_name=self._application, connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            raise DatabaseAwayError(_first_line(exc)) from None
+        try:
             for statement in _STAGING:
                 conn.execute(statement)
             (mode,) = conn.execute("SELECT vaktrom_archive_mode()").fetchone() or ("postgresql",)
             conn.commit()
         except psycopg.errors.UndefinedFunction:
+            conn.close()
             raise DatabaseAwayError("the archive schema is missing: run `python infra/migrate.py`") from None
-        except psycopg.OperationalError as exc:
+        except _AWAY as exc:  # a read-only standby refuses even the temporary staging tables
+            conn.close()
             raise DatabaseAwayError(_first_line(exc)) from None
         self._conn, self.mode = conn, str(mode)
 
@@ -131,6 +138,16 @@ class Store:
         assert self._conn is not None
         return self._conn
 
+    def ping(self) -> None:
+        """One round trip; DatabaseAwayError when the database does not answer (an idle archive's check)."""
+        conn = self._connection()
+        try:
+            conn.execute("SELECT 1").fetchone()
+            conn.rollback()
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise DatabaseAwayError(_first_line(exc)) from None
+
     # ------------------------------------------------------------ policy
     def configure(self, *, compress_after_days: int, retain_days: int) -> str:
         """Store the compression and retention ages (TimescaleDB: as background policies)."""
@@ -141,7 +158,7 @@ class Store:
                 (compress_after_days, retain_days),
             )
             conn.commit()
-        except psycopg.OperationalError as exc:
+        except _AWAY as exc:
             self.close()
             raise DatabaseAwayError(_first_line(exc)) from None
         return self.mode
@@ -152,7 +169,7 @@ class Store:
         try:
             (removed,) = conn.execute("SELECT vaktrom_apply_retention()").fetchone() or (0,)
             conn.commit()
-        except psycopg.OperationalError as exc:
+        except _AWAY as exc:
             self.close()
             raise DatabaseAwayError(_first_line(exc)) from None
         return int(removed)
@@ -223,6 +240,10 @@ def fault(exc: BaseException) -> DatabaseFault:
     if isinstance(exc, _DUMP_ERRORS):
         return DatabaseFault.DATA
     if isinstance(exc, psycopg.OperationalError):  # includes SerializationFailure, DeadlockDetected
+        return DatabaseFault.TRANSIENT
+    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+        # A standby during a fail-over (or a database made read-only): it takes writes again later,
+        # so wait and retry; as a "bug" it stopped the stage, and every restart stopped again.
         return DatabaseFault.TRANSIENT
     if isinstance(exc, psycopg.Error):
         return database_fault(exc.sqlstate, refused_as_data=isinstance(exc, psycopg.DataError))

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import psycopg
 import pytest
+from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
 from psycopg import sql
 
 from contracts import Quarantined, QuarantineReason, quarantined, topics
@@ -270,3 +271,38 @@ def test_two_members_share_the_partitions_through_rebalances_and_lose_nothing(
     assert {p: len(offs) for p, offs in table.offsets().items()} == {0: 400, 1: 400, 2: 400}
     assert (table.inserted, table.again) == (1200, 0), "committed before the partitions moved"
     assert committed(stack, stage_groups(unique)["alerts"], topic) == {0: 400, 1: 400, 2: 400}
+
+
+def test_a_partition_added_to_the_topic_while_running_is_read_within_seconds(
+    stack: Stack, unique: str, table: Table
+) -> None:
+    """A partition added to a running member's topic is assigned and read soon, not after
+    librdkafka's default 5-minute metadata refresh (an alert on it would wait that long)."""
+    topic = topics.alert_topic(f"{unique}.")
+    send(stack, topic, [(0, b"before")])
+    opened: list[psycopg.Connection[Any]] = []
+
+    def apply(records: list[Record]) -> list[Quarantined]:
+        if not opened:
+            opened.append(psycopg.connect(table.url))
+        new = table.write(opened[0], records)
+        opened[0].commit()
+        table.committed(records, new)
+        return []
+
+    loop = new_loop(stack, unique, apply)
+    try:
+        thread = run_until(loop, lambda: table.inserted >= 1)
+        admin = rk.admin(stack.kafka())
+        for future in admin.create_partitions([NewPartitions(topic, 4)]).values():
+            future.result(30)
+        send(stack, topic, [(3, b"on the new partition")])
+        deadline = time.monotonic() + 40
+        while table.inserted < 2 and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.2)
+        loop.stop()
+        thread.join(30)
+    finally:
+        for c in opened:
+            c.close()
+    assert table.offsets() == {0: [0], 3: [0]}, "the added partition's record was not read in 40 s"

@@ -8,7 +8,10 @@ the poison must be in the `quarantine` table with its stage and reason.
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -17,15 +20,17 @@ import psycopg
 import pytest
 
 from alerts.accounts import Role
-from contracts import EpisodeChange, KitStatusEvent, Metric, QuarantineReason, Severity, topics
+from alerts.quarantine import fault as feed_fault
+from contracts import DatabaseFault, EpisodeChange, KitStatusEvent, Metric, QuarantineReason, Severity, topics
 from contracts import Quarantined as QuarantinedRecord
+from runtime import kafka as rk
 from streams.archive.rows import Rows
 from streams.archive.store import DatabaseAwayError, Store
 from tests.conftest import Stack
 from tests.integration.alerts_support import T0, AlertsProcess, ConsoleClient, event, new_id, staff
 from tests.integration.archive_support import ArchiveProcess, make_measurement, make_rejection
 from tests.integration.monitor_support import MonitorProcess
-from tests.integration.stage_support import produce, sql
+from tests.integration.stage_support import prepare, produce, sql, stage_groups
 
 _encode = msgspec.json.Encoder().encode
 
@@ -275,3 +280,127 @@ def test_a_lost_database_connection_is_retried_not_quarantined(stack: Stack, uni
         store.close()
     assert (written.measurements, written.refused, written.quarantined) == (1, 0, 0)
     assert good.measurement_id in _stored_ids(stack, kit)
+
+
+def test_a_read_only_database_is_waited_for_not_a_stop(stack: Stack, unique: str) -> None:
+    """A database that takes no writes for a while (a standby during a fail-over) is the database's
+    trouble: the archive's write raises DatabaseAwayError (the loop waits and retries) and the alert
+    feed's classification says transient; before, the archive stopped on it, and after each restart."""
+    kit = f"{unique[:20]}R"
+    topic = f"{unique}.m"
+    rows = Rows()
+    _k, value, good = make_measurement(patient=f"{kit}-P", kit=kit)
+    rows.add(kind="measurement", topic=topic, partition=0, offset=0, value=value, seen_at=T0)
+    sep = "&" if "?" in stack.database_url else "?"
+    read_only = Store(f"{stack.database_url}{sep}options=-c%20default_transaction_read_only%3Don")
+    try:
+        with pytest.raises(DatabaseAwayError, match="read-only"):
+            read_only.write(rows)
+    finally:
+        read_only.close()
+    with psycopg.connect(stack.database_url) as conn:
+        conn.execute("SET TRANSACTION READ ONLY")
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction) as refused:
+            conn.execute("CREATE TEMPORARY TABLE refused (a int)")
+    assert feed_fault(refused.value) is DatabaseFault.TRANSIENT
+    assert quarantined(stack, topic) == []
+    store = Store(stack.database_url)
+    try:
+        assert store.write(rows).measurements == 1
+    finally:
+        store.close()
+    assert good.measurement_id in _stored_ids(stack, kit)
+
+
+def test_the_alert_feed_holds_a_poison_batch_while_the_quarantine_topic_is_gone(
+    alerts: AlertsProcess, stack: Stack, unique: str
+) -> None:
+    """With the quarantine topic deleted, a poison alert event is not committed past (its offset
+    waits for the topic's acknowledgement) and /health blames the quarantine topic, not the
+    database; once the topic is back the event is published, the offset committed, the feed goes on."""
+    topic = topics.alert_topic(alerts.prefix)
+    quarantine_topic = topics.quarantine_topic(alerts.prefix)
+    good = event(new_id(), 1, EpisodeChange.OPENED, Severity.RED)
+    alerts.start()
+    rk.delete_topics(rk.admin(stack.kafka()), [quarantine_topic])
+    produce(stack, topic, [(good.patient_id, b"not an alert event"), (good.patient_id, _encode(good))])
+    deadline = time.monotonic() + 60
+    report: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        report = _health_body(alerts)
+        if any("quarantine topic" in d for d in report.get("delays", [])):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"/health did not name the quarantine topic: {report}\n{alerts.tail()}")
+    assert not any("database" in d for d in report["delays"]), report
+    group = stage_groups(unique)["alerts"]
+    assert _committed(stack, group, topic) == 0, "nothing committed past the unacknowledged poison"
+    prepare(stack, unique)  # the topic back (and its access rules)
+    wait_until(lambda: _committed(stack, group, topic) == 2, "offsets committed past the poison", alerts)
+    assert _alert_version(stack, good.episode_id) == 1
+
+
+def _health_body(process: AlertsProcess) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{process.metrics_port}/health", timeout=2) as r:
+            return json.loads(r.read())  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())  # type: ignore[no-any-return]
+    except OSError:
+        return {}
+
+
+def _committed(stack: Stack, group: str, topic: str) -> int:
+    """The group's committed offsets on `topic`, summed (0 where none)."""
+    consumer = rk.consumer(stack.kafka(), group_id=group, client_id="vaktrom-test")
+    try:
+        tps = consumer.committed([rk.TopicPartition(topic, p) for p in range(3)], timeout=10)
+        return sum(max(0, tp.offset) for tp in tps)
+    finally:
+        consumer.close()
+
+
+_YEAR_10000 = "9999-12-31T23:59:00-23:59"  # year 10000 in UTC: PostgreSQL stores it, Python cannot read it
+_YEAR_0 = "0001-01-01T00:00:00+23:59"  # 1 BC in UTC
+
+
+def test_times_python_cannot_read_back_are_quarantined_not_stored(
+    archive: ArchiveProcess, alerts: AlertsProcess, stack: Stack
+) -> None:
+    """A measurement, a rejection and an alert event whose times lie outside the years 1-9999 in UTC
+    are quarantined: stored, each broke every later read of its rows (psycopg: "timestamp too large
+    (after year 10K)"), the patient's history and the alert queue alike. The good ones after them are
+    stored and read back."""
+    kit = f"{archive.name[:20]}Y"
+    _k, good_value, good = make_measurement(patient=f"{kit}-P", kit=kit)
+    late = msgspec.json.decode(good_value)
+    early = {**late, "measured_at": _YEAR_0, "measurement_id": late["measurement_id"][:-1] + "0"}
+    late |= {"measured_at": _YEAR_10000, "measurement_id": late["measurement_id"][:-1] + "1"}
+    _r, rejection_value, _rej = make_rejection(kit, 0)
+    rejection = msgspec.json.decode(rejection_value) | {"received_at": _YEAR_10000}
+    produce(stack, topics.measurement_topic(archive.prefix), [
+        ("P", msgspec.json.encode(late)), ("P", msgspec.json.encode(early)), ("P", good_value),
+    ])  # fmt: skip
+    produce(stack, topics.rejection_topic(archive.prefix), [(kit, msgspec.json.encode(rejection))])
+    bad = msgspec.to_builtins(event(new_id(), 1, EpisodeChange.OPENED, Severity.RED))
+    bad["last_seen_at"] = _YEAR_10000
+    fine = event(new_id(), 1, EpisodeChange.OPENED, Severity.RED)
+    produce(stack, topics.alert_topic(alerts.prefix), [
+        (bad["patient_id"], msgspec.json.encode(bad)), (fine.patient_id, _encode(fine)),
+    ])  # fmt: skip
+    archive.start()
+    alerts.start()
+    wait_until(lambda: good.measurement_id in _stored_ids(stack, kit), "good reading stored", archive)
+    wait_until(lambda: _alert_version(stack, fine.episode_id) == 1, "good alert stored", alerts)
+    rows = wait_until(at_least(stack, archive.prefix, 4), "4 quarantine rows", archive)
+    assert sorted((r["stage"], r["reason"]) for r in rows) == [
+        ("alert-feed", "undecodable"),
+        *[("archive", "undecodable")] * 3,
+    ]
+    assert all("outside the years 1-9999" in r["detail"] for r in rows), [r["detail"] for r in rows]
+    with psycopg.connect(stack.database_url) as conn:  # every row of the kit and the alert reads back
+        assert len(conn.execute("SELECT * FROM measurements WHERE kit_id = %s", (kit,)).fetchall()) == 1
+        assert (
+            conn.execute("SELECT * FROM alerts WHERE episode_id = %s", (bad["episode_id"],)).fetchall() == []
+        )

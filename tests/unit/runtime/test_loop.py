@@ -7,6 +7,7 @@ tests/integration/test_consumer_loop.py.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts import Quarantined
+from contracts import Quarantined, QuarantineReason, quarantined
 from contracts.settings import KafkaSettings
 from runtime import kafka as rk
 from runtime.loop import ConsumerLoop, Record, _FatalClientError, batch_ends, batch_starts
@@ -225,3 +226,60 @@ def test_a_fatal_client_error_is_not_skipped_as_a_notice() -> None:
     loop = make_loop(FakeConsumer([0]), lambda records: [], max_records=1)
     with pytest.raises(_FatalClientError):
         loop._record(FatalMessage(0, 0, b""))  # type: ignore[arg-type]
+
+
+def _stats(*states: str) -> str:
+    brokers = {f"b{i}": {"nodeid": i, "state": state} for i, state in enumerate(states)}
+    return json.dumps({"brokers": brokers})
+
+
+def test_kafka_is_away_while_no_broker_connection_is_up_and_back_when_one_is() -> None:
+    """librdkafka's statistics drive `kafka_away_since`: no broker "UP" is Kafka away (for /health),
+    one "UP" again is Kafka back; a report that does not parse changes nothing."""
+    loop = make_loop(FakeConsumer([1]), lambda records: [], max_records=10)
+    loop._on_stats(_stats("UP", "INIT"))
+    assert loop.kafka_away_since is None
+    loop._on_stats(_stats("DOWN", "TRY_CONNECT"))
+    since = loop.kafka_away_since
+    assert since is not None
+    loop._on_stats(_stats("CONNECT"))
+    loop._on_stats("not json")
+    assert loop.kafka_away_since == since, "away since the first report that said so"
+    loop._on_stats(_stats("DOWN", "UP"))
+    assert loop.kafka_away_since is None
+
+
+class SilentProducer:
+    """A quarantine topic that never acknowledges (Kafka away, or the topic refused to us)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def produce(self, *_args: Any, **_kw: Any) -> None:
+        self.sent += 1
+
+    def flush(self, _timeout: float = 0) -> int:
+        return self.sent
+
+
+def test_a_quarantine_topic_that_does_not_ack_holds_the_batch_and_is_named_as_the_cause() -> None:
+    """When the set-aside records are not acknowledged the batch is not committed and is read again,
+    and the loop blames the quarantine topic, not the database (what /health and the logs say)."""
+    consumer = FakeConsumer([3])
+
+    def apply(records: list[Record]) -> list[Quarantined]:
+        r = records[0]
+        return [
+            quarantined(
+                stage="t", reason=QuarantineReason.UNDECODABLE, detail="x", topic=r.topic,
+                partition=r.partition, offset=r.offset, raw=r.value,
+            )
+        ]  # fmt: skip
+
+    loop = make_loop(consumer, apply, max_records=10)
+    loop._quarantine_topic = "q"
+    loop._producer = SilentProducer()  # type: ignore[assignment]  # stands in for the client
+    loop._step(consumer)  # type: ignore[arg-type]
+    assert consumer.committed == {}
+    assert loop.away_since is not None
+    assert loop.away_what == "the quarantine topic"
