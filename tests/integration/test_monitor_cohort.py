@@ -57,9 +57,12 @@ MEASUREMENTS_DONE = 'vaktrom_monitor_events_total{kind="measurement"}'
 # of these in three runs here. With the merge, nine runs had 117-261, of which the restarted worker
 # added 42-84; the rest, and nearly all the spread, come before the kill, in real time, where the
 # simulator's four MQTT connections and the bridge put a partition's kits and its kit-status topic
-# hours of simulated time apart (14 days in ~2 s), with or without the merge. The bound is faust's
-# highest with that spread on top.
-INFO_DEADLINE_EPISODES_MAX = 280
+# hours of simulated time apart (14 days in ~2 s), with or without the merge. A first bound of 280
+# (faust's highest with that spread on top) failed a fresh-clone run at 298, on a correct run: the
+# count follows the simulator's timing more than the monitor. The silent-kit assertion is what
+# catches the clock running ahead; this bound only guards against gross spam (deadlines fired per
+# record gave 1,619; per kit-status message, 455), with a third above the highest seen (298).
+INFO_DEADLINE_EPISODES_MAX = 400
 GRACE = timedelta(
     hours=24
 )  # an episode counts as found if an alert episode overlaps it, or opens within a day after
