@@ -368,12 +368,7 @@ class Worker:
     def _produce(
         self, topic: str, key: bytes, value: bytes, on_delivery: Callable[[Any, Any], None], **kw: Any
     ) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value, key, on_delivery=on_delivery, **kw)
-                return
-            except BufferError:  # the producer's queue is full: let it drain
-                self.producer.poll(0.05)
+        rk.produce_waiting(self.producer, topic, value=value, key=key, on_delivery=on_delivery, **kw)
 
     def _flush(self) -> None:
         """Wait until Kafka has answered every send (librdkafka retries within message.timeout.ms)."""

@@ -242,12 +242,7 @@ def produce(stack: Stack, topic: str, records: Iterable[tuple[str, bytes]]) -> i
 
     sent = 0
     for key, value in records:
-        while True:
-            try:
-                producer.produce(topic, key=key.encode(), value=value, on_delivery=settled)
-                break
-            except BufferError:  # librdkafka's queue is full: let it drain
-                producer.poll(0.1)
+        rk.produce_waiting(producer, topic, key=key.encode(), value=value, on_delivery=settled)
         sent += 1
     left = producer.flush(60)
     assert left == 0, f"Kafka did not acknowledge {left} of {sent} records to {topic} within 60 s"
