@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from alerts.service import AlertService
 from alerts.settings import AlertsSettings
-from contracts.settings import DatabaseSettings, KafkaSettings, MqttSettings
-from contracts.stage import run_stage
 from registry import RegistrySettings, create
+from runtime.settings import DatabaseSettings, KafkaSettings, MqttSettings
+from runtime.stage import run_stage
 
 
 def main(argv: Sequence[str] | None = None) -> int:

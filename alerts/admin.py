@@ -29,7 +29,7 @@ import psycopg
 
 from alerts import accounts
 from alerts.accounts import AccountError, Role
-from contracts.settings import ConfigError, DatabaseSettings
+from runtime.settings import ConfigError, DatabaseSettings
 
 __all__ = ["main"]
 

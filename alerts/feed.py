@@ -29,10 +29,10 @@ from alerts.quarantine import STAGE, apply_each, fault, set_aside
 from alerts.settings import AlertsSettings
 from alerts.store import Applied, apply_events
 from contracts import AlertEvent, DatabaseFault, Quarantined, QuarantineReason, topics
-from contracts.ops import LATENCY_BUCKETS, AlertPathAge, OpsServer, health_status, serve
-from contracts.settings import DatabaseSettings, KafkaSettings
-from contracts.stage import StageError
 from runtime.loop import ConsumerLoop, LoopError, LoopMetrics, Record
+from runtime.ops import LATENCY_BUCKETS, AlertPathAge, OpsServer, health_status, serve
+from runtime.settings import DatabaseSettings, KafkaSettings
+from runtime.stage import StageError
 
 __all__ = ["AlertFeed", "AlertFeedError"]
 

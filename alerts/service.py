@@ -25,9 +25,9 @@ from alerts.live import Live
 from alerts.notify import Channel, Email, Webhook, deliver_due
 from alerts.settings import AlertsSettings
 from alerts.web import create_app
-from contracts.settings import ConfigError, DatabaseSettings, KafkaSettings
-from contracts.stage import StageError
 from registry import Registry
+from runtime.settings import ConfigError, DatabaseSettings, KafkaSettings
+from runtime.stage import StageError
 
 __all__ = ["AlertService"]
 

@@ -1,4 +1,4 @@
-"""The response-centre service's own settings; connections use the shared ones (`contracts.settings`)."""
+"""The response-centre service's own settings; connections use the shared ones (`runtime.settings`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import timedelta
 from alerts.accounts import MAX_TOKEN_DAYS
 from alerts.escalation import Step, Targets
 from alerts.notify import Route, parse_routes
-from contracts.settings import ConfigError, Settings, check_ranges, check_time_zone, setting
+from runtime.settings import ConfigError, Settings, check_ranges, check_time_zone, setting
 
 __all__ = ["AlertsSettings"]
 

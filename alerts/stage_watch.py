@@ -1,7 +1,7 @@
 """The technical alarm: watch every stage's `/health` and tell the nurses when alerts may be late.
 
 Each stage reports `status` "ok", "degraded" (it works, but the oldest reading or alert event
-waiting in it is older than its threshold) or "down" (`contracts.ops`). A stage that does not
+waiting in it is older than its threshold) or "down" (`runtime.ops`). A stage that does not
 answer is down too: a broken alarm channel must raise its own alarm rather than look quiet. The
 console shows a banner on every page while any stage is not ok, with the earliest time since
 when, and the browser shows one of its own when this service stops answering (`console.js`).

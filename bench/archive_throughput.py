@@ -48,8 +48,8 @@ from migrate import migrate  # noqa: E402
 from topics import delete_namespaces, ensure_topics  # noqa: E402
 
 from contracts import METRICS, Measurement, Metric, measurement_id, topics  # noqa: E402
-from contracts.settings import KafkaSettings  # noqa: E402
 from runtime import kafka as rk  # noqa: E402
+from runtime.settings import KafkaSettings  # noqa: E402
 from streams.archive.rows import MEASUREMENT_COLUMNS, MEASUREMENT_TYPES, measurement_row  # noqa: E402
 
 SCHEMA = "bench_archive"

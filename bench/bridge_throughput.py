@@ -49,10 +49,10 @@ from gateway_sim.cli import load_enrolment  # noqa: E402
 from sim_publish import TICKS, cpu_seconds  # noqa: E402
 
 from contracts import topics  # noqa: E402
-from contracts.settings import KafkaSettings  # noqa: E402
 from ingest.producer import RecordSink  # noqa: E402
 from ingest.settings import BridgeSettings  # noqa: E402
 from runtime import kafka as rk  # noqa: E402
+from runtime.settings import KafkaSettings  # noqa: E402
 
 _RUN = REPO / ".local" / "run"
 

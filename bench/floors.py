@@ -15,8 +15,8 @@ import msgspec
 from archive_throughput import copy_phase, kafka, make_records, prepare_schema
 from bridge_throughput import raw_phase
 
-from contracts.settings import KafkaSettings
 from runtime import kafka as rk
+from runtime.settings import KafkaSettings
 
 REPO = Path(__file__).resolve().parents[1]
 

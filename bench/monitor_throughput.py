@@ -63,8 +63,8 @@ from contracts import (  # noqa: E402
     Trace,
     topics,
 )
-from contracts.settings import KafkaSettings  # noqa: E402
 from runtime import kafka as rk  # noqa: E402
+from runtime.settings import KafkaSettings  # noqa: E402
 from streams.monitor.engine import (  # noqa: E402
     Engine,
     MetricRecord,

@@ -35,8 +35,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from contracts.kafka_acl import ADMIN, BROKER, PRINCIPALS, KafkaAcl, kafka_acls
-from contracts.settings import ConfigError, KafkaSettings
 from runtime import kafka as rk
+from runtime.settings import ConfigError, KafkaSettings
 
 __all__ = ["AclError", "grant", "revoke_stale", "set_credentials", "to_kafka"]
 

@@ -37,7 +37,7 @@ from tls import client_certificate, ensure_server_certificates
 
 from contracts.kafka_acl import ADMIN, BROKER, PRINCIPALS
 from contracts.mqtt_accounts import HEALTH, LOAD, LOCAL_TEST, SERVICE_ACCOUNTS
-from contracts.settings import KafkaSettings
+from runtime.settings import KafkaSettings
 
 __all__ = ["LOAD", "LOCAL_TEST", "MQTT_ADMIN", "MQTT_BRIDGE", "Kafka", "Mosquitto", "Postgres"]
 

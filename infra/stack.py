@@ -35,7 +35,7 @@ from services import LOAD, LOCAL_TEST, MQTT_ADMIN, MQTT_BRIDGE, Kafka, Mosquitto
 from stackenv import OWNER_DATABASE_KEY, TEST_DATABASE_KEY, TEST_OWNER_DATABASE_KEY, kafka_password_env
 from supervisor import read_status
 
-from contracts.settings import ConfigError, Settings, setting
+from runtime.settings import ConfigError, Settings, setting
 
 # The stages `make up` runs once they exist: (package, issue that builds it).
 STAGES = [("ingest", 4), ("streams.monitor", 5), ("streams.archive", 6), ("alerts", 7), ("gateway_sim", 3)]

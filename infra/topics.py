@@ -20,9 +20,9 @@ from collections.abc import Iterable
 
 from confluent_kafka import ConsumerGroupTopicPartitions
 
-from contracts.settings import ConfigError, KafkaSettings
 from contracts.topics import kafka_topics
 from runtime import kafka as rk
+from runtime.settings import ConfigError, KafkaSettings
 
 __all__ = ["admin_client", "consumer_lag", "delete_namespaces", "delete_topics", "ensure_topics"]
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from contracts.settings import DatabaseSettings, KafkaSettings, MqttSettings
-from contracts.stage import run_stage
 from ingest.bridge import Bridge
 from ingest.settings import BridgeSettings
+from runtime.settings import DatabaseSettings, KafkaSettings, MqttSettings
+from runtime.stage import run_stage
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,8 +32,6 @@ from typing import Any
 import msgspec
 
 from contracts import MAX_KIT_PAYLOAD_BYTES, ReadingOutcome, ReceiptEntry, RejectReason, topics
-from contracts.ops import OpsServer, health_status, serve
-from contracts.settings import DatabaseSettings, KafkaSettings, MqttSettings
 from ingest._errors import BridgeError
 from ingest.fair_share import KitLimiter, OncePer, fhir_cost, message_cost
 from ingest.metrics import BridgeMetrics
@@ -42,6 +40,8 @@ from ingest.producer import RecordSink
 from ingest.registry import Registry, RegistryCache
 from ingest.settings import BridgeSettings
 from ingest.subscriber import Inbound, Subscriber
+from runtime.ops import OpsServer, health_status, serve
+from runtime.settings import DatabaseSettings, KafkaSettings, MqttSettings
 
 __all__ = ["Bridge"]
 

@@ -1,4 +1,4 @@
-"""The bridge's Prometheus metrics, served on `/metrics` by `contracts.ops.OpsServer`.
+"""The bridge's Prometheus metrics, served on `/metrics` by `runtime.ops.OpsServer`.
 
 One registry per bridge, so tests can run several in one process.
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from contracts.ops import LATENCY_BUCKETS
+from runtime.ops import LATENCY_BUCKETS
 
 __all__ = ["BridgeMetrics"]
 

@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from contracts.settings import KafkaSettings
 from ingest._errors import BridgeError
 from ingest.settings import BridgeSettings
 from runtime import kafka as rk
+from runtime.settings import KafkaSettings
 
 __all__ = ["RecordSink"]
 

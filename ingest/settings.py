@@ -1,4 +1,4 @@
-"""The bridge's own settings (connection settings are the shared ones in `contracts.settings`)."""
+"""The bridge's own settings (connection settings are the shared ones in `runtime.settings`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 import re
 
 from contracts import MAX_KIT_PAYLOAD_BYTES, MAX_READINGS_PER_MESSAGE
-from contracts.settings import ConfigError, Settings, check_ranges, setting
+from runtime.settings import ConfigError, Settings, check_ranges, setting
 
 __all__ = ["COMPRESSIONS", "BridgeSettings"]
 

@@ -35,9 +35,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from contracts import MAX_KIT_PAYLOAD_BYTES, DeliveryReceipt, ReceiptEntry, topics
-from contracts.settings import MqttSettings
 from ingest._errors import BridgeError
 from ingest.metrics import BridgeMetrics
+from runtime.settings import MqttSettings
 
 __all__ = ["CHANNELS", "Inbound", "Subscriber"]
 

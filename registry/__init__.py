@@ -9,13 +9,13 @@ monitor never import it; they read what it writes (the kit registry tables, the 
 from datetime import timedelta
 from functools import partial
 
-from contracts.settings import KafkaSettings, MqttSettings
 from registry.broker import BrokerAdmin, BrokerAdminError
 from registry.careplans import PlanChange, PlanError, Proposal, parse_threshold
 from registry.identity import Identity, IdentityError, Sealer
 from registry.publish import KafkaPlanPublisher
 from registry.settings import RegistrySettings
 from registry.store import Actor, Credentials, KitDevice, Registry, RegistryError
+from runtime.settings import KafkaSettings, MqttSettings
 
 __all__ = [
     "Actor",

@@ -47,7 +47,6 @@ import psycopg
 import segno
 
 from contracts import Condition, Metric
-from contracts.settings import ConfigError, DatabaseSettings, KafkaSettings, MqttSettings
 from registry import create
 from registry.broker import BrokerAdminError, write_offline
 from registry.bulk import enrol_cohort, write_credentials
@@ -55,6 +54,7 @@ from registry.careplans import PlanChange, PlanError, parse_threshold
 from registry.identity import Identity
 from registry.settings import RegistrySettings
 from registry.store import Actor, KitDevice, Registry, RegistryError
+from runtime.settings import ConfigError, DatabaseSettings, KafkaSettings, MqttSettings
 
 __all__ = ["build", "main"]
 

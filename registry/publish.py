@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import msgspec
 
 from contracts import CarePlan
-from contracts.settings import KafkaSettings
 from contracts.topics import careplan_topic
 from runtime import kafka as rk
+from runtime.settings import KafkaSettings
 
 __all__ = ["KafkaPlanPublisher"]
 

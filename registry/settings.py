@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from contracts.settings import ConfigError, KafkaSettings, Settings, check_ranges, setting
 from contracts.topics import MQTT_ROOT
 from registry.identity import IdentityError, Sealer
+from runtime.settings import ConfigError, KafkaSettings, Settings, check_ranges, setting
 
 __all__ = ["RegistrySettings"]
 

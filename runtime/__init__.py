@@ -1,5 +1,11 @@
-"""The runtime kernel every stage may import: the Kafka client layer (`runtime.kafka`).
+"""The runtime kernel every stage may import.
 
-`contracts` holds wire formats and names and does no I/O; `runtime` holds how a stage talks to the
-services underneath (issue #30 moves the stage runner, operations server and settings here too).
+    runtime.kafka     the Kafka client layer (confluent-kafka): clients, topics, partitioning
+    runtime.loop      the Kafka -> database consumer loop the archive and the alert feed share
+    runtime.stage     running a stage as a process: command line, logging, signals, exit codes
+    runtime.ops       the operations HTTP server: /health and /metrics
+    runtime.settings  typed settings from the environment, checked at start-up
+
+`contracts` holds wire formats, topic names, schemas and ids and does no I/O; `runtime` holds how a
+stage talks to the services underneath. Stages import both, and nothing of another stage.
 """

@@ -39,7 +39,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from contracts.settings import KafkaSettings
+from runtime.settings import KafkaSettings
 
 __all__ = [
     "OFFSET_BEGINNING",

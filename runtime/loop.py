@@ -48,9 +48,9 @@ import msgspec
 from prometheus_client import Counter, Gauge
 
 from contracts import Quarantined
-from contracts.settings import KafkaSettings
-from contracts.stage import StageError
 from runtime import kafka as rk
+from runtime.settings import KafkaSettings
+from runtime.stage import StageError
 
 __all__ = ["ConsumerLoop", "LoopError", "LoopMetrics", "Record", "batch_starts"]
 

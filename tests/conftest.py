@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "infra"))
 import stackenv  # noqa: E402  (infra/ holds scripts, not a package)
 from topics import delete_namespaces  # noqa: E402
 
-from contracts.settings import ConfigError, KafkaSettings  # noqa: E402
+from runtime.settings import ConfigError, KafkaSettings  # noqa: E402
 
 STATE = stackenv.state_dir()
 SERVICE_DIRS = ("integration", "e2e")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from contracts.settings import DatabaseSettings, KafkaSettings
-from contracts.stage import run_stage
+from runtime.settings import DatabaseSettings, KafkaSettings
+from runtime.stage import run_stage
 from streams.archive.consumer import Archive
 from streams.archive.settings import ArchiveSettings
 

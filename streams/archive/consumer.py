@@ -33,10 +33,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from contracts import Quarantined, topics
-from contracts.ops import OpsServer, serve
-from contracts.settings import DatabaseSettings, KafkaSettings
-from contracts.stage import StageError
 from runtime.loop import ConsumerLoop, LoopError, LoopMetrics, Record
+from runtime.ops import OpsServer, serve
+from runtime.settings import DatabaseSettings, KafkaSettings
+from runtime.stage import StageError
 from streams.archive.metrics import ArchiveMetrics
 from streams.archive.rows import Rows
 from streams.archive.settings import ArchiveSettings

@@ -1,4 +1,4 @@
-"""The archive's Prometheus metrics, served on `/metrics` by `contracts.ops.OpsServer`.
+"""The archive's Prometheus metrics, served on `/metrics` by `runtime.ops.OpsServer`.
 
 One registry per archive, so tests can run several in one process. No patient id in any label.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from contracts.ops import LATENCY_BUCKETS
+from runtime.ops import LATENCY_BUCKETS
 
 __all__ = ["ArchiveMetrics"]
 

@@ -1,11 +1,11 @@
-"""The archive's own settings (connection settings are the shared ones in `contracts.settings`)."""
+"""The archive's own settings (connection settings are the shared ones in `runtime.settings`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 
-from contracts.settings import ConfigError, Settings, check_ranges, setting
+from runtime.settings import ConfigError, Settings, check_ranges, setting
 
 __all__ = ["ArchiveSettings"]
 

@@ -16,9 +16,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from contracts.ops import OpsServer, serve
-from contracts.settings import KafkaSettings
-from contracts.stage import run_stage
+from runtime.ops import OpsServer, serve
+from runtime.settings import KafkaSettings
+from runtime.stage import run_stage
 from streams.monitor.membership import InstanceId, claim_instance_id
 from streams.monitor.settings import MonitorSettings
 from streams.monitor.worker import Worker

@@ -24,7 +24,7 @@ import socket
 from pathlib import Path
 from typing import IO
 
-from contracts.settings import ConfigError
+from runtime.settings import ConfigError
 
 __all__ = ["ID_FILE", "InstanceId", "claim_instance_id"]
 

@@ -1,10 +1,10 @@
-"""The monitor's Prometheus metrics, served on `/metrics` by `contracts.ops`. No patient id in any label."""
+"""The monitor's Prometheus metrics, served on `/metrics` by `runtime.ops`. No patient id in any label."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from contracts.ops import LATENCY_BUCKETS
+from runtime.ops import LATENCY_BUCKETS
 
 __all__ = ["MonitorMetrics"]
 

@@ -1,11 +1,11 @@
-"""The monitor's own settings (the Kafka connection is the shared `contracts.settings.KafkaSettings`)."""
+"""The monitor's own settings (the Kafka connection is the shared `runtime.settings.KafkaSettings`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 
-from contracts.settings import ConfigError, Settings, check_ranges, check_time_zone, setting
+from runtime.settings import ConfigError, Settings, check_ranges, check_time_zone, setting
 
 __all__ = ["MonitorSettings"]
 

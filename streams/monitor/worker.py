@@ -44,10 +44,10 @@ from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME
 from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]
 
 from contracts import topics
-from contracts.ops import AlertPathAge
-from contracts.settings import KafkaSettings
-from contracts.stage import StageError
 from runtime import kafka as rk
+from runtime.ops import AlertPathAge
+from runtime.settings import KafkaSettings
+from runtime.stage import StageError
 from streams.monitor.batch import Batch, Names, Processor, Record
 from streams.monitor.engine import Engine
 from streams.monitor.episodes import Timing

@@ -55,8 +55,8 @@ from tls import ensure_server_certificates  # infra/tls.py: tests.conftest puts 
 
 from contracts import topics
 from contracts.kafka_acl import ADMIN, PRINCIPALS, principal
-from contracts.settings import KafkaSettings
 from runtime import kafka as rk
+from runtime.settings import KafkaSettings
 from tests.conftest import REPO, STATE, Stack, stack_command
 from tests.integration.stage_support import consume, delete_namespace, prepare, stage_groups
 
@@ -639,7 +639,7 @@ def _impostor_certificate(
 
 _SIGN_IN = """
 import sys
-from contracts.settings import KafkaSettings
+from runtime.settings import KafkaSettings
 from runtime import kafka as rk
 try:
     rk.list_topics(rk.admin(KafkaSettings.from_env()), timeout=5)

@@ -26,9 +26,9 @@ import psycopg
 import pytest
 
 from alerts.accounts import Role
-from contracts.settings import KafkaSettings
 from registry import Identity, Sealer
 from runtime import kafka as rk
+from runtime.settings import KafkaSettings
 from tests.conftest import REPO, STATE, Stack
 from tests.integration.alerts_support import ConsoleClient, bearer, staff, wait_for
 from tests.integration.bridge_support import (

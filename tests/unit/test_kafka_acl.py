@@ -21,7 +21,7 @@ from kafka_acl import _covers_the_stack, _setup, to_kafka
 
 from contracts import topics
 from contracts.kafka_acl import ADMIN, kafka_acls
-from contracts.settings import ConfigError, KafkaSettings
+from runtime.settings import ConfigError, KafkaSettings
 
 _LITERAL, _PREFIXED = ResourcePatternType.LITERAL, ResourcePatternType.PREFIXED
 

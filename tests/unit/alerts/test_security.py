@@ -11,7 +11,7 @@ from fastapi.responses import PlainTextResponse
 
 from alerts.security import CONTENT_SECURITY_POLICY, SecurityHeaders, trust_proxies
 from alerts.settings import AlertsSettings
-from contracts.settings import ConfigError
+from runtime.settings import ConfigError
 
 
 def _app(proxies: list[str]) -> FastAPI:

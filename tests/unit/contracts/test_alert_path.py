@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from contracts.ops import AlertPathAge, health_status
+from runtime.ops import AlertPathAge, health_status
 
 
 def test_a_consumer_that_is_caught_up_reports_no_age() -> None:

@@ -9,8 +9,8 @@ import urllib.request
 
 import pytest
 
-from contracts.ops import serve
-from contracts.settings import ConfigError
+from runtime.ops import serve
+from runtime.settings import ConfigError
 
 
 def test_metrics_and_health_are_served_and_an_unhealthy_stage_answers_503() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from contracts.settings import ConfigError, DatabaseSettings, KafkaSettings, MqttSettings, Settings, setting
+from runtime.settings import ConfigError, DatabaseSettings, KafkaSettings, MqttSettings, Settings, setting
 
 _KAFKA_LOGIN = {"VAKTROM_KAFKA_USERNAME": "vaktrom-bridge", "VAKTROM_KAFKA_PASSWORD": "pw"}
 

@@ -12,7 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contracts import MAX_KIT_PAYLOAD_BYTES, MAX_RAW_EXCERPT_BYTES, MAX_READINGS_PER_MESSAGE
-from contracts.settings import ConfigError, DatabaseSettings, KafkaSettings, MqttSettings
 from ingest import bridge as bridge_module
 from ingest import fair_share
 from ingest.bridge import Bridge
@@ -21,6 +20,7 @@ from ingest.normaliser import Normaliser
 from ingest.registry import Registry
 from ingest.settings import BridgeSettings
 from ingest.subscriber import Inbound
+from runtime.settings import ConfigError, DatabaseSettings, KafkaSettings, MqttSettings
 from tests.unit.ingest.test_normaliser import KIT, NOW, _kit
 
 

@@ -15,9 +15,9 @@ from contracts import (
     ReadingOutcome,
     ReceiptEntry,
 )
-from contracts.settings import MqttSettings
 from ingest.metrics import BridgeMetrics
 from ingest.subscriber import Subscriber
+from runtime.settings import MqttSettings
 from tests.unit.ingest.test_hostile_input import _normaliser
 from tests.unit.ingest.test_normaliser import KIT, NOW, TOPIC
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contracts.settings import KafkaSettings
 from runtime import kafka as rk
+from runtime.settings import KafkaSettings
 
 _LOGIN = {"VAKTROM_KAFKA_USERNAME": "vaktrom-bridge", "VAKTROM_KAFKA_PASSWORD": "s3cret"}
 

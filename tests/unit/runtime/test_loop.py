@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts import Quarantined, QuarantineReason, quarantined
-from contracts.settings import KafkaSettings
 from runtime import kafka as rk
 from runtime.loop import ConsumerLoop, Record, _FatalClientError, batch_ends, batch_starts
+from runtime.settings import KafkaSettings
 
 TOPIC = "t"
 

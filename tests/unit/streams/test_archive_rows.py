@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts import Measurement, Metric, QuarantineReason, measurement_id, quarantined
-from contracts.settings import ConfigError
+from runtime.settings import ConfigError
 from streams.archive.read import floor_to
 from streams.archive.rows import (
     MEASUREMENT_COLUMNS,

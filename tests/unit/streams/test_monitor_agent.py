@@ -29,9 +29,9 @@ from contracts import (
     Spo2Scale,
     topics,
 )
-from contracts.ops import AlertPathAge
-from contracts.settings import ConfigError, KafkaSettings
 from runtime import kafka as rk
+from runtime.ops import AlertPathAge
+from runtime.settings import ConfigError, KafkaSettings
 from streams.monitor import worker as monitor_worker
 from streams.monitor.batch import Batch, Names, Processor, Record, _Cache
 from streams.monitor.engine import Engine, decode_metric, decode_patient

@@ -17,7 +17,7 @@ from contracts import (
     ScheduleWindow,
     Severity,
 )
-from contracts.settings import ConfigError
+from runtime.settings import ConfigError
 from streams.monitor.catalogue import PROBLEMS, RULES, SPECIFIC_FIRST
 from streams.monitor.engine import Engine
 from streams.monitor.settings import MonitorSettings

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from contracts.settings import ConfigError
+from runtime.settings import ConfigError
 from streams.monitor.membership import ID_FILE, claim_instance_id
 from streams.monitor.settings import MonitorSettings
 from tests.conftest import REPO

@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client import disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from contracts.settings import ConfigError
+from runtime.settings import ConfigError
 
 __all__ = ["LATENCY_BUCKETS", "AlertPathAge", "OpsServer", "health_status", "serve"]
 

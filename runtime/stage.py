@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Protocol
 
-from contracts.settings import ConfigError, Settings
+from runtime.settings import ConfigError, Settings
 
 __all__ = ["Stage", "StageError", "run_stage"]
 
