@@ -1,6 +1,6 @@
 """Alert episodes, as the monitor emits them and the response centre stores them.
 
-One episode per patient and rule is open at a time (see CLINICAL_RULES.md, "Alert burden"). Every
+One episode per patient and rule is open at a time (docs/clinical-rules.md#episodes-not-alerts). Every
 change to it is a new event with the same `episode_id` and a `version` one higher, so a consumer
 applies an event only when its version is newer than what it holds: replays and duplicates change
 nothing. Topic `vaktrom.alerts.v1`, keyed by `patient_id`.
@@ -91,7 +91,7 @@ class AlertEvent(
     version: Annotated[int, Meta(ge=1)]
     change: EpisodeChange
     patient_id: Pseudonym
-    rule_id: str  # the id in CLINICAL_RULES.md, e.g. "HF-1"
+    rule_id: str  # the id in docs/clinical-rules.md, e.g. "HF-1"
     rule_source: str  # the citation shown to the nurse
     metric: str | None  # None for rules about the kit, e.g. "kit silent"
     severity: Severity

@@ -2,7 +2,7 @@
 
 Every stage speaks of a metric by its `Metric` code. The canonical unit is the UCUM unit the
 pipeline stores and compares in, except for glucose, whose rules compare in the unit the meter
-reported (CLINICAL_RULES.md, trap 1): that is why a measurement keeps its reported value and unit.
+reported (docs/clinical-rules.md, trap 1): that is why a measurement keeps its reported value and unit.
 """
 
 from __future__ import annotations

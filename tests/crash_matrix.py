@@ -59,7 +59,7 @@ from topics import consumer_lag, delete_namespaces
 
 CI_SCENARIOS = ("bridge-kill", "monitor-kill", "archive-kill", "kafka-kill")
 LATE_S = 5.0  # a reading stored (or its alert stored) later than this after it was measured was delayed
-NEWS2_S1_LIMIT = 91.0  # CLINICAL_RULES NEWS2-S1: SpO2 <= 91 % scores 3 on scale 1 (a red episode)
+NEWS2_S1_LIMIT = 91.0  # docs/clinical-rules.md NEWS2-S1: SpO2 <= 91 % scores 3 on scale 1 (a red episode)
 FAULT_AFTER_S = 8.0
 OUTAGE_S = 60.0
 

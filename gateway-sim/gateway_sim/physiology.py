@@ -3,7 +3,7 @@
 Values are functions of (patient, metric, time) and of random draws keyed by the run's seed, the
 patient and the day, never of the order in which they are asked for: the same seed gives the same
 reading whatever else the run does. The noise levels are chosen so a *stable* patient rarely crosses a
-clinical threshold (CLINICAL_RULES.md), while an injected episode clearly does.
+clinical threshold (docs/clinical-rules.md), while an injected episode clearly does.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def plan_episode(
     """Choose one episode for a patient of `condition` inside the run, or None when it does not fit.
 
     Episodes that compare with a personal baseline start after at least 5-6 days of history, as a
-    baseline needs >= 5 valid readings over >= 5 days before it may fire (CLINICAL_RULES.md).
+    baseline needs >= 5 valid readings over >= 5 days before it may fire (docs/clinical-rules.md).
     With `peak_at` (a demo: episodes to see now) the episode reaches its full change at that moment,
     or as soon after it as the history it needs allows.
     """

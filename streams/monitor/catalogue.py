@@ -1,10 +1,10 @@
 """Every monitoring rule Vaktrom knows: its id, source, problem, default severity and parameters.
 
-The ids are those of `CLINICAL_RULES.md` (HF-1, RS-2, GL-4, NEWS2-P, ...), plus two of our own about
+The ids are those of `docs/clinical-rules.md` (HF-1, RS-2, GL-4, NEWS2-P, ...), plus two of our own about
 the data itself: `kit-silent` and `measurement-missed`. Rules are grouped into *problems* (low
 glucose, low SpO2, weight gain, ...): one episode is open per patient and problem, so a hypo that
 deepens from GL-1 to GL-2 escalates one episode instead of opening a second one. The severity
-mapping is configuration (CLINICAL_RULES.md, "Severity"); a care plan can change every parameter.
+mapping is configuration (docs/clinical-rules.md#severity); a care plan can change every parameter.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Two views of the past: the last readings themselves (for rules over hours or a f
 three measurement days, GL-5's 15 minutes) and one summary per day (for baselines over weeks: RS-2,
 RS-8, HF-3). Both are kept in event time: a late or out-of-order reading is placed where it was
 measured, and a reading seen before (same measurement id) is recognised and ignored. Rejected
-readings never get here: the bridge sends them to the dead-letter topic (CLINICAL_RULES.md, trap 4).
+readings never get here: the bridge sends them to the dead-letter topic (docs/clinical-rules.md, trap 4).
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ _day = operator.attrgetter("day")
 # Not frozen: a frozen dataclass's __init__ costs ~1 µs, and one is made for every SpO2 and pulse reading.
 @dataclass(slots=True)
 class RobustBaseline:
-    """Median and MAD of daily means: the patient's own normal (CLINICAL_RULES.md, baselines)."""
+    """Median and MAD of daily means: the patient's own normal (docs/clinical-rules.md#personal-baselines)."""
 
     median: float
     mad: float

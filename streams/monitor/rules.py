@@ -1,6 +1,6 @@
 """The clinical rules: one reading, the patient's history and plan in; findings with evidence out.
 
-Pure functions, no I/O. Each rule cites its id in CLINICAL_RULES.md and honours the traps there:
+Pure functions, no I/O. Each rule cites its id in docs/clinical-rules.md and honours the traps there:
 inequalities are exactly as published (trap 2), glucose is compared in the unit the meter reported
 (trap 1), NEWS2 is used only as per-parameter sub-scores of 3 (trap 3), and implausible readings
 never get here (trap 4). Differences are rounded to 6 decimals before comparison, so 82.3 - 80.3 is

@@ -166,7 +166,7 @@ def test_units_are_converted_and_the_reported_unit_is_kept_as_its_ucum_code(
 def test_plausibility_limits_are_inclusive_and_exact(
     metric: str, value: float, unit: str, accepted: bool
 ) -> None:
-    """CLINICAL_RULES.md plausibility: inside (limits included) is a measurement, outside not."""
+    """docs/clinical-rules.md#plausibility-ranges: inside (limits included) is a measurement, outside not."""
     result = _one(_readings(_reading(metric, value, unit)))
     assert isinstance(result, Measurement) is accepted
     if not accepted:

@@ -1,4 +1,4 @@
-"""The monitoring rules at their published boundaries (CLINICAL_RULES.md), through the pure engine."""
+"""The monitoring rules at their published boundaries (docs/clinical-rules.md), through the pure engine."""
 
 from __future__ import annotations
 
