@@ -9,7 +9,7 @@ Three threads, none of which waits on another's I/O:
     kafka    (RecordSink)        librdkafka's delivery reports, served by the sink's poll thread:
                                  count down each message's records
 
-The delivery guarantee (README, "Delivery guarantee"): a kit's QoS-1 message is acknowledged to the
+The delivery guarantee (docs/bridge.md, "Delivery guarantee"): a kit's QoS-1 message is acknowledged to the
 broker only after Kafka (acks=all, idempotent producer) holds every record made from it, valid or
 rejected. While Kafka is away nothing is acknowledged; the broker keeps the messages for the
 bridge's persistent session and stops sending once its in-flight window is full. A crash of the

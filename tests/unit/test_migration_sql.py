@@ -3,7 +3,7 @@
 The TimescaleDB branches of the migrations never run on this machine (no TimescaleDB here); this
 at least proves that every statement in them, including the strings run with EXECUTE and the
 PL/pgSQL bodies, is valid PostgreSQL syntax. Whether TimescaleDB accepts the options is only known
-where it runs (see the README, "Storage modes").
+where it runs (see docs/archive.md, "Storage modes").
 """
 
 from __future__ import annotations
