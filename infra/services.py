@@ -195,6 +195,16 @@ class Mosquitto(Service):
 
 
 # ------------------------------------------------------------------ Kafka
+def kafka_cluster_id() -> str:
+    """A Kafka Uuid: 16 random bytes, URL-safe base64 without padding. Like Kafka's own
+    `Uuid.randomUuid`, never one that starts with "-", which the storage tool would read as an option
+    (one fresh stack in 64 failed to format before this)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class Kafka(Service):
     """A single-node Kafka 4 in KRaft combined mode (broker and controller in one JVM), SASL over TLS
     on both listeners, with one SCRAM principal per stage and access rules (docs/kafka-security.md)."""
@@ -289,9 +299,8 @@ class Kafka(Service):
         if (data / "meta.properties").exists():
             return  # an existing cluster: after_ready adds what is missing through the admin API
         cluster_file = self.home / "cluster-id"
-        if not cluster_file.exists():
-            # A Kafka Uuid: 16 random bytes, URL-safe base64 without padding.
-            cluster_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())
+        if not cluster_file.exists() or cluster_file.read_text().startswith("-"):
+            cluster_file.write_text(kafka_cluster_id())
         result = subprocess.run(
             self._java(
                 "kafka.tools.StorageTool",

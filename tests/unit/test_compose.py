@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import pkgutil
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,7 +25,7 @@ INFRA_SERVICES = {"mosquitto", "kafka", "timescaledb"}
 
 def _known_variables() -> set[str]:
     """Every VAKTROM_* variable some settings class reads (importing each stage's modules to find them)."""
-    for package in ("contracts", "ingest", "streams", "alerts", "registry"):
+    for package in ("runtime", "contracts", "ingest", "streams", "alerts", "registry"):
         module = importlib.import_module(package)
         for info in pkgutil.walk_packages(module.__path__, f"{package}."):
             if info.name.rsplit(".", 1)[-1] in {"settings", "config", "_settings"}:
@@ -48,6 +49,23 @@ def test_stage_services_share_one_image_with_their_own_command() -> None:
     commands = [tuple(SERVICES[s]["command"]) for s in STAGE_SERVICES]
     assert len(set(commands)) == len(commands)
     assert (REPO / "infra" / "Dockerfile").exists()
+
+
+def test_the_image_copies_every_package_it_installs() -> None:
+    """`pip install .` in the image installs pyproject's packages: each one's source must be copied
+    first (the image lacked `runtime/` once, and every stage would have failed to import)."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = pyproject["tool"]["setuptools"]["packages"]
+    package_dirs = pyproject["tool"]["setuptools"].get("package-dir", {})
+    copied = {
+        line.split()[1].rstrip("/")
+        for line in (REPO / "infra" / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+    }
+    for package in packages:
+        top = package.split(".")[0]
+        source = package_dirs.get(top, top).split("/")[0]
+        assert source in copied, f"infra/Dockerfile does not COPY {source}/ but installs {package}"
 
 
 @pytest.mark.parametrize("service", sorted(STAGE_SERVICES - {"init"}))
