@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 __all__ = ["CHANGED", "KitSnapshot", "kit_history", "kit_snapshot", "teams"]
 
@@ -41,7 +42,7 @@ class KitSnapshot:
 
 def kit_snapshot(conn: Connection) -> KitSnapshot:
     """Read the whole kit registry in one repeatable-read snapshot (thousands of kits take milliseconds)."""
-    with conn.transaction(), conn.cursor() as cur:
+    with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         cur.execute("SELECT profile, metric, low, high FROM device_profiles")
         profiles = cur.fetchall()

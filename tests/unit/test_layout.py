@@ -218,8 +218,6 @@ KNOWN: dict[tuple[str, str, str], str] = {
     ("alerts/handoff.py", "reads", "patients"): "alert queries join the patient's team",
     ("alerts/store.py", "reads", "patients"): "alert queries join the patient's team",
     ("alerts/store.py", "reads", "patient_identities"): "alert queries join the sealed identity",
-    # The administrators' console lists what the archive set aside.
-    ("alerts/quarantine.py", "reads", "quarantine"): "admin console lists the quarantine",
     # The demo pipeline puts the demo user in the demo team.
     ("infra/pipeline.py", "writes", "users"): "demo set-up assigns the demo user's team",
 }
@@ -300,6 +298,13 @@ def test_every_table_has_one_owner() -> None:
     assert not missing, f"no `-- owner: <package>: <table>` line in a migration header for {sorted(missing)}"
     unknown = set(table_owners) - _created()
     assert not unknown, f"`-- owner:` lines name tables no migration creates: {sorted(unknown)}"
+
+
+def test_the_database_comments_follow_the_register() -> None:
+    """0013 writes each owner into the relation's comment too; its list and the `-- owner:` lines agree."""
+    sql = (MIGRATIONS / "0013_table_owners.sql").read_text(encoding="utf-8")
+    commented = {t.removeprefix("audit."): o for t, o in re.findall(r"\('([a-z_.]+)', '([a-z_.]+)'\)", sql)}
+    assert commented == owners()
 
 
 def test_only_the_owner_writes_a_table_and_others_read_through_its_read_module() -> None:
