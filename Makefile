@@ -67,7 +67,7 @@ fmt: bootstrap ## format the code and apply safe lint fixes
 	@$(VENV)/bin/ruff check --fix .
 
 schemas: bootstrap ## regenerate contracts/schemas/*.json from the contract types
-	@$(PY) -m contracts write
+	@$(PY) infra/schemas.py
 
 bench: stack-up ## run the benchmarks against the local stack; figures go to bench/results/
 	@$(PY) bench/pipeline.py

@@ -3,7 +3,8 @@
 The alert feed never stops on one event (issue #27). An event that does not decode, or that the
 store refuses as data (`contracts.database_fault`), is published to the quarantine topic as a
 `contracts.Quarantined` record and the feed commits past it. The archive owns the `quarantine`
-table (migration 0008) and stores it there; the console reads the table here (`recent`).
+table (migration 0008) and stores it there; the console reads it through the archive's read API
+(`recent`, on `streams.archive.read.quarantined`).
 
     batch -> apply_events, one transaction -> refused as data? -> roll back, apply each event on
     its own savepoint -> the refused ones -> (runtime.loop publishes them, then commits the offsets)
@@ -21,6 +22,7 @@ import psycopg
 
 from alerts.store import Applied, apply_events
 from contracts import AlertEvent, DatabaseFault, Quarantined, QuarantineReason, database_fault, quarantined
+from streams.archive import read as archive_read
 
 __all__ = [
     "STAGE",
@@ -111,24 +113,18 @@ def excerpt(raw: bytes, limit: int = _EXCERPT_BYTES) -> str:
 
 def recent(conn: psycopg.Connection[Any], *, limit: int = 200) -> list[QuarantinedRecord]:
     """The most recently quarantined records, newest first."""
-    rows = conn.execute(
-        "SELECT quarantine_id, stage, reason, detail, source_topic, source_partition, source_offset, "
-        "raw_size, quarantined_at, substring(raw FROM 1 FOR %s) FROM quarantine "
-        "ORDER BY quarantined_at DESC, quarantine_id DESC LIMIT %s",
-        (_EXCERPT_BYTES + 1, limit),
-    ).fetchall()
     return [
         QuarantinedRecord(
-            quarantine_id=row[0],
-            stage=row[1],
-            reason=row[2],
-            detail=row[3],
-            source_topic=row[4],
-            partition=row[5],
-            offset=row[6],
-            raw_size=row[7],
-            quarantined_at=row[8],
-            excerpt=excerpt(bytes(row[9])),
+            quarantine_id=row.quarantine_id,
+            stage=row.stage,
+            reason=row.reason,
+            detail=row.detail,
+            source_topic=row.source_topic,
+            partition=row.partition,
+            offset=row.offset,
+            raw_size=row.raw_size,
+            quarantined_at=row.quarantined_at,
+            excerpt=excerpt(row.head),
         )
-        for row in rows
+        for row in archive_read.quarantined(conn, limit=limit, head=_EXCERPT_BYTES + 1)
     ]

@@ -31,6 +31,7 @@ from registry import (
     RegistryError,
     parse_threshold,
 )
+from registry import read as registry_read
 
 __all__ = ["registry_pages"]
 
@@ -70,7 +71,7 @@ def patients_page(request: Request, ctx: Ctx, who: Reader, error: str | None = N
     registry, actor = ctx.registry_as(request, who)
     with ctx.db() as conn:
         rows = registry.patients(conn, actor)
-        teams = conn.execute("SELECT team_id, name FROM teams ORDER BY name").fetchall()
+        teams = registry_read.teams(conn)
     if who.team_id is not None:
         teams = [t for t in teams if t[0] == who.team_id]
     return ctx.render(
@@ -120,11 +121,7 @@ def patient_page(
             person = registry.identity(conn, actor, patient_id)
             plans = registry.careplan(conn, actor, patient_id)
             proposal = registry.careplan_propose(conn, actor, patient_id) if propose else None
-            kits = conn.execute(
-                "SELECT kit_id, assigned_from, assigned_until FROM kit_assignments WHERE patient_id = %s "
-                "ORDER BY assigned_from DESC",
-                (patient_id,),
-            ).fetchall()
+            kits = registry_read.kit_history(conn, patient_id)
     except RegistryError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     return ctx.render(

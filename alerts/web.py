@@ -63,6 +63,7 @@ from alerts.settings import AlertsSettings
 from alerts.stage_watch import OWN, StageWatch
 from alerts.store import Resolution
 from registry import Registry
+from registry import read as registry_read
 
 __all__ = ["create_app"]
 
@@ -137,7 +138,7 @@ def queue_page(
         return RedirectResponse("/admin/users", status_code=303)
     rows = ctx.queue(who, filters.value)
     with ctx.db() as conn:
-        teams = conn.execute("SELECT team_id, name FROM teams ORDER BY name").fetchall()
+        teams = registry_read.teams(conn)
         conn.rollback()
         colleagues = [c for c in handoff.colleagues(conn, who.team_id) if c[0] != who.username]
     ctx.audit(request, who.username, "view_queue", detail={k: v for k, v in filters.value.items() if v})
@@ -320,7 +321,7 @@ def users_page(request: Request, ctx: Ctx, who: PageAdmin, error: str | None = N
         users = conn.execute(
             "SELECT username, display_name, role, team_id, active, created_at FROM users ORDER BY username"
         ).fetchall()
-        teams = conn.execute("SELECT team_id, name FROM teams ORDER BY name").fetchall()
+        teams = registry_read.teams(conn)
         conn.rollback()
     context = {"user": who, "users": users, "teams": teams, "error": error, "roles": list(Role)}
     return ctx.render(request, "users.html", context)

@@ -1,7 +1,8 @@
 """JSON Schema files generated from the contract types, for clients that are not Python.
 
-The files in `contracts/schemas/` are committed; `python -m contracts check` (run by the tests)
-fails when they no longer match the types, and `python -m contracts write` regenerates them.
+The files in `contracts/schemas/` are committed; `python -m contracts check` (run by `make check`
+and the tests) fails when they no longer match the types. The contracts write no files: `make schemas`
+(infra/schemas.py) regenerates them from `render_schema`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from contracts._kit import DeliveryReceipt, KitReadingMessage, KitStatusMessage
 from contracts._quarantine import Quarantined
 from contracts._records import KitStatusEvent, Measurement, Rejection
 
-__all__ = ["SCHEMA_DIR", "SCHEMA_TYPES", "render_schema", "stale_schemas", "write_schemas"]
+__all__ = ["SCHEMA_DIR", "SCHEMA_TYPES", "render_schema", "stale_schemas"]
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
@@ -64,16 +65,6 @@ def _schema(kind: type[msgspec.Struct], stem: str) -> dict[str, Any]:
 def render_schema(stem: str) -> str:
     """The committed text of one schema file: stable key order, two-space indent, final newline."""
     return json.dumps(_schema(SCHEMA_TYPES[stem], stem), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for stem in SCHEMA_TYPES:
-        path = directory / f"{stem}.json"
-        path.write_text(render_schema(stem), encoding="utf-8")
-        written.append(path)
-    return written
 
 
 def stale_schemas(directory: Path = SCHEMA_DIR) -> list[str]:

@@ -8,7 +8,8 @@ patient from `--since` (default: 60 days ago, so a simulated history is covered)
 Idempotent: running it again changes nothing; a kit already assigned to another patient is an error.
 
 This is the local-stack shortcut; enrolment with people, pairing codes and broker credentials is
-the registry's own job (issue #8).
+the registry's own job (issue #8). The tables are the registry's: this script writes them through
+`registry.bulk.register_kits`, never with its own SQL.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any
 import psycopg
 
 from contracts.mqtt_accounts import kit_id_problem
+from registry import RegistryError
+from registry.bulk import register_kits
 
 __all__ = ["enrol"]
 
@@ -35,33 +38,11 @@ def enrol(url: str, rows: list[dict[str, Any]], *, since: datetime) -> int:
         raise SystemExit(
             f"enrol: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
         )
-    created = 0
-    with psycopg.connect(url) as conn, conn.cursor() as cur:
-        for row in rows:
-            kit, patient = row["kit"], row["patient_id"]
-            cur.execute(
-                "INSERT INTO kits (kit_id, state) VALUES (%s, 'assigned') ON CONFLICT (kit_id) DO NOTHING",
-                (kit,),
-            )
-            created += cur.rowcount
-            cur.execute(
-                "SELECT patient_id FROM kit_assignments WHERE kit_id = %s AND assigned_until IS NULL", (kit,)
-            )
-            current = cur.fetchone()
-            if current is None:
-                cur.execute(
-                    "INSERT INTO kit_assignments (kit_id, patient_id, assigned_from) VALUES (%s, %s, %s)",
-                    (kit, patient, since),
-                )
-            elif current[0] != patient:
-                raise SystemExit(f"enrol: kit {kit} is assigned to another patient; return it first")
-            for device in row.get("devices", []):
-                cur.execute(
-                    "INSERT INTO kit_devices (device_id, kit_id, kind, profile) VALUES (%s, %s, %s, %s) "
-                    "ON CONFLICT (device_id) DO NOTHING",
-                    (device["serial"], kit, device["kind"], device.get("model")),
-                )
-    return created
+    with psycopg.connect(url) as conn:
+        try:
+            return register_kits(conn, rows, since=since)
+        except RegistryError as exc:
+            raise SystemExit(f"enrol: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ on to the next patient never mixes two records, and a reading stored on the kit 
 the previous patient still goes to that patient. Nothing is guessed: a kit or device the registry
 does not know, a time no assignment covers and a retired kit are reasons to reject.
 
+The tables are the registry's; the bridge reads them through `registry.read` only.
 `RegistryCache` keeps the current snapshot: it loads at start, reloads when PostgreSQL sends
 `NOTIFY vaktrom_registry` (a trigger on every registry table) and on a timer as a safety net, and
 keeps serving the last good snapshot while the database is away.
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 import psycopg
 
 from contracts import METRICS, Metric, PlausibleRange, RejectReason
+from registry import read as registry_read
 
 __all__ = ["Assignment", "KitEntry", "Registry", "RegistryCache", "load_registry"]
 
@@ -93,35 +95,27 @@ def _narrowed(profile: Mapping[str, tuple[float, float]]) -> Mapping[Metric, Pla
 
 
 def load_registry(conn: psycopg.Connection) -> Registry:
-    """Read the whole registry in one repeatable-read snapshot (thousands of kits take milliseconds)."""
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        cur.execute("SELECT profile, metric, low, high FROM device_profiles")
-        profiles: dict[str, dict[str, tuple[float, float]]] = {}
-        for profile, metric, low, high in cur.fetchall():
-            profiles.setdefault(profile, {})[metric] = (low, high)
-        cur.execute("SELECT kit_id, device_id, profile FROM kit_devices")
-        devices: dict[str, dict[str, Mapping[Metric, PlausibleRange]]] = {}
-        for kit_id, device_id, profile in cur.fetchall():
-            devices.setdefault(kit_id, {})[device_id] = _narrowed(profiles.get(profile or "", {}))
-        cur.execute(
-            "SELECT kit_id, patient_id, assigned_from, assigned_until FROM kit_assignments "
-            "ORDER BY kit_id, assigned_from"
+    """The whole kit registry in one snapshot, read through the registry's read API."""
+    snapshot = registry_read.kit_snapshot(conn)
+    profiles: dict[str, dict[str, tuple[float, float]]] = {}
+    for profile, metric, low, high in snapshot.profiles:
+        profiles.setdefault(profile, {})[metric] = (low, high)
+    devices: dict[str, dict[str, Mapping[Metric, PlausibleRange]]] = {}
+    for kit_id, device_id, device_profile in snapshot.devices:
+        devices.setdefault(kit_id, {})[device_id] = _narrowed(profiles.get(device_profile or "", {}))
+    assignments: dict[str, list[Assignment]] = {}
+    for kit_id, patient_id, start, end in snapshot.assignments:
+        assignments.setdefault(kit_id, []).append(Assignment(patient_id, start, end))
+    kits = {
+        kit_id: KitEntry(
+            kit_id=kit_id,
+            state=state,
+            retired_at=retired_at,
+            assignments=tuple(assignments.get(kit_id, ())),
+            devices=devices.get(kit_id, {}),
         )
-        assignments: dict[str, list[Assignment]] = {}
-        for kit_id, patient_id, start, end in cur.fetchall():
-            assignments.setdefault(kit_id, []).append(Assignment(patient_id, start, end))
-        cur.execute("SELECT kit_id, state, retired_at FROM kits")
-        kits = {
-            kit_id: KitEntry(
-                kit_id=kit_id,
-                state=state,
-                retired_at=retired_at,
-                assignments=tuple(assignments.get(kit_id, ())),
-                devices=devices.get(kit_id, {}),
-            )
-            for kit_id, state, retired_at in cur.fetchall()
-        }
+        for kit_id, state, retired_at in snapshot.kits
+    }
     return Registry(kits, time.monotonic())
 
 
@@ -163,7 +157,7 @@ class RegistryCache:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute("LISTEN vaktrom_registry")
+                    conn.execute(f"LISTEN {registry_read.CHANGED}")
                     self._serve(conn)
             except psycopg.Error as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}".strip()

@@ -2,8 +2,9 @@
 identities, and versioned care plans published to the compacted care-plan topic.
 
 It is a library with a command line (`python -m registry`), not a running stage: the response
-centre's service mounts the same operations in its HTTP API and console. The bridge and the
-monitor never import it; they read what it writes (the kit registry tables, the care-plan topic).
+centre's service mounts the same operations in its HTTP API and console. The registry alone writes
+its tables; the bridge reads the kit tables through `registry.read`, the registry's read API, and
+the monitor reads the care-plan topic.
 """
 
 from datetime import timedelta

@@ -24,7 +24,7 @@ from registry.base import _check_kit_id
 from registry.careplans import default_plan
 from registry.store import Actor, Credentials, Registry, RegistryError
 
-__all__ = ["BulkResult", "enrol_cohort", "write_credentials"]
+__all__ = ["BulkResult", "enrol_cohort", "register_kits", "write_credentials"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,3 +172,38 @@ def write_credentials(path: Path, credentials: Sequence[Credentials]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump({c.kit_id: {"username": c.username, "password": c.password} for c in credentials}, out)
+
+
+def register_kits(
+    conn: psycopg.Connection[Any], rows: Sequence[Mapping[str, Any]], *, since: datetime
+) -> int:
+    """The local stack's shortcut (infra/enrol.py): each row's kit, its devices and its assignment to
+    the row's patient from `since`, without the patient's record, a care plan or credentials, in one
+    transaction. Idempotent; a kit with another patient is refused. Returns how many kits were new."""
+    created = 0
+    with conn.transaction(), conn.cursor() as cur:
+        for row in rows:
+            kit, patient = row["kit"], row["patient_id"]
+            cur.execute(
+                "INSERT INTO kits (kit_id, state) VALUES (%s, 'assigned') ON CONFLICT (kit_id) DO NOTHING",
+                (kit,),
+            )
+            created += cur.rowcount
+            cur.execute(
+                "SELECT patient_id FROM kit_assignments WHERE kit_id = %s AND assigned_until IS NULL", (kit,)
+            )
+            current = cur.fetchone()
+            if current is None:
+                cur.execute(
+                    "INSERT INTO kit_assignments (kit_id, patient_id, assigned_from) VALUES (%s, %s, %s)",
+                    (kit, patient, since),
+                )
+            elif current[0] != patient:
+                raise RegistryError(f"kit {kit} is assigned to another patient; return it first", 409)
+            for device in row.get("devices", []):
+                cur.execute(
+                    "INSERT INTO kit_devices (device_id, kit_id, kind, profile) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (device_id) DO NOTHING",
+                    (device["serial"], kit, device["kind"], device.get("model")),
+                )
+    return created

@@ -24,10 +24,13 @@ from registry.base import Actor, Credentials, KitDevice, RegistryError, _check_i
 from registry.careplans import PlanChange, Proposal, apply_change, default_plan, propose
 from registry.identity import Identity, IdentityError, check_national_id
 from registry.kits import KitOperations
+from streams.archive import read as archive_read
 
 __all__ = ["Actor", "Credentials", "KitDevice", "Registry", "RegistryError"]
 
 log = logging.getLogger(__name__)
+
+_TICK = timedelta(microseconds=1)  # PostgreSQL's timestamp resolution
 
 
 class Registry(KitOperations):
@@ -319,17 +322,14 @@ class Registry(KitOperations):
         now = now or datetime.now(UTC)
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             self._patient(cur, patient_id, actor)
-            cur.execute(
-                "SELECT metric, measured_at, value FROM measurements WHERE patient_id = %s "
-                "AND measured_at > %s AND measured_at <= %s AND value IS NOT NULL ORDER BY measured_at",
-                (patient_id, now - timedelta(days=14), now),
-            )
+            # The archive's read API, window (now - 14 days, now]: its windows are half-open [start,
+            # end), and PostgreSQL keeps microseconds.
+            start, end = now - timedelta(days=14) + _TICK, now + _TICK
             series: dict[Metric, list[tuple[datetime, float]]] = {}
-            for row in cur.fetchall():
-                try:
-                    series.setdefault(Metric(row["metric"]), []).append((row["measured_at"], row["value"]))
-                except ValueError:
-                    continue
+            for metric in Metric:
+                readings = archive_read.series(conn, patient_id, start, end, metric=metric.value)
+                if found := [(r.measured_at, r.value) for r in readings if r.value is not None]:
+                    series[metric] = found
             self._audit(cur, actor, "registry.careplan.propose", target=patient_id, patient_id=patient_id)
         return propose(series)
 

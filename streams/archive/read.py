@@ -13,6 +13,8 @@ so its cost depends on that patient's rows in the window, not on the size of the
                                                    (TimescaleDB: continuous aggregates;
                                                    PostgreSQL: date_bin on the raw rows)
     rejections(conn, patient, start, end)          what the bridge refused for this patient
+    quarantined(conn, limit=..., head=...)         what the stages set aside, newest first (not
+                                                   per patient: the administrators' console)
 
 Times are aware datetimes; windows are half-open [start, end).
 """
@@ -25,11 +27,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import psycopg
-from psycopg.rows import class_row
+from psycopg.rows import class_row, tuple_row
 
 from contracts import Metric
 
-__all__ = ["Bucket", "Reading", "StoredRejection", "buckets", "latest", "rejections", "series"]
+__all__ = [
+    "Bucket",
+    "Reading",
+    "SetAside",
+    "StoredRejection",
+    "buckets",
+    "latest",
+    "quarantined",
+    "rejections",
+    "series",
+]
 
 Width = Literal["hour", "day"]
 _WIDTHS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -76,6 +88,22 @@ class StoredRejection:
     measured_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class SetAside:
+    """A record a stage set aside (migration 0008), with the first bytes of what it held."""
+
+    quarantine_id: int
+    stage: str
+    reason: str
+    detail: str
+    source_topic: str
+    partition: int
+    offset: int
+    raw_size: int
+    quarantined_at: datetime
+    head: bytes  # the first `head` bytes of the record: data, never to be executed
+
+
 _READING_COLUMNS = (
     "measurement_id, metric, measured_at, value, unit, reported_value, reported_unit, flag, loinc, "
     "device_id, kit_id, received_at"
@@ -110,6 +138,14 @@ _BUCKETS = """
 SELECT bucket AS start, readings, min_value AS min, max_value AS max, mean_value AS mean,
        last_value AS last, last_at
 FROM measurement_buckets(%(patient)s, %(metric)s, %(width)s, %(start)s, %(end)s)
+"""
+
+_QUARANTINED = """
+SELECT quarantine_id, stage, reason, detail, source_topic, source_partition, source_offset, raw_size,
+       quarantined_at, substring(raw FROM 1 FOR %(head)s)
+FROM quarantine
+ORDER BY quarantined_at DESC, quarantine_id DESC
+LIMIT %(limit)s
 """
 
 _REJECTIONS = """
@@ -197,3 +233,24 @@ def rejections(
             _REJECTIONS, {"patient": patient_id, "start": start, "end": end, "limit": min(limit, _MAX_ROWS)}
         )
         return cur.fetchall()
+
+
+def quarantined(conn: Connection, *, limit: int = 200, head: int = 200) -> list[SetAside]:
+    """The records most recently set aside by any stage, newest first, each cut to `head` bytes."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(_QUARANTINED, {"head": head, "limit": min(limit, _MAX_ROWS)}).fetchall()
+    return [
+        SetAside(
+            quarantine_id=row[0],
+            stage=row[1],
+            reason=row[2],
+            detail=row[3],
+            source_topic=row[4],
+            partition=row[5],
+            offset=row[6],
+            raw_size=row[7],
+            quarantined_at=row[8],
+            head=bytes(row[9]),
+        )
+        for row in rows
+    ]

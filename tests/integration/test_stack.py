@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import threading
@@ -121,6 +122,26 @@ def test_schema_is_migrated(stack: Stack, database_url: str, which: str) -> None
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert applied == migrations
     assert {"measurements", "rejections"} <= tables
+
+
+def test_each_table_names_its_owner_in_the_database(database_url: str) -> None:
+    """0013_table_owners: every relation of the ownership register says `owner: <package>` in its
+    comment, so whoever reads the schema (\\dt+) sees who writes it."""
+    register = {
+        table: owner
+        for path in (REPO / "infra" / "postgres" / "migrations").glob("*.sql")
+        for owner, table in re.findall(r"^-- owner: ([a-z_.]+): ([a-z_]+)$", path.read_text(), re.M)
+    }
+    assert "teams" in register
+    with psycopg.connect(database_url) as conn:
+        comments = dict(
+            conn.execute(
+                "SELECT t, obj_description(coalesce(to_regclass(t), to_regclass('audit.' || t)), 'pg_class') "
+                "FROM unnest(%s::text[]) AS t",
+                (list(register),),
+            ).fetchall()
+        )
+    assert comments == {table: f"owner: {owner}" for table, owner in register.items()}
 
 
 def test_tests_write_to_the_test_database_not_the_demos(stack: Stack, database_url: str, unique: str) -> None:

@@ -1,0 +1,72 @@
+"""The registry's read API: what other stages may read of the registry's tables.
+
+Public interface of the registry for other stages (the bridge imports this module and nothing else of
+the registry; the response centre's pages use it for their team lists and kit history). The tables
+behind it (kits, device_profiles, kit_devices, kit_assignments, teams, patients, ...) belong to the
+registry, which alone writes them (infra/postgres/migrations/0013_table_owners.sql); a reader goes
+through these functions, so a change of those tables is a change of this module only.
+
+    kit_snapshot(conn)            every kit, device, device profile and assignment, in one snapshot
+    teams(conn)                   (team_id, name) of every team, by name
+    kit_history(conn, patient)    (kit_id, assigned_from, assigned_until) of a patient, newest first
+    CHANGED                       the NOTIFY channel a trigger on every kit table signals
+
+Every function takes an open psycopg connection and returns plain rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import tuple_row
+
+__all__ = ["CHANGED", "KitSnapshot", "kit_history", "kit_snapshot", "teams"]
+
+CHANGED = "vaktrom_registry"  # 0002_kit_registry.sql: vaktrom_registry_changed()
+
+Connection = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class KitSnapshot:
+    """The kit tables as they were at one moment (a repeatable-read transaction)."""
+
+    profiles: list[tuple[str, str, float, float]]  # (profile, metric, low, high)
+    devices: list[tuple[str, str, str | None]]  # (kit_id, device_id, profile)
+    assignments: list[tuple[str, str, datetime, datetime | None]]  # by kit, then start
+    kits: list[tuple[str, str, datetime | None]]  # (kit_id, state, retired_at)
+
+
+def kit_snapshot(conn: Connection) -> KitSnapshot:
+    """Read the whole kit registry in one repeatable-read snapshot (thousands of kits take milliseconds)."""
+    with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cur.execute("SELECT profile, metric, low, high FROM device_profiles")
+        profiles = cur.fetchall()
+        cur.execute("SELECT kit_id, device_id, profile FROM kit_devices")
+        devices = cur.fetchall()
+        cur.execute(
+            "SELECT kit_id, patient_id, assigned_from, assigned_until FROM kit_assignments "
+            "ORDER BY kit_id, assigned_from"
+        )
+        assignments = cur.fetchall()
+        cur.execute("SELECT kit_id, state, retired_at FROM kits")
+        kits = cur.fetchall()
+    return KitSnapshot(profiles, devices, assignments, kits)
+
+
+def teams(conn: Connection) -> list[Any]:
+    """(team_id, name) of every team, ordered by name, as rows of the connection's row factory."""
+    return conn.execute("SELECT team_id, name FROM teams ORDER BY name").fetchall()
+
+
+def kit_history(conn: Connection, patient_id: str) -> list[Any]:
+    """(kit_id, assigned_from, assigned_until) of every kit the patient has had, newest first."""
+    return conn.execute(
+        "SELECT kit_id, assigned_from, assigned_until FROM kit_assignments WHERE patient_id = %s "
+        "ORDER BY assigned_from DESC",
+        (patient_id,),
+    ).fetchall()
