@@ -27,7 +27,8 @@ def test_a_cluster_id_never_starts_with_a_dash(first: bytes, second: bytes) -> N
     finally:
         services.uuid.uuid4 = original
     assert not cluster_id.startswith("-")
-    assert len(cluster_id) == 22 and "=" not in cluster_id
+    assert len(cluster_id) == 22
+    assert "=" not in cluster_id
     assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
     expected = next(b for b in (first, second, bytes(16)) if base64.urlsafe_b64encode(b)[:1] != b"-")
     assert cluster_id == base64.urlsafe_b64encode(expected).rstrip(b"=").decode()
