@@ -1,7 +1,7 @@
 """The response-centre service as one process: the feed (Kafka -> alert store) with escalation, the
 notification outbox, and the console with its API under uvicorn.
 
-Threads: the feed's consumer loop and its escalation schedule (`alerts.feed`), the notifier below,
+Threads: the feed's consumer loop and its escalation schedule (`alerts.workers.feed`), the notifier below,
 and uvicorn's event loop in the main thread (it also runs the live-queue listener). Several
 instances may run side by side: the feed shares partitions in one consumer group, escalation and
 notifications take rows with SKIP LOCKED, and every instance's browsers hear every change through
@@ -20,11 +20,11 @@ import psycopg
 import uvicorn
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from alerts.feed import AlertFeed, _discard, _open
-from alerts.live import Live
-from alerts.notify import Channel, Email, Webhook, deliver_due
+from alerts.console.live import Live
+from alerts.console.web import create_app
 from alerts.settings import AlertsSettings
-from alerts.web import create_app
+from alerts.workers.feed import AlertFeed, _discard, _open
+from alerts.workers.notify import Channel, Email, Webhook, deliver_due
 from registry import Registry
 from runtime.settings import ConfigError, DatabaseSettings, KafkaSettings
 from runtime.stage import StageError

@@ -24,10 +24,10 @@ import psycopg
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from alerts.accounts import purge
-from alerts.escalation import escalate_due
 from alerts.quarantine import STAGE, apply_each, fault, set_aside
 from alerts.settings import AlertsSettings
 from alerts.store import Applied, apply_events
+from alerts.workers.escalation import escalate_due
 from contracts import AlertEvent, DatabaseFault, Quarantined, QuarantineReason, topics
 from runtime.loop import ConsumerLoop, LoopError, LoopMetrics, Record
 from runtime.ops import LATENCY_BUCKETS, AlertPathAge, OpsServer, health_status, serve

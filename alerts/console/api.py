@@ -19,9 +19,18 @@ from pydantic import BaseModel, Field
 
 from alerts import handoff, store
 from alerts.accounts import Principal, Role
-from alerts.context import ActionResult, Clinician, Console, Ctx, QueueFilters, api_user, csrf_checked, scope
+from alerts.console.context import (
+    ActionResult,
+    Clinician,
+    Console,
+    Ctx,
+    QueueFilters,
+    api_user,
+    csrf_checked,
+    scope,
+)
+from alerts.console.trend import trend
 from alerts.store import Resolution
-from alerts.trend import trend
 from contracts import Severity
 
 __all__ = ["api", "handover"]

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from alerts import accounts
 from alerts.accounts import MAX_TOKEN_DAYS, AccountError, Principal, Role
-from alerts.context import Ctx, api_user, csrf_checked, role_in
+from alerts.console.context import Ctx, api_user, csrf_checked, role_in
 
 __all__ = ["accounts_api"]
 

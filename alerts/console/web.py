@@ -35,9 +35,9 @@ from sse_starlette import EventSourceResponse
 
 from alerts import accounts, handoff, quarantine, store
 from alerts.accounts import LoginError, Principal, Role
-from alerts.accounts_api import accounts_api
-from alerts.api import api, handover
-from alerts.context import (
+from alerts.console.accounts_api import accounts_api
+from alerts.console.api import api, handover
+from alerts.console.context import (
     COOKIE,
     HERE,
     Action,
@@ -55,13 +55,13 @@ from alerts.context import (
     same_origin,
     scope,
 )
-from alerts.live import Live
-from alerts.registry_api import registry_api
-from alerts.registry_pages import registry_pages
-from alerts.security import SecurityHeaders, trust_proxies
+from alerts.console.live import Live
+from alerts.console.registry_api import registry_api
+from alerts.console.registry_pages import registry_pages
+from alerts.console.security import SecurityHeaders, trust_proxies
 from alerts.settings import AlertsSettings
-from alerts.stage_watch import OWN, StageWatch
 from alerts.store import Resolution
+from alerts.workers.stage_watch import OWN, StageWatch
 from registry import Registry
 
 __all__ = ["create_app"]
