@@ -282,11 +282,7 @@ def handover(ctx: Console, request: Request, who: Principal, to: str | None) -> 
     try:
         with ctx.db() as conn:
             moved = handoff.handover(conn, who.username, to)
-            patients = dict(
-                conn.execute(
-                    "SELECT episode_id, patient_id FROM alerts WHERE episode_id = ANY(%s)", (moved,)
-                ).fetchall()
-            )
+            patients = store.patients_of(conn, moved)
             conn.rollback()
     except store.WorkflowError as exc:
         ctx.audit(request, who.username, "handover_refused", target=to, detail={"reason": str(exc)})

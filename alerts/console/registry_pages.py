@@ -17,6 +17,7 @@ import segno
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
+from alerts import directory
 from alerts.accounts import Principal, Role
 from alerts.console.context import Ctx, csrf_checked, role_in, scope
 from contracts import THRESHOLD_LIMITS, Condition
@@ -70,7 +71,7 @@ def patients_page(request: Request, ctx: Ctx, who: Reader, error: str | None = N
     registry, actor = ctx.registry_as(request, who)
     with ctx.db() as conn:
         rows = registry.patients(conn, actor)
-        teams = conn.execute("SELECT team_id, name FROM teams ORDER BY name").fetchall()
+        teams = directory.teams(conn)
     if who.team_id is not None:
         teams = [t for t in teams if t[0] == who.team_id]
     return ctx.render(
@@ -120,11 +121,7 @@ def patient_page(
             person = registry.identity(conn, actor, patient_id)
             plans = registry.careplan(conn, actor, patient_id)
             proposal = registry.careplan_propose(conn, actor, patient_id) if propose else None
-            kits = conn.execute(
-                "SELECT kit_id, assigned_from, assigned_until FROM kit_assignments WHERE patient_id = %s "
-                "ORDER BY assigned_from DESC",
-                (patient_id,),
-            ).fetchall()
+            kits = directory.kit_history(conn, patient_id)
     except RegistryError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     return ctx.render(

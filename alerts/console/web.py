@@ -33,7 +33,7 @@ from fastapi.staticfiles import StaticFiles
 from psycopg_pool import ConnectionPool
 from sse_starlette import EventSourceResponse
 
-from alerts import accounts, handoff, quarantine, store
+from alerts import accounts, directory, handoff, quarantine, store
 from alerts.accounts import LoginError, Principal, Role
 from alerts.console.accounts_api import accounts_api
 from alerts.console.api import api, handover
@@ -137,7 +137,7 @@ def queue_page(
         return RedirectResponse("/admin/users", status_code=303)
     rows = ctx.queue(who, filters.value)
     with ctx.db() as conn:
-        teams = conn.execute("SELECT team_id, name FROM teams ORDER BY name").fetchall()
+        teams = directory.teams(conn)
         conn.rollback()
         colleagues = [c for c in handoff.colleagues(conn, who.team_id) if c[0] != who.username]
     ctx.audit(request, who.username, "view_queue", detail={k: v for k, v in filters.value.items() if v})
@@ -317,10 +317,8 @@ async def events(request: Request, ctx: Ctx) -> Response:
 @pages.get("/admin/users", openapi_extra=scope("centre"))
 def users_page(request: Request, ctx: Ctx, who: PageAdmin, error: str | None = None) -> Response:
     with ctx.db() as conn:
-        users = conn.execute(
-            "SELECT username, display_name, role, team_id, active, created_at FROM users ORDER BY username"
-        ).fetchall()
-        teams = conn.execute("SELECT team_id, name FROM teams ORDER BY name").fetchall()
+        users = directory.user_rows(conn)
+        teams = directory.teams(conn)
         conn.rollback()
     context = {"user": who, "users": users, "teams": teams, "error": error, "roles": list(Role)}
     return ctx.render(request, "users.html", context)
@@ -393,10 +391,7 @@ def _account_form(
 @pages.get("/admin/audit", openapi_extra=scope("centre"))
 def audit_page(request: Request, ctx: Ctx, who: PageAdmin) -> Response:
     with ctx.db() as conn:
-        entries = conn.execute(
-            "SELECT at, actor, action, target, patient_id, host(ip), detail FROM audit.audit_log "
-            "ORDER BY entry_id DESC LIMIT 300"
-        ).fetchall()
+        entries = directory.audit_entries(conn, limit=300)
         conn.rollback()
     return ctx.render(request, "audit.html", {"user": who, "entries": entries})
 
