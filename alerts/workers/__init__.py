@@ -1,2 +1,3 @@
 """The response centre's background workers: the alert feed, escalation, session purge,
-notifications, the care-plan relay and the stage watch, each a supervised task (`supervisor`)."""
+notifications and the care-plan relay, each a supervised task (`supervisor`, wired in
+`alerts.service`), and the stage watch behind the console's technical-alarm banner."""
