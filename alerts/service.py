@@ -7,11 +7,12 @@ The job list:
     escalation     due escalation steps, every VAKTROM_ALERTS_ESCALATION_EVERY_S
     session_purge  ended sessions and old failed logins, hourly
     notifications  the outbox, every VAKTROM_ALERTS_NOTIFY_EVERY_S
+    stage_watch    the other stages' /health, for the console's technical-alarm banner
     careplans      the registry's care-plan versions stored while Kafka was away (when it publishes)
 
 A worker that raises is restarted with a back-off and one that stalls is reported (and restarted
 when that is safe) while the others go on; /health lists each under `workers`. uvicorn's event loop
-runs in the main thread (with the live-queue listener and the stage watch). Several instances may
+runs in the main thread (with the live-queue listener). Several instances may
 run side by side: the feed shares partitions in one consumer group, escalation and notifications
 take rows with SKIP LOCKED, and every instance's browsers hear every change through PostgreSQL's
 NOTIFY.
@@ -27,7 +28,7 @@ import uvicorn
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from alerts.console.live import Live
-from alerts.console.web import create_app
+from alerts.console.web import create_app, stage_watch
 from alerts.settings import AlertsSettings
 from alerts.workers.feed import AlertFeed
 from alerts.workers.jobs import (
@@ -67,6 +68,7 @@ class AlertService:
         self.live = Live(database.url)
         self.feed = AlertFeed(kafka=kafka, database=database, settings=settings)
         self.worker_metrics = WorkerMetrics(self.feed.metrics.registry)
+        self.watch = stage_watch(settings)
         self.supervisor: Supervisor | None = None
         self._ops: OpsServer | None = None
         self._pool: ConnectionPool | None = None
@@ -96,6 +98,7 @@ class AlertService:
                 periodic(lambda: NotifierJob(url, s, metrics.notifications), every_s=s.notify_every_s),
                 stall_s=stall_after(s.notify_every_s),
             ),
+            Worker("stage_watch", self.watch.work, stall_s=stall_after(s.watch_every_s)),
         ]  # fmt: skip
         registry = self.registry
         if registry is not None and registry.publisher is not None:
@@ -150,7 +153,9 @@ class AlertService:
             self._pool.open(wait=True, timeout=15)
         except PoolTimeout as exc:
             raise StageError(f"cannot reach the database for the console: {exc}", retriable=True) from None
-        app = create_app(pool=self._pool, settings=self._settings, live=self.live, registry=self.registry)
+        app = create_app(
+            pool=self._pool, settings=self._settings, live=self.live, registry=self.registry, watch=self.watch
+        )
         config = uvicorn.Config(
             app,
             log_level="warning",

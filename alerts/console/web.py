@@ -420,26 +420,48 @@ def healthz(ctx: Ctx) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ the application
-def create_app(
-    *, pool: ConnectionPool, settings: AlertsSettings, live: Live, registry: Registry | None = None
-) -> FastAPI:
-    ctx = Console(pool=pool, settings=settings, live=live, registry=registry)
+def stage_watch(settings: AlertsSettings) -> StageWatch:
+    """The technical alarm's watch over the stages' /health (this service's own feed included)."""
     own = settings.own_health_url
-    watch = StageWatch(
+    return StageWatch(
         stages={**settings.watched, **({OWN: own} if own else {})}, every_s=settings.watch_every_s
     )
-    ctx.templates.env.globals["pipeline_banner"] = watch.banner  # every page shows the technical alarm
+
+
+def _lifespan(live: Live, watch: StageWatch | None) -> Callable[[FastAPI], Any]:
+    """Runs the live-queue listener, and `watch` when the service does not run it as a worker."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(live.run(), name="live-queue")
-        watching = asyncio.create_task(watch.run(live.closing), name="stage-watch")
+        tasks = [asyncio.create_task(live.run(), name="live-queue")]
+        if watch is not None:
+            tasks.append(asyncio.create_task(watch.run(live.closing), name="stage-watch"))
         try:
             yield
         finally:
             live.closing.set()
-            watching.cancel()
-            await asyncio.wait([task, watching], timeout=3)
+            for task in tasks[1:]:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=3)
+
+    return lifespan
+
+
+def create_app(
+    *,
+    pool: ConnectionPool,
+    settings: AlertsSettings,
+    live: Live,
+    registry: Registry | None = None,
+    watch: StageWatch | None = None,
+) -> FastAPI:
+    """The console and API. `watch`: the stage watch the service runs as a worker (None: one of the
+    application's own, run with it)."""
+    ctx = Console(pool=pool, settings=settings, live=live, registry=registry)
+    own_watch = watch is None
+    watch = stage_watch(settings) if watch is None else watch
+    ctx.templates.env.globals["pipeline_banner"] = watch.banner  # every page shows the technical alarm
+    lifespan = _lifespan(live, watch if own_watch else None)
 
     app = FastAPI(
         title="Vaktrom response centre API",

@@ -9,7 +9,7 @@ from typing import Any
 
 from tests.integration.alerts_support import AlertsProcess
 
-WORKERS = {"feed", "escalation", "session_purge", "notifications"}
+WORKERS = {"feed", "escalation", "session_purge", "notifications", "stage_watch"}
 
 
 def _get(process: AlertsProcess, path: str) -> bytes:
@@ -18,8 +18,8 @@ def _get(process: AlertsProcess, path: str) -> bytes:
 
 
 def test_the_service_reports_each_worker_healthy(alerts: AlertsProcess) -> None:
-    """Each worker (feed, escalation, session purge, notifications) appears under /health `workers`,
-    healthy once it has run, and as vaktrom_alerts_worker_up 1."""
+    """Each worker (feed, escalation, session purge, notifications, stage watch) appears under
+    /health `workers`, healthy once it has run, and as vaktrom_alerts_worker_up 1."""
     alerts.start()
     deadline = time.monotonic() + 60
     report: dict[str, Any] = {}
