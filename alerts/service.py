@@ -1,37 +1,61 @@
-"""The response-centre service as one process: the feed (Kafka -> alert store) with escalation, the
-notification outbox, and the console with its API under uvicorn.
+"""The response-centre service as one process: the console with its API under uvicorn, and the
+background workers, each a supervised task with its own health (`alerts.workers.supervisor`).
 
-Threads: the feed's consumer loop and its escalation schedule (`alerts.feed`), the notifier below,
-and uvicorn's event loop in the main thread (it also runs the live-queue listener). Several
-instances may run side by side: the feed shares partitions in one consumer group, escalation and
-notifications take rows with SKIP LOCKED, and every instance's browsers hear every change through
-PostgreSQL's NOTIFY.
+The job list:
+
+    feed           Kafka -> alert store (`alerts.workers.feed`); the service is down while it is not
+    escalation     due escalation steps, every VAKTROM_ALERTS_ESCALATION_EVERY_S
+    session_purge  ended sessions and old failed logins, hourly
+    notifications  the outbox, every VAKTROM_ALERTS_NOTIFY_EVERY_S
+    stage_watch    the other stages' /health, for the console's technical-alarm banner
+    careplans      the registry's care-plan versions stored while Kafka was away (when it publishes)
+
+A worker that raises is restarted with a back-off and one that stalls is reported (and restarted
+when that is safe) while the others go on; /health lists each under `workers`. uvicorn's event loop
+runs in the main thread (with the live-queue listener). Several instances may
+run side by side: the feed shares partitions in one consumer group, escalation and notifications
+take rows with SKIP LOCKED, and every instance's browsers hear every change through PostgreSQL's
+NOTIFY.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-import threading
-from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 import uvicorn
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from alerts.feed import AlertFeed, _discard, _open
-from alerts.live import Live
-from alerts.notify import Channel, Email, Webhook, deliver_due
+from alerts.console.live import Live
+from alerts.console.web import create_app, stage_watch
 from alerts.settings import AlertsSettings
-from alerts.web import create_app
+from alerts.workers.feed import AlertFeed
+from alerts.workers.jobs import (
+    CAREPLANS_EVERY_S,
+    PURGE_EVERY_S,
+    CarePlanRelay,
+    EscalationJob,
+    NotifierJob,
+    SessionPurge,
+)
+from alerts.workers.supervisor import Supervisor, Worker, WorkerMetrics, periodic
 from registry import Registry
+from runtime.ops import OpsServer, health_status, serve
 from runtime.settings import ConfigError, DatabaseSettings, KafkaSettings
 from runtime.stage import StageError
 
 __all__ = ["AlertService"]
 
 log = logging.getLogger("alerts.service")
+
+FEED_STALL_S = 180.0  # a new consumer may take 120 s to reach Kafka (`ConsumerLoop._reconnect`)
+
+
+def stall_after(every_s: float) -> float:
+    """How long a periodic worker may go without finishing a round: three rounds, and at least a
+    minute on top of one (a round waits up to 10 s for a database connection)."""
+    return max(3 * every_s, every_s + 60.0)
 
 
 class AlertService:
@@ -41,20 +65,79 @@ class AlertService:
     ) -> None:  # fmt: skip
         self._database, self._settings = database, settings
         self.registry = registry
-        self._stopping = threading.Event()
         self.live = Live(database.url)
-        self.feed = AlertFeed(kafka=kafka, database=database, settings=settings, health=self._web_health)
+        self.feed = AlertFeed(kafka=kafka, database=database, settings=settings)
+        self.worker_metrics = WorkerMetrics(self.feed.metrics.registry)
+        self.watch = stage_watch(settings)
+        self.supervisor: Supervisor | None = None
+        self._ops: OpsServer | None = None
         self._pool: ConnectionPool | None = None
         self._server: uvicorn.Server | None = None
         self._socket: socket.socket | None = None
-        self._threads: list[threading.Thread] = []
 
-    def _web_health(self) -> dict[str, Any]:
+    def workers(self, pool: ConnectionPool) -> list[Worker]:
+        """The background workers this service runs, in the order /health lists them."""
+        s, url, metrics = self._settings, self._database.url, self.feed.metrics
+        found = [
+            Worker(
+                "feed", self.feed.run, stall_s=FEED_STALL_S, critical=True, restart_stalled=False,
+                stop=self.feed.stop,
+            ),
+            Worker(
+                "escalation",
+                periodic(lambda: EscalationJob(url, s, metrics.escalations), every_s=s.escalation_every_s),
+                stall_s=stall_after(s.escalation_every_s),
+            ),
+            Worker(
+                "session_purge",
+                periodic(lambda: SessionPurge(url), every_s=PURGE_EVERY_S, first_s=s.escalation_every_s),
+                stall_s=stall_after(PURGE_EVERY_S),
+            ),
+            Worker(
+                "notifications",
+                periodic(lambda: NotifierJob(url, s, metrics.notifications), every_s=s.notify_every_s),
+                stall_s=stall_after(s.notify_every_s),
+            ),
+            Worker("stage_watch", self.watch.work, stall_s=stall_after(s.watch_every_s)),
+        ]  # fmt: skip
+        registry = self.registry
+        if registry is not None and registry.publisher is not None:
+            relay = periodic(lambda: CarePlanRelay(registry, pool), every_s=CAREPLANS_EVERY_S)
+            found.append(Worker("careplans", relay, stall_s=stall_after(CAREPLANS_EVERY_S)))
+        return found
+
+    def health(self) -> dict[str, Any]:
+        """/health: the feed's report, the console's and the workers', one status for them all."""
+        feed = self.feed.health()
         started = self._server is not None and self._server.started
-        return {"ok": started and self.live.listening, "console": started, "live": self.live.listening}
+        listening = self.live.listening
+        workers = self.supervisor.health() if self.supervisor is not None else None
+        ok = feed["ok"] and started and listening and not (workers and workers["problems"])
+        problems = list(feed["problems"])
+        if not started:
+            problems.append("the console's web server has not started")
+        if not listening:
+            problems.append("the live queue has lost the database (is PostgreSQL up?)")
+        if workers is not None:
+            problems += workers["problems"]
+        report: dict[str, Any] = {"ok": ok, "console": started, "live": listening}
+        report["problems"] = problems if problems or ok else ["not ready"]
+        report.update({k: v for k, v in feed.items() if k not in ("ok", "problems")})
+        if workers is not None:
+            report["delays"] = [*report["delays"], *workers["delays"]]
+            report["workers"] = workers["workers"]
+        report["status"] = health_status(report)
+        return report
 
     def start(self) -> None:
         self.feed.start()
+        self._ops = serve(
+            host=self._settings.metrics_host,
+            port=self._settings.metrics_port,
+            port_env="VAKTROM_ALERTS_METRICS_PORT",
+            exposition=self.feed.metrics.exposition,
+            health=self.health,
+        )
         host, port = self._settings.http_host, self._settings.http_port
         try:
             self._socket = socket.create_server((host, port), reuse_port=False)
@@ -70,7 +153,9 @@ class AlertService:
             self._pool.open(wait=True, timeout=15)
         except PoolTimeout as exc:
             raise StageError(f"cannot reach the database for the console: {exc}", retriable=True) from None
-        app = create_app(pool=self._pool, settings=self._settings, live=self.live, registry=self.registry)
+        app = create_app(
+            pool=self._pool, settings=self._settings, live=self.live, registry=self.registry, watch=self.watch
+        )
         config = uvicorn.Config(
             app,
             log_level="warning",
@@ -84,90 +169,24 @@ class AlertService:
     def run(self) -> None:
         assert self._server is not None
         assert self._socket is not None
-        loops = [("feed", self.feed.run), ("notifier", self._notify)]
-        if self.registry is not None and self.registry.publisher is not None:
-            loops.append(("careplans", self._publish_careplans))
-        for name, target in loops:
-            thread = threading.Thread(target=self._guard(target), name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        assert self._pool is not None
+        self.supervisor = Supervisor(self.workers(self._pool), metrics=self.worker_metrics)
+        self.supervisor.start()
         try:
             self._server.run(sockets=[self._socket])
         finally:
             self.stop()
-            for thread in self._threads:
-                thread.join(timeout=15)
-            if self._pool is not None:
-                self._pool.close()
+            self.supervisor.join(timeout_s=15)
+            self.feed.close()
+            self._pool.close()
+            if self._ops is not None:
+                self._ops.stop()
 
     def stop(self) -> None:
-        self._stopping.set()
         self.live.closing.set()
-        self.feed.stop()
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        else:
+            self.feed.stop()
         if self._server is not None:
             self._server.should_exit = True
-
-    def _guard(self, target: Any) -> Any:
-        """A background loop that dies takes the service down (a supervisor restarts it) rather
-        than leaving a console that looks alive over a dead feed."""
-
-        def run() -> None:
-            try:
-                target()
-            except Exception:
-                log.exception(
-                    "the %s stopped with an error; stopping the service", threading.current_thread().name
-                )
-                self.stop()
-
-        return run
-
-    def _publish_careplans(self) -> None:
-        """Care-plan versions stored while Kafka was away go out once it is back (every 30 s)."""
-        assert self.registry is not None
-        while not self._stopping.wait(30.0):
-            if self._pool is None:
-                continue
-            try:
-                with self._pool.connection() as conn:
-                    sent = self.registry.publish_pending(conn)
-                if sent:
-                    log.info("care plans: %d pending version(s) published", sent)
-            except Exception as exc:  # retried on the next round: the versions are stored
-                log.warning("care plans: pending versions not published yet (%s); retrying in 30 s", exc)
-
-    def _channels(self) -> dict[str, Channel]:
-        s = self._settings
-        channels: dict[str, Channel] = {}
-        if s.webhook_secret:
-            channels["webhook"] = Webhook(s.webhook_secret.encode())
-        if s.smtp_host:
-            channels["email"] = Email(
-                host=s.smtp_host, port=s.smtp_port, sender=s.smtp_from, starttls=s.smtp_starttls,
-                username=s.smtp_user, password=s.smtp_password,
-            )  # fmt: skip
-        return channels
-
-    def _notify(self) -> None:
-        """Send what escalation put in the outbox, on the service's own schedule."""
-        channels = self._channels()
-        conn: psycopg.Connection[Any] | None = None
-        metrics = self.feed.metrics.notifications
-        while not self._stopping.wait(self._settings.notify_every_s):
-            try:
-                conn = _open(conn, self._database.url)
-                sent, failed = deliver_due(
-                    conn, channels, now=datetime.now(UTC), link_base=self._settings.link_base
-                )
-            except psycopg.OperationalError as exc:
-                log.warning("notifications: the database is away (%s); trying again", exc)
-                _discard(conn)
-                conn = None
-                continue
-            metrics.labels("sent").inc(sent)
-            metrics.labels("failed").inc(failed)
-        if conn is not None:
-            conn.close()
-        for channel in channels.values():
-            if isinstance(channel, Webhook):
-                channel.close()

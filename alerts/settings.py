@@ -8,8 +8,8 @@ import re
 from datetime import timedelta
 
 from alerts.accounts import MAX_TOKEN_DAYS
-from alerts.escalation import Step, Targets
-from alerts.notify import Route, parse_routes
+from alerts.workers.escalation import Step, Targets
+from alerts.workers.notify import Route, parse_routes
 from runtime.settings import ConfigError, Settings, check_ranges, check_time_zone, setting
 
 __all__ = ["AlertsSettings"]

@@ -32,6 +32,7 @@ __all__ = [
     "claim",
     "complete",
     "detail",
+    "patients_of",
     "require_idle",
     "start",
 ]
@@ -374,3 +375,11 @@ def detail(conn: psycopg.Connection[Any], episode_id: str) -> dict[str, Any] | N
             found["timeline"] = cur.fetchall()
     conn.rollback()  # read-only: end the snapshot
     return found
+
+
+def patients_of(conn: psycopg.Connection[Any], episode_ids: list[str]) -> dict[str, Any]:
+    """episode id -> patient id, for the given alerts (for audit entries naming the patient)."""
+    rows = conn.execute(
+        "SELECT episode_id, patient_id FROM alerts WHERE episode_id = ANY(%s)", (episode_ids,)
+    )
+    return dict(rows.fetchall())

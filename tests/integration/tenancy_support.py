@@ -1,7 +1,7 @@
 """The response centre's route table as the tenancy tests and docs/access-control.md read it.
 
-Each route of the real application (`alerts.web.create_app`) declares its scope in `openapi_extra`
-(`alerts.context.scope`); the roles it admits come from its role dependencies (`roles_of`). A route
+Each route of the real application (`alerts.console.web.create_app`) declares its scope in `openapi_extra`
+(`alerts.console.context.scope`); the roles it admits come from its role dependencies (`roles_of`). A route
 that declares no scope, or names an object in its path that the tests cannot make, is an error that
 says what to add.
 
@@ -22,10 +22,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from alerts.accounts import Role
-from alerts.context import SCOPES, roles_of
-from alerts.live import Live
+from alerts.console.context import SCOPES, roles_of
+from alerts.console.live import Live
+from alerts.console.web import create_app
 from alerts.settings import AlertsSettings
-from alerts.web import create_app
 
 __all__ = ["OBJECT_PARAMS", "ROLES", "RouteSpec", "access_table", "application", "route_table"]
 

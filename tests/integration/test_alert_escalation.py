@@ -10,9 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from alerts.escalation import Step, Targets, escalate_due, queue
-from alerts.notify import Route
 from alerts.store import Resolution, apply_events, claim, complete, start
+from alerts.workers.escalation import Step, Targets, escalate_due, queue
+from alerts.workers.notify import Route
 from contracts import EpisodeChange, Severity
 from tests.integration.alerts_support import event, new_id
 

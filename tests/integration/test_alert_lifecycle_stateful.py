@@ -37,9 +37,9 @@ from hypothesis.stateful import (
 )
 
 from alerts.accounts import Role
-from alerts.escalation import Targets, escalate_due
 from alerts.handoff import handover, reassign, unclaim
 from alerts.store import Resolution, WorkflowError, acknowledge, apply_events, claim, complete, start
+from alerts.workers.escalation import Targets, escalate_due
 from contracts import AlertEvent, EpisodeChange, Severity
 from tests.integration.alerts_support import T0, event, new_id, staff
 

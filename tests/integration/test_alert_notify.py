@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from alerts.escalation import Step, Targets, escalate_due
-from alerts.notify import MAX_ATTEMPTS, Email, Route, Webhook, deliver_due, verify_signature
 from alerts.store import apply_events
+from alerts.workers.escalation import Step, Targets, escalate_due
+from alerts.workers.notify import MAX_ATTEMPTS, Email, Route, Webhook, deliver_due, verify_signature
 from contracts import EpisodeChange, Severity
 from tests.conftest import Stack
 from tests.integration.alerts_support import (

@@ -12,7 +12,6 @@ import psycopg
 import pytest
 
 from alerts.accounts import Role
-from alerts.escalation import Step, Targets, escalate_due, queue
 from alerts.handoff import handover, reassign, unclaim
 from alerts.store import (
     Applied,
@@ -24,6 +23,7 @@ from alerts.store import (
     complete,
     start,
 )
+from alerts.workers.escalation import Step, Targets, escalate_due, queue
 from contracts import AlertEvent, EpisodeChange, Severity, topics
 from tests.conftest import Stack, stack_command
 from tests.integration.alerts_support import T0, AlertsProcess, event, new_id, staff, wait_for

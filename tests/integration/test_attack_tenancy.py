@@ -48,7 +48,7 @@ from tests.integration.tenancy_support import (
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "access-control.md"
 EVERY_TEAM = Actor("cli:tester+every-team")
-STATIC_FILE = sorted(p.name for p in (REPO / "alerts" / "static").glob("*.css"))[0]
+STATIC_FILE = sorted(p.name for p in (REPO / "alerts" / "console" / "static").glob("*.css"))[0]
 
 # Which objects of a kind exist: every kind has the caller's team's and another team's; kits in
 # stock and centre-wide accounts are the centre's.

@@ -213,8 +213,8 @@ KNOWN: dict[tuple[str, str, str], str] = {
     # `python -m alerts admin team-add`: the operator's way to add a team before the registry had one.
     ("alerts/admin.py", "writes", "teams"): "admin command adds a team",
     # The alert queries join a patient's team (access control) and sealed identity (display) in SQL.
-    ("alerts/escalation.py", "reads", "patients"): "alert queries join the patient's team",
-    ("alerts/escalation.py", "reads", "patient_identities"): "alert queries join the sealed identity",
+    ("alerts/workers/escalation.py", "reads", "patients"): "alert queries join the patient's team",
+    ("alerts/workers/escalation.py", "reads", "patient_identities"): "alert queries join the sealed identity",
     ("alerts/handoff.py", "reads", "patients"): "alert queries join the patient's team",
     ("alerts/store.py", "reads", "patients"): "alert queries join the patient's team",
     ("alerts/store.py", "reads", "patient_identities"): "alert queries join the sealed identity",

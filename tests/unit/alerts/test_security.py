@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
-from alerts.security import CONTENT_SECURITY_POLICY, SecurityHeaders, trust_proxies
+from alerts.console.security import CONTENT_SECURITY_POLICY, SecurityHeaders, trust_proxies
 from alerts.settings import AlertsSettings
 from runtime.settings import ConfigError
 

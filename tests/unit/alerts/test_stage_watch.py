@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from alerts.stage_watch import StageWatch, classify
+from alerts.workers.stage_watch import StageWatch, classify
 
 T0 = datetime(2026, 12, 6, 6, 0, tzinfo=UTC)
 

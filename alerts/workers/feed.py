@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,21 +22,20 @@ import msgspec
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from alerts.accounts import purge
-from alerts.escalation import escalate_due
 from alerts.quarantine import STAGE, apply_each, fault, set_aside
 from alerts.settings import AlertsSettings
 from alerts.store import Applied, apply_events
+from alerts.workers.jobs import discard, reopen
+from alerts.workers.supervisor import Lease
 from contracts import AlertEvent, DatabaseFault, Quarantined, QuarantineReason, topics
 from runtime.loop import ConsumerLoop, LoopError, LoopMetrics, Record
-from runtime.ops import LATENCY_BUCKETS, AlertPathAge, OpsServer, health_status, serve
+from runtime.ops import LATENCY_BUCKETS, AlertPathAge
 from runtime.settings import DatabaseSettings, KafkaSettings
 from runtime.stage import StageError
 
 __all__ = ["AlertFeed", "AlertFeedError"]
 
 log = logging.getLogger("alerts.feed")
-_PURGE_EVERY_S = 3600.0  # ended sessions and old failed logins are forgotten hourly
 # An alert event set aside is an alert no nurse will see in the queue: the banner says so this long.
 _QUARANTINE_ALARM_S = 3600.0
 _decode = msgspec.json.Decoder(AlertEvent).decode
@@ -103,23 +101,14 @@ class FeedMetrics:
 
 
 class AlertFeed:
-    """The feed as a stage (`start`, `run` until `stop`)."""
+    """The feed as a supervised worker: `start` checks the database and joins the group, `run` reads
+    until the lease ends (a new consumer after a failure), `stop` asks it to finish, `close` after."""
 
-    def __init__(
-        self,
-        *,
-        kafka: KafkaSettings,
-        database: DatabaseSettings,
-        settings: AlertsSettings,
-        health: Callable[[], dict[str, Any]] | None = None,
-    ) -> None:
+    def __init__(self, *, kafka: KafkaSettings, database: DatabaseSettings, settings: AlertsSettings) -> None:
         self._kafka, self._database, self._settings = kafka, database, settings
-        self._health = health
         self._stopping = threading.Event()
         self._conn: psycopg.Connection[Any] | None = None
-        self._ops: OpsServer | None = None
         self.metrics = FeedMetrics()
-        session_ms = int(settings.session_timeout_s * 1000)
         self.loop = ConsumerLoop(
             name="alert feed",
             kafka=kafka,
@@ -137,11 +126,7 @@ class AlertFeed:
                 retries=self.metrics.db_errors,
                 restarts=self.metrics.consumer_restarts,
             ),
-            # 1 s heartbeats: each of a cooperative rebalance's two rounds waits for one (see the archive)
-            consumer_config={
-                "session.timeout.ms": session_ms,
-                "heartbeat.interval.ms": min(1000, session_ms // 3),
-            },
+            consumer_config=_consumer_config(settings),
         )
         self.alert_path = AlertPathAge(max_age_s=settings.alert_path_max_age_s, what="alert event")
         # When each alert event set aside in the last hour was, by (partition, offset): a batch read
@@ -164,72 +149,54 @@ class AlertFeed:
             self.loop.open(timeout_s=30.0)
         except LoopError as exc:
             raise AlertFeedError(str(exc), retriable=exc.retriable) from None
-        self._ops = serve(
-            host=self._settings.metrics_host,
-            port=self._settings.metrics_port,
-            port_env="VAKTROM_ALERTS_METRICS_PORT",
-            exposition=self.metrics.exposition,
-            health=self.health,
-        )
         log.info(
             "alert feed: group %s, reading %s",
             self._settings.group_id,
             topics.alert_topic(self._kafka.topic_prefix),
         )
 
-    def run(self) -> None:
-        escalator = threading.Thread(target=self._escalate, name="escalation", daemon=True)
-        escalator.start()
-        try:
-            self.loop.run()
-        finally:
-            self._stopping.set()
-            escalator.join(timeout=10)
-            if self._conn is not None:
-                self._conn.close()
-            if self._ops is not None:
-                self._ops.stop()
+    def run(self, lease: Lease) -> None:
+        """Poll, apply and commit until the lease ends; after a failure (the supervisor runs this
+        again) a new consumer goes on from the committed offsets."""
+        if not self.loop.running and lease.held():
+            self.loop.open(timeout_s=30.0)
+        self.loop.run(every=lease.beat)
 
     def stop(self) -> None:
         self._stopping.set()
         self.loop.stop()
 
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
     def health(self) -> dict[str, Any]:
-        """The feed's state, and the rest of the service's (`health` given at construction)."""
-        report: dict[str, Any] = {"ok": self.loop.running and not self._stopping.is_set()}
-        problems = [] if report["ok"] else ["the alert feed is not consuming (starting or stopping)"]
-        if self._health is not None:
-            other = self._health()
-            report = {**other, "ok": report["ok"] and bool(other.get("ok"))}
-            if other.get("console") is False:
-                problems.append("the console's web server has not started")
-            if other.get("live") is False:
-                problems.append("the live queue has lost the database (is PostgreSQL up?)")
-        report["problems"] = problems if problems or report["ok"] else ["not ready"]
+        """The feed's part of the service's /health: whether it consumes, and what delays alerts."""
+        ok = self.loop.running and not self._stopping.is_set()
+        report: dict[str, Any] = {
+            "ok": ok,
+            "problems": [] if ok else ["the alert feed is not consuming (starting or stopping)"],
+        }
         report.update(self._alert_path_report())
         recent = {k: t for k, t in self._set_aside.items() if time.time() - t < _QUARANTINE_ALARM_S}
         self._set_aside = recent
         if recent:
-            report["delays"] = [
-                *report["delays"],
+            report["delays"].append(
                 f"{len(recent)} alert event(s) could not be stored and were set aside in the last hour: "
-                "an alert may be missing from the queue (an administrator sees them under Quarantine)",
-            ]
+                "an alert may be missing from the queue (an administrator sees them under Quarantine)"
+            )
         away = self.loop.away_since
         if away is not None:
-            report["delays"] = [
-                *report["delays"],
+            report["delays"].append(
                 f"{self._away_what()} has been away for {time.monotonic() - away:.0f} s: new alert "
-                "events wait in Kafka and reach the queue when it is back",
-            ]
+                "events wait in Kafka and reach the queue when it is back"
+            )
         kafka_away = self.loop.kafka_away_since
         if kafka_away is not None:
-            report["delays"] = [
-                *report["delays"],
+            report["delays"].append(
                 f"Kafka has been out of reach for {time.monotonic() - kafka_away:.0f} s: no new alert "
-                "event reaches the queue until it is back",
-            ]
-        report["status"] = health_status(report)
+                "event reaches the queue until it is back"
+            )
         return report
 
     def _away_what(self) -> str:
@@ -244,37 +211,6 @@ class AlertFeed:
         for partition, end in mine.items():
             self.alert_path.ends(partition, end, now)
         return self.alert_path.report(now)
-
-    def _escalate(self) -> None:
-        """Take due escalation steps on the service's own schedule, with its own connection."""
-        conn: psycopg.Connection[Any] | None = None
-        purged_at = 0.0
-        while not self._stopping.wait(self._settings.escalation_every_s):
-            try:
-                conn = _open(conn, self._database.url)
-                if time.monotonic() - purged_at > _PURGE_EVERY_S:
-                    purged_at = time.monotonic()
-                    sessions, failures = purge(conn)
-                    if sessions or failures:
-                        log.info(
-                            "housekeeping: %d ended sessions and %d old failed logins forgotten",
-                            sessions,
-                            failures,
-                        )
-                taken = escalate_due(
-                    conn, now=datetime.now(UTC), targets=self._settings.targets, routes=self._settings.routes
-                )
-            except psycopg.OperationalError as exc:
-                log.warning("escalation: the database is away (%s); trying again", exc)
-                _discard(conn)
-                conn = None
-                continue
-            for step in taken:
-                self.metrics.escalations.labels(step.step.name.lower()).inc()
-            if taken:
-                log.info("escalation: %d alert(s) past their response-time target escalated", len(taken))
-        if conn is not None:
-            conn.close()
 
     def _apply(self, records: list[Record]) -> list[Quarantined]:
         """Apply `records` in one transaction; returns those set aside (the loop publishes them before
@@ -295,10 +231,10 @@ class AlertFeed:
                 why = f"does not match the alert contract ({str(exc)[:300]})"
                 poison.append(set_aside(record, QuarantineReason.UNDECODABLE, why))
         try:
-            conn = self._conn = _open(self._conn, self._database.url)
+            conn = self._conn = reopen(self._conn, self._database.url)
             applied, refused = self._store(conn, events, sources)
         except psycopg.OperationalError:
-            _discard(self._conn)
+            discard(self._conn)
             self._conn = None
             raise
         now = time.time()
@@ -344,12 +280,7 @@ def _readable_times(*times: datetime | None) -> None:
             raise msgspec.ValidationError(f"a time outside the years 1-9999 in UTC: {t.isoformat()[:40]}")
 
 
-def _open(conn: psycopg.Connection[Any] | None, url: str) -> psycopg.Connection[Any]:
-    """`conn`, or a new connection when there is none (raises OperationalError while the database is away)."""
-    return conn if conn is not None and not conn.closed else psycopg.connect(url, connect_timeout=10)
-
-
-def _discard(conn: psycopg.Connection[Any] | None) -> None:
-    """Close a connection that failed; the next `_open` makes a new one."""
-    if conn is not None:
-        conn.close()
+def _consumer_config(settings: AlertsSettings) -> dict[str, Any]:
+    """1 s heartbeats: each of a cooperative rebalance's two rounds waits for one (see the archive)."""
+    session_ms = int(settings.session_timeout_s * 1000)
+    return {"session.timeout.ms": session_ms, "heartbeat.interval.ms": min(1000, session_ms // 3)}

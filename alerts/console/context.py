@@ -1,7 +1,7 @@
 """What every request of the console and the API needs: the service's shared parts (`Console`,
 on `app.state.console`), who is asking (sessions, roles, CSRF) and the queue's filters.
 
-Pages (`alerts.web`) and the JSON API (`alerts.api`) are built from these dependencies.
+Pages (`alerts.console.web`) and the JSON API (`alerts.console.api`) are built from these dependencies.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from pydantic import BaseModel
 
 from alerts import accounts, store
 from alerts.accounts import Principal, Role
-from alerts.escalation import queue
-from alerts.live import Live
-from alerts.notify import STEP_NAMES
+from alerts.console.live import Live
 from alerts.settings import AlertsSettings
 from alerts.store import Resolution, WorkflowError
+from alerts.workers.escalation import queue
+from alerts.workers.notify import STEP_NAMES
 from contracts import Severity
 from registry import Actor, Registry
 

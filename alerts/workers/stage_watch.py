@@ -6,7 +6,8 @@ answer is down too: a broken alarm channel must raise its own alarm rather than 
 console shows a banner on every page while any stage is not ok, with the earliest time since
 when, and the browser shows one of its own when this service stops answering (`console.js`).
 
-`classify` and `StageWatch.update` are pure; `run` is the asyncio loop that asks the stages.
+`classify` and `StageWatch.update` are pure; `run` is the asyncio loop that asks the stages, and
+`work` runs it as the service's supervised `stage_watch` worker (in a thread of its own).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+
+from alerts.workers.supervisor import Lease
 
 __all__ = ["Banner", "StageState", "StageWatch", "classify"]
 
@@ -113,3 +116,21 @@ class StageWatch:
                 # first wait: this service's own /health says "down" until its web server has started
                 await asyncio.sleep(self.every_s)
                 await asyncio.gather(*(self.ask(client, n, u) for n, u in self.stages.items()))
+
+    def work(self, lease: Lease) -> None:
+        """The supervised worker: ask every stage every `every_s` seconds while the lease holds, one
+        beat per round."""
+        asyncio.run(self._rounds(lease))
+
+    async def _rounds(self, lease: Lease) -> None:
+        async with httpx.AsyncClient() as client:
+            while lease.held():
+                waited = 0.0
+                while waited < self.every_s:  # in short steps, so that stopping is quick
+                    step = min(0.5, self.every_s - waited)
+                    await asyncio.sleep(step)
+                    waited += step
+                    if not lease.held():
+                        return
+                await asyncio.gather(*(self.ask(client, n, u) for n, u in self.stages.items()))
+                lease.beat()

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
 from alerts.accounts import Principal, Role
-from alerts.context import Ctx, csrf_checked, role_in, scope
+from alerts.console.context import Ctx, csrf_checked, role_in, scope
 from contracts import THRESHOLD_LIMITS, Condition
 from registry import (
     Actor,

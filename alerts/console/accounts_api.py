@@ -24,9 +24,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from alerts import accounts
+from alerts import accounts, directory
 from alerts.accounts import MAX_TOKEN_DAYS, AccountError, Principal, Role
-from alerts.context import Ctx, api_user, csrf_checked, role_in
+from alerts.console.context import Ctx, api_user, csrf_checked, role_in
 
 __all__ = ["accounts_api"]
 
@@ -85,9 +85,9 @@ def _refuse_self(who: Principal, username: str, what: str) -> None:
 
 def _known(ctx: Ctx, username: str) -> None:
     with ctx.db() as conn:
-        found = conn.execute("SELECT 1 FROM users WHERE username = %s", (username,)).fetchone()
+        found = directory.has_account(conn, username)
         conn.rollback()
-    if found is None:
+    if not found:
         raise HTTPException(404, f"there is no user {username!r}")
 
 
@@ -167,7 +167,7 @@ def add_token(
     patients as that user; the account makes its own at /api/v1/me/tokens."""
     csrf_checked(request, who, None)
     with ctx.db() as conn:
-        found = conn.execute("SELECT active, role FROM users WHERE username = %s", (username,)).fetchone()
+        found = directory.account_state(conn, username)
         conn.rollback()
     if found is None or not found[0]:
         raise HTTPException(404, f"there is no active user {username!r}")

@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from alerts.accounts import Principal, Role
-from alerts.context import Ctx, client_ip, csrf_checked, role_in, scope
+from alerts.console.context import Ctx, client_ip, csrf_checked, role_in, scope
 from contracts import Condition, ExpectedMeasurement
 from registry import (
     Actor,

@@ -33,11 +33,11 @@ from fastapi.staticfiles import StaticFiles
 from psycopg_pool import ConnectionPool
 from sse_starlette import EventSourceResponse
 
-from alerts import accounts, handoff, quarantine, store
+from alerts import accounts, directory, handoff, quarantine, store
 from alerts.accounts import LoginError, Principal, Role
-from alerts.accounts_api import accounts_api
-from alerts.api import api, handover
-from alerts.context import (
+from alerts.console.accounts_api import accounts_api
+from alerts.console.api import api, handover
+from alerts.console.context import (
     COOKIE,
     HERE,
     Action,
@@ -55,13 +55,13 @@ from alerts.context import (
     same_origin,
     scope,
 )
-from alerts.live import Live
-from alerts.registry_api import registry_api
-from alerts.registry_pages import registry_pages
-from alerts.security import SecurityHeaders, trust_proxies
+from alerts.console.live import Live
+from alerts.console.registry_api import registry_api
+from alerts.console.registry_pages import registry_pages
+from alerts.console.security import SecurityHeaders, trust_proxies
 from alerts.settings import AlertsSettings
-from alerts.stage_watch import OWN, StageWatch
 from alerts.store import Resolution
+from alerts.workers.stage_watch import OWN, StageWatch
 from registry import Registry
 from registry import read as registry_read
 
@@ -318,9 +318,7 @@ async def events(request: Request, ctx: Ctx) -> Response:
 @pages.get("/admin/users", openapi_extra=scope("centre"))
 def users_page(request: Request, ctx: Ctx, who: PageAdmin, error: str | None = None) -> Response:
     with ctx.db() as conn:
-        users = conn.execute(
-            "SELECT username, display_name, role, team_id, active, created_at FROM users ORDER BY username"
-        ).fetchall()
+        users = directory.user_rows(conn)
         teams = registry_read.teams(conn)
         conn.rollback()
     context = {"user": who, "users": users, "teams": teams, "error": error, "roles": list(Role)}
@@ -394,10 +392,7 @@ def _account_form(
 @pages.get("/admin/audit", openapi_extra=scope("centre"))
 def audit_page(request: Request, ctx: Ctx, who: PageAdmin) -> Response:
     with ctx.db() as conn:
-        entries = conn.execute(
-            "SELECT at, actor, action, target, patient_id, host(ip), detail FROM audit.audit_log "
-            "ORDER BY entry_id DESC LIMIT 300"
-        ).fetchall()
+        entries = directory.audit_entries(conn, limit=300)
         conn.rollback()
     return ctx.render(request, "audit.html", {"user": who, "entries": entries})
 
@@ -426,26 +421,48 @@ def healthz(ctx: Ctx) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ the application
-def create_app(
-    *, pool: ConnectionPool, settings: AlertsSettings, live: Live, registry: Registry | None = None
-) -> FastAPI:
-    ctx = Console(pool=pool, settings=settings, live=live, registry=registry)
+def stage_watch(settings: AlertsSettings) -> StageWatch:
+    """The technical alarm's watch over the stages' /health (this service's own feed included)."""
     own = settings.own_health_url
-    watch = StageWatch(
+    return StageWatch(
         stages={**settings.watched, **({OWN: own} if own else {})}, every_s=settings.watch_every_s
     )
-    ctx.templates.env.globals["pipeline_banner"] = watch.banner  # every page shows the technical alarm
+
+
+def _lifespan(live: Live, watch: StageWatch | None) -> Callable[[FastAPI], Any]:
+    """Runs the live-queue listener, and `watch` when the service does not run it as a worker."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(live.run(), name="live-queue")
-        watching = asyncio.create_task(watch.run(live.closing), name="stage-watch")
+        tasks = [asyncio.create_task(live.run(), name="live-queue")]
+        if watch is not None:
+            tasks.append(asyncio.create_task(watch.run(live.closing), name="stage-watch"))
         try:
             yield
         finally:
             live.closing.set()
-            watching.cancel()
-            await asyncio.wait([task, watching], timeout=3)
+            for task in tasks[1:]:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=3)
+
+    return lifespan
+
+
+def create_app(
+    *,
+    pool: ConnectionPool,
+    settings: AlertsSettings,
+    live: Live,
+    registry: Registry | None = None,
+    watch: StageWatch | None = None,
+) -> FastAPI:
+    """The console and API. `watch`: the stage watch the service runs as a worker (None: one of the
+    application's own, run with it)."""
+    ctx = Console(pool=pool, settings=settings, live=live, registry=registry)
+    own_watch = watch is None
+    watch = stage_watch(settings) if watch is None else watch
+    ctx.templates.env.globals["pipeline_banner"] = watch.banner  # every page shows the technical alarm
+    lifespan = _lifespan(live, watch if own_watch else None)
 
     app = FastAPI(
         title="Vaktrom response centre API",

@@ -19,9 +19,18 @@ from pydantic import BaseModel, Field
 
 from alerts import handoff, store
 from alerts.accounts import Principal, Role
-from alerts.context import ActionResult, Clinician, Console, Ctx, QueueFilters, api_user, csrf_checked, scope
+from alerts.console.context import (
+    ActionResult,
+    Clinician,
+    Console,
+    Ctx,
+    QueueFilters,
+    api_user,
+    csrf_checked,
+    scope,
+)
+from alerts.console.trend import trend
 from alerts.store import Resolution
-from alerts.trend import trend
 from contracts import Severity
 
 __all__ = ["api", "handover"]
@@ -273,11 +282,7 @@ def handover(ctx: Console, request: Request, who: Principal, to: str | None) -> 
     try:
         with ctx.db() as conn:
             moved = handoff.handover(conn, who.username, to)
-            patients = dict(
-                conn.execute(
-                    "SELECT episode_id, patient_id FROM alerts WHERE episode_id = ANY(%s)", (moved,)
-                ).fetchall()
-            )
+            patients = store.patients_of(conn, moved)
             conn.rollback()
     except store.WorkflowError as exc:
         ctx.audit(request, who.username, "handover_refused", target=to, detail={"reason": str(exc)})

@@ -24,8 +24,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from alerts.notify import Route, enqueue
 from alerts.store import require_idle
+from alerts.workers.notify import Route, enqueue
 from contracts import Severity
 
 __all__ = ["Escalation", "Step", "Targets", "escalate_due", "queue"]

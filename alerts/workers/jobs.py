@@ -1,0 +1,155 @@
+"""The periodic jobs of the response centre, each run by the supervisor as its own worker
+(`alerts.workers.supervisor.periodic`): escalation, the session purge, notifications and the
+registry's care-plan relay.
+
+A job holds its own database connection. While the database is away a tick logs it and returns
+(the round is done; the next one tries again): that is the database's trouble, which the feed's
+health reports, not the job's. Anything else a tick raises goes to the supervisor, which starts
+the job again with a back-off and says so in /health.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from prometheus_client import Counter
+from psycopg_pool import ConnectionPool
+
+from alerts.accounts import purge
+from alerts.settings import AlertsSettings
+from alerts.workers.escalation import escalate_due
+from alerts.workers.notify import Channel, Email, Webhook, deliver_due
+from registry import Registry
+
+__all__ = ["CarePlanRelay", "EscalationJob", "NotifierJob", "SessionPurge", "discard", "reopen"]
+
+log = logging.getLogger(__name__)
+
+PURGE_EVERY_S = 3600.0  # ended sessions and old failed logins are forgotten hourly
+CAREPLANS_EVERY_S = 30.0
+
+
+def reopen(conn: psycopg.Connection[Any] | None, url: str) -> psycopg.Connection[Any]:
+    """`conn`, or a new connection when there is none (raises OperationalError while the database is away)."""
+    return conn if conn is not None and not conn.closed else psycopg.connect(url, connect_timeout=10)
+
+
+def discard(conn: psycopg.Connection[Any] | None) -> None:
+    """Close a connection that failed; the next `reopen` makes a new one."""
+    if conn is not None:
+        conn.close()
+
+
+class _DatabaseJob:
+    """A job with one connection, opened on demand and dropped when the database goes away."""
+
+    what = "a job"
+
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def tick(self) -> None:
+        try:
+            self._conn = reopen(self._conn, self._url)
+            self.work(self._conn)
+        except psycopg.OperationalError as exc:
+            log.warning("%s: the database is away (%s); trying again", self.what, exc)
+            discard(self._conn)
+            self._conn = None
+
+    def work(self, conn: psycopg.Connection[Any]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        discard(self._conn)
+        self._conn = None
+
+
+class EscalationJob(_DatabaseJob):
+    """Take due escalation steps (`escalate_due`) every VAKTROM_ALERTS_ESCALATION_EVERY_S."""
+
+    what = "escalation"
+
+    def __init__(self, database_url: str, settings: AlertsSettings, steps: Counter) -> None:
+        super().__init__(database_url)
+        self._settings, self._steps = settings, steps
+
+    def work(self, conn: psycopg.Connection[Any]) -> None:
+        s = self._settings
+        taken = escalate_due(conn, now=datetime.now(UTC), targets=s.targets, routes=s.routes)
+        for step in taken:
+            self._steps.labels(step.step.name.lower()).inc()
+        if taken:
+            log.info("escalation: %d alert(s) past their response-time target escalated", len(taken))
+
+
+class SessionPurge(_DatabaseJob):
+    """Forget ended sessions and old failed logins (hourly)."""
+
+    what = "housekeeping"
+
+    def work(self, conn: psycopg.Connection[Any]) -> None:
+        sessions, failures = purge(conn)
+        if sessions or failures:
+            log.info("housekeeping: %d ended sessions and %d old failed logins forgotten", sessions, failures)
+
+
+def channels(settings: AlertsSettings) -> dict[str, Channel]:
+    """The notification channels the settings configure (webhook, e-mail)."""
+    s = settings
+    found: dict[str, Channel] = {}
+    if s.webhook_secret:
+        found["webhook"] = Webhook(s.webhook_secret.encode())
+    if s.smtp_host:
+        found["email"] = Email(
+            host=s.smtp_host, port=s.smtp_port, sender=s.smtp_from, starttls=s.smtp_starttls,
+            username=s.smtp_user, password=s.smtp_password,
+        )  # fmt: skip
+    return found
+
+
+class NotifierJob(_DatabaseJob):
+    """Send what escalation put in the outbox, every VAKTROM_ALERTS_NOTIFY_EVERY_S."""
+
+    what = "notifications"
+
+    def __init__(self, database_url: str, settings: AlertsSettings, outcomes: Counter) -> None:
+        super().__init__(database_url)
+        self._settings, self._outcomes = settings, outcomes
+        self._channels = channels(settings)
+
+    def work(self, conn: psycopg.Connection[Any]) -> None:
+        sent, failed = deliver_due(
+            conn, self._channels, now=datetime.now(UTC), link_base=self._settings.link_base
+        )
+        self._outcomes.labels("sent").inc(sent)
+        self._outcomes.labels("failed").inc(failed)
+
+    def close(self) -> None:
+        super().close()
+        for channel in self._channels.values():
+            if isinstance(channel, Webhook):
+                channel.close()
+
+
+class CarePlanRelay:
+    """Care-plan versions stored while Kafka was away go out once it is back (every 30 s)."""
+
+    def __init__(self, registry: Registry, pool: ConnectionPool) -> None:
+        self._registry, self._pool = registry, pool
+
+    def tick(self) -> None:
+        try:
+            with self._pool.connection() as conn:
+                sent = self._registry.publish_pending(conn)
+            if sent:
+                log.info("care plans: %d pending version(s) published", sent)
+        except Exception as exc:  # retried on the next round: the versions are stored
+            log.warning("care plans: pending versions not published yet (%s); retrying in 30 s", exc)
+
+    def close(self) -> None:
+        pass

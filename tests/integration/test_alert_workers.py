@@ -1,0 +1,40 @@
+"""The running service lists its background workers in /health and in /metrics, each healthy."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from typing import Any
+
+from tests.integration.alerts_support import AlertsProcess
+
+WORKERS = {"feed", "escalation", "session_purge", "notifications", "stage_watch"}
+
+
+def _get(process: AlertsProcess, path: str) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{process.metrics_port}{path}", timeout=5) as r:
+        return r.read()  # type: ignore[no-any-return]
+
+
+def test_the_service_reports_each_worker_healthy(alerts: AlertsProcess) -> None:
+    """Each worker (feed, escalation, session purge, notifications, stage watch) appears under
+    /health `workers`, healthy once it has run, and as vaktrom_alerts_worker_up 1."""
+    alerts.start()
+    deadline = time.monotonic() + 60
+    report: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        report = json.loads(_get(alerts, "/health"))
+        workers = report.get("workers", {})
+        healthy = set(workers) >= WORKERS and all(workers[w]["healthy"] for w in WORKERS)
+        if healthy and report["ok"] and workers["feed"]["state"] == "running":
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"the workers were not all healthy within 60 s: {report}\n{alerts.tail()}")
+    assert report["status"] == "ok"
+    assert all(report["workers"][w]["restarts"] == 0 for w in WORKERS)
+    metrics = _get(alerts, "/metrics").decode()
+    for worker in WORKERS:
+        assert f'vaktrom_alerts_worker_up{{worker="{worker}"}} 1.0' in metrics
+    assert alerts.stop() == 0, alerts.tail()

@@ -1,0 +1,190 @@
+"""The response centre's background workers are supervised: one that raises or stalls is started
+again with a back-off while the others go on, and /health names it until it works again."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from alerts.service import AlertService
+from alerts.settings import AlertsSettings
+from alerts.workers.supervisor import Lease, Supervisor, Worker, WorkerMetrics, periodic
+from runtime.ops import OpsServer, health_status
+from runtime.settings import DatabaseSettings, KafkaSettings
+
+
+class Counting:
+    """A job that counts its ticks and raises while `fault` is set."""
+
+    def __init__(self, fault: threading.Event | None = None) -> None:
+        self.ticks, self.fault, self.closed = 0, fault, 0
+
+    def make(self) -> Counting:
+        return self
+
+    def tick(self) -> None:
+        if self.fault is not None and self.fault.is_set():
+            raise RuntimeError("the planted fault")
+        self.ticks += 1
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def until(what: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def ops() -> Iterator[Callable[[Supervisor, CollectorRegistry], str]]:
+    """An operations endpoint serving a supervisor's health, as the service does; yields its URL."""
+    servers: list[OpsServer] = []
+
+    def serve(supervisor: Supervisor, registry: CollectorRegistry) -> str:
+        def health() -> dict[str, Any]:
+            report = supervisor.health()
+            report["ok"] = not report["problems"]
+            report["status"] = health_status(report)
+            return report
+
+        server = OpsServer(
+            host="127.0.0.1", port=0, exposition=lambda: generate_latest(registry), health=health
+        )
+        server.start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.port}"
+
+    yield serve
+    for server in servers:
+        server.stop()
+
+
+def test_a_failing_worker_is_restarted_named_in_health_and_recovers(ops: Any) -> None:
+    """A worker that raises again and again is started again with a back-off; the others keep working,
+    /health and the metrics name it, and it is healthy again once the fault goes away."""
+    fault = threading.Event()
+    fault.set()
+    flaky, steady = Counting(fault), Counting()
+    registry = CollectorRegistry()
+    supervisor = Supervisor(
+        [
+            Worker("flaky", periodic(flaky.make, every_s=0.02), stall_s=5.0),
+            Worker("steady", periodic(steady.make, every_s=0.02), stall_s=5.0),
+        ],
+        metrics=WorkerMetrics(registry),
+        backoff_s=0.05,
+        backoff_max_s=0.2,
+        check_every_s=0.05,
+    )
+    url = ops(supervisor, registry)
+    supervisor.start()
+    try:
+        until(lambda: supervisor.health()["workers"]["flaky"]["restarts"] >= 3)
+        before = steady.ticks
+        until(lambda: steady.ticks > before + 5)  # the other worker is not held up
+        assert flaky.ticks == 0
+        assert flaky.closed >= 3  # each failed run closed its job
+        report = httpx.get(f"{url}/health").json()
+        assert report["status"] == "degraded"
+        assert report["workers"]["flaky"]["healthy"] is False
+        assert report["workers"]["flaky"]["error"] == "RuntimeError"
+        assert report["workers"]["steady"] == {
+            **report["workers"]["steady"],
+            "state": "running",
+            "healthy": True,
+        }
+        assert any("the flaky worker is failing (RuntimeError" in d for d in report["delays"])
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'vaktrom_alerts_worker_up{worker="flaky"} 0.0' in metrics
+        assert 'vaktrom_alerts_worker_restarts_total{worker="flaky"}' in metrics
+
+        fault.clear()
+        until(lambda: supervisor.health()["workers"]["flaky"]["healthy"])
+        report = httpx.get(f"{url}/health").json()
+        assert report["status"] == "ok"
+        assert report["workers"]["flaky"]["state"] == "running"
+        assert report["workers"]["flaky"]["failures"] == 0
+        assert report["delays"] == []
+        assert 'vaktrom_alerts_worker_up{worker="flaky"} 1.0' in httpx.get(f"{url}/metrics").text
+    finally:
+        supervisor.stop()
+        supervisor.join(timeout_s=5)
+
+
+def test_a_stalled_worker_is_reported_and_another_thread_takes_over() -> None:
+    """A round that hangs past `stall_s` marks the worker stalled and starts a new thread; the hung
+    one, released later, does not count as the worker's beat."""
+    release, runs = threading.Event(), []
+
+    def run(lease: Lease) -> None:
+        runs.append(lease)
+        if len(runs) == 1:
+            release.wait(10)  # the first run hangs
+        while lease.wait(0.02):
+            lease.beat()
+
+    supervisor = Supervisor([Worker("hangs", run, stall_s=0.2)], backoff_s=0.05, check_every_s=0.05)
+    supervisor.start()
+    try:
+        until(lambda: supervisor.health()["workers"]["hangs"]["state"] == "stalled" or len(runs) > 1)
+        until(lambda: supervisor.health()["workers"]["hangs"]["healthy"])
+        report = supervisor.health()["workers"]["hangs"]
+        assert report["restarts"] == 1
+        assert len(runs) == 2
+        assert not runs[0].held()
+        release.set()
+    finally:
+        supervisor.stop()
+        supervisor.join(timeout_s=5)
+
+
+def test_a_critical_worker_that_fails_is_a_problem_not_a_delay() -> None:
+    """The feed is critical: while it fails, the service is down rather than degraded."""
+
+    def run(_lease: Lease) -> None:
+        raise RuntimeError("broken")
+
+    supervisor = Supervisor([Worker("feed", run, stall_s=5.0, critical=True)], backoff_s=10.0)
+    supervisor.start()
+    try:
+        until(lambda: supervisor.health()["workers"]["feed"]["state"] == "failing")
+        report = supervisor.health()
+        assert report["delays"] == []
+        assert report["problems"][0].startswith(
+            "the feed worker is failing (RuntimeError, 1 time(s) in a row)"
+        )
+    finally:
+        supervisor.stop()
+        supervisor.join(timeout_s=5)
+
+
+def test_the_service_health_lists_its_workers() -> None:
+    """The service's /health carries the workers' states, and a failing non-critical worker makes it
+    degraded with the worker named (the console's banner shows the reason)."""
+    service = AlertService(kafka=KafkaSettings(), database=DatabaseSettings(), settings=AlertsSettings())
+    fault = threading.Event()
+    fault.set()
+    service.supervisor = Supervisor(
+        [Worker("escalation", periodic(Counting(fault).make, every_s=0.02), stall_s=5.0)], backoff_s=10.0
+    )
+    service.supervisor.start()
+    try:
+        until(lambda: service.health()["workers"]["escalation"]["state"] == "failing")
+        report = service.health()
+        assert set(report["workers"]["escalation"]) == {
+            "state", "healthy", "for_s", "last_beat_s_ago", "failures", "restarts", "error",
+        }  # fmt: skip
+        assert any(d.startswith("the escalation worker is failing") for d in report["delays"])
+        assert report["status"] == "down"  # not started: no consumer, no console
+    finally:
+        service.supervisor.stop()
+        service.supervisor.join(timeout_s=5)
