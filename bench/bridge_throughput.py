@@ -198,7 +198,12 @@ def producer_phase(env: dict[str, str], messages: int, tag: str) -> dict[str, An
 
     start, cpu = time.monotonic(), cpu_seconds(os.getpid())
     for key, value, headers in records:
-        sink.send(target, key, value, headers, done)
+        while True:
+            try:
+                sink.send(target, key, value, headers, done)
+                break
+            except BufferError:  # more records than librdkafka's queue holds: let it send some
+                time.sleep(0.001)
     sink.flush(timeout=120)
     wall, cpu = time.monotonic() - start, cpu_seconds(os.getpid()) - cpu
     sink.close()
