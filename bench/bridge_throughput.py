@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
@@ -197,7 +198,12 @@ def producer_phase(env: dict[str, str], messages: int, tag: str) -> dict[str, An
 
     start, cpu = time.monotonic(), cpu_seconds(os.getpid())
     for key, value, headers in records:
-        sink.send(target, key, value, headers, done)
+        while True:
+            try:
+                sink.send(target, key, value, headers, done)
+                break
+            except BufferError:  # more records than librdkafka's queue holds: let it send some
+                time.sleep(0.001)
     sink.flush(timeout=120)
     wall, cpu = time.monotonic() - start, cpu_seconds(os.getpid()) - cpu
     sink.close()
@@ -230,6 +236,14 @@ def read_topic(settings: KafkaSettings, topic: str, *, idle: float = 5.0) -> lis
     return records
 
 
+def _free_port() -> int:
+    """A TCP port nobody listens on now: fixed ones collide with other stacks on the same machine."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def _acked(port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         for line in response.read().decode().splitlines():
@@ -247,7 +261,7 @@ def bridge_phase(
     enrol(env["VAKTROM_DATABASE_URL"], load_enrolment(prefix, kits), since=_since())
     bridges, ports = [], []
     for i in range(processes):
-        port = 19500 + processes * 10 + i
+        port = _free_port()
         bridge_env = {
             **os.environ, **env, **as_stage(env, "bridge"), "PYTHONPATH": str(REPO),
             "VAKTROM_TOPIC_PREFIX": f"{name}.",

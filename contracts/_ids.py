@@ -28,7 +28,10 @@ def format_instant(moment: datetime) -> str:
     """An aware datetime as UTC with milliseconds, the one spelling used inside ids."""
     if moment.tzinfo is None:
         raise ValueError("an instant needs a time zone; naive datetimes are ambiguous")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    utc = moment.astimezone(UTC)
+    if utc.year >= 1000:  # isoformat spells these as %Y does, at a third of strftime's cost
+        return f"{utc.isoformat(timespec='seconds')[:19]}.{moment.microsecond // 1000:03d}Z"
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _digest(*parts: str) -> str:

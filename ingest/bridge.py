@@ -2,7 +2,7 @@
 
 Three threads, none of which waits on another's I/O:
 
-    network  (Subscriber.poll)  paho's socket: queue each message for the worker; PUBACK in order
+    network  (Subscriber.poll)  the MQTT socket: queue each message for the worker; PUBACK in order
                                  what Kafka holds; publish delivery receipts
     worker   (Bridge._work)      normalise (the pure core), encode, hand records to the producer;
                                  waits when `max_pending` records are unacknowledged (backpressure)
@@ -56,7 +56,7 @@ _RATE_LIMITED = ReadingOutcome(rejected=RejectReason.RATE_LIMITED.value)
 _FHIR_REFUSAL_EVERY = 60.0  # seconds: at most one rate_limited rejection record per kit in this time
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__
 class _Record:
     topic: str
     key: bytes

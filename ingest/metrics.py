@@ -41,6 +41,10 @@ class BridgeMetrics:
         self.produce_errors = Counter(
             "vaktrom_bridge_produce_errors", "records Kafka failed to take (they are sent again)", registry=r
         )
+        self._fair_share(r)
+        self._flow(r)
+
+    def _fair_share(self, r: CollectorRegistry) -> None:
         self.rate_limited = Counter(
             "vaktrom_bridge_rate_limited_messages",
             "readings messages refused as over their kit's fair share (answered rate_limited; the kit "
@@ -72,6 +76,8 @@ class BridgeMetrics:
         self.limited_kits = Gauge(
             "vaktrom_bridge_fair_share_kits", "kits with a fair-share bucket (sent lately)", registry=r
         )
+
+    def _flow(self, r: CollectorRegistry) -> None:
         self.receipts = Counter("vaktrom_bridge_receipts_sent", "delivery receipts published", registry=r)
         self.in_flight = Gauge(
             "vaktrom_bridge_in_flight_messages", "MQTT messages received and not yet acknowledged", registry=r

@@ -27,6 +27,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import msgspec
 
@@ -203,6 +204,82 @@ def _likely_meant(spec: MetricSpec, value: float, unit: str) -> str:
     return ""
 
 
+class _Refused(NamedTuple):
+    reason: RejectReason
+    detail: str
+
+
+class _Accepted(NamedTuple):
+    metric: Metric
+    spec: MetricSpec
+    unit: str  # the reported unit as a UCUM code
+    canonical: float | None  # the value in the metric's unit; None for a meter flag without one
+
+
+def _valued(spec: MetricSpec, kit: KitEntry, reading: KitReading, unit: str) -> float | _Refused | None:
+    """The flag and value checks: the value in the metric's canonical unit, or why it is refused."""
+    flag = reading.flag
+    if flag is not None and flag not in spec.flags:
+        return _Refused(
+            RejectReason.FLAG_NOT_ACCEPTED,
+            f"a {flag} flag is meaningful only for glucose meters, not for {spec.metric.value}",
+        )
+    value = reading.value
+    if value is None:
+        if flag is None:
+            return _Refused(RejectReason.MISSING_VALUE, "the reading has neither a value nor a HI/LO flag")
+        return None
+    ranges = kit.devices.get(reading.device)
+    allowed = spec.plausible if ranges is None else ranges[spec.metric]
+    canonical = spec.conversions[unit](value)
+    if unit != spec.unit:
+        canonical = round(canonical, 4)
+    checked, shown_unit = canonical, spec.unit
+    if allowed is spec.plausible and unit in spec.plausible_reported:
+        allowed, checked, shown_unit = spec.plausible_reported[unit], value, unit
+    # a flagged reading's value is the meter's display limit, beyond its range by definition
+    if flag is None and (not math.isfinite(checked) or checked not in allowed):
+        return _Refused(
+            RejectReason.IMPLAUSIBLE,
+            f"{_fmt(value)} {unit} is outside the plausible range for {spec.metric.value} "
+            f"({_fmt(allowed.low)}-{_fmt(allowed.high)} {shown_unit}); a data-quality problem, "
+            f"not a clinical value{_likely_meant(spec, value, unit)}",
+        )
+    return canonical
+
+
+def _reading_rejection(
+    *,
+    source: _Source,
+    kit: KitEntry,
+    index: int,
+    reading: KitReading,
+    measured: datetime,
+    patient: str | None,
+    refused: _Refused,
+) -> Rejection:
+    """One reading's rejection, carrying what the kit reported and the reading's own bytes."""
+    topic = printable(source.topic, max_bytes=MAX_FIELD_BYTES)
+    rejection = Rejection(
+        rejection_id=rejection_id(source_topic=topic, payload=source.payload, index=index),
+        reason=refused.reason,
+        detail=refused.detail,
+        source_topic=topic,
+        received_at=source.received_at,
+        kit_id=kit.kit_id,
+        patient_id=patient,
+        reading_index=index,
+        metric=reading.metric,
+        reported_value=reading.value,
+        reported_unit=reading.unit,
+        measured_at=measured,
+        raw_excerpt=_excerpt(msgspec.json.encode(reading)),
+        raw_size=len(source.payload),
+        trace=source.trace,
+    )
+    return safe_rejection(rejection)
+
+
 class Normaliser:
     """Turns raw kit payloads into records. `registry` returns the current snapshot on each call."""
 
@@ -366,107 +443,21 @@ class Normaliser:
         return outcome
 
     # ------------------------------------------------------------ one reading
-    def _reading(  # noqa: PLR0911, PLR0912 (one return per check, in the documented order, reads best)
+    def _reading(
         self, source: _Source, kit: KitEntry, index: int, reading: KitReading, seq: int | None
     ) -> Measurement | Rejection:
         measured = _utc(reading.measured_at)
         attributed = kit.patient_at(measured)
-        patient = None if isinstance(attributed, RejectReason) else attributed
-
-        def reject(reason: RejectReason, detail: str) -> Rejection:
-            topic = printable(source.topic, max_bytes=MAX_FIELD_BYTES)
-            rejection = Rejection(
-                rejection_id=rejection_id(source_topic=topic, payload=source.payload, index=index),
-                reason=reason,
-                detail=detail,
-                source_topic=topic,
-                received_at=source.received_at,
-                kit_id=kit.kit_id,
-                patient_id=patient,
-                reading_index=index,
-                metric=reading.metric,
-                reported_value=reading.value,
-                reported_unit=reading.unit,
-                measured_at=measured,
-                raw_excerpt=_excerpt(msgspec.json.encode(reading)),
-                raw_size=len(source.payload),
-                trace=source.trace,
-            )
-            return safe_rejection(rejection)
-
-        problem = _text_problems(
-            ("device", reading.device, _ID_CHARS),
-            ("metric", reading.metric, 32),
-            ("unit", reading.unit, 16),
-            ("flag", reading.flag, 2),  # "HI\n" passes the contract's `$`-anchored pattern
-        )
-        if problem is not None:
-            return reject(RejectReason.INVALID_TEXT, problem)
-        try:
-            metric = Metric(reading.metric)
-        except ValueError:
-            known = ", ".join(m.value for m in Metric)
-            return reject(RejectReason.UNKNOWN_METRIC, f"metric {reading.metric!r} is not one of {known}")
-        spec = METRICS[metric]
-        unit = canonical_unit_code(reading.unit)
-        if unit is None or unit not in spec.conversions:
-            accepted = ", ".join(spec.accepted_units)
-            return reject(
-                RejectReason.UNIT_NOT_ACCEPTED,
-                f"unit {reading.unit!r} is not accepted for {metric.value}; send one of {accepted}",
-            )
-        flag = reading.flag
-        if flag is not None and flag not in spec.flags:
-            return reject(
-                RejectReason.FLAG_NOT_ACCEPTED,
-                f"a {flag} flag is meaningful only for glucose meters, not for {metric.value}",
-            )
-        value = reading.value
-        canonical: float | None = None
-        if value is None:
-            if flag is None:
-                return reject(RejectReason.MISSING_VALUE, "the reading has neither a value nor a HI/LO flag")
-        else:
-            ranges = kit.devices.get(reading.device)
-            allowed = spec.plausible if ranges is None else ranges[metric]
-            canonical = spec.conversions[unit](value)
-            if unit != spec.unit:
-                canonical = round(canonical, 4)
-            checked, shown_unit = canonical, spec.unit
-            if allowed is spec.plausible and unit in spec.plausible_reported:
-                allowed, checked, shown_unit = spec.plausible_reported[unit], value, unit
-            # a flagged reading's value is the meter's display limit, beyond its range by definition
-            if flag is None and (not math.isfinite(checked) or checked not in allowed):
-                return reject(
-                    RejectReason.IMPLAUSIBLE,
-                    f"{_fmt(value)} {unit} is outside the plausible range for {metric.value} "
-                    f"({_fmt(allowed.low)}-{_fmt(allowed.high)} {shown_unit}); a data-quality problem, "
-                    f"not a clinical value{_likely_meant(spec, value, unit)}",
-                )
-        if reading.device not in kit.devices:
-            return reject(
-                RejectReason.UNKNOWN_DEVICE,
-                f"device {reading.device} is not registered to kit {kit.kit_id}; register it first",
-            )
-        if measured - source.received_at > self._max_ahead:
-            return reject(
-                RejectReason.CLOCK_FUTURE,
-                f"measured {measured - source.received_at} after the bridge received it; the kit's clock "
-                f"is ahead by more than {self._max_ahead} (check its time synchronisation)",
-            )
-        if source.received_at - measured > self._max_age:
-            return reject(
-                RejectReason.CLOCK_PAST,
-                f"measured more than {self._max_age.days} days before it arrived; too old to monitor "
-                "(or the kit's clock was reset)",
-            )
-        if isinstance(attributed, RejectReason):
-            detail = (
-                f"kit {kit.kit_id} was retired at {kit.retired_at:%Y-%m-%d %H:%M} UTC"
-                if attributed is RejectReason.KIT_RETIRED and kit.retired_at is not None
-                else f"kit {kit.kit_id} was assigned to nobody when this was measured"
-            )
-            return reject(attributed, detail)
+        checked = self._check(source, kit, reading, measured, attributed)
+        if isinstance(checked, _Refused):
+            patient = None if isinstance(attributed, RejectReason) else attributed
+            return _reading_rejection(
+                source=source, kit=kit, index=index, reading=reading, measured=measured, patient=patient,
+                refused=checked,
+            )  # fmt: skip
+        assert not isinstance(attributed, RejectReason)  # `_check` refuses an unattributed reading
+        metric, spec, unit, canonical = checked
+        value, flag = reading.value, reading.flag
         return Measurement(
             measurement_id=measurement_id(
                 device_id=reading.device,
@@ -492,6 +483,66 @@ class Normaliser:
             kit_seq=seq,
             trace=source.trace,
         )
+
+    def _check(  # noqa: PLR0911 (one return per check, in the documented order, reads best)
+        self,
+        source: _Source,
+        kit: KitEntry,
+        reading: KitReading,
+        measured: datetime,
+        attributed: str | RejectReason,
+    ) -> _Accepted | _Refused:
+        """The reading checks of the module's docstring, in their order: the first that fails, or
+        what the reading is once it passed them all."""
+        problem = _text_problems(
+            ("device", reading.device, _ID_CHARS),
+            ("metric", reading.metric, 32),
+            ("unit", reading.unit, 16),
+            ("flag", reading.flag, 2),  # "HI\n" passes the contract's `$`-anchored pattern
+        )
+        if problem is not None:
+            return _Refused(RejectReason.INVALID_TEXT, problem)
+        try:
+            metric = Metric(reading.metric)
+        except ValueError:
+            known = ", ".join(m.value for m in Metric)
+            return _Refused(RejectReason.UNKNOWN_METRIC, f"metric {reading.metric!r} is not one of {known}")
+        spec = METRICS[metric]
+        unit = canonical_unit_code(reading.unit)
+        if unit is None or unit not in spec.conversions:
+            accepted = ", ".join(spec.accepted_units)
+            return _Refused(
+                RejectReason.UNIT_NOT_ACCEPTED,
+                f"unit {reading.unit!r} is not accepted for {metric.value}; send one of {accepted}",
+            )
+        valued = _valued(spec, kit, reading, unit)
+        if isinstance(valued, _Refused):
+            return valued
+        if reading.device not in kit.devices:
+            return _Refused(
+                RejectReason.UNKNOWN_DEVICE,
+                f"device {reading.device} is not registered to kit {kit.kit_id}; register it first",
+            )
+        if measured - source.received_at > self._max_ahead:
+            return _Refused(
+                RejectReason.CLOCK_FUTURE,
+                f"measured {measured - source.received_at} after the bridge received it; the kit's clock "
+                f"is ahead by more than {self._max_ahead} (check its time synchronisation)",
+            )
+        if source.received_at - measured > self._max_age:
+            return _Refused(
+                RejectReason.CLOCK_PAST,
+                f"measured more than {self._max_age.days} days before it arrived; too old to monitor "
+                "(or the kit's clock was reset)",
+            )
+        if isinstance(attributed, RejectReason):
+            detail = (
+                f"kit {kit.kit_id} was retired at {kit.retired_at:%Y-%m-%d %H:%M} UTC"
+                if attributed is RejectReason.KIT_RETIRED and kit.retired_at is not None
+                else f"kit {kit.kit_id} was assigned to nobody when this was measured"
+            )
+            return _Refused(attributed, detail)
+        return _Accepted(metric, spec, unit, valued)
 
     # ------------------------------------------------------------ rejections of a whole message
     def _topic_kit(self, source: _Source, kit_id: str) -> Outcome | None:

@@ -6,9 +6,19 @@ paho runs with manual acknowledgement: a message is PUBACKed only when the bridg
 every record made from it. Acknowledgements go out in the order the messages arrived, as MQTT
 3.1.1 asks (section 4.6), so one slow record holds back the ones behind it, never the reverse.
 
-Everything here runs on one thread, the network thread: paho's callbacks only queue the message for
-the worker and return; the worker and the Kafka sink's poll thread report completions through
-`completed` and `wake()`, and this thread turns them into PUBACKs and delivery receipts.
+Everything here runs on one thread, the network thread: each message is queued for the worker at
+once; the worker and the Kafka sink's poll thread report completions through `completed` and
+`wake()`, and this thread turns them into PUBACKs and delivery receipts. paho keeps the connection
+(CONNECT, SUBSCRIBE, keep-alive, reconnects, the receipts' QoS 1 state) and writes every packet; on
+plain TCP the bridge reads the kits' PUBLISH packets itself (ingest._mqtt_socket says why).
+
+paho's private API, where its public API has no way (paho-mqtt 2.x):
+- `_sock`, in `_attempt`: paho takes no socket from outside, so the bridge's `BufferedSocket` is put
+  in place of paho's own. Renamed, the bridge would run on paho's reads, correct but slower;
+  tests/unit/ingest/test_subscriber_wire.py fails.
+- `_packet_read` and `_loop_rc_handle`, in `_read_paho` (TLS only): a `loop_read` that stops at the
+  unacknowledged allowance; without them test_kits_and_the_bridge_talk_over_tls_end_to_end fails.
+- `_ping_t`, in `_reading`: whether paho waits for a PINGRESP; see there for the test that fails.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from paho.mqtt.properties import Properties
 
 from contracts import MAX_KIT_PAYLOAD_BYTES, DeliveryReceipt, ReceiptEntry, topics
 from ingest._errors import BridgeError
+from ingest._mqtt_socket import PAHO, BufferedSocket, Publish
 from ingest.metrics import BridgeMetrics
 from runtime.settings import MqttSettings
 
@@ -72,65 +83,8 @@ class Inbound:
     started: float = 0.0  # when its records were handed to the producer
 
 
-class _BufferedSocket:
-    """A TCP socket whose reads are buffered and whose writes can be gathered.
-
-    paho reads each packet with three `recv` calls and writes each packet (every PUBACK, every
-    receipt) with a `send` of its own. While `gathering`, writes go to a buffer that `flush()` sends
-    in one call; once part of it waits for the socket, every later write queues behind it, so the
-    byte stream keeps its order. (The simulator carries the read half; stages share no code but
-    `contracts`.)
-    """
-
-    __slots__ = ("_buffer", "_out", "_sock", "gathering")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._buffer = bytearray()
-        self._out = bytearray()
-        self.gathering = False
-
-    def recv(self, size: int) -> bytes:
-        if not self._buffer:
-            data = self._sock.recv(65536)
-            if not data:
-                return data
-            self._buffer += data
-        chunk = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return chunk
-
-    def pending(self) -> int:
-        return len(self._buffer)
-
-    def send(self, data: bytes | bytearray) -> int:
-        if self.gathering or self._out:
-            self._out += data
-            return len(data)
-        return self._sock.send(data)
-
-    def unsent(self) -> int:
-        return len(self._out)
-
-    def flush(self) -> None:
-        """Send what was gathered, as far as the socket takes it; the rest waits for EVENT_WRITE.
-
-        A broken connection drops the rest: paho finds the break on its next read, and the broker
-        sends again whatever those lost acknowledgements were for.
-        """
-        if not self._out:
-            return
-        try:
-            sent = self._sock.send(self._out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._out.clear()
-            return
-        del self._out[:sent]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
+def _write_wanted(_c: mqtt.Client, _u: Any, _sock: Any) -> None:
+    """paho's "register the socket for writing": nothing to do, `_register` asks `want_write()`."""
 
 
 class Subscriber:
@@ -177,6 +131,10 @@ class Subscriber:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_publish = self._on_publish
+        # An external event loop (paho's public hook): with this set, paho queues every packet it
+        # makes instead of writing it at once, and `loop_write()` sends what a round queued together.
+        self.client.on_socket_register_write = _write_wanted
         self.connected = False
         self.subscribed = False
         self.fatal: BridgeError | None = None
@@ -186,6 +144,7 @@ class Subscriber:
         self.completed: collections.deque[Inbound] = collections.deque()  # Kafka has all their records
         self._receipts: dict[str, list[ReceiptEntry]] = {}
         self._receipt_due: dict[str, float] = {}
+        self._receipts_unacked = 0  # published, not yet PUBACKed by the broker (paho resends them)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -238,6 +197,9 @@ class Subscriber:
             return
         self.subscribed = True
 
+    def _on_publish(self, _c: mqtt.Client, _u: Any, _mid: int, _reason: Any, _p: Any) -> None:
+        self._receipts_unacked -= 1  # only receipts are published
+
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if self.connected:
             log.warning(
@@ -252,21 +214,24 @@ class Subscriber:
         self._schedule_retry()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        now = time.monotonic()
-        parsed = topics.kit_id_from_topic(message.topic, root=self._root)
+        """A PUBLISH paho read (on TLS, or one `BufferedSocket` left to paho)."""
+        self._take(message.topic, message.mid, message.qos, bool(message.dup), bytes(message.payload))
+
+    def _take(self, topic: str, mid: int, qos: int, dup: bool, payload: bytes) -> None:
+        parsed = topics.kit_id_from_topic(topic, root=self._root)
         kit_id, channel = parsed if parsed is not None else ("", "")
         inbound = Inbound(
-            mid=message.mid,
-            topic=message.topic,
+            mid=mid,
+            topic=topic,
             kit_id=kit_id,
             channel=channel,
-            payload=bytes(message.payload),
+            payload=payload,
             received_at=datetime.now(UTC),
-            received_mono=now,
-            dup=bool(message.dup),
+            received_mono=time.monotonic(),
+            dup=dup,
             session=self.session,
         )
-        if message.qos > 0:
+        if qos > 0:
             self.order.append(inbound)
         self._deliver(inbound)
 
@@ -298,9 +263,10 @@ class Subscriber:
             self._schedule_retry()
             return
         self._connecting_since = now
-        sock = getattr(self.client, "_sock", None)  # paho 2.x keeps its socket here
+        # paho's private field (see the module's docstring): on TLS paho keeps its own socket
+        sock = getattr(self.client, "_sock", None)
         if type(sock) is socket.socket:
-            self.client._sock = _BufferedSocket(sock)
+            self.client._sock = BufferedSocket(sock)
 
     def _register(self) -> None:
         """Watch the socket for what is wanted now: reading (see `_reading`) and writing (if queued)."""
@@ -327,14 +293,40 @@ class Subscriber:
                 self._registered = None
 
     def _read(self) -> None:
-        """paho's `loop_read`, but reading no more messages than the unacknowledged allowance has room for.
+        """Read no more messages than the unacknowledged allowance has room for (at least one).
 
-        paho ignores loop_read's `max_packets` and reads as many packets as it has messages of its
-        own in flight (here: every receipt awaiting its PUBACK), which can be thousands.
-        """
+        On plain TCP the bridge splits the stream itself (`BufferedSocket.take`): PUBLISH packets
+        come here decoded, and paho reads every other packet at once, in stream order, through
+        its public `loop_read()`. Over TLS paho reads everything itself."""
+        room = max(1, min(200, self._max_unacked - len(self.order)))
+        sock = self.client.socket()
+        if isinstance(sock, BufferedSocket):
+            self._read_split(sock, room)
+        else:
+            self._read_paho(room)
+
+    def _read_split(self, sock: BufferedSocket, room: int) -> None:
         client = self.client
-        for _ in range(max(1, min(200, self._max_unacked - len(self.order)))):
-            if client._sock is None:
+        for _ in range(room):
+            packet = sock.take()
+            if isinstance(packet, Publish):
+                self._take(*packet)
+            elif packet is None:
+                break
+            elif packet is PAHO:
+                client.loop_read()
+                if client.socket() is not sock:
+                    return  # the connection ended: what is left of its bytes is void
+        if sock.for_paho():  # the end of the stream, for paho to find
+            client.loop_read()
+
+    def _read_paho(self, room: int) -> None:
+        """paho's `loop_read`, bounded: paho ignores its `max_packets` and reads as many packets as
+        it has messages of its own in flight (here: every receipt awaiting its PUBACK), which can be
+        thousands. Private: `_packet_read` and `_loop_rc_handle` (see the module's docstring)."""
+        client = self.client
+        for _ in range(room):
+            if client.socket() is None:
                 return
             rc = client._packet_read()
             if rc > 0:
@@ -378,7 +370,7 @@ class Subscriber:
             self._schedule_retry()
         self._register()
         sock = self.client.socket()
-        gathered = sock if isinstance(sock, _BufferedSocket) else None
+        gathered = sock if isinstance(sock, BufferedSocket) else None
         if gathered is not None:
             gathered.gathering = True
         try:
@@ -388,9 +380,9 @@ class Subscriber:
                 gathered.gathering = False
                 gathered.flush()
 
-    def _round(self, sock: _BufferedSocket | None, timeout: float) -> None:
+    def _round(self, sock: BufferedSocket | None, timeout: float) -> None:
         reading = self._reading
-        buffered = reading and sock is not None and sock.pending() > 0
+        buffered = reading and sock is not None and sock.ready()
         for key, events in self._selector.select(0.0 if buffered or self.completed else timeout):
             if key.data is None:
                 with contextlib.suppress(BlockingIOError):
@@ -414,42 +406,39 @@ class Subscriber:
             inbound = completed.popleft()
             if inbound.receipt is not None and self._receipts_on:
                 entries = self._receipts.setdefault(inbound.kit_id, [])
-                if not entries:
+                if not entries:  # a kit enters `_receipt_due` last, one interval on: its order is due order
                     self._receipt_due[inbound.kit_id] = time.monotonic() + self._receipt_interval
                 entries.append(inbound.receipt)
         order = self.order
         if not (order and order[0].done):
             return
         acked = 0
-        with self._queueing():
-            while order and order[0].done:
-                inbound = order.popleft()
-                if inbound.session == self.session and self.connected:
-                    self.client.ack(inbound.mid, 1)
-                    acked += 1
+        while order and order[0].done:
+            inbound = order.popleft()
+            if inbound.session == self.session and self.connected:
+                self.client.ack(inbound.mid, 1)
+                acked += 1
         if acked:
             self.client.loop_write()
             self._metrics.acknowledged.inc(acked)
 
-    def _queueing(self) -> Any:
-        """paho writes each packet at once (a `loop_write` each) unless it thinks it is inside a
-        callback; holding that lock queues them, and one `loop_write` afterwards writes them all."""
-        return getattr(self.client, "_in_callback_mutex", None) or contextlib.nullcontext()
-
     def _send_receipts(self, now: float, *, force: bool) -> None:
         if not self._receipts or not self.connected:
             return
-        due = [kit for kit, when in self._receipt_due.items() if force or when <= now]
+        due = []
+        for kit, when in self._receipt_due.items():  # in the order they fall due (see `_settle`)
+            if when > now and not force:
+                break
+            due.append(kit)
         if not due:
             return
         stamp = datetime.now(UTC)
-        with self._queueing():
-            for kit in due:
-                entries = self._receipts.pop(kit)
-                del self._receipt_due[kit]
-                topic = topics.kit_topic(kit, "receipts", root=self._root)
-                for i in range(0, len(entries), _RECEIPTS_PER_MESSAGE):
-                    self._publish_receipt(topic, kit, stamp, entries[i : i + _RECEIPTS_PER_MESSAGE])
+        for kit in due:
+            entries = self._receipts.pop(kit)
+            del self._receipt_due[kit]
+            topic = topics.kit_topic(kit, "receipts", root=self._root)
+            for i in range(0, len(entries), _RECEIPTS_PER_MESSAGE):
+                self._publish_receipt(topic, kit, stamp, entries[i : i + _RECEIPTS_PER_MESSAGE])
         self.client.loop_write()
 
     def _publish_receipt(self, topic: str, kit: str, stamp: datetime, entries: list[ReceiptEntry]) -> None:
@@ -462,11 +451,12 @@ class Subscriber:
             self._publish_receipt(topic, kit, stamp, entries[half:])
             return
         self.client.publish(topic, payload, qos=1)
+        self._receipts_unacked += 1
         self._metrics.receipts.inc()
 
     def _unsent(self) -> int:
         sock = self.client.socket()
-        return sock.unsent() if isinstance(sock, _BufferedSocket) else 0
+        return sock.unsent() if isinstance(sock, BufferedSocket) else 0
 
     def unacknowledged(self) -> tuple[int, float]:
         """(messages received and not PUBACKed, age in seconds of the oldest of them)."""
@@ -487,11 +477,7 @@ class Subscriber:
         while (
             self.connected
             and time.monotonic() < deadline
-            and (
-                self.client.want_write()
-                or self._unsent()
-                or self.client._out_messages  # receipts not yet PUBACKed
-            )
+            and (self.client.want_write() or self._unsent() or self._receipts_unacked > 0)
         ):
             self.poll(0.05)
         if self.connected:

@@ -131,6 +131,10 @@ def _mqtt_options(parser: argparse.ArgumentParser) -> None:
         help="give up when the broker cannot be reached within this long (default 10s)",
     )
     g.add_argument("--topic-root", default="vaktrom/v1", help="MQTT topic root (default %(default)s)")
+    _delivery_options(parser)
+
+
+def _delivery_options(parser: argparse.ArgumentParser) -> None:
     d = parser.add_argument_group("delivery and output")
     d.add_argument(
         "--confirm",
@@ -199,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _run_command(sub)
+    _load_command(sub)
+    sub.add_parser("example-cohort", help="print a commented cohort file")
+    return parser
+
+
+def _run_command(sub: Any) -> None:
     run = sub.add_parser(
         "run",
         help="simulate a cohort of patients (accelerated history, then real time)",
@@ -256,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="write ground truth and enrolment and count messages, without a broker",
     )
     _mqtt_options(run)
+
+
+def _load_command(sub: Any) -> None:
     load = sub.add_parser(
         "load",
         help="drive a fixed aggregate rate from many synthetic kits",
@@ -284,8 +298,6 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     load.add_argument("--kit-prefix", default="LOAD", help="kit serial prefix (default LOAD)")
     _mqtt_options(load)
-    sub.add_parser("example-cohort", help="print a commented cohort file")
-    return parser
 
 
 def _cohort(args: argparse.Namespace) -> Cohort:

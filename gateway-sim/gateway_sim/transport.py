@@ -59,31 +59,37 @@ class _BufferedReads:
     Everything else is the socket's own.
     """
 
-    __slots__ = ("_buffer", "_sock")
+    __slots__ = ("_at", "_data", "_sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._buffer = bytearray()
+        self._data = b""  # the last chunk read from the socket; paho is served from `_at` on
+        self._at = 0
 
     def recv(self, size: int) -> bytes:
-        if not self._buffer:
+        at = self._at
+        if at >= len(self._data):
             data = self._sock.recv(65536)  # BlockingIOError and b"" (closed) pass through to paho
             if not data:
                 return data
-            self._buffer += data
-        chunk = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return chunk
+            self._data, at = data, 0
+        self._at = at + size  # one slice per call, the rest is not copied
+        return self._data[at : at + size]
 
     def pending(self) -> int:
-        return len(self._buffer)
+        return max(0, len(self._data) - self._at)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
 
 def _buffer_reads(client: mqtt.Client) -> None:
-    """Install `_BufferedReads` on a freshly connected plain-TCP paho client (see its docstring)."""
+    """Install `_BufferedReads` on a freshly connected plain-TCP paho client (see its docstring).
+
+    paho 2 has no public way to give it a socket: `_sock` is its private field (ingest's bridge swaps
+    its own socket the same way; the simulator shares no code with the pipeline, so it keeps this
+    copy). Were paho to rename it, nothing breaks but the speed, and
+    tests/unit/gateway_sim/test_transport.py fails."""
     sock = getattr(client, "_sock", None)  # paho 2.x keeps its socket here; anything else is left alone
     if type(sock) is socket.socket:
         client._sock = _BufferedReads(sock)

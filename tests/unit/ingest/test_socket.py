@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ingest.subscriber import _BufferedSocket
+from ingest._mqtt_socket import PAHO, Publish
+from ingest._mqtt_socket import BufferedSocket as _BufferedSocket
 
 
 @pytest.fixture
@@ -91,18 +92,78 @@ def test_a_broken_connection_drops_what_waits_without_raising(
     assert sock.unsent() == 0
 
 
-def test_reads_are_buffered_and_handed_out_in_the_sizes_asked(
+def _publish(topic: bytes, payload: bytes, *, mid: int = 7, qos: int = 1, dup: bool = False) -> bytes:
+    """An MQTT 5 PUBLISH with one property (a message expiry), as Mosquitto may send it."""
+    properties = b"\x05\x02\x00\x00\x00\x3c"
+    body = (
+        len(topic).to_bytes(2, "big")
+        + topic
+        + (mid.to_bytes(2, "big") if qos else b"")
+        + properties
+        + payload
+    )
+    length, size = b"", len(body)
+    while True:  # the remaining length: 7 bits a byte, the high bit says another follows
+        length += bytes([size & 0x7F | (0x80 if size > 0x7F else 0)])
+        size >>= 7
+        if not size:
+            break
+    return bytes([0x30 | (0x08 if dup else 0) | qos << 1]) + length + body
+
+
+def _paho_reads(sock: _BufferedSocket) -> bytes:
+    """What paho reads of one packet: 1 byte command, the length (one byte here), then the body."""
+    first, length = sock.recv(1), sock.recv(1)
+    return first + length + (sock.recv(length[0]) if length[0] else b"")
+
+
+def test_publish_packets_are_decoded_and_the_others_left_to_paho_in_stream_order(
+    pair: tuple[_BufferedSocket, socket.socket],
+) -> None:
+    """A kit's PUBLISH comes out decoded; CONNACK and PINGRESP are queued for paho one at a time."""
+    sock, peer = pair
+    connack, pingresp = b"\x20\x03\x00\x00\x00", b"\xd0\x00"
+    peer.sendall(connack + _publish(b"vaktrom/v1/kits/K1/readings", b'{"a":1}', dup=True) + pingresp)
+    peer.shutdown(socket.SHUT_WR)
+    assert sock.take() is PAHO
+    assert _paho_reads(sock) == connack
+    with pytest.raises(BlockingIOError):  # paho reads nothing past its packet
+        sock.recv(1)
+    assert sock.take() == Publish("vaktrom/v1/kits/K1/readings", 7, 1, True, b'{"a":1}')
+    assert sock.take() is PAHO
+    assert _paho_reads(sock) == pingresp
+    assert sock.take() is None
+    assert sock.for_paho()  # the end of the stream, for paho to find
+    assert sock.recv(1) == b""
+
+
+def test_a_packet_split_across_reads_is_taken_once_it_is_whole(
     pair: tuple[_BufferedSocket, socket.socket],
 ) -> None:
     sock, peer = pair
-    peer.sendall(b"\x30\x05hello\x30\x02hi")
-    peer.shutdown(socket.SHUT_WR)
-    # paho reads a packet as: 1 byte command, the length, then the body
-    assert sock.recv(1) == b"\x30"
-    assert sock.pending() > 0  # the rest arrived with the first read and waits in the buffer
-    assert sock.recv(1) == b"\x05"
-    assert sock.recv(5) == b"hello"
-    assert sock.recv(1) == b"\x30"
-    assert sock.recv(1) == b"\x02"
-    assert sock.recv(2) == b"hi"
-    assert sock.recv(1) == b""  # the peer closed: paho sees the end
+    packet = _publish(b"vaktrom/v1/kits/K1/readings", b"x" * 100, qos=0)
+    peer.sendall(packet[:40])
+    assert sock.take() is None
+    assert not sock.ready()
+    assert not sock.for_paho()
+    peer.sendall(packet[40:] + packet)
+    assert sock.take() == Publish("vaktrom/v1/kits/K1/readings", 0, 0, False, b"x" * 100)
+    assert sock.ready()  # the second one arrived with the same read
+    assert sock.take() == Publish("vaktrom/v1/kits/K1/readings", 0, 0, False, b"x" * 100)
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        _publish(b"vaktrom/v1/kits/K1/readings", b"{}", qos=2),  # paho keeps QoS 2 state
+        _publish(b"\xff\xfe", b"{}"),  # not UTF-8
+        b"\x32\x03\x00\x09a",  # the topic runs past the packet
+    ],
+)
+def test_a_publish_the_bridge_should_not_judge_goes_to_paho_whole(
+    pair: tuple[_BufferedSocket, socket.socket], packet: bytes
+) -> None:
+    sock, peer = pair
+    peer.sendall(packet)
+    assert sock.take() is PAHO
+    assert _paho_reads(sock) == packet
