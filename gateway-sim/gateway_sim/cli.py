@@ -29,7 +29,7 @@ from gateway_sim import messages as wire
 from gateway_sim._errors import BrokerError, CohortError, SimulatorError
 from gateway_sim.cohort import EXAMPLE_COHORT, Cohort, load_cohort, parse_counts
 from gateway_sim.faults import Faults
-from gateway_sim.kits import CohortStream, build_patients
+from gateway_sim.kits import CohortStream, build_patients, load_enrolment
 from gateway_sim.ledger import Ledger
 from gateway_sim.runner import CohortSource, LoadSource, Progress, Runner, RunOptions, Source
 from gateway_sim.transport import BrokerAddress, MqttPool
@@ -77,6 +77,12 @@ def _positive(kind: type[int] | type[float], *, high: float | None = None) -> An
 
 
 def _mqtt_options(parser: argparse.ArgumentParser) -> None:
+    """The options `run` and `load` share: where the broker is, and how readings are settled."""
+    _broker_options(parser)
+    _delivery_options(parser)
+
+
+def _broker_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("broker")
     g.add_argument(
         "--host",
@@ -131,6 +137,9 @@ def _mqtt_options(parser: argparse.ArgumentParser) -> None:
         help="give up when the broker cannot be reached within this long (default 10s)",
     )
     g.add_argument("--topic-root", default="vaktrom/v1", help="MQTT topic root (default %(default)s)")
+
+
+def _delivery_options(parser: argparse.ArgumentParser) -> None:
     d = parser.add_argument_group("delivery and output")
     d.add_argument(
         "--confirm",
@@ -199,13 +208,28 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser(
-        "run",
-        help="simulate a cohort of patients (accelerated history, then real time)",
-        description="Simulate a cohort. Simulated time runs from --days ago to now as fast as "
-        "the pipeline confirms (or --speed times real time), then, with --follow, in real "
-        "time until Ctrl-C. Measured times are simulated times.",
+    _run_options(
+        sub.add_parser(
+            "run",
+            help="simulate a cohort of patients (accelerated history, then real time)",
+            description="Simulate a cohort. Simulated time runs from --days ago to now as fast as "
+            "the pipeline confirms (or --speed times real time), then, with --follow, in real "
+            "time until Ctrl-C. Measured times are simulated times.",
+        )
     )
+    _load_options(
+        sub.add_parser(
+            "load",
+            help="drive a fixed aggregate rate from many synthetic kits",
+            description="Publish --rate reading messages per second in total from --kits kits for "
+            "--duration, then wait for confirmations and write the ledger.",
+        )
+    )
+    sub.add_parser("example-cohort", help="print a commented cohort file")
+    return parser
+
+
+def _run_options(run: argparse.ArgumentParser) -> None:
     who = run.add_mutually_exclusive_group(required=True)
     who.add_argument(
         "--cohort", type=Path, help="cohort file (TOML); `gateway-sim example-cohort` prints one"
@@ -256,12 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="write ground truth and enrolment and count messages, without a broker",
     )
     _mqtt_options(run)
-    load = sub.add_parser(
-        "load",
-        help="drive a fixed aggregate rate from many synthetic kits",
-        description="Publish --rate reading messages per second in total from --kits kits for "
-        "--duration, then wait for confirmations and write the ledger.",
-    )
+
+
+def _load_options(load: argparse.ArgumentParser) -> None:
     load.add_argument("--kits", type=_positive(int), required=True, help="number of kits")
     load.add_argument(
         "--rate", type=_positive(float), required=True, help="messages per second, all kits together"
@@ -284,8 +305,6 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     load.add_argument("--kit-prefix", default="LOAD", help="kit serial prefix (default LOAD)")
     _mqtt_options(load)
-    sub.add_parser("example-cohort", help="print a commented cohort file")
-    return parser
 
 
 def _cohort(args: argparse.Namespace) -> Cohort:
@@ -514,24 +533,6 @@ def _write_truth(out: Path, patients: list[Any]) -> None:
     with (out / "ground-truth.jsonl").open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, separators=(",", ":")) + "\n")
-
-
-def load_enrolment(kit_prefix: str, count: int) -> list[dict[str, object]]:
-    """The synthetic load kits as enrolment records: kit PREFIX-000001 with oximeter PREFIX-000001-OX,
-    for patient PREFIXP000001 (the registry imports it like a cohort's)."""
-    rows: list[dict[str, object]] = []
-    for i in range(1, count + 1):
-        kit = f"{kit_prefix}-{i:06d}"
-        rows.append(
-            {
-                "patient_id": f"{kit_prefix}P{i:06d}",
-                "kit": kit,
-                "condition": "load",
-                "devices": [{"serial": f"{kit}-OX", "kind": "oximeter", "model": "VS-Oxi-10"}],
-                "expected": [],
-            }
-        )
-    return rows
 
 
 def cmd_load(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from psycopg.rows import class_row
 
 from contracts import Metric
 
-__all__ = ["Bucket", "Reading", "StoredRejection", "buckets", "latest", "rejections", "series"]
+__all__ = ["QUERIES", "Bucket", "Reading", "StoredRejection", "buckets", "latest", "rejections", "series"]
 
 Width = Literal["hour", "day"]
 _WIDTHS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -105,6 +105,9 @@ WHERE patient_id = %(patient)s AND metric = ANY(%(metrics)s::text[])
 ORDER BY measured_at, metric
 LIMIT %(limit)s
 """  # noqa: S608 (constant columns)
+
+# the statements behind latest() and series(metric=...), for EXPLAIN: bench/archive_read.py prints their plans
+QUERIES = {"latest": _LATEST, "series": _SERIES_ONE}
 
 _BUCKETS = """
 SELECT bucket AS start, readings, min_value AS min, max_value AS max, mean_value AS mean,
