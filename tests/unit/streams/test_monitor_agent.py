@@ -39,7 +39,7 @@ from streams.monitor.merge import Merge
 from streams.monitor.metrics import MonitorMetrics
 from streams.monitor.settings import MonitorSettings
 from streams.monitor.store import MemoryStore
-from tests.integration.archive_support import make_measurement
+from tests.support.records import make_measurement
 
 T0 = datetime(2026, 11, 20, 7, 30, tzinfo=UTC)
 _PREFIX = "agent-test."
