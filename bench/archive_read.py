@@ -145,8 +145,10 @@ def main() -> int:
         print(f"  {'fhir_30d':12} p50 {took['p50_ms']:7.2f} ms  p95 {took['p95_ms']:7.2f} ms")
         sample = {"patient": "BP02500", "metric": "body_weight", "start": start, "end": end, "limit": 50000}
         results["plans"] = {
-            "latest": _plan(conn, read._LATEST, {**sample, "metrics": ["spo2", "pulse", "body_weight"]}),
-            "series": _plan(conn, read._SERIES_ONE, sample),
+            "latest": _plan(
+                conn, read.QUERIES["latest"], {**sample, "metrics": ["spo2", "pulse", "body_weight"]}
+            ),
+            "series": _plan(conn, read.QUERIES["series"], sample),
             "buckets_inner_query": _plan(
                 conn,
                 "SELECT date_bin(interval '1 hour', measured_at, timestamptz '2000-01-01 00:00:00+00') AS b, "

@@ -46,7 +46,7 @@ sys.path[:0] = [str(REPO), str(REPO / "infra"), str(REPO / "gateway-sim")]
 
 from archive_throughput import as_stage, kafka, scratch_topics, stack_env  # noqa: E402  (bench/ holds scripts)
 from enrol import enrol  # noqa: E402  (infra/ holds scripts, not a package)
-from gateway_sim.cli import load_enrolment  # noqa: E402
+from gateway_sim.kits import load_enrolment  # noqa: E402
 from sim_publish import TICKS, cpu_seconds  # noqa: E402
 
 from contracts import topics  # noqa: E402

@@ -46,7 +46,7 @@ sys.path[:0] = [str(REPO / "bench"), str(REPO), str(REPO / "infra"), str(REPO / 
 from pipeline import ALERTS_HTTP, STAGE_PORTS, Namespace, pipeline  # noqa: E402, I001  (bench's, before infra/ comes first again)
 from archive_throughput import prepare_schema, scrape, scratch_topics, stack_env, write_results  # noqa: E402
 from enrol import enrol  # noqa: E402  (infra/ holds scripts, not a package)
-from gateway_sim.cli import load_enrolment  # noqa: E402
+from gateway_sim.kits import load_enrolment  # noqa: E402
 from runtime.kafka import partition_of as kafka_partition  # noqa: E402
 
 PARTITIONS = 6

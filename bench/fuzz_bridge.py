@@ -41,7 +41,7 @@ sys.path[:0] = [str(REPO), str(REPO / "infra"), str(REPO / "gateway-sim")]
 
 from archive_throughput import as_stage, scratch_topics, stack_env, write_results  # noqa: E402
 from enrol import enrol  # noqa: E402  (infra/ holds scripts, not a package)
-from gateway_sim.cli import load_enrolment  # noqa: E402
+from gateway_sim.kits import load_enrolment  # noqa: E402
 
 PORT = 19620
 KITS = 50

@@ -11,8 +11,8 @@ Designs, run alternately in rounds in one process so that they share the machine
                     `Engine.measurement`, fire the patient deadlines that are due (`Engine.deadline`
                     on the decoded records), JSON-encode the alert events; every 1,000 readings
                     encode the records the batch touched, once each, as the worker writes its batch
-    old             the faust agent's loop (`monitor_throughput.py`'s core phase) with the engine of
-                    commit OLD_COMMIT (extracted from git into a temporary package): decode both
+    old             the faust agent's loop (`monitor_throughput.py`'s core phase until issue #30) with
+                    the engine of commit OLD_COMMIT (extracted from git into a temporary package): decode both
                     records from bytes and encode them back on every reading, decode all of a
                     patient's records for each deadline
     old-engine/new  the old engine in the new loop: how much is the loop, how much the engine
@@ -202,7 +202,8 @@ def _fire_new(
 
 
 def old_loop(core: ModuleType, records: list[bytes], plans: dict[str, CarePlan]) -> Counts:
-    """`monitor_throughput.py`'s core phase: the faust agent's work, state as bytes per reading."""
+    """The faust agent's work (`monitor_throughput.py`'s core phase until issue #30), state as bytes per
+    reading."""
     engine = core.Engine()
     decode_metric, decode_patient, encode = core.decode_metric, core.decode_patient, core.encode
     state: dict[bytes, bytes] = {}

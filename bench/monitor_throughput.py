@@ -2,10 +2,11 @@
 
 Phases:
 
-    core         the pure core alone, in this process: decode the record, read the patient's two
-                 state records, evaluate every rule, write the records back, encode the alert events.
-                 No Kafka: the ceiling of the rule engine on one core (`bench/monitor_core.py`, when
-                 there, is the core's own benchmark)
+    core         the pure core alone, in this process, in the worker's loop (`monitor_core.new_loop`):
+                 decode the record, look its two state records up decoded, evaluate every rule, fire
+                 the deadlines due, encode the alert events, and encode the touched records once per
+                 batch of 1,000. No Kafka: the ceiling of the rule engine on one core
+                 (`bench/monitor_core.py` is the core's own benchmark, old loop against new)
     worker       one `vaktrom-monitor` process (rocksdb store, as in production; then the memory store
                  the tests use) reading a backlog of records produced beforehand: care plans for a
                  mixed cohort and ~20 days of their readings in event time, so baselines form and the
@@ -30,7 +31,6 @@ Needs the local stack (`make stack-up`); writes bench/results/monitor_throughput
 from __future__ import annotations
 
 import argparse
-import heapq
 import os
 import re
 import signal
@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "infra")]
 
 from archive_throughput import as_stage, kafka, scrape, scratch_topics, stack_env, write_results  # noqa: E402
+from monitor_core import new_loop  # noqa: E402
 from monitor_data import T0, backlog, careplan, cohort  # noqa: E402
 from monitor_data import reading as _reading  # noqa: E402
 from sim_publish import cpu_seconds  # noqa: E402
@@ -65,12 +66,11 @@ from contracts import (  # noqa: E402
 )
 from runtime import kafka as rk  # noqa: E402
 from runtime.settings import KafkaSettings  # noqa: E402
+from streams.monitor import engine as monitor_engine  # noqa: E402
 from streams.monitor.engine import (  # noqa: E402
     Engine,
     MetricRecord,
     PatientRecord,
-    decode_metric,
-    decode_patient,
     encode,
 )
 
@@ -85,55 +85,19 @@ _decode_alert = msgspec.json.Decoder(AlertEvent).decode
 
 
 def core_phase(records: list[bytes], plans: dict[str, CarePlan]) -> dict[str, Any]:
-    """The engine as a shell drives it (readings and their deadlines, state encoded per reading), no Kafka."""
-    engine = Engine()
-    state: dict[bytes, bytes] = {}
-    suffixes = {metric: f"|{metric.value}".encode() for metric in Metric}
-    heap: list[tuple[float, bytes]] = []
-    events = deadlines = 0
-    clock = 0.0
+    """The engine as the worker drives it (`monitor_core.new_loop`: decoded records, deadlines, state
+    encoded once per batch), no Kafka."""
     started = time.perf_counter()
-    for raw in records:
-        m = _decode_measurement(raw)
-        patient = m.patient_id.encode()
-        pkey, mkey = patient + b"|kit", patient + suffixes[m.metric]
-        precord = decode_patient(state.get(pkey))
-        record = decode_metric(state.get(mkey))
-        clock = max(clock, m.measured_at.timestamp())
-        now = datetime.now(UTC)
-        out = engine.measurement(m, record, precord, plans.get(m.patient_id), clock=clock, now=now)
-        state[mkey] = encode(record)
-        if out.patient_changed and precord.wake_at is not None:
-            state[pkey] = encode(precord)
-            heapq.heappush(heap, (precord.wake_at, patient))
-        found = list(out.events)
-        while heap and heap[0][0] <= clock:  # what the tick does: fire the deadlines that are due
-            _wake, who = heapq.heappop(heap)
-            due = decode_patient(state[who + b"|kit"])
-            if due.wake_at is None or due.wake_at > clock:
-                continue
-            metric_records = {metric: decode_metric(state.get(who + s)) for metric, s in suffixes.items()}
-            plan = plans.get(who.decode())
-            done, changed = engine.deadline(who.decode(), due, metric_records, plan, clock=clock, now=now)
-            for metric in changed:
-                state[who + suffixes[metric]] = encode(metric_records[metric])
-            state[who + b"|kit"] = encode(due)
-            if due.wake_at is not None:
-                heapq.heappush(heap, (due.wake_at, who))
-            found += done.events
-            deadlines += 1
-        for event in found:
-            _encode(event)
-            events += 1
+    counts = new_loop(monitor_engine, records, plans)
     seconds = time.perf_counter() - started
     rate = len(records) / seconds
     print(
         f"  core          {len(records):,} readings in {seconds:5.1f} s = {rate:9,.0f}/s "
-        f"({deadlines:,} deadlines, {events:,} events)"
+        f"({counts.deadlines:,} deadlines, {counts.events:,} events)"
     )
     return {
         "readings": len(records), "seconds": round(seconds, 2), "per_s": round(rate),
-        "deadlines": deadlines, "events": events,
+        "deadlines": counts.deadlines, "events": counts.events, "encoded": counts.encoded,
     }  # fmt: skip
 
 

@@ -50,7 +50,7 @@ from archive_throughput import as_stage, kafka, prepare_schema, scrape, scratch_
 from bridge_throughput import sustained  # noqa: E402
 from enrol import enrol  # noqa: E402  (infra/ holds scripts, not a package)
 from floors import floors  # noqa: E402
-from gateway_sim.cli import load_enrolment  # noqa: E402
+from gateway_sim.kits import load_enrolment  # noqa: E402
 from pipeline_report import RESULTS, machine, markdown, plots  # noqa: E402
 from sim_publish import cpu_seconds  # noqa: E402
 from topics import consumer_lag  # noqa: E402

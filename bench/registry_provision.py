@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "bench"), str(REPO / "gateway-sim"), str(REPO)]
 
 from archive_throughput import as_stage, scratch_topics, stack_env, write_results  # noqa: E402  (bench/ holds scripts)
-from gateway_sim.cli import load_enrolment  # noqa: E402
+from gateway_sim.kits import load_enrolment  # noqa: E402
 
 from registry.broker import BrokerAdmin  # noqa: E402
 from tests.integration.registry_support import KitClient  # noqa: E402

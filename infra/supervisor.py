@@ -27,13 +27,6 @@ from typing import Any, Protocol
 __all__ = ["RestartPolicy", "StageState", "Supervisor", "read_status"]
 
 
-class Process(Protocol):
-    returncode: int | None
-    pid: int
-
-    def poll(self) -> int | None: ...
-
-
 class Supervisable(Protocol):
     name: str
     process: Any  # subprocess.Popen[bytes] | None

@@ -20,7 +20,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -247,7 +247,7 @@ _CORRIDORS = (
     _Corridor("HF-4", "high", Metric.PULSE, +1, 100, 130, 3.0, 0),
     _Corridor("T-1", "cel", Metric.BODY_TEMPERATURE, +1, 37.8, 38.5, 0.2, 1),
 )
-MIN_READINGS, MIN_DAYS, WINDOW_DAYS, K_SIGMA = 5, 5, 14, 3.0
+MIN_READINGS, MIN_DAYS, K_SIGMA = 5, 5, 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +286,3 @@ def propose(readings: Mapping[Metric, Sequence[tuple[datetime, float]]]) -> Prop
             f"{corridor.safe_low:g}-{corridor.safe_high:g}"
         )
     return Proposal(thresholds, basis, skipped)
-
-
-def window_start(today: date) -> date:
-    return date.fromordinal(today.toordinal() - WINDOW_DAYS)

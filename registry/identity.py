@@ -100,13 +100,6 @@ class Sealer:
             keys.setdefault(_key_id(older), older)
         return cls(_key_id(key), keys)
 
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Sealer | None:
-        """The sealer the environment configures, or None when no key is set."""
-        env = os.environ if environ is None else environ
-        raw = env.get("VAKTROM_IDENTITY_KEY", "")
-        return cls.from_key(raw, old=env.get("VAKTROM_IDENTITY_OLD_KEYS", "")) if raw else None
-
     def seal(self, patient_id: str, identity: Identity) -> tuple[bytes, str]:
         nonce = os.urandom(_NONCE)
         box = AESGCM(self.keys[self.current]).encrypt(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from contracts.topics import MQTT_ROOT
 from registry.identity import IdentityError, Sealer
@@ -79,8 +78,3 @@ class RegistrySettings(Settings):
         if not self.mqtt_admin_username or not self.mqtt_admin_password:
             return None
         return self.mqtt_admin_username, self.mqtt_admin_password
-
-
-def dynsec_file(state_dir: Path) -> Path:
-    """The local stack's dynamic security configuration (what `infra/stack` made)."""
-    return state_dir / "mosquitto" / "data" / "dynamic-security.json"

@@ -31,6 +31,7 @@ import stackenv  # noqa: E402  (infra/ holds scripts, not a package)
 from topics import delete_namespaces  # noqa: E402
 
 from runtime.settings import ConfigError, KafkaSettings  # noqa: E402
+from tests.support.worktree import changed_between, tracked_changes  # noqa: E402
 
 STATE = stackenv.state_dir()
 SERVICE_DIRS = ("integration", "e2e")
@@ -50,6 +51,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.services)
     # tests marked `last` look at what the whole run left behind (the privacy scan)
     items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_tracked_file_written() -> Iterator[None]:
+    """No test writes a tracked file: the tracked files' state after the session is the state before
+    it (a developer's own uncommitted edits are in both, so they do not count)."""
+    before = tracked_changes(REPO)
+    yield
+    after = tracked_changes(REPO)
+    if before is None or after is None:
+        return
+    changed = changed_between(before, after)
+    assert not changed, (
+        f"the test session changed tracked files: {', '.join(changed)}. A test writes to tmp_path or its "
+        "`artefacts` folder (tests/artefacts/, untracked), never into the repository; `git diff` shows "
+        "what was written (if you edited one of these yourself during the run, run the tests again)"
+    )
 
 
 def _masked(url: str) -> str:

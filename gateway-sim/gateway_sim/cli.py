@@ -29,7 +29,7 @@ from gateway_sim import messages as wire
 from gateway_sim._errors import BrokerError, CohortError, SimulatorError
 from gateway_sim.cohort import EXAMPLE_COHORT, Cohort, load_cohort, parse_counts
 from gateway_sim.faults import Faults
-from gateway_sim.kits import CohortStream, build_patients
+from gateway_sim.kits import CohortStream, build_patients, load_enrolment
 from gateway_sim.ledger import Ledger
 from gateway_sim.runner import CohortSource, LoadSource, Progress, Runner, RunOptions, Source
 from gateway_sim.transport import BrokerAddress, MqttPool
@@ -77,6 +77,12 @@ def _positive(kind: type[int] | type[float], *, high: float | None = None) -> An
 
 
 def _mqtt_options(parser: argparse.ArgumentParser) -> None:
+    """The options `run` and `load` share: where the broker is, and how readings are settled."""
+    _broker_options(parser)
+    _delivery_options(parser)
+
+
+def _broker_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("broker")
     g.add_argument(
         "--host",
@@ -131,7 +137,6 @@ def _mqtt_options(parser: argparse.ArgumentParser) -> None:
         help="give up when the broker cannot be reached within this long (default 10s)",
     )
     g.add_argument("--topic-root", default="vaktrom/v1", help="MQTT topic root (default %(default)s)")
-    _delivery_options(parser)
 
 
 def _delivery_options(parser: argparse.ArgumentParser) -> None:
@@ -203,20 +208,28 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _run_command(sub)
-    _load_command(sub)
+    _run_options(
+        sub.add_parser(
+            "run",
+            help="simulate a cohort of patients (accelerated history, then real time)",
+            description="Simulate a cohort. Simulated time runs from --days ago to now as fast as "
+            "the pipeline confirms (or --speed times real time), then, with --follow, in real "
+            "time until Ctrl-C. Measured times are simulated times.",
+        )
+    )
+    _load_options(
+        sub.add_parser(
+            "load",
+            help="drive a fixed aggregate rate from many synthetic kits",
+            description="Publish --rate reading messages per second in total from --kits kits for "
+            "--duration, then wait for confirmations and write the ledger.",
+        )
+    )
     sub.add_parser("example-cohort", help="print a commented cohort file")
     return parser
 
 
-def _run_command(sub: Any) -> None:
-    run = sub.add_parser(
-        "run",
-        help="simulate a cohort of patients (accelerated history, then real time)",
-        description="Simulate a cohort. Simulated time runs from --days ago to now as fast as "
-        "the pipeline confirms (or --speed times real time), then, with --follow, in real "
-        "time until Ctrl-C. Measured times are simulated times.",
-    )
+def _run_options(run: argparse.ArgumentParser) -> None:
     who = run.add_mutually_exclusive_group(required=True)
     who.add_argument(
         "--cohort", type=Path, help="cohort file (TOML); `gateway-sim example-cohort` prints one"
@@ -269,13 +282,7 @@ def _run_command(sub: Any) -> None:
     _mqtt_options(run)
 
 
-def _load_command(sub: Any) -> None:
-    load = sub.add_parser(
-        "load",
-        help="drive a fixed aggregate rate from many synthetic kits",
-        description="Publish --rate reading messages per second in total from --kits kits for "
-        "--duration, then wait for confirmations and write the ledger.",
-    )
+def _load_options(load: argparse.ArgumentParser) -> None:
     load.add_argument("--kits", type=_positive(int), required=True, help="number of kits")
     load.add_argument(
         "--rate", type=_positive(float), required=True, help="messages per second, all kits together"
@@ -526,24 +533,6 @@ def _write_truth(out: Path, patients: list[Any]) -> None:
     with (out / "ground-truth.jsonl").open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, separators=(",", ":")) + "\n")
-
-
-def load_enrolment(kit_prefix: str, count: int) -> list[dict[str, object]]:
-    """The synthetic load kits as enrolment records: kit PREFIX-000001 with oximeter PREFIX-000001-OX,
-    for patient PREFIXP000001 (the registry imports it like a cohort's)."""
-    rows: list[dict[str, object]] = []
-    for i in range(1, count + 1):
-        kit = f"{kit_prefix}-{i:06d}"
-        rows.append(
-            {
-                "patient_id": f"{kit_prefix}P{i:06d}",
-                "kit": kit,
-                "condition": "load",
-                "devices": [{"serial": f"{kit}-OX", "kind": "oximeter", "model": "VS-Oxi-10"}],
-                "expected": [],
-            }
-        )
-    return rows
 
 
 def cmd_load(args: argparse.Namespace) -> int:

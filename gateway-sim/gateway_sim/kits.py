@@ -32,7 +32,7 @@ from gateway_sim.physiology import (
     true_value,
 )
 
-__all__ = ["CohortStream", "SimPatient", "build_patients"]
+__all__ = ["CohortStream", "SimPatient", "build_patients", "load_enrolment"]
 
 # random stream purposes, so adding draws to one never shifts another
 _SETUP, _SCHEDULE, _VALUES, _FAULTS = 1, 2, 3, 4
@@ -157,6 +157,24 @@ def build_patients(
                 )
             patients.append(patient)
     return patients
+
+
+def load_enrolment(kit_prefix: str, count: int) -> list[dict[str, object]]:
+    """The synthetic load kits as enrolment records: kit PREFIX-000001 with oximeter PREFIX-000001-OX,
+    for patient PREFIXP000001 (the registry imports it like a cohort's)."""
+    rows: list[dict[str, object]] = []
+    for i in range(1, count + 1):
+        kit = f"{kit_prefix}-{i:06d}"
+        rows.append(
+            {
+                "patient_id": f"{kit_prefix}P{i:06d}",
+                "kit": kit,
+                "condition": "load",
+                "devices": [{"serial": f"{kit}-OX", "kind": "oximeter", "model": "VS-Oxi-10"}],
+                "expected": [],
+            }
+        )
+    return rows
 
 
 def _truth(

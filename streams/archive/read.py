@@ -32,6 +32,7 @@ from psycopg.rows import class_row, tuple_row
 from contracts import Metric
 
 __all__ = [
+    "QUERIES",
     "Bucket",
     "Reading",
     "SetAside",
@@ -133,6 +134,9 @@ WHERE patient_id = %(patient)s AND metric = ANY(%(metrics)s::text[])
 ORDER BY measured_at, metric
 LIMIT %(limit)s
 """  # noqa: S608 (constant columns)
+
+# the statements behind latest() and series(metric=...), for EXPLAIN: bench/archive_read.py prints their plans
+QUERIES = {"latest": _LATEST, "series": _SERIES_ONE}
 
 _BUCKETS = """
 SELECT bucket AS start, readings, min_value AS min, max_value AS max, mean_value AS mean,

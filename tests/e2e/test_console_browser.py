@@ -31,8 +31,9 @@ from tests.integration.alerts_support import (
     publish,
     staff,
 )
-from tests.integration.archive_support import make_measurement, store_rows
+from tests.integration.archive_support import store_rows
 from tests.integration.stage_support import prepare
+from tests.support.records import make_measurement
 
 CHROMIUM = "/usr/bin/chromium"
 # As the machine's notes say: without the background-networking flags Chromium keeps calling

@@ -1,35 +1,21 @@
-"""Running the real archive in tests, and building the records it reads."""
+"""Running the real archive in tests, and reading what it stored (records to feed it: tests/support)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-import msgspec
 import psycopg
 
-from contracts import (
-    METRICS,
-    Measurement,
-    Metric,
-    Rejection,
-    RejectReason,
-    Trace,
-    measurement_id,
-    rejection_id,
-    to_canonical,
-)
+from contracts import Measurement, Rejection
 from streams.archive.rows import Rows, measurement_row, rejection_row
 from streams.archive.store import Store
 from tests.conftest import Stack
 from tests.integration.stage_support import StageProcess, stage_groups
 
-__all__ = ["ArchiveProcess", "make_measurement", "make_rejection", "store_rows", "stored"]
-
-_encode = msgspec.json.Encoder().encode
+__all__ = ["ArchiveProcess", "store_rows", "stored"]
 
 
 @dataclass
@@ -61,57 +47,6 @@ class ArchiveProcess(StageProcess):
                 raise AssertionError(f"the archive exited with {self.process.returncode}:\n{self.tail()}")
             time.sleep(0.3)
         raise AssertionError(f"{found} of {count} measurements stored after {timeout} s:\n{self.tail()}")
-
-
-def make_measurement(
-    *,
-    patient: str,
-    kit: str,
-    metric: Metric = Metric.PULSE,
-    reported: float | None = 70.0,
-    unit: str | None = None,
-    flag: str | None = None,
-    at: datetime | None = None,
-    seq: int | None = None,
-) -> tuple[str, bytes, Measurement]:
-    """A canonical measurement as the bridge writes it: (key, value, the struct)."""
-    spec = METRICS[metric]
-    unit = unit or spec.unit
-    at = at or datetime(2026, 11, 20, 7, 30, tzinfo=UTC)
-    device = f"{kit}-{metric.value[:2].upper()}"
-    value = None if reported is None else to_canonical(metric, reported, unit)
-    m = Measurement(
-        measurement_id=measurement_id(
-            device_id=device, patient_id=patient, metric=metric.value, reported_value=reported,
-            reported_unit=unit, flag=flag, measured_at=at,
-        ),
-        patient_id=patient, kit_id=kit, device_id=device, metric=metric, loinc=spec.loinc, value=value,
-        unit=spec.unit, reported_value=reported, reported_unit=unit, flag=flag, measured_at=at,
-        received_at=at + timedelta(seconds=2), kit_seq=seq, trace=Trace(kit_sent=at),
-    )  # fmt: skip
-    return patient, _encode(m), m
-
-
-def make_rejection(kit: str, index: int, *, patient: str | None = None) -> tuple[str, bytes, Rejection]:
-    """An implausible-SpO2 rejection as the bridge writes it: (key, value, the struct)."""
-    payload = b'{"readings": [{"metric": "spo2", "value": 0, "unit": "%"}]}'
-    r = Rejection(
-        rejection_id=rejection_id(source_topic=f"t/{kit}/readings", payload=payload, index=index),
-        reason=RejectReason.IMPLAUSIBLE,
-        detail="SpO2 0 % is outside the plausible range 50-100 %",
-        source_topic=f"t/{kit}/readings",
-        received_at=datetime(2026, 11, 20, 8, 0, tzinfo=UTC) + timedelta(seconds=index),
-        kit_id=kit,
-        patient_id=patient or f"{kit}-P",
-        reading_index=0,
-        metric="spo2",
-        reported_value=0.0,
-        reported_unit="%",
-        measured_at=datetime(2026, 11, 20, 7, 59, tzinfo=UTC),
-        raw_excerpt=payload.decode() + "\x00",  # NUL: PostgreSQL text cannot hold it
-        raw_size=len(payload) + 1,
-    )
-    return kit, _encode(r), r
 
 
 def stored(stack: Stack, kit_prefix: str) -> list[dict[str, Any]]:

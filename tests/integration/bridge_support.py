@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from gateway_sim.cli import load_enrolment
+from gateway_sim.kits import load_enrolment
 
 from contracts import topics
 from contracts.mqtt_accounts import BRIDGE

@@ -16,8 +16,9 @@ import psycopg
 
 from contracts import Metric, topics
 from tests.conftest import REPO, Stack
-from tests.integration.archive_support import ArchiveProcess, make_measurement, make_rejection, stored
+from tests.integration.archive_support import ArchiveProcess, stored
 from tests.integration.stage_support import produce
+from tests.support.records import make_measurement, make_rejection
 
 _encode = msgspec.json.Encoder().encode
 

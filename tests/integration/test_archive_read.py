@@ -12,7 +12,7 @@ from contracts import Metric, topics
 from streams.archive import read
 from streams.archive.fhir import bundle_json, export_patient
 from tests.conftest import Stack
-from tests.integration.archive_support import ArchiveProcess, make_measurement, make_rejection, store_rows
+from tests.integration.archive_support import ArchiveProcess, store_rows
 from tests.integration.bridge_support import (
     BridgeProcess,
     consume,
@@ -22,6 +22,7 @@ from tests.integration.bridge_support import (
     publish,
     reading_topic,
 )
+from tests.support.records import make_measurement, make_rejection
 
 T0 = datetime(2026, 10, 1, 6, 0, tzinfo=UTC)
 

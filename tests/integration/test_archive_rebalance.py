@@ -21,7 +21,8 @@ import psycopg
 from contracts import topics
 from runtime import kafka as rk
 from tests.conftest import Stack, stack_command
-from tests.integration.archive_support import ArchiveProcess, make_measurement
+from tests.integration.archive_support import ArchiveProcess
+from tests.support.records import make_measurement
 
 COUNT = 12_000
 

@@ -14,22 +14,17 @@ stage's forged write and for what confluent-kafka has no call for (Debian's kcat
 
 That each stage still does its job with its principal is what the stages' own integration tests
 prove (they run every stage under its own principal); here a positive control per allowed write and
-read keeps the refusals from passing for a reason that has nothing to do with access rules.
+read keeps the refusals from passing for a reason that has nothing to do with access rules. The
+door (outsiders, kcat, a broker that is not the stack's, the password files) is in
+test_attack_kafka_sign_in.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import logging
 import os
-import socket
-import ssl
 import subprocess
 import sys
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -51,14 +46,14 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ScramMechanism,
     UserScramCredentialUpsertion,
 )
-from tls import ensure_server_certificates  # infra/tls.py: tests.conftest puts infra/ on the path
 
 from contracts import topics
 from contracts.kafka_acl import ADMIN, PRINCIPALS, principal
 from runtime import kafka as rk
 from runtime.settings import KafkaSettings
-from tests.conftest import REPO, STATE, Stack, stack_command
-from tests.integration.stage_support import consume, delete_namespace, prepare, stage_groups
+from tests.conftest import REPO, STATE, Stack
+from tests.integration.kafka_attack_support import attack_namespace, forged, new_marker, on_topic
+from tests.integration.stage_support import stage_groups
 
 Topic = Callable[[str], str]
 
@@ -74,19 +69,6 @@ TOPICS: dict[str, Topic] = {
     "monitor-state": topics.monitor_state_topic,
 }
 _NAME = {fn: label for label, fn in TOPICS.items()}
-
-
-def _forged(topic: str, marker: str) -> bytes:
-    """A forged record as an attacker would write it: the payloads of finding 5 where they apply."""
-    if topic == "careplans":  # a newer version that switches the patient's red rules off
-        body = {"patient_id": marker, "version": 1_000_000, "rules_off": ["HF-1", "HF-2", "NEWS2-S1"]}
-    elif topic == "alerts":  # an episode closed that nobody closed
-        body = {"episode_id": marker, "version": 1_000_000, "change": "resolved", "severity": "red"}
-    elif topic == "measurements":  # a reading the kit never took
-        body = {"measurement_id": marker, "patient_id": marker, "metric": "spo2", "value": 99.0}
-    else:
-        body = {"forged": marker}
-    return json.dumps(body).encode()
 
 
 WRITE_REFUSALS = [
@@ -118,23 +100,12 @@ ALLOWED = [
 @pytest.fixture(scope="module")
 def namespace(stack: Stack) -> Iterator[str]:
     """One topic namespace for the whole module, with the stages' rules as the stack's topics get them."""
-    name = f"atk{uuid.uuid4().hex[:8]}"
-    prepare(stack, name)
-    yield name
-    delete_namespace(stack, name)
+    with attack_namespace(stack) as name:
+        yield name
 
 
 def _client(stack: Stack, stage: str) -> KafkaSettings:
     return stack.kafka(stage)
-
-
-def _marker() -> str:
-    return f"forged-{uuid.uuid4().hex[:12]}"
-
-
-def _on_topic(stack: Stack, topic: str, marker: str) -> bool:
-    """Whether a record keyed `marker` is on `topic`, read by the admin principal."""
-    return any(key == marker.encode() for key, _value, _headers in consume(stack, topic, idle=1.0))
 
 
 _TOPIC_REFUSED = rk.KafkaError.TOPIC_AUTHORIZATION_FAILED
@@ -196,11 +167,11 @@ def test_a_stage_cannot_forge_records_on_a_topic_it_does_not_own(
     """Finding 5, classes "forged records on Kafka" and "privilege of each broker account": a stage's
     principal writing another stage's topic (a newer care plan, a "resolved" alert event, a
     measurement...) is refused with TopicAuthorizationFailed, and the record is not on the topic."""
-    topic, marker = TOPICS[label](f"{namespace}."), _marker()
+    topic, marker = TOPICS[label](f"{namespace}."), new_marker()
     with pytest.raises(rk.KafkaException) as refused:
-        _send(_client(stack, stage), topic, marker, _forged(label, marker))
+        _send(_client(stack, stage), topic, marker, forged(label, marker))
     assert _code(refused.value) == _TOPIC_REFUSED, refused.value
-    assert not _on_topic(stack, topic, marker), f"{stage}'s forged record is on {topic}"
+    assert not on_topic(stack, topic, marker), f"{stage}'s forged record is on {topic}"
 
 
 def test_no_stage_but_the_monitor_can_forge_its_state(stack: Stack, namespace: str) -> None:
@@ -210,7 +181,7 @@ def test_no_stage_but_the_monitor_can_forge_its_state(stack: Stack, namespace: s
     for row in PRINCIPALS:
         if row.stage != "monitor":
             with pytest.raises(rk.KafkaException) as refused:
-                _send(_client(stack, row.stage), topic, _marker(), b"{}")
+                _send(_client(stack, row.stage), topic, new_marker(), b"{}")
             assert _code(refused.value) == _TOPIC_REFUSED, refused.value
 
 
@@ -264,9 +235,9 @@ def test_each_stage_may_do_what_the_table_allows(
     outputs and read their inputs (the stages' integration tests show them doing their jobs)."""
     topic, kafka = TOPICS[label](f"{namespace}."), _client(stack, stage)
     if kind == "write":
-        marker = _marker()
-        _send(kafka, topic, marker, _forged(label, marker))
-        assert _on_topic(stack, topic, marker)
+        marker = new_marker()
+        _send(kafka, topic, marker, forged(label, marker))
+        assert on_topic(stack, topic, marker)
         return
     consumer = _consumer(kafka)
     try:
@@ -275,83 +246,7 @@ def test_each_stage_may_do_what_the_table_allows(
         consumer.close()
 
 
-# ------------------------------------------------------------------ the door: who may sign in at all
-def _outsider(stack: Stack, **config: object) -> dict[str, object]:
-    """A client of nobody's: only the address (plaintext, no credentials) and `config`."""
-    return {"bootstrap.servers": stack.kafka_bootstrap, "logger": logging.getLogger("librdkafka"), **config}
-
-
-def _no_metadata(client: rk.AdminClient | rk.Producer, timeout: float = 5.0) -> bool:
-    """Whether the broker withholds metadata from `client` (it is refused while it signs in)."""
-    try:
-        client.list_topics(timeout=timeout)
-    except rk.KafkaException:
-        return True
-    return False
-
-
-def test_a_client_without_credentials_is_refused(stack: Stack, namespace: str) -> None:
-    """Finding 5, class "forged records on Kafka": a plaintext client without credentials (anything
-    that reaches the port) cannot even bootstrap, so its newer care plan never lands."""
-    topic, marker = topics.careplan_topic(f"{namespace}."), _marker()
-    producer = rk.Producer(_outsider(stack, **{"message.timeout.ms": 5000}))
-    assert _no_metadata(producer)
-    producer.produce(topic, key=marker.encode(), value=_forged("careplans", marker))
-    producer.flush(10)
-    assert not _on_topic(stack, topic, marker)
-
-
-def test_tls_without_sasl_is_refused(stack: Stack) -> None:
-    """Finding 5, class "forged records on Kafka": a client that verifies the broker's certificate
-    but brings no credentials is refused too (TLS alone authenticates only the broker)."""
-    ca = stack.values["VAKTROM_KAFKA_CA"]
-    assert _no_metadata(
-        rk.AdminClient(_outsider(stack, **{"security.protocol": "SSL", "ssl.ca.location": ca}))
-    )
-
-
-def test_a_wrong_password_is_refused(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
-    """Finding 5, class "privilege of each broker account": the registry's name with a wrong
-    password is refused by SCRAM (and the broker says so), as are the admin's and the broker's."""
-    for name in ("registry", "admin"):
-        wrong = dataclasses.replace(stack.kafka(name), password="not-the-password")  # noqa: S106
-        with caplog.at_level(logging.DEBUG, logger="librdkafka"):
-            client = rk.admin(wrong)
-            assert _no_metadata(client, timeout=15)
-            client.poll(0)  # librdkafka's log lines reach the logger only when the client is polled
-    assert "invalid credentials" in caplog.text
-    broker = dataclasses.replace(stack.kafka("admin"), username="vaktrom-broker", password="guess")  # noqa: S106
-    assert _no_metadata(rk.admin(broker), timeout=15)
-
-
 # ------------------------------------------------------------------ outside clients
-def _kcat(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["kcat", *args], input=stdin, capture_output=True, timeout=60, check=False)
-
-
-@pytest.fixture(scope="module")
-def kcat_present() -> None:
-    if subprocess.run(["which", "kcat"], capture_output=True, check=False).returncode != 0:
-        pytest.fail("kcat is not installed; run infra/bootstrap (it installs the Debian kcat package)")
-
-
-def test_kcat_without_credentials_is_refused(stack: Stack, namespace: str, kcat_present: None) -> None:
-    """Finding 5, class "forged records on Kafka", with an outside client (kcat): plaintext and
-    TLS-only connections get no metadata, and a care plan produced through them never lands."""
-    topic, marker = topics.careplan_topic(f"{namespace}."), _marker()
-    ca = stack.values["VAKTROM_KAFKA_CA"]
-    for extra in ([], ["-X", "security.protocol=SSL", "-X", f"ssl.ca.location={ca}"]):
-        listed = _kcat("-b", stack.kafka_bootstrap, *extra, "-L", "-m", "5")
-        assert listed.returncode != 0
-        assert b"Failed to acquire metadata" in listed.stderr
-        produced = _kcat(
-            "-b", stack.kafka_bootstrap, *extra, "-P", "-t", topic, "-k", marker, "-m", "5",
-            stdin=_forged("careplans", marker),
-        )  # fmt: skip
-        assert produced.returncode != 0
-    assert not _on_topic(stack, topic, marker)
-
-
 def _java_client(
     kafka: KafkaSettings,
     tmp_path: Path,
@@ -385,14 +280,14 @@ def test_kafkas_console_producer_as_a_stage_cannot_forge_a_care_plan(
     """Finding 5, class "forged records on Kafka", with an outside client (Kafka's own Java console
     producer): the monitor's principal publishing a newer care plan is refused
     (TopicAuthorizationException) and the plan is not on the topic."""
-    topic, marker = topics.careplan_topic(f"{namespace}."), _marker()
+    topic, marker = topics.careplan_topic(f"{namespace}."), new_marker()
     output = _java_client(
         stack.kafka("monitor"), tmp_path, "org.apache.kafka.tools.ConsoleProducer",
         "--topic", topic, "--property", "parse.key=true", "--property", "key.separator=|",
-        flag="--producer.config", stdin=f"{marker}|".encode() + _forged("careplans", marker) + b"\n",
+        flag="--producer.config", stdin=f"{marker}|".encode() + forged("careplans", marker) + b"\n",
     )  # fmt: skip
     assert "TopicAuthorizationException" in output, output[-2000:]
-    assert not _on_topic(stack, topic, marker)
+    assert not on_topic(stack, topic, marker)
 
 
 def _refused(call: Callable[[], object]) -> str:
@@ -574,104 +469,3 @@ def test_a_rule_the_table_does_not_give_is_revoked_when_the_stack_applies_it(sta
         alerts.close()
         for future in admin.delete_acls([_filter(rule) for rule in rogue]).values():
             future.result(timeout=15)
-
-
-# ------------------------------------------------------------------ the passwords at rest
-def test_the_files_holding_kafka_passwords_are_made_owner_only_again(stack: Stack) -> None:
-    """Class "privilege of each broker account" (the passwords behind each principal): the files
-    that hold Kafka passwords are readable by their owner only after `infra/stack up`, even when
-    they were left wider before (a copy, a restore, a chmod), so another local user cannot read
-    the admin's or a stage's password."""
-    holders = [STATE / "stack.env", STATE / "kafka" / "credentials.json"]
-    for path in holders:
-        path.chmod(0o644)
-    up = stack_command("up", "kafka", timeout=180)
-    assert up.returncode == 0, up.stdout + up.stderr
-    wide = {str(path): oct(path.stat().st_mode & 0o777) for path in holders if path.stat().st_mode & 0o077}
-    assert not wide, f"readable by others: {wide}"
-
-
-# ------------------------------------------------------------------ a broker that is not the stack's
-class _Impostor:
-    """A TLS server on a free local port that presents `certificate` and records every byte a
-    client sends it after the handshake (a client that goes on would send its SASL sign-in)."""
-
-    def __init__(self, certificate: Path, key: Path) -> None:
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(certificate, key)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.received = bytearray()
-        self.handshakes = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                raw, _address = self.listener.accept()
-            except OSError:
-                return  # closed
-            with raw:
-                raw.settimeout(5)
-                try:
-                    with self.context.wrap_socket(raw, server_side=True) as conn:
-                        self.handshakes += 1
-                        while chunk := conn.recv(4096):
-                            self.received += chunk
-                except (OSError, ssl.SSLError):
-                    continue  # the client refused our certificate: what we hope for
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-def _impostor_certificate(
-    folder: Path, hosts: list[str], *, ca_from: Path | None = None
-) -> tuple[Path, Path]:
-    """A certificate for `hosts`, signed by a new CA, or by the stack's own when `ca_from` is its folder."""
-    folder.mkdir()
-    if ca_from is not None:
-        for name in ("ca.crt", "ca.key"):
-            (folder / name).write_bytes((ca_from / name).read_bytes())
-    ensure_server_certificates(folder, hosts, name="kafka")
-    return folder / "kafka.crt", folder / "kafka.key"
-
-
-_SIGN_IN = """
-import sys
-from runtime.settings import KafkaSettings
-from runtime import kafka as rk
-try:
-    rk.list_topics(rk.admin(KafkaSettings.from_env()), timeout=5)
-except rk.KafkaException:
-    sys.exit(3)
-"""
-
-
-@pytest.mark.parametrize("impostor", ["another CA", "the stack's CA, another name"])
-def test_a_stage_does_not_sign_in_to_a_broker_that_is_not_the_stacks(
-    stack: Stack, tmp_path: Path, impostor: str
-) -> None:
-    """Class "network attacker" (read or change traffic): a stage's client checks the broker's
-    certificate against VAKTROM_KAFKA_CA and the name it dialled, so an impostor with a certificate
-    of another CA, or of the stack's CA for another name, finishes no handshake and never sees the
-    stage's SASL sign-in (its user name) or a record."""
-    ca_dir = Path(stack.values["VAKTROM_KAFKA_CA"]).parent
-    certificate, key = (
-        _impostor_certificate(tmp_path / "other", ["127.0.0.1", "localhost"])
-        if impostor == "another CA"
-        else _impostor_certificate(tmp_path / "same", ["kafka-impostor.invalid"], ca_from=ca_dir)
-    )
-    server = _Impostor(certificate, key)
-    try:
-        signed_in = subprocess.run(  # a stage's client, from the stage's environment
-            [sys.executable, "-c", _SIGN_IN],
-            env={**os.environ, **stack.values, **stack.kafka_env("monitor"),
-                 "VAKTROM_KAFKA_BOOTSTRAP": f"127.0.0.1:{server.port}"},
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-        assert signed_in.returncode == 3, signed_in.stdout + signed_in.stderr[-2000:]
-        assert server.handshakes == 0, f"a client finished a TLS handshake with {impostor}"
-        assert not server.received
-    finally:
-        server.close()

@@ -18,10 +18,10 @@ from contracts import Condition, Metric, Spo2Scale, topics
 from runtime import kafka as rk
 from streams.monitor.store import RocksStore
 from tests.conftest import REPO, Stack
-from tests.integration.archive_support import make_measurement
 from tests.integration.monitor_support import MonitorProcess, alert_events, episodes_of
 from tests.integration.stage_support import produce
 from tests.integration.test_monitor import T0, careplan
+from tests.support.records import make_measurement
 
 PARTITIONS = 3  # stage_support.prepare
 

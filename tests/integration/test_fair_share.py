@@ -27,7 +27,6 @@ from alerts.accounts import Role
 from contracts import MAX_KIT_PAYLOAD_BYTES, topics
 from tests.conftest import Broker, Stack
 from tests.integration.alerts_support import AlertsProcess, bearer, staff
-from tests.integration.archive_support import make_measurement
 from tests.integration.bridge_support import (
     BridgeProcess,
     consume,
@@ -39,6 +38,7 @@ from tests.integration.bridge_support import (
 )
 from tests.integration.monitor_support import MonitorProcess
 from tests.integration.stage_support import free_port, produce
+from tests.support.records import make_measurement
 
 
 class Kits:

@@ -30,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from contracts import Metric, topics
 from tests.conftest import Stack
 from tests.integration.alerts_support import wait_for
-from tests.integration.archive_support import make_measurement, make_rejection, stored
+from tests.integration.archive_support import stored
 from tests.integration.bridge_support import (
     enrol_kit,
     kit_message,
@@ -39,15 +39,16 @@ from tests.integration.bridge_support import (
     reading_topic,
 )
 from tests.integration.stage_support import produce
-from tests.unit.ingest.test_hostile_input import (
+from tests.support.hostile import (
     FHIR_PATHS,
     READING_PATHS,
     STATUS_PATHS,
-    _edited,
+    edited,
     edits,
     hostile_json,
     hostile_text,
 )
+from tests.support.records import make_measurement, make_rejection
 
 Case = tuple[str, str, bytes, list[str]]  # (what, channel, payload, the reasons it must get)
 
@@ -310,12 +311,12 @@ def _hostile_payload(draw: st.DrawFn, kit: str, ox: str) -> tuple[str, bytes]:
     if kind == "readings":
         doc = json.loads(kit_message(kit, 1, kit_reading(ox, "spo2", 95.0, "%")))
         doc["readings"].append(kit_reading(ox, "pulse", 70.0, "/min"))
-        doc = _edited(doc, READING_PATHS, draw(edits), draw(st.sampled_from(["", "\x00", "m"])))
+        doc = edited(doc, READING_PATHS, draw(edits), draw(st.sampled_from(["", "\x00", "m"])))
     elif kind == "status":
         doc = {"schema": "vaktrom.kit-status.v1", "kit": kit, "state": "online", "at": _now(timedelta())}
-        doc = _edited(doc, STATUS_PATHS, draw(edits), draw(st.sampled_from(["", "\x00"])))
+        doc = edited(doc, STATUS_PATHS, draw(edits), draw(st.sampled_from(["", "\x00"])))
     elif kind == "fhir":
-        doc = _edited(_observation(ox), FHIR_PATHS, draw(edits), "")
+        doc = edited(_observation(ox), FHIR_PATHS, draw(edits), "")
     else:
         doc = draw(hostile_json)
     text = json.dumps(doc, ensure_ascii=draw(st.booleans()), allow_nan=True)

@@ -11,9 +11,9 @@ import msgspec
 
 from contracts import CarePlan, Condition, Metric, Spo2Scale, topics
 from tests.conftest import Stack
-from tests.integration.archive_support import make_measurement
 from tests.integration.monitor_support import MonitorProcess, alert_events, episodes_of
 from tests.integration.stage_support import produce
+from tests.support.records import make_measurement
 
 T0 = datetime(2026, 11, 10, 8, 0, tzinfo=UTC)
 

@@ -18,8 +18,8 @@ import msgspec
 from contracts import KitStatusEvent, Metric, topics
 from runtime import kafka as rk
 from tests.conftest import Stack
-from tests.integration.archive_support import make_measurement
 from tests.integration.monitor_support import MonitorProcess, alert_events
+from tests.support.records import make_measurement
 
 T0 = datetime(2026, 11, 10, 8, 0, tzinfo=UTC)
 FILLER = 400  # readings of other patients waiting before the red one

@@ -28,9 +28,10 @@ from streams.archive.rows import Rows
 from streams.archive.store import DatabaseAwayError, Store
 from tests.conftest import Stack
 from tests.integration.alerts_support import T0, AlertsProcess, ConsoleClient, event, new_id, staff
-from tests.integration.archive_support import ArchiveProcess, make_measurement, make_rejection
+from tests.integration.archive_support import ArchiveProcess
 from tests.integration.monitor_support import MonitorProcess
 from tests.integration.stage_support import prepare, produce, sql, stage_groups
+from tests.support.records import make_measurement, make_rejection
 
 _encode = msgspec.json.Encoder().encode
 

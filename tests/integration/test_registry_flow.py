@@ -16,11 +16,11 @@ from contracts import Condition, Metric, topics
 from registry import KitDevice
 from registry.careplans import PlanChange
 from tests.conftest import Stack
-from tests.integration.archive_support import make_measurement
 from tests.integration.bridge_support import BridgeProcess
 from tests.integration.monitor_support import MonitorProcess, alert_events
 from tests.integration.registry_support import OPERATOR, KitClient, enrol, make_registry, new_team
 from tests.integration.stage_support import consume, produce
+from tests.support.records import make_measurement
 
 REPO = Path(__file__).resolve().parents[2]
 MIDDAY_OSLO = datetime(2026, 11, 10, 11, 0, tzinfo=UTC)  # 12:00 Europe/Oslo (CET)

@@ -25,18 +25,24 @@ from ingest.fair_share import message_cost
 from ingest.normaliser import Normaliser, Outcome
 from ingest.registry import Registry
 from ingest.text import MAX_DETAIL_BYTES, MAX_FIELD_BYTES
+from tests.support.hostile import (
+    FHIR_FIELDS,
+    FHIR_PATHS,
+    READING_PATHS,
+    STATUS_PATHS,
+    edited,
+    edits,
+    hostile_json,
+    hostile_text,
+    set_at,
+)
 from tests.unit.ingest.test_fhir import _observation
 from tests.unit.ingest.test_normaliser import KIT, NOW, TOPIC, _kit, _payload, _reading
-from tests.unit.ingest.test_text import any_text, clean
+from tests.unit.ingest.test_text import clean
 
 STATUS_TOPIC = f"vaktrom/v1/kits/{KIT}/status"
 FHIR_TOPIC = f"vaktrom/v1/kits/{KIT}/fhir"
 CONTROLS = ["\x00", "\x01", "\t", "\n", "\x1b", "\x7f", "\x85", "\x9f"]
-HOSTILE = [
-    "\x00", "sp\x00o2", "%\x00", "\x00" * 40, "\x1b[31mred", "kg\n", "\x7f", "\x85", "\u2028", "\u202e",
-    "\ud800", "x" * 300, "", " ", "\t", "spo2", "%", "KIT-1\n", "\ufeff", "\U0001f600",
-]  # fmt: skip
-hostile_text = st.sampled_from(HOSTILE) | any_text.filter(lambda s: len(s) < 80)
 
 
 def _normaliser() -> Normaliser:
@@ -81,12 +87,6 @@ def assert_storable(outcome: Outcome) -> None:
 def _encode(doc: Any, ascii_only: bool) -> bytes:
     """JSON as a kit might send it; a lone surrogate becomes an escape or invalid UTF-8 bytes."""
     return json.dumps(doc, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
-
-
-def _set(doc: Any, path: tuple[str | int, ...], value: Any) -> None:
-    for step in path[:-1]:
-        doc = doc[step]
-    doc[path[-1]] = value
 
 
 # ------------------------------------------------------------------ finding 1, exactly
@@ -290,18 +290,6 @@ def test_a_time_at_the_calendars_ends_is_answered_with_a_reason_on_every_channel
     assert [r.reason for r in status.rejections] == ([] if reason is RejectReason.CLOCK_PAST else [reason])
 
 
-FHIR_FIELDS: list[tuple[str, tuple[str | int, ...]]] = [
-    ("Observation.status", ("status",)),
-    ("code.coding[0].system", ("code", "coding", 0, "system")),
-    ("code.coding[0].code", ("code", "coding", 0, "code")),
-    ("effectiveDateTime", ("effectiveDateTime",)),
-    ("valueQuantity.unit", ("valueQuantity", "unit")),
-    ("valueQuantity.system", ("valueQuantity", "system")),
-    ("valueQuantity.code", ("valueQuantity", "code")),
-    ("device.identifier.value", ("device", "identifier", "value")),
-]
-
-
 @pytest.mark.parametrize(("name", "path"), FHIR_FIELDS)
 def test_a_nul_in_any_fhir_field_that_is_read_is_invalid_text(name: str, path: tuple[str | int, ...]) -> None:
     """FHIR: NUL appended to any field the bridge reads refuses the Observation as `invalid_text`,
@@ -325,7 +313,7 @@ def test_fhir_text_at_its_limit_is_read_and_one_over_is_invalid_text() -> None:
 
     def reason(path: tuple[str | int, ...], value: str) -> RejectReason:
         obs = _observation()
-        _set(obs, path, value)
+        set_at(obs, path, value)
         outcome = normaliser.fhir(FHIR_TOPIC, KIT, json.dumps(obs).encode(), NOW)
         assert_storable(outcome)
         return outcome.rejections[0].reason
@@ -338,28 +326,6 @@ def test_fhir_text_at_its_limit_is_read_and_one_over_is_invalid_text() -> None:
 
 
 # ------------------------------------------------------------------ properties
-READING_PATHS: list[tuple[str | int, ...]] = [
-    ("schema",), ("kit",), ("sent_at",), ("readings", 0, "device"), ("readings", 0, "metric"),
-    ("readings", 0, "unit"), ("readings", 0, "flag"), ("readings", 0, "measured_at"),
-    ("readings", 0, "value"), ("readings", 1, "metric"), ("readings", 1, "unit"), ("seq",),
-]  # fmt: skip
-STATUS_PATHS: list[tuple[str | int, ...]] = [
-    ("schema",), ("kit",), ("state",), ("at",), ("firmware",), ("queued",), ("battery",)
-]  # fmt: skip
-FHIR_PATHS: list[tuple[str | int, ...]] = [
-    ("resourceType",), ("id",), ("subject", "reference"), ("category", 0, "coding", 0, "code"),
-    *(path for _, path in FHIR_FIELDS), ("device", "display"), ("valueQuantity", "comparator"),
-]  # fmt: skip
-edits = st.lists(st.tuples(st.integers(0, 1000), hostile_text), min_size=1, max_size=4)
-
-
-def _edited(doc: Any, paths: list[tuple[str | int, ...]], chosen: list[tuple[int, str]], key: str) -> Any:
-    for index, value in chosen:
-        _set(doc, paths[index % len(paths)], value)
-    doc[key] = 1  # a hostile key as well (empty: left out)
-    if not key:
-        del doc[key]
-    return doc
 
 
 @settings(max_examples=300, deadline=None)
@@ -370,7 +336,7 @@ def test_hostile_text_in_any_reading_field_gives_records_that_can_be_stored(
     """Property: hostile strings in any field (and as a key) of a kit-readings message give a
     measurement or a rejection, never an exception, and every record is clean and bounded."""
     doc = json.loads(_payload(_reading(), _reading("pulse", 70.0, "/min")))
-    payload = _encode(_edited(doc, READING_PATHS, chosen, key), ascii_only)
+    payload = _encode(edited(doc, READING_PATHS, chosen, key), ascii_only)
     outcome = _normaliser().readings(TOPIC, KIT, payload, NOW)
     assert outcome.record_count >= 1
     assert_storable(outcome)
@@ -382,7 +348,7 @@ def test_hostile_text_in_any_status_field_gives_records_that_can_be_stored(
     chosen: list[tuple[int, str]], key: str, ascii_only: bool
 ) -> None:
     """Property: the same for kit-status messages."""
-    payload = _encode(_edited(_status(firmware="1.0"), STATUS_PATHS, chosen, key), ascii_only)
+    payload = _encode(edited(_status(firmware="1.0"), STATUS_PATHS, chosen, key), ascii_only)
     outcome = _normaliser().status(STATUS_TOPIC, KIT, payload, NOW)
     assert outcome.record_count >= 1
     assert_storable(outcome)
@@ -394,18 +360,11 @@ def test_hostile_text_in_any_fhir_field_gives_records_that_can_be_stored(
     chosen: list[tuple[int, str]], key: str, ascii_only: bool, bundle: bool
 ) -> None:
     """Property: the same for FHIR Observations, alone or in a Bundle next to a good one."""
-    obs = _edited(_observation(), FHIR_PATHS, chosen, key)
+    obs = edited(_observation(), FHIR_PATHS, chosen, key)
     doc = {"resourceType": "Bundle", "entry": [{"resource": obs}, {"resource": _observation()}]}
     outcome = _normaliser().fhir(FHIR_TOPIC, KIT, _encode(doc if bundle else obs, ascii_only), NOW)
     assert outcome.record_count >= 1
     assert_storable(outcome)
-
-
-hostile_json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | hostile_text,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(hostile_text, inner, max_size=5),
-    max_leaves=20,
-)
 
 
 @settings(max_examples=300, deadline=None)

@@ -17,11 +17,9 @@ from ingest.text import (
     safe_rejection,
     text_problem,
 )
+from tests.support.hostile import any_text
 
 FORBIDDEN = {*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), *range(0xD800, 0xE000)}
-
-# any code point, lone surrogates included (hypothesis leaves them out unless asked)
-any_text = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=()))
 
 
 def clean(value: str) -> bool:

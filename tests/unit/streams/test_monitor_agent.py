@@ -39,7 +39,7 @@ from streams.monitor.merge import Merge
 from streams.monitor.metrics import MonitorMetrics
 from streams.monitor.settings import MonitorSettings
 from streams.monitor.store import MemoryStore
-from tests.integration.archive_support import make_measurement
+from tests.support.records import make_measurement
 
 T0 = datetime(2026, 11, 20, 7, 30, tzinfo=UTC)
 _PREFIX = "agent-test."
@@ -544,7 +544,7 @@ def test_a_fenced_consumer_is_replaced_and_its_partitions_restored_by_the_new_me
         assert w.processor.loaded == set(), "the partitions are the new member's to restore"
         assert log[-2:] == ["close", "subscribe 3"]
         assert w.consumer is consumers[-1]
-        assert w.metrics.consumer_restarts._value.get() == attempt + 1
+        assert w.metrics.registry.get_sample_value("vaktrom_monitor_consumer_restarts_total") == attempt + 1
         h.ready(0)
     w.consumer = _PollingConsumer(log, [_FencedMessage()])  # type: ignore[assignment]
     with pytest.raises(monitor_worker.MonitorError, match="VAKTROM_MONITOR_DATA_DIR"):

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contracts import CarePlan, Condition, KitStatusEvent, Metric, Quarantined
-from tests.integration.archive_support import make_measurement
+from tests.support.records import make_measurement
 from tests.unit.streams.test_monitor_agent import T0, Feed, Harness, harness, reading, run
 
 __all__ = ["harness"]  # the fixture, imported for pytest

@@ -127,7 +127,7 @@ def test_a_patient_the_engine_fails_on_is_tried_again_and_the_others_fire(
     run(h, scenario)
     assert _silent(h) == [("Z-1", EpisodeChange.OPENED), ("X-1", EpisodeChange.OPENED)]
     assert calls == ["X-1", "Z-1", "X-1"]
-    assert h.metrics.deadline_failures._value.get() == 1.0
+    assert h.metrics.registry.get_sample_value("vaktrom_monitor_deadline_failures_total") == 1.0
     failed = [r for r in caplog.records if "deadline failed" in r.getMessage()]
     assert failed
     assert failed[0].levelno == logging.ERROR
@@ -154,7 +154,7 @@ def test_a_patient_the_engine_always_fails_on_is_tried_less_and_less_often(
 
     run(h, scenario)
     assert tried == [1, 1, 1, 2, 2, 2, 3]
-    assert h.metrics.deadline_failures._value.get() == 3.0
+    assert h.metrics.registry.get_sample_value("vaktrom_monitor_deadline_failures_total") == 3.0
     assert _silent(h) == []
 
 

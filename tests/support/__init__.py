@@ -1,0 +1,1 @@
+"""Test helpers that need no running service, shared by unit, integration and e2e tests."""
