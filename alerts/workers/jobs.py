@@ -51,13 +51,17 @@ class _DatabaseJob:
     def __init__(self, database_url: str) -> None:
         self._url = database_url
         self._conn: psycopg.Connection[Any] | None = None
+        self._cancelled = False
 
     def tick(self) -> None:
         try:
             self._conn = reopen(self._conn, self._url)
             self.work(self._conn)
         except psycopg.OperationalError as exc:
-            log.warning("%s: the database is away (%s); trying again", self.what, exc)
+            if self._cancelled:  # the service stops
+                log.debug("%s: round cancelled (%s)", self.what, exc)
+            else:
+                log.warning("%s: the database is away (%s); trying again", self.what, exc)
             discard(self._conn)
             self._conn = None
 
@@ -67,6 +71,16 @@ class _DatabaseJob:
     def close(self) -> None:
         discard(self._conn)
         self._conn = None
+
+    def cancel(self) -> None:
+        """Cancel the statement the round is waiting on (from another thread: the service stops)."""
+        self._cancelled = True
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            try:
+                conn.cancel_safe(timeout=2.0)
+            except (psycopg.Error, OSError) as exc:
+                log.debug("%s: could not cancel its statement (%s)", self.what, exc)
 
 
 class EscalationJob(_DatabaseJob):

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-__all__ = ["Job", "Lease", "Supervisor", "Worker", "WorkerMetrics", "periodic"]
+__all__ = ["Job", "Lease", "Periodic", "Supervisor", "Worker", "WorkerMetrics", "periodic"]
 
 log = logging.getLogger(__name__)
 
@@ -71,24 +71,44 @@ class Job(Protocol):
     def close(self) -> None: ...
 
 
-def periodic(
-    make: Callable[[], Job], *, every_s: float, first_s: float | None = None
-) -> Callable[[Lease], None]:
+class Periodic:
     """A worker's `run`: a new job from `make`, ticked every `every_s` (the first after `first_s`,
-    default `every_s`) and closed when the run ends, normally or not."""
+    default `every_s`) and closed when the run ends, normally or not. `stop` (the worker's) calls
+    each running job's `cancel`, where it has one, so that a round blocked in the database (a lock)
+    does not hold up the service's exit."""
 
-    def run(lease: Lease) -> None:
-        job = make()
+    def __init__(self, make: Callable[[], Job], *, every_s: float, first_s: float | None = None) -> None:
+        self._make, self._every_s, self._first_s = make, every_s, first_s
+        self._jobs: list[Job] = []  # a stalled thread's job too, until its run ends
+        self._lock = threading.Lock()
+
+    def __call__(self, lease: Lease) -> None:
+        job = self._make()
+        with self._lock:
+            self._jobs.append(job)
         try:
-            wait = every_s if first_s is None else first_s
+            wait = self._every_s if self._first_s is None else self._first_s
             while lease.wait(wait):
                 job.tick()
                 lease.beat()
-                wait = every_s
+                wait = self._every_s
         finally:
+            with self._lock:
+                self._jobs.remove(job)
             job.close()
 
-    return run
+    def stop(self) -> None:
+        with self._lock:
+            jobs = list(self._jobs)
+        for job in jobs:
+            cancel = getattr(job, "cancel", None)
+            if cancel is not None:
+                cancel()
+
+
+def periodic(make: Callable[[], Job], *, every_s: float, first_s: float | None = None) -> Periodic:
+    """See `Periodic`; pass its `stop` to the worker as well."""
+    return Periodic(make, every_s=every_s, first_s=first_s)
 
 
 class WorkerMetrics:
