@@ -245,7 +245,6 @@ class Supervisor:
         with self._lock:
             was = state.state, state.failures
             state.last_beat, state.failures, state.error = now, 0, None
-            state.held_back = False
         if was[0] != "running" or was[1]:
             self._set(state, "running")
         if was[1] or was[0] == "stalled":
@@ -256,6 +255,8 @@ class Supervisor:
         with self._lock:
             if state.state != value:
                 state.state, state.since = value, now
+            if value != "stalled":
+                state.held_back = False  # it beat, raised or started again: the usual checks apply
             if value == "starting":
                 state.last_beat = now  # the stall clock starts at the launch
         if self._metrics is not None:

@@ -241,3 +241,26 @@ def test_a_worker_that_stays_stalled_does_not_pile_up_threads() -> None:
         release.set()
         supervisor.stop()
         supervisor.join(timeout_s=5)
+
+
+def test_a_held_back_worker_that_raises_is_watched_for_stalls_again() -> None:
+    """A stalled thread that raises while another hangs goes the failure way; its next run, hanging
+    too, is still found stalled (the restart held back does not switch the watch off)."""
+    release, runs = threading.Event(), []
+
+    def run(lease: Lease) -> None:
+        runs.append(lease)
+        if len(runs) == 2:
+            time.sleep(0.5)  # the thread that took over hangs a while, then fails
+            raise RuntimeError("the planted fault")
+        release.wait(10)  # the others hang
+
+    supervisor = Supervisor([Worker("hangs", run, stall_s=0.2)], backoff_s=0.01, check_every_s=0.02)
+    supervisor.start()
+    try:
+        until(lambda: len(runs) >= 3)
+        until(lambda: supervisor.health()["workers"]["hangs"]["state"] == "stalled")
+    finally:
+        release.set()
+        supervisor.stop()
+        supervisor.join(timeout_s=5)
