@@ -78,32 +78,25 @@ class AlertService:
     def workers(self, pool: ConnectionPool) -> list[Worker]:
         """The background workers this service runs, in the order /health lists them."""
         s, url, metrics = self._settings, self._database.url, self.feed.metrics
+        escalation = periodic(
+            lambda: EscalationJob(url, s, metrics.escalations), every_s=s.escalation_every_s
+        )
+        purge = periodic(lambda: SessionPurge(url), every_s=PURGE_EVERY_S, first_s=s.escalation_every_s)
+        notify = periodic(lambda: NotifierJob(url, s, metrics.notifications), every_s=s.notify_every_s)
         found = [
             Worker(
                 "feed", self.feed.run, stall_s=FEED_STALL_S, critical=True, restart_stalled=False,
                 stop=self.feed.stop,
             ),
-            Worker(
-                "escalation",
-                periodic(lambda: EscalationJob(url, s, metrics.escalations), every_s=s.escalation_every_s),
-                stall_s=stall_after(s.escalation_every_s),
-            ),
-            Worker(
-                "session_purge",
-                periodic(lambda: SessionPurge(url), every_s=PURGE_EVERY_S, first_s=s.escalation_every_s),
-                stall_s=stall_after(PURGE_EVERY_S),
-            ),
-            Worker(
-                "notifications",
-                periodic(lambda: NotifierJob(url, s, metrics.notifications), every_s=s.notify_every_s),
-                stall_s=stall_after(s.notify_every_s),
-            ),
+            Worker("escalation", escalation, stall_s=stall_after(s.escalation_every_s), stop=escalation.stop),
+            Worker("session_purge", purge, stall_s=stall_after(PURGE_EVERY_S), stop=purge.stop),
+            Worker("notifications", notify, stall_s=stall_after(s.notify_every_s), stop=notify.stop),
             Worker("stage_watch", self.watch.work, stall_s=stall_after(s.watch_every_s)),
         ]  # fmt: skip
         registry = self.registry
         if registry is not None and registry.publisher is not None:
             relay = periodic(lambda: CarePlanRelay(registry, pool), every_s=CAREPLANS_EVERY_S)
-            found.append(Worker("careplans", relay, stall_s=stall_after(CAREPLANS_EVERY_S)))
+            found.append(Worker("careplans", relay, stall_s=stall_after(CAREPLANS_EVERY_S), stop=relay.stop))
         return found
 
     def health(self) -> dict[str, Any]:

@@ -4,8 +4,9 @@ registry's care-plan relay.
 
 A job holds its own database connection. While the database is away a tick logs it and returns
 (the round is done; the next one tries again): that is the database's trouble, which the feed's
-health reports, not the job's. Anything else a tick raises goes to the supervisor, which starts
-the job again with a back-off and says so in /health.
+health reports, not the job's. So is a deadlock or serialisation failure. Anything else a tick
+raises, a lock or statement timeout included (the database is there, only this job fails), goes to
+the supervisor, which starts the job again with a back-off and says so in /health.
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ def discard(conn: psycopg.Connection[Any] | None) -> None:
         conn.close()
 
 
+def _answered(conn: psycopg.Connection[Any] | None, exc: psycopg.OperationalError) -> bool:
+    """Whether `exc` came from a database that is there: the connection is sound and the error is not
+    a transaction's race (deadlock, serialisation), which the next round retries. Such an error is
+    the job's to report, since the feed, whose health tells that the database is away, does not see it."""
+    sound = conn is not None and not conn.closed and not conn.broken
+    return sound and not isinstance(exc, psycopg.errors.TransactionRollback)
+
+
 class _DatabaseJob:
     """A job with one connection, opened on demand and dropped when the database goes away."""
 
@@ -51,13 +60,19 @@ class _DatabaseJob:
     def __init__(self, database_url: str) -> None:
         self._url = database_url
         self._conn: psycopg.Connection[Any] | None = None
+        self._cancelled = False
 
     def tick(self) -> None:
         try:
             self._conn = reopen(self._conn, self._url)
             self.work(self._conn)
         except psycopg.OperationalError as exc:
-            log.warning("%s: the database is away (%s); trying again", self.what, exc)
+            if self._cancelled:  # the service stops
+                log.debug("%s: round cancelled (%s)", self.what, exc)
+            elif _answered(self._conn, exc):
+                raise  # the database is there and refused the round (a lock or statement timeout)
+            else:
+                log.warning("%s: the database is away (%s); trying again", self.what, exc)
             discard(self._conn)
             self._conn = None
 
@@ -67,6 +82,16 @@ class _DatabaseJob:
     def close(self) -> None:
         discard(self._conn)
         self._conn = None
+
+    def cancel(self) -> None:
+        """Cancel the statement the round is waiting on (from another thread: the service stops)."""
+        self._cancelled = True
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            try:
+                conn.cancel_safe(timeout=2.0)
+            except (psycopg.Error, OSError) as exc:
+                log.debug("%s: could not cancel its statement (%s)", self.what, exc)
 
 
 class EscalationJob(_DatabaseJob):

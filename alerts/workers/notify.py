@@ -2,8 +2,10 @@
 
 A step taken by `escalation.escalate_due` writes one outbox row per configured target in the same
 transaction (`enqueue`), so a step is never lost. `deliver_due` sends them one at a time and
-records the outcome, retrying with backoff; a crash between sending and recording sends that one
-again, so delivery is at least once and each carries a delivery id receivers can deduplicate on.
+records the outcome, retrying with backoff; whatever a channel raises fails that notification
+only, so one broken route does not hold up the others. A crash between sending and recording
+sends that one again, so delivery is at least once and each carries a delivery id receivers can
+deduplicate on.
 
 What leaves the centre is deliberately thin: severity, rule, how long the alert has waited, the
 patient's pseudonym and a link into the console; no names, no measured values (e-mail is not a
@@ -266,7 +268,12 @@ def deliver_due(
                 sender = channels.get(channel)
                 if sender is None:
                     raise NotifyError(f"no {channel} channel is configured")
-                sender.send(target, note)
+                try:
+                    sender.send(target, note)
+                except NotifyError:
+                    raise
+                except Exception as exc:  # a channel's own fault (a malformed URL): this one fails, not all
+                    raise NotifyError(f"{channel}: {type(exc).__name__}: {exc}") from exc
             except NotifyError as exc:
                 failed += 1
                 attempts += 1

@@ -4,7 +4,9 @@ Each stage reports `status` "ok", "degraded" (it works, but the oldest reading o
 waiting in it is older than its threshold) or "down" (`runtime.ops`). A stage that does not
 answer is down too: a broken alarm channel must raise its own alarm rather than look quiet. The
 console shows a banner on every page while any stage is not ok, with the earliest time since
-when, and the browser shows one of its own when this service stops answering (`console.js`).
+when, and the browser shows one of its own when this service stops answering (`console.js`). The
+watch is an alarm channel too: while its rounds do not finish (its worker failing or stalled), the
+banner says the stages are not being checked instead of keeping its last all-clear.
 
 `classify` and `StageWatch.update` are pure; `run` is the asyncio loop that asks the stages, and
 `work` runs it as the service's supervised `stage_watch` worker (in a thread of its own).
@@ -28,6 +30,7 @@ __all__ = ["Banner", "StageState", "StageWatch", "classify"]
 log = logging.getLogger(__name__)
 
 OWN = "alert feed"  # this service's own feed, watched like the others
+SELF = "stage watch"  # the watch itself, in the banner while it has stopped asking
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,18 @@ class StageWatch:
         self.stages, self.every_s, self.timeout_s = stages, every_s, timeout_s
         self._states: dict[str, StageState] = {}
         self._lock = threading.Lock()
+        self._checked = datetime.now(UTC)  # the last round finished (or the watch began)
+        self._working = False
+
+    @property
+    def stale_s(self) -> float:
+        """No round finished for this long: the watch has stopped asking (three rounds' time)."""
+        return 3 * (self.every_s + self.timeout_s)
+
+    def checked(self, now: datetime) -> None:
+        """A round of asking finished (or is about to start) at `now`."""
+        with self._lock:
+            self._checked = now
 
     def update(self, name: str, status: str, detail: str, now: datetime) -> None:
         with self._lock:
@@ -83,9 +98,15 @@ class StageWatch:
         with self._lock:
             return [self._states[n] for n in self.stages if n in self._states]
 
-    def banner(self) -> Banner | None:
+    def banner(self, now: datetime | None = None) -> Banner | None:
         """What the console shows nurses, or None while every stage answered ok."""
         bad = [s for s in self.states() if s.status != "ok" and s.since is not None]
+        with self._lock:
+            checked = self._checked
+        quiet = ((now or datetime.now(UTC)) - checked).total_seconds()
+        if quiet > self.stale_s:
+            detail = f"the stages' health has not been checked for {quiet:.0f} s"
+            bad.append(StageState(SELF, "degraded", detail, checked))
         if not bad:
             return None
         lines = tuple(
@@ -111,15 +132,20 @@ class StageWatch:
 
     async def run(self, closing: threading.Event) -> None:
         """Ask every stage every `every_s` seconds until `closing`."""
+        self.checked(datetime.now(UTC))
         async with httpx.AsyncClient() as client:
             while not closing.is_set():
                 # first wait: this service's own /health says "down" until its web server has started
                 await asyncio.sleep(self.every_s)
                 await asyncio.gather(*(self.ask(client, n, u) for n, u in self.stages.items()))
+                self.checked(datetime.now(UTC))
 
     def work(self, lease: Lease) -> None:
         """The supervised worker: ask every stage every `every_s` seconds while the lease holds, one
         beat per round."""
+        if not self._working:  # the quiet time counts from the first run, not from the service's start-up
+            self._working = True
+            self.checked(datetime.now(UTC))
         asyncio.run(self._rounds(lease))
 
     async def _rounds(self, lease: Lease) -> None:
@@ -133,4 +159,5 @@ class StageWatch:
                     if not lease.held():
                         return
                 await asyncio.gather(*(self.ask(client, n, u) for n, u in self.stages.items()))
+                self.checked(datetime.now(UTC))
                 lease.beat()

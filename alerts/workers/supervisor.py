@@ -8,7 +8,8 @@ runs each in its own thread and keeps it going:
   others go on; the error is logged with its traceback, and /health names the worker;
 - a worker that does not beat within its `stall_s` is stalled: /health says so and, when it may be
   restarted while its old thread hangs (`restart_stalled`), a new thread takes over and the old one
-  stops at its next beat or wait;
+  stops at its next beat or wait; while an earlier hung thread has not ended yet, no further one is
+  started (a lock held for an hour must not pile up a thread and a connection per stall);
 - a worker that beats again is healthy again, and its consecutive failures start from zero.
 
 States: "starting" (launched, no round finished yet), "running", "failing" (it raised; waiting to
@@ -21,12 +22,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-__all__ = ["Job", "Lease", "Supervisor", "Worker", "WorkerMetrics", "periodic"]
+__all__ = ["Job", "Lease", "Periodic", "Supervisor", "Worker", "WorkerMetrics", "periodic"]
 
 log = logging.getLogger(__name__)
 
@@ -70,24 +71,44 @@ class Job(Protocol):
     def close(self) -> None: ...
 
 
-def periodic(
-    make: Callable[[], Job], *, every_s: float, first_s: float | None = None
-) -> Callable[[Lease], None]:
+class Periodic:
     """A worker's `run`: a new job from `make`, ticked every `every_s` (the first after `first_s`,
-    default `every_s`) and closed when the run ends, normally or not."""
+    default `every_s`) and closed when the run ends, normally or not. `stop` (the worker's) calls
+    each running job's `cancel`, where it has one, so that a round blocked in the database (a lock)
+    does not hold up the service's exit."""
 
-    def run(lease: Lease) -> None:
-        job = make()
+    def __init__(self, make: Callable[[], Job], *, every_s: float, first_s: float | None = None) -> None:
+        self._make, self._every_s, self._first_s = make, every_s, first_s
+        self._jobs: list[Job] = []  # a stalled thread's job too, until its run ends
+        self._lock = threading.Lock()
+
+    def __call__(self, lease: Lease) -> None:
+        job = self._make()
+        with self._lock:
+            self._jobs.append(job)
         try:
-            wait = every_s if first_s is None else first_s
+            wait = self._every_s if self._first_s is None else self._first_s
             while lease.wait(wait):
                 job.tick()
                 lease.beat()
-                wait = every_s
+                wait = self._every_s
         finally:
+            with self._lock:
+                self._jobs.remove(job)
             job.close()
 
-    return run
+    def stop(self) -> None:
+        with self._lock:
+            jobs = list(self._jobs)
+        for job in jobs:
+            cancel = getattr(job, "cancel", None)
+            if cancel is not None:
+                cancel()
+
+
+def periodic(make: Callable[[], Job], *, every_s: float, first_s: float | None = None) -> Periodic:
+    """See `Periodic`; pass its `stop` to the worker as well."""
+    return Periodic(make, every_s=every_s, first_s=first_s)
 
 
 class WorkerMetrics:
@@ -120,6 +141,9 @@ class _State:
     restarts: int = 0
     error: str | None = None  # the last failure's exception type (its message is in the log)
     retry_at: float | None = None
+    thread: threading.Thread | None = None  # the current generation's
+    hung: list[threading.Thread] = field(default_factory=list)  # earlier ones, stalled and not ended yet
+    held_back: bool = False  # stalled, and its restart waits for the hung threads to end
 
     @property
     def healthy(self) -> bool:
@@ -172,6 +196,7 @@ class Supervisor:
         thread = threading.Thread(
             target=self._keep, args=(state, generation, delay_s), name=state.worker.name, daemon=True
         )
+        state.thread = thread
         thread.start()
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
 
@@ -187,7 +212,7 @@ class Supervisor:
                 if not lease.held():
                     return
                 raise RuntimeError("returned while the service runs")
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit too: a thread that ends unseen looks alive in /health
                 if not lease.held():
                     return
                 delay = self._failed(state, exc)
@@ -195,7 +220,7 @@ class Supervisor:
                 return
             self._restarted(state)
 
-    def _failed(self, state: _State, exc: Exception) -> float:
+    def _failed(self, state: _State, exc: BaseException) -> float:
         with self._lock:
             state.failures += 1
             state.error = type(exc).__name__
@@ -230,6 +255,8 @@ class Supervisor:
         with self._lock:
             if state.state != value:
                 state.state, state.since = value, now
+            if value != "stalled":
+                state.held_back = False  # it beat, raised or started again: the usual checks apply
             if value == "starting":
                 state.last_beat = now  # the stall clock starts at the launch
         if self._metrics is not None:
@@ -242,6 +269,11 @@ class Supervisor:
                 self._check(state)
 
     def _check(self, state: _State) -> None:
+        if state.held_back:
+            if state.state == "stalled" and not self._hanging(state):
+                state.held_back = False
+                self._take_over(state)
+            return
         quiet = time.monotonic() - state.last_beat
         if state.state not in ("starting", "running") or quiet <= state.worker.stall_s:
             return
@@ -249,15 +281,31 @@ class Supervisor:
             state.failures += 1
             state.error = "stalled"
         self._set(state, "stalled")
+        restart = state.worker.restart_stalled
+        hanging = restart and self._hanging(state)
         log.error(
             "worker %s has not finished a round for %.0f s (limit %.0f s)%s",
             state.worker.name, quiet, state.worker.stall_s,
-            "; starting another" if state.worker.restart_stalled else "",
+            "; another starts once an earlier hung thread ends" if hanging
+            else "; starting another" if restart else "",
         )  # fmt: skip
-        if state.worker.restart_stalled:
-            delay = min(self._backoff_max_s, self._backoff_s * 2.0 ** (state.failures - 1))
-            self._restarted(state)
-            self._launch(state, delay_s=delay)
+        if hanging:
+            state.held_back = True
+        elif restart:
+            self._take_over(state)
+
+    def _hanging(self, state: _State) -> bool:
+        """Whether a thread an earlier stall left behind still hangs."""
+        state.hung = [t for t in state.hung if t.is_alive()]
+        return bool(state.hung)
+
+    def _take_over(self, state: _State) -> None:
+        """A new thread for a stalled worker, after the back-off; the stalled one is left to end."""
+        if state.thread is not None:
+            state.hung.append(state.thread)
+        delay = min(self._backoff_max_s, self._backoff_s * 2.0 ** (state.failures - 1))
+        self._restarted(state)
+        self._launch(state, delay_s=delay)
 
     # ------------------------------------------------------------ health
     def health(self) -> dict[str, Any]:

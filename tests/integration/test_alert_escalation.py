@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,9 +11,13 @@ from typing import Any
 import psycopg
 import pytest
 
+from alerts.settings import AlertsSettings
 from alerts.store import Resolution, apply_events, claim, complete, start
 from alerts.workers.escalation import Step, Targets, escalate_due, queue
+from alerts.workers.feed import FeedMetrics
+from alerts.workers.jobs import EscalationJob
 from alerts.workers.notify import Route
+from alerts.workers.supervisor import Supervisor, Worker, periodic
 from contracts import EpisodeChange, Severity
 from tests.integration.alerts_support import event, new_id
 
@@ -194,3 +199,48 @@ def test_an_episode_resolved_before_review_never_escalates_and_queues_last(
         review, "to_acknowledge", None,
     )  # fmt: skip
     assert [r["episode_id"] for r in rows] == [info, review]
+
+
+def test_a_stalled_round_and_the_thread_that_takes_over_take_each_step_once(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """Escalation as the service supervises it, with its rounds hung on a lock past `stall_s`: the
+    hung thread and those that take over run together once the lock goes, and still every alert gets
+    steps 1, 2 and 3 once each, with one outbox row per step."""
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    ids = [received(conn, Severity.RED, hour_ago) for _ in range(5)]
+    settings = AlertsSettings(
+        notify_team="https://team.invalid/hook",
+        notify_coordinator="mailto:c@x.invalid",
+        notify_physician="mailto:p@x.invalid",
+    )
+    metrics = FeedMetrics()
+    job = periodic(lambda: EscalationJob(database_url, settings, metrics.escalations), every_s=0.05)
+    supervisor = Supervisor(
+        [Worker("escalation", job, stall_s=0.5, stop=job.stop)], backoff_s=0.1, check_every_s=0.05
+    )
+    with psycopg.connect(database_url) as locker:
+        locker.execute("LOCK TABLE notifications IN SHARE MODE")  # each round hangs on its outbox row
+        supervisor.start()
+        try:
+            deadline = time.monotonic() + 10
+            while supervisor.health()["workers"]["escalation"]["restarts"] < 1:
+                assert time.monotonic() < deadline, "no stall"
+                time.sleep(0.05)
+            time.sleep(1.5)
+            locker.rollback()
+            deadline = time.monotonic() + 20
+            while not all(steps(conn, eid) == [1, 2, 3] for eid in ids):
+                assert time.monotonic() < deadline, [steps(conn, eid) for eid in ids]
+                time.sleep(0.1)
+            time.sleep(0.5)  # any late duplicate would show now
+        finally:
+            supervisor.stop()
+            supervisor.join(timeout_s=10)
+    assert all(steps(conn, eid) == [1, 2, 3] for eid in ids)
+    outbox = conn.execute(
+        "SELECT episode_id, step, count(*) FROM notifications WHERE episode_id = ANY(%s) GROUP BY 1, 2",
+        (ids,),
+    ).fetchall()
+    conn.rollback()
+    assert sorted((e, s, n) for e, s, n in outbox) == sorted((e, s, 1) for e in ids for s in (1, 2, 3))

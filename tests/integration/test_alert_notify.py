@@ -183,3 +183,37 @@ def test_webhook_notifications_without_a_secret_are_refused_at_start(alerts: Ale
     assert alerts.process is not None
     assert alerts.process.wait(30) == 2
     assert "VAKTROM_ALERTS_WEBHOOK_SECRET is missing" in alerts.tail()
+
+
+def test_a_malformed_webhook_url_does_not_hold_up_the_other_notifications(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """A mistyped route (`https://[fd00::5/hook`, which httpx refuses with InvalidURL, not an
+    HTTPError) fails that notification like an unreachable one; the e-mail of the same step is still
+    sent, and the broken one is retried and in the end shown, instead of failing every round first."""
+    eid = red_alert(conn)
+    with mailbox() as mail:
+        routes = {
+            Step.TEAM: [Route("webhook", "https://[fd00::5/hook"), Route("email", "team@centre.example.org")]
+        }
+        channels = {
+            "webhook": Webhook(SECRET),
+            "email": Email(host="127.0.0.1", port=mail.port, sender="vaktrom@centre.example.org"),
+        }
+        now = NOW + timedelta(minutes=5)
+        escalate_due(conn, now=now, targets=TARGETS, routes=routes)
+        assert deliver_due(conn, channels, now=now, link_base=LINK) == (1, 1)
+        assert [m["To"] for m in mail.messages] == ["team@centre.example.org"]
+        for _ in range(MAX_ATTEMPTS - 1):
+            now += timedelta(minutes=20)
+            assert deliver_due(conn, channels, now=now, link_base=LINK) == (0, 1)
+    row = conn.execute(
+        "SELECT attempts, failed_at IS NOT NULL, last_error FROM notifications "
+        "WHERE episode_id = %s AND channel = 'webhook'",
+        (eid,),
+    ).fetchone()
+    conn.rollback()
+    assert row is not None
+    assert row[:2] == (MAX_ATTEMPTS, True)
+    assert row[2].startswith("webhook: InvalidURL")
+    assert kinds(conn, eid) == [("notified", ("team", "email")), ("notify_failed", ("team", "webhook"))]

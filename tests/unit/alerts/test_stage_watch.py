@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from alerts.workers.stage_watch import StageWatch, classify
+from alerts.workers.supervisor import Supervisor, Worker
 
 T0 = datetime(2026, 12, 6, 6, 0, tzinfo=UTC)
 
@@ -70,3 +72,40 @@ def test_a_stage_that_recovers_clears_its_line_and_a_new_fault_starts_a_new_sinc
     banner = watch.banner()
     assert banner is not None
     assert banner.since == T0 + timedelta(minutes=5)
+
+
+def test_a_watch_that_stopped_asking_raises_its_own_alarm() -> None:
+    """The banner is the watch's own output: while its rounds do not finish (the worker failing or
+    stalled), it says the stages are not being checked, rather than keeping its last all-clear."""
+    watch = StageWatch(stages={"bridge": "http://x"}, every_s=5, timeout_s=2)
+    watch.checked(T0)
+    watch.update("bridge", "ok", "", T0)
+    assert watch.banner(now=T0 + timedelta(seconds=20)) is None
+    banner = watch.banner(now=T0 + timedelta(seconds=22))
+    assert banner is not None
+    assert banner.since == T0
+    assert banner.names == ("stage watch",)
+    assert banner.lines == ("stage watch: the stages' health has not been checked for 22 s",)
+    watch.checked(T0 + timedelta(seconds=30))
+    assert watch.banner(now=T0 + timedelta(seconds=31)) is None
+
+
+def test_the_banner_speaks_when_the_watch_worker_fails_every_round() -> None:
+    """Run as the service runs it (a supervised worker) with every round failing: the banner appears."""
+    watch = StageWatch(stages={"bridge": "http://127.0.0.1:9/health"}, every_s=0.05, timeout_s=0.05)
+
+    async def broken(*_args: object) -> None:
+        raise RuntimeError("the planted fault")
+
+    watch.ask = broken  # type: ignore[method-assign]
+    supervisor = Supervisor([Worker("stage_watch", watch.work, stall_s=60.0)], backoff_s=0.05)
+    supervisor.start()
+    try:
+        deadline = time.monotonic() + 5
+        while watch.banner() is None:
+            assert time.monotonic() < deadline, "no banner while the watch fails"
+            time.sleep(0.05)
+        assert supervisor.health()["workers"]["stage_watch"]["failures"] >= 1
+    finally:
+        supervisor.stop()
+        supervisor.join(timeout_s=5)

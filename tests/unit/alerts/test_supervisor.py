@@ -188,3 +188,79 @@ def test_the_service_health_lists_its_workers() -> None:
     finally:
         service.supervisor.stop()
         service.supervisor.join(timeout_s=5)
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt()], ids=["SystemExit", "KeyboardInterrupt"])
+def test_a_worker_that_raises_a_base_exception_is_failing_and_restarted(exc: BaseException) -> None:
+    """SystemExit or KeyboardInterrupt raised in a worker's thread (a library calling sys.exit) does
+    not end the thread silently while /health still says "running": the worker is failing, named,
+    and started again like one that raised an Exception."""
+    runs: list[Lease] = []
+
+    def run(lease: Lease) -> None:
+        runs.append(lease)
+        if len(runs) == 1:
+            raise exc
+        while lease.wait(0.02):
+            lease.beat()
+
+    supervisor = Supervisor([Worker("feed", run, stall_s=60.0, critical=True)], backoff_s=0.05)
+    supervisor.start()
+    try:
+        until(lambda: supervisor.health()["workers"]["feed"]["restarts"] == 1, timeout_s=5)
+        until(lambda: supervisor.health()["workers"]["feed"]["healthy"], timeout_s=5)
+        assert len(runs) == 2
+    finally:
+        supervisor.stop()
+        supervisor.join(timeout_s=5)
+
+
+def test_a_worker_that_stays_stalled_does_not_pile_up_threads() -> None:
+    """While every round hangs (a table lock held for an hour), the supervisor keeps at most one hung
+    thread besides the current one, rather than a new thread (and database connection) per stall;
+    the worker stays reported stalled, and works again once the hang ends."""
+    release, runs = threading.Event(), []
+
+    def run(lease: Lease) -> None:
+        runs.append(lease)
+        release.wait(10)  # every round hangs until the lock goes
+        while lease.wait(0.02):
+            lease.beat()
+
+    supervisor = Supervisor([Worker("hangs", run, stall_s=0.1)], backoff_s=0.01, check_every_s=0.02)
+    supervisor.start()
+    try:
+        time.sleep(1.5)  # about ten stall limits
+        assert len(runs) == 2
+        assert [t.name for t in threading.enumerate()].count("hangs") == 2
+        assert supervisor.health()["workers"]["hangs"]["state"] == "stalled"
+        release.set()
+        until(lambda: supervisor.health()["workers"]["hangs"]["healthy"])
+        until(lambda: [t.name for t in threading.enumerate()].count("hangs") == 1)
+    finally:
+        release.set()
+        supervisor.stop()
+        supervisor.join(timeout_s=5)
+
+
+def test_a_held_back_worker_that_raises_is_watched_for_stalls_again() -> None:
+    """A stalled thread that raises while another hangs goes the failure way; its next run, hanging
+    too, is still found stalled (the restart held back does not switch the watch off)."""
+    release, runs = threading.Event(), []
+
+    def run(lease: Lease) -> None:
+        runs.append(lease)
+        if len(runs) == 2:
+            time.sleep(0.5)  # the thread that took over hangs a while, then fails
+            raise RuntimeError("the planted fault")
+        release.wait(10)  # the others hang
+
+    supervisor = Supervisor([Worker("hangs", run, stall_s=0.2)], backoff_s=0.01, check_every_s=0.02)
+    supervisor.start()
+    try:
+        until(lambda: len(runs) >= 3)
+        until(lambda: supervisor.health()["workers"]["hangs"]["state"] == "stalled")
+    finally:
+        release.set()
+        supervisor.stop()
+        supervisor.join(timeout_s=5)
