@@ -227,10 +227,14 @@ class Supervisor:
             delay = min(self._backoff_max_s, self._backoff_s * 2.0 ** (state.failures - 1))
             state.retry_at = time.monotonic() + delay
         self._set(state, "failing")
+        # The exception's type only above debug: its text may quote a row (a database integrity
+        # error's "Failing row contains ..."), and rows hold patient ids and measured values.
         log.error(
-            "worker %s failed (%d in a row); starting it again in %.0f s",
-            state.worker.name, state.failures, delay, exc_info=exc,
+            "worker %s failed with %s (%d in a row); starting it again in %.0f s; "
+            "the traceback is logged at debug level",
+            state.worker.name, type(exc).__name__, state.failures, delay,
         )  # fmt: skip
+        log.debug("worker %s failed", state.worker.name, exc_info=exc)
         return delay
 
     def _restarted(self, state: _State) -> None:

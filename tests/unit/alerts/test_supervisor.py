@@ -264,3 +264,40 @@ def test_a_held_back_worker_that_raises_is_watched_for_stalls_again() -> None:
         release.set()
         supervisor.stop()
         supervisor.join(timeout_s=5)
+
+
+def test_a_failing_worker_logs_the_error_type_not_its_text_above_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An exception's text may quote a database row (patient id, measured value): above debug the
+    log names the worker and the exception's type only."""
+
+    class Quoting:
+        def tick(self) -> None:
+            raise ValueError("Failing row contains (P-SECRET-1, 38.9)")
+
+        def close(self) -> None:
+            pass
+
+    supervisor = Supervisor(
+        [Worker("quoting", periodic(Quoting, every_s=0.02), stall_s=5.0)],
+        backoff_s=0.05,
+        backoff_max_s=0.1,
+        check_every_s=0.05,
+    )
+    with caplog.at_level("DEBUG", logger="alerts"):
+        supervisor.start()
+        try:
+            until(lambda: supervisor.health()["workers"]["quoting"]["failures"] >= 2)
+        finally:
+            supervisor.stop()
+            supervisor.join(timeout_s=5)
+    loud = [r for r in caplog.records if r.levelno > 10 and "quoting" in r.getMessage()]
+    assert loud, "the failure is logged above debug"
+    for record in loud:
+        text = record.getMessage() + (caplog.text if record.exc_info else "")
+        assert "ValueError" in record.getMessage()
+        assert "P-SECRET-1" not in text
+        assert "38.9" not in text
+        assert record.exc_info is None
+    assert any(r.levelno == 10 and r.exc_info for r in caplog.records), "the traceback is kept at debug"
