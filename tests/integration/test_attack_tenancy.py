@@ -503,6 +503,18 @@ def _move(registry: Registry, conn: psycopg.Connection[Any], patient_id: str, te
     registry.careplan_set(conn, EVERY_TEAM, patient_id, PlanChange(reason="moved team", team_id=team))
 
 
+def _held_alert(api: httpx.Client, conn: psycopg.Connection[Any], patient_id: str, nurse: str) -> str:
+    """A new red alert of the patient, claimed by `nurse`; returns its episode id."""
+    episode_id = new_id()
+    now = datetime.now(UTC)
+    apply_events(conn, [event(
+        episode_id, 1, EpisodeChange.OPENED, Severity.RED, patient_id=patient_id,
+        opened_at=now, last_seen_at=now, emitted_at=now,
+    )])  # fmt: skip
+    assert api.post(f"/alerts/{episode_id}/claim", headers=bearer(conn, nurse)).status_code == 200
+    return episode_id
+
+
 def test_a_code_made_before_the_patient_moved_team_yields_nothing(
     api: httpx.Client, conn: psycopg.Connection[Any], registry: Registry, teams: Teams
 ) -> None:
@@ -566,16 +578,8 @@ def test_the_command_line_moving_a_patient_gives_their_held_alerts_to_the_new_te
     started one rearms its clock, as `unclaim` does), named in their timelines as the operator's doing,
     and team B's queue shows both, unassigned, for a nurse of team B to take."""
     nurse_a = staff(conn, Role.NURSE, team=teams.team_a)
-    hers = bearer(conn, nurse_a)
-    claimed, started = new_id(), new_id()
-    now = datetime.now(UTC)
-    for episode_id in (claimed, started):
-        apply_events(conn, [event(
-            episode_id, 1, EpisodeChange.OPENED, Severity.YELLOW, patient_id=teams.patient_a,
-            opened_at=now, last_seen_at=now, emitted_at=now,
-        )])  # fmt: skip
-        assert api.post(f"/alerts/{episode_id}/claim", headers=hers).status_code == 200
-    assert api.post(f"/alerts/{started}/start", headers=hers).status_code == 200
+    claimed, started = (_held_alert(api, conn, teams.patient_a, nurse_a) for _ in range(2))
+    assert api.post(f"/alerts/{started}/start", headers=bearer(conn, nurse_a)).status_code == 200
     moved = _cli(
         stack, "--every-team", "careplan", "set", teams.patient_a, "--team", teams.team_b, "--reason", "move"
     )
@@ -606,14 +610,7 @@ def test_a_patient_moved_by_hand_in_the_database_releases_held_alerts_too(
     """The release is the response centre's trigger on the registry's change, not a step of one
     command: an operator who moves a patient in SQL (no registry, no actor) still sends the alert a
     nurse of the old team holds back to the queue, with no actor in its timeline."""
-    nurse_a = staff(conn, Role.NURSE, team=teams.team_a)
-    episode_id = new_id()
-    now = datetime.now(UTC)
-    apply_events(conn, [event(
-        episode_id, 1, EpisodeChange.OPENED, Severity.RED, patient_id=teams.patient_a,
-        opened_at=now, last_seen_at=now, emitted_at=now,
-    )])  # fmt: skip
-    assert api.post(f"/alerts/{episode_id}/claim", headers=bearer(conn, nurse_a)).status_code == 200
+    episode_id = _held_alert(api, conn, teams.patient_a, staff(conn, Role.NURSE, team=teams.team_a))
     conn.execute("UPDATE patients SET team_id = %s WHERE patient_id = %s", (teams.team_b, teams.patient_a))
     assert conn.execute(
         "SELECT state, assignee FROM alerts WHERE episode_id = %s", (episode_id,)
