@@ -1,4 +1,5 @@
-"""Staff accounts, sessions and the audit log of the response centre (tables from migration 0006).
+"""Staff accounts and sessions of the response centre (tables from migration 0006), and its entries
+in the audit log (the kernel's `runtime.audit`).
 
 Passwords are hashed with Argon2id (argon2-cffi's defaults, the RFC 9106 second recommendation).
 A session is a random 256-bit secret in a cookie (browser) or a bearer token (API); the database
@@ -24,9 +25,10 @@ from typing import Any
 
 import argon2
 import psycopg
-from psycopg.types.json import Jsonb
 
 from alerts import handoff
+from registry import expire_codes_made_by
+from runtime import audit as audit_log
 
 __all__ = [
     "MAX_TOKEN_DAYS",
@@ -288,13 +290,13 @@ def audit(
     patient_id: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    """Append one entry to the audit log. Commits (an action's entry must not wait for a later one)."""
+    """Append one entry to the audit log (`runtime.audit`, the kernel's). Commits (an action's entry
+    must not wait for a later one)."""
     with conn.transaction():
-        conn.execute(
-            "INSERT INTO audit.audit_log (actor, action, target, patient_id, ip, user_agent, detail) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (actor, action, target, patient_id, ip, (user_agent or "")[:300], Jsonb(detail or {})),
-        )
+        audit_log.append(
+            conn, action, actor=actor, ip=ip, user_agent=user_agent or "", target=target,
+            patient_id=patient_id, detail=detail,
+        )  # fmt: skip
 
 
 # ------------------------------------------------------------------ an account's lifecycle
@@ -312,12 +314,7 @@ def deactivate(conn: psycopg.Connection[Any], username: str, *, by: str | None =
     with conn.transaction():
         _exists(conn, username)
         conn.execute("UPDATE users SET active = false WHERE username = %s", (username,))
-        # kit_pairings is the registry's table; its codes end early as when a kit retires
-        conn.execute(
-            "UPDATE kit_pairings SET expires_at = now() "
-            "WHERE created_by = %s AND claimed_at IS NULL AND expires_at > now()",
-            (username,),
-        )
+        expire_codes_made_by(conn, username)  # the registry's pairing codes, in this transaction
         with conn.cursor() as cur:
             handoff.release_unseen(cur, username, by=by, why=f"{username} was deactivated")
         return conn.execute("DELETE FROM sessions WHERE username = %s", (username,)).rowcount

@@ -29,6 +29,7 @@ import psycopg
 
 from alerts import accounts
 from alerts.accounts import AccountError, Role
+from registry import Actor, Registry, RegistryError, read
 from runtime.settings import ConfigError, DatabaseSettings
 
 __all__ = ["main"]
@@ -90,9 +91,20 @@ def _audit(conn: psycopg.Connection[Any], action: str, target: str, **detail: An
 
 
 def _team_add(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:
-    with conn.transaction():
-        conn.execute("INSERT INTO teams (team_id, name) VALUES (%s, %s)", (args.team_id, args.name))
-    _audit(conn, "add_team", args.team_id)
+    """Teams are the registry's: this adds one through `Registry.team_add`, which writes the audit
+    entry (`registry.team.add`). A team that exists is refused here, as before (renaming a team or
+    adding municipalities is the registry's `team add`)."""
+    if any(team_id == args.team_id for team_id, _name in read.teams(conn)):
+        raise AccountError(
+            f"team {args.team_id!r} exists already (rename it with `python -m registry team add`)"
+        )
+    conn.rollback()  # end the read's snapshot
+    try:
+        Registry(sealer=None, broker=None, publisher=None).team_add(
+            conn, Actor(f"cli:{getpass.getuser()}"), args.team_id, args.name
+        )
+    except RegistryError as exc:
+        raise AccountError(str(exc)) from None
     print(f"team {args.team_id} added")
 
 

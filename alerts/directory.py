@@ -1,4 +1,4 @@
-"""Reads the console shows beside the queue: accounts and the audit log.
+"""Reads the console shows beside the queue: accounts and the audit log (`runtime.audit`'s).
 
 Teams and a patient's kits are the registry's: views read them through `registry.read`.
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+
+from runtime import audit as audit_log
 
 __all__ = ["account_state", "audit_entries", "has_account", "user_rows"]
 
@@ -35,8 +37,4 @@ def account_state(conn: psycopg.Connection[Any], username: str) -> tuple[bool, s
 
 def audit_entries(conn: psycopg.Connection[Any], limit: int = 300) -> list[tuple[Any, ...]]:
     """The newest `limit` audit entries: (at, actor, action, target, patient_id, ip, detail)."""
-    return conn.execute(
-        "SELECT at, actor, action, target, patient_id, host(ip), detail FROM audit.audit_log "
-        "ORDER BY entry_id DESC LIMIT %s",
-        (limit,),
-    ).fetchall()
+    return audit_log.entries(conn, limit)

@@ -103,7 +103,8 @@ def colleagues(conn: psycopg.Connection[Any], team_id: str | None) -> list[tuple
 
 def _patient_team(cur: psycopg.Cursor[Any], episode_id: str) -> str | None:
     cur.execute(
-        "SELECT p.team_id FROM alerts a LEFT JOIN patients p USING (patient_id) WHERE a.episode_id = %s",
+        "SELECT p.team_id FROM alerts a LEFT JOIN patient_directory p USING (patient_id) "
+        "WHERE a.episode_id = %s",
         (episode_id,),
     )
     found = cur.fetchone()
@@ -148,7 +149,8 @@ def handover(
     require_idle(conn)
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(
-            "SELECT a.episode_id, a.state, p.team_id FROM alerts a LEFT JOIN patients p USING (patient_id) "
+            "SELECT a.episode_id, a.state, p.team_id "
+            "FROM alerts a LEFT JOIN patient_directory p USING (patient_id) "
             "WHERE a.assignee = %s AND a.state IN ('claimed', 'in_progress') ORDER BY a.episode_id "
             "FOR UPDATE OF a",
             (user,),
@@ -181,7 +183,8 @@ def release_unseen(cur: psycopg.Cursor[Any], user: str, *, by: str | None, why: 
     cur.execute(
         f"""
         WITH held AS (
-            SELECT a.episode_id AS eid, a.state AS was FROM alerts a LEFT JOIN patients p USING (patient_id)
+            SELECT a.episode_id AS eid, a.state AS was
+            FROM alerts a LEFT JOIN patient_directory p USING (patient_id)
             WHERE a.assignee = %(user)s AND a.state IN ('claimed', 'in_progress')
               AND NOT EXISTS (SELECT 1 FROM users u WHERE u.username = a.assignee AND u.active
                               AND u.role <> 'admin' AND (u.team_id IS NULL OR u.team_id = p.team_id))

@@ -359,9 +359,8 @@ def detail(conn: psycopg.Connection[Any], episode_id: str) -> dict[str, Any] | N
     """One alert with what the console shows of its patient, and its timeline (oldest first)."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            "SELECT a.*, pi.sealed, pi.key_id, p.team_id FROM alerts a LEFT JOIN patients p USING "
-            "(patient_id) "
-            "LEFT JOIN patient_identities pi USING (patient_id) WHERE a.episode_id = %s",
+            "SELECT a.*, p.sealed, p.key_id, p.team_id FROM alerts a "
+            "LEFT JOIN patient_directory p USING (patient_id) WHERE a.episode_id = %s",
             (episode_id,),
         )
         found = cur.fetchone()

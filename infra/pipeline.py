@@ -33,6 +33,7 @@ import psycopg
 from stackenv import hosted_registry, kafka_principal
 from supervisor import Supervisor
 
+from alerts import accounts
 from contracts.mqtt_accounts import BRIDGE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -134,12 +135,14 @@ def demo_login(env: dict[str, str]) -> str:
     """The demo coordinator's password (made once, kept in .local/demo/login)."""
     saved = DEMO / "login"
     if saved.exists():
-        # a login made before it was bound to the demo team saw every team's alerts
+        # a login made before it was bound to the demo team saw every team's alerts: bind it through
+        # the response centre's accounts (its sessions end, as on any change of team)
         with psycopg.connect(env["VAKTROM_DATABASE_URL"], autocommit=True) as conn:
-            conn.execute(
-                "UPDATE users SET team_id = %s WHERE username = %s AND team_id IS NULL",
-                (DEMO_TEAM, DEMO_USER),
-            )
+            found = [u for u in accounts.users(conn) if u["username"] == DEMO_USER]
+            if found and found[0]["team_id"] is None:
+                accounts.change_role(
+                    conn, DEMO_USER, role=accounts.Role(found[0]["role"]), team_id=DEMO_TEAM, by="demo set-up"
+                )
         return saved.read_text().strip()
     password = secrets.token_urlsafe(12)
     add = [

@@ -13,6 +13,7 @@ from functools import partial
 from registry.broker import BrokerAdmin, BrokerAdminError
 from registry.careplans import PlanChange, PlanError, Proposal, parse_threshold
 from registry.identity import Identity, IdentityError, Sealer
+from registry.kits import expire_codes_made_by
 from registry.publish import KafkaPlanPublisher
 from registry.settings import RegistrySettings
 from registry.store import Actor, Credentials, KitDevice, Registry, RegistryError
@@ -33,6 +34,7 @@ __all__ = [
     "RegistrySettings",
     "Sealer",
     "create",
+    "expire_codes_made_by",
     "parse_threshold",
 ]
 

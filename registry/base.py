@@ -16,12 +16,12 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from contracts import CarePlan
 from contracts.mqtt_accounts import kit_id_problem
 from registry.broker import BrokerAdmin
 from registry.identity import Sealer
+from runtime import audit as audit_log
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")  # fullmatch: `$` would let a final newline by
 _CODE_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"  # no 0/O, 1/I/L, U: read aloud and typed by people
@@ -157,10 +157,14 @@ class RegistryCore:
         patient_id: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        cur.execute(
-            "INSERT INTO audit.audit_log (actor, action, target, patient_id, ip, detail) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
-            (actor.username, action, target, patient_id, actor.ip, Jsonb(detail or {})),
+        audit_log.append(
+            cur,
+            action,
+            actor=actor.username,
+            ip=actor.ip,
+            target=target,
+            patient_id=patient_id,
+            detail=detail,
         )
 
     @staticmethod

@@ -30,7 +30,18 @@ from registry.base import (
 )
 from registry.broker import new_password
 
-__all__ = ["KitOperations"]
+__all__ = ["KitOperations", "expire_codes_made_by"]
+
+
+def expire_codes_made_by(db: psycopg.Connection[Any] | psycopg.Cursor[Any], username: str) -> int:
+    """The unclaimed pairing codes `username` made die now, in the caller's transaction (the response
+    centre calls this when it deactivates the account: the person who leaves has seen the codes, and
+    a code claimed hands over a kit's broker credentials). Returns how many died."""
+    return db.execute(
+        "UPDATE kit_pairings SET expires_at = now() "
+        "WHERE created_by = %s AND claimed_at IS NULL AND expires_at > now()",
+        (username,),
+    ).rowcount
 
 
 class KitOperations(RegistryCore):

@@ -11,6 +11,10 @@ through these functions, so a change of those tables is a change of this module 
     kit_history(conn, patient)    (kit_id, assigned_from, assigned_until) of a patient, newest first
     CHANGED                       the NOTIFY channel a trigger on every kit table signals
 
+In SQL, other packages may join on one relation of the registry, the view `patient_directory`
+(patient_id, team_id, sealed, key_id: a patient's team and sealed identity; migration 0014), and on
+nothing else of it.
+
 Every function takes an open psycopg connection and returns plain rows.
 """
 

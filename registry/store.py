@@ -255,12 +255,15 @@ class Registry(KitOperations):
                 raise RegistryError(str(exc)) from None
             self._insert_plan(cur, plan)
             if change.condition is not None or change.team_id is not None:
+                # A move to another team releases the alerts held by someone who does not see that
+                # team, in this transaction: the response centre's trigger on `patients` (migration
+                # 0015) does it and names this actor in the alerts' timelines.
+                cur.execute("SELECT set_config('vaktrom.actor', %s, true)", (actor.username,))
                 cur.execute(
                     "UPDATE patients SET condition = %s, team_id = %s WHERE patient_id = %s",
                     (plan.condition.value, plan.team_id, patient_id),
                 )
             if plan.team_id != patient["team_id"]:
-                self._release_alerts(cur, actor, patient_id, plan.team_id)
                 cur.execute(
                     "SELECT kit_id FROM kit_assignments WHERE patient_id = %s AND assigned_until IS NULL",
                     (patient_id,),
@@ -277,43 +280,6 @@ class Registry(KitOperations):
             )
         self._publish(conn, [plan])
         return plan
-
-    @staticmethod
-    def _release_alerts(cur: psycopg.Cursor[Any], actor: Actor, patient_id: str, team_id: str) -> None:
-        """The patient moved to `team_id`: alerts held by someone who does not see that team go back
-        to the queue (they could no longer open them, and the new team could not take them), as
-        `alerts.handoff.unclaim` gives them back, with the same clock rule."""
-        cur.execute(
-            """
-            WITH held AS (
-                SELECT a.episode_id, a.assignee, a.state FROM alerts a
-                WHERE a.patient_id = %(patient)s AND a.state IN ('claimed', 'in_progress')
-                  AND NOT EXISTS (SELECT 1 FROM users u WHERE u.username = a.assignee AND u.active
-                                  AND u.role <> 'admin' AND (u.team_id IS NULL OR u.team_id = %(team)s))
-                FOR UPDATE OF a
-            )
-            UPDATE alerts a SET
-                rearmed_at = CASE WHEN a.state = 'in_progress' THEN now() ELSE a.rearmed_at END,
-                escalation_step = CASE WHEN a.state = 'in_progress' THEN 0 ELSE a.escalation_step END,
-                alarm_round = CASE WHEN a.state = 'in_progress' THEN a.alarm_round + 1 ELSE a.alarm_round END,
-                state = CASE WHEN a.episode_resolved_at IS NULL THEN 'new' ELSE 'to_acknowledge' END,
-                assignee = NULL, claimed_at = NULL, updated_at = now()
-            FROM held WHERE a.episode_id = held.episode_id
-            RETURNING held.episode_id, held.assignee, held.state
-            """,
-            {"patient": patient_id, "team": team_id},
-        )
-        for row in cur.fetchall():
-            detail = {
-                "from": row["assignee"],
-                "was": row["state"],
-                "why": f"the patient moved to team {team_id}",
-            }
-            cur.execute(
-                "INSERT INTO alert_timeline (episode_id, kind, actor, detail) "
-                "VALUES (%s, 'unclaimed', %s, %s)",
-                (row["episode_id"], actor.username, Jsonb(detail)),
-            )
 
     def careplan_propose(
         self, conn: psycopg.Connection[Any], actor: Actor, patient_id: str, *, now: datetime | None = None

@@ -158,7 +158,7 @@ def queue(
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             f"""
-            SELECT a.episode_id, a.patient_id, pi.sealed, pi.key_id, p.team_id, a.rule_id, a.metric,
+            SELECT a.episode_id, a.patient_id, p.sealed, p.key_id, p.team_id, a.rule_id, a.metric,
                    a.severity,
                    a.explanation, a.state, a.assignee, a.count, a.opened_at, a.last_seen_at,
                    a.episode_resolved_at, a.received_at, {clock} AS clock_from, a.alarm_round,
@@ -166,8 +166,7 @@ def queue(
                    CASE WHEN a.state <> 'to_acknowledge' THEN
                    (extract(epoch FROM (%(now)s - {clock})) / extract(epoch FROM {target}))::float8
                    END AS target_used
-            FROM alerts a LEFT JOIN patients p USING (patient_id)
-                 LEFT JOIN patient_identities pi USING (patient_id)
+            FROM alerts a LEFT JOIN patient_directory p USING (patient_id)
             WHERE {" AND ".join(where)}
             ORDER BY a.state = 'to_acknowledge',
                      CASE a.severity WHEN 'red' THEN 0 WHEN 'yellow' THEN 1 ELSE 2 END,

@@ -15,6 +15,7 @@ import secrets
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -296,6 +297,30 @@ def test_a_role_or_team_change_ends_the_accounts_sessions(
         "WHERE target = %s AND action = 'change_role' ORDER BY entry_id", (coordinator,),
     ).fetchall()  # fmt: skip
     assert actions == [("change_role", True), ("change_role", False)]
+
+
+def test_the_admin_command_adds_a_team_through_the_registry(
+    stack: Stack, conn: psycopg.Connection[Any]
+) -> None:
+    """`python -m alerts.admin team add` adds a team as the registry's `team add` does (teams are the
+    registry's), audited under the operator's `cli:` name; a team that exists is refused as before and
+    keeps its name, and a bad id is refused with the rule, not a traceback."""
+    team = f"admin-{uuid.uuid4().hex[:10]}"
+    added = _admin(["team", "add", team, "Admin team"], stack)
+    assert added.returncode == 0, added.stderr
+    assert f"team {team} added" in added.stdout
+    again = _admin(["team", "add", team, "Another name"], stack)
+    assert again.returncode == 1
+    assert "exists already" in again.stderr, again.stderr
+    bad = _admin(["team", "add", "Not-Lowercase", "Bad"], stack)
+    assert bad.returncode == 1
+    assert "lowercase" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert conn.execute("SELECT name FROM teams WHERE team_id = %s", (team,)).fetchone() == ("Admin team",)
+    assert conn.execute(
+        "SELECT action, actor LIKE 'cli:%%' FROM audit.audit_log WHERE target = %s", (team,)
+    ).fetchall() == [("registry.team.add", True)]
+    conn.rollback()
 
 
 def test_a_revoked_token_is_refused_and_nobody_revokes_anothers_by_id(

@@ -204,6 +204,18 @@ def _move(registry: Registry, conn: psycopg.Connection[Any], patient_id: str, te
     registry.careplan_set(conn, EVERY_TEAM, patient_id, PlanChange(reason="moved team", team_id=team))
 
 
+def _held_alert(api: httpx.Client, conn: psycopg.Connection[Any], patient_id: str, nurse: str) -> str:
+    """A new red alert of the patient, claimed by `nurse`; returns its episode id."""
+    episode_id = new_id()
+    now = datetime.now(UTC)
+    apply_events(conn, [event(
+        episode_id, 1, EpisodeChange.OPENED, Severity.RED, patient_id=patient_id,
+        opened_at=now, last_seen_at=now, emitted_at=now,
+    )])  # fmt: skip
+    assert api.post(f"/alerts/{episode_id}/claim", headers=bearer(conn, nurse)).status_code == 200
+    return episode_id
+
+
 def test_a_code_made_before_the_patient_moved_team_yields_nothing(
     api: httpx.Client, conn: psycopg.Connection[Any], registry: Registry, teams: Teams
 ) -> None:
@@ -245,10 +257,68 @@ def test_an_alert_a_nurse_holds_goes_back_to_the_queue_when_the_patient_moves_te
     assert conn.execute(
         "SELECT state, assignee FROM alerts WHERE episode_id = %s", (episode_id,)
     ).fetchone() == ("new", None)
+    assert conn.execute(
+        "SELECT actor, detail FROM alert_timeline WHERE episode_id = %s AND kind = 'unclaimed'", (episode_id,)
+    ).fetchall() == [
+        (
+            EVERY_TEAM.username,
+            {"from": nurse_a, "was": "claimed", "why": f"the patient moved to team {teams.team_b}"},
+        )
+    ]
     nurse_b = bearer(conn, staff(conn, Role.NURSE, team=teams.team_b))
     taken = api.post(f"/alerts/{episode_id}/claim", headers=nurse_b)
     assert taken.status_code == 200, taken.text
     assert api.get(f"/alerts/{episode_id}", headers=bearer(conn, nurse_a)).status_code == 404
+
+
+def test_the_command_line_moving_a_patient_gives_their_held_alerts_to_the_new_team(
+    api: httpx.Client, conn: psycopg.Connection[Any], stack: Stack, teams: Teams
+) -> None:
+    """No patient falls through when `python -m registry careplan set --team` moves them: the alert a
+    nurse of team A claimed and the one she started go back to the queue in the same change (the
+    started one rearms its clock, as `unclaim` does), named in their timelines as the operator's doing,
+    and team B's queue shows both, unassigned, for a nurse of team B to take."""
+    nurse_a = staff(conn, Role.NURSE, team=teams.team_a)
+    claimed, started = (_held_alert(api, conn, teams.patient_a, nurse_a) for _ in range(2))
+    assert api.post(f"/alerts/{started}/start", headers=bearer(conn, nurse_a)).status_code == 200
+    moved = _cli(
+        stack, "--every-team", "careplan", "set", teams.patient_a, "--team", teams.team_b, "--reason", "move"
+    )
+    assert moved.returncode == 0, (moved.stdout, moved.stderr)
+    rows = conn.execute(
+        "SELECT episode_id, state, assignee, alarm_round FROM alerts WHERE episode_id = ANY(%s)",
+        ([claimed, started],),
+    ).fetchall()
+    assert sorted(rows) == sorted([(claimed, "new", None, 1), (started, "new", None, 2)])
+    timeline = conn.execute(
+        "SELECT episode_id, actor LIKE 'cli:%%+every-team', detail->>'from', detail->>'was' "
+        "FROM alert_timeline WHERE episode_id = ANY(%s) AND kind = 'unclaimed'",
+        ([claimed, started],),
+    ).fetchall()
+    assert sorted(timeline) == sorted(
+        [(claimed, True, nurse_a, "claimed"), (started, True, nurse_a, "in_progress")]
+    )
+    nurse_b = bearer(conn, staff(conn, Role.NURSE, team=teams.team_b))
+    queue = api.get("/queue", params={"view": "unassigned", "patient": teams.patient_a}, headers=nurse_b)
+    assert queue.status_code == 200, queue.text
+    assert {row["episode_id"] for row in queue.json()} == {claimed, started}
+    assert api.post(f"/alerts/{started}/claim", headers=nurse_b).status_code == 200
+
+
+def test_a_patient_moved_by_hand_in_the_database_releases_held_alerts_too(
+    api: httpx.Client, conn: psycopg.Connection[Any], teams: Teams
+) -> None:
+    """The release is the response centre's trigger on the registry's change, not a step of one
+    command: an operator who moves a patient in SQL (no registry, no actor) still sends the alert a
+    nurse of the old team holds back to the queue, with no actor in its timeline."""
+    episode_id = _held_alert(api, conn, teams.patient_a, staff(conn, Role.NURSE, team=teams.team_a))
+    conn.execute("UPDATE patients SET team_id = %s WHERE patient_id = %s", (teams.team_b, teams.patient_a))
+    assert conn.execute(
+        "SELECT state, assignee FROM alerts WHERE episode_id = %s", (episode_id,)
+    ).fetchone() == ("new", None)
+    assert conn.execute(
+        "SELECT actor FROM alert_timeline WHERE episode_id = %s AND kind = 'unclaimed'", (episode_id,)
+    ).fetchall() == [(None,)]
 
 
 def test_the_cohort_loader_acting_for_a_team_cannot_touch_another_teams_patient(

@@ -126,12 +126,16 @@ def test_schema_is_migrated(stack: Stack, database_url: str, which: str) -> None
 
 def test_each_table_names_its_owner_in_the_database(database_url: str) -> None:
     """0013_table_owners: every relation of the ownership register says `owner: <package>` in its
-    comment, so whoever reads the schema (\\dt+) sees who writes it."""
-    register = {
-        table: owner
-        for path in (REPO / "infra" / "postgres" / "migrations").glob("*.sql")
-        for owner, table in re.findall(r"^-- owner: ([a-z_.]+): ([a-z_]+)$", path.read_text(), re.M)
-    }
+    comment, so whoever reads the schema (\\dt+) sees who writes it; a relation a later migration
+    hands to another owner (`-- owner moved:`) names the new one."""
+    register: dict[str, str] = {}
+    for path in sorted((REPO / "infra" / "postgres" / "migrations").glob("*.sql")):
+        text = path.read_text()
+        register |= {t: o for o, t in re.findall(r"^-- owner: ([a-z_.]+): ([a-z_]+)$", text, re.M)}
+        register |= {
+            t: o
+            for t, _, o in re.findall(r"^-- owner moved: ([a-z_]+): ([a-z_.]+) -> ([a-z_.]+)$", text, re.M)
+        }
     assert "teams" in register
     with psycopg.connect(database_url) as conn:
         comments = dict(
