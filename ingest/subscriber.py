@@ -102,7 +102,8 @@ class _Client(mqtt.Client):
     def _handle_publish(self) -> MQTTErrorCode:
         try:
             return super()._handle_publish()
-        except (MalformedPacket, UnicodeDecodeError):
+        except (MalformedPacket, UnicodeDecodeError):  # from paho's decoding: nothing was delivered
+            # (so `Subscriber._on_message` must never raise either of them, or a message comes twice)
             packet = self._in_packet
             publish = decode_publish(packet["command"], bytes(packet["packet"]))
             on_message = self.on_message
