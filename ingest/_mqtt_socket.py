@@ -22,7 +22,7 @@ from __future__ import annotations
 import socket
 from typing import Any, NamedTuple
 
-__all__ = ["PAHO", "BufferedSocket", "Publish"]
+__all__ = ["PAHO", "BufferedSocket", "Publish", "decode_publish"]
 
 _READ_SIZE = 65536
 _PUBLISH = 3
@@ -44,8 +44,7 @@ PAHO = "paho"  # what `take` returns for a packet queued for paho
 def _packet_at(data: bytes, at: int) -> tuple[int, int] | None:
     """(start of the variable header, end) of the whole packet at `at`; None while it is incomplete.
 
-    A remaining length of more than four bytes is malformed: the packet is then the rest of the
-    buffer, and paho, which gets it, drops the connection as it would have."""
+    A remaining length of more than four bytes is malformed: the start is then -1 (see `take`)."""
     size = len(data)
     length, shift, i = 0, 0, at + 1
     while True:
@@ -58,7 +57,7 @@ def _packet_at(data: bytes, at: int) -> tuple[int, int] | None:
             break
         shift += 7
         if shift > 21:
-            return i, size
+            return -1, size
     end = i + length
     return None if end > size else (i, end)
 
@@ -94,6 +93,11 @@ def _publish(first: int, data: bytes, start: int, end: int) -> Publish | None:
     return Publish(topic, mid, qos, bool(first & 0x08), data[p:end])
 
 
+def decode_publish(first: int, body: bytes) -> Publish | None:
+    """A QoS 0 or 1 PUBLISH from its first byte and its body (all after the remaining length)."""
+    return _publish(first, body, 0, len(body))
+
+
 class BufferedSocket:
     __slots__ = ("_at", "_closed", "_data", "_for_paho", "_out", "_sock", "gathering")
 
@@ -120,7 +124,11 @@ class BufferedSocket:
         data, at = self._data, self._at
         start, end = found
         self._at = end
-        if data[at] >> 4 == _PUBLISH:
+        if start < 0:
+            # A malformed length: nothing after it can be framed. paho gets the rest of the stream
+            # and finds the error (or, with the length's fifth byte still to come, the end of it).
+            self._closed = self._closed or ConnectionError("malformed MQTT remaining length")
+        elif data[at] >> 4 == _PUBLISH:
             publish = _publish(data[at], data, start, end)
             if publish is not None:
                 return publish

@@ -19,6 +19,10 @@ paho's private API, where its public API has no way (paho-mqtt 2.x):
 - `_packet_read` and `_loop_rc_handle`, in `_read_paho` (TLS only): a `loop_read` that stops at the
   unacknowledged allowance; without them test_kits_and_the_bridge_talk_over_tls_end_to_end fails.
 - `_ping_t`, in `_reading`: whether paho waits for a PINGRESP; see there for the test that fails.
+- `_handle_publish` and `_in_packet`, in `_Client`: a PUBLISH paho refuses for a string in its
+  properties; renamed, test_a_property_string_paho_refuses_does_not_stall_the_session fails.
+- `_topic`, in `_on_message`: the topic's bytes when they are not UTF-8 (`topic` raises); renamed,
+  test_a_topic_that_is_not_utf8_becomes_a_message_for_the_rejections_not_a_crash fails.
 """
 
 from __future__ import annotations
@@ -41,12 +45,13 @@ from typing import Any
 import msgspec
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from contracts import MAX_KIT_PAYLOAD_BYTES, DeliveryReceipt, ReceiptEntry, topics
 from ingest._errors import BridgeError
-from ingest._mqtt_socket import PAHO, BufferedSocket, Publish
+from ingest._mqtt_socket import PAHO, BufferedSocket, Publish, decode_publish
 from ingest.metrics import BridgeMetrics
 from runtime.settings import MqttSettings
 
@@ -83,6 +88,33 @@ class Inbound:
     started: float = 0.0  # when its records were handed to the producer
 
 
+class _Client(mqtt.Client):
+    """paho's client, except that a PUBLISH paho calls malformed only for a string in its properties
+    is taken as it is framed.
+
+    paho 2.2 refuses U+FEFF (legal in an MQTT string, MQTT-1.5.4-3) and U+0000 in a property, and
+    raises on one that is not UTF-8; Mosquitto forwards a kit's user properties as they are. Over
+    TLS, where paho reads every packet, one such message dropped the connection, the broker sent it
+    again on the next, and every message behind it waited for ever. The bridge uses no property: it
+    needs only the framing, read as on plain TCP (`ingest._mqtt_socket`).
+    """
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        try:
+            return super()._handle_publish()
+        except (MalformedPacket, UnicodeDecodeError):  # from paho's decoding: nothing was delivered
+            # (so `Subscriber._on_message` must never raise either of them, or a message comes twice)
+            packet = self._in_packet
+            publish = decode_publish(packet["command"], bytes(packet["packet"]))
+            on_message = self.on_message
+            if publish is None or on_message is None:
+                raise
+            message = mqtt.MQTTMessage(publish.mid, publish.topic.encode())
+            message.qos, message.dup, message.payload = publish.qos, publish.dup, publish.payload
+            on_message(self, None, message)
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
 def _write_wanted(_c: mqtt.Client, _u: Any, _sock: Any) -> None:
     """paho's "register the socket for writing": nothing to do, `_register` asks `want_write()`."""
 
@@ -114,7 +146,7 @@ class Subscriber:
         # MQTT 5, for Receive Maximum: the broker may have at most `receive_maximum` messages
         # unacknowledged with this bridge, so a stalled Kafka stops the flow at the broker (which
         # keeps the rest for the session) instead of in the bridge's memory.
-        self.client = mqtt.Client(
+        self.client = _Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
         )
         self._connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -215,7 +247,11 @@ class Subscriber:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         """A PUBLISH paho read (on TLS, or one `BufferedSocket` left to paho)."""
-        self._take(message.topic, message.mid, message.qos, bool(message.dup), bytes(message.payload))
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # raised out of paho's read, it stopped the bridge; now a rejection
+            topic = bytes(message._topic).decode(errors="replace")
+        self._take(topic, message.mid, message.qos, bool(message.dup), bytes(message.payload))
 
     def _take(self, topic: str, mid: int, qos: int, dup: bool, payload: bytes) -> None:
         parsed = topics.kit_id_from_topic(topic, root=self._root)

@@ -20,6 +20,7 @@ from tests.integration.bridge_support import (
     enrol_kit,
     kit_message,
     kit_reading,
+    mosquitto_login,
     publish,
     reading_topic,
     sql,
@@ -239,3 +240,46 @@ def test_bad_configuration_fails_at_start_with_the_variable_named(bridge: Bridge
     assert result.returncode == 2
     assert "VAKTROM_BRIDGE_COMPRESSION" in result.stderr
     assert "lz4" in result.stderr
+
+
+def test_mqtt5_publishers_with_properties_aliases_and_retain_are_stored_once_each(
+    bridge: BridgeProcess, stack: Stack
+) -> None:
+    """The real mosquitto_pub over MQTT 5: every PUBLISH property a kit may set (a user property with
+    U+FEFF among them), a topic alias, QoS 0, retain, a payload near the size limit, and bytes that
+    are not JSON. Each reading is stored exactly once; the bytes become one rejection."""
+    kit, _patient, ox = enrol_kit(stack, bridge.name)
+    bridge.start()
+    topic = reading_topic(bridge, kit)
+    properties = [
+        *("-D", "publish", "user-property", "note", "\ufeff\u00e9\U0001f600"),
+        *("-D", "publish", "user-property", "note", ""),
+        *("-D", "publish", "content-type", "application/json"),
+        *("-D", "publish", "message-expiry-interval", "3600"),
+        *("-D", "publish", "response-topic", f"{topic}/reply"),
+        *("-D", "publish", "correlation-data", "c0ffee"),
+        *("-D", "publish", "payload-format-indicator", "1"),
+    ]
+    big = kit_message(kit, 4, kit_reading(ox, "spo2", 94.0, "%"))
+    sends: list[tuple[list[str], bytes]] = [
+        (["-q", "1", *properties], kit_message(kit, 1, kit_reading(ox, "spo2", 91.0, "%"))),
+        (
+            ["-q", "0", "-D", "publish", "topic-alias", "1"],
+            kit_message(kit, 2, kit_reading(ox, "spo2", 92.0, "%")),
+        ),
+        (["-q", "1", "-r"], kit_message(kit, 3, kit_reading(ox, "spo2", 93.0, "%"))),
+        (["-q", "1"], b"\xff\xfe{not json"),
+        (["-q", "1"], big[:-1] + b" " * (60_000 - len(big)) + big[-1:]),
+    ]
+    for options, payload in sends:
+        sent = subprocess.run(
+            ["mosquitto_pub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port), *mosquitto_login(stack),
+             "-V", "mqttv5", "-t", topic, "-s", *options],
+            input=payload, capture_output=True, timeout=20, check=False,
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stderr.decode()
+    records = consume(stack, topics.measurement_topic(bridge.prefix), until=5, timeout=10)
+    assert sorted(value["kit_seq"] for _k, value, _h in records) == [1, 2, 3, 4], bridge.tail()
+    rejections = consume(stack, topics.rejection_topic(bridge.prefix), until=2, timeout=5)
+    assert [value["reason"] for _k, value, _h in rejections] == [RejectReason.MALFORMED.value]
+    assert "connection lost" not in bridge.log_path.read_text()

@@ -14,7 +14,16 @@ from pathlib import Path
 
 from contracts import topics
 from tests.conftest import REPO, Broker, Stack
-from tests.integration.bridge_support import BridgeProcess, consume, mosquitto_login, simulate
+from tests.integration.bridge_support import (
+    BridgeProcess,
+    consume,
+    enrol_kit,
+    kit_message,
+    kit_reading,
+    mosquitto_login,
+    reading_topic,
+    simulate,
+)
 
 
 def _tls(stack: Stack) -> tuple[int, int, Path]:
@@ -136,6 +145,38 @@ def test_kits_and_the_bridge_talk_over_tls_end_to_end(
     assert ledger["readings"]["confirmed"] == ledger["readings"]["total"] == 200
     records = consume(stack, topics.measurement_topic(bridge.prefix), until=200, timeout=60)
     assert len({value["measurement_id"] for _k, value, _h in records}) == 200
+
+
+def test_a_user_property_paho_refuses_does_not_stall_the_bridge_over_tls(
+    bridge: BridgeProcess, stack: Stack, tmp_path: Path
+) -> None:
+    """A kit's MQTT 5 user property holding U+FEFF (legal; Mosquitto forwards it as it is) reaches
+    the bridge over TLS, where paho reads every packet: the reading and the one after it are stored.
+    paho 2.2 called the packet malformed and the bridge reconnected for ever on its redelivery."""
+    _port, mport, tls = _tls(stack)
+    cert, key = _client(stack, tmp_path, "vaktrom-bridge")
+    bridge.extra_env.update(
+        {
+            "VAKTROM_MQTT_PORT": str(mport),
+            "VAKTROM_MQTT_HOST": "localhost",
+            "VAKTROM_MQTT_TLS_CA": str(tls / "ca.crt"),
+            "VAKTROM_MQTT_TLS_CERT": str(cert),
+            "VAKTROM_MQTT_TLS_KEY": str(key),
+        }
+    )
+    kit, _patient, oximeter = enrol_kit(stack, bridge.name)
+    bridge.start()
+    for seq, extra in ((1, ["-D", "publish", "user-property", "note", "\ufeffbom"]), (2, [])):
+        message = kit_message(kit, seq, kit_reading(oximeter, "spo2", 90.0 + seq, "%"))
+        sent = subprocess.run(
+            ["mosquitto_pub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port), *mosquitto_login(stack),
+             "-V", "mqttv5", "-q", "1", "-t", reading_topic(bridge, kit), "-s", *extra],
+            input=message, capture_output=True, timeout=20, check=False,
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stderr.decode()
+    records = consume(stack, topics.measurement_topic(bridge.prefix), until=2, timeout=30)
+    assert sorted(value["kit_seq"] for _k, value, _h in records) == [1, 2], bridge.tail()
+    assert "connection lost" not in bridge.log_path.read_text()
 
 
 def test_the_simulator_refuses_a_broker_it_cannot_verify(stack: Stack, mqtt: Broker, tmp_path: Path) -> None:
