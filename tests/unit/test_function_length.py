@@ -3,7 +3,7 @@
 The rule measured: a function's length is its `def` line to its last line, both included
 (decorators left out). A nested function counts towards the function around it *and* is measured
 on its own, so a long closure cannot hide inside a short-looking shell. Past 80 lines, split the
-function into named steps. (alerts/ and ingest/, reshaped under issue #30, have their own check.)
+function into named steps.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 LIMIT = 80
-CHECKED = ("streams", "registry", "runtime", "contracts", "gateway-sim/gateway_sim", "infra")
+CHECKED = (
+    "ingest", "streams", "alerts", "registry", "runtime", "contracts", "gateway-sim/gateway_sim", "infra",
+)  # fmt: skip
 
 
 def long_functions(path: Path, limit: int) -> list[str]:

@@ -1,13 +1,12 @@
-"""The response centre's rooms: the console holds no SQL (views call store functions), and no
-function in `alerts/` is longer than 80 lines."""
+"""The response centre's rooms: the console holds no SQL (views call store functions).
+
+Function length is checked for every package in tests/unit/test_function_length.py."""
 
 from __future__ import annotations
 
 import ast
 import re
 from pathlib import Path
-
-from tests.unit.layout_support import long_functions
 
 ALERTS = Path(__file__).resolve().parents[3] / "alerts"
 # A statement, not a word: "SELECT ... FROM", "INSERT INTO", "UPDATE ... SET", "DELETE FROM" (upper case,
@@ -50,19 +49,3 @@ def test_the_sql_check_finds_a_planted_query(tmp_path: Path) -> None:
         '    return "insert into the form"\n'
     )
     assert [hit.split(" ")[0].rsplit(":", 1)[1] for hit in sql_literals(planted)] == ["3", "5", "6"]
-
-
-def test_no_function_in_alerts_is_longer_than_80_lines() -> None:
-    """A function you can read on one screen: split a long one into named steps."""
-    found = long_functions(ALERTS, limit=80)
-    assert not found, "functions over 80 lines:\n" + "\n".join(found)
-
-
-def test_the_length_check_finds_a_planted_long_function(tmp_path: Path) -> None:
-    """Guard against a check that can never fail: 81 lines from `def` to the end are too many, 80 are not."""
-    body = "\n".join(f"    x{i} = {i}" for i in range(79))
-    (tmp_path / "ok.py").write_text(f"def ok():\n{body}\n    return 0\n")  # 1 + 79 + 1 = 81 lines
-    (tmp_path / "fine.py").write_text("@decorator\nasync def fine():\n" + body + "\n")  # 80 lines
-    found = long_functions(tmp_path, limit=80)
-    assert len(found) == 1
-    assert found[0].endswith("ok.py:1 ok (81 lines)")
