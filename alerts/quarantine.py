@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -88,18 +87,11 @@ def apply_each(
 # ------------------------------------------------------------------ the console's read
 @dataclass(frozen=True, slots=True)
 class QuarantinedRecord:
-    """One row of the quarantine table as the console shows it: the excerpt is text, escaped later."""
+    """One row of the quarantine table as the console shows it: the archive's row, and its first
+    bytes as text (non-printable ones as \\xNN: safe to show, never executed), escaped later."""
 
-    quarantine_id: int
-    stage: str
-    reason: str
-    detail: str
-    source_topic: str
-    partition: int
-    offset: int
-    raw_size: int
-    quarantined_at: datetime
-    excerpt: str  # the first bytes, non-printable ones as \\xNN: safe to show, never executed
+    record: archive_read.SetAside
+    excerpt: str
 
 
 _EXCERPT_BYTES = 200
@@ -114,17 +106,6 @@ def excerpt(raw: bytes, limit: int = _EXCERPT_BYTES) -> str:
 def recent(conn: psycopg.Connection[Any], *, limit: int = 200) -> list[QuarantinedRecord]:
     """The most recently quarantined records, newest first."""
     return [
-        QuarantinedRecord(
-            quarantine_id=row.quarantine_id,
-            stage=row.stage,
-            reason=row.reason,
-            detail=row.detail,
-            source_topic=row.source_topic,
-            partition=row.partition,
-            offset=row.offset,
-            raw_size=row.raw_size,
-            quarantined_at=row.quarantined_at,
-            excerpt=excerpt(row.head),
-        )
+        QuarantinedRecord(record=row, excerpt=excerpt(row.head))
         for row in archive_read.quarantined(conn, limit=limit, head=_EXCERPT_BYTES + 1)
     ]

@@ -46,20 +46,31 @@ def _packet_at(data: bytes, at: int) -> tuple[int, int] | None:
 
     A remaining length of more than four bytes is malformed: the start is then -1 (see `take`)."""
     size = len(data)
-    length, shift, i = 0, 0, at + 1
+    found = _varint(data, at + 1, size)
+    if found is None:
+        return None
+    length, i = found
+    if length < 0:
+        return -1, size
+    end = i + length
+    return None if end > size else (i, end)
+
+
+def _varint(data: bytes, i: int, end: int) -> tuple[int, int] | None:
+    """MQTT's variable byte integer at `i`: (value, index after it); None when `end` comes first;
+    a value of -1 when it runs over four bytes (malformed)."""
+    value, shift = 0, 0
     while True:
-        if i >= size:
+        if i >= end:
             return None
         byte = data[i]
         i += 1
-        length |= (byte & 0x7F) << shift
+        value |= (byte & 0x7F) << shift
         if not byte & 0x80:
-            break
+            return value, i
         shift += 7
         if shift > 21:
-            return -1, size
-    end = i + length
-    return None if end > size else (i, end)
+            return -1, i
 
 
 def _publish(first: int, data: bytes, start: int, end: int) -> Publish | None:
@@ -73,16 +84,10 @@ def _publish(first: int, data: bytes, start: int, end: int) -> Publish | None:
         if p + 2 > end:
             return None
         mid, p = (data[p] << 8) | data[p + 1], p + 2
-    properties, shift = 0, 0  # their length; the bridge uses none of them (no topic alias: it allows none)
-    while True:
-        if p >= end or shift > 21:
-            return None
-        byte = data[p]
-        p += 1
-        properties |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            break
-        shift += 7
+    found = _varint(data, p, end)  # the properties' length; the bridge uses none (it allows no topic alias)
+    if found is None or found[0] < 0:
+        return None
+    properties, p = found
     p += properties
     if p > end:
         return None

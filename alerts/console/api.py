@@ -11,10 +11,12 @@ models below are the published OpenAPI schema (`/api/openapi.json`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.types import DecoratedCallable
 from pydantic import BaseModel, Field
 
 from alerts import handoff, store
@@ -163,38 +165,27 @@ _CONFLICT: dict[int | str, dict[str, Any]] = {
 }
 
 
-@api.post(
-    "/alerts/{episode_id}/claim",
-    response_model=ActionResult,
-    tags=["alerts"],
-    responses=_CONFLICT,
-    openapi_extra=scope("team"),
-)
+def _action(path: str) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """The route of an action on one alert: POST, an `ActionResult`, 409 when it does not apply."""
+    return api.post(
+        path, response_model=ActionResult, tags=["alerts"], responses=_CONFLICT, openapi_extra=scope("team")
+    )
+
+
+@_action("/alerts/{episode_id}/claim")
 def api_claim(request: Request, ctx: Ctx, episode_id: str, who: Clinician) -> ActionResult:
     """Take a new alert; of several nurses claiming at once exactly one succeeds, the others get 409."""
     csrf_checked(request, who, None)
     return ctx.act(request, who, episode_id, "claim", lambda c, u: store.claim(c, episode_id, u))
 
 
-@api.post(
-    "/alerts/{episode_id}/start",
-    response_model=ActionResult,
-    tags=["alerts"],
-    responses=_CONFLICT,
-    openapi_extra=scope("team"),
-)
+@_action("/alerts/{episode_id}/start")
 def api_start(request: Request, ctx: Ctx, episode_id: str, who: Clinician) -> ActionResult:
     csrf_checked(request, who, None)
     return ctx.act(request, who, episode_id, "start", lambda c, u: store.start(c, episode_id, u))
 
 
-@api.post(
-    "/alerts/{episode_id}/resolve",
-    response_model=ActionResult,
-    tags=["alerts"],
-    responses=_CONFLICT,
-    openapi_extra=scope("team"),
-)
+@_action("/alerts/{episode_id}/resolve")
 def api_resolve(
     request: Request, ctx: Ctx, episode_id: str, body: ResolveBody, who: Clinician
 ) -> ActionResult:
@@ -207,13 +198,7 @@ def api_resolve(
     )  # fmt: skip
 
 
-@api.post(
-    "/alerts/{episode_id}/unclaim",
-    response_model=ActionResult,
-    tags=["alerts"],
-    responses=_CONFLICT,
-    openapi_extra=scope("team"),
-)
+@_action("/alerts/{episode_id}/unclaim")
 def api_unclaim(request: Request, ctx: Ctx, episode_id: str, who: Clinician) -> ActionResult:
     """Give an alert back to the queue: the nurse who holds it, or a coordinator."""
     csrf_checked(request, who, None)
@@ -223,13 +208,7 @@ def api_unclaim(request: Request, ctx: Ctx, episode_id: str, who: Clinician) -> 
     )
 
 
-@api.post(
-    "/alerts/{episode_id}/reassign",
-    response_model=ActionResult,
-    tags=["alerts"],
-    responses=_CONFLICT,
-    openapi_extra=scope("team"),
-)
+@_action("/alerts/{episode_id}/reassign")
 def api_reassign(
     request: Request, ctx: Ctx, episode_id: str, body: ReassignBody, who: Clinician
 ) -> ActionResult:
@@ -243,13 +222,7 @@ def api_reassign(
     )  # fmt: skip
 
 
-@api.post(
-    "/alerts/{episode_id}/acknowledge",
-    response_model=ActionResult,
-    tags=["alerts"],
-    responses=_CONFLICT,
-    openapi_extra=scope("team"),
-)
+@_action("/alerts/{episode_id}/acknowledge")
 def api_acknowledge(
     request: Request, ctx: Ctx, episode_id: str, who: Clinician, body: AcknowledgeBody | None = None
 ) -> ActionResult:

@@ -98,12 +98,14 @@ def test_a_coordinator_cannot_pair_or_claim_another_teams_kit(
     assert api.post("/pairing/claim", json={"code": "ABCD-EFGH-JKMN"}).status_code == 404
 
 
-def test_a_coordinator_cannot_return_another_teams_kit(
-    api: httpx.Client, conn: psycopg.Connection[Any], teams: Teams
+@pytest.mark.parametrize("action", ["return", "retire"])
+def test_a_coordinator_cannot_return_or_retire_another_teams_kit(
+    api: httpx.Client, conn: psycopg.Connection[Any], teams: Teams, action: str
 ) -> None:
-    """Finding 2 (return): team B's kit stays with team B's patient."""
+    """Finding 2 (return, retire): team B's kit stays with team B's patient and keeps its broker
+    identity."""
     before = _kit_state(conn, teams.kit_b)
-    answer = api.post(f"/kits/{teams.kit_b}/return", json={}, headers=teams.coordinator_a)
+    answer = api.post(f"/kits/{teams.kit_b}/{action}", json={}, headers=teams.coordinator_a)
     assert answer.status_code == 404, answer.text
     assert _kit_state(conn, teams.kit_b) == before
 
@@ -126,16 +128,6 @@ def test_a_coordinator_cannot_reassign_another_teams_kit_to_her_patient(
     body = {"patient_id": teams.patient_b}
     assert api.post(f"/kits/{stock}/assignment", json=body, headers=teams.coordinator_a).status_code == 404
     assert _kit_state(conn, stock)[0] == "in_stock"
-
-
-def test_a_coordinator_cannot_retire_another_teams_kit(
-    api: httpx.Client, conn: psycopg.Connection[Any], teams: Teams
-) -> None:
-    """Finding 2 (retire): B's kit keeps its broker identity and its patient."""
-    before = _kit_state(conn, teams.kit_b)
-    answer = api.post(f"/kits/{teams.kit_b}/retire", json={}, headers=teams.coordinator_a)
-    assert answer.status_code == 404, answer.text
-    assert _kit_state(conn, teams.kit_b) == before
 
 
 def test_a_code_one_team_made_dies_when_the_kit_goes_to_another_team(
@@ -204,18 +196,6 @@ def _move(registry: Registry, conn: psycopg.Connection[Any], patient_id: str, te
     registry.careplan_set(conn, EVERY_TEAM, patient_id, PlanChange(reason="moved team", team_id=team))
 
 
-def _held_alert(api: httpx.Client, conn: psycopg.Connection[Any], patient_id: str, nurse: str) -> str:
-    """A new red alert of the patient, claimed by `nurse`; returns its episode id."""
-    episode_id = new_id()
-    now = datetime.now(UTC)
-    apply_events(conn, [event(
-        episode_id, 1, EpisodeChange.OPENED, Severity.RED, patient_id=patient_id,
-        opened_at=now, last_seen_at=now, emitted_at=now,
-    )])  # fmt: skip
-    assert api.post(f"/alerts/{episode_id}/claim", headers=bearer(conn, nurse)).status_code == 200
-    return episode_id
-
-
 def test_a_code_made_before_the_patient_moved_team_yields_nothing(
     api: httpx.Client, conn: psycopg.Connection[Any], registry: Registry, teams: Teams
 ) -> None:
@@ -239,6 +219,29 @@ def test_a_code_made_before_the_patient_moved_team_yields_nothing(
     assert _kit_state(conn, kit) == before
 
 
+def _open_alert(conn: psycopg.Connection[Any], patient_id: str, severity: Severity) -> str:
+    """A new alert of `patient_id`, opened now; its episode id."""
+    episode_id = new_id()
+    now = datetime.now(UTC)
+    apply_events(conn, [event(
+        episode_id, 1, EpisodeChange.OPENED, severity, patient_id=patient_id,
+        opened_at=now, last_seen_at=now, emitted_at=now,
+    )])  # fmt: skip
+    return episode_id
+
+
+def _holder(conn: psycopg.Connection[Any], episode_id: str) -> tuple[Any, ...] | None:
+    """(state, assignee) of the alert."""
+    return conn.execute("SELECT state, assignee FROM alerts WHERE episode_id = %s", (episode_id,)).fetchone()
+
+
+def _held_alert(api: httpx.Client, conn: psycopg.Connection[Any], patient_id: str, nurse: str) -> str:
+    """A new red alert of the patient, claimed by `nurse`; returns its episode id."""
+    episode_id = _open_alert(conn, patient_id, Severity.RED)
+    assert api.post(f"/alerts/{episode_id}/claim", headers=bearer(conn, nurse)).status_code == 200
+    return episode_id
+
+
 def test_an_alert_a_nurse_holds_goes_back_to_the_queue_when_the_patient_moves_team(
     api: httpx.Client, conn: psycopg.Connection[Any], registry: Registry, teams: Teams
 ) -> None:
@@ -246,17 +249,10 @@ def test_an_alert_a_nurse_holds_goes_back_to_the_queue_when_the_patient_moves_te
     moves to team B. The alert must not stay held by someone who can no longer see it (team B
     could neither take it nor see who works on it): it is back in the queue, for team B."""
     nurse_a = staff(conn, Role.NURSE, team=teams.team_a)
-    episode_id = new_id()
-    now = datetime.now(UTC)
-    apply_events(conn, [event(
-        episode_id, 1, EpisodeChange.OPENED, Severity.YELLOW, patient_id=teams.patient_a,
-        opened_at=now, last_seen_at=now, emitted_at=now,
-    )])  # fmt: skip
+    episode_id = _open_alert(conn, teams.patient_a, Severity.YELLOW)
     assert api.post(f"/alerts/{episode_id}/claim", headers=bearer(conn, nurse_a)).status_code == 200
     _move(registry, conn, teams.patient_a, teams.team_b)
-    assert conn.execute(
-        "SELECT state, assignee FROM alerts WHERE episode_id = %s", (episode_id,)
-    ).fetchone() == ("new", None)
+    assert _holder(conn, episode_id) == ("new", None)
     assert conn.execute(
         "SELECT actor, detail FROM alert_timeline WHERE episode_id = %s AND kind = 'unclaimed'", (episode_id,)
     ).fetchall() == [
@@ -313,9 +309,7 @@ def test_a_patient_moved_by_hand_in_the_database_releases_held_alerts_too(
     nurse of the old team holds back to the queue, with no actor in its timeline."""
     episode_id = _held_alert(api, conn, teams.patient_a, staff(conn, Role.NURSE, team=teams.team_a))
     conn.execute("UPDATE patients SET team_id = %s WHERE patient_id = %s", (teams.team_b, teams.patient_a))
-    assert conn.execute(
-        "SELECT state, assignee FROM alerts WHERE episode_id = %s", (episode_id,)
-    ).fetchone() == ("new", None)
+    assert _holder(conn, episode_id) == ("new", None)
     assert conn.execute(
         "SELECT actor FROM alert_timeline WHERE episode_id = %s AND kind = 'unclaimed'", (episode_id,)
     ).fetchall() == [(None,)]
@@ -483,19 +477,12 @@ def test_a_nurse_moved_to_another_team_holds_none_of_her_old_teams_alerts(
     while she holds team A's alert. She can no longer open it, so it must not stay hers: it goes
     back to the queue, where team A takes it."""
     nurse = staff(conn, Role.NURSE, team=teams.team_a)
-    episode_id = new_id()
-    now = datetime.now(UTC)
-    apply_events(conn, [event(
-        episode_id, 1, EpisodeChange.OPENED, Severity.RED, patient_id=teams.patient_a,
-        opened_at=now, last_seen_at=now, emitted_at=now,
-    )])  # fmt: skip
+    episode_id = _open_alert(conn, teams.patient_a, Severity.RED)
     assert api.post(f"/alerts/{episode_id}/claim", headers=bearer(conn, nurse)).status_code == 200
     admin = bearer(conn, staff(conn, Role.ADMIN))
     moved = api.post(f"/users/{nurse}/role", json={"role": "nurse", "team_id": teams.team_b}, headers=admin)
     assert moved.status_code == 200, moved.text
-    assert conn.execute(
-        "SELECT state, assignee FROM alerts WHERE episode_id = %s", (episode_id,)
-    ).fetchone() == ("new", None)
+    assert _holder(conn, episode_id) == ("new", None)
     taken = api.post(
         f"/alerts/{episode_id}/claim", headers=bearer(conn, staff(conn, Role.NURSE, team=teams.team_a))
     )
@@ -509,21 +496,14 @@ def test_a_deactivated_nurses_alerts_go_back_to_the_queue(
     a red alert she has started. Nobody could act on it under her name, so it goes back to the queue
     with a timeline entry, and a colleague of the team takes it."""
     nurse = staff(conn, Role.NURSE, team=teams.team_a)
-    episode_id = new_id()
-    now = datetime.now(UTC)
-    apply_events(conn, [event(
-        episode_id, 1, EpisodeChange.OPENED, Severity.RED, patient_id=teams.patient_a,
-        opened_at=now, last_seen_at=now, emitted_at=now,
-    )])  # fmt: skip
+    episode_id = _open_alert(conn, teams.patient_a, Severity.RED)
     hers = bearer(conn, nurse)
     assert api.post(f"/alerts/{episode_id}/claim", headers=hers).status_code == 200
     assert api.post(f"/alerts/{episode_id}/start", headers=hers).status_code == 200
     admin = staff(conn, Role.ADMIN)
     gone = api.post(f"/users/{nurse}/deactivate", headers=bearer(conn, admin))
     assert gone.status_code == 200, gone.text
-    assert conn.execute(
-        "SELECT state, assignee FROM alerts WHERE episode_id = %s", (episode_id,)
-    ).fetchone() == ("new", None)
+    assert _holder(conn, episode_id) == ("new", None)
     assert conn.execute(
         "SELECT actor, detail->>'from' FROM alert_timeline WHERE episode_id = %s AND kind = 'unclaimed'",
         (episode_id,),
@@ -564,12 +544,7 @@ def test_reassigning_to_another_teams_nurse_answers_as_for_nobody(
     refused with the same words as passing it to a username nobody has, so the answer does not tell
     which usernames the other team has; nothing moves."""
     nurse_b = bearer(conn, staff(conn, Role.NURSE, team=teams.team_b))
-    episode_id = new_id()
-    now = datetime.now(UTC)
-    apply_events(conn, [event(
-        episode_id, 1, EpisodeChange.OPENED, Severity.YELLOW, patient_id=teams.patient_b,
-        opened_at=now, last_seen_at=now, emitted_at=now,
-    )])  # fmt: skip
+    episode_id = _open_alert(conn, teams.patient_b, Severity.YELLOW)
     assert api.post(f"/alerts/{episode_id}/claim", headers=nurse_b).status_code == 200
     theirs, nobody = staff(conn, Role.NURSE, team=teams.team_a), f"nurse-{uuid.uuid4().hex[:10]}"
     for path, body in ((f"/alerts/{episode_id}/reassign", "to"), ("/handover", "to")):

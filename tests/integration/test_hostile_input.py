@@ -39,15 +39,7 @@ from tests.integration.bridge_support import (
     reading_topic,
 )
 from tests.integration.stage_support import produce
-from tests.support.hostile import (
-    FHIR_PATHS,
-    READING_PATHS,
-    STATUS_PATHS,
-    edited,
-    edits,
-    hostile_json,
-    hostile_text,
-)
+from tests.support import hostile
 from tests.support.records import make_measurement, make_rejection
 
 Case = tuple[str, str, bytes, list[str]]  # (what, channel, payload, the reasons it must get)
@@ -311,21 +303,25 @@ def _hostile_payload(draw: st.DrawFn, kit: str, ox: str) -> tuple[str, bytes]:
     if kind == "readings":
         doc = json.loads(kit_message(kit, 1, kit_reading(ox, "spo2", 95.0, "%")))
         doc["readings"].append(kit_reading(ox, "pulse", 70.0, "/min"))
-        doc = edited(doc, READING_PATHS, draw(edits), draw(st.sampled_from(["", "\x00", "m"])))
+        doc = hostile.edited(
+            doc, hostile.READING_PATHS, draw(hostile.edits), draw(st.sampled_from(["", "\x00", "m"]))
+        )
     elif kind == "status":
         doc = {"schema": "vaktrom.kit-status.v1", "kit": kit, "state": "online", "at": _now(timedelta())}
-        doc = edited(doc, STATUS_PATHS, draw(edits), draw(st.sampled_from(["", "\x00"])))
+        doc = hostile.edited(
+            doc, hostile.STATUS_PATHS, draw(hostile.edits), draw(st.sampled_from(["", "\x00"]))
+        )
     elif kind == "fhir":
-        doc = edited(_observation(ox), FHIR_PATHS, draw(edits), "")
+        doc = hostile.edited(_observation(ox), hostile.FHIR_PATHS, draw(hostile.edits), "")
     else:
-        doc = draw(hostile_json)
+        doc = draw(hostile.hostile_json)
     text = json.dumps(doc, ensure_ascii=draw(st.booleans()), allow_nan=True)
     twist = draw(st.sampled_from(["none", "number", "duplicate"]))
     if twist == "number":  # the value as a literal JSON allows but no float holds (or NaN, not JSON)
         text = text.replace('"value": 95.0', f'"value": {draw(st.sampled_from(NUMBERS))}')
     elif twist == "duplicate":  # the same key twice: the last one counts
         text = text.replace(
-            '"metric": "spo2"', f'"metric": "spo2", "metric": {json.dumps(draw(hostile_text))}'
+            '"metric": "spo2"', f'"metric": "spo2", "metric": {json.dumps(draw(hostile.hostile_text))}'
         )
     channel = kind if kind != "json" else draw(st.sampled_from(["readings", "status", "fhir"]))
     return channel, text.encode("utf-8", "surrogatepass")
