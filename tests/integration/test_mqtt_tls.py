@@ -117,11 +117,11 @@ def test_the_client_certificate_listener_wants_a_certificate_from_our_ca(
     assert accepted.returncode == 0, accepted.stderr
 
 
-def test_kits_and_the_bridge_talk_over_tls_end_to_end(
+def _bridge_on_the_certificate_listener(
     bridge: BridgeProcess, stack: Stack, tmp_path: Path
-) -> None:
-    """The simulator verifies the broker on the TLS listener; the bridge logs in on the listener
-    that requires a client certificate, with one. Every confirmed reading reaches Kafka."""
+) -> tuple[int, Path]:
+    """Point the bridge at the listener that requires a client certificate, with one; returns the
+    kits' TLS port and the broker's TLS folder (its CA)."""
     port, mport, tls = _tls(stack)
     cert, key = _client(stack, tmp_path, "vaktrom-bridge")
     bridge.extra_env.update(
@@ -133,6 +133,15 @@ def test_kits_and_the_bridge_talk_over_tls_end_to_end(
             "VAKTROM_MQTT_TLS_KEY": str(key),
         }
     )
+    return port, tls
+
+
+def test_kits_and_the_bridge_talk_over_tls_end_to_end(
+    bridge: BridgeProcess, stack: Stack, tmp_path: Path
+) -> None:
+    """The simulator verifies the broker on the TLS listener; the bridge logs in on the listener
+    that requires a client certificate, with one. Every confirmed reading reaches Kafka."""
+    port, tls = _bridge_on_the_certificate_listener(bridge, stack, tmp_path)
     bridge.start()
     assert "mqtts://localhost" in bridge.log_path.read_text()
     out = tmp_path / "sim"
@@ -153,17 +162,7 @@ def test_a_user_property_paho_refuses_does_not_stall_the_bridge_over_tls(
     """A kit's MQTT 5 user property holding U+FEFF (legal; Mosquitto forwards it as it is) reaches
     the bridge over TLS, where paho reads every packet: the reading and the one after it are stored.
     paho 2.2 called the packet malformed and the bridge reconnected for ever on its redelivery."""
-    _port, mport, tls = _tls(stack)
-    cert, key = _client(stack, tmp_path, "vaktrom-bridge")
-    bridge.extra_env.update(
-        {
-            "VAKTROM_MQTT_PORT": str(mport),
-            "VAKTROM_MQTT_HOST": "localhost",
-            "VAKTROM_MQTT_TLS_CA": str(tls / "ca.crt"),
-            "VAKTROM_MQTT_TLS_CERT": str(cert),
-            "VAKTROM_MQTT_TLS_KEY": str(key),
-        }
-    )
+    _bridge_on_the_certificate_listener(bridge, stack, tmp_path)
     kit, _patient, oximeter = enrol_kit(stack, bridge.name)
     bridge.start()
     for seq, extra in ((1, ["-D", "publish", "user-property", "note", "\ufeffbom"]), (2, [])):

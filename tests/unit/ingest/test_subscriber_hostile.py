@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,20 +16,7 @@ from ingest._mqtt_socket import BufferedSocket
 from ingest.metrics import BridgeMetrics
 from ingest.subscriber import Inbound, Subscriber
 from runtime.settings import MqttSettings
-
-_TOPIC = b"vaktrom/v1/kits/KIT-1/readings"
-
-
-def _publish(mid: int, payload: bytes, *, topic: bytes = _TOPIC, properties: bytes = b"\x00") -> bytes:
-    body = len(topic).to_bytes(2, "big") + topic + mid.to_bytes(2, "big") + properties + payload
-    return bytes([0x32, len(body)]) + body
-
-
-def _until(condition: Callable[[], object], sub: Subscriber, what: str) -> None:
-    deadline = time.monotonic() + 5
-    while not condition():
-        assert time.monotonic() < deadline, f"no {what} within 5 s"
-        sub.poll(0.02)
+from tests.unit.ingest.mqtt_wire import TOPIC, poll_until, publish
 
 
 def _settle(sub: Subscriber, seconds: float = 0.3) -> None:
@@ -57,14 +44,14 @@ def _subscribed(mode: str) -> Iterator[tuple[Subscriber, socket.socket, list[Inb
     conn, _ = server.accept()
     conn.settimeout(5)
     try:
-        _until(lambda: not sub.client.want_write(), sub, "CONNECT written")
+        poll_until(lambda: not sub.client.want_write(), sub, "CONNECT written")
         assert conn.recv(4096)[0] == 0x10
         conn.sendall(b"\x20\x03\x00\x00\x00")
-        _until(lambda: sub.connected, sub, "CONNACK")
-        _until(lambda: not sub.client.want_write(), sub, "SUBSCRIBE written")
+        poll_until(lambda: sub.connected, sub, "CONNACK")
+        poll_until(lambda: not sub.client.want_write(), sub, "SUBSCRIBE written")
         subscribe = conn.recv(4096)
         conn.sendall(b"\x90\x06" + subscribe[2:4] + b"\x00\x01\x01\x01")
-        _until(lambda: sub.subscribed, sub, "SUBACK")
+        poll_until(lambda: sub.subscribed, sub, "SUBACK")
         yield sub, conn, received
     finally:
         sub.close(timeout=0.0)
@@ -85,8 +72,8 @@ def test_a_remaining_length_over_four_bytes_drops_the_connection_and_delivers_no
     """A PUBLISH header whose length runs on past four bytes is malformed: paho drops the connection;
     the bridge's own reader once decoded the bytes after it as a message and read on out of step."""
     sub, conn, received = session
-    conn.sendall(b"\x32\x80\x80\x80\x80" + b"\x00\x1e" + _TOPIC + b"\x00\x09\x00" + b"garbage")
-    _until(lambda: not sub.connected, sub, "disconnect")
+    conn.sendall(b"\x32\x80\x80\x80\x80" + b"\x00\x1e" + TOPIC + b"\x00\x09\x00" + b"garbage")
+    poll_until(lambda: not sub.connected, sub, "disconnect")
     assert received == []
 
 
@@ -96,8 +83,8 @@ def test_a_topic_that_is_not_utf8_becomes_a_message_for_the_rejections_not_a_cra
     """paho raises UnicodeDecodeError out of its read (through `message.topic`), which stopped the
     bridge; the message is taken instead, its topic no kit's, so it becomes a rejection."""
     sub, conn, received = session
-    conn.sendall(_publish(5, b"{}", topic=b"vaktrom/v1/kits/\xff\xfe/readings") + _publish(6, b"ok"))
-    _until(lambda: len(received) == 2, sub, "messages")
+    conn.sendall(publish(5, b"{}", topic=b"vaktrom/v1/kits/\xff\xfe/readings") + publish(6, b"ok"))
+    poll_until(lambda: len(received) == 2, sub, "messages")
     assert [(m.mid, m.payload) for m in received] == [(5, b"{}"), (6, b"ok")]
     assert "\ufffd" in received[0].topic
     assert sub.connected
@@ -113,21 +100,19 @@ def test_a_property_string_paho_refuses_does_not_stall_the_session(
     waited for ever (seen on the real broker over TLS). The bridge uses no property: both are taken."""
     sub, conn, received = session
     user_property = b"\x26\x00\x01k" + len(value).to_bytes(2, "big") + value
-    conn.sendall(
-        _publish(5, b"a", properties=bytes([len(user_property)]) + user_property) + _publish(6, b"b")
-    )
-    _until(lambda: len(received) == 2, sub, "messages")
+    conn.sendall(publish(5, b"a", properties=bytes([len(user_property)]) + user_property) + publish(6, b"b"))
+    poll_until(lambda: len(received) == 2, sub, "messages")
     _settle(sub)
     assert sub.connected
     assert [(m.mid, m.topic, m.payload) for m in received] == [
-        (5, _TOPIC.decode(), b"a"),
-        (6, _TOPIC.decode(), b"b"),
+        (5, TOPIC.decode(), b"a"),
+        (6, TOPIC.decode(), b"b"),
     ]
 
 
 _SEGMENTS = st.one_of(
     st.builds(
-        lambda mid, payload, props: _publish(mid, payload, properties=props),
+        lambda mid, payload, props: publish(mid, payload, properties=props),
         st.integers(1, 65535),
         st.binary(max_size=30),
         st.sampled_from(

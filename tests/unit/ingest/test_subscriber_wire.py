@@ -4,8 +4,7 @@ itself and acknowledges them through paho, in order (pins the private paho field
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -13,20 +12,7 @@ from ingest._mqtt_socket import BufferedSocket
 from ingest.metrics import BridgeMetrics
 from ingest.subscriber import Inbound, Subscriber
 from runtime.settings import MqttSettings
-
-_TOPIC = b"vaktrom/v1/kits/KIT-1/readings"
-
-
-def _publish(mid: int, payload: bytes) -> bytes:
-    body = len(_TOPIC).to_bytes(2, "big") + _TOPIC + mid.to_bytes(2, "big") + b"\x00" + payload
-    return bytes([0x32, len(body)]) + body
-
-
-def _until(condition: Callable[[], object], sub: Subscriber, what: str) -> None:
-    deadline = time.monotonic() + 5
-    while not condition():
-        assert time.monotonic() < deadline, f"no {what} within 5 s"
-        sub.poll(0.02)
+from tests.unit.ingest.mqtt_wire import poll_until, publish
 
 
 @pytest.fixture
@@ -53,17 +39,15 @@ def test_kit_messages_are_read_by_the_bridge_and_acknowledged_through_paho_in_or
     conn.settimeout(5)
     try:
         assert isinstance(sub.client.socket(), BufferedSocket)
-        _until(lambda: not sub.client.want_write(), sub, "CONNECT written")
+        poll_until(lambda: not sub.client.want_write(), sub, "CONNECT written")
         assert conn.recv(4096)[0] == 0x10  # CONNECT
         conn.sendall(b"\x20\x03\x00\x00\x00")  # CONNACK: new session, success
-        _until(lambda: sub.connected, sub, "CONNACK")
-        _until(lambda: not sub.client.want_write(), sub, "SUBSCRIBE written")
+        poll_until(lambda: sub.connected, sub, "CONNACK")
+        poll_until(lambda: not sub.client.want_write(), sub, "SUBSCRIBE written")
         subscribe = conn.recv(4096)
         assert subscribe[0] == 0x82
-        conn.sendall(
-            b"\x90\x06" + subscribe[2:4] + b"\x00\x01\x01\x01" + _publish(7, b"a") + _publish(8, b"b")
-        )
-        _until(lambda: len(received) == 2 and sub.subscribed, sub, "messages")
+        conn.sendall(b"\x90\x06" + subscribe[2:4] + b"\x00\x01\x01\x01" + publish(7, b"a") + publish(8, b"b"))
+        poll_until(lambda: len(received) == 2 and sub.subscribed, sub, "messages")
         assert [(m.mid, m.kit_id, m.channel, m.payload) for m in received] == [
             (7, "KIT-1", "readings", b"a"),
             (8, "KIT-1", "readings", b"b"),
