@@ -103,7 +103,7 @@ class Registry(KitOperations):
             cur.execute("SELECT 1 FROM teams WHERE team_id = %s", (team_id,))
             if cur.fetchone() is None:
                 raise RegistryError(
-                    f"no team {team_id!r} (add it with `python -m alerts.admin team add`)", 404
+                    f"no team {team_id!r} (add it with `python -m registry team add`)", 404
                 )
             try:
                 cur.execute(
