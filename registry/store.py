@@ -102,9 +102,7 @@ class Registry(KitOperations):
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             cur.execute("SELECT 1 FROM teams WHERE team_id = %s", (team_id,))
             if cur.fetchone() is None:
-                raise RegistryError(
-                    f"no team {team_id!r} (add it with `python -m registry team add`)", 404
-                )
+                raise RegistryError(f"no team {team_id!r} (add it with `python -m registry team add`)", 404)
             try:
                 cur.execute(
                     "INSERT INTO patients (patient_id, team_id, condition, municipality, enrolled_by) "

@@ -13,10 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest._mqtt_socket import BufferedSocket
-from ingest.metrics import BridgeMetrics
 from ingest.subscriber import Inbound, Subscriber
-from runtime.settings import MqttSettings
-from tests.unit.ingest.mqtt_wire import TOPIC, poll_until, publish
+from tests.unit.ingest.mqtt_wire import TOPIC, poll_until, publish, subscriber
 
 
 def _settle(sub: Subscriber, seconds: float = 0.3) -> None:
@@ -31,11 +29,7 @@ def _subscribed(mode: str) -> Iterator[tuple[Subscriber, socket.socket, list[Inb
     or through paho's reads ("paho", as over TLS in production)."""
     server = socket.create_server(("127.0.0.1", 0))
     received: list[Inbound] = []
-    sub = Subscriber(
-        mqtt_settings=MqttSettings(port=server.getsockname()[1]), client_id="t", share_group="g",
-        receipts=False, receipt_interval=0.1, receive_maximum=10, deliver=received.append,
-        metrics=BridgeMetrics(),
-    )  # fmt: skip
+    sub = subscriber(server.getsockname()[1], received)
     sub.poll(0.0)
     if mode == "paho":
         sock = sub.client.socket()

@@ -9,10 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from ingest._mqtt_socket import BufferedSocket
-from ingest.metrics import BridgeMetrics
-from ingest.subscriber import Inbound, Subscriber
-from runtime.settings import MqttSettings
-from tests.unit.ingest.mqtt_wire import poll_until, publish
+from ingest.subscriber import Inbound
+from tests.unit.ingest.mqtt_wire import poll_until, publish, subscriber
 
 
 @pytest.fixture
@@ -29,11 +27,7 @@ def test_kit_messages_are_read_by_the_bridge_and_acknowledged_through_paho_in_or
     private `_sock`: were it renamed, the socket would stay paho's and this test fails), and each PUBACK
     leaves only once its message is done, the first before the second."""
     received: list[Inbound] = []
-    sub = Subscriber(
-        mqtt_settings=MqttSettings(port=broker.getsockname()[1]), client_id="t", share_group="g",
-        receipts=False, receipt_interval=0.1, receive_maximum=10, deliver=received.append,
-        metrics=BridgeMetrics(),
-    )  # fmt: skip
+    sub = subscriber(broker.getsockname()[1], received)
     sub.poll(0.0)  # connects; paho queues CONNECT
     conn, _ = broker.accept()
     conn.settimeout(5)
