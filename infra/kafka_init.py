@@ -13,8 +13,10 @@ users the broker and the admin only (docs/kafka-security.md). `infra/stack` uses
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import sys
+import uuid
 from pathlib import Path
 
 from tls import ensure_server_certificates
@@ -71,6 +73,16 @@ def render_server_properties(
         .replace("@BROKER_PASSWORD@", broker_password)
         .replace("@ADMIN_USER@", ADMIN)
     )
+
+
+def kafka_cluster_id() -> str:
+    """A Kafka Uuid: 16 random bytes, URL-safe base64 without padding. Like Kafka's own
+    `Uuid.randomUuid`, never one that starts with "-", which the storage tool would read as an option
+    (one fresh stack in 64 failed to format before this)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _client_config(tls_dir: Path, broker_password: str) -> str:

@@ -6,7 +6,6 @@ Each knows how to configure, start, wait for, check and stop itself under one st
 
 from __future__ import annotations
 
-import base64
 import glob
 import json
 import os
@@ -20,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from kafka_init import render_server_properties, write_private, write_tls
+from kafka_init import kafka_cluster_id, render_server_properties, write_private, write_tls
 from mosquitto_init import MQTT_ADMIN, MQTT_BRIDGE, dynsec_config, upgrade_config
 from processes import (
     REPO,
@@ -195,16 +194,6 @@ class Mosquitto(Service):
 
 
 # ------------------------------------------------------------------ Kafka
-def kafka_cluster_id() -> str:
-    """A Kafka Uuid: 16 random bytes, URL-safe base64 without padding. Like Kafka's own
-    `Uuid.randomUuid`, never one that starts with "-", which the storage tool would read as an option
-    (one fresh stack in 64 failed to format before this)."""
-    while True:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        if not cluster_id.startswith("-"):
-            return cluster_id
-
-
 class Kafka(Service):
     """A single-node Kafka 4 in KRaft combined mode (broker and controller in one JVM), SASL over TLS
     on both listeners, with one SCRAM principal per stage and access rules (docs/kafka-security.md)."""

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import base64
 
+import kafka_init
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from infra import services
 
 
 @settings(max_examples=200)
@@ -20,12 +19,12 @@ def test_a_cluster_id_never_starts_with_a_dash(first: bytes, second: bytes) -> N
         def __init__(self) -> None:
             self.bytes = next(draws)
 
-    original = services.uuid.uuid4
-    services.uuid.uuid4 = Uuid  # type: ignore[assignment]
+    original = kafka_init.uuid.uuid4
+    kafka_init.uuid.uuid4 = Uuid  # type: ignore[assignment]
     try:
-        cluster_id = services.kafka_cluster_id()
+        cluster_id = kafka_init.kafka_cluster_id()
     finally:
-        services.uuid.uuid4 = original
+        kafka_init.uuid.uuid4 = original
     assert not cluster_id.startswith("-")
     assert len(cluster_id) == 22
     assert "=" not in cluster_id
