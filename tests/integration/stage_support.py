@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterable
@@ -125,10 +126,14 @@ class StageProcess:
         if wait:
             self.wait_healthy()
 
-    def health(self) -> dict[str, Any] | None:
+    def health(self, *, unhealthy_too: bool = False) -> dict[str, Any] | None:
+        """/health's report; None when it does not answer, and when it answers 503 (not ok) unless
+        `unhealthy_too`, which returns the 503's report as well."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/health", timeout=2) as r:
                 return json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read()) if unhealthy_too else None
         except OSError:
             return None
         except json.JSONDecodeError:

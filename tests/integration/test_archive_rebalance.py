@@ -7,14 +7,10 @@ started again. The table must hold exactly the measurement ids produced.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import psycopg
 
@@ -42,17 +38,6 @@ def _produce(stack: Stack, topic: str, kit: str, done: threading.Event, ids: lis
             time.sleep(1.0)
     assert producer.flush(60) == 0
     done.set()
-
-
-def _health(process: ArchiveProcess) -> dict[str, Any] | None:
-    """/health's report, also when it answers 503 (not ok)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{process.metrics_port}/health", timeout=2) as r:
-            return json.loads(r.read())  # type: ignore[no-any-return]
-    except urllib.error.HTTPError as exc:
-        return json.loads(exc.read())  # type: ignore[no-any-return]
-    except OSError:
-        return None
 
 
 def _stored(stack: Stack, kit: str) -> tuple[int, set[str]]:
@@ -121,7 +106,7 @@ def test_kafka_sigkilled_under_load_the_archive_stores_each_measurement_once(
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            report = _health(archive) or {}
+            report = archive.health(unhealthy_too=True) or {}
             if str(report.get("kafka", "")).startswith("away"):
                 break
             time.sleep(0.5)
@@ -140,4 +125,4 @@ def test_kafka_sigkilled_under_load_the_archive_stores_each_measurement_once(
     assert len(set(ids)) == COUNT
     assert found == set(ids), f"{len(set(ids) - found)} missing\n{archive.tail()}"
     assert count == COUNT, "none stored twice"
-    assert (_health(archive) or {}).get("kafka") == "up"
+    assert (archive.health(unhealthy_too=True) or {}).get("kafka") == "up"

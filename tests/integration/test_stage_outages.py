@@ -8,10 +8,7 @@ the archive's /health `{"ok": true, "status": "ok"}`); and an idle archive, writ
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -21,22 +18,11 @@ from tests.integration.archive_support import ArchiveProcess
 from tests.integration.stage_support import StageProcess
 
 
-def _health(process: StageProcess) -> dict[str, Any] | None:
-    """/health's report, also when it answers 503 (not ok)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{process.metrics_port}/health", timeout=2) as r:
-            return json.loads(r.read())  # type: ignore[no-any-return]
-    except urllib.error.HTTPError as exc:
-        return json.loads(exc.read())  # type: ignore[no-any-return]
-    except OSError:
-        return None
-
-
 def _until(process: StageProcess, check: Callable[[dict[str, Any]], bool], what: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     report: dict[str, Any] | None = None
     while time.monotonic() < deadline:
-        report = _health(process)
+        report = process.health(unhealthy_too=True)
         if report is not None and check(report):
             return
         time.sleep(0.5)
@@ -63,7 +49,7 @@ def test_the_archive_health_is_down_while_kafka_is_away_and_recovers(
     _kafka_away_then_back(
         archive, lambda r: not r["ok"] and r["status"] == "down" and r["kafka"].startswith("away for")
     )
-    assert (_health(archive) or {}).get("kafka") == "up"
+    assert (archive.health(unhealthy_too=True) or {}).get("kafka") == "up"
 
 
 def test_the_alert_feed_health_says_kafka_is_away_and_sigterm_stops_it(
