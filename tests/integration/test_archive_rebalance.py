@@ -40,6 +40,20 @@ def _produce(stack: Stack, topic: str, kit: str, done: threading.Event, ids: lis
     done.set()
 
 
+def _feed(
+    stack: Stack, archive: ArchiveProcess, kit: str
+) -> tuple[threading.Thread, threading.Event, list[str]]:
+    """Start producing the kit's measurements to the archive's topic in the background: the thread,
+    the event set when all are flushed, and the ids as they are produced."""
+    ids: list[str] = []
+    done = threading.Event()
+    feeder = threading.Thread(
+        target=_produce, args=(stack, topics.measurement_topic(archive.prefix), kit, done, ids), daemon=True
+    )
+    feeder.start()
+    return feeder, done, ids
+
+
 def _stored(stack: Stack, kit: str) -> tuple[int, set[str]]:
     with psycopg.connect(stack.database_url) as conn:
         rows = conn.execute(
@@ -57,13 +71,8 @@ def test_archives_joining_leaving_and_killed_under_load_store_each_measurement_o
         "VAKTROM_ARCHIVE_INSTANCE_ID": f"{unique}-archive-2"[:128],
     })  # fmt: skip
     kit = f"{unique[:14]}R"
-    ids: list[str] = []
-    done = threading.Event()
     archive.start()
-    feeder = threading.Thread(
-        target=_produce, args=(stack, topics.measurement_topic(archive.prefix), kit, done, ids), daemon=True
-    )
-    feeder.start()
+    feeder, done, ids = _feed(stack, archive, kit)
     try:
         time.sleep(4)
         second.start()
@@ -93,13 +102,8 @@ def test_kafka_sigkilled_under_load_the_archive_stores_each_measurement_once(
     """The broker is SIGKILLed mid-stream and started again: the archive's /health says Kafka was
     away, and the stored ids are exactly the produced ones, none twice."""
     kit = f"{unique[:14]}K"
-    ids: list[str] = []
-    done = threading.Event()
     archive.start()
-    feeder = threading.Thread(
-        target=_produce, args=(stack, topics.measurement_topic(archive.prefix), kit, done, ids), daemon=True
-    )
-    feeder.start()
+    feeder, done, ids = _feed(stack, archive, kit)
     time.sleep(6)
     killed = stack_command("kill", "kafka", timeout=60)
     assert killed.returncode == 0, killed.stderr
