@@ -12,11 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from alerts.console.files import missing_files
 from alerts.service import AlertService
 from alerts.settings import AlertsSettings
 from registry import RegistrySettings, create
-from runtime.settings import DatabaseSettings, KafkaSettings, MqttSettings
+from runtime.settings import ConfigError, DatabaseSettings, KafkaSettings, MqttSettings
 from runtime.stage import run_stage
+
+
+def check(*_settings: object) -> None:
+    """Check mode: the console's templates and static files are where the service looks for them."""
+    if missing := missing_files():
+        raise ConfigError(f"the console's files are missing or broken: {', '.join(missing)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         logger="alerts",
         argv=argv,
+        check=check,
     )
 
 

@@ -37,6 +37,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from contracts.kafka_acl import ADMIN, BROKER, PRINCIPALS, KafkaAcl, kafka_acls
 from runtime import kafka as rk
 from runtime.settings import ConfigError, KafkaSettings
+from runtime.stage import check_only
 
 __all__ = ["AclError", "grant", "revoke_stale", "set_credentials", "to_kafka"]
 
@@ -189,9 +190,19 @@ def set_credentials(kafka: KafkaSettings, passwords: Mapping[str, str], *, timeo
 def _setup(kafka: KafkaSettings, environ: Mapping[str, str]) -> str:
     """Compose's first start: sign in as the broker (PLAIN), set every principal's SCRAM password
     from KAFKA_<STAGE>_PASSWORD and create the access rules for the real topics."""
+    passwords = _setup_passwords(environ)
     broker = dataclasses.replace(
-        kafka, sasl_mechanism="PLAIN", username=BROKER, password=environ.get("KAFKA_BROKER_PASSWORD", "")
+        kafka, sasl_mechanism="PLAIN", username=BROKER, password=environ["KAFKA_BROKER_PASSWORD"]
     )
+    set_credentials(broker, passwords)
+    granted, revoked = grant(broker), revoke_stale(broker)
+    return (
+        f"SCRAM credentials for {len(passwords)} principals, {granted} access rules, revoked {revoked} others"
+    )
+
+
+def _setup_passwords(environ: Mapping[str, str]) -> dict[str, str]:
+    """Every principal's password from KAFKA_<STAGE>_PASSWORD; ConfigError naming the short ones."""
     names = [ADMIN, *(p.name for p in PRINCIPALS)]
     variables = {name: f"KAFKA_{name.removeprefix('vaktrom-').upper()}_PASSWORD" for name in names}
     short = [
@@ -204,9 +215,7 @@ def _setup(kafka: KafkaSettings, environ: Mapping[str, str]) -> str:
             f"{', '.join(short)} not set or shorter than {MIN_PASSWORD} characters; "
             "they come from .env (see .env.example)"
         )
-    set_credentials(broker, {name: environ[variable] for name, variable in variables.items()})
-    granted, revoked = grant(broker), revoke_stale(broker)
-    return f"SCRAM credentials for {len(names)} principals, {granted} access rules, revoked {revoked} others"
+    return {name: environ[variable] for name, variable in variables.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         kafka = KafkaSettings.from_env()
+        if check_only():  # the image check: settings and passwords read; no connection
+            found = len(_setup_passwords(os.environ)) if args.command == "setup" else 0
+            print(f"kafka_acl: check only: settings valid, {found} passwords", file=sys.stderr)
+            return 0
         if args.command == "setup":
             done = _setup(kafka, os.environ)
         else:

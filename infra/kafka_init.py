@@ -19,7 +19,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from tls import ensure_server_certificates
+from tls import check_only, ensure_server_certificates
 
 __all__ = ["render_server_properties", "write_private", "write_tls"]
 
@@ -113,6 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     if len(password) < MIN_PASSWORD:
         print(f"kafka_init: set KAFKA_BROKER_PASSWORD in .env ({MIN_PASSWORD}+ characters)", file=sys.stderr)
         return 1
+    if check_only():  # the image check: the template renders, the CA mosquitto-init made is there
+        missing = [str(args.ca_dir / n) for n in ("ca.crt", "ca.key") if not (args.ca_dir / n).is_file()]
+        if missing or not TEMPLATE.is_file():
+            print(f"kafka_init: missing {', '.join(missing or [str(TEMPLATE)])}", file=sys.stderr)
+            return 2
+        render_server_properties(
+            host=args.host, port=args.port, controller_port=args.controller_port, data=args.data,
+            partitions=args.partitions, tls_dir=args.tls_dir, broker_password=password,
+        )  # fmt: skip
+        print(f"kafka_init: check only: would write {args.tls_dir} and {args.config_dir}", file=sys.stderr)
+        return 0
     try:
         write_tls(args.ca_dir, args.tls_dir, [args.host])
         properties = render_server_properties(

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import psycopg
 
+from runtime.stage import check_only
+
 __all__ = ["Migration", "applied", "migrate", "pending"]
 
 log = logging.getLogger("vaktrom.migrate")
@@ -126,6 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.database_url:
         print("migrate: set VAKTROM_DATABASE_OWNER_URL or pass --database-url", file=sys.stderr)
         return 2
+    if check_only():  # the image check: the URL is one, the migrations are here; no connection
+        if not args.database_url.startswith(("postgresql://", "postgres://")):
+            print(
+                "migrate: the database URL must look like postgresql://user:pw@host:port/db", file=sys.stderr
+            )
+            return 2
+        found = load()
+        print(f"migrate: check only: {len(found)} migrations in {MIGRATIONS}", file=sys.stderr)
+        return 0 if found else 2
     try:
         if args.status:
             with psycopg.connect(args.database_url) as conn:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.mqtt_accounts import ADMIN, BRIDGE, SERVICE_ACCOUNTS, BrokerAccount, kit_role_name, role_acls
+from runtime.stage import check_only
 
 __all__ = [
     "MQTT_ADMIN",
@@ -204,6 +205,10 @@ def main(argv: list[str]) -> int:
     if short:
         print(f"mosquitto-init: set {' and '.join(short)} (16+ characters each)", file=sys.stderr)
         return 2
+    if check_only():  # the image check: passwords read, the account table loads; nothing written
+        dynsec_config(passwords)
+        print(f"mosquitto-init: check only: would write or upgrade {target}", file=sys.stderr)
+        return 0
     if target.exists():
         try:
             doc = json.loads(target.read_text())

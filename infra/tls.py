@@ -1,6 +1,6 @@
 """The MQTT broker's certificate authority and certificates: kits verify the broker with `ca.crt`.
 
-    python infra/tls.py DIR [--host NAME ...]        CA and server certificate (idempotent)
+    python infra/tls.py DIR [--host NAME ...] [--owner UID]   CA and server certificate (idempotent)
     python infra/tls.py DIR --client NAME            a client certificate signed by the CA
 
 DIR gets ca.crt/ca.key (the CA; keep ca.key off the broker in production), server.crt/server.key
@@ -8,7 +8,8 @@ DIR gets ca.crt/ca.key (the CA; keep ca.key off the broker in production), serve
 --client, NAME.crt/NAME.key for brokers that ask for client certificates. Keys are EC P-256,
 written 0600. Run by `infra/stack up` for the local broker and by the production compose file's
 `mosquitto-init` service. An existing CA is kept; the server certificate is made again when its
-names change or it has less than 30 days left.
+names change or it has less than 30 days left. --owner gives DIR's files to the broker's uid.
+With VAKTROM_CHECK_ONLY=1 (the image check, runtime/stage.py) it checks the names and writes nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ __all__ = ["client_certificate", "ensure_server_certificates"]
 
 CA_DAYS, LEAF_DAYS, RENEW_DAYS = 3650, 825, 30
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
+
+
+def check_only() -> bool:
+    """As runtime.stage.check_only: this script and kafka_init.py import nothing of the project."""
+    return os.environ.get("VAKTROM_CHECK_ONLY", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
@@ -170,7 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--host", action="append", help="a name the broker is reached by (repeat)")
     parser.add_argument("--client", help="make a client certificate with this common name")
+    parser.add_argument("--owner", type=int, default=None, help="uid (and gid) to give DIR's files to")
     args = parser.parse_args(argv)
+    if check_only():
+        hosts = args.host or list(DEFAULT_HOSTS)
+        if not all(hosts):
+            print("infra/tls.py: an empty --host (MQTT_TLS_HOSTS in .env lists the names)", file=sys.stderr)
+            return 2
+        _sans(hosts)
+        print(f"infra/tls.py: check only: would make {args.folder} for {', '.join(hosts)}", file=sys.stderr)
+        return 0
     try:
         if args.client:
             crt, key = client_certificate(args.folder, args.client)
@@ -178,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         hosts = args.host or list(DEFAULT_HOSTS)
         made = ensure_server_certificates(args.folder, hosts)
+        if args.owner is not None:
+            for path in (args.folder, *args.folder.iterdir()):
+                os.chown(path, args.owner, args.owner)
         state = "made" if made else "kept (still valid, same names)"
         print(f"MQTT TLS in {args.folder}: CA and server certificate for {', '.join(hosts)} {state}")
         return 0

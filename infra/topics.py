@@ -23,6 +23,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions
 from contracts.topics import kafka_topics
 from runtime import kafka as rk
 from runtime.settings import ConfigError, KafkaSettings
+from runtime.stage import check_only
 
 __all__ = ["admin_client", "consumer_lag", "delete_namespaces", "delete_topics", "ensure_topics"]
 
@@ -141,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"topics: {exc}", file=sys.stderr)
         return 1
+    if check_only():  # the image check: settings read, the topic table loads; no connection
+        topics = kafka_topics(args.prefix, partitions=args.partitions)
+        print(f"topics: check only: {len(topics)} topics for {kafka.bootstrap}", file=sys.stderr)
+        return 0
     if args.delete:
         try:
             gone = delete_topics(kafka, args.delete)

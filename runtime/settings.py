@@ -33,6 +33,7 @@ __all__ = [
     "Settings",
     "check_ranges",
     "check_time_zone",
+    "check_writable_dir",
     "setting",
 ]
 
@@ -147,6 +148,21 @@ def check_time_zone(env: str, name: str) -> None:
         raise ConfigError(
             f"{env}={name!r} is not a known time zone; use an IANA name such as Europe/Oslo"
         ) from None
+
+
+def check_writable_dir(env: str, path: Path) -> None:
+    """Raise ConfigError unless this process can write in `path`, or create it (its nearest existing
+    parent is writable). A volume whose directory the image does not own is the usual cause."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{env}={path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{env}={path}: {existing} is not writable by uid {os.geteuid()}; give the directory to the "
+            "user the stage runs as (infra/Dockerfile makes the compose volumes' directories its own)"
+        )
 
 
 def _mask_url(value: str) -> str:

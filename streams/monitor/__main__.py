@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runtime.ops import OpsServer, serve
-from runtime.settings import KafkaSettings
+from runtime.settings import KafkaSettings, check_writable_dir
 from runtime.stage import run_stage
 from streams.monitor.membership import InstanceId, claim_instance_id
 from streams.monitor.settings import MonitorSettings
@@ -78,6 +78,11 @@ class MonitorStage:
             self._worker.stop()
 
 
+def check(_kafka: KafkaSettings, settings: MonitorSettings) -> None:
+    """Check mode: the state directory (rocksdb, the group member id) is there or can be made."""
+    check_writable_dir("VAKTROM_MONITOR_DATA_DIR", Path(settings.data_dir))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     return run_stage(
         prog="vaktrom-monitor",
@@ -87,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         build=lambda kafka, settings: MonitorStage(kafka=kafka, settings=settings),
         logger="streams.monitor",
         argv=argv,
+        check=check,
     )
 
 
