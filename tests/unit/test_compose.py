@@ -208,6 +208,70 @@ def test_infrastructure_has_health_checks_and_pinned_images(service: str) -> Non
     assert ":" in SERVICES[service]["image"]
 
 
+def test_every_long_running_service_has_a_health_check() -> None:
+    """Whatever compose restarts is also watched: a stage that runs but cannot work shows unhealthy
+    (the alerts service had none). One-shot jobs (restart "no", the default) need none."""
+    long_running = [name for name, s in SERVICES.items() if s.get("restart", "no") != "no"]
+    assert set(long_running) >= STAGE_SERVICES - {"init"} | INFRA_SERVICES
+    for name in long_running:
+        check = SERVICES[name].get("healthcheck")
+        assert check, f"{name} has no health check"
+        assert check["test"], name
+        assert {"interval", "timeout", "retries"} <= set(check), name
+
+
+def test_stage_health_checks_ask_their_own_ops_port() -> None:
+    """A stage's health check reads /health on the port its settings serve it on."""
+    for name in sorted(STAGE_SERVICES - {"init"}):
+        env = SERVICES[name]["environment"]
+        port = next(v for k, v in env.items() if k.endswith("_METRICS_PORT"))
+        assert f"http://127.0.0.1:{port}/health" in " ".join(SERVICES[name]["healthcheck"]["test"]), name
+
+
+def test_every_service_rotates_its_log() -> None:
+    """Docker's json-file log grows without end unless told otherwise: every service caps it."""
+    for name, service in SERVICES.items():
+        logging = service.get("logging")
+        assert logging, f"{name} has no logging: (use *logging)"
+        assert logging["driver"] == "json-file", name
+        assert {"max-size", "max-file"} <= set(logging["options"]), name
+
+
+def _dockerfile_owned_dirs() -> tuple[str, set[str]]:
+    """The image's user and the directories its RUN lines make that user's (`install -d -o USER`)."""
+    text = (REPO / "infra" / "Dockerfile").read_text().replace("\\\n", " ")
+    user = re.findall(r"^USER (\S+)$", text, re.MULTILINE)[-1]
+    owned: set[str] = set()
+    for command in re.findall(r"install -d ([^&\n]+)", text):
+        words = command.split()
+        if f"-o {user}" in command:
+            flags_with_values = {"-o", "-g", "-m"}
+            skip = {i + 1 for i, w in enumerate(words) if w in flags_with_values}
+            owned |= {w for i, w in enumerate(words) if i not in skip and not w.startswith("-")}
+    return user, owned
+
+
+def test_volumes_the_image_user_writes_are_its_own() -> None:
+    """A named volume takes the ownership of the image's directory on first mount; a directory the
+    image does not have is root's, and the stage (not root) could not write its state there (the
+    monitor-state volume was). Every writable named volume of a service that runs as the image's
+    user is a directory infra/Dockerfile makes that user's."""
+    user, owned = _dockerfile_owned_dirs()
+    assert user == "vaktrom"
+    image = SERVICES["init"]["image"]
+    checked = []
+    for name, service in SERVICES.items():
+        if service.get("image") != image or "user" in service:
+            continue
+        for volume in service.get("volumes", []):
+            source, target, *mode = volume.split(":")
+            if source.startswith(".") or mode == ["ro"]:
+                continue
+            assert target in owned, f"{name}: {source} at {target} is not the image user's (infra/Dockerfile)"
+            checked.append(target)
+    assert "/var/lib/vaktrom/monitor" in checked
+
+
 def test_kafka_image_matches_the_jars_of_the_local_stack() -> None:
     """The local stack and production run the same Kafka version."""
     pom = (REPO / "infra" / "kafka" / "pom.xml").read_text()
