@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import pkgutil
 import re
+import shlex
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 STAGE_SERVICES = {"init", "ingest", "monitor", "archive", "alerts"}
-INFRA_SERVICES = {"mosquitto", "kafka", "timescaledb"}
+KAFKA_NODES = ("kafka-1", "kafka-2", "kafka-3")
+INFRA_SERVICES = {"mosquitto", *KAFKA_NODES, "timescaledb"}
 
 
 def _known_variables() -> set[str]:
@@ -90,10 +92,11 @@ def test_every_vaktrom_variable_is_a_setting_a_stage_reads() -> None:
 
 def test_addresses_point_at_compose_services_and_their_ports() -> None:
     env = SERVICES["ingest"]["environment"]
-    kafka_host, kafka_port = _host_port(env["VAKTROM_KAFKA_BOOTSTRAP"])
-    assert kafka_host == "kafka"
-    properties = _kafka_properties()
-    assert properties["advertised.listeners"] == f"CLIENT://kafka:{kafka_port}"
+    servers = [_host_port(server) for server in env["VAKTROM_KAFKA_BOOTSTRAP"].split(",")]
+    assert [host for host, _ in servers] == list(KAFKA_NODES)
+    nodes = _kafka_nodes()
+    for host, port in servers:
+        assert nodes[host]["advertised.listeners"] == f"CLIENT://{host}:{port}"
 
     assert env["VAKTROM_MQTT_HOST"] == "mosquitto"
     mosquitto_conf = (REPO / "infra" / "mosquitto" / "mosquitto.prod.conf").read_text()
@@ -111,20 +114,82 @@ def test_addresses_point_at_compose_services_and_their_ports() -> None:
     assert (owner.username, owner.hostname, owner.path) == ("vaktrom", "timescaledb", db.path)
 
 
-def _kafka_properties() -> dict[str, str]:
-    """server.properties as compose's kafka-init renders it (from its command line)."""
+def _kafka_nodes() -> dict[str, dict[str, str]]:
+    """Each node's server.properties as compose's kafka-init renders them: its command runs
+    infra/kafka_init.py once per node in a shell loop (`for n in 1 2 3`)."""
     import sys  # noqa: PLC0415
 
     sys.path.insert(0, str(REPO / "infra"))
     from kafka_init import render_server_properties  # noqa: PLC0415 - infra/ holds scripts
 
-    command = SERVICES["kafka-init"]["command"]
-    option = {command[i]: command[i + 1] for i in range(2, len(command) - 1, 2)}
-    text = render_server_properties(
-        host=option["--host"], port=9092, controller_port=9093, data="/var/lib/kafka/data", partitions=6,
-        tls_dir=Path(option["--tls-dir"]), broker_password="from-env",  # noqa: S106 - a stand-in
-    )  # fmt: skip
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+    script = SERVICES["kafka-init"]["command"][2]
+    loop = re.fullmatch(r"for n in ([\d ]+); do (.*); done", script, re.DOTALL)
+    assert loop, script
+    nodes = {}
+    for n in loop.group(1).split():
+        words = shlex.split(loop.group(2).replace("$$n", n).removesuffix("|| exit 1"))
+        assert words[:2] == ["python", "infra/kafka_init.py"], words
+        option = {words[i]: words[i + 1] for i in range(2, len(words) - 1, 2)}
+        text = render_server_properties(
+            host=option["--host"], port=9092, controller_port=9093, data="/var/lib/kafka/data",
+            partitions=6, tls_dir=Path(option["--tls-dir"]), broker_password="from-env",  # noqa: S106
+            node_id=int(option["--node-id"]), voters=option["--voters"],
+            replication=int(option["--replication"]),
+        )  # fmt: skip
+        properties = dict(
+            ln.split("=", 1) for ln in text.splitlines() if "=" in ln and not ln.startswith("#")
+        )
+        nodes[option["--host"]] = properties | {"config-dir": option["--config-dir"]}
+    return nodes
+
+
+def _kafka_properties() -> dict[str, str]:
+    """server.properties of the first node (what every node shares is checked on it)."""
+    return _kafka_nodes()[KAFKA_NODES[0]]
+
+
+def test_compose_runs_three_kafka_nodes_like_the_local_cluster() -> None:
+    """Three combined controller+broker KRaft nodes, each in every node's voter list, each topic on
+    all three with two in sync for a write, no unclean leader election, the internal topics as
+    replicated; each node's own properties reach its container and nothing in its environment
+    overrides them."""
+    nodes = _kafka_nodes()
+    assert sorted(nodes) == list(KAFKA_NODES)
+    voters = ",".join(f"{i}@{host}:9093" for i, host in enumerate(KAFKA_NODES, start=1))
+    init_volumes = dict(v.split(":")[:2] for v in SERVICES["kafka-init"]["volumes"])
+    for number, host in enumerate(KAFKA_NODES, start=1):
+        properties, service = nodes[host], SERVICES[host]
+        assert properties["process.roles"] == "broker,controller"
+        assert properties["node.id"] == str(number)
+        assert properties["controller.quorum.voters"] == voters
+        for key in ("default.replication.factor", "offsets.topic.replication.factor",
+                    "transaction.state.log.replication.factor",
+                    "share.coordinator.state.topic.replication.factor"):  # fmt: skip
+            assert properties[key] == "3", (host, key)
+        for key in ("min.insync.replicas", "transaction.state.log.min.isr",
+                    "share.coordinator.state.topic.min.isr"):  # fmt: skip
+            assert properties[key] == "2", (host, key)
+        assert properties["unclean.leader.election.enable"] == "false"
+        assert service["hostname"] == host
+        mounts = dict(v.split(":")[:2] for v in service["volumes"])
+        config_volume = next(src for src, dst in mounts.items() if dst == "/mnt/shared/config")
+        assert init_volumes[config_volume] == properties["config-dir"], host
+        keystore = properties["ssl.keystore.location"]
+        assert any(keystore.startswith(dst + "/") for dst in mounts.values()), keystore
+        assert [k for k in service["environment"] if k.startswith("KAFKA_")] == ["KAFKA_HEAP_OPTS"]
+        assert service["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+    data = {v.split(":")[0] for host in KAFKA_NODES for v in SERVICES[host]["volumes"] if "data" in v}
+    assert len(data) == 3, "each node keeps its own data"
+
+
+def test_every_stage_reaches_all_three_kafka_nodes_and_init_waits_for_them() -> None:
+    """A stage's bootstrap list names every node (one down, it starts through another); the topics
+    and access rules are made only once all three are healthy."""
+    for name in STAGE_SERVICES:
+        servers = SERVICES[name]["environment"]["VAKTROM_KAFKA_BOOTSTRAP"].split(",")
+        assert sorted(_host_port(server)[0] for server in servers) == list(KAFKA_NODES), name
+    for host in KAFKA_NODES:
+        assert SERVICES["init"]["depends_on"][host]["condition"] == "service_healthy"
 
 
 def test_kafka_takes_only_sasl_over_tls_and_every_stage_signs_in_as_itself() -> None:
@@ -140,7 +205,8 @@ def test_kafka_takes_only_sasl_over_tls_and_every_stage_signs_in_as_itself() -> 
     assert properties["authorizer.class.name"].endswith("StandardAuthorizer")
     assert properties["super.users"] == "User:vaktrom-broker;User:vaktrom-admin"
     assert properties["listener.name.client.sasl.enabled.mechanisms"] == "SCRAM-SHA-512,PLAIN"
-    assert "/mnt/shared/config" in [v.split(":")[1] for v in SERVICES["kafka"]["volumes"]]
+    for host in KAFKA_NODES:
+        assert "/mnt/shared/config" in [v.split(":")[1] for v in SERVICES[host]["volumes"]]
     expected = {
         "ingest": "bridge",
         "monitor": "monitor",
@@ -277,7 +343,8 @@ def test_kafka_image_matches_the_jars_of_the_local_stack() -> None:
     pom = (REPO / "infra" / "kafka" / "pom.xml").read_text()
     version = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom)
     assert version
-    assert SERVICES["kafka"]["image"] == f"apache/kafka:{version.group(1)}"
+    for host in KAFKA_NODES:
+        assert SERVICES[host]["image"] == f"apache/kafka:{version.group(1)}"
 
 
 def test_dependencies_and_volumes_are_declared() -> None:
