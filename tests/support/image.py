@@ -44,7 +44,6 @@ class Image:
     root: Path
     workdir: PurePosixPath = field(default_factory=lambda: PurePosixPath("/"))
     env: dict[str, str] = field(default_factory=dict)
-    user: str = "root"
     install: list[list[str]] = field(default_factory=list)  # RUN lines that pip install
 
     def path(self, container: str | PurePosixPath) -> Path:
@@ -66,8 +65,9 @@ def _ignored(patterns: list[str]) -> re.Pattern[str] | None:
     parts = []
     for line in patterns:
         pattern = line.strip().strip("/")
-        if not pattern or pattern.startswith(("#", "!")):  # the Dockerfile's ignore file has no "!"
+        if not pattern or pattern.startswith("#"):
             continue
+        assert not pattern.startswith("!"), f".dockerignore exception {pattern}: teach _ignored about it"
         regex = re.escape(pattern).replace(r"\*\*/", "(?:.*/)?").replace(r"\*", "[^/]*")
         parts.append(regex.replace(r"\?", "[^/]"))
     return re.compile(rf"(?:{'|'.join(parts)})(?:/.*)?") if parts else None
@@ -87,9 +87,9 @@ def assemble(repo: Path, root: Path, *, dockerfile: str, dockerignore: str = "")
             image.workdir = image.workdir / args[0]
             image.app.mkdir(parents=True, exist_ok=True)
         elif instruction == "ENV":
-            image.env.update(arg.split("=", 1) for arg in args)  # type: ignore[misc]
-        elif instruction == "USER":
-            image.user = args[0]
+            for arg in args:
+                name, _, value = arg.partition("=")
+                image.env[name] = value
         elif instruction == "RUN" and "pip" in args and "install" in args:
             image.install.append(args)
         elif instruction == "COPY":
