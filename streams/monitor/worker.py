@@ -166,6 +166,8 @@ class Worker:
         self.group = group_of(kafka, settings)
         self.metrics = MonitorMetrics()
         self.alert_path = AlertPathAge(max_age_s=settings.alert_path_max_age_s, what="reading")
+        self.metrics.alert_path_age.set_function(lambda: self.alert_path.age(time.time()))
+        self.metrics.lag.set_function(self.alert_path.lag)
         admin = rk.admin(kafka, client_id="vaktrom-monitor")
         self.partitions = check_topics(admin, prefix)
         self.store: Store = open_store(settings.store, Path(settings.data_dir))
