@@ -274,3 +274,37 @@ def test_amtool_checks_the_alertmanager_configuration() -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_runs_the_bundle_with_the_files_it_reads() -> None:
+    """Prometheus, Alertmanager, Grafana and node-exporter run in compose, pinned, with health checks
+    and log rotation, mounting the files the configurations name where they name them."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    for name in ("prometheus", "alertmanager", "grafana", "node-exporter"):
+        service = services[name]
+        assert "healthcheck" in service, name
+        assert service["logging"]["options"]["max-size"], name
+        assert not service["image"].endswith(":latest"), name
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["prometheus"]["volumes"]}
+    assert mounts["/etc/prometheus/prometheus.yml"] == "./infra/monitoring/prometheus.yml"
+    assert mounts["/etc/prometheus/rules"] == "./infra/monitoring/rules"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["grafana"]["volumes"]}
+    assert mounts["/var/lib/grafana/dashboards"] == "./infra/monitoring/grafana/dashboards"
+    assert mounts["/etc/grafana/provisioning"] == "./infra/monitoring/grafana/provisioning"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["alertmanager"]["volumes"]}
+    assert mounts["/etc/alertmanager/alertmanager.yml"] == "./infra/monitoring/alertmanager.yml"
+
+
+def test_scrape_targets_are_the_stages_metrics_ports() -> None:
+    """Each stage job scrapes the compose service that runs the stage, on the port its
+    VAKTROM_*_METRICS_PORT sets; the local configuration uses the same ports on 127.0.0.1."""
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    stage_service = {"bridge": "ingest", "monitor": "monitor", "archive": "archive", "alerts": "alerts"}
+    for config, local in (("prometheus.yml", False), ("prometheus.local.yml", True)):
+        jobs = {j["job_name"]: j for j in yaml.safe_load((MONITORING / config).read_text())["scrape_configs"]}
+        for job, service in stage_service.items():
+            env = services[service]["environment"]
+            (port,) = [v for k, v in env.items() if k.endswith("_METRICS_PORT")]
+            host = "127.0.0.1" if local else service
+            assert jobs[job]["static_configs"][0]["targets"] == [f"{host}:{port}"], (config, job)
