@@ -16,11 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.monitoring import DASHBOARDS, MONITORING, RULES, dashboard_queries, metric_names, rules
+
 REPO = Path(__file__).resolve().parents[2]
-MONITORING = REPO / "infra" / "monitoring"
-RULES = MONITORING / "rules" / "vaktrom.rules.yml"
 RULE_TESTS = MONITORING / "tests" / "vaktrom.test.yml"
-DASHBOARDS = sorted((MONITORING / "grafana" / "dashboards").glob("*.json"))
 RUNBOOK = REPO / "docs" / "monitoring.md"
 PACKAGES = ("runtime", "ingest", "streams", "alerts", "registry")
 
@@ -46,53 +45,11 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([binary, *args], capture_output=True, text=True, timeout=120, check=False)
 
 
-def rules() -> list[dict[str, Any]]:
-    groups = yaml.safe_load(RULES.read_text())["groups"]
-    return [rule for group in groups for rule in group["rules"]]
-
-
 def alert_names() -> list[str]:
     return [rule["alert"] for rule in rules() if "alert" in rule]
 
 
-def dashboard_queries(path: Path) -> list[str]:
-    """Every Prometheus query of a dashboard's panels (rows' nested panels included)."""
-    queries: list[str] = []
-
-    def walk(panels: list[dict[str, Any]]) -> None:
-        for panel in panels:
-            queries.extend(t["expr"] for t in panel.get("targets", []) if t.get("expr"))
-            walk(panel.get("panels", []))
-
-    walk(json.loads(path.read_text())["panels"])
-    return queries
-
-
-# ------------------------------------------------------------------ PromQL metric names
-_KEYWORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-    "offset", "inf", "nan", "le", "atan2",
-}  # fmt: skip
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
-_MATCHERS = re.compile(r"\{[^{}]*\}")
-_RANGE = re.compile(r"\[[^\[\]]*\]")
-_GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
-_NAME = re.compile(r"(?<![\w:.$])([a-zA-Z_:][a-zA-Z0-9_:]*)\b(?!\s*\()")
-_SELECTOR_NAME = re.compile(r"""__name__\s*=\s*["']([a-zA-Z_:][a-zA-Z0-9_:]*)["']""")
-
-
-def metric_names(expr: str) -> set[str]:
-    """The metric names a PromQL expression selects: identifiers outside strings, label matchers,
-    ranges and grouping lists that are not a function, keyword or number (and __name__="x")."""
-    names = set(_SELECTOR_NAME.findall(expr))
-    text = _STRING.sub('""', expr)
-    text = _MATCHERS.sub(" ", text)
-    text = _RANGE.sub(" ", text)
-    text = _GROUPING.sub(" ", text)
-    text = re.sub(r"\b\d+(\.\d+)?(e[+-]?\d+)?\b", " ", text)
-    return names | {n for n in _NAME.findall(text) if n.lower() not in _KEYWORDS}
-
-
+# ------------------------------------------------------------------ metric names
 def test_metric_names_reads_selectors_not_functions_or_labels() -> None:
     """The parser finds the metrics of a query, not its functions, labels, durations or strings."""
     expr = (
