@@ -67,6 +67,9 @@ class MonitorMetrics:
         self.deadlines = Gauge(
             "vaktrom_monitor_deadlines_pending", "patients waiting for a deadline", registry=r
         )
+        self.kafka_up = Gauge(
+            "vaktrom_monitor_kafka_up", "1 while the consumer has a connection to a Kafka broker", registry=r
+        )
         # read from the worker's AlertPathAge at each scrape (the worker notes the partitions' ends)
         self.alert_path_age = Gauge(
             "vaktrom_monitor_alert_path_age_seconds",
