@@ -79,7 +79,14 @@ class AlertService:
         """The background workers this service runs, in the order /health lists them."""
         s, url, metrics = self._settings, self._database.url, self.feed.metrics
         escalation = periodic(
-            lambda: EscalationJob(url, s, metrics.escalations), every_s=s.escalation_every_s
+            lambda: EscalationJob(
+                url,
+                s,
+                metrics.escalations,
+                oldest_red=metrics.oldest_unclaimed_red,
+                open_alerts=metrics.open_alerts,
+            ),
+            every_s=s.escalation_every_s,
         )
         purge = periodic(lambda: SessionPurge(url), every_s=PURGE_EVERY_S, first_s=s.escalation_every_s)
         notify = periodic(lambda: NotifierJob(url, s, metrics.notifications), every_s=s.notify_every_s)

@@ -91,6 +91,7 @@ class LoopMetrics:
     commit_errors: Counter | None = None
     retries: Counter | None = None  # batches not applied (database or quarantine away), read again
     database_up: Gauge | None = None
+    kafka_up: Gauge | None = None  # 1 while a broker connection is up (librdkafka's statistics)
     partitions: Gauge | None = None
     restarts: Counter | None = None  # consumers replaced after a fatal client error
 
@@ -532,6 +533,8 @@ class ConsumerLoop:
         except ValueError:
             return
         up = any(b.get("state") == "UP" for b in brokers.values())
+        if self._metrics.kafka_up is not None:
+            self._metrics.kafka_up.set(1 if up else 0)
         if up and self._kafka_away is not None:
             log.warning("%s: Kafka is back after %.0f s", self.name, time.monotonic() - self._kafka_away)
             self._kafka_away = None

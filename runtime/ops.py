@@ -45,6 +45,7 @@ def health_status(report: dict[str, Any]) -> str:
 class _Partition:
     pending: float | None = None  # append time of the oldest record handed over and not yet done
     offset: int | None = None  # the last record done
+    end: int | None = None  # the partition's end offset, when last looked
     last: float = 0.0  # its append time
     waiting: bool = False  # records beyond `offset`, when last looked
     caught_up: float = 0.0  # when it was last seen with nothing beyond `offset`
@@ -88,6 +89,7 @@ class AlertPathAge:
         part = self._part(partition)
         if end is None or part.offset is None:
             return  # nothing to compare yet
+        part.end = end
         part.waiting = end > part.offset + 1
         if not part.waiting:
             part.caught_up = now
@@ -105,6 +107,14 @@ class AlertPathAge:
             if part.waiting:
                 oldest = max(oldest, now - max(part.caught_up, part.last))
         return oldest
+
+    def lag(self) -> int:
+        """Records beyond the last one done, summed over the partitions, as of the last look."""
+        return sum(
+            max(0, part.end - part.offset - 1)
+            for part in list(self._parts.values())
+            if part.end is not None and part.offset is not None
+        )
 
     def report(self, now: float) -> dict[str, Any]:
         """The /health fields: the age, its threshold and, past it, a `delays` entry saying so."""

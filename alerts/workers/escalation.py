@@ -28,7 +28,15 @@ from alerts.store import require_idle
 from alerts.workers.notify import Route, enqueue
 from contracts import Severity
 
-__all__ = ["Escalation", "Step", "Targets", "escalate_due", "queue"]
+__all__ = [
+    "Escalation",
+    "Step",
+    "Targets",
+    "escalate_due",
+    "oldest_unclaimed_red",
+    "open_by_severity",
+    "queue",
+]
 
 
 class Step(enum.IntEnum):
@@ -118,6 +126,41 @@ def escalate_due(
             enqueue(cur, episode_id, int(nxt), (routes or {}).get(nxt, ()), at=now, alarm_round=round_)
             taken.append(Escalation(episode_id, patient_id, Severity(severity), nxt, waiting))
     return taken
+
+
+NO_TEAM = "none"  # the team label of patients not enrolled in a team (seen centre-wide)
+
+
+def oldest_unclaimed_red(conn: psycopg.Connection[Any], *, now: datetime) -> dict[str, float]:
+    """Per team, how long the oldest red alert nobody has claimed (state `new`) has waited, in
+    seconds since its clock started (as escalation counts it). Teams without one are left out.
+    For the service's metrics: a team id, never a patient's."""
+    clock = _CLOCK.replace("rearmed_at", "a.rearmed_at").replace("received_at", "a.received_at")
+    with conn.cursor() as cur:
+        cur.execute(
+            f"""
+            SELECT coalesce(p.team_id, %(none)s), extract(epoch FROM (%(now)s - min({clock})))::float8
+            FROM alerts a LEFT JOIN patient_directory p USING (patient_id)
+            WHERE a.state = 'new' AND a.severity = 'red'
+            GROUP BY 1
+            """,  # noqa: S608  (only the fixed clock expression is formatted in; values are parameters)
+            {"now": now, "none": NO_TEAM},
+        )
+        rows = cur.fetchall()
+    conn.rollback()  # read-only: end the snapshot
+    return {str(team): max(0.0, float(age)) for team, age in rows}
+
+
+def open_by_severity(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """How many alerts are in the queue (not closed), by severity; every severity, 0 when none."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT severity, count(*) FROM alerts "
+            "WHERE state IN ('new', 'claimed', 'in_progress', 'to_acknowledge') GROUP BY severity"
+        )
+        rows = cur.fetchall()
+    conn.rollback()  # read-only: end the snapshot
+    return {s.value: 0 for s in Severity} | {str(severity): int(n) for severity, n in rows}
 
 
 def queue(

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 import psycopg
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from alerts.quarantine import STAGE, apply_each, fault, set_aside
 from alerts.settings import AlertsSettings
@@ -79,8 +79,37 @@ class FeedMetrics:
         self.escalations = Counter(
             "vaktrom_alerts_escalations", "escalation steps taken, by step", ["step"], registry=r
         )
+        self.oldest_unclaimed_red = Gauge(
+            "vaktrom_alerts_oldest_unclaimed_red_seconds",
+            "age of the oldest red alert nobody has claimed, by team (none: patients outside a team); "
+            "absent for a team with none",
+            ["team"],
+            registry=r,
+        )
+        self.open_alerts = Gauge(
+            "vaktrom_alerts_open", "alerts in the queue (not closed), by severity", ["severity"], registry=r
+        )
         self.notifications = Counter(
             "vaktrom_alerts_notifications", "escalation notifications, by outcome", ["outcome"], registry=r
+        )
+        self.database_up = Gauge(
+            "vaktrom_alerts_database_up",
+            "1 while the alert store's database takes the feed's writes",
+            registry=r,
+        )
+        self.kafka_up = Gauge(
+            "vaktrom_alerts_kafka_up", "1 while the feed has a connection to a Kafka broker", registry=r
+        )
+        # read at each scrape from the feed's AlertPathAge
+        self.alert_path_age = Gauge(
+            "vaktrom_alerts_alert_path_age_seconds",
+            "age of the oldest alert event not yet in the alert store (the /health alert_path_age_s)",
+            registry=r,
+        )
+        self.lag = Gauge(
+            "vaktrom_alerts_lag_records",
+            "alert events on the assigned partitions not yet applied",
+            registry=r,
         )
         self.latency = Histogram(
             "vaktrom_alerts_apply_seconds",
@@ -125,10 +154,14 @@ class AlertFeed:
                 commit_errors=self.metrics.commit_errors,
                 retries=self.metrics.db_errors,
                 restarts=self.metrics.consumer_restarts,
+                database_up=self.metrics.database_up,
+                kafka_up=self.metrics.kafka_up,
             ),
             consumer_config=_consumer_config(settings),
         )
         self.alert_path = AlertPathAge(max_age_s=settings.alert_path_max_age_s, what="alert event")
+        self.metrics.alert_path_age.set_function(lambda: self._note_ends()[1])
+        self.metrics.lag.set_function(lambda: self._note_ends()[0])
         # When each alert event set aside in the last hour was, by (partition, offset): a batch read
         # again (the quarantine topic away) sets the same events aside again, and they count once.
         self._set_aside: dict[tuple[int, int], float] = {}
@@ -138,6 +171,7 @@ class AlertFeed:
             self._conn = psycopg.connect(self._database.url, connect_timeout=10)
             self._conn.execute("SELECT 1 FROM alerts LIMIT 0")
             self._conn.rollback()
+            self.metrics.database_up.set(1)
         except psycopg.errors.UndefinedTable:
             raise AlertFeedError(
                 "the alert tables are missing: run the migrations (`infra/migrate.py`; make up does)",
@@ -205,12 +239,17 @@ class AlertFeed:
 
     def _alert_path_report(self) -> dict[str, Any]:
         """How old the oldest alert event not yet in the store is (events beyond the last applied)."""
+        self._note_ends()
+        return self.alert_path.report(time.time())
+
+    def _note_ends(self) -> tuple[int, float]:
+        """Note the partitions' ends; (events not yet applied, the oldest one's age in seconds)."""
         now = time.time()
         mine = {partition: end for (_topic, partition), end in self.loop.ends().items()}  # no round trip
         self.alert_path.retain(set(mine))
         for partition, end in mine.items():
             self.alert_path.ends(partition, end, now)
-        return self.alert_path.report(now)
+        return self.alert_path.lag(), self.alert_path.age(now)
 
     def _apply(self, records: list[Record]) -> list[Quarantined]:
         """Apply `records` in one transaction; returns those set aside (the loop publishes them before

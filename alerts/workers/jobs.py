@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from psycopg_pool import ConnectionPool
 
 from alerts.accounts import purge
 from alerts.settings import AlertsSettings
-from alerts.workers.escalation import escalate_due
+from alerts.workers.escalation import escalate_due, oldest_unclaimed_red, open_by_severity
 from alerts.workers.notify import Channel, Email, Webhook, deliver_due
 from registry import Registry
 
@@ -95,13 +95,26 @@ class _DatabaseJob:
 
 
 class EscalationJob(_DatabaseJob):
-    """Take due escalation steps (`escalate_due`) every VAKTROM_ALERTS_ESCALATION_EVERY_S."""
+    """Take due escalation steps (`escalate_due`) every VAKTROM_ALERTS_ESCALATION_EVERY_S, and note
+    each team's oldest unclaimed red alert (`oldest_red`) and the open alerts by severity (`open`)
+    for the metrics, when given."""
 
     what = "escalation"
 
-    def __init__(self, database_url: str, settings: AlertsSettings, steps: Counter) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        settings: AlertsSettings,
+        steps: Counter,
+        oldest_red: Gauge | None = None,
+        open_alerts: Gauge | None = None,
+    ) -> None:
         super().__init__(database_url)
         self._settings, self._steps = settings, steps
+        self._oldest_red, self._open = oldest_red, open_alerts
+        self._teams: set[str] = set()
+        if oldest_red is not None:
+            oldest_red.clear()  # a job started again does not know the teams its predecessor noted
 
     def work(self, conn: psycopg.Connection[Any]) -> None:
         s = self._settings
@@ -110,6 +123,19 @@ class EscalationJob(_DatabaseJob):
             self._steps.labels(step.step.name.lower()).inc()
         if taken:
             log.info("escalation: %d alert(s) past their response-time target escalated", len(taken))
+        if self._oldest_red is not None:
+            self._note_oldest_red(conn, self._oldest_red)
+        if self._open is not None:
+            for severity, count in open_by_severity(conn).items():
+                self._open.labels(severity).set(count)
+
+    def _note_oldest_red(self, conn: psycopg.Connection[Any], gauge: Gauge) -> None:
+        ages = oldest_unclaimed_red(conn, now=datetime.now(UTC))
+        for team in self._teams - set(ages):
+            gauge.remove(team)  # claimed since: the team's series ends
+        for team, age in ages.items():
+            gauge.labels(team).set(age)
+        self._teams = set(ages)
 
 
 class SessionPurge(_DatabaseJob):

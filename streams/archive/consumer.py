@@ -84,6 +84,7 @@ class Archive:
             metrics=LoopMetrics(
                 commit_errors=self.metrics.commit_errors,
                 database_up=self.metrics.database_up,
+                kafka_up=self.metrics.kafka_up,
                 partitions=self.metrics.partitions,
                 restarts=self.metrics.consumer_restarts,
             ),

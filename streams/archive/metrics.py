@@ -65,6 +65,9 @@ class ArchiveMetrics:
         self.database_up = Gauge(
             "vaktrom_archive_database_up", "1 while the database takes writes", registry=r
         )
+        self.kafka_up = Gauge(
+            "vaktrom_archive_kafka_up", "1 while the consumer has a connection to a Kafka broker", registry=r
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

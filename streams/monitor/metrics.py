@@ -67,6 +67,20 @@ class MonitorMetrics:
         self.deadlines = Gauge(
             "vaktrom_monitor_deadlines_pending", "patients waiting for a deadline", registry=r
         )
+        self.kafka_up = Gauge(
+            "vaktrom_monitor_kafka_up", "1 while the consumer has a connection to a Kafka broker", registry=r
+        )
+        # read from the worker's AlertPathAge at each scrape (the worker notes the partitions' ends)
+        self.alert_path_age = Gauge(
+            "vaktrom_monitor_alert_path_age_seconds",
+            "age of the oldest reading waiting in the monitor (the /health alert_path_age_s)",
+            registry=r,
+        )
+        self.lag = Gauge(
+            "vaktrom_monitor_lag_records",
+            "measurements on the assigned partitions not yet evaluated, as of the last look",
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -31,6 +31,7 @@ neither handled nor committed; a topic-partition holding too much is paused unti
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -66,6 +67,7 @@ _IDLE_WAIT_S = 0.1  # the longest a poll waits for a first record (the loop chec
 _FILL_WAIT_S = 0.005  # once a record came, how long to wait for more to fill the batch
 _RETRY_MAX_S = 10.0
 _DEADLINE_BUDGET_S = 0.02  # deadline work per turn of the loop; what is left goes on next turn
+_STATS_MS = 5000  # how often librdkafka reports its brokers' states (the kafka_up gauge)
 
 
 class MonitorError(StageError):
@@ -166,6 +168,8 @@ class Worker:
         self.group = group_of(kafka, settings)
         self.metrics = MonitorMetrics()
         self.alert_path = AlertPathAge(max_age_s=settings.alert_path_max_age_s, what="reading")
+        self.metrics.alert_path_age.set_function(lambda: self.alert_path.age(time.time()))
+        self.metrics.lag.set_function(self.alert_path.lag)
         admin = rk.admin(kafka, client_id="vaktrom-monitor")
         self.partitions = check_topics(admin, prefix)
         self.store: Store = open_store(settings.store, Path(settings.data_dir))
@@ -209,9 +213,18 @@ class Worker:
         self._stopping = True
 
     def _new_consumer(self) -> rk.Consumer:
+        stats = {"statistics.interval.ms": _STATS_MS, "stats_cb": self._on_stats}
         return rk.consumer(
-            self._kafka, group_id=self.group, client_id="vaktrom-monitor", **self._group_config
+            self._kafka, group_id=self.group, client_id="vaktrom-monitor", **self._group_config, **stats
         )
+
+    def _on_stats(self, report: str) -> None:
+        """librdkafka's statistics (in poll, this thread): `kafka_up` is 0 while no broker is "UP"."""
+        try:
+            brokers = json.loads(report).get("brokers", {})
+        except ValueError:
+            return
+        self.metrics.kafka_up.set(1 if any(b.get("state") == "UP" for b in brokers.values()) else 0)
 
     def _subscribe(self) -> None:
         inputs = [self.names.measurements, self.names.status, self.names.careplans]

@@ -13,13 +13,21 @@ import pytest
 
 from alerts.settings import AlertsSettings
 from alerts.store import Resolution, apply_events, claim, complete, start
-from alerts.workers.escalation import Step, Targets, escalate_due, queue
+from alerts.workers.escalation import (
+    Step,
+    Targets,
+    escalate_due,
+    oldest_unclaimed_red,
+    open_by_severity,
+    queue,
+)
 from alerts.workers.feed import FeedMetrics
 from alerts.workers.jobs import EscalationJob
 from alerts.workers.notify import Route
 from alerts.workers.supervisor import Supervisor, Worker, periodic
 from contracts import EpisodeChange, Severity
-from tests.integration.alerts_support import event, new_id
+from tests.conftest import Stack
+from tests.integration.alerts_support import add_patient, event, new_id
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 TARGETS = Targets(red=timedelta(minutes=5), yellow=timedelta(hours=2))
@@ -244,3 +252,55 @@ def test_a_stalled_round_and_the_thread_that_takes_over_take_each_step_once(
     ).fetchall()
     conn.rollback()
     assert sorted((e, s, n) for e, s, n in outbox) == sorted((e, s, 1) for e in ids for s in (1, 2, 3))
+
+
+def test_the_oldest_unclaimed_red_alert_is_noted_per_team_and_open_alerts_by_severity(
+    database_url: str, conn: psycopg.Connection[Any], stack: Stack
+) -> None:
+    """For the metrics: per team, the oldest red alert nobody has claimed, by its escalation clock (a
+    claimed red and an unclaimed yellow do not count; a patient outside a team counts under `none`),
+    and the open alerts by severity. The escalation job sets both gauges each round and ends a team's
+    series once its reds are claimed."""
+    team = f"team-{new_id()[:12]}"
+    conn.execute("INSERT INTO teams (team_id, name) VALUES (%s, %s)", (team, team))
+    patient = f"P-{new_id()[:12]}"
+    add_patient(conn, stack, patient, team)
+    conn.commit()
+    now = datetime.now(UTC)
+    oldest = received(conn, Severity.RED, now - timedelta(minutes=20), patient)
+    newer = received(conn, Severity.RED, now - timedelta(minutes=3), patient)
+    claimed = received(conn, Severity.RED, now - timedelta(hours=1), patient)
+    claim(conn, claimed, "anna")
+    received(conn, Severity.YELLOW, now - timedelta(hours=2), patient)
+    outside = received(conn, Severity.RED, now - timedelta(minutes=2))  # no patients row: no team
+
+    ages = oldest_unclaimed_red(conn, now=now)
+    assert ages.keys() == {team, "none"}
+    assert ages[team] == pytest.approx(20 * 60, abs=1)
+    assert ages["none"] == pytest.approx(2 * 60, abs=1)
+    assert open_by_severity(conn) == {"red": 4, "yellow": 1, "info": 0}
+
+    metrics = FeedMetrics()
+    job = EscalationJob(
+        database_url, AlertsSettings(), metrics.escalations,
+        oldest_red=metrics.oldest_unclaimed_red, open_alerts=metrics.open_alerts,
+    )  # fmt: skip
+    registry = metrics.registry
+    try:
+        job.tick()
+        assert (
+            registry.get_sample_value("vaktrom_alerts_oldest_unclaimed_red_seconds", {"team": team}) or 0
+        ) >= 1200
+        assert registry.get_sample_value("vaktrom_alerts_open", {"severity": "red"}) == 4
+        for eid in (oldest, newer, outside):
+            claim(conn, eid, "anna")
+        job.tick()
+        assert (
+            registry.get_sample_value("vaktrom_alerts_oldest_unclaimed_red_seconds", {"team": team}) is None
+        )
+        assert (
+            registry.get_sample_value("vaktrom_alerts_oldest_unclaimed_red_seconds", {"team": "none"}) is None
+        )
+        assert registry.get_sample_value("vaktrom_alerts_open", {"severity": "red"}) == 4  # claimed is open
+    finally:
+        job.close()

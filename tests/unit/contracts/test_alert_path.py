@@ -87,3 +87,20 @@ def test_partitions_that_moved_away_are_forgotten() -> None:
 def test_health_status_is_down_then_degraded_then_ok(report: dict[str, object], status: str) -> None:
     """Not ok wins over late; late with ok is degraded."""
     assert health_status(report) == status
+
+
+def test_lag_counts_the_records_beyond_the_last_one_done_on_each_partition() -> None:
+    """The lag gauge: end offset minus the next offset to do, summed; 0 when caught up, and a
+    partition not yet done or not yet looked at (or gone to another consumer) counts nothing."""
+    path = AlertPathAge(max_age_s=30, what="reading")
+    path.done(0, offset=9, appended=1.0)
+    path.ends(0, end=10, now=2.0)
+    assert path.lag() == 0
+    path.ends(0, end=110, now=3.0)
+    path.done(1, offset=4, appended=1.0)
+    path.ends(1, end=15, now=3.0)
+    path.ends(2, end=5000, now=3.0)  # nothing done there yet
+    path.done(3, offset=7, appended=1.0)  # its end not seen yet
+    assert path.lag() == 100 + 10
+    path.retain({1})
+    assert path.lag() == 10

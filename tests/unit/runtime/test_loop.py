@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Gauge
 
 from contracts import Quarantined, QuarantineReason, quarantined
 from runtime import kafka as rk
-from runtime.loop import ConsumerLoop, Record, _FatalClientError, batch_ends, batch_starts
+from runtime.loop import ConsumerLoop, LoopMetrics, Record, _FatalClientError, batch_ends, batch_starts
 from runtime.settings import KafkaSettings
 
 TOPIC = "t"
@@ -247,6 +248,18 @@ def test_kafka_is_away_while_no_broker_connection_is_up_and_back_when_one_is() -
     assert loop.kafka_away_since == since, "away since the first report that said so"
     loop._on_stats(_stats("DOWN", "UP"))
     assert loop.kafka_away_since is None
+
+
+def test_the_kafka_up_gauge_follows_the_statistics() -> None:
+    """`vaktrom_<stage>_kafka_up` (VaktromKafkaUnreachable): 0 while no broker is "UP", 1 once one is."""
+    registry = CollectorRegistry()
+    gauge = Gauge("kafka_up", "test", registry=registry)
+    loop = make_loop(FakeConsumer([1]), lambda records: [], max_records=10)
+    loop._metrics = LoopMetrics(kafka_up=gauge)
+    loop._on_stats(_stats("DOWN", "TRY_CONNECT"))
+    assert registry.get_sample_value("kafka_up") == 0
+    loop._on_stats(_stats("DOWN", "UP"))
+    assert registry.get_sample_value("kafka_up") == 1
 
 
 class SilentProducer:
