@@ -15,8 +15,9 @@ by episode and version), so nothing is doubled.
 
 A set lives in <backup>/sets/<UTC time>/: pgdata/ (pg_basebackup, plain, with its own
 backup_manifest that pg_verifybackup checks), files/ (paths relative to the state folder) and
-manifest.json (SHA-256 of every file, the backup's WAL start, the consumer groups' offsets).
-Everything is 0700/0600, owned by the database's user.
+manifest.json (SHA-256 of every file, the backup's WAL start, the consumer groups' offsets). The
+identity key goes apart, to $VAKTROM_BACKUP_KEYS_DIR/<set> (default <backup>/keys/<set>): keep that
+on other media. Everything is 0700/0600, owned by the database's user.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ __all__ = ["BackupError", "base_backup", "latest_set", "restore", "rewind", "sna
 # state folder. The broker's identities pair with its accounts' passwords, the TLS folder holds the CA
 # kits trust, the database roles' passwords pair with the roles in the restored database.
 FILES = (
-    "identity.key",
+    "identity.key",  # stored apart from the set (KEY_FILES): with it a backup shows names, not pseudonyms
     "mosquitto/data/dynamic-security.json",
     "mosquitto/credentials.json",
     "mosquitto/tls",
@@ -58,6 +59,8 @@ FILES = (
     "secrets/postgres-password",
     "secrets/postgres-app-password",
 )
+KEY_FILES = ("identity.key",)
+PRIVATE_DIRS = ("secrets", "tls", "data")
 DEFAULT_GROUPS = ("VAKTROM_ARCHIVE_GROUP", "vaktrom-archive"), ("VAKTROM_ALERTS_GROUP", "vaktrom-alerts")
 
 
@@ -84,12 +87,28 @@ def _private_dir(path: Path) -> Path:
 
 
 def _copy_private(src: Path, dst: Path) -> None:
-    if not dst.parent.exists():  # a folder that exists keeps its mode: the services need theirs
-        _private_dir(dst.parent)
+    """A 0600 copy. A folder made on the way is 0755 (the services' users pass through the state
+    folder, each service's start-up gives its own folders their owner), except the private ones."""
+    if not dst.parent.exists():
+        dst.parent.mkdir(parents=True)
+        if dst.parent.name in PRIVATE_DIRS:
+            dst.parent.chmod(0o700)
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out, src.open("rb") as f:
         shutil.copyfileobj(f, out)
     dst.chmod(0o600)
+
+
+def keys_dir(set_dir: Path) -> Path:
+    """Where a set's key files go: $VAKTROM_BACKUP_KEYS_DIR/<set>, default <backup>/keys/<set>. Put
+    it on other media than the sets: the database's backup alone holds pseudonyms only."""
+    root = os.environ.get("VAKTROM_BACKUP_KEYS_DIR") or set_dir.parent.parent / "keys"
+    return Path(root) / set_dir.name
+
+
+def _kept(set_dir: Path, rel: str) -> Path:
+    """Where a set keeps one of its files."""
+    return keys_dir(set_dir) / rel if rel in KEY_FILES else set_dir / "files" / rel
 
 
 def _run(pg: Postgres, cmd: list[str], what: str) -> str:
@@ -128,9 +147,10 @@ def snapshot_offsets(kafka: KafkaSettings, groups: list[str]) -> dict[str, dict[
     return out
 
 
-def rewind(kafka: KafkaSettings, offsets: dict[str, dict[str, int]]) -> None:
-    """Set each group's committed offsets to `offsets`. The group must have no members: Kafka refuses
-    to move the offsets of a group whose consumers are running."""
+def rewind(kafka: KafkaSettings, offsets: dict[str, dict[str, int]], *, wait_s: float = 120.0) -> None:
+    """Set each group's committed offsets to `offsets`. Kafka moves only the offsets of a group with
+    no members: stop its processes first. A stopped static member (VAKTROM_ARCHIVE_INSTANCE_ID)
+    stays a member until its session times out, so this waits up to `wait_s` for that."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition  # noqa: PLC0415
 
     admin = rk.admin(kafka, client_id="vaktrom-backup")
@@ -143,14 +163,19 @@ def rewind(kafka: KafkaSettings, offsets: dict[str, dict[str, int]]) -> None:
             for key, offset in sorted(by_partition.items())
         ]
         request = [ConsumerGroupTopicPartitions(group, partitions)]
-        try:
-            rk.wait(admin.alter_consumer_group_offsets(request)[group], admin, timeout=30)
-        except rk.KafkaException as exc:
-            raise BackupError(
-                f"Kafka refused to move the offsets of consumer group {group} ({exc.args[0].str()}): "
-                "stop every process of that group (the archive, the response centre) and run "
-                "`infra/backup.py rewind` again"
-            ) from exc
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                rk.wait(admin.alter_consumer_group_offsets(request)[group], admin, timeout=30)
+                break
+            except rk.KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise BackupError(
+                        f"Kafka refused to move the offsets of consumer group {group} "
+                        f"({exc.args[0].str()}): stop every process of that group (the archive, the "
+                        "response centre) and run `infra/backup.py rewind` again"
+                    ) from exc
+                time.sleep(1.0)  # a member's session has not expired yet
         say(f"    {group}: {len(partitions)} partitions set back to the backup's offsets")
 
 
@@ -187,6 +212,7 @@ def base_backup(pg: Postgres, *, groups: list[str], kafka: KafkaSettings | None,
         manifest = _take(pg, target, groups=groups, kafka=kafka)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)  # a half-made set is never restored from
+        shutil.rmtree(keys_dir(target), ignore_errors=True)
         raise
     say(
         f"    {len(manifest['files'])} files kept beside it; "
@@ -211,12 +237,14 @@ def _take(pg: Postgres, target: Path, *, groups: list[str], kafka: KafkaSettings
     say(f"    copied in {took:.1f} s; verifying (pg_verifybackup)")
     _run(pg, [str(pg.bin / "pg_verifybackup"), "-q", str(target / "pgdata")], "pg_verifybackup")
     files: dict[str, str] = {}
+    _private_dir(keys_dir(target).parent)
+    _private_dir(keys_dir(target))
     for name in FILES:
         src = state / name
         for path in sorted(src.rglob("*")) if src.is_dir() else [src]:
             if path.is_file():
                 rel = path.relative_to(state)
-                _copy_private(path, target / "files" / rel)
+                _copy_private(path, _kept(target, str(rel)))
                 files[str(rel)] = _sha256(path)
     manifest = {
         "created": stamp,
@@ -235,6 +263,7 @@ def _prune(pg: Postgres, keep: int) -> None:
     sets = sorted(p for p in sets_dir(pg.state).glob("*") if (p / "manifest.json").exists())
     for old in sets[: max(0, len(sets) - keep)]:
         shutil.rmtree(old)
+        shutil.rmtree(keys_dir(old), ignore_errors=True)
         say(f"    removed the old set {old.name} (keeping {keep})")
     if sets:
         oldest = json.loads((sets[-keep:][0] / "manifest.json").read_text())["database"]["wal_start"]
@@ -267,8 +296,11 @@ def wal_status(pg: Postgres) -> None:
 def verify(set_dir: Path, pg: Postgres) -> dict[str, Any]:
     manifest: dict[str, Any] = json.loads((set_dir / "manifest.json").read_text())
     for rel, digest in manifest["files"].items():
-        if _sha256(set_dir / "files" / rel) != digest:
-            raise BackupError(f"{set_dir}/files/{rel} does not match its checksum: take another set")
+        kept = _kept(set_dir, rel)
+        if not kept.exists():
+            raise BackupError(f"{kept} is missing: bring the set's keys back (VAKTROM_BACKUP_KEYS_DIR)")
+        if _sha256(kept) != digest:
+            raise BackupError(f"{kept} does not match its checksum: take another set")
     _run(pg, [str(pg.bin / "pg_verifybackup"), "-q", str(set_dir / "pgdata")], "pg_verifybackup")
     return manifest
 
@@ -281,7 +313,7 @@ def restore(set_dir: Path, to: Postgres, *, source_wal: Path, only: str | None =
     manifest = verify(set_dir, to)
     if only != "database":
         for rel in manifest["files"]:
-            _copy_private(set_dir / "files" / rel, to.state / rel)
+            _copy_private(_kept(set_dir, rel), to.state / rel)
         say(f"    {len(manifest['files'])} files restored under {to.state}")
     if only == "files":
         return manifest
