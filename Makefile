@@ -49,8 +49,8 @@ backup: ## a backup set: base backup of the database, broker identities, credent
 wal-status: ## the WAL archive and the backup sets (docs/backup-restore.md)
 	@$(PY) infra/backup.py wal-status
 
-restore: ## the newest set into $(STATE) after the database was lost (docs/backup-restore.md)
-	@$(PY) infra/backup.py restore --to $(STATE) --start
+restore: ## the newest set's database into $(STATE) after it was lost; then `infra/backup.py rewind` (docs/backup-restore.md)
+	@$(PY) infra/backup.py restore --to $(STATE) --only database --start
 
 status: ## each service with its port, pid, memory and health
 	@$(STACK) status
