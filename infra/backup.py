@@ -111,7 +111,13 @@ def _kept(set_dir: Path, rel: str) -> Path:
     return keys_dir(set_dir) / rel if rel in KEY_FILES else set_dir / "files" / rel
 
 
-def _run(pg: Postgres, cmd: list[str], what: str) -> str:
+def _run(pg: Postgres, cmd: list[str], what: str, *, live: bool = False) -> str:
+    """A PostgreSQL tool as the cluster's owner; `live` lets its progress reach the terminal."""
+    if live:
+        result = subprocess.run(as_user(cmd, pg.user), stdout=subprocess.PIPE, text=True, check=False)
+        if result.returncode != 0:
+            raise BackupError(f"{what} failed (its messages are above)")
+        return result.stdout
     result = subprocess.run(as_user(cmd, pg.user), capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise BackupError(f"{what} failed:\n{result.stdout}{result.stderr}".strip())
@@ -228,11 +234,12 @@ def _take(pg: Postgres, target: Path, *, groups: list[str], kafka: KafkaSettings
     offsets = snapshot_offsets(kafka, groups) if kafka and groups else {}
     say(f"==> offsets of {', '.join(offsets) or 'no consumer group'} noted")
     say(f"==> base backup into {target}/pgdata (pg_basebackup, with the WAL it needs)")
+    interactive = sys.stderr.isatty()  # pg_basebackup's progress line, for a person watching
     _run(pg, [
         str(pg.bin / "pg_basebackup"), "-h", str(pg.sock), "-p", str(pg.port), "-U", "postgres",
         "-D", str(target / "pgdata"), "-Fp", "-X", "stream", "--checkpoint=fast",
-        "--manifest-checksums=SHA256", "--label", f"vaktrom {stamp}",
-    ], "pg_basebackup")  # fmt: skip
+        "--manifest-checksums=SHA256", "--label", f"vaktrom {stamp}", *(["-P"] if interactive else []),
+    ], "pg_basebackup", live=interactive)  # fmt: skip
     took = time.monotonic() - began
     say(f"    copied in {took:.1f} s; verifying (pg_verifybackup)")
     _run(pg, [str(pg.bin / "pg_verifybackup"), "-q", str(target / "pgdata")], "pg_verifybackup")
@@ -309,6 +316,15 @@ def restore(set_dir: Path, to: Postgres, *, source_wal: Path, only: str | None =
     """The set's files and database into `to`'s state folder, the database ready for archive
     recovery; `only` "files" or "database". The database's data folder must be absent or empty
     (PostgreSQL stopped); files are written over (stop the broker first)."""
+    if not (set_dir / "manifest.json").exists():
+        raise BackupError(
+            f"no backup set {set_dir.name} in {set_dir.parent}: `infra/backup.py wal-status` lists them"
+        )
+    if only != "files" and to.data.exists() and any(to.data.iterdir()):
+        raise BackupError(
+            f"{to.data} is not empty: stop PostgreSQL (`infra/stack down postgres`) and move that "
+            "folder away first; a restore never writes over a database"
+        )
     say(f"==> verifying set {set_dir.name} (checksums, pg_verifybackup)")
     manifest = verify(set_dir, to)
     if only != "database":
@@ -317,11 +333,6 @@ def restore(set_dir: Path, to: Postgres, *, source_wal: Path, only: str | None =
         say(f"    {len(manifest['files'])} files restored under {to.state}")
     if only == "files":
         return manifest
-    if to.data.exists() and any(to.data.iterdir()):
-        raise BackupError(
-            f"{to.data} is not empty: stop PostgreSQL (`infra/stack down postgres`) and move that "
-            "folder away first; a restore never writes over a database"
-        )
     shutil.rmtree(to.data, ignore_errors=True)
     shutil.copytree(set_dir / "pgdata", to.data)
     (to.data / "backup_manifest").unlink(missing_ok=True)
