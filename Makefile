@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STACK  := infra/stack
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up bench-pipeline crash-matrix fuzz soak demo-check stack-up down status logs test test-unit check fmt schemas bench clean
+.PHONY: help bootstrap up bench-pipeline crash-matrix fuzz soak demo-check stack-up down status logs backup wal-status restore test test-unit check fmt schemas bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,15 @@ stack-up: bootstrap ## start only Mosquitto, Kafka and PostgreSQL
 
 down: ## stop everything `make up` started
 	@if [ -x $(PY) ]; then $(STACK) down; else echo "nothing to stop: no virtualenv yet"; fi
+
+backup: ## a backup set: base backup of the database, broker identities, credentials, identity key
+	@$(PY) infra/backup.py base
+
+wal-status: ## the WAL archive and the backup sets (docs/backup-restore.md)
+	@$(PY) infra/backup.py wal-status
+
+restore: ## the newest set's database into $(STATE) after it was lost; then `infra/backup.py rewind` (docs/backup-restore.md)
+	@$(PY) infra/backup.py restore --to $(STATE) --only database --start
 
 status: ## each service with its port, pid, memory and health
 	@$(STACK) status

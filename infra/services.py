@@ -385,6 +385,8 @@ class Postgres(Service):
         # pg_ctl daemonises; spawn() reads the postmaster's pid from its own lock file
         self.postmaster_pid = self.data / "postmaster.pid"
         self.log = self.home / "postgres.log"
+        # WAL archive for restores (docs/backup-restore.md); `infra/backup.py` reads the same place
+        self.wal_archive = state / "backup" / "wal"
 
     @property
     def password(self) -> str:
@@ -419,6 +421,9 @@ class Postgres(Service):
     def prepare(self) -> None:
         self.sock.mkdir(parents=True, exist_ok=True)
         self.sock.chmod(0o700)  # the superuser connects over this socket without a password
+        self.wal_archive.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.wal_archive.parent.chmod(0o700)
+        chown_tree(self.wal_archive.parent, self.user)
         chown_tree(self.home, self.user)
         if not (self.data / "PG_VERSION").exists():
             result = self._run(
@@ -445,6 +450,7 @@ class Postgres(Service):
             tuning.replace("@HOST@", self.host)
             .replace("@PORT@", str(self.port))
             .replace("@SOCK@", str(self.sock))
+            .replace("@WAL@", str(self.wal_archive))
         )
         chown_tree(self.home, self.user)
 

@@ -8,6 +8,7 @@ NEWS2-S1 alert) while one fault is injected a few seconds in:
     bridge-kill, monitor-kill, archive-kill, alerts-kill    SIGKILL the stage, start it again
     kafka-kill, postgres-kill, mosquitto-kill               SIGKILL the service, `infra/stack up` it
     kafka-outage, postgres-outage                           stop the service cleanly for 60 s
+    postgres-restore    the database's disk lost; restored from backup (tests/restore_drill.py)
 
 Once the simulator has every receipt (or gave up) and every consumer group has caught up, the
 scenario is checked against the simulator's ledger:
@@ -52,6 +53,7 @@ from tests.integration.archive_support import ArchiveProcess
 from tests.integration.bridge_support import BridgeProcess, kit_rows, simulate
 from tests.integration.monitor_support import MonitorProcess
 from tests.integration.stage_support import StageProcess, prepare
+from tests.restore_drill import lose_and_restore
 
 sys.path.insert(0, str(REPO / "infra"))
 import stackenv
@@ -152,6 +154,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Pipeline], None]]] = {
         "Mosquitto SIGKILL, restarted",
         _stack(("kill", "mosquitto"), 1.0, ("up", "mosquitto")),
     ),
+    "postgres-restore": ("PostgreSQL's data lost, restored from base backup + WAL", lose_and_restore),
     "kafka-outage": ("Kafka stopped for 60 s", _stack(("down", "kafka"), OUTAGE_S, ("up", "kafka"))),
     "postgres-outage": (
         "PostgreSQL stopped for 60 s",
