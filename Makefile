@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STACK  := infra/stack
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up bench-pipeline crash-matrix fuzz soak demo-check stack-up down status logs test test-unit check fmt schemas bench clean
+.PHONY: help bootstrap up bench-pipeline crash-matrix fuzz soak demo-check stack-up down status logs test test-plain test-unit check fmt schemas bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,6 +51,15 @@ logs: ## the last lines of each service's log
 
 test: check ## set up, check, start the real services and run the whole test suite
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+# The database-facing tests, for the plain-PostgreSQL path (docs/archive.md, "Storage modes").
+PLAIN_TESTS ?= tests/integration/test_archive_storage.py tests/integration/test_archive.py \
+	tests/integration/test_archive_read.py tests/integration/test_quarantine.py \
+	tests/integration/test_registry_store.py tests/integration/test_alert_store.py \
+	tests/integration/test_console_api.py tests/integration/test_stack.py
+
+test-plain: bootstrap ## the database-facing tests on plain PostgreSQL (a second cluster, no TimescaleDB)
+	@VAKTROM_STACK_POSTGRES_FLAVOUR=plain $(PY) -m pytest $(PLAIN_TESTS) $(PYTEST_ARGS)
 
 test-unit: bootstrap ## only the tests that need no services
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
