@@ -86,11 +86,15 @@ BEGIN
     COMMENT ON VIEW measurements_hourly IS 'owner: streams.archive';
     COMMENT ON VIEW measurements_daily IS 'owner: streams.archive';
     -- Until the policies' first runs, real-time aggregation computes every bucket from the raw rows.
+    -- Unlike 0003's (a new database fills from now on), these refresh from the first row: the
+    -- history converted here is older than 0003's windows, and a bucket below the aggregate's
+    -- watermark that no refresh materialised would read as empty. A refresh only recomputes what
+    -- changed, so after the first run this costs what 0003's does.
     PERFORM add_continuous_aggregate_policy('measurements_hourly',
-        start_offset => interval '3 days', end_offset => interval '1 hour',
+        start_offset => NULL, end_offset => interval '1 hour',
         schedule_interval => interval '15 minutes');
     PERFORM add_continuous_aggregate_policy('measurements_daily',
-        start_offset => interval '40 days', end_offset => interval '1 day',
+        start_offset => NULL, end_offset => interval '1 day',
         schedule_interval => interval '1 hour');
     EXECUTE $q$
         CREATE OR REPLACE FUNCTION measurement_buckets(p_patient text, p_metric text, p_width text,
