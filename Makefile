@@ -42,6 +42,7 @@ stack-up: bootstrap ## start only Mosquitto, Kafka and PostgreSQL
 
 down: ## stop everything `make up` started
 	@if [ -x $(PY) ]; then $(STACK) down; else echo "nothing to stop: no virtualenv yet"; fi
+	@if [ -x $(PY) ] && [ -f $(STATE)/run/postgres-plain.pid ]; then VAKTROM_STACK_POSTGRES_FLAVOUR=plain $(STACK) down postgres; fi
 
 status: ## each service with its port, pid, memory and health
 	@$(STACK) status

@@ -226,16 +226,9 @@ def cmd_up(settings: StackSettings, names: list[str]) -> int:
 
 def cmd_down(settings: StackSettings, names: list[str]) -> int:
     services = build(settings)
-    if "postgres" in names:  # the other flavour's cluster too, when it runs
-        services |= {
-            f"postgres ({f})": postgres(settings, f) for f in FLAVOURS if f != settings.postgres_flavour
-        }
-    for name in reversed(list(services)):
-        if name.split()[0] not in names:
-            continue
+    for name in reversed(names):
         stopped = services[name].stop()
-        if stopped or " " not in name:
-            print(f"==> {name}: {'stopped' if stopped else 'was not running (nothing of ours to stop)'}")
+        print(f"==> {name}: {'stopped' if stopped else 'was not running (nothing of ours to stop)'}")
     return 0
 
 
