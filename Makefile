@@ -85,6 +85,7 @@ bench: stack-up ## run the benchmarks against the local stack; figures go to ben
 	@$(PY) bench/bridge_throughput.py
 	@$(PY) bench/archive_throughput.py
 	@$(PY) bench/archive_read.py
+	@$(PY) bench/archive_storage.py
 	@$(PY) bench/monitor_throughput.py
 	@$(PY) bench/alerts_latency.py
 	@$(PY) bench/registry_provision.py
