@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STACK  := infra/stack
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up bench-pipeline crash-matrix fuzz soak demo-check stack-up down status logs backup wal-status restore test test-unit check fmt schemas bench clean
+.PHONY: help bootstrap up bench-pipeline crash-matrix fuzz soak demo-check stack-up down status logs backup wal-status restore test test-plain test-unit check fmt schemas bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,7 @@ stack-up: bootstrap ## start only Mosquitto, Kafka and PostgreSQL
 
 down: ## stop everything `make up` started
 	@if [ -x $(PY) ]; then $(STACK) down; else echo "nothing to stop: no virtualenv yet"; fi
+	@if [ -x $(PY) ] && [ -f $(STATE)/run/postgres-plain.pid ]; then VAKTROM_STACK_POSTGRES_FLAVOUR=plain $(STACK) down postgres; fi
 
 backup: ## a backup set: base backup of the database, broker identities, credentials, identity key
 	@$(PY) infra/backup.py base
@@ -60,6 +61,15 @@ logs: ## the last lines of each service's log
 
 test: check ## set up, check, start the real services and run the whole test suite
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+# The database-facing tests, for the plain-PostgreSQL path (docs/archive.md, "Storage modes").
+PLAIN_TESTS ?= tests/integration/test_archive_storage.py tests/integration/test_archive.py \
+	tests/integration/test_archive_read.py tests/integration/test_quarantine.py \
+	tests/integration/test_registry_store.py tests/integration/test_alert_store.py \
+	tests/integration/test_console_api.py tests/integration/test_stack.py
+
+test-plain: bootstrap ## the database-facing tests on plain PostgreSQL (a second cluster, no TimescaleDB)
+	@VAKTROM_STACK_POSTGRES_FLAVOUR=plain $(PY) -m pytest $(PLAIN_TESTS) $(PYTEST_ARGS)
 
 test-unit: bootstrap ## only the tests that need no services
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -84,6 +94,7 @@ bench: stack-up ## run the benchmarks against the local stack; figures go to ben
 	@$(PY) bench/bridge_throughput.py
 	@$(PY) bench/archive_throughput.py
 	@$(PY) bench/archive_read.py
+	@$(PY) bench/archive_storage.py
 	@$(PY) bench/monitor_throughput.py
 	@$(PY) bench/alerts_latency.py
 	@$(PY) bench/registry_provision.py

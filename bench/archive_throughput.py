@@ -111,7 +111,8 @@ def scratch_topics(
 def schema_url(url: str, schema: str) -> str:
     """The database URL with `search_path` set to `schema`, so every unqualified name lands there."""
     joiner = "&" if "?" in url else "?"
-    return f"{url}{joiner}options={quote(f'-csearch_path={schema}')}"
+    # public too, after it: TimescaleDB's functions (create_hypertable, time_bucket) live there
+    return f"{url}{joiner}options={quote(f'-csearch_path={schema},public')}"
 
 
 def prepare_schema(url: str, schema: str) -> str:

@@ -363,13 +363,27 @@ class Kafka(Service):
 
 # ------------------------------------------------------------------ PostgreSQL
 class Postgres(Service):
-    """A private PostgreSQL cluster under the state folder, never the system cluster."""
+    """A private PostgreSQL cluster under the state folder, never the system cluster.
+
+    Flavour `timescaledb` (the default) preloads the TimescaleDB extension that infra/bootstrap
+    builds and creates it in each database, so the migrations take their hypertable branches;
+    `plain` is stock PostgreSQL in its own folder (postgres-plain/), for the plain-path tests."""
 
     name = "postgres"
 
     def __init__(
-        self, *, state: Path, host: str, port: int, database: str, role: str, test_database: str
+        self,
+        *,
+        state: Path,
+        host: str,
+        port: int,
+        database: str,
+        role: str,
+        test_database: str,
+        flavour: str = "timescaledb",
     ) -> None:
+        self.flavour = flavour
+        self.name = "postgres" if flavour == "timescaledb" else f"postgres-{flavour}"
         super().__init__(state=state, host=host, port=port)
         self.data = self.home / "data"
         self.sock = self.home / "sock"
@@ -385,8 +399,9 @@ class Postgres(Service):
         # pg_ctl daemonises; spawn() reads the postmaster's pid from its own lock file
         self.postmaster_pid = self.data / "postmaster.pid"
         self.log = self.home / "postgres.log"
-        # WAL archive for restores (docs/backup-restore.md); `infra/backup.py` reads the same place
-        self.wal_archive = state / "backup" / "wal"
+        # WAL archive for restores (docs/backup-restore.md); `infra/backup.py` reads the same place.
+        # The plain test cluster keeps its own: both clusters name their segments alike.
+        self.wal_archive = state / "backup" / ("wal" if flavour == "timescaledb" else f"wal-{flavour}")
 
     @property
     def password(self) -> str:
@@ -451,6 +466,7 @@ class Postgres(Service):
             .replace("@PORT@", str(self.port))
             .replace("@SOCK@", str(self.sock))
             .replace("@WAL@", str(self.wal_archive))
+            + (TIMESCALEDB_CONF if self.flavour == "timescaledb" else "")
         )
         chown_tree(self.home, self.user)
 
@@ -555,6 +571,10 @@ class Postgres(Service):
         for database in (self.database, self.test_database):
             if not self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'"):  # noqa: S608
                 self.psql(f"CREATE DATABASE {database} OWNER {self.role}")
+            if self.flavour == "timescaledb":
+                # Only a superuser may create it (it is not a trusted extension); the owner's
+                # migrations then find it, as they do in the compose image, which does the same.
+                self.psql("CREATE EXTENSION IF NOT EXISTS timescaledb", database=database)
 
     def stop(self, *, timeout: float = 30.0) -> bool:
         """pg_ctl's fast shutdown first; the base class's signals only if the postmaster is still up."""
@@ -575,6 +595,15 @@ class Postgres(Service):
             ],
         )
         return super().stop(timeout=timeout) or True
+
+
+# Appended to vaktrom.conf for the timescaledb flavour (infra/bootstrap builds the extension).
+TIMESCALEDB_CONF = """
+# TimescaleDB (docs/archive.md): hypertables, compression, retention and continuous aggregates.
+shared_preload_libraries = 'timescaledb'
+timescaledb.telemetry_level = off
+timescaledb.max_background_workers = 5  # a scheduler per database, jobs; within max_worker_processes
+"""
 
 
 def _secret(path: Path) -> str:

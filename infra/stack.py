@@ -33,6 +33,7 @@ from migrate import migrate
 from processes import REPO, Service, StackError, log_tail, tree_memory_kib
 from services import LOAD, LOCAL_TEST, MQTT_ADMIN, MQTT_BRIDGE, Kafka, Mosquitto, Postgres
 from stackenv import OWNER_DATABASE_KEY, TEST_DATABASE_KEY, TEST_OWNER_DATABASE_KEY, kafka_password_env
+from stackenv import path as stackenv_path
 from supervisor import read_status
 
 from runtime.settings import ConfigError, Settings, setting
@@ -40,6 +41,7 @@ from runtime.settings import ConfigError, Settings, setting
 # The stages `make up` runs once they exist: (package, issue that builds it).
 STAGES = [("ingest", 4), ("streams.monitor", 5), ("streams.archive", 6), ("alerts", 7), ("gateway_sim", 3)]
 SERVICES = ("mosquitto", "kafka", "postgres")
+FLAVOURS = ("timescaledb", "plain")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -70,6 +72,11 @@ class StackSettings(Settings):
         6, env="VAKTROM_STACK_KAFKA_PARTITIONS", help="partitions per pipeline topic"
     )
     postgres_port: int = setting(15432, env="VAKTROM_STACK_POSTGRES_PORT", help="local PostgreSQL port")
+    postgres_flavour: str = setting(
+        "timescaledb",
+        env="VAKTROM_STACK_POSTGRES_FLAVOUR",
+        help="timescaledb, or plain: stock PostgreSQL in postgres-plain/ on the next port (docs/archive.md)",
+    )
     start_timeout: float = setting(
         120.0, env="VAKTROM_STACK_START_TIMEOUT", help="seconds to wait per service"
     )
@@ -86,6 +93,12 @@ class StackSettings(Settings):
         for env, port in ports.items():
             if not 1024 <= port < 65536:
                 raise ConfigError(f"{env}={port} must be an unprivileged TCP port (1024-65535)")
+        if self.postgres_flavour not in FLAVOURS:
+            raise ConfigError(
+                f"VAKTROM_STACK_POSTGRES_FLAVOUR={self.postgres_flavour!r} must be one of "
+                f"{', '.join(FLAVOURS)}"
+            )
+        ports["the plain PostgreSQL (VAKTROM_STACK_POSTGRES_PORT + 1)"] = self.postgres_port + 1
         if len(set(ports.values())) != len(ports):
             raise ConfigError(f"the stack's ports must differ: {ports}")
         heap = self.kafka_heap.lower()
@@ -96,6 +109,20 @@ class StackSettings(Settings):
         )
         if not 128 <= mib <= 1024:
             raise ConfigError(f"VAKTROM_STACK_KAFKA_HEAP={self.kafka_heap!r} must be 128m..1g, e.g. 512m")
+
+
+def postgres(settings: StackSettings, flavour: str) -> Postgres:
+    """The plain flavour is a second cluster of its own (folder, port, stack-plain.env), so a
+    TimescaleDB stack and the plain-path tests can share one machine and one Kafka."""
+    return Postgres(
+        state=settings.state_dir.resolve(),
+        host=settings.host,
+        port=settings.postgres_port + FLAVOURS.index(flavour),
+        database="vaktrom",
+        role="vaktrom",
+        test_database="vaktrom_test",
+        flavour=flavour,
+    )
 
 
 def build(settings: StackSettings) -> dict[str, Service]:
@@ -116,14 +143,7 @@ def build(settings: StackSettings) -> dict[str, Service]:
             heap=settings.kafka_heap,
             partitions=settings.kafka_partitions,
         ),
-        "postgres": Postgres(
-            state=state,
-            host=settings.host,
-            port=settings.postgres_port,
-            database="vaktrom",
-            role="vaktrom",
-            test_database="vaktrom_test",
-        ),
+        "postgres": postgres(settings, settings.postgres_flavour),
     }
 
 
@@ -176,7 +196,7 @@ def stack_env(settings: StackSettings, services: dict[str, Service]) -> dict[str
 
 
 def write_env_file(settings: StackSettings, services: dict[str, Service]) -> Path:
-    path = settings.state_dir.resolve() / "stack.env"
+    path = stackenv_path(settings.state_dir.resolve(), settings.postgres_flavour)
     path.touch(mode=0o600)
     path.chmod(0o600)  # it holds every password; touch's mode does not narrow a file that was wider
     path.write_text("".join(f"{k}={v}\n" for k, v in stack_env(settings, services).items()))

@@ -14,6 +14,10 @@ Each database has two URLs: VAKTROM_DATABASE_URL connects as the application rol
 and most tests use: data, no DDL) and VAKTROM_DATABASE_OWNER_URL as the schema's owner (migrations
 and the few tests that create tables).
 
+With VAKTROM_STACK_POSTGRES_FLAVOUR=plain the stack's PostgreSQL is a second, plain cluster
+(no TimescaleDB; docs/archive.md) and its variables are in `stack-plain.env` instead, so the plain
+path's tests run beside a TimescaleDB stack without rewriting its addresses.
+
 stack.env names no Kafka principal of its own: a launcher that forgot to pick one gets a stage that
 refuses to start (VAKTROM_KAFKA_USERNAME is not set), not one signed in with too much power.
 """
@@ -32,6 +36,7 @@ __all__ = [
     "hosted_registry",
     "kafka_password_env",
     "kafka_principal",
+    "path",
     "read",
     "state_dir",
 ]
@@ -52,15 +57,17 @@ def state_dir() -> Path:
     return Path(os.environ.get("VAKTROM_STATE_DIR", REPO / ".local"))
 
 
-def _path(state: Path | None) -> Path:
-    return (state or state_dir()) / "stack.env"
+def path(state: Path | None = None, flavour: str | None = None) -> Path:
+    """stack.env, or stack-plain.env for the plain PostgreSQL flavour."""
+    flavour = flavour or os.environ.get("VAKTROM_STACK_POSTGRES_FLAVOUR") or "timescaledb"
+    return (state or state_dir()) / ("stack.env" if flavour == "timescaledb" else f"stack-{flavour}.env")
 
 
 def read(state: Path | None = None) -> dict[str, str]:
-    path = _path(state)
-    if not path.exists():
-        raise StackEnvError(f"{path} does not exist: the local stack was never started. Run `make stack-up`.")
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    file = path(state)
+    if not file.exists():
+        raise StackEnvError(f"{file} does not exist: the local stack was never started. Run `make stack-up`.")
+    return dict(line.split("=", 1) for line in file.read_text().splitlines() if "=" in line)
 
 
 def for_tests(state: Path | None = None) -> dict[str, str]:
@@ -68,7 +75,7 @@ def for_tests(state: Path | None = None) -> dict[str, str]:
     url = env.get(TEST_DATABASE_KEY)
     if not url:
         raise StackEnvError(
-            f"{_path(state)} has no {TEST_DATABASE_KEY}: it was written by an "
+            f"{path(state)} has no {TEST_DATABASE_KEY}: it was written by an "
             "older `infra/stack`. Run `infra/stack up` (or `make stack-up`) once more; it creates and "
             "migrates the test database beside the demo's."
         )

@@ -38,6 +38,7 @@ from contracts import (
 
 __all__ = [
     "DEFAULT_EXPECTED",
+    "PROPOSED_METRICS",
     "PlanChange",
     "PlanError",
     "Proposal",
@@ -45,6 +46,7 @@ __all__ = [
     "default_plan",
     "parse_threshold",
     "propose",
+    "too_little",
 ]
 
 
@@ -260,18 +262,35 @@ class Proposal:
         return PlanChange(reason=reason, thresholds=self.thresholds)
 
 
-def propose(readings: Mapping[Metric, Sequence[tuple[datetime, float]]]) -> Proposal:
-    """Personal thresholds from the last 14 days of canonical readings per metric (see the module doc)."""
+PROPOSED_METRICS = tuple(dict.fromkeys(c.metric for c in _CORRIDORS))
+
+
+def too_little(readings: int, days: int) -> bool:
+    """Whether `readings` on `days` distinct days are too few to propose anything from."""
+    return readings < MIN_READINGS or days < MIN_DAYS
+
+
+def propose(
+    readings: Mapping[Metric, Sequence[tuple[datetime, float]]],
+    *,
+    counted: Mapping[Metric, tuple[int, int]] | None = None,
+) -> Proposal:
+    """Personal thresholds from the last 14 days of canonical readings per metric (see the module doc).
+
+    `counted` gives (readings, days) for a metric whose raw readings were not read because the
+    archive's daily aggregate already showed too few of them; the reason given then uses those."""
     thresholds: dict[str, dict[str, float]] = {}
     basis: dict[str, str] = {}
     skipped: dict[str, str] = {}
     for corridor in _CORRIDORS:
         series = readings.get(corridor.metric, ())
         values = [v for _, v in series if math.isfinite(v)]
-        days = {t.date() for t, _ in series}
-        if len(values) < MIN_READINGS or len(days) < MIN_DAYS:
+        n_values, n_days = len(values), len({t.date() for t, _ in series})
+        if not series and counted and too_little(*counted.get(corridor.metric, (0, 0))):
+            n_values, n_days = counted.get(corridor.metric, (0, 0))
+        if too_little(n_values, n_days):
             skipped[corridor.metric.value] = (
-                f"{len(values)} readings on {len(days)} days; a proposal needs {MIN_READINGS} on {MIN_DAYS}"
+                f"{n_values} readings on {n_days} days; a proposal needs {MIN_READINGS} on {MIN_DAYS}"
             )
             continue
         median = statistics.median(values)
@@ -281,7 +300,7 @@ def propose(readings: Mapping[Metric, Sequence[tuple[datetime, float]]]) -> Prop
         value = round(min(max(edge, corridor.safe_low), corridor.safe_high), corridor.decimals)
         thresholds.setdefault(corridor.rule, {})[corridor.param] = float(value)
         basis[corridor.metric.value] = (
-            f"{len(values)} readings on {len(days)} days: median {median:.{corridor.decimals + 1}f}, "
+            f"{n_values} readings on {n_days} days: median {median:.{corridor.decimals + 1}f}, "
             f"sigma {sigma:.2f} (scaled MAD); band edge {edge:.1f} kept within "
             f"{corridor.safe_low:g}-{corridor.safe_high:g}"
         )

@@ -21,12 +21,20 @@ from psycopg.types.json import Jsonb
 
 from contracts import RULE_IDS, CarePlan, Condition, Metric
 from registry.base import Actor, Credentials, KitDevice, RegistryError, _check_id, new_pseudonym
-from registry.careplans import PlanChange, Proposal, apply_change, default_plan, propose
+from registry.careplans import (
+    PROPOSED_METRICS,
+    PlanChange,
+    Proposal,
+    apply_change,
+    default_plan,
+    propose,
+    too_little,
+)
 from registry.identity import Identity, IdentityError, check_national_id
 from registry.kits import KitOperations
 from streams.archive import read as archive_read
 
-__all__ = ["Actor", "Credentials", "KitDevice", "Registry", "RegistryError"]
+__all__ = ["Actor", "Credentials", "KitDevice", "Registry", "RegistryError", "proposal_history"]
 
 log = logging.getLogger(__name__)
 
@@ -289,13 +297,9 @@ class Registry(KitOperations):
             # The archive's read API, window (now - 14 days, now]: its windows are half-open [start,
             # end), and PostgreSQL keeps microseconds.
             start, end = now - timedelta(days=14) + _TICK, now + _TICK
-            series: dict[Metric, list[tuple[datetime, float]]] = {}
-            for metric in Metric:
-                readings = archive_read.series(conn, patient_id, start, end, metric=metric.value)
-                if found := [(r.measured_at, r.value) for r in readings if r.value is not None]:
-                    series[metric] = found
+            series, counted = proposal_history(conn, patient_id, start, end)
             self._audit(cur, actor, "registry.careplan.propose", target=patient_id, patient_id=patient_id)
-        return propose(series)
+        return propose(series, counted=counted)
 
     def _publish(self, conn: psycopg.Connection[Any], plans: Sequence[CarePlan]) -> None:
         if self.publisher is None or not plans:
@@ -327,3 +331,25 @@ class Registry(KitOperations):
             plans = [msgspec.convert(r["document"], CarePlan) for r in cur.fetchall()]
         self._publish(conn, plans)
         return len(plans)
+
+
+def proposal_history(
+    conn: psycopg.Connection[Any], patient_id: str, start: datetime, end: datetime
+) -> tuple[dict[Metric, list[tuple[datetime, float]]], dict[Metric, tuple[int, int]]]:
+    """What a care-plan proposal reads of the archive: each proposed metric's raw values in
+    [start, end), or (readings, days) from the daily aggregate when those are too few."""
+    series: dict[Metric, list[tuple[datetime, float]]] = {}
+    counted: dict[Metric, tuple[int, int]] = {}
+    for metric in PROPOSED_METRICS:
+        # The daily aggregate (TimescaleDB: a continuous aggregate) says first whether there is
+        # history enough; its first day starts at midnight UTC before `start`, so it counts at
+        # least the raw rows (a late reading in an already materialised day counts from the next
+        # refresh, within the hour). Only then the raw readings: the median and MAD need the values.
+        days = archive_read.buckets(conn, patient_id, metric.value, start, end, width="day")
+        if too_little(readings := sum(d.readings for d in days), len(days)):
+            counted[metric] = (readings, len(days))
+            continue
+        raw = archive_read.series(conn, patient_id, start, end, metric=metric.value)
+        if found := [(r.measured_at, r.value) for r in raw if r.value is not None]:
+            series[metric] = found
+    return series, counted

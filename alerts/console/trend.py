@@ -6,6 +6,9 @@ meter reported, so when the threshold is in mg/dL the chart shows the reported m
 the canonical mmol/L. A threshold is drawn as a line only when it is a level (the rule had no
 baseline); a change rule's limit ("> 2 kg in 3 days") is relative to the baseline drawn beside it,
 and its explanation says so.
+
+Each chart also carries the patient's daily mean, minimum and maximum (`daily`, canonical unit)
+from the archive's daily aggregate (a continuous aggregate on TimescaleDB), drawn as a step line.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 import psycopg
 
 from contracts import METRICS, Metric
-from streams.archive.read import Reading, series
+from streams.archive.read import Bucket, Reading, buckets, series
 
 __all__ = ["trend"]
 
@@ -33,12 +36,22 @@ def trend(conn: psycopg.Connection[Any], alert: dict[str, Any], *, days: int = 1
     if alert["metric"] is not None:
         by_metric.setdefault(alert["metric"], [])
     marks = {e["measurement_id"] for e in (event.get("latest"), event.get("worst")) if e}
-    return [
+    charts = [
         _chart(
             metric, rows, event=event if metric == alert["metric"] else {}, marks=marks, start=start, end=end
         )
         for metric, rows in sorted(by_metric.items())
     ]
+    for chart in charts:
+        if chart["unit"] == METRICS[Metric(chart["metric"])].unit:  # the aggregate is canonical
+            daily = buckets(conn, alert["patient_id"], chart["metric"], start, end, width="day")
+            chart["daily"] = [_day(d) for d in daily]
+    return charts
+
+
+def _day(day: Bucket) -> list[Any]:
+    """[day start (epoch s), readings, mean, min, max]; a day of meter flags only has no values."""
+    return [day.start.timestamp(), day.readings, day.mean, day.min, day.max]
 
 
 def _chart(
@@ -68,6 +81,7 @@ def _chart(
         "points": points,
         "baseline": None,
         "threshold": None,
+        "daily": [],
     }
     if baseline and baseline["unit"] == unit:
         chart["baseline"] = {

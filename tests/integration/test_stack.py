@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -208,7 +209,8 @@ def test_status_reports_three_healthy_services(stack: Stack) -> None:
 
 def test_up_is_idempotent_and_fast_when_running(stack: Stack) -> None:
     """A second `infra/stack up` reuses the running services instead of starting new ones."""
-    pid_files = [STATE / "run" / f"{name}.pid" for name in ("mosquitto", "kafka", "postgres")]
+    postgres = "postgres-plain" if os.environ.get("VAKTROM_STACK_POSTGRES_FLAVOUR") == "plain" else "postgres"
+    pid_files = [STATE / "run" / f"{name}.pid" for name in ("mosquitto", "kafka", postgres)]
     before = [path.read_text() for path in pid_files]
     began = time.monotonic()
     result = stack_command("up", timeout=120)

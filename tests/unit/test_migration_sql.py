@@ -1,9 +1,9 @@
 """Every migration parses with PostgreSQL's own parser (libpg_query, through pglast).
 
-The TimescaleDB branches of the migrations never run on this machine (no TimescaleDB here); this
-at least proves that every statement in them, including the strings run with EXECUTE and the
-PL/pgSQL bodies, is valid PostgreSQL syntax. Whether TimescaleDB accepts the options is only known
-where it runs (see docs/archive.md, "Storage modes").
+Each stack runs one branch of the migrations (TimescaleDB by default, plain PostgreSQL with
+`make test-plain`); this proves without a server that every statement of both, including the
+strings run with EXECUTE and the PL/pgSQL bodies, is valid PostgreSQL syntax. Whether TimescaleDB
+accepts the options is shown by tests/integration/test_archive_storage.py (docs/archive.md).
 """
 
 from __future__ import annotations

@@ -41,3 +41,17 @@ def test_an_env_file_from_an_older_stack_says_to_run_stack_up_again(tmp_path: Pa
 def test_a_stack_never_started_says_how_to_start_it(tmp_path: Path) -> None:
     with pytest.raises(stackenv.StackEnvError, match=r"never started.*make stack-up"):
         stackenv.read(tmp_path)
+
+
+def test_the_plain_flavour_reads_its_own_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """VAKTROM_STACK_POSTGRES_FLAVOUR=plain points at the plain cluster's stack-plain.env and leaves
+    the TimescaleDB stack's stack.env alone (both run beside each other)."""
+    plain = TEST.replace("15432", "15433")
+    _write(tmp_path, VAKTROM_DATABASE_URL=DEMO, VAKTROM_TEST_DATABASE_URL=TEST)
+    (tmp_path / "stack-plain.env").write_text(
+        f"VAKTROM_DATABASE_URL={DEMO}\nVAKTROM_TEST_DATABASE_URL={plain}\n"
+    )
+    monkeypatch.setenv("VAKTROM_STACK_POSTGRES_FLAVOUR", "plain")
+    assert stackenv.for_tests(tmp_path)["VAKTROM_DATABASE_URL"] == plain
+    monkeypatch.setenv("VAKTROM_STACK_POSTGRES_FLAVOUR", "timescaledb")
+    assert stackenv.for_tests(tmp_path)["VAKTROM_DATABASE_URL"] == TEST

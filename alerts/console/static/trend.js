@@ -43,6 +43,13 @@
       bands.push({series: [3, 5], fill: "rgba(46,125,50,.10)"});
       legend.push(b.label + (s ? " ± " + s : ""));
     }
+    if (chart.daily && chart.daily.length) {
+      // the daily mean from the archive's daily aggregate, as a step line under each day's readings
+      const means = new Map(chart.daily.map((d) => [d[0], d[2]]));
+      data.push(xs.map((x) => { const m = means.get(Math.floor(x / 86400) * 86400); return m == null ? null : m; }));
+      series.push({label: "daily mean", stroke: "#757575", width: 1, paths: uPlot.paths.stepped({align: 1}), points: {show: false}});
+      legend.push("grey: daily mean");
+    }
     if (chart.threshold) {
       const t = chart.threshold;
       data.push(xs.map(() => t.value));

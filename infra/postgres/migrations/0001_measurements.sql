@@ -3,12 +3,16 @@
 -- Runs on TimescaleDB (production compose) and on plain PostgreSQL (local stack); every
 -- TimescaleDB-only statement sits behind vaktrom_timescaledb().
 
--- True when the TimescaleDB extension is usable here: installed, or available and preloaded.
+-- True when the TimescaleDB extension is usable here: installed, or preloaded (its library then
+-- defines its postmaster settings). Revised in issue #31: the first form read
+-- shared_preload_libraries, which only a superuser or pg_read_all_settings may read, so on plain
+-- PostgreSQL with TimescaleDB installed but not preloaded the owner could not run this file.
+-- infra/migrate.py accepts the first form's checksum; 0016 replaces the function where it ran.
 CREATE OR REPLACE FUNCTION vaktrom_timescaledb() RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')
-        OR (EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
-            AND current_setting('shared_preload_libraries', true) LIKE '%timescaledb%')
+        OR EXISTS (SELECT 1 FROM pg_settings
+                   WHERE name = 'timescaledb.max_background_workers' AND context = 'postmaster')
 $$;
 
 DO $$

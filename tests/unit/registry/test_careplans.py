@@ -110,6 +110,14 @@ def test_a_proposal_needs_five_readings_on_five_days() -> None:
     assert "RS-4" in enough.thresholds
 
 
+def test_a_metric_the_daily_aggregate_found_too_thin_says_what_it_counted() -> None:
+    """A metric whose raw readings were not read (the daily aggregate showed too few) is skipped
+    with the aggregate's counts; counts that would be enough never stand in for missing values."""
+    thin = propose({}, counted={Metric.PULSE: (7, 3)})
+    assert "7 readings on 3 days" in thin.skipped["pulse"]
+    assert "0 readings on 0 days" in propose({}, counted={Metric.PULSE: (9, 9)}).skipped["pulse"]
+
+
 def test_a_low_spo2_baseline_gives_a_personal_review_level_within_the_corridor() -> None:
     proposal = propose(_series(Metric.SPO2, [90, 91, 90, 89, 90, 91, 90, 90, 89, 91], 10))
     # median 90, MAD 0.5 -> sigma floor 1.0 -> 90 - 3 = 87
