@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tls import ensure_server_certificates
 
-__all__ = ["render_server_properties", "write_private", "write_tls"]
+__all__ = ["node_ports", "quorum_voters", "render_server_properties", "write_private", "write_tls"]
 
 TEMPLATE = Path(__file__).resolve().parent / "kafka" / "server.properties"
 BROKER = "vaktrom-broker"  # contracts.kafka_acl.BROKER (this script runs without the project)
@@ -47,6 +47,19 @@ def write_tls(ca_dir: Path, tls_dir: Path, hosts: list[str]) -> None:
     (tls_dir / "ca.crt").write_bytes((ca_dir / "ca.crt").read_bytes())
 
 
+def node_ports(port: int, controller_port: int, nodes: int) -> list[tuple[int, int]]:
+    """(client port, controller port) of each node of a local cluster: node 1 on the given ports,
+    each next node two above the one before (19092/19093, 19094/19095, 19096/19097)."""
+    if nodes not in (1, 3):
+        raise ValueError(f"a Kafka cluster here has 1 or 3 nodes, not {nodes}")
+    return [(port + 2 * i, controller_port + 2 * i) for i in range(nodes)]
+
+
+def quorum_voters(controllers: list[tuple[str, int]]) -> str:
+    """controller.quorum.voters for nodes 1..N at (host, controller port): `1@host:port,2@...`."""
+    return ",".join(f"{node}@{host}:{port}" for node, (host, port) in enumerate(controllers, start=1))
+
+
 def render_server_properties(
     *,
     host: str,
@@ -56,13 +69,25 @@ def render_server_properties(
     partitions: int,
     tls_dir: Path,
     broker_password: str,
+    node_id: int = 1,
+    voters: str | None = None,
+    replication: int = 1,
 ) -> str:
+    """One node's server.properties. Alone by default; in a cluster, `voters` lists every node's
+    controller (quorum_voters) and `replication` is the copies each topic keeps (two must hold a
+    write with acks=all once there are three)."""
     if not broker_password or '"' in broker_password or "\\" in broker_password:
         raise ValueError(
             "the broker's password must be set and hold no quote or backslash (it goes into JAAS)"
         )
+    if not 1 <= replication <= len((voters or "x").split(",")):
+        raise ValueError(f"replication factor {replication} needs as many nodes, the quorum has fewer")
     return (
         TEMPLATE.read_text()
+        .replace("@NODE_ID@", str(node_id))
+        .replace("@VOTERS@", voters or f"{node_id}@{host}:{controller_port}")
+        .replace("@REPLICATION@", str(replication))
+        .replace("@MIN_ISR@", str(min(2, replication)))
         .replace("@HOST@", host)
         .replace("@PORT@", str(port))
         .replace("@CONTROLLER_PORT@", str(controller_port))
@@ -107,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--controller-port", type=int, default=9093)
     parser.add_argument("--data", default="/var/lib/kafka/data")
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--node-id", type=int, default=1, help="this broker's node.id in a cluster")
+    parser.add_argument(
+        "--voters",
+        default=None,
+        help="controller.quorum.voters of a cluster: 1@kafka-1:9093,2@kafka-2:9093,...",
+    )
+    parser.add_argument("--replication", type=int, default=1, help="copies per topic (3 in a cluster)")
     parser.add_argument("--owner", type=int, default=None, help="uid that runs the broker (files are 0600)")
     args = parser.parse_args(argv)
     password = os.environ.get("KAFKA_BROKER_PASSWORD", "")
@@ -118,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         properties = render_server_properties(
             host=args.host, port=args.port, controller_port=args.controller_port, data=args.data,
             partitions=args.partitions, tls_dir=args.tls_dir, broker_password=password,
+            node_id=args.node_id, voters=args.voters, replication=args.replication,
         )  # fmt: skip
         write_private(args.config_dir / "server.properties", properties.encode())
         write_private(args.tls_dir / "client.properties", _client_config(args.tls_dir, password).encode())

@@ -205,9 +205,11 @@ def topic_partitions(
 
 
 def create_topics(
-    client: AdminClient, specs: Sequence[TopicSpec], *, replication: int = 1, timeout: float = 15.0
+    client: AdminClient, specs: Sequence[TopicSpec], *, replication: int = -1, timeout: float = 15.0
 ) -> list[str]:
-    """Create those of `specs` that do not exist; returns the names created now. Another client may
+    """Create those of `specs` that do not exist; returns the names created now. `replication` -1
+    takes the cluster's default.replication.factor (3 on the stack's cluster, 1 on a single node),
+    so a topic is as replicated as the cluster it is made on. Another client may
     create one between our look and our create: that is fine. Waits until they show in metadata (a
     stage started at once would otherwise find them missing)."""
     existing = list_topics(client, timeout=timeout)
