@@ -319,24 +319,27 @@ class Kafka(Service):
     def after_ready(self) -> None:
         """SCRAM credentials for every principal, the access rules (and no others on the stack's
         topics) and the topics."""
-        from kafka_acl import grant, revoke_stale, set_credentials  # noqa: PLC0415 - infra/, beside this file
+        from kafka_acl import AclError, grant, revoke_stale, set_credentials  # noqa: PLC0415 - infra/
         from topics import ensure_topics  # noqa: PLC0415 - infra/topics.py, beside this file
 
         from runtime.kafka import KafkaException  # noqa: PLC0415
 
         broker = self.settings(BROKER)
-        set_credentials(broker, {k: v for k, v in self._ensure_credentials().items() if k != BROKER})
-        grant(broker)
-        revoke_stale(broker)  # a right taken out of the table does not live on in the broker
-        deadline = time.monotonic() + 15.0
-        while True:  # a new credential reaches the listener a moment after the controller took it
+        deadline = time.monotonic() + 30.0
+        while True:
+            # Right after a cold start a node may still drop a connection (the admin client's
+            # request then fails with _DESTROY_BROKER), and a new credential reaches the listeners
+            # a moment after the controller took it: the whole idempotent step is tried again.
             try:
+                set_credentials(broker, {k: v for k, v in self._ensure_credentials().items() if k != BROKER})
+                grant(broker)
+                revoke_stale(broker)  # a right taken out of the table does not live on in the broker
                 ensure_topics(self.settings(ADMIN), partitions=self.partitions)
                 return
-            except KafkaException:
+            except (KafkaException, AclError):
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(0.5)
+                time.sleep(1.0)
 
     # ------------------------------------------------------------ who leads what
     def partitions_of(self, topic: str | None, *, timeout: float = 10.0) -> list[PartitionState]:
