@@ -77,3 +77,34 @@ def test_a_cluster_has_one_or_three_nodes() -> None:
     """Two nodes would lose the quorum with either one; the setting says so at start-up."""
     with pytest.raises(ConfigError, match="VAKTROM_STACK_KAFKA_NODES=2 must be 1 or 3"):
         StackSettings.from_env({"VAKTROM_STACK_KAFKA_NODES": "2"})
+
+
+def test_compose_renders_one_node_of_three_with_a_certificate_for_every_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kafka_init's command line as a three-broker compose would run it for kafka-2: its node id,
+    the quorum, replication 3, and one certificate that each node's name verifies."""
+    from cryptography import x509  # noqa: PLC0415
+
+    monkeypatch.setenv("KAFKA_BROKER_PASSWORD", "p" * 24)
+    voters = "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"
+    hosts = [arg for n in (1, 2, 3) for arg in ("--cert-host", f"kafka-{n}")]
+    args = [
+        "--ca-dir",
+        str(tmp_path / "ca"),
+        "--tls-dir",
+        str(tmp_path / "tls"),
+        "--config-dir",
+        str(tmp_path),
+    ]
+    code = kafka_init.main(
+        [*args, "--host", "kafka-2", "--node-id", "2", "--voters", voters, "--replication", "3", *hosts]
+    )
+    assert code == 0
+    text = (tmp_path / "server.properties").read_text()
+    props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+    assert (props["node.id"], props["controller.quorum.voters"]) == ("2", voters)
+    assert (props["default.replication.factor"], props["min.insync.replicas"]) == ("3", "2")
+    cert = x509.load_pem_x509_certificate((tmp_path / "ca" / "kafka.crt").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"kafka-1", "kafka-2", "kafka-3"} <= set(names.get_values_for_type(x509.DNSName))
