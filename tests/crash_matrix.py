@@ -221,7 +221,7 @@ def _wait_caught_up(pipe: Pipeline, kit_prefix: str, confirmed: set[str], timeou
     while time.monotonic() < deadline:
         stored = _stored_ids(pipe.stack, kit_prefix)
         try:
-            lag = consumer_lag(pipe.stack.kafka(), pipe.groups())
+            lag = consumer_lag(pipe.stack.kafka(), pipe.groups(), prefix=f"{pipe.name}.")
         except Exception as exc:
             lag = {"error": str(exc)}  # type: ignore[dict-item]
         if confirmed <= set(stored) and lag and not any(lag.values()):
