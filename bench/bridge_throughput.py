@@ -73,7 +73,8 @@ class Usage:
     def __init__(self, parts: dict[str, Any]) -> None:
         self.parts = {
             "mosquitto": int((_RUN / "mosquitto.pid").read_text()),
-            "kafka": int((_RUN / "kafka.pid").read_text()),
+            # every node of the cluster together (kafka-N.pid; kafka.pid before the cluster)
+            "kafka": lambda: sum(cpu_seconds(int(f.read_text())) for f in _RUN.glob("kafka*.pid")),
             **parts,
         }
         self.start = self._now()

@@ -107,7 +107,8 @@ def stack_pids() -> dict[str, int]:
     pids = {}
     for line in out.splitlines():
         parts = line.split()
-        if len(parts) >= 3 and parts[0] in {"mosquitto", "kafka", "postgres"} and parts[2].isdigit():
+        known = parts[0] in {"mosquitto", "kafka", "postgres"} or parts[0].startswith("kafka-")
+        if len(parts) >= 3 and known and parts[2].isdigit():  # a cluster: kafka-1, kafka-2, ...
             pids[parts[0]] = int(parts[2])
     return pids
 

@@ -3,6 +3,10 @@
     python infra/kafka_init.py --ca-dir /mosquitto/tls --tls-dir /etc/kafka/vaktrom \\
         --config-dir /mnt/shared/config --host kafka                                   # compose
 
+A node of a three-broker cluster adds `--node-id N --replication 3 --voters
+1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093` and `--cert-host kafka-1 --cert-host kafka-2
+--cert-host kafka-3`, so that every node's run keeps one certificate valid for each of them.
+
 Reads KAFKA_BROKER_PASSWORD (the broker's own PLAIN password: controller and inter-broker). Writes
 the broker's key and certificate (signed by the stack's CA in --ca-dir, the MQTT broker's) as one
 PEM file with the CA beside it, a client configuration for the health check, and server.properties
@@ -138,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="controller.quorum.voters of a cluster: 1@kafka-1:9093,2@kafka-2:9093,...",
     )
+    parser.add_argument(
+        "--cert-host",
+        action="append",
+        default=[],
+        help="another name the certificate is valid for (each node's)",
+    )
     parser.add_argument("--replication", type=int, default=1, help="copies per topic (3 in a cluster)")
     parser.add_argument("--owner", type=int, default=None, help="uid that runs the broker (files are 0600)")
     args = parser.parse_args(argv)
@@ -162,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kafka_init: check only: would write {args.tls_dir} and {args.config_dir}", file=sys.stderr)
         return 0
     try:
-        write_tls(args.ca_dir, args.tls_dir, [args.host])
+        write_tls(args.ca_dir, args.tls_dir, sorted({args.host, *args.cert_host}))
         properties = render_server_properties(
             host=args.host, port=args.port, controller_port=args.controller_port, data=args.data,
             partitions=args.partitions, tls_dir=args.tls_dir, broker_password=password,

@@ -1,4 +1,5 @@
-"""The three real services of the local stack: Mosquitto, Apache Kafka (KRaft) and PostgreSQL.
+"""The three real services of the local stack: Mosquitto, Apache Kafka (KRaft; kafka_cluster.py) and
+PostgreSQL.
 
 Each knows how to configure, start, wait for, check and stop itself under one state folder
 (default `.local/`); the plumbing they share is in processes.py.
@@ -19,7 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
-from kafka_init import kafka_cluster_id, render_server_properties, write_private, write_tls
+from kafka_cluster import Kafka
 from mosquitto_init import MQTT_ADMIN, MQTT_BRIDGE, dynsec_config, upgrade_config
 from processes import (
     REPO,
@@ -34,9 +35,7 @@ from processes import (
 )
 from tls import client_certificate, ensure_server_certificates
 
-from contracts.kafka_acl import ADMIN, BROKER, PRINCIPALS
 from contracts.mqtt_accounts import HEALTH, LOAD, LOCAL_TEST, SERVICE_ACCOUNTS
-from runtime.settings import KafkaSettings
 
 __all__ = ["LOAD", "LOCAL_TEST", "MQTT_ADMIN", "MQTT_BRIDGE", "Kafka", "Mosquitto", "Postgres"]
 
@@ -191,174 +190,6 @@ class Mosquitto(Service):
             except (OSError, ssl.SSLError) as exc:
                 return f"TLS listener {self.host}:{port} failed: {exc}"
         return None
-
-
-# ------------------------------------------------------------------ Kafka
-class Kafka(Service):
-    """A single-node Kafka 4 in KRaft combined mode (broker and controller in one JVM), SASL over TLS
-    on both listeners, with one SCRAM principal per stage and access rules (docs/kafka-security.md)."""
-
-    name = "kafka"
-
-    def __init__(
-        self, *, state: Path, host: str, port: int, controller_port: int, heap: str, partitions: int
-    ) -> None:
-        super().__init__(state=state, host=host, port=port)
-        self.controller_port = controller_port
-        self.heap = heap
-        self.partitions = partitions
-        self.libs = state / "kafka" / "libs"
-        # one CA for the stack: the MQTT broker's (infra/tls.py) signs Kafka's certificate too
-        self.ca_dir = state / "mosquitto" / "tls"
-
-    @property
-    def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def tls_dir(self) -> Path:
-        return self.home / "tls"
-
-    @property
-    def ca_file(self) -> Path:
-        return self.ca_dir / "ca.crt"
-
-    @property
-    def credentials_file(self) -> Path:
-        return self.home / "credentials.json"
-
-    def credentials(self) -> dict[str, str]:
-        """principal -> password: the broker's own, the admin's and each stage's (made once, 0600;
-        a principal added later gets its password at the next `infra/stack up`)."""
-        try:
-            found = json.loads(self.credentials_file.read_text())
-        except (OSError, ValueError):
-            found = {}
-        return found if isinstance(found, dict) else {}
-
-    def _ensure_credentials(self) -> dict[str, str]:
-        passwords = self.credentials()
-        wanted = [BROKER, ADMIN, *(p.name for p in PRINCIPALS)]
-        missing = [name for name in wanted if not passwords.get(name)]
-        if missing:
-            passwords |= {name: secrets.token_urlsafe(24) for name in missing}
-            self.home.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                json.dump(passwords, out)
-        self.credentials_file.chmod(0o600)  # O_CREAT's mode does not narrow a file that was wider
-        return passwords
-
-    def settings(self, principal: str, *, prefix: str = "") -> KafkaSettings:
-        """How a client of this broker signs in as `principal` (the broker itself uses PLAIN)."""
-        return KafkaSettings(
-            bootstrap=self.bootstrap,
-            topic_prefix=prefix,
-            sasl_mechanism="PLAIN" if principal == BROKER else "SCRAM-SHA-512",
-            username=principal,
-            password=self.credentials().get(principal, ""),
-            ca=self.ca_file,
-        )
-
-    def _java(self, main: str, *args: str, jvm: list[str] | None = None) -> list[str]:
-        if not (self.libs / ".stamp").exists():
-            raise StackError(f"the Kafka jars are missing from {self.libs}; run infra/bootstrap first")
-        java = shutil.which("java") or "java"
-        log4j = REPO / "infra" / "kafka" / "log4j2.properties"
-        return [
-            java,
-            *(jvm or []),
-            f"-Dlog4j2.configurationFile={log4j}",
-            "-cp",
-            f"{self.libs}/*",
-            main,
-            *args,
-        ]
-
-    def prepare(self) -> None:
-        data = self.home / "data"
-        conf = self.home / "server.properties"
-        passwords = self._ensure_credentials()
-        write_tls(self.ca_dir, self.tls_dir, sorted({self.host, "localhost", "127.0.0.1"}))
-        properties = render_server_properties(
-            host=self.host, port=self.port, controller_port=self.controller_port, data=str(data),
-            partitions=self.partitions, tls_dir=self.tls_dir, broker_password=passwords[BROKER],
-        )  # fmt: skip
-        write_private(conf, properties.encode())  # it holds the broker's password
-        if (data / "meta.properties").exists():
-            return  # an existing cluster: after_ready adds what is missing through the admin API
-        cluster_file = self.home / "cluster-id"
-        if not cluster_file.exists() or cluster_file.read_text().startswith("-"):
-            cluster_file.write_text(kafka_cluster_id())
-        result = subprocess.run(
-            self._java(
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                cluster_file.read_text().strip(),
-                "-c",
-                str(conf),
-                "--ignore-formatted",
-            ),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise StackError(f"formatting Kafka storage in {data} failed:\n{result.stdout}{result.stderr}")
-
-    def spawn(self) -> int:
-        jvm = [
-            f"-Xms{self.heap}",
-            f"-Xmx{self.heap}",  # a 2-core machine shares its memory with everything else
-            "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20",
-            "-XX:InitiatingHeapOccupancyPercent=35",
-            "-XX:+ExplicitGCInvokesConcurrent",
-            "-XX:+ExitOnOutOfMemoryError",
-            "-Djava.awt.headless=true",
-        ]
-        return self._popen(self._java("kafka.Kafka", str(self.home / "server.properties"), jvm=jvm))
-
-    def check(self, timeout: float) -> Health:
-        """A metadata request answered by the broker, signed in as the broker itself: the stages'
-        SCRAM credentials may not exist yet (after_ready makes them)."""
-        from topics import admin_client  # noqa: PLC0415 - needs the venv's confluent-kafka
-
-        from runtime.kafka import KafkaException  # noqa: PLC0415
-
-        try:
-            admin = admin_client(self.settings(BROKER), client_id="vaktrom-stack")
-            metadata = admin.list_topics(timeout=timeout)
-        except KafkaException as exc:
-            return Health(False, f"no answer from {self.bootstrap}: {exc.args[0].name()}")
-        except (OSError, ValueError) as exc:
-            return Health(False, f"no answer from {self.bootstrap}: {type(exc).__name__}")
-        brokers = metadata.brokers
-        topics = [t for t in metadata.topics if not t.startswith("__")]
-        return Health(bool(brokers), f"metadata: {len(brokers)} broker, {len(topics)} topics, SASL_SSL")
-
-    def after_ready(self) -> None:
-        """SCRAM credentials for every principal, the access rules (and no others on the stack's
-        topics) and the topics."""
-        from kafka_acl import grant, revoke_stale, set_credentials  # noqa: PLC0415 - infra/, beside this file
-        from topics import ensure_topics  # noqa: PLC0415 - infra/topics.py, beside this file
-
-        from runtime.kafka import KafkaException  # noqa: PLC0415
-
-        broker = self.settings(BROKER)
-        set_credentials(broker, {k: v for k, v in self._ensure_credentials().items() if k != BROKER})
-        grant(broker)
-        revoke_stale(broker)  # a right taken out of the table does not live on in the broker
-        deadline = time.monotonic() + 15.0
-        while True:  # a new credential reaches the listener a moment after the controller took it
-            try:
-                ensure_topics(self.settings(ADMIN), partitions=self.partitions)
-                return
-            except KafkaException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
 
 
 # ------------------------------------------------------------------ PostgreSQL

@@ -3,11 +3,13 @@
     infra/stack up [SERVICE ...]     start (or reuse) and wait until really ready; topics and schema
     infra/stack down [SERVICE ...]   stop only what `up` started
     infra/stack kill SERVICE ...     SIGKILL it, no clean shutdown (crash tests); `up` recovers it
+    infra/stack cluster [TOPIC]      Kafka's active controller, and each partition's leader and ISR
     infra/stack status               port, pid, memory and a live health check per service
     infra/stack env                  the VAKTROM_* variables that point the stages at this stack
     infra/stack logs SERVICE         the last lines of a service's log
 
-SERVICE is mosquitto, kafka or postgres (default: all). Everything lives under $VAKTROM_STATE_DIR
+SERVICE is mosquitto, kafka or postgres (default: all); kafka-1, kafka-2 and kafka-3 are the Kafka
+cluster's nodes one by one (up, down, kill, logs). Everything lives under $VAKTROM_STATE_DIR
 (default .local/). Ports and sizes are VAKTROM_* variables, listed by `infra/stack --help`.
 """
 
@@ -20,6 +22,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import secrets
 import sys
 import time
@@ -29,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from kafka_init import node_ports
 from migrate import migrate
 from processes import REPO, Service, StackError, log_tail, tree_memory_kib
 from services import LOAD, LOCAL_TEST, MQTT_ADMIN, MQTT_BRIDGE, Kafka, Mosquitto, Postgres
@@ -42,6 +46,7 @@ from runtime.settings import ConfigError, Settings, setting
 STAGES = [("ingest", 4), ("streams.monitor", 5), ("streams.archive", 6), ("alerts", 7), ("gateway_sim", 3)]
 SERVICES = ("mosquitto", "kafka", "postgres")
 FLAVOURS = ("timescaledb", "plain")
+KAFKA_NODE = re.compile(r"kafka-[1-9]")  # one node of the Kafka cluster
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -66,7 +71,12 @@ class StackSettings(Settings):
         19093, env="VAKTROM_STACK_KAFKA_CONTROLLER_PORT", help="local Kafka KRaft controller port"
     )
     kafka_heap: str = setting(
-        "512m", env="VAKTROM_STACK_KAFKA_HEAP", help="Kafka JVM heap (-Xmx), at most 1g"
+        "384m", env="VAKTROM_STACK_KAFKA_HEAP", help="each Kafka node's JVM heap (-Xmx), at most 1g"
+    )
+    kafka_nodes: int = setting(
+        3,
+        env="VAKTROM_STACK_KAFKA_NODES",
+        help="Kafka nodes: 3 (replication 3, min ISR 2) or 1; node N on the ports + 2(N-1)",
     )
     kafka_partitions: int = setting(
         6, env="VAKTROM_STACK_KAFKA_PARTITIONS", help="partitions per pipeline topic"
@@ -90,6 +100,13 @@ class StackSettings(Settings):
             "VAKTROM_STACK_KAFKA_CONTROLLER_PORT": self.kafka_controller_port,
             "VAKTROM_STACK_POSTGRES_PORT": self.postgres_port,
         }
+        if self.kafka_nodes not in (1, 3):
+            raise ConfigError(f"VAKTROM_STACK_KAFKA_NODES={self.kafka_nodes} must be 1 or 3")
+        for node, (port, controller) in enumerate(
+            node_ports(self.kafka_port, self.kafka_controller_port, self.kafka_nodes)[1:], start=2
+        ):
+            ports[f"Kafka node {node}'s port (VAKTROM_STACK_KAFKA_PORT + {2 * node - 2})"] = port
+            ports[f"Kafka node {node}'s controller port (..._CONTROLLER_PORT + {2 * node - 2})"] = controller
         for env, port in ports.items():
             if not 1024 <= port < 65536:
                 raise ConfigError(f"{env}={port} must be an unprivileged TCP port (1024-65535)")
@@ -99,8 +116,10 @@ class StackSettings(Settings):
                 f"{', '.join(FLAVOURS)}"
             )
         ports["the plain PostgreSQL (VAKTROM_STACK_POSTGRES_PORT + 1)"] = self.postgres_port + 1
-        if len(set(ports.values())) != len(ports):
-            raise ConfigError(f"the stack's ports must differ: {ports}")
+        for env, port in ports.items():
+            same = [other for other, p in ports.items() if p == port and other != env]
+            if same:
+                raise ConfigError(f"{env} and {same[0]} are both {port}; the stack's ports must differ")
         heap = self.kafka_heap.lower()
         mib = (
             int(heap[:-1]) * (1024 if heap.endswith("g") else 1)
@@ -142,6 +161,7 @@ def build(settings: StackSettings) -> dict[str, Service]:
             controller_port=settings.kafka_controller_port,
             heap=settings.kafka_heap,
             partitions=settings.kafka_partitions,
+            nodes=settings.kafka_nodes,
         ),
         "postgres": postgres(settings, settings.postgres_flavour),
     }
@@ -182,7 +202,7 @@ def stack_env(settings: StackSettings, services: dict[str, Service]) -> dict[str
         # the registry's account for the dynamic security plugin (kit identities and access rules)
         "VAKTROM_MQTT_ADMIN_USERNAME": MQTT_ADMIN,
         "VAKTROM_MQTT_ADMIN_PASSWORD": mqtt.get(MQTT_ADMIN, ""),
-        "VAKTROM_KAFKA_BOOTSTRAP": f"{settings.host}:{settings.kafka_port}",
+        "VAKTROM_KAFKA_BOOTSTRAP": kafka.bootstrap,  # every node: a client finds the cluster via any
         # SCRAM over TLS; each launcher picks its stage's principal (stackenv.kafka_principal)
         "VAKTROM_KAFKA_CA": str(kafka.ca_file),
         **kafka_password_env(kafka.credentials()),
@@ -203,12 +223,22 @@ def write_env_file(settings: StackSettings, services: dict[str, Service]) -> Pat
     return path
 
 
+def _service(services: dict[str, Service], name: str) -> Service:
+    """A service by name, or one Kafka node (kafka-2)."""
+    if name in services:
+        return services[name]
+    kafka = services["kafka"]
+    assert isinstance(kafka, Kafka)
+    return kafka.node(name)
+
+
 def cmd_up(settings: StackSettings, names: list[str]) -> int:
     services = build(settings)
     began = time.monotonic()
     for name in names:
-        service = services[name]
-        print(f"==> {name}: starting on {settings.host}:{service.port}", flush=True)
+        service = _service(services, name)
+        where = service.bootstrap if isinstance(service, Kafka) else f"{settings.host}:{service.port}"
+        print(f"==> {name}: starting on {where}", flush=True)
         took = service.start(timeout=settings.start_timeout)
         print(f"    {name}: ready in {took:.1f} s ({service.check(timeout=5).detail})", flush=True)
         if name == "postgres":
@@ -227,7 +257,7 @@ def cmd_up(settings: StackSettings, names: list[str]) -> int:
 def cmd_down(settings: StackSettings, names: list[str]) -> int:
     services = build(settings)
     for name in reversed(names):
-        stopped = services[name].stop()
+        stopped = _service(services, name).stop()
         print(f"==> {name}: {'stopped' if stopped else 'was not running (nothing of ours to stop)'}")
     return 0
 
@@ -235,7 +265,7 @@ def cmd_down(settings: StackSettings, names: list[str]) -> int:
 def cmd_kill(settings: StackSettings, names: list[str]) -> int:
     services = build(settings)
     for name in names:
-        killed = services[name].kill()
+        killed = _service(services, name).kill()
         print(f"==> {name}: {'killed (SIGKILL)' if killed else 'was not running'}")
     return 0
 
@@ -245,7 +275,15 @@ def cmd_status(settings: StackSettings) -> int:
     print(f"{'service':<10} {'port':>6} {'pid':>8} {'rss MiB':>8} {'peak MiB':>9}  health")
     all_ok = True
     total_rss = total_peak = 0
+    rows: list[tuple[str, Service]] = []
     for name, service in services.items():
+        rows.append((name, service))
+        if isinstance(service, Kafka) and len(service.nodes) > 1:
+            rows += [(f"  {node.name}", node) for node in service.nodes]
+    for name, service in rows:
+        if isinstance(service, Kafka) and len(service.nodes) > 1:
+            all_ok &= _kafka_status(name, service)
+            continue
         pid = service.pid()
         if pid is None:
             print(f"{name:<10} {service.port:>6} {'-':>8} {'-':>8} {'-':>9}  stopped")
@@ -262,6 +300,32 @@ def cmd_status(settings: StackSettings) -> int:
     print(f"{'total':<10} {'':>6} {'':>8} {total_rss / 1024:>8.0f} {total_peak / 1024:>9.0f}")
     all_ok &= _stages_status(settings)
     return 0 if all_ok else 1
+
+
+def _kafka_status(name: str, kafka: Kafka) -> bool:
+    """The cluster's line: its nodes' memory together (counted in the total by each node's line
+    below) and its health: every node live and no partition short of replicas."""
+    rss, peak = kafka.memory_kib()
+    up = sum(1 for node in kafka.nodes if node.pid() is not None)
+    health = kafka.check(timeout=5) if up else None
+    state = "stopped" if health is None else "healthy" if health.ok else "UNHEALTHY"
+    detail = f" ({health.detail})" if health else ""
+    nodes = f"{up}/{len(kafka.nodes)}"
+    print(f"{name:<10} {kafka.port:>6} {nodes:>8} {rss / 1024:>8.0f} {peak / 1024:>9.0f}  {state}{detail}")
+    return health is not None and health.ok
+
+
+def cmd_cluster(settings: StackSettings, topic: str | None) -> int:
+    """Kafka's active controller, and the leader and in-sync replicas of each partition."""
+    kafka = build(settings)["kafka"]
+    assert isinstance(kafka, Kafka)
+    print(f"active controller: node {kafka.active_controller()} (quorum {kafka.voters})")
+    states = kafka.partitions_of(topic)
+    short = [s for s in states if len(s.isr) < len(s.replicas)]
+    print(f"{len(states)} partitions, {len(short)} under-replicated")
+    for s in states if topic else short:
+        print(f"  {s.topic}[{s.partition}] leader {s.leader} replicas {list(s.replicas)} isr {list(s.isr)}")
+    return 0
 
 
 def _stages_status(settings: StackSettings) -> bool:
@@ -314,6 +378,8 @@ def _run(command: str, settings: StackSettings, names: list[str]) -> int:
     by_name = {"up": cmd_up, "down": cmd_down, "kill": cmd_kill}
     if command in by_name:
         return by_name[command](settings, names)
+    if command == "cluster":
+        return cmd_cluster(settings, names[0] if names else None)
     if command == "status":
         return cmd_status(settings)
     if command == "stages":
@@ -325,7 +391,11 @@ def _run(command: str, settings: StackSettings, names: list[str]) -> int:
             print(f"export {key}='{value}'")
         return 0
     for name in names:  # logs
-        print(f"==> {services[name].log}\n{log_tail(services[name].log, 50)}")
+        service = _service(services, name)
+        if isinstance(service, Kafka):
+            print(service.tails(50))
+        else:
+            print(f"==> {service.log}\n{log_tail(service.log, 50)}")
     return 0
 
 
@@ -337,17 +407,27 @@ def main(argv: list[str] | None = None) -> int:
         epilog=f"settings:\n{variables}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=["up", "down", "kill", "status", "env", "logs", "stages"])
+    parser.add_argument(
+        "command", choices=["up", "down", "kill", "status", "env", "logs", "stages", "cluster"]
+    )
     parser.add_argument("services", nargs="*", metavar="SERVICE", help=f"any of {', '.join(SERVICES)}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # readiness polling expects refusals
-    unknown = [s for s in args.services if s not in SERVICES]
-    if unknown:
-        parser.error(f"unknown service {', '.join(unknown)}; choose from {', '.join(SERVICES)}")
-    if args.command == "kill" and not args.services:
-        parser.error("kill needs the services to kill by name (it never kills the whole stack by default)")
-    names = [s for s in SERVICES if s in args.services] or list(SERVICES)
+    if args.command == "cluster":
+        names = args.services[:1]  # a topic, not a service
+    else:
+        unknown = [s for s in args.services if s not in SERVICES and not KAFKA_NODE.fullmatch(s)]
+        if unknown:
+            parser.error(
+                f"unknown service {', '.join(unknown)}; choose from {', '.join(SERVICES)} or kafka-N"
+            )
+        if args.command == "kill" and not args.services:
+            parser.error(
+                "kill needs the services to kill by name (it never kills the whole stack by default)"
+            )
+        nodes = [s for s in args.services if s not in SERVICES]
+        names = [s for s in SERVICES if s in args.services] + nodes or list(SERVICES)
     try:
         settings = StackSettings.from_env()
         return _run(args.command, settings, names)

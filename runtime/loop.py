@@ -63,6 +63,7 @@ _LINGER_SLICE_S = 0.1  # a lingering poll looks at `stop` this often
 _LOOK_EVERY_S = 0.2  # how fresh the ends and lag that /health and the metrics show are
 _PROBE_S = 5.0  # after a rewind, how long to wait for the records read again before calling it done
 _METADATA_REFRESH_MS = 10_000  # how soon a partition added to a topic is read
+_REQUEST_TIMEOUT_MS = 15_000  # a request to Kafka that took longer failed (librdkafka: 60 s)
 _STATS_MS = 1000  # how often librdkafka reports its brokers' states (to the loop's thread, in poll)
 _encode = msgspec.json.Encoder().encode
 
@@ -208,6 +209,10 @@ class ConsumerLoop:
             # A partition added to a topic is read once the client's metadata shows it: librdkafka's
             # default refresh (5 min) left an added partition's records unread that long.
             "topic.metadata.refresh.interval.ms": _METADATA_REFRESH_MS,
+            # A synchronous commit in flight when every node of a cluster dies waits for a new
+            # coordinator until the request times out (60 s by default), and the loop with it: no
+            # statistics, so /health did not say Kafka was away (test_archive_rebalance).
+            "socket.timeout.ms": _REQUEST_TIMEOUT_MS,
         }
         consumer = rk.consumer(
             self._kafka, group_id=self._group_id, client_id=self._client_id, **(watch | self._config)

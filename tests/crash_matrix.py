@@ -9,6 +9,9 @@ NEWS2-S1 alert) while one fault is injected a few seconds in:
     kafka-kill, postgres-kill, mosquitto-kill               SIGKILL the service, `infra/stack up` it
     kafka-outage, postgres-outage                           stop the service cleanly for 60 s
     postgres-restore    the database's disk lost; restored from backup (tests/restore_drill.py)
+    kafka-leader-kill, kafka-controller-kill, kafka-rolling, kafka-disk-loss
+                                                            one node of the Kafka cluster lost
+                                                            (tests/cluster_faults.py)
 
 Once the simulator has every receipt (or gave up) and every consumer group has caught up, the
 scenario is checked against the simulator's ledger:
@@ -23,10 +26,10 @@ scenario is checked against the simulator's ledger:
                  measured, or its alert stored > 5 s after the kit sent it) was stored, or until
                  the restarted component was healthy, whichever is later
 
-    python -m tests.crash_matrix [--scenarios all|ci|NAME,...] [--rate 100] [--seconds 30]
+    python -m tests.crash_matrix [--scenarios all|ci|cluster|NAME,...] [--rate 100] [--seconds 30]
 
 Needs the local stack (`make stack-up`); the Kafka, PostgreSQL and Mosquitto scenarios restart it.
-Writes bench/results/crash_matrix.{json,md} (or --out). `tests/integration/test_crash_matrix.py`
+Writes bench/results/crash_matrix.{json,md} (or --out, --name). `tests/integration/test_crash_matrix.py`
 runs the CI scenarios through `run()`.
 """
 
@@ -47,6 +50,7 @@ from typing import Any
 
 import psycopg
 
+from tests.cluster_faults import CLUSTER_SCENARIOS, EXTRA_LOAD_S
 from tests.conftest import REPO, STATE, Stack, stack_command
 from tests.integration.alerts_support import AlertsProcess
 from tests.integration.archive_support import ArchiveProcess
@@ -59,7 +63,14 @@ sys.path.insert(0, str(REPO / "infra"))
 import stackenv
 from topics import consumer_lag, delete_namespaces
 
-CI_SCENARIOS = ("bridge-kill", "monitor-kill", "archive-kill", "kafka-kill")
+CI_SCENARIOS = (
+    "bridge-kill",
+    "monitor-kill",
+    "archive-kill",
+    "kafka-kill",
+    "kafka-leader-kill",
+    "kafka-rolling",
+)
 LATE_S = 5.0  # a reading stored (or its alert stored) later than this after it was measured was delayed
 NEWS2_S1_LIMIT = 91.0  # docs/clinical-rules.md NEWS2-S1: SpO2 <= 91 % scores 3 on scale 1 (a red episode)
 FAULT_AFTER_S = 8.0
@@ -160,6 +171,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Pipeline], None]]] = {
         "PostgreSQL stopped for 60 s",
         _stack(("down", "postgres"), OUTAGE_S, ("up", "postgres")),
     ),
+    **CLUSTER_SCENARIOS,
 }
 
 
@@ -212,7 +224,7 @@ def _wait_caught_up(pipe: Pipeline, kit_prefix: str, confirmed: set[str], timeou
     while time.monotonic() < deadline:
         stored = _stored_ids(pipe.stack, kit_prefix)
         try:
-            lag = consumer_lag(pipe.stack.kafka(), pipe.groups())
+            lag = consumer_lag(pipe.stack.kafka(), pipe.groups(), prefix=f"{pipe.name}.")
         except Exception as exc:
             lag = {"error": str(exc)}  # type: ignore[dict-item]
         if confirmed <= set(stored) and lag and not any(lag.values()):
@@ -269,7 +281,7 @@ def _recovery(stack: Stack, kit_prefix: str, fault_at: datetime) -> float:
 def run_scenario(pipe: Pipeline, scenario: str, *, rate: int, seconds: float, kits: int, out: Path) -> Result:
     what, fault = SCENARIOS[scenario]
     kit_prefix = f"{pipe.name[:10]}{scenario[:3].upper()}{uuid.uuid4().hex[:4]}"
-    load_s = seconds + (OUTAGE_S if scenario.endswith("outage") else 0.0)
+    load_s = seconds + (OUTAGE_S if scenario.endswith("outage") else EXTRA_LOAD_S.get(scenario, 0.0))
     timing: dict[str, float] = {}
     fault_at = datetime.now(UTC)
 
@@ -399,17 +411,18 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--scenarios", default="all", help="all, ci, or names separated by commas")
+    parser.add_argument("--scenarios", default="all", help="all, ci, cluster, or names separated by commas")
     parser.add_argument("--rate", type=int, default=100, help="messages/s (two readings each)")
     parser.add_argument("--seconds", type=float, default=30.0, help="load per scenario (outages add 60 s)")
     parser.add_argument(
         "--kits", type=int, default=2000, help="load kits per scenario (each sends every 20 s)"
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--name", default="crash_matrix", help="the result files' name (NAME.json, NAME.md)")
     args = parser.parse_args(argv)
-    names = {"all": list(SCENARIOS), "ci": list(CI_SCENARIOS)}.get(args.scenarios) or args.scenarios.split(
-        ","
-    )
+    names = {"all": list(SCENARIOS), "ci": list(CI_SCENARIOS), "cluster": list(CLUSTER_SCENARIOS)}.get(
+        args.scenarios
+    ) or args.scenarios.split(",")
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
@@ -417,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     results = run(load_stack(), names, rate=args.rate, seconds=args.seconds, kits=args.kits, work=work)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "crash_matrix.json").write_text(
+    (args.out / f"{args.name}.json").write_text(
         json.dumps(
             {"rate_messages_per_s": args.rate, "seconds": args.seconds, "kits": args.kits,
              "results": [asdict(r) | {"passed": r.passed} for r in results]},
@@ -425,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         ) + "\n"
     )  # fmt: skip
     table = markdown(results, rate=args.rate, seconds=args.seconds, kits=args.kits)
-    (args.out / "crash_matrix.md").write_text(table)
+    (args.out / f"{args.name}.md").write_text(table)
     print(table)
     print(f"logs and ledgers in {work}")
     return 0 if all(r.passed for r in results) else 1

@@ -509,13 +509,28 @@ class Worker:
             log.warning("could not learn which inputs have records waiting (%s)", exc)
         return out
 
+    def _changelog_ends(self, partition: int, *, patience_s: float = 60.0) -> tuple[int, int]:
+        """The changelog partition's (low, high), asked again while it has no leader: on a cluster a
+        partition is handed over while the node that led its changelog is lost, until the cluster
+        elects another (seconds). Raised out of the consumer's poll, it stopped the worker."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                low, high = self.restorer.get_watermark_offsets(
+                    rk.TopicPartition(self.changelog, partition), timeout=10.0
+                )
+                return int(low), int(high)
+            except rk.KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("changelog partition %d: no end offsets yet (%s); asking again", partition, exc)
+                time.sleep(1.0)
+
     def _restore(self, partitions: set[int]) -> None:
         """Bring the store level with the changelog, from each partition's checkpoint to its end."""
         starts: dict[int, int] = {}
         for partition in partitions:
-            low, high = self.restorer.get_watermark_offsets(
-                rk.TopicPartition(self.changelog, partition), timeout=10.0
-            )
+            low, high = self._changelog_ends(partition)
             start = self.store.checkpoint(partition)
             if start > high and high == 0:  # the changelog was recreated, and nobody wrote it since
                 self._reseed(partition)

@@ -1,5 +1,6 @@
-"""The reduced crash matrix, in CI: bridge, monitor and archive SIGKILLed, and the Kafka broker
-SIGKILLed and restarted, each under steady load through the whole real pipeline.
+"""The reduced crash matrix, in CI: bridge, monitor and archive SIGKILLed, the whole Kafka cluster
+SIGKILLed and restarted, the node leading the measurements SIGKILLed, and a rolling restart of the
+cluster, each under steady load through the whole real pipeline.
 
 `tests/crash_matrix.py` has the scenarios and the checks; the full matrix (also the response
 centre, PostgreSQL, Mosquitto and 60 s outages) is `python -m tests.crash_matrix`, outside CI.
@@ -15,7 +16,7 @@ from tests.conftest import Stack
 from tests.crash_matrix import CI_SCENARIOS, markdown, run
 
 
-@pytest.mark.timeout(1200)  # four scenarios, each a load run, a fault, a drain and the checks
+@pytest.mark.timeout(1800)  # six scenarios, each a load run, a fault, a drain and the checks
 def test_the_reduced_crash_matrix_loses_and_duplicates_nothing(
     stack: Stack, kafka_bootstrap: str, database_url: str, mqtt: object, artefacts: Path
 ) -> None:

@@ -196,21 +196,31 @@ def test_pipeline_topics_exist_with_their_settings(stack: Stack, kafka_bootstrap
     assert entries["message.timestamp.type"].value == "LogAppendTime"
 
 
+KAFKA_NODES = int(os.environ.get("VAKTROM_STACK_KAFKA_NODES", "3"))  # as infra/stack reads it
+KAFKA_NAMES = [f"kafka-{n}" for n in range(1, KAFKA_NODES + 1)] if KAFKA_NODES > 1 else ["kafka"]
+
+
 def test_status_reports_three_healthy_services(stack: Stack) -> None:
-    """`infra/stack status` shows each service with port, pid and a live health check."""
+    """`infra/stack status` shows each service (and each Kafka node) with port, pid and a live health
+    check; the cluster's line counts its live nodes and under-replicated partitions."""
     result = stack_command("status", timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:4]}
-    assert set(rows) == {"mosquitto", "kafka", "postgres"}
-    for name, row in rows.items():
-        assert " healthy (" in row, f"{name}: {row}"
-        assert row.split()[2].isdigit(), f"{name} shows no pid: {row}"
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:] if line.strip()}
+    assert {"mosquitto", "kafka", "postgres", *KAFKA_NAMES} <= set(rows)
+    for name in ("mosquitto", "postgres", *KAFKA_NAMES):
+        assert " healthy (" in rows[name], f"{name}: {rows[name]}"
+        assert rows[name].split()[2].isdigit(), f"{name} shows no pid: {rows[name]}"
+    assert " healthy (" in rows["kafka"], rows["kafka"]
+    if KAFKA_NODES > 1:
+        assert rows["kafka"].split()[2] == f"{KAFKA_NODES}/{KAFKA_NODES}", rows["kafka"]
+        assert " 0 of " in rows["kafka"], rows["kafka"]
+        assert "under-replicated" in rows["kafka"], rows["kafka"]
 
 
 def test_up_is_idempotent_and_fast_when_running(stack: Stack) -> None:
     """A second `infra/stack up` reuses the running services instead of starting new ones."""
     postgres = "postgres-plain" if os.environ.get("VAKTROM_STACK_POSTGRES_FLAVOUR") == "plain" else "postgres"
-    pid_files = [STATE / "run" / f"{name}.pid" for name in ("mosquitto", "kafka", postgres)]
+    pid_files = [STATE / "run" / f"{name}.pid" for name in ("mosquitto", *KAFKA_NAMES, postgres)]
     before = [path.read_text() for path in pid_files]
     began = time.monotonic()
     result = stack_command("up", timeout=120)
@@ -224,4 +234,50 @@ def test_logs_name_each_service(stack: Stack, service: str) -> None:
     """`infra/stack logs SERVICE` shows that service's log file."""
     result = stack_command("logs", service, timeout=30)
     assert result.returncode == 0
-    assert result.stdout.splitlines()[0].endswith(f"{service}.log")
+    names = KAFKA_NAMES if service == "kafka" else [service]
+    assert result.stdout.splitlines()[0].endswith(f"{names[0]}.log")
+    heads = [line for line in result.stdout.splitlines() if line.startswith("==> ")]
+    assert [h.rsplit("/", 1)[1] for h in heads] == [f"{name}.log" for name in names]
+
+
+@pytest.mark.skipif(KAFKA_NODES < 3, reason="the single-node stack (VAKTROM_STACK_KAFKA_NODES=1) has no peer")
+@pytest.mark.timeout(300)
+def test_a_kafka_node_killed_loses_no_acknowledged_record_and_catches_up(
+    stack: Stack, kafka_bootstrap: str, unique: str
+) -> None:
+    """Every pipeline topic keeps three replicas; with one node SIGKILLed, acks=all writes still
+    succeed (two in sync) and read back whole; `infra/stack up kafka-N` brings it back in sync."""
+    admin = rk.admin(stack.kafka())
+    metadata = admin.list_topics(timeout=15).topics
+    for spec in kafka_topics():
+        assert {len(p.replicas) for p in metadata[spec.name].partitions.values()} == {3}, spec.name
+    topic = f"{unique}.cluster"
+    rk.create_topics(admin, [rk.TopicSpec(topic, 3, {})])
+    victim = admin.list_topics(topic=topic, timeout=15).topics[topic].partitions[0].leader
+    killed = stack_command("kill", f"kafka-{victim}", timeout=60)
+    assert killed.returncode == 0, killed.stdout + killed.stderr
+    try:
+        producer = rk.producer(stack.kafka(), client_id=unique)
+        failed: list[object] = []
+        for i in range(300):
+            producer.produce(
+                topic, key=str(i).encode(), value=b"x", on_delivery=lambda e, _m: e and failed.append(e)
+            )
+        assert producer.flush(60) == 0, "Kafka did not acknowledge every write with a node down"
+        assert not failed, f"writes refused with a node down: {failed[:3]}"
+    finally:
+        up = stack_command("up", f"kafka-{victim}", timeout=240)
+    assert up.returncode == 0, up.stdout + up.stderr
+    deadline = time.monotonic() + 120
+    while True:
+        parts = admin.list_topics(timeout=15).topics[topic].partitions.values()
+        if all(victim in p.isrs for p in parts) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert all(len(p.isrs) == 3 for p in parts), f"kafka-{victim} did not catch up: {[p.isrs for p in parts]}"
+    consumer = rk.consumer(stack.kafka(), group_id=unique, client_id=unique)
+    try:
+        ends = rk.end_offsets(consumer, [(topic, p) for p in range(3)])
+    finally:
+        consumer.close()
+    assert sum(ends.values()) == 300
