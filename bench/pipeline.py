@@ -285,7 +285,7 @@ def wait_drained(ns: Namespace, timeout: float) -> float:
     began = time.monotonic()
     last = began
     while time.monotonic() - began < timeout:
-        lag = consumer_lag(kafka(ns.env), ns.groups())
+        lag = consumer_lag(kafka(ns.env), ns.groups(), prefix=ns.prefix)
         if not any(lag.values()):
             return time.monotonic() - began
         if time.monotonic() - last >= 10:
@@ -355,7 +355,7 @@ def run_step(
         if now - last_print >= 5:
             last_print = now
             try:
-                lags.append(consumer_lag(kafka(ns.env), ns.groups()))
+                lags.append(consumer_lag(kafka(ns.env), ns.groups(), prefix=ns.prefix))
             except Exception as exc:  # lag is a figure: a failed probe must not end the run
                 lags.append({"error": 1})
                 print(f"    (lag probe failed: {exc})", flush=True)

@@ -140,7 +140,7 @@ def main() -> int:
     with pipeline(ns):
         step = run_step(ns, "SOAK", args.rate, args.minutes * 60.0, args.kits, minute_rss=True)
         drained = wait_drained(ns, 600)
-        lag = consumer_lag(kafka(env), ns.groups())
+        lag = consumer_lag(kafka(env), ns.groups(), prefix=ns.prefix)
     step.pop("_cdf", None)
     rows = windows(url, f"PL{tag}SOAK")
     drifts = [drift(rows, "bridge -> stored"), drift(rows, "kit -> alert stored")]

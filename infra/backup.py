@@ -139,17 +139,29 @@ def default_groups() -> list[str]:
 
 def snapshot_offsets(kafka: KafkaSettings, groups: list[str]) -> dict[str, dict[str, int]]:
     """{group: {"topic:partition": committed offset}}. Taken before the base backup begins: an
-    offset is committed only after its records are in the database, so the backup holds them."""
-    from confluent_kafka import ConsumerGroupTopicPartitions  # noqa: PLC0415 - the venv's
+    offset is committed only after its records are in the database, so the backup holds them.
 
-    admin = rk.admin(kafka, client_id="vaktrom-backup")
+    Read through a consumer of each group that never joins it, not the admin API: librdkafka's
+    ListConsumerGroupOffsets can crash the process when the group's coordinator moves (infra/topics.py)."""
+    reader = rk.consumer(kafka, group_id="vaktrom-backup", client_id="vaktrom-backup")
+    try:
+        metadata = reader.list_topics(timeout=30).topics
+    finally:
+        reader.close()
+    tps = [
+        rk.TopicPartition(name, p)
+        for name, topic in sorted(metadata.items())
+        if not name.startswith("__")
+        for p in topic.partitions
+    ]
     out: dict[str, dict[str, int]] = {}
     for group in groups:
-        future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
-        answer = rk.wait(future, admin, timeout=30)
-        out[group] = {
-            f"{tp.topic}:{tp.partition}": tp.offset for tp in answer.topic_partitions if tp.offset >= 0
-        }
+        consumer = rk.consumer(kafka, group_id=group, client_id="vaktrom-backup")
+        try:
+            committed = consumer.committed(tps, timeout=30)
+        finally:
+            consumer.close()
+        out[group] = {f"{tp.topic}:{tp.partition}": tp.offset for tp in committed if tp.offset >= 0}
     return out
 
 

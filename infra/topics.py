@@ -18,8 +18,6 @@ import os
 import sys
 from collections.abc import Iterable
 
-from confluent_kafka import ConsumerGroupTopicPartitions
-
 from contracts.topics import kafka_topics
 from runtime import kafka as rk
 from runtime.settings import ConfigError, KafkaSettings
@@ -34,74 +32,42 @@ def admin_client(kafka: KafkaSettings, *, client_id: str = "vaktrom-topics") -> 
     return rk.admin(kafka, client_id=client_id)
 
 
-# One admin client and one reader per connection for `consumer_lag`, kept for the process's life:
-# callers ask every second while they wait (tests, benchmarks), and a librdkafka client made and
-# destroyed each time, while Kafka is being killed and restarted, is where a test process crashed
-# once with a segmentation fault (crash matrix, kafka-kill). librdkafka reconnects a kept client.
-_LAG_CLIENTS: dict[tuple[object, ...], tuple[rk.AdminClient, rk.Consumer]] = {}
+# The clients of `consumer_lag`, kept for the process's life: callers ask every second while they
+# wait (tests, benchmarks), and a librdkafka client made and destroyed each time, while Kafka is
+# being killed and restarted, is where a test process crashed once with a segmentation fault
+# (crash matrix, kafka-kill). librdkafka reconnects a kept client. One reader per connection reads
+# the partitions' ends; one consumer per group reads its committed offsets (neither joins a group).
+_LAG_READERS: dict[tuple[object, ...], rk.Consumer] = {}
 
 
-def _lag_clients(kafka: KafkaSettings) -> tuple[rk.AdminClient, rk.Consumer]:
-    key = (kafka.bootstrap, kafka.security_protocol, kafka.username, kafka.password, kafka.ca)
-    clients = _LAG_CLIENTS.get(key)
-    if clients is None:
-        if not _LAG_CLIENTS:
-            atexit.register(_close_lag_clients)
-        # the reader only reads the partitions' ends; it joins no group
-        reader = rk.consumer(kafka, group_id="vaktrom-lag", client_id="vaktrom-lag")
-        clients = _LAG_CLIENTS[key] = (admin_client(kafka, client_id="vaktrom-lag"), reader)
-    return clients
+def _lag_reader(kafka: KafkaSettings, group: str) -> rk.Consumer:
+    key = (kafka.bootstrap, kafka.security_protocol, kafka.username, kafka.password, kafka.ca, group)
+    reader = _LAG_READERS.get(key)
+    if reader is None:
+        if not _LAG_READERS:
+            atexit.register(_close_lag_readers)
+        reader = _LAG_READERS[key] = rk.consumer(kafka, group_id=group, client_id="vaktrom-lag")
+    return reader
 
 
-def _close_lag_clients() -> None:
-    for _admin, reader in _LAG_CLIENTS.values():
+def _close_lag_readers() -> None:
+    for reader in _LAG_READERS.values():
         reader.close()
-    _LAG_CLIENTS.clear()
-    for consumer in _GROUP_READERS.values():
-        consumer.close()
-    _GROUP_READERS.clear()
+    _LAG_READERS.clear()
 
 
 def consumer_lag(
-    kafka: KafkaSettings, groups: dict[str, str], *, timeout: float = 10.0, prefix: str | None = None
+    kafka: KafkaSettings, groups: dict[str, str], *, prefix: str, timeout: float = 10.0
 ) -> dict[str, int]:
-    """Records each consumer group has not yet committed, summed over its topics' partitions: {label:
-    lag} for `groups` = {label: group id}. Left out: changelogs (written, not consumed; the monitor
-    reads its state topic by assignment and never commits it, so it does not show here anyway).
+    """Records each consumer group has not yet committed on the topics under `prefix`, summed over
+    their partitions: {label: lag} for `groups` = {label: group id}. Left out: changelogs (written,
+    not consumed; the monitor reads its state topic by assignment and never commits it).
 
-    With `prefix`, the committed offsets of the partitions of the topics under it are read through a
-    consumer of each group (one that never joins it) instead of the admin API: librdkafka 2.16's
-    ListConsumerGroupOffsets crashed the test process with a segmentation fault (in
-    rd_kafka_handle_OffsetFetch) when the group's coordinator moved between the nodes of a cluster."""
-    if prefix is not None:
-        return _lag_by_consumers(kafka, groups, prefix, timeout)
-    admin, reader = _lag_clients(kafka)
-    out = {}
-    for label, group in groups.items():
-        request = [ConsumerGroupTopicPartitions(group)]
-        future = admin.list_consumer_group_offsets(request, request_timeout=timeout)[group]
-        try:
-            answer = rk.wait(future, admin, timeout=timeout + 5)
-        except rk.KafkaException:
-            _LAG_CLIENTS.clear()  # a new pair next time (a stuck client is kept alive by `rk.wait`)
-            raise
-        committed = {
-            (tp.topic, tp.partition): tp.offset
-            for tp in answer.topic_partitions
-            if tp.offset >= 0 and not tp.topic.endswith("-changelog")
-        }
-        ends = rk.end_offsets(reader, committed, timeout=timeout)
-        out[label] = int(sum(max(0, ends[tp] - offset) for tp, offset in committed.items()))
-    return out
-
-
-_GROUP_READERS: dict[tuple[object, ...], rk.Consumer] = {}
-
-
-def _lag_by_consumers(
-    kafka: KafkaSettings, groups: dict[str, str], prefix: str, timeout: float
-) -> dict[str, int]:
-    _admin, reader = _lag_clients(kafka)
+    The committed offsets are read through a consumer of each group (one that never joins it), not
+    through the admin API: librdkafka 2.16's ListConsumerGroupOffsets crashes the calling process
+    with a segmentation fault (in rd_kafka_handle_OffsetFetch, librdkafka issue 5040) when the
+    group's coordinator moves, as it does when a Kafka node is lost."""
+    reader = _lag_reader(kafka, "vaktrom-lag")
     metadata = reader.list_topics(timeout=timeout).topics
     tps = [
         rk.TopicPartition(name, p)
@@ -111,12 +77,9 @@ def _lag_by_consumers(
     ]
     out = {}
     for label, group in groups.items():
-        key = (kafka.bootstrap, kafka.username, group)
-        if key not in _GROUP_READERS:  # kept, as the lag clients are: reconnects, no churn
-            _GROUP_READERS[key] = rk.consumer(kafka, group_id=group, client_id="vaktrom-lag")
         committed = {
             (tp.topic, tp.partition): tp.offset
-            for tp in _GROUP_READERS[key].committed(tps, timeout=timeout)
+            for tp in _lag_reader(kafka, group).committed(tps, timeout=timeout)
             if tp.offset >= 0
         }
         ends = rk.end_offsets(reader, committed, timeout=timeout)

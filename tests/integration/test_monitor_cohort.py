@@ -203,7 +203,7 @@ def _catch_up(
     deadline = time.monotonic() + limit
     timeline: list[tuple[float, int, int]] = []
     while True:
-        lag = consumer_lag(stack.kafka(), group)["monitor"]
+        lag = consumer_lag(stack.kafka(), group, prefix=monitor.prefix)["monitor"]
         now = time.monotonic()
         if not timeline or now - since - timeline[-1][0] >= 2.0 or not lag:
             try:
