@@ -160,14 +160,18 @@ def rewind(kafka: KafkaSettings, offsets: dict[str, dict[str, int]], *, wait_s: 
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition  # noqa: PLC0415
 
     admin = rk.admin(kafka, client_id="vaktrom-backup")
-    for group, by_partition in offsets.items():
-        if not by_partition:
-            say(f"    {group}: no offsets in the set (it had committed nothing); left as it is")
-            continue
-        partitions = [
+    wanted = {
+        group: [
             TopicPartition(key.rsplit(":", 1)[0], int(key.rsplit(":", 1)[1]), offset)
             for key, offset in sorted(by_partition.items())
         ]
+        for group, by_partition in offsets.items()
+    }
+    _refuse_if_gone(admin, [tp for partitions in wanted.values() for tp in partitions])
+    for group, partitions in wanted.items():
+        if not partitions:
+            say(f"    {group}: no offsets in the set (it had committed nothing); left as it is")
+            continue
         request = [ConsumerGroupTopicPartitions(group, partitions)]
         deadline = time.monotonic() + wait_s
         while True:
@@ -183,6 +187,37 @@ def rewind(kafka: KafkaSettings, offsets: dict[str, dict[str, int]], *, wait_s: 
                     ) from exc
                 time.sleep(1.0)  # a member's session has not expired yet
         say(f"    {group}: {len(partitions)} partitions set back to the backup's offsets")
+
+
+def _refuse_if_gone(admin: Any, partitions: list[Any]) -> None:
+    """Raise before moving any offset when Kafka no longer holds a partition's records from the
+    set's offset on (retention deleted them, or the topic is gone): the groups' consumers would
+    start at the first record Kafka still has and skip the rest without a word."""
+    from confluent_kafka import TopicPartition  # noqa: PLC0415 - the venv's
+    from confluent_kafka.admin import OffsetSpec  # noqa: PLC0415
+
+    if not partitions:
+        return
+    futures = admin.list_offsets(
+        {TopicPartition(tp.topic, tp.partition): OffsetSpec.earliest() for tp in partitions}
+    )
+    gone: list[str] = []
+    for tp in partitions:
+        key = f"{tp.topic}:{tp.partition}"
+        try:
+            first = rk.wait(futures[TopicPartition(tp.topic, tp.partition)], admin, timeout=30)
+        except rk.KafkaException as exc:
+            gone.append(f"{key} ({exc.args[0].str()})")
+            continue
+        if first.offset > tp.offset:
+            gone.append(f"{key} (the set needs offset {tp.offset}, Kafka's first is {first.offset})")
+    if gone:
+        raise BackupError(
+            "Kafka no longer holds every record since this backup set, so a rewind would lose the "
+            f"ones in between without a trace: {'; '.join(gone)}. Nothing was moved. Restore a newer "
+            "set if there is one; otherwise what the database lost after the last archived WAL "
+            "segment is gone for those partitions (docs/backup-restore.md, RPO)"
+        )
 
 
 # ------------------------------------------------------------------ sets
