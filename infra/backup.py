@@ -23,6 +23,7 @@ on other media. Everything is 0700/0600, owned by the database's user.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -347,6 +349,41 @@ def verify(set_dir: Path, pg: Postgres) -> dict[str, Any]:
     return manifest
 
 
+def check_wal(wal: Path, wal_start: str) -> int:
+    """Every archived WAL segment a restore from `wal_start` replays decompresses whole, and each
+    timeline's run of segments has no hole; returns how many. Recovery stops without an error at
+    the first segment it cannot read and opens the database there, so a bad segment would drop
+    what came after it (nurses' actions Kafka cannot replay) without a word."""
+    by_timeline: dict[str, list[Path]] = {}
+    for seg in sorted(wal.glob("*.gz")):
+        name = seg.name.removesuffix(".gz")
+        if len(name) == 24 and all(c in "0123456789ABCDEF" for c in name) and name >= wal_start:
+            by_timeline.setdefault(name[:8], []).append(seg)
+    checked = 0
+    for segments in by_timeline.values():
+        numbers = [int(s.name[8:16], 16) * 0x100 + int(s.name[16:24], 16) for s in segments]
+        for before, after, seg in zip(numbers, numbers[1:], segments[1:], strict=False):
+            if after != before + 1:
+                raise BackupError(
+                    f"the WAL archive {wal} has no segment between {segments[numbers.index(before)].name} "
+                    f"and {seg.name}: recovery would stop at the hole. Find the missing segments, or "
+                    "move those after the hole away to accept losing them (docs/backup-restore.md)"
+                )
+        for seg in segments:
+            try:
+                with gzip.open(seg, "rb") as f:
+                    while f.read(1 << 20):
+                        pass
+            except (OSError, EOFError, zlib.error) as exc:
+                raise BackupError(
+                    f"the archived WAL segment {seg} is damaged ({exc}): recovery would stop before it. "
+                    "Bring an intact copy, or move it and every later segment away to accept losing "
+                    "what they hold (docs/backup-restore.md)"
+                ) from exc
+            checked += 1
+    return checked
+
+
 def restore(set_dir: Path, to: Postgres, *, source_wal: Path, only: str | None = None) -> dict[str, Any]:
     """The set's files and database into `to`'s state folder, the database ready for archive
     recovery; `only` "files" or "database". The database's data folder must be absent or empty
@@ -360,8 +397,12 @@ def restore(set_dir: Path, to: Postgres, *, source_wal: Path, only: str | None =
             f"{to.data} is not empty: stop PostgreSQL (`infra/stack down postgres`) and move that "
             "folder away first; a restore never writes over a database"
         )
-    say(f"==> verifying set {set_dir.name} (checksums, pg_verifybackup)")
+    say(f"==> verifying set {set_dir.name} (checksums, pg_verifybackup, the archived WAL)")
     manifest = verify(set_dir, to)
+    if only != "files":
+        say(
+            f"    {check_wal(source_wal, manifest['database']['wal_start'])} archived WAL segments read whole"
+        )
     if only != "database":
         for rel in manifest["files"]:
             _copy_private(_kept(set_dir, rel), to.state / rel)

@@ -5,17 +5,23 @@ The restore drill shows the procedure working; these show it refusing what would
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
 from runtime import kafka as rk
 from tests.conftest import REPO, Stack
-from tests.integration.stage_support import produce
+from tests.integration.stage_support import free_port, produce
+from tests.restore_drill import _switch_and_archive, stack_postgres
 
 sys.path.insert(0, str(REPO / "infra"))
 import backup
+from services import Postgres
 
 
 def _committed(admin: rk.AdminClient, group: str) -> dict[tuple[str, int], int]:
@@ -50,3 +56,40 @@ def test_a_rewind_past_what_kafka_still_holds_is_refused_and_moves_nothing(stack
 
     backup.rewind(kafka, {group: {f"{topic}:0": 5}}, wait_s=5)
     assert _committed(admin, group) == {(topic, 0): 5}
+
+
+def test_a_restore_refuses_a_damaged_or_missing_archived_wal_segment(stack: Stack, tmp_path: Path) -> None:
+    """Recovery stops quietly at the first archived segment it cannot read and opens the database
+    there: a restore whose archive has a damaged segment, or a hole, is refused before anything is
+    copied, naming the segment; the intact archive restores."""
+    _settings, pg = stack_postgres()
+    set_dir = backup.base_backup(pg, groups=[], kafka=None, keep=2)
+    for _ in range(3):
+        pg.psql("CHECKPOINT")  # a WAL record, so that the switch closes a segment
+        _switch_and_archive(pg)
+    wal_start = json.loads((set_dir / "manifest.json").read_text())["database"]["wal_start"]
+    wanted = sorted(p for p in pg.wal_archive.glob("*.gz") if len(p.name) == 27 and p.name[:24] >= wal_start)
+    assert len(wanted) >= 4, [p.name for p in wanted]
+
+    def restore_from(name: str, spoil: Callable[[list[Path]], None]) -> Postgres:
+        source = tmp_path / name / "wal"
+        source.mkdir(parents=True)
+        for seg in wanted:
+            shutil.copy2(seg, source / seg.name)
+        spoil(sorted(source.glob("*.gz")))
+        to = Postgres(state=tmp_path / name / "state", host=pg.host, port=free_port(), database="vaktrom",
+                      role="vaktrom", test_database="vaktrom_test")  # fmt: skip
+        backup.restore(set_dir, to, source_wal=source)
+        return to
+
+    def damage(segments: list[Path]) -> None:
+        data = segments[2].read_bytes()
+        segments[2].write_bytes(data[: len(data) // 2])  # a copy cut short
+
+    with pytest.raises(backup.BackupError, match=wanted[2].name):
+        restore_from("damaged", damage)
+    assert not (tmp_path / "damaged" / "state" / "postgres" / "data").exists(), "nothing copied"
+    with pytest.raises(backup.BackupError, match="has no segment between"):
+        restore_from("hole", lambda segments: segments[1].unlink())
+    to = restore_from("intact", lambda _segments: None)
+    assert (to.data / "recovery.signal").exists()
