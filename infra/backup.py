@@ -178,16 +178,21 @@ def rewind(kafka: KafkaSettings, offsets: dict[str, dict[str, int]], *, wait_s: 
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                rk.wait(admin.alter_consumer_group_offsets(request)[group], admin, timeout=30)
-                break
+                answer = rk.wait(admin.alter_consumer_group_offsets(request)[group], admin, timeout=30)
+                # Kafka answers a group that still has members per partition, not for the request:
+                # the future succeeds and every partition carries the error.
+                refused = next((tp.error for tp in answer.topic_partitions if tp.error is not None), None)
             except rk.KafkaException as exc:
-                if time.monotonic() > deadline:
-                    raise BackupError(
-                        f"Kafka refused to move the offsets of consumer group {group} "
-                        f"({exc.args[0].str()}): stop every process of that group (the archive, the "
-                        "response centre) and run `infra/backup.py rewind` again"
-                    ) from exc
-                time.sleep(1.0)  # a member's session has not expired yet
+                refused = exc.args[0]
+            if refused is None:
+                break
+            if time.monotonic() > deadline:
+                raise BackupError(
+                    f"Kafka refused to move the offsets of consumer group {group} "
+                    f"({refused.str()}): stop every process of that group (the archive, the "
+                    "response centre) and run `infra/backup.py rewind` again"
+                )
+            time.sleep(1.0)  # a member's session has not expired yet
         say(f"    {group}: {len(partitions)} partitions set back to the backup's offsets")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,3 +94,27 @@ def test_a_restore_refuses_a_damaged_or_missing_archived_wal_segment(stack: Stac
         restore_from("hole", lambda segments: segments[1].unlink())
     to = restore_from("intact", lambda _segments: None)
     assert (to.data / "recovery.signal").exists()
+
+
+def test_a_rewind_kafka_does_not_apply_is_an_error_not_a_success(stack: Stack, unique: str) -> None:
+    """Kafka moves only the offsets of a group with no members, and says so per partition, not for
+    the request: a rewind while a member is still in the group (a process not stopped, or a static
+    member whose session has not expired) must fail after its wait, with the offsets unmoved, never
+    report "set back" while the consumers go on from where they were."""
+    topic, group = f"{unique}-m", f"{unique}-g"
+    kafka = stack.kafka()
+    admin = rk.admin(kafka, client_id="test-backup-edges")
+    rk.create_topics(admin, [rk.TopicSpec(topic, 1, {})])
+    produce(stack, topic, [(f"k{i}", b"x") for i in range(10)])
+    member = rk.consumer(kafka, group_id=group, client_id="test-member")
+    try:
+        member.subscribe([topic])
+        deadline = time.monotonic() + 30
+        while not member.assignment() and time.monotonic() < deadline:
+            member.poll(0.2)
+        member.commit(offsets=[TopicPartition(topic, 0, 8)], asynchronous=False)
+        with pytest.raises(backup.BackupError, match=group):
+            backup.rewind(kafka, {group: {f"{topic}:0": 2}}, wait_s=3)
+        assert _committed(admin, group) == {(topic, 0): 8}
+    finally:
+        member.close()
