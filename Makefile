@@ -64,6 +64,7 @@ test: check ## set up, check, start the real services and run the whole test sui
 
 # The database-facing tests, for the plain-PostgreSQL path (docs/archive.md, "Storage modes").
 PLAIN_TESTS ?= tests/integration/test_archive_storage.py tests/integration/test_archive.py \
+	tests/integration/test_archive_exactly_once.py \
 	tests/integration/test_archive_read.py tests/integration/test_quarantine.py \
 	tests/integration/test_registry_store.py tests/integration/test_alert_store.py \
 	tests/integration/test_console_api.py tests/integration/test_stack.py

@@ -23,6 +23,7 @@ on other media. Everything is 0700/0600, owned by the database's user.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -172,29 +174,69 @@ def rewind(kafka: KafkaSettings, offsets: dict[str, dict[str, int]], *, wait_s: 
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition  # noqa: PLC0415
 
     admin = rk.admin(kafka, client_id="vaktrom-backup")
-    for group, by_partition in offsets.items():
-        if not by_partition:
-            say(f"    {group}: no offsets in the set (it had committed nothing); left as it is")
-            continue
-        partitions = [
+    wanted = {
+        group: [
             TopicPartition(key.rsplit(":", 1)[0], int(key.rsplit(":", 1)[1]), offset)
             for key, offset in sorted(by_partition.items())
         ]
+        for group, by_partition in offsets.items()
+    }
+    _refuse_if_gone(admin, [tp for partitions in wanted.values() for tp in partitions])
+    for group, partitions in wanted.items():
+        if not partitions:
+            say(f"    {group}: no offsets in the set (it had committed nothing); left as it is")
+            continue
         request = [ConsumerGroupTopicPartitions(group, partitions)]
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                rk.wait(admin.alter_consumer_group_offsets(request)[group], admin, timeout=30)
-                break
+                answer = rk.wait(admin.alter_consumer_group_offsets(request)[group], admin, timeout=30)
+                # Kafka answers a group that still has members per partition, not for the request:
+                # the future succeeds and every partition carries the error.
+                refused = next((tp.error for tp in answer.topic_partitions if tp.error is not None), None)
             except rk.KafkaException as exc:
-                if time.monotonic() > deadline:
-                    raise BackupError(
-                        f"Kafka refused to move the offsets of consumer group {group} "
-                        f"({exc.args[0].str()}): stop every process of that group (the archive, the "
-                        "response centre) and run `infra/backup.py rewind` again"
-                    ) from exc
-                time.sleep(1.0)  # a member's session has not expired yet
+                refused = exc.args[0]
+            if refused is None:
+                break
+            if time.monotonic() > deadline:
+                raise BackupError(
+                    f"Kafka refused to move the offsets of consumer group {group} "
+                    f"({refused.str()}): stop every process of that group (the archive, the "
+                    "response centre) and run `infra/backup.py rewind` again"
+                )
+            time.sleep(1.0)  # a member's session has not expired yet
         say(f"    {group}: {len(partitions)} partitions set back to the backup's offsets")
+
+
+def _refuse_if_gone(admin: Any, partitions: list[Any]) -> None:
+    """Raise before moving any offset when Kafka no longer holds a partition's records from the
+    set's offset on (retention deleted them, or the topic is gone): the groups' consumers would
+    start at the first record Kafka still has and skip the rest without a word."""
+    from confluent_kafka import TopicPartition  # noqa: PLC0415 - the venv's
+    from confluent_kafka.admin import OffsetSpec  # noqa: PLC0415
+
+    if not partitions:
+        return
+    futures = admin.list_offsets(
+        {TopicPartition(tp.topic, tp.partition): OffsetSpec.earliest() for tp in partitions}
+    )
+    gone: list[str] = []
+    for tp in partitions:
+        key = f"{tp.topic}:{tp.partition}"
+        try:
+            first = rk.wait(futures[TopicPartition(tp.topic, tp.partition)], admin, timeout=30)
+        except rk.KafkaException as exc:
+            gone.append(f"{key} ({exc.args[0].str()})")
+            continue
+        if first.offset > tp.offset:
+            gone.append(f"{key} (the set needs offset {tp.offset}, Kafka's first is {first.offset})")
+    if gone:
+        raise BackupError(
+            "Kafka no longer holds every record since this backup set, so a rewind would lose the "
+            f"ones in between without a trace: {'; '.join(gone)}. Nothing was moved. Restore a newer "
+            "set if there is one; otherwise what the database lost after the last archived WAL "
+            "segment is gone for those partitions (docs/backup-restore.md, RPO)"
+        )
 
 
 # ------------------------------------------------------------------ sets
@@ -324,6 +366,41 @@ def verify(set_dir: Path, pg: Postgres) -> dict[str, Any]:
     return manifest
 
 
+def check_wal(wal: Path, wal_start: str) -> int:
+    """Every archived WAL segment a restore from `wal_start` replays decompresses whole, and each
+    timeline's run of segments has no hole; returns how many. Recovery stops without an error at
+    the first segment it cannot read and opens the database there, so a bad segment would drop
+    what came after it (nurses' actions Kafka cannot replay) without a word."""
+    by_timeline: dict[str, list[Path]] = {}
+    for seg in sorted(wal.glob("*.gz")):
+        name = seg.name.removesuffix(".gz")
+        if len(name) == 24 and all(c in "0123456789ABCDEF" for c in name) and name >= wal_start:
+            by_timeline.setdefault(name[:8], []).append(seg)
+    checked = 0
+    for segments in by_timeline.values():
+        numbers = [int(s.name[8:16], 16) * 0x100 + int(s.name[16:24], 16) for s in segments]
+        for before, after, seg in zip(numbers, numbers[1:], segments[1:], strict=False):
+            if after != before + 1:
+                raise BackupError(
+                    f"the WAL archive {wal} has no segment between {segments[numbers.index(before)].name} "
+                    f"and {seg.name}: recovery would stop at the hole. Find the missing segments, or "
+                    "move those after the hole away to accept losing them (docs/backup-restore.md)"
+                )
+        for seg in segments:
+            try:
+                with gzip.open(seg, "rb") as f:
+                    while f.read(1 << 20):
+                        pass
+            except (OSError, EOFError, zlib.error) as exc:
+                raise BackupError(
+                    f"the archived WAL segment {seg} is damaged ({exc}): recovery would stop before it. "
+                    "Bring an intact copy, or move it and every later segment away to accept losing "
+                    "what they hold (docs/backup-restore.md)"
+                ) from exc
+            checked += 1
+    return checked
+
+
 def restore(set_dir: Path, to: Postgres, *, source_wal: Path, only: str | None = None) -> dict[str, Any]:
     """The set's files and database into `to`'s state folder, the database ready for archive
     recovery; `only` "files" or "database". The database's data folder must be absent or empty
@@ -337,8 +414,12 @@ def restore(set_dir: Path, to: Postgres, *, source_wal: Path, only: str | None =
             f"{to.data} is not empty: stop PostgreSQL (`infra/stack down postgres`) and move that "
             "folder away first; a restore never writes over a database"
         )
-    say(f"==> verifying set {set_dir.name} (checksums, pg_verifybackup)")
+    say(f"==> verifying set {set_dir.name} (checksums, pg_verifybackup, the archived WAL)")
     manifest = verify(set_dir, to)
+    if only != "files":
+        say(
+            f"    {check_wal(source_wal, manifest['database']['wal_start'])} archived WAL segments read whole"
+        )
     if only != "database":
         for rel in manifest["files"]:
             _copy_private(_kept(set_dir, rel), to.state / rel)

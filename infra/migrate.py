@@ -76,19 +76,52 @@ def applied(conn: psycopg.Connection) -> dict[int, str]:
     return dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
 
 
-# Files revised after release, with the checksums of their earlier forms: a database that applied
-# an earlier form is current for that file, and a later migration carries the change to it. Each
-# revision is explained in its file. 0001: vaktrom_timescaledb() no longer reads a superuser-only
-# setting (issue #31; 0016 replaces the function in databases that have the first form).
-REVISED: dict[int, frozenset[str]] = {
-    1: frozenset({"74e34897b0281ca9cddcd5d8211e5dc116c786ff98fb6aa562889d70d80cb7ce"}),
+# Files revised after release: {version: {checksum of an earlier form: checksum of the revision}}.
+# A database that applied an earlier form is current for that file while the file is the revision
+# that replaced it (any other change is refused as before); a later migration carries the change to
+# it. Each revision is explained in its file. 0001: vaktrom_timescaledb() no longer reads a
+# superuser-only setting (issue #31; 0016 replaces the function in databases that have the first form).
+REVISED: dict[int, dict[str, str]] = {
+    1: {
+        "74e34897b0281ca9cddcd5d8211e5dc116c786ff98fb6aa562889d70d80cb7ce": (
+            "4df74f1760dd6e952d327c8fe9f83aaa7536badfb0d8d3920aec2b026ed2f6cc"
+        ),
+    },
 }
+
+
+# The migrations that put the archive on TimescaleDB where it is usable, each a no-op elsewhere and
+# safe to run again (issue #31). A database migrated past them on plain PostgreSQL that is later
+# opened with TimescaleDB would otherwise keep plain tables for good: no compression, no retention
+# job, no continuous aggregates, while its log said "TimescaleDB". A later migration with a
+# TimescaleDB-only branch joins this list.
+ADOPT_TIMESCALEDB = (16, 17, 18)
+
+
+def _adopt_timescaledb(conn: psycopg.Connection, migrations: list[Migration]) -> None:
+    """Run ADOPT_TIMESCALEDB again, in one transaction, when TimescaleDB is usable here but the
+    measurements table is still a plain one and those migrations were applied."""
+    done = applied(conn)
+    again = [m for m in migrations if m.version in ADOPT_TIMESCALEDB and m.version in done]
+    if not again:
+        return  # not there yet: the pending migrations take their TimescaleDB branches themselves
+    row = conn.execute("SELECT vaktrom_timescaledb() AND vaktrom_archive_mode() = 'postgresql'").fetchone()
+    if not (row and row[0]):
+        return
+    log.info("TimescaleDB is usable but the archive's tables are plain: converting them (their rows move)")
+    with conn.transaction():
+        for m in again:
+            conn.execute(m.sql.encode())
+    log.info("the archive's tables are on TimescaleDB now")
 
 
 def pending(conn: psycopg.Connection, migrations: list[Migration]) -> list[Migration]:
     done = applied(conn)
     for m in migrations:
-        if m.version in done and done[m.version] not in {m.checksum, *REVISED.get(m.version, ())}:
+        if m.version in done and m.checksum not in {
+            done[m.version],
+            REVISED.get(m.version, {}).get(done[m.version]),
+        }:
             raise SystemExit(
                 f"migration {m.name} was changed after it was applied to this database. "
                 "Restore the original file and add a new migration for the change."
@@ -111,6 +144,7 @@ def migrate(url: str, directory: Path = MIGRATIONS) -> list[str]:
                         (m.version, m.name, m.checksum),
                     )
                 log.info("applied migration %s", m.name)
+            _adopt_timescaledb(conn, migrations)
             row = conn.execute(
                 "SELECT to_regproc('vaktrom_timescaledb') IS NOT NULL AND vaktrom_timescaledb()"
             ).fetchone()

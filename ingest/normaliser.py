@@ -446,7 +446,10 @@ class Normaliser:
     def _reading(
         self, source: _Source, kit: KitEntry, index: int, reading: KitReading, seq: int | None
     ) -> Measurement | Rejection:
+        # To the millisecond, as the id spells it: the archive's key is (id, measured time), so a
+        # resend with other digits below the millisecond would otherwise be a second row of one id.
         measured = _utc(reading.measured_at)
+        measured = measured.replace(microsecond=measured.microsecond // 1000 * 1000)
         attributed = kit.patient_at(measured)
         checked = self._check(source, kit, reading, measured, attributed)
         if isinstance(checked, _Refused):
