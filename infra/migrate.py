@@ -34,6 +34,10 @@ __all__ = ["Migration", "applied", "migrate", "pending"]
 log = logging.getLogger("vaktrom.migrate")
 
 MIGRATIONS = Path(__file__).resolve().parent / "postgres" / "migrations"
+# The schema version this code needs: a new migration file raises it (tests/unit/test_migration_sql.py
+# says so). An image or checkout that lacks one of 1..LATEST is refused, by the image check too,
+# instead of reporting a schema "current" that the code does not match.
+LATEST = 18
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 0x7661_6B74  # "vakt": one advisory lock for every migration runner
 
@@ -69,6 +73,12 @@ def load(directory: Path = MIGRATIONS) -> list[Migration]:
     if len(set(versions)) != len(versions):
         raise SystemExit(f"two migration files share a version number in {directory}")
     return found
+
+
+def missing(found: list[Migration]) -> list[int]:
+    """The versions of 1..LATEST that are not among `found`."""
+    have = {m.version for m in found}
+    return [v for v in range(1, LATEST + 1) if v not in have]
 
 
 def applied(conn: psycopg.Connection) -> dict[int, str]:
@@ -155,6 +165,17 @@ def migrate(url: str, directory: Path = MIGRATIONS) -> list[str]:
     return [m.name for m in todo]
 
 
+def _refusal(url: str, found: list[Migration]) -> str | None:
+    """Why not to go on before connecting: a migration of 1..LATEST missing (an image or checkout
+    without it would call an old schema current) or, in the image check, a URL that is none."""
+    if gaps := missing(found):
+        names = ", ".join(f"{v:04d}_*.sql" for v in gaps)
+        return f"migration files missing from {MIGRATIONS}: {names} (this code needs 1..{LATEST})"
+    if check_only() and not url.startswith(("postgresql://", "postgres://")):
+        return "the database URL must look like postgresql://user:pw@host:port/db"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -171,15 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.database_url:
         print("migrate: set VAKTROM_DATABASE_OWNER_URL or pass --database-url", file=sys.stderr)
         return 2
-    if check_only():  # the image check: the URL is one, the migrations are here; no connection
-        if not args.database_url.startswith(("postgresql://", "postgres://")):
-            print(
-                "migrate: the database URL must look like postgresql://user:pw@host:port/db", file=sys.stderr
-            )
-            return 2
-        found = load()
+    found = load()
+    if refusal := _refusal(args.database_url, found):
+        print(f"migrate: {refusal}", file=sys.stderr)
+        return 2
+    if check_only():
         print(f"migrate: check only: {len(found)} migrations in {MIGRATIONS}", file=sys.stderr)
-        return 0 if found else 2
+        return 0
     try:
         if args.status:
             with psycopg.connect(args.database_url) as conn:

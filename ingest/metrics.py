@@ -7,7 +7,7 @@ No patient identifiers and no values ever appear in a label.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 from runtime.ops import LATENCY_BUCKETS
 
@@ -18,6 +18,7 @@ class BridgeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)  # process_start_time_seconds: VaktromStageRestarting
         self.received = Counter(
             "vaktrom_bridge_messages_received", "MQTT messages received, by channel", ["channel"], registry=r
         )

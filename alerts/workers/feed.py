@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 import psycopg
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 from alerts.quarantine import STAGE, apply_each, fault, set_aside
 from alerts.settings import AlertsSettings
@@ -53,6 +53,7 @@ class FeedMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)  # process_start_time_seconds: VaktromStageRestarting
         self.applied = Counter(
             "vaktrom_alerts_events", "alert events applied to the store, by outcome", ["outcome"], registry=r
         )

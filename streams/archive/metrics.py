@@ -5,7 +5,7 @@ One registry per archive, so tests can run several in one process. No patient id
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 from runtime.ops import LATENCY_BUCKETS
 
@@ -16,6 +16,7 @@ class ArchiveMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)  # process_start_time_seconds: VaktromStageRestarting
         self.consumed = Counter(
             "vaktrom_archive_records_consumed", "Kafka records read, by kind", ["kind"], registry=r
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 from runtime.ops import LATENCY_BUCKETS
 
@@ -13,6 +13,7 @@ class MonitorMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)  # process_start_time_seconds: VaktromStageRestarting
         self.events = Counter("vaktrom_monitor_events", "records processed, by kind", ["kind"], registry=r)
         self.duplicates = Counter(
             "vaktrom_monitor_duplicates",

@@ -34,3 +34,10 @@ def test_every_stage_metric_a_rule_or_dashboard_reads_is_served(pipeline: list[A
     wanted = {name for name in used_metrics() if name.startswith("vaktrom_")}
     assert len(wanted) > 30
     assert sorted(wanted - offered) == []
+
+
+def test_every_stage_says_when_it_started(pipeline: list[Any]) -> None:
+    """Each stage serves process_start_time_seconds (VaktromStageRestarting: a stage restarting in a
+    loop answers between restarts, so `up` alone does not show it)."""
+    for stage in pipeline:
+        assert "process_start_time_seconds" in served(stage.metrics_port), stage

@@ -362,3 +362,44 @@ def test_dependencies_and_volumes_are_declared() -> None:
 def test_stages_wait_for_the_schema_and_topics() -> None:
     for name in STAGE_SERVICES - {"init"}:
         assert SERVICES[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
+
+
+# What each stage must be told in production, because its default is a developer's (localhost, the
+# loopback interface, a folder off the volume) or nothing (no one notified, no stage watched, no
+# password). The image check cannot see a line deleted here: the defaults pass it, and the stage
+# then runs on them, some loudly (a metrics port Prometheus cannot reach) and some silently (no
+# escalation notified, the console's banner watching nothing, the state off its volume).
+_PRODUCTION_SETTINGS = {
+    "ingest": {
+        "VAKTROM_KAFKA_BOOTSTRAP", "VAKTROM_KAFKA_CA", "VAKTROM_DATABASE_URL", "VAKTROM_MQTT_HOST",
+        "VAKTROM_MQTT_PORT", "VAKTROM_MQTT_TLS_CA", "VAKTROM_MQTT_USERNAME", "VAKTROM_MQTT_PASSWORD",
+        "VAKTROM_BRIDGE_CLIENT_ID", "VAKTROM_BRIDGE_SHARE_GROUP", "VAKTROM_BRIDGE_METRICS_HOST",
+        "VAKTROM_BRIDGE_METRICS_PORT",
+    },
+    "monitor": {
+        "VAKTROM_KAFKA_BOOTSTRAP", "VAKTROM_KAFKA_CA", "VAKTROM_MONITOR_APP_ID", "VAKTROM_MONITOR_STORE",
+        "VAKTROM_MONITOR_DATA_DIR", "VAKTROM_MONITOR_METRICS_HOST", "VAKTROM_MONITOR_METRICS_PORT",
+    },
+    "archive": {
+        "VAKTROM_KAFKA_BOOTSTRAP", "VAKTROM_KAFKA_CA", "VAKTROM_DATABASE_URL", "VAKTROM_ARCHIVE_GROUP",
+        "VAKTROM_ARCHIVE_INSTANCE_ID", "VAKTROM_ARCHIVE_RETAIN_DAYS", "VAKTROM_ARCHIVE_COMPRESS_AFTER_DAYS",
+        "VAKTROM_ARCHIVE_METRICS_HOST", "VAKTROM_ARCHIVE_METRICS_PORT",
+    },
+    "alerts": {
+        "VAKTROM_KAFKA_BOOTSTRAP", "VAKTROM_KAFKA_CA", "VAKTROM_DATABASE_URL", "VAKTROM_MQTT_HOST",
+        "VAKTROM_MQTT_PORT", "VAKTROM_MQTT_TLS_CA", "VAKTROM_MQTT_ADMIN_USERNAME",
+        "VAKTROM_MQTT_ADMIN_PASSWORD", "VAKTROM_REGISTRY_KAFKA_PASSWORD", "VAKTROM_IDENTITY_KEY",
+        "VAKTROM_ALERTS_GROUP", "VAKTROM_ALERTS_HTTP_HOST", "VAKTROM_ALERTS_HTTP_PORT",
+        "VAKTROM_ALERTS_METRICS_HOST", "VAKTROM_ALERTS_METRICS_PORT", "VAKTROM_ALERTS_PUBLIC_URL",
+        "VAKTROM_ALERTS_TIME_ZONE", "VAKTROM_ALERTS_TRUSTED_PROXIES", "VAKTROM_ALERTS_WATCH_STAGES",
+        "VAKTROM_ALERTS_NOTIFY_TEAM", "VAKTROM_ALERTS_NOTIFY_COORDINATOR", "VAKTROM_ALERTS_NOTIFY_PHYSICIAN",
+        "VAKTROM_ALERTS_WEBHOOK_SECRET", "VAKTROM_ALERTS_SMTP_HOST",
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("service", sorted(_PRODUCTION_SETTINGS))
+def test_each_stage_is_told_what_its_defaults_would_get_wrong(service: str) -> None:
+    """Deleting one of these lines from docker-compose.yml passed every test and the image check."""
+    missing = _PRODUCTION_SETTINGS[service] - set(SERVICES[service].get("environment") or {})
+    assert not missing, f"{service} runs on a developer's default for {sorted(missing)}"

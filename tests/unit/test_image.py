@@ -88,3 +88,13 @@ def test_a_console_file_left_out_by_dockerignore_fails_the_check(image: Image, t
     done = run_check(service_command(planted, SERVICES["alerts"], ENV))
     assert done.returncode == 2, done.stderr
     assert "static/vendor/uplot/uPlot.iife.min.js" in done.stderr
+
+
+def test_a_migration_left_out_by_dockerignore_fails_the_check(image: Image, tmp_path: Path) -> None:
+    """An image without the newest migration would report its schema current and run code that
+    needs it: init's check (infra/migrate.py) refuses it and names the version."""
+    newest = sorted((REPO / "infra" / "postgres" / "migrations").glob("*.sql"))[-1].name
+    planted = _rebuild(image, tmp_path, dockerignore=DOCKERIGNORE + f"\ninfra/postgres/migrations/{newest}\n")
+    done = run_check(service_command(planted, SERVICES["init"], ENV))
+    assert done.returncode == 2, done.stderr
+    assert newest[:4] in done.stderr, done.stderr

@@ -14,6 +14,8 @@ from pathlib import Path
 import pglast
 import pytest
 
+from infra.migrate import LATEST, load, missing
+
 MIGRATIONS = sorted((Path(__file__).resolve().parents[2] / "infra" / "postgres" / "migrations").glob("*.sql"))
 _DO = re.compile(r"\bDO \$\$(.*?)\$\$;", re.S)
 _EXECUTED = re.compile(r"EXECUTE \$q\$(.*?)\$q\$", re.S)
@@ -54,3 +56,11 @@ def test_a_syntax_error_in_an_executed_string_is_found() -> None:
     broken = "DO $$\nBEGIN\n    EXECUTE $q$ CREATE MATERIALIZED VIEW v WITH (a) AS SELEC 1 $q$;\nEND\n$$;\n"
     with pytest.raises(pglast.parser.ParseError):
         check(broken)
+
+
+def test_latest_is_the_newest_migration_and_none_is_missing() -> None:
+    """infra/migrate.py's LATEST (what the image check and `migrate` demand) is the highest version
+    here, and 1..LATEST are all here: a new migration raises LATEST."""
+    found = load()
+    assert max(m.version for m in found) == LATEST
+    assert missing(found) == []

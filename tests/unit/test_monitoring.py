@@ -6,10 +6,12 @@ one the code exports (or one an exporter named here provides)."""
 from __future__ import annotations
 
 import ast
+import copy
 import json
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,14 @@ from tests.support.monitoring import DASHBOARDS, MONITORING, RULES, dashboard_qu
 
 REPO = Path(__file__).resolve().parents[2]
 RULE_TESTS = MONITORING / "tests" / "vaktrom.test.yml"
+BOUNDS_TESTS = MONITORING / "tests" / "vaktrom.bounds.test.yml"  # the thresholds' and `for`s' edges
 RUNBOOK = REPO / "docs" / "monitoring.md"
 PACKAGES = ("runtime", "ingest", "streams", "alerts", "registry")
 
 # Metrics the code does not declare: Prometheus's own and node-exporter's (disk), by who exports them.
 EXTERNAL = {
     "up": "Prometheus, per scrape target",
+    "process_start_time_seconds": "prometheus_client's ProcessCollector, on each stage's registry",
     "node_filesystem_avail_bytes": "node-exporter",
     "node_filesystem_size_bytes": "node-exporter",
 }
@@ -123,8 +127,62 @@ def test_promtool_checks_the_rules() -> None:
 
 def test_promtool_unit_tests_pass() -> None:
     """`promtool test rules`: every rule fires on its condition and stays quiet otherwise."""
-    result = promtool("test", "rules", str(RULE_TESTS))
+    result = promtool("test", "rules", str(RULE_TESTS), str(BOUNDS_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+_DURATION = re.compile(r"(\d+)([smh])")
+_THRESHOLD = re.compile(r"(>=|<=|>|<|==)\s*([0-9.]+)\s*$")
+
+
+def _mutants(rule: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(what, expr, for) of a rule changed as a slip of the pen would: its threshold doubled or
+    halved (0 made 1), its `for` doubled, halved or dropped."""
+    expr, hold = rule["expr"], rule["for"]
+    out = []
+    found = _THRESHOLD.search(expr)
+    if found:
+        value = float(found[2])
+        for what, new in (("threshold x2", value * 2 or 1), ("threshold /2", value / 2 or 1)):
+            out.append((what, expr[: found.start(2)] + repr(new) + expr[found.end(2) :], hold))
+    match = _DURATION.fullmatch(hold)
+    assert match, f"{rule['alert']}: `for: {hold}` is not a single duration"
+    seconds = int(match[1]) * {"s": 1, "m": 60, "h": 3600}[match[2]]
+    for what, new_hold in (("for x2", seconds * 2), ("for /2", seconds // 2), ("for 0", 0)):
+        if new_hold != seconds:  # `for: 0m` has no longer and shorter
+            out.append((what, expr, f"{new_hold}s"))
+    return out
+
+
+def test_every_rule_mutation_fails_a_promtool_test(tmp_path: Path) -> None:
+    """A test that cannot fail is a bug: each rule with its threshold or its `for` changed must fail
+    at least one promtool test (a critical alert that waits twice as long passes no review)."""
+    document = yaml.safe_load(RULES.read_text())
+    sources = [(source, yaml.safe_load(source.read_text())) for source in (RULE_TESTS, BOUNDS_TESTS)]
+    mutants: list[tuple[str, dict[str, Any]]] = [("the rules as they are", document)]
+    for g, group in enumerate(document["groups"]):
+        for index, rule in enumerate(group["rules"]):
+            for what, expr, hold in _mutants(rule):
+                changed = copy.deepcopy(document)
+                changed["groups"][g]["rules"][index] = {**rule, "expr": expr, "for": hold}
+                mutants.append((f"{rule['alert']} ({what})", changed))
+
+    def survives(number: int, changed: dict[str, Any]) -> bool:
+        folder = tmp_path / str(number)
+        folder.mkdir()
+        (folder / "mutant.rules.yml").write_text(yaml.safe_dump(changed))
+        files = []
+        for source, tests in sources:
+            (folder / source.name).write_text(yaml.safe_dump({**tests, "rule_files": ["mutant.rules.yml"]}))
+            files.append(str(folder / source.name))
+        return promtool("test", "rules", *files).returncode == 0
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(survives, range(len(mutants)), [m[1] for m in mutants]))
+    assert outcomes[0], "the unchanged rules fail their tests where the mutants are written"
+    survivors = [name for (name, _), survived in zip(mutants[1:], outcomes[1:], strict=True) if survived]
+    assert len(mutants) > 60
+    assert not survivors, f"no promtool test fails with: {', '.join(survivors)}"
 
 
 def test_every_rule_has_a_firing_and_a_quiet_unit_test() -> None:
