@@ -68,6 +68,7 @@ __all__ = [
     "raise_for",
     "topic_partitions",
     "wait",
+    "watermarks",
 ]
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,28 @@ def end_offsets(
         _low, high = client.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
         out[(topic, partition)] = high
     return out
+
+
+def watermarks(client: Consumer, tp: TopicPartition, *, patience_s: float = 60.0) -> tuple[int, int]:
+    """A partition's (low, high), asked again for up to `patience_s` while Kafka cannot say: while
+    the node that led it is lost, until the cluster elects another (seconds). Before each new try
+    the client asks the cluster for the topic's metadata itself: a client that does not consume
+    (one reading by assignment, idle) keeps answering "unknown partition" from its cache after the
+    whole cluster came back, until its periodic refresh minutes later."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            low, high = client.get_watermark_offsets(tp, timeout=10.0)
+            return int(low), int(high)
+        except KafkaException as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("%s [%d]: no offsets yet (%s); asking again", tp.topic, tp.partition, exc)
+            time.sleep(1.0)
+            try:
+                client.list_topics(tp.topic, timeout=5.0)
+            except KafkaException as refresh:
+                log.debug("metadata refresh for %s failed: %s", tp.topic, refresh)
 
 
 # ------------------------------------------------------------------ Kafka's default partitioner

@@ -503,28 +503,17 @@ class Worker:
         try:
             committed = self.restorer.committed(tps, timeout=10.0)
             for tp in committed:
-                low, high = self.restorer.get_watermark_offsets(tp, timeout=10.0)
+                low, high = rk.watermarks(self.restorer, tp, patience_s=15.0)
                 out.setdefault(tp.partition, {})[tp.topic] = (max(tp.offset, low), high)
         except rk.KafkaException as exc:  # the merge and clock then start as if nothing waited
             log.warning("could not learn which inputs have records waiting (%s)", exc)
         return out
 
-    def _changelog_ends(self, partition: int, *, patience_s: float = 60.0) -> tuple[int, int]:
+    def _changelog_ends(self, partition: int) -> tuple[int, int]:
         """The changelog partition's (low, high), asked again while it has no leader: on a cluster a
         partition is handed over while the node that led its changelog is lost, until the cluster
         elects another (seconds). Raised out of the consumer's poll, it stopped the worker."""
-        deadline = time.monotonic() + patience_s
-        while True:
-            try:
-                low, high = self.restorer.get_watermark_offsets(
-                    rk.TopicPartition(self.changelog, partition), timeout=10.0
-                )
-                return int(low), int(high)
-            except rk.KafkaException as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("changelog partition %d: no end offsets yet (%s); asking again", partition, exc)
-                time.sleep(1.0)
+        return rk.watermarks(self.restorer, rk.TopicPartition(self.changelog, partition))
 
     def _restore(self, partitions: set[int]) -> None:
         """Bring the store level with the changelog, from each partition's checkpoint to its end."""

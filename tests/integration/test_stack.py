@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]
 from topics import delete_topics, ensure_topics
 
-from contracts.topics import kafka_topics, measurement_topic
+from contracts.topics import kafka_topics, measurement_topic, monitor_state_topic
 from runtime import kafka as rk
 from tests.conftest import REPO, STATE, Broker, Stack, stack_command, stackenv
 
@@ -281,3 +281,24 @@ def test_a_kafka_node_killed_loses_no_acknowledged_record_and_catches_up(
     finally:
         consumer.close()
     assert sum(ends.values()) == 300
+
+
+@pytest.mark.timeout(300)
+def test_an_idle_client_learns_offsets_again_after_the_whole_cluster_restarted(stack: Stack) -> None:
+    """A client that only reads by assignment (the monitor's changelog restorer) kept answering
+    "unknown partition" from librdkafka's cache for minutes after every Kafka node was killed and
+    started again, and the monitor stopped; `watermarks` asks the cluster itself and gets them."""
+    client = rk.consumer(stack.kafka(), group_id="vaktrom-test-idle", client_id="vaktrom-test-idle")
+    tp = rk.TopicPartition(monitor_state_topic(), 1)
+    try:
+        before = rk.watermarks(client, tp, patience_s=0)
+        assert stack_command("kill", "kafka").returncode == 0
+        time.sleep(3)
+        up = stack_command("up", "kafka", timeout=240)
+        assert up.returncode == 0, up.stdout + up.stderr
+        began = time.monotonic()
+        _low, high = rk.watermarks(client, tp, patience_s=60)
+        assert high >= before[1]  # nothing the topic held is gone
+        assert time.monotonic() - began < 30
+    finally:
+        client.close()
