@@ -59,8 +59,13 @@ status: ## each service with its port, pid, memory and health
 logs: ## the last lines of each service's log
 	@$(STACK) logs
 
+# The suite runs on one Kafka node; then the tests marked `cluster` (the crash matrix with its broker
+# losses, the stack's own tests) on the three-node cluster `make up` runs (docs/contributing.md).
 test: check ## set up, check, start the real services and run the whole test suite
-	@$(PY) -m pytest $(PYTEST_ARGS)
+	@VAKTROM_STACK_KAFKA_NODES=1 $(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+	@echo "==> the cluster tests: one Kafka node stopped, three started"
+	@VAKTROM_STACK_KAFKA_NODES=1 $(STACK) down kafka
+	@VAKTROM_STACK_KAFKA_NODES=3 $(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
 # The database-facing tests, for the plain-PostgreSQL path (docs/archive.md, "Storage modes").
 PLAIN_TESTS ?= tests/integration/test_archive_storage.py tests/integration/test_archive.py \

@@ -134,6 +134,8 @@ class Kafka(Service):
         nodes: int = 3,
     ) -> None:  # fmt: skip
         super().__init__(state=state, host=host, port=port)
+        if nodes == 1:  # its own folder: `make test` switches between one node and the cluster
+            self.home = state / "kafka-single"
         self.heap = heap
         self.partitions = partitions
         self.libs = state / "kafka" / "libs"

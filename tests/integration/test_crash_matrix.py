@@ -15,6 +15,9 @@ import pytest
 from tests.conftest import Stack
 from tests.crash_matrix import CI_SCENARIOS, markdown, run
 
+# On the three-node Kafka cluster: `make test` runs these after the rest (pyproject's markers).
+pytestmark = pytest.mark.cluster
+
 
 @pytest.mark.timeout(1800)  # six scenarios, each a load run, a fault, a drain and the checks
 def test_the_reduced_crash_matrix_loses_and_duplicates_nothing(

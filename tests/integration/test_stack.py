@@ -19,6 +19,9 @@ from contracts.topics import kafka_topics, measurement_topic, monitor_state_topi
 from runtime import kafka as rk
 from tests.conftest import REPO, STATE, Broker, Stack, stack_command, stackenv
 
+# On the three-node Kafka cluster: `make test` runs these after the rest (pyproject's markers).
+pytestmark = pytest.mark.cluster
+
 
 def test_mosquitto_pub_reaches_a_paho_subscriber(mqtt: Broker, unique: str) -> None:
     """A message published with the real mosquitto_pub client arrives at a paho-mqtt 2 subscriber."""
