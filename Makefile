@@ -43,6 +43,7 @@ stack-up: bootstrap ## start only Mosquitto, Kafka and PostgreSQL
 down: ## stop everything `make up` started
 	@if [ -x $(PY) ]; then $(STACK) down; else echo "nothing to stop: no virtualenv yet"; fi
 	@if [ -x $(PY) ] && [ -f $(STATE)/run/postgres-plain.pid ]; then VAKTROM_STACK_POSTGRES_FLAVOUR=plain $(STACK) down postgres; fi
+	@if [ -x $(PY) ] && [ -f $(STATE)/run/kafka-single-1.pid ]; then VAKTROM_STACK_KAFKA_NODES=1 $(STACK) down kafka; fi
 
 backup: ## a backup set: base backup of the database, broker identities, credentials, identity key
 	@$(PY) infra/backup.py base
@@ -61,7 +62,10 @@ logs: ## the last lines of each service's log
 
 # The suite runs on one Kafka node; then the tests marked `cluster` (the crash matrix with its broker
 # losses, the stack's own tests) on the three-node cluster `make up` runs (docs/contributing.md).
+# A cluster left by `make up` or by the last `make test` is stopped first: the single node uses
+# node 1's ports, and infra/stack refuses to start one layout while the other runs.
 test: check ## set up, check, start the real services and run the whole test suite
+	@VAKTROM_STACK_KAFKA_NODES=3 $(STACK) down kafka
 	@VAKTROM_STACK_KAFKA_NODES=1 $(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
 	@echo "==> the cluster tests: one Kafka node stopped, three started"
 	@VAKTROM_STACK_KAFKA_NODES=1 $(STACK) down kafka

@@ -31,7 +31,7 @@ from kafka_init import (
     write_private,
     write_tls,
 )
-from processes import REPO, Health, Service, StackError, log_tail, pid_alive, tree_memory_kib
+from processes import REPO, Health, Service, StackError, cmdline, log_tail, pid_alive, tree_memory_kib
 
 from contracts.kafka_acl import ADMIN, BROKER, PRINCIPALS
 from runtime.settings import KafkaSettings
@@ -59,6 +59,19 @@ class KafkaNode(Service):
         self.controller_port = controller_port
         self.home = cluster.home / f"node-{node_id}"
         self.data = self.home / "data"
+        # Pid file and log per layout: the single node (home kafka-single) is not the cluster's
+        # node 1, though both are `kafka-1` on the command line and listen on the same ports.
+        stem = f"{cluster.home.name}-{node_id}"
+        self.pid_file = self.state / "run" / f"{stem}.pid"
+        self.log = self.state / "logs" / f"{stem}.log"
+
+    def pid(self) -> int | None:
+        """Ours and alive, and started with this node's own server.properties: any process of the
+        stack names the state folder, so the base check alone took one layout's node for another's."""
+        pid = super().pid()
+        if pid is None or str(self.home / "server.properties") not in cmdline(pid):
+            return None
+        return pid
 
     def prepare(self) -> None:
         cluster = self.cluster
@@ -245,6 +258,16 @@ class Kafka(Service):
                 f"and demo data: stop that broker (its pid is in {self.state}/run/kafka.pid), then "
                 f"`rm -rf {legacy.parent}` and run `infra/stack up` again."
             )
+        other = self.other_layout_running()
+        if other:
+            setting = "3" if len(self.nodes) == 1 else "1"
+            where = ", ".join(f"pid {pid} in {f}" for f, pid in other.items())
+            raise StackError(
+                f"Kafka of the other layout still runs ({where}) "
+                f"on the ports this one needs. Stop it first: `VAKTROM_STACK_KAFKA_NODES={setting} "
+                "infra/stack down kafka` (one started before the layouts had pid files of their own: "
+                "`kill` that pid)."
+            )
         made = self.home / "nodes"
         formatted = [n for n in self.nodes if (n.data / "meta.properties").exists()]
         if made.exists() and formatted and made.read_text().strip() != str(len(self.nodes)):
@@ -254,6 +277,23 @@ class Kafka(Service):
                 f"and `rm -rf {self.home}/node-*` to make it anew (local data only), or set "
                 "VAKTROM_STACK_KAFKA_NODES back."
             )
+
+    def other_layout_running(self) -> dict[Path, int]:
+        """Pid files of Kafka nodes of the other layout (one node / three) that still run, whatever
+        the pid file is called (a single node started before the layouts had their own was in
+        kafka-1.pid): a Kafka of this stack started with none of this layout's server.properties."""
+        mine = [str(node.home / "server.properties") for node in self.nodes]
+        found = {}
+        for pid_file in sorted((self.state / "run").glob("kafka-*.pid")):
+            try:
+                pid = int(pid_file.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+            line = cmdline(pid)
+            ours = str(self.state) in line and "kafka.Kafka" in line
+            if ours and pid_alive(pid) and not any(conf in line for conf in mine):
+                found[pid_file] = pid
+        return found
 
     # ------------------------------------------------------------ the cluster as one service
     def pid(self) -> int | None:

@@ -75,11 +75,14 @@ def render_server_properties(
     broker_password: str,
     node_id: int = 1,
     voters: str | None = None,
-    replication: int = 1,
+    replication: int | None = None,
 ) -> str:
     """One node's server.properties. Alone by default; in a cluster, `voters` lists every node's
     controller (quorum_voters) and `replication` is the copies each topic keeps (two must hold a
-    write with acks=all once there are three)."""
+    write with acks=all once there are three): by default one per voter, so a cluster rendered
+    without it never keeps a single copy."""
+    if replication is None:
+        replication = len((voters or "x").split(","))
     if not broker_password or '"' in broker_password or "\\" in broker_password:
         raise ValueError(
             "the broker's password must be set and hold no quote or backslash (it goes into JAAS)"
@@ -148,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="another name the certificate is valid for (each node's)",
     )
-    parser.add_argument("--replication", type=int, default=1, help="copies per topic (3 in a cluster)")
+    parser.add_argument(
+        "--replication", type=int, default=None, help="copies per topic (default: one per voter)"
+    )
     parser.add_argument("--owner", type=int, default=None, help="uid that runs the broker (files are 0600)")
     args = parser.parse_args(argv)
     password = os.environ.get("KAFKA_BROKER_PASSWORD", "")

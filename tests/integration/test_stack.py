@@ -201,6 +201,8 @@ def test_pipeline_topics_exist_with_their_settings(stack: Stack, kafka_bootstrap
 
 KAFKA_NODES = int(os.environ.get("VAKTROM_STACK_KAFKA_NODES", "3"))  # as infra/stack reads it
 KAFKA_NAMES = [f"kafka-{n}" for n in range(1, KAFKA_NODES + 1)] if KAFKA_NODES > 1 else ["kafka"]
+# the nodes' pid files: the single node's is its layout's own (infra/kafka_cluster.py)
+KAFKA_PIDS = [f"kafka-{n}" for n in range(1, KAFKA_NODES + 1)] if KAFKA_NODES > 1 else ["kafka-single-1"]
 
 
 def test_status_reports_three_healthy_services(stack: Stack) -> None:
@@ -223,7 +225,7 @@ def test_status_reports_three_healthy_services(stack: Stack) -> None:
 def test_up_is_idempotent_and_fast_when_running(stack: Stack) -> None:
     """A second `infra/stack up` reuses the running services instead of starting new ones."""
     postgres = "postgres-plain" if os.environ.get("VAKTROM_STACK_POSTGRES_FLAVOUR") == "plain" else "postgres"
-    pid_files = [STATE / "run" / f"{name}.pid" for name in ("mosquitto", *KAFKA_NAMES, postgres)]
+    pid_files = [STATE / "run" / f"{name}.pid" for name in ("mosquitto", *KAFKA_PIDS, postgres)]
     before = [path.read_text() for path in pid_files]
     began = time.monotonic()
     result = stack_command("up", timeout=120)

@@ -3,10 +3,15 @@ checks that keep three nodes off each other's and the other services' ports."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import kafka_init
 import pytest
+from kafka_cluster import Kafka
+from processes import StackError, cmdline
 from stack import StackSettings
 
 from runtime.settings import ConfigError
@@ -108,3 +113,57 @@ def test_compose_renders_one_node_of_three_with_a_certificate_for_every_node(
     cert = x509.load_pem_x509_certificate((tmp_path / "ca" / "kafka.crt").read_bytes())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert {"kafka-1", "kafka-2", "kafka-3"} <= set(names.get_values_for_type(x509.DNSName))
+
+
+def _layouts(state: Path) -> tuple[Kafka, Kafka]:
+    args = {"state": state, "host": "127.0.0.1", "port": 19092, "controller_port": 19093}
+    single = Kafka(**args, heap="384m", partitions=6, nodes=1)  # type: ignore[arg-type]
+    cluster = Kafka(**args, heap="384m", partitions=6, nodes=3)  # type: ignore[arg-type]
+    return single, cluster
+
+
+def test_the_single_node_and_the_clusters_node_1_keep_their_own_pid_file_and_log(tmp_path: Path) -> None:
+    """Both are `kafka-1` on the same ports; one pid file for both made `make test`'s single-node
+    phase take a running cluster's node 1 for its own (and the cluster the single node)."""
+    single, cluster = _layouts(tmp_path)
+    one, first = single.nodes[0], cluster.nodes[0]
+    assert (one.name, first.name) == ("kafka-1", "kafka-1")
+    assert first.pid_file == tmp_path / "run" / "kafka-1.pid"
+    assert first.log == tmp_path / "logs" / "kafka-1.log"  # docs/operations.md's table
+    assert one.pid_file != first.pid_file
+    assert one.log != first.log
+
+
+def test_a_running_node_of_one_layout_is_neither_adopted_nor_joined_by_the_other(tmp_path: Path) -> None:
+    """A cluster's node 1 runs (its pid in kafka-1.pid, as a single node started before the layouts
+    had their own files left it too): the single layout does not take it for its node, refuses to
+    start on the same ports and names the pid; the cluster sees its own node 1."""
+    single, cluster = _layouts(tmp_path)
+    first = cluster.nodes[0]
+    conf = str(first.home / "server.properties")
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "kafka.Kafka", conf])
+    try:
+        deadline = time.monotonic() + 10
+        while conf not in cmdline(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid_file in (first.pid_file, single.nodes[0].pid_file):
+            pid_file.parent.mkdir(parents=True, exist_ok=True)
+            pid_file.write_text(f"{process.pid}\n")
+        assert first.pid() == process.pid
+        assert single.nodes[0].pid() is None
+        assert cluster.other_layout_running() == {}
+        assert set(single.other_layout_running().values()) == {process.pid}
+        with pytest.raises(StackError, match=rf"other layout still runs \(pid {process.pid} in"):
+            single.prepare_shared()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_node_of_three_rendered_without_a_replication_factor_keeps_three_copies() -> None:
+    """kafka_init's default follows the quorum: a compose command that forgot --replication 3
+    would have run three brokers with one copy of every topic and min ISR 1."""
+    voters = "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"
+    props = _properties(node_id=3, voters=voters)
+    assert (props["default.replication.factor"], props["min.insync.replicas"]) == ("3", "2")
+    assert props["offsets.topic.replication.factor"] == "3"
