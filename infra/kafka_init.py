@@ -89,6 +89,7 @@ def render_server_properties(
         )
     if not 1 <= replication <= len((voters or "x").split(",")):
         raise ValueError(f"replication factor {replication} needs as many nodes, the quorum has fewer")
+    clustered = len((voters or "x").split(",")) > 1
     return (
         TEMPLATE.read_text()
         .replace("@NODE_ID@", str(node_id))
@@ -104,6 +105,8 @@ def render_server_properties(
         .replace("@BROKER_USER@", BROKER)
         .replace("@BROKER_PASSWORD@", broker_password)
         .replace("@ADMIN_USER@", ADMIN)
+        .replace("@HEARTBEAT_MS@", "1000" if clustered else "2000")
+        .replace("@SESSION_MS@", "5000" if clustered else "9000")
     )
 
 

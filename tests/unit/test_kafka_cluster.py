@@ -65,6 +65,18 @@ def test_a_single_node_is_its_own_quorum_with_one_copy() -> None:
         _properties(replication=3)
 
 
+def test_a_cluster_fences_a_silent_node_in_5_s_a_lone_node_keeps_kafkas_9_s() -> None:
+    """A lost node's partitions and group coordinators move within a consumer's 10 s session; a
+    single node, which nothing can replace, is not fenced by its own controller for 5 s of a
+    starved heartbeat (what made CI's single node refuse writes)."""
+    voters = kafka_init.quorum_voters([("127.0.0.1", 19093), ("127.0.0.1", 19095), ("127.0.0.1", 19097)])
+    cluster = _properties(node_id=2, voters=voters, replication=3)
+    alone = _properties()
+    assert (cluster["broker.session.timeout.ms"], cluster["broker.heartbeat.interval.ms"]) == ("5000", "1000")
+    assert (alone["broker.session.timeout.ms"], alone["broker.heartbeat.interval.ms"]) == ("9000", "2000")
+    assert not [value for value in alone.values() if value.startswith("@")]  # every placeholder filled
+
+
 def test_three_nodes_fit_the_default_ports_and_two_ports_apart_is_the_least_gap() -> None:
     """The defaults validate; a controller port that lands on node 2's client port is refused by name."""
     StackSettings.from_env({})
