@@ -58,6 +58,8 @@ FILES = (
     "mosquitto/tls",
     "kafka/credentials.json",
     "kafka/cluster-id",
+    "kafka-single/credentials.json",  # VAKTROM_STACK_KAFKA_NODES=1 keeps its own (infra/kafka_cluster.py)
+    "kafka-single/cluster-id",
     "secrets/postgres-password",
     "secrets/postgres-app-password",
 )
