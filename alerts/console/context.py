@@ -118,6 +118,9 @@ class Console:
         self.idle = timedelta(minutes=settings.idle_minutes)
         self.templates = Jinja2Templates(directory=HERE / "templates")
         env = self.templates.env
+        # Every user-visible string in a template is `{{ _("...") }}`; translations come with #32's i18n.
+        env.add_extension("jinja2.ext.i18n")
+        env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]  # added by the extension
         env.filters["local"] = self.local
         env.filters["duration"] = duration
         env.filters["fromiso"] = datetime.fromisoformat
