@@ -4,6 +4,9 @@ A stage imports `contracts` and nothing of another stage. Payload types are msgs
 strict decoding); their JSON Schemas are generated into `contracts/schemas/` for other clients.
 
     kit  --MQTT-->  KitReadingMessage, KitStatusMessage          (contracts._kit)
+    kit  --MQTT-->  KitAnswersMessage (questionnaire answers)    (contracts._answers)
+    bridge -Kafka-> QuestionnaireAnswer                          (contracts._answers)
+    questionnaires, allowed answers, scoring                     (contracts._questionnaires)
     kit  <--MQTT--  DeliveryReceipt
     bridge -Kafka-> Measurement, Rejection, KitStatusEvent       (contracts._records)
     monitor -Kafka-> AlertEvent                                  (contracts._alert)
@@ -13,6 +16,19 @@ strict decoding); their JSON Schemas are generated into `contracts/schemas/` for
 
 from contracts import topics
 from contracts._alert import ALERT_SCHEMA, AlertEvent, Baseline, EpisodeChange, Evidence, Severity, Threshold
+from contracts._answers import (
+    ANSWER_SCHEMA,
+    KIT_ANSWERS_SCHEMA,
+    MAX_ITEMS_PER_RESPONSE,
+    MAX_RESPONSES_PER_MESSAGE,
+    AnsweredItem,
+    KitAnswer,
+    KitAnswerItem,
+    KitAnswersMessage,
+    KitCoding,
+    KitQuestionnaireResponse,
+    QuestionnaireAnswer,
+)
 from contracts._careplan import (
     CAREPLAN_SCHEMA,
     RULE_IDS,
@@ -26,7 +42,7 @@ from contracts._careplan import (
     ThresholdLimit,
     threshold_problems,
 )
-from contracts._ids import episode_id, format_instant, measurement_id, rejection_id
+from contracts._ids import answer_id, episode_id, format_instant, measurement_id, rejection_id
 from contracts._kit import (
     KIT_READING_SCHEMA,
     KIT_STATUS_SCHEMA,
@@ -62,6 +78,20 @@ from contracts._quarantine import (
     quarantined,
     unusable_field,
 )
+from contracts._questionnaires import (
+    ANSWER_KINDS,
+    CONTACT_REQUEST,
+    COPD_CHECK,
+    HF_DAILY,
+    INFECTION_CHECK,
+    QUESTIONNAIRES,
+    AnswerValue,
+    Question,
+    Questionnaire,
+    Scored,
+    answer_problem,
+    score,
+)
 from contracts._records import (
     KIT_STATUS_EVENT_SCHEMA,
     MAX_RAW_EXCERPT_BYTES,
@@ -77,19 +107,29 @@ from contracts._schema import SCHEMA_DIR, SCHEMA_TYPES
 
 __all__ = [
     "ALERT_SCHEMA",
+    "ANSWER_KINDS",
+    "ANSWER_SCHEMA",
     "CAREPLAN_SCHEMA",
+    "CONTACT_REQUEST",
+    "COPD_CHECK",
     "GLUCOSE_MG_DL_PER_MMOL_L",
+    "HF_DAILY",
+    "INFECTION_CHECK",
+    "KIT_ANSWERS_SCHEMA",
     "KIT_READING_SCHEMA",
     "KIT_STATUS_EVENT_SCHEMA",
     "KIT_STATUS_SCHEMA",
+    "MAX_ITEMS_PER_RESPONSE",
     "MAX_KIT_PAYLOAD_BYTES",
     "MAX_QUARANTINE_DETAIL_CHARS",
     "MAX_QUARANTINE_RAW_BYTES",
     "MAX_RAW_EXCERPT_BYTES",
     "MAX_READINGS_PER_MESSAGE",
+    "MAX_RESPONSES_PER_MESSAGE",
     "MEASUREMENT_SCHEMA",
     "METRICS",
     "QUARANTINE_SCHEMA",
+    "QUESTIONNAIRES",
     "RECEIPT_SCHEMA",
     "REJECTION_SCHEMA",
     "RULE_IDS",
@@ -98,6 +138,8 @@ __all__ = [
     "THRESHOLD_LIMITS",
     "UNIT_ALIASES",
     "AlertEvent",
+    "AnswerValue",
+    "AnsweredItem",
     "Baseline",
     "BaselineSettings",
     "CarePlan",
@@ -107,6 +149,11 @@ __all__ = [
     "EpisodeChange",
     "Evidence",
     "ExpectedMeasurement",
+    "KitAnswer",
+    "KitAnswerItem",
+    "KitAnswersMessage",
+    "KitCoding",
+    "KitQuestionnaireResponse",
     "KitReading",
     "KitReadingMessage",
     "KitState",
@@ -118,16 +165,22 @@ __all__ = [
     "PlausibleRange",
     "QuarantineReason",
     "Quarantined",
+    "Question",
+    "Questionnaire",
+    "QuestionnaireAnswer",
     "ReadingOutcome",
     "ReceiptEntry",
     "RejectReason",
     "Rejection",
     "ScheduleWindow",
+    "Scored",
     "Severity",
     "Spo2Scale",
     "Threshold",
     "ThresholdLimit",
     "Trace",
+    "answer_id",
+    "answer_problem",
     "canonical_unit_code",
     "database_fault",
     "episode_id",
@@ -135,6 +188,7 @@ __all__ = [
     "measurement_id",
     "quarantined",
     "rejection_id",
+    "score",
     "threshold_problems",
     "to_canonical",
     "topics",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 
-__all__ = ["episode_id", "format_instant", "measurement_id", "rejection_id"]
+__all__ = ["answer_id", "episode_id", "format_instant", "measurement_id", "rejection_id"]
 
 
 def format_instant(moment: datetime) -> str:
@@ -64,3 +64,11 @@ def rejection_id(*, source_topic: str, payload: bytes, index: int | None) -> str
 def episode_id(*, patient_id: str, rule_id: str, opened_by: str) -> str:
     """The id of an alert episode, from the patient, the rule and the measurement that opened it."""
     return _digest("e1", patient_id, rule_id, opened_by)
+
+
+def answer_id(
+    *, kit_id: str, patient_id: str, response_id: str, questionnaire: str, authored: datetime
+) -> str:
+    """The id of one questionnaire response: sha256("a1|" kit "|" patient "|" response id "|"
+    questionnaire "|" authored) -> 32 hex digits; identical for every resend of it."""
+    return _digest("a1", kit_id, patient_id, response_id, questionnaire, format_instant(authored))

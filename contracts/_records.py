@@ -116,6 +116,10 @@ class RejectReason(enum.StrEnum):
     # resends it later. A FHIR message (no receipt) is recorded as one such rejection of the whole
     # message, at most one per kit per minute (docs/fair-share.md).
     RATE_LIMITED = "rate_limited"
+    # Questionnaire answers (contracts._answers): a questionnaire id or version the pipeline does not
+    # know, and answers that do not fit their questionnaire (wrong type, value, linkId, missing)
+    UNKNOWN_QUESTIONNAIRE = "unknown_questionnaire"
+    ANSWER_NOT_ACCEPTED = "answer_not_accepted"
 
 
 class Rejection(

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from contracts._alert import AlertEvent
+from contracts._answers import KitAnswersMessage, QuestionnaireAnswer
 from contracts._careplan import CarePlan
 from contracts._kit import DeliveryReceipt, KitReadingMessage, KitStatusMessage
 from contracts._quarantine import Quarantined
@@ -35,6 +36,8 @@ SCHEMA_TYPES: dict[str, type[msgspec.Struct]] = {
     "alert.v1": AlertEvent,
     "careplan.v1": CarePlan,
     "quarantined.v1": Quarantined,
+    "kit-answers.v1": KitAnswersMessage,
+    "answer.v1": QuestionnaireAnswer,
 }
 
 

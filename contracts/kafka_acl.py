@@ -55,7 +55,13 @@ class KafkaPrincipal:
 
 PRINCIPALS: tuple[KafkaPrincipal, ...] = (
     KafkaPrincipal(
-        "bridge", writes=(topics.measurement_topic, topics.rejection_topic, topics.kit_status_topic)
+        "bridge",
+        writes=(
+            topics.measurement_topic,
+            topics.rejection_topic,
+            topics.kit_status_topic,
+            topics.answer_topic,
+        ),
     ),
     KafkaPrincipal(
         "monitor",
@@ -65,6 +71,7 @@ PRINCIPALS: tuple[KafkaPrincipal, ...] = (
             topics.kit_status_topic,
             topics.careplan_topic,
             topics.monitor_state_topic,
+            topics.answer_topic,
         ),
         writes=(topics.alert_topic, topics.quarantine_topic, topics.monitor_state_topic),
         group=True,
@@ -72,7 +79,12 @@ PRINCIPALS: tuple[KafkaPrincipal, ...] = (
     ),
     KafkaPrincipal(
         "archive",
-        reads=(topics.measurement_topic, topics.rejection_topic, topics.quarantine_topic),
+        reads=(
+            topics.measurement_topic,
+            topics.rejection_topic,
+            topics.quarantine_topic,
+            topics.answer_topic,
+        ),
         group=True,
     ),
     KafkaPrincipal("alerts", reads=(topics.alert_topic,), writes=(topics.quarantine_topic,), group=True),

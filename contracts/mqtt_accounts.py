@@ -77,7 +77,7 @@ class BrokerAccount:
         )
 
 
-_KIT_IN = tuple(f"{{root}}/kits/+/{c}" for c in ("readings", "status", "fhir"))
+_KIT_IN = tuple(f"{{root}}/kits/+/{c}" for c in ("readings", "status", "fhir", "answers"))
 _KIT_OUT = tuple(f"{{root}}/kits/+/{c}" for c in ("receipts", "commands"))
 
 ADMIN = BrokerAccount(
@@ -135,7 +135,7 @@ KIT_ACCOUNT = BrokerAccount(
     username="{kit}",
     role="kit:{kit}",
     used_by="one kit (made by the registry when the kit is added, password set when it is claimed)",
-    publish=tuple(f"{{root}}/kits/{{kit}}/{c}" for c in ("readings", "status", "fhir")),
+    publish=tuple(f"{{root}}/kits/{{kit}}/{c}" for c in ("readings", "status", "fhir", "answers")),
     subscribe=tuple(f"{{root}}/kits/{{kit}}/{c}" for c in ("commands", "receipts")),
     client_id="{kit}",
 )

@@ -13,6 +13,7 @@ __all__ = [
     "MQTT_ROOT",
     "KafkaTopic",
     "alert_topic",
+    "answer_topic",
     "careplan_topic",
     "kafka_topics",
     "kit_id_from_topic",
@@ -31,7 +32,8 @@ MQTT_ROOT = "vaktrom/v1"
 # A kit publishes to .../kits/{kit}/readings and .../status (or FHIR R4 Observations to .../fhir,
 # for gateways that already speak FHIR), and subscribes to .../receipts and .../commands; the
 # broker's access rules (per-kit credentials) keep it to its own {kit}.
-KIT_CHANNELS = ("readings", "status", "fhir", "receipts", "commands")
+# A kit's tablet publishes questionnaire answers (and "please contact me") to .../answers.
+KIT_CHANNELS = ("readings", "status", "fhir", "receipts", "commands", "answers")
 
 
 def kit_topic(kit_id: str, channel: str, *, root: str = MQTT_ROOT) -> str:
@@ -77,6 +79,11 @@ class KafkaTopic:
 
 def measurement_topic(prefix: str = "") -> str:
     return f"{prefix}vaktrom.measurements.v1"
+
+
+def answer_topic(prefix: str = "") -> str:
+    """Questionnaire answers (`contracts.QuestionnaireAnswer`), keyed by patient like measurements."""
+    return f"{prefix}vaktrom.answers.v1"
 
 
 def rejection_topic(prefix: str = "") -> str:
@@ -129,6 +136,7 @@ def kafka_topics(prefix: str = "", *, partitions: int = 6) -> tuple[KafkaTopic, 
         KafkaTopic(kit_status_topic(prefix), "patient_id", partitions, (_APPEND_TIME,)),
         KafkaTopic(alert_topic(prefix), "patient_id", partitions, (_APPEND_TIME,)),
         KafkaTopic(careplan_topic(prefix), "patient_id", partitions, (_COMPACTED,)),
+        KafkaTopic(answer_topic(prefix), "patient_id", partitions, (_APPEND_TIME,)),
         KafkaTopic(quarantine_topic(prefix), "stage", partitions, (_APPEND_TIME,)),
         # the same partition count as the inputs: the monitor checks it at start
         KafkaTopic(monitor_state_topic(prefix), "patient_id|record", partitions, (_COMPACTED,)),

@@ -33,6 +33,7 @@ import msgspec
 
 from contracts import MAX_KIT_PAYLOAD_BYTES, ReadingOutcome, ReceiptEntry, RejectReason, topics
 from ingest._errors import BridgeError
+from ingest.answers import AnswerReader
 from ingest.fair_share import KitLimiter, OncePer, fhir_cost, message_cost
 from ingest.metrics import BridgeMetrics
 from ingest.normaliser import Normaliser, Outcome, payload_rejection
@@ -52,6 +53,7 @@ _REFUSAL_LOG_EVERY = 1.0  # seconds: at most one warning about refused records i
 _MEASUREMENT_SCHEMA = ("schema", b"vaktrom.measurement.v1")
 _REJECTION_SCHEMA = ("schema", b"vaktrom.rejection.v1")
 _STATUS_SCHEMA = ("schema", b"vaktrom.kit-status-event.v1")
+_ANSWER_SCHEMA = ("schema", b"vaktrom.answer.v1")
 _RATE_LIMITED = ReadingOutcome(rejected=RejectReason.RATE_LIMITED.value)
 _FHIR_REFUSAL_EVERY = 60.0  # seconds: at most one rate_limited rejection record per kit in this time
 
@@ -62,7 +64,7 @@ class _Record:
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
-    kind: str  # measurement | rejection | status
+    kind: str  # measurement | rejection | status | answer
 
 
 class Bridge:
@@ -81,15 +83,14 @@ class Bridge:
             "measurement": topics.measurement_topic(kafka.topic_prefix),
             "rejection": topics.rejection_topic(kafka.topic_prefix),
             "status": topics.kit_status_topic(kafka.topic_prefix),
+            "answer": topics.answer_topic(kafka.topic_prefix),
         }
         self.registry = RegistryCache(
             database_url=database.url, refresh_interval=settings.registry_refresh_s, on_load=self._loaded
         )
-        self.normaliser = Normaliser(
-            registry=self._snapshot,
-            max_clock_ahead=timedelta(seconds=settings.max_clock_ahead_s),
-            max_age=timedelta(days=settings.max_age_days),
-        )
+        ahead, age = timedelta(seconds=settings.max_clock_ahead_s), timedelta(days=settings.max_age_days)
+        self.normaliser = Normaliser(registry=self._snapshot, max_clock_ahead=ahead, max_age=age)
+        self.answer_reader = AnswerReader(registry=self._snapshot, max_clock_ahead=ahead, max_age=age)
         self.subscriber = Subscriber(
             mqtt_settings=mqtt,
             client_id=settings.client_id,
@@ -113,7 +114,7 @@ class Bridge:
             bytes_burst=settings.kit_bytes_burst,
         )
         self._limited_channels = frozenset(
-            ("readings", "status", "fhir") if settings.receipts else ("status", "fhir")
+            ("readings", "status", "fhir", "answers") if settings.receipts else ("status", "fhir")
         )
         self._fhir_refusals = OncePer(_FHIR_REFUSAL_EVERY)
         self._refused: collections.Counter[str] = collections.Counter()  # by channel, and fhir_unrecorded
@@ -270,7 +271,7 @@ class Bridge:
             )
             outcome = self._internal_error(inbound)
         if roomy:  # let through on a full enough bucket; its cost is known now
-            count = len(outcome.measurements) + len(outcome.rejections)
+            count = len(outcome.measurements) + len(outcome.rejections) + len(outcome.answers)
             self.limiter.charge(inbound.kit_id, count, len(inbound.payload))
         self._emit(inbound, outcome)
 
@@ -278,9 +279,7 @@ class Bridge:
         """Hand the message's records to the producer; the last one Kafka acknowledges settles it."""
         inbound.receipt = outcome.receipt
         inbound.started = time.monotonic()
-        self._wait_for_room(
-            len(outcome.measurements) + len(outcome.rejections) + (outcome.status is not None)
-        )
+        self._wait_for_room(outcome.record_count)
         records = self._records(
             outcome, inbound
         )  # after the wait: the trace's bridge_produced is the hand-over
@@ -359,6 +358,8 @@ class Bridge:
             return self.normaliser.status(*args)
         if inbound.channel == "fhir":
             return self.normaliser.fhir(*args)
+        if inbound.channel == "answers":
+            return self.answer_reader.answers(*args)
         raise ValueError(f"no handler for channel {inbound.channel!r}")
 
     def _internal_error(self, inbound: Inbound) -> Outcome:
@@ -391,6 +392,12 @@ class Bridge:
             headers = [_REJECTION_SCHEMA, ("traceparent", f"00-{r.rejection_id}-{span}-01".encode())]
             key = (r.kit_id or "unknown").encode()
             records.append(_Record(self._topics["rejection"], key, encode(r), headers, "rejection"))
+        for a in outcome.answers:
+            a = msgspec.structs.replace(a, trace=msgspec.structs.replace(a.trace, bridge_produced=produced))  # noqa: PLW2901  (the record as sent)
+            headers = [_ANSWER_SCHEMA, ("traceparent", f"00-{a.answer_id}-{span}-01".encode())]
+            records.append(
+                _Record(self._topics["answer"], a.patient_id.encode(), encode(a), headers, "answer")
+            )
         if outcome.status is not None:
             s = outcome.status
             key = (s.patient_id or s.kit_id).encode()

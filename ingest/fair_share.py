@@ -29,6 +29,7 @@ class _Envelope(msgspec.Struct):
 
     seq: int | None = None
     readings: list[msgspec.Raw] | None = None
+    responses: list[msgspec.Raw] | None = None  # an answers message: one receipt outcome per response
 
 
 _envelope = msgspec.json.Decoder(_Envelope)
@@ -59,7 +60,7 @@ def message_cost(payload: bytes) -> tuple[int | None, int, int]:
         seq, count = None, 1
     else:
         seq = envelope.seq if envelope.seq is not None and envelope.seq >= 0 else None
-        count = len(envelope.readings) if envelope.readings else 1
+        count = len(envelope.readings or envelope.responses or ()) or 1
     return seq, min(count, MAX_READINGS_PER_MESSAGE), min(len(payload), MAX_KIT_PAYLOAD_BYTES)
 
 

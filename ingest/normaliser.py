@@ -43,6 +43,7 @@ from contracts import (
     Measurement,
     Metric,
     MetricSpec,
+    QuestionnaireAnswer,
     ReadingOutcome,
     ReceiptEntry,
     Rejection,
@@ -89,11 +90,12 @@ class Outcome:
     measurements: list[Measurement] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     status: KitStatusEvent | None = None
+    answers: list[QuestionnaireAnswer] = field(default_factory=list)  # from an answers message
     receipt: ReceiptEntry | None = None  # for the kit's receipt topic, when the message had a seq
 
     @property
     def record_count(self) -> int:
-        return len(self.measurements) + len(self.rejections) + (self.status is not None)
+        return len(self.measurements) + len(self.rejections) + (self.status is not None) + len(self.answers)
 
 
 @dataclass(frozen=True, slots=True)

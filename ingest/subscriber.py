@@ -59,7 +59,7 @@ __all__ = ["CHANNELS", "Inbound", "Subscriber"]
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("readings", "status", "fhir")
+CHANNELS = ("readings", "status", "fhir", "answers")
 _RECEIPTS_PER_MESSAGE = 200
 # A receipt is never larger than the largest message a kit may send: a 100 ms batch of 500-reading
 # messages once made 3 MB receipts, over the broker's packet limit, and the broker dropped the

@@ -1,6 +1,6 @@
 """Kit identities in Mosquitto's dynamic security plugin: one client and one role per kit.
 
-A kit logs in as its kit id and may publish only to its own `readings`, `status` and `fhir` topics
+A kit logs in as its kit id and may publish only to its own `readings`, `status`, `fhir` and `answers` topics
 and subscribe only to its own `commands` and `receipts` topics; everything else is refused by the
 broker (the plugin's default denies publishing and subscribing). Changes go over the plugin's
 `$CONTROL/dynamic-security/v1` topic while the broker runs: no restart, and deleting a kit's
@@ -56,7 +56,7 @@ def new_password() -> str:
 
 
 def kit_role(kit_id: str, root: str = MQTT_ROOT) -> dict[str, Any]:
-    """The kit's own role: publish to its readings/status/fhir, subscribe to its commands/receipts."""
+    """The kit's own role: publish to its readings/status/fhir/answers, subscribe to its commands/receipts."""
     kit_topic(kit_id, "readings", root=root)  # ValueError for an id that would widen its topics
     account = KIT_ACCOUNT.filled(root=root, group="", kit=kit_id)
     return {"rolename": account.role, "textname": "Vaktrom kit", "acls": role_acls(account, literal=True)}

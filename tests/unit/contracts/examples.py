@@ -131,10 +131,77 @@ GOOD: dict[str, dict[str, Any]] = {
         "raw_size": 24,
         "quarantined_at": "2026-11-22T06:31:02Z",
     },
+    "kit-answers.v1": {
+        "schema": "vaktrom.kit-answers.v1",
+        "kit": "KIT-000123",
+        "seq": 42,
+        "sent_at": "2026-11-22T08:02:00+01:00",
+        "responses": [
+            {
+                "id": "QR-20261122-1",
+                "questionnaire": "hf-daily",
+                "version": "1",
+                "status": "completed",
+                "authored": "2026-11-22T08:01:00+01:00",
+                "item": [
+                    {"linkId": "breathless", "answer": [{"valueCoding": {"code": "worse"}}]},
+                    {"linkId": "breathless-lying-flat", "answer": [{"valueBoolean": False}]},
+                    {"linkId": "ankle-swelling", "answer": [{"valueCoding": {"code": "same"}}]},
+                    {"linkId": "dizzy", "answer": [{"valueBoolean": True}]},
+                ],
+            },
+            {
+                "id": "QR-20261122-2",
+                "questionnaire": "contact-request",
+                "version": "1",
+                "authored": "2026-11-22T08:03:00+01:00",
+            },
+        ],
+    },
+    "answer.v1": {
+        "schema": "vaktrom.answer.v1",
+        "answer_id": MID,
+        "patient_id": "P-7f3a",
+        "kit_id": "KIT-000123",
+        "questionnaire": "hf-daily",
+        "version": "1",
+        "authored": "2026-11-22T07:01:00Z",
+        "received_at": "2026-11-22T07:02:00.250Z",
+        "items": [
+            {"link_id": "breathless", "code": "worse"},
+            {"link_id": "breathless-lying-flat", "boolean": False},
+            {"link_id": "ankle-swelling", "code": "same"},
+            {"link_id": "dizzy", "boolean": True},
+        ],
+        "score": 2,
+        "worsening": ["breathless", "dizzy"],
+        "kit_seq": 42,
+    },
 }
 
 # (schema stem, description, mutation of the good example) -> must be rejected by schema and type
 BAD: list[tuple[str, str, dict[str, Any]]] = [
+    ("kit-answers.v1", "no responses", {"responses": []}),
+    ("kit-answers.v1", "kit id with an MQTT wildcard", {"kit": "KIT/#"}),
+    ("kit-answers.v1", "unknown field", {"patient": "Ola Nordmann"}),
+    (
+        "kit-answers.v1",
+        "two answers to one item",
+        {
+            "responses": [
+                {
+                    "id": "R",
+                    "questionnaire": "hf-daily",
+                    "version": "1",
+                    "authored": "2026-11-22T08:01:00+01:00",
+                    "item": [
+                        {"linkId": "dizzy", "answer": [{"valueBoolean": True}, {"valueBoolean": False}]}
+                    ],
+                }
+            ]
+        },
+    ),
+    ("answer.v1", "answer id not hex", {"answer_id": "not-an-id"}),
     ("kit-reading.v1", "missing readings", {"readings": None}),
     ("kit-reading.v1", "empty readings", {"readings": []}),
     ("kit-reading.v1", "negative seq", {"seq": -1}),
