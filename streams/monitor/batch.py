@@ -36,6 +36,7 @@ from contracts import (
     Metric,
     Quarantined,
     QuarantineReason,
+    QuestionnaireAnswer,
     quarantined,
     unusable_field,
 )
@@ -49,9 +50,18 @@ from streams.monitor.engine import (
     decode_patient,
     encode,
 )
+from streams.monitor.history import History
 from streams.monitor.metrics import MonitorMetrics
 from streams.monitor.retry import Retries
 from streams.monitor.store import Store
+from streams.monitor.symptoms import (
+    BODY_WEIGHT,
+    BP_SYSTOLIC,
+    AnswerRecord,
+    Symptoms,
+    decode_answers,
+    encode_answers,
+)
 
 __all__ = ["Batch", "Names", "Processor", "Record"]
 
@@ -59,11 +69,14 @@ log = logging.getLogger(__name__)
 
 KIT = b"|kit"
 PLAN = b"|plan"
+ANSWERS = b"|answers"  # the patient's questionnaire answers and their episodes (symptoms.py)
+_SYSTOLIC = f"|{BP_SYSTOLIC}".encode()  # METRIC_KEYS[Metric.BP_SYSTOLIC] once the metric lands
 METRIC_KEYS = {metric: f"|{metric.value}".encode() for metric in Metric}
 _SUFFIXES = {suffix: metric for metric, suffix in METRIC_KEYS.items()}
 _measurement = msgspec.json.Decoder(Measurement)
 _status = msgspec.json.Decoder(KitStatusEvent)
 _careplan = msgspec.json.Decoder(CarePlan)
+_answer = msgspec.json.Decoder(QuestionnaireAnswer)
 _STAGE = "monitor"  # in the quarantine records it publishes
 _MAX_AHEAD_S = 3600.0  # an event time further ahead of the wall clock is not believed
 CACHED_KEYS = 50_000  # decoded records kept (a few hundred bytes to a few KB each)
@@ -80,6 +93,7 @@ class Names:
     measurements: str
     status: str
     careplans: str
+    answers: str = ""  # questionnaire answers; "" when the shell does not consume them
 
 
 @dataclass(slots=True)
@@ -114,7 +128,7 @@ class _Plan:
     plan: CarePlan
 
 
-_Value = MetricRecord | PatientRecord | _Plan
+_Value = MetricRecord | PatientRecord | _Plan | AnswerRecord
 
 
 class _Cache:
@@ -199,6 +213,21 @@ def _check_status(e: KitStatusEvent) -> KitStatusEvent:
     return e
 
 
+def _check_answer(a: QuestionnaireAnswer) -> QuestionnaireAnswer:
+    link_ids = max((i.link_id for i in a.items), key=len, default="")
+    codes = max((i.code or "" for i in a.items), key=len, default="")
+    texts: dict[str, str | None] = {
+        "questionnaire": a.questionnaire,
+        "version": a.version,
+        "link_id": link_ids,
+        "code": codes,
+    }
+    _short(texts)
+    _usable(unusable_field(texts=texts, numbers={}))
+    _not_ahead("authored", a.authored)
+    return a
+
+
 def _decode_plan(raw: bytes) -> _Plan:
     return _Plan(raw, _careplan.decode(raw))
 
@@ -223,6 +252,7 @@ class Processor:
         cached: int = CACHED_KEYS,
     ) -> None:
         self.engine, self.names, self.store, self.metrics = engine, names, store, metrics
+        self.symptoms = Symptoms(timing=engine.timing, shown_in=engine.shown_in)
         self.behind = behind
         self._sources = {names.measurements: "measurements", names.status: "status"}
         self._topics = {source: topic for topic, source in self._sources.items()}
@@ -257,6 +287,9 @@ class Processor:
                 patients.setdefault(key[:cut], {})[key[cut:]] = value
             latest = 0.0
             for patient, held in patients.items():
+                if ANSWERS in held:
+                    answers = self.symptoms.announce(patient.decode(), decode_answers(held[ANSWERS]), now=now)
+                    self._out.events.extend((patient, e) for e in answers)
                 precord = decode_patient(held.get(KIT))
                 if precord.wake_at is not None:
                     heap.append((precord.wake_at, patient))
@@ -305,6 +338,9 @@ class Processor:
                 elif r.topic == names.status:
                     metrics.events.labels("kit_status").inc()
                     self._status(r)
+                elif r.topic == names.answers:
+                    metrics.events.labels("answer").inc()
+                    self._answer(r)
                 elif r.topic == names.careplans and r.value is not None:
                     metrics.events.labels("careplan").inc()
                     self._careplan(r)
@@ -327,7 +363,12 @@ class Processor:
         for key, partition in self._touched.items():
             held = self.cache.values[key][1]
             assert held is not None
-            data = held.raw if isinstance(held, _Plan) else encode(held)
+            if isinstance(held, _Plan):
+                data = held.raw
+            elif isinstance(held, AnswerRecord):
+                data = encode_answers(held)
+            else:
+                data = encode(held)
             self.metrics.state_bytes.observe(len(data))
             out.changelog.setdefault(partition, {})[key] = data
         self._touched.clear()
@@ -364,7 +405,7 @@ class Processor:
         half-done change, written with the batch: rare, and never worse than the record's effect)."""
         if patient is None:
             return
-        for suffix in (KIT, PLAN, *METRIC_KEYS.values()):
+        for suffix in (KIT, PLAN, ANSWERS, *METRIC_KEYS.values()):
             if patient + suffix not in self._touched:
                 self.cache.values.pop(patient + suffix, None)
 
@@ -432,8 +473,60 @@ class Processor:
             return
         self._touch(partition, mkey)
         self._after(partition, patient, precord, out)
+        if m.metric.value in (BODY_WEIGHT, BP_SYSTOLIC):
+            self._combined(partition, patient, m, record)
         if r.appended:
             self.metrics.latency.observe(max(0.0, time.time() - r.appended))
+
+    def _answer(self, r: Record) -> None:
+        """A questionnaire answer: the answer rules, with the patient's weights and systolic pressures."""
+        a = _check_answer(_answer.decode(r.value))  # type: ignore[arg-type]  # None: TypeError
+        _check_key(r.key, a.patient_id, "answer")
+        partition, patient = r.partition, a.patient_id.encode()
+        record = self._answers(partition, patient)
+        events = self.symptoms.answer(
+            a,
+            record,
+            weights=self._history(partition, patient + METRIC_KEYS[Metric.BODY_WEIGHT]),
+            systolic=self._history(partition, patient + _SYSTOLIC),
+            now=datetime.now(UTC),
+            offset=r.offset,
+        )
+        if events is None:
+            self.metrics.duplicates.inc()
+            return
+        self._touch(partition, patient + ANSWERS)
+        self._out.events.extend((patient, e) for e in events)
+
+    def _combined(self, partition: int, patient: bytes, m: Measurement, record: MetricRecord) -> None:
+        """A new weight or systolic reading of a patient who answers questionnaires: SYM-2, SYM-3."""
+        answers = self.cache.get(partition, patient + ANSWERS, decode_answers)
+        if not isinstance(answers, AnswerRecord) or not answers.recent:
+            return
+        events = self.symptoms.reading(
+            m.patient_id,
+            m.metric.value,
+            m.measured_at.timestamp(),
+            m.measurement_id,
+            answers,
+            history=record.history,
+            now=datetime.now(UTC),
+        )
+        if events:
+            self._touch(partition, patient + ANSWERS)
+            self._out.events.extend((patient, e) for e in events)
+
+    def _answers(self, partition: int, patient: bytes) -> AnswerRecord:
+        held = self.cache.get(partition, patient + ANSWERS, decode_answers)
+        if held is None:
+            held = AnswerRecord()
+            self.cache.put(partition, patient + ANSWERS, held)
+        assert isinstance(held, AnswerRecord)
+        return held
+
+    def _history(self, partition: int, key: bytes) -> History | None:
+        held = self.cache.get(partition, key, decode_metric)
+        return held.history if isinstance(held, MetricRecord) else None
 
     def _after(self, partition: int, patient: bytes, precord: PatientRecord, out: Outcome) -> None:
         if out.patient_changed or precord.partition != partition:

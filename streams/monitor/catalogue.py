@@ -68,6 +68,10 @@ PROBLEMS: Final = MappingProxyType(
             _P("hypothermia", Metric.BODY_TEMPERATURE, "Low body temperature"),
             _P("kit_silent", None, "Kit silent"),
             _P("measurement_missed", None, "Measurement missed"),
+            # from questionnaire answers (streams/monitor/symptoms.py): about the patient, no one metric
+            _P("symptoms_worse", None, "Worsening symptoms"),
+            _P("low_bp_symptomatic", None, "Low blood pressure with dizziness"),
+            _P("contact_request", None, "Patient asks to be contacted"),
         )
     }
 )
@@ -77,6 +81,7 @@ _ESC = "ESC Heart Failure Association patient guidance (heartfailurematters.org)
 _BTS = "BTS oxygen guideline 2017"
 _ADA = "Holt et al., ADA/EASD consensus, Diabetologia 2021"
 _NEWS2 = "RCP NEWS2 2017"
+_BEAT = "BEAT-HF protocol, Black et al., Trials 2014;15:124, table 1"
 
 RULES: Final = MappingProxyType(
     {
@@ -199,6 +204,38 @@ RULES: Final = MappingProxyType(
                 "kit-silent", "kit_silent", _I, "Vaktrom", "no message from the kit for longer than expected"
             ),
             _rule(
+                "SYM-1",
+                "symptoms_worse",
+                _Y,
+                f"{_BEAT}; ESC HFA patient guidance; Anthonisen et al., Ann Intern Med 1987",
+                "the patient answers more breathless than before",
+            ),
+            _rule(
+                "SYM-2",
+                "symptoms_worse",
+                _R,
+                f"{_BEAT} (weight triggers urgent with symptoms); HF-1",
+                "weight gain > 2 kg in 3 days together with worse breathlessness or swelling within 3 days",
+                kg=2.0,
+                hours=72,
+            ),
+            _rule(
+                "SYM-3",
+                "low_bp_symptomatic",
+                _R,
+                _BEAT,
+                "systolic < 90 mm[Hg] in heart failure with dizziness answered within 24 h",
+                systolic=90,
+                hours=24,
+            ),
+            _rule(
+                "CONTACT-1",
+                "contact_request",
+                _Y,
+                "BPOL planning documents (Helse Sør-Øst, Sykehuset i Vestfold); NHS England virtual wards",
+                "the patient asks to be contacted",
+            ),
+            _rule(
                 "measurement-missed",
                 "measurement_missed",
                 _I,
@@ -252,6 +289,9 @@ SPECIFIC_FIRST: Final = MappingProxyType(
         "hypothermia": ("T-2", "NEWS2-T"),
         "kit_silent": ("kit-silent",),
         "measurement_missed": ("measurement-missed",),
+        "symptoms_worse": ("SYM-2", "SYM-1"),
+        "low_bp_symptomatic": ("SYM-3",),
+        "contact_request": ("CONTACT-1",),
     }
 )
 _SPECIFICITY: Final = MappingProxyType(

@@ -1,6 +1,6 @@
 """The monitor's Kafka loop: micro-batches from the co-partitioned inputs through the pure core.
 
-    measurements, kit status, care plans  --(keyed by patient, same partition count)-->  worker
+    measurements, kit status, care plans, answers  --(keyed by patient, same partition count)-->  worker
     worker  --touched state-->  vaktrom.monitor-state.v1 (compacted, a partition per input partition)
             --then-->           the local store (RocksDB, one write batch with the checkpoint)
             --then-->           vaktrom.alerts.v1 (alert events, keyed by patient)
@@ -87,6 +87,7 @@ def check_topics(client: rk.AdminClient, prefix: str) -> int:
         topics.measurement_topic(prefix),
         topics.kit_status_topic(prefix),
         topics.careplan_topic(prefix),
+        topics.answer_topic(prefix),
         topics.monitor_state_topic(prefix),
         topics.quarantine_topic(prefix),
     ]
@@ -161,6 +162,7 @@ class Worker:
             measurements=topics.measurement_topic(prefix),
             status=topics.kit_status_topic(prefix),
             careplans=topics.careplan_topic(prefix),
+            answers=topics.answer_topic(prefix),
         )
         self.changelog = topics.monitor_state_topic(prefix)
         self.alerts = topics.alert_topic(prefix)
@@ -227,7 +229,13 @@ class Worker:
         self.metrics.kafka_up.set(1 if any(b.get("state") == "UP" for b in brokers.values()) else 0)
 
     def _subscribe(self) -> None:
-        inputs = [self.names.measurements, self.names.status, self.names.careplans]
+        names = self.names
+        inputs = [
+            names.measurements,
+            names.status,
+            names.careplans,
+            *([names.answers] if names.answers else []),
+        ]
         self.consumer.subscribe(
             inputs, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )

@@ -1,0 +1,300 @@
+"""Answer rules SYM-1..3 and CONTACT-1 at their boundaries, in either order of arrival, with no duplicates."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from contracts import (
+    AlertEvent,
+    AnsweredItem,
+    EpisodeChange,
+    Measurement,
+    Metric,
+    QuestionnaireAnswer,
+    Severity,
+    answer_id,
+    measurement_id,
+)
+from streams.monitor.batch import Names, Processor, Record
+from streams.monitor.engine import Engine
+from streams.monitor.episodes import Timing
+from streams.monitor.history import History, Point
+from streams.monitor.metrics import MonitorMetrics
+from streams.monitor.store import MemoryStore
+from streams.monitor.symptoms import AnswerRecord, Symptoms, decode_answers, encode_answers, severity_of
+
+T0 = datetime(2026, 11, 20, 7, 30, tzinfo=UTC)
+H = 3600.0
+P = "PAT-S1"
+
+
+def _symptoms() -> Symptoms:
+    return Symptoms(timing=Timing(), shown_in=ZoneInfo("Europe/Oslo"))
+
+
+def _answer(at: datetime, questionnaire: str = "hf-daily", *worse: str, rid: str = "") -> QuestionnaireAnswer:
+    items: list[AnsweredItem] = []
+    if questionnaire == "hf-daily":
+        items = [
+            AnsweredItem(link_id="breathless", code="worse" if "breathless" in worse else "same"),
+            AnsweredItem(link_id="breathless-lying-flat", boolean="orthopnoea" in worse),
+            AnsweredItem(link_id="ankle-swelling", code="worse" if "swelling" in worse else "same"),
+            AnsweredItem(link_id="dizzy", boolean="dizzy" in worse),
+        ]
+    elif questionnaire == "contact-request":
+        items = [AnsweredItem(link_id="topic", code="symptoms")]
+    return QuestionnaireAnswer(
+        answer_id=answer_id(
+            kit_id="K",
+            patient_id=P,
+            response_id=rid or at.isoformat(),
+            questionnaire=questionnaire,
+            authored=at,
+        ),
+        patient_id=P,
+        kit_id="K",
+        questionnaire=questionnaire,
+        version="1",
+        authored=at,
+        received_at=at,
+        items=items,
+        score=len(worse),
+        worsening=list(worse),
+    )
+
+
+def _history(*points: tuple[datetime, float]) -> History:
+    history = History()
+    for at, value in points:
+        history.recent.append(Point(at.timestamp(), value))
+    return history
+
+
+def _weights(gain: float, *, days: float = 2.0) -> History:
+    return _history((T0 - timedelta(days=days), 80.0), (T0, round(80.0 + gain, 6)))
+
+
+def _apply(
+    s: Symptoms, record: AnswerRecord, a: QuestionnaireAnswer, **kw: History | None
+) -> list[AlertEvent]:
+    events = s.answer(a, record, weights=kw.get("weights"), systolic=kw.get("systolic"), now=T0)
+    assert events is not None
+    return events
+
+
+# ------------------------------------------------------------------ SYM-1
+def test_sym1_more_breathless_alone_is_a_yellow_alert() -> None:
+    """A worse-breathlessness answer alone opens a yellow 'worsening symptoms' episode (SYM-1)."""
+    record = AnswerRecord()
+    (event,) = _apply(_symptoms(), record, _answer(T0, "hf-daily", "breathless"))
+    assert (event.rule_id, event.severity, event.change) == ("SYM-1", Severity.YELLOW, EpisodeChange.OPENED)
+    assert event.metric is None
+
+
+def test_sym1_not_for_the_same_breathlessness_or_other_symptoms_alone() -> None:
+    """'same' breathlessness, or swelling alone without a weight gain, raises nothing."""
+    record = AnswerRecord()
+    assert _apply(_symptoms(), record, _answer(T0)) == []
+    assert _apply(_symptoms(), record, _answer(T0 + timedelta(hours=1), "hf-daily", "swelling")) == []
+
+
+def test_sym1_from_the_copd_check_too() -> None:
+    """The COPD check's breathlessness answer counts as well (Anthonisen's cardinal symptom)."""
+    a = msgspec.structs.replace(
+        _answer(T0, "copd-check", "breathless"), items=[AnsweredItem(link_id="breathless", code="worse")]
+    )
+    assert [e.rule_id for e in _apply(_symptoms(), AnswerRecord(), a)] == ["SYM-1"]
+
+
+# ------------------------------------------------------------------ SYM-2
+def test_sym2_weight_gain_with_symptoms_is_red_at_2_1_kg_not_2_0() -> None:
+    """> 2 kg in 3 days together with worse swelling is red; exactly 2.0 kg is not a gain past the limit."""
+    events = _apply(_symptoms(), AnswerRecord(), _answer(T0, "hf-daily", "swelling"), weights=_weights(2.1))
+    assert [(e.rule_id, e.severity) for e in events] == [("SYM-2", Severity.RED)]
+    assert (
+        _apply(_symptoms(), AnswerRecord(), _answer(T0, "hf-daily", "swelling"), weights=_weights(2.0)) == []
+    )
+
+
+def test_sym2_needs_the_gain_within_72_hours() -> None:
+    """A 2.1 kg rise over 3 days exactly counts; over 3 days and a second does not."""
+    at_limit = _history((T0 - timedelta(hours=72), 80.0), (T0, 82.1))
+    beyond = _history((T0 - timedelta(hours=72, seconds=1), 80.0), (T0, 82.1))
+    assert [
+        e.rule_id
+        for e in _apply(_symptoms(), AnswerRecord(), _answer(T0, "hf-daily", "orthopnoea"), weights=at_limit)
+    ] == ["SYM-2"]
+    assert _apply(_symptoms(), AnswerRecord(), _answer(T0, "hf-daily", "orthopnoea"), weights=beyond) == []
+
+
+def test_sym2_when_the_weight_comes_after_the_answer() -> None:
+    """Answer first (SYM-1 yellow), then the weighing: the same episode escalates to red (SYM-2)."""
+    s, record = _symptoms(), AnswerRecord()
+    (first,) = _apply(s, record, _answer(T0 - timedelta(hours=2), "hf-daily", "breathless"))
+    weights = _weights(2.5)
+    (second,) = s.reading(P, "body_weight", T0.timestamp(), "m" * 32, record, history=weights, now=T0)
+    assert second.episode_id == first.episode_id
+    assert (second.rule_id, second.severity, second.change) == (
+        "SYM-2",
+        Severity.RED,
+        EpisodeChange.ESCALATED,
+    )
+    assert "+2.5 kg" in second.explanation
+
+
+def test_sym2_symptoms_answered_more_than_72_hours_from_the_gain_do_not_combine() -> None:
+    """A worse answer 72 h before the weighing combines; 72 h and a second before does not."""
+    for hours, expected in ((72.0, ["SYM-2"]), (72.0 + 1 / 3600, [])):
+        s, record = _symptoms(), AnswerRecord()
+        _apply(s, record, _answer(T0 - timedelta(hours=hours), "hf-daily", "swelling"))
+        got = s.reading(
+            P, "body_weight", T0.timestamp(), "m" * 32, record, history=_weights(3.0, days=1), now=T0
+        )
+        assert [e.rule_id for e in got] == expected
+
+
+# ------------------------------------------------------------------ SYM-3
+def test_sym3_systolic_below_90_with_dizziness_is_red_89_not_90() -> None:
+    """Systolic 89 with dizziness within 24 h is red; 90 is not below the limit."""
+    for value, expected in ((89.0, ["SYM-3"]), (90.0, [])):
+        systolic = _history((T0 - timedelta(hours=3), value))
+        got = _apply(_symptoms(), AnswerRecord(), _answer(T0, "hf-daily", "dizzy"), systolic=systolic)
+        assert [e.rule_id for e in got] == expected
+
+
+def test_sym3_reading_after_the_answer_and_its_24_hour_window() -> None:
+    """A low systolic 24 h after a dizzy answer still combines; 24 h and a second after does not."""
+    for hours, expected in ((24.0, ["SYM-3"]), (24.0 + 1 / 3600, [])):
+        s, record = _symptoms(), AnswerRecord()
+        _apply(s, record, _answer(T0, "hf-daily", "dizzy"))
+        t = T0 + timedelta(hours=hours)
+        got = s.reading(P, "bp_systolic", t.timestamp(), "m" * 32, record, history=_history((t, 85.0)), now=t)
+        assert [e.rule_id for e in got] == expected
+
+
+def test_a_low_systolic_without_dizziness_is_not_sym3() -> None:
+    """No dizziness: the BP rules of the bp metric decide, not SYM-3."""
+    got = _apply(_symptoms(), AnswerRecord(), _answer(T0), systolic=_history((T0, 80.0)))
+    assert got == []
+
+
+# ------------------------------------------------------------------ CONTACT-1
+def test_contact_request_is_its_own_episode_and_a_second_request_updates_it() -> None:
+    """'Please contact me' opens a contact episode apart from symptoms; a repeat is no second episode."""
+    s, record = _symptoms(), AnswerRecord()
+    (opened,) = _apply(s, record, _answer(T0, "contact-request"))
+    assert (opened.rule_id, opened.severity, opened.change) == (
+        "CONTACT-1",
+        Severity.YELLOW,
+        EpisodeChange.OPENED,
+    )
+    assert "about: symptoms" in opened.explanation
+    (again,) = _apply(s, record, _answer(T0 + timedelta(hours=1), "contact-request"))
+    assert again.episode_id == opened.episode_id
+    assert again.change is EpisodeChange.UPDATED
+    assert again.count == 2
+    (sym,) = _apply(s, record, _answer(T0 + timedelta(hours=2), "hf-daily", "breathless"))
+    assert sym.episode_id != opened.episode_id
+
+
+def test_contact_request_resolves_at_an_answer_after_the_all_clear_period() -> None:
+    """An answer 24 h after the last request resolves the contact episode; one earlier does not."""
+    s, record = _symptoms(), AnswerRecord()
+    _apply(s, record, _answer(T0, "contact-request"))
+    assert _apply(s, record, _answer(T0 + timedelta(hours=23))) == []
+    (resolved,) = _apply(s, record, _answer(T0 + timedelta(hours=24)))
+    assert resolved.change is EpisodeChange.RESOLVED
+    assert resolved.rule_id == "CONTACT-1"
+
+
+# ------------------------------------------------------------------ replays and state
+def test_a_replayed_answer_changes_nothing() -> None:
+    """The same answer again (by id, or by an offset already applied) is recognised and ignored."""
+    s, record = _symptoms(), AnswerRecord()
+    a = _answer(T0, "hf-daily", "breathless")
+    assert s.answer(a, record, weights=None, systolic=None, now=T0, offset=5)
+    assert s.answer(a, record, weights=None, systolic=None, now=T0) is None
+    other = _answer(T0 + timedelta(hours=1), "hf-daily", "breathless")
+    assert s.answer(other, record, weights=None, systolic=None, now=T0, offset=5) is None
+
+
+def test_the_record_round_trips_and_announces_its_episodes() -> None:
+    """What the changelog holds decodes to the same record; a restart announces the open episode."""
+    s, record = _symptoms(), AnswerRecord()
+    _apply(s, record, _answer(T0, "hf-daily", "breathless"))
+    again = decode_answers(encode_answers(record))
+    assert again == record
+    assert severity_of(again, "symptoms_worse") is Severity.YELLOW
+    assert [e.rule_id for e in s.announce(P, again, now=T0)] == ["SYM-1"]
+
+
+def test_symptoms_clear_and_resolve_after_the_all_clear_period() -> None:
+    """A later check without the symptom starts the all-clear period; one 24 h later resolves it."""
+    s, record = _symptoms(), AnswerRecord()
+    _apply(s, record, _answer(T0, "hf-daily", "breathless"))
+    assert _apply(s, record, _answer(T0 + timedelta(days=1))) == []
+    (resolved,) = _apply(s, record, _answer(T0 + timedelta(days=2)))
+    assert resolved.change is EpisodeChange.RESOLVED
+
+
+# ------------------------------------------------------------------ through the batch step
+def _processor() -> Processor:
+    names = Names(measurements="m", status="s", careplans="c", answers="a")
+    processor = Processor(engine=Engine(), names=names, store=MemoryStore(), metrics=MonitorMetrics())
+    processor.load([0])
+    processor.take()
+    return processor
+
+
+def _weight(value: float, at: datetime) -> bytes:
+    mid = measurement_id(
+        device_id="SC", patient_id=P, metric="body_weight", reported_value=value, reported_unit="kg",
+        flag=None, measured_at=at,
+    )  # fmt: skip
+    m = Measurement(
+        measurement_id=mid, patient_id=P, kit_id="K", device_id="SC", metric=Metric.BODY_WEIGHT,
+        loinc="29463-7", value=value, unit="kg", reported_value=value, reported_unit="kg",
+        measured_at=at, received_at=at,
+    )  # fmt: skip
+    return msgspec.json.encode(m)
+
+
+def test_the_batch_step_combines_answers_with_readings_and_writes_the_state_once() -> None:
+    """Weights, a symptomatic answer and its replay: one red SYM-2 episode, state in the changelog."""
+    processor = _processor()
+    records = [
+        Record("m", 0, 0, P.encode(), _weight(80.0, T0 - timedelta(days=2))),
+        Record("m", 0, 1, P.encode(), _weight(82.4, T0)),
+        Record(
+            "a",
+            0,
+            0,
+            P.encode(),
+            msgspec.json.encode(_answer(T0 + timedelta(hours=1), "hf-daily", "swelling")),
+        ),
+        Record(
+            "a",
+            0,
+            0,
+            P.encode(),
+            msgspec.json.encode(_answer(T0 + timedelta(hours=1), "hf-daily", "swelling")),
+        ),
+    ]
+    processor.handle(records)
+    out = processor.take()
+    sym = [e for _k, e in out.events if e.rule_id.startswith("SYM")]
+    assert [(e.rule_id, e.severity) for e in sym] == [("SYM-2", Severity.RED)]
+    assert f"{P}|answers".encode() in out.changelog[0]
+    assert out.offsets[("a", 0)] == 1
+
+
+def test_the_batch_step_sets_aside_an_answer_keyed_by_someone_else() -> None:
+    """An answer whose key is not its patient is quarantined, not applied."""
+    processor = _processor()
+    processor.handle([Record("a", 0, 0, b"OTHER", msgspec.json.encode(_answer(T0, "contact-request")))])
+    out = processor.take()
+    assert not out.events
+    assert len(out.quarantined) == 1
