@@ -1,4 +1,4 @@
-"""The archive loop: Kafka measurements and rejections -> PostgreSQL, offsets committed after the database.
+"""The archive loop: Kafka measurements, rejections, answers -> PostgreSQL, offsets after the database.
 
 Why a plain consumer group (confluent-kafka, through `runtime.loop`) and not a faust agent: the
 archive's unit of work is a batch written in one database transaction, and its offsets must be
@@ -68,6 +68,7 @@ class Archive:
             topics.measurement_topic(kafka.topic_prefix): "measurement",
             topics.rejection_topic(kafka.topic_prefix): "rejection",
             topics.quarantine_topic(kafka.topic_prefix): "quarantine",
+            topics.answer_topic(kafka.topic_prefix): "answer",
         }
         session_ms = int(settings.session_timeout_s * 1000)
         self.loop = ConsumerLoop(
@@ -215,6 +216,7 @@ class Archive:
         self.metrics.stored.labels("measurements").inc(written.measurements)
         self.metrics.stored.labels("rejections").inc(written.rejections)
         self.metrics.stored.labels("quarantine").inc(written.quarantined)
+        self.metrics.stored.labels("answers").inc(written.answers)
         self.metrics.duplicates.inc(written.duplicates)
         self.metrics.poison.inc(poison + written.refused)
         self.metrics.quarantined.labels("undecodable").inc(poison)

@@ -13,6 +13,7 @@ so its cost depends on that patient's rows in the window, not on the size of the
                                                    (TimescaleDB: continuous aggregates;
                                                    PostgreSQL: date_bin on the raw rows)
     rejections(conn, patient, start, end)          what the bridge refused for this patient
+    answers(conn, patient, start, end)             questionnaire answers, newest first
     quarantined(conn, limit=..., head=...)         what the stages set aside, newest first (not
                                                    per patient: the administrators' console)
 
@@ -36,7 +37,9 @@ __all__ = [
     "Bucket",
     "Reading",
     "SetAside",
+    "StoredAnswer",
     "StoredRejection",
+    "answers",
     "buckets",
     "latest",
     "quarantined",
@@ -87,6 +90,29 @@ class StoredRejection:
     reported_value: float | None
     reported_unit: str | None
     measured_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """One questionnaire answer (migration 0019); `items` as the contract has them (link_id, value)."""
+
+    answer_id: str
+    questionnaire: str
+    version: str
+    authored_at: datetime
+    received_at: datetime
+    items: list[dict[str, Any]]
+    score: int
+    worsening: list[str]
+
+    def value(self, link_id: str) -> str | bool | int | None:
+        """The answer to one question, or None when it was not answered."""
+        for item in self.items:
+            if item.get("link_id") == link_id:
+                for key in ("code", "boolean", "integer"):
+                    if key in item:
+                        return item[key]  # type: ignore[no-any-return]
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +183,14 @@ SELECT rejection_id, received_at, reason, detail, kit_id, metric, reported_value
 FROM rejections
 WHERE patient_id = %(patient)s AND received_at >= %(start)s AND received_at < %(end)s
 ORDER BY received_at DESC
+LIMIT %(limit)s
+"""
+
+_ANSWERS = """
+SELECT answer_id, questionnaire, version, authored_at, received_at, items, score, worsening
+FROM answers
+WHERE patient_id = %(patient)s AND authored_at >= %(start)s AND authored_at < %(end)s
+ORDER BY authored_at DESC
 LIMIT %(limit)s
 """
 
@@ -235,6 +269,18 @@ def rejections(
     with conn.cursor(row_factory=class_row(StoredRejection)) as cur:
         cur.execute(
             _REJECTIONS, {"patient": patient_id, "start": start, "end": end, "limit": min(limit, _MAX_ROWS)}
+        )
+        return cur.fetchall()
+
+
+def answers(
+    conn: Connection, patient_id: str, start: datetime, end: datetime, *, limit: int = 50
+) -> list[StoredAnswer]:
+    """The patient's questionnaire answers authored in [start, end), newest first."""
+    _check_window(start, end)
+    with conn.cursor(row_factory=class_row(StoredAnswer)) as cur:
+        cur.execute(
+            _ANSWERS, {"patient": patient_id, "start": start, "end": end, "limit": min(limit, _MAX_ROWS)}
         )
         return cur.fetchall()
 

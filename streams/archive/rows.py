@@ -13,16 +13,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from psycopg.types.json import Jsonb
 
 from contracts import (
     Measurement,
     Quarantined,
     QuarantineReason,
+    QuestionnaireAnswer,
     Rejection,
     quarantined,
 )
 
 __all__ = [
+    "ANSWER_COLUMNS",
     "MEASUREMENT_COLUMNS",
     "MEASUREMENT_TYPES",
     "QUARANTINE_COLUMNS",
@@ -31,6 +34,7 @@ __all__ = [
     "STAGE",
     "Origin",
     "Rows",
+    "answer_row",
     "measurement_row",
     "quarantine_row",
     "readable_times",
@@ -55,6 +59,11 @@ REJECTION_COLUMNS = (
 REJECTION_TYPES = (
     "text", "timestamptz", "text", "text", "text", "text", "text",
     "int4", "text", "float8", "text", "timestamptz", "text", "int4",
+)  # fmt: skip
+
+ANSWER_COLUMNS = (
+    "answer_id", "patient_id", "kit_id", "questionnaire", "version", "authored_at", "received_at",
+    "items", "score", "worsening",
 )  # fmt: skip
 
 QUARANTINE_COLUMNS = (
@@ -87,6 +96,7 @@ class Origin(msgspec.Struct, frozen=True):
 
 _measurement = msgspec.json.Decoder(Measurement)
 _rejection = msgspec.json.Decoder(Rejection)
+_answer = msgspec.json.Decoder(QuestionnaireAnswer)
 _quarantined = msgspec.json.Decoder(Quarantined)
 
 
@@ -121,6 +131,13 @@ def rejection_row(r: Rejection) -> RejectionRow:
     )  # fmt: skip
 
 
+def answer_row(a: QuestionnaireAnswer) -> tuple[Any, ...]:
+    readable_times(a.authored, a.received_at)
+    items = Jsonb(msgspec.to_builtins(a.items))
+    texts = (a.answer_id, a.patient_id, a.kit_id, a.questionnaire, a.version)
+    return (*texts, a.authored, a.received_at, items, a.score, list(a.worsening))
+
+
 def quarantine_row(q: Quarantined) -> QuarantineRow:
     """The row of a quarantine record; its text is cleaned again, as another producer may have sent it."""
     readable_times(q.quarantined_at)
@@ -139,6 +156,8 @@ class Rows:
     """The rows of one batch, in the order they came, split by table, each with its `Origin`."""
 
     __slots__ = (
+        "answer_origins",
+        "answers",
         "measurement_origins",
         "measurements",
         "poison",
@@ -152,11 +171,13 @@ class Rows:
         self.measurement_origins: list[Origin | None] = []
         self.rejections: list[RejectionRow] = []
         self.rejection_origins: list[Origin | None] = []
+        self.answers: list[tuple[Any, ...]] = []
+        self.answer_origins: list[Origin | None] = []
         self.quarantine: list[QuarantineRow] = []  # set aside here, or by another stage (its topic)
         self.poison = 0  # records of this batch that broke their contract (quarantined)
 
     def __len__(self) -> int:
-        return len(self.measurements) + len(self.rejections) + len(self.quarantine)
+        return len(self.measurements) + len(self.rejections) + len(self.quarantine) + len(self.answers)
 
     def add(
         self, *, kind: str, topic: str, partition: int, offset: int, value: bytes | None, seen_at: datetime
@@ -169,6 +190,9 @@ class Rows:
             if kind == "measurement":
                 self.measurements.append(measurement_row(_measurement.decode(value)))
                 self.measurement_origins.append(origin)
+            elif kind == "answer":
+                self.answers.append(answer_row(_answer.decode(value)))
+                self.answer_origins.append(origin)
             elif kind == "rejection":
                 self.rejections.append(rejection_row(_rejection.decode(value)))
                 self.rejection_origins.append(origin)

@@ -32,6 +32,7 @@ from psycopg import sql
 
 from contracts import DatabaseFault, QuarantineReason, database_fault
 from streams.archive.rows import (
+    ANSWER_COLUMNS,
     MEASUREMENT_COLUMNS,
     MEASUREMENT_TYPES,
     QUARANTINE_COLUMNS,
@@ -73,6 +74,10 @@ _INSERT_QUARANTINE = sql.SQL("INSERT INTO quarantine ({}) VALUES ({}) ON CONFLIC
     sql.SQL(", ").join(map(sql.Identifier, QUARANTINE_COLUMNS)),
     sql.SQL(", ").join(sql.Placeholder() * len(QUARANTINE_COLUMNS)),
 )
+_INSERT_ANSWER = sql.SQL("INSERT INTO answers ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
+    sql.SQL(", ").join(map(sql.Identifier, ANSWER_COLUMNS)),
+    sql.SQL(", ").join(sql.Placeholder() * len(ANSWER_COLUMNS)),
+)
 # The database cannot take our statements now (away, or read-only during a fail-over): wait, retry.
 _AWAY = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 # Raised while a row is turned into COPY data (a number out of its column's range): about the row.
@@ -90,6 +95,7 @@ class Written:
     rejections: int  # newly stored rejection rows
     refused: int = 0  # rows the database refused as data, quarantined
     quarantined: int = 0  # quarantine rows newly stored (this batch's and other stages')
+    answers: int = 0  # questionnaire answers newly stored (a resend is stored once)
 
 
 class Store:
@@ -208,9 +214,10 @@ class Store:
             rejections = _copy_merge(
                 cur, _COPY_REJECTIONS, REJECTION_TYPES, rows.rejections, _MERGE_REJECTIONS
             )
+            answers = _insert_answers(cur, rows.answers)
             quarantined = _insert_quarantine(cur, rows.quarantine)
         conn.commit()
-        return Written(stored, len(rows.measurements) - stored, rejections, 0, quarantined)
+        return Written(stored, len(rows.measurements) - stored, rejections, 0, quarantined, answers)
 
     def _write_slowly(self, conn: psycopg.Connection, rows: Rows) -> Written:
         """The rare path: each row on its own savepoint; a row refused as data is quarantined instead."""
@@ -229,10 +236,14 @@ class Store:
             rejections, refused_r = _insert_each(
                 conn, cur, _INSERT_REJECTION, rows.rejections, rows.rejection_origins, seen_at, quarantine
             )
+            answers, refused_a = _insert_each(
+                conn, cur, _INSERT_ANSWER, rows.answers, rows.answer_origins, seen_at, quarantine
+            )
             quarantined = _insert_quarantine(cur, quarantine, each=conn)
         conn.commit()
-        refused = refused_m + refused_r
-        return Written(stored, len(rows.measurements) - stored - refused_m, rejections, refused, quarantined)
+        refused = refused_m + refused_r + refused_a
+        stored_m = len(rows.measurements) - stored - refused_m
+        return Written(stored, stored_m, rejections, refused, quarantined, answers)
 
 
 def fault(exc: BaseException) -> DatabaseFault:
@@ -275,6 +286,15 @@ def _insert_each(  # noqa: PLR0917  (one call site; the pieces of one slow write
             where = origin or Origin("unknown", 0, 0, repr(row).encode())
             quarantine.append(where.quarantine(QuarantineReason.DATABASE_REFUSED, detail, seen_at))
     return stored, refused
+
+
+def _insert_answers(cur: psycopg.Cursor[Any], rows: Sequence[tuple[Any, ...]]) -> int:
+    """Answers are few (a patient's daily check): one statement each, in the batch's transaction."""
+    stored = 0
+    for row in rows:
+        cur.execute(_INSERT_ANSWER, row)
+        stored += max(0, cur.rowcount)
+    return stored
 
 
 def _insert_quarantine(
