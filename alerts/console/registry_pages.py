@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote, urlencode
 
@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
 from alerts.accounts import Principal, Role
+from alerts.console.answers import recent_answers
 from alerts.console.context import Ctx, csrf_checked, role_in, scope
 from contracts import THRESHOLD_LIMITS, Condition
 from registry import (
@@ -122,12 +123,13 @@ def patient_page(
             plans = registry.careplan(conn, actor, patient_id)
             proposal = registry.careplan_propose(conn, actor, patient_id) if propose else None
             kits = registry_read.kit_history(conn, patient_id)
+            answered = recent_answers(conn, patient_id, until=datetime.now(UTC))
     except RegistryError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     return ctx.render(
         request, "patient.html",
         {"user": who, "patient_id": patient_id, "person": person, "plans": plans, "kits": kits,
-         "proposal": proposal, "limits": THRESHOLD_LIMITS, "error": error,
+         "proposal": proposal, "limits": THRESHOLD_LIMITS, "error": error, "answers": answered,
          "can_edit": who.role in (Role.COORDINATOR, Role.PHYSICIAN)},
     )  # fmt: skip
 

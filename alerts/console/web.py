@@ -36,6 +36,7 @@ from sse_starlette import EventSourceResponse
 from alerts import accounts, directory, handoff, quarantine, store
 from alerts.accounts import LoginError, Principal, Role
 from alerts.console.accounts_api import accounts_api
+from alerts.console.answers import recent_answers
 from alerts.console.api import api, handover
 from alerts.console.context import (
     COOKIE,
@@ -160,8 +161,11 @@ def alert_page(request: Request, ctx: Ctx, episode_id: str, who: PageClinician) 
     with ctx.db() as conn:
         alert = ctx.load(conn, who, episode_id)
         colleagues = handoff.colleagues(conn, alert["team_id"])
+        until = max(alert["last_seen_at"], alert["opened_at"])
+        answered = recent_answers(conn, alert["patient_id"], until=until)
     ctx.audit(request, who.username, "view_alert", target=episode_id, patient_id=alert["patient_id"])
-    return ctx.render(request, "alert.html", {"user": who, "a": alert, "colleagues": colleagues})
+    context = {"user": who, "a": alert, "colleagues": colleagues, "answers": answered}
+    return ctx.render(request, "alert.html", context)
 
 
 @pages.get("/alerts/{episode_id}/panel", openapi_extra=scope("team"))

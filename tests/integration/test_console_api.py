@@ -527,3 +527,36 @@ def test_a_control_character_in_a_note_or_a_name_is_refused_not_a_server_error(
     state = conn.execute("SELECT state FROM alerts WHERE episode_id = %s", (eid,)).fetchone()
     conn.rollback()
     assert state == ("claimed",)
+
+
+def test_the_alert_and_patient_pages_show_the_patients_recent_answers(
+    service: AlertsProcess,
+    browser_session: Callable[[], ConsoleClient],
+    conn: psycopg.Connection[Any],
+    ward: dict[str, Any],
+) -> None:
+    """Answers the archive stored (put straight into its table here) appear on the alert page beside
+    the trend, labelled with the questions, the worse answer marked, and a contact request tagged."""
+    eid = _alert(conn, ward["patient"], (EpisodeChange.OPENED, Severity.YELLOW))
+    nurse = browser_session()
+    nurse.login(ward["people"]["anna"])
+    opened = datetime.fromisoformat(nurse.get(f"/api/v1/alerts/{eid}").json()["opened_at"])
+    items = (
+        '[{"link_id": "breathless", "code": "worse"}, {"link_id": "breathless-lying-flat", "boolean": false},'
+        ' {"link_id": "ankle-swelling", "code": "same"}, {"link_id": "dizzy", "boolean": true}]'
+    )
+    for n, (questionnaire, body, score) in enumerate(
+        (("hf-daily", items, 2), ("contact-request", '[{"link_id": "topic", "code": "symptoms"}]', 0))
+    ):
+        conn.execute(
+            "INSERT INTO answers (answer_id, patient_id, kit_id, questionnaire, version, authored_at,"
+            " received_at, items, score, worsening) VALUES (%s, %s, 'K', %s, '1', %s, %s, %s, %s, '{}')",
+            (new_id(), ward["patient"], questionnaire, opened - timedelta(hours=n), opened, body, score),
+        )
+    conn.commit()
+    page = nurse.get(f"/alerts/{eid}").text
+    assert "Recent answers" in page
+    assert "Daily heart-failure symptom check" in page
+    assert "Breathlessness compared with yesterday</dt><dd><strong>worse</strong>" in page
+    assert "Ankle swelling compared with yesterday</dt><dd>same" in page
+    assert "asks to be contacted" in page
