@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from gateway_sim import messages as wire
+from gateway_sim import questionnaires as forms
 from gateway_sim.cohort import DEVICES, Cohort, Schedule
 from gateway_sim.messages import Message, Reading
 from gateway_sim.physiology import (
@@ -35,7 +36,8 @@ from gateway_sim.physiology import (
 __all__ = ["CohortStream", "SimPatient", "build_patients", "load_enrolment"]
 
 # random stream purposes, so adding draws to one never shifts another
-_SETUP, _SCHEDULE, _VALUES, _FAULTS = 1, 2, 3, 4
+_SETUP, _SCHEDULE, _VALUES, _FAULTS, _ANSWERS = 1, 2, 3, 4, 5
+_CONTACT = "contact-request"
 _DEVICE_CODE = {"scale": "SC", "oximeter": "OX", "thermometer": "TH", "glucose_meter": "GM", "cgm": "CG"}
 _HEARTBEAT = timedelta(hours=6)
 
@@ -54,6 +56,7 @@ class SimPatient:
     live: tuple[datetime, timedelta] | None = None  # from then on, windowed devices measure this often
     seq: int = 0
     truth: list[dict[str, object]] = field(default_factory=list)
+    reported: set[str] = field(default_factory=set)  # ground-truth kinds of symptoms already reported
 
     def enrolment(self, zone: str) -> dict[str, object]:
         """What the registry needs to enrol this patient and kit (issue #8 imports it)."""
@@ -214,6 +217,7 @@ class _PatientDay:
         self.sched_rng = rng_for(cohort.seed, patient.index, ordinal, _SCHEDULE)
         self.value_rng = rng_for(cohort.seed, patient.index, ordinal, _VALUES)
         self.fault_rng = rng_for(cohort.seed, patient.index, ordinal, _FAULTS)
+        self.answer_rng = rng_for(cohort.seed, patient.index, ordinal, _ANSWERS)
         self.day_noise = dict(
             zip(METRIC_ORDER, self.value_rng.standard_normal(len(METRIC_ORDER)), strict=True)
         )
@@ -261,6 +265,70 @@ class _PatientDay:
                 found.append((at.astimezone(UTC), kind))
         found.sort()
         return found
+
+    def questionnaires(self) -> list[tuple[datetime, str]]:
+        """(true UTC time, "q:" + questionnaire) of the day's check and any contact request."""
+        rng, zone, found = self.answer_rng, self.zone, []
+        lo, hi = (datetime.combine(self.day, t, zone) for t in forms.CHECK_WINDOW)
+        at = lo + (hi - lo) * float(rng.random())
+        skipped = rng.random() < self.cohort.faults.skip
+        if self.patient.condition in forms.CHECK_OF and not skipped:
+            found.append((at.astimezone(UTC), "q:" + forms.CHECK_OF[self.patient.condition]))
+        morning = datetime.combine(self.day, time(8), zone)
+        asked = morning + timedelta(hours=12 * float(rng.random()))  # some time between 08 and 20
+        if rng.random() < forms.contact_chance(self.strength(asked)):
+            found.append((asked.astimezone(UTC), "q:" + _CONTACT))
+        live = self.patient.live
+        if live is not None and self.day == live[0].astimezone(zone).date() and self.strength(live[0]) >= 0.5:
+            # a demo: a patient in an episode asks to be contacted as real time begins
+            found.append((live[0] + timedelta(seconds=float(rng.uniform(10, 40))), "q:" + _CONTACT))
+        return found
+
+    def strength(self, at: datetime) -> float:
+        episode = self.patient.episode
+        return episode.shape(at) if episode is not None else 0.0
+
+    def answer(self, at: datetime, questionnaire: str) -> tuple[tuple[str, str | bool | int], ...]:
+        """The items the patient answers, noting in the ground truth what the monitor should find."""
+        patient = self.patient
+        if questionnaire == _CONTACT:
+            topic = (
+                "symptoms"
+                if self.strength(at) >= 0.5
+                else str(self.answer_rng.choice(["equipment", "medication", "other"]))
+            )
+            patient.truth.append(
+                _truth(patient, "contact_request", metric=None, start=at, end=at, rules=["CONTACT-1"])
+            )
+            return (("topic", topic),)
+        episode = patient.episode
+        answered = forms.answer_check(
+            patient.condition, episode.kind if episode else None, self.strength(at), self.answer_rng
+        )
+        assert answered is not None  # only a condition with a check schedules one
+        kind = {"fluid_gain": "hf_symptoms", "copd_exacerbation": "copd_symptoms"}.get(
+            episode.kind if episode else ""
+        )
+        wanted = {
+            "hf_symptoms": ("SYM-2", {"breathless", "swelling", "orthopnoea"}),
+            "copd_symptoms": ("SYM-1", {"breathless"}),
+        }
+        if episode is not None and kind is not None and kind not in patient.reported:
+            rule, signs = wanted[kind]
+            if signs.intersection(answered.reported) and self.strength(at) >= 0.5:
+                patient.reported.add(kind)
+                patient.truth.append(
+                    _truth(
+                        patient,
+                        kind,
+                        metric=None,
+                        start=at,
+                        end=episode.end,
+                        rules=[rule],
+                        symptoms=list(answered.reported),
+                    )
+                )
+        return answered.items
 
     def readings(self, at: datetime, kind: str) -> tuple[Reading, ...]:
         serial = self.patient.devices[kind][0]
@@ -418,6 +486,7 @@ class _KitTimeline:
             begin = day_start + timedelta(hours=float(pd.fault_rng.uniform(0, 24)))
             offline = (begin, begin + timedelta(hours=hours))
         events: list[tuple[datetime, str | None]] = list(pd.sessions(self.start, self.end))
+        events.extend(pd.questionnaires())
         while self.next_beat < day_end:
             events.append((self.next_beat, None))  # None: a heartbeat status message
             self.next_beat += _HEARTBEAT
@@ -433,6 +502,8 @@ class _KitTimeline:
                 release = offline[1] + timedelta(seconds=float(pd.fault_rng.uniform(1, 120)))
             if kind is None:
                 self._push(release, self._heartbeat(at, release))
+            elif kind.startswith("q:"):
+                self._answers(pd, at, kind[2:], release)
             else:
                 self._reading(pd, at, kind, release)
         return day_end
@@ -442,6 +513,19 @@ class _KitTimeline:
         kit_clock = (release + self.patient.skew).astimezone(self.cohort.zone)
         payload = wire.status_payload(self.patient.kit, "heartbeat", kit_clock, battery=battery)
         return Message(self.patient.kit, -1, "status", payload)
+
+    def _answers(self, pd: _PatientDay, at: datetime, questionnaire: str, release: datetime) -> None:
+        """One completed questionnaire, published on the kit's `answers` channel (receipts as readings)."""
+        patient = self.patient
+        patient.seq += 1
+        zone = self.cohort.zone
+        authored = wire.iso((at + patient.skew).astimezone(zone))
+        items = pd.answer(at, questionnaire)
+        rid = f"{patient.kit}-{questionnaire}-{at.astimezone(UTC):%Y%m%dT%H%M%S}"
+        body = forms.response(rid, questionnaire, authored, items)
+        kit_clock = (release + patient.skew).astimezone(zone)
+        payload = forms.answers_payload(patient.kit, patient.seq, kit_clock, [body])
+        self._push(release, Message(patient.kit, patient.seq, "answers", payload))
 
     def _reading(self, pd: _PatientDay, at: datetime, kind: str, release: datetime) -> None:
         patient, rng, faults = self.patient, pd.fault_rng, self.faults

@@ -57,7 +57,7 @@ class Reading:
 class Message:
     """A message a kit publishes, with what the ledger needs to account for it.
 
-    kind: "readings" or "status". `label` is "malformed" or "oversized" for a deliberately broken
+    kind: "readings", "answers" or "status". `label` is "malformed" or "oversized" for a deliberately broken
     payload, "duplicate" for an unchanged resend of an earlier message (fault injection), else None.
     """
 

@@ -256,7 +256,8 @@ class Runner:
         message.pubacked = True
         if message.settled:
             return
-        if self.options.confirm == "puback" or message.kind != "readings" or message.label is not None:
+        receipted = message.kind in ("readings", "answers")  # the bridge sends a receipt for these
+        if self.options.confirm == "puback" or not receipted or message.label is not None:
             self._settle(message, None)
         else:
             self.waiting.pop(message.key, None)
@@ -353,7 +354,7 @@ class Runner:
         key = (message.kit, message.kind)
         topic = self._topics.get(key)
         if topic is None:
-            channel = "readings" if message.kind == "readings" else "status"
+            channel = message.kind if message.kind in ("readings", "answers") else "status"
             topic = self._topics[key] = f"{self.options.root}/kits/{message.kit}/{channel}"
         return topic
 

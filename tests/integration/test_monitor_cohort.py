@@ -1,10 +1,11 @@
 """A 14-day simulated cohort through the real bridge and monitor, scored against the simulator's ground truth.
 
-Kits publish over MQTT, the bridge puts readings on Kafka and the monitor raises episodes; half-way
-through, the monitor is killed with SIGKILL and started again. The test reports episode
-sensitivity, nurse-facing alerts per stable patient per 30 days and duplicate episodes, and holds them
-to the issue's goals. It writes them to `monitor_cohort.json` in its artefacts folder
-(tests/artefacts/, untracked: no test writes a tracked file); copy that file over
+Kits publish readings and questionnaire answers over MQTT, the bridge puts them on Kafka and the
+monitor raises episodes; half-way through, the monitor is killed with SIGKILL and started again.
+The test reports episode sensitivity (per kind too), nurse-facing alerts per stable patient per 30
+days and duplicate episodes, and holds them to the issue's goals. It writes them to
+`monitor_cohort.json` in its artefacts folder (tests/artefacts/, untracked: no test writes a
+tracked file); copy that file over
 `bench/results/monitor_cohort.json` to publish a run's figures.
 
 For one seed the input is the same every run: a fixed simulated fortnight, and the kill at a fixed
@@ -65,6 +66,7 @@ MEASUREMENTS_DONE = 'vaktrom_monitor_events_total{kind="measurement"}'
 # catches the clock running ahead; this bound only guards against gross spam (deadlines fired per
 # record gave 1,619; per kit-status message, 455), with a third above the highest seen (298).
 INFO_DEADLINE_EPISODES_MAX = 400
+QUESTIONNAIRE_KINDS = ("hf_symptoms", "copd_symptoms", "contact_request")
 GRACE = timedelta(
     hours=24
 )  # an episode counts as found if an alert episode overlaps it, or opens within a day after
@@ -283,3 +285,10 @@ def test_cohort_of_110_patients_over_14_days_with_a_monitor_crash(
     assert int(injected) >= 1, "the cohort must have a silent kit to find"
     assert found == injected, result
     assert result["info_deadline_episodes"] <= INFO_DEADLINE_EPISODES_MAX, result
+    # the questionnaire-driven kinds (issue #32), each on its own: symptoms reported during a
+    # heart-failure fluid gain (SYM-2 with the weight) or a COPD exacerbation (SYM-1), and the
+    # patients' contact requests (CONTACT-1)
+    for kind in QUESTIONNAIRE_KINDS:
+        found, injected = map(int, result["by_kind"].get(kind, "0/0").split("/"))
+        assert injected >= 1, f"the cohort must have {kind} episodes to find: {result['by_kind']}"
+        assert found >= 0.9 * injected, (kind, result)

@@ -64,8 +64,9 @@ def test_a_patients_readings_do_not_depend_on_the_run_length() -> None:
 
 
 def test_every_payload_validates_except_the_deliberately_broken_ones() -> None:
-    """Readings and status payloads match the published JSON Schemas; broken ones are labelled."""
+    """Readings, answers and status payloads match the published JSON Schemas; broken ones are labelled."""
     readings, status = _validator("kit-reading.v1.json"), _validator("kit-status.v1.json")
+    validators = {"readings": readings, "answers": _validator("kit-answers.v1.json")}
     faults = Faults(malformed=0.02, oversized=0.01, wrong_unit=0.02, implausible=0.02, duplicate=0.02)
     stream, _ = _run(Cohort(patients=COUNTS, seed=11, faults=faults))
     labels: Counter[str | None] = Counter()
@@ -79,7 +80,7 @@ def test_every_payload_validates_except_the_deliberately_broken_ones() -> None:
                 assert len(message.payload) > 64 * 1024
             continue
         doc = json.loads(message.payload)
-        (readings if message.kind == "readings" else status).validate(doc)
+        validators.get(message.kind, status).validate(doc)
     assert labels["malformed"] > 0
     assert labels["oversized"] > 0
     assert labels["duplicate"] > 0

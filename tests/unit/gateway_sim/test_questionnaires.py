@@ -1,0 +1,61 @@
+"""Simulated questionnaire answers: valid against the published schema, symptoms during episodes,
+rare on stable days, contact requests, and the ground truth that says what the monitor should find."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import jsonschema
+from gateway_sim.cohort import Cohort
+from gateway_sim.kits import CohortStream, build_patients
+from gateway_sim.physiology import rng_for
+from gateway_sim.questionnaires import answer_check
+
+SCHEMA = Path(__file__).resolve().parents[3] / "contracts" / "schemas" / "kit-answers.v1.json"
+START = datetime(2026, 11, 1, tzinfo=UTC)
+COUNTS = {"heart_failure": 20, "copd": 20, "diabetes": 5, "infection": 10}
+
+
+def _run(seed: int = 11) -> tuple[list[bytes], list[dict[str, object]]]:
+    cohort = Cohort(patients=COUNTS, seed=seed)
+    patients = build_patients(cohort, run_start=START, run_days=14)
+    stream = CohortStream(cohort, patients, start=START, end=START + timedelta(days=14))
+    answers = [m.payload for _t, m in stream if m.kind == "answers"]
+    return answers, [row for p in patients for row in p.truth]
+
+
+def test_every_answers_payload_matches_the_published_schema() -> None:
+    """Each message the kits publish on `answers` validates against kit-answers.v1.json."""
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
+    payloads, _truth = _run()
+    assert len(payloads) > 500  # a check a day for 50 patients, less the skipped, plus contact requests
+    for payload in payloads:
+        validator.validate(json.loads(payload))
+
+
+def test_checks_per_condition_and_symptoms_follow_the_episodes() -> None:
+    """HF, COPD and infection patients answer their own check; diabetes patients none; the ground
+    truth has symptom episodes for fluid gain and COPD exacerbations, and contact requests."""
+    payloads, truth = _run()
+    asked = Counter(r["questionnaire"] for p in payloads for r in json.loads(p)["responses"])
+    assert set(asked) == {"hf-daily", "copd-check", "infection-check", "contact-request"}
+    kinds = Counter(str(t["kind"]) for t in truth)
+    assert kinds["contact_request"] >= 1
+    fluid = sum(1 for t in truth if t["kind"] == "fluid_gain")
+    assert kinds["hf_symptoms"] >= 0.8 * fluid
+    for t in truth:
+        if t["kind"] == "hf_symptoms":
+            assert t["expected_rules"] == ["SYM-2"]
+
+
+def test_a_stable_patient_rarely_reports_worse_and_an_episode_nearly_always_does() -> None:
+    """Stable: under 2 % of HF checks 'worse'; at full episode strength most are."""
+    stable = [answer_check("heart_failure", None, 0.0, rng_for(1, i)) for i in range(2000)]
+    worse = sum(bool(a is not None and a.reported) for a in stable)
+    assert worse < 40
+    sick = [answer_check("heart_failure", "fluid_gain", 1.0, rng_for(2, i)) for i in range(500)]
+    assert sum(bool(a is not None and a.reported) for a in sick) > 450
+    assert answer_check("diabetes", None, 0.0, rng_for(3)) is None
