@@ -50,6 +50,7 @@ from streams.monitor.engine import (
     decode_patient,
     encode,
 )
+from streams.monitor.episodes import EpisodeState
 from streams.monitor.history import History
 from streams.monitor.metrics import MonitorMetrics
 from streams.monitor.retry import Retries
@@ -487,7 +488,7 @@ class Processor:
         events = self.symptoms.answer(
             a,
             record,
-            weights=self._history(partition, patient + METRIC_KEYS[Metric.BODY_WEIGHT]),
+            weight_gain=self._weight_gain(partition, patient),
             systolic=self._history(partition, patient + _SYSTOLIC),
             now=datetime.now(UTC),
             offset=r.offset,
@@ -510,6 +511,7 @@ class Processor:
             m.measurement_id,
             answers,
             history=record.history,
+            weight_gain=record.episodes.get("weight_gain"),
             now=datetime.now(UTC),
         )
         if events:
@@ -523,6 +525,10 @@ class Processor:
             self.cache.put(partition, patient + ANSWERS, held)
         assert isinstance(held, AnswerRecord)
         return held
+
+    def _weight_gain(self, partition: int, patient: bytes) -> EpisodeState | None:
+        held = self.cache.get(partition, patient + METRIC_KEYS[Metric.BODY_WEIGHT], decode_metric)
+        return held.episodes.get("weight_gain") if isinstance(held, MetricRecord) else None
 
     def _history(self, partition: int, key: bytes) -> History | None:
         held = self.cache.get(partition, key, decode_metric)

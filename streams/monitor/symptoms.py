@@ -6,8 +6,9 @@ questionnaire, worsening symptoms, id) and the episodes of the answer problems. 
 (docs/clinical-rules.md; ids in `catalogue.py`):
 
     SYM-1  more breathless (HF daily check, COPD check)                         yellow
-    SYM-2  weight gain > 2 kg in 3 days AND worse breathlessness, breathlessness
-           lying flat or ankle swelling within 3 days of it                     red
+    SYM-2  a weight gain (an HF-1 or HF-2 episode: > 2 kg in 3 days by default) AND worse
+           breathlessness, breathlessness lying flat or ankle swelling answered no
+           more than 72 h before or after its qualifying readings                red
     SYM-3  systolic < 90 mm[Hg] AND dizziness answered within 24 h of it         red
     CONTACT-1  "please contact me" (questionnaire contact-request)               yellow, its own episode
 
@@ -36,6 +37,7 @@ from contracts import (
     HF_DAILY,
     AlertEvent,
     EpisodeChange,
+    Evidence,
     QuestionnaireAnswer,
     Severity,
     Threshold,
@@ -97,25 +99,7 @@ class _Found:
     rule_id: str
     text: str
     threshold: Threshold | None = None
-
-
-def _gain(weights: History | None, lo: float, hi: float) -> tuple[float, Point, Point] | None:
-    """The largest rise within 72 h among the weights measured in [lo, hi]: (kg, from, to)."""
-    if weights is None:
-        return None
-    points = [p for p in weights.before(hi + 1e-3, lo - 3 * DAY_S) if p.value is not None]
-    best: tuple[float, Point, Point] | None = None
-    for i, p in enumerate(points):
-        if p.t < lo:
-            continue
-        earlier = [q for q in points[:i] if p.t - q.t <= 3 * DAY_S]
-        if not earlier:
-            continue
-        low = min(earlier, key=lambda q: q.value or 0.0)
-        rise = round((p.value or 0.0) - (low.value or 0.0), 6)
-        if best is None or rise > best[0]:
-            best = (rise, low, p)
-    return best
+    evidence: Evidence | None = None  # the weight or pressure reading it combines with
 
 
 def _low_systolic(systolic: History | None, lo: float, hi: float, limit: float) -> Point | None:
@@ -137,7 +121,7 @@ class Symptoms:
         a: QuestionnaireAnswer,
         record: AnswerRecord,
         *,
-        weights: History | None,
+        weight_gain: EpisodeState | None,
         systolic: History | None,
         now: datetime,
         offset: int | None = None,
@@ -171,7 +155,7 @@ class Symptoms:
             )
         else:
             self._contact_due(record, a.patient_id, t, now, events)
-        found = self._symptom_findings(record, t, weights)
+        found = self._symptom_findings(record, seen, weight_gain)
         if found is not None:
             self._raise(record, a.patient_id, "symptoms_worse", found, t, a.answer_id, now, events)
         elif a.questionnaire in _BREATHLESS_CHECKS:
@@ -193,14 +177,17 @@ class Symptoms:
         record: AnswerRecord,
         *,
         history: History,
+        weight_gain: EpisodeState | None = None,
         now: datetime,
     ) -> list[AlertEvent]:
-        """A new (not replayed) weight or systolic reading, already in `history`: the combined rules."""
+        """A new (not replayed) weight or systolic reading, already in `history` (and a weight already
+        judged by HF-1/HF-2: `weight_gain` is the weight-gain episode after it): the combined rules."""
         events: list[AlertEvent] = []
         if not record.recent:
             return events
         if metric == BODY_WEIGHT:
-            found = self._symptom_findings(record, t, history, combined_only=True)
+            qualified = weight_gain is not None and weight_gain.last_seen_at == t
+            found = self._combined(record.recent, weight_gain) if qualified else None
             if found is not None:
                 self._raise(record, patient_id, "symptoms_worse", found, t, measurement_id, now, events)
         elif metric == BP_SYSTOLIC:
@@ -214,27 +201,41 @@ class Symptoms:
         return [s for s in record.recent if lo <= s.t <= hi and signs.intersection(s.worsening)]
 
     def _symptom_findings(
-        self, record: AnswerRecord, t: float, weights: History | None, *, combined_only: bool = False
+        self, record: AnswerRecord, seen: SeenAnswer, weight_gain: EpisodeState | None
     ) -> _Found | None:
-        """SYM-2 when the gain and the symptoms meet within 3 days of `t`, else SYM-1 for an answer."""
-        window = RULES["SYM-2"].params["hours"] * 3600.0
-        symptomatic = self._worse(record, t - window, t + window, _HF_SIGNS)
-        gain = _gain(weights, t - window, t + window) if symptomatic else None
-        limit = RULES["SYM-2"].params["kg"]
-        if gain is not None and gain[0] > limit:
-            rise, low, high = gain
-            signs = sorted({w for s in symptomatic for w in s.worsening if w in _HF_SIGNS})
-            text = (
-                f"Weight +{rise:g} kg ({low.value:g} kg on {self._fmt(low.t)} to {high.value:g} kg on "
-                f"{self._fmt(high.t)}) with worse {', '.join(signs)} answered {self._fmt(symptomatic[-1].t)}"
-            )
-            return _Found("SYM-2", text, Threshold(op=">", value=limit, unit="kg", window="72h"))
-        if combined_only:
-            return None
-        latest = [s for s in record.recent if s.t == t and "breathless" in s.worsening]
-        if latest:
-            return _Found("SYM-1", f"The patient answered more breathless at {self._fmt(t)}")
+        """SYM-2 when this answer reports a heart-failure sign within 72 h of a weight-gain episode's
+        qualifying readings, else SYM-1 when it reports more breathlessness."""
+        if _HF_SIGNS.intersection(seen.worsening):
+            found = self._combined([seen], weight_gain)
+            if found is not None:
+                return found
+        if "breathless" in seen.worsening:
+            return _Found("SYM-1", f"The patient answered more breathless at {self._fmt(seen.t)}")
         return None
+
+    def _combined(self, answers: list[SeenAnswer], gain: EpisodeState | None) -> _Found | None:
+        """SYM-2: a weight gain (an HF-1/HF-2 episode, its readings from `opened_at` to `last_seen_at`)
+        and an answer with a worse heart-failure sign no more than 72 h before or after them."""
+        if gain is None or gain.problem != "weight_gain":
+            return None
+        window = RULES["SYM-2"].params["hours"] * 3600.0
+        lo, hi = gain.opened_at - window, gain.last_seen_at + window
+        matched = [s for s in answers if lo <= s.t <= hi and _HF_SIGNS.intersection(s.worsening)]
+        if not matched:
+            return None
+        signs = sorted({w for s in matched for w in s.worsening if w in _HF_SIGNS})
+        latest = gain.latest
+        weight = (
+            f"{latest.value:g} kg on {self._fmt(latest.measured_at.timestamp())}, "
+            if latest and latest.value
+            else ""
+        )
+        text = (
+            f"Weight gain ({weight}{gain.rule_id} since {self._fmt(gain.opened_at)}) with worse "
+            f"{', '.join(signs)} answered {self._fmt(matched[-1].t)}"
+        )
+        limit = RULES["SYM-2"].params["kg"]
+        return _Found("SYM-2", text, Threshold(op=">", value=limit, unit="kg", window="72h"), latest)
 
     def _low_bp_finding(self, record: AnswerRecord, t: float, systolic: History | None) -> _Found | None:
         params = RULES["SYM-3"].params
@@ -277,6 +278,8 @@ class Symptoms:
                 last_seen_at=t,
                 explanation=text,
                 threshold=found.threshold,
+                worst=found.evidence,
+                latest=found.evidence,
                 rules=[found.rule_id],
                 follows=held.resolved_at if held is not None else None,
             )
@@ -293,6 +296,9 @@ class Symptoms:
             held.severity, change = rule.severity, EpisodeChange.ESCALATED
         if SEVERITY_RANK[rule.severity] >= SEVERITY_RANK[RULES[held.rule_id].severity]:
             held.rule_id, held.explanation, held.threshold = found.rule_id, text, found.threshold
+            if found.evidence is not None:
+                held.latest = found.evidence
+                held.worst = held.worst or found.evidence
         events.append(self._event(held, change, patient_id, now))
 
     def _clear(  # noqa: PLR0917 (private; like `_raise`)

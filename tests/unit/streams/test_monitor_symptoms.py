@@ -11,6 +11,7 @@ from contracts import (
     AlertEvent,
     AnsweredItem,
     EpisodeChange,
+    Evidence,
     Measurement,
     Metric,
     QuestionnaireAnswer,
@@ -20,7 +21,7 @@ from contracts import (
 )
 from streams.monitor.batch import Names, Processor, Record
 from streams.monitor.engine import Engine
-from streams.monitor.episodes import Timing
+from streams.monitor.episodes import EpisodeState, Timing
 from streams.monitor.history import History, Point
 from streams.monitor.metrics import MonitorMetrics
 from streams.monitor.store import MemoryStore
@@ -73,14 +74,24 @@ def _history(*points: tuple[datetime, float]) -> History:
     return history
 
 
-def _weights(gain: float, *, days: float = 2.0) -> History:
-    return _history((T0 - timedelta(days=days), 80.0), (T0, round(80.0 + gain, 6)))
+def _gain(opened: datetime, last: datetime, rule: str = "HF-1", kg: float = 82.5) -> EpisodeState:
+    """A weight-gain episode as the engine keeps it: its qualifying readings from `opened` to `last`."""
+    latest = Evidence(measurement_id="e" * 32, metric="body_weight", value=kg, unit="kg", measured_at=last)
+    return EpisodeState(
+        episode_id="f" * 32, problem="weight_gain", rule_id=rule, severity=Severity.YELLOW, version=1,
+        opened_at=opened.timestamp(), last_seen_at=last.timestamp(), explanation="gain", latest=latest,
+    )  # fmt: skip
 
 
 def _apply(
-    s: Symptoms, record: AnswerRecord, a: QuestionnaireAnswer, **kw: History | None
+    s: Symptoms,
+    record: AnswerRecord,
+    a: QuestionnaireAnswer,
+    *,
+    gain: EpisodeState | None = None,
+    systolic: History | None = None,
 ) -> list[AlertEvent]:
-    events = s.answer(a, record, weights=kw.get("weights"), systolic=kw.get("systolic"), now=T0)
+    events = s.answer(a, record, weight_gain=gain, systolic=systolic, now=T0)
     assert events is not None
     return events
 
@@ -110,48 +121,67 @@ def test_sym1_from_the_copd_check_too() -> None:
 
 
 # ------------------------------------------------------------------ SYM-2
-def test_sym2_weight_gain_with_symptoms_is_red_at_2_1_kg_not_2_0() -> None:
-    """> 2 kg in 3 days together with worse swelling is red; exactly 2.0 kg is not a gain past the limit."""
-    events = _apply(_symptoms(), AnswerRecord(), _answer(T0, "hf-daily", "swelling"), weights=_weights(2.1))
-    assert [(e.rule_id, e.severity) for e in events] == [("SYM-2", Severity.RED)]
-    assert (
-        _apply(_symptoms(), AnswerRecord(), _answer(T0, "hf-daily", "swelling"), weights=_weights(2.0)) == []
+def test_sym2_a_weight_gain_episode_with_symptoms_is_red() -> None:
+    """An HF-1 (or HF-2) weight gain together with worse swelling is red; without a gain it is nothing,
+    and a weight drift (HF-3, another problem) is no gain for SYM-2."""
+    answer = _answer(T0, "hf-daily", "swelling")
+    (event,) = _apply(_symptoms(), AnswerRecord(), answer, gain=_gain(T0 - timedelta(hours=5), T0))
+    assert (event.rule_id, event.severity) == ("SYM-2", Severity.RED)
+    assert event.latest is not None
+    assert event.latest.value == 82.5
+    assert "HF-1" in event.explanation
+    assert _apply(_symptoms(), AnswerRecord(), answer) == []
+    drift = msgspec.structs.replace(_gain(T0, T0), problem="weight_drift", rule_id="HF-3")
+    assert _apply(_symptoms(), AnswerRecord(), answer, gain=drift) == []
+
+
+def test_sym2_the_answer_within_72_hours_of_the_gains_readings() -> None:
+    """An answer 72 h after the gain's last qualifying reading combines, 72 h and a second does not;
+    likewise 72 h before its first."""
+    gain = _gain(T0, T0 + timedelta(days=1))
+    cases = (
+        (T0 + timedelta(days=1, hours=72), ["SYM-2"]),
+        (T0 + timedelta(days=1, hours=72, seconds=1), []),
+        (T0 - timedelta(hours=72), ["SYM-2"]),
+        (T0 - timedelta(hours=72, seconds=1), []),
     )
-
-
-def test_sym2_needs_the_gain_within_72_hours() -> None:
-    """A 2.1 kg rise over 3 days exactly counts; over 3 days and a second does not."""
-    at_limit = _history((T0 - timedelta(hours=72), 80.0), (T0, 82.1))
-    beyond = _history((T0 - timedelta(hours=72, seconds=1), 80.0), (T0, 82.1))
-    assert [
-        e.rule_id
-        for e in _apply(_symptoms(), AnswerRecord(), _answer(T0, "hf-daily", "orthopnoea"), weights=at_limit)
-    ] == ["SYM-2"]
-    assert _apply(_symptoms(), AnswerRecord(), _answer(T0, "hf-daily", "orthopnoea"), weights=beyond) == []
+    for at, expected in cases:
+        got = _apply(_symptoms(), AnswerRecord(), _answer(at, "hf-daily", "orthopnoea"), gain=gain)
+        assert [e.rule_id for e in got] == expected, at
 
 
 def test_sym2_when_the_weight_comes_after_the_answer() -> None:
-    """Answer first (SYM-1 yellow), then the weighing: the same episode escalates to red (SYM-2)."""
+    """Answer first (SYM-1 yellow), then the weighing that fulfils HF-1: the same episode escalates
+    to red (SYM-2); a weighing that did not qualify (the episode's last reading is older) does not."""
     s, record = _symptoms(), AnswerRecord()
     (first,) = _apply(s, record, _answer(T0 - timedelta(hours=2), "hf-daily", "breathless"))
-    weights = _weights(2.5)
-    (second,) = s.reading(P, "body_weight", T0.timestamp(), "m" * 32, record, history=weights, now=T0)
+    stale = _gain(T0 - timedelta(days=1), T0 - timedelta(hours=3))
+    assert (
+        s.reading(
+            P, "body_weight", T0.timestamp(), "m" * 32, record, history=History(), weight_gain=stale, now=T0
+        )
+        == []
+    )
+    gain = _gain(T0 - timedelta(days=1), T0)
+    (second,) = s.reading(
+        P, "body_weight", T0.timestamp(), "m" * 32, record, history=History(), weight_gain=gain, now=T0
+    )
     assert second.episode_id == first.episode_id
     assert (second.rule_id, second.severity, second.change) == (
         "SYM-2",
         Severity.RED,
         EpisodeChange.ESCALATED,
     )
-    assert "+2.5 kg" in second.explanation
 
 
-def test_sym2_symptoms_answered_more_than_72_hours_from_the_gain_do_not_combine() -> None:
-    """A worse answer 72 h before the weighing combines; 72 h and a second before does not."""
+def test_sym2_symptoms_answered_more_than_72_hours_before_the_gain_do_not_combine() -> None:
+    """A worse answer 72 h before the gain's first reading combines; 72 h and a second before does not."""
     for hours, expected in ((72.0, ["SYM-2"]), (72.0 + 1 / 3600, [])):
         s, record = _symptoms(), AnswerRecord()
         _apply(s, record, _answer(T0 - timedelta(hours=hours), "hf-daily", "swelling"))
+        gain = _gain(T0, T0)
         got = s.reading(
-            P, "body_weight", T0.timestamp(), "m" * 32, record, history=_weights(3.0, days=1), now=T0
+            P, "body_weight", T0.timestamp(), "m" * 32, record, history=History(), weight_gain=gain, now=T0
         )
         assert [e.rule_id for e in got] == expected
 
@@ -215,10 +245,10 @@ def test_a_replayed_answer_changes_nothing() -> None:
     """The same answer again (by id, or by an offset already applied) is recognised and ignored."""
     s, record = _symptoms(), AnswerRecord()
     a = _answer(T0, "hf-daily", "breathless")
-    assert s.answer(a, record, weights=None, systolic=None, now=T0, offset=5)
-    assert s.answer(a, record, weights=None, systolic=None, now=T0) is None
+    assert s.answer(a, record, weight_gain=None, systolic=None, now=T0, offset=5)
+    assert s.answer(a, record, weight_gain=None, systolic=None, now=T0) is None
     other = _answer(T0 + timedelta(hours=1), "hf-daily", "breathless")
-    assert s.answer(other, record, weights=None, systolic=None, now=T0, offset=5) is None
+    assert s.answer(other, record, weight_gain=None, systolic=None, now=T0, offset=5) is None
 
 
 def test_the_record_round_trips_and_announces_its_episodes() -> None:
