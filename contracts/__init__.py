@@ -26,8 +26,9 @@ from contracts._careplan import (
     ThresholdLimit,
     threshold_problems,
 )
-from contracts._ids import episode_id, format_instant, measurement_id, rejection_id
+from contracts._ids import episode_id, format_instant, measurement_id, panel_id, rejection_id
 from contracts._kit import (
+    BLOOD_PRESSURE,
     KIT_READING_SCHEMA,
     KIT_STATUS_SCHEMA,
     MAX_KIT_PAYLOAD_BYTES,
@@ -42,6 +43,9 @@ from contracts._kit import (
     ReceiptEntry,
 )
 from contracts._metrics import (
+    BP_COMPONENTS,
+    BP_PANEL_DISPLAY,
+    BP_PANEL_LOINC,
     GLUCOSE_MG_DL_PER_MMOL_L,
     METRICS,
     UNIT_ALIASES,
@@ -77,6 +81,10 @@ from contracts._schema import SCHEMA_DIR, SCHEMA_TYPES
 
 __all__ = [
     "ALERT_SCHEMA",
+    "BLOOD_PRESSURE",
+    "BP_COMPONENTS",
+    "BP_PANEL_DISPLAY",
+    "BP_PANEL_LOINC",
     "CAREPLAN_SCHEMA",
     "GLUCOSE_MG_DL_PER_MMOL_L",
     "KIT_READING_SCHEMA",
@@ -133,6 +141,7 @@ __all__ = [
     "episode_id",
     "format_instant",
     "measurement_id",
+    "panel_id",
     "quarantined",
     "rejection_id",
     "threshold_problems",

@@ -88,6 +88,8 @@ class Measurement(
     received_at: datetime
     kit_seq: int | None = None
     trace: Trace = Trace()
+    # the cuff measurement (blood-pressure panel) this is a component of; None for a lone reading
+    panel_id: Id32 | None = None
 
 
 class RejectReason(enum.StrEnum):
@@ -116,6 +118,9 @@ class RejectReason(enum.StrEnum):
     # resends it later. A FHIR message (no receipt) is recorded as one such rejection of the whole
     # message, at most one per kit per minute (docs/fair-share.md).
     RATE_LIMITED = "rate_limited"
+    # A blood-pressure reading whose parts do not fit together: diastolic not below systolic, a
+    # pressure missing, or `value` sent instead of `systolic`/`diastolic` (or those on another metric)
+    INCONSISTENT = "inconsistent"
 
 
 class Rejection(
