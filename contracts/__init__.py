@@ -42,8 +42,9 @@ from contracts._careplan import (
     ThresholdLimit,
     threshold_problems,
 )
-from contracts._ids import answer_id, episode_id, format_instant, measurement_id, rejection_id
+from contracts._ids import answer_id, episode_id, format_instant, measurement_id, panel_id, rejection_id
 from contracts._kit import (
+    BLOOD_PRESSURE,
     KIT_READING_SCHEMA,
     KIT_STATUS_SCHEMA,
     MAX_KIT_PAYLOAD_BYTES,
@@ -58,6 +59,9 @@ from contracts._kit import (
     ReceiptEntry,
 )
 from contracts._metrics import (
+    BP_COMPONENTS,
+    BP_PANEL_DISPLAY,
+    BP_PANEL_LOINC,
     GLUCOSE_MG_DL_PER_MMOL_L,
     METRICS,
     UNIT_ALIASES,
@@ -109,6 +113,10 @@ __all__ = [
     "ALERT_SCHEMA",
     "ANSWER_KINDS",
     "ANSWER_SCHEMA",
+    "BLOOD_PRESSURE",
+    "BP_COMPONENTS",
+    "BP_PANEL_DISPLAY",
+    "BP_PANEL_LOINC",
     "CAREPLAN_SCHEMA",
     "CONTACT_REQUEST",
     "COPD_CHECK",
@@ -186,6 +194,7 @@ __all__ = [
     "episode_id",
     "format_instant",
     "measurement_id",
+    "panel_id",
     "quarantined",
     "rejection_id",
     "score",

@@ -184,12 +184,16 @@ THRESHOLD_LIMITS: Final[Mapping[str, Mapping[str, ThresholdLimit]]] = MappingPro
             "sustained": _level(_TEMP, "sustained at or above"),
             "minutes": ThresholdLimit(15, 240, "min", "sustained for"),
         },
+        "BP-2": {"mmhg": _level(Metric.BP_SYSTOLIC, "systolic severe at or above")},
+        "BP-2D": {"mmhg": _level(Metric.BP_DIASTOLIC, "diastolic severe at or above")},
+        "BP-5": {"z": _Z, "mad_floor": ThresholdLimit(1.0, 30.0, "mm[Hg]", "least spread of the baseline")},
     }
 )
 
 # Every rule id a care plan may switch on or off (the monitor's catalogue; a unit test holds them together).
 RULE_IDS: Final = frozenset(
     {*THRESHOLD_LIMITS, "NEWS2-S1", "NEWS2-S2", "NEWS2-P", "NEWS2-T", "kit-silent", "measurement-missed"}
+    | {"BP-1"}  # NEWS2's systolic sub-score: no parameters
 )
 
 # Pairs that must stay ordered: (rule, lower parameter, higher parameter).

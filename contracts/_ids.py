@@ -14,6 +14,15 @@ The recipe is part of the contract (non-Python clients may compute it too):
 where `value` is the reported value printed with exactly six decimals ("82.300000", "" when the
 reading is a meter flag without a value), `unit` the reported UCUM code, `flag` "HI", "LO" or "",
 and `measured` the measured time in UTC with milliseconds: "2026-11-22T06:31:00.000Z".
+
+A blood-pressure cuff reading becomes one measurement per component (bp_systolic, bp_diastolic,
+pulse), each with its own id by the recipe above (so storage keys stay unique), and all with one
+panel id naming the cuff measurement:
+
+    sha256( "p1|" device "|" patient "|blood_pressure|" systolic "|" diastolic "|" pulse "|" unit
+            "|" measured )
+
+with the values printed as above ("" for a pulse the cuff did not send) and `unit` "mm[Hg]".
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 
-__all__ = ["answer_id", "episode_id", "format_instant", "measurement_id", "rejection_id"]
+__all__ = ["answer_id", "episode_id", "format_instant", "measurement_id", "panel_id", "rejection_id"]
 
 
 def format_instant(moment: datetime) -> str:
@@ -52,6 +61,30 @@ def measurement_id(
     value = "" if reported_value is None else f"{reported_value:.6f}"
     return _digest(
         "m1", device_id, patient_id, metric, value, reported_unit, flag or "", format_instant(measured_at)
+    )
+
+
+def panel_id(
+    *,
+    device_id: str,
+    patient_id: str,
+    systolic: float,
+    diastolic: float,
+    pulse: float | None,
+    unit: str,
+    measured_at: datetime,
+) -> str:
+    """The id of one blood-pressure cuff measurement, shared by its component measurements."""
+    return _digest(
+        "p1",
+        device_id,
+        patient_id,
+        "blood_pressure",
+        f"{systolic:.6f}",
+        f"{diastolic:.6f}",
+        "" if pulse is None else f"{pulse:.6f}",
+        unit,
+        format_instant(measured_at),
     )
 
 

@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Meta
 
 __all__ = [
+    "BLOOD_PRESSURE",
     "KIT_READING_SCHEMA",
     "KIT_STATUS_SCHEMA",
     "MAX_KIT_PAYLOAD_BYTES",
@@ -49,11 +50,20 @@ AwareTime = Annotated[
 ]
 
 
+BLOOD_PRESSURE = "blood_pressure"  # the metric code of a cuff reading (a panel, not one metric)
+CuffValue = Annotated[float, Meta(description="A cuff's value: mm[Hg] for pressures, /min for the pulse.")]
+
+
 class KitReading(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One reading by one device of the kit.
 
     `value` is absent only when the meter showed a flag instead of a number ("HI" or "LO" on a
     glucose meter), which is a real clinical value, not an error.
+
+    A blood-pressure cuff sends one reading with metric `blood_pressure`, unit `mm[Hg]` (or
+    `mmHg`), no `value`, and `systolic`, `diastolic` and, when the cuff measured it, `pulse` (/min).
+    The bridge checks them together (diastolic below systolic, each plausible) and stores one
+    measurement per component, all with the reading's measured time and one `panel_id`.
     """
 
     device: Identifier
@@ -62,6 +72,9 @@ class KitReading(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     unit: Annotated[str, Meta(min_length=1, max_length=16, description="UCUM unit as reported, e.g. kg.")]
     measured_at: AwareTime
     flag: Annotated[str, Meta(pattern=r"^(HI|LO)$")] | None = None
+    systolic: CuffValue | None = None
+    diastolic: CuffValue | None = None
+    pulse: CuffValue | None = None
 
 
 class KitReadingMessage(
@@ -113,10 +126,15 @@ class KitStatusMessage(
 
 
 class ReadingOutcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What became of one reading of a message: stored under `id`, or rejected with a reason code."""
+    """What became of one reading of a message: stored under `id`, or rejected with a reason code.
+
+    A blood-pressure reading is stored as several measurements: `id` is the systolic one's and
+    `ids` lists every component's (systolic, diastolic, pulse when sent), in that order.
+    """
 
     id: str | None = None
     rejected: str | None = None
+    ids: list[str] | None = None
 
 
 class ReceiptEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

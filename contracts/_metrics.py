@@ -13,6 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = [
+    "BP_COMPONENTS",
+    "BP_PANEL_DISPLAY",
+    "BP_PANEL_LOINC",
     "GLUCOSE_MG_DL_PER_MMOL_L",
     "METRICS",
     "UNIT_ALIASES",
@@ -36,6 +39,10 @@ class Metric(enum.StrEnum):
     PULSE = "pulse"
     BODY_TEMPERATURE = "body_temperature"
     GLUCOSE = "glucose"
+    # One cuff measurement is a blood-pressure panel (LOINC 85354-9): the bridge splits it into
+    # these two components and the existing PULSE, all with the cuff's measured time.
+    BP_SYSTOLIC = "bp_systolic"
+    BP_DIASTOLIC = "bp_diastolic"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +158,37 @@ METRICS: dict[Metric, MetricSpec] = {
             flags=frozenset({"HI", "LO"}),
             plausible_reported={"mg/dL": PlausibleRange(10.0, 600.0)},
         ),
+        # Blood pressure: ricu concept dictionary (Bennett et al., GigaScience 2023) allows systolic
+        # 0-300 and diastolic 0-200 mmHg; a cuff that reads below 20 mmHg has not measured, so the
+        # lower bounds are Vaktrom's (U). The cuff-level check that systolic exceeds diastolic is in
+        # `blood_pressure_problem`.
+        MetricSpec(
+            metric=Metric.BP_SYSTOLIC,
+            display="Systolic blood pressure",
+            loinc="8480-6",
+            loinc_display="Systolic blood pressure",
+            unit="mm[Hg]",
+            unit_display="mmHg",
+            plausible=PlausibleRange(40.0, 300.0),
+            conversions={"mm[Hg]": _identity},
+        ),
+        MetricSpec(
+            metric=Metric.BP_DIASTOLIC,
+            display="Diastolic blood pressure",
+            loinc="8462-4",
+            loinc_display="Diastolic blood pressure",
+            unit="mm[Hg]",
+            unit_display="mmHg",
+            plausible=PlausibleRange(20.0, 200.0),
+            conversions={"mm[Hg]": _identity},
+        ),
     )
 }
+
+# The blood-pressure panel a cuff reading is, in FHIR and in the console (LOINC 85354-9).
+BP_PANEL_LOINC = "85354-9"
+BP_PANEL_DISPLAY = "Blood pressure panel with all children optional"
+BP_COMPONENTS: tuple[Metric, Metric] = (Metric.BP_SYSTOLIC, Metric.BP_DIASTOLIC)
 
 # Spellings kits use in the wild, mapped to the UCUM code. Anything not here and not a UCUM code
 # in a metric's `conversions` is rejected as "unit not accepted", never guessed.
@@ -176,6 +212,10 @@ UNIT_ALIASES: dict[str, str] = {
     "mmol/l": "mmol/L",
     "mg/dL": "mg/dL",
     "mg/dl": "mg/dL",
+    "mm[Hg]": "mm[Hg]",
+    "mmHg": "mm[Hg]",
+    "mmhg": "mm[Hg]",
+    "mm Hg": "mm[Hg]",
 }
 
 

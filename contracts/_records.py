@@ -88,6 +88,8 @@ class Measurement(
     received_at: datetime
     kit_seq: int | None = None
     trace: Trace = Trace()
+    # the cuff measurement (blood-pressure panel) this is a component of; None for a lone reading
+    panel_id: Id32 | None = None
 
 
 class RejectReason(enum.StrEnum):
@@ -120,6 +122,9 @@ class RejectReason(enum.StrEnum):
     # know, and answers that do not fit their questionnaire (wrong type, value, linkId, missing)
     UNKNOWN_QUESTIONNAIRE = "unknown_questionnaire"
     ANSWER_NOT_ACCEPTED = "answer_not_accepted"
+    # A blood-pressure reading whose parts do not fit together: diastolic not below systolic, a
+    # pressure missing, or `value` sent instead of `systolic`/`diastolic` (or those on another metric)
+    INCONSISTENT = "inconsistent"
 
 
 class Rejection(

@@ -1,8 +1,10 @@
 """HL7 FHIR R4 `Observation` input, for gateways that already speak FHIR (`.../kits/{kit}/fhir`).
 
 Accepted: one Observation, or a Bundle whose entries are Observations, following the vital-signs
-profile (body weight 29463-7, SpO2 59408-5 or 2708-6, heart rate 8867-4, body temperature 8310-5)
-and the laboratory glucose observations (15074-8 in mmol/L, 2339-0 in mg/dL). Each becomes the same
+profile (body weight 29463-7, SpO2 59408-5 or 2708-6, heart rate 8867-4, body temperature 8310-5,
+the blood-pressure panel 85354-9 with its systolic 8480-6 / diastolic 8462-4 components, and a
+heart-rate 8867-4 component when the cuff sends its pulse in the panel) and the laboratory glucose
+observations (15074-8 in mmol/L, 2339-0 in mg/dL). Each becomes the same
 `KitReading` a kit would send, so the rest of the bridge treats both alike:
 
     code.coding[system=http://loinc.org].code   -> metric
@@ -26,7 +28,7 @@ from datetime import datetime
 
 import msgspec
 
-from contracts import KitReading, Metric, RejectReason
+from contracts import BLOOD_PRESSURE, BP_PANEL_LOINC, KitReading, Metric, RejectReason
 from ingest.text import UNREADABLE, text_problem, unreadable
 
 __all__ = ["LOINC_METRICS", "Refusal", "parse_fhir"]
@@ -34,6 +36,7 @@ __all__ = ["LOINC_METRICS", "Refusal", "parse_fhir"]
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 
+_MM_HG = frozenset({"mm[Hg]", "mmHg"})
 # LOINC code -> (metric, the only unit family the code allows, or None for any accepted unit)
 LOINC_METRICS: dict[str, tuple[Metric, frozenset[str] | None]] = {
     "29463-7": (Metric.BODY_WEIGHT, None),
@@ -43,7 +46,12 @@ LOINC_METRICS: dict[str, tuple[Metric, frozenset[str] | None]] = {
     "8310-5": (Metric.BODY_TEMPERATURE, None),
     "15074-8": (Metric.GLUCOSE, frozenset({"mmol/L", "mmol/l"})),  # moles per volume
     "2339-0": (Metric.GLUCOSE, frozenset({"mg/dL", "mg/dl"})),  # mass per volume
+    # a lone component of the blood-pressure panel (the panel itself is read by `_panel`)
+    "8480-6": (Metric.BP_SYSTOLIC, _MM_HG),
+    "8462-4": (Metric.BP_DIASTOLIC, _MM_HG),
 }
+# the panel's component codes -> the cuff reading's field (vital-signs profile, LOINC 85354-9)
+_PANEL_FIELDS = {"8480-6": "systolic", "8462-4": "diastolic", "8867-4": "pulse"}
 _ACCEPTED_STATUS = frozenset({"final", "amended", "corrected"})
 _SERIAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _MAX_OBSERVATIONS = 500
@@ -85,6 +93,11 @@ class _Reference(msgspec.Struct):
     display: str | None = None
 
 
+class _Component(msgspec.Struct):
+    code: _Concept
+    valueQuantity: _Quantity | None = None  # noqa: N815 (FHIR's spelling)
+
+
 class Observation(msgspec.Struct, tag_field="resourceType", tag="Observation"):
     status: str
     code: _Concept
@@ -92,6 +105,7 @@ class Observation(msgspec.Struct, tag_field="resourceType", tag="Observation"):
     effectiveInstant: str | None = None  # noqa: N815
     valueQuantity: _Quantity | None = None  # noqa: N815
     device: _Reference | None = None
+    component: list[_Component] = []
 
 
 _ABSENT = msgspec.Raw(b"null")
@@ -156,6 +170,14 @@ def _texts(obs: Observation) -> Iterator[tuple[str, str | None, int]]:
         yield "device.display", obs.device.display, code
         if obs.device.identifier is not None:
             yield "device.identifier.value", obs.device.identifier.value, code
+    for i, part in enumerate(obs.component):
+        for j, coding in enumerate(part.code.coding):
+            yield f"component[{i}].code.coding[{j}].system", coding.system, system
+            yield f"component[{i}].code.coding[{j}].code", coding.code, code
+        if part.valueQuantity is not None:
+            q = part.valueQuantity
+            yield f"component[{i}].valueQuantity.unit", q.unit, code
+            yield f"component[{i}].valueQuantity.code", q.code, code
 
 
 def _text_refusal(obs: Observation) -> Refusal | None:
@@ -175,6 +197,8 @@ def _reading(obs: Observation) -> KitReading | Refusal:  # noqa: PLR0911, PLR091
             f"Observation.status is {obs.status!r}; only final, amended or corrected results are taken",
         )
     codes = [c.code for c in obs.code.coding if c.system == LOINC and c.code]
+    if BP_PANEL_LOINC in codes:
+        return _panel(obs)
     known = [code for code in codes if code in LOINC_METRICS]
     if not known:
         shown = ", ".join(codes) or "none"
@@ -204,6 +228,20 @@ def _reading(obs: Observation) -> KitReading | Refusal:  # noqa: PLR0911, PLR091
         flag = "HI" if quantity.comparator.startswith(">") else "LO"
     if quantity.value is None and flag is None:
         return Refusal(RejectReason.MISSING_VALUE, "valueQuantity has no value")
+    measured = _measured(obs)
+    if isinstance(measured, Refusal):
+        return measured
+    device = _device(obs)
+    if isinstance(device, Refusal):
+        return device
+    if len(unit) > 16:
+        return Refusal(RejectReason.UNIT_NOT_ACCEPTED, "the unit is longer than any accepted unit")
+    return KitReading(
+        device=device, metric=metric.value, value=quantity.value, unit=unit, measured_at=measured, flag=flag
+    )
+
+
+def _measured(obs: Observation) -> datetime | Refusal:
     effective = obs.effectiveDateTime or obs.effectiveInstant
     try:
         measured = datetime.fromisoformat(effective) if effective else None
@@ -214,6 +252,10 @@ def _reading(obs: Observation) -> KitReading | Refusal:  # noqa: PLR0911, PLR091
             RejectReason.SCHEMA,
             "effectiveDateTime must be a full date and time with an offset, e.g. 2026-11-22T07:31:00+01:00",
         )
+    return measured
+
+
+def _device(obs: Observation) -> str | Refusal:
     device = None
     if obs.device is not None:
         device = (obs.device.identifier.value if obs.device.identifier else None) or obs.device.display
@@ -222,8 +264,42 @@ def _reading(obs: Observation) -> KitReading | Refusal:  # noqa: PLR0911, PLR091
             RejectReason.UNKNOWN_DEVICE,
             "Observation.device.identifier.value must carry the measuring device's registered serial",
         )
-    if len(unit) > 16:
-        return Refusal(RejectReason.UNIT_NOT_ACCEPTED, "the unit is longer than any accepted unit")
+    return device
+
+
+def _panel(obs: Observation) -> KitReading | Refusal:
+    """A blood-pressure panel (85354-9) with its components, as the cuff reading a kit would send;
+    the bridge then checks it like one (ingest.cuff). A component's unit is its UCUM code."""
+    values: dict[str, float | None] = {}
+    units = set()
+    for i, part in enumerate(obs.component):
+        codes = [c.code for c in part.code.coding if c.system == LOINC and c.code in _PANEL_FIELDS]
+        if not codes or codes[0] is None:
+            continue  # a component this pipeline does not read (e.g. a cuff size) is ignored
+        name, q = _PANEL_FIELDS[codes[0]], part.valueQuantity
+        if q is None or q.value is None:
+            return Refusal(RejectReason.MISSING_VALUE, f"component[{i}] ({name}) has no valueQuantity.value")
+        if q.comparator is not None:
+            return Refusal(RejectReason.FLAG_NOT_ACCEPTED, f"component[{i}] ({name}) has a comparator")
+        unit = (q.code if q.system == UCUM and q.code else q.unit) or ""
+        if name != "pulse":
+            units.add(unit)
+        values[name] = q.value
+    measured = _measured(obs)
+    if isinstance(measured, Refusal):
+        return measured
+    device = _device(obs)
+    if isinstance(device, Refusal):
+        return device
+    if len(units) > 1 or any(len(u) > 16 for u in units):
+        return Refusal(RejectReason.UNIT_NOT_ACCEPTED, "the pressures must both be in mm[Hg]")
+    unit = units.pop() if units else "mm[Hg]"  # no pressures at all: the cuff checks say what is missing
     return KitReading(
-        device=device, metric=metric.value, value=quantity.value, unit=unit, measured_at=measured, flag=flag
+        device=device,
+        metric=BLOOD_PRESSURE,
+        unit=unit,
+        measured_at=measured,
+        systolic=values.get("systolic"),
+        diastolic=values.get("diastolic"),
+        pulse=values.get("pulse"),
     )

@@ -9,12 +9,16 @@ Checks, in order, each with its reason code (contracts.RejectReason):
     message:  invalid_text (the topic's kit id) -> too_large -> malformed (not JSON, not UTF-8)
               -> schema -> invalid_text (kit, firmware) -> topic_mismatch -> unknown_kit
               -> clock_future (a status message's `at`)
-    reading:  invalid_text (device, metric, unit, flag) -> unknown_metric -> unit_not_accepted
+    reading:  invalid_text (device, metric, unit, flag) -> inconsistent (cuff fields on another
+              metric) -> unknown_metric -> unit_not_accepted
               -> flag_not_accepted / missing_value -> implausible -> unknown_device
               -> clock_future / clock_past -> kit_retired / kit_not_assigned
 
 Every rejection leaves through `ingest.text.safe_rejection`: whatever the kit sent, its text
 fields are printable and bounded, so every later stage can store it.
+
+A blood-pressure cuff reading (metric `blood_pressure`) is first checked as a whole and split into
+its components (`ingest.cuff`), each checked as above; they share the cuff's `panel_id`.
 
 A valid reading is normalised to the metric's canonical UCUM unit, keeps the value and unit the
 device reported (as a UCUM code: "lb" arrives as "[lb_av]"), its meter flag (HI/LO), the LOINC
@@ -32,6 +36,7 @@ from typing import NamedTuple
 import msgspec
 
 from contracts import (
+    BLOOD_PRESSURE,
     MAX_KIT_PAYLOAD_BYTES,
     MAX_RAW_EXCERPT_BYTES,
     MAX_READINGS_PER_MESSAGE,
@@ -51,8 +56,10 @@ from contracts import (
     Trace,
     canonical_unit_code,
     measurement_id,
+    panel_id,
     rejection_id,
 )
+from ingest.cuff import cuff_components, cuff_problem, stray_cuff_fields
 from ingest.fhir import Refusal, parse_fhir
 from ingest.registry import KitEntry, Registry
 from ingest.text import (
@@ -352,10 +359,14 @@ class Normaliser:
         outcome = Outcome(kit_id)
         outcomes = []
         for index, reading in enumerate(message.readings):
-            record = self._reading(source, kit, index, reading, message.seq)
+            record = self._any_reading(source, kit, index, reading, message.seq)
             if isinstance(record, Measurement):
                 outcome.measurements.append(record)
                 outcomes.append(ReadingOutcome(id=record.measurement_id))
+            elif isinstance(record, list):  # a cuff's panel: one outcome names all its components
+                outcome.measurements.extend(record)
+                ids = [m.measurement_id for m in record]
+                outcomes.append(ReadingOutcome(id=ids[0], ids=ids))
             else:
                 outcome.rejections.append(record)
                 outcomes.append(ReadingOutcome(rejected=record.reason.value))
@@ -436,15 +447,55 @@ class Normaliser:
             record = (
                 source.rejection(kit.kit_id, RejectReason(item.reason), item.detail, index, item.raw)
                 if isinstance(item, Refusal)
-                else self._reading(source, kit, index, item, None)
+                else self._any_reading(source, kit, index, item, None)
             )
             if isinstance(record, Measurement):
                 outcome.measurements.append(record)
+            elif isinstance(record, list):
+                outcome.measurements.extend(record)
             else:
                 outcome.rejections.append(record)
         return outcome
 
     # ------------------------------------------------------------ one reading
+    def _any_reading(
+        self, source: _Source, kit: KitEntry, index: int, reading: KitReading, seq: int | None
+    ) -> Measurement | list[Measurement] | Rejection:
+        """A reading of any kind: a cuff's blood-pressure panel (ingest.cuff) or one metric."""
+        if reading.metric != BLOOD_PRESSURE:
+            return self._reading(source, kit, index, reading, seq)
+        measured = _utc(reading.measured_at)
+        measured = measured.replace(microsecond=measured.microsecond // 1000 * 1000)
+        problem = cuff_problem(reading)
+        parts: list[Measurement] = []
+        for component in [] if problem is not None else cuff_components(reading):
+            record = self._reading(source, kit, index, component, seq)
+            if isinstance(record, Rejection):  # the panel is stored whole or not at all
+                return msgspec.structs.replace(
+                    record,
+                    detail=printable(f"blood_pressure {component.metric}: {record.detail}", max_bytes=1024),
+                    raw_excerpt=_excerpt(msgspec.json.encode(reading)),
+                )
+            parts.append(record)
+        if problem is not None:
+            attributed = kit.patient_at(measured)
+            patient = None if isinstance(attributed, RejectReason) else attributed
+            return _reading_rejection(
+                source=source, kit=kit, index=index, reading=reading, measured=measured, patient=patient,
+                refused=_Refused(problem.reason, problem.detail),
+            )  # fmt: skip
+        first = parts[0]
+        shared = panel_id(
+            device_id=first.device_id,
+            patient_id=first.patient_id,
+            systolic=reading.systolic or 0.0,
+            diastolic=reading.diastolic or 0.0,
+            pulse=reading.pulse,
+            unit="mm[Hg]",
+            measured_at=first.measured_at,
+        )
+        return [msgspec.structs.replace(m, panel_id=shared) for m in parts]
+
     def _reading(
         self, source: _Source, kit: KitEntry, index: int, reading: KitReading, seq: int | None
     ) -> Measurement | Rejection:
@@ -507,6 +558,8 @@ class Normaliser:
         )
         if problem is not None:
             return _Refused(RejectReason.INVALID_TEXT, problem)
+        if (stray := stray_cuff_fields(reading)) is not None:
+            return _Refused(RejectReason.INCONSISTENT, stray)
         try:
             metric = Metric(reading.metric)
         except ValueError:

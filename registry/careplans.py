@@ -65,8 +65,13 @@ DEFAULT_EXPECTED: Mapping[Condition, tuple[ExpectedMeasurement, ...]] = {
         _daily(Metric.BODY_WEIGHT, _MORNING),
         _daily(Metric.SPO2, _MORNING),
         _daily(Metric.PULSE, _MORNING),
+        _daily(Metric.BP_SYSTOLIC, _MORNING),  # the cuff: its diastolic and pulse come with it
     ),
-    Condition.COPD: (_daily(Metric.SPO2, _MORNING), _daily(Metric.PULSE, _MORNING)),
+    Condition.COPD: (
+        _daily(Metric.SPO2, _MORNING),
+        _daily(Metric.PULSE, _MORNING),
+        _daily(Metric.BP_SYSTOLIC, _MORNING),
+    ),
     Condition.DIABETES: (
         _daily(
             Metric.GLUCOSE, ("07:00", "09:00"), ("11:00", "13:00"), ("17:00", "19:00"), ("21:00", "23:00")

@@ -51,6 +51,9 @@ DEVICES: dict[str, DeviceKind] = {
         DeviceKind("thermometer", "VS-Temp-3", ("body_temperature",)),
         DeviceKind("glucose_meter", "VS-Gluco-5", ("glucose",)),
         DeviceKind("cgm", "VS-CGM-14", ("glucose",)),  # continuous monitor: a reading every few minutes
+        # blood-pressure cuff: one reading carries systolic, diastolic and pulse; a care plan expects
+        # it by its systolic pressure (gateway_sim.cuff)
+        DeviceKind("bp_cuff", "VS-BP-7", ("bp_systolic",)),
     )
 }
 
@@ -104,17 +107,20 @@ class ConditionPlan:
 def default_plans() -> dict[str, ConditionPlan]:
     """Routines modelled on Norwegian home follow-up programmes (weight every morning, etc.)."""
     morning, evening = (time(8), time(10)), (time(18), time(21))
+    cuff = Schedule(windows=((time(7), time(9)), (time(18), time(21))))  # home BP: morning and evening
     return {
         "heart_failure": ConditionPlan(
             {
                 "scale": Schedule(windows=((time(7), time(10)),)),
                 "oximeter": Schedule(windows=(morning, evening)),
+                "bp_cuff": cuff,
             }
         ),
         "copd": ConditionPlan(
             {
                 "oximeter": Schedule(windows=(morning, evening)),
                 "thermometer": Schedule(windows=(morning,)),
+                "bp_cuff": cuff,
             }
         ),
         "diabetes": ConditionPlan(
@@ -294,9 +300,10 @@ diabetes = 25
 infection = 25
 
 [conditions.heart_failure]  # override a condition's kit and routine (defaults shown)
-devices = ["scale", "oximeter"]
+devices = ["scale", "oximeter", "bp_cuff"]
 schedule.scale = ["07:00-10:00"]
 schedule.oximeter = ["08:00-10:00", "18:00-21:00"]
+schedule.bp_cuff = ["07:00-09:00", "18:00-21:00"]
 episode_share = 0.5         # share of these patients who get one injected episode
 
 [faults]                    # kit misbehaviour; every rate is a probability (0 switches it off)

@@ -21,6 +21,18 @@ import numpy as np
 from gateway_sim import messages as wire
 from gateway_sim import questionnaires as forms
 from gateway_sim.cohort import DEVICES, Cohort, Schedule
+from gateway_sim.cuff import (
+    CUFF,
+    CUFF_DAY,
+    CUFF_SETUP,
+    EPISODE_SHARE,
+    SWAPPED_SHARE,
+    CuffBaseline,
+    cuff_values,
+    draw_cuff_baseline,
+    plan_cuff_episode,
+    pulse_shift,
+)
 from gateway_sim.messages import Message, Reading
 from gateway_sim.physiology import (
     METRIC_ORDER,
@@ -38,7 +50,9 @@ __all__ = ["CohortStream", "SimPatient", "build_patients", "load_enrolment"]
 # random stream purposes, so adding draws to one never shifts another
 _SETUP, _SCHEDULE, _VALUES, _FAULTS, _ANSWERS = 1, 2, 3, 4, 5
 _CONTACT = "contact-request"
-_DEVICE_CODE = {"scale": "SC", "oximeter": "OX", "thermometer": "TH", "glucose_meter": "GM", "cgm": "CG"}
+_DEVICE_CODE = {
+    "scale": "SC", "oximeter": "OX", "thermometer": "TH", "glucose_meter": "GM", "cgm": "CG", CUFF: "BP",
+}  # fmt: skip
 _HEARTBEAT = timedelta(hours=6)
 
 
@@ -57,6 +71,8 @@ class SimPatient:
     seq: int = 0
     truth: list[dict[str, object]] = field(default_factory=list)
     reported: set[str] = field(default_factory=set)  # ground-truth kinds of symptoms already reported
+    cuff: CuffBaseline | None = None  # the patient's own blood pressure, when the kit has a cuff
+    cuff_episode: Episode | None = None  # a blood-pressure episode (gateway_sim.cuff)
 
     def enrolment(self, zone: str) -> dict[str, object]:
         """What the registry needs to enrol this patient and kit (issue #8 imports it)."""
@@ -151,6 +167,11 @@ def build_patients(
                         peak=episode.peak,
                     )
                 )
+            if CUFF in devices:
+                share = EPISODE_SHARE * plan.episode_share
+                _give_cuff(
+                    patient, cohort.seed, share, run_start=run_start, run_days=run_days, peak_at=episodes_at
+                )
             if silent_from is not None:
                 end = run_start + timedelta(days=run_days)
                 patient.truth.append(
@@ -160,6 +181,37 @@ def build_patients(
                 )
             patients.append(patient)
     return patients
+
+
+def _give_cuff(
+    patient: SimPatient,
+    seed: int,
+    share: float,
+    *,
+    run_start: datetime,
+    run_days: float,
+    peak_at: datetime | None,
+) -> None:
+    """The cuff patient's own pressures and, for some, a BP episode with its ground truth; drawn from
+    a stream of its own, so the rest of the patient is what it was before kits had cuffs."""
+    rng = rng_for(seed, patient.index, 0, CUFF_SETUP)
+    patient.cuff = draw_cuff_baseline(patient.condition, rng)
+    if rng.random() >= share:
+        return
+    episode = plan_cuff_episode(
+        patient.condition, patient.cuff, rng, run_start=run_start, run_days=run_days,
+        until=patient.silent_from, peak_at=peak_at,
+    )  # fmt: skip
+    if episode is None:
+        return
+    patient.cuff_episode = episode
+    patient.truth.append(
+        _truth(
+            patient, episode.kind, metric=episode.metric, start=episode.start, end=episode.end,
+            rules=list(episode.expected_rules), magnitude=episode.magnitude, unit=episode.unit,
+            peak=episode.peak,
+        )
+    )  # fmt: skip
 
 
 def load_enrolment(kit_prefix: str, count: int) -> list[dict[str, object]]:
@@ -221,6 +273,9 @@ class _PatientDay:
         self.day_noise = dict(
             zip(METRIC_ORDER, self.value_rng.standard_normal(len(METRIC_ORDER)), strict=True)
         )
+        # the cuff's own streams (gateway_sim.cuff): schedule, values and faults
+        self.cuff_rng = rng_for(cohort.seed, patient.index, ordinal, CUFF_DAY)
+        self.cuff_day_noise = (float(self.cuff_rng.standard_normal()), float(self.cuff_rng.standard_normal()))
 
     def sessions(self, start: datetime, end: datetime) -> list[tuple[datetime, str]]:
         """(true UTC time, device kind) of each measurement the patient takes this day, with skips.
@@ -240,11 +295,12 @@ class _PatientDay:
                 found.extend(
                     (t.astimezone(UTC), kind) for t in _ticks(live_from, tomorrow, live_every, midnight)
                 )
+            rng = self.cuff_rng if kind == CUFF else self.sched_rng  # the others' draws stay put
             for a, b in schedule.windows:
                 lo = datetime.combine(self.day, a, self.zone)
                 hi = datetime.combine(self.day, b, self.zone)
-                at = lo + (hi - lo) * float(self.sched_rng.random())
-                skipped = self.sched_rng.random() < self.cohort.faults.skip
+                at = lo + (hi - lo) * float(rng.random())
+                skipped = rng.random() < self.cohort.faults.skip
                 if at >= live_from:
                     continue  # the live interval has taken over
                 silent = self.patient.silent_from is not None and hi >= self.patient.silent_from
@@ -336,6 +392,8 @@ class _PatientDay:
         hour = local.hour + local.minute / 60.0
         kit_time = wire.iso((at + self.patient.skew).astimezone(self.zone))
         faults = self.cohort.faults
+        if kind == CUFF:
+            return (self._cuff_reading(serial, at, hour, kit_time),)
         out = []
         for metric in DEVICES[kind].metrics:
             value = true_value(
@@ -355,6 +413,27 @@ class _PatientDay:
                 reading = Reading(serial, metric, _IMPLAUSIBLE, UNITS[metric], kit_time, label="implausible")
             out.append(reading)
         return tuple(out)
+
+    def _cuff_reading(self, serial: str, at: datetime, hour: float, kit_time: str) -> Reading:
+        """One cuff measurement: systolic, diastolic and pulse in one reading (whole mmHg and /min)."""
+        patient, rng = self.patient, self.cuff_rng
+        assert patient.cuff is not None  # a kit with a cuff has its pressures drawn
+        systolic, diastolic = cuff_values(
+            patient.cuff, local_hour=hour, day_noise=self.cuff_day_noise,
+            technique_noise=(float(rng.standard_normal()), float(rng.standard_normal())),
+            episode=patient.cuff_episode, at=at,
+        )  # fmt: skip
+        pulse = true_value(
+            "pulse", patient.baseline, local_hour=hour, day_noise=float(self.day_noise["pulse"]),
+            technique_noise=float(rng.standard_normal()), episode=patient.episode, at=at,
+        ) + pulse_shift(patient.cuff_episode, at)  # fmt: skip
+        sys_v, dia_v, label = float(round(systolic)), float(round(diastolic)), None
+        if rng.random() < SWAPPED_SHARE:  # the pressures swapped: the bridge refuses it as inconsistent
+            sys_v, dia_v, label = dia_v, sys_v, "swapped"
+        return Reading(
+            serial, "blood_pressure", None, "mm[Hg]", kit_time, label=label,
+            systolic=sys_v, diastolic=dia_v, pulse=float(round(pulse)),
+        )  # fmt: skip
 
 
 def _ticks(
@@ -528,7 +607,8 @@ class _KitTimeline:
         self._push(release, Message(patient.kit, patient.seq, "answers", payload))
 
     def _reading(self, pd: _PatientDay, at: datetime, kind: str, release: datetime) -> None:
-        patient, rng, faults = self.patient, pd.fault_rng, self.faults
+        patient, faults = self.patient, self.faults
+        rng = pd.cuff_rng if kind == CUFF else pd.fault_rng  # the others' fault draws stay put
         patient.seq += 1
         readings = pd.readings(at, kind)
         kit_clock = (release + patient.skew).astimezone(self.cohort.zone)

@@ -39,6 +39,10 @@ class Reading:
     measured_at: str  # RFC 3339 on the kit's clock
     flag: str | None = None
     label: str | None = None
+    # a blood-pressure cuff's reading (metric "blood_pressure", unit mm[Hg], no value)
+    systolic: float | None = None
+    diastolic: float | None = None
+    pulse: float | None = None
 
     def wire(self) -> dict[str, object]:
         item: dict[str, object] = {
@@ -50,6 +54,11 @@ class Reading:
         }
         if self.flag is not None:
             item["flag"] = self.flag
+        if self.systolic is not None:
+            del item["value"]
+            item.update(systolic=self.systolic, diastolic=self.diastolic)
+            if self.pulse is not None:
+                item["pulse"] = self.pulse
         return item
 
 

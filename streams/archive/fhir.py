@@ -19,6 +19,10 @@ What each Observation carries, following the vital-signs profile and the HL7 Per
 - `subject`      the pseudonymous patient id as an identifier (never a name)
 - `device`       the measuring device's serial as an identifier, as the PHD guide's device reference
 
+A blood-pressure cuff's systolic and diastolic readings (same device, same measured time) become
+one Observation of the vital-signs BP profile: code 85354-9, components 8480-6 and 8462-4 in
+mm[Hg], both measurement ids as identifiers; the cuff's pulse is its own heart-rate Observation.
+
 The bridge's FHIR input (`.../kits/{kit}/fhir`) reads these back to the same reading and therefore
 the same measurement id and canonical value.
 """
@@ -32,9 +36,17 @@ from typing import Any
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.observation import Observation
 
-from contracts import METRICS, Metric
+from contracts import BP_PANEL_DISPLAY, BP_PANEL_LOINC, METRICS, Metric
 
-__all__ = ["PROFILES", "bundle_json", "export_patient", "observation", "to_bundle"]
+__all__ = [
+    "BP_PROFILE",
+    "PROFILES",
+    "bundle_json",
+    "export_patient",
+    "observation",
+    "panel_observation",
+    "to_bundle",
+]
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -49,7 +61,13 @@ PROFILES: dict[Metric, str | None] = {
     Metric.PULSE: "http://hl7.org/fhir/StructureDefinition/heartrate",
     Metric.BODY_TEMPERATURE: "http://hl7.org/fhir/StructureDefinition/bodytemp",
     Metric.GLUCOSE: None,
+    # a lone pressure (no partner of the same cuff measurement) is a plain vital sign; a pair is
+    # exported as the blood-pressure panel (`panel_observation`, profile `BP_PROFILE`)
+    Metric.BP_SYSTOLIC: None,
+    Metric.BP_DIASTOLIC: None,
 }
+BP_PROFILE = "http://hl7.org/fhir/StructureDefinition/bp"
+VITAL_SIGNS_PROFILE = "http://hl7.org/fhir/StructureDefinition/vitalsigns"
 _GLUCOSE_CODES = {
     "mmol/L": ("15074-8", "Glucose [Moles/volume] in Blood"),
     "mg/dL": ("2339-0", "Glucose [Mass/volume] in Blood"),
@@ -106,14 +124,72 @@ def observation(
         "device": {"identifier": {"system": DEVICE_SYSTEM, "value": device_id}, "display": device_id},
     }
     if profile is not None:
-        resource["meta"] = {"profile": ["http://hl7.org/fhir/StructureDefinition/vitalsigns", profile]}
+        resource["meta"] = {"profile": [VITAL_SIGNS_PROFILE, profile]}
     return Observation.model_validate(resource)
 
 
+def panel_observation(systolic: Any, diastolic: Any, *, patient_id: str) -> Observation:
+    """One cuff measurement's two pressures (objects with the fields of `read.Reading`, same device
+    and measured time) as the vital-signs blood-pressure panel: LOINC 85354-9 with the components
+    8480-6 and 8462-4 in mm[Hg]. Its id is the systolic measurement's; both ids are identifiers."""
+    resource: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": systolic.measurement_id,
+        "meta": {"profile": [VITAL_SIGNS_PROFILE, BP_PROFILE]},
+        "identifier": [
+            {"system": MEASUREMENT_ID_SYSTEM, "value": systolic.measurement_id},
+            {"system": MEASUREMENT_ID_SYSTEM, "value": diastolic.measurement_id},
+        ],
+        "status": "final",
+        "category": [{"coding": [{"system": CATEGORY, "code": "vital-signs"}]}],
+        "code": {
+            "coding": [{"system": LOINC, "code": BP_PANEL_LOINC, "display": BP_PANEL_DISPLAY}],
+            "text": "Blood pressure",
+        },
+        "subject": {"identifier": {"system": PATIENT_SYSTEM, "value": patient_id}},
+        "effectiveDateTime": _instant(systolic.measured_at),
+        "issued": _instant(systolic.received_at),
+        "component": [
+            {
+                "code": {"coding": _codings(Metric(r.metric), r.reported_unit)},
+                "valueQuantity": _quantity(r.reported_value, r.reported_unit, None),
+            }
+            for r in (systolic, diastolic)
+        ],
+        "device": {
+            "identifier": {"system": DEVICE_SYSTEM, "value": systolic.device_id},
+            "display": systolic.device_id,
+        },
+    }
+    return Observation.model_validate(resource)
+
+
+def _panels(readings: list[Any]) -> dict[str, Any]:
+    """Systolic measurement id -> its diastolic partner: the same device and measured time."""
+    diastolic = {(r.device_id, r.measured_at): r for r in readings if r.metric == Metric.BP_DIASTOLIC.value}
+    return {
+        r.measurement_id: partner
+        for r in readings
+        if r.metric == Metric.BP_SYSTOLIC.value
+        and (partner := diastolic.get((r.device_id, r.measured_at))) is not None
+    }
+
+
 def to_bundle(readings: Iterable[Any], *, patient_id: str) -> Bundle:
-    """A `collection` Bundle of the readings (objects with the fields of `read.Reading`)."""
+    """A `collection` Bundle of the readings (objects with the fields of `read.Reading`). A cuff
+    measurement's systolic and diastolic readings become one blood-pressure panel; its pulse stays
+    a heart-rate Observation of its own (the BP profile has no pulse component)."""
+    readings = list(readings)
+    panels = _panels(readings)
+    paired = {d.measurement_id for d in panels.values()}
     entries = []
     for r in readings:
+        if r.measurement_id in paired:
+            continue  # in its systolic reading's panel
+        if r.measurement_id in panels:
+            panel = panel_observation(r, panels[r.measurement_id], patient_id=patient_id)
+            entries.append({"fullUrl": f"urn:uuid:{_uuid(r.measurement_id)}", "resource": panel})
+            continue
         resource = observation(
             measurement_id=r.measurement_id, patient_id=patient_id, device_id=r.device_id, metric=r.metric,
             reported_value=r.reported_value, reported_unit=r.reported_unit, flag=r.flag,

@@ -66,6 +66,8 @@ PROBLEMS: Final = MappingProxyType(
             _P("glucose_high", Metric.GLUCOSE, "High blood glucose"),
             _P("fever", Metric.BODY_TEMPERATURE, "Fever"),
             _P("hypothermia", Metric.BODY_TEMPERATURE, "Low body temperature"),
+            _P("bp_systolic", Metric.BP_SYSTOLIC, "Abnormal blood pressure"),
+            _P("bp_diastolic_high", Metric.BP_DIASTOLIC, "High diastolic blood pressure"),
             _P("kit_silent", None, "Kit silent"),
             _P("measurement_missed", None, "Measurement missed"),
             # from questionnaire answers (streams/monitor/symptoms.py): about the patient, no one metric
@@ -82,6 +84,7 @@ _BTS = "BTS oxygen guideline 2017"
 _ADA = "Holt et al., ADA/EASD consensus, Diabetologia 2021"
 _NEWS2 = "RCP NEWS2 2017"
 _BEAT = "BEAT-HF protocol, Black et al., Trials 2014;15:124, table 1"
+_NICE_BP = "NICE NG136 (2019, updated 2023) 1.5.1-1.5.3; clinic thresholds applied at home (a service choice)"
 
 RULES: Final = MappingProxyType(
     {
@@ -200,6 +203,32 @@ RULES: Final = MappingProxyType(
                 sustained=38.0,
                 minutes=60,
             ),
+            _rule("BP-1", "bp_systolic", _R, _NEWS2, "systolic sub-score 3 (<= 90 or >= 220 mmHg)"),
+            _rule(
+                "BP-2",
+                "bp_systolic",
+                _Y,
+                _NICE_BP,
+                "severe range: systolic >= 180 mmHg (same-day review without symptoms)",
+                mmhg=180,
+            ),
+            _rule(
+                "BP-2D",
+                "bp_diastolic_high",
+                _Y,
+                _NICE_BP,
+                "severe range: diastolic >= 120 mmHg (same-day review without symptoms)",
+                mmhg=120,
+            ),
+            _rule(
+                "BP-5",
+                "bp_systolic",
+                _I,
+                "Iglewicz & Hoaglin 1993; Al Rajeh et al., JMIR mHealth 2020 (as RS-8P)",
+                "systolic z beyond 3.5 against the 14-day baseline (MAD at least 5 mmHg)",
+                z=3.5,
+                mad_floor=5.0,
+            ),
             _rule(
                 "kit-silent", "kit_silent", _I, "Vaktrom", "no message from the kit for longer than expected"
             ),
@@ -246,7 +275,10 @@ RULES: Final = MappingProxyType(
     }
 )
 
-_COMMON = ("kit-silent", "measurement-missed", "NEWS2-P", "NEWS2-T", "T-2")
+_COMMON: tuple[str, ...] = ("kit-silent", "measurement-missed", "NEWS2-P", "NEWS2-T", "T-2")
+# Blood pressure for everyone whose kit has a cuff (heart failure and COPD kits do): NEWS2's systolic
+# trigger, the severe range and the personal baseline; they fire only on blood-pressure readings.
+_COMMON = (*_COMMON, "BP-1", "BP-2", "BP-2D", "BP-5")
 # Rules on by default per condition. Off by default, switched on in a care plan: HF-2 (optional in
 # its source), T-3 (neutropenic patients only), RS-1 on scale 1, RS-6 outside infection watch (the
 # NHS pathway excludes patients with a known low baseline). RS-4 and NEWS2-S1 apply on scale 1,
@@ -287,6 +319,8 @@ SPECIFIC_FIRST: Final = MappingProxyType(
         "glucose_high": ("GL-4", "GL-3"),
         "fever": ("T-3", "T-1"),
         "hypothermia": ("T-2", "NEWS2-T"),
+        "bp_systolic": ("BP-1", "BP-2", "BP-5"),
+        "bp_diastolic_high": ("BP-2D",),
         "kit_silent": ("kit-silent",),
         "measurement_missed": ("measurement-missed",),
         "symptoms_worse": ("SYM-2", "SYM-1"),

@@ -31,6 +31,8 @@ _RECENT_S = {
     Metric.PULSE: 2 * DAY_S,
     Metric.BODY_TEMPERATURE: 2 * DAY_S,
     Metric.GLUCOSE: 2 * 3600.0,
+    Metric.BP_SYSTOLIC: 2 * DAY_S,
+    Metric.BP_DIASTOLIC: 2 * DAY_S,
 }
 _RECENT_MAX = 48
 _LN2 = math.log(2.0)

@@ -18,6 +18,7 @@ from contracts import Baseline, Metric, Severity, Spo2Scale, Threshold
 from streams.monitor.catalogue import RULES
 from streams.monitor.history import DAY_S, History, Point, RobustBaseline, robust_baseline
 from streams.monitor.plan import RulePlan
+from streams.monitor.pressure import diastolic_rules, systolic_rules
 
 __all__ = ["Finding", "evaluate", "fmt"]
 
@@ -478,6 +479,8 @@ _BY_METRIC: dict[Metric, Callable[[_Context], list[Finding]]] = {
     Metric.PULSE: _pulse,
     Metric.BODY_TEMPERATURE: _temperature,
     Metric.GLUCOSE: _glucose,
+    Metric.BP_SYSTOLIC: systolic_rules,
+    Metric.BP_DIASTOLIC: diastolic_rules,
 }
 
 

@@ -67,6 +67,8 @@ MEASUREMENTS_DONE = 'vaktrom_monitor_events_total{kind="measurement"}'
 # record gave 1,619; per kit-status message, 455), with a third above the highest seen (298).
 INFO_DEADLINE_EPISODES_MAX = 400
 QUESTIONNAIRE_KINDS = ("hf_symptoms", "copd_symptoms", "contact_request")
+# the simulator's blood-pressure episodes (gateway_sim.cuff), held to the goal per kind
+BP_KINDS = ("hypotension", "hypertensive_episode")
 GRACE = timedelta(
     hours=24
 )  # an episode counts as found if an alert episode overlaps it, or opens within a day after
@@ -292,3 +294,8 @@ def test_cohort_of_110_patients_over_14_days_with_a_monitor_crash(
         found, injected = map(int, result["by_kind"].get(kind, "0/0").split("/"))
         assert injected >= 1, f"the cohort must have {kind} episodes to find: {result['by_kind']}"
         assert found >= 0.9 * injected, (kind, result)
+    # blood pressure (issue #32): each kind of BP episode found in >= 90 % of its injected episodes
+    for kind in BP_KINDS:
+        found_bp, injected_bp = (int(n) for n in result["by_kind"].get(kind, "0/0").split("/"))
+        assert injected_bp >= 1, f"the cohort must inject {kind} episodes: {result['by_kind']}"
+        assert found_bp >= 0.9 * injected_bp, result

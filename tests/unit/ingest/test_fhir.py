@@ -134,7 +134,7 @@ def test_each_bundle_entrys_rejection_carries_that_entrys_bytes_not_the_bundles_
     ("change", "reason"),
     [
         (
-            {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]}},
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "9279-1"}]}},
             RejectReason.UNKNOWN_METRIC,
         ),
         ({"valueQuantity": None}, RejectReason.MISSING_VALUE),

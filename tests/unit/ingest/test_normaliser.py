@@ -218,7 +218,7 @@ def test_flags_and_missing_values_elsewhere_are_rejected() -> None:
 @pytest.mark.parametrize(
     ("reading", "reason"),
     [
-        (_reading("blood_pressure", 120.0, "mm[Hg]"), RejectReason.UNKNOWN_METRIC),
+        (_reading("respiratory_rate", 16.0, "/min"), RejectReason.UNKNOWN_METRIC),
         (_reading("spo2", 96.0, "permille"), RejectReason.UNIT_NOT_ACCEPTED),
         (_reading("pulse", 1.2, "Hz"), RejectReason.UNIT_NOT_ACCEPTED),
         (_reading("spo2", 96.0, "mg/dL"), RejectReason.UNIT_NOT_ACCEPTED),  # a known unit, but not for SpO2
