@@ -219,6 +219,7 @@ def queue(
                    a.explanation, a.state, a.assignee, a.count, a.opened_at, a.last_seen_at,
                    a.episode_resolved_at, a.received_at, {clock} AS clock_from, a.alarm_round,
                    a.escalation_step, {target} AS target,
+                   a.after_hours, a.after_hours_route, a.after_hours_round = a.alarm_round AS after_hours_now,
                    CASE WHEN a.state <> 'to_acknowledge' THEN
                    (extract(epoch FROM (%(now)s - {clock})) / extract(epoch FROM {target}))::float8
                    END AS target_used
