@@ -14,6 +14,7 @@ session's CSRF token.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
@@ -39,6 +40,7 @@ ApiManager = Annotated[Principal, Depends(role_in(Role.COORDINATOR))]
 PageReader = Annotated[Principal, Depends(role_in(*_CLINICAL, page=True))]
 PageManager = Annotated[Principal, Depends(role_in(Role.COORDINATOR, page=True))]
 Csrf = Annotated[str | None, Form()]
+_TEAM_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # as the registry's teams table checks it
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -68,7 +70,9 @@ def _team(ctx: Console, request: Request, who: Principal, team_id: str) -> str:
     with ctx.db() as conn:
         known = {t[0] for t in registry_read.teams(conn)}
     if team_id not in known or (who.team_id is not None and who.team_id != team_id):
-        ctx.audit(request, who.username, "duty_refused", target=team_id[:64])
+        # only a well-formed id goes into the log (a NUL would not store, and the refusal would be lost)
+        target = team_id if _TEAM_ID.fullmatch(team_id) else "(not a team id)"
+        ctx.audit(request, who.username, "duty_refused", target=target)
         raise HTTPException(404, "no such team (or not yours)")
     return team_id
 
@@ -197,7 +201,7 @@ def duty_page(
 ) -> Response:
     with ctx.db() as conn:
         teams = [t for t in registry_read.teams(conn) if who.team_id in (None, t[0])]
-    chosen = who.team_id or team or (teams[0][0] if teams else "")
+    chosen = team or who.team_id or (teams[0][0] if teams else "")
     view = _view(ctx, _team(ctx, request, who, chosen)) if chosen else None
     return ctx.render(
         request, "duty.html",
