@@ -304,7 +304,7 @@ def tell_kit(cur: psycopg.Cursor[Any], *, episode_id: str, patient_id: str, text
 
 
 _UNHANDLED = """
-SELECT a.episode_id, a.patient_id, a.severity, a.alarm_round, a.after_hours, p.team_id
+SELECT a.episode_id, a.patient_id, a.severity, a.alarm_round, a.after_hours, a.after_hours_round, p.team_id
 FROM alerts a JOIN patient_directory p USING (patient_id)
 WHERE a.state = 'new' AND a.episode_resolved_at IS NULL
   AND (a.after_hours IS NULL OR a.after_hours = 'waiting' OR a.after_hours_round < a.alarm_round)
@@ -331,13 +331,14 @@ def route_out_of_hours(conn: psycopg.Connection[Any], *, now: datetime, limit: i
     services: dict[str, TeamService | None] = {}
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(_UNHANDLED, {"limit": limit})
-        for episode_id, patient_id, severity, round_, after, team in cur.fetchall():
+        for episode_id, patient_id, severity, round_, after, after_round, team in cur.fetchall():
             if team not in services:
                 services[team] = load_service(cur, team)
             service = services[team]
             if service is None:
                 continue
-            step = _route_one(cur, service, (episode_id, patient_id, severity, round_, after), now)
+            row = (episode_id, patient_id, severity, round_, after, after_round == round_)
+            step = _route_one(cur, service, row, now)
             if step is not None:
                 done.append(Routed(episode_id, step))
     return done
@@ -346,10 +347,18 @@ def route_out_of_hours(conn: psycopg.Connection[Any], *, now: datetime, limit: i
 def _route_one(
     cur: psycopg.Cursor[Any], service: TeamService, row: tuple[Any, ...], now: datetime
 ) -> str | None:
-    """One new alert of a team with service hours: (episode, patient, severity, round, after_hours)."""
-    episode_id, patient_id, severity, round_, after = row
+    """One new alert of a team with service hours: (episode, patient, severity, round, what out-of-hours
+    handling did (None, 'routed' or 'waiting'), whether that was in this round)."""
+    episode_id, patient_id, severity, round_, stored, current = row
+    after = stored if current else None  # an earlier round's handling does not hold for this one
     hours = service.hours
     if hours.is_open(now):
+        if stored is not None and not current:  # forget an earlier round's mark, so it is not looked at again
+            cur.execute(
+                "UPDATE alerts SET after_hours = NULL, after_hours_route = NULL, after_hours_round = NULL "
+                "WHERE episode_id = %s",
+                (episode_id,),
+            )
         if after != "waiting":
             return None
         cur.execute(

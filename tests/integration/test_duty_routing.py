@@ -259,3 +259,22 @@ def test_roster_refuses_overlaps_strangers_and_bad_contacts(conn: psycopg.Connec
             fallback_route="mailto:f@k.example",
             actor="test",
         )
+
+
+def test_a_waiting_yellow_that_turns_red_at_night_is_routed_in_its_new_round(
+    conn: psycopg.Connection[Any], stack: Stack
+) -> None:
+    """A yellow waits for opening; at 01:00 it worsens to red (a new alarm round): that round is
+    routed out of hours at once, and neither round escalates inside the closed centre."""
+    team = _team(conn, route="mailto:legevakt@kommune.example")
+    eid = _alert(conn, stack, team, Severity.YELLOW, SUNDAY_NIGHT)
+    assert [r.to for r in duty.route_out_of_hours(conn, now=SUNDAY_NIGHT)] == ["waiting"]
+    one = SUNDAY_NIGHT + timedelta(hours=1, minutes=30)
+    patient = f"P-{eid[:10]}"
+    apply_events(conn, [event(eid, 2, EpisodeChange.ESCALATED, Severity.RED, patient_id=patient)], now=one)
+    conn.commit()
+    assert [r.to for r in duty.route_out_of_hours(conn, now=one)] == ["out_of_hours"]
+    assert duty.route_out_of_hours(conn, now=one + timedelta(minutes=1)) == []
+    assert escalate_due(conn, now=one + timedelta(hours=3), targets=TARGETS) == []
+    kinds = [k for k, _ in _timeline(conn, eid)]
+    assert kinds == ["waiting_for_opening", "needs_action", "out_of_hours", "kit_instruction"]
