@@ -109,7 +109,9 @@ class AlertsSettings(Settings):
     notify_team: str = setting(
         "",
         env="VAKTROM_ALERTS_NOTIFY_TEAM",
-        help="escalation step 1 goes to these: https:// webhooks and mailto: addresses, comma-separated",
+        help="escalation step 1 goes to these: https:// webhooks, mailto: addresses and role:nurse_on_duty, "
+        "role:coordinator or role:on_call_physician (whoever the team's roster names at the step), "
+        "comma-separated",
     )
     notify_coordinator: str = setting(
         "",

@@ -6,6 +6,7 @@
     /handover                           end of shift: all my open alerts to a colleague or the queue
     /admin/users, /admin/audit          accounts and the audit log (admin only)
     /admin/quarantine                   records the stages set aside (admin only; issue #27)
+    /duty                               a team's service hours and duty roster (alerts.console.duty_pages)
     /api/v1/...                         JSON for other systems; OpenAPI at /api/openapi.json
 
 Every state-changing request from a browser session carries the session's CSRF token (form field
@@ -56,6 +57,7 @@ from alerts.console.context import (
     same_origin,
     scope,
 )
+from alerts.console.duty_pages import duty_router
 from alerts.console.live import Live
 from alerts.console.registry_api import registry_api
 from alerts.console.registry_pages import registry_pages
@@ -488,6 +490,7 @@ def create_app(
     app.include_router(accounts_api)
     app.include_router(registry_api)
     app.include_router(registry_pages)
+    app.include_router(duty_router)
 
     app.add_middleware(SecurityHeaders)
     trust_proxies(app, settings.proxies)  # added last: runs first, so all the rest sees the client

@@ -8,7 +8,10 @@ The clock starts when the alert reaches the centre and restarts when it comes ba
 action (a new alarm round, `rearmed_at`; see docs/alert-lifecycle.md). Escalation goes on while the
 alert is new or only claimed (a claim is a promise, not an action) and the monitor still sees the
 condition; it stops once a nurse starts work on it or it is closed, and an episode resolved before
-review does not escalate. Each step fires once per round. Time is passed in (`now`), so tests and
+review does not escalate. Each step fires once per round. A step's routes may name a role
+(`role:on_call_physician`), resolved through the team's roster at the moment of the step
+(`alerts.duty.resolve_routes`); an alert handled out of hours (routed, or waiting for the centre to
+open) does not escalate in that round. Time is passed in (`now`), so tests and
 the benchmark drive it with their own clock.
 """
 
@@ -24,6 +27,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from alerts.duty import resolve_routes
 from alerts.store import require_idle
 from alerts.workers.notify import Route, enqueue
 from contracts import Severity
@@ -62,6 +66,9 @@ class Targets:
 _TARGET = "(CASE severity WHEN 'red' THEN %(t_red)s WHEN 'yellow' THEN %(t_yellow)s ELSE %(t_info)s END)"
 # When the alert's escalation clock started: its arrival, or the start of its latest alarm round.
 _CLOCK = "coalesce(rearmed_at, received_at)"
+# Handled out of hours in this alarm round (routed to the out-of-hours service, or waiting for
+# opening): not escalated inside the closed centre (alerts.duty; docs/alert-lifecycle.md).
+_NOT_AFTER_HOURS = "(after_hours IS NULL OR after_hours_round IS DISTINCT FROM alarm_round)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +102,11 @@ def escalate_due(
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(
             f"""
-            SELECT episode_id, patient_id, severity, escalation_step, {_CLOCK}, alarm_round, state, assignee
+            SELECT episode_id, patient_id, severity, escalation_step, {_CLOCK}, alarm_round, state, assignee,
+                   (SELECT p.team_id FROM patient_directory p WHERE p.patient_id = alerts.patient_id)
             FROM alerts
             WHERE state IN ('new', 'claimed') AND escalation_step < 3 AND episode_resolved_at IS NULL
+              AND {_NOT_AFTER_HOURS}
               AND (severity <> 'info' OR %(t_info)s < interval '36500 days')
               AND {_CLOCK} + (escalation_step + 1) * {_TARGET} <= %(now)s
             ORDER BY {_CLOCK}
@@ -106,7 +115,7 @@ def escalate_due(
             """,  # noqa: S608  (only the fixed CASE expression is formatted in; values are parameters)
             params,
         )
-        for episode_id, patient_id, severity, step, clock, round_, state, assignee in cur.fetchall():
+        for episode_id, patient_id, severity, step, clock, round_, state, assignee, team in cur.fetchall():
             nxt = Step(step + 1)
             cur.execute(
                 "UPDATE alerts SET escalation_step = %s, updated_at = now() "
@@ -123,7 +132,11 @@ def escalate_due(
                 "INSERT INTO alert_timeline (episode_id, kind, at, detail) VALUES (%s, 'escalation', %s, %s)",
                 (episode_id, now, Jsonb(detail)),
             )
-            enqueue(cur, episode_id, int(nxt), (routes or {}).get(nxt, ()), at=now, alarm_round=round_)
+            # A role is whoever the roster names now, at the step, not when the alert opened.
+            step_routes = resolve_routes(
+                cur, episode_id, team, (routes or {}).get(nxt, ()), at=now, step=int(nxt)
+            )
+            enqueue(cur, episode_id, int(nxt), step_routes, at=now, alarm_round=round_)
             taken.append(Escalation(episode_id, patient_id, Severity(severity), nxt, waiting))
     return taken
 
@@ -206,6 +219,7 @@ def queue(
                    a.explanation, a.state, a.assignee, a.count, a.opened_at, a.last_seen_at,
                    a.episode_resolved_at, a.received_at, {clock} AS clock_from, a.alarm_round,
                    a.escalation_step, {target} AS target,
+                   a.after_hours, a.after_hours_route, a.after_hours_round = a.alarm_round AS after_hours_now,
                    CASE WHEN a.state <> 'to_acknowledge' THEN
                    (extract(epoch FROM (%(now)s - {clock})) / extract(epoch FROM {target}))::float8
                    END AS target_used

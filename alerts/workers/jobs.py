@@ -20,6 +20,7 @@ from prometheus_client import Counter, Gauge
 from psycopg_pool import ConnectionPool
 
 from alerts.accounts import purge
+from alerts.duty import route_out_of_hours
 from alerts.settings import AlertsSettings
 from alerts.workers.escalation import escalate_due, oldest_unclaimed_red, open_by_severity
 from alerts.workers.notify import Channel, Email, Webhook, deliver_due
@@ -95,7 +96,8 @@ class _DatabaseJob:
 
 
 class EscalationJob(_DatabaseJob):
-    """Take due escalation steps (`escalate_due`) every VAKTROM_ALERTS_ESCALATION_EVERY_S, and note
+    """Route what arrives while a team's centre is closed (`route_out_of_hours`), take due escalation
+    steps (`escalate_due`) every VAKTROM_ALERTS_ESCALATION_EVERY_S, and note
     each team's oldest unclaimed red alert (`oldest_red`) and the open alerts by severity (`open`)
     for the metrics, when given."""
 
@@ -118,7 +120,13 @@ class EscalationJob(_DatabaseJob):
 
     def work(self, conn: psycopg.Connection[Any]) -> None:
         s = self._settings
-        taken = escalate_due(conn, now=datetime.now(UTC), targets=s.targets, routes=s.routes)
+        now = datetime.now(UTC)
+        # Out of hours first, so a red finding of a closed centre goes to its out-of-hours route
+        # instead of escalating inside it (issue #32).
+        routed = route_out_of_hours(conn, now=now)
+        if routed:
+            log.info("escalation: %d alert(s) handled by service hours", len(routed))
+        taken = escalate_due(conn, now=now, targets=s.targets, routes=s.routes)
         for step in taken:
             self._steps.labels(step.step.name.lower()).inc()
         if taken:

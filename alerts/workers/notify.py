@@ -55,7 +55,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
-STEP_NAMES = {1: "team", 2: "coordinator on duty", 3: "on-call physician"}
+STEP_NAMES = {0: "out-of-hours service", 1: "team", 2: "coordinator on duty", 3: "on-call physician"}
+# `role:<name>` in a step's routes: whoever the patient's team has rostered in that role at the
+# moment of the step (alerts.duty resolves it; issue #32).
+ROLES = ("nurse_on_duty", "coordinator", "on_call_physician")
 
 
 class NotifyError(Exception):
@@ -64,8 +67,8 @@ class NotifyError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    channel: str  # 'webhook' or 'email'
-    target: str  # URL or address
+    channel: str  # 'webhook', 'email', or 'role' (resolved through the duty roster before sending)
+    target: str  # URL, address, or role name
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +114,8 @@ class Channel(Protocol):
 
 
 def parse_routes(text: str, *, env: str) -> list[Route]:
-    """`https://...` (webhook) and `mailto:someone@example.org` (e-mail), separated by commas."""
+    """`https://...` (webhook), `mailto:someone@example.org` (e-mail) and `role:on_call_physician`
+    (whoever holds the role then: nurse_on_duty, coordinator, on_call_physician), separated by commas."""
     routes = []
     for item in (part.strip() for part in text.split(",")):
         if not item:
@@ -120,8 +124,13 @@ def parse_routes(text: str, *, env: str) -> list[Route]:
             routes.append(Route("webhook", item))
         elif item.startswith("mailto:") and "@" in item:
             routes.append(Route("email", item.removeprefix("mailto:")))
+        elif item.startswith("role:") and item.removeprefix("role:") in ROLES:
+            routes.append(Route("role", item.removeprefix("role:")))
         else:
-            raise ValueError(f"{env}: {item!r} is neither an http(s):// URL nor a mailto: address")
+            raise ValueError(
+                f"{env}: {item!r} is neither an http(s):// URL, a mailto: address nor a role "
+                f"(role:{', role:'.join(ROLES)})"
+            )
     return routes
 
 

@@ -37,6 +37,8 @@ OBJECT_PARAMS: dict[str, str] = {
     "episode_id": "an alert (of its patient's team)",
     "username": "a user account (of a team, or centre-wide)",
     "token_id": "an API token (of its user)",
+    "team_id": "a team (its service hours and duty roster)",
+    "shift_id": "a duty shift (of its team's roster)",
 }
 ROLES: tuple[str, ...] = ("anonymous", "nurse", "physician", "coordinator", "admin")
 BEGIN, END = "<!-- routes: begin (generated) -->", "<!-- routes: end -->"

@@ -53,6 +53,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "episode_id": ("own", "other"),
     "username": ("own", "other", "centre"),
     "token_id": ("own", "other"),
+    "team_id": ("own", "other"),
+    "shift_id": ("own", "other"),
 }
 # What each object looks like in the database: a refused request must leave all of it unchanged.
 SNAPSHOTS: dict[str, tuple[str, ...]] = {
@@ -78,6 +80,13 @@ SNAPSHOTS: dict[str, tuple[str, ...]] = {
         "SELECT count(*) FROM sessions WHERE username = %s",
     ),
     "token_id": ("SELECT username, expires_at FROM sessions WHERE token_id = %s::bigint",),
+    "team_id": (
+        "SELECT weekly, out_of_hours_route, updated_at FROM team_service WHERE team_id = %s",
+        "SELECT count(*) FROM duty_shifts WHERE team_id = %s",
+    ),
+    "shift_id": (
+        "SELECT team_id, role, username, starts_at, ends_at FROM duty_shifts WHERE shift_id = %s::bigint",
+    ),
 }
 
 
@@ -133,6 +142,19 @@ class World:
         apply_events(self.conn, [alert])
         return episode_id
 
+    def shift(self, variant: str) -> str:
+        """A nurse-on-duty shift of the team, at a time no other case uses (no overlap refusal)."""
+        team = self.team(variant)
+        start = datetime.now(UTC) + timedelta(hours=1 + uuid.uuid4().int % 50_000)
+        nurse = staff(self.conn, Role.NURSE, team=team)
+        row = self.conn.execute(
+            "INSERT INTO duty_shifts (team_id, role, username, contact, starts_at, ends_at) "
+            "VALUES (%s, 'nurse_on_duty', %s, 'mailto:n@centre.example.org', %s, %s) RETURNING shift_id",
+            (team, nurse, start, start + timedelta(hours=1)),
+        ).fetchone()
+        assert row is not None
+        return str(row[0])
+
     def username(self, variant: str) -> str:
         if variant == "centre":
             return staff(self.conn, Role.ADMIN)
@@ -167,6 +189,29 @@ class World:
 # A body that passes validation, so a refusal is the route's own answer and not a 422.
 Body = Callable[[World, dict[str, str]], dict[str, Any]]
 _RESOLVE = {"resolution": "other", "note": "tenancy test"}
+_SERVICE: dict[str, Any] = {
+    "weekly": {"0": [["08:00", "15:30"]]}, "out_of_hours_route": "mailto:legevakt@kommune.example",
+    "out_of_hours_instruction": "Ring legevakten", "fallback_route": "mailto:fallback@centre.example.org",
+}  # fmt: skip
+
+
+def _shift(w: World, *, local: bool = False) -> dict[str, str]:
+    """A physician shift of team A at a time no other case uses."""
+    start = datetime.now(UTC) + timedelta(hours=1 + uuid.uuid4().int % 50_000)
+    end = start + timedelta(hours=1)
+    when = (
+        {"starts_at": start.strftime("%Y-%m-%dT%H:%M"), "ends_at": end.strftime("%Y-%m-%dT%H:%M")}
+        if local
+        else {"starts_at": start.isoformat(), "ends_at": end.isoformat()}
+    )
+    return {
+        "role": "on_call_physician",
+        "username": w.users["physician"],
+        "contact": "mailto:d@c.example.org",
+        **when,
+    }
+
+
 BODIES: dict[tuple[str, str], Body] = {
     ("POST", "/api/v1/alerts/{episode_id}/resolve"): lambda w, o: {"json": _RESOLVE},
     ("POST", "/alerts/{episode_id}/resolve"): lambda w, o: {"data": _RESOLVE},
@@ -189,6 +234,10 @@ BODIES: dict[tuple[str, str], Body] = {
     ("POST", "/api/v1/kits/{kit_id}/return"): lambda w, o: {"json": {}},
     ("POST", "/api/v1/kits/{kit_id}/retire"): lambda w, o: {"json": {}},
     ("POST", "/api/v1/pairing/claim"): lambda w, o: {"json": {"code": "AAAA-BBBB-CCCC"}},
+    ("PUT", "/api/v1/teams/{team_id}/service"): lambda w, o: {"json": _SERVICE},
+    ("POST", "/duty/{team_id}/service"): lambda w, o: {"data": _SERVICE | {"weekly": "mon 08:00-15:30"}},
+    ("POST", "/api/v1/teams/{team_id}/shifts"): lambda w, o: {"json": _shift(w)},
+    ("POST", "/duty/{team_id}/shifts"): lambda w, o: {"data": _shift(w, local=True)},
     ("POST", "/admin/users"): lambda w, o: {
         "data": {
             "username": f"t{uuid.uuid4().hex[:10]}",
