@@ -4,7 +4,9 @@ A stage imports `contracts` and nothing of another stage. Payload types are msgs
 strict decoding); their JSON Schemas are generated into `contracts/schemas/` for other clients.
 
     kit  --MQTT-->  KitReadingMessage, KitStatusMessage          (contracts._kit)
-    kit  <--MQTT--  DeliveryReceipt
+    kit  <--MQTT--  DeliveryReceipt, KitCommand                  (contracts._kitmsg)
+    kit  --MQTT-->  KitAck; bridge -Kafka-> KitAckEvent
+    alerts, monitor -Kafka-> KitCommandRequest
     bridge -Kafka-> Measurement, Rejection, KitStatusEvent       (contracts._records)
     monitor -Kafka-> AlertEvent                                  (contracts._alert)
     registry -Kafka-> CarePlan                                   (contracts._careplan)
@@ -40,6 +42,20 @@ from contracts._kit import (
     KitStatusMessage,
     ReadingOutcome,
     ReceiptEntry,
+)
+from contracts._kitmsg import (
+    KIT_ACK_EVENT_SCHEMA,
+    KIT_ACK_SCHEMA,
+    KIT_COMMAND_REQUEST_SCHEMA,
+    KIT_COMMAND_SCHEMA,
+    MAX_COMMAND_TEXT,
+    CommandKind,
+    KitAck,
+    KitAckEvent,
+    KitCommand,
+    KitCommandRequest,
+    command_problem,
+    reminder_id,
 )
 from contracts._metrics import (
     GLUCOSE_MG_DL_PER_MMOL_L,
@@ -79,9 +95,14 @@ __all__ = [
     "ALERT_SCHEMA",
     "CAREPLAN_SCHEMA",
     "GLUCOSE_MG_DL_PER_MMOL_L",
+    "KIT_ACK_EVENT_SCHEMA",
+    "KIT_ACK_SCHEMA",
+    "KIT_COMMAND_REQUEST_SCHEMA",
+    "KIT_COMMAND_SCHEMA",
     "KIT_READING_SCHEMA",
     "KIT_STATUS_EVENT_SCHEMA",
     "KIT_STATUS_SCHEMA",
+    "MAX_COMMAND_TEXT",
     "MAX_KIT_PAYLOAD_BYTES",
     "MAX_QUARANTINE_DETAIL_CHARS",
     "MAX_QUARANTINE_RAW_BYTES",
@@ -101,12 +122,17 @@ __all__ = [
     "Baseline",
     "BaselineSettings",
     "CarePlan",
+    "CommandKind",
     "Condition",
     "DatabaseFault",
     "DeliveryReceipt",
     "EpisodeChange",
     "Evidence",
     "ExpectedMeasurement",
+    "KitAck",
+    "KitAckEvent",
+    "KitCommand",
+    "KitCommandRequest",
     "KitReading",
     "KitReadingMessage",
     "KitState",
@@ -129,12 +155,14 @@ __all__ = [
     "ThresholdLimit",
     "Trace",
     "canonical_unit_code",
+    "command_problem",
     "database_fault",
     "episode_id",
     "format_instant",
     "measurement_id",
     "quarantined",
     "rejection_id",
+    "reminder_id",
     "threshold_problems",
     "to_canonical",
     "topics",

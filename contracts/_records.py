@@ -116,6 +116,10 @@ class RejectReason(enum.StrEnum):
     # resends it later. A FHIR message (no receipt) is recorded as one such rejection of the whole
     # message, at most one per kit per minute (docs/fair-share.md).
     RATE_LIMITED = "rate_limited"
+    # A kit's acknowledgement (`acks` channel) of a command the bridge does not know, or of a
+    # command sent to another kit
+    UNKNOWN_COMMAND = "unknown_command"
+    FOREIGN_COMMAND = "foreign_command"
 
 
 class Rejection(

@@ -17,6 +17,7 @@ import msgspec
 from contracts._alert import AlertEvent
 from contracts._careplan import CarePlan
 from contracts._kit import DeliveryReceipt, KitReadingMessage, KitStatusMessage
+from contracts._kitmsg import KitAck, KitAckEvent, KitCommand, KitCommandRequest
 from contracts._quarantine import Quarantined
 from contracts._records import KitStatusEvent, Measurement, Rejection
 
@@ -35,6 +36,10 @@ SCHEMA_TYPES: dict[str, type[msgspec.Struct]] = {
     "alert.v1": AlertEvent,
     "careplan.v1": CarePlan,
     "quarantined.v1": Quarantined,
+    "kit-command.v1": KitCommand,
+    "kit-command-request.v1": KitCommandRequest,
+    "kit-ack.v1": KitAck,
+    "kit-ack-event.v1": KitAckEvent,
 }
 
 

@@ -36,6 +36,7 @@ from contracts import (
     MAX_RAW_EXCERPT_BYTES,
     MAX_READINGS_PER_MESSAGE,
     METRICS,
+    KitAckEvent,
     KitReading,
     KitReadingMessage,
     KitStatusEvent,
@@ -90,10 +91,13 @@ class Outcome:
     rejections: list[Rejection] = field(default_factory=list)
     status: KitStatusEvent | None = None
     receipt: ReceiptEntry | None = None  # for the kit's receipt topic, when the message had a seq
+    ack: KitAckEvent | None = None  # a kit's acknowledgement of a command (ingest.kit_commands)
 
     @property
     def record_count(self) -> int:
-        return len(self.measurements) + len(self.rejections) + (self.status is not None)
+        return (
+            len(self.measurements) + len(self.rejections) + (self.status is not None) + (self.ack is not None)
+        )
 
 
 @dataclass(frozen=True, slots=True)
