@@ -90,7 +90,7 @@ class CommandRelay:
                     self._relay(batch)
                     if self._stop.is_set():
                         return  # not all acknowledged, perhaps: not committed, relayed again later
-                    consumer.commit(asynchronous=False)
+                    consumer.commit(offsets=rk.next_offsets(batch), asynchronous=False)
         except BaseException as exc:  # the bridge reports it and stops (its health says why)
             log.exception("command relay failed")
             self.error = exc
@@ -108,7 +108,7 @@ class CommandRelay:
             if done >= 0 and 0 <= start < done:
                 self._replay_until[p.partition] = done
                 p.offset = start
-        consumer.assign(partitions)
+        consumer.incremental_assign(partitions)  # the group's protocol is cooperative (runtime.kafka)
 
     def _relay(self, batch: list[Any]) -> None:
         """Publish the batch's commands and wait until the broker holds every one."""

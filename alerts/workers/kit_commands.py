@@ -136,7 +136,7 @@ class KitAckFeed:
             self._conn = None
             self._rewind(batch)
             return
-        self._consumer.commit(asynchronous=False)
+        self._consumer.commit(offsets=rk.next_offsets(batch), asynchronous=False)
 
     def _rewind(self, batch: list[Any]) -> None:
         """Back to the batch's first record on each partition: nothing of it is stored."""
