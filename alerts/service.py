@@ -9,6 +9,8 @@ The job list:
     notifications  the outbox, every VAKTROM_ALERTS_NOTIFY_EVERY_S
     stage_watch    the other stages' /health, for the console's technical-alarm banner
     careplans      the registry's care-plan versions stored while Kafka was away (when it publishes)
+    kit_commands   messages to the kits, queued in the database, out to Kafka (every second)
+    kit_acks       the kits' acknowledgements and the monitor's reminders, Kafka -> database
 
 A worker that raises is restarted with a back-off and one that stalls is reported (and restarted
 when that is safe) while the others go on; /health lists each under `workers`. uvicorn's event loop
@@ -39,6 +41,8 @@ from alerts.workers.jobs import (
     NotifierJob,
     SessionPurge,
 )
+from alerts.workers.kit_commands import EVERY_S as KIT_COMMANDS_EVERY_S
+from alerts.workers.kit_commands import KitAckFeed, KitCommandOutbox, ack_group
 from alerts.workers.supervisor import Supervisor, Worker, WorkerMetrics, periodic
 from registry import Registry
 from runtime.ops import OpsServer, health_status, serve
@@ -63,7 +67,7 @@ class AlertService:
         self, *, kafka: KafkaSettings, database: DatabaseSettings, settings: AlertsSettings,
         registry: Registry | None = None,
     ) -> None:  # fmt: skip
-        self._database, self._settings = database, settings
+        self._database, self._settings, self._kafka = database, settings, kafka
         self.registry = registry
         self.live = Live(database.url)
         self.feed = AlertFeed(kafka=kafka, database=database, settings=settings)
@@ -100,11 +104,23 @@ class AlertService:
             Worker("notifications", notify, stall_s=stall_after(s.notify_every_s), stop=notify.stop),
             Worker("stage_watch", self.watch.work, stall_s=stall_after(s.watch_every_s)),
         ]  # fmt: skip
+        found += self._kit_workers()
         registry = self.registry
         if registry is not None and registry.publisher is not None:
             relay = periodic(lambda: CarePlanRelay(registry, pool), every_s=CAREPLANS_EVERY_S)
             found.append(Worker("careplans", relay, stall_s=stall_after(CAREPLANS_EVERY_S), stop=relay.stop))
         return found
+
+    def _kit_workers(self) -> list[Worker]:
+        """Messages to the kits out, their acknowledgements in (`alerts.workers.kit_commands`)."""
+        url, kafka, group = self._database.url, self._kafka, ack_group(self._settings.group_id)
+        outbox = periodic(lambda: KitCommandOutbox(url, kafka), every_s=KIT_COMMANDS_EVERY_S)
+        acks = periodic(lambda: KitAckFeed(url, kafka, group), every_s=KIT_COMMANDS_EVERY_S)
+        stall = stall_after(KIT_COMMANDS_EVERY_S)
+        return [
+            Worker("kit_commands", outbox, stall_s=stall, stop=outbox.stop),
+            Worker("kit_acks", acks, stall_s=stall, stop=acks.stop),
+        ]
 
     def health(self) -> dict[str, Any]:
         """/health: the feed's report, the console's and the workers', one status for them all."""

@@ -7,7 +7,9 @@ strict decoding); their JSON Schemas are generated into `contracts/schemas/` for
     kit  --MQTT-->  KitAnswersMessage (questionnaire answers)    (contracts._answers)
     bridge -Kafka-> QuestionnaireAnswer                          (contracts._answers)
     questionnaires, allowed answers, scoring                     (contracts._questionnaires)
-    kit  <--MQTT--  DeliveryReceipt
+    kit  <--MQTT--  DeliveryReceipt, KitCommand                  (contracts._kitmsg)
+    kit  --MQTT-->  KitAck; bridge -Kafka-> KitAckEvent
+    alerts, monitor -Kafka-> KitCommandRequest
     bridge -Kafka-> Measurement, Rejection, KitStatusEvent       (contracts._records)
     monitor -Kafka-> AlertEvent                                  (contracts._alert)
     registry -Kafka-> CarePlan                                   (contracts._careplan)
@@ -57,6 +59,20 @@ from contracts._kit import (
     KitStatusMessage,
     ReadingOutcome,
     ReceiptEntry,
+)
+from contracts._kitmsg import (
+    KIT_ACK_EVENT_SCHEMA,
+    KIT_ACK_SCHEMA,
+    KIT_COMMAND_REQUEST_SCHEMA,
+    KIT_COMMAND_SCHEMA,
+    MAX_COMMAND_TEXT,
+    CommandKind,
+    KitAck,
+    KitAckEvent,
+    KitCommand,
+    KitCommandRequest,
+    command_problem,
+    reminder_id,
 )
 from contracts._metrics import (
     BP_COMPONENTS,
@@ -123,10 +139,15 @@ __all__ = [
     "GLUCOSE_MG_DL_PER_MMOL_L",
     "HF_DAILY",
     "INFECTION_CHECK",
+    "KIT_ACK_EVENT_SCHEMA",
+    "KIT_ACK_SCHEMA",
     "KIT_ANSWERS_SCHEMA",
+    "KIT_COMMAND_REQUEST_SCHEMA",
+    "KIT_COMMAND_SCHEMA",
     "KIT_READING_SCHEMA",
     "KIT_STATUS_EVENT_SCHEMA",
     "KIT_STATUS_SCHEMA",
+    "MAX_COMMAND_TEXT",
     "MAX_ITEMS_PER_RESPONSE",
     "MAX_KIT_PAYLOAD_BYTES",
     "MAX_QUARANTINE_DETAIL_CHARS",
@@ -151,16 +172,21 @@ __all__ = [
     "Baseline",
     "BaselineSettings",
     "CarePlan",
+    "CommandKind",
     "Condition",
     "DatabaseFault",
     "DeliveryReceipt",
     "EpisodeChange",
     "Evidence",
     "ExpectedMeasurement",
+    "KitAck",
+    "KitAckEvent",
     "KitAnswer",
     "KitAnswerItem",
     "KitAnswersMessage",
     "KitCoding",
+    "KitCommand",
+    "KitCommandRequest",
     "KitQuestionnaireResponse",
     "KitReading",
     "KitReadingMessage",
@@ -190,6 +216,7 @@ __all__ = [
     "answer_id",
     "answer_problem",
     "canonical_unit_code",
+    "command_problem",
     "database_fault",
     "episode_id",
     "format_instant",
@@ -197,6 +224,7 @@ __all__ = [
     "panel_id",
     "quarantined",
     "rejection_id",
+    "reminder_id",
     "score",
     "threshold_problems",
     "to_canonical",

@@ -125,6 +125,10 @@ class RejectReason(enum.StrEnum):
     # A blood-pressure reading whose parts do not fit together: diastolic not below systolic, a
     # pressure missing, or `value` sent instead of `systolic`/`diastolic` (or those on another metric)
     INCONSISTENT = "inconsistent"
+    # A kit's acknowledgement (`acks` channel) of a command the bridge does not know, or of a
+    # command sent to another kit
+    UNKNOWN_COMMAND = "unknown_command"
+    FOREIGN_COMMAND = "foreign_command"
 
 
 class Rejection(

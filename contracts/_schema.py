@@ -18,6 +18,7 @@ from contracts._alert import AlertEvent
 from contracts._answers import KitAnswersMessage, QuestionnaireAnswer
 from contracts._careplan import CarePlan
 from contracts._kit import DeliveryReceipt, KitReadingMessage, KitStatusMessage
+from contracts._kitmsg import KitAck, KitAckEvent, KitCommand, KitCommandRequest
 from contracts._quarantine import Quarantined
 from contracts._records import KitStatusEvent, Measurement, Rejection
 
@@ -38,6 +39,10 @@ SCHEMA_TYPES: dict[str, type[msgspec.Struct]] = {
     "quarantined.v1": Quarantined,
     "kit-answers.v1": KitAnswersMessage,
     "answer.v1": QuestionnaireAnswer,
+    "kit-command.v1": KitCommand,
+    "kit-command-request.v1": KitCommandRequest,
+    "kit-ack.v1": KitAck,
+    "kit-ack-event.v1": KitAckEvent,
 }
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "PRINCIPALS",
     "KafkaAcl",
     "KafkaPrincipal",
+    "bridge_command_group",
     "kafka_acls",
     "principal",
 ]
@@ -56,12 +57,17 @@ class KafkaPrincipal:
 PRINCIPALS: tuple[KafkaPrincipal, ...] = (
     KafkaPrincipal(
         "bridge",
+        # it relays the kits' commands to MQTT (its consumer group: DEFAULT_GROUPS["bridge"]) and
+        # writes the kits' acknowledgements back
+        reads=(topics.kit_command_topic,),
         writes=(
             topics.measurement_topic,
             topics.rejection_topic,
             topics.kit_status_topic,
             topics.answer_topic,
+            topics.kit_ack_topic,
         ),
+        group=True,
     ),
     KafkaPrincipal(
         "monitor",
@@ -73,7 +79,12 @@ PRINCIPALS: tuple[KafkaPrincipal, ...] = (
             topics.monitor_state_topic,
             topics.answer_topic,
         ),
-        writes=(topics.alert_topic, topics.quarantine_topic, topics.monitor_state_topic),
+        writes=(
+            topics.alert_topic,
+            topics.quarantine_topic,
+            topics.monitor_state_topic,
+            topics.kit_command_topic,  # a reminder before "measurement missed"
+        ),
         group=True,
         configs=(topics.monitor_state_topic,),
     ),
@@ -87,7 +98,13 @@ PRINCIPALS: tuple[KafkaPrincipal, ...] = (
         ),
         group=True,
     ),
-    KafkaPrincipal("alerts", reads=(topics.alert_topic,), writes=(topics.quarantine_topic,), group=True),
+    KafkaPrincipal(
+        "alerts",
+        # the kits' acknowledgements, and the monitor's reminders to store them beside the nurses' messages
+        reads=(topics.alert_topic, topics.kit_ack_topic, topics.kit_command_topic),
+        writes=(topics.quarantine_topic, topics.kit_command_topic),  # a nurse's message to a kit
+        group=True,
+    ),
     KafkaPrincipal("registry", writes=(topics.careplan_topic,)),
 )
 
@@ -97,7 +114,14 @@ DEFAULT_GROUPS: Mapping[str, str] = {
     "monitor": "vaktrom-monitor",
     "archive": "vaktrom-archive",
     "alerts": "vaktrom-alerts",
+    "bridge": "vaktrom-bridge-commands",
 }
+
+
+def bridge_command_group(prefix: str = "") -> str:
+    """The bridge's command-relay group for the topics under `prefix` (tests and benchmarks run
+    bridges under a prefix of their own, and get this group without naming it)."""
+    return f"{prefix}bridge-commands" if prefix else DEFAULT_GROUPS["bridge"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,12 +151,14 @@ def kafka_acls(prefix: str = "", *, groups: Mapping[str, str] | None = None) -> 
     any cluster operation: the admin principal creates the pipeline's topics, the monitor's state
     changelog among them.
     """
-    wanted = {**DEFAULT_GROUPS, **(groups or {})}
+    wanted = {**DEFAULT_GROUPS, "bridge": bridge_command_group(prefix), **(groups or {})}
     rules: list[KafkaAcl] = []
     for row in PRINCIPALS:
         rules += [KafkaAcl(row.name, "topic", topic(prefix), "read") for topic in row.reads]
         rules += [KafkaAcl(row.name, "topic", topic(prefix), "write") for topic in row.writes]
         if row.group:
             rules.append(KafkaAcl(row.name, "group", wanted[row.stage], "read"))
+        if row.stage == "alerts":  # its kit-ack feed (alerts.workers.kit_commands.ack_group)
+            rules.append(KafkaAcl(row.name, "group", f"{wanted[row.stage]}-kit-acks", "read"))
         rules += [KafkaAcl(row.name, "topic", topic(prefix), "describe_configs") for topic in row.configs]
     return tuple(rules)

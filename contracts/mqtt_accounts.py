@@ -77,7 +77,7 @@ class BrokerAccount:
         )
 
 
-_KIT_IN = tuple(f"{{root}}/kits/+/{c}" for c in ("readings", "status", "fhir", "answers"))
+_KIT_IN = tuple(f"{{root}}/kits/+/{c}" for c in ("readings", "status", "fhir", "answers", "acks"))
 _KIT_OUT = tuple(f"{{root}}/kits/+/{c}" for c in ("receipts", "commands"))
 
 ADMIN = BrokerAccount(
@@ -93,8 +93,8 @@ ADMIN = BrokerAccount(
 BRIDGE = BrokerAccount(
     username="vaktrom-bridge-1",
     role="bridge",
-    used_by="ingest (the MQTT to Kafka bridge), instance 1",
-    publish=("{root}/kits/+/receipts",),
+    used_by="ingest (the MQTT to Kafka bridge, and the commands it relays to the kits), instance 1",
+    publish=("{root}/kits/+/receipts", "{root}/kits/+/commands"),
     subscribe=tuple(f"$share/{{group}}/{t}" for t in _KIT_IN),
     client_id="vaktrom-bridge-1",
 )
@@ -135,7 +135,7 @@ KIT_ACCOUNT = BrokerAccount(
     username="{kit}",
     role="kit:{kit}",
     used_by="one kit (made by the registry when the kit is added, password set when it is claimed)",
-    publish=tuple(f"{{root}}/kits/{{kit}}/{c}" for c in ("readings", "status", "fhir", "answers")),
+    publish=tuple(f"{{root}}/kits/{{kit}}/{c}" for c in ("readings", "status", "fhir", "answers", "acks")),
     subscribe=tuple(f"{{root}}/kits/{{kit}}/{c}" for c in ("commands", "receipts")),
     client_id="{kit}",
 )

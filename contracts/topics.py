@@ -16,6 +16,8 @@ __all__ = [
     "answer_topic",
     "careplan_topic",
     "kafka_topics",
+    "kit_ack_topic",
+    "kit_command_topic",
     "kit_id_from_topic",
     "kit_status_topic",
     "kit_topic",
@@ -33,7 +35,8 @@ MQTT_ROOT = "vaktrom/v1"
 # for gateways that already speak FHIR), and subscribes to .../receipts and .../commands; the
 # broker's access rules (per-kit credentials) keep it to its own {kit}.
 # A kit's tablet publishes questionnaire answers (and "please contact me") to .../answers.
-KIT_CHANNELS = ("readings", "status", "fhir", "receipts", "commands", "answers")
+# `commands` carries messages, reminders and instructions to the kit; the kit answers on `acks`.
+KIT_CHANNELS = ("readings", "status", "fhir", "receipts", "commands", "answers", "acks")
 
 
 def kit_topic(kit_id: str, channel: str, *, root: str = MQTT_ROOT) -> str:
@@ -120,6 +123,17 @@ def monitor_state_topic(prefix: str = "") -> str:
     return f"{prefix}vaktrom.monitor-state.v1"
 
 
+def kit_command_topic(prefix: str = "") -> str:
+    """Commands for patients' kits (`contracts.KitCommandRequest`), keyed by patient; the bridge
+    relays each to the patient's kit."""
+    return f"{prefix}vaktrom.kit-commands.v1"
+
+
+def kit_ack_topic(prefix: str = "") -> str:
+    """The kits' acknowledgements of commands (`contracts.KitAckEvent`), keyed by patient."""
+    return f"{prefix}vaktrom.kit-acks.v1"
+
+
 _APPEND_TIME = ("message.timestamp.type", "LogAppendTime")  # the broker stamps the append: a trace point
 _COMPACTED = ("cleanup.policy", "compact")
 
@@ -140,4 +154,6 @@ def kafka_topics(prefix: str = "", *, partitions: int = 6) -> tuple[KafkaTopic, 
         KafkaTopic(quarantine_topic(prefix), "stage", partitions, (_APPEND_TIME,)),
         # the same partition count as the inputs: the monitor checks it at start
         KafkaTopic(monitor_state_topic(prefix), "patient_id|record", partitions, (_COMPACTED,)),
+        KafkaTopic(kit_command_topic(prefix), "patient_id", partitions, (_APPEND_TIME,)),
+        KafkaTopic(kit_ack_topic(prefix), "patient_id", partitions, (_APPEND_TIME,)),
     )

@@ -32,9 +32,12 @@ from typing import Any
 import msgspec
 
 from contracts import MAX_KIT_PAYLOAD_BYTES, ReadingOutcome, ReceiptEntry, RejectReason, topics
+from contracts.kafka_acl import bridge_command_group
 from ingest._errors import BridgeError
 from ingest.answers import AnswerReader
+from ingest.command_relay import CommandRelay
 from ingest.fair_share import KitLimiter, OncePer, fhir_cost, message_cost
+from ingest.kit_commands import KnownCommands, check_ack
 from ingest.metrics import BridgeMetrics
 from ingest.normaliser import Normaliser, Outcome, payload_rejection
 from ingest.producer import RecordSink
@@ -54,6 +57,7 @@ _MEASUREMENT_SCHEMA = ("schema", b"vaktrom.measurement.v1")
 _REJECTION_SCHEMA = ("schema", b"vaktrom.rejection.v1")
 _STATUS_SCHEMA = ("schema", b"vaktrom.kit-status-event.v1")
 _ANSWER_SCHEMA = ("schema", b"vaktrom.answer.v1")
+_ACK_SCHEMA = ("schema", b"vaktrom.kit-ack-event.v1")
 _RATE_LIMITED = ReadingOutcome(rejected=RejectReason.RATE_LIMITED.value)
 _FHIR_REFUSAL_EVERY = 60.0  # seconds: at most one rate_limited rejection record per kit in this time
 
@@ -64,7 +68,7 @@ class _Record:
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
-    kind: str  # measurement | rejection | status | answer
+    kind: str  # measurement | rejection | status | answer | ack
 
 
 class Bridge:
@@ -84,6 +88,7 @@ class Bridge:
             "rejection": topics.rejection_topic(kafka.topic_prefix),
             "status": topics.kit_status_topic(kafka.topic_prefix),
             "answer": topics.answer_topic(kafka.topic_prefix),
+            "ack": topics.kit_ack_topic(kafka.topic_prefix),
         }
         self.registry = RegistryCache(
             database_url=database.url, refresh_interval=settings.registry_refresh_s, on_load=self._loaded
@@ -114,8 +119,11 @@ class Bridge:
             bytes_burst=settings.kit_bytes_burst,
         )
         self._limited_channels = frozenset(
-            ("readings", "status", "fhir", "answers") if settings.receipts else ("status", "fhir")
+            ("readings", "status", "fhir", "answers", "acks")
+            if settings.receipts
+            else ("status", "fhir", "acks")
         )
+        self.commands = self._command_relay(kafka, settings)
         self._fhir_refusals = OncePer(_FHIR_REFUSAL_EVERY)
         self._refused: collections.Counter[str] = collections.Counter()  # by channel, and fhir_unrecorded
         self._limited_readings = 0
@@ -146,6 +154,21 @@ class Bridge:
         self._encoder = msgspec.json.Encoder()
         self._worker_error: BaseException | None = None
 
+    def _command_relay(self, kafka: KafkaSettings, settings: BridgeSettings) -> CommandRelay:
+        """Commands to the kits, Kafka -> MQTT; the commands it sent check the kits' acks."""
+        self.known_commands = KnownCommands()
+        return CommandRelay(
+            kafka=kafka,
+            # a bridge under a test's topic prefix gets a group under it too (contracts.kafka_acl)
+            group=settings.command_group or bridge_command_group(kafka.topic_prefix),
+            client_id=settings.client_id,
+            root=settings.topic_root,
+            lookback=timedelta(hours=settings.command_lookback_h),
+            registry=lambda: self.registry.current,
+            publish=self.subscriber.relay,
+            known=self.known_commands,
+        )
+
     # ------------------------------------------------------------ start and stop
     def start(self) -> None:
         """Connect to PostgreSQL, Kafka and MQTT (waiting up to the start-up timeout), then take messages."""
@@ -168,6 +191,7 @@ class Bridge:
         self.sink = RecordSink(kafka=self._kafka, bridge=self.settings, topics=list(self._topics.values()))
         self._worker.start()
         self.subscriber.connected_event(self.stop_requested, timeout)
+        self.commands.start()
         log.info(
             "bridge %s: taking kit messages from %s (group %s), producing to %s",
             self.settings.client_id,
@@ -184,6 +208,8 @@ class Bridge:
                 raise self.subscriber.fatal
             if self._worker_error is not None:
                 raise BridgeError(f"the worker failed: {self._worker_error!r}", retriable=True)
+            if self.commands.error is not None:
+                raise BridgeError(f"the command relay failed: {self.commands.error!r}", retriable=True)
             if self.sink is not None and not self.sink.alive:
                 raise BridgeError("the Kafka delivery-report thread stopped (a bug)", retriable=True)
             self.subscriber.poll(0.05)
@@ -199,6 +225,7 @@ class Bridge:
 
     def _shutdown(self) -> None:
         log.info("bridge: stopping; letting Kafka acknowledge what it has")
+        self.commands.stop()
         self._worker.join(timeout=10)
         if self.sink is not None:
             self.sink.flush(timeout=10)
@@ -297,10 +324,10 @@ class Bridge:
         A status message costs one reading, known without reading it; refused, it is dropped.
         """
         limiter, kit, now = self.limiter, inbound.kit_id, time.monotonic()
-        if inbound.channel == "status":
+        if inbound.channel in ("status", "acks"):
             if limiter.allow(kit, 1, min(len(inbound.payload), MAX_KIT_PAYLOAD_BYTES), now):
                 return False
-            self._refused["status"] += 1
+            self._refused[inbound.channel] += 1
             self._settle_unrecorded(inbound)
             return None
         if limiter.roomy(kit, now):
@@ -360,6 +387,11 @@ class Bridge:
             return self.normaliser.fhir(*args)
         if inbound.channel == "answers":
             return self.answer_reader.answers(*args)
+        if inbound.channel == "acks":
+            return check_ack(
+                topic=inbound.topic, kit_id=inbound.kit_id, payload=inbound.payload,
+                received_at=inbound.received_at, known=self.known_commands,
+            )  # fmt: skip
         raise ValueError(f"no handler for channel {inbound.channel!r}")
 
     def _internal_error(self, inbound: Inbound) -> Outcome:
@@ -402,6 +434,11 @@ class Bridge:
             s = outcome.status
             key = (s.patient_id or s.kit_id).encode()
             records.append(_Record(self._topics["status"], key, encode(s), [_STATUS_SCHEMA], "status"))
+        if outcome.ack is not None:
+            ack = outcome.ack
+            records.append(
+                _Record(self._topics["ack"], ack.patient_id.encode(), encode(ack), [_ACK_SCHEMA], "ack")
+            )
         return records
 
     @property
@@ -551,6 +588,8 @@ class Bridge:
             "rate_limited_messages": self._refused["readings"],
             "rate_limited_status_messages": self._refused["status"],
             "rate_limited_fhir_messages": self._refused["fhir"],
+            "commands_relayed": self.commands.relayed,
+            "commands_dropped": self.commands.dropped,
         }
         report["status"] = health_status(report)
         return report

@@ -41,6 +41,7 @@ from contracts import (
     MAX_RAW_EXCERPT_BYTES,
     MAX_READINGS_PER_MESSAGE,
     METRICS,
+    KitAckEvent,
     KitReading,
     KitReadingMessage,
     KitStatusEvent,
@@ -99,10 +100,17 @@ class Outcome:
     status: KitStatusEvent | None = None
     answers: list[QuestionnaireAnswer] = field(default_factory=list)  # from an answers message
     receipt: ReceiptEntry | None = None  # for the kit's receipt topic, when the message had a seq
+    ack: KitAckEvent | None = None  # a kit's acknowledgement of a command (ingest.kit_commands)
 
     @property
     def record_count(self) -> int:
-        return len(self.measurements) + len(self.rejections) + (self.status is not None) + len(self.answers)
+        return (
+            len(self.measurements)
+            + len(self.rejections)
+            + (self.status is not None)
+            + len(self.answers)
+            + (self.ack is not None)
+        )
 
 
 @dataclass(frozen=True, slots=True)

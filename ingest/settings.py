@@ -101,6 +101,18 @@ class BridgeSettings(Settings):
         env="VAKTROM_BRIDGE_ALERT_PATH_MAX_AGE_S",
         help="/health says degraded (alerts may be delayed) while a message has waited longer for Kafka",
     )
+    command_group: str = setting(
+        "",
+        env="VAKTROM_BRIDGE_COMMAND_GROUP",
+        help="Kafka consumer group of the command relay (commands to the kits, vaktrom.kit-commands.v1); "
+        "empty: vaktrom-bridge-commands, or {prefix}bridge-commands under VAKTROM_KAFKA_TOPIC_PREFIX",
+    )
+    command_lookback_h: float = setting(
+        48.0,
+        env="VAKTROM_BRIDGE_COMMAND_LOOKBACK_H",
+        help="at start, the relay reads back this many hours of commands to recognise the kits' "
+        "acknowledgements of commands relayed before the restart",
+    )
     metrics_host: str = setting(
         "127.0.0.1", env="VAKTROM_BRIDGE_METRICS_HOST", help="address of the /metrics and /health endpoint"
     )

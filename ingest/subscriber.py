@@ -59,7 +59,7 @@ __all__ = ["CHANNELS", "Inbound", "Subscriber"]
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("readings", "status", "fhir", "answers")
+CHANNELS = ("readings", "status", "fhir", "answers", "acks")
 _RECEIPTS_PER_MESSAGE = 200
 # A receipt is never larger than the largest message a kit may send: a 100 ms batch of 500-reading
 # messages once made 3 MB receipts, over the broker's packet limit, and the broker dropped the
@@ -177,6 +177,10 @@ class Subscriber:
         self._receipts: dict[str, list[ReceiptEntry]] = {}
         self._receipt_due: dict[str, float] = {}
         self._receipts_unacked = 0  # published, not yet PUBACKed by the broker (paho resends them)
+        # Commands for the kits (ingest.command_relay), queued from the relay's thread: published here,
+        # each one's callback run when the broker PUBACKs it
+        self.commands: collections.deque[tuple[str, bytes, Callable[[], None]]] = collections.deque()
+        self._command_mids: dict[int, Callable[[], None]] = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -229,8 +233,28 @@ class Subscriber:
             return
         self.subscribed = True
 
-    def _on_publish(self, _c: mqtt.Client, _u: Any, _mid: int, _reason: Any, _p: Any) -> None:
-        self._receipts_unacked -= 1  # only receipts are published
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _reason: Any, _p: Any) -> None:
+        relayed = self._command_mids.pop(mid, None)
+        if relayed is not None:
+            relayed()
+            return
+        self._receipts_unacked -= 1  # everything else published is a receipt
+
+    def relay(self, topic: str, payload: bytes, on_acknowledged: Callable[[], None]) -> None:
+        """From another thread: publish a command to a kit (QoS 1); `on_acknowledged` runs on the
+        network thread once the broker holds it (paho resends it after a reconnect until then)."""
+        self.commands.append((topic, payload, on_acknowledged))
+        self.wake()
+
+    def _send_commands(self) -> None:
+        commands = self.commands
+        if not commands or not self.connected:
+            return
+        while commands:
+            topic, payload, on_acknowledged = commands.popleft()
+            info = self.client.publish(topic, payload, qos=1)
+            self._command_mids[info.mid] = on_acknowledged
+        self.client.loop_write()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if self.connected:
@@ -433,6 +457,7 @@ class Subscriber:
         self._woken = False
         self._settle()
         self._send_receipts(time.monotonic(), force=False)
+        self._send_commands()
         if self.client.socket() is not None:
             self.client.loop_misc()
 

@@ -61,6 +61,7 @@ __all__ = [
     "end_offsets",
     "list_topics",
     "murmur2",
+    "next_offsets",
     "partition_of",
     "produce_waiting",
     "producer",
@@ -321,6 +322,15 @@ def partition_of(key: bytes, count: int) -> int:
 
 
 # ------------------------------------------------------------------ bulk sending (tests, benchmarks)
+def next_offsets(batch: Sequence[Message]) -> list[TopicPartition]:
+    """The offsets to commit after a consumed `batch`: each partition's last record + 1 (for a
+    consumer without auto offset store, whose plain `commit()` has nothing to commit)."""
+    last: dict[tuple[str, int], int] = {}
+    for message in batch:
+        last[(message.topic() or "", message.partition() or 0)] = message.offset() or 0
+    return [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in last.items()]
+
+
 def produce_waiting(
     producer: Producer, topic: str, *, value: bytes, key: bytes | None = None, **kw: Any
 ) -> None:

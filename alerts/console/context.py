@@ -21,14 +21,14 @@ from fastapi.templating import Jinja2Templates
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel
 
-from alerts import accounts, store
+from alerts import accounts, kit_messages, store
 from alerts.accounts import Principal, Role
 from alerts.console.live import Live
 from alerts.settings import AlertsSettings
 from alerts.store import Resolution, WorkflowError
 from alerts.workers.escalation import queue
 from alerts.workers.notify import STEP_NAMES
-from contracts import Severity
+from contracts import MAX_COMMAND_TEXT, Metric, Severity
 from registry import Actor, Registry
 
 __all__ = [
@@ -125,6 +125,9 @@ class Console:
         env.filters["duration"] = duration
         env.filters["fromiso"] = datetime.fromisoformat
         env.globals.update(time_zone=settings.time_zone, resolutions=RESOLUTION_LABELS, step_names=STEP_NAMES)
+        env.globals.update(
+            kit_metrics=[m.value for m in Metric], kit_max_text=MAX_COMMAND_TEXT
+        )  # kit messages
 
     def local(self, moment: datetime | None, fmt: str = "%d %b %H:%M") -> str:
         return moment.astimezone(self.tz).strftime(fmt) if moment else ""
@@ -188,7 +191,7 @@ class Console:
         found = store.detail(conn, episode_id)
         if found is None or (who.team_id is not None and found["team_id"] != who.team_id):
             raise HTTPException(404, "no such alert (or not one your team follows)")
-        return self.named([found])[0]
+        return self.named([kit_messages.with_kit_timeline(conn, found)])[0]
 
     def queue(self, who: Principal, filters: dict[str, Any]) -> list[dict[str, Any]]:
         # A team-bound user sees their team; a centre-wide user may pick one.

@@ -17,6 +17,7 @@ import segno
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
+from alerts import kit_messages
 from alerts.accounts import Principal, Role
 from alerts.console.answers import recent_answers
 from alerts.console.context import Ctx, csrf_checked, role_in, scope
@@ -124,12 +125,14 @@ def patient_page(
             proposal = registry.careplan_propose(conn, actor, patient_id) if propose else None
             kits = registry_read.kit_history(conn, patient_id)
             answered = recent_answers(conn, patient_id, until=datetime.now(UTC))
+            kit_commands = kit_messages.commands_for(conn, patient_id=patient_id)
     except RegistryError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     return ctx.render(
         request, "patient.html",
         {"user": who, "patient_id": patient_id, "person": person, "plans": plans, "kits": kits,
          "proposal": proposal, "limits": THRESHOLD_LIMITS, "error": error, "answers": answered,
+         "kit_commands": kit_commands,
          "can_edit": who.role in (Role.COORDINATOR, Role.PHYSICIAN)},
     )  # fmt: skip
 

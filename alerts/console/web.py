@@ -58,6 +58,7 @@ from alerts.console.context import (
     scope,
 )
 from alerts.console.duty_pages import duty_router
+from alerts.console.kit_pages import kit_pages
 from alerts.console.live import Live
 from alerts.console.registry_api import registry_api
 from alerts.console.registry_pages import registry_pages
@@ -491,6 +492,7 @@ def create_app(
     app.include_router(registry_api)
     app.include_router(registry_pages)
     app.include_router(duty_router)
+    app.include_router(kit_pages)
 
     app.add_middleware(SecurityHeaders)
     trust_proxies(app, settings.proxies)  # added last: runs first, so all the rest sees the client

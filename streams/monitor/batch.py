@@ -31,6 +31,7 @@ import msgspec
 from contracts import (
     AlertEvent,
     CarePlan,
+    KitCommandRequest,
     KitStatusEvent,
     Measurement,
     Metric,
@@ -118,9 +119,11 @@ class Batch:
     quarantined: list[Quarantined] = field(default_factory=list)
     events: list[tuple[bytes, AlertEvent]] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # the next offset to read
+    # reminders for the kits (keyed by patient), sent with the events: after the changelog
+    commands: list[tuple[bytes, KitCommandRequest]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.changelog or self.quarantined or self.events or self.offsets)
+        return bool(self.changelog or self.quarantined or self.events or self.offsets or self.commands)
 
 
 @dataclass(slots=True)
@@ -304,6 +307,9 @@ class Processor:
                 latest = max(latest, *seen_at)
                 events = self.engine.announce(patient.decode(), episodes, now=now)
                 self._out.events.extend((patient, e) for e in events)
+                self._out.commands.extend(
+                    (patient, c) for c in self.engine.reminders_due(patient.decode(), precord)
+                )
             heapq.heapify(heap)
             self.heaps[partition] = heap
             self.clocks[partition] = clock = Clock()
@@ -540,6 +546,7 @@ class Processor:
             self._touch(partition, patient + KIT)
             self._schedule(partition, patient, precord.wake_at)
         self._out.events.extend((patient, e) for e in out.events)
+        self._out.commands.extend((patient, c) for c in out.commands)
 
     def _status(self, r: Record) -> None:
         event = _check_status(_status.decode(r.value))  # type: ignore[arg-type]  # None: TypeError
@@ -662,3 +669,4 @@ class Processor:
         self._touch(partition, patient + KIT)
         self._schedule(partition, patient, precord.wake_at)
         self._out.events.extend((patient, e) for e in out.events)
+        self._out.commands.extend((patient, c) for c in out.commands)

@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -61,14 +61,17 @@ from contracts import (
     METRICS,
     AlertEvent,
     CarePlan,
+    CommandKind,
     EpisodeChange,
     Evidence,
+    KitCommandRequest,
     KitStatusEvent,
     Measurement,
     Metric,
     Trace,
     episode_id,
     format_instant,
+    reminder_id,
 )
 from streams.monitor.catalogue import PROBLEMS, RULES
 from streams.monitor.episodes import (
@@ -90,6 +93,9 @@ __all__ = ["Engine", "MetricRecord", "Outcome", "PatientRecord", "decode_metric"
 _PROBLEMS_OF: dict[Metric, tuple[str, ...]] = {
     metric: tuple(code for code, p in PROBLEMS.items() if p.metric == metric) for metric in Metric
 }
+# What the kit shows for a reminder (translated with the kit messages once #32's i18n lands)
+REMINDER_TEXT = "Reminder: please take your {what} measurement now and send it."
+_METRIC_CODES = frozenset(m.value for m in Metric)
 _MISSED_TOLERANCE_S = 30 * 60.0  # a reading just outside its window still counts for it
 _KEEP_RESOLVED_S = 2 * 86_400.0  # resolved episodes are kept a while, to be re-announced after a restart
 
@@ -111,6 +117,8 @@ class PatientRecord(msgspec.Struct, array_like=True):
     missed: list[str] = []  # metrics of the open "measurement missed" episode
     resolve_at: dict[str, float] = {}  # problem -> when its all-clear period ends
     wake_at: float | None = None  # the next deadline (kept so the shell can rebuild its timer heap)
+    reminded_checked: float = 0.0  # windows ending up to this instant have had their kit reminder
+    reminders: list[tuple[str, float]] = []  # (metric, window end) of reminders in their grace
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -125,8 +133,16 @@ _COMPRESS_ABOVE = 1536
 _ZLIB = b"\x78"
 
 
+_PATIENT_FIELDS_BEFORE_REMINDERS = 7
+
+
 def encode(record: MetricRecord | PatientRecord) -> bytes:
-    data = _encoder.encode(record)
+    if isinstance(record, PatientRecord) and not record.reminded_checked and not record.reminders:
+        # A patient without reminders is written as before they existed, byte for byte (the
+        # reminder fields are trailing defaults the decoder fills in)
+        data = _encoder.encode(msgspec.structs.astuple(record)[:_PATIENT_FIELDS_BEFORE_REMINDERS])
+    else:
+        data = _encoder.encode(record)
     return zlib.compress(data, 1) if len(data) > _COMPRESS_ABOVE else data
 
 
@@ -147,6 +163,7 @@ class Outcome:
     events: list[AlertEvent] = field(default_factory=list)
     duplicate: bool = False
     patient_changed: bool = False  # the PatientRecord must be written back
+    commands: list[KitCommandRequest] = field(default_factory=list)  # reminders for the kit
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +171,10 @@ class Engine:
     timing: Timing = Timing()  # noqa: RUF009  (frozen: one shared default is safe)
     silent_after_s: float = 13 * 3600.0  # kits send a heartbeat every 6 h; two missed and a margin
     missed_grace_s: float = 30 * 60.0  # a window is judged this long after it ends
+    # With a reminder grace, a window still without a reading when it is judged first reminds the
+    # kit (once: `reminder_id` is deterministic), and "measurement missed" opens only if the reading
+    # is still missing this much later (0: no reminders, the episode opens at once).
+    reminder_grace_s: float = 0.0
     # Every time in an explanation is shown in this zone: the console's (VAKTROM_ALERTS_TIME_ZONE),
     # so a nurse reads the same clock in the queue and in the text.
     shown_in: ZoneInfo = ZoneInfo("Europe/Oslo")  # noqa: RUF009  (immutable: one shared default is safe)
@@ -345,10 +366,12 @@ class Engine:
             out.events.append(
                 self._event(episode, EpisodeChange.OPENED, patient_id=patient_id, emitted_at=now)
             )
-        # measurement missed
+        # reminders, then measurement missed a reminder grace later
+        if plan is not None and plan.expected and patient.last_seen and self.reminder_grace_s > 0:
+            self._remind(patient_id, patient, records, schedule, clock=clock, out=out)
         if plan is not None and plan.expected and patient.last_seen:
             start = max(patient.missed_checked, patient.last_seen - 2 * 86_400.0)
-            until = clock - self.missed_grace_s
+            until = clock - self.missed_grace_s - self.reminder_grace_s
             # Windows ending more than the silent limit after the kit's last message were not missed
             # while it was alive (`_check_window` would skip each): no need to list them. This keeps
             # a clock jump (days of silence, or a restart into new data) from listing months.
@@ -384,6 +407,56 @@ class Engine:
         self._rewake(patient, schedule)
         return out, changed
 
+    def _remind(
+        self,
+        patient_id: str,
+        patient: PatientRecord,
+        records: dict[Metric, MetricRecord],
+        schedule: Schedule | None,
+        *,
+        clock: float,
+        out: Outcome,
+    ) -> None:
+        """A reminder to the kit for each window that ended `missed_grace_s` ago without a reading."""
+        start = max(patient.reminded_checked, patient.missed_checked, patient.last_seen - 2 * 86_400.0)
+        until = clock - self.missed_grace_s
+        horizon = min(until, patient.last_seen + self.silent_after_s)
+        for window in schedule.ending(start, horizon) if schedule is not None else ():
+            if self._unmet(patient, records.get(window.metric), window.start, window.end):
+                out.commands.append(self._reminder(patient_id, window.metric, window.end))
+                patient.reminders.append((window.metric.value, window.end))
+        patient.reminded_checked = max(patient.reminded_checked, until)
+        keep = clock - self.missed_grace_s - self.reminder_grace_s
+        patient.reminders = [(m, due) for m, due in patient.reminders if due > keep]
+
+    def reminders_due(self, patient_id: str, patient: PatientRecord) -> list[KitCommandRequest]:
+        """The reminders still in their grace, to send again after a restart or rebalance (as
+        `announce` does the events): one lost in a crash (state written, reminder not) goes out this
+        way, and a repeat is the same record, recognised by its command id."""
+        return [
+            self._reminder(patient_id, Metric(m), due) for m, due in patient.reminders if m in _METRIC_CODES
+        ]
+
+    def _unmet(self, patient: PatientRecord, record: MetricRecord | None, lo: float, hi: float) -> bool:
+        """Whether a window of a live kit has no reading (within the tolerance)."""
+        alive = patient.last_seen >= hi - self.silent_after_s
+        silent = patient.episodes.get("kit_silent")
+        if not alive or (silent is not None and silent.open):
+            return False
+        return record is None or not record.history.any_between(
+            lo - _MISSED_TOLERANCE_S, hi + _MISSED_TOLERANCE_S
+        )
+
+    def _reminder(self, patient_id: str, metric: Metric, due: float) -> KitCommandRequest:
+        """The reminder for a window that ended at `due`: the same record whenever it is made."""
+        text = REMINDER_TEXT.format(what=METRICS[metric].display.lower())
+        sent = _dt(due + self.missed_grace_s)
+        return KitCommandRequest(
+            command_id=reminder_id(patient_id=patient_id, metric=metric.value, due=_dt(due)),
+            patient_id=patient_id, kind=CommandKind.REMINDER, text=text, metric=metric.value,
+            sent_at=sent, expires_at=sent + timedelta(seconds=self.reminder_grace_s), origin="monitor",
+        )  # fmt: skip
+
     def _check_window(  # noqa: PLR0917  (private; one call site, arguments named there)
         self,
         patient_id: str,
@@ -399,8 +472,10 @@ class Engine:
         silent = patient.episodes.get("kit_silent")
         if not alive or (silent is not None and silent.open):
             return  # a silent kit is its own episode, not a missed measurement
+        # with reminders, a reading the reminder brought (up to the judging time) counts for the window
+        late = self.missed_grace_s + self.reminder_grace_s if self.reminder_grace_s > 0 else 0.0
         if record is not None and record.history.any_between(
-            lo - _MISSED_TOLERANCE_S, hi + _MISSED_TOLERANCE_S
+            lo - _MISSED_TOLERANCE_S, hi + max(_MISSED_TOLERANCE_S, late)
         ):
             return
         episode = patient.episodes.get("measurement_missed")
@@ -457,7 +532,11 @@ class Engine:
             after = max(patient.missed_checked, patient.last_seen - 2 * 86_400.0)
             end = schedule.next_end(after)
             if end is not None:
-                candidates.append(end + self.missed_grace_s)
+                candidates.append(end + self.missed_grace_s + self.reminder_grace_s)
+            if self.reminder_grace_s > 0:
+                end = schedule.next_end(max(after, patient.reminded_checked))
+                if end is not None:
+                    candidates.append(end + self.missed_grace_s)
         wake = min(candidates) if candidates else None
         earlier = wake is not None and (patient.wake_at is None or wake < patient.wake_at)
         patient.wake_at = wake

@@ -74,6 +74,12 @@ class MonitorSettings(Settings):
         env="VAKTROM_MONITOR_MISSED_GRACE_MIN",
         help="a schedule window is judged this long after it ends",
     )
+    reminder_grace_min: float = setting(
+        60.0,
+        env="VAKTROM_MONITOR_REMINDER_GRACE_MIN",
+        help="a window still without its reading when judged first reminds the kit; measurement "
+        "missed opens only if the reading is still missing this much later (0: no reminders)",
+    )
     tick_s: float = setting(
         1.0,
         env="VAKTROM_MONITOR_TICK_S",
@@ -116,6 +122,7 @@ class MonitorSettings(Settings):
                 "VAKTROM_MONITOR_STALE_AFTER_H": (self.stale_after_h, 0.01, 24 * 30),
                 "VAKTROM_MONITOR_SILENT_AFTER_H": (self.silent_after_h, 0.1, 24 * 30),
                 "VAKTROM_MONITOR_MISSED_GRACE_MIN": (self.missed_grace_min, 0, 24 * 60),
+                "VAKTROM_MONITOR_REMINDER_GRACE_MIN": (self.reminder_grace_min, 0, 24 * 60),
                 "VAKTROM_MONITOR_TICK_S": (self.tick_s, 0.05, 60),
                 "VAKTROM_MONITOR_ALERT_PATH_MAX_AGE_S": (self.alert_path_max_age_s, 1, 86400),
                 "VAKTROM_MONITOR_METRICS_PORT": (self.metrics_port, 0, 65535),

@@ -132,6 +132,7 @@ def build_engine(settings: MonitorSettings) -> Engine:
         ),
         silent_after_s=settings.silent_after_h * 3600.0,
         missed_grace_s=settings.missed_grace_min * 60.0,
+        reminder_grace_s=settings.reminder_grace_min * 60.0,
         shown_in=ZoneInfo(settings.time_zone),
     )
 
@@ -166,6 +167,7 @@ class Worker:
         )
         self.changelog = topics.monitor_state_topic(prefix)
         self.alerts = topics.alert_topic(prefix)
+        self.commands = topics.kit_command_topic(prefix)  # reminders to the kits
         self.quarantine = topics.quarantine_topic(prefix)
         self.group = group_of(kafka, settings)
         self.metrics = MonitorMetrics()
@@ -382,6 +384,7 @@ class Worker:
         checkpoints = {p: o + 1 for p, o in reports.offsets.items() if p in out.changelog}
         self.store.write(out.changelog, checkpoints)
         self._send_events(out.events)
+        self._send_reminders(out.commands)
         self.metrics.waiting.set(0)
         if out.offsets:
             self._commit(out.offsets)
@@ -424,6 +427,34 @@ class Worker:
             time.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX_S)
 
+    def _send_reminders(self, commands: list[tuple[bytes, Any]]) -> None:
+        """Send the kits' reminders and wait until Kafka has them, sending again what it refused.
+
+        After the changelog, as the events. A crash between the changelog and the send loses
+        nothing: the reminders still in their grace are sent again when the partition is loaded
+        (`Engine.reminders_due`), each the same record with the same command id, which the kit and
+        the alerts service recognise.
+        """
+        delay = 0.5
+        while commands:
+            failed: list[tuple[bytes, Any]] = []
+            for item in commands:
+
+                def report(
+                    err: Any, _msg: Any, item: tuple[bytes, Any] = item, failed: list[Any] = failed
+                ) -> None:
+                    if err is not None:
+                        failed.append(item)
+
+                self._produce(self.commands, item[0], _json.encode(item[1]), report)
+            self._flush()
+            if not failed:
+                return
+            log.warning("Kafka did not take %d kit reminder(s); trying again in %.1f s", len(failed), delay)
+            commands = failed
+            time.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_S)
+
     def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
         positions = [rk.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
@@ -453,6 +484,7 @@ class Worker:
         self.processor.load(sorted(new), waiting)
         out = self.processor.take()  # the announcements
         self._send_events(out.events)
+        self._send_reminders(out.commands)
         took = time.monotonic() - started
         self.restore_seconds.append(took)
         log.info("partitions %s restored and announced in %.2f s", sorted(new), took)

@@ -21,6 +21,7 @@ def test_a_kit_role_names_only_its_own_topics() -> None:
         ("publishClientSend", "vaktrom/v1/kits/KIT-1/status"),
         ("publishClientSend", "vaktrom/v1/kits/KIT-1/fhir"),
         ("publishClientSend", "vaktrom/v1/kits/KIT-1/answers"),
+        ("publishClientSend", "vaktrom/v1/kits/KIT-1/acks"),
         ("subscribeLiteral", "vaktrom/v1/kits/KIT-1/commands"),
         ("subscribeLiteral", "vaktrom/v1/kits/KIT-1/receipts"),
     }

@@ -1,0 +1,131 @@
+"""Commands to the kits and their acknowledgements: the pure part of the bridge's command relay.
+
+`KnownCommands` remembers which command went to which kit (and for which patient), so that an
+acknowledgement can be checked: a kit may acknowledge only a command sent to it. `check_ack` turns
+one MQTT message on a kit's `acks` channel into a `KitAckEvent` or a rejection with a reason code
+(`unknown_command`, `foreign_command`, `schema`, `malformed`, ...); it never raises for what a kit
+sends. `kit_of` finds the kit a patient has now, for a command addressed to the patient.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from datetime import datetime
+
+import msgspec
+
+from contracts import MAX_KIT_PAYLOAD_BYTES, KitAck, KitAckEvent, KitCommand, KitCommandRequest, RejectReason
+from ingest.normaliser import Outcome, payload_rejection
+from ingest.registry import Registry
+from ingest.text import UNREADABLE, text_problem, unreadable
+
+__all__ = ["KnownCommands", "check_ack", "kit_of", "to_kit"]
+
+_ack_decoder = msgspec.json.Decoder(KitAck)
+MAX_KNOWN_COMMANDS = 200_000  # the oldest are forgotten first; an ack of one of them is unknown_command
+
+
+class KnownCommands:
+    """command id -> (kit id, patient id) of the commands the bridge relayed (bounded, thread-safe)."""
+
+    def __init__(self, *, limit: int = MAX_KNOWN_COMMANDS) -> None:
+        self._entries: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def remember(self, command_id: str, kit_id: str, patient_id: str) -> None:
+        with self._lock:
+            self._entries[command_id] = (kit_id, patient_id)
+            self._entries.move_to_end(command_id)
+            while len(self._entries) > self._limit:
+                self._entries.popitem(last=False)
+
+    def get(self, command_id: str) -> tuple[str, str] | None:
+        with self._lock:
+            return self._entries.get(command_id)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _refused(  # noqa: PLR0917 (the message's four parts, then the verdict)
+    topic: str, kit_id: str, payload: bytes, received_at: datetime, reason: RejectReason, detail: str
+) -> Outcome:
+    rejection = payload_rejection(
+        topic=topic,
+        payload=payload,
+        received_at=received_at,
+        kit_id=kit_id or None,
+        reason=reason,
+        detail=detail,
+    )
+    return Outcome(kit_id or None, rejections=[rejection])
+
+
+def check_ack(  # noqa: PLR0911 (one return per check, in order)
+    *, topic: str, kit_id: str, payload: bytes, received_at: datetime, known: KnownCommands
+) -> Outcome:
+    """One message on a kit's `acks` channel: an acknowledgement record, or a rejection saying why not."""
+    args = (topic, kit_id, payload, received_at)
+    problem = text_problem(kit_id, max_chars=64)
+    if problem is not None:
+        return _refused(*args, RejectReason.INVALID_TEXT, f"the kit id in the topic {problem}")
+    if len(payload) > MAX_KIT_PAYLOAD_BYTES:
+        return _refused(*args, RejectReason.TOO_LARGE, "acknowledgement over the size limit")
+    try:
+        ack = _ack_decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        return _refused(*args, RejectReason.SCHEMA, f"not a kit-ack message: {exc}")
+    except UNREADABLE as exc:
+        return _refused(*args, RejectReason.MALFORMED, unreadable(exc))
+    if ack.kit != kit_id:
+        return _refused(
+            *args,
+            RejectReason.TOPIC_MISMATCH,
+            f"the payload names kit {ack.kit} but came on the topic of kit {kit_id}",
+        )
+    found = known.get(ack.command_id)
+    if found is None:
+        return _refused(
+            *args,
+            RejectReason.UNKNOWN_COMMAND,
+            f"kit {kit_id} acknowledged command {ack.command_id}, which the bridge did not send",
+        )
+    if found[0] != kit_id:
+        return _refused(
+            *args,
+            RejectReason.FOREIGN_COMMAND,
+            f"kit {kit_id} acknowledged command {ack.command_id}, which was sent to another kit",
+        )
+    event = KitAckEvent(
+        command_id=ack.command_id,
+        kit_id=kit_id,
+        patient_id=found[1],
+        shown_at=ack.shown_at,
+        read_at=ack.read_at,
+        dismissed_at=ack.dismissed_at,
+        received_at=received_at,
+    )
+    return Outcome(kit_id, ack=event)
+
+
+def kit_of(registry: Registry, patient_id: str, at: datetime) -> str | None:
+    """The kit `patient_id` has at `at`, or None (no kit: the command waits for none, it is dropped)."""
+    for kit in registry.kits.values():
+        if kit.patient_at(at) == patient_id:
+            return kit.kit_id
+    return None
+
+
+def to_kit(request: KitCommandRequest, kit_id: str) -> KitCommand:
+    """What the kit receives: the command without the patient's pseudonym."""
+    return KitCommand(
+        kit=kit_id,
+        command_id=request.command_id,
+        kind=request.kind,
+        text=request.text,
+        metric=request.metric,
+        sent_at=request.sent_at,
+        expires_at=request.expires_at,
+    )

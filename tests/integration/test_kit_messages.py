@@ -1,0 +1,201 @@
+"""Messages to the kit, end to end with the real services: a nurse sends one from the console, the
+kit (mosquitto_sub with the kit's own credentials) receives it on its commands topic, acknowledges it
+(mosquitto_pub), and the console shows it shown; another team's nurse cannot message the patient;
+hostile acknowledgements become rejections and stop nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from alerts.accounts import Role
+from contracts import topics
+from registry import KitDevice
+from tests.conftest import Stack
+from tests.integration.alerts_support import AlertsProcess, ConsoleClient, staff, wait_for
+from tests.integration.bridge_support import BridgeProcess
+from tests.integration.registry_support import OPERATOR, enrol, make_registry, new_team
+from tests.integration.stage_support import consume
+
+
+def _kit(stack: Stack, bridge: BridgeProcess, unique: str) -> dict[str, Any]:
+    """A team, a patient of it with a claimed kit; the kit's broker login."""
+    registry = make_registry(stack, root=bridge.root, prefix=bridge.prefix)
+    kit_id = f"{unique}-K"[:64]
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        team = new_team(conn, f"{unique[:36]}-t")
+        patient = enrol(registry, conn, team, "Patient K")
+        registry.kit_add(conn, OPERATOR, kit_id, devices=[KitDevice(f"{unique}-SC"[:64], "scale")])
+        registry.kit_assign(conn, OPERATOR, kit_id, patient, at=datetime.now(UTC) - timedelta(days=1))
+        code, _ = registry.pair(conn, OPERATOR, kit_id)
+        creds = registry.claim(conn, code)
+    registry.publisher.close()  # type: ignore[union-attr]
+    return {
+        "team": team,
+        "patient": patient,
+        "kit": kit_id,
+        "user": creds.username,
+        "password": creds.password,
+    }
+
+
+def _as_kit(stack: Stack, kit: dict[str, Any]) -> list[str]:
+    return ["-h", stack.mqtt_host, "-p", str(stack.mqtt_port), "-u", kit["user"], "-P", kit["password"],
+            "-i", kit["kit"], "-V", "5"]  # fmt: skip
+
+
+def _listen(stack: Stack, kit: dict[str, Any], topic: str) -> subprocess.Popen[bytes]:
+    """mosquitto_sub as the kit: prints the first message on `topic` and exits."""
+    return subprocess.Popen(
+        ["mosquitto_sub", *_as_kit(stack, kit), "-q", "1", "-t", topic, "-C", "1", "-W", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def _publish_as_kit(stack: Stack, kit: dict[str, Any], topic: str, payload: bytes) -> None:
+    result = subprocess.run(
+        ["mosquitto_pub", *_as_kit(stack, kit), "-q", "1", "-t", topic, "-s"],
+        input=payload, capture_output=True, timeout=20, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+
+
+def _row(stack: Stack, patient: str) -> dict[str, Any] | None:
+    with psycopg.connect(stack.database_url) as conn:
+        found = conn.execute(
+            "SELECT command_id, body, sent_at, shown_at, kit_id FROM kit_commands WHERE patient_id = %s",
+            (patient,),
+        ).fetchall()
+    if not found:
+        return None
+    (command_id, body, sent_at, shown_at, kit_id), *_ = found
+    return {
+        "id": command_id,
+        "body": body,
+        "sent": sent_at,
+        "shown": shown_at,
+        "kit": kit_id,
+        "rows": len(found),
+    }
+
+
+@pytest.fixture
+def started(stack: Stack, bridge: BridgeProcess, alerts: AlertsProcess, unique: str) -> dict[str, Any]:
+    kit = _kit(stack, bridge, unique)
+    for stage in (bridge, alerts):
+        stage.start(wait=False)
+    for stage in (bridge, alerts):
+        stage.wait_healthy(90)
+    return kit
+
+
+def test_a_nurses_message_reaches_the_kit_and_its_acknowledgement_the_timeline(
+    stack: Stack, bridge: BridgeProcess, alerts: AlertsProcess, started: dict[str, Any]
+) -> None:
+    """Console form -> outbox -> Kafka -> bridge -> the kit's commands topic; the kit's ack ->
+    bridge -> Kafka -> alerts: the patient page says the message was shown on the kit."""
+    kit = started
+    with psycopg.connect(stack.database_url) as conn:
+        nurse = staff(conn, Role.NURSE, kit["team"])
+    listener = _listen(stack, kit, topics.kit_topic(kit["kit"], "commands", root=bridge.root))
+    console = ConsoleClient(alerts.url)
+    try:
+        console.login(nurse)
+        text = "Hei! Husk å veie deg i morgen tidlig."
+        sent = console.post(
+            f"/patients/{kit['patient']}/kit-message",
+            data={"csrf": console.csrf, "kind": "message", "text": text},
+        )
+        assert sent.status_code == 303, sent.text
+        out, err = listener.communicate(timeout=70)
+        assert listener.returncode == 0, err.decode()
+        command = json.loads(out)
+        assert command["schema"] == "vaktrom.kit-command.v1"
+        assert (command["kit"], command["kind"], command["text"]) == (kit["kit"], "message", text)
+        assert "patient_id" not in command  # the kit gets no pseudonym
+        shown = datetime.now(UTC).replace(microsecond=0)
+        ack = {"schema": "vaktrom.kit-ack.v1", "kit": kit["kit"], "command_id": command["command_id"],
+               "shown_at": shown.isoformat()}  # fmt: skip
+        _publish_as_kit(
+            stack, kit, topics.kit_topic(kit["kit"], "acks", root=bridge.root), json.dumps(ack).encode()
+        )
+        wait_for(lambda: (_row(stack, kit["patient"]) or {}).get("shown") is not None, "the ack stored", 60)
+        row = _row(stack, kit["patient"])
+        assert row is not None
+        assert (row["id"], row["kit"], row["shown"], row["rows"]) == (
+            command["command_id"],
+            kit["kit"],
+            shown,
+            1,
+        )
+        page = console.get(f"/patients/{kit['patient']}")
+        assert page.status_code == 200
+        assert "shown on the kit at" in page.text
+        assert text in page.text
+    finally:
+        listener.kill()
+        console.close()
+
+
+def test_another_teams_nurse_cannot_message_the_patients_kit(
+    stack: Stack, alerts: AlertsProcess, bridge: BridgeProcess, started: dict[str, Any], unique: str
+) -> None:
+    """A nurse of another team gets the 404 every other view of the patient gives, and nothing is queued;
+    a form without the CSRF token is refused too."""
+    kit = started
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        other = new_team(conn, f"{unique[:36]}-o")
+        stranger = staff(conn, Role.NURSE, other)
+        nurse = staff(conn, Role.NURSE, kit["team"])
+    console = ConsoleClient(alerts.url)
+    try:
+        console.login(stranger)
+        refused = console.post(
+            f"/patients/{kit['patient']}/kit-message",
+            data={"csrf": console.csrf, "kind": "message", "text": "hi"},
+        )
+        assert refused.status_code == 404
+        console.login(nurse)
+        forged = console.post(
+            f"/patients/{kit['patient']}/kit-message", data={"kind": "message", "text": "hi"}
+        )
+        assert forged.status_code == 403
+        too_long = console.post(
+            f"/patients/{kit['patient']}/kit-message",
+            data={"csrf": console.csrf, "kind": "message", "text": "x" * 501},
+        )
+        assert too_long.status_code == 303
+        assert "longer+than+500" in too_long.headers["location"]
+    finally:
+        console.close()
+    assert _row(stack, kit["patient"]) is None
+
+
+def test_hostile_acknowledgements_are_rejected_and_stop_nothing(
+    stack: Stack, bridge: BridgeProcess, alerts: AlertsProcess, started: dict[str, Any]
+) -> None:
+    """Bytes that are no JSON, an ack of a command never sent, one naming another kit: each becomes a
+    rejection with its reason; the bridge stays healthy."""
+    kit = started
+    topic = topics.kit_topic(kit["kit"], "acks", root=bridge.root)
+    now = datetime.now(UTC).isoformat()
+    unknown = {
+        "schema": "vaktrom.kit-ack.v1",
+        "kit": kit["kit"],
+        "command_id": uuid.uuid4().hex,
+        "shown_at": now,
+    }
+    other = {**unknown, "kit": "SOMEONE-ELSE"}
+    for payload in (b"\xff\x00not json", json.dumps(unknown).encode(), json.dumps(other).encode(), b"{}"):
+        _publish_as_kit(stack, kit, topic, payload)
+    records = consume(stack, topics.rejection_topic(bridge.prefix), until=4, timeout=40)
+    reasons = sorted(value["reason"] for _k, value, _h in records)
+    assert reasons == ["malformed", "schema", "topic_mismatch", "unknown_command"]
+    bridge.wait_healthy(10)
+    assert consume(stack, topics.kit_ack_topic(bridge.prefix), timeout=3, idle=2) == []

@@ -1,0 +1,134 @@
+"""The bridge's check of a kit's acknowledgement: any bytes in, an ack record or a rejection out."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contracts import (
+    MAX_COMMAND_TEXT,
+    CommandKind,
+    KitCommandRequest,
+    RejectReason,
+    command_problem,
+    reminder_id,
+)
+from ingest.kit_commands import KnownCommands, check_ack, to_kit
+
+NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+TOPIC = "vaktrom/v1/kits/KIT-1/acks"
+CID = uuid.UUID(int=1).hex
+
+
+def _known() -> KnownCommands:
+    known = KnownCommands()
+    known.remember(CID, "KIT-1", "P-1")
+    return known
+
+
+def _ack(**kw: object) -> bytes:
+    body = {
+        "schema": "vaktrom.kit-ack.v1",
+        "kit": "KIT-1",
+        "command_id": CID,
+        "shown_at": NOW.isoformat(),
+        **kw,
+    }
+    return json.dumps(body).encode()
+
+
+def _check(payload: bytes, kit: str = "KIT-1", known: KnownCommands | None = None):  # type: ignore[no-untyped-def]
+    return check_ack(topic=TOPIC, kit_id=kit, payload=payload, received_at=NOW, known=known or _known())
+
+
+def test_a_valid_ack_names_the_patient_the_command_went_to() -> None:
+    """The ack record carries the patient the bridge remembered, not anything the kit said."""
+    out = _check(_ack(read_at=(NOW + timedelta(minutes=1)).isoformat()))
+    assert out.rejections == []
+    assert out.ack is not None
+    assert (out.ack.patient_id, out.ack.kit_id, out.ack.command_id) == ("P-1", "KIT-1", CID)
+    assert out.record_count == 1
+
+
+def test_an_ack_of_a_command_never_sent_is_unknown_command() -> None:
+    """A command id the bridge did not relay is refused, with the reason code."""
+    (rejection,) = _check(_ack(command_id=uuid.uuid4().hex)).rejections
+    assert rejection.reason is RejectReason.UNKNOWN_COMMAND
+
+
+def test_an_ack_of_another_kits_command_is_foreign_command() -> None:
+    """KIT-2 cannot acknowledge (or learn anything about) KIT-1's command."""
+    known = _known()
+    payload = _ack(kit="KIT-2")
+    (rejection,) = check_ack(
+        topic="vaktrom/v1/kits/KIT-2/acks", kit_id="KIT-2", payload=payload, received_at=NOW, known=known
+    ).rejections
+    assert rejection.reason is RejectReason.FOREIGN_COMMAND
+
+
+def test_an_ack_naming_another_kit_than_its_topic_is_topic_mismatch() -> None:
+    (rejection,) = _check(_ack(kit="KIT-2")).rejections
+    assert rejection.reason is RejectReason.TOPIC_MISMATCH
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2048))
+def test_any_bytes_become_an_ack_or_a_rejection_never_a_crash(payload: bytes) -> None:
+    """Hostile bytes on the acks channel: exactly one record, never an exception."""
+    out = _check(payload)
+    assert (out.ack is not None) + len(out.rejections) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["kit", "command_id", "shown_at", "read_at", "extra"]), st.text(max_size=80)
+    )
+)
+def test_any_fields_become_an_ack_or_a_rejection(fields: dict[str, str]) -> None:
+    """Every field replaced with any text: still one record, and an ack only for the known command."""
+    out = _check(_ack(**fields))
+    assert (out.ack is not None) + len(out.rejections) == 1
+    if out.ack is not None:
+        assert out.ack.command_id == CID
+
+
+def test_the_known_commands_forget_the_oldest_first() -> None:
+    known = KnownCommands(limit=2)
+    for i in range(3):
+        known.remember(f"{i:032x}", "KIT-1", "P-1")
+    assert known.get(f"{0:032x}") is None
+    assert known.get(f"{2:032x}") == ("KIT-1", "P-1")
+
+
+def test_the_kit_gets_the_command_without_the_patient() -> None:
+    request = KitCommandRequest(
+        command_id=CID, patient_id="P-1", kind=CommandKind.MESSAGE, text="Hei", sent_at=NOW,
+        expires_at=NOW + timedelta(days=1), origin="alerts",
+    )  # fmt: skip
+    command = to_kit(request, "KIT-1")
+    assert (command.kit, command.command_id, command.text) == ("KIT-1", CID, "Hei")
+    assert not hasattr(command, "patient_id")
+
+
+def test_message_text_limits_at_the_boundary() -> None:
+    """500 characters go, 501 do not; empty, blank and control characters do not."""
+    assert command_problem("x" * MAX_COMMAND_TEXT) is None
+    assert command_problem("x" * (MAX_COMMAND_TEXT + 1)) is not None
+    assert command_problem("") is not None
+    assert command_problem("   ") is not None
+    assert command_problem("line one\nline two") is None
+    assert command_problem("bell\x07") is not None
+    assert command_problem("c1\x85") is not None
+
+
+def test_a_reminder_id_is_the_same_for_the_same_window_and_differs_for_another() -> None:
+    due = NOW
+    first = reminder_id(patient_id="P-1", metric="body_weight", due=due)
+    assert first == reminder_id(patient_id="P-1", metric="body_weight", due=due)
+    assert first != reminder_id(patient_id="P-1", metric="body_weight", due=due + timedelta(days=1))
+    assert first != reminder_id(patient_id="P-2", metric="body_weight", due=due)
