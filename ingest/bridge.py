@@ -138,10 +138,8 @@ class Bridge:
         self._handed = 0  # worker: records handed to the producer
         self._settled = 0  # the sink's poll thread: records Kafka acknowledged
         self._produce_errors = 0
-        self._refusals_logged = (
-            0,
-            0.0,
-        )  # the sink's poll thread: (_produce_errors, when) at the last warning
+        # the sink's poll thread: (_produce_errors, when) at the last warning
+        self._refusals_logged = (0, 0.0)
         self._received: collections.Counter[str] = collections.Counter()
         self._redelivered = 0
         self._produced: collections.Counter[str] = collections.Counter()
