@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,12 +20,14 @@ import msgspec
 from msgspec import Meta
 
 from contracts._metrics import METRICS, Metric
+from contracts._questionnaires import CONTACT_REQUEST, QUESTIONNAIRES
 from contracts._records import Pseudonym
 
 __all__ = [
     "CAREPLAN_SCHEMA",
     "RULE_IDS",
     "THRESHOLD_LIMITS",
+    "AssignedQuestionnaire",
     "BaselineSettings",
     "CarePlan",
     "Condition",
@@ -69,6 +72,25 @@ class ExpectedMeasurement(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
     every_minutes: Annotated[int, Meta(ge=1, le=1440)] | None = None
 
 
+_ASSIGNABLE = sorted(
+    q for q in QUESTIONNAIRES if q != CONTACT_REQUEST
+)  # a contact request is never scheduled
+QuestionnaireId = Annotated[
+    str,
+    Meta(
+        pattern="^(" + "|".join(re.escape(q) for q in _ASSIGNABLE) + ")$",
+        description="A questionnaire of contracts._questionnaires: " + ", ".join(_ASSIGNABLE) + ".",
+    ),
+]
+
+
+class AssignedQuestionnaire(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A questionnaire the patient is asked to answer on the kit, in daily windows (local time)."""
+
+    questionnaire: QuestionnaireId
+    windows: list[ScheduleWindow] = []
+
+
 class BaselineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How much history a personal baseline needs before it may fire."""
 
@@ -100,6 +122,7 @@ class CarePlan(
     timezone: str = "Europe/Oslo"
     spo2_scale: Spo2Scale = Spo2Scale.DEFAULT
     expected: list[ExpectedMeasurement] = []
+    questionnaires: list[AssignedQuestionnaire] = []  # symptom checks the kit asks, and when
     thresholds: dict[str, dict[str, float]] = {}
     rules_off: list[str] = []
     rules_on: list[str] = []
@@ -192,9 +215,11 @@ THRESHOLD_LIMITS: Final[Mapping[str, Mapping[str, ThresholdLimit]]] = MappingPro
 
 # Every rule id a care plan may switch on or off (the monitor's catalogue; a unit test holds them together).
 RULE_IDS: Final = frozenset(
-    {*THRESHOLD_LIMITS, "NEWS2-S1", "NEWS2-S2", "NEWS2-P", "NEWS2-T", "kit-silent", "measurement-missed"}
-    | {"BP-1"}  # NEWS2's systolic sub-score: no parameters
-)
+    {*THRESHOLD_LIMITS, "NEWS2-S1", "NEWS2-S2", "NEWS2-P", "NEWS2-T", "kit-silent", "measurement-missed",
+     "BP-1",  # NEWS2's systolic sub-score: no parameters
+     # from questionnaire answers (streams/monitor/symptoms.py): no parameters; a plan may switch them off
+     "SYM-1", "SYM-2", "SYM-3", "CONTACT-1"}
+)  # fmt: skip
 
 # Pairs that must stay ordered: (rule, lower parameter, higher parameter).
 _ORDERED: Final = (("HF-4", "low", "high"), ("RS-6", "urgent", "review"), ("T-3", "sustained", "once"))

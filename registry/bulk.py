@@ -59,7 +59,7 @@ def _plan(row: Mapping[str, Any], team_id: str, actor: Actor, at: datetime) -> C
         return None
     plan = default_plan(row["patient_id"], team_id, condition, by=actor.username, at=at,
                         timezone=row.get("timezone") or "Europe/Oslo")  # fmt: skip
-    extra = {k: row[k] for k in ("expected", "spo2_scale") if row.get(k) is not None}
+    extra = {k: row[k] for k in ("expected", "spo2_scale", "questionnaires") if row.get(k) is not None}
     if not extra:
         return plan
     try:

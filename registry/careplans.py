@@ -26,6 +26,10 @@ from typing import Any
 import msgspec
 
 from contracts import (
+    COPD_CHECK,
+    HF_DAILY,
+    INFECTION_CHECK,
+    AssignedQuestionnaire,
     BaselineSettings,
     CarePlan,
     Condition,
@@ -38,6 +42,7 @@ from contracts import (
 
 __all__ = [
     "DEFAULT_EXPECTED",
+    "DEFAULT_QUESTIONNAIRES",
     "PROPOSED_METRICS",
     "PlanChange",
     "PlanError",
@@ -85,6 +90,16 @@ DEFAULT_EXPECTED: Mapping[Condition, tuple[ExpectedMeasurement, ...]] = {
 }
 
 
+_CHECK_WINDOW = [ScheduleWindow(start="09:00", end="11:00")]  # after the morning measurements
+# The symptom check each condition's kit asks daily (contracts/_questionnaires.py), until changed.
+DEFAULT_QUESTIONNAIRES: Mapping[Condition, tuple[AssignedQuestionnaire, ...]] = {
+    Condition.HEART_FAILURE: (AssignedQuestionnaire(questionnaire=HF_DAILY, windows=_CHECK_WINDOW),),
+    Condition.COPD: (AssignedQuestionnaire(questionnaire=COPD_CHECK, windows=_CHECK_WINDOW),),
+    Condition.DIABETES: (),
+    Condition.INFECTION_WATCH: (AssignedQuestionnaire(questionnaire=INFECTION_CHECK, windows=_CHECK_WINDOW),),
+}
+
+
 def default_plan(
     patient_id: str,
     team_id: str,
@@ -102,6 +117,7 @@ def default_plan(
         team_id=team_id,
         timezone=timezone,
         expected=list(DEFAULT_EXPECTED[condition]),
+        questionnaires=list(DEFAULT_QUESTIONNAIRES[condition]),
         changed_at=at,
         changed_by=by,
         reason=f"enrolled: {condition.value.replace('_', ' ')} defaults",
@@ -127,6 +143,7 @@ class PlanChange:
     rules_on: Sequence[str] = ()
     expected: Sequence[ExpectedMeasurement] | None = None
     baseline: BaselineSettings | None = None
+    questionnaires: Sequence[AssignedQuestionnaire] | None = None
 
 
 def parse_threshold(raw: str) -> tuple[str, str, float | None]:
@@ -228,6 +245,8 @@ def apply_change(
             fields[name] = value
     if change.expected is not None:
         fields["expected"] = list(change.expected)
+    if change.questionnaires is not None:
+        fields["questionnaires"] = list(change.questionnaires)
     try:
         # the contract's own checks (time zone, windows, ranges) run on the decoded result
         return msgspec.convert(msgspec.to_builtins({**msgspec.structs.asdict(current), **fields}), CarePlan)

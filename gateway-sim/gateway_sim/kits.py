@@ -99,6 +99,10 @@ class SimPatient:
                 for kind, (serial, _s) in self.devices.items()
             ],
             "expected": expected,
+            "questionnaires": [
+                {"questionnaire": q, "windows": [{"start": "09:00", "end": "11:00"}]}
+                for q in ([forms.CHECK_OF[self.condition]] if self.condition in forms.CHECK_OF else [])
+            ],
         }
 
 

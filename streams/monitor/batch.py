@@ -498,6 +498,7 @@ class Processor:
             systolic=self._history(partition, patient + _SYSTOLIC),
             now=datetime.now(UTC),
             offset=r.offset,
+            off=self._off(partition, patient),
         )
         if events is None:
             self.metrics.duplicates.inc()
@@ -519,6 +520,7 @@ class Processor:
             history=record.history,
             weight_gain=record.episodes.get("weight_gain"),
             now=datetime.now(UTC),
+            off=self._off(partition, patient),
         )
         if events:
             self._touch(partition, patient + ANSWERS)
@@ -531,6 +533,10 @@ class Processor:
             self.cache.put(partition, patient + ANSWERS, held)
         assert isinstance(held, AnswerRecord)
         return held
+
+    def _off(self, partition: int, patient: bytes) -> frozenset[str]:
+        plan = self._plan(partition, patient)
+        return frozenset(plan.rules_off) if plan is not None else frozenset()
 
     def _weight_gain(self, partition: int, patient: bytes) -> EpisodeState | None:
         held = self.cache.get(partition, patient + METRIC_KEYS[Metric.BODY_WEIGHT], decode_metric)

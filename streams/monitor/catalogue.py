@@ -244,9 +244,7 @@ RULES: Final = MappingProxyType(
                 "symptoms_worse",
                 _R,
                 f"{_BEAT} (weight triggers urgent with symptoms); HF-1",
-                "weight gain > 2 kg in 3 days together with worse breathlessness or swelling within 3 days",
-                kg=2.0,
-                hours=72,
+                "weight gain (HF-1/HF-2) together with worse breathlessness or swelling within 72 h",
             ),
             _rule(
                 "SYM-3",
@@ -254,8 +252,6 @@ RULES: Final = MappingProxyType(
                 _R,
                 _BEAT,
                 "systolic < 90 mm[Hg] in heart failure with dizziness answered within 24 h",
-                systolic=90,
-                hours=24,
             ),
             _rule(
                 "CONTACT-1",

@@ -65,6 +65,10 @@ BODY_WEIGHT = "body_weight"
 DAY_S = 86_400.0
 _KEEP_S = 7 * DAY_S  # answers kept: longer than any rule's window
 _KEEP_RESOLVED_S = 2 * DAY_S
+# The rules' fixed parameters (not set per plan; a plan may switch a rule off, `rules_off`)
+_SYM2_WINDOW_S = 72 * 3600.0  # symptoms this close to a weight gain's readings combine with it
+_SYM3_WINDOW_S = 24 * 3600.0  # dizziness this close to a low systolic reading
+_SYM3_SYSTOLIC_BELOW = 90.0  # mm[Hg], strict: BEAT-HF's "< 90 with symptoms"
 _HF_SIGNS = frozenset({"breathless", "orthopnoea", "swelling"})  # SYM-2's symptoms (BEAT-HF)
 _BREATHLESS_CHECKS = frozenset({HF_DAILY, COPD_CHECK})
 
@@ -125,8 +129,10 @@ class Symptoms:
         systolic: History | None,
         now: datetime,
         offset: int | None = None,
+        off: frozenset[str] = frozenset(),
     ) -> list[AlertEvent] | None:
-        """An answer: its events, or None when it is a replay (nothing changed, nothing to write)."""
+        """An answer: its events, or None when it is a replay (nothing changed, nothing to write).
+        `off`: the rules the patient's plan switched off (`rules_off`)."""
         t = a.authored.timestamp()
         if (offset is not None and offset <= record.offset) or any(
             s.answer_id == a.answer_id for s in record.recent
@@ -138,7 +144,7 @@ class Symptoms:
         record.recent.append(seen)
         record.recent.sort(key=lambda s: s.t)
         events: list[AlertEvent] = []
-        if a.questionnaire == CONTACT_REQUEST:
+        if a.questionnaire == CONTACT_REQUEST and "CONTACT-1" not in off:
             topic = next((i.code for i in a.items if i.link_id == "topic" and i.code), None)
             text = f"The patient asked to be contacted at {self._fmt(t)}" + (
                 f" (about: {topic})" if topic else ""
@@ -155,12 +161,12 @@ class Symptoms:
             )
         else:
             self._contact_due(record, a.patient_id, t, now, events)
-        found = self._symptom_findings(record, seen, weight_gain)
-        if found is not None:
+        found = self._symptom_findings(record, seen, None if "SYM-2" in off else weight_gain)
+        if found is not None and found.rule_id not in off:
             self._raise(record, a.patient_id, "symptoms_worse", found, t, a.answer_id, now, events)
-        elif a.questionnaire in _BREATHLESS_CHECKS:
+        elif found is None and a.questionnaire in _BREATHLESS_CHECKS:
             self._clear(record, a.patient_id, "symptoms_worse", t, now, events)
-        low = self._low_bp_finding(record, t, systolic)
+        low = None if "SYM-3" in off else self._low_bp_finding(record, t, systolic)
         if low is not None:
             self._raise(record, a.patient_id, "low_bp_symptomatic", low, t, a.answer_id, now, events)
         elif a.questionnaire == HF_DAILY and "dizzy" not in a.worsening:
@@ -179,18 +185,19 @@ class Symptoms:
         history: History,
         weight_gain: EpisodeState | None = None,
         now: datetime,
+        off: frozenset[str] = frozenset(),
     ) -> list[AlertEvent]:
         """A new (not replayed) weight or systolic reading, already in `history` (and a weight already
         judged by HF-1/HF-2: `weight_gain` is the weight-gain episode after it): the combined rules."""
         events: list[AlertEvent] = []
         if not record.recent:
             return events
-        if metric == BODY_WEIGHT:
+        if metric == BODY_WEIGHT and "SYM-2" not in off:
             qualified = weight_gain is not None and weight_gain.last_seen_at == t
             found = self._combined(record.recent, weight_gain) if qualified else None
             if found is not None:
                 self._raise(record, patient_id, "symptoms_worse", found, t, measurement_id, now, events)
-        elif metric == BP_SYSTOLIC:
+        elif metric == BP_SYSTOLIC and "SYM-3" not in off:
             low = self._low_bp_finding(record, t, history)
             if low is not None:
                 self._raise(record, patient_id, "low_bp_symptomatic", low, t, measurement_id, now, events)
@@ -218,7 +225,7 @@ class Symptoms:
         and an answer with a worse heart-failure sign no more than 72 h before or after them."""
         if gain is None or gain.problem != "weight_gain":
             return None
-        window = RULES["SYM-2"].params["hours"] * 3600.0
+        window = _SYM2_WINDOW_S
         lo, hi = gain.opened_at - window, gain.last_seen_at + window
         matched = [s for s in answers if lo <= s.t <= hi and _HF_SIGNS.intersection(s.worsening)]
         if not matched:
@@ -234,12 +241,11 @@ class Symptoms:
             f"Weight gain ({weight}{gain.rule_id} since {self._fmt(gain.opened_at)}) with worse "
             f"{', '.join(signs)} answered {self._fmt(matched[-1].t)}"
         )
-        limit = RULES["SYM-2"].params["kg"]
+        limit = gain.threshold.value if gain.threshold is not None else RULES["HF-1"].params["kg"]
         return _Found("SYM-2", text, Threshold(op=">", value=limit, unit="kg", window="72h"), latest)
 
     def _low_bp_finding(self, record: AnswerRecord, t: float, systolic: History | None) -> _Found | None:
-        params = RULES["SYM-3"].params
-        window, limit = params["hours"] * 3600.0, params["systolic"]
+        window, limit = _SYM3_WINDOW_S, _SYM3_SYSTOLIC_BELOW
         dizzy = self._worse(record, t - window, t + window, frozenset({"dizzy"}))
         if not dizzy:
             return None

@@ -59,3 +59,27 @@ def test_a_stable_patient_rarely_reports_worse_and_an_episode_nearly_always_does
     sick = [answer_check("heart_failure", "fluid_gain", 1.0, rng_for(2, i)) for i in range(500)]
     assert sum(bool(a is not None and a.reported) for a in sick) > 450
     assert answer_check("diabetes", None, 0.0, rng_for(3)) is None
+
+
+def test_the_demo_shows_answers_and_a_contact_request_within_its_first_minute() -> None:
+    """`make up`'s cohort with episodes peaking now and live measuring: symptom answers in the
+    history, and a contact request released within 60 s of real time beginning."""
+    now = datetime(2026, 12, 6, 12, 0, 30, tzinfo=UTC)
+    counts = {"heart_failure": 8, "copd": 8, "diabetes": 8, "infection": 6}
+    cohort = Cohort(patients=counts, seed=11)  # infra/pipeline.py's cohort, seed and history
+    start = now - timedelta(days=9)
+    patients = build_patients(
+        cohort, run_start=start, run_days=10, episodes_at=now, live=(now, timedelta(minutes=2))
+    )
+    stream = CohortStream(cohort, patients, start=start, end=now + timedelta(minutes=5))
+    contact, worse = [], 0
+    for at, message in stream:
+        if message.kind != "answers":
+            continue
+        for r in json.loads(message.payload)["responses"]:
+            if r["questionnaire"] == "contact-request" and now <= at <= now + timedelta(seconds=60):
+                contact.append(at)
+            values = [a for item in r.get("item", []) for a in item["answer"]]
+            worse += any(v.get("valueCoding", {}).get("code") == "worse" for v in values) and at <= now
+    assert contact, "a patient in an episode asks to be contacted in the demo's first minute"
+    assert worse >= 3, "the history holds symptom answers to show"

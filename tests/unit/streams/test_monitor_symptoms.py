@@ -328,3 +328,23 @@ def test_the_batch_step_sets_aside_an_answer_keyed_by_someone_else() -> None:
     out = processor.take()
     assert not out.events
     assert len(out.quarantined) == 1
+
+
+def test_a_rule_the_plan_switched_off_raises_nothing() -> None:
+    """rules_off: SYM-1 off silences a breathless answer; CONTACT-1 off a contact request; SYM-2 off
+    leaves the symptom rule alone (SYM-1), not the combination."""
+    s = _symptoms()
+    a = _answer(T0, "hf-daily", "breathless")
+    assert (
+        s.answer(a, AnswerRecord(), weight_gain=None, systolic=None, now=T0, off=frozenset({"SYM-1"})) == []
+    )
+    contact = _answer(T0, "contact-request")
+    assert (
+        s.answer(
+            contact, AnswerRecord(), weight_gain=None, systolic=None, now=T0, off=frozenset({"CONTACT-1"})
+        )
+        == []
+    )
+    gain = _gain(T0, T0)
+    got = s.answer(a, AnswerRecord(), weight_gain=gain, systolic=None, now=T0, off=frozenset({"SYM-2"}))
+    assert [e.rule_id for e in got or []] == ["SYM-1"]
