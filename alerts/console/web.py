@@ -59,6 +59,7 @@ from alerts.console.live import Live
 from alerts.console.registry_api import registry_api
 from alerts.console.registry_pages import registry_pages
 from alerts.console.security import SecurityHeaders, trust_proxies
+from alerts.console.trend import cuff_reading
 from alerts.settings import AlertsSettings
 from alerts.store import Resolution
 from alerts.workers.stage_watch import OWN, StageWatch
@@ -160,8 +161,11 @@ def alert_page(request: Request, ctx: Ctx, episode_id: str, who: PageClinician) 
     with ctx.db() as conn:
         alert = ctx.load(conn, who, episode_id)
         colleagues = handoff.colleagues(conn, alert["team_id"])
+        cuff = cuff_reading(conn, alert)  # a blood-pressure alert shows the whole cuff measurement
     ctx.audit(request, who.username, "view_alert", target=episode_id, patient_id=alert["patient_id"])
-    return ctx.render(request, "alert.html", {"user": who, "a": alert, "colleagues": colleagues})
+    return ctx.render(
+        request, "alert.html", {"user": who, "a": alert, "colleagues": colleagues, "cuff": cuff}
+    )
 
 
 @pages.get("/alerts/{episode_id}/panel", openapi_extra=scope("team"))
