@@ -7,6 +7,9 @@ the canonical mmol/L. A threshold is drawn as a line only when it is a level (th
 baseline); a change rule's limit ("> 2 kg in 3 days") is relative to the baseline drawn beside it,
 and its explanation says so.
 
+A blood-pressure chart carries the other pressure of each cuff measurement (`companion`), so
+systolic and diastolic are drawn together.
+
 Each chart also carries the patient's daily mean, minimum and maximum (`daily`, canonical unit)
 from the archive's daily aggregate (a continuous aggregate on TimescaleDB), drawn as a step line.
 """
@@ -21,7 +24,7 @@ import psycopg
 from contracts import METRICS, Metric
 from streams.archive.read import Bucket, Reading, buckets, series
 
-__all__ = ["trend"]
+__all__ = ["cuff_reading", "trend"]
 
 
 def trend(conn: psycopg.Connection[Any], alert: dict[str, Any], *, days: int = 14) -> list[dict[str, Any]]:
@@ -42,11 +45,56 @@ def trend(conn: psycopg.Connection[Any], alert: dict[str, Any], *, days: int = 1
         )
         for metric, rows in sorted(by_metric.items())
     ]
+    _pair_pressures(conn, alert["patient_id"], charts, start, end)
     for chart in charts:
         if chart["unit"] == METRICS[Metric(chart["metric"])].unit:  # the aggregate is canonical
             daily = buckets(conn, alert["patient_id"], chart["metric"], start, end, width="day")
             chart["daily"] = [_day(d) for d in daily]
     return charts
+
+
+_PARTNER = {
+    Metric.BP_SYSTOLIC.value: Metric.BP_DIASTOLIC.value,
+    Metric.BP_DIASTOLIC.value: Metric.BP_SYSTOLIC.value,
+}
+
+
+def _pair_pressures(
+    conn: psycopg.Connection[Any],
+    patient_id: str,
+    charts: list[dict[str, Any]],
+    start: datetime,
+    end: datetime,
+) -> None:
+    """A blood-pressure chart shows systolic and diastolic together: the other pressure of each cuff
+    measurement rides along as `companion` [(measured time, value)], matched to the chart's times
+    (a cuff's components share their measured time)."""
+    for chart in charts:
+        partner = _PARTNER.get(chart["metric"])
+        if partner is None:
+            continue
+        rows = series(conn, patient_id, start, end, metric=partner)
+        chart["companion"] = {
+            "metric": partner,
+            "points": [[r.measured_at.timestamp(), r.value] for r in rows if r.value is not None],
+        }
+
+
+def cuff_reading(conn: psycopg.Connection[Any], alert: dict[str, Any]) -> dict[str, Any] | None:
+    """The whole cuff measurement behind a blood-pressure alert's latest reading (systolic,
+    diastolic and the pulse the cuff measured with them), for the alert's evidence; None otherwise."""
+    latest = (alert.get("event") or {}).get("latest")
+    if alert.get("metric") not in _PARTNER or not latest:
+        return None
+    at = latest["measured_at"]
+    at = datetime.fromisoformat(at) if isinstance(at, str) else at
+    rows = series(conn, alert["patient_id"], at, at + timedelta(milliseconds=1))
+    device = next((r.device_id for r in rows if r.measurement_id == latest["measurement_id"]), None)
+    values = {r.metric: r.value for r in rows if r.device_id == device}
+    systolic, diastolic = values.get(Metric.BP_SYSTOLIC.value), values.get(Metric.BP_DIASTOLIC.value)
+    if systolic is None or diastolic is None:
+        return None
+    return {"systolic": systolic, "diastolic": diastolic, "pulse": values.get(Metric.PULSE.value), "at": at}
 
 
 def _day(day: Bucket) -> list[Any]:

@@ -63,6 +63,7 @@ from alerts.console.live import Live
 from alerts.console.registry_api import registry_api
 from alerts.console.registry_pages import registry_pages
 from alerts.console.security import SecurityHeaders, trust_proxies
+from alerts.console.trend import cuff_reading
 from alerts.settings import AlertsSettings
 from alerts.store import Resolution
 from alerts.workers.stage_watch import OWN, StageWatch
@@ -166,8 +167,9 @@ def alert_page(request: Request, ctx: Ctx, episode_id: str, who: PageClinician) 
         colleagues = handoff.colleagues(conn, alert["team_id"])
         until = max(alert["last_seen_at"], alert["opened_at"])
         answered = recent_answers(conn, alert["patient_id"], until=until)
+        cuff = cuff_reading(conn, alert)  # a blood-pressure alert shows the whole cuff measurement
     ctx.audit(request, who.username, "view_alert", target=episode_id, patient_id=alert["patient_id"])
-    context = {"user": who, "a": alert, "colleagues": colleagues, "answers": answered}
+    context = {"user": who, "a": alert, "colleagues": colleagues, "answers": answered, "cuff": cuff}
     return ctx.render(request, "alert.html", context)
 
 

@@ -7,6 +7,9 @@
   const fmt = new Intl.DateTimeFormat("en-GB", {timeZone: tz, day: "2-digit", month: "short", hour: "2-digit", minute: "2-digit"});
   const names = {body_weight: "Weight", spo2: "SpO₂", pulse: "Pulse", glucose: "Glucose", body_temperature: "Temperature"};
   const units = {"Cel": "°C", "/min": "beats/min"};
+  names.bp_systolic = "Systolic pressure";
+  names.bp_diastolic = "Diastolic pressure";
+  units["mm[Hg]"] = "mmHg";
 
   function draw(chart) {
     const wrap = document.createElement("div");
@@ -55,6 +58,13 @@
       data.push(xs.map(() => t.value));
       series.push({label: "threshold", stroke: "#c62828", width: 1.5, dash: [3, 3], points: {show: false}});
       legend.push(t.label);
+    }
+    if (chart.companion) {
+      // after the other series, so the baseline band keeps its indices; the other pressure of each cuff measurement (same measured time): systolic and diastolic together
+      const other = new Map(chart.companion.points.map((p) => [p[0], p[1]]));
+      data.push(xs.map((x) => (other.has(x) ? other.get(x) : null)));
+      series.push({label: names[chart.companion.metric], stroke: "#6a1b9a", width: 1.5, points: {show: xs.length < 300, size: 4}});
+      legend.push("purple: " + names[chart.companion.metric].toLowerCase());
     }
     const width = Math.max(320, box.clientWidth - 10);
     // eslint-disable-next-line no-undef
