@@ -22,7 +22,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from alerts.handoff import colleague
-from alerts.service_hours import DutyRole, ServiceHours, Shift, gaps, on_duty, overlaps, parse_weekly
+from alerts.service_hours import DutyRole, ServiceHours, Shift, gaps, hhmm, on_duty, overlaps, parse_weekly
 from alerts.store import require_idle
 from alerts.workers.notify import Route, enqueue, parse_routes
 
@@ -79,7 +79,7 @@ class TeamService:
 
 def _weekly_json(hours: ServiceHours) -> dict[str, list[list[str]]]:
     return {
-        str(day): [[a.strftime("%H:%M"), b.strftime("%H:%M")] for a, b in intervals]
+        str(day): [[hhmm(a), hhmm(b)] for a, b in intervals]
         for day, intervals in sorted(hours.weekly.items())
     }
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -32,6 +33,7 @@ __all__ = [
     "ServiceHours",
     "Shift",
     "gaps",
+    "hhmm",
     "on_duty",
     "overlaps",
     "parse_weekly",
@@ -60,13 +62,12 @@ def parse_weekly(raw: Mapping[str, Sequence[Sequence[str]]]) -> dict[int, tuple[
         if key not in {str(d) for d in range(7)}:
             raise ValueError(f"weekday {key!r}: use 0 (Monday) to 6 (Sunday)")
         parsed: list[Interval] = []
+        if not isinstance(intervals, (list, tuple)):
+            raise ValueError(f"weekday {key}: give a list of [opens, closes] intervals")
         for pair in intervals:
-            if len(pair) != 2:
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 raise ValueError(f"weekday {key}: each interval is [opens, closes]")
-            try:
-                opens, closes = time.fromisoformat(pair[0]), time.fromisoformat(pair[1])
-            except (TypeError, ValueError):
-                raise ValueError(f"weekday {key}: {pair!r} is not two HH:MM times") from None
+            opens, closes = _clock(pair[0], key), _clock(pair[1], key, end=True)
             if closes <= opens:
                 raise ValueError(f"weekday {key}: {pair[0]}-{pair[1]} closes before it opens")
             parsed.append((opens, closes))
@@ -76,6 +77,22 @@ def parse_weekly(raw: Mapping[str, Sequence[Sequence[str]]]) -> dict[int, tuple[
                 raise ValueError(f"weekday {key}: opening intervals overlap")
         weekly[int(key)] = tuple(parsed)
     return weekly
+
+
+_HHMM = re.compile(r"([01]\d|2[0-3]):[0-5]\d|24:00")
+END_OF_DAY = time.max  # "24:00": open until midnight
+
+
+def _clock(text: object, key: str, *, end: bool = False) -> time:
+    """HH:MM (and 24:00 for a closing time) as a time of day; ValueError otherwise."""
+    if not isinstance(text, str) or not _HHMM.fullmatch(text) or (text == "24:00" and not end):
+        raise ValueError(f"weekday {key}: {text!r} is not a time HH:MM (00:00-23:59, or 24:00 to close)")
+    return END_OF_DAY if text == "24:00" else time.fromisoformat(text)
+
+
+def hhmm(at: time) -> str:
+    """A time of day as the configuration writes it (END_OF_DAY as 24:00)."""
+    return "24:00" if at == END_OF_DAY else at.strftime("%H:%M")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +135,11 @@ class ServiceHours:
             if self.closed_on(day) is None:
                 for opens, closes in self.weekly.get(day.weekday(), ()):
                     lo = _instant(day, opens, zone)
-                    hi = _instant(day, closes, zone)
+                    hi = (
+                        _instant(day + timedelta(days=1), time(0), zone)
+                        if closes == END_OF_DAY
+                        else (_instant(day, closes, zone))
+                    )
                     lo, hi = max(lo, start), min(hi, end)
                     if lo < hi:
                         yield lo.astimezone(UTC), hi.astimezone(UTC)

@@ -211,3 +211,54 @@ def test_a_red_finding_of_a_closed_centre_is_routed_by_the_service(
         finally:
             browser.close()
         assert alerts.stop() == 0, alerts.tail()
+
+
+def test_hostile_input_in_every_field_is_refused_without_harm(
+    alerts: AlertsProcess, conn: psycopg.Connection[Any], teams: Teams
+) -> None:
+    """Bad bytes, markup, wrong types and absurd values in each field of the service and the shift
+    answer 422 with a message (never 500), and leave the stored service as it was."""
+    alerts.start()
+    mine = bearer(conn, teams.coordinator_a)
+    physician = staff(conn, Role.PHYSICIAN, teams.a)
+    start = datetime.now(UTC) + timedelta(days=1)
+    shift = {
+        "role": "on_call_physician",
+        "username": physician,
+        "contact": "mailto:dr@centre.example.org",
+        "starts_at": start.isoformat(),
+        "ends_at": (start + timedelta(hours=8)).isoformat(),
+    }
+    with httpx.Client(base_url=f"{alerts.url}/api/v1/teams/{teams.a}", timeout=30) as api:
+        assert api.put("/service", json=_service(), headers=mine).status_code == 200
+        before = api.get("/duty", headers=mine).json()["service"]
+        bad_services = [
+            _service() | {"out_of_hours_instruction": "Ring\x00 legevakten"},
+            _service() | {"out_of_hours_instruction": ""},
+            _service() | {"out_of_hours_route": "javascript:alert(1)"},
+            _service() | {"fallback_route": "mailto:a@b.example, https://x.example"},
+            _service() | {"time_zone": "../../etc/passwd"},
+            _service() | {"weekly": {"0": [["08:00\x00", "15:00"]]}},
+            _service() | {"weekly": {"0": [["08:00+01:00", "15:00"]]}},
+            _service() | {"weekly": {"9": [["08:00", "15:00"]]}},
+            _service() | {"weekly": {"0": [["08:00", "15:00"]] * 5000}},
+            _service() | {"closed_dates": ["2026-02-30"]},
+            _service() | {"required_roles": ["janitor"]},
+        ]
+        for body in bad_services:
+            answer = api.put("/service", json=body, headers=mine)
+            assert answer.status_code == 422, (body, answer.status_code, answer.text[:200])
+        assert api.get("/duty", headers=mine).json()["service"] == before
+        bad_shifts = [
+            shift | {"username": "nobody\x00"},
+            shift | {"username": "<script>alert(1)</script>"},
+            shift | {"contact": "tel:113"},
+            shift | {"role": "janitor"},
+            shift | {"starts_at": "yesterday"},
+            shift | {"starts_at": start.replace(tzinfo=None).isoformat()},
+            shift | {"ends_at": start.isoformat()},
+        ]
+        for body in bad_shifts:
+            answer = api.post("/shifts", json=body, headers=mine)
+            assert answer.status_code == 422, (body, answer.status_code, answer.text[:200])
+        assert api.get("/duty", headers=mine).json()["shifts"] == []

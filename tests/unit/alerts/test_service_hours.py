@@ -4,6 +4,7 @@ changes, Norwegian public holidays, roster resolution at arbitrary instants, ove
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -107,7 +108,12 @@ def test_next_opening_after_a_holiday_weekend() -> None:
     [
         ({"7": [["08:00", "15:00"]]}, r"use 0 \(Monday\)"),
         ({"0": [["15:00", "08:00"]]}, "closes before it opens"),
-        ({"0": [["8 o'clock", "15:00"]]}, "not two HH:MM times"),
+        ({"0": [["8 o'clock", "15:00"]]}, "not a time HH:MM"),
+        ({"0": [["08:00+01:00", "15:00"]]}, "not a time HH:MM"),
+        ({"0": [["08:00:30", "15:00"]]}, "not a time HH:MM"),
+        ({"0": [["24:00", "15:00"]]}, "not a time HH:MM"),
+        ({"0": [[8, 15]]}, "not a time HH:MM"),
+        ({"0": "08:00-15:00"}, "a list of"),
         ({"0": [["08:00", "12:00"], ["11:00", "15:00"]]}, "overlap"),
         ({"0": [["08:00"]]}, "each interval"),
     ],
@@ -210,3 +216,34 @@ def test_roster_resolution_at_arbitrary_instants(roster: list[Shift], minute: in
     assert len(covering) <= 1
     assert on_duty(roster, role, at) == (covering[0] if covering else None)
     assert overlaps(roster) == []
+
+
+def test_open_until_midnight_and_from_midnight_leaves_no_gap() -> None:
+    """Monday 16:00-24:00 and Tuesday 00:00-08:00 is one stretch: 23:59:59.9 and 00:00 both open,
+    and it reads back as 24:00."""
+    night = ServiceHours("Europe/Oslo", parse_weekly({"0": [["16:00", "24:00"]], "1": [["00:00", "08:00"]]}))
+    assert night.is_open(oslo(2026, 11, 30, 23, 59) + timedelta(seconds=59.9))
+    assert night.is_open(oslo(2026, 12, 1, 0, 0))
+    assert not night.is_open(oslo(2026, 12, 1, 8, 0))
+    assert [(lo, hi) for lo, hi in night.periods(oslo(2026, 11, 30, 12), oslo(2026, 12, 1, 12))] == [
+        (oslo(2026, 11, 30, 16).astimezone(UTC), oslo(2026, 12, 1).astimezone(UTC)),
+        (oslo(2026, 12, 1).astimezone(UTC), oslo(2026, 12, 1, 8).astimezone(UTC)),
+    ]
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.dictionaries(st.sampled_from([*map(str, range(8)), "x", "\x00"]), _json, max_size=4))
+def test_any_weekly_json_is_hours_or_a_clear_refusal(raw: dict[str, Any]) -> None:
+    """Whatever JSON a client sends as weekly hours: parsed hours, or a ValueError; never a crash."""
+    try:
+        parse_weekly(raw)
+    except ValueError as exc:
+        refusal = str(exc)
+        assert refusal.startswith("weekday"), refusal
