@@ -405,6 +405,7 @@ def _execute(
         credentials=_credentials(args.credentials),
         will=lambda kit: status(kit, "offline"),
         max_inflight=args.max_inflight,
+        command_topics=lambda kit: f"{root}/kits/{kit}/commands",  # the kits show and acknowledge them
     )
     ledger = Ledger(confirm=args.confirm)
     options = RunOptions(

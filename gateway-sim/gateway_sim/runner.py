@@ -30,6 +30,7 @@ import numpy as np
 from gateway_sim import messages as wire
 from gateway_sim.ledger import Ledger
 from gateway_sim.messages import Message, Reading
+from gateway_sim.screen import KitScreen
 from gateway_sim.transport import Connection, MqttPool
 
 __all__ = ["CohortSource", "LoadSource", "Progress", "RunOptions", "Runner", "Source"]
@@ -225,6 +226,9 @@ LIMITED_MAX_S = 60.0
 RATE_LIMITED = "rate_limited"
 
 
+_SCREEN_ACK = object()  # the publish reference of a kit's acknowledgement of a command
+
+
 class Runner:
     def __init__(
         self,
@@ -247,9 +251,20 @@ class Runner:
         self.stopping = False
         pool.on_ack = self._acked
         pool.on_receipt = self._receipt
+        pool.on_command = self._command
+        self.screen = KitScreen()
 
     # ------------------------------------------------------------ callbacks
+    def _command(self, kit: str, payload: bytes) -> None:
+        """A command for a kit: its screen shows it, and the kit acknowledges it on its acks topic."""
+        ack = self.screen.handle(kit, payload)
+        conn = self.pool.by_kit.get(kit)
+        if ack is not None and conn is not None:
+            self.pool.publish(conn, f"{self.options.root}/kits/{kit}/acks", ack, _SCREEN_ACK)
+
     def _acked(self, message: object, when: float) -> None:
+        if message is _SCREEN_ACK:
+            return  # a kit's acknowledgement of a command: nothing to settle
         assert isinstance(message, Message)
         first = message.attempts == 1 and not message.pubacked
         self.ledger.acked(message, when - message.first_sent if first else None)

@@ -141,6 +141,7 @@ class MqttPool:
         credentials: dict[str, tuple[str, str]] | None = None,
         will: Callable[[str], tuple[str, bytes]] | None = None,
         max_inflight: int = 1000,
+        command_topics: Callable[[str], str] | None = None,
     ) -> None:
         """`connections=None` means one connection per kit (with `credentials` and `will` per kit)."""
         if not 1 <= max_inflight <= 20000:
@@ -150,7 +151,10 @@ class MqttPool:
         # set by the runner: a PUBACK for what was published (and when), a receipt's raw payload
         self.on_ack: Callable[[Any, float], None] = lambda _ref, _when: None
         self.on_receipt: Callable[[bytes], None] = lambda _payload: None
+        # a command for a kit (its id, the raw payload): what the kit's screen shows (gateway_sim.screen)
+        self.on_command: Callable[[str, bytes], None] = lambda _kit, _payload: None
         self._receipt_topics = receipt_topics
+        self._command_topics = command_topics
         self._selector = selectors.DefaultSelector()
         self.per_kit = connections is None
         if connections is None:
@@ -227,10 +231,11 @@ class MqttPool:
                 )
             return
         conn.state, conn.backoff, conn.failure = "up", 0.5, ""
-        if self._receipt_topics is not None:
-            topics = [(self._receipt_topics(kit), 1) for kit in kits]
-            for i in range(0, len(topics), 500):
-                client.subscribe(topics[i : i + 500])
+        topics = [(self._receipt_topics(kit), 1) for kit in kits] if self._receipt_topics else []
+        if self._command_topics is not None:
+            topics += [(self._command_topics(kit), 1) for kit in kits]
+        for i in range(0, len(topics), 500):
+            client.subscribe(topics[i : i + 500])
 
     def _disconnected(self, client: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         conn = self._conn(client)
@@ -248,6 +253,10 @@ class MqttPool:
             self.on_ack(ref, time.monotonic())
 
     def _message(self, _client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        topic = message.topic
+        if topic.endswith("/commands"):
+            self.on_command(topic.rsplit("/", 2)[-2], bytes(message.payload))
+            return
         self.on_receipt(bytes(message.payload))
 
     # ------------------------------------------------------------ connection management

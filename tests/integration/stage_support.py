@@ -189,7 +189,12 @@ class StageProcess:
 
 def stage_groups(name: str) -> dict[str, str]:
     """The consumer groups of a test's stages (the monitor's is its app id under the prefix)."""
-    return {"monitor": f"{name}.monitor", "archive": f"{name}-archive", "alerts": f"{name}-alerts"}
+    return {
+        "monitor": f"{name}.monitor",
+        "archive": f"{name}-archive",
+        "alerts": f"{name}-alerts",
+        "bridge": f"{name}.bridge-commands",  # the bridge's command relay (contracts.kafka_acl)
+    }
 
 
 def prepare(stack: Stack, name: str) -> None:

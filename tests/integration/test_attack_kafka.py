@@ -67,6 +67,8 @@ TOPICS: dict[str, Topic] = {
     "careplans": topics.careplan_topic,
     "quarantine": topics.quarantine_topic,
     "monitor-state": topics.monitor_state_topic,
+    "kit-commands": topics.kit_command_topic,
+    "kit-acks": topics.kit_ack_topic,
 }
 _NAME = {fn: label for label, fn in TOPICS.items()}
 

@@ -15,10 +15,18 @@ import psycopg
 import pytest
 
 from alerts.accounts import Role
-from contracts import topics
+from contracts import EpisodeChange, Severity, topics
 from registry import KitDevice
 from tests.conftest import Stack
-from tests.integration.alerts_support import AlertsProcess, ConsoleClient, staff, wait_for
+from tests.integration.alerts_support import (
+    AlertsProcess,
+    ConsoleClient,
+    event,
+    new_id,
+    publish,
+    staff,
+    wait_for,
+)
 from tests.integration.bridge_support import BridgeProcess
 from tests.integration.registry_support import OPERATOR, enrol, make_registry, new_team
 from tests.integration.stage_support import consume
@@ -199,3 +207,57 @@ def test_hostile_acknowledgements_are_rejected_and_stop_nothing(
     assert reasons == ["malformed", "schema", "topic_mismatch", "unknown_command"]
     bridge.wait_healthy(10)
     assert consume(stack, topics.kit_ack_topic(bridge.prefix), timeout=3, idle=2) == []
+
+
+def test_a_reminder_from_the_alert_page_appears_in_the_alerts_timeline(
+    stack: Stack, bridge: BridgeProcess, alerts: AlertsProcess, started: dict[str, Any]
+) -> None:
+    """On an alert of the patient, a nurse sends a weight reminder: the kit gets the standard text
+    with the metric; the alert's timeline says it was sent, then shown on the kit."""
+    kit = started
+    episode = new_id()
+    publish(alerts.stack, alerts.prefix, event(episode, 1, EpisodeChange.OPENED, Severity.YELLOW,
+                                               patient_id=kit["patient"], metric="body_weight"))  # fmt: skip
+    wait_for(lambda: _alert_stored(stack, episode), "the alert stored")
+    with psycopg.connect(stack.database_url) as conn:
+        nurse = staff(conn, Role.NURSE, kit["team"])
+    listener = _listen(stack, kit, topics.kit_topic(kit["kit"], "commands", root=bridge.root))
+    console = ConsoleClient(alerts.url)
+    try:
+        console.login(nurse)
+        sent = console.post(
+            f"/alerts/{episode}/kit-message",
+            data={"csrf": console.csrf, "kind": "reminder", "metric": "body_weight", "text": ""},
+        )
+        assert sent.status_code == 303, sent.text
+        assert "error" not in sent.headers["location"]
+        out, err = listener.communicate(timeout=70)
+        assert listener.returncode == 0, err.decode()
+        command = json.loads(out)
+        assert (command["kind"], command["metric"]) == ("reminder", "body_weight")
+        assert "weigh yourself" in command["text"]
+        page = console.get(f"/alerts/{episode}")
+        assert "sent a reminder to the kit" in page.text
+        ack = {"schema": "vaktrom.kit-ack.v1", "kit": kit["kit"], "command_id": command["command_id"],
+               "shown_at": datetime.now(UTC).isoformat()}  # fmt: skip
+        _publish_as_kit(
+            stack, kit, topics.kit_topic(kit["kit"], "acks", root=bridge.root), json.dumps(ack).encode()
+        )
+        wait_for(
+            lambda: "shown on the kit at" in console.get(f"/alerts/{episode}/panel").text,
+            "ack in timeline",
+            60,
+        )
+        api = console.get(f"/api/v1/alerts/{episode}").json()
+        assert [t["kind"] for t in api["timeline"] if t["kind"].startswith("kit_")] == [
+            "kit_sent",
+            "kit_shown",
+        ]
+    finally:
+        listener.kill()
+        console.close()
+
+
+def _alert_stored(stack: Stack, episode: str) -> bool:
+    with psycopg.connect(stack.database_url) as conn:
+        return conn.execute("SELECT 1 FROM alerts WHERE episode_id = %s", (episode,)).fetchone() is not None
