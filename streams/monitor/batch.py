@@ -41,6 +41,7 @@ from contracts import (
     quarantined,
     unusable_field,
 )
+from streams.monitor.answering import ANSWERS, COMBINED_METRICS, Answering
 from streams.monitor.clock import Clock
 from streams.monitor.engine import (
     Engine,
@@ -51,19 +52,10 @@ from streams.monitor.engine import (
     decode_patient,
     encode,
 )
-from streams.monitor.episodes import EpisodeState
-from streams.monitor.history import History
 from streams.monitor.metrics import MonitorMetrics
 from streams.monitor.retry import Retries
 from streams.monitor.store import Store
-from streams.monitor.symptoms import (
-    BODY_WEIGHT,
-    BP_SYSTOLIC,
-    AnswerRecord,
-    Symptoms,
-    decode_answers,
-    encode_answers,
-)
+from streams.monitor.symptoms import AnswerRecord, Symptoms, decode_answers, encode_answers
 
 __all__ = ["Batch", "Names", "Processor", "Record"]
 
@@ -71,8 +63,6 @@ log = logging.getLogger(__name__)
 
 KIT = b"|kit"
 PLAN = b"|plan"
-ANSWERS = b"|answers"  # the patient's questionnaire answers and their episodes (symptoms.py)
-_SYSTOLIC = f"|{BP_SYSTOLIC}".encode()  # METRIC_KEYS[Metric.BP_SYSTOLIC] once the metric lands
 METRIC_KEYS = {metric: f"|{metric.value}".encode() for metric in Metric}
 _SUFFIXES = {suffix: metric for metric, suffix in METRIC_KEYS.items()}
 _measurement = msgspec.json.Decoder(Measurement)
@@ -257,10 +247,11 @@ class Processor:
     ) -> None:
         self.engine, self.names, self.store, self.metrics = engine, names, store, metrics
         self.symptoms = Symptoms(timing=engine.timing, shown_in=engine.shown_in)
+        self.cache = _Cache(store, cached)
+        self.answering = Answering(symptoms=self.symptoms, cache=self.cache, plan=self._plan)
         self.behind = behind
         self._sources = {names.measurements: "measurements", names.status: "status"}
         self._topics = {source: topic for topic, source in self._sources.items()}
-        self.cache = _Cache(store, cached)
         self.clocks: dict[int, Clock] = {}
         self.heaps: dict[int, list[tuple[float, bytes]]] = {}
         self.loaded: set[int] = set()
@@ -480,8 +471,9 @@ class Processor:
             return
         self._touch(partition, mkey)
         self._after(partition, patient, precord, out)
-        if m.metric.value in (BODY_WEIGHT, BP_SYSTOLIC):
-            self._combined(partition, patient, m, record)
+        if m.metric.value in COMBINED_METRICS and (events := self.answering.reading(partition, m, record)):
+            self._touch(partition, patient + ANSWERS)
+            self._out.events.extend((patient, e) for e in events)
         if r.appended:
             self.metrics.latency.observe(max(0.0, time.time() - r.appended))
 
@@ -489,62 +481,13 @@ class Processor:
         """A questionnaire answer: the answer rules, with the patient's weights and systolic pressures."""
         a = _check_answer(_answer.decode(r.value))  # type: ignore[arg-type]  # None: TypeError
         _check_key(r.key, a.patient_id, "answer")
-        partition, patient = r.partition, a.patient_id.encode()
-        record = self._answers(partition, patient)
-        events = self.symptoms.answer(
-            a,
-            record,
-            weight_gain=self._weight_gain(partition, patient),
-            systolic=self._history(partition, patient + _SYSTOLIC),
-            now=datetime.now(UTC),
-            offset=r.offset,
-            off=self._off(partition, patient),
-        )
+        events = self.answering.answer(r.partition, a, r.offset)
         if events is None:
             self.metrics.duplicates.inc()
             return
-        self._touch(partition, patient + ANSWERS)
+        patient = a.patient_id.encode()
+        self._touch(r.partition, patient + ANSWERS)
         self._out.events.extend((patient, e) for e in events)
-
-    def _combined(self, partition: int, patient: bytes, m: Measurement, record: MetricRecord) -> None:
-        """A new weight or systolic reading of a patient who answers questionnaires: SYM-2, SYM-3."""
-        answers = self.cache.get(partition, patient + ANSWERS, decode_answers)
-        if not isinstance(answers, AnswerRecord) or not answers.recent:
-            return
-        events = self.symptoms.reading(
-            m.patient_id,
-            m.metric.value,
-            m.measured_at.timestamp(),
-            m.measurement_id,
-            answers,
-            history=record.history,
-            weight_gain=record.episodes.get("weight_gain"),
-            now=datetime.now(UTC),
-            off=self._off(partition, patient),
-        )
-        if events:
-            self._touch(partition, patient + ANSWERS)
-            self._out.events.extend((patient, e) for e in events)
-
-    def _answers(self, partition: int, patient: bytes) -> AnswerRecord:
-        held = self.cache.get(partition, patient + ANSWERS, decode_answers)
-        if held is None:
-            held = AnswerRecord()
-            self.cache.put(partition, patient + ANSWERS, held)
-        assert isinstance(held, AnswerRecord)
-        return held
-
-    def _off(self, partition: int, patient: bytes) -> frozenset[str]:
-        plan = self._plan(partition, patient)
-        return frozenset(plan.rules_off) if plan is not None else frozenset()
-
-    def _weight_gain(self, partition: int, patient: bytes) -> EpisodeState | None:
-        held = self.cache.get(partition, patient + METRIC_KEYS[Metric.BODY_WEIGHT], decode_metric)
-        return held.episodes.get("weight_gain") if isinstance(held, MetricRecord) else None
-
-    def _history(self, partition: int, key: bytes) -> History | None:
-        held = self.cache.get(partition, key, decode_metric)
-        return held.history if isinstance(held, MetricRecord) else None
 
     def _after(self, partition: int, patient: bytes, precord: PatientRecord, out: Outcome) -> None:
         if out.patient_changed or precord.partition != partition:
