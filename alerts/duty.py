@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from alerts import kit_messages
 from alerts.handoff import colleague
 from alerts.service_hours import DutyRole, ServiceHours, Shift, gaps, hhmm, on_duty, overlaps, parse_weekly
 from alerts.store import require_idle
@@ -290,17 +291,24 @@ def resolve_routes(
 def tell_kit(cur: psycopg.Cursor[Any], *, episode_id: str, patient_id: str, text: str, at: datetime) -> None:
     """Tell the patient's kit what to do while the centre is closed, and say so in the timeline.
 
-    At merge this calls kitmsg's `alerts.kit_messages` function that queues a message for a
-    patient's kit, in this transaction: kind "instruction", `text`, by "out-of-hours route", why the
-    alert `episode_id` (issue #32, SPLIT32.md). Until then only the timeline entry is written
-    (`"queued": false`), so the instruction the patient is to get is on record.
+    The instruction is queued for the kit (`alerts.kit_messages`, kind "instruction") in this
+    transaction; the kit-commands worker sends it and the kit's acknowledgement shows in the
+    timeline. An instruction that cannot be queued (no text configured) is in the timeline with why.
     """
-    detail = {"text": text, "kind": "instruction", "by": "out-of-hours route", "queued": False}
+    detail: dict[str, Any] = {"text": text, "kind": "instruction", "by": "out-of-hours route"}
+    try:
+        command_id = kit_messages.queue_message(
+            cur.connection, patient_id=patient_id, kind="instruction", text=text, sender="out-of-hours route",
+            reason="red finding outside service hours", episode_id=episode_id,
+        )  # fmt: skip
+        detail |= {"queued": True, "command_id": command_id}
+    except kit_messages.KitMessageError as exc:
+        detail |= {"queued": False, "error": str(exc)}
+        log.warning("out-of-hours instruction for episode %s not queued: %s", episode_id, exc)
     cur.execute(
         "INSERT INTO alert_timeline (episode_id, kind, at, detail) VALUES (%s, 'kit_instruction', %s, %s)",
         (episode_id, at, Jsonb(detail)),
     )
-    log.debug("kit instruction recorded for patient %s (episode %s)", patient_id, episode_id)
 
 
 _UNHANDLED = """

@@ -66,7 +66,10 @@ def queue_message(
     expires_in: timedelta = DEFAULT_EXPIRY,
     ip: str | None = None,
 ) -> str:
-    """Queue `text` for the kit of `patient_id` and return the command's id. Commits.
+    """Queue `text` for the kit of `patient_id` and return the command's id.
+
+    It runs in the caller's transaction (a savepoint when one is open, as the out-of-hours route's
+    is), which the caller commits; on an error nothing of it is written.
 
     `kind` is "message", "reminder" (with `metric`, what to measure) or "instruction"; `sender` is
     the user (or the route) sending it and `reason` why, for the audit log; `team_id` the sender's
@@ -90,7 +93,6 @@ def queue_message(
         "SELECT team_id FROM patient_directory WHERE patient_id = %s", (patient_id,)
     ).fetchone()
     if row is None or (team_id is not None and row[0] != team_id):
-        conn.rollback()
         raise KitMessageError("no such patient (or not one your team follows)", status=404)
     command_id = uuid.uuid4().hex
     now = datetime.now(UTC)

@@ -113,6 +113,12 @@ def test_red_on_sunday_night_goes_to_the_legevakt_and_the_kit_is_told(
     entries = dict(_timeline(conn, eid))
     assert entries["out_of_hours"]["why"] == "outside service hours"
     assert entries["kit_instruction"]["text"] == INSTRUCTION
+    assert entries["kit_instruction"]["queued"] is True
+    # queued for the patient's kit in the same transaction, linked to the alert, for the worker to send
+    (command,) = conn.execute(
+        "SELECT command_id, kind, body, episode_id, origin FROM kit_commands WHERE episode_id = %s", (eid,)
+    ).fetchall()
+    assert command == (entries["kit_instruction"]["command_id"], "instruction", INSTRUCTION, eid, "alerts")
     (row,) = queue(conn, now=later, targets=TARGETS, team_id=team)
     assert (row["episode_id"], row["after_hours"], row["after_hours_now"]) == (eid, "routed", True)
     assert row["after_hours_route"] == legevakt.url
