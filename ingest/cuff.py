@@ -16,11 +16,32 @@ first that fails rejects the whole cuff reading, so a panel is stored whole or n
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
-from contracts import BLOOD_PRESSURE, KitReading, Metric, RejectReason, canonical_unit_code
+import msgspec
 
-__all__ = ["BLOOD_PRESSURE", "CuffProblem", "cuff_components", "cuff_problem", "stray_cuff_fields"]
+from contracts import (
+    BLOOD_PRESSURE,
+    MAX_RAW_EXCERPT_BYTES,
+    KitReading,
+    Measurement,
+    Metric,
+    Rejection,
+    RejectReason,
+    canonical_unit_code,
+    panel_id,
+)
+from ingest.text import printable, printable_bytes
+
+__all__ = [
+    "BLOOD_PRESSURE",
+    "CuffProblem",
+    "cuff_components",
+    "cuff_panel",
+    "cuff_problem",
+    "stray_cuff_fields",
+]
 
 _MM_HG = "mm[Hg]"
 
@@ -91,6 +112,41 @@ def cuff_components(reading: KitReading) -> list[KitReading]:
         )
         for metric, value, unit in parts
     ]
+
+
+def cuff_panel(
+    reading: KitReading,
+    *,
+    component: Callable[[KitReading], Measurement | Rejection],
+    refuse: Callable[[CuffProblem], Rejection],
+) -> list[Measurement] | Rejection:
+    """The cuff reading's component measurements, sharing its panel id; or one rejection: `refuse`
+    for a problem of the whole panel, else the first component's own (checked by `component`,
+    the normaliser's per-reading checks), naming the component and carrying the whole reading."""
+    problem = cuff_problem(reading)
+    if problem is not None:
+        return refuse(problem)
+    parts: list[Measurement] = []
+    for part in cuff_components(reading):
+        record = component(part)
+        if isinstance(record, Rejection):  # the panel is stored whole or not at all
+            return msgspec.structs.replace(
+                record,
+                detail=printable(f"blood_pressure {part.metric}: {record.detail}", max_bytes=1024),
+                raw_excerpt=printable_bytes(msgspec.json.encode(reading), max_bytes=MAX_RAW_EXCERPT_BYTES),
+            )
+        parts.append(record)
+    first = parts[0]
+    shared = panel_id(
+        device_id=first.device_id,
+        patient_id=first.patient_id,
+        systolic=reading.systolic or 0.0,
+        diastolic=reading.diastolic or 0.0,
+        pulse=reading.pulse,
+        unit=_MM_HG,
+        measured_at=first.measured_at,
+    )
+    return [msgspec.structs.replace(m, panel_id=shared) for m in parts]
 
 
 def stray_cuff_fields(reading: KitReading) -> str | None:

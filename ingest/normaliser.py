@@ -57,10 +57,9 @@ from contracts import (
     Trace,
     canonical_unit_code,
     measurement_id,
-    panel_id,
     rejection_id,
 )
-from ingest.cuff import cuff_components, cuff_problem, stray_cuff_fields
+from ingest.cuff import CuffProblem, cuff_panel, stray_cuff_fields
 from ingest.fhir import Refusal, parse_fhir
 from ingest.registry import KitEntry, Registry
 from ingest.text import (
@@ -472,37 +471,20 @@ class Normaliser:
         """A reading of any kind: a cuff's blood-pressure panel (ingest.cuff) or one metric."""
         if reading.metric != BLOOD_PRESSURE:
             return self._reading(source, kit, index, reading, seq)
-        measured = _utc(reading.measured_at)
-        measured = measured.replace(microsecond=measured.microsecond // 1000 * 1000)
-        problem = cuff_problem(reading)
-        parts: list[Measurement] = []
-        for component in [] if problem is not None else cuff_components(reading):
-            record = self._reading(source, kit, index, component, seq)
-            if isinstance(record, Rejection):  # the panel is stored whole or not at all
-                return msgspec.structs.replace(
-                    record,
-                    detail=printable(f"blood_pressure {component.metric}: {record.detail}", max_bytes=1024),
-                    raw_excerpt=_excerpt(msgspec.json.encode(reading)),
-                )
-            parts.append(record)
-        if problem is not None:
+
+        def refuse(problem: CuffProblem) -> Rejection:
+            measured = _utc(reading.measured_at)
+            measured = measured.replace(microsecond=measured.microsecond // 1000 * 1000)
             attributed = kit.patient_at(measured)
             patient = None if isinstance(attributed, RejectReason) else attributed
             return _reading_rejection(
                 source=source, kit=kit, index=index, reading=reading, measured=measured, patient=patient,
                 refused=_Refused(problem.reason, problem.detail),
             )  # fmt: skip
-        first = parts[0]
-        shared = panel_id(
-            device_id=first.device_id,
-            patient_id=first.patient_id,
-            systolic=reading.systolic or 0.0,
-            diastolic=reading.diastolic or 0.0,
-            pulse=reading.pulse,
-            unit="mm[Hg]",
-            measured_at=first.measured_at,
+
+        return cuff_panel(
+            reading, component=lambda part: self._reading(source, kit, index, part, seq), refuse=refuse
         )
-        return [msgspec.structs.replace(m, panel_id=shared) for m in parts]
 
     def _reading(
         self, source: _Source, kit: KitEntry, index: int, reading: KitReading, seq: int | None

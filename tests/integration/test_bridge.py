@@ -121,7 +121,12 @@ def test_every_rejection_reason_lands_on_the_dead_letter_topic(bridge: BridgePro
         (
             RejectReason.UNKNOWN_METRIC,
             kit,
-            kit_message(kit, 4, kit_reading(ox, "blood_pressure", 120.0, "mm[Hg]")),
+            kit_message(kit, 4, kit_reading(ox, "respiratory_rate", 16.0, "/min")),
+        ),
+        (
+            RejectReason.INCONSISTENT,  # a cuff's diastolic not below its systolic
+            kit,
+            kit_message(kit, 12, kit_reading(ox, "blood_pressure", None, "mmHg", systolic=80, diastolic=120)),
         ),
         (RejectReason.UNIT_NOT_ACCEPTED, kit, kit_message(kit, 5, kit_reading(ox, "pulse", 1.2, "Hz"))),
         (RejectReason.MISSING_VALUE, kit, kit_message(kit, 6, kit_reading(ox, "spo2", None, "%"))),

@@ -327,3 +327,37 @@ def test_a_lone_systolic_observation_is_a_systolic_measurement() -> None:
     (m,) = _fhir(json.dumps(obs).encode()).measurements
     assert isinstance(m, Measurement)
     assert (m.metric, m.value, m.unit, m.panel_id) == (Metric.BP_SYSTOLIC, 141.0, "mm[Hg]", None)
+
+
+_json_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    components=st.lists(
+        st.tuples(
+            st.sampled_from(["8480-6", "8462-4", "8867-4", "9999-9", ""]),
+            _json_values,
+            st.sampled_from(["mm[Hg]", "mmHg", "kPa", "/min", "", "\x00"]),
+        ),
+        max_size=4,
+    )
+)
+def test_any_fhir_panel_gives_measurements_or_rejections_never_a_crash(
+    components: list[tuple[str, Any, str]],
+) -> None:
+    """Any components in a 85354-9 panel, however wrong their values: a whole panel or one rejection."""
+    payload = _panel(*components)
+    outcome = _fhir(payload)
+    assert len(outcome.measurements) in (0, 2, 3)
+    assert len(outcome.rejections) == (0 if outcome.measurements else 1)
+    for m in outcome.measurements:
+        assert m.value is not None
+        assert math.isfinite(m.value)
