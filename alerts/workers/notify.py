@@ -38,6 +38,8 @@ import httpx
 import psycopg
 from psycopg.types.json import Jsonb
 
+from alerts.i18n import N_
+
 __all__ = [
     "Channel",
     "Email",
@@ -55,7 +57,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
-STEP_NAMES = {1: "team", 2: "coordinator on duty", 3: "on-call physician"}
+STEP_NAMES = {1: N_("team"), 2: N_("coordinator on duty"), 3: N_("on-call physician")}
 
 
 class NotifyError(Exception):
