@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -15,6 +17,8 @@ import psycopg
 import pytest
 
 from alerts.accounts import Role
+from alerts.store import apply_events
+from alerts.workers.notify import Note, deliver_due
 from contracts import EpisodeChange, Severity
 from tests.conftest import Stack
 from tests.integration.alerts_support import (
@@ -256,3 +260,51 @@ def test_the_login_page_follows_the_browser_then_the_default(service: AlertsProc
     assert "Logg inn" in httpx.get(f"{service.url}/login").text
     assert "Log in" in httpx.get(f"{service.url}/login", headers={"Accept-Language": "en-GB"}).text
     assert "Logg inn" in httpx.get(f"{service.url}/login", headers={"Accept-Language": "nn, en;q=0.5"}).text
+
+
+@dataclass
+class Recorder:
+    """An e-mail channel that keeps what it would send."""
+
+    kind: str = "email"
+    sent: list[tuple[str, Note]] = field(default_factory=list)
+
+    def send(self, target: str, note: Note) -> None:
+        self.sent.append((target, note))
+
+
+def test_a_notification_speaks_its_recipient_s_language(conn: psycopg.Connection[Any]) -> None:
+    """An escalation e-mail to a nurse who chose bokmål is in bokmål; one to an address no account
+    has (a team mailbox) is in the centre's language; no patient details in either."""
+    conn.execute(  # notifications left due by other tests would be sent here too
+        "UPDATE notifications SET failed_at = now(), last_error = 'set aside by a test' "
+        "WHERE sent_at IS NULL AND failed_at IS NULL"
+    )
+    eid, now = new_id(), datetime.now(UTC)
+    apply_events(conn, [event(eid, 1, EpisodeChange.OPENED, Severity.RED)])
+    conn.execute(
+        "UPDATE alerts SET received_at = %s WHERE episode_id = %s", (now - timedelta(minutes=7), eid)
+    )
+    nurse = staff(conn, Role.NURSE)
+    address = f"{nurse}@centre.example.org"
+    conn.execute("UPDATE users SET email = %s, language = 'nb' WHERE username = %s", (address.upper(), nurse))
+    for target in (address, "team-mailbox@centre.example.org"):
+        conn.execute(
+            "INSERT INTO notifications (episode_id, alarm_round, step, channel, target, created_at, "
+            "next_attempt_at) VALUES (%s, 1, 3, 'email', %s, %s, %s)",
+            (eid, target, now, now),
+        )
+    conn.commit()
+    outbox = Recorder()
+    assert deliver_due(conn, {"email": outbox}, now=now, link_base="https://c.example", language="en") == (
+        2,
+        0,
+    )
+    notes = dict(outbox.sent)
+    assert notes[address].language == "nb"
+    assert notes[address].subject().startswith("[Vaktrom] RØD: varsel uten ansvarlig i 7 min")
+    assert "vakthavende lege" in notes[address].text()
+    assert notes["team-mailbox@centre.example.org"].language == "en"
+    assert "RED alert unclaimed for 7 min" in notes["team-mailbox@centre.example.org"].subject()
+    for note in notes.values():
+        assert "SpO2" not in note.text()
