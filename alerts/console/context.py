@@ -346,8 +346,10 @@ class Filters:
             "by": by,
         }
 
-    def query(self) -> str:
-        return urlencode({k: v for k, v in self.value.items() if v and not (k == "by" and v == "patient")})
+    def query(self, **override: str) -> str:
+        """The filters as a query string (the default grouping left out), with `override` applied."""
+        value = {**self.value, **override}
+        return urlencode({k: v for k, v in value.items() if v and not (k == "by" and v == "patient")})
 
 
 QueueFilters = Annotated[Filters, Depends(Filters)]

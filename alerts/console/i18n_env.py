@@ -93,8 +93,11 @@ def install_i18n(env: Environment, zone: tzinfo) -> None:
         return i18n.gettext(_lang(context), LABELS[text]) if text in LABELS else text.replace("_", " ")
 
     @pass_context
-    def number(context: Context, value: float, decimals: int | None = None) -> str:
-        return i18n.format_number(value, _lang(context), decimals)
+    def number(context: Context, value: object) -> str:
+        """A measured value as reported (its own precision: 91.0 stays 91.0), with the language's
+        decimal sign (91,0 in bokmål)."""
+        text = str(value)
+        return text.replace(".", ",") if _lang(context) == "nb" and isinstance(value, float) else text
 
     env.filters.update(
         local=local, duration=duration, explain=explained, label=label, number=number, condition=label

@@ -147,7 +147,9 @@ def queue_page(
     return ctx.render(
         request, "queue.html",
         {"user": who, "rows": rows, "patients": by_patient(rows), "filters": filters.value, "teams": teams,
-         "query": filters.query(), "colleagues": colleagues, "error": request.query_params.get("error")},
+         "query": filters.query(),
+         "regroup": filters.query(by="problem" if filters.value["by"] == "patient" else "patient"),
+         "colleagues": colleagues, "error": request.query_params.get("error")},
     )  # fmt: skip
 
 

@@ -58,7 +58,9 @@
 
   const refreshRows = rowsBody && refresher(() => table.dataset.rows, (html) => {
     const before = new Set([...rowsBody.querySelectorAll("tr[data-id]")].map((r) => r.dataset.id));
-    const keep = selected && selected.dataset.id;
+    // a patient's row keeps its selection when their most urgent problem changes
+    const keyOf = (row) => row.dataset.patient || row.dataset.id;
+    const keep = selected && keyOf(selected);
     rowsBody.innerHTML = html;
     paintMeters(rowsBody);
     for (const row of rowsBody.querySelectorAll("tr[data-id]")) {
@@ -66,7 +68,7 @@
         row.classList.add("fresh");
         setTimeout(() => row.classList.remove("fresh"), 3000);
       }
-      if (row.dataset.id === keep) select(row);
+      if (keyOf(row) === keep) select(row);
     }
   });
   const refreshPanel = panel && refresher(() => panel.dataset.src, (html) => {
