@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STACK  := infra/stack
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up bench-pipeline crash-matrix fuzz soak demo-check stack-up down status logs backup wal-status restore test test-plain test-unit check fmt schemas bench clean
+.PHONY: i18n help bootstrap up bench-pipeline crash-matrix fuzz soak demo-check stack-up down status logs backup wal-status restore test test-plain test-unit check fmt schemas bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -97,6 +97,9 @@ fmt: bootstrap ## format the code and apply safe lint fixes
 
 schemas: bootstrap ## regenerate contracts/schemas/*.json from the contract types
 	@$(PY) infra/schemas.py
+
+i18n: bootstrap ## extract the console's strings into the nb/en catalogues and list what bokmål still lacks
+	@$(PY) -m alerts.i18n_extract
 
 bench: stack-up ## run the benchmarks against the local stack; figures go to bench/results/
 	@$(PY) bench/pipeline.py

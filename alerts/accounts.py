@@ -27,6 +27,7 @@ import argon2
 import psycopg
 
 from alerts import handoff
+from alerts.i18n import LANGUAGES
 from registry import expire_codes_made_by
 from runtime import audit as audit_log
 
@@ -50,6 +51,7 @@ __all__ = [
     "revoke_token",
     "session_for",
     "session_live",
+    "set_language",
     "token_of",
     "tokens",
     "users",
@@ -103,6 +105,7 @@ class Principal:
     team_id: str | None  # None: every team of the centre
     csrf_token: str
     kind: str  # 'browser' or 'api'
+    language: str | None = None  # 'nb' or 'en' as chosen (migration 0022); None: not chosen
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,13 +243,13 @@ def session_for(conn: psycopg.Connection[Any], token: str, *, kind: str, idle: t
             FROM users u
             WHERE s.token_hash = %(h)s AND s.kind = %(kind)s AND u.username = s.username AND u.active
               AND s.expires_at > now() AND s.last_seen_at > now() - %(idle)s
-            RETURNING u.username, u.display_name, u.role, u.team_id, s.csrf_token
+            RETURNING u.username, u.display_name, u.role, u.team_id, s.csrf_token, u.language
             """,
             {"h": _digest(token), "kind": kind, "idle": idle},
         ).fetchone()
     if row is None:
         return None
-    return Principal(row[0], row[1], Role(row[2]), row[3], row[4], kind)
+    return Principal(row[0], row[1], Role(row[2]), row[3], row[4], kind, row[5])
 
 
 def session_live(conn: psycopg.Connection[Any], token: str, *, kind: str, idle: timedelta) -> bool:
@@ -262,6 +265,14 @@ def session_live(conn: psycopg.Connection[Any], token: str, *, kind: str, idle: 
     ).fetchone()
     conn.rollback()
     return row is not None
+
+
+def set_language(conn: psycopg.Connection[Any], username: str, language: str | None) -> None:
+    """Store the user's console language ('nb', 'en', or None to follow the browser). Commits."""
+    if language is not None and language not in LANGUAGES:
+        raise AccountError(f"language must be one of {', '.join(LANGUAGES)}")
+    with conn.transaction():
+        conn.execute("UPDATE users SET language = %s WHERE username = %s", (language, username))
 
 
 def purge(conn: psycopg.Connection[Any], *, keep: timedelta = timedelta(days=1)) -> tuple[int, int]:

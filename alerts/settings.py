@@ -8,6 +8,7 @@ import re
 from datetime import timedelta
 
 from alerts.accounts import MAX_TOKEN_DAYS
+from alerts.i18n import LANGUAGES
 from alerts.workers.escalation import Step, Targets
 from alerts.workers.notify import Route, parse_routes
 from runtime.settings import ConfigError, Settings, check_ranges, check_time_zone, setting
@@ -82,6 +83,12 @@ class AlertsSettings(Settings):
         "Europe/Oslo",
         env="VAKTROM_ALERTS_TIME_ZONE",
         help="the response centre's time zone for every time shown",
+    )
+    language: str = setting(
+        "nb",
+        env="VAKTROM_ALERTS_LANGUAGE",
+        help="the console's and notifications' language when a user has chosen none and their browser "
+        "asks for neither: nb (Norwegian bokmål) or en",
     )
     session_hours: float = setting(
         12.0, env="VAKTROM_ALERTS_SESSION_HOURS", help="a console login lasts at most this long (one shift)"
@@ -166,6 +173,10 @@ class AlertsSettings(Settings):
         )
         _ = self.watched  # parses, so a typo fails here
         check_time_zone("VAKTROM_ALERTS_TIME_ZONE", self.time_zone)
+        if self.language not in LANGUAGES:
+            raise ConfigError(
+                f"VAKTROM_ALERTS_LANGUAGE must be one of {', '.join(LANGUAGES)}, not {self.language!r}"
+            )
         routes = [r for rs in self.routes.values() for r in rs]  # parses, so a typo fails here
         if any(r.channel == "webhook" for r in routes) and len(self.webhook_secret) < 16:
             raise ConfigError(

@@ -23,7 +23,9 @@ from pydantic import BaseModel
 
 from alerts import accounts, kit_messages, store
 from alerts.accounts import Principal, Role
+from alerts.console.i18n_env import install_i18n, js_messages
 from alerts.console.live import Live
+from alerts.i18n import LANGUAGES, N_, negotiate
 from alerts.settings import AlertsSettings
 from alerts.store import Resolution, WorkflowError
 from alerts.workers.escalation import queue
@@ -58,15 +60,16 @@ __all__ = [
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "vaktrom_session"
-RESOLUTION_LABELS = {
-    Resolution.CONTACTED_NO_ACTION: "Contacted patient, no action",
-    Resolution.MEDICATION_ADJUSTED: "Medication adjusted",
-    Resolution.REFERRED_TO_GP: "Referred to GP",
-    Resolution.REFERRED_TO_EMERGENCY: "Referred to emergency care",
-    Resolution.FALSE_READING: "False reading (device or handling)",
-    Resolution.OTHER: "Other (say what in the note)",
+RESOLUTION_LABELS = {  # English msgids: templates show them through _()
+    Resolution.CONTACTED_NO_ACTION: N_("Contacted patient, no action"),
+    Resolution.MEDICATION_ADJUSTED: N_("Medication adjusted"),
+    Resolution.REFERRED_TO_GP: N_("Referred to GP"),
+    Resolution.REFERRED_TO_EMERGENCY: N_("Referred to emergency care"),
+    Resolution.FALSE_READING: N_("False reading (device or handling)"),
+    Resolution.OTHER: N_("Other (say what in the note)"),
 }
 VIEWS = ("all", "unassigned", "mine")
+GROUPINGS = ("patient", "problem")  # the queue: a row per patient (default), or per problem (episode)
 Action = Callable[[psycopg.Connection[Any], str], datetime]  # (connection, username) -> when it happened
 REACHED = {  # the state an action leads to
     "claim": "claimed",
@@ -117,26 +120,31 @@ class Console:
         self.session_life = timedelta(hours=settings.session_hours)
         self.idle = timedelta(minutes=settings.idle_minutes)
         self.templates = Jinja2Templates(directory=HERE / "templates")
-        env = self.templates.env
-        # Every user-visible string in a template is `{{ _("...") }}`; translations come with #32's i18n.
-        env.add_extension("jinja2.ext.i18n")
-        env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]  # added by the extension
-        env.filters["local"] = self.local
-        env.filters["duration"] = duration
-        env.filters["fromiso"] = datetime.fromisoformat
-        env.globals.update(time_zone=settings.time_zone, resolutions=RESOLUTION_LABELS, step_names=STEP_NAMES)
-        env.globals.update(
+        install_i18n(self.templates.env, self.tz)
+        self.templates.env.filters["fromiso"] = datetime.fromisoformat
+        self.templates.env.globals.update(
+            time_zone=settings.time_zone, resolutions=RESOLUTION_LABELS, step_names=STEP_NAMES
+        )
+        self.templates.env.globals.update(
             kit_metrics=[m.value for m in Metric], kit_max_text=MAX_COMMAND_TEXT
         )  # kit messages
 
     def local(self, moment: datetime | None, fmt: str = "%d %b %H:%M") -> str:
         return moment.astimezone(self.tz).strftime(fmt) if moment else ""
 
+    def language(self, request: Request, who: Principal | None) -> str:
+        """The user's chosen language, else their browser's, else the centre's default."""
+        if who is not None and who.language:
+            return who.language
+        return negotiate(request.headers.get("accept-language"), self.settings.language)
+
     def db(self) -> AbstractContextManager[psycopg.Connection[Any]]:
         """A pooled connection for the length of a `with` block."""
         return self.pool.connection()
 
     def render(self, request: Request, name: str, context: dict[str, Any], **kw: Any) -> Response:
+        lang = self.language(request, context.get("user"))
+        context = {**context, "lang": lang, "languages": LANGUAGES, "js_messages": js_messages(lang)}
         return self.templates.TemplateResponse(request, name, context, **kw)
 
     def audit(self, request: Request, actor: str | None, action: str, **kw: Any) -> None:
@@ -325,9 +333,12 @@ class Filters:
         severity: str | None = None,
         team: str | None = None,
         patient: str | None = None,
+        by: str = "patient",
     ) -> None:
         if view not in VIEWS:
             raise HTTPException(400, f"view must be one of {', '.join(VIEWS)}")
+        if by not in GROUPINGS:
+            raise HTTPException(400, f"by must be one of {', '.join(GROUPINGS)}")
         if severity and severity not in {s.value for s in Severity}:
             raise HTTPException(400, "severity must be red, yellow or info")
         self.value: dict[str, Any] = {
@@ -335,10 +346,13 @@ class Filters:
             "severity": severity or None,
             "team": team or None,
             "patient": (patient or "").strip() or None,
+            "by": by,
         }
 
-    def query(self) -> str:
-        return urlencode({k: v for k, v in self.value.items() if v})
+    def query(self, **override: str) -> str:
+        """The filters as a query string (the default grouping left out), with `override` applied."""
+        value = {**self.value, **override}
+        return urlencode({k: v for k, v in value.items() if v and not (k == "by" and v == "patient")})
 
 
 QueueFilters = Annotated[Filters, Depends(Filters)]
@@ -351,12 +365,3 @@ def client_ip(request: Request) -> str | None:
 def safe_next(target: str) -> str:
     """Only paths of this site: an open redirect would help phishing."""
     return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
-
-
-def duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 3600:
-        return f"{seconds // 60} min"
-    if seconds < 86400:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"

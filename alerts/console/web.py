@@ -60,10 +60,12 @@ from alerts.console.context import (
 from alerts.console.duty_pages import duty_router
 from alerts.console.kit_pages import kit_pages
 from alerts.console.live import Live
+from alerts.console.patient_queue import by_patient
 from alerts.console.registry_api import registry_api
 from alerts.console.registry_pages import registry_pages
 from alerts.console.security import SecurityHeaders, trust_proxies
 from alerts.console.trend import cuff_reading
+from alerts.i18n import LANGUAGES, language_of
 from alerts.settings import AlertsSettings
 from alerts.store import Resolution
 from alerts.workers.stage_watch import OWN, StageWatch
@@ -149,15 +151,21 @@ def queue_page(
     ctx.audit(request, who.username, "view_queue", detail={k: v for k, v in filters.value.items() if v})
     return ctx.render(
         request, "queue.html",
-        {"user": who, "rows": rows, "filters": filters.value, "teams": teams, "query": filters.query(),
+        {"user": who, "rows": rows, "patients": by_patient(rows), "filters": filters.value, "teams": teams,
+         "query": filters.query(),
+         "regroup": filters.query(by="problem" if filters.value["by"] == "patient" else "patient"),
          "colleagues": colleagues, "error": request.query_params.get("error")},
     )  # fmt: skip
 
 
 @pages.get("/queue/rows", openapi_extra=scope("team"))
 def queue_rows(request: Request, ctx: Ctx, filters: QueueFilters, who: Clinician) -> Response:
-    """The queue's rows for the live refresh (not audited one by one: the page view is)."""
-    return ctx.render(request, "_rows.html", {"user": who, "rows": ctx.queue(who, filters.value)})
+    """The queue's rows for the live refresh (not audited one by one: the page view is): a row per
+    patient, or per problem with `by=problem`."""
+    rows = ctx.queue(who, filters.value)
+    if filters.value["by"] == "problem":
+        return ctx.render(request, "_rows.html", {"user": who, "rows": rows})
+    return ctx.render(request, "_patient_rows.html", {"user": who, "patients": by_patient(rows)})
 
 
 @pages.get("/alerts/{episode_id}", openapi_extra=scope("team"))
@@ -169,8 +177,34 @@ def alert_page(request: Request, ctx: Ctx, episode_id: str, who: PageClinician) 
         answered = recent_answers(conn, alert["patient_id"], until=until)
         cuff = cuff_reading(conn, alert)  # a blood-pressure alert shows the whole cuff measurement
     ctx.audit(request, who.username, "view_alert", target=episode_id, patient_id=alert["patient_id"])
-    context = {"user": who, "a": alert, "colleagues": colleagues, "answers": answered, "cuff": cuff}
+    # The patient's other open problems, as the queue shows them to this user (same team scoping).
+    mine = {"view": "all", "severity": None, "team": None, "patient": alert["patient_id"]}
+    others = [r for r in ctx.queue(who, mine) if r["episode_id"] != episode_id]
+    context = {
+        "user": who, "a": alert, "colleagues": colleagues, "answers": answered, "cuff": cuff, "others": others,
+    }  # fmt: skip
     return ctx.render(request, "alert.html", context)
+
+
+@pages.post("/me/language", openapi_extra=scope("self"))
+def language_form(
+    *,
+    request: Request,
+    ctx: Ctx,
+    who: Annotated[Principal, Depends(page_user)],
+    language: Annotated[str, Form(max_length=16)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/",
+    csrf: Annotated[str | None, Form()] = None,
+) -> Response:
+    """The user's console language, kept with their account ("" follows the browser again)."""
+    csrf_checked(request, who, csrf)
+    chosen = language_of(language)
+    if language and chosen is None:
+        raise HTTPException(400, f"language must be one of {', '.join(LANGUAGES)} (or empty: the browser's)")
+    with ctx.db() as conn:
+        accounts.set_language(conn, who.username, chosen)
+    ctx.audit(request, who.username, "set_language", detail={"language": chosen})
+    return RedirectResponse(safe_next(next), status_code=303)
 
 
 @pages.get("/alerts/{episode_id}/panel", openapi_extra=scope("team"))

@@ -183,8 +183,9 @@ class NotifierJob(_DatabaseJob):
 
     def work(self, conn: psycopg.Connection[Any]) -> None:
         sent, failed = deliver_due(
-            conn, self._channels, now=datetime.now(UTC), link_base=self._settings.link_base
-        )
+            conn, self._channels, now=datetime.now(UTC), link_base=self._settings.link_base,
+            language=self._settings.language,
+        )  # fmt: skip
         self._outcomes.labels("sent").inc(sent)
         self._outcomes.labels("failed").inc(failed)
 

@@ -38,6 +38,8 @@ import httpx
 import psycopg
 from psycopg.types.json import Jsonb
 
+from alerts.i18n import N_, gettext
+
 __all__ = [
     "Channel",
     "Email",
@@ -55,10 +57,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
-STEP_NAMES = {0: "out-of-hours service", 1: "team", 2: "coordinator on duty", 3: "on-call physician"}
+STEP_NAMES = {
+    0: N_("out-of-hours service"), 1: N_("team"), 2: N_("coordinator on duty"), 3: N_("on-call physician"),
+}  # fmt: skip
 # `role:<name>` in a step's routes: whoever the patient's team has rostered in that role at the
 # moment of the step (alerts.duty resolves it; issue #32).
 ROLES = ("nurse_on_duty", "coordinator", "on_call_physician")
+SEVERITY_WORDS = {"red": N_("red"), "yellow": N_("yellow"), "info": N_("info")}
 
 
 class NotifyError(Exception):
@@ -83,6 +88,7 @@ class Note:
     step: int
     waiting_s: float
     link: str
+    language: str = "en"  # the recipient's (a user with this e-mail address), else the centre's
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -99,11 +105,32 @@ class Note:
         }
 
     def subject(self) -> str:
-        minutes = int(self.waiting_s // 60)
-        return (
-            f"[Vaktrom] {self.severity.upper()} alert unclaimed for {minutes} min "
-            f"({self.rule_id}): escalated to the {STEP_NAMES[self.step]}"
-        )
+        return "[Vaktrom] " + gettext(
+            self.language,
+            "%(severity)s alert unclaimed for %(minutes)s min (%(rule)s): escalated to the %(to)s",
+            **self._words(), rule=self.rule_id,
+        )  # fmt: skip
+
+    def text(self) -> str:
+        """The e-mail's body: what happened, the link, and that no patient details travel with it."""
+        words = self._words()
+        return "".join((
+            gettext(
+                self.language, "A %(level)s alert (%(rule)s) has waited %(minutes)s minutes without being "
+                "claimed and is escalated to the %(to)s.", **words, rule=self.rule_id,
+            ), "\n\n",
+            gettext(self.language, "Open it in the console: %(link)s", link=self.link), "\n\n",
+            gettext(self.language, "This message carries no patient details; they are in the console."), "\n",
+        ))  # fmt: skip
+
+    def _words(self) -> dict[str, str]:
+        level = gettext(self.language, SEVERITY_WORDS.get(self.severity, self.severity))
+        return {
+            "severity": level.upper(),
+            "level": level,
+            "minutes": str(int(self.waiting_s // 60)),
+            "to": gettext(self.language, STEP_NAMES[self.step]),
+        }
 
 
 class Channel(Protocol):
@@ -201,12 +228,7 @@ class Email:
         message["To"] = target
         message["Subject"] = note.subject()
         message["X-Vaktrom-Delivery"] = str(note.delivery_id)
-        message.set_content(
-            f"A {note.severity} alert ({note.rule_id}) has waited {int(note.waiting_s // 60)} minutes "
-            f"without being claimed and is escalated to the {STEP_NAMES[note.step]}.\n\n"
-            f"Open it in the console: {note.link}\n\n"
-            "This message carries no patient details; they are in the console.\n"
-        )
+        message.set_content(note.text())
         try:
             with smtplib.SMTP(self._host, self._port, timeout=self._timeout) as smtp:
                 if self._starttls:
@@ -239,7 +261,10 @@ def enqueue(
 
 _NEXT = """
 SELECT n.notification_id, n.episode_id, n.step, n.channel, n.target, n.attempts,
-       a.patient_id, a.severity, a.rule_id, coalesce(a.rearmed_at, a.received_at)
+       a.patient_id, a.severity, a.rule_id, coalesce(a.rearmed_at, a.received_at),
+       (SELECT u.language FROM users u
+        WHERE n.channel = 'email' AND u.active AND lower(u.email) = lower(n.target)
+        ORDER BY u.language IS NULL, u.username LIMIT 1) AS language
 FROM notifications n JOIN alerts a USING (episode_id)
 WHERE n.sent_at IS NULL AND n.failed_at IS NULL AND n.next_attempt_at <= %(now)s
 ORDER BY n.next_attempt_at
@@ -259,8 +284,11 @@ def deliver_due(
     now: datetime,
     link_base: str,
     limit: int = 50,
+    language: str = "en",
 ) -> tuple[int, int]:
-    """Send up to `limit` due notifications, each in its own transaction; (sent, failed attempts)."""
+    """Send up to `limit` due notifications, each in its own transaction; (sent, failed attempts).
+    Each is in its recipient's language (a user with that e-mail address who chose one), else in
+    `language` (the centre's)."""
     sent = failed = 0
     for _ in range(limit):
         with conn.transaction(), conn.cursor() as cur:
@@ -268,10 +296,22 @@ def deliver_due(
             row = cur.fetchone()
             if row is None:
                 break
-            nid, episode_id, step, channel, target, attempts, patient_id, severity, rule_id, received = row
+            (
+                nid,
+                episode_id,
+                step,
+                channel,
+                target,
+                attempts,
+                patient_id,
+                severity,
+                rule_id,
+                received,
+                chosen,
+            ) = row
             note = Note(
                 nid, episode_id, patient_id, severity, rule_id, step, (now - received).total_seconds(),
-                f"{link_base.rstrip('/')}/alerts/{episode_id}",
+                f"{link_base.rstrip('/')}/alerts/{episode_id}", chosen or language,
             )  # fmt: skip
             try:
                 sender = channels.get(channel)

@@ -57,6 +57,7 @@ class AlertsProcess(StageProcess):
     label: ClassVar[str] = "alerts"
     metrics_env: ClassVar[str] = "VAKTROM_ALERTS_METRICS_PORT"
     http_port: int = 0
+    language: str = "en"
 
     def stage_env(self) -> dict[str, str]:
         if not self.http_port:
@@ -64,6 +65,9 @@ class AlertsProcess(StageProcess):
         return {
             "VAKTROM_ALERTS_GROUP": stage_groups(self.name)["alerts"],
             "VAKTROM_ALERTS_HTTP_PORT": str(self.http_port),
+            # The tests read the console in English, the language they were written in; those of
+            # the languages (test_console_languages.py) choose theirs.
+            "VAKTROM_ALERTS_LANGUAGE": self.language,
             **stackenv.hosted_registry(self.stack.values),  # the console publishes care plans
         }
 

@@ -5,6 +5,18 @@
   // The page's CSRF token comes in a meta tag: the Content-Security-Policy allows no inline script.
   const csrfMeta = document.querySelector('meta[name="vaktrom-csrf"]');
   if (csrfMeta) window.VAKTROM = {csrf: csrfMeta.content};
+  // The page's language: its strings come in a meta tag too ({msgid: text}, from the catalogues);
+  // `make i18n` finds each _("...") here. %(name)s is filled from `params`.
+  const i18nMeta = document.querySelector('meta[name="vaktrom-i18n"]');
+  let messages = {};
+  try { messages = JSON.parse((i18nMeta && i18nMeta.content) || "{}"); } catch (error) { messages = {}; }
+  function _(msgid, params) {
+    const text = Object.prototype.hasOwnProperty.call(messages, msgid) ? messages[msgid] : msgid;
+    return text.replace(/%\((\w+)\)s/g, (all, name) => (params && name in params ? String(params[name]) : all));
+  }
+  function escapeHtml(text) {
+    return String(text).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+  }
 
   // ------------------------------------------------------------ behaviour that was inline (CSP)
   // <select data-autosubmit> sends its form when changed; <form data-confirm="..."> asks first;
@@ -46,7 +58,9 @@
 
   const refreshRows = rowsBody && refresher(() => table.dataset.rows, (html) => {
     const before = new Set([...rowsBody.querySelectorAll("tr[data-id]")].map((r) => r.dataset.id));
-    const keep = selected && selected.dataset.id;
+    // a patient's row keeps its selection when their most urgent problem changes
+    const keyOf = (row) => row.dataset.patient || row.dataset.id;
+    const keep = selected && keyOf(selected);
     rowsBody.innerHTML = html;
     paintMeters(rowsBody);
     for (const row of rowsBody.querySelectorAll("tr[data-id]")) {
@@ -54,7 +68,7 @@
         row.classList.add("fresh");
         setTimeout(() => row.classList.remove("fresh"), 3000);
       }
-      if (row.dataset.id === keep) select(row);
+      if (keyOf(row) === keep) select(row);
     }
   });
   const refreshPanel = panel && refresher(() => panel.dataset.src, (html) => {
@@ -84,9 +98,9 @@
     let lostSince = null;
     const lost = () => {
       lostSince = lostSince || new Date();
-      const at = lostSince.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
-      alarm.innerHTML = '<div class="pipeline-alarm" role="alert" data-client="1"><strong>Alerts may be delayed</strong> since ' +
-        at + ": this console has lost the response centre, so new alerts may not be shown. Reload, check patients at risk by other means and tell the technical on-call.</div>";
+      const at = lostSince.toLocaleTimeString(document.documentElement.lang || [], {hour: "2-digit", minute: "2-digit"});
+      alarm.innerHTML = '<div class="pipeline-alarm" role="alert" data-client="1"><strong>' + escapeHtml(_("Alerts may be delayed")) +
+        "</strong> " + escapeHtml(_("since %(since)s: this console has lost the response centre, so new alerts may not be shown. Reload, check patients at risk by other means and tell the technical on-call.", {since: at})) + "</div>";
     };
     const check = async () => {
       try {
@@ -127,7 +141,7 @@
     });
     if (response.ok) { location.href = selected.dataset.href; return; }
     const body = await response.json().catch(() => ({detail: response.statusText}));
-    alert("Could not claim: " + body.detail);
+    alert(_("Could not claim: %(reason)s", {reason: body.detail}));
     refreshRows();
   }
 
