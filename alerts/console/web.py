@@ -180,9 +180,8 @@ def alert_page(request: Request, ctx: Ctx, episode_id: str, who: PageClinician) 
     # The patient's other open problems, as the queue shows them to this user (same team scoping).
     mine = {"view": "all", "severity": None, "team": None, "patient": alert["patient_id"]}
     others = [r for r in ctx.queue(who, mine) if r["episode_id"] != episode_id]
-    context = {
-        "user": who, "a": alert, "colleagues": colleagues, "answers": answered, "cuff": cuff, "others": others,
-    }  # fmt: skip
+    context = {"user": who, "a": alert, "colleagues": colleagues, "others": others}
+    context |= {"answers": answered, "cuff": cuff}
     return ctx.render(request, "alert.html", context)
 
 
