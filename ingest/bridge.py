@@ -386,6 +386,8 @@ class Bridge:
         if inbound.channel == "answers":
             return self.answer_reader.answers(*args)
         if inbound.channel == "acks":
+            # at start, until the relay has read back what it relayed before (at most the start-up timeout)
+            self.commands.ready.wait(self.settings.startup_timeout_s)
             return check_ack(
                 topic=inbound.topic, kit_id=inbound.kit_id, payload=inbound.payload,
                 received_at=inbound.received_at, known=self.known_commands,

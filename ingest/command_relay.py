@@ -61,6 +61,10 @@ class CommandRelay:
         self._lookback, self._registry, self._publish, self.known = lookback, registry, publish, known
         self._topic = topics.kit_command_topic(kafka.topic_prefix)
         self._replay_until: dict[int, int] = {}
+        self._position: dict[int, int] = {}  # partition -> the next offset to read
+        self._assigned_once = False
+        # set once the commands relayed before the start are remembered: the kits' acks wait for it
+        self.ready = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bridge-commands", daemon=True)
         self.relayed = 0
@@ -86,6 +90,7 @@ class CommandRelay:
             consumer.subscribe([self._topic], on_assign=self._assigned)
             while not self._stop.is_set():
                 batch = [m for m in consumer.consume(_BATCH, 0.5) if rk.raise_for(m) is not None]
+                self._note_ready()
                 if batch:
                     self._relay(batch)
                     if self._stop.is_set():
@@ -108,6 +113,7 @@ class CommandRelay:
             if done >= 0 and 0 <= start < done:
                 self._replay_until[p.partition] = done
                 p.offset = start
+        self._assigned_once = True
         consumer.incremental_assign(partitions)  # the group's protocol is cooperative (runtime.kafka)
 
     def _relay(self, batch: list[Any]) -> None:
@@ -128,13 +134,21 @@ class CommandRelay:
                 continue
             waiting[0] += 1
             self._publish(out[0], out[1], acknowledged)
+        self._note_ready()  # before waiting for the broker: the replayed commands are remembered
         if waiting[0] > 0:
             while not done.wait(0.5):
                 if self._stop.is_set():
                     return
 
+    def _note_ready(self) -> None:
+        if self.ready.is_set() or not self._assigned_once:
+            return
+        if all(self._position.get(p, -1) >= until for p, until in self._replay_until.items()):
+            self.ready.set()
+
     def _command(self, message: Any, registry: Registry | None, now: datetime) -> tuple[str, bytes] | None:
         """(MQTT topic, payload) for one record, or None when nothing is to be sent for it."""
+        self._position[message.partition()] = message.offset() + 1
         try:
             request = _request_decoder.decode(message.value())
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:

@@ -29,7 +29,7 @@ from tests.integration.alerts_support import (
 )
 from tests.integration.bridge_support import BridgeProcess
 from tests.integration.registry_support import OPERATOR, enrol, make_registry, new_team
-from tests.integration.stage_support import consume
+from tests.integration.stage_support import consume, produce
 
 
 def _kit(stack: Stack, bridge: BridgeProcess, unique: str) -> dict[str, Any]:
@@ -64,6 +64,12 @@ def _listen(stack: Stack, kit: dict[str, Any], topic: str) -> subprocess.Popen[b
         ["mosquitto_sub", *_as_kit(stack, kit), "-q", "1", "-t", topic, "-C", "1", "-W", "60"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
+
+
+def _stop(listener: subprocess.Popen[bytes]) -> None:
+    """End a listener that may still run, and close its pipes."""
+    listener.kill()
+    listener.communicate(timeout=10)
 
 
 def _publish_as_kit(stack: Stack, kit: dict[str, Any], topic: str, payload: bytes) -> None:
@@ -147,7 +153,7 @@ def test_a_nurses_message_reaches_the_kit_and_its_acknowledgement_the_timeline(
         assert "shown on the kit at" in page.text
         assert text in page.text
     finally:
-        listener.kill()
+        _stop(listener)
         console.close()
 
 
@@ -254,10 +260,54 @@ def test_a_reminder_from_the_alert_page_appears_in_the_alerts_timeline(
             "kit_shown",
         ]
     finally:
-        listener.kill()
+        _stop(listener)
         console.close()
 
 
 def _alert_stored(stack: Stack, episode: str) -> bool:
     with psycopg.connect(stack.database_url) as conn:
         return conn.execute("SELECT 1 FROM alerts WHERE episode_id = %s", (episode,)).fetchone() is not None
+
+
+def _request(patient: str, text: str) -> tuple[str, bytes]:
+    now = datetime.now(UTC)
+    body = {"schema": "vaktrom.kit-command-request.v1", "command_id": uuid.uuid4().hex, "patient_id": patient,
+            "kind": "message", "text": text, "sent_at": now.isoformat(),
+            "expires_at": (now + timedelta(hours=1)).isoformat(), "origin": "alerts"}  # fmt: skip
+    return patient, json.dumps(body).encode()
+
+
+def test_a_command_waits_for_a_stopped_bridge_and_its_ack_is_known_after_a_restart(
+    stack: Stack, bridge: BridgeProcess, unique: str
+) -> None:
+    """Queued while the bridge is down, the command reaches the kit once it starts; after another
+    restart the bridge still knows it (read back, not relayed again) and takes the kit's ack."""
+    kit = _kit(stack, bridge, unique)
+    key, payload = _request(kit["patient"], "Ring oss i dag.")
+    produce(stack, topics.kit_command_topic(bridge.prefix), [(key, payload)])
+    listener = _listen(stack, kit, topics.kit_topic(kit["kit"], "commands", root=bridge.root))
+    try:
+        bridge.start()
+        out, err = listener.communicate(timeout=70)
+        assert listener.returncode == 0, err.decode()
+    finally:
+        _stop(listener)
+    command = json.loads(out)
+    assert command["command_id"] == json.loads(payload)["command_id"]
+    assert bridge.stop() == 0
+    again = _listen(stack, kit, topics.kit_topic(kit["kit"], "commands", root=bridge.root))
+    try:
+        bridge.start()
+        ack = {"schema": "vaktrom.kit-ack.v1", "kit": kit["kit"], "command_id": command["command_id"],
+               "shown_at": datetime.now(UTC).isoformat()}  # fmt: skip
+        _publish_as_kit(
+            stack, kit, topics.kit_topic(kit["kit"], "acks", root=bridge.root), json.dumps(ack).encode()
+        )
+        acks = consume(stack, topics.kit_ack_topic(bridge.prefix), until=1, timeout=40)
+        assert [(v["command_id"], v["patient_id"]) for _k, v, _h in acks] == [
+            (command["command_id"], kit["patient"])
+        ]
+        with pytest.raises(subprocess.TimeoutExpired):
+            again.communicate(timeout=5)  # committed before the restart: not relayed again
+    finally:
+        _stop(again)
