@@ -101,11 +101,13 @@ def test_the_banner_speaks_when_the_watch_worker_fails_every_round() -> None:
     supervisor = Supervisor([Worker("stage_watch", watch.work, stall_s=60.0)], backoff_s=0.05)
     supervisor.start()
     try:
-        deadline = time.monotonic() + 5
-        while watch.banner() is None:
-            assert time.monotonic() < deadline, "no banner while the watch fails"
+        # Both, in either order: on a loaded machine the first round can take longer than the
+        # 0.3 s the banner waits for, so the banner may speak before the first failure is counted
+        # (asserting the count right after the banner failed about one run in ten under load).
+        deadline = time.monotonic() + 10
+        while watch.banner() is None or supervisor.health()["workers"]["stage_watch"]["failures"] < 1:
+            assert time.monotonic() < deadline, (watch.banner(), supervisor.health()["workers"]["stage_watch"])
             time.sleep(0.05)
-        assert supervisor.health()["workers"]["stage_watch"]["failures"] >= 1
     finally:
         supervisor.stop()
         supervisor.join(timeout_s=5)
