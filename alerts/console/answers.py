@@ -9,17 +9,48 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 
+from alerts.i18n import N_
 from contracts import QUESTIONNAIRES
 from streams.archive.read import StoredAnswer, answers
 
-__all__ = ["AnswerView", "recent_answers"]
+__all__ = ["QUESTIONNAIRE_TEXTS", "AnswerView", "recent_answers"]
 
-# How an answer value reads in the console (English msgids; the template translates them).
-_VALUES: dict[object, str] = {True: "yes", False: "no", "better": "better", "same": "same", "worse": "worse"}
+# How an answer value reads in the console (English msgids; the template translates them). A
+# contact request's topic codes are words already, marked with the findings (explanations.TOPICS).
+_VALUES: dict[object, str] = {
+    True: N_("yes"),
+    False: N_("no"),
+    "better": N_("better"),
+    "same": N_("same"),
+    "worse": N_("worse"),
+}
+# The questionnaires' titles and question texts (contracts/_questionnaires.py), marked here so the
+# catalogues have them; tests/unit/alerts/test_i18n.py keeps this set equal to the contracts' texts.
+QUESTIONNAIRE_TEXTS: Final = frozenset(
+    {
+        N_("Daily heart-failure symptom check"),
+        N_("Breathlessness compared with yesterday"),
+        N_("Breathless when lying flat"),
+        N_("Ankle swelling compared with yesterday"),
+        N_("Light-headed or dizzy"),
+        N_("COPD symptom check"),
+        N_("Breathlessness compared with usual"),
+        N_("More sputum than usual"),
+        N_("Sputum yellow or green"),
+        N_("Reliever inhaler puffs in the last 24 hours"),
+        N_("Infection check"),
+        N_("Feeling feverish or shivering"),
+        N_("A new cough"),
+        N_("New confusion or drowsiness"),
+        N_("Passing little or no urine"),
+        N_("Please contact me"),
+        N_("What it is about"),
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,26 @@ from typing import Any, Final
 
 from alerts.i18n import N_, gettext
 
-__all__ = ["PHRASES", "SUMMARIES", "TITLES", "explain", "translate"]
+__all__ = ["METRIC_NAMES", "PHRASES", "SIGNS", "SUMMARIES", "TITLES", "TOPICS", "explain", "translate"]
 
 _NUM = r"-?\d+(?:\.\d+)?"
 _DAY = r"\d{1,2} [A-Z][a-z]{2}"  # "6 Dec"
 _MOMENT = rf"{_DAY} \d\d:\d\d(?: [A-Z]{{2,5}}|[+-]\d\d)?"  # "6 Dec 14:05 CET"
+# The answers' symptom codes SYM-2 names (contracts/_questionnaires.py `symptom`) and the topics a
+# contact request may give (its "topic" codes), as words; a code not here leaves the line in English.
+SIGNS: Final = {
+    "breathless": N_("breathless"),
+    "orthopnoea": N_("breathless lying flat"),
+    "swelling": N_("ankle swelling"),
+}
+TOPICS: Final = {
+    "symptoms": N_("symptoms"),
+    "measurements": N_("measurements"),
+    "medication": N_("medication"),
+    "equipment": N_("equipment"),
+    "other": N_("other"),
+}
+_SIGN = "|".join(SIGNS)
 
 # (pattern, msgid): tried in order at each position of the line; named groups become parameters.
 PHRASES: Final[tuple[tuple[re.Pattern[str], str], ...]] = tuple(
@@ -34,6 +49,35 @@ PHRASES: Final[tuple[tuple[re.Pattern[str], str], ...]] = tuple(
             N_("Glucose meter shows %(f)s (beyond its range)"),
         ),
         (rf"Glucose (?P<v>{_NUM}) (?P<u>mmol/L|mg/dL)", N_("Glucose %(v)s %(u)s")),
+        # blood pressure (streams/monitor/pressure.py: BP-1, BP-2, BP-2D, BP-5)
+        (rf"Systolic blood pressure (?P<v>{_NUM}) mmHg", N_("Systolic blood pressure %(v)s mmHg")),
+        (rf"Diastolic blood pressure (?P<v>{_NUM}) mmHg", N_("Diastolic blood pressure %(v)s mmHg")),
+        (r": NEWS2 systolic sub-score 3", N_(": NEWS2 systolic sub-score 3")),
+        (r": severe range", N_(": severe range")),
+        # answers, alone and with readings (streams/monitor/symptoms.py: SYM-1, SYM-2, SYM-3, CONTACT-1)
+        (
+            rf"The patient answered more breathless at (?P<t>{_MOMENT})",
+            N_("The patient answered more breathless at %(t)s"),
+        ),
+        (
+            rf"Weight gain \((?P<v>{_NUM}) kg on (?P<t>{_MOMENT}), ",
+            N_("Weight gain (%(v)s kg on %(t)s, "),
+        ),
+        (r"Weight gain \(", N_("Weight gain (")),
+        (
+            rf"(?P<rule>HF-[12]) since (?P<since>{_MOMENT})\) with worse "
+            rf"(?P<signs>(?:{_SIGN})(?:, (?:{_SIGN}))*) answered (?P<a>{_MOMENT})",
+            N_("%(rule)s since %(since)s) with worse %(signs)s answered %(a)s"),
+        ),
+        (
+            rf"Systolic (?P<v>{_NUM}) mm\[Hg\] on (?P<t>{_MOMENT}) with dizziness answered (?P<a>{_MOMENT})",
+            N_("Systolic %(v)s mm[Hg] on %(t)s with dizziness answered %(a)s"),
+        ),
+        (
+            rf"The patient asked to be contacted at (?P<t>{_MOMENT})",
+            N_("The patient asked to be contacted at %(t)s"),
+        ),
+        (rf" \(about: (?P<topic>{'|'.join(TOPICS)})\)", N_(" (about: %(topic)s)")),
         (rf", \+(?P<g>{_NUM}) kg since (?P<d>{_DAY}) \(1 day\)", N_(", +%(g)s kg since %(d)s (1 day)")),
         (
             rf", \+(?P<g>{_NUM}) kg since (?P<d>{_DAY}) \((?P<n>\d+) days\)",
@@ -60,7 +104,7 @@ PHRASES: Final[tuple[tuple[re.Pattern[str], str], ...]] = tuple(
             N_(", %(p)s points below the personal baseline %(b)s %%"),
         ),
         (
-            rf", z = (?P<z>{_NUM}) against the personal baseline (?P<b>{_NUM}) (?P<u>%|/min)",
+            rf", z = (?P<z>{_NUM}) against the personal baseline (?P<b>{_NUM}) (?P<u>%|/min|mmHg)",
             N_(", z = %(z)s against the personal baseline %(b)s %(u)s"),
         ),
         (r": NEWS2 pulse sub-score 3", N_(": NEWS2 pulse sub-score 3")),
@@ -91,6 +135,8 @@ METRIC_NAMES: Final = {
     "pulse": N_("pulse"),
     "body temperature": N_("body temperature"),
     "blood glucose": N_("blood glucose"),
+    "systolic blood pressure": N_("systolic blood pressure"),
+    "diastolic blood pressure": N_("diastolic blood pressure"),
 }
 
 # Each rule's summary as streams/monitor/catalogue.py states it (a unit test keeps the two equal).
@@ -121,6 +167,14 @@ SUMMARIES: Final = frozenset(
         N_(">= 38.3 °C once, or >= 38.0 °C for 1 hour"),
         N_("no message from the kit for longer than expected"),
         N_("no reading in a scheduled window while the kit was alive"),
+        N_("systolic sub-score 3 (<= 90 or >= 220 mmHg)"),
+        N_("severe range: systolic >= 180 mmHg (same-day review without symptoms)"),
+        N_("severe range: diastolic >= 120 mmHg (same-day review without symptoms)"),
+        N_("systolic z beyond 3.5 against the 14-day baseline (MAD at least 5 mmHg)"),
+        N_("the patient answers more breathless than before"),
+        N_("weight gain (HF-1/HF-2) together with worse breathlessness or swelling within 72 h"),
+        N_("systolic < 90 mm[Hg] in heart failure with dizziness answered within 24 h"),
+        N_("the patient asks to be contacted"),
     }
 )
 # The problems' titles (streams/monitor/catalogue.py PROBLEMS), as a resolved episode names them.
@@ -136,6 +190,11 @@ TITLES: Final = frozenset(
         N_("Low body temperature"),
         N_("Kit silent"),
         N_("Measurement missed"),
+        N_("Abnormal blood pressure"),
+        N_("High diastolic blood pressure"),
+        N_("Worsening symptoms"),
+        N_("Low blood pressure with dizziness"),
+        N_("Patient asks to be contacted"),
     }
 )
 _RESOLVED = re.compile(rf"^(?P<title>[A-Za-z0-9 ()-]{{1,80}}): resolved, clear since (?P<t>{_MOMENT}); was: ")
@@ -157,6 +216,10 @@ def _param(name: str, value: str, lang: str) -> str:
         return value.replace(".", ",")
     if name == "metric":
         return gettext(lang, METRIC_NAMES.get(value, value))
+    if name == "topic":
+        return gettext(lang, TOPICS[value])
+    if name == "signs":  # "breathless, swelling": each a word, in the order SYM-2 wrote them
+        return ", ".join(gettext(lang, SIGNS[sign]) for sign in value.split(", "))
     # "6 Dec" -> "6. des.", "6 Dec 14:05 CET" -> "6. des. 14:05 CET"
     return re.sub(r"^(\d{1,2}) ([A-Z][a-z]{2})\b", lambda m: f"{m[1]}. {_MONTHS_NB.get(m[2], m[2])}", value)
 

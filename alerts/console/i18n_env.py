@@ -49,6 +49,16 @@ LABELS: dict[str, str] = {
     "coordinator": i18n.N_("coordinator"),
     "physician": i18n.N_("physician"),
     "admin": i18n.N_("admin"),
+    # messages to the kit (alerts/kit_messages.py): their kinds and states
+    "message": i18n.N_("message"),
+    "reminder": i18n.N_("reminder"),
+    "instruction": i18n.N_("instruction"),
+    "queued": i18n.N_("queued"),
+    "sent": i18n.N_("sent"),
+    "shown": i18n.N_("shown"),
+    "read": i18n.N_("read"),
+    "dismissed": i18n.N_("dismissed"),
+    "expired": i18n.N_("expired"),
 }
 
 JS_SOURCES = (Path(__file__).resolve().parent / "static" / "console.js",)

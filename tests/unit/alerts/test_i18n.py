@@ -8,18 +8,23 @@ import json
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from alerts import i18n
-from alerts.console.explanations import SUMMARIES, TITLES, explain
-from alerts.console.i18n_env import format_duration, js_messages
+from alerts.console.answers import _VALUES, QUESTIONNAIRE_TEXTS
+from alerts.console.explanations import SIGNS, SUMMARIES, TITLES, TOPICS, explain
+from alerts.console.i18n_env import LABELS, format_duration, js_messages
 from alerts.console.patient_queue import by_patient
 from alerts.i18n_extract import extract, untranslated
-from contracts import Condition, Metric
+from contracts import CONTACT_REQUEST, QUESTIONNAIRES, CommandKind, Condition, Metric
 from streams.monitor.catalogue import PROBLEMS, RULES
-from tests.unit.streams.test_monitor_rules import T0, Patient, plan
+from streams.monitor.symptoms import _HF_SIGNS, AnswerRecord
+from tests.unit.streams.test_monitor_rules import T0, Patient, daily, plan
+from tests.unit.streams.test_monitor_symptoms import T0 as T_ANSWERS
+from tests.unit.streams.test_monitor_symptoms import _answer, _apply, _gain, _history, _symptoms
 
 OSLO = ZoneInfo("Europe/Oslo")
 
@@ -154,9 +159,34 @@ def _findings() -> list[str]:
     for i, v in enumerate((3.5, 2.8, 6.0, 11.0, 15.0)):
         dm.feed(Metric.GLUCOSE, v, T0 + timedelta(hours=i * 4))
     hf.deadline(T0 + timedelta(days=9))  # the kit has gone quiet
-    for p in (hf, copd, dm):
+    # blood pressure: BP-5 on a steady baseline, then BP-1 (red, also BP-2) and BP-2D
+    bp = Patient(plan(Condition.HEART_FAILURE))
+    end = daily(bp, Metric.BP_SYSTOLIC, [130.0, 134.0, 127.0, 132.0, 126.0, 133.0, 128.0, 130.0])
+    bp.feed(Metric.BP_SYSTOLIC, 104.0, end)
+    bp.feed(Metric.BP_SYSTOLIC, 225.0, end + timedelta(hours=1))
+    bp.feed(Metric.BP_DIASTOLIC, 121.5, end + timedelta(hours=1))
+    severe = Patient(plan(Condition.COPD))
+    severe.feed(Metric.BP_SYSTOLIC, 185.0, T0)
+    for p in (hf, copd, dm, bp, severe):
         texts += [e.explanation for e in p.events]
-    return texts
+    return texts + _answer_findings()
+
+
+def _answer_findings() -> list[str]:
+    """Real explanations of the answer rules: SYM-1, SYM-2 (with and without the weight), SYM-3 and
+    CONTACT-1, opened and resolved."""
+    s, t = _symptoms(), T_ANSWERS
+    events = _apply(s, AnswerRecord(), _answer(t, "hf-daily", "breathless"))
+    gain = _gain(t - timedelta(hours=5), t)
+    events += _apply(s, AnswerRecord(), _answer(t, "hf-daily", "orthopnoea", "swelling"), gain=gain)
+    no_weight = msgspec.structs.replace(gain, latest=None)
+    events += _apply(s, AnswerRecord(), _answer(t, "hf-daily", "breathless"), gain=no_weight)
+    low = _history((t - timedelta(hours=3), 85.5))
+    events += _apply(s, AnswerRecord(), _answer(t, "hf-daily", "dizzy"), systolic=low)
+    contact = AnswerRecord()
+    events += _apply(s, contact, _answer(t, "contact-request"))
+    events += _apply(s, contact, _answer(t + timedelta(hours=24)))  # resolves the contact request
+    return [e.explanation for e in events]
 
 
 def test_the_monitor_s_findings_read_in_bokmal() -> None:
@@ -172,6 +202,7 @@ def test_the_monitor_s_findings_read_in_bokmal() -> None:
         assert "since" not in shown, shown
         rules.add(text.partition("; rule ")[2].partition(":")[0])
     assert {"HF-2", "NEWS2-T", "T-2", "NEWS2-P", "NEWS2-S1", "RS-2", "GL-2", "GL-4", "kit-silent"} <= rules
+    assert {"BP-1", "BP-2", "BP-2D", "BP-5", "SYM-1", "SYM-2", "SYM-3", "CONTACT-1"} <= rules
 
 
 @pytest.mark.parametrize(
@@ -228,6 +259,43 @@ def test_an_unknown_wording_is_shown_as_stored() -> None:
         "",
     ):
         assert explain({"explanation": text}, "nb") == text
+
+
+def test_every_symptom_and_topic_a_finding_names_is_translatable() -> None:
+    """SYM-2 names the heart-failure signs by their symptom codes and CONTACT-1 the request's topic
+    code: the console has a word for each, so a new sign or topic fails here first."""
+    assert set(SIGNS) == set(_HF_SIGNS)
+    (topic,) = QUESTIONNAIRES[CONTACT_REQUEST].questions
+    assert set(TOPICS) == set(topic.codes)
+    for word in (*SIGNS.values(), *TOPICS.values()):
+        assert i18n.gettext("nb", word) != word
+
+
+# ------------------------------------------------------------------ answers and messages to the kit
+def test_the_questionnaires_texts_and_answers_read_in_bokmal() -> None:
+    """The answers panel shows each questionnaire's title, questions and coded answers through _():
+    all are marked for the catalogues and have bokmål (a changed question text fails here)."""
+    texts = {q.title for q in QUESTIONNAIRES.values()}
+    texts |= {item.text for q in QUESTIONNAIRES.values() for item in q.questions}
+    assert texts == QUESTIONNAIRE_TEXTS
+    codes = {c for q in QUESTIONNAIRES.values() for item in q.questions for c in item.codes}
+    shown = {*_VALUES.values(), *TOPICS.values()}
+    assert codes <= shown
+    for text in texts | shown:
+        assert i18n.gettext("nb", text) != text, text
+    assert i18n.gettext("nb", "Light-headed or dizzy") == "Ør eller svimmel"
+    assert i18n.gettext("nb", "worse") == "verre"
+
+
+def test_messages_to_the_kit_name_their_kind_and_state_in_bokmal() -> None:
+    """ "%(who)s sent a %(kind)s to the kit" gets its kind as a word, and the state after it, in the
+    reader's language: every command kind and every state `state_of` gives has a label."""
+    states = ("queued", "sent", "shown", "read", "dismissed", "expired")
+    for code in (*(k.value for k in CommandKind), *states):
+        assert code in LABELS
+        assert i18n.gettext("nb", LABELS[code]) != code, code
+    assert i18n.gettext("nb", "%(who)s sent a %(kind)s to the kit", who="Kari", kind=i18n.gettext(
+        "nb", LABELS["reminder"])) == "Kari sendte en påminnelse til utstyret"  # fmt: skip
 
 
 # ------------------------------------------------------------------ the patient-level queue
