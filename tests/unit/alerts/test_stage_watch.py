@@ -106,7 +106,10 @@ def test_the_banner_speaks_when_the_watch_worker_fails_every_round() -> None:
         # (asserting the count right after the banner failed about one run in ten under load).
         deadline = time.monotonic() + 10
         while watch.banner() is None or supervisor.health()["workers"]["stage_watch"]["failures"] < 1:
-            assert time.monotonic() < deadline, (watch.banner(), supervisor.health()["workers"]["stage_watch"])
+            assert time.monotonic() < deadline, (
+                watch.banner(),
+                supervisor.health()["workers"]["stage_watch"],
+            )
             time.sleep(0.05)
     finally:
         supervisor.stop()
