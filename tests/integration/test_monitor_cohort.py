@@ -67,8 +67,9 @@ MEASUREMENTS_DONE = 'vaktrom_monitor_events_total{kind="measurement"}'
 # record gave 1,619; per kit-status message, 455), with a third above the highest seen (298).
 INFO_DEADLINE_EPISODES_MAX = 400
 QUESTIONNAIRE_KINDS = ("hf_symptoms", "copd_symptoms", "contact_request")
-# the simulator's blood-pressure episodes (gateway_sim.cuff), held to the goal per kind
-BP_KINDS = ("hypotension", "hypertensive_episode")
+# the simulator's blood-pressure episodes (gateway_sim.cuff), held to the goal per kind, and the
+# dizzy answers of its hypotension patients beside a systolic reading under 90 (SYM-3)
+BP_KINDS = ("hypotension", "hypertensive_episode", "low_bp_symptomatic")
 GRACE = timedelta(
     hours=24
 )  # an episode counts as found if an alert episode overlaps it, or opens within a day after
