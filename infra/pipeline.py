@@ -169,14 +169,18 @@ def demo_login(env: dict[str, str]) -> str:
 def stages(env: dict[str, str]) -> list[Stage]:
     """The four stages, each signed in to Kafka as its own principal (docs/kafka-security.md); the
     bridge logs in to the broker with the client id its account is bound to (docs/broker-accounts.md)."""
+    port = {  # each stage's /health, where its settings put it (defaults as there)
+        name: int(env.get(f"VAKTROM_{name.upper()}_METRICS_PORT", default))
+        for name, default in (("bridge", 9464), ("monitor", 9466), ("archive", 9465), ("alerts", 9467))
+    }
     return [
-        Stage("bridge", "ingest", 9464,
+        Stage("bridge", "ingest", port["bridge"],
               {"VAKTROM_BRIDGE_CLIENT_ID": BRIDGE.client_id, **kafka_principal(env, "bridge")}),
-        Stage("monitor", "streams.monitor", 9466,
+        Stage("monitor", "streams.monitor", port["monitor"],
               {"VAKTROM_MONITOR_DATA_DIR": str(STATE / "monitor"), **kafka_principal(env, "monitor")}),
-        Stage("archive", "streams.archive", 9465, kafka_principal(env, "archive")),
+        Stage("archive", "streams.archive", port["archive"], kafka_principal(env, "archive")),
         # the response centre hosts the registry: care plans go out as the registry's principal
-        Stage("alerts", "alerts", 9467, {**kafka_principal(env, "alerts"), **hosted_registry(env)}),
+        Stage("alerts", "alerts", port["alerts"], {**kafka_principal(env, "alerts"), **hosted_registry(env)}),
     ]  # fmt: skip
 
 

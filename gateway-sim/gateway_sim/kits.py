@@ -54,6 +54,7 @@ _DEVICE_CODE = {
     "scale": "SC", "oximeter": "OX", "thermometer": "TH", "glucose_meter": "GM", "cgm": "CG", CUFF: "BP",
 }  # fmt: skip
 _HEARTBEAT = timedelta(hours=6)
+_SYM3_WINDOW, _SYM3_BELOW = timedelta(hours=24), 90.0  # the monitor's SYM-3 (docs/clinical-rules.md)
 
 
 @dataclass(slots=True)
@@ -73,6 +74,9 @@ class SimPatient:
     reported: set[str] = field(default_factory=set)  # ground-truth kinds of symptoms already reported
     cuff: CuffBaseline | None = None  # the patient's own blood pressure, when the kit has a cuff
     cuff_episode: Episode | None = None  # a blood-pressure episode (gateway_sim.cuff)
+    # sent systolic readings under SYM-3's 90 mm[Hg] and dizzy answers: the pairs the monitor can see
+    low_systolic: list[datetime] = field(default_factory=list)
+    dizzy: list[datetime] = field(default_factory=list)
 
     def enrolment(self, zone: str) -> dict[str, object]:
         """What the registry needs to enrol this patient and kit (issue #8 imports it)."""
@@ -264,6 +268,33 @@ def _truth(
 _RESOLUTION = {"body_weight": 1, "spo2": 0, "pulse": 0, "body_temperature": 1, "glucose": 1}
 
 
+def _low_bp_symptomatic(
+    patient: SimPatient, *, dizzy: datetime | None = None, low: datetime | None = None
+) -> None:
+    """Note a dizzy answer or a sent systolic reading under 90 mm[Hg]; the first pair within 24 h of
+    each other (SYM-3's window, in the kit's own clock, the same skew on both) is the patient's
+    `low_bp_symptomatic` ground truth, found by SYM-3 if the monitor sees it during the episode."""
+    if "low_bp_symptomatic" in patient.reported:
+        return  # one per patient: a patient has one cuff episode at most
+    if dizzy is not None:
+        at, theirs = dizzy, patient.low_systolic
+        patient.dizzy.append(at)
+    else:
+        assert low is not None
+        at, theirs = low, patient.dizzy
+        patient.low_systolic.append(at)
+    pair = [t for t in theirs if abs(at - t) <= _SYM3_WINDOW]
+    if not pair:
+        return
+    patient.reported.add("low_bp_symptomatic")
+    cuff = patient.cuff_episode
+    start = min(pair[0], at)
+    end = max(cuff.end, at) if cuff is not None else at
+    patient.truth.append(
+        _truth(patient, "low_bp_symptomatic", metric="bp_systolic", start=start, end=end, rules=["SYM-3"])
+    )
+
+
 class _PatientDay:
     """Draws one patient's readings and faults for one local day; the unit of determinism."""
 
@@ -361,11 +392,14 @@ class _PatientDay:
                 _truth(patient, "contact_request", metric=None, start=at, end=at, rules=["CONTACT-1"])
             )
             return (("topic", topic),)
-        episode = patient.episode
+        episode, cuff = patient.episode, patient.cuff_episode
         answered = forms.answer_check(
-            patient.condition, episode.kind if episode else None, self.strength(at), self.answer_rng
-        )
+            patient.condition, episode.kind if episode else None, self.strength(at), self.answer_rng,
+            hypotension=cuff.shape(at) if cuff is not None and cuff.kind == "hypotension" else 0.0,
+        )  # fmt: skip
         assert answered is not None  # only a condition with a check schedules one
+        if "dizzy" in answered.reported:
+            _low_bp_symptomatic(patient, dizzy=at)
         kind = {"fluid_gain": "hf_symptoms", "copd_exacerbation": "copd_symptoms"}.get(
             episode.kind if episode else ""
         )
@@ -636,5 +670,8 @@ class _KitTimeline:
             old = self.recent[int(rng.integers(len(self.recent)))]
             copy = Message(old.kit, old.seq, "readings", old.payload, old.readings, label="duplicate")
             self._push(release + timedelta(minutes=float(rng.uniform(1, 120))), copy)
+        cuff = readings[0] if kind == CUFF and message.label is None else None  # one the bridge takes
+        if cuff is not None and cuff.label is None and (cuff.systolic or _SYM3_BELOW) < _SYM3_BELOW:
+            _low_bp_symptomatic(patient, low=at)
         if message.label is None:  # a kit resends what it sent, not what it garbled
             self.recent = [*self.recent[-19:], message]

@@ -6,7 +6,8 @@ Patients answer their condition's check once a day in a window after the morning
 sometimes skip it (the cohort's `skip` fault). A stable patient almost always answers "same" and
 "no"; during an injected episode the patient reports what it does to them (heart-failure fluid gain:
 more breathless, more ankle swelling, breathless lying flat; a COPD exacerbation: more breathless,
-more and coloured sputum; a fever: feeling feverish). Now and then a patient asks to be contacted,
+more and coloured sputum; a fever: feeling feverish; a heart-failure patient whose pressure has
+fallen, a cuff `hypotension` episode: light-headed or dizzy). Now and then a patient asks to be contacted,
 more often during an episode. What a patient reported that the monitor should find goes into the
 ground truth (kit.py's `truth`).
 """
@@ -37,6 +38,10 @@ CHECK_WINDOW = (time(9), time(11))  # after the morning weighing (07-10) and oxi
 _STABLE_WORSE = 0.004  # a stable patient's odd day: "more breathless" without an episode
 _STABLE_CONTACT = 0.005  # per day: a question about the equipment, the medication, ...
 _EPISODE_CONTACT = 0.12  # per day while an episode is at half its strength or more
+_STABLE_DIZZY = 0.003  # a stable patient's odd dizzy day
+# dizzy while a hypotension episode (gateway_sim.cuff) is at half its strength or more: most patients,
+# most days (symptomatic hypotension is common in heart failure after a diuretic is raised)
+_LOW_BP_DIZZY = 0.75
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +58,16 @@ def _pick(rng: np.random.Generator, chance: float) -> bool:
 
 
 def answer_check(
-    condition: str, episode_kind: str | None, strength: float, rng: np.random.Generator
+    condition: str,
+    episode_kind: str | None,
+    strength: float,
+    rng: np.random.Generator,
+    *,
+    hypotension: float = 0.0,
 ) -> Answered | None:
-    """The patient's answers to their condition's check; `strength`: the episode's shape now (0-1)."""
+    """The patient's answers to their condition's check; `strength`: the episode's shape now (0-1);
+    `hypotension`: a cuff hypotension episode's shape now (0-1). Each answer takes the same draws
+    whatever the episodes, so an episode changes no other answer of the stream."""
     questionnaire = CHECK_OF.get(condition)
     if questionnaire is None:
         return None
@@ -67,16 +79,15 @@ def answer_check(
         flat = _pick(rng, 0.4 if fluid else 0.0)
         if fluid and not (breathless or swelling or flat):
             swelling = _pick(rng, 0.6)
-        dizzy = _pick(rng, 0.003)
+        dizzy = _pick(rng, _LOW_BP_DIZZY if hypotension >= 0.5 else _STABLE_DIZZY)
         items: tuple[tuple[str, str | bool | int], ...] = (
             ("breathless", "worse" if breathless else ("better" if _pick(rng, 0.05) else "same")),
             ("breathless-lying-flat", flat),
             ("ankle-swelling", "worse" if swelling else "same"),
             ("dizzy", dizzy),
         )
-        reported = [
-            n for n, on in (("breathless", breathless), ("swelling", swelling), ("orthopnoea", flat)) if on
-        ]
+        signs = (("breathless", breathless), ("swelling", swelling), ("orthopnoea", flat), ("dizzy", dizzy))
+        reported = [n for n, on in signs if on]
         return Answered(questionnaire, items, tuple(reported))
     if questionnaire == "copd-check":
         flare = strong and episode_kind == "copd_exacerbation"

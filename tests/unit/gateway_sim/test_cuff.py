@@ -129,7 +129,54 @@ def test_giving_kits_a_cuff_changes_nothing_else() -> None:
         ]
 
     assert others(with_cuff) == others(plain)
-    bp = ("hypotension", "hypertensive_episode")
+    bp = ("hypotension", "hypertensive_episode", "low_bp_symptomatic")
     assert [t for t in truth_with if t["kind"] not in bp and t.get("device") != CUFF] == [
         t for t in truth_plain if t.get("device") != CUFF
     ]
+
+
+def _dizzy(stream: list[Message]) -> dict[str, list[datetime]]:
+    """Kit -> the times (kit clock) of its heart-failure checks answered dizzy."""
+    found: dict[str, list[datetime]] = {}
+    for m in stream:
+        if m.kind != "answers":
+            continue
+        for r in json.loads(m.payload)["responses"]:
+            items = {i["linkId"]: i["answer"][0] for i in r.get("item", [])}
+            if items.get("dizzy", {}).get("valueBoolean"):
+                found.setdefault(m.kit, []).append(datetime.fromisoformat(r["authored"]))
+    return found
+
+
+def test_a_hypotension_makes_most_heart_failure_patients_dizzy_and_sym3_has_ground_truth() -> None:
+    """In a hypotension episode most heart-failure patients answer dizzy; where a dizzy answer and a
+    sent systolic reading under 90 mm[Hg] lie within 24 h of each other (SYM-3), the ground truth has
+    one `low_bp_symptomatic` episode for that patient, and nowhere else."""
+    stream, truth = _run(Cohort(patients={"heart_failure": 60}, seed=5))
+    dizzy = _dizzy(stream)
+    low: dict[str, list[datetime]] = {}
+    for m in stream:
+        if m.kind == "readings" and m.label is None:
+            for r in m.readings:
+                if r.systolic is not None and r.label is None and r.systolic < 90:
+                    low.setdefault(m.kit, []).append(datetime.fromisoformat(r.measured_at))
+    hypotension = {str(t["kit"]): t for t in truth if t["kind"] == "hypotension"}
+    assert len(hypotension) >= 4
+    in_episode = 0
+    for kit, t in hypotension.items():
+        start, end = (datetime.fromisoformat(str(t[k])) for k in ("start", "end"))
+        in_episode += any(start + timedelta(days=1) <= d <= end for d in dizzy.get(kit, []))
+    assert in_episode >= 0.75 * len(hypotension)
+    paired = {
+        kit
+        for kit, times in low.items()
+        if any(abs(a - b) <= timedelta(hours=24) for a in times for b in dizzy.get(kit, []))
+    }
+    symptomatic = [t for t in truth if t["kind"] == "low_bp_symptomatic"]
+    assert paired, "the cohort must have a dizzy answer beside a low systolic reading"
+    assert sorted(str(t["kit"]) for t in symptomatic) == sorted(paired)
+    for t in symptomatic:
+        assert t["expected_rules"] == ["SYM-3"]
+        assert str(t["kit"]) in hypotension
+    stable = sum(len(v) for k, v in dizzy.items() if k not in hypotension)
+    assert stable <= 0.01 * 60 * 14  # a stable patient's dizzy day is rare

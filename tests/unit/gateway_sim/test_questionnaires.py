@@ -61,6 +61,19 @@ def test_a_stable_patient_rarely_reports_worse_and_an_episode_nearly_always_does
     assert answer_check("diabetes", None, 0.0, rng_for(3)) is None
 
 
+def test_a_low_pressure_makes_a_patient_dizzy_without_moving_the_answer_stream() -> None:
+    """A hypotension at half strength or more: most HF checks answer dizzy; the check takes the same
+    draws either way, so every later draw of the patient's answer stream is unchanged."""
+    dizzy = 0
+    for i in range(500):
+        low, plain = rng_for(4, i), rng_for(4, i)
+        answered = answer_check("heart_failure", None, 0.0, low, hypotension=0.5)
+        assert answer_check("heart_failure", None, 0.0, plain, hypotension=0.49) is not None
+        assert low.random() == plain.random()
+        dizzy += answered is not None and dict(answered.items)["dizzy"] is True
+    assert dizzy > 0.65 * 500
+
+
 def test_the_demo_shows_answers_and_a_contact_request_within_its_first_minute() -> None:
     """`make up`'s cohort with episodes peaking now and live measuring: symptom answers in the
     history, and a contact request released within 60 s of real time beginning."""

@@ -205,6 +205,19 @@ def test_sym3_reading_after_the_answer_and_its_24_hour_window() -> None:
         assert [e.rule_id for e in got] == expected
 
 
+def test_sym3_a_dizzy_answer_handled_days_after_the_low_reading() -> None:
+    """Catching up, answers may be handled after days of later readings (they are not in the
+    event-time merge): the systolic history still holds the low reading a week on, so SYM-3 fires."""
+    history = History()
+    for hours in range(0, 7 * 24, 12):  # twice a day for a week, one low reading on the first day
+        at = T0 + timedelta(hours=hours)
+        history.add(
+            Metric.BP_SYSTOLIC, Point(at.timestamp(), 85.0 if hours == 12 else 120.0), f"m{hours:031d}"
+        )
+    answer = _answer(T0 + timedelta(hours=20), "hf-daily", "dizzy")
+    assert [e.rule_id for e in _apply(_symptoms(), AnswerRecord(), answer, systolic=history)] == ["SYM-3"]
+
+
 def test_a_low_systolic_without_dizziness_is_not_sym3() -> None:
     """No dizziness: the BP rules of the bp metric decide, not SYM-3."""
     got = _apply(_symptoms(), AnswerRecord(), _answer(T0), systolic=_history((T0, 80.0)))
