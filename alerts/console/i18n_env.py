@@ -59,6 +59,13 @@ LABELS: dict[str, str] = {
     "read": i18n.N_("read"),
     "dismissed": i18n.N_("dismissed"),
     "expired": i18n.N_("expired"),
+    # service hours and the duty roster (alerts/duty.py): why the centre is closed, roles, the route
+    "outside service hours": i18n.N_("outside service hours"),
+    "public holiday": i18n.N_("public holiday"),
+    "closed day": i18n.N_("closed day"),
+    "nurse_on_duty": i18n.N_("nurse on duty"),
+    "on_call_physician": i18n.N_("on-call physician"),
+    "out-of-hours route": i18n.N_("out-of-hours route"),
 }
 
 JS_SOURCES = (Path(__file__).resolve().parent / "static" / "console.js",)

@@ -121,6 +121,9 @@ def test_a_nurse_in_norwegian_messages_the_kit_and_a_red_out_of_hours_goes_to_th
     expect(row).to_contain_text("2 åpne problemer")
     expect(row.locator(f'li[data-episode="{pressure}"]')).to_contain_text("BP-2")
     expect(row.locator(f'li[data-episode="{symptom}"]')).to_contain_text("SYM-1")
+    # the monitor's English explanations, in her language
+    expect(row.locator(f'li[data-episode="{pressure}"]')).to_contain_text("Systolisk blodtrykk 186 mmHg")
+    expect(row.locator(f'li[data-episode="{symptom}"]')).to_contain_text("at pusten er tyngre")
     page.screenshot(path=str(artefacts / "care-loop-queue-nb.png"), full_page=True)
 
     row.locator(f'li[data-episode="{pressure}"] a').click()
