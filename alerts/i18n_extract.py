@@ -31,7 +31,7 @@ __all__ = ["Message", "extract", "untranslated", "update"]
 
 ROOT = Path(__file__).resolve().parent
 TEMPLATES = ROOT / "console" / "templates"
-SCRIPTS = (ROOT / "console" / "static" / "console.js",)
+SCRIPTS = tuple(ROOT / "console" / "static" / name for name in ("console.js", "trend.js"))
 _TEMPLATE_KEYWORDS: Mapping[str, Any] = {"_": None, "gettext": None, "ngettext": (1, 2)}
 _JS_KEYWORDS: Mapping[str, Any] = {"_": None}
 _PY_KEYWORDS: Mapping[str, Any] = {"N_": None, "gettext": (2,), "_": (2,), "ngettext": (2, 3)}

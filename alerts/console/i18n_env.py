@@ -68,7 +68,7 @@ LABELS: dict[str, str] = {
     "out-of-hours route": i18n.N_("out-of-hours route"),
 }
 
-JS_SOURCES = (Path(__file__).resolve().parent / "static" / "console.js",)
+JS_SOURCES = tuple(Path(__file__).resolve().parent / "static" / name for name in ("console.js", "trend.js"))
 
 
 def _lang(context: Context) -> str:

@@ -4,11 +4,21 @@
   const box = document.getElementById("charts");
   if (!box) return;
   const tz = box.dataset.tz;
-  const fmt = new Intl.DateTimeFormat("en-GB", {timeZone: tz, day: "2-digit", month: "short", hour: "2-digit", minute: "2-digit"});
-  const names = {body_weight: "Weight", spo2: "SpO₂", pulse: "Pulse", glucose: "Glucose", body_temperature: "Temperature"};
-  const units = {"Cel": "°C", "/min": "beats/min"};
-  names.bp_systolic = "Systolic pressure";
-  names.bp_diastolic = "Diastolic pressure";
+  // The page's strings come in a meta tag ({msgid: text}, from the catalogues), as for console.js;
+  // `make i18n` finds each _("...") here.
+  const i18nMeta = document.querySelector('meta[name="vaktrom-i18n"]');
+  let messages = {};
+  try { messages = JSON.parse((i18nMeta && i18nMeta.content) || "{}"); } catch (error) { messages = {}; }
+  function _(msgid, params) {
+    const text = Object.prototype.hasOwnProperty.call(messages, msgid) ? messages[msgid] : msgid;
+    return text.replace(/%\((\w+)\)s/g, (all, name) => (params && name in params ? String(params[name]) : all));
+  }
+  const locale = document.documentElement.lang === "nb" ? "nb-NO" : "en-GB";
+  const fmt = new Intl.DateTimeFormat(locale, {timeZone: tz, day: "2-digit", month: "short", hour: "2-digit", minute: "2-digit"});
+  const names = {body_weight: _("Weight"), spo2: "SpO₂", pulse: _("Pulse"), glucose: _("Glucose"), body_temperature: _("Temperature")};
+  const units = {"Cel": "°C", "/min": _("beats/min")};
+  names.bp_systolic = _("Systolic pressure");
+  names.bp_diastolic = _("Diastolic pressure");
   units["mm[Hg]"] = "mmHg";
 
   function draw(chart) {
@@ -22,7 +32,7 @@
     if (!chart.points.length) {
       const none = document.createElement("p");
       none.className = "muted";
-      none.textContent = "No readings in the archive for this period.";
+      none.textContent = _("No readings in the archive for this period.");
       wrap.append(none);
       return;
     }
@@ -33,7 +43,7 @@
     const series = [
       {value: (u, t) => t == null ? "" : fmt.format(new Date(t * 1000))},
       {label: names[chart.metric] || chart.metric, stroke: "#1f5fa8", width: 1.5, points: {show: xs.length < 300, size: 4}},
-      {label: "in this alert", stroke: "#c62828", width: 0, points: {show: true, size: 9, fill: "#c62828"}},
+      {label: _("in this alert"), stroke: "#c62828", width: 0, points: {show: true, size: 9, fill: "#c62828"}},
     ];
     const bands = [];
     const legend = [];
@@ -51,7 +61,7 @@
       const means = new Map(chart.daily.map((d) => [d[0], d[2]]));
       data.push(xs.map((x) => { const m = means.get(Math.floor(x / 86400) * 86400); return m == null ? null : m; }));
       series.push({label: "daily mean", stroke: "#757575", width: 1, paths: uPlot.paths.stepped({align: 1}), points: {show: false}});
-      legend.push("grey: daily mean");
+      legend.push(_("grey: daily mean"));
     }
     if (chart.threshold) {
       const t = chart.threshold;
@@ -64,7 +74,7 @@
       const other = new Map(chart.companion.points.map((p) => [p[0], p[1]]));
       data.push(xs.map((x) => (other.has(x) ? other.get(x) : null)));
       series.push({label: names[chart.companion.metric], stroke: "#6a1b9a", width: 1.5, points: {show: xs.length < 300, size: 4}});
-      legend.push("purple: " + names[chart.companion.metric].toLowerCase());
+      legend.push(_("purple: %(name)s", {name: names[chart.companion.metric].toLowerCase()}));
     }
     const width = Math.max(320, box.clientWidth - 10);
     // eslint-disable-next-line no-undef
@@ -80,17 +90,24 @@
     }, data, wrap);
     const caption = document.createElement("p");
     caption.className = "legend";
-    caption.textContent = ["● readings", "● red: readings in this alert"].concat(legend).join(" · ");
+    caption.textContent = [_("● readings"), _("● red: readings in this alert")].concat(legend).join(" · ");
     wrap.append(caption);
+  }
+
+  function note(kind, text) {
+    const p = document.createElement("p");
+    p.className = kind;
+    p.textContent = text;
+    box.append(p);
   }
 
   fetch(box.dataset.src, {cache: "no-store"})
     .then((r) => { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
     .then((body) => {
       box.innerHTML = "";
-      if (!body.charts.length) box.innerHTML = '<p class="muted">This alert is about the kit, not a measurement; no trend to show.</p>';
+      if (!body.charts.length) note("muted", _("This alert is about the kit, not a measurement; no trend to show."));
       body.charts.forEach(draw);
       box.dataset.ready = "1";
     })
-    .catch((error) => { box.innerHTML = '<p class="error">Could not load the readings (' + error.message + "). Reload the page to try again.</p>"; });
+    .catch((error) => { box.innerHTML = ""; note("error", _("Could not load the readings (%(error)s). Reload the page to try again.", {error: error.message})); });
 })();
