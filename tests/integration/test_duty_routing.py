@@ -284,3 +284,25 @@ def test_a_waiting_yellow_that_turns_red_at_night_is_routed_in_its_new_round(
     assert escalate_due(conn, now=one + timedelta(hours=3), targets=TARGETS) == []
     kinds = [k for k, _ in _timeline(conn, eid)]
     assert kinds == ["waiting_for_opening", "needs_action", "out_of_hours", "kit_instruction"]
+
+
+def test_a_red_whose_out_of_hours_route_fails_escalates_as_if_not_routed(
+    conn: psycopg.Connection[Any], stack: Stack
+) -> None:
+    """Review of #32: the legevakt's webhook is down at 23:30 on a Sunday. The first failed delivery
+    must not leave the red finding silenced by the out-of-hours mark (escalation would wait for
+    the retries to give up, ~45 minutes, and then nothing would follow but a timeline line): the
+    escalation chain takes over at once, with the team's routes."""
+    team = _team(conn, route="http://127.0.0.1:9/legevakt-is-down")
+    eid = _alert(conn, stack, team, Severity.RED, SUNDAY_NIGHT)
+    assert [r.to for r in duty.route_out_of_hours(conn, now=SUNDAY_NIGHT)] == ["out_of_hours"]
+    assert deliver_due(conn, {"webhook": Webhook(SECRET)}, now=SUNDAY_NIGHT, link_base=LINK) == (0, 1)
+    later = SUNDAY_NIGHT + timedelta(minutes=6)
+    routes = {Step.TEAM: [Route("email", "team@centre.example.org")]}
+    taken = escalate_due(conn, now=later, targets=TARGETS, routes=routes)
+    assert [(e.episode_id, e.step) for e in taken] == [(eid, Step.TEAM)]
+    sent = conn.execute(
+        "SELECT step, channel, target FROM notifications WHERE episode_id = %s AND step = 1", (eid,)
+    ).fetchall()
+    conn.rollback()
+    assert sent == [(1, "email", "team@centre.example.org")]
