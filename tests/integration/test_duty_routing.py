@@ -306,3 +306,24 @@ def test_a_red_whose_out_of_hours_route_fails_escalates_as_if_not_routed(
     ).fetchall()
     conn.rollback()
     assert sent == [(1, "email", "team@centre.example.org")]
+
+
+def test_a_red_routed_at_night_comes_back_to_the_team_when_the_centre_opens(
+    conn: psycopg.Connection[Any], stack: Stack
+) -> None:
+    """Review of #32: a red routed to the legevakt on Sunday night that nobody at the centre has
+    started on by Monday 08:00 must not stay silenced all day by the night's mark: at opening it
+    comes back (timeline says so) and escalates from the opening like a waiting yellow."""
+    team = _team(conn, route="mailto:legevakt@kommune.example")
+    eid = _alert(conn, stack, team, Severity.RED, SUNDAY_NIGHT)
+    assert [r.to for r in duty.route_out_of_hours(conn, now=SUNDAY_NIGHT)] == ["out_of_hours"]
+    monday_7 = datetime(2026, 12, 7, 7, 59, tzinfo=OSLO)
+    assert duty.route_out_of_hours(conn, now=monday_7) == []  # still closed: nothing again
+    monday_8 = datetime(2026, 12, 7, 8, 0, tzinfo=OSLO)
+    assert [(r.episode_id, r.to) for r in duty.route_out_of_hours(conn, now=monday_8)] == [(eid, "open")]
+    assert duty.route_out_of_hours(conn, now=monday_8 + timedelta(seconds=5)) == []  # once
+    assert escalate_due(conn, now=monday_8 + timedelta(minutes=4), targets=TARGETS) == []
+    taken = escalate_due(conn, now=monday_8 + timedelta(minutes=5), targets=TARGETS)
+    assert [(e.episode_id, e.step) for e in taken] == [(eid, Step.TEAM)]
+    kinds = [k for k, _ in _timeline(conn, eid)]
+    assert kinds[:3] == ["out_of_hours", "kit_instruction", "service_opened"]
