@@ -205,6 +205,8 @@ def add_shift(
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('duty:' || %s))", (team_id,))
         if not colleague(conn, username, team_id):
             raise DutyError(f"{username} is not an active clinical member of team {team_id}")
+        if duty is DutyRole.ON_CALL_PHYSICIAN and not _is_physician(cur, username):
+            raise DutyError(f"{username} is not a physician: only a physician can be the on-call physician")
         new = Shift(duty, username, contact.strip(), starts_at, ends_at)
         clash = overlaps([*shifts(cur, team_id, starts_at, ends_at), new])
         if clash:
@@ -217,6 +219,12 @@ def add_shift(
         found = cur.fetchone()
         assert found is not None
     return Shift(duty, username, new.contact, starts_at, ends_at, int(found[0]))
+
+
+def _is_physician(cur: psycopg.Cursor[Any], username: str) -> bool:
+    cur.execute("SELECT role = 'physician' FROM users WHERE username = %s", (username,))
+    found = cur.fetchone()
+    return bool(found and found[0])
 
 
 def remove_shift(conn: psycopg.Connection[Any], team_id: str, shift_id: int) -> Shift:

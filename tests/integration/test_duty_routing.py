@@ -327,3 +327,24 @@ def test_a_red_routed_at_night_comes_back_to_the_team_when_the_centre_opens(
     assert [(e.episode_id, e.step) for e in taken] == [(eid, Step.TEAM)]
     kinds = [k for k, _ in _timeline(conn, eid)]
     assert kinds[:3] == ["out_of_hours", "kit_instruction", "service_opened"]
+
+
+def test_only_a_physician_can_be_rostered_as_the_on_call_physician(conn: psycopg.Connection[Any]) -> None:
+    """Review of #32: a nurse of the team put on the roster as on-call physician would receive the
+    step meant for a physician (a red finding's last step); the roster refuses it, and still takes
+    the nurse as nurse on duty and the physician as on-call physician."""
+    team = new_team(conn, f"t-duty-{uuid.uuid4().hex[:8]}")
+    conn.commit()
+    nurse, physician = staff(conn, Role.NURSE, team=team), staff(conn, Role.PHYSICIAN, team=team)
+    kw: dict[str, Any] = {
+        "contact": "mailto:duty@centre.example.org",
+        "starts_at": TUESDAY_NOON,
+        "ends_at": TUESDAY_NOON + timedelta(hours=4),
+        "actor": "test",
+    }
+    with pytest.raises(DutyError, match="not a physician"):
+        duty.add_shift(conn, team, role="on_call_physician", username=nurse, **kw)
+    assert duty.shifts(conn, team, TUESDAY_NOON, TUESDAY_NOON + timedelta(hours=4)) == []
+    conn.rollback()
+    duty.add_shift(conn, team, role="nurse_on_duty", username=nurse, **kw)
+    duty.add_shift(conn, team, role="on_call_physician", username=physician, **kw)
