@@ -438,6 +438,8 @@ def _route_one(
     if after == "waiting":
         return None
     opens = hours.next_opening(now)
+    if opens is None:  # no opening ahead (never open, or closed for weeks): waiting would be forever
+        return None
     cur.execute(
         "UPDATE alerts SET after_hours = 'waiting', after_hours_round = %s, updated_at = now() "
         "WHERE episode_id = %s",

@@ -348,3 +348,21 @@ def test_only_a_physician_can_be_rostered_as_the_on_call_physician(conn: psycopg
     conn.rollback()
     duty.add_shift(conn, team, role="nurse_on_duty", username=nurse, **kw)
     duty.add_shift(conn, team, role="on_call_physician", username=physician, **kw)
+
+
+def test_a_yellow_of_a_centre_that_never_opens_is_not_left_waiting(
+    conn: psycopg.Connection[Any], stack: Stack
+) -> None:
+    """Review of #32: service hours with no opening ahead (no weekly hours, as the browser test
+    sets up, or closed for weeks) would leave a yellow 'waiting for opening' forever, escalating
+    to nobody; it escalates as usual instead."""
+    team = new_team(conn, f"t-duty-{uuid.uuid4().hex[:8]}")
+    conn.commit()
+    duty.save_service(
+        conn, team, weekly={}, out_of_hours_route="mailto:legevakt@kommune.example",
+        out_of_hours_instruction=INSTRUCTION, fallback_route="mailto:fallback@centre.example.org", actor="test",
+    )  # fmt: skip
+    eid = _alert(conn, stack, team, Severity.YELLOW, SUNDAY_NIGHT)
+    assert duty.route_out_of_hours(conn, now=SUNDAY_NIGHT) == []
+    taken = escalate_due(conn, now=SUNDAY_NIGHT + timedelta(hours=2), targets=TARGETS)
+    assert [(e.episode_id, e.step) for e in taken] == [(eid, Step.TEAM)]
