@@ -360,7 +360,8 @@ def test_a_yellow_of_a_centre_that_never_opens_is_not_left_waiting(
     conn.commit()
     duty.save_service(
         conn, team, weekly={}, out_of_hours_route="mailto:legevakt@kommune.example",
-        out_of_hours_instruction=INSTRUCTION, fallback_route="mailto:fallback@centre.example.org", actor="test",
+        out_of_hours_instruction=INSTRUCTION, fallback_route="mailto:fallback@centre.example.org",
+        actor="test",
     )  # fmt: skip
     eid = _alert(conn, stack, team, Severity.YELLOW, SUNDAY_NIGHT)
     assert duty.route_out_of_hours(conn, now=SUNDAY_NIGHT) == []
