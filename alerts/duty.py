@@ -205,6 +205,8 @@ def add_shift(
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('duty:' || %s))", (team_id,))
         if not colleague(conn, username, team_id):
             raise DutyError(f"{username} is not an active clinical member of team {team_id}")
+        if duty is DutyRole.ON_CALL_PHYSICIAN and not _is_physician(cur, username):
+            raise DutyError(f"{username} is not a physician: only a physician can be the on-call physician")
         new = Shift(duty, username, contact.strip(), starts_at, ends_at)
         clash = overlaps([*shifts(cur, team_id, starts_at, ends_at), new])
         if clash:
@@ -217,6 +219,12 @@ def add_shift(
         found = cur.fetchone()
         assert found is not None
     return Shift(duty, username, new.contact, starts_at, ends_at, int(found[0]))
+
+
+def _is_physician(cur: psycopg.Cursor[Any], username: str) -> bool:
+    cur.execute("SELECT role = 'physician' FROM users WHERE username = %s", (username,))
+    found = cur.fetchone()
+    return bool(found and found[0])
 
 
 def remove_shift(conn: psycopg.Connection[Any], team_id: str, shift_id: int) -> Shift:
@@ -323,6 +331,24 @@ FOR UPDATE OF a SKIP LOCKED
 """
 
 
+# Reds routed out of hours in their current round that no nurse has started on: when their team's
+# centre opens they come back to the centre's escalation (else they would never escalate again).
+_ROUTED_TEAMS = """
+SELECT DISTINCT p.team_id FROM alerts a JOIN patient_directory p USING (patient_id)
+WHERE a.state IN ('new', 'claimed') AND a.episode_resolved_at IS NULL
+  AND a.after_hours = 'routed' AND a.after_hours_round = a.alarm_round
+"""
+_ROUTED = """
+SELECT a.episode_id, a.patient_id, a.severity, a.alarm_round, a.after_hours, a.after_hours_round, p.team_id
+FROM alerts a JOIN patient_directory p USING (patient_id)
+WHERE a.state IN ('new', 'claimed') AND a.episode_resolved_at IS NULL
+  AND a.after_hours = 'routed' AND a.after_hours_round = a.alarm_round AND p.team_id = ANY(%(teams)s)
+ORDER BY a.received_at
+LIMIT %(limit)s
+FOR UPDATE OF a SKIP LOCKED
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Routed:
     episode_id: str
@@ -349,6 +375,20 @@ def route_out_of_hours(conn: psycopg.Connection[Any], *, now: datetime, limit: i
             step = _route_one(cur, service, row, now)
             if step is not None:
                 done.append(Routed(episode_id, step))
+        cur.execute(_ROUTED_TEAMS)
+        for (team,) in cur.fetchall():
+            if team not in services:
+                services[team] = load_service(cur, team)
+        opened = [t for t, s in services.items() if s is not None and s.hours.is_open(now)]
+        if opened:
+            cur.execute(_ROUTED, {"teams": opened, "limit": limit})
+            for episode_id, patient_id, severity, round_, after, after_round, team in cur.fetchall():
+                service = services[team]
+                assert service is not None  # only open teams with a service were asked for
+                row = (episode_id, patient_id, severity, round_, after, after_round == round_)
+                step = _route_one(cur, service, row, now)
+                if step is not None:
+                    done.append(Routed(episode_id, step))
     return done
 
 
@@ -367,14 +407,17 @@ def _route_one(
                 "WHERE episode_id = %s",
                 (episode_id,),
             )
-        if after != "waiting":
+        if after is None:
             return None
         cur.execute(
             "UPDATE alerts SET after_hours = NULL, after_hours_route = NULL, rearmed_at = %s, "
             "updated_at = now() WHERE episode_id = %s",
             (now, episode_id),
         )
-        _entry(cur, episode_id, "service_opened", now, {"reason": "the centre opened: clock starts now"})
+        reason = "the centre opened: clock starts now"
+        if after == "routed":  # the out-of-hours service had it; the team now follows it up
+            reason = "the centre opened: the out-of-hours route had it, the team follows up; clock starts now"
+        _entry(cur, episode_id, "service_opened", now, {"reason": reason})
         return "open"
     local = now.astimezone(hours.zone)
     why = hours.closed_on(local.date()) or "outside service hours"
@@ -395,6 +438,8 @@ def _route_one(
     if after == "waiting":
         return None
     opens = hours.next_opening(now)
+    if opens is None:  # no opening ahead (never open, or closed for weeks): waiting would be forever
+        return None
     cur.execute(
         "UPDATE alerts SET after_hours = 'waiting', after_hours_round = %s, updated_at = now() "
         "WHERE episode_id = %s",

@@ -363,5 +363,8 @@ def client_ip(request: Request) -> str | None:
 
 
 def safe_next(target: str) -> str:
-    """Only paths of this site: an open redirect would help phishing."""
+    """Only paths of this site: an open redirect would help phishing. A browser drops tabs and line
+    breaks from a URL before reading it (`/\t/evil` is `//evil`), so no control character passes."""
+    if any(c < " " or c == "\x7f" for c in target):
+        return "/"
     return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"

@@ -68,7 +68,12 @@ _TARGET = "(CASE severity WHEN 'red' THEN %(t_red)s WHEN 'yellow' THEN %(t_yello
 _CLOCK = "coalesce(rearmed_at, received_at)"
 # Handled out of hours in this alarm round (routed to the out-of-hours service, or waiting for
 # opening): not escalated inside the closed centre (alerts.duty; docs/alert-lifecycle.md).
-_NOT_AFTER_HOURS = "(after_hours IS NULL OR after_hours_round IS DISTINCT FROM alarm_round)"
+# A red whose out-of-hours delivery has failed (even once, while it retries) is not handled: the
+# chain takes over, so a broken legevakt webhook does not silence the finding.
+_NOT_AFTER_HOURS = """(after_hours IS NULL OR after_hours_round IS DISTINCT FROM alarm_round
+    OR EXISTS (SELECT 1 FROM notifications n WHERE n.episode_id = alerts.episode_id AND n.step = 0
+               AND n.alarm_round = alerts.alarm_round AND n.sent_at IS NULL
+               AND (n.failed_at IS NOT NULL OR n.attempts > 0)))"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,7 @@ SNAPSHOTS: dict[str, tuple[str, ...]] = {
         "SELECT array_agg(version ORDER BY version) FROM care_plans WHERE patient_id = %s",
         "SELECT array_agg(kit_id || assigned_from::text || coalesce(assigned_until::text, '-')) "
         "FROM kit_assignments WHERE patient_id = %s",
+        "SELECT count(*) FROM kit_commands WHERE patient_id = %s",  # messages to the patient's kit
     ),
     "kit_id": (
         "SELECT state, team_id, retired_at, credentials_issued_at FROM kits WHERE kit_id = %s",
@@ -74,6 +75,7 @@ SNAPSHOTS: dict[str, tuple[str, ...]] = {
         "SELECT state, assignee, resolution, resolution_note, closed_at FROM alerts WHERE episode_id = %s",
         "SELECT count(*) FROM alert_timeline WHERE episode_id = %s "
         "AND kind NOT IN ('escalation', 'notified', 'notify_failed')",
+        "SELECT count(*) FROM kit_commands WHERE episode_id = %s",
     ),
     "username": (
         "SELECT role, team_id, active, password_hash FROM users WHERE username = %s",
@@ -240,6 +242,10 @@ BODIES: dict[tuple[str, str], Body] = {
     ("POST", "/duty/{team_id}/service"): lambda w, o: {"data": _SERVICE | {"weekly": "mon 08:00-15:30"}},
     ("POST", "/api/v1/teams/{team_id}/shifts"): lambda w, o: {"json": _shift(w)},
     ("POST", "/duty/{team_id}/shifts"): lambda w, o: {"data": _shift(w, local=True)},
+    # A message to another team's patient's kit (review of #32): a real body, so a 404 is the
+    # refusal and not a form error, and the snapshot shows nothing was queued.
+    ("POST", "/alerts/{episode_id}/kit-message"): lambda w, o: {"data": {"kind": "message", "text": "Hei"}},
+    ("POST", "/patients/{patient_id}/kit-message"): lambda w, o: {"data": {"kind": "message", "text": "Hei"}},
     ("POST", "/admin/users"): lambda w, o: {
         "data": {
             "username": f"t{uuid.uuid4().hex[:10]}",

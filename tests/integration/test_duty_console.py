@@ -168,7 +168,7 @@ def test_a_red_finding_of_a_closed_centre_is_routed_by_the_service(
 ) -> None:
     """The running service, a team whose centre is never open: a red alert from Kafka goes to the
     legevakt's webhook within seconds, with the kit instruction on record and the queue marking it;
-    a yellow one waits for opening."""
+    a yellow one does not wait for an opening that never comes."""
     with receiver() as legevakt:
         alerts.extra_env.update(
             {
@@ -197,13 +197,10 @@ def test_a_red_finding_of_a_closed_centre_is_routed_by_the_service(
             kinds = [t["kind"] for t in detail["timeline"]]
             assert "out_of_hours" in kinds
             assert "kit_instruction" in kinds
-            wait_for(
-                lambda: any(
-                    t["kind"] == "waiting_for_opening"
-                    for t in api.get(f"/alerts/{yellow}", headers=mine).json()["timeline"]
-                ),
-                "the yellow alert waiting for opening",
-            )
+            # A centre that never opens does not leave the yellow waiting for an opening that never
+            # comes (review of #32): the pass that routed the red left it to the usual escalation.
+            yellow_kinds = [t["kind"] for t in api.get(f"/alerts/{yellow}", headers=mine).json()["timeline"]]
+            assert "waiting_for_opening" not in yellow_kinds
         browser = ConsoleClient(alerts.url)
         try:
             browser.login(teams.coordinator_a)

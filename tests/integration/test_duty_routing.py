@@ -284,3 +284,86 @@ def test_a_waiting_yellow_that_turns_red_at_night_is_routed_in_its_new_round(
     assert escalate_due(conn, now=one + timedelta(hours=3), targets=TARGETS) == []
     kinds = [k for k, _ in _timeline(conn, eid)]
     assert kinds == ["waiting_for_opening", "needs_action", "out_of_hours", "kit_instruction"]
+
+
+def test_a_red_whose_out_of_hours_route_fails_escalates_as_if_not_routed(
+    conn: psycopg.Connection[Any], stack: Stack
+) -> None:
+    """Review of #32: the legevakt's webhook is down at 23:30 on a Sunday. The first failed delivery
+    must not leave the red finding silenced by the out-of-hours mark (escalation would wait for
+    the retries to give up, ~45 minutes, and then nothing would follow but a timeline line): the
+    escalation chain takes over at once, with the team's routes."""
+    team = _team(conn, route="http://127.0.0.1:9/legevakt-is-down")
+    eid = _alert(conn, stack, team, Severity.RED, SUNDAY_NIGHT)
+    assert [r.to for r in duty.route_out_of_hours(conn, now=SUNDAY_NIGHT)] == ["out_of_hours"]
+    assert deliver_due(conn, {"webhook": Webhook(SECRET)}, now=SUNDAY_NIGHT, link_base=LINK) == (0, 1)
+    later = SUNDAY_NIGHT + timedelta(minutes=6)
+    routes = {Step.TEAM: [Route("email", "team@centre.example.org")]}
+    taken = escalate_due(conn, now=later, targets=TARGETS, routes=routes)
+    assert [(e.episode_id, e.step) for e in taken] == [(eid, Step.TEAM)]
+    sent = conn.execute(
+        "SELECT step, channel, target FROM notifications WHERE episode_id = %s AND step = 1", (eid,)
+    ).fetchall()
+    conn.rollback()
+    assert sent == [(1, "email", "team@centre.example.org")]
+
+
+def test_a_red_routed_at_night_comes_back_to_the_team_when_the_centre_opens(
+    conn: psycopg.Connection[Any], stack: Stack
+) -> None:
+    """Review of #32: a red routed to the legevakt on Sunday night that nobody at the centre has
+    started on by Monday 08:00 must not stay silenced all day by the night's mark: at opening it
+    comes back (timeline says so) and escalates from the opening like a waiting yellow."""
+    team = _team(conn, route="mailto:legevakt@kommune.example")
+    eid = _alert(conn, stack, team, Severity.RED, SUNDAY_NIGHT)
+    assert [r.to for r in duty.route_out_of_hours(conn, now=SUNDAY_NIGHT)] == ["out_of_hours"]
+    monday_7 = datetime(2026, 12, 7, 7, 59, tzinfo=OSLO)
+    assert duty.route_out_of_hours(conn, now=monday_7) == []  # still closed: nothing again
+    monday_8 = datetime(2026, 12, 7, 8, 0, tzinfo=OSLO)
+    assert [(r.episode_id, r.to) for r in duty.route_out_of_hours(conn, now=monday_8)] == [(eid, "open")]
+    assert duty.route_out_of_hours(conn, now=monday_8 + timedelta(seconds=5)) == []  # once
+    assert escalate_due(conn, now=monday_8 + timedelta(minutes=4), targets=TARGETS) == []
+    taken = escalate_due(conn, now=monday_8 + timedelta(minutes=5), targets=TARGETS)
+    assert [(e.episode_id, e.step) for e in taken] == [(eid, Step.TEAM)]
+    kinds = [k for k, _ in _timeline(conn, eid)]
+    assert kinds[:3] == ["out_of_hours", "kit_instruction", "service_opened"]
+
+
+def test_only_a_physician_can_be_rostered_as_the_on_call_physician(conn: psycopg.Connection[Any]) -> None:
+    """Review of #32: a nurse of the team put on the roster as on-call physician would receive the
+    step meant for a physician (a red finding's last step); the roster refuses it, and still takes
+    the nurse as nurse on duty and the physician as on-call physician."""
+    team = new_team(conn, f"t-duty-{uuid.uuid4().hex[:8]}")
+    conn.commit()
+    nurse, physician = staff(conn, Role.NURSE, team=team), staff(conn, Role.PHYSICIAN, team=team)
+    kw: dict[str, Any] = {
+        "contact": "mailto:duty@centre.example.org",
+        "starts_at": TUESDAY_NOON,
+        "ends_at": TUESDAY_NOON + timedelta(hours=4),
+        "actor": "test",
+    }
+    with pytest.raises(DutyError, match="not a physician"):
+        duty.add_shift(conn, team, role="on_call_physician", username=nurse, **kw)
+    assert duty.shifts(conn, team, TUESDAY_NOON, TUESDAY_NOON + timedelta(hours=4)) == []
+    conn.rollback()
+    duty.add_shift(conn, team, role="nurse_on_duty", username=nurse, **kw)
+    duty.add_shift(conn, team, role="on_call_physician", username=physician, **kw)
+
+
+def test_a_yellow_of_a_centre_that_never_opens_is_not_left_waiting(
+    conn: psycopg.Connection[Any], stack: Stack
+) -> None:
+    """Review of #32: service hours with no opening ahead (no weekly hours, as the browser test
+    sets up, or closed for weeks) would leave a yellow 'waiting for opening' forever, escalating
+    to nobody; it escalates as usual instead."""
+    team = new_team(conn, f"t-duty-{uuid.uuid4().hex[:8]}")
+    conn.commit()
+    duty.save_service(
+        conn, team, weekly={}, out_of_hours_route="mailto:legevakt@kommune.example",
+        out_of_hours_instruction=INSTRUCTION, fallback_route="mailto:fallback@centre.example.org",
+        actor="test",
+    )  # fmt: skip
+    eid = _alert(conn, stack, team, Severity.YELLOW, SUNDAY_NIGHT)
+    assert duty.route_out_of_hours(conn, now=SUNDAY_NIGHT) == []
+    taken = escalate_due(conn, now=SUNDAY_NIGHT + timedelta(hours=2), targets=TARGETS)
+    assert [(e.episode_id, e.step) for e in taken] == [(eid, Step.TEAM)]
