@@ -242,10 +242,6 @@ BODIES: dict[tuple[str, str], Body] = {
     ("POST", "/duty/{team_id}/service"): lambda w, o: {"data": _SERVICE | {"weekly": "mon 08:00-15:30"}},
     ("POST", "/api/v1/teams/{team_id}/shifts"): lambda w, o: {"json": _shift(w)},
     ("POST", "/duty/{team_id}/shifts"): lambda w, o: {"data": _shift(w, local=True)},
-    # A message to another team's patient's kit (review of #32): a real body, so a 404 is the
-    # refusal and not a form error, and the snapshot shows nothing was queued.
-    ("POST", "/alerts/{episode_id}/kit-message"): lambda w, o: {"data": {"kind": "message", "text": "Hei"}},
-    ("POST", "/patients/{patient_id}/kit-message"): lambda w, o: {"data": {"kind": "message", "text": "Hei"}},
     ("POST", "/admin/users"): lambda w, o: {
         "data": {
             "username": f"t{uuid.uuid4().hex[:10]}",
