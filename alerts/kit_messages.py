@@ -24,6 +24,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from contracts import MAX_COMMAND_TEXT, CommandKind, command_problem
+from registry import read as registry_read
 from runtime import audit as audit_log
 
 __all__ = [
@@ -94,6 +95,11 @@ def queue_message(
     ).fetchone()
     if row is None or (team_id is not None and row[0] != team_id):
         raise KitMessageError("no such patient (or not one your team follows)", status=404)
+    if registry_read.current_kit(conn, patient_id) is None:
+        # the bridge could deliver it to nobody: say so now rather than show "sent", then "expired"
+        raise KitMessageError(
+            "the patient has no kit now, so nothing can be shown to them; call them", status=422
+        )
     command_id = uuid.uuid4().hex
     now = datetime.now(UTC)
     with conn.transaction():

@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import tuple_row
 
-__all__ = ["CHANGED", "KitSnapshot", "kit_history", "kit_snapshot", "teams"]
+__all__ = ["CHANGED", "KitSnapshot", "current_kit", "kit_history", "kit_snapshot", "teams"]
 
 CHANGED = "vaktrom_registry"  # 0002_kit_registry.sql: vaktrom_registry_changed()
 
@@ -74,3 +74,14 @@ def kit_history(conn: Connection, patient_id: str) -> list[Any]:
         "ORDER BY assigned_from DESC",
         (patient_id,),
     ).fetchall()
+
+
+def current_kit(conn: Connection, patient_id: str) -> str | None:
+    """The kit assigned to the patient now (an open assignment), or None."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(
+            "SELECT kit_id FROM kit_assignments WHERE patient_id = %s AND assigned_until IS NULL "
+            "ORDER BY assigned_from DESC LIMIT 1",
+            (patient_id,),
+        ).fetchone()
+    return None if row is None else str(row[0])

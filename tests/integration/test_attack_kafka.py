@@ -69,6 +69,7 @@ TOPICS: dict[str, Topic] = {
     "monitor-state": topics.monitor_state_topic,
     "kit-commands": topics.kit_command_topic,
     "kit-acks": topics.kit_ack_topic,
+    "answers": topics.answer_topic,
 }
 _NAME = {fn: label for label, fn in TOPICS.items()}
 

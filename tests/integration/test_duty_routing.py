@@ -68,6 +68,17 @@ def _team(
     return team
 
 
+def _give_kit(conn: psycopg.Connection[Any], patient: str) -> None:
+    """The patient has a kit now (as the registry records it), so an instruction can reach them."""
+    kit = f"K-{patient[2:]}"
+    conn.execute("INSERT INTO kits (kit_id, state) VALUES (%s, 'assigned')", (kit,))
+    conn.execute(
+        "INSERT INTO kit_assignments (kit_id, patient_id, assigned_from) VALUES (%s, %s, %s)",
+        (kit, patient, SUNDAY_NIGHT - timedelta(days=30)),
+    )
+    conn.commit()
+
+
 def _alert(conn: psycopg.Connection[Any], stack: Stack, team: str, severity: Severity, at: datetime) -> str:
     eid = new_id()
     patient = f"P-{eid[:10]}"
@@ -95,6 +106,7 @@ def test_red_on_sunday_night_goes_to_the_legevakt_and_the_kit_is_told(
     with receiver() as legevakt:
         team = _team(conn, route=legevakt.url)
         eid = _alert(conn, stack, team, Severity.RED, SUNDAY_NIGHT)
+        _give_kit(conn, f"P-{eid[:10]}")
         routed = duty.route_out_of_hours(conn, now=SUNDAY_NIGHT)
         assert [(r.episode_id, r.to) for r in routed] == [(eid, "out_of_hours")]
         assert duty.route_out_of_hours(conn, now=SUNDAY_NIGHT + timedelta(seconds=5)) == []  # once
@@ -367,3 +379,18 @@ def test_a_yellow_of_a_centre_that_never_opens_is_not_left_waiting(
     assert duty.route_out_of_hours(conn, now=SUNDAY_NIGHT) == []
     taken = escalate_due(conn, now=SUNDAY_NIGHT + timedelta(hours=2), targets=TARGETS)
     assert [(e.episode_id, e.step) for e in taken] == [(eid, Step.TEAM)]
+
+
+def test_a_red_out_of_hours_for_a_patient_without_a_kit_says_the_instruction_reached_nobody(
+    conn: psycopg.Connection[Any], stack: Stack
+) -> None:
+    """No kit, no instruction: the timeline says it was not sent and why (review of #32: it showed
+    "sent" and later "expired", and nobody learned that the patient was never told)."""
+    with receiver() as legevakt:
+        team = _team(conn, route=legevakt.url)
+        eid = _alert(conn, stack, team, Severity.RED, SUNDAY_NIGHT)
+        assert [r.to for r in duty.route_out_of_hours(conn, now=SUNDAY_NIGHT)] == ["out_of_hours"]
+    entries = dict(_timeline(conn, eid))
+    assert entries["kit_instruction"]["queued"] is False
+    assert "no kit" in entries["kit_instruction"]["error"]
+    assert conn.execute("SELECT count(*) FROM kit_commands WHERE episode_id = %s", (eid,)).fetchone() == (0,)
