@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,7 +20,8 @@ from runtime import kafka as rk
 from tests.conftest import Stack
 from tests.integration.alerts_support import AlertsProcess, wait_for
 from tests.integration.bridge_support import BridgeProcess
-from tests.integration.test_kit_messages import _as_kit, _kit
+from tests.integration.stage_support import consume
+from tests.integration.test_kit_messages import _as_kit, _kit, _publish_as_kit
 
 
 def _send(stack: Stack, topic: str, records: list[tuple[str, bytes | None]]) -> None:
@@ -96,3 +99,49 @@ def test_a_command_or_ack_the_database_refuses_is_skipped_and_the_next_is_stored
     wait_for(lambda: _stored(stack, good), "the reminder after a refused one stored", 40)
     assert not _stored(stack, bad)
     alerts.wait_healthy(10)
+
+
+class _SecondBridge(BridgeProcess):
+    """Another bridge of the same deployment (docs/broker-accounts.md: vaktrom-bridge-2): the same
+    topics, share group and command group, its own client id and broker login."""
+
+    @property
+    def client_id(self) -> str:
+        return f"{self.name}-bridge-2"[:64]
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"bridge2-{self.name}.log"
+
+
+def test_with_two_bridges_every_ack_is_taken_whichever_bridge_relayed_the_command(
+    stack: Stack, bridge: BridgeProcess, unique: str, artefacts: Path
+) -> None:
+    """The broker hands a kit's acks to either bridge of the share group; the command was relayed
+    by the one whose Kafka partition it is on. Each bridge must know every command, or about half of
+    the acks are refused as unknown_command and lost."""
+    kit = _kit(stack, bridge, unique)
+    second = _SecondBridge(stack, unique, artefacts)
+    try:
+        for stage in (bridge, second):
+            stage.start(wait=False)
+        for stage in (bridge, second):
+            stage.wait_healthy(90)
+        listener = _listen(stack, kit, bridge.root)
+        sent = [_reminder(kit["patient"], f"Melding {n}.") for n in range(3)]
+        _send(stack, topics.kit_command_topic(bridge.prefix),
+              [(kit["patient"], json.dumps(body).encode()) for _id, body in sent])  # fmt: skip
+        received = _ids(listener)
+        assert sorted(received) == sorted(i for i, _b in sent), "the kit did not get the commands"
+        time.sleep(2)  # a person looks at the screen; the kit acks once it has shown the message
+        acks = topics.kit_topic(kit["kit"], "acks", root=bridge.root)
+        for command_id in received:
+            ack = {"schema": "vaktrom.kit-ack.v1", "kit": kit["kit"], "command_id": command_id,
+                   "shown_at": datetime.now(UTC).isoformat()}  # fmt: skip
+            _publish_as_kit(stack, kit, acks, json.dumps(ack).encode())
+        taken = consume(stack, topics.kit_ack_topic(bridge.prefix), until=3, timeout=30)
+        refused = consume(stack, topics.rejection_topic(bridge.prefix), timeout=3, idle=2)
+        assert [v["reason"] for _k, v, _h in refused] == []
+        assert sorted(v["command_id"] for _k, v, _h in taken) == sorted(received)
+    finally:
+        second.stop()
