@@ -14,9 +14,7 @@ dropped (and logged at info, without the patient's pseudonym).
 The remembered commands let the bridge check the kits' acknowledgements (`ingest.kit_commands`).
 They live in memory; at start the relay reads back the last VAKTROM_BRIDGE_COMMAND_LOOKBACK_H of
 the topic (before its committed offsets: remembered, not relayed again), so an acknowledgement of a
-command relayed before a restart is still recognised. A second consumer (no group, every partition,
-from the same lookback on) remembers the commands the other bridges of the deployment relay: the
-broker hands a kit's ack to any bridge of the MQTT share group.
+command relayed before a restart is still recognised.
 """
 
 from __future__ import annotations
@@ -69,9 +67,6 @@ class CommandRelay:
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bridge-commands", daemon=True)
-        # every partition's commands, whichever bridge relays them: a kit's ack may reach any bridge
-        # of the MQTT share group (`_watch`)
-        self._watcher = threading.Thread(target=self._watch, name="bridge-commands-watch", daemon=True)
         self.relayed = 0
         self.dropped = 0
         self.error: BaseException | None = None
@@ -79,12 +74,10 @@ class CommandRelay:
 
     def start(self) -> None:
         self._thread.start()
-        self._watcher.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-        self._watcher.join(timeout=10)
 
     @property
     def alive(self) -> bool:
@@ -105,40 +98,6 @@ class CommandRelay:
                     consumer.commit(offsets=rk.next_offsets(batch), asynchronous=False)
         except BaseException as exc:  # the bridge reports it and stops (its health says why)
             log.exception("command relay failed")
-            self.error = exc
-        finally:
-            consumer.close()
-
-    def _watch(self) -> None:
-        """Remember the commands of every partition (the group consumer reads only this bridge's), from
-        `lookback` ago on: another bridge of the share group relays them, the kit's ack may come here.
-        No group (assigned, never committed)."""
-        consumer = rk.consumer(self._kafka, group_id=self._group, client_id=f"{self._client_id}-watch")
-        try:
-            partitions = consumer.list_topics(self._topic, timeout=30).topics[self._topic].partitions
-            since = int((datetime.now(UTC) - self._lookback).timestamp() * 1000)
-            wanted = [rk.TopicPartition(self._topic, p, since) for p in partitions]
-            starts = consumer.offsets_for_times(wanted, timeout=30)
-            consumer.assign([
-                rk.TopicPartition(self._topic, tp.partition, tp.offset if tp.offset >= 0 else rk.OFFSET_END)
-                for tp in starts
-            ])  # fmt: skip
-            while not self._stop.is_set():
-                for message in consumer.consume(_BATCH, 0.2):
-                    value = message.value() if rk.raise_for(message) is not None else None
-                    if value is None:
-                        continue
-                    try:
-                        request = _request_decoder.decode(value)
-                    except (msgspec.DecodeError, UnicodeDecodeError):
-                        continue  # the relay says so when it reads it
-                    registry = self._registry()
-                    at = datetime.now(UTC)
-                    kit_id = kit_of(registry, request.patient_id, at) if registry is not None else None
-                    if kit_id is not None:
-                        self.known.remember(request.command_id, kit_id, request.patient_id)
-        except BaseException as exc:  # the bridge reports it and stops (its health says why)
-            log.exception("command watcher failed")
             self.error = exc
         finally:
             consumer.close()
