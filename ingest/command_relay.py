@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from contracts import KitCommandRequest, topics
+from contracts import KitCommandRequest, command_problem, topics
 from ingest.kit_commands import KnownCommands, kit_of, to_kit
 from ingest.registry import Registry
 from runtime import kafka as rk
@@ -149,10 +149,15 @@ class CommandRelay:
     def _command(self, message: Any, registry: Registry | None, now: datetime) -> tuple[str, bytes] | None:
         """(MQTT topic, payload) for one record, or None when nothing is to be sent for it."""
         self._position[message.partition()] = message.offset() + 1
+        where = f"partition {message.partition()} at offset {message.offset()}"
         try:
+            if message.value() is None:
+                raise msgspec.DecodeError("the record has no value (a tombstone)")
             request = _request_decoder.decode(message.value())
+            if (problem := command_problem(request.text)) is not None:
+                raise msgspec.ValidationError(problem)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            log.warning("commands: a record that is no kit command was skipped (%s)", exc)
+            log.warning("commands: a record that is no kit command was skipped: %s (%s)", where, exc)
             self.dropped += 1
             return None
         kit_id = kit_of(registry, request.patient_id, now) if registry is not None else None

@@ -18,7 +18,7 @@ import msgspec
 import psycopg
 
 from alerts.workers.jobs import discard, reopen
-from contracts import KitAckEvent, KitCommandRequest, topics
+from contracts import DatabaseFault, KitAckEvent, KitCommandRequest, database_fault, topics
 from runtime import kafka as rk
 from runtime.settings import KafkaSettings
 
@@ -147,15 +147,29 @@ class KitAckFeed:
             self._consumer.seek(rk.TopicPartition(topic, partition, offset))
 
     def _apply(self, conn: psycopg.Connection[Any], message: Any) -> None:
+        """One record, on its own savepoint: a record that breaks its contract (a tombstone too) or
+        that the database refuses as data is skipped with a message, and the batch goes on."""
+        where = f"{message.topic()} [{message.partition()}] at offset {message.offset()}"
+        if message.value() is None:
+            log.warning("kit acks: a record without a value (a tombstone) was skipped: %s", where)
+            return
         try:
-            if message.topic() == self._acks:
-                apply_ack(conn, _ack_decoder.decode(message.value()))
-            else:
-                request = _request_decoder.decode(message.value())
-                if request.origin == "monitor":
-                    store_reminder(conn, request)
+            with conn.transaction():
+                if message.topic() == self._acks:
+                    apply_ack(conn, _ack_decoder.decode(message.value()))
+                else:
+                    request = _request_decoder.decode(message.value())
+                    if request.origin == "monitor":
+                        store_reminder(conn, request)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            log.warning("kit acks: a record that breaks its contract was skipped (%s)", exc)
+            log.warning("kit acks: a record that breaks its contract was skipped: %s (%s)", where, exc)
+        except psycopg.Error as exc:
+            refused = isinstance(exc, psycopg.DataError)
+            if database_fault(exc.sqlstate, refused_as_data=refused) is not DatabaseFault.DATA:
+                raise
+            log.warning(
+                "kit acks: a record the database refuses as data was skipped: %s (%s)", where, exc.sqlstate
+            )
 
     def close(self) -> None:
         discard(self._conn)

@@ -208,14 +208,18 @@ def _check_status(e: KitStatusEvent) -> KitStatusEvent:
 
 
 def _check_answer(a: QuestionnaireAnswer) -> QuestionnaireAnswer:
-    link_ids = max((i.link_id for i in a.items), key=len, default="")
-    codes = max((i.code or "" for i in a.items), key=len, default="")
+    """Every text the answer rules pass on (ids into the state key and the events, codes into an
+    explanation), not only the longest: a control character hides in a short one as well."""
     texts: dict[str, str | None] = {
+        "patient_id": a.patient_id,
+        "kit_id": a.kit_id,
         "questionnaire": a.questionnaire,
         "version": a.version,
-        "link_id": link_ids,
-        "code": codes,
     }
+    for n, item in enumerate(a.items):
+        texts[f"items[{n}].link_id"], texts[f"items[{n}].code"] = item.link_id, item.code
+    for n, name in enumerate(a.worsening):
+        texts[f"worsening[{n}]"] = name
     _short(texts)
     _usable(unusable_field(texts=texts, numbers={}))
     _not_ahead("authored", a.authored)

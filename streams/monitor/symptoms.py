@@ -65,6 +65,10 @@ BODY_WEIGHT = "body_weight"
 DAY_S = 86_400.0
 _KEEP_S = 7 * DAY_S  # answers kept: longer than any rule's window
 _KEEP_RESOLVED_S = 2 * DAY_S
+# The newest answers kept, whatever their age: a patient answers a few a day; a kit that floods the
+# channel would otherwise grow the state past what Kafka takes as one changelog record (and make
+# every answer's replay check slower)
+_MAX_RECENT = 200
 # The rules' fixed parameters (not set per plan; a plan may switch a rule off, `rules_off`)
 _SYM2_WINDOW_S = 72 * 3600.0  # symptoms this close to a weight gain's readings combine with it
 _SYM3_WINDOW_S = 24 * 3600.0  # dizziness this close to a low systolic reading
@@ -355,7 +359,7 @@ class Symptoms:
 
 
 def _prune(record: AnswerRecord, t: float) -> None:
-    record.recent = [s for s in record.recent if t - s.t <= _KEEP_S]
+    record.recent = [s for s in record.recent if t - s.t <= _KEEP_S][-_MAX_RECENT:]
     for problem, episode in list(record.episodes.items()):
         if episode.resolved_at is not None and t - episode.resolved_at > _KEEP_RESOLVED_S:
             del record.episodes[problem]
