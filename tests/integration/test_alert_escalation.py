@@ -215,8 +215,11 @@ def test_a_stalled_round_and_the_thread_that_takes_over_take_each_step_once(
     """Escalation as the service supervises it, with its rounds hung on a lock past `stall_s`: the
     hung thread and those that take over run together once the lock goes, and still every alert gets
     steps 1, 2 and 3 once each, with one outbox row per step."""
-    hour_ago = datetime.now(UTC) - timedelta(hours=1)
-    ids = [received(conn, Severity.RED, hour_ago) for _ in range(5)]
+    # Long ago, so these are the first the rounds take (oldest clock first, 200 a round): with an
+    # hour ago, the due alerts other tests left in the shared database went first, and after a long
+    # run the five were still at step 1 when the 20 s were up.
+    long_ago = datetime(2000, 1, 1, tzinfo=UTC)
+    ids = [received(conn, Severity.RED, long_ago) for _ in range(5)]
     settings = AlertsSettings(
         notify_team="https://team.invalid/hook",
         notify_coordinator="mailto:c@x.invalid",
