@@ -38,6 +38,7 @@ __all__ = ["CommandRelay"]
 log = logging.getLogger(__name__)
 
 _BATCH = 200
+_SESSION_MS = 10_000  # the broker's group.min.session.timeout.ms is 6 s
 _request_decoder = msgspec.json.Decoder(KitCommandRequest)
 
 # (topic, payload, on_acknowledged): handed to the network thread, which publishes it with QoS 1
@@ -85,7 +86,13 @@ class CommandRelay:
 
     # ------------------------------------------------------------ the thread
     def _run(self) -> None:
-        consumer = rk.consumer(self._kafka, group_id=self._group, client_id=f"{self._client_id}-commands")
+        # A bridge stopped during a rebalance may not leave the group; the group then waits for its
+        # session to end before a restarted bridge gets the partitions, and acks wait for that.
+        # librdkafka's 45 s default held them past a test's 40 s once; 10 s bounds the stall.
+        consumer = rk.consumer(
+            self._kafka, group_id=self._group, client_id=f"{self._client_id}-commands",
+            **{"session.timeout.ms": _SESSION_MS},
+        )  # fmt: skip
         try:
             consumer.subscribe([self._topic], on_assign=self._assigned)
             while not self._stop.is_set():
