@@ -35,7 +35,7 @@ from contracts import MAX_KIT_PAYLOAD_BYTES, ReadingOutcome, ReceiptEntry, Rejec
 from contracts.kafka_acl import bridge_command_group
 from ingest._errors import BridgeError
 from ingest.answers import AnswerReader
-from ingest.command_relay import CommandRelay
+from ingest.command_relay import DRAIN_S, CommandMemory, CommandRelay
 from ingest.fair_share import KitLimiter, OncePer, fhir_cost, message_cost
 from ingest.kit_commands import KnownCommands, check_ack
 from ingest.metrics import BridgeMetrics
@@ -153,15 +153,21 @@ class Bridge:
         self._worker_error: BaseException | None = None
 
     def _command_relay(self, kafka: KafkaSettings, settings: BridgeSettings) -> CommandRelay:
-        """Commands to the kits, Kafka -> MQTT; the commands it sent check the kits' acks."""
+        """Commands to the kits, Kafka -> MQTT; the commands any bridge sent check the kits' acks."""
         self.known_commands = KnownCommands()
+        self.command_memory = CommandMemory(
+            kafka=kafka,
+            client_id=settings.client_id,
+            lookback=timedelta(hours=settings.command_lookback_h),
+            registry=lambda: self.registry.current,
+            known=self.known_commands,
+        )
         return CommandRelay(
             kafka=kafka,
             # a bridge under a test's topic prefix gets a group under it too (contracts.kafka_acl)
             group=settings.command_group or bridge_command_group(kafka.topic_prefix),
             client_id=settings.client_id,
             root=settings.topic_root,
-            lookback=timedelta(hours=settings.command_lookback_h),
             registry=lambda: self.registry.current,
             publish=self.subscriber.relay,
             known=self.known_commands,
@@ -189,6 +195,7 @@ class Bridge:
         self.sink = RecordSink(kafka=self._kafka, bridge=self.settings, topics=list(self._topics.values()))
         self._worker.start()
         self.subscriber.connected_event(self.stop_requested, timeout)
+        self.command_memory.start()
         self.commands.start()
         log.info(
             "bridge %s: taking kit messages from %s (group %s), producing to %s",
@@ -206,8 +213,9 @@ class Bridge:
                 raise self.subscriber.fatal
             if self._worker_error is not None:
                 raise BridgeError(f"the worker failed: {self._worker_error!r}", retriable=True)
-            if self.commands.error is not None:
-                raise BridgeError(f"the command relay failed: {self.commands.error!r}", retriable=True)
+            for part in (self.commands, self.command_memory):
+                if part.error is not None:
+                    raise BridgeError(f"the command relay failed: {part.error!r}", retriable=True)
             if self.sink is not None and not self.sink.alive:
                 raise BridgeError("the Kafka delivery-report thread stopped (a bug)", retriable=True)
             self.subscriber.poll(0.05)
@@ -223,7 +231,13 @@ class Bridge:
 
     def _shutdown(self) -> None:
         log.info("bridge: stopping; letting Kafka acknowledge what it has")
-        self.commands.stop()
+        self.command_memory.request_stop()
+        self.commands.request_stop()
+        deadline = time.monotonic() + DRAIN_S + 1  # the broker's acks of commands in flight come in here
+        while self.commands.running and time.monotonic() < deadline:
+            self.subscriber.poll(0.05)
+        self.commands.join(timeout=10)
+        self.command_memory.join(timeout=10)
         self._worker.join(timeout=10)
         if self.sink is not None:
             self.sink.flush(timeout=10)
@@ -386,8 +400,8 @@ class Bridge:
         if inbound.channel == "answers":
             return self.answer_reader.answers(*args)
         if inbound.channel == "acks":
-            # at start, until the relay has read back what it relayed before (at most the start-up timeout)
-            self.commands.ready.wait(self.settings.startup_timeout_s)
+            # at start, until the bridges' earlier commands are remembered (at most the start-up timeout)
+            self.command_memory.ready.wait(self.settings.startup_timeout_s)
             return check_ack(
                 topic=inbound.topic, kit_id=inbound.kit_id, payload=inbound.payload,
                 received_at=inbound.received_at, known=self.known_commands,
@@ -589,6 +603,8 @@ class Bridge:
             "rate_limited_status_messages": self._refused["status"],
             "rate_limited_fhir_messages": self._refused["fhir"],
             "commands_relayed": self.commands.relayed,
+            "commands_known": len(self.known_commands),
+            "command_memory_ready": self.command_memory.ready.is_set(),
             "commands_dropped": self.commands.dropped,
         }
         report["status"] = health_status(report)

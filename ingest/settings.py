@@ -110,8 +110,8 @@ class BridgeSettings(Settings):
     command_lookback_h: float = setting(
         48.0,
         env="VAKTROM_BRIDGE_COMMAND_LOOKBACK_H",
-        help="at start, the relay reads back this many hours of commands to recognise the kits' "
-        "acknowledgements of commands relayed before the restart",
+        help="at start, the bridge reads back this many hours of commands (relayed by any bridge) to "
+        "recognise the kits' acknowledgements of them",
     )
     metrics_host: str = setting(
         "127.0.0.1", env="VAKTROM_BRIDGE_METRICS_HOST", help="address of the /metrics and /health endpoint"

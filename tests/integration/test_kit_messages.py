@@ -311,3 +311,34 @@ def test_a_command_waits_for_a_stopped_bridge_and_its_ack_is_known_after_a_resta
             again.communicate(timeout=5)  # committed before the restart: not relayed again
     finally:
         _stop(again)
+
+
+def test_an_ack_after_a_crash_is_taken_whether_or_not_the_command_was_committed(
+    stack: Stack, bridge: BridgeProcess, unique: str
+) -> None:
+    """The bridge is killed the moment the kit has the command, perhaps before it committed it. The
+    restarted bridge may relay it again (the same id: the kit shows it once), and it must take the
+    kit's ack straight away: an ack that comes before the command is read again is not unknown."""
+    kit = _kit(stack, bridge, unique)
+    key, payload = _request(kit["patient"], "Ring oss i dag.")
+    command_id = json.loads(payload)["command_id"]
+    produce(stack, topics.kit_command_topic(bridge.prefix), [(key, payload)])
+    listener = _listen(stack, kit, topics.kit_topic(kit["kit"], "commands", root=bridge.root))
+    try:
+        bridge.start()
+        out, err = listener.communicate(timeout=70)
+        assert listener.returncode == 0, err.decode()
+    finally:
+        _stop(listener)
+    bridge.kill()
+    assert json.loads(out)["command_id"] == command_id
+    bridge.start()
+    ack = {"schema": "vaktrom.kit-ack.v1", "kit": kit["kit"], "command_id": command_id,
+           "shown_at": datetime.now(UTC).isoformat()}  # fmt: skip
+    _publish_as_kit(
+        stack, kit, topics.kit_topic(kit["kit"], "acks", root=bridge.root), json.dumps(ack).encode()
+    )
+    acks = consume(stack, topics.kit_ack_topic(bridge.prefix), until=1, timeout=40)
+    assert [(v["command_id"], v["patient_id"]) for _k, v, _h in acks] == [(command_id, kit["patient"])]
+    receipts = consume(stack, topics.rejection_topic(bridge.prefix), until=1, timeout=3)
+    assert [v["reason"] for _k, v, _h in receipts] == []

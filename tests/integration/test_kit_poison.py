@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from contracts import topics
 from runtime import kafka as rk
@@ -115,11 +114,6 @@ class _SecondBridge(BridgeProcess):
         return self.log_dir / f"bridge2-{self.name}.log"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (review of #32): each bridge remembers only the commands of its own Kafka partitions; "
-    "an ack the broker hands to the other bridge of the share group is refused as unknown_command",
-)
 def test_with_two_bridges_every_ack_is_taken_whichever_bridge_relayed_the_command(
     stack: Stack, bridge: BridgeProcess, unique: str, artefacts: Path
 ) -> None:
