@@ -27,6 +27,7 @@ __all__ = [
     "KafkaAcl",
     "KafkaPrincipal",
     "bridge_command_group",
+    "bridge_memory_group",
     "kafka_acls",
     "principal",
 ]
@@ -144,6 +145,11 @@ def principal(stage: str) -> KafkaPrincipal:
     raise KeyError(f"no Kafka principal for stage {stage!r}; there are {[p.stage for p in PRINCIPALS]}")
 
 
+def bridge_memory_group(command_group: str) -> str:
+    """The group the bridges' command memory names (Kafka's consumers need one) but never joins."""
+    return f"{command_group}-memory"
+
+
 def kafka_acls(prefix: str = "", *, groups: Mapping[str, str] | None = None) -> tuple[KafkaAcl, ...]:
     """Every ALLOW rule for the topics under `prefix`; `groups` overrides DEFAULT_GROUPS per stage.
 
@@ -158,6 +164,8 @@ def kafka_acls(prefix: str = "", *, groups: Mapping[str, str] | None = None) -> 
         rules += [KafkaAcl(row.name, "topic", topic(prefix), "write") for topic in row.writes]
         if row.group:
             rules.append(KafkaAcl(row.name, "group", wanted[row.stage], "read"))
+        if row.stage == "bridge":  # its command memory names this group, never joins or commits it
+            rules.append(KafkaAcl(row.name, "group", bridge_memory_group(wanted[row.stage]), "read"))
         if row.stage == "alerts":  # its kit-ack feed (alerts.workers.kit_commands.ack_group)
             rules.append(KafkaAcl(row.name, "group", f"{wanted[row.stage]}-kit-acks", "read"))
         rules += [KafkaAcl(row.name, "topic", topic(prefix), "describe_configs") for topic in row.configs]

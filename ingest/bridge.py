@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from contracts import MAX_KIT_PAYLOAD_BYTES, ReadingOutcome, ReceiptEntry, RejectReason, topics
-from contracts.kafka_acl import bridge_command_group
+from contracts.kafka_acl import bridge_command_group, bridge_memory_group
 from ingest._errors import BridgeError
 from ingest.answers import AnswerReader
 from ingest.command_relay import DRAIN_S, CommandMemory, CommandRelay
@@ -155,8 +155,11 @@ class Bridge:
     def _command_relay(self, kafka: KafkaSettings, settings: BridgeSettings) -> CommandRelay:
         """Commands to the kits, Kafka -> MQTT; the commands any bridge sent check the kits' acks."""
         self.known_commands = KnownCommands()
+        # a bridge under a test's topic prefix gets a group under it too (contracts.kafka_acl)
+        group = settings.command_group or bridge_command_group(kafka.topic_prefix)
         self.command_memory = CommandMemory(
             kafka=kafka,
+            group=bridge_memory_group(group),
             client_id=settings.client_id,
             lookback=timedelta(hours=settings.command_lookback_h),
             registry=lambda: self.registry.current,
@@ -164,8 +167,7 @@ class Bridge:
         )
         return CommandRelay(
             kafka=kafka,
-            # a bridge under a test's topic prefix gets a group under it too (contracts.kafka_acl)
-            group=settings.command_group or bridge_command_group(kafka.topic_prefix),
+            group=group,
             client_id=settings.client_id,
             root=settings.topic_root,
             registry=lambda: self.registry.current,

@@ -201,22 +201,25 @@ class CommandMemory(_Thread):
         self,
         *,
         kafka: KafkaSettings,
+        group: str,
         client_id: str,
         lookback: timedelta,
         registry: Callable[[], Registry | None],
         known: KnownCommands,
     ) -> None:
         super().__init__("bridge-command-memory")
-        self._kafka, self._client_id, self._lookback = kafka, client_id, lookback
+        self._kafka, self._group, self._client_id, self._lookback = kafka, group, client_id, lookback
         self._registry, self.known = registry, known
         self._topic = topics.kit_command_topic(kafka.topic_prefix)
         self.ready = threading.Event()  # read up to the end the topic had at start
         self.remembered = 0
 
     def _run(self) -> None:
-        # assigned, not subscribed: no group, no commits; every bridge reads every partition
-        name = f"{self._client_id}-command-memory"
-        consumer = rk.consumer(self._kafka, group_id=name, client_id=name)
+        # assigned, not subscribed: the group is named (a consumer must) but never joined or committed;
+        # every bridge reads every partition
+        consumer = rk.consumer(
+            self._kafka, group_id=self._group, client_id=f"{self._client_id}-command-memory"
+        )
         try:
             behind = self._assign(consumer)
             while not self._stop.is_set():
