@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     patient = sub.add_parser("patient").add_subparsers(dest="action", required=True)
     patient.add_parser("show").add_argument("patient_id")
 
-    _kit_parser(sub.add_parser("kit", help="kits: add, assign, return, retire, pair, cohort"))
+    _kit_parser(sub.add_parser("kit", help="kits: add, assign, return, retire, pair, refresh-rights, cohort"))
     _plan_parser(sub.add_parser("careplan", help="care plans: show, set, propose, publish"))
     return parser
 
@@ -141,6 +141,11 @@ def _kit_parser(parent: argparse.ArgumentParser) -> None:
     pair.add_argument("--qr", type=Path, help="also write the code as a QR code (.svg or .png)")
     claim = kit.add_parser("claim", help="exchange a pairing code for credentials (what a kit does)")
     claim.add_argument("code")
+    refresh = kit.add_parser(
+        "refresh-rights",
+        help="give every kit the broker rights of this release (after an upgrade that adds a kit channel)",
+    )
+    refresh.add_argument("kit_id", nargs="*", help="only these kits (default: every kit not retired)")
     cohort = kit.add_parser("cohort", help="a load-test or demo cohort from gateway-sim's enrolment file")
     cohort.add_argument("enrolment", type=Path)
     cohort.add_argument("--credentials-out", type=Path, required=True)
@@ -287,6 +292,15 @@ def _kit_claim(args: argparse.Namespace, c: _Context) -> None:
     print(json.dumps(dataclasses.asdict(c.registry.claim(c.conn, args.code))))
 
 
+def _kit_refresh_rights(args: argparse.Namespace, c: _Context) -> None:
+    def progress(done: int, total: int) -> None:
+        print(f"  {done}/{total} kits", file=sys.stderr, flush=True)
+
+    refreshed, missing = c.registry.kit_refresh_rights(c.conn, c.actor, only=args.kit_id, progress=progress)
+    print(f"broker rights refreshed for {refreshed} kits", end="")
+    print(f"; {missing} kits have no broker identity (pair them to make one)" if missing else "")
+
+
 def _kit_cohort(args: argparse.Namespace, c: _Context) -> None:
     rows = json.loads(args.enrolment.read_text(encoding="utf-8"))
     offline = None
@@ -362,6 +376,7 @@ _COMMANDS = {
     ("kit", "assign"): _kit_assign,
     ("kit", "return"): _kit_return,
     ("kit", "retire"): _kit_retire,
+    ("kit", "refresh-rights"): _kit_refresh_rights,
     ("kit", "pair"): _kit_pair,
     ("kit", "claim"): _kit_claim,
     ("kit", "cohort"): _kit_cohort,

@@ -257,6 +257,18 @@ class BrokerAdmin:
         # a role left behind by a half-done earlier attempt is fine: the client gets it
         self.run(commands, tolerate=("Role already exists",))
 
+    def refresh_rights(self, kit_ids: Sequence[str]) -> int:
+        """Set the role rules of the kits the broker has to what a kit may do now (a release that
+        adds a channel, like `answers` and `acks`, needs it for kits made before); passwords and
+        sessions are kept. Returns how many kits the broker had."""
+        existed = self._existing(kit_ids)
+        commands = [
+            {"command": "modifyRole", "rolename": role["rolename"], "acls": role["acls"]}
+            for role in (kit_role(k, self.root) for k in kit_ids if k in existed)
+        ]
+        self.run(commands)
+        return len(existed)
+
     def set_password(self, kit_id: str, password: str) -> None:
         if kit_id not in self._existing([kit_id]):
             raise BrokerAdminError(f"the broker has no kit {kit_id!r}; provision it first")

@@ -361,3 +361,36 @@ class KitOperations(RegistryCore):
             )
         host, port = self.broker_address
         return [Credentials(k, k, p, host, port, self.topic_root) for k, p in issued]
+
+    def kit_refresh_rights(
+        self, conn: psycopg.Connection[Any], actor: Actor, *, only: Sequence[str] = (), batch: int = 200,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[int, int]:  # fmt: skip
+        """Give every kit that is not retired (or those of `only`) the broker rights of this release
+        (see `BrokerAdmin.refresh_rights`); (kits refreshed, kits the broker did not have)."""
+        if actor.team_id is not None:
+            raise RegistryError(
+                "refreshing the kits' broker rights is centre-wide: run it without --as-team", 403
+            )
+        broker = self._require_broker()
+        kit_ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT kit_id FROM kits WHERE state <> 'retired' AND (%s OR kit_id = ANY(%s)) "
+                "ORDER BY kit_id",
+                (not only, list(only)),
+            )
+        ]
+        if len(kit_ids) < len(set(only)):
+            unknown = sorted(set(only) - set(kit_ids))
+            raise RegistryError(f"no kit (or a retired one) {', '.join(unknown[:5])}", 404)
+        refreshed = 0
+        with broker() as admin:
+            for start in range(0, len(kit_ids), batch):
+                refreshed += admin.refresh_rights(kit_ids[start : start + batch])
+                if progress is not None:
+                    progress(min(start + batch, len(kit_ids)), len(kit_ids))
+        with conn.transaction(), conn.cursor() as cur:
+            self._audit(cur, actor, "registry.kit.refresh_rights",
+                        detail={"kits": refreshed, "missing": len(kit_ids) - refreshed})  # fmt: skip
+        return refreshed, len(kit_ids) - refreshed
