@@ -2,8 +2,9 @@
 
 Checks, in order, each with its reason code (contracts.RejectReason), as for readings:
 
-    message:   invalid_text (the topic's kit id) -> too_large -> malformed -> schema
-               -> topic_mismatch -> unknown_kit
+    message:   the envelope, as for readings (`ingest.envelope`): invalid_text (the topic's kit id)
+               -> too_large -> malformed -> schema -> invalid_text (kit) -> topic_mismatch
+               -> unknown_kit
     response:  unknown_questionnaire (id or version) -> answer_not_accepted (no or several values,
                a repeated linkId, a linkId not in the questionnaire, a value of the wrong type or
                outside the allowed ones, a required question unanswered) -> clock_future / clock_past
@@ -17,12 +18,11 @@ outcome per response, in order, exactly like readings.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import msgspec
 
 from contracts import (
-    MAX_KIT_PAYLOAD_BYTES,
     QUESTIONNAIRES,
     AnsweredItem,
     AnswerValue,
@@ -38,20 +38,19 @@ from contracts import (
     answer_problem,
     score,
 )
-from ingest.normaliser import Outcome, payload_rejection
+from ingest.envelope import ID_CHARS, MessageKind, Outcome, Source, open_message, payload_rejection, utc
 from ingest.registry import KitEntry, Registry
-from ingest.text import UNREADABLE, text_problem, unreadable
 
 __all__ = ["AnswerReader"]
 
-_decoder = msgspec.json.Decoder(KitAnswersMessage)
-
-
-def _utc(at: datetime) -> datetime:
-    try:
-        return at.astimezone(UTC)
-    except OverflowError:  # a time at the calendar's ends: as far away as a time can be
-        return datetime.min.replace(tzinfo=UTC) if at.year == 1 else datetime.max.replace(tzinfo=UTC)
+_ANSWERS = MessageKind(
+    decoder=msgspec.json.Decoder(KitAnswersMessage),
+    schema_name="kit-answers",
+    too_large_hint="Send fewer answers per message.",
+    unknown_kit_hint="enrol it before it sends answers",
+    texts=lambda m: (("kit", m.kit, ID_CHARS),),
+    entries=lambda m: len(m.responses),
+)
 
 
 def _values(response: KitQuestionnaireResponse) -> dict[str, AnswerValue] | str:
@@ -98,52 +97,13 @@ class AnswerReader:
         self._max_ahead = max_clock_ahead
         self._max_age = max_age
 
-    def answers(self, topic: str, kit_id: str, payload: bytes, received_at: datetime) -> Outcome:  # noqa: PLR0911 (one return per check, in order)
+    def answers(self, topic: str, kit_id: str, payload: bytes, received_at: datetime) -> Outcome:
         """A kit's answers message (`.../kits/{kit_id}/answers`)."""
-
-        def whole(reason: RejectReason, detail: str, seq: int | None = None, count: int = 1) -> Outcome:
-            rejection = payload_rejection(
-                topic=topic,
-                payload=payload,
-                received_at=received_at,
-                kit_id=kit_id,
-                reason=reason,
-                detail=detail,
-            )
-            outcome = Outcome(kit_id, rejections=[rejection])
-            if seq is not None and reason is not RejectReason.UNKNOWN_KIT:
-                outcome.receipt = ReceiptEntry(
-                    seq=seq, readings=[ReadingOutcome(rejected=reason.value)] * count
-                )
-            return outcome
-
-        problem = text_problem(kit_id, max_chars=64)
-        if problem is not None:
-            return whole(RejectReason.INVALID_TEXT, f"the kit id in the topic {problem}")
-        if len(payload) > MAX_KIT_PAYLOAD_BYTES:
-            return whole(
-                RejectReason.TOO_LARGE,
-                f"payload is {len(payload):,} bytes; the limit is {MAX_KIT_PAYLOAD_BYTES:,}",
-            )
-        try:
-            message = _decoder.decode(payload)
-        except msgspec.ValidationError as exc:
-            return whole(RejectReason.SCHEMA, f"not a kit-answers message: {exc}")
-        except UNREADABLE as exc:
-            return whole(RejectReason.MALFORMED, unreadable(exc))
-        count = len(message.responses)
-        if message.kit != kit_id:
-            return whole(
-                RejectReason.TOPIC_MISMATCH,
-                f"the payload names kit {message.kit} but came on the topic of kit {kit_id}; "
-                "a kit may publish only on its own topics",
-                message.seq,
-                count,
-            )
-        kit = self._registry().kit(kit_id)
-        if kit is None:
-            return whole(RejectReason.UNKNOWN_KIT, f"kit {kit_id} is not in the kit registry")
-        trace = Trace(kit_sent=_utc(message.sent_at), bridge_received=received_at)
+        opened = open_message(_ANSWERS, Source(topic, payload, received_at), kit_id, self._registry())
+        if isinstance(opened, Outcome):
+            return opened
+        message, kit, source = opened
+        trace = source.trace
         outcome = Outcome(kit_id)
         outcomes = []
         for index, response in enumerate(message.responses):
@@ -168,7 +128,7 @@ class AnswerReader:
         seq: int,
         trace: Trace,
     ) -> QuestionnaireAnswer | Rejection:
-        authored = _utc(response.authored)
+        authored = utc(response.authored)
         authored = authored.replace(microsecond=authored.microsecond // 1000 * 1000)
         attributed = kit.patient_at(authored)
         patient = None if isinstance(attributed, RejectReason) else attributed

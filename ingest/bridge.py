@@ -36,10 +36,11 @@ from contracts.kafka_acl import bridge_command_group, bridge_memory_group
 from ingest._errors import BridgeError
 from ingest.answers import AnswerReader
 from ingest.command_relay import DRAIN_S, CommandMemory, CommandRelay
+from ingest.envelope import Outcome, payload_rejection
 from ingest.fair_share import KitLimiter, OncePer, fhir_cost, message_cost
 from ingest.kit_commands import KnownCommands, check_ack
 from ingest.metrics import BridgeMetrics
-from ingest.normaliser import Normaliser, Outcome, payload_rejection
+from ingest.normaliser import Normaliser
 from ingest.producer import RecordSink
 from ingest.registry import Registry, RegistryCache
 from ingest.settings import BridgeSettings

@@ -16,7 +16,7 @@ from datetime import datetime
 import msgspec
 
 from contracts import MAX_KIT_PAYLOAD_BYTES, KitAck, KitAckEvent, KitCommand, KitCommandRequest, RejectReason
-from ingest.normaliser import Outcome, payload_rejection
+from ingest.envelope import Outcome, payload_rejection
 from ingest.registry import Registry
 from ingest.text import UNREADABLE, text_problem, unreadable
 

@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
 import msgspec
@@ -38,10 +37,7 @@ import msgspec
 from contracts import (
     BLOOD_PRESSURE,
     MAX_KIT_PAYLOAD_BYTES,
-    MAX_RAW_EXCERPT_BYTES,
-    MAX_READINGS_PER_MESSAGE,
     METRICS,
-    KitAckEvent,
     KitReading,
     KitReadingMessage,
     KitStatusEvent,
@@ -49,158 +45,53 @@ from contracts import (
     Measurement,
     Metric,
     MetricSpec,
-    QuestionnaireAnswer,
     ReadingOutcome,
     ReceiptEntry,
     Rejection,
     RejectReason,
-    Trace,
     canonical_unit_code,
     measurement_id,
     rejection_id,
 )
 from ingest.cuff import CuffProblem, cuff_panel, stray_cuff_fields
+from ingest.envelope import (
+    ID_CHARS,
+    MessageKind,
+    Outcome,
+    Source,
+    excerpt_of,
+    open_message,
+    payload_rejection,
+    text_problems,
+    topic_kit,
+    utc,
+    whole,
+)
 from ingest.fhir import Refusal, parse_fhir
 from ingest.registry import KitEntry, Registry
 from ingest.text import (
     MAX_FIELD_BYTES,
-    UNREADABLE,
     printable,
-    printable_bytes,
     safe_rejection,
-    text_problem,
-    unreadable,
 )
 
 __all__ = ["Normaliser", "Outcome", "payload_rejection"]
 
-_readings_decoder = msgspec.json.Decoder(KitReadingMessage)
-_status_decoder = msgspec.json.Decoder(KitStatusMessage)
-
-
-class _Envelope(msgspec.Struct):
-    """Enough of a payload that failed the contract to address a receipt to its message."""
-
-    kit: str | None = None
-    seq: int | None = None
-    readings: list[msgspec.Raw] | None = None
-
-
-_envelope_decoder = msgspec.json.Decoder(_Envelope)
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What one MQTT message becomes. Every record is produced before the message is acknowledged."""
-
-    kit_id: str | None
-    measurements: list[Measurement] = field(default_factory=list)
-    rejections: list[Rejection] = field(default_factory=list)
-    status: KitStatusEvent | None = None
-    answers: list[QuestionnaireAnswer] = field(default_factory=list)  # from an answers message
-    receipt: ReceiptEntry | None = None  # for the kit's receipt topic, when the message had a seq
-    ack: KitAckEvent | None = None  # a kit's acknowledgement of a command (ingest.kit_commands)
-
-    @property
-    def record_count(self) -> int:
-        return (
-            len(self.measurements)
-            + len(self.rejections)
-            + (self.status is not None)
-            + len(self.answers)
-            + (self.ack is not None)
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class _Source:
-    """One message being processed: where from, when, and its raw bytes (for rejections)."""
-
-    topic: str
-    payload: bytes
-    received_at: datetime
-    kit_sent: datetime | None = None
-
-    @property
-    def trace(self) -> Trace:
-        return Trace(kit_sent=self.kit_sent, bridge_received=self.received_at)
-
-    def rejection(
-        self,
-        kit_id: str,
-        reason: RejectReason,
-        detail: str,
-        index: int | None = None,
-        excerpt: bytes | None = None,
-    ) -> Rejection:
-        return payload_rejection(
-            topic=self.topic,
-            payload=self.payload,
-            received_at=self.received_at,
-            kit_id=kit_id,
-            reason=reason,
-            detail=detail,
-            index=index,
-            trace=self.trace,
-            excerpt=excerpt,
-        )
-
-
-def _utc(at: datetime) -> datetime:
-    """`at` in UTC. A time within a day of the calendar's ends (0001-01-01T00:00+01:00) has no UTC
-    equivalent in range and becomes that end: as far in the past or future as a time can be, refused
-    by the clock checks like any kit clock gone wrong (OverflowError was an `internal_error`)."""
-    try:
-        return at.astimezone(UTC)
-    except OverflowError:
-        return datetime.min.replace(tzinfo=UTC) if at.year == 1 else datetime.max.replace(tzinfo=UTC)
-
-
-def _excerpt(payload: bytes) -> str:
-    return printable_bytes(payload, max_bytes=MAX_RAW_EXCERPT_BYTES)
-
-
-_ID_CHARS = 64  # contracts' Identifier: kit and device serials
-
-
-def _text_problems(*fields: tuple[str, str | None, int]) -> str | None:
-    """What is wrong with the first bad one of (name, value, max characters), for people, or None."""
-    for name, value, max_chars in fields:
-        problem = None if value is None else text_problem(value, max_chars=max_chars)
-        if problem is not None:
-            return f"{name} {problem}; send printable text only, within the field's length"
-    return None
-
-
-def payload_rejection(
-    *,
-    topic: str,
-    payload: bytes,
-    received_at: datetime,
-    kit_id: str | None,
-    reason: RejectReason,
-    detail: str,
-    index: int | None = None,
-    trace: Trace | None = None,
-    excerpt: bytes | None = None,
-) -> Rejection:
-    """A rejection that carries the raw payload itself (cut to MAX_RAW_EXCERPT_BYTES): the whole
-    message, or an entry of it that could not even be read as a reading (`index`; `excerpt` its own
-    bytes, when known)."""
-    topic = printable(topic, max_bytes=MAX_FIELD_BYTES)  # the id hashes it as UTF-8: no surrogates
-    rejection = Rejection(
-        rejection_id=rejection_id(source_topic=topic, payload=payload, index=index),
-        reason=reason,
-        detail=detail,
-        source_topic=topic,
-        received_at=received_at,
-        kit_id=kit_id,
-        reading_index=index,
-        raw_excerpt=_excerpt(payload if excerpt is None else excerpt),
-        raw_size=len(payload),
-        trace=trace or Trace(),
-    )
-    return safe_rejection(rejection)
+_READINGS = MessageKind(
+    decoder=msgspec.json.Decoder(KitReadingMessage),
+    schema_name="kit-reading",
+    too_large_hint="Send fewer readings per message.",
+    unknown_kit_hint="enrol it before it sends readings",
+    texts=lambda m: (("kit", m.kit, ID_CHARS),),
+    entries=lambda m: len(m.readings),
+)
+_STATUS = MessageKind(
+    decoder=msgspec.json.Decoder(KitStatusMessage),
+    schema_name="kit-status",
+    too_large_hint="",
+    unknown_kit_hint="enrol it first",
+    texts=lambda m: (("kit", m.kit, ID_CHARS), ("firmware", m.firmware, 64)),
+)
 
 
 def _fmt(value: float) -> str:
@@ -266,7 +157,7 @@ def _valued(spec: MetricSpec, kit: KitEntry, reading: KitReading, unit: str) -> 
 
 def _reading_rejection(
     *,
-    source: _Source,
+    source: Source,
     kit: KitEntry,
     index: int,
     reading: KitReading,
@@ -289,7 +180,7 @@ def _reading_rejection(
         reported_value=reading.value,
         reported_unit=reading.unit,
         measured_at=measured,
-        raw_excerpt=_excerpt(msgspec.json.encode(reading)),
+        raw_excerpt=excerpt_of(msgspec.json.encode(reading)),
         raw_size=len(source.payload),
         trace=source.trace,
     )
@@ -311,58 +202,12 @@ class Normaliser:
         self._max_age = max_age
 
     # ------------------------------------------------------------ entry points
-    def readings(  # noqa: PLR0911 (one return per check, in the documented order)
-        self, topic: str, kit_id: str, payload: bytes, received_at: datetime
-    ) -> Outcome:
+    def readings(self, topic: str, kit_id: str, payload: bytes, received_at: datetime) -> Outcome:
         """A kit's readings message (`.../kits/{kit_id}/readings`)."""
-        source = _Source(topic, payload, received_at)
-        if (bad_topic := self._topic_kit(source, kit_id)) is not None:
-            return bad_topic
-        if len(payload) > MAX_KIT_PAYLOAD_BYTES:
-            return self._whole(
-                source,
-                kit_id,
-                RejectReason.TOO_LARGE,
-                f"payload is {len(payload):,} bytes; the limit is {MAX_KIT_PAYLOAD_BYTES:,}. "
-                "Send fewer readings per message.",
-            )
-        try:
-            message = _readings_decoder.decode(payload)
-        except msgspec.ValidationError as exc:
-            return self._whole(source, kit_id, RejectReason.SCHEMA, f"not a kit-reading message: {exc}")
-        except UNREADABLE as exc:
-            return self._whole(source, kit_id, RejectReason.MALFORMED, unreadable(exc))
-        source = _Source(topic, payload, received_at, _utc(message.sent_at))
-        problem = _text_problems(("kit", message.kit, _ID_CHARS))
-        if problem is not None:
-            return self._whole(
-                source,
-                kit_id,
-                RejectReason.INVALID_TEXT,
-                problem,
-                seq=message.seq,
-                count=len(message.readings),
-            )
-        if message.kit != kit_id:
-            return self._whole(
-                source,
-                kit_id,
-                RejectReason.TOPIC_MISMATCH,
-                f"the payload names kit {message.kit} but came on the topic of kit {kit_id}; "
-                "a kit may publish only on its own topics",
-                seq=message.seq,
-                count=len(message.readings),
-            )
-        kit = self._registry().kit(kit_id)
-        if kit is None:
-            return self._whole(
-                source,
-                kit_id,
-                RejectReason.UNKNOWN_KIT,
-                f"kit {kit_id} is not in the kit registry; enrol it before it sends readings",
-                seq=message.seq,
-                count=len(message.readings),
-            )
+        opened = open_message(_READINGS, Source(topic, payload, received_at), kit_id, self._registry())
+        if isinstance(opened, Outcome):
+            return opened
+        message, kit, source = opened
         outcome = Outcome(kit_id)
         outcomes = []
         for index, reading in enumerate(message.readings):
@@ -380,40 +225,16 @@ class Normaliser:
         outcome.receipt = ReceiptEntry(seq=message.seq, readings=outcomes)
         return outcome
 
-    def status(  # noqa: PLR0911 (one return per check, in the documented order)
-        self, topic: str, kit_id: str, payload: bytes, received_at: datetime
-    ) -> Outcome:
+    def status(self, topic: str, kit_id: str, payload: bytes, received_at: datetime) -> Outcome:
         """A kit's status message (online, offline as its last will, heartbeat)."""
-        source = _Source(topic, payload, received_at)
-        if (bad_topic := self._topic_kit(source, kit_id)) is not None:
-            return bad_topic
-        if len(payload) > MAX_KIT_PAYLOAD_BYTES:
-            return self._whole(source, kit_id, RejectReason.TOO_LARGE, "status payload over the size limit")
-        try:
-            message = _status_decoder.decode(payload)
-        except msgspec.ValidationError as exc:
-            return self._whole(source, kit_id, RejectReason.SCHEMA, f"not a kit-status message: {exc}")
-        except UNREADABLE as exc:
-            return self._whole(source, kit_id, RejectReason.MALFORMED, unreadable(exc))
-        problem = _text_problems(("kit", message.kit, _ID_CHARS), ("firmware", message.firmware, 64))
-        if problem is not None:
-            return self._whole(source, kit_id, RejectReason.INVALID_TEXT, problem)
-        if message.kit != kit_id:
-            return self._whole(
-                source,
-                kit_id,
-                RejectReason.TOPIC_MISMATCH,
-                f"the payload names kit {message.kit} but came on the topic of kit {kit_id}",
-            )
-        kit = self._registry().kit(kit_id)
-        if kit is None:
-            return self._whole(
-                source, kit_id, RejectReason.UNKNOWN_KIT, f"kit {kit_id} is not in the kit registry"
-            )
+        opened = open_message(_STATUS, Source(topic, payload, received_at), kit_id, self._registry())
+        if isinstance(opened, Outcome):
+            return opened
+        message, kit, source = opened
         if message.at - received_at > self._max_ahead:  # aware datetimes: no conversion to overflow
             # the monitor's partition clock follows status times: one kit's clock ahead would make
             # every patient on that partition silent and end their episodes' all-clear periods
-            return self._whole(
+            return whole(
                 source,
                 kit_id,
                 RejectReason.CLOCK_FUTURE,
@@ -425,7 +246,7 @@ class Normaliser:
             kit_id=kit_id,
             patient_id=kit.current_patient(),
             state=message.state.value,
-            at=_utc(message.at),
+            at=utc(message.at),
             received_at=received_at,
             queued=message.queued,
             battery=message.battery,
@@ -434,21 +255,19 @@ class Normaliser:
 
     def fhir(self, topic: str, kit_id: str, payload: bytes, received_at: datetime) -> Outcome:
         """FHIR R4 Observations (one, or a Bundle of them) from a gateway that speaks FHIR."""
-        source = _Source(topic, payload, received_at)
-        if (bad_topic := self._topic_kit(source, kit_id)) is not None:
+        source = Source(topic, payload, received_at)
+        if (bad_topic := topic_kit(source, kit_id)) is not None:
             return bad_topic
         if len(payload) > MAX_KIT_PAYLOAD_BYTES:
-            return self._whole(
+            return whole(
                 source, kit_id, RejectReason.TOO_LARGE, f"payload over {MAX_KIT_PAYLOAD_BYTES:,} bytes"
             )
         parsed = parse_fhir(payload)
         if isinstance(parsed, Refusal):
-            return self._whole(source, kit_id, RejectReason(parsed.reason), parsed.detail)
+            return whole(source, kit_id, RejectReason(parsed.reason), parsed.detail)
         kit = self._registry().kit(kit_id)
         if kit is None:
-            return self._whole(
-                source, kit_id, RejectReason.UNKNOWN_KIT, f"kit {kit_id} is not in the kit registry"
-            )
+            return whole(source, kit_id, RejectReason.UNKNOWN_KIT, f"kit {kit_id} is not in the kit registry")
         outcome = Outcome(kit_id)
         for index, item in enumerate(parsed):
             record = (
@@ -466,14 +285,14 @@ class Normaliser:
 
     # ------------------------------------------------------------ one reading
     def _any_reading(
-        self, source: _Source, kit: KitEntry, index: int, reading: KitReading, seq: int | None
+        self, source: Source, kit: KitEntry, index: int, reading: KitReading, seq: int | None
     ) -> Measurement | list[Measurement] | Rejection:
         """A reading of any kind: a cuff's blood-pressure panel (ingest.cuff) or one metric."""
         if reading.metric != BLOOD_PRESSURE:
             return self._reading(source, kit, index, reading, seq)
 
         def refuse(problem: CuffProblem) -> Rejection:
-            measured = _utc(reading.measured_at)
+            measured = utc(reading.measured_at)
             measured = measured.replace(microsecond=measured.microsecond // 1000 * 1000)
             attributed = kit.patient_at(measured)
             patient = None if isinstance(attributed, RejectReason) else attributed
@@ -487,11 +306,11 @@ class Normaliser:
         )
 
     def _reading(
-        self, source: _Source, kit: KitEntry, index: int, reading: KitReading, seq: int | None
+        self, source: Source, kit: KitEntry, index: int, reading: KitReading, seq: int | None
     ) -> Measurement | Rejection:
         # To the millisecond, as the id spells it: the archive's key is (id, measured time), so a
         # resend with other digits below the millisecond would otherwise be a second row of one id.
-        measured = _utc(reading.measured_at)
+        measured = utc(reading.measured_at)
         measured = measured.replace(microsecond=measured.microsecond // 1000 * 1000)
         attributed = kit.patient_at(measured)
         checked = self._check(source, kit, reading, measured, attributed)
@@ -532,7 +351,7 @@ class Normaliser:
 
     def _check(  # noqa: PLR0911 (one return per check, in the documented order, reads best)
         self,
-        source: _Source,
+        source: Source,
         kit: KitEntry,
         reading: KitReading,
         measured: datetime,
@@ -540,8 +359,8 @@ class Normaliser:
     ) -> _Accepted | _Refused:
         """The reading checks of the module's docstring, in their order: the first that fails, or
         what the reading is once it passed them all."""
-        problem = _text_problems(
-            ("device", reading.device, _ID_CHARS),
+        problem = text_problems(
+            ("device", reading.device, ID_CHARS),
             ("metric", reading.metric, 32),
             ("unit", reading.unit, 16),
             ("flag", reading.flag, 2),  # "HI\n" passes the contract's `$`-anchored pattern
@@ -593,46 +412,3 @@ class Normaliser:
         return _Accepted(metric, spec, unit, valued)
 
     # ------------------------------------------------------------ rejections of a whole message
-    def _topic_kit(self, source: _Source, kit_id: str) -> Outcome | None:
-        """A refusal when the kit id in the topic is no usable text (the broker refuses control
-        characters in topics, but not a 10,000-character id); no receipt is addressed to it."""
-        problem = _text_problems(("the kit id in the topic", kit_id, _ID_CHARS))
-        if problem is None:
-            return None
-        return self._whole(source, kit_id, RejectReason.INVALID_TEXT, problem)
-
-    def _whole(
-        self,
-        source: _Source,
-        kit_id: str,
-        reason: RejectReason,
-        detail: str,
-        *,
-        seq: int | None = None,
-        count: int | None = None,
-    ) -> Outcome:
-        outcome = Outcome(kit_id, rejections=[source.rejection(kit_id, reason, detail)])
-        if reason is RejectReason.UNKNOWN_KIT:
-            # No receipt: a kit enrolled a moment ago may be newer than the registry snapshot; it
-            # keeps the readings and resends them, by when the bridge knows it (a NOTIFY away).
-            return outcome
-        if seq is None and reason in (RejectReason.SCHEMA, RejectReason.TOO_LARGE):
-            seq, count = _envelope(source.payload)
-        if seq is not None:  # the kit can stop resending: the answer will not change
-            # at most one valid message's worth: `readings` of a refused payload may list 500,000
-            # entries, and a receipt over the broker's packet limit disconnects the bridge
-            count = min(max(1, count or 1), MAX_READINGS_PER_MESSAGE)
-            outcomes = [ReadingOutcome(rejected=reason.value)] * count
-            outcome.receipt = ReceiptEntry(seq=seq, readings=outcomes)
-        return outcome
-
-
-def _envelope(payload: bytes) -> tuple[int | None, int | None]:
-    """(seq, number of readings) of a payload that failed the contract, when they can be read."""
-    try:
-        envelope = _envelope_decoder.decode(payload)
-    except (*UNREADABLE, msgspec.ValidationError):
-        return None, None
-    if envelope.seq is None or envelope.seq < 0:
-        return None, None
-    return envelope.seq, len(envelope.readings) if envelope.readings is not None else None
