@@ -1,7 +1,8 @@
 """The console's languages: Norwegian bokmål (`nb`) and English (`en`), with Babel.
 
 The catalogues are `alerts/console/locale/<locale>/LC_MESSAGES/messages.po`, kept in git; they are
-compiled in memory the first time a language is asked for, so no generated binary is checked in.
+compiled in memory the first time a language is asked for (`runtime.catalogues`, which also
+loads the kit's texts), so no generated binary is checked in.
 `make i18n` extracts every marked string (templates, console.js, Python) and updates them.
 
     gettext("nb", "Claim")                       -> "Ta ansvar"
@@ -15,7 +16,6 @@ Which language a person sees: the one stored with their account (`users.language
 
 from __future__ import annotations
 
-import io
 from datetime import datetime, tzinfo
 from functools import cache
 from pathlib import Path
@@ -23,10 +23,10 @@ from typing import Any, Final
 
 from babel import Locale
 from babel.dates import format_datetime
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
 from babel.numbers import format_decimal
 from babel.support import Translations
+
+from runtime.catalogues import compiled
 
 __all__ = [
     "LANGUAGES",
@@ -107,13 +107,7 @@ def translations(language: str) -> Translations:
     """The compiled catalogue of a language (compiled from its .po on first use, then kept)."""
     if language not in LANGUAGES:
         raise ValueError(f"no catalogue for language {language!r}; use one of {', '.join(LANGUAGES)}")
-    path = LOCALE_DIR / language / "LC_MESSAGES" / f"{DOMAIN}.po"
-    with path.open("rb") as source:
-        catalogue = read_po(source, locale=language, domain=DOMAIN)
-    compiled = io.BytesIO()
-    write_mo(compiled, catalogue, use_fuzzy=False)
-    compiled.seek(0)
-    return Translations(compiled, domain=DOMAIN)
+    return compiled(LOCALE_DIR, language, DOMAIN)
 
 
 def gettext(language: str, msgid: str, /, **params: Any) -> str:

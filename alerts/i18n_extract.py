@@ -1,9 +1,12 @@
-"""The console's translatable strings, found where they are written, and the catalogues kept in step.
+"""The translatable strings, found where they are written, and the catalogues kept in step.
 
     python -m alerts.i18n_extract           # update each catalogue; list what nb lacks
     python -m alerts.i18n_extract --check   # only list what nb lacks (exit 1 if anything)
 
-`make i18n` runs the first. Strings are marked as
+Two catalogues: the console's (domain "messages", alerts/console/locale/) and the kit's standard
+texts (domain "kit", contracts/locale/: `N_("...")` in contracts/, shown in the patient's language).
+
+`make i18n` runs the first. Console strings are marked as
 - templates (alerts/console/templates/*.html): `{{ _("...") }}`, `{{ ngettext("...", "...", n) }}`;
 - console.js: `_("...")`;
 - Python under alerts/: `N_("...")` where a string is defined and shown elsewhere, and
@@ -16,7 +19,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,10 +30,13 @@ from babel.messages.extract import extract_from_file
 from babel.messages.pofile import read_po, write_po
 
 from alerts.i18n import DOMAIN, LANGUAGES, LOCALE_DIR
+from contracts import KIT_LANGUAGES, KIT_TEXT_DIR, KIT_TEXT_DOMAIN
+from runtime.catalogues import catalogue_path
 
-__all__ = ["Message", "extract", "untranslated", "update"]
+__all__ = ["CONSOLE", "KIT", "Catalogue", "Message", "extract", "extract_kit", "untranslated", "update"]
 
 ROOT = Path(__file__).resolve().parent
+CONTRACTS = ROOT.parent / "contracts"
 TEMPLATES = ROOT / "console" / "templates"
 SCRIPTS = tuple(ROOT / "console" / "static" / name for name in ("console.js", "trend.js"))
 _TEMPLATE_KEYWORDS: Mapping[str, Any] = {"_": None, "gettext": None, "ngettext": (1, 2)}
@@ -42,6 +49,12 @@ _HEADER = {
     "# translation; docs/contributing.md says how to translate them.",
     "en": "# English for the Vaktrom console, its source language: an empty translation shows the\n"
     "# string as written in the code.",
+}
+_KIT_HEADER = {
+    "nb": "# Norwegian bokmål for what a Vaktrom kit shows a patient (their care plan's language).\n"
+    "# Written to an elderly patient at home: short, plain, friendly.",
+    "en": "# English for what a Vaktrom kit shows a patient, its source language: an empty translation\n"
+    "# shows the string as written in contracts/.",
 }
 
 Message = tuple[str, str | None]  # (msgid, plural or None)
@@ -73,20 +86,48 @@ def extract() -> dict[str, str | None]:
     return found
 
 
-def _path(language: str) -> Path:
-    return LOCALE_DIR / language / "LC_MESSAGES" / f"{DOMAIN}.po"
+def extract_kit() -> dict[str, str | None]:
+    """Every kit text marked `N_("...")` in contracts/: {msgid: None}."""
+    found: dict[str, str | None] = {}
+    for path in sorted(CONTRACTS.rglob("*.py")):
+        for msgid, _plural in _found("python", path, {"N_": None}):
+            if msgid:
+                found.setdefault(msgid, None)
+    return found
 
 
-def _read(language: str) -> Catalog:
-    with _path(language).open("rb") as source:
-        return read_po(source, locale=language, domain=DOMAIN)
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    """One translation domain: where its catalogues are, in which languages, and its strings."""
+
+    directory: Path
+    domain: str
+    languages: tuple[str, ...]
+    header: Mapping[str, str]
+    strings: Callable[[], dict[str, str | None]]
 
 
-def untranslated(language: str = "nb") -> list[str]:
+CONSOLE = Catalogue(LOCALE_DIR, DOMAIN, tuple(LANGUAGES), _HEADER, extract)
+KIT = Catalogue(KIT_TEXT_DIR, KIT_TEXT_DOMAIN, KIT_LANGUAGES, _KIT_HEADER, extract_kit)
+
+
+def _path(language: str, of: Catalogue = CONSOLE) -> Path:
+    return catalogue_path(of.directory, language, of.domain)
+
+
+def _read(language: str, of: Catalogue = CONSOLE) -> Catalog:
+    path = _path(language, of)
+    if not path.exists():  # a new domain or language starts empty
+        return Catalog(locale=language, domain=of.domain)
+    with path.open("rb") as source:
+        return read_po(source, locale=language, domain=of.domain)
+
+
+def untranslated(language: str = "nb", of: Catalogue = CONSOLE) -> list[str]:
     """The marked strings the language's catalogue lacks, or has with an empty translation."""
-    catalogue = _read(language)
+    catalogue = _read(language, of)
     missing = []
-    for msgid, plural in extract().items():
+    for msgid, plural in of.strings().items():
         entry = catalogue.get((msgid, plural) if plural else msgid) or catalogue.get(msgid)
         text = entry.string if entry is not None else None
         done = all(text) if isinstance(text, (tuple, list)) else bool(text)
@@ -95,22 +136,25 @@ def untranslated(language: str = "nb") -> list[str]:
     return missing
 
 
-def update() -> None:
+def update(of: Catalogue = CONSOLE) -> None:
     """Bring each catalogue in step with the sources (new strings empty, strings no longer used
     dropped). No .pot file is kept: the sources are the template."""
-    template = Catalog(project="Vaktrom", domain=DOMAIN)
-    for msgid, plural in extract().items():
+    template = Catalog(project="Vaktrom", domain=of.domain)
+    for msgid, plural in of.strings().items():
         template.add((msgid, plural) if plural else msgid)
-    for language in LANGUAGES:
-        catalogue = _read(language)
+    for language in of.languages:
+        catalogue = _read(language, of)
         catalogue.update(template, no_fuzzy_matching=True)
         catalogue.obsolete.clear()
         # a stable header: dates and placeholders that change on every run only make merges harder
-        catalogue.header_comment = _HEADER[language]
+        catalogue.header_comment = of.header[language]
         catalogue.project, catalogue.version = "Vaktrom", "1"
         catalogue.msgid_bugs_address = catalogue.last_translator = catalogue.language_team = ""
         catalogue.creation_date = catalogue.revision_date = _STABLE
-        with _path(language).open("wb") as out:
+        catalogue.fuzzy = False  # a new catalogue's header starts fuzzy; its entries are what count
+        path = _path(language, of)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as out:
             write_po(out, catalogue, width=_WIDTH, no_location=True, sort_output=True)
 
 
@@ -120,14 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--check", action="store_true", help="only list the strings bokmål lacks")
     args = parser.parse_args(argv)
-    if not args.check:
-        update()
-    missing = untranslated("nb")
-    for msgid in missing:
-        print(f"nb lacks a translation: {msgid!r}", file=sys.stderr)
-    if missing:
-        print(f"{len(missing)} string(s) to translate in {_path('nb')}", file=sys.stderr)
-    return 1 if missing else 0
+    lacking = 0
+    for of in (CONSOLE, KIT):
+        if not args.check:
+            update(of)
+        missing = untranslated("nb", of)
+        for msgid in missing:
+            print(f"nb lacks a translation: {msgid!r}", file=sys.stderr)
+        if missing:
+            print(f"{len(missing)} string(s) to translate in {_path('nb', of)}", file=sys.stderr)
+        lacking += len(missing)
+    return 1 if lacking else 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ strict decoding); their JSON Schemas are generated into `contracts/schemas/` for
     bridge -Kafka-> QuestionnaireAnswer                          (contracts._answers)
     questionnaires, allowed answers, scoring                     (contracts._questionnaires)
     kit  <--MQTT--  DeliveryReceipt, KitCommand                  (contracts._kitmsg)
+    what the kit says, in the plan's language (msgids, catalogue) (contracts._kit_texts)
     kit  --MQTT-->  KitAck; bridge -Kafka-> KitAckEvent
     alerts, monitor -Kafka-> KitCommandRequest
     bridge -Kafka-> Measurement, Rejection, KitStatusEvent       (contracts._records)
@@ -60,6 +61,15 @@ from contracts._kit import (
     KitStatusMessage,
     ReadingOutcome,
     ReceiptEntry,
+)
+from contracts._kit_texts import (
+    DEFAULT_KIT_LANGUAGE,
+    KIT_LANGUAGES,
+    KIT_TEXT_DIR,
+    KIT_TEXT_DOMAIN,
+    REMINDER_ANY,
+    REMINDERS,
+    KitLanguage,
 )
 from contracts._kitmsg import (
     KIT_ACK_EVENT_SCHEMA,
@@ -137,6 +147,7 @@ __all__ = [
     "CAREPLAN_SCHEMA",
     "CONTACT_REQUEST",
     "COPD_CHECK",
+    "DEFAULT_KIT_LANGUAGE",
     "GLUCOSE_MG_DL_PER_MMOL_L",
     "HF_DAILY",
     "INFECTION_CHECK",
@@ -145,9 +156,12 @@ __all__ = [
     "KIT_ANSWERS_SCHEMA",
     "KIT_COMMAND_REQUEST_SCHEMA",
     "KIT_COMMAND_SCHEMA",
+    "KIT_LANGUAGES",
     "KIT_READING_SCHEMA",
     "KIT_STATUS_EVENT_SCHEMA",
     "KIT_STATUS_SCHEMA",
+    "KIT_TEXT_DIR",
+    "KIT_TEXT_DOMAIN",
     "MAX_COMMAND_TEXT",
     "MAX_ITEMS_PER_RESPONSE",
     "MAX_KIT_PAYLOAD_BYTES",
@@ -162,6 +176,8 @@ __all__ = [
     "QUESTIONNAIRES",
     "RECEIPT_SCHEMA",
     "REJECTION_SCHEMA",
+    "REMINDERS",
+    "REMINDER_ANY",
     "RULE_IDS",
     "SCHEMA_DIR",
     "SCHEMA_TYPES",
@@ -189,6 +205,7 @@ __all__ = [
     "KitCoding",
     "KitCommand",
     "KitCommandRequest",
+    "KitLanguage",
     "KitQuestionnaireResponse",
     "KitReading",
     "KitReadingMessage",

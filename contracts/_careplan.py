@@ -19,6 +19,7 @@ from typing import Annotated, Final
 import msgspec
 from msgspec import Meta
 
+from contracts._kit_texts import DEFAULT_KIT_LANGUAGE, KitLanguage
 from contracts._metrics import METRICS, Metric
 from contracts._questionnaires import CONTACT_REQUEST, QUESTIONNAIRES
 from contracts._records import Pseudonym
@@ -111,8 +112,9 @@ class CarePlan(
 
     `thresholds` overrides rule parameters by rule id, e.g. {"HF-1": {"kg": 1.5}}; `rules_off` names
     rules switched off for this patient, `rules_on` opt-in rules switched on (HF-2, T-3, RS-6, ...),
-    which then run with their default parameters unless `thresholds` sets them. Who changed what and
-    why travels with every version.
+    which then run with their default parameters unless `thresholds` sets them. `language` is the
+    patient's: the kit's reminders and other standard texts are in it (contracts._kit_texts). Who
+    changed what and why travels with every version.
     """
 
     patient_id: Pseudonym
@@ -120,6 +122,9 @@ class CarePlan(
     condition: Condition
     team_id: str
     timezone: str = "Europe/Oslo"
+    # the language the kit shows its standard texts in (the patient's, not the nurse's); a plan
+    # stored before this field decodes to bokmål
+    language: KitLanguage = DEFAULT_KIT_LANGUAGE
     spo2_scale: Spo2Scale = Spo2Scale.DEFAULT
     expected: list[ExpectedMeasurement] = []
     questionnaires: list[AssignedQuestionnaire] = []  # symptom checks the kit asks, and when

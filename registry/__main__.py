@@ -46,7 +46,7 @@ import msgspec
 import psycopg
 import segno
 
-from contracts import Condition, Metric
+from contracts import KIT_LANGUAGES, Condition, Metric
 from registry import create
 from registry.broker import BrokerAdminError, write_offline
 from registry.bulk import enrol_cohort, write_credentials
@@ -173,6 +173,9 @@ def _plan_parser(parent: argparse.ArgumentParser) -> None:
         "--rule-on", action="append", default=[], help="switch an opt-in rule on, with its default parameters"
     )
     set_.add_argument("--spo2-target", choices=["88-92", "94-98"])
+    set_.add_argument(
+        "--language", choices=list(KIT_LANGUAGES), help="the patient's language: what the kit's texts are in"
+    )
     set_.add_argument("--condition", choices=[c.value for c in Condition])
     set_.add_argument("--team")
     propose = plan.add_parser("propose")
@@ -345,7 +348,7 @@ def _plan_set(args: argparse.Namespace, c: _Context) -> None:
     change = PlanChange(
         reason=args.reason, thresholds=thresholds, rules_off=args.rule_off, rules_on=args.rule_on,
         spo2_target=args.spo2_target, condition=Condition(args.condition) if args.condition else None,
-        team_id=args.team,
+        team_id=args.team, language=args.language,
     )  # fmt: skip
     plan = c.registry.careplan_set(c.conn, c.actor, args.patient_id, change)
     print(f"care plan of {args.patient_id}: version {plan.version} stored and published")

@@ -29,6 +29,7 @@ from contracts import (
     COPD_CHECK,
     HF_DAILY,
     INFECTION_CHECK,
+    KIT_LANGUAGES,
     AssignedQuestionnaire,
     BaselineSettings,
     CarePlan,
@@ -137,6 +138,7 @@ class PlanChange:
     condition: Condition | None = None
     team_id: str | None = None
     timezone: str | None = None
+    language: str | None = None  # the patient's: what the kit's standard texts are in ("nb", "en")
     spo2_target: str | None = None
     thresholds: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
     rules_off: Sequence[str] = ()
@@ -199,6 +201,13 @@ def _scale_problems(rules_on: Sequence[str], scale: Spo2Scale) -> list[str]:
     ]
 
 
+def _language_problems(language: str | None) -> list[str]:
+    """A kit language other than those the kit texts are in (never echoed: it may be any bytes)."""
+    if language is None or language in KIT_LANGUAGES:
+        return []
+    return ["the kit's language must be nb (bokmål) or en (English)"]
+
+
 def apply_change(
     current: CarePlan, change: PlanChange, *, by: str, at: datetime, known_rules: frozenset[str]
 ) -> CarePlan:
@@ -214,6 +223,7 @@ def apply_change(
             )
         else:
             scale = _TARGETS[change.spo2_target]
+    problems.extend(_language_problems(change.language))
     thresholds = _merged_thresholds(current.thresholds, change.thresholds)
     problems.extend(threshold_problems(thresholds))
     unknown = sorted({*change.rules_off, *change.rules_on} - known_rules)
@@ -239,7 +249,7 @@ def apply_change(
         "changed_by": by,
         "reason": change.reason.strip(),
     }
-    for name in ("condition", "team_id", "timezone", "baseline"):
+    for name in ("condition", "team_id", "timezone", "language", "baseline"):
         value = getattr(change, name)
         if value is not None:
             fields[name] = value

@@ -9,6 +9,7 @@ through these functions, so a change of those tables is a change of this module 
     kit_snapshot(conn)            every kit, device, device profile and assignment, in one snapshot
     teams(conn)                   (team_id, name) of every team, by name
     kit_history(conn, patient)    (kit_id, assigned_from, assigned_until) of a patient, newest first
+    kit_language(conn, patient)   the language the patient's kit shows (their care plan's), "nb" or "en"
     CHANGED                       the NOTIFY channel a trigger on every kit table signals
 
 In SQL, other packages may join on one relation of the registry, the view `patient_directory`
@@ -27,7 +28,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import tuple_row
 
-__all__ = ["CHANGED", "KitSnapshot", "current_kit", "kit_history", "kit_snapshot", "teams"]
+from contracts import DEFAULT_KIT_LANGUAGE, KIT_LANGUAGES
+
+__all__ = ["CHANGED", "KitSnapshot", "current_kit", "kit_history", "kit_language", "kit_snapshot", "teams"]
 
 CHANGED = "vaktrom_registry"  # 0002_kit_registry.sql: vaktrom_registry_changed()
 
@@ -85,3 +88,16 @@ def current_kit(conn: Connection, patient_id: str) -> str | None:
             (patient_id,),
         ).fetchone()
     return None if row is None else str(row[0])
+
+
+def kit_language(conn: Connection, patient_id: str) -> str:
+    """The language the patient's kit shows its standard texts in: their newest care plan's
+    (`CarePlan.language`), else bokmål (no plan, or one stored before plans had a language)."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(
+            "SELECT document->>'language' FROM care_plans WHERE patient_id = %s "
+            "ORDER BY version DESC LIMIT 1",
+            (patient_id,),
+        ).fetchone()
+    language = None if row is None else row[0]
+    return language if language in KIT_LANGUAGES else DEFAULT_KIT_LANGUAGE

@@ -4,6 +4,10 @@ A nurse, coordinator or physician of the patient's team (or a centre-wide one) s
 measurement reminder; `alerts.kit_messages.queue_message` stores and audits it, and the page shows
 its state (queued, sent, shown). A patient of another team is a 404, as for every other view of
 them, so that a form cannot probe which patients exist.
+
+A reminder the nurse writes nothing for gets the standard text (`contracts._kit_texts`) in the
+patient's language, their care plan's, whatever language the nurse's console is in; a nurse's own
+text goes out as written.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from fastapi.responses import RedirectResponse, Response
 from alerts import kit_messages
 from alerts.accounts import Principal, Role
 from alerts.console.context import Ctx, client_ip, csrf_checked, role_in, scope
-from contracts import Metric
+from registry import read as registry_read
+from runtime.catalogues import reminder_text
 
-__all__ = ["REMINDER_TEXTS", "kit_pages"]
+__all__ = ["kit_pages"]
 
 kit_pages = APIRouter(include_in_schema=False)
 
@@ -29,27 +34,16 @@ Kind = Annotated[str, Form(pattern=r"^(message|reminder)$")]
 Text = Annotated[str, Form(max_length=4000)]  # the kit's limit (500) is checked with a clear answer
 MetricCode = Annotated[str, Form(max_length=32)]
 
-# What a reminder says when the nurse writes nothing: the kit shows it (translated with the
-# console's strings once #32's i18n lands).
-REMINDER_TEXTS: dict[str, str] = {
-    Metric.BODY_WEIGHT: "Please weigh yourself now and send the measurement.",
-    Metric.SPO2: "Please measure your oxygen saturation now and send the measurement.",
-    Metric.PULSE: "Please measure your pulse now and send the measurement.",
-    Metric.BODY_TEMPERATURE: "Please measure your temperature now and send the measurement.",
-    Metric.GLUCOSE: "Please measure your blood glucose now and send the measurement.",
-}
-DEFAULT_REMINDER = "Please take today's measurements and send them."
-
 
 def _queue(
     request: Request, ctx: Ctx, who: Principal, *, patient_id: str, episode_id: str | None,
     kind: str, text: str, metric: str,
 ) -> str | None:  # fmt: skip
     """Queue the message; None when queued, else why not (a 404 is raised)."""
-    if kind == "reminder" and not text.strip():
-        text = REMINDER_TEXTS.get(metric, DEFAULT_REMINDER)
     try:
         with ctx.db() as conn:
+            if kind == "reminder" and not text.strip():
+                text = reminder_text(registry_read.kit_language(conn, patient_id), metric)
             kit_messages.queue_message(
                 conn, patient_id=patient_id, kind=kind, text=text, sender=who.username,
                 reason="sent from the console", team_id=who.team_id, episode_id=episode_id,

@@ -120,6 +120,9 @@ class ChangeBody(BaseModel):
         "parameters unless `thresholds` sets them",
     )
     spo2_target: str | None = Field(default=None, pattern=r"^(88-92|94-98)$")
+    language: str | None = Field(
+        default=None, pattern=r"^(nb|en)$", description="the patient's language: what the kit's texts are in"
+    )
     condition: Condition | None = None
     expected: list[dict[str, Any]] | None = None
 
@@ -136,7 +139,7 @@ def set_careplan(
         raise HTTPException(422, f"expected measurements: {exc}") from None
     change = PlanChange(
         reason=body.reason, thresholds=body.thresholds, rules_off=body.rules_off, rules_on=body.rules_on,
-        spo2_target=body.spo2_target, condition=body.condition, expected=expected,
+        spo2_target=body.spo2_target, condition=body.condition, expected=expected, language=body.language,
     )  # fmt: skip
     plan = _run(request, ctx, who, lambda r, c, a: r.careplan_set(c, a, patient_id, change))
     return PlanVersion(version=plan.version, published=True, plan=msgspec.to_builtins(plan))

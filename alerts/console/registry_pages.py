@@ -21,7 +21,7 @@ from alerts import kit_messages
 from alerts.accounts import Principal, Role
 from alerts.console.answers import recent_answers
 from alerts.console.context import Ctx, csrf_checked, role_in, scope
-from contracts import THRESHOLD_LIMITS, Condition
+from contracts import DEFAULT_KIT_LANGUAGE, THRESHOLD_LIMITS, Condition
 from registry import (
     Actor,
     BrokerAdminError,
@@ -133,6 +133,7 @@ def patient_page(
         {"user": who, "patient_id": patient_id, "person": person, "plans": plans, "kits": kits,
          "proposal": proposal, "limits": THRESHOLD_LIMITS, "error": error, "answers": answered,
          "kit_commands": kit_commands,
+         "kit_language": plans[0][0].language if plans else DEFAULT_KIT_LANGUAGE,
          "can_edit": who.role in (Role.COORDINATOR, Role.PHYSICIAN)},
     )  # fmt: skip
 
@@ -165,6 +166,7 @@ def careplan_form(
     rules_off: Annotated[str, Form(max_length=500)] = "",
     rules_on: Annotated[str, Form(max_length=500)] = "",
     spo2_target: Annotated[str, Form()] = "",
+    language: Annotated[str, Form(max_length=8)] = "",
     accept_proposal: Annotated[bool, Form()] = False,
     csrf: Csrf = None,
 ) -> Response:
@@ -178,7 +180,7 @@ def careplan_form(
             return r.careplan_set(c, a, patient_id, proposal.as_change(reason))
         wanted = PlanChange(
             reason=reason, thresholds=_thresholds(thresholds), rules_off=_ids(rules_off),
-            rules_on=_ids(rules_on), spo2_target=spo2_target or None,
+            rules_on=_ids(rules_on), spo2_target=spo2_target or None, language=language or None,
         )  # fmt: skip
         return r.careplan_set(c, a, patient_id, wanted)
 

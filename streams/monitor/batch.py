@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from contracts import (
+    DEFAULT_KIT_LANGUAGE,
     AlertEvent,
     CarePlan,
     KitCommandRequest,
@@ -302,8 +303,11 @@ class Processor:
                 latest = max(latest, *seen_at)
                 events = self.engine.announce(patient.decode(), episodes, now=now)
                 self._out.events.extend((patient, e) for e in events)
+                plan = self._plan(partition, patient)
+                language = plan.language if plan is not None else DEFAULT_KIT_LANGUAGE
                 self._out.commands.extend(
-                    (patient, c) for c in self.engine.reminders_due(patient.decode(), precord)
+                    (patient, c)
+                    for c in self.engine.reminders_due(patient.decode(), precord, language=language)
                 )
             heapq.heapify(heap)
             self.heaps[partition] = heap

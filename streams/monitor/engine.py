@@ -58,6 +58,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from contracts import (
+    DEFAULT_KIT_LANGUAGE,
     METRICS,
     AlertEvent,
     CarePlan,
@@ -73,6 +74,7 @@ from contracts import (
     format_instant,
     reminder_id,
 )
+from runtime.catalogues import reminder_text
 from streams.monitor.catalogue import PROBLEMS, RULES
 from streams.monitor.episodes import (
     EpisodeState,
@@ -93,8 +95,6 @@ __all__ = ["Engine", "MetricRecord", "Outcome", "PatientRecord", "decode_metric"
 _PROBLEMS_OF: dict[Metric, tuple[str, ...]] = {
     metric: tuple(code for code, p in PROBLEMS.items() if p.metric == metric) for metric in Metric
 }
-# What the kit shows for a reminder (translated with the kit messages once #32's i18n lands)
-REMINDER_TEXT = "Reminder: please take your {what} measurement now and send it."
 _METRIC_CODES = frozenset(m.value for m in Metric)
 _MISSED_TOLERANCE_S = 30 * 60.0  # a reading just outside its window still counts for it
 _KEEP_RESOLVED_S = 2 * 86_400.0  # resolved episodes are kept a while, to be re-announced after a restart
@@ -368,7 +368,7 @@ class Engine:
             )
         # reminders, then measurement missed a reminder grace later
         if plan is not None and plan.expected and patient.last_seen and self.reminder_grace_s > 0:
-            self._remind(patient_id, patient, records, schedule, clock=clock, out=out)
+            self._remind(patient_id, patient, records, schedule, language=plan.language, clock=clock, out=out)
         if plan is not None and plan.expected and patient.last_seen:
             start = max(patient.missed_checked, patient.last_seen - 2 * 86_400.0)
             until = clock - self.missed_grace_s - self.reminder_grace_s
@@ -414,27 +414,33 @@ class Engine:
         records: dict[Metric, MetricRecord],
         schedule: Schedule | None,
         *,
+        language: str,
         clock: float,
         out: Outcome,
     ) -> None:
-        """A reminder to the kit for each window that ended `missed_grace_s` ago without a reading."""
+        """A reminder to the kit for each window that ended `missed_grace_s` ago without a reading,
+        in the plan's `language` (the patient's)."""
         start = max(patient.reminded_checked, patient.missed_checked, patient.last_seen - 2 * 86_400.0)
         until = clock - self.missed_grace_s
         horizon = min(until, patient.last_seen + self.silent_after_s)
         for window in schedule.ending(start, horizon) if schedule is not None else ():
             if self._unmet(patient, records.get(window.metric), window.start, window.end):
-                out.commands.append(self._reminder(patient_id, window.metric, window.end))
+                out.commands.append(self._reminder(patient_id, window.metric, window.end, language))
                 patient.reminders.append((window.metric.value, window.end))
         patient.reminded_checked = max(patient.reminded_checked, until)
         keep = clock - self.missed_grace_s - self.reminder_grace_s
         patient.reminders = [(m, due) for m, due in patient.reminders if due > keep]
 
-    def reminders_due(self, patient_id: str, patient: PatientRecord) -> list[KitCommandRequest]:
+    def reminders_due(
+        self, patient_id: str, patient: PatientRecord, *, language: str = DEFAULT_KIT_LANGUAGE
+    ) -> list[KitCommandRequest]:
         """The reminders still in their grace, to send again after a restart or rebalance (as
         `announce` does the events): one lost in a crash (state written, reminder not) goes out this
-        way, and a repeat is the same record, recognised by its command id."""
+        way, and a repeat is the same record, recognised by its command id. `language`: the plan's."""
         return [
-            self._reminder(patient_id, Metric(m), due) for m, due in patient.reminders if m in _METRIC_CODES
+            self._reminder(patient_id, Metric(m), due, language)
+            for m, due in patient.reminders
+            if m in _METRIC_CODES
         ]
 
     def _unmet(self, patient: PatientRecord, record: MetricRecord | None, lo: float, hi: float) -> bool:
@@ -447,9 +453,10 @@ class Engine:
             lo - _MISSED_TOLERANCE_S, hi + _MISSED_TOLERANCE_S
         )
 
-    def _reminder(self, patient_id: str, metric: Metric, due: float) -> KitCommandRequest:
-        """The reminder for a window that ended at `due`: the same record whenever it is made."""
-        text = REMINDER_TEXT.format(what=METRICS[metric].display.lower())
+    def _reminder(self, patient_id: str, metric: Metric, due: float, language: str) -> KitCommandRequest:
+        """The reminder for a window that ended at `due`, in the patient's `language`: the same
+        record whenever it is made (the same command id; the text follows the plan's language)."""
+        text = reminder_text(language, metric)
         sent = _dt(due + self.missed_grace_s)
         return KitCommandRequest(
             command_id=reminder_id(patient_id=patient_id, metric=metric.value, due=_dt(due)),

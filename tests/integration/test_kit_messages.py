@@ -10,6 +10,7 @@ import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import unquote_plus
 
 import psycopg
 import pytest
@@ -219,7 +220,8 @@ def test_a_reminder_from_the_alert_page_appears_in_the_alerts_timeline(
     stack: Stack, bridge: BridgeProcess, alerts: AlertsProcess, started: dict[str, Any]
 ) -> None:
     """On an alert of the patient, a nurse sends a weight reminder: the kit gets the standard text
-    with the metric; the alert's timeline says it was sent, then shown on the kit."""
+    with the metric, in the patient's language (a new plan's: bokmål); the alert's timeline says it
+    was sent, then shown on the kit."""
     kit = started
     episode = new_id()
     publish(alerts.stack, alerts.prefix, event(episode, 1, EpisodeChange.OPENED, Severity.YELLOW,
@@ -241,7 +243,7 @@ def test_a_reminder_from_the_alert_page_appears_in_the_alerts_timeline(
         assert listener.returncode == 0, err.decode()
         command = json.loads(out)
         assert (command["kind"], command["metric"]) == ("reminder", "body_weight")
-        assert "weigh yourself" in command["text"]
+        assert command["text"] == "Husk å veie deg nå og sende målingen."
         page = console.get(f"/alerts/{episode}")
         assert "sent a reminder to the kit" in page.text
         ack = {"schema": "vaktrom.kit-ack.v1", "kit": kit["kit"], "command_id": command["command_id"],
@@ -342,3 +344,85 @@ def test_an_ack_after_a_crash_is_taken_whether_or_not_the_command_was_committed(
     assert [(v["command_id"], v["patient_id"]) for _k, v, _h in acks] == [(command_id, kit["patient"])]
     receipts = consume(stack, topics.rejection_topic(bridge.prefix), until=1, timeout=3)
     assert [v["reason"] for _k, v, _h in receipts] == []
+
+
+def _reminder_on_the_kit(
+    stack: Stack, bridge: BridgeProcess, kit: dict[str, Any], console: ConsoleClient, data: dict[str, str]
+) -> dict[str, Any]:
+    """Send a reminder from the patient page; the command the kit receives."""
+    listener = _listen(stack, kit, topics.kit_topic(kit["kit"], "commands", root=bridge.root))
+    try:
+        sent = console.post(
+            f"/patients/{kit['patient']}/kit-message", data={"csrf": console.csrf, "kind": "reminder", **data}
+        )
+        assert sent.status_code == 303, sent.text
+        assert "error" not in sent.headers["location"]
+        out, err = listener.communicate(timeout=70)
+        assert listener.returncode == 0, err.decode()
+        return dict(json.loads(out))
+    finally:
+        _stop(listener)
+
+
+def _set_language(console: ConsoleClient, language: str) -> None:
+    assert console.post("/me/language", data={"language": language, "csrf": console.csrf}).status_code == 303
+
+
+def test_a_standard_reminder_is_in_the_patients_language_not_the_nurses(
+    stack: Stack, bridge: BridgeProcess, alerts: AlertsProcess, started: dict[str, Any]
+) -> None:
+    """The kit shows the care plan's language: a nurse whose console is in English sends a reminder
+    without text to a patient with a new plan (bokmål) and the kit gets bokmål; a coordinator sets
+    the plan to English in the plan form, and a nurse whose console is in bokmål sends one in
+    English. A nurse's own text goes out as written; a language the kit has no texts in is refused."""
+    kit = started
+    with psycopg.connect(stack.database_url) as conn:
+        nurse = staff(conn, Role.NURSE, kit["team"])
+        coordinator = staff(conn, Role.COORDINATOR, kit["team"])
+    console, planner = ConsoleClient(alerts.url), ConsoleClient(alerts.url)
+    try:
+        console.login(nurse)
+        _set_language(console, "en")
+        page = console.get(f"/patients/{kit['patient']}").text
+        assert "The kit shows its standard texts in Norsk (bokmål)" in page
+        command = _reminder_on_the_kit(stack, bridge, kit, console, {"metric": "body_weight", "text": ""})
+        assert command["text"] == "Husk å veie deg nå og sende målingen."
+
+        planner.login(coordinator)
+        for hostile in ("de", "nb\x00", "<b>en</b>", "x" * 8):
+            refused = planner.post(
+                f"/patients/{kit['patient']}/careplan",
+                data={"csrf": planner.csrf, "reason": "try", "language": hostile},
+            )
+            assert refused.status_code in (303, 422), refused.text
+            if refused.status_code == 303:
+                assert "must be nb" in unquote_plus(refused.headers["location"])
+        changed = planner.post(
+            f"/patients/{kit['patient']}/careplan",
+            data={"csrf": planner.csrf, "reason": "the patient reads English", "language": "en"},
+        )
+        assert changed.status_code == 303, changed.text
+        assert "error" not in changed.headers["location"]
+        with psycopg.connect(stack.database_url) as conn:
+            versions = conn.execute(
+                "SELECT version, document->>'language' FROM care_plans WHERE patient_id = %s "
+                "ORDER BY version",
+                (kit["patient"],),
+            ).fetchall()
+        assert versions[-1][1] == "en"
+        assert [v for v, _ in versions] == list(
+            range(1, len(versions) + 1)
+        )  # the refused ones stored nothing
+        assert len(versions) == 2
+
+        _set_language(console, "nb")
+        page = console.get(f"/patients/{kit['patient']}").text
+        assert "Utstyret viser standardtekstene på English" in page
+        command = _reminder_on_the_kit(stack, bridge, kit, console, {"metric": "pulse", "text": ""})
+        assert command["text"] == "Reminder: please measure your pulse now and send the measurement."
+        own = "Husk vekta før frokost, er du snill."
+        command = _reminder_on_the_kit(stack, bridge, kit, console, {"metric": "body_weight", "text": own})
+        assert command["text"] == own
+    finally:
+        console.close()
+        planner.close()

@@ -34,8 +34,9 @@ def _reading(metric: Metric, value: float, at: datetime) -> tuple[str, bytes]:
 
 
 def test_the_kit_is_reminded_before_the_missed_episode_opens(stack: Stack, monitor: MonitorProcess) -> None:
-    """Day 2's weight never comes: a reminder (deterministic id) once the window is judged, and the
-    info episode only after the grace; the reminder's record is older than the episode's."""
+    """Day 2's weight never comes: a reminder (deterministic id, in the patient's language) once the
+    window is judged, and the info episode only after the grace; the reminder's record is older than
+    the episode's."""
     prefix = monitor.prefix
     produce(stack, topics.careplan_topic(prefix), [_plan()])
     monitor.extra_env["VAKTROM_MONITOR_REMINDER_GRACE_MIN"] = "60"
@@ -55,6 +56,7 @@ def test_the_kit_is_reminded_before_the_missed_episode_opens(stack: Stack, monit
         "body_weight",
         "monitor",
     )
+    assert reminder["text"] == "Husk å veie deg nå og sende målingen."  # a plan without a language: bokmål
     assert [v for _k, v, _h in consume(stack, topics.alert_topic(prefix), timeout=5, idle=3)] == []
     produce(
         stack,

@@ -88,64 +88,34 @@ def test_a_coordinator_enrols_and_a_physician_changes_the_care_plan(
     assert national_id.encode() not in bytes(stored[0])
 
 
-def test_kits_through_the_api_admin_manages_kits_but_sees_no_patients(
-    api: httpx.Client, conn: psycopg.Connection[Any], unique: str
-) -> None:
-    team = unique[:40]
-    conn.execute("INSERT INTO teams (team_id, name) VALUES (%s, %s)", (team, team))
-    admin, coordinator = _as(conn, Role.ADMIN), _as(conn, Role.COORDINATOR, team)
-    patient = api.post(
-        "/patients", json={"name": "Kari", "team_id": team, "condition": "copd"}, headers=coordinator
-    ).json()["patient_id"]
-    kit = f"{unique[:50]}-K"
-    assert api.post("/kits", json={"kit_id": kit}, headers=admin).status_code == 201
-    assert api.post("/kits", json={"kit_id": kit}, headers=admin).status_code == 409
-    assert api.get(f"/patients/{patient}/careplan", headers=admin).status_code == 403
-    assert api.post(f"/kits/{kit}/assignment", json={"patient_id": patient}, headers=admin).status_code == 403
-    missing = api.post(f"/kits/{kit}/assignment", json={"patient_id": "P-NOBODY"}, headers=coordinator)
-    assert missing.status_code == 404
-    assert (
-        api.post(f"/kits/{kit}/assignment", json={"patient_id": patient}, headers=coordinator).status_code
-        == 200
-    )
-    twice = api.post(f"/kits/{kit}/assignment", json={"patient_id": patient}, headers=coordinator)
-    assert twice.status_code == 409
-    code = api.post(f"/kits/{kit}/pairing", headers=admin).json()["code"]
-    creds = api.post("/pairing/claim", json={"code": code})
-    assert creds.status_code == 200
-    assert creds.json()["username"] == kit
-    assert api.post("/pairing/claim", json={"code": code}).status_code == 404
-    assert api.post(f"/kits/{kit}/retire", json={}, headers=admin).status_code == 200
-    assert api.post(f"/kits/{kit}/retire", json={}, headers=admin).status_code == 409
-    assert api.post("/kits", json={"kit_id": "bad/kit"}).status_code == 401
+_HOSTILE_LANGUAGES = ["de", "", "EN", "nb\u0000", "<script>", "n" * 600, 1, ["en"]]
 
 
-def test_switching_an_opt_in_rule_on_through_the_api_stores_it_and_a_useless_one_is_refused(
+def test_the_kits_language_is_set_through_the_api_and_nothing_else_is_taken(
     stack: Stack, alerts: AlertsProcess, api: httpx.Client, conn: psycopg.Connection[Any], unique: str
 ) -> None:
-    """PUT with `rules_on: ["HF-2"]` makes a version that names HF-2 as switched on (issue #27,
-    finding 4); a rule of the other SpO2 scale is refused with what to do, and nothing is stored."""
+    """A new plan's kit language is bokmål; a language the kit has no texts in is a 422 that stores
+    nothing, null leaves it as it was; a physician sets English (a new version, published with it)."""
     team = unique[:40]
     conn.execute("INSERT INTO teams (team_id, name) VALUES (%s, %s)", (team, team))
     coordinator, physician = (_as(conn, r, team) for r in (Role.COORDINATOR, Role.PHYSICIAN))
-    body = {
-        "name": "Kari Nordmann",
-        "national_id": new_national_id(),
-        "team_id": team,
-        "condition": "heart_failure",
-    }
-    made = api.post("/patients", json=body, headers=coordinator)
-    assert made.status_code == 201, made.text
-    patient = made.json()["patient_id"]
-    useless = {"reason": "scale 2 rule", "rules_on": ["NEWS2-S2"]}
-    refused = api.put(f"/patients/{patient}/careplan", json=useless, headers=physician)
-    assert refused.status_code == 422
-    assert "NEWS2-S2 applies only with the 88-92 % SpO2 target" in refused.json()["detail"]
+    body = {"name": "Kari Nordmann", "national_id": new_national_id(), "team_id": team,
+            "condition": "copd"}  # fmt: skip
+    patient = api.post("/patients", json=body, headers=coordinator).json()["patient_id"]
+    (first,) = api.get(f"/patients/{patient}/careplan", headers=physician).json()
+    assert first["plan"]["language"] == "nb"
+    for hostile in _HOSTILE_LANGUAGES:
+        answer = api.put(f"/patients/{patient}/careplan", json={"reason": "r", "language": hostile},
+                         headers=physician)  # fmt: skip
+        assert answer.status_code == 422, (hostile, answer.text)
     assert _versions(conn, patient) == 1
-    on = {"reason": "fast fluid gain last admission", "rules_on": ["HF-2"]}
-    changed = api.put(f"/patients/{patient}/careplan", json=on, headers=physician)
+    kept = api.put(f"/patients/{patient}/careplan", json={"reason": "r", "language": None}, headers=physician)
+    assert kept.status_code == 200, kept.text
+    assert kept.json()["plan"]["language"] == "nb"
+    changed = api.put(
+        f"/patients/{patient}/careplan", json={"reason": "reads English", "language": "en"}, headers=physician
+    )
     assert changed.status_code == 200, changed.text
-    assert changed.json()["plan"]["rules_on"] == ["HF-2"]
-    assert changed.json()["plan"]["thresholds"] == {}  # the documented defaults, not an override
-    published = consume(stack, topics.careplan_topic(alerts.prefix), until=2, timeout=30)
-    assert [v["rules_on"] for _k, v, _h in published] == [[], ["HF-2"]]
+    assert (changed.json()["version"], changed.json()["plan"]["language"]) == (3, "en")
+    published = consume(stack, topics.careplan_topic(alerts.prefix), until=3, timeout=30)
+    assert [v["language"] for k, v, _h in published if k == patient.encode()] == ["nb", "nb", "en"]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
-from contracts import RULE_IDS, THRESHOLD_LIMITS, Condition, Metric, Spo2Scale, threshold_problems
+from contracts import RULE_IDS, THRESHOLD_LIMITS, CarePlan, Condition, Metric, Spo2Scale, threshold_problems
 from registry.careplans import DEFAULT_EXPECTED, PlanChange, PlanError, apply_change, default_plan, propose
 from streams.monitor.catalogue import RULES
 from streams.monitor.plan import rule_plan
@@ -192,3 +193,49 @@ def test_a_rule_of_the_other_spo2_scale_cannot_be_switched_on() -> None:
         _change(rules_on=["NEWS2-S2"])
     plan = _change(rules_on=["NEWS2-S2"], spo2_target="88-92")
     assert _on(plan, "NEWS2-S2")
+
+
+# ------------------------------------------------------------------ the kit's language (issue #32, item 6)
+def test_a_plan_stored_before_plans_had_a_language_decodes_to_bokmal() -> None:
+    """An old care-plan record (the topic, the care_plans table) has no `language`: it is bokmål."""
+    old = msgspec.json.encode(_plan())
+    stripped = msgspec.json.decode(old)
+    del stripped["language"]
+    for decoded in (
+        msgspec.json.decode(msgspec.json.encode(stripped), type=CarePlan),
+        msgspec.convert(stripped, CarePlan),
+    ):
+        assert decoded.language == "nb"
+    assert _plan().language == "nb"  # a new enrolment too
+
+
+@pytest.mark.parametrize("language", ["de", "", "NB", "nb ", "nn", "no"])
+def test_a_plan_in_a_language_without_kit_texts_does_not_decode(language: str) -> None:
+    """The contract takes nb or en only: a plan in any other language is refused where it is read."""
+    raw = msgspec.to_builtins(_plan()) | {"language": language}
+    with pytest.raises(msgspec.ValidationError, match="language"):
+        msgspec.convert(raw, CarePlan)
+
+
+def test_the_kit_language_is_changed_like_the_time_zone_and_kept_when_not_mentioned() -> None:
+    """A change sets the language as a new version; a later change without it keeps it."""
+    english = _change(language="en", reason="the patient reads English")
+    assert (english.language, english.version) == ("en", 2)
+    kept = apply_change(
+        english,
+        PlanChange(reason="r", thresholds={"HF-1": {"kg": 1.5}}),
+        by="dr",
+        at=T0,
+        known_rules=RULE_IDS,
+    )
+    assert kept.language == "en"
+    back = apply_change(kept, PlanChange(reason="r", language="nb"), by="dr", at=T0, known_rules=RULE_IDS)
+    assert back.language == "nb"
+
+
+@pytest.mark.parametrize("language", ["de", "", "EN", "<script>", "nb\x00", "x" * 500])
+def test_a_kit_language_without_kit_texts_is_refused_without_echoing_it(language: str) -> None:
+    """Only nb and en: anything else is refused with a sentence that does not repeat the input."""
+    with pytest.raises(PlanError, match="must be nb") as refused:
+        _change(language=language)
+    assert language not in str(refused.value) or language == ""

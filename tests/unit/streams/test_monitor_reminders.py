@@ -7,9 +7,14 @@ import dataclasses
 from datetime import datetime, timedelta
 
 import msgspec
+import pytest
 
 from contracts import CommandKind, EpisodeChange, ExpectedMeasurement, Metric, ScheduleWindow, reminder_id
+from streams.monitor.batch import KIT, PLAN, Names, Processor
 from streams.monitor.engine import Engine, PatientRecord, decode_patient, encode
+from streams.monitor.metrics import MonitorMetrics
+from streams.monitor.store import MemoryStore
+from tests.unit.streams.test_monitor_agent import NAMES
 from tests.unit.streams.test_monitor_rules import PATIENT, T0, Condition, Patient, plan
 
 GRACE = timedelta(hours=1)
@@ -99,3 +104,69 @@ def test_an_old_patient_record_without_the_reminder_fields_still_decodes() -> No
     record = decode_patient(old)
     assert (record.reminded_checked, record.reminders) == (0.0, [])
     assert isinstance(record, PatientRecord)
+
+
+def _in(p: Patient, language: str) -> Patient:
+    p.plan = msgspec.structs.replace(p.plan, language=language)
+    return p
+
+
+def test_the_reminder_is_in_the_plans_language() -> None:
+    """The patient's language, from the care plan: bokmål for nb (the default), English for en; the
+    same command id either way, so a repeat in another language is still one reminder."""
+    texts = {}
+    for language in ("nb", "en"):
+        p, sent = _patient()
+        _tick(_in(p, language), sent, JUDGED)
+        (reminder,) = sent
+        texts[language] = (reminder.text, reminder.command_id)
+    assert texts["nb"][0] == "Husk å veie deg nå og sende målingen."
+    assert texts["en"][0] == "Reminder: please weigh yourself now and send the measurement."
+    assert texts["nb"][1] == texts["en"][1]
+    p, sent = _patient()
+    assert p.plan.language == "nb"  # a plan that never chose one
+    _tick(p, sent, JUDGED)
+    assert sent[0].text == texts["nb"][0]
+
+
+def test_a_reminder_sent_again_after_a_restart_is_in_the_plans_language() -> None:
+    """`reminders_due` (a partition loaded again) says the reminder in the language it is given."""
+    p, sent = _patient()
+    _tick(_in(p, "en"), sent, JUDGED)
+    restored = decode_patient(p.stored)
+    (again,) = p.engine.reminders_due(PATIENT, restored, language="en")
+    assert again == sent[0]
+    (nb,) = p.engine.reminders_due(PATIENT, restored)
+    assert nb.text == "Husk å veie deg nå og sende målingen."
+    assert nb.command_id == again.command_id
+
+
+@pytest.mark.parametrize(
+    ("language", "text"),
+    [
+        ("en", "Reminder: please weigh yourself now and send the measurement."),
+        ("nb", "Husk å veie deg nå og sende målingen."),
+        (None, "Husk å veie deg nå og sende målingen."),  # no plan held: bokmål
+    ],
+)
+def test_a_loaded_partition_sends_its_pending_reminders_in_each_plans_language(
+    language: str | None, text: str
+) -> None:
+    """The monitor's shell, loading a partition, finds the patient's plan in its store and says the
+    reminders still in their grace in that plan's language."""
+    p, sent = _patient()
+    if language is not None:
+        _in(p, language)
+    _tick(p, sent, JUDGED)
+    store = MemoryStore()
+    held = {PATIENT.encode() + KIT: p.stored}
+    if language is not None:
+        held[PATIENT.encode() + PLAN] = msgspec.json.encode(p.plan)
+    store.write({0: held}, {0: 1})
+    processor = Processor(
+        engine=p.engine, names=Names(NAMES["measurements"], NAMES["status"], NAMES["careplans"]),
+        store=store, metrics=MonitorMetrics(),
+    )  # fmt: skip
+    processor.load({0})
+    ((key, command),) = processor.take().commands
+    assert (key, command.text, command.command_id) == (PATIENT.encode(), text, sent[0].command_id)
