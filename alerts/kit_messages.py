@@ -72,7 +72,8 @@ def queue_message(
     It runs in the caller's transaction (a savepoint when one is open, as the out-of-hours route's
     is), which the caller commits; on an error nothing of it is written.
 
-    `kind` is "message", "reminder" (with `metric`, what to measure) or "instruction"; `sender` is
+    `kind` is "message", "reminder" (with `metric`, what to measure; none: today's measurements) or
+    "instruction"; `sender` is
     the user (or the route) sending it and `reason` why, for the audit log; `team_id` the sender's
     team when they are bound to one; `episode_id` the alert it answers, if any. Raises
     KitMessageError (with `status` 404 or 422) when it cannot be sent.
@@ -88,8 +89,6 @@ def queue_message(
         raise KitMessageError(problem, status=422)
     if len(reason) > _MAX_REASON:
         raise KitMessageError(f"the reason is longer than {_MAX_REASON} characters", status=422)
-    if command_kind is CommandKind.REMINDER and not metric:
-        raise KitMessageError("a reminder names what to measure", status=422)
     row = conn.execute(
         "SELECT team_id FROM patient_directory WHERE patient_id = %s", (patient_id,)
     ).fetchone()

@@ -420,6 +420,11 @@ def test_a_standard_reminder_is_in_the_patients_language_not_the_nurses(
         assert "Utstyret viser standardtekstene på English" in page
         command = _reminder_on_the_kit(stack, bridge, kit, console, {"metric": "pulse", "text": ""})
         assert command["text"] == "Reminder: please measure your pulse now and send the measurement."
+        command = _reminder_on_the_kit(stack, bridge, kit, console, {"metric": "", "text": ""})
+        assert (command.get("metric"), command["text"]) == (
+            None,
+            "Reminder: please take today's measurements and send them.",
+        )
         own = "Husk vekta før frokost, er du snill."
         command = _reminder_on_the_kit(stack, bridge, kit, console, {"metric": "body_weight", "text": own})
         assert command["text"] == own
