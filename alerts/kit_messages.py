@@ -23,15 +23,18 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from contracts import MAX_COMMAND_TEXT, CommandKind, command_problem
+from contracts import MAX_COMMAND_TEXT, CommandKind, Metric, command_problem
 from registry import read as registry_read
 from runtime import audit as audit_log
+from runtime.catalogues import reminder_text
 
 __all__ = [
     "DEFAULT_EXPIRY",
     "MAX_COMMAND_TEXT",
+    "NO_PATIENT",
     "KitMessageError",
     "commands_for",
+    "patient_visible",
     "queue_message",
     "state_of",
     "timeline_entries",
@@ -40,6 +43,8 @@ __all__ = [
 
 DEFAULT_EXPIRY = timedelta(hours=24)  # a message not shown within a day is not shown any more
 _MAX_REASON = 500
+_METRICS = frozenset(m.value for m in Metric)
+NO_PATIENT = "no such patient (or not one your team follows)"
 
 
 class KitMessageError(Exception):
@@ -51,6 +56,14 @@ class KitMessageError(Exception):
     def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+def patient_visible(conn: psycopg.Connection[Any], patient_id: str, team_id: str | None) -> bool:
+    """Whether the patient exists and is of `team_id` (None: a centre-wide user, any team)."""
+    row = conn.execute(
+        "SELECT team_id FROM patient_directory WHERE patient_id = %s", (patient_id,)
+    ).fetchone()
+    return row is not None and (team_id is None or row[0] == team_id)
 
 
 def queue_message(
@@ -72,8 +85,8 @@ def queue_message(
     It runs in the caller's transaction (a savepoint when one is open, as the out-of-hours route's
     is), which the caller commits; on an error nothing of it is written.
 
-    `kind` is "message", "reminder" (with `metric`, what to measure; none: today's measurements) or
-    "instruction"; `sender` is
+    `kind` is "message", "reminder" (with `metric`, what to measure; none: today's measurements; an
+    empty text: the standard reminder in the patient's language) or "instruction"; `sender` is
     the user (or the route) sending it and `reason` why, for the audit log; `team_id` the sender's
     team when they are bound to one; `episode_id` the alert it answers, if any. Raises
     KitMessageError (with `status` 404 or 422) when it cannot be sent.
@@ -84,21 +97,27 @@ def queue_message(
         raise KitMessageError(
             f"unknown kind {kind!r}; use message, reminder or instruction", status=422
         ) from None
-    problem = command_problem(text)
+    standard = command_kind is CommandKind.REMINDER and not text.strip()  # filled in below
+    problem = None if standard else command_problem(text)
     if problem is not None:
         raise KitMessageError(problem, status=422)
     if len(reason) > _MAX_REASON:
         raise KitMessageError(f"the reason is longer than {_MAX_REASON} characters", status=422)
-    row = conn.execute(
-        "SELECT team_id FROM patient_directory WHERE patient_id = %s", (patient_id,)
-    ).fetchone()
-    if row is None or (team_id is not None and row[0] != team_id):
-        raise KitMessageError("no such patient (or not one your team follows)", status=404)
+    metric = (metric or None) if command_kind is CommandKind.REMINDER else None
+    if metric is not None and metric not in _METRICS:
+        raise KitMessageError(
+            f"no measurement called {metric[:40]!r}; use one of {', '.join(sorted(_METRICS))}", status=422
+        )
+    if not patient_visible(conn, patient_id, team_id):
+        raise KitMessageError(NO_PATIENT, status=404)
     if registry_read.current_kit(conn, patient_id) is None:
         # the bridge could deliver it to nobody: say so now rather than show "sent", then "expired"
         raise KitMessageError(
             "the patient has no kit now, so nothing can be shown to them; call them", status=422
         )
+    if standard:
+        # the standard text, in the patient's language (their care plan's), whoever sends it
+        text = reminder_text(registry_read.kit_language(conn, patient_id), metric)
     command_id = uuid.uuid4().hex
     now = datetime.now(UTC)
     with conn.transaction():

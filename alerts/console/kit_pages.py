@@ -21,8 +21,6 @@ from fastapi.responses import RedirectResponse, Response
 from alerts import kit_messages
 from alerts.accounts import Principal, Role
 from alerts.console.context import Ctx, client_ip, csrf_checked, role_in, scope
-from registry import read as registry_read
-from runtime.catalogues import reminder_text
 
 __all__ = ["kit_pages"]
 
@@ -42,12 +40,10 @@ def _queue(
     """Queue the message; None when queued, else why not (a 404 is raised)."""
     try:
         with ctx.db() as conn:
-            if kind == "reminder" and not text.strip():
-                text = reminder_text(registry_read.kit_language(conn, patient_id), metric)
             kit_messages.queue_message(
                 conn, patient_id=patient_id, kind=kind, text=text, sender=who.username,
                 reason="sent from the console", team_id=who.team_id, episode_id=episode_id,
-                metric=(metric or None) if kind == "reminder" else None, ip=client_ip(request),
+                metric=metric or None, ip=client_ip(request),
             )  # fmt: skip
     except kit_messages.KitMessageError as exc:
         if exc.status == 404:

@@ -58,6 +58,7 @@ from alerts.console.context import (
     scope,
 )
 from alerts.console.duty_pages import duty_router
+from alerts.console.kit_api import kit_api
 from alerts.console.kit_pages import kit_pages
 from alerts.console.live import Live
 from alerts.console.patient_queue import by_patient
@@ -528,6 +529,7 @@ def create_app(
     app.include_router(registry_pages)
     app.include_router(duty_router)
     app.include_router(kit_pages)
+    app.include_router(kit_api)
 
     app.add_middleware(SecurityHeaders)
     trust_proxies(app, settings.proxies)  # added last: runs first, so all the rest sees the client

@@ -221,6 +221,12 @@ BODIES: dict[tuple[str, str], Body] = {
     ("POST", "/alerts/{episode_id}/reassign"): lambda w, o: {"data": {"to": w.users["nurse"]}},
     ("POST", "/alerts/{episode_id}/kit-message"): lambda w, o: {"data": {"kind": "message", "text": "Hei"}},
     ("POST", "/patients/{patient_id}/kit-message"): lambda w, o: {"data": {"kind": "message", "text": "Hei"}},
+    ("POST", "/api/v1/alerts/{episode_id}/kit-messages"): lambda w, o: {
+        "json": {"kind": "message", "text": "Hei"}
+    },
+    ("POST", "/api/v1/patients/{patient_id}/kit-messages"): lambda w, o: {
+        "json": {"kind": "message", "text": "Hei"}
+    },
     ("POST", "/api/v1/alerts/{episode_id}/acknowledge"): lambda w, o: {"json": {}},
     ("POST", "/api/v1/handover"): lambda w, o: {"json": {"to": None}},
     ("POST", "/api/v1/patients"): lambda w, o: {
