@@ -84,7 +84,7 @@ def test_a_reminder_sent_through_the_api_reaches_the_kit_and_its_state_follows_t
         ({"kind": "message", "text": ""}, "empty"),
         ({"kind": "message", "text": "a" * 501}, "longer than 500"),
         ({"kind": "message", "text": "Hei\x1b[31m"}, "control characters"),
-        ({"kind": "reminder", "metric": "weight'; DROP TABLE kit_commands;--"}, "no measurement called"),
+        ({"kind": "reminder", "metric": "weight'; DROP TABLE x;--"}, "no measurement called"),
         ({"kind": "instruction", "text": "Ring 113"}, ""),  # instructions are the out-of-hours route's
         ({"kind": "message"}, "empty"),
     ],
