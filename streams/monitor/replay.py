@@ -31,7 +31,7 @@ from streams.monitor.answering import COMBINED_METRICS
 from streams.monitor.engine import Engine, MetricRecord, PatientRecord
 from streams.monitor.symptoms import AnswerRecord, Symptoms
 
-__all__ = ["Raised", "Replay", "replay"]
+__all__ = ["Engine", "Raised", "Replay", "replay"]  # Engine: the settings `replay` takes
 
 _SEVERITY_RANK = {"info": 0, "yellow": 1, "red": 2}
 _MAX_DEADLINES_PER_STEP = 10_000  # a wake time that does not move on would loop: a bug, not data
