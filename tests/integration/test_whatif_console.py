@@ -83,14 +83,22 @@ def test_the_whatif_panel_shows_what_each_plan_would_have_raised(
     for day in range(1, 11):
         _glucose(conn, patient, now - timedelta(days=day, hours=2), 3.8 if day == 3 else 6.4)
     _glucose(conn, patient, now - timedelta(days=40), 2.5)  # outside the 30 days: not replayed
+    conn.execute(
+        "INSERT INTO answers (answer_id, patient_id, kit_id, questionnaire, version, authored_at,"
+        " received_at, items, score, worsening)"
+        " VALUES (%s, %s, 'WHATIF-K', 'contact-request', '1', %s, %s, %s, 0, '{}')",
+        (uuid.uuid4().hex, patient, now - timedelta(days=5), now - timedelta(days=5),
+         '[{"link_id": "topic", "code": "symptoms"}]'),
+    )  # fmt: skip
     assert "/whatif" in coordinator.get(f"/patients/{patient}").text  # the change form offers it
 
     off = coordinator.post(
-        f"/patients/{patient}/whatif", data={"csrf": coordinator.csrf, "rules_off": "GL-1"}
+        f"/patients/{patient}/whatif", data={"csrf": coordinator.csrf, "rules_off": "GL-1 CONTACT-1"}
     )
     assert off.status_code == 200, off.text[:500]
-    assert "10 readings and 0 answers" in off.text
+    assert "10 readings and 1 answers" in off.text
     assert _rule_row(off.text, "GL-1") == (1, 0)
+    assert _rule_row(off.text, "CONTACT-1") == (1, 0)  # the stored answer, through the answer rules
     assert "Current plan (version 1)" in off.text
     assert "3.8 mmol/L" in off.text
     lowered = coordinator.post(
