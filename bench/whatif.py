@@ -5,6 +5,7 @@ the patient's last 30 days through the monitor's pure rules, once per plan. The 
 heart-failure patient measuring four times a day (weight, SpO2, pulse, temperature) and answering
 the daily symptom check, with a weight gain in the fourth week; the proposed plan lowers HF-1's
 threshold to 1.5 kg and switches T-1 off. The goal (issue #33): both replays in under a second.
+The heaviest case is timed too: a continuous glucose monitor's 30 days (a reading every 5 minutes).
 
     python bench/whatif.py [--days 30] [--rounds 5]
 
@@ -33,6 +34,7 @@ from contracts import (  # noqa: E402
     AnsweredItem,
     CarePlan,
     Condition,
+    ExpectedMeasurement,
     Measurement,
     Metric,
     QuestionnaireAnswer,
@@ -94,6 +96,26 @@ def proposed(current: CarePlan) -> CarePlan:
     })  # fmt: skip
 
 
+def cgm(days: int, seed: int = 4) -> tuple[list[Measurement], list[CarePlan]]:
+    """The heaviest patient: a continuous glucose monitor, a reading every 5 minutes, and two plans
+    (the diabetes defaults, and GL-1 raised to 4.2 mmol/L)."""
+    rng = np.random.default_rng(seed)
+    readings = [
+        reading(
+            f"{PATIENT}G", Metric.GLUCOSE, 7.0 + float(rng.normal(0.0, 1.8)), T0 + timedelta(minutes=5 * i)
+        )
+        for i in range(days * 288)
+    ]
+    current = CarePlan(
+        patient_id=f"{PATIENT}G", version=1, condition=Condition.DIABETES, team_id="bench", timezone="UTC",
+        expected=[ExpectedMeasurement(metric=Metric.GLUCOSE, every_minutes=5)],
+        changed_at=T0, changed_by="bench",
+    )  # fmt: skip
+    changed = CarePlan(**{**{f: getattr(current, f) for f in current.__struct_fields__}, "version": 2,
+                          "thresholds": {"GL-1": {"mmol": 4.2}}})  # fmt: skip
+    return readings, [current, changed]
+
+
 def _timed(
     readings: list[Measurement], answers: list[QuestionnaireAnswer], plans: list[CarePlan], until: datetime
 ) -> tuple[float, list[Replay]]:
@@ -121,6 +143,8 @@ def main() -> int:
         fresh = [CarePlan(**{f: getattr(p, f) for f in p.__struct_fields__}) for p in plans]
         elapsed, results = _timed(readings, answers, fresh, until)
         times.append(elapsed)
+    cgm_readings, cgm_plans = cgm(args.days)
+    cgm_times = [_timed(cgm_readings, [], cgm_plans, until)[0] for _ in range(max(1, args.rounds // 2))]
     per_plan = {
         name: {"episodes": len(r.raised), "nurse_facing": r.nurse_facing, "by_rule": r.by_rule}
         for name, r in zip(("current", "proposed"), results, strict=True)
@@ -135,6 +159,9 @@ def main() -> int:
         "seconds_both_plans_median": round(statistics.median(times), 4),
         "seconds_both_plans_max": round(max(times), 4),
         "goal_seconds": 1.0,
+        "cgm_readings": len(cgm_readings),
+        "cgm_seconds_both_plans_min": round(min(cgm_times), 4),
+        "cgm_seconds_both_plans_max": round(max(cgm_times), 4),
         "replays": per_plan,
     }
     print(f"what-if replay: {args.days} days, {len(readings)} readings and {len(answers)} answers, 2 plans")
@@ -142,6 +169,8 @@ def main() -> int:
     for i, t in enumerate(times, 1):
         print(f"{i:>5} {t:>9.4f}")
     print(f"min {min(times):.4f} s, median {statistics.median(times):.4f} s (goal < 1 s)")
+    low, high = min(cgm_times), max(cgm_times)
+    print(f"CGM patient, {len(cgm_readings)} readings, 2 plans: min {low:.4f} s, max {high:.4f} s")
     for name, r in per_plan.items():
         print(f"{name:>9}: {r['episodes']} episodes, {r['nurse_facing']} nurse-facing, {r['by_rule']}")
     write_results("whatif.json", out)
