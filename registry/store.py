@@ -301,6 +301,26 @@ class Registry(KitOperations):
             self._audit(cur, actor, "registry.careplan.propose", target=patient_id, patient_id=patient_id)
         return propose(series, counted=counted)
 
+    def careplan_preview(
+        self, conn: psycopg.Connection[Any], actor: Actor, patient_id: str, change: PlanChange
+    ) -> tuple[CarePlan, CarePlan]:
+        """The current plan and the next version `change` would make of it, validated as
+        `careplan_set` validates it; nothing is stored or published (the what-if replay's pair)."""
+        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            self._patient(cur, patient_id, actor)
+            plans = self._plans(cur, patient_id)
+            self._audit(cur, actor, "registry.careplan.preview", target=patient_id, patient_id=patient_id)
+        if not plans:
+            raise RegistryError("the patient has no care plan yet: save one first", 409)
+        current = plans[0][0]
+        try:
+            proposed = apply_change(
+                current, change, by=actor.username, at=datetime.now(UTC), known_rules=RULE_IDS
+            )
+        except ValueError as exc:
+            raise RegistryError(str(exc)) from None
+        return current, proposed
+
     def _publish(self, conn: psycopg.Connection[Any], plans: Sequence[CarePlan]) -> None:
         if self.publisher is None or not plans:
             return

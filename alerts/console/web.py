@@ -66,6 +66,7 @@ from alerts.console.registry_api import registry_api
 from alerts.console.registry_pages import registry_pages
 from alerts.console.security import SecurityHeaders, trust_proxies
 from alerts.console.trend import cuff_reading
+from alerts.console.whatif_pages import whatif_pages
 from alerts.i18n import LANGUAGES, language_of
 from alerts.settings import AlertsSettings
 from alerts.store import Resolution
@@ -527,6 +528,7 @@ def create_app(
     app.include_router(accounts_api)
     app.include_router(registry_api)
     app.include_router(registry_pages)
+    app.include_router(whatif_pages)
     app.include_router(duty_router)
     app.include_router(kit_pages)
     app.include_router(kit_api)

@@ -32,7 +32,8 @@ STAGES = {
 }
 PIPELINE = {*STAGES, "contracts"}
 # A stage's published read interface, which other stages may import (nothing else of it).
-PUBLIC = {"streams.archive.read", "streams.archive.fhir", "registry.read"}
+# `streams.monitor.replay` is the monitor's pure what-if replay, which the console runs on a change.
+PUBLIC = {"streams.archive.read", "streams.archive.fhir", "registry.read", "streams.monitor.replay"}
 # The response-centre service runs the registry's operations in its console and API: it may import
 # the registry library's front (`registry/__init__.py`: Registry, Actor, errors, settings), not its
 # modules.
