@@ -46,6 +46,7 @@ from streams.archive import read as archive_read
 
 __all__ = [
     "CSV_COLUMNS",
+    "RATE_WINDOW",
     "RESOLUTIONS",
     "TeamData",
     "load",
@@ -74,19 +75,26 @@ CSV_COLUMNS = (
 )  # fmt: skip
 MEASURE = "https://vaktrom.org/fhir/Measure/home-follow-up-activity"
 COUNT_SYSTEM = "urn:vaktrom:activity"
-PATIENT_SYSTEM = "urn:vaktrom:patient"
+PATIENT_SYSTEM = "urn:vaktrom:patient"  # as streams/archive/fhir.py names patients
+INITIAL_POPULATION = {
+    "coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/measure-population", "code": "initial-population"}
+    ]
+}
+RATE_WINDOW = timedelta(days=30)  # alerts per patient: counted over the 30 days up to each week's end
 _ID_SPACE = uuid.UUID("5f0e1a52-7c1e-4a55-9d0e-33a5e1c0a733")
 
 Period = tuple[datetime, datetime]
 
 _ALERTS = """
-SELECT a.episode_id, a.patient_id, a.severity, a.received_at,
+SELECT a.episode_id, a.patient_id, a.severity, a.opened_at, a.received_at,
        (SELECT min(t.at) FROM alert_timeline t WHERE t.episode_id = a.episode_id AND t.actor IS NOT NULL
           AND t.kind IN ('claimed', 'started', 'acknowledged', 'completed')) AS responded_at,
        a.after_hours, a.state, a.resolution, a.closed_at
 FROM alerts a JOIN patient_directory d USING (patient_id)
 WHERE d.team_id = %(team)s
   AND ((a.received_at >= %(start)s AND a.received_at < %(end)s)
+       OR (a.opened_at >= %(start)s AND a.opened_at < %(end)s)
        OR (a.closed_at >= %(start)s AND a.closed_at < %(end)s))
 """
 
@@ -202,20 +210,23 @@ def _inside(moment: datetime | None, period: Period) -> bool:
 def weekly(
     data: TeamData, periods: Sequence[Period], targets: Targets, now: datetime
 ) -> list[dict[str, Any]]:
-    """The five indicators for each week, with their numerators and denominators."""
+    """The five indicators for each week, with their numerators and denominators. `data` must reach
+    RATE_WINDOW before the first week (the alert rate looks back that far)."""
     out = []
     for period in periods:
+        upto = min(period[1], now)
         received = [a for a in data.alerts if _inside(a.received_at, period)]
+        # the 30 days up to the week's end (or now): a week, or the start of one, is too few
+        # patient-days for a rate per 30 days
+        recent = (upto - RATE_WINDOW, upto)
+        opened = sum(1 for a in data.alerts if _inside(a.opened_at, recent))
         expected: dict[tuple[str, date, str], int] = {}
         for patient in data.patients:
             expected |= _expected(data, patient, period, now)
-        upto = min(period[1], now)
         ratios = {
             "compliance_red": compliance(received, severity="red", target=targets.red, now=now),
             "compliance_yellow": compliance(received, severity="yellow", target=targets.yellow, now=now),
-            "alerts_per_30_days": rate_per_30_days(
-                len(received), followed_days(data.patients, period[0], upto)
-            ),
+            "alerts_per_30_days": rate_per_30_days(opened, followed_days(data.patients, *recent)),
             "adherence": adherence(expected, data.counts),
             "patients_per_nurse": patients_per_nurse(data.patients, data.nurse_shifts, period[0], upto),
         }
@@ -257,7 +268,7 @@ def monthly(data: TeamData, periods: Sequence[Period], now: datetime) -> list[di
                 row[f"contacts_{code}"] = sum(
                     1 for a in mine if a.resolution == code and _inside(a.closed_at, period)
                 )
-            opened = [a for a in mine if _inside(a.received_at, period)]
+            opened = [a for a in mine if _inside(a.opened_at, period)]
             for severity in SEVERITIES:
                 row[f"alerts_{severity}"] = sum(1 for a in opened if a.severity == severity)
             for outcome in OUTCOMES:
@@ -305,5 +316,7 @@ def to_fhir(rows: Sequence[Mapping[str, Any]], team_id: str, *, now: datetime) -
 
 
 def _group(column: str, count: int) -> dict[str, Any]:
+    # the group says what is counted; its one population is the base specification's
+    # initial-population (the required-strength codes of MeasureReport.group.population.code)
     code = {"coding": [{"system": COUNT_SYSTEM, "code": column}]}
-    return {"code": code, "population": [{"code": code, "count": count}]}
+    return {"code": code, "population": [{"code": INITIAL_POPULATION, "count": count}]}

@@ -53,6 +53,7 @@ class AlertRow:
     episode_id: str
     patient_id: str
     severity: str  # red, yellow, info
+    opened_at: datetime  # when the monitor saw the condition start (the episode's own time)
     received_at: datetime  # when it reached the centre: the response-time clock starts here
     responded_at: datetime | None  # the first claim, start, acknowledgement or resolution by a person
     after_hours: str | None  # handled out of hours (routed or waiting for opening): no target applies

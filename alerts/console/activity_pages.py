@@ -52,7 +52,8 @@ def _indicators(ctx: Console, team_id: str, count: int) -> list[dict[str, Any]]:
     now = datetime.now(UTC)
     periods = activity.weeks(now, count, ctx.tz)
     with ctx.db() as conn:
-        data = activity.load(conn, team_id, periods[0][0], periods[-1][1], time_zone=ctx.settings.time_zone)
+        start = periods[0][0] - activity.RATE_WINDOW
+        data = activity.load(conn, team_id, start, periods[-1][1], time_zone=ctx.settings.time_zone)
     return activity.weekly(data, periods, ctx.settings.targets, now)
 
 

@@ -101,7 +101,14 @@ def test_the_teams_coordinator_sees_its_activity_and_indicators(
     publish(
         stack,
         alerts.prefix,
-        event(episode, 1, EpisodeChange.OPENED, Severity.RED, patient_id=setup.patient_a),
+        event(
+            episode,
+            1,
+            EpisodeChange.OPENED,
+            Severity.RED,
+            patient_id=setup.patient_a,
+            opened_at=datetime.now(UTC),
+        ),
     )
     wait_for(
         lambda: conn.execute("SELECT 1 FROM alerts WHERE episode_id = %s", (episode,)).fetchone(), "the alert"

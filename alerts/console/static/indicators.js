@@ -16,8 +16,8 @@
   const pct = (v) => (v == null ? null : Math.round(v * 1000) / 10);
   const charts = [
     {title: _("Response-time compliance (%)"), lines: [
-      {key: "compliance_red", label: _("red"), stroke: "#c62828", scale: pct},
-      {key: "compliance_yellow", label: _("yellow"), stroke: "#f9a825", scale: pct}]},
+      {key: "compliance_red", label: _("red"), stroke: "#c62828", scale: pct, size: 10},
+      {key: "compliance_yellow", label: _("yellow"), stroke: "#f9a825", scale: pct, size: 6}]},
     {title: _("Alerts per patient per 30 days"), lines: [{key: "alerts_per_30_days", label: _("alerts"), stroke: "#1f5fa8"}]},
     {title: _("Measurement adherence (%)"), lines: [{key: "adherence", label: _("adherence"), stroke: "#2e7d32", scale: pct}]},
     {title: _("Patients per nurse on duty"), lines: [{key: "patients_per_nurse", label: _("patients per nurse"), stroke: "#6a1b9a"}]},
@@ -35,7 +35,7 @@
     const xs = weeks.map((w) => w.t);
     const data = [xs].concat(spec.lines.map((l) => weeks.map((w) => (l.scale ? l.scale(w[l.key]) : w[l.key]))));
     const series = [{value: (u, t) => (t == null ? "" : fmt.format(new Date(t * 1000)))}].concat(
-      spec.lines.map((l) => ({label: l.label, stroke: l.stroke, width: 2, spanGaps: false, points: {show: true, size: 6, fill: l.stroke}})));
+      spec.lines.map((l) => ({label: l.label, stroke: l.stroke, width: 2, spanGaps: false, points: {show: true, size: l.size || 6, fill: l.stroke}})));
     // eslint-disable-next-line no-undef
     new uPlot({
       width: Math.max(320, Math.min(560, box.clientWidth - 10)), height: 200, series,

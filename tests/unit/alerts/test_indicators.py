@@ -28,7 +28,7 @@ def _alert(
     waited: timedelta | None, *, severity: str = "red", after_hours: str | None = None, pid: str = "p1"
 ) -> AlertRow:
     return AlertRow(
-        episode_id="e" * 32, patient_id=pid, severity=severity, received_at=T0,
+        episode_id="e" * 32, patient_id=pid, severity=severity, opened_at=T0, received_at=T0,
         responded_at=None if waited is None else T0 + waited, after_hours=after_hours,
         state="resolved" if waited else "new", resolution="contacted_no_action" if waited else None,
         closed_at=T0 + waited if waited else None,
@@ -184,3 +184,23 @@ def test_weeks_and_months_are_local_calendar_periods() -> None:
     assert week[0] == datetime(2026, 11, 2, tzinfo=OSLO)
     months = activity.months(datetime(2026, 1, 15, tzinfo=UTC), 2, OSLO)
     assert [m[0].date() for m in months] == [date(2025, 12, 1), date(2026, 1, 1)]
+
+
+def test_the_alert_rate_looks_back_30_days_from_the_weeks_end() -> None:
+    """One patient followed throughout, one alert opened 29 days before the week's end: 1.0 per 30
+    days; opened 30 days before it (exactly the window's start) it still counts, a second earlier not."""
+    now = datetime(2026, 12, 7, 12, tzinfo=UTC)
+    (week,) = activity.weeks(now, 1, OSLO)
+    upto = now  # the current week ends now
+    for before, expected in (
+        (timedelta(days=29), 1),
+        (timedelta(days=30), 1),
+        (timedelta(days=30, seconds=1), 0),
+    ):
+        alert = AlertRow(
+            "e" * 32, "p1", "yellow", upto - before, upto - before, None, None, "new", None, None
+        )
+        data = activity.TeamData("t", OSLO, [("p1", now - timedelta(days=90), None)], {}, [alert], [], [])
+        (row,) = activity.weekly(data, [week], Targets(), now)
+        assert row["alerts_per_30_days"] == expected, before
+        assert row["alerts_per_30_days_of"] == [expected * 30, 30.0]
