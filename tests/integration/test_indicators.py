@@ -158,6 +158,8 @@ def test_another_teams_coordinator_and_a_nurse_see_nothing_of_the_team(
             assert api.get(f"/teams/{setup.a}/{path}", headers=theirs).status_code == 404, path
             assert api.get(f"/teams/{setup.a}/{path}", headers=nurse).status_code == 403, path
             assert api.get(f"/teams/no-such-team/{path}", headers=centre).status_code == 404, path
+            for hostile in ("%00x", "a" * 600, "%E2%80%AE", "..%2F..%2Fetc"):
+                assert api.get(f"/teams/{hostile}/{path}", headers=centre).status_code == 404, (hostile, path)
         own = _rows(api.get(f"/teams/{setup.b}/activity.csv", headers=theirs).text)
         assert [r["patient"] for r in own] == [setup.patient_b]
         assert setup.patient_a not in api.get(f"/teams/{setup.b}/activity.fhir", headers=theirs).text
