@@ -10,6 +10,8 @@ through these functions, so a change of those tables is a change of this module 
     teams(conn)                   (team_id, name) of every team, by name
     kit_history(conn, patient)    (kit_id, assigned_from, assigned_until) of a patient, newest first
     kit_language(conn, patient)   the language the patient's kit shows (their care plan's), "nb" or "en"
+    team_patients(conn, team)     (patient_id, created_at, discharged_at) of a team's patients
+    care_plan_versions(conn, ids) (patient_id, version, changed_at, document) of their plans, oldest first
     CHANGED                       the NOTIFY channel a trigger on every kit table signals
 
 In SQL, other packages may join on one relation of the registry, the view `patient_directory`
@@ -30,7 +32,17 @@ from psycopg.rows import tuple_row
 
 from contracts import DEFAULT_KIT_LANGUAGE, KIT_LANGUAGES
 
-__all__ = ["CHANGED", "KitSnapshot", "current_kit", "kit_history", "kit_language", "kit_snapshot", "teams"]
+__all__ = [
+    "CHANGED",
+    "KitSnapshot",
+    "care_plan_versions",
+    "current_kit",
+    "kit_history",
+    "kit_language",
+    "kit_snapshot",
+    "team_patients",
+    "teams",
+]
 
 CHANGED = "vaktrom_registry"  # 0002_kit_registry.sql: vaktrom_registry_changed()
 
@@ -101,3 +113,27 @@ def kit_language(conn: Connection, patient_id: str) -> str:
         ).fetchone()
     language = None if row is None else row[0]
     return language if language in KIT_LANGUAGES else DEFAULT_KIT_LANGUAGE
+
+
+def team_patients(conn: Connection, team_id: str) -> list[tuple[str, datetime, datetime | None]]:
+    """(patient_id, created_at, discharged_at) of every patient the team follows now, by id (a patient
+    moved to another team is that team's, with the history it had)."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(
+            "SELECT patient_id, created_at, discharged_at FROM patients WHERE team_id = %s "
+            "ORDER BY patient_id",
+            (team_id,),
+        ).fetchall()
+
+
+def care_plan_versions(
+    conn: Connection, patient_ids: list[str]
+) -> list[tuple[str, int, datetime, dict[str, Any]]]:
+    """(patient_id, version, changed_at, document) of every accepted plan version of these patients,
+    by patient and version; `document` is the CarePlan contract as JSON."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(
+            "SELECT patient_id, version, changed_at, document FROM care_plans WHERE patient_id = ANY(%s) "
+            "ORDER BY patient_id, version",
+            (patient_ids,),
+        ).fetchall()

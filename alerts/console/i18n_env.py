@@ -68,7 +68,9 @@ LABELS: dict[str, str] = {
     "out-of-hours route": i18n.N_("out-of-hours route"),
 }
 
-JS_SOURCES = tuple(Path(__file__).resolve().parent / "static" / name for name in ("console.js", "trend.js"))
+JS_SOURCES = tuple(
+    Path(__file__).resolve().parent / "static" / name for name in ("console.js", "trend.js", "indicators.js")
+)
 
 
 def _lang(context: Context) -> str:

@@ -7,6 +7,7 @@
     /admin/users, /admin/audit          accounts and the audit log (admin only)
     /admin/quarantine                   records the stages set aside (admin only; issue #27)
     /duty                               a team's service hours and duty roster (alerts.console.duty_pages)
+    /indicators                         indicators and activity export (alerts.console.activity_pages)
     /api/v1/...                         JSON for other systems; OpenAPI at /api/openapi.json
 
 Every state-changing request from a browser session carries the session's CSRF token (form field
@@ -37,6 +38,7 @@ from sse_starlette import EventSourceResponse
 from alerts import accounts, directory, handoff, quarantine, store
 from alerts.accounts import LoginError, Principal, Role
 from alerts.console.accounts_api import accounts_api
+from alerts.console.activity_pages import activity_router
 from alerts.console.answers import recent_answers
 from alerts.console.api import api, handover
 from alerts.console.context import (
@@ -530,6 +532,7 @@ def create_app(
     app.include_router(registry_pages)
     app.include_router(whatif_pages)
     app.include_router(duty_router)
+    app.include_router(activity_router)
     app.include_router(kit_pages)
     app.include_router(kit_api)
 

@@ -14,6 +14,11 @@ so its cost depends on that patient's rows in the window, not on the size of the
                                                    PostgreSQL: date_bin on the raw rows)
     rejections(conn, patient, start, end)          what the bridge refused for this patient
     answers(conn, patient, start, end)             questionnaire answers, newest first
+    daily_counts(conn, patients, start, end, time_zone=...)
+                                                   readings per patient, local day and metric
+                                                   (the response centre's activity report)
+    daily_answers(conn, patients, start, end, time_zone=...)
+                                                   answers per patient and local day
     quarantined(conn, limit=..., head=...)         what the stages set aside, newest first (not
                                                    per patient: the administrators' console)
 
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 import psycopg
@@ -41,6 +46,8 @@ __all__ = [
     "StoredRejection",
     "answers",
     "buckets",
+    "daily_answers",
+    "daily_counts",
     "latest",
     "quarantined",
     "rejections",
@@ -304,3 +311,39 @@ def quarantined(conn: Connection, *, limit: int = 200, head: int = 200) -> list[
         )
         for row in rows
     ]
+
+
+_DAILY_COUNTS = """
+SELECT patient_id, (measured_at AT TIME ZONE %(tz)s)::date AS day, metric, count(*)::int
+FROM measurements
+WHERE patient_id = ANY(%(patients)s::text[]) AND measured_at >= %(start)s AND measured_at < %(end)s
+GROUP BY 1, 2, 3
+"""
+
+_DAILY_ANSWERS = """
+SELECT patient_id, (authored_at AT TIME ZONE %(tz)s)::date AS day, count(*)::int
+FROM answers
+WHERE patient_id = ANY(%(patients)s::text[]) AND authored_at >= %(start)s AND authored_at < %(end)s
+GROUP BY 1, 2
+"""
+
+
+def daily_counts(
+    conn: Connection, patient_ids: list[str], start: datetime, end: datetime, *, time_zone: str
+) -> list[tuple[str, date, str, int]]:
+    """(patient_id, local day, metric, readings) in [start, end): counts per day in `time_zone`
+    (a meter flag counts: the patient measured). One index range per patient and metric."""
+    _check_window(start, end)
+    params = {"patients": patient_ids, "start": start, "end": end, "tz": time_zone}
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(_DAILY_COUNTS, params).fetchall()
+
+
+def daily_answers(
+    conn: Connection, patient_ids: list[str], start: datetime, end: datetime, *, time_zone: str
+) -> list[tuple[str, date, int]]:
+    """(patient_id, local day, questionnaire answers) authored in [start, end)."""
+    _check_window(start, end)
+    params = {"patients": patient_ids, "start": start, "end": end, "tz": time_zone}
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(_DAILY_ANSWERS, params).fetchall()
