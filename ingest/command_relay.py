@@ -213,6 +213,15 @@ class CommandMemory(_Thread):
         self._topic = topics.kit_command_topic(kafka.topic_prefix)
         self.ready = threading.Event()  # read up to the end the topic had at start
         self.remembered = 0
+        self._wait_until: float | None = None  # the acks' one budget of waiting for `ready`
+
+    def wait_ready(self, budget_s: float) -> bool:
+        """Wait for `ready`, `budget_s` in all: the first caller waits up to it, later ones only for
+        what is left. Acks wait in the worker thread, which carries every kit's readings too, so a
+        flood of acks (a buggy or hostile kit) before `ready` must not hold it `budget_s` apiece."""
+        if self._wait_until is None:  # the worker thread alone calls this
+            self._wait_until = time.monotonic() + budget_s
+        return self.ready.wait(max(0.0, self._wait_until - time.monotonic()))
 
     def _run(self) -> None:
         # assigned, not subscribed: the group is named (a consumer must) but never joined or committed;
