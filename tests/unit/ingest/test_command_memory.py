@@ -13,12 +13,15 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
+import pytest
+
 from contracts import RejectReason
 from ingest.bridge import Bridge
 from ingest.command_relay import CommandMemory
 from ingest.kit_commands import KnownCommands
+from ingest.settings import BridgeSettings
 from ingest.subscriber import Inbound
-from runtime.settings import KafkaSettings
+from runtime.settings import ConfigError, KafkaSettings
 
 KIT = "KIT-1"
 BUDGET_S = 0.3
@@ -69,3 +72,20 @@ def test_once_ready_an_ack_does_not_wait() -> None:
     started = time.monotonic()
     Bridge._normalise(bridge, _ack())  # type: ignore[arg-type]
     assert time.monotonic() - started < BUDGET_S / 2
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "1e9"])
+def test_a_lookback_that_is_no_span_of_time_fails_at_start_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """NaN or infinity crashed the bridge's start with a bare ValueError/OverflowError, a billion
+    hours the memory thread later ("date value out of range"); a negative one read nothing."""
+    monkeypatch.setenv("VAKTROM_BRIDGE_COMMAND_LOOKBACK_H", value)
+    with pytest.raises(ConfigError, match="VAKTROM_BRIDGE_COMMAND_LOOKBACK_H"):
+        BridgeSettings.from_env()
+
+
+@pytest.mark.parametrize("value", ["0", "48", "8760"])
+def test_a_lookback_of_zero_to_a_year_is_accepted(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("VAKTROM_BRIDGE_COMMAND_LOOKBACK_H", value)
+    assert BridgeSettings.from_env().command_lookback_h == float(value)
