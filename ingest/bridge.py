@@ -216,9 +216,9 @@ class Bridge:
                 raise self.subscriber.fatal
             if self._worker_error is not None:
                 raise BridgeError(f"the worker failed: {self._worker_error!r}", retriable=True)
-            for part in (self.commands, self.command_memory):
+            for name, part in (("relay", self.commands), ("memory", self.command_memory)):
                 if part.error is not None:
-                    raise BridgeError(f"the command relay failed: {part.error!r}", retriable=True)
+                    raise BridgeError(f"the command {name} failed: {part.error!r}", retriable=True)
             if self.sink is not None and not self.sink.alive:
                 raise BridgeError("the Kafka delivery-report thread stopped (a bug)", retriable=True)
             self.subscriber.poll(0.05)
@@ -403,8 +403,9 @@ class Bridge:
         if inbound.channel == "answers":
             return self.answer_reader.answers(*args)
         if inbound.channel == "acks":
-            # at start, until the bridges' earlier commands are remembered (at most the start-up timeout)
-            self.command_memory.ready.wait(self.settings.startup_timeout_s)
+            # at start, until the bridges' earlier commands are remembered (the start-up timeout in
+            # all, not per ack: a flood of acks would otherwise hold every kit's readings)
+            self.command_memory.wait_ready(self.settings.startup_timeout_s)
             return check_ack(
                 topic=inbound.topic, kit_id=inbound.kit_id, payload=inbound.payload,
                 received_at=inbound.received_at, known=self.known_commands,

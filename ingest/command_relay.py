@@ -19,7 +19,8 @@ Two threads, each with its own consumer:
   ago and then follows it, remembering each command. A kit's acknowledgement reaches whichever bridge
   the broker's share group hands it to, and that bridge may not be the one that relayed the command,
   nor the same process (a restart): the memory lets every bridge check every ack. `ready` is set once
-  it has read up to the end the topic had at start; the kits' acks wait for it.
+  it has read up to the end the topic had at start; the kits' acks wait for it (the start-up timeout
+  in all). Partitions added to the topic later are read from their start within 30 s.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _BATCH = 200
 _SESSION_MS = 10_000  # the broker's group.min.session.timeout.ms is 6 s
+_RECHECK_S = 30.0  # how often the memory looks for partitions added to the topic
 DRAIN_S = 3.0  # on stop, how long the relay waits for the broker's acknowledgements in flight
 _request_decoder = msgspec.json.Decoder(KitCommandRequest)
 
@@ -206,13 +208,25 @@ class CommandMemory(_Thread):
         lookback: timedelta,
         registry: Callable[[], Registry | None],
         known: KnownCommands,
+        recheck_s: float = _RECHECK_S,
     ) -> None:
         super().__init__("bridge-command-memory")
         self._kafka, self._group, self._client_id, self._lookback = kafka, group, client_id, lookback
+        self._recheck_s = recheck_s
+        self._partitions = 0  # of the topic, as last seen
         self._registry, self.known = registry, known
         self._topic = topics.kit_command_topic(kafka.topic_prefix)
         self.ready = threading.Event()  # read up to the end the topic had at start
         self.remembered = 0
+        self._wait_until: float | None = None  # the acks' one budget of waiting for `ready`
+
+    def wait_ready(self, budget_s: float) -> bool:
+        """Wait for `ready`, `budget_s` in all: the first caller waits up to it, later ones only for
+        what is left. Acks wait in the worker thread, which carries every kit's readings too, so a
+        flood of acks (a buggy or hostile kit) before `ready` must not hold it `budget_s` apiece."""
+        if self._wait_until is None:  # the worker thread alone calls this
+            self._wait_until = time.monotonic() + budget_s
+        return self.ready.wait(max(0.0, self._wait_until - time.monotonic()))
 
     def _run(self) -> None:
         # assigned, not subscribed: the group is named (a consumer must) but never joined or committed;
@@ -222,9 +236,13 @@ class CommandMemory(_Thread):
         )
         try:
             behind = self._assign(consumer)
+            recheck = time.monotonic() + self._recheck_s
             while not self._stop.is_set():
                 if not behind:
                     self.ready.set()
+                if time.monotonic() >= recheck:  # partitions added to the topic: read them from their start
+                    recheck = time.monotonic() + self._recheck_s
+                    self._partitions = self._follow_new(consumer, self._partitions)
                 for message in consumer.consume(_BATCH, 0.2):
                     if rk.raise_for(message) is None:
                         continue
@@ -250,7 +268,24 @@ class CommandMemory(_Thread):
                 behind[found.partition] = end
             assigned.append(rk.TopicPartition(self._topic, found.partition, start))
         consumer.assign(assigned)
+        self._partitions = count
         return behind
+
+    def _follow_new(self, consumer: Any, known: int) -> int:
+        """Assign the partitions added since the topic had `known`, from their start (they began
+        empty when added); how many it has now."""
+        try:
+            count = rk.topic_partitions(consumer, [self._topic], timeout=10).get(self._topic) or known
+        except rk.KafkaException as exc:  # Kafka busy or away a moment: look again next time
+            log.warning("commands: could not look for new partitions of %s: %s", self._topic, exc)
+            return known
+        if count > known:
+            log.info("commands: the topic %s has %d partitions now (was %d): reading the new ones",
+                     self._topic, count, known)  # fmt: skip
+            consumer.incremental_assign(
+                [rk.TopicPartition(self._topic, p, rk.OFFSET_BEGINNING) for p in range(known, count)]
+            )
+        return count
 
     def _remember(self, message: Any) -> None:
         request = _request(message)

@@ -262,12 +262,32 @@ class BrokerAdmin:
         adds a channel, like `answers` and `acks`, needs it for kits made before); passwords and
         sessions are kept. Returns how many kits the broker had."""
         existed = self._existing(kit_ids)
-        commands = [
-            {"command": "modifyRole", "rolename": role["rolename"], "acls": role["acls"]}
-            for role in (kit_role(k, self.root) for k in kit_ids if k in existed)
-        ]
-        self.run(commands)
+        roles = [kit_role(k, self.root) for k in kit_ids if k in existed]
+        self._same_root(roles)
+        self.run([{"command": "modifyRole", "rolename": r["rolename"], "acls": r["acls"]} for r in roles])
         return len(existed)
+
+    def _same_root(self, roles: Sequence[dict[str, Any]]) -> None:
+        """Refuses (changing nothing) when a kit's role has rules, none of them under this topic
+        root: the operator's shell has another VAKTROM_MQTT_TOPIC_ROOT than the deployment, and
+        the kits would lose every right they use."""
+        answers = self.run(
+            [{"command": "getRole", "rolename": r["rolename"]} for r in roles], tolerate=("not found",)
+        )
+        elsewhere: dict[str, str] = {}
+        for role, answer in zip(roles, answers, strict=True):
+            topics = [
+                a.get("topic", "") for a in ((answer.get("data") or {}).get("role") or {}).get("acls", [])
+            ]
+            kit_part = "/kits/" + role["rolename"].removeprefix("kit:") + "/"
+            if topics and not any(t.startswith(self.root + kit_part) for t in topics):
+                elsewhere[role["rolename"]] = topics[0].split(kit_part)[0]
+        if elsewhere:
+            names = ", ".join(f"{name} (under {root!r})" for name, root in list(elsewhere.items())[:5])
+            raise BrokerAdminError(
+                f"{len(elsewhere)} kits have their rights under another topic root than {self.root!r}: "
+                f"{names}; set VAKTROM_MQTT_TOPIC_ROOT to the deployment's root"
+            )
 
     def set_password(self, kit_id: str, password: str) -> None:
         if kit_id not in self._existing([kit_id]):

@@ -28,7 +28,7 @@ from registry.base import (
     _check_kit_id,
     _code_hash,
 )
-from registry.broker import new_password
+from registry.broker import BrokerAdminError, new_password
 
 __all__ = ["KitOperations", "expire_codes_made_by"]
 
@@ -384,12 +384,26 @@ class KitOperations(RegistryCore):
         if len(kit_ids) < len(set(only)):
             unknown = sorted(set(only) - set(kit_ids))
             raise RegistryError(f"no kit (or a retired one) {', '.join(unknown[:5])}", 404)
-        refreshed = 0
-        with broker() as admin:
-            for start in range(0, len(kit_ids), batch):
-                refreshed += admin.refresh_rights(kit_ids[start : start + batch])
-                if progress is not None:
-                    progress(min(start + batch, len(kit_ids)), len(kit_ids))
+        refreshed = done = 0
+        try:
+            with broker() as admin:
+                for start in range(0, len(kit_ids), batch):
+                    refreshed += admin.refresh_rights(kit_ids[start : start + batch])
+                    done = min(start + batch, len(kit_ids))
+                    if progress is not None:
+                        progress(done, len(kit_ids))
+        except BrokerAdminError as exc:
+            if done == 0:
+                raise  # nothing was changed
+            # the earlier batches are changed: say so (and audit it) rather than "nothing was changed"
+            detail = {"kits": refreshed, "missing": done - refreshed, "stopped": str(exc)}
+            with conn.transaction(), conn.cursor() as cur:
+                self._audit(cur, actor, "registry.kit.refresh_rights", detail=detail)
+            raise RegistryError(
+                f"{exc}; {done} of {len(kit_ids)} kits were refreshed before this (running the command "
+                "again is safe: it sets the same rights)",
+                502,
+            ) from exc
         with conn.transaction(), conn.cursor() as cur:
             self._audit(cur, actor, "registry.kit.refresh_rights",
                         detail={"kits": refreshed, "missing": len(kit_ids) - refreshed})  # fmt: skip

@@ -13,10 +13,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import pytest
+
 from contracts import topics
+from registry import KitDevice, RegistryError
 from registry.broker import BrokerAdmin, kit_role
 from tests.conftest import Stack
 from tests.integration.bridge_support import BridgeProcess
+from tests.integration.registry_support import OPERATOR, make_registry
 from tests.integration.stage_support import consume
 from tests.integration.test_kit_messages import _kit, _publish_as_kit
 
@@ -71,3 +76,55 @@ def test_a_kit_made_before_the_acks_channel_gets_it_from_refresh_rights(
     _publish_as_kit(stack, kit, acks, _ack(kit))  # the same password still logs in
     got = consume(stack, rejections, until=1, timeout=30)
     assert [v["reason"] for _k, v, _h in got] == ["unknown_command"]
+
+
+def _role_acls(stack: Stack, root: str, kit_id: str) -> list[dict[str, Any]] | None:
+    with _admin(stack, root) as admin:
+        [answer] = admin.run([{"command": "getRole", "rolename": kit_role(kit_id, root)["rolename"]}],
+                             tolerate=("not found",))  # fmt: skip
+    role = (answer.get("data") or {}).get("role")
+    return None if role is None else list(role.get("acls", []))
+
+
+def test_refresh_rights_under_another_topic_root_changes_nothing_and_says_why(
+    stack: Stack, bridge: BridgeProcess, unique: str
+) -> None:
+    """An operator's shell without the deployment's VAKTROM_MQTT_TOPIC_ROOT (the default root, or a
+    staging one) must not move every kit's rights to topics its kit never uses: the kits would stop
+    delivering at once, after a command that said it had refreshed them."""
+    kit = _kit(stack, bridge, unique)
+    before = _role_acls(stack, bridge.root, kit["kit"])
+    assert before, "the kit has no role to keep"
+    wrong = _refresh(stack, f"{bridge.root}-other", kit["kit"])
+    assert wrong.returncode != 0, wrong.stdout
+    assert bridge.root in wrong.stderr, wrong.stderr
+    assert "VAKTROM_MQTT_TOPIC_ROOT" in wrong.stderr, wrong.stderr
+    assert "Traceback" not in wrong.stderr, wrong.stderr
+    assert _role_acls(stack, bridge.root, kit["kit"]) == before
+
+
+def test_refresh_rights_stopped_part_way_says_how_far_it_got_and_audits_it(
+    stack: Stack, bridge: BridgeProcess, unique: str
+) -> None:
+    """The kits go to the broker in batches; when a later batch is refused, the earlier ones are
+    changed already: the operator must not read "nothing was changed", and the audit log keeps it."""
+    registry = make_registry(stack, root=bridge.root, prefix=bridge.prefix)
+    elsewhere = make_registry(stack, root=f"{bridge.root}-other", prefix=bridge.prefix)
+    first, second = f"{unique[:60]}-A", f"{unique[:60]}-B"
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        for made_by, kit_id in ((registry, first), (elsewhere, second)):
+            # the broker identity, made under its registry's topic root
+            made_by.kit_add(conn, OPERATOR, kit_id, devices=[KitDevice(f"{kit_id}-SC"[:64], "scale")])
+        with pytest.raises(RegistryError) as refused:
+            registry.kit_refresh_rights(conn, OPERATOR, only=[first, second], batch=1)
+        message = str(refused.value)
+        assert "1 of 2 kits" in message, message
+        assert second in message, message
+        row = conn.execute(
+            "SELECT detail FROM audit.audit_log WHERE action = 'registry.kit.refresh_rights' "
+            "AND detail->>'stopped' IS NOT NULL ORDER BY at DESC LIMIT 1"
+        ).fetchone()
+    for made in (registry, elsewhere):
+        made.publisher.close()  # type: ignore[union-attr]
+    assert row is not None
+    assert row[0]["kits"] == 1, row
