@@ -139,6 +139,11 @@ def reminder_id(*, patient_id: str, metric: str, due: datetime) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
+# Unicode's direction controls (embeddings, overrides, isolates, marks): in a message to a patient
+# they can show text in another order than it was written (a number or a phone number reversed)
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def command_problem(text: str) -> str | None:
     """Why `text` cannot be shown on a kit (empty, too long, control characters), or None."""
     if not text.strip():
@@ -147,4 +152,6 @@ def command_problem(text: str) -> str | None:
         return f"the message is longer than {MAX_COMMAND_TEXT} characters"
     if any((ord(c) < 32 and c not in "\n") or 127 <= ord(c) < 160 for c in text):
         return "the message holds control characters"
+    if any(c in _BIDI for c in text):
+        return "the message holds text-direction controls (it could show in another order than written)"
     return None

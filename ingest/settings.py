@@ -183,8 +183,10 @@ class BridgeSettings(Settings):
             )
         if self.registry_refresh_s < 1:
             raise ConfigError("VAKTROM_BRIDGE_REGISTRY_REFRESH_S must be at least 1 second")
-        if self.startup_timeout_s <= 0:
-            raise ConfigError("VAKTROM_BRIDGE_STARTUP_TIMEOUT_S must be positive")
+        if not 0 < self.startup_timeout_s <= 3600:  # NaN fails this too
+            raise ConfigError(
+                f"VAKTROM_BRIDGE_STARTUP_TIMEOUT_S={self.startup_timeout_s} must be over 0 and at most 3600"
+            )
         if not 0 <= self.command_lookback_h <= 8760:  # NaN fails this too
             raise ConfigError(
                 f"VAKTROM_BRIDGE_COMMAND_LOOKBACK_H={self.command_lookback_h} must be 0 to 8760 (a year)"

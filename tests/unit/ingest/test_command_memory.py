@@ -89,3 +89,13 @@ def test_a_lookback_that_is_no_span_of_time_fails_at_start_naming_the_variable(
 def test_a_lookback_of_zero_to_a_year_is_accepted(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("VAKTROM_BRIDGE_COMMAND_LOOKBACK_H", value)
     assert BridgeSettings.from_env().command_lookback_h == float(value)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1", "3601"])
+def test_a_start_up_timeout_that_is_no_span_of_time_fails_at_start_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """NaN passed the old `<= 0` check; the acks' wait for the command memory is this budget."""
+    monkeypatch.setenv("VAKTROM_BRIDGE_STARTUP_TIMEOUT_S", value)
+    with pytest.raises(ConfigError, match="VAKTROM_BRIDGE_STARTUP_TIMEOUT_S"):
+        BridgeSettings.from_env()

@@ -119,6 +119,9 @@ def test_message_text_limits_at_the_boundary() -> None:
     """500 characters go, 501 do not; empty, blank and control characters do not."""
     assert command_problem("x" * MAX_COMMAND_TEXT) is None
     assert command_problem("x" * (MAX_COMMAND_TEXT + 1)) is not None
+    assert command_problem("Ring 22 33 44 55 i dag") is None
+    for control in ("\u202e", "\u2066", "\u200f"):  # "Ring 55 44 33 22" shown as written backwards
+        assert "text-direction" in (command_problem(f"Ring {control}22 33 44 55") or "")
     assert command_problem("") is not None
     assert command_problem("   ") is not None
     assert command_problem("line one\nline two") is None
