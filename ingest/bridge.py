@@ -609,6 +609,9 @@ class Bridge:
             "commands_relayed": self.commands.relayed,
             "commands_known": len(self.known_commands),
             "command_memory_ready": self.command_memory.ready.is_set(),
+            "command_memory_waiting_for": None
+            if self.command_memory.ready.is_set()
+            else self.command_memory.last_error,
             "commands_dropped": self.commands.dropped,
         }
         report["status"] = health_status(report)

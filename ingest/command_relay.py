@@ -54,6 +54,20 @@ _request_decoder = msgspec.json.Decoder(KitCommandRequest)
 Publish = Callable[[str, bytes, Callable[[], None]], None]
 
 
+def _usable(message: Any) -> bool:
+    """Whether a consumed message is a record. A fatal client error raises; a passing one (a broker
+    restarting, a leader moving) is logged: librdkafka recovers from it by itself, and the bridge
+    goes on carrying every kit's readings."""
+    error = message.error()
+    if error is None:
+        return True
+    if error.fatal() or error.code() == rk.KafkaError._FATAL:
+        raise rk.KafkaException(error)
+    if error.code() != rk.KafkaError._PARTITION_EOF:
+        log.warning("commands: Kafka reports %s; the client retries by itself", error.str())
+    return False
+
+
 def _request(message: Any) -> KitCommandRequest | None:
     """The command a record carries, or None (logged) when it is none."""
     where = f"partition {message.partition()} at offset {message.offset()}"
@@ -140,7 +154,7 @@ class CommandRelay(_Thread):
         try:
             consumer.subscribe([self._topic])
             while not self._stop.is_set():
-                batch = [m for m in consumer.consume(_BATCH, 0.5) if rk.raise_for(m) is not None]
+                batch = [m for m in consumer.consume(_BATCH, 0.5) if _usable(m)]
                 if not batch:
                     continue
                 if not self._relay(batch):
@@ -198,6 +212,10 @@ class CommandRelay(_Thread):
         return topics.kit_topic(kit_id, "commands", root=self._root), payload
 
 
+class _NoTopicError(Exception):
+    """The command topic is not there (yet: a cluster restarting may not list it for a moment)."""
+
+
 class CommandMemory(_Thread):
     def __init__(
         self,
@@ -218,6 +236,7 @@ class CommandMemory(_Thread):
         self._topic = topics.kit_command_topic(kafka.topic_prefix)
         self.ready = threading.Event()  # read up to the end the topic had at start
         self.remembered = 0
+        self.last_error: str | None = None  # why `ready` is not set yet, for /health
         self._wait_until: float | None = None  # the acks' one budget of waiting for `ready`
 
     def wait_ready(self, budget_s: float) -> bool:
@@ -235,7 +254,9 @@ class CommandMemory(_Thread):
             self._kafka, group_id=self._group, client_id=f"{self._client_id}-command-memory"
         )
         try:
-            behind = self._assign(consumer)
+            behind = self._assign_patiently(consumer)
+            if behind is None:
+                return  # stopped before Kafka answered
             recheck = time.monotonic() + self._recheck_s
             while not self._stop.is_set():
                 if not behind:
@@ -244,7 +265,7 @@ class CommandMemory(_Thread):
                     recheck = time.monotonic() + self._recheck_s
                     self._partitions = self._follow_new(consumer, self._partitions)
                 for message in consumer.consume(_BATCH, 0.2):
-                    if rk.raise_for(message) is None:
+                    if not _usable(message):
                         continue
                     self._remember(message)
                     partition, offset = message.partition(), message.offset()
@@ -253,11 +274,26 @@ class CommandMemory(_Thread):
         finally:
             consumer.close()
 
+    def _assign_patiently(self, consumer: Any) -> dict[int, int] | None:
+        """`_assign`, asked again while Kafka cannot answer (away, restarting, a leader's epoch not
+        known yet): the memory waits for Kafka like the rest of the bridge, it does not stop the
+        bridge. None when stopped meanwhile."""
+        pause = 0.5
+        while not self._stop.is_set():
+            try:
+                return self._assign(consumer)
+            except (rk.KafkaException, _NoTopicError) as exc:
+                self.last_error = str(exc)
+                log.warning("commands: cannot read back the kit commands yet (%s); asking again", exc)
+            self._stop.wait(pause)
+            pause = min(pause * 2, 10.0)
+        return None
+
     def _assign(self, consumer: Any) -> dict[int, int]:
         """Assign every partition from `lookback` ago; {partition: the end it had} of those to read."""
         count = rk.topic_partitions(consumer, [self._topic], timeout=30).get(self._topic)
         if count is None:
-            raise RuntimeError(f"the topic {self._topic} does not exist (`make stack-up` creates it)")
+            raise _NoTopicError(f"the topic {self._topic} does not exist (`make stack-up` creates it)")
         since = int((datetime.now(UTC) - self._lookback).timestamp() * 1000)
         wanted = [rk.TopicPartition(self._topic, p, since) for p in range(count)]
         behind, assigned = {}, []

@@ -14,10 +14,11 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from contracts import RejectReason
 from ingest.bridge import Bridge
-from ingest.command_relay import CommandMemory
+from ingest.command_relay import CommandMemory, _usable
 from ingest.kit_commands import KnownCommands
 from ingest.settings import BridgeSettings
 from ingest.subscriber import Inbound
@@ -99,3 +100,53 @@ def test_a_start_up_timeout_that_is_no_span_of_time_fails_at_start_naming_the_va
     monkeypatch.setenv("VAKTROM_BRIDGE_STARTUP_TIMEOUT_S", value)
     with pytest.raises(ConfigError, match="VAKTROM_BRIDGE_STARTUP_TIMEOUT_S"):
         BridgeSettings.from_env()
+
+
+def test_the_memory_waits_for_a_kafka_that_cannot_answer_yet_instead_of_stopping_the_bridge() -> None:
+    """CI stop 40: right after Kafka restarted, offsets_for_times answered UNKNOWN_LEADER_EPOCH and
+    the memory thread died, which stopped the whole bridge (every kit's readings). It asks again."""
+    known = KnownCommands()
+    memory = _memory(known)
+    answers: list[Exception | dict[int, int]] = [
+        KafkaException(KafkaError(KafkaError.UNKNOWN_LEADER_EPOCH)),
+        KafkaException(KafkaError(KafkaError._TRANSPORT)),
+        {},
+    ]
+
+    def assign(_consumer: object) -> dict[int, int]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    memory._assign = assign  # type: ignore[method-assign]
+    assert memory._assign_patiently(object()) == {}
+    assert answers == []
+    assert "TRANSPORT" in (memory.last_error or "").upper()
+
+
+def test_a_stopped_memory_gives_up_asking_kafka() -> None:
+    memory = _memory(KnownCommands())
+
+    def assign(_consumer: object) -> dict[int, int]:
+        memory.request_stop()
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+    memory._assign = assign  # type: ignore[method-assign]
+    assert memory._assign_patiently(object()) is None
+
+
+class _Message:
+    def __init__(self, error: KafkaError | None) -> None:
+        self._error = error
+
+    def error(self) -> KafkaError | None:
+        return self._error
+
+
+def test_a_passing_kafka_error_in_the_stream_is_skipped_and_a_fatal_one_raises() -> None:
+    assert _usable(_Message(None))
+    assert not _usable(_Message(KafkaError(KafkaError._PARTITION_EOF)))
+    assert not _usable(_Message(KafkaError(KafkaError._TRANSPORT)))  # a broker restarting
+    with pytest.raises(KafkaException):
+        _usable(_Message(KafkaError(KafkaError._FATAL, fatal=True)))
