@@ -61,7 +61,7 @@ def _usable(message: Any) -> bool:
     error = message.error()
     if error is None:
         return True
-    if error.fatal() or error.code() == rk.KafkaError._FATAL:
+    if rk.is_fatal(error):
         raise rk.KafkaException(error)
     if error.code() != rk.KafkaError._PARTITION_EOF:
         log.warning("commands: Kafka reports %s; the client retries by itself", error.str())
@@ -107,10 +107,6 @@ class _Thread:
     @property
     def running(self) -> bool:
         return self._thread.is_alive()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive() or self._stop.is_set()
 
     def _guarded(self) -> None:
         try:

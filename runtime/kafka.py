@@ -59,6 +59,7 @@ __all__ = [
     "create_topics",
     "delete_topics",
     "end_offsets",
+    "is_fatal",
     "list_topics",
     "murmur2",
     "next_offsets",
@@ -168,6 +169,12 @@ def consumer(kafka: KafkaSettings, *, group_id: str, client_id: str, **overrides
 
 def admin(kafka: KafkaSettings, *, client_id: str = "vaktrom-admin-client", **overrides: Any) -> AdminClient:
     return AdminClient(client_config(kafka, client_id=client_id) | overrides)
+
+
+def is_fatal(error: KafkaError) -> bool:
+    """Whether a client error ends the client (a fenced static member, an idempotence failure); the
+    others (a broker away, a leader moving) librdkafka recovers from by itself."""
+    return bool(error.fatal()) or error.code() == KafkaError._FATAL
 
 
 def raise_for(message: Message | None) -> Message | None:

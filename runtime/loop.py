@@ -343,7 +343,7 @@ class ConsumerLoop:
     def _record(self, message: rk.Message) -> Record | None:
         error = message.error()
         if error is not None:
-            if error.fatal() or error.code() == rk.KafkaError._FATAL:
+            if rk.is_fatal(error):
                 raise _FatalClientError(error.str())
             if error.code() != rk.KafkaError._PARTITION_EOF:
                 log.warning("%s: Kafka reports %s; the client retries by itself", self.name, error.str())

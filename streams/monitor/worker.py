@@ -310,7 +310,7 @@ class Worker:
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.fatal() or error.code() == rk.KafkaError._FATAL:  # e.g. a fenced static member
+                if rk.is_fatal(error):  # e.g. a fenced static member
                     self._reopen(error)
                     return []  # this poll's records: read again by the new consumer
                 # librdkafka recovers from the others itself (a broker away, a leader moving)
