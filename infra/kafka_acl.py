@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
@@ -26,6 +28,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AclOperation,
     AclPermissionType,
     AdminClient,
+    NewTopic,
+    OffsetSpec,
     ResourcePatternType,
     ResourceType,
     ScramCredentialInfo,
@@ -39,7 +43,9 @@ from runtime import kafka as rk
 from runtime.settings import ConfigError, KafkaSettings
 from runtime.stage import check_only
 
-__all__ = ["AclError", "grant", "revoke_stale", "set_credentials", "to_kafka"]
+__all__ = ["AclError", "grant", "revoke_stale", "set_credentials", "to_kafka", "wait_every_broker"]
+
+log = logging.getLogger("vaktrom.kafka_acl")
 
 _RESOURCES = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}
 _OPERATIONS = {
@@ -110,6 +116,7 @@ def grant(
     if failed:
         raise AclError(f"the broker refused {len(failed)} access rules, e.g. {failed[0]}")
     _wait_applied(admin, rules[-1], timeout)
+    wait_every_broker(admin, timeout=timeout)
     return len(rules)
 
 
@@ -150,6 +157,7 @@ def revoke_stale(kafka: KafkaSettings, *, timeout: float = 15.0) -> int:
         if time.monotonic() > deadline:
             raise AclError(f"the revoked access rules were still in force after {timeout:g} s")
         time.sleep(0.05)
+    wait_every_broker(admin, timeout=timeout)
     return len(stale)
 
 
@@ -185,6 +193,60 @@ def set_credentials(kafka: KafkaSettings, passwords: Mapping[str, str], *, timeo
             refused[user] = _refusal(exc)
     if refused:
         raise AclError(f"the broker refused SCRAM credentials: {refused}")
+    wait_every_broker(admin, timeout=timeout)
+
+
+SYNC_TOPIC_PREFIX = "_vaktrom-acl-sync."
+
+
+def wait_every_broker(admin: AdminClient, *, timeout: float = 15.0) -> None:
+    """Wait until every live broker has applied what the controller took so far (access rules,
+    credentials). Each broker follows the cluster's metadata on its own: the broker a describe
+    reached may hold a new rule while the leader a stage then writes to does not yet (a CI run on
+    three nodes was refused TOPIC_AUTHORIZATION_FAILED so). librdkafka cannot send a describe to
+    a broker of our choosing, but a partition's offsets are asked of its leader: a marker topic made
+    now, one partition led by each live broker, answers on a broker only once that broker has applied
+    everything committed before it. One node is its own proof."""
+    brokers = sorted(admin.list_topics(timeout=timeout).brokers)
+    if len(brokers) < 2:
+        return
+    marker = f"{SYNC_TOPIC_PREFIX}{uuid.uuid4().hex}"
+    created = admin.create_topics(
+        [NewTopic(marker, len(brokers), replica_assignment=[[broker] for broker in brokers])],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
+    try:
+        rk.wait(created[marker], admin, timeout=timeout + 5)
+    except rk.KafkaException as exc:
+        raise AclError(
+            f"could not make the marker topic that shows every broker is current: {_refusal(exc)}"
+        ) from None
+    try:
+        pending = [rk.TopicPartition(marker, partition) for partition in range(len(brokers))]
+        deadline = time.monotonic() + timeout
+        while pending:
+            latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+            asked = admin.list_offsets(dict.fromkeys(pending, latest), request_timeout=timeout)
+            for tp, future in asked.items():
+                try:
+                    rk.wait(future, admin, timeout=timeout + 5)
+                    pending.remove(tp)
+                except rk.KafkaException as exc:  # its leader has not applied the marker yet
+                    log.debug("marker partition %d: %s", tp.partition, _refusal(exc))
+            if pending and time.monotonic() > deadline:
+                lagging = sorted(brokers[tp.partition] for tp in pending)
+                raise AclError(
+                    f"Kafka nodes {lagging} had not caught up with the cluster after {timeout:g} s"
+                )
+            if pending:
+                time.sleep(0.05)
+                admin.list_topics(marker, timeout=timeout)  # librdkafka looks leaders up in its cache
+    finally:
+        try:
+            rk.delete_topics(admin, [marker], timeout=timeout)
+        except rk.KafkaException as exc:  # harmless left behind; `infra/topics.py --delete` takes it
+            log.warning("marker topic %s not deleted: %s", marker, _refusal(exc))
 
 
 def _setup(kafka: KafkaSettings, environ: Mapping[str, str]) -> str:

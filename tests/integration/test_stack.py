@@ -12,7 +12,8 @@ import time
 import paho.mqtt.client as mqtt_client
 import psycopg
 import pytest
-from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]
+from confluent_kafka.admin import ConfigResource, NewTopic  # type: ignore[attr-defined]
+from kafka_acl import SYNC_TOPIC_PREFIX, grant
 from topics import delete_topics, ensure_topics
 
 from contracts.topics import kafka_topics, measurement_topic, monitor_state_topic
@@ -289,6 +290,43 @@ def test_a_kafka_node_killed_loses_no_acknowledged_record_and_catches_up(
     finally:
         consumer.close()
     assert sum(ends.values()) == 300
+
+
+@pytest.mark.timeout(300)
+def test_access_rules_are_in_force_on_every_node_once_granted(stack: Stack, unique: str) -> None:
+    """A grant returns only when every node enforces it. Each node follows the cluster's metadata on
+    its own; a CI run once had a stage refused (TOPIC_AUTHORIZATION_FAILED) by a leader that had not
+    yet applied the rules another node already showed. Ten fresh namespaces: the bridge's principal
+    writes at once to partitions led by each of the three nodes, and no write is refused."""
+    if KAFKA_NODES < 3:
+        pytest.fail("this test needs the three-node cluster: run it with VAKTROM_STACK_KAFKA_NODES=3")
+    admin = rk.admin(stack.kafka())
+    nodes = sorted(admin.list_topics(timeout=15).brokers)
+    assert len(nodes) == 3, f"live Kafka nodes: {nodes}"
+    refused: list[str] = []
+    try:
+        for round_ in range(10):
+            prefix = f"{unique}-{round_}."
+            topic = measurement_topic(prefix)
+            leaders = [nodes[i:] + nodes[:i] for i in range(3)]  # partition i led by node i
+            rk.wait(
+                admin.create_topics([NewTopic(topic, 3, replica_assignment=leaders)])[topic],
+                admin,
+                timeout=30,
+            )
+            grant(stack.kafka(), prefix)
+            producer = rk.producer(stack.kafka("bridge", prefix=prefix), client_id=unique)
+            for partition in range(3):
+                producer.produce(
+                    topic, key=b"k", value=b"{}", partition=partition,
+                    on_delivery=lambda e, m: e and refused.append(f"{e.name()} ({m.topic()})"),
+                )  # fmt: skip
+            assert producer.flush(30) == 0, "Kafka did not answer the writes"
+            assert not refused, f"a node refused a write just granted: {refused}"
+    finally:
+        delete_topics(stack.kafka(), [f"{unique}-"])
+    left = {t for t in rk.list_topics(admin) if t.startswith(SYNC_TOPIC_PREFIX)}
+    assert not left, f"marker topics left behind: {left}"
 
 
 @pytest.mark.timeout(300)
