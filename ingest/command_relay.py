@@ -54,20 +54,6 @@ _request_decoder = msgspec.json.Decoder(KitCommandRequest)
 Publish = Callable[[str, bytes, Callable[[], None]], None]
 
 
-def _usable(message: Any) -> bool:
-    """Whether a consumed message is a record. A fatal client error raises; a passing one (a broker
-    restarting, a leader moving) is logged: librdkafka recovers from it by itself, and the bridge
-    goes on carrying every kit's readings."""
-    error = message.error()
-    if error is None:
-        return True
-    if rk.is_fatal(error):
-        raise rk.KafkaException(error)
-    if error.code() != rk.KafkaError._PARTITION_EOF:
-        log.warning("commands: Kafka reports %s; the client retries by itself", error.str())
-    return False
-
-
 def _request(message: Any) -> KitCommandRequest | None:
     """The command a record carries, or None (logged) when it is none."""
     where = f"partition {message.partition()} at offset {message.offset()}"
@@ -150,7 +136,7 @@ class CommandRelay(_Thread):
         try:
             consumer.subscribe([self._topic])
             while not self._stop.is_set():
-                batch = [m for m in consumer.consume(_BATCH, 0.5) if _usable(m)]
+                batch = [m for m in consumer.consume(_BATCH, 0.5) if rk.is_record(m, who="commands")]
                 if not batch:
                     continue
                 if not self._relay(batch):
@@ -261,7 +247,7 @@ class CommandMemory(_Thread):
                     recheck = time.monotonic() + self._recheck_s
                     self._partitions = self._follow_new(consumer, self._partitions)
                 for message in consumer.consume(_BATCH, 0.2):
-                    if not _usable(message):
+                    if not rk.is_record(message, who="command memory"):
                         continue
                     self._remember(message)
                     partition, offset = message.partition(), message.offset()

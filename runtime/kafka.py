@@ -60,6 +60,7 @@ __all__ = [
     "delete_topics",
     "end_offsets",
     "is_fatal",
+    "is_record",
     "list_topics",
     "murmur2",
     "next_offsets",
@@ -175,6 +176,21 @@ def is_fatal(error: KafkaError) -> bool:
     """Whether a client error ends the client (a fenced static member, an idempotence failure); the
     others (a broker away, a leader moving) librdkafka recovers from by itself."""
     return bool(error.fatal()) or error.code() == KafkaError._FATAL
+
+
+def is_record(message: Message, *, who: str) -> bool:
+    """Whether a consumed message is a record. A fatal client error raises KafkaException (the
+    client is done: its owner replaces it); a passing one (a broker restarting, a leader moving) is
+    logged under `who` and skipped: librdkafka recovers from it by itself, and a consume loop that
+    raised on it would stop a stage for what is only a broker's restart. A partition's end is None."""
+    error = message.error()
+    if error is None:
+        return True
+    if is_fatal(error):
+        raise KafkaException(error)
+    if error.code() != KafkaError._PARTITION_EOF:
+        log.warning("%s: Kafka reports %s; the client retries by itself", who, error.str())
+    return False
 
 
 def raise_for(message: Message | None) -> Message | None:

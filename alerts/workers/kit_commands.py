@@ -122,7 +122,7 @@ class KitAckFeed:
         self._consumer.subscribe([self._acks, self._commands])
 
     def tick(self) -> None:
-        batch = [m for m in self._consumer.consume(500, 0.5) if rk.raise_for(m) is not None]
+        batch = [m for m in self._consumer.consume(500, 0.5) if rk.is_record(m, who="kit acks")]
         if not batch:
             return
         try:

@@ -18,10 +18,11 @@ from confluent_kafka import KafkaError, KafkaException
 
 from contracts import RejectReason
 from ingest.bridge import Bridge
-from ingest.command_relay import CommandMemory, _usable
+from ingest.command_relay import CommandMemory
 from ingest.kit_commands import KnownCommands
 from ingest.settings import BridgeSettings
 from ingest.subscriber import Inbound
+from runtime import kafka as rk
 from runtime.settings import ConfigError, KafkaSettings
 
 KIT = "KIT-1"
@@ -144,9 +145,14 @@ class _Message:
         return self._error
 
 
-def test_a_passing_kafka_error_in_the_stream_is_skipped_and_a_fatal_one_raises() -> None:
-    assert _usable(_Message(None))
-    assert not _usable(_Message(KafkaError(KafkaError._PARTITION_EOF)))
-    assert not _usable(_Message(KafkaError(KafkaError._TRANSPORT)))  # a broker restarting
+def test_a_passing_kafka_error_in_the_stream_is_skipped_and_a_fatal_one_raises(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The one test of `rk.is_record`, which the relay, the command memory and the kit-ack feed use."""
+    assert rk.is_record(_Message(None), who="t")  # type: ignore[arg-type]
+    assert not rk.is_record(_Message(KafkaError(KafkaError._PARTITION_EOF)), who="t")  # type: ignore[arg-type]
+    assert not caplog.records, "a partition's end is a notice, not worth a warning"
+    assert not rk.is_record(_Message(KafkaError(KafkaError._TRANSPORT)), who="kit acks")  # type: ignore[arg-type]
+    assert "kit acks" in caplog.text  # a broker restarting: said, and skipped
     with pytest.raises(KafkaException):
-        _usable(_Message(KafkaError(KafkaError._FATAL, fatal=True)))
+        rk.is_record(_Message(KafkaError(KafkaError._FATAL, fatal=True)), who="t")  # type: ignore[arg-type]
