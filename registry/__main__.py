@@ -101,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     enrol.add_argument("--team", required=True)
     enrol.add_argument("--condition", required=True, choices=[c.value for c in Condition])
     enrol.add_argument("--municipality")
+    enrol.add_argument(
+        "--language",
+        choices=list(KIT_LANGUAGES),
+        help="the patient's language: what the kit's texts are in (nb)",
+    )
     enrol.add_argument("--patient-id", help="pseudonym to use (default: a new random one)")
     team = sub.add_parser("team", help="teams and the municipalities they serve").add_subparsers(
         dest="action", required=True
@@ -206,6 +211,7 @@ def _enrol(args: argparse.Namespace, c: _Context) -> None:
     plan = c.registry.enrol(
         c.conn, _for_team(c.actor, args.team), identity=identity, team_id=args.team,
         condition=Condition(args.condition), patient_id=args.patient_id, municipality=args.municipality,
+        language=args.language,
     )  # fmt: skip
     print(f"enrolled {plan.patient_id} (team {plan.team_id}); care plan version 1 published")
 

@@ -21,12 +21,13 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
 from contracts import (
     COPD_CHECK,
+    DEFAULT_KIT_LANGUAGE,
     HF_DAILY,
     INFECTION_CHECK,
     KIT_LANGUAGES,
@@ -35,6 +36,7 @@ from contracts import (
     CarePlan,
     Condition,
     ExpectedMeasurement,
+    KitLanguage,
     Metric,
     ScheduleWindow,
     Spo2Scale,
@@ -109,14 +111,20 @@ def default_plan(
     by: str,
     at: datetime,
     timezone: str = "Europe/Oslo",
+    language: str | None = None,
 ) -> CarePlan:
-    """Version 1: the condition's defaults."""
+    """Version 1: the condition's defaults, in the patient's language (PlanError for one the kit
+    texts are not in; None: bokmål)."""
+    problems = _language_problems(language)
+    if problems:
+        raise PlanError("; ".join(problems))
     return CarePlan(
         patient_id=patient_id,
         version=1,
         condition=condition,
         team_id=team_id,
         timezone=timezone,
+        language=cast(KitLanguage, language or DEFAULT_KIT_LANGUAGE),  # checked above
         expected=list(DEFAULT_EXPECTED[condition]),
         questionnaires=list(DEFAULT_QUESTIONNAIRES[condition]),
         changed_at=at,

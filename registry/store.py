@@ -24,6 +24,7 @@ from registry.base import Actor, Credentials, KitDevice, RegistryError, _check_i
 from registry.careplans import (
     PROPOSED_METRICS,
     PlanChange,
+    PlanError,
     Proposal,
     apply_change,
     default_plan,
@@ -87,8 +88,10 @@ class Registry(KitOperations):
         patient_id: str | None = None,
         municipality: str | None = None,
         timezone: str = "Europe/Oslo",
+        language: str | None = None,
     ) -> CarePlan:
-        """A new patient: a pseudonym, a sealed identity, care plan version 1 (the condition's defaults)."""
+        """A new patient: a pseudonym, a sealed identity, care plan version 1 (the condition's
+        defaults, the kit's texts in `language`: nb or en, bokmål when None)."""
         sealer = self._require_sealer()
         if not identity.name.strip():
             raise RegistryError("the patient's name is required")
@@ -103,9 +106,13 @@ class Registry(KitOperations):
             name=identity.name.strip(), birth_date=identity.birth_date, national_id=national_id
         )
         patient_id = _check_id(patient_id, "patient id") if patient_id else new_pseudonym()
-        plan = default_plan(
-            patient_id, team_id, condition, by=actor.username, at=datetime.now(UTC), timezone=timezone
-        )
+        try:
+            plan = default_plan(
+                patient_id, team_id, condition, by=actor.username, at=datetime.now(UTC), timezone=timezone,
+                language=language,
+            )  # fmt: skip
+        except PlanError as exc:
+            raise RegistryError(str(exc)) from None
         sealed, key_id = sealer.seal(patient_id, identity)
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             cur.execute("SELECT 1 FROM teams WHERE team_id = %s", (team_id,))

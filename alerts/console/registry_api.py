@@ -73,6 +73,9 @@ class EnrolBody(BaseModel):
     team_id: str
     condition: Condition
     municipality: str | None = None
+    language: str | None = Field(
+        default=None, pattern=r"^(nb|en)$", description="the patient's language: what the kit's texts are in"
+    )
 
 
 class Enrolled(BaseModel):
@@ -83,9 +86,10 @@ class Enrolled(BaseModel):
 @registry_api.post("/patients", response_model=Enrolled, status_code=201, openapi_extra=scope("team"))
 def enrol(request: Request, ctx: Ctx, body: EnrolBody, who: Coordinator) -> Enrolled:
     identity = Identity(name=body.name, birth_date=body.birth_date, national_id=body.national_id)
-    team, condition, municipality = body.team_id, body.condition, body.municipality
+    team, condition, municipality, language = body.team_id, body.condition, body.municipality, body.language
     plan = _run(request, ctx, who, lambda r, c, a: r.enrol(
-        c, a, identity=identity, team_id=team, condition=condition, municipality=municipality
+        c, a, identity=identity, team_id=team, condition=condition, municipality=municipality,
+        language=language,
     ))  # fmt: skip
     return Enrolled(patient_id=plan.patient_id, care_plan_version=plan.version)
 

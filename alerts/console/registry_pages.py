@@ -94,6 +94,7 @@ def enrol_form(
     birth_date: Annotated[str, Form()] = "",
     national_id: Annotated[str, Form(max_length=20)] = "",
     municipality: Annotated[str, Form(max_length=100)] = "",
+    language: Annotated[str, Form(max_length=8)] = "",
     csrf: Csrf = None,
 ) -> Response:
     try:
@@ -102,7 +103,8 @@ def enrol_form(
         return RedirectResponse("/patients?" + urlencode({"error": "birth date: write YYYY-MM-DD"}), 303)
     identity = Identity(name=name, birth_date=born, national_id=national_id.strip() or None)
     plan, refused = _do(request, ctx, who, csrf, "/patients", run=lambda r, c, a: r.enrol(
-        c, a, identity=identity, team_id=team_id, condition=condition, municipality=municipality or None
+        c, a, identity=identity, team_id=team_id, condition=condition, municipality=municipality or None,
+        language=language or None,
     ))  # fmt: skip
     return refused or RedirectResponse(f"/patients/{quote(plan.patient_id)}", status_code=303)  # type: ignore[union-attr]
 

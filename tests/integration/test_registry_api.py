@@ -119,3 +119,25 @@ def test_the_kits_language_is_set_through_the_api_and_nothing_else_is_taken(
     assert (changed.json()["version"], changed.json()["plan"]["language"]) == (3, "en")
     published = consume(stack, topics.careplan_topic(alerts.prefix), until=3, timeout=30)
     assert [v["language"] for k, v, _h in published if k == patient.encode()] == ["nb", "nb", "en"]
+
+
+def test_a_patient_enrolled_with_a_language_has_it_from_the_first_plan_and_a_hostile_one_enrols_nobody(
+    stack: Stack, alerts: AlertsProcess, api: httpx.Client, conn: psycopg.Connection[Any], unique: str
+) -> None:
+    """The kit speaks the patient's language from the first day: enrolment takes nb or en into plan
+    version 1 (published with it); anything else is a 422 and no patient is enrolled."""
+    team = unique[:40]
+    conn.execute("INSERT INTO teams (team_id, name) VALUES (%s, %s)", (team, team))
+    coordinator = _as(conn, Role.COORDINATOR, team)
+    body = {"name": "Kari Nordmann", "team_id": team, "condition": "copd"}
+    for hostile in _HOSTILE_LANGUAGES:
+        answer = api.post("/patients", json={**body, "language": hostile}, headers=coordinator)
+        assert answer.status_code == 422, (hostile, answer.text)
+    assert conn.execute("SELECT count(*) FROM patients WHERE team_id = %s", (team,)).fetchone() == (0,)
+    enrolled = api.post("/patients", json={**body, "language": "en"}, headers=coordinator)
+    assert enrolled.status_code == 201, enrolled.text
+    patient = enrolled.json()["patient_id"]
+    (first,) = api.get(f"/patients/{patient}/careplan", headers=coordinator).json()
+    assert (first["version"], first["plan"]["language"]) == (1, "en")
+    published = consume(stack, topics.careplan_topic(alerts.prefix), until=1, timeout=30)
+    assert [v["language"] for k, v, _h in published if k == patient.encode()] == ["en"]

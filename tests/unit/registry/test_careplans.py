@@ -239,3 +239,16 @@ def test_a_kit_language_without_kit_texts_is_refused_without_echoing_it(language
     with pytest.raises(PlanError, match="must be nb") as refused:
         _change(language=language)
     assert language not in str(refused.value) or language == ""
+
+
+@pytest.mark.parametrize("language", [None, "nb", "en"])
+def test_an_enrolment_s_first_plan_is_in_the_patient_s_language(language: str | None) -> None:
+    plan = default_plan("P-1", "T", Condition.COPD, by="x", at=datetime.now(UTC), language=language)
+    assert plan.language == (language or "nb")
+
+
+@pytest.mark.parametrize("language", ["de", "NB", "nb\u0000", "<b>"])
+def test_an_enrolment_in_a_language_without_kit_texts_is_refused_without_echoing_it(language: str) -> None:
+    with pytest.raises(PlanError, match=r"nb \(bokmål\) or en") as refused:
+        default_plan("P-1", "T", Condition.COPD, by="x", at=datetime.now(UTC), language=language)
+    assert language not in str(refused.value)
