@@ -179,9 +179,23 @@ def stages(env: dict[str, str]) -> list[Stage]:
         Stage("monitor", "streams.monitor", port["monitor"],
               {"VAKTROM_MONITOR_DATA_DIR": str(STATE / "monitor"), **kafka_principal(env, "monitor")}),
         Stage("archive", "streams.archive", port["archive"], kafka_principal(env, "archive")),
-        # the response centre hosts the registry: care plans go out as the registry's principal
-        Stage("alerts", "alerts", port["alerts"], {**kafka_principal(env, "alerts"), **hosted_registry(env)}),
+        # the response centre hosts the registry: care plans go out as the registry's principal;
+        # its console watches the other stages where they really listen (their ports may be moved)
+        Stage("alerts", "alerts", port["alerts"], {**kafka_principal(env, "alerts"), **hosted_registry(env),
+              "VAKTROM_ALERTS_WATCH_STAGES": watch_stages(env, port)}),
     ]  # fmt: skip
+
+
+def watch_stages(env: dict[str, str], port: dict[str, int]) -> str:
+    """VAKTROM_ALERTS_WATCH_STAGES for the console: as given, else the three other stages' /health
+    on the ports they were started with (the settings' default names the default ports only, so a
+    moved port showed nurses a false "alerts may be delayed" banner)."""
+    given = env.get("VAKTROM_ALERTS_WATCH_STAGES")
+    if given is not None:
+        return given
+    return ",".join(
+        f"{name}=http://127.0.0.1:{port[name]}/health" for name in ("bridge", "monitor", "archive")
+    )
 
 
 def start_simulator(env: dict[str, str], patients: str, seed: int, credentials: Path) -> Stage:
