@@ -112,10 +112,7 @@ def check_ack(  # noqa: PLR0911 (one return per check, in order)
 
 def kit_of(registry: Registry, patient_id: str, at: datetime) -> str | None:
     """The kit `patient_id` has at `at`, or None (no kit: the command waits for none, it is dropped)."""
-    for kit in registry.kits.values():
-        if kit.patient_at(at) == patient_id:
-            return kit.kit_id
-    return None
+    return registry.kit_of(patient_id, at)
 
 
 def to_kit(request: KitCommandRequest, kit_id: str) -> KitCommand:

@@ -71,9 +71,25 @@ class KitEntry:
 class Registry:
     kits: Mapping[str, KitEntry]
     loaded_at: float  # time.monotonic() of the load
+    # patient -> the kits they ever had: a command finds its kit without scanning every kit
+    _by_patient: Mapping[str, tuple[str, ...]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        by_patient: dict[str, list[str]] = {}
+        for kit in self.kits.values():
+            for patient in dict.fromkeys(a.patient_id for a in kit.assignments):
+                by_patient.setdefault(patient, []).append(kit.kit_id)
+        object.__setattr__(self, "_by_patient", {p: tuple(k) for p, k in by_patient.items()})
 
     def kit(self, kit_id: str) -> KitEntry | None:
         return self.kits.get(kit_id)
+
+    def kit_of(self, patient_id: str, at: datetime) -> str | None:
+        """The kit `patient_id` has at `at`, or None."""
+        for kit_id in self._by_patient.get(patient_id, ()):
+            if self.kits[kit_id].patient_at(at) == patient_id:
+                return kit_id
+        return None
 
 
 _DEFAULT_RANGES: Mapping[Metric, PlausibleRange] = {m: spec.plausible for m, spec in METRICS.items()}

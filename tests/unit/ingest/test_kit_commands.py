@@ -17,7 +17,8 @@ from contracts import (
     command_problem,
     reminder_id,
 )
-from ingest.kit_commands import KnownCommands, check_ack, to_kit
+from ingest.kit_commands import KnownCommands, check_ack, kit_of, to_kit
+from ingest.registry import Assignment, KitEntry, Registry
 
 NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
 TOPIC = "vaktrom/v1/kits/KIT-1/acks"
@@ -135,3 +136,37 @@ def test_a_reminder_id_is_the_same_for_the_same_window_and_differs_for_another()
     assert first == reminder_id(patient_id="P-1", metric="body_weight", due=due)
     assert first != reminder_id(patient_id="P-1", metric="body_weight", due=due + timedelta(days=1))
     assert first != reminder_id(patient_id="P-2", metric="body_weight", due=due)
+
+
+_T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@st.composite
+def _registries(draw: st.DrawFn) -> Registry:
+    """Kits handed between a few patients over days: assignments sorted, never overlapping, some
+    kits retired."""
+    kits = {}
+    for k in range(draw(st.integers(0, 6))):
+        t, assignments = _T0, []
+        for _ in range(draw(st.integers(0, 4))):
+            start = t + timedelta(hours=draw(st.integers(0, 48)))
+            length = draw(st.one_of(st.none(), st.integers(1, 72)))
+            end = None if length is None else start + timedelta(hours=length)
+            assignments.append(Assignment(draw(st.sampled_from(["P-A", "P-B", "P-C"])), start, end))
+            if end is None:
+                break
+            t = end
+        retired = draw(st.one_of(st.none(), st.integers(0, 400).map(lambda h: _T0 + timedelta(hours=h))))
+        kits[f"K{k}"] = KitEntry(f"K{k}", "assigned", retired, tuple(assignments), {})
+    return Registry(kits, 0.0)
+
+
+@given(_registries(), st.sampled_from(["P-A", "P-B", "P-C", "P-none"]), st.integers(-10, 500))
+def test_the_kit_of_a_patient_is_the_one_a_scan_of_every_kit_finds(
+    registry: Registry, patient: str, hour: int
+) -> None:
+    """The index by patient answers as the scan of every kit it replaced (which cost 0.36 ms a command
+    with 10,000 kits, at every bridge start for 48 h of commands)."""
+    at = _T0 + timedelta(hours=hour)
+    scanned = [kit.kit_id for kit in registry.kits.values() if kit.patient_at(at) == patient]
+    assert kit_of(registry, patient, at) == (scanned[0] if scanned else None)
