@@ -310,7 +310,10 @@ class CommandMemory(_Thread):
         registry = self._registry()
         if request is None or registry is None:
             return
-        kit_id = kit_of(registry, request.patient_id, datetime.now(UTC))
-        if kit_id is not None and self.known.get(request.command_id) is None:
-            self.known.remember(request.command_id, kit_id, request.patient_id)
+        # any kit the patient had while the command was out may have it (the relay's own record of
+        # which one went with the bridge that sent it); each of them may acknowledge it
+        kits = registry.kits_during(request.patient_id, request.sent_at, datetime.now(UTC))
+        if kits and self.known.get(request.command_id) is None:
             self.remembered += 1
+        for kit_id in kits:
+            self.known.remember(request.command_id, kit_id, request.patient_id)

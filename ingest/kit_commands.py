@@ -27,21 +27,29 @@ MAX_KNOWN_COMMANDS = 200_000  # the oldest are forgotten first; an ack of one of
 
 
 class KnownCommands:
-    """command id -> (kit id, patient id) of the commands the bridge relayed (bounded, thread-safe)."""
+    """command id -> (the kits it may have reached, patient id) of the commands the bridge relayed
+    or read back (bounded, thread-safe). Usually one kit; a command read back after a restart may
+    have reached any kit the patient had while it was out (a kit swapped meanwhile), and each of
+    them may acknowledge it."""
 
     def __init__(self, *, limit: int = MAX_KNOWN_COMMANDS) -> None:
-        self._entries: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[str, tuple[frozenset[str], str]] = collections.OrderedDict()
         self._limit = limit
         self._lock = threading.Lock()
 
     def remember(self, command_id: str, kit_id: str, patient_id: str) -> None:
+        """One more kit that may have `command_id` (kits add up; the patient is the command's)."""
         with self._lock:
-            self._entries[command_id] = (kit_id, patient_id)
+            kits, patient = self._entries.get(command_id, (frozenset[str](), patient_id))
+            self._entries[command_id] = (
+                kits | {kit_id} if patient == patient_id else frozenset({kit_id}),
+                patient_id,
+            )
             self._entries.move_to_end(command_id)
             while len(self._entries) > self._limit:
                 self._entries.popitem(last=False)
 
-    def get(self, command_id: str) -> tuple[str, str] | None:
+    def get(self, command_id: str) -> tuple[frozenset[str], str] | None:
         with self._lock:
             return self._entries.get(command_id)
 
@@ -92,7 +100,7 @@ def check_ack(  # noqa: PLR0911 (one return per check, in order)
             RejectReason.UNKNOWN_COMMAND,
             f"kit {kit_id} acknowledged command {ack.command_id}, which the bridge did not send",
         )
-    if found[0] != kit_id:
+    if kit_id not in found[0]:
         return _refused(
             *args,
             RejectReason.FOREIGN_COMMAND,

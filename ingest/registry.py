@@ -84,6 +84,20 @@ class Registry:
     def kit(self, kit_id: str) -> KitEntry | None:
         return self.kits.get(kit_id)
 
+    def kits_during(self, patient_id: str, start: datetime, end: datetime) -> tuple[str, ...]:
+        """The kits `patient_id` had at some time from `start` to `end` (a retired kit up to its
+        retirement)."""
+        out = []
+        for kit_id in self._by_patient.get(patient_id, ()):
+            kit = self.kits[kit_id]
+            until = end if kit.retired_at is None else min(end, kit.retired_at)
+            if any(
+                a.patient_id == patient_id and a.start <= until and (a.end is None or a.end > start)
+                for a in kit.assignments
+            ):
+                out.append(kit_id)
+        return tuple(out)
+
     def kit_of(self, patient_id: str, at: datetime) -> str | None:
         """The kit `patient_id` has at `at`, or None."""
         for kit_id in self._by_patient.get(patient_id, ()):

@@ -77,4 +77,4 @@ def test_a_command_on_a_partition_added_while_the_bridge_runs_is_remembered(
     while made.known.get(command_id) is None and time.monotonic() < deadline and made.error is None:
         time.sleep(0.2)
     assert made.error is None, made.error
-    assert made.known.get(command_id) == (KIT, PATIENT)
+    assert made.known.get(command_id) == (frozenset({KIT}), PATIENT)

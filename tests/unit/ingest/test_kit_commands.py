@@ -103,7 +103,7 @@ def test_the_known_commands_forget_the_oldest_first() -> None:
     for i in range(3):
         known.remember(f"{i:032x}", "KIT-1", "P-1")
     assert known.get(f"{0:032x}") is None
-    assert known.get(f"{2:032x}") == ("KIT-1", "P-1")
+    assert known.get(f"{2:032x}") == (frozenset({"KIT-1"}), "P-1")
 
 
 def test_the_kit_gets_the_command_without_the_patient() -> None:
