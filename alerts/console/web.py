@@ -55,6 +55,7 @@ from alerts.console.context import (
     client_ip,
     csrf_checked,
     page_user,
+    resolved,
     safe_next,
     same_origin,
     scope,
@@ -64,6 +65,7 @@ from alerts.console.kit_api import kit_api
 from alerts.console.kit_pages import kit_pages
 from alerts.console.live import Live
 from alerts.console.patient_queue import by_patient
+from alerts.console.record_pages import record_router
 from alerts.console.registry_api import registry_api
 from alerts.console.registry_pages import registry_pages
 from alerts.console.security import SecurityHeaders, trust_proxies
@@ -248,7 +250,7 @@ def resolve_form(
 ) -> Response:
     return _page_action(
         request, ctx, who, episode_id, csrf=csrf, action="resolve",
-        run=lambda c, u: store.complete(c, episode_id, u, resolution, note.strip(), alarm_round=alarm_round),
+        run=resolved(ctx, episode_id, resolution, note.strip(), alarm_round),
     )  # fmt: skip
 
 
@@ -533,6 +535,7 @@ def create_app(
     app.include_router(whatif_pages)
     app.include_router(duty_router)
     app.include_router(activity_router)
+    app.include_router(record_router)
     app.include_router(kit_pages)
     app.include_router(kit_api)
 
