@@ -527,17 +527,9 @@ def create_app(
     app.state.console = ctx
     app.state.stage_watch = watch
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    app.include_router(pages)
-    app.include_router(api)
-    app.include_router(accounts_api)
-    app.include_router(registry_api)
-    app.include_router(registry_pages)
-    app.include_router(whatif_pages)
-    app.include_router(duty_router)
-    app.include_router(activity_router)
-    app.include_router(record_router)
-    app.include_router(kit_pages)
-    app.include_router(kit_api)
+    for router in (pages, api, accounts_api, registry_api, registry_pages, whatif_pages, duty_router,
+                   activity_router, record_router, kit_pages, kit_api):  # fmt: skip
+        app.include_router(router)
 
     app.add_middleware(SecurityHeaders)
     trust_proxies(app, settings.proxies)  # added last: runs first, so all the rest sees the client
