@@ -28,11 +28,14 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from alerts.record import build_record_document, document_bytes
-from streams.archive.read import series
+from streams.archive.read import Reading, series
 
 __all__ = ["Recorder", "Signer", "SigningKeyError", "entries", "key_id", "verify"]
 
 SIGNATURE_PREFIX = "ed25519="
+# A document carries at most this many readings: the newest, and always those that triggered the
+# alert (an episode open for weeks of frequent readings would otherwise make a document of megabytes).
+MAX_READINGS = 200
 
 
 class SigningKeyError(ValueError):
@@ -125,7 +128,7 @@ class Recorder:
             raise LookupError(f"no alert {episode_id}")
         start = alert["opened_at"] - self.readings_before
         end = max(resolved_at, alert["last_seen_at"]) + timedelta(microseconds=1)
-        readings = series(conn, alert["patient_id"], start, end) if start < end else []
+        readings = _kept(series(conn, alert["patient_id"], start, end) if start < end else [], alert["event"])
         document_id = str(uuid.uuid4())
         document = build_record_document(
             document_id=document_id, resolved_at=resolved_at, alert=alert, readings=readings, nurse=user,
@@ -145,6 +148,15 @@ class Recorder:
             (episode_id, resolved_at, Jsonb({"document_id": document_id, "readings": len(readings)})),
         )
         return document_id
+
+
+def _kept(readings: list[Reading], event: dict[str, Any] | None) -> list[Reading]:
+    """The newest MAX_READINGS readings and the alert's evidence, oldest first."""
+    if len(readings) <= MAX_READINGS:
+        return readings
+    evidence = {e["measurement_id"] for key in ("worst", "latest") if event and (e := event.get(key))}
+    cut = len(readings) - MAX_READINGS
+    return [r for i, r in enumerate(readings) if i >= cut or r.measurement_id in evidence]
 
 
 _ENTRIES = """
