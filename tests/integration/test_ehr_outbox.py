@@ -234,6 +234,7 @@ def test_a_resolution_reaches_the_ehr_once_signed_and_only_its_team_sees_it(  # 
             page = ConsoleClient(service.url)
             page.login(teams.nurse_a)
             panel = page.get(f"/alerts/{eid}").text
+            listing = page.get("/record-outbox").text
             page.close()
         finally:
             service.stop()
@@ -246,6 +247,8 @@ def test_a_resolution_reaches_the_ehr_once_signed_and_only_its_team_sees_it(  # 
     assert eid not in other.text
     assert other_alert.status_code == 404
     assert "record document delivered to the EHR" in panel
+    assert f'href="/alerts/{eid}"' in listing
+    assert 'class="record-delivered"' in listing
 
 
 def test_endpoint_down_is_retried_and_delivered_once_when_back(
