@@ -11,6 +11,7 @@ The job list:
     careplans      the registry's care-plan versions stored while Kafka was away (when it publishes)
     kit_commands   messages to the kits, queued in the database, out to Kafka (every second)
     kit_acks       the kits' acknowledgements and the monitor's reminders, Kafka -> database
+    ehr_outbox     resolutions' record documents to the EHR (when VAKTROM_ALERTS_EHR_URL is set)
 
 A worker that raises is restarted with a back-off and one that stalls is reported (and restarted
 when that is safe) while the others go on; /health lists each under `workers`. uvicorn's event loop
@@ -37,6 +38,7 @@ from alerts.workers.jobs import (
     CAREPLANS_EVERY_S,
     PURGE_EVERY_S,
     CarePlanRelay,
+    EhrOutboxJob,
     EscalationJob,
     NotifierJob,
     SessionPurge,
@@ -105,6 +107,9 @@ class AlertService:
             Worker("stage_watch", self.watch.work, stall_s=stall_after(s.watch_every_s)),
         ]  # fmt: skip
         found += self._kit_workers()
+        if s.ehr_url:  # documentation into the record is on (docs/ehr-documentation.md)
+            ehr = periodic(lambda: EhrOutboxJob(url, s), every_s=s.ehr_every_s)
+            found.append(Worker("ehr_outbox", ehr, stall_s=stall_after(s.ehr_every_s), stop=ehr.stop))
         registry = self.registry
         if registry is not None and registry.publisher is not None:
             relay = periodic(lambda: CarePlanRelay(registry, pool), every_s=CAREPLANS_EVERY_S)

@@ -8,6 +8,7 @@ import re
 from datetime import timedelta
 
 from alerts.accounts import MAX_TOKEN_DAYS
+from alerts.ehr import Signer, SigningKeyError
 from alerts.i18n import LANGUAGES
 from alerts.workers.escalation import Step, Targets
 from alerts.workers.notify import Route, parse_routes
@@ -148,6 +149,37 @@ class AlertsSettings(Settings):
         2.0, env="VAKTROM_ALERTS_NOTIFY_EVERY_S", help="how often the notification outbox is looked at"
     )
 
+    ehr_url: str = setting(
+        "",
+        env="VAKTROM_ALERTS_EHR_URL",
+        help="where each resolution's record document (a FHIR document Bundle) is POSTed, http(s)://; "
+        "empty: documentation into the record is off (the console says so)",
+    )
+    ehr_signing_key: str = setting(
+        "",
+        env="VAKTROM_ALERTS_EHR_SIGNING_KEY",
+        help="path of the Ed25519 private key (PEM) that signs the record documents; the EHR holds its "
+        "public key (required with VAKTROM_ALERTS_EHR_URL)",
+    )
+    ehr_timeout_s: float = setting(
+        10.0, env="VAKTROM_ALERTS_EHR_TIMEOUT_S", help="how long one delivery attempt may take"
+    )
+    ehr_give_up_h: float = setting(
+        24.0,
+        env="VAKTROM_ALERTS_EHR_GIVE_UP_H",
+        help="a record document not delivered this many hours after the resolution is given up and shown "
+        "as not delivered",
+    )
+    ehr_every_s: float = setting(
+        2.0, env="VAKTROM_ALERTS_EHR_EVERY_S", help="how often the record outbox is looked at"
+    )
+    ehr_readings_days: float = setting(
+        3.0,
+        env="VAKTROM_ALERTS_EHR_READINGS_DAYS",
+        help="the document carries the readings from this many days before the alert opened until it "
+        "was resolved",
+    )
+
     def validate(self) -> None:
         if not _GROUP.match(self.group_id):
             raise ConfigError(
@@ -169,8 +201,13 @@ class AlertsSettings(Settings):
                 "VAKTROM_ALERTS_ALERT_PATH_MAX_AGE_S": (self.alert_path_max_age_s, 1, 86400),
                 "VAKTROM_ALERTS_WATCH_EVERY_S": (self.watch_every_s, 0.5, 600),
                 "VAKTROM_ALERTS_TOKEN_DAYS": (self.token_days, 1, MAX_TOKEN_DAYS),
+                "VAKTROM_ALERTS_EHR_TIMEOUT_S": (self.ehr_timeout_s, 0.5, 120),
+                "VAKTROM_ALERTS_EHR_GIVE_UP_H": (self.ehr_give_up_h, 0.01, 24 * 30),
+                "VAKTROM_ALERTS_EHR_EVERY_S": (self.ehr_every_s, 0.1, 600),
+                "VAKTROM_ALERTS_EHR_READINGS_DAYS": (self.ehr_readings_days, 0, 30),
             }
         )
+        self._validate_ehr()
         _ = self.watched  # parses, so a typo fails here
         check_time_zone("VAKTROM_ALERTS_TIME_ZONE", self.time_zone)
         if self.language not in LANGUAGES:
@@ -193,6 +230,34 @@ class AlertsSettings(Settings):
             raise ConfigError(
                 f"VAKTROM_ALERTS_PUBLIC_URL={self.public_url!r} must start with http:// or https://"
             )
+
+    def _validate_ehr(self) -> None:
+        if not self.ehr_url:
+            if self.ehr_signing_key:
+                raise ConfigError(
+                    "VAKTROM_ALERTS_EHR_SIGNING_KEY is set but VAKTROM_ALERTS_EHR_URL is empty; name the EHR "
+                    "endpoint, or unset the key to leave documentation into the record off"
+                )
+            return
+        if not self.ehr_url.startswith(("https://", "http://")) or " " in self.ehr_url:
+            raise ConfigError(f"VAKTROM_ALERTS_EHR_URL={self.ehr_url!r} must be an http(s):// URL")
+        if not self.ehr_signing_key:
+            raise ConfigError(
+                "VAKTROM_ALERTS_EHR_URL is set but VAKTROM_ALERTS_EHR_SIGNING_KEY is empty; make a key with "
+                "`openssl genpkey -algorithm ed25519 -out ehr-signing.pem`, name its path, and give the EHR "
+                "its public key (docs/ehr-documentation.md)"
+            )
+        _ = self.ehr_signer  # reads the key, so a wrong path or kind fails here
+
+    @property
+    def ehr_signer(self) -> Signer | None:
+        """The record documents' signing key, or None while the EHR outbox is off."""
+        if not self.ehr_url:
+            return None
+        try:
+            return Signer.from_file(self.ehr_signing_key, env="VAKTROM_ALERTS_EHR_SIGNING_KEY")
+        except SigningKeyError as exc:
+            raise ConfigError(str(exc)) from None
 
     @property
     def routes(self) -> dict[Step, list[Route]]:

@@ -11,7 +11,7 @@ drawn and argued in docs/alert-lifecycle.md.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 from contracts import AlertEvent, EpisodeChange, Severity
 
 __all__ = [
+    "AfterAction",
     "Applied",
     "Resolution",
     "WorkflowError",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 _to_builtins = msgspec.to_builtins
+# What an action also writes in its transaction, given the cursor and the action's time.
+AfterAction = Callable[[psycopg.Cursor[Any], datetime], object]
 
 
 class Resolution(enum.StrEnum):
@@ -246,9 +249,11 @@ def _transition(
     kind: str,
     detail: dict[str, Any],
     refusal: str,
+    then: AfterAction | None = None,
 ) -> datetime:
-    """One conditional UPDATE and its timeline entry, committed together; WorkflowError if the
-    alert is not in a state the action applies to (someone else was first, or it is closed)."""
+    """One conditional UPDATE and its timeline entry, committed together (with what `then` writes,
+    given the cursor and the action's time); WorkflowError if the alert is not in a state the action
+    applies to (someone else was first, or it is closed)."""
     require_idle(conn)
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(sql, params)
@@ -265,6 +270,8 @@ def _transition(
             "INSERT INTO alert_timeline (episode_id, kind, actor, detail) VALUES (%s, %s, %s, %s)",
             (episode_id, kind, user, Jsonb(detail)),
         )
+        if then is not None:
+            then(cur, row[0])
         return row[0]  # type: ignore[no-any-return]
 
 
@@ -314,9 +321,11 @@ def complete(
     note: str = "",
     *,
     alarm_round: int | None = None,
+    then: AfterAction | None = None,
 ) -> datetime:
     """The claiming nurse resolves the alert with a code and a note; with `alarm_round`, only if the
-    alert is still in the round she saw. Commits."""
+    alert is still in the round she saw. `then` writes in the same transaction (the record document
+    into the EHR outbox, `alerts.ehr.Recorder`), so the resolution and it commit together. Commits."""
     return _transition(
         conn,
         "UPDATE alerts SET state = 'resolved', resolution = %s, resolution_note = %s, closed_at = now(), "
@@ -328,6 +337,7 @@ def complete(
         kind="completed",
         detail={"resolution": resolution.value, "note": note},
         refusal="only the nurse who claimed it can resolve it, in the alarm round she saw (reload)",
+        then=then,
     )
 
 

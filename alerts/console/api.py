@@ -29,6 +29,7 @@ from alerts.console.context import (
     QueueFilters,
     api_user,
     csrf_checked,
+    resolved,
     scope,
 )
 from alerts.console.trend import trend
@@ -192,9 +193,7 @@ def api_resolve(
     csrf_checked(request, who, None)
     return ctx.act(
         request, who, episode_id, "resolve",
-        lambda c, u: store.complete(
-            c, episode_id, u, body.resolution, body.note.strip(), alarm_round=body.alarm_round
-        ),
+        resolved(ctx, episode_id, body.resolution, body.note.strip(), body.alarm_round),
     )  # fmt: skip
 
 

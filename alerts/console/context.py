@@ -25,6 +25,7 @@ from alerts import accounts, kit_messages, store
 from alerts.accounts import Principal, Role
 from alerts.console.i18n_env import install_i18n, js_messages
 from alerts.console.live import Live
+from alerts.ehr import Recorder
 from alerts.i18n import LANGUAGES, N_, negotiate
 from alerts.settings import AlertsSettings
 from alerts.store import Resolution, WorkflowError
@@ -116,6 +117,7 @@ class Console:
     ) -> None:
         self.pool, self.settings, self.live = pool, settings, live
         self.registry = registry
+        self.recorder = recorder(settings)
         self.tz = zoneinfo.ZoneInfo(settings.time_zone)
         self.session_life = timedelta(hours=settings.session_hours)
         self.idle = timedelta(minutes=settings.idle_minutes)
@@ -123,7 +125,10 @@ class Console:
         install_i18n(self.templates.env, self.tz)
         self.templates.env.filters["fromiso"] = datetime.fromisoformat
         self.templates.env.globals.update(
-            time_zone=settings.time_zone, resolutions=RESOLUTION_LABELS, step_names=STEP_NAMES
+            time_zone=settings.time_zone,
+            resolutions=RESOLUTION_LABELS,
+            step_names=STEP_NAMES,
+            ehr_on=self.recorder is not None,
         )
         self.templates.env.globals.update(
             kit_metrics=[m.value for m in Metric], kit_max_text=MAX_COMMAND_TEXT
@@ -237,6 +242,44 @@ class Console:
             raise HTTPException(409, str(refused))
         self.audit(request, who.username, action, target=episode_id, patient_id=patient_id)
         return ActionResult(episode_id=episode_id, state=REACHED[action], at=at)
+
+
+def recorder(settings: AlertsSettings) -> Recorder | None:
+    """The EHR outbox's recorder when an endpoint is configured (None: documentation is off)."""
+    signer = settings.ehr_signer
+    if signer is None:
+        return None
+    return Recorder(
+        signer=signer,
+        give_up_after=timedelta(hours=settings.ehr_give_up_h),
+        readings_before=timedelta(days=settings.ehr_readings_days),
+        labels={str(code): label for code, label in RESOLUTION_LABELS.items()},
+    )
+
+
+def resolved(
+    ctx: Console, episode_id: str, resolution: Resolution, note: str, alarm_round: int | None
+) -> Action:
+    """The resolve action, which also queues the record document when the EHR outbox is on."""
+    record = ctx.recorder
+
+    def run(conn: psycopg.Connection[Any], user: str) -> datetime:
+        then = None
+        if record is not None:
+
+            def then(cur: psycopg.Cursor[Any], at: datetime) -> object:
+                return record.queue(
+                    cur,
+                    episode_id=episode_id,
+                    user=user,
+                    resolution=resolution.value,
+                    note=note,
+                    resolved_at=at,
+                )
+
+        return store.complete(conn, episode_id, user, resolution, note, alarm_round=alarm_round, then=then)
+
+    return run
 
 
 def console(request: Request) -> Console:

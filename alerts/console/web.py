@@ -55,6 +55,7 @@ from alerts.console.context import (
     client_ip,
     csrf_checked,
     page_user,
+    resolved,
     safe_next,
     same_origin,
     scope,
@@ -64,6 +65,7 @@ from alerts.console.kit_api import kit_api
 from alerts.console.kit_pages import kit_pages
 from alerts.console.live import Live
 from alerts.console.patient_queue import by_patient
+from alerts.console.record_pages import record_router
 from alerts.console.registry_api import registry_api
 from alerts.console.registry_pages import registry_pages
 from alerts.console.security import SecurityHeaders, trust_proxies
@@ -248,7 +250,7 @@ def resolve_form(
 ) -> Response:
     return _page_action(
         request, ctx, who, episode_id, csrf=csrf, action="resolve",
-        run=lambda c, u: store.complete(c, episode_id, u, resolution, note.strip(), alarm_round=alarm_round),
+        run=resolved(ctx, episode_id, resolution, note.strip(), alarm_round),
     )  # fmt: skip
 
 
@@ -525,16 +527,9 @@ def create_app(
     app.state.console = ctx
     app.state.stage_watch = watch
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    app.include_router(pages)
-    app.include_router(api)
-    app.include_router(accounts_api)
-    app.include_router(registry_api)
-    app.include_router(registry_pages)
-    app.include_router(whatif_pages)
-    app.include_router(duty_router)
-    app.include_router(activity_router)
-    app.include_router(kit_pages)
-    app.include_router(kit_api)
+    for router in (pages, api, accounts_api, registry_api, registry_pages, whatif_pages, duty_router,
+                   activity_router, record_router, kit_pages, kit_api):  # fmt: skip
+        app.include_router(router)
 
     app.add_middleware(SecurityHeaders)
     trust_proxies(app, settings.proxies)  # added last: runs first, so all the rest sees the client

@@ -1,6 +1,6 @@
 """The periodic jobs of the response centre, each run by the supervisor as its own worker
 (`alerts.workers.supervisor.periodic`): escalation, the session purge, notifications and the
-registry's care-plan relay.
+registry's care-plan relay, and the EHR outbox when it is on.
 
 A job holds its own database connection. While the database is away a tick logs it and returns
 (the round is done; the next one tries again): that is the database's trouble, which the feed's
@@ -22,11 +22,21 @@ from psycopg_pool import ConnectionPool
 from alerts.accounts import purge
 from alerts.duty import route_out_of_hours
 from alerts.settings import AlertsSettings
+from alerts.workers.ehr_outbox import EhrEndpoint
+from alerts.workers.ehr_outbox import deliver_due as deliver_ehr
 from alerts.workers.escalation import escalate_due, oldest_unclaimed_red, open_by_severity
 from alerts.workers.notify import Channel, Email, Webhook, deliver_due
 from registry import Registry
 
-__all__ = ["CarePlanRelay", "EscalationJob", "NotifierJob", "SessionPurge", "discard", "reopen"]
+__all__ = [
+    "CarePlanRelay",
+    "EhrOutboxJob",
+    "EscalationJob",
+    "NotifierJob",
+    "SessionPurge",
+    "discard",
+    "reopen",
+]
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +204,29 @@ class NotifierJob(_DatabaseJob):
         for channel in self._channels.values():
             if isinstance(channel, Webhook):
                 channel.close()
+
+
+class EhrOutboxJob(_DatabaseJob):
+    """Deliver the record documents in the EHR outbox, every VAKTROM_ALERTS_EHR_EVERY_S (only while
+    VAKTROM_ALERTS_EHR_URL is set; `alerts.workers.ehr_outbox`)."""
+
+    what = "record documents"
+
+    def __init__(self, database_url: str, settings: AlertsSettings, outcomes: Counter | None = None) -> None:
+        super().__init__(database_url)
+        self._endpoint = EhrEndpoint(settings.ehr_url, timeout_s=settings.ehr_timeout_s)
+        self._outcomes = outcomes
+
+    def work(self, conn: psycopg.Connection[Any]) -> None:
+        done = deliver_ehr(conn, self._endpoint, now=datetime.now(UTC))
+        if self._outcomes is not None:
+            self._outcomes.labels("delivered").inc(done.delivered)
+            self._outcomes.labels("failed").inc(done.failed)
+            self._outcomes.labels("given_up").inc(done.given_up)
+
+    def close(self) -> None:
+        super().close()
+        self._endpoint.close()
 
 
 class CarePlanRelay:
