@@ -163,7 +163,6 @@ class Bridge:
             group=bridge_memory_group(group),
             client_id=settings.client_id,
             lookback=timedelta(hours=settings.command_lookback_h),
-            registry=lambda: self.registry.current,
             known=self.known_commands,
         )
         return CommandRelay(
@@ -408,7 +407,7 @@ class Bridge:
             self.command_memory.wait_ready(self.settings.startup_timeout_s)
             return check_ack(
                 topic=inbound.topic, kit_id=inbound.kit_id, payload=inbound.payload,
-                received_at=inbound.received_at, known=self.known_commands,
+                received_at=inbound.received_at, known=self.known_commands, registry=self.registry.current,
             )  # fmt: skip
         raise ValueError(f"no handler for channel {inbound.channel!r}")
 

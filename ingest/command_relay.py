@@ -188,7 +188,7 @@ class CommandRelay(_Thread):
             log.info("commands: command %s expired before it could be relayed", request.command_id)
             self.dropped += 1
             return None
-        self.known.remember(request.command_id, kit_id, request.patient_id)
+        self.known.remember(request)
         self.relayed += 1
         payload = self._encoder.encode(to_kit(request, kit_id))
         return topics.kit_topic(kit_id, "commands", root=self._root), payload
@@ -206,7 +206,6 @@ class CommandMemory(_Thread):
         group: str,
         client_id: str,
         lookback: timedelta,
-        registry: Callable[[], Registry | None],
         known: KnownCommands,
         recheck_s: float = _RECHECK_S,
     ) -> None:
@@ -214,7 +213,7 @@ class CommandMemory(_Thread):
         self._kafka, self._group, self._client_id, self._lookback = kafka, group, client_id, lookback
         self._recheck_s = recheck_s
         self._partitions = 0  # of the topic, as last seen
-        self._registry, self.known = registry, known
+        self.known = known
         self._topic = topics.kit_command_topic(kafka.topic_prefix)
         self.ready = threading.Event()  # read up to the end the topic had at start
         self.remembered = 0
@@ -307,13 +306,5 @@ class CommandMemory(_Thread):
 
     def _remember(self, message: Any) -> None:
         request = _request(message)
-        registry = self._registry()
-        if request is None or registry is None:
-            return
-        # any kit the patient had while the command was out may have it (the relay's own record of
-        # which one went with the bridge that sent it); each of them may acknowledge it
-        kits = registry.kits_during(request.patient_id, request.sent_at, datetime.now(UTC))
-        if kits and self.known.get(request.command_id) is None:
+        if request is not None and self.known.remember(request):
             self.remembered += 1
-        for kit_id in kits:
-            self.known.remember(request.command_id, kit_id, request.patient_id)

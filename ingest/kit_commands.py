@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import threading
 from datetime import datetime
+from typing import NamedTuple
 
 import msgspec
 
@@ -20,36 +21,41 @@ from ingest.envelope import Outcome, payload_rejection
 from ingest.registry import Registry
 from ingest.text import UNREADABLE, text_problem, unreadable
 
-__all__ = ["KnownCommands", "check_ack", "kit_of", "to_kit"]
+__all__ = ["Known", "KnownCommands", "check_ack", "kit_of", "to_kit"]
 
 _ack_decoder = msgspec.json.Decoder(KitAck)
 MAX_KNOWN_COMMANDS = 200_000  # the oldest are forgotten first; an ack of one of them is unknown_command
 
 
+class Known(NamedTuple):
+    """What the bridge keeps of a command: whose it is and when it was out."""
+
+    patient_id: str
+    sent_at: datetime
+    expires_at: datetime
+
+
 class KnownCommands:
-    """command id -> (the kits it may have reached, patient id) of the commands the bridge relayed
-    or read back (bounded, thread-safe). Usually one kit; a command read back after a restart may
-    have reached any kit the patient had while it was out (a kit swapped meanwhile), and each of
-    them may acknowledge it."""
+    """command id -> `Known` of the commands the bridge relayed or read back (bounded,
+    thread-safe). Which kit may acknowledge one is decided when the ack comes, against the registry
+    as it is then (`check_ack`): any kit the patient had while the command was out, still with them."""
 
     def __init__(self, *, limit: int = MAX_KNOWN_COMMANDS) -> None:
-        self._entries: collections.OrderedDict[str, tuple[frozenset[str], str]] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[str, Known] = collections.OrderedDict()
         self._limit = limit
         self._lock = threading.Lock()
 
-    def remember(self, command_id: str, kit_id: str, patient_id: str) -> None:
-        """One more kit that may have `command_id` (kits add up; the patient is the command's)."""
+    def remember(self, request: KitCommandRequest) -> bool:
+        """Keep `request`; True when it was not known yet."""
         with self._lock:
-            kits, patient = self._entries.get(command_id, (frozenset[str](), patient_id))
-            self._entries[command_id] = (
-                kits | {kit_id} if patient == patient_id else frozenset({kit_id}),
-                patient_id,
-            )
-            self._entries.move_to_end(command_id)
+            new = request.command_id not in self._entries
+            self._entries[request.command_id] = Known(request.patient_id, request.sent_at, request.expires_at)
+            self._entries.move_to_end(request.command_id)
             while len(self._entries) > self._limit:
                 self._entries.popitem(last=False)
+            return new
 
-    def get(self, command_id: str) -> tuple[frozenset[str], str] | None:
+    def get(self, command_id: str) -> Known | None:
         with self._lock:
             return self._entries.get(command_id)
 
@@ -72,7 +78,13 @@ def _refused(  # noqa: PLR0917 (the message's four parts, then the verdict)
 
 
 def check_ack(  # noqa: PLR0911 (one return per check, in order)
-    *, topic: str, kit_id: str, payload: bytes, received_at: datetime, known: KnownCommands
+    *,
+    topic: str,
+    kit_id: str,
+    payload: bytes,
+    received_at: datetime,
+    known: KnownCommands,
+    registry: Registry | None,
 ) -> Outcome:
     """One message on a kit's `acks` channel: an acknowledgement record, or a rejection saying why not."""
     args = (topic, kit_id, payload, received_at)
@@ -100,16 +112,28 @@ def check_ack(  # noqa: PLR0911 (one return per check, in order)
             RejectReason.UNKNOWN_COMMAND,
             f"kit {kit_id} acknowledged command {ack.command_id}, which the bridge did not send",
         )
-    if kit_id not in found[0]:
+    # the kits the patient had while the command was out (the relay sent it to the one they had
+    # then, and a bridge reading it back cannot know which); the kit must still be theirs: a kit
+    # handed on to another patient does not mark the first patient's message read
+    window_end = min(received_at, found.expires_at)
+    kit = registry.kit(kit_id) if registry is not None else None
+    if kit is None or kit_id not in registry.kits_during(found.patient_id, found.sent_at, window_end):  # type: ignore[union-attr]
         return _refused(
             *args,
             RejectReason.FOREIGN_COMMAND,
             f"kit {kit_id} acknowledged command {ack.command_id}, which was sent to another kit",
         )
+    if kit.patient_at(received_at) != found.patient_id:
+        return _refused(
+            *args,
+            RejectReason.FOREIGN_COMMAND,
+            f"kit {kit_id} acknowledged command {ack.command_id}, but the kit is no longer with the "
+            "patient it was for",
+        )
     event = KitAckEvent(
         command_id=ack.command_id,
         kit_id=kit_id,
-        patient_id=found[1],
+        patient_id=found.patient_id,
         shown_at=ack.shown_at,
         read_at=ack.read_at,
         dismissed_at=ack.dismissed_at,

@@ -15,7 +15,6 @@ from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
 from contracts import CommandKind, KitCommandRequest, topics
 from ingest.command_relay import CommandMemory
 from ingest.kit_commands import KnownCommands
-from ingest.registry import Assignment, KitEntry, Registry
 from runtime import kafka as rk
 from tests.conftest import Stack
 from tests.integration.stage_support import prepare
@@ -23,21 +22,13 @@ from tests.integration.stage_support import prepare
 KIT, PATIENT = "KIT-MEM-1", "P-MEM-1"
 
 
-def _registry() -> Registry:
-    since = datetime.now(UTC) - timedelta(days=1)
-    kit = KitEntry(kit_id=KIT, state="assigned", retired_at=None,
-                   assignments=(Assignment(PATIENT, since, None),), devices={})  # fmt: skip
-    return Registry({KIT: kit}, 0.0)
-
-
 @pytest.fixture
 def memory(stack: Stack, unique: str) -> Iterator[tuple[CommandMemory, str]]:
     prepare(stack, unique)
     kafka = stack.kafka(prefix=f"{unique}.")
-    registry = _registry()
     made = CommandMemory(
         kafka=kafka, group=f"{unique}-memory", client_id=unique, lookback=timedelta(hours=1),
-        registry=lambda: registry, known=KnownCommands(), recheck_s=1.0,
+        known=KnownCommands(), recheck_s=1.0,
     )  # fmt: skip
     made.start()
     yield made, topics.kit_command_topic(kafka.topic_prefix)
@@ -77,4 +68,6 @@ def test_a_command_on_a_partition_added_while_the_bridge_runs_is_remembered(
     while made.known.get(command_id) is None and time.monotonic() < deadline and made.error is None:
         time.sleep(0.2)
     assert made.error is None, made.error
-    assert made.known.get(command_id) == (frozenset({KIT}), PATIENT)
+    known = made.known.get(command_id)
+    assert known is not None
+    assert known.patient_id == PATIENT

@@ -25,10 +25,29 @@ TOPIC = "vaktrom/v1/kits/KIT-1/acks"
 CID = uuid.UUID(int=1).hex
 
 
+def _request(command_id: str = CID, patient: str = "P-1", sent_at: datetime = NOW - timedelta(hours=1),
+             expires_at: datetime = NOW + timedelta(days=1)) -> KitCommandRequest:  # fmt: skip
+    return KitCommandRequest(
+        command_id=command_id, patient_id=patient, kind=CommandKind.MESSAGE, text="Ring oss",
+        sent_at=sent_at, expires_at=expires_at, origin="alerts",
+    )  # fmt: skip
+
+
 def _known() -> KnownCommands:
     known = KnownCommands()
-    known.remember(CID, "KIT-1", "P-1")
+    known.remember(_request())
     return known
+
+
+def _kit(kit_id: str, *assignments: Assignment, retired_at: datetime | None = None) -> KitEntry:
+    return KitEntry(kit_id, "assigned", retired_at, assignments, {})
+
+
+# KIT-1 with P-1 for weeks, KIT-2 with P-2
+REGISTRY = Registry({
+    "KIT-1": _kit("KIT-1", Assignment("P-1", NOW - timedelta(days=30), None)),
+    "KIT-2": _kit("KIT-2", Assignment("P-2", NOW - timedelta(days=30), None)),
+}, 0.0)  # fmt: skip
 
 
 def _ack(**kw: object) -> bytes:
@@ -43,7 +62,9 @@ def _ack(**kw: object) -> bytes:
 
 
 def _check(payload: bytes, kit: str = "KIT-1", known: KnownCommands | None = None):  # type: ignore[no-untyped-def]
-    return check_ack(topic=TOPIC, kit_id=kit, payload=payload, received_at=NOW, known=known or _known())
+    return check_ack(
+        topic=TOPIC, kit_id=kit, payload=payload, received_at=NOW, known=known or _known(), registry=REGISTRY
+    )
 
 
 def test_a_valid_ack_names_the_patient_the_command_went_to() -> None:
@@ -66,7 +87,12 @@ def test_an_ack_of_another_kits_command_is_foreign_command() -> None:
     known = _known()
     payload = _ack(kit="KIT-2")
     (rejection,) = check_ack(
-        topic="vaktrom/v1/kits/KIT-2/acks", kit_id="KIT-2", payload=payload, received_at=NOW, known=known
+        topic="vaktrom/v1/kits/KIT-2/acks",
+        kit_id="KIT-2",
+        payload=payload,
+        received_at=NOW,
+        known=known,
+        registry=REGISTRY,
     ).rejections
     assert rejection.reason is RejectReason.FOREIGN_COMMAND
 
@@ -101,9 +127,12 @@ def test_any_fields_become_an_ack_or_a_rejection(fields: dict[str, str]) -> None
 def test_the_known_commands_forget_the_oldest_first() -> None:
     known = KnownCommands(limit=2)
     for i in range(3):
-        known.remember(f"{i:032x}", "KIT-1", "P-1")
+        assert known.remember(_request(f"{i:032x}"))
+    assert not known.remember(_request(f"{2:032x}"))  # known already
     assert known.get(f"{0:032x}") is None
-    assert known.get(f"{2:032x}") == (frozenset({"KIT-1"}), "P-1")
+    found = known.get(f"{2:032x}")
+    assert found is not None
+    assert found.patient_id == "P-1"
 
 
 def test_the_kit_gets_the_command_without_the_patient() -> None:
@@ -170,3 +199,64 @@ def test_the_kit_of_a_patient_is_the_one_a_scan_of_every_kit_finds(
     at = _T0 + timedelta(hours=hour)
     scanned = [kit.kit_id for kit in registry.kits.values() if kit.patient_at(at) == patient]
     assert kit_of(registry, patient, at) == (scanned[0] if scanned else None)
+
+
+def _ack_from(kit: str, known: KnownCommands, registry: Registry, received_at: datetime):  # type: ignore[no-untyped-def]
+    return check_ack(
+        topic=f"vaktrom/v1/kits/{kit}/acks",
+        kit_id=kit,
+        payload=_ack(kit=kit),
+        received_at=received_at,
+        known=known,
+        registry=registry,
+    )
+
+
+def test_after_a_kit_swap_the_old_kit_and_the_new_one_may_acknowledge_and_no_other() -> None:
+    """The command went out while the patient had KIT-1; KIT-2 replaced it. A bridge that read the
+    command back cannot know which kit the relay sent it to: either may acknowledge it (the old kit
+    was returned to stock, not given on), a kit of another patient may not."""
+    swap = NOW - timedelta(minutes=30)
+    registry = Registry({
+        "KIT-1": _kit("KIT-1", Assignment("P-1", NOW - timedelta(days=9), swap)),
+        "KIT-2": _kit("KIT-2", Assignment("P-1", swap, None)),
+        "KIT-3": _kit("KIT-3", Assignment("P-2", NOW - timedelta(days=9), None)),
+    }, 0.0)  # fmt: skip
+    known = _known()  # sent an hour ago
+    new = _ack_from("KIT-2", known, registry, NOW)
+    assert new.ack is not None
+    assert new.ack.patient_id == "P-1"
+    (other,) = _ack_from("KIT-3", known, registry, NOW).rejections
+    assert other.reason is RejectReason.FOREIGN_COMMAND
+
+
+def test_a_kit_handed_on_to_another_patient_cannot_mark_the_first_patients_message_read() -> None:
+    """KIT-1 showed P-1's message, then went to P-2 (perhaps another team's) without being wiped: an
+    ack from it now would tell P-1's nurse "read" when P-2 read it. Refused."""
+    handover = NOW - timedelta(minutes=30)
+    registry = Registry({
+        "KIT-1": _kit("KIT-1", Assignment("P-1", NOW - timedelta(days=9), handover),
+                      Assignment("P-2", handover, None)),
+    }, 0.0)  # fmt: skip
+    (refused,) = _ack_from("KIT-1", _known(), registry, NOW).rejections
+    assert refused.reason is RejectReason.FOREIGN_COMMAND
+    assert "no longer with the patient" in refused.detail
+
+
+def test_a_kit_the_patient_got_after_the_command_expired_may_not_acknowledge_it() -> None:
+    expired = NOW - timedelta(hours=20)
+    registry = Registry({
+        "KIT-1": _kit("KIT-1", Assignment("P-1", NOW - timedelta(days=9), expired - timedelta(hours=1))),
+        "KIT-3": _kit("KIT-3", Assignment("P-1", expired + timedelta(hours=2), None)),
+    }, 0.0)  # fmt: skip
+    known = KnownCommands()
+    known.remember(_request(sent_at=expired - timedelta(hours=5), expires_at=expired))
+    (refused,) = _ack_from("KIT-3", known, registry, NOW).rejections
+    assert refused.reason is RejectReason.FOREIGN_COMMAND
+
+
+def test_without_a_registry_no_ack_is_taken() -> None:
+    (refused,) = check_ack(
+        topic=TOPIC, kit_id="KIT-1", payload=_ack(), received_at=NOW, known=_known(), registry=None
+    ).rejections
+    assert refused.reason is RejectReason.FOREIGN_COMMAND
