@@ -21,6 +21,8 @@ import sys
 import time
 import uuid
 from collections.abc import Mapping
+from concurrent import futures
+from typing import Any
 
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AclBinding,
@@ -28,6 +30,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AclOperation,
     AclPermissionType,
     AdminClient,
+    NewPartitions,
     NewTopic,
     OffsetSpec,
     ResourcePatternType,
@@ -201,52 +204,86 @@ SYNC_TOPIC_PREFIX = "_vaktrom-acl-sync."
 
 def wait_every_broker(admin: AdminClient, *, timeout: float = 15.0) -> None:
     """Wait until every live broker has applied what the controller took so far (access rules,
-    credentials). Each broker follows the cluster's metadata on its own: the broker a describe
-    reached may hold a new rule while the leader a stage then writes to does not yet (a CI run on
-    three nodes was refused TOPIC_AUTHORIZATION_FAILED so). librdkafka cannot send a describe to
-    a broker of our choosing, but a partition's offsets are asked of its leader: a marker topic made
-    now, one partition led by each live broker, answers on a broker only once that broker has applied
-    everything committed before it. One node is its own proof."""
-    brokers = sorted(admin.list_topics(timeout=timeout).brokers)
-    if len(brokers) < 2:
-        return
+    credentials), `timeout` in all. Each broker follows the cluster's metadata on its own: the
+    broker a describe reached may hold a new rule while the leader a stage then writes to does not
+    yet (a CI run on three nodes was refused TOPIC_AUTHORIZATION_FAILED so). librdkafka cannot send
+    a describe to a broker of our choosing, but a partition's offsets are asked of its leader: a
+    marker topic made now, one partition led by each live broker, answers on a broker only once that
+    broker has applied everything committed before it. Twice: a broker that catches up applies
+    several records at once and serves a new partition a moment before its authorizer has the rules
+    of the same batch; the second round's partitions come in a later batch, after that one is
+    published whole. A node that stops being live meanwhile is let go (it catches up before it
+    serves again); one that stays live and silent is an AclError."""
+    deadline = time.monotonic() + timeout
+
+    def left() -> float:
+        return max(0.1, deadline - time.monotonic())
+
+    brokers = sorted(admin.list_topics(timeout=left()).brokers)
     marker = f"{SYNC_TOPIC_PREFIX}{uuid.uuid4().hex}"
-    created = admin.create_topics(
-        [NewTopic(marker, len(brokers), replica_assignment=[[broker] for broker in brokers])],
-        operation_timeout=timeout,
-        request_timeout=timeout,
-    )
+    assignment = [[broker] for broker in brokers]
     try:
-        rk.wait(created[marker], admin, timeout=timeout + 5)
-    except rk.KafkaException as exc:
-        raise AclError(
-            f"could not make the marker topic that shows every broker is current: {_refusal(exc)}"
-        ) from None
-    try:
-        pending = [rk.TopicPartition(marker, partition) for partition in range(len(brokers))]
-        deadline = time.monotonic() + timeout
-        while pending:
-            latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-            asked = admin.list_offsets(dict.fromkeys(pending, latest), request_timeout=timeout)
-            for tp, future in asked.items():
-                try:
-                    rk.wait(future, admin, timeout=timeout + 5)
-                    pending.remove(tp)
-                except rk.KafkaException as exc:  # its leader has not applied the marker yet
-                    log.debug("marker partition %d: %s", tp.partition, _refusal(exc))
-            if pending and time.monotonic() > deadline:
-                lagging = sorted(brokers[tp.partition] for tp in pending)
-                raise AclError(
-                    f"Kafka nodes {lagging} had not caught up with the cluster after {timeout:g} s"
-                )
-            if pending:
-                time.sleep(0.05)
-                admin.list_topics(marker, timeout=timeout)  # librdkafka looks leaders up in its cache
+        created = admin.create_topics(
+            [NewTopic(marker, len(brokers), replica_assignment=assignment)],
+            operation_timeout=left(), request_timeout=left(),
+        )  # fmt: skip
+        _sync_step(admin, created[marker], "make the marker topic", left())
+        _answered(admin, marker, dict(enumerate(brokers)), deadline)
+        grown = admin.create_partitions(
+            [NewPartitions(marker, 2 * len(brokers), replica_assignment=assignment)],
+            operation_timeout=left(), request_timeout=left(),
+        )  # fmt: skip
+        _sync_step(admin, grown[marker], "add the marker's second round", left())
+        _answered(admin, marker, {len(brokers) + i: b for i, b in enumerate(brokers)}, deadline)
     finally:
-        try:
-            rk.delete_topics(admin, [marker], timeout=timeout)
+        try:  # also when the create timed out on our side but the controller made it
+            rk.delete_topics(admin, [marker], timeout=max(left(), 5.0))
         except rk.KafkaException as exc:  # harmless left behind; `infra/topics.py --delete` takes it
             log.warning("marker topic %s not deleted: %s", marker, _refusal(exc))
+
+
+def _sync_step(admin: AdminClient, future: Any, what: str, timeout: float) -> None:
+    try:
+        rk.wait(future, admin, timeout=timeout)
+    except rk.KafkaException as exc:
+        raise AclError(f"could not {what} that shows every Kafka node is current: {_refusal(exc)}") from None
+
+
+def _answered(admin: AdminClient, marker: str, leaders: dict[int, int], deadline: float) -> None:
+    """Until the leader of each of `leaders` (partition -> node) answers for it, or is no longer
+    live. Asked together, a second at a time, so a node that left is let go without waiting for
+    the request to it to time out."""
+    pending = dict(leaders)
+    latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+    while True:
+        asked = admin.list_offsets(
+            {rk.TopicPartition(marker, partition): latest for partition in pending},
+            request_timeout=max(0.1, deadline - time.monotonic()),
+        )
+        futures.wait(asked.values(), timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+        for tp, future in asked.items():
+            if not future.done():
+                rk.keep_alive(admin)  # a request outstanding: the client must not be destroyed
+            elif future.exception() is None:
+                del pending[tp.partition]
+            else:  # its leader has not applied the marker yet
+                log.debug("marker partition %d: %s", tp.partition, future.exception())
+        if not pending:
+            return
+        live = set(admin.list_topics(marker, timeout=max(0.1, deadline - time.monotonic())).brokers)
+        for partition, node in list(pending.items()):
+            if node not in live:
+                log.info(
+                    "Kafka node %d left while its rules were awaited; it catches up before it serves", node
+                )
+                del pending[partition]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            silent = sorted(set(pending.values()))
+            raise AclError(f"Kafka nodes {silent} did not answer within the wait for new access rules "
+                           "(down or behind); see `infra/stack cluster`")  # fmt: skip
+        time.sleep(0.05)
 
 
 def _setup(kafka: KafkaSettings, environ: Mapping[str, str]) -> str:

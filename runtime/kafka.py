@@ -61,6 +61,7 @@ __all__ = [
     "end_offsets",
     "is_fatal",
     "is_record",
+    "keep_alive",
     "list_topics",
     "murmur2",
     "next_offsets",
@@ -178,15 +179,25 @@ def is_fatal(error: KafkaError) -> bool:
     return bool(error.fatal()) or error.code() == KafkaError._FATAL
 
 
-def is_record(message: Message, *, who: str) -> bool:
+# refusals that do not pass by themselves: an access right taken away, a sign-in refused
+REFUSALS = frozenset({
+    KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.SASL_AUTHENTICATION_FAILED,
+    KafkaError._AUTHENTICATION,
+})  # fmt: skip
+
+
+def is_record(message: Message, *, who: str, refusal_raises: bool = False) -> bool:
     """Whether a consumed message is a record. A fatal client error raises KafkaException (the
-    client is done: its owner replaces it); a passing one (a broker restarting, a leader moving) is
-    logged under `who` and skipped: librdkafka recovers from it by itself, and a consume loop that
-    raised on it would stop a stage for what is only a broker's restart. A partition's end is None."""
+    client is done: its owner replaces it), and so does a refusal (`REFUSALS`) when `refusal_raises`
+    (a supervised worker: restarted with back-off and shown as down, not a warning forever). A
+    passing error (a broker restarting, a leader moving) is logged under `who` and skipped:
+    librdkafka recovers from it by itself, and a consume loop that raised on it would stop a stage
+    for what is only a broker's restart. A partition's end is no record and no warning."""
     error = message.error()
     if error is None:
         return True
-    if is_fatal(error):
+    if is_fatal(error) or (refusal_raises and error.code() in REFUSALS):
         raise KafkaException(error)
     if error.code() != KafkaError._PARTITION_EOF:
         log.warning("%s: Kafka reports %s; the client retries by itself", who, error.str())
@@ -394,6 +405,12 @@ class FatalErrors:
 _ABANDONED: list[object] = []
 
 
+def keep_alive(client: object) -> None:
+    """Keep `client` for the process's life: a request of it is still outstanding (`wait`)."""
+    if not any(kept is client for kept in _ABANDONED):
+        _ABANDONED.append(client)
+
+
 def wait(future: Future[Any], client: object, *, timeout: float) -> Any:
     """`future.result()` (an admin request's), bounded. librdkafka should answer within the request's
     own timeout, but after a broker was killed and restarted one request never came back and its caller
@@ -403,7 +420,7 @@ def wait(future: Future[Any], client: object, *, timeout: float) -> Any:
     try:
         return future.result(timeout=timeout)
     except TimeoutError:
-        _ABANDONED.append(client)
+        keep_alive(client)
         raise KafkaException(
             KafkaError(KafkaError._TIMED_OUT, f"Kafka did not answer an admin request within {timeout:.0f} s")
         ) from None

@@ -122,7 +122,11 @@ class KitAckFeed:
         self._consumer.subscribe([self._acks, self._commands])
 
     def tick(self) -> None:
-        batch = [m for m in self._consumer.consume(500, 0.5) if rk.is_record(m, who="kit acks")]
+        batch = [
+            m
+            for m in self._consumer.consume(500, 0.5)
+            if rk.is_record(m, who="kit acks", refusal_raises=True)
+        ]
         if not batch:
             return
         try:

@@ -156,3 +156,14 @@ def test_a_passing_kafka_error_in_the_stream_is_skipped_and_a_fatal_one_raises(
     assert "kit acks" in caplog.text  # a broker restarting: said, and skipped
     with pytest.raises(KafkaException):
         rk.is_record(_Message(KafkaError(KafkaError._FATAL, fatal=True)), who="t")  # type: ignore[arg-type]
+
+
+def test_a_refused_right_raises_for_a_supervised_worker_and_is_skipped_for_the_bridge() -> None:
+    """The kit-ack feed is restarted and shown down when Kafka refuses it (an access right taken
+    away); the bridge's command threads carry on with readings and only say so."""
+    denied = _Message(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    with pytest.raises(KafkaException):
+        rk.is_record(denied, who="kit acks", refusal_raises=True)  # type: ignore[arg-type]
+    assert not rk.is_record(denied, who="commands")  # type: ignore[arg-type]
+    passing = _Message(KafkaError(KafkaError._TRANSPORT))
+    assert not rk.is_record(passing, who="kit acks", refusal_raises=True)  # type: ignore[arg-type]
