@@ -13,7 +13,8 @@ module only says it the way FHIR's HTTP interface does:
                                 the measurement id makes a repeat recognisable)
     one Observation             201 with its Location, or 4xx and an OperationOutcome
     the whole message refused   400 (malformed, schema, invalid_text), 413 (too_large),
-                                429 (rate_limited), 500 (internal_error), with an OperationOutcome
+                                429 (rate_limited), 500 (internal_error), 503 (unknown_kit: a kit
+                                enrolled a moment ago; try again shortly), with an OperationOutcome
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ _WHOLE_STATUS = {
     RejectReason.TOO_LARGE: 413,
     RejectReason.RATE_LIMITED: 429,
     RejectReason.INTERNAL_ERROR: 500,
+    RejectReason.UNKNOWN_KIT: 503,  # enrolled a moment ago: the bridge knows it within seconds
 }
 # FHIR's issue-type codes for a refusal reason; anything not named is a business-rule refusal
 _ISSUE_CODE = {
@@ -51,6 +53,7 @@ _ISSUE_CODE = {
     RejectReason.INVALID_TEXT: "invalid",
     RejectReason.TOO_LARGE: "too-costly",
     RejectReason.RATE_LIMITED: "throttled",
+    RejectReason.UNKNOWN_KIT: "transient",
     RejectReason.INTERNAL_ERROR: "exception",
     RejectReason.UNKNOWN_DEVICE: "not-found",
 }
@@ -112,7 +115,7 @@ def _status_line(status: int) -> str:
 
 def _whole(outcome: ReadingOutcome) -> Answer:
     status = _WHOLE_STATUS.get(_reason(outcome), 422)
-    headers = {"Retry-After": "60"} if status == 429 else {}
+    headers = {"Retry-After": "60" if status == 429 else "10"} if status in (429, 503) else {}
     return Answer(status, operation_outcome(_issue(outcome)), headers)
 
 
@@ -147,7 +150,8 @@ def answer(payload: bytes, receipt: ReceiptEntry) -> Answer:
         )
     if whole_refusal and (
         len(envelope.entry) != 1
-        or _reason(outcomes[0]) in (RejectReason.RATE_LIMITED, RejectReason.INTERNAL_ERROR)
+        or _reason(outcomes[0])
+        in (RejectReason.RATE_LIMITED, RejectReason.INTERNAL_ERROR, RejectReason.UNKNOWN_KIT)
     ):
         return _whole(outcomes[0])
     if envelope.type == "transaction":

@@ -73,6 +73,8 @@ class KitSession:
         client.on_connect = self._on_connect
         client.on_subscribe = lambda *_args: self._subscribed.set()
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        self._publish_refusals: dict[int, str] = {}
         self._client = client
         try:
             client.connect(mqtt_settings.host, mqtt_settings.port, keepalive=30, clean_start=True)
@@ -113,6 +115,10 @@ class KitSession:
                     self._answers[entry.fhir] = entry
             self._answered.notify_all()
 
+    def _on_publish(self, _c: mqtt.Client, _u: object, mid: int, reason: object, _p: object) -> None:
+        if getattr(reason, "is_failure", False):  # MQTT 5: the broker's PUBACK says it dropped it
+            self._publish_refusals[mid] = str(reason)
+
     @property
     def usable(self) -> bool:
         return self._client.is_connected()
@@ -131,6 +137,9 @@ class KitSession:
             raise BrokerUnavailableError(f"the MQTT connection was lost while sending ({exc})") from None
         if not info.is_published():
             raise BrokerUnavailableError("the MQTT broker did not acknowledge the message in time")
+        refused = self._publish_refusals.pop(info.mid, None)
+        if refused is not None:
+            raise KitLoginError(f"the broker refused the message ({refused})")
         with self._answered:
             while digest not in self._answers:
                 left = deadline - time.monotonic()

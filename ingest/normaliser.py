@@ -271,7 +271,8 @@ class Normaliser:
             return fhir_whole(source, kit_id, RejectReason(parsed.reason), parsed.detail)
         kit = self._registry().kit(kit_id)
         if kit is None:
-            return whole(source, kit_id, RejectReason.UNKNOWN_KIT, f"kit {kit_id} is not in the kit registry")
+            detail = f"kit {kit_id} is not in the kit registry (yet: one enrolled a moment ago is known soon)"
+            return fhir_whole(source, kit_id, RejectReason.UNKNOWN_KIT, detail)
         outcome = Outcome(kit_id)
         outcomes = []
         for index, item in enumerate(parsed):
