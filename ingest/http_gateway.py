@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import logging
 import socket
 import threading
@@ -29,56 +28,20 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from contracts import MAX_KIT_PAYLOAD_BYTES
 from contracts.mqtt_accounts import kit_id_problem
 from ingest.fhir_answer import Answer, answer, operation_outcome
 from ingest.kit_session import BrokerUnavailableError, KitLoginError, Sessions
-from runtime.settings import ConfigError, MqttSettings, Settings, check_ranges, setting
+from ingest.settings import FhirGatewaySettings
+from runtime.settings import ConfigError, MqttSettings
 from runtime.stage import StageError, run_stage
 
-__all__ = ["FhirGateway", "FhirGatewaySettings", "create_app", "main"]
+__all__ = ["FhirGateway", "create_app", "main"]
 
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
 _TYPES = frozenset({FHIR_JSON, "application/json"})
 _REALM = {"WWW-Authenticate": 'Basic realm="vaktrom-kits", charset="UTF-8"'}
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class FhirGatewaySettings(Settings):
-    http_host: str = setting("127.0.0.1", env="VAKTROM_FHIR_HTTP_HOST", help="address to serve on")
-    http_port: int = setting(8090, env="VAKTROM_FHIR_HTTP_PORT", help="TCP port to serve FHIR input on")
-    topic_root: str = setting(
-        "vaktrom/v1", env="VAKTROM_MQTT_TOPIC_ROOT", help="MQTT topic root of the kits' topics"
-    )
-    max_body_bytes: int = setting(
-        MAX_KIT_PAYLOAD_BYTES,
-        env="VAKTROM_FHIR_MAX_BODY_BYTES",
-        help=f"largest body taken, in bytes (at most {MAX_KIT_PAYLOAD_BYTES:,}, what the bridge takes)",
-    )
-    kit_requests_per_minute: int = setting(
-        30, env="VAKTROM_FHIR_KIT_REQUESTS_PER_MINUTE", help="POSTs one kit may make a minute; more get 429"
-    )
-    receipt_timeout_s: float = setting(
-        15.0, env="VAKTROM_FHIR_RECEIPT_TIMEOUT_S", help="how long to wait for the bridge's receipt"
-    )
-    session_idle_s: float = setting(
-        60.0, env="VAKTROM_FHIR_SESSION_IDLE_S", help="how long a kit's broker login is kept after use"
-    )
-
-    def validate(self) -> None:
-        check_ranges(
-            {
-                "VAKTROM_FHIR_HTTP_PORT": (self.http_port, 1, 65535),
-                "VAKTROM_FHIR_MAX_BODY_BYTES": (self.max_body_bytes, 1024, MAX_KIT_PAYLOAD_BYTES),
-                "VAKTROM_FHIR_KIT_REQUESTS_PER_MINUTE": (self.kit_requests_per_minute, 1, 100_000),
-                "VAKTROM_FHIR_RECEIPT_TIMEOUT_S": (self.receipt_timeout_s, 1, 600),
-                "VAKTROM_FHIR_SESSION_IDLE_S": (self.session_idle_s, 0, 3600),
-            }
-        )
-        if "/" not in self.topic_root or "+" in self.topic_root or "#" in self.topic_root:
-            raise ConfigError(f"VAKTROM_MQTT_TOPIC_ROOT={self.topic_root!r} must look like vaktrom/v1")
 
 
 class _KitRate:
