@@ -163,8 +163,8 @@ def answer(payload: bytes, receipt: ReceiptEntry) -> Answer:
                 (
                     "information",
                     "informational",
-                    f"{stored} other entries were stored and stay stored (a transaction is not "
-                    "rolled back here); correct the refused entries and send the Bundle again: "
+                    f"stored: {stored} of the Bundle's entries, and they stay stored (a transaction is "
+                    "not rolled back here); correct the refused entries and send the Bundle again: "
                     "the stored ones are recognised as repeats",
                 )
             )

@@ -37,7 +37,7 @@ from runtime.stage import StageError, run_stage
 
 __all__ = ["FhirGateway", "create_app", "main"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ingest.http_gateway")  # not __main__ under `python -m`
 
 FHIR_JSON = "application/fhir+json"
 _TYPES = frozenset({FHIR_JSON, "application/json"})

@@ -3,15 +3,21 @@ from the bridge's receipt (ingest.fhir_answer)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+import httpx
+from fastapi import FastAPI
 from hypothesis import given
 from hypothesis import strategies as st
 
 from contracts import ReadingOutcome, ReceiptEntry, fhir_digest
 from ingest.fhir import Refusal, parse_fhir
 from ingest.fhir_answer import answer
+from ingest.http_gateway import create_app
+from ingest.kit_session import KitLoginError
+from ingest.settings import FhirGatewaySettings
 
 WHEN = "2026-11-22T07:31:00+01:00"
 
@@ -108,7 +114,7 @@ def test_a_transaction_with_a_refused_entry_is_422() -> None:
     )
     assert got.status == 422
     assert got.body["issue"][0]["expression"] == ["Bundle.entry[1]"]
-    assert "1 other entries were stored" in got.body["issue"][1]["diagnostics"]
+    assert "stored: 1 of the Bundle's entries" in got.body["issue"][1]["diagnostics"]
     fine = answer(payload, _receipt(payload, ReadingOutcome(id="cd" * 16), ReadingOutcome(id="ef" * 16)))
     assert (fine.status, fine.body["type"]) == (200, "transaction-response")
 
@@ -140,3 +146,45 @@ def test_any_payload_and_receipt_make_an_answer(payload: bytes, reasons: list[st
     got = answer(payload, _receipt(payload, *outcomes))
     assert got.body["resourceType"] in ("OperationOutcome", "Bundle", "Observation")
     assert 200 <= got.status < 600
+
+
+def _post(app: FastAPI, body: bytes, **kw: Any) -> httpx.Response:
+    """One POST to the app in-process (httpx's ASGI transport; no server)."""
+
+    async def send() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
+            return await client.post("http://gateway.test/fhir", content=body, **kw)
+
+    return asyncio.run(send())
+
+
+class _RefusingSessions:
+    """Stands in for the broker: every login is refused, and the tries are counted."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+
+    def take(self, kit_id: str, password: str) -> None:
+        self.tries += 1
+        raise KitLoginError("Bad user name or password")
+
+
+def test_the_gateway_checks_http_before_the_broker() -> None:
+    """Without a broker: no credentials 401, another content type 415, a declared body over the cap
+    413, a refused login 401; past the kit's requests a minute 429, without a login try."""
+    sessions = _RefusingSessions()
+    settings = FhirGatewaySettings(kit_requests_per_minute=1, max_body_bytes=2048)
+    app = create_app(settings=settings, sessions=sessions)  # type: ignore[arg-type]
+    fhir = {"Content-Type": "application/fhir+json"}
+    assert _post(app, b"{}", headers=fhir).status_code == 401
+    auth = ("KIT-1", "pw")
+    assert _post(app, b"{}", auth=auth, headers={"Content-Type": "text/xml"}).status_code == 415
+    big = _post(app, b" " * 2049, auth=auth, headers=fhir)
+    assert (big.status_code, big.json()["resourceType"]) == (413, "OperationOutcome")
+    assert _post(app, b"{}", auth=auth, headers=fhir).status_code == 401
+    limited = _post(app, b"{}", auth=auth, headers=fhir)
+    assert limited.status_code == 429
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert sessions.tries == 1
+    other = _post(app, b"{}", auth=("KIT-2", "pw"), headers=fhir)
+    assert other.status_code == 401  # another kit has a share of its own
