@@ -128,7 +128,7 @@ class KitSession:
         receipt; None when none came in time (the broker holds the message: it may still be taken)."""
         digest = fhir_digest(payload)
         with self._answered:
-            self._answers.pop(digest, None)
+            self._answers.clear()  # one request of the kit at a time: older answers are stale
         info = self._client.publish(topics.kit_topic(self.kit_id, "fhir", root=self._root), payload, qos=1)
         deadline = time.monotonic() + wait_s
         try:
