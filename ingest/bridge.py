@@ -31,14 +31,7 @@ from typing import Any
 
 import msgspec
 
-from contracts import (
-    MAX_KIT_PAYLOAD_BYTES,
-    ReadingOutcome,
-    ReceiptEntry,
-    RejectReason,
-    fhir_digest,
-    topics,
-)
+from contracts import MAX_KIT_PAYLOAD_BYTES, ReadingOutcome, ReceiptEntry, RejectReason, fhir_digest, topics
 from contracts.kafka_acl import bridge_command_group, bridge_memory_group
 from ingest._errors import BridgeError
 from ingest.answers import AnswerReader
