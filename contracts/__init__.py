@@ -49,6 +49,7 @@ from contracts._careplan import (
 from contracts._ids import answer_id, episode_id, format_instant, measurement_id, panel_id, rejection_id
 from contracts._kit import (
     BLOOD_PRESSURE,
+    FHIR_DETAIL_CHARS,
     KIT_READING_SCHEMA,
     KIT_STATUS_SCHEMA,
     MAX_KIT_PAYLOAD_BYTES,
@@ -61,6 +62,7 @@ from contracts._kit import (
     KitStatusMessage,
     ReadingOutcome,
     ReceiptEntry,
+    fhir_digest,
 )
 from contracts._kit_texts import (
     DEFAULT_KIT_LANGUAGE,
@@ -148,6 +150,7 @@ __all__ = [
     "CONTACT_REQUEST",
     "COPD_CHECK",
     "DEFAULT_KIT_LANGUAGE",
+    "FHIR_DETAIL_CHARS",
     "GLUCOSE_MG_DL_PER_MMOL_L",
     "HF_DAILY",
     "INFECTION_CHECK",
@@ -238,6 +241,7 @@ __all__ = [
     "command_problem",
     "database_fault",
     "episode_id",
+    "fhir_digest",
     "format_instant",
     "measurement_id",
     "panel_id",

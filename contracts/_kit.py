@@ -7,6 +7,7 @@ Schemas are exported to `contracts/schemas/` for firmware and gateway authors.
 from __future__ import annotations
 
 import enum
+import hashlib
 from datetime import datetime
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from msgspec import Meta
 
 __all__ = [
     "BLOOD_PRESSURE",
+    "FHIR_DETAIL_CHARS",
     "KIT_READING_SCHEMA",
     "KIT_STATUS_SCHEMA",
     "MAX_KIT_PAYLOAD_BYTES",
@@ -27,12 +29,14 @@ __all__ = [
     "KitStatusMessage",
     "ReadingOutcome",
     "ReceiptEntry",
+    "fhir_digest",
 ]
 
 KIT_READING_SCHEMA = "vaktrom.kit-reading.v1"
 KIT_STATUS_SCHEMA = "vaktrom.kit-status.v1"
 RECEIPT_SCHEMA = "vaktrom.receipt.v1"
 
+FHIR_DETAIL_CHARS = 300  # a refused FHIR entry's reason in words, in the receipt
 MAX_KIT_PAYLOAD_BYTES = 64 * 1024  # larger payloads are rejected as too large before parsing
 MAX_READINGS_PER_MESSAGE = 500  # enough for a day of store-and-forward catch-up from one device
 
@@ -135,13 +139,28 @@ class ReadingOutcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     id: str | None = None
     rejected: str | None = None
     ids: list[str] | None = None
+    # Only in a FHIR message's entry: why the entry was refused, in words (what to change), so that
+    # a gateway can answer its client per entry. A readings message's receipt stays codes only.
+    detail: Annotated[str, Meta(max_length=FHIR_DETAIL_CHARS)] | None = None
 
 
 class ReceiptEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The outcome of one message, named by the kit's `seq`, with one outcome per reading in order."""
+    """The outcome of one message, with one outcome per reading in order.
 
-    seq: Annotated[int, Meta(ge=0)]
+    A readings or answers message is named by the kit's `seq`. A FHIR message has no `seq`: it is
+    named by `fhir`, the digest of its payload (`fhir_digest`), and has one outcome per Bundle
+    entry (a Device entry, read only to resolve references, has neither `id` nor `rejected`), or
+    one outcome when the whole message was refused.
+    """
+
+    seq: Annotated[int, Meta(ge=0)] | None = None
+    fhir: Annotated[str, Meta(pattern="^[0-9a-f]{32}$")] | None = None
     readings: list[ReadingOutcome]
+
+
+def fhir_digest(payload: bytes) -> str:
+    """What names a FHIR message in a receipt: the first 32 hex digits of the SHA-256 of its bytes."""
+    return hashlib.sha256(payload).hexdigest()[:32]
 
 
 class DeliveryReceipt(

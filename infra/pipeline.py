@@ -167,8 +167,9 @@ def demo_login(env: dict[str, str]) -> str:
 
 
 def stages(env: dict[str, str]) -> list[Stage]:
-    """The four stages, each signed in to Kafka as its own principal (docs/kafka-security.md); the
-    bridge logs in to the broker with the client id its account is bound to (docs/broker-accounts.md)."""
+    """The four stages, each signed in to Kafka as its own principal (docs/kafka-security.md), and
+    the FHIR gateway (it logs in to the broker as each kit that posts); the bridge logs in to the
+    broker with the client id its account is bound to (docs/broker-accounts.md)."""
     port = {  # each stage's /health, where its settings put it (defaults as there)
         name: int(env.get(f"VAKTROM_{name.upper()}_METRICS_PORT", default))
         for name, default in (("bridge", 9464), ("monitor", 9466), ("archive", 9465), ("alerts", 9467))
@@ -183,6 +184,8 @@ def stages(env: dict[str, str]) -> list[Stage]:
         # its console watches the other stages where they really listen (their ports may be moved)
         Stage("alerts", "alerts", port["alerts"], {**kafka_principal(env, "alerts"), **hosted_registry(env),
               "VAKTROM_ALERTS_WATCH_STAGES": watch_stages(env, port)}),
+        # FHIR input over HTTP (docs/fhir-input.md): no account of its own, it logs in as each kit
+        Stage("fhir-gateway", "ingest.http_gateway", int(env.get("VAKTROM_FHIR_HTTP_PORT", "8090")), {}),
     ]  # fmt: skip
 
 

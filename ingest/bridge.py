@@ -31,7 +31,7 @@ from typing import Any
 
 import msgspec
 
-from contracts import MAX_KIT_PAYLOAD_BYTES, ReadingOutcome, ReceiptEntry, RejectReason, topics
+from contracts import MAX_KIT_PAYLOAD_BYTES, ReadingOutcome, ReceiptEntry, RejectReason, fhir_digest, topics
 from contracts.kafka_acl import bridge_command_group, bridge_memory_group
 from ingest._errors import BridgeError
 from ingest.answers import AnswerReader
@@ -60,6 +60,10 @@ _STATUS_SCHEMA = ("schema", b"vaktrom.kit-status-event.v1")
 _ANSWER_SCHEMA = ("schema", b"vaktrom.answer.v1")
 _ACK_SCHEMA = ("schema", b"vaktrom.kit-ack-event.v1")
 _RATE_LIMITED = ReadingOutcome(rejected=RejectReason.RATE_LIMITED.value)
+_RATE_LIMITED_FHIR = ReadingOutcome(
+    rejected=RejectReason.RATE_LIMITED.value,
+    detail="the kit sent more than its fair share of readings a minute; send this again later",
+)
 _FHIR_REFUSAL_EVERY = 60.0  # seconds: at most one rate_limited rejection record per kit in this time
 
 
@@ -365,10 +369,14 @@ class Bridge:
         if self.limiter.allow(inbound.kit_id, readings, size, now):
             return False
         self._refused["fhir"] += 1
+        receipt = ReceiptEntry(fhir=fhir_digest(inbound.payload), readings=[_RATE_LIMITED_FHIR])
         if self._fhir_refusals.due(inbound.kit_id, now):
-            self._emit(inbound, self._fhir_refusal(inbound))
+            outcome = self._fhir_refusal(inbound)
+            outcome.receipt = receipt
+            self._emit(inbound, outcome)
         else:
             self._refused["fhir_unrecorded"] += 1
+            inbound.receipt = receipt
             self._settle_unrecorded(inbound)
         return None
 

@@ -11,7 +11,16 @@ observations (15074-8 in mmol/L, 2339-0 in mg/dL). Each becomes the same
     valueQuantity.code (UCUM) or .unit            -> unit; .value -> value
     valueQuantity.comparator ">" / "<" (glucose)  -> meter flag HI / LO
     effectiveDateTime | effectiveInstant          -> measured_at (with an offset)
-    device.identifier.value (or device.display)   -> device serial, checked against the registry
+    device.identifier.value | device.reference    -> device serial, checked against the registry
+      | device.display
+
+`device.reference` is resolved (`_Devices`): `#id` to a Device in the Observation's `contained`,
+a Bundle entry's `fullUrl` (e.g. `urn:uuid:...`) or `Device/<id>` to a Device entry of the same
+Bundle, and then to that Device's first `identifier.value` (or its `serialNumber`); a
+`Device/<id>` the Bundle does not hold names the registered serial itself. A reference that
+resolves to nothing is `unknown_device`. The registry then checks the serial belongs to the
+sending kit, so a kit cannot send for another kit's device. A Bundle's Device entries are read
+for this only; they make no reading (their place in the list is None).
 
 The patient is *not* taken from `subject`: the kit registry says whose kit it is, as for any kit.
 Only the fields above are read; everything else a resource carries is allowed and ignored. A field
@@ -89,8 +98,18 @@ class _Identifier(msgspec.Struct):
 
 
 class _Reference(msgspec.Struct):
+    reference: str | None = None
     identifier: _Identifier | None = None
     display: str | None = None
+
+
+class Device(msgspec.Struct, tag_field="resourceType", tag="Device"):
+    id: str | None = None
+    identifier: list[_Identifier] = []
+    serialNumber: str | None = None  # noqa: N815 (FHIR's spelling)
+
+    def serial(self) -> str | None:
+        return next((i.value for i in self.identifier if i.value), None) or self.serialNumber
 
 
 class _Component(msgspec.Struct):
@@ -106,12 +125,14 @@ class Observation(msgspec.Struct, tag_field="resourceType", tag="Observation"):
     valueQuantity: _Quantity | None = None  # noqa: N815
     device: _Reference | None = None
     component: list[_Component] = []
+    contained: list[msgspec.Raw] = []  # decoded only when a reference points into it
 
 
 _ABSENT = msgspec.Raw(b"null")
 
 
 class _Entry(msgspec.Struct):
+    fullUrl: str | None = None  # noqa: N815 (FHIR's spelling)
     resource: msgspec.Raw = _ABSENT  # decoded on its own, so one bad entry spoils only itself
 
 
@@ -119,12 +140,48 @@ class Bundle(msgspec.Struct, tag_field="resourceType", tag="Bundle"):
     entry: list[_Entry] = []
 
 
+class _Typed(msgspec.Struct):
+    resourceType: str | None = None  # noqa: N815 (FHIR's spelling)
+
+
 _decoder = msgspec.json.Decoder(Observation | Bundle)
 _observation = msgspec.json.Decoder(Observation)
+_device_decoder = msgspec.json.Decoder(Device)
+_typed = msgspec.json.Decoder(_Typed)
+_NO_DEVICES: dict[str, Device] = {}
 
 
-def parse_fhir(payload: bytes) -> list[KitReading | Refusal] | Refusal:
-    """The readings in a FHIR payload (one per Observation, or why each one was refused)."""
+def _is_device(raw: bytes) -> bool:
+    try:
+        if _typed.decode(raw).resourceType != "Device":
+            return False
+        _device_decoder.decode(raw)
+    except (msgspec.ValidationError, *UNREADABLE):
+        return False  # refused as no Observation, with the decoder's reason
+    return True
+
+
+def _bundle_devices(entries: list[_Entry]) -> dict[str, Device]:
+    """The Bundle's Device entries by every name a reference may use: fullUrl and Device/<id>."""
+    found: dict[str, Device] = {}
+    for entry in entries:
+        raw = bytes(entry.resource)
+        try:
+            if _typed.decode(raw).resourceType != "Device":
+                continue
+            device = _device_decoder.decode(raw)
+        except (msgspec.ValidationError, *UNREADABLE):
+            continue  # refused as an entry in its own right
+        if entry.fullUrl:
+            found[entry.fullUrl] = device
+        if device.id:
+            found[f"Device/{device.id}"] = device
+    return found
+
+
+def parse_fhir(payload: bytes) -> list[KitReading | Refusal | None] | Refusal:
+    """The readings in a FHIR payload (one per Observation, or why each one was refused; None for
+    a Bundle's Device entry, read only to resolve the Observations' device references)."""
     try:
         resource = _decoder.decode(payload)
     except msgspec.ValidationError as exc:
@@ -132,19 +189,23 @@ def parse_fhir(payload: bytes) -> list[KitReading | Refusal] | Refusal:
     except UNREADABLE as exc:
         return Refusal(RejectReason.MALFORMED, unreadable(exc))
     if isinstance(resource, Observation):
-        return [_reading(resource)]
+        return [_reading(resource, _NO_DEVICES)]
     if not resource.entry:
         return Refusal(RejectReason.SCHEMA, "the Bundle has no entries")
     if len(resource.entry) > _MAX_OBSERVATIONS:
         return Refusal(RejectReason.TOO_LARGE, f"more than {_MAX_OBSERVATIONS} entries in one Bundle")
-    readings: list[KitReading | Refusal] = []
+    devices = _bundle_devices(resource.entry)
+    readings: list[KitReading | Refusal | None] = []
     for index, entry in enumerate(resource.entry):
         raw = bytes(entry.resource)
         if raw == b"null":
             readings.append(Refusal(RejectReason.SCHEMA, f"Bundle.entry[{index}] has no resource", b""))
             continue
+        if _is_device(raw):
+            readings.append(None)
+            continue
         try:
-            item = _reading(_observation.decode(raw))
+            item = _reading(_observation.decode(raw), devices)
         except msgspec.ValidationError as exc:
             item = Refusal(RejectReason.SCHEMA, f"Bundle.entry[{index}] is no Observation: {exc}")
         except UNREADABLE as exc:  # the Bundle's decoder left the entry raw, unchecked
@@ -168,6 +229,7 @@ def _texts(obs: Observation) -> Iterator[tuple[str, str | None, int]]:
         yield from (("valueQuantity.system", q.system, system), ("valueQuantity.code", q.code, code))
     if obs.device is not None:
         yield "device.display", obs.device.display, code
+        yield "device.reference", obs.device.reference, system
         if obs.device.identifier is not None:
             yield "device.identifier.value", obs.device.identifier.value, code
     for i, part in enumerate(obs.component):
@@ -188,7 +250,7 @@ def _text_refusal(obs: Observation) -> Refusal | None:
     return None
 
 
-def _reading(obs: Observation) -> KitReading | Refusal:  # noqa: PLR0911, PLR0912 (one check each)
+def _reading(obs: Observation, devices: dict[str, Device]) -> KitReading | Refusal:  # noqa: PLR0911, PLR0912 (one check each)
     if (refusal := _text_refusal(obs)) is not None:
         return refusal
     if obs.status not in _ACCEPTED_STATUS:
@@ -198,7 +260,7 @@ def _reading(obs: Observation) -> KitReading | Refusal:  # noqa: PLR0911, PLR091
         )
     codes = [c.code for c in obs.code.coding if c.system == LOINC and c.code]
     if BP_PANEL_LOINC in codes:
-        return _panel(obs)
+        return _panel(obs, devices)
     known = [code for code in codes if code in LOINC_METRICS]
     if not known:
         shown = ", ".join(codes) or "none"
@@ -231,7 +293,7 @@ def _reading(obs: Observation) -> KitReading | Refusal:  # noqa: PLR0911, PLR091
     measured = _measured(obs)
     if isinstance(measured, Refusal):
         return measured
-    device = _device(obs)
+    device = _device(obs, devices)
     if isinstance(device, Refusal):
         return device
     if len(unit) > 16:
@@ -255,19 +317,61 @@ def _measured(obs: Observation) -> datetime | Refusal:
     return measured
 
 
-def _device(obs: Observation) -> str | Refusal:
+def _device(obs: Observation, devices: dict[str, Device]) -> str | Refusal:
     device = None
     if obs.device is not None:
-        device = (obs.device.identifier.value if obs.device.identifier else None) or obs.device.display
+        device = obs.device.identifier.value if obs.device.identifier else None
+        if not device and obs.device.reference:
+            resolved = _resolve(obs.device.reference, obs, devices)
+            if isinstance(resolved, Refusal):
+                return resolved
+            device = resolved
+        device = device or obs.device.display
     if not device or not _SERIAL.fullmatch(device):  # match() would let a trailing newline through
         return Refusal(
             RejectReason.UNKNOWN_DEVICE,
-            "Observation.device.identifier.value must carry the measuring device's registered serial",
+            "Observation.device must name the measuring device's registered serial: in "
+            "identifier.value, or as a reference (Device/<serial>, #contained, a Bundle fullUrl)",
         )
     return device
 
 
-def _panel(obs: Observation) -> KitReading | Refusal:
+def _resolve(reference: str, obs: Observation, devices: dict[str, Device]) -> str | Refusal:
+    """The serial a device reference names, or why it names none (see the module docstring)."""
+    if reference.startswith("#"):
+        for raw in obs.contained:
+            try:
+                device = _device_decoder.decode(bytes(raw))
+            except (msgspec.ValidationError, *UNREADABLE):
+                continue  # a contained resource of another type
+            if device.id == reference[1:]:
+                return _serial_of(device, reference)
+        return Refusal(
+            RejectReason.UNKNOWN_DEVICE,
+            f"device.reference {reference!r} names no Device in Observation.contained",
+        )
+    if reference in devices:
+        return _serial_of(devices[reference], reference)
+    if reference.startswith("Device/"):
+        return reference.removeprefix("Device/").split("/_history/")[0]
+    return Refusal(
+        RejectReason.UNKNOWN_DEVICE,
+        f"device.reference {reference!r} is neither Device/<serial>, #<contained id> nor the fullUrl "
+        "of a Device entry in this Bundle",
+    )
+
+
+def _serial_of(device: Device, reference: str) -> str | Refusal:
+    serial = device.serial()
+    if serial is None or text_problem(serial, max_chars=_TEXT_LIMITS["code"]) is not None:
+        return Refusal(
+            RejectReason.UNKNOWN_DEVICE,
+            f"the Device {reference!r} refers to has no usable identifier.value or serialNumber",
+        )
+    return serial
+
+
+def _panel(obs: Observation, devices: dict[str, Device]) -> KitReading | Refusal:
     """A blood-pressure panel (85354-9) with its components, as the cuff reading a kit would send;
     the bridge then checks it like one (ingest.cuff). A component's unit is its UCUM code."""
     values: dict[str, float | None] = {}
@@ -288,7 +392,7 @@ def _panel(obs: Observation) -> KitReading | Refusal:
     measured = _measured(obs)
     if isinstance(measured, Refusal):
         return measured
-    device = _device(obs)
+    device = _device(obs, devices)
     if isinstance(device, Refusal):
         return device
     if len(units) > 1 or any(len(u) > 16 for u in units):

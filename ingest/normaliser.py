@@ -36,6 +36,7 @@ import msgspec
 
 from contracts import (
     BLOOD_PRESSURE,
+    FHIR_DETAIL_CHARS,
     MAX_KIT_PAYLOAD_BYTES,
     METRICS,
     KitReading,
@@ -50,6 +51,7 @@ from contracts import (
     Rejection,
     RejectReason,
     canonical_unit_code,
+    fhir_digest,
     measurement_id,
     rejection_id,
 )
@@ -75,7 +77,7 @@ from ingest.text import (
     safe_rejection,
 )
 
-__all__ = ["Normaliser", "Outcome", "payload_rejection"]
+__all__ = ["Normaliser", "Outcome", "fhir_whole", "payload_rejection"]
 
 _READINGS = MessageKind(
     decoder=msgspec.json.Decoder(KitReadingMessage),
@@ -254,22 +256,29 @@ class Normaliser:
         return outcome
 
     def fhir(self, topic: str, kit_id: str, payload: bytes, received_at: datetime) -> Outcome:
-        """FHIR R4 Observations (one, or a Bundle of them) from a gateway that speaks FHIR."""
+        """FHIR R4 Observations (one, or a Bundle of them) from a gateway that speaks FHIR. Its
+        receipt is named by the payload's digest, with one outcome per entry and, for a refused
+        one, the reason in words (the HTTP gateway answers its client from it)."""
         source = Source(topic, payload, received_at)
         if (bad_topic := topic_kit(source, kit_id)) is not None:
             return bad_topic
+        digest = fhir_digest(payload)
         if len(payload) > MAX_KIT_PAYLOAD_BYTES:
-            return whole(
-                source, kit_id, RejectReason.TOO_LARGE, f"payload over {MAX_KIT_PAYLOAD_BYTES:,} bytes"
-            )
+            detail = f"payload over {MAX_KIT_PAYLOAD_BYTES:,} bytes; send fewer entries per Bundle"
+            return fhir_whole(source, kit_id, RejectReason.TOO_LARGE, detail)
         parsed = parse_fhir(payload)
         if isinstance(parsed, Refusal):
-            return whole(source, kit_id, RejectReason(parsed.reason), parsed.detail)
+            return fhir_whole(source, kit_id, RejectReason(parsed.reason), parsed.detail)
         kit = self._registry().kit(kit_id)
         if kit is None:
-            return whole(source, kit_id, RejectReason.UNKNOWN_KIT, f"kit {kit_id} is not in the kit registry")
+            detail = f"kit {kit_id} is not in the kit registry (yet: one enrolled a moment ago is known soon)"
+            return fhir_whole(source, kit_id, RejectReason.UNKNOWN_KIT, detail)
         outcome = Outcome(kit_id)
+        outcomes = []
         for index, item in enumerate(parsed):
+            if item is None:  # a Device entry: read for the references only
+                outcomes.append(ReadingOutcome())
+                continue
             record = (
                 source.rejection(kit.kit_id, RejectReason(item.reason), item.detail, index, item.raw)
                 if isinstance(item, Refusal)
@@ -277,10 +286,15 @@ class Normaliser:
             )
             if isinstance(record, Measurement):
                 outcome.measurements.append(record)
+                outcomes.append(ReadingOutcome(id=record.measurement_id))
             elif isinstance(record, list):
                 outcome.measurements.extend(record)
+                ids = [m.measurement_id for m in record]
+                outcomes.append(ReadingOutcome(id=ids[0], ids=ids))
             else:
                 outcome.rejections.append(record)
+                outcomes.append(_fhir_refused(record.reason, record.detail))
+        outcome.receipt = ReceiptEntry(fhir=digest, readings=outcomes)
         return outcome
 
     # ------------------------------------------------------------ one reading
@@ -412,3 +426,22 @@ class Normaliser:
         return _Accepted(metric, spec, unit, valued)
 
     # ------------------------------------------------------------ rejections of a whole message
+
+
+def _fhir_refused(reason: RejectReason, detail: str) -> ReadingOutcome:
+    """A refused FHIR entry's outcome: its code and (bounded) words; the detail is printable already."""
+    if len(detail) > FHIR_DETAIL_CHARS:
+        detail = detail[: FHIR_DETAIL_CHARS - 1] + "…"
+    return ReadingOutcome(rejected=reason.value, detail=detail)
+
+
+def fhir_whole(source: Source, kit_id: str, reason: RejectReason, detail: str) -> Outcome:
+    """A FHIR message refused as a whole: one rejection, and a receipt with one outcome saying why
+    (none for an unknown kit, as for readings: it may be newer than the registry snapshot)."""
+    outcome = whole(source, kit_id, reason, detail)
+    if reason is not RejectReason.UNKNOWN_KIT:
+        said = outcome.rejections[0].detail  # made printable and bounded by `safe_rejection`
+        outcome.receipt = ReceiptEntry(
+            fhir=fhir_digest(source.payload), readings=[_fhir_refused(reason, said)]
+        )
+    return outcome

@@ -1,4 +1,4 @@
-"""The bridge's own settings (connection settings are the shared ones in `runtime.settings`)."""
+"""The bridge's and the FHIR gateway's own settings (the connection settings are in `runtime.settings`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 from contracts import MAX_KIT_PAYLOAD_BYTES, MAX_READINGS_PER_MESSAGE
 from runtime.settings import ConfigError, Settings, check_ranges, setting
 
-__all__ = ["COMPRESSIONS", "BridgeSettings"]
+__all__ = ["COMPRESSIONS", "BridgeSettings", "FhirGatewaySettings"]
 
 COMPRESSIONS = ("none", "gzip", "lz4", "zstd")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -191,3 +191,39 @@ class BridgeSettings(Settings):
             raise ConfigError(
                 f"VAKTROM_BRIDGE_COMMAND_LOOKBACK_H={self.command_lookback_h} must be 0 to 8760 (a year)"
             )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FhirGatewaySettings(Settings):
+    http_host: str = setting("127.0.0.1", env="VAKTROM_FHIR_HTTP_HOST", help="address to serve on")
+    http_port: int = setting(8090, env="VAKTROM_FHIR_HTTP_PORT", help="TCP port to serve FHIR input on")
+    topic_root: str = setting(
+        "vaktrom/v1", env="VAKTROM_MQTT_TOPIC_ROOT", help="MQTT topic root of the kits' topics"
+    )
+    max_body_bytes: int = setting(
+        MAX_KIT_PAYLOAD_BYTES,
+        env="VAKTROM_FHIR_MAX_BODY_BYTES",
+        help=f"largest body taken, in bytes (at most {MAX_KIT_PAYLOAD_BYTES:,}, what the bridge takes)",
+    )
+    kit_requests_per_minute: int = setting(
+        30, env="VAKTROM_FHIR_KIT_REQUESTS_PER_MINUTE", help="POSTs one kit may make a minute; more get 429"
+    )
+    receipt_timeout_s: float = setting(
+        15.0, env="VAKTROM_FHIR_RECEIPT_TIMEOUT_S", help="how long to wait for the bridge's receipt"
+    )
+    session_idle_s: float = setting(
+        60.0, env="VAKTROM_FHIR_SESSION_IDLE_S", help="how long a kit's broker login is kept after use"
+    )
+
+    def validate(self) -> None:
+        check_ranges(
+            {
+                "VAKTROM_FHIR_HTTP_PORT": (self.http_port, 1, 65535),
+                "VAKTROM_FHIR_MAX_BODY_BYTES": (self.max_body_bytes, 1024, MAX_KIT_PAYLOAD_BYTES),
+                "VAKTROM_FHIR_KIT_REQUESTS_PER_MINUTE": (self.kit_requests_per_minute, 1, 100_000),
+                "VAKTROM_FHIR_RECEIPT_TIMEOUT_S": (self.receipt_timeout_s, 1, 600),
+                "VAKTROM_FHIR_SESSION_IDLE_S": (self.session_idle_s, 0, 3600),
+            }
+        )
+        if "/" not in self.topic_root or "+" in self.topic_root or "#" in self.topic_root:
+            raise ConfigError(f"VAKTROM_MQTT_TOPIC_ROOT={self.topic_root!r} must look like vaktrom/v1")

@@ -138,8 +138,8 @@ class _Outcome(msgspec.Struct, frozen=True):
     rejected: str | None = None
 
 
-class _Entry(msgspec.Struct, frozen=True):
-    seq: int
+class _Entry(msgspec.Struct, frozen=True, kw_only=True):
+    seq: int | None = None  # a FHIR message's entry has none (it is named by a payload digest)
     readings: list[_Outcome]
 
 
@@ -160,6 +160,8 @@ def decode_receipt(payload: bytes) -> tuple[str, list[tuple[int, list[tuple[str,
         return None
     entries = []
     for entry in receipt.messages:
+        if entry.seq is None:
+            continue  # a FHIR message's outcome: the simulator sends none
         outcomes = [
             ("id", o.id) if o.id is not None else ("rejected", o.rejected or "unknown")
             for o in entry.readings

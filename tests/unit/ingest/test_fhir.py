@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts import MAX_RAW_EXCERPT_BYTES, Measurement, Metric, RejectReason
+from contracts import MAX_RAW_EXCERPT_BYTES, Measurement, Metric, RejectReason, fhir_digest
 from ingest.fhir import Refusal, parse_fhir
 from ingest.normaliser import Normaliser
 from ingest.registry import Registry
@@ -52,8 +52,14 @@ def _observation(
 
 def _normalise(resource: dict[str, Any]) -> list[Measurement | RejectReason]:
     normaliser = Normaliser(registry=lambda: Registry({KIT: _kit()}, 0.0))
-    outcome = normaliser.fhir(TOPIC, KIT, json.dumps(resource).encode(), NOW)
-    assert outcome.receipt is None  # FHIR carries no seq: settled by PUBACK
+    payload = json.dumps(resource).encode()
+    outcome = normaliser.fhir(TOPIC, KIT, payload, NOW)
+    # FHIR carries no seq: its receipt is named by the payload's digest, one outcome per entry
+    assert outcome.receipt is not None
+    assert outcome.receipt.seq is None
+    assert outcome.receipt.fhir == fhir_digest(payload)
+    rejected = [o.rejected for o in outcome.receipt.readings if o.rejected is not None]
+    assert rejected == [r.reason.value for r in outcome.rejections]
     return [*outcome.measurements, *(r.reason for r in outcome.rejections)]
 
 

@@ -1,0 +1,252 @@
+"""`vaktrom-fhir-gateway` (or `python -m ingest.http_gateway`): FHIR input over HTTP for gateways
+that cannot speak MQTT. A kit POSTs a FHIR `Bundle` of Observations (batch, transaction or
+collection), or one Observation, to `/fhir` with HTTP Basic credentials: its kit id and its MQTT
+password.
+
+This is a thin adapter, not a second validation path. It checks only what HTTP needs (credentials
+present, content type, body size, a per-kit request rate), then logs in to the broker *as the kit*
+(`ingest.kit_session`: the broker checks the password and the kit's rights), publishes the body
+unchanged to the kit's own `fhir` topic at QoS 1 and waits for the bridge's receipt, which says
+per entry what was stored and what was refused and why (`ingest.fhir`, `ingest.normaliser`). The
+receipt becomes the HTTP answer (`ingest.fhir_answer`). Every refusal is also a rejection record
+on Kafka, as for a message over MQTT. docs/fhir-input.md has the whole picture.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from contracts.mqtt_accounts import kit_id_problem
+from ingest.fhir_answer import Answer, answer, operation_outcome
+from ingest.kit_session import BrokerUnavailableError, KitLoginError, Sessions
+from ingest.settings import FhirGatewaySettings
+from runtime.settings import ConfigError, MqttSettings
+from runtime.stage import StageError, run_stage
+
+__all__ = ["FhirGateway", "create_app", "main"]
+
+log = logging.getLogger("ingest.http_gateway")  # not __main__ under `python -m`
+
+FHIR_JSON = "application/fhir+json"
+_TYPES = frozenset({FHIR_JSON, "application/json"})
+_REALM = {"WWW-Authenticate": 'Basic realm="vaktrom-kits", charset="UTF-8"'}
+
+
+class _KitRate:
+    """Requests per kit and minute: a token bucket per kit, as full as a minute's share at first."""
+
+    def __init__(self, per_minute: int) -> None:
+        self._rate, self._full = per_minute / 60.0, float(per_minute)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, kit: str) -> float:
+        """0 when the kit may send now (and it is counted), else the seconds until it may."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, then = self._buckets.get(kit, (self._full, now))
+            tokens = min(self._full, tokens + (now - then) * self._rate)
+            if tokens < 1:
+                self._buckets[kit] = (tokens, now)
+                return (1 - tokens) / self._rate
+            self._buckets[kit] = (tokens - 1, now)
+            if len(self._buckets) > 100_000:  # forget full buckets rather than grow for ever
+                self._buckets = {k: v for k, v in self._buckets.items() if v[0] < self._full - 1}
+            return 0.0
+
+
+def _refuse(status: int, code: str, text: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = operation_outcome(("error", code, text))
+    return JSONResponse(body, status_code=status, headers=headers, media_type=FHIR_JSON)
+
+
+def _credentials(request: Request) -> tuple[str, str] | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        kit, sep, password = base64.b64decode(token, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (kit, password) if sep and kit and password else None
+
+
+async def _body(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it is larger than `limit` (read no further than that)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _Deliverer:
+    """The blocking part of a request, run in a worker thread: one request per kit at a time."""
+
+    def __init__(self, sessions: Sessions, wait_s: float) -> None:
+        self._sessions, self._wait = sessions, wait_s
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def __call__(self, kit: str, password: str, body: bytes) -> Answer | JSONResponse:
+        with self._guard:
+            lock = self._locks.setdefault(kit, threading.Lock())
+        if not lock.acquire(timeout=self._wait):
+            return _refuse(
+                429,
+                "throttled",
+                "another request of this kit is still being handled; send one Bundle at a time",
+                {"Retry-After": "5"},
+            )
+        try:
+            session = self._sessions.take(kit, password)
+            receipt = session.send(body, wait_s=self._wait)
+            self._sessions.give_back(session, password)
+        except KitLoginError:
+            return _refuse(
+                401,
+                "login",
+                "the kit id or password is wrong, or the kit was removed; use the kit's MQTT credentials",
+                _REALM,
+            )
+        except BrokerUnavailableError as exc:
+            log.warning("fhir gateway: broker unavailable: %s", exc)
+            return _refuse(
+                503,
+                "transient",
+                "the message service is unavailable just now; send the Bundle again in a minute",
+                {"Retry-After": "30"},
+            )
+        finally:
+            lock.release()
+        if receipt is None:
+            return _refuse(
+                503,
+                "timeout",
+                f"no answer from the bridge within {self._wait:.0f} s; the "
+                "Bundle may still be taken. Send it again later: a repeat is recognised "
+                "and stored once",
+                {"Retry-After": "30"},
+            )
+        return answer(body, receipt)
+
+
+def create_app(*, settings: FhirGatewaySettings, sessions: Sessions) -> FastAPI:
+    """The HTTP application: POST /fhir and /fhir/Observation, GET /health."""
+    app = FastAPI(title="Vaktrom FHIR input", openapi_url=None, docs_url=None, redoc_url=None)
+    rate = _KitRate(settings.kit_requests_per_minute)
+    deliver = _Deliverer(sessions, settings.receipt_timeout_s)
+
+    async def post(request: Request) -> JSONResponse:
+        creds = _credentials(request)
+        if creds is None or kit_id_problem(creds[0]) is not None:
+            return _refuse(401, "login", "send the kit id and its MQTT password with HTTP Basic", _REALM)
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media not in _TYPES:
+            return _refuse(415, "not-supported", f"send the body as {FHIR_JSON}")
+        body = await _body(request, settings.max_body_bytes)
+        if body is None:
+            return _refuse(
+                413,
+                "too-costly",
+                f"the body is over {settings.max_body_bytes:,} bytes; send fewer entries per Bundle",
+            )
+        wait = rate.allow(creds[0])
+        if wait:
+            return _refuse(
+                429,
+                "throttled",
+                f"more than {settings.kit_requests_per_minute} requests a "
+                "minute from this kit; send again later",
+                {"Retry-After": f"{wait:.0f}"},
+            )
+        result = await run_in_threadpool(deliver, creds[0], creds[1], body)
+        if isinstance(result, JSONResponse):
+            return result
+        return JSONResponse(
+            result.body, status_code=result.status, headers=result.headers, media_type=FHIR_JSON
+        )
+
+    app.add_api_route("/fhir", post, methods=["POST"])
+    app.add_api_route("/fhir/Observation", post, methods=["POST"])
+
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "ok": True}
+
+    app.add_api_route("/health", health, methods=["GET"])
+    return app
+
+
+class FhirGateway:
+    """The gateway as a stage: a socket bound at start (a taken port is a ConfigError), uvicorn."""
+
+    def __init__(self, *, mqtt: MqttSettings, settings: FhirGatewaySettings) -> None:
+        self._settings = settings
+        self.sessions = Sessions(
+            mqtt_settings=mqtt,
+            root=settings.topic_root,
+            timeout=settings.receipt_timeout_s,
+            idle_s=settings.session_idle_s,
+        )
+        self._server: uvicorn.Server | None = None
+        self._socket: socket.socket | None = None
+
+    def start(self) -> None:
+        host, port = self._settings.http_host, self._settings.http_port
+        try:
+            self._socket = socket.create_server((host, port), reuse_port=False)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve FHIR input on {host}:{port} ({exc.strerror}); set VAKTROM_FHIR_HTTP_PORT "
+                "to a free port"
+            ) from None
+        app = create_app(settings=self._settings, sessions=self.sessions)
+        # no access log: request lines name kits; uvicorn's own signal handling is left to run_stage
+        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+        self._server = uvicorn.Server(config)
+        log.info("FHIR input on http://%s:%d/fhir", host, port)
+
+    def run(self) -> None:
+        if self._server is None or self._socket is None:
+            raise StageError("start the gateway before running it", retriable=False)
+        try:
+            self._server.run(sockets=[self._socket])
+        finally:
+            self.sessions.close()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_stage(
+        prog="vaktrom-fhir-gateway",
+        description="FHIR input over HTTP: a kit POSTs a Bundle of Observations with its own "
+        "credentials; the bridge checks it as any kit message and the receipt becomes the answer.",
+        settings=(MqttSettings, FhirGatewaySettings),
+        build=lambda mqtt, settings: FhirGateway(mqtt=mqtt, settings=settings),
+        logger="ingest",
+        argv=argv,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
