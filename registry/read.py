@@ -11,6 +11,7 @@ through these functions, so a change of those tables is a change of this module 
     kit_history(conn, patient)    (kit_id, assigned_from, assigned_until) of a patient, newest first
     kit_language(conn, patient)   the language the patient's kit shows (their care plan's), "nb" or "en"
     team_patients(conn, team)     (patient_id, created_at, discharged_at) of a team's patients
+    patient(conn, patient)        (patient_id, team_id, created_at, discharged_at) of one patient, or None
     care_plan_versions(conn, ids) (patient_id, version, changed_at, document) of their plans, oldest first
     CHANGED                       the NOTIFY channel a trigger on every kit table signals
 
@@ -40,6 +41,7 @@ __all__ = [
     "kit_history",
     "kit_language",
     "kit_snapshot",
+    "patient",
     "team_patients",
     "teams",
 ]
@@ -124,6 +126,15 @@ def team_patients(conn: Connection, team_id: str) -> list[tuple[str, datetime, d
             "ORDER BY patient_id",
             (team_id,),
         ).fetchall()
+
+
+def patient(conn: Connection, patient_id: str) -> tuple[str, str, datetime, datetime | None] | None:
+    """(patient_id, team_id, created_at, discharged_at) of one patient, or None when unknown."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(
+            "SELECT patient_id, team_id, created_at, discharged_at FROM patients WHERE patient_id = %s",
+            (patient_id,),
+        ).fetchone()
 
 
 def care_plan_versions(

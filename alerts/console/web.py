@@ -60,6 +60,7 @@ from alerts.console.context import (
     scope,
 )
 from alerts.console.duty_pages import duty_router
+from alerts.console.fhir_api import fhir_api, fhir_error
 from alerts.console.kit_api import kit_api
 from alerts.console.kit_pages import kit_pages
 from alerts.console.live import Live
@@ -535,6 +536,7 @@ def create_app(
     app.include_router(activity_router)
     app.include_router(kit_pages)
     app.include_router(kit_api)
+    app.include_router(fhir_api)
 
     app.add_middleware(SecurityHeaders)
     trust_proxies(app, settings.proxies)  # added last: runs first, so all the rest sees the client
@@ -545,13 +547,18 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
+        if request.url.path.startswith("/fhir/"):
+            return fhir_error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
         if request.url.path.startswith("/api/") or request.url.path in {"/events", "/queue/rows"}:
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
         context = {"status": exc.status_code, "message": exc.detail, "user": None}
         return ctx.render(request, "error.html", context, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_body(_request: Request, exc: RequestValidationError) -> Response:
+    async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path.startswith("/fhir/"):
+            return fhir_error(400, "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}"
+                                             for e in exc.errors()))  # fmt: skip
         # FastAPI's own answer echoes each bad input, which fails to encode for NaN or Infinity (a
         # 500, found by the API fuzz test) and repeats what was sent; name the field and the problem.
         detail = [
