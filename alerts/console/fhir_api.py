@@ -6,6 +6,10 @@
     GET /fhir/Observation               search: patient (required), code, date, _count, _offset
     GET /fhir/Flag/{episode_id}         an alert episode as a Flag
     GET /fhir/Flag                      search: patient, status, _count, _offset
+    GET /fhir/Device/{device_id}        a kit's measuring device, by serial
+    GET /fhir/Device                    search: patient (required)
+    GET /fhir/QuestionnaireResponse     search: patient (required), newest first
+    GET /fhir/Questionnaire             Vaktrom's questionnaires (no login: no patient data)
 
 Same bearer tokens as /api/v1, same team scoping: another team's patient or alert answers 404, as
 one that does not exist. Every error is an OperationOutcome (`fhir_error`, used by the service's
@@ -23,7 +27,8 @@ from fastapi.responses import JSONResponse
 
 from alerts.accounts import Principal, Role
 from alerts.console.context import Clinician, Console, Ctx, client_ip, scope
-from alerts.fhir import resources, search, source
+from alerts.fhir import records, resources, search, source
+from contracts import QUESTIONNAIRES
 from registry import Actor, RegistryError
 
 __all__ = ["IDENTITY_ROLES", "fhir_api", "fhir_error"]
@@ -177,3 +182,53 @@ def search_flags(request: Request, ctx: Ctx, who: Clinician) -> FhirResponse:
         )  # fmt: skip
     ctx.audit(request, who.username, "fhir_search_flag", target=query.patient_id, detail={"rows": len(rows)})
     return _bundle(request, [resources.flag(r) for r in rows], page)
+
+
+@fhir_api.get("/Device/{device_id}", openapi_extra=scope("team"))
+def read_device(request: Request, ctx: Ctx, device_id: str, who: Clinician) -> FhirResponse:
+    """A measuring device of a kit of the caller's team, by serial."""
+    with ctx.db() as conn:
+        found = source.device(conn, device_id, who.team_id)
+    if found is None:
+        raise _hidden("device")
+    ctx.audit(request, who.username, "fhir_read_device", target=device_id, patient_id=found.patient_id)
+    return FhirResponse(records.device(found.device_id, kit_id=found.kit_id, kind=found.kind,
+                                       patient_id=found.patient_id))  # fmt: skip
+
+
+@fhir_api.get("/Device", openapi_extra=scope("team"))
+def search_devices(request: Request, ctx: Ctx, who: Clinician) -> FhirResponse:
+    """The devices of every kit the patient has had (the patient named while the kit is theirs)."""
+    query: search.PatientScoped = _parsed(search.parse_patient_scoped, request)
+    page = query.page
+    with ctx.db() as conn:
+        if source.find_patient(conn, query.patient_id, who.team_id) is None:
+            raise _hidden("patient")
+        rows = source.devices(conn, query.patient_id)[page.offset : page.offset + page.count + 1]
+    ctx.audit(request, who.username, "fhir_search_device", target=query.patient_id,
+              patient_id=query.patient_id, detail={"rows": len(rows)})  # fmt: skip
+    found = [records.device(r.device_id, kit_id=r.kit_id, kind=r.kind, patient_id=r.patient_id) for r in rows]
+    return _bundle(request, found, page)
+
+
+@fhir_api.get("/QuestionnaireResponse", openapi_extra=scope("team"))
+def search_answers(request: Request, ctx: Ctx, who: Clinician) -> FhirResponse:
+    """The patient's questionnaire answers, newest first."""
+    query: search.PatientScoped = _parsed(search.parse_patient_scoped, request)
+    page = query.page
+    with ctx.db() as conn:
+        if source.find_patient(conn, query.patient_id, who.team_id) is None:
+            raise _hidden("patient")
+        rows = source.answers(conn, query.patient_id, limit=page.offset + page.count + 1)[page.offset :]
+    ctx.audit(request, who.username, "fhir_search_answers", target=query.patient_id,
+              patient_id=query.patient_id, detail={"rows": len(rows)})  # fmt: skip
+    found = [records.questionnaire_response(a, patient_id=query.patient_id) for a in rows]
+    return _bundle(request, found, page)
+
+
+@fhir_api.get("/Questionnaire", openapi_extra=scope("public"))
+def search_questionnaires(request: Request) -> FhirResponse:
+    """Vaktrom's questionnaires, the definitions the QuestionnaireResponses name (no patient data)."""
+    _parsed(search.parse_nothing, request)
+    found = [records.questionnaire(q) for q in sorted(QUESTIONNAIRES)]
+    return _bundle(request, found, search.Page(len(found) or 1, 0))

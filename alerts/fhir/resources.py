@@ -35,22 +35,27 @@ NATIONAL_ID_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.1"
 FLAG_CATEGORY = "http://terminology.hl7.org/CodeSystem/flag-category"
 CLOSED_STATES = frozenset({"resolved", "closed", "acknowledged"})
 
-# What the CapabilityStatement says each resource type supports: (type, search parameters).
-SEARCHES: dict[str, list[tuple[str, str, str]]] = {
-    "Patient": [
-        ("_id", "token", "the pseudonym"),
-        ("identifier", "token", f"{PATIENT_SYSTEM}|PSEUDONYM"),
-    ],
-    "Observation": [
-        ("patient", "reference", "required: Patient/PSEUDONYM (or the pseudonym)"),
-        ("code", "token", "LOINC codes, comma-separated (http://loinc.org|CODE or CODE)"),
-        ("date", "date", "effective time with ge, gt, le, lt (or none: within that date); repeatable"),
-    ],
-    "Flag": [
-        ("patient", "reference", "Patient/PSEUDONYM (or the pseudonym)"),
-        ("status", "token", "active or inactive"),
-    ],
+# What the CapabilityStatement says of each resource type: interactions, search parameters.
+_PATIENT_REF = ("patient", "reference", "Patient/PSEUDONYM (or the pseudonym)")
+SEARCHES: dict[str, tuple[tuple[str, ...], list[tuple[str, str, str]]]] = {
+    "Patient": (
+        ("read", "search-type"),
+        [("_id", "token", "the pseudonym"), ("identifier", "token", f"{PATIENT_SYSTEM}|PSEUDONYM")],
+    ),
+    "Observation": (
+        ("search-type",),
+        [
+            ("patient", "reference", "required: Patient/PSEUDONYM (or the pseudonym)"),
+            ("code", "token", "LOINC codes, comma-separated (http://loinc.org|CODE or CODE)"),
+            ("date", "date", "effective time with ge, gt, le, lt (or none: within that date); repeatable"),
+        ],
+    ),
+    "Flag": (("read", "search-type"), [_PATIENT_REF, ("status", "token", "active or inactive")]),
+    "Device": (("read", "search-type"), [("patient", "reference", "required: " + _PATIENT_REF[2])]),
+    "QuestionnaireResponse": (("search-type",), [("patient", "reference", "required: " + _PATIENT_REF[2])]),
+    "Questionnaire": (("search-type",), []),
 }
+_VITAL_SIGNS = ["vitalsigns", "bodyweight", "heartrate", "oxygensat", "bodytemp", "bp"]
 
 
 def _instant(moment: datetime) -> str:
@@ -58,26 +63,19 @@ def _instant(moment: datetime) -> str:
 
 
 def capability_statement(*, base_url: str, now: datetime) -> dict[str, Any]:
-    """What this server offers: read and search of Patient, Observation and Flag, JSON only."""
+    """What this server offers (`SEARCHES`), JSON only."""
     resources = []
-    for kind, params in SEARCHES.items():
+    for kind, (interactions, params) in SEARCHES.items():
         entry: dict[str, Any] = {
             "type": kind,
-            "interaction": [{"code": "read"}, {"code": "search-type"}],
-            "searchParam": [
-                {"name": name, "type": type_, "documentation": doc} for name, type_, doc in params
-            ],
+            "interaction": [{"code": code} for code in interactions],
         }
-        if kind == "Observation":
-            entry["interaction"] = [{"code": "search-type"}]
-            entry["supportedProfile"] = [
-                "http://hl7.org/fhir/StructureDefinition/vitalsigns",
-                "http://hl7.org/fhir/StructureDefinition/bodyweight",
-                "http://hl7.org/fhir/StructureDefinition/heartrate",
-                "http://hl7.org/fhir/StructureDefinition/oxygensat",
-                "http://hl7.org/fhir/StructureDefinition/bodytemp",
-                "http://hl7.org/fhir/StructureDefinition/bp",
+        if params:
+            entry["searchParam"] = [
+                {"name": name, "type": type_, "documentation": doc} for name, type_, doc in params
             ]
+        if kind == "Observation":
+            entry["supportedProfile"] = [f"http://hl7.org/fhir/StructureDefinition/{p}" for p in _VITAL_SIGNS]
         resources.append(entry)
     return {
         "resourceType": "CapabilityStatement",

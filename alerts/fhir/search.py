@@ -22,10 +22,13 @@ __all__ = [
     "FlagQuery",
     "ObservationQuery",
     "PatientQuery",
+    "PatientScoped",
     "SearchError",
     "parse_flag",
+    "parse_nothing",
     "parse_observation",
     "parse_patient",
+    "parse_patient_scoped",
 ]
 
 DEFAULT_COUNT = 50
@@ -229,3 +232,23 @@ def parse_flag(params: Iterable[tuple[str, str]]) -> FlagQuery:
             raise SearchError("status must be active or inactive")
         active = status == "active"
     return FlagQuery(_page(found), _patient_ref(refs[0]) if refs else None, active)
+
+
+@dataclass(frozen=True, slots=True)
+class PatientScoped:
+    page: Page
+    patient_id: str
+
+
+def parse_patient_scoped(params: Iterable[tuple[str, str]]) -> PatientScoped:
+    """A search by one patient and nothing else (Device, QuestionnaireResponse)."""
+    found = _single(list(params), {"patient", "subject"}, set())
+    refs = found.get("patient", []) + found.get("subject", [])
+    if len(refs) != 1:
+        raise SearchError("this search needs one patient: ?patient=Patient/<pseudonym>")
+    return PatientScoped(_page(found), _patient_ref(refs[0]))
+
+
+def parse_nothing(params: Iterable[tuple[str, str]]) -> Page:
+    """A search that takes no parameters of its own (Questionnaire: there are few)."""
+    return _page(_single(list(params), set(), set()))

@@ -10,7 +10,7 @@ patient of another team is answered as one that does not exist.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -19,7 +19,17 @@ from psycopg.rows import dict_row
 from registry import read as registry_read
 from streams.archive import read as archive_read
 
-__all__ = ["PatientRow", "alerts", "find_patient", "patients", "readings"]
+__all__ = [
+    "DeviceRow",
+    "PatientRow",
+    "alerts",
+    "answers",
+    "device",
+    "devices",
+    "find_patient",
+    "patients",
+    "readings",
+]
 
 Connection = psycopg.Connection[Any]
 # Enough readings for every Observation of the page and the one after it: a blood-pressure panel
@@ -33,6 +43,14 @@ class PatientRow:
     team_id: str
     created_at: datetime
     discharged_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    device_id: str
+    kit_id: str
+    kind: str
+    patient_id: str | None  # the patient the kit is assigned to now
 
 
 def find_patient(conn: Connection, patient_id: str, team: str | None) -> PatientRow | None:
@@ -105,5 +123,35 @@ def alerts(
     }  # fmt: skip
     with conn.cursor(row_factory=dict_row) as cur:
         found = cur.execute(_ALERTS, params).fetchall()
+    conn.rollback()
+    return found
+
+
+def devices(conn: Connection, patient_id: str) -> list[DeviceRow]:
+    """The devices of every kit the patient has had (the patient named only while the kit is theirs)."""
+    history = registry_read.kit_history(conn, patient_id)
+    current = {str(k) for k, _start, until in history if until is None}
+    rows = registry_read.kit_devices(conn, [str(k) for k, _start, _until in history])
+    conn.rollback()
+    return [DeviceRow(d, k, kind, patient_id if k in current else None) for d, k, kind in rows]
+
+
+def device(conn: Connection, device_id: str, team: str | None) -> DeviceRow | None:
+    """The device, when its kit is the caller's team's (or the caller is centre-wide); else None."""
+    row = registry_read.device(conn, device_id)
+    conn.rollback()
+    if row is None or (team is not None and row[3] != team):
+        return None
+    return DeviceRow(row[0], row[1], row[2], row[4])
+
+
+_ANSWERS_FROM = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def answers(conn: Connection, patient_id: str, *, limit: int) -> list[archive_read.StoredAnswer]:
+    """The patient's questionnaire answers, newest first, up to `limit`."""
+    found = archive_read.answers(
+        conn, patient_id, _ANSWERS_FROM, datetime.now(UTC) + timedelta(days=2), limit=limit
+    )
     conn.rollback()
     return found

@@ -22,7 +22,7 @@ from contracts import METRICS, EpisodeChange, Metric, Severity
 from tests.conftest import Stack
 from tests.integration.alerts_support import AlertsProcess, add_patient, bearer, event, new_id, staff
 from tests.integration.registry_support import new_team
-from tests.support.fhir_validator import validate
+from tests.support.fhir_validator import register, validate
 
 VS = "http://hl7.org/fhir/StructureDefinition/"
 PROFILE_OF_CODE = {  # Observation.code's first LOINC -> the vital-signs profile it must pass
@@ -54,6 +54,8 @@ class World:
     patient_b: str
     episode_a: str
     episode_b: str
+    device_a: str
+    device_b: str
     nurse_a: dict[str, str]
     nurse_b: dict[str, str]
     physician_a: dict[str, str]
@@ -84,6 +86,32 @@ def _episode(conn: psycopg.Connection[Any], patient: str) -> str:
     return eid
 
 
+_HF_ITEMS = (
+    '[{"link_id": "breathless", "code": "worse"}, {"link_id": "breathless-lying-flat", "boolean": false},'
+    ' {"link_id": "ankle-swelling", "code": "same"}, {"link_id": "dizzy", "boolean": true}]'
+)
+
+
+def _kit_and_answers(conn: psycopg.Connection[Any], patient: str, team: str) -> str:
+    """A kit with a scale assigned to the patient, and two questionnaire answers; the scale's serial."""
+    kit, device = f"FK-{uuid.uuid4().hex[:12]}", f"FD-{uuid.uuid4().hex[:12]}"
+    conn.execute("INSERT INTO kits (kit_id, state, team_id) VALUES (%s, 'assigned', %s)", (kit, team))
+    conn.execute("INSERT INTO kit_devices (device_id, kit_id, kind) VALUES (%s, %s, 'scale')", (device, kit))
+    conn.execute(
+        "INSERT INTO kit_assignments (kit_id, patient_id, assigned_from) VALUES (%s, %s, %s)",
+        (kit, patient, T - timedelta(days=1)),
+    )
+    for n, (questionnaire, items) in enumerate(
+        (("hf-daily", _HF_ITEMS), ("contact-request", '[{"link_id": "topic", "code": "symptoms"}]'))
+    ):
+        conn.execute(
+            "INSERT INTO answers (answer_id, patient_id, kit_id, questionnaire, version, authored_at,"
+            " received_at, items, score, worsening) VALUES (%s, %s, %s, %s, '1', %s, %s, %s, 0, '{}')",
+            (new_id(), patient, kit, questionnaire, T + timedelta(hours=n), T + timedelta(hours=n), items),
+        )
+    return device
+
+
 @pytest.fixture
 def world(stack: Stack, service: AlertsProcess, conn: psycopg.Connection[Any], unique: str) -> World:
     team_a, team_b = new_team(conn, f"{unique[:36]}-fa"), new_team(conn, f"{unique[:36]}-fb")
@@ -104,6 +132,8 @@ def world(stack: Stack, service: AlertsProcess, conn: psycopg.Connection[Any], u
     return World(
         url=service.url, patient_a=patient_a, patient_b=patient_b,
         episode_a=_episode(conn, patient_a), episode_b=_episode(conn, patient_b),
+        device_a=_kit_and_answers(conn, patient_a, team_a),
+        device_b=_kit_and_answers(conn, patient_b, team_b),
         nurse_a=bearer(conn, nurse_a), nurse_b=bearer(conn, nurse_b), physician_a=bearer(conn, physician_a),
         admin=bearer(conn, staff(conn, Role.ADMIN)),
     )  # fmt: skip
@@ -168,6 +198,31 @@ def test_capability_patient_observations_and_flags_pass_the_validator(world: Wor
     )
 
 
+def test_devices_answers_and_questionnaires_pass_the_validator(world: World) -> None:
+    """Device (read and search), the Questionnaires and the QuestionnaireResponses pass HAPI; each
+    response is checked against its Questionnaire (link ids, answer types, required items)."""
+    device = world.get(f"/fhir/Device/{world.device_a}", world.nurse_a).json()
+    _valid(device)
+    assert device["patient"]["reference"] == f"Patient/{world.patient_a}"
+    devices = world.get("/fhir/Device", world.nurse_a, patient=world.patient_a).json()
+    _valid(devices)
+    assert [d["id"] for d in _entries(devices)] == [world.device_a]
+
+    questionnaires = world.get("/fhir/Questionnaire", None).json()
+    _valid(questionnaires)
+    for questionnaire in _entries(questionnaires):
+        _valid(questionnaire)
+        register(questionnaire)
+    answers = world.get("/fhir/QuestionnaireResponse", world.nurse_a, patient=world.patient_a).json()
+    _valid(answers)
+    responses = _entries(answers)
+    assert [r["questionnaire"].split(":")[-1] for r in responses] == ["contact-request|1", "hf-daily|1"]
+    for response in responses:
+        _valid(response)
+    broken = {**responses[1], "item": [{"linkId": "no-such-question", "answer": [{"valueBoolean": True}]}]}
+    assert any("no-such-question" in e for e in validate(broken)), "checked against its Questionnaire"
+
+
 def test_observation_search_filters_by_code_and_date_and_pages(world: World) -> None:
     """code picks the LOINC codes asked for; date ge/le bound the effective time inclusively at the
     exact instant; _count pages with next links that together return each Observation once."""
@@ -215,6 +270,9 @@ def test_another_teams_patient_observations_and_flags_do_not_exist(world: World)
         ("/fhir/Observation", {"patient": a}),
         (f"/fhir/Flag/{world.episode_a}", {}),
         ("/fhir/Flag", {"patient": a}),
+        (f"/fhir/Device/{world.device_a}", {}),
+        ("/fhir/Device", {"patient": a}),
+        ("/fhir/QuestionnaireResponse", {"patient": a}),
     ]:
         response = world.get(path, b, **params)
         message = _outcome(response, 404)

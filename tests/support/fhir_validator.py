@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FhirValidator", "ValidatorUnavailableError", "validate"]
+__all__ = ["FhirValidator", "ValidatorUnavailableError", "register", "shared", "validate"]
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "infra" / "fhir-validator" / "src" / "Validate.java"
@@ -35,6 +35,9 @@ _IGNORED = (
     # code's display; the profiles' fixed LOINC codes are still checked as patterns.
     "http://loinc.org",
     "A definition for CodeSystem 'http://loinc.org'",
+    # Vaktrom's own code systems (alert rules, severities) publish no CodeSystem resource: their
+    # codes are Vaktrom's ids, which HAPI says it cannot look up.
+    "CodeSystem is unknown and can't be validated: urn:vaktrom:",
 )
 
 
@@ -102,6 +105,13 @@ class FhirValidator:
             raise ValidatorUnavailableError("the HAPI FHIR validator stopped while validating")
         return json.loads(line)["issues"]  # type: ignore[no-any-return]
 
+    def register(self, resource: dict[str, Any]) -> None:
+        """Make a conformance resource (a Questionnaire, a profile) known to the validator: later
+        resources that name it are checked against it."""
+        found = self.issues(resource, "!register")
+        if found:
+            raise ValidatorUnavailableError(f"the validator did not take the resource: {found}")
+
     def validate(self, resource: dict[str, Any], profile: str | None = None) -> list[str]:
         """The errors and the warnings that matter (see `_IGNORED`), as `SEVERITY location: message`;
         an empty list means the resource is valid against base R4 and `profile` (and its own
@@ -129,9 +139,19 @@ class FhirValidator:
 _SHARED: FhirValidator | None = None
 
 
-def validate(resource: dict[str, Any], profile: str | None = None) -> list[str]:
-    """`FhirValidator.validate` on one validator shared by the session (started on first use)."""
+def shared() -> FhirValidator:
+    """The one validator of the session (started on first use)."""
     global _SHARED  # noqa: PLW0603 (one process per session, started lazily)
     if _SHARED is None:
         _SHARED = FhirValidator.start()
-    return _SHARED.validate(resource, profile)
+    return _SHARED
+
+
+def validate(resource: dict[str, Any], profile: str | None = None) -> list[str]:
+    """`FhirValidator.validate` on the session's shared validator."""
+    return shared().validate(resource, profile)
+
+
+def register(resource: dict[str, Any]) -> None:
+    """`FhirValidator.register` on the session's shared validator."""
+    shared().register(resource)

@@ -5,6 +5,8 @@
 // "...", "message": "..."}, ...]}. Starting the validator takes seconds (it loads the R4
 // definitions and the vital-signs profiles); each validation after that takes milliseconds, so
 // the tests start it once per session. "ready" on stdout says it has loaded.
+// The profile line "!register" instead adds the resource that follows (a Questionnaire, a
+// profile) to what the validator knows, so later resources are checked against it.
 //
 // Terminology: no terminology server. UCUM, BCP-47, MIME types and the like are checked by HAPI's
 // common code systems; the value sets of the base specification are checked in memory; LOINC is
@@ -12,6 +14,7 @@
 
 import ca.uhn.fhir.context.FhirContext;
 import ca.uhn.fhir.context.support.DefaultProfileValidationSupport;
+import ca.uhn.fhir.context.support.IValidationSupport;
 import ca.uhn.fhir.validation.FhirValidator;
 import ca.uhn.fhir.validation.SingleValidationMessage;
 import ca.uhn.fhir.validation.ValidationOptions;
@@ -20,8 +23,13 @@ import java.io.BufferedReader;
 import java.io.InputStreamReader;
 import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
+import org.hl7.fhir.instance.model.api.IBaseResource;
+import org.hl7.fhir.r4.model.Questionnaire;
 import org.hl7.fhir.common.hapi.validation.support.CommonCodeSystemsTerminologyService;
 import org.hl7.fhir.common.hapi.validation.support.InMemoryTerminologyServerValidationSupport;
+import org.hl7.fhir.common.hapi.validation.support.PrePopulatedValidationSupport;
 import org.hl7.fhir.common.hapi.validation.support.SnapshotGeneratingValidationSupport;
 import org.hl7.fhir.common.hapi.validation.support.ValidationSupportChain;
 import org.hl7.fhir.common.hapi.validation.validator.FhirInstanceValidator;
@@ -29,8 +37,26 @@ import org.hl7.fhir.common.hapi.validation.validator.FhirInstanceValidator;
 public final class Validate {
   public static void main(String[] args) throws Exception {
     FhirContext ctx = FhirContext.forR4();
+    PrePopulatedValidationSupport registered = new PrePopulatedValidationSupport(ctx);
+    // Questionnaires by canonical url: the pre-populated support keeps conformance resources only.
+    Map<String, IBaseResource> questionnaires = new ConcurrentHashMap<>();
+    IValidationSupport byUrl =
+        new IValidationSupport() {
+          @Override
+          public FhirContext getFhirContext() {
+            return ctx;
+          }
+
+          @Override
+          public <T extends IBaseResource> T fetchResource(Class<T> type, String uri) {
+            IBaseResource found = uri == null ? null : questionnaires.get(uri.split("\\|")[0]);
+            return found != null && (type == null || type.isInstance(found)) ? (T) found : null;
+          }
+        };
     ValidationSupportChain chain =
         new ValidationSupportChain(
+            byUrl,
+            registered,
             new DefaultProfileValidationSupport(ctx),
             new CommonCodeSystemsTerminologyService(ctx),
             new InMemoryTerminologyServerValidationSupport(ctx),
@@ -53,6 +79,16 @@ public final class Validate {
       }
       StringBuilder answer = new StringBuilder("{\"issues\":[");
       try {
+        if (profileLine.strip().equals("!register")) {
+          IBaseResource parsed = ctx.newJsonParser().parseResource(resource);
+          if (parsed instanceof Questionnaire q) {
+            questionnaires.put(q.getUrl(), q);
+          } else {
+            registered.addResource(parsed);
+          }
+          out.println("{\"issues\":[]}");
+          continue;
+        }
         ValidationOptions options = new ValidationOptions();
         if (!profileLine.isBlank()) {
           options.addProfile(profileLine.strip());
