@@ -35,7 +35,10 @@ __all__ = ["IDENTITY_ROLES", "fhir_api", "fhir_error"]
 
 # The roles that see who a patient is: those the console's patient page shows the identity to.
 IDENTITY_ROLES = frozenset({Role.NURSE, Role.COORDINATOR, Role.PHYSICIAN})
-_ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 422: "invalid"}
+_ISSUE_CODES = {
+    400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 409: "conflict", 422: "invalid",
+    429: "throttled",
+}  # fmt: skip
 
 fhir_api = APIRouter(prefix="/fhir", tags=["fhir"])
 
@@ -152,7 +155,7 @@ def search_observations(request: Request, ctx: Ctx, who: Clinician) -> FhirRespo
         built = [o for o in built if {c["code"] for c in o["code"]["coding"]} & query.codes]
     ctx.audit(
         request, who.username, "fhir_search_observation", target=query.patient_id,
-        patient_id=query.patient_id, detail={"rows": min(len(built) - page.offset, page.count)},
+        patient_id=query.patient_id, detail={"rows": max(0, min(len(built) - page.offset, page.count))},
     )  # fmt: skip
     return _bundle(request, built[page.offset : wanted], page)
 

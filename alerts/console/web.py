@@ -61,6 +61,7 @@ from alerts.console.context import (
 )
 from alerts.console.duty_pages import duty_router
 from alerts.console.fhir_api import fhir_api, fhir_error
+from alerts.console.fhir_export import fhir_export
 from alerts.console.kit_api import kit_api
 from alerts.console.kit_pages import kit_pages
 from alerts.console.live import Live
@@ -70,6 +71,7 @@ from alerts.console.registry_pages import registry_pages
 from alerts.console.security import SecurityHeaders, trust_proxies
 from alerts.console.trend import cuff_reading
 from alerts.console.whatif_pages import whatif_pages
+from alerts.fhir.export import Exports
 from alerts.i18n import LANGUAGES, language_of
 from alerts.settings import AlertsSettings
 from alerts.store import Resolution
@@ -525,18 +527,12 @@ def create_app(
     )
     app.state.console = ctx
     app.state.stage_watch = watch
+    app.state.fhir_exports = Exports()  # the bulk export jobs of this process (alerts.fhir.export)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    app.include_router(pages)
-    app.include_router(api)
-    app.include_router(accounts_api)
-    app.include_router(registry_api)
-    app.include_router(registry_pages)
-    app.include_router(whatif_pages)
-    app.include_router(duty_router)
-    app.include_router(activity_router)
-    app.include_router(kit_pages)
-    app.include_router(kit_api)
-    app.include_router(fhir_api)
+    routers = (pages, api, accounts_api, registry_api, registry_pages, whatif_pages, duty_router,
+               activity_router, kit_pages, kit_api, fhir_api, fhir_export)  # fmt: skip
+    for router in routers:
+        app.include_router(router)
 
     app.add_middleware(SecurityHeaders)
     trust_proxies(app, settings.proxies)  # added last: runs first, so all the rest sees the client

@@ -77,6 +77,19 @@ def capability_statement(*, base_url: str, now: datetime) -> dict[str, Any]:
         if kind == "Observation":
             entry["supportedProfile"] = [f"http://hl7.org/fhir/StructureDefinition/{p}" for p in _VITAL_SIGNS]
         resources.append(entry)
+    resources.append(
+        {
+            "type": "Group",
+            "documentation": "A team, for the bulk export only: GET /fhir/Group/TEAM/$export with "
+            "Prefer: respond-async (FHIR Bulk Data), NDJSON files of the team's patients.",
+            "operation": [
+                {
+                    "name": "export",
+                    "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+                }
+            ],
+        }
+    )
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -6,6 +6,7 @@ answer 400/401 with an OperationOutcome, never a 500."""
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,15 @@ from alerts.accounts import Role
 from alerts.store import apply_events
 from contracts import METRICS, EpisodeChange, Metric, Severity
 from tests.conftest import Stack
-from tests.integration.alerts_support import AlertsProcess, add_patient, bearer, event, new_id, staff
+from tests.integration.alerts_support import (
+    AlertsProcess,
+    add_patient,
+    bearer,
+    event,
+    new_id,
+    staff,
+    wait_for,
+)
 from tests.integration.registry_support import new_team
 from tests.support.fhir_validator import register, validate
 
@@ -50,6 +59,8 @@ def service(alerts: AlertsProcess) -> AlertsProcess:
 @dataclass
 class World:
     url: str
+    team_a: str
+    team_b: str
     patient_a: str
     patient_b: str
     episode_a: str
@@ -130,7 +141,7 @@ def world(stack: Stack, service: AlertsProcess, conn: psycopg.Connection[Any], u
     nurse_a, nurse_b = staff(conn, Role.NURSE, team=team_a), staff(conn, Role.NURSE, team=team_b)
     physician_a = staff(conn, Role.PHYSICIAN, team=team_a)
     return World(
-        url=service.url, patient_a=patient_a, patient_b=patient_b,
+        url=service.url, team_a=team_a, team_b=team_b, patient_a=patient_a, patient_b=patient_b,
         episode_a=_episode(conn, patient_a), episode_b=_episode(conn, patient_b),
         device_a=_kit_and_answers(conn, patient_a, team_a),
         device_b=_kit_and_answers(conn, patient_b, team_b),
@@ -342,3 +353,60 @@ def test_hostile_search_parameters_answer_400_with_an_outcome(world: World) -> N
     _outcome(world.get("/fhir/Flag", world.nurse_a, status="maybe"), 400)
     _outcome(world.get("/fhir/Observation", world.nurse_a, patient="P-NOSUCHPATIENT"), 404)
     _outcome(world.get("/fhir/Patient/P-NOSUCHPATIENT", world.nurse_a), 404)
+
+
+def _export(world: World, who: dict[str, str], team: str, **params: Any) -> httpx.Response:
+    headers = {**who, "Prefer": "respond-async"}
+    return httpx.get(f"{world.url}/fhir/Group/{team}/$export", headers=headers, params=params, timeout=30)
+
+
+def _finished(world: World, status_url: str, who: dict[str, str]) -> dict[str, Any]:
+    """Poll the status URL until the manifest (the job runs on the service's own thread)."""
+
+    def done() -> bool:
+        return httpx.get(status_url, headers=who, timeout=30).status_code != 202
+
+    wait_for(done, "the export's manifest", timeout=120)
+    response = httpx.get(status_url, headers=who, timeout=30)
+    assert response.status_code == 200, response.text[:300]
+    return response.json()  # type: ignore[no-any-return]
+
+
+def test_bulk_export_of_the_callers_team_as_validated_ndjson(world: World) -> None:
+    """A team's export answers 202 with a status URL; the manifest lists one NDJSON file per resource
+    type, each line a valid resource of the team's patient only; another team's Group is 404, a
+    kick-off without Prefer: respond-async 400, and another user cannot read the job's status."""
+    _outcome(_export(world, world.nurse_a, world.team_b), 404)
+    _outcome(
+        httpx.get(f"{world.url}/fhir/Group/{world.team_a}/$export", headers=world.nurse_a, timeout=30), 400
+    )
+    _outcome(_export(world, world.nurse_a, world.team_a, _type="Medication"), 400)
+    _outcome(_export(world, world.nurse_a, world.team_a, _since="2026-01-01"), 400)
+    _outcome(_export(world, world.admin, world.team_a), 403)
+    _outcome(_export(world, {}, world.team_a), 401)
+
+    kick_off = _export(world, world.nurse_a, world.team_a)
+    assert kick_off.status_code == 202, kick_off.text[:300]
+    status_url = kick_off.headers["content-location"]
+    _outcome(httpx.get(status_url, headers=world.nurse_b, timeout=30), 404)
+    manifest = _finished(world, status_url, world.nurse_a)
+    assert manifest["requiresAccessToken"] is True
+    files = {f["type"]: f for f in manifest["output"]}
+    assert set(files) == {"Patient", "Observation", "Flag", "Device", "QuestionnaireResponse"}
+    for questionnaire in _entries(world.get("/fhir/Questionnaire", None).json()):
+        register(questionnaire)
+    for kind, entry in files.items():
+        _outcome(httpx.get(entry["url"], headers=world.nurse_b, timeout=30), 404)
+        response = httpx.get(entry["url"], headers=world.nurse_a, timeout=30)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/fhir+ndjson")
+        lines = [json.loads(line) for line in response.text.splitlines()]
+        assert len(lines) == entry["count"]
+        for resource in lines:
+            assert resource["resourceType"] == kind
+            assert world.patient_b not in json.dumps(resource), "another team's patient in the export"
+            profile = (
+                PROFILE_OF_CODE.get(resource["code"]["coding"][0]["code"]) if kind == "Observation" else None
+            )
+            _valid(resource, profile)
+    assert files["Observation"]["count"] == 6
