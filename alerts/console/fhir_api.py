@@ -22,8 +22,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alerts.accounts import Principal, Role
 from alerts.console.context import Clinician, Console, Ctx, client_ip, scope
@@ -31,7 +33,7 @@ from alerts.fhir import records, resources, search, source
 from contracts import QUESTIONNAIRES
 from registry import Actor, RegistryError
 
-__all__ = ["IDENTITY_ROLES", "fhir_api", "fhir_error"]
+__all__ = ["IDENTITY_ROLES", "fhir_api", "fhir_error", "install_fhir_errors"]
 
 # The roles that see who a patient is: those the console's patient page shows the identity to.
 IDENTITY_ROLES = frozenset({Role.NURSE, Role.COORDINATOR, Role.PHYSICIAN})
@@ -54,6 +56,19 @@ def fhir_error(status: int, message: str, headers: dict[str, str] | None = None)
     if status == 401:
         headers.setdefault("WWW-Authenticate", 'Bearer realm="vaktrom"')
     return FhirResponse(resources.operation_outcome(message, code=code), status_code=status, headers=headers)
+
+
+def install_fhir_errors(app: FastAPI) -> None:
+    """OperationOutcomes also for the framework's own refusals under /fhir (an unknown resource type
+    404, a method other than GET 405); elsewhere its answers stay as they were."""
+
+    async def framework_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if request.url.path.startswith("/fhir/"):
+            return fhir_error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+        return await http_exception_handler(request, exc)
+
+    app.add_exception_handler(StarletteHTTPException, framework_error)
 
 
 def _parsed(parse: Any, request: Request) -> Any:

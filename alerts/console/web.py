@@ -60,7 +60,7 @@ from alerts.console.context import (
     scope,
 )
 from alerts.console.duty_pages import duty_router
-from alerts.console.fhir_api import fhir_api, fhir_error
+from alerts.console.fhir_api import fhir_api, fhir_error, install_fhir_errors
 from alerts.console.fhir_export import fhir_export
 from alerts.console.kit_api import kit_api
 from alerts.console.kit_pages import kit_pages
@@ -497,6 +497,11 @@ def _lifespan(live: Live, watch: StageWatch | None) -> Callable[[FastAPI], Any]:
     return lifespan
 
 
+# The console's pages and the APIs' routes, in this order.
+_ROUTERS = (pages, api, accounts_api, registry_api, registry_pages, whatif_pages, duty_router,
+            activity_router, kit_pages, kit_api, fhir_api, fhir_export)  # fmt: skip
+
+
 def create_app(
     *,
     pool: ConnectionPool,
@@ -529,10 +534,9 @@ def create_app(
     app.state.stage_watch = watch
     app.state.fhir_exports = Exports()  # the bulk export jobs of this process (alerts.fhir.export)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    routers = (pages, api, accounts_api, registry_api, registry_pages, whatif_pages, duty_router,
-               activity_router, kit_pages, kit_api, fhir_api, fhir_export)  # fmt: skip
-    for router in routers:
+    for router in _ROUTERS:
         app.include_router(router)
+    install_fhir_errors(app)
 
     app.add_middleware(SecurityHeaders)
     trust_proxies(app, settings.proxies)  # added last: runs first, so all the rest sees the client

@@ -347,6 +347,8 @@ def test_hostile_search_parameters_answer_400_with_an_outcome(world: World) -> N
             assert _outcome(response, 400), bad
     for path in ("/fhir/Flag", "/fhir/Patient"):
         _outcome(world.get(path, world.nurse_a, date="ge2026-03-01"), 400)
+    _outcome(world.get("/fhir/Medication", world.nurse_a), 404)
+    _outcome(httpx.post(f"{world.url}/fhir/Patient", headers=world.nurse_a, json={}, timeout=30), 405)
     _outcome(world.get("/fhir/Observation", world.nurse_a), 400)
     _outcome(world.get("/fhir/Observation", world.nurse_a, patient="Patient/../../etc"), 400)
     _outcome(world.get("/fhir/Observation", world.nurse_a, patient="x" * 5000), 400)

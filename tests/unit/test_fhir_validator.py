@@ -4,9 +4,12 @@ validates: it refuses a broken resource, checks a named profile, and passes a go
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
 
 from streams.archive.fhir import observation
-from tests.support.fhir_validator import validate
+from tests.support.fhir_validator import FhirValidator, ValidatorUnavailableError, validate
 
 BODYWEIGHT = "http://hl7.org/fhir/StructureDefinition/bodyweight"
 
@@ -47,3 +50,13 @@ def test_the_named_profile_is_checked() -> None:
 def test_an_unknown_resource_type_is_an_error() -> None:
     """Garbage is not waved through as valid."""
     assert validate({"resourceType": "NoSuchThing", "id": "x"}) != []
+
+
+def test_a_validator_without_its_jars_fails_saying_what_to_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No jars (bootstrap not run): starting fails with a message naming `make bootstrap`; the
+    tests that need the validator fail with it rather than being skipped."""
+    monkeypatch.setenv("VAKTROM_STATE_DIR", str(tmp_path))
+    with pytest.raises(ValidatorUnavailableError, match="make bootstrap"):
+        FhirValidator.start()
