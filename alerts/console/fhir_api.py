@@ -63,7 +63,8 @@ def install_fhir_errors(app: FastAPI) -> None:
     404, a method other than GET 405); elsewhere its answers stay as they were."""
 
     async def framework_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
+        if not isinstance(exc, StarletteHTTPException):  # registered for that class only
+            raise exc
         if request.url.path.startswith("/fhir/"):
             return fhir_error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
         return await http_exception_handler(request, exc)
@@ -89,8 +90,9 @@ def _bundle(request: Request, found: list[dict[str, Any]], page: search.Page) ->
         params = [(k, v) for k, v in request.query_params.multi_items() if k != "_offset"]
         params.append(("_offset", str(page.offset + page.count)))
         next_url = f"{_base(request)}{request.url.path.removeprefix('/fhir')}?{urlencode(params)}"
-    self_url = str(request.url.replace(scheme=request.url.scheme))
-    return FhirResponse(resources.searchset(found[: page.count], self_url=self_url, next_url=next_url))
+    return FhirResponse(
+        resources.searchset(found[: page.count], self_url=str(request.url), next_url=next_url)
+    )
 
 
 def _hidden(kind: str) -> HTTPException:
