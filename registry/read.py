@@ -11,6 +11,9 @@ through these functions, so a change of those tables is a change of this module 
     kit_history(conn, patient)    (kit_id, assigned_from, assigned_until) of a patient, newest first
     kit_language(conn, patient)   the language the patient's kit shows (their care plan's), "nb" or "en"
     team_patients(conn, team)     (patient_id, created_at, discharged_at) of a team's patients
+    patient(conn, patient)        (patient_id, team_id, created_at, discharged_at) of one patient, or None
+    kit_devices(conn, kits)       (device_id, kit_id, kind) of the kits' devices, by kit and device
+    device(conn, device)          (device_id, kit_id, kind, kit's team_id, kit's current patient) or None
     care_plan_versions(conn, ids) (patient_id, version, changed_at, document) of their plans, oldest first
     CHANGED                       the NOTIFY channel a trigger on every kit table signals
 
@@ -37,9 +40,12 @@ __all__ = [
     "KitSnapshot",
     "care_plan_versions",
     "current_kit",
+    "device",
+    "kit_devices",
     "kit_history",
     "kit_language",
     "kit_snapshot",
+    "patient",
     "team_patients",
     "teams",
 ]
@@ -124,6 +130,38 @@ def team_patients(conn: Connection, team_id: str) -> list[tuple[str, datetime, d
             "ORDER BY patient_id",
             (team_id,),
         ).fetchall()
+
+
+def patient(conn: Connection, patient_id: str) -> tuple[str, str, datetime, datetime | None] | None:
+    """(patient_id, team_id, created_at, discharged_at) of one patient, or None when unknown."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(
+            "SELECT patient_id, team_id, created_at, discharged_at FROM patients WHERE patient_id = %s",
+            (patient_id,),
+        ).fetchone()
+
+
+def kit_devices(conn: Connection, kit_ids: list[str]) -> list[tuple[str, str, str]]:
+    """(device_id, kit_id, kind) of every device of these kits, by kit and device."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(
+            "SELECT device_id, kit_id, kind FROM kit_devices WHERE kit_id = ANY(%s) "
+            "ORDER BY kit_id, device_id",
+            (kit_ids,),
+        ).fetchall()
+
+
+def device(conn: Connection, device_id: str) -> tuple[str, str, str, str | None, str | None] | None:
+    """(device_id, kit_id, kind, team_id, patient_id) of one device: its kit's team (None: centre-wide
+    stock) and the patient the kit is assigned to now (None: not assigned); None when unknown."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(
+            "SELECT d.device_id, d.kit_id, d.kind, k.team_id, a.patient_id FROM kit_devices d "
+            "JOIN kits k USING (kit_id) "
+            "LEFT JOIN kit_assignments a ON a.kit_id = d.kit_id AND a.assigned_until IS NULL "
+            "WHERE d.device_id = %s",
+            (device_id,),
+        ).fetchone()
 
 
 def care_plan_versions(

@@ -61,6 +61,8 @@ from alerts.console.context import (
     scope,
 )
 from alerts.console.duty_pages import duty_router
+from alerts.console.fhir_api import fhir_api, fhir_error, install_fhir_errors
+from alerts.console.fhir_export import fhir_export
 from alerts.console.kit_api import kit_api
 from alerts.console.kit_pages import kit_pages
 from alerts.console.live import Live
@@ -71,6 +73,7 @@ from alerts.console.registry_pages import registry_pages
 from alerts.console.security import SecurityHeaders, trust_proxies
 from alerts.console.trend import cuff_reading
 from alerts.console.whatif_pages import whatif_pages
+from alerts.fhir.export import Exports
 from alerts.i18n import LANGUAGES, language_of
 from alerts.settings import AlertsSettings
 from alerts.store import Resolution
@@ -496,6 +499,11 @@ def _lifespan(live: Live, watch: StageWatch | None) -> Callable[[FastAPI], Any]:
     return lifespan
 
 
+# The console's pages and the APIs' routes, in this order.
+_ROUTERS = (pages, api, accounts_api, registry_api, registry_pages, whatif_pages, duty_router,
+            activity_router, record_router, kit_pages, kit_api, fhir_api, fhir_export)  # fmt: skip
+
+
 def create_app(
     *,
     pool: ConnectionPool,
@@ -526,10 +534,11 @@ def create_app(
     )
     app.state.console = ctx
     app.state.stage_watch = watch
+    app.state.fhir_exports = Exports()  # the bulk export jobs of this process (alerts.fhir.export)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    for router in (pages, api, accounts_api, registry_api, registry_pages, whatif_pages, duty_router,
-                   activity_router, record_router, kit_pages, kit_api):  # fmt: skip
+    for router in _ROUTERS:
         app.include_router(router)
+    install_fhir_errors(app)
 
     app.add_middleware(SecurityHeaders)
     trust_proxies(app, settings.proxies)  # added last: runs first, so all the rest sees the client
@@ -540,13 +549,18 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
+        if request.url.path.startswith("/fhir/"):
+            return fhir_error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
         if request.url.path.startswith("/api/") or request.url.path in {"/events", "/queue/rows"}:
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
         context = {"status": exc.status_code, "message": exc.detail, "user": None}
         return ctx.render(request, "error.html", context, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_body(_request: Request, exc: RequestValidationError) -> Response:
+    async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path.startswith("/fhir/"):
+            return fhir_error(400, "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}"
+                                             for e in exc.errors()))  # fmt: skip
         # FastAPI's own answer echoes each bad input, which fails to encode for NaN or Infinity (a
         # 500, found by the API fuzz test) and repeats what was sent; name the field and the problem.
         detail = [

@@ -55,6 +55,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "token_id": ("own", "other"),
     "team_id": ("own", "other"),
     "shift_id": ("own", "other"),
+    "device_id": ("own", "other"),
 }
 # What each object looks like in the database: a refused request must leave all of it unchanged.
 SNAPSHOTS: dict[str, tuple[str, ...]] = {
@@ -143,6 +144,15 @@ class World:
         )  # fmt: skip
         apply_events(self.conn, [alert])
         return episode_id
+
+    def device(self, variant: str) -> str:
+        """A measuring device of a kit assigned to a patient of the team."""
+        kit_id = self.kit(variant)
+        device_id = f"TD-{uuid.uuid4().hex[:12]}"
+        self.conn.execute(
+            "INSERT INTO kit_devices (device_id, kit_id, kind) VALUES (%s, %s, 'scale')", (device_id, kit_id)
+        )
+        return device_id
 
     def shift(self, variant: str) -> str:
         """A nurse-on-duty shift of the team, at a time no other case uses (no overlap refusal)."""
