@@ -21,6 +21,7 @@ from alerts.ehr import MAX_READINGS, Signer, _kept, verify
 from alerts.record import build_record_document, document_bytes
 from alerts.settings import AlertsSettings
 from runtime.settings import ConfigError
+from tests.support.fhir_validator import validate
 
 AT = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 DOC = "6f1c2a9e-0b7d-4c1e-9a35-2d8f0e4b7c11"
@@ -277,3 +278,23 @@ def test_a_long_episode_keeps_the_newest_readings_and_the_evidence() -> None:
     assert kept[0].measurement_id == f"{1:032x}"
     assert kept[1:] == many[-MAX_READINGS:]
     assert _kept(many[:10], None) == many[:10]
+
+
+def test_the_record_document_passes_the_hapi_validator() -> None:
+    """The whole document Bundle is valid R4 as HAPI's validator reads it (a document: Composition
+    first, every reference resolved inside it, the bdl- and cmp- invariants), and its SpO2 and
+    pulse Observations are valid vital signs of their profiles."""
+    document = build()
+    assert validate(document) == []
+    profiles = {"59408-5": "oxygensat", "8867-4": "heartrate"}
+    checked = 0
+    for entry in document["entry"]:
+        resource = entry["resource"]
+        if resource["resourceType"] != "Observation":
+            continue
+        codes = {c["code"] for c in resource["code"]["coding"]}
+        for loinc, profile in profiles.items():
+            if loinc in codes:
+                assert validate(resource, f"http://hl7.org/fhir/StructureDefinition/{profile}") == [], profile
+                checked += 1
+    assert checked == 2
