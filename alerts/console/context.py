@@ -116,6 +116,7 @@ class Console:
     ) -> None:
         self.pool, self.settings, self.live = pool, settings, live
         self.registry = registry
+        self.oidc: Any = None  # the OpenID provider's client (alerts.console.oidc_pages), when configured
         self.tz = zoneinfo.ZoneInfo(settings.time_zone)
         self.session_life = timedelta(hours=settings.session_hours)
         self.idle = timedelta(minutes=settings.idle_minutes)

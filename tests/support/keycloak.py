@@ -1,0 +1,152 @@
+"""A real OpenID provider for the single-sign-on tests: Keycloak (installed by infra/bootstrap under
+.local/keycloak), started once per test session in development mode with its H2 database under
+.local, the realm of infra/keycloak/realm-vaktrom.json imported afresh at each start.
+
+Its port follows the stack's (VAKTROM_STACK_KAFKA_PORT - 19092 + 18080, so worktrees with their own
+stack ports do not meet); its management port, where /health/ready answers, is the next one. When it
+cannot start the test fails with the end of its log; it never skips.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+__all__ = ["CLIENT_ID", "CLIENT_SECRET", "PASSWORD", "REALM", "Keycloak", "start_keycloak"]
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSION = "26.4.0"
+REALM = "vaktrom"
+REALM_FILE = ROOT / "infra" / "keycloak" / "realm-vaktrom.json"
+CLIENT_ID = "vaktrom-console"
+CLIENT_SECRET = "vaktrom-test-client-secret"  # noqa: S105  (the test realm's client, on localhost only)
+PASSWORD = "vaktrom-test-password"  # noqa: S105  (the test realm's users)
+START_TIMEOUT_S = 300.0  # the first start builds Keycloak's configuration: minutes on two shared cores
+
+
+@dataclass
+class Keycloak:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.port}/realms/{REALM}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def _state() -> Path:
+    return Path(os.environ.get("VAKTROM_STATE_DIR", ROOT / ".local"))
+
+
+def _port() -> int:
+    return int(os.environ.get("VAKTROM_STACK_KAFKA_PORT", "19092")) - 19092 + 18080
+
+
+def _java_home(state: Path) -> str:
+    chosen = os.environ.get("VAKTROM_KEYCLOAK_JAVA_HOME") or (
+        (state / "keycloak" / "java_home").read_text().strip()
+        if (state / "keycloak" / "java_home").exists()
+        else ""
+    )
+    if not chosen or not Path(chosen, "bin", "java").exists():
+        pytest.fail(
+            "Keycloak needs Java 21 or newer and none was found: install a JDK 21+ under /usr/lib/jvm and "
+            "run infra/bootstrap again, or set VAKTROM_KEYCLOAK_JAVA_HOME",
+            pytrace=False,
+        )
+    return chosen
+
+
+def _tail(log: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop_left_over(pid_file: Path, home: Path) -> None:
+    """A Keycloak this fixture started in an earlier run that was killed: end it (only if it is one)."""
+    try:
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if str(home).encode() in cmdline:
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+def start_keycloak() -> Keycloak:
+    """Start Keycloak with the test realm and wait until it is ready (progress on stderr)."""
+    state = _state()
+    home = state / "keycloak" / f"keycloak-{VERSION}"
+    if not (home / "bin" / "kc.sh").exists():
+        pytest.fail(f"Keycloak {VERSION} is not installed at {home}: run infra/bootstrap", pytrace=False)
+    java = _java_home(state)
+    pid_file, log = state / "keycloak" / "keycloak.pid", state / "keycloak" / "keycloak.log"
+    _stop_left_over(pid_file, home)
+    data = home / "data"
+    shutil.rmtree(data / "h2", ignore_errors=True)  # a fresh database: the realm file is imported anew
+    shutil.rmtree(data / "import", ignore_errors=True)
+    (data / "import").mkdir(parents=True)
+    shutil.copy(REALM_FILE, data / "import" / REALM_FILE.name)
+    port = _port()
+    env = {**os.environ, "JAVA_HOME": java, "KC_BOOTSTRAP_ADMIN_USERNAME": "admin",
+           "KC_BOOTSTRAP_ADMIN_PASSWORD": "vaktrom-test-admin"}  # fmt: skip
+    args = [
+        str(home / "bin" / "kc.sh"), "start-dev", "--import-realm", f"--http-port={port}",
+        f"--http-management-port={port + 1}", "--http-host=127.0.0.1", "--health-enabled=true",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    pid_file.write_text(str(process.pid))
+    keycloak = Keycloak(process, port, log)
+    started, said = time.monotonic(), 0.0
+    ready = f"http://127.0.0.1:{port + 1}/health/ready"
+    while True:
+        waited = time.monotonic() - started
+        if process.poll() is not None:
+            pytest.fail(
+                f"Keycloak stopped while starting (exit {process.returncode}); log {log}:\n{_tail(log)}",
+                pytrace=False,
+            )
+        try:
+            if httpx.get(ready, timeout=2).status_code == 200:
+                print(f"\nkeycloak: ready on port {port} after {waited:.0f} s", file=sys.stderr)
+                return keycloak
+        except httpx.HTTPError:
+            pass
+        if waited > START_TIMEOUT_S:
+            keycloak.stop()
+            pytest.fail(
+                f"Keycloak did not become ready on port {port} within {START_TIMEOUT_S:.0f} s; "
+                f"log {log}:\n{_tail(log)}",
+                pytrace=False,
+            )
+        if waited - said >= 15:
+            said = waited
+            print(f"\nkeycloak: starting ({waited:.0f} s)", file=sys.stderr)
+        time.sleep(1)
