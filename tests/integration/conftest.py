@@ -13,7 +13,6 @@ from tests.integration.alerts_support import AlertsProcess
 from tests.integration.archive_support import ArchiveProcess
 from tests.integration.bridge_support import BridgeProcess, prepare
 from tests.integration.monitor_support import MonitorProcess
-from tests.support.keycloak import Keycloak, start_keycloak
 
 
 @pytest.fixture
@@ -65,11 +64,3 @@ def pipeline(
     for stage in stages:
         stage.wait_healthy(90)
     return stages
-
-
-@pytest.fixture(scope="session")
-def keycloak() -> Iterator[Keycloak]:
-    """The OpenID provider of the single-sign-on tests, started once per session (slow: a minute)."""
-    provider = start_keycloak()
-    yield provider
-    provider.stop()

@@ -31,7 +31,7 @@ from tests.integration.alerts_support import (
     wait_for,
 )
 from tests.integration.registry_support import new_team
-from tests.support.keycloak import CLIENT_ID, CLIENT_SECRET, PASSWORD, Keycloak
+from tests.support.keycloak import PASSWORD, Keycloak
 
 TEAM_A, TEAM_B = "sso-team-a", "sso-team-b"  # the teams the realm's users carry (infra/keycloak)
 
@@ -47,19 +47,8 @@ def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
 
 @pytest.fixture
 def service(alerts: AlertsProcess, keycloak: Keycloak, conn: psycopg.Connection[Any]) -> AlertsProcess:
-    alerts.extra_env.update({
-        "VAKTROM_ALERTS_COOKIE_SECURE": "false",  # the test client speaks plain http
-        "VAKTROM_OIDC_ISSUER": keycloak.issuer,
-        "VAKTROM_OIDC_CLIENT_ID": CLIENT_ID,
-        "VAKTROM_OIDC_CLIENT_SECRET": CLIENT_SECRET,
-        "VAKTROM_OIDC_ROLE_CLAIM": "vaktrom_roles",
-        "VAKTROM_OIDC_TEAM_CLAIM": "team",
-        "VAKTROM_OIDC_ROLE_MAP": (
-            "sykepleier=nurse,koordinator=coordinator,lege=physician,systemansvarlig=admin"
-        ),
-        "VAKTROM_OIDC_CENTRE_ROLES": "coordinator,admin",
-        "VAKTROM_OIDC_LABEL": "Test Hospital",
-    })  # fmt: skip
+    alerts.extra_env.update(keycloak.console_env())
+    alerts.extra_env["VAKTROM_ALERTS_COOKIE_SECURE"] = "false"  # the test client speaks plain http
     alerts.start()
     return alerts
 
@@ -303,3 +292,46 @@ def test_local_login_still_works_beside_single_sign_on(
         assert client.get("/").status_code == 200
     finally:
         client.close()
+
+
+def _set_user(keycloak: Keycloak, username: str, *, role: str | None, team: str) -> None:
+    """Give a realm user one realm role (or none of ours) and a team, through the admin API."""
+    with keycloak.admin() as admin:
+        found = admin.get("/users", params={"username": username, "exact": "true"}).json()
+        user = found[0]
+        user_id = user["id"]
+        user["attributes"] = {**(user.get("attributes") or {}), "team": [team]}
+        admin.put(f"/users/{user_id}", json=user).raise_for_status()
+        ours = {"sykepleier", "koordinator", "lege", "systemansvarlig"}
+        held = [r for r in admin.get(f"/users/{user_id}/role-mappings/realm").json() if r["name"] in ours]
+        if held:
+            admin.request("DELETE", f"/users/{user_id}/role-mappings/realm", json=held).raise_for_status()
+        if role is not None:
+            wanted = admin.get(f"/roles/{role}").json()
+            admin.post(f"/users/{user_id}/role-mappings/realm", json=[wanted]).raise_for_status()
+
+
+def test_a_change_at_the_provider_takes_effect_at_the_next_login(
+    service: AlertsProcess, browser: Any, conn: psycopg.Connection[Any], keycloak: Keycloak
+) -> None:
+    """Nurse B moved to team A at the provider: the next login is team A's, and the session from
+    before the move ends. Her role removed: the next login is refused and her open session ends. The
+    same account (issuer + subject) all along."""
+    first = browser()
+    try:
+        assert first.login("nurse-b").status_code == 303
+        username, role, team = _username(conn, keycloak, "nurse-b")
+        assert (role, team) == ("nurse", TEAM_B)
+        _set_user(keycloak, "nurse-b", role="sykepleier", team=TEAM_A)
+        moved = browser()
+        assert moved.login("nurse-b").status_code == 303
+        assert _username(conn, keycloak, "nurse-b") == (username, "nurse", TEAM_A)
+        assert first.page("/").status_code == 303  # the session from before the move is over
+        assert moved.page("/").status_code == 200
+        _set_user(keycloak, "nurse-b", role=None, team=TEAM_A)
+        refused = browser().login("nurse-b")
+        assert refused.status_code == 403
+        assert "no role in Vaktrom" in refused.text
+        assert moved.page("/").status_code == 303  # access removed at the provider ends here too
+    finally:
+        _set_user(keycloak, "nurse-b", role="sykepleier", team=TEAM_B)

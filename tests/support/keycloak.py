@@ -30,6 +30,7 @@ REALM_FILE = ROOT / "infra" / "keycloak" / "realm-vaktrom.json"
 CLIENT_ID = "vaktrom-console"
 CLIENT_SECRET = "vaktrom-test-client-secret"  # noqa: S105  (the test realm's client, on localhost only)
 PASSWORD = "vaktrom-test-password"  # noqa: S105  (the test realm's users)
+ADMIN_PASSWORD = "vaktrom-test-admin"  # noqa: S105  (the test Keycloak's bootstrap administrator)
 START_TIMEOUT_S = 300.0  # the first start builds Keycloak's configuration: minutes on two shared cores
 
 
@@ -42,6 +43,36 @@ class Keycloak:
     @property
     def issuer(self) -> str:
         return f"http://127.0.0.1:{self.port}/realms/{REALM}"
+
+    def console_env(self) -> dict[str, str]:
+        """The console's settings for this provider and the test realm's role names and claims."""
+        return {
+            "VAKTROM_OIDC_ISSUER": self.issuer,
+            "VAKTROM_OIDC_CLIENT_ID": CLIENT_ID,
+            "VAKTROM_OIDC_CLIENT_SECRET": CLIENT_SECRET,
+            "VAKTROM_OIDC_ROLE_CLAIM": "vaktrom_roles",
+            "VAKTROM_OIDC_TEAM_CLAIM": "team",
+            "VAKTROM_OIDC_ROLE_MAP": (
+                "sykepleier=nurse,koordinator=coordinator,lege=physician,systemansvarlig=admin"
+            ),
+            "VAKTROM_OIDC_CENTRE_ROLES": "coordinator,admin",
+            "VAKTROM_OIDC_LABEL": "Test Hospital",
+        }
+
+    def admin(self) -> httpx.Client:
+        """A client of the realm's admin API (as the bootstrap administrator), to change a user."""
+        token = httpx.post(
+            f"http://127.0.0.1:{self.port}/realms/master/protocol/openid-connect/token",
+            data={"grant_type": "password", "client_id": "admin-cli", "username": "admin",
+                  "password": ADMIN_PASSWORD},
+            timeout=30,
+        )  # fmt: skip
+        token.raise_for_status()
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port}/admin/realms/{REALM}",
+            headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+            timeout=30,
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -113,7 +144,7 @@ def start_keycloak() -> Keycloak:
     shutil.copy(REALM_FILE, data / "import" / REALM_FILE.name)
     port = _port()
     env = {**os.environ, "JAVA_HOME": java, "KC_BOOTSTRAP_ADMIN_USERNAME": "admin",
-           "KC_BOOTSTRAP_ADMIN_PASSWORD": "vaktrom-test-admin"}  # fmt: skip
+           "KC_BOOTSTRAP_ADMIN_PASSWORD": ADMIN_PASSWORD}  # fmt: skip
     args = [
         str(home / "bin" / "kc.sh"), "start-dev", "--import-realm", f"--http-port={port}",
         f"--http-management-port={port + 1}", "--http-host=127.0.0.1", "--health-enabled=true",
