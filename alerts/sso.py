@@ -28,15 +28,37 @@ import psycopg
 
 from alerts import accounts
 from alerts.accounts import Role
+from alerts.i18n import N_
 
 __all__ = ["ClaimRules", "Grant", "NoAccessError", "claim_at", "grant_of", "parse_role_map", "sign_in"]
 
 _USERNAME_CHARS = re.compile(r"[^a-z0-9._-]+")
+# What the no-access page says (English msgids; the page shows them in the console's language).
+_NO_ROLE = N_(
+    "your account at the hospital's login has no role in Vaktrom; ask your manager to give you one "
+    "(nurse, coordinator, physician or administrator)"
+)
+_TWO_ROLES = N_(
+    "your account at the hospital's login has more than one role in Vaktrom (%(roles)s); ask your "
+    "manager to leave you one"
+)
+_TWO_TEAMS = N_(
+    "your account at the hospital's login names more than one team; ask your manager to leave you one"
+)
+_NO_TEAM = N_("your account at the hospital's login names no team; ask your manager to add yours")
+_UNKNOWN_TEAM = N_("your team %(team)s is not known in Vaktrom; ask an administrator")
+_NO_USERNAME = N_("no free username could be made for you; ask an administrator")
+_NO_SUBJECT = N_("the hospital's login sent no identity (sub); ask an administrator")
+_DEACTIVATED = N_("your Vaktrom account is deactivated; ask an administrator")
 
 
 class NoAccessError(Exception):
     """The provider knows the person, but Vaktrom gives them no access; the message says why and
-    what to ask for (it is shown to them)."""
+    what to ask for (it is shown to them: `msgid` and `params` for the console's languages)."""
+
+    def __init__(self, msgid: str, **params: str) -> None:
+        super().__init__(msgid % params if params else msgid)
+        self.msgid, self.params = msgid, params
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,28 +124,18 @@ def grant_of(claims: Mapping[str, Any], rules: ClaimRules) -> Grant:
         if name in rules.role_map
     }
     if not roles:
-        raise NoAccessError(
-            "your account at the hospital's login has no role in Vaktrom; ask your manager to give you "
-            "one (nurse, coordinator, physician or administrator)"
-        )
+        raise NoAccessError(_NO_ROLE)
     if len(roles) > 1:
         named = ", ".join(sorted(r.value for r in roles))
-        raise NoAccessError(
-            f"your account at the hospital's login has more than one role in Vaktrom ({named}); ask your "
-            "manager to leave you one"
-        )
+        raise NoAccessError(_TWO_ROLES, roles=named)
     role = roles.pop()
     teams = sorted(set(_strings(claim_at(claims, rules.team_claim))))
     if len(teams) > 1:
-        raise NoAccessError(
-            "your account at the hospital's login names more than one team; ask your manager to leave you one"
-        )
+        raise NoAccessError(_TWO_TEAMS)
     if not teams:
         if role in rules.centre_roles:
             return Grant(role, None)
-        raise NoAccessError(
-            "your account at the hospital's login names no team; ask your manager to add yours"
-        )
+        raise NoAccessError(_NO_TEAM)
     return Grant(role, teams[0])
 
 
@@ -136,7 +148,7 @@ def _username(conn: psycopg.Connection[Any], claims: Mapping[str, Any], issuer: 
     for candidate in ([base] if len(base) >= 2 else []) + [f"{base or 'sso'}-{tag}"]:
         if conn.execute("SELECT 1 FROM users WHERE username = %s", (candidate,)).fetchone() is None:
             return candidate
-    raise NoAccessError("no free username could be made for you; ask an administrator")
+    raise NoAccessError(_NO_USERNAME)
 
 
 def _display_name(claims: Mapping[str, Any], fallback: str) -> str:
@@ -156,7 +168,7 @@ def sign_in(
     when the account is deactivated in Vaktrom. Commits."""
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
-        raise NoAccessError("the hospital's login sent no identity (sub); ask an administrator")
+        raise NoAccessError(_NO_SUBJECT)
     row = conn.execute(
         "SELECT i.username, u.role, u.team_id, u.active FROM oidc_identities i "
         "JOIN users u USING (username) WHERE i.issuer = %s AND i.subject = %s",
@@ -175,14 +187,12 @@ def sign_in(
     username: str = row[0]
     role, team_id, active = row[1], row[2], row[3]
     if not active:
-        raise NoAccessError("your Vaktrom account is deactivated; ask an administrator")
+        raise NoAccessError(_DEACTIVATED)
     if (Role(role), team_id) != (grant.role, grant.team_id):
         try:
             accounts.change_role(conn, username, role=grant.role, team_id=grant.team_id, by="sso")
         except accounts.AccountError:
-            raise NoAccessError(
-                f"your team {grant.team_id!r} is not known in Vaktrom; ask an administrator"
-            ) from None
+            raise NoAccessError(_UNKNOWN_TEAM, team=str(grant.team_id)) from None
     with conn.transaction():
         conn.execute(
             "UPDATE users SET display_name = %s WHERE username = %s",
@@ -218,7 +228,5 @@ def _link(
                 (issuer, subject, username),
             )
     except psycopg.errors.ForeignKeyViolation:
-        raise NoAccessError(
-            f"your team {grant.team_id!r} is not known in Vaktrom; ask an administrator"
-        ) from None
+        raise NoAccessError(_UNKNOWN_TEAM, team=str(grant.team_id)) from None
     return username

@@ -125,7 +125,7 @@ async def oidc_callback(request: Request, ctx: Ctx) -> Response:
             target=str(claims.get("preferred_username") or claims.get("sub") or "")[:64],
             detail={"sso": str(exc)},
         )  # fmt: skip
-        context = {"user": None, "reason": str(exc), "label": ctx.settings.oidc_label}
+        context = {"user": None, "reason": exc.msgid, "params": exc.params, "label": ctx.settings.oidc_label}
         return ctx.render(request, "no_access.html", context, status_code=403)
     secret = await asyncio.to_thread(_new_session, ctx, request, username, str(token.get("id_token") or ""))
     await asyncio.to_thread(ctx.audit, request, username, "login", detail={"via": "sso"})

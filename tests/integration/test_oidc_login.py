@@ -200,6 +200,12 @@ def test_a_user_without_a_role_gets_the_no_access_page_and_no_session(
     assert "vaktrom_session" not in answer.headers.get("set-cookie", "")
     assert someone.session is None
     assert someone.page("/").status_code == 303
+    norwegian = browser()
+    norwegian.http.headers["Accept-Language"] = "nb"
+    answer = norwegian.login("norole")
+    assert answer.status_code == 403
+    assert "Ingen tilgang til Vaktrom" in answer.text
+    assert "ingen rolle i Vaktrom" in answer.text
     refused = conn.execute(
         "SELECT count(*) FROM audit.audit_log WHERE action = 'login_refused' AND target = 'norole'"
     ).fetchone()
