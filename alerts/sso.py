@@ -160,7 +160,12 @@ def _display_name(claims: Mapping[str, Any], fallback: str) -> str:
 
 
 def sign_in(
-    conn: psycopg.Connection[Any], *, issuer: str, claims: Mapping[str, Any], rules: ClaimRules
+    conn: psycopg.Connection[Any],
+    *,
+    issuer: str,
+    claims: Mapping[str, Any],
+    rules: ClaimRules,
+    _retry: bool = False,
 ) -> str:
     """The username of the identity in `claims` (issuer + `sub`), its account made at the first login
     and its role and team set from the claims. NoAccessError when the claims give no access (the
@@ -183,7 +188,14 @@ def sign_in(
                 conn.execute("DELETE FROM sessions WHERE username = %s", (row[0],))
         raise
     if row is None:
-        return _link(conn, issuer=issuer, subject=subject, claims=claims, grant=grant)
+        try:
+            return _link(conn, issuer=issuer, subject=subject, claims=claims, grant=grant)
+        except psycopg.errors.UniqueViolation:
+            # The same person's first login twice at once (two tabs), or a username taken meanwhile:
+            # the other one linked the identity, or the next try picks another name.
+            if _retry:
+                raise
+            return sign_in(conn, issuer=issuer, claims=claims, rules=rules, _retry=True)
     username: str = row[0]
     role, team_id, active = row[1], row[2], row[3]
     if not active:

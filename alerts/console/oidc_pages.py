@@ -22,9 +22,11 @@ import hmac
 import logging
 from typing import Any
 
+import httpx
 from authlib.integrations.starlette_client import OAuth, OAuthError, StarletteOAuth2App
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
+from joserfc.errors import JoseError
 from starlette.middleware.sessions import SessionMiddleware
 
 from alerts import accounts, sso
@@ -105,7 +107,13 @@ async def oidc_callback(request: Request, ctx: Ctx) -> Response:
     next_ = safe_next(str(request.session.get(_NEXT, "/")))
     try:
         token: dict[str, Any] = await client.authorize_access_token(request)
-    except OAuthError as exc:
+    except httpx.HTTPError as exc:
+        request.session.clear()
+        log.warning("the OpenID provider's token endpoint did not answer: %s", exc)
+        raise HTTPException(
+            502, "the hospital's login does not answer; try again shortly or log in with your Vaktrom account"
+        ) from None
+    except (OAuthError, JoseError) as exc:  # refused by the provider, or an ID token that fails a check
         request.session.clear()
         reason = f"{exc.error}: {exc.description}" if exc.description else str(exc.error)
         await asyncio.to_thread(ctx.audit, request, None, "login_failed", detail={"sso": reason[:200]})
