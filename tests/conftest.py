@@ -200,10 +200,17 @@ class Broker:
 
 
 @pytest.fixture(scope="session")
-def keycloak() -> Iterator[Keycloak]:
+def keycloak(pytestconfig: pytest.Config) -> Iterator[Keycloak]:
     """The OpenID provider of the single-sign-on tests (tests/support/keycloak.py), started once per
-    session and only by the tests that ask for it (slow: about a minute on two cores)."""
-    provider = start_keycloak()
+    session and only by the tests that ask for it (slow: about a minute on two cores); its progress
+    is shown as it happens, past pytest's capture."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    def say(line: str) -> None:
+        with capture.global_and_fixture_disabled():
+            print(line, file=sys.stderr, flush=True)
+
+    provider = start_keycloak(say=say)
     yield provider
     provider.stop()
 

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,15 +94,19 @@ def _port() -> int:
 
 
 def _java_home(state: Path) -> str:
+    """VAKTROM_KEYCLOAK_JAVA_HOME, else the Java 21+ infra/bootstrap noted, else the system's Java
+    (Keycloak 26 is made for 21 and still starts on 17)."""
+    noted = state / "keycloak" / "java_home"
     chosen = os.environ.get("VAKTROM_KEYCLOAK_JAVA_HOME") or (
-        (state / "keycloak" / "java_home").read_text().strip()
-        if (state / "keycloak" / "java_home").exists()
-        else ""
+        noted.read_text().strip() if noted.exists() else ""
     )
+    if not chosen:
+        java = shutil.which("java")
+        chosen = str(Path(java).resolve().parents[1]) if java else ""
     if not chosen or not Path(chosen, "bin", "java").exists():
         pytest.fail(
-            "Keycloak needs Java 21 or newer and none was found: install a JDK 21+ under /usr/lib/jvm and "
-            "run infra/bootstrap again, or set VAKTROM_KEYCLOAK_JAVA_HOME",
+            f"Keycloak needs Java (21 or newer) and none was found at {chosen or 'any place'}: install a "
+            "JDK 21+ under /usr/lib/jvm and run infra/bootstrap again, or set VAKTROM_KEYCLOAK_JAVA_HOME",
             pytrace=False,
         )
     return chosen
@@ -128,8 +133,12 @@ def _stop_left_over(pid_file: Path, home: Path) -> None:
             time.sleep(0.5)
 
 
-def start_keycloak() -> Keycloak:
-    """Start Keycloak with the test realm and wait until it is ready (progress on stderr)."""
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def start_keycloak(*, say: Callable[[str], None] = _stderr) -> Keycloak:
+    """Start Keycloak with the test realm and wait until it is ready, saying how it goes."""
     state = _state()
     home = state / "keycloak" / f"keycloak-{VERSION}"
     if not (home / "bin" / "kc.sh").exists():
@@ -155,6 +164,7 @@ def start_keycloak() -> Keycloak:
         )
     pid_file.write_text(str(process.pid))
     keycloak = Keycloak(process, port, log)
+    say(f"\nkeycloak: starting {VERSION} on port {port} (about a minute on two cores; log {log})")
     started, said = time.monotonic(), 0.0
     ready = f"http://127.0.0.1:{port + 1}/health/ready"
     while True:
@@ -166,7 +176,7 @@ def start_keycloak() -> Keycloak:
             )
         try:
             if httpx.get(ready, timeout=2).status_code == 200:
-                print(f"\nkeycloak: ready on port {port} after {waited:.0f} s", file=sys.stderr)
+                say(f"keycloak: ready after {waited:.0f} s")
                 return keycloak
         except httpx.HTTPError:
             pass
@@ -177,7 +187,7 @@ def start_keycloak() -> Keycloak:
                 f"log {log}:\n{_tail(log)}",
                 pytrace=False,
             )
-        if waited - said >= 15:
+        if waited - said >= 10:
             said = waited
-            print(f"\nkeycloak: starting ({waited:.0f} s)", file=sys.stderr)
+            say(f"keycloak: still starting ({waited:.0f} s)")
         time.sleep(1)
