@@ -56,7 +56,7 @@ def oidc_client(settings: AlertsSettings) -> StarletteOAuth2App | None:
         server_metadata_url=settings.oidc_issuer.rstrip("/") + "/.well-known/openid-configuration",
         client_kwargs={"scope": "openid profile email", "code_challenge_method": "S256"},
     )
-    assert isinstance(client, StarletteOAuth2App)
+    assert isinstance(client, StarletteOAuth2App)  # registered with OAuth 2 arguments, so always
     return client
 
 
@@ -92,6 +92,7 @@ async def oidc_start(request: Request, ctx: Ctx, next: str = "/") -> Response:
     request.session[_NEXT] = safe_next(next)
     try:
         response: Response = await client.authorize_redirect(request, _callback_url(request, ctx))
+    # An unreachable provider or bad metadata, whatever the library raises it as: a page, not a 500.
     except Exception as exc:
         log.warning("the OpenID provider's metadata could not be read: %s", exc)
         raise HTTPException(
@@ -124,7 +125,7 @@ async def oidc_callback(request: Request, ctx: Ctx) -> Response:
     request.session.clear()
     claims = dict(token.get("userinfo") or {})
     rules = ctx.settings.claim_rules
-    assert rules is not None
+    assert rules is not None  # the client exists only with single sign-on configured
     try:
         username = await asyncio.to_thread(_sign_in, ctx, claims, rules)
     except sso.NoAccessError as exc:
@@ -169,6 +170,7 @@ async def oidc_logout_url(ctx: Ctx, request: Request, id_token: str) -> str | No
         found: dict[str, Any] = await ctx.oidc.create_logout_url(
             post_logout_redirect_uri=back, id_token_hint=id_token, client_id=ctx.settings.oidc_client_id
         )
+    # No end-session endpoint, or the provider is down: the local session is over anyway.
     except Exception as exc:
         log.warning("no logout at the OpenID provider: %s", exc)
         return None
