@@ -201,15 +201,18 @@ def authenticate(conn: psycopg.Connection[Any], username: str, password: str, ip
         row = conn.execute(
             "SELECT password_hash FROM users WHERE username = %s AND active", (username,)
         ).fetchone()
+    # An account of the single sign-on has no password (NULL): checked against the dummy, it fails
+    # as an unknown user does, in the same time.
+    stored = row[0] if row is not None else None
     try:
-        _hasher.verify(row[0] if row else _DUMMY_HASH, password)
-        if row is None:
+        _hasher.verify(stored or _DUMMY_HASH, password)
+        if stored is None:
             raise argon2.exceptions.VerifyMismatchError
     except (argon2.exceptions.VerifyMismatchError, argon2.exceptions.InvalidHashError):
         raise LoginError("wrong username or password") from None  # its attempt stays counted
     with conn.transaction():
         conn.execute("DELETE FROM login_failures WHERE username = %s", (username,))
-        if _hasher.check_needs_rehash(row[0]):
+        if _hasher.check_needs_rehash(stored):
             conn.execute(
                 "UPDATE users SET password_hash = %s WHERE username = %s", (_hasher.hash(password), username)
             )
@@ -217,18 +220,25 @@ def authenticate(conn: psycopg.Connection[Any], username: str, password: str, ip
 
 
 def new_session(
-    conn: psycopg.Connection[Any], username: str, *, kind: str, lifetime: timedelta, ip: str | None
+    conn: psycopg.Connection[Any],
+    username: str,
+    *,
+    kind: str,
+    lifetime: timedelta,
+    ip: str | None,
+    id_token: str | None = None,
 ) -> str:
     """Start a session and return its secret (the cookie value or bearer token). Commits.
-    An API token lasts at most MAX_TOKEN_DAYS (AccountError beyond)."""
+    An API token lasts at most MAX_TOKEN_DAYS (AccountError beyond). `id_token`: the OpenID
+    provider's ID token of a single-sign-on login, handed back to it at logout."""
     if kind == "api" and not timedelta(0) < lifetime <= timedelta(days=MAX_TOKEN_DAYS):
         raise AccountError(f"a token lasts between 1 and {MAX_TOKEN_DAYS} days; ask for fewer days")
     token = secrets.token_urlsafe(32)
     with conn.transaction():
         conn.execute(
-            "INSERT INTO sessions (token_hash, username, kind, csrf_token, expires_at, ip) "
-            "VALUES (%s, %s, %s, %s, now() + %s, %s)",
-            (_digest(token), username, kind, secrets.token_urlsafe(32), lifetime, ip),
+            "INSERT INTO sessions (token_hash, username, kind, csrf_token, expires_at, ip, id_token) "
+            "VALUES (%s, %s, %s, %s, now() + %s, %s, %s)",
+            (_digest(token), username, kind, secrets.token_urlsafe(32), lifetime, ip, id_token),
         )
     return token
 
@@ -285,9 +295,14 @@ def purge(conn: psycopg.Connection[Any], *, keep: timedelta = timedelta(days=1))
     return sessions, failures
 
 
-def end_session(conn: psycopg.Connection[Any], token: str) -> None:
+def end_session(conn: psycopg.Connection[Any], token: str) -> str | None:
+    """End one session now. Returns its ID token when it was a single-sign-on login (for the
+    provider's logout), else None. Commits."""
     with conn.transaction():
-        conn.execute("DELETE FROM sessions WHERE token_hash = %s", (_digest(token),))
+        row = conn.execute(
+            "DELETE FROM sessions WHERE token_hash = %s RETURNING id_token", (_digest(token),)
+        ).fetchone()
+    return row[0] if row is not None else None
 
 
 def audit(

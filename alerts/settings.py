@@ -6,10 +6,12 @@ import dataclasses
 import ipaddress
 import re
 from datetime import timedelta
+from urllib.parse import urlsplit
 
-from alerts.accounts import MAX_TOKEN_DAYS
+from alerts.accounts import MAX_TOKEN_DAYS, Role
 from alerts.ehr import Signer, SigningKeyError
 from alerts.i18n import LANGUAGES
+from alerts.sso import ClaimRules, parse_role_map
 from alerts.workers.escalation import Step, Targets
 from alerts.workers.notify import Route, parse_routes
 from runtime.settings import ConfigError, Settings, check_ranges, check_time_zone, setting
@@ -148,6 +150,41 @@ class AlertsSettings(Settings):
     notify_every_s: float = setting(
         2.0, env="VAKTROM_ALERTS_NOTIFY_EVERY_S", help="how often the notification outbox is looked at"
     )
+    oidc_issuer: str = setting(
+        "",
+        env="VAKTROM_OIDC_ISSUER",
+        help="single sign-on: the OpenID provider's issuer URL (its discovery document is at "
+        "ISSUER/.well-known/openid-configuration); empty: local accounts only",
+    )
+    oidc_client_id: str = setting("", env="VAKTROM_OIDC_CLIENT_ID", help="the console's client id there")
+    oidc_client_secret: str = setting(
+        "", env="VAKTROM_OIDC_CLIENT_SECRET", help="the console's client secret there", secret=True
+    )
+    oidc_role_claim: str = setting(
+        "roles",
+        env="VAKTROM_OIDC_ROLE_CLAIM",
+        help="the ID token claim that holds a person's roles (a dotted path such as realm_access.roles)",
+    )
+    oidc_team_claim: str = setting(
+        "team", env="VAKTROM_OIDC_TEAM_CLAIM", help="the ID token claim that holds a person's team id"
+    )
+    oidc_role_map: str = setting(
+        "",
+        env="VAKTROM_OIDC_ROLE_MAP",
+        help="the provider's role names to ours, provider_role=ROLE,... (ROLE: nurse, coordinator, "
+        "physician or admin); other roles are ignored; empty: the provider uses our names",
+    )
+    oidc_centre_roles: str = setting(
+        "admin",
+        env="VAKTROM_OIDC_CENTRE_ROLES",
+        help="our roles that may come without a team claim and then see every team (comma-separated); "
+        "any other role without exactly one team gets no access",
+    )
+    oidc_label: str = setting(
+        "the hospital's login",
+        env="VAKTROM_OIDC_LABEL",
+        help='what the login page\'s single-sign-on button names ("Log in with ...")',
+    )
 
     ehr_url: str = setting(
         "",
@@ -226,6 +263,7 @@ class AlertsSettings(Settings):
                 "name the SMTP server"
             )
         _ = self.proxies  # parses, so a typo fails here
+        self._validate_oidc()
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError(
                 f"VAKTROM_ALERTS_PUBLIC_URL={self.public_url!r} must start with http:// or https://"
@@ -258,6 +296,48 @@ class AlertsSettings(Settings):
             return Signer.from_file(self.ehr_signing_key, env="VAKTROM_ALERTS_EHR_SIGNING_KEY")
         except SigningKeyError as exc:
             raise ConfigError(str(exc)) from None
+
+    @property
+    def claim_rules(self) -> ClaimRules | None:
+        """How the single sign-on reads roles and teams (None: no single sign-on)."""
+        if not self.oidc_issuer:
+            return None
+        try:
+            role_map = parse_role_map(self.oidc_role_map, env="VAKTROM_OIDC_ROLE_MAP")
+            centre = frozenset(
+                Role(r.strip().lower()) for r in self.oidc_centre_roles.split(",") if r.strip()
+            )
+        except ValueError as exc:
+            if "VAKTROM_OIDC_ROLE_MAP" in str(exc):
+                raise ConfigError(str(exc)) from None
+            raise ConfigError(
+                f"VAKTROM_OIDC_CENTRE_ROLES={self.oidc_centre_roles!r}: list roles among "
+                f"{', '.join(r.value for r in Role)}, comma-separated"
+            ) from None
+        return ClaimRules(
+            role_claim=self.oidc_role_claim, team_claim=self.oidc_team_claim, role_map=role_map,
+            centre_roles=centre,
+        )  # fmt: skip
+
+    def _validate_oidc(self) -> None:
+        if not self.oidc_issuer:
+            return
+        if not self.oidc_client_id or not self.oidc_client_secret:
+            raise ConfigError(
+                "VAKTROM_OIDC_ISSUER is set but VAKTROM_OIDC_CLIENT_ID or VAKTROM_OIDC_CLIENT_SECRET is "
+                "empty; register the console as a confidential client at the provider and set both "
+                "(or empty VAKTROM_OIDC_ISSUER for local accounts only)"
+            )
+        parts = urlsplit(self.oidc_issuer)
+        local = parts.hostname in ("localhost", "127.0.0.1", "::1")
+        if (parts.scheme != "https" and not (parts.scheme == "http" and local)) or not parts.hostname:
+            raise ConfigError(
+                f"VAKTROM_OIDC_ISSUER={self.oidc_issuer!r} must be an https:// URL (plain http only for "
+                "a provider on localhost), e.g. https://login.hospital.example/realms/staff"
+            )
+        if not self.oidc_role_claim.strip() or not self.oidc_team_claim.strip():
+            raise ConfigError("VAKTROM_OIDC_ROLE_CLAIM and VAKTROM_OIDC_TEAM_CLAIM must name a claim")
+        _ = self.claim_rules  # parses, so a typo fails here
 
     @property
     def routes(self) -> dict[Step, list[Route]]:

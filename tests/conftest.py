@@ -31,6 +31,7 @@ import stackenv  # noqa: E402  (infra/ holds scripts, not a package)
 from topics import delete_namespaces  # noqa: E402
 
 from runtime.settings import ConfigError, KafkaSettings  # noqa: E402
+from tests.support.keycloak import Keycloak, start_keycloak  # noqa: E402
 from tests.support.worktree import changed_between, tracked_changes  # noqa: E402
 
 STATE = stackenv.state_dir()
@@ -196,6 +197,22 @@ class Broker:
     def sim_env(self) -> dict[str, str]:
         """What gateway-sim reads for its pooled connections."""
         return {"VAKTROM_SIM_MQTT_USERNAME": self.username, "VAKTROM_SIM_MQTT_PASSWORD": self.password}
+
+
+@pytest.fixture(scope="session")
+def keycloak(pytestconfig: pytest.Config) -> Iterator[Keycloak]:
+    """The OpenID provider of the single-sign-on tests (tests/support/keycloak.py), started once per
+    session and only by the tests that ask for it (slow: about a minute on two cores); its progress
+    is shown as it happens, past pytest's capture."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    def say(line: str) -> None:
+        with capture.global_and_fixture_disabled():
+            print(line, file=sys.stderr, flush=True)
+
+    provider = start_keycloak(say=say)
+    yield provider
+    provider.stop()
 
 
 @pytest.fixture

@@ -118,6 +118,7 @@ class Console:
         self.pool, self.settings, self.live = pool, settings, live
         self.registry = registry
         self.recorder = recorder(settings)
+        self.oidc: Any = None  # the OpenID provider's client (alerts.console.oidc_pages), when configured
         self.tz = zoneinfo.ZoneInfo(settings.time_zone)
         self.session_life = timedelta(hours=settings.session_hours)
         self.idle = timedelta(minutes=settings.idle_minutes)

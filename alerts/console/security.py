@@ -13,11 +13,13 @@ addresses in VAKTROM_ALERTS_TRUSTED_PROXIES are listened to; by default nobody i
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-__all__ = ["CONTENT_SECURITY_POLICY", "HSTS", "SecurityHeaders", "trust_proxies"]
+__all__ = ["CONTENT_SECURITY_POLICY", "HSTS", "SecurityHeaders", "form_action_origin", "trust_proxies"]
 
 # Scripts, styles, images and connections from this site only; no inline script or style attribute,
 # no plug-ins, no <base> tricks, forms post only here, and no other site may frame the console
@@ -40,19 +42,33 @@ _ALWAYS = [
 ]
 
 
+def form_action_origin(issuer: str) -> str | None:
+    """The OpenID provider's origin (scheme://host[:port]) for `form-action`, or None without one:
+    the logout form's answer redirects there, and browsers hold a form's redirects to `form-action`."""
+    parts = urlsplit(issuer)
+    return f"{parts.scheme}://{parts.netloc}" if issuer and parts.scheme and parts.netloc else None
+
+
 class SecurityHeaders:
     """ASGI middleware: the headers above on every HTTP response (pages, API, static files, errors
     and the event stream alike); HSTS only when the request came over https (directly or through a
-    trusted proxy), since a browser ignores it on http and it must not pin a plain-http test set-up."""
+    trusted proxy), since a browser ignores it on http and it must not pin a plain-http test set-up.
+    `form_action`: one more origin forms may lead to (the single-sign-on provider's, for logout)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, form_action: str | None = None) -> None:
         self.app = app
+        self.always = list(_ALWAYS)
+        if form_action:
+            policy = CONTENT_SECURITY_POLICY.replace(
+                "form-action 'self'", f"form-action 'self' {form_action}"
+            )
+            self.always[0] = (b"content-security-policy", policy.encode())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = list(_ALWAYS)
+        extra = list(self.always)
         if scope.get("scheme") == "https":
             extra.append((b"strict-transport-security", HSTS.encode()))
 

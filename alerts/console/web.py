@@ -1,6 +1,7 @@
 """The nurse console (server-rendered pages) and the JSON API of the response centre.
 
     /login, /logout                     session cookie: HttpOnly, SameSite=Strict, Secure
+    /login/oidc[/callback]              single sign-on (alerts.console.oidc_pages)
     /                                   the queue, updated live over /events (server-sent events)
     /alerts/{id}                        one alert: explanation, trend chart, timeline, actions
     /handover                           end of shift: all my open alerts to a colleague or the queue
@@ -66,11 +67,12 @@ from alerts.console.fhir_export import fhir_export
 from alerts.console.kit_api import kit_api
 from alerts.console.kit_pages import kit_pages
 from alerts.console.live import Live
+from alerts.console.oidc_pages import oidc_client, oidc_logout_url, oidc_router, use_oidc
 from alerts.console.patient_queue import by_patient
 from alerts.console.record_pages import record_router
 from alerts.console.registry_api import registry_api
 from alerts.console.registry_pages import registry_pages
-from alerts.console.security import SecurityHeaders, trust_proxies
+from alerts.console.security import SecurityHeaders, form_action_origin, trust_proxies
 from alerts.console.trend import cuff_reading
 from alerts.console.whatif_pages import whatif_pages
 from alerts.fhir.export import Exports
@@ -90,9 +92,14 @@ STREAM_RECHECK_S = 5.0  # how often an open event stream checks that its session
 pages = APIRouter(include_in_schema=False)
 
 
+def _login_context(ctx: Console, next: str, error: str | None) -> dict[str, Any]:
+    sso = ctx.settings.oidc_label if ctx.oidc is not None else None  # the single-sign-on button
+    return {"next": safe_next(next), "error": error, "sso": sso}
+
+
 @pages.get("/login", openapi_extra=scope("public"))
 def login_page(request: Request, ctx: Ctx, next: str = "/") -> Response:
-    return ctx.render(request, "login.html", {"next": safe_next(next), "error": None})
+    return ctx.render(request, "login.html", _login_context(ctx, next, None))
 
 
 @pages.post("/login", openapi_extra=scope("public"))
@@ -118,7 +125,7 @@ def login(
         ctx.audit(request, None, "login_failed", target=username, detail={"reason": str(exc)})
         headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
         return ctx.render(
-            request, "login.html", {"next": safe_next(next), "error": str(exc)},
+            request, "login.html", _login_context(ctx, next, str(exc)),
             status_code=429 if exc.retry_after_s else 401, headers=headers,
         )  # fmt: skip
     ctx.audit(request, username, "login")
@@ -131,19 +138,27 @@ def login(
 
 
 @pages.post("/logout", openapi_extra=scope("self"))
-def logout(
+async def logout(
     request: Request,
     ctx: Ctx,
     who: Annotated[Principal, Depends(page_user)],
     csrf: Annotated[str | None, Form()] = None,
 ) -> Response:
+    """End the session; one started through the hospital's login is ended there too (its
+    end-session endpoint, with the ID token as `id_token_hint`), which then sends the browser back to
+    the login page."""
     csrf_checked(request, who, csrf)
-    with ctx.db() as conn:
-        accounts.end_session(conn, request.cookies.get(COOKIE, ""))
-    ctx.audit(request, who.username, "logout")
-    response = RedirectResponse("/login", status_code=303)
+    id_token = await asyncio.to_thread(_end_session, ctx, request.cookies.get(COOKIE, ""))
+    await asyncio.to_thread(ctx.audit, request, who.username, "logout")
+    at_provider = await oidc_logout_url(ctx, request, id_token) if id_token else None
+    response = RedirectResponse(at_provider or "/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response
+
+
+def _end_session(ctx: Console, token: str) -> str | None:
+    with ctx.db() as conn:
+        return accounts.end_session(conn, token)
 
 
 @pages.get("/", openapi_extra=scope("team"))
@@ -500,8 +515,16 @@ def _lifespan(live: Live, watch: StageWatch | None) -> Callable[[FastAPI], Any]:
 
 
 # The console's pages and the APIs' routes, in this order.
-_ROUTERS = (pages, api, accounts_api, registry_api, registry_pages, whatif_pages, duty_router,
+_ROUTERS = (pages, oidc_router, api, accounts_api, registry_api, registry_pages, whatif_pages, duty_router,
             activity_router, record_router, kit_pages, kit_api, fhir_api, fhir_export)  # fmt: skip
+
+
+_API_DESCRIPTION = (
+    "The alert queue and the nurses' actions on it, for electronic patient records and other systems. "
+    "Authenticate with `Authorization: Bearer <token>` (an administrator makes one with "
+    "`python -m alerts.admin token USER`, or you make your own over `/api/v1/me/tokens`). Tokens last "
+    "at most 90 days. Patients appear by pseudonym only."
+)
 
 
 def create_app(
@@ -515,6 +538,7 @@ def create_app(
     """The console and API. `watch`: the stage watch the service runs as a worker (None: one of the
     application's own, run with it)."""
     ctx = Console(pool=pool, settings=settings, live=live, registry=registry)
+    ctx.oidc = oidc_client(settings)
     own_watch = watch is None
     watch = stage_watch(settings) if watch is None else watch
     ctx.templates.env.globals["pipeline_banner"] = watch.banner  # every page shows the technical alarm
@@ -523,10 +547,7 @@ def create_app(
     app = FastAPI(
         title="Vaktrom response centre API",
         version="1",
-        description="The alert queue and the nurses' actions on it, for electronic patient records and "
-        "other systems. Authenticate with `Authorization: Bearer <token>` (an administrator makes one "
-        "with `python -m alerts.admin token USER`, or you make your own over `/api/v1/me/tokens`). "
-        "Tokens last at most 90 days. Patients appear by pseudonym only.",
+        description=_API_DESCRIPTION,
         openapi_url="/api/openapi.json",
         docs_url=None,  # its page loads script from a CDN and runs inline script: not under our CSP
         redoc_url=None,
@@ -540,7 +561,8 @@ def create_app(
         app.include_router(router)
     install_fhir_errors(app)
 
-    app.add_middleware(SecurityHeaders)
+    use_oidc(app, settings)
+    app.add_middleware(SecurityHeaders, form_action=form_action_origin(settings.oidc_issuer))
     trust_proxies(app, settings.proxies)  # added last: runs first, so all the rest sees the client
 
     @app.exception_handler(LoginRequiredError)
