@@ -18,7 +18,10 @@ observations (15074-8 in mmol/L, 2339-0 in mg/dL). Each becomes the same
 a Bundle entry's `fullUrl` (e.g. `urn:uuid:...`) or `Device/<id>` to a Device entry of the same
 Bundle, and then to that Device's first `identifier.value` (or its `serialNumber`); a
 `Device/<id>` the Bundle does not hold names the registered serial itself. A reference that
-resolves to nothing is `unknown_device`. The registry then checks the serial belongs to the
+resolves to nothing is `unknown_device`, and so is one that names more than one Device (two
+entries with the same fullUrl, or a fullUrl that is also another Device's `Device/<id>`): which
+device measured is then not known. A contained resource counts as a Device only when its
+`resourceType` says so. The registry then checks the serial belongs to the
 sending kit, so a kit cannot send for another kit's device. A Bundle's Device entries are read
 for this only; they make no reading (their place in the list is None).
 
@@ -148,7 +151,9 @@ _decoder = msgspec.json.Decoder(Observation | Bundle)
 _observation = msgspec.json.Decoder(Observation)
 _device_decoder = msgspec.json.Decoder(Device)
 _typed = msgspec.json.Decoder(_Typed)
-_NO_DEVICES: dict[str, Device] = {}
+# a Bundle's Devices by every name a reference may use; None: more than one Device has the name
+_Devices = dict[str, Device | None]
+_NO_DEVICES: _Devices = {}
 
 
 def _is_device(raw: bytes) -> bool:
@@ -161,9 +166,9 @@ def _is_device(raw: bytes) -> bool:
     return True
 
 
-def _bundle_devices(entries: list[_Entry]) -> dict[str, Device]:
+def _bundle_devices(entries: list[_Entry]) -> _Devices:
     """The Bundle's Device entries by every name a reference may use: fullUrl and Device/<id>."""
-    found: dict[str, Device] = {}
+    found: _Devices = {}
     for entry in entries:
         raw = bytes(entry.resource)
         try:
@@ -172,10 +177,9 @@ def _bundle_devices(entries: list[_Entry]) -> dict[str, Device]:
             device = _device_decoder.decode(raw)
         except (msgspec.ValidationError, *UNREADABLE):
             continue  # refused as an entry in its own right
-        if entry.fullUrl:
-            found[entry.fullUrl] = device
-        if device.id:
-            found[f"Device/{device.id}"] = device
+        names = (entry.fullUrl, f"Device/{device.id}" if device.id else None)
+        for name in {n for n in names if n}:  # one entry may give the same name twice
+            found[name] = None if name in found else device
     return found
 
 
@@ -250,7 +254,7 @@ def _text_refusal(obs: Observation) -> Refusal | None:
     return None
 
 
-def _reading(obs: Observation, devices: dict[str, Device]) -> KitReading | Refusal:  # noqa: PLR0911, PLR0912 (one check each)
+def _reading(obs: Observation, devices: _Devices) -> KitReading | Refusal:  # noqa: PLR0911, PLR0912 (one check each)
     if (refusal := _text_refusal(obs)) is not None:
         return refusal
     if obs.status not in _ACCEPTED_STATUS:
@@ -317,7 +321,7 @@ def _measured(obs: Observation) -> datetime | Refusal:
     return measured
 
 
-def _device(obs: Observation, devices: dict[str, Device]) -> str | Refusal:
+def _device(obs: Observation, devices: _Devices) -> str | Refusal:
     device = None
     if obs.device is not None:
         device = obs.device.identifier.value if obs.device.identifier else None
@@ -336,11 +340,13 @@ def _device(obs: Observation, devices: dict[str, Device]) -> str | Refusal:
     return device
 
 
-def _resolve(reference: str, obs: Observation, devices: dict[str, Device]) -> str | Refusal:
+def _resolve(reference: str, obs: Observation, devices: _Devices) -> str | Refusal:
     """The serial a device reference names, or why it names none (see the module docstring)."""
     if reference.startswith("#"):
         for raw in obs.contained:
             try:
+                if _typed.decode(bytes(raw)).resourceType != "Device":
+                    continue  # a contained resource of another type, or of none
                 device = _device_decoder.decode(bytes(raw))
             except (msgspec.ValidationError, *UNREADABLE):
                 continue  # a contained resource of another type
@@ -351,7 +357,14 @@ def _resolve(reference: str, obs: Observation, devices: dict[str, Device]) -> st
             f"device.reference {reference!r} names no Device in Observation.contained",
         )
     if reference in devices:
-        return _serial_of(devices[reference], reference)
+        named = devices[reference]
+        if named is None:
+            return Refusal(
+                RejectReason.UNKNOWN_DEVICE,
+                f"device.reference {reference!r} names more than one Device in this Bundle; give each "
+                "Device entry its own fullUrl and id",
+            )
+        return _serial_of(named, reference)
     if reference.startswith("Device/"):
         return reference.removeprefix("Device/").split("/_history/")[0]
     return Refusal(
@@ -371,7 +384,7 @@ def _serial_of(device: Device, reference: str) -> str | Refusal:
     return serial
 
 
-def _panel(obs: Observation, devices: dict[str, Device]) -> KitReading | Refusal:
+def _panel(obs: Observation, devices: _Devices) -> KitReading | Refusal:
     """A blood-pressure panel (85354-9) with its components, as the cuff reading a kit would send;
     the bridge then checks it like one (ingest.cuff). A component's unit is its UCUM code."""
     values: dict[str, float | None] = {}

@@ -14,9 +14,11 @@ on Kafka, as for a message over MQTT. docs/fhir-input.md has the whole picture.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
+import math
 import socket
 import threading
 import time
@@ -42,6 +44,10 @@ log = logging.getLogger("ingest.http_gateway")  # not __main__ under `python -m`
 FHIR_JSON = "application/fhir+json"
 _TYPES = frozenset({FHIR_JSON, "application/json"})
 _REALM = {"WWW-Authenticate": 'Basic realm="vaktrom-kits", charset="UTF-8"'}
+BODY_READ_S = 10.0  # a client that sends its body slower than this holds a connection for nothing
+MAX_CONNECTIONS = 200  # uvicorn answers 503 past this many connections and requests in hand
+_PRUNE_ABOVE = 100_000  # kits in the rate table before full buckets are forgotten
+_PRUNE_EVERY_S = 30.0
 
 
 class _KitRate:
@@ -51,6 +57,7 @@ class _KitRate:
         self._rate, self._full = per_minute / 60.0, float(per_minute)
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
+        self._pruned = -math.inf
 
     def allow(self, kit: str) -> float:
         """0 when the kit may send now (and it is counted), else the seconds until it may."""
@@ -62,9 +69,25 @@ class _KitRate:
                 self._buckets[kit] = (tokens, now)
                 return (1 - tokens) / self._rate
             self._buckets[kit] = (tokens - 1, now)
-            if len(self._buckets) > 100_000:  # forget full buckets rather than grow for ever
-                self._buckets = {k: v for k, v in self._buckets.items() if v[0] < self._full - 1}
+            if len(self._buckets) > _PRUNE_ABOVE and now - self._pruned >= _PRUNE_EVERY_S:
+                self._prune(now)
             return 0.0
+
+    def _prune(self, now: float) -> None:
+        """Forget the kits whose bucket is full again (forgetting one changes nothing); at most every
+        _PRUNE_EVERY_S, so a table of busy kits is not rescanned on every request."""
+        self._pruned = now
+        full = [
+            k
+            for k, (tokens, then) in self._buckets.items()
+            if tokens + (now - then) * self._rate >= self._full
+        ]
+        for kit in full:
+            del self._buckets[kit]
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 def _refuse(status: int, code: str, text: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -97,28 +120,39 @@ async def _body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+async def _read_body(request: Request, limit: int) -> bytes | JSONResponse:
+    """The body, or the refusal when it is too large or does not arrive within BODY_READ_S."""
+    try:
+        async with asyncio.timeout(BODY_READ_S):
+            body = await _body(request, limit)
+    except TimeoutError:
+        return _refuse(408, "timeout", f"the body did not arrive within {BODY_READ_S:.0f} s; send it again")
+    if body is None:
+        return _refuse(413, "too-costly", f"the body is over {limit:,} bytes; send fewer entries per Bundle")
+    return body
+
+
 class _Deliverer:
-    """The blocking part of a request, run in a worker thread: one request per kit at a time."""
+    """The blocking part of a request, run in a worker thread: one request per kit at a time (a
+    second one is refused at once, rather than parking a worker thread until the first is done)."""
 
     def __init__(self, sessions: Sessions, wait_s: float) -> None:
         self._sessions, self._wait = sessions, wait_s
-        self._locks: dict[str, threading.Lock] = {}
+        self._busy: set[str] = set()  # kits with a request in hand; empty when none is
         self._guard = threading.Lock()
 
     def __call__(self, kit: str, password: str, body: bytes) -> Answer | JSONResponse:
         with self._guard:
-            lock = self._locks.setdefault(kit, threading.Lock())
-        if not lock.acquire(timeout=self._wait):
-            return _refuse(
-                429,
-                "throttled",
-                "another request of this kit is still being handled; send one Bundle at a time",
-                {"Retry-After": "5"},
-            )
+            if kit in self._busy:
+                return _refuse(
+                    429,
+                    "throttled",
+                    "another request of this kit is still being handled; send one Bundle at a time",
+                    {"Retry-After": "5"},
+                )
+            self._busy.add(kit)
         try:
-            session = self._sessions.take(kit, password)
-            receipt = session.send(body, wait_s=self._wait)
-            self._sessions.give_back(session, password)
+            return self._deliver(kit, password, body)
         except KitLoginError:
             return _refuse(
                 401,
@@ -135,8 +169,19 @@ class _Deliverer:
                 {"Retry-After": "30"},
             )
         finally:
-            lock.release()
+            with self._guard:
+                self._busy.discard(kit)
+
+    def _deliver(self, kit: str, password: str, body: bytes) -> Answer | JSONResponse:
+        session = self._sessions.take(kit, password)
+        try:
+            receipt = session.send(body, wait_s=self._wait)
+        except BaseException:
+            session.close()  # its state is unknown: the next request logs in again
+            raise
         if receipt is None:
+            # a late receipt must not answer a later request: this session ends here
+            session.close()
             return _refuse(
                 503,
                 "timeout",
@@ -145,6 +190,7 @@ class _Deliverer:
                 "and stored once",
                 {"Retry-After": "30"},
             )
+        self._sessions.give_back(session, password)
         return answer(body, receipt)
 
 
@@ -161,13 +207,9 @@ def create_app(*, settings: FhirGatewaySettings, sessions: Sessions) -> FastAPI:
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in _TYPES:
             return _refuse(415, "not-supported", f"send the body as {FHIR_JSON}")
-        body = await _body(request, settings.max_body_bytes)
-        if body is None:
-            return _refuse(
-                413,
-                "too-costly",
-                f"the body is over {settings.max_body_bytes:,} bytes; send fewer entries per Bundle",
-            )
+        body = await _read_body(request, settings.max_body_bytes)
+        if isinstance(body, JSONResponse):
+            return body
         wait = rate.allow(creds[0])
         if wait:
             return _refuse(
@@ -175,7 +217,7 @@ def create_app(*, settings: FhirGatewaySettings, sessions: Sessions) -> FastAPI:
                 "throttled",
                 f"more than {settings.kit_requests_per_minute} requests a "
                 "minute from this kit; send again later",
-                {"Retry-After": f"{wait:.0f}"},
+                _retry_after(wait),
             )
         result = await run_in_threadpool(deliver, creds[0], creds[1], body)
         if isinstance(result, JSONResponse):
@@ -219,7 +261,13 @@ class FhirGateway:
             ) from None
         app = create_app(settings=self._settings, sessions=self.sessions)
         # no access log: request lines name kits; uvicorn's own signal handling is left to run_stage
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            limit_concurrency=MAX_CONNECTIONS,
+        )
         self._server = uvicorn.Server(config)
         log.info("FHIR input on http://%s:%d/fhir", host, port)
 

@@ -8,9 +8,16 @@ under that id: a kit that sends over HTTP must not hold an MQTT connection of it
 time (the broker would hand the id to the newer connection). The session is clean and (MQTT 5's default)
 expires on disconnect, so nothing is queued for it.
 
+A session does not reconnect by itself (paho's `reconnect_on_failure=False`): after a broker restart
+or when the kit's own connection takes the client id, it is dead, and the kit's next request logs in
+again. A reconnecting session would take the id back from the kit, again and again, with no HTTP
+request at all, and come back without its receipts subscription.
+
 `Sessions` keeps a logged-in session per kit for `idle_s` after its last use, keyed by the kit and
 a salted hash of the password it was opened with (never the password): the next POST within that
-time skips the login; another password opens a new session, which the broker checks again.
+time skips the login; another password opens a new session, which the broker checks again, and the
+held one is closed only once the new login succeeded (a wrong password logs nobody out). A timer
+thread closes sessions idle for longer than `idle_s`, whether or not another request comes.
 """
 
 from __future__ import annotations
@@ -63,9 +70,14 @@ class KitSession:
         self._ready = threading.Event()
         self._subscribed = threading.Event()
         self._refusal: str | None = None
-        self._answers: dict[str, ReceiptEntry] = {}
+        # receipts by digest, with the count of messages seen when each came (see `send`)
+        self._answers: dict[str, tuple[int, ReceiptEntry]] = {}
+        self._seen = 0
+        self._acked: dict[int, int] = {}  # mid -> messages seen when its PUBACK came
         self._answered = threading.Condition()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=kit_id, protocol=mqtt.MQTTv5)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=kit_id, protocol=mqtt.MQTTv5, reconnect_on_failure=False
+        )
         client.username_pw_set(kit_id, password)
         tls = mqtt_settings.tls_files()
         if tls is not None:
@@ -92,15 +104,15 @@ class KitSession:
             if self._refusal in _REFUSED:
                 raise KitLoginError(f"the broker refused the login ({self._refusal})")
             raise BrokerUnavailableError(f"the broker refused the login ({self._refusal})")
-        receipts = topics.kit_topic(self.kit_id, "receipts", root=self._root)
-        self._client.subscribe(receipts, qos=1)
         if not self._subscribed.wait(self._timeout):
             self.close()
             raise BrokerUnavailableError("the MQTT broker did not confirm the receipts subscription in time")
 
-    def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         failed = getattr(reason, "is_failure", False)
         self._refusal = str(reason) if failed else None
+        if not failed:  # on every connect: a clean session starts without subscriptions
+            client.subscribe(topics.kit_topic(self.kit_id, "receipts", root=self._root), qos=1)
         self._ready.set()
 
     def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
@@ -110,12 +122,17 @@ class KitSession:
             log.warning("kit session: a receipt that is not one (%d bytes); ignored", len(message.payload))
             return
         with self._answered:
+            self._seen += 1
             for entry in receipt.messages:
                 if entry.fhir is not None:
-                    self._answers[entry.fhir] = entry
+                    self._answers[entry.fhir] = (self._seen, entry)
             self._answered.notify_all()
 
     def _on_publish(self, _c: mqtt.Client, _u: object, mid: int, reason: object, _p: object) -> None:
+        # paho calls this before wait_for_publish() returns, in the loop thread that also delivers
+        # messages: whatever was seen before it cannot be this message's receipt
+        with self._answered:
+            self._acked[mid] = self._seen
         if getattr(reason, "is_failure", False):  # MQTT 5: the broker's PUBACK says it dropped it
             self._publish_refusals[mid] = str(reason)
 
@@ -125,7 +142,11 @@ class KitSession:
 
     def send(self, payload: bytes, *, wait_s: float) -> ReceiptEntry | None:
         """Publish `payload` to the kit's `fhir` topic (QoS 1) and wait up to `wait_s` for its
-        receipt; None when none came in time (the broker holds the message: it may still be taken)."""
+        receipt; None when none came in time (the broker holds the message: it may still be taken).
+
+        The broker acknowledges the message before it passes it on, so its receipt comes after the
+        PUBACK on this connection: a receipt with the same digest that came earlier is the late
+        answer to an earlier send of the same bytes, and is not taken for this one."""
         digest = fhir_digest(payload)
         with self._answered:
             self._answers.clear()  # one request of the kit at a time: older answers are stale
@@ -141,12 +162,14 @@ class KitSession:
         if refused is not None:
             raise KitLoginError(f"the broker refused the message ({refused})")
         with self._answered:
-            while digest not in self._answers:
+            since = self._acked.pop(info.mid, self._seen)
+            while (got := self._answers.get(digest)) is None or got[0] <= since:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
                 self._answered.wait(left)
-            return self._answers.pop(digest)
+            del self._answers[digest]
+            return got[1]
 
     def close(self) -> None:
         self._client.disconnect()
@@ -161,6 +184,8 @@ class Sessions:
         self._salt = secrets.token_bytes(16)  # per process: a key says nothing outside it
         self._open: dict[str, tuple[str, KitSession, float]] = {}
         self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._sweeper: threading.Thread | None = None
         self.instance = uuid.uuid4().hex[:8]
 
     def _key(self, password: str) -> str:
@@ -168,27 +193,65 @@ class Sessions:
 
     def take(self, kit_id: str, password: str) -> KitSession:
         """The kit's session: the open one if the password is the one it was opened with, else a new
-        login (KitLoginError when the broker says no)."""
+        login (KitLoginError when the broker says no). A held session of the kit is closed only once
+        the new login succeeded: someone guessing the password does not log the kit out."""
         key = self._key(password)
-        self.sweep()
         with self._lock:
             held = self._open.pop(kit_id, None)
         if held is not None:
             held_key, session, _ = held
             if held_key == key and session.usable:
                 return session
-            session.close()
-        return KitSession(
-            mqtt_settings=self._mqtt, root=self._root, kit_id=kit_id, password=password, timeout=self._timeout
-        )
+            if not session.usable:
+                session.close()
+                held = None
+        try:
+            fresh = KitSession(
+                mqtt_settings=self._mqtt,
+                root=self._root,
+                kit_id=kit_id,
+                password=password,
+                timeout=self._timeout,
+            )
+        except BaseException:
+            if held is not None:
+                self._put_back(kit_id, held)
+            raise
+        if held is not None:
+            held[1].close()
+        return fresh
+
+    def _put_back(self, kit_id: str, held: tuple[str, KitSession, float]) -> None:
+        with self._lock:
+            if kit_id not in self._open and not self._closing.is_set():
+                self._open[kit_id] = held
+                return
+        held[1].close()  # another request of the kit gave one back meanwhile, or we are closing
 
     def give_back(self, session: KitSession, password: str) -> None:
-        """Keep a session that worked, for the kit's next request within `idle_s`."""
+        """Keep a session that worked, for the kit's next request within `idle_s` (with 0, none is
+        kept)."""
+        if self._idle <= 0 or self._closing.is_set():
+            session.close()
+            return
+        self._put_back(session.kit_id, (self._key(password), session, time.monotonic()))
         with self._lock:
-            self._open[session.kit_id] = (self._key(password), session, time.monotonic())
+            if self._sweeper is None and not self._closing.is_set():
+                self._sweeper = threading.Thread(
+                    target=self._sweep_idle, name="kit-sessions-sweep", daemon=True
+                )
+                self._sweeper.start()
 
-    def sweep(self) -> None:
-        now = time.monotonic()
+    def _sweep_idle(self) -> None:
+        while not self._closing.wait(max(self._idle / 2, 0.5)):
+            try:
+                self.sweep()
+            except Exception:  # a failing close must not stop the sweeping
+                log.exception("kit sessions: sweeping idle sessions failed")
+
+    def sweep(self, now: float | None = None) -> None:
+        """Close the sessions unused for more than `idle_s` (the timer thread calls this)."""
+        now = time.monotonic() if now is None else now
         with self._lock:
             stale = [kit for kit, (_, _, used) in self._open.items() if now - used > self._idle]
             closing = [self._open.pop(kit)[1] for kit in stale]
@@ -196,6 +259,11 @@ class Sessions:
             session.close()
 
     def close(self) -> None:
+        """Stop the timer and log every kit out."""
+        self._closing.set()
+        sweeper = self._sweeper
+        if sweeper is not None and sweeper is not threading.current_thread():
+            sweeper.join(timeout=5)
         with self._lock:
             closing = [session for _, session, _ in self._open.values()]
             self._open.clear()

@@ -436,12 +436,11 @@ def _fhir_refused(reason: RejectReason, detail: str) -> ReadingOutcome:
 
 
 def fhir_whole(source: Source, kit_id: str, reason: RejectReason, detail: str) -> Outcome:
-    """A FHIR message refused as a whole: one rejection, and a receipt with one outcome saying why
-    (none for an unknown kit, as for readings: it may be newer than the registry snapshot)."""
+    """A FHIR message refused as a whole: one rejection, and a receipt with one outcome saying why.
+    Unlike readings, an unknown kit's FHIR message gets one too (`unknown_kit`): its sender (the
+    HTTP gateway) waits for it, and answers 503 "send again shortly" from it rather than waiting
+    out its timeout; the kit may be newer than the registry snapshot."""
     outcome = whole(source, kit_id, reason, detail)
-    if reason is not RejectReason.UNKNOWN_KIT:
-        said = outcome.rejections[0].detail  # made printable and bounded by `safe_rejection`
-        outcome.receipt = ReceiptEntry(
-            fhir=fhir_digest(source.payload), readings=[_fhir_refused(reason, said)]
-        )
+    said = outcome.rejections[0].detail  # made printable and bounded by `safe_rejection`
+    outcome.receipt = ReceiptEntry(fhir=fhir_digest(source.payload), readings=[_fhir_refused(reason, said)])
     return outcome

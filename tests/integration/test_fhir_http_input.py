@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,9 +15,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
+import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
 
 from contracts import topics
 from tests.conftest import REPO, Stack
@@ -231,3 +234,104 @@ def test_any_bytes_are_answered_and_the_service_keeps_serving(
     valid = _bundle("batch", _observation({"reference": f"Device/{_serial(other)}"}))
     assert _post(gateway, other, valid).status_code == 200
     assert gateway.health() == {"status": "ok", "ok": True}
+
+
+# ---------------------------------------------------------------- the kit's own MQTT connection
+
+
+@pytest.fixture
+def quick_gateway(
+    stack: Stack, bridge: BridgeProcess, unique: str, artefacts: Path
+) -> Iterator[GatewayProcess]:
+    """A gateway that waits 5 s for a receipt (a missing receipt shows sooner)."""
+    bridge.start()
+    process = GatewayProcess(
+        stack, unique, artefacts, root=bridge.root, extra_env={"VAKTROM_FHIR_RECEIPT_TIMEOUT_S": "5"}
+    )
+    process.start()
+    yield process
+    process.stop()
+
+
+class _KitClient:
+    """The kit's own MQTT connection (client id = kit id), which does not reconnect by itself."""
+
+    def __init__(self, stack: Stack, kit: dict[str, Any]) -> None:
+        self.connected, self.gone, self.subscribed = threading.Event(), threading.Event(), threading.Event()
+        self.reason = ""
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=kit["kit"], protocol=mqtt.MQTTv5,
+                        reconnect_on_failure=False)  # fmt: skip
+        c.username_pw_set(kit["user"], kit["password"])
+        c.on_connect = lambda *_a: self.connected.set()
+        c.on_disconnect = self._gone
+        c.on_subscribe = lambda *_a: self.subscribed.set()
+        c.connect(stack.mqtt_host, stack.mqtt_port, clean_start=True)
+        c.loop_start()
+        assert self.connected.wait(10), "the kit's own connection was not accepted"
+        self.client = c
+
+    def _gone(self, _c: object, _u: object, _f: object, reason: object, _p: object) -> None:
+        self.reason = str(reason)
+        self.gone.set()
+
+    def still_connected(self) -> bool:
+        """A round trip: SUBACK comes only over a live connection."""
+        self.subscribed.clear()
+        self.client.subscribe("vaktrom/never", qos=1)
+        return self.subscribed.wait(10) and not self.gone.is_set()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_a_wrong_password_does_not_kick_the_kits_own_connection(
+    stack: Stack, bridge: BridgeProcess, quick_gateway: GatewayProcess, unique: str
+) -> None:
+    """Someone who knows the kit id but not its password gets 401 and does not take the client id
+    from the kit's own MQTT connection."""
+    (kit,) = _kits(stack, bridge, unique)
+    own = _KitClient(stack, kit)
+    try:
+        body = _bundle("batch", _observation({"reference": f"Device/{_serial(kit)}"}))
+        assert _post(quick_gateway, kit, body, auth=(kit["kit"], "guess")).status_code == 401
+        assert own.still_connected(), f"the kit's connection was closed: {own.reason}"
+    finally:
+        own.close()
+
+
+def test_the_gateways_idle_session_does_not_take_the_client_id_back(
+    stack: Stack, bridge: BridgeProcess, quick_gateway: GatewayProcess, unique: str
+) -> None:
+    """After a request the gateway holds the kit's login; when the kit's own MQTT connection takes
+    the client id, the gateway's session ends and does not reconnect to take it back (paho would
+    try again within a few seconds; 10 s is ample)."""
+    (kit,) = _kits(stack, bridge, unique)
+    body = _bundle("batch", _observation({"reference": f"Device/{_serial(kit)}"}))
+    assert _post(quick_gateway, kit, body).status_code == 200
+    own = _KitClient(stack, kit)
+    try:
+        kicked = own.gone.wait(10)  # waiting for something that must not happen
+        assert not kicked, f"the gateway's idle session took the kit's client id back ({own.reason})"
+    finally:
+        own.close()
+
+
+def test_after_a_takeover_the_next_post_logs_in_again_and_is_answered(
+    stack: Stack, bridge: BridgeProcess, quick_gateway: GatewayProcess, unique: str
+) -> None:
+    """The gateway's held session was taken over by the kit's own connection: the kit's next POST
+    logs in afresh, with its receipts subscription, and is answered 200 (not a 503 for a Bundle
+    that is stored)."""
+    (kit,) = _kits(stack, bridge, unique)
+    first = _bundle("batch", _observation({"reference": f"Device/{_serial(kit)}"}, 80.0))
+    assert _post(quick_gateway, kit, first).status_code == 200
+    own = _KitClient(stack, kit)
+    assert own.still_connected(), f"the kit's connection was closed: {own.reason}"
+    own.close()
+    second = _bundle("batch", _observation({"reference": f"Device/{_serial(kit)}"}, 81.0))
+    got = _post(quick_gateway, kit, second)
+    stored = consume(stack, topics.measurement_topic(bridge.prefix), until=2, timeout=10, idle=3)
+    values = sorted(v["value"] for _k, v, _h in stored)
+    assert got.status_code == 200, f"{got.status_code} although Kafka holds {values}: {got.text}"
+    assert values == [80.0, 81.0]

@@ -1,22 +1,29 @@
-"""The FHIR input's pure parts: device.reference resolution (ingest.fhir) and the HTTP answer made
-from the bridge's receipt (ingest.fhir_answer)."""
+"""The FHIR input's pure parts: device.reference resolution (ingest.fhir), the HTTP answer made
+from the bridge's receipt (ingest.fhir_answer), and the gateway's HTTP side with the broker stood
+in for (ingest.http_gateway)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from hypothesis import given
 from hypothesis import strategies as st
 
 from contracts import ReadingOutcome, ReceiptEntry, fhir_digest
+from ingest import http_gateway
 from ingest.fhir import Refusal, parse_fhir
 from ingest.fhir_answer import answer
-from ingest.http_gateway import create_app
+from ingest.http_gateway import _Deliverer, _KitRate, _retry_after, create_app
 from ingest.kit_session import KitLoginError
+from ingest.normaliser import Normaliser
+from ingest.registry import Registry
 from ingest.settings import FhirGatewaySettings
 
 WHEN = "2026-11-22T07:31:00+01:00"
@@ -69,6 +76,37 @@ def test_device_references_resolve_to_the_registered_serial() -> None:
         "unknown_device",
         "invalid_text",
     ]
+
+
+def test_a_reference_to_more_than_one_device_is_unknown_device() -> None:
+    """Two Device entries with the same fullUrl, or a fullUrl that is another Device's Device/<id>:
+    which device measured is not known, so the reference is refused, not resolved to either."""
+    one = {"resourceType": "Device", "id": "d1", "identifier": [{"value": "SC-1"}]}
+    two = {"resourceType": "Device", "id": "d2", "identifier": [{"value": "SC-2"}]}
+    same_url = _bundle(
+        {"fullUrl": "urn:uuid:1", "resource": one},
+        {"fullUrl": "urn:uuid:1", "resource": two},
+        {"resource": _obs({"reference": "urn:uuid:1"})},
+    )
+    assert _devices(same_url) == [None, None, "unknown_device"]
+    url_is_other_id = _bundle(
+        {"fullUrl": "Device/d1", "resource": two},
+        {"resource": one},
+        {"resource": _obs({"reference": "Device/d1"})},
+        {"resource": _obs({"reference": "Device/d2"})},
+    )
+    assert _devices(url_is_other_id) == [None, None, "unknown_device", "SC-2"]
+    own_url = _bundle(
+        {"fullUrl": "Device/d1", "resource": one}, {"resource": _obs({"reference": "Device/d1"})}
+    )
+    assert _devices(own_url) == [None, "SC-1"]
+
+
+def test_a_contained_resource_without_a_type_is_no_device() -> None:
+    """A contained resource is a Device only when its resourceType says so."""
+    untyped = {"id": "c", "serialNumber": "SC-7"}
+    payload = _bundle({"resource": _obs({"reference": "#c"}, contained=[untyped])})
+    assert _devices(payload) == ["unknown_device"]
 
 
 def test_an_identifier_wins_over_a_reference() -> None:
@@ -188,3 +226,174 @@ def test_the_gateway_checks_http_before_the_broker() -> None:
     assert sessions.tries == 1
     other = _post(app, b"{}", auth=("KIT-2", "pw"), headers=fhir)
     assert other.status_code == 401  # another kit has a share of its own
+
+
+def test_retry_after_is_never_zero() -> None:
+    """Retry-After is whole seconds rounded up: a wait of 0.2 s is "1", never "0"."""
+    assert _retry_after(0.2) == {"Retry-After": "1"}
+    assert _retry_after(1.0) == {"Retry-After": "1"}
+    assert _retry_after(1.01) == {"Retry-After": "2"}
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that starts a body and never finishes it gets 408, and holds nothing longer."""
+    monkeypatch.setattr(http_gateway, "BODY_READ_S", 0.01)
+    never = asyncio.Event()
+
+    async def stalled() -> AsyncIterator[bytes]:
+        yield b'{"resourceType": '
+        await never.wait()
+
+    async def send() -> httpx.Response:
+        app = create_app(settings=FhirGatewaySettings(), sessions=_RefusingSessions())  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
+            return await client.post(
+                "http://gateway.test/fhir",
+                content=stalled(),
+                auth=("KIT-1", "pw"),
+                headers={"Content-Type": "application/fhir+json"},
+            )
+
+    got = asyncio.run(send())
+    assert (got.status_code, got.json()["issue"][0]["code"]) == (408, "timeout")
+
+
+class _Session:
+    """A kit session that answers with `receipt`, or raises `error`; records whether it was closed."""
+
+    kit_id = "KIT-0001"
+
+    def __init__(self, receipt: ReceiptEntry | None = None, error: BaseException | None = None) -> None:
+        self.receipt, self.error, self.closed = receipt, error, False
+
+    def send(self, _payload: bytes, *, wait_s: float) -> ReceiptEntry | None:
+        if self.error is not None:
+            raise self.error
+        return self.receipt
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _OneSession:
+    """Sessions that hand out one session and record what was given back."""
+
+    def __init__(self, session: _Session) -> None:
+        self.session, self.given_back = session, False
+
+    def take(self, _kit: str, _password: str) -> _Session:
+        return self.session
+
+    def give_back(self, _session: _Session, _password: str) -> None:
+        self.given_back = True
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [(KitLoginError("the broker refused the message (Not authorized)"), 401), (KeyboardInterrupt(), None)],
+)
+def test_a_session_whose_send_fails_is_closed(error: BaseException, status: int | None) -> None:
+    """A session whose send raised is closed, not given back and not left connected: its state is
+    unknown, and the kit's next request logs in again."""
+    session = _Session(error=error)
+    sessions = _OneSession(session)
+    deliver = _Deliverer(sessions, wait_s=1)  # type: ignore[arg-type]
+    if status is None:
+        with pytest.raises(type(error)):
+            deliver("KIT-0001", "pw", b"{}")
+    else:
+        assert getattr(deliver("KIT-0001", "pw", b"{}"), "status_code", None) == status
+    assert session.closed
+    assert not sessions.given_back
+
+
+def test_a_session_without_a_receipt_in_time_is_closed() -> None:
+    """No receipt in time: 503, and the session ends, so a late receipt cannot answer a resend."""
+    session = _Session(receipt=None)
+    sessions = _OneSession(session)
+    got = _Deliverer(sessions, wait_s=1)("KIT-0001", "pw", b"{}")  # type: ignore[arg-type]
+    assert getattr(got, "status_code", None) == 503
+    assert session.closed
+    assert not sessions.given_back
+
+
+def test_a_session_with_its_receipt_is_kept() -> None:
+    """A receipt came: the session is given back for the kit's next request, not closed."""
+    payload = json.dumps(_obs({"identifier": {"value": "SC-1"}})).encode()
+    session = _Session(receipt=_receipt(payload, ReadingOutcome(id="a" * 32)))
+    sessions = _OneSession(session)
+    got = _Deliverer(sessions, wait_s=1)("KIT-0001", "pw", payload)  # type: ignore[arg-type]
+    assert getattr(got, "status", None) == 201
+    assert sessions.given_back
+    assert not session.closed
+
+
+def test_nothing_is_kept_for_kits_that_never_logged_in() -> None:
+    """Naming many kit ids with wrong passwords leaves nothing behind per kit."""
+    deliver = _Deliverer(_RefusingSessions(), wait_s=1)  # type: ignore[arg-type]
+    for n in range(5000):
+        deliver(f"KIT-{n:06d}", "guess", b"{}")
+    assert not deliver._busy
+
+
+def test_a_second_request_of_a_kit_in_hand_is_refused_at_once() -> None:
+    """A request of a kit whose earlier request is still in hand is answered 429 at once (it does
+    not wait in a worker thread for the first); the kit's next request after that is served."""
+    inner: list[Any] = []
+
+    class _Reentrant:
+        def take(self, kit: str, password: str) -> None:
+            if not inner:  # while this request is in hand, the kit sends another
+                inner.append(deliver(kit, password, b"{}"))
+            raise KitLoginError("refused")
+
+    deliver = _Deliverer(_Reentrant(), wait_s=3600)  # type: ignore[arg-type]
+    first = deliver("KIT-0001", "pw", b"{}")
+    assert getattr(inner[0], "status_code", None) == 429
+    assert inner[0].headers["Retry-After"] == "5"
+    assert getattr(first, "status_code", None) == 401
+    assert getattr(deliver("KIT-0001", "pw", b"{}"), "status_code", None) == 401
+
+
+def test_the_rate_table_is_not_rescanned_on_every_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the table's size bound, the buckets are pruned at most every so often, not scanned on
+    each request (a stranger naming kit ids would make each request cost the whole table)."""
+    now = [1000.0]
+    monkeypatch.setattr(http_gateway.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(http_gateway, "_PRUNE_ABOVE", 2)
+    rate = _KitRate(30)
+    scans: list[float] = []
+    prune = rate._prune
+    monkeypatch.setattr(rate, "_prune", lambda at: (scans.append(at), prune(at)))
+    for n in range(50):
+        rate.allow(f"KIT-{n:06d}")
+    assert scans == [1000.0]
+    now[0] += http_gateway._PRUNE_EVERY_S
+    rate.allow("KIT-X")
+    assert scans == [1000.0, now[0]]
+
+
+def test_the_rate_table_forgets_kits_whose_bucket_is_full_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prune drops the buckets that have refilled by now (forgetting them changes nothing) and
+    keeps the ones still short of tokens."""
+    now = [1000.0]
+    monkeypatch.setattr(http_gateway.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(http_gateway, "_PRUNE_ABOVE", 2)
+    rate = _KitRate(60)
+    rate.allow("KIT-A")
+    now[0] += 120  # KIT-A's bucket is full again
+    rate.allow("KIT-B")
+    rate.allow("KIT-C")  # three kits: pruned
+    assert set(rate._buckets) == {"KIT-B", "KIT-C"}
+
+
+def test_a_fhir_message_of_a_kit_the_bridge_has_not_loaded_gets_a_receipt() -> None:
+    """An unknown kit's FHIR message gets an unknown_kit receipt, which the gateway answers 503
+    "send again shortly" at once, rather than waiting out its receipt timeout."""
+    normaliser = Normaliser(registry=lambda: Registry(kits={}, loaded_at=0.0))
+    payload = json.dumps({"resourceType": "Bundle", "type": "batch", "entry": [{"resource": {}}]}).encode()
+    outcome = normaliser.fhir("vaktrom/v1/kits/KIT-0001/fhir", "KIT-0001", payload, datetime.now(UTC))
+    assert outcome.receipt is not None
+    assert [r.rejected for r in outcome.receipt.readings] == ["unknown_kit"]
+    got = answer(payload, outcome.receipt)
+    assert (got.status, got.headers.get("Retry-After")) == (503, "10")
