@@ -19,6 +19,7 @@ from runtime.settings import ConfigError, Settings, check_ranges, check_time_zon
 __all__ = ["AlertsSettings"]
 
 _GROUP = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+MIN_CLIENT_SECRET = 32  # a provider-generated secret: it also keys the login's state cookie
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -322,6 +323,13 @@ class AlertsSettings(Settings):
     def _validate_oidc(self) -> None:
         if not self.oidc_issuer:
             return
+        if self.oidc_client_secret and len(self.oidc_client_secret) < MIN_CLIENT_SECRET:
+            # it keys the login's signed state cookie, which anyone can fetch: a short one could be
+            # guessed offline from it
+            raise ConfigError(
+                f"VAKTROM_OIDC_CLIENT_SECRET is shorter than {MIN_CLIENT_SECRET} characters; have the "
+                "provider generate one (Keycloak, Entra ID and ADFS do)"
+            )
         if not self.oidc_client_id or not self.oidc_client_secret:
             raise ConfigError(
                 "VAKTROM_OIDC_ISSUER is set but VAKTROM_OIDC_CLIENT_ID or VAKTROM_OIDC_CLIENT_SECRET is "

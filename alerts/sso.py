@@ -46,6 +46,7 @@ _TWO_TEAMS = N_(
     "your account at the hospital's login names more than one team; ask your manager to leave you one"
 )
 _NO_TEAM = N_("your account at the hospital's login names no team; ask your manager to add yours")
+_BAD_TEAM = N_("the team your account at the hospital's login names is not a team id; ask an administrator")
 _UNKNOWN_TEAM = N_("your team %(team)s is not known in Vaktrom; ask an administrator")
 _NO_USERNAME = N_("no free username could be made for you; ask an administrator")
 _NO_SUBJECT = N_("the hospital's login sent no identity (sub); ask an administrator")
@@ -129,7 +130,13 @@ def grant_of(claims: Mapping[str, Any], rules: ClaimRules) -> Grant:
         named = ", ".join(sorted(r.value for r in roles))
         raise NoAccessError(_TWO_ROLES, roles=named)
     role = roles.pop()
-    teams = sorted(set(_strings(claim_at(claims, rules.team_claim))))
+    raw = claim_at(claims, rules.team_claim)
+    given: list[Any] = [] if raw is None else list(raw) if isinstance(raw, list | tuple) else [raw]
+    if not all(isinstance(team, str) and team.strip() for team in given):
+        # a number, an object, an empty string: never read as "no team" (a centre role would then
+        # see every team); the directory sends something else than a team id
+        raise NoAccessError(_BAD_TEAM)
+    teams = sorted(set(given))
     if len(teams) > 1:
         raise NoAccessError(_TWO_TEAMS)
     if not teams:

@@ -193,7 +193,10 @@ def _new_token(
 ) -> NewToken:
     days = body.days if body is not None and body.days is not None else ctx.settings.token_days
     with ctx.db() as conn:
-        secret = accounts.new_session(conn, username, kind="api", lifetime=timedelta(days=days), ip=None)
+        try:
+            secret = accounts.new_session(conn, username, kind="api", lifetime=timedelta(days=days), ip=None)
+        except AccountError as exc:
+            raise HTTPException(409, str(exc)) from None
         token = accounts.token_of(conn, secret)
     ctx.audit(
         request, who.username, "add_token", target=username, detail={"days": days, "token_id": token.token_id}

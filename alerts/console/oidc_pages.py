@@ -101,11 +101,23 @@ async def oidc_start(request: Request, ctx: Ctx, next: str = "/") -> Response:
     return response
 
 
+_NOT_COMPLETED = (
+    "the login through the hospital's login did not complete (it was interrupted, too old, or not this "
+    "browser's); start it again from the login page"
+)
+
+
 @oidc_router.get("/login/oidc/callback", openapi_extra=scope("public"))
 async def oidc_callback(request: Request, ctx: Ctx) -> Response:
     """Back from the provider: tokens for the code, an account for the claims, a session."""
     client = _client(ctx)
     next_ = safe_next(str(request.session.get(_NEXT, "/")))
+    state = request.query_params.get("state", "")
+    if not state or f"_state_{client.name}_{state}" not in request.session:
+        # not a login this browser started: nothing to audit (the library would raise the
+        # provider's `error` text first, letting anyone write it into the audit log)
+        request.session.clear()
+        raise HTTPException(400, _NOT_COMPLETED)
     try:
         token: dict[str, Any] = await client.authorize_access_token(request)
     except httpx.HTTPError as exc:
@@ -118,10 +130,15 @@ async def oidc_callback(request: Request, ctx: Ctx) -> Response:
         request.session.clear()
         reason = f"{exc.error}: {exc.description}" if exc.description else str(exc.error)
         await asyncio.to_thread(ctx.audit, request, None, "login_failed", detail={"sso": reason[:200]})
+        raise HTTPException(400, _NOT_COMPLETED) from None
+    # Garbage from the provider (a token answer that is no JSON object, metadata without keys):
+    # whatever the library raises it as, a page, not a 500; only the kind is logged.
+    except Exception as exc:
+        request.session.clear()
+        log.warning("the OpenID provider answered the login with something unusable (%s)", type(exc).__name__)
         raise HTTPException(
-            400, "the login through the hospital's login did not complete (it was interrupted, too old, "
-            "or not this browser's); start it again from the login page",
-        ) from None  # fmt: skip
+            502, "the hospital's login does not answer; try again shortly or log in with your Vaktrom account"
+        ) from None
     request.session.clear()
     claims = dict(token.get("userinfo") or {})
     rules = ctx.settings.claim_rules

@@ -25,7 +25,7 @@ RULES = ClaimRules(
 OIDC = {
     "VAKTROM_OIDC_ISSUER": "https://login.hospital.example/realms/staff",
     "VAKTROM_OIDC_CLIENT_ID": "vaktrom",
-    "VAKTROM_OIDC_CLIENT_SECRET": "s3cret-of-the-client",
+    "VAKTROM_OIDC_CLIENT_SECRET": "s3cret-of-the-client-made-by-the-provider",
 }
 
 

@@ -1,0 +1,191 @@
+"""Reviewer's reproducers for the single sign-on (rev-oidc). Each test states the behaviour the
+review expects; the ones marked FINDING fail on the code as merged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from authlib.integrations.starlette_client import OAuth
+from fastapi import HTTPException
+from starlette.requests import Request
+
+from alerts.accounts import Role
+from alerts.console import oidc_pages
+from alerts.settings import AlertsSettings
+from alerts.sso import ClaimRules, NoAccessError, grant_of
+from runtime.settings import ConfigError
+
+RULES = ClaimRules(
+    role_claim="roles",
+    team_claim="team",
+    role_map={"sykepleier": Role.NURSE, "it": Role.ADMIN},
+    centre_roles=frozenset({Role.ADMIN}),
+)
+
+
+# --- FINDING: a present but malformed team claim is read as "no team" -> every team ------------------
+@pytest.mark.parametrize("team", [7, {"id": "team-a"}, [7], True, [None]])
+def test_a_centre_role_with_a_malformed_team_claim_is_refused_not_given_every_team(team: Any) -> None:
+    """A team claim that is present but not a string (a number from the directory, an object) must
+    not widen a centre role bound to one team into every team: refuse instead."""
+    with pytest.raises(NoAccessError):
+        grant_of({"sub": "x", "roles": ["it"], "team": team}, RULES)
+
+
+@pytest.mark.parametrize("team", [["team-a", 7], ["team-a", {"id": "team-b"}]])
+def test_a_team_list_with_non_string_members_is_refused(team: Any) -> None:
+    """["team-a", 7]: the provider names two things as the team; "more than one team" applies."""
+    with pytest.raises(NoAccessError):
+        grant_of({"sub": "x", "roles": ["sykepleier"], "team": team}, RULES)
+
+
+# --- FINDING: provider garbage ends in a 500 at /login/oidc/callback ----------------------------------
+METADATA = {
+    "issuer": "https://idp.example/realms/x",
+    "authorization_endpoint": "https://idp.example/auth",
+    "token_endpoint": "https://idp.example/token",
+    "jwks_uri": "https://idp.example/jwks",
+}
+
+
+def _callback(handler: Any, metadata: dict[str, Any] | None = None) -> Any:
+    """Run oidc_callback against a provider answering with `handler`, with a valid state waiting."""
+    oauth = OAuth()
+    client = oauth.register(
+        "hospital", client_id="vaktrom", client_secret="s",  # noqa: S106 server_metadata_url="https://idp.example/.wk",
+        client_kwargs={"scope": "openid", "code_challenge_method": "S256",
+                       "transport": httpx.MockTransport(handler)},
+    )  # fmt: skip
+    client.server_metadata = dict(metadata if metadata is not None else METADATA)
+    client.server_metadata["_loaded_at"] = 1e18
+    session = {
+        "_state_hospital_S": {
+            "data": {
+                "redirect_uri": "https://c/login/oidc/callback",
+                "nonce": "n",
+                "code_verifier": "v" * 48,
+            },
+            "exp": 1e18,
+        }
+    }
+    scope = {"type": "http", "method": "GET", "path": "/login/oidc/callback",
+             "query_string": b"code=c&state=S", "headers": [], "session": session}  # fmt: skip
+    audits: list[Any] = []
+    ctx = SimpleNamespace(oidc=client, settings=SimpleNamespace(), audit=lambda *a, **k: audits.append(a))
+    return asyncio.run(oidc_pages.oidc_callback(Request(scope), ctx))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(200, text="<html>gateway says hi</html>"),  # a proxy's page with 200
+        httpx.Response(200, json=["not", "an", "object"]),
+    ],
+)
+def test_a_token_endpoint_answering_garbage_gives_a_page_not_a_500(answer: httpx.Response) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return answer
+
+    with pytest.raises(HTTPException) as err:
+        _callback(handler)
+    assert err.value.status_code in (400, 502)
+
+
+def test_jwks_answering_garbage_gives_a_page_not_a_500() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            return httpx.Response(
+                200, json={"access_token": "a", "token_type": "Bearer", "id_token": "x.y.z"}
+            )
+        return httpx.Response(200, content=json.dumps({"keys": "nope"}).encode())
+
+    with pytest.raises(HTTPException) as err:
+        _callback(handler)
+    assert err.value.status_code in (400, 502)
+
+
+def test_metadata_without_jwks_uri_gives_a_page_not_a_500() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"access_token": "a", "token_type": "Bearer", "id_token": "x.y.z"})
+
+    metadata = {k: v for k, v in METADATA.items() if k != "jwks_uri"}
+    with pytest.raises(HTTPException) as err:
+        _callback(handler, metadata)
+    assert err.value.status_code in (400, 502)
+
+
+def test_metadata_answering_garbage_at_the_callback_gives_a_page_not_a_500() -> None:
+    """Another instance took the start (the doc's "every instance accepts it"): this one fetches the
+    metadata first, and the provider (or a proxy before it) answers a page instead of JSON."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text="<html>maintenance</html>")
+
+    oauth = OAuth()
+    client = oauth.register(
+        "hospital", client_id="vaktrom", client_secret="s",  # noqa: S106 server_metadata_url="https://idp.example/.wk",
+        client_kwargs={"scope": "openid", "code_challenge_method": "S256",
+                       "transport": httpx.MockTransport(handler)},
+    )  # fmt: skip
+    session = {"_state_hospital_S": {"data": {"redirect_uri": "https://c/cb", "nonce": "n"}, "exp": 1e18}}
+    scope = {"type": "http", "method": "GET", "path": "/login/oidc/callback",
+             "query_string": b"code=c&state=S", "headers": [], "session": session}  # fmt: skip
+    ctx = SimpleNamespace(oidc=client, settings=SimpleNamespace(), audit=lambda *a, **k: None)
+    with pytest.raises(HTTPException) as err:
+        asyncio.run(oidc_pages.oidc_callback(Request(scope), ctx))  # type: ignore[arg-type]
+    assert err.value.status_code in (400, 502)
+
+
+# --- FINDING (low): anyone can write text of their choosing into the audit log ------------------------
+def test_an_error_callback_without_this_browsers_state_writes_no_audit_entry() -> None:
+    """/login/oidc/callback?error=..&error_description=.. with no login under way: authlib raises the
+    provider's error before it looks at the state, and the callback audits `login_failed` with the
+    attacker's text. Only a callback for a login this browser started should reach the audit log."""
+    oauth = OAuth()
+    client = oauth.register(
+        "hospital", client_id="vaktrom", client_secret="s",  # noqa: S106
+        server_metadata_url="https://idp.example/.wk",
+    )  # fmt: skip
+    q = b"error=access_denied&error_description=admin+anna+approved+export+of+all+patients"
+    scope = {"type": "http", "method": "GET", "path": "/login/oidc/callback", "query_string": q,
+             "headers": [], "session": {}}  # fmt: skip
+    audits: list[Any] = []
+    ctx = SimpleNamespace(oidc=client, settings=SimpleNamespace(), audit=lambda *a, **k: audits.append(k))
+    with pytest.raises(HTTPException):
+        asyncio.run(oidc_pages.oidc_callback(Request(scope), ctx))  # type: ignore[arg-type]
+    assert audits == []
+
+
+# --- settings ---------------------------------------------------------------------------------------
+OIDC = {
+    "VAKTROM_OIDC_ISSUER": "https://login.hospital.example/realms/staff",
+    "VAKTROM_OIDC_CLIENT_ID": "vaktrom",
+}
+
+
+def test_a_short_client_secret_is_refused_at_start_up() -> None:
+    """FINDING (low): the state cookie's key is HMAC(client secret, constant), and anyone can fetch a
+    signed `vaktrom_oidc` cookie from /login/oidc: an offline oracle for the client secret. A secret
+    a person typed (ADFS, Keycloak allow it) falls to it; demand a provider-made length."""
+
+    with pytest.raises(ConfigError, match="VAKTROM_OIDC_CLIENT_SECRET"):
+        AlertsSettings.from_env(OIDC | {"VAKTROM_OIDC_CLIENT_SECRET": "hospital1"})
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    ["http://localhost.evil.example/r", "http://localhost@evil.example/r", "http://evil.example#@localhost",
+     "http://127.0.0.1.nip.io/r", "http://0.0.0.0/r", "http://[::ffff:127.0.0.1]/r"],
+)  # fmt: skip
+def test_plain_http_issuers_that_only_look_local_are_refused(issuer: str) -> None:
+    """Held: the host is parsed (urlsplit, which httpx agrees with), not matched as text."""
+
+    with pytest.raises(ConfigError, match="VAKTROM_OIDC_ISSUER"):
+        AlertsSettings.from_env(
+            OIDC | {"VAKTROM_OIDC_CLIENT_SECRET": "x" * 32, "VAKTROM_OIDC_ISSUER": issuer}
+        )
