@@ -1,0 +1,281 @@
+"""Review reproducers for the EHR outbox (issue #33 item 2). Each test FAILS on the reviewed code and
+states the behaviour it expects; see the review report for the fix proposed."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import socket
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from alerts.ehr import Signer, SigningKeyError
+from alerts.record import document_bytes
+from alerts.service import stall_after
+from alerts.settings import AlertsSettings
+from alerts.workers.ehr_outbox import Answer, EhrEndpoint, deliver_due
+from runtime.settings import ConfigError
+from tests.unit.alerts.test_record_document import build
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+# --- a hostile endpoint ----------------------------------------------------------------------------
+
+
+class _Hostile:
+    """A one-connection HTTP server that answers with `head` and then `body_chunks()`, counting what
+    it managed to write before the client hung up."""
+
+    def __init__(self, head: bytes, chunks: Iterator[bytes]) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/fhir"
+        self.head, self.chunks = head, chunks
+        self.written = 0
+        self.finished = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.settimeout(30)
+            got = b""
+            while b"\r\n\r\n" not in got:
+                got += conn.recv(65536)
+            head, _, body = got.partition(b"\r\n\r\n")
+            sizes = [line.split(b":")[1] for line in head.split(b"\r\n") if b"content-length" in line.lower()]
+            length = int(sizes[0]) if sizes else 0
+            while len(body) < length:
+                body += conn.recv(65536)
+            try:
+                conn.sendall(self.head)
+                for chunk in self.chunks:
+                    conn.sendall(chunk)
+                    self.written += len(chunk)
+                self.finished = True
+                conn.shutdown(socket.SHUT_WR)
+                while conn.recv(65536):
+                    pass
+            except OSError:
+                return  # the client hung up: what we want
+
+    def close(self) -> None:
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+def test_a_huge_answer_is_not_read_whole() -> None:
+    """An endpoint answering 400 with a 64 MiB body: the client should read at most a few KiB of it
+    (only 200 characters are kept) and hang up, not buffer all of it in memory."""
+    size = 64 * 1024 * 1024
+    chunk = b"x" * 65536
+    server = _Hostile(
+        f"HTTP/1.1 400 Bad Request\r\nContent-Length: {size}\r\n\r\n".encode(),
+        iter([chunk] * (size // len(chunk))),
+    )
+    answer = EhrEndpoint(server.url, timeout_s=5).post(b"{}", {})
+    server.close()
+    assert answer.status == 400
+    assert server.written < 4 * 1024 * 1024, f"the client read {server.written} bytes of the answer"
+
+
+def test_a_trickling_answer_is_cut_at_the_attempt_timeout() -> None:
+    """VAKTROM_ALERTS_EHR_TIMEOUT_S is 'how long one delivery attempt may take'. An endpoint that
+    sends one byte every 0.1 s (below httpx's per-read timeout) for 8 s must be cut at ~0.5 s; today
+    the attempt lasts as long as the endpoint likes, holding the row lock and the transaction open
+    (and a never-ending one wedges the worker thread for good)."""
+
+    def drip() -> Iterator[bytes]:
+        for _ in range(80):
+            threading.Event().wait(0.1)
+            yield b"x"
+
+    server = _Hostile(b"HTTP/1.1 200 OK\r\nContent-Length: 80\r\n\r\n", drip())
+    EhrEndpoint(server.url, timeout_s=0.5).post(b"{}", {})
+    server.close()
+    assert not server.finished, "the attempt waited for the whole trickling body"
+
+
+@pytest.mark.parametrize("url", ["http://ehr..example/fhir", "http://[::1/fhir"])
+def test_a_malformed_url_fails_at_start_up_or_answers_unreachable(url: str, tmp_path: Path) -> None:
+    """A URL that passes the start-up check but that httpx cannot use makes every post() raise
+    (UnicodeError / httpx.InvalidURL, not httpx.HTTPError): deliver_due rolls back, no attempt is ever
+    recorded, the row is never given up and stays 'queued' forever while the worker restarts."""
+    key = tmp_path / "k.pem"
+    key.write_bytes(_pem())
+    key.chmod(0o600)
+    try:
+        AlertsSettings.from_env({"VAKTROM_ALERTS_EHR_URL": url, "VAKTROM_ALERTS_EHR_SIGNING_KEY": str(key)})
+    except ConfigError:
+        return  # refused at start-up: fine
+    answer = EhrEndpoint(url, timeout_s=0.5).post(b"{}", {})  # must not raise
+    assert answer.status is None
+    assert answer.error
+
+
+# --- delivery decisions (a fake connection: no database needed) ------------------------------------
+
+
+class _Cursor:
+    def __init__(self, conn: _Conn) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> _Cursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def execute(self, sql: str, params: Any = None) -> None:
+        self.conn.sql.append((sql, params))
+
+    def fetchone(self) -> Any:
+        return self.conn.rows.pop(0) if self.conn.rows else None
+
+
+class _Conn:
+    def __init__(self, rows: list[Any]) -> None:
+        self.rows, self.sql = rows, []  # type: ignore[var-annotated]
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        yield
+
+    def cursor(self) -> _Cursor:
+        return _Cursor(self)
+
+
+class _Says:
+    def __init__(self, status: int | None) -> None:
+        self.status = status
+
+    def post(self, body: bytes, headers: dict[str, str]) -> Answer:
+        return Answer(self.status, "nope")
+
+
+def _one_row() -> list[Any]:
+    return [(1, "6f1c2a9e-0b7d-4c1e-9a35-2d8f0e4b7c11", "e" * 32, b"{}", "ed25519=x", "kid", 0,
+             NOW + timedelta(hours=24))]  # fmt: skip
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 401, 403, 404])
+def test_endpoint_trouble_is_retried_not_given_up_at_once(status: int) -> None:
+    """401/403 (an expired credential or ACL at the EHR), 404 (a wrong path, a deploy in progress) and
+    3xx (http->https or a moved endpoint) say nothing about the document: they are the centre's or
+    the EHR's configuration trouble. Today each gives every document up for good at the first
+    attempt (and there is no way to send a given-up document again), so ten minutes of a broken
+    EHR proxy turn every resolution of those minutes into 'document by hand'."""
+    conn = _Conn(_one_row())
+    done = deliver_due(conn, _Says(status), now=NOW)  # type: ignore[arg-type]
+    assert done.given_up == 0
+    assert done.failed == 1
+
+
+# --- hostile note text ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("note", ["a\x0bb", "esc \x1b[31m red", "form\x0cfeed", "bom \ufffe"])
+def test_a_pasted_control_character_keeps_the_narrative_well_formed_xhtml(note: str) -> None:
+    """FHIR narrative is XHTML (XML 1.0): characters such as VT, ESC, FF, U+FFFE are not allowed in
+    XML at all, and html.escape leaves them in. A note pasted from a word processor makes the
+    Composition's div unparsable, the EHR answers 400/422 and the document is given up at once."""
+    doc = build(note=note)
+    for section in doc["entry"][0]["resource"]["section"]:
+        ET.fromstring(section["text"]["div"])  # noqa: S314 (our own text) raises ParseError today
+
+
+def test_bidi_overrides_in_the_note_do_not_reach_the_record() -> None:
+    """U+202E (right-to-left override) in a note makes the record show text other than what it
+    holds ('Gave 10 mg' can display as 'gm 01 evaG' and mix with what follows)."""
+    body = document_bytes(build(note="Gave \u202e01 mg\u202c")).decode()
+    assert "\u202e" not in body
+
+
+# --- signing key ------------------------------------------------------------------------------------
+
+
+def _pem() -> bytes:
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def test_a_world_readable_signing_key_is_refused(tmp_path: Path) -> None:
+    """Anyone who can read the key can sign 'nurse notes' the EHR will file in a patient's record.
+    The project keeps its other secrets 0600 (identity.key, credentials); this key is loaded from a
+    0644 file without a word."""
+    key = tmp_path / "ehr-signing.pem"
+    key.write_bytes(_pem())
+    os.chmod(key, 0o644)
+    with pytest.raises(SigningKeyError, match=r"0600|readable"):
+        Signer.from_file(str(key), env="VAKTROM_ALERTS_EHR_SIGNING_KEY")
+
+
+def test_a_round_against_a_dead_endpoint_fits_in_the_stall_budget() -> None:
+    """deliver_due tries up to 20 rows a round, each up to VAKTROM_ALERTS_EHR_TIMEOUT_S (10 s): with
+    the EHR behind a firewall that drops packets a round lasts 200 s, the supervisor's stall limit
+    for this worker is 62 s, so /health says the worker stalled (and it is restarted, a second
+    thread and connection beside the hung one) every round of an ordinary EHR outage."""
+    s = AlertsSettings.from_env({})
+    assert 20 * s.ehr_timeout_s < stall_after(s.ehr_every_s)
+
+
+class _Catcher:
+    """A local HTTP server that records every POST it gets (a proxy, or the host a redirect names)."""
+
+    def __init__(self, status: int = 201, location: str = "") -> None:
+        got: list[tuple[str, bytes]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                got.append((self.path, self.rfile.read(int(self.headers.get("Content-Length", "0")))))
+                self.send_response(status)
+                if location:
+                    self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.got = got
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_proxy_from_the_environment_does_not_get_the_documents(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FAILS today: httpx trusts HTTP(S)_PROXY/ALL_PROXY, so a proxy set in the service's
+    environment for something else receives every signed patient document (in clear over http://)."""
+    proxy = _Catcher()
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    EhrEndpoint("http://ehr.hospital.invalid/fhir", timeout_s=2).post(b'{"note":"..."}', {})
+    proxy.close()
+    assert proxy.got == []
+
+
+def test_holds_a_redirect_to_another_host_is_not_followed() -> None:
+    """HOLDS: a 307 naming another host is not followed; the other host gets nothing."""
+    other = _Catcher()
+    ehr = _Catcher(status=307, location=f"{other.url}/steal")
+    answer = EhrEndpoint(f"{ehr.url}/fhir", timeout_s=2).post(b"{}", {})
+    ehr.close()
+    other.close()
+    assert answer.status == 307
+    assert other.got == []
