@@ -31,6 +31,7 @@ from alerts.ehr import Recorder, Signer, verify
 from alerts.store import Resolution, apply_events
 from alerts.workers.ehr_outbox import EhrEndpoint, deliver_due
 from contracts import EpisodeChange, Severity
+from streams.archive.read import newest
 from tests.conftest import Stack
 from tests.integration.alerts_support import (
     T0,
@@ -105,6 +106,7 @@ def key_file(tmp_path: Path) -> Path:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
+    path.chmod(0o600)
     return path
 
 
@@ -368,3 +370,32 @@ def test_without_an_endpoint_nothing_is_queued_and_the_console_says_so(
     assert api["enabled"] is False
     assert conn.execute("SELECT count(*) FROM ehr_outbox WHERE episode_id = %s", (eid,)).fetchone() == (0,)
     assert timeline(conn, eid) == []
+
+
+def test_a_long_episode_keeps_the_newest_readings_and_the_evidence(
+    stack: Stack, conn: psycopg.Connection[Any], teams: Teams
+) -> None:
+    """Past MAX_READINGS in the window the document's readings are the newest ones (not the oldest,
+    as a series cut at its start would give), and still the reading that triggered the alert however
+    old it is; oldest first."""
+    patient = f"P-{new_id()[:8]}"
+    add_patient(conn, stack, patient, teams.a)
+    count = ehr.MAX_READINGS + 50
+    ids = [f"{patient}-{n}" for n in range(count)]
+    for n, mid in enumerate(ids):
+        at = T0 - timedelta(minutes=count - n)
+        conn.execute(
+            "INSERT INTO measurements (measured_at, measurement_id, patient_id, kit_id, device_id, metric, "
+            "loinc, value, unit, reported_value, reported_unit, received_at) "
+            "VALUES (%s, md5(%s), %s, 'EHR-K', 'EHR-D', 'spo2', '59408-5', 95, '%%', 95, '%%', %s)",
+            (at, mid, patient, at),
+        )
+    hashed = [r[0] for r in conn.execute("SELECT md5(x) FROM unnest(%s::text[]) x", (ids,)).fetchall()]
+    conn.commit()
+    start, end = T0 - timedelta(days=1), T0 + timedelta(minutes=1)
+    kept = newest(conn, patient, start, end, limit=ehr.MAX_READINGS, also=[hashed[0]])
+    conn.rollback()
+    assert [r.measurement_id for r in kept] == [hashed[0], *hashed[-ehr.MAX_READINGS :]]
+    few = newest(conn, patient, T0 - timedelta(minutes=5), end, limit=ehr.MAX_READINGS, also=[hashed[0]])
+    conn.rollback()
+    assert [r.measurement_id for r in few] == hashed[-5:]  # evidence outside the window is not added

@@ -1,6 +1,7 @@
 # ruff: noqa: F811  (the fixtures are imported from test_ehr_outbox)
-"""Review checks of the EHR outbox against PostgreSQL: rollback, two workers at once, a crash after
-the EHR accepted. These are expected to PASS (they record what held)."""
+"""The EHR outbox against PostgreSQL in awkward moments (regression tests of the outbox's review):
+a resolution rolled back, two workers at once, a crash after the EHR accepted, an answer PostgreSQL
+cannot store as it came."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from tests.integration.test_ehr_outbox import (  # noqa: F401 (fixtures)
     resolve,
     teams,
 )
+
+LEASE = timedelta(minutes=2, seconds=1)  # deliver_due's default lease, and a second
 
 
 def _rows(conn: psycopg.Connection[Any], eid: str) -> list[Any]:
@@ -101,7 +104,8 @@ def test_a_crash_after_the_ehr_accepted_resends_the_same_document(
         deliver_due(conn, Accepts(crash=True), now=at)
     conn.rollback()
     assert _rows(conn, eid)[0][0] is None
-    assert deliver_due(conn, Accepts(crash=False), now=at).delivered == 1
+    assert deliver_due(conn, Accepts(crash=False), now=at).delivered == 0  # claimed: its lease runs
+    assert deliver_due(conn, Accepts(crash=False), now=at + LEASE).delivered == 1
     assert len(got) == 2
     assert got[0] == got[1]  # same key, same bytes
 
@@ -109,10 +113,9 @@ def test_a_crash_after_the_ehr_accepted_resends_the_same_document(
 def test_an_answer_with_a_nul_byte_is_recorded_not_resent_forever(
     stack: Stack, conn: psycopg.Connection[Any], teams: Teams, key_file: Path
 ) -> None:
-    """FAILS today. A broken endpoint answers 400 with a binary body (a NUL in its first 200
-    characters): the reason is written to a text column and into JSONB, PostgreSQL refuses the NUL,
-    deliver_due raises after the POST, the round rolls back, and the same document is POSTed again
-    every round forever (attempts stay 0, it is never given up, the page says 'queued')."""
+    """A broken endpoint answers 400 with a binary body (a NUL in its first 200 characters), which
+    PostgreSQL's text and JSONB refuse: the reason is stored cleaned, the attempt counted and the
+    document given up, not POSTed again every round forever."""
     eid = claimed_alert(conn, stack, teams.a, teams.nurse_a)
     at = resolve(conn, eid, teams.nurse_a, recorder(key_file))
     posts: list[str] = []
