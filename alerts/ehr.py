@@ -31,7 +31,7 @@ from psycopg.types.json import Jsonb
 from alerts.record import build_record_document, document_bytes
 from streams.archive.read import newest
 
-__all__ = ["Recorder", "Signer", "SigningKeyError", "entries", "key_id", "verify"]
+__all__ = ["Recorder", "Signer", "SigningKeyError", "entries", "key_id", "send_again", "verify"]
 
 SIGNATURE_PREFIX = "ed25519="
 # A document carries at most this many readings: the newest, and always those that triggered the
@@ -198,3 +198,31 @@ def _state(row: dict[str, Any]) -> str:
     if row["given_up_at"] is not None or row["overdue"]:  # past its deadline: the worker gives it up
         return "not_delivered"
     return "retrying" if row["attempts"] else "queued"
+
+
+_SEND_AGAIN = """
+WITH again AS (
+    UPDATE ehr_outbox SET given_up_at = NULL, next_attempt_at = clock_timestamp(),
+                          give_up_at = clock_timestamp() + %(window)s::interval
+    WHERE episode_id = %(eid)s AND delivered_at IS NULL
+      AND (given_up_at IS NOT NULL OR give_up_at <= clock_timestamp())
+    RETURNING document_id::text AS document_id, attempts
+)
+INSERT INTO alert_timeline (episode_id, kind, at, detail)
+SELECT %(eid)s::text, 'record_queued', clock_timestamp(),
+       jsonb_build_object('document_id', document_id, 'again', true, 'by', %(user)s::text,
+                          'attempts', attempts)
+FROM again
+RETURNING detail->>'document_id'
+"""
+
+
+def send_again(conn: psycopg.Connection[Any], episode_id: str, *, user: str, window: timedelta) -> list[str]:
+    """Put the alert's record documents that were not delivered back in the outbox, with a new
+    deadline `window` from now, and say so in its timeline (committed); their document ids. The
+    caller has checked that `user` may act on the alert (its team)."""
+    with conn.cursor() as cur:
+        cur.execute(_SEND_AGAIN, {"eid": episode_id, "user": user, "window": window})
+        again = [str(row[0]) for row in cur.fetchall()]
+    conn.commit()
+    return again

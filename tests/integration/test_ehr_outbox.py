@@ -399,3 +399,50 @@ def test_a_long_episode_keeps_the_newest_readings_and_the_evidence(
     few = newest(conn, patient, T0 - timedelta(minutes=5), end, limit=ehr.MAX_READINGS, also=[hashed[0]])
     conn.rollback()
     assert [r.measurement_id for r in few] == hashed[-5:]  # evidence outside the window is not added
+
+
+def test_a_given_up_document_is_sent_again_by_its_team_only(  # noqa: PLR0917 (fixtures)
+    stack: Stack, conn: psycopg.Connection[Any], teams: Teams, key_file: Path, unique: str, artefacts: Path
+) -> None:
+    """A document the EHR refused is put back by a nurse of the patient's team (the page's form with
+    its CSRF token, or the API), audited and said in the timeline, and then delivered; the other
+    team's nurse gets 404 and changes nothing, a form without the token gets 403, and an alert with
+    nothing given up answers 409."""
+    eid = claimed_alert(conn, stack, teams.a, teams.nurse_a)
+    resolved_at = resolve(conn, eid, teams.nurse_a, recorder(key_file))
+    with ehr_endpoint(status=400) as refusing:
+        client = EhrEndpoint(refusing.url, timeout_s=2)
+        assert deliver_due(conn, client, now=resolved_at).given_up == 1
+        client.close()
+    path = f"/alerts/{eid}/record/send-again"
+    with ehr_endpoint() as endpoint:
+        service = ehr_service(stack, unique, artefacts, endpoint.url, key_file)
+        service.start()
+        try:
+            other = httpx.post(f"{service.url}/api/v1{path}", headers=bearer(conn, teams.nurse_b), timeout=10)
+            assert other.status_code == 404
+            assert outbox(conn, eid)["state"] == "not_delivered"
+            page = ConsoleClient(service.url)
+            page.login(teams.nurse_a)
+            forged = page.post(path, data={})
+            assert forged.status_code == 403
+            assert outbox(conn, eid)["state"] == "not_delivered"
+            sent = page.post(path, data={"csrf": page.csrf})
+            assert sent.status_code == 303
+            assert "sent_again=1" in sent.headers["location"]
+            wait_for(lambda: outbox(conn, eid)["state"] == "delivered", "the document delivered again")
+            again = httpx.post(f"{service.url}/api/v1{path}", headers=bearer(conn, teams.nurse_a), timeout=10)
+            panel = page.get(f"/alerts/{eid}").text
+            page.close()
+        finally:
+            service.stop()
+        assert len(endpoint.received) == 1
+        check_document(*endpoint.received[0], key_file, eid)
+    assert again.status_code == 409
+    assert timeline(conn, eid) == ["record_queued", "record_given_up", "record_queued", "record_delivered"]
+    assert "put back to be sent again" in panel
+    audited = conn.execute(
+        "SELECT actor FROM audit.audit_log WHERE action = 'record_send_again' AND target = %s", (eid,)
+    ).fetchall()
+    conn.rollback()
+    assert audited == [(teams.nurse_a,)]

@@ -183,6 +183,34 @@ def test_endpoint_trouble_is_retried_not_given_up_at_once(status: int) -> None:
     assert done.failed == 1
 
 
+@pytest.mark.parametrize("status", [400, 409, 413, 415, 422])
+def test_a_refusal_of_the_document_itself_is_given_up_at_once(status: int) -> None:
+    """400, 409, 413, 415 and 422 say the document itself is refused: the same bytes cannot fare
+    better, so it is given up at the first attempt, with the reason kept."""
+    conn = _Conn(_one_row())
+    done = deliver_due(conn, _Says(status), now=NOW)  # type: ignore[arg-type]
+    assert (done.failed, done.given_up) == (0, 1)
+    assert any(f"HTTP {status}: nope" in str(params) for _sql, params in conn.sql)
+
+
+def test_control_characters_in_an_answer_are_not_stored() -> None:
+    """NUL and other control characters an endpoint answers with are replaced before the reason is
+    written (PostgreSQL's text and JSONB refuse NUL, which made the outcome unrecordable)."""
+    conn = _Conn(_one_row())
+
+    class Binary:
+        def post(self, body: bytes, headers: dict[str, str]) -> Answer:
+            return Answer(400, "\x00\x01bin\x1b[0m")
+
+    deliver_due(conn, Binary(), now=NOW)  # type: ignore[arg-type]
+    written = " ".join(
+        str(value) for _sql, params in conn.sql if isinstance(params, tuple) for value in params if value
+    )
+    assert "\x00" not in written
+    assert "\x1b" not in written
+    assert "bin" in written
+
+
 # --- hostile note text ------------------------------------------------------------------------------
 
 
