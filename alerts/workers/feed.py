@@ -94,10 +94,7 @@ class FeedMetrics:
             "vaktrom_alerts_notifications", "escalation notifications, by outcome", ["outcome"], registry=r
         )
         self.ehr_documents = Counter(
-            "vaktrom_alerts_ehr_documents",
-            "record documents' delivery attempts to the EHR, by outcome (delivered, failed, given_up)",
-            ["outcome"],
-            registry=r,
+            "vaktrom_alerts_ehr_documents", "EHR record documents, by outcome", ["outcome"], registry=r
         )
         self.database_up = Gauge(
             "vaktrom_alerts_database_up",
