@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import stat
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,9 +29,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from alerts.record import build_record_document, document_bytes
-from streams.archive.read import Reading, series
+from streams.archive.read import newest
 
-__all__ = ["Recorder", "Signer", "SigningKeyError", "entries", "key_id", "verify"]
+__all__ = ["Recorder", "Signer", "SigningKeyError", "entries", "key_id", "send_again", "verify"]
 
 SIGNATURE_PREFIX = "ed25519="
 # A document carries at most this many readings: the newest, and always those that triggered the
@@ -57,9 +58,16 @@ class Signer:
     @classmethod
     def from_file(cls, path: str, *, env: str) -> Signer:
         try:
+            mode = Path(path).stat().st_mode
             pem = Path(path).read_bytes()
         except OSError as exc:
             raise SigningKeyError(f"{env}={path!r}: cannot read the key file ({exc.strerror})") from None
+        if mode & 0o077:
+            # whoever can read the key can sign notes the EHR files in a patient's record
+            raise SigningKeyError(
+                f"{env}={path!r} is readable by other users (mode {stat.S_IMODE(mode):04o}); the key must be "
+                f"0600, readable by the service's user only: chmod 600 {path}"
+            )
         try:
             key = serialization.load_pem_private_key(pem, password=None)
         except (ValueError, TypeError):
@@ -128,7 +136,11 @@ class Recorder:
             raise LookupError(f"no alert {episode_id}")
         start = alert["opened_at"] - self.readings_before
         end = max(resolved_at, alert["last_seen_at"]) + timedelta(microseconds=1)
-        readings = _kept(series(conn, alert["patient_id"], start, end) if start < end else [], alert["event"])
+        readings = (
+            newest(conn, alert["patient_id"], start, end, limit=MAX_READINGS, also=_evidence(alert["event"]))
+            if start < end
+            else []
+        )
         document_id = str(uuid.uuid4())
         document = build_record_document(
             document_id=document_id, resolved_at=resolved_at, alert=alert, readings=readings, nurse=user,
@@ -150,19 +162,15 @@ class Recorder:
         return document_id
 
 
-def _kept(readings: list[Reading], event: dict[str, Any] | None) -> list[Reading]:
-    """The newest MAX_READINGS readings and the alert's evidence, oldest first."""
-    if len(readings) <= MAX_READINGS:
-        return readings
-    evidence = {e["measurement_id"] for key in ("worst", "latest") if event and (e := event.get(key))}
-    cut = len(readings) - MAX_READINGS
-    return [r for i, r in enumerate(readings) if i >= cut or r.measurement_id in evidence]
+def _evidence(event: dict[str, Any] | None) -> set[str]:
+    """The measurement ids of the readings that triggered the alert."""
+    return {e["measurement_id"] for key in ("worst", "latest") if event and (e := event.get(key))}
 
 
 _ENTRIES = """
 SELECT o.outbox_id, o.document_id::text, o.episode_id, o.patient_id, o.resolved_by, o.created_at,
        o.attempts, o.last_error, o.last_status, o.next_attempt_at, o.give_up_at, o.delivered_at,
-       o.given_up_at, a.rule_id, p.team_id
+       o.given_up_at, o.give_up_at <= clock_timestamp() AS overdue, a.rule_id, p.team_id
 FROM ehr_outbox o JOIN alerts a USING (episode_id)
 LEFT JOIN patient_directory p ON p.patient_id = a.patient_id
 WHERE (%(team)s::text IS NULL OR p.team_id = %(team)s) AND (NOT %(open)s OR o.delivered_at IS NULL)
@@ -187,6 +195,34 @@ def entries(
 def _state(row: dict[str, Any]) -> str:
     if row["delivered_at"] is not None:
         return "delivered"
-    if row["given_up_at"] is not None:
+    if row["given_up_at"] is not None or row["overdue"]:  # past its deadline: the worker gives it up
         return "not_delivered"
     return "retrying" if row["attempts"] else "queued"
+
+
+_SEND_AGAIN = """
+WITH again AS (
+    UPDATE ehr_outbox SET given_up_at = NULL, next_attempt_at = clock_timestamp(),
+                          give_up_at = clock_timestamp() + %(window)s::interval
+    WHERE episode_id = %(eid)s AND delivered_at IS NULL
+      AND (given_up_at IS NOT NULL OR give_up_at <= clock_timestamp())
+    RETURNING document_id::text AS document_id, attempts
+)
+INSERT INTO alert_timeline (episode_id, kind, at, detail)
+SELECT %(eid)s::text, 'record_queued', clock_timestamp(),
+       jsonb_build_object('document_id', document_id, 'again', true, 'by', %(user)s::text,
+                          'attempts', attempts)
+FROM again
+RETURNING detail->>'document_id'
+"""
+
+
+def send_again(conn: psycopg.Connection[Any], episode_id: str, *, user: str, window: timedelta) -> list[str]:
+    """Put the alert's record documents that were not delivered back in the outbox, with a new
+    deadline `window` from now, and say so in its timeline (committed); their document ids. The
+    caller has checked that `user` may act on the alert (its team)."""
+    with conn.cursor() as cur:
+        cur.execute(_SEND_AGAIN, {"eid": episode_id, "user": user, "window": window})
+        again = [str(row[0]) for row in cur.fetchall()]
+    conn.commit()
+    return again

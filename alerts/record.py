@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ __all__ = [
     "USER_SYSTEM",
     "build_record_document",
     "document_bytes",
+    "safe_text",
 ]
 
 LOINC = "http://loinc.org"
@@ -47,6 +49,11 @@ RULE_SYSTEM = "urn:vaktrom:clinical-rule"
 RESOLUTION_SYSTEM = "urn:vaktrom:alert-resolution"
 EPISODE_SYSTEM = "urn:vaktrom:alert-episode"
 _XHTML = "http://www.w3.org/1999/xhtml"
+# What free text may not carry into the document: characters outside XML 1.0's set (the narrative is
+# XHTML; a pasted VT, ESC or U+FFFE makes it unparsable, lone surrogates cannot be encoded) and the
+# bidirectional embeddings, overrides and isolates (U+202A-202E, U+2066-2069), which make the record
+# display text other than what it holds. Each is replaced by U+FFFD, so the reader sees something was.
+_UNSAFE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]|[\u202a-\u202e\u2066-\u2069]")
 # The centre's severities on DetectedIssue's scale (high | moderate | low).
 _SEVERITY = {"red": "high", "yellow": "moderate", "info": "low"}
 
@@ -108,19 +115,21 @@ def build_record_document(
         "identifier": [{"system": USER_SYSTEM, "value": nurse}],
         "name": [{"text": nurse_name or nurse}],
     }
-    return {
-        "resourceType": "Bundle",
-        "identifier": {"system": DOCUMENT_SYSTEM, "value": f"urn:uuid:{doc}"},
-        "type": "document",
-        "timestamp": resolved,
-        "entry": [
-            {"fullUrl": composition_url, "resource": composition},
-            {"fullUrl": patient_url, "resource": patient},
-            {"fullUrl": nurse_url, "resource": practitioner},
-            {"fullUrl": issue_url, "resource": issue},
-            *observations,
-        ],
-    }
+    return _cleaned_document(
+        {
+            "resourceType": "Bundle",
+            "identifier": {"system": DOCUMENT_SYSTEM, "value": f"urn:uuid:{doc}"},
+            "type": "document",
+            "timestamp": resolved,
+            "entry": [
+                {"fullUrl": composition_url, "resource": composition},
+                {"fullUrl": patient_url, "resource": patient},
+                {"fullUrl": nurse_url, "resource": practitioner},
+                {"fullUrl": issue_url, "resource": issue},
+                *observations,
+            ],
+        }
+    )
 
 
 def document_bytes(document: Mapping[str, Any]) -> bytes:
@@ -253,6 +262,26 @@ def _quantity_text(quantity: Mapping[str, Any]) -> str:
 def _div(lines: Iterable[str]) -> str:
     body = "".join(f"<p>{html.escape(line, quote=False)}</p>" for line in lines)
     return f'<div xmlns="{_XHTML}">{body}</div>'
+
+
+def safe_text(text: str) -> str:
+    """`text` with the characters a record document must not carry replaced by U+FFFD."""
+    return _UNSAFE.sub("\ufffd", text)
+
+
+def _cleaned_document(document: dict[str, Any]) -> dict[str, Any]:
+    return {safe_text(k): _cleaned(v) for k, v in document.items()}
+
+
+def _cleaned(value: Any) -> Any:
+    """Every string in a JSON-ready structure made safe (the note, names, explanations, narrative)."""
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, dict):
+        return {safe_text(k): _cleaned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cleaned(v) for v in value]
+    return value
 
 
 def _urn(doc: uuid.UUID, name: str) -> str:

@@ -64,6 +64,12 @@ def stall_after(every_s: float) -> float:
     return max(3 * every_s, every_s + 60.0)
 
 
+def ehr_round_s(settings: AlertsSettings, stall_s: float) -> float:
+    """How long into a round the EHR outbox may start another attempt: the round, its last attempt
+    included, then ends within half the worker's stall limit (at least one attempt a round)."""
+    return max(stall_s / 2 - settings.ehr_timeout_s, 0.0)
+
+
 class AlertService:
     def __init__(
         self, *, kafka: KafkaSettings, database: DatabaseSettings, settings: AlertsSettings,
@@ -108,8 +114,12 @@ class AlertService:
         ]  # fmt: skip
         found += self._kit_workers()
         if s.ehr_url:  # documentation into the record is on (docs/ehr-documentation.md)
-            ehr = periodic(lambda: EhrOutboxJob(url, s), every_s=s.ehr_every_s)
-            found.append(Worker("ehr_outbox", ehr, stall_s=stall_after(s.ehr_every_s), stop=ehr.stop))
+            ehr_stall = stall_after(s.ehr_every_s)
+            ehr = periodic(
+                lambda: EhrOutboxJob(url, s, metrics.ehr_documents, round_s=ehr_round_s(s, ehr_stall)),
+                every_s=s.ehr_every_s,
+            )
+            found.append(Worker("ehr_outbox", ehr, stall_s=ehr_stall, stop=ehr.stop))
         registry = self.registry
         if registry is not None and registry.publisher is not None:
             relay = periodic(lambda: CarePlanRelay(registry, pool), every_s=CAREPLANS_EVERY_S)

@@ -12,6 +12,7 @@ from alerts.accounts import MAX_TOKEN_DAYS, Role
 from alerts.ehr import Signer, SigningKeyError
 from alerts.i18n import LANGUAGES
 from alerts.sso import ClaimRules, parse_role_map
+from alerts.workers.ehr_outbox import check_url
 from alerts.workers.escalation import Step, Targets
 from alerts.workers.notify import Route, parse_routes
 from runtime.settings import ConfigError, Settings, check_ranges, check_time_zone, setting
@@ -200,7 +201,10 @@ class AlertsSettings(Settings):
         "public key (required with VAKTROM_ALERTS_EHR_URL)",
     )
     ehr_timeout_s: float = setting(
-        10.0, env="VAKTROM_ALERTS_EHR_TIMEOUT_S", help="how long one delivery attempt may take"
+        10.0,
+        env="VAKTROM_ALERTS_EHR_TIMEOUT_S",
+        help="how long one delivery attempt may take (at most 30 s: a round of attempts must stay well "
+        "inside the worker's stall limit)",
     )
     ehr_give_up_h: float = setting(
         24.0,
@@ -239,7 +243,7 @@ class AlertsSettings(Settings):
                 "VAKTROM_ALERTS_ALERT_PATH_MAX_AGE_S": (self.alert_path_max_age_s, 1, 86400),
                 "VAKTROM_ALERTS_WATCH_EVERY_S": (self.watch_every_s, 0.5, 600),
                 "VAKTROM_ALERTS_TOKEN_DAYS": (self.token_days, 1, MAX_TOKEN_DAYS),
-                "VAKTROM_ALERTS_EHR_TIMEOUT_S": (self.ehr_timeout_s, 0.5, 120),
+                "VAKTROM_ALERTS_EHR_TIMEOUT_S": (self.ehr_timeout_s, 0.5, 30),
                 "VAKTROM_ALERTS_EHR_GIVE_UP_H": (self.ehr_give_up_h, 0.01, 24 * 30),
                 "VAKTROM_ALERTS_EHR_EVERY_S": (self.ehr_every_s, 0.1, 600),
                 "VAKTROM_ALERTS_EHR_READINGS_DAYS": (self.ehr_readings_days, 0, 30),
@@ -278,8 +282,9 @@ class AlertsSettings(Settings):
                     "endpoint, or unset the key to leave documentation into the record off"
                 )
             return
-        if not self.ehr_url.startswith(("https://", "http://")) or " " in self.ehr_url:
-            raise ConfigError(f"VAKTROM_ALERTS_EHR_URL={self.ehr_url!r} must be an http(s):// URL")
+        wrong = check_url(self.ehr_url)
+        if wrong:
+            raise ConfigError(f"VAKTROM_ALERTS_EHR_URL={self.ehr_url!r} {wrong}")
         if not self.ehr_signing_key:
             raise ConfigError(
                 "VAKTROM_ALERTS_EHR_URL is set but VAKTROM_ALERTS_EHR_SIGNING_KEY is empty; make a key with "

@@ -93,6 +93,9 @@ class FeedMetrics:
         self.notifications = Counter(
             "vaktrom_alerts_notifications", "escalation notifications, by outcome", ["outcome"], registry=r
         )
+        self.ehr_documents = Counter(
+            "vaktrom_alerts_ehr_documents", "EHR record documents, by outcome", ["outcome"], registry=r
+        )
         self.database_up = Gauge(
             "vaktrom_alerts_database_up",
             "1 while the alert store's database takes the feed's writes",

@@ -12,7 +12,7 @@ the supervisor, which starts the job again with a back-off and says so in /healt
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -212,13 +212,18 @@ class EhrOutboxJob(_DatabaseJob):
 
     what = "record documents"
 
-    def __init__(self, database_url: str, settings: AlertsSettings, outcomes: Counter | None = None) -> None:
+    def __init__(
+        self, database_url: str, settings: AlertsSettings, outcomes: Counter | None = None, *, round_s: float
+    ) -> None:
         super().__init__(database_url)
         self._endpoint = EhrEndpoint(settings.ehr_url, timeout_s=settings.ehr_timeout_s)
         self._outcomes = outcomes
+        self._round_s = round_s
+        # a claimed row is not taken again before its attempt surely ended (connect + reads + recording)
+        self._lease = timedelta(seconds=max(60.0, 4 * settings.ehr_timeout_s))
 
     def work(self, conn: psycopg.Connection[Any]) -> None:
-        done = deliver_ehr(conn, self._endpoint, now=datetime.now(UTC))
+        done = deliver_ehr(conn, self._endpoint, round_s=self._round_s, lease=self._lease)
         if self._outcomes is not None:
             self._outcomes.labels("delivered").inc(done.delivered)
             self._outcomes.labels("failed").inc(done.failed)

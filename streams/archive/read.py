@@ -49,6 +49,7 @@ __all__ = [
     "daily_answers",
     "daily_counts",
     "latest",
+    "newest",
     "quarantined",
     "rejections",
     "series",
@@ -168,6 +169,19 @@ ORDER BY measured_at, metric
 LIMIT %(limit)s
 """  # noqa: S608 (constant columns)
 
+_NEWEST = f"""
+(SELECT {_READING_COLUMNS} FROM measurements
+ WHERE patient_id = %(patient)s AND metric = ANY(%(metrics)s::text[])
+   AND measured_at >= %(start)s AND measured_at < %(end)s
+ ORDER BY measured_at DESC, metric DESC
+ LIMIT %(limit)s)
+UNION
+SELECT {_READING_COLUMNS} FROM measurements
+WHERE patient_id = %(patient)s AND measurement_id = ANY(%(also)s::text[])
+  AND measured_at >= %(start)s AND measured_at < %(end)s
+ORDER BY measured_at, metric
+"""  # noqa: S608 (constant columns)
+
 # the statements behind latest() and series(metric=...), for EXPLAIN: bench/archive_read.py prints their plans
 QUERIES = {"latest": _LATEST, "series": _SERIES_ONE}
 
@@ -239,6 +253,21 @@ def series(
             cur.execute(_SERIES_ALL, {**params, "metrics": _all_metrics(None)})
         else:
             cur.execute(_SERIES_ONE, {**params, "metric": str(Metric(metric))})
+        return cur.fetchall()
+
+
+def newest(
+    conn: Connection, patient_id: str, start: datetime, end: datetime, *, limit: int, also: Iterable[str] = ()
+) -> list[Reading]:
+    """The newest `limit` readings in [start, end) of every metric, and the readings `also` names
+    (when they fall in the window), oldest first: a long window keeps its end, not its start."""
+    _check_window(start, end)
+    params = {
+        "patient": patient_id, "start": start, "end": end, "limit": min(limit, _MAX_ROWS),
+        "metrics": _all_metrics(None), "also": sorted(set(also)),
+    }  # fmt: skip
+    with conn.cursor(row_factory=class_row(Reading)) as cur:
+        cur.execute(_NEWEST, params)
         return cur.fetchall()
 
 

@@ -238,6 +238,8 @@ BODIES: dict[tuple[str, str], Body] = {
         "json": {"kind": "message", "text": "Hei"}
     },
     ("POST", "/api/v1/alerts/{episode_id}/acknowledge"): lambda w, o: {"json": {}},
+    ("POST", "/api/v1/alerts/{episode_id}/record/send-again"): lambda w, o: {"json": {}},
+    ("POST", "/alerts/{episode_id}/record/send-again"): lambda w, o: {"data": {}},
     ("POST", "/api/v1/handover"): lambda w, o: {"json": {"to": None}},
     ("POST", "/api/v1/patients"): lambda w, o: {
         "json": {"name": "Tenancy Test", "team_id": w.team_a, "condition": "copd"}

@@ -31,6 +31,7 @@ from alerts.ehr import Recorder, Signer, verify
 from alerts.store import Resolution, apply_events
 from alerts.workers.ehr_outbox import EhrEndpoint, deliver_due
 from contracts import EpisodeChange, Severity
+from streams.archive.read import newest
 from tests.conftest import Stack
 from tests.integration.alerts_support import (
     T0,
@@ -105,6 +106,7 @@ def key_file(tmp_path: Path) -> Path:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
+    path.chmod(0o600)
     return path
 
 
@@ -368,3 +370,79 @@ def test_without_an_endpoint_nothing_is_queued_and_the_console_says_so(
     assert api["enabled"] is False
     assert conn.execute("SELECT count(*) FROM ehr_outbox WHERE episode_id = %s", (eid,)).fetchone() == (0,)
     assert timeline(conn, eid) == []
+
+
+def test_a_long_episode_keeps_the_newest_readings_and_the_evidence(
+    stack: Stack, conn: psycopg.Connection[Any], teams: Teams
+) -> None:
+    """Past MAX_READINGS in the window the document's readings are the newest ones (not the oldest,
+    as a series cut at its start would give), and still the reading that triggered the alert however
+    old it is; oldest first."""
+    patient = f"P-{new_id()[:8]}"
+    add_patient(conn, stack, patient, teams.a)
+    count = ehr.MAX_READINGS + 50
+    ids = [f"{patient}-{n}" for n in range(count)]
+    for n, mid in enumerate(ids):
+        at = T0 - timedelta(minutes=count - n)
+        conn.execute(
+            "INSERT INTO measurements (measured_at, measurement_id, patient_id, kit_id, device_id, metric, "
+            "loinc, value, unit, reported_value, reported_unit, received_at) "
+            "VALUES (%s, md5(%s), %s, 'EHR-K', 'EHR-D', 'spo2', '59408-5', 95, '%%', 95, '%%', %s)",
+            (at, mid, patient, at),
+        )
+    hashed = [r[0] for r in conn.execute("SELECT md5(x) FROM unnest(%s::text[]) x", (ids,)).fetchall()]
+    conn.commit()
+    start, end = T0 - timedelta(days=1), T0 + timedelta(minutes=1)
+    kept = newest(conn, patient, start, end, limit=ehr.MAX_READINGS, also=[hashed[0]])
+    conn.rollback()
+    assert [r.measurement_id for r in kept] == [hashed[0], *hashed[-ehr.MAX_READINGS :]]
+    few = newest(conn, patient, T0 - timedelta(minutes=5), end, limit=ehr.MAX_READINGS, also=[hashed[0]])
+    conn.rollback()
+    assert [r.measurement_id for r in few] == hashed[-5:]  # evidence outside the window is not added
+
+
+def test_a_given_up_document_is_sent_again_by_its_team_only(  # noqa: PLR0917 (fixtures)
+    stack: Stack, conn: psycopg.Connection[Any], teams: Teams, key_file: Path, unique: str, artefacts: Path
+) -> None:
+    """A document the EHR refused is put back by a nurse of the patient's team (the page's form with
+    its CSRF token, or the API), audited and said in the timeline, and then delivered; the other
+    team's nurse gets 404 and changes nothing, a form without the token gets 403, and an alert with
+    nothing given up answers 409."""
+    eid = claimed_alert(conn, stack, teams.a, teams.nurse_a)
+    resolved_at = resolve(conn, eid, teams.nurse_a, recorder(key_file))
+    with ehr_endpoint(status=400) as refusing:
+        client = EhrEndpoint(refusing.url, timeout_s=2)
+        assert deliver_due(conn, client, now=resolved_at).given_up == 1
+        client.close()
+    path = f"/alerts/{eid}/record/send-again"
+    with ehr_endpoint() as endpoint:
+        service = ehr_service(stack, unique, artefacts, endpoint.url, key_file)
+        service.start()
+        try:
+            other = httpx.post(f"{service.url}/api/v1{path}", headers=bearer(conn, teams.nurse_b), timeout=10)
+            assert other.status_code == 404
+            assert outbox(conn, eid)["state"] == "not_delivered"
+            page = ConsoleClient(service.url)
+            page.login(teams.nurse_a)
+            forged = page.post(path, data={})
+            assert forged.status_code == 403
+            assert outbox(conn, eid)["state"] == "not_delivered"
+            sent = page.post(path, data={"csrf": page.csrf})
+            assert sent.status_code == 303
+            assert "sent_again=1" in sent.headers["location"]
+            wait_for(lambda: outbox(conn, eid)["state"] == "delivered", "the document delivered again")
+            again = httpx.post(f"{service.url}/api/v1{path}", headers=bearer(conn, teams.nurse_a), timeout=10)
+            panel = page.get(f"/alerts/{eid}").text
+            page.close()
+        finally:
+            service.stop()
+        assert len(endpoint.received) == 1
+        check_document(*endpoint.received[0], key_file, eid)
+    assert again.status_code == 409
+    assert timeline(conn, eid) == ["record_queued", "record_given_up", "record_queued", "record_delivered"]
+    assert "put back to be sent again" in panel
+    audited = conn.execute(
+        "SELECT actor FROM audit.audit_log WHERE action = 'record_send_again' AND target = %s", (eid,)
+    ).fetchall()
+    conn.rollback()
+    assert audited == [(teams.nurse_a,)]
