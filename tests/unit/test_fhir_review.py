@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -65,3 +66,18 @@ def test_running_exports_are_capped_across_users_not_per_user_only(
     finally:
         release.set()
     assert started < 16, f"{started} exports running at once, each holding a pooled connection"
+
+
+def test_export_folders_left_by_a_previous_process_are_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs live in memory only; after a restart or crash their folders (a whole team's record) stay
+    in the temporary directory for good: nothing sweeps `vaktrom-export-*` it no longer knows."""
+    monkeypatch.setattr(export.tempfile, "tempdir", str(tmp_path))
+    orphan = tmp_path / "vaktrom-export-leftover"
+    orphan.mkdir(mode=0o700)
+    (orphan / "Observation.ndjson").write_text('{"resourceType":"Observation"}\n')
+    old = (datetime.now(UTC) - export.KEEP - timedelta(hours=1)).timestamp()
+    os.utime(orphan, (old, old))
+    export.Exports().expire()
+    assert not orphan.exists(), "a previous process's export folder is never deleted"
