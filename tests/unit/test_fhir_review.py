@@ -1,0 +1,83 @@
+"""Reproducers from the review of the FHIR read API (rev-fhirapi): each fails on the code as merged."""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from alerts.fhir import export, search
+
+
+def test_a_finished_export_is_gone_after_keep_even_when_no_new_export_starts(tmp_path: Path) -> None:
+    """The docs promise deletion an hour after finishing; `expire` runs only inside `start`, and
+    `find` does not look at the age, so with no further kick-off the job (and its files with a whole
+    team's data) stays readable and on disk for as long as the process lives."""
+    exports = export.Exports()
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "Patient.ndjson").write_text('{"resourceType":"Patient"}\n')
+    finished = datetime.now(UTC) - export.KEEP - timedelta(minutes=5)
+    job = export.Job(
+        job_id="a" * 32, owner="nurse", team_id="t", types=("Patient",), request_url="x",
+        started_at=finished, folder=folder, finished_at=finished,
+    )  # fmt: skip
+    exports._jobs[job.job_id] = job
+    assert exports.find(job.job_id, "nurse") is None, "a job older than KEEP is still served"
+    assert not folder.exists(), "its files are still on disk"
+
+
+def test_a_minute_with_a_zone_offset_covers_a_minute() -> None:
+    """`date=2026-03-01T12:00+01:00` names a minute; the colon of the offset makes it a second."""
+    with_z = search.parse_observation([("patient", "P-A"), ("date", "2026-03-01T12:00Z")])
+    with_offset = search.parse_observation([("patient", "P-A"), ("date", "2026-03-01T12:00+01:00")])
+    assert with_z.end - with_z.start == timedelta(minutes=1)
+    assert with_offset.end - with_offset.start == timedelta(minutes=1)
+
+
+def test_a_pseudonym_with_a_trailing_newline_is_refused() -> None:
+    """`_ID.match` with `$` lets "P-A\\n" through (harmless today: no row matches), use fullmatch."""
+    with pytest.raises(search.SearchError):
+        search.parse_observation([("patient", "P-A\n")])
+
+
+def test_running_exports_are_capped_across_users_not_per_user_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each running export holds one of the console's 16 pooled connections (`with ctx.db()` around
+    the whole of write_team) for as long as it runs. The cap is 3 per username only: six clinicians
+    (or one centre-wide account per kick-off... any six accounts) take every connection, and the
+    console's own pages and the alert queue time out (PoolTimeout, 500) for every team."""
+    monkeypatch.setattr(export.tempfile, "tempdir", str(tmp_path))  # the job folders: ours only
+    exports, release = export.Exports(), threading.Event()
+    started = 0
+    try:
+        for n in range(6):
+            for _ in range(export.MAX_JOBS_PER_USER):
+                try:
+                    exports.start(owner=f"nurse-{n}", team_id="t", types=("Patient",), request_url="x",
+                                  run=lambda _job: release.wait(30))  # fmt: skip
+                except ValueError:
+                    continue
+                started += 1
+    finally:
+        release.set()
+    assert started < 16, f"{started} exports running at once, each holding a pooled connection"
+
+
+def test_export_folders_left_by_a_previous_process_are_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs live in memory only; after a restart or crash their folders (a whole team's record) stay
+    in the temporary directory for good: nothing sweeps `vaktrom-export-*` it no longer knows."""
+    monkeypatch.setattr(export.tempfile, "tempdir", str(tmp_path))
+    orphan = tmp_path / "vaktrom-export-leftover"
+    orphan.mkdir(mode=0o700)
+    (orphan / "Observation.ndjson").write_text('{"resourceType":"Observation"}\n')
+    old = (datetime.now(UTC) - export.KEEP - timedelta(hours=1)).timestamp()
+    os.utime(orphan, (old, old))
+    export.Exports().expire()
+    assert not orphan.exists(), "a previous process's export folder is never deleted"
