@@ -17,6 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from alerts.accounts import Principal
 from alerts.console.context import Clinician, Console, Ctx, scope
 from alerts.console.fhir_api import FhirResponse
 from alerts.fhir import resources
@@ -93,10 +94,10 @@ def _write(ctx: Console, job: Job) -> None:
         write_team(conn, job)
 
 
-def _job(request: Request, who_name: str, job: str | None) -> Job:
+def _job(request: Request, who: Principal, job: str | None) -> Job:
     if not job:
         raise HTTPException(400, "give the export's job id: ?job=ID (from the kick-off's Content-Location)")
-    found = _exports(request).find(job, who_name)
+    found = _exports(request).find(job, who.username, who.team_id)  # one moved to another team: gone
     if found is None:
         raise HTTPException(404, "no such export (or not one you started, or older than an hour)")
     return found
@@ -105,7 +106,7 @@ def _job(request: Request, who_name: str, job: str | None) -> Job:
 @fhir_export.get("/$export-status", openapi_extra=scope("self"))
 def export_status(request: Request, who: Clinician, job: str | None = None) -> Response:
     """202 with X-Progress while the export runs; 200 with the manifest once its files are ready."""
-    found = _job(request, who.username, job)
+    found = _job(request, who, job)
     if found.finished_at is None:
         progress = f"{found.patients_done} of {found.patients_total} patients"
         return Response(status_code=202, headers={"X-Progress": progress, "Retry-After": "2"})
@@ -132,10 +133,15 @@ def export_file(
     request: Request, ctx: Ctx, who: Clinician, job: str | None = None, type: str | None = None
 ) -> Response:
     """One NDJSON file of a finished export."""
-    found = _job(request, who.username, job)
+    found = _job(request, who, job)
     if type not in found.types:
         raise HTTPException(400, f"type must be one of this export's: {', '.join(found.types)}")
     if found.finished_at is None or found.error is not None:
         raise HTTPException(409, "the export has not finished: poll its status first")
+    path = found.path(type)
+    if not path.is_file():  # removed meanwhile (expired, a temp cleaner)
+        raise HTTPException(
+            404, "the export's file is gone (exports are kept an hour); start the export again"
+        )
     ctx.audit(request, who.username, "fhir_export_file", target=found.team_id, detail={"type": type})
-    return FileResponse(found.path(type), media_type=NDJSON)
+    return FileResponse(path, media_type=NDJSON)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import shutil
 import tempfile
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 TYPES = ("Patient", "Observation", "Flag", "Device", "QuestionnaireResponse")
 KEEP = timedelta(hours=1)
 MAX_JOBS_PER_USER = 3  # running at once: an export reads a whole team's history
+MAX_JOBS = 3  # running at once in the service: each holds one of the console's pooled connections
+_PREFIX = "vaktrom-export-"
 _FROM = datetime(2000, 1, 1, tzinfo=UTC)
 
 
@@ -75,13 +78,19 @@ class Exports:
         has MAX_JOBS_PER_USER running."""
         self.expire()
         with self._lock:
-            running = [j for j in self._jobs.values() if j.owner == owner and j.finished_at is None]
-            if len(running) >= MAX_JOBS_PER_USER:
-                raise ValueError(f"{len(running)} of your exports are still running; wait for one to finish")
+            running = [j for j in self._jobs.values() if j.finished_at is None]
+            if sum(j.owner == owner for j in running) >= MAX_JOBS_PER_USER:
+                raise ValueError(
+                    f"{MAX_JOBS_PER_USER} of your exports are still running; wait for one to finish"
+                )
+            if len(running) >= MAX_JOBS:
+                raise ValueError(
+                    f"{len(running)} exports are running in the service; try again in a few minutes"
+                )
             job = Job(
                 job_id=secrets.token_hex(16), owner=owner, team_id=team_id, types=types,
                 request_url=request_url, started_at=datetime.now(UTC),
-                folder=Path(tempfile.mkdtemp(prefix="vaktrom-export-")),  # mode 0700: the service's only
+                folder=Path(tempfile.mkdtemp(prefix=_PREFIX)),  # mode 0700: the service's only
             )  # fmt: skip
             self._jobs[job.job_id] = job
         threading.Thread(
@@ -98,21 +107,36 @@ class Exports:
             job.error = f"the export failed ({type(exc).__name__}); start it again, or ask the operator"
         job.finished_at = datetime.now(UTC)
 
-    def find(self, job_id: str, owner: str) -> Job | None:
-        """The job, when `owner` started it (anyone else's answers as unknown)."""
+    def find(self, job_id: str, owner: str, team_id: str | None) -> Job | None:
+        """The job, when `owner` started it and is still of its team (`team_id` None: centre-wide);
+        anyone else's, and one older than KEEP, answers as unknown."""
+        self.expire()
         with self._lock:
             job = self._jobs.get(job_id)
-        return job if job is not None and job.owner == owner else None
+        if job is None or job.owner != owner or (team_id is not None and team_id != job.team_id):
+            return None
+        return job
 
     def expire(self, now: datetime | None = None) -> None:
-        """Delete the jobs finished more than KEEP ago, with their files."""
+        """Delete the jobs finished more than KEEP ago, with their files, and the folders of exports
+        this process does not know (a previous process's, after a restart or crash) older than KEEP."""
         now = now or datetime.now(UTC)
         with self._lock:
             old = [j for j in self._jobs.values() if j.finished_at is not None and now - j.finished_at > KEEP]
             for job in old:
                 del self._jobs[job.job_id]
+            known = {j.folder for j in self._jobs.values()}
         for job in old:
             shutil.rmtree(job.folder, ignore_errors=True)
+        for folder in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*"):
+            try:
+                stale = (
+                    folder not in known and now.timestamp() - folder.stat().st_mtime > KEEP.total_seconds()
+                )
+                if stale and folder.is_dir() and folder.stat().st_uid == os.getuid():
+                    shutil.rmtree(folder, ignore_errors=True)
+            except OSError:
+                continue  # gone meanwhile
 
 
 def _line(out: IO[str], resource: dict[str, Any]) -> None:

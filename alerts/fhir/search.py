@@ -112,7 +112,7 @@ def _page(found: dict[str, list[str]]) -> Page:
 
 def _patient_ref(raw: str) -> str:
     value = raw.removeprefix("Patient/")
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):
         raise SearchError(f"patient must be Patient/<pseudonym> or the pseudonym, not {raw[:80]!r}")
     return value
 
@@ -178,8 +178,9 @@ def _moment(value: str) -> tuple[datetime, datetime]:
     if not (value.endswith("Z") or value[-6] in "+-"):
         raise SearchError(f"date {value!r}: a time needs a zone (Z or +01:00)")
     start = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    precision = timedelta(microseconds=1) if "." in value else timedelta(seconds=1)
-    if value.count(":") == 1 or (value.endswith("Z") and value.count(":") == 1):
+    clock = value[11:].removesuffix("Z")[:-6] if value[-6] in "+-" else value[11:].removesuffix("Z")
+    precision = timedelta(microseconds=1) if "." in clock else timedelta(seconds=1)
+    if clock.count(":") == 1:  # hh:mm, the zone's own colon not counted
         precision = timedelta(minutes=1)
     return start, start + precision
 
@@ -187,7 +188,7 @@ def _moment(value: str) -> tuple[datetime, datetime]:
 def _window(values: list[str]) -> tuple[datetime, datetime]:
     start, end = EARLIEST, datetime.now(UTC) + _LATEST_SPAN
     for raw in values:
-        match = _DATE.match(raw)
+        match = _DATE.fullmatch(raw)
         if match is None:
             raise SearchError(
                 f"date {raw[:60]!r}: write a prefix (ge, gt, le, lt) and a date or time, e.g. "

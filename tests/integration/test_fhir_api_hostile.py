@@ -1,6 +1,7 @@
 # ruff: noqa: F811  (the fixtures of test_fhir_api, imported by name, are parameters here)
-"""Reproducers from the review of the FHIR read API (rev-fhirapi), on the running service. The first
-two held (kept as guards); the others fail on the code as merged."""
+"""The FHIR API against hostile use, on the running service (found by review): a device follows its
+patient's move, hostile ids answer an OperationOutcome, an export is not readable once its owner
+left the team, and a vanished export file is a 404 outcome, not a bare 500."""
 
 from __future__ import annotations
 

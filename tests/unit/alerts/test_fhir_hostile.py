@@ -1,4 +1,5 @@
-"""Reproducers from the review of the FHIR read API (rev-fhirapi): each fails on the code as merged."""
+"""The FHIR API against hostile use (found by review): exports that outlive their hour, their owner's
+team or the pool, search values that parse too loosely."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def test_a_finished_export_is_gone_after_keep_even_when_no_new_export_starts(tmp
         started_at=finished, folder=folder, finished_at=finished,
     )  # fmt: skip
     exports._jobs[job.job_id] = job
-    assert exports.find(job.job_id, "nurse") is None, "a job older than KEEP is still served"
+    assert exports.find(job.job_id, "nurse", "t") is None, "a job older than KEEP is still served"
     assert not folder.exists(), "its files are still on disk"
 
 
