@@ -233,19 +233,18 @@ def new_session(
     provider's ID token of a single-sign-on login, handed back to it at logout."""
     if kind == "api" and not timedelta(0) < lifetime <= timedelta(days=MAX_TOKEN_DAYS):
         raise AccountError(f"a token lasts between 1 and {MAX_TOKEN_DAYS} days; ask for fewer days")
-    if (
-        kind == "api"
-        and conn.execute("SELECT 1 FROM oidc_identities WHERE username = %s", (username,)).fetchone()
-    ):
-        # its access ends when the hospital's login removes the person, at their next login: a token
-        # lives on without logins (up to MAX_TOKEN_DAYS) and would outlast that
-        conn.rollback()
-        raise AccountError(
-            f"{username} logs in through the hospital's login, so it gets no API token (one would "
-            "outlast the person's removal there); give an integration a local account of its own"
-        )
     token = secrets.token_urlsafe(32)
     with conn.transaction():
+        if (
+            kind == "api"
+            and conn.execute("SELECT 1 FROM oidc_identities WHERE username = %s", (username,)).fetchone()
+        ):
+            # its access ends when the hospital's login removes the person, at their next login: a
+            # token lives on without logins (up to MAX_TOKEN_DAYS) and would outlast that
+            raise AccountError(
+                f"{username} logs in through the hospital's login, so it gets no API token (one would "
+                "outlast the person's removal there); give an integration a local account of its own"
+            )
         conn.execute(
             "INSERT INTO sessions (token_hash, username, kind, csrf_token, expires_at, ip, id_token) "
             "VALUES (%s, %s, %s, %s, now() + %s, %s, %s)",
