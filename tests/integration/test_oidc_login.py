@@ -9,6 +9,7 @@ import html
 import re
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -16,7 +17,8 @@ import httpx
 import psycopg
 import pytest
 
-from alerts.accounts import Role
+from alerts import accounts
+from alerts.accounts import AccountError, Role
 from contracts import EpisodeChange, Severity
 from tests.conftest import Stack
 from tests.integration.alerts_support import (
@@ -185,6 +187,13 @@ def test_a_nurse_of_team_a_logs_in_to_her_teams_queue_and_cannot_reach_team_b(
         assert local.login(username, "x" * 20).status_code == 401
     finally:
         local.close()
+    # Nor an API token, which would outlive her removal at the provider (the call behind
+    # POST /api/v1/me/tokens and the operator's `token` command).
+    with pytest.raises(AccountError, match="gets no API token"):
+        accounts.new_session(conn, username, kind="api", lifetime=timedelta(days=1), ip=None)
+    assert conn.execute("SELECT count(*) FROM sessions WHERE username = %s AND kind = 'api'",
+                        (username,)).fetchone() == (0,)  # fmt: skip
+    conn.rollback()
 
 
 def test_a_user_without_a_role_gets_the_no_access_page_and_no_session(
