@@ -114,6 +114,9 @@ def test_a_nurse_works_the_patient_queue_in_bokmal(
     expect(row).to_have_class(re.compile(r"\bselected\b"))
     page.keyboard.press("Enter")
     expect(page).to_have_url(f"{service.url}/alerts/{spo2}")
+    # the URL changes when the new page commits, before its deferred script (the keyboard) runs: a
+    # key pressed then is lost (CI lost "c" so)
+    page.wait_for_load_state("load")
     others = page.locator("#other-problems")
     expect(others).to_contain_text("Pasientens andre åpne problemer")
     expect(others.locator(f'a[href="/alerts/{weight}"]')).to_be_visible()

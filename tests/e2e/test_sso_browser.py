@@ -148,7 +148,9 @@ def test_a_nurse_logs_in_through_the_provider_resolves_an_alert_its_record_arriv
     assert any(r["resourceType"] == "Practitioner" and "Nora Aasen" in json.dumps(r) for r in entries)
     assert patient in json.dumps(entries)
     assert "Solveig Lien" not in json.dumps(entries)  # the pseudonym only, never the name
-    expect(page.locator(".timeline")).to_contain_text("delivered", timeout=15000)
+    page.goto(f"{service.url}/record-outbox")  # the team's Record page lists it as delivered
+    listed = page.locator("tr", has=page.locator(f'a[href="/alerts/{eid}"]'))
+    expect(listed).to_have_class("record-delivered", timeout=15000)
 
     page.click("header form[action='/logout'] button")
     expect(page).to_have_url(re.compile(re.escape(f"{service.url}/login") + r"(\?state=.*)?$"), timeout=15000)

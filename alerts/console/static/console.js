@@ -38,6 +38,11 @@
   const table = rowsBody && rowsBody.closest("table");
   const panel = document.getElementById("panel");
   let selected = null;
+  // Set once the page is being left (a logout, a link): a refresh still in flight that then gets
+  // 401 must not send the browser to the login page over the navigation under way (after a logout
+  // through the hospital's login, it raced the redirect to the provider).
+  let leaving = false;
+  window.addEventListener("beforeunload", () => { leaving = true; });
 
   // ------------------------------------------------------------ fetch a fragment, at most one at a time
   function refresher(url, apply) {
@@ -49,7 +54,10 @@
         do {
           again = false;
           const response = await fetch(url(), {headers: {"Accept": "text/html"}, cache: "no-store"});
-          if (response.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname); return; }
+          if (response.status === 401) {
+            if (!leaving) location.href = "/login?next=" + encodeURIComponent(location.pathname);
+            return;
+          }
           if (response.ok) apply(await response.text());
         } while (again);
       } finally { running = false; }
