@@ -35,7 +35,7 @@ from typing import Any
 import msgspec
 
 from contracts import KitCommandRequest, command_problem, topics
-from ingest.kit_commands import KnownCommands, kit_of, to_kit
+from ingest.kit_commands import KnownCommands, to_kit
 from ingest.registry import Registry
 from runtime import kafka as rk
 from runtime.settings import KafkaSettings
@@ -179,7 +179,7 @@ class CommandRelay(_Thread):
         if request is None:
             self.dropped += 1
             return None
-        kit_id = kit_of(registry, request.patient_id, now) if registry is not None else None
+        kit_id = registry.kit_of(request.patient_id, now) if registry is not None else None
         if kit_id is None:
             log.info("commands: command %s dropped: the patient has no kit now", request.command_id)
             self.dropped += 1

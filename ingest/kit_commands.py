@@ -1,10 +1,12 @@
 """Commands to the kits and their acknowledgements: the pure part of the bridge's command relay.
 
-`KnownCommands` remembers which command went to which kit (and for which patient), so that an
-acknowledgement can be checked: a kit may acknowledge only a command sent to it. `check_ack` turns
+`KnownCommands` remembers each command's patient and when it was out, so that an acknowledgement
+can be checked against the registry: a kit may acknowledge only a command its patient had while it
+had the kit, and only while the kit is still theirs. `check_ack` turns
 one MQTT message on a kit's `acks` channel into a `KitAckEvent` or a rejection with a reason code
 (`unknown_command`, `foreign_command`, `schema`, `malformed`, ...); it never raises for what a kit
-sends. `kit_of` finds the kit a patient has now, for a command addressed to the patient.
+sends. The registry snapshot's `kit_of` finds the kit a patient has now, for a command addressed to
+the patient.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ingest.envelope import Outcome, payload_rejection
 from ingest.registry import Registry
 from ingest.text import UNREADABLE, text_problem, unreadable
 
-__all__ = ["Known", "KnownCommands", "check_ack", "kit_of", "to_kit"]
+__all__ = ["Known", "KnownCommands", "check_ack", "to_kit"]
 
 _ack_decoder = msgspec.json.Decoder(KitAck)
 MAX_KNOWN_COMMANDS = 200_000  # the oldest are forgotten first; an ack of one of them is unknown_command
@@ -117,7 +119,7 @@ def check_ack(  # noqa: PLR0911 (one return per check, in order)
     # handed on to another patient does not mark the first patient's message read
     window_end = min(received_at, found.expires_at)
     kit = registry.kit(kit_id) if registry is not None else None
-    if kit is None or kit_id not in registry.kits_during(found.patient_id, found.sent_at, window_end):  # type: ignore[union-attr]
+    if kit is None or not kit.had(found.patient_id, found.sent_at, window_end):
         return _refused(
             *args,
             RejectReason.FOREIGN_COMMAND,
@@ -140,11 +142,6 @@ def check_ack(  # noqa: PLR0911 (one return per check, in order)
         received_at=received_at,
     )
     return Outcome(kit_id, ack=event)
-
-
-def kit_of(registry: Registry, patient_id: str, at: datetime) -> str | None:
-    """The kit `patient_id` has at `at`, or None (no kit: the command waits for none, it is dropped)."""
-    return registry.kit_of(patient_id, at)
 
 
 def to_kit(request: KitCommandRequest, kit_id: str) -> KitCommand:

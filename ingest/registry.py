@@ -61,6 +61,15 @@ class KitEntry:
                 return assignment.patient_id
         return RejectReason.KIT_NOT_ASSIGNED
 
+    def had(self, patient_id: str, start: datetime, end: datetime) -> bool:
+        """Whether `patient_id` had the kit at some time from `start` to `end` (a retired kit up to
+        its retirement)."""
+        until = end if self.retired_at is None else min(end, self.retired_at)
+        return any(
+            a.patient_id == patient_id and a.start <= until and (a.end is None or a.end > start)
+            for a in self.assignments
+        )
+
     def current_patient(self) -> str | None:
         """The patient the kit is with now, for the status messages it sends."""
         found = self.patient_at(datetime.now(UTC))
@@ -84,22 +93,8 @@ class Registry:
     def kit(self, kit_id: str) -> KitEntry | None:
         return self.kits.get(kit_id)
 
-    def kits_during(self, patient_id: str, start: datetime, end: datetime) -> tuple[str, ...]:
-        """The kits `patient_id` had at some time from `start` to `end` (a retired kit up to its
-        retirement)."""
-        out = []
-        for kit_id in self._by_patient.get(patient_id, ()):
-            kit = self.kits[kit_id]
-            until = end if kit.retired_at is None else min(end, kit.retired_at)
-            if any(
-                a.patient_id == patient_id and a.start <= until and (a.end is None or a.end > start)
-                for a in kit.assignments
-            ):
-                out.append(kit_id)
-        return tuple(out)
-
     def kit_of(self, patient_id: str, at: datetime) -> str | None:
-        """The kit `patient_id` has at `at`, or None."""
+        """The kit `patient_id` has at `at`, or None (no kit: a command for them is dropped)."""
         for kit_id in self._by_patient.get(patient_id, ()):
             if self.kits[kit_id].patient_at(at) == patient_id:
                 return kit_id

@@ -17,7 +17,7 @@ from contracts import (
     command_problem,
     reminder_id,
 )
-from ingest.kit_commands import KnownCommands, check_ack, kit_of, to_kit
+from ingest.kit_commands import KnownCommands, check_ack, to_kit
 from ingest.registry import Assignment, KitEntry, Registry
 
 NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
@@ -198,7 +198,7 @@ def test_the_kit_of_a_patient_is_the_one_a_scan_of_every_kit_finds(
     with 10,000 kits, at every bridge start for 48 h of commands)."""
     at = _T0 + timedelta(hours=hour)
     scanned = [kit.kit_id for kit in registry.kits.values() if kit.patient_at(at) == patient]
-    assert kit_of(registry, patient, at) == (scanned[0] if scanned else None)
+    assert registry.kit_of(patient, at) == (scanned[0] if scanned else None)
 
 
 def _ack_from(kit: str, known: KnownCommands, registry: Registry, received_at: datetime):  # type: ignore[no-untyped-def]
