@@ -215,31 +215,32 @@ def wait_every_broker(admin: AdminClient, *, timeout: float = 15.0) -> None:
     published whole. A node that stops being live meanwhile is let go (it catches up before it
     serves again); one that stays live and silent is an AclError."""
     deadline = time.monotonic() + timeout
-
-    def left() -> float:
-        return max(0.1, deadline - time.monotonic())
-
-    brokers = sorted(admin.list_topics(timeout=left()).brokers)
+    brokers = sorted(admin.list_topics(timeout=_left(deadline)).brokers)
     marker = f"{SYNC_TOPIC_PREFIX}{uuid.uuid4().hex}"
     assignment = [[broker] for broker in brokers]
     try:
         created = admin.create_topics(
             [NewTopic(marker, len(brokers), replica_assignment=assignment)],
-            operation_timeout=left(), request_timeout=left(),
+            operation_timeout=_left(deadline), request_timeout=_left(deadline),
         )  # fmt: skip
-        _sync_step(admin, created[marker], "make the marker topic", left())
+        _sync_step(admin, created[marker], "make the marker topic", _left(deadline))
         _answered(admin, marker, dict(enumerate(brokers)), deadline)
         grown = admin.create_partitions(
             [NewPartitions(marker, 2 * len(brokers), replica_assignment=assignment)],
-            operation_timeout=left(), request_timeout=left(),
+            operation_timeout=_left(deadline), request_timeout=_left(deadline),
         )  # fmt: skip
-        _sync_step(admin, grown[marker], "add the marker's second round", left())
+        _sync_step(admin, grown[marker], "add the marker's second round", _left(deadline))
         _answered(admin, marker, {len(brokers) + i: b for i, b in enumerate(brokers)}, deadline)
     finally:
         try:  # also when the create timed out on our side but the controller made it
-            rk.delete_topics(admin, [marker], timeout=max(left(), 5.0))
+            rk.delete_topics(admin, [marker], timeout=max(_left(deadline), 5.0))
         except rk.KafkaException as exc:  # harmless left behind; `infra/topics.py --delete` takes it
             log.warning("marker topic %s not deleted: %s", marker, _refusal(exc))
+
+
+def _left(deadline: float) -> float:
+    """The time to `deadline`, at least a tenth of a second (a request needs some)."""
+    return max(0.1, deadline - time.monotonic())
 
 
 def _sync_step(admin: AdminClient, future: Any, what: str, timeout: float) -> None:
@@ -258,9 +259,9 @@ def _answered(admin: AdminClient, marker: str, leaders: dict[int, int], deadline
     while True:
         asked = admin.list_offsets(
             {rk.TopicPartition(marker, partition): latest for partition in pending},
-            request_timeout=max(0.1, deadline - time.monotonic()),
+            request_timeout=_left(deadline),
         )
-        futures.wait(asked.values(), timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+        futures.wait(asked.values(), timeout=min(1.0, _left(deadline)))
         for tp, future in asked.items():
             if not future.done():
                 rk.keep_alive(admin)  # a request outstanding: the client must not be destroyed
@@ -270,7 +271,7 @@ def _answered(admin: AdminClient, marker: str, leaders: dict[int, int], deadline
                 log.debug("marker partition %d: %s", tp.partition, future.exception())
         if not pending:
             return
-        live = set(admin.list_topics(marker, timeout=max(0.1, deadline - time.monotonic())).brokers)
+        live = set(admin.list_topics(marker, timeout=_left(deadline)).brokers)
         for partition, node in list(pending.items()):
             if node not in live:
                 log.info(
