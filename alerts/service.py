@@ -47,8 +47,8 @@ from alerts.workers.kit_commands import EVERY_S as KIT_COMMANDS_EVERY_S
 from alerts.workers.kit_commands import KitAckFeed, KitCommandOutbox, ack_group
 from alerts.workers.supervisor import Supervisor, Worker, WorkerMetrics, periodic
 from registry import Registry
-from runtime.ops import OpsServer, health_status, serve
-from runtime.settings import ConfigError, DatabaseSettings, KafkaSettings
+from runtime.ops import OpsServer, health_status, listen, serve
+from runtime.settings import DatabaseSettings, KafkaSettings
 from runtime.stage import StageError
 
 __all__ = ["AlertService"]
@@ -170,13 +170,7 @@ class AlertService:
             health=self.health,
         )
         host, port = self._settings.http_host, self._settings.http_port
-        try:
-            self._socket = socket.create_server((host, port), reuse_port=False)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve the console on {host}:{port} ({exc.strerror}); set VAKTROM_ALERTS_HTTP_PORT "
-                "to a free port"
-            ) from None
+        self._socket = listen(host, port, what="the console", port_env="VAKTROM_ALERTS_HTTP_PORT")
         self._pool = ConnectionPool(
             self._database.url, min_size=2, max_size=16, timeout=10, open=False, name="console"
         )

@@ -34,7 +34,8 @@ from contracts.mqtt_accounts import kit_id_problem
 from ingest.fhir_answer import Answer, answer, operation_outcome
 from ingest.kit_session import BrokerUnavailableError, KitLoginError, Sessions
 from ingest.settings import FhirGatewaySettings
-from runtime.settings import ConfigError, MqttSettings
+from runtime.ops import listen
+from runtime.settings import MqttSettings
 from runtime.stage import StageError, run_stage
 
 __all__ = ["FhirGateway", "create_app", "main"]
@@ -252,13 +253,7 @@ class FhirGateway:
 
     def start(self) -> None:
         host, port = self._settings.http_host, self._settings.http_port
-        try:
-            self._socket = socket.create_server((host, port), reuse_port=False)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve FHIR input on {host}:{port} ({exc.strerror}); set VAKTROM_FHIR_HTTP_PORT "
-                "to a free port"
-            ) from None
+        self._socket = listen(host, port, what="FHIR input", port_env="VAKTROM_FHIR_HTTP_PORT")
         app = create_app(settings=self._settings, sessions=self.sessions)
         # no access log: request lines name kits; uvicorn's own signal handling is left to run_stage
         config = uvicorn.Config(

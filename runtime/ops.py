@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,6 +175,17 @@ class OpsServer:
         request.send_header("Content-Length", str(len(body)))
         request.end_headers()
         request.wfile.write(body)
+
+
+def listen(host: str, port: int, *, what: str, port_env: str) -> socket.socket:
+    """A listening socket for a stage's HTTP server (the console, the FHIR gateway), or ConfigError
+    naming `port_env` when the address cannot be had."""
+    try:
+        return socket.create_server((host, port), reuse_port=False)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve {what} on {host}:{port} ({exc.strerror}); set {port_env} to a free port"
+        ) from None
 
 
 def serve(

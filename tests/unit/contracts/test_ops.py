@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from runtime.ops import serve
+from runtime.ops import listen, serve
 from runtime.settings import ConfigError
 
 
@@ -52,6 +52,18 @@ def test_a_taken_port_is_a_configuration_error_naming_the_variable() -> None:
             ConfigError, match=f"cannot serve /metrics on 127.0.0.1:{port}.*set VAKTROM_X_PORT"
         ):
             serve(host="127.0.0.1", port=port, port_env="VAKTROM_X_PORT", exposition=bytes, health=dict)
+
+
+def test_a_stage_s_http_port_taken_is_a_configuration_error_naming_the_variable() -> None:
+    """The console's and the FHIR gateway's listening socket (`listen`), as the ops endpoint's."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot serve the console on 127.0.0.1:{port}.*set VAKTROM_Y"):
+            listen("127.0.0.1", port, what="the console", port_env="VAKTROM_Y")
+    with listen("127.0.0.1", 0, what="the console", port_env="VAKTROM_Y") as bound:
+        assert bound.getsockname()[1] > 0
 
 
 def _free_port() -> int:
