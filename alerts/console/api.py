@@ -124,6 +124,13 @@ class Me(BaseModel):
 
 
 api = APIRouter(prefix="/api/v1")
+# the OpenAPI document's words for the whole API (create_app)
+API_DESCRIPTION = (
+    "The alert queue and the nurses' actions on it, for electronic patient records and other systems. "
+    "Authenticate with `Authorization: Bearer <token>` (an administrator makes one with "
+    "`python -m alerts.admin token USER`, or you make your own over `/api/v1/me/tokens`). Tokens last "
+    "at most 90 days. Patients appear by pseudonym only."
+)
 
 
 @api.get("/me", response_model=Me, tags=["session"], openapi_extra=scope("self"))

@@ -41,7 +41,7 @@ from alerts.accounts import LoginError, Principal, Role
 from alerts.console.accounts_api import accounts_api
 from alerts.console.activity_pages import activity_router
 from alerts.console.answers import recent_answers
-from alerts.console.api import api, handover
+from alerts.console.api import API_DESCRIPTION, api, handover
 from alerts.console.context import (
     COOKIE,
     HERE,
@@ -519,14 +519,6 @@ _ROUTERS = (pages, oidc_router, api, accounts_api, registry_api, registry_pages,
             activity_router, record_router, kit_pages, kit_api, fhir_api, fhir_export)  # fmt: skip
 
 
-_API_DESCRIPTION = (
-    "The alert queue and the nurses' actions on it, for electronic patient records and other systems. "
-    "Authenticate with `Authorization: Bearer <token>` (an administrator makes one with "
-    "`python -m alerts.admin token USER`, or you make your own over `/api/v1/me/tokens`). Tokens last "
-    "at most 90 days. Patients appear by pseudonym only."
-)
-
-
 def create_app(
     *,
     pool: ConnectionPool,
@@ -547,7 +539,7 @@ def create_app(
     app = FastAPI(
         title="Vaktrom response centre API",
         version="1",
-        description=_API_DESCRIPTION,
+        description=API_DESCRIPTION,
         openapi_url="/api/openapi.json",
         docs_url=None,  # its page loads script from a CDN and runs inline script: not under our CSP
         redoc_url=None,
