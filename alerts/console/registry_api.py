@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from alerts.accounts import Principal, Role
 from alerts.console.context import Ctx, client_ip, csrf_checked, role_in, scope
-from contracts import Condition, ExpectedMeasurement
+from contracts import KIT_LANGUAGES, Condition, ExpectedMeasurement
 from registry import (
     Actor,
     BrokerAdminError,
@@ -66,6 +66,16 @@ def _run(
         raise HTTPException(503, f"{exc}; nothing was changed") from None
 
 
+# the patient's language, at enrolment and in a plan change: one of those the kit texts are in
+KitLanguageField = Annotated[
+    str | None,
+    Field(
+        pattern=f"^({'|'.join(KIT_LANGUAGES)})$",
+        description="the patient's language: what the kit's texts are in",
+    ),
+]
+
+
 class EnrolBody(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     birth_date: date | None = None
@@ -73,9 +83,7 @@ class EnrolBody(BaseModel):
     team_id: str
     condition: Condition
     municipality: str | None = None
-    language: str | None = Field(
-        default=None, pattern=r"^(nb|en)$", description="the patient's language: what the kit's texts are in"
-    )
+    language: KitLanguageField = None
 
 
 class Enrolled(BaseModel):
@@ -124,9 +132,7 @@ class ChangeBody(BaseModel):
         "parameters unless `thresholds` sets them",
     )
     spo2_target: str | None = Field(default=None, pattern=r"^(88-92|94-98)$")
-    language: str | None = Field(
-        default=None, pattern=r"^(nb|en)$", description="the patient's language: what the kit's texts are in"
-    )
+    language: KitLanguageField = None
     condition: Condition | None = None
     expected: list[dict[str, Any]] | None = None
 
