@@ -267,7 +267,7 @@ SELECT n.notification_id, n.episode_id, n.step, n.channel, n.target, n.attempts,
         ORDER BY u.language IS NULL, u.username LIMIT 1) AS language
 FROM notifications n JOIN alerts a USING (episode_id)
 WHERE n.sent_at IS NULL AND n.failed_at IS NULL AND n.next_attempt_at <= %(now)s
-ORDER BY n.next_attempt_at
+ORDER BY n.attempts > 0, a.severity <> 'red', n.next_attempt_at
 LIMIT 1
 FOR UPDATE OF n SKIP LOCKED
 """
@@ -287,6 +287,8 @@ def deliver_due(
     language: str = "en",
 ) -> tuple[int, int]:
     """Send up to `limit` due notifications, each in its own transaction; (sent, failed attempts).
+    Those never tried go first, red before yellow, then the retries: a backlog for a target that is
+    down, each try waiting out its timeout, does not hold up a fresh red alert's notification.
     Each is in its recipient's language (a user with that e-mail address who chose one), else in
     `language` (the centre's)."""
     sent = failed = 0

@@ -98,6 +98,27 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def set_aside_leftovers(conn: psycopg.Connection[Any], *, alerts: bool = True) -> None:
+    """Close the alerts and give up the notifications and record documents earlier tests left open
+    in the shared test database, and commit. The tests run one at a time, so nothing left is anyone's
+    now; without this an alerts service started here would escalate, route and send them, and its
+    counters and this test's receivers would see another test's traffic."""
+    if alerts:
+        conn.execute(
+            "UPDATE alerts SET state = 'closed', closed_at = now(), assignee = NULL "
+            "WHERE state IN ('new', 'claimed', 'in_progress', 'to_acknowledge')"
+        )
+    conn.execute(
+        "UPDATE notifications SET failed_at = now(), last_error = 'set aside by a test' "
+        "WHERE sent_at IS NULL AND failed_at IS NULL"
+    )
+    conn.execute(
+        "UPDATE ehr_outbox SET given_up_at = now(), last_error = 'set aside by a test' "
+        "WHERE delivered_at IS NULL AND given_up_at IS NULL"
+    )
+    conn.commit()
+
+
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

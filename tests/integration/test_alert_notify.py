@@ -23,8 +23,10 @@ from tests.integration.alerts_support import (
     new_id,
     publish,
     receiver,
+    set_aside_leftovers,
     wait_for,
 )
+from tests.integration.stage_support import free_port
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 TARGETS = Targets(red=timedelta(minutes=5), yellow=timedelta(hours=2))
@@ -35,15 +37,7 @@ LINK = "https://centre.example.org"
 @pytest.fixture
 def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(database_url) as connection:
-        connection.execute(  # alerts left open elsewhere would escalate here too
-            "UPDATE alerts SET state = 'closed', closed_at = now(), assignee = NULL "
-            "WHERE state IN ('new', 'claimed', 'in_progress', 'to_acknowledge')"
-        )
-        connection.execute(  # and notifications left due elsewhere would be sent here and counted
-            "UPDATE notifications SET failed_at = now(), last_error = 'set aside by a test' "
-            "WHERE sent_at IS NULL AND failed_at IS NULL"
-        )
-        connection.commit()
+        set_aside_leftovers(connection)
         yield connection
 
 
@@ -175,6 +169,34 @@ def test_the_service_notifies_when_a_red_alert_waits_past_its_target(
             "2 notifications counted as sent",
         )
         assert alerts.stop() == 0, alerts.tail()
+
+
+def test_a_fresh_red_notification_goes_before_the_retries_of_a_target_that_is_down(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Three retries for a dead webhook fell due before a new red alert's e-mail; the outbox, taking
+    one at a time, sends the e-mail first and only then tries the dead target again."""
+    with mailbox() as mail:
+        dead = {Step.TEAM: [Route("webhook", f"http://127.0.0.1:{free_port()}/hook")]}
+        channels = {
+            "webhook": Webhook(SECRET, timeout_s=1.0),
+            "email": Email(host="127.0.0.1", port=mail.port, sender="vaktrom@centre.example.org"),
+        }
+        now = NOW + timedelta(minutes=5)
+        stuck = [red_alert(conn) for _ in range(3)]
+        escalate_due(conn, now=now, targets=TARGETS, routes=dead)
+        assert deliver_due(conn, channels, now=now, link_base=LINK) == (0, 3)
+        fresh = red_alert(conn)
+        conn.execute("UPDATE alerts SET received_at = %s WHERE episode_id = %s", (now, fresh))
+        conn.commit()
+        later = now + timedelta(minutes=5)  # the fresh one's first step; the stuck ones' second (no route)
+        mailed = {Step.TEAM: [Route("email", "team@centre.example.org")]}
+        taken = escalate_due(conn, now=later, targets=TARGETS, routes=mailed)
+        assert (fresh, Step.TEAM) in [(e.episode_id, e.step) for e in taken]
+        assert deliver_due(conn, channels, now=later, link_base=LINK, limit=1) == (1, 0)
+        assert [m["To"] for m in mail.messages] == ["team@centre.example.org"]
+        assert deliver_due(conn, channels, now=later, link_base=LINK) == (0, 3)
+    assert all(kinds(conn, eid) == [] for eid in stuck)  # retried, not yet given up
 
 
 def test_webhook_notifications_without_a_secret_are_refused_at_start(alerts: AlertsProcess) -> None:

@@ -28,6 +28,7 @@ from tests.integration.alerts_support import (
     event,
     new_id,
     publish,
+    set_aside_leftovers,
     staff,
     wait_for,
 )
@@ -276,10 +277,7 @@ class Recorder:
 def test_a_notification_speaks_its_recipient_s_language(conn: psycopg.Connection[Any]) -> None:
     """An escalation e-mail to a nurse who chose bokmål is in bokmål; one to an address no account
     has (a team mailbox) is in the centre's language; no patient details in either."""
-    conn.execute(  # notifications left due by other tests would be sent here too
-        "UPDATE notifications SET failed_at = now(), last_error = 'set aside by a test' "
-        "WHERE sent_at IS NULL AND failed_at IS NULL"
-    )
+    set_aside_leftovers(conn, alerts=False)
     eid, now = new_id(), datetime.now(UTC)
     apply_events(conn, [event(eid, 1, EpisodeChange.OPENED, Severity.RED)])
     conn.execute(

@@ -23,7 +23,7 @@ from alerts.workers.escalation import Step, Targets, escalate_due, queue
 from alerts.workers.notify import Route, Webhook, deliver_due
 from contracts import EpisodeChange, Severity
 from tests.conftest import Stack
-from tests.integration.alerts_support import add_patient, event, new_id, receiver, staff
+from tests.integration.alerts_support import add_patient, event, new_id, receiver, set_aside_leftovers, staff
 from tests.integration.registry_support import new_team
 
 OSLO = ZoneInfo("Europe/Oslo")
@@ -39,15 +39,7 @@ INSTRUCTION = "Legevakten er varslet. Ring 116 117 om du blir verre, eller 113 v
 @pytest.fixture
 def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(database_url) as connection:
-        connection.execute(  # alerts left open elsewhere would be routed and escalated here too
-            "UPDATE alerts SET state = 'closed', closed_at = now(), assignee = NULL "
-            "WHERE state IN ('new', 'claimed', 'in_progress', 'to_acknowledge')"
-        )
-        connection.execute(
-            "UPDATE notifications SET failed_at = now(), last_error = 'set aside by a test' "
-            "WHERE sent_at IS NULL AND failed_at IS NULL"
-        )
-        connection.commit()
+        set_aside_leftovers(connection)
         yield connection
 
 

@@ -41,6 +41,7 @@ from tests.integration.alerts_support import (
     bearer,
     event,
     new_id,
+    set_aside_leftovers,
     staff,
     wait_for,
 )
@@ -90,11 +91,7 @@ def ehr_endpoint(port: int = 0, status: int = 201) -> Iterator[Ehr]:
 @pytest.fixture
 def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(database_url) as connection:
-        connection.execute(  # documents left due by other tests would be sent to this test's endpoint
-            "UPDATE ehr_outbox SET given_up_at = now(), last_error = 'set aside by a test' "
-            "WHERE delivered_at IS NULL AND given_up_at IS NULL"
-        )
-        connection.commit()
+        set_aside_leftovers(connection, alerts=False)
         yield connection
 
 

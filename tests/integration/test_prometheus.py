@@ -18,6 +18,7 @@ import psycopg
 import pytest
 import yaml
 
+from tests.integration.alerts_support import set_aside_leftovers
 from tests.integration.stage_support import free_port
 from tests.support.monitoring import RULES
 
@@ -45,30 +46,29 @@ def wait_until(check: Any, what: str, timeout: float) -> Any:
         time.sleep(0.5)
 
 
-def teams_with_old_unclaimed_reds(database_url: str) -> set[str]:
-    """Teams ("none" for patients in no team) with a red alert nobody claimed for 15 minutes."""
+@pytest.fixture
+def quiet_pipeline(database_url: str, request: pytest.FixtureRequest) -> list[Any]:
+    """The four stages, started once what earlier tests left open in the shared database is set
+    aside: their alerts would escalate here, and their notifications fail for want of the
+    channels this alerts service has not configured (VaktromNotificationsFailing, rightly)."""
     with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT DISTINCT coalesce(p.team_id, 'none') FROM alerts a "
-            "LEFT JOIN patient_directory p USING (patient_id) "
-            "WHERE a.state = 'new' AND a.severity = 'red' AND a.received_at < now() - interval '15 minutes'"
-        ).fetchall()
-    return {str(team) for (team,) in rows}
+        set_aside_leftovers(conn)
+    return list(request.getfixturevalue("pipeline"))
 
 
 @pytest.mark.timeout(300)
 def test_prometheus_scrapes_every_stage_and_a_healthy_pipeline_raises_no_alert(
-    pipeline: list[Any], tmp_path: Path, artefacts: Path, database_url: str
+    quiet_pipeline: list[Any], tmp_path: Path, artefacts: Path
 ) -> None:
     """Prometheus scrapes the bridge, monitor, archive and alerts each second with the rules of
     infra/monitoring/ (the jobs named as in prometheus.yml); all four are up, all rule groups load,
     and after ten evaluations nothing is firing or pending; once the archive stops,
     VaktromStageDown is pending for it (it fires after its minute).
 
-    Two exceptions come from what earlier tests left in the test database: red alerts unclaimed for
-    more than 15 minutes rightly raise VaktromRedAlertUnclaimed, but only for the teams that have
-    one; and registered kits of which none has sent anything rightly make VaktromNoKitMessages
-    pending (it fires after 5 minutes of that silence)."""
+    One exception comes from what earlier tests left in the test database: registered kits of which
+    none has sent anything rightly make VaktromNoKitMessages pending (it fires after 5 minutes of
+    that silence)."""
+    pipeline = quiet_pipeline
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus is missing: run infra/bootstrap (it installs Debian's `prometheus` package)")
@@ -98,10 +98,8 @@ def test_prometheus_scrapes_every_stage_and_a_healthy_pipeline_raises_no_alert(
         assert loaded == wanted
         time.sleep(10)  # ten evaluations of every rule, each with the stages' fresh values
         alerts = [a["metric"] for a in query(port, "ALERTS")]
-        unclaimed = [a for a in alerts if a["alertname"] == "VaktromRedAlertUnclaimed"]
         silent = [a for a in alerts if a["alertname"] == "VaktromNoKitMessages"]
-        assert [a for a in alerts if a not in unclaimed + silent] == []
-        assert {a["team"] for a in unclaimed} <= teams_with_old_unclaimed_reds(database_url)
+        assert [a for a in alerts if a not in silent] == []
         if silent:  # kits registered (earlier tests' kits), none has sent anything: rightly pending
             assert {a["alertstate"] for a in silent} == {"pending"}
             assert query(port, "sum(vaktrom_bridge_registry_kits) > 0")
