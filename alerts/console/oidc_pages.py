@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 STATE_COOKIE = "vaktrom_oidc"
 STATE_LIFE_S = 600  # a login at the provider must finish within ten minutes
 _NEXT = "vaktrom_next"
+_NO_ANSWER = "the hospital's login does not answer; try again shortly or log in with your Vaktrom account"
 
 oidc_router = APIRouter(include_in_schema=False)
 
@@ -84,20 +85,42 @@ def _callback_url(request: Request, ctx: Ctx) -> str:
     return f"{base}/login/oidc/callback" if base else str(request.url_for("oidc_callback"))
 
 
+async def _metadata(client: StarletteOAuth2App, ctx: Ctx) -> None:
+    """Read the provider's metadata (once per process) and check that it names the configured issuer.
+    Authlib checks an ID token's `iss` against the metadata's issuer, and accounts are keyed by the
+    configured one, so the two must be the same provider (OpenID Connect Discovery requires them
+    identical); a page, not a 500, when the metadata cannot be read or names another issuer."""
+    try:
+        metadata = await client.load_server_metadata()
+    except Exception as exc:  # unreachable, or an answer that is no JSON: whatever the library raises
+        log.warning("the OpenID provider's metadata could not be read: %s", exc)
+        raise HTTPException(502, _NO_ANSWER) from None
+    named = metadata.get("issuer") if isinstance(metadata, dict) else None
+    if not isinstance(named, str) or named.rstrip("/") != ctx.settings.oidc_issuer.rstrip("/"):
+        log.warning(
+            "the OpenID provider's metadata names the issuer %.200r, not VAKTROM_OIDC_ISSUER (%r): "
+            "logins through it are refused until the setting is the provider's issuer exactly",
+            named, ctx.settings.oidc_issuer,
+        )  # fmt: skip
+        raise HTTPException(
+            502, "the hospital's login is not set up correctly here; log in with your Vaktrom account and "
+            "tell the operators"
+        )  # fmt: skip
+
+
 @oidc_router.get("/login/oidc", openapi_extra=scope("public"))
 async def oidc_start(request: Request, ctx: Ctx, next: str = "/") -> Response:
     """To the provider's login page; back at /login/oidc/callback."""
     client = _client(ctx)
     request.session.clear()  # one login at a time per browser: an older unfinished one is dropped
     request.session[_NEXT] = safe_next(next)
+    await _metadata(client, ctx)
     try:
         response: Response = await client.authorize_redirect(request, _callback_url(request, ctx))
-    # An unreachable provider or bad metadata, whatever the library raises it as: a page, not a 500.
+    # Metadata without what a login needs, whatever the library raises it as: a page, not a 500.
     except Exception as exc:
-        log.warning("the OpenID provider's metadata could not be read: %s", exc)
-        raise HTTPException(
-            502, "the hospital's login does not answer; try again shortly or log in with your Vaktrom account"
-        ) from None
+        log.warning("the OpenID provider's metadata could not be used: %s", exc)
+        raise HTTPException(502, _NO_ANSWER) from None
     return response
 
 
@@ -119,13 +142,16 @@ async def oidc_callback(request: Request, ctx: Ctx) -> Response:
         request.session.clear()
         raise HTTPException(400, _NOT_COMPLETED)
     try:
+        await _metadata(client, ctx)  # this instance may not have read it yet (another took the start)
+    except HTTPException:
+        request.session.clear()
+        raise
+    try:
         token: dict[str, Any] = await client.authorize_access_token(request)
     except httpx.HTTPError as exc:
         request.session.clear()
         log.warning("the OpenID provider's token endpoint did not answer: %s", exc)
-        raise HTTPException(
-            502, "the hospital's login does not answer; try again shortly or log in with your Vaktrom account"
-        ) from None
+        raise HTTPException(502, _NO_ANSWER) from None
     except (OAuthError, JoseError) as exc:  # refused by the provider, or an ID token that fails a check
         request.session.clear()
         reason = f"{exc.error}: {exc.description}" if exc.description else str(exc.error)
@@ -136,9 +162,7 @@ async def oidc_callback(request: Request, ctx: Ctx) -> Response:
     except Exception as exc:
         request.session.clear()
         log.warning("the OpenID provider answered the login with something unusable (%s)", type(exc).__name__)
-        raise HTTPException(
-            502, "the hospital's login does not answer; try again shortly or log in with your Vaktrom account"
-        ) from None
+        raise HTTPException(502, _NO_ANSWER) from None
     request.session.clear()
     claims = dict(token.get("userinfo") or {})
     rules = ctx.settings.claim_rules

@@ -76,7 +76,11 @@ def _callback(handler: Any, metadata: dict[str, Any] | None = None) -> Any:
     scope = {"type": "http", "method": "GET", "path": "/login/oidc/callback",
              "query_string": b"code=c&state=S", "headers": [], "session": session}  # fmt: skip
     audits: list[Any] = []
-    ctx = SimpleNamespace(oidc=client, settings=SimpleNamespace(), audit=lambda *a, **k: audits.append(a))
+    ctx = SimpleNamespace(
+        oidc=client,
+        settings=SimpleNamespace(oidc_issuer=METADATA["issuer"]),
+        audit=lambda *a, **k: audits.append(a),
+    )
     return asyncio.run(oidc_pages.oidc_callback(Request(scope), ctx))  # type: ignore[arg-type]
 
 
@@ -135,7 +139,9 @@ def test_metadata_answering_garbage_at_the_callback_gives_a_page_not_a_500() -> 
     session = {"_state_hospital_S": {"data": {"redirect_uri": "https://c/cb", "nonce": "n"}, "exp": 1e18}}
     scope = {"type": "http", "method": "GET", "path": "/login/oidc/callback",
              "query_string": b"code=c&state=S", "headers": [], "session": session}  # fmt: skip
-    ctx = SimpleNamespace(oidc=client, settings=SimpleNamespace(), audit=lambda *a, **k: None)
+    ctx = SimpleNamespace(
+        oidc=client, settings=SimpleNamespace(oidc_issuer=METADATA["issuer"]), audit=lambda *a, **k: None
+    )
     with pytest.raises(HTTPException) as err:
         asyncio.run(oidc_pages.oidc_callback(Request(scope), ctx))  # type: ignore[arg-type]
     assert err.value.status_code in (400, 502)
@@ -155,7 +161,11 @@ def test_an_error_callback_without_this_browsers_state_writes_no_audit_entry() -
     scope = {"type": "http", "method": "GET", "path": "/login/oidc/callback", "query_string": q,
              "headers": [], "session": {}}  # fmt: skip
     audits: list[Any] = []
-    ctx = SimpleNamespace(oidc=client, settings=SimpleNamespace(), audit=lambda *a, **k: audits.append(k))
+    ctx = SimpleNamespace(
+        oidc=client,
+        settings=SimpleNamespace(oidc_issuer=METADATA["issuer"]),
+        audit=lambda *a, **k: audits.append(k),
+    )
     with pytest.raises(HTTPException):
         asyncio.run(oidc_pages.oidc_callback(Request(scope), ctx))  # type: ignore[arg-type]
     assert audits == []
@@ -189,3 +199,61 @@ def test_plain_http_issuers_that_only_look_local_are_refused(issuer: str) -> Non
         AlertsSettings.from_env(
             OIDC | {"VAKTROM_OIDC_CLIENT_SECRET": "x" * 32, "VAKTROM_OIDC_ISSUER": issuer}
         )
+
+
+# --- the provider's metadata names another issuer than the one configured -----------------------------
+def _client(handler: Any) -> Any:
+    oauth = OAuth()
+    client = oauth.register(
+        "hospital", client_id="vaktrom", client_secret="s",  # noqa: S106
+        server_metadata_url="https://idp.example/realms/x/.well-known/openid-configuration",
+        client_kwargs={"scope": "openid", "code_challenge_method": "S256",
+                       "transport": httpx.MockTransport(handler)},
+    )  # fmt: skip
+    return client
+
+
+@pytest.mark.parametrize("named", ["https://evil.example/realms/x", "https://idp.example/realms/y", None, 7])
+def test_metadata_naming_another_issuer_stops_the_login_before_the_provider_and_at_the_callback(
+    named: Any,
+) -> None:
+    """Authlib would accept ID tokens of whatever issuer the metadata names, while accounts are keyed
+    by the configured one: neither the start nor the callback goes on, and the token endpoint is
+    never asked."""
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        if request.url.path.endswith("/openid-configuration"):
+            return httpx.Response(200, json={**METADATA, "issuer": named})
+        return httpx.Response(200, json={"access_token": "a", "token_type": "Bearer", "id_token": "x.y.z"})
+
+    settings = SimpleNamespace(oidc_issuer=METADATA["issuer"], public_url="https://c")
+    ctx = SimpleNamespace(oidc=_client(handler), settings=settings, audit=lambda *a, **k: None)
+    start = {"type": "http", "method": "GET", "path": "/login/oidc", "query_string": b"",
+             "headers": [], "session": {}}  # fmt: skip
+    with pytest.raises(HTTPException) as err:
+        asyncio.run(oidc_pages.oidc_start(Request(start), ctx))  # type: ignore[arg-type]
+    assert err.value.status_code == 502
+    assert "not set up correctly" in err.value.detail
+    session = {"_state_hospital_S": {"data": {"redirect_uri": "https://c/cb", "nonce": "n"}, "exp": 1e18}}
+    back = {"type": "http", "method": "GET", "path": "/login/oidc/callback",
+            "query_string": b"code=c&state=S", "headers": [], "session": session}  # fmt: skip
+    with pytest.raises(HTTPException) as err:
+        asyncio.run(oidc_pages.oidc_callback(Request(back), ctx))  # type: ignore[arg-type]
+    assert err.value.status_code == 502
+    assert session == {}
+    assert all(path.endswith("/openid-configuration") for path in asked)
+
+
+def test_the_configured_issuer_with_a_trailing_slash_is_the_same_issuer() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=METADATA)
+
+    settings = SimpleNamespace(oidc_issuer=METADATA["issuer"] + "/", public_url="https://c")
+    ctx = SimpleNamespace(oidc=_client(handler), settings=settings, audit=lambda *a, **k: None)
+    start = {"type": "http", "method": "GET", "path": "/login/oidc", "query_string": b"",
+             "headers": [], "session": {}}  # fmt: skip
+    response = asyncio.run(oidc_pages.oidc_start(Request(start), ctx))  # type: ignore[arg-type]
+    assert response.status_code == 302
+    assert response.headers["location"].startswith(METADATA["authorization_endpoint"])
