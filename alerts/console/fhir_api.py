@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alerts.accounts import Principal, Role
@@ -60,7 +60,8 @@ def fhir_error(status: int, message: str, headers: dict[str, str] | None = None)
 
 def install_fhir_errors(app: FastAPI) -> None:
     """OperationOutcomes also for the framework's own refusals under /fhir (an unknown resource type
-    404, a method other than GET 405); elsewhere its answers stay as they were."""
+    404, a method other than GET 405) and for an unexpected error (500); elsewhere its answers stay
+    as they were."""
 
     async def framework_error(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, StarletteHTTPException):  # registered for that class only
@@ -69,7 +70,18 @@ def install_fhir_errors(app: FastAPI) -> None:
             return fhir_error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
         return await http_exception_handler(request, exc)
 
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette's last resort (the error is re-raised after this answer, so it is still logged
+        # with its traceback): a FHIR client gets an OperationOutcome here too, not a text/plain 500.
+        if request.url.path.startswith("/fhir/"):
+            return fhir_error(
+                500, "the server could not answer this request (its log says why); try again, and tell "
+                "the operators if it goes on"
+            )  # fmt: skip
+        return PlainTextResponse("Internal Server Error", status_code=500)
+
     app.add_exception_handler(StarletteHTTPException, framework_error)
+    app.add_exception_handler(Exception, unexpected)
 
 
 def _parsed(parse: Any, request: Request) -> Any:

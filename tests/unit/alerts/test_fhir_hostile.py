@@ -3,13 +3,17 @@ team or the pool, search values that parse too loosely."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
+from fastapi import FastAPI
 
+from alerts.console.fhir_api import install_fhir_errors
 from alerts.fhir import export, search
 
 
@@ -82,3 +86,34 @@ def test_export_folders_left_by_a_previous_process_are_swept(
     os.utime(orphan, (old, old))
     export.Exports().expire()
     assert not orphan.exists(), "a previous process's export folder is never deleted"
+
+
+def test_an_unexpected_error_under_fhir_is_an_operation_outcome_and_elsewhere_stays_plain() -> None:
+    """A FHIR client reads OperationOutcomes; a bug that escapes a route under /fhir answered
+    Starlette's text/plain "Internal Server Error" before. Elsewhere the answer is unchanged."""
+    app = FastAPI()
+    install_fhir_errors(app)
+
+    @app.get("/fhir/Boom")
+    def fhir_boom() -> None:
+        raise RuntimeError("a bug")
+
+    @app.get("/api/v1/boom")
+    def api_boom() -> None:
+        raise RuntimeError("a bug")
+
+    async def ask() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://c") as client:
+            return await client.get("/fhir/Boom"), await client.get("/api/v1/boom")
+
+    fhir, other = asyncio.run(ask())
+    assert fhir.status_code == 500
+    assert fhir.headers["content-type"].startswith("application/fhir+json")
+    body = fhir.json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert body["issue"][0]["severity"] == "error"
+    assert body["issue"][0]["code"] == "exception"
+    assert "a bug" not in fhir.text  # the exception's text stays in the log
+    assert other.status_code == 500
+    assert other.text == "Internal Server Error"
