@@ -18,6 +18,7 @@ exception handlers for every path under /fhir).
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -107,6 +108,9 @@ def _bundle(request: Request, found: list[dict[str, Any]], page: search.Page) ->
     )
 
 
+_MEASUREMENT_ID = re.compile(r"[0-9a-f]{32}")  # the archive's ids; anything else is no Observation here
+
+
 def _hidden(kind: str) -> HTTPException:
     return HTTPException(404, f"no such {kind} (or not one your team follows)")
 
@@ -187,6 +191,21 @@ def search_observations(request: Request, ctx: Ctx, who: Clinician) -> FhirRespo
         patient_id=query.patient_id, detail={"rows": max(0, min(len(built) - page.offset, page.count))},
     )  # fmt: skip
     return _bundle(request, built[page.offset : wanted], page)
+
+
+@fhir_api.get("/Observation/{observation_id}", openapi_extra=scope("team"))
+def read_observation(request: Request, ctx: Ctx, observation_id: str, who: Clinician) -> FhirResponse:
+    """One Observation by the id a search gave it (a blood-pressure panel: its systolic reading's)."""
+    if _MEASUREMENT_ID.fullmatch(observation_id) is None:
+        raise _hidden("observation")
+    with ctx.db() as conn:
+        found = source.observation_readings(conn, observation_id, who.team_id)
+    built = [] if found is None else resources.observations(found[1], patient_id=found[0])
+    match = [o for o in built if o["id"] == observation_id]
+    if found is None or not match:
+        raise _hidden("observation")
+    ctx.audit(request, who.username, "fhir_read_observation", target=observation_id, patient_id=found[0])
+    return FhirResponse(match[0])
 
 
 @fhir_api.get("/Flag/{episode_id}", openapi_extra=scope("team"))

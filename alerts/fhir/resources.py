@@ -43,7 +43,7 @@ SEARCHES: dict[str, tuple[tuple[str, ...], list[tuple[str, str, str]]]] = {
         [("_id", "token", "the pseudonym"), ("identifier", "token", f"{PATIENT_SYSTEM}|PSEUDONYM")],
     ),
     "Observation": (
-        ("search-type",),
+        ("read", "search-type"),
         [
             ("patient", "reference", "required: Patient/PSEUDONYM (or the pseudonym)"),
             ("code", "token", "LOINC codes, comma-separated (http://loinc.org|CODE or CODE)"),

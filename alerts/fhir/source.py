@@ -27,6 +27,7 @@ __all__ = [
     "device",
     "devices",
     "find_patient",
+    "observation_readings",
     "patients",
     "readings",
 ]
@@ -90,6 +91,21 @@ def readings(
     found = archive_read.series(conn, patient_id, start, end, metric=metric, limit=limit)
     conn.rollback()
     return found
+
+
+def observation_readings(
+    conn: Connection, measurement_id: str, team: str | None
+) -> tuple[str, list[archive_read.Reading]] | None:
+    """The patient and every reading taken at the same instant as the reading `measurement_id` (a
+    cuff's other pressure among them), when the caller's team follows the patient; else None."""
+    found = archive_read.located(conn, measurement_id)
+    conn.rollback()
+    if found is None or find_patient(conn, found[0], team) is None:
+        return None
+    patient_id, at = found
+    return patient_id, readings(
+        conn, patient_id, at, at + timedelta(microseconds=1), metric=None, observations=8
+    )
 
 
 _ALERTS = """

@@ -256,6 +256,16 @@ def series(
         return cur.fetchall()
 
 
+def located(conn: Connection, measurement_id: str) -> tuple[str, datetime] | None:
+    """The patient and the measured time of one stored reading, or None. The primary key leads with
+    the measurement id, so this is one index probe per chunk."""
+    row = conn.execute(
+        "SELECT patient_id, measured_at FROM measurements WHERE measurement_id = %s LIMIT 1",
+        (measurement_id,),
+    ).fetchone()
+    return None if row is None else (str(row[0]), row[1])
+
+
 def newest(
     conn: Connection, patient_id: str, start: datetime, end: datetime, *, limit: int, also: Iterable[str] = ()
 ) -> list[Reading]:

@@ -40,6 +40,7 @@ OBJECT_PARAMS: dict[str, str] = {
     "team_id": "a team (its service hours and duty roster)",
     "shift_id": "a duty shift (of its team's roster)",
     "device_id": "a kit's measuring device (of the kit's team)",
+    "observation_id": "a stored reading, as a FHIR Observation (of its patient's team)",
 }
 ROLES: tuple[str, ...] = ("anonymous", "nurse", "physician", "coordinator", "admin")
 BEGIN, END = "<!-- routes: begin (generated) -->", "<!-- routes: end -->"

@@ -56,6 +56,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "team_id": ("own", "other"),
     "shift_id": ("own", "other"),
     "device_id": ("own", "other"),
+    "observation_id": ("own", "other"),
 }
 # What each object looks like in the database: a refused request must leave all of it unchanged.
 SNAPSHOTS: dict[str, tuple[str, ...]] = {
@@ -153,6 +154,18 @@ class World:
             "INSERT INTO kit_devices (device_id, kit_id, kind) VALUES (%s, %s, 'scale')", (device_id, kit_id)
         )
         return device_id
+
+    def observation(self, variant: str) -> str:
+        """A stored SpO2 reading of a patient of the team (the FHIR API's Observation id is its id)."""
+        measurement_id = uuid.uuid4().hex
+        at = datetime.now(UTC) - timedelta(minutes=5)
+        self.conn.execute(
+            "INSERT INTO measurements (measured_at, measurement_id, patient_id, kit_id, device_id, metric, "
+            "loinc, value, unit, reported_value, reported_unit, received_at) "
+            "VALUES (%s, %s, %s, 'TEN-K', 'TEN-D', 'spo2', '59408-5', 95, '%%', 95, '%%', %s)",
+            (at, measurement_id, self.patient(variant), at),
+        )
+        return measurement_id
 
     def shift(self, variant: str) -> str:
         """A nurse-on-duty shift of the team, at a time no other case uses (no overlap refusal)."""

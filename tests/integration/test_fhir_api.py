@@ -196,6 +196,15 @@ def test_capability_patient_observations_and_flags_pass_the_validator(world: Wor
     glucose = observations[4]
     assert "meta" not in glucose, "glucose claims no vital-signs profile"
     _valid(glucose)
+    for observation in observations:  # each can be read by the id the search gave it
+        assert world.get(f"/fhir/Observation/{observation['id']}", world.nurse_a).json() == observation
+    panel = observations[-1]
+    (diastolic,) = [i["value"] for i in panel["identifier"] if i["value"] != panel["id"]]
+    _outcome(
+        world.get(f"/fhir/Observation/{diastolic}", world.nurse_a), 404
+    )  # in the panel, no read of its own
+    _outcome(world.get(f"/fhir/Observation/{'0' * 32}", world.nurse_a), 404)
+    _outcome(world.get("/fhir/Observation/not-an-id", world.nurse_a), 404)
 
     flag = world.get(f"/fhir/Flag/{world.episode_a}", world.nurse_a).json()
     _valid(flag)
@@ -276,7 +285,9 @@ def test_another_teams_patient_observations_and_flags_do_not_exist(world: World)
     """A nurse of team B gets 404 (an OperationOutcome without their data) for team A's Patient,
     Observations and Flags, and B's searches never hold a row of team A."""
     b, a = world.nurse_b, world.patient_a
+    observation = _entries(world.get("/fhir/Observation", world.nurse_a, patient=a).json())[0]["id"]
     for path, params in [
+        (f"/fhir/Observation/{observation}", {}),
         (f"/fhir/Patient/{a}", {}),
         ("/fhir/Observation", {"patient": a}),
         (f"/fhir/Flag/{world.episode_a}", {}),
