@@ -18,7 +18,7 @@ from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from alerts.accounts import Principal
-from alerts.console.context import Clinician, Console, Ctx, scope
+from alerts.console.context import Clinician, Console, Ctx, csrf_checked, scope
 from alerts.console.fhir_api import FhirResponse
 from alerts.fhir import resources
 from alerts.fhir.export import TYPES, Exports, Job, write_team
@@ -126,6 +126,17 @@ def export_status(request: Request, who: Clinician, job: str | None = None) -> R
             "error": [],
         }
     )
+
+
+@fhir_export.delete("/$export-status", openapi_extra=scope("self"))
+def export_cancel(request: Request, ctx: Ctx, who: Clinician, job: str | None = None) -> Response:
+    """Cancel a running export, or delete a finished one's files: 202, and the job is unknown after."""
+    csrf_checked(request, who, None)
+    found = _job(request, who, job)
+    _exports(request).cancel(found.job_id, who.username, who.team_id)
+    ctx.audit(request, who.username, "fhir_export_cancel", target=found.team_id)
+    outcome = resources.operation_outcome("export cancelled", code="informational", severity="information")
+    return FhirResponse(outcome, status_code=202)
 
 
 @fhir_export.get("/$export-file", openapi_extra=scope("self"))

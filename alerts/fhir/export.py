@@ -2,7 +2,7 @@
 kick-off answers 202 with a status URL, the status answers 202 until the files are ready, then a
 manifest with one NDJSON file per resource type).
 
-    Exports                 the jobs of one service process: start, find (by owner), expire
+    Exports                 the jobs of one service process: start, find (by owner), cancel, expire
     Job                     one export: its files in a private temporary folder, progress, error
     write_team(conn, job)   writes every resource of the team's patients into the job's files
 
@@ -53,6 +53,7 @@ class Job:
     counts: dict[str, int] = field(default_factory=dict)
     finished_at: datetime | None = None
     error: str | None = None
+    cancelled: bool = False  # the client asked to stop: the writer stops at the next patient
 
     def path(self, kind: str) -> Path:
         return self.folder / f"{kind}.ndjson"
@@ -98,14 +99,31 @@ class Exports:
         ).start()
         return job
 
-    @staticmethod
-    def _run(job: Job, run: Callable[[Job], None]) -> None:
+    def _run(self, job: Job, run: Callable[[Job], None]) -> None:
         try:
             run(job)
         except Exception as exc:
             log.exception("export %s failed", job.job_id[:8])
             job.error = f"the export failed ({type(exc).__name__}); start it again, or ask the operator"
         job.finished_at = datetime.now(UTC)
+        if job.cancelled:  # it counted as running until here: it held a pooled connection
+            self._forget(job)
+
+    def _forget(self, job: Job) -> None:
+        with self._lock:
+            self._jobs.pop(job.job_id, None)
+        shutil.rmtree(job.folder, ignore_errors=True)
+
+    def cancel(self, job_id: str, owner: str, team_id: str | None) -> bool:
+        """Stop the job (`find`'s rules say whose) and delete its files: at once when it has finished,
+        else when its writer notices, at the next patient. Unknown from now on either way."""
+        job = self.find(job_id, owner, team_id)
+        if job is None:
+            return False
+        job.cancelled = True
+        if job.finished_at is not None:
+            self._forget(job)
+        return True
 
     def find(self, job_id: str, owner: str, team_id: str | None) -> Job | None:
         """The job, when `owner` started it and is still of its team (`team_id` None: centre-wide);
@@ -113,7 +131,9 @@ class Exports:
         self.expire()
         with self._lock:
             job = self._jobs.get(job_id)
-        if job is None or job.owner != owner or (team_id is not None and team_id != job.team_id):
+        if job is None or job.cancelled or job.owner != owner:
+            return None
+        if team_id is not None and team_id != job.team_id:
             return None
         return job
 
@@ -151,6 +171,8 @@ def write_team(conn: Any, job: Job) -> None:
     counts = dict.fromkeys(job.types, 0)
     try:
         for row in patients:
+            if job.cancelled:
+                return
             found = _patient_resources(conn, row, job.types)
             for kind, items in found.items():
                 for resource in items:

@@ -423,3 +423,11 @@ def test_bulk_export_of_the_callers_team_as_validated_ndjson(world: World) -> No
             )
             _valid(resource, profile)
     assert files["Observation"]["count"] == 6
+
+    # Done with the files: another user cannot delete them, the owner can, and then they are gone.
+    _outcome(httpx.delete(status_url, headers=world.nurse_b, timeout=30), 404)
+    deleted = httpx.delete(status_url, headers=world.nurse_a, timeout=30)
+    assert deleted.status_code == 202, deleted.text[:300]
+    _outcome(httpx.get(status_url, headers=world.nurse_a, timeout=30), 404)
+    _outcome(httpx.get(files["Patient"]["url"], headers=world.nurse_a, timeout=30), 404)
+    _outcome(httpx.delete(status_url, headers=world.nurse_a, timeout=30), 404)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -117,3 +118,40 @@ def test_an_unexpected_error_under_fhir_is_an_operation_outcome_and_elsewhere_st
     assert "a bug" not in fhir.text  # the exception's text stays in the log
     assert other.status_code == 500
     assert other.text == "Internal Server Error"
+
+
+def test_a_cancelled_export_is_unknown_at_once_and_its_files_go_when_its_writer_stops() -> None:
+    """DELETE on the status URL: a running job stops counting for its owner's reads at once, keeps
+    its place among the running (it still holds a connection) until the writer notices, and then
+    its folder is gone; a finished job's folder goes at once. Nobody else can cancel it."""
+    exports = export.Exports()
+    release = threading.Event()
+    noticed = threading.Event()
+
+    def run(job: export.Job) -> None:
+        job.path("Patient").write_text("{}\n")
+        release.wait(10)
+        noticed.set()
+
+    running = exports.start(owner="nurse", team_id="t", types=("Patient",), request_url="x", run=run)
+    assert not exports.cancel(running.job_id, "other-nurse", "t")
+    assert not exports.cancel(running.job_id, "nurse", "another-team")
+    assert exports.cancel(running.job_id, "nurse", "t")
+    assert exports.find(running.job_id, "nurse", "t") is None
+    assert running.folder.exists()  # the writer is still at it
+    assert running.job_id in exports._jobs  # and still counts against the service's cap
+    release.set()
+    assert noticed.wait(10)
+    deadline = time.monotonic() + 10
+    while running.folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not running.folder.exists()
+    assert running.job_id not in exports._jobs
+
+    done = exports.start(owner="nurse", team_id="t", types=("Patient",), request_url="x", run=lambda j: None)
+    deadline = time.monotonic() + 10
+    while done.finished_at is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert exports.cancel(done.job_id, "nurse", None)  # a centre-wide caller who started it
+    assert not done.folder.exists()
+    assert not exports.cancel(done.job_id, "nurse", None)
