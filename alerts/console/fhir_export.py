@@ -133,8 +133,9 @@ def export_cancel(request: Request, ctx: Ctx, who: Clinician, job: str | None = 
     """Cancel a running export, or delete a finished one's files: 202, and the job is unknown after."""
     csrf_checked(request, who, None)
     found = _job(request, who, job)
-    _exports(request).cancel(found.job_id, who.username, who.team_id)
-    ctx.audit(request, who.username, "fhir_export_cancel", target=found.team_id)
+    if not _exports(request).cancel(found.job_id, who.username, who.team_id):  # another DELETE was first
+        raise HTTPException(404, "no such export (or not one you started, or older than an hour)")
+    ctx.audit(request, who.username, "fhir_export_cancel", target=found.team_id, detail={"job": found.job_id})
     outcome = resources.operation_outcome("export cancelled", code="informational", severity="information")
     return FhirResponse(outcome, status_code=202)
 

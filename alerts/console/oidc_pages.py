@@ -20,6 +20,8 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import time
+import weakref
 from typing import Any
 
 import httpx
@@ -41,6 +43,12 @@ STATE_COOKIE = "vaktrom_oidc"
 STATE_LIFE_S = 600  # a login at the provider must finish within ten minutes
 _NEXT = "vaktrom_next"
 _NO_ANSWER = "the hospital's login does not answer; try again shortly or log in with your Vaktrom account"
+_MISCONFIGURED = (
+    "the hospital's login is not set up correctly here; log in with your Vaktrom account and tell "
+    "the operators"
+)
+REREAD_S = 60  # a provider whose metadata named another issuer is asked again at most this often
+_REFUSED: weakref.WeakKeyDictionary[StarletteOAuth2App, float] = weakref.WeakKeyDictionary()
 
 oidc_router = APIRouter(include_in_schema=False)
 
@@ -90,6 +98,9 @@ async def _metadata(client: StarletteOAuth2App, ctx: Ctx) -> None:
     Authlib checks an ID token's `iss` against the metadata's issuer, and accounts are keyed by the
     configured one, so the two must be the same provider (OpenID Connect Discovery requires them
     identical); a page, not a 500, when the metadata cannot be read or names another issuer."""
+    refused = _REFUSED.get(client)
+    if refused is not None and time.monotonic() - refused < REREAD_S:
+        raise HTTPException(502, _MISCONFIGURED)  # not read again on every anonymous request
     try:
         metadata = await client.load_server_metadata()
     except Exception as exc:  # unreachable, or an answer that is no JSON: whatever the library raises
@@ -97,15 +108,15 @@ async def _metadata(client: StarletteOAuth2App, ctx: Ctx) -> None:
         raise HTTPException(502, _NO_ANSWER) from None
     named = metadata.get("issuer") if isinstance(metadata, dict) else None
     if not isinstance(named, str) or named.rstrip("/") != ctx.settings.oidc_issuer.rstrip("/"):
+        client.server_metadata.clear()  # Authlib keeps it for good: read it again once fixed
+        _REFUSED[client] = time.monotonic()
         log.warning(
             "the OpenID provider's metadata names the issuer %.200r, not VAKTROM_OIDC_ISSUER (%r): "
-            "logins through it are refused until the setting is the provider's issuer exactly",
-            named, ctx.settings.oidc_issuer,
+            "logins through it are refused until they are the same (read again at most every %d s)",
+            named, ctx.settings.oidc_issuer, REREAD_S,
         )  # fmt: skip
-        raise HTTPException(
-            502, "the hospital's login is not set up correctly here; log in with your Vaktrom account and "
-            "tell the operators"
-        )  # fmt: skip
+        raise HTTPException(502, _MISCONFIGURED)
+    _REFUSED.pop(client, None)
 
 
 @oidc_router.get("/login/oidc", openapi_extra=scope("public"))

@@ -98,14 +98,16 @@ def observation_readings(
 ) -> tuple[str, list[archive_read.Reading]] | None:
     """The patient and every reading taken at the same instant as the reading `measurement_id` (a
     cuff's other pressure among them), when the caller's team follows the patient; else None."""
-    found = archive_read.located(conn, measurement_id)
+    followed = None if team is None else [pid for pid, _c, _d in registry_read.team_patients(conn, team)]
+    found = archive_read.located(conn, measurement_id, followed)
     conn.rollback()
     if found is None or find_patient(conn, found[0], team) is None:
         return None
     patient_id, at = found
-    return patient_id, readings(
-        conn, patient_id, at, at + timedelta(microseconds=1), metric=None, observations=8
-    )
+    # Every reading of that instant, however many (a kit flushing a backlog stamped with one time):
+    # a small limit could cut off the one asked for, or a panel's other pressure.
+    instant = readings(conn, patient_id, at, at + timedelta(microseconds=1), metric=None, observations=25_000)
+    return patient_id, instant
 
 
 _ALERTS = """

@@ -27,7 +27,7 @@ Times are aware datetimes; windows are half-open [start, end).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -256,12 +256,17 @@ def series(
         return cur.fetchall()
 
 
-def located(conn: Connection, measurement_id: str) -> tuple[str, datetime] | None:
-    """The patient and the measured time of one stored reading, or None. The primary key leads with
-    the measurement id, so this is one index probe per chunk."""
+def located(
+    conn: Connection, measurement_id: str, patients: Sequence[str] | None = None
+) -> tuple[str, datetime] | None:
+    """The patient and the measured time of one stored reading, or None; only among `patients` when
+    given. The primary key leads with the measurement id (one index probe per uncompressed chunk);
+    compressed chunks are segmented by patient, so `patients` keeps the search to theirs."""
+    query = "SELECT patient_id, measured_at FROM measurements WHERE measurement_id = %(id)s"
+    if patients is not None:
+        query += " AND patient_id = ANY(%(patients)s::text[])"
     row = conn.execute(
-        "SELECT patient_id, measured_at FROM measurements WHERE measurement_id = %s LIMIT 1",
-        (measurement_id,),
+        query + " LIMIT 1", {"id": measurement_id, "patients": list(patients or ())}
     ).fetchone()
     return None if row is None else (str(row[0]), row[1])
 

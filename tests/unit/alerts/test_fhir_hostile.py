@@ -9,13 +9,18 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
+from starlette.requests import Request
 
+from alerts.console import fhir_export
 from alerts.console.fhir_api import install_fhir_errors
-from alerts.fhir import export, search
+from alerts.fhir import export, search, source
+from streams.archive import read as archive_read
 
 
 def test_a_finished_export_is_gone_after_keep_even_when_no_new_export_starts(tmp_path: Path) -> None:
@@ -155,3 +160,60 @@ def test_a_cancelled_export_is_unknown_at_once_and_its_files_go_when_its_writer_
     assert exports.cancel(done.job_id, "nurse", None)  # a centre-wide caller who started it
     assert not done.folder.exists()
     assert not exports.cancel(done.job_id, "nurse", None)
+
+
+# Reviewer's reproducers (7fb5f6a..d6b91ba): each failed on that code.
+class _RacingExports(export.Exports):
+    """Another DELETE of the same job wins between this request's `_job` (find) and its `cancel`,
+    as two requests on the thread pool can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raced = False
+
+    def cancel(self, job_id: str, owner: str, team_id: str | None) -> bool:
+        if not self.raced:
+            self.raced = True
+            assert super().cancel(job_id, owner, team_id)  # the other request
+        return super().cancel(job_id, owner, team_id)
+
+
+def test_a_delete_that_lost_the_race_is_404_and_writes_no_second_audit_entry() -> None:
+    exports = _RacingExports()
+    done = exports.start(owner="nurse", team_id="t", types=("Patient",), request_url="x", run=lambda j: None)
+    for _ in range(1000):
+        if done.finished_at is not None:
+            break
+        threading.Event().wait(0.01)
+    app = SimpleNamespace(state=SimpleNamespace(fhir_exports=exports))
+    request = Request({"type": "http", "method": "DELETE", "path": "/fhir/$export-status", "headers": [],
+                       "query_string": b"", "app": app})  # fmt: skip
+    audits: list[Any] = []
+    ctx = SimpleNamespace(audit=lambda *a, **k: audits.append(a))
+    who = SimpleNamespace(kind="api", username="nurse", team_id="t", csrf_token="")
+    with pytest.raises(HTTPException) as err:
+        fhir_export.export_cancel(request, ctx, who, job=done.job_id)  # type: ignore[arg-type]
+    assert err.value.status_code == 404
+    assert audits == []  # the winner's request audits its own cancellation
+
+
+def test_a_reading_among_many_at_the_same_instant_is_still_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kit flushing a backlog with the upload time on every reading (or several devices): the read
+    fetches only 8*2+1 readings of that instant, ordered by metric, and the asked-for one may be cut."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def reading(i: int, metric: str) -> Any:
+        return SimpleNamespace(measurement_id=f"{i:032x}", metric=metric, measured_at=at)
+
+    stored = [reading(i, "heart_rate") for i in range(20)] + [reading(99, "weight")]
+    monkeypatch.setattr(archive_read, "located", lambda conn, mid, patients=None: ("P1", at))
+    monkeypatch.setattr(source.registry_read, "team_patients", lambda conn, team: [("P1", at, None)])
+    monkeypatch.setattr(source, "find_patient", lambda conn, pid, team: object())
+    monkeypatch.setattr(
+        archive_read, "series",
+        lambda conn, pid, start, end, *, metric, limit: sorted(stored, key=lambda r: r.metric)[:limit],
+    )  # fmt: skip
+    conn = SimpleNamespace(rollback=lambda: None)
+    found = source.observation_readings(conn, f"{99:032x}", "t")  # type: ignore[arg-type]
+    assert found is not None
+    assert f"{99:032x}" in {r.measurement_id for r in found[1]}

@@ -257,3 +257,34 @@ def test_the_configured_issuer_with_a_trailing_slash_is_the_same_issuer() -> Non
     response = asyncio.run(oidc_pages.oidc_start(Request(start), ctx))  # type: ignore[arg-type]
     assert response.status_code == 302
     assert response.headers["location"].startswith(METADATA["authorization_endpoint"])
+
+
+def test_a_provider_that_fixes_its_issuer_is_accepted_without_a_restart() -> None:
+    """(Reviewer's reproducer) The usual cause of a mismatch is the provider's own hostname setting
+    (Keycloak behind a proxy naming http://internal:8080/...). Authlib keeps the metadata it read for
+    good; once the provider names the right issuer, a login after REREAD_S works. Within REREAD_S the
+    provider is not asked again (anonymous hits on /login/oidc cannot make the service fetch it)."""
+    answers = [{**METADATA, "issuer": "http://keycloak:8080/realms/x"}, METADATA]
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        return httpx.Response(200, json=answers[0] if len(answers) == 1 else answers.pop(0))
+
+    client = _client(handler)
+    settings = SimpleNamespace(oidc_issuer=METADATA["issuer"], public_url="https://c")
+    ctx = SimpleNamespace(oidc=client, settings=settings, audit=lambda *a, **k: None)
+
+    def start() -> Any:
+        scope = {"type": "http", "method": "GET", "path": "/login/oidc", "query_string": b"",
+                 "headers": [], "session": {}}  # fmt: skip
+        return asyncio.run(oidc_pages.oidc_start(Request(scope), ctx))  # type: ignore[arg-type]
+
+    with pytest.raises(HTTPException):
+        start()  # misconfigured provider: refused, as intended
+    with pytest.raises(HTTPException):
+        start()  # and not asked again at once
+    assert len(asked) == 1
+    oidc_pages._REFUSED[client] -= oidc_pages.REREAD_S  # a minute later
+    assert start().status_code == 302, "still refused after the provider was fixed"
+    assert len(asked) == 2
