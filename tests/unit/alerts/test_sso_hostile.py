@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,6 +14,8 @@ import httpx
 import pytest
 from authlib.integrations.starlette_client import OAuth
 from fastapi import HTTPException
+from joserfc import jwt
+from joserfc.jwk import RSAKey
 from starlette.requests import Request
 
 from alerts.accounts import Role
@@ -288,3 +292,53 @@ def test_a_provider_that_fixes_its_issuer_is_accepted_without_a_restart() -> Non
     oidc_pages._REFUSED[client] -= oidc_pages.REREAD_S  # a minute later
     assert start().status_code == 302, "still refused after the provider was fixed"
     assert len(asked) == 2
+
+
+# --- an ID token whose signature is not the provider's --------------------------------------------------
+def _signed_in(sign_with: Any, published: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[str]]:
+    """The callback with a provider that publishes `published` and hands out an ID token signed with
+    `sign_with` (claiming the published key's id); (the answer or the HTTPException, audit actions)."""
+    now = int(time.time())
+    claims = {"iss": METADATA["issuer"], "sub": "u-1", "aud": "vaktrom", "iat": now, "exp": now + 300,
+              "nonce": "n", "roles": ["sykepleier"], "team": "team-a"}  # fmt: skip
+    id_token = jwt.encode({"alg": "RS256", "kid": "k1"}, claims, sign_with)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            return httpx.Response(
+                200, json={"access_token": "a", "token_type": "Bearer", "id_token": id_token}
+            )
+        return httpx.Response(200, json={"keys": [published.as_dict(private=False)]})
+
+    client = _client(handler)
+    client.server_metadata = {**METADATA, "_loaded_at": 1e18}
+    session = {"_state_hospital_S": {"data": {"redirect_uri": "https://c/login/oidc/callback", "nonce": "n",
+                                              "code_verifier": "v" * 48}, "exp": 1e18}}  # fmt: skip
+    scope = {"type": "http", "method": "GET", "path": "/login/oidc/callback",
+             "query_string": b"code=c&state=S", "headers": [], "session": session}  # fmt: skip
+    audits: list[str] = []
+    settings = SimpleNamespace(oidc_issuer=METADATA["issuer"], claim_rules=RULES, cookie_secure=True)
+    ctx = SimpleNamespace(oidc=client, settings=settings, session_life=timedelta(hours=8),
+                          audit=lambda request, who, action, **k: audits.append(action))  # fmt: skip
+    monkeypatch.setattr(oidc_pages, "_sign_in", lambda ctx, claims, rules: f"sso-{claims['sub']}")
+    monkeypatch.setattr(oidc_pages, "_new_session", lambda ctx, request, username, id_token: "secret")
+    try:
+        return asyncio.run(oidc_pages.oidc_callback(Request(scope), ctx)), audits  # type: ignore[arg-type]
+    except HTTPException as exc:
+        return exc, audits
+
+
+def test_an_id_token_not_signed_by_the_providers_key_gets_no_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token signed with another key under the provider's key id is refused (400, `login_failed`
+    audited, no cookie); the same token signed with the provider's key logs in (the control)."""
+    provider = RSAKey.generate_key(2048, parameters={"kid": "k1"})
+    forger = RSAKey.generate_key(2048, parameters={"kid": "k1"})
+    refused, audits = _signed_in(forger, provider, monkeypatch)
+    assert isinstance(refused, HTTPException)
+    assert refused.status_code == 400
+    assert audits == ["login_failed"]
+    accepted, audits = _signed_in(provider, provider, monkeypatch)
+    assert not isinstance(accepted, HTTPException), accepted.detail
+    assert accepted.status_code == 303
+    assert "vaktrom_session=secret" in accepted.headers["set-cookie"]
+    assert audits == ["login"]
