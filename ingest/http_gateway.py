@@ -32,9 +32,10 @@ from starlette.concurrency import run_in_threadpool
 
 from contracts.mqtt_accounts import kit_id_problem
 from ingest.fhir_answer import Answer, answer, operation_outcome
+from ingest.gateway_metrics import GatewayMetrics
 from ingest.kit_session import BrokerUnavailableError, KitLoginError, Sessions
 from ingest.settings import FhirGatewaySettings
-from runtime.ops import listen
+from runtime.ops import OpsServer, listen, serve
 from runtime.settings import MqttSettings
 from runtime.stage import StageError, run_stage
 
@@ -195,13 +196,24 @@ class _Deliverer:
         return answer(body, receipt)
 
 
-def create_app(*, settings: FhirGatewaySettings, sessions: Sessions) -> FastAPI:
-    """The HTTP application: POST /fhir and /fhir/Observation, GET /health."""
+def create_app(
+    *, settings: FhirGatewaySettings, sessions: Sessions, metrics: GatewayMetrics | None = None
+) -> FastAPI:
+    """The HTTP application: POST /fhir and /fhir/Observation, GET /health; each POST's answer
+    counted and timed in `metrics`."""
     app = FastAPI(title="Vaktrom FHIR input", openapi_url=None, docs_url=None, redoc_url=None)
     rate = _KitRate(settings.kit_requests_per_minute)
     deliver = _Deliverer(sessions, settings.receipt_timeout_s)
 
     async def post(request: Request) -> JSONResponse:
+        started = time.monotonic()
+        response = await answer_post(request)
+        if metrics is not None:
+            metrics.requests.labels(str(response.status_code)).inc()
+            metrics.seconds.observe(time.monotonic() - started)
+        return response
+
+    async def answer_post(request: Request) -> JSONResponse:
         creds = _credentials(request)
         if creds is None or kit_id_problem(creds[0]) is not None:
             return _refuse(401, "login", "send the kit id and its MQTT password with HTTP Basic", _REALM)
@@ -248,13 +260,23 @@ class FhirGateway:
             timeout=settings.receipt_timeout_s,
             idle_s=settings.session_idle_s,
         )
+        self.metrics = GatewayMetrics()
+        self.metrics.sessions.set_function(self.sessions.held)
         self._server: uvicorn.Server | None = None
         self._socket: socket.socket | None = None
+        self._ops: OpsServer | None = None
 
     def start(self) -> None:
         host, port = self._settings.http_host, self._settings.http_port
         self._socket = listen(host, port, what="FHIR input", port_env="VAKTROM_FHIR_HTTP_PORT")
-        app = create_app(settings=self._settings, sessions=self.sessions)
+        self._ops = serve(
+            host=self._settings.metrics_host,
+            port=self._settings.metrics_port,
+            port_env="VAKTROM_FHIR_METRICS_PORT",
+            exposition=self.metrics.exposition,
+            health=lambda: {"status": "ok", "ok": True, "kit_logins": self.sessions.held()},
+        )
+        app = create_app(settings=self._settings, sessions=self.sessions, metrics=self.metrics)
         # no access log: request lines name kits; uvicorn's own signal handling is left to run_stage
         config = uvicorn.Config(
             app,
@@ -273,6 +295,8 @@ class FhirGateway:
             self._server.run(sockets=[self._socket])
         finally:
             self.sessions.close()
+            if self._ops is not None:
+                self._ops.stop()
 
     def stop(self) -> None:
         if self._server is not None:

@@ -188,6 +188,11 @@ class Sessions:
         self._sweeper: threading.Thread | None = None
         self.instance = uuid.uuid4().hex[:8]
 
+    def held(self) -> int:
+        """Kits' broker logins held open between requests."""
+        with self._lock:
+            return len(self._open)
+
     def _key(self, password: str) -> str:
         return hashlib.sha256(self._salt + password.encode()).hexdigest()
 

@@ -197,6 +197,12 @@ class BridgeSettings(Settings):
 class FhirGatewaySettings(Settings):
     http_host: str = setting("127.0.0.1", env="VAKTROM_FHIR_HTTP_HOST", help="address to serve on")
     http_port: int = setting(8090, env="VAKTROM_FHIR_HTTP_PORT", help="TCP port to serve FHIR input on")
+    metrics_host: str = setting(
+        "127.0.0.1", env="VAKTROM_FHIR_METRICS_HOST", help="address of the /metrics and /health endpoint"
+    )
+    metrics_port: int = setting(
+        9468, env="VAKTROM_FHIR_METRICS_PORT", help="port of the /metrics and /health endpoint (0: off)"
+    )
     topic_root: str = setting(
         "vaktrom/v1", env="VAKTROM_MQTT_TOPIC_ROOT", help="MQTT topic root of the kits' topics"
     )
@@ -219,6 +225,7 @@ class FhirGatewaySettings(Settings):
         check_ranges(
             {
                 "VAKTROM_FHIR_HTTP_PORT": (self.http_port, 1, 65535),
+                "VAKTROM_FHIR_METRICS_PORT": (self.metrics_port, 0, 65535),
                 "VAKTROM_FHIR_MAX_BODY_BYTES": (self.max_body_bytes, 1024, MAX_KIT_PAYLOAD_BYTES),
                 "VAKTROM_FHIR_KIT_REQUESTS_PER_MINUTE": (self.kit_requests_per_minute, 1, 100_000),
                 "VAKTROM_FHIR_RECEIPT_TIMEOUT_S": (self.receipt_timeout_s, 1, 600),

@@ -8,8 +8,9 @@ import json
 import os
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from contracts import topics
 from tests.conftest import REPO, Stack
 from tests.integration.bridge_support import BridgeProcess, consume
-from tests.integration.stage_support import StageProcess
+from tests.integration.stage_support import StageProcess, free_port
 from tests.integration.test_kit_messages import _kit
 
 FHIR = "application/fhir+json"
@@ -38,6 +39,7 @@ class GatewayProcess(StageProcess):
     label: ClassVar[str] = "fhir-gateway"
     metrics_env: ClassVar[str] = "VAKTROM_FHIR_HTTP_PORT"
     root: str = ""
+    ops_port: int = field(default_factory=free_port)  # its own /metrics, apart from the kits' port
 
     def env(self) -> dict[str, str]:
         return {
@@ -45,6 +47,7 @@ class GatewayProcess(StageProcess):
             **self.stack.env,
             "PYTHONPATH": str(REPO),
             "VAKTROM_FHIR_HTTP_PORT": str(self.metrics_port),
+            "VAKTROM_FHIR_METRICS_PORT": str(self.ops_port),
             "VAKTROM_MQTT_TOPIC_ROOT": self.root,
             "VAKTROM_FHIR_KIT_REQUESTS_PER_MINUTE": "1000",
             **self.extra_env,
@@ -159,6 +162,12 @@ def test_wrong_or_missing_credentials_are_401(
         assert got.json()["resourceType"] == "OperationOutcome"
     assert consume(stack, topics.measurement_topic(bridge.prefix), until=1, timeout=5, idle=2) == []
     assert _post(gateway, kit, body).status_code == 200  # the right password still works
+    with urllib.request.urlopen(f"http://127.0.0.1:{gateway.ops_port}/metrics", timeout=5) as r:
+        exposition = r.read().decode()
+    assert 'vaktrom_fhir_gateway_requests_total{status="401"} 3.0' in exposition
+    assert 'vaktrom_fhir_gateway_requests_total{status="200"} 1.0' in exposition
+    assert kit["kit"] not in exposition
+    assert kit["patient"] not in exposition
 
 
 def test_another_teams_device_is_refused_and_nothing_is_stored(

@@ -276,7 +276,7 @@ def test_promtool_checks_the_scrape_configuration(config: str, tmp_path: Path) -
     result = promtool("check", "config", str(copy))
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = {job["job_name"] for job in yaml.safe_load(text)["scrape_configs"]}
-    assert {"bridge", "monitor", "archive", "alerts"} <= jobs
+    assert {"bridge", "monitor", "archive", "alerts", "fhir-gateway"} <= jobs
 
 
 def test_amtool_checks_the_alertmanager_configuration() -> None:
@@ -315,7 +315,10 @@ def test_scrape_targets_are_the_stages_metrics_ports() -> None:
     """Each stage job scrapes the compose service that runs the stage, on the port its
     VAKTROM_*_METRICS_PORT sets; the local configuration uses the same ports on 127.0.0.1."""
     services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
-    stage_service = {"bridge": "ingest", "monitor": "monitor", "archive": "archive", "alerts": "alerts"}
+    stage_service = {
+        "bridge": "ingest", "monitor": "monitor", "archive": "archive", "alerts": "alerts",
+        "fhir-gateway": "fhir-gateway",
+    }  # fmt: skip
     for config, local in (("prometheus.yml", False), ("prometheus.local.yml", True)):
         jobs = {j["job_name"]: j for j in yaml.safe_load((MONITORING / config).read_text())["scrape_configs"]}
         for job, service in stage_service.items():

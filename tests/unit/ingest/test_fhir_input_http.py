@@ -20,6 +20,7 @@ from contracts import ReadingOutcome, ReceiptEntry, fhir_digest
 from ingest import http_gateway
 from ingest.fhir import Refusal, parse_fhir
 from ingest.fhir_answer import answer
+from ingest.gateway_metrics import GatewayMetrics
 from ingest.http_gateway import _Deliverer, _KitRate, _retry_after, create_app
 from ingest.kit_session import KitLoginError
 from ingest.normaliser import Normaliser
@@ -226,6 +227,25 @@ def test_the_gateway_checks_http_before_the_broker() -> None:
     assert sessions.tries == 1
     other = _post(app, b"{}", auth=("KIT-2", "pw"), headers=fhir)
     assert other.status_code == 401  # another kit has a share of its own
+
+
+def test_every_answer_is_counted_by_its_status_and_timed() -> None:
+    """The same refusals as above, counted in the gateway's metrics by HTTP status only (no kit id
+    in any label) and each timed."""
+    metrics = GatewayMetrics()
+    settings = FhirGatewaySettings(kit_requests_per_minute=1)
+    app = create_app(settings=settings, sessions=_RefusingSessions(), metrics=metrics)  # type: ignore[arg-type]
+    fhir = {"Content-Type": "application/fhir+json"}
+    _post(app, b"{}", headers=fhir)
+    _post(app, b"{}", auth=("KIT-1", "pw"), headers={"Content-Type": "text/xml"})
+    _post(app, b"{}", auth=("KIT-1", "pw"), headers=fhir)
+    _post(app, b"{}", auth=("KIT-1", "pw"), headers=fhir)
+    sample = metrics.registry.get_sample_value
+    assert sample("vaktrom_fhir_gateway_requests_total", {"status": "401"}) == 2
+    assert sample("vaktrom_fhir_gateway_requests_total", {"status": "415"}) == 1
+    assert sample("vaktrom_fhir_gateway_requests_total", {"status": "429"}) == 1
+    assert sample("vaktrom_fhir_gateway_request_seconds_count") == 4
+    assert b"KIT-1" not in metrics.exposition()
 
 
 def test_retry_after_is_never_zero() -> None:
