@@ -173,15 +173,17 @@ def search_observations(request: Request, ctx: Ctx, who: Clinician) -> FhirRespo
     """One patient's measurements, oldest first, as vital-sign (and glucose) Observations."""
     query: search.ObservationQuery = _parsed(search.parse_observation, request)
     page = query.page
-    single = next(iter(query.metrics)) if query.metrics is not None and len(query.metrics) == 1 else None
     wanted = page.offset + page.count + 1
     with ctx.db() as conn:
         if source.find_patient(conn, query.patient_id, who.team_id) is None:
             raise _hidden("patient")
+        # Only the metrics the codes come from are read (blood pressure: both pressures, paired
+        # into its panel). Twice the page when filtering by code: a cuff's pressures asked for
+        # by their component codes pair into a panel, which that filter then leaves out.
         rows = source.readings(
             conn, query.patient_id, query.start, query.end,
-            metric=single.value if single is not None else None,
-            observations=wanted if query.codes is None or single is not None else search.MAX_OFFSET * 3,
+            metrics=None if query.metrics is None else [m.value for m in query.metrics],
+            observations=wanted if query.codes is None else 2 * wanted,
         )  # fmt: skip
     built = resources.observations(rows, patient_id=query.patient_id)
     if query.codes is not None:

@@ -9,6 +9,7 @@ patient of another team is answered as one that does not exist.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -81,14 +82,19 @@ def readings(
     start: datetime,
     end: datetime,
     *,
-    metric: str | None,
+    metrics: Collection[str] | None,
     observations: int,
 ) -> list[archive_read.Reading]:
-    """The patient's readings in [start, end), oldest first, enough for `observations` Observations."""
+    """The patient's readings of `metrics` (None: every metric) in [start, end), oldest first,
+    enough for `observations` Observations."""
     if end <= start:
         return []
     limit = observations * _READINGS_PER_OBSERVATION + 1
-    found = archive_read.series(conn, patient_id, start, end, metric=metric, limit=limit)
+    if metrics is not None and len(metrics) == 1:
+        (one,) = metrics
+        found = archive_read.series(conn, patient_id, start, end, metric=one, limit=limit)
+    else:
+        found = archive_read.series(conn, patient_id, start, end, metrics=metrics, limit=limit)
     conn.rollback()
     return found
 
@@ -106,7 +112,9 @@ def observation_readings(
     patient_id, at = found
     # Every reading of that instant, however many (a kit flushing a backlog stamped with one time):
     # a small limit could cut off the one asked for, or a panel's other pressure.
-    instant = readings(conn, patient_id, at, at + timedelta(microseconds=1), metric=None, observations=25_000)
+    instant = readings(
+        conn, patient_id, at, at + timedelta(microseconds=1), metrics=None, observations=25_000
+    )
     return patient_id, instant
 
 

@@ -243,14 +243,16 @@ def series(
     end: datetime,
     *,
     metric: str | None = None,
+    metrics: Iterable[str] | None = None,
     limit: int = _MAX_ROWS,
 ) -> list[Reading]:
-    """Raw readings in [start, end), oldest first; one metric, or every metric when `metric` is None."""
+    """Raw readings in [start, end), oldest first: of one `metric`, else of `metrics` (None: every
+    metric), in order of time and then metric."""
     _check_window(start, end)
     params = {"patient": patient_id, "start": start, "end": end, "limit": min(limit, _MAX_ROWS)}
     with conn.cursor(row_factory=class_row(Reading)) as cur:
         if metric is None:
-            cur.execute(_SERIES_ALL, {**params, "metrics": _all_metrics(None)})
+            cur.execute(_SERIES_ALL, {**params, "metrics": _all_metrics(metrics)})
         else:
             cur.execute(_SERIES_ONE, {**params, "metric": str(Metric(metric))})
         return cur.fetchall()
