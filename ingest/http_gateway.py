@@ -20,6 +20,7 @@ import binascii
 import logging
 import math
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -278,15 +279,23 @@ class FhirGateway:
         )
         app = create_app(settings=self._settings, sessions=self.sessions, metrics=self.metrics)
         # no access log: request lines name kits; uvicorn's own signal handling is left to run_stage
+        tls = self._settings.tls_cert
         config = uvicorn.Config(
             app,
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=5,
             limit_concurrency=MAX_CONNECTIONS,
+            ssl_certfile=tls or None,
+            ssl_keyfile=self._settings.tls_key or None,
+            ssl_ciphers="ECDHE+AESGCM:ECDHE+CHACHA20",  # TLS 1.2's forward-secret AEAD suites; 1.3 as is
         )
+        if tls:
+            config.load()  # the TLS context now, with TLS 1.2 at least: a bad file fails at start
+            assert config.ssl is not None
+            config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
         self._server = uvicorn.Server(config)
-        log.info("FHIR input on http://%s:%d/fhir", host, port)
+        log.info("FHIR input on %s://%s:%d/fhir", "https" if tls else "http", host, port)
 
     def run(self) -> None:
         if self._server is None or self._socket is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import ssl
 
 from contracts import MAX_KIT_PAYLOAD_BYTES, MAX_READINGS_PER_MESSAGE
 from runtime.settings import ConfigError, Settings, check_ranges, setting
@@ -211,6 +212,16 @@ class FhirGatewaySettings(Settings):
         env="VAKTROM_FHIR_MAX_BODY_BYTES",
         help=f"largest body taken, in bytes (at most {MAX_KIT_PAYLOAD_BYTES:,}, what the bridge takes)",
     )
+    tls_cert: str = setting(
+        "",
+        env="VAKTROM_FHIR_TLS_CERT",
+        help="serve HTTPS: path of the certificate chain (PEM); empty: plain HTTP (put TLS in front)",
+    )
+    tls_key: str = setting(
+        "",
+        env="VAKTROM_FHIR_TLS_KEY",
+        help="path of the certificate's private key (PEM), with VAKTROM_FHIR_TLS_CERT",
+    )
     kit_requests_per_minute: int = setting(
         30, env="VAKTROM_FHIR_KIT_REQUESTS_PER_MINUTE", help="POSTs one kit may make a minute; more get 429"
     )
@@ -234,3 +245,15 @@ class FhirGatewaySettings(Settings):
         )
         if "/" not in self.topic_root or "+" in self.topic_root or "#" in self.topic_root:
             raise ConfigError(f"VAKTROM_MQTT_TOPIC_ROOT={self.topic_root!r} must look like vaktrom/v1")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("set VAKTROM_FHIR_TLS_CERT and VAKTROM_FHIR_TLS_KEY together (or neither)")
+        if self.tls_cert:
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                    self.tls_cert, self.tls_key
+                )
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"cannot use VAKTROM_FHIR_TLS_CERT={self.tls_cert!r} with VAKTROM_FHIR_TLS_KEY "
+                    f"({exc}); give a PEM certificate chain and its unencrypted private key, both readable"
+                ) from None

@@ -4,6 +4,7 @@ the answer."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import threading
@@ -18,6 +19,10 @@ from typing import Any, ClassVar
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
@@ -344,3 +349,88 @@ def test_after_a_takeover_the_next_post_logs_in_again_and_is_answered(
     values = sorted(v["value"] for _k, v, _h in stored)
     assert got.status_code == 200, f"{got.status_code} although Kafka holds {values}: {got.text}"
     assert values == [80.0, 81.0]
+
+
+def _certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate for 127.0.0.1 signed by it: (CA, chain, key)."""
+    now = datetime.now(UTC)
+
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    server = (
+        x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    paths[2].chmod(0o600)
+    return paths
+
+
+def test_the_gateway_serves_https_with_its_certificate_and_refuses_half_a_configuration(
+    stack: Stack, bridge: BridgeProcess, unique: str, artefacts: Path, tmp_path: Path
+) -> None:
+    """With VAKTROM_FHIR_TLS_CERT and _KEY the kits' port speaks HTTPS only: a kit that trusts the
+    CA posts and is answered 200, plain HTTP to it gets no answer; a certificate without its key (or
+    a file that is no certificate) stops the gateway at start with exit 2, naming the variable."""
+    bridge.start()
+    ca, chain, key = _certificates(tmp_path)
+    tls = {"VAKTROM_FHIR_TLS_CERT": str(chain), "VAKTROM_FHIR_TLS_KEY": str(key)}
+    gateway = GatewayProcess(stack, unique, artefacts, root=bridge.root, extra_env=tls)
+    gateway.start(wait=False)
+    try:
+        ops = f"http://127.0.0.1:{gateway.ops_port}/health"
+
+        def up() -> bool:
+            try:
+                with urllib.request.urlopen(ops, timeout=2) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        deadline = time.monotonic() + 60
+        while not up():
+            assert time.monotonic() < deadline, gateway.tail()
+            time.sleep(0.2)
+        (kit,) = _kits(stack, bridge, unique)
+        body = _bundle("batch", _observation({"reference": f"Device/{_serial(kit)}"}, 80.0))
+        secure = gateway.url.replace("http://", "https://")
+        auth = (kit["kit"], kit["password"])
+        got = httpx.post(
+            secure, content=body, headers={"Content-Type": FHIR}, auth=auth, verify=str(ca), timeout=60
+        )
+        assert got.status_code == 200, got.text
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(gateway.url, content=body, headers={"Content-Type": FHIR}, auth=auth, timeout=10)
+        with pytest.raises(httpx.ConnectError):  # and a client that does not trust the CA refuses it
+            httpx.post(secure, content=body, headers={"Content-Type": FHIR}, auth=auth, timeout=10)
+    finally:
+        gateway.stop()
+    for bad in (
+        {"VAKTROM_FHIR_TLS_CERT": str(chain)},
+        {**tls, "VAKTROM_FHIR_TLS_CERT": str(ca.parent / "none.pem")},
+    ):
+        half = GatewayProcess(stack, unique, artefacts, root=bridge.root, extra_env=bad)
+        half.start(wait=False)
+        assert half.process is not None
+        assert half.process.wait(30) == 2, half.tail()
+        assert "VAKTROM_FHIR_TLS_" in half.tail()
