@@ -185,7 +185,8 @@ def stages(env: dict[str, str]) -> list[Stage]:
         Stage("alerts", "alerts", port["alerts"], {**kafka_principal(env, "alerts"), **hosted_registry(env),
               "VAKTROM_ALERTS_WATCH_STAGES": watch_stages(env, port)}),
         # FHIR input over HTTP (docs/fhir-input.md): no account of its own, it logs in as each kit
-        Stage("fhir-gateway", "ingest.http_gateway", int(env.get("VAKTROM_FHIR_HTTP_PORT", "8090")), {}),
+        # (its /health on the metrics port: plain HTTP even when the kits' port speaks HTTPS)
+        Stage("fhir-gateway", "ingest.http_gateway", int(env.get("VAKTROM_FHIR_METRICS_PORT", "9468")), {}),
     ]  # fmt: skip
 
 

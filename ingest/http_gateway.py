@@ -207,12 +207,15 @@ def create_app(
     deliver = _Deliverer(sessions, settings.receipt_timeout_s)
 
     async def post(request: Request) -> JSONResponse:
-        started = time.monotonic()
-        response = await answer_post(request)
-        if metrics is not None:
-            metrics.requests.labels(str(response.status_code)).inc()
-            metrics.seconds.observe(time.monotonic() - started)
-        return response
+        started, status = time.monotonic(), 500  # an exception escaping is Starlette's 500
+        try:
+            response = await answer_post(request)
+            status = response.status_code
+            return response
+        finally:
+            if metrics is not None:
+                metrics.requests.labels(str(status)).inc()
+                metrics.seconds.observe(time.monotonic() - started)
 
     async def answer_post(request: Request) -> JSONResponse:
         creds = _credentials(request)
@@ -275,7 +278,7 @@ class FhirGateway:
             port=self._settings.metrics_port,
             port_env="VAKTROM_FHIR_METRICS_PORT",
             exposition=self.metrics.exposition,
-            health=lambda: {"status": "ok", "ok": True, "kit_logins": self.sessions.held()},
+            health=self.health,
         )
         app = create_app(settings=self._settings, sessions=self.sessions, metrics=self.metrics)
         # no access log: request lines name kits; uvicorn's own signal handling is left to run_stage
@@ -296,6 +299,14 @@ class FhirGateway:
             config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
         self._server = uvicorn.Server(config)
         log.info("FHIR input on %s://%s:%d/fhir", "https" if tls else "http", host, port)
+
+    def health(self) -> dict[str, Any]:
+        """/health on the metrics port: ok while the kits' server is up and taking requests (it also
+        speaks plain HTTP when the kits' port speaks only HTTPS, for health checks)."""
+        server = self._server
+        serving = server is not None and server.started and not server.should_exit
+        problems = [] if serving else ["the kits' HTTP server is not taking requests"]
+        return {"ok": serving, "problems": problems, "kit_logins": self.sessions.held()}
 
     def run(self) -> None:
         if self._server is None or self._socket is None:

@@ -249,9 +249,9 @@ class FhirGatewaySettings(Settings):
             raise ConfigError("set VAKTROM_FHIR_TLS_CERT and VAKTROM_FHIR_TLS_KEY together (or neither)")
         if self.tls_cert:
             try:
-                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-                    self.tls_cert, self.tls_key
-                )
+                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                # an encrypted key fails here instead of asking for its pass phrase on a terminal
+                context.load_cert_chain(self.tls_cert, self.tls_key, password=lambda: b"")
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(
                     f"cannot use VAKTROM_FHIR_TLS_CERT={self.tls_cert!r} with VAKTROM_FHIR_TLS_KEY "

@@ -108,6 +108,7 @@ def _bundle(request: Request, found: list[dict[str, Any]], page: search.Page) ->
     )
 
 
+_MOST_OBSERVATIONS = search.MAX_OFFSET * 3  # the longest read one search makes
 _MEASUREMENT_ID = re.compile(r"[0-9a-f]{32}")  # the archive's ids; anything else is no Observation here
 
 
@@ -177,22 +178,35 @@ def search_observations(request: Request, ctx: Ctx, who: Clinician) -> FhirRespo
     with ctx.db() as conn:
         if source.find_patient(conn, query.patient_id, who.team_id) is None:
             raise _hidden("patient")
-        # Only the metrics the codes come from are read (blood pressure: both pressures, paired
-        # into its panel). Twice the page when filtering by code: a cuff's pressures asked for
-        # by their component codes pair into a panel, which that filter then leaves out.
-        rows = source.readings(
-            conn, query.patient_id, query.start, query.end,
-            metrics=None if query.metrics is None else [m.value for m in query.metrics],
-            observations=wanted if query.codes is None else 2 * wanted,
-        )  # fmt: skip
-    built = resources.observations(rows, patient_id=query.patient_id)
-    if query.codes is not None:
-        built = [o for o in built if {c["code"] for c in o["code"]["coding"]} & query.codes]
+        built = _observations(conn, query, wanted)
     ctx.audit(
         request, who.username, "fhir_search_observation", target=query.patient_id,
         patient_id=query.patient_id, detail={"rows": max(0, min(len(built) - page.offset, page.count))},
     )  # fmt: skip
     return _bundle(request, built[page.offset : wanted], page)
+
+
+def _observations(conn: Any, query: search.ObservationQuery, wanted: int) -> list[dict[str, Any]]:
+    """At least `wanted` Observations matching the query, oldest first, when that many exist (fewer:
+    all there are). Only the metrics the codes come from are read, a page's worth at first and more
+    while Observations of other codes (glucose in the other unit) use up the read. A read that
+    stopped at its limit may have cut its last instant (a cuff's second pressure): that instant is
+    left for the next, longer read or the next page."""
+    observations = wanted if query.codes is None else 2 * wanted
+    metrics = None if query.metrics is None else [m.value for m in query.metrics]
+    while True:
+        rows, cut = source.readings_cut(
+            conn, query.patient_id, query.start, query.end, metrics=metrics, observations=observations
+        )
+        if cut:
+            last = rows[-1].measured_at
+            rows = [r for r in rows if r.measured_at != last]
+        built = resources.observations(rows, patient_id=query.patient_id)
+        if query.codes is not None:
+            built = [o for o in built if search.matches(o, query.codes)]
+        if len(built) >= wanted or not cut or observations >= _MOST_OBSERVATIONS:
+            return built
+        observations = min(4 * observations, _MOST_OBSERVATIONS)
 
 
 @fhir_api.get("/Observation/{observation_id}", openapi_extra=scope("team"))

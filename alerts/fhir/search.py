@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from contracts import BP_PANEL_LOINC, METRICS, Metric
 
@@ -24,6 +25,7 @@ __all__ = [
     "PatientQuery",
     "PatientScoped",
     "SearchError",
+    "matches",
     "parse_flag",
     "parse_nothing",
     "parse_observation",
@@ -145,6 +147,14 @@ def _loinc_codes() -> dict[str, frozenset[Metric]]:
 
 
 CODES = _loinc_codes()
+_CUFF = frozenset({Metric.BP_SYSTOLIC, Metric.BP_DIASTOLIC})
+
+
+def matches(observation: dict[str, Any], codes: frozenset[str]) -> bool:
+    """Whether the Observation's code, or a component's (a blood-pressure panel's 8480-6 and
+    8462-4), is one of `codes`."""
+    parts = [observation["code"], *(c["code"] for c in observation.get("component", ()))]
+    return any(coding.get("code") in codes for part in parts for coding in part.get("coding", ()))
 
 
 def _codes(raw: str) -> frozenset[str]:
@@ -217,6 +227,8 @@ def parse_observation(params: Iterable[tuple[str, str]]) -> ObservationQuery:
         raise SearchError("Observation search needs one patient: ?patient=Patient/<pseudonym>")
     codes = _codes(found["code"][0]) if "code" in found else None
     metrics = frozenset(m for c in codes for m in CODES[c]) if codes is not None else None
+    if metrics is not None and metrics & _CUFF:  # a cuff's two pressures are one Observation, its panel
+        metrics |= _CUFF
     start, end = _window(found.get("date", []))
     return ObservationQuery(_page(found), _patient_ref(refs[0]), codes, metrics, start, end)
 

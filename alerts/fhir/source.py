@@ -31,6 +31,7 @@ __all__ = [
     "observation_readings",
     "patients",
     "readings",
+    "readings_cut",
 ]
 
 Connection = psycopg.Connection[Any]
@@ -87,16 +88,29 @@ def readings(
 ) -> list[archive_read.Reading]:
     """The patient's readings of `metrics` (None: every metric) in [start, end), oldest first,
     enough for `observations` Observations."""
+    return readings_cut(conn, patient_id, start, end, metrics=metrics, observations=observations)[0]
+
+
+def readings_cut(
+    conn: Connection,
+    patient_id: str,
+    start: datetime,
+    end: datetime,
+    *,
+    metrics: Collection[str] | None,
+    observations: int,
+) -> tuple[list[archive_read.Reading], bool]:
+    """`readings`, and whether the read stopped at its limit (more readings follow in the window)."""
     if end <= start:
-        return []
-    limit = observations * _READINGS_PER_OBSERVATION + 1
+        return [], False
+    limit = min(observations * _READINGS_PER_OBSERVATION + 1, archive_read.MAX_ROWS)
     if metrics is not None and len(metrics) == 1:
         (one,) = metrics
         found = archive_read.series(conn, patient_id, start, end, metric=one, limit=limit)
     else:
         found = archive_read.series(conn, patient_id, start, end, metrics=metrics, limit=limit)
     conn.rollback()
-    return found
+    return found, len(found) >= limit
 
 
 def observation_readings(

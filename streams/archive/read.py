@@ -38,6 +38,7 @@ from psycopg.rows import class_row, tuple_row
 from contracts import Metric
 
 __all__ = [
+    "MAX_ROWS",
     "QUERIES",
     "Bucket",
     "Reading",
@@ -57,7 +58,7 @@ __all__ = [
 
 Width = Literal["hour", "day"]
 _WIDTHS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
-_MAX_ROWS = 50_000
+MAX_ROWS = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,12 +245,12 @@ def series(
     *,
     metric: str | None = None,
     metrics: Iterable[str] | None = None,
-    limit: int = _MAX_ROWS,
+    limit: int = MAX_ROWS,
 ) -> list[Reading]:
     """Raw readings in [start, end), oldest first: of one `metric`, else of `metrics` (None: every
     metric), in order of time and then metric."""
     _check_window(start, end)
-    params = {"patient": patient_id, "start": start, "end": end, "limit": min(limit, _MAX_ROWS)}
+    params = {"patient": patient_id, "start": start, "end": end, "limit": min(limit, MAX_ROWS)}
     with conn.cursor(row_factory=class_row(Reading)) as cur:
         if metric is None:
             cur.execute(_SERIES_ALL, {**params, "metrics": _all_metrics(metrics)})
@@ -280,7 +281,7 @@ def newest(
     (when they fall in the window), oldest first: a long window keeps its end, not its start."""
     _check_window(start, end)
     params = {
-        "patient": patient_id, "start": start, "end": end, "limit": min(limit, _MAX_ROWS),
+        "patient": patient_id, "start": start, "end": end, "limit": min(limit, MAX_ROWS),
         "metrics": _all_metrics(None), "also": sorted(set(also)),
     }  # fmt: skip
     with conn.cursor(row_factory=class_row(Reading)) as cur:
@@ -321,7 +322,7 @@ def rejections(
     _check_window(start, end)
     with conn.cursor(row_factory=class_row(StoredRejection)) as cur:
         cur.execute(
-            _REJECTIONS, {"patient": patient_id, "start": start, "end": end, "limit": min(limit, _MAX_ROWS)}
+            _REJECTIONS, {"patient": patient_id, "start": start, "end": end, "limit": min(limit, MAX_ROWS)}
         )
         return cur.fetchall()
 
@@ -333,7 +334,7 @@ def answers(
     _check_window(start, end)
     with conn.cursor(row_factory=class_row(StoredAnswer)) as cur:
         cur.execute(
-            _ANSWERS, {"patient": patient_id, "start": start, "end": end, "limit": min(limit, _MAX_ROWS)}
+            _ANSWERS, {"patient": patient_id, "start": start, "end": end, "limit": min(limit, MAX_ROWS)}
         )
         return cur.fetchall()
 
@@ -341,7 +342,7 @@ def answers(
 def quarantined(conn: Connection, *, limit: int = 200, head: int = 200) -> list[SetAside]:
     """The records most recently set aside by any stage, newest first, each cut to `head` bytes."""
     with conn.cursor(row_factory=tuple_row) as cur:
-        rows = cur.execute(_QUARANTINED, {"head": head, "limit": min(limit, _MAX_ROWS)}).fetchall()
+        rows = cur.execute(_QUARANTINED, {"head": head, "limit": min(limit, MAX_ROWS)}).fetchall()
     return [
         SetAside(
             quarantine_id=row[0],

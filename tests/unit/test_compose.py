@@ -411,3 +411,13 @@ def test_each_stage_is_told_what_its_defaults_would_get_wrong(service: str) -> N
     """Deleting one of these lines from docker-compose.yml passed every test and the image check."""
     missing = _PRODUCTION_SETTINGS[service] - set(SERVICES[service].get("environment") or {})
     assert not missing, f"{service} runs on a developer's default for {sorted(missing)}"
+
+
+def test_the_gateways_healthcheck_asks_its_metrics_port_not_the_kits_https_port() -> None:
+    """(Reviewer's reproducer) With VAKTROM_FHIR_TLS_CERT set the kits' port speaks HTTPS only; a
+    plain-HTTP probe of it would mark the gateway unhealthy the moment TLS is switched on."""
+    service = SERVICES["fhir-gateway"]
+    probe = " ".join(service["healthcheck"]["test"])
+    env = service["environment"]
+    assert f"http://127.0.0.1:{env['VAKTROM_FHIR_HTTP_PORT']}/" not in probe
+    assert f"http://127.0.0.1:{env['VAKTROM_FHIR_METRICS_PORT']}/health" in probe

@@ -211,7 +211,9 @@ def test_a_reading_among_many_at_the_same_instant_is_still_read(monkeypatch: pyt
     monkeypatch.setattr(source, "find_patient", lambda conn, pid, team: object())
     monkeypatch.setattr(
         archive_read, "series",
-        lambda conn, pid, start, end, *, metric, limit: sorted(stored, key=lambda r: r.metric)[:limit],
+        lambda conn, pid, start, end, *, metric=None, metrics=None, limit: sorted(
+            stored, key=lambda r: r.metric
+        )[:limit],
     )  # fmt: skip
     conn = SimpleNamespace(rollback=lambda: None)
     found = source.observation_readings(conn, f"{99:032x}", "t")  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from ingest.kit_session import KitLoginError
 from ingest.normaliser import Normaliser
 from ingest.registry import Registry
 from ingest.settings import FhirGatewaySettings
+from runtime.settings import MqttSettings
 
 WHEN = "2026-11-22T07:31:00+01:00"
 
@@ -417,3 +418,36 @@ def test_a_fhir_message_of_a_kit_the_bridge_has_not_loaded_gets_a_receipt() -> N
     assert [r.rejected for r in outcome.receipt.readings] == ["unknown_kit"]
     got = answer(payload, outcome.receipt)
     assert (got.status, got.headers.get("Retry-After")) == (503, "10")
+
+
+class _BrokenSessions:
+    def take(self, kit_id: str, password: str) -> None:
+        raise RuntimeError("e.g. paho's tls_set on a bad broker CA, or any bug past the login")
+
+
+def test_an_answer_the_handler_did_not_build_is_counted_as_500() -> None:
+    """(Reviewer's reproducer) An exception escaping the handler is Starlette's 500: the one
+    failure an operator most needs to see is counted and timed too."""
+    metrics = GatewayMetrics()
+    app = create_app(settings=FhirGatewaySettings(), sessions=_BrokenSessions(), metrics=metrics)  # type: ignore[arg-type]
+
+    async def send() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport) as client:
+            return await client.post(
+                "http://gateway.test/fhir", content=b"{}", auth=("KIT-1", "pw"),
+                headers={"Content-Type": "application/fhir+json"},
+            )  # fmt: skip
+
+    assert asyncio.run(send()).status_code == 500
+    assert metrics.registry.get_sample_value("vaktrom_fhir_gateway_requests_total", {"status": "500"}) == 1
+    assert metrics.registry.get_sample_value("vaktrom_fhir_gateway_request_seconds_count") == 1
+
+
+def test_the_metrics_ports_health_says_down_until_the_kits_server_serves() -> None:
+    """Its /health is what compose and `make up` probe: not ok before the server runs (and after it
+    was told to stop), so a gateway whose server never came up is not called healthy."""
+    gateway = http_gateway.FhirGateway(mqtt=MqttSettings(), settings=FhirGatewaySettings(metrics_port=0))
+    report = gateway.health()
+    assert report["ok"] is False
+    assert report["problems"] == ["the kits' HTTP server is not taking requests"]
