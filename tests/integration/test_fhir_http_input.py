@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import ssl
 import threading
 import time
 import urllib.request
@@ -416,7 +417,12 @@ def test_the_gateway_serves_https_with_its_certificate_and_refuses_half_a_config
         secure = gateway.url.replace("http://", "https://")
         auth = (kit["kit"], kit["password"])
         got = httpx.post(
-            secure, content=body, headers={"Content-Type": FHIR}, auth=auth, verify=str(ca), timeout=60
+            secure,
+            content=body,
+            headers={"Content-Type": FHIR},
+            auth=auth,
+            verify=ssl.create_default_context(cafile=str(ca)),
+            timeout=60,
         )
         assert got.status_code == 200, got.text
         with pytest.raises(httpx.HTTPError):
