@@ -159,13 +159,17 @@ def compose_env(example: str) -> dict[str, str]:
     values["MQTT_TLS_HOSTS"] = "mqtt.vaktrom.example.org,10.0.0.8"
     for optional in ("VAKTROM_ALERTS_NOTIFY_TEAM", "VAKTROM_ALERTS_NOTIFY_COORDINATOR",
                      "VAKTROM_ALERTS_NOTIFY_PHYSICIAN", "VAKTROM_ALERTS_SMTP_HOST",
-                     "VAKTROM_ALERTS_PUBLIC_URL", "VAKTROM_ALERTS_TRUSTED_PROXIES"):  # fmt: skip
+                     "VAKTROM_ALERTS_PUBLIC_URL", "VAKTROM_ALERTS_TRUSTED_PROXIES",
+                     # single sign-on and the record outbox: off, as .env.example leaves them
+                     "VAKTROM_OIDC_ISSUER", "VAKTROM_OIDC_CLIENT_ID", "VAKTROM_OIDC_CLIENT_SECRET",
+                     "VAKTROM_OIDC_ROLE_MAP", "VAKTROM_OIDC_LABEL", "VAKTROM_ALERTS_EHR_URL",
+                     "VAKTROM_ALERTS_EHR_SIGNING_KEY"):  # fmt: skip
         values[optional] = ""
     return values
 
 
 def interpolate(value: str, env: dict[str, str]) -> str:
-    """Compose's `${NAME}`, `${NAME:-default}`, `${NAME:?error}` and `$$`."""
+    """Compose's `${NAME}`, `${NAME:-default}`, `${NAME-default}`, `${NAME:?error}` and `$$`."""
 
     def one(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
@@ -174,7 +178,9 @@ def interpolate(value: str, env: dict[str, str]) -> str:
         found = env.get(name, "")
         if kind in (":?", "?") and not found:
             raise AssertionError(f"compose needs {name}: {rest}")
-        return found or (rest if kind in (":-", "-") else "")
+        if kind == "-":  # the default only when unset: set but empty stays empty
+            return env.get(name, rest)
+        return found or (rest if kind == ":-" else "")
 
     return _VARIABLE.sub(one, value)
 
