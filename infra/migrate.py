@@ -37,7 +37,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "postgres" / "migrations"
 # The schema version this code needs: a new migration file raises it (tests/unit/test_migration_sql.py
 # says so). An image or checkout that lacks one of 1..LATEST is refused, by the image check too,
 # instead of reporting a schema "current" that the code does not match.
-LATEST = 24
+LATEST = 25
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 0x7661_6B74  # "vakt": one advisory lock for every migration runner
 

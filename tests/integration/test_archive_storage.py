@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from contracts import Metric
+from infra.migrate import migrate
 from streams.archive import read
 from tests.conftest import Stack
 from tests.integration.archive_support import store_rows
@@ -48,14 +51,17 @@ def test_the_storage_mode_is_the_stacks_flavour(stack: Stack) -> None:
         assert hypertables == {"measurements": True, "rejections": False}
         segments = conn.execute(
             "SELECT attname FROM timescaledb_information.compression_settings "
-            "WHERE hypertable_name = 'measurements' AND segmentby_column_index IS NOT NULL "
+            "WHERE hypertable_schema = current_schema() AND hypertable_name = 'measurements' "
+            "AND segmentby_column_index IS NOT NULL "
             "ORDER BY segmentby_column_index"
         ).fetchall()
         assert [s[0] for s in segments] == ["patient_id"], "the read paths' filter (0017)"
         jobs = sorted(
             conn.execute(
-                "SELECT proc_name, coalesce(hypertable_name, '') FROM timescaledb_information.jobs "
-                "WHERE job_id >= 1000"
+                "SELECT j.proc_name, coalesce(j.hypertable_name, '') FROM timescaledb_information.jobs j "
+                "LEFT JOIN timescaledb_information.continuous_aggregates v "
+                "ON v.materialization_hypertable_name = j.hypertable_name "
+                "WHERE j.job_id >= 1000 AND current_schema() IN (j.hypertable_schema, v.view_schema)"
             ).fetchall()
         )
         assert ("policy_compression", "measurements") in jobs
@@ -63,7 +69,8 @@ def test_the_storage_mode_is_the_stacks_flavour(stack: Stack) -> None:
         assert ("policy_retention", "rejections") in jobs
         assert sum(j[0] == "policy_refresh_continuous_aggregate" for j in jobs) == 2
         views = conn.execute(
-            "SELECT view_name FROM timescaledb_information.continuous_aggregates ORDER BY 1"
+            "SELECT view_name FROM timescaledb_information.continuous_aggregates "
+            "WHERE view_schema = current_schema() ORDER BY 1"
         ).fetchall()
         assert [v[0] for v in views] == ["measurements_daily", "measurements_hourly"]
 
@@ -127,3 +134,27 @@ def _compress_and_refresh(stack: Stack, start: datetime, end: datetime) -> None:
             ("measurements_daily", timedelta(days=1)),
         ):
             conn.execute(f"CALL refresh_continuous_aggregate('{view}', %s, %s)", (start - width, end + width))
+
+
+def test_the_archive_policy_is_set_when_vaktrom_has_a_schema_of_its_own(stack: Stack, unique: str) -> None:
+    """Vaktrom's tables in another schema than TimescaleDB's (a hospital database giving it a schema
+    of its own, the benchmarks' scratch schemas): the application can still set the compression and
+    retention ages, whose function runs with a fixed search_path. Before migration 0025 it could not
+    find the extension's policy functions, and the archive stopped at start."""
+    owner = stack.values["VAKTROM_DATABASE_OWNER_URL"]
+    schema = "s_" + unique.replace("-", "_")[:40]
+    with psycopg.connect(owner, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    scoped = f"{owner}{'&' if '?' in owner else '?'}options={quote(f'-csearch_path={schema},public')}"
+    try:
+        migrate(scoped)
+        with psycopg.connect(scoped, autocommit=True) as conn:
+            (mode,) = conn.execute("SELECT vaktrom_configure_archive('7 days', '400 days')").fetchone() or (
+                "",
+            )
+            assert mode == {"timescaledb": "timescaledb", "plain": "postgresql"}[FLAVOUR]
+            (kept,) = conn.execute("SELECT retain_for FROM archive_policy").fetchone() or (None,)
+            assert kept == timedelta(days=400)
+    finally:
+        with psycopg.connect(owner, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
