@@ -305,7 +305,7 @@ def process_figures(
     minute_rss: bool,
 ) -> dict[str, dict[str, float]]:
     """CPU % of one core over the step and resident memory, per process; with `minute_rss` also the
-    mean of the first and of the last minute (is memory flat?)."""
+    mean of the first and of the last minute (is memory flat?) and of each 5 minutes."""
     out = {}
     for name in before:
         series = [v for _t, v in rss[name]]
@@ -319,6 +319,12 @@ def process_figures(
             row["rss_mib_first_minute"] = round(first, 1)
             row["rss_mib_last_minute"] = round(last, 1)
             row["rss_growth_percent"] = round(100.0 * (last / max(first, 1e-9) - 1.0), 1)
+            # the shape too: growth that levels off (caches filling) or goes on (a leak)
+            row["rss_mib_by_5_min"] = [
+                round(float(np.mean(window)), 1)
+                for start in range(0, int(rss[name][-1][0]) + 1, 300)
+                if (window := [v for t, v in rss[name] if start <= t < start + 300])
+            ]
         out[name] = row
     return out
 

@@ -111,6 +111,11 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {name} | {p['cpu_percent']} | {p.get('rss_mib_first_minute', '-')} | "
             f"{p.get('rss_mib_last_minute', '-')} | {p.get('rss_growth_percent', '-')} |"
         )
+    lines += ["", "RSS (MiB) by 5-minute window:", ""]
+    lines += [
+        f"- {name}: {' -> '.join(str(v) for v in p.get('rss_mib_by_5_min', []))}"
+        for name, p in step["processes"].items()
+    ]
     lines += ["", "| path | window | n | p50 ms | p99 ms |", "|---|---|---:|---:|---:|"]
     lines += [
         f"| {w['path']} | {w['window']} | {w['n']:,} | {w['p50_ms']} | {w['p99_ms']} |"
