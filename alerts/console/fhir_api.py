@@ -195,7 +195,7 @@ def _observations(conn: Any, query: search.ObservationQuery, wanted: int) -> lis
     observations = wanted if query.codes is None else 2 * wanted
     metrics = None if query.metrics is None else [m.value for m in query.metrics]
     while True:
-        rows, cut = source.readings_cut(
+        rows, cut = source.readings(
             conn, query.patient_id, query.start, query.end, metrics=metrics, observations=observations
         )
         if cut:

@@ -194,7 +194,7 @@ def _patient_resources(
     if "Patient" in types:
         found["Patient"] = [resources.patient(pid, active=row.discharged_at is None)]
     if "Observation" in types:
-        readings = source.readings(conn, pid, _FROM, end, metrics=None, observations=25_000)
+        readings, _ = source.readings(conn, pid, _FROM, end, metrics=None, observations=25_000)
         found["Observation"] = resources.observations(readings, patient_id=pid)
     if "Flag" in types:
         found["Flag"] = [

@@ -31,7 +31,6 @@ __all__ = [
     "observation_readings",
     "patients",
     "readings",
-    "readings_cut",
 ]
 
 Connection = psycopg.Connection[Any]
@@ -85,30 +84,14 @@ def readings(
     *,
     metrics: Collection[str] | None,
     observations: int,
-) -> list[archive_read.Reading]:
-    """The patient's readings of `metrics` (None: every metric) in [start, end), oldest first,
-    enough for `observations` Observations."""
-    return readings_cut(conn, patient_id, start, end, metrics=metrics, observations=observations)[0]
-
-
-def readings_cut(
-    conn: Connection,
-    patient_id: str,
-    start: datetime,
-    end: datetime,
-    *,
-    metrics: Collection[str] | None,
-    observations: int,
 ) -> tuple[list[archive_read.Reading], bool]:
-    """`readings`, and whether the read stopped at its limit (more readings follow in the window)."""
+    """The patient's readings of `metrics` (None: every metric) in [start, end), oldest first,
+    enough for `observations` Observations; and whether the read stopped at its limit (more
+    readings follow in the window)."""
     if end <= start:
         return [], False
     limit = min(observations * _READINGS_PER_OBSERVATION + 1, archive_read.MAX_ROWS)
-    if metrics is not None and len(metrics) == 1:
-        (one,) = metrics
-        found = archive_read.series(conn, patient_id, start, end, metric=one, limit=limit)
-    else:
-        found = archive_read.series(conn, patient_id, start, end, metrics=metrics, limit=limit)
+    found = archive_read.series(conn, patient_id, start, end, metrics=metrics, limit=limit)
     conn.rollback()
     return found, len(found) >= limit
 
@@ -126,7 +109,7 @@ def observation_readings(
     patient_id, at = found
     # Every reading of that instant, however many (a kit flushing a backlog stamped with one time):
     # a small limit could cut off the one asked for, or a panel's other pressure.
-    instant = readings(
+    instant, _ = readings(
         conn, patient_id, at, at + timedelta(microseconds=1), metrics=None, observations=25_000
     )
     return patient_id, instant
