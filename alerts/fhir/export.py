@@ -120,7 +120,10 @@ class Exports:
         job = self.find(job_id, owner, team_id)
         if job is None:
             return False
-        job.cancelled = True
+        with self._lock:  # of two cancels that both found it, only one says so
+            if job.cancelled:
+                return False
+            job.cancelled = True
         if job.finished_at is not None:
             self._forget(job)
         return True
