@@ -18,7 +18,6 @@ names) and the newest care plan. The engine may also move a record on in memory 
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import time
@@ -57,6 +56,7 @@ from streams.monitor.metrics import MonitorMetrics
 from streams.monitor.retry import Retries
 from streams.monitor.store import Store
 from streams.monitor.symptoms import AnswerRecord, Symptoms, decode_answers, encode_answers
+from streams.monitor.timers import Timer
 
 __all__ = ["Batch", "Names", "Processor", "Record"]
 
@@ -258,7 +258,7 @@ class Processor:
         self._sources = {names.measurements: "measurements", names.status: "status"}
         self._topics = {source: topic for topic, source in self._sources.items()}
         self.clocks: dict[int, Clock] = {}
-        self.heaps: dict[int, list[tuple[float, bytes]]] = {}
+        self.timers: dict[int, Timer] = {}
         self.loaded: set[int] = set()
         self.retries = Retries(metrics.deadline_failures)
         self._out = Batch()
@@ -280,7 +280,7 @@ class Processor:
         """
         now = datetime.now(UTC)
         for partition in partitions:
-            heap: list[tuple[float, bytes]] = []
+            wakes: dict[bytes, float] = {}
             patients: dict[bytes, dict[bytes, bytes]] = {}
             for key, value in self.store.items(partition):
                 cut = key.rfind(b"|")
@@ -292,7 +292,7 @@ class Processor:
                     self._out.events.extend((patient, e) for e in answers)
                 precord = decode_patient(held.get(KIT))
                 if precord.wake_at is not None:
-                    heap.append((precord.wake_at, patient))
+                    wakes[patient] = precord.wake_at
                 episodes, seen_at = dict(precord.episodes), [precord.last_seen, precord.missed_checked]
                 for suffix, raw in held.items():
                     metric = _SUFFIXES.get(suffix)
@@ -309,8 +309,7 @@ class Processor:
                     (patient, c)
                     for c in self.engine.reminders_due(patient.decode(), precord, language=language)
                 )
-            heapq.heapify(heap)
-            self.heaps[partition] = heap
+            self.timers[partition] = Timer(wakes)
             self.clocks[partition] = clock = Clock()
             clock.start(latest)  # else a partition that gets no record has no clock
             for source in sorted((waiting or {}).get(partition, ())):
@@ -319,7 +318,7 @@ class Processor:
                 # tick after the cohort test's restart found 80 kits "silent" whose readings waited).
                 clock.see(source, 0.0, behind=True)
             self.loaded.add(partition)
-        self.metrics.deadlines.set(sum(len(h) for h in self.heaps.values()))
+        self.metrics.deadlines.set(sum(len(t) for t in self.timers.values()))
 
     def drop(self, partitions: set[int]) -> None:
         """Forget these partitions (they went to another worker); what was handled is delivered."""
@@ -327,7 +326,7 @@ class Processor:
         self.cache.drop(partitions)
         for partition in partitions:
             self.clocks.pop(partition, None)
-            self.heaps.pop(partition, None)
+            self.timers.pop(partition, None)
         self.loaded -= partitions
 
     # ------------------------------------------------------------------ the batch
@@ -448,8 +447,7 @@ class Processor:
             held.behind = False
 
     def _schedule(self, partition: int, patient: bytes, wake: float | None) -> None:
-        if wake is not None:
-            heapq.heappush(self.heaps.setdefault(partition, []), (wake, patient))
+        self.timers.setdefault(partition, Timer()).ask(patient, wake)
 
     # ------------------------------------------------------------------ handlers
     def _measurement(self, r: Record) -> None:
@@ -584,7 +582,7 @@ class Processor:
             left = self._deadlines(chosen[(self._turn + i) % len(chosen)], stop_at)
             if left:
                 break
-        self.metrics.deadlines.set(sum(len(h) for h in self.heaps.values()))
+        self.metrics.deadlines.set(sum(len(t) for t in self.timers.values()))
         return left
 
     def _deadlines(self, partition: int, stop_at: float | None) -> bool:
@@ -594,19 +592,21 @@ class Processor:
         now_event = clk.now() if clk is not None else 0.0
         if not now_event:
             return False
-        heap = self.heaps.setdefault(partition, [])
+        timer = self.timers.setdefault(partition, Timer())
         now = datetime.now(UTC)
-        while heap and heap[0][0] <= now_event:
+        while True:
             if stop_at is not None and time.monotonic() > stop_at:
-                return True
-            wake, patient = heapq.heappop(heap)
+                return timer.due(now_event)
+            due = timer.pop(now_event)
+            if due is None:
+                return False
+            wake, patient = due
             precord = self._patient(partition, patient)
             if precord.wake_at is None or precord.wake_at > now_event:
                 if precord.wake_at is not None and precord.wake_at != wake:
                     self._schedule(partition, patient, precord.wake_at)
                 continue
             self._fire(partition, patient, precord, now_event, now)
-        return False
 
     def _fire(
         self, partition: int, patient: bytes, precord: PatientRecord, clock: float, now: datetime
