@@ -12,7 +12,8 @@ written out).
 What persists (the engine-shell contract): the records the engine reports changed (`measurement`:
 the metric record always, the patient record when `patient_changed` or it moved partition;
 `status`: the patient record when `patient_changed`; `deadline`: the patient record and the metrics it
-names) and the newest care plan. The engine may also move a record on in memory without saying so
+names) and the newest care plan, with the patient record when the plan moved its deadline earlier
+(`replanned`). The engine may also move a record on in memory without saying so
 (`last_seen` on a reading): only where the persisted records let it work that out again.
 """
 
@@ -512,6 +513,7 @@ class Processor:
         patient = event.patient_id.encode()
         precord = self._patient(r.partition, patient)
         self._silence_ends(r.partition, patient, precord, min(clk.now(), event.at.timestamp()))
+        precord = self._patient(r.partition, patient)  # again: a deadline that failed forgot the record
         out = self.engine.status(event, precord, self._plan(r.partition, patient), now=datetime.now(UTC))
         self._after(r.partition, patient, precord, out)
 
@@ -544,6 +546,10 @@ class Processor:
             return  # an older version replayed: the newer one stays in force
         self.cache.put(r.partition, r.key + PLAN, _Plan(r.value, plan))
         self._touch(r.partition, r.key + PLAN)
+        precord = self._patient(r.partition, r.key)
+        if self.engine.replanned(precord, plan):
+            self._touch(r.partition, r.key + KIT)
+        self._schedule(r.partition, r.key, precord.wake_at)
 
     def _set_aside(self, r: Record, reason: QuarantineReason, detail: str) -> None:
         self.metrics.quarantined.labels(reason.value).inc()

@@ -523,6 +523,13 @@ class Engine:
             rules=[rule_id],
         )
 
+    def replanned(self, patient: PatientRecord, plan: CarePlan) -> bool:
+        """A new care plan: its measuring windows move the next deadline. Without this, a window
+        sooner than the deadline asked for before was judged only when the patient next woke (at
+        worst when the kit fell silent, and then "measurement missed" was never raised: a silent kit
+        is not judged on its windows). True when the deadline moved earlier: write the record."""
+        return self._rewake(patient, _schedule_of(plan))
+
     def _rewake(self, patient: PatientRecord, schedule: Schedule | None) -> bool:
         """Recompute the next deadline; True when it moved earlier, so the record must be written.
 

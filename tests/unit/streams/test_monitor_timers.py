@@ -4,12 +4,17 @@ the soak (`bench/soak.py`)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts import Metric
+from contracts import CarePlan, Condition, ExpectedMeasurement, KitStatusEvent, Metric, ScheduleWindow
+from streams.monitor.batch import Names, Processor
+from streams.monitor.engine import Engine, decode_patient
+from streams.monitor.store import MemoryStore
 from streams.monitor.timers import Timer
 from tests.unit.streams.test_monitor_agent import NAMES, T0, Harness, reading
 
@@ -59,3 +64,72 @@ def test_a_patient_sending_all_day_holds_one_timer_entry() -> None:
     timer = harness.processor.timers[0]
     assert len(timer) == 1
     assert timer.entries <= 3
+
+
+class _SmallCache(Harness):
+    """A worker whose cache holds six keys: records leave it between batches, as under load."""
+
+    def _processor(self, store: MemoryStore) -> Processor:
+        names = Names(NAMES["measurements"], NAMES["status"], NAMES["careplans"])
+        return Processor(engine=Engine(), names=names, store=store, metrics=self.metrics, cached=6)
+
+
+def _status(patient: str | None, at: datetime) -> tuple[bytes, bytes]:
+    event = KitStatusEvent(
+        kit_id=f"{patient or 'X'}-K", patient_id=patient, state="heartbeat", at=at, received_at=at
+    )
+    return (patient or "X").encode(), msgspec.json.encode(event)
+
+
+_FOUR_TO_FIVE = ScheduleWindow(start="16:00", end="17:00")
+
+
+def _weight_at_four(patient: str) -> tuple[bytes, bytes]:
+    plan = CarePlan(
+        patient_id=patient, version=1, condition=Condition.HEART_FAILURE, team_id="t", changed_at=T0,
+        changed_by="t", timezone="UTC",
+        expected=[ExpectedMeasurement(metric=Metric.BODY_WEIGHT, windows=[_FOUR_TO_FIVE])],
+    )  # fmt: skip
+    return patient.encode(), msgspec.json.encode(plan)
+
+
+def test_a_new_care_plan_wakes_the_patient_for_its_first_window() -> None:
+    """Found in review: a new plan did not move the deadline, so its first window was judged only
+    when the patient next woke. The old heap happened to hold an older, earlier entry; with one
+    entry per patient, the next wake was the kit-silent one, and a silent kit is not judged on its
+    windows: "measurement missed" never came."""
+    h = _SmallCache()
+    m, s, c, tick = NAMES["measurements"], NAMES["status"], NAMES["careplans"], NAMES["ticks"]
+
+    def at(hours: float) -> datetime:
+        return T0 + timedelta(hours=hours)  # T0 is 07:30 UTC
+
+    h.put(m, *reading("P", Metric.PULSE, 70.0, at(0)), 0, None)
+    h.put(s, *_status("P", at(4)), 0, None)
+    h.put(m, *reading("P", Metric.PULSE, 70.0, at(8)), 0, None)  # the deadline moves on in memory only
+    h.put(c, *_weight_at_four("P"), 0, None)  # weight due 16:00-17:00 UTC, +8.5 h to +9.5 h
+    for hours in (10.6, 13.1):
+        h.put(s, *_status(None, at(hours)), 0, None)  # another kit's message moves the clock on
+        h.put(tick, None, b"", 0, None)
+    for q in ("Q1", "Q2", "Q3"):  # the cache lets P's records go
+        h.put(m, *reading(q, Metric.PULSE, 70.0, at(13.2)), 0, None)
+    missed = [e for e in h.sent if e.patient_id == "P" and e.rule_id == "measurement-missed"]
+    assert missed, "the plan's first window passed without a reading and no nurse was told"
+    assert missed[0].opened_at <= at(10.6)
+
+
+def test_a_status_after_a_failed_silence_deadline_does_not_break_the_batch(monkeypatch: Any) -> None:
+    """Found in review: the failed deadline made the batch forget the patient's record, the status
+    then changed the forgotten copy, and `take` failed with a KeyError: the whole batch, every
+    partition's output, lost at each try."""
+    h = Harness()
+    h.put(NAMES["measurements"], *reading("P", Metric.PULSE, 70.0, T0), 0, None)
+
+    def broken(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("a bug in a rule")
+
+    monkeypatch.setattr(Engine, "deadline", broken)
+    h.put(NAMES["status"], *_status("P", T0 + timedelta(hours=20)), 0, None)
+    record = decode_patient(h.state(b"P|kit"))
+    assert record.last_seen == (T0 + timedelta(hours=20)).timestamp()
+    assert h.processor.timers[0].due((T0 + timedelta(hours=40)).timestamp())  # tried again later
