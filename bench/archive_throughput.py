@@ -116,7 +116,13 @@ def schema_url(url: str, schema: str) -> str:
 
 
 def prepare_schema(url: str, schema: str) -> str:
-    with psycopg.connect(url, autocommit=True) as conn:
+    try:
+        conn = psycopg.connect(url, autocommit=True)
+    except psycopg.OperationalError as exc:
+        sys.exit(
+            f"bench: the stack's PostgreSQL is not answering ({exc}); start the stack with `make stack-up`"
+        )
+    with conn:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     scoped = schema_url(url, schema)
     migrate(scoped)

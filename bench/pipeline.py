@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -68,13 +69,16 @@ TRACE_STAGES = (  # (label, from, to) along an alert's trace
 
 
 # ---------------------------------------------------------------- processes and their figures
-def proc_sample(pid: int) -> tuple[float, float]:
-    """(CPU seconds used so far, resident MiB) of one process, from /proc."""
+def proc_sample(pid: int, *, proportional: bool = False) -> tuple[float, float]:
+    """(CPU seconds used so far, resident MiB) of one process, from /proc. `proportional`: its
+    share of pages it shares with others (PSS), so that a tree of processes sharing memory adds
+    up to what it holds."""
+    source, field = ("smaps_rollup", "Pss:") if proportional else ("status", "VmRSS:")
     try:
         cpu = cpu_seconds(pid)
         rss = next(
-            int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-            if line.startswith("VmRSS:")
+            int(line.split()[1]) for line in Path(f"/proc/{pid}/{source}").read_text().splitlines()
+            if line.startswith(field)
         )  # fmt: skip
     except (OSError, StopIteration, IndexError, ValueError):
         return 0.0, 0.0
@@ -82,15 +86,18 @@ def proc_sample(pid: int) -> tuple[float, float]:
 
 
 def tree_sample(pid: int) -> tuple[float, float]:
-    """`proc_sample` of a process and its children (PostgreSQL works in one backend per connection)."""
-    cpu, rss = proc_sample(pid)
+    """`proc_sample` of a process and its children (PostgreSQL works in one backend per connection).
+    Memory is proportional: each backend's resident size counts the shared buffers it has touched,
+    and the sum of those counted the same 512 MB many times over (the soak's "+42 %" of PostgreSQL
+    was backends touching more of the same shared buffers)."""
+    cpu, rss = proc_sample(pid, proportional=True)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
         if ppid == pid:
-            c, r = proc_sample(int(stat.parent.name))
+            c, r = proc_sample(int(stat.parent.name), proportional=True)
             cpu, rss = cpu + c, rss + r
     return cpu, rss
 
@@ -228,11 +235,20 @@ def simulate(ns: Namespace, prefix: str, kits: int, rate: float, seconds: float,
         "--out", str(out), "--ledger-detail", "summary",
     ]  # fmt: skip
     env = {**os.environ, **ns.env, "PYTHONPATH": f"{REPO}:{REPO / 'gateway-sim'}"}
+    # The load generator shares the two cores with the pipeline: its CPU is reported beside the
+    # stages' (children's usage counts once the child is waited for; stages are not, until the end).
+    used = _children_cpu()
     subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=seconds + 600, env=env)
+    used = _children_cpu() - used
     path = out / "ledger.json"
     if not path.exists():
         sys.exit(f"bench: the simulator wrote no ledger in {out}")
-    return dict(json.loads(path.read_text()))
+    return {**json.loads(path.read_text()), "simulator_cpu_s": used}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def percentiles(values: np.ndarray) -> dict[str, float]:
@@ -381,6 +397,7 @@ def run_step(
     confirmed = int(ledger.get("confirmed", {}).get("count", 0))
     db = db_figures(ns.url, prefix)
     processes = process_figures(before, after, rss, wall, minute_rss=minute_rss)
+    processes["simulator"] = {"cpu_percent": round(100.0 * ledger.get("simulator_cpu_s", 0.0) / wall, 1)}
     achieved = sustained(times, counts)
     lag_max = {k: max((lag.get(k, 0) for lag in lags), default=0) for k in ns.groups()}
     step = {

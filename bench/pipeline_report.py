@@ -54,7 +54,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-_PROCESSES = ("bridge", "monitor", "archive", "alerts", "mosquitto", "kafka", "postgres")
+_PROCESSES = ("bridge", "monitor", "archive", "alerts", "mosquitto", "kafka", "postgres", "simulator")
 
 
 def _cut(p: dict[str, Any] | None, *keys: str) -> str:

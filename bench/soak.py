@@ -115,6 +115,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         f"- {name}: {' -> '.join(str(v) for v in p.get('rss_mib_by_5_min', []))}"
         for name, p in step["processes"].items()
+        if p.get("rss_mib_by_5_min")
     ]
     lines += ["", "| path | window | n | p50 ms | p99 ms |", "|---|---|---:|---:|---:|"]
     lines += [
