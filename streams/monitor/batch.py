@@ -447,8 +447,14 @@ class Processor:
         if held is not None:  # no merge to ask: nothing waits
             held.behind = False
 
+    def _timer(self, partition: int) -> Timer:
+        timer = self.timers.get(partition)
+        if timer is None:  # not setdefault: that would build a Timer on every call
+            timer = self.timers[partition] = Timer()
+        return timer
+
     def _schedule(self, partition: int, patient: bytes, wake: float | None) -> None:
-        self.timers.setdefault(partition, Timer()).ask(patient, wake)
+        self._timer(partition).ask(patient, wake)
 
     # ------------------------------------------------------------------ handlers
     def _measurement(self, r: Record) -> None:
@@ -598,7 +604,7 @@ class Processor:
         now_event = clk.now() if clk is not None else 0.0
         if not now_event:
             return False
-        timer = self.timers.setdefault(partition, Timer())
+        timer = self._timer(partition)
         now = datetime.now(UTC)
         while True:
             if stop_at is not None and time.monotonic() > stop_at:
@@ -606,11 +612,10 @@ class Processor:
             due = timer.pop(now_event)
             if due is None:
                 return False
-            wake, patient = due
+            _asked, patient = due
             precord = self._patient(partition, patient)
             if precord.wake_at is None or precord.wake_at > now_event:
-                if precord.wake_at is not None and precord.wake_at != wake:
-                    self._schedule(partition, patient, precord.wake_at)
+                self._schedule(partition, patient, precord.wake_at)  # it moved on since it was asked
                 continue
             self._fire(partition, patient, precord, now_event, now)
 
