@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import zlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -264,7 +265,8 @@ def test_a_worker_keeping_records_decoded_sees_the_events_of_one_decoding_every_
 # Records as the engine before issue #29 wrote them (commit 0b0d5cf, `decode_*`/`encode` unchanged
 # since): a pulse record with one reading and an open NEWS2-P episode, the patient record beside it
 # (with its deadline), and a CGM record of 140 readings with episodes, large enough to be stored
-# zlib-compressed. Made with that commit's code and kept as bytes, so a change of layout shows here.
+# compressed (zlib then, zstd now). Made with that commit's code and kept as bytes, so a change of
+# layout shows here.
 _OLD = {
     "metric": (
         "93969195cb41da56dbe0000000cb4041800000000000c0a0c09193cd4fea01cb404180000000000091ac363161326663"
@@ -311,11 +313,20 @@ _OLD = {
 
 def test_records_written_by_the_old_engine_decode_and_encode_back_the_same() -> None:
     """State kept in RocksDB and the changelog across the upgrade is read as it was written."""
-    for name, raw in _OLD.items():
-        old = bytes.fromhex(raw)
+    for name in ("metric", "patient"):
+        old = bytes.fromhex(_OLD[name])
         record = decode_patient(old) if name == "patient" else decode_metric(old)
         assert encode(record) == old, name
-    assert bytes.fromhex(_OLD["compressed"])[:1] == b"\x78"  # the zlib branch is covered
+    # Compressed records were zlib before zstd: still read, and written back as zstd
+    old = bytes.fromhex(_OLD["compressed"])
+    assert old[:1] == b"\x78"
+    record = decode_metric(old)
+    assert len(record.history.recent) == 25  # two hours of a CGM
+    again = encode(record)
+    assert again[:4] == b"\x28\xb5\x2f\xfd"
+    assert len(again) < 1536 < len(zlib.decompress(old))
+    assert decode_metric(again) == record
+    assert encode(decode_metric(again)) == again
     assert bytes.fromhex(_OLD["metric"])[:1] != b"\x78"
     assert decode_metric(bytes.fromhex(_OLD["metric"])).episodes["pulse_abnormal"].rule_id == "NEWS2-P"
     assert decode_patient(bytes.fromhex(_OLD["patient"])).wake_at is not None
