@@ -31,7 +31,7 @@ fuzz: stack-up ## 1,000,000 payloads through the bridge's core, then 300 hostile
 	@$(PY) bench/fuzz_bridge.py
 	@VAKTROM_HOSTILE_EXAMPLES=300 $(PY) -m pytest tests/integration/test_hostile_input.py -q
 
-soak: stack-up ## the whole pipeline for 30 minutes at a steady rate; memory and latency drift in bench/results/soak.md
+soak: stack-up ## the whole pipeline for 30 minutes at a steady rate after 10 of warm-up; memory and latency drift in bench/results/soak.md
 	@$(PY) bench/soak.py
 
 demo-check: ## beside a running `make up`: log in as the demo user, wait for a red and a yellow alert, keep screenshots

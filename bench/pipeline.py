@@ -319,9 +319,11 @@ def process_figures(
     wall: float,
     *,
     minute_rss: bool,
+    warmup_s: float = 0.0,
 ) -> dict[str, dict[str, float]]:
     """CPU % of one core over the step and resident memory, per process; with `minute_rss` also the
-    mean of the first and of the last minute (is memory flat?) and of each 5 minutes."""
+    mean of the first minute after `warmup_s` and of the last minute (is memory flat?), and of each
+    5 minutes from the start."""
     out = {}
     for name in before:
         series = [v for _t, v in rss[name]]
@@ -329,8 +331,9 @@ def process_figures(
             "cpu_percent": round(100.0 * (after[name][0] - before[name][0]) / wall, 1),
             "rss_mib_max": round(max(series), 1) if series else 0.0,
         }
-        if minute_rss and series:
-            first = float(np.mean([v for t, v in rss[name] if t <= 60.0]))
+        firsts = [v for t, v in rss[name] if warmup_s <= t <= warmup_s + 60.0]
+        if minute_rss and firsts:  # none: the run ended inside its warm-up
+            first = float(np.mean(firsts))
             last = float(np.mean([v for t, v in rss[name] if t >= rss[name][-1][0] - 60.0]))
             row["rss_mib_first_minute"] = round(first, 1)
             row["rss_mib_last_minute"] = round(last, 1)
@@ -346,7 +349,14 @@ def process_figures(
 
 
 def run_step(
-    ns: Namespace, label: str, rate: float, seconds: float, kits: int, *, minute_rss: bool = False
+    ns: Namespace,
+    label: str,
+    rate: float,
+    seconds: float,
+    kits: int,
+    *,
+    minute_rss: bool = False,
+    warmup_s: float = 0.0,
 ) -> dict[str, Any]:
     prefix = f"PL{ns.tag}{label}"
     enrol(ns.url, load_enrolment(prefix, kits), since=datetime.now(UTC) - timedelta(days=1))
@@ -396,7 +406,7 @@ def run_step(
     ledger = box
     confirmed = int(ledger.get("confirmed", {}).get("count", 0))
     db = db_figures(ns.url, prefix)
-    processes = process_figures(before, after, rss, wall, minute_rss=minute_rss)
+    processes = process_figures(before, after, rss, wall, minute_rss=minute_rss, warmup_s=warmup_s)
     processes["simulator"] = {"cpu_percent": round(100.0 * ledger.get("simulator_cpu_s", 0.0) / wall, 1)}
     achieved = sustained(times, counts)
     lag_max = {k: max((lag.get(k, 0) for lag in lags), default=0) for k in ns.groups()}

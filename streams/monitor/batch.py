@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import msgspec
 
@@ -67,6 +68,8 @@ KIT = b"|kit"
 PLAN = b"|plan"
 METRIC_KEYS = {metric: f"|{metric.value}".encode() for metric in Metric}
 _SUFFIXES = {suffix: metric for metric, suffix in METRIC_KEYS.items()}
+_KINDS = {KIT, PLAN, ANSWERS, *_SUFFIXES}  # a key's last part: the kinds of record a patient has
+_V = TypeVar("_V")
 _measurement = msgspec.json.Decoder(Measurement)
 _status = msgspec.json.Decoder(KitStatusEvent)
 _careplan = msgspec.json.Decoder(CarePlan)
@@ -130,16 +133,17 @@ _Value = MetricRecord | PatientRecord | _Plan | AnswerRecord
 class _Cache:
     """Decoded state of the keys used last, each with its partition; misses are read from the store."""
 
-    def __init__(self, store: Store, limit: int) -> None:
+    def __init__(self, store: Store, limit: int, metrics: MonitorMetrics) -> None:
         self.store = store
         self.values: dict[bytes, tuple[int, _Value | None]] = {}  # in order of use, the oldest first
         self.limit = limit
+        self.metrics = metrics
 
     def get(self, partition: int, key: bytes, decode: Callable[[bytes], _Value]) -> _Value | None:
         held = self.values.pop(key, None)
         if held is None or held[0] != partition:
             raw = self.store.get(partition, key)
-            held = (partition, None if raw is None else decode(raw))
+            held = (partition, None if raw is None else readable(decode, raw, key, self.metrics))
         self.values[key] = held
         return held[1]
 
@@ -158,6 +162,29 @@ class _Cache:
 
     def drop(self, partitions: set[int]) -> None:
         self.values = {k: v for k, v in self.values.items() if v[0] not in partitions}
+
+
+def readable(decode: Callable[[bytes], _V], raw: bytes, key: bytes, metrics: MonitorMetrics) -> _V | None:
+    """`raw` decoded, or None (as if the key had no record) when it cannot be: a record corrupted on
+    disk or in the changelog, or written by a newer version after a rollback. One patient's record
+    must not stop the partition: its loading at assignment, every deadline and every reading of the
+    others. The patient stays monitored from an empty record of that kind (an open episode it held
+    may open again, as a new one), and the next write replaces the bad record."""
+    try:
+        return decode(raw)
+    except Exception as exc:  # whatever the codec or the decoder raises: the record is unusable
+        suffix = key[key.rfind(b"|") :]
+        kind = suffix[1:].decode() if suffix in _KINDS else "other"
+        metrics.state_unreadable.labels(kind).inc()
+        log.warning(
+            "a stored %s record could not be read (%s: %s); that patient's %s state starts again empty",
+            kind,
+            type(exc).__name__,
+            str(exc)[:120],
+            kind,
+        )
+        log.debug("the unreadable record's key: %r", key)
+        return None
 
 
 _MAX_TEXT = 64  # a unit, a LOINC code, a meter flag or a kit state is a few characters
@@ -253,7 +280,7 @@ class Processor:
     ) -> None:
         self.engine, self.names, self.store, self.metrics = engine, names, store, metrics
         self.symptoms = Symptoms(timing=engine.timing, shown_in=engine.shown_in)
-        self.cache = _Cache(store, cached)
+        self.cache = _Cache(store, cached, metrics)
         self.answering = Answering(symptoms=self.symptoms, cache=self.cache, plan=self._plan)
         self.behind = behind
         self._sources = {names.measurements: "measurements", names.status: "status"}
@@ -279,7 +306,7 @@ class Processor:
         and none of the readings yet, moved the clock to the end of the backlog and fired every
         deadline on the way ("measurement missed" for windows whose readings were still waiting).
         """
-        now = datetime.now(UTC)
+        now, m = datetime.now(UTC), self.metrics
         for partition in partitions:
             wakes: dict[bytes, float] = {}
             patients: dict[bytes, dict[bytes, bytes]] = {}
@@ -288,17 +315,22 @@ class Processor:
                 patients.setdefault(key[:cut], {})[key[cut:]] = value
             latest = 0.0
             for patient, held in patients.items():
-                if ANSWERS in held:
-                    answers = self.symptoms.announce(patient.decode(), decode_answers(held[ANSWERS]), now=now)
+                stored = (
+                    readable(decode_answers, held[ANSWERS], patient + ANSWERS, m) if ANSWERS in held else None
+                )
+                if stored is not None:
+                    answers = self.symptoms.announce(patient.decode(), stored, now=now)
                     self._out.events.extend((patient, e) for e in answers)
-                precord = decode_patient(held.get(KIT))
+                precord = readable(decode_patient, held[KIT], patient + KIT, m) if KIT in held else None
+                if precord is None:
+                    precord = PatientRecord()
                 if precord.wake_at is not None:
                     wakes[patient] = precord.wake_at
                 episodes, seen_at = dict(precord.episodes), [precord.last_seen, precord.missed_checked]
                 for suffix, raw in held.items():
                     metric = _SUFFIXES.get(suffix)
-                    if metric is not None:
-                        record = decode_metric(raw)
+                    record = readable(decode_metric, raw, patient + suffix, m) if metric is not None else None
+                    if record is not None:
                         episodes.update({f"{metric}:{k}": v for k, v in record.episodes.items()})
                         seen_at.extend(q.t for q in record.history.recent[-1:])
                 latest = max(latest, *seen_at)

@@ -139,6 +139,9 @@ _COMPRESS_ABOVE = 1536
 _ZSTD = b"\x28\xb5\x2f\xfd"
 _ZLIB = b"\x78"
 _ZSTD_LEVEL = 3
+# No record is near this decompressed (a CGM's is ~3 KB); a record that says it is larger, or
+# inflates beyond it, is refused before memory is spent on it (a few KB of zstd can declare GBs).
+_MAX_PLAIN = 1 << 20
 # A zstd context is reused for speed and is not safe to share between threads: one per thread.
 _contexts = threading.local()
 
@@ -147,8 +150,15 @@ def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
     try:
         return _contexts.pair  # type: ignore[no-any-return]
     except AttributeError:
-        _contexts.pair = (zstandard.ZstdCompressor(level=_ZSTD_LEVEL), zstandard.ZstdDecompressor())
+        # The checksum (4 bytes) makes a flipped byte an error rather than another valid record,
+        # as zlib's adler32 did
+        compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_checksum=True)
+        _contexts.pair = (compressor, zstandard.ZstdDecompressor())
         return _contexts.pair  # type: ignore[no-any-return]
+
+
+class StateTooLargeError(ValueError):
+    """A compressed state record that would inflate beyond `_MAX_PLAIN`."""
 
 
 _PATIENT_FIELDS_BEFORE_REMINDERS = 7
@@ -165,9 +175,23 @@ def encode(record: MetricRecord | PatientRecord) -> bytes:
 
 
 def _plain(raw: bytes) -> bytes:
+    """A stored record's msgpack. Raises on a corrupt or oversized record (the shell treats the
+    record as unreadable: `streams.monitor.batch.readable`)."""
     if raw[:4] == _ZSTD:
-        return _zstd()[1].decompress(raw)
-    return zlib.decompress(raw) if raw[:1] == _ZLIB else raw
+        if not 0 <= zstandard.frame_content_size(raw) <= _MAX_PLAIN:  # -1: not declared
+            raise StateTooLargeError(
+                f"a compressed state record declares no size or more than {_MAX_PLAIN} bytes"
+            )
+        return _zstd()[1].decompress(raw, max_output_size=_MAX_PLAIN)
+    if raw[:1] == _ZLIB:
+        inflate = zlib.decompressobj()
+        plain = inflate.decompress(raw, _MAX_PLAIN)
+        if not inflate.eof or inflate.unconsumed_tail:
+            raise StateTooLargeError(
+                f"a compressed state record is cut short or inflates beyond {_MAX_PLAIN} bytes"
+            )
+        return plain
+    return raw
 
 
 def decode_metric(raw: bytes | None) -> MetricRecord:

@@ -44,6 +44,13 @@ class MonitorMetrics:
             buckets=(128, 256, 512, 1024, 1536, 2048, 4096, 8192),
             registry=r,
         )
+        self.state_unreadable = Counter(
+            "vaktrom_monitor_state_unreadable",
+            "stored state records that could not be read (corrupt, or written by a newer version), "
+            "by kind; the patient's record of that kind started again empty",
+            ["kind"],
+            registry=r,
+        )
         self.changelog_errors = Counter(
             "vaktrom_monitor_changelog_errors",
             "state changes Kafka did not take; their alert events were sent anyway",

@@ -437,7 +437,7 @@ def test_kept_values_are_bounded_and_the_least_recently_used_go_first() -> None:
 
     store = Store()
     store.write({0: {b"a": b"1", b"b": b"2", b"c": b"3"}}, {})
-    kept = _Cache(store, limit=2)
+    kept = _Cache(store, limit=2, metrics=MonitorMetrics())
 
     def get(key: bytes) -> Any:
         return kept.get(0, key, lambda raw: raw)  # type: ignore[arg-type,return-value]
