@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -138,16 +139,21 @@ class _Cache:
         self.values: dict[bytes, tuple[int, _Value | None]] = {}  # in order of use, the oldest first
         self.limit = limit
         self.metrics = metrics
+        self.unreadable: set[bytes] = set()  # keys whose stored record could not be read, until written
 
     def get(self, partition: int, key: bytes, decode: Callable[[bytes], _Value]) -> _Value | None:
         held = self.values.pop(key, None)
         if held is None or held[0] != partition:
             raw = self.store.get(partition, key)
-            held = (partition, None if raw is None else readable(decode, raw, key, self.metrics))
+            value = None if raw is None else readable(decode, raw, key, self.metrics)
+            if raw is not None and value is None:
+                self.unreadable.add(key)
+            held = (partition, value)
         self.values[key] = held
         return held[1]
 
     def put(self, partition: int, key: bytes, value: _Value) -> None:
+        self.unreadable.discard(key)
         self.values.pop(key, None)
         self.values[key] = (partition, value)
 
@@ -177,14 +183,29 @@ def readable(decode: Callable[[bytes], _V], raw: bytes, key: bytes, metrics: Mon
         kind = suffix[1:].decode() if suffix in _KINDS else "other"
         metrics.state_unreadable.labels(kind).inc()
         log.warning(
-            "a stored %s record could not be read (%s: %s); that patient's %s state starts again empty",
+            "a stored %s record could not be read (%s); that patient's %s state starts again",
             kind,
             type(exc).__name__,
-            str(exc)[:120],
             kind,
         )
-        log.debug("the unreadable record's key: %r", key)
+        log.debug("the unreadable record's key: %r (%s)", key, exc)  # the text may quote stored values
         return None
+
+
+def _decode_kit(raw: bytes) -> PatientRecord:
+    """`decode_patient`, refusing a record with a time no kit could have given (a flipped bit in a
+    plain record, which has no checksum): it would hold the patient's deadlines years away."""
+    record = decode_patient(raw)
+    times = (record.last_seen, record.missed_checked, record.reminded_checked)
+    if not all(_believable(t) == t for t in times) or not math.isfinite(record.wake_at or 0.0):
+        raise ValueError("a patient record with a time no kit could have given")
+    return record
+
+
+def _believable(t: float) -> float:
+    """A stored event time, or 0.0 for one no reading could have had (not finite, or further ahead
+    of the wall clock than any reading is let in): one such time would move its partition's clock."""
+    return t if math.isfinite(t) and t <= time.time() + _MAX_AHEAD_S else 0.0
 
 
 _MAX_TEXT = 64  # a unit, a LOINC code, a meter flag or a kit state is a few characters
@@ -315,33 +336,20 @@ class Processor:
                 patients.setdefault(key[:cut], {})[key[cut:]] = value
             latest = 0.0
             for patient, held in patients.items():
-                stored = (
-                    readable(decode_answers, held[ANSWERS], patient + ANSWERS, m) if ANSWERS in held else None
-                )
-                if stored is not None:
-                    answers = self.symptoms.announce(patient.decode(), stored, now=now)
-                    self._out.events.extend((patient, e) for e in answers)
-                precord = readable(decode_patient, held[KIT], patient + KIT, m) if KIT in held else None
-                if precord is None:
-                    precord = PatientRecord()
-                if precord.wake_at is not None:
-                    wakes[patient] = precord.wake_at
-                episodes, seen_at = dict(precord.episodes), [precord.last_seen, precord.missed_checked]
-                for suffix, raw in held.items():
-                    metric = _SUFFIXES.get(suffix)
-                    record = readable(decode_metric, raw, patient + suffix, m) if metric is not None else None
-                    if record is not None:
-                        episodes.update({f"{metric}:{k}": v for k, v in record.episodes.items()})
-                        seen_at.extend(q.t for q in record.history.recent[-1:])
-                latest = max(latest, *seen_at)
-                events = self.engine.announce(patient.decode(), episodes, now=now)
-                self._out.events.extend((patient, e) for e in events)
-                plan = self._plan(partition, patient)
-                language = plan.language if plan is not None else DEFAULT_KIT_LANGUAGE
-                self._out.commands.extend(
-                    (patient, c)
-                    for c in self.engine.reminders_due(patient.decode(), precord, language=language)
-                )
+                try:
+                    wake, seen_at = self._load_patient(partition, patient, held, now)
+                except Exception as exc:  # a record that reads but holds what no version wrote
+                    m.state_unreadable.labels("other").inc()
+                    log.warning(
+                        "a patient's stored state could not be announced (%s); woken at once",
+                        type(exc).__name__,
+                    )
+                    log.debug("the patient whose state could not be announced: %r (%s)", patient, exc)
+                    wakes[patient] = 0.0  # its deadline runs at the first tick (and is retried if it fails)
+                    continue
+                if wake is not None:
+                    wakes[patient] = wake
+                latest = max(latest, *(_believable(t) for t in seen_at))
             self.timers[partition] = Timer(wakes)
             self.clocks[partition] = clock = Clock()
             clock.start(latest)  # else a partition that gets no record has no clock
@@ -352,6 +360,38 @@ class Processor:
                 clock.see(source, 0.0, behind=True)
             self.loaded.add(partition)
         self.metrics.deadlines.set(sum(len(t) for t in self.timers.values()))
+
+    def _load_patient(
+        self, partition: int, patient: bytes, held: dict[bytes, bytes], now: datetime
+    ) -> tuple[float | None, list[float]]:
+        """Announce one patient's held episodes and due reminders; (its deadline, its event times)."""
+        m = self.metrics
+        stored = readable(decode_answers, held[ANSWERS], patient + ANSWERS, m) if ANSWERS in held else None
+        if stored is not None:
+            answers = self.symptoms.announce(patient.decode(), stored, now=now)
+            self._out.events.extend((patient, e) for e in answers)
+        precord = readable(_decode_kit, held[KIT], patient + KIT, m) if KIT in held else None
+        if precord is None and KIT in held:
+            self.cache.unreadable.add(patient + KIT)
+            precord = self._rebuilt(partition, patient)
+        elif precord is None:
+            precord = PatientRecord()
+        episodes, seen_at = dict(precord.episodes), [precord.last_seen, precord.missed_checked]
+        for suffix, raw in held.items():
+            metric = _SUFFIXES.get(suffix)
+            record = readable(decode_metric, raw, patient + suffix, m) if metric is not None else None
+            if record is not None:
+                episodes.update({f"{metric}:{k}": v for k, v in record.episodes.items()})
+                seen_at.extend(q.t for q in record.history.recent[-1:])
+        events = self.engine.announce(patient.decode(), episodes, now=now)
+        self._out.events.extend((patient, e) for e in events)
+        plan = self._plan(partition, patient)
+        language = plan.language if plan is not None else DEFAULT_KIT_LANGUAGE
+        self._out.commands.extend(
+            (patient, c) for c in self.engine.reminders_due(patient.decode(), precord, language=language)
+        )
+        wake = precord.wake_at
+        return (wake if wake is None or math.isfinite(wake) else 0.0), seen_at
 
     def drop(self, partitions: set[int]) -> None:
         """Forget these partitions (they went to another worker); what was handled is delivered."""
@@ -415,12 +455,35 @@ class Processor:
 
     # ------------------------------------------------------------------ state
     def _patient(self, partition: int, patient: bytes) -> PatientRecord:
-        held = self.cache.get(partition, patient + KIT, decode_patient)
+        held = self.cache.get(partition, patient + KIT, _decode_kit)
         if held is None:
+            if patient + KIT in self.cache.unreadable:
+                precord = self._rebuilt(partition, patient)
+                self._schedule(partition, patient, precord.wake_at)
+                return precord
             held = PatientRecord()
             self.cache.put(partition, patient + KIT, held)
         assert isinstance(held, PatientRecord)
         return held
+
+    def _rebuilt(self, partition: int, patient: bytes) -> PatientRecord:
+        """A patient record that could not be read, made again from what is known, so the patient
+        stays in silence and missed-measurement detection: heard from at the latest reading kept
+        (else at the partition's clock), windows judged up to then, its next deadline asked again
+        and the record written with this batch. The kit-level episodes it held are not known any
+        more (the response centre still shows them)."""
+        heard = []
+        for suffix in METRIC_KEYS.values():
+            record = self.cache.get(partition, patient + suffix, decode_metric)
+            if isinstance(record, MetricRecord) and record.history.recent:
+                heard.append(record.history.recent[-1].t)
+        clk = self.clocks.get(partition)
+        last = _believable(max(heard, default=0.0)) or (clk.now() if clk is not None else 0.0) or time.time()
+        precord = PatientRecord(partition=partition, last_seen=last, missed_checked=last)
+        self.engine.rewake(precord, self._plan(partition, patient))
+        self.cache.put(partition, patient + KIT, precord)
+        self._touch(partition, patient + KIT)
+        return precord
 
     def _metric(self, partition: int, key: bytes) -> MetricRecord:
         held = self.cache.get(partition, key, decode_metric)

@@ -574,6 +574,12 @@ class Engine:
         is not judged on its windows). True when the deadline moved earlier: write the record."""
         return self._rewake(patient, _schedule_of(plan))
 
+    def rewake(self, patient: PatientRecord, plan: CarePlan | None) -> None:
+        """Ask a patient record's next deadline from scratch (a record made again after it could
+        not be read: the shell then keeps the patient on its timer)."""
+        patient.wake_at = None
+        self._rewake(patient, _schedule_of(plan) if plan is not None else None)
+
     def _rewake(self, patient: PatientRecord, schedule: Schedule | None) -> bool:
         """Recompute the next deadline; True when it moved earlier, so the record must be written.
 

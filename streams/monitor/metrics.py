@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
+from contracts import Metric
 from runtime.ops import LATENCY_BUCKETS
 
 __all__ = ["MonitorMetrics"]
@@ -51,6 +52,10 @@ class MonitorMetrics:
             ["kind"],
             registry=r,
         )
+        for kind in (*(m.value for m in Metric), "kit", "plan", "answers", "other"):
+            # at 0 from the start: else a kind's first unreadable record makes its series appear at 1,
+            # and `increase()` in the operators' alert never sees it
+            self.state_unreadable.labels(kind)
         self.changelog_errors = Counter(
             "vaktrom_monitor_changelog_errors",
             "state changes Kafka did not take; their alert events were sent anyway",
