@@ -10,6 +10,13 @@ from runtime.ops import LATENCY_BUCKETS
 __all__ = ["MonitorMetrics"]
 
 
+def _from_zero(counter: Counter, kinds: tuple[str, ...]) -> None:
+    """Every label at 0 from the start: else a kind's first count makes its series appear at 1, and
+    `increase()` in the operators' alert never sees it."""
+    for kind in kinds:
+        counter.labels(kind)
+
+
 class MonitorMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -52,10 +59,7 @@ class MonitorMetrics:
             ["kind"],
             registry=r,
         )
-        for kind in (*(m.value for m in Metric), "kit", "plan", "answers", "other"):
-            # at 0 from the start: else a kind's first unreadable record makes its series appear at 1,
-            # and `increase()` in the operators' alert never sees it
-            self.state_unreadable.labels(kind)
+        _from_zero(self.state_unreadable, (*(m.value for m in Metric), "kit", "plan", "answers", "other"))
         self.changelog_errors = Counter(
             "vaktrom_monitor_changelog_errors",
             "state changes Kafka did not take; their alert events were sent anyway",
