@@ -77,6 +77,7 @@ _careplan = msgspec.json.Decoder(CarePlan)
 _answer = msgspec.json.Decoder(QuestionnaireAnswer)
 _STAGE = "monitor"  # in the quarantine records it publishes
 _MAX_AHEAD_S = 3600.0  # an event time further ahead of the wall clock is not believed
+_FURTHEST_WAKE_S = 14 * 86_400.0  # beyond any deadline a patient record asks (silence, windows, all-clear)
 CACHED_KEYS = 50_000  # decoded records kept (a few hundred bytes to a few KB each)
 
 
@@ -193,19 +194,29 @@ def readable(decode: Callable[[bytes], _V], raw: bytes, key: bytes, metrics: Mon
 
 
 def _decode_kit(raw: bytes) -> PatientRecord:
-    """`decode_patient`, refusing a record with a time no kit could have given (a flipped bit in a
-    plain record, which has no checksum): it would hold the patient's deadlines years away."""
+    """`decode_patient`, with times no kit could have given (a flipped bit in a plain record, which
+    has no checksum) refused when not finite and brought back within reach when far ahead: they
+    would hold the patient's deadlines years away. A deadline brought forward only wakes the
+    patient early; the deadline check then asks it again. Its episodes are kept."""
     record = decode_patient(raw)
-    times = (record.last_seen, record.missed_checked, record.reminded_checked)
-    if not all(_believable(t) == t for t in times) or not math.isfinite(record.wake_at or 0.0):
-        raise ValueError("a patient record with a time no kit could have given")
+    times = (record.last_seen, record.missed_checked, record.reminded_checked, record.wake_at or 0.0)
+    if not all(math.isfinite(t) for t in times):
+        raise ValueError("a patient record with a time that is not a number")
+    limit = time.time() + _MAX_AHEAD_S
+    record.last_seen = min(record.last_seen, limit)
+    record.missed_checked = min(record.missed_checked, limit)
+    record.reminded_checked = min(record.reminded_checked, limit)
+    if record.wake_at is not None:
+        record.wake_at = min(record.wake_at, limit + _FURTHEST_WAKE_S)
     return record
 
 
 def _believable(t: float) -> float:
-    """A stored event time, or 0.0 for one no reading could have had (not finite, or further ahead
-    of the wall clock than any reading is let in): one such time would move its partition's clock."""
-    return t if math.isfinite(t) and t <= time.time() + _MAX_AHEAD_S else 0.0
+    """A stored event time to start a partition's clock from, or 0.0 for one ahead of the wall
+    clock (a kit's clock ahead, or a time brought back within reach by `_decode_kit`) or not
+    finite: one such time would move the partition's clock, and every other kit would be silent.
+    The inputs waiting move the clock on from an earlier start."""
+    return t if math.isfinite(t) and t <= time.time() else 0.0
 
 
 _MAX_TEXT = 64  # a unit, a LOINC code, a meter flag or a kit state is a few characters
@@ -309,6 +320,7 @@ class Processor:
         self.clocks: dict[int, Clock] = {}
         self.timers: dict[int, Timer] = {}
         self.loaded: set[int] = set()
+        self._latest: dict[int, float] = {}  # per partition, its latest believable time when loaded
         self.retries = Retries(metrics.deadline_failures)
         self._out = Batch()
         self._touched: dict[bytes, int] = {}  # keys changed since the last `take`, with their partition
@@ -334,22 +346,32 @@ class Processor:
             for key, value in self.store.items(partition):
                 cut = key.rfind(b"|")
                 patients.setdefault(key[:cut], {})[key[cut:]] = value
-            latest = 0.0
+            latest, rebuild = 0.0, []
             for patient, held in patients.items():
                 try:
                     wake, seen_at = self._load_patient(partition, patient, held, now)
                 except Exception as exc:  # a record that reads but holds what no version wrote
                     m.state_unreadable.labels("other").inc()
                     log.warning(
-                        "a patient's stored state could not be announced (%s); woken at once",
+                        "a patient's stored state could not be announced (%s); its deadline is asked "
+                        "again at the first tick",
                         type(exc).__name__,
                     )
-                    log.debug("the patient whose state could not be announced: %r (%s)", patient, exc)
-                    wakes[patient] = 0.0  # its deadline runs at the first tick (and is retried if it fails)
+                    log.debug("the patient whose state could not be announced: %r", patient, exc_info=True)
+                    wakes[patient] = 0.0
                     continue
-                if wake is not None:
+                if wake is None and KIT in held and patient + KIT in self.cache.unreadable:
+                    rebuild.append(patient)
+                elif wake is not None:
                     wakes[patient] = wake
                 latest = max(latest, *(_believable(t) for t in seen_at))
+            # Made again once the partition's latest time is known, and kept out of it: a record
+            # made at any other time would move the clock (and find every other kit silent)
+            self._latest[partition] = latest
+            for patient in rebuild:
+                wake = self._rebuilt(partition, patient).wake_at
+                if wake is not None:
+                    wakes[patient] = wake
             self.timers[partition] = Timer(wakes)
             self.clocks[partition] = clock = Clock()
             clock.start(latest)  # else a partition that gets no record has no clock
@@ -371,10 +393,9 @@ class Processor:
             answers = self.symptoms.announce(patient.decode(), stored, now=now)
             self._out.events.extend((patient, e) for e in answers)
         precord = readable(_decode_kit, held[KIT], patient + KIT, m) if KIT in held else None
-        if precord is None and KIT in held:
-            self.cache.unreadable.add(patient + KIT)
-            precord = self._rebuilt(partition, patient)
-        elif precord is None:
+        if precord is None:  # none, or unreadable: made again by `load` once the clock's time is known
+            if KIT in held:
+                self.cache.unreadable.add(patient + KIT)
             precord = PatientRecord()
         episodes, seen_at = dict(precord.episodes), [precord.last_seen, precord.missed_checked]
         for suffix, raw in held.items():
@@ -469,16 +490,16 @@ class Processor:
     def _rebuilt(self, partition: int, patient: bytes) -> PatientRecord:
         """A patient record that could not be read, made again from what is known, so the patient
         stays in silence and missed-measurement detection: heard from at the latest reading kept
-        (else at the partition's clock), windows judged up to then, its next deadline asked again
-        and the record written with this batch. The kit-level episodes it held are not known any
-        more (the response centre still shows them)."""
+        (else at the partition's latest time when it was loaded: never the wall clock, which would
+        count a worker's downtime as the kit's silence), windows judged up to then, its next
+        deadline asked again and the record written with this batch. The kit-level episodes it held
+        are not known any more (the response centre still shows them)."""
         heard = []
         for suffix in METRIC_KEYS.values():
             record = self.cache.get(partition, patient + suffix, decode_metric)
             if isinstance(record, MetricRecord) and record.history.recent:
-                heard.append(record.history.recent[-1].t)
-        clk = self.clocks.get(partition)
-        last = _believable(max(heard, default=0.0)) or (clk.now() if clk is not None else 0.0) or time.time()
+                heard.append(_believable(record.history.recent[-1].t))
+        last = max(heard, default=0.0) or self._latest.get(partition, 0.0)
         precord = PatientRecord(partition=partition, last_seen=last, missed_checked=last)
         self.engine.rewake(precord, self._plan(partition, patient))
         self.cache.put(partition, patient + KIT, precord)

@@ -482,9 +482,9 @@ class Worker:
             p: {source for topic, source in self._sources.items() if self.merge.behind(topic, p)} for p in new
         }
         self.processor.load(sorted(new), waiting)
-        out = self.processor.take()  # the announcements
-        self._send_events(out.events)
-        self._send_reminders(out.commands)
+        # The announcements, and patient records made again because they could not be read (written
+        # before the events, as any batch's state)
+        self._deliver(self.processor.take())
         took = time.monotonic() - started
         self.restore_seconds.append(took)
         log.info("partitions %s restored and announced in %.2f s", sorted(new), took)

@@ -98,7 +98,9 @@ def test_one_unreadable_record_leaves_the_partition_loaded_and_every_patient_mon
     after = run.processor()
     after.load([0])  # before: raised, and the partition was never served
     assert 0 in after.loaded
-    assert "B" in [e.patient_id for _k, e in after.take().events]  # B's open episode announced
+    loaded = after.take()  # delivered as the worker does: a patient record made again is written
+    run.store.write(loaded.changelog, {0: run.offset})
+    assert "B" in [e.patient_id for _k, e in loaded.events]  # B's open episode announced
     assert run.unreadable() == 1
     # A is monitored again from an empty record: a red reading alerts, nothing is quarantined, and
     # the bad record is replaced by one that reads
@@ -216,17 +218,32 @@ def test_a_record_that_reads_but_holds_what_no_version_wrote_stops_only_its_pati
 
 def test_a_stored_time_far_ahead_does_not_move_the_partitions_clock() -> None:
     """One flipped bit in a plain record's time (no checksum below 1.5 KB) made it years ahead; the
-    partition's clock jumped there and every other patient was found silent (found in review)."""
+    partition's clock jumped there and every other patient was found silent (found in review). The
+    record keeps its episodes; its times are brought back within reach."""
     run = _Run()
     record = decode_patient(run.store.get(0, b"A|kit"))
-    record.last_seen = 7.7e18
+    record.last_seen = record.wake_at = 7.7e18
     run.store.write({0: {b"A|kit": encode(record)}}, {0: run.offset})
     after = run.processor()
     after.load([0])
-    assert after.clocks[0].now() < datetime.now(UTC).timestamp() + 3600
-    assert run.unreadable() == 1  # the record is refused and made again
+    assert after.clocks[0].now() < T0.timestamp() + 600  # B's and A's readings, not A's far time
+    assert run.unreadable() == 0
     after.deadlines()
     assert "kit-silent" not in [e.rule_id for _k, e in after.take().events]
+
+
+def test_a_patient_record_made_again_does_not_move_the_partitions_clock() -> None:
+    """A kit heard only through status messages has no reading to date its record made again from;
+    the wall clock was used, the partition's clock started there, and every other patient was
+    found silent at the first tick (found in review)."""
+    run = _Run()
+    run.store.write({0: {b"C|kit": _DAMAGED["a newer version's codec"]}}, {0: run.offset})
+    after = run.processor()
+    after.load([0])
+    assert after.clocks[0].now() < T0.timestamp() + 600
+    after.deadlines()
+    assert "kit-silent" not in [e.rule_id for _k, e in after.take().events]
+    assert b"C" in after.timers[0]._due
 
 
 def test_every_kind_is_counted_from_zero_so_the_first_unreadable_record_alerts() -> None:
