@@ -194,29 +194,26 @@ def readable(decode: Callable[[bytes], _V], raw: bytes, key: bytes, metrics: Mon
 
 
 def _decode_kit(raw: bytes) -> PatientRecord:
-    """`decode_patient`, with times no kit could have given (a flipped bit in a plain record, which
-    has no checksum) refused when not finite and brought back within reach when far ahead: they
-    would hold the patient's deadlines years away. A deadline brought forward only wakes the
-    patient early; the deadline check then asks it again. Its episodes are kept."""
+    """`decode_patient`, refusing a record with a time no kit could have given (a flipped bit in a
+    plain record, which has no checksum): it would hold the patient's deadlines years away, and
+    kept within reach it would still hide a silence for hours. Refused, it is made again from the
+    patient's readings (`Processor._rebuilt`); its kit-level episodes are lost with it."""
     record = decode_patient(raw)
-    times = (record.last_seen, record.missed_checked, record.reminded_checked, record.wake_at or 0.0)
-    if not all(math.isfinite(t) for t in times):
-        raise ValueError("a patient record with a time that is not a number")
     limit = time.time() + _MAX_AHEAD_S
-    record.last_seen = min(record.last_seen, limit)
-    record.missed_checked = min(record.missed_checked, limit)
-    record.reminded_checked = min(record.reminded_checked, limit)
-    if record.wake_at is not None:
-        record.wake_at = min(record.wake_at, limit + _FURTHEST_WAKE_S)
+    times = (record.last_seen, record.missed_checked, record.reminded_checked)
+    wake = record.wake_at if record.wake_at is not None else 0.0
+    if not all(_believable(t) == t for t in times) or not (
+        math.isfinite(wake) and wake <= limit + _FURTHEST_WAKE_S
+    ):
+        raise ValueError("a patient record with a time no kit could have given")
     return record
 
 
 def _believable(t: float) -> float:
-    """A stored event time to start a partition's clock from, or 0.0 for one ahead of the wall
-    clock (a kit's clock ahead, or a time brought back within reach by `_decode_kit`) or not
-    finite: one such time would move the partition's clock, and every other kit would be silent.
-    The inputs waiting move the clock on from an earlier start."""
-    return t if math.isfinite(t) and t <= time.time() else 0.0
+    """A stored event time, or 0.0 for one no reading could have had (not finite, or further ahead
+    of the wall clock than any reading is let in): one such time would move its partition's clock,
+    and every other kit would be found silent."""
+    return t if math.isfinite(t) and t <= time.time() + _MAX_AHEAD_S else 0.0
 
 
 _MAX_TEXT = 64  # a unit, a LOINC code, a meter flag or a kit state is a few characters
@@ -499,7 +496,10 @@ class Processor:
             record = self.cache.get(partition, patient + suffix, decode_metric)
             if isinstance(record, MetricRecord) and record.history.recent:
                 heard.append(_believable(record.history.recent[-1].t))
-        last = max(heard, default=0.0) or self._latest.get(partition, 0.0)
+        clk = self.clocks.get(partition) if partition in self.loaded else None  # loading: no clock yet
+        known = max(clk.now() if clk is not None else 0.0, self._latest.get(partition, 0.0))
+        # the wall clock only for a partition that has no time at all (it then has no clock either)
+        last = max(heard, default=0.0) or known or time.time()
         precord = PatientRecord(partition=partition, last_seen=last, missed_checked=last)
         self.engine.rewake(precord, self._plan(partition, patient))
         self.cache.put(partition, patient + KIT, precord)

@@ -114,7 +114,7 @@ def _start(kafka: _Kafka, store: _Store) -> monitor_worker.Worker:
     store.write({0: dict(tail)}, {0: len(kafka.changelog)})
     w = _worker(kafka, store)
     w.processor.load({0})
-    w._send_events(w.processor.take().events)
+    w._deliver(w.processor.take())  # as `Worker._on_assign`: records made again, then the announcement
     return w
 
 

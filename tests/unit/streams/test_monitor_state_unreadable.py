@@ -219,7 +219,7 @@ def test_a_record_that_reads_but_holds_what_no_version_wrote_stops_only_its_pati
 def test_a_stored_time_far_ahead_does_not_move_the_partitions_clock() -> None:
     """One flipped bit in a plain record's time (no checksum below 1.5 KB) made it years ahead; the
     partition's clock jumped there and every other patient was found silent (found in review). The
-    record keeps its episodes; its times are brought back within reach."""
+    record is refused and made again from A's readings."""
     run = _Run()
     record = decode_patient(run.store.get(0, b"A|kit"))
     record.last_seen = record.wake_at = 7.7e18
@@ -227,9 +227,15 @@ def test_a_stored_time_far_ahead_does_not_move_the_partitions_clock() -> None:
     after = run.processor()
     after.load([0])
     assert after.clocks[0].now() < T0.timestamp() + 600  # B's and A's readings, not A's far time
-    assert run.unreadable() == 0
-    after.deadlines()
-    assert "kit-silent" not in [e.rule_id for _k, e in after.take().events]
+    assert run.unreadable() == 1
+    run.store.write(after.take().changelog, {0: run.offset})
+    assert decode_patient(run.store.get(0, b"A|kit")).last_seen == T0.timestamp()  # A's reading
+    silent = []
+    for hours in range(1, 30, 2):  # B measures and moves the clock; A says nothing
+        run.handle(after, ("B", T0 + timedelta(hours=hours), 70.0))
+        after.deadlines()
+        silent += [e.patient_id for _k, e in after.take().events if e.rule_id == "kit-silent"]
+    assert silent == ["A"]  # found silent 13 h after its reading, not 13 h after a time far ahead
 
 
 def test_a_patient_record_made_again_does_not_move_the_partitions_clock() -> None:
