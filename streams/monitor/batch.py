@@ -357,7 +357,7 @@ class Processor:
                     log.debug("the patient whose state could not be announced: %r", patient, exc_info=True)
                     wakes[patient] = 0.0
                     continue
-                if wake is None and KIT in held and patient + KIT in self.cache.unreadable:
+                if wake is None and patient + KIT in self.cache.unreadable:  # set by `_load_patient`
                     rebuild.append(patient)
                 elif wake is not None:
                     wakes[patient] = wake
