@@ -126,21 +126,19 @@ class PatientRecord(msgspec.Struct, array_like=True):
 _encoder = msgspec.msgpack.Encoder()
 _metric_decoder = msgspec.msgpack.Decoder(MetricRecord)
 _patient_decoder = msgspec.msgpack.Decoder(PatientRecord)
-# Records larger than this are stored compressed (zstd, its fast level -1). Only a CGM's record
+# Records larger than this are stored compressed (zstd, its default level 3). Only a CGM's record
 # (a reading every five minutes: two hours of readings, 32 ids, 35 days, its episodes), or a patient
 # measuring many times an hour, gets there: ~2 KB as msgpack and ~1 KB compressed; the others (~1 KB after
 # weeks) stay plain, so most writes and reads pay nothing. zstd, not zlib: 6-7 us to compress a
 # 2 KB record where zlib (level 1) took 33 us, a quarter of the monitor's CPU at 8,000 readings/s;
-# 3 us to decompress where zlib took 5; the same size or smaller. Level -1, not zstd's default 3:
-# 3 us instead of 7 to compress, 1.3 us instead of 3 to decompress, 1,020 bytes instead of 784
-# for a full 2 KB record (the goal is 2 KB; issue #29).
+# 3 us to decompress where zlib took 5; the same size or smaller.
 _COMPRESS_ABOVE = 1536
 # A compressed record's first bytes. A record's msgpack starts with an array header (0x90-0x9f or
 # 0xdc), so plain records never start like either. zlib's is what records written before zstd
 # (issue #29) carry: they are still read, and written back with zstd the next time they change.
 _ZSTD = b"\x28\xb5\x2f\xfd"
 _ZLIB = b"\x78"
-_ZSTD_LEVEL = -1
+_ZSTD_LEVEL = 3
 # No record is near this decompressed (a CGM's is ~3 KB); a record that says it is larger, or
 # inflates beyond it, is refused before memory is spent on it (a few KB of zstd can declare GBs).
 _MAX_PLAIN = 1 << 20
@@ -171,9 +169,6 @@ def encode(record: MetricRecord | PatientRecord) -> bytes:
         # A patient without reminders is written as before they existed, byte for byte (the
         # reminder fields are trailing defaults the decoder fills in)
         data = _encoder.encode(msgspec.structs.astuple(record)[:_PATIENT_FIELDS_BEFORE_REMINDERS])
-    elif isinstance(record, MetricRecord):
-        # the same bytes as `_encoder.encode(record)`, the readings copied from their kept msgpack
-        data = _encoder.encode((record.history.wire(), record.episodes, record.offset))
     else:
         data = _encoder.encode(record)
     return _zstd()[0].compress(data) if len(data) > _COMPRESS_ABOVE else data

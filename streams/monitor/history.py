@@ -12,16 +12,13 @@ from __future__ import annotations
 import bisect
 import math
 import operator
-from array import array
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 
 from contracts import Metric
 
-__all__ = ["DAY_S", "Day", "History", "Point", "RobustBaseline", "Wire", "robust_baseline"]
+__all__ = ["DAY_S", "Day", "History", "Point", "RobustBaseline", "robust_baseline"]
 
 DAY_S = 86_400.0
 _ID_CHARS = 12  # 48 bits of the measurement id: plenty to tell one patient's readings apart
@@ -67,81 +64,7 @@ class Day(msgspec.Struct, array_like=True):
         return self.total / self.n
 
 
-class Wire:
-    """The msgpack of a list's items, kept beside the list in memory for the usual changes (one
-    item added at the end, the oldest dropped), so that writing the record copies one buffer.
-
-    Why: a record kept decoded in the worker gains one reading at a time, each allocated among
-    everything else the worker made meanwhile, so its items end up scattered in memory. Encoding
-    48 scattered readings took ~12 us (cache misses), the same ones freshly decoded ~2.5 us, and it
-    was the largest single cost of the monitor at 8,000 readings/s (issue #29)."""
-
-    __slots__ = ("data", "ends", "sizes")
-
-    def __init__(self, items: Sequence[Any]) -> None:
-        parts = [_item_encoder.encode(item) for item in items]
-        self.data = bytearray().join(parts)
-        self.sizes = array("I", [len(part) for part in parts])
-        self.ends = _ends(items)
-
-    def matches(self, items: Sequence[Any]) -> bool:
-        """Whether it still describes the list: as many items, the same first and last objects (a
-        list changed by anything but `History.add` is caught, and its msgpack made again)."""
-        if len(self.sizes) != len(items):
-            return False
-        return (
-            self.ends is None
-            if not items
-            else self.ends is not None and (self.ends[0] is items[0] and self.ends[1] is items[-1])
-        )
-
-    def append(self, item: Any) -> None:
-        part = _item_encoder.encode(item)
-        self.data += part
-        self.sizes.append(len(part))
-
-    def drop(self, count: int) -> None:
-        """Forget the oldest `count` items."""
-        del self.data[: sum(self.sizes[:count])]
-        del self.sizes[:count]
-
-    def raw(self) -> msgspec.Raw:
-        """The list as msgpack (its array header, then the items)."""
-        n = len(self.sizes)
-        if n < 16:
-            head = bytes((0x90 | n,))
-        elif n < 1 << 16:
-            head = b"\xdc" + n.to_bytes(2, "big")
-        else:
-            head = b"\xdd" + n.to_bytes(4, "big")
-        return msgspec.Raw(head + self.data)
-
-
-_item_encoder = msgspec.msgpack.Encoder()
-
-
-def _ends(items: Sequence[Any]) -> tuple[Any, Any] | None:
-    return (items[0], items[-1]) if items else None
-
-
-def _wire(history: History, name: str, items: list[Any]) -> Wire:
-    """The list's `Wire`, made again when it is missing or no longer matches the list."""
-    wire: Wire | None = history.__dict__.get(name)
-    if wire is None or not wire.matches(items):
-        wire = history.__dict__[name] = Wire(items)
-    return wire
-
-
-def _grown(history: History, name: str, items: list[Any], change: Callable[[Wire], None]) -> None:
-    """Apply to the list's `Wire`, if one is kept, the change just made to the list."""
-    wire: Wire | None = history.__dict__.get(name)
-    if wire is not None:
-        change(wire)
-        wire.ends = _ends(items)
-
-
-# `dict=True`: room for what is kept in memory and never encoded: the baseline memo (`memo`) and
-# the readings' and ids' msgpack (`Wire`: `_recent`, `_seen`).
+# `dict=True`: room for what is kept in memory and never encoded, the baseline memo (`memo`).
 class History(msgspec.Struct, array_like=True, dict=True):
     recent: list[Point] = []
     days: list[Day] = []
@@ -165,28 +88,21 @@ class History(msgspec.Struct, array_like=True, dict=True):
 
     def add(self, metric: Metric, point: Point, measurement_id: str) -> None:
         """Place a new reading in event time (the caller has checked it is not a duplicate)."""
-        seen, short = self.seen, measurement_id[:_ID_CHARS]
-        seen.append(short)
-        _grown(self, "_seen", seen, lambda w: w.append(short))
-        if len(seen) > _SEEN_IDS:
-            over = len(seen) - _SEEN_IDS
-            del seen[:over]
-            _grown(self, "_seen", seen, lambda w: w.drop(over))
+        self.seen.append(measurement_id[:_ID_CHARS])
+        if len(self.seen) > _SEEN_IDS:
+            del self.seen[: len(self.seen) - _SEEN_IDS]
         self.count += 1
         recent = self.recent
         if not recent or point.t >= recent[-1].t:
             recent.append(point)  # in order, as nearly every reading is: where `insort` would put it
-            _grown(self, "_recent", recent, lambda w: w.append(point))
         else:
             bisect.insort(recent, point, key=_time)
-            self.__dict__.pop("_recent", None)  # made again at the next write
         horizon = recent[-1].t - _RECENT_S[metric]
         if recent[0].t < horizon or len(recent) > _RECENT_MAX:  # else nothing is dropped: no bisection
             drop = bisect.bisect_left(recent, horizon, key=_time)
             drop = max(drop, len(recent) - _RECENT_MAX)
             if drop > 0:
                 del recent[:drop]
-                _grown(self, "_recent", recent, lambda w: w.drop(drop))
         if point.value is not None:
             self._add_to_day(point.t, point.value)
             self._update_ewma(point.t, point.value)
@@ -236,12 +152,6 @@ class History(msgspec.Struct, array_like=True, dict=True):
 
     def forget(self) -> None:
         self.__dict__.pop("_baseline", None)
-
-    def wire(self) -> tuple[msgspec.Raw, list[Day], msgspec.Raw, float | None, float, int]:
-        """The fields in their order, the readings and ids as their kept msgpack (`Wire`): encoded,
-        the same bytes as the History itself."""
-        recent, seen = _wire(self, "_recent", self.recent).raw(), _wire(self, "_seen", self.seen).raw()
-        return (recent, self.days, seen, self.ewma, self.ewma_t, self.count)
 
     def any_between(self, since: float, t: float) -> bool:
         """Whether a reading was measured in [since, t): `before(t, since)` without the list."""

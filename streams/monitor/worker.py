@@ -207,7 +207,6 @@ class Worker:
         )
         self._revoked: set[int] = set()
         self._taken: dict[int, tuple[int, float]] = {}  # per partition, the last reading polled
-        self._committing: dict[tuple[str, int], int] = {}  # offsets committed without waiting
         self._stopping = False
         self.running = False
         self.restore_seconds: list[float] = []  # per assignment, for benchmarks and logs
@@ -218,11 +217,7 @@ class Worker:
         self._stopping = True
 
     def _new_consumer(self) -> rk.Consumer:
-        stats = {
-            "statistics.interval.ms": _STATS_MS,
-            "stats_cb": self._on_stats,
-            "on_commit": self._on_commit,
-        }
+        stats = {"statistics.interval.ms": _STATS_MS, "stats_cb": self._on_stats}
         return rk.consumer(
             self._kafka, group_id=self.group, client_id="vaktrom-monitor", **self._group_config, **stats
         )
@@ -276,7 +271,6 @@ class Worker:
             log.info("closing the failed consumer said: %s", exc)
         self._forget(held)
         self._revoked = set()
-        self._committing = {}  # the fenced member's: read again from the group's commit
         self.consumer = self._new_consumer()
         self._subscribe()
 
@@ -462,37 +456,12 @@ class Worker:
             delay = min(delay * 2, _RETRY_MAX_S)
 
     def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        """Commit the batch's offsets without waiting for the broker: the next batch is read
-        meanwhile (a wait here was 7 % of the worker's time at 8,000 readings/s). A commit that is
-        lost (a crash, a refusal: `_on_commit`) costs a replay, recognised as duplicates; before a
-        partition leaves and at close, the latest offsets are committed again and waited for
-        (`_settle`), so its next owner does not read from an older commit."""
-        self._committing.update(offsets)
-        self._send_commit(offsets, wait=False)
-
-    def _send_commit(self, offsets: dict[tuple[str, int], int], *, wait: bool) -> None:
         positions = [rk.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            if wait:
-                self.consumer.commit(offsets=positions, asynchronous=False)
-            else:
-                self.consumer.commit(offsets=positions, asynchronous=True)
+            self.consumer.commit(offsets=positions, asynchronous=False)
         except rk.KafkaException as exc:
             # The records are handled; the next owner replays them, recognised as duplicates.
             log.warning("could not commit the input offsets (%s); they will be read again", exc)
-
-    def _on_commit(self, error: Any, _partitions: Any) -> None:
-        """librdkafka's answer to a commit (in poll, this thread)."""
-        if error is not None:
-            log.warning("Kafka refused an offset commit (%s); those records will be read again", error)
-
-    def _settle(self, partitions: set[int] | None = None) -> None:
-        """Commit again, and wait for, the latest offsets of these partitions (all if None)."""
-        chosen = {tp: o for tp, o in self._committing.items() if partitions is None or tp[1] in partitions}
-        for tp in chosen:
-            del self._committing[tp]
-        if chosen:
-            self._send_commit(chosen, wait=True)
 
     # ------------------------------------------------------------------ partitions
     def _on_assign(self, _consumer: Any, assigned: list[Any]) -> None:
@@ -542,14 +511,12 @@ class Worker:
         # Between batches: everything handled is delivered and committed; what the merge holds is
         # not, and is read again from the commit by whoever gets the partition (this worker too).
         gone = {tp.partition for tp in revoked}
-        self._settle(gone)
         self.merge.drop(gone)
         self._revoked |= gone & self.processor.loaded
 
     def _on_lost(self, _consumer: Any, lost: list[Any]) -> None:
         # Another worker may have them already: what is kept here may be behind.
         gone = {tp.partition for tp in lost}
-        self._committing = {tp: o for tp, o in self._committing.items() if tp[1] not in gone}
         self.merge.drop(gone)
         self._forget(gone & self.processor.loaded)
 
@@ -648,7 +615,6 @@ class Worker:
     def _close(self) -> None:
         try:
             self._flush()
-            self._settle()
             self.consumer.close()  # a static member stays in the group until its session times out
             self.restorer.close()
         finally:

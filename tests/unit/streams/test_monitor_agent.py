@@ -14,7 +14,6 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -223,8 +222,8 @@ class _Consumer:
         self.log = log
 
     def commit(self, *, offsets: list[Any], asynchronous: bool) -> None:
-        how = "commit" if asynchronous else "commit and wait"
-        self.log.append(f"{how} {sorted((tp.topic, tp.partition, tp.offset) for tp in offsets)}")
+        assert not asynchronous
+        self.log.append(f"commit {[(tp.topic, tp.partition, tp.offset) for tp in offsets]}")
 
 
 def _worker(log: list[str], refuse: set[str] = frozenset()) -> monitor_worker.Worker:  # type: ignore[assignment]
@@ -237,7 +236,6 @@ def _worker(log: list[str], refuse: set[str] = frozenset()) -> monitor_worker.Wo
     )
     w.metrics, w.producer = MonitorMetrics(), _Producer(log, refuse)  # type: ignore[assignment]
     w.store, w.consumer = _Store(log), _Consumer(log)  # type: ignore[assignment]
-    w._committing = {}
     return w
 
 
@@ -266,30 +264,6 @@ def test_an_alert_waits_until_kafka_has_the_state_it_describes() -> None:
         "flush",
         f"commit [('{NAMES['measurements']}', 0, 42)]",
     ]
-
-
-def test_offsets_committed_without_waiting_are_committed_again_before_a_partition_leaves() -> None:
-    """A batch's commit is not waited for; when a partition is revoked its latest offsets are
-    committed again and waited for (its next owner must not start from an older commit), and at
-    close those of the partitions still held. A lost partition's are dropped: it is not ours."""
-    log: list[str] = []
-    w = _worker(log)
-    w.merge, w._revoked = (
-        Merge(names=Names(NAMES["measurements"], NAMES["status"], NAMES["careplans"])),
-        set(),
-    )
-    w.processor = SimpleNamespace(loaded=set())  # type: ignore[assignment]  # holds no state here
-    m = NAMES["measurements"]
-    w._commit({(m, 0): 42, (m, 1): 7, (m, 2): 9})
-    w._commit({(m, 0): 50})
-    assert log == [f"commit {[(m, 0, 42), (m, 1, 7), (m, 2, 9)]}", f"commit {[(m, 0, 50)]}"]
-    w._on_revoke(None, [rk.TopicPartition(m, 0)])
-    w._on_lost(None, [rk.TopicPartition(m, 2)])
-    assert log[2:] == [f"commit and wait {[(m, 0, 50)]}"]
-    w._settle()
-    assert log[3:] == [f"commit and wait {[(m, 1, 7)]}"]
-    w._settle()
-    assert len(log) == 4  # nothing left to commit
 
 
 def test_an_alert_still_goes_out_when_kafka_refuses_its_state() -> None:

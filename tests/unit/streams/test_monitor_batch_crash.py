@@ -99,7 +99,6 @@ def _worker(kafka: _Kafka, store: _Store) -> monitor_worker.Worker:
     w.changelog, w.alerts, w.quarantine = _STATE, _ALERTS, _QUARANTINE
     w.metrics = MonitorMetrics()
     w.producer, w.store, w.consumer = _Producer(kafka), store, _Consumer(kafka)  # type: ignore[assignment]
-    w._committing = {}
     w.processor = Processor(
         engine=Engine(),
         names=Names(_M, NAMES["status"], NAMES["careplans"]),
