@@ -2,7 +2,7 @@
 records out. `worker.py` feeds it from Kafka and delivers what it returns, in the order the delivery
 guarantee needs (changelog, store, events, offsets).
 
-State is kept DECODED here, per key of the partitions this worker holds (`_Cache`, bounded, the
+State is kept DECODED here, per key of the partitions this worker holds (`state.Cache`, bounded, the
 least recently used first out): a patient's `PatientRecord` (key `<patient>|kit`), a `MetricRecord`
 per metric (`<patient>|<metric>`) and its care plan (`<patient>|plan`, the plan's JSON as the
 registry published it). A key the batch changed is encoded once, by `take`, however many of the
@@ -19,14 +19,12 @@ names) and the newest care plan, with the patient record when the plan moved its
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
 
 import msgspec
 
@@ -37,14 +35,13 @@ from contracts import (
     KitCommandRequest,
     KitStatusEvent,
     Measurement,
-    Metric,
     Quarantined,
     QuarantineReason,
     QuestionnaireAnswer,
     quarantined,
-    unusable_field,
 )
 from streams.monitor.answering import ANSWERS, COMBINED_METRICS, Answering
+from streams.monitor.checks import UnusableError, check_answer, check_key, check_measurement, check_status
 from streams.monitor.clock import Clock
 from streams.monitor.engine import (
     Engine,
@@ -52,11 +49,23 @@ from streams.monitor.engine import (
     Outcome,
     PatientRecord,
     decode_metric,
-    decode_patient,
     encode,
 )
 from streams.monitor.metrics import MonitorMetrics
 from streams.monitor.retry import Retries
+from streams.monitor.state import (
+    CACHED_KEYS,
+    KIT,
+    METRIC_KEYS,
+    PLAN,
+    SUFFIXES,
+    Cache,
+    Plan,
+    believable,
+    decode_kit,
+    decode_plan,
+    readable,
+)
 from streams.monitor.store import Store
 from streams.monitor.symptoms import AnswerRecord, Symptoms, decode_answers, encode_answers
 from streams.monitor.timers import Timer
@@ -65,24 +74,11 @@ __all__ = ["Batch", "Names", "Processor", "Record"]
 
 log = logging.getLogger(__name__)
 
-KIT = b"|kit"
-PLAN = b"|plan"
-METRIC_KEYS = {metric: f"|{metric.value}".encode() for metric in Metric}
-_SUFFIXES = {suffix: metric for metric, suffix in METRIC_KEYS.items()}
-_KINDS = {KIT, PLAN, ANSWERS, *_SUFFIXES}  # a key's last part: the kinds of record a patient has
-_V = TypeVar("_V")
 _measurement = msgspec.json.Decoder(Measurement)
 _status = msgspec.json.Decoder(KitStatusEvent)
-_careplan = msgspec.json.Decoder(CarePlan)
 _answer = msgspec.json.Decoder(QuestionnaireAnswer)
+_careplan = msgspec.json.Decoder(CarePlan)
 _STAGE = "monitor"  # in the quarantine records it publishes
-_MAX_AHEAD_S = 3600.0  # an event time further ahead of the wall clock is not believed
-_FURTHEST_WAKE_S = 14 * 86_400.0  # beyond any deadline a patient record asks (silence, windows, all-clear)
-CACHED_KEYS = 50_000  # decoded records kept (a few hundred bytes to a few KB each)
-
-
-class _UnusableError(ValueError):
-    """A record that decodes but holds what no later stage may carry (contracts.unusable_field)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,171 +119,6 @@ class Batch:
         return bool(self.changelog or self.quarantined or self.events or self.offsets or self.commands)
 
 
-@dataclass(slots=True)
-class _Plan:
-    raw: bytes
-    plan: CarePlan
-
-
-_Value = MetricRecord | PatientRecord | _Plan | AnswerRecord
-
-
-class _Cache:
-    """Decoded state of the keys used last, each with its partition; misses are read from the store."""
-
-    def __init__(self, store: Store, limit: int, metrics: MonitorMetrics) -> None:
-        self.store = store
-        self.values: dict[bytes, tuple[int, _Value | None]] = {}  # in order of use, the oldest first
-        self.limit = limit
-        self.metrics = metrics
-        self.unreadable: set[bytes] = set()  # keys whose stored record could not be read, until written
-
-    def get(self, partition: int, key: bytes, decode: Callable[[bytes], _Value]) -> _Value | None:
-        held = self.values.pop(key, None)
-        if held is None or held[0] != partition:
-            raw = self.store.get(partition, key)
-            value = None if raw is None else readable(decode, raw, key, self.metrics)
-            if raw is not None and value is None:
-                self.unreadable.add(key)
-            held = (partition, value)
-        self.values[key] = held
-        return held[1]
-
-    def put(self, partition: int, key: bytes, value: _Value) -> None:
-        self.unreadable.discard(key)
-        self.values.pop(key, None)
-        self.values[key] = (partition, value)
-
-    def trim(self) -> None:
-        """Down to the limit, the least recently used first (only between batches: every key a
-        batch changed is in the store by then)."""
-        values = self.values
-        excess = len(values) - self.limit
-        if excess > 0:
-            for key in list(itertools.islice(values, excess)):
-                del values[key]
-
-    def drop(self, partitions: set[int]) -> None:
-        self.values = {k: v for k, v in self.values.items() if v[0] not in partitions}
-
-
-def readable(decode: Callable[[bytes], _V], raw: bytes, key: bytes, metrics: MonitorMetrics) -> _V | None:
-    """`raw` decoded, or None (as if the key had no record) when it cannot be: a record corrupted on
-    disk or in the changelog, or written by a newer version after a rollback. One patient's record
-    must not stop the partition: its loading at assignment, every deadline and every reading of the
-    others. The patient stays monitored from an empty record of that kind (an open episode it held
-    may open again, as a new one), and the next write replaces the bad record."""
-    try:
-        return decode(raw)
-    except Exception as exc:  # whatever the codec or the decoder raises: the record is unusable
-        suffix = key[key.rfind(b"|") :]
-        kind = suffix[1:].decode() if suffix in _KINDS else "other"
-        metrics.state_unreadable.labels(kind).inc()
-        log.warning(
-            "a stored %s record could not be read (%s); that patient's %s state starts again",
-            kind,
-            type(exc).__name__,
-            kind,
-        )
-        log.debug("the unreadable record's key: %r (%s)", key, exc)  # the text may quote stored values
-        return None
-
-
-def _decode_kit(raw: bytes) -> PatientRecord:
-    """`decode_patient`, refusing a record with a time no kit could have given (a flipped bit in a
-    plain record, which has no checksum): it would hold the patient's deadlines years away, and
-    kept within reach it would still hide a silence for hours. Refused, it is made again from the
-    patient's readings (`Processor._rebuilt`); its kit-level episodes are lost with it."""
-    record = decode_patient(raw)
-    limit = time.time() + _MAX_AHEAD_S
-    times = (record.last_seen, record.missed_checked, record.reminded_checked)
-    wake = record.wake_at if record.wake_at is not None else 0.0
-    if not all(_believable(t) == t for t in times) or not (
-        math.isfinite(wake) and wake <= limit + _FURTHEST_WAKE_S
-    ):
-        raise ValueError("a patient record with a time no kit could have given")
-    return record
-
-
-def _believable(t: float) -> float:
-    """A stored event time, or 0.0 for one no reading could have had (not finite, or further ahead
-    of the wall clock than any reading is let in): one such time would move its partition's clock,
-    and every other kit would be found silent."""
-    return t if math.isfinite(t) and t <= time.time() + _MAX_AHEAD_S else 0.0
-
-
-_MAX_TEXT = 64  # a unit, a LOINC code, a meter flag or a kit state is a few characters
-
-
-def _usable(checked: str | None) -> None:
-    if checked is not None:
-        raise _UnusableError(checked)
-
-
-def _short(texts: dict[str, str | None]) -> None:
-    """A text field far longer than any real one is not a reading: an alert event quotes it (twice,
-    as the worst and the latest reading), and one larger than Kafka takes stopped the worker at every
-    restart (its send raised)."""
-    for name, text in texts.items():
-        if text is not None and len(text) > _MAX_TEXT:
-            raise _UnusableError(f"{name} is {len(text)} characters long (at most {_MAX_TEXT})")
-
-
-def _not_ahead(name: str, at: datetime) -> None:
-    """An event time far ahead of this worker's clock is a kit clock gone wrong (the bridge checks a
-    reading's, not a status message's): on the partition's clock it would move every patient's
-    deadlines there on by as much (kit silent for all, "measurement missed" checks skipped)."""
-    ahead = at.timestamp() - time.time()
-    if ahead > _MAX_AHEAD_S:
-        raise _UnusableError(f"{name} is {ahead / 3600:.0f} h ahead of the monitor's clock")
-
-
-def _check_measurement(m: Measurement) -> Measurement:
-    texts = {"loinc": m.loinc, "unit": m.unit, "reported_unit": m.reported_unit, "flag": m.flag}
-    _short(texts)
-    _usable(unusable_field(texts=texts, numbers={"value": m.value, "reported_value": m.reported_value}))
-    _not_ahead("measured_at", m.measured_at)
-    return m
-
-
-def _check_key(key: bytes | None, patient: str, what: str) -> None:
-    """The record's key must be the patient it is about: Kafka put it in the key's partition, and a
-    patient's state lives in one partition only (another key would give the patient a second state
-    there, with its own episodes for the same problem, or file a plan under someone else)."""
-    if key != patient.encode():
-        raise _UnusableError(f"the {what}'s record key is not its patient_id (it must be keyed by patient)")
-
-
-def _check_status(e: KitStatusEvent) -> KitStatusEvent:
-    _short({"state": e.state})
-    _usable(unusable_field(texts={"state": e.state}, numbers={"battery": e.battery}))
-    _not_ahead("at", e.at)
-    return e
-
-
-def _check_answer(a: QuestionnaireAnswer) -> QuestionnaireAnswer:
-    """Every text the answer rules pass on (ids into the state key and the events, codes into an
-    explanation), not only the longest: a control character hides in a short one as well."""
-    texts: dict[str, str | None] = {
-        "patient_id": a.patient_id,
-        "kit_id": a.kit_id,
-        "questionnaire": a.questionnaire,
-        "version": a.version,
-    }
-    for n, item in enumerate(a.items):
-        texts[f"items[{n}].link_id"], texts[f"items[{n}].code"] = item.link_id, item.code
-    for n, name in enumerate(a.worsening):
-        texts[f"worsening[{n}]"] = name
-    _short(texts)
-    _usable(unusable_field(texts=texts, numbers={}))
-    _not_ahead("authored", a.authored)
-    return a
-
-
-def _decode_plan(raw: bytes) -> _Plan:
-    return _Plan(raw, _careplan.decode(raw))
-
-
 class Processor:
     """The partitions a worker holds: their decoded state, event-time clocks and deadline heaps.
 
@@ -309,7 +140,7 @@ class Processor:
     ) -> None:
         self.engine, self.names, self.store, self.metrics = engine, names, store, metrics
         self.symptoms = Symptoms(timing=engine.timing, shown_in=engine.shown_in)
-        self.cache = _Cache(store, cached, metrics)
+        self.cache = Cache(store, cached, metrics)
         self.answering = Answering(symptoms=self.symptoms, cache=self.cache, plan=self._plan)
         self.behind = behind
         self._sources = {names.measurements: "measurements", names.status: "status"}
@@ -361,7 +192,7 @@ class Processor:
                     rebuild.append(patient)
                 elif wake is not None:
                     wakes[patient] = wake
-                latest = max(latest, *(_believable(t) for t in seen_at))
+                latest = max(latest, *(believable(t) for t in seen_at))
             # Made again once the partition's latest time is known, and kept out of it: a record
             # made at any other time would move the clock (and find every other kit silent)
             self._latest[partition] = latest
@@ -389,14 +220,14 @@ class Processor:
         if stored is not None:
             answers = self.symptoms.announce(patient.decode(), stored, now=now)
             self._out.events.extend((patient, e) for e in answers)
-        precord = readable(_decode_kit, held[KIT], patient + KIT, m) if KIT in held else None
+        precord = readable(decode_kit, held[KIT], patient + KIT, m) if KIT in held else None
         if precord is None:  # none, or unreadable: made again by `load` once the clock's time is known
             if KIT in held:
                 self.cache.unreadable.add(patient + KIT)
             precord = PatientRecord()
         episodes, seen_at = dict(precord.episodes), [precord.last_seen, precord.missed_checked]
         for suffix, raw in held.items():
-            metric = _SUFFIXES.get(suffix)
+            metric = SUFFIXES.get(suffix)
             record = readable(decode_metric, raw, patient + suffix, m) if metric is not None else None
             if record is not None:
                 episodes.update({f"{metric}:{k}": v for k, v in record.episodes.items()})
@@ -443,7 +274,7 @@ class Processor:
             except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:  # TypeError: no value
                 metrics.broken.inc()
                 self._set_aside(r, QuarantineReason.UNDECODABLE, f"does not match its contract ({exc})")
-            except _UnusableError as exc:
+            except UnusableError as exc:
                 metrics.broken.inc()
                 self._set_aside(r, QuarantineReason.INVALID, str(exc))
             except Exception as exc:  # a record that passed its contract and still broke the handler
@@ -459,7 +290,7 @@ class Processor:
         for key, partition in self._touched.items():
             held = self.cache.values[key][1]
             assert held is not None
-            if isinstance(held, _Plan):
+            if isinstance(held, Plan):
                 data = held.raw
             elif isinstance(held, AnswerRecord):
                 data = encode_answers(held)
@@ -473,7 +304,7 @@ class Processor:
 
     # ------------------------------------------------------------------ state
     def _patient(self, partition: int, patient: bytes) -> PatientRecord:
-        held = self.cache.get(partition, patient + KIT, _decode_kit)
+        held = self.cache.get(partition, patient + KIT, decode_kit)
         if held is None:
             if patient + KIT in self.cache.unreadable:
                 precord = self._rebuilt(partition, patient)
@@ -495,7 +326,7 @@ class Processor:
         for suffix in METRIC_KEYS.values():
             record = self.cache.get(partition, patient + suffix, decode_metric)
             if isinstance(record, MetricRecord) and record.history.recent:
-                heard.append(_believable(record.history.recent[-1].t))
+                heard.append(believable(record.history.recent[-1].t))
         clk = self.clocks.get(partition) if partition in self.loaded else None  # loading: no clock yet
         known = max(clk.now() if clk is not None else 0.0, self._latest.get(partition, 0.0))
         # the wall clock only for a partition that has no time at all (it then has no clock either)
@@ -515,8 +346,8 @@ class Processor:
         return held
 
     def _plan(self, partition: int, patient: bytes) -> CarePlan | None:
-        held = self.cache.get(partition, patient + PLAN, _decode_plan)
-        return held.plan if isinstance(held, _Plan) else None
+        held = self.cache.get(partition, patient + PLAN, decode_plan)
+        return held.plan if isinstance(held, Plan) else None
 
     def _touch(self, partition: int, key: bytes) -> None:
         self._touched[key] = partition
@@ -574,8 +405,8 @@ class Processor:
 
     # ------------------------------------------------------------------ handlers
     def _measurement(self, r: Record) -> None:
-        m = _check_measurement(_measurement.decode(r.value))  # type: ignore[arg-type]  # None: TypeError
-        _check_key(r.key, m.patient_id, "reading")
+        m = check_measurement(_measurement.decode(r.value))  # type: ignore[arg-type]  # None: TypeError
+        check_key(r.key, m.patient_id, "reading")
         partition = r.partition
         patient = m.patient_id.encode()
         mkey = patient + METRIC_KEYS[m.metric]
@@ -608,8 +439,8 @@ class Processor:
 
     def _answer(self, r: Record) -> None:
         """A questionnaire answer: the answer rules, with the patient's weights and systolic pressures."""
-        a = _check_answer(_answer.decode(r.value))  # type: ignore[arg-type]  # None: TypeError
-        _check_key(r.key, a.patient_id, "answer")
+        a = check_answer(_answer.decode(r.value))  # type: ignore[arg-type]  # None: TypeError
+        check_key(r.key, a.patient_id, "answer")
         events = self.answering.answer(r.partition, a, r.offset)
         if events is None:
             self.metrics.duplicates.inc()
@@ -627,11 +458,11 @@ class Processor:
         self._out.commands.extend((patient, c) for c in out.commands)
 
     def _status(self, r: Record) -> None:
-        event = _check_status(_status.decode(r.value))  # type: ignore[arg-type]  # None: TypeError
+        event = check_status(_status.decode(r.value))  # type: ignore[arg-type]  # None: TypeError
         clk = self._seen(r, "status", event.at.timestamp())
         if event.patient_id is None:
             return  # a kit nobody has: the registry's concern, not a patient's
-        _check_key(r.key, event.patient_id, "kit status")
+        check_key(r.key, event.patient_id, "kit status")
         patient = event.patient_id.encode()
         precord = self._patient(r.partition, patient)
         self._silence_ends(r.partition, patient, precord, min(clk.now(), event.at.timestamp()))
@@ -662,11 +493,11 @@ class Processor:
         plan = _careplan.decode(r.value)
         if r.key is None:
             raise TypeError("a care plan without a key (the patient)")
-        _check_key(r.key, plan.patient_id, "care plan")
+        check_key(r.key, plan.patient_id, "care plan")
         current = self._plan(r.partition, r.key)
         if current is not None and current.version > plan.version:
             return  # an older version replayed: the newer one stays in force
-        self.cache.put(r.partition, r.key + PLAN, _Plan(r.value, plan))
+        self.cache.put(r.partition, r.key + PLAN, Plan(r.value, plan))
         self._touch(r.partition, r.key + PLAN)
         precord = self._patient(r.partition, r.key)
         if self.engine.replanned(precord, plan):

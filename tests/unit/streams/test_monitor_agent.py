@@ -33,11 +33,12 @@ from runtime import kafka as rk
 from runtime.ops import AlertPathAge
 from runtime.settings import ConfigError, KafkaSettings
 from streams.monitor import worker as monitor_worker
-from streams.monitor.batch import Batch, Names, Processor, Record, _Cache
+from streams.monitor.batch import Batch, Names, Processor, Record
 from streams.monitor.engine import Engine, decode_metric, decode_patient
 from streams.monitor.merge import Merge
 from streams.monitor.metrics import MonitorMetrics
 from streams.monitor.settings import MonitorSettings
+from streams.monitor.state import Cache
 from streams.monitor.store import MemoryStore
 from tests.support.records import make_measurement
 
@@ -437,7 +438,7 @@ def test_kept_values_are_bounded_and_the_least_recently_used_go_first() -> None:
 
     store = Store()
     store.write({0: {b"a": b"1", b"b": b"2", b"c": b"3"}}, {})
-    kept = _Cache(store, limit=2, metrics=MonitorMetrics())
+    kept = Cache(store, limit=2, metrics=MonitorMetrics())
 
     def get(key: bytes) -> Any:
         return kept.get(0, key, lambda raw: raw)  # type: ignore[arg-type,return-value]

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contracts import AnsweredItem, EpisodeChange, QuestionnaireAnswer
-from streams.monitor.batch import _check_answer, _UnusableError
+from streams.monitor.checks import UnusableError, check_answer
 from streams.monitor.episodes import Timing
 from streams.monitor.symptoms import AnswerRecord, Symptoms, encode_answers
 
@@ -34,7 +34,7 @@ def _answer(**change: object) -> QuestionnaireAnswer:
 
 
 def test_a_clean_answer_passes() -> None:
-    assert _check_answer(_answer()) is not None
+    assert check_answer(_answer()) is not None
 
 
 @given(bad=_BAD, where=st.sampled_from(["patient_id", "kit_id", "code", "link_id", "worsening"]))
@@ -46,16 +46,16 @@ def test_a_control_character_anywhere_sets_the_answer_aside(bad: str, where: str
     else:
         short = {"link_id": "topic", "code": "breathing", where: f"ab{bad}"}
         answer = _answer(items=[AnsweredItem(**short), _LONG])
-    with pytest.raises(_UnusableError):
-        _check_answer(answer)
+    with pytest.raises(UnusableError):
+        check_answer(answer)
 
 
 @pytest.mark.parametrize("where", ["patient_id", "kit_id", "worsening"])
 def test_an_over_long_id_sets_the_answer_aside(where: str) -> None:
     long = "P" * 100_000
     answer = _answer(worsening=[long]) if where == "worsening" else _answer(**{where: long})
-    with pytest.raises(_UnusableError):
-        _check_answer(answer)
+    with pytest.raises(UnusableError):
+        check_answer(answer)
 
 
 def test_a_flood_of_answers_keeps_the_patients_state_small() -> None:

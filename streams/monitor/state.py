@@ -1,0 +1,151 @@
+"""The monitor's state as the batch step holds it: decoded, per key, the keys used last kept in
+memory (`Cache`), the others read from the store; a stored record that cannot be read is treated
+as absent (`readable`) rather than stopping its partition.
+
+Keys: a patient's `PatientRecord` (`<patient>|kit`), a `MetricRecord` per metric
+(`<patient>|<metric>`), the care plan (`<patient>|plan`, its JSON as the registry published it) and
+the questionnaire answers (`<patient>|answers`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import msgspec
+
+from contracts import CarePlan, Metric
+from streams.monitor.answering import ANSWERS
+from streams.monitor.checks import MAX_AHEAD_S
+from streams.monitor.engine import MetricRecord, PatientRecord, decode_patient
+from streams.monitor.metrics import MonitorMetrics
+from streams.monitor.store import Store
+from streams.monitor.symptoms import AnswerRecord
+
+__all__ = [
+    "CACHED_KEYS",
+    "KIT",
+    "METRIC_KEYS",
+    "PLAN",
+    "SUFFIXES",
+    "Cache",
+    "Plan",
+    "believable",
+    "decode_kit",
+    "decode_plan",
+    "readable",
+]
+
+log = logging.getLogger(__name__)
+
+KIT = b"|kit"
+PLAN = b"|plan"
+METRIC_KEYS = {metric: f"|{metric.value}".encode() for metric in Metric}
+SUFFIXES = {suffix: metric for metric, suffix in METRIC_KEYS.items()}
+KINDS = {KIT, PLAN, ANSWERS, *SUFFIXES}  # a key's last part: the kinds of record a patient has
+FURTHEST_WAKE_S = 14 * 86_400.0  # beyond any deadline a patient record asks (silence, windows, all-clear)
+CACHED_KEYS = 50_000  # decoded records kept (a few hundred bytes to a few KB each)
+_V = TypeVar("_V")
+_careplan = msgspec.json.Decoder(CarePlan)
+
+
+@dataclass(slots=True)
+class Plan:
+    raw: bytes
+    plan: CarePlan
+
+
+Value = MetricRecord | PatientRecord | Plan | AnswerRecord
+
+
+class Cache:
+    """Decoded state of the keys used last, each with its partition; misses are read from the store."""
+
+    def __init__(self, store: Store, limit: int, metrics: MonitorMetrics) -> None:
+        self.store = store
+        self.values: dict[bytes, tuple[int, Value | None]] = {}  # in order of use, the oldest first
+        self.limit = limit
+        self.metrics = metrics
+        self.unreadable: set[bytes] = set()  # keys whose stored record could not be read, until written
+
+    def get(self, partition: int, key: bytes, decode: Callable[[bytes], Value]) -> Value | None:
+        held = self.values.pop(key, None)
+        if held is None or held[0] != partition:
+            raw = self.store.get(partition, key)
+            value = None if raw is None else readable(decode, raw, key, self.metrics)
+            if raw is not None and value is None:
+                self.unreadable.add(key)
+            held = (partition, value)
+        self.values[key] = held
+        return held[1]
+
+    def put(self, partition: int, key: bytes, value: Value) -> None:
+        self.unreadable.discard(key)
+        self.values.pop(key, None)
+        self.values[key] = (partition, value)
+
+    def trim(self) -> None:
+        """Down to the limit, the least recently used first (only between batches: every key a
+        batch changed is in the store by then)."""
+        values = self.values
+        excess = len(values) - self.limit
+        if excess > 0:
+            for key in list(itertools.islice(values, excess)):
+                del values[key]
+
+    def drop(self, partitions: set[int]) -> None:
+        self.values = {k: v for k, v in self.values.items() if v[0] not in partitions}
+
+
+def readable(decode: Callable[[bytes], _V], raw: bytes, key: bytes, metrics: MonitorMetrics) -> _V | None:
+    """`raw` decoded, or None (as if the key had no record) when it cannot be: a record corrupted on
+    disk or in the changelog, or written by a newer version after a rollback. One patient's record
+    must not stop the partition: its loading at assignment, every deadline and every reading of the
+    others. The patient stays monitored from an empty record of that kind (an open episode it held
+    may open again, as a new one), and the next write replaces the bad record."""
+    try:
+        return decode(raw)
+    except Exception as exc:  # whatever the codec or the decoder raises: the record is unusable
+        suffix = key[key.rfind(b"|") :]
+        kind = suffix[1:].decode() if suffix in KINDS else "other"
+        metrics.state_unreadable.labels(kind).inc()
+        log.warning(
+            "a stored %s record could not be read (%s); that patient's %s state starts again",
+            kind,
+            type(exc).__name__,
+            kind,
+        )
+        log.debug("the unreadable record's key: %r (%s)", key, exc)  # the text may quote stored values
+        return None
+
+
+def decode_kit(raw: bytes) -> PatientRecord:
+    """`decode_patient`, refusing a record with a time no kit could have given (a flipped bit in a
+    plain record, which has no checksum): it would hold the patient's deadlines years away, and
+    kept within reach it would still hide a silence for hours. Refused, it is made again from the
+    patient's readings (`Processor._rebuilt`); its kit-level episodes are lost with it."""
+    record = decode_patient(raw)
+    limit = time.time() + MAX_AHEAD_S
+    times = (record.last_seen, record.missed_checked, record.reminded_checked)
+    wake = record.wake_at if record.wake_at is not None else 0.0
+    if not all(believable(t) == t for t in times) or not (
+        math.isfinite(wake) and wake <= limit + FURTHEST_WAKE_S
+    ):
+        raise ValueError("a patient record with a time no kit could have given")
+    return record
+
+
+def believable(t: float) -> float:
+    """A stored event time, or 0.0 for one no reading could have had (not finite, or further ahead
+    of the wall clock than any reading is let in): one such time would move its partition's clock,
+    and every other kit would be found silent."""
+    return t if math.isfinite(t) and t <= time.time() + MAX_AHEAD_S else 0.0
+
+
+def decode_plan(raw: bytes) -> Plan:
+    return Plan(raw, _careplan.decode(raw))
