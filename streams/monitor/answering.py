@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from contracts import AlertEvent, CarePlan, Measurement, QuestionnaireAnswer
-from streams.monitor.engine import MetricRecord, decode_metric
+from streams.monitor.engine import MetricRecord
 from streams.monitor.episodes import EpisodeState
 from streams.monitor.history import History
+from streams.monitor.state import ANSWERS, decode_metric_checked
 from streams.monitor.symptoms import (
     BODY_WEIGHT,
     BP_SYSTOLIC,
@@ -26,7 +27,6 @@ from streams.monitor.symptoms import (
 
 __all__ = ["ANSWERS", "COMBINED_METRICS", "Answering"]
 
-ANSWERS = b"|answers"  # the patient's questionnaire answers and their episodes (symptoms.py)
 COMBINED_METRICS = frozenset({BODY_WEIGHT, BP_SYSTOLIC})  # readings the answer rules combine with
 _WEIGHT = f"|{BODY_WEIGHT}".encode()
 _SYSTOLIC = f"|{BP_SYSTOLIC}".encode()  # METRIC_KEYS[Metric.BP_SYSTOLIC] once the metric lands
@@ -89,9 +89,9 @@ class Answering:
         return frozenset(plan.rules_off) if plan is not None else frozenset()
 
     def _weight_gain(self, partition: int, patient: bytes) -> EpisodeState | None:
-        held = self.cache.get(partition, patient + _WEIGHT, decode_metric)
+        held = self.cache.get(partition, patient + _WEIGHT, decode_metric_checked)
         return held.episodes.get("weight_gain") if isinstance(held, MetricRecord) else None
 
     def _history(self, partition: int, key: bytes) -> History | None:
-        held = self.cache.get(partition, key, decode_metric)
+        held = self.cache.get(partition, key, decode_metric_checked)
         return held.history if isinstance(held, MetricRecord) else None

@@ -48,7 +48,6 @@ from streams.monitor.engine import (
     MetricRecord,
     Outcome,
     PatientRecord,
-    decode_metric,
     encode,
 )
 from streams.monitor.metrics import MonitorMetrics
@@ -63,6 +62,7 @@ from streams.monitor.state import (
     Plan,
     believable,
     decode_kit,
+    decode_metric_checked,
     decode_plan,
     readable,
 )
@@ -228,7 +228,7 @@ class Processor:
         episodes, seen_at = dict(precord.episodes), [precord.last_seen, precord.missed_checked]
         for suffix, raw in held.items():
             metric = SUFFIXES.get(suffix)
-            record = readable(decode_metric, raw, patient + suffix, m) if metric is not None else None
+            record = readable(decode_metric_checked, raw, patient + suffix, m) if metric is not None else None
             if record is not None:
                 episodes.update({f"{metric}:{k}": v for k, v in record.episodes.items()})
                 seen_at.extend(q.t for q in record.history.recent[-1:])
@@ -324,7 +324,7 @@ class Processor:
         are not known any more (the response centre still shows them)."""
         heard = []
         for suffix in METRIC_KEYS.values():
-            record = self.cache.get(partition, patient + suffix, decode_metric)
+            record = self.cache.get(partition, patient + suffix, decode_metric_checked)
             if isinstance(record, MetricRecord) and record.history.recent:
                 heard.append(believable(record.history.recent[-1].t))
         clk = self.clocks.get(partition) if partition in self.loaded else None  # loading: no clock yet
@@ -338,7 +338,7 @@ class Processor:
         return precord
 
     def _metric(self, partition: int, key: bytes) -> MetricRecord:
-        held = self.cache.get(partition, key, decode_metric)
+        held = self.cache.get(partition, key, decode_metric_checked)
         if held is None:
             held = MetricRecord()
             self.cache.put(partition, key, held)

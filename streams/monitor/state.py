@@ -20,14 +20,15 @@ from typing import TypeVar
 import msgspec
 
 from contracts import CarePlan, Metric
-from streams.monitor.answering import ANSWERS
 from streams.monitor.checks import MAX_AHEAD_S
-from streams.monitor.engine import MetricRecord, PatientRecord, decode_patient
+from streams.monitor.engine import MetricRecord, PatientRecord, decode_metric, decode_patient
+from streams.monitor.episodes import EpisodeState
 from streams.monitor.metrics import MonitorMetrics
 from streams.monitor.store import Store
 from streams.monitor.symptoms import AnswerRecord
 
 __all__ = [
+    "ANSWERS",
     "CACHED_KEYS",
     "KIT",
     "METRIC_KEYS",
@@ -37,6 +38,7 @@ __all__ = [
     "Plan",
     "believable",
     "decode_kit",
+    "decode_metric_checked",
     "decode_plan",
     "readable",
 ]
@@ -44,6 +46,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 KIT = b"|kit"
+ANSWERS = b"|answers"  # the patient's questionnaire answers and their episodes (symptoms.py)
 PLAN = b"|plan"
 METRIC_KEYS = {metric: f"|{metric.value}".encode() for metric in Metric}
 SUFFIXES = {suffix: metric for metric, suffix in METRIC_KEYS.items()}
@@ -131,13 +134,50 @@ def decode_kit(raw: bytes) -> PatientRecord:
     patient's readings (`Processor._rebuilt`); its kit-level episodes are lost with it."""
     record = decode_patient(raw)
     limit = time.time() + MAX_AHEAD_S
-    times = (record.last_seen, record.missed_checked, record.reminded_checked)
+    times = [
+        record.last_seen,
+        record.missed_checked,
+        record.reminded_checked,
+        *_episode_times(record.episodes),
+    ]
     wake = record.wake_at if record.wake_at is not None else 0.0
-    if not all(believable(t) == t for t in times) or not (
+    if not all(believable(t) == t and t >= 0.0 for t in times) or not (
         math.isfinite(wake) and wake <= limit + FURTHEST_WAKE_S
     ):
         raise ValueError("a patient record with a time no kit could have given")
     return record
+
+
+def decode_metric_checked(raw: bytes) -> MetricRecord:
+    """`decode_metric`, refusing a record with a time or a number no reading could have given (not
+    finite, or a time far ahead of the wall clock: a flipped bit in a plain record, which has no
+    checksum). Kept, it made every later reading of that metric fail in the rules and be set aside,
+    and as the record was then never written again, the patient's readings of that metric were
+    never evaluated again. Refused (`readable`), the metric's state starts again, counted."""
+    record = decode_metric(raw)
+    history = record.history
+    times = [history.ewma_t, *(p.t for p in history.recent), *_episode_times(record.episodes)]
+    numbers = [p.value for p in history.recent if p.value is not None]
+    numbers += [d.total for d in history.days]
+    if history.ewma is not None:
+        numbers.append(history.ewma)
+    # sums in C: NaN or an infinity anywhere makes them so (and a sum too large to hold is no record)
+    if not (
+        math.isfinite(sum(times))
+        and min(times) >= 0.0
+        and max(times) <= time.time() + MAX_AHEAD_S
+        and math.isfinite(sum(numbers))
+    ):
+        raise ValueError("a metric record with a time or a value no reading could have given")
+    return record
+
+
+def _episode_times(episodes: dict[str, EpisodeState]) -> list[float]:
+    times = []
+    for e in episodes.values():
+        times += [e.opened_at, e.last_seen_at]
+        times += [t for t in (e.cleared_since, e.resolved_at, e.follows) if t is not None]
+    return times
 
 
 def believable(t: float) -> float:

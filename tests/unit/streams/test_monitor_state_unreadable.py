@@ -9,6 +9,7 @@ later reading of that patient quarantined. Found in review, with these reproduce
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -28,6 +29,7 @@ from streams.monitor.engine import (
     encode,
 )
 from streams.monitor.metrics import MonitorMetrics
+from streams.monitor.state import decode_kit
 from streams.monitor.store import MemoryStore
 from tests.support.records import make_measurement
 from tests.unit.streams.test_monitor_core_paths import _OLD
@@ -261,3 +263,66 @@ def test_every_kind_is_counted_from_zero_so_the_first_unreadable_record_alerts()
         if s.name.endswith("_total")
     }
     assert kinds == dict.fromkeys([*(m.value for m in Metric), "kit", "plan", "answers", "other"], 0.0)
+
+
+def _with_reading_time(run: _Run, t: float) -> bytes:
+    record = decode_metric(run.store.get(0, b"A|pulse"))
+    record.history.recent[-1] = msgspec.structs.replace(record.history.recent[-1], t=t)
+    return encode(record)
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    [
+        lambda run: _with_episode(run, last_seen_at=float("nan")),
+        lambda run: _with_episode(run, opened_at=1.7e18),
+        lambda run: _with_episode(run, cleared_since=float("inf")),
+        lambda run: _with_reading_time(run, float("nan")),
+        lambda run: _with_reading_time(run, 7.7e18),
+        lambda run: _with_reading_time(run, -7.7e18),
+    ],
+    ids=[
+        "episode seen at NaN",
+        "episode opened far ahead",
+        "all-clear at inf",
+        "reading at NaN",
+        "far ahead",
+        "far before 1970",
+    ],
+)
+def test_a_metric_record_with_a_time_no_reading_had_does_not_stop_that_metrics_readings(
+    damaged: Callable[[_Run], bytes],
+) -> None:
+    """A flipped bit in a plain metric record (no checksum below 1.5 KB) made one of its times NaN
+    or years ahead. It decoded, and every later reading of that patient's metric failed in the rules
+    and was set aside: the patient's pulse was never evaluated again, as the record was never
+    written anew (found in review). The record is refused, counted, and the metric starts again."""
+    run = _Run()
+    run.store.write({0: {b"A|pulse": damaged(run)}}, {0: run.offset})
+    after = run.processor()
+    after.load([0])
+    run.store.write(after.take().changelog, {0: run.offset})
+    assert run.unreadable() == 1
+    # A's next red reading is evaluated (`handle` asserts nothing was set aside) and alerts
+    assert "A" in run.handle(after, ("A", T0 + timedelta(minutes=5), 30.0))
+    assert run.handle(after, ("A", T0 + timedelta(minutes=10), 31.0)) is not None
+    stored = decode_metric(run.store.get(0, b"A|pulse"))
+    assert [p.t for p in stored.history.recent] == [(T0 + timedelta(minutes=m)).timestamp() for m in (5, 10)]
+
+
+@pytest.mark.parametrize("change", [{"last_seen": -7.7e18}, {"episode": float("nan")}], ids=str)
+def test_a_kit_record_with_a_time_no_kit_had_is_refused(change: dict[str, float]) -> None:
+    """As the metric record: a time before 1970 (a flipped sign bit), or a NaN in a kit-level
+    episode, is refused, and the patient record is made again from the readings."""
+    run = _Run()
+    record = decode_patient(run.store.get(0, b"A|kit"))
+    if "last_seen" in change:
+        record.last_seen = change["last_seen"]
+    else:
+        record.episodes["kit_silent"] = msgspec.structs.replace(
+            decode_metric(run.store.get(0, b"A|pulse")).episodes["pulse_abnormal"],
+            opened_at=change["episode"],
+        )
+    with pytest.raises(ValueError, match="no kit could have given"):
+        decode_kit(encode(record))
+    assert decode_kit(run.store.get(0, b"A|kit")).last_seen == T0.timestamp()  # the record as written
