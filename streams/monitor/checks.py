@@ -50,6 +50,10 @@ def _not_ahead(name: str, at: datetime) -> None:
     ahead = at.timestamp() - time.time()
     if ahead > MAX_AHEAD_S:
         raise UnusableError(f"{name} is {ahead / 3600:.0f} h ahead of the monitor's clock")
+    # a kit whose clock was reset: stored, the time would make the patient's record one the monitor
+    # refuses on reading it back (state.decode_kit)
+    if at.timestamp() < 0.0:
+        raise UnusableError(f"{name} is before 1970 (the kit's clock was reset)")
 
 
 def check_measurement(m: Measurement) -> Measurement:

@@ -20,9 +20,11 @@ from typing import TypeVar
 import msgspec
 
 from contracts import CarePlan, Metric
+from streams.monitor.catalogue import PROBLEMS, RULES
 from streams.monitor.checks import MAX_AHEAD_S
 from streams.monitor.engine import MetricRecord, PatientRecord, decode_metric, decode_patient
 from streams.monitor.episodes import EpisodeState
+from streams.monitor.history import DAY_S
 from streams.monitor.metrics import MonitorMetrics
 from streams.monitor.store import Store
 from streams.monitor.symptoms import AnswerRecord
@@ -51,7 +53,9 @@ PLAN = b"|plan"
 METRIC_KEYS = {metric: f"|{metric.value}".encode() for metric in Metric}
 SUFFIXES = {suffix: metric for metric, suffix in METRIC_KEYS.items()}
 KINDS = {KIT, PLAN, ANSWERS, *SUFFIXES}  # a key's last part: the kinds of record a patient has
-FURTHEST_WAKE_S = 14 * 86_400.0  # beyond any deadline a patient record asks (silence, windows, all-clear)
+# Beyond any deadline a patient record asks (silence, windows, all-clear): the silence and all-clear
+# periods are at most 30 days (VAKTROM_MONITOR_SILENT_AFTER_H, _RESOLVE_AFTER_H: settings.py).
+FURTHEST_WAKE_S = 31 * 86_400.0
 CACHED_KEYS = 50_000  # decoded records kept (a few hundred bytes to a few KB each)
 _V = TypeVar("_V")
 _careplan = msgspec.json.Decoder(CarePlan)
@@ -133,6 +137,7 @@ def decode_kit(raw: bytes) -> PatientRecord:
     kept within reach it would still hide a silence for hours. Refused, it is made again from the
     patient's readings (`Processor._rebuilt`); its kit-level episodes are lost with it."""
     record = decode_patient(raw)
+    _check_episodes(record.episodes)
     limit = time.time() + MAX_AHEAD_S
     times = [
         record.last_seen,
@@ -155,7 +160,12 @@ def decode_metric_checked(raw: bytes) -> MetricRecord:
     and as the record was then never written again, the patient's readings of that metric were
     never evaluated again. Refused (`readable`), the metric's state starts again, counted."""
     record = decode_metric(raw)
+    _check_episodes(record.episodes)
     history = record.history
+    today = int(time.time() // DAY_S)
+    if not all(d.n >= 1 and 0 <= d.day <= today + 1 for d in history.days):
+        # a day of no readings (a mean divides by its count) or out of time: a flipped bit
+        raise ValueError("a metric record with a day summary no reading could have made")
     times = [history.ewma_t, *(p.t for p in history.recent), *_episode_times(record.episodes)]
     numbers = [p.value for p in history.recent if p.value is not None]
     numbers += [d.total for d in history.days]
@@ -170,6 +180,15 @@ def decode_metric_checked(raw: bytes) -> MetricRecord:
     ):
         raise ValueError("a metric record with a time or a value no reading could have given")
     return record
+
+
+def _check_episodes(episodes: dict[str, EpisodeState]) -> None:
+    """Every episode under its own problem, a problem and a rule this version knows: otherwise the
+    patient's every reading that touches it fails (its event is built from the catalogue), and the
+    record, written back unchanged in that part, never heals (a flipped bit in a name)."""
+    for problem, e in episodes.items():
+        if problem != e.problem or problem not in PROBLEMS or e.rule_id not in RULES:
+            raise ValueError("a record with an episode of a problem or a rule this version does not know")
 
 
 def _episode_times(episodes: dict[str, EpisodeState]) -> list[float]:

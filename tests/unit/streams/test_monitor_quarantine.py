@@ -5,7 +5,7 @@ Uses the harness of `test_monitor_agent` (the batch step, no Kafka).
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import msgspec
@@ -107,6 +107,29 @@ def test_a_kit_status_dated_a_year_ahead_is_set_aside_and_moves_no_deadline(
 
     run(h, scenario)
     assert h.sent == []
+    assert [(q.reason.value, q.source_topic) for q in set_aside] == [("invalid", h.names["status"])]
+
+
+def test_a_kit_status_from_a_kit_whose_clock_was_reset_is_set_aside(
+    harness: Harness, set_aside: list[Quarantined]
+) -> None:
+    """A kit whose clock went back to 1970 (before it, in its zone): stored, its time made the
+    patient's record one the monitor refuses when it reads it back, counted as damaged (found in
+    review). Set aside instead, as a status from far ahead."""
+    h = harness
+    reset = KitStatusEvent(
+        kit_id="R-1-K",
+        patient_id="R-1",
+        state="online",
+        at=datetime(1970, 1, 1, tzinfo=timezone(timedelta(hours=1))),
+        received_at=T0,
+    )
+
+    async def scenario(feed: Feed) -> None:
+        await feed(h.names["status"], b"R-1", msgspec.json.encode(reset), 3)
+        await feed(h.names["measurements"], *reading("C-1", Metric.PULSE, 70.0, T0), 3)
+
+    run(h, scenario)
     assert [(q.reason.value, q.source_topic) for q in set_aside] == [("invalid", h.names["status"])]
 
 

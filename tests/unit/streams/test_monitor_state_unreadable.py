@@ -321,8 +321,56 @@ def test_a_kit_record_with_a_time_no_kit_had_is_refused(change: dict[str, float]
     else:
         record.episodes["kit_silent"] = msgspec.structs.replace(
             decode_metric(run.store.get(0, b"A|pulse")).episodes["pulse_abnormal"],
+            problem="kit_silent",
+            rule_id="kit-silent",
             opened_at=change["episode"],
         )
     with pytest.raises(ValueError, match="no kit could have given"):
         decode_kit(encode(record))
     assert decode_kit(run.store.get(0, b"A|kit")).last_seen == T0.timestamp()  # the record as written
+
+
+def _with_day(run: _Run, **changes: int) -> bytes:
+    record = decode_metric(run.store.get(0, b"A|pulse"))
+    for name, value in changes.items():
+        setattr(record.history.days[-1], name, value)
+    return encode(record)
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    [
+        lambda run: _with_day(run, n=0),  # one flipped bit in a count of 1: a mean divides by it
+        lambda run: _with_day(run, day=53_550),  # a day 100 years on: every new day trimmed at once
+        lambda run: _with_day(run, day=-3),
+        lambda run: _with_episode(run, problem="pulse_abnormam"),  # a flipped bit in a name
+        lambda run: _with_episode(run, rule_id="NEWS2-P9"),  # a newer version's rule, after a rollback
+    ],
+    ids=["day of no readings", "day far ahead", "day before 1970", "unknown problem", "unknown rule"],
+)
+def test_a_metric_record_holding_what_no_reading_made_is_refused_and_the_metric_alerts_again(
+    damaged: Callable[[_Run], bytes],
+) -> None:
+    """Each decoded, and every later reading of the metric failed in the rules (a division by the
+    day's count, the episode's event built from the catalogue) and was set aside, the record never
+    written anew: red readings never alerted again (found in review). Now refused and counted."""
+    run = _Run()
+    run.store.write({0: {b"A|pulse": damaged(run)}}, {0: run.offset})
+    after = run.processor()
+    after.load([0])
+    run.store.write(after.take().changelog, {0: run.offset})
+    assert run.unreadable() >= 1
+    assert "A" in run.handle(after, ("A", T0 + timedelta(days=1), 30.0))  # nothing set aside
+    assert "A" in run.handle(after, ("A", T0 + timedelta(days=2), 29.0))
+
+
+def test_a_kit_record_waking_within_the_longest_silence_the_settings_allow_is_read() -> None:
+    """`VAKTROM_MONITOR_SILENT_AFTER_H` may be 720 h: a patient record asking to be woken 30 days on
+    is one the monitor wrote, not a flipped bit (it was refused beyond 14 days; found in review)."""
+    run = _Run()
+    record = decode_patient(run.store.get(0, b"A|kit"))
+    record.wake_at = datetime.now(UTC).timestamp() + 30 * 86_400.0
+    assert decode_kit(encode(record)).wake_at == record.wake_at
+    record.wake_at += 3 * 86_400.0
+    with pytest.raises(ValueError, match="no kit could have given"):
+        decode_kit(encode(record))
