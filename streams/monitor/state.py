@@ -146,8 +146,10 @@ def decode_kit(raw: bytes) -> PatientRecord:
         *_episode_times(record.episodes),
     ]
     wake = record.wake_at if record.wake_at is not None else 0.0
-    if not all(believable(t) == t and t >= 0.0 for t in times) or not (
-        math.isfinite(wake) and wake <= limit + FURTHEST_WAKE_S
+    # times it looks ahead to: when an all-clear period ends, the reminders' window ends, its wake-up
+    ahead = [wake, *record.resolve_at.values(), *(due for _metric, due in record.reminders)]
+    if not all(believable(t) == t and t >= 0.0 for t in times) or not all(
+        math.isfinite(t) and 0.0 <= t <= limit + FURTHEST_WAKE_S for t in ahead
     ):
         raise ValueError("a patient record with a time no kit could have given")
     return record

@@ -310,14 +310,28 @@ def test_a_metric_record_with_a_time_no_reading_had_does_not_stop_that_metrics_r
     assert [p.t for p in stored.history.recent] == [(T0 + timedelta(minutes=m)).timestamp() for m in (5, 10)]
 
 
-@pytest.mark.parametrize("change", [{"last_seen": -7.7e18}, {"episode": float("nan")}], ids=str)
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"last_seen": -7.7e18},
+        {"episode": float("nan")},
+        {"resolve_at": float("inf")},
+        {"reminder": float("nan")},
+    ],
+    ids=str,
+)
 def test_a_kit_record_with_a_time_no_kit_had_is_refused(change: dict[str, float]) -> None:
     """As the metric record: a time before 1970 (a flipped sign bit), or a NaN in a kit-level
-    episode, is refused, and the patient record is made again from the readings."""
+    episode, an all-clear's end or a reminder's window, is refused, and the patient record is made
+    again from the readings (an infinite all-clear failed the patient's every load and deadline)."""
     run = _Run()
     record = decode_patient(run.store.get(0, b"A|kit"))
     if "last_seen" in change:
         record.last_seen = change["last_seen"]
+    elif "resolve_at" in change:
+        record.resolve_at["pulse_abnormal"] = change["resolve_at"]
+    elif "reminder" in change:
+        record.reminders = [("pulse", change["reminder"])]
     else:
         record.episodes["kit_silent"] = msgspec.structs.replace(
             decode_metric(run.store.get(0, b"A|pulse")).episodes["pulse_abnormal"],
