@@ -169,7 +169,7 @@ def decode_metric_checked(raw: bytes) -> MetricRecord:
         # a day of no readings (a mean divides by its count) or out of time: a flipped bit
         raise ValueError("a metric record with a day summary no reading could have made")
     times = [history.ewma_t, *(p.t for p in history.recent), *_episode_times(record.episodes)]
-    numbers = [p.value for p in history.recent if p.value is not None]
+    numbers = [x for p in history.recent for x in (p.value, p.reported) if x is not None]
     numbers += [d.total for d in history.days]
     if history.ewma is not None:
         numbers.append(history.ewma)

@@ -265,9 +265,9 @@ def test_every_kind_is_counted_from_zero_so_the_first_unreadable_record_alerts()
     assert kinds == dict.fromkeys([*(m.value for m in Metric), "kit", "plan", "answers", "other"], 0.0)
 
 
-def _with_reading_time(run: _Run, t: float) -> bytes:
+def _with_reading_time(run: _Run, t: float, **changes: float) -> bytes:
     record = decode_metric(run.store.get(0, b"A|pulse"))
-    record.history.recent[-1] = msgspec.structs.replace(record.history.recent[-1], t=t)
+    record.history.recent[-1] = msgspec.structs.replace(record.history.recent[-1], t=t, **changes)
     return encode(record)
 
 
@@ -280,6 +280,7 @@ def _with_reading_time(run: _Run, t: float) -> bytes:
         lambda run: _with_reading_time(run, float("nan")),
         lambda run: _with_reading_time(run, 7.7e18),
         lambda run: _with_reading_time(run, -7.7e18),
+        lambda run: _with_reading_time(run, T0.timestamp(), reported=float("nan")),
     ],
     ids=[
         "episode seen at NaN",
@@ -288,6 +289,7 @@ def _with_reading_time(run: _Run, t: float) -> bytes:
         "reading at NaN",
         "far ahead",
         "far before 1970",
+        "reported value NaN",
     ],
 )
 def test_a_metric_record_with_a_time_no_reading_had_does_not_stop_that_metrics_readings(
