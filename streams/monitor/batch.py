@@ -77,7 +77,6 @@ log = logging.getLogger(__name__)
 _measurement = msgspec.json.Decoder(Measurement)
 _status = msgspec.json.Decoder(KitStatusEvent)
 _answer = msgspec.json.Decoder(QuestionnaireAnswer)
-_careplan = msgspec.json.Decoder(CarePlan)
 _STAGE = "monitor"  # in the quarantine records it publishes
 
 
@@ -490,14 +489,15 @@ class Processor:
 
     def _careplan(self, r: Record) -> None:
         assert r.value is not None
-        plan = _careplan.decode(r.value)
+        held = decode_plan(r.value)
+        plan = held.plan
         if r.key is None:
             raise TypeError("a care plan without a key (the patient)")
         check_key(r.key, plan.patient_id, "care plan")
         current = self._plan(r.partition, r.key)
         if current is not None and current.version > plan.version:
             return  # an older version replayed: the newer one stays in force
-        self.cache.put(r.partition, r.key + PLAN, Plan(r.value, plan))
+        self.cache.put(r.partition, r.key + PLAN, held)
         self._touch(r.partition, r.key + PLAN)
         precord = self._patient(r.partition, r.key)
         if self.engine.replanned(precord, plan):

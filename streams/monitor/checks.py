@@ -43,7 +43,7 @@ def _short(texts: dict[str, str | None]) -> None:
             raise UnusableError(f"{name} is {len(text)} characters long (at most {_MAX_TEXT})")
 
 
-def _not_ahead(name: str, at: datetime) -> None:
+def _in_time(name: str, at: datetime) -> None:
     """An event time far ahead of this worker's clock is a kit clock gone wrong (the bridge checks a
     reading's, not a status message's): on the partition's clock it would move every patient's
     deadlines there on by as much (kit silent for all, "measurement missed" checks skipped)."""
@@ -60,7 +60,7 @@ def check_measurement(m: Measurement) -> Measurement:
     texts = {"loinc": m.loinc, "unit": m.unit, "reported_unit": m.reported_unit, "flag": m.flag}
     _short(texts)
     _usable(unusable_field(texts=texts, numbers={"value": m.value, "reported_value": m.reported_value}))
-    _not_ahead("measured_at", m.measured_at)
+    _in_time("measured_at", m.measured_at)
     return m
 
 
@@ -75,7 +75,7 @@ def check_key(key: bytes | None, patient: str, what: str) -> None:
 def check_status(e: KitStatusEvent) -> KitStatusEvent:
     _short({"state": e.state})
     _usable(unusable_field(texts={"state": e.state}, numbers={"battery": e.battery}))
-    _not_ahead("at", e.at)
+    _in_time("at", e.at)
     return e
 
 
@@ -94,5 +94,5 @@ def check_answer(a: QuestionnaireAnswer) -> QuestionnaireAnswer:
         texts[f"worsening[{n}]"] = name
     _short(texts)
     _usable(unusable_field(texts=texts, numbers={}))
-    _not_ahead("authored", a.authored)
+    _in_time("authored", a.authored)
     return a

@@ -148,9 +148,7 @@ def decode_kit(raw: bytes) -> PatientRecord:
     wake = record.wake_at if record.wake_at is not None else 0.0
     # times it looks ahead to: when an all-clear period ends, the reminders' window ends, its wake-up
     ahead = [wake, *record.resolve_at.values(), *(due for _metric, due in record.reminders)]
-    if not all(believable(t) == t and t >= 0.0 for t in times) or not all(
-        math.isfinite(t) and 0.0 <= t <= limit + FURTHEST_WAKE_S for t in ahead
-    ):
+    if not (_within(times, limit) and _within(ahead, limit + FURTHEST_WAKE_S)):
         raise ValueError("a patient record with a time no kit could have given")
     return record
 
@@ -173,15 +171,16 @@ def decode_metric_checked(raw: bytes) -> MetricRecord:
     numbers += [d.total for d in history.days]
     if history.ewma is not None:
         numbers.append(history.ewma)
-    # sums in C: NaN or an infinity anywhere makes them so (and a sum too large to hold is no record)
-    if not (
-        math.isfinite(sum(times))
-        and min(times) >= 0.0
-        and max(times) <= time.time() + MAX_AHEAD_S
-        and math.isfinite(sum(numbers))
-    ):
+    # a sum in C: NaN or an infinity anywhere makes it so (and a sum too large to hold is no record)
+    if not (_within(times, time.time() + MAX_AHEAD_S) and math.isfinite(sum(numbers))):
         raise ValueError("a metric record with a time or a value no reading could have given")
     return record
+
+
+def _within(times: list[float], latest: float) -> bool:
+    """Whether every time is a real one from 1970 up to `latest`. Sums and extremes in C: NaN or an
+    infinity anywhere makes the sum so (and a sum too large to hold is no record's)."""
+    return math.isfinite(sum(times)) and min(times) >= 0.0 and max(times) <= latest
 
 
 def _check_episodes(episodes: dict[str, EpisodeState]) -> None:
