@@ -19,6 +19,7 @@ __all__ = [
     "FHIR_DETAIL_CHARS",
     "KIT_READING_SCHEMA",
     "KIT_STATUS_SCHEMA",
+    "MAX_CLOCK_AHEAD_S",
     "MAX_KIT_PAYLOAD_BYTES",
     "MAX_READINGS_PER_MESSAGE",
     "RECEIPT_SCHEMA",
@@ -39,6 +40,9 @@ RECEIPT_SCHEMA = "vaktrom.receipt.v1"
 FHIR_DETAIL_CHARS = 300  # a refused FHIR entry's reason in words, in the receipt
 MAX_KIT_PAYLOAD_BYTES = 64 * 1024  # larger payloads are rejected as too large before parsing
 MAX_READINGS_PER_MESSAGE = 500  # enough for a day of store-and-forward catch-up from one device
+# The furthest ahead of a stage's clock a measured time is believed: the monitor sets aside a record
+# timed further ahead, so the bridge may be stricter (VAKTROM_BRIDGE_MAX_CLOCK_AHEAD_S) but never laxer.
+MAX_CLOCK_AHEAD_S = 3600
 
 Identifier = Annotated[
     str,

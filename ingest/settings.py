@@ -6,7 +6,7 @@ import dataclasses
 import re
 import ssl
 
-from contracts import MAX_KIT_PAYLOAD_BYTES, MAX_READINGS_PER_MESSAGE
+from contracts import MAX_CLOCK_AHEAD_S, MAX_KIT_PAYLOAD_BYTES, MAX_READINGS_PER_MESSAGE
 from runtime.settings import ConfigError, Settings, check_ranges, setting
 
 __all__ = ["COMPRESSIONS", "BridgeSettings", "FhirGatewaySettings"]
@@ -68,7 +68,9 @@ class BridgeSettings(Settings):
         help="registry reload interval (also reloads on NOTIFY)",
     )
     max_clock_ahead_s: int = setting(
-        300, env="VAKTROM_BRIDGE_MAX_CLOCK_AHEAD_S", help="reject readings measured further in the future"
+        300,
+        env="VAKTROM_BRIDGE_MAX_CLOCK_AHEAD_S",
+        help="reject readings measured further in the future; at most 3600, as the monitor believes no more",
     )
     max_age_days: int = setting(
         30, env="VAKTROM_BRIDGE_MAX_AGE_DAYS", help="reject readings measured longer ago than this"
@@ -151,10 +153,16 @@ class BridgeSettings(Settings):
             "VAKTROM_BRIDGE_LINGER_MS": (self.linger_ms, 0, 1000),
             "VAKTROM_BRIDGE_BATCH_BYTES": (self.batch_bytes, 1024, 16 * 1024 * 1024),
             "VAKTROM_BRIDGE_DELIVERY_TIMEOUT_S": (self.delivery_timeout_s, 10, 86400),
-            "VAKTROM_BRIDGE_MAX_CLOCK_AHEAD_S": (self.max_clock_ahead_s, 0, 86400),
+            "VAKTROM_BRIDGE_MAX_CLOCK_AHEAD_S": (self.max_clock_ahead_s, 0, MAX_CLOCK_AHEAD_S),
             "VAKTROM_BRIDGE_MAX_AGE_DAYS": (self.max_age_days, 1, 3650),
             "VAKTROM_BRIDGE_METRICS_PORT": (self.metrics_port, 0, 65535),
         }
+        if self.max_clock_ahead_s > MAX_CLOCK_AHEAD_S:
+            raise ConfigError(
+                f"VAKTROM_BRIDGE_MAX_CLOCK_AHEAD_S={self.max_clock_ahead_s} is above {MAX_CLOCK_AHEAD_S}: "
+                "the monitor sets aside a reading timed more than an hour ahead of its clock, so the bridge "
+                f"would accept readings no alert rule sees. Use 0-{MAX_CLOCK_AHEAD_S} (300 by default)."
+            )
         check_ranges(checks)
         fair = {
             "VAKTROM_BRIDGE_KIT_READINGS_PER_MINUTE": (self.kit_readings_per_minute, 1, 10_000_000),

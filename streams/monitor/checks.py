@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-from contracts import KitStatusEvent, Measurement, QuestionnaireAnswer, unusable_field
+from contracts import MAX_CLOCK_AHEAD_S, KitStatusEvent, Measurement, QuestionnaireAnswer, unusable_field
 
 __all__ = [
     "MAX_AHEAD_S",
@@ -19,7 +19,7 @@ __all__ = [
     "check_status",
 ]
 
-MAX_AHEAD_S = 3600.0  # an event time further ahead of the wall clock is not believed
+MAX_AHEAD_S = float(MAX_CLOCK_AHEAD_S)  # an event time further ahead of the wall clock is not believed
 
 
 class UnusableError(ValueError):

@@ -5,7 +5,7 @@ Uses the harness of `test_monitor_agent` (the batch step, no Kafka).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import msgspec
@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contracts import CarePlan, Condition, KitStatusEvent, Metric, Quarantined
+from contracts import MAX_CLOCK_AHEAD_S, CarePlan, Condition, KitStatusEvent, Metric, Quarantined
+from streams.monitor.checks import UnusableError, check_measurement
 from tests.support.records import make_measurement
 from tests.unit.streams.test_monitor_agent import T0, Feed, Harness, harness, reading, run
 
@@ -151,3 +152,21 @@ def test_a_care_plan_naming_an_unknown_time_zone_does_not_stop_the_patients_aler
     run(h, scenario)
     assert set_aside == []
     assert [(e.patient_id, e.rule_id) for e in h.sent] == [("Z-1", "NEWS2-S1")]
+
+
+@pytest.mark.parametrize(
+    ("ahead_s", "believed"), [(MAX_CLOCK_AHEAD_S - 30, True), (MAX_CLOCK_AHEAD_S + 30, False)]
+)
+def test_a_reading_the_laxest_bridge_accepts_is_one_the_monitor_believes(
+    ahead_s: int, believed: bool
+) -> None:
+    """The bridge's VAKTROM_BRIDGE_MAX_CLOCK_AHEAD_S went up to a day while the monitor set aside what
+    was timed over an hour ahead: a reading 2 h ahead got a stored receipt and no rule ever saw it.
+    Both now read one bound (the bridge refuses a larger setting: test_rate_limit)."""
+    at = datetime.now(UTC) + timedelta(seconds=ahead_s)
+    _k, _raw, m = make_measurement(patient="A-1", kit="A-1-K", at=at)
+    if believed:
+        assert check_measurement(m) is m
+    else:
+        with pytest.raises(UnusableError):
+            check_measurement(m)
