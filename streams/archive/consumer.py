@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from contracts import Quarantined, topics
+from runtime import kafka as rk
 from runtime.loop import ConsumerLoop, LoopError, LoopMetrics, Record
 from runtime.ops import OpsServer, serve
 from runtime.settings import DatabaseSettings, KafkaSettings
@@ -98,6 +99,7 @@ class Archive:
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "max.partition.fetch.bytes": 8 * 1024 * 1024,
             }
+            | rk.BULK_FETCH
             | ({"group.instance.id": settings.instance_id} if settings.instance_id else {}),
             on_read=self._read,
         )

@@ -255,20 +255,21 @@ class Processor:
         """Evaluate records of loaded partitions, in order; a record that breaks its contract or the
         handler is set aside (issue #27): one record never stops the monitor."""
         names, metrics, offsets = self.names, self.metrics, self._out.offsets
+        kinds = metrics.event_kinds
         for r in records:
             offsets[(r.topic, r.partition)] = r.offset + 1
             try:
                 if r.topic == names.measurements:
-                    metrics.events.labels("measurement").inc()
+                    kinds["measurement"].inc()
                     self._measurement(r)
                 elif r.topic == names.status:
-                    metrics.events.labels("kit_status").inc()
+                    kinds["kit_status"].inc()
                     self._status(r)
                 elif r.topic == names.answers:
-                    metrics.events.labels("answer").inc()
+                    kinds["answer"].inc()
                     self._answer(r)
                 elif r.topic == names.careplans and r.value is not None:
-                    metrics.events.labels("careplan").inc()
+                    kinds["careplan"].inc()
                     self._careplan(r)
             except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:  # TypeError: no value
                 metrics.broken.inc()

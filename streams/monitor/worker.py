@@ -219,7 +219,12 @@ class Worker:
     def _new_consumer(self) -> rk.Consumer:
         stats = {"statistics.interval.ms": _STATS_MS, "stats_cb": self._on_stats}
         return rk.consumer(
-            self._kafka, group_id=self.group, client_id="vaktrom-monitor", **self._group_config, **stats
+            self._kafka,
+            group_id=self.group,
+            client_id="vaktrom-monitor",
+            **self._group_config,
+            **stats,
+            **rk.BULK_FETCH,
         )
 
     def _on_stats(self, report: str) -> None:
