@@ -19,6 +19,7 @@ __all__ = [
     "FHIR_DETAIL_CHARS",
     "KIT_READING_SCHEMA",
     "KIT_STATUS_SCHEMA",
+    "MAX_BRIDGE_CLOCK_AHEAD_S",
     "MAX_CLOCK_AHEAD_S",
     "MAX_KIT_PAYLOAD_BYTES",
     "MAX_READINGS_PER_MESSAGE",
@@ -41,8 +42,11 @@ FHIR_DETAIL_CHARS = 300  # a refused FHIR entry's reason in words, in the receip
 MAX_KIT_PAYLOAD_BYTES = 64 * 1024  # larger payloads are rejected as too large before parsing
 MAX_READINGS_PER_MESSAGE = 500  # enough for a day of store-and-forward catch-up from one device
 # The furthest ahead of a stage's clock a measured time is believed: the monitor sets aside a record
-# timed further ahead, so the bridge may be stricter (VAKTROM_BRIDGE_MAX_CLOCK_AHEAD_S) but never laxer.
+# timed further ahead. The bridge checks first, on its own host's clock, so it may accept at most
+# five minutes less (VAKTROM_BRIDGE_MAX_CLOCK_AHEAD_S): that is what the hosts' clocks may differ
+# by (keep them in step with NTP) before a reading it accepted is one the monitor refuses.
 MAX_CLOCK_AHEAD_S = 3600
+MAX_BRIDGE_CLOCK_AHEAD_S = MAX_CLOCK_AHEAD_S - 300
 
 Identifier = Annotated[
     str,

@@ -44,8 +44,9 @@ def _short(texts: dict[str, str | None]) -> None:
 
 
 def _in_time(name: str, at: datetime) -> None:
-    """An event time far ahead of this worker's clock is a kit clock gone wrong (the bridge checks a
-    reading's, not a status message's): on the partition's clock it would move every patient's
+    """An event time far ahead of this worker's clock is a kit clock gone wrong (the bridge checks
+    first, on its own host's clock, by a tighter bound: contracts.MAX_BRIDGE_CLOCK_AHEAD_S; a record
+    from elsewhere may not have been): on the partition's clock it would move every patient's
     deadlines there on by as much (kit silent for all, "measurement missed" checks skipped)."""
     ahead = at.timestamp() - time.time()
     if ahead > MAX_AHEAD_S:

@@ -13,7 +13,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contracts import MAX_CLOCK_AHEAD_S, CarePlan, Condition, KitStatusEvent, Metric, Quarantined
+from contracts import (
+    MAX_BRIDGE_CLOCK_AHEAD_S,
+    MAX_CLOCK_AHEAD_S,
+    CarePlan,
+    Condition,
+    KitStatusEvent,
+    Metric,
+    Quarantined,
+)
 from streams.monitor.checks import UnusableError, check_measurement
 from tests.support.records import make_measurement
 from tests.unit.streams.test_monitor_agent import T0, Feed, Harness, harness, reading, run
@@ -155,14 +163,20 @@ def test_a_care_plan_naming_an_unknown_time_zone_does_not_stop_the_patients_aler
 
 
 @pytest.mark.parametrize(
-    ("ahead_s", "believed"), [(MAX_CLOCK_AHEAD_S - 30, True), (MAX_CLOCK_AHEAD_S + 30, False)]
+    ("ahead_s", "believed"),
+    [
+        # the laxest bridge's bound, on a monitor host whose clock is 4 min 50 s behind the bridge's
+        (MAX_BRIDGE_CLOCK_AHEAD_S + 290, True),
+        (MAX_CLOCK_AHEAD_S + 30, False),
+    ],
 )
 def test_a_reading_the_laxest_bridge_accepts_is_one_the_monitor_believes(
     ahead_s: int, believed: bool
 ) -> None:
     """The bridge's VAKTROM_BRIDGE_MAX_CLOCK_AHEAD_S went up to a day while the monitor set aside what
     was timed over an hour ahead: a reading 2 h ahead got a stored receipt and no rule ever saw it.
-    Both now read one bound (the bridge refuses a larger setting: test_rate_limit)."""
+    The bridge now refuses a setting over MAX_BRIDGE_CLOCK_AHEAD_S (test_rate_limit), five minutes
+    short of the monitor's bound, for the hosts' clocks to differ by."""
     at = datetime.now(UTC) + timedelta(seconds=ahead_s)
     _k, _raw, m = make_measurement(patient="A-1", kit="A-1-K", at=at)
     if believed:
