@@ -57,6 +57,16 @@ def machine() -> dict[str, Any]:
 _PROCESSES = ("bridge", "monitor", "archive", "alerts", "mosquitto", "kafka", "postgres", "simulator")
 
 
+def _cpu(processes: dict[str, Any], name: str) -> str:
+    """A process's CPU %, or a cluster's nodes' together (kafka-1, kafka-2, ... as `kafka`)."""
+    if name in processes:
+        return str(processes[name].get("cpu_percent", "-"))
+    nodes = [
+        p["cpu_percent"] for n, p in processes.items() if n.startswith(f"{name}-") and "cpu_percent" in p
+    ]
+    return str(round(sum(nodes), 1)) if nodes else "-"
+
+
 def _cut(p: dict[str, Any] | None, *keys: str) -> str:
     """'p50/p99/...' of a percentile dict, '-' where a figure is missing."""
     p = p or {}
@@ -94,7 +104,7 @@ def markdown(result: dict[str, Any]) -> str:
     for s in [*result["ladder"], *([result["sustain"]] if result.get("sustain") else [])]:
         receipt = _cut(s["latency"].get("kit -> receipt (sim)"), "p50", "p99")
         alert = _cut(s["latency"]["alert: kit -> alert stored"], "p50_ms", "p95_ms", "p99_ms", "max_ms")
-        cpu = ", ".join(str(s["processes"].get(n, {}).get("cpu_percent", "-")) for n in _PROCESSES)
+        cpu = ", ".join(_cpu(s["processes"], n) for n in _PROCESSES)
         lag = ", ".join(f"{v:,}" for v in s["consumer_lag_max"].values())
         lines.append(
             f"| {s['label']} | {s['offered_per_s']:,.0f} | {s['achieved_per_s']:,} | {s['lost']} "

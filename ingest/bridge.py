@@ -25,8 +25,7 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -41,6 +40,7 @@ from ingest.fair_share import KitLimiter, OncePer, fhir_cost, message_cost
 from ingest.kit_commands import KnownCommands, check_ack
 from ingest.metrics import BridgeMetrics
 from ingest.normaliser import Normaliser
+from ingest.outgoing import Record, records_of
 from ingest.producer import RecordSink
 from ingest.registry import Registry, RegistryCache
 from ingest.settings import BridgeSettings
@@ -54,26 +54,12 @@ log = logging.getLogger(__name__)
 
 _RESEND_BACKOFF = 2.0  # seconds before a record Kafka refused is sent again
 _REFUSAL_LOG_EVERY = 1.0  # seconds: at most one warning about refused records in this time
-_MEASUREMENT_SCHEMA = ("schema", b"vaktrom.measurement.v1")
-_REJECTION_SCHEMA = ("schema", b"vaktrom.rejection.v1")
-_STATUS_SCHEMA = ("schema", b"vaktrom.kit-status-event.v1")
-_ANSWER_SCHEMA = ("schema", b"vaktrom.answer.v1")
-_ACK_SCHEMA = ("schema", b"vaktrom.kit-ack-event.v1")
 _RATE_LIMITED = ReadingOutcome(rejected=RejectReason.RATE_LIMITED.value)
 _RATE_LIMITED_FHIR = ReadingOutcome(
     rejected=RejectReason.RATE_LIMITED.value,
     detail="the kit sent more than its fair share of readings a minute; send this again later",
 )
 _FHIR_REFUSAL_EVERY = 60.0  # seconds: at most one rate_limited rejection record per kit in this time
-
-
-@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__
-class _Record:
-    topic: str
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
-    kind: str  # measurement | rejection | status | answer | ack
 
 
 class Bridge:
@@ -137,7 +123,7 @@ class Bridge:
         self._inbox: collections.deque[Inbound] = collections.deque()
         self._inbox_ready = threading.Event()
         self._worker_idle = False
-        self._resend: collections.deque[tuple[float, Inbound, _Record]] = collections.deque()
+        self._resend: collections.deque[tuple[float, Inbound, Record]] = collections.deque()
         # Counted on the hot path as plain integers (one writer each) and handed to the Prometheus
         # metrics once a second: a labelled metric takes a lock per call.
         self._handed = 0  # worker: records handed to the producer
@@ -426,19 +412,10 @@ class Bridge:
             "the bridge failed on this payload (a bug, logged for operators); it is kept here",
         )
 
-    def _records(self, outcome: Outcome, inbound: Inbound) -> list[_Record]:
+    def _records(self, outcome: Outcome, inbound: Inbound) -> list[Record]:
         # W3C trace context: the trace id is the record's own id, the span this bridge's handling of
         # the message (a process prefix and a counter: unique, and no random bytes on the hot path)
         span = f"{self._span_prefix}{next(self._span_counter) & 0xFFFFFFFF:08x}"
-        encode = self._encoder.encode
-        records = []
-        produced = datetime.now(UTC)
-        for m in outcome.measurements:
-            m = msgspec.structs.replace(m, trace=msgspec.structs.replace(m.trace, bridge_produced=produced))  # noqa: PLW2901  (the record as sent)
-            headers = [_MEASUREMENT_SCHEMA, ("traceparent", f"00-{m.measurement_id}-{span}-01".encode())]
-            records.append(
-                _Record(self._topics["measurement"], m.patient_id.encode(), encode(m), headers, "measurement")
-            )
         if outcome.measurements:
             kit_sent = outcome.measurements[0].trace.kit_sent
             if kit_sent is not None:
@@ -446,25 +423,7 @@ class Bridge:
                 self.metrics.delivery_lag.observe(lag)
         for r in outcome.rejections:
             self.metrics.rejected.labels(r.reason.value).inc()
-            headers = [_REJECTION_SCHEMA, ("traceparent", f"00-{r.rejection_id}-{span}-01".encode())]
-            key = (r.kit_id or "unknown").encode()
-            records.append(_Record(self._topics["rejection"], key, encode(r), headers, "rejection"))
-        for a in outcome.answers:
-            a = msgspec.structs.replace(a, trace=msgspec.structs.replace(a.trace, bridge_produced=produced))  # noqa: PLW2901  (the record as sent)
-            headers = [_ANSWER_SCHEMA, ("traceparent", f"00-{a.answer_id}-{span}-01".encode())]
-            records.append(
-                _Record(self._topics["answer"], a.patient_id.encode(), encode(a), headers, "answer")
-            )
-        if outcome.status is not None:
-            s = outcome.status
-            key = (s.patient_id or s.kit_id).encode()
-            records.append(_Record(self._topics["status"], key, encode(s), [_STATUS_SCHEMA], "status"))
-        if outcome.ack is not None:
-            ack = outcome.ack
-            records.append(
-                _Record(self._topics["ack"], ack.patient_id.encode(), encode(ack), [_ACK_SCHEMA], "ack")
-            )
-        return records
+        return records_of(outcome, self._topics, span, self._encoder.encode)
 
     @property
     def pending(self) -> int:
@@ -483,7 +442,7 @@ class Bridge:
                 self._resend_due()
             time.sleep(0.005)
 
-    def _send(self, inbound: Inbound, record: _Record) -> None:
+    def _send(self, inbound: Inbound, record: Record) -> None:
         """Hand one record to the producer, retrying while Kafka cannot even take it (metadata away)."""
         assert self.sink is not None
         self._handed += 1
@@ -502,7 +461,7 @@ class Bridge:
                 log.warning("kafka: cannot queue a record (%s); retrying", type(exc).__name__)
                 time.sleep(0.5)
 
-    def _record_done(self, inbound: Inbound, record: _Record, error: BaseException | None) -> None:
+    def _record_done(self, inbound: Inbound, record: Record, error: BaseException | None) -> None:
         """On the sink's poll thread: count down; the last record of a message makes it acknowledgeable.
 
         Delivery reports run only on that one thread, so `remaining` and `_settled` have one writer

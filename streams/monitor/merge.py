@@ -41,10 +41,11 @@ from streams.monitor.batch import Names, Record
 
 __all__ = ["HELD_MAX", "PLAN_WAIT_S", "WAIT_S", "Merge"]
 
-# How long a lane with records waiting but none fetched may hold the other. librdkafka answers a
-# fetch within fetch.wait.max.ms (500 ms) even when it has nothing new, and fetches every assigned
-# partition of a broker together: two fetch rounds are enough unless the broker or the fetcher is
-# in trouble, and then the alerts should not wait longer than that.
+# How long a lane with records waiting but none fetched may hold the other. The broker answers a
+# fetch within fetch.wait.max.ms (the worker's: 10 ms, runtime.kafka.BULK_FETCH; 500 ms by default)
+# even when it has nothing new, and librdkafka fetches every assigned partition of a broker
+# together: a few fetch rounds are enough unless the broker or the fetcher is in trouble, and then
+# the alerts should not wait longer than that.
 WAIT_S = 1.0
 # Held records per topic-partition before it is paused (a reading is a few hundred bytes: a few MB
 # per partition at most); resumed when half of them are handed out.
