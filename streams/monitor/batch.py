@@ -214,20 +214,24 @@ class Processor:
         self, partition: int, patient: bytes, held: dict[bytes, bytes], now: datetime
     ) -> tuple[float | None, list[float]]:
         """Announce one patient's held episodes and due reminders; (its deadline, its event times)."""
-        m = self.metrics
+        m, unreadable = self.metrics, self.cache.unreadable
         stored = readable(decode_answers, held[ANSWERS], patient + ANSWERS, m) if ANSWERS in held else None
+        if stored is None and ANSWERS in held:
+            unreadable[patient + ANSWERS] = partition
         if stored is not None:
             answers = self.symptoms.announce(patient.decode(), stored, now=now)
             self._out.events.extend((patient, e) for e in answers)
         precord = readable(decode_kit, held[KIT], patient + KIT, m) if KIT in held else None
         if precord is None:  # none, or unreadable: made again by `load` once the clock's time is known
             if KIT in held:
-                self.cache.unreadable.add(patient + KIT)
+                unreadable[patient + KIT] = partition
             precord = PatientRecord()
         episodes, seen_at = dict(precord.episodes), [precord.last_seen, precord.missed_checked]
         for suffix, raw in held.items():
             metric = SUFFIXES.get(suffix)
             record = readable(decode_metric_checked, raw, patient + suffix, m) if metric is not None else None
+            if metric is not None and record is None:
+                unreadable[patient + suffix] = partition
             if record is not None:
                 episodes.update({f"{metric}:{k}": v for k, v in record.episodes.items()})
                 seen_at.extend(q.t for q in record.history.recent[-1:])

@@ -78,21 +78,23 @@ class Cache:
         self.values: dict[bytes, tuple[int, Value | None]] = {}  # in order of use, the oldest first
         self.limit = limit
         self.metrics = metrics
-        self.unreadable: set[bytes] = set()  # keys whose stored record could not be read, until written
+        # keys whose stored record could not be read, with their partition, until written: read as
+        # absent without reading the store again, so a bad record is counted and logged once
+        self.unreadable: dict[bytes, int] = {}
 
     def get(self, partition: int, key: bytes, decode: Callable[[bytes], Value]) -> Value | None:
         held = self.values.pop(key, None)
         if held is None or held[0] != partition:
-            raw = self.store.get(partition, key)
+            raw = None if self.unreadable.get(key) == partition else self.store.get(partition, key)
             value = None if raw is None else readable(decode, raw, key, self.metrics)
             if raw is not None and value is None:
-                self.unreadable.add(key)
+                self.unreadable[key] = partition
             held = (partition, value)
         self.values[key] = held
         return held[1]
 
     def put(self, partition: int, key: bytes, value: Value) -> None:
-        self.unreadable.discard(key)
+        self.unreadable.pop(key, None)
         self.values.pop(key, None)
         self.values[key] = (partition, value)
 
@@ -106,7 +108,10 @@ class Cache:
                 del values[key]
 
     def drop(self, partitions: set[int]) -> None:
+        """Forget these partitions' keys: their next owner writes them, and this worker reads them
+        again if they come back (an unreadable record may have been replaced meanwhile)."""
         self.values = {k: v for k, v in self.values.items() if v[0] not in partitions}
+        self.unreadable = {k: p for k, p in self.unreadable.items() if p not in partitions}
 
 
 def readable(decode: Callable[[bytes], _V], raw: bytes, key: bytes, metrics: MonitorMetrics) -> _V | None:

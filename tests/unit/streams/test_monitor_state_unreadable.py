@@ -29,7 +29,7 @@ from streams.monitor.engine import (
     encode,
 )
 from streams.monitor.metrics import MonitorMetrics
-from streams.monitor.state import decode_kit
+from streams.monitor.state import Cache, decode_kit, decode_metric_checked
 from streams.monitor.store import MemoryStore
 from tests.support.records import make_measurement
 from tests.unit.streams.test_monitor_core_paths import _OLD
@@ -107,6 +107,7 @@ def test_one_unreadable_record_leaves_the_partition_loaded_and_every_patient_mon
     # A is monitored again from an empty record: a red reading alerts, nothing is quarantined, and
     # the bad record is replaced by one that reads
     assert "A" in run.handle(after, ("A", T0 + timedelta(minutes=5), 30.0))
+    assert run.unreadable() == 1  # once, not again when the reading looked the record up (review)
     (decode_metric if kind == b"|pulse" else decode_patient)(run.store.get(0, b"A" + kind))
     # the deadlines of the partition run (before: the first one ended the worker), and B, heard
     # from, is not silent
@@ -390,3 +391,18 @@ def test_a_kit_record_waking_within_the_longest_silence_the_settings_allow_is_re
     record.wake_at += 3 * 86_400.0
     with pytest.raises(ValueError, match="no kit could have given"):
         decode_kit(encode(record))
+
+
+def test_a_key_unreadable_on_a_partition_that_moved_away_is_read_again_when_it_comes_back() -> None:
+    """The cache reads a known-unreadable key as absent without the store (counted once). A partition
+    that goes to another worker may come back with the record replaced: read again, not as absent."""
+    store, metrics = MemoryStore(), MonitorMetrics()
+    cache = Cache(store, 100, metrics)
+    store.write({0: {b"A|pulse": _DAMAGED["a newer version's codec"]}}, {0: 1})
+    assert cache.get(0, b"A|pulse", decode_metric_checked) is None
+    assert cache.get(0, b"A|pulse", decode_metric_checked) is None
+    cache.drop({0})
+    store.write({0: {b"A|pulse": encode(_CGM)}}, {0: 2})  # the other worker wrote a good record
+    again = cache.get(0, b"A|pulse", decode_metric_checked)
+    assert isinstance(again, MetricRecord)
+    assert again.history.recent
