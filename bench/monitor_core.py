@@ -56,7 +56,6 @@ from contracts import CarePlan, Measurement, Metric  # noqa: E402
 from streams.monitor import engine as new_engine  # noqa: E402
 
 OLD_COMMIT = "0b0d5cf"  # the engine before issue #29's work on the core
-_CORE_FILES = ("catalogue", "history", "plan", "rules", "episodes", "engine")
 BATCH = 1_000  # records per micro-batch, as the worker polls them
 _encode_json = msgspec.json.Encoder().encode
 _decode_measurement = msgspec.json.Decoder(Measurement).decode
@@ -68,7 +67,12 @@ def old_engine(commit: str, into: Path) -> ModuleType:
     package = into / "vaktrom_old_core"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    for name in _CORE_FILES:
+    listed = subprocess.run(
+        ["git", "ls-tree", "--name-only", f"{commit}:streams/monitor"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    # every module of the monitor then (the engine's imports moved between modules over time)
+    for name in (n.removesuffix(".py") for n in listed if n.endswith(".py") and not n.startswith("__")):
         source = subprocess.run(
             ["git", "show", f"{commit}:streams/monitor/{name}.py"],
             cwd=REPO,

@@ -64,7 +64,6 @@ from streams.monitor.state import (
     decode_kit,
     decode_metric_checked,
     decode_plan,
-    readable,
 )
 from streams.monitor.store import Store
 from streams.monitor.symptoms import AnswerRecord, Symptoms, decode_answers, encode_answers
@@ -214,24 +213,22 @@ class Processor:
         self, partition: int, patient: bytes, held: dict[bytes, bytes], now: datetime
     ) -> tuple[float | None, list[float]]:
         """Announce one patient's held episodes and due reminders; (its deadline, its event times)."""
-        m, unreadable = self.metrics, self.cache.unreadable
-        stored = readable(decode_answers, held[ANSWERS], patient + ANSWERS, m) if ANSWERS in held else None
-        if stored is None and ANSWERS in held:
-            unreadable[patient + ANSWERS] = partition
+        read = self.cache.read
+        stored = (
+            read(partition, patient + ANSWERS, held[ANSWERS], decode_answers) if ANSWERS in held else None
+        )
         if stored is not None:
             answers = self.symptoms.announce(patient.decode(), stored, now=now)
             self._out.events.extend((patient, e) for e in answers)
-        precord = readable(decode_kit, held[KIT], patient + KIT, m) if KIT in held else None
+        precord = read(partition, patient + KIT, held[KIT], decode_kit) if KIT in held else None
         if precord is None:  # none, or unreadable: made again by `load` once the clock's time is known
-            if KIT in held:
-                unreadable[patient + KIT] = partition
             precord = PatientRecord()
         episodes, seen_at = dict(precord.episodes), [precord.last_seen, precord.missed_checked]
         for suffix, raw in held.items():
             metric = SUFFIXES.get(suffix)
-            record = readable(decode_metric_checked, raw, patient + suffix, m) if metric is not None else None
-            if metric is not None and record is None:
-                unreadable[patient + suffix] = partition
+            record = (
+                read(partition, patient + suffix, raw, decode_metric_checked) if metric is not None else None
+            )
             if record is not None:
                 episodes.update({f"{metric}:{k}": v for k, v in record.episodes.items()})
                 seen_at.extend(q.t for q in record.history.recent[-1:])
@@ -302,6 +299,7 @@ class Processor:
                 data = encode(held)
             self.metrics.state_bytes.observe(len(data))
             out.changelog.setdefault(partition, {})[key] = data
+            self.cache.written(key)
         self._touched.clear()
         self.cache.trim()
         return out

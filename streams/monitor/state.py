@@ -78,23 +78,33 @@ class Cache:
         self.values: dict[bytes, tuple[int, Value | None]] = {}  # in order of use, the oldest first
         self.limit = limit
         self.metrics = metrics
-        # keys whose stored record could not be read, with their partition, until written: read as
-        # absent without reading the store again, so a bad record is counted and logged once
+        # keys whose stored record could not be read, with their partition: until written, counted
+        # and logged once however often they are read again (a read may succeed later: a record
+        # refused as timed ahead of this host's clock, read after the clock caught up)
         self.unreadable: dict[bytes, int] = {}
 
     def get(self, partition: int, key: bytes, decode: Callable[[bytes], Value]) -> Value | None:
         held = self.values.pop(key, None)
         if held is None or held[0] != partition:
-            raw = None if self.unreadable.get(key) == partition else self.store.get(partition, key)
-            value = None if raw is None else readable(decode, raw, key, self.metrics)
-            if raw is not None and value is None:
-                self.unreadable[key] = partition
-            held = (partition, value)
+            raw = self.store.get(partition, key)
+            held = (partition, None if raw is None else self.read(partition, key, raw, decode))
         self.values[key] = held
         return held[1]
 
-    def put(self, partition: int, key: bytes, value: Value) -> None:
+    def read(self, partition: int, key: bytes, raw: bytes, decode: Callable[[bytes], _V]) -> _V | None:
+        """A stored record of this cache's partitions decoded, or None when it cannot be (`readable`)."""
+        value = readable(decode, raw, key, None if key in self.unreadable else self.metrics)
+        if value is None:
+            self.unreadable[key] = partition
+        else:
+            self.unreadable.pop(key, None)
+        return value
+
+    def written(self, key: bytes) -> None:
+        """The key's record was written anew: if it cannot be read some day, that is news again."""
         self.unreadable.pop(key, None)
+
+    def put(self, partition: int, key: bytes, value: Value) -> None:
         self.values.pop(key, None)
         self.values[key] = (partition, value)
 
@@ -114,7 +124,9 @@ class Cache:
         self.unreadable = {k: p for k, p in self.unreadable.items() if p not in partitions}
 
 
-def readable(decode: Callable[[bytes], _V], raw: bytes, key: bytes, metrics: MonitorMetrics) -> _V | None:
+def readable(
+    decode: Callable[[bytes], _V], raw: bytes, key: bytes, metrics: MonitorMetrics | None
+) -> _V | None:
     """`raw` decoded, or None (as if the key had no record) when it cannot be: a record corrupted on
     disk or in the changelog, or written by a newer version after a rollback. One patient's record
     must not stop the partition: its loading at assignment, every deadline and every reading of the
@@ -125,6 +137,9 @@ def readable(decode: Callable[[bytes], _V], raw: bytes, key: bytes, metrics: Mon
     except Exception as exc:  # whatever the codec or the decoder raises: the record is unusable
         suffix = key[key.rfind(b"|") :]
         kind = suffix[1:].decode() if suffix in KINDS else "other"
+        if metrics is None:  # counted already (`Cache.read`)
+            log.debug("a stored %s record still cannot be read (%s): %r", kind, type(exc).__name__, key)
+            return None
         metrics.state_unreadable.labels(kind).inc()
         log.warning(
             "a stored %s record could not be read (%s); that patient's %s state starts again",

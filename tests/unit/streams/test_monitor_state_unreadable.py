@@ -393,16 +393,48 @@ def test_a_kit_record_waking_within_the_longest_silence_the_settings_allow_is_re
         decode_kit(encode(record))
 
 
-def test_a_key_unreadable_on_a_partition_that_moved_away_is_read_again_when_it_comes_back() -> None:
-    """The cache reads a known-unreadable key as absent without the store (counted once). A partition
-    that goes to another worker may come back with the record replaced: read again, not as absent."""
+def test_an_unreadable_record_is_counted_once_until_written_and_read_again_each_time() -> None:
+    """Counted and logged once however often it is looked up (the cache let it go, a handler failed);
+    read again each time, so a record refused only because this host's clock was behind is read once
+    the clock caught up (review: a mark read as absent would have lost that patient's history)."""
     store, metrics = MemoryStore(), MonitorMetrics()
     cache = Cache(store, 100, metrics)
-    store.write({0: {b"A|pulse": _DAMAGED["a newer version's codec"]}}, {0: 1})
+    bad, good = _DAMAGED["a newer version's codec"], encode(_CGM)
+
+    def counted() -> float | None:
+        return metrics.registry.get_sample_value("vaktrom_monitor_state_unreadable_total", {"kind": "pulse"})
+
+    store.write({0: {b"A|pulse": bad}}, {0: 1})
+    for _ in range(3):
+        assert cache.get(0, b"A|pulse", decode_metric_checked) is None
+        cache.values.clear()  # let go: the next lookup reads the store
+    assert counted() == 1
+    store.write({0: {b"A|pulse": good}}, {0: 2})
+    assert isinstance(cache.get(0, b"A|pulse", decode_metric_checked), MetricRecord)
+    # read well since, or written anew, or its partition moved away and came back: news again
+    store.write({0: {b"A|pulse": bad}}, {0: 3})
+    cache.values.clear()
     assert cache.get(0, b"A|pulse", decode_metric_checked) is None
-    assert cache.get(0, b"A|pulse", decode_metric_checked) is None
+    assert counted() == 2
     cache.drop({0})
-    store.write({0: {b"A|pulse": encode(_CGM)}}, {0: 2})  # the other worker wrote a good record
-    again = cache.get(0, b"A|pulse", decode_metric_checked)
-    assert isinstance(again, MetricRecord)
-    assert again.history.recent
+    assert cache.get(0, b"A|pulse", decode_metric_checked) is None
+    assert counted() == 3
+
+
+def test_a_handler_failing_on_a_patient_with_an_unreadable_record_does_not_count_it_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The handler's failure drops the patient's unwritten records from the cache; the next reading
+    read the bad one again and counted it a second time (review reproducer)."""
+    run = _Run()
+    run.store.write({0: {b"A|pulse": _DAMAGED["zstd cut short"]}}, {0: run.offset})
+    processor = run.processor()
+    processor.load([0])
+    run.store.write(processor.take().changelog, {0: run.offset})
+    with monkeypatch.context() as patched:
+        patched.setattr(Engine, "measurement", lambda *_a, **_k: 1 / 0)
+        processor.handle([_reading("A", T0 + timedelta(minutes=5), run.offset, 30.0)])
+        assert [q.reason.value for q in processor.take().quarantined] == ["handler_failed"]
+    run.offset += 1
+    assert "A" in run.handle(processor, ("A", T0 + timedelta(minutes=6), 30.0))
+    assert run.unreadable() == 1
