@@ -101,7 +101,7 @@ def encode(record: MetricRecord | PatientRecord) -> bytes:
 
 def _plain(raw: bytes) -> bytes:
     """A stored record's msgpack. Raises on a corrupt or oversized record (the shell treats the
-    record as unreadable: `streams.monitor.state.readable`)."""
+    record as unreadable: `streams.monitor.state.Cache.read`)."""
     if raw[:4] == _ZSTD:
         if not 0 <= zstandard.frame_content_size(raw) <= _MAX_PLAIN:  # -1: not declared
             raise StateTooLargeError(

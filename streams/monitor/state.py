@@ -1,6 +1,6 @@
 """The monitor's state as the batch step holds it: decoded, per key, the keys used last kept in
 memory (`Cache`), the others read from the store; a stored record that cannot be read is treated
-as absent (`readable`) rather than stopping its partition.
+as absent (`Cache.read`) rather than stopping its partition.
 
 Keys: a patient's `PatientRecord` (`<patient>|kit`), a `MetricRecord` per metric
 (`<patient>|<metric>`), the care plan (`<patient>|plan`, its JSON as the registry published it) and
@@ -42,7 +42,6 @@ __all__ = [
     "decode_kit",
     "decode_metric_checked",
     "decode_plan",
-    "readable",
 ]
 
 log = logging.getLogger(__name__)
@@ -92,12 +91,32 @@ class Cache:
         return held[1]
 
     def read(self, partition: int, key: bytes, raw: bytes, decode: Callable[[bytes], _V]) -> _V | None:
-        """A stored record of this cache's partitions decoded, or None when it cannot be (`readable`)."""
-        value = readable(decode, raw, key, None if key in self.unreadable else self.metrics)
-        if value is None:
+        """A stored record of this cache's partitions decoded, or None (as if the key had no record)
+        when it cannot be: a record corrupted on disk or in the changelog, or written by a newer
+        version after a rollback. One patient's record must not stop the partition: its loading at
+        assignment, every deadline and every reading of the others. The patient stays monitored from
+        an empty record of that kind (an open episode it held may open again, as a new one), and the
+        next write replaces the bad record. Counted and logged once until then."""
+        try:
+            value = decode(raw)
+        except Exception as exc:  # whatever the codec or the decoder raises: the record is unusable
+            suffix = key[key.rfind(b"|") :]
+            kind = suffix[1:].decode() if suffix in KINDS else "other"
+            if key in self.unreadable:  # counted already
+                log.debug("a stored %s record still cannot be read (%s): %r", kind, type(exc).__name__, key)
+            else:
+                self.metrics.state_unreadable.labels(kind).inc()
+                log.warning(
+                    "a stored %s record could not be read (%s); that patient's %s state starts again",
+                    kind,
+                    type(exc).__name__,
+                    kind,
+                )
+                # the text may quote stored values
+                log.debug("the unreadable record's key: %r (%s)", key, exc)
             self.unreadable[key] = partition
-        else:
-            self.unreadable.pop(key, None)
+            return None
+        self.unreadable.pop(key, None)
         return value
 
     def written(self, key: bytes) -> None:
@@ -122,33 +141,6 @@ class Cache:
         again if they come back (an unreadable record may have been replaced meanwhile)."""
         self.values = {k: v for k, v in self.values.items() if v[0] not in partitions}
         self.unreadable = {k: p for k, p in self.unreadable.items() if p not in partitions}
-
-
-def readable(
-    decode: Callable[[bytes], _V], raw: bytes, key: bytes, metrics: MonitorMetrics | None
-) -> _V | None:
-    """`raw` decoded, or None (as if the key had no record) when it cannot be: a record corrupted on
-    disk or in the changelog, or written by a newer version after a rollback. One patient's record
-    must not stop the partition: its loading at assignment, every deadline and every reading of the
-    others. The patient stays monitored from an empty record of that kind (an open episode it held
-    may open again, as a new one), and the next write replaces the bad record."""
-    try:
-        return decode(raw)
-    except Exception as exc:  # whatever the codec or the decoder raises: the record is unusable
-        suffix = key[key.rfind(b"|") :]
-        kind = suffix[1:].decode() if suffix in KINDS else "other"
-        if metrics is None:  # counted already (`Cache.read`)
-            log.debug("a stored %s record still cannot be read (%s): %r", kind, type(exc).__name__, key)
-            return None
-        metrics.state_unreadable.labels(kind).inc()
-        log.warning(
-            "a stored %s record could not be read (%s); that patient's %s state starts again",
-            kind,
-            type(exc).__name__,
-            kind,
-        )
-        log.debug("the unreadable record's key: %r (%s)", key, exc)  # the text may quote stored values
-        return None
 
 
 def decode_kit(raw: bytes) -> PatientRecord:
@@ -178,7 +170,7 @@ def decode_metric_checked(raw: bytes) -> MetricRecord:
     finite, or a time far ahead of the wall clock: a flipped bit in a plain record, which has no
     checksum). Kept, it made every later reading of that metric fail in the rules and be set aside,
     and as the record was then never written again, the patient's readings of that metric were
-    never evaluated again. Refused (`readable`), the metric's state starts again, counted."""
+    never evaluated again. Refused (`Cache.read`), the metric's state starts again, counted."""
     record = decode_metric(raw)
     _check_episodes(record.episodes)
     history = record.history
