@@ -286,7 +286,7 @@ def cmd_status(settings: StackSettings) -> int:
             continue
         pid = service.pid()
         if pid is None:
-            print(f"{name:<10} {service.port:>6} {'-':>8} {'-':>8} {'-':>9}  stopped")
+            print(f"{name:<10} {service.port:>6} {'-':>8} {'-':>8} {'-':>9}  stopped{_other_layout(service)}")
             all_ok = False
             continue
         rss, peak = tree_memory_kib(pid)
@@ -309,10 +309,26 @@ def _kafka_status(name: str, kafka: Kafka) -> bool:
     up = sum(1 for node in kafka.nodes if node.pid() is not None)
     health = kafka.check(timeout=5) if up else None
     state = "stopped" if health is None else "healthy" if health.ok else "UNHEALTHY"
-    detail = f" ({health.detail})" if health else ""
+    detail = f" ({health.detail})" if health else _other_layout(kafka)
     nodes = f"{up}/{len(kafka.nodes)}"
     print(f"{name:<10} {kafka.port:>6} {nodes:>8} {rss / 1024:>8.0f} {peak / 1024:>9.0f}  {state}{detail}")
     return health is not None and health.ok
+
+
+def _other_layout(service: Service) -> str:
+    """For a Kafka of this layout that is not running while the other layout's is (one node / three,
+    `VAKTROM_STACK_KAFKA_NODES`): where the running one is and how to see it. Empty otherwise."""
+    if not isinstance(service, Kafka):
+        return ""
+    other = service.other_layout_running()
+    if not other:
+        return ""
+    setting = "3" if len(service.nodes) == 1 else "1"
+    pids = ", ".join(str(pid) for pid in other.values())
+    return (
+        f" (this layout; the other one runs, pid {pids}: "
+        f"`VAKTROM_STACK_KAFKA_NODES={setting} infra/stack status` shows it)"
+    )
 
 
 def cmd_cluster(settings: StackSettings, topic: str | None) -> int:

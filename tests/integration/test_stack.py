@@ -223,6 +223,28 @@ def test_status_reports_three_healthy_services(stack: Stack) -> None:
         assert "under-replicated" in rows["kafka"], rows["kafka"]
 
 
+def test_status_of_the_other_kafka_layout_points_to_the_one_that_runs(stack: Stack) -> None:
+    """Asked with the other layout's setting (one node / three), status says Kafka is stopped in that
+    layout and names the running one with its pid and the command that shows it: not just "stopped"
+    for a broker that is up."""
+    other = "1" if KAFKA_NODES > 1 else "3"
+    env = {**os.environ, "VAKTROM_STACK_KAFKA_NODES": other}
+    result = subprocess.run(
+        [str(REPO / "infra" / "stack"), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    kafka = next(line for line in result.stdout.splitlines() if line.startswith("kafka "))
+    pid = (STATE / "run" / f"{KAFKA_PIDS[0]}.pid").read_text().split()[0]
+    assert "stopped (this layout; the other one runs" in kafka, kafka
+    assert f"pid {pid}" in kafka, kafka
+    assert f"VAKTROM_STACK_KAFKA_NODES={KAFKA_NODES} infra/stack status" in kafka, kafka
+
+
 def test_up_is_idempotent_and_fast_when_running(stack: Stack) -> None:
     """A second `infra/stack up` reuses the running services instead of starting new ones."""
     postgres = "postgres-plain" if os.environ.get("VAKTROM_STACK_POSTGRES_FLAVOUR") == "plain" else "postgres"
