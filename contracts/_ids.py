@@ -95,7 +95,8 @@ def rejection_id(*, source_topic: str, payload: bytes, index: int | None) -> str
 
 
 def episode_id(*, patient_id: str, rule_id: str, opened_by: str) -> str:
-    """The id of an alert episode, from the patient, the rule and the measurement that opened it."""
+    """The id of an alert episode, from the patient, the rule (its problem) and what opened it: the
+    monitor's `opener`, the opening reading's or answer's id with its Kafka offset."""
     return _digest("e1", patient_id, rule_id, opened_by)
 
 

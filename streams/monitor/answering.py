@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from contracts import AlertEvent, CarePlan, Measurement, QuestionnaireAnswer
 from streams.monitor.engine import MetricRecord
-from streams.monitor.episodes import EpisodeState
+from streams.monitor.episodes import EpisodeState, opener
 from streams.monitor.history import History
 from streams.monitor.state import ANSWERS, decode_metric_checked
 from streams.monitor.symptoms import (
@@ -58,9 +58,10 @@ class Answering:
             off=self._off(partition, patient),
         )
 
-    def reading(self, partition: int, m: Measurement, record: MetricRecord) -> list[AlertEvent]:
+    def reading(self, partition: int, m: Measurement, record: MetricRecord, offset: int) -> list[AlertEvent]:
         """A new weight or systolic reading (already applied to `record`) of a patient who answers
-        questionnaires: SYM-2, SYM-3. Events mean `<patient>|answers` changed."""
+        questionnaires: SYM-2, SYM-3. Events mean `<patient>|answers` changed. `offset`: the
+        reading's in the measurement topic."""
         patient = m.patient_id.encode()
         answers = self.cache.get(partition, patient + ANSWERS, decode_answers)
         if not isinstance(answers, AnswerRecord) or not answers.recent:
@@ -69,7 +70,7 @@ class Answering:
             m.patient_id,
             m.metric.value,
             m.measured_at.timestamp(),
-            m.measurement_id,
+            opener(m.measurement_id, offset),
             answers,
             history=record.history,
             weight_gain=record.episodes.get("weight_gain"),

@@ -433,7 +433,9 @@ class Processor:
             return
         self._touch(partition, mkey)
         self._after(partition, patient, precord, out)
-        if m.metric.value in COMBINED_METRICS and (events := self.answering.reading(partition, m, record)):
+        if m.metric.value in COMBINED_METRICS and (
+            events := self.answering.reading(partition, m, record, r.offset)
+        ):
             self._touch(partition, patient + ANSWERS)
             self._out.events.extend((patient, e) for e in events)
         if r.appended:

@@ -78,6 +78,7 @@ from streams.monitor.episodes import (
     Timing,
     clear,
     lateness,
+    opener,
     qualify,
     resolve,
     resolve_if_due,
@@ -178,14 +179,7 @@ class Engine:
             return out
         if offset is not None:
             record.offset = offset
-        canonical = METRICS[m.metric].unit
-        point = Point(
-            t,
-            m.value,
-            m.reported_value if m.reported_unit != canonical else None,
-            m.reported_unit if m.reported_unit != canonical else "",
-            m.flag,
-        )
+        point = _point(m, t)
         history.add(m.metric, point, m.measurement_id)
         out.patient_changed |= self._heard(patient, t, m.patient_id, now, out)
         # One look-up per reading: the plan's rules and window schedule, compiled once per version.
@@ -207,6 +201,7 @@ class Engine:
                     evidence=evidence,
                     measured_at=t,
                     late=lateness(t, clock, self.timing),
+                    opened_by=opener(m.measurement_id, offset),
                 )
                 record.episodes[problem] = episode
                 cleared = _cleared_after(history, episode)
@@ -536,6 +531,12 @@ class Engine:
             )
             out.append(self._event(episode, change, patient_id=patient_id, emitted_at=now))
         return out
+
+
+def _point(m: Measurement, t: float) -> Point:
+    """A reading as history keeps it: the value as reported only when its unit is not canonical."""
+    other = m.reported_unit != METRICS[m.metric].unit
+    return Point(t, m.value, m.reported_value if other else None, m.reported_unit if other else "", m.flag)
 
 
 def _replayed(record: MetricRecord, offset: int | None, t: float) -> bool:

@@ -1,10 +1,12 @@
 """Alert episodes: one open per patient and problem, updated by each qualifying reading, never duplicated.
 
 An episode opens with the first qualifying reading and gets a deterministic id from the patient,
-the problem and that reading's measurement id, so reprocessing the same input after a crash opens
-the same episode. Each change is a new version (opened, updated, escalated, resolved). Severity only
-rises within an episode, but each version names the rule its own reading fulfils (the most severe;
-at equal severity the most specific) and quotes that reading. It resolves when the condition has
+the problem, that reading's measurement id and its position in the input stream (`opener`), so
+reprocessing the same input after a crash opens the same episode, and the same reading sent again
+later (a kit's resend the state no longer recognises) opens another. Each change is a new version
+(opened, updated, escalated, resolved). Severity only rises within an episode, but each version
+names the rule its own reading fulfils (the most severe; at equal severity the most specific) and
+quotes that reading. It resolves when the condition has
 been clear for `resolve_after` seconds (a normal reading started the clock). A reading measured
 long before the stream's clock is marked late, and one older than `stale_after` cannot make an
 episode more than info: it is history, not news.
@@ -22,7 +24,7 @@ from contracts import AlertEvent, Baseline, EpisodeChange, Evidence, Severity, T
 from streams.monitor.catalogue import PROBLEMS, RULES, SEVERITY_RANK, specificity
 from streams.monitor.rules import Finding
 
-__all__ = ["EpisodeState", "Lateness", "Timing", "clear", "qualify", "resolve_if_due", "to_event"]
+__all__ = ["EpisodeState", "Lateness", "Timing", "clear", "opener", "qualify", "resolve_if_due", "to_event"]
 
 _LOW_PROBLEMS = frozenset({"spo2_low", "glucose_low", "hypothermia"})
 
@@ -90,6 +92,18 @@ def _strongest(findings: list[Finding]) -> Finding:
     return max(findings, key=lambda f: (SEVERITY_RANK[f.severity], specificity(f.rule_id)))
 
 
+def opener(item_id: str, offset: int | None) -> str:
+    """What an episode's id is made from (`episode_id`'s `opened_by`): the id of the reading or answer
+    that opened it and, when it came from Kafka, its offset there. A replay (the same record again,
+    after a crash) gives the same id; the same reading in another record (a kit's resend the
+    patient's state no longer recognises: after its record was found damaged and started again, or
+    after the episode it opened was pruned) gives another. With the reading's id alone that resend
+    opened the old episode again at version 1, and the response centre, which keeps the highest
+    version of an id, ignored it and every later change until the versions caught up: a worsening
+    hidden from the nurse."""
+    return item_id if offset is None or offset < 0 else f"{item_id}@{offset}"
+
+
 def qualify(
     episode: EpisodeState | None,
     *,
@@ -99,13 +113,15 @@ def qualify(
     evidence: Evidence,
     measured_at: float,
     late: Lateness,
+    opened_by: str,
 ) -> tuple[EpisodeState, EpisodeChange]:
-    """A reading fulfils rules of `problem`: open the episode or update it. Returns the new state."""
+    """A reading fulfils rules of `problem`: open the episode or update it. Returns the new state.
+    `opened_by`: the reading's `opener`."""
     best = _strongest(findings)
     severity = Severity.INFO if late.capped else best.severity
     if episode is None or not (episode.open or _resolved_after(episode, measured_at)):
         opened = EpisodeState(
-            episode_id=episode_id(patient_id=patient_id, rule_id=problem, opened_by=evidence.measurement_id),
+            episode_id=episode_id(patient_id=patient_id, rule_id=problem, opened_by=opened_by),
             problem=problem,
             rule_id=best.rule_id,
             severity=severity,

@@ -45,7 +45,7 @@ from contracts import (
     episode_id,
 )
 from streams.monitor.catalogue import RULES, SEVERITY_RANK
-from streams.monitor.episodes import EpisodeState, Timing, clear, resolve_if_due, to_event
+from streams.monitor.episodes import EpisodeState, Timing, clear, opener, resolve_if_due, to_event
 from streams.monitor.history import History, Point
 
 __all__ = [
@@ -144,6 +144,7 @@ class Symptoms:
             return None
         if offset is not None:
             record.offset = offset
+        by = opener(a.answer_id, offset)
         seen = SeenAnswer(t, a.questionnaire, tuple(a.worsening), a.answer_id)
         record.recent.append(seen)
         record.recent.sort(key=lambda s: s.t)
@@ -159,7 +160,7 @@ class Symptoms:
                 "contact_request",
                 _Found("CONTACT-1", text),
                 t,
-                a.answer_id,
+                by,
                 now,
                 events,
             )
@@ -167,12 +168,12 @@ class Symptoms:
             self._contact_due(record, a.patient_id, t, now, events)
         found = self._symptom_findings(record, seen, None if "SYM-2" in off else weight_gain)
         if found is not None and found.rule_id not in off:
-            self._raise(record, a.patient_id, "symptoms_worse", found, t, a.answer_id, now, events)
+            self._raise(record, a.patient_id, "symptoms_worse", found, t, by, now, events)
         elif found is None and a.questionnaire in _BREATHLESS_CHECKS:
             self._clear(record, a.patient_id, "symptoms_worse", t, now, events)
         low = None if "SYM-3" in off else self._low_bp_finding(record, t, systolic)
         if low is not None:
-            self._raise(record, a.patient_id, "low_bp_symptomatic", low, t, a.answer_id, now, events)
+            self._raise(record, a.patient_id, "low_bp_symptomatic", low, t, by, now, events)
         elif a.questionnaire == HF_DAILY and "dizzy" not in a.worsening:
             self._clear(record, a.patient_id, "low_bp_symptomatic", t, now, events)
         _prune(record, t)
@@ -183,7 +184,7 @@ class Symptoms:
         patient_id: str,
         metric: str,
         t: float,
-        measurement_id: str,
+        opened_by: str,
         record: AnswerRecord,
         *,
         history: History,
@@ -192,7 +193,8 @@ class Symptoms:
         off: frozenset[str] = frozenset(),
     ) -> list[AlertEvent]:
         """A new (not replayed) weight or systolic reading, already in `history` (and a weight already
-        judged by HF-1/HF-2: `weight_gain` is the weight-gain episode after it): the combined rules."""
+        judged by HF-1/HF-2: `weight_gain` is the weight-gain episode after it): the combined rules.
+        `opened_by`: the reading's `opener`, should it open an episode."""
         events: list[AlertEvent] = []
         if not record.recent:
             return events
@@ -200,11 +202,11 @@ class Symptoms:
             qualified = weight_gain is not None and weight_gain.last_seen_at == t
             found = self._combined(record.recent, weight_gain) if qualified else None
             if found is not None:
-                self._raise(record, patient_id, "symptoms_worse", found, t, measurement_id, now, events)
+                self._raise(record, patient_id, "symptoms_worse", found, t, opened_by, now, events)
         elif metric == BP_SYSTOLIC and "SYM-3" not in off:
             low = self._low_bp_finding(record, t, history)
             if low is not None:
-                self._raise(record, patient_id, "low_bp_symptomatic", low, t, measurement_id, now, events)
+                self._raise(record, patient_id, "low_bp_symptomatic", low, t, opened_by, now, events)
         return events
 
     # ------------------------------------------------------------------ findings

@@ -18,7 +18,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contracts import Metric, topics
+from contracts import EpisodeChange, Metric, topics
 from streams.monitor.batch import Names, Processor, Record
 from streams.monitor.engine import (
     Engine,
@@ -114,6 +114,35 @@ def test_one_unreadable_record_leaves_the_partition_loaded_and_every_patient_mon
     run.handle(after, ("B", T0 + timedelta(hours=14), 70.0))
     after.deadlines()
     assert "kit-silent" not in [e.rule_id for _k, e in after.take().events if e.patient_id == "B"]
+
+
+def test_the_opening_reading_sent_again_after_its_record_was_lost_opens_another_episode() -> None:
+    """A's record damaged and started again empty: a kit's resend of the reading that opened A's
+    episode is no longer recognised and opens an episode. Before, it had the old episode's id (made
+    from the reading alone) at version 1; the response centre, which keeps an id's highest version,
+    ignored it and the worsening after it until the versions caught up (found in review). Read again
+    from the same Kafka record (a replay after a crash), it keeps its id."""
+    run = _Run()
+    before = run.processor()
+    before.load([0])
+    run.store.write(before.take().changelog, {0: run.offset})
+    for minutes, value in ((1, 34.0), (2, 33.0), (3, 32.0)):
+        run.handle(before, ("A", T0 + timedelta(minutes=minutes), value))
+    old = decode_metric(run.store.get(0, b"A|pulse")).episodes["pulse_abnormal"]
+    assert old.version > 1
+    run.store.write({0: {b"A|pulse": _DAMAGED["zstd cut short"]}}, {0: run.offset})
+    resent = _reading("A", T0, 0, 35.0)  # the very reading of offset 0, in a new record
+    resent = Record(resent.topic, 0, run.offset + 7, resent.key, resent.value)
+    opened = []
+    for _crash in range(2):  # the second time from the same stored state: a replay
+        after = run.processor()
+        after.load([0])
+        after.take()
+        after.handle([resent])
+        opened += [e for _k, e in after.take().events if e.patient_id == "A"]
+    assert [(e.change, e.version) for e in opened] == [(EpisodeChange.OPENED, 1)] * 2
+    assert opened[0].episode_id != old.episode_id
+    assert opened[1].episode_id == opened[0].episode_id
 
 
 def test_a_record_damaged_while_loaded_is_read_as_empty_when_the_cache_let_it_go() -> None:

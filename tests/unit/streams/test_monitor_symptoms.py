@@ -361,3 +361,40 @@ def test_a_rule_the_plan_switched_off_raises_nothing() -> None:
     gain = _gain(T0, T0)
     got = s.answer(a, AnswerRecord(), weight_gain=gain, systolic=None, now=T0, off=frozenset({"SYM-2"}))
     assert [e.rule_id for e in got or []] == ["SYM-1"]
+
+
+def test_an_answer_sent_again_after_its_record_was_lost_opens_another_episode() -> None:
+    """The answer record lost (found damaged and started again, or its episode pruned): the same
+    answer in a later Kafka record is not recognised, and opens an episode. It must not be the old
+    episode's id at version 1, which the response centre ignores (it keeps an id's highest version)
+    along with every later change. The same record read again (a replay) gives the same id."""
+    a = _answer(T0, "hf-daily", "breathless")
+    (first,) = _symptoms().answer(a, AnswerRecord(), weight_gain=None, systolic=None, now=T0, offset=5) or []
+    (replay,) = _symptoms().answer(a, AnswerRecord(), weight_gain=None, systolic=None, now=T0, offset=5) or []
+    (resent,) = (
+        _symptoms().answer(a, AnswerRecord(), weight_gain=None, systolic=None, now=T0, offset=90) or []
+    )
+    assert first.change is resent.change is EpisodeChange.OPENED
+    assert replay.episode_id == first.episode_id
+    assert resent.episode_id != first.episode_id
+
+
+def test_sym2_opened_by_a_weight_reading_takes_the_readings_offset() -> None:
+    """A weight reading that makes the gain plus symptoms SYM-2 opens the episode with its own
+    Kafka offset (not the answer's): read again from the same record, the same id; the same
+    reading in another record, another (found in review)."""
+
+    def sym2(weight_offset: int) -> list[tuple[str, int]]:
+        p = _processor()
+        answer = _answer(T0 - timedelta(hours=1), "hf-daily", "swelling")
+        p.handle([
+            Record("m", 0, 0, P.encode(), _weight(80.0, T0 - timedelta(days=2))),
+            Record("a", 0, 3, P.encode(), msgspec.json.encode(answer)),
+            Record("m", 0, weight_offset, P.encode(), _weight(82.4, T0)),
+        ])  # fmt: skip
+        return [(e.episode_id, e.version) for _k, e in p.take().events if e.rule_id == "SYM-2"]
+
+    first, replay, resent = sym2(1), sym2(1), sym2(9)
+    assert len(first) == 1
+    assert replay == first
+    assert resent[0][0] != first[0][0]
