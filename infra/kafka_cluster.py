@@ -260,13 +260,11 @@ class Kafka(Service):
             )
         other = self.other_layout_running()
         if other:
-            setting = "3" if len(self.nodes) == 1 else "1"
             where = ", ".join(f"pid {pid} in {f}" for f, pid in other.items())
             raise StackError(
-                f"Kafka of the other layout still runs ({where}) "
-                f"on the ports this one needs. Stop it first: `VAKTROM_STACK_KAFKA_NODES={setting} "
-                "infra/stack down kafka` (one started before the layouts had pid files of their own: "
-                "`kill` that pid)."
+                f"Kafka of the other layout still runs ({where}) on the ports this one needs. Stop it "
+                f"first: `VAKTROM_STACK_KAFKA_NODES={self.other_layout_nodes} infra/stack down kafka` "
+                "(one started before the layouts had pid files of their own: `kill` that pid)."
             )
         made = self.home / "nodes"
         formatted = [n for n in self.nodes if (n.data / "meta.properties").exists()]
@@ -277,6 +275,11 @@ class Kafka(Service):
                 f"and `rm -rf {self.home}/node-*` to make it anew (local data only), or set "
                 "VAKTROM_STACK_KAFKA_NODES back."
             )
+
+    @property
+    def other_layout_nodes(self) -> int:
+        """The other layout's `VAKTROM_STACK_KAFKA_NODES`: 3 beside one node, 1 beside the cluster."""
+        return 3 if len(self.nodes) == 1 else 1
 
     def other_layout_running(self) -> dict[Path, int]:
         """Pid files of Kafka nodes of the other layout (one node / three) that still run, whatever

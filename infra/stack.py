@@ -323,11 +323,10 @@ def _other_layout(service: Service) -> str:
     other = service.other_layout_running()
     if not other:
         return ""
-    setting = "3" if len(service.nodes) == 1 else "1"
     pids = ", ".join(str(pid) for pid in other.values())
     return (
         f" (this layout; the other one runs, pid {pids}: "
-        f"`VAKTROM_STACK_KAFKA_NODES={setting} infra/stack status` shows it)"
+        f"`VAKTROM_STACK_KAFKA_NODES={service.other_layout_nodes} infra/stack status` shows it)"
     )
 
 
